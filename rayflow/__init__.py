@@ -1,0 +1,58 @@
+"""rayflow: Prefect-style workflows whose flow graph compiles onto Ray.
+
+    import rayflow as rf
+
+    @rf.task
+    def double(x: int) -> int:
+        return 2 * x
+
+    @rf.flow
+    def pipeline(n: int = 3) -> int:
+        return double(n)
+
+    pipeline.run(n=4).result()   # 8
+"""
+
+from rayflow import engine as _engine  # noqa: F401 - registers runner="local"
+from rayflow import runtime as _runtime  # noqa: F401 - registers runner="ray"
+from rayflow.core.flow import Flow, flow
+from rayflow.core.task import Task, task
+from rayflow.engine.flow_run import FlowRun
+from rayflow.exceptions import (
+    ClusterConnectionError,
+    DefinitionError,
+    FlowRunError,
+    GraphError,
+    ParameterError,
+    RayflowError,
+    SerializationError,
+    TaskOptionError,
+    TaskRunError,
+    UnknownRunError,
+    UnknownTaskError,
+)
+from rayflow.states import ErrorInfo, State, StateType
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ClusterConnectionError",
+    "DefinitionError",
+    "ErrorInfo",
+    "Flow",
+    "FlowRun",
+    "FlowRunError",
+    "GraphError",
+    "ParameterError",
+    "RayflowError",
+    "SerializationError",
+    "State",
+    "StateType",
+    "Task",
+    "TaskOptionError",
+    "TaskRunError",
+    "UnknownRunError",
+    "UnknownTaskError",
+    "flow",
+    "task",
+]

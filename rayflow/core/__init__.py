@@ -1,0 +1,1 @@
+"""Graph building: tasks, flows, parameters and the references between them."""

@@ -1,0 +1,185 @@
+"""The static flow graph: nodes recorded while a flow body is traced.
+
+Tracing runs the flow function once with ``ParamRef`` placeholders.  Each
+task call inside it goes through the active ``GraphBuilder`` (a context
+variable), which checks the call's binding, names the node and returns a
+``NodeRef``.  The finished ``Graph`` is immutable: nodes only refer to nodes
+recorded before them, so it is acyclic by construction and its node order is
+a valid topological order.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import itertools
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from rayflow.core.refs import NodeRef, ParamRef, find_refs
+from rayflow.exceptions import GraphError
+
+if TYPE_CHECKING:
+    from rayflow.core.task import Task
+
+
+@dataclass(frozen=True)
+class Node:
+    """One call of a task in a flow body."""
+
+    key: str
+    task: Task
+    args: tuple[Any, ...]  # templates: values with NodeRef/ParamRef inside
+    kwargs: Mapping[str, Any]
+    upstream: tuple[str, ...]  # keys whose values this node consumes, in first-use order
+    wait_for: tuple[str, ...]  # keys that must finish first, values not passed
+    params: tuple[str, ...]  # flow parameters used in the arguments
+
+    @property
+    def dependencies(self) -> tuple[str, ...]:
+        return self.upstream + tuple(k for k in self.wait_for if k not in self.upstream)
+
+
+@dataclass(frozen=True)
+class Graph:
+    """An immutable flow graph; ``nodes`` is in call order, a topological order."""
+
+    flow_name: str
+    nodes: tuple[Node, ...]
+    result: Any  # template of the flow's return value
+    parameters: tuple[str, ...]
+    by_key: Mapping[str, Node] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_key", MappingProxyType({n.key: n for n in self.nodes}))
+
+    def downstream(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {n.key: [] for n in self.nodes}
+        for node in self.nodes:
+            for dep in node.dependencies:
+                out[dep].append(node.key)
+        return out
+
+    def terminal_keys(self) -> tuple[str, ...]:
+        down = self.downstream()
+        return tuple(key for key, children in down.items() if not children)
+
+
+_BUILDER: contextvars.ContextVar[GraphBuilder | None] = contextvars.ContextVar(
+    "rayflow_graph_builder", default=None
+)
+_builder_ids = itertools.count(1)
+
+
+def active_builder() -> GraphBuilder | None:
+    return _BUILDER.get()
+
+
+class GraphBuilder:
+    """Collects the nodes of one trace of a flow body."""
+
+    def __init__(self, flow_name: str, parameters: tuple[str, ...]):
+        self.flow_name = flow_name
+        self.parameters = parameters
+        self.token = next(_builder_ids)
+        self._nodes: list[Node] = []
+        self._name_counts: dict[str, int] = {}
+
+    def param_refs(self) -> dict[str, ParamRef]:
+        return {name: ParamRef(name, self.token) for name in self.parameters}
+
+    @contextmanager
+    def activate(self) -> Iterator[GraphBuilder]:
+        if _BUILDER.get() is not None:
+            raise GraphError("a flow cannot be called while another flow is being built (no subflows yet)")
+        reset = _BUILDER.set(self)
+        try:
+            yield self
+        finally:
+            _BUILDER.reset(reset)
+
+    def _next_key(self, name: str) -> str:
+        count = self._name_counts.get(name, 0) + 1
+        self._name_counts[name] = count
+        return name if count == 1 else f"{name}-{count}"
+
+    def _check_refs(self, refs: list[Any], where: str) -> None:
+        for ref in refs:
+            if ref.owner != self.token:
+                raise GraphError(f"{where} uses {ref._describe()}, which belongs to another flow")
+
+    def add_call(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: Any) -> NodeRef:
+        key = self._next_key(task.name)
+        check_binding(task, key, args, kwargs)
+        refs = find_refs((args, kwargs))
+        self._check_refs(refs, f"task '{key}'")
+        upstream = tuple(r.key for r in refs if isinstance(r, NodeRef))
+        params = tuple(r.name for r in refs if isinstance(r, ParamRef))
+        waits = _wait_for_keys(wait_for, key)
+        self._check_refs([NodeRef(k, o) for k, o in waits], f"wait_for of task '{key}'")
+        node = Node(
+            key=key,
+            task=task,
+            args=tuple(args),
+            kwargs=MappingProxyType(dict(kwargs)),
+            upstream=upstream,
+            wait_for=tuple(dict.fromkeys(k for k, _ in waits)),
+            params=params,
+        )
+        self._nodes.append(node)
+        return NodeRef(key, self.token)
+
+    def finish(self, result: Any) -> Graph:
+        self._check_refs(find_refs(result), "the flow's return value")
+        return Graph(
+            flow_name=self.flow_name,
+            nodes=tuple(self._nodes),
+            result=result,
+            parameters=self.parameters,
+        )
+
+
+def _wait_for_keys(wait_for: Any, key: str) -> list[tuple[str, int]]:
+    if wait_for is None:
+        return []
+    items = [wait_for] if isinstance(wait_for, NodeRef) else wait_for
+    if not isinstance(items, (list, tuple, set, frozenset)):
+        raise GraphError(f"task '{key}': wait_for must be a task result or a list of them, got {type(wait_for).__name__}", task_key=key)
+    out = []
+    for item in items:
+        if not isinstance(item, NodeRef):
+            raise GraphError(
+                f"task '{key}': wait_for may only hold task results from this flow, got {item!r}",
+                task_key=key,
+            )
+        out.append((item.key, item.owner))
+    return out
+
+
+def check_binding(task: Task, key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Raise GraphError naming the argument when a call does not fit the task's signature."""
+    sig = task.signature
+    try:
+        sig.bind(*args, **kwargs)
+        return
+    except TypeError as exc:
+        reason = str(exc)
+    params = sig.parameters
+    kinds = {p.kind for p in params.values()}
+    problems = []
+    if inspect.Parameter.VAR_KEYWORD not in kinds:
+        for name in kwargs:
+            if name not in params or params[name].kind is inspect.Parameter.POSITIONAL_ONLY:
+                problems.append(f"unexpected argument '{name}'")
+    positional = [p for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if inspect.Parameter.VAR_POSITIONAL not in kinds and len(args) > len(positional):
+        problems.append(f"takes {len(positional)} positional argument(s) but {len(args)} were given")
+    given = {p.name for p in positional[: len(args)]} | set(kwargs)
+    for p in params.values():
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in given:
+            problems.append(f"missing required argument '{p.name}'")
+    detail = "; ".join(problems) or reason
+    raise GraphError(f"task '{key}' ({task.qualname}) cannot be called like this: {detail}", task_key=key)

@@ -1,0 +1,71 @@
+"""Flow parameters: the flow function's signature, validated by pydantic.
+
+Validation happens before anything is submitted, and reports every bad
+field at once (missing, unknown, or of the wrong type).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from rayflow.exceptions import DefinitionError, ParameterError
+
+
+class _ParamsBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+
+def parameters_model(fn: Callable[..., Any], flow_name: str) -> type[BaseModel]:
+    """A pydantic model with one field per parameter of ``fn``."""
+    fields: dict[str, Any] = {}
+    try:
+        hints = inspect.get_annotations(fn, eval_str=True)
+    except Exception:  # unresolvable forward references: validate as Any
+        hints = {}
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY):
+            raise DefinitionError(
+                f"flow '{flow_name}': parameter '{p.name}' must be an ordinary named parameter "
+                "(no *args, **kwargs or positional-only parameters)"
+            )
+        if p.name.startswith("_"):
+            raise DefinitionError(f"flow '{flow_name}': parameter names may not start with '_' ({p.name})")
+        annotation = hints.get(p.name, Any)
+        default = ... if p.default is p.empty else p.default
+        fields[p.name] = (annotation, default)
+    return create_model(f"{flow_name}_parameters", __base__=_ParamsBase, **fields)
+
+
+def validate_parameters(model: type[BaseModel], flow_name: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The coerced parameter values, or ParameterError listing every bad field."""
+    try:
+        instance = model.model_validate(values)
+    except ValidationError as exc:
+        errors: dict[str, str] = {}
+        for err in exc.errors():
+            name = ".".join(str(part) for part in err["loc"]) or "?"
+            if err["type"] == "missing":
+                msg = "missing required parameter"
+            elif err["type"] == "extra_forbidden":
+                msg = "unknown parameter"
+            else:
+                msg = f"{err['msg']} (got {_short(err.get('input'))})"
+            errors.setdefault(name, msg)
+        listing = "; ".join(f"{k}: {v}" for k, v in errors.items())
+        raise ParameterError(
+            f"invalid parameters for flow '{flow_name}': {listing}", flow_name=flow_name, errors=errors
+        ) from None
+    return {name: getattr(instance, name) for name in type(instance).model_fields}
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def parameter_annotations(model: type[BaseModel]) -> dict[str, Any]:
+    return {name: f.annotation for name, f in model.model_fields.items()}

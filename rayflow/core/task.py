@@ -1,0 +1,87 @@
+"""``@rf.task``: a Python function plus the options that say how it runs.
+
+Inside a flow body a call records a node and returns a ``NodeRef``; anywhere
+else it is a plain call of the function, so tasks stay easy to unit-test.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, overload
+
+from rayflow.core.graph import active_builder
+from rayflow.core.options import TaskOptions, validate_options
+from rayflow.exceptions import DefinitionError
+
+
+class Task:
+    """A function that rayflow can run as a node of a flow."""
+
+    def __init__(self, fn: Callable[..., Any], options: TaskOptions):
+        if not callable(fn):
+            raise DefinitionError(f"@rf.task needs a function, got {fn!r}")
+        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+            raise DefinitionError(f"task {_qualname(fn)} is async; rayflow tasks are plain functions")
+        self.fn = fn
+        self.options = options
+        self.name: str = options.name or getattr(fn, "__name__", None) or type(fn).__name__
+        self.qualname = _qualname(fn)
+        self.signature = inspect.signature(fn)
+        if "wait_for" in self.signature.parameters:
+            raise DefinitionError(
+                f"task {self.qualname} has a parameter named 'wait_for', which rayflow reserves "
+                "for order-only dependencies; rename it"
+            )
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: Any, wait_for: Any = None, **kwargs: Any) -> Any:
+        builder = active_builder()
+        if builder is None:
+            return self.fn(*args, **kwargs)
+        return builder.add_call(self, args, kwargs, wait_for)
+
+    def with_options(self, **changes: Any) -> Task:
+        """A copy of this task with some options changed (validated like the decorator's)."""
+        values = self.options.model_dump(exclude_unset=True)
+        values.update(changes)
+        options = validate_options(TaskOptions, self.name, values)
+        return Task(self.fn, options)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+    def __reduce__(self) -> Any:
+        # Tasks travel inside plans; rebuild rather than copy the wrapper's __dict__.
+        return (Task, (self.fn, self.options))
+
+
+def _qualname(fn: Any) -> str:
+    module = getattr(fn, "__module__", None) or "?"
+    return f"{module}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+@overload
+def task(fn: Callable[..., Any], /) -> Task: ...
+@overload
+def task(
+    fn: None = None, /, **options: Any
+) -> Callable[[Callable[..., Any]], Task]: ...
+
+
+def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    """Declare a task: ``@rf.task`` or ``@rf.task(retries=2, num_cpus=1, ...)``.
+
+    Options are validated now; a bad one raises ``TaskOptionError`` naming it.
+    """
+
+    def decorate(f: Callable[..., Any]) -> Task:
+        owner = options.get("name") or getattr(f, "__name__", repr(f))
+        return Task(f, validate_options(TaskOptions, str(owner), options))
+
+    if fn is not None:
+        if options:
+            raise DefinitionError("use @rf.task or @rf.task(**options), not both")
+        return decorate(fn)
+    return decorate

@@ -1,0 +1,34 @@
+"""The in-process runner: ``runner="local"``.
+
+Runs the same Orchestrator as the Ray runtime, with a LocalExecutor, in the
+calling thread.  Useful for unit tests and debugging with a plain debugger;
+it ignores resource options and does not scale beyond this process.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from rayflow.engine.executor import LocalExecutor
+from rayflow.engine.flow_run import FlowRun
+from rayflow.engine.orchestrator import Orchestrator
+from rayflow.engine.plan import compile_plan
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class LocalRunner:
+    def __init__(self, max_workers: int | None = None):
+        self.max_workers = max_workers
+
+    def run_flow(self, flow: Any, params: dict[str, Any]) -> FlowRun:
+        plan = compile_plan(flow.graph, params)
+        executor = LocalExecutor(self.max_workers)
+        try:
+            summary = Orchestrator(plan, executor, flow.options.run_id or new_run_id()).run()
+        finally:
+            executor.shutdown()
+        return FlowRun(summary, plan.result, executor.fetch, tuple(s.key for s in plan.specs))

@@ -1,0 +1,117 @@
+"""Every error rayflow itself raises, under one root.
+
+The user's own exceptions are never wrapped on the way through a task: a failed
+task's state keeps them as they were.  These classes describe what rayflow
+found wrong with a definition, an input, the cluster or a finished run::
+
+    RayflowError
+    ├── DefinitionError          a @task or @flow is declared wrongly
+    │   └── TaskOptionError      an option of @task / with_options is invalid
+    ├── GraphError               the flow body builds an invalid graph
+    ├── ParameterError           flow parameters failed validation
+    ├── SerializationError       a task's function or arguments cannot be pickled
+    ├── ClusterConnectionError   the Ray cluster at an address cannot be reached
+    ├── UnknownRunError          no live or recorded run has that run id
+    ├── UnknownTaskError         a run has no task with that key (also a KeyError)
+    ├── TaskRunError             a task's result was asked for but it did not succeed
+    └── FlowRunError             a flow run finished without succeeding (``.run``)
+
+Errors carry the context that locates them (``task_key``, ``run_id``,
+``attempt``) as attributes, so handlers need not parse messages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RayflowError(Exception):
+    """Root of every exception raised by rayflow itself."""
+
+
+class DefinitionError(RayflowError, TypeError):
+    """A task or flow is declared in a way rayflow cannot use."""
+
+
+class TaskOptionError(DefinitionError):
+    """An option given to ``@rf.task`` or ``Task.with_options`` is invalid."""
+
+    def __init__(self, message: str, *, task_name: str | None = None, options: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.task_name = task_name
+        self.options = options
+
+
+class GraphError(RayflowError):
+    """The flow body built a graph that cannot run (bad binding, misuse of a placeholder)."""
+
+    def __init__(self, message: str, *, task_key: str | None = None):
+        super().__init__(message)
+        self.task_key = task_key
+
+
+class ParameterError(RayflowError, ValueError):
+    """Flow parameters failed validation; ``errors`` maps each bad field to its problem."""
+
+    def __init__(self, message: str, *, flow_name: str, errors: dict[str, str]):
+        super().__init__(message)
+        self.flow_name = flow_name
+        self.errors = errors
+
+
+class SerializationError(RayflowError):
+    """A task's function or arguments cannot be pickled to travel to a worker."""
+
+    def __init__(self, message: str, *, task_key: str):
+        super().__init__(message)
+        self.task_key = task_key
+
+
+class ClusterConnectionError(RayflowError, ConnectionError):
+    """The Ray cluster at ``address`` could not be joined in bounded time."""
+
+    def __init__(self, message: str, *, address: str):
+        super().__init__(message)
+        self.address = address
+
+
+class UnknownRunError(RayflowError, LookupError):
+    """No run with ``run_id`` is live (or known) where we looked."""
+
+    def __init__(self, message: str, *, run_id: str):
+        super().__init__(message)
+        self.run_id = run_id
+
+
+class UnknownTaskError(RayflowError, KeyError):
+    """A run has no task with ``task_key``."""
+
+    def __init__(self, message: str, *, task_key: str, run_id: str | None = None):
+        super().__init__(message)
+        self.task_key = task_key
+        self.run_id = run_id
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0])
+
+
+class TaskRunError(RayflowError):
+    """The result of a task that did not succeed was asked for."""
+
+    def __init__(self, message: str, *, task_key: str, run_id: str, attempt: int | None = None):
+        super().__init__(message)
+        self.task_key = task_key
+        self.run_id = run_id
+        self.attempt = attempt
+
+
+class FlowRunError(RayflowError):
+    """A flow run finished without succeeding; ``run`` is the finished ``FlowRun``."""
+
+    def __init__(self, message: str, *, run: Any):
+        super().__init__(message)
+        self.run = run
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id

@@ -1,0 +1,154 @@
+"""FlowRunActor: the thin Ray shell around engine.Orchestrator.
+
+One actor per driver process (``num_cpus=0``, pinned to the driver's node,
+fate-sharing with the driver) hosts every run that driver starts, each in
+its own thread.  Creating it costs a worker process once; after that a run
+costs two actor calls.  The actor is named ``rayflow-driver-<id>`` in the
+``rayflow`` namespace, so any process joined to the cluster can find a live
+run by its id (``find_run``) and read its status or cancel it.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import OrderedDict
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from rayflow.engine.orchestrator import Orchestrator, RunSummary
+from rayflow.engine.plan import Plan
+from rayflow.exceptions import UnknownRunError
+from rayflow.runtime.executor import RayExecutor
+
+NAMESPACE = "rayflow"
+NAME_PREFIX = "rayflow-driver-"
+KEEP_FINISHED = 200  # finished runs whose status stays queryable from other processes
+
+
+class _Slot:
+    def __init__(self, orchestrator: Orchestrator):
+        self.orchestrator = orchestrator
+        self.done = threading.Event()
+        self.summary: RunSummary | None = None
+        self.error: BaseException | None = None
+
+
+@ray.remote(num_cpus=0, max_concurrency=256)
+class FlowRunActor:
+    def __init__(self) -> None:
+        self._runs: OrderedDict[str, _Slot] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def ping(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def start_run(self, run_id: str, plan: Plan) -> None:
+        with self._lock:
+            if run_id in self._runs:
+                raise ValueError(f"a run with id {run_id!r} already exists in this driver")
+            slot = _Slot(Orchestrator(plan, RayExecutor(), run_id))
+            self._runs[run_id] = slot
+            self._trim()
+        threading.Thread(target=self._drive, args=(slot,), name=f"run-{run_id}", daemon=True).start()
+
+    def _drive(self, slot: _Slot) -> None:
+        try:
+            slot.summary = slot.orchestrator.run()
+        except BaseException as exc:  # noqa: BLE001 - an engine bug must reach the driver, not hang it
+            slot.error = exc
+        finally:
+            slot.done.set()
+
+    def _trim(self) -> None:
+        finished = [k for k, s in self._runs.items() if s.done.is_set()]
+        for key in finished[: max(0, len(finished) - KEEP_FINISHED)]:
+            del self._runs[key]
+
+    def _slot(self, run_id: str) -> _Slot:
+        try:
+            return self._runs[run_id]
+        except KeyError:
+            raise UnknownRunError(f"no run {run_id!r} in this driver", run_id=run_id) from None
+
+    def wait_run(self, run_id: str, timeout: float) -> RunSummary | None:
+        """The final summary, value handles included, or None if still running after ``timeout``."""
+        slot = self._slot(run_id)
+        if not slot.done.wait(timeout):
+            return None
+        if slot.error is not None:
+            raise slot.error
+        return slot.summary
+
+    def release(self, run_id: str) -> None:
+        """The driver holds the value handles now; keep only the states."""
+        slot = self._runs.get(run_id)
+        if slot is not None and slot.summary is not None:
+            slot.summary.handles = {}
+            slot.orchestrator.handles.clear()
+
+    def status(self, run_id: str) -> RunSummary | None:
+        """A snapshot of the run's states without value handles; None if not here."""
+        slot = self._runs.get(run_id)
+        if slot is None:
+            return None
+        summary = slot.summary or slot.orchestrator.summary()
+        return RunSummary(summary.run_id, summary.flow_name, summary.state, summary.task_states, summary.history)
+
+    def cancel_run(self, run_id: str) -> None:
+        self._slot(run_id).orchestrator.request_cancel()
+
+    def run_ids(self) -> list[str]:
+        return list(self._runs)
+
+
+_actor: tuple[str, Any] | None = None
+_actor_lock = threading.Lock()
+
+
+def driver_actor() -> Any:
+    """This driver's FlowRunActor, created on first use in the current Ray session."""
+    global _actor
+    job = ray.get_runtime_context().get_job_id()
+    with _actor_lock:
+        if _actor is None or _actor[0] != job:
+            node_id = ray.get_runtime_context().get_node_id()
+            handle = FlowRunActor.options(
+                name=f"{NAME_PREFIX}{uuid.uuid4().hex[:12]}",
+                namespace=NAMESPACE,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
+            ).remote()
+            _actor = (job, handle)
+        return _actor[1]
+
+
+def driver_actors() -> list[Any]:
+    """Handles of every live FlowRunActor on the cluster."""
+    names = [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a.get("namespace") == NAMESPACE and a["name"].startswith(NAME_PREFIX)
+    ]
+    handles = []
+    for name in names:
+        try:
+            handles.append(ray.get_actor(name, namespace=NAMESPACE))
+        except ValueError:  # it ended between listing and lookup
+            continue
+    return handles
+
+
+def find_run(run_id: str, timeout: float = 10.0) -> tuple[Any, RunSummary]:
+    """The actor hosting ``run_id`` and the run's status; UnknownRunError if no live driver has it."""
+    handles = driver_actors()
+    refs = [h.status.remote(run_id) for h in handles]
+    for handle, ref in zip(handles, refs):
+        try:
+            summary = ray.get(ref, timeout=timeout)
+        except ray.exceptions.RayError:
+            continue
+        if summary is not None:
+            return handle, summary
+    raise UnknownRunError(f"no live rayflow driver on this cluster has run {run_id!r}", run_id=run_id)

@@ -1,0 +1,76 @@
+"""RayExecutor: each task attempt is one Ray task.
+
+The Ray task runs ``engine.task_run.run_attempt`` and has two returns: the
+small AttemptResult, which the orchestrator fetches, and the value, which
+stays in the object store and is handed to downstream tasks as an ObjectRef
+(Ray resolves it into the argument on the worker).  The task's resource
+options go to ``.options()``.  Ray retries lost workers itself
+(``max_retries``) but never the user's exceptions, which ``run_attempt``
+catches and reports.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import ray
+from ray.exceptions import RayError, RayTaskError
+
+from rayflow.engine.executor import Completion, system_failure
+from rayflow.engine.plan import TaskSpec
+from rayflow.engine.task_run import AttemptResult, run_attempt
+
+SYSTEM_RETRIES = 3  # Ray's own retries of an attempt whose worker died
+
+_remote_attempt = ray.remote(num_returns=2, max_retries=SYSTEM_RETRIES, retry_exceptions=False)(run_attempt)
+
+
+class RayExecutor:
+    def __init__(self) -> None:
+        # state ref -> (task key, attempt, value ref, submit time)
+        self._pending: dict[ray.ObjectRef, tuple[str, int, ray.ObjectRef, float]] = {}
+
+    def submit(self, spec: TaskSpec, attempt: int, inputs: list[Any]) -> None:
+        options = spec.options.ray_options()
+        state_ref, value_ref = _remote_attempt.options(name=spec.key, **options).remote(
+            spec.payload, spec.key, attempt, *inputs
+        )
+        self._pending[state_ref] = (spec.key, attempt, value_ref, time.time())
+
+    def wait(self, timeout: float | None) -> list[Completion]:
+        if not self._pending:
+            if timeout:
+                time.sleep(min(timeout, 0.01))
+            return []
+        refs = list(self._pending)
+        ready, rest = ray.wait(refs, num_returns=1, timeout=timeout)
+        if not ready:
+            return []
+        if rest:  # collect everything else that is already done in the same step
+            more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
+            ready += more
+        return [self._complete(ref) for ref in ready]
+
+    def _complete(self, ref: ray.ObjectRef) -> Completion:
+        key, attempt, value_ref, submitted = self._pending.pop(ref)
+        try:
+            result: AttemptResult = ray.get(ref)
+        except RayTaskError as exc:  # run_attempt itself broke, e.g. the payload would not unpickle
+            cause = exc.as_instanceof_cause() if hasattr(exc, "as_instanceof_cause") else exc
+            return Completion(system_failure(key, attempt, cause, submitted), None)
+        except RayError as exc:  # worker died for good, object lost, task cancelled
+            return Completion(system_failure(key, attempt, exc, submitted), None)
+        return Completion(result, value_ref)
+
+    def cancel(self, task_key: str) -> None:
+        for ref, (key, *_rest) in list(self._pending.items()):
+            if key == task_key:
+                ray.cancel(ref, force=True)
+
+    def fetch(self, handles: list[Any]) -> list[Any]:
+        return ray.get(handles)
+
+    def cancel_all(self) -> None:
+        for ref in list(self._pending):
+            ray.cancel(ref, force=True)

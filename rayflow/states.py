@@ -1,0 +1,103 @@
+"""Task and flow states, after Prefect 1.
+
+A State is an immutable record of one transition.  It carries no behaviour
+that reads global context: whoever creates a state passes everything it needs.
+
+Successful states: SUCCESS, CACHED, MAPPED, SKIPPED.
+Failed states: FAILED, TIMED_OUT, TRIGGER_FAILED, CANCELLED.
+Unfinished states: PENDING, SCHEDULED, RUNNING, RETRYING.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class StateType(str, enum.Enum):
+    PENDING = "PENDING"
+    SCHEDULED = "SCHEDULED"
+    RUNNING = "RUNNING"
+    RETRYING = "RETRYING"
+    SUCCESS = "SUCCESS"
+    CACHED = "CACHED"
+    MAPPED = "MAPPED"
+    SKIPPED = "SKIPPED"
+    FAILED = "FAILED"
+    TIMED_OUT = "TIMED_OUT"
+    TRIGGER_FAILED = "TRIGGER_FAILED"
+    CANCELLED = "CANCELLED"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+SUCCESSFUL_TYPES = frozenset({StateType.SUCCESS, StateType.CACHED, StateType.MAPPED, StateType.SKIPPED})
+FAILED_TYPES = frozenset(
+    {StateType.FAILED, StateType.TIMED_OUT, StateType.TRIGGER_FAILED, StateType.CANCELLED}
+)
+FINISHED_TYPES = SUCCESSFUL_TYPES | FAILED_TYPES
+
+
+class ErrorInfo(BaseModel):
+    """What is kept of an exception even when the exception object cannot travel."""
+
+    model_config = ConfigDict(frozen=True)
+
+    type: str  # qualified name, e.g. "builtins.ValueError"
+    message: str
+    traceback: str = ""
+    system: bool = False  # True for a dead worker or lost object, not the user's code
+
+    @property
+    def type_name(self) -> str:
+        return self.type.rsplit(".", 1)[-1]
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message}" if self.message else self.type_name
+
+
+class State(BaseModel):
+    """One state of a task or a flow run.
+
+    ``timestamp`` is when the state was entered; ``started_at``/``finished_at``
+    are the attempt's real start and end as measured where it ran.
+    """
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    type: StateType
+    message: str = ""
+    attempt: int = Field(default=1, ge=1)
+    timestamp: float = Field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: ErrorInfo | None = None
+    exception: Any = Field(default=None, exclude=True, repr=False)
+
+    def is_successful(self) -> bool:
+        return self.type in SUCCESSFUL_TYPES
+
+    def is_failed(self) -> bool:
+        return self.type in FAILED_TYPES
+
+    def is_finished(self) -> bool:
+        return self.type in FINISHED_TYPES
+
+    def is_skipped(self) -> bool:
+        return self.type is StateType.SKIPPED
+
+    def is_running(self) -> bool:
+        return self.type is StateType.RUNNING
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+    def __str__(self) -> str:
+        return f"{self.type.value}({self.message!r})" if self.message else self.type.value
