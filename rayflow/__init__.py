@@ -13,8 +13,6 @@
     pipeline.run(n=4).result()   # 8
 """
 
-from rayflow import engine as _engine  # noqa: F401 - registers runner="local"
-from rayflow import runtime as _runtime  # noqa: F401 - registers runner="ray"
 from rayflow.core.flow import Flow, flow
 from rayflow.core.task import Task, task
 from rayflow.engine.flow_run import FlowRun

@@ -4,12 +4,14 @@ The body is traced once, lazily, with parameter placeholders; the graph is
 cached on the Flow.  Running a flow validates its parameters here and then
 hands over to a *runner* (the Ray runtime by default, or the in-process
 engine runner), which compiles the graph into a plan and executes it.
-Runners are looked up by name so this layer never imports the ones above it.
+Runners are looked up by name and imported on first use, so this layer never
+imports the ones above it and ``import rayflow`` does not import Ray.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import threading
 from collections.abc import Callable
@@ -25,22 +27,29 @@ class Runner(Protocol):
     def run_flow(self, flow: Flow, params: dict[str, Any]) -> Any: ...
 
 
-_RUNNERS: dict[str, Callable[[], Runner]] = {}
+# Runners by name: a factory, or "module:attribute" imported on first use, so that
+# `import rayflow` and compiling a plan never import Ray.
+_RUNNERS: dict[str, Callable[[], Runner] | str] = {
+    "ray": "rayflow.runtime.runner:RayRunner",
+    "local": "rayflow.engine.local:LocalRunner",
+}
 
 
-def register_runner(name: str, factory: Callable[[], Runner]) -> None:
-    """Make ``runner=name`` available to flows (done by the layers that implement runners)."""
+def register_runner(name: str, factory: Callable[[], Runner] | str) -> None:
+    """Make ``runner=name`` available to flows: a factory, or a "module:attribute" path to one."""
     _RUNNERS[name] = factory
 
 
 def resolve_runner(runner: Any) -> Runner:
     if isinstance(runner, str):
         try:
-            return _RUNNERS[runner]()
+            factory = _RUNNERS[runner]
         except KeyError:
-            raise DefinitionError(
-                f"unknown runner {runner!r}; known: {sorted(_RUNNERS)}"
-            ) from None
+            raise DefinitionError(f"unknown runner {runner!r}; known: {sorted(_RUNNERS)}") from None
+        if isinstance(factory, str):
+            module, _, attr = factory.partition(":")
+            factory = getattr(importlib.import_module(module), attr)
+        return factory()
     if not hasattr(runner, "run_flow"):
         raise DefinitionError(f"runner {runner!r} has no run_flow(flow, params) method")
     return runner

@@ -1,0 +1,43 @@
+"""Shared fixtures: one Ray per test session (num_cpus=2), and the runners to test against.
+
+The semantic tests take the ``runner`` fixture and so run twice: with the
+in-process engine runner ("local", no Ray) and on real Ray ("ray").
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+
+import pytest
+
+TESTS_DIR = pathlib.Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+
+# Ray workers are started from this process's environment: let them import the
+# helper modules in tests/ (reference flows, picklable test classes).
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(TESTS_DIR), str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
+)
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local 2-CPU Ray for the whole session; yields the address other processes can join."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(params=["local", "ray"])
+def runner(request):
+    """The runner name; "ray" brings up the session's Ray."""
+    if request.param == "ray":
+        request.getfixturevalue("ray_session")
+    return request.param

@@ -1,0 +1,97 @@
+"""Reference flows for the tests, each with a plain-Python oracle (``*_calc``).
+
+Kept in a module of its own so Ray workers can import the helpers by name.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import rayflow as rf
+
+
+@rf.task
+def extract(n: int) -> list[int]:
+    return list(range(n))
+
+
+@rf.task
+def clean(xs: list[int]) -> list[int]:
+    return [x for x in xs if x % 2 == 0]
+
+
+@rf.task
+def audit(xs: list[int]) -> dict:
+    return {"count": len(xs), "total": sum(xs)}
+
+
+@rf.task
+def load(cleaned: list[int], report: dict) -> dict:
+    return {"loaded": sum(cleaned), "of": report["total"], "rows": report["count"]}
+
+
+@rf.flow
+def diamond(n: int = 10) -> dict:
+    r"""
+      extract
+       /   \
+    clean  audit
+       \   /
+       load
+    """
+    xs = extract(n)
+    return load(clean(xs), audit(xs))
+
+
+def diamond_calc(n: int = 10) -> dict:
+    xs = list(range(n))
+    return {"loaded": sum(x for x in xs if x % 2 == 0), "of": sum(xs), "rows": len(xs)}
+
+
+@rf.task
+def timed_sleep(seconds: float, label: str) -> dict:
+    """Sleeps and reports when and where it ran, as measured in the worker."""
+    start = time.time()
+    time.sleep(seconds)
+    return {"label": label, "start": start, "end": time.time(), "pid": os.getpid()}
+
+
+@rf.flow
+def two_branches(seconds: float = 1.0) -> list:
+    """
+    sleep_a   sleep_b      (independent)
+    """
+    return [timed_sleep(seconds, "a"), timed_sleep(seconds, "b")]
+
+
+class Boom(ValueError):
+    """A user exception type that must survive the trip back from the worker."""
+
+
+@rf.task
+def explode(x: int) -> int:
+    raise Boom(f"bad input {x}")
+
+
+@rf.task
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@rf.flow
+def failing(x: int = 1) -> int:
+    """
+    add -> explode -> add-2
+    """
+    return add(explode(add(x, 1)), 10)
+
+
+@rf.flow
+def failing_branch(x: int = 1) -> dict:
+    """
+    explode    add         (independent; explode's failure must not stop add)
+       |
+      add-2
+    """
+    return {"bad": add(explode(x), 1), "good": add(x, 2)}
