@@ -1,0 +1,5 @@
+"""``python -m rayflow`` is the ``rayflow`` command."""
+
+from rayflow.cli import main
+
+main()

@@ -1,0 +1,108 @@
+"""The ``rayflow`` command line (typer).
+
+Exit codes: 0 the run succeeded; 1 the run failed or was cancelled; 2 bad
+usage (target, parameters, flow definition); 3 the Ray cluster could not be
+reached; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any, Optional
+
+import typer
+
+from rayflow.cli.loader import TargetError, load_flow
+from rayflow.cli.output import print_run
+from rayflow.exceptions import ClusterConnectionError, DefinitionError, GraphError, ParameterError, SerializationError
+
+app = typer.Typer(
+    name="rayflow",
+    help="Run and inspect rayflow flows: Prefect-style workflows compiled onto Ray.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EXIT_FAILED, EXIT_USAGE, EXIT_CLUSTER, EXIT_INTERRUPTED = 1, 2, 3, 130
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def parse_params(pairs: list[str], params_json: str | None, annotations: dict[str, Any]) -> dict[str, Any]:
+    """``k=v`` pairs on top of a JSON object.  A value is parsed as JSON unless its parameter is a str."""
+    values: dict[str, Any] = {}
+    if params_json:
+        try:
+            loaded = json.loads(params_json)
+        except json.JSONDecodeError as exc:
+            raise TargetError(f"--params-json is not valid JSON: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise TargetError("--params-json must be a JSON object")
+        values.update(loaded)
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise TargetError(f"--param {pair!r} must look like name=value")
+        if annotations.get(key) is str:
+            values[key] = raw
+            continue
+        try:
+            values[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key] = raw  # let the flow's own validation judge the string
+    return values
+
+
+@app.command()
+def run(
+    target: Annotated[str, typer.Argument(help="path/to/file.py:flow_name or package.module:flow_name")],
+    param: Annotated[
+        Optional[list[str]],  # noqa: UP007 - typer needs Optional here
+        typer.Option("--param", "-p", help="A flow parameter, name=value (repeatable). Values are JSON where possible."),
+    ] = None,
+    params_json: Annotated[Optional[str], typer.Option("--params-json", help="Flow parameters as a JSON object.")] = None,  # noqa: UP007
+    address: Annotated[
+        Optional[str],  # noqa: UP007
+        typer.Option("--address", help="Ray cluster to join (host:port, ray://host:10001, auto). Default: RAY_ADDRESS or a local Ray."),
+    ] = None,
+    run_id: Annotated[Optional[str], typer.Option("--run-id", help="Use this run id instead of a generated one.")] = None,  # noqa: UP007
+    local: Annotated[bool, typer.Option("--local", help="Run in this process without Ray (for debugging).")] = False,
+) -> None:
+    """Run a flow and print its task states, run id and result."""
+    try:
+        flow = load_flow(target)
+        annotations = {k: f.annotation for k, f in flow.parameters_model.model_fields.items()}
+        values = parse_params(param or [], params_json, annotations)
+        options: dict[str, Any] = {"runner": "local" if local else "ray"}
+        if address:
+            options["address"] = address
+        if run_id:
+            options["run_id"] = run_id
+        flow_run = flow.with_options(**options).run(**values)
+    except (TargetError, ParameterError, GraphError, DefinitionError, SerializationError) as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    except ClusterConnectionError as exc:
+        raise _fail(str(exc), EXIT_CLUSTER) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted; the run was cancelled", EXIT_INTERRUPTED) from None
+    print_run(flow_run)
+    if not flow_run.state.is_successful():
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.callback()
+def _root() -> None:
+    """rayflow: Prefect-style workflows compiled onto Ray."""
+
+
+def main() -> None:
+    app(prog_name="rayflow")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

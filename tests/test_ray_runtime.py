@@ -1,0 +1,294 @@
+"""What only the Ray runtime does: parallelism, resources, ObjectRefs, the named actor, joining clusters."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+import ray
+from flows import timed_sleep, two_branches
+
+import rayflow as rf
+from rayflow.runtime import find_run
+from rayflow.runtime.actor import driver_actor
+from rayflow.states import StateType
+
+REPO_ROOT = str(pathlib.Path(__file__).resolve().parent.parent)
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def overlap(a: dict, b: dict) -> float:
+    return min(a["end"], b["end"]) - max(a["start"], b["start"])
+
+
+def test_independent_branches_run_in_parallel():
+    """
+    sleep_a   sleep_b    on 2 CPUs: the two 1 s sleeps overlap almost entirely
+    """
+    run = two_branches.run(seconds=1.0)
+    a, b = run.result()
+    assert a["pid"] != b["pid"]
+    assert overlap(a, b) > 0.8, (a, b)
+    elapsed = run.state.finished_at - run.state.started_at
+    assert elapsed < 1.9, elapsed
+
+
+def test_num_cpus_reaches_ray_and_excludes_other_tasks():
+    """
+    hog(num_cpus=2)   sleep   sleep-2    (independent; the hog must run alone on 2 CPUs)
+    """
+    hog = timed_sleep.with_options(name="hog", num_cpus=2)
+
+    @rf.task
+    def assigned() -> dict:
+        return ray.get_runtime_context().get_assigned_resources()
+
+    @rf.flow
+    def contended():
+        return [hog(0.6, "hog"), timed_sleep(0.6, "x"), timed_sleep(0.6, "y"), assigned.with_options(num_cpus=2)()]
+
+    h, x, y, resources = contended()
+    assert overlap(h, x) <= 0 and overlap(h, y) <= 0, (h, x, y)
+    assert resources == {"CPU": 2.0}
+
+
+def test_custom_resources_reach_ray():
+    @rf.task(resources={"rayflow_test_slot": 1}, num_cpus=0)
+    def where() -> dict:
+        return ray.get_runtime_context().get_assigned_resources()
+
+    @rf.flow
+    def custom():
+        return where()
+
+    # No node offers the resource: the task must stay pending, proving Ray got the request.
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault("run", custom.with_options(run_id="custom-res").run()), daemon=True)
+    thread.start()
+    deadline = time.time() + 10
+    summary = None
+    while time.time() < deadline:
+        try:
+            _, summary = find_run("custom-res")
+        except rf.UnknownRunError:
+            time.sleep(0.1)
+            continue
+        if summary.task_states["where"].type is StateType.RUNNING:
+            break
+        time.sleep(0.1)
+    assert summary is not None and summary.task_states["where"].type is StateType.RUNNING
+    time.sleep(1.0)
+    assert thread.is_alive(), "a task needing a resource no node has must not run"
+    ray.get(driver_actor().cancel_run.remote("custom-res"))
+    thread.join(15)
+    assert result["run"].state.type is StateType.CANCELLED
+    assert result["run"].task_states["where"].type is StateType.CANCELLED
+
+
+class RecordsWhereLoaded:
+    """Unpickling appends the loading process's pid to a file."""
+
+    def __init__(self, log: str, payload: bytes):
+        self.log, self.payload = log, payload
+
+    def __reduce__(self):
+        return (_load_recorded, (self.log, self.payload))
+
+
+def _load_recorded(log, payload):
+    with open(log, "a") as fh:
+        fh.write(f"{os.getpid()}\n")
+    return RecordsWhereLoaded(log, payload)
+
+
+@rf.task
+def make_blob(log: str, size: int) -> RecordsWhereLoaded:
+    return RecordsWhereLoaded(log, b"x" * size)
+
+
+@rf.task
+def blob_size(blob: RecordsWhereLoaded) -> int:
+    return len(blob.payload)
+
+
+def test_values_pass_between_tasks_as_object_refs(tmp_path):
+    """
+    make_blob --(ObjectRef)--> blob_size      the 5 MB blob never visits the driver or the actor
+    """
+    log = str(tmp_path / "loads.txt")
+
+    @rf.flow
+    def blobs():
+        return blob_size(make_blob(log, 5_000_000))
+
+    run = blobs.run()
+    assert run.result() == 5_000_000
+    actor_pid = ray.get(driver_actor().__ray_call__.remote(lambda self: os.getpid()))
+    loaded_in = {int(line) for line in open(log).read().split()}
+    assert loaded_in, "the downstream task must have loaded the blob"
+    assert os.getpid() not in loaded_in and actor_pid not in loaded_in
+    assert isinstance(run._handles["make_blob"], ray.ObjectRef)
+    run.task_result("make_blob")  # fetching on demand is what loads it here
+    assert os.getpid() in {int(line) for line in open(log).read().split()}
+
+
+def test_run_is_reachable_by_name_from_another_process(ray_session):
+    """A second process joins the cluster and finds the live run through the driver's named actor."""
+    probe = textwrap.dedent(
+        f"""
+        import json, sys, time, ray
+        from rayflow.runtime import find_run
+        ray.init(address={ray_session!r}, logging_level="error")
+        deadline = time.time() + 30
+        while True:
+            try:
+                actor, summary = find_run("live-run-1")
+                break
+            except Exception:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.2)
+        print(json.dumps({{k: s.type.value for k, s in summary.task_states.items()}}))
+        """
+    )
+    result = {}
+    thread = threading.Thread(
+        target=lambda: result.setdefault("run", two_branches.with_options(run_id="live-run-1").run(seconds=8.0))
+    )
+    thread.start()
+    try:
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    finally:
+        thread.join()
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(seen) == {"timed_sleep", "timed_sleep-2"}
+    assert "RUNNING" in seen.values()
+    assert result["run"].state.type is StateType.SUCCESS
+
+
+def test_unknown_run_id_is_a_clear_error():
+    with pytest.raises(rf.UnknownRunError, match="no-such-run"):
+        find_run("no-such-run")
+
+
+def test_duplicate_live_run_id_is_refused():
+    run = two_branches.with_options(run_id="dup-1").run(seconds=0.0)
+    assert run.state.is_successful()
+    with pytest.raises(Exception, match="already exists"):
+        two_branches.with_options(run_id="dup-1").run(seconds=0.0)
+
+
+def test_fixed_cost_of_a_run_is_small():
+    """Recorded, not asserted as a limit: benchmarks/run_overhead.py reports it."""
+
+    @rf.task
+    def one():
+        return 1
+
+    @rf.flow
+    def tiny():
+        return one()
+
+    tiny()
+    start = time.perf_counter()
+    assert tiny() == 1
+    print(f"fixed cost of a one-task run: {time.perf_counter() - start:.4f}s")
+
+
+# -- joining a cluster: these need a process where Ray is not yet initialised ------------
+
+
+def _run_isolated(code: str, env: dict | None = None, timeout: float = 90) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=REPO_ROOT,
+    )
+
+
+def test_joining_an_existing_cluster_by_address(ray_session):
+    out = _run_isolated(
+        f"""
+        import sys; sys.path.insert(0, "tests")
+        import ray, flows
+        run = flows.diamond.with_options(address={ray_session!r}).run(n=4)
+        print(run.result() == flows.diamond_calc(4), ray.get_runtime_context().gcs_address)
+        """
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", ray_session]
+
+
+def test_closed_port_fails_fast_naming_the_address():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = _run_isolated(
+        f"""
+        import sys, time; sys.path.insert(0, "tests")
+        import flows, rayflow as rf
+        t = time.time()
+        try:
+            flows.diamond.with_options(address="127.0.0.1:{port}").run()
+        except rf.ClusterConnectionError as e:
+            print(round(time.time() - t, 1), e.address, "|", e)
+        """
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    seconds, address, *_ = out.stdout.split()
+    assert address == f"127.0.0.1:{port}"
+    assert float(seconds) < 10
+    assert "cannot reach" in out.stdout
+
+
+def test_silent_listener_times_out_in_bounded_time():
+    """A port that accepts connections but never speaks Ray: bounded by RAYFLOW_CONNECT_TIMEOUT."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    port = listener.getsockname()[1]
+    try:
+        out = _run_isolated(
+            f"""
+            import sys, time; sys.path.insert(0, "tests")
+            import flows, rayflow as rf
+            t = time.time()
+            try:
+                flows.diamond.with_options(address="ray://127.0.0.1:{port}").run()
+            except rf.ClusterConnectionError as e:
+                print(round(time.time() - t, 1), "|", e)
+            """,
+            env={"RAYFLOW_CONNECT_TIMEOUT": "4"},
+        )
+    finally:
+        listener.close()
+    assert out.returncode == 0, out.stderr[-2000:]
+    seconds = float(out.stdout.split()[0])
+    assert seconds < 15
+    assert f"127.0.0.1:{port}" in out.stdout
+
+
+def test_ray_address_environment_variable_is_used(ray_session):
+    out = _run_isolated(
+        """
+        import sys; sys.path.insert(0, "tests")
+        import ray, flows
+        print(flows.diamond(n=3) == flows.diamond_calc(3), ray.get_runtime_context().gcs_address)
+        """,
+        env={"RAY_ADDRESS": ray_session},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", ray_session]
