@@ -293,3 +293,28 @@ def test_ray_address_environment_variable_is_used(ray_session):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["True", ray_session]
+
+
+def test_unserialisable_return_value_fails_the_task_that_returned_it():
+    """
+    make_lock --(cannot be serialised)--> use_lock
+    """
+
+    @rf.task
+    def make_lock():
+        return threading.Lock()
+
+    @rf.task
+    def use_lock(lock) -> int:
+        return 1
+
+    @rf.flow
+    def locks():
+        return use_lock(make_lock())
+
+    run = locks.run()
+    made = run.task_states["make_lock"]
+    assert made.type is StateType.FAILED
+    assert "make_lock" in made.message and "cannot pickle" in made.message
+    assert made.error.system is False
+    assert run.task_states["use_lock"].type is StateType.TRIGGER_FAILED

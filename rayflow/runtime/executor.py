@@ -1,8 +1,11 @@
 """RayExecutor: each task attempt is one Ray task.
 
 The Ray task runs ``engine.task_run.run_attempt`` and has two returns: the
-small AttemptResult, which the orchestrator fetches, and the value, which
-stays in the object store and is handed to downstream tasks as an ObjectRef
+value, which stays in the object store, and the small AttemptResult, which
+the orchestrator fetches.  The value comes first on purpose: Ray stores
+returns in order, so a value that cannot be serialised fails the
+AttemptResult too and the failure is charged to the task that produced it.
+The value and is handed to downstream tasks as an ObjectRef
 (Ray resolves it into the argument on the worker).  The task's resource
 options go to ``.options()``.  Ray retries lost workers itself
 (``max_retries``) but never the user's exceptions, which ``run_attempt``
@@ -11,6 +14,7 @@ catches and reports.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -23,7 +27,28 @@ from rayflow.engine.task_run import AttemptResult, run_attempt
 
 SYSTEM_RETRIES = 3  # Ray's own retries of an attempt whose worker died
 
-_remote_attempt = ray.remote(num_returns=2, max_retries=SYSTEM_RETRIES, retry_exceptions=False)(run_attempt)
+
+
+def _attempt_value_first(payload: bytes, task_key: str, attempt: int, *inputs: Any) -> tuple[Any, AttemptResult]:
+    result, value = run_attempt(payload, task_key, attempt, *inputs)
+    return value, result
+
+
+_remote_attempt = ray.remote(num_returns=2, max_retries=SYSTEM_RETRIES, retry_exceptions=False)(
+    _attempt_value_first
+)
+
+
+def _serialisation_failure(key: str, attempt: int, exc: RayTaskError, submitted: float) -> AttemptResult:
+    cause = getattr(exc, "cause", None) or exc
+    result = system_failure(key, attempt, cause, submitted)
+    message = (
+        f"task '{key}': its arguments or its return value could not be (de)serialised by Ray: "
+        f"{type(cause).__name__}: {cause}"
+    )
+    return dataclasses.replace(
+        result, message=message, error=result.error.model_copy(update={"system": False, "message": message})
+    )
 
 
 class RayExecutor:
@@ -33,7 +58,7 @@ class RayExecutor:
 
     def submit(self, spec: TaskSpec, attempt: int, inputs: list[Any]) -> None:
         options = spec.options.ray_options()
-        state_ref, value_ref = _remote_attempt.options(name=spec.key, **options).remote(
+        value_ref, state_ref = _remote_attempt.options(name=spec.key, **options).remote(
             spec.payload, spec.key, attempt, *inputs
         )
         self._pending[state_ref] = (spec.key, attempt, value_ref, time.time())
@@ -56,9 +81,11 @@ class RayExecutor:
         key, attempt, value_ref, submitted = self._pending.pop(ref)
         try:
             result: AttemptResult = ray.get(ref)
-        except RayTaskError as exc:  # run_attempt itself broke, e.g. the payload would not unpickle
-            cause = exc.as_instanceof_cause() if hasattr(exc, "as_instanceof_cause") else exc
-            return Completion(system_failure(key, attempt, cause, submitted), None)
+        except RayTaskError as exc:
+            # The user's exceptions are caught inside run_attempt, so this is the Ray task
+            # around it: an argument that would not deserialise here, or a return value that
+            # would not serialise.  Retrying cannot help, so it is not a system error.
+            return Completion(_serialisation_failure(key, attempt, exc, submitted), None)
         except RayError as exc:  # worker died for good, object lost, task cancelled
             return Completion(system_failure(key, attempt, exc, submitted), None)
         return Completion(result, value_ref)
