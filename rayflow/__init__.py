@@ -13,6 +13,8 @@
     pipeline.run(n=4).result()   # 8
 """
 
+from rayflow import signals, triggers
+from rayflow.core.branching import case, merge, set_reference_tasks
 from rayflow.core.flow import Flow, flow
 from rayflow.core.task import Task, task
 from rayflow.engine.flow_run import FlowRun
@@ -29,6 +31,7 @@ from rayflow.exceptions import (
     UnknownRunError,
     UnknownTaskError,
 )
+from rayflow.signals import Fail, Retry, Skip
 from rayflow.states import ErrorInfo, State, StateType
 
 __version__ = "0.1.0"
@@ -37,13 +40,16 @@ __all__ = [
     "ClusterConnectionError",
     "DefinitionError",
     "ErrorInfo",
+    "Fail",
     "Flow",
     "FlowRun",
     "FlowRunError",
     "GraphError",
     "ParameterError",
     "RayflowError",
+    "Retry",
     "SerializationError",
+    "Skip",
     "State",
     "StateType",
     "Task",
@@ -51,6 +57,11 @@ __all__ = [
     "TaskRunError",
     "UnknownRunError",
     "UnknownTaskError",
+    "case",
     "flow",
+    "merge",
+    "set_reference_tasks",
+    "signals",
     "task",
+    "triggers",
 ]

@@ -75,6 +75,7 @@ class State(BaseModel):
     timestamp: float = Field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
+    scheduled_for: float | None = None  # RETRYING / SCHEDULED: when the next attempt is due
     error: ErrorInfo | None = None
     exception: Any = Field(default=None, exclude=True, repr=False)
 

@@ -117,6 +117,11 @@ class Flow:
     def __repr__(self) -> str:
         return f"<Flow {self.name}>"
 
+    def __reduce__(self) -> Any:
+        # Flows travel to the orchestrator when they have state handlers; the lock and
+        # the cached graph stay behind.
+        return (Flow, (self.fn, self.options))
+
 
 @overload
 def flow(fn: Callable[..., Any], /) -> Flow: ...

@@ -37,10 +37,12 @@ class Node:
     upstream: tuple[str, ...]  # keys whose values this node consumes, in first-use order
     wait_for: tuple[str, ...]  # keys that must finish first, values not passed
     params: tuple[str, ...]  # flow parameters used in the arguments
+    conditions: tuple[str, ...] = ()  # case() checks this node was created under
+    kind: str = "task"  # "task", or "merge" (settled by the orchestrator, never run)
 
     @property
     def dependencies(self) -> tuple[str, ...]:
-        return self.upstream + tuple(k for k in self.wait_for if k not in self.upstream)
+        return tuple(dict.fromkeys(self.upstream + self.wait_for + self.conditions))
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class Graph:
     nodes: tuple[Node, ...]
     result: Any  # template of the flow's return value
     parameters: tuple[str, ...]
+    reference: tuple[str, ...] | None = None  # set_reference_tasks(); None: the terminal tasks
     by_key: Mapping[str, Node] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -66,6 +69,10 @@ class Graph:
     def terminal_keys(self) -> tuple[str, ...]:
         down = self.downstream()
         return tuple(key for key, children in down.items() if not children)
+
+    def reference_keys(self) -> tuple[str, ...]:
+        """The tasks whose states decide the flow's state."""
+        return self.reference if self.reference is not None else self.terminal_keys()
 
 
 _BUILDER: contextvars.ContextVar[GraphBuilder | None] = contextvars.ContextVar(
@@ -87,6 +94,8 @@ class GraphBuilder:
         self.token = next(_builder_ids)
         self._nodes: list[Node] = []
         self._name_counts: dict[str, int] = {}
+        self._cases: list[str] = []  # keys of the case checks of the enclosing `with rf.case` blocks
+        self._reference: tuple[str, ...] | None = None
 
     def param_refs(self) -> dict[str, ParamRef]:
         return {name: ParamRef(name, self.token) for name in self.parameters}
@@ -111,9 +120,28 @@ class GraphBuilder:
             if ref.owner != self.token:
                 raise GraphError(f"{where} uses {ref._describe()}, which belongs to another flow")
 
-    def add_call(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: Any) -> NodeRef:
+    @contextmanager
+    def case_block(self, check: NodeRef) -> Iterator[None]:
+        """Nodes created inside depend on ``check`` and are skipped when it is skipped."""
+        self._cases.append(check.key)
+        try:
+            yield
+        finally:
+            self._cases.pop()
+
+    def set_reference(self, refs: tuple[Any, ...]) -> None:
+        for ref in refs:
+            if not isinstance(ref, NodeRef):
+                raise GraphError(f"set_reference_tasks takes task results of this flow, got {ref!r}")
+        self._check_refs(list(refs), "set_reference_tasks")
+        self._reference = tuple(dict.fromkeys(r.key for r in refs))
+
+    def add_call(
+        self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: Any, *, kind: str = "task"
+    ) -> NodeRef:
         key = self._next_key(task.name)
-        check_binding(task, key, args, kwargs)
+        if kind == "task":
+            check_binding(task, key, args, kwargs)
         refs = find_refs((args, kwargs))
         self._check_refs(refs, f"task '{key}'")
         upstream = tuple(r.key for r in refs if isinstance(r, NodeRef))
@@ -128,6 +156,8 @@ class GraphBuilder:
             upstream=upstream,
             wait_for=tuple(dict.fromkeys(k for k, _ in waits)),
             params=params,
+            conditions=tuple(self._cases),
+            kind=kind,
         )
         self._nodes.append(node)
         return NodeRef(key, self.token)
@@ -139,6 +169,7 @@ class GraphBuilder:
             nodes=tuple(self._nodes),
             result=result,
             parameters=self.parameters,
+            reference=self._reference,
         )
 
 

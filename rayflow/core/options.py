@@ -27,11 +27,21 @@ class TaskOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
     name: str | None = Field(default=None, min_length=1)
+    # Retries of the user's errors (and timeouts), decided by the orchestrator.
     retries: int = Field(default=0, ge=0)
-    retry_delay: float = Field(default=0.0, ge=0)
+    retry_delay: float | tuple[float, ...] = 0.0  # seconds, or one delay per retry
+    retry_backoff: float = Field(default=1.0, ge=1.0)  # delay multiplier per retry
+    retry_jitter: float = Field(default=0.0, ge=0.0)  # up to this fraction of the delay added at random
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    # Retries of system errors (worker died, object lost): a separate budget.
+    system_retries: int = Field(default=3, ge=0)
     timeout: float | None = Field(default=None, gt=0)
     tags: frozenset[str] = frozenset()
     trigger: Callable[..., bool] = all_successful
+    skip_on_upstream_skip: bool = True
+    on_state: tuple[Callable[..., Any], ...] = ()
+    on_failure: tuple[Callable[..., Any], ...] = ()
+    on_success: tuple[Callable[..., Any], ...] = ()
     # Ray resources, passed to ``.options()`` of the Ray task.
     num_cpus: float | None = Field(default=None, ge=0)
     num_gpus: float | None = Field(default=None, ge=0)
@@ -39,10 +49,52 @@ class TaskOptions(BaseModel):
     resources: dict[str, float] | None = None
     runtime_env: dict[str, Any] | None = None
 
-    @field_validator("retry_delay", "timeout", mode="before")
+    @field_validator("timeout", mode="before")
     @classmethod
     def _timedelta_to_seconds(cls, value: Any) -> Any:
         return _seconds(value)
+
+    @field_validator("retry_delay", mode="before")
+    @classmethod
+    def _delays(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            if not value:
+                raise ValueError("a list of retry delays must not be empty")
+            return tuple(_seconds(v) for v in value)
+        return _seconds(value)
+
+    @field_validator("retry_delay")
+    @classmethod
+    def _delays_not_negative(cls, value: Any) -> Any:
+        delays = value if isinstance(value, tuple) else (value,)
+        if any(d < 0 for d in delays):
+            raise ValueError("retry delays must be >= 0 seconds")
+        return value
+
+    @field_validator("retry_on", mode="before")
+    @classmethod
+    def _exception_types(cls, value: Any) -> Any:
+        types = value if isinstance(value, (list, tuple)) else (value,)
+        bad = [t for t in types if not (isinstance(t, type) and issubclass(t, BaseException))]
+        if bad or not types:
+            raise ValueError(f"must be exception classes, got {bad or 'nothing'}")
+        return tuple(types)
+
+    @field_validator("on_state", "on_failure", "on_success", mode="before")
+    @classmethod
+    def _handlers(cls, value: Any) -> Any:
+        return _as_handlers(value)
+
+    @field_validator("trigger", mode="before")
+    @classmethod
+    def _trigger_callable(cls, value: Any) -> Any:
+        if not callable(value):
+            raise ValueError(f"a trigger must be a callable taking the upstream states, got {value!r}")
+        return value
+
+    @property
+    def handlers(self) -> tuple[Callable[..., Any], ...]:
+        return _all_handlers(self)
 
     @field_validator("name")
     @classmethod
@@ -69,6 +121,35 @@ class TaskOptions(BaseModel):
         return {f: getattr(self, f) for f in fields if getattr(self, f) is not None}
 
 
+def _as_handlers(value: Any) -> tuple[Callable[..., Any], ...]:
+    handlers = value if isinstance(value, (list, tuple)) else (value,)
+    bad = [h for h in handlers if not callable(h)]
+    if bad:
+        raise ValueError(f"state handlers must be callables, got {bad}")
+    return tuple(handlers)
+
+
+def _all_handlers(options: Any) -> tuple[Callable[..., Any], ...]:
+    """Every state handler in call order: on_state, then on_failure, then on_success."""
+    return (
+        options.on_state
+        + tuple(_only(h, "failed") for h in options.on_failure)
+        + tuple(_only(h, "successful") for h in options.on_success)
+    )
+
+
+class _only:
+    """A handler called only for failed (or successful) new states: on_failure / on_success."""
+
+    def __init__(self, handler: Callable[..., Any], kind: str):
+        self.handler, self.kind = handler, kind
+        self.__name__ = getattr(handler, "__name__", repr(handler))
+
+    def __call__(self, subject: Any, old: Any, new: Any) -> Any:
+        wanted = new.is_failed() if self.kind == "failed" else new.is_successful()
+        return self.handler(subject, old, new) if wanted else None
+
+
 class FlowOptions(BaseModel):
     """Options of a flow: its name and where and how it runs.
 
@@ -83,6 +164,18 @@ class FlowOptions(BaseModel):
     runner: Any = "ray"  # "ray", "local", or an object with run_flow(flow, params, options)
     address: str | None = None  # Ray cluster to join; None: RAY_ADDRESS or a local Ray
     run_id: str | None = Field(default=None, min_length=1)
+    on_state: tuple[Callable[..., Any], ...] = ()  # h(flow, old_state, new_state) -> State | None
+    on_failure: tuple[Callable[..., Any], ...] = ()
+    on_success: tuple[Callable[..., Any], ...] = ()
+
+    @field_validator("on_state", "on_failure", "on_success", mode="before")
+    @classmethod
+    def _handlers(cls, value: Any) -> Any:
+        return _as_handlers(value)
+
+    @property
+    def handlers(self) -> tuple[Callable[..., Any], ...]:
+        return _all_handlers(self)
 
 
 def validate_options(model: type[BaseModel], owner: str, values: dict[str, Any]) -> Any:

@@ -1,7 +1,8 @@
 """The executor interface, and the in-process executor.
 
 An executor runs task attempts somewhere and reports them back; it decides
-nothing.  Four methods: ``submit`` an attempt, ``wait`` for finished ones,
+nothing.  Four methods: ``submit`` an attempt, ``wait`` for events (attempts
+that started, for tasks with a timeout, and attempts that finished),
 ``cancel`` a running one, ``fetch`` values.  Values stay with the executor as
 opaque *handles* (a Ray ObjectRef, or a box in this process); the
 orchestrator only passes handles along.
@@ -13,6 +14,7 @@ without Ray.  Task resource options are ignored by it.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import os
 import time
@@ -32,12 +34,27 @@ class Completion:
     handle: Any
 
 
+@dataclass(frozen=True)
+class Started:
+    """An attempt began running at ``at`` (its timeout counts from here)."""
+
+    task_key: str
+    attempt: int
+    at: float
+
+
+Event = Completion | Started
+
+
 class Executor(Protocol):
     def submit(self, spec: TaskSpec, attempt: int, inputs: list[Any]) -> None:
         """Start an attempt; ``inputs`` are the handles of ``spec.upstream``, in order."""
 
-    def wait(self, timeout: float | None) -> list[Completion]:
-        """Attempts finished since the last call; waits up to ``timeout`` for at least one."""
+    def wait(self, timeout: float | None) -> list[Event]:
+        """Events since the last call; waits up to ``timeout`` for a completion.
+
+        ``Started`` is reported at least for attempts of tasks with a timeout.
+        """
 
     def cancel(self, task_key: str) -> None:
         """Stop the running attempt of ``task_key`` if there is one."""
@@ -75,19 +92,27 @@ class LocalExecutor:
     def __init__(self, max_workers: int | None = None):
         self._pool = cf.ThreadPoolExecutor(max_workers=max_workers or max(4, os.cpu_count() or 1))
         self._futures: dict[cf.Future[Any], tuple[str, int, float]] = {}
+        self._started: collections.deque[Started] = collections.deque()
+
+    def _attempt(self, spec: TaskSpec, attempt: int, values: list[Any]) -> tuple[AttemptResult, Any]:
+        self._started.append(Started(spec.key, attempt, time.time()))
+        return run_attempt(spec.payload, spec.key, attempt, *values)
 
     def submit(self, spec: TaskSpec, attempt: int, inputs: list[Any]) -> None:
-        values = [box.value for box in inputs]
-        future = self._pool.submit(run_attempt, spec.payload, spec.key, attempt, *values)
+        values = [None if box is None else box.value for box in inputs]
+        future = self._pool.submit(self._attempt, spec, attempt, values)
         self._futures[future] = (spec.key, attempt, time.time())
 
-    def wait(self, timeout: float | None) -> list[Completion]:
+    def wait(self, timeout: float | None) -> list[Event]:
+        events: list[Event] = []
+        while self._started:
+            events.append(self._started.popleft())
         if not self._futures:
-            if timeout:
+            if timeout and not events:
                 time.sleep(min(timeout, 0.01))
-            return []
-        done, _ = cf.wait(list(self._futures), timeout=timeout, return_when=cf.FIRST_COMPLETED)
-        completions = []
+            return events
+        done, _ = cf.wait(list(self._futures), timeout=0 if events else timeout, return_when=cf.FIRST_COMPLETED)
+        completions: list[Event] = events
         for future in done:
             key, attempt, submitted = self._futures.pop(future)
             try:
@@ -103,7 +128,7 @@ class LocalExecutor:
                 del self._futures[future]
 
     def fetch(self, handles: list[Any]) -> list[Any]:
-        return [box.value for box in handles]
+        return [None if box is None else box.value for box in handles]
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -25,7 +25,7 @@ class LocalRunner:
         self.max_workers = max_workers
 
     def run_flow(self, flow: Any, params: dict[str, Any]) -> FlowRun:
-        plan = compile_plan(flow.graph, params)
+        plan = compile_plan(flow.graph, params, flow)
         executor = LocalExecutor(self.max_workers)
         try:
             summary = Orchestrator(plan, executor, flow.options.run_id or new_run_id()).run()

@@ -2,25 +2,34 @@
 
 State, all of it explicit on the instance:
 
-- ``states``: task key -> current State (every key from the start, PENDING)
-- ``history``: task key -> every State it went through, in order
+- ``states`` / ``history``: task key -> current State / every State, in order
 - ``blocking``: task key -> number of its dependencies not yet finished
 - ``ready``: keys whose dependencies have all finished, waiting to launch
 - ``running``: task key -> attempt number of the attempt in flight
+- ``deadlines``: task key -> (attempt, time) its running attempt times out
+- ``scheduled``: heap of (due time, seq, task key) retries waiting for their delay
+- ``attempts`` / ``app_failures`` / ``system_failures``: counters per task key
 - ``handles``: task key -> executor handle of the value it produced
 
-One step: launch every ready task (or settle it without running when its
-trigger does not pass), wait for finished attempts, ``finish_task`` each.
-A finished task unblocks its downstream tasks.  The run is over when every
-task is finished; the flow's state then comes from its reference tasks.
+One step: resubmit retries that are due, launch every ready task (or settle
+it without running: unmet case, skipped upstream, trigger, merge), time out
+attempts past their deadline, then wait for executor events and apply them.
+This loop is the only retry authority: a retry delay is a heap entry here,
+never a sleep in a worker, so it holds no worker slot.
 
-Listeners are called on every transition, in order, with keyword arguments
-(``run_id``, ``task_key``, ``old``, ``new``); they are how the run journal,
-live status and, later, state handlers and traces observe the run.
+Application errors (the user's exception, a timeout, ``rf.Fail``) consume
+the task's ``retries``; system errors (the worker died, an object was lost)
+consume ``system_retries``.  Both appear in the history as RETRYING states
+carrying the error.
+
+State handlers run inside ``transition`` and may replace the new state; the
+loop then follows the state it got.  Listeners observe every transition.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import threading
 import time
 from collections import deque
@@ -28,10 +37,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from rayflow.engine.executor import Completion, Executor
+from rayflow.engine.executor import Completion, Executor, Started
+from rayflow.engine.handlers import apply_handlers
 from rayflow.engine.plan import Plan
+from rayflow.engine.policy import retry_delay, settle_before_run, settle_merge
+from rayflow.engine.task_run import AttemptResult
 from rayflow.states import State, StateType
-from rayflow.triggers import failed_upstreams
 
 Listener = Callable[..., None]
 
@@ -57,97 +68,208 @@ class Orchestrator:
         *,
         listeners: tuple[Listener, ...] = (),
         poll_interval: float = 0.2,
+        clock: Callable[[], float] = time.time,
     ):
         self.plan = plan
         self.executor = executor
         self.run_id = run_id
         self.listeners = listeners
         self.poll_interval = poll_interval
+        self.clock = clock
         self.flow_state = State(type=StateType.PENDING)
-        self.states: dict[str, State] = {s.key: State(type=StateType.PENDING) for s in plan.specs}
+        keys = [s.key for s in plan.specs]
+        self.states: dict[str, State] = {k: State(type=StateType.PENDING) for k in keys}
         self.history: dict[str, list[State]] = {k: [v] for k, v in self.states.items()}
         self.blocking: dict[str, int] = {s.key: len(s.dependencies) for s in plan.specs}
         self.ready: deque[str] = deque(k for k, n in self.blocking.items() if n == 0)
         self.running: dict[str, int] = {}
+        self.deadlines: dict[str, tuple[int, float]] = {}
+        self.scheduled: list[tuple[float, int, str]] = []
+        self.attempts = dict.fromkeys(keys, 0)
+        self.app_failures = dict.fromkeys(keys, 0)
+        self.system_failures = dict.fromkeys(keys, 0)
         self.handles: dict[str, Any] = {}
-        self.unfinished = len(plan.specs)
+        self.unfinished = len(keys)
+        self._seq = itertools.count()
         self._lock = threading.Lock()
         self._cancel_requested = threading.Event()
 
     # -- transitions ---------------------------------------------------------
 
-    def set_state(self, key: str, new: State) -> None:
+    def transition(self, key: str, new: State) -> State:
+        """Move ``key`` to ``new`` (as its handlers may amend it); returns the state it got."""
+        spec = self.plan.by_key[key]
+        old = self.states[key]
+        handlers = spec.options.handlers
+        if handlers:
+            new = apply_handlers(handlers, spec.task, old, new)
         with self._lock:
-            old = self.states[key]
             self.states[key] = new
             self.history[key].append(new)
         if new.is_finished() and not old.is_finished():
             self.unfinished -= 1
+            self.running.pop(key, None)
+            self.deadlines.pop(key, None)
             for child in self.plan.downstream[key]:
                 self.blocking[child] -= 1
                 if self.blocking[child] == 0:
                     self.ready.append(child)
         for listener in self.listeners:
             listener(run_id=self.run_id, task_key=key, old=old, new=new)
+        return new
 
-    def set_flow_state(self, new: State) -> None:
-        old, self.flow_state = self.flow_state, new
+    def set_flow_state(self, new: State) -> State:
+        old = self.flow_state
+        if self.plan.flow is not None:
+            new = apply_handlers(self.plan.flow.options.handlers, self.plan.flow, old, new)
+        self.flow_state = new
         for listener in self.listeners:
             listener(run_id=self.run_id, task_key=None, old=old, new=new)
+        return new
 
-    # -- the loop ------------------------------------------------------------
+    def follow(self, key: str, state: State) -> None:
+        """Act on a state a transition produced: wait out a retry, or nothing."""
+        if state.is_finished():
+            return
+        if state.type in (StateType.RETRYING, StateType.SCHEDULED, StateType.PENDING):
+            due = state.scheduled_for if state.scheduled_for is not None else self.clock()
+            heapq.heappush(self.scheduled, (due, next(self._seq), key))
+        elif state.type is StateType.RUNNING and key not in self.running:
+            heapq.heappush(self.scheduled, (self.clock(), next(self._seq), key))
+
+    # -- launching -----------------------------------------------------------
 
     def launch(self, key: str) -> None:
-        """Submit ``key``'s first attempt, or settle it if its trigger does not pass."""
+        """A task whose dependencies all finished: settle it, or submit its first attempt."""
         spec = self.plan.by_key[key]
-        upstream_states = {k: self.states[k] for k in spec.dependencies}
-        if not spec.options.trigger(upstream_states):
-            failed = failed_upstreams(upstream_states)
-            reason = f"upstream task(s) failed: {', '.join(failed)}" if failed else "trigger did not pass"
-            self.set_state(key, State(type=StateType.TRIGGER_FAILED, message=reason))
+        upstream = {k: self.states[k] for k in spec.dependencies}
+        settled = settle_before_run(spec, upstream)
+        if settled is None and spec.kind == "merge":
+            settled, branch = settle_merge(spec, self.states)
+            if branch is not None:
+                self.handles[key] = self.handles.get(branch)
+        if settled is not None:
+            self.follow(key, self.transition(key, settled))
             return
-        self.submit(key, attempt=1)
+        self.submit(key)
 
-    def submit(self, key: str, attempt: int) -> None:
+    def submit(self, key: str) -> None:
         spec = self.plan.by_key[key]
-        inputs = [self.handles[k] for k in spec.upstream]
+        attempt = self.attempts[key] + 1
+        now = self.clock()
+        state = self.transition(key, State(type=StateType.RUNNING, attempt=attempt, timestamp=now))
+        if state.type is not StateType.RUNNING:
+            self.follow(key, state)
+            return
+        self.attempts[key] = attempt
         self.running[key] = attempt
-        self.set_state(key, State(type=StateType.RUNNING, attempt=attempt))
+        inputs = [self.handles.get(k) for k in spec.upstream]
         self.executor.submit(spec, attempt, inputs)
+
+    # -- outcomes ------------------------------------------------------------
+
+    def on_started(self, event: Started) -> None:
+        timeout = self.plan.by_key[event.task_key].options.timeout
+        if timeout is not None and self.running.get(event.task_key) == event.attempt:
+            self.deadlines[event.task_key] = (event.attempt, event.at + timeout)
 
     def finish_task(self, completion: Completion) -> None:
         result = completion.result
-        if self.running.get(result.task_key) != result.attempt:
-            return  # a stale attempt (cancelled or superseded)
-        del self.running[result.task_key]
+        key = result.task_key
+        if self.running.get(key) != result.attempt:
+            return  # a stale attempt: timed out, cancelled or superseded
+        del self.running[key]
+        self.deadlines.pop(key, None)
+        timing = {"attempt": result.attempt, "started_at": result.started_at, "finished_at": result.finished_at}
         if result.type is StateType.SUCCESS:
-            self.handles[result.task_key] = completion.handle
-        self.set_state(
-            result.task_key,
-            State(
-                type=result.type,
-                message=result.message,
-                attempt=result.attempt,
-                started_at=result.started_at,
-                finished_at=result.finished_at,
-                error=result.error,
-                exception=result.exception(),
-            ),
-        )
+            self.handles[key] = completion.handle
+            new = State(type=StateType.SUCCESS, **timing)
+        elif result.type is StateType.SKIPPED:
+            new = State(type=StateType.SKIPPED, message=result.message, **timing)
+        elif result.type is StateType.RETRYING:  # rf.Retry: retried even past `retries`
+            delay = result.retry_delay
+            if delay is None:
+                delay = retry_delay(self.plan.by_key[key].options, self.app_failures[key] + 1)
+            new = self._retrying(result.message, delay, timing)
+        else:
+            new = self._after_failure(key, result, timing)
+        self.follow(key, self.transition(key, new))
+
+    def _retrying(self, message: str, delay: float, timing: dict[str, Any], **extra: Any) -> State:
+        due = self.clock() + delay
+        when = f"retry in {delay:.3g}s" if delay > 0 else "retry now"
+        return State(type=StateType.RETRYING, message=f"{message}; {when}", scheduled_for=due, **timing, **extra)
+
+    def _after_failure(self, key: str, result: AttemptResult, timing: dict[str, Any]) -> State:
+        options = self.plan.by_key[key].options
+        error = result.error
+        failure = {"error": error, "exception": result.exception()}
+        if error is not None and error.system:
+            if self.system_failures[key] < options.system_retries:
+                self.system_failures[key] += 1
+                budget = f"system retry {self.system_failures[key]} of {options.system_retries}"
+                return self._retrying(f"{result.message} ({budget})", 0.0, timing, **failure)
+            return State(type=StateType.FAILED, message=result.message, **timing, **failure)
+        if result.retryable and self.app_failures[key] < options.retries:
+            self.app_failures[key] += 1
+            delay = retry_delay(options, self.app_failures[key])
+            budget = f"retry {self.app_failures[key]} of {options.retries}"
+            return self._retrying(f"{result.message} ({budget})", delay, timing, **failure)
+        if not result.retryable and options.retries:
+            message = f"{result.message} (not retried: not one of retry_on)"
+            return State(type=StateType.FAILED, message=message, **timing, **failure)
+        return State(type=StateType.FAILED, message=result.message, **timing, **failure)
+
+    def time_out(self, key: str) -> None:
+        attempt, deadline = self.deadlines.pop(key)
+        options = self.plan.by_key[key].options
+        self.executor.cancel(key)
+        self.running.pop(key, None)
+        message = f"timed out after {options.timeout:g}s"
+        timing = {"attempt": attempt, "started_at": deadline - options.timeout, "finished_at": self.clock()}
+        if self.app_failures[key] < options.retries:
+            self.app_failures[key] += 1
+            delay = retry_delay(options, self.app_failures[key])
+            new = self._retrying(f"{message} (retry {self.app_failures[key]} of {options.retries})", delay, timing)
+        else:
+            new = State(type=StateType.TIMED_OUT, message=message, **timing)
+        self.follow(key, self.transition(key, new))
+
+    # -- the loop ------------------------------------------------------------
 
     def start(self) -> None:
-        self.set_flow_state(State(type=StateType.RUNNING, started_at=time.time()))
+        self.set_flow_state(State(type=StateType.RUNNING, started_at=self.clock()))
 
     def step(self, timeout: float | None = None) -> None:
-        while self.ready and not self._cancel_requested.is_set():
-            self.launch(self.ready.popleft())
         if self._cancel_requested.is_set():
             self._cancel_outstanding()
             return
-        if self.unfinished == 0:
+        now = self.clock()
+        while self.scheduled and self.scheduled[0][0] <= now:
+            _, _, key = heapq.heappop(self.scheduled)
+            if not self.states[key].is_finished():
+                self.submit(key)
+        while self.ready:
+            self.launch(self.ready.popleft())
+        for key, (_, deadline) in list(self.deadlines.items()):
+            if deadline <= now:
+                self.time_out(key)
+        if self.unfinished == 0 or self.ready:
             return
-        for completion in self.executor.wait(self.poll_interval if timeout is None else timeout):
-            self.finish_task(completion)
+        for event in self.executor.wait(self._wait_time(timeout)):
+            if isinstance(event, Started):
+                self.on_started(event)
+            else:
+                self.finish_task(event)
+
+    def _wait_time(self, timeout: float | None) -> float:
+        wait = self.poll_interval if timeout is None else timeout
+        now = self.clock()
+        if self.scheduled:
+            wait = min(wait, max(0.0, self.scheduled[0][0] - now))
+        for _, deadline in self.deadlines.values():
+            wait = min(wait, max(0.0, deadline - now))
+        return wait
 
     @property
     def done(self) -> bool:
@@ -168,9 +290,11 @@ class Orchestrator:
         for key in list(self.running):
             self.executor.cancel(key)
         self.running.clear()
+        self.deadlines.clear()
+        self.scheduled.clear()
         for key, state in list(self.states.items()):
             if not state.is_finished():
-                self.set_state(key, State(type=StateType.CANCELLED, message="run cancelled"))
+                self.transition(key, State(type=StateType.CANCELLED, message="run cancelled"))
 
     # -- reporting -----------------------------------------------------------
 
@@ -187,19 +311,15 @@ class Orchestrator:
 
 
 def final_flow_state(plan: Plan, states: Mapping[str, State], *, started_at: float | None = None) -> State:
-    """FAILED if any reference task failed (CANCELLED if the run was cancelled), else SUCCESS."""
+    """CANCELLED if the run was cancelled; FAILED if any reference task failed; else SUCCESS."""
     now = time.time()
-    refs = {k: states[k] for k in plan.reference_keys}
+    timing = {"started_at": started_at, "finished_at": now}
     if any(s.type is StateType.CANCELLED for s in states.values()):
-        return State(type=StateType.CANCELLED, message="run cancelled", started_at=started_at, finished_at=now)
+        return State(type=StateType.CANCELLED, message="run cancelled", **timing)
+    refs = {k: states[k] for k in plan.reference_keys}
     failed = [k for k, s in refs.items() if s.is_failed()]
     if failed:
         first = refs[failed[0]]
         detail = f"{failed[0]}: {first.type.value}" + (f" ({first.message})" if first.message else "")
-        return State(
-            type=StateType.FAILED,
-            message=f"{len(failed)} reference task(s) failed; {detail}",
-            started_at=started_at,
-            finished_at=now,
-        )
-    return State(type=StateType.SUCCESS, message="all reference tasks succeeded", started_at=started_at, finished_at=now)
+        return State(type=StateType.FAILED, message=f"{len(failed)} reference task(s) failed; {detail}", **timing)
+    return State(type=StateType.SUCCESS, message="all reference tasks succeeded", **timing)

@@ -20,7 +20,9 @@ import cloudpickle
 from rayflow.core.graph import Graph
 from rayflow.core.options import TaskOptions
 from rayflow.core.refs import ParamRef, substitute
+from rayflow.core.task import Task
 from rayflow.exceptions import GraphError, SerializationError
+from rayflow.triggers import all_successful
 
 
 @dataclass(frozen=True)
@@ -30,14 +32,17 @@ class TaskSpec:
     key: str
     name: str
     qualname: str
-    payload: bytes  # cloudpickle of (fn, args, kwargs, upstream); refs to upstream left in place
+    payload: bytes  # cloudpickle of (fn, args, kwargs, upstream, retry_on); refs left in place
     upstream: tuple[str, ...]  # values passed to the worker, in this order
     wait_for: tuple[str, ...]
     options: TaskOptions
+    conditions: tuple[str, ...] = ()  # case checks this task is under
+    kind: str = "task"  # or "merge": settled by the orchestrator, never run
+    task: Task | None = None  # only when it has state handlers, which receive it
 
     @property
     def dependencies(self) -> tuple[str, ...]:
-        return self.upstream + tuple(k for k in self.wait_for if k not in self.upstream)
+        return tuple(dict.fromkeys(self.upstream + self.wait_for + self.conditions))
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ class Plan:
     result: Any  # the flow's return template, parameters substituted
     params: Mapping[str, Any]
     reference_keys: tuple[str, ...]
+    flow: Any = None  # the Flow, only when it has state handlers, which receive it
     by_key: Mapping[str, TaskSpec] = field(init=False, repr=False)
     downstream: Mapping[str, tuple[str, ...]] = field(init=False, repr=False)
 
@@ -59,10 +65,10 @@ class Plan:
         object.__setattr__(self, "downstream", MappingProxyType({k: tuple(v) for k, v in down.items()}))
 
     def __reduce__(self) -> Any:  # mapping proxies do not pickle; rebuild them
-        return (Plan, (self.flow_name, self.specs, self.result, dict(self.params), self.reference_keys))
+        return (Plan, (self.flow_name, self.specs, self.result, dict(self.params), self.reference_keys, self.flow))
 
 
-def compile_plan(graph: Graph, params: Mapping[str, Any]) -> Plan:
+def compile_plan(graph: Graph, params: Mapping[str, Any], flow: Any = None) -> Plan:
     """Validate the graph's shape, bind parameter values and serialise each task."""
     missing = [p for p in graph.parameters if p not in params]
     if missing:
@@ -75,6 +81,7 @@ def compile_plan(graph: Graph, params: Mapping[str, Any]) -> Plan:
     specs = []
     for key in order:
         node = graph.by_key[key]
+        _check_options_pickle(node.key, node.task)
         args = substitute(node.args, bind)
         kwargs = substitute(dict(node.kwargs), bind)
         specs.append(
@@ -82,10 +89,13 @@ def compile_plan(graph: Graph, params: Mapping[str, Any]) -> Plan:
                 key=node.key,
                 name=node.task.name,
                 qualname=node.task.qualname,
-                payload=_serialise(node.key, node.task.fn, args, kwargs, node.upstream),
+                payload=_serialise(node.key, node.task.fn, (args, kwargs, node.upstream, node.task.options.retry_on)),
                 upstream=node.upstream,
                 wait_for=node.wait_for,
                 options=node.task.options,
+                conditions=node.conditions,
+                kind=node.kind,
+                task=node.task if node.task.options.handlers else None,
             )
         )
     return Plan(
@@ -93,7 +103,8 @@ def compile_plan(graph: Graph, params: Mapping[str, Any]) -> Plan:
         specs=tuple(specs),
         result=substitute(graph.result, bind),
         params=MappingProxyType(dict(params)),
-        reference_keys=graph.terminal_keys(),
+        reference_keys=graph.reference_keys(),
+        flow=flow if flow is not None and flow.options.handlers else None,
     )
 
 
@@ -116,9 +127,23 @@ def _topological_order(graph: Graph) -> list[str]:
     return static
 
 
-def _serialise(key: str, fn: Any, args: Any, kwargs: Any, upstream: tuple[str, ...]) -> bytes:
+def _check_options_pickle(key: str, task: Task) -> None:
+    """Triggers and state handlers run in the orchestrator's process: they must travel too."""
+    options = task.options
+    if not options.handlers and options.trigger is all_successful:
+        return
     try:
-        return cloudpickle.dumps((fn, args, kwargs, upstream))
+        cloudpickle.dumps(options)
+    except Exception as exc:
+        raise SerializationError(
+            f"task '{key}': its trigger or state handlers cannot be pickled ({type(exc).__name__}: {exc})",
+            task_key=key,
+        ) from exc
+
+
+def _serialise(key: str, fn: Any, rest: tuple[Any, ...]) -> bytes:
+    try:
+        return cloudpickle.dumps((fn, *rest))
     except Exception as exc:
         error = exc
     try:  # only on failure: find out which part is to blame

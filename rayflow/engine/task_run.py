@@ -18,6 +18,7 @@ from typing import Any
 import cloudpickle
 
 from rayflow.core.refs import NodeRef, substitute
+from rayflow.signals import Fail, Retry, Signal, Skip
 from rayflow.states import ErrorInfo, StateType
 
 
@@ -25,12 +26,14 @@ from rayflow.states import ErrorInfo, StateType
 class AttemptResult:
     task_key: str
     attempt: int
-    type: StateType  # SUCCESS or FAILED (later: SKIPPED, RETRYING from signals)
+    type: StateType  # SUCCESS, FAILED, or SKIPPED / RETRYING when the task raised a signal
     started_at: float
     finished_at: float
     message: str = ""
     error: ErrorInfo | None = None
     exception_bytes: bytes | None = None
+    retryable: bool = True  # False when the exception is not one of the task's retry_on types
+    retry_delay: float | None = None  # from rf.Retry(delay=...)
 
     def exception(self) -> BaseException | None:
         if self.exception_bytes is None:
@@ -61,18 +64,20 @@ def _pickled_exception(exc: BaseException) -> bytes | None:
 
 
 def run_attempt(payload: bytes, task_key: str, attempt: int, *inputs: Any) -> tuple[AttemptResult, Any]:
-    """Run the task once; never raises for the user's errors."""
+    """Run the task once; never raises for the user's errors or signals."""
     started = time.time()
+    retry_on: tuple[type[BaseException], ...] = (Exception,)  # until the payload says otherwise
     try:
-        fn, args, kwargs, upstream = cloudpickle.loads(payload)
+        fn, args, kwargs, upstream, retry_on = cloudpickle.loads(payload)
         values = dict(zip(upstream, inputs, strict=True))
 
         def resolve(ref: Any) -> Any:
             return values[ref.key] if isinstance(ref, NodeRef) else ref
 
         value = fn(*substitute(args, resolve), **substitute(kwargs, resolve))
+    except Signal as signal:
+        return _signalled(signal, task_key, attempt, started), None
     except Exception as exc:
-        finished = time.time()
         error = describe_error(exc)
         return (
             AttemptResult(
@@ -80,10 +85,11 @@ def run_attempt(payload: bytes, task_key: str, attempt: int, *inputs: Any) -> tu
                 attempt=attempt,
                 type=StateType.FAILED,
                 started_at=started,
-                finished_at=finished,
+                finished_at=time.time(),
                 message=str(error),
                 error=error,
                 exception_bytes=_pickled_exception(exc),
+                retryable=isinstance(exc, retry_on),
             ),
             None,
         )
@@ -96,4 +102,25 @@ def run_attempt(payload: bytes, task_key: str, attempt: int, *inputs: Any) -> tu
             finished_at=time.time(),
         ),
         value,
+    )
+
+
+_SIGNAL_STATES = {Skip: StateType.SKIPPED, Fail: StateType.FAILED, Retry: StateType.RETRYING}
+
+
+def _signalled(signal: Signal, task_key: str, attempt: int, started: float) -> AttemptResult:
+    kind = next((t for cls, t in _SIGNAL_STATES.items() if isinstance(signal, cls)), StateType.FAILED)
+    name = type(signal).__name__
+    message = f"{name} signal: {signal.message}" if signal.message else f"{name} signal"
+    return AttemptResult(
+        task_key=task_key,
+        attempt=attempt,
+        type=kind,
+        started_at=started,
+        finished_at=time.time(),
+        message=message,
+        error=describe_error(signal) if kind is StateType.FAILED else None,
+        exception_bytes=_pickled_exception(signal) if kind is StateType.FAILED else None,
+        retryable=True,
+        retry_delay=getattr(signal, "delay", None),
     )

@@ -49,7 +49,8 @@ class FlowRunActor:
         with self._lock:
             if run_id in self._runs:
                 raise ValueError(f"a run with id {run_id!r} already exists in this driver")
-            slot = _Slot(Orchestrator(plan, RayExecutor(), run_id))
+            executor = RayExecutor(run_id, ray.get_runtime_context().current_actor)
+            slot = _Slot(Orchestrator(plan, executor, run_id))
             self._runs[run_id] = slot
             self._trim()
         threading.Thread(target=self._drive, args=(slot,), name=f"run-{run_id}", daemon=True).start()
@@ -96,6 +97,12 @@ class FlowRunActor:
             return None
         summary = slot.summary or slot.orchestrator.summary()
         return RunSummary(summary.run_id, summary.flow_name, summary.state, summary.task_states, summary.history)
+
+    def attempt_started(self, run_id: str, task_key: str, attempt: int, at: float) -> None:
+        """Called by a worker when an attempt of a task with a timeout begins."""
+        slot = self._runs.get(run_id)
+        if slot is not None:
+            slot.orchestrator.executor.notify_started(task_key, attempt, at)
 
     def cancel_run(self, run_id: str) -> None:
         self._slot(run_id).orchestrator.request_cancel()

@@ -7,13 +7,18 @@ returns in order, so a value that cannot be serialised fails the
 AttemptResult too and the failure is charged to the task that produced it.
 The value and is handed to downstream tasks as an ObjectRef
 (Ray resolves it into the argument on the worker).  The task's resource
-options go to ``.options()``.  Ray retries lost workers itself
-(``max_retries``) but never the user's exceptions, which ``run_attempt``
-catches and reports.
+options go to ``.options()``.  The orchestrator is the one retry authority, so Ray's own retries are off
+(``max_retries=0``): a dead worker comes back as a system error, which the
+orchestrator retries under the task's ``system_retries`` and records in the
+history.  For a task with a timeout the worker tells the actor when the
+attempt really starts (``attempt_started``), so time spent queued for
+resources does not count; at the deadline the Ray task is force-cancelled,
+which kills its worker process and frees its CPUs.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import time
 from typing import Any
@@ -21,22 +26,20 @@ from typing import Any
 import ray
 from ray.exceptions import RayError, RayTaskError
 
-from rayflow.engine.executor import Completion, system_failure
+from rayflow.engine.executor import Completion, Event, Started, system_failure
 from rayflow.engine.plan import TaskSpec
 from rayflow.engine.task_run import AttemptResult, run_attempt
 
-SYSTEM_RETRIES = 3  # Ray's own retries of an attempt whose worker died
-
-
-
-def _attempt_value_first(payload: bytes, task_key: str, attempt: int, *inputs: Any) -> tuple[Any, AttemptResult]:
+def _attempt_value_first(
+    payload: bytes, task_key: str, attempt: int, notifier: Any, run_id: str, *inputs: Any
+) -> tuple[Any, AttemptResult]:
+    if notifier is not None:
+        notifier.attempt_started.remote(run_id, task_key, attempt, time.time())
     result, value = run_attempt(payload, task_key, attempt, *inputs)
     return value, result
 
 
-_remote_attempt = ray.remote(num_returns=2, max_retries=SYSTEM_RETRIES, retry_exceptions=False)(
-    _attempt_value_first
-)
+_remote_attempt = ray.remote(num_returns=2, max_retries=0, retry_exceptions=False)(_attempt_value_first)
 
 
 def _serialisation_failure(key: str, attempt: int, exc: RayTaskError, submitted: float) -> AttemptResult:
@@ -52,30 +55,40 @@ def _serialisation_failure(key: str, attempt: int, exc: RayTaskError, submitted:
 
 
 class RayExecutor:
-    def __init__(self) -> None:
+    def __init__(self, run_id: str = "", notifier: Any = None) -> None:
+        self.run_id = run_id
+        self.notifier = notifier  # the FlowRunActor's handle, told when timed attempts start
         # state ref -> (task key, attempt, value ref, submit time)
         self._pending: dict[ray.ObjectRef, tuple[str, int, ray.ObjectRef, float]] = {}
+        self._started: collections.deque[Started] = collections.deque()
+
+    def notify_started(self, task_key: str, attempt: int, at: float) -> None:
+        self._started.append(Started(task_key, attempt, at))
 
     def submit(self, spec: TaskSpec, attempt: int, inputs: list[Any]) -> None:
         options = spec.options.ray_options()
+        notifier = self.notifier if spec.options.timeout is not None else None
         value_ref, state_ref = _remote_attempt.options(name=spec.key, **options).remote(
-            spec.payload, spec.key, attempt, *inputs
+            spec.payload, spec.key, attempt, notifier, self.run_id, *inputs
         )
         self._pending[state_ref] = (spec.key, attempt, value_ref, time.time())
 
-    def wait(self, timeout: float | None) -> list[Completion]:
+    def wait(self, timeout: float | None) -> list[Event]:
+        events: list[Event] = []
+        while self._started:
+            events.append(self._started.popleft())
         if not self._pending:
-            if timeout:
+            if timeout and not events:
                 time.sleep(min(timeout, 0.01))
-            return []
+            return events
         refs = list(self._pending)
-        ready, rest = ray.wait(refs, num_returns=1, timeout=timeout)
+        ready, rest = ray.wait(refs, num_returns=1, timeout=0 if events else timeout)
         if not ready:
-            return []
+            return events
         if rest:  # collect everything else that is already done in the same step
             more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
             ready += more
-        return [self._complete(ref) for ref in ready]
+        return events + [self._complete(ref) for ref in ready]
 
     def _complete(self, ref: ray.ObjectRef) -> Completion:
         key, attempt, value_ref, submitted = self._pending.pop(ref)
@@ -91,13 +104,12 @@ class RayExecutor:
         return Completion(result, value_ref)
 
     def cancel(self, task_key: str) -> None:
+        """Force-cancel: a running attempt's worker process is killed, a queued one never starts."""
         for ref, (key, *_rest) in list(self._pending.items()):
             if key == task_key:
+                del self._pending[ref]
                 ray.cancel(ref, force=True)
 
     def fetch(self, handles: list[Any]) -> list[Any]:
         return ray.get(handles)
 
-    def cancel_all(self) -> None:
-        for ref in list(self._pending):
-            ray.cancel(ref, force=True)

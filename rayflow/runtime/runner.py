@@ -25,7 +25,7 @@ CANCEL_GRACE_SECONDS = 10.0
 
 class RayRunner:
     def run_flow(self, flow: Any, params: dict[str, Any]) -> FlowRun:
-        plan = compile_plan(flow.graph, params)
+        plan = compile_plan(flow.graph, params, flow)
         connect(flow.options.address)
         actor = driver_actor()
         run_id = flow.options.run_id or new_run_id()

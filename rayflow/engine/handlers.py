@@ -1,0 +1,44 @@
+"""State handlers: user callables run on every transition, in the orchestrator.
+
+``h(subject, old, new)`` returns None to keep ``new`` or a State to replace
+it; the next handler sees the replacement.  A handler that raises ends the
+chain: the state becomes FAILED with a message naming the handler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from rayflow.engine.task_run import describe_error
+from rayflow.states import State, StateType
+
+
+def handler_name(handler: Callable[..., Any]) -> str:
+    return getattr(handler, "__qualname__", None) or getattr(handler, "__name__", None) or repr(handler)
+
+
+def apply_handlers(handlers: Sequence[Callable[..., Any]], subject: Any, old: State, new: State) -> State:
+    for handler in handlers:
+        try:
+            out = handler(subject, old, new)
+        except Exception as exc:  # the user's handler; its failure is the task's failure
+            return State(
+                type=StateType.FAILED,
+                message=f"state handler {handler_name(handler)} raised {type(exc).__name__}: {exc}",
+                attempt=new.attempt,
+                started_at=new.started_at,
+                finished_at=new.finished_at,
+                error=describe_error(exc),
+                exception=exc,
+            )
+        if out is None:
+            continue
+        if not isinstance(out, State):
+            return State(
+                type=StateType.FAILED,
+                message=f"state handler {handler_name(handler)} returned {type(out).__name__}, not a State or None",
+                attempt=new.attempt,
+            )
+        new = out
+    return new

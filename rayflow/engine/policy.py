@@ -1,0 +1,72 @@
+"""Pure decisions of the orchestrator: skip, trigger, merge, retry.
+
+Each function takes explicit inputs and returns a State (or a number); none
+touches an executor, so every rule here is tested directly.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+from rayflow.core.options import TaskOptions
+from rayflow.engine.plan import TaskSpec
+from rayflow.engine.task_run import describe_error
+from rayflow.states import State, StateType
+from rayflow.triggers import failed_upstreams, trigger_name
+
+
+def settle_before_run(spec: TaskSpec, upstream: Mapping[str, State]) -> State | None:
+    """The state a ready task ends in without running, or None if it should run.
+
+    Order: an unmet case skips; a skipped upstream skips (unless
+    ``skip_on_upstream_skip=False``); then the trigger is asked.
+    """
+    unmet = [k for k in spec.conditions if upstream[k].is_skipped()]
+    if unmet:
+        return State(type=StateType.SKIPPED, message=upstream[unmet[-1]].message or "case not met")
+    if spec.kind == "merge":
+        return None  # settled by settle_merge from its branches' states
+    skipped = [k for k, s in upstream.items() if s.is_skipped()]
+    if skipped and spec.options.skip_on_upstream_skip:
+        return State(type=StateType.SKIPPED, message=f"upstream task(s) skipped: {', '.join(skipped)}")
+    trigger = spec.options.trigger
+    try:
+        passed = bool(trigger(upstream))
+    except Exception as exc:  # a custom trigger is user code
+        return State(
+            type=StateType.FAILED,
+            message=f"trigger {trigger_name(trigger)} raised {type(exc).__name__}: {exc}",
+            error=describe_error(exc),
+            exception=exc,
+        )
+    if passed:
+        return None
+    failed = failed_upstreams(upstream)
+    detail = f"; failed upstream task(s): {', '.join(failed)}" if failed else ""
+    return State(
+        type=StateType.TRIGGER_FAILED,
+        message=f"trigger {trigger_name(trigger)} did not pass{detail}",
+    )
+
+
+def settle_merge(spec: TaskSpec, states: Mapping[str, State]) -> tuple[State, str | None]:
+    """A merge's state and the branch whose value it takes (None if it takes none)."""
+    for key in spec.upstream:
+        state = states[key]
+        if state.is_skipped():
+            continue
+        if state.is_successful():
+            return State(type=StateType.SUCCESS, message=f"took branch {key}"), key
+        return State(type=StateType.TRIGGER_FAILED, message=f"branch {key} ended {state.type.value}"), None
+    return State(type=StateType.SKIPPED, message="every branch was skipped"), None
+
+
+def retry_delay(options: TaskOptions, retry_number: int, rng: Callable[[], float] = random.random) -> float:
+    """Seconds to wait before retry ``retry_number`` (1 for the first retry)."""
+    if isinstance(options.retry_delay, tuple):
+        delays = options.retry_delay
+        base = delays[min(retry_number, len(delays)) - 1]
+    else:
+        base = options.retry_delay * options.retry_backoff ** (retry_number - 1)
+    return base * (1.0 + options.retry_jitter * rng())
+

@@ -1,0 +1,45 @@
+"""Control signals that user code may raise inside a task.
+
+They derive from ``BaseException`` (through ``Signal``), not ``Exception``,
+so a user's ``except Exception`` around their own code does not swallow
+them.  rayflow never raises them for its own control flow::
+
+    Signal(BaseException)
+    ├── Skip     the task ends SKIPPED (and the skip propagates downstream)
+    ├── Fail     the task ends FAILED; retried if it has retries left
+    └── Retry    the task is retried (RETRYING), even past its ``retries``
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+
+class Signal(BaseException):
+    """Base of the signals a task may raise to choose its own state."""
+
+    def __init__(self, message: str = ""):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class Skip(Signal):
+    """End the task SKIPPED."""
+
+
+class Fail(Signal):
+    """End the task FAILED (retried if retries remain)."""
+
+
+class Retry(Signal):
+    """Retry the task after ``delay`` seconds (default: the task's retry delay)."""
+
+    def __init__(self, message: str = "", delay: float | timedelta | None = None):
+        super().__init__(message)
+        self.delay = delay.total_seconds() if isinstance(delay, timedelta) else delay
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.delay))
