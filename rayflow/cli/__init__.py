@@ -15,7 +15,16 @@ import typer
 
 from rayflow.cli.loader import TargetError, load_flow
 from rayflow.cli.output import print_run
-from rayflow.exceptions import ClusterConnectionError, DefinitionError, GraphError, ParameterError, SerializationError
+from rayflow.engine.flow_run import FlowRun
+from rayflow.engine.local import new_run_id
+from rayflow.exceptions import (
+    ClusterConnectionError,
+    DefinitionError,
+    GraphError,
+    ParameterError,
+    SerializationError,
+    UnknownRunError,
+)
 
 app = typer.Typer(
     name="rayflow",
@@ -74,25 +83,61 @@ def run(
     local: Annotated[bool, typer.Option("--local", help="Run in this process without Ray (for debugging).")] = False,
 ) -> None:
     """Run a flow and print its task states, run id and result."""
+    run_id = run_id or new_run_id()
     try:
         flow = load_flow(target)
         annotations = {k: f.annotation for k, f in flow.parameters_model.model_fields.items()}
         values = parse_params(param or [], params_json, annotations)
-        options: dict[str, Any] = {"runner": "local" if local else "ray"}
+        options: dict[str, Any] = {"runner": "local" if local else "ray", "run_id": run_id}
         if address:
             options["address"] = address
-        if run_id:
-            options["run_id"] = run_id
         flow_run = flow.with_options(**options).run(**values)
     except (TargetError, ParameterError, GraphError, DefinitionError, SerializationError) as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
     except ClusterConnectionError as exc:
         raise _fail(str(exc), EXIT_CLUSTER) from None
     except KeyboardInterrupt:
-        raise _fail("interrupted; the run was cancelled", EXIT_INTERRUPTED) from None
+        _print_cancelled(run_id, local)
+        raise _fail(f"interrupted; run {run_id} was cancelled", EXIT_INTERRUPTED) from None
     print_run(flow_run)
     if not flow_run.state.is_successful():
         raise typer.Exit(EXIT_FAILED)
+
+
+def _print_cancelled(run_id: str, local: bool) -> None:
+    """After Ctrl-C the runner has cancelled the run; show where each task was stopped."""
+    if local:
+        return
+    from rayflow.runtime import find_run
+
+    try:
+        _, summary = find_run(run_id)
+    except Exception:  # noqa: BLE001 - showing the table is a courtesy; the exit code says it all
+        return
+    print_run(FlowRun(summary, None, lambda handles: [], tuple(summary.task_states)))
+
+
+@app.command()
+def cancel(
+    run_id: Annotated[str, typer.Argument(help="The id of a live run.")],
+    address: Annotated[
+        Optional[str],  # noqa: UP007
+        typer.Option("--address", help="Ray cluster of the run. Default: RAY_ADDRESS, else the local cluster (auto)."),
+    ] = None,
+    wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for the run to end cancelled.")] = 30.0,
+) -> None:
+    """Cancel a live run from another shell: its Ray tasks are stopped and unfinished tasks end CANCELLED."""
+    from rayflow.runtime import cancel_run
+
+    try:
+        state = cancel_run(run_id, address=address, wait=wait)
+    except ClusterConnectionError as exc:
+        raise _fail(str(exc), EXIT_CLUSTER) from None
+    except UnknownRunError as exc:
+        raise _fail(str(exc), EXIT_FAILED) from None
+    typer.echo(f"run {run_id}: {state.type.value}")
+    if not state.is_finished():
+        raise _fail(f"run {run_id} had not ended after {wait:g}s", EXIT_FAILED)
 
 
 @app.callback()

@@ -69,6 +69,7 @@ def merge(*branches: Any) -> NodeRef:
 
 def set_reference_tasks(*nodes: Any) -> None:
     """Let these tasks, instead of the terminal ones, decide the flow's final state."""
+    builder = _builder("rf.set_reference_tasks")
     if not nodes:
         raise GraphError("set_reference_tasks needs at least one task result")
-    _builder("rf.set_reference_tasks").set_reference(nodes)
+    builder.set_reference(nodes)

@@ -27,8 +27,13 @@ class LocalRunner:
     def run_flow(self, flow: Any, params: dict[str, Any]) -> FlowRun:
         plan = compile_plan(flow.graph, params, flow)
         executor = LocalExecutor(self.max_workers)
+        orchestrator = Orchestrator(plan, executor, flow.options.run_id or new_run_id())
         try:
-            summary = Orchestrator(plan, executor, flow.options.run_id or new_run_id()).run()
+            summary = orchestrator.run()
+        except KeyboardInterrupt:
+            orchestrator.request_cancel()
+            orchestrator.step(0)  # marks everything unfinished CANCELLED
+            raise
         finally:
             executor.shutdown()
         return FlowRun(summary, plan.result, executor.fetch, tuple(s.key for s in plan.specs))

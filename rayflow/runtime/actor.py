@@ -10,7 +10,9 @@ run by its id (``find_run``) and read its status or cancel it.
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from typing import Any
@@ -21,6 +23,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from rayflow.engine.orchestrator import Orchestrator, RunSummary
 from rayflow.engine.plan import Plan
 from rayflow.exceptions import UnknownRunError
+from rayflow.runtime.cluster import connect
 from rayflow.runtime.executor import RayExecutor
 
 NAMESPACE = "rayflow"
@@ -159,3 +162,15 @@ def find_run(run_id: str, timeout: float = 10.0) -> tuple[Any, RunSummary]:
         if summary is not None:
             return handle, summary
     raise UnknownRunError(f"no live rayflow driver on this cluster has run {run_id!r}", run_id=run_id)
+
+
+def cancel_run(run_id: str, *, address: str | None = None, wait: float = 30.0) -> Any:
+    """Cancel a live run from any process joined to its cluster; returns its state afterwards."""
+    connect(address or os.environ.get("RAY_ADDRESS") or "auto")
+    handle, summary = find_run(run_id)
+    ray.get(handle.cancel_run.remote(run_id))
+    deadline = time.monotonic() + wait
+    while not summary.state.is_finished() and time.monotonic() < deadline:
+        time.sleep(0.1)
+        summary = ray.get(handle.status.remote(run_id))
+    return summary.state
