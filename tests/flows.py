@@ -95,3 +95,26 @@ def failing_branch(x: int = 1) -> dict:
       add-2
     """
     return {"bad": add(explode(x), 1), "good": add(x, 2)}
+
+
+@rf.task
+def sleeper(pid_dir: str, label: str, seconds: float) -> str:
+    """Records its pid (so a test can check the process is gone), then sleeps."""
+    with open(os.path.join(pid_dir, f"{label}.pid"), "w") as fh:
+        fh.write(str(os.getpid()))
+    time.sleep(seconds)
+    with open(os.path.join(pid_dir, f"{label}.done"), "w") as fh:
+        fh.write("finished")
+    return label
+
+
+@rf.flow
+def long_flow(pid_dir: str, seconds: float = 60.0) -> str:
+    """
+    sleeper(a)   sleeper(b)
+          \\       /
+           report           cancelled runs must leave none of them running
+    """
+    a = sleeper(pid_dir, "a", seconds)
+    b = sleeper(pid_dir, "b", seconds)
+    return sleeper(pid_dir, "after", 0.0, wait_for=[a, b])
