@@ -16,6 +16,7 @@
 from rayflow import signals, triggers
 from rayflow.core.branching import case, merge, set_reference_tasks
 from rayflow.core.flow import Flow, flow
+from rayflow.core.mapping import flatten, mapped, unmapped
 from rayflow.core.task import Task, task
 from rayflow.engine.flow_run import FlowRun
 from rayflow.exceptions import (
@@ -23,6 +24,7 @@ from rayflow.exceptions import (
     DefinitionError,
     FlowRunError,
     GraphError,
+    MappingError,
     ParameterError,
     RayflowError,
     SerializationError,
@@ -45,6 +47,7 @@ __all__ = [
     "FlowRun",
     "FlowRunError",
     "GraphError",
+    "MappingError",
     "ParameterError",
     "RayflowError",
     "Retry",
@@ -58,10 +61,13 @@ __all__ = [
     "UnknownRunError",
     "UnknownTaskError",
     "case",
+    "flatten",
     "flow",
+    "mapped",
     "merge",
     "set_reference_tasks",
     "signals",
     "task",
     "triggers",
+    "unmapped",
 ]

@@ -8,6 +8,7 @@ found wrong with a definition, an input, the cluster or a finished run::
     ├── DefinitionError          a @task or @flow is declared wrongly
     │   └── TaskOptionError      an option of @task / with_options is invalid
     ├── GraphError               the flow body builds an invalid graph
+    │   └── MappingError         a .map() over arguments that cannot be zipped
     ├── ParameterError           flow parameters failed validation
     ├── SerializationError       a task's function or arguments cannot be pickled
     ├── ClusterConnectionError   the Ray cluster at an address cannot be reached
@@ -48,6 +49,14 @@ class GraphError(RayflowError):
     def __init__(self, message: str, *, task_key: str | None = None):
         super().__init__(message)
         self.task_key = task_key
+
+
+class MappingError(GraphError, ValueError):
+    """A map's arguments cannot be zipped: unequal lengths, or a non-iterable argument."""
+
+    def __init__(self, message: str, *, task_key: str | None = None, lengths: dict[str, int] | None = None):
+        super().__init__(message, task_key=task_key)
+        self.lengths = lengths or {}
 
 
 class ParameterError(RayflowError, ValueError):

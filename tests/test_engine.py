@@ -17,37 +17,41 @@ import rayflow as rf
 from rayflow.engine.executor import Completion, LocalBox
 from rayflow.engine.orchestrator import Orchestrator
 from rayflow.engine.plan import compile_plan
-from rayflow.engine.task_run import AttemptResult, run_attempt
+from rayflow.engine.execute import execute
+from rayflow.engine.task_run import AttemptResult
+from rayflow.engine.work import Work
 from rayflow.states import StateType as T
 
 
 class ScriptedExecutor:
-    """Runs nothing by itself: ``finish(key)`` runs that attempt in-process."""
+    """Runs nothing by itself: ``finish(key)`` runs that task's latest work in-process."""
 
     def __init__(self, plan):
         self.plan = plan
         self.submitted: list[tuple[str, int]] = []
-        self.inputs: dict[str, list] = {}
+        self.works: dict[str, tuple[Work, list]] = {}
         self.finished: list[Completion] = []
         self.cancelled: list[str] = []
 
-    def submit(self, spec, attempt, inputs):
-        self.submitted.append((spec.key, attempt))
-        self.inputs[spec.key] = inputs
+    def submit(self, spec, work, handles):
+        self.submitted.append((spec.key, work.attempt))
+        self.works[spec.key] = (work, handles)
 
     def finish(self, key):
-        spec = self.plan.by_key[key]
-        _, attempt = next(s for s in self.submitted if s[0] == key)
-        values = [box.value for box in self.inputs[key]]
-        result, value = run_attempt(spec.payload, key, attempt, *values)
-        self.finished.append(Completion(result, LocalBox(value)))
+        work, handles = self.works[key]
+        values = [None if h is None else h.value for h in handles]
+        value, report = execute(self.plan.by_key[key].payload, work, *values)
+        self.finished.append(Completion(work, report, LocalBox(value)))
 
     def wait(self, timeout):
         done, self.finished = self.finished, []
         return done
 
-    def cancel(self, key):
-        self.cancelled.append(key)
+    def cancel(self, work_id):
+        self.cancelled.extend(k for k, (w, _) in self.works.items() if w.work_id == work_id)
+
+    def put(self, value):
+        return LocalBox(value)
 
     def fetch(self, handles):
         return [h.value for h in handles]
@@ -131,7 +135,7 @@ def test_stale_completions_are_ignored():
     plan = compile_plan(diamond.graph, {"n": 1})
     orch = Orchestrator(plan, ScriptedExecutor(plan), "run-4")
     stale = AttemptResult("extract", 7, T.SUCCESS, 0.0, 0.0)
-    orch.finish_task(Completion(stale, LocalBox(1)))
+    orch.on_completion(Completion(Work(99, "extract", 7), stale, LocalBox(1)))
     assert orch.states["extract"].type is T.PENDING
 
 

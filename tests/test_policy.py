@@ -169,7 +169,7 @@ def test_timeout_deadline_counts_from_the_real_start():
     clock.now = 1010.0  # queued for 10 s: no deadline yet
     orch.step(0)
     assert orch.states["add"].type is T.RUNNING and not ex.cancelled
-    orch.on_started(Started("add", 1, 1010.0))
+    orch.on_started(Started(ex.works["add"][0].work_id, 1010.0))
     clock.now = 1012.0
     orch.step(0)
     assert ex.cancelled == ["add"]

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from rayflow.core.mapping import classify
 from rayflow.core.refs import NodeRef, ParamRef, find_refs
 from rayflow.exceptions import GraphError
 
@@ -38,7 +39,8 @@ class Node:
     wait_for: tuple[str, ...]  # keys that must finish first, values not passed
     params: tuple[str, ...]  # flow parameters used in the arguments
     conditions: tuple[str, ...] = ()  # case() checks this node was created under
-    kind: str = "task"  # "task", or "merge" (settled by the orchestrator, never run)
+    kind: str = "task"  # "task", "map", or "merge" (settled by the orchestrator, never run)
+    sources: tuple[Any, ...] = ()  # a map's mapped arguments (core.mapping.MapSource)
 
     @property
     def dependencies(self) -> tuple[str, ...]:
@@ -136,15 +138,40 @@ class GraphBuilder:
         self._check_refs(list(refs), "set_reference_tasks")
         self._reference = tuple(dict.fromkeys(r.key for r in refs))
 
+    def add_map(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: Any) -> NodeRef:
+        """A mapped call: arguments are bound by name, mapped ones become MapInput markers."""
+        key = self._next_key(task.name)
+        check_binding(task, key, args, kwargs)
+        bound = task.signature.bind(*args, **kwargs)
+        kinds = {n.key: n.kind for n in self._nodes}
+        slots = argument_slots(task, bound.arguments)
+        classified, sources = classify(key, slots, kinds)
+        call_args, call_kwargs = rebuild_call(task, classified)
+        return self._record(task, key, call_args, call_kwargs, wait_for, kind="map", sources=tuple(sources))
+
     def add_call(
         self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: Any, *, kind: str = "task"
     ) -> NodeRef:
         key = self._next_key(task.name)
         if kind == "task":
             check_binding(task, key, args, kwargs)
-        refs = find_refs((args, kwargs))
+        return self._record(task, key, args, kwargs, wait_for, kind=kind)
+
+    def _record(
+        self,
+        task: Task,
+        key: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        wait_for: Any,
+        *,
+        kind: str,
+        sources: tuple[Any, ...] = (),
+    ) -> NodeRef:
+        source_refs = [s_ref for s in sources for s_ref in _source_refs(s, self.token)]
+        refs = [r for r in dict.fromkeys(source_refs + find_refs((args, kwargs))) if isinstance(r, (NodeRef, ParamRef))]
         self._check_refs(refs, f"task '{key}'")
-        upstream = tuple(r.key for r in refs if isinstance(r, NodeRef))
+        upstream = tuple(dict.fromkeys(r.key for r in refs if isinstance(r, NodeRef)))
         params = tuple(r.name for r in refs if isinstance(r, ParamRef))
         waits = _wait_for_keys(wait_for, key)
         self._check_refs([NodeRef(k, o) for k, o in waits], f"wait_for of task '{key}'")
@@ -158,6 +185,7 @@ class GraphBuilder:
             params=params,
             conditions=tuple(self._cases),
             kind=kind,
+            sources=sources,
         )
         self._nodes.append(node)
         return NodeRef(key, self.token)
@@ -171,6 +199,55 @@ class GraphBuilder:
             parameters=self.parameters,
             reference=self._reference,
         )
+
+
+def _source_refs(source: Any, token: int) -> list[Any]:
+    if source.kind in ("node", "map", "flatten_node", "flatten_map"):
+        return [NodeRef(source.key, source.owner)]
+    if source.kind == "param":
+        return [ParamRef(source.key, token)]
+    return []
+
+
+def argument_slots(task: Task, arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """One entry per argument as written: *args elements as "name[i]", **kwargs by their keys."""
+    slots: dict[str, Any] = {}
+    for p in task.signature.parameters.values():
+        if p.name not in arguments:
+            continue
+        if p.kind is p.VAR_POSITIONAL:
+            slots.update({f"{p.name}[{i}]": v for i, v in enumerate(arguments[p.name])})
+        elif p.kind is p.VAR_KEYWORD:
+            slots.update(arguments[p.name])
+        else:
+            slots[p.name] = arguments[p.name]
+    return slots
+
+
+def rebuild_call(task: Task, slots: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Argument slots back into (args, kwargs) that call the function the same way."""
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    named = set()
+    for p in task.signature.parameters.values():
+        if p.kind is p.VAR_POSITIONAL:
+            i = 0
+            while f"{p.name}[{i}]" in slots:
+                args.append(slots[f"{p.name}[{i}]"])
+                named.add(f"{p.name}[{i}]")
+                i += 1
+        elif p.kind is p.VAR_KEYWORD:
+            continue
+        elif p.name in slots:
+            named.add(p.name)
+            if p.kind is p.POSITIONAL_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD and any(
+                q.kind is q.VAR_POSITIONAL for q in task.signature.parameters.values()
+            )):
+                args.append(slots[p.name])
+            else:
+                kwargs[p.name] = slots[p.name]
+    kwargs.update({k: v for k, v in slots.items() if k not in named})
+    return tuple(args), kwargs
 
 
 def _wait_for_keys(wait_for: Any, key: str) -> list[tuple[str, int]]:

@@ -42,6 +42,13 @@ class TaskOptions(BaseModel):
     on_state: tuple[Callable[..., Any], ...] = ()
     on_failure: tuple[Callable[..., Any], ...] = ()
     on_success: tuple[Callable[..., Any], ...] = ()
+    # Maps: items per chunk (None: adapt to the observed time per item), chunks in flight
+    # per map (None: from the cluster's CPUs), the fraction of items that must succeed
+    # for the map to count as successful, and whether fn takes a whole chunk at once.
+    chunk_size: int | None = Field(default=None, gt=0)
+    max_in_flight: int | None = Field(default=None, gt=0)
+    min_success_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    batch: bool = False
     # Ray resources, passed to ``.options()`` of the Ray task.
     num_cpus: float | None = Field(default=None, ge=0)
     num_gpus: float | None = Field(default=None, ge=0)

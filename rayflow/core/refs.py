@@ -88,7 +88,14 @@ class ParamRef(_Placeholder):
         return f"<ParamRef {self.name}>"
 
 
-_REFS = (NodeRef, ParamRef)
+@dataclass(frozen=True, slots=True)
+class MapInput:
+    """In a mapped task's arguments: the current item of mapped source ``index``."""
+
+    index: int
+
+
+_REFS = (NodeRef, ParamRef, MapInput)
 
 
 def find_refs(value: Any) -> list[Any]:

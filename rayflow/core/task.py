@@ -11,7 +11,9 @@ import inspect
 from collections.abc import Callable
 from typing import Any, overload
 
-from rayflow.core.graph import active_builder
+from rayflow.core.graph import active_builder, argument_slots, rebuild_call
+from rayflow.core.mapping import check_lengths, classify
+from rayflow.core.refs import MapInput
 from rayflow.core.options import TaskOptions, validate_options
 from rayflow.exceptions import DefinitionError
 
@@ -42,6 +44,16 @@ class Task:
             return self.fn(*args, **kwargs)
         return builder.add_call(self, args, kwargs, wait_for)
 
+    def map(self, *args: Any, wait_for: Any = None, **kwargs: Any) -> Any:
+        """Run the task once per item of the mapped arguments (zipped); see core.mapping.
+
+        Outside a flow this is a plain loop over the items, for unit tests.
+        """
+        builder = active_builder()
+        if builder is None:
+            return _map_outside_flow(self, args, kwargs)
+        return builder.add_map(self, args, kwargs, wait_for)
+
     def with_options(self, **changes: Any) -> Task:
         """A copy of this task with some options changed (validated like the decorator's)."""
         values = self.options.model_dump(exclude_unset=True)
@@ -55,6 +67,23 @@ class Task:
     def __reduce__(self) -> Any:
         # Tasks travel inside plans; rebuild rather than copy the wrapper's __dict__.
         return (Task, (self.fn, self.options))
+
+
+def _map_outside_flow(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+    """A plain zip loop (batch tasks get each mapped argument as a list)."""
+    slots = argument_slots(task, task.signature.bind(*args, **kwargs).arguments)
+    template, sources = classify(task.name, slots, {})
+    columns = [list(source.value) for source in sources]
+    check_lengths(task.name, {source.name: len(c) for source, c in zip(sources, columns)})
+
+    def call(values: list[Any]) -> Any:
+        filled = {k: values[v.index] if isinstance(v, MapInput) else v for k, v in template.items()}
+        call_args, call_kwargs = rebuild_call(task, filled)
+        return task.fn(*call_args, **call_kwargs)
+
+    if task.options.batch:
+        return list(call(columns))
+    return [call(list(items)) for items in zip(*columns)]
 
 
 def _qualname(fn: Any) -> str:

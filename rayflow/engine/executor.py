@@ -1,15 +1,18 @@
 """The executor interface, and the in-process executor.
 
-An executor runs task attempts somewhere and reports them back; it decides
-nothing.  Four methods: ``submit`` an attempt, ``wait`` for events (attempts
-that started, for tasks with a timeout, and attempts that finished),
-``cancel`` a running one, ``fetch`` values.  Values stay with the executor as
-opaque *handles* (a Ray ObjectRef, or a box in this process); the
-orchestrator only passes handles along.
+An executor runs units of work somewhere and reports them back; it decides
+nothing.  Five methods: ``submit`` a Work with its input handles, ``wait``
+for events (works that started, for tasks with a timeout, and works that
+finished), ``cancel`` a work, ``put`` a value, ``fetch`` values.  Values stay
+with the executor as opaque *handles* (a Ray ObjectRef, or a box in this
+process); the orchestrator only passes handles along.  Every work runs
+``engine.execute.execute`` on the worker side.
 
-``LocalExecutor`` runs attempts on a thread pool in this process.  It is the
+``LocalExecutor`` runs works on a thread pool in this process.  It is the
 reference for the engine's semantics and makes the orchestrator testable
-without Ray.  Task resource options are ignored by it.
+without Ray.  Task resource options are ignored by it, and since a thread
+cannot be killed, a work that times out or is cancelled is abandoned: its
+result is ignored but the thread runs on until the function returns.
 """
 
 from __future__ import annotations
@@ -21,25 +24,32 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from rayflow.engine.execute import execute
 from rayflow.engine.plan import TaskSpec
-from rayflow.engine.task_run import AttemptResult, describe_error, run_attempt
-from rayflow.states import StateType
+from rayflow.engine.task_run import AttemptResult, describe_error
+from rayflow.engine.work import Work
+from rayflow.states import ErrorInfo, StateType
 
 
 @dataclass(frozen=True)
 class Completion:
-    """A finished attempt: its result and the handle of its value."""
+    """A finished work: its report (AttemptResult / ChunkSummary) and its value's handle.
 
-    result: AttemptResult
+    ``system_error`` is set instead of a report when the work itself was lost
+    (its worker died, it was cancelled, its value could not be stored).
+    """
+
+    work: Work
+    report: Any
     handle: Any
+    system_error: ErrorInfo | None = None
 
 
 @dataclass(frozen=True)
 class Started:
-    """An attempt began running at ``at`` (its timeout counts from here)."""
+    """Work ``work_id`` began running at ``at`` (a timeout counts from here)."""
 
-    task_key: str
-    attempt: int
+    work_id: int
     at: float
 
 
@@ -47,32 +57,31 @@ Event = Completion | Started
 
 
 class Executor(Protocol):
-    def submit(self, spec: TaskSpec, attempt: int, inputs: list[Any]) -> None:
-        """Start an attempt; ``inputs`` are the handles of ``spec.upstream``, in order."""
+    def submit(self, spec: TaskSpec, work: Work, handles: list[Any]) -> None:
+        """Start a work; ``handles`` are its flat inputs (see engine.work)."""
 
     def wait(self, timeout: float | None) -> list[Event]:
-        """Events since the last call; waits up to ``timeout`` for a completion.
+        """Events since the last call; waits up to ``timeout`` for a completion."""
 
-        ``Started`` is reported at least for attempts of tasks with a timeout.
-        """
+    def cancel(self, work_id: int) -> None:
+        """Stop the work if it is still running."""
 
-    def cancel(self, task_key: str) -> None:
-        """Stop the running attempt of ``task_key`` if there is one."""
+    def put(self, value: Any) -> Any:
+        """A handle for a value made by the orchestrator itself."""
 
     def fetch(self, handles: list[Any]) -> list[Any]:
         """The values behind ``handles``."""
 
 
-def system_failure(task_key: str, attempt: int, exc: BaseException, started_at: float) -> AttemptResult:
-    """An AttemptResult for an attempt that the executor lost (not the user's error)."""
-    error = describe_error(exc, system=True)
+def system_failure(task_key: str, attempt: int, error: ErrorInfo, started_at: float) -> AttemptResult:
+    """An AttemptResult for a plain task whose work was lost (not the user's error)."""
     return AttemptResult(
         task_key=task_key,
         attempt=attempt,
         type=StateType.FAILED,
         started_at=started_at,
         finished_at=time.time(),
-        message=f"system error: {error}",
+        message=f"task '{task_key}': {error.message}" if not error.system else f"system error: {error}",
         error=error,
     )
 
@@ -87,21 +96,20 @@ class LocalBox:
 
 
 class LocalExecutor:
-    """Runs attempts on threads of this process."""
+    """Runs works on threads of this process."""
 
     def __init__(self, max_workers: int | None = None):
         self._pool = cf.ThreadPoolExecutor(max_workers=max_workers or max(4, os.cpu_count() or 1))
-        self._futures: dict[cf.Future[Any], tuple[str, int, float]] = {}
+        self._futures: dict[cf.Future[Any], Work] = {}
         self._started: collections.deque[Started] = collections.deque()
 
-    def _attempt(self, spec: TaskSpec, attempt: int, values: list[Any]) -> tuple[AttemptResult, Any]:
-        self._started.append(Started(spec.key, attempt, time.time()))
-        return run_attempt(spec.payload, spec.key, attempt, *values)
+    def _run(self, spec: TaskSpec, work: Work, values: list[Any]) -> tuple[Any, Any]:
+        self._started.append(Started(work.work_id, time.time()))
+        return execute(spec.payload, work, *values)
 
-    def submit(self, spec: TaskSpec, attempt: int, inputs: list[Any]) -> None:
-        values = [None if box is None else box.value for box in inputs]
-        future = self._pool.submit(self._attempt, spec, attempt, values)
-        self._futures[future] = (spec.key, attempt, time.time())
+    def submit(self, spec: TaskSpec, work: Work, handles: list[Any]) -> None:
+        values = [None if box is None else box.value for box in handles]
+        self._futures[self._pool.submit(self._run, spec, work, values)] = work
 
     def wait(self, timeout: float | None) -> list[Event]:
         events: list[Event] = []
@@ -112,20 +120,24 @@ class LocalExecutor:
                 time.sleep(min(timeout, 0.01))
             return events
         done, _ = cf.wait(list(self._futures), timeout=0 if events else timeout, return_when=cf.FIRST_COMPLETED)
-        completions: list[Event] = events
         for future in done:
-            key, attempt, submitted = self._futures.pop(future)
+            work = self._futures.pop(future)
             try:
-                result, value = future.result()
-            except BaseException as exc:  # noqa: BLE001 - a broken attempt, not the user's error
-                result, value = system_failure(key, attempt, exc, submitted), None
-            completions.append(Completion(result, LocalBox(value)))
-        return completions
+                value, report = future.result()
+            except BaseException as exc:  # noqa: BLE001 - a broken work, not the user's error
+                events.append(Completion(work, None, None, describe_error(exc, system=True)))
+                continue
+            events.append(Completion(work, report, LocalBox(value)))
+        return events
 
-    def cancel(self, task_key: str) -> None:
-        for future, (key, _, _) in list(self._futures.items()):
-            if key == task_key and future.cancel():
+    def cancel(self, work_id: int) -> None:
+        for future, work in list(self._futures.items()):
+            if work.work_id == work_id:
+                future.cancel()
                 del self._futures[future]
+
+    def put(self, value: Any) -> Any:
+        return LocalBox(value)
 
     def fetch(self, handles: list[Any]) -> list[Any]:
         return [None if box is None else box.value for box in handles]

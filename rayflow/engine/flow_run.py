@@ -13,9 +13,11 @@ from types import MappingProxyType
 from typing import Any
 
 from rayflow.core.refs import NodeRef, find_refs, substitute
+from rayflow.engine.columns import CODES, MergedChunk, merge_results
 from rayflow.engine.orchestrator import RunSummary
+from rayflow.engine.work import MapHandle
 from rayflow.exceptions import FlowRunError, TaskRunError, UnknownTaskError
-from rayflow.states import State, StateType
+from rayflow.states import ErrorInfo, State, StateType
 
 
 class FlowRun:
@@ -104,10 +106,51 @@ class FlowRun:
                 raise exc
             else:
                 wanted.append(key)
-        if wanted:
-            for key, value in zip(wanted, self._fetch([self._handles[k] for k in wanted]), strict=True):
+        plain = [k for k in wanted if not isinstance(self._handles[k], MapHandle)]
+        if plain:
+            for key, value in zip(plain, self._fetch([self._handles[k] for k in plain]), strict=True):
                 self._cache[key] = value
+        for key in wanted:
+            if isinstance(self._handles[key], MapHandle):
+                self._cache[key] = [v for chunk in self._merged_chunks(key) for v in chunk.values]
         return {k: self._cache[k] for k in keys}
+
+    def _merged_chunks(self, key: str) -> list[MergedChunk]:
+        handle: MapHandle = self._handles[key]
+        flat = [h for chunk in handle.chunks for h in chunk.handles]
+        results = iter(self._fetch(flat)) if flat else iter(())
+        return [merge_results([next(results) for _ in chunk.handles]) for chunk in handle.chunks]
+
+    def is_mapped(self, key: str) -> bool:
+        self._check_key(key)
+        return isinstance(self._handles.get(key), MapHandle)
+
+    def map_states(self, key: str) -> list[State]:
+        """One State per item of mapped task ``key``, in item order (fetched on demand)."""
+        self._check_key(key)
+        if not isinstance(self._handles.get(key), MapHandle):
+            raise TaskRunError(
+                f"task '{key}' of run {self.run_id} has no item states: it is not a map that ran "
+                f"(it ended {self.task_states[key]})",
+                task_key=key,
+                run_id=self.run_id,
+            )
+        states: list[State] = []
+        for chunk in self._merged_chunks(key):
+            for i, (code, attempt) in enumerate(zip(chunk.codes.tolist(), chunk.attempts.tolist())):
+                error = chunk.errors.get(i)
+                info = None
+                if error is not None:
+                    info = ErrorInfo(type=error[0], message=error[1], traceback=error[2])
+                states.append(
+                    State(
+                        type=CODES[code],
+                        attempt=max(1, attempt),
+                        message=str(info) if info is not None else "",
+                        error=info,
+                    )
+                )
+        return states
 
 
 def _node_refs(template: Any) -> list[NodeRef]:

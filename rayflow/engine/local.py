@@ -7,13 +7,29 @@ it ignores resource options and does not scale beyond this process.
 
 from __future__ import annotations
 
+import itertools
+import os
 import uuid
 from typing import Any
 
+from rayflow.engine.columns import encode_values
 from rayflow.engine.executor import LocalExecutor
 from rayflow.engine.flow_run import FlowRun
 from rayflow.engine.orchestrator import Orchestrator
 from rayflow.engine.plan import compile_plan
+
+
+class StreamFeeder:
+    """Pulls items of generator inputs when a map asks for them, never more."""
+
+    def __init__(self, streams: dict[int, Any], orchestrator: Any, put: Any):
+        self.streams, self.orchestrator, self.put = streams, orchestrator, put
+
+    def request(self, stream_id: int, count: int) -> None:
+        items = list(itertools.islice(self.streams[stream_id], count))
+        exhausted = len(items) < count
+        handle = self.put(encode_values(items)) if items else None
+        self.orchestrator.maps.push_stream(stream_id, handle, len(items), exhausted)
 
 
 def new_run_id() -> str:
@@ -27,7 +43,10 @@ class LocalRunner:
     def run_flow(self, flow: Any, params: dict[str, Any]) -> FlowRun:
         plan = compile_plan(flow.graph, params, flow)
         executor = LocalExecutor(self.max_workers)
-        orchestrator = Orchestrator(plan, executor, flow.options.run_id or new_run_id())
+        orchestrator = Orchestrator(
+            plan, executor, flow.options.run_id or new_run_id(), cpus=os.cpu_count() or 1
+        )
+        orchestrator.feeder = StreamFeeder(plan.streams, orchestrator, executor.put)
         try:
             summary = orchestrator.run()
         except KeyboardInterrupt:

@@ -5,8 +5,10 @@ State, all of it explicit on the instance:
 - ``states`` / ``history``: task key -> current State / every State, in order
 - ``blocking``: task key -> number of its dependencies not yet finished
 - ``ready``: keys whose dependencies have all finished, waiting to launch
-- ``running``: task key -> attempt number of the attempt in flight
-- ``deadlines``: task key -> (attempt, time) its running attempt times out
+- ``running``: task key -> the Work of its attempt in flight (plain tasks)
+- ``deadlines``: task key -> (work id, time) its running attempt times out
+- ``lengths``: task key -> items in its value, for the maps that consume it
+- ``maps``: the MapCoordinator, which owns one MapRun per running mapped task
 - ``scheduled``: heap of (due time, seq, task key) retries waiting for their delay
 - ``attempts`` / ``app_failures`` / ``system_failures``: counters per task key
 - ``handles``: task key -> executor handle of the value it produced
@@ -37,11 +39,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from rayflow.engine.executor import Completion, Executor, Started
+from rayflow.engine.executor import Completion, Executor, Started, system_failure
 from rayflow.engine.handlers import apply_handlers
+from rayflow.engine.maps import MapCoordinator
 from rayflow.engine.plan import Plan
 from rayflow.engine.policy import retry_delay, settle_before_run, settle_merge
 from rayflow.engine.task_run import AttemptResult
+from rayflow.engine.work import Work, pack_inputs
 from rayflow.states import State, StateType
 
 Listener = Callable[..., None]
@@ -69,6 +73,8 @@ class Orchestrator:
         listeners: tuple[Listener, ...] = (),
         poll_interval: float = 0.2,
         clock: Callable[[], float] = time.time,
+        cpus: int = 2,
+        feeder: Any = None,
     ):
         self.plan = plan
         self.executor = executor
@@ -80,10 +86,16 @@ class Orchestrator:
         keys = [s.key for s in plan.specs]
         self.states: dict[str, State] = {k: State(type=StateType.PENDING) for k in keys}
         self.history: dict[str, list[State]] = {k: [v] for k, v in self.states.items()}
-        self.blocking: dict[str, int] = {s.key: len(s.dependencies) for s in plan.specs}
+        self.blocking: dict[str, int] = {
+            s.key: len([d for d in s.dependencies if d not in s.streaming]) for s in plan.specs
+        }
         self.ready: deque[str] = deque(k for k, n in self.blocking.items() if n == 0)
-        self.running: dict[str, int] = {}
+        self.running: dict[str, Work] = {}
         self.deadlines: dict[str, tuple[int, float]] = {}
+        self.lengths: dict[str, int | None] = {}
+        self.feeder = feeder  # asked for items of generator inputs; see MapCoordinator
+        self.maps = MapCoordinator(self, cpus)
+        self._work_ids = itertools.count(1)
         self.scheduled: list[tuple[float, int, str]] = []
         self.attempts = dict.fromkeys(keys, 0)
         self.app_failures = dict.fromkeys(keys, 0)
@@ -111,6 +123,8 @@ class Orchestrator:
             self.running.pop(key, None)
             self.deadlines.pop(key, None)
             for child in self.plan.downstream[key]:
+                if key in self.plan.by_key[child].streaming:
+                    continue
                 self.blocking[child] -= 1
                 if self.blocking[child] == 0:
                     self.ready.append(child)
@@ -139,11 +153,22 @@ class Orchestrator:
 
     # -- launching -----------------------------------------------------------
 
+    def next_work_id(self) -> int:
+        return next(self._work_ids)
+
     def launch(self, key: str) -> None:
-        """A task whose dependencies all finished: settle it, or submit its first attempt."""
+        """A task whose blocking dependencies finished: settle it, or start it."""
         spec = self.plan.by_key[key]
-        upstream = {k: self.states[k] for k in spec.dependencies}
+        blocking = tuple(k for k in spec.dependencies if k not in spec.streaming)
+        upstream = self.maps.upstream_states(self.states, blocking)
         settled = settle_before_run(spec, upstream)
+        if settled is None and spec.kind == "map":
+            settled = self.maps.settle_streaming(spec)
+            if settled is None:
+                self.transition(key, State(type=StateType.RUNNING, timestamp=self.clock()))
+                settled = self.maps.launch(spec)
+                if settled is None:
+                    return
         if settled is None and spec.kind == "merge":
             settled, branch = settle_merge(spec, self.states)
             if branch is not None:
@@ -162,27 +187,47 @@ class Orchestrator:
             self.follow(key, state)
             return
         self.attempts[key] = attempt
-        self.running[key] = attempt
-        inputs = [self.handles.get(k) for k in spec.upstream]
-        self.executor.submit(spec, attempt, inputs)
+        layout, handles = pack_inputs([self.handles.get(k) for k in spec.value_keys])
+        work = Work(self.next_work_id(), key, attempt, layout, report_length=spec.report_length)
+        self.running[key] = work
+        self.executor.submit(spec, work, handles)
 
     # -- outcomes ------------------------------------------------------------
 
     def on_started(self, event: Started) -> None:
-        timeout = self.plan.by_key[event.task_key].options.timeout
-        if timeout is not None and self.running.get(event.task_key) == event.attempt:
-            self.deadlines[event.task_key] = (event.attempt, event.at + timeout)
+        work = next((w for w in self.running.values() if w.work_id == event.work_id), None)
+        if work is None:
+            return
+        timeout = self.plan.by_key[work.task_key].options.timeout
+        if timeout is not None:
+            self.deadlines[work.task_key] = (work.work_id, event.at + timeout)
+
+    def on_completion(self, completion: Completion) -> None:
+        work = completion.work
+        if work.job is not None:
+            self.maps.finish_work(work, completion.report, completion.handle, completion.system_error)
+            return
+        current = self.running.get(work.task_key)
+        if current is None or current.work_id != work.work_id:
+            return  # a stale attempt: timed out, cancelled or superseded
+        result = completion.report
+        if result is None:
+            error = completion.system_error
+            result = system_failure(work.task_key, work.attempt, error, self.clock())
+        self.finish_task(Completion(work, result, completion.handle))
 
     def finish_task(self, completion: Completion) -> None:
-        result = completion.result
+        result = completion.report
         key = result.task_key
-        if self.running.get(key) != result.attempt:
+        current = self.running.get(key)
+        if current is None or current.attempt != result.attempt:
             return  # a stale attempt: timed out, cancelled or superseded
         del self.running[key]
         self.deadlines.pop(key, None)
         timing = {"attempt": result.attempt, "started_at": result.started_at, "finished_at": result.finished_at}
         if result.type is StateType.SUCCESS:
             self.handles[key] = completion.handle
+            self.lengths[key] = result.length
             new = State(type=StateType.SUCCESS, **timing)
         elif result.type is StateType.SKIPPED:
             new = State(type=StateType.SKIPPED, message=result.message, **timing)
@@ -221,10 +266,10 @@ class Orchestrator:
         return State(type=StateType.FAILED, message=result.message, **timing, **failure)
 
     def time_out(self, key: str) -> None:
-        attempt, deadline = self.deadlines.pop(key)
+        work_id, deadline = self.deadlines.pop(key)
         options = self.plan.by_key[key].options
-        self.executor.cancel(key)
-        self.running.pop(key, None)
+        self.executor.cancel(work_id)
+        attempt = self.running.pop(key).attempt
         message = f"timed out after {options.timeout:g}s"
         timing = {"attempt": attempt, "started_at": deadline - options.timeout, "finished_at": self.clock()}
         if self.app_failures[key] < options.retries:
@@ -244,7 +289,9 @@ class Orchestrator:
         if self._cancel_requested.is_set():
             self._cancel_outstanding()
             return
+        self.maps.drain_streams()
         now = self.clock()
+        self.maps.pump_due(now)
         while self.scheduled and self.scheduled[0][0] <= now:
             _, _, key = heapq.heappop(self.scheduled)
             if not self.states[key].is_finished():
@@ -260,13 +307,18 @@ class Orchestrator:
             if isinstance(event, Started):
                 self.on_started(event)
             else:
-                self.finish_task(event)
+                self.on_completion(event)
 
     def _wait_time(self, timeout: float | None) -> float:
         wait = self.poll_interval if timeout is None else timeout
         now = self.clock()
         if self.scheduled:
             wait = min(wait, max(0.0, self.scheduled[0][0] - now))
+        due = self.maps.next_due()
+        if due is not None:
+            wait = min(wait, max(0.0, due - now))
+        if self.maps.stream_inbox:
+            wait = 0.0
         for _, deadline in self.deadlines.values():
             wait = min(wait, max(0.0, deadline - now))
         return wait
@@ -287,8 +339,9 @@ class Orchestrator:
         self._cancel_requested.set()
 
     def _cancel_outstanding(self) -> None:
-        for key in list(self.running):
-            self.executor.cancel(key)
+        self.maps.cancel()
+        for work in list(self.running.values()):
+            self.executor.cancel(work.work_id)
         self.running.clear()
         self.deadlines.clear()
         self.scheduled.clear()

@@ -10,7 +10,7 @@ no executor (and no Ray) calls.
 from __future__ import annotations
 
 import graphlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -19,10 +19,21 @@ import cloudpickle
 
 from rayflow.core.graph import Graph
 from rayflow.core.options import TaskOptions
-from rayflow.core.refs import ParamRef, substitute
+from rayflow.core.mapping import check_lengths
+from rayflow.core.refs import MapInput, NodeRef, ParamRef, find_refs, substitute
 from rayflow.core.task import Task
-from rayflow.exceptions import GraphError, SerializationError
+from rayflow.engine.columns import to_column
+from rayflow.exceptions import GraphError, MappingError, SerializationError
 from rayflow.triggers import all_successful
+
+
+@dataclass(frozen=True)
+class CompiledSource:
+    name: str
+    kind: str  # const | stream | node | map | flatten_node | flatten_map
+    key: str | None = None  # upstream node key
+    index: int = 0  # const: index into TaskSpec.objects; stream: stream id
+    length: int | None = None  # const: number of items
 
 
 @dataclass(frozen=True)
@@ -32,13 +43,19 @@ class TaskSpec:
     key: str
     name: str
     qualname: str
-    payload: bytes  # cloudpickle of (fn, args, kwargs, upstream, retry_on); refs left in place
+    payload: bytes  # cloudpickle of (fn, args, kwargs, value_keys, retry_on[, worker options]); refs left in place
     upstream: tuple[str, ...]  # values passed to the worker, in this order
     wait_for: tuple[str, ...]
     options: TaskOptions
     conditions: tuple[str, ...] = ()  # case checks this task is under
-    kind: str = "task"  # or "merge": settled by the orchestrator, never run
+    kind: str = "task"  # "task", "map", or "merge": settled by the orchestrator, never run
     task: Task | None = None  # only when it has state handlers, which receive it
+    value_keys: tuple[str, ...] = ()  # upstream values the payload's arguments refer to
+    sources: tuple[CompiledSource, ...] = ()  # a map's mapped arguments
+    objects: tuple[Any, ...] = ()  # large inputs shipped once (a map's constant sources)
+    streaming: tuple[str, ...] = ()  # upstream maps consumed chunk by chunk: no barrier
+    report_length: str | None = None  # "len" / "flat": a map consumes this task's result
+    count_flat: bool = False  # a flatten consumes this map's results
 
     @property
     def dependencies(self) -> tuple[str, ...]:
@@ -53,6 +70,7 @@ class Plan:
     params: Mapping[str, Any]
     reference_keys: tuple[str, ...]
     flow: Any = None  # the Flow, only when it has state handlers, which receive it
+    streams: Mapping[int, Any] = field(default_factory=dict)  # generator inputs; they stay with the driver
     by_key: Mapping[str, TaskSpec] = field(init=False, repr=False)
     downstream: Mapping[str, tuple[str, ...]] = field(init=False, repr=False)
 
@@ -64,8 +82,12 @@ class Plan:
                 down[dep].append(spec.key)
         object.__setattr__(self, "downstream", MappingProxyType({k: tuple(v) for k, v in down.items()}))
 
-    def __reduce__(self) -> Any:  # mapping proxies do not pickle; rebuild them
-        return (Plan, (self.flow_name, self.specs, self.result, dict(self.params), self.reference_keys, self.flow))
+    def __reduce__(self) -> Any:  # mapping proxies do not pickle; generators stay behind
+        params = {k: v for k, v in self.params.items() if not isinstance(v, Iterator)}
+        return (Plan, (self.flow_name, self.specs, self.result, params, self.reference_keys, self.flow))
+
+    def with_specs(self, specs: tuple[TaskSpec, ...]) -> Plan:
+        return Plan(self.flow_name, specs, self.result, self.params, self.reference_keys, self.flow, self.streams)
 
 
 def compile_plan(graph: Graph, params: Mapping[str, Any], flow: Any = None) -> Plan:
@@ -78,24 +100,41 @@ def compile_plan(graph: Graph, params: Mapping[str, Any], flow: Any = None) -> P
     def bind(ref: Any) -> Any:
         return params[ref.name] if isinstance(ref, ParamRef) else ref
 
+    consumers = _map_consumption(graph)
+    streams: dict[int, Any] = {}
     specs = []
     for key in order:
         node = graph.by_key[key]
         _check_options_pickle(node.key, node.task)
         args = substitute(node.args, bind)
         kwargs = substitute(dict(node.kwargs), bind)
+        sources: tuple[CompiledSource, ...] = ()
+        objects: tuple[Any, ...] = ()
+        if node.kind == "map":
+            args, kwargs, sources, objects = _compile_sources(node, params, args, kwargs, streams)
+        value_keys = tuple(dict.fromkeys(r.key for r in find_refs((args, kwargs)) if isinstance(r, NodeRef)))
+        options = node.task.options
+        rest: tuple[Any, ...] = (args, kwargs, value_keys, options.retry_on)
+        if node.kind == "map":
+            rest += (_worker_options(options, count_flat=key in consumers["flatten_map"]),)
         specs.append(
             TaskSpec(
                 key=node.key,
                 name=node.task.name,
                 qualname=node.task.qualname,
-                payload=_serialise(node.key, node.task.fn, (args, kwargs, node.upstream, node.task.options.retry_on)),
+                payload=_serialise(node.key, node.task.fn, rest),
                 upstream=node.upstream,
                 wait_for=node.wait_for,
-                options=node.task.options,
+                options=options,
                 conditions=node.conditions,
                 kind=node.kind,
-                task=node.task if node.task.options.handlers else None,
+                task=node.task if options.handlers else None,
+                value_keys=value_keys,
+                sources=sources,
+                objects=objects,
+                streaming=tuple(dict.fromkeys(s.key for s in node.sources if s.streaming)),
+                report_length="flat" if key in consumers["flatten_node"] else "len" if key in consumers["node"] else None,
+                count_flat=key in consumers["flatten_map"],
             )
         )
     return Plan(
@@ -105,7 +144,70 @@ def compile_plan(graph: Graph, params: Mapping[str, Any], flow: Any = None) -> P
         params=MappingProxyType(dict(params)),
         reference_keys=graph.reference_keys(),
         flow=flow if flow is not None and flow.options.handlers else None,
+        streams=streams,
     )
+
+
+def _map_consumption(graph: Graph) -> dict[str, set[str]]:
+    """Which nodes maps consume, and how: as a list, flattened, or chunk by chunk."""
+    out: dict[str, set[str]] = {"node": set(), "flatten_node": set(), "flatten_map": set()}
+    for node in graph.nodes:
+        for source in node.sources:
+            if source.kind in out:
+                out[source.kind].add(source.key)
+    return out
+
+
+def _worker_options(options: TaskOptions, *, count_flat: bool) -> dict[str, Any]:
+    return {
+        "batch": options.batch,
+        "timeout": options.timeout,
+        "skip_on_upstream_skip": options.skip_on_upstream_skip,
+        "count_flat": count_flat,
+    }
+
+
+def _compile_sources(
+    node: Any, params: Mapping[str, Any], args: Any, kwargs: Any, streams: dict[int, Any]
+) -> tuple[Any, Any, tuple[CompiledSource, ...], tuple[Any, ...]]:
+    """Parameters become constants (a str parameter is passed whole); constants become Columns."""
+    compiled: list[CompiledSource] = []
+    objects: list[Any] = []
+    renumber: dict[int, Any] = {}
+    lengths: dict[str, int | None] = {}
+    for i, source in enumerate(node.sources):
+        kind, value = source.kind, source.value
+        if kind == "param":
+            value = params[source.key]
+            if isinstance(value, (str, bytes)):
+                renumber[i] = value
+                continue
+            kind = "stream" if isinstance(value, Iterator) else "const"
+        if kind == "const":
+            try:
+                column = to_column(value)
+            except TypeError:
+                raise MappingError(
+                    f"task '{node.key}': argument '{source.name}' is a {type(value).__name__}, which cannot be "
+                    "mapped over; wrap it in rf.unmapped(...) to pass it whole to every item",
+                    task_key=node.key,
+                ) from None
+            lengths[source.name] = len(column)
+            objects.append(column)
+            compiled.append(CompiledSource(source.name, "const", index=len(objects) - 1, length=len(column)))
+        elif kind == "stream":
+            stream_id = len(streams)
+            streams[stream_id] = value
+            compiled.append(CompiledSource(source.name, "stream", index=stream_id))
+        else:
+            compiled.append(CompiledSource(source.name, kind, key=source.key))
+        renumber[i] = MapInput(len(compiled) - 1)
+    check_lengths(node.key, lengths)
+
+    def swap(ref: Any) -> Any:
+        return renumber[ref.index] if isinstance(ref, MapInput) else ref
+
+    return substitute(args, swap), substitute(kwargs, swap), tuple(compiled), tuple(objects)
 
 
 def _topological_order(graph: Graph) -> list[str]:

@@ -26,9 +26,11 @@ def settle_before_run(spec: TaskSpec, upstream: Mapping[str, State]) -> State | 
         return State(type=StateType.SKIPPED, message=upstream[unmet[-1]].message or "case not met")
     if spec.kind == "merge":
         return None  # settled by settle_merge from its branches' states
-    skipped = [k for k, s in upstream.items() if s.is_skipped()]
-    if skipped and spec.options.skip_on_upstream_skip:
-        return State(type=StateType.SKIPPED, message=f"upstream task(s) skipped: {', '.join(skipped)}")
+    if spec.options.skip_on_upstream_skip:
+        skipped = [k for k, s in upstream.items() if s.is_skipped()]
+        if skipped:
+            shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+            return State(type=StateType.SKIPPED, message=f"upstream task(s) skipped: {shown}")
     trigger = spec.options.trigger
     try:
         passed = bool(trigger(upstream))
@@ -42,7 +44,8 @@ def settle_before_run(spec: TaskSpec, upstream: Mapping[str, State]) -> State | 
     if passed:
         return None
     failed = failed_upstreams(upstream)
-    detail = f"; failed upstream task(s): {', '.join(failed)}" if failed else ""
+    shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
+    detail = f"; failed upstream task(s): {shown}" if failed else ""
     return State(
         type=StateType.TRIGGER_FAILED,
         message=f"trigger {trigger_name(trigger)} did not pass{detail}",

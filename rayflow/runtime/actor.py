@@ -31,6 +31,26 @@ NAME_PREFIX = "rayflow-driver-"
 KEEP_FINISHED = 200  # finished runs whose status stays queryable from other processes
 
 
+class _DriverFeeder:
+    """Generator inputs live in the driver: their requests wait here until it polls."""
+
+    def __init__(self) -> None:
+        self._requests: dict[int, int] = {}
+        self._changed = threading.Condition()
+
+    def request(self, stream_id: int, count: int) -> None:
+        with self._changed:
+            self._requests[stream_id] = count
+            self._changed.notify_all()
+
+    def wait(self, timeout: float) -> dict[int, int]:
+        with self._changed:
+            if not self._requests:
+                self._changed.wait(timeout)
+            out, self._requests = self._requests, {}
+        return out
+
+
 class _Slot:
     def __init__(self, orchestrator: Orchestrator):
         self.orchestrator = orchestrator
@@ -53,7 +73,12 @@ class FlowRunActor:
             if run_id in self._runs:
                 raise ValueError(f"a run with id {run_id!r} already exists in this driver")
             executor = RayExecutor(run_id, ray.get_runtime_context().current_actor)
-            slot = _Slot(Orchestrator(plan, executor, run_id))
+            cpus = int(ray.cluster_resources().get("CPU", 1))
+            orchestrator = Orchestrator(plan, executor, run_id, cpus=cpus)
+            orchestrator.feeder = _DriverFeeder() if plan.specs and any(
+                src.kind == "stream" for spec in plan.specs for src in spec.sources
+            ) else None
+            slot = _Slot(orchestrator)
             self._runs[run_id] = slot
             self._trim()
         threading.Thread(target=self._drive, args=(slot,), name=f"run-{run_id}", daemon=True).start()
@@ -101,11 +126,28 @@ class FlowRunActor:
         summary = slot.summary or slot.orchestrator.summary()
         return RunSummary(summary.run_id, summary.flow_name, summary.state, summary.task_states, summary.history)
 
-    def attempt_started(self, run_id: str, task_key: str, attempt: int, at: float) -> None:
+    def attempt_started(self, run_id: str, work_id: int, at: float) -> None:
         """Called by a worker when an attempt of a task with a timeout begins."""
         slot = self._runs.get(run_id)
         if slot is not None:
-            slot.orchestrator.executor.notify_started(task_key, attempt, at)
+            slot.orchestrator.executor.notify_started(work_id, at)
+
+    def stream_requests(self, run_id: str, timeout: float) -> dict[int, int] | None:
+        """Items each generator input should send now; None once the run is over."""
+        slot = self._slot(run_id)
+        feeder = slot.orchestrator.feeder
+        if slot.done.is_set() or feeder is None:
+            return None
+        return feeder.wait(timeout)
+
+    def stream_push(self, run_id: str, stream_id: int, refs: list, count: int, exhausted: bool) -> None:
+        """Items of a generator input, put in the object store by the driver."""
+        slot = self._slot(run_id)
+        slot.orchestrator.maps.push_stream(stream_id, refs[0] if refs else None, count, exhausted)
+
+    def progress(self, run_id: str) -> dict | None:
+        slot = self._runs.get(run_id)
+        return None if slot is None else slot.orchestrator.maps.progress()
 
     def cancel_run(self, run_id: str) -> None:
         self._slot(run_id).orchestrator.request_cancel()

@@ -1,77 +1,91 @@
-"""RayExecutor: each task attempt is one Ray task.
+"""RayExecutor: each unit of work (a task attempt, a map chunk) is one Ray task.
 
-The Ray task runs ``engine.task_run.run_attempt`` and has two returns: the
-value, which stays in the object store, and the small AttemptResult, which
-the orchestrator fetches.  The value comes first on purpose: Ray stores
-returns in order, so a value that cannot be serialised fails the
-AttemptResult too and the failure is charged to the task that produced it.
-The value and is handed to downstream tasks as an ObjectRef
-(Ray resolves it into the argument on the worker).  The task's resource
-options go to ``.options()``.  The orchestrator is the one retry authority, so Ray's own retries are off
-(``max_retries=0``): a dead worker comes back as a system error, which the
-orchestrator retries under the task's ``system_retries`` and records in the
-history.  For a task with a timeout the worker tells the actor when the
-attempt really starts (``attempt_started``), so time spent queued for
-resources does not count; at the deadline the Ray task is force-cancelled,
-which kills its worker process and frees its CPUs.
+Each Work runs ``engine.execute.execute`` with two returns: the value, which
+stays in the object store and reaches downstream tasks as an ObjectRef (Ray
+resolves it into the argument on the worker), and the small report
+(AttemptResult or ChunkSummary), which the orchestrator fetches.  The value
+comes first on purpose: Ray stores returns in order, so a value that cannot
+be serialised fails the report too and is charged to the work that made it.
+
+The task's resource options go to ``.options()``.  The orchestrator is the
+one retry authority, so Ray's own retries are off (``max_retries=0``): a dead
+worker comes back as a system error, which the orchestrator retries under
+the task's ``system_retries`` and records in the history.  For a task with a
+timeout the worker tells the actor when the attempt really starts
+(``attempt_started``), so time queued for resources does not count; at the
+deadline the Ray task is force-cancelled, which kills its worker process and
+frees its CPUs.  A map's payload (its function and unmapped arguments) is put
+in the object store once and shared by all its chunks.
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import time
 from typing import Any
 
 import ray
 from ray.exceptions import RayError, RayTaskError
 
-from rayflow.engine.executor import Completion, Event, Started, system_failure
+from rayflow.engine.execute import execute
+from rayflow.engine.executor import Completion, Event, Started
 from rayflow.engine.plan import TaskSpec
-from rayflow.engine.task_run import AttemptResult, run_attempt
+from rayflow.engine.task_run import describe_error
+from rayflow.engine.work import Work
 
-def _attempt_value_first(
-    payload: bytes, task_key: str, attempt: int, notifier: Any, run_id: str, *inputs: Any
-) -> tuple[Any, AttemptResult]:
+BIG_PAYLOAD = 64 * 1024  # bytes; larger payloads (and every map's) are put in the object store once
+
+
+def _execute_remote(payload: bytes, work: Work, notifier: Any, run_id: str, *values: Any) -> tuple[Any, Any]:
     if notifier is not None:
-        notifier.attempt_started.remote(run_id, task_key, attempt, time.time())
-    result, value = run_attempt(payload, task_key, attempt, *inputs)
-    return value, result
+        notifier.attempt_started.remote(run_id, work.work_id, time.time())
+    return execute(payload, work, *values)
 
 
-_remote_attempt = ray.remote(num_returns=2, max_retries=0, retry_exceptions=False)(_attempt_value_first)
+_remote_execute = ray.remote(num_returns=2, max_retries=0, retry_exceptions=False)(_execute_remote)
 
 
-def _serialisation_failure(key: str, attempt: int, exc: RayTaskError, submitted: float) -> AttemptResult:
-    cause = getattr(exc, "cause", None) or exc
-    result = system_failure(key, attempt, cause, submitted)
-    message = (
-        f"task '{key}': its arguments or its return value could not be (de)serialised by Ray: "
-        f"{type(cause).__name__}: {cause}"
-    )
-    return dataclasses.replace(
-        result, message=message, error=result.error.model_copy(update={"system": False, "message": message})
-    )
+def _lost(exc: BaseException) -> Any:
+    if isinstance(exc, RayTaskError):
+        # The user's exceptions are caught inside execute(), so this is the Ray task around
+        # it: an argument that would not deserialise here, or a value that would not
+        # serialise.  Retrying cannot help, so it is not a system error.
+        cause = getattr(exc, "cause", None) or exc
+        error = describe_error(cause)
+        message = (
+            "its arguments or its return value could not be (de)serialised by Ray: "
+            f"{type(cause).__name__}: {cause}"
+        )
+        return error.model_copy(update={"message": message, "system": False})
+    return describe_error(exc, system=True)  # worker died for good, object lost, cancelled
 
 
 class RayExecutor:
     def __init__(self, run_id: str = "", notifier: Any = None) -> None:
         self.run_id = run_id
-        self.notifier = notifier  # the FlowRunActor's handle, told when timed attempts start
-        # state ref -> (task key, attempt, value ref, submit time)
-        self._pending: dict[ray.ObjectRef, tuple[str, int, ray.ObjectRef, float]] = {}
+        self.notifier = notifier  # the FlowRunActor's handle, told when timed works start
+        self._pending: dict[ray.ObjectRef, tuple[Work, ray.ObjectRef]] = {}  # report ref -> (work, value ref)
         self._started: collections.deque[Started] = collections.deque()
+        self._payloads: dict[str, Any] = {}
 
-    def notify_started(self, task_key: str, attempt: int, at: float) -> None:
-        self._started.append(Started(task_key, attempt, at))
+    def notify_started(self, work_id: int, at: float) -> None:
+        self._started.append(Started(work_id, at))
 
-    def submit(self, spec: TaskSpec, attempt: int, inputs: list[Any]) -> None:
+    def _payload(self, spec: TaskSpec) -> Any:
+        if spec.kind != "map" and len(spec.payload) < BIG_PAYLOAD:
+            return spec.payload
+        if spec.key not in self._payloads:
+            self._payloads[spec.key] = ray.put(spec.payload)
+        return self._payloads[spec.key]
+
+    def submit(self, spec: TaskSpec, work: Work, handles: list[Any]) -> None:
         options = spec.options.ray_options()
-        notifier = self.notifier if spec.options.timeout is not None else None
-        value_ref, state_ref = _remote_attempt.options(name=spec.key, **options).remote(
-            spec.payload, spec.key, attempt, notifier, self.run_id, *inputs
+        timed = spec.options.timeout is not None and work.job is None
+        name = spec.key if work.job is None else f"{spec.key}[{work.job.start}:{work.job.start + work.job.size}]"
+        value_ref, report_ref = _remote_execute.options(name=name, **options).remote(
+            self._payload(spec), work, self.notifier if timed else None, self.run_id, *handles
         )
-        self._pending[state_ref] = (spec.key, attempt, value_ref, time.time())
+        self._pending[report_ref] = (work, value_ref)
 
     def wait(self, timeout: float | None) -> list[Event]:
         events: list[Event] = []
@@ -91,25 +105,22 @@ class RayExecutor:
         return events + [self._complete(ref) for ref in ready]
 
     def _complete(self, ref: ray.ObjectRef) -> Completion:
-        key, attempt, value_ref, submitted = self._pending.pop(ref)
+        work, value_ref = self._pending.pop(ref)
         try:
-            result: AttemptResult = ray.get(ref)
-        except RayTaskError as exc:
-            # The user's exceptions are caught inside run_attempt, so this is the Ray task
-            # around it: an argument that would not deserialise here, or a return value that
-            # would not serialise.  Retrying cannot help, so it is not a system error.
-            return Completion(_serialisation_failure(key, attempt, exc, submitted), None)
-        except RayError as exc:  # worker died for good, object lost, task cancelled
-            return Completion(system_failure(key, attempt, exc, submitted), None)
-        return Completion(result, value_ref)
+            report = ray.get(ref)
+        except RayError as exc:
+            return Completion(work, None, None, _lost(exc))
+        return Completion(work, report, value_ref)
 
-    def cancel(self, task_key: str) -> None:
-        """Force-cancel: a running attempt's worker process is killed, a queued one never starts."""
-        for ref, (key, *_rest) in list(self._pending.items()):
-            if key == task_key:
+    def cancel(self, work_id: int) -> None:
+        """Force-cancel: a running work's worker process is killed, a queued one never starts."""
+        for ref, (work, _) in list(self._pending.items()):
+            if work.work_id == work_id:
                 del self._pending[ref]
                 ray.cancel(ref, force=True)
 
-    def fetch(self, handles: list[Any]) -> list[Any]:
-        return ray.get(handles)
+    def put(self, value: Any) -> Any:
+        return value if isinstance(value, ray.ObjectRef) else ray.put(value)
 
+    def fetch(self, handles: list[Any]) -> list[Any]:
+        return ray.get(list(handles))

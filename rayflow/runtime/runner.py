@@ -9,13 +9,18 @@ ever fetched to the driver.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+import threading
+from collections.abc import Mapping
 from typing import Any
 
 import ray
 
 from rayflow.engine.flow_run import FlowRun
 from rayflow.engine.local import new_run_id
-from rayflow.engine.plan import compile_plan
+from rayflow.engine.columns import encode_values
+from rayflow.engine.plan import Plan, compile_plan
 from rayflow.runtime.actor import driver_actor
 from rayflow.runtime.cluster import connect
 
@@ -29,7 +34,8 @@ class RayRunner:
         connect(flow.options.address)
         actor = driver_actor()
         run_id = flow.options.run_id or new_run_id()
-        ray.get(actor.start_run.remote(run_id, plan))
+        ray.get(actor.start_run.remote(run_id, _objects_put(plan)))
+        feeder = _start_feeder(actor, run_id, plan.streams)
         try:
             summary = None
             while summary is None:
@@ -40,5 +46,47 @@ class RayRunner:
                 ray.get(actor.wait_run.remote(run_id, CANCEL_GRACE_SECONDS), timeout=CANCEL_GRACE_SECONDS + 5)
             finally:
                 raise
+        if feeder is not None:
+            feeder.join(5)
         actor.release.remote(run_id)
         return FlowRun(summary, plan.result, ray.get, tuple(s.key for s in plan.specs))
+
+
+def _objects_put(plan: Plan) -> Plan:
+    """Put a map's constant inputs in the object store once, from the driver, not via the actor."""
+    if not any(spec.objects for spec in plan.specs):
+        return plan
+    specs = tuple(
+        dataclasses.replace(spec, objects=tuple(ray.put(o) for o in spec.objects)) if spec.objects else spec
+        for spec in plan.specs
+    )
+    return plan.with_specs(specs)
+
+
+def _start_feeder(actor: Any, run_id: str, streams: Mapping[int, Any]) -> threading.Thread | None:
+    """Generator inputs stay in the driver; this thread sends their items as the maps ask."""
+    if not streams:
+        return None
+
+    def feed() -> None:
+        exhausted: set[int] = set()
+        while True:
+            try:
+                requests = ray.get(actor.stream_requests.remote(run_id, 0.5))
+            except ray.exceptions.RayError:
+                return
+            if requests is None:
+                return
+            for stream_id, count in requests.items():
+                if stream_id in exhausted:
+                    continue
+                items = list(itertools.islice(streams[stream_id], count))
+                done = len(items) < count
+                refs = [ray.put(encode_values(items))] if items else []
+                actor.stream_push.remote(run_id, stream_id, refs, len(items), done)
+                if done:
+                    exhausted.add(stream_id)
+
+    thread = threading.Thread(target=feed, name=f"rayflow-feed-{run_id}", daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,307 @@
+"""One chunk of a mapped task, inside a worker.
+
+Assembles each mapped argument's items from its pieces, gates items whose
+upstream item failed or was skipped, runs the function per item (or once on
+the whole chunk for ``batch=True``) and returns the ChunkResult (values,
+per-item codes, attempts, errors) with a small ``ChunkSummary`` for the
+orchestrator.  One item failing fails that item only.  Per-item timeouts use
+SIGALRM, so they apply where the chunk runs on the process's main thread
+(Ray workers), not on the in-process executor's threads.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+import numpy as np
+
+from rayflow.core.refs import MapInput, NodeRef, substitute
+from rayflow.engine import columns as C
+from rayflow.engine.columns import ChunkResult, Column, concat_columns, encode_values, merge_results, to_column
+from rayflow.engine.work import ChunkJob, Piece
+from rayflow.signals import Fail, Retry, Signal, Skip
+
+MAX_REPORTED_ERRORS = 20  # per chunk, in the summary; all are kept in the ChunkResult
+
+
+@dataclass
+class ChunkSummary:
+    """What the orchestrator learns about a chunk: counts and the items needing a decision."""
+
+    work_id: int
+    map_key: str
+    chunk: int
+    size: int
+    started_at: float
+    finished_at: float
+    counts: dict[int, int]  # code -> number of items
+    failed: list[tuple[int, int, bool, int]] = field(default_factory=list)  # (item, code, retryable, attempt)
+    retry: list[tuple[int, float | None, int]] = field(default_factory=list)  # rf.Retry: (item, delay, attempt)
+    errors: list[tuple[int, str]] = field(default_factory=list)  # first few (item, "Type: message")
+    flat_count: int = 0  # items the successful values hold, for rf.flatten consumers
+    indices: tuple[int, ...] | None = None
+
+
+class _ItemTimeout(BaseException):
+    pass
+
+
+def _alarm(signum: int, frame: Any) -> None:
+    raise _ItemTimeout()
+
+
+def _items_of(piece: Piece, values: list[Any]) -> tuple[list[Any] | Column, np.ndarray | None]:
+    """The piece's items and, for upstream chunks, their upstream codes."""
+    objs = [values[i] for i in piece.objs]
+    if piece.kind == "column":
+        return to_column(objs[0]).slice(piece.lo, piece.hi), None
+    if piece.kind == "value":
+        value = objs[0]
+        if isinstance(value, (list, tuple)):
+            return list(value[piece.lo : piece.hi]), None
+        if _sliceable(value):
+            return to_column(value).slice(piece.lo, piece.hi), None
+        return list(value)[piece.lo : piece.hi], None
+    if piece.kind == "flatten_value":
+        flat = [x for inner in objs[0] for x in inner]
+        return flat[piece.lo : piece.hi], None
+    merged = merge_results(objs)
+    if piece.kind == "chunk":
+        return merged.values[piece.lo : piece.hi], merged.codes[piece.lo : piece.hi]
+    flat = [x for v, c in zip(merged.values, merged.codes) if c == C.SUCCESS for x in v]  # flatten_chunk
+    return flat[piece.lo : piece.hi], None
+
+
+def _sliceable(value: Any) -> bool:
+    return type(value).__module__.split(".")[0] in ("numpy", "pyarrow", "pandas")
+
+
+def _source_items(pieces: tuple[Piece, ...], values: list[Any], want_column: bool) -> tuple[Any, np.ndarray | None]:
+    parts = [_items_of(p, values) for p in pieces]
+    codes = None
+    if any(c is not None for _, c in parts):
+        codes = np.concatenate([c if c is not None else np.zeros(_len(i), np.int8) for i, c in parts])
+    if want_column:
+        cols = [i if isinstance(i, Column) else encode_values(i) for i, _ in parts]
+        return concat_columns(cols), codes
+    items: list[Any] = []
+    for i, _ in parts:
+        items.extend(i.items() if isinstance(i, Column) else i)
+    return items, codes
+
+
+def _len(items: Any) -> int:
+    return len(items)
+
+
+def _error_tuple(exc: BaseException) -> tuple[str, str, str]:
+    cls = type(exc)
+    return (f"{cls.__module__}.{cls.__qualname__}", str(exc), "".join(traceback.format_exception(exc)))
+
+
+def _caller(fn: Callable[..., Any], args: Any, kwargs: Any, nsources: int) -> Callable[[tuple[Any, ...]], Any]:
+    """A fast per-item call: plain positions when MapInputs sit at the top level."""
+    top_level = all(not isinstance(a, (list, tuple, dict, set)) for a in (*args, *kwargs.values()))
+    if top_level:
+        arg_slots = [(a.index if isinstance(a, MapInput) else None, a) for a in args]
+        kw_slots = [(k, v.index if isinstance(v, MapInput) else None, v) for k, v in kwargs.items()]
+        if nsources == 1 and len(arg_slots) == 1 and arg_slots[0][0] == 0 and not kw_slots:
+            return lambda item: fn(item[0])
+
+        def call(item: tuple[Any, ...]) -> Any:
+            a = [item[i] if i is not None else v for i, v in arg_slots]
+            k = {name: item[i] if i is not None else v for name, i, v in kw_slots}
+            return fn(*a, **k)
+
+        return call
+
+    def call_nested(item: tuple[Any, ...]) -> Any:
+        def resolve(ref: Any) -> Any:
+            return item[ref.index] if isinstance(ref, MapInput) else ref
+
+        return fn(*substitute(args, resolve), **substitute(kwargs, resolve))
+
+    return call_nested
+
+
+def run_chunk(payload: bytes, job: ChunkJob, work_id: int, values: list[Any]) -> tuple[ChunkResult, ChunkSummary]:
+    started = time.time()
+    fn, args, kwargs, upstream, retry_on, options = cloudpickle.loads(payload)
+    nodes = dict(zip(upstream, values[: len(upstream)]))
+    piece_values = values[len(upstream) :]
+
+    def resolve(ref: Any) -> Any:
+        return nodes[ref.key] if isinstance(ref, NodeRef) else ref
+
+    args, kwargs = substitute(args, resolve), substitute(kwargs, resolve)
+    batch = options["batch"]
+    sources = [_source_items(pieces, piece_values, want_column=batch) for pieces in job.sources]
+    size = job.size
+    selected = list(job.indices) if job.indices is not None else list(range(size))
+    attempts = np.array(job.attempts if job.attempts is not None else [1] * len(selected), dtype=np.int16)
+    codes = np.zeros(len(selected), dtype=np.int8)
+    errors: dict[int, tuple[str, str, str]] = {}
+    results: list[Any] = [None] * len(selected)
+    retry_delays: dict[int, float | None] = {}
+    retryable: dict[int, bool] = {}
+
+    # Gate on upstream items: failed upstream -> TRIGGER_FAILED, skipped -> SKIPPED.
+    runnable = []
+    for j, i in enumerate(selected):
+        gate = None
+        for _, up_codes in sources:
+            if up_codes is None:
+                continue
+            c = int(up_codes[i])
+            if c in C.FINAL_FAILED:
+                gate = C.TRIGGER_FAILED
+                break
+            if c == C.SKIPPED and options["skip_on_upstream_skip"]:
+                gate = C.SKIPPED
+        if gate is None:
+            runnable.append(j)
+        else:
+            codes[j] = gate
+            if gate == C.TRIGGER_FAILED:
+                errors[j] = ("rayflow.TriggerFailed", "upstream item failed", "")
+
+    batch_column = None
+    if batch:
+        batch_column = _run_batch(fn, args, kwargs, sources, selected, runnable, results, codes, errors, retryable, retry_on)
+    else:
+        call = _caller(fn, args, kwargs, len(sources))
+        columns = [s[0] for s in sources]
+        use_alarm = options["timeout"] is not None and threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGALRM, _alarm) if use_alarm else None
+        try:
+            for j in runnable:
+                i = selected[j]
+                item = tuple(col[i] for col in columns)
+                try:
+                    if use_alarm:
+                        signal.setitimer(signal.ITIMER_REAL, options["timeout"])
+                    try:
+                        results[j] = call(item)
+                    finally:
+                        if use_alarm:
+                            signal.setitimer(signal.ITIMER_REAL, 0)
+                except _ItemTimeout:
+                    codes[j] = C.TIMED_OUT
+                    errors[j] = ("builtins.TimeoutError", f"item timed out after {options['timeout']:g}s", "")
+                    retryable[j] = True
+                except Signal as sig:
+                    _signalled(sig, j, codes, errors, retry_delays, retryable)
+                except Exception as exc:
+                    codes[j] = C.FAILED
+                    errors[j] = _error_tuple(exc)
+                    retryable[j] = isinstance(exc, retry_on)
+        finally:
+            if use_alarm:
+                signal.signal(signal.SIGALRM, previous)
+
+    for j in np.flatnonzero(codes != C.SUCCESS).tolist():
+        results[j] = None
+    values_column = batch_column if batch_column is not None else encode_values(results)
+    flat_count = 0
+    if options["count_flat"]:
+        flat_count = sum(len(v) for v, c in zip(results, codes) if c == C.SUCCESS and v is not None)
+    result = ChunkResult(
+        values=values_column,
+        codes=codes,
+        attempts=attempts,
+        errors=errors,
+        indices=np.array(selected, dtype=np.int64) if job.indices is not None else None,
+    )
+    counts = {int(c): int(n) for c, n in zip(*np.unique(codes, return_counts=True))}
+    failed = [
+        (selected[j], int(codes[j]), retryable.get(j, False), int(attempts[j]))
+        for j in np.flatnonzero((codes == C.FAILED) | (codes == C.TIMED_OUT)).tolist()
+    ]
+    retry = [(selected[j], retry_delays.get(j), int(attempts[j])) for j in np.flatnonzero(codes == C.RETRYING).tolist()]
+    reported = [(selected[j], f"{e[0].rsplit('.', 1)[-1]}: {e[1]}") for j, e in list(errors.items())[:MAX_REPORTED_ERRORS]]
+    summary = ChunkSummary(
+        work_id=work_id,
+        map_key=job.map_key,
+        chunk=job.chunk,
+        size=len(selected),
+        started_at=started,
+        finished_at=time.time(),
+        counts=counts,
+        failed=failed,
+        retry=retry,
+        errors=reported,
+        flat_count=flat_count,
+        indices=job.indices,
+    )
+    return result, summary
+
+
+def _signalled(sig: Signal, j: int, codes: Any, errors: dict, retry_delays: dict, retryable: dict) -> None:
+    name = type(sig).__name__
+    message = f"{name} signal: {sig.message}" if sig.message else f"{name} signal"
+    if isinstance(sig, Skip):
+        codes[j] = C.SKIPPED
+    elif isinstance(sig, Retry):
+        codes[j] = C.RETRYING
+        retry_delays[j] = sig.delay
+        errors[j] = ("rayflow.signals.Retry", message, "")
+    else:  # Fail and any other signal
+        codes[j] = C.FAILED
+        errors[j] = (f"rayflow.signals.{name}", message, "")
+        retryable[j] = isinstance(sig, Fail)
+
+
+def _run_batch(fn, args, kwargs, sources, selected, runnable, results, codes, errors, retryable, retry_on) -> Column | None:
+    """batch=True: one call with whole columns; an exception fails every item it was given.
+
+    Returns the function's output as the chunk's column when every item ran (zero-copy path).
+    """
+    if not runnable:
+        return None
+    take = np.array([selected[j] for j in runnable], dtype=np.int64)
+    full = len(take) == len(sources[0][0]) and np.array_equal(take, np.arange(len(take)))
+    batches = []
+    for column, _ in sources:
+        col = column if isinstance(column, Column) else encode_values(column)
+        if not full:
+            col = _take(col, take)
+        batches.append(col.batch())
+
+    def resolve(ref: Any) -> Any:
+        return batches[ref.index] if isinstance(ref, MapInput) else ref
+
+    try:
+        out = to_column(fn(*substitute(args, resolve), **substitute(kwargs, resolve)))
+        if len(out) != len(take):
+            raise ValueError(f"batch task returned {len(out)} results for {len(take)} items")
+    except Signal as sig:
+        for j in runnable:
+            _signalled(sig, j, codes, errors, {}, retryable)
+        return None
+    except Exception as exc:
+        err = _error_tuple(exc)
+        for j in runnable:
+            codes[j] = C.FAILED
+            errors[j] = err
+            retryable[j] = isinstance(exc, retry_on)
+        return None
+    if full and len(runnable) == len(selected):
+        return out
+    for j, value in zip(runnable, out.items()):
+        results[j] = value
+    return None
+
+
+def _take(col: Column, idx: np.ndarray) -> Column:
+    if col.kind == "numpy":
+        return Column(col.data[idx], "numpy")
+    import pyarrow as pa
+
+    return Column(col.data.take(pa.array(idx)), col.kind)

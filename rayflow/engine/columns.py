@@ -1,0 +1,203 @@
+"""Arrow encoding of mapped items and of chunk results.
+
+A ``Column`` holds the items of a map input or a chunk's results:
+
+- ``arrow``: a typed pyarrow Array, used when it gives every item back
+  exactly (ints, floats, strings, bools, bytes, or dicts of those with the
+  same keys), so a round trip never turns 1 into 1.0 or a tuple into a list;
+- ``pickled``: a binary column of pickled items, for everything else;
+- ``numpy`` / ``table``: user inputs kept as they are and sliced zero-copy
+  (a numpy array, a pyarrow Table / RecordBatch or pandas DataFrame, whose
+  items are its rows as dicts).
+
+A ``ChunkResult`` is what one chunk task returns: its values plus a state
+code, attempt count and (for failures only) error text per item.  A retry of
+some items returns a ChunkResult for just those items (``indices``), which
+readers lay over the chunk's first result (``merge_results``).
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from rayflow.states import StateType
+
+# Per-item state codes, as stored in chunk results.
+CODES: tuple[StateType, ...] = (
+    StateType.SUCCESS,
+    StateType.FAILED,
+    StateType.SKIPPED,
+    StateType.TRIGGER_FAILED,
+    StateType.TIMED_OUT,
+    StateType.CANCELLED,
+    StateType.RETRYING,
+)
+CODE = {t: i for i, t in enumerate(CODES)}
+SUCCESS, FAILED, SKIPPED, TRIGGER_FAILED, TIMED_OUT, CANCELLED, RETRYING = range(len(CODES))
+FINAL_FAILED = (FAILED, TRIGGER_FAILED, TIMED_OUT, CANCELLED)
+
+_SCALARS = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_(), bytes: pa.binary()}
+
+
+@dataclass(frozen=True)
+class Column:
+    data: Any
+    kind: str  # "arrow" | "pickled" | "numpy" | "table"
+
+    def __len__(self) -> int:
+        return len(self.data) if self.kind != "table" else self.data.num_rows
+
+    def slice(self, start: int, stop: int) -> Column:
+        if self.kind == "numpy":
+            return Column(self.data[start:stop], "numpy")
+        return Column(self.data.slice(start, stop - start), self.kind)
+
+    def items(self) -> list[Any]:
+        if self.kind == "numpy":
+            return self.data.tolist()
+        if self.kind == "pickled":
+            return [None if b is None else pickle.loads(b) for b in self.data.to_pylist()]
+        return self.data.to_pylist()
+
+    def batch(self) -> Any:
+        """The chunk for ``batch=True`` tasks: a pyarrow Array or RecordBatch (a list if pickled)."""
+        if self.kind == "numpy":
+            return pa.array(self.data)
+        if self.kind == "pickled":
+            return self.items()
+        if self.kind == "table":
+            data = self.data
+            return data.combine_chunks().to_batches()[0] if isinstance(data, pa.Table) and data.num_rows else (
+                data if isinstance(data, pa.RecordBatch) else pa.RecordBatch.from_pylist([], schema=data.schema)
+            )
+        data = self.data
+        return data.combine_chunks() if isinstance(data, pa.ChunkedArray) else data
+
+
+def _uniform_type(values: Sequence[Any]) -> pa.DataType | None:
+    """The Arrow type that gives every value back unchanged, or None."""
+    first = next((v for v in values if v is not None), None)
+    if first is None:
+        return pa.null() if values else pa.int64()
+    kind = type(first)
+    if kind in _SCALARS:
+        return _SCALARS[kind] if all(v is None or type(v) is kind for v in values) else None
+    if kind is dict:
+        keys = tuple(first)
+        if not keys or not all(isinstance(k, str) for k in keys):
+            return None
+        fields = []
+        for k in keys:
+            inner = _uniform_type([None if v is None else v.get(k) for v in values])
+            if inner is None or pa.types.is_struct(inner):
+                return None
+            fields.append(pa.field(k, inner))
+        if not all(v is None or (type(v) is dict and tuple(v) == keys) for v in values):
+            return None
+        if any(v is not None and any(v[k] is None for k in keys) for v in values):
+            return None  # a None inside a dict would not be told apart from a missing key
+        return pa.struct(fields)
+    return None
+
+
+def encode_values(values: Sequence[Any]) -> Column:
+    """Encode Python values as a typed Arrow column when faithful, else as pickles."""
+    arrow_type = _uniform_type(values)
+    if arrow_type is not None:
+        try:
+            return Column(pa.array(values, type=arrow_type), "arrow")
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            pass  # e.g. an int beyond int64
+    return Column(pa.array([pickle.dumps(v, protocol=5) for v in values], type=pa.binary()), "pickled")
+
+
+def to_column(value: Any) -> Column:
+    """A mapped input as a Column; numpy, pandas and pyarrow inputs are not copied."""
+    if isinstance(value, Column):
+        return value
+    if isinstance(value, np.ndarray):
+        if value.ndim != 1:
+            raise TypeError(f"a mapped numpy array must be 1-dimensional, got shape {value.shape}")
+        return Column(value, "numpy") if value.dtype != object else encode_values(value.tolist())
+    if isinstance(value, (pa.Array, pa.ChunkedArray)):
+        return Column(value, "arrow")
+    if isinstance(value, (pa.Table, pa.RecordBatch)):
+        return Column(value, "table")
+    module = type(value).__module__
+    if module.startswith("pandas"):
+        import pandas as pd
+
+        if isinstance(value, pd.DataFrame):
+            return Column(pa.Table.from_pandas(value, preserve_index=False), "table")
+        if isinstance(value, pd.Series):
+            return to_column(value.to_numpy())
+    if isinstance(value, (list, tuple, range)):
+        return encode_values(list(value))
+    if isinstance(value, dict):
+        return encode_values(list(value))
+    if isinstance(value, Iterable) and not isinstance(value, (str, bytes)):
+        return encode_values(list(value))
+    raise TypeError(f"cannot map over a {type(value).__name__}: it is not iterable")
+
+
+def concat_columns(columns: Sequence[Column]) -> Column:
+    if not columns:
+        return encode_values([])
+    if len(columns) == 1:
+        return columns[0]
+    kinds = {c.kind for c in columns}
+    if kinds == {"numpy"}:
+        return Column(np.concatenate([c.data for c in columns]), "numpy")
+    if kinds == {"arrow"} and len({c.data.type for c in columns}) == 1:
+        chunks = [ch for c in columns for ch in (c.data.chunks if isinstance(c.data, pa.ChunkedArray) else [c.data])]
+        return Column(pa.chunked_array(chunks, type=columns[0].data.type), "arrow")
+    return encode_values([v for c in columns for v in c.items()])
+
+
+@dataclass
+class ChunkResult:
+    """Results of one chunk task (or of a retry of some of its items)."""
+
+    values: Column
+    codes: np.ndarray  # int8 per item
+    attempts: np.ndarray  # int16 per item
+    errors: dict[int, tuple[str, str, str]] = field(default_factory=dict)  # local index -> (type, msg, tb)
+    indices: np.ndarray | None = None  # for a retry: which items of the chunk these are
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+
+@dataclass
+class MergedChunk:
+    """A chunk's final picture: first result with its retries laid over it."""
+
+    values: list[Any]
+    codes: np.ndarray
+    attempts: np.ndarray
+    errors: dict[int, tuple[str, str, str]]
+
+
+def merge_results(results: Sequence[ChunkResult]) -> MergedChunk:
+    base = results[0]
+    values = base.values.items()
+    codes, attempts = base.codes.copy(), base.attempts.copy()
+    errors = dict(base.errors)
+    for patch in results[1:]:
+        patch_values = patch.values.items()
+        for j, i in enumerate(patch.indices.tolist()):
+            values[i] = patch_values[j]
+            codes[i] = patch.codes[j]
+            attempts[i] = patch.attempts[j]
+            errors.pop(i, None)
+            if j in patch.errors:
+                errors[i] = patch.errors[j]
+    for i in np.flatnonzero(codes != SUCCESS).tolist():
+        values[i] = None
+    return MergedChunk(values, codes, attempts, errors)

@@ -1,0 +1,422 @@
+"""MapRun: the orchestrator's state for one mapped task, executor-agnostic.
+
+Items are cut into chunks; each chunk is one unit of work.  Where a chunk's
+items come from is a *source* per mapped argument.  When a source arrives
+piecewise (an upstream map, a flatten of one, a stream) the first such
+source leads: chunk i covers the leader's segment i, so chunk i can start
+as soon as upstream chunk i is final (pipelining, no barrier).  Otherwise
+the map cuts its own chunks, sized from the measured time per item so a
+chunk runs about ``TARGET_SECONDS`` (first chunks ramp up from
+``FIRST_CHUNK`` items), unless ``chunk_size`` is set.
+
+It holds per-chunk metadata only: counts per state code, the items waiting
+for a retry, and the handles of the chunk's results.  At most
+``max_in_flight`` works per map run at once (backpressure).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rayflow.engine import columns as C
+from rayflow.engine.chunk_run import ChunkSummary
+from rayflow.engine.policy import retry_delay
+from rayflow.engine.work import ChunkHandle, ChunkJob, MapHandle, Piece
+from rayflow.states import State, StateType
+
+TARGET_SECONDS = 0.25
+FIRST_CHUNK = 16
+
+
+@dataclass
+class Segment:
+    start: int
+    stop: int
+    handles: tuple[Any, ...]
+    kind: str  # piece kind for items of this segment
+
+
+class WholeSource:
+    """Every item available at once: a constant, a task's result, or its flattening."""
+
+    def __init__(self, name: str, kind: str, handle: Any, length: int):
+        self.name, self.kind, self.handle, self.length = name, kind, handle, length
+
+    leads = False
+
+    def total(self) -> int:
+        return self.length
+
+    def pieces(self, lo: int, hi: int) -> list[tuple[str, tuple[Any, ...], int, int]] | None:
+        return [(self.kind, (self.handle,), lo, hi)]
+
+
+class MapSource:
+    """An upstream map, element-wise (or flattened): its final chunks are our segments."""
+
+    leads = True
+
+    def __init__(self, name: str, lookup: Callable[[], MapRun | None], flat: bool):
+        self.name, self.lookup, self.flat = name, lookup, flat
+
+    def segments(self) -> list[Segment]:
+        upstream = self.lookup()
+        if upstream is None:
+            return []
+        out, position = [], 0
+        for chunk in upstream.chunks:
+            if not chunk.final:
+                break
+            if self.flat:
+                out.append(Segment(position, position + chunk.flat_count, tuple(chunk.handles), "flatten_chunk"))
+                position += chunk.flat_count
+            else:
+                out.append(Segment(chunk.start, chunk.stop, tuple(chunk.handles), "chunk"))
+        return out
+
+    def total(self) -> int | None:
+        upstream = self.lookup()
+        if upstream is None or not upstream.done:
+            return None
+        return sum(c.flat_count for c in upstream.chunks) if self.flat else upstream.total
+
+    def pieces(self, lo: int, hi: int) -> list[tuple[str, tuple[Any, ...], int, int]] | None:
+        if lo == hi:
+            return []
+        out = []
+        for seg in self.segments():
+            if seg.stop <= lo or seg.start >= hi:
+                continue
+            out.append((seg.kind, seg.handles, max(lo, seg.start) - seg.start, min(hi, seg.stop) - seg.start))
+            if seg.stop >= hi:
+                return out
+        return None  # not all of [lo, hi) is final yet
+
+
+class StreamSource:
+    """Items pushed in segments by a feeder (a generator input), until it is exhausted."""
+
+    leads = True
+
+    def __init__(self, name: str, stream_id: int):
+        self.name, self.stream_id = name, stream_id
+        self._segments: list[Segment] = []
+        self.exhausted = False
+        self.requested = 0  # items asked of the feeder so far
+
+    def push(self, handle: Any, count: int, exhausted: bool) -> None:
+        start = self._segments[-1].stop if self._segments else 0
+        if count:
+            self._segments.append(Segment(start, start + count, (handle,), "column"))
+        self.exhausted = self.exhausted or exhausted
+
+    def received(self) -> int:
+        return self._segments[-1].stop if self._segments else 0
+
+    def segments(self) -> list[Segment]:
+        return list(self._segments)
+
+    def total(self) -> int | None:
+        return self.received() if self.exhausted else None
+
+    def pieces(self, lo: int, hi: int) -> list[tuple[str, tuple[Any, ...], int, int]] | None:
+        out = []
+        for seg in self._segments:
+            if seg.stop <= lo or seg.start >= hi:
+                continue
+            out.append((seg.kind, seg.handles, max(lo, seg.start) - seg.start, min(hi, seg.stop) - seg.start))
+        covered = sum(p[3] - p[2] for p in out)
+        return out if covered == hi - lo else None
+
+
+@dataclass
+class Chunk:
+    index: int
+    start: int
+    stop: int
+    handles: list[Any] = field(default_factory=list)  # first result, then retries'
+    counts: dict[int, int] = field(default_factory=dict)  # final items per code
+    waiting: dict[int, tuple[float, int]] = field(default_factory=dict)  # item -> (due, next attempt)
+    running: int = 0  # works in flight for this chunk
+    flat_count: int = 0
+    started: bool = False
+    system_failures: int = 0
+    errors: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def final(self) -> bool:
+        return self.started and self.running == 0 and not self.waiting
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+class MapRun:
+    def __init__(
+        self,
+        key: str,
+        options: Any,
+        sources: list[Any],
+        *,
+        max_in_flight: int,
+        cpus: int,
+        clock: Callable[[], float],
+    ):
+        self.key = key
+        self.options = options
+        self.sources = sources
+        self.max_in_flight = options.max_in_flight or max_in_flight
+        self.cpus = max(1, cpus)
+        self.clock = clock
+        self.chunks: list[Chunk] = []
+        self.in_flight = 0
+        self.per_item: float | None = None  # seconds, measured in workers
+        self.fatal: str | None = None
+        self.leader = next((s for s in sources if s.leads), None)
+        self.dispatched = 0  # items covered by chunks so far (own chunking / leader segments)
+        self.next_segment = 0
+        self.done = False
+        self.total: int | None = None
+        self._check_whole_lengths()
+
+    # -- shape ---------------------------------------------------------------
+
+    def _check_whole_lengths(self) -> None:
+        lengths = {s.name: s.total() for s in self.sources if not s.leads}
+        if len(set(lengths.values())) > 1:
+            listing = ", ".join(f"{n} has {n_}" for n, n_ in lengths.items())
+            self.fatal = f"MappingError: mapped arguments have unequal lengths ({listing})"
+        if self.leader is None:
+            self.total = next(iter(lengths.values())) if lengths else 0
+
+    def _known_totals(self) -> dict[str, int]:
+        return {s.name: t for s in self.sources if (t := s.total()) is not None}
+
+    # -- dispatch ------------------------------------------------------------
+
+    def chunk_size(self) -> int:
+        if self.options.chunk_size:
+            return self.options.chunk_size
+        if self.per_item is None:
+            return FIRST_CHUNK * (2 ** min(len(self.chunks), 10))
+        size = max(1, int(TARGET_SECONDS / max(self.per_item, 1e-9)))
+        if self.total is not None:
+            size = min(size, max(1, math.ceil(self.total / (4 * self.cpus))))
+        return size
+
+    def _new_ranges(self) -> list[tuple[int, int]]:
+        """Ranges of chunks that can be created now."""
+        if self.leader is None:
+            out = []
+            while self.dispatched < self.total and self.in_flight + len(out) < self.max_in_flight:
+                stop = min(self.total, self.dispatched + self.chunk_size())
+                out.append((self.dispatched, stop))
+                self.dispatched = stop
+            return out
+        out = []
+        segments = self.leader.segments()
+        while self.next_segment < len(segments) and self.in_flight + len(out) < self.max_in_flight:
+            seg = segments[self.next_segment]
+            self.next_segment += 1
+            if seg.stop > seg.start:
+                out.append((seg.start, seg.stop))
+        return out
+
+    def stream_demand(self) -> int:
+        """Items a stream leader should be asked for now (0: none)."""
+        if not isinstance(self.leader, StreamSource) or self.leader.exhausted or self.fatal:
+            return 0
+        pending = self.leader.received() - self.dispatched_stream_items()
+        if self.in_flight >= self.max_in_flight or pending > 0 or self.leader.requested > self.leader.received():
+            return 0
+        return self.chunk_size()
+
+    def dispatched_stream_items(self) -> int:
+        segments = self.leader.segments()
+        return segments[self.next_segment - 1].stop if self.next_segment else 0
+
+    def next_jobs(self, now: float) -> list[tuple[ChunkJob, list[Any]]]:
+        """Works to submit now: due retries first, then new chunks, within max_in_flight."""
+        jobs: list[tuple[ChunkJob, list[Any]]] = []
+        if self.done:
+            return jobs
+        for chunk in self.chunks:
+            if self.in_flight >= self.max_in_flight:
+                break
+            due = sorted(i for i, (t, _) in chunk.waiting.items() if t <= now)
+            if due and chunk.running == 0:
+                attempts = tuple(chunk.waiting.pop(i)[1] for i in due)
+                job = self._job(chunk, tuple(due), attempts)
+                if job is not None:
+                    jobs.append(job)
+        if self.fatal is None:
+            for lo, hi in self._new_ranges():
+                chunk = Chunk(len(self.chunks), lo, hi)
+                self.chunks.append(chunk)
+                job = self._job(chunk, None, None)
+                if job is None:  # a non-leading source does not cover it yet: retry later
+                    self.chunks.pop()
+                    self._unread(lo, hi)
+                    break
+                jobs.append(job)
+        self._check_done()
+        return jobs
+
+    def _unread(self, lo: int, hi: int) -> None:
+        if self.leader is None:
+            self.dispatched = lo
+        else:
+            self.next_segment -= 1
+
+    def _job(self, chunk: Chunk, indices: tuple[int, ...] | None, attempts: tuple[int, ...] | None) -> tuple[ChunkJob, list[Any]] | None:
+        handles: list[Any] = []
+        sources = []
+        for source in self.sources:
+            total = source.total()
+            if total is not None and chunk.stop > total:
+                self.fatal = (
+                    f"MappingError: mapped arguments have unequal lengths "
+                    f"({source.name} has {total}, another has more than {chunk.start})"
+                )
+                return None
+            pieces = source.pieces(chunk.start, chunk.stop)
+            if pieces is None:
+                return None
+            out = []
+            for kind, objs, lo, hi in pieces:
+                out.append(Piece(kind, tuple(range(len(handles), len(handles) + len(objs))), lo, hi))
+                handles.extend(objs)
+            sources.append(tuple(out))
+        chunk.started = True
+        chunk.running += 1
+        self.in_flight += 1
+        job = ChunkJob(
+            map_key=self.key,
+            chunk=chunk.index,
+            start=chunk.start,
+            size=chunk.size,
+            sources=tuple(sources),
+            indices=indices,
+            attempts=attempts,
+        )
+        return job, handles
+
+    # -- outcomes ------------------------------------------------------------
+
+    def on_summary(self, summary: ChunkSummary, handle: Any, now: float) -> None:
+        chunk = self.chunks[summary.chunk]
+        chunk.running -= 1
+        self.in_flight -= 1
+        chunk.handles.append(handle)
+        if summary.indices is None:
+            seconds = max(summary.finished_at - summary.started_at, 0.0)
+            if summary.size:
+                sample = seconds / summary.size
+                self.per_item = sample if self.per_item is None else 0.5 * self.per_item + 0.5 * sample
+        chunk.flat_count += summary.flat_count
+        counts = dict(summary.counts)
+        options = self.options
+        for item, code, retryable, attempt in summary.failed:
+            if retryable and attempt <= options.retries:
+                chunk.waiting[item] = (now + retry_delay(options, attempt), attempt + 1)
+                counts[code] -= 1
+        for item, delay, attempt in summary.retry:
+            wait = delay if delay is not None else retry_delay(options, attempt)
+            chunk.waiting[item] = (now + wait, attempt + 1)
+            counts[C.RETRYING] -= 1
+        for code, n in counts.items():
+            if n:
+                chunk.counts[code] = chunk.counts.get(code, 0) + n
+        chunk.errors = (chunk.errors + summary.errors)[-20:]
+        self._check_done()
+
+    def retry_lost(self, job: ChunkJob, system_retries: int) -> bool:
+        """A work died with its worker: True to run it again (it stays in flight)."""
+        chunk = self.chunks[job.chunk]
+        chunk.system_failures += 1
+        return chunk.system_failures <= system_retries
+
+    def release(self, job: ChunkJob) -> None:
+        """A work ended without a result."""
+        self.chunks[job.chunk].running -= 1
+        self.in_flight -= 1
+
+    def settle_lost(self, job: ChunkJob, handle: Any, message: str) -> None:
+        """Record a work whose system retries are spent: its items failed (``handle`` holds that)."""
+        chunk = self.chunks[job.chunk]
+        chunk.handles.append(handle)
+        n = len(job.indices) if job.indices is not None else chunk.size
+        chunk.counts[C.FAILED] = chunk.counts.get(C.FAILED, 0) + n
+        chunk.errors = (chunk.errors + [(job.start, message)])[-20:]
+        self._check_done()
+
+    def cancel(self) -> None:
+        self.fatal = self.fatal or "cancelled"
+        for chunk in self.chunks:
+            chunk.waiting.clear()
+            chunk.running = 0
+        self.in_flight = 0
+        self.done = True
+
+    def _check_done(self) -> None:
+        if self.done or self.in_flight:
+            return
+        if any(c.waiting for c in self.chunks):
+            return
+        if self.fatal is not None:
+            self.done = True
+            return
+        if self.leader is None:
+            self.done = self.dispatched >= self.total
+            return
+        total = self.leader.total()
+        if total is None or self.next_segment < len(self.leader.segments()):
+            return
+        self.total = total
+        known = self._known_totals()
+        if len(set(known.values())) > 1:
+            listing = ", ".join(f"{n} has {t}" for n, t in known.items())
+            self.fatal = f"MappingError: mapped arguments have unequal lengths ({listing})"
+        self.done = True
+
+    # -- reporting -----------------------------------------------------------
+
+    def counts(self) -> dict[StateType, int]:
+        out: dict[StateType, int] = {}
+        for chunk in self.chunks:
+            for code, n in chunk.counts.items():
+                out[C.CODES[code]] = out.get(C.CODES[code], 0) + n
+        return out
+
+    def handle(self) -> MapHandle:
+        chunks, position = [], 0
+        for c in self.chunks:
+            chunks.append(ChunkHandle(c.start, c.stop, tuple(c.handles), position, position + c.flat_count))
+            position += c.flat_count
+        return MapHandle(tuple(chunks), self.total or 0)
+
+    def final_state(self) -> State:
+        if self.fatal is not None:
+            return State(type=StateType.FAILED, message=self.fatal)
+        counts = self.counts()
+        total = self.total or 0
+        failed = sum(n for t, n in counts.items() if t in (StateType.FAILED, StateType.TRIGGER_FAILED, StateType.TIMED_OUT, StateType.CANCELLED))
+        ok = total - failed
+        summary = f"{total} items: {ok} ok" + (f", {failed} failed" if failed else "")
+        skipped = counts.get(StateType.SKIPPED, 0)
+        if skipped:
+            summary += f" ({skipped} skipped)"
+        first = next((e for c in self.chunks for e in c.errors), None)
+        if first is not None and failed:
+            summary += f"; first error: item {first[0]}: {first[1]}"
+        if total == 0 or ok / total >= self.options.min_success_ratio:
+            return State(type=StateType.MAPPED, message=summary)
+        return State(type=StateType.FAILED, message=summary)
+
+    def next_due(self) -> float | None:
+        dues = [t for c in self.chunks for t, _ in c.waiting.values()]
+        return min(dues) if dues else None

@@ -1,0 +1,265 @@
+"""The orchestrator's side of mapped tasks: launching MapRuns, feeding them, finishing them.
+
+``MapCoordinator`` owns every MapRun of a run.  A map is launched like any
+task once its *blocking* dependencies have finished; upstream maps it
+consumes chunk by chunk are not blocking, so it starts while they still run.
+Whenever a chunk finishes, its map and the maps streaming from it are
+pumped: new works are submitted within each map's ``max_in_flight``.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import threading
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from rayflow.engine import columns as C
+from rayflow.engine.chunk_run import ChunkSummary
+from rayflow.engine.columns import ChunkResult, encode_values
+from rayflow.engine.mapping import MapRun, MapSource, StreamSource, WholeSource
+from rayflow.engine.plan import TaskSpec
+from rayflow.engine.work import ChunkJob, Work
+from rayflow.states import ErrorInfo, State, StateType
+
+if TYPE_CHECKING:
+    from rayflow.engine.orchestrator import Orchestrator
+
+
+class MapCoordinator:
+    def __init__(self, orchestrator: Orchestrator, cpus: int):
+        self.orch = orchestrator
+        self.cpus = cpus
+        self.maps: dict[str, MapRun] = {}
+        self.jobs: dict[int, tuple[str, ChunkJob]] = {}  # work id -> (map key, job) in flight
+        self.object_handles: dict[str, list[Any]] = {}
+        self.streams: dict[int, StreamSource] = {}
+        self.stream_owner: dict[int, str] = {}
+        self.stream_requests: dict[int, int] = {}
+        self.stream_inbox: collections.deque[tuple[int, Any, int, bool]] = collections.deque()
+        self._lock = threading.Lock()
+        self.children: dict[str, list[str]] = collections.defaultdict(list)
+        for spec in orchestrator.plan.specs:
+            for key in spec.streaming:
+                self.children[key].append(spec.key)
+
+    # -- launching -----------------------------------------------------------
+
+    def settle_streaming(self, spec: TaskSpec) -> State | None:
+        """A map whose element-wise upstream map ended without running is settled the same way."""
+        for key in spec.streaming:
+            state = self.orch.states[key]
+            if state.is_finished() and key not in self.maps:
+                if state.is_skipped():
+                    return State(type=StateType.SKIPPED, message=f"upstream map {key} was skipped")
+                return State(type=StateType.TRIGGER_FAILED, message=f"upstream map {key} ended {state.type.value}")
+        return None
+
+    def launch(self, spec: TaskSpec) -> State | None:
+        """Start a MapRun for ``spec``; returns a state if the map ends at once (empty, or unusable input)."""
+        orch = self.orch
+        handles = self.object_handles.setdefault(spec.key, [orch.executor.put(o) for o in spec.objects])
+        sources: list[Any] = []
+        for source in spec.sources:
+            if source.kind == "const":
+                sources.append(WholeSource(source.name, "column", handles[source.index], source.length))
+            elif source.kind in ("node", "flatten_node"):
+                length = orch.lengths.get(source.key)
+                if length is None:
+                    return State(
+                        type=StateType.FAILED,
+                        message=f"MappingError: the result of task '{source.key}' (argument '{source.name}') "
+                        "cannot be mapped over: it is not a list or another sized collection",
+                    )
+                kind = "value" if source.kind == "node" else "flatten_value"
+                sources.append(WholeSource(source.name, kind, orch.handles[source.key], length))
+            elif source.kind in ("map", "flatten_map"):
+                upstream = source.key
+                sources.append(MapSource(source.name, lambda k=upstream: self.maps.get(k), source.kind == "flatten_map"))
+            else:
+                stream = StreamSource(source.name, source.index)
+                self.streams[source.index] = stream
+                self.stream_owner[source.index] = spec.key
+                sources.append(stream)
+        cpus = self.cpus
+        run = MapRun(spec.key, spec.options, sources, max_in_flight=max(2, 2 * cpus), cpus=cpus, clock=orch.clock)
+        self.maps[spec.key] = run
+        self.pump(spec.key)
+        return None
+
+    # -- dispatch ------------------------------------------------------------
+
+    def pump(self, key: str) -> None:
+        run = self.maps.get(key)
+        if run is None:
+            return
+        orch = self.orch
+        spec = orch.plan.by_key[key]
+        for job, piece_handles in run.next_jobs(orch.clock()):
+            self._submit(spec, job, piece_handles)
+        self._request_stream(run)
+        if run.done and not orch.states[key].is_finished():
+            orch.handles[key] = run.handle()
+            orch.follow(key, orch.transition(key, run.final_state()))
+            for child in self.children.get(key, ()):
+                self.pump(child)
+
+    def _submit(self, spec: TaskSpec, job: ChunkJob, piece_handles: list[Any]) -> None:
+        orch = self.orch
+        work = Work(work_id=orch.next_work_id(), task_key=spec.key, attempt=1, job=job)
+        values = [orch.handles.get(k) for k in spec.value_keys]
+        self.jobs[work.work_id] = (spec.key, job)
+        orch.executor.submit(spec, work, values + piece_handles)
+
+    def _request_stream(self, run: MapRun) -> None:
+        want = run.stream_demand()
+        if want:
+            stream: StreamSource = run.leader  # type: ignore[assignment]
+            stream.requested = stream.received() + want
+            with self._lock:
+                self.stream_requests[stream.stream_id] = want
+            feeder = self.orch.feeder
+            if feeder is not None:
+                feeder.request(stream.stream_id, want)
+
+    def take_stream_requests(self) -> dict[int, int]:
+        with self._lock:
+            out, self.stream_requests = self.stream_requests, {}
+        return out
+
+    def push_stream(self, stream_id: int, handle: Any, count: int, exhausted: bool) -> None:
+        """Items of a generator input arrived (from any thread)."""
+        self.stream_inbox.append((stream_id, handle, count, exhausted))
+
+    def drain_streams(self) -> None:
+        while self.stream_inbox:
+            stream_id, handle, count, exhausted = self.stream_inbox.popleft()
+            self.streams[stream_id].push(handle, count, exhausted)
+            self.pump(self.stream_owner[stream_id])
+
+    def pump_due(self, now: float) -> None:
+        for key, run in list(self.maps.items()):
+            due = run.next_due()
+            if due is not None and due <= now:
+                self.pump(key)
+
+    def next_due(self) -> float | None:
+        dues = [d for run in self.maps.values() if (d := run.next_due()) is not None]
+        return min(dues) if dues else None
+
+    # -- outcomes ------------------------------------------------------------
+
+    def finish_work(self, work: Work, report: ChunkSummary | None, handle: Any, error: ErrorInfo | None) -> None:
+        entry = self.jobs.pop(work.work_id, None)
+        if entry is None:
+            return  # cancelled
+        key, job = entry
+        run = self.maps[key]
+        orch = self.orch
+        if report is not None:
+            run.on_summary(report, handle, orch.clock())
+        else:
+            spec = orch.plan.by_key[key]
+            if error is not None and error.system and run.retry_lost(job, spec.options.system_retries):
+                self._submit_again(spec, run, job)  # only this chunk runs again
+                return
+            run.release(job)
+            n = len(job.indices) if job.indices is not None else job.size
+            text = str(error) if error is not None else "work lost"
+            error_tuple = (error.type if error else "builtins.RuntimeError", text, "")
+            failed = ChunkResult(
+                values=encode_values([None] * n),
+                codes=np.full(n, C.FAILED, dtype=np.int8),
+                attempts=np.array(job.attempts or [1] * n, dtype=np.int16),
+                errors=dict.fromkeys(range(n), error_tuple),
+                indices=np.array(job.indices, dtype=np.int64) if job.indices is not None else None,
+            )
+            run.settle_lost(job, orch.executor.put(failed), text)
+        self.pump(key)
+        for child in self.children.get(key, ()):
+            self.pump(child)
+
+    def _submit_again(self, spec: TaskSpec, run: MapRun, job: ChunkJob) -> None:
+        orch = self.orch
+        work = Work(work_id=orch.next_work_id(), task_key=spec.key, attempt=1, job=job)
+        self.jobs[work.work_id] = (spec.key, job)
+        values = [orch.handles.get(k) for k in spec.value_keys]
+        orch.executor.submit(spec, work, values + self._piece_handles(run, job))
+
+    def _piece_handles(self, run: MapRun, job: ChunkJob) -> list[Any]:
+        chunk = run.chunks[job.chunk]
+        handles: list[Any] = []
+        for source in run.sources:
+            for _, objs, _, _ in source.pieces(chunk.start, chunk.stop) or []:
+                handles.extend(objs)
+        return handles
+
+    def cancel(self) -> None:
+        for work_id in list(self.jobs):
+            self.orch.executor.cancel(work_id)
+        self.jobs.clear()
+        for run in self.maps.values():
+            run.cancel()
+
+    # -- views ---------------------------------------------------------------
+
+    def upstream_states(self, states: Mapping[str, State], keys: tuple[str, ...]) -> Mapping[str, State]:
+        """What a non-mapped task's trigger sees: every item's state for a mapped upstream."""
+        expanded: dict[str, Any] = {}
+        for key in keys:
+            run = self.maps.get(key)
+            if run is None or run.options.min_success_ratio < 1.0 or run.fatal is not None:
+                expanded[key] = states[key]
+            else:
+                expanded[key] = run
+        return ItemStates(expanded)
+
+    def progress(self) -> dict[str, dict[str, Any]]:
+        return {
+            key: {"total": run.total, "counts": {t.value: n for t, n in run.counts().items()}, "done": run.done}
+            for key, run in self.maps.items()
+        }
+
+
+_FLYWEIGHTS = {t: State(type=t) for t in C.CODES}
+
+
+class ItemStates(Mapping[str, State]):
+    """Upstream states with each mapped upstream expanded into one state per item, lazily."""
+
+    def __init__(self, entries: dict[str, Any]):
+        self._entries = entries
+
+    def _items(self) -> Iterator[tuple[str, State]]:
+        for key, entry in self._entries.items():
+            if isinstance(entry, State):
+                yield key, entry
+                continue
+            counts = entry.counts()
+            successes = (entry.total or 0) - sum(counts.values()) + counts.get(StateType.SUCCESS, 0)
+            blocks = [(StateType.SUCCESS, successes)] + [(t, n) for t, n in counts.items() if t is not StateType.SUCCESS]
+            index = itertools.count()
+            for state_type, n in blocks:
+                for _ in range(n):
+                    yield f"{key}[{next(index)}]", _FLYWEIGHTS[state_type]
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, _ in self._items())
+
+    def __len__(self) -> int:
+        return sum(1 if isinstance(e, State) else (e.total or 0) for e in self._entries.values())
+
+    def __getitem__(self, key: str) -> State:
+        for k, state in self._items():
+            if k == key:
+                return state
+        raise KeyError(key)
+
+    def values(self) -> Iterator[State]:  # type: ignore[override]
+        return (s for _, s in self._items())
+
+    def items(self) -> Iterator[tuple[str, State]]:  # type: ignore[override]
+        return self._items()
