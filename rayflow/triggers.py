@@ -18,32 +18,61 @@ A bound below 1 (e.g. 0.5) is a fraction of the number of upstreams.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from rayflow.states import State
 
 Trigger = Callable[[Mapping[str, State]], bool]
 
 
+@dataclass(frozen=True)
+class Tally:
+    total: int
+    successful: int
+    failed: int
+    skipped: int
+
+
+def tally(upstream_states: Mapping[str, State]) -> Tally:
+    """Counts of the upstream states; a mapping may count for itself (a ``tally()`` method),
+    as the per-item view of a large map does, so built-in triggers never walk a million items."""
+    own = getattr(upstream_states, "tally", None)
+    if own is not None:
+        return own()
+    states = list(upstream_states.values())
+    return Tally(
+        total=len(states),
+        successful=sum(1 for s in states if s.is_successful()),
+        failed=sum(1 for s in states if s.is_failed()),
+        skipped=sum(1 for s in states if s.is_skipped()),
+    )
+
+
 def all_successful(upstream_states: Mapping[str, State]) -> bool:
     """Run only if every upstream succeeded (the default)."""
-    return all(s.is_successful() for s in upstream_states.values())
+    t = tally(upstream_states)
+    return t.successful == t.total
 
 
 def all_failed(upstream_states: Mapping[str, State]) -> bool:
     """Run only if every upstream failed."""
-    return all(s.is_failed() for s in upstream_states.values())
+    t = tally(upstream_states)
+    return t.failed == t.total
 
 
 def any_successful(upstream_states: Mapping[str, State]) -> bool:
     """Run if at least one upstream succeeded."""
-    return not upstream_states or any(s.is_successful() for s in upstream_states.values())
+    t = tally(upstream_states)
+    return t.total == 0 or t.successful > 0
 
 
 def any_failed(upstream_states: Mapping[str, State]) -> bool:
     """Run if at least one upstream failed."""
-    return not upstream_states or any(s.is_failed() for s in upstream_states.values())
+    t = tally(upstream_states)
+    return t.total == 0 or t.failed > 0
 
 
 def all_finished(upstream_states: Mapping[str, State]) -> bool:
@@ -56,7 +85,8 @@ always_run = all_finished
 
 def not_all_skipped(upstream_states: Mapping[str, State]) -> bool:
     """Run unless every upstream was skipped."""
-    return not upstream_states or not all(s.is_skipped() for s in upstream_states.values())
+    t = tally(upstream_states)
+    return t.total == 0 or t.skipped < t.total
 
 
 def _bound(value: float | None, total: int) -> float | None:
@@ -67,7 +97,7 @@ def _bound(value: float | None, total: int) -> float | None:
     return value * total if value < 1 else value
 
 
-def _counting(name: str, predicate: Callable[[State], bool], at_least: float | None, at_most: float | None) -> Trigger:
+def _counting(name: str, field: str, at_least: float | None, at_most: float | None) -> Trigger:
     if at_least is None and at_most is None:
         raise ValueError(f"{name} needs at_least= or at_most=")
     for bound in (at_least, at_most):
@@ -75,10 +105,10 @@ def _counting(name: str, predicate: Callable[[State], bool], at_least: float | N
             raise ValueError(f"{name}: bounds must be >= 0, got {bound}")
 
     def trigger(upstream_states: Mapping[str, State]) -> bool:
-        if not upstream_states:
+        t = tally(upstream_states)
+        if t.total == 0:
             return True
-        total = len(upstream_states)
-        count = sum(1 for s in upstream_states.values() if predicate(s))
+        total, count = t.total, getattr(t, field)
         low, high = _bound(at_least, total), _bound(at_most, total)
         if low is not None and count < math.ceil(low - 1e-9):
             return False
@@ -91,17 +121,18 @@ def _counting(name: str, predicate: Callable[[State], bool], at_least: float | N
 
 def some_successful(at_least: float | None = None, at_most: float | None = None) -> Trigger:
     """Run if the number of successful upstreams is within the bounds (fractions below 1)."""
-    return _counting("some_successful", State.is_successful, at_least, at_most)
+    return _counting("some_successful", "successful", at_least, at_most)
 
 
 def some_failed(at_least: float | None = None, at_most: float | None = None) -> Trigger:
     """Run if the number of failed upstreams is within the bounds (fractions below 1)."""
-    return _counting("some_failed", State.is_failed, at_least, at_most)
+    return _counting("some_failed", "failed", at_least, at_most)
 
 
-def failed_upstreams(upstream_states: Mapping[str, State]) -> list[str]:
-    """The keys of the upstreams that failed, for trigger-failure messages."""
-    return [key for key, state in upstream_states.items() if state.is_failed()]
+def failed_upstreams(upstream_states: Mapping[str, State], limit: int | None = None) -> list[str]:
+    """The keys of (the first ``limit``) upstreams that failed, for trigger-failure messages."""
+    failed = (key for key, state in upstream_states.items() if state.is_failed())
+    return list(itertools.islice(failed, limit))
 
 
 def trigger_name(trigger: Callable[..., bool]) -> str:

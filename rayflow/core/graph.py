@@ -225,28 +225,30 @@ def argument_slots(task: Task, arguments: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def rebuild_call(task: Task, slots: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Argument slots back into (args, kwargs) that call the function the same way."""
+    """Argument slots back into (args, kwargs) that call the function the same way.
+
+    Leading parameters go positionally while there is no gap (``fn(x)``, not
+    ``fn(x=x)``): it is the cheaper call for a map's per-item loop.
+    """
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
-    named = set()
+    positional = True
     for p in task.signature.parameters.values():
         if p.kind is p.VAR_POSITIONAL:
             i = 0
             while f"{p.name}[{i}]" in slots:
                 args.append(slots[f"{p.name}[{i}]"])
-                named.add(f"{p.name}[{i}]")
                 i += 1
+            positional = False
         elif p.kind is p.VAR_KEYWORD:
-            continue
-        elif p.name in slots:
-            named.add(p.name)
-            if p.kind is p.POSITIONAL_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD and any(
-                q.kind is q.VAR_POSITIONAL for q in task.signature.parameters.values()
-            )):
-                args.append(slots[p.name])
-            else:
-                kwargs[p.name] = slots[p.name]
-    kwargs.update({k: v for k, v in slots.items() if k not in named})
+            kwargs.update({k: v for k, v in slots.items() if k not in task.signature.parameters and "[" not in k})
+        elif p.name not in slots:
+            positional = False
+        elif p.kind is p.POSITIONAL_ONLY or (positional and p.kind is p.POSITIONAL_OR_KEYWORD):
+            args.append(slots[p.name])
+        else:
+            positional = False
+            kwargs[p.name] = slots[p.name]
     return tuple(args), kwargs
 
 

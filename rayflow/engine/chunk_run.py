@@ -11,6 +11,7 @@ SIGALRM, so they apply where the chunk runs on the process's main thread
 
 from __future__ import annotations
 
+import collections
 import signal
 import threading
 import time
@@ -47,6 +48,19 @@ class ChunkSummary:
     errors: list[tuple[int, str]] = field(default_factory=list)  # first few (item, "Type: message")
     flat_count: int = 0  # items the successful values hold, for rf.flatten consumers
     indices: tuple[int, ...] | None = None
+
+
+_PAYLOADS: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
+
+
+def _load(payload: bytes) -> Any:
+    """A map's payload, unpickled once per worker process rather than once per chunk."""
+    loaded = _PAYLOADS.get(payload)
+    if loaded is None:
+        loaded = _PAYLOADS[payload] = cloudpickle.loads(payload)
+        while len(_PAYLOADS) > 16:
+            _PAYLOADS.popitem(last=False)
+    return loaded
 
 
 class _ItemTimeout(BaseException):
@@ -106,21 +120,22 @@ def _error_tuple(exc: BaseException) -> tuple[str, str, str]:
     return (f"{cls.__module__}.{cls.__qualname__}", str(exc), "".join(traceback.format_exception(exc)))
 
 
-def _caller(fn: Callable[..., Any], args: Any, kwargs: Any, nsources: int) -> Callable[[tuple[Any, ...]], Any]:
-    """A fast per-item call: plain positions when MapInputs sit at the top level."""
+def _caller(fn: Callable[..., Any], args: Any, kwargs: Any, nsources: int) -> tuple[Callable[..., Any], bool]:
+    """A per-item call taking the tuple of the item's values; ``(fn, True)`` when fn takes the
+    single mapped value as its only argument, the fastest case."""
     top_level = all(not isinstance(a, (list, tuple, dict, set)) for a in (*args, *kwargs.values()))
     if top_level:
         arg_slots = [(a.index if isinstance(a, MapInput) else None, a) for a in args]
         kw_slots = [(k, v.index if isinstance(v, MapInput) else None, v) for k, v in kwargs.items()]
         if nsources == 1 and len(arg_slots) == 1 and arg_slots[0][0] == 0 and not kw_slots:
-            return lambda item: fn(item[0])
+            return fn, True
 
         def call(item: tuple[Any, ...]) -> Any:
             a = [item[i] if i is not None else v for i, v in arg_slots]
             k = {name: item[i] if i is not None else v for name, i, v in kw_slots}
             return fn(*a, **k)
 
-        return call
+        return call, False
 
     def call_nested(item: tuple[Any, ...]) -> Any:
         def resolve(ref: Any) -> Any:
@@ -128,12 +143,12 @@ def _caller(fn: Callable[..., Any], args: Any, kwargs: Any, nsources: int) -> Ca
 
         return fn(*substitute(args, resolve), **substitute(kwargs, resolve))
 
-    return call_nested
+    return call_nested, False
 
 
 def run_chunk(payload: bytes, job: ChunkJob, work_id: int, values: list[Any]) -> tuple[ChunkResult, ChunkSummary]:
     started = time.time()
-    fn, args, kwargs, upstream, retry_on, options = cloudpickle.loads(payload)
+    fn, args, kwargs, upstream, retry_on, options = _load(payload)
     nodes = dict(zip(upstream, values[: len(upstream)]))
     piece_values = values[len(upstream) :]
 
@@ -152,59 +167,26 @@ def run_chunk(payload: bytes, job: ChunkJob, work_id: int, values: list[Any]) ->
     retry_delays: dict[int, float | None] = {}
     retryable: dict[int, bool] = {}
 
-    # Gate on upstream items: failed upstream -> TRIGGER_FAILED, skipped -> SKIPPED.
-    runnable = []
-    for j, i in enumerate(selected):
-        gate = None
-        for _, up_codes in sources:
-            if up_codes is None:
-                continue
-            c = int(up_codes[i])
-            if c in C.FINAL_FAILED:
-                gate = C.TRIGGER_FAILED
-                break
-            if c == C.SKIPPED and options["skip_on_upstream_skip"]:
-                gate = C.SKIPPED
-        if gate is None:
-            runnable.append(j)
-        else:
-            codes[j] = gate
-            if gate == C.TRIGGER_FAILED:
-                errors[j] = ("rayflow.TriggerFailed", "upstream item failed", "")
-
+    runnable = _gate(sources, selected, codes, errors, options["skip_on_upstream_skip"])
     batch_column = None
     if batch:
         batch_column = _run_batch(fn, args, kwargs, sources, selected, runnable, results, codes, errors, retryable, retry_on)
     else:
-        call = _caller(fn, args, kwargs, len(sources))
+        call, direct = _caller(fn, args, kwargs, len(sources))
         columns = [s[0] for s in sources]
-        use_alarm = options["timeout"] is not None and threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGALRM, _alarm) if use_alarm else None
-        try:
-            for j in runnable:
-                i = selected[j]
-                item = tuple(col[i] for col in columns)
-                try:
-                    if use_alarm:
-                        signal.setitimer(signal.ITIMER_REAL, options["timeout"])
-                    try:
-                        results[j] = call(item)
-                    finally:
-                        if use_alarm:
-                            signal.setitimer(signal.ITIMER_REAL, 0)
-                except _ItemTimeout:
-                    codes[j] = C.TIMED_OUT
-                    errors[j] = ("builtins.TimeoutError", f"item timed out after {options['timeout']:g}s", "")
-                    retryable[j] = True
-                except Signal as sig:
-                    _signalled(sig, j, codes, errors, retry_delays, retryable)
-                except Exception as exc:
-                    codes[j] = C.FAILED
-                    errors[j] = _error_tuple(exc)
-                    retryable[j] = isinstance(exc, retry_on)
-        finally:
-            if use_alarm:
-                signal.signal(signal.SIGALRM, previous)
+        everything = job.indices is None and len(runnable) == size
+        if direct:
+            only = columns[0]
+            inputs = only if everything else [only[selected[j]] for j in runnable]
+        elif everything:
+            inputs = list(zip(*columns))
+        else:
+            inputs = [tuple(col[selected[j]] for col in columns) for j in runnable]
+        timeout = options["timeout"]
+        if timeout is not None and threading.current_thread() is threading.main_thread():
+            _run_items_timed(call, inputs, runnable, results, codes, errors, retryable, retry_delays, retry_on, timeout)
+        else:
+            _run_items(call, inputs, runnable, results, codes, errors, retryable, retry_delays, retry_on)
 
     for j in np.flatnonzero(codes != C.SUCCESS).tolist():
         results[j] = None
@@ -241,6 +223,68 @@ def run_chunk(payload: bytes, job: ChunkJob, work_id: int, values: list[Any]) ->
         indices=job.indices,
     )
     return result, summary
+
+
+def _gate(sources: list, selected: list[int], codes: np.ndarray, errors: dict, skip_on_skip: bool) -> list[int]:
+    """Items whose upstream item failed end TRIGGER_FAILED, skipped ones SKIPPED; the rest run."""
+    upstream = [c for _, c in sources if c is not None]
+    if not upstream or not any(c[selected].any() for c in upstream):
+        return list(range(len(selected)))
+    runnable = []
+    for j, i in enumerate(selected):
+        ups = [int(c[i]) for c in upstream]
+        if any(u in C.FINAL_FAILED for u in ups):
+            codes[j] = C.TRIGGER_FAILED
+            errors[j] = ("rayflow.TriggerFailed", "upstream item failed", "")
+        elif skip_on_skip and any(u == C.SKIPPED for u in ups):
+            codes[j] = C.SKIPPED
+        else:
+            runnable.append(j)
+    return runnable
+
+
+def _run_items(call, inputs, runnable, results, codes, errors, retryable, retry_delays, retry_on) -> None:
+    """The hot loop: no per-item bookkeeping unless an item raises; nothing runs twice."""
+    n = len(runnable)
+    k = 0
+    while k < n:
+        try:
+            while k < n:
+                results[runnable[k]] = call(inputs[k])
+                k += 1
+        except Signal as sig:
+            _signalled(sig, runnable[k], codes, errors, retry_delays, retryable)
+            k += 1
+        except Exception as exc:
+            j = runnable[k]
+            codes[j] = C.FAILED
+            errors[j] = _error_tuple(exc)
+            retryable[j] = isinstance(exc, retry_on)
+            k += 1
+
+
+def _run_items_timed(call, inputs, runnable, results, codes, errors, retryable, retry_delays, retry_on, timeout) -> None:
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    try:
+        for k, j in enumerate(runnable):
+            try:
+                signal.setitimer(signal.ITIMER_REAL, timeout)
+                try:
+                    results[j] = call(inputs[k])
+                finally:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+            except _ItemTimeout:
+                codes[j] = C.TIMED_OUT
+                errors[j] = ("builtins.TimeoutError", f"item timed out after {timeout:g}s", "")
+                retryable[j] = True
+            except Signal as sig:
+                _signalled(sig, j, codes, errors, retry_delays, retryable)
+            except Exception as exc:
+                codes[j] = C.FAILED
+                errors[j] = _error_tuple(exc)
+                retryable[j] = isinstance(exc, retry_on)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _signalled(sig: Signal, j: int, codes: Any, errors: dict, retry_delays: dict, retryable: dict) -> None:

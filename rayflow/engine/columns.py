@@ -82,12 +82,16 @@ class Column:
 
 def _uniform_type(values: Sequence[Any]) -> pa.DataType | None:
     """The Arrow type that gives every value back unchanged, or None."""
-    first = next((v for v in values if v is not None), None)
-    if first is None:
+    types = set(map(type, values))
+    types.discard(type(None))
+    if not types:
         return pa.null() if values else pa.int64()
-    kind = type(first)
+    if len(types) > 1:
+        return None
+    kind = types.pop()
     if kind in _SCALARS:
-        return _SCALARS[kind] if all(v is None or type(v) is kind for v in values) else None
+        return _SCALARS[kind]
+    first = next(v for v in values if v is not None)
     if kind is dict:
         keys = tuple(first)
         if not keys or not all(isinstance(k, str) for k in keys):
@@ -187,6 +191,8 @@ class MergedChunk:
 def merge_results(results: Sequence[ChunkResult]) -> MergedChunk:
     base = results[0]
     values = base.values.items()
+    if len(results) == 1 and not base.errors and not base.codes.any():
+        return MergedChunk(values, base.codes, base.attempts, {})
     codes, attempts = base.codes.copy(), base.attempts.copy()
     errors = dict(base.errors)
     for patch in results[1:]:
@@ -201,3 +207,9 @@ def merge_results(results: Sequence[ChunkResult]) -> MergedChunk:
     for i in np.flatnonzero(codes != SUCCESS).tolist():
         values[i] = None
     return MergedChunk(values, codes, attempts, errors)
+
+
+def successful_values(merged: MergedChunk) -> list[Any]:
+    if not merged.codes.any():
+        return merged.values
+    return [v for v, c in zip(merged.values, merged.codes.tolist()) if c == SUCCESS]

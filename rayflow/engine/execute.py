@@ -11,9 +11,8 @@ import dataclasses
 from collections.abc import Sized
 from typing import Any
 
-from rayflow.engine import columns as C
 from rayflow.engine.chunk_run import run_chunk
-from rayflow.engine.columns import merge_results
+from rayflow.engine.columns import merge_results, successful_values
 from rayflow.engine.task_run import run_attempt
 from rayflow.engine.work import Work
 from rayflow.states import StateType
@@ -38,8 +37,7 @@ def unpack(layout: tuple[Any, ...], values: tuple[Any, ...] | list[Any]) -> list
         else:
             items: list[Any] = []
             for chunk in where:
-                merged = merge_results([values[i] for i in chunk])
-                items.extend(v for v, c in zip(merged.values, merged.codes.tolist()) if c == C.SUCCESS)
+                items.extend(successful_values(merge_results([values[i] for i in chunk])))
             out.append(items)
     return out
 

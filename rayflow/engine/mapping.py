@@ -29,6 +29,7 @@ from rayflow.states import State, StateType
 
 TARGET_SECONDS = 0.25
 FIRST_CHUNK = 16
+TRUSTED_SECONDS = 0.01  # a chunk shorter than this measures overheads more than items
 
 
 @dataclass
@@ -175,6 +176,9 @@ class MapRun:
         self.chunks: list[Chunk] = []
         self.in_flight = 0
         self.per_item: float | None = None  # seconds, measured in workers
+        self.largest_measured = 0  # items in the largest first-run chunk measured so far
+        self.largest_seconds = 0.0  # and how long it ran
+        self.trusted = False  # whether a measurement lasted TRUSTED_SECONDS
         self.fatal: str | None = None
         self.leader = next((s for s in sources if s.leads), None)
         self.dispatched = 0  # items covered by chunks so far (own chunking / leader segments)
@@ -202,8 +206,11 @@ class MapRun:
         if self.options.chunk_size:
             return self.options.chunk_size
         if self.per_item is None:
-            return FIRST_CHUNK * (2 ** min(len(self.chunks), 10))
+            return FIRST_CHUNK
         size = max(1, int(TARGET_SECONDS / max(self.per_item, 1e-9)))
+        if not self.trusted:  # grow towards a chunk long enough to measure, at most 64-fold
+            growth = min(64.0, max(2.0, TRUSTED_SECONDS / max(self.largest_seconds, 1e-6)))
+            size = min(size, int(growth * self.largest_measured))
         if self.total is not None:
             size = min(size, max(1, math.ceil(self.total / (4 * self.cpus))))
         return size
@@ -312,11 +319,12 @@ class MapRun:
         chunk.running -= 1
         self.in_flight -= 1
         chunk.handles.append(handle)
-        if summary.indices is None:
+        if summary.indices is None and summary.size and summary.size >= self.largest_measured:
             seconds = max(summary.finished_at - summary.started_at, 0.0)
-            if summary.size:
-                sample = seconds / summary.size
-                self.per_item = sample if self.per_item is None else 0.5 * self.per_item + 0.5 * sample
+            self.largest_measured = summary.size
+            self.largest_seconds = seconds
+            self.per_item = seconds / summary.size
+            self.trusted = self.trusted or seconds >= TRUSTED_SECONDS
         chunk.flat_count += summary.flat_count
         counts = dict(summary.counts)
         options = self.options

@@ -24,6 +24,7 @@ from rayflow.engine.mapping import MapRun, MapSource, StreamSource, WholeSource
 from rayflow.engine.plan import TaskSpec
 from rayflow.engine.work import ChunkJob, Work
 from rayflow.states import ErrorInfo, State, StateType
+from rayflow.triggers import Tally
 
 if TYPE_CHECKING:
     from rayflow.engine.orchestrator import Orchestrator
@@ -245,6 +246,23 @@ class ItemStates(Mapping[str, State]):
             for state_type, n in blocks:
                 for _ in range(n):
                     yield f"{key}[{next(index)}]", _FLYWEIGHTS[state_type]
+
+    def tally(self) -> Tally:
+        total = successful = failed = skipped = 0
+        for entry in self._entries.values():
+            if isinstance(entry, State):
+                pairs = [(entry.type, 1)]
+            else:
+                counts = entry.counts()
+                done = sum(counts.values())
+                pairs = list(counts.items()) + [(StateType.SUCCESS, (entry.total or 0) - done)]
+            for state_type, n in pairs:
+                state = _FLYWEIGHTS.get(state_type) or State(type=state_type)
+                total += n
+                successful += n if state.is_successful() else 0
+                failed += n if state.is_failed() else 0
+                skipped += n if state.is_skipped() else 0
+        return Tally(total, successful, failed, skipped)
 
     def __iter__(self) -> Iterator[str]:
         return (k for k, _ in self._items())

@@ -6,13 +6,14 @@ touches an executor, so every rule here is tested directly.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Callable, Mapping
 from rayflow.core.options import TaskOptions
 from rayflow.engine.plan import TaskSpec
 from rayflow.engine.task_run import describe_error
 from rayflow.states import State, StateType
-from rayflow.triggers import failed_upstreams, trigger_name
+from rayflow.triggers import failed_upstreams, tally, trigger_name
 
 
 def settle_before_run(spec: TaskSpec, upstream: Mapping[str, State]) -> State | None:
@@ -27,9 +28,10 @@ def settle_before_run(spec: TaskSpec, upstream: Mapping[str, State]) -> State | 
     if spec.kind == "merge":
         return None  # settled by settle_merge from its branches' states
     if spec.options.skip_on_upstream_skip:
-        skipped = [k for k, s in upstream.items() if s.is_skipped()]
-        if skipped:
-            shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        counts = tally(upstream)
+        if counts.skipped:
+            first = itertools.islice((k for k, s in upstream.items() if s.is_skipped()), 5)
+            shown = ", ".join(first) + (f" and {counts.skipped - 5} more" if counts.skipped > 5 else "")
             return State(type=StateType.SKIPPED, message=f"upstream task(s) skipped: {shown}")
     trigger = spec.options.trigger
     try:
@@ -43,8 +45,9 @@ def settle_before_run(spec: TaskSpec, upstream: Mapping[str, State]) -> State | 
         )
     if passed:
         return None
-    failed = failed_upstreams(upstream)
-    shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
+    counts = tally(upstream)
+    failed = failed_upstreams(upstream, limit=5)
+    shown = ", ".join(failed) + (f" and {counts.failed - 5} more" if counts.failed > 5 else "")
     detail = f"; failed upstream task(s): {shown}" if failed else ""
     return State(
         type=StateType.TRIGGER_FAILED,

@@ -64,6 +64,14 @@ class FlowRunActor:
     def __init__(self) -> None:
         self._runs: OrderedDict[str, _Slot] = OrderedDict()
         self._lock = threading.Lock()
+        self._cpus: tuple[float, int] = (0.0, 1)  # (when read, cluster CPUs): a GCS call, so cached
+
+    def _cluster_cpus(self) -> int:
+        read_at, cpus = self._cpus
+        if time.monotonic() - read_at > 30:
+            cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+            self._cpus = (time.monotonic(), cpus)
+        return cpus
 
     def ping(self) -> str:
         return ray.get_runtime_context().get_node_id()
@@ -73,8 +81,7 @@ class FlowRunActor:
             if run_id in self._runs:
                 raise ValueError(f"a run with id {run_id!r} already exists in this driver")
             executor = RayExecutor(run_id, ray.get_runtime_context().current_actor)
-            cpus = int(ray.cluster_resources().get("CPU", 1))
-            orchestrator = Orchestrator(plan, executor, run_id, cpus=cpus)
+            orchestrator = Orchestrator(plan, executor, run_id, cpus=self._cluster_cpus())
             orchestrator.feeder = _DriverFeeder() if plan.specs and any(
                 src.kind == "stream" for spec in plan.specs for src in spec.sources
             ) else None

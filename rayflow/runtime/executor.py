@@ -67,6 +67,7 @@ class RayExecutor:
         self._pending: dict[ray.ObjectRef, tuple[Work, ray.ObjectRef]] = {}  # report ref -> (work, value ref)
         self._started: collections.deque[Started] = collections.deque()
         self._payloads: dict[str, Any] = {}
+        self._remotes: dict[str, Any] = {}  # task key -> _remote_execute.options(...) (made once)
 
     def notify_started(self, work_id: int, at: float) -> None:
         self._started.append(Started(work_id, at))
@@ -78,11 +79,15 @@ class RayExecutor:
             self._payloads[spec.key] = ray.put(spec.payload)
         return self._payloads[spec.key]
 
+    def _remote(self, spec: TaskSpec) -> Any:
+        remote = self._remotes.get(spec.key)
+        if remote is None:
+            remote = self._remotes[spec.key] = _remote_execute.options(name=spec.key, **spec.options.ray_options())
+        return remote
+
     def submit(self, spec: TaskSpec, work: Work, handles: list[Any]) -> None:
-        options = spec.options.ray_options()
         timed = spec.options.timeout is not None and work.job is None
-        name = spec.key if work.job is None else f"{spec.key}[{work.job.start}:{work.job.start + work.job.size}]"
-        value_ref, report_ref = _remote_execute.options(name=name, **options).remote(
+        value_ref, report_ref = self._remote(spec).remote(
             self._payload(spec), work, self.notifier if timed else None, self.run_id, *handles
         )
         self._pending[report_ref] = (work, value_ref)
