@@ -70,6 +70,8 @@ class MapSource:
 
 
 def _length(value: Any) -> int | None:
+    if hasattr(value, "num_rows"):
+        return value.num_rows
     return len(value) if isinstance(value, cabc.Sized) else None
 
 
@@ -126,7 +128,7 @@ def _const_source(key: str, name: str, value: Any, add: Any) -> MapInput:
         )
     if isinstance(value, cabc.Iterator):
         return add(name, MapSource(name, "stream", value=value))
-    if not isinstance(value, cabc.Iterable):
+    if not isinstance(value, cabc.Iterable) and not hasattr(value, "num_rows"):  # pyarrow tables map rows
         raise MappingError(
             f"task '{key}': argument '{name}' is a {type(value).__name__}, which cannot be mapped over; "
             f"wrap it in rf.unmapped(...) to pass it whole to every item",

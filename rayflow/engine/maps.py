@@ -218,6 +218,15 @@ class MapCoordinator:
                 expanded[key] = run
         return ItemStates(expanded)
 
+    def skip_view(self, states: Mapping[str, State], keys: tuple[str, ...]) -> dict[str, State]:
+        """What the skip rule sees: a map is skipped only when every one of its items was."""
+        view = {}
+        for key in keys:
+            run = self.maps.get(key)
+            all_skipped = run is not None and run.total and run.counts().get(StateType.SKIPPED, 0) == run.total
+            view[key] = State(type=StateType.SKIPPED, message="every item was skipped") if all_skipped else states[key]
+        return view
+
     def progress(self) -> dict[str, dict[str, Any]]:
         return {
             key: {"total": run.total, "counts": {t.value: n for t, n in run.counts().items()}, "done": run.done}

@@ -161,7 +161,7 @@ class Orchestrator:
         spec = self.plan.by_key[key]
         blocking = tuple(k for k in spec.dependencies if k not in spec.streaming)
         upstream = self.maps.upstream_states(self.states, blocking)
-        settled = settle_before_run(spec, upstream)
+        settled = settle_before_run(spec, upstream, self.maps.skip_view(self.states, blocking))
         if settled is None and spec.kind == "map":
             settled = self.maps.settle_streaming(spec)
             if settled is None:

@@ -16,11 +16,15 @@ from rayflow.states import State, StateType
 from rayflow.triggers import failed_upstreams, tally, trigger_name
 
 
-def settle_before_run(spec: TaskSpec, upstream: Mapping[str, State]) -> State | None:
+def settle_before_run(
+    spec: TaskSpec, upstream: Mapping[str, State], skip_view: Mapping[str, State] | None = None
+) -> State | None:
     """The state a ready task ends in without running, or None if it should run.
 
     Order: an unmet case skips; a skipped upstream skips (unless
-    ``skip_on_upstream_skip=False``); then the trigger is asked.
+    ``skip_on_upstream_skip=False``); then the trigger is asked.  ``skip_view``
+    is what the skip rule looks at when it differs from what the trigger sees
+    (a map counts as skipped only when every item was).
     """
     unmet = [k for k in spec.conditions if upstream[k].is_skipped()]
     if unmet:
@@ -28,9 +32,10 @@ def settle_before_run(spec: TaskSpec, upstream: Mapping[str, State]) -> State | 
     if spec.kind == "merge":
         return None  # settled by settle_merge from its branches' states
     if spec.options.skip_on_upstream_skip:
-        counts = tally(upstream)
+        view = upstream if skip_view is None else skip_view
+        counts = tally(view)
         if counts.skipped:
-            first = itertools.islice((k for k, s in upstream.items() if s.is_skipped()), 5)
+            first = itertools.islice((k for k, s in view.items() if s.is_skipped()), 5)
             shown = ", ".join(first) + (f" and {counts.skipped - 5} more" if counts.skipped > 5 else "")
             return State(type=StateType.SKIPPED, message=f"upstream task(s) skipped: {shown}")
     trigger = spec.options.trigger
