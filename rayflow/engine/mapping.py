@@ -30,6 +30,7 @@ from rayflow.states import State, StateType
 TARGET_SECONDS = 0.25
 FIRST_CHUNK = 16
 TRUSTED_SECONDS = 0.01  # a chunk shorter than this measures overheads more than items
+MAX_CHUNK = 1 << 18  # items: bounds the memory a chunk needs (a generator's chunk is built in the driver)
 
 
 @dataclass
@@ -116,6 +117,11 @@ class StreamSource:
 
     def received(self) -> int:
         return self._segments[-1].stop if self._segments else 0
+
+    def release(self, index: int) -> None:
+        """Segment ``index`` is consumed for good: drop its handle so its memory can be freed."""
+        seg = self._segments[index]
+        self._segments[index] = Segment(seg.start, seg.stop, (), seg.kind)
 
     def segments(self) -> list[Segment]:
         return list(self._segments)
@@ -213,6 +219,7 @@ class MapRun:
             size = min(size, int(growth * self.largest_measured))
         if self.total is not None:
             size = min(size, max(1, math.ceil(self.total / (4 * self.cpus))))
+        size = min(size, MAX_CHUNK)
         return size
 
     def _new_ranges(self) -> list[tuple[int, int]]:
@@ -340,7 +347,15 @@ class MapRun:
             if n:
                 chunk.counts[code] = chunk.counts.get(code, 0) + n
         chunk.errors = (chunk.errors + summary.errors)[-20:]
+        if chunk.final and isinstance(self.leader, StreamSource):
+            self.leader.release(self._segment_of(chunk))
         self._check_done()
+
+    def _segment_of(self, chunk: Chunk) -> int:
+        for i, seg in enumerate(self.leader.segments()):
+            if seg.start == chunk.start:
+                return i
+        raise LookupError(chunk.start)
 
     def retry_lost(self, job: ChunkJob, system_retries: int) -> bool:
         """A work died with its worker: True to run it again (it stays in flight)."""
