@@ -405,3 +405,15 @@ def test_results_do_not_depend_on_chunk_size(values, chunk_size):
     assert [s.type for s in run.map_states("picky")] == [
         T.FAILED if v % 5 == 3 else T.SKIPPED if v % 5 == 4 else T.SUCCESS for v in values
     ]
+
+
+def test_progress_bar_when_asked_and_silent_otherwise(runner, capsys):
+    @rf.flow
+    def shown():
+        return double.with_options(name="counted").map(range(50))
+
+    on(shown, runner).run()
+    assert "counted" not in capsys.readouterr().err  # not a terminal: no bar by default
+    on(shown.with_options(progress=True), runner).run()
+    err = capsys.readouterr().err
+    assert "counted" in err and "50/50" in err and "0 failed" in err

@@ -171,6 +171,7 @@ class FlowOptions(BaseModel):
     runner: Any = "ray"  # "ray", "local", or an object with run_flow(flow, params, options)
     address: str | None = None  # Ray cluster to join; None: RAY_ADDRESS or a local Ray
     run_id: str | None = Field(default=None, min_length=1)
+    progress: bool | None = None  # a progress bar per map; None: only on an interactive terminal
     on_state: tuple[Callable[..., Any], ...] = ()  # h(flow, old_state, new_state) -> State | None
     on_failure: tuple[Callable[..., Any], ...] = ()
     on_success: tuple[Callable[..., Any], ...] = ()

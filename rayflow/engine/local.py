@@ -17,6 +17,7 @@ from rayflow.engine.executor import LocalExecutor
 from rayflow.engine.flow_run import FlowRun
 from rayflow.engine.orchestrator import Orchestrator
 from rayflow.engine.plan import compile_plan
+from rayflow.engine.progress import MapProgress
 
 
 class StreamFeeder:
@@ -47,12 +48,18 @@ class LocalRunner:
             plan, executor, flow.options.run_id or new_run_id(), cpus=os.cpu_count() or 1
         )
         orchestrator.feeder = StreamFeeder(plan.streams, orchestrator, executor.put)
+        has_maps = any(spec.kind == "map" for spec in plan.specs)
+        progress = MapProgress(flow.options.progress if has_maps else False)
+        if progress.enabled:
+            orchestrator.listeners += (lambda **_: progress.update(orchestrator.maps.progress()),)
         try:
             summary = orchestrator.run()
+            progress.update(orchestrator.maps.progress())
         except KeyboardInterrupt:
             orchestrator.request_cancel()
             orchestrator.step(0)  # marks everything unfinished CANCELLED
             raise
         finally:
+            progress.close()
             executor.shutdown()
         return FlowRun(summary, plan.result, executor.fetch, tuple(s.key for s in plan.specs))

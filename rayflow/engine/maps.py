@@ -86,7 +86,10 @@ class MapCoordinator:
                 self.stream_owner[source.index] = spec.key
                 sources.append(stream)
         cpus = self.cpus
-        run = MapRun(spec.key, spec.options, sources, max_in_flight=max(2, 2 * cpus), cpus=cpus, clock=orch.clock)
+        # A map consumed chunk by chunk leaves room for its consumers: Ray hands a worker
+        # back only when the queue of tasks sharing its inputs runs dry.
+        in_flight = cpus if self.children.get(spec.key) else max(2, 2 * cpus)
+        run = MapRun(spec.key, spec.options, sources, max_in_flight=in_flight, cpus=cpus, clock=orch.clock)
         self.maps[spec.key] = run
         self.pump(spec.key)
         return None
@@ -179,9 +182,9 @@ class MapCoordinator:
                 indices=np.array(job.indices, dtype=np.int64) if job.indices is not None else None,
             )
             run.settle_lost(job, orch.executor.put(failed), text)
-        self.pump(key)
-        for child in self.children.get(key, ()):
+        for child in self.children.get(key, ()):  # consumers first: their chunks queue ahead
             self.pump(child)
+        self.pump(key)
 
     def _submit_again(self, spec: TaskSpec, run: MapRun, job: ChunkJob) -> None:
         orch = self.orch

@@ -21,6 +21,7 @@ from rayflow.engine.flow_run import FlowRun
 from rayflow.engine.local import new_run_id
 from rayflow.engine.columns import encode_values
 from rayflow.engine.plan import Plan, compile_plan
+from rayflow.engine.progress import MapProgress
 from rayflow.runtime.actor import driver_actor
 from rayflow.runtime.cluster import connect
 
@@ -36,16 +37,22 @@ class RayRunner:
         run_id = flow.options.run_id or new_run_id()
         ray.get(actor.start_run.remote(run_id, _objects_put(plan)))
         feeder = _start_feeder(actor, run_id, plan.streams)
+        has_maps = any(spec.kind == "map" for spec in plan.specs)
+        progress = MapProgress(flow.options.progress if has_maps else False)
         try:
             summary = None
             while summary is None:
                 summary = ray.get(actor.wait_run.remote(run_id, POLL_SECONDS))
+                if progress.enabled:
+                    progress.update(ray.get(actor.progress.remote(run_id)) or {})
         except KeyboardInterrupt:
             actor.cancel_run.remote(run_id)
             try:
                 ray.get(actor.wait_run.remote(run_id, CANCEL_GRACE_SECONDS), timeout=CANCEL_GRACE_SECONDS + 5)
             finally:
+                progress.close()
                 raise
+        progress.close()
         if feeder is not None:
             feeder.join(5)
         actor.release.remote(run_id)

@@ -1,0 +1,127 @@
+"""Mapping behaviour only real Ray shows: pipelining, a killed worker, backpressure, shared payloads."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import ray
+
+import rayflow as rf
+from rayflow.engine.orchestrator import Orchestrator
+from rayflow.engine.plan import compile_plan
+from rayflow.runtime.executor import RayExecutor
+from rayflow.states import StateType as T
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+@rf.task(chunk_size=2)
+def slow_stage(x: int) -> dict:
+    start = time.time()
+    time.sleep(0.05)
+    return {"x": x, "start": start, "end": time.time()}
+
+
+@rf.task
+def next_stage(item: dict) -> dict:
+    return {"x": item["x"], "start": time.time()}
+
+
+def test_chained_maps_are_pipelined_chunk_by_chunk():
+    """
+    slow_stage.map (10 chunks of 2) --> next_stage.map
+    Downstream chunk 0 starts when upstream chunk 0 is done, before upstream ends.
+    """
+
+    @rf.flow
+    def pipeline():
+        return next_stage.map(slow_stage.map(range(20)))
+
+    run = pipeline.run()
+    up, down = run.task_result("slow_stage"), run.result()
+    assert [d["x"] for d in down] == list(range(20))
+    first_down = min(d["start"] for d in down)
+    last_up_start = max(u["start"] for u in up)
+    assert first_down < last_up_start, "the downstream map waited for the whole upstream map"
+    for u, d in zip(up, down):
+        assert d["start"] >= u["end"]  # element-wise: item i after item i
+
+
+def test_max_in_flight_bounds_concurrent_chunks():
+    @rf.task(chunk_size=1, max_in_flight=1)
+    def one_at_a_time(x: int) -> dict:
+        start = time.time()
+        time.sleep(0.05)
+        return {"start": start, "end": time.time()}
+
+    @rf.flow
+    def serial():
+        return one_at_a_time.map(range(6))
+
+    spans = sorted((r["start"], r["end"]) for r in serial())
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+
+
+@rf.task(chunk_size=2)
+def victim_item(x: int, root: str) -> int:
+    calls = pathlib.Path(root) / f"{x}.calls"
+    n = int(calls.read_text()) + 1 if calls.exists() else 1
+    calls.write_text(str(n))
+    if x == 5 and n == 1:
+        (pathlib.Path(root) / "victim.pid").write_text(str(os.getpid()))
+        time.sleep(60)
+    return x
+
+
+def test_worker_killed_mid_chunk_reruns_only_that_chunk(tmp_path):
+    @rf.flow
+    def fragile():
+        return victim_item.map(range(8), rf.unmapped(str(tmp_path)))
+
+    holder = {}
+    thread = threading.Thread(target=lambda: holder.setdefault("run", fragile.run()))
+    thread.start()
+    pid_file = tmp_path / "victim.pid"
+    deadline = time.time() + 60
+    while not pid_file.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    thread.join(60)
+    run = holder["run"]
+    assert run.result() == list(range(8))
+    assert all(s.type is T.SUCCESS for s in run.map_states("victim_item"))
+    calls = {int(p.stem): int(p.read_text()) for p in tmp_path.glob("*.calls")}
+    assert calls == {0: 1, 1: 1, 2: 1, 3: 1, 4: 2, 5: 2, 6: 1, 7: 1}  # only chunk [4, 6) ran again
+
+
+def test_unmapped_argument_and_function_are_put_once_for_all_chunks(monkeypatch):
+    big = np.zeros(1_000_000)
+
+    @rf.task(chunk_size=1)
+    def uses_big(x: int, table: np.ndarray) -> float:
+        return float(table[x])
+
+    @rf.flow
+    def shared():
+        return uses_big.map(range(12), rf.unmapped(big))
+
+    plan = compile_plan(shared.graph, {}, shared)
+    puts = []
+    real_put = ray.put
+
+    def counting_put(value, *args, **kwargs):
+        puts.append(type(value).__name__)
+        return real_put(value, *args, **kwargs)
+
+    monkeypatch.setattr(ray, "put", counting_put)
+    executor = RayExecutor("put-once")
+    summary = Orchestrator(plan, executor, "put-once").run()
+    assert summary.task_states["uses_big"].type is T.MAPPED
+    assert puts.count("bytes") == 1  # the payload (function + the 8 MB unmapped array), once
+    assert len(plan.by_key["uses_big"].payload) > 8_000_000
