@@ -125,3 +125,30 @@ def test_unmapped_argument_and_function_are_put_once_for_all_chunks(monkeypatch)
     assert summary.task_states["uses_big"].type is T.MAPPED
     assert puts.count("bytes") == 1  # the payload (function + the 8 MB unmapped array), once
     assert len(plan.by_key["uses_big"].payload) > 8_000_000
+
+
+@rf.task
+def maybe(x: int) -> int:
+    if x % 7 == 6:
+        raise ValueError("sixes fail")
+    return x * x
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 8, None])
+def test_results_on_ray_do_not_depend_on_chunk_size(chunk_size):
+    values = list(range(-20, 45))
+
+    @rf.flow
+    def law():
+        squared = maybe.with_options(chunk_size=chunk_size).map(values)
+        return [squared, total_of(squared)]
+
+    run = law.run()
+    assert run.task_result("maybe") == [None if v % 7 == 6 else v * v for v in values]
+    assert run.task_result("total_of") == sum(v * v for v in values if v % 7 != 6)
+    assert [s.is_failed() for s in run.map_states("maybe")] == [v % 7 == 6 for v in values]
+
+
+@rf.task(trigger=rf.triggers.all_finished)
+def total_of(xs: list) -> int:
+    return sum(xs)
