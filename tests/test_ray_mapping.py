@@ -152,3 +152,23 @@ def test_results_on_ray_do_not_depend_on_chunk_size(chunk_size):
 @rf.task(trigger=rf.triggers.all_finished)
 def total_of(xs: list) -> int:
     return sum(xs)
+
+
+def test_per_item_timeout_stops_only_that_item():
+    @rf.task(timeout=0.5, chunk_size=4)
+    def sometimes_slow(x: int) -> int:
+        if x == 2:
+            time.sleep(30)
+        return x
+
+    @rf.flow
+    def timed():
+        return sometimes_slow.map(range(4))
+
+    start = time.time()
+    run = timed.run()
+    assert time.time() - start < 20
+    states = run.map_states("sometimes_slow")
+    assert [s.type for s in states] == [T.SUCCESS, T.SUCCESS, T.TIMED_OUT, T.SUCCESS]
+    assert "timed out after 0.5s" in states[2].message
+    assert run.task_result("sometimes_slow") == [0, 1, None, 3]
