@@ -120,3 +120,11 @@ def test_local_runner_from_the_cli():
     out = rayflow("run", f"{QUICKSTART}:etl", "--local", "-p", "days=1")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.split("result: ", 1)[1])["rows"] == 20
+
+
+def test_mapping_example_runs_from_the_cli(ray_session):
+    out = rayflow("run", "examples/daily_scores.py:daily", "-p", "weight=2", "--address", ray_session)
+    assert out.returncode == 0, out.stderr[-3000:]
+    states = rows(out.stdout)
+    assert states["score"][0] == "MAPPED" and "5000 items" in states["score"][3]
+    assert float(out.stdout.split("result: ", 1)[1]) > 0

@@ -191,6 +191,7 @@ class MapRun:
         self.next_segment = 0
         self.done = False
         self.total: int | None = None
+        self.started_at = clock()
         self._check_whole_lengths()
 
     # -- shape ---------------------------------------------------------------
@@ -423,8 +424,9 @@ class MapRun:
         return MapHandle(tuple(chunks), self.total or 0)
 
     def final_state(self) -> State:
+        timing = {"started_at": self.started_at, "finished_at": self.clock()}
         if self.fatal is not None:
-            return State(type=StateType.FAILED, message=self.fatal)
+            return State(type=StateType.FAILED, message=self.fatal, **timing)
         counts = self.counts()
         total = self.total or 0
         failed = sum(n for t, n in counts.items() if t in (StateType.FAILED, StateType.TRIGGER_FAILED, StateType.TIMED_OUT, StateType.CANCELLED))
@@ -437,8 +439,8 @@ class MapRun:
         if first is not None and failed:
             summary += f"; first error: item {first[0]}: {first[1]}"
         if total == 0 or ok / total >= self.options.min_success_ratio:
-            return State(type=StateType.MAPPED, message=summary)
-        return State(type=StateType.FAILED, message=summary)
+            return State(type=StateType.MAPPED, message=summary, **timing)
+        return State(type=StateType.FAILED, message=summary, **timing)
 
     def next_due(self) -> float | None:
         dues = [t for c in self.chunks for t, _ in c.waiting.values()]
