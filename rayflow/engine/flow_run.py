@@ -39,6 +39,7 @@ class FlowRun:
         self._result_template = result_template
         self._fetch = fetch
         self._cache: dict[str, Any] = {}
+        self.trace_id: str | None = None  # the run's OpenTelemetry trace id, when it was traced
 
     def __repr__(self) -> str:
         return f"<FlowRun {self.flow_name} {self.run_id} {self.state.type.value}>"

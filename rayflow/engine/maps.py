@@ -113,7 +113,7 @@ class MapCoordinator:
 
     def _submit(self, spec: TaskSpec, job: ChunkJob, piece_handles: list[Any]) -> None:
         orch = self.orch
-        work = Work(work_id=orch.next_work_id(), task_key=spec.key, attempt=1, job=job)
+        work = orch.prepare(Work(work_id=orch.next_work_id(), task_key=spec.key, attempt=1, job=job))
         values = [orch.handles.get(k) for k in spec.value_keys]
         self.jobs[work.work_id] = (spec.key, job)
         orch.executor.submit(spec, work, values + piece_handles)
@@ -163,6 +163,8 @@ class MapCoordinator:
         key, job = entry
         run = self.maps[key]
         orch = self.orch
+        for listener in orch.chunk_listeners:
+            listener(task_key=key, work=work, summary=report, error=error)
         if report is not None:
             run.on_summary(report, handle, orch.clock())
         else:
@@ -188,7 +190,7 @@ class MapCoordinator:
 
     def _submit_again(self, spec: TaskSpec, run: MapRun, job: ChunkJob) -> None:
         orch = self.orch
-        work = Work(work_id=orch.next_work_id(), task_key=spec.key, attempt=1, job=job)
+        work = orch.prepare(Work(work_id=orch.next_work_id(), task_key=spec.key, attempt=1, job=job))
         self.jobs[work.work_id] = (spec.key, job)
         values = [orch.handles.get(k) for k in spec.value_keys]
         orch.executor.submit(spec, work, values + self._piece_handles(run, job))

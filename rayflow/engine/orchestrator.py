@@ -94,6 +94,8 @@ class Orchestrator:
         self.deadlines: dict[str, tuple[int, float]] = {}
         self.lengths: dict[str, int | None] = {}
         self.feeder = feeder  # asked for items of generator inputs; see MapCoordinator
+        self.work_hooks: list[Callable[[Work], Work]] = []  # may amend a work before it is submitted
+        self.chunk_listeners: list[Listener] = []  # told of every finished chunk (task_key, work, summary, error)
         self.maps = MapCoordinator(self, cpus)
         self._work_ids = itertools.count(1)
         self.scheduled: list[tuple[float, int, str]] = []
@@ -156,6 +158,11 @@ class Orchestrator:
     def next_work_id(self) -> int:
         return next(self._work_ids)
 
+    def prepare(self, work: Work) -> Work:
+        for hook in self.work_hooks:
+            work = hook(work)
+        return work
+
     def launch(self, key: str) -> None:
         """A task whose blocking dependencies finished: settle it, or start it."""
         spec = self.plan.by_key[key]
@@ -188,7 +195,7 @@ class Orchestrator:
             return
         self.attempts[key] = attempt
         layout, handles = pack_inputs([self.handles.get(k) for k in spec.value_keys])
-        work = Work(self.next_work_id(), key, attempt, layout, report_length=spec.report_length)
+        work = self.prepare(Work(self.next_work_id(), key, attempt, layout, report_length=spec.report_length))
         self.running[key] = work
         self.executor.submit(spec, work, handles)
 
@@ -283,7 +290,8 @@ class Orchestrator:
     # -- the loop ------------------------------------------------------------
 
     def start(self) -> None:
-        self.set_flow_state(State(type=StateType.RUNNING, started_at=self.clock()))
+        if self.flow_state.type is StateType.PENDING:
+            self.set_flow_state(State(type=StateType.RUNNING, started_at=self.clock()))
 
     def step(self, timeout: float | None = None) -> None:
         if self._cancel_requested.is_set():

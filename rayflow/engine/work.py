@@ -59,6 +59,7 @@ class Work:
     layout: tuple[Any, ...] = ()  # plain tasks: per upstream, ("value", i) or ("map", chunk handle indices)
     job: ChunkJob | None = None
     report_length: str | None = None  # "len" / "flat": report the value's length for a consuming map
+    trace: Any = None  # (W3C traceparent, telemetry settings) when the run is traced
 
 
 def pack_inputs(inputs: list[Any]) -> tuple[tuple[Any, ...], list[Any]]:

@@ -25,6 +25,7 @@ from rayflow.engine.plan import Plan
 from rayflow.exceptions import UnknownRunError
 from rayflow.runtime.cluster import connect
 from rayflow.runtime.executor import RayExecutor
+from rayflow.telemetry import RunTracer, TelemetrySettings, flush_all
 
 NAMESPACE = "rayflow"
 NAME_PREFIX = "rayflow-driver-"
@@ -76,7 +77,8 @@ class FlowRunActor:
     def ping(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
-    def start_run(self, run_id: str, plan: Plan) -> None:
+    def start_run(self, run_id: str, plan: Plan, telemetry: TelemetrySettings | None = None) -> str | None:
+        """Start the run in a thread of its own; returns its trace id when it is traced."""
         with self._lock:
             if run_id in self._runs:
                 raise ValueError(f"a run with id {run_id!r} already exists in this driver")
@@ -85,10 +87,19 @@ class FlowRunActor:
             orchestrator.feeder = _DriverFeeder() if plan.specs and any(
                 src.kind == "stream" for spec in plan.specs for src in spec.sources
             ) else None
+            tracer = None
+            if telemetry is not None and telemetry.enabled:
+                tracer = RunTracer(telemetry, run_id, plan)
+                orchestrator.listeners += (tracer.on_transition,)
+                orchestrator.work_hooks.append(tracer.decorate)
+                orchestrator.chunk_listeners.append(tracer.on_chunk)
             slot = _Slot(orchestrator)
             self._runs[run_id] = slot
             self._trim()
+        if tracer is not None:
+            orchestrator.start()  # the flow's span exists (and has a trace id) from here on
         threading.Thread(target=self._drive, args=(slot,), name=f"run-{run_id}", daemon=True).start()
+        return tracer.trace_id if tracer is not None else None
 
     def _drive(self, slot: _Slot) -> None:
         try:
@@ -155,6 +166,10 @@ class FlowRunActor:
     def progress(self, run_id: str) -> dict | None:
         slot = self._runs.get(run_id)
         return None if slot is None else slot.orchestrator.maps.progress()
+
+    def flush(self, timeout: float) -> None:
+        """Export queued spans, waiting ``timeout`` seconds at most."""
+        flush_all(timeout)
 
     def cancel_run(self, run_id: str) -> None:
         self._slot(run_id).orchestrator.request_cancel()

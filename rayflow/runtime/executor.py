@@ -32,6 +32,7 @@ from rayflow.engine.executor import Completion, Event, Started
 from rayflow.engine.plan import TaskSpec
 from rayflow.engine.task_run import describe_error
 from rayflow.engine.work import Work
+from rayflow.telemetry import worker_context
 
 BIG_PAYLOAD = 64 * 1024  # bytes; larger payloads (and every map's) are put in the object store once
 
@@ -39,7 +40,8 @@ BIG_PAYLOAD = 64 * 1024  # bytes; larger payloads (and every map's) are put in t
 def _execute_remote(payload: bytes, work: Work, notifier: Any, run_id: str, *values: Any) -> tuple[Any, Any]:
     if notifier is not None:
         notifier.attempt_started.remote(run_id, work.work_id, time.time())
-    return execute(payload, work, *values)
+    with worker_context(work.trace):  # the user's own spans nest under this work's span
+        return execute(payload, work, *values)
 
 
 _remote_execute = ray.remote(num_returns=2, max_retries=0, retry_exceptions=False)(_execute_remote)

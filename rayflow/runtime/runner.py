@@ -9,6 +9,7 @@ ever fetched to the driver.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import itertools
 import threading
@@ -24,8 +25,10 @@ from rayflow.engine.plan import Plan, compile_plan
 from rayflow.engine.progress import MapProgress
 from rayflow.runtime.actor import driver_actor
 from rayflow.runtime.cluster import connect
+from rayflow.telemetry import settings_from_env
 
 POLL_SECONDS = 0.5
+EXIT_FLUSH_SECONDS = 2.0
 CANCEL_GRACE_SECONDS = 10.0
 
 
@@ -35,7 +38,11 @@ class RayRunner:
         connect(flow.options.address)
         actor = driver_actor()
         run_id = flow.options.run_id or new_run_id()
-        ray.get(actor.start_run.remote(run_id, _objects_put(plan)))
+        telemetry = settings_from_env()
+        traced = telemetry if telemetry.enabled else None
+        trace_id = ray.get(actor.start_run.remote(run_id, _objects_put(plan), traced))
+        if traced is not None:
+            _flush_at_exit(actor)
         feeder = _start_feeder(actor, run_id, plan.streams)
         has_maps = any(spec.kind == "map" for spec in plan.specs)
         progress = MapProgress(flow.options.progress if has_maps else False)
@@ -56,7 +63,30 @@ class RayRunner:
         if feeder is not None:
             feeder.join(5)
         actor.release.remote(run_id)
-        return FlowRun(summary, plan.result, ray.get, tuple(s.key for s in plan.specs))
+        flow_run = FlowRun(summary, plan.result, ray.get, tuple(s.key for s in plan.specs))
+        flow_run.trace_id = trace_id
+        return flow_run
+
+
+_exit_hooked: set[str] = set()
+
+
+def _flush_at_exit(actor: Any) -> None:
+    """When the driver exits, give the actor a bounded moment to export the last spans."""
+    name = actor._ray_actor_id.hex() if hasattr(actor, "_ray_actor_id") else "actor"
+    if name in _exit_hooked:
+        return
+    _exit_hooked.add(name)
+
+    def flush() -> None:
+        if not ray.is_initialized():  # Ray was shut down first: its actor is gone already
+            return
+        try:
+            ray.get(actor.flush.remote(EXIT_FLUSH_SECONDS), timeout=EXIT_FLUSH_SECONDS + 1)
+        except Exception:  # noqa: BLE001 - exiting: a collector that is down costs nothing more
+            pass
+
+    atexit.register(flush)
 
 
 def _objects_put(plan: Plan) -> Plan:

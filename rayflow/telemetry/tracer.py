@@ -1,0 +1,204 @@
+"""RunTracer: turns one run's state events into spans, in the orchestrating actor.
+
+    flow <name>                     the run, from RUNNING to its final state
+    ├── task <key>                  one span per attempt, worker-measured start/end
+    └── task <key>                  a mapped task: launch to final state
+        └── chunk <key>[a:b]        one span per chunk (never per item), item range and counts
+
+A span id is chosen for each unit of work before it is submitted and sent
+along as a W3C traceparent, so spans the user opens inside a task nest
+under it; the span itself is written when the work's outcome (with its real
+start and end times) comes back.  Retries, timeouts and skips are span
+events; failures set the status, ``error.type`` and an ``exception`` event.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+
+from rayflow.engine import columns as C
+from rayflow.engine.work import Work
+from rayflow.states import State, StateType
+from rayflow.telemetry.config import TelemetrySettings, flush_providers, new_span_id, provider_for
+
+PREFIX = "rayflow."
+
+
+def _ns(seconds: float | None) -> int:
+    return int((seconds if seconds is not None else time.time()) * 1e9)
+
+
+def param_attributes(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Plain scalars only; secrets always as ***; anything else left out."""
+    out: dict[str, Any] = {}
+    for name, value in params.items():
+        if type(value).__name__ in ("SecretStr", "SecretBytes"):
+            out[f"{PREFIX}param.{name}"] = "***"
+        elif isinstance(value, (bool, int, float, str)):
+            out[f"{PREFIX}param.{name}"] = value
+    return out
+
+
+class RunTracer:
+    def __init__(self, settings: TelemetrySettings, run_id: str, plan: Any):
+        provider, self._ids = provider_for(settings)
+        self._tracer = provider.get_tracer("rayflow")
+        self._settings = settings.values
+        self._run_id = run_id
+        self._flow_name = plan.flow_name
+        self._params = param_attributes(plan.params)
+        self._maps = {s.key for s in plan.specs if s.kind == "map"}
+        self._flow: Any = None
+        self._flow_ctx: Any = None
+        self._trace_id = 0
+        self._attempts: dict[str, tuple[int, int, float]] = {}  # key -> (attempt, span id, submitted)
+        self._chunks: dict[int, int] = {}  # work id -> span id
+        self._map_spans: dict[str, Any] = {}
+        self._map_ids: dict[str, int] = {}
+
+    @property
+    def trace_id(self) -> str:
+        return f"{self._trace_id:032x}"
+
+    def _base(self, key: str | None = None) -> dict[str, Any]:
+        attrs = {f"{PREFIX}flow": self._flow_name, f"{PREFIX}run_id": self._run_id}
+        if key is not None:
+            attrs[f"{PREFIX}task_key"] = key
+        return attrs
+
+    def _start(self, name: str, parent: Any, start: float | None, span_id: int | None, attrs: dict) -> Any:
+        if span_id is None:
+            return self._tracer.start_span(name, context=parent, start_time=_ns(start), attributes=attrs)
+        with self._ids.span_id(span_id):
+            return self._tracer.start_span(name, context=parent, start_time=_ns(start), attributes=attrs)
+
+    # -- the flow ------------------------------------------------------------
+
+    def _on_flow(self, new: State) -> None:
+        if new.type is StateType.RUNNING and self._flow is None:
+            self._flow = self._start(f"flow {self._flow_name}", None, new.started_at, None, {**self._base(), **self._params})
+            self._flow_ctx = trace.set_span_in_context(self._flow)
+            self._trace_id = self._flow.get_span_context().trace_id
+        elif new.is_finished() and self._flow is not None:
+            self._finish(self._flow, new)
+            self._flow.end(end_time=_ns(new.finished_at))
+
+    def _finish(self, span: Any, state: State) -> None:
+        span.set_attribute(f"{PREFIX}state", state.type.value)
+        if state.message:
+            span.set_attribute(f"{PREFIX}message", state.message[:500])
+        if state.is_failed():
+            span.set_status(Status(StatusCode.ERROR, state.message[:200]))
+            span.set_attribute("error.type", state.error.type if state.error else state.type.value)
+        if state.error is not None:
+            span.add_event(
+                "exception",
+                {
+                    "exception.type": state.error.type,
+                    "exception.message": state.error.message,
+                    "exception.stacktrace": state.error.traceback,
+                },
+                timestamp=_ns(state.finished_at),
+            )
+
+    # -- listener and work decoration --------------------------------------------
+
+    def on_transition(self, *, run_id: str, task_key: str | None, old: State, new: State) -> None:
+        if task_key is None:
+            self._on_flow(new)
+        elif task_key in self._maps:
+            self._on_map(task_key, new)
+        elif old.type is StateType.RUNNING and new.type is not StateType.RUNNING:
+            self._attempt_span(task_key, new)
+        elif new.is_finished():  # settled without running: skipped, trigger failed, cancelled
+            span = self._start(f"task {task_key}", self._flow_ctx, new.timestamp, None, self._base(task_key))
+            span.add_event(new.type.value.lower(), {f"{PREFIX}reason": new.message}, timestamp=_ns(new.timestamp))
+            self._finish(span, new)
+            span.end(end_time=_ns(new.timestamp))
+
+    def _attempt_span(self, key: str, new: State) -> None:
+        attempt, span_id, submitted = self._attempts.pop(key, (new.attempt, None, new.timestamp))
+        attrs = {**self._base(key), f"{PREFIX}attempt": attempt}
+        span = self._start(f"task {key}", self._flow_ctx, new.started_at or submitted, span_id, attrs)
+        end = new.finished_at or time.time()
+        reason = {f"{PREFIX}reason": new.message[:500]}
+        if "timed out" in new.message:
+            span.add_event("timeout", reason, timestamp=_ns(end))
+        if new.type is StateType.SKIPPED:
+            span.add_event("skipped", reason, timestamp=_ns(end))
+        if new.type is StateType.RETRYING:
+            span.add_event("retry", {**reason, f"{PREFIX}retry_at": new.scheduled_for or 0.0}, timestamp=_ns(end))
+        # A retried attempt failed too: its span says so, and says it will be retried.
+        self._finish(span, new.model_copy(update={"type": StateType.FAILED}) if new.type is StateType.RETRYING else new)
+        if new.type is StateType.RETRYING:
+            span.set_attribute(f"{PREFIX}state", "RETRYING")
+        span.end(end_time=_ns(end))
+
+    def _on_map(self, key: str, new: State) -> None:
+        if new.type is StateType.RUNNING and key not in self._map_spans:
+            span_id = self._map_ids.setdefault(key, new_span_id())
+            self._map_spans[key] = self._start(f"task {key}", self._flow_ctx, new.timestamp, span_id, {**self._base(key), f"{PREFIX}mapped": True})
+        elif new.is_finished():
+            span = self._map_spans.pop(key, None)
+            if span is None:  # settled without running
+                span = self._start(f"task {key}", self._flow_ctx, new.timestamp, None, {**self._base(key), f"{PREFIX}mapped": True})
+            self._finish(span, new)
+            span.end(end_time=_ns(new.finished_at or new.timestamp))
+
+    def decorate(self, work: Work) -> Work:
+        """Choose the span id of ``work`` now and send its traceparent along with it."""
+        span_id = new_span_id()
+        if work.job is None:
+            self._attempts[work.task_key] = (work.attempt, span_id, time.time())
+        else:
+            self._chunks[work.work_id] = span_id
+        traceparent = f"00-{self._trace_id:032x}-{span_id:016x}-01"
+        return dataclasses.replace(work, trace=(traceparent, self._settings))
+
+    def on_chunk(self, *, task_key: str, work: Work, summary: Any, error: Any = None) -> None:
+        span_id = self._chunks.pop(work.work_id, None)
+        parent = self._map_spans.get(task_key)
+        job = work.job
+        stop = job.start + job.size
+        attrs = {
+            **self._base(task_key),
+            f"{PREFIX}map_index_start": job.start,
+            f"{PREFIX}map_index_stop": stop,
+            f"{PREFIX}items": summary.size if summary is not None else (len(job.indices) if job.indices else job.size),
+        }
+        if job.indices is not None:
+            attrs[f"{PREFIX}retried_items"] = len(job.indices)
+        start = summary.started_at if summary is not None else None
+        ctx = trace.set_span_in_context(parent) if parent is not None else self._flow_ctx
+        span = self._start(f"chunk {task_key}[{job.start}:{stop}]", ctx, start, span_id, attrs)
+        end = summary.finished_at if summary is not None else time.time()
+        if summary is None:
+            span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
+            span.set_attribute("error.type", error.type if error is not None else "lost")
+        else:
+            for code, n in summary.counts.items():
+                span.set_attribute(f"{PREFIX}items.{C.CODES[code].value.lower()}", n)
+            failed = sum(n for code, n in summary.counts.items() if code in C.FINAL_FAILED)
+            if failed:
+                span.set_status(Status(StatusCode.ERROR, f"{failed} item(s) failed"))
+                first = summary.errors[0][1] if summary.errors else ""
+                span.set_attribute("error.type", first.split(":", 1)[0] or "ItemFailed")
+            if summary.retry or any(retryable for _, _, retryable, _ in summary.failed):
+                span.add_event("retry", {f"{PREFIX}items": len(summary.retry) + len(summary.failed)}, timestamp=_ns(end))
+            skipped = summary.counts.get(C.SKIPPED, 0)
+            if skipped:
+                span.add_event("skipped", {f"{PREFIX}items": skipped}, timestamp=_ns(end))
+            timed_out = summary.counts.get(C.TIMED_OUT, 0)
+            if timed_out:
+                span.add_event("timeout", {f"{PREFIX}items": timed_out}, timestamp=_ns(end))
+        span.end(end_time=_ns(end))
+
+
+def flush_all(timeout: float = 2.0) -> None:
+    flush_providers(timeout)
