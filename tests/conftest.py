@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pathlib
 import sys
+import tempfile
 
 import pytest
 
@@ -20,6 +21,8 @@ REPO_ROOT = TESTS_DIR.parent
 os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (str(TESTS_DIR), str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
 )
+# Run history goes to a scratch directory, never the user's ~/.rayflow.
+os.environ.setdefault("RAYFLOW_HOME", str(pathlib.Path(tempfile.mkdtemp(prefix="rayflow-tests-"))))
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 

@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Annotated, Any, Optional
 
 import typer
 
 from rayflow.cli.loader import TargetError, load_flow
+from rayflow.cli.history import print_run as print_history_run
+from rayflow.cli.graph import dot as render_dot
+from rayflow.cli.graph import mermaid as render_mermaid
+from rayflow.cli.history import print_runs, task_rows
 from rayflow.cli.output import print_run
 from rayflow.engine.flow_run import FlowRun
 from rayflow.engine.local import new_run_id
+from rayflow.store import RunStore
 from rayflow.exceptions import (
     ClusterConnectionError,
     DefinitionError,
@@ -138,6 +144,61 @@ def cancel(
     typer.echo(f"run {run_id}: {state.type.value}")
     if not state.is_finished():
         raise _fail(f"run {run_id} had not ended after {wait:g}s", EXIT_FAILED)
+
+
+@app.command()
+def runs(
+    flow: Annotated[Optional[str], typer.Option("--flow", help="Only runs of this flow.")] = None,  # noqa: UP007
+    state: Annotated[Optional[str], typer.Option("--state", help="Only runs that ended in this state.")] = None,  # noqa: UP007
+    limit: Annotated[int, typer.Option("--limit", help="At most this many runs, newest first.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
+) -> None:
+    """A table of recent runs from the run history (RAYFLOW_HOME)."""
+    print_runs(RunStore().runs(flow=flow, state=state, limit=limit), as_json)
+
+
+@app.command()
+def show(
+    run_id: Annotated[str, typer.Argument(help="The run to show.")],
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh until the run has finished.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes with --watch.")] = 1.0,
+) -> None:
+    """A run's tasks: states, attempts, durations, item counts of maps, errors, and its trace."""
+    store = RunStore()
+    while True:
+        run = store.run(run_id)
+        if run is None:
+            raise _fail(f"no run {run_id!r} in the run history at {store.path}", EXIT_FAILED)
+        finished = run["state"] not in ("PENDING", "RUNNING")
+        if not watch or finished:
+            print_history_run(run, as_json)
+            return
+        print_history_run(run, as_json)
+        time.sleep(interval)
+
+
+@app.command()
+def graph(
+    target: Annotated[str, typer.Argument(help="path/to/file.py:flow_name or package.module:flow_name")],
+    fmt: Annotated[str, typer.Option("--format", help="mermaid or dot.")] = "mermaid",
+    run_id: Annotated[Optional[str], typer.Option("--run", help="Colour the tasks by their states in this run.")] = None,  # noqa: UP007
+) -> None:
+    """The flow's graph (mapped tasks marked), coloured by state when a run is given."""
+    if fmt not in ("mermaid", "dot"):
+        raise _fail(f"--format must be mermaid or dot, not {fmt!r}", EXIT_USAGE)
+    try:
+        flow = load_flow(target)
+        flow_graph = flow.graph
+    except (TargetError, GraphError, DefinitionError) as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    states: dict[str, str] = {}
+    if run_id is not None:
+        run = RunStore().run(run_id)
+        if run is None:
+            raise _fail(f"no run {run_id!r} in the run history", EXIT_FAILED)
+        states = {row["task"]: row["state"] for row in task_rows(run)}
+    print(render_mermaid(flow_graph, states) if fmt == "mermaid" else render_dot(flow_graph, states))
 
 
 @app.callback()

@@ -10,6 +10,7 @@ run by its id (``find_run``) and read its status or cancel it.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -24,9 +25,11 @@ from rayflow.engine.orchestrator import Orchestrator, RunSummary
 from rayflow.engine.plan import Plan
 from rayflow.exceptions import UnknownRunError
 from rayflow.runtime.cluster import connect
+from rayflow.store import HistoryRecorder, RunStore
 from rayflow.runtime.executor import RayExecutor
 from rayflow.telemetry import RunTracer, TelemetrySettings, flush_all
 
+logger = logging.getLogger(__name__)
 NAMESPACE = "rayflow"
 NAME_PREFIX = "rayflow-driver-"
 KEEP_FINISHED = 200  # finished runs whose status stays queryable from other processes
@@ -53,8 +56,9 @@ class _DriverFeeder:
 
 
 class _Slot:
-    def __init__(self, orchestrator: Orchestrator):
+    def __init__(self, orchestrator: Orchestrator, recorder: HistoryRecorder | None = None):
         self.orchestrator = orchestrator
+        self.recorder = recorder
         self.done = threading.Event()
         self.summary: RunSummary | None = None
         self.error: BaseException | None = None
@@ -77,7 +81,9 @@ class FlowRunActor:
     def ping(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
-    def start_run(self, run_id: str, plan: Plan, telemetry: TelemetrySettings | None = None) -> str | None:
+    def start_run(
+        self, run_id: str, plan: Plan, telemetry: TelemetrySettings | None = None, home: str | None = None
+    ) -> str | None:
         """Start the run in a thread of its own; returns its trace id when it is traced."""
         with self._lock:
             if run_id in self._runs:
@@ -93,11 +99,18 @@ class FlowRunActor:
                 orchestrator.listeners += (tracer.on_transition,)
                 orchestrator.work_hooks.append(tracer.decorate)
                 orchestrator.chunk_listeners.append(tracer.on_chunk)
-            slot = _Slot(orchestrator)
+            recorder = _recorder(home, run_id, plan)
+            if recorder is not None:
+                orchestrator.listeners += (recorder.on_transition,)
+                orchestrator.chunk_listeners.append(recorder.on_chunk)
+                recorder.trace_id = tracer.trace_id if tracer is not None else None
+            slot = _Slot(orchestrator, recorder)
             self._runs[run_id] = slot
             self._trim()
         if tracer is not None:
             orchestrator.start()  # the flow's span exists (and has a trace id) from here on
+            if recorder is not None:
+                recorder.trace_id = tracer.trace_id
         threading.Thread(target=self._drive, args=(slot,), name=f"run-{run_id}", daemon=True).start()
         return tracer.trace_id if tracer is not None else None
 
@@ -107,6 +120,8 @@ class FlowRunActor:
         except BaseException as exc:  # noqa: BLE001 - an engine bug must reach the driver, not hang it
             slot.error = exc
         finally:
+            if slot.recorder is not None:
+                slot.recorder.close()  # the history is complete before the driver hears of the end
             slot.done.set()
 
     def _trim(self) -> None:
@@ -176,6 +191,18 @@ class FlowRunActor:
 
     def run_ids(self) -> list[str]:
         return list(self._runs)
+
+
+def _recorder(home: str | None, run_id: str, plan: Plan) -> HistoryRecorder | None:
+    """The run's history writer; a history that cannot be written never fails the run."""
+    if home is None:
+        return None
+    try:
+        store = RunStore(home)
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("rayflow: run history disabled, cannot open %s: %s", home, exc)
+        return None
+    return HistoryRecorder(store, run_id, plan.flow_name, plan.params, [s.key for s in plan.specs])
 
 
 _actor: tuple[str, Any] | None = None

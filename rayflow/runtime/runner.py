@@ -25,6 +25,7 @@ from rayflow.engine.plan import Plan, compile_plan
 from rayflow.engine.progress import MapProgress
 from rayflow.runtime.actor import driver_actor
 from rayflow.runtime.cluster import connect
+from rayflow.store import rayflow_home
 from rayflow.telemetry import settings_from_env
 
 POLL_SECONDS = 0.5
@@ -40,7 +41,8 @@ class RayRunner:
         run_id = flow.options.run_id or new_run_id()
         telemetry = settings_from_env()
         traced = telemetry if telemetry.enabled else None
-        trace_id = ray.get(actor.start_run.remote(run_id, _objects_put(plan), traced))
+        home = str(rayflow_home().resolve())
+        trace_id = ray.get(actor.start_run.remote(run_id, _objects_put(plan), traced, home))
         if traced is not None:
             _flush_at_exit(actor)
         feeder = _start_feeder(actor, run_id, plan.streams)

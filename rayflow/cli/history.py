@@ -1,0 +1,101 @@
+"""``rayflow runs`` and ``rayflow show``: the run history, as tables or JSON."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+JAEGER_URL = "http://localhost:16686"
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _took(start: float | None, end: float | None) -> str:
+    return "-" if start is None or end is None else f"{end - start:.3f}s"
+
+
+def _emit(headers: list[str], rows: list[list[str]], title: str | None = None) -> None:
+    """A rich table on a terminal, tab-separated lines otherwise."""
+    if sys.stdout.isatty():
+        table = Table(title=title)
+        for h in headers:
+            table.add_column(h)
+        for row in rows:
+            table.add_row(*row)
+        Console().print(table)
+        return
+    print("\t".join(headers))
+    for row in rows:
+        print("\t".join(row))
+
+
+def print_runs(runs: list[dict], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(runs, indent=2))
+        return
+    rows = [
+        [r["run_id"], r["flow"], r["state"], _when(r["started_at"]), _took(r["started_at"], r["finished_at"]), r["trace_id"] or "-"]
+        for r in runs
+    ]
+    _emit(["run id", "flow", "state", "started", "duration", "trace id"], rows, title="recent runs")
+
+
+def task_rows(run: dict) -> list[dict]:
+    """One entry per task: last state, attempts, duration, item counts for maps, last error."""
+    by_task: dict[str, dict] = {key: {"task": key, "state": "PENDING", "attempts": 0} for key in run["tasks"]}
+    for t in run["transitions"]:
+        entry = by_task.setdefault(t["task_key"], {"task": t["task_key"], "attempts": 0})
+        entry["state"] = t["state"]
+        if t["state"] == "RUNNING":
+            entry["attempts"] = max(entry["attempts"], t["attempt"] or 1)
+            entry.setdefault("started_at", t["at"])
+        if t["started_at"] is not None:
+            entry.setdefault("started_at", t["started_at"])
+        if t["finished_at"] is not None:
+            entry["finished_at"] = t["finished_at"]
+        if t["state"] in ("FAILED", "TIMED_OUT", "TRIGGER_FAILED", "RETRYING", "CANCELLED") and t["message"]:
+            entry["error"] = t["message"]
+    for chunk in run["chunks"]:
+        items = by_task[chunk["task_key"]].setdefault("items", {"done": 0, "failed": 0, "skipped": 0})
+        for state, n in chunk["counts"].items():
+            if state == "SKIPPED":
+                items["skipped"] += n
+            elif state in ("FAILED", "TRIGGER_FAILED", "TIMED_OUT", "CANCELLED"):
+                items["failed"] += n
+            if state != "RETRYING":
+                items["done"] += n
+    return list(by_task.values())
+
+
+def print_run(run: dict, as_json: bool) -> None:
+    jaeger = os.environ.get("RAYFLOW_JAEGER_URL", JAEGER_URL).rstrip("/")
+    link = f"{jaeger}/trace/{run['trace_id']}" if run["trace_id"] else None
+    tasks = task_rows(run)
+    if as_json:
+        out = {k: v for k, v in run.items() if k not in ("transitions", "chunks")}
+        print(json.dumps({**out, "trace_url": link, "task_rows": tasks, "chunks": run["chunks"]}, indent=2))
+        return
+    rows = []
+    for t in tasks:
+        items = t.get("items")
+        counts = f"{items['done']} done/{items['failed']} failed/{items['skipped']} skipped" if items else ""
+        rows.append([
+            t["task"], t["state"], str(t["attempts"]), _took(t.get("started_at"), t.get("finished_at")),
+            counts, (t.get("error") or "").splitlines()[0][:120] if t.get("error") else "",
+        ])
+    _emit(["task", "state", "attempts", "duration", "items", "error"], rows, title=f"flow {run['flow']} · run {run['run_id']}")
+    print(f"run id: {run['run_id']}")
+    print(f"flow: {run['flow']}  params: {json.dumps(run['params'])}")
+    print(f"state: {run['state']} {run['message'] or ''}".rstrip())
+    print(f"started: {_when(run['started_at'])}  duration: {_took(run['started_at'], run['finished_at'])}")
+    print(f"trace id: {run['trace_id'] or '-'}")
+    if link:
+        print(f"trace: {link}")
