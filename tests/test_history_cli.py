@@ -1,0 +1,154 @@
+"""The run history and the CLI commands that read it, on real runs on Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from pydantic import SecretStr
+
+import rayflow as rf
+from rayflow.store import RunStore
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+@rf.task(retries=1)
+def fails_twice(x: int) -> int:
+    raise ValueError(f"bad {x}")
+
+
+@rf.task(chunk_size=3)
+def square_or_skip(x: int) -> int:
+    if x == 4:
+        raise rf.Skip("four")
+    if x == 5:
+        raise RuntimeError("five")
+    return x * x
+
+
+@rf.flow
+def recorded(token: SecretStr, n: int = 2):
+    """
+    fails_twice     square_or_skip.map(range(8))   (3 chunks)
+    """
+    return [fails_twice(n), square_or_skip.map(range(8))]
+
+
+@rf.flow(name="other")
+def succeeds():
+    return square_or_skip.map([0, 1])
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    old = os.environ.get("RAYFLOW_HOME")
+    os.environ["RAYFLOW_HOME"] = str(home)
+    run = recorded.run(token=SecretStr("s3cret-value"))
+    ok = succeeds.run()
+    assert ok.state.is_successful()
+    yield home, run, ok
+    if old is None:
+        os.environ.pop("RAYFLOW_HOME")
+    else:
+        os.environ["RAYFLOW_HOME"] = old
+
+
+def cli(home: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "rayflow", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env={**os.environ, "RAYFLOW_HOME": str(home), "RAYFLOW_JAEGER_URL": "http://jaeger.example:16686"},
+    )
+
+
+def test_the_run_is_recorded_with_transitions_and_chunks(history):
+    home, run, _ = history
+    stored = RunStore(home).run(run.run_id)
+    assert stored["flow"] == "recorded" and stored["state"] == "FAILED"
+    assert stored["params"] == {"token": "***", "n": 2}
+    states = [t["state"] for t in stored["transitions"] if t["task_key"] == "fails_twice"]
+    assert states == ["RUNNING", "RETRYING", "RUNNING", "FAILED"]
+    failed = [t for t in stored["transitions"] if t["state"] == "FAILED"][0]
+    assert failed["error_type"] == "builtins.ValueError" and "raise ValueError" in failed["traceback"]
+    chunks = [c for c in stored["chunks"] if c["task_key"] == "square_or_skip"]
+    assert [(c["start"], c["stop"]) for c in chunks] == [(0, 3), (3, 6), (6, 8)]  # per chunk, never per item
+    assert chunks[1]["counts"] == {"SUCCESS": 1, "SKIPPED": 1, "FAILED": 1}
+    assert b"s3cret-value" not in (home / "history.db").read_bytes()
+
+
+def test_rayflow_runs_filters_and_json(history):
+    home, run, ok = history
+    out = cli(home, "runs")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split("\t")[:3] == ["run id", "flow", "state"]
+    assert {line.split("\t")[0] for line in lines[1:]} == {run.run_id, ok.run_id}
+    failed = json.loads(cli(home, "runs", "--state", "failed", "--json").stdout)
+    assert [r["run_id"] for r in failed] == [run.run_id]
+    other = json.loads(cli(home, "runs", "--flow", "other", "--json").stdout)
+    assert [r["flow"] for r in other] == ["other"]
+    assert len(json.loads(cli(home, "runs", "--limit", "1", "--json").stdout)) == 1
+
+
+def test_rayflow_show_tasks_items_errors_and_trace(history):
+    home, run, _ = history
+    out = cli(home, "show", run.run_id)
+    assert out.returncode == 0, out.stderr
+    rows = {line.split("\t")[0]: line.split("\t") for line in out.stdout.splitlines() if "\t" in line}
+    assert rows["fails_twice"][1:3] == ["FAILED", "2"]
+    assert "ValueError: bad 2" in rows["fails_twice"][5]
+    assert rows["square_or_skip"][1] == "FAILED"
+    assert rows["square_or_skip"][4] == "8 done/1 failed/1 skipped"
+    assert f"run id: {run.run_id}" in out.stdout and "trace id: -" in out.stdout
+    data = json.loads(cli(home, "show", run.run_id, "--json").stdout)
+    assert data["run_id"] == run.run_id and data["trace_url"] is None
+    missing = cli(home, "show", "nope")
+    assert missing.returncode == 1 and "no run 'nope'" in missing.stderr
+
+
+def test_show_links_the_trace_when_the_run_was_traced(tmp_path, monkeypatch):
+    from otlp_sink import HttpSink
+
+    sink = HttpSink()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint)
+    monkeypatch.setenv("RAYFLOW_HOME", str(tmp_path))
+    try:
+        run = recorded.with_options(name="traced").run(token=SecretStr("x"))
+    finally:
+        sink.close()
+    out = cli(tmp_path, "show", run.run_id)
+    assert f"trace id: {run.trace_id}" in out.stdout
+    assert f"trace: http://jaeger.example:16686/trace/{run.trace_id}" in out.stdout
+
+
+def test_rayflow_graph_mermaid_dot_and_states(history):
+    home, run, _ = history
+    out = cli(home, "graph", "tests/test_history_cli.py:recorded")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == "flowchart TD"
+    assert 'n_square_or_skip[["square_or_skip [map]"]]' in out.stdout
+    dot = cli(home, "graph", "tests/test_history_cli.py:recorded", "--format", "dot", "--run", run.run_id)
+    assert dot.stdout.startswith('digraph "recorded"')
+    assert 'n_fails_twice [label="fails_twice: FAILED", fillcolor="#f28b82"]' in dot.stdout
+    assert "peripheries=2" in dot.stdout  # the map
+    bad = cli(home, "graph", "tests/test_history_cli.py:recorded", "--format", "svg")
+    assert bad.returncode == 2 and "mermaid or dot" in bad.stderr
+
+
+def test_graph_edges_show_order_and_case_dependencies(tmp_path):
+    from test_failure_semantics import branching
+
+    out = cli(tmp_path, "graph", "tests/test_failure_semantics.py:branching")
+    assert "n_case_classify_ -.->|case| n_label" in out.stdout
+    assert "n_classify --> n_case_classify_" in out.stdout
+    assert branching.graph.by_key["merge"].upstream == ("label", "label-2")
