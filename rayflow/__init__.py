@@ -19,6 +19,7 @@ from rayflow.core.flow import Flow, flow
 from rayflow.core.mapping import flatten, mapped, unmapped
 from rayflow.core.task import Task, task
 from rayflow.engine.flow_run import FlowRun
+from rayflow.engine.logs import get_run_logger
 from rayflow.exceptions import (
     ClusterConnectionError,
     DefinitionError,
@@ -63,6 +64,7 @@ __all__ = [
     "case",
     "flatten",
     "flow",
+    "get_run_logger",
     "mapped",
     "merge",
     "set_reference_tasks",

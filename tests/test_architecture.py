@@ -23,7 +23,7 @@ def test_import_contracts_hold():
 
 def test_exported_members_are_curated_and_sorted():
     exported = [name for name in dir(rf) if not name.startswith("_")]
-    submodules = {"cli", "core", "engine", "exceptions", "runtime", "states", "telemetry"}
+    submodules = {"cli", "core", "engine", "exceptions", "runtime", "states", "store", "telemetry"}
     assert sorted(rf.__all__) == rf.__all__
     assert set(exported) - submodules == set(rf.__all__)
     for name in rf.__all__:

@@ -152,3 +152,66 @@ def test_graph_edges_show_order_and_case_dependencies(tmp_path):
     assert "n_case_classify_ -.->|case| n_label" in out.stdout
     assert "n_classify --> n_case_classify_" in out.stdout
     assert branching.graph.by_key["merge"].upstream == ("label", "label-2")
+
+
+@rf.task(log_prints=True, chunk_size=2)
+def chatty(x: int) -> int:
+    print(f"item says {x}")
+    rf.get_run_logger().warning("careful with %s", x)
+    if x == 3:
+        raise ValueError("three is bad")
+    return x
+
+
+@rf.task
+def quiet_failure() -> None:
+    rf.get_run_logger().info("about to fail")
+    raise KeyError("missing key")
+
+
+@rf.flow
+def logged():
+    return [chatty.map(range(4)), quiet_failure()]
+
+
+def test_logs_from_workers_are_stored_with_the_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAYFLOW_HOME", str(tmp_path))
+    run = logged.run()
+    records = RunStore(tmp_path).logs(run.run_id)
+    by_item = {(r["task_key"], r["map_index"], r["level"], r["message"].splitlines()[0]) for r in records}
+    for x in range(4):
+        assert ("chatty", x, "INFO", f"item says {x}") in by_item
+        assert ("chatty", x, "WARNING", f"careful with {x}") in by_item
+    (item_error,) = [r for r in records if r["task_key"] == "chatty" and r["level"] == "ERROR"]
+    assert item_error["map_index"] == 3 and "raise ValueError" in item_error["message"]
+    (failure,) = [r for r in records if r["task_key"] == "quiet_failure" and r["level"] == "ERROR"]
+    assert "Traceback" in failure["message"] and "KeyError: 'missing key'" in failure["message"]
+    assert any(r["message"] == "about to fail" for r in records)
+    assert all(r["run_id"] == run.run_id for r in records)
+
+    out = cli(tmp_path, "logs", run.run_id, "--task", "chatty")
+    assert out.returncode == 0, out.stderr
+    assert "chatty[2]: item says 2" in out.stdout and "quiet_failure" not in out.stdout
+    followed = cli(tmp_path, "logs", run.run_id, "--follow")
+    assert "quiet_failure: about to fail" in followed.stdout
+
+
+def test_logs_carry_trace_ids_when_traced(tmp_path, monkeypatch):
+    from otlp_sink import HttpSink
+
+    sink = HttpSink()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint)
+    monkeypatch.setenv("RAYFLOW_HOME", str(tmp_path))
+    try:
+        run = logged.run()
+    finally:
+        sink.close()
+    records = RunStore(tmp_path).logs(run.run_id)
+    assert records and {r["trace_id"] for r in records} == {run.trace_id}
+    assert all(len(r["span_id"]) == 16 for r in records)
+
+
+def test_get_run_logger_outside_a_task_is_an_ordinary_logger():
+    logger = rf.get_run_logger()
+    logger.info("nothing captured here")  # no run: no error, nothing stored
+    assert logger.logger.name == "rayflow.run"

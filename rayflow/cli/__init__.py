@@ -7,6 +7,7 @@ reached; 130 interrupted.
 
 from __future__ import annotations
 
+import datetime
 import json
 import sys
 import time
@@ -175,6 +176,34 @@ def show(
             print_history_run(run, as_json)
             return
         print_history_run(run, as_json)
+        time.sleep(interval)
+
+
+@app.command()
+def logs(
+    run_id: Annotated[str, typer.Argument(help="The run whose logs to print.")],
+    task: Annotated[Optional[str], typer.Option("--task", help="Only this task's records.")] = None,  # noqa: UP007
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new records until the run ends.")] = False,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between polls with --follow.")] = 0.5,
+) -> None:
+    """Log records of a run: rf.get_run_logger() records and captured prints, from every worker."""
+    store = RunStore()
+    if store.run(run_id) is None:
+        raise _fail(f"no run {run_id!r} in the run history at {store.path}", EXIT_FAILED)
+    after = 0
+    while True:
+        for record in store.logs(run_id, task=task, after=after):
+            after = record["row"]
+            where = record["task_key"] + (f"[{record['map_index']}]" if record["map_index"] is not None else "")
+            stamp = datetime.datetime.fromtimestamp(record["at"]).strftime("%H:%M:%S.%f")[:-3]
+            typer.echo(f"{stamp} {record['level']:<7} {where}: {record['message']}")
+        run = store.run(run_id)
+        if not follow or run["state"] not in ("PENDING", "RUNNING"):
+            if follow:  # the last records may have landed with the final state
+                for record in store.logs(run_id, task=task, after=after):
+                    where = record["task_key"] + (f"[{record['map_index']}]" if record["map_index"] is not None else "")
+                    typer.echo(f"{record['level']:<7} {where}: {record['message']}")
+            return
         time.sleep(interval)
 
 

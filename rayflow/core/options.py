@@ -39,6 +39,7 @@ class TaskOptions(BaseModel):
     tags: frozenset[str] = frozenset()
     trigger: Callable[..., bool] = all_successful
     skip_on_upstream_skip: bool = True
+    log_prints: bool = False  # store what the task prints with the run's logs
     on_state: tuple[Callable[..., Any], ...] = ()
     on_failure: tuple[Callable[..., Any], ...] = ()
     on_success: tuple[Callable[..., Any], ...] = ()

@@ -26,6 +26,7 @@ import numpy as np
 from rayflow.core.refs import MapInput, NodeRef, substitute
 from rayflow.engine import columns as C
 from rayflow.engine.columns import ChunkResult, Column, concat_columns, encode_values, merge_results, to_column
+from rayflow.engine.logs import current_item_cell
 from rayflow.engine.work import ChunkJob, Piece
 from rayflow.signals import Fail, Retry, Signal, Skip
 
@@ -48,6 +49,7 @@ class ChunkSummary:
     errors: list[tuple[int, str]] = field(default_factory=list)  # first few (item, "Type: message")
     flat_count: int = 0  # items the successful values hold, for rf.flatten consumers
     indices: tuple[int, ...] | None = None
+    logs: tuple[tuple, ...] = ()  # records captured while it ran (engine.logs)
 
 
 _PAYLOADS: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
@@ -183,10 +185,11 @@ def run_chunk(payload: bytes, job: ChunkJob, work_id: int, values: list[Any]) ->
         else:
             inputs = [tuple(col[selected[j]] for col in columns) for j in runnable]
         timeout = options["timeout"]
+        cell = current_item_cell()
         if timeout is not None and threading.current_thread() is threading.main_thread():
-            _run_items_timed(call, inputs, runnable, results, codes, errors, retryable, retry_delays, retry_on, timeout)
+            _run_items_timed(call, inputs, runnable, results, codes, errors, retryable, retry_delays, retry_on, timeout, cell)
         else:
-            _run_items(call, inputs, runnable, results, codes, errors, retryable, retry_delays, retry_on)
+            _run_items(call, inputs, runnable, results, codes, errors, retryable, retry_delays, retry_on, cell)
 
     for j in np.flatnonzero(codes != C.SUCCESS).tolist():
         results[j] = None
@@ -243,13 +246,19 @@ def _gate(sources: list, selected: list[int], codes: np.ndarray, errors: dict, s
     return runnable
 
 
-def _run_items(call, inputs, runnable, results, codes, errors, retryable, retry_delays, retry_on) -> None:
-    """The hot loop: no per-item bookkeeping unless an item raises; nothing runs twice."""
+def _run_items(call, inputs, runnable, results, codes, errors, retryable, retry_delays, retry_on, cell=None) -> None:
+    """The hot loop: no per-item bookkeeping unless an item raises; nothing runs twice.
+
+    ``cell`` receives the index of the item running, for the map index of log records.
+    """
     n = len(runnable)
     k = 0
+    if cell is None:
+        cell = [None]
     while k < n:
         try:
             while k < n:
+                cell[0] = runnable[k]
                 results[runnable[k]] = call(inputs[k])
                 k += 1
         except Signal as sig:
@@ -263,10 +272,12 @@ def _run_items(call, inputs, runnable, results, codes, errors, retryable, retry_
             k += 1
 
 
-def _run_items_timed(call, inputs, runnable, results, codes, errors, retryable, retry_delays, retry_on, timeout) -> None:
+def _run_items_timed(call, inputs, runnable, results, codes, errors, retryable, retry_delays, retry_on, timeout, cell=None) -> None:
     previous = signal.signal(signal.SIGALRM, _alarm)
+    cell = cell if cell is not None else [None]
     try:
         for k, j in enumerate(runnable):
+            cell[0] = j
             try:
                 signal.setitimer(signal.ITIMER_REAL, timeout)
                 try:

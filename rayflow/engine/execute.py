@@ -11,21 +11,33 @@ import dataclasses
 from collections.abc import Sized
 from typing import Any
 
-from rayflow.engine.chunk_run import run_chunk
+from rayflow.engine.chunk_run import MAX_REPORTED_ERRORS, run_chunk
 from rayflow.engine.columns import merge_results, successful_values
+from rayflow.engine.logs import capture
 from rayflow.engine.task_run import run_attempt
 from rayflow.engine.work import Work
 from rayflow.states import StateType
 
 
 def execute(payload: bytes, work: Work, *values: Any) -> tuple[Any, Any]:
-    if work.job is not None:
-        return run_chunk(payload, work.job, work.work_id, list(values))
-    inputs = unpack(work.layout, values)
-    result, value = run_attempt(payload, work.task_key, work.attempt, *inputs)
-    if work.report_length and result.type is StateType.SUCCESS:
-        result = dataclasses.replace(result, length=_length(value, work.report_length))
-    return value, result
+    job = work.job
+    with capture(work.run_id, work.task_key, work.trace, job.start if job else None, work.log_prints) as logs:
+        if job is not None:
+            value, report = run_chunk(payload, job, work.work_id, list(values))
+            for j, (kind, message, tb) in list(value.errors.items())[:MAX_REPORTED_ERRORS]:
+                item = int(value.indices[j]) if value.indices is not None else j
+                logs.item[0] = item
+                logs.add("ERROR", f"item {job.start + item} failed: {kind.rsplit('.', 1)[-1]}: {message}" + (f"\n{tb}" if tb else ""))
+        else:
+            inputs = unpack(work.layout, values)
+            report, value = run_attempt(payload, work.task_key, work.attempt, *inputs)
+            if report.error is not None and report.type is StateType.FAILED:
+                logs.add("ERROR", f"attempt {work.attempt} failed:\n{report.error.traceback or report.error}")
+            if work.report_length and report.type is StateType.SUCCESS:
+                report = dataclasses.replace(report, length=_length(value, work.report_length))
+    if logs.records:
+        report = dataclasses.replace(report, logs=tuple(logs.records))
+    return value, report
 
 
 def unpack(layout: tuple[Any, ...], values: tuple[Any, ...] | list[Any]) -> list[Any]:

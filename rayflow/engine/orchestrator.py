@@ -30,6 +30,7 @@ loop then follows the state it got.  Listeners observe every transition.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import threading
@@ -96,6 +97,7 @@ class Orchestrator:
         self.feeder = feeder  # asked for items of generator inputs; see MapCoordinator
         self.work_hooks: list[Callable[[Work], Work]] = []  # may amend a work before it is submitted
         self.chunk_listeners: list[Listener] = []  # told of every finished chunk (task_key, work, summary, error)
+        self.report_listeners: list[Callable[[Work, Any], None]] = []  # every work's report (its logs, say)
         self.maps = MapCoordinator(self, cpus)
         self._work_ids = itertools.count(1)
         self.scheduled: list[tuple[float, int, str]] = []
@@ -159,6 +161,8 @@ class Orchestrator:
         return next(self._work_ids)
 
     def prepare(self, work: Work) -> Work:
+        options = self.plan.by_key[work.task_key].options
+        work = dataclasses.replace(work, run_id=self.run_id, log_prints=options.log_prints)
         for hook in self.work_hooks:
             work = hook(work)
         return work
@@ -211,6 +215,9 @@ class Orchestrator:
 
     def on_completion(self, completion: Completion) -> None:
         work = completion.work
+        if completion.report is not None:
+            for listener in self.report_listeners:
+                listener(work, completion.report)
         if work.job is not None:
             self.maps.finish_work(work, completion.report, completion.handle, completion.system_error)
             return

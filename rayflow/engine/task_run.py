@@ -35,6 +35,7 @@ class AttemptResult:
     retryable: bool = True  # False when the exception is not one of the task's retry_on types
     retry_delay: float | None = None  # from rf.Retry(delay=...)
     length: int | None = None  # items in the value, when a map consumes it
+    logs: tuple[tuple, ...] = ()  # records captured while it ran (engine.logs)
 
     def exception(self) -> BaseException | None:
         if self.exception_bytes is None:

@@ -60,6 +60,8 @@ class Work:
     job: ChunkJob | None = None
     report_length: str | None = None  # "len" / "flat": report the value's length for a consuming map
     trace: Any = None  # (W3C traceparent, telemetry settings) when the run is traced
+    run_id: str = ""
+    log_prints: bool = False  # capture print() as log records of the run
 
 
 def pack_inputs(inputs: list[Any]) -> tuple[tuple[Any, ...], list[Any]]:

@@ -103,6 +103,7 @@ class FlowRunActor:
             if recorder is not None:
                 orchestrator.listeners += (recorder.on_transition,)
                 orchestrator.chunk_listeners.append(recorder.on_chunk)
+                orchestrator.report_listeners.append(recorder.on_report)
                 recorder.trace_id = tracer.trace_id if tracer is not None else None
             slot = _Slot(orchestrator, recorder)
             self._runs[run_id] = slot

@@ -37,6 +37,11 @@ CREATE TABLE IF NOT EXISTS chunks (
     counts TEXT, started_at REAL, finished_at REAL, error TEXT
 );
 CREATE INDEX IF NOT EXISTS chunks_by_run ON chunks(run_id, task_key);
+CREATE TABLE IF NOT EXISTS logs (
+    run_id TEXT NOT NULL, at REAL, level TEXT, message TEXT, task_key TEXT, map_index INTEGER,
+    trace_id TEXT, span_id TEXT
+);
+CREATE INDEX IF NOT EXISTS logs_by_run ON logs(run_id, task_key);
 """
 
 FLUSH_SECONDS = 0.5
@@ -78,8 +83,10 @@ class RunStore:
 
     # -- writing -------------------------------------------------------------
 
-    def write(self, runs: list[tuple], transitions: list[tuple], chunks: list[tuple]) -> None:
+    def write(self, runs: list[tuple], transitions: list[tuple], chunks: list[tuple], logs: list[tuple] = ()) -> None:
         with self._connect() as db:
+            if logs:
+                db.executemany("INSERT INTO logs VALUES (?,?,?,?,?,?,?,?)", logs)
             if runs:
                 db.executemany("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?)", runs)
             if transitions:
@@ -111,6 +118,14 @@ class RunStore:
                 "SELECT * FROM chunks WHERE run_id = ? ORDER BY task_key, start", [run_id])]
         return run
 
+    def logs(self, run_id: str, *, task: str | None = None, after: int = 0) -> list[dict]:
+        """Log records of a run in order; ``after`` a row number, to follow a live run."""
+        query, args = "SELECT rowid AS row, * FROM logs WHERE run_id = ? AND rowid > ?", [run_id, after]
+        if task:
+            query, args = query + " AND task_key = ?", [*args, task]
+        with self._connect() as db:
+            return [dict(r) for r in db.execute(query + " ORDER BY rowid", args)]
+
     @staticmethod
     def _run_row(row: sqlite3.Row) -> dict:
         out = dict(row)
@@ -132,6 +147,7 @@ class HistoryRecorder:
         self._seq: dict[str, int] = {}
         self._transitions: list[tuple] = []
         self._chunks: list[tuple] = []
+        self._logs: list[tuple] = []
         self._run: tuple | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -167,17 +183,23 @@ class HistoryRecorder:
         with self._lock:
             self._chunks.append(row)
 
-    def _take(self) -> tuple[list, list, list]:
+    def on_report(self, work: Any, report: Any) -> None:
+        records = getattr(report, "logs", ())
+        if records:
+            with self._lock:
+                self._logs.extend((self.run_id, *record) for record in records)
+
+    def _take(self) -> tuple[list, list, list, list]:
         with self._lock:
             runs = [self._run] if self._run is not None else []
-            out = (runs, self._transitions, self._chunks)
-            self._run, self._transitions, self._chunks = None, [], []
+            out = (runs, self._transitions, self._chunks, self._logs)
+            self._run, self._transitions, self._chunks, self._logs = None, [], [], []
         return out
 
     def flush(self) -> None:
-        runs, transitions, chunks = self._take()
-        if runs or transitions or chunks:
-            self.store.write(runs, transitions, chunks)
+        runs, transitions, chunks, logs = self._take()
+        if runs or transitions or chunks or logs:
+            self.store.write(runs, transitions, chunks, logs)
 
     def _loop(self) -> None:
         while not self._stop.wait(FLUSH_SECONDS):
