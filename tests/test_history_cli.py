@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import subprocess
+import time
 import sys
 
 import pytest
@@ -215,3 +216,32 @@ def test_get_run_logger_outside_a_task_is_an_ordinary_logger():
     logger = rf.get_run_logger()
     logger.info("nothing captured here")  # no run: no error, nothing stored
     assert logger.logger.name == "rayflow.run"
+
+
+def test_show_reads_a_live_run_from_its_actor_and_watches_it_finish(tmp_path, monkeypatch, ray_session):
+    import threading
+
+    from flows import long_flow
+
+    monkeypatch.setenv("RAYFLOW_HOME", str(tmp_path))
+    holder = {}
+    flow = long_flow.with_options(run_id="live-show-1")
+    thread = threading.Thread(target=lambda: holder.setdefault("run", flow.run(pid_dir=str(tmp_path), seconds=4.0)))
+    thread.start()
+    try:
+        deadline = time.time() + 30
+        while not (tmp_path / "a.pid").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        live = cli(tmp_path, "show", "live-show-1", "--address", ray_session, "--json")
+        assert live.returncode == 0, live.stderr
+        data = json.loads(live.stdout)
+        assert data["live"] is True and data["state"] == "RUNNING"
+        assert data["tasks"]["sleeper"]["state"] == "RUNNING" and data["tasks"]["sleeper-3"]["state"] == "PENDING"
+        watched = cli(tmp_path, "show", "live-show-1", "--address", ray_session, "--watch", "--interval", "0.5")
+        assert watched.returncode == 0, watched.stderr
+        assert "(live)" in watched.stdout  # refreshed from the actor while it ran...
+        final = watched.stdout.rindex("\nstate: SUCCESS")  # ...then the history
+        assert final > watched.stdout.rindex("(live)")
+    finally:
+        thread.join(60)
+    assert holder["run"].state.is_successful()

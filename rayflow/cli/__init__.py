@@ -19,7 +19,7 @@ from rayflow.cli.loader import TargetError, load_flow
 from rayflow.cli.history import print_run as print_history_run
 from rayflow.cli.graph import dot as render_dot
 from rayflow.cli.graph import mermaid as render_mermaid
-from rayflow.cli.history import print_runs, task_rows
+from rayflow.cli.history import print_live, print_runs, task_rows
 from rayflow.cli.output import print_run
 from rayflow.engine.flow_run import FlowRun
 from rayflow.engine.local import new_run_id
@@ -164,19 +164,37 @@ def show(
     watch: Annotated[bool, typer.Option("--watch", help="Refresh until the run has finished.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
     interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes with --watch.")] = 1.0,
+    address: Annotated[
+        Optional[str],  # noqa: UP007
+        typer.Option("--address", help="Ray cluster of a live run. Default: RAY_ADDRESS, else the local cluster."),
+    ] = None,
 ) -> None:
-    """A run's tasks: states, attempts, durations, item counts of maps, errors, and its trace."""
+    """A run's tasks: states, attempts, durations, item counts of maps, errors, and its trace.
+
+    A live run is read from its driver's actor; a finished one from the run history.
+    """
     store = RunStore()
     while True:
         run = store.run(run_id)
-        if run is None:
-            raise _fail(f"no run {run_id!r} in the run history at {store.path}", EXIT_FAILED)
-        finished = run["state"] not in ("PENDING", "RUNNING")
-        if not watch or finished:
-            print_history_run(run, as_json)
-            return
+        live = None
+        if run is None or run["state"] in ("PENDING", "RUNNING"):
+            from rayflow.runtime import live_status
+
+            live = live_status(run_id, address=address)
+        if live is None and run is None:
+            raise _fail(f"no run {run_id!r} in the run history at {store.path}, nor live", EXIT_FAILED)
+        if live is not None and live["state"] in ("PENDING", "RUNNING"):
+            print_live(live, as_json)
+            if not watch:
+                return
+            time.sleep(interval)
+            continue
+        run = store.run(run_id) or run
+        if run is None:  # finished a moment ago; the history has it in an instant
+            time.sleep(0.2)
+            continue
         print_history_run(run, as_json)
-        time.sleep(interval)
+        return
 
 
 @app.command()

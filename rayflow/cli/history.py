@@ -99,3 +99,25 @@ def print_run(run: dict, as_json: bool) -> None:
     print(f"trace id: {run['trace_id'] or '-'}")
     if link:
         print(f"trace: {link}")
+
+
+def print_live(status: dict, as_json: bool) -> None:
+    """A live run as its actor sees it now."""
+    if as_json:
+        print(json.dumps({**status, "live": True}, indent=2))
+        return
+    rows = []
+    for key, task in status["tasks"].items():
+        progress = status["maps"].get(key)
+        items = ""
+        if progress:
+            counts = progress["counts"]
+            failed = sum(n for s, n in counts.items() if s in ("FAILED", "TRIGGER_FAILED", "TIMED_OUT", "CANCELLED"))
+            total = progress["total"] if progress["total"] is not None else "?"
+            items = f"{sum(counts.values())}/{total} done/{failed} failed/{counts.get('SKIPPED', 0)} skipped"
+        rows.append([key, task["state"], str(task["attempt"]), _took(task["started_at"], task["finished_at"]),
+                     items, (task["message"] or "").splitlines()[0][:120] if task["message"] else ""])
+    _emit(["task", "state", "attempts", "duration", "items", "error"], rows,
+          title=f"flow {status['flow']} · run {status['run_id']} (live)")
+    print(f"run id: {status['run_id']}")
+    print(f"state: {status['state']} (live)")

@@ -266,3 +266,24 @@ def cancel_run(run_id: str, *, address: str | None = None, wait: float = 30.0) -
         time.sleep(0.1)
         summary = ray.get(handle.status.remote(run_id))
     return summary.state
+
+
+def live_status(run_id: str, *, address: str | None = None, connect_timeout: float = 10.0) -> dict | None:
+    """A live run's status read from its driver's actor, as plain data; None if no live driver has it."""
+    try:
+        connect(address or os.environ.get("RAY_ADDRESS") or "auto", connect_timeout=connect_timeout)
+        handle, summary = find_run(run_id)
+        maps = ray.get(handle.progress.remote(run_id), timeout=connect_timeout) or {}
+    except Exception:  # noqa: BLE001 - no cluster, or no live run: the caller falls back to the history
+        return None
+    tasks = {
+        key: {
+            "state": state.type.value,
+            "attempt": state.attempt,
+            "started_at": state.started_at,
+            "finished_at": state.finished_at,
+            "message": state.message,
+        }
+        for key, state in summary.task_states.items()
+    }
+    return {"run_id": run_id, "flow": summary.flow_name, "state": summary.state.type.value, "tasks": tasks, "maps": maps}
