@@ -209,18 +209,20 @@ def logs(
     if store.run(run_id) is None:
         raise _fail(f"no run {run_id!r} in the run history at {store.path}", EXIT_FAILED)
     after = 0
-    while True:
+
+    def print_new() -> None:
+        nonlocal after
         for record in store.logs(run_id, task=task, after=after):
             after = record["row"]
             where = record["task_key"] + (f"[{record['map_index']}]" if record["map_index"] is not None else "")
             stamp = datetime.datetime.fromtimestamp(record["at"]).strftime("%H:%M:%S.%f")[:-3]
             typer.echo(f"{stamp} {record['level']:<7} {where}: {record['message']}")
+
+    while True:
+        print_new()
         run = store.run(run_id)
         if not follow or run["state"] not in ("PENDING", "RUNNING"):
-            if follow:  # the last records may have landed with the final state
-                for record in store.logs(run_id, task=task, after=after):
-                    where = record["task_key"] + (f"[{record['map_index']}]" if record["map_index"] is not None else "")
-                    typer.echo(f"{record['level']:<7} {where}: {record['message']}")
+            print_new()  # the last records land with the final state
             return
         time.sleep(interval)
 
