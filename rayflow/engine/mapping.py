@@ -28,7 +28,7 @@ from rayflow.engine.work import ChunkHandle, ChunkJob, MapHandle, Piece
 from rayflow.states import State, StateType
 
 TARGET_SECONDS = 0.25
-FIRST_CHUNK = 16
+FIRST_CHUNK = 64
 TRUSTED_SECONDS = 0.01  # a chunk shorter than this measures overheads more than items
 MAX_CHUNK = 1 << 18  # items: bounds the memory a chunk needs (a generator's chunk is built in the driver)
 
@@ -215,8 +215,8 @@ class MapRun:
         if self.per_item is None:
             return FIRST_CHUNK
         size = max(1, int(TARGET_SECONDS / max(self.per_item, 1e-9)))
-        if not self.trusted:  # grow towards a chunk long enough to measure, at most 64-fold
-            growth = min(64.0, max(2.0, TRUSTED_SECONDS / max(self.largest_seconds, 1e-6)))
+        if not self.trusted:  # grow towards a chunk long enough to measure, at most 256-fold
+            growth = min(256.0, max(2.0, TRUSTED_SECONDS / max(self.largest_seconds, 1e-6)))
             size = min(size, int(growth * self.largest_measured))
         if self.total is not None:
             size = min(size, max(1, math.ceil(self.total / (4 * self.cpus))))

@@ -198,12 +198,17 @@ def _recorder(home: str | None, run_id: str, plan: Plan) -> HistoryRecorder | No
     """The run's history writer; a history that cannot be written never fails the run."""
     if home is None:
         return None
-    try:
-        store = RunStore(home)
-    except Exception as exc:  # noqa: BLE001
-        logger.warning("rayflow: run history disabled, cannot open %s: %s", home, exc)
-        return None
+    store = _STORES.get(home)
+    if store is None:
+        try:
+            store = _STORES[home] = RunStore(home)  # the schema is created once per actor
+        except Exception as exc:  # noqa: BLE001
+            logger.warning("rayflow: run history disabled, cannot open %s: %s", home, exc)
+            return None
     return HistoryRecorder(store, run_id, plan.flow_name, plan.params, [s.key for s in plan.specs])
+
+
+_STORES: dict[str, RunStore] = {}
 
 
 _actor: tuple[str, Any] | None = None

@@ -109,7 +109,15 @@ class RayExecutor:
         if rest:  # collect everything else that is already done in the same step
             more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
             ready += more
-        return events + [self._complete(ref) for ref in ready]
+        try:
+            reports = ray.get(ready)  # one call for every ready report
+        except RayError:
+            return events + [self._complete(ref) for ref in ready]  # find the broken ones
+        out = []
+        for ref, report in zip(ready, reports):
+            work, value_ref = self._pending.pop(ref)
+            out.append(Completion(work, report, value_ref))
+        return events + out
 
     def _complete(self, ref: ray.ObjectRef) -> Completion:
         work, value_ref = self._pending.pop(ref)
