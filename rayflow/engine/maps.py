@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import itertools
-import threading
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -39,9 +38,7 @@ class MapCoordinator:
         self.object_handles: dict[str, list[Any]] = {}
         self.streams: dict[int, StreamSource] = {}
         self.stream_owner: dict[int, str] = {}
-        self.stream_requests: dict[int, int] = {}
         self.stream_inbox: collections.deque[tuple[int, Any, int, bool]] = collections.deque()
-        self._lock = threading.Lock()
         self.children: dict[str, list[str]] = collections.defaultdict(list)
         for spec in orchestrator.plan.specs:
             for key in spec.streaming:
@@ -123,16 +120,9 @@ class MapCoordinator:
         if want:
             stream: StreamSource = run.leader  # type: ignore[assignment]
             stream.requested = stream.received() + want
-            with self._lock:
-                self.stream_requests[stream.stream_id] = want
             feeder = self.orch.feeder
             if feeder is not None:
                 feeder.request(stream.stream_id, want)
-
-    def take_stream_requests(self) -> dict[int, int]:
-        with self._lock:
-            out, self.stream_requests = self.stream_requests, {}
-        return out
 
     def push_stream(self, stream_id: int, handle: Any, count: int, exhausted: bool) -> None:
         """Items of a generator input arrived (from any thread)."""
@@ -170,7 +160,7 @@ class MapCoordinator:
         else:
             spec = orch.plan.by_key[key]
             if error is not None and error.system and run.retry_lost(job, spec.options.system_retries):
-                self._submit_again(spec, run, job)  # only this chunk runs again
+                self._submit(spec, job, self._piece_handles(run, job))  # only this chunk runs again
                 return
             run.release(job)
             n = len(job.indices) if job.indices is not None else job.size
@@ -187,13 +177,6 @@ class MapCoordinator:
         for child in self.children.get(key, ()):  # consumers first: their chunks queue ahead
             self.pump(child)
         self.pump(key)
-
-    def _submit_again(self, spec: TaskSpec, run: MapRun, job: ChunkJob) -> None:
-        orch = self.orch
-        work = orch.prepare(Work(work_id=orch.next_work_id(), task_key=spec.key, attempt=1, job=job))
-        self.jobs[work.work_id] = (spec.key, job)
-        values = [orch.handles.get(k) for k in spec.value_keys]
-        orch.executor.submit(spec, work, values + self._piece_handles(run, job))
 
     def _piece_handles(self, run: MapRun, job: ChunkJob) -> list[Any]:
         chunk = run.chunks[job.chunk]

@@ -228,19 +228,15 @@ class Orchestrator:
         if result is None:
             error = completion.system_error
             result = system_failure(work.task_key, work.attempt, error, self.clock())
-        self.finish_task(Completion(work, result, completion.handle))
+        self._finish_attempt(result, completion.handle)
 
-    def finish_task(self, completion: Completion) -> None:
-        result = completion.report
+    def _finish_attempt(self, result: AttemptResult, handle: Any) -> None:
         key = result.task_key
-        current = self.running.get(key)
-        if current is None or current.attempt != result.attempt:
-            return  # a stale attempt: timed out, cancelled or superseded
         del self.running[key]
         self.deadlines.pop(key, None)
         timing = {"attempt": result.attempt, "started_at": result.started_at, "finished_at": result.finished_at}
         if result.type is StateType.SUCCESS:
-            self.handles[key] = completion.handle
+            self.handles[key] = handle
             self.lengths[key] = result.length
             new = State(type=StateType.SUCCESS, **timing)
         elif result.type is StateType.SKIPPED:
@@ -259,6 +255,16 @@ class Orchestrator:
         when = f"retry in {delay:.3g}s" if delay > 0 else "retry now"
         return State(type=StateType.RETRYING, message=f"{message}; {when}", scheduled_for=due, **timing, **extra)
 
+    def _spend_retry(self, key: str, message: str, timing: dict[str, Any], **extra: Any) -> State | None:
+        """RETRYING if ``key`` has application retries left (and uses one up), else None."""
+        options = self.plan.by_key[key].options
+        if self.app_failures[key] >= options.retries:
+            return None
+        self.app_failures[key] += 1
+        delay = retry_delay(options, self.app_failures[key])
+        budget = f"retry {self.app_failures[key]} of {options.retries}"
+        return self._retrying(f"{message} ({budget})", delay, timing, **extra)
+
     def _after_failure(self, key: str, result: AttemptResult, timing: dict[str, Any]) -> State:
         options = self.plan.by_key[key].options
         error = result.error
@@ -269,11 +275,9 @@ class Orchestrator:
                 budget = f"system retry {self.system_failures[key]} of {options.system_retries}"
                 return self._retrying(f"{result.message} ({budget})", 0.0, timing, **failure)
             return State(type=StateType.FAILED, message=result.message, **timing, **failure)
-        if result.retryable and self.app_failures[key] < options.retries:
-            self.app_failures[key] += 1
-            delay = retry_delay(options, self.app_failures[key])
-            budget = f"retry {self.app_failures[key]} of {options.retries}"
-            return self._retrying(f"{result.message} ({budget})", delay, timing, **failure)
+        retrying = self._spend_retry(key, result.message, timing, **failure) if result.retryable else None
+        if retrying is not None:
+            return retrying
         if not result.retryable and options.retries:
             message = f"{result.message} (not retried: not one of retry_on)"
             return State(type=StateType.FAILED, message=message, **timing, **failure)
@@ -286,11 +290,8 @@ class Orchestrator:
         attempt = self.running.pop(key).attempt
         message = f"timed out after {options.timeout:g}s"
         timing = {"attempt": attempt, "started_at": deadline - options.timeout, "finished_at": self.clock()}
-        if self.app_failures[key] < options.retries:
-            self.app_failures[key] += 1
-            delay = retry_delay(options, self.app_failures[key])
-            new = self._retrying(f"{message} (retry {self.app_failures[key]} of {options.retries})", delay, timing)
-        else:
+        new = self._spend_retry(key, message, timing)
+        if new is None:
             new = State(type=StateType.TIMED_OUT, message=message, **timing)
         self.follow(key, self.transition(key, new))
 
