@@ -15,7 +15,6 @@ import collections
 import signal
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +26,7 @@ from rayflow.core.refs import MapInput, NodeRef, substitute
 from rayflow.engine import columns as C
 from rayflow.engine.columns import ChunkResult, Column, concat_columns, encode_values, merge_results, to_column
 from rayflow.engine.logs import current_item_cell
+from rayflow.engine.task_run import describe_error
 from rayflow.engine.work import ChunkJob, Piece
 from rayflow.signals import Fail, Retry, Signal, Skip
 
@@ -103,7 +103,7 @@ def _source_items(pieces: tuple[Piece, ...], values: list[Any], want_column: boo
     parts = [_items_of(p, values) for p in pieces]
     codes = None
     if any(c is not None for _, c in parts):
-        codes = np.concatenate([c if c is not None else np.zeros(_len(i), np.int8) for i, c in parts])
+        codes = np.concatenate([c if c is not None else np.zeros(len(i), np.int8) for i, c in parts])
     if want_column:
         cols = [i if isinstance(i, Column) else encode_values(i) for i, _ in parts]
         return concat_columns(cols), codes
@@ -113,13 +113,14 @@ def _source_items(pieces: tuple[Piece, ...], values: list[Any], want_column: boo
     return items, codes
 
 
-def _len(items: Any) -> int:
-    return len(items)
-
-
-def _error_tuple(exc: BaseException) -> tuple[str, str, str]:
-    cls = type(exc)
-    return (f"{cls.__module__}.{cls.__qualname__}", str(exc), "".join(traceback.format_exception(exc)))
+def _items_failed(items: Any, exc: Exception, codes: Any, errors: dict, retryable: dict, retry_on: Any) -> None:
+    """``items`` raised ``exc``: FAILED, with its error (described once), retried only if one of ``retry_on``."""
+    info = describe_error(exc)
+    error, may_retry = (info.type, info.message, info.traceback), isinstance(exc, retry_on)
+    for j in items:
+        codes[j] = C.FAILED
+        errors[j] = error
+        retryable[j] = may_retry
 
 
 def _caller(fn: Callable[..., Any], args: Any, kwargs: Any, nsources: int) -> tuple[Callable[..., Any], bool]:
@@ -265,10 +266,7 @@ def _run_items(call, inputs, runnable, results, codes, errors, retryable, retry_
             _signalled(sig, runnable[k], codes, errors, retry_delays, retryable)
             k += 1
         except Exception as exc:
-            j = runnable[k]
-            codes[j] = C.FAILED
-            errors[j] = _error_tuple(exc)
-            retryable[j] = isinstance(exc, retry_on)
+            _items_failed((runnable[k],), exc, codes, errors, retryable, retry_on)
             k += 1
 
 
@@ -291,9 +289,7 @@ def _run_items_timed(call, inputs, runnable, results, codes, errors, retryable, 
             except Signal as sig:
                 _signalled(sig, j, codes, errors, retry_delays, retryable)
             except Exception as exc:
-                codes[j] = C.FAILED
-                errors[j] = _error_tuple(exc)
-                retryable[j] = isinstance(exc, retry_on)
+                _items_failed((j,), exc, codes, errors, retryable, retry_on)
     finally:
         signal.signal(signal.SIGALRM, previous)
 
@@ -341,11 +337,7 @@ def _run_batch(fn, args, kwargs, sources, selected, runnable, results, codes, er
             _signalled(sig, j, codes, errors, {}, retryable)
         return None
     except Exception as exc:
-        err = _error_tuple(exc)
-        for j in runnable:
-            codes[j] = C.FAILED
-            errors[j] = err
-            retryable[j] = isinstance(exc, retry_on)
+        _items_failed(runnable, exc, codes, errors, retryable, retry_on)
         return None
     if full and len(runnable) == len(selected):
         return out

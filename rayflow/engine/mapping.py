@@ -139,6 +139,14 @@ class StreamSource:
         return out if covered == hi - lo else None
 
 
+def _unequal_lengths(lengths: dict[str, int]) -> str | None:
+    """The MappingError text when zipped sources differ in length, else None."""
+    if len(set(lengths.values())) <= 1:
+        return None
+    listing = ", ".join(f"{name} has {n}" for name, n in lengths.items())
+    return f"MappingError: mapped arguments have unequal lengths ({listing})"
+
+
 @dataclass
 class Chunk:
     index: int
@@ -198,14 +206,9 @@ class MapRun:
 
     def _check_whole_lengths(self) -> None:
         lengths = {s.name: s.total() for s in self.sources if not s.leads}
-        if len(set(lengths.values())) > 1:
-            listing = ", ".join(f"{n} has {n_}" for n, n_ in lengths.items())
-            self.fatal = f"MappingError: mapped arguments have unequal lengths ({listing})"
+        self.fatal = _unequal_lengths(lengths)
         if self.leader is None:
             self.total = next(iter(lengths.values())) if lengths else 0
-
-    def _known_totals(self) -> dict[str, int]:
-        return {s.name: t for s in self.sources if (t := s.total()) is not None}
 
     # -- dispatch ------------------------------------------------------------
 
@@ -401,10 +404,7 @@ class MapRun:
         if total is None or self.next_segment < len(self.leader.segments()):
             return
         self.total = total
-        known = self._known_totals()
-        if len(set(known.values())) > 1:
-            listing = ", ".join(f"{n} has {t}" for n, t in known.items())
-            self.fatal = f"MappingError: mapped arguments have unequal lengths ({listing})"
+        self.fatal = _unequal_lengths({s.name: t for s in self.sources if (t := s.total()) is not None})
         self.done = True
 
     # -- reporting -----------------------------------------------------------
