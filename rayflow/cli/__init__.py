@@ -21,6 +21,7 @@ from rayflow.cli.graph import dot as render_dot
 from rayflow.cli.graph import mermaid as render_mermaid
 from rayflow.cli.history import print_live, print_runs, task_rows
 from rayflow.cli.output import print_run
+from rayflow.core.parameters import parameter_annotations
 from rayflow.engine.flow_run import FlowRun
 from rayflow.engine.local import new_run_id
 from rayflow.store import RunStore
@@ -93,7 +94,7 @@ def run(
     run_id = run_id or new_run_id()
     try:
         flow = load_flow(target)
-        annotations = {k: f.annotation for k, f in flow.parameters_model.model_fields.items()}
+        annotations = parameter_annotations(flow.parameters_model)
         values = parse_params(param or [], params_json, annotations)
         options: dict[str, Any] = {"runner": "local" if local else "ray", "run_id": run_id}
         if address:

@@ -69,3 +69,8 @@ def _short(value: Any, limit: int = 80) -> str:
 
 def parameter_annotations(model: type[BaseModel]) -> dict[str, Any]:
     return {name: f.annotation for name, f in model.model_fields.items()}
+
+
+def is_secret(value: Any) -> bool:
+    """A pydantic SecretStr / SecretBytes: shown as *** wherever parameters are recorded."""
+    return type(value).__name__ in ("SecretStr", "SecretBytes")

@@ -18,6 +18,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from rayflow.core.parameters import is_secret
 from rayflow.engine import columns as C
 from rayflow.states import State
 
@@ -56,7 +57,7 @@ def redact_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """Parameters as JSON-safe values, with SecretStr/SecretBytes as ***."""
     out: dict[str, Any] = {}
     for name, value in params.items():
-        if type(value).__name__ in ("SecretStr", "SecretBytes"):
+        if is_secret(value):
             out[name] = "***"
         else:
             try:

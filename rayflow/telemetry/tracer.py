@@ -22,6 +22,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
+from rayflow.core.parameters import is_secret
 from rayflow.engine import columns as C
 from rayflow.engine.work import Work
 from rayflow.states import State, StateType
@@ -38,7 +39,7 @@ def param_attributes(params: Mapping[str, Any]) -> dict[str, Any]:
     """Plain scalars only; secrets always as ***; anything else left out."""
     out: dict[str, Any] = {}
     for name, value in params.items():
-        if type(value).__name__ in ("SecretStr", "SecretBytes"):
+        if is_secret(value):
             out[f"{PREFIX}param.{name}"] = "***"
         elif isinstance(value, (bool, int, float, str)):
             out[f"{PREFIX}param.{name}"] = value
