@@ -5,12 +5,11 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import sys
-from typing import Any
 
-from rich.console import Console
-from rich.table import Table
+from rayflow.cli.output import emit_table
+from rayflow.states import FAILED_TYPES
 
+FAILED = {t.value for t in FAILED_TYPES}
 JAEGER_URL = "http://localhost:16686"
 
 
@@ -22,21 +21,6 @@ def _took(start: float | None, end: float | None) -> str:
     return "-" if start is None or end is None else f"{end - start:.3f}s"
 
 
-def _emit(headers: list[str], rows: list[list[str]], title: str | None = None) -> None:
-    """A rich table on a terminal, tab-separated lines otherwise."""
-    if sys.stdout.isatty():
-        table = Table(title=title)
-        for h in headers:
-            table.add_column(h)
-        for row in rows:
-            table.add_row(*row)
-        Console().print(table)
-        return
-    print("\t".join(headers))
-    for row in rows:
-        print("\t".join(row))
-
-
 def print_runs(runs: list[dict], as_json: bool) -> None:
     if as_json:
         print(json.dumps(runs, indent=2))
@@ -45,7 +29,7 @@ def print_runs(runs: list[dict], as_json: bool) -> None:
         [r["run_id"], r["flow"], r["state"], _when(r["started_at"]), _took(r["started_at"], r["finished_at"]), r["trace_id"] or "-"]
         for r in runs
     ]
-    _emit(["run id", "flow", "state", "started", "duration", "trace id"], rows, title="recent runs")
+    emit_table(["run id", "flow", "state", "started", "duration", "trace id"], rows, title="recent runs")
 
 
 def task_rows(run: dict) -> list[dict]:
@@ -61,14 +45,14 @@ def task_rows(run: dict) -> list[dict]:
             entry.setdefault("started_at", t["started_at"])
         if t["finished_at"] is not None:
             entry["finished_at"] = t["finished_at"]
-        if t["state"] in ("FAILED", "TIMED_OUT", "TRIGGER_FAILED", "RETRYING", "CANCELLED") and t["message"]:
+        if (t["state"] in FAILED or t["state"] == "RETRYING") and t["message"]:
             entry["error"] = t["message"]
     for chunk in run["chunks"]:
         items = by_task[chunk["task_key"]].setdefault("items", {"done": 0, "failed": 0, "skipped": 0})
         for state, n in chunk["counts"].items():
             if state == "SKIPPED":
                 items["skipped"] += n
-            elif state in ("FAILED", "TRIGGER_FAILED", "TIMED_OUT", "CANCELLED"):
+            elif state in FAILED:
                 items["failed"] += n
             if state != "RETRYING":
                 items["done"] += n
@@ -91,7 +75,7 @@ def print_run(run: dict, as_json: bool) -> None:
             t["task"], t["state"], str(t["attempts"]), _took(t.get("started_at"), t.get("finished_at")),
             counts, (t.get("error") or "").splitlines()[0][:120] if t.get("error") else "",
         ])
-    _emit(["task", "state", "attempts", "duration", "items", "error"], rows, title=f"flow {run['flow']} · run {run['run_id']}")
+    emit_table(["task", "state", "attempts", "duration", "items", "error"], rows, title=f"flow {run['flow']} · run {run['run_id']}")
     print(f"run id: {run['run_id']}")
     print(f"flow: {run['flow']}  params: {json.dumps(run['params'])}")
     print(f"state: {run['state']} {run['message'] or ''}".rstrip())
@@ -112,12 +96,12 @@ def print_live(status: dict, as_json: bool) -> None:
         items = ""
         if progress:
             counts = progress["counts"]
-            failed = sum(n for s, n in counts.items() if s in ("FAILED", "TRIGGER_FAILED", "TIMED_OUT", "CANCELLED"))
+            failed = sum(n for s, n in counts.items() if s in FAILED)
             total = progress["total"] if progress["total"] is not None else "?"
             items = f"{sum(counts.values())}/{total} done/{failed} failed/{counts.get('SKIPPED', 0)} skipped"
         rows.append([key, task["state"], str(task["attempt"]), _took(task["started_at"], task["finished_at"]),
                      items, (task["message"] or "").splitlines()[0][:120] if task["message"] else ""])
-    _emit(["task", "state", "attempts", "duration", "items", "error"], rows,
-          title=f"flow {status['flow']} · run {status['run_id']} (live)")
+    title = f"flow {status['flow']} · run {status['run_id']} (live)"
+    emit_table(["task", "state", "attempts", "duration", "items", "error"], rows, title=title)
     print(f"run id: {status['run_id']}")
     print(f"state: {status['state']} (live)")

@@ -1,4 +1,4 @@
-"""How the CLI shows a finished run: a rich table on a terminal, plain lines otherwise."""
+"""How the CLI shows tables and a finished run: rich tables on a terminal, plain lines otherwise."""
 
 from __future__ import annotations
 
@@ -12,6 +12,28 @@ from rich.table import Table
 from rayflow.exceptions import RayflowError
 
 STATE_STYLES = {"SUCCESS": "green", "SKIPPED": "cyan", "CACHED": "cyan", "MAPPED": "green", "RUNNING": "yellow"}
+
+
+def emit_table(
+    headers: list[str], rows: list[list[str]], *, title: str | None = None, stream: Any = None, state_column: int | None = None
+) -> None:
+    """A rich table on a terminal (``state_column`` coloured by state), tab-separated lines otherwise."""
+    stream = stream or sys.stdout
+    if not stream.isatty():
+        print("\t".join(headers), file=stream)
+        for row in rows:
+            print("\t".join(row), file=stream)
+        return
+    table = Table(title=title)
+    for header in headers:
+        table.add_column(header)
+    for row in rows:
+        cells = list(row)
+        if state_column is not None:
+            state = cells[state_column]
+            cells[state_column] = f"[{STATE_STYLES.get(state, 'red')}]{state}[/]"
+        table.add_row(*cells)
+    Console(file=stream).print(table)
 
 
 def _duration(state: Any) -> str:
@@ -32,24 +54,11 @@ def _result_text(flow_run: Any) -> str:
 def print_run(flow_run: Any, *, stream: Any = None) -> None:
     stream = stream or sys.stdout
     rows = [
-        (key, state.type.value, str(state.attempt), _duration(state), state.message.splitlines()[0] if state.message else "")
+        [key, state.type.value, str(state.attempt), _duration(state), state.message.splitlines()[0] if state.message else ""]
         for key, state in flow_run.task_states.items()
     ]
-    if stream.isatty():
-        console = Console(file=stream)
-        table = Table(title=f"flow {flow_run.flow_name} · run {flow_run.run_id}")
-        for column in ("task", "state", "attempt", "duration", "message"):
-            table.add_column(column)
-        for key, state, attempt, duration, message in rows:
-            table.add_row(key, f"[{STATE_STYLES.get(state, 'red')}]{state}[/]", attempt, duration, message)
-        console.print(table)
-        console.print(f"run id: {flow_run.run_id}")
-        console.print(f"state: {flow_run.state.type.value} {flow_run.state.message}")
-        console.print(f"result: {_result_text(flow_run)}", markup=False)
-        return
-    print("task\tstate\tattempt\tduration\tmessage", file=stream)
-    for row in rows:
-        print("\t".join(row), file=stream)
+    title = f"flow {flow_run.flow_name} · run {flow_run.run_id}"
+    emit_table(["task", "state", "attempt", "duration", "message"], rows, title=title, stream=stream, state_column=1)
     print(f"run id: {flow_run.run_id}", file=stream)
     print(f"state: {flow_run.state.type.value} {flow_run.state.message}", file=stream)
     print(f"result: {_result_text(flow_run)}", file=stream)

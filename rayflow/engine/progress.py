@@ -14,7 +14,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-FAILED = ("FAILED", "TRIGGER_FAILED", "TIMED_OUT", "CANCELLED")
+from rayflow.states import FAILED_TYPES
+
+FAILED = {t.value for t in FAILED_TYPES}
 
 
 class _Rate(ProgressColumn):
