@@ -26,7 +26,7 @@ from rayflow.core.refs import MapInput, NodeRef, substitute
 from rayflow.engine import columns as C
 from rayflow.engine.columns import ChunkResult, Column, concat_columns, encode_values, merge_results, to_column
 from rayflow.engine.logs import current_item_cell
-from rayflow.engine.task_run import describe_error
+from rayflow.engine.task_run import describe_error, signal_message
 from rayflow.engine.work import ChunkJob, Piece
 from rayflow.signals import Fail, Retry, Signal, Skip
 
@@ -296,7 +296,7 @@ def _run_items_timed(call, inputs, runnable, results, codes, errors, retryable, 
 
 def _signalled(sig: Signal, j: int, codes: Any, errors: dict, retry_delays: dict, retryable: dict) -> None:
     name = type(sig).__name__
-    message = f"{name} signal: {sig.message}" if sig.message else f"{name} signal"
+    message = signal_message(sig)
     if isinstance(sig, Skip):
         codes[j] = C.SKIPPED
     elif isinstance(sig, Retry):

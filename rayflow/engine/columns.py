@@ -18,8 +18,9 @@ readers lay over the chunk's first result (``merge_results``).
 
 from __future__ import annotations
 
+import itertools
 import pickle
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,6 +149,12 @@ def to_column(value: Any) -> Column:
     if isinstance(value, Iterable) and not isinstance(value, (str, bytes)):
         return encode_values(list(value))
     raise TypeError(f"cannot map over a {type(value).__name__}: it is not iterable")
+
+
+def next_items(stream: Iterator[Any], count: int) -> tuple[Column | None, int, bool]:
+    """Up to ``count`` items of a generator input as a Column: (column or None, items, exhausted)."""
+    items = list(itertools.islice(stream, count))
+    return (encode_values(items) if items else None), len(items), len(items) < count
 
 
 def concat_columns(columns: Sequence[Column]) -> Column:

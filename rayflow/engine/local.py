@@ -7,12 +7,11 @@ it ignores resource options and does not scale beyond this process.
 
 from __future__ import annotations
 
-import itertools
 import os
 import uuid
 from typing import Any
 
-from rayflow.engine.columns import encode_values
+from rayflow.engine.columns import next_items
 from rayflow.engine.executor import LocalExecutor
 from rayflow.engine.flow_run import FlowRun
 from rayflow.engine.orchestrator import Orchestrator
@@ -27,10 +26,9 @@ class StreamFeeder:
         self.streams, self.orchestrator, self.put = streams, orchestrator, put
 
     def request(self, stream_id: int, count: int) -> None:
-        items = list(itertools.islice(self.streams[stream_id], count))
-        exhausted = len(items) < count
-        handle = self.put(encode_values(items)) if items else None
-        self.orchestrator.maps.push_stream(stream_id, handle, len(items), exhausted)
+        column, n, exhausted = next_items(self.streams[stream_id], count)
+        handle = self.put(column) if column is not None else None
+        self.orchestrator.maps.push_stream(stream_id, handle, n, exhausted)
 
 
 def new_run_id() -> str:

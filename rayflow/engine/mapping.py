@@ -41,6 +41,16 @@ class Segment:
     kind: str  # piece kind for items of this segment
 
 
+def _covering(segments: list[Segment], lo: int, hi: int) -> list[tuple[str, tuple[Any, ...], int, int]] | None:
+    """The parts of ``segments`` that make up items [lo, hi), or None if they do not cover it all."""
+    out = [
+        (seg.kind, seg.handles, max(lo, seg.start) - seg.start, min(hi, seg.stop) - seg.start)
+        for seg in segments
+        if seg.start < hi and seg.stop > lo
+    ]
+    return out if sum(p[3] - p[2] for p in out) == hi - lo else None
+
+
 class WholeSource:
     """Every item available at once: a constant, a task's result, or its flattening."""
 
@@ -86,16 +96,7 @@ class MapSource:
         return sum(c.flat_count for c in upstream.chunks) if self.flat else upstream.total
 
     def pieces(self, lo: int, hi: int) -> list[tuple[str, tuple[Any, ...], int, int]] | None:
-        if lo == hi:
-            return []
-        out = []
-        for seg in self.segments():
-            if seg.stop <= lo or seg.start >= hi:
-                continue
-            out.append((seg.kind, seg.handles, max(lo, seg.start) - seg.start, min(hi, seg.stop) - seg.start))
-            if seg.stop >= hi:
-                return out
-        return None  # not all of [lo, hi) is final yet
+        return _covering(self.segments(), lo, hi)  # None while part of [lo, hi) is not final
 
 
 class StreamSource:
@@ -130,13 +131,7 @@ class StreamSource:
         return self.received() if self.exhausted else None
 
     def pieces(self, lo: int, hi: int) -> list[tuple[str, tuple[Any, ...], int, int]] | None:
-        out = []
-        for seg in self._segments:
-            if seg.stop <= lo or seg.start >= hi:
-                continue
-            out.append((seg.kind, seg.handles, max(lo, seg.start) - seg.start, min(hi, seg.stop) - seg.start))
-        covered = sum(p[3] - p[2] for p in out)
-        return out if covered == hi - lo else None
+        return _covering(self._segments, lo, hi)
 
 
 def _unequal_lengths(lengths: dict[str, int]) -> str | None:

@@ -110,10 +110,14 @@ def run_attempt(payload: bytes, task_key: str, attempt: int, *inputs: Any) -> tu
 _SIGNAL_STATES = {Skip: StateType.SKIPPED, Fail: StateType.FAILED, Retry: StateType.RETRYING}
 
 
+def signal_message(signal: Signal) -> str:
+    name = type(signal).__name__
+    return f"{name} signal: {signal.message}" if signal.message else f"{name} signal"
+
+
 def _signalled(signal: Signal, task_key: str, attempt: int, started: float) -> AttemptResult:
     kind = next((t for cls, t in _SIGNAL_STATES.items() if isinstance(signal, cls)), StateType.FAILED)
-    name = type(signal).__name__
-    message = f"{name} signal: {signal.message}" if signal.message else f"{name} signal"
+    message = signal_message(signal)
     return AttemptResult(
         task_key=task_key,
         attempt=attempt,

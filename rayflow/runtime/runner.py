@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
-import itertools
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -20,7 +19,7 @@ import ray
 
 from rayflow.engine.flow_run import FlowRun
 from rayflow.engine.local import new_run_id
-from rayflow.engine.columns import encode_values
+from rayflow.engine.columns import next_items
 from rayflow.engine.plan import Plan, compile_plan
 from rayflow.engine.progress import MapProgress
 from rayflow.runtime.actor import driver_actor
@@ -119,10 +118,9 @@ def _start_feeder(actor: Any, run_id: str, streams: Mapping[int, Any]) -> thread
             for stream_id, count in requests.items():
                 if stream_id in exhausted:
                     continue
-                items = list(itertools.islice(streams[stream_id], count))
-                done = len(items) < count
-                refs = [ray.put(encode_values(items))] if items else []
-                actor.stream_push.remote(run_id, stream_id, refs, len(items), done)
+                column, n, done = next_items(streams[stream_id], count)
+                refs = [ray.put(column)] if column is not None else []
+                actor.stream_push.remote(run_id, stream_id, refs, n, done)
                 if done:
                     exhausted.add(stream_id)
 
