@@ -139,19 +139,23 @@ def test_killed_worker_is_retried_as_a_system_error(tmp_path):
     assert retrying[0].error.system is True and "system retry 1 of 3" in retrying[0].message
 
 
+def rayflow_cancel(run_id: str, address: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "rayflow", "cancel", run_id, "--address", address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+
+
 def test_rayflow_cancel_from_another_process_leaves_nothing_running(tmp_path, ray_session):
     holder = {}
     flow = long_flow.with_options(run_id="to-cancel-1")
     thread = threading.Thread(target=lambda: holder.setdefault("run", flow.run(pid_dir=str(tmp_path))))
     thread.start()
     pids = wait_for_files(tmp_path, ["a", "b"])
-    out = subprocess.run(
-        [sys.executable, "-m", "rayflow", "cancel", "to-cancel-1", "--address", ray_session],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-    )
+    out = rayflow_cancel("to-cancel-1", ray_session)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "run to-cancel-1: CANCELLED" in out.stdout
     thread.join(30)
@@ -164,13 +168,7 @@ def test_rayflow_cancel_from_another_process_leaves_nothing_running(tmp_path, ra
 
 
 def test_cancelling_an_unknown_run_exits_1(ray_session):
-    out = subprocess.run(
-        [sys.executable, "-m", "rayflow", "cancel", "never-ran", "--address", ray_session],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-    )
+    out = rayflow_cancel("never-ran", ray_session)
     assert out.returncode == 1 and "never-ran" in out.stderr
 
 
