@@ -68,7 +68,7 @@ def main() -> None:
     start = time.perf_counter()
     from rayflow.engine.plan import compile_plan
 
-    compile_plan(many.graph, {})
+    compile_plan(many.graph)
     compile_s = time.perf_counter() - start
 
     results = {

@@ -19,7 +19,7 @@ from rayflow.core.flow import register_runner
 class _ExplodingRunner:
     calls = 0
 
-    def run_flow(self, flow, params):
+    def run_flow(self, flow, graph):
         _ExplodingRunner.calls += 1
         raise AssertionError("a runner was reached although the input was bad")
 
@@ -125,19 +125,27 @@ def test_too_many_positional_arguments(no_runner):
 @pytest.mark.parametrize(
     "body, what",
     [
-        (lambda n: extract(n) if n else None, "truth test"),
-        (lambda n: [extract(i) for i in range(n)], "integer"),
+        (lambda n: extract(n) if extract(n) else None, "truth test"),
+        (lambda n: [extract(i) for i in range(extract(n))], "integer"),
         (lambda n: extract(n)[0], "indexing"),
         (lambda n: add(extract(n) + 1, 1), "arithmetic"),
         (lambda n: [x for x in extract(n)], "iteration"),
+        (lambda n: len(extract(n)), "len"),
+        (lambda n: add(1, 2) if add(1, n) > 1 else None, "comparison"),
+        (lambda n: add(1, 2) if add(1, n) == 4 else None, "comparison"),
+        (lambda n: 3 in extract(n), "membership"),
+        (lambda n: extract(n).count(1), "attribute access"),
     ],
 )
-def test_using_placeholders_as_values_is_explained(body, what, no_runner):
+def test_task_results_used_as_values_are_explained(body, what, no_runner):
+    """Parameters are real values; task results are references, and the error names rf.case."""
+
     def fn(n: int = 3):
         return body(n)
 
-    with pytest.raises(rf.GraphError, match=what):
+    with pytest.raises(rf.GraphError, match=what) as info:
         rf.flow(runner=no_runner)(fn).run()
+    assert "rf.case(" in str(info.value) and "rf.merge" in str(info.value)
 
 
 def test_refs_cannot_cross_flows(no_runner):

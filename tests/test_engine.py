@@ -65,7 +65,7 @@ def test_orchestrator_steps_through_the_diamond():
        \   /
        load
     """
-    plan = compile_plan(diamond.graph, {"n": 4})
+    plan = compile_plan(diamond.graph_for(n=4))
     ex = ScriptedExecutor(plan)
     orch = Orchestrator(plan, ex, "run-1")
     orch.start()
@@ -101,7 +101,7 @@ def test_trigger_failure_is_settled_without_submitting():
     def chain():
         return add(extract("x"), 1)
 
-    plan = compile_plan(chain.graph, {})
+    plan = compile_plan(chain.graph)
     ex = ScriptedExecutor(plan)
     orch = Orchestrator(plan, ex, "run-2")
     orch.start()
@@ -116,7 +116,7 @@ def test_trigger_failure_is_settled_without_submitting():
 
 
 def test_cancel_marks_unfinished_tasks_cancelled():
-    plan = compile_plan(diamond.graph, {"n": 4})
+    plan = compile_plan(diamond.graph_for(n=4))
     ex = ScriptedExecutor(plan)
     seen = []
     orch = Orchestrator(plan, ex, "run-3", listeners=(lambda **kw: seen.append(kw),))
@@ -132,7 +132,7 @@ def test_cancel_marks_unfinished_tasks_cancelled():
 
 
 def test_stale_completions_are_ignored():
-    plan = compile_plan(diamond.graph, {"n": 1})
+    plan = compile_plan(diamond.graph_for(n=1))
     orch = Orchestrator(plan, ScriptedExecutor(plan), "run-4")
     stale = AttemptResult("extract", 7, T.SUCCESS, 0.0, 0.0)
     orch.on_completion(Completion(Work(99, "extract", 7), stale, LocalBox(1)))
@@ -145,7 +145,7 @@ def test_compile_binds_parameters_and_needs_no_ray():
         "from rayflow.core.flow import Flow;"
         "from rayflow.engine.plan import compile_plan;"
         "import flows;"
-        "plan = compile_plan(flows.diamond.graph, {'n': 3});"
+        "plan = compile_plan(flows.diamond.graph_for(n=3));"
         "print([s.key for s in plan.specs], plan.reference_keys);"
         "print('ray' in sys.modules)"
     )
@@ -195,7 +195,7 @@ def _oracle(n, parents):
 def test_plans_are_topological_and_results_do_not_depend_on_names(dag):
     n, parents, names = dag
     flow = _dag_flow(n, parents, names)
-    plan = compile_plan(flow.graph, {})
+    plan = compile_plan(flow.graph)
     position = {s.key: i for i, s in enumerate(plan.specs)}
     for spec in plan.specs:
         assert all(position[d] < position[spec.key] for d in spec.dependencies)

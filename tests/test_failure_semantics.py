@@ -323,8 +323,8 @@ def test_merge_of_all_skipped_branches_is_skipped(runner):
 
 def test_nested_cases(runner):
     r"""
-    case(a)                 a == 1
-      └─ case(b)            b == 2
+    case                    a == 1   (a check on a plain value is keyed "case")
+      └─ case-2             b == 2
            └─ add           runs only if both hold
     """
 
@@ -343,7 +343,7 @@ def test_nested_cases(runner):
     assert outer_only.task_states["add-2"].type is T.SKIPPED
     neither = on(nested, runner).run(a=0, b=2)
     assert neither.result() == {"outer": None, "inner": None}
-    assert neither.task_states["case(b)"].type is T.SKIPPED
+    assert neither.task_states["case-2"].type is T.SKIPPED
 
 
 def test_case_skips_even_tasks_that_tolerate_skips(runner):

@@ -135,7 +135,7 @@ def test_retry_waits_in_the_orchestrator_until_due():
     def once():
         return add.with_options(retries=1, retry_delay=5.0)("x", 1)
 
-    plan = compile_plan(once.graph, {})
+    plan = compile_plan(once.graph)
     ex, clock = ScriptedExecutor(plan), FakeClock()
     orch = Orchestrator(plan, ex, "r", clock=clock)
     orch.start()
@@ -161,7 +161,7 @@ def test_timeout_deadline_counts_from_the_real_start():
     def slow():
         return add.with_options(timeout=2.0)(1, 1)
 
-    plan = compile_plan(slow.graph, {})
+    plan = compile_plan(slow.graph)
     ex, clock = ScriptedExecutor(plan), FakeClock()
     orch = Orchestrator(plan, ex, "r", clock=clock)
     orch.start()

@@ -111,7 +111,7 @@ def test_unmapped_argument_and_function_are_put_once_for_all_chunks(monkeypatch)
     def shared():
         return uses_big.map(range(12), rf.unmapped(big))
 
-    plan = compile_plan(shared.graph, {}, shared)
+    plan = compile_plan(shared.graph, shared)
     puts = []
     real_put = ray.put
 

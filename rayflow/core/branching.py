@@ -19,7 +19,7 @@ from typing import Any
 
 from rayflow.core.graph import active_builder
 from rayflow.core.options import TaskOptions
-from rayflow.core.refs import NodeRef, ParamRef
+from rayflow.core.refs import NodeRef
 from rayflow.core.task import Task
 from rayflow.exceptions import GraphError
 from rayflow.signals import Skip
@@ -47,12 +47,16 @@ def _builder(what: str) -> Any:
 
 @contextmanager
 def case(node: Any, value: Any) -> Iterator[None]:
-    """Tasks created inside run only if ``node``'s result equals ``value``."""
+    """Tasks created inside run only if ``node``'s result equals ``value``.
+
+    For a flow parameter a plain ``if`` does the same while the graph is built;
+    ``rf.case`` on a plain value still works and keeps the skipped branch in the graph.
+    """
     builder = _builder("rf.case")
-    if not isinstance(node, (NodeRef, ParamRef)):
-        raise GraphError(f"rf.case needs a task result or a flow parameter, got {node!r}")
-    subject = f"task '{node.key}'" if isinstance(node, NodeRef) else f"parameter '{node.name}'"
-    name = f"case({node.key if isinstance(node, NodeRef) else node.name})"
+    if isinstance(node, NodeRef):
+        subject, name = f"task '{node.key}'", f"case({node.key.rsplit('/', 1)[-1]})"
+    else:
+        subject, name = f"value {node!r}", "case"
     check = Task(_check_case, TaskOptions(name=name))
     check_ref = builder.add_call(check, (node, value, subject), {}, None)
     with builder.case_block(check_ref):

@@ -1,30 +1,42 @@
 """``@rf.flow``: a function whose body wires tasks into a static graph.
 
-The body is traced once, lazily, with parameter placeholders; the graph is
-cached on the Flow.  Running a flow validates its parameters here and then
-hands over to a *runner* (the Ray runtime by default, or the in-process
-engine runner), which compiles the graph into a plan and executes it.
+``flow.run(**params)`` validates the parameters and then traces the body
+*with those values*: parameters are plain Python values, task calls record
+nodes and return references, and calling another flow inlines it as a
+subflow (core.subflows).  Graphs are cached per flow by parameter values
+when every value is immutable (a small LRU), and traced per run otherwise.
+The graph then goes to a *runner* (the Ray runtime by default, or the
+in-process engine runner), which compiles it into a plan and executes it.
 Runners are looked up by name and imported on first use, so this layer never
 imports the ones above it and ``import rayflow`` does not import Ray.
 """
 
 from __future__ import annotations
 
+import datetime
+import decimal
+import enum
+import fractions
 import functools
 import importlib
 import inspect
+import pathlib
 import threading
-from collections.abc import Callable
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, overload
 
-from rayflow.core.graph import Graph, GraphBuilder
+from rayflow.core.graph import Graph, GraphBuilder, active_builder
 from rayflow.core.options import FlowOptions, validate_options
-from rayflow.core.parameters import parameters_model, validate_parameters
-from rayflow.exceptions import DefinitionError, GraphError
+from rayflow.core.parameters import is_secret, parameters_model, validate_parameters
+from rayflow.exceptions import DefinitionError, GraphError, ParameterError, RayflowError
+
+GRAPH_CACHE_SIZE = 32
 
 
 class Runner(Protocol):
-    def run_flow(self, flow: Flow, params: dict[str, Any]) -> Any: ...
+    def run_flow(self, flow: Flow, graph: Graph) -> Any: ...
 
 
 # Runners by name: a factory, or "module:attribute" imported on first use, so that
@@ -36,7 +48,10 @@ _RUNNERS: dict[str, Callable[[], Runner] | str] = {
 
 
 def register_runner(name: str, factory: Callable[[], Runner] | str) -> None:
-    """Make ``runner=name`` available to flows: a factory, or a "module:attribute" path to one."""
+    """Make ``runner=name`` available to flows: a factory, or a "module:attribute" path to one.
+
+    A runner has ``run_flow(flow, graph)``; ``graph.params`` holds the run's validated parameters.
+    """
     _RUNNERS[name] = factory
 
 
@@ -51,12 +66,12 @@ def resolve_runner(runner: Any) -> Runner:
             factory = getattr(importlib.import_module(module), attr)
         return factory()
     if not hasattr(runner, "run_flow"):
-        raise DefinitionError(f"runner {runner!r} has no run_flow(flow, params) method")
+        raise DefinitionError(f"runner {runner!r} has no run_flow(flow, graph) method")
     return runner
 
 
 class Flow:
-    """A traced-once, validated, runnable flow."""
+    """A validated, runnable flow; its graph is traced per set of parameter values."""
 
     def __init__(self, fn: Callable[..., Any], options: FlowOptions):
         if inspect.iscoroutinefunction(fn):
@@ -65,7 +80,7 @@ class Flow:
         self.options = options
         self.name: str = options.name or fn.__name__
         self.parameters_model = parameters_model(fn, self.name)
-        self._graph: Graph | None = None
+        self._graphs: OrderedDict[Any, Graph] = OrderedDict()
         self._lock = threading.Lock()
         functools.update_wrapper(self, fn)
 
@@ -75,24 +90,48 @@ class Flow:
 
     @property
     def graph(self) -> Graph:
-        """The flow's static graph, traced on first use and cached."""
-        with self._lock:
-            if self._graph is None:
-                self._graph = self._trace()
-            return self._graph
+        """The graph for the parameters' default values (GraphError if one has no default)."""
+        return self.graph_for()
 
-    def _trace(self) -> Graph:
-        builder = GraphBuilder(self.name, self.parameters)
+    def graph_for(self, **params: Any) -> Graph:
+        """The graph a run with these parameters executes (validated, traced, cached)."""
+        missing = [n for n, f in self.parameters_model.model_fields.items() if f.is_required() and n not in params]
+        if missing:
+            raise GraphError(
+                f"flow '{self.name}' needs a value for parameter(s) {', '.join(missing)} to build its graph "
+                "(its shape may depend on them); pass them, e.g. flow.graph_for(name=value) or --param name=value"
+            )
+        return self.build(self.validate(params))
+
+    def build(self, values: Mapping[str, Any]) -> Graph:
+        """Trace the body with validated ``values``; a cached graph when they are immutable."""
+        key = _cache_key(values)
+        if key is not None:
+            with self._lock:
+                graph = self._graphs.get(key)
+                if graph is not None:
+                    self._graphs.move_to_end(key)
+                    return graph
+        graph = self._trace(values)
+        if key is not None and graph.reusable:
+            with self._lock:
+                self._graphs[key] = graph
+                while len(self._graphs) > GRAPH_CACHE_SIZE:
+                    self._graphs.popitem(last=False)
+        return graph
+
+    def _trace(self, values: Mapping[str, Any]) -> Graph:
+        builder = GraphBuilder(self.name, self.parameters, self)
         with builder.activate():
             try:
-                result = self.fn(**builder.param_refs())
-            except GraphError:
+                result = self.fn(**values)
+            except RayflowError:
                 raise
             except Exception as exc:
                 raise GraphError(
                     f"building flow '{self.name}' failed: {type(exc).__name__}: {exc}"
                 ) from exc
-        return builder.finish(result)
+        return builder.finish(result, values)
 
     def validate(self, params: dict[str, Any]) -> dict[str, Any]:
         """Coerced parameter values, or ParameterError listing every bad field."""
@@ -100,13 +139,46 @@ class Flow:
 
     def run(self, **params: Any) -> Any:
         """Run the flow and return its ``FlowRun``; task failures do not raise here."""
-        values = self.validate(params)
-        self.graph  # noqa: B018 - trace (and surface graph errors) before any runner work
-        return resolve_runner(self.options.runner).run_flow(self, values)
+        if active_builder() is not None:
+            raise GraphError(
+                f"{self.name}.run() cannot be used inside a flow body; call {self.name}(...) "
+                "to inline it as a subflow"
+            )
+        graph = self.build(self.validate(params))  # graph errors surface before any runner work
+        return resolve_runner(self.options.runner).run_flow(self, graph)
 
-    def __call__(self, **params: Any) -> Any:
-        """Run the flow and return its value; raises FlowRunError if the run failed."""
-        return self.run(**params).result()
+    def __call__(self, *args: Any, **params: Any) -> Any:
+        """Run the flow and return its value (FlowRunError if the run failed).
+
+        Inside another flow's body, inline it as a subflow and return a reference
+        to its result instead.
+        """
+        builder = active_builder()
+        if builder is not None:
+            from rayflow.core.subflows import call_subflow
+
+            return call_subflow(builder, self, args, params)
+        return self.run(**self.bind(args, params)).result()
+
+    def bind(self, args: tuple[Any, ...], params: dict[str, Any]) -> dict[str, Any]:
+        """Positional arguments as parameters, in the signature's order."""
+        if not args:
+            return params
+        names = self.parameters
+        if len(args) > len(names):
+            raise ParameterError(
+                f"flow '{self.name}' takes {len(names)} parameter(s) but {len(args)} were given positionally",
+                flow_name=self.name,
+                errors={"*args": f"too many positional arguments ({len(args)})"},
+            )
+        doubled = [n for n in names[: len(args)] if n in params]
+        if doubled:
+            raise ParameterError(
+                f"flow '{self.name}': parameter(s) {doubled} given twice",
+                flow_name=self.name,
+                errors=dict.fromkeys(doubled, "given twice"),
+            )
+        return {**dict(zip(names, args)), **params}
 
     def with_options(self, **changes: Any) -> Flow:
         """A copy with other options: ``name``, ``runner``, ``address``, ``run_id``."""
@@ -119,8 +191,31 @@ class Flow:
 
     def __reduce__(self) -> Any:
         # Flows travel to the orchestrator when they have state handlers; the lock and
-        # the cached graph stay behind.
+        # the cached graphs stay behind.
         return (Flow, (self.fn, self.options))
+
+
+_IMMUTABLE = (
+    type(None), bool, int, float, complex, str, bytes, decimal.Decimal, fractions.Fraction,
+    datetime.date, datetime.time, datetime.timedelta, datetime.tzinfo, uuid.UUID, pathlib.PurePath, enum.Enum,
+)
+
+
+def _cache_key(values: Mapping[str, Any]) -> Any:
+    """A key for the graph cache, or None when a value could change under it (or is a generator)."""
+    try:
+        return tuple((name, _frozen(value)) for name, value in values.items())
+    except TypeError:
+        return None
+
+
+def _frozen(value: Any) -> Any:
+    # The type is part of the key: 1, 1.0 and True are equal but build different graphs.
+    if isinstance(value, _IMMUTABLE) or is_secret(value):
+        return (type(value), value)
+    if isinstance(value, (tuple, frozenset)):
+        return (type(value), tuple(_frozen(v) for v in value) if isinstance(value, tuple) else frozenset(_frozen(v) for v in value))
+    raise TypeError("not cacheable")
 
 
 @overload

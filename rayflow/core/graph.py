@@ -1,11 +1,14 @@
 """The static flow graph: nodes recorded while a flow body is traced.
 
-Tracing runs the flow function once with ``ParamRef`` placeholders.  Each
-task call inside it goes through the active ``GraphBuilder`` (a context
+Tracing runs the flow function with the run's validated parameter values.
+Each task call inside it goes through the active ``GraphBuilder`` (a context
 variable), which checks the call's binding, names the node and returns a
-``NodeRef``.  The finished ``Graph`` is immutable: nodes only refer to nodes
-recorded before them, so it is acyclic by construction and its node order is
-a valid topological order.
+``NodeRef``.  A flow called inside the body is inlined as a *subflow*: its
+nodes are recorded in a scope of their own (keys ``inner/...``) and a
+subflow node, keyed by the subflow's name, stands for its result.  The
+finished ``Graph`` is immutable: nodes only refer to nodes recorded before
+them, so it is acyclic by construction and its node order is a valid
+topological order.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from rayflow.core.mapping import classify
-from rayflow.core.refs import NodeRef, ParamRef, find_refs
+from rayflow.core.refs import NodeRef, find_refs
 from rayflow.exceptions import GraphError
 
 if TYPE_CHECKING:
@@ -28,23 +31,37 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class Subflow:
+    """What a subflow node carries: the flow (its handlers apply), its member and reference keys."""
+
+    flow: Any
+    members: tuple[str, ...]  # every node recorded inside it, nested subflows' included
+    reference: tuple[str, ...]  # the members whose states decide the subflow's state
+
+
+@dataclass(frozen=True)
 class Node:
-    """One call of a task in a flow body."""
+    """One call of a task (or of a subflow) in a flow body."""
 
     key: str
     task: Task
-    args: tuple[Any, ...]  # templates: values with NodeRef/ParamRef inside
+    args: tuple[Any, ...]  # templates: values with NodeRefs inside
     kwargs: Mapping[str, Any]
     upstream: tuple[str, ...]  # keys whose values this node consumes, in first-use order
     wait_for: tuple[str, ...]  # keys that must finish first, values not passed
-    params: tuple[str, ...]  # flow parameters used in the arguments
     conditions: tuple[str, ...] = ()  # case() checks this node was created under
-    kind: str = "task"  # "task", "map", or "merge" (settled by the orchestrator, never run)
+    kind: str = "task"  # "task", "map", "merge" or "subflow" (both settled by the orchestrator)
     sources: tuple[Any, ...] = ()  # a map's mapped arguments (core.mapping.MapSource)
+    subflow: Subflow | None = None
 
     @property
     def dependencies(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(self.upstream + self.wait_for + self.conditions))
+
+    @property
+    def group(self) -> str:
+        """The key of the subflow this node belongs to ("" at the top level)."""
+        return self.key.rpartition("/")[0]
 
 
 @dataclass(frozen=True)
@@ -55,6 +72,7 @@ class Graph:
     nodes: tuple[Node, ...]
     result: Any  # template of the flow's return value
     parameters: tuple[str, ...]
+    params: Mapping[str, Any] = field(default_factory=dict)  # the values it was traced with
     reference: tuple[str, ...] | None = None  # set_reference_tasks(); None: the terminal tasks
     by_key: Mapping[str, Node] = field(init=False, repr=False)
 
@@ -76,6 +94,11 @@ class Graph:
         """The tasks whose states decide the flow's state."""
         return self.reference if self.reference is not None else self.terminal_keys()
 
+    @property
+    def reusable(self) -> bool:
+        """False when a node consumes a generator: a second run would find it exhausted."""
+        return not any(s.kind == "stream" for n in self.nodes for s in n.sources)
+
 
 _BUILDER: contextvars.ContextVar[GraphBuilder | None] = contextvars.ContextVar(
     "rayflow_graph_builder", default=None
@@ -87,39 +110,58 @@ def active_builder() -> GraphBuilder | None:
     return _BUILDER.get()
 
 
+@dataclass
+class _Scope:
+    """One flow body being traced: the root flow, or a subflow inside it."""
+
+    flow: Any
+    prefix: str  # "" for the root, "outer/inner/" for a nested subflow
+    start: int  # index of its first node
+    names: dict[str, int] = field(default_factory=dict)
+    reference: tuple[str, ...] | None = None
+
+
 class GraphBuilder:
     """Collects the nodes of one trace of a flow body."""
 
-    def __init__(self, flow_name: str, parameters: tuple[str, ...]):
+    def __init__(self, flow_name: str, parameters: tuple[str, ...], flow: Any = None):
         self.flow_name = flow_name
         self.parameters = parameters
         self.token = next(_builder_ids)
         self._nodes: list[Node] = []
-        self._name_counts: dict[str, int] = {}
         self._cases: list[str] = []  # keys of the case checks of the enclosing `with rf.case` blocks
-        self._reference: tuple[str, ...] | None = None
-
-    def param_refs(self) -> dict[str, ParamRef]:
-        return {name: ParamRef(name, self.token) for name in self.parameters}
+        self._scopes: list[_Scope] = [_Scope(flow, "", 0)]
 
     @contextmanager
     def activate(self) -> Iterator[GraphBuilder]:
         if _BUILDER.get() is not None:
-            raise GraphError("a flow cannot be called while another flow is being built (no subflows yet)")
+            raise GraphError(
+                "flow.run() cannot be used inside a flow body; call the flow instead "
+                "(inner(x=...)) to inline it as a subflow"
+            )
         reset = _BUILDER.set(self)
         try:
             yield self
         finally:
             _BUILDER.reset(reset)
 
-    def _next_key(self, name: str) -> str:
-        count = self._name_counts.get(name, 0) + 1
-        self._name_counts[name] = count
-        return name if count == 1 else f"{name}-{count}"
+    def next_key(self, name: str) -> str:
+        scope = self._scopes[-1]
+        count = scope.names.get(name, 0) + 1
+        scope.names[name] = count
+        return scope.prefix + (name if count == 1 else f"{name}-{count}")
+
+    def tracing(self, flow: Any) -> bool:
+        """True when ``flow`` is already being traced here (it would call itself)."""
+        return any(scope.flow is flow for scope in self._scopes)
+
+    @property
+    def current_flow_name(self) -> str:
+        return self._scopes[-1].prefix.rstrip("/") or self.flow_name
 
     def _check_refs(self, refs: list[Any], where: str) -> None:
         for ref in refs:
-            if ref.owner != self.token:
+            if isinstance(ref, NodeRef) and ref.owner != self.token:
                 raise GraphError(f"{where} uses {ref._describe()}, which belongs to another flow")
 
     @contextmanager
@@ -136,11 +178,32 @@ class GraphBuilder:
             if not isinstance(ref, NodeRef):
                 raise GraphError(f"set_reference_tasks takes task results of this flow, got {ref!r}")
         self._check_refs(list(refs), "set_reference_tasks")
-        self._reference = tuple(dict.fromkeys(r.key for r in refs))
+        self._scopes[-1].reference = tuple(dict.fromkeys(r.key for r in refs))
+
+    @contextmanager
+    def subflow_scope(self, key: str, flow: Any) -> Iterator[_Scope]:
+        """Nodes recorded inside are the subflow ``key``'s, keyed ``key/...``."""
+        scope = _Scope(flow, key + "/", len(self._nodes))
+        self._scopes.append(scope)
+        try:
+            yield scope
+        finally:
+            self._scopes.pop()
+
+    def add_subflow(self, key: str, task: Task, scope: _Scope, result: Any) -> NodeRef:
+        """The node standing for a finished subflow scope: it waits for every member."""
+        members = [n for n in self._nodes[scope.start :]]
+        used = {dep for n in members for dep in n.dependencies}
+        reference = scope.reference
+        if reference is None:
+            reference = tuple(n.key for n in members if n.key not in used)
+        info = Subflow(scope.flow, tuple(n.key for n in members), reference)
+        waits = [NodeRef(n.key, self.token) for n in members]
+        return self._record(task, key, (result,), {}, waits, kind="subflow", subflow=info)
 
     def add_map(self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: Any) -> NodeRef:
         """A mapped call: arguments are bound by name, mapped ones become MapInput markers."""
-        key = self._next_key(task.name)
+        key = self.next_key(task.name)
         check_binding(task, key, args, kwargs)
         bound = task.signature.bind(*args, **kwargs)
         kinds = {n.key: n.kind for n in self._nodes}
@@ -152,7 +215,7 @@ class GraphBuilder:
     def add_call(
         self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: Any, *, kind: str = "task"
     ) -> NodeRef:
-        key = self._next_key(task.name)
+        key = self.next_key(task.name)
         if kind == "task":
             check_binding(task, key, args, kwargs)
         return self._record(task, key, args, kwargs, wait_for, kind=kind)
@@ -167,12 +230,11 @@ class GraphBuilder:
         *,
         kind: str,
         sources: tuple[Any, ...] = (),
+        subflow: Subflow | None = None,
     ) -> NodeRef:
-        source_refs = [s_ref for s in sources for s_ref in _source_refs(s, self.token)]
-        refs = [r for r in dict.fromkeys(source_refs + find_refs((args, kwargs))) if isinstance(r, (NodeRef, ParamRef))]
+        source_refs = [NodeRef(s.key, s.owner) for s in sources if s.kind in _NODE_SOURCES]
+        refs = [r for r in dict.fromkeys(source_refs + find_refs((args, kwargs))) if isinstance(r, NodeRef)]
         self._check_refs(refs, f"task '{key}'")
-        upstream = tuple(dict.fromkeys(r.key for r in refs if isinstance(r, NodeRef)))
-        params = tuple(r.name for r in refs if isinstance(r, ParamRef))
         waits = _wait_for_keys(wait_for, key)
         self._check_refs([NodeRef(k, o) for k, o in waits], f"wait_for of task '{key}'")
         node = Node(
@@ -180,33 +242,29 @@ class GraphBuilder:
             task=task,
             args=tuple(args),
             kwargs=MappingProxyType(dict(kwargs)),
-            upstream=upstream,
+            upstream=tuple(dict.fromkeys(r.key for r in refs)),
             wait_for=tuple(dict.fromkeys(k for k, _ in waits)),
-            params=params,
             conditions=tuple(self._cases),
             kind=kind,
             sources=sources,
+            subflow=subflow,
         )
         self._nodes.append(node)
         return NodeRef(key, self.token)
 
-    def finish(self, result: Any) -> Graph:
+    def finish(self, result: Any, params: Mapping[str, Any]) -> Graph:
         self._check_refs(find_refs(result), "the flow's return value")
         return Graph(
             flow_name=self.flow_name,
             nodes=tuple(self._nodes),
             result=result,
             parameters=self.parameters,
-            reference=self._reference,
+            params=MappingProxyType(dict(params)),
+            reference=self._scopes[0].reference,
         )
 
 
-def _source_refs(source: Any, token: int) -> list[Any]:
-    if source.kind in ("node", "map", "flatten_node", "flatten_map"):
-        return [NodeRef(source.key, source.owner)]
-    if source.kind == "param":
-        return [ParamRef(source.key, token)]
-    return []
+_NODE_SOURCES = ("node", "map", "flatten_node", "flatten_map")
 
 
 def argument_slots(task: Task, arguments: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,6 @@ mapped over unless wrapped in ``rf.mapped``.  A mapped argument is a
 
 - ``const``: an iterable known now (list, range, numpy, pandas, pyarrow)
 - ``stream``: a generator or iterator, consumed chunk by chunk at run time
-- ``param``: a flow parameter (checked when its value is known)
 - ``node`` / ``map``: the result of a task / of a mapped task (element-wise)
 - ``flatten_node`` / ``flatten_map``: the concatenation of a list of lists
 
@@ -20,7 +19,7 @@ import collections.abc as cabc
 from dataclasses import dataclass
 from typing import Any
 
-from rayflow.core.refs import MapInput, NodeRef, ParamRef, find_refs
+from rayflow.core.refs import MapInput, NodeRef, find_refs
 from rayflow.exceptions import GraphError, MappingError
 
 
@@ -58,8 +57,8 @@ def flatten(node: Any) -> FlattenRef:
 @dataclass(frozen=True)
 class MapSource:
     name: str  # the argument it feeds, for messages
-    kind: str  # const | stream | param | node | map | flatten_node | flatten_map
-    key: str | None = None  # node key or parameter name
+    kind: str  # const | stream | node | map | flatten_node | flatten_map
+    key: str | None = None  # node key
     value: Any = None  # const / stream only
     owner: int = 0  # graph builder of the node ref, so refs cannot cross flows
 
@@ -91,13 +90,13 @@ def classify(
             out[name] = value.value
         elif isinstance(value, mapped):
             inner = value.value
-            if isinstance(inner, (NodeRef, ParamRef, FlattenRef)):
+            if isinstance(inner, (NodeRef, FlattenRef)):
                 out[name] = _ref_source(name, inner, node_kinds, add)
             elif isinstance(inner, (str, bytes)):
                 out[name] = add(name, MapSource(name, "const", value=list(inner) if isinstance(inner, str) else list(inner)))
             else:
                 out[name] = _const_source(key, name, inner, add)
-        elif isinstance(value, (NodeRef, ParamRef, FlattenRef)):
+        elif isinstance(value, (NodeRef, FlattenRef)):
             out[name] = _ref_source(name, value, node_kinds, add)
         elif isinstance(value, (str, bytes)):
             out[name] = value
@@ -110,8 +109,6 @@ def classify(
 
 
 def _ref_source(name: str, ref: Any, node_kinds: dict[str, str], add: Any) -> MapInput:
-    if isinstance(ref, ParamRef):
-        return add(name, MapSource(name, "param", key=ref.name))
     if isinstance(ref, FlattenRef):
         kind = "flatten_map" if node_kinds.get(ref.node.key) == "map" else "flatten_node"
         return add(name, MapSource(name, kind, key=ref.node.key, owner=ref.node.owner))

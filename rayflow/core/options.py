@@ -107,9 +107,7 @@ class TaskOptions(BaseModel):
     @field_validator("name")
     @classmethod
     def _name_is_a_key(cls, value: str | None) -> str | None:
-        if value is not None and (value != value.strip() or "/" in value):
-            raise ValueError("must not contain '/' or surrounding whitespace")
-        return value
+        return _key_name(value)
 
     @field_validator("resources")
     @classmethod
@@ -185,6 +183,18 @@ class FlowOptions(BaseModel):
     @property
     def handlers(self) -> tuple[Callable[..., Any], ...]:
         return _all_handlers(self)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_key(cls, value: str | None) -> str | None:
+        return _key_name(value)
+
+
+def _key_name(value: str | None) -> str | None:
+    """Names become task keys, and '/' separates a subflow's keys from its parent's."""
+    if value is not None and (value != value.strip() or "/" in value):
+        raise ValueError("must not contain '/' or surrounding whitespace")
+    return value
 
 
 def validate_options(model: type[BaseModel], owner: str, values: dict[str, Any]) -> Any:

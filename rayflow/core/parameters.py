@@ -40,8 +40,20 @@ def parameters_model(fn: Callable[..., Any], flow_name: str) -> type[BaseModel]:
     return create_model(f"{flow_name}_parameters", __base__=_ParamsBase, **fields)
 
 
-def validate_parameters(model: type[BaseModel], flow_name: str, values: dict[str, Any]) -> dict[str, Any]:
-    """The coerced parameter values, or ParameterError listing every bad field."""
+def validate_parameters(
+    model: type[BaseModel], flow_name: str, values: dict[str, Any], *, deferred: set[str] = frozenset()
+) -> dict[str, Any]:
+    """The coerced parameter values, or ParameterError listing every bad field.
+
+    ``deferred`` names parameters whose values are not known yet (a subflow given a
+    task result): they are neither checked nor returned.
+    """
+    if deferred:
+        unknown = sorted(deferred - set(model.model_fields))
+        model = create_model(
+            f"{model.__name__}_partial", __base__=model, **{n: (Any, None) for n in deferred if n not in unknown}
+        )
+        values = {**values, **dict.fromkeys(unknown)}
     try:
         instance = model.model_validate(values)
     except ValidationError as exc:
@@ -59,7 +71,7 @@ def validate_parameters(model: type[BaseModel], flow_name: str, values: dict[str
         raise ParameterError(
             f"invalid parameters for flow '{flow_name}': {listing}", flow_name=flow_name, errors=errors
         ) from None
-    return {name: getattr(instance, name) for name in type(instance).model_fields}
+    return {name: getattr(instance, name) for name in type(instance).model_fields if name not in deferred}
 
 
 def _short(value: Any, limit: int = 80) -> str:

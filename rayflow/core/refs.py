@@ -1,9 +1,11 @@
-"""Placeholders that stand for values while a flow body is traced.
+"""Placeholders that stand for task results while a flow body is traced.
 
-Calling a task inside a flow returns a ``NodeRef``; the flow's parameters are
-``ParamRef``s.  Neither has a value yet, so anything that would need one
-(``if``, ``for``, ``len``, arithmetic) is a GraphError that says what to do
-instead, rather than a silently wrong graph.
+A flow body runs with the run's real parameter values, so Python over them
+works as usual.  Calling a task inside it returns a ``NodeRef``: its value
+does not exist until the run, so anything that would need one (``if``,
+``for``, ``len``, arithmetic, comparisons) is a GraphError that says what to
+do instead (``rf.case``/``rf.merge``, or a task), rather than a silently
+wrong graph.
 
 Arguments are stored as *templates*: the value the user passed, with the
 refs left in place inside lists, tuples, dicts and sets, so they can be
@@ -28,9 +30,13 @@ class _Placeholder:
     def _misuse(self, what: str) -> GraphError:
         return GraphError(
             f"{self._describe()} has no value while the flow is being built, so it cannot be "
-            f"used for {what}; pass it to a task and do the work there "
-            "(the flow body only wires tasks together)"
+            f"used for {what}; to branch on it use `with rf.case({self._name()}, value):` and "
+            "rf.merge(...), otherwise pass it to a task and do the work there "
+            "(flow parameters are real values; task results are references)"
         )
+
+    def _name(self) -> str:
+        return "result"
 
     def __bool__(self) -> bool:
         raise self._misuse("a truth test (if/and/or)")
@@ -57,12 +63,30 @@ class _Placeholder:
         raise self._misuse("arithmetic")
 
     __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _arith
-    __truediv__ = __rtruediv__ = __floordiv__ = __mod__ = __pow__ = _arith
+    __truediv__ = __rtruediv__ = __floordiv__ = __rfloordiv__ = __mod__ = __rmod__ = _arith
+    __pow__ = __rpow__ = __neg__ = __pos__ = __abs__ = __invert__ = _arith
+    __and__ = __rand__ = __or__ = __ror__ = __xor__ = __rxor__ = _arith
+
+    def _compare(self, *_: Any) -> Any:
+        raise self._misuse("a comparison (<, <=, >, >=)")
+
+    __lt__ = __le__ = __gt__ = __ge__ = _compare
+
+    def __contains__(self, item: Any) -> bool:
+        raise self._misuse("a membership test (in)")
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # protocols probed with getattr/hasattr stay plain misses
+            raise AttributeError(name)
+        raise self._misuse(f"attribute access (.{name})")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._misuse("a call")
 
 
-@dataclass(frozen=True, eq=True, slots=True)
+@dataclass(frozen=True, eq=False, slots=True)
 class NodeRef(_Placeholder):
-    """The future value of a task call inside a flow body."""
+    """The future value of a task call (or a subflow) inside a flow body."""
 
     key: str
     owner: int = 0  # id of the graph builder that made it; refs never cross flows
@@ -70,22 +94,25 @@ class NodeRef(_Placeholder):
     def _describe(self) -> str:
         return f"the result of task '{self.key}'"
 
+    def _name(self) -> str:
+        return self.key.rsplit("/", 1)[-1].replace("-", "_")
+
+    def __eq__(self, other: object) -> bool:
+        # `if x == "full":` must not silently be False: only refs compare (as dict keys).
+        if isinstance(other, NodeRef):
+            return self.key == other.key and self.owner == other.owner
+        if isinstance(other, MapInput):
+            return False
+        raise self._misuse("a comparison (==, !=)")
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return hash((self.key, self.owner))
+
     def __repr__(self) -> str:
         return f"<NodeRef {self.key}>"
-
-
-@dataclass(frozen=True, eq=True, slots=True)
-class ParamRef(_Placeholder):
-    """A flow parameter; replaced by its validated value when the plan is compiled."""
-
-    name: str
-    owner: int = 0
-
-    def _describe(self) -> str:
-        return f"flow parameter '{self.name}'"
-
-    def __repr__(self) -> str:
-        return f"<ParamRef {self.name}>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +122,11 @@ class MapInput:
     index: int
 
 
-_REFS = (NodeRef, ParamRef, MapInput)
+_REFS = (NodeRef, MapInput)
 
 
 def find_refs(value: Any) -> list[Any]:
-    """Every NodeRef/ParamRef inside ``value``, in first-seen order, without duplicates."""
+    """Every NodeRef/MapInput inside ``value``, in first-seen order, without duplicates."""
     found: dict[Any, None] = {}
     _walk(value, found)
     return list(found)

@@ -39,8 +39,8 @@ class LocalRunner:
     def __init__(self, max_workers: int | None = None):
         self.max_workers = max_workers
 
-    def run_flow(self, flow: Any, params: dict[str, Any]) -> FlowRun:
-        plan = compile_plan(flow.graph, params, flow)
+    def run_flow(self, flow: Any, graph: Any) -> FlowRun:
+        plan = compile_plan(graph, flow)
         executor = LocalExecutor(self.max_workers)
         orchestrator = Orchestrator(
             plan, executor, flow.options.run_id or new_run_id(), cpus=os.cpu_count() or 1

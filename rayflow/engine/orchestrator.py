@@ -44,7 +44,7 @@ from rayflow.engine.executor import Completion, Executor, Started, system_failur
 from rayflow.engine.handlers import apply_handlers
 from rayflow.engine.maps import MapCoordinator
 from rayflow.engine.plan import Plan
-from rayflow.engine.policy import retry_delay, settle_before_run, settle_merge
+from rayflow.engine.policy import reference_failure, retry_delay, settle_before_run, settle_merge, settle_subflow
 from rayflow.engine.task_run import AttemptResult
 from rayflow.engine.work import Work, pack_inputs
 from rayflow.states import State, StateType
@@ -180,6 +180,8 @@ class Orchestrator:
                 settled = self.maps.launch(spec)
                 if settled is None:
                     return
+        if settled is None and spec.kind == "subflow":
+            settled = settle_subflow(spec, self.states)  # else: run, to build its value
         if settled is None and spec.kind == "merge":
             settled, branch = settle_merge(spec, self.states)
             if branch is not None:
@@ -235,6 +237,8 @@ class Orchestrator:
         del self.running[key]
         self.deadlines.pop(key, None)
         timing = {"attempt": result.attempt, "started_at": result.started_at, "finished_at": result.finished_at}
+        if self.plan.by_key[key].kind == "subflow":
+            timing.update(self._subflow_span(key, result.finished_at))
         if result.type is StateType.SUCCESS:
             self.handles[key] = handle
             self.lengths[key] = result.length
@@ -249,6 +253,13 @@ class Orchestrator:
         else:
             new = self._after_failure(key, result, timing)
         self.follow(key, self.transition(key, new))
+
+    def _subflow_span(self, key: str, end: float) -> dict[str, float | None]:
+        """A subflow's times are its members': first start to last finish."""
+        members = [self.states[k] for k in self.plan.by_key[key].members]
+        starts = [s.started_at for s in members if s.started_at is not None]
+        ends = [s.finished_at for s in members if s.finished_at is not None]
+        return {"started_at": min(starts, default=None), "finished_at": max(ends, default=end)}
 
     def _retrying(self, message: str, delay: float, timing: dict[str, Any], **extra: Any) -> State:
         due = self.clock() + delay
@@ -385,10 +396,7 @@ def final_flow_state(plan: Plan, states: Mapping[str, State], *, started_at: flo
     timing = {"started_at": started_at, "finished_at": now}
     if any(s.type is StateType.CANCELLED for s in states.values()):
         return State(type=StateType.CANCELLED, message="run cancelled", **timing)
-    refs = {k: states[k] for k in plan.reference_keys}
-    failed = [k for k, s in refs.items() if s.is_failed()]
-    if failed:
-        first = refs[failed[0]]
-        detail = f"{failed[0]}: {first.type.value}" + (f" ({first.message})" if first.message else "")
-        return State(type=StateType.FAILED, message=f"{len(failed)} reference task(s) failed; {detail}", **timing)
+    failed = reference_failure(states, plan.reference_keys)
+    if failed is not None:
+        return failed.model_copy(update=timing)
     return State(type=StateType.SUCCESS, message="all reference tasks succeeded", **timing)

@@ -29,8 +29,8 @@ def settle_before_run(
     unmet = [k for k in spec.conditions if upstream[k].is_skipped()]
     if unmet:
         return State(type=StateType.SKIPPED, message=upstream[unmet[-1]].message or "case not met")
-    if spec.kind == "merge":
-        return None  # settled by settle_merge from its branches' states
+    if spec.kind in ("merge", "subflow"):
+        return None  # settled by settle_merge / settle_subflow from their own rules
     if spec.options.skip_on_upstream_skip:
         view = upstream if skip_view is None else skip_view
         counts = tally(view)
@@ -70,6 +70,32 @@ def settle_merge(spec: TaskSpec, states: Mapping[str, State]) -> tuple[State, st
             return State(type=StateType.SUCCESS, message=f"took branch {key}"), key
         return State(type=StateType.TRIGGER_FAILED, message=f"branch {key} ended {state.type.value}"), None
     return State(type=StateType.SKIPPED, message="every branch was skipped"), None
+
+
+def reference_failure(states: Mapping[str, State], keys: tuple[str, ...]) -> State | None:
+    """FAILED naming the first failed reference task, or None if none failed: a flow's rule."""
+    failed = [k for k in keys if states[k].is_failed()]
+    if not failed:
+        return None
+    first = states[failed[0]]
+    detail = f"{failed[0]}: {first.type.value}" + (f" ({first.message})" if first.message else "")
+    return State(type=StateType.FAILED, message=f"{len(failed)} reference task(s) failed; {detail}")
+
+
+def settle_subflow(spec: TaskSpec, states: Mapping[str, State]) -> State | None:
+    """A finished subflow's state as a flow's is decided, or None: it succeeds once its value is built."""
+    if any(states[k].type is StateType.CANCELLED for k in spec.members):
+        return State(type=StateType.CANCELLED, message="run cancelled")
+    failed = reference_failure(states, spec.reference)
+    if failed is not None:
+        return failed
+    lost = [k for k in spec.value_keys if states[k].is_failed()]
+    if lost:
+        return State(
+            type=StateType.FAILED,
+            message=f"its return value needs task {lost[0]}, which ended {states[lost[0]].type.value}",
+        )
+    return None
 
 
 def retry_delay(options: TaskOptions, retry_number: int, rng: Callable[[], float] = random.random) -> float:

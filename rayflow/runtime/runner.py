@@ -33,8 +33,8 @@ CANCEL_GRACE_SECONDS = 10.0
 
 
 class RayRunner:
-    def run_flow(self, flow: Any, params: dict[str, Any]) -> FlowRun:
-        plan = compile_plan(flow.graph, params, flow)
+    def run_flow(self, flow: Any, graph: Any) -> FlowRun:
+        plan = compile_plan(graph, flow)
         connect(flow.options.address)
         actor = driver_actor()
         run_id = flow.options.run_id or new_run_id()
