@@ -1,8 +1,9 @@
-"""compile_plan(graph, params) -> Plan: what the orchestrator executes.
+"""compile_plan(graph) -> Plan: what the orchestrator executes.
 
-Compiling substitutes the validated parameter values into every node's
-arguments and pickles each task's function and arguments once, into the
-payload that travels to the worker.  A task that cannot be pickled is thus a
+The graph was traced with the run's parameter values, so its arguments are
+already concrete.  Compiling checks its shape, turns maps' constant inputs
+into Arrow columns and pickles each task's function and arguments once, into
+the payload that travels to the worker.  A task that cannot be pickled is thus a
 SerializationError naming it, before anything is submitted.  Compiling makes
 no executor (and no Ray) calls.
 """
@@ -20,7 +21,7 @@ import cloudpickle
 from rayflow.core.graph import Graph
 from rayflow.core.options import TaskOptions
 from rayflow.core.mapping import check_lengths
-from rayflow.core.refs import MapInput, NodeRef, ParamRef, find_refs, substitute
+from rayflow.core.refs import MapInput, NodeRef, find_refs, substitute
 from rayflow.core.task import Task
 from rayflow.engine.columns import to_column
 from rayflow.exceptions import GraphError, MappingError, SerializationError
@@ -48,14 +49,16 @@ class TaskSpec:
     wait_for: tuple[str, ...]
     options: TaskOptions
     conditions: tuple[str, ...] = ()  # case checks this task is under
-    kind: str = "task"  # "task", "map", or "merge": settled by the orchestrator, never run
-    task: Task | None = None  # only when it has state handlers, which receive it
+    kind: str = "task"  # "task", "map", "merge" (settled, never run) or "subflow"
+    task: Any = None  # only when it has state handlers, which receive it (a subflow's: its Flow)
     value_keys: tuple[str, ...] = ()  # upstream values the payload's arguments refer to
     sources: tuple[CompiledSource, ...] = ()  # a map's mapped arguments
     objects: tuple[Any, ...] = ()  # large inputs shipped once (a map's constant sources)
     streaming: tuple[str, ...] = ()  # upstream maps consumed chunk by chunk: no barrier
     report_length: str | None = None  # "len" / "flat": a map consumes this task's result
     count_flat: bool = False  # a flatten consumes this map's results
+    reference: tuple[str, ...] = ()  # a subflow: the member keys whose states decide its state
+    members: tuple[str, ...] = ()  # a subflow: every key inside it
 
     @property
     def dependencies(self) -> tuple[str, ...]:
@@ -90,28 +93,21 @@ class Plan:
         return Plan(self.flow_name, specs, self.result, self.params, self.reference_keys, self.flow, self.streams)
 
 
-def compile_plan(graph: Graph, params: Mapping[str, Any], flow: Any = None) -> Plan:
-    """Validate the graph's shape, bind parameter values and serialise each task."""
-    missing = [p for p in graph.parameters if p not in params]
-    if missing:
-        raise GraphError(f"flow '{graph.flow_name}': no value for parameter(s) {missing}")
+def compile_plan(graph: Graph, flow: Any = None) -> Plan:
+    """Validate the graph's shape and serialise each task; ``flow`` when it has state handlers."""
+    params = graph.params
     order = _topological_order(graph)
-
-    def bind(ref: Any) -> Any:
-        return params[ref.name] if isinstance(ref, ParamRef) else ref
-
     consumers = _map_consumption(graph)
     streams: dict[int, Any] = {}
     specs = []
     for key in order:
         node = graph.by_key[key]
         _check_options_pickle(node.key, node.task)
-        args = substitute(node.args, bind)
-        kwargs = substitute(dict(node.kwargs), bind)
+        args, kwargs = node.args, dict(node.kwargs)
         sources: tuple[CompiledSource, ...] = ()
         objects: tuple[Any, ...] = ()
         if node.kind == "map":
-            args, kwargs, sources, objects = _compile_sources(node, params, args, kwargs, streams)
+            args, kwargs, sources, objects = _compile_sources(node, args, kwargs, streams)
         value_keys = tuple(dict.fromkeys(r.key for r in find_refs((args, kwargs)) if isinstance(r, NodeRef)))
         options = node.task.options
         rest: tuple[Any, ...] = (args, kwargs, value_keys, options.retry_on)
@@ -128,19 +124,21 @@ def compile_plan(graph: Graph, params: Mapping[str, Any], flow: Any = None) -> P
                 options=options,
                 conditions=node.conditions,
                 kind=node.kind,
-                task=node.task if options.handlers else None,
+                task=(node.subflow.flow if node.subflow else node.task) if options.handlers else None,
                 value_keys=value_keys,
                 sources=sources,
                 objects=objects,
                 streaming=tuple(dict.fromkeys(s.key for s in node.sources if s.streaming)),
                 report_length="flat" if key in consumers["flatten_node"] else "len" if key in consumers["node"] else None,
                 count_flat=key in consumers["flatten_map"],
+                reference=node.subflow.reference if node.subflow else (),
+                members=node.subflow.members if node.subflow else (),
             )
         )
     return Plan(
         flow_name=graph.flow_name,
         specs=tuple(specs),
-        result=substitute(graph.result, bind),
+        result=graph.result,
         params=MappingProxyType(dict(params)),
         reference_keys=graph.reference_keys(),
         flow=flow if flow is not None and flow.options.handlers else None,
@@ -168,21 +166,15 @@ def _worker_options(options: TaskOptions, *, count_flat: bool) -> dict[str, Any]
 
 
 def _compile_sources(
-    node: Any, params: Mapping[str, Any], args: Any, kwargs: Any, streams: dict[int, Any]
+    node: Any, args: Any, kwargs: Any, streams: dict[int, Any]
 ) -> tuple[Any, Any, tuple[CompiledSource, ...], tuple[Any, ...]]:
-    """Parameters become constants (a str parameter is passed whole); constants become Columns."""
+    """Constant inputs become Columns; generators become streams the driver feeds."""
     compiled: list[CompiledSource] = []
     objects: list[Any] = []
     renumber: dict[int, Any] = {}
     lengths: dict[str, int | None] = {}
     for i, source in enumerate(node.sources):
         kind, value = source.kind, source.value
-        if kind == "param":
-            value = params[source.key]
-            if isinstance(value, (str, bytes)):
-                renumber[i] = value
-                continue
-            kind = "stream" if isinstance(value, Iterator) else "const"
         if kind == "const":
             try:
                 column = to_column(value)
