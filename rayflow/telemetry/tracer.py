@@ -2,8 +2,10 @@
 
     flow <name>                     the run, from RUNNING to its final state
     ├── task <key>                  one span per attempt, worker-measured start/end
-    └── task <key>                  a mapped task: launch to final state
-        └── chunk <key>[a:b]        one span per chunk (never per item), item range and counts
+    ├── task <key>                  a mapped task: launch to final state
+    │   └── chunk <key>[a:b]        one span per chunk (never per item), item range and counts
+    └── flow <inner>                a subflow: its first task's start to its final state
+        └── task <inner>/<key>      its tasks (and nested subflows) under it
 
 A span id is chosen for each unit of work before it is submitted and sent
 along as a W3C traceparent, so spans the user opens inside a task nest
@@ -55,6 +57,8 @@ class RunTracer:
         self._flow_name = plan.flow_name
         self._params = param_attributes(plan.params)
         self._maps = {s.key for s in plan.specs if s.kind == "map"}
+        self._subflows = {s.key: s.name for s in plan.specs if s.kind == "subflow"}
+        self._groups: dict[str, Any] = {}  # subflow key -> its open span
         self._flow: Any = None
         self._flow_ctx: Any = None
         self._trace_id = 0
@@ -110,15 +114,44 @@ class RunTracer:
 
     # -- listener and work decoration --------------------------------------------
 
+    def _parent(self, key: str, at: float | None) -> Any:
+        """The context a task's span nests in: its subflow's span, else the flow's."""
+        group = key.rpartition("/")[0]
+        if not group:
+            return self._flow_ctx
+        return trace.set_span_in_context(self._group_span(group, at))
+
+    def _group_span(self, key: str, at: float | None) -> Any:
+        span = self._groups.get(key)
+        if span is None:
+            attrs = {**self._base(key), f"{PREFIX}subflow": self._subflows.get(key, key)}
+            name = f"flow {self._subflows.get(key, key.rsplit('/', 1)[-1])}"
+            span = self._groups[key] = self._start(name, self._parent(key, at), at, None, attrs)
+        return span
+
+    def _on_subflow(self, key: str, new: State) -> None:
+        if not new.is_finished():
+            return  # building its value is not a task of the user's
+        self._attempts.pop(key, None)
+        span = self._group_span(key, new.started_at or new.timestamp)
+        self._finish(span, new)
+        span.end(end_time=_ns(new.finished_at or new.timestamp))
+        del self._groups[key]
+
     def on_transition(self, *, run_id: str, task_key: str | None, old: State, new: State) -> None:
         if task_key is None:
             self._on_flow(new)
+            return
+        if "/" in task_key:
+            self._parent(task_key, new.timestamp)  # a subflow's span opens with its first event
+        if task_key in self._subflows:
+            self._on_subflow(task_key, new)
         elif task_key in self._maps:
             self._on_map(task_key, new)
         elif old.type is StateType.RUNNING and new.type is not StateType.RUNNING:
             self._attempt_span(task_key, new)
         elif new.is_finished():  # settled without running: skipped, trigger failed, cancelled
-            span = self._start(f"task {task_key}", self._flow_ctx, new.timestamp, None, self._base(task_key))
+            span = self._start(f"task {task_key}", self._parent(task_key, new.timestamp), new.timestamp, None, self._base(task_key))
             span.add_event(new.type.value.lower(), {f"{PREFIX}reason": new.message}, timestamp=_ns(new.timestamp))
             self._finish(span, new)
             span.end(end_time=_ns(new.timestamp))
@@ -126,7 +159,7 @@ class RunTracer:
     def _attempt_span(self, key: str, new: State) -> None:
         attempt, span_id, submitted = self._attempts.pop(key, (new.attempt, None, new.timestamp))
         attrs = {**self._base(key), f"{PREFIX}attempt": attempt}
-        span = self._start(f"task {key}", self._flow_ctx, new.started_at or submitted, span_id, attrs)
+        span = self._start(f"task {key}", self._parent(key, submitted), new.started_at or submitted, span_id, attrs)
         end = new.finished_at or time.time()
         reason = {f"{PREFIX}reason": new.message[:500]}
         if "timed out" in new.message:
@@ -144,11 +177,11 @@ class RunTracer:
     def _on_map(self, key: str, new: State) -> None:
         if new.type is StateType.RUNNING and key not in self._map_spans:
             span_id = self._map_ids.setdefault(key, new_span_id())
-            self._map_spans[key] = self._start(f"task {key}", self._flow_ctx, new.timestamp, span_id, {**self._base(key), f"{PREFIX}mapped": True})
+            self._map_spans[key] = self._start(f"task {key}", self._parent(key, new.timestamp), new.timestamp, span_id, {**self._base(key), f"{PREFIX}mapped": True})
         elif new.is_finished():
             span = self._map_spans.pop(key, None)
             if span is None:  # settled without running
-                span = self._start(f"task {key}", self._flow_ctx, new.timestamp, None, {**self._base(key), f"{PREFIX}mapped": True})
+                span = self._start(f"task {key}", self._parent(key, new.timestamp), new.timestamp, None, {**self._base(key), f"{PREFIX}mapped": True})
             self._finish(span, new)
             span.end(end_time=_ns(new.finished_at or new.timestamp))
 
@@ -176,7 +209,7 @@ class RunTracer:
         if job.indices is not None:
             attrs[f"{PREFIX}retried_items"] = len(job.indices)
         start = summary.started_at if summary is not None else None
-        ctx = trace.set_span_in_context(parent) if parent is not None else self._flow_ctx
+        ctx = trace.set_span_in_context(parent) if parent is not None else self._parent(task_key, start)
         span = self._start(f"chunk {task_key}[{job.start}:{stop}]", ctx, start, span_id, attrs)
         end = summary.finished_at if summary is not None else time.time()
         if summary is None:
