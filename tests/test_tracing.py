@@ -149,6 +149,52 @@ def test_one_trace_per_run_and_events_for_skips_and_timeouts(http_sink):
         assert [name for name, _ in skipped["events"]] == ["skipped"]
 
 
+@rf.flow
+def traced_inner(x: int) -> int:
+    return square(square(x))
+
+
+@rf.flow
+def traced_middle(x: int) -> list[int]:
+    return [traced_inner(x=x), square.map([x, x + 1])]
+
+
+@rf.flow
+def traced_outer(n: int = 2):
+    r"""
+    flow traced_outer
+    └── flow traced_middle            (key traced_middle)
+        ├── flow traced_inner         (key traced_middle/traced_inner)
+        │   ├── task traced_middle/traced_inner/square
+        │   └── task traced_middle/traced_inner/square-2
+        └── task traced_middle/square  (a map, with its chunk)
+    """
+    return square(traced_middle(x=n), wait_for=[])
+
+
+def test_a_subflow_is_a_flow_span_grouping_its_tasks(http_sink):
+    run = traced_outer.run(n=2)
+    assert run.state.type is T.FAILED  # square() of a list: the last task fails on purpose
+    spans = [s for s in http_sink.wait_for(complete(run.trace_id, 8)) if s["trace_id"] == run.trace_id]
+    (root,) = by_name(spans, "flow traced_outer")
+    (middle,) = by_name(spans, "flow traced_middle")
+    (inner,) = by_name(spans, "flow traced_inner")
+    assert middle["parent_id"] == root["span_id"] and inner["parent_id"] == middle["span_id"]
+    assert middle["attributes"]["rayflow.task_key"] == "traced_middle"
+    assert inner["attributes"]["rayflow.task_key"] == "traced_middle/traced_inner"
+    assert inner["attributes"]["rayflow.state"] == middle["attributes"]["rayflow.state"] == "SUCCESS"
+    inner_tasks = by_name(spans, "task traced_middle/traced_inner/square") + by_name(
+        spans, "task traced_middle/traced_inner/square-2"
+    )
+    assert len(inner_tasks) == 2 and {t["parent_id"] for t in inner_tasks} == {inner["span_id"]}
+    (mapped,) = by_name(spans, "task traced_middle/square")
+    assert mapped["parent_id"] == middle["span_id"]
+    assert inner["start"] <= min(t["start"] for t in inner_tasks) and inner["end"] >= max(t["end"] for t in inner_tasks)
+    (last,) = by_name(spans, "task square")
+    assert last["parent_id"] == root["span_id"] and last["attributes"]["rayflow.state"] == "FAILED"
+    assert not by_name(spans, "task traced_middle") and not by_name(spans, "task traced_middle/traced_inner")
+
+
 def test_the_same_over_grpc(monkeypatch, tmp_path):
     sink = GrpcSink()
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint)
