@@ -9,6 +9,9 @@ Prints a table, then one JSON object on the last line.
   compared with one hand-written ``ray.get(f.remote())``.
 - per-task overhead: a flow of N trivial independent tasks whose result is
   the list of their values, against ``ray.get([f.remote(i) for i in ...])``.
+- tracing: building the N-node graph from the flow body with a parameter
+  value (min of repeats), uncached (a new value each run) and cached (the
+  same value again), next to compiling it into a plan.
 """
 
 from __future__ import annotations
@@ -65,11 +68,16 @@ def main() -> None:
     assert many() == list(range(n))  # also traces the graph once (cached afterwards)
     flow_many = timed(lambda: many(), args.repeat)
     hand_many = timed(lambda: ray.get([remote_noop.remote(i) for i in range(n)]), args.repeat)
-    start = time.perf_counter()
     from rayflow.engine.plan import compile_plan
 
-    compile_plan(many.graph)
-    compile_s = time.perf_counter() - start
+    @rf.flow
+    def sized(n: int):
+        return [task(i) for i in range(n)]
+
+    trace_cold = timed(lambda: sized._trace({"n": n}), max(args.repeat, 5))
+    sized.graph_for(n=n)
+    trace_cached = timed(lambda: sized.graph_for(n=n), max(args.repeat, 5))
+    compile_s = min(timed(lambda: compile_plan(many.graph), max(args.repeat, 3)))
 
     results = {
         "num_cpus": args.num_cpus,
@@ -80,6 +88,8 @@ def main() -> None:
         "flow_many_s": round(statistics.median(flow_many), 4),
         "hand_written_many_s": round(statistics.median(hand_many), 4),
         "compile_many_s": round(compile_s, 4),
+        "trace_many_s": round(min(trace_cold), 5),
+        "trace_many_cached_s": round(min(trace_cached), 6),
     }
     results["per_task_overhead_ms"] = round(
         (results["flow_many_s"] - results["hand_written_many_s"]) / n * 1000, 4
@@ -96,6 +106,10 @@ def main() -> None:
         ratio = f"{ours / theirs:.2f}" if theirs else "-"
         print(f"{label:<40} {ours:>10.4f} {(theirs or 0):>10.4f} {ratio:>7}")
     print(f"compile of the {n}-task plan: {compile_s:.4f}s; overhead per task: {results['per_task_overhead_ms']} ms")
+    print(
+        f"tracing the {n}-node flow body: {results['trace_many_s'] * 1000:.2f} ms uncached, "
+        f"{results['trace_many_cached_s'] * 1e6:.1f} us from the graph cache"
+    )
     print(json.dumps(results))
     ray.shutdown()
 

@@ -232,11 +232,15 @@ class GraphBuilder:
         sources: tuple[Any, ...] = (),
         subflow: Subflow | None = None,
     ) -> NodeRef:
-        source_refs = [NodeRef(s.key, s.owner) for s in sources if s.kind in _NODE_SOURCES]
-        refs = [r for r in dict.fromkeys(source_refs + find_refs((args, kwargs))) if isinstance(r, NodeRef)]
-        self._check_refs(refs, f"task '{key}'")
-        waits = _wait_for_keys(wait_for, key)
-        self._check_refs([NodeRef(k, o) for k, o in waits], f"wait_for of task '{key}'")
+        found = find_refs((args, kwargs)) if args or kwargs else []
+        if sources:
+            found = [NodeRef(s.key, s.owner) for s in sources if s.kind in _NODE_SOURCES] + found
+        refs = [r for r in dict.fromkeys(found) if isinstance(r, NodeRef)]
+        if any(r.owner != self.token for r in refs):
+            self._check_refs(refs, f"task '{key}'")
+        waits = _wait_for_keys(wait_for, key) if wait_for is not None else []
+        if waits:
+            self._check_refs([NodeRef(k, o) for k, o in waits], f"wait_for of task '{key}'")
         node = Node(
             key=key,
             task=task,

@@ -132,7 +132,12 @@ def find_refs(value: Any) -> list[Any]:
     return list(found)
 
 
+_ATOMS = frozenset({int, float, str, bool, bytes, type(None)})  # tracing cost: skip the common case fast
+
+
 def _walk(value: Any, found: dict[Any, None]) -> None:
+    if type(value) in _ATOMS:
+        return
     if isinstance(value, _REFS):
         found[value] = None
     elif isinstance(value, dict):
