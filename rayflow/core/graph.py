@@ -63,6 +63,10 @@ class Node:
         """The key of the subflow this node belongs to ("" at the top level)."""
         return self.key.rpartition("/")[0]
 
+    @property
+    def name(self) -> str:
+        return self.task.name
+
 
 @dataclass(frozen=True)
 class Graph:
@@ -94,10 +98,32 @@ class Graph:
         """The tasks whose states decide the flow's state."""
         return self.reference if self.reference is not None else self.terminal_keys()
 
+    def shape(self) -> dict[str, Any]:
+        """The graph as plain data: what `rayflow graph` draws and the run history keeps."""
+        return shape_of(self.flow_name, self.nodes)
+
     @property
     def reusable(self) -> bool:
         """False when a node consumes a generator: a second run would find it exhausted."""
         return not any(s.kind == "stream" for n in self.nodes for s in n.sources)
+
+
+def shape_of(flow_name: str, nodes: Any) -> dict[str, Any]:
+    """Nodes (graph nodes or plan specs) as JSON-safe data; a subflow's group is its key's prefix."""
+    return {
+        "flow": flow_name,
+        "nodes": [
+            {
+                "key": n.key,
+                "name": n.name,
+                "kind": n.kind,
+                "upstream": list(n.upstream),
+                "wait_for": list(n.wait_for),
+                "conditions": list(n.conditions),
+            }
+            for n in nodes
+        ],
+    }
 
 
 _BUILDER: contextvars.ContextVar[GraphBuilder | None] = contextvars.ContextVar(
