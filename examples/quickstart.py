@@ -4,12 +4,16 @@ Run it with either of:
 
     python examples/quickstart.py
     rayflow run examples/quickstart.py:etl --param days=5 --param region=eu
+    rayflow run examples/quickstart.py:regions --param 'regions=["eu","us","apac"]'
 
             extract(days, region)
            /          |          \\
       revenue     top_items    validate
            \\          |          /
                    report
+
+``regions`` loops over its ``regions`` parameter and calls ``etl`` once per
+region as a subflow (task keys ``etl/extract``, ``etl-2/extract``, ...).
 """
 
 from __future__ import annotations
@@ -65,9 +69,23 @@ def etl(days: int = 3, region: str = "eu") -> dict:
     return report(region, revenue(orders), top_items(orders, k=2), validate(orders))
 
 
+@rf.task
+def best_region(reports: list[dict]) -> str:
+    return max(reports, key=lambda r: r["revenue"])["region"]
+
+
+@rf.flow
+def regions(regions: list[str] = ["eu", "us"], days: int = 3) -> dict:  # noqa: B006
+    reports = [etl(days=days, region=region) for region in regions]  # a loop over a parameter: one subflow each
+    return {"best": best_region(reports), "reports": reports}
+
+
 if __name__ == "__main__":
     run = etl.run(days=3, region="eu")
     for key, state in run.task_states.items():
         print(f"{key:<10} {state.type.value:<8} {state.duration:.3f}s")
     print("run id:", run.run_id)
     print("result:", run.result())
+    both = regions.run(regions=["eu", "us"])
+    print("subflows:", [key for key in both.task_states if "/" not in key])
+    print("best region:", both.result()["best"])
