@@ -3,13 +3,17 @@
 The orchestrating actor writes it through a ``HistoryRecorder``, which
 buffers rows and writes them in batches from a thread of its own, so a run
 with a million-item map writes per-chunk rows, never per-item rows, and the
-flow never waits on the disk.  Anyone on the machine reads it with a
-``RunStore`` (``rayflow runs``, ``rayflow show``).
+flow never waits on the disk.  A store that fails (locked, full, broken)
+never fails or hangs a run: the rows are kept and retried, within bounds,
+and what could not be written by the run's end is logged as lost.  Anyone
+on the machine reads it with a ``RunStore`` (``rayflow runs``, ``rayflow
+show``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 import sqlite3
@@ -46,6 +50,10 @@ CREATE INDEX IF NOT EXISTS logs_by_run ON logs(run_id, task_key);
 """
 
 FLUSH_SECONDS = 0.5
+CLOSE_SECONDS = 3.0  # at a run's end, how long its last rows may wait for a failing store
+MAX_PENDING_ROWS = 100_000  # per kind of row, held for a retry while the store fails
+
+logger = logging.getLogger(__name__)
 
 
 def rayflow_home(environ: Mapping[str, str] | None = None) -> pathlib.Path:
@@ -151,7 +159,16 @@ class HistoryRecorder:
         self._chunks: list[tuple] = []
         self._logs: list[tuple] = []
         self._run: tuple | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the buffers, filled by the orchestrator's listeners
+        # Rows taken from the buffers but not written yet (a write failed): retried on the next
+        # flush, bounded by MAX_PENDING_ROWS per kind.  Only flush() touches them, under _write_lock.
+        self._pending_run: tuple | None = None
+        self._pending: tuple[list, list, list] = ([], [], [])  # transitions, chunks, logs
+        self._write_lock = threading.Lock()
+        self._problem: str | None = None  # the failure last logged, so each is logged once
+        self._dropped = 0  # rows given up because too many were held
+        self._deadline = 0.0  # set by close(): when the last retries stop
+        self._abandoned = False  # close() gave up waiting for a blocked write
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"history-{run_id}", daemon=True)
         self._thread.start()
@@ -198,16 +215,86 @@ class HistoryRecorder:
             self._run, self._transitions, self._chunks, self._logs = None, [], [], []
         return out
 
-    def flush(self) -> None:
-        runs, transitions, chunks, logs = self._take()
-        if runs or transitions or chunks or logs:
-            self.store.write(runs, transitions, chunks, logs)
+    def _hold(self, runs: list, transitions: list, chunks: list, logs: list) -> None:
+        """Add a batch to the rows not written yet; beyond MAX_PENDING_ROWS of a kind the oldest go."""
+        if runs:
+            self._pending_run = runs[-1]  # INSERT OR REPLACE: only the latest row of the run matters
+        dropped = 0
+        for rows, new in zip(self._pending, (transitions, chunks, logs)):
+            rows.extend(new)
+            excess = len(rows) - MAX_PENDING_ROWS
+            if excess > 0:
+                del rows[:excess]
+                dropped += excess
+        if dropped:
+            if not self._dropped:
+                logger.warning(
+                    "rayflow: the history of run %s still cannot be written; "
+                    "keeping only the newest %d rows of each kind", self.run_id, MAX_PENDING_ROWS,
+                )
+            self._dropped += dropped
+
+    def pending_rows(self) -> int:
+        """Rows recorded but not written yet (buffered, or held after a failed write)."""
+        with self._lock:
+            buffered = len(self._transitions) + len(self._chunks) + len(self._logs)
+            run = self._run is not None or self._pending_run is not None
+        return buffered + sum(len(rows) for rows in self._pending) + run
+
+    def flush(self) -> bool:
+        """Write what was recorded, with what earlier failed writes held; True if nothing is left.
+
+        A failed write never raises: its rows are kept for the next flush, and the failure is
+        logged once (again only when a different one follows, or after the store recovered).
+        """
+        with self._write_lock:
+            self._hold(*self._take())
+            run, (transitions, chunks, logs) = self._pending_run, self._pending
+            if run is None and not (transitions or chunks or logs):
+                return True
+            try:
+                self.store.write([run] if run is not None else [], transitions, chunks, logs)
+            except Exception as exc:  # noqa: BLE001 - any store failure: keep the rows, retry later
+                problem = f"{type(exc).__name__}: {exc}"
+                if problem != self._problem and not self._abandoned:
+                    logger.warning(
+                        "rayflow: cannot write the history of run %s (%s); keeping %d rows to retry",
+                        self.run_id, problem, self.pending_rows(),
+                    )
+                self._problem = problem
+                return False
+            self._pending_run, self._pending = None, ([], [], [])
+            if self._problem is not None:
+                logger.info("rayflow: the history of run %s is written again", self.run_id)
+                self._problem = None
+            return True
 
     def _loop(self) -> None:
         while not self._stop.wait(FLUSH_SECONDS):
             self.flush()
+        # Closing: the last rows, retried until the deadline close() set.
+        while not self.flush() and not self._abandoned:
+            remaining = self._deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            time.sleep(min(FLUSH_SECONDS / 5, remaining))
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
+        """Write the last rows, waiting ``timeout`` seconds (CLOSE_SECONDS) at most; never raises.
+
+        The writer thread does the writing, so a write blocked in SQLite (a locked database
+        waits out its busy timeout) holds up only that thread: past the deadline the rows
+        still unwritten are given up, and how many is logged.
+        """
+        timeout = CLOSE_SECONDS if timeout is None else timeout
+        self._deadline = time.monotonic() + timeout
         self._stop.set()
-        self._thread.join(5)
-        self.flush()
+        self._thread.join(timeout + 1.0)  # the last attempt may start just before the deadline
+        if self._thread.is_alive():
+            self._abandoned = True  # blocked in a write: it stops retrying once that returns
+        lost = self._dropped + self.pending_rows()
+        if lost:
+            logger.warning(
+                "rayflow: %d rows of the history of run %s were not written: the store kept failing%s",
+                lost, self.run_id, f" ({self._problem})" if self._problem and self._abandoned else "",
+            )

@@ -1,0 +1,201 @@
+"""A run history that cannot be written never hangs or fails a run.
+
+The HistoryRecorder keeps the rows a failed write held and writes them on a
+later flush; at close it waits a bounded time, then gives up and says how
+many rows were lost.  One warning per problem, not one per flush.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+
+import pytest
+
+import rayflow as rf
+from rayflow.states import State, StateType
+from rayflow.store import HistoryRecorder, RunStore
+from rayflow.store import history as H
+
+
+class FlakyStore(RunStore):
+    """A RunStore whose first ``failures`` writes raise, as a locked or broken database does."""
+
+    def __init__(self, home, failures: int):
+        super().__init__(home)
+        self.failures = failures
+        self.calls = 0
+
+    def write(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise sqlite3.OperationalError("database is locked")
+        return super().write(*args, **kwargs)
+
+
+class BlockedStore(RunStore):
+    """Every write blocks until ``release`` is set, then fails: a database held locked for good."""
+
+    def __init__(self, home):
+        super().__init__(home)
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def write(self, *args, **kwargs):
+        self.entered.set()
+        self.release.wait(60)
+        raise sqlite3.OperationalError("database is locked")
+
+
+def _transition(recorder: HistoryRecorder, key: str | None, state: StateType) -> None:
+    recorder.on_transition(run_id=recorder.run_id, task_key=key, old=State(type=StateType.PENDING), new=State(type=state))
+
+
+@pytest.fixture
+def no_background_flush(monkeypatch):
+    """The writer thread stays idle: the test flushes by hand."""
+    monkeypatch.setattr(H, "FLUSH_SECONDS", 3600.0)
+
+
+def test_rows_of_a_failed_write_are_kept_and_written_once_the_store_recovers(tmp_path, no_background_flush, caplog):
+    store = FlakyStore(tmp_path, failures=3)
+    recorder = HistoryRecorder(store, "run-1", "flaky", {}, ["a", "b"])
+    caplog.set_level(logging.WARNING, logger="rayflow")
+    _transition(recorder, None, StateType.RUNNING)
+    _transition(recorder, "a", StateType.RUNNING)
+    assert recorder.flush() is False  # failed: kept, not raised
+    _transition(recorder, "a", StateType.SUCCESS)
+    assert recorder.flush() is False
+    _transition(recorder, "b", StateType.RUNNING)
+    assert recorder.flush() is False
+    assert store.run("run-1") is None  # nothing written yet
+    _transition(recorder, "b", StateType.FAILED)
+    _transition(recorder, None, StateType.FAILED)
+    assert recorder.flush() is True
+    recorder.close()
+
+    stored = store.run("run-1")
+    assert stored is not None and stored["state"] == "FAILED"
+    got = [(t["task_key"], t["seq"], t["state"]) for t in stored["transitions"]]
+    assert got == [("a", 1, "RUNNING"), ("a", 2, "SUCCESS"), ("b", 1, "RUNNING"), ("b", 2, "FAILED")]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]  # once per problem, not per flush
+    assert "database is locked" in warnings[0].getMessage() and "run-1" in warnings[0].getMessage()
+
+
+def test_the_writer_thread_survives_failed_writes(tmp_path, monkeypatch):
+    monkeypatch.setattr(H, "FLUSH_SECONDS", 0.02)
+    store = FlakyStore(tmp_path, failures=2)
+    recorder = HistoryRecorder(store, "run-2", "flaky", {}, ["a"])
+    _transition(recorder, "a", StateType.RUNNING)
+    deadline = time.monotonic() + 30
+    while store.calls < 3 and time.monotonic() < deadline:  # two failures, then a write that succeeds
+        time.sleep(0.01)
+    assert store.calls >= 3
+    _transition(recorder, "a", StateType.SUCCESS)
+    _transition(recorder, None, StateType.SUCCESS)
+    recorder.close()
+    stored = store.run("run-2")
+    assert [t["state"] for t in stored["transitions"]] == ["RUNNING", "SUCCESS"]
+
+
+def test_rows_held_while_the_store_fails_are_bounded(tmp_path, no_background_flush, monkeypatch, caplog):
+    monkeypatch.setattr(H, "MAX_PENDING_ROWS", 10)
+    store = FlakyStore(tmp_path, failures=5)
+    recorder = HistoryRecorder(store, "run-3", "flaky", {}, ["a"])
+    caplog.set_level(logging.WARNING, logger="rayflow")
+    for _ in range(5):
+        for _ in range(6):
+            _transition(recorder, "a", StateType.RUNNING)
+        assert recorder.flush() is False
+        assert recorder.pending_rows() <= 10
+    assert recorder.flush() is True
+    recorder.close()
+    with sqlite3.connect(store.path) as db:
+        seqs = [row[0] for row in db.execute("SELECT seq FROM transitions WHERE run_id = 'run-3' ORDER BY rowid")]
+    assert seqs == list(range(21, 31))  # the newest ones were kept
+    assert any("20 rows" in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+def test_close_is_bounded_and_does_not_raise_when_the_store_keeps_failing(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(H, "FLUSH_SECONDS", 0.02)
+    store = BlockedStore(tmp_path)
+    recorder = HistoryRecorder(store, "run-4", "stuck", {}, ["a"])
+    caplog.set_level(logging.WARNING, logger="rayflow")
+    _transition(recorder, "a", StateType.RUNNING)
+    assert store.entered.wait(30)  # the writer is now blocked inside a write
+    _transition(recorder, "a", StateType.SUCCESS)
+    _transition(recorder, None, StateType.SUCCESS)
+
+    closed = threading.Event()
+    errors: list[BaseException] = []
+
+    def close() -> None:
+        try:
+            recorder.close(timeout=0.2)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+        closed.set()
+
+    threading.Thread(target=close, daemon=True).start()
+    try:
+        # The write is still blocked (it never returns before release): close must not wait for it.
+        assert closed.wait(30), "close() waited for a write that never ends"
+        assert not errors, errors
+    finally:
+        store.release.set()
+    lost = [r.getMessage() for r in caplog.records if "not written" in r.getMessage()]
+    assert lost and "3 rows" in lost[0] and "run-4" in lost[0], [r.getMessage() for r in caplog.records]
+
+
+def test_close_gives_up_on_a_store_that_fails_fast(tmp_path, no_background_flush, caplog):
+    store = FlakyStore(tmp_path, failures=10**9)
+    recorder = HistoryRecorder(store, "run-5", "broken", {}, ["a"])
+    caplog.set_level(logging.WARNING, logger="rayflow")
+    _transition(recorder, "a", StateType.RUNNING)
+    _transition(recorder, None, StateType.RUNNING)
+    recorder.close(timeout=0.3)  # returns, does not raise
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("2 rows" in m and "not written" in m for m in messages), messages
+    assert sum("database is locked" in m for m in messages) == 1, messages
+
+
+# -- on Ray: a locked history database ------------------------------------------------
+
+
+@rf.task
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@rf.flow
+def adds(x: int = 1):
+    return add(x, 2)
+
+
+@pytest.mark.timeout(120)
+def test_a_run_whose_history_database_is_locked_returns_its_result(ray_session, tmp_path, monkeypatch):
+    """Another process holds the history database locked for the whole run: each write waits
+    out SQLite's busy timeout and fails.  The run still ends normally with its result, and once
+    the lock is gone the next run is recorded again."""
+    monkeypatch.setenv("RAYFLOW_HOME", str(tmp_path))
+    first = adds.run(x=1)  # the actor opens (and caches) the store for this home
+    assert first.result() == 3
+    path = RunStore(tmp_path).path
+    lock = sqlite3.connect(path, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        locked = adds.run(x=5)
+        assert locked.state.is_successful()
+        assert locked.result() == 7
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    after = adds.run(x=10)
+    assert after.result() == 12
+    deadline = time.monotonic() + 30
+    while RunStore(tmp_path).run(after.run_id) is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert RunStore(tmp_path).run(after.run_id)["state"] == "SUCCESS"
