@@ -1,8 +1,11 @@
 """The ``rayflow`` command line (typer).
 
-Exit codes: 0 the run succeeded; 1 the run failed or was cancelled; 2 bad
-usage (target, parameters, flow definition); 3 the Ray cluster could not be
-reached; 130 interrupted.
+Exit codes: 0 the run succeeded; 1 the run failed or was cancelled, or the
+run asked for is not known (``show``, ``logs``, ``cancel``: in neither the run
+history nor a live driver; ``show``: ended in its driver but missing from this
+RAYFLOW_HOME's run history, after printing what its driver knows); 2 bad usage
+(target, parameters, flow definition); 3 the Ray cluster could not be reached;
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ app = typer.Typer(
 )
 
 EXIT_FAILED, EXIT_USAGE, EXIT_CLUSTER, EXIT_INTERRUPTED = 1, 2, 3, 130
+UNFINISHED = ("PENDING", "RUNNING")
+HISTORY_GRACE = 2.0  # seconds `show` waits for a run that ended live to appear in the history
 
 
 def _fail(message: str, code: int) -> typer.Exit:
@@ -172,30 +177,46 @@ def show(
 ) -> None:
     """A run's tasks: states, attempts, durations, item counts of maps, errors, and its trace.
 
-    A live run is read from its driver's actor; a finished one from the run history.
+    A live run is read from its driver's actor; a finished one from the run history.  A
+    task's duration is its last attempt's run time as measured where it ran (a map's: its
+    span), the same number `rayflow run` prints.  A run that ended in its actor but is not
+    in this RAYFLOW_HOME's history is shown as the actor saw it, and the command exits 1.
     """
     store = RunStore()
+    settle_by: float | None = None
     while True:
         run = store.run(run_id)
-        live = None
-        if run is None or run["state"] in ("PENDING", "RUNNING"):
-            from rayflow.runtime import live_status
+        if run is not None and run["state"] not in UNFINISHED:
+            print_history_run(run, as_json)
+            return
+        from rayflow.runtime import live_status
 
-            live = live_status(run_id, address=address)
-        if live is None and run is None:
-            raise _fail(f"no run {run_id!r} in the run history at {store.path}, nor live", EXIT_FAILED)
-        if live is not None and live["state"] in ("PENDING", "RUNNING"):
+        live = live_status(run_id, address=address)
+        if live is None:
+            if run is None:
+                raise _fail(f"no run {run_id!r} in the run history at {store.path}, nor live", EXIT_FAILED)
+            print_history_run(run, as_json)  # no live driver has it any more: the history's last word
+            return
+        if live["state"] in UNFINISHED:
             print_live(live, as_json)
             if not watch:
                 return
             time.sleep(interval)
             continue
-        run = store.run(run_id) or run
-        if run is None:  # finished a moment ago; the history has it in an instant
+        # It ended in its actor, which writes the history before the run ends, so the history
+        # has it at once, unless it is written elsewhere (another RAYFLOW_HOME) or not at all.
+        if settle_by is None:
+            settle_by = time.monotonic() + HISTORY_GRACE
+        if time.monotonic() < settle_by:
             time.sleep(0.2)
             continue
-        print_history_run(run, as_json)
-        return
+        print_live(live, as_json, missing_from=str(store.path))
+        where = "is missing from" if run is None else f"is still {run['state']} in"
+        raise _fail(
+            f"run {run_id} ended {live['state']} in its driver but {where} the run history at {store.path} "
+            "(was it started with another RAYFLOW_HOME, or could its history not be written?)",
+            EXIT_FAILED,
+        )
 
 
 @app.command()

@@ -85,10 +85,15 @@ def print_run(run: dict, as_json: bool) -> None:
         print(f"trace: {link}")
 
 
-def print_live(status: dict, as_json: bool) -> None:
-    """A live run as its actor sees it now."""
+def print_live(status: dict, as_json: bool, *, missing_from: str | None = None) -> None:
+    """A live run as its actor sees it now.
+
+    ``missing_from``: the run history that should have had this (finished) run and does not;
+    the JSON then says so (``in_history: false``, ``history_db``).
+    """
     if as_json:
-        print(json.dumps({**status, "live": True}, indent=2))
+        extra = {} if missing_from is None else {"in_history": False, "history_db": missing_from}
+        print(json.dumps({**status, "live": True, **extra}, indent=2))
         return
     rows = []
     for key, task in status["tasks"].items():
