@@ -127,3 +127,83 @@ def test_show_waits_for_the_history_then_reports_it_missing(tmp_path, monkeypatc
     assert "t\tFAILED\t1\t0.250s" in captured.out and "state: FAILED (live)" in captured.out
     assert f"missing from the run history at {tmp_path / 'history.db'}" in captured.err
     assert 1 < len(calls) < 20  # it waited a little for the history, then stopped
+
+
+# -- 2. durations: one meaning in run, show and the live view ---------------
+
+
+@rf.task(num_cpus=1)
+def slow(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@rf.task(retries=1, num_cpus=1)
+def flaky(value: float, marker_dir: str) -> float:
+    time.sleep(0.1)
+    if _once(marker_dir, "flaky"):
+        raise ValueError("first attempt fails")
+    return value
+
+
+@rf.task(chunk_size=4)
+def double(x: int) -> int:
+    time.sleep(0.01)
+    return 2 * x
+
+
+@rf.flow
+def timed(marker_dir: str) -> list:
+    first = slow(0.5)
+    second = slow(0.3, wait_for=[first])
+    return [second, flaky(second, marker_dir), double.map(range(12))]
+
+
+def test_run_and_show_print_the_same_durations(tmp_path, ray_session):
+    home = tmp_path / "home"
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    ran = rayflow(home, "run", f"{THIS}:timed", "-p", f"marker_dir={markers}", "--address", ray_session,
+                  "--run-id", "durations-1")
+    assert ran.returncode == 0, ran.stderr
+    run_header, run_rows = table(ran.stdout)
+    shown = rayflow(home, "show", "durations-1")
+    assert shown.returncode == 0, shown.stderr
+    show_header, show_rows = table(shown.stdout)
+    assert "duration" in run_header and "duration" in show_header
+    assert set(run_rows) == {"slow", "slow-2", "flaky", "double"}
+    for key, row in run_rows.items():
+        assert re.fullmatch(r"\d+\.\d{3}s", row["duration"]), row
+        assert show_rows[key]["duration"] == row["duration"], key
+    # the attempt's run time in the worker: the sleep, not the queue or the first attempt
+    assert 0.5 <= float(run_rows["slow"]["duration"][:-1]) < 0.9
+    assert 0.3 <= float(run_rows["slow-2"]["duration"][:-1]) < 0.7
+    assert 0.1 <= float(run_rows["flaky"]["duration"][:-1]) < 0.5
+    assert show_rows["flaky"]["attempts"] == "2" and run_rows["flaky"]["attempt"] == "2"
+
+    data = json.loads(rayflow(home, "show", "durations-1", "--json").stdout)
+    by_key = {row["task"]: row for row in data["task_rows"]}
+    for key, row in run_rows.items():
+        assert f"{by_key[key]['duration']:.3f}s" == row["duration"], key
+
+
+def test_the_live_view_uses_the_same_duration(capsys):
+    from rayflow.cli.history import print_live
+    from rayflow.states import State, StateType
+
+    state = State(type=StateType.SUCCESS, started_at=100.0, finished_at=100.4567)
+    status = {
+        "run_id": "r", "flow": "f", "state": "RUNNING", "maps": {},
+        "tasks": {
+            "done": {"state": "SUCCESS", "attempt": 1, "started_at": state.started_at,
+                     "finished_at": state.finished_at, "message": ""},
+            "busy": {"state": "RUNNING", "attempt": 1, "started_at": None, "finished_at": None, "message": ""},
+        },
+    }
+    print_live(status, as_json=False)
+    _, rows = table(capsys.readouterr().out)
+    assert rows["done"]["duration"] == f"{state.duration:.3f}s" == "0.457s"
+    assert rows["busy"]["duration"] == "-"
+    print_live(status, as_json=True)
+    data = json.loads(capsys.readouterr().out)
+    assert data["tasks"]["done"]["duration"] == pytest.approx(state.duration)

@@ -6,7 +6,7 @@ import datetime
 import json
 import os
 
-from rayflow.cli.output import emit_table
+from rayflow.cli.output import emit_table, took as _took
 from rayflow.states import FAILED_TYPES
 
 FAILED = {t.value for t in FAILED_TYPES}
@@ -15,10 +15,6 @@ JAEGER_URL = "http://localhost:16686"
 
 def _when(ts: float | None) -> str:
     return "-" if ts is None else datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _took(start: float | None, end: float | None) -> str:
-    return "-" if start is None or end is None else f"{end - start:.3f}s"
 
 
 def print_runs(runs: list[dict], as_json: bool) -> None:
@@ -32,19 +28,25 @@ def print_runs(runs: list[dict], as_json: bool) -> None:
     emit_table(["run id", "flow", "state", "started", "duration", "trace id"], rows, title="recent runs")
 
 
+def _duration(started_at: float | None, finished_at: float | None) -> float | None:
+    return None if started_at is None or finished_at is None else finished_at - started_at
+
+
 def task_rows(run: dict) -> list[dict]:
-    """One entry per task: last state, attempts, duration, item counts for maps, last error."""
+    """One entry per task: last state, attempts, duration, item counts for maps, last error.
+
+    The duration is the last state's own ``started_at``..``finished_at``, what ``rayflow run``
+    prints from the final state: the last attempt's run time as measured where it ran (for a
+    map, the map's span); ``None`` for a task that never ran or is running now.
+    """
     by_task: dict[str, dict] = {key: {"task": key, "state": "PENDING", "attempts": 0} for key in run["tasks"]}
     for t in run["transitions"]:
         entry = by_task.setdefault(t["task_key"], {"task": t["task_key"], "attempts": 0})
         entry["state"] = t["state"]
         if t["state"] == "RUNNING":
             entry["attempts"] = max(entry["attempts"], t["attempt"] or 1)
-            entry.setdefault("started_at", t["at"])
-        if t["started_at"] is not None:
-            entry.setdefault("started_at", t["started_at"])
-        if t["finished_at"] is not None:
-            entry["finished_at"] = t["finished_at"]
+        entry["started_at"], entry["finished_at"] = t["started_at"], t["finished_at"]
+        entry["duration"] = _duration(t["started_at"], t["finished_at"])
         if (t["state"] in FAILED or t["state"] == "RETRYING") and t["message"]:
             entry["error"] = t["message"]
     for chunk in run["chunks"]:
@@ -92,8 +94,10 @@ def print_live(status: dict, as_json: bool, *, missing_from: str | None = None) 
     the JSON then says so (``in_history: false``, ``history_db``).
     """
     if as_json:
+        tasks = {key: {**task, "duration": _duration(task["started_at"], task["finished_at"])}
+                 for key, task in status["tasks"].items()}
         extra = {} if missing_from is None else {"in_history": False, "history_db": missing_from}
-        print(json.dumps({**status, "live": True, **extra}, indent=2))
+        print(json.dumps({**status, "tasks": tasks, "live": True, **extra}, indent=2))
         return
     rows = []
     for key, task in status["tasks"].items():

@@ -36,8 +36,19 @@ def emit_table(
     Console(file=stream).print(table)
 
 
+def took(started_at: float | None, finished_at: float | None) -> str:
+    """A span as the CLI prints it everywhere: seconds with three decimals, ``-`` when not known."""
+    return "-" if started_at is None or finished_at is None else f"{finished_at - started_at:.3f}s"
+
+
 def _duration(state: Any) -> str:
-    return "-" if state.duration is None else f"{state.duration:.3f}s"
+    """A task's duration: its final state's ``started_at``..``finished_at`` (``State.duration``).
+
+    For a task that ran, that is the last attempt's run time as measured where it ran (not its
+    time in the queue, nor earlier attempts); for a map, the map's own span.  ``rayflow show``
+    and the live view print the same from the same two timestamps.
+    """
+    return took(state.started_at, state.finished_at)
 
 
 def _result_text(flow_run: Any) -> str:
