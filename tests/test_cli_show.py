@@ -207,3 +207,105 @@ def test_the_live_view_uses_the_same_duration(capsys):
     print_live(status, as_json=True)
     data = json.loads(capsys.readouterr().out)
     assert data["tasks"]["done"]["duration"] == pytest.approx(state.duration)
+
+
+# -- 3. item counts: every item once, in its final state ---------------------
+
+
+ITEMS = 200
+
+
+def _always_fails(x: int) -> bool:
+    return x % 25 == 0  # 8 items
+
+
+def _fails_once(x: int) -> bool:
+    return x % 10 == 3  # 20 items
+
+
+def _retries_once(x: int) -> bool:
+    return x % 40 == 11  # 5 items
+
+
+def _skipped(x: int) -> bool:
+    return x % 50 == 7  # 4 items
+
+
+@rf.task(retries=1, chunk_size=16)
+def shaky(x: int, marker_dir: str) -> int:
+    if _skipped(x):
+        raise rf.Skip("not this one")
+    if _always_fails(x):
+        raise ValueError(f"item {x} always fails")
+    if _fails_once(x) and _once(marker_dir, f"fail-{x}"):
+        raise ValueError(f"item {x} fails once")
+    if _retries_once(x) and _once(marker_dir, f"retry-{x}"):
+        raise rf.Retry("again")
+    return x
+
+
+@rf.flow
+def retried(marker_dir: str, n: int = ITEMS) -> list:
+    return shaky.map(range(n), marker_dir=rf.unmapped(marker_dir))
+
+
+def test_show_counts_each_retried_item_once_in_its_final_state(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    monkeypatch.setenv("RAYFLOW_HOME", str(home))
+    run = retried.run(marker_dir=str(markers))
+    states = run.map_states("shaky")
+    assert len(states) == ITEMS
+    failed = sum(s.is_failed() for s in states)
+    skipped = sum(s.is_skipped() for s in states)
+    assert failed == 8 and skipped == 4
+    assert sum(s.attempt == 2 for s in states) == 8 + 20 + 5  # the retried items, each once
+
+    out = io.StringIO()
+    print_run(run, stream=out)  # what `rayflow run` prints
+    _, run_rows = table(out.getvalue())
+    assert run_rows["shaky"]["message"].startswith(f"{ITEMS} items: {ITEMS - failed} ok, {failed} failed ({skipped} skipped)")
+
+    shown = rayflow(home, "show", run.run_id)
+    assert shown.returncode == 0, shown.stderr
+    _, show_rows = table(shown.stdout)
+    assert show_rows["shaky"]["items"] == f"{ITEMS} done/{failed} failed/{skipped} skipped"
+
+    data = json.loads(rayflow(home, "show", run.run_id, "--json").stdout)
+    (row,) = [r for r in data["task_rows"] if r["task"] == "shaky"]
+    items = row["items"]
+    assert (items["total"], items["done"], items["failed"], items["skipped"]) == (ITEMS, ITEMS, failed, skipped)
+    assert items["ok"] == ITEMS - failed
+    expected: dict[str, int] = {}
+    for s in states:
+        expected[s.type.value] = expected.get(s.type.value, 0) + 1
+    assert items["states"] == expected
+
+
+def _row(start: int, stop: int, counts: dict[str, int], at: float) -> dict:
+    return {"task_key": "m", "start": start, "stop": stop, "items": sum(counts.values()) or stop - start,
+            "counts": counts, "started_at": at if counts else None, "finished_at": at + 1, "error": None}
+
+
+def test_item_states_take_rerun_items_out_of_the_state_they_were_retried_from():
+    from rayflow.cli.history import item_states, map_items
+
+    rows = [
+        # chunk [0, 10): 2 rf.Retry, 1 timed out, 3 failed (1 of them not retryable); then a retry of 5
+        _row(0, 10, {"SUCCESS": 4, "RETRYING": 2, "TIMED_OUT": 1, "FAILED": 3}, 1.0),
+        _row(0, 10, {"SUCCESS": 3, "FAILED": 2}, 3.0),
+        # and a second retry of the 2 that failed again
+        _row(0, 10, {"SUCCESS": 1, "TIMED_OUT": 1}, 5.0),
+        # chunk [10, 14): its first work was lost with its worker, the system retry ran it
+        _row(10, 14, {}, 1.0),
+        _row(10, 14, {"SUCCESS": 3, "SKIPPED": 1}, 2.0),
+        # chunk [14, 16): lost every time: its items failed
+        _row(14, 16, {}, 1.0),
+        _row(14, 16, {}, 2.0),
+    ]
+    assert item_states(rows) == {"SUCCESS": 11, "FAILED": 3, "TIMED_OUT": 1, "SKIPPED": 1}
+    items = map_items(rows)
+    assert (items["total"], items["done"], items["ok"], items["failed"], items["skipped"]) == (16, 16, 12, 4, 1)
+    # the order the store returns them in does not matter: the works' start times order them
+    assert item_states(rows[::-1]) == item_states(rows)
