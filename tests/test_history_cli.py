@@ -135,15 +135,18 @@ def test_show_links_the_trace_when_the_run_was_traced(tmp_path, monkeypatch):
 
 def test_rayflow_graph_mermaid_dot_and_states(history):
     home, run, _ = history
-    out = cli(home, "graph", "tests/test_history_cli.py:recorded")
+    missing = cli(home, "graph", "tests/test_history_cli.py:recorded")
+    assert missing.returncode == 2 and "needs a value for parameter(s) token" in missing.stderr
+    assert "Traceback" not in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
+    out = cli(home, "graph", "tests/test_history_cli.py:recorded", "--param", "token=x")
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[0] == "flowchart TD"
     assert 'n_square_or_skip[["square_or_skip [map]"]]' in out.stdout
-    dot = cli(home, "graph", "tests/test_history_cli.py:recorded", "--format", "dot", "--run", run.run_id)
+    dot = cli(home, "graph", "--format", "dot", "--run", run.run_id)  # the graph the run stored
     assert dot.stdout.startswith('digraph "recorded"')
     assert 'n_fails_twice [label="fails_twice: FAILED", fillcolor="#f28b82"]' in dot.stdout
     assert "peripheries=2" in dot.stdout  # the map
-    bad = cli(home, "graph", "tests/test_history_cli.py:recorded", "--format", "svg")
+    bad = cli(home, "graph", "tests/test_history_cli.py:recorded", "-p", "token=x", "--format", "svg")
     assert bad.returncode == 2 and "mermaid or dot" in bad.stderr
 
 
@@ -246,3 +249,56 @@ def test_show_reads_a_live_run_from_its_actor_and_watches_it_finish(tmp_path, mo
     finally:
         thread.join(60)
     assert holder["run"].state.is_successful()
+
+
+@rf.task
+def grow(x: int) -> int:
+    return x + 1
+
+
+@rf.flow
+def stage(x: int) -> int:
+    return grow(grow(x))
+
+
+@rf.flow
+def staged(regions: list[str], n: int = 1) -> list[int]:
+    r"""
+    grow_eu  grow_us ...      one per region
+    stage (subflow: stage/grow -> stage/grow-2)
+    """
+    parts = [grow.with_options(name=f"grow_{r}")(n) for r in regions]
+    return [stage(x=n), *parts]
+
+
+def test_graph_traces_with_params_and_draws_what_a_run_executed(tmp_path):
+    """The graph depends on the parameters; --run draws the stored graph, subflows as groups."""
+    two = cli(tmp_path, "graph", "tests/test_history_cli.py:staged", "--param", 'regions=["eu","us"]')
+    assert two.returncode == 0, two.stderr
+    assert "n_grow_eu" in two.stdout and "n_grow_us" in two.stdout
+    assert 'subgraph s_n_stage["stage (subflow)"]' in two.stdout
+    assert 'n_stage_grow["grow"]' in two.stdout and "n_stage_grow --> n_stage_grow_2" in two.stdout
+    assert "n_stage_grow_2 -.-> n_stage" not in two.stdout  # members -> their own result: implied
+    one = cli(tmp_path, "graph", "tests/test_history_cli.py:staged", "--params-json", '{"regions": ["eu"]}')
+    assert "n_grow_eu" in one.stdout and "n_grow_us" not in one.stdout
+    bad = cli(tmp_path, "graph", "tests/test_history_cli.py:staged", "--param", "regions=5")
+    assert bad.returncode == 2 and "regions" in bad.stderr and "Traceback" not in bad.stderr
+
+    old = os.environ.get("RAYFLOW_HOME")
+    os.environ["RAYFLOW_HOME"] = str(tmp_path)
+    try:
+        run = staged.run(regions=["apac"], n=2)
+    finally:
+        os.environ["RAYFLOW_HOME"] = old if old is not None else ""
+    assert run.result() == [4, 3]
+    stored = RunStore(tmp_path).run(run.run_id)["graph"]
+    assert [n["key"] for n in stored["nodes"]] == ["grow_apac", "stage/grow", "stage/grow-2", "stage"]
+    dot = cli(tmp_path, "graph", "--run", run.run_id, "--format", "dot")
+    assert dot.returncode == 0, dot.stderr
+    assert "subgraph cluster_n_stage {" in dot.stdout
+    assert 'n_grow_apac [label="grow_apac: SUCCESS", fillcolor="#9be39b"]' in dot.stdout
+    assert 'n_stage [label="stage [subflow result]: SUCCESS"' in dot.stdout
+    unknown = cli(tmp_path, "graph", "--run", "nope")
+    assert unknown.returncode == 1 and "no run 'nope'" in unknown.stderr
+    neither = cli(tmp_path, "graph")
+    assert neither.returncode == 2 and "TARGET" in neither.stderr

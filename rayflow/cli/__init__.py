@@ -251,25 +251,47 @@ def logs(
 
 @app.command()
 def graph(
-    target: Annotated[str, typer.Argument(help="path/to/file.py:flow_name or package.module:flow_name")],
+    target: Annotated[
+        Optional[str],  # noqa: UP007
+        typer.Argument(help="path/to/file.py:flow_name or package.module:flow_name (optional with --run)"),
+    ] = None,
+    param: Annotated[
+        Optional[list[str]],  # noqa: UP007
+        typer.Option("--param", "-p", help="A flow parameter, name=value (repeatable): the graph is traced with these values."),
+    ] = None,
+    params_json: Annotated[Optional[str], typer.Option("--params-json", help="Flow parameters as a JSON object.")] = None,  # noqa: UP007
     fmt: Annotated[str, typer.Option("--format", help="mermaid or dot.")] = "mermaid",
-    run_id: Annotated[Optional[str], typer.Option("--run", help="Colour the tasks by their states in this run.")] = None,  # noqa: UP007
+    run_id: Annotated[
+        Optional[str],  # noqa: UP007
+        typer.Option("--run", help="Draw the graph this run executed, coloured by its tasks' states."),
+    ] = None,
 ) -> None:
-    """The flow's graph (mapped tasks marked), coloured by state when a run is given."""
+    """A flow's graph for the given parameters (mapped tasks and subflows marked), or the graph a run executed."""
     if fmt not in ("mermaid", "dot"):
         raise _fail(f"--format must be mermaid or dot, not {fmt!r}", EXIT_USAGE)
-    try:
-        flow = load_flow(target)
-        flow_graph = flow.graph
-    except (TargetError, GraphError, DefinitionError) as exc:
-        raise _fail(str(exc), EXIT_USAGE) from None
+    if target is None and run_id is None:
+        raise _fail("give a TARGET (path/to/file.py:flow_name), or --run RUN_ID", EXIT_USAGE)
     states: dict[str, str] = {}
+    shape = None
     if run_id is not None:
         run = RunStore().run(run_id)
         if run is None:
             raise _fail(f"no run {run_id!r} in the run history", EXIT_FAILED)
         states = {row["task"]: row["state"] for row in task_rows(run)}
-    print(render_mermaid(flow_graph, states) if fmt == "mermaid" else render_dot(flow_graph, states))
+        shape = run.get("graph")
+        if shape is None and target is None:
+            raise _fail(
+                f"run {run_id} has no stored graph (recorded by an older rayflow); give TARGET and its --param values",
+                EXIT_FAILED,
+            )
+    if shape is None:
+        try:
+            flow = load_flow(target)
+            values = parse_params(param or [], params_json, parameter_annotations(flow.parameters_model))
+            shape = flow.graph_for(**values).shape()
+        except (TargetError, GraphError, DefinitionError, ParameterError) as exc:
+            raise _fail(str(exc), EXIT_USAGE) from None
+    print(render_mermaid(shape, states) if fmt == "mermaid" else render_dot(shape, states))
 
 
 @app.callback()

@@ -1,7 +1,15 @@
-"""``rayflow graph``: a flow's graph as Mermaid or Graphviz dot, coloured by state for a run."""
+"""``rayflow graph``: a flow's graph as Mermaid or Graphviz dot, coloured by state for a run.
+
+Both formats draw a *shape* (``core.graph.shape_of``: plain data, the same
+for a freshly traced flow and for the graph a run stored in the history).
+A subflow is a group (a Mermaid subgraph, a dot cluster) holding its tasks
+and its result node; the order-only edges from its tasks to its result node
+are left out, as they only say "the subflow waits for its tasks".
+"""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Any
 
 COLOURS = {
@@ -15,48 +23,85 @@ def _ident(key: str) -> str:
     return "n_" + "".join(c if c.isalnum() else "_" for c in key)
 
 
-def edges(graph: Any) -> list[tuple[str, str, str]]:
+def _group(key: str) -> str:
+    return key.rpartition("/")[0]
+
+
+def edges(shape: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(upstream, downstream, kind): kind is data, wait (order only) or case."""
     out = []
-    for node in graph.nodes:
-        for dep in node.upstream:
-            out.append((dep, node.key, "data"))
-        for dep in node.wait_for:
-            if dep not in node.upstream:
-                out.append((dep, node.key, "wait"))
-        for dep in node.conditions:
-            if dep not in node.upstream and dep not in node.wait_for:
-                out.append((dep, node.key, "case"))
+    for node in shape["nodes"]:
+        key = node["key"]
+        for dep in node["upstream"]:
+            out.append((dep, key, "data"))
+        for dep in node["wait_for"]:
+            if dep not in node["upstream"] and not (node["kind"] == "subflow" and dep.startswith(key + "/")):
+                out.append((dep, key, "wait"))
+        for dep in node["conditions"]:
+            if dep not in node["upstream"] and dep not in node["wait_for"]:
+                out.append((dep, key, "case"))
     return out
 
 
-def _label(node: Any, states: dict[str, str]) -> str:
-    label = node.key + (" [map]" if node.kind == "map" else "")
-    return f"{label}: {states[node.key]}" if node.key in states else label
+def _label(node: dict[str, Any], states: dict[str, str]) -> str:
+    key = node["key"]
+    suffix = {"map": " [map]", "subflow": " [subflow result]"}.get(node["kind"], "")
+    label = key.rsplit("/", 1)[-1] + suffix
+    return f"{label}: {states[key]}" if key in states else label
 
 
-def mermaid(graph: Any, states: dict[str, str]) -> str:
+def _layout(shape: dict[str, Any]) -> tuple[dict[str, list[dict]], list[str]]:
+    """Nodes by group ("" is the top level), and the subflow groups in nesting order."""
+    by_group: dict[str, list[dict]] = defaultdict(list)
+    for node in shape["nodes"]:
+        group = node["key"] if node["kind"] == "subflow" else _group(node["key"])
+        by_group[group].append(node)
+    groups = [n["key"] for n in shape["nodes"] if n["kind"] == "subflow"]
+    return by_group, groups
+
+
+def mermaid(shape: dict[str, Any], states: dict[str, str]) -> str:
+    by_group, groups = _layout(shape)
     lines = ["flowchart TD"]
-    for node in graph.nodes:
-        shape = ('[["', '"]]') if node.kind == "map" else ('["', '"]')
-        lines.append(f"    {_ident(node.key)}{shape[0]}{_label(node, states)}{shape[1]}")
+
+    def emit(group: str, indent: str) -> None:
+        for node in by_group.get(group, []):
+            shape_open, shape_close = ('[["', '"]]') if node["kind"] == "map" else (('(["', '"])') if node["kind"] == "subflow" else ('["', '"]'))
+            lines.append(f"{indent}{_ident(node['key'])}{shape_open}{_label(node, states)}{shape_close}")
+        for child in (g for g in groups if _group(g) == group):
+            title = f"{child} (subflow)" + (f": {states[child]}" if child in states else "")
+            lines.append(f'{indent}subgraph s_{_ident(child)}["{title}"]')
+            emit(child, indent + "    ")
+            lines.append(f"{indent}end")
+
+    emit("", "    ")
     arrows = {"data": "-->", "wait": "-.->", "case": "-.->|case|"}
-    for up, down, kind in edges(graph):
+    for up, down, kind in edges(shape):
         lines.append(f"    {_ident(up)} {arrows[kind]} {_ident(down)}")
-    for node in graph.nodes:
-        if node.key in states:
-            lines.append(f"    style {_ident(node.key)} fill:{COLOURS.get(states[node.key], '#ffffff')}")
+    for node in shape["nodes"]:
+        if node["key"] in states:
+            lines.append(f"    style {_ident(node['key'])} fill:{COLOURS.get(states[node['key']], '#ffffff')}")
     return "\n".join(lines)
 
 
-def dot(graph: Any, states: dict[str, str]) -> str:
-    lines = [f'digraph "{graph.flow_name}" {{', "    rankdir=TB;", "    node [shape=box, style=filled, fillcolor=white];"]
-    for node in graph.nodes:
-        extra = ", peripheries=2" if node.kind == "map" else ""
-        fill = f', fillcolor="{COLOURS.get(states[node.key], "#ffffff")}"' if node.key in states else ""
-        lines.append(f'    {_ident(node.key)} [label="{_label(node, states)}"{extra}{fill}];')
+def dot(shape: dict[str, Any], states: dict[str, str]) -> str:
+    by_group, groups = _layout(shape)
+    lines = [f'digraph "{shape["flow"]}" {{', "    rankdir=TB;", "    node [shape=box, style=filled, fillcolor=white];"]
+
+    def emit(group: str, indent: str) -> None:
+        for node in by_group.get(group, []):
+            extra = {"map": ", peripheries=2", "subflow": ", shape=oval"}.get(node["kind"], "")
+            fill = f', fillcolor="{COLOURS.get(states[node["key"]], "#ffffff")}"' if node["key"] in states else ""
+            lines.append(f'{indent}{_ident(node["key"])} [label="{_label(node, states)}"{extra}{fill}];')
+        for child in (g for g in groups if _group(g) == group):
+            lines.append(f"{indent}subgraph cluster_{_ident(child)} {{")
+            lines.append(f'{indent}    label="{child} (subflow)"; style=rounded;')
+            emit(child, indent + "    ")
+            lines.append(f"{indent}}}")
+
+    emit("", "    ")
     styles = {"data": "", "wait": " [style=dashed]", "case": ' [style=dotted, label="case"]'}
-    for up, down, kind in edges(graph):
+    for up, down, kind in edges(shape):
         lines.append(f"    {_ident(up)} -> {_ident(down)}{styles[kind]};")
     lines.append("}")
     return "\n".join(lines)

@@ -21,6 +21,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from rayflow.core.graph import shape_of
 from rayflow.engine.orchestrator import Orchestrator, RunSummary
 from rayflow.engine.plan import Plan
 from rayflow.exceptions import UnknownRunError
@@ -211,7 +212,8 @@ def _recorder(home: str | None, run_id: str, plan: Plan) -> HistoryRecorder | No
         except Exception as exc:  # noqa: BLE001
             logger.warning("rayflow: run history disabled, cannot open %s: %s", home, exc)
             return None
-    return HistoryRecorder(store, run_id, plan.flow_name, plan.params, [s.key for s in plan.specs])
+    keys = [s.key for s in plan.specs]
+    return HistoryRecorder(store, run_id, plan.flow_name, plan.params, keys, shape_of(plan.flow_name, plan.specs))
 
 
 _STORES: dict[str, RunStore] = {}

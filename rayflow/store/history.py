@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS logs (
     trace_id TEXT, span_id TEXT
 );
 CREATE INDEX IF NOT EXISTS logs_by_run ON logs(run_id, task_key);
+CREATE TABLE IF NOT EXISTS graphs (run_id TEXT PRIMARY KEY, graph TEXT NOT NULL);
 """
 
 FLUSH_SECONDS = 0.5
@@ -93,8 +94,12 @@ class RunStore:
 
     # -- writing -------------------------------------------------------------
 
-    def write(self, runs: list[tuple], transitions: list[tuple], chunks: list[tuple], logs: list[tuple] = ()) -> None:
+    def write(
+        self, runs: list[tuple], transitions: list[tuple], chunks: list[tuple], logs: list[tuple] = (), graphs: list[tuple] = ()
+    ) -> None:
         with self._connect() as db:
+            if graphs:
+                db.executemany("INSERT OR REPLACE INTO graphs VALUES (?,?)", graphs)
             if logs:
                 db.executemany("INSERT INTO logs VALUES (?,?,?,?,?,?,?,?)", logs)
             if runs:
@@ -122,6 +127,8 @@ class RunStore:
             if row is None:
                 return None
             run = self._run_row(row)
+            graph = db.execute("SELECT graph FROM graphs WHERE run_id = ?", [run_id]).fetchone()
+            run["graph"] = json.loads(graph["graph"]) if graph is not None else None
             run["transitions"] = [dict(r) for r in db.execute(
                 "SELECT * FROM transitions WHERE run_id = ? ORDER BY rowid", [run_id])]
             run["chunks"] = [dict(r) | {"counts": json.loads(r["counts"] or "{}")} for r in db.execute(
@@ -147,12 +154,21 @@ class RunStore:
 class HistoryRecorder:
     """Buffers a run's events and writes them in batches (a listener of the orchestrator)."""
 
-    def __init__(self, store: RunStore, run_id: str, flow_name: str, params: Mapping[str, Any], task_keys: list[str]):
+    def __init__(
+        self,
+        store: RunStore,
+        run_id: str,
+        flow_name: str,
+        params: Mapping[str, Any],
+        task_keys: list[str],
+        graph: Mapping[str, Any] | None = None,
+    ):
         self.store = store
         self.run_id = run_id
         self.flow_name = flow_name
         self.params = json.dumps(redact_params(params))
         self.task_keys = json.dumps(task_keys)
+        self._graph = json.dumps(graph) if graph is not None else None  # written with the first run row
         self.trace_id: str | None = None
         self._seq: dict[str, int] = {}
         self._transitions: list[tuple] = []
@@ -252,8 +268,9 @@ class HistoryRecorder:
             run, (transitions, chunks, logs) = self._pending_run, self._pending
             if run is None and not (transitions or chunks or logs):
                 return True
+            graphs = [(self.run_id, self._graph)] if run is not None and self._graph is not None else []
             try:
-                self.store.write([run] if run is not None else [], transitions, chunks, logs)
+                self.store.write([run] if run is not None else [], transitions, chunks, logs, graphs)
             except Exception as exc:  # noqa: BLE001 - any store failure: keep the rows, retry later
                 problem = f"{type(exc).__name__}: {exc}"
                 if problem != self._problem and not self._abandoned:
@@ -264,6 +281,8 @@ class HistoryRecorder:
                 self._problem = problem
                 return False
             self._pending_run, self._pending = None, ([], [], [])
+            if graphs:
+                self._graph = None
             if self._problem is not None:
                 logger.info("rayflow: the history of run %s is written again", self.run_id)
                 self._problem = None
