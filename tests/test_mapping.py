@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import time
 
 import numpy as np
 import pandas as pd
@@ -377,6 +378,29 @@ def test_a_failing_batch_fails_its_items(runner):
 
     run = on(batches, runner).run()
     assert [s.type for s in run.map_states("fragile")] == [T.SUCCESS] * 2 + [T.FAILED] * 2 + [T.SUCCESS] * 2
+
+
+def test_a_batch_retry_signal_waits_its_delay(runner, tmp_path):
+    """rf.Retry(delay=...) from a batch=True task delays every item of the batch, as for one item."""
+
+    @rf.task(batch=True, chunk_size=3)
+    def hesitant(xs: pa.Array, root: str) -> pa.Array:
+        signalled, rerun = pathlib.Path(root) / "signalled", pathlib.Path(root) / "rerun"
+        if not signalled.exists():
+            signalled.write_text(repr(time.time()))
+            raise rf.Retry("not ready", delay=1.0)
+        rerun.write_text(repr(time.time()))
+        return xs
+
+    @rf.flow
+    def hesitating():
+        return hesitant.map(range(3), rf.unmapped(str(tmp_path)))
+
+    run = on(hesitating, runner).run()
+    assert run.result() == [0, 1, 2]
+    assert [s.attempt for s in run.map_states("hesitant")] == [2, 2, 2]
+    waited = float((tmp_path / "rerun").read_text()) - float((tmp_path / "signalled").read_text())
+    assert waited >= 1.0 - 0.02, f"retried after {waited:.3f}s, not the 1s the signal asked for"
 
 
 def test_map_outside_a_flow_is_a_plain_loop():

@@ -19,13 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import cloudpickle
 import numpy as np
 
 from rayflow.core.refs import MapInput, NodeRef, substitute
 from rayflow.engine import columns as C
 from rayflow.engine.columns import ChunkResult, Column, concat_columns, encode_values, merge_results, to_column
 from rayflow.engine.logs import current_item_cell
+from rayflow.engine.payload import load_payload
 from rayflow.engine.task_run import describe_error, signal_message
 from rayflow.engine.work import ChunkJob, Piece
 from rayflow.signals import Fail, Retry, Signal, Skip
@@ -59,7 +59,7 @@ def _load(payload: bytes) -> Any:
     """A map's payload, unpickled once per worker process rather than once per chunk."""
     loaded = _PAYLOADS.get(payload)
     if loaded is None:
-        loaded = _PAYLOADS[payload] = cloudpickle.loads(payload)
+        loaded = _PAYLOADS[payload] = load_payload(payload)
         while len(_PAYLOADS) > 16:
             _PAYLOADS.popitem(last=False)
     return loaded
@@ -173,7 +173,9 @@ def run_chunk(payload: bytes, job: ChunkJob, work_id: int, values: list[Any]) ->
     runnable = _gate(sources, selected, codes, errors, options["skip_on_upstream_skip"])
     batch_column = None
     if batch:
-        batch_column = _run_batch(fn, args, kwargs, sources, selected, runnable, results, codes, errors, retryable, retry_on)
+        batch_column = _run_batch(
+            fn, args, kwargs, sources, selected, runnable, results, codes, errors, retryable, retry_delays, retry_on
+        )
     else:
         call, direct = _caller(fn, args, kwargs, len(sources))
         columns = [s[0] for s in sources]
@@ -309,7 +311,9 @@ def _signalled(sig: Signal, j: int, codes: Any, errors: dict, retry_delays: dict
         retryable[j] = isinstance(sig, Fail)
 
 
-def _run_batch(fn, args, kwargs, sources, selected, runnable, results, codes, errors, retryable, retry_on) -> Column | None:
+def _run_batch(
+    fn, args, kwargs, sources, selected, runnable, results, codes, errors, retryable, retry_delays, retry_on
+) -> Column | None:
     """batch=True: one call with whole columns; an exception fails every item it was given.
 
     Returns the function's output as the chunk's column when every item ran (zero-copy path).
@@ -334,7 +338,7 @@ def _run_batch(fn, args, kwargs, sources, selected, runnable, results, codes, er
             raise ValueError(f"batch task returned {len(out)} results for {len(take)} items")
     except Signal as sig:
         for j in runnable:
-            _signalled(sig, j, codes, errors, {}, retryable)
+            _signalled(sig, j, codes, errors, retry_delays, retryable)
         return None
     except Exception as exc:
         _items_failed(runnable, exc, codes, errors, retryable, retry_on)

@@ -24,6 +24,7 @@ from rayflow.core.mapping import check_lengths
 from rayflow.core.refs import MapInput, NodeRef, find_refs, substitute
 from rayflow.core.task import Task
 from rayflow.engine.columns import to_column
+from rayflow.engine.payload import dump_payload
 from rayflow.exceptions import GraphError, MappingError, SerializationError
 from rayflow.triggers import all_successful
 
@@ -237,7 +238,7 @@ def _check_options_pickle(key: str, task: Task) -> None:
 
 def _serialise(key: str, fn: Any, rest: tuple[Any, ...]) -> bytes:
     try:
-        return cloudpickle.dumps((fn, *rest))
+        return dump_payload((fn, *rest))
     except Exception as exc:
         error = exc
     try:  # only on failure: find out which part is to blame

@@ -6,10 +6,13 @@ the outcome into an ``AttemptResult`` (small, sent to the orchestrator) and
 the value (left where the executor keeps values: Ray's object store, or
 in-process memory).  The user's exception is kept as it was, with its
 traceback text; it travels pickled, and only its description when it cannot.
+The traceback text starts at the user's code: the engine's frames that called
+it say nothing about the user's error.
 """
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -18,6 +21,7 @@ from typing import Any
 import cloudpickle
 
 from rayflow.core.refs import NodeRef, substitute
+from rayflow.engine.payload import load_payload
 from rayflow.signals import Fail, Retry, Signal, Skip
 from rayflow.states import ErrorInfo, StateType
 
@@ -46,14 +50,41 @@ class AttemptResult:
             return None
 
 
+_RAYFLOW_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
 def describe_error(exc: BaseException, *, system: bool = False) -> ErrorInfo:
+    """A system error keeps every frame: there the engine's own frames are the story."""
     cls = type(exc)
     return ErrorInfo(
         type=f"{cls.__module__}.{cls.__qualname__}",
         message=str(exc),
-        traceback="".join(traceback.format_exception(exc)),
+        traceback="".join(traceback.format_exception(exc)) if system else format_user_traceback(exc),
         system=system,
     )
+
+
+def format_user_traceback(exc: BaseException) -> str:
+    """The traceback of ``exc`` and of the exceptions chained to it, each from the user's first frame."""
+    described = traceback.TracebackException.from_exception(exc)
+    pending, seen = [described], set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.stack = _drop_engine_frames(current.stack)
+        pending.extend(t for t in (current.__cause__, current.__context__) if t is not None)
+        pending.extend(getattr(current, "exceptions", None) or ())  # an ExceptionGroup's members
+    return "".join(described.format())
+
+
+def _drop_engine_frames(stack: traceback.StackSummary) -> traceback.StackSummary:
+    """Without rayflow's frames above the user's first one; kept whole when all are rayflow's (its own error)."""
+    for i, frame in enumerate(stack):
+        if not os.path.abspath(frame.filename).startswith(_RAYFLOW_DIR):
+            return traceback.StackSummary.from_list(stack[i:]) if i else stack
+    return stack
 
 
 def _pickled_exception(exc: BaseException) -> bytes | None:
@@ -70,7 +101,7 @@ def run_attempt(payload: bytes, task_key: str, attempt: int, *inputs: Any) -> tu
     started = time.time()
     retry_on: tuple[type[BaseException], ...] = (Exception,)  # until the payload says otherwise
     try:
-        fn, args, kwargs, upstream, retry_on = cloudpickle.loads(payload)
+        fn, args, kwargs, upstream, retry_on = load_payload(payload)
         values = dict(zip(upstream, inputs, strict=True))
 
         def resolve(ref: Any) -> Any:
