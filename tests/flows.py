@@ -118,3 +118,22 @@ def long_flow(pid_dir: str, seconds: float = 60.0) -> str:
     a = sleeper(pid_dir, "a", seconds)
     b = sleeper(pid_dir, "b", seconds)
     return sleeper(pid_dir, "after", 0.0, wait_for=[a, b])
+
+
+@rf.task
+def gate(pid_dir: str, label: str, timeout: float = 60.0) -> str:
+    """Records its pid, then waits until the test creates ``<label>.release`` (or ``timeout``)."""
+    with open(os.path.join(pid_dir, f"{label}.pid"), "w") as fh:
+        fh.write(str(os.getpid()))
+    deadline = time.time() + timeout
+    while not os.path.exists(os.path.join(pid_dir, f"{label}.release")) and time.time() < deadline:
+        time.sleep(0.05)
+    return label
+
+
+@rf.flow
+def gated_flow(pid_dir: str) -> str:
+    """
+    gate(a)  ->  sleeper(after)       runs until the test releases gate a
+    """
+    return sleeper(pid_dir, "after", 0.0, wait_for=[gate(pid_dir, "a")])

@@ -86,7 +86,7 @@ def test_failed_run_exits_1_with_states(ray_session):
         (["run", f"{QUICKSTART}:etl", "-p", "days=lots", "-p", "colour=red"], "days"),
         (["run", f"{QUICKSTART}:etl", "-p", "nonsense"], "name=value"),
         (["run", f"{QUICKSTART}:etl", "--params-json", "[1, 2]"], "JSON object"),
-        (["run", f"{QUICKSTART}:missing"], "flows defined there: ['etl']"),
+        (["run", f"{QUICKSTART}:missing"], "flows defined there: ['etl', 'regions']"),
         (["run", "no/such/file.py:etl"], "no such file"),
         (["run", "quickstart_without_colon"], "must look like"),
         (["run", f"{FLOWS}:add"], "not a flow"),

@@ -79,7 +79,7 @@ def test_the_run_is_recorded_with_transitions_and_chunks(history):
     assert stored["params"] == {"token": "***", "n": 2}
     states = [t["state"] for t in stored["transitions"] if t["task_key"] == "fails_twice"]
     assert states == ["RUNNING", "RETRYING", "RUNNING", "FAILED"]
-    failed = [t for t in stored["transitions"] if t["state"] == "FAILED"][0]
+    failed = [t for t in stored["transitions"] if t["task_key"] == "fails_twice" and t["state"] == "FAILED"][0]
     assert failed["error_type"] == "builtins.ValueError" and "raise ValueError" in failed["traceback"]
     chunks = [c for c in stored["chunks"] if c["task_key"] == "square_or_skip"]
     assert [(c["start"], c["stop"]) for c in chunks] == [(0, 3), (3, 6), (6, 8)]  # per chunk, never per item
@@ -223,15 +223,17 @@ def test_get_run_logger_outside_a_task_is_an_ordinary_logger():
 
 
 def test_show_reads_a_live_run_from_its_actor_and_watches_it_finish(tmp_path, monkeypatch, ray_session):
+    """The run waits on a gate the test opens only once the watcher has shown it live."""
     import threading
 
-    from flows import long_flow
+    from flows import gated_flow
 
     monkeypatch.setenv("RAYFLOW_HOME", str(tmp_path))
     holder = {}
-    flow = long_flow.with_options(run_id="live-show-1")
-    thread = threading.Thread(target=lambda: holder.setdefault("run", flow.run(pid_dir=str(tmp_path), seconds=4.0)))
+    flow = gated_flow.with_options(run_id="live-show-1")
+    thread = threading.Thread(target=lambda: holder.setdefault("run", flow.run(pid_dir=str(tmp_path))))
     thread.start()
+    watcher = None
     try:
         deadline = time.time() + 30
         while not (tmp_path / "a.pid").exists() and time.time() < deadline:
@@ -240,13 +242,27 @@ def test_show_reads_a_live_run_from_its_actor_and_watches_it_finish(tmp_path, mo
         assert live.returncode == 0, live.stderr
         data = json.loads(live.stdout)
         assert data["live"] is True and data["state"] == "RUNNING"
-        assert data["tasks"]["sleeper"]["state"] == "RUNNING" and data["tasks"]["sleeper-3"]["state"] == "PENDING"
-        watched = cli(tmp_path, "show", "live-show-1", "--address", ray_session, "--watch", "--interval", "0.5")
-        assert watched.returncode == 0, watched.stderr
-        assert "(live)" in watched.stdout  # refreshed from the actor while it ran...
-        final = watched.stdout.rindex("\nstate: SUCCESS")  # ...then the history
-        assert final > watched.stdout.rindex("(live)")
+        assert data["tasks"]["gate"]["state"] == "RUNNING" and data["tasks"]["sleeper"]["state"] == "PENDING"
+        watcher = subprocess.Popen(
+            [sys.executable, "-m", "rayflow", "show", "live-show-1", "--address", ray_session, "--watch", "--interval", "0.2"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+            env={**os.environ, "RAYFLOW_HOME": str(tmp_path), "PYTHONUNBUFFERED": "1"},
+        )
+        seen = []
+        for line in watcher.stdout:  # refreshed from the actor while it runs...
+            seen.append(line)
+            if "(live)" in line:
+                break
+        (tmp_path / "a.release").touch()
+        rest, err = watcher.communicate(timeout=60)
+        out = "".join(seen) + rest
+        assert watcher.returncode == 0, err
+        assert "(live)" in out
+        assert out.rindex("\nstate: SUCCESS") > out.rindex("(live)")  # ...then the history
     finally:
+        (tmp_path / "a.release").touch()
+        if watcher is not None and watcher.poll() is None:
+            watcher.kill()
         thread.join(60)
     assert holder["run"].state.is_successful()
 
@@ -298,6 +314,12 @@ def test_graph_traces_with_params_and_draws_what_a_run_executed(tmp_path):
     assert "subgraph cluster_n_stage {" in dot.stdout
     assert 'n_grow_apac [label="grow_apac: SUCCESS", fillcolor="#9be39b"]' in dot.stdout
     assert 'n_stage [label="stage [subflow result]: SUCCESS"' in dot.stdout
+    shown = cli(tmp_path, "show", run.run_id)
+    keys = [line.split("\t")[0] for line in shown.stdout.splitlines()[1:] if "\t" in line]
+    assert keys == ["grow_apac", "stage", "stage/grow", "stage/grow-2"]  # the subflow's row heads its group
+    rows = {r["task"]: r for r in json.loads(cli(tmp_path, "show", run.run_id, "--json").stdout)["task_rows"]}
+    assert rows["stage"]["subflow"] and not rows["grow_apac"]["subflow"]
+    assert rows["stage/grow"]["group"] == "stage" and rows["stage/grow"]["depth"] == 1
     unknown = cli(tmp_path, "graph", "--run", "nope")
     assert unknown.returncode == 1 and "no run 'nope'" in unknown.stderr
     neither = cli(tmp_path, "graph")

@@ -6,7 +6,7 @@ import datetime
 import json
 import os
 
-from rayflow.cli.output import emit_table, took as _took
+from rayflow.cli.output import emit_table, grouped, took as _took
 from rayflow.states import FAILED_TYPES
 
 FAILED = {t.value for t in FAILED_TYPES}
@@ -54,7 +54,18 @@ def task_rows(run: dict) -> list[dict]:
         chunks.setdefault(chunk["task_key"], []).append(chunk)
     for key, rows in chunks.items():
         by_task.setdefault(key, {"task": key, "state": "PENDING", "attempts": 0})["items"] = map_items(rows)
-    return list(by_task.values())
+    shape = run.get("graph") or {"nodes": []}
+    kinds = {n["key"]: n["kind"] for n in shape["nodes"]}
+    order = grouped(list(by_task), {k for k, kind in kinds.items() if kind == "subflow"})
+    subflows = {k.rpartition("/")[0] for k in by_task if "/" in k} | {k for k, kind in kinds.items() if kind == "subflow"}
+    out = []
+    for key, depth in order:  # a subflow's row first, then its tasks: a group
+        row = by_task[key]
+        row["group"] = key.rpartition("/")[0]
+        row["depth"] = depth
+        row["subflow"] = key in subflows
+        out.append(row)
+    return out
 
 
 RETRIED = ("RETRYING", "TIMED_OUT", "FAILED")  # the states an item is run again from
@@ -147,7 +158,10 @@ def print_run(run: dict, as_json: bool) -> None:
             t["task"], t["state"], str(t["attempts"]), _took(t.get("started_at"), t.get("finished_at")),
             counts, (t.get("error") or "").splitlines()[0][:120] if t.get("error") else "",
         ])
-    emit_table(["task", "state", "attempts", "duration", "items", "error"], rows, title=f"flow {run['flow']} · run {run['run_id']}")
+    emit_table(
+        ["task", "state", "attempts", "duration", "items", "error"], rows, title=f"flow {run['flow']} · run {run['run_id']}",
+        depths=[t["depth"] for t in tasks],
+    )
     print(f"run id: {run['run_id']}")
     print(f"flow: {run['flow']}  params: {json.dumps(run['params'])}")
     print(f"state: {run['state']} {run['message'] or ''}".rstrip())
@@ -170,7 +184,9 @@ def print_live(status: dict, as_json: bool, *, missing_from: str | None = None) 
         print(json.dumps({**status, "tasks": tasks, "live": True, **extra}, indent=2))
         return
     rows = []
-    for key, task in status["tasks"].items():
+    order = grouped(list(status["tasks"]))
+    for key, _ in order:
+        task = status["tasks"][key]
         progress = status["maps"].get(key)
         items = ""
         if progress:
@@ -181,6 +197,6 @@ def print_live(status: dict, as_json: bool, *, missing_from: str | None = None) 
         rows.append([key, task["state"], str(task["attempt"]), _took(task["started_at"], task["finished_at"]),
                      items, (task["message"] or "").splitlines()[0][:120] if task["message"] else ""])
     title = f"flow {status['flow']} · run {status['run_id']} (live)"
-    emit_table(["task", "state", "attempts", "duration", "items", "error"], rows, title=title)
+    emit_table(["task", "state", "attempts", "duration", "items", "error"], rows, title=title, depths=[d for _, d in order])
     print(f"run id: {status['run_id']}")
     print(f"state: {status['state']} (live)")

@@ -15,9 +15,19 @@ STATE_STYLES = {"SUCCESS": "green", "SKIPPED": "cyan", "CACHED": "cyan", "MAPPED
 
 
 def emit_table(
-    headers: list[str], rows: list[list[str]], *, title: str | None = None, stream: Any = None, state_column: int | None = None
+    headers: list[str],
+    rows: list[list[str]],
+    *,
+    title: str | None = None,
+    stream: Any = None,
+    state_column: int | None = None,
+    depths: list[int] | None = None,
 ) -> None:
-    """A rich table on a terminal (``state_column`` coloured by state), tab-separated lines otherwise."""
+    """A rich table on a terminal (``state_column`` coloured by state), tab-separated lines otherwise.
+
+    ``depths`` indents the first cell of each row on a terminal (a subflow's tasks under it);
+    the tab-separated lines keep cells exact, for scripts.
+    """
     stream = stream or sys.stdout
     if not stream.isatty():
         print("\t".join(headers), file=stream)
@@ -27,8 +37,10 @@ def emit_table(
     table = Table(title=title)
     for header in headers:
         table.add_column(header)
-    for row in rows:
+    for i, row in enumerate(rows):
         cells = list(row)
+        if depths is not None and depths[i]:
+            cells[0] = "  " * depths[i] + cells[0]
         if state_column is not None:
             state = cells[state_column]
             cells[state_column] = f"[{STATE_STYLES.get(state, 'red')}]{state}[/]"
@@ -62,14 +74,49 @@ def _result_text(flow_run: Any) -> str:
         return repr(value)
 
 
+def grouped(keys: list[str], subflows: set[str] | None = None) -> list[tuple[str, int]]:
+    """Task keys with each subflow's own row moved before its tasks, and each key's depth.
+
+    A key is a subflow when others are keyed under it (``inner`` for ``inner/inc``), or when
+    ``subflows`` says so (a subflow with no tasks).
+    """
+    present = set(keys)
+    subflows = set(subflows or ()) | {k.rpartition("/")[0] for k in keys if "/" in k}
+    out: list[tuple[str, int]] = []
+    placed: set[str] = set()
+
+    def place(key: str) -> None:
+        if key in placed:
+            return
+        group = key.rpartition("/")[0]
+        if group and group in subflows and group in present:
+            place(group)
+        placed.add(key)
+        out.append((key, key.count("/")))
+
+    for key in keys:
+        if key in subflows:
+            members = [k for k in keys if k.startswith(key + "/")]
+            if members and any(m not in placed for m in members):
+                continue  # placed before its first member
+        place(key)
+    for key in keys:  # subflows whose members were all placed already
+        place(key)
+    return out
+
+
 def print_run(flow_run: Any, *, stream: Any = None) -> None:
     stream = stream or sys.stdout
-    rows = [
-        [key, state.type.value, str(state.attempt), _duration(state), state.message.splitlines()[0] if state.message else ""]
-        for key, state in flow_run.task_states.items()
-    ]
+    order = grouped(list(flow_run.task_states))
+    rows = []
+    for key, _ in order:
+        state = flow_run.task_states[key]
+        rows.append([key, state.type.value, str(state.attempt), _duration(state), state.message.splitlines()[0] if state.message else ""])
     title = f"flow {flow_run.flow_name} · run {flow_run.run_id}"
-    emit_table(["task", "state", "attempt", "duration", "message"], rows, title=title, stream=stream, state_column=1)
+    emit_table(
+        ["task", "state", "attempt", "duration", "message"], rows, title=title, stream=stream, state_column=1,
+        depths=[d for _, d in order],
+    )
     print(f"run id: {flow_run.run_id}", file=stream)
     print(f"state: {flow_run.state.type.value} {flow_run.state.message}", file=stream)
     print(f"result: {_result_text(flow_run)}", file=stream)
