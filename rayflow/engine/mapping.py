@@ -10,12 +10,15 @@ chunk runs about ``TARGET_SECONDS`` (first chunks ramp up from
 ``FIRST_CHUNK`` items), unless ``chunk_size`` is set.
 
 It holds per-chunk metadata only: counts per state code, the items waiting
-for a retry, and the handles of the chunk's results.  At most
-``max_in_flight`` works per map run at once (backpressure).
+for a retry, the handles of the chunk's results, and the indexes of the
+items that ended other than SUCCESS (never anything per successful item).
+At most ``max_in_flight`` works per map run at once (backpressure).
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -154,7 +157,9 @@ class Chunk:
     flat_count: int = 0
     started: bool = False
     system_failures: int = 0
-    errors: list[tuple[int, str]] = field(default_factory=list)
+    errors: list[tuple[int, str]] = field(default_factory=list)  # (item index in the map, "Type: message")
+    outcomes: dict[int, int] | None = None  # item in chunk -> code, final FAILED/TIMED_OUT items only
+    lost: bool = False  # its first run was lost for good: every item FAILED
 
     @property
     def final(self) -> bool:
@@ -195,6 +200,9 @@ class MapRun:
         self.done = False
         self.total: int | None = None
         self.started_at = clock()
+        self._counts: dict[int, int] = {}  # final items per code, over all chunks
+        self._version = 0  # bumped when an item becomes final: keys the cache of outcomes()
+        self._outcomes: tuple[tuple[int, ...], dict[int, int]] | None = None
         self._check_whole_lengths()
 
     # -- shape ---------------------------------------------------------------
@@ -338,14 +346,22 @@ class MapRun:
             if retryable and attempt <= options.retries:
                 chunk.waiting[item] = (now + retry_delay(options, attempt), attempt + 1)
                 counts[code] -= 1
+            else:  # final: its index is kept (failures only, never successful items)
+                if chunk.outcomes is None:
+                    chunk.outcomes = {}
+                chunk.outcomes[item] = code
         for item, delay, attempt in summary.retry:
             wait = delay if delay is not None else retry_delay(options, attempt)
             chunk.waiting[item] = (now + wait, attempt + 1)
             counts[C.RETRYING] -= 1
+        totals = self._counts
         for code, n in counts.items():
             if n:
                 chunk.counts[code] = chunk.counts.get(code, 0) + n
-        chunk.errors = (chunk.errors + summary.errors)[-20:]
+                totals[code] = totals.get(code, 0) + n
+        if summary.errors:
+            chunk.errors = (chunk.errors + [(chunk.start + i, text) for i, text in summary.errors])[-20:]
+        self._version += 1
         if chunk.final and isinstance(self.leader, StreamSource):
             self.leader.release(self._segment_of(chunk))
         self._check_done()
@@ -373,7 +389,14 @@ class MapRun:
         chunk.handles.append(handle)
         n = len(job.indices) if job.indices is not None else chunk.size
         chunk.counts[C.FAILED] = chunk.counts.get(C.FAILED, 0) + n
-        chunk.errors = (chunk.errors + [(job.start, message)])[-20:]
+        self._counts[C.FAILED] = self._counts.get(C.FAILED, 0) + n
+        if job.indices is None:
+            chunk.lost = True
+        else:
+            chunk.outcomes = {**(chunk.outcomes or {}), **dict.fromkeys(job.indices, C.FAILED)}
+        first = job.start + (job.indices[0] if job.indices else 0)
+        chunk.errors = (chunk.errors + [(first, message)])[-20:]
+        self._version += 1
         self._check_done()
 
     def cancel(self) -> None:
@@ -405,10 +428,63 @@ class MapRun:
     # -- reporting -----------------------------------------------------------
 
     def counts(self) -> dict[StateType, int]:
-        out: dict[StateType, int] = {}
+        """Final items per state (kept as chunks end: no walk over the chunks)."""
+        return {C.CODES[code]: n for code, n in self._counts.items() if n}
+
+    def outcomes(self) -> dict[int, int]:
+        """Item index -> state code of every final item that did not succeed, in index order.
+
+        Where the indexes come from: failed and timed-out items are named by the chunk
+        summaries (their indexes are kept as they arrive), a lost work fails all of its
+        items; items gated by an upstream map's item (TRIGGER_FAILED, or SKIPPED under
+        ``skip_on_upstream_skip``) are those whose upstream item failed or was skipped, read
+        from the upstream maps' outcomes.  A chunk summary counts, but does not name, items
+        that raised ``rf.Skip`` themselves: only those take the first free indexes of their
+        chunk.  Computed on demand (a trigger asks once a map is done) and cached.
+        """
+        upstream = [
+            run for s in self.sources if isinstance(s, MapSource) and not s.flat and (run := s.lookup()) is not None
+        ]
+        version = (self._version, *(id(u) for u in upstream), *(u._version for u in upstream))
+        if self._outcomes is not None and self._outcomes[0] == version:
+            return self._outcomes[1]
+        gates: dict[int, bool] = {}  # index -> True: an upstream item failed, False: one was skipped
+        for run in upstream:
+            for i, code in run.outcomes().items():
+                if code in C.FINAL_FAILED:
+                    gates[i] = True
+                elif code == C.SKIPPED:
+                    gates.setdefault(i, False)
+        gate_keys = sorted(gates)
+        out: dict[int, int] = {}
         for chunk in self.chunks:
-            for code, n in chunk.counts.items():
-                out[C.CODES[code]] = out.get(C.CODES[code], 0) + n
+            if any(code != C.SUCCESS and n for code, n in chunk.counts.items()):
+                out.update(sorted(self._chunk_outcomes(chunk, gates, gate_keys).items()))
+        self._outcomes = (version, out)
+        return out
+
+    def _chunk_outcomes(self, chunk: Chunk, gates: dict[int, bool], gate_keys: list[int]) -> dict[int, int]:
+        if chunk.lost:
+            return dict.fromkeys(range(chunk.start, chunk.stop), C.FAILED)
+        need = {code: n for code, n in chunk.counts.items() if code != C.SUCCESS and n > 0}
+        out: dict[int, int] = {}
+        for item, code in (chunk.outcomes or {}).items():
+            out[chunk.start + item] = code
+            need[code] = need.get(code, 0) - 1
+        if need.get(C.TRIGGER_FAILED, 0) > 0 or need.get(C.SKIPPED, 0) > 0:
+            skip_on_skip = self.options.skip_on_upstream_skip
+            lo, hi = bisect.bisect_left(gate_keys, chunk.start), bisect.bisect_left(gate_keys, chunk.stop)
+            for i in gate_keys[lo:hi]:
+                code = C.TRIGGER_FAILED if gates[i] else (C.SKIPPED if skip_on_skip else None)
+                if code is not None and i not in out and need.get(code, 0) > 0:
+                    out[i] = code
+                    need[code] -= 1
+        left = [(code, n) for code, n in sorted(need.items()) if n > 0]
+        if left:  # not named by any summary (rf.Skip): the chunk's first free indexes
+            free = (i for i in range(chunk.start, chunk.stop) if i not in out)
+            for code, n in left:
+                for i in itertools.islice(free, n):
+                    out[i] = code
         return out
 
     def handle(self) -> MapHandle:

@@ -10,7 +10,7 @@ pumped: new works are submitted within each map's ``max_in_flight``.
 from __future__ import annotations
 
 import collections
-import itertools
+import threading
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,13 @@ class MapCoordinator:
         self.stream_owner: dict[int, str] = {}
         self.stream_inbox: collections.deque[tuple[int, Any, int, bool]] = collections.deque()
         self.children: dict[str, list[str]] = collections.defaultdict(list)
+        # progress() is called on other threads (the Ray actor answers the driver's progress
+        # bar while the run loop goes on): it reads self.maps and each MapRun's counts, total
+        # and done under this lock, which the loop holds wherever it changes them.  A lock
+        # rather than a snapshot the loop publishes: publishing would cost the loop work per
+        # chunk whether anyone asks or not, while an uncontended lock costs about 0.1 us, and
+        # progress() holds it only for O(maps), since a MapRun keeps its counts totalled.
+        self.lock = threading.Lock()
         for spec in orchestrator.plan.specs:
             for key in spec.streaming:
                 self.children[key].append(spec.key)
@@ -87,7 +94,8 @@ class MapCoordinator:
         # back only when the queue of tasks sharing its inputs runs dry.
         in_flight = cpus if self.children.get(spec.key) else max(2, 2 * cpus)
         run = MapRun(spec.key, spec.options, sources, max_in_flight=in_flight, cpus=cpus, clock=orch.clock)
-        self.maps[spec.key] = run
+        with self.lock:
+            self.maps[spec.key] = run
         self.pump(spec.key)
         return None
 
@@ -99,7 +107,9 @@ class MapCoordinator:
             return
         orch = self.orch
         spec = orch.plan.by_key[key]
-        for job, piece_handles in run.next_jobs(orch.clock()):
+        with self.lock:  # may end the map (done, total)
+            jobs = run.next_jobs(orch.clock())
+        for job, piece_handles in jobs:
             self._submit(spec, job, piece_handles)
         self._request_stream(run)
         if run.done and not orch.states[key].is_finished():
@@ -156,13 +166,15 @@ class MapCoordinator:
         for listener in orch.chunk_listeners:
             listener(task_key=key, work=work, summary=report, error=error)
         if report is not None:
-            run.on_summary(report, handle, orch.clock())
+            with self.lock:
+                run.on_summary(report, handle, orch.clock())
         else:
             spec = orch.plan.by_key[key]
             if error is not None and error.system and run.retry_lost(job, spec.options.system_retries):
                 self._submit(spec, job, self._piece_handles(run, job))  # only this chunk runs again
                 return
-            run.release(job)
+            with self.lock:
+                run.release(job)
             n = len(job.indices) if job.indices is not None else job.size
             text = str(error) if error is not None else "work lost"
             error_tuple = (error.type if error else "builtins.RuntimeError", text, "")
@@ -173,7 +185,9 @@ class MapCoordinator:
                 errors=dict.fromkeys(range(n), error_tuple),
                 indices=np.array(job.indices, dtype=np.int64) if job.indices is not None else None,
             )
-            run.settle_lost(job, orch.executor.put(failed), text)
+            handle = orch.executor.put(failed)
+            with self.lock:
+                run.settle_lost(job, handle, text)
         for child in self.children.get(key, ()):  # consumers first: their chunks queue ahead
             self.pump(child)
         self.pump(key)
@@ -190,8 +204,9 @@ class MapCoordinator:
         for work_id in list(self.jobs):
             self.orch.executor.cancel(work_id)
         self.jobs.clear()
-        for run in self.maps.values():
-            run.cancel()
+        with self.lock:
+            for run in self.maps.values():
+                run.cancel()
 
     # -- views ---------------------------------------------------------------
 
@@ -216,33 +231,43 @@ class MapCoordinator:
         return view
 
     def progress(self) -> dict[str, dict[str, Any]]:
-        return {
-            key: {"total": run.total, "counts": {t.value: n for t, n in run.counts().items()}, "done": run.done}
-            for key, run in self.maps.items()
-        }
+        """Per map: total items, final items per state, done; safe to call from any thread."""
+        with self.lock:
+            return {
+                key: {"total": run.total, "counts": {t.value: n for t, n in run.counts().items()}, "done": run.done}
+                for key, run in self.maps.items()
+            }
 
 
 _FLYWEIGHTS = {t: State(type=t) for t in C.CODES}
+_BY_CODE = tuple(_FLYWEIGHTS[t] for t in C.CODES)
 
 
 class ItemStates(Mapping[str, State]):
-    """Upstream states with each mapped upstream expanded into one state per item, lazily."""
+    """Upstream states with each mapped upstream expanded into one state per item, lazily.
+
+    Item ``key[i]`` is item i of the map: its state comes from ``MapRun.outcomes()``, which
+    holds only the items that did not succeed; every other item is SUCCESS.
+    """
 
     def __init__(self, entries: dict[str, Any]):
         self._entries = entries
 
     def _items(self) -> Iterator[tuple[str, State]]:
+        success = _FLYWEIGHTS[StateType.SUCCESS]
         for key, entry in self._entries.items():
             if isinstance(entry, State):
                 yield key, entry
                 continue
-            counts = entry.counts()
-            successes = (entry.total or 0) - sum(counts.values()) + counts.get(StateType.SUCCESS, 0)
-            blocks = [(StateType.SUCCESS, successes)] + [(t, n) for t, n in counts.items() if t is not StateType.SUCCESS]
-            index = itertools.count()
-            for state_type, n in blocks:
-                for _ in range(n):
-                    yield f"{key}[{next(index)}]", _FLYWEIGHTS[state_type]
+            i = 0
+            for index, code in entry.outcomes().items():
+                while i < index:
+                    yield f"{key}[{i}]", success
+                    i += 1
+                yield f"{key}[{index}]", _BY_CODE[code]
+                i = index + 1
+            for j in range(i, entry.total or 0):
+                yield f"{key}[{j}]", success
 
     def tally(self) -> Tally:
         total = successful = failed = skipped = 0
@@ -268,9 +293,15 @@ class ItemStates(Mapping[str, State]):
         return sum(1 if isinstance(e, State) else (e.total or 0) for e in self._entries.values())
 
     def __getitem__(self, key: str) -> State:
-        for k, state in self._items():
-            if k == key:
-                return state
+        entry = self._entries.get(key)
+        if isinstance(entry, State):
+            return entry
+        name, bracket, index = key.rpartition("[")
+        entry = self._entries.get(name) if bracket and index.endswith("]") else None
+        if entry is not None and not isinstance(entry, State) and index[:-1].isdigit():
+            i = int(index[:-1])
+            if i < (entry.total or 0):
+                return _BY_CODE[entry.outcomes().get(i, C.SUCCESS)]
         raise KeyError(key)
 
     def values(self) -> Iterator[State]:  # type: ignore[override]
