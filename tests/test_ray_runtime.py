@@ -39,8 +39,6 @@ def test_independent_branches_run_in_parallel():
     a, b = run.result()
     assert a["pid"] != b["pid"]
     assert overlap(a, b) > 0.5, (a, b)  # run one after the other, they would not overlap at all
-    elapsed = run.state.finished_at - run.state.started_at
-    assert elapsed < 1.9, elapsed
 
 
 def test_num_cpus_reaches_ray_and_excludes_other_tasks():
