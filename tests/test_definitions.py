@@ -135,6 +135,12 @@ def test_too_many_positional_arguments(no_runner):
         (lambda n: add(1, 2) if add(1, n) == 4 else None, "comparison"),
         (lambda n: 3 in extract(n), "membership"),
         (lambda n: extract(n).count(1), "attribute access"),
+        (lambda n: add(extract(n).key, 1), r"attribute access \(\.key\)"),
+        (lambda n: add(f"path/{extract(n)}", 1), "f-string"),
+        (lambda n: add(str(extract(n)), 1), "f-string"),
+        (lambda n: add(1, 2) if extract(n) == extract(n) else None, "comparison"),
+        (lambda n: extract(n) in {"a": 1}, "dict key"),
+        (lambda n: add(round(extract(n)), 1), "arithmetic"),
     ],
 )
 def test_task_results_used_as_values_are_explained(body, what, no_runner):

@@ -32,6 +32,11 @@ def scale(x: int, factor: int) -> int:
     return x * factor
 
 
+@rf.task
+def same(value: object) -> object:
+    return value
+
+
 @rf.flow
 def regional(regions: list[str], day: int = 1, mode: str = "full", n: int = 2) -> dict:
     r"""
@@ -166,3 +171,52 @@ def test_branching_on_a_task_result_still_needs_case(runner):
 
     assert on(right, runner).run(n=3).result() == 9
     assert on(right, runner).run(n=1).result() == 0
+
+
+def test_values_that_are_equal_but_different_are_not_served_each_others_graph(runner):
+    import datetime
+    import decimal
+
+    @rf.flow
+    def echo(value: object):
+        return same(value)
+
+    flow = on(echo, runner)
+    paris = datetime.datetime(2024, 1, 1, 13, tzinfo=datetime.timezone(datetime.timedelta(hours=1)))
+    utc = datetime.datetime(2024, 1, 1, 12, tzinfo=datetime.timezone.utc)
+    assert paris == utc
+    for a, b in ((utc, paris), (decimal.Decimal("1.0"), decimal.Decimal("1.00")), (0.0, -0.0), (1, True)):
+        assert repr(flow(value=a)) == repr(a) and repr(flow(value=b)) == repr(b)
+    assert echo.graph_for(value=decimal.Decimal("sNaN")).params["value"].is_snan()  # unhashable: traced
+
+
+def test_cache_graph_false_traces_every_run():
+    calls = []
+
+    @rf.flow(cache_graph=False)
+    def clocked(n: int = 1):
+        calls.append(n)
+        return scale(n, 1)
+
+    clocked.graph_for(n=1)
+    clocked.graph_for(n=1)
+    assert calls == [1, 1]
+
+
+def test_drawn_ids_stay_distinct_and_labels_are_quoted():
+    """`a/b` (task b of subflow a) and a task named `a_b` read alike as ids; a quote in a name."""
+    from rayflow.cli.graph import dot, mermaid
+
+    @rf.flow
+    def a():
+        return scale.with_options(name="b")(1, 2)
+
+    @rf.flow
+    def drawn():
+        return [a(), scale.with_options(name="a_b")(1, 2), scale.with_options(name='say"hi"')(1, 2)]
+
+    shape = drawn.graph.shape()
+    assert [n["key"] for n in shape["nodes"]] == ["a/b", "a", "a_b", 'say"hi"']
+    chart = mermaid(shape, {})
+    assert 'n_a_b["b"]' in chart and 'n_a_b__2["a_b"]' in chart and '["say#quot;hi#quot;"]' in chart
+    assert 'label="say\\"hi\\""' in dot(shape, {})

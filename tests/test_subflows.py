@@ -234,3 +234,82 @@ def test_the_subflow_result_can_be_a_structure_of_refs_and_values(runner):
         return shaped(x=n)
 
     assert on(parent, runner)() == {"a": 2, "b": [3, "const"], "x": 1}
+
+
+def test_keys_stay_unique_when_a_task_is_named_like_a_generated_key(runner):
+    @rf.flow
+    def crowded(n: int = 1):
+        return [inner(x=n), inner(x=n), inc.with_options(name="inner-2")(n), inc(n), inc(n), inc.with_options(name="inc-2")(n)]
+
+    run = on(crowded, runner).run()
+    keys = list(run.task_states)
+    assert len(keys) == len(set(keys)) == 10  # two subflows of 3 nodes, and 4 tasks
+    assert {"inner", "inner-2", "inner-2-2", "inc", "inc-2", "inc-2-2"} <= set(keys)
+    assert run.result() == [3, 3, 2, 2, 2, 2]
+
+
+def test_a_skipped_return_value_skips_what_consumes_the_subflow(runner):
+    @rf.flow
+    def maybe(x: int, mode: str):
+        with rf.case(inc.with_options(name="pick")(x), 5):
+            out = inc(x)
+        return out
+
+    @rf.flow
+    def parent(n: int = 1):
+        return inc.with_options(name="after")(maybe(x=n, mode="b"))
+
+    run = on(parent, runner).run()
+    assert run.task_states["maybe/inc"].type is T.SKIPPED
+    assert run.task_states["maybe"].type is T.SKIPPED
+    assert "skipped task maybe/inc" in run.task_states["maybe"].message
+    assert run.task_states["after"].type is T.SKIPPED and run.state.type is T.SUCCESS
+
+
+def test_a_subflow_cannot_take_a_parent_task_as_its_reference_task():
+    @rf.flow(runner="local")
+    def parent(n: int = 1):
+        outside = inc(n)
+
+        @rf.flow
+        def sub(x: int):
+            rf.set_reference_tasks(outside)
+            return inc(x)
+
+        return sub(x=n)
+
+    with pytest.raises(rf.GraphError, match=r"inside subflow 'sub'.*\['inc'\] belong to the flow that calls it"):
+        parent.run()
+
+
+def test_a_copy_of_a_flow_calling_itself_is_caught_too():
+    @rf.flow(runner="local")
+    def loop(n: int = 1):
+        return loop.with_options(name="again")(n=n)
+
+    with pytest.raises(rf.GraphError, match="calls itself"):
+        loop.run()
+
+
+def test_a_subflow_settled_without_running_has_its_members_times(runner):
+    @rf.flow
+    def fragile(x: int) -> int:
+        return boom(x)
+
+    @rf.flow
+    def parent(n: int = 1):
+        return fragile(x=n)
+
+    run = on(parent, runner).run()
+    sub, member = run.task_states["fragile"], run.task_states["fragile/boom"]
+    assert sub.type is T.FAILED
+    assert sub.started_at == member.started_at and sub.finished_at == member.finished_at
+
+
+def test_too_many_positional_subflow_arguments_name_the_subflow():
+    @rf.flow(runner="local")
+    def parent(n: int = 1):
+        return inner(1, 2)
+
+    with pytest.raises(rf.ParameterError, match="subflow 'inner' called in flow 'parent'.*positional"):
+        parent.run()

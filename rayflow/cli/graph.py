@@ -19,8 +19,21 @@ COLOURS = {
 }
 
 
-def _ident(key: str) -> str:
-    return "n_" + "".join(c if c.isalnum() else "_" for c in key)
+def _idents(shape: dict[str, Any]) -> dict[str, str]:
+    """A readable id per key (``a/b-2`` -> ``n_a_b_2``), made unique where two keys read alike."""
+    out: dict[str, str] = {}
+    used: set[str] = set()
+    for i, node in enumerate(shape["nodes"]):
+        ident = "n_" + "".join(c if c.isalnum() else "_" for c in node["key"])
+        if ident in used:
+            ident = f"{ident}__{i}"
+        used.add(ident)
+        out[node["key"]] = ident
+    return out
+
+
+def _quoted(text: str, fmt: str) -> str:
+    return text.replace('"', "#quot;") if fmt == "mermaid" else text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def _group(key: str) -> str:
@@ -62,46 +75,48 @@ def _layout(shape: dict[str, Any]) -> tuple[dict[str, list[dict]], list[str]]:
 
 def mermaid(shape: dict[str, Any], states: dict[str, str]) -> str:
     by_group, groups = _layout(shape)
+    ids = _idents(shape)
     lines = ["flowchart TD"]
 
     def emit(group: str, indent: str) -> None:
         for node in by_group.get(group, []):
             shape_open, shape_close = ('[["', '"]]') if node["kind"] == "map" else (('(["', '"])') if node["kind"] == "subflow" else ('["', '"]'))
-            lines.append(f"{indent}{_ident(node['key'])}{shape_open}{_label(node, states)}{shape_close}")
+            lines.append(f"{indent}{ids[node['key']]}{shape_open}{_quoted(_label(node, states), 'mermaid')}{shape_close}")
         for child in (g for g in groups if _group(g) == group):
             title = f"{child} (subflow)" + (f": {states[child]}" if child in states else "")
-            lines.append(f'{indent}subgraph s_{_ident(child)}["{title}"]')
+            lines.append(f'{indent}subgraph s_{ids[child]}["{_quoted(title, "mermaid")}"]')
             emit(child, indent + "    ")
             lines.append(f"{indent}end")
 
     emit("", "    ")
     arrows = {"data": "-->", "wait": "-.->", "case": "-.->|case|"}
     for up, down, kind in edges(shape):
-        lines.append(f"    {_ident(up)} {arrows[kind]} {_ident(down)}")
+        lines.append(f"    {ids[up]} {arrows[kind]} {ids[down]}")
     for node in shape["nodes"]:
         if node["key"] in states:
-            lines.append(f"    style {_ident(node['key'])} fill:{COLOURS.get(states[node['key']], '#ffffff')}")
+            lines.append(f"    style {ids[node['key']]} fill:{COLOURS.get(states[node['key']], '#ffffff')}")
     return "\n".join(lines)
 
 
 def dot(shape: dict[str, Any], states: dict[str, str]) -> str:
     by_group, groups = _layout(shape)
-    lines = [f'digraph "{shape["flow"]}" {{', "    rankdir=TB;", "    node [shape=box, style=filled, fillcolor=white];"]
+    ids = _idents(shape)
+    lines = [f'digraph "{_quoted(shape["flow"], "dot")}" {{', "    rankdir=TB;", "    node [shape=box, style=filled, fillcolor=white];"]
 
     def emit(group: str, indent: str) -> None:
         for node in by_group.get(group, []):
             extra = {"map": ", peripheries=2", "subflow": ", shape=oval"}.get(node["kind"], "")
             fill = f', fillcolor="{COLOURS.get(states[node["key"]], "#ffffff")}"' if node["key"] in states else ""
-            lines.append(f'{indent}{_ident(node["key"])} [label="{_label(node, states)}"{extra}{fill}];')
+            lines.append(f'{indent}{ids[node["key"]]} [label="{_quoted(_label(node, states), "dot")}"{extra}{fill}];')
         for child in (g for g in groups if _group(g) == group):
-            lines.append(f"{indent}subgraph cluster_{_ident(child)} {{")
-            lines.append(f'{indent}    label="{child} (subflow)"; style=rounded;')
+            lines.append(f"{indent}subgraph cluster_{ids[child]} {{")
+            lines.append(f'{indent}    label="{_quoted(child, "dot")} (subflow)"; style=rounded;')
             emit(child, indent + "    ")
             lines.append(f"{indent}}}")
 
     emit("", "    ")
     styles = {"data": "", "wait": " [style=dashed]", "case": ' [style=dotted, label="case"]'}
     for up, down, kind in edges(shape):
-        lines.append(f"    {_ident(up)} -> {_ident(down)}{styles[kind]};")
+        lines.append(f"    {ids[up]} -> {ids[down]}{styles[kind]};")
     lines.append("}")
     return "\n".join(lines)

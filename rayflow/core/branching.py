@@ -54,7 +54,7 @@ def case(node: Any, value: Any) -> Iterator[None]:
     """
     builder = _builder("rf.case")
     if isinstance(node, NodeRef):
-        subject, name = f"task '{node.key}'", f"case({node.key.rsplit('/', 1)[-1]})"
+        subject, name = f"task '{node._key}'", f"case({node._key.rsplit('/', 1)[-1]})"
     else:
         subject, name = f"value {node!r}", "case"
     check = Task(_check_case, TaskOptions(name=name))

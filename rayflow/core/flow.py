@@ -105,7 +105,7 @@ class Flow:
 
     def build(self, values: Mapping[str, Any]) -> Graph:
         """Trace the body with validated ``values``; a cached graph when they are immutable."""
-        key = _cache_key(values)
+        key = _cache_key(values) if self.options.cache_graph else None
         if key is not None:
             with self._lock:
                 graph = self._graphs.get(key)
@@ -204,15 +204,20 @@ _IMMUTABLE = (
 def _cache_key(values: Mapping[str, Any]) -> Any:
     """A key for the graph cache, or None when a value could change under it (or is a generator)."""
     try:
-        return tuple((name, _frozen(value)) for name, value in values.items())
+        key = tuple((name, _frozen(value)) for name, value in values.items())
+        hash(key)
     except TypeError:
         return None
+    return key
 
 
 def _frozen(value: Any) -> Any:
-    # The type is part of the key: 1, 1.0 and True are equal but build different graphs.
-    if isinstance(value, _IMMUTABLE) or is_secret(value):
-        return (type(value), value)
+    # By type and repr, not by ==: 1, 1.0 and True, Decimal("1.0") and Decimal("1.00"), 0.0 and
+    # -0.0, and aware datetimes in two time zones are equal but build different graphs.
+    if is_secret(value):
+        return (type(value), value)  # its repr hides the value; it compares by the value
+    if isinstance(value, _IMMUTABLE):
+        return (type(value), repr(value))
     if isinstance(value, (tuple, frozenset)):
         return (type(value), tuple(_frozen(v) for v in value) if isinstance(value, tuple) else frozenset(_frozen(v) for v in value))
     raise TypeError("not cacheable")

@@ -23,7 +23,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from rayflow.core.mapping import classify
-from rayflow.core.refs import NodeRef, find_refs
+from rayflow.core.refs import NodeRef, find_refs, unique_refs
 from rayflow.exceptions import GraphError
 
 if TYPE_CHECKING:
@@ -157,13 +157,14 @@ class GraphBuilder:
         self._nodes: list[Node] = []
         self._cases: list[str] = []  # keys of the case checks of the enclosing `with rf.case` blocks
         self._scopes: list[_Scope] = [_Scope(flow, "", 0)]
+        self._keys: set[str] = set()
 
     @contextmanager
     def activate(self) -> Iterator[GraphBuilder]:
         if _BUILDER.get() is not None:
             raise GraphError(
-                "flow.run() cannot be used inside a flow body; call the flow instead "
-                "(inner(x=...)) to inline it as a subflow"
+                "another flow's graph cannot be built inside a flow body (flow.run() or graph_for()); "
+                "call the flow instead (inner(x=...)) to inline it as a subflow"
             )
         reset = _BUILDER.set(self)
         try:
@@ -172,14 +173,21 @@ class GraphBuilder:
             _BUILDER.reset(reset)
 
     def next_key(self, name: str) -> str:
+        """``name``, then ``name-2``, ...: unique even when a task is *named* ``name-2``."""
         scope = self._scopes[-1]
-        count = scope.names.get(name, 0) + 1
+        count = scope.names.get(name, 0)
+        while True:
+            count += 1
+            key = scope.prefix + (name if count == 1 else f"{name}-{count}")
+            if key not in self._keys:
+                break
         scope.names[name] = count
-        return scope.prefix + (name if count == 1 else f"{name}-{count}")
+        self._keys.add(key)
+        return key
 
     def tracing(self, flow: Any) -> bool:
-        """True when ``flow`` is already being traced here (it would call itself)."""
-        return any(scope.flow is flow for scope in self._scopes)
+        """True when ``flow`` (or a copy of it with other options) is already being traced here."""
+        return any(getattr(scope.flow, "fn", None) is flow.fn for scope in self._scopes)
 
     @property
     def current_flow_name(self) -> str:
@@ -187,13 +195,13 @@ class GraphBuilder:
 
     def _check_refs(self, refs: list[Any], where: str) -> None:
         for ref in refs:
-            if isinstance(ref, NodeRef) and ref.owner != self.token:
+            if isinstance(ref, NodeRef) and ref._owner != self.token:
                 raise GraphError(f"{where} uses {ref._describe()}, which belongs to another flow")
 
     @contextmanager
     def case_block(self, check: NodeRef) -> Iterator[None]:
         """Nodes created inside depend on ``check`` and are skipped when it is skipped."""
-        self._cases.append(check.key)
+        self._cases.append(check._key)
         try:
             yield
         finally:
@@ -204,7 +212,14 @@ class GraphBuilder:
             if not isinstance(ref, NodeRef):
                 raise GraphError(f"set_reference_tasks takes task results of this flow, got {ref!r}")
         self._check_refs(list(refs), "set_reference_tasks")
-        self._scopes[-1].reference = tuple(dict.fromkeys(r.key for r in refs))
+        prefix = self._scopes[-1].prefix
+        outside = [r._key for r in refs if not r._key.startswith(prefix)]
+        if outside:
+            raise GraphError(
+                f"set_reference_tasks inside subflow '{prefix.rstrip('/')}' takes results of its own tasks; "
+                f"{outside} belong to the flow that calls it"
+            )
+        self._scopes[-1].reference = tuple(dict.fromkeys(r._key for r in refs))
 
     @contextmanager
     def subflow_scope(self, key: str, flow: Any) -> Iterator[_Scope]:
@@ -261,8 +276,8 @@ class GraphBuilder:
         found = find_refs((args, kwargs)) if args or kwargs else []
         if sources:
             found = [NodeRef(s.key, s.owner) for s in sources if s.kind in _NODE_SOURCES] + found
-        refs = [r for r in dict.fromkeys(found) if isinstance(r, NodeRef)]
-        if any(r.owner != self.token for r in refs):
+        refs = [r for r in unique_refs(found) if isinstance(r, NodeRef)]
+        if any(r._owner != self.token for r in refs):
             self._check_refs(refs, f"task '{key}'")
         waits = _wait_for_keys(wait_for, key) if wait_for is not None else []
         if waits:
@@ -272,7 +287,7 @@ class GraphBuilder:
             task=task,
             args=tuple(args),
             kwargs=MappingProxyType(dict(kwargs)),
-            upstream=tuple(dict.fromkeys(r.key for r in refs)),
+            upstream=tuple(dict.fromkeys(r._key for r in refs)),
             wait_for=tuple(dict.fromkeys(k for k, _ in waits)),
             conditions=tuple(self._cases),
             kind=kind,
@@ -353,7 +368,7 @@ def _wait_for_keys(wait_for: Any, key: str) -> list[tuple[str, int]]:
                 f"task '{key}': wait_for may only hold task results from this flow, got {item!r}",
                 task_key=key,
             )
-        out.append((item.key, item.owner))
+        out.append((item._key, item._owner))
     return out
 
 

@@ -110,10 +110,10 @@ def classify(
 
 def _ref_source(name: str, ref: Any, node_kinds: dict[str, str], add: Any) -> MapInput:
     if isinstance(ref, FlattenRef):
-        kind = "flatten_map" if node_kinds.get(ref.node.key) == "map" else "flatten_node"
-        return add(name, MapSource(name, kind, key=ref.node.key, owner=ref.node.owner))
-    kind = "map" if node_kinds.get(ref.key) == "map" else "node"
-    return add(name, MapSource(name, kind, key=ref.key, owner=ref.owner))
+        kind = "flatten_map" if node_kinds.get(ref.node._key) == "map" else "flatten_node"
+        return add(name, MapSource(name, kind, key=ref.node._key, owner=ref.node._owner))
+    kind = "map" if node_kinds.get(ref._key) == "map" else "node"
+    return add(name, MapSource(name, kind, key=ref._key, owner=ref._owner))
 
 
 def _const_source(key: str, name: str, value: Any, add: Any) -> MapInput:

@@ -171,6 +171,9 @@ class FlowOptions(BaseModel):
     address: str | None = None  # Ray cluster to join; None: RAY_ADDRESS or a local Ray
     run_id: str | None = Field(default=None, min_length=1)
     progress: bool | None = None  # a progress bar per map; None: only on an interactive terminal
+    # Reuse the graph traced for the same immutable parameter values; False for a body that
+    # reads the clock, the environment or other state besides its parameters.
+    cache_graph: bool = True
     on_state: tuple[Callable[..., Any], ...] = ()  # h(flow, old_state, new_state) -> State | None
     on_failure: tuple[Callable[..., Any], ...] = ()
     on_success: tuple[Callable[..., Any], ...] = ()

@@ -66,6 +66,13 @@ class _Placeholder:
     __truediv__ = __rtruediv__ = __floordiv__ = __rfloordiv__ = __mod__ = __rmod__ = _arith
     __pow__ = __rpow__ = __neg__ = __pos__ = __abs__ = __invert__ = _arith
     __and__ = __rand__ = __or__ = __ror__ = __xor__ = __rxor__ = _arith
+    __matmul__ = __rmatmul__ = __lshift__ = __rlshift__ = __rshift__ = __rrshift__ = _arith
+    __divmod__ = __rdivmod__ = __round__ = __trunc__ = __floor__ = __ceil__ = _arith
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        raise self._misuse("item assignment")
+
+    __delitem__ = __setitem__
 
     def _compare(self, *_: Any) -> Any:
         raise self._misuse("a comparison (<, <=, >, >=)")
@@ -84,35 +91,56 @@ class _Placeholder:
         raise self._misuse("a call")
 
 
-@dataclass(frozen=True, eq=False, slots=True)
 class NodeRef(_Placeholder):
-    """The future value of a task call (or a subflow) inside a flow body."""
+    """The future value of a task call (or a subflow) inside a flow body.
 
-    key: str
-    owner: int = 0  # id of the graph builder that made it; refs never cross flows
+    Its fields are private (``_key``, ``_owner``) so that ``result.key`` in a flow body,
+    where a task returns an object with a ``key``, is the misuse error, not the node's key.
+    Refs are neither compared nor hashed (``==``, ``in {...}`` raise too): rayflow
+    deduplicates them by ``ref_id``.
+    """
+
+    __slots__ = ("_key", "_owner")
+
+    def __init__(self, key: str, owner: int = 0):  # owner: the graph builder; refs never cross flows
+        object.__setattr__(self, "_key", key)
+        object.__setattr__(self, "_owner", owner)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise self._misuse(f"attribute assignment (.{name} = ...)")
+
+    def __reduce__(self) -> Any:
+        return (NodeRef, (self._key, self._owner))
 
     def _describe(self) -> str:
-        return f"the result of task '{self.key}'"
+        return f"the result of task '{self._key}'"
 
     def _name(self) -> str:
-        return self.key.rsplit("/", 1)[-1].replace("-", "_")
+        return self._key.rsplit("/", 1)[-1].replace("-", "_")
 
     def __eq__(self, other: object) -> bool:
-        # `if x == "full":` must not silently be False: only refs compare (as dict keys).
-        if isinstance(other, NodeRef):
-            return self.key == other.key and self.owner == other.owner
-        if isinstance(other, MapInput):
-            return False
         raise self._misuse("a comparison (==, !=)")
 
-    def __ne__(self, other: object) -> bool:
-        return not self.__eq__(other)
+    __ne__ = __eq__
 
     def __hash__(self) -> int:
-        return hash((self.key, self.owner))
+        raise self._misuse("a dict key or set member")
+
+    def __str__(self) -> str:
+        raise self._misuse("str() or an f-string")
+
+    def __format__(self, spec: str) -> str:
+        raise self._misuse("str() or an f-string")
 
     def __repr__(self) -> str:
-        return f"<NodeRef {self.key}>"
+        return f"<NodeRef {self._key}>"
+
+
+def ref_id(ref: Any) -> tuple:
+    """What identifies a ref (NodeRef or MapInput) without comparing refs themselves."""
+    if isinstance(ref, NodeRef):
+        return ("node", ref._key, ref._owner)
+    return ("input", ref.index)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,9 +155,17 @@ _REFS = (NodeRef, MapInput)
 
 def find_refs(value: Any) -> list[Any]:
     """Every NodeRef/MapInput inside ``value``, in first-seen order, without duplicates."""
-    found: dict[Any, None] = {}
+    found: dict[tuple, Any] = {}
     _walk(value, found)
-    return list(found)
+    return list(found.values())
+
+
+def unique_refs(refs: list[Any]) -> list[Any]:
+    """``refs`` without duplicates, in first-seen order."""
+    seen: dict[tuple, Any] = {}
+    for ref in refs:
+        seen.setdefault(ref_id(ref), ref)
+    return list(seen.values())
 
 
 _ATOMS = frozenset({int, float, str, bool, bytes, type(None)})  # tracing cost: skip the common case fast
@@ -139,7 +175,7 @@ def _walk(value: Any, found: dict[Any, None]) -> None:
     if type(value) in _ATOMS:
         return
     if isinstance(value, _REFS):
-        found[value] = None
+        found.setdefault(ref_id(value), value)
     elif isinstance(value, dict):
         for k, v in value.items():
             _walk(k, found)

@@ -37,7 +37,13 @@ def call_subflow(builder: GraphBuilder, flow: Any, args: tuple[Any, ...], params
             "being built; a flow graph cannot contain itself"
         )
     where = builder.current_flow_name
-    values = _validated(flow, flow.bind(args, params), where)
+    try:
+        bound = flow.bind(args, params)
+    except ParameterError as exc:
+        raise ParameterError(
+            f"subflow '{flow.name}' called in flow '{where}': {exc}", flow_name=flow.name, errors=exc.errors
+        ) from None
+    values = _validated(flow, bound, where)
     key = builder.next_key(flow.name)
     with builder.subflow_scope(key, flow) as scope:
         result = flow.fn(**values)

@@ -156,7 +156,7 @@ def run_chunk(payload: bytes, job: ChunkJob, work_id: int, values: list[Any]) ->
     piece_values = values[len(upstream) :]
 
     def resolve(ref: Any) -> Any:
-        return nodes[ref.key] if isinstance(ref, NodeRef) else ref
+        return nodes[ref._key] if isinstance(ref, NodeRef) else ref
 
     args, kwargs = substitute(args, resolve), substitute(kwargs, resolve)
     batch = options["batch"]

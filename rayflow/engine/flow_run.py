@@ -60,9 +60,9 @@ class FlowRun:
         """The flow's return value with task results in place; FlowRunError if the run failed."""
         if not self.state.is_successful():
             raise self.error()
-        keys = [ref.key for ref in _node_refs(self._result_template)]
+        keys = [ref._key for ref in _node_refs(self._result_template)]
         values = self._values(keys)
-        return substitute(self._result_template, lambda ref: values[ref.key])
+        return substitute(self._result_template, lambda ref: values[ref._key])
 
     def failed_tasks(self) -> dict[str, State]:
         return {k: s for k, s in self.task_states.items() if s.is_failed()}

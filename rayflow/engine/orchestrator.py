@@ -182,6 +182,8 @@ class Orchestrator:
                     return
         if settled is None and spec.kind == "subflow":
             settled = settle_subflow(spec, self.states)  # else: run, to build its value
+            if settled is not None:
+                settled = settled.model_copy(update=self._subflow_span(key, self.clock()))
         if settled is None and spec.kind == "merge":
             settled, branch = settle_merge(spec, self.states)
             if branch is not None:

@@ -109,7 +109,7 @@ def compile_plan(graph: Graph, flow: Any = None) -> Plan:
         objects: tuple[Any, ...] = ()
         if node.kind == "map":
             args, kwargs, sources, objects = _compile_sources(node, args, kwargs, streams)
-        value_keys = tuple(dict.fromkeys(r.key for r in find_refs((args, kwargs)) if isinstance(r, NodeRef)))
+        value_keys = tuple(dict.fromkeys(r._key for r in find_refs((args, kwargs)) if isinstance(r, NodeRef)))
         options = node.task.options
         rest: tuple[Any, ...] = (args, kwargs, value_keys, options.retry_on)
         if node.kind == "map":

@@ -95,6 +95,9 @@ def settle_subflow(spec: TaskSpec, states: Mapping[str, State]) -> State | None:
             type=StateType.FAILED,
             message=f"its return value needs task {lost[0]}, which ended {states[lost[0]].type.value}",
         )
+    skipped = [k for k in spec.value_keys if states[k].is_skipped()]
+    if skipped:  # as if inlined: what consumes that value is skipped with it
+        return State(type=StateType.SKIPPED, message=f"its return value comes from skipped task {skipped[0]}")
     return None
 
 

@@ -105,7 +105,7 @@ def run_attempt(payload: bytes, task_key: str, attempt: int, *inputs: Any) -> tu
         values = dict(zip(upstream, inputs, strict=True))
 
         def resolve(ref: Any) -> Any:
-            return values[ref.key] if isinstance(ref, NodeRef) else ref
+            return values[ref._key] if isinstance(ref, NodeRef) else ref
 
         value = fn(*substitute(args, resolve), **substitute(kwargs, resolve))
     except Signal as signal:
