@@ -7,12 +7,12 @@ not start a Ray of its own.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
 
 import pytest
+from cli_runner import run_cli
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 QUICKSTART = str(REPO / "examples" / "quickstart.py")
@@ -20,14 +20,7 @@ FLOWS = str(REPO / "tests" / "flows.py")
 
 
 def rayflow(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "rayflow", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-        env={**os.environ, "RAY_ADDRESS": ""},
-    )
+    return run_cli(*args, timeout=timeout, RAY_ADDRESS="")
 
 
 def rows(stdout: str) -> dict[str, list[str]]:

@@ -12,10 +12,10 @@ import os
 import pathlib
 import re
 import subprocess
-import sys
 import time
 
 import pytest
+from cli_runner import run_cli
 
 import rayflow as rf
 from rayflow.cli.output import print_run
@@ -26,14 +26,7 @@ THIS = "tests/test_cli_show.py"
 
 
 def rayflow(home: pathlib.Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "rayflow", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-        env={**os.environ, "RAYFLOW_HOME": str(home), "RAY_ADDRESS": ""},
-    )
+    return run_cli(*args, home=home, timeout=timeout, RAY_ADDRESS="")
 
 
 def table(stdout: str) -> tuple[list[str], dict[str, dict[str, str]]]:

@@ -10,6 +10,7 @@ import time
 import sys
 
 import pytest
+from cli_runner import run_cli
 from pydantic import SecretStr
 
 import rayflow as rf
@@ -62,14 +63,7 @@ def history(tmp_path_factory):
 
 
 def cli(home: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "rayflow", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-        env={**os.environ, "RAYFLOW_HOME": str(home), "RAYFLOW_JAEGER_URL": "http://jaeger.example:16686"},
-    )
+    return run_cli(*args, home=home, RAYFLOW_JAEGER_URL="http://jaeger.example:16686")
 
 
 def test_the_run_is_recorded_with_transitions_and_chunks(history):
