@@ -273,7 +273,7 @@ class GraphBuilder:
         sources: tuple[Any, ...] = (),
         subflow: Subflow | None = None,
     ) -> NodeRef:
-        found = find_refs((args, kwargs)) if args or kwargs else []
+        found = find_refs((args, kwargs)) if _may_hold_refs(args, kwargs) else []
         if sources:
             found = [NodeRef(s.key, s.owner) for s in sources if s.kind in _NODE_SOURCES] + found
         refs = [r for r in unique_refs(found) if isinstance(r, NodeRef)]
@@ -310,6 +310,12 @@ class GraphBuilder:
 
 
 _NODE_SOURCES = ("node", "map", "flatten_node", "flatten_map")
+_ATOMS = frozenset({int, float, str, bool, bytes, type(None)})
+
+
+def _may_hold_refs(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bool:
+    """False for the common call of plain scalars only, without walking it."""
+    return any(type(a) not in _ATOMS for a in args) or any(type(v) not in _ATOMS for v in kwargs.values())
 
 
 def argument_slots(task: Task, arguments: Mapping[str, Any]) -> dict[str, Any]:
@@ -374,6 +380,8 @@ def _wait_for_keys(wait_for: Any, key: str) -> list[tuple[str, int]]:
 
 def check_binding(task: Task, key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     """Raise GraphError naming the argument when a call does not fit the task's signature."""
+    if not kwargs and task.positional_arity == len(args):
+        return
     sig = task.signature
     try:
         sig.bind(*args, **kwargs)

@@ -31,6 +31,13 @@ class Task:
         self.name: str = options.name or getattr(fn, "__name__", None) or type(fn).__name__
         self.qualname = _qualname(fn)
         self.signature = inspect.signature(fn)
+        # Tracing's fast path: how many positional arguments bind with no further check
+        # (every parameter positional, none with a default); None when that does not apply.
+        kinds = [p.kind for p in self.signature.parameters.values()]
+        simple = all(k is inspect.Parameter.POSITIONAL_OR_KEYWORD for k in kinds) and all(
+            p.default is p.empty for p in self.signature.parameters.values()
+        )
+        self.positional_arity: int | None = len(kinds) if simple else None
         if "wait_for" in self.signature.parameters:
             raise DefinitionError(
                 f"task {self.qualname} has a parameter named 'wait_for', which rayflow reserves "
