@@ -313,3 +313,21 @@ def test_too_many_positional_subflow_arguments_name_the_subflow():
 
     with pytest.raises(rf.ParameterError, match="subflow 'inner' called in flow 'parent'.*positional"):
         parent.run()
+
+
+def test_a_subflow_whose_body_raised_leaves_nothing_behind():
+    @rf.flow
+    def broken(x: int):
+        inc(x)
+        raise ValueError("no")
+
+    @rf.flow(runner="local")
+    def careful(n: int = 1):
+        try:
+            broken(x=n)
+        except ValueError:
+            pass
+        return inc(n)
+
+    assert list(careful.graph_for().by_key) == ["inc"]
+    assert careful() == 2

@@ -228,6 +228,11 @@ class GraphBuilder:
         self._scopes.append(scope)
         try:
             yield scope
+        except BaseException:
+            # A body that raised leaves no half-recorded subflow behind, should the caller catch it.
+            self._keys.difference_update(n.key for n in self._nodes[scope.start :])
+            del self._nodes[scope.start :]
+            raise
         finally:
             self._scopes.pop()
 
