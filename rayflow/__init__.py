@@ -18,8 +18,8 @@ from rayflow.core.branching import case, merge, set_reference_tasks
 from rayflow.core.flow import Flow, flow
 from rayflow.core.mapping import flatten, mapped, unmapped
 from rayflow.core.task import Task, task
-from rayflow.engine.flow_run import FlowRun
-from rayflow.engine.logs import get_run_logger
+from rayflow.engine.driver.flow_run import FlowRun
+from rayflow.engine.worker.logs import get_run_logger
 from rayflow.exceptions import (
     ClusterConnectionError,
     DefinitionError,

@@ -18,7 +18,19 @@ def test_import_contracts_hold():
     out = subprocess.run([exe, "--no-cache"], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "0 broken" in out.stdout
-    assert "Contracts: 4 kept" in out.stdout
+    assert "Contracts: 6 kept" in out.stdout
+
+
+def test_the_process_role_contracts_catch_an_orchestrator_importing_worker_code(tmp_path):
+    """A copy of the package where the orchestrator's policy imports a worker module breaks a contract."""
+    shutil.copytree(REPO / "rayflow", tmp_path / "rayflow", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    policy = tmp_path / "rayflow" / "engine" / "policy.py"
+    policy.write_text(policy.read_text() + "\nfrom rayflow.engine.worker import chunk  # noqa: E402\n")
+    exe = shutil.which("lint-imports") or str(pathlib.Path(sys.executable).parent / "lint-imports")
+    out = subprocess.run([exe, "--no-cache"], capture_output=True, text=True, cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
+    assert out.returncode != 0
+    assert "The orchestrator side imports no worker or driver code" in out.stdout and "1 broken" in out.stdout
 
 
 def test_exported_members_are_curated_and_sorted():

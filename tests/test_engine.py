@@ -14,12 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rayflow as rf
-from rayflow.engine.executor import Completion, LocalBox
+from rayflow.engine.executor import Completion
+from rayflow.engine.driver.local_executor import LocalBox
 from rayflow.engine.orchestrator import Orchestrator
 from rayflow.engine.plan import compile_plan
-from rayflow.engine.execute import execute
-from rayflow.engine.task_run import AttemptResult
-from rayflow.engine.work import Work
+from rayflow.engine.worker.execute import execute
+from rayflow.engine.protocol import AttemptResult
+from rayflow.engine.protocol import Work
 from rayflow.states import StateType as T
 
 

@@ -9,10 +9,10 @@ import pytest
 
 import rayflow as rf
 from rayflow.engine import columns as C
-from rayflow.engine.chunk_run import ChunkSummary
-from rayflow.engine.executor import LocalExecutor
-from rayflow.engine.maps import ItemStates
-from rayflow.engine.mapping import MapRun, WholeSource
+from rayflow.engine.protocol import ChunkSummary
+from rayflow.engine.driver.local_executor import LocalExecutor
+from rayflow.engine.maps.coordinator import ItemStates
+from rayflow.engine.maps.run import MapRun, WholeFeed
 from rayflow.engine.orchestrator import Orchestrator
 from rayflow.engine.plan import compile_plan
 from rayflow.states import State
@@ -173,7 +173,7 @@ def test_the_first_error_of_a_map_names_the_item_by_its_index_in_the_map(runner)
 
 
 def test_a_lost_chunk_fails_exactly_its_items():
-    run = MapRun("m", _options(), [WholeSource("x", "column", None, 10)], max_in_flight=8, cpus=1, clock=lambda: 0.0)
+    run = MapRun("m", _options(), [WholeFeed("x", "column", None, 10)], max_in_flight=8, cpus=1, clock=lambda: 0.0)
     jobs = run.next_jobs(0.0)
     assert [(j.start, j.size) for j, _ in jobs] == [(0, 4), (4, 4), (8, 2)]
     run.on_summary(_summary(0, 4, {C.SUCCESS: 4}), "h0", 0.0)
@@ -203,7 +203,7 @@ def _summary(chunk, size, counts, failed=(), retry=(), indices=None, errors=()):
 def test_item_states_keep_real_indexes_without_a_state_per_successful_item():
     """A 12-item map in chunks of 4: item 2 fails, item 6 fails then succeeds on its retry,
     item 9 times out after its retry, item 11 fails for good on its retry."""
-    run = MapRun("score", _options(retries=1), [WholeSource("x", "column", None, 12)], max_in_flight=8, cpus=1, clock=lambda: 0.0)
+    run = MapRun("score", _options(retries=1), [WholeFeed("x", "column", None, 12)], max_in_flight=8, cpus=1, clock=lambda: 0.0)
     jobs = run.next_jobs(0.0)
     assert len(jobs) == 3
     run.on_summary(_summary(0, 4, {C.SUCCESS: 3, C.FAILED: 1}, failed=[(2, C.FAILED, False, 1)]), "h0", 0.0)

@@ -19,7 +19,7 @@ import pytest
 
 import rayflow as rf
 from rayflow.engine.payload import dump_payload, load_payload
-from rayflow.engine.task_run import format_user_traceback
+from rayflow.engine.protocol import format_user_traceback
 from rayflow.states import StateType as T
 from rayflow.store import RunStore
 
@@ -220,4 +220,4 @@ def test_an_error_of_rayflow_itself_keeps_its_frames():
         return short_batch.map(range(3))
 
     tb = shortening.run().map_states("short_batch")[0].error.traceback
-    assert f"{ENGINE_DIR}chunk_run.py" in tb and "ValueError: batch task returned 1 results for 3 items" in tb
+    assert f"{ENGINE_DIR}worker{os.sep}chunk.py" in tb and "ValueError: batch task returned 1 results for 3 items" in tb

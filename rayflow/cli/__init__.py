@@ -25,8 +25,8 @@ from rayflow.cli.graph import mermaid as render_mermaid
 from rayflow.cli.history import print_live, print_runs, task_rows
 from rayflow.cli.output import print_run
 from rayflow.core.parameters import parameter_annotations
-from rayflow.engine.flow_run import FlowRun
-from rayflow.engine.local import new_run_id
+from rayflow.engine.driver.flow_run import FlowRun
+from rayflow.engine.driver.local import new_run_id
 from rayflow.store import RunStore
 from rayflow.exceptions import (
     ClusterConnectionError,

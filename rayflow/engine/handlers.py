@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from rayflow.engine.task_run import describe_error
+from rayflow.engine.protocol import describe_error
 from rayflow.states import State, StateType
 
 

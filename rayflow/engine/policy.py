@@ -11,7 +11,7 @@ import random
 from collections.abc import Callable, Mapping
 from rayflow.core.options import TaskOptions
 from rayflow.engine.plan import TaskSpec
-from rayflow.engine.task_run import describe_error
+from rayflow.engine.protocol import describe_error
 from rayflow.states import State, StateType
 from rayflow.triggers import failed_upstreams, tally, trigger_name
 

@@ -1,6 +1,6 @@
 """RayExecutor: each unit of work (a task attempt, a map chunk) is one Ray task.
 
-Each Work runs ``engine.execute.execute`` with two returns: the value, which
+Each Work runs ``engine.worker.execute.execute`` with two returns: the value, which
 stays in the object store and reaches downstream tasks as an ObjectRef (Ray
 resolves it into the argument on the worker), and the small report
 (AttemptResult or ChunkSummary), which the orchestrator fetches.  The value
@@ -27,11 +27,11 @@ from typing import Any
 import ray
 from ray.exceptions import RayError, RayTaskError
 
-from rayflow.engine.execute import execute
+from rayflow.engine.worker.execute import execute
 from rayflow.engine.executor import Completion, Event, Started
 from rayflow.engine.plan import TaskSpec
-from rayflow.engine.task_run import describe_error
-from rayflow.engine.work import Work
+from rayflow.engine.protocol import describe_error
+from rayflow.engine.protocol import Work
 from rayflow.telemetry import worker_context
 
 BIG_PAYLOAD = 64 * 1024  # bytes; larger payloads (and every map's) are put in the object store once

@@ -17,11 +17,11 @@ from typing import Any
 
 import ray
 
-from rayflow.engine.flow_run import FlowRun
-from rayflow.engine.local import new_run_id
+from rayflow.engine.driver.flow_run import FlowRun
+from rayflow.engine.driver.local import new_run_id
 from rayflow.engine.columns import next_items
 from rayflow.engine.plan import Plan, compile_plan
-from rayflow.engine.progress import MapProgress
+from rayflow.engine.driver.progress import MapProgress
 from rayflow.runtime.actor import driver_actor
 from rayflow.runtime.cluster import connect
 from rayflow.store import rayflow_home

@@ -26,7 +26,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from rayflow.core.parameters import is_secret
 from rayflow.engine import columns as C
-from rayflow.engine.work import Work
+from rayflow.engine.protocol import Work
 from rayflow.states import State, StateType
 from rayflow.telemetry.config import TelemetrySettings, flush_providers, new_span_id, provider_for
 

@@ -12,11 +12,11 @@ import uuid
 from typing import Any
 
 from rayflow.engine.columns import next_items
-from rayflow.engine.executor import LocalExecutor
-from rayflow.engine.flow_run import FlowRun
+from rayflow.engine.driver.local_executor import LocalExecutor
+from rayflow.engine.driver.flow_run import FlowRun
 from rayflow.engine.orchestrator import Orchestrator
 from rayflow.engine.plan import compile_plan
-from rayflow.engine.progress import MapProgress
+from rayflow.engine.driver.progress import MapProgress
 
 
 class StreamFeeder:

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rayflow.engine import columns as C
-from rayflow.engine.chunk_run import ChunkSummary
+from rayflow.engine.protocol import ChunkSummary
 from rayflow.engine.columns import ChunkResult, encode_values
-from rayflow.engine.mapping import MapRun, MapSource, StreamSource, WholeSource
+from rayflow.engine.maps.run import MapRun, MapFeed, StreamFeed, WholeFeed
 from rayflow.engine.plan import TaskSpec
-from rayflow.engine.work import ChunkJob, Work
+from rayflow.engine.protocol import ChunkJob, Work
 from rayflow.states import ErrorInfo, State, StateType
 from rayflow.triggers import Tally
 
@@ -36,7 +36,7 @@ class MapCoordinator:
         self.maps: dict[str, MapRun] = {}
         self.jobs: dict[int, tuple[str, ChunkJob]] = {}  # work id -> (map key, job) in flight
         self.object_handles: dict[str, list[Any]] = {}
-        self.streams: dict[int, StreamSource] = {}
+        self.streams: dict[int, StreamFeed] = {}
         self.stream_owner: dict[int, str] = {}
         self.stream_inbox: collections.deque[tuple[int, Any, int, bool]] = collections.deque()
         self.children: dict[str, list[str]] = collections.defaultdict(list)
@@ -70,7 +70,7 @@ class MapCoordinator:
         sources: list[Any] = []
         for source in spec.sources:
             if source.kind == "const":
-                sources.append(WholeSource(source.name, "column", handles[source.index], source.length))
+                sources.append(WholeFeed(source.name, "column", handles[source.index], source.length))
             elif source.kind in ("node", "flatten_node"):
                 length = orch.lengths.get(source.key)
                 if length is None:
@@ -80,12 +80,12 @@ class MapCoordinator:
                         "cannot be mapped over: it is not a list or another sized collection",
                     )
                 kind = "value" if source.kind == "node" else "flatten_value"
-                sources.append(WholeSource(source.name, kind, orch.handles[source.key], length))
+                sources.append(WholeFeed(source.name, kind, orch.handles[source.key], length))
             elif source.kind in ("map", "flatten_map"):
                 upstream = source.key
-                sources.append(MapSource(source.name, lambda k=upstream: self.maps.get(k), source.kind == "flatten_map"))
+                sources.append(MapFeed(source.name, lambda k=upstream: self.maps.get(k), source.kind == "flatten_map"))
             else:
-                stream = StreamSource(source.name, source.index)
+                stream = StreamFeed(source.name, source.index)
                 self.streams[source.index] = stream
                 self.stream_owner[source.index] = spec.key
                 sources.append(stream)
@@ -128,7 +128,7 @@ class MapCoordinator:
     def _request_stream(self, run: MapRun) -> None:
         want = run.stream_demand()
         if want:
-            stream: StreamSource = run.leader  # type: ignore[assignment]
+            stream: StreamFeed = run.leader  # type: ignore[assignment]
             stream.requested = stream.received() + want
             feeder = self.orch.feeder
             if feeder is not None:

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rayflow.engine import columns as C
-from rayflow.engine.chunk_run import ChunkSummary
+from rayflow.engine.protocol import ChunkSummary
 from rayflow.engine.policy import retry_delay
-from rayflow.engine.work import ChunkHandle, ChunkJob, MapHandle, Piece
+from rayflow.engine.protocol import ChunkHandle, ChunkJob, MapHandle, Piece
 from rayflow.states import State, StateType
 
 TARGET_SECONDS = 0.25
@@ -54,7 +54,7 @@ def _covering(segments: list[Segment], lo: int, hi: int) -> list[tuple[str, tupl
     return out if sum(p[3] - p[2] for p in out) == hi - lo else None
 
 
-class WholeSource:
+class WholeFeed:
     """Every item available at once: a constant, a task's result, or its flattening."""
 
     def __init__(self, name: str, kind: str, handle: Any, length: int):
@@ -69,7 +69,7 @@ class WholeSource:
         return [(self.kind, (self.handle,), lo, hi)]
 
 
-class MapSource:
+class MapFeed:
     """An upstream map, element-wise (or flattened): its final chunks are our segments."""
 
     leads = True
@@ -102,7 +102,7 @@ class MapSource:
         return _covering(self.segments(), lo, hi)  # None while part of [lo, hi) is not final
 
 
-class StreamSource:
+class StreamFeed:
     """Items pushed in segments by a feeder (a generator input), until it is exhausted."""
 
     leads = True
@@ -249,7 +249,7 @@ class MapRun:
 
     def stream_demand(self) -> int:
         """Items a stream leader should be asked for now (0: none)."""
-        if not isinstance(self.leader, StreamSource) or self.leader.exhausted or self.fatal:
+        if not isinstance(self.leader, StreamFeed) or self.leader.exhausted or self.fatal:
             return 0
         pending = self.leader.received() - self.dispatched_stream_items()
         if self.in_flight >= self.max_in_flight or pending > 0 or self.leader.requested > self.leader.received():
@@ -362,7 +362,7 @@ class MapRun:
         if summary.errors:
             chunk.errors = (chunk.errors + [(chunk.start + i, text) for i, text in summary.errors])[-20:]
         self._version += 1
-        if chunk.final and isinstance(self.leader, StreamSource):
+        if chunk.final and isinstance(self.leader, StreamFeed):
             self.leader.release(self._segment_of(chunk))
         self._check_done()
 
@@ -443,7 +443,7 @@ class MapRun:
         chunk.  Computed on demand (a trigger asks once a map is done) and cached.
         """
         upstream = [
-            run for s in self.sources if isinstance(s, MapSource) and not s.flat and (run := s.lookup()) is not None
+            run for s in self.sources if isinstance(s, MapFeed) and not s.flat and (run := s.lookup()) is not None
         ]
         version = (self._version, *(id(u) for u in upstream), *(u._version for u in upstream))
         if self._outcomes is not None and self._outcomes[0] == version:

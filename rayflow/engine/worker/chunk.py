@@ -16,7 +16,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,33 +23,10 @@ import numpy as np
 from rayflow.core.refs import MapInput, NodeRef, substitute
 from rayflow.engine import columns as C
 from rayflow.engine.columns import ChunkResult, Column, concat_columns, encode_values, merge_results, to_column
-from rayflow.engine.logs import current_item_cell
 from rayflow.engine.payload import load_payload
-from rayflow.engine.task_run import describe_error, signal_message
-from rayflow.engine.work import ChunkJob, Piece
+from rayflow.engine.protocol import MAX_REPORTED_ERRORS, ChunkJob, ChunkSummary, Piece, describe_error, signal_message
+from rayflow.engine.worker.logs import current_item_cell
 from rayflow.signals import Fail, Retry, Signal, Skip
-
-MAX_REPORTED_ERRORS = 20  # per chunk, in the summary; all are kept in the ChunkResult
-
-
-@dataclass
-class ChunkSummary:
-    """What the orchestrator learns about a chunk: counts and the items needing a decision."""
-
-    work_id: int
-    map_key: str
-    chunk: int
-    size: int
-    started_at: float
-    finished_at: float
-    counts: dict[int, int]  # code -> number of items
-    failed: list[tuple[int, int, bool, int]] = field(default_factory=list)  # (item, code, retryable, attempt)
-    retry: list[tuple[int, float | None, int]] = field(default_factory=list)  # rf.Retry: (item, delay, attempt)
-    errors: list[tuple[int, str]] = field(default_factory=list)  # first few (item, "Type: message")
-    flat_count: int = 0  # items the successful values hold, for rf.flatten consumers
-    indices: tuple[int, ...] | None = None
-    logs: tuple[tuple, ...] = ()  # records captured while it ran (engine.logs)
-
 
 _PAYLOADS: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
 

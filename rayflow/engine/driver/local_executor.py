@@ -1,0 +1,80 @@
+"""``LocalExecutor``: runs works on a thread pool in this process.
+
+It is the reference for the engine's semantics and makes the orchestrator
+testable without Ray.  Task resource options are ignored by it, and since a
+thread cannot be killed, a work that times out or is cancelled is abandoned:
+its result is ignored but the thread runs on until the function returns.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import os
+import time
+from typing import Any
+
+from rayflow.engine.executor import Completion, Event, Started
+from rayflow.engine.plan import TaskSpec
+from rayflow.engine.protocol import Work, describe_error
+from rayflow.engine.worker.execute import execute
+
+
+class LocalBox:
+    """The handle of a value kept in this process."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+
+class LocalExecutor:
+    """Runs works on threads of this process."""
+
+    def __init__(self, max_workers: int | None = None):
+        self._pool = cf.ThreadPoolExecutor(max_workers=max_workers or max(4, os.cpu_count() or 1))
+        self._futures: dict[cf.Future[Any], Work] = {}
+        self._started: collections.deque[Started] = collections.deque()
+
+    def _run(self, spec: TaskSpec, work: Work, values: list[Any]) -> tuple[Any, Any]:
+        self._started.append(Started(work.work_id, time.time()))
+        return execute(spec.payload, work, *values)
+
+    def submit(self, spec: TaskSpec, work: Work, handles: list[Any]) -> None:
+        values = [None if box is None else box.value for box in handles]
+        self._futures[self._pool.submit(self._run, spec, work, values)] = work
+
+    def wait(self, timeout: float | None) -> list[Event]:
+        events: list[Event] = []
+        while self._started:
+            events.append(self._started.popleft())
+        if not self._futures:
+            if timeout and not events:
+                time.sleep(min(timeout, 0.01))
+            return events
+        done, _ = cf.wait(list(self._futures), timeout=0 if events else timeout, return_when=cf.FIRST_COMPLETED)
+        for future in done:
+            work = self._futures.pop(future)
+            try:
+                value, report = future.result()
+            except BaseException as exc:  # noqa: BLE001 - a broken work, not the user's error
+                events.append(Completion(work, None, None, describe_error(exc, system=True)))
+                continue
+            events.append(Completion(work, report, LocalBox(value)))
+        return events
+
+    def cancel(self, work_id: int) -> None:
+        for future, work in list(self._futures.items()):
+            if work.work_id == work_id:
+                future.cancel()
+                del self._futures[future]
+
+    def put(self, value: Any) -> Any:
+        return LocalBox(value)
+
+    def fetch(self, handles: list[Any]) -> list[Any]:
+        return [None if box is None else box.value for box in handles]
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,184 @@
+"""The messages that cross processes: what the orchestrator sends a worker, and what comes back.
+
+Both sides import this module and nothing else of each other's.  Out: a
+``Work`` (a task attempt, or a ``ChunkJob`` of a map) with a flat list of
+input handles.  Back: an ``AttemptResult`` or a ``ChunkSummary`` (small; the
+value itself stays with the executor), errors described by ``describe_error``.
+
+An executor receives a ``Work`` and a flat list of handles; it passes the
+handles to the worker as top-level arguments (so Ray resolves them there,
+zero-copy for Arrow and numpy data) and the worker rebuilds the structure
+from ``Work.layout`` / ``ChunkJob.pieces``.  A mapped task's value is a
+``MapHandle``: per-chunk metadata whose handles point at ChunkResults.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+
+from rayflow.signals import Signal
+from rayflow.states import ErrorInfo, StateType
+
+
+@dataclass(frozen=True)
+class ChunkHandle:
+    start: int
+    stop: int
+    handles: tuple[Any, ...]  # the chunk's first ChunkResult, then its retries'
+    flat_start: int = 0  # for flatten consumers: where its items start in the flattened sequence
+    flat_stop: int = 0
+
+
+@dataclass(frozen=True)
+class MapHandle:
+    """The value of a mapped task: its chunks, in item order."""
+
+    chunks: tuple[ChunkHandle, ...]
+    total: int
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Items [lo, hi) of one input object (or of a chunk's merged results)."""
+
+    kind: str  # column | value | chunk | flatten_value | flatten_chunk
+    objs: tuple[int, ...]  # indices into the flat handle list
+    lo: int
+    hi: int
+
+
+@dataclass(frozen=True)
+class ChunkJob:
+    map_key: str
+    chunk: int  # chunk index within the map
+    start: int  # global index of the chunk's first item
+    size: int  # items in the chunk
+    sources: tuple[tuple[Piece, ...], ...]  # per mapped source: the pieces giving its items
+    indices: tuple[int, ...] | None = None  # a retry: only these items of the chunk
+    attempts: tuple[int, ...] | None = None  # attempt number of each item run (None: all 1)
+
+
+@dataclass(frozen=True)
+class Work:
+    work_id: int
+    task_key: str
+    attempt: int
+    layout: tuple[Any, ...] = ()  # plain tasks: per upstream, ("value", i) or ("map", chunk handle indices)
+    job: ChunkJob | None = None
+    report_length: str | None = None  # "len" / "flat": report the value's length for a consuming map
+    trace: Any = None  # (W3C traceparent, telemetry settings) when the run is traced
+    run_id: str = ""
+    log_prints: bool = False  # capture print() as log records of the run
+
+
+def pack_inputs(inputs: list[Any]) -> tuple[tuple[Any, ...], list[Any]]:
+    """A layout plus the flat handles for a plain task's upstream inputs."""
+    flat: list[Any] = []
+    layout: list[Any] = []
+    for handle in inputs:
+        if isinstance(handle, MapHandle):
+            chunks = []
+            for ch in handle.chunks:
+                chunks.append(tuple(range(len(flat), len(flat) + len(ch.handles))))
+                flat.extend(ch.handles)
+            layout.append(("map", tuple(chunks)))
+        else:
+            layout.append(("value", len(flat)))
+            flat.append(handle)
+    return tuple(layout), flat
+
+
+# -- what comes back -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    task_key: str
+    attempt: int
+    type: StateType  # SUCCESS, FAILED, or SKIPPED / RETRYING when the task raised a signal
+    started_at: float
+    finished_at: float
+    message: str = ""
+    error: ErrorInfo | None = None
+    exception_bytes: bytes | None = None
+    retryable: bool = True  # False when the exception is not one of the task's retry_on types
+    retry_delay: float | None = None  # from rf.Retry(delay=...)
+    length: int | None = None  # items in the value, when a map consumes it
+    logs: tuple[tuple, ...] = ()  # records captured while it ran (engine.worker.logs)
+
+    def exception(self) -> BaseException | None:
+        if self.exception_bytes is None:
+            return None
+        try:
+            return cloudpickle.loads(self.exception_bytes)
+        except Exception:  # the exception's class is not importable here
+            return None
+
+
+_RAYFLOW_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def describe_error(exc: BaseException, *, system: bool = False) -> ErrorInfo:
+    """A system error keeps every frame: there the engine's own frames are the story."""
+    cls = type(exc)
+    return ErrorInfo(
+        type=f"{cls.__module__}.{cls.__qualname__}",
+        message=str(exc),
+        traceback="".join(traceback.format_exception(exc)) if system else format_user_traceback(exc),
+        system=system,
+    )
+
+
+def format_user_traceback(exc: BaseException) -> str:
+    """The traceback of ``exc`` and of the exceptions chained to it, each from the user's first frame."""
+    described = traceback.TracebackException.from_exception(exc)
+    pending, seen = [described], set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.stack = _drop_engine_frames(current.stack)
+        pending.extend(t for t in (current.__cause__, current.__context__) if t is not None)
+        pending.extend(getattr(current, "exceptions", None) or ())  # an ExceptionGroup's members
+    return "".join(described.format())
+
+
+def _drop_engine_frames(stack: traceback.StackSummary) -> traceback.StackSummary:
+    """Without rayflow's frames above the user's first one; kept whole when all are rayflow's (its own error)."""
+    for i, frame in enumerate(stack):
+        if not os.path.abspath(frame.filename).startswith(_RAYFLOW_DIR):
+            return traceback.StackSummary.from_list(stack[i:]) if i else stack
+    return stack
+
+
+def signal_message(signal: Signal) -> str:
+    name = type(signal).__name__
+    return f"{name} signal: {signal.message}" if signal.message else f"{name} signal"
+
+
+MAX_REPORTED_ERRORS = 20  # per chunk, in the summary; all are kept in the ChunkResult
+
+
+@dataclass
+class ChunkSummary:
+    """What the orchestrator learns about a chunk: counts and the items needing a decision."""
+
+    work_id: int
+    map_key: str
+    chunk: int
+    size: int
+    started_at: float
+    finished_at: float
+    counts: dict[int, int]  # code -> number of items
+    failed: list[tuple[int, int, bool, int]] = field(default_factory=list)  # (item, code, retryable, attempt)
+    retry: list[tuple[int, float | None, int]] = field(default_factory=list)  # rf.Retry: (item, delay, attempt)
+    errors: list[tuple[int, str]] = field(default_factory=list)  # first few (item, "Type: message")
+    flat_count: int = 0  # items the successful values hold, for rf.flatten consumers
+    indices: tuple[int, ...] | None = None
+    logs: tuple[tuple, ...] = ()  # records captured while it ran (engine.worker.logs)
