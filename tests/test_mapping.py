@@ -441,3 +441,32 @@ def test_progress_bar_when_asked_and_silent_otherwise(runner, capsys):
     on(shown.with_options(progress=True), runner).run()
     err = capsys.readouterr().err
     assert "counted" in err and "50/50" in err and "0 failed" in err
+
+
+_scalars = st.one_of(
+    st.integers(), st.floats(allow_nan=False), st.booleans(), st.none(), st.text(max_size=5), st.binary(max_size=5)
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.one_of(st.lists(_scalars, max_size=30), st.lists(st.integers(), max_size=30), st.lists(st.floats(allow_nan=False), max_size=30)))
+def test_columns_give_every_value_back_unchanged(values):
+    """A law: whatever encoding a list of items gets (numpy, Arrow, pickles), items come back equal and of the same type."""
+    from rayflow.engine.columns import concat_columns, encode_values
+
+    column = encode_values(values)
+    back = column.items()
+    assert back == values and [type(v) for v in back] == [type(v) for v in values]
+    assert [repr(v) for v in back] == [repr(v) for v in values]  # -0.0 stays -0.0, 1 does not become 1.0 or True
+    half = len(values) // 2
+    joined = concat_columns([encode_values(values[:half]), encode_values(values[half:])]).items()
+    assert [repr(v) for v in joined] == [repr(v) for v in values]
+
+
+@pytest.mark.parametrize("items", [range(0), range(5), range(10, -7, -3), range(2**62, 2**62 + 4), range(2**63, 2**63 + 2)])
+def test_a_range_maps_to_the_same_items(items):
+    from rayflow.engine.columns import to_column
+
+    column = to_column(items)
+    assert column.items() == list(items) and all(type(v) is int for v in column.items())
+    assert column.slice(1, 3).items() == list(items)[1:3]
