@@ -485,3 +485,34 @@ def test_branching_helpers_need_a_flow():
     with pytest.raises(rf.GraphError, match="inside a flow"):
         with rf.case(1, 1):
             pass
+
+
+class Halt(rf.signals.Signal):
+    """A signal of the user's own that is none of Skip, Fail, Retry."""
+
+
+def test_signals_follow_one_rule_for_tasks_and_map_items(runner, tmp_path):
+    """Fail is retried, any other failing signal is not: alike for a plain task and a map item."""
+    log = str(tmp_path / "calls")
+
+    @rf.task(retries=1)
+    def signalled(kind: str) -> str:
+        with open(log, "a") as fh:
+            fh.write(kind + "\n")
+        raise (rf.Fail if kind.startswith("fail") else Halt)(kind)
+
+    @rf.flow
+    def both():
+        return [
+            signalled.with_options(name="fail_task")("fail-task"),
+            signalled.with_options(name="halt_task")("halt-task"),
+            signalled.with_options(name="items").map(["fail-item", "halt-item"]),
+        ]
+
+    run = on(both, runner).run()
+    items = run.map_states("items")
+    assert [run.task_states["fail_task"].attempt, run.task_states["halt_task"].attempt] == [2, 1]
+    assert [s.attempt for s in items] == [2, 1]
+    assert run.task_states["halt_task"].type is T.FAILED and items[1].type is T.FAILED
+    calls = pathlib.Path(log).read_text().split()
+    assert {k: calls.count(k) for k in set(calls)} == {"fail-task": 2, "halt-task": 1, "fail-item": 2, "halt-item": 1}

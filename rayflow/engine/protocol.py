@@ -21,7 +21,7 @@ from typing import Any
 
 import cloudpickle
 
-from rayflow.signals import Signal
+from rayflow.signals import Fail, Retry, Signal, Skip
 from rayflow.states import ErrorInfo, StateType
 
 
@@ -160,6 +160,24 @@ def _drop_engine_frames(stack: traceback.StackSummary) -> traceback.StackSummary
 def signal_message(signal: Signal) -> str:
     name = type(signal).__name__
     return f"{name} signal: {signal.message}" if signal.message else f"{name} signal"
+
+
+@dataclass(frozen=True)
+class SignalOutcome:
+    type: StateType  # SKIPPED, RETRYING or FAILED
+    message: str
+    retryable: bool  # a FAILED outcome that the task's retries may retry
+    delay: float | None = None  # rf.Retry(delay=...)
+
+
+def signal_outcome(signal: Signal) -> SignalOutcome:
+    """How a signal raised by user code becomes a state: one rule, for tasks and map items alike."""
+    message = signal_message(signal)
+    if isinstance(signal, Skip):
+        return SignalOutcome(StateType.SKIPPED, message, False)
+    if isinstance(signal, Retry):
+        return SignalOutcome(StateType.RETRYING, message, True, signal.delay)
+    return SignalOutcome(StateType.FAILED, message, isinstance(signal, Fail))  # Fail, or a bare Signal: not retried
 
 
 MAX_REPORTED_ERRORS = 20  # per chunk, in the summary; all are kept in the ChunkResult

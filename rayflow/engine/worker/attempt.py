@@ -19,8 +19,8 @@ import cloudpickle
 
 from rayflow.core.refs import NodeRef, substitute
 from rayflow.engine.payload import load_payload
-from rayflow.engine.protocol import AttemptResult, describe_error, signal_message
-from rayflow.signals import Fail, Retry, Signal, Skip
+from rayflow.engine.protocol import AttemptResult, describe_error, signal_outcome
+from rayflow.signals import Signal
 from rayflow.states import StateType
 
 
@@ -75,21 +75,18 @@ def run_attempt(payload: bytes, task_key: str, attempt: int, *inputs: Any) -> tu
     )
 
 
-_SIGNAL_STATES = {Skip: StateType.SKIPPED, Fail: StateType.FAILED, Retry: StateType.RETRYING}
-
-
 def _signalled(signal: Signal, task_key: str, attempt: int, started: float) -> AttemptResult:
-    kind = next((t for cls, t in _SIGNAL_STATES.items() if isinstance(signal, cls)), StateType.FAILED)
-    message = signal_message(signal)
+    outcome = signal_outcome(signal)
+    failed = outcome.type is StateType.FAILED
     return AttemptResult(
         task_key=task_key,
         attempt=attempt,
-        type=kind,
+        type=outcome.type,
         started_at=started,
         finished_at=time.time(),
-        message=message,
-        error=describe_error(signal) if kind is StateType.FAILED else None,
-        exception_bytes=_pickled_exception(signal) if kind is StateType.FAILED else None,
-        retryable=True,
-        retry_delay=getattr(signal, "delay", None),
+        message=outcome.message,
+        error=describe_error(signal) if failed else None,
+        exception_bytes=_pickled_exception(signal) if failed else None,
+        retryable=outcome.retryable,
+        retry_delay=outcome.delay,
     )

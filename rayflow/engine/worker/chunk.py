@@ -25,9 +25,10 @@ from rayflow.core.refs import MapInput, NodeRef, substitute
 from rayflow.engine import columns as C
 from rayflow.engine.columns import ChunkResult, Column, concat_columns, encode_values, merge_results, to_column
 from rayflow.engine.payload import load_payload
-from rayflow.engine.protocol import MAX_REPORTED_ERRORS, ChunkJob, ChunkSummary, Piece, describe_error, signal_message
+from rayflow.engine.protocol import MAX_REPORTED_ERRORS, ChunkJob, ChunkSummary, Piece, describe_error, signal_outcome
 from rayflow.engine.worker.logs import current_item_cell
-from rayflow.signals import Fail, Retry, Signal, Skip
+from rayflow.signals import Signal
+from rayflow.states import StateType
 
 _PAYLOADS: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
 
@@ -280,18 +281,15 @@ def _run_items_timed(call, inputs, runnable, results, codes, errors, retryable, 
 
 
 def _signalled(sig: Signal, j: int, codes: Any, errors: dict, retry_delays: dict, retryable: dict) -> None:
-    name = type(sig).__name__
-    message = signal_message(sig)
-    if isinstance(sig, Skip):
-        codes[j] = C.SKIPPED
-    elif isinstance(sig, Retry):
-        codes[j] = C.RETRYING
-        retry_delays[j] = sig.delay
-        errors[j] = ("rayflow.signals.Retry", message, "")
-    else:  # Fail and any other signal
-        codes[j] = C.FAILED
-        errors[j] = (f"rayflow.signals.{name}", message, "")
-        retryable[j] = isinstance(sig, Fail)
+    outcome = signal_outcome(sig)
+    codes[j] = C.CODE[outcome.type]
+    if outcome.type is StateType.SKIPPED:
+        return
+    errors[j] = (f"{type(sig).__module__}.{type(sig).__qualname__}", outcome.message, "")
+    if outcome.type is StateType.RETRYING:
+        retry_delays[j] = outcome.delay
+    else:
+        retryable[j] = outcome.retryable
 
 
 def _run_batch(
