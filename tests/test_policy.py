@@ -177,3 +177,26 @@ def test_timeout_deadline_counts_from_the_real_start():
     ex.finish("add")  # the killed attempt's late result is ignored
     orch.step(0)
     assert orch.states["add"].type is T.TIMED_OUT and orch.done
+
+
+def test_the_flow_and_a_lost_work_take_their_times_from_the_injected_clock():
+    """add(1, 1): its work is lost at t=1003; the flow ends at the fake clock's time, not the wall's."""
+    from rayflow.engine.executor import Completion
+    from rayflow.states import ErrorInfo
+
+    @rf.flow
+    def lost():
+        return add.with_options(system_retries=0)(1, 1)
+
+    plan = compile_plan(lost.graph)
+    ex, clock = ScriptedExecutor(plan), FakeClock()
+    orch = Orchestrator(plan, ex, "r", clock=clock)
+    orch.start()
+    orch.step(0)
+    clock.now = 1003.0
+    error = ErrorInfo(type="ray.exceptions.WorkerCrashedError", message="worker died", system=True)
+    orch.on_completion(Completion(ex.works["add"][0], None, None, error))
+    assert orch.states["add"].type is T.FAILED and orch.states["add"].finished_at == 1003.0
+    summary = orch.run()  # nothing left to run: it only settles the flow's state
+    assert summary.state.type is T.FAILED
+    assert summary.state.started_at == 1000.0 and summary.state.finished_at == 1003.0

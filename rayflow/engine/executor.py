@@ -64,14 +64,16 @@ class Executor(Protocol):
         """The values behind ``handles``."""
 
 
-def system_failure(task_key: str, attempt: int, error: ErrorInfo, started_at: float) -> AttemptResult:
+def system_failure(
+    task_key: str, attempt: int, error: ErrorInfo, started_at: float, finished_at: float | None = None
+) -> AttemptResult:
     """An AttemptResult for a plain task whose work was lost (not the user's error)."""
     return AttemptResult(
         task_key=task_key,
         attempt=attempt,
         type=StateType.FAILED,
         started_at=started_at,
-        finished_at=time.time(),
+        finished_at=time.time() if finished_at is None else finished_at,
         message=f"task '{task_key}': {error.message}" if not error.system else f"system error: {error}",
         error=error,
     )

@@ -231,7 +231,8 @@ class Orchestrator:
         result = completion.report
         if result is None:
             error = completion.system_error
-            result = system_failure(work.task_key, work.attempt, error, self.clock())
+            now = self.clock()
+            result = system_failure(work.task_key, work.attempt, error, now, now)
         self._finish_attempt(result, completion.handle)
 
     def _finish_attempt(self, result: AttemptResult, handle: Any) -> None:
@@ -360,7 +361,9 @@ class Orchestrator:
         self.start()
         while not self.done:
             self.step()
-        self.set_flow_state(final_flow_state(self.plan, self.states, started_at=self.flow_state.started_at))
+        self.set_flow_state(
+            final_flow_state(self.plan, self.states, started_at=self.flow_state.started_at, now=self.clock())
+        )
         return self.summary()
 
     def request_cancel(self) -> None:
@@ -392,9 +395,11 @@ class Orchestrator:
             )
 
 
-def final_flow_state(plan: Plan, states: Mapping[str, State], *, started_at: float | None = None) -> State:
+def final_flow_state(
+    plan: Plan, states: Mapping[str, State], *, started_at: float | None = None, now: float | None = None
+) -> State:
     """CANCELLED if the run was cancelled; FAILED if any reference task failed; else SUCCESS."""
-    now = time.time()
+    now = time.time() if now is None else now
     timing = {"started_at": started_at, "finished_at": now}
     if any(s.type is StateType.CANCELLED for s in states.values()):
         return State(type=StateType.CANCELLED, message="run cancelled", **timing)
