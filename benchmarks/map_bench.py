@@ -1,16 +1,49 @@
-"""Mapped workloads: rayflow .map vs hand-written Ray, same work, same Ray session.
+"""Mapped workloads: rayflow .map vs hand-written Ray and the peers, same work, same process.
 
-    python benchmarks/map_bench.py [--quick] [--num-cpus 2]
+    python benchmarks/map_bench.py [--quick] [--repeat 3] [--num-cpus 2]
 
-Prints a table, then one JSON object on the last line.  Cases:
+Every contestant gets one untimed warm-up call, then the repetitions run
+round-robin (one of each contestant per round) and each contestant's time is
+the min of --repeat rounds (default 3).  Prints a table, then one JSON object
+on the last line with every row, every contestant's times and the ratios
+(rayflow's time / theirs: above 1 means rayflow is slower).
 
-1. f(x) = 2x + 1 then a sum, N = 1e4, 1e5, 1e6: rayflow .map vs Ray tasks over
-   list chunks (as many chunks as 4 x CPUs, about what rayflow converges to);
-2. the same with batch=True vs Ray tasks over pyarrow arrays with pyarrow.compute;
-3. a ~1 ms CPU-bound f, N = 1e4: rayflow vs chunked Ray, and the ideal N x 1 ms / CPUs;
-4. two chained maps then a sum, N = 1e6, vs two rounds of chunked Ray tasks;
+Contestants:
+
+- rayflow: ``rf.task`` / ``.map`` in a flow, run history and logs on;
+- Ray "lists": the hand-written baseline this script always had: the items
+  cut into 4 x CPUs list chunks, one ``ray.remote`` task per chunk returning
+  its list of results, the driver sums the lists;
+- Ray "fused": what a Ray expert writes: the items cut into 32 list chunks,
+  one task per chunk that applies f to its items *and* sums them, the driver
+  sums the 32 partial sums (for two chained maps the task applies both);
+- dask: ``dask.bag.from_sequence(items, npartitions=32).map(f).sum()`` on a
+  ``LocalCluster(n_workers=CPUs, threads_per_worker=1, processes=True)``
+  started once (skipped, with a line saying why, if dask is not installed:
+  ``pip install -e '.[bench]'``);
+- mp: ``multiprocessing.Pool(CPUs).map(f, items, chunksize=ceil(N / 32))``
+  then ``sum`` (started once, before Ray).
+
+Ratios are taken against the *best* (fastest) hand-written Ray variant of
+each case, and separately against dask and against multiprocessing.
+
+Cases:
+
+1. f(x) = 2x + 1 then a sum, N = 1e4, 1e5, 1e6: all contestants;
+2. the same with batch=True (pyarrow.compute on Arrow slices) vs Ray tasks over
+   Arrow slices: the array is put in the object store once and each task
+   slices it zero-copy ("lists": 4 x CPUs tasks returning their arrays;
+   "fused": 2 x CPUs tasks returning pc.sum of their slice).  Passing
+   ``arr.slice(...)`` as an argument instead would pickle the whole parent
+   buffer once per task;
+3. a ~1 ms CPU-bound f, N = 1e4: rayflow vs both Ray variants, and the ideal
+   N x 1 ms / CPUs;
+4. two chained maps then a sum, N = 1e6: all contestants ("lists" runs two
+   rounds of tasks; dask fuses the two maps per partition itself; mp runs
+   two ``pool.map`` calls);
 5. N = 1e7 through batch=True from a generator, with the driver's peak RSS
-   (and the same at N = 1e6, to show it does not grow with N);
+   (and the same at N = 1e6, to show it does not grow with N); run first,
+   before any bigger allocation has raised the driver's peak;
 plus naive Ray, one task per item, at N = 1e4 for scale.
 """
 
@@ -18,9 +51,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
+import multiprocessing
 import resource
 import time
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +64,8 @@ import pyarrow.compute as pc
 import ray
 
 import rayflow as rf
+
+FUSED_CHUNKS = 32  # the fused hand-written Ray baseline, and the peers' partitions
 
 
 def affine(x: int) -> int:
@@ -58,38 +96,177 @@ def chunk_busy(xs: list) -> list:
     return [busy_1ms(x) for x in xs]
 
 
-def chunk_arrow(xs: pa.Array) -> pa.Array:
-    return affine_batch(xs)
+def fused_affine(xs: list) -> int:
+    return sum(affine(x) for x in xs)
 
 
-def chunk_sum(xs: list) -> int:
-    return sum(xs)
+def fused_affine_twice(xs: list) -> int:
+    return sum(affine(affine(x)) for x in xs)
 
 
-def timed(fn):
+def fused_busy(xs: list) -> int:
+    return sum(busy_1ms(x) for x in xs)
+
+
+def arrow_slice(whole: pa.Array, offset: int, length: int) -> pa.Array:
+    return affine_batch(whole.slice(offset, length))
+
+
+def arrow_slice_sum(whole: pa.Array, offset: int, length: int) -> int:
+    return pc.sum(affine_batch(whole.slice(offset, length))).as_py()
+
+
+def chunk_size(n: int, chunks: int) -> int:
+    return max(1, math.ceil(n / chunks))
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
     start = time.perf_counter()
     value = fn()
     return time.perf_counter() - start, value
 
 
-def hand_chunks(n: int, cpus: int) -> int:
-    return max(1, math.ceil(n / (4 * cpus)))
+class Bench:
+    """Runs contestants round-robin, keeps the min of the repetitions, records rows."""
+
+    def __init__(self, repeat: int) -> None:
+        self.repeat = repeat
+        self.rows: list[dict] = []
+
+    def case(
+        self,
+        case: str,
+        n: int,
+        contestants: dict[str, Callable[[], object]],
+        expected: object = None,
+        warm: bool = True,
+        ideal: float | None = None,
+    ) -> dict:
+        """Time each contestant (None = not run); every result must equal `expected` (or the first one's)."""
+        runnable = {name: fn for name, fn in contestants.items() if fn is not None}
+        times: dict[str, list[float]] = {name: [] for name in runnable}
+
+        def check(name: str, value: object) -> None:
+            nonlocal expected
+            if expected is None:
+                expected = value
+            assert value == expected, (case, n, name, value, expected)
+
+        if warm:
+            for name, fn in runnable.items():
+                check(name, fn())
+        for _ in range(self.repeat):
+            for name, fn in runnable.items():
+                seconds, value = timed(fn)
+                check(name, value)
+                times[name].append(seconds)
+        best = {name: min(ts) for name, ts in times.items()}
+        ours = best.get("rayflow")
+        hand = {k: best[k] for k in ("ray_lists", "ray_fused") if k in best}
+        best_hand = min(hand, key=hand.get) if hand else None
+
+        def ratio(name: str | None) -> float | None:
+            if ours is None or name is None or name not in best:
+                return None
+            return round(ours / best[name], 3)
+
+        row = {
+            "case": case,
+            "n": n,
+            "rayflow_s": _r(ours),
+            "ray_lists_s": _r(best.get("ray_lists")),
+            "ray_fused_s": _r(best.get("ray_fused")),
+            "ray_naive_s": _r(best.get("ray_naive")),
+            "dask_s": _r(best.get("dask")),
+            "mp_s": _r(best.get("mp")),
+            "best_hand_written": best_hand,
+            "ray_s": _r(best.get(best_hand)) if best_hand else None,
+            "ratio": ratio(best_hand),
+            "ratio_dask": ratio("dask"),
+            "ratio_mp": ratio("mp"),
+            "items_per_s": round(n / ours) if ours else None,
+            "ideal_s": _r(ideal),
+            "ratio_to_ideal": round(ours / ideal, 3) if ideal and ours else None,
+            "repeat": self.repeat,
+            "all_s": {name: [round(t, 4) for t in ts] for name, ts in times.items()},
+        }
+        self.rows.append(row)
+        return row
+
+
+def _r(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 4)
+
+
+def start_dask(workers: int):
+    """A LocalCluster of `workers` single-threaded processes and its client, or (None, why-skipped)."""
+    try:
+        import dask.bag as db
+        from dask.distributed import Client, LocalCluster
+    except ImportError as exc:
+        return None, f"dask not installed ({exc}); pip install -e '.[bench]'"
+    try:
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.CRITICAL,  # no heartbeat noise when it closes
+        )
+        client = Client(cluster)
+    except Exception as exc:  # noqa: BLE001 - a peer that cannot start is reported and skipped
+        return None, f"dask LocalCluster did not start ({type(exc).__name__}: {exc})"
+    return (db, client, cluster), None
+
+
+def fmt(seconds: float | None, width: int) -> str:
+    return f"{seconds:>{width}.3f}" if seconds is not None else f"{'-':>{width}}"
+
+
+def fmt_ratio(value: float | None, width: int) -> str:
+    return f"{value:>{width}.2f}" if value is not None else f"{'-':>{width}}"
+
+
+def print_table(rows: list[dict]) -> None:
+    head = (
+        f"{'case':<32} {'N':>9} {'rayflow s':>9} {'Ray lists':>9} {'Ray fused':>9} {'x best':>6}"
+        f" {'dask s':>7} {'x dask':>6} {'mp s':>7} {'x mp':>6} {'ideal s':>7} {'x ideal':>7} {'items/s':>10}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        lists = r["ray_lists_s"] if r["ray_lists_s"] is not None else r["ray_naive_s"]
+        print(
+            f"{r['case']:<32} {r['n']:>9} {fmt(r['rayflow_s'], 9)} {fmt(lists, 9)} {fmt(r['ray_fused_s'], 9)}"
+            f" {fmt_ratio(r['ratio'], 6)} {fmt(r['dask_s'], 7)} {fmt_ratio(r['ratio_dask'], 6)}"
+            f" {fmt(r['mp_s'], 7)} {fmt_ratio(r['ratio_mp'], 6)} {fmt(r['ideal_s'], 7)}"
+            f" {fmt_ratio(r['ratio_to_ideal'], 7)} {(r['items_per_s'] or '-'):>10}"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--num-cpus", type=int, default=2)
+    parser.add_argument("--num-cpus", type=int, default=2, help="Ray CPUs, dask workers and pool processes")
+    parser.add_argument("--repeat", type=int, default=3, help="timed repetitions per contestant (min is kept)")
     parser.add_argument("--quick", action="store_true", help="smaller N, for a smoke run")
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     cpus = args.num_cpus
+    started = time.perf_counter()
+
+    # The pool first: forked before Ray or dask start any thread in this process.
+    pool = multiprocessing.Pool(cpus)
+    pool.map(affine, range(1000))
+
     ray.init(num_cpus=cpus, include_dashboard=False, logging_level="error")
-    r_affine, r_busy, r_arrow, r_sum, r_item = (
-        ray.remote(chunk_affine),
-        ray.remote(chunk_busy),
-        ray.remote(chunk_arrow),
-        ray.remote(chunk_sum),
-        ray.remote(affine),
+    r_affine, r_busy, r_item = ray.remote(chunk_affine), ray.remote(chunk_busy), ray.remote(affine)
+    r_fused, r_fused_twice, r_fused_busy = (
+        ray.remote(fused_affine),
+        ray.remote(fused_affine_twice),
+        ray.remote(fused_busy),
     )
+    r_arrow, r_arrow_sum = ray.remote(arrow_slice), ray.remote(arrow_slice_sum)
     ray.get([r_item.remote(i) for i in range(200)])  # warm the worker pool
 
     t_affine = rf.task(affine)
@@ -97,24 +274,74 @@ def main() -> None:
     t_busy = rf.task(busy_1ms)
     t_total = rf.task(total)
 
-    rows = []
+    bench = Bench(args.repeat)
 
-    def record(case, n, ours, theirs, ideal=None):
-        rows.append(
-            {
-                "case": case,
-                "n": n,
-                "rayflow_s": round(ours, 4),
-                "ray_s": round(theirs, 4) if theirs else None,
-                "items_per_s": round(n / ours),
-                "ratio": round(ours / theirs, 3) if theirs else None,
-                "ideal_s": round(ideal, 4) if ideal else None,
-                "ratio_to_ideal": round(ours / ideal, 3) if ideal else None,
-            }
-        )
+    # Case 5 first: the driver's peak RSS (ru_maxrss) only says something about
+    # these runs while no bigger case (a 1e6-item list, dask's graph of it) has
+    # raised the peak already.
+    memory = {}
+    for n in [10**5, 10**6] if args.quick else [10**6, 10**7]:
+
+        @rf.flow(name=f"big_{n}")
+        def big_flow():
+            return t_total(t_batch.map(i for i in range(n)))
+
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        bench.case("5 batch=True from a generator", n, {"rayflow": big_flow}, expected=n * n, warm=False)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        memory[n] = {
+            "seconds": bench.rows[-1]["rayflow_s"],
+            "driver_peak_rss_mb": round(after / 1024, 1),
+            "peak_growth_mb": round((after - before) / 1024, 1),
+        }
+
+    dask, dask_skipped = start_dask(cpus)
+    if dask_skipped:
+        print(f"peer dask skipped: {dask_skipped}")
+
+    def ray_lists(data: list, chunks: int, rounds: int = 1) -> Callable[[], int]:
+        def run() -> int:
+            n = len(data)
+            size = chunk_size(n, chunks)
+            refs = [r_affine.remote(data[i : i + size]) for i in range(0, n, size)]
+            for _ in range(rounds - 1):
+                refs = [r_affine.remote(ref) for ref in refs]
+            return sum(sum(part) for part in ray.get(refs))
+
+        return run
+
+    def ray_fused(data: list, remote, chunks: int = FUSED_CHUNKS) -> Callable[[], int]:
+        def run() -> int:
+            n = len(data)
+            size = chunk_size(n, chunks)
+            return sum(ray.get([remote.remote(data[i : i + size]) for i in range(0, n, size)]))
+
+        return run
+
+    def dask_bag(data: list, maps: int = 1) -> Callable[[], int] | None:
+        if dask is None:
+            return None
+        db = dask[0]
+
+        def run() -> int:
+            bag = db.from_sequence(data, npartitions=FUSED_CHUNKS)
+            for _ in range(maps):
+                bag = bag.map(affine)
+            return bag.sum().compute()
+
+        return run
+
+    def mp_map(data: list, maps: int = 1) -> Callable[[], int]:
+        def run() -> int:
+            size = chunk_size(len(data), FUSED_CHUNKS)
+            out = data
+            for _ in range(maps):
+                out = pool.map(affine, out, chunksize=size)
+            return sum(out)
+
+        return run
 
     sizes = [10**4, 10**5] if args.quick else [10**4, 10**5, 10**6]
-    expected = {n: n * n + n * 0 for n in sizes}  # sum(2x+1 for x < n) == n^2
     for n in sizes:
         data = list(range(n))
 
@@ -122,19 +349,18 @@ def main() -> None:
         def affine_flow():
             return t_total(t_affine.map(data))
 
-        affine_flow()  # trace + warm
-        ours, value = timed(lambda: affine_flow())
-        assert value == expected[n], (value, expected[n])
-
-        def by_hand():
-            size = hand_chunks(n, cpus)
-            parts = [r_affine.remote(data[i : i + size]) for i in range(0, n, size)]
-            return sum(sum(p) for p in ray.get(parts))
-
-        by_hand()
-        theirs, value = timed(by_hand)
-        assert value == expected[n]
-        record("1 trivial map + sum", n, ours, theirs)
+        bench.case(
+            "1 trivial map + sum",
+            n,
+            {
+                "rayflow": affine_flow,
+                "ray_lists": ray_lists(data, 4 * cpus),
+                "ray_fused": ray_fused(data, r_fused),
+                "dask": dask_bag(data),
+                "mp": mp_map(data),
+            },
+            expected=n * n,  # sum(2x + 1 for x < n)
+        )
 
     for n in sizes:
         arr = pa.array(np.arange(n, dtype=np.int64))
@@ -143,19 +369,25 @@ def main() -> None:
         def batch_flow():
             return t_total(t_batch.map(arr))
 
-        batch_flow()
-        ours, value = timed(lambda: batch_flow())
-        assert value == expected[n]
+        def arrow_by_hand(remote, chunks: int, fused: bool) -> Callable[[], int]:
+            def run() -> int:
+                whole = ray.put(arr)  # once; each task slices it zero-copy from the object store
+                size = chunk_size(n, chunks)
+                parts = ray.get([remote.remote(whole, i, min(size, n - i)) for i in range(0, n, size)])
+                return sum(parts) if fused else sum(pc.sum(p).as_py() for p in parts)
 
-        def by_hand_arrow():
-            size = hand_chunks(n, cpus)
-            parts = [r_arrow.remote(arr.slice(i, size)) for i in range(0, n, size)]
-            return sum(pc.sum(p).as_py() for p in ray.get(parts))
+            return run
 
-        by_hand_arrow()
-        theirs, value = timed(by_hand_arrow)
-        assert value == expected[n]
-        record("2 batch=True + sum", n, ours, theirs)
+        bench.case(
+            "2 batch=True + sum",
+            n,
+            {
+                "rayflow": batch_flow,
+                "ray_lists": arrow_by_hand(r_arrow, 4 * cpus, fused=False),
+                "ray_fused": arrow_by_hand(r_arrow_sum, 2 * cpus, fused=True),
+            },
+            expected=n * n,
+        )
 
     n = 2000 if args.quick else 10**4
     data = list(range(n))
@@ -164,14 +396,22 @@ def main() -> None:
     def busy_flow():
         return t_total(t_busy.map(data))
 
-    ours, _ = timed(lambda: busy_flow())
-
-    def by_hand_busy():
+    def busy_by_hand() -> int:
         size = max(1, n // (8 * cpus))
         return sum(sum(p) for p in ray.get([r_busy.remote(data[i : i + size]) for i in range(0, n, size)]))
 
-    theirs, _ = timed(by_hand_busy)
-    record("3 1 ms CPU-bound map", n, ours, theirs, ideal=n * 0.001 / cpus)
+    bench.case(
+        "3 1 ms CPU-bound map",
+        n,
+        {
+            "rayflow": busy_flow,
+            "ray_lists": busy_by_hand,
+            "ray_fused": ray_fused(data, r_fused_busy),
+        },
+        expected=n * (n - 1) // 2,
+        warm=False,
+        ideal=n * 0.001 / cpus,
+    )
 
     n = 10**5 if args.quick else 10**6
     data = list(range(n))
@@ -180,49 +420,60 @@ def main() -> None:
     def chained_flow():
         return t_total(t_affine.map(t_affine.map(data)))
 
-    chained_flow()
-    ours, value = timed(lambda: chained_flow())
+    bench.case(
+        "4 two chained maps + sum",
+        n,
+        {
+            "rayflow": chained_flow,
+            "ray_lists": ray_lists(data, 4 * cpus, rounds=2),
+            "ray_fused": ray_fused(data, r_fused_twice),
+            "dask": dask_bag(data, maps=2),
+            "mp": mp_map(data, maps=2),
+        },
+        expected=2 * n * n + n,  # sum(4x + 3 for x < n)
+    )
 
-    def by_hand_chained():
-        size = hand_chunks(n, cpus)
-        first = [r_affine.remote(data[i : i + size]) for i in range(0, n, size)]
-        second = [r_affine.remote(ref) for ref in first]
-        return sum(sum(p) for p in ray.get(second))
+    n = 2000 if args.quick else 10**4
+    bench.case(
+        "naive Ray, one task per item",
+        n,
+        {"ray_naive": lambda: sum(ray.get([r_item.remote(i) for i in range(n)]))},
+        expected=n * n,
+        warm=False,
+    )
 
-    by_hand_chained()
-    theirs, expected_chained = timed(by_hand_chained)
-    assert value == expected_chained
-    record("4 two chained maps + sum", n, ours, theirs)
+    if dask is not None:
+        _, client, cluster = dask
+        client.close()
+        cluster.close()
+    pool.close()
+    pool.join()
+    ray.shutdown()
 
-    memory = {}
-    for n in ([10**5, 10**6] if args.quick else [10**6, 10**7]):
-
-        @rf.flow(name=f"big_{n}")
-        def big_flow():
-            return t_total(t_batch.map(i for i in range(n)))
-
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        seconds, value = timed(lambda: big_flow())
-        assert value == n * n
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        memory[n] = {"seconds": round(seconds, 3), "driver_peak_rss_mb": round(after / 1024, 1),
-                     "peak_growth_mb": round((after - before) / 1024, 1)}
-        record("5 batch=True from a generator", n, seconds, None)
-
-    n = 10**4
-    naive, _ = timed(lambda: sum(ray.get([r_item.remote(i) for i in range(n)])))
-    record("naive Ray, one task per item", n, naive, None)
-
-    print(f"{'case':<32} {'N':>9} {'rayflow s':>10} {'ray s':>8} {'ratio':>6} {'items/s':>11} {'ideal s':>8}")
-    for r in rows:
-        print(
-            f"{r['case']:<32} {r['n']:>9} {r['rayflow_s']:>10.3f} {(r['ray_s'] or 0):>8.3f} "
-            f"{(r['ratio'] or 0):>6.2f} {r['items_per_s']:>11} {(r['ideal_s'] or 0):>8.3f}"
-        )
+    print(
+        f"min of {args.repeat} per contestant; x best = rayflow / fastest hand-written Ray (lists or fused);"
+        " x dask, x mp = rayflow / that peer; naive Ray's time is in the Ray lists column"
+    )
+    bench.rows.sort(key=lambda r: (r["case"], r["n"]))  # case 5 ran first
+    print_table(bench.rows)
     for n, m in memory.items():
         print(f"driver peak RSS after N={n}: {m['driver_peak_rss_mb']} MB (grew {m['peak_growth_mb']} MB)")
-    print(json.dumps({"num_cpus": cpus, "rows": rows, "memory": memory}))
-    ray.shutdown()
+    elapsed = time.perf_counter() - started
+    print(f"total {elapsed:.0f} s")
+    print(
+        json.dumps(
+            {
+                "num_cpus": cpus,
+                "repeat": args.repeat,
+                "quick": args.quick,
+                "fused_chunks": FUSED_CHUNKS,
+                "peers": {"dask": dask_skipped or "ran", "mp": "ran"},
+                "rows": bench.rows,
+                "memory": memory,
+                "total_s": round(elapsed, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
