@@ -141,7 +141,7 @@ def run_chunk(payload: bytes, job: ChunkJob, work_id: int, values: list[Any]) ->
     sources = [_source_items(pieces, piece_values, want_column=batch) for pieces in job.sources]
     size = job.size
     selected = list(job.indices) if job.indices is not None else list(range(size))
-    attempts = np.array(job.attempts if job.attempts is not None else [1] * len(selected), dtype=np.int16)
+    attempts = np.array(job.attempts, dtype=np.int16) if job.attempts is not None else np.ones(len(selected), np.int16)
     codes = np.zeros(len(selected), dtype=np.int8)
     errors: dict[int, tuple[str, str, str]] = {}
     results: list[Any] = [None] * len(selected)
@@ -301,8 +301,12 @@ def _run_batch(
     """
     if not runnable:
         return None
-    take = np.array([selected[j] for j in runnable], dtype=np.int64)
-    full = len(take) == len(sources[0][0]) and np.array_equal(take, np.arange(len(take)))
+    n_items = len(sources[0][0])
+    if len(runnable) == len(selected) == n_items and selected[-1] == n_items - 1:
+        take, full = None, True  # every item of the sources, in order: no index array to build
+    else:
+        take = np.array([selected[j] for j in runnable], dtype=np.int64)
+        full = len(take) == n_items and np.array_equal(take, np.arange(len(take)))
     batches = []
     for column, _ in sources:
         col = column if isinstance(column, Column) else encode_values(column)
@@ -315,8 +319,8 @@ def _run_batch(
 
     try:
         out = to_column(fn(*substitute(args, resolve), **substitute(kwargs, resolve)))
-        if len(out) != len(take):
-            raise ValueError(f"batch task returned {len(out)} results for {len(take)} items")
+        if len(out) != len(runnable):
+            raise ValueError(f"batch task returned {len(out)} results for {len(runnable)} items")
     except Signal as sig:
         for j in runnable:
             _signalled(sig, j, codes, errors, retry_delays, retryable)
