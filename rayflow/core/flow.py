@@ -43,7 +43,7 @@ class Runner(Protocol):
 # `import rayflow` and compiling a plan never import Ray.
 _RUNNERS: dict[str, Callable[[], Runner] | str] = {
     "ray": "rayflow.runtime.runner:RayRunner",
-    "local": "rayflow.engine.driver.local:LocalRunner",
+    "local": "rayflow.runs.local:LocalRunner",
 }
 
 

@@ -21,14 +21,13 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from rayflow.core.graph import shape_of
-from rayflow.engine.orchestrator import Orchestrator, RunSummary
+from rayflow.engine.orchestrator import RunSummary
 from rayflow.engine.plan import Plan
 from rayflow.exceptions import UnknownRunError
 from rayflow.runtime.cluster import connect
-from rayflow.store import HistoryRecorder, RunStore
 from rayflow.runtime.executor import RayExecutor
-from rayflow.telemetry import RunTracer, TelemetrySettings, flush_all
+from rayflow.runs import ObservedRun, assemble_run
+from rayflow.telemetry import TelemetrySettings, flush_all
 
 logger = logging.getLogger(__name__)
 NAMESPACE = "rayflow"
@@ -57,9 +56,9 @@ class _DriverFeeder:
 
 
 class _Slot:
-    def __init__(self, orchestrator: Orchestrator, recorder: HistoryRecorder | None = None):
-        self.orchestrator = orchestrator
-        self.recorder = recorder
+    def __init__(self, observed: ObservedRun):
+        self.observed = observed
+        self.orchestrator = observed.orchestrator
         self.done = threading.Event()
         self.summary: RunSummary | None = None
         self.error: BaseException | None = None
@@ -90,31 +89,17 @@ class FlowRunActor:
             if run_id in self._runs:
                 raise ValueError(f"a run with id {run_id!r} already exists in this driver")
             executor = RayExecutor(run_id, ray.get_runtime_context().current_actor)
-            orchestrator = Orchestrator(plan, executor, run_id, cpus=self._cluster_cpus())
+            observed = assemble_run(plan, executor, run_id, cpus=self._cluster_cpus(), telemetry=telemetry, home=home)
+            orchestrator = observed.orchestrator
             orchestrator.feeder = _DriverFeeder() if plan.specs and any(
                 src.kind == "stream" for spec in plan.specs for src in spec.sources
             ) else None
-            tracer = None
-            if telemetry is not None and telemetry.enabled:
-                tracer = RunTracer(telemetry, run_id, plan)
-                orchestrator.listeners += (tracer.on_transition,)
-                orchestrator.work_hooks.append(tracer.decorate)
-                orchestrator.chunk_listeners.append(tracer.on_chunk)
-            recorder = _recorder(home, run_id, plan)
-            if recorder is not None:
-                orchestrator.listeners += (recorder.on_transition,)
-                orchestrator.chunk_listeners.append(recorder.on_chunk)
-                orchestrator.report_listeners.append(recorder.on_report)
-                recorder.trace_id = tracer.trace_id if tracer is not None else None
-            slot = _Slot(orchestrator, recorder)
+            slot = _Slot(observed)
             self._runs[run_id] = slot
             self._trim()
-        if tracer is not None:
-            orchestrator.start()  # the flow's span exists (and has a trace id) from here on
-            if recorder is not None:
-                recorder.trace_id = tracer.trace_id
+        observed.start()
         threading.Thread(target=self._drive, args=(slot,), name=f"run-{run_id}", daemon=True).start()
-        return tracer.trace_id if tracer is not None else None
+        return observed.trace_id
 
     def _drive(self, slot: _Slot) -> None:
         try:
@@ -123,12 +108,9 @@ class FlowRunActor:
             slot.error = exc
         finally:
             try:
-                if slot.recorder is not None:
-                    # The history is complete before the driver hears of the end; close() is
-                    # bounded in time and gives up (logging what was lost) on a failing store.
-                    slot.recorder.close()
-            except Exception:  # noqa: BLE001 - a history that cannot be written never fails or hangs a run
-                logger.warning("rayflow: closing the history of run %s failed", slot.orchestrator.run_id, exc_info=True)
+                # The history is complete before the driver hears of the end; close() is
+                # bounded in time and gives up (logging what was lost) on a failing store.
+                slot.observed.close()
             finally:
                 slot.done.set()
 
@@ -199,24 +181,6 @@ class FlowRunActor:
 
     def run_ids(self) -> list[str]:
         return list(self._runs)
-
-
-def _recorder(home: str | None, run_id: str, plan: Plan) -> HistoryRecorder | None:
-    """The run's history writer; a history that cannot be written never fails the run."""
-    if home is None:
-        return None
-    store = _STORES.get(home)
-    if store is None:
-        try:
-            store = _STORES[home] = RunStore(home)  # the schema is created once per actor
-        except Exception as exc:  # noqa: BLE001
-            logger.warning("rayflow: run history disabled, cannot open %s: %s", home, exc)
-            return None
-    keys = [s.key for s in plan.specs]
-    return HistoryRecorder(store, run_id, plan.flow_name, plan.params, keys, shape_of(plan.flow_name, plan.specs))
-
-
-_STORES: dict[str, RunStore] = {}
 
 
 _actor: tuple[str, Any] | None = None

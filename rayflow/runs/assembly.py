@@ -1,0 +1,88 @@
+"""``assemble_run``: one Orchestrator, its history writer and its tracer, wired the same way everywhere."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from rayflow.core.graph import shape_of
+from rayflow.engine.executor import Executor
+from rayflow.engine.orchestrator import Orchestrator
+from rayflow.engine.plan import Plan
+from rayflow.store import HistoryRecorder, RunStore
+from rayflow.telemetry import RunTracer, TelemetrySettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ObservedRun:
+    """An orchestrator with the observers of its run attached."""
+
+    orchestrator: Orchestrator
+    recorder: HistoryRecorder | None = None
+    tracer: RunTracer | None = None
+
+    @property
+    def trace_id(self) -> str | None:
+        return self.tracer.trace_id if self.tracer is not None else None
+
+    def start(self) -> None:
+        """Open the flow's span (it has a trace id from here on) before the run's thread starts."""
+        if self.tracer is not None:
+            self.orchestrator.start()
+            if self.recorder is not None:
+                self.recorder.trace_id = self.tracer.trace_id
+
+    def close(self) -> None:
+        """Write the last of the history, bounded in time; never raises (a history never fails a run)."""
+        if self.recorder is None:
+            return
+        try:
+            self.recorder.close()
+        except Exception:  # noqa: BLE001
+            logger.warning("rayflow: closing the history of run %s failed", self.orchestrator.run_id, exc_info=True)
+
+
+def assemble_run(
+    plan: Plan,
+    executor: Executor,
+    run_id: str,
+    *,
+    cpus: int,
+    telemetry: TelemetrySettings | None = None,
+    home: str | None = None,
+) -> ObservedRun:
+    orchestrator = Orchestrator(plan, executor, run_id, cpus=cpus)
+    tracer = None
+    if telemetry is not None and telemetry.enabled:
+        tracer = RunTracer(telemetry, run_id, plan)
+        orchestrator.listeners += (tracer.on_transition,)
+        orchestrator.work_hooks.append(tracer.decorate)
+        orchestrator.chunk_listeners.append(tracer.on_chunk)
+    recorder = recorder_for(home, run_id, plan)
+    if recorder is not None:
+        orchestrator.listeners += (recorder.on_transition,)
+        orchestrator.chunk_listeners.append(recorder.on_chunk)
+        orchestrator.report_listeners.append(recorder.on_report)
+    return ObservedRun(orchestrator, recorder, tracer)
+
+
+_STORES: dict[str, RunStore] = {}
+_STORES_LOCK = threading.Lock()
+
+
+def recorder_for(home: str | None, run_id: str, plan: Plan) -> HistoryRecorder | None:
+    """The run's history writer; a history that cannot be opened is a warning, never a failed run."""
+    if home is None:
+        return None
+    with _STORES_LOCK:
+        store = _STORES.get(home)
+        if store is None:
+            try:
+                store = _STORES[home] = RunStore(home)  # the schema is created once per process
+            except Exception as exc:  # noqa: BLE001
+                logger.warning("rayflow: run history disabled, cannot open %s: %s", home, exc)
+                return None
+    keys = [s.key for s in plan.specs]
+    return HistoryRecorder(store, run_id, plan.flow_name, plan.params, keys, shape_of(plan.flow_name, plan.specs))

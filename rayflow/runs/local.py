@@ -1,0 +1,76 @@
+"""The in-process runner: ``runner="local"``.
+
+Runs the same Orchestrator as the Ray runtime, with a LocalExecutor, in the
+calling thread, assembled the same way (``assemble_run``): the run is in the
+history under RAYFLOW_HOME and traced when OTEL_* says so.  Useful for unit
+tests and debugging with a plain debugger; it ignores resource options and
+does not scale beyond this process.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from typing import Any
+
+from rayflow.engine.driver.flow_run import FlowRun
+from rayflow.engine.driver.local import StreamFeeder, new_run_id
+from rayflow.engine.driver.local_executor import LocalExecutor
+from rayflow.engine.driver.progress import MapProgress
+from rayflow.engine.plan import compile_plan
+from rayflow.runs.assembly import assemble_run
+from rayflow.store import rayflow_home
+from rayflow.telemetry import flush_all, settings_from_env
+
+EXIT_FLUSH_SECONDS = 2.0
+
+
+class LocalRunner:
+    def __init__(self, max_workers: int | None = None):
+        self.max_workers = max_workers
+
+    def run_flow(self, flow: Any, graph: Any) -> FlowRun:
+        plan = compile_plan(graph, flow)
+        executor = LocalExecutor(self.max_workers)
+        telemetry = settings_from_env()
+        observed = assemble_run(
+            plan,
+            executor,
+            flow.options.run_id or new_run_id(),
+            cpus=os.cpu_count() or 1,
+            telemetry=telemetry if telemetry.enabled else None,
+            home=str(rayflow_home().resolve()),
+        )
+        if observed.tracer is not None:
+            _flush_at_exit()
+        orchestrator = observed.orchestrator
+        orchestrator.feeder = StreamFeeder(plan.streams, orchestrator, executor.put)
+        has_maps = any(spec.kind == "map" for spec in plan.specs)
+        progress = MapProgress(flow.options.progress if has_maps else False)
+        if progress.enabled:
+            orchestrator.listeners += (lambda **_: progress.update(orchestrator.maps.progress()),)
+        observed.start()
+        try:
+            summary = orchestrator.run()
+            progress.update(orchestrator.maps.progress())
+        except KeyboardInterrupt:
+            orchestrator.request_cancel()
+            orchestrator.step(0)  # marks everything unfinished CANCELLED
+            raise
+        finally:
+            progress.close()
+            executor.shutdown()
+            observed.close()
+        flow_run = FlowRun(summary, plan.result, executor.fetch, tuple(s.key for s in plan.specs))
+        flow_run.trace_id = observed.trace_id
+        return flow_run
+
+
+_hooked: list[bool] = []
+
+
+def _flush_at_exit() -> None:
+    """Spans are exported in batches: give the last ones a bounded moment when the process exits."""
+    if not _hooked:
+        _hooked.append(True)
+        atexit.register(flush_all, EXIT_FLUSH_SECONDS)
