@@ -366,9 +366,23 @@ class Orchestrator:
         )
         return self.summary()
 
+    # -- what other threads may call: the actor's methods, the driver's feeder --------
+
     def request_cancel(self) -> None:
         """Ask the loop (possibly running in another thread) to cancel the run."""
         self._cancel_requested.set()
+
+    def push_stream(self, stream_id: int, handle: Any, count: int, exhausted: bool) -> None:
+        """Items of a generator input arrived; the loop takes them on its next step."""
+        self.maps.push_stream(stream_id, handle, count, exhausted)
+
+    def progress(self) -> dict[str, dict[str, Any]]:
+        """Each map's item counts now, as a consistent snapshot."""
+        return self.maps.progress()
+
+    def release_values(self) -> None:
+        """Forget the value handles: whoever holds the summary keeps them alive now."""
+        self.handles.clear()
 
     def _cancel_outstanding(self) -> None:
         self.maps.cancel()

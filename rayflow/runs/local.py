@@ -48,11 +48,11 @@ class LocalRunner:
         has_maps = any(spec.kind == "map" for spec in plan.specs)
         progress = MapProgress(flow.options.progress if has_maps else False)
         if progress.enabled:
-            orchestrator.listeners += (lambda **_: progress.update(orchestrator.maps.progress()),)
+            orchestrator.listeners += (lambda **_: progress.update(orchestrator.progress()),)
         observed.start()
         try:
             summary = orchestrator.run()
-            progress.update(orchestrator.maps.progress())
+            progress.update(orchestrator.progress())
         except KeyboardInterrupt:
             orchestrator.request_cancel()
             orchestrator.step(0)  # marks everything unfinished CANCELLED

@@ -56,8 +56,9 @@ class _DriverFeeder:
 
 
 class _Slot:
-    def __init__(self, observed: ObservedRun):
+    def __init__(self, observed: ObservedRun, executor: RayExecutor):
         self.observed = observed
+        self.executor = executor  # told when an attempt with a timeout starts
         self.orchestrator = observed.orchestrator
         self.done = threading.Event()
         self.summary: RunSummary | None = None
@@ -94,7 +95,7 @@ class FlowRunActor:
             orchestrator.feeder = _DriverFeeder() if plan.specs and any(
                 src.kind == "stream" for spec in plan.specs for src in spec.sources
             ) else None
-            slot = _Slot(observed)
+            slot = _Slot(observed, executor)
             self._runs[run_id] = slot
             self._trim()
         observed.start()
@@ -139,7 +140,7 @@ class FlowRunActor:
         slot = self._runs.get(run_id)
         if slot is not None and slot.summary is not None:
             slot.summary.handles = {}
-            slot.orchestrator.handles.clear()
+            slot.orchestrator.release_values()
 
     def status(self, run_id: str) -> RunSummary | None:
         """A snapshot of the run's states without value handles; None if not here."""
@@ -153,7 +154,7 @@ class FlowRunActor:
         """Called by a worker when an attempt of a task with a timeout begins."""
         slot = self._runs.get(run_id)
         if slot is not None:
-            slot.orchestrator.executor.notify_started(work_id, at)
+            slot.executor.notify_started(work_id, at)
 
     def stream_requests(self, run_id: str, timeout: float) -> dict[int, int] | None:
         """Items each generator input should send now; None once the run is over."""
@@ -166,11 +167,11 @@ class FlowRunActor:
     def stream_push(self, run_id: str, stream_id: int, refs: list, count: int, exhausted: bool) -> None:
         """Items of a generator input, put in the object store by the driver."""
         slot = self._slot(run_id)
-        slot.orchestrator.maps.push_stream(stream_id, refs[0] if refs else None, count, exhausted)
+        slot.orchestrator.push_stream(stream_id, refs[0] if refs else None, count, exhausted)
 
     def progress(self, run_id: str) -> dict | None:
         slot = self._runs.get(run_id)
-        return None if slot is None else slot.orchestrator.maps.progress()
+        return None if slot is None else slot.orchestrator.progress()
 
     def flush(self, timeout: float) -> None:
         """Export queued spans, waiting ``timeout`` seconds at most."""

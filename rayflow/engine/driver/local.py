@@ -21,7 +21,7 @@ class StreamFeeder:
     def request(self, stream_id: int, count: int) -> None:
         column, n, exhausted = next_items(self.streams[stream_id], count)
         handle = self.put(column) if column is not None else None
-        self.orchestrator.maps.push_stream(stream_id, handle, n, exhausted)
+        self.orchestrator.push_stream(stream_id, handle, n, exhausted)
 
 
 def new_run_id() -> str:
