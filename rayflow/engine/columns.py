@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from rayflow.states import StateType
+from rayflow.states import FAILED_TYPES, StateType
 
 # Per-item state codes, as stored in chunk results.
 CODES: tuple[StateType, ...] = (
@@ -41,7 +41,7 @@ CODES: tuple[StateType, ...] = (
 )
 CODE = {t: i for i, t in enumerate(CODES)}
 SUCCESS, FAILED, SKIPPED, TRIGGER_FAILED, TIMED_OUT, CANCELLED, RETRYING = range(len(CODES))
-FINAL_FAILED = (FAILED, TRIGGER_FAILED, TIMED_OUT, CANCELLED)
+FINAL_FAILED = tuple(CODE[t] for t in CODES if t in FAILED_TYPES)  # the codes of states.FAILED_TYPES
 
 _SCALARS = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_(), bytes: pa.binary()}
 

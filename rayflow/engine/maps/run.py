@@ -28,7 +28,7 @@ from rayflow.engine import columns as C
 from rayflow.engine.protocol import ChunkSummary
 from rayflow.engine.policy import retry_delay
 from rayflow.engine.protocol import ChunkHandle, ChunkJob, MapHandle, Piece
-from rayflow.states import State, StateType
+from rayflow.states import FAILED_TYPES, State, StateType
 
 TARGET_SECONDS = 0.25
 FIRST_CHUNK = 64
@@ -500,7 +500,7 @@ class MapRun:
             return State(type=StateType.FAILED, message=self.fatal, **timing)
         counts = self.counts()
         total = self.total or 0
-        failed = sum(n for t, n in counts.items() if t in (StateType.FAILED, StateType.TRIGGER_FAILED, StateType.TIMED_OUT, StateType.CANCELLED))
+        failed = sum(n for t, n in counts.items() if t in FAILED_TYPES)
         ok = total - failed
         summary = f"{total} items: {ok} ok" + (f", {failed} failed" if failed else "")
         skipped = counts.get(StateType.SKIPPED, 0)
