@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import rayflow as rf
@@ -449,6 +449,7 @@ _scalars = st.one_of(
 
 
 @settings(max_examples=200, deadline=None)
+@example(values=[0, 0.0])  # found by this law: two numpy halves of different dtypes were joined as floats
 @given(values=st.one_of(st.lists(_scalars, max_size=30), st.lists(st.integers(), max_size=30), st.lists(st.floats(allow_nan=False), max_size=30)))
 def test_columns_give_every_value_back_unchanged(values):
     """A law: whatever encoding a list of items gets (numpy, Arrow, pickles), items come back equal and of the same type."""

@@ -183,7 +183,7 @@ def concat_columns(columns: Sequence[Column]) -> Column:
     if len(columns) == 1:
         return columns[0]
     kinds = {c.kind for c in columns}
-    if kinds == {"numpy"}:
+    if kinds == {"numpy"} and len({c.data.dtype for c in columns}) == 1:  # else ints would become floats
         return Column(np.concatenate([c.data for c in columns]), "numpy")
     if kinds == {"arrow"} and len({c.data.type for c in columns}) == 1:
         chunks = [ch for c in columns for ch in (c.data.chunks if isinstance(c.data, pa.ChunkedArray) else [c.data])]
