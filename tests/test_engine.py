@@ -19,8 +19,7 @@ from rayflow.engine.driver.local_executor import LocalBox
 from rayflow.engine.orchestrator import Orchestrator
 from rayflow.engine.plan import compile_plan
 from rayflow.engine.worker.execute import execute
-from rayflow.engine.protocol import AttemptResult
-from rayflow.engine.protocol import Work
+from rayflow.engine.protocol import AttemptResult, Work
 from rayflow.states import StateType as T
 
 

@@ -6,7 +6,7 @@ import datetime
 import json
 import os
 
-from rayflow.cli.output import emit_table, grouped, took as _took
+from rayflow.cli.output import emit_table, grouped, subflow_keys, took as _took
 from rayflow.states import FAILED_TYPES
 
 FAILED = {t.value for t in FAILED_TYPES}
@@ -56,8 +56,8 @@ def task_rows(run: dict) -> list[dict]:
         by_task.setdefault(key, {"task": key, "state": "PENDING", "attempts": 0})["items"] = map_items(rows)
     shape = run.get("graph") or {"nodes": []}
     kinds = {n["key"]: n["kind"] for n in shape["nodes"]}
-    order = grouped(list(by_task), {k for k, kind in kinds.items() if kind == "subflow"})
-    subflows = {k.rpartition("/")[0] for k in by_task if "/" in k} | {k for k, kind in kinds.items() if kind == "subflow"}
+    subflows = subflow_keys(list(by_task), {k for k, kind in kinds.items() if kind == "subflow"})
+    order = grouped(list(by_task), subflows)
     out = []
     for key, depth in order:  # a subflow's row first, then its tasks: a group
         row = by_task[key]

@@ -74,6 +74,11 @@ def _result_text(flow_run: Any) -> str:
         return repr(value)
 
 
+def subflow_keys(keys: list[str], known: set[str] | frozenset[str] = frozenset()) -> set[str]:
+    """The keys that are subflows: those others are keyed under (``inner`` for ``inner/inc``), and ``known``."""
+    return set(known) | {k.rpartition("/")[0] for k in keys if "/" in k}
+
+
 def grouped(keys: list[str], subflows: set[str] | None = None) -> list[tuple[str, int]]:
     """Task keys with each subflow's own row moved before its tasks, and each key's depth.
 
@@ -81,7 +86,7 @@ def grouped(keys: list[str], subflows: set[str] | None = None) -> list[tuple[str
     ``subflows`` says so (a subflow with no tasks).
     """
     present = set(keys)
-    subflows = set(subflows or ()) | {k.rpartition("/")[0] for k in keys if "/" in k}
+    subflows = subflow_keys(keys, subflows or frozenset())
     out: list[tuple[str, int]] = []
     placed: set[str] = set()
 

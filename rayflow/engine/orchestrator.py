@@ -45,8 +45,7 @@ from rayflow.engine.handlers import apply_handlers
 from rayflow.engine.maps.coordinator import MapCoordinator
 from rayflow.engine.plan import Plan
 from rayflow.engine.policy import reference_failure, retry_delay, settle_before_run, settle_merge, settle_subflow
-from rayflow.engine.protocol import AttemptResult
-from rayflow.engine.protocol import Work, pack_inputs
+from rayflow.engine.protocol import AttemptResult, Work, pack_inputs
 from rayflow.states import State, StateType
 
 Listener = Callable[..., None]

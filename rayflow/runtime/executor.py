@@ -30,8 +30,7 @@ from ray.exceptions import RayError, RayTaskError
 from rayflow.engine.worker.execute import execute
 from rayflow.engine.executor import Completion, Event, Started
 from rayflow.engine.plan import TaskSpec
-from rayflow.engine.protocol import describe_error
-from rayflow.engine.protocol import Work
+from rayflow.engine.protocol import Work, describe_error
 from rayflow.telemetry import worker_context
 
 BIG_PAYLOAD = 64 * 1024  # bytes; larger payloads (and every map's) are put in the object store once

@@ -17,11 +17,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rayflow.engine import columns as C
-from rayflow.engine.protocol import ChunkSummary
+from rayflow.engine.protocol import ChunkJob, ChunkSummary, Work
 from rayflow.engine.columns import ChunkResult, encode_values
 from rayflow.engine.maps.run import MapRun, MapFeed, StreamFeed, WholeFeed
 from rayflow.engine.plan import TaskSpec
-from rayflow.engine.protocol import ChunkJob, Work
 from rayflow.states import ErrorInfo, State, StateType
 from rayflow.triggers import Tally
 

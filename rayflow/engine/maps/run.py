@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rayflow.engine import columns as C
-from rayflow.engine.protocol import ChunkSummary
+from rayflow.engine.protocol import ChunkHandle, ChunkJob, ChunkSummary, MapHandle, Piece
 from rayflow.engine.policy import retry_delay
-from rayflow.engine.protocol import ChunkHandle, ChunkJob, MapHandle, Piece
 from rayflow.states import FAILED_TYPES, State, StateType
 
 TARGET_SECONDS = 0.25

@@ -11,12 +11,11 @@ import dataclasses
 from collections.abc import Sized
 from typing import Any
 
-from rayflow.engine.protocol import MAX_REPORTED_ERRORS
+from rayflow.engine.protocol import MAX_REPORTED_ERRORS, Work
 from rayflow.engine.worker.chunk import run_chunk
 from rayflow.engine.columns import merge_results, successful_values
 from rayflow.engine.worker.logs import capture
 from rayflow.engine.worker.attempt import run_attempt
-from rayflow.engine.protocol import Work
 from rayflow.states import StateType
 
 
