@@ -81,9 +81,9 @@ class Column:
         return data.combine_chunks() if isinstance(data, pa.ChunkedArray) else data
 
 
-def _uniform_type(values: Sequence[Any]) -> pa.DataType | None:
-    """The Arrow type that gives every value back unchanged, or None."""
-    types = set(map(type, values))
+def _uniform_type(values: Sequence[Any], types: set[type] | None = None) -> pa.DataType | None:
+    """The Arrow type that gives every value back unchanged, or None (``types``: theirs, if known)."""
+    types = set(map(type, values)) if types is None else set(types)
     types.discard(type(None))
     if not types:
         return pa.null() if values else pa.int64()
@@ -129,7 +129,7 @@ def encode_values(values: Sequence[Any]) -> Column:
                 return Column(np.array(values, dtype=dtype), "numpy")
             except OverflowError:  # an int beyond int64
                 pass
-    arrow_type = _uniform_type(values)
+    arrow_type = _uniform_type(values, types)
     if arrow_type is not None:
         try:
             return Column(pa.array(values, type=arrow_type), "arrow")
