@@ -23,7 +23,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from rayflow.core.mapping import classify
-from rayflow.core.refs import NodeRef, find_refs, unique_refs
+from rayflow.core.refs import NodeRef, find_refs, may_hold_refs, unique_refs
 from rayflow.exceptions import GraphError
 
 if TYPE_CHECKING:
@@ -278,7 +278,7 @@ class GraphBuilder:
         sources: tuple[Any, ...] = (),
         subflow: Subflow | None = None,
     ) -> NodeRef:
-        found = find_refs((args, kwargs)) if _may_hold_refs(args, kwargs) else []
+        found = find_refs((args, kwargs)) if may_hold_refs(args, kwargs) else []
         if sources:
             found = [NodeRef(s.key, s.owner) for s in sources if s.kind in _NODE_SOURCES] + found
         refs = [r for r in unique_refs(found) if isinstance(r, NodeRef)]
@@ -315,12 +315,6 @@ class GraphBuilder:
 
 
 _NODE_SOURCES = ("node", "map", "flatten_node", "flatten_map")
-_ATOMS = frozenset({int, float, str, bool, bytes, type(None)})
-
-
-def _may_hold_refs(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bool:
-    """False for the common call of plain scalars only, without walking it."""
-    return any(type(a) not in _ATOMS for a in args) or any(type(v) not in _ATOMS for v in kwargs.values())
 
 
 def argument_slots(task: Task, arguments: Mapping[str, Any]) -> dict[str, Any]:

@@ -160,6 +160,11 @@ def find_refs(value: Any) -> list[Any]:
     return list(found.values())
 
 
+def may_hold_refs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """False for the common call of plain scalars only, without walking it."""
+    return any(type(a) not in _ATOMS for a in args) or any(type(v) not in _ATOMS for v in kwargs.values())
+
+
 def unique_refs(refs: list[Any]) -> list[Any]:
     """``refs`` without duplicates, in first-seen order."""
     seen: dict[tuple, Any] = {}
