@@ -16,10 +16,12 @@ from hypothesis import strategies as st
 import rayflow as rf
 from rayflow.engine.executor import Completion
 from rayflow.engine.driver.local_executor import LocalBox
+from rayflow.engine.observers import Callback
 from rayflow.engine.orchestrator import Orchestrator
 from rayflow.engine.plan import compile_plan
 from rayflow.engine.worker.execute import execute
 from rayflow.engine.protocol import AttemptResult, Work
+from rayflow.states import State
 from rayflow.states import StateType as T
 
 
@@ -119,7 +121,7 @@ def test_cancel_marks_unfinished_tasks_cancelled():
     plan = compile_plan(diamond.graph_for(n=4))
     ex = ScriptedExecutor(plan)
     seen = []
-    orch = Orchestrator(plan, ex, "run-3", listeners=(lambda **kw: seen.append(kw),))
+    orch = Orchestrator(plan, ex, "run-3", observers=(Callback(lambda **kw: seen.append(kw)),))
     orch.start()
     orch.step(0)
     orch.request_cancel()
@@ -201,3 +203,31 @@ def test_plans_are_topological_and_results_do_not_depend_on_names(dag):
         assert all(position[d] < position[spec.key] for d in spec.dependencies)
     assert set(plan.reference_keys) == {s.key for s in plan.specs if not plan.downstream[s.key]}
     assert flow() == _oracle(n, parents)
+
+
+def test_every_state_is_stamped_by_the_injected_clock():
+    """With a fake clock, no timestamp in the history comes from the wall clock: not the initial
+    PENDING, not states made by policy rules or handlers, not the flow's final state."""
+    from test_policy import FakeClock
+
+    @rf.flow
+    def chain():
+        return add(add.with_options(retries=1, name="first")("x", 1), 1)
+
+    plan = compile_plan(chain.graph)
+    ex, clock = ScriptedExecutor(plan), FakeClock()
+    orch = Orchestrator(plan, ex, "stamped", clock=clock)
+    orch.start()
+    orch.step(0)
+    clock.now = 1001.0
+    ex.finish("first")
+    orch.step(0)
+    clock.now = 1002.0
+    orch.step(0)
+    ex.finish("first")
+    orch.step(0)
+    orch.step(0)
+    orch.set_flow_state(State(type=T.FAILED))
+    stamps = {s.timestamp for states in orch.history.values() for s in states} | {orch.flow_state.timestamp}
+    assert stamps == {1000.0, 1001.0, 1002.0}
+    assert [s.type for s in orch.history["add"]] == [T.PENDING, T.TRIGGER_FAILED]

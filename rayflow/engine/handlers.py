@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from rayflow.engine.observers import RunObserver
+from rayflow.engine.plan import Plan
 from rayflow.engine.protocol import describe_error
 from rayflow.states import State, StateType
 
@@ -42,3 +44,18 @@ def apply_handlers(handlers: Sequence[Callable[..., Any]], subject: Any, old: St
             )
         new = out
     return new
+
+
+class StateHandlers(RunObserver):
+    """The tasks' and the flow's state handlers, as the observer that may amend each new state."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+
+    def amend(self, *, task_key: str | None, old: State, new: State) -> State:
+        if task_key is None:
+            flow = self.plan.flow
+            return apply_handlers(flow.options.handlers, flow, old, new) if flow is not None else new
+        spec = self.plan.by_key[task_key]
+        handlers = spec.options.handlers
+        return apply_handlers(handlers, spec.task, old, new) if handlers else new

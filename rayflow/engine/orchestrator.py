@@ -24,8 +24,11 @@ the task's ``retries``; system errors (the worker died, an object was lost)
 consume ``system_retries``.  Both appear in the history as RETRYING states
 carrying the error.
 
-State handlers run inside ``transition`` and may replace the new state; the
-loop then follows the state it got.  Listeners observe every transition.
+Observers (``engine.observers.RunObserver``) watch the run through one set of
+keyword-only hooks.  The state handlers are the first observer: their
+``amend`` runs inside ``transition`` and may replace the new state; the loop
+then follows the state it got.  Maps are delegated to the MapCoordinator,
+which returns ``MapActions`` that ``_apply`` carries out.
 """
 
 from __future__ import annotations
@@ -41,15 +44,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rayflow.engine.executor import Completion, Executor, Started, system_failure
-from rayflow.engine.handlers import apply_handlers
-from rayflow.engine.maps.coordinator import MapCoordinator
+from rayflow.engine.handlers import StateHandlers
+from rayflow.engine.maps.coordinator import MapActions, MapCoordinator
+from rayflow.engine.observers import HOOKS, RunObserver, overridden
 from rayflow.engine.plan import Plan
-from rayflow.engine.policy import reference_failure, retry_delay, settle_before_run, settle_merge, settle_subflow
+from rayflow.engine.policy import (
+    next_retry,
+    reference_failure,
+    retry_delay,
+    settle_before_run,
+    settle_merge,
+    settle_subflow,
+    system_retry_left,
+)
 from rayflow.engine.protocol import AttemptResult, Work, pack_inputs
 from rayflow.states import State, StateType
-
-Listener = Callable[..., None]
-
 
 @dataclass
 class RunSummary:
@@ -70,7 +79,7 @@ class Orchestrator:
         executor: Executor,
         run_id: str,
         *,
-        listeners: tuple[Listener, ...] = (),
+        observers: tuple[RunObserver, ...] = (),
         poll_interval: float = 0.2,
         clock: Callable[[], float] = time.time,
         cpus: int = 2,
@@ -79,12 +88,15 @@ class Orchestrator:
         self.plan = plan
         self.executor = executor
         self.run_id = run_id
-        self.listeners = listeners
         self.poll_interval = poll_interval
         self.clock = clock
-        self.flow_state = State(type=StateType.PENDING)
+        # A State made without a timestamp gets time.time() from pydantic; with another clock
+        # injected (a test's fake clock), transition() stamps it from that clock instead.
+        self._stamp = clock is not time.time
+        pending = State(type=StateType.PENDING, timestamp=clock())
+        self.flow_state = pending
         keys = [s.key for s in plan.specs]
-        self.states: dict[str, State] = {k: State(type=StateType.PENDING) for k in keys}
+        self.states: dict[str, State] = dict.fromkeys(keys, pending)
         self.history: dict[str, list[State]] = {k: [v] for k, v in self.states.items()}
         self.blocking: dict[str, int] = {
             s.key: len([d for d in s.dependencies if d not in s.streaming]) for s in plan.specs
@@ -94,11 +106,12 @@ class Orchestrator:
         self.deadlines: dict[str, tuple[int, float]] = {}
         self.lengths: dict[str, int | None] = {}
         self.feeder = feeder  # asked for items of generator inputs; see MapCoordinator
-        self.work_hooks: list[Callable[[Work], Work]] = []  # may amend a work before it is submitted
-        self.chunk_listeners: list[Listener] = []  # told of every finished chunk (task_key, work, summary, error)
-        self.report_listeners: list[Callable[[Work, Any], None]] = []  # every work's report (its logs, say)
-        self.maps = MapCoordinator(self, cpus)
+        self.observers: tuple[RunObserver, ...] = ()
+        self.observe(StateHandlers(plan), *observers)
         self._work_ids = itertools.count(1)
+        self.maps = MapCoordinator(
+            plan, cpus=cpus, clock=clock, put=executor.put, next_work_id=self.next_work_id
+        )
         self.scheduled: list[tuple[float, int, str]] = []
         self.attempts = dict.fromkeys(keys, 0)
         self.app_failures = dict.fromkeys(keys, 0)
@@ -109,15 +122,21 @@ class Orchestrator:
         self._lock = threading.Lock()
         self._cancel_requested = threading.Event()
 
+    def observe(self, *observers: RunObserver) -> None:
+        """Attach observers (after those attached already); see engine.observers."""
+        self.observers += observers
+        for hook in HOOKS:
+            setattr(self, f"_{hook}", overridden(self.observers, hook))
+
     # -- transitions ---------------------------------------------------------
 
     def transition(self, key: str, new: State) -> State:
         """Move ``key`` to ``new`` (as its handlers may amend it); returns the state it got."""
-        spec = self.plan.by_key[key]
         old = self.states[key]
-        handlers = spec.options.handlers
-        if handlers:
-            new = apply_handlers(handlers, spec.task, old, new)
+        for amend in self._amend:
+            new = amend(task_key=key, old=old, new=new)
+        if self._stamp and "timestamp" not in new.model_fields_set:
+            new = new.model_copy(update={"timestamp": self.clock()})
         with self._lock:
             self.states[key] = new
             self.history[key].append(new)
@@ -131,17 +150,19 @@ class Orchestrator:
                 self.blocking[child] -= 1
                 if self.blocking[child] == 0:
                     self.ready.append(child)
-        for listener in self.listeners:
-            listener(run_id=self.run_id, task_key=key, old=old, new=new)
+        for hook in self._on_transition:
+            hook(run_id=self.run_id, task_key=key, old=old, new=new)
         return new
 
     def set_flow_state(self, new: State) -> State:
         old = self.flow_state
-        if self.plan.flow is not None:
-            new = apply_handlers(self.plan.flow.options.handlers, self.plan.flow, old, new)
+        for amend in self._amend:
+            new = amend(task_key=None, old=old, new=new)
+        if self._stamp and "timestamp" not in new.model_fields_set:
+            new = new.model_copy(update={"timestamp": self.clock()})
         self.flow_state = new
-        for listener in self.listeners:
-            listener(run_id=self.run_id, task_key=None, old=old, new=new)
+        for hook in self._on_transition:
+            hook(run_id=self.run_id, task_key=None, old=old, new=new)
         return new
 
     def follow(self, key: str, state: State) -> None:
@@ -162,9 +183,25 @@ class Orchestrator:
     def prepare(self, work: Work) -> Work:
         options = self.plan.by_key[work.task_key].options
         work = dataclasses.replace(work, run_id=self.run_id, log_prints=options.log_prints)
-        for hook in self.work_hooks:
-            work = hook(work)
+        for hook in self._on_work:
+            work = hook(work=work)
         return work
+
+    def _apply(self, actions: MapActions) -> None:
+        """Carry out what the map coordinator decided."""
+        for work_id in actions.cancel:
+            self.executor.cancel(work_id)
+        for spec, work, handles in actions.submit:
+            self.executor.submit(spec, self.prepare(work), handles)
+        if self.feeder is not None:
+            for stream_id, count in actions.requests:
+                self.feeder.request(stream_id, count)
+        for key, state, handle in actions.settled:
+            if self.states[key].is_finished():
+                continue
+            if handle is not None:
+                self.handles[key] = handle
+            self.follow(key, self.transition(key, state))
 
     def launch(self, key: str) -> None:
         """A task whose blocking dependencies finished: settle it, or start it."""
@@ -173,12 +210,11 @@ class Orchestrator:
         upstream = self.maps.upstream_states(self.states, blocking)
         settled = settle_before_run(spec, upstream, self.maps.skip_view(self.states, blocking))
         if settled is None and spec.kind == "map":
-            settled = self.maps.settle_streaming(spec)
+            settled = self.maps.settle_streaming(spec, self.states)
             if settled is None:
                 self.transition(key, State(type=StateType.RUNNING, timestamp=self.clock()))
-                settled = self.maps.launch(spec)
-                if settled is None:
-                    return
+                self._apply(self.maps.launch(spec, self.handles, self.lengths))
+                return
         if settled is None and spec.kind == "subflow":
             settled = settle_subflow(spec, self.states)  # else: run, to build its value
             if settled is not None:
@@ -219,10 +255,13 @@ class Orchestrator:
     def on_completion(self, completion: Completion) -> None:
         work = completion.work
         if completion.report is not None:
-            for listener in self.report_listeners:
-                listener(work, completion.report)
+            for hook in self._on_report:
+                hook(work=work, report=completion.report)
         if work.job is not None:
-            self.maps.finish_work(work, completion.report, completion.handle, completion.system_error)
+            if self.maps.owns(work.work_id):
+                for hook in self._on_chunk:
+                    hook(task_key=work.task_key, work=work, summary=completion.report, error=completion.system_error)
+            self._apply(self.maps.finish_work(work, completion.report, completion.handle, completion.system_error))
             return
         current = self.running.get(work.task_key)
         if current is None or current.work_id != work.work_id:
@@ -271,10 +310,10 @@ class Orchestrator:
     def _spend_retry(self, key: str, message: str, timing: dict[str, Any], **extra: Any) -> State | None:
         """RETRYING if ``key`` has application retries left (and uses one up), else None."""
         options = self.plan.by_key[key].options
-        if self.app_failures[key] >= options.retries:
+        delay = next_retry(options, self.app_failures[key])
+        if delay is None:
             return None
         self.app_failures[key] += 1
-        delay = retry_delay(options, self.app_failures[key])
         budget = f"retry {self.app_failures[key]} of {options.retries}"
         return self._retrying(f"{message} ({budget})", delay, timing, **extra)
 
@@ -283,7 +322,7 @@ class Orchestrator:
         error = result.error
         failure = {"error": error, "exception": result.exception()}
         if error is not None and error.system:
-            if self.system_failures[key] < options.system_retries:
+            if system_retry_left(options, self.system_failures[key]):
                 self.system_failures[key] += 1
                 budget = f"system retry {self.system_failures[key]} of {options.system_retries}"
                 return self._retrying(f"{result.message} ({budget})", 0.0, timing, **failure)
@@ -318,9 +357,9 @@ class Orchestrator:
         if self._cancel_requested.is_set():
             self._cancel_outstanding()
             return
-        self.maps.drain_streams()
+        self._apply(self.maps.drain_streams())
         now = self.clock()
-        self.maps.pump_due(now)
+        self._apply(self.maps.pump_due(now))
         while self.scheduled and self.scheduled[0][0] <= now:
             _, _, key = heapq.heappop(self.scheduled)
             if not self.states[key].is_finished():
@@ -346,7 +385,7 @@ class Orchestrator:
         due = self.maps.next_due()
         if due is not None:
             wait = min(wait, max(0.0, due - now))
-        if self.maps.stream_inbox:
+        if self.maps.has_stream_input():
             wait = 0.0
         for _, deadline in self.deadlines.values():
             wait = min(wait, max(0.0, deadline - now))
@@ -384,7 +423,7 @@ class Orchestrator:
         self.handles.clear()
 
     def _cancel_outstanding(self) -> None:
-        self.maps.cancel()
+        self._apply(self.maps.cancel())
         for work in list(self.running.values()):
             self.executor.cancel(work.work_id)
         self.running.clear()

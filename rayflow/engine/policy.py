@@ -110,3 +110,20 @@ def retry_delay(options: TaskOptions, retry_number: int, rng: Callable[[], float
         base = options.retry_delay * options.retry_backoff ** (retry_number - 1)
     return base * (1.0 + options.retry_jitter * rng())
 
+
+
+def next_retry(options: TaskOptions, spent: int, *, retryable: bool = True, rng: Callable[[], float] = random.random) -> float | None:
+    """The one application-retry rule: the delay before another attempt, or None when none is due.
+
+    ``spent`` is the retries a task (or one item of a map) has used so far; a failure
+    that is not ``retryable`` (not one of ``retry_on``, or ``rf.Fail``) is never retried.
+    ``rf.Retry`` is not a failure and does not come here: it always retries.
+    """
+    if not retryable or spent >= options.retries:
+        return None
+    return retry_delay(options, spent + 1, rng)
+
+
+def system_retry_left(options: TaskOptions, spent: int) -> bool:
+    """Whether a work lost to the system (its worker died) runs again: ``system_retries`` per task or chunk."""
+    return spent < options.system_retries

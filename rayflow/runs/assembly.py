@@ -57,14 +57,10 @@ def assemble_run(
     tracer = None
     if telemetry is not None and telemetry.enabled:
         tracer = RunTracer(telemetry, run_id, plan)
-        orchestrator.listeners += (tracer.on_transition,)
-        orchestrator.work_hooks.append(tracer.decorate)
-        orchestrator.chunk_listeners.append(tracer.on_chunk)
+        orchestrator.observe(tracer)
     recorder = recorder_for(home, run_id, plan)
     if recorder is not None:
-        orchestrator.listeners += (recorder.on_transition,)
-        orchestrator.chunk_listeners.append(recorder.on_chunk)
-        orchestrator.report_listeners.append(recorder.on_report)
+        orchestrator.observe(recorder)
     return ObservedRun(orchestrator, recorder, tracer)
 
 

@@ -17,6 +17,7 @@ from rayflow.engine.driver.flow_run import FlowRun
 from rayflow.engine.driver.local import StreamFeeder, new_run_id
 from rayflow.engine.driver.local_executor import LocalExecutor
 from rayflow.engine.driver.progress import MapProgress
+from rayflow.engine.observers import Callback
 from rayflow.engine.plan import compile_plan
 from rayflow.runs.assembly import assemble_run
 from rayflow.store import rayflow_home
@@ -48,7 +49,7 @@ class LocalRunner:
         has_maps = any(spec.kind == "map" for spec in plan.specs)
         progress = MapProgress(flow.options.progress if has_maps else False)
         if progress.enabled:
-            orchestrator.listeners += (lambda **_: progress.update(orchestrator.progress()),)
+            orchestrator.observe(Callback(lambda **_: progress.update(orchestrator.progress())))
         observed.start()
         try:
             summary = orchestrator.run()

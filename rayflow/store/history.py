@@ -24,6 +24,7 @@ from typing import Any
 
 from rayflow.core.parameters import is_secret
 from rayflow.engine import columns as C
+from rayflow.engine.observers import RunObserver
 from rayflow.states import State
 
 SCHEMA = """
@@ -151,7 +152,7 @@ class RunStore:
         return out
 
 
-class HistoryRecorder:
+class HistoryRecorder(RunObserver):
     """Buffers a run's events and writes them in batches (a listener of the orchestrator)."""
 
     def __init__(
@@ -175,7 +176,7 @@ class HistoryRecorder:
         self._chunks: list[tuple] = []
         self._logs: list[tuple] = []
         self._run: tuple | None = None
-        self._lock = threading.Lock()  # the buffers, filled by the orchestrator's listeners
+        self._lock = threading.Lock()  # the buffers, filled by the orchestrator's calls of this observer's hooks
         # Rows taken from the buffers but not written yet (a write failed): retried on the next
         # flush, bounded by MAX_PENDING_ROWS per kind.  Only flush() touches them, under _write_lock.
         self._pending_run: tuple | None = None
@@ -205,7 +206,7 @@ class HistoryRecorder:
                 new.timestamp, new.started_at, new.finished_at,
             ))
 
-    def on_chunk(self, *, task_key: str, work: Any, summary: Any, error: Any = None) -> None:
+    def on_chunk(self, *, task_key: str, work: Any, summary: Any, error: Any) -> None:
         job = work.job
         counts = {C.CODES[code].value: n for code, n in summary.counts.items()} if summary is not None else {}
         row = (
@@ -218,7 +219,7 @@ class HistoryRecorder:
         with self._lock:
             self._chunks.append(row)
 
-    def on_report(self, work: Any, report: Any) -> None:
+    def on_report(self, *, work: Any, report: Any) -> None:
         records = getattr(report, "logs", ())
         if records:
             with self._lock:

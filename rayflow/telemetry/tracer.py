@@ -26,6 +26,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from rayflow.core.parameters import is_secret
 from rayflow.engine import columns as C
+from rayflow.engine.observers import RunObserver
 from rayflow.engine.protocol import Work
 from rayflow.states import State, StateType
 from rayflow.telemetry.config import TelemetrySettings, flush_providers, new_span_id, provider_for
@@ -48,7 +49,7 @@ def param_attributes(params: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-class RunTracer:
+class RunTracer(RunObserver):
     def __init__(self, settings: TelemetrySettings, run_id: str, plan: Any):
         provider, self._ids = provider_for(settings)
         self._tracer = provider.get_tracer("rayflow")
@@ -185,7 +186,7 @@ class RunTracer:
             self._finish(span, new)
             span.end(end_time=_ns(new.finished_at or new.timestamp))
 
-    def decorate(self, work: Work) -> Work:
+    def on_work(self, *, work: Work) -> Work:
         """Choose the span id of ``work`` now and send its traceparent along with it."""
         span_id = new_span_id()
         if work.job is None:
@@ -195,7 +196,7 @@ class RunTracer:
         traceparent = f"00-{self._trace_id:032x}-{span_id:016x}-01"
         return dataclasses.replace(work, trace=(traceparent, self._settings))
 
-    def on_chunk(self, *, task_key: str, work: Work, summary: Any, error: Any = None) -> None:
+    def on_chunk(self, *, task_key: str, work: Work, summary: Any, error: Any) -> None:
         span_id = self._chunks.pop(work.work_id, None)
         parent = self._map_spans.get(task_key)
         job = work.job

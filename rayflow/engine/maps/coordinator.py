@@ -4,41 +4,75 @@
 task once its *blocking* dependencies have finished; upstream maps it
 consumes chunk by chunk are not blocking, so it starts while they still run.
 Whenever a chunk finishes, its map and the maps streaming from it are
-pumped: new works are submitted within each map's ``max_in_flight``.
+pumped: new works are created within each map's ``max_in_flight``.
+
+The coordinator decides and the orchestrator acts: every method that changes
+something returns ``MapActions`` (works to submit, items to ask a generator
+feeder for, maps that ended with their state and value, works to cancel),
+which the orchestrator applies.  It holds no reference to the orchestrator;
+what it reads of the run (the plan, upstream values and lengths, task
+states) is passed in, and the only things it calls are ``put`` (store a
+value, for a failed chunk's placeholder result), ``next_work_id`` and the
+injected ``clock``.
 """
 
 from __future__ import annotations
 
 import collections
 import threading
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from rayflow.engine import columns as C
-from rayflow.engine.protocol import ChunkJob, ChunkSummary, Work
 from rayflow.engine.columns import ChunkResult, encode_values
-from rayflow.engine.maps.run import MapRun, MapFeed, StreamFeed, WholeFeed
-from rayflow.engine.plan import TaskSpec
+from rayflow.engine.maps.run import MapFeed, MapRun, StreamFeed, WholeFeed
+from rayflow.engine.plan import Plan, TaskSpec
+from rayflow.engine.policy import system_retry_left
+from rayflow.engine.protocol import ChunkJob, ChunkSummary, MapHandle, Work
 from rayflow.states import ErrorInfo, State, StateType
 from rayflow.triggers import Tally
 
-if TYPE_CHECKING:
-    from rayflow.engine.orchestrator import Orchestrator
+
+@dataclass
+class MapActions:
+    """What the coordinator wants done, in the order the orchestrator applies it."""
+
+    cancel: list[int] = field(default_factory=list)  # work ids
+    submit: list[tuple[TaskSpec, Work, list[Any]]] = field(default_factory=list)  # with flat input handles
+    requests: list[tuple[int, int]] = field(default_factory=list)  # (stream id, items) to ask the feeder for
+    settled: list[tuple[str, State, MapHandle | None]] = field(default_factory=list)  # maps that ended
+
+    def __bool__(self) -> bool:
+        return bool(self.cancel or self.submit or self.requests or self.settled)
 
 
 class MapCoordinator:
-    def __init__(self, orchestrator: Orchestrator, cpus: int):
-        self.orch = orchestrator
+    def __init__(
+        self,
+        plan: Plan,
+        *,
+        cpus: int,
+        clock: Callable[[], float],
+        put: Callable[[Any], Any],
+        next_work_id: Callable[[], int],
+    ):
+        self.plan = plan
         self.cpus = cpus
+        self.clock = clock
+        self.put = put
+        self.next_work_id = next_work_id
         self.maps: dict[str, MapRun] = {}
+        self.values: dict[str, list[Any]] = {}  # map key -> handles of its whole (non-mapped) inputs
         self.jobs: dict[int, tuple[str, ChunkJob]] = {}  # work id -> (map key, job) in flight
-        self.object_handles: dict[str, list[Any]] = {}
+        self.settled: set[str] = set()  # maps whose end was reported
         self.streams: dict[int, StreamFeed] = {}
         self.stream_owner: dict[int, str] = {}
         self.stream_inbox: collections.deque[tuple[int, Any, int, bool]] = collections.deque()
         self.children: dict[str, list[str]] = collections.defaultdict(list)
+        self._out = MapActions()
         # progress() is called on other threads (the Ray actor answers the driver's progress
         # bar while the run loop goes on): it reads self.maps and each MapRun's counts, total
         # and done under this lock, which the loop holds wherever it changes them.  A lock
@@ -46,40 +80,46 @@ class MapCoordinator:
         # chunk whether anyone asks or not, while an uncontended lock costs about 0.1 us, and
         # progress() holds it only for O(maps), since a MapRun keeps its counts totalled.
         self.lock = threading.Lock()
-        for spec in orchestrator.plan.specs:
+        for spec in plan.specs:
             for key in spec.streaming:
                 self.children[key].append(spec.key)
 
+    def _take(self) -> MapActions:
+        out, self._out = self._out, MapActions()
+        return out
+
     # -- launching -----------------------------------------------------------
 
-    def settle_streaming(self, spec: TaskSpec) -> State | None:
+    def settle_streaming(self, spec: TaskSpec, states: Mapping[str, State]) -> State | None:
         """A map whose element-wise upstream map ended without running is settled the same way."""
         for key in spec.streaming:
-            state = self.orch.states[key]
+            state = states[key]
             if state.is_finished() and key not in self.maps:
                 if state.is_skipped():
                     return State(type=StateType.SKIPPED, message=f"upstream map {key} was skipped")
                 return State(type=StateType.TRIGGER_FAILED, message=f"upstream map {key} ended {state.type.value}")
         return None
 
-    def launch(self, spec: TaskSpec) -> State | None:
-        """Start a MapRun for ``spec``; returns a state if the map ends at once (empty, or unusable input)."""
-        orch = self.orch
-        handles = self.object_handles.setdefault(spec.key, [orch.executor.put(o) for o in spec.objects])
+    def launch(self, spec: TaskSpec, handles: Mapping[str, Any], lengths: Mapping[str, int | None]) -> MapActions:
+        """Start a MapRun for ``spec`` from the finished upstream values ``handles`` (and their ``lengths``)."""
+        objects = [self.put(o) for o in spec.objects]
+        self.values[spec.key] = [handles.get(k) for k in spec.value_keys]
         sources: list[Any] = []
         for source in spec.sources:
             if source.kind == "const":
-                sources.append(WholeFeed(source.name, "column", handles[source.index], source.length))
+                sources.append(WholeFeed(source.name, "column", objects[source.index], source.length))
             elif source.kind in ("node", "flatten_node"):
-                length = orch.lengths.get(source.key)
+                length = lengths.get(source.key)
                 if length is None:
-                    return State(
-                        type=StateType.FAILED,
-                        message=f"MappingError: the result of task '{source.key}' (argument '{source.name}') "
-                        "cannot be mapped over: it is not a list or another sized collection",
+                    message = (
+                        f"MappingError: the result of task '{source.key}' (argument '{source.name}') "
+                        "cannot be mapped over: it is not a list or another sized collection"
                     )
+                    self.settled.add(spec.key)
+                    self._out.settled.append((spec.key, State(type=StateType.FAILED, message=message), None))
+                    return self._take()
                 kind = "value" if source.kind == "node" else "flatten_value"
-                sources.append(WholeFeed(source.name, kind, orch.handles[source.key], length))
+                sources.append(WholeFeed(source.name, kind, handles[source.key], length))
             elif source.kind in ("map", "flatten_map"):
                 upstream = source.key
                 sources.append(MapFeed(source.name, lambda k=upstream: self.maps.get(k), source.kind == "flatten_map"))
@@ -92,62 +132,63 @@ class MapCoordinator:
         # A map consumed chunk by chunk leaves room for its consumers: Ray hands a worker
         # back only when the queue of tasks sharing its inputs runs dry.
         in_flight = cpus if self.children.get(spec.key) else max(2, 2 * cpus)
-        run = MapRun(spec.key, spec.options, sources, max_in_flight=in_flight, cpus=cpus, clock=orch.clock)
+        run = MapRun(spec.key, spec.options, sources, max_in_flight=in_flight, cpus=cpus, clock=self.clock)
         with self.lock:
             self.maps[spec.key] = run
-        self.pump(spec.key)
-        return None
+        self._pump(spec.key)
+        return self._take()
 
     # -- dispatch ------------------------------------------------------------
 
-    def pump(self, key: str) -> None:
+    def _pump(self, key: str) -> None:
         run = self.maps.get(key)
         if run is None:
             return
-        orch = self.orch
-        spec = orch.plan.by_key[key]
+        spec = self.plan.by_key[key]
         with self.lock:  # may end the map (done, total)
-            jobs = run.next_jobs(orch.clock())
+            jobs = run.next_jobs(self.clock())
         for job, piece_handles in jobs:
             self._submit(spec, job, piece_handles)
         self._request_stream(run)
-        if run.done and not orch.states[key].is_finished():
-            orch.handles[key] = run.handle()
-            orch.follow(key, orch.transition(key, run.final_state()))
+        if run.done and key not in self.settled:
+            self.settled.add(key)
+            self._out.settled.append((key, run.final_state(), run.handle()))
             for child in self.children.get(key, ()):
-                self.pump(child)
+                self._pump(child)
 
     def _submit(self, spec: TaskSpec, job: ChunkJob, piece_handles: list[Any]) -> None:
-        orch = self.orch
-        work = orch.prepare(Work(work_id=orch.next_work_id(), task_key=spec.key, attempt=1, job=job))
-        values = [orch.handles.get(k) for k in spec.value_keys]
+        work = Work(work_id=self.next_work_id(), task_key=spec.key, attempt=1, job=job)
         self.jobs[work.work_id] = (spec.key, job)
-        orch.executor.submit(spec, work, values + piece_handles)
+        self._out.submit.append((spec, work, self.values[spec.key] + piece_handles))
 
     def _request_stream(self, run: MapRun) -> None:
         want = run.stream_demand()
         if want:
             stream: StreamFeed = run.leader  # type: ignore[assignment]
             stream.requested = stream.received() + want
-            feeder = self.orch.feeder
-            if feeder is not None:
-                feeder.request(stream.stream_id, want)
+            self._out.requests.append((stream.stream_id, want))
 
     def push_stream(self, stream_id: int, handle: Any, count: int, exhausted: bool) -> None:
-        """Items of a generator input arrived (from any thread)."""
+        """Items of a generator input arrived (from any thread); ``drain_streams`` takes them."""
         self.stream_inbox.append((stream_id, handle, count, exhausted))
 
-    def drain_streams(self) -> None:
+    def has_stream_input(self) -> bool:
+        return bool(self.stream_inbox)
+
+    def drain_streams(self) -> MapActions:
         while self.stream_inbox:
             stream_id, handle, count, exhausted = self.stream_inbox.popleft()
             self.streams[stream_id].push(handle, count, exhausted)
-            self.pump(self.stream_owner[stream_id])
+            self._pump(self.stream_owner[stream_id])
+        return self._take()
 
-    def pump_due(self, now: float) -> None:
+    def pump_due(self, now: float) -> MapActions:
+        """Resubmit the item retries whose delay has passed."""
         for key, run in list(self.maps.items()):
             due = run.next_due()
             if due is not None and due <= now:
-                self.pump(key)
+                self._pump(key)
+        return self._take()
 
     def next_due(self) -> float | None:
         dues = [d for run in self.maps.values() if (d := run.next_due()) is not None]
@@ -155,23 +196,25 @@ class MapCoordinator:
 
     # -- outcomes ------------------------------------------------------------
 
-    def finish_work(self, work: Work, report: ChunkSummary | None, handle: Any, error: ErrorInfo | None) -> None:
+    def owns(self, work_id: int) -> bool:
+        """Whether ``work_id`` is a chunk still in flight (not cancelled, not finished)."""
+        return work_id in self.jobs
+
+    def finish_work(self, work: Work, report: ChunkSummary | None, handle: Any, error: ErrorInfo | None) -> MapActions:
         entry = self.jobs.pop(work.work_id, None)
         if entry is None:
-            return  # cancelled
+            return self._take()  # cancelled
         key, job = entry
         run = self.maps[key]
-        orch = self.orch
-        for listener in orch.chunk_listeners:
-            listener(task_key=key, work=work, summary=report, error=error)
         if report is not None:
             with self.lock:
-                run.on_summary(report, handle, orch.clock())
+                run.on_summary(report, handle, self.clock())
         else:
-            spec = orch.plan.by_key[key]
-            if error is not None and error.system and run.retry_lost(job, spec.options.system_retries):
+            spec = self.plan.by_key[key]
+            if error is not None and error.system and system_retry_left(spec.options, run.lost_count(job)):
+                run.note_lost(job)
                 self._submit(spec, job, self._piece_handles(run, job))  # only this chunk runs again
-                return
+                return self._take()
             with self.lock:
                 run.release(job)
             n = len(job.indices) if job.indices is not None else job.size
@@ -184,12 +227,13 @@ class MapCoordinator:
                 errors=dict.fromkeys(range(n), error_tuple),
                 indices=np.array(job.indices, dtype=np.int64) if job.indices is not None else None,
             )
-            handle = orch.executor.put(failed)
+            placeholder = self.put(failed)
             with self.lock:
-                run.settle_lost(job, handle, text)
+                run.settle_lost(job, placeholder, text)
         for child in self.children.get(key, ()):  # consumers first: their chunks queue ahead
-            self.pump(child)
-        self.pump(key)
+            self._pump(child)
+        self._pump(key)
+        return self._take()
 
     def _piece_handles(self, run: MapRun, job: ChunkJob) -> list[Any]:
         chunk = run.chunks[job.chunk]
@@ -199,13 +243,15 @@ class MapCoordinator:
                 handles.extend(objs)
         return handles
 
-    def cancel(self) -> None:
-        for work_id in list(self.jobs):
-            self.orch.executor.cancel(work_id)
+    def cancel(self) -> MapActions:
+        """Stop every map: the works in flight are to be cancelled; no map reports an end."""
+        self._out.cancel.extend(self.jobs)
         self.jobs.clear()
         with self.lock:
-            for run in self.maps.values():
+            for key, run in self.maps.items():
                 run.cancel()
+                self.settled.add(key)
+        return self._take()
 
     # -- views ---------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from rayflow.engine import columns as C
 from rayflow.engine.protocol import ChunkHandle, ChunkJob, ChunkSummary, MapHandle, Piece
-from rayflow.engine.policy import retry_delay
+from rayflow.engine.policy import next_retry, retry_delay
 from rayflow.states import FAILED_TYPES, State, StateType
 
 TARGET_SECONDS = 0.25
@@ -342,8 +342,9 @@ class MapRun:
         counts = dict(summary.counts)
         options = self.options
         for item, code, retryable, attempt in summary.failed:
-            if retryable and attempt <= options.retries:
-                chunk.waiting[item] = (now + retry_delay(options, attempt), attempt + 1)
+            delay = next_retry(options, attempt - 1, retryable=retryable)  # an item's earlier attempts all failed
+            if delay is not None:
+                chunk.waiting[item] = (now + delay, attempt + 1)
                 counts[code] -= 1
             else:  # final: its index is kept (failures only, never successful items)
                 if chunk.outcomes is None:
@@ -371,11 +372,13 @@ class MapRun:
                 return i
         raise LookupError(chunk.start)
 
-    def retry_lost(self, job: ChunkJob, system_retries: int) -> bool:
-        """A work died with its worker: True to run it again (it stays in flight)."""
-        chunk = self.chunks[job.chunk]
-        chunk.system_failures += 1
-        return chunk.system_failures <= system_retries
+    def lost_count(self, job: ChunkJob) -> int:
+        """System retries this work's chunk has spent (its work died with a worker)."""
+        return self.chunks[job.chunk].system_failures
+
+    def note_lost(self, job: ChunkJob) -> None:
+        """The work is submitted again after a system failure: it stays in flight."""
+        self.chunks[job.chunk].system_failures += 1
 
     def release(self, job: ChunkJob) -> None:
         """A work ended without a result."""

@@ -1,0 +1,326 @@
+"""The map coordinator alone: no orchestrator, no executor, a fake clock.
+
+The coordinator decides and returns MapActions; this harness plays the
+orchestrator's part by hand.  Works run in-process (``execute``, the worker's
+own entry point) only when a test says so, so every intermediate decision -
+how many works are in flight, what a retry waits for, what a stream is asked
+for - is asserted exactly.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import rayflow as rf
+from rayflow.engine import columns as C
+from rayflow.engine.columns import next_items
+from rayflow.engine.driver.local_executor import LocalBox
+from rayflow.engine.maps import run as R
+from rayflow.engine.maps.coordinator import MapActions, MapCoordinator
+from rayflow.engine.maps.run import MapRun, WholeFeed
+from rayflow.engine.plan import compile_plan
+from rayflow.engine.protocol import MapHandle
+from rayflow.engine.worker.execute import execute
+from rayflow.states import ErrorInfo
+from rayflow.states import StateType as T
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Harness:
+    """Plays the orchestrator: keeps what the coordinator asked for, runs works on request."""
+
+    def __init__(self, graph, cpus: int = 2):
+        self.plan = compile_plan(graph)
+        self.clock = FakeClock()
+        self.puts: list[object] = []
+        ids = itertools.count(1)
+        self.coord = MapCoordinator(self.plan, cpus=cpus, clock=self.clock, put=self._put, next_work_id=lambda: next(ids))
+        self.pending: list[tuple] = []  # (spec, work, handles) submitted, not yet finished
+        self.submitted: list = []  # every work, in order
+        self.requests: list[tuple[int, int]] = []
+        self.settled: dict[str, tuple] = {}
+        self.cancelled: list[int] = []
+
+    def _put(self, value):
+        self.puts.append(value)
+        return LocalBox(value)
+
+    def take(self, actions: MapActions) -> MapActions:
+        self.cancelled += actions.cancel
+        self.pending += actions.submit
+        self.submitted += [work for _, work, _ in actions.submit]
+        self.requests += actions.requests
+        for key, state, handle in actions.settled:
+            assert key not in self.settled, f"{key} settled twice"
+            self.settled[key] = (state, handle)
+        return actions
+
+    def launch(self, key: str) -> MapActions:
+        return self.take(self.coord.launch(self.plan.by_key[key], {}, {}))
+
+    def run(self, index: int = 0) -> MapActions:
+        """Run the ``index``-th pending work in this process and report it."""
+        spec, work, handles = self.pending.pop(index)
+        value, report = execute(spec.payload, work, *[h.value for h in handles])
+        return self.take(self.coord.finish_work(work, report, LocalBox(value), None))
+
+    def run_all(self, limit: int = 10_000) -> None:
+        for _ in range(limit):
+            if not self.pending:
+                return
+            self.run()
+        raise AssertionError("works never stopped coming")
+
+    def values(self, key: str) -> list:
+        state, handle = self.settled[key]
+        assert isinstance(handle, MapHandle)
+        out = []
+        for chunk in handle.chunks:
+            out.extend(C.successful_values(C.merge_results([h.value for h in chunk.handles])))
+        return out
+
+
+@rf.task
+def double(x: int) -> int:
+    return 2 * x
+
+
+@rf.task
+def picky(x: int) -> int:
+    if x == 3:
+        raise ValueError("three")
+    return x
+
+
+# -- chunk sizing --------------------------------------------------------------------------
+
+
+def _run_for(total: int, cpus: int = 2, **options) -> MapRun:
+    @rf.flow
+    def one():
+        return double.with_options(**options).map(range(total))
+
+    spec = compile_plan(one.graph).by_key["double"]
+    return MapRun("double", spec.options, [WholeFeed("x", "column", None, total)], max_in_flight=4, cpus=cpus, clock=FakeClock())
+
+
+@pytest.mark.parametrize(
+    "total, options, measured, expected",
+    [
+        (10**6, {}, None, R.FIRST_CHUNK),  # nothing measured yet: the first wave is small
+        (10**6, {"chunk_size": 1000}, (1e-3, 64, 0.064, True), 1000),  # the user's size always wins
+        (10**6, {}, (1e-3, 64, 0.064, True), 250),  # 1 ms items: a chunk of TARGET_SECONDS
+        (10**6, {}, (1e-7, 64, 0.02, True), 125_000),  # fast items: at most total / (4 * cpus)
+        (10**6, {}, (1.5625e-6, 64, 1e-4, False), 6400),  # not trusted (1e-4 s < 0.01 s): grows 100-fold
+        (10**6, {}, (1e-8, 64, 1e-7, False), 64 * 256),  # grows at most 256-fold per measurement
+        (10**6, {}, (1e-3, 64, 0.005, False), 128),  # and at least 2-fold
+        (10**9, {}, (1e-9, 10**6, 0.5, True), R.MAX_CHUNK),  # never more than MAX_CHUNK items
+        (100, {}, (1e-6, 64, 0.02, True), 13),  # small maps still spread over 4 chunks per CPU
+    ],
+)
+def test_chunk_size_table(total, options, measured, expected):
+    run = _run_for(total, **options)
+    if measured is not None:
+        run.per_item, run.largest_measured, run.largest_seconds, run.trusted = measured
+    assert run.chunk_size() == expected
+
+
+def test_chunks_grow_from_the_measured_time_of_the_first_wave():
+    @rf.flow
+    def one():
+        return double.map(range(100_000))
+
+    h = Harness(one.graph)
+    h.launch("double")
+    assert [w.job.size for w in h.submitted] == [R.FIRST_CHUNK] * 4
+    spec, work, handles = h.pending.pop(0)
+    value, report = execute(spec.payload, work, *[x.value for x in handles])
+    report.started_at, report.finished_at = 0.0, 0.005  # 64 items in 5 ms: not yet trusted
+    h.take(h.coord.finish_work(work, report, LocalBox(value), None))
+    assert h.submitted[-1].job.size == 128  # grows 2-fold (0.01 / 0.005)
+
+
+# -- backpressure --------------------------------------------------------------------------
+
+
+def test_at_most_max_in_flight_works_per_map():
+    @rf.flow
+    def one():
+        return double.with_options(chunk_size=10).map(range(1000))
+
+    h = Harness(one.graph, cpus=2)
+    h.launch("double")
+    assert len(h.pending) == 4  # 2 * cpus
+    for _ in range(20):
+        before = len(h.submitted)
+        h.run()
+        assert len(h.pending) == 4 and len(h.submitted) == before + 1  # one finished, one more
+    h.run_all()
+    state, handle = h.settled["double"]
+    assert state.type is T.MAPPED and state.message == "1000 items: 1000 ok"
+    assert handle.total == 1000 and len(handle.chunks) == 100
+    assert h.values("double") == [2 * x for x in range(1000)]
+
+
+def test_max_in_flight_option_and_a_consumed_map_leaves_room_for_its_consumer():
+    @rf.flow
+    def chained():
+        return double.with_options(name="b", chunk_size=10).map(double.with_options(name="a", chunk_size=10).map(range(100)))
+
+    h = Harness(chained.graph, cpus=2)
+    h.launch("a")
+    assert len(h.pending) == 2  # a map consumed chunk by chunk: cpus, not 2 * cpus
+    h.launch("b")
+    assert len(h.pending) == 2  # nothing of a is final yet
+    h.run()  # a's chunk 0 finishes: b's chunk 0 can start at once
+    assert [w.task_key for _, w, _ in h.pending] == ["a", "b", "a"]
+    h.run_all()
+    assert h.settled["a"][0].type is T.MAPPED and h.settled["b"][0].type is T.MAPPED
+    assert h.values("b") == [4 * x for x in range(100)]
+
+    @rf.flow
+    def serial():
+        return double.with_options(chunk_size=10, max_in_flight=1).map(range(100))
+
+    h = Harness(serial.graph, cpus=2)
+    h.launch("double")
+    assert len(h.pending) == 1
+
+
+# -- retries -------------------------------------------------------------------------------
+
+
+def test_an_item_retry_waits_for_its_delay_on_the_clock_then_runs_alone():
+    @rf.flow
+    def one():
+        return picky.with_options(retries=2, retry_delay=5.0, retry_backoff=2.0).map(range(10))
+
+    h = Harness(one.graph)
+    h.launch("picky")
+    h.run_all()
+    assert "picky" not in h.settled
+    assert h.coord.next_due() == 1005.0
+    h.clock.now = 1004.9
+    assert not h.take(h.coord.pump_due(h.clock.now))
+    h.clock.now = 1005.0
+    h.take(h.coord.pump_due(h.clock.now))
+    retry = h.submitted[-1].job
+    assert retry.indices == (3,) and retry.attempts == (2,)
+    h.run()
+    assert h.coord.next_due() == 1015.0  # the second retry waits 5 * 2
+    h.clock.now = 1015.0
+    h.take(h.coord.pump_due(h.clock.now))
+    assert h.submitted[-1].job.attempts == (3,)
+    h.run()
+    state, _ = h.settled["picky"]
+    assert state.type is T.FAILED  # min_success_ratio 1.0
+    assert state.message.startswith("10 items: 9 ok, 1 failed; first error: item 3: ValueError: three")
+    assert h.coord.maps["picky"].outcomes() == {3: C.FAILED}
+
+
+def test_an_error_outside_retry_on_is_final_at_once():
+    @rf.flow
+    def one():
+        return picky.with_options(retries=3, retry_on=(KeyError,), min_success_ratio=0.5).map(range(10))
+
+    h = Harness(one.graph)
+    h.launch("picky")
+    h.run_all()
+    assert h.coord.next_due() is None
+    assert h.settled["picky"][0].type is T.MAPPED
+    assert h.values("picky") == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+
+
+def test_a_lost_chunk_runs_again_within_system_retries_then_its_items_fail():
+    @rf.flow
+    def one():
+        return double.with_options(chunk_size=10, system_retries=1, min_success_ratio=0.5).map(range(20))
+
+    h = Harness(one.graph)
+    h.launch("double")
+    lost = ErrorInfo(type="rayflow.WorkerDied", message="worker died", system=True)
+    spec, work, handles = h.pending.pop(0)
+    h.take(h.coord.finish_work(work, None, None, lost))
+    again = h.submitted[-1]
+    assert again.job == work.job and again.work_id != work.work_id  # the same chunk, a new work
+    spec, work, handles = h.pending.pop(-1)
+    h.take(h.coord.finish_work(work, None, None, lost))  # its system retry is spent
+    placeholder = h.puts[-1]
+    assert np.all(placeholder.codes == C.FAILED) and len(placeholder.codes) == 10
+    h.run_all()
+    state, _ = h.settled["double"]
+    assert state.type is T.MAPPED and "20 items: 10 ok, 10 failed" in state.message and "worker died" in state.message
+    assert h.values("double") == [2 * x for x in range(10, 20)]
+
+
+def test_a_stale_completion_after_cancel_changes_nothing():
+    @rf.flow
+    def one():
+        return double.with_options(chunk_size=10).map(range(100))
+
+    h = Harness(one.graph)
+    h.launch("double")
+    in_flight = [w.work_id for _, w, _ in h.pending]
+    cancelled = h.take(h.coord.cancel())
+    assert cancelled.cancel == in_flight and not cancelled.settled  # the orchestrator settles CANCELLED itself
+    assert not h.coord.owns(in_flight[0])
+    assert not h.run()  # a work that still reports afterwards is ignored
+    assert "double" not in h.settled
+
+
+# -- streams (generator inputs) ------------------------------------------------------------
+
+
+def test_a_stream_is_asked_for_one_chunk_at_a_time_and_ends_when_exhausted():
+    @rf.flow
+    def gen():
+        return double.map(x for x in range(100))
+
+    h = Harness(gen.graph)
+    stream = iter(h.plan.streams[0])
+    h.launch("double")
+    assert h.requests == [(0, R.FIRST_CHUNK)] and not h.pending  # nothing to run before items arrive
+
+    def feed() -> None:
+        while h.requests:
+            stream_id, count = h.requests.pop(0)
+            column, n, exhausted = next_items(stream, count)
+            h.coord.push_stream(stream_id, LocalBox(column) if column is not None else None, n, exhausted)
+        assert h.coord.has_stream_input()
+        h.take(h.coord.drain_streams())
+
+    feed()
+    assert len(h.pending) == 1 and h.pending[0][1].job.size == R.FIRST_CHUNK
+    assert h.requests == [(0, R.FIRST_CHUNK)]  # the next chunk's items, while the first runs
+    feed()  # 36 items and exhausted
+    assert [w.job.size for _, w, _ in h.pending] == [64, 36] and not h.requests
+    h.run_all()
+    state, handle = h.settled["double"]
+    assert state.type is T.MAPPED and handle.total == 100
+    assert h.values("double") == [2 * x for x in range(100)]
+
+
+def test_an_unsized_upstream_fails_the_map_at_launch_without_any_work():
+    @rf.task
+    def number() -> int:
+        return 3
+
+    @rf.flow
+    def bad():
+        return double.map(number())
+
+    h = Harness(bad.graph)
+    h.take(h.coord.launch(h.plan.by_key["double"], {"number": LocalBox(3)}, {"number": None}))
+    state, handle = h.settled["double"]
+    assert state.type is T.FAILED and "cannot be mapped over" in state.message and handle is None
+    assert not h.submitted
