@@ -91,14 +91,63 @@ def _source_items(pieces: tuple[Piece, ...], values: list[Any], want_column: boo
     return items, codes
 
 
-def _items_failed(items: Any, exc: Exception, codes: Any, errors: dict, retryable: dict, retry_on: Any) -> None:
-    """``items`` raised ``exc``: FAILED, with its error (described once), retried only if one of ``retry_on``."""
-    info = describe_error(exc)
-    error, may_retry = (info.type, info.message, info.traceback), isinstance(exc, retry_on)
-    for j in items:
-        codes[j] = C.FAILED
-        errors[j] = error
-        retryable[j] = may_retry
+class _Outcomes:
+    """Per-item codes of a chunk and what the orchestrator must know of items that did not succeed.
+
+    ``codes`` is an int8 array (one per selected item, SUCCESS by default); the dicts hold
+    entries only for items that raised, keyed by position in the chunk's selection.
+    """
+
+    __slots__ = ("codes", "errors", "retryable", "retry_delays", "retry_on")
+
+    def __init__(self, n: int, retry_on: Any):
+        self.codes = np.zeros(n, dtype=np.int8)
+        self.errors: dict[int, tuple[str, str, str]] = {}  # (type, message, traceback)
+        self.retryable: dict[int, bool] = {}  # FAILED items the task's retries may retry
+        self.retry_delays: dict[int, float | None] = {}  # rf.Retry items: their delay
+        self.retry_on = retry_on
+
+    def failed(self, items: Any, exc: Exception) -> None:
+        """``items`` raised ``exc``: FAILED, with its error (described once), retried only if one of ``retry_on``."""
+        info = describe_error(exc)
+        error, may_retry = (info.type, info.message, info.traceback), isinstance(exc, self.retry_on)
+        for j in items:
+            self.codes[j] = C.FAILED
+            self.errors[j] = error
+            self.retryable[j] = may_retry
+
+    def signalled(self, sig: Signal, j: int) -> None:
+        outcome = signal_outcome(sig)
+        self.codes[j] = C.CODE[outcome.type]
+        if outcome.type is StateType.SKIPPED:
+            return
+        self.errors[j] = (f"{type(sig).__module__}.{type(sig).__qualname__}", outcome.message, "")
+        if outcome.type is StateType.RETRYING:
+            self.retry_delays[j] = outcome.delay
+        else:
+            self.retryable[j] = outcome.retryable
+
+    def timed_out(self, j: int, timeout: float) -> None:
+        self.codes[j] = C.TIMED_OUT
+        self.errors[j] = ("builtins.TimeoutError", f"item timed out after {timeout:g}s", "")
+        self.retryable[j] = True
+
+    def gate(self, sources: list, selected: list[int], skip_on_skip: bool) -> list[int]:
+        """Items whose upstream item failed end TRIGGER_FAILED, skipped ones SKIPPED; returns the rest."""
+        upstream = [c for _, c in sources if c is not None]
+        if not upstream or not any(c[selected].any() for c in upstream):
+            return list(range(len(selected)))
+        runnable = []
+        for j, i in enumerate(selected):
+            ups = [int(c[i]) for c in upstream]
+            if any(u in C.FINAL_FAILED for u in ups):
+                self.codes[j] = C.TRIGGER_FAILED
+                self.errors[j] = ("rayflow.TriggerFailed", "upstream item failed", "")
+            elif skip_on_skip and any(u == C.SKIPPED for u in ups):
+                self.codes[j] = C.SKIPPED
+            else:
+                runnable.append(j)
+        return runnable
 
 
 def _caller(fn: Callable[..., Any], args: Any, kwargs: Any, nsources: int) -> tuple[Callable[..., Any], bool]:
@@ -131,68 +180,68 @@ def run_chunk(payload: bytes, job: ChunkJob, work_id: int, values: list[Any]) ->
     started = time.time()
     fn, args, kwargs, upstream, retry_on, options = _load(payload)
     nodes = dict(zip(upstream, values[: len(upstream)]))
-    piece_values = values[len(upstream) :]
 
     def resolve(ref: Any) -> Any:
         return nodes[ref._key] if isinstance(ref, NodeRef) else ref
 
     args, kwargs = substitute(args, resolve), substitute(kwargs, resolve)
     batch = options["batch"]
-    sources = [_source_items(pieces, piece_values, want_column=batch) for pieces in job.sources]
-    size = job.size
-    selected = list(job.indices) if job.indices is not None else list(range(size))
-    attempts = np.array(job.attempts, dtype=np.int16) if job.attempts is not None else np.ones(len(selected), np.int16)
-    codes = np.zeros(len(selected), dtype=np.int8)
-    errors: dict[int, tuple[str, str, str]] = {}
+    sources = [_source_items(pieces, values[len(upstream) :], want_column=batch) for pieces in job.sources]
+    selected = list(job.indices) if job.indices is not None else list(range(job.size))
+    outcomes = _Outcomes(len(selected), retry_on)
+    runnable = outcomes.gate(sources, selected, options["skip_on_upstream_skip"])
     results: list[Any] = [None] * len(selected)
-    retry_delays: dict[int, float | None] = {}
-    retryable: dict[int, bool] = {}
-
-    runnable = _gate(sources, selected, codes, errors, options["skip_on_upstream_skip"])
-    batch_column = None
+    column = None
     if batch:
-        batch_column = _run_batch(
-            fn, args, kwargs, sources, selected, runnable, results, codes, errors, retryable, retry_delays, retry_on
-        )
+        column = _run_batch(fn, args, kwargs, sources, selected, runnable, results, outcomes)
     else:
-        call, direct = _caller(fn, args, kwargs, len(sources))
-        columns = [s[0] for s in sources]
-        everything = job.indices is None and len(runnable) == size
-        if direct:
-            only = columns[0]
-            inputs = only if everything else [only[selected[j]] for j in runnable]
-        elif everything:
-            inputs = list(zip(*columns))
-        else:
-            inputs = [tuple(col[selected[j]] for col in columns) for j in runnable]
-        timeout = options["timeout"]
-        cell = current_item_cell()
-        if timeout is not None and threading.current_thread() is threading.main_thread():
-            _run_items_timed(call, inputs, runnable, results, codes, errors, retryable, retry_delays, retry_on, timeout, cell)
-        else:
-            _run_items(call, inputs, runnable, results, codes, errors, retryable, retry_delays, retry_on, cell)
-
-    for j in np.flatnonzero(codes != C.SUCCESS).tolist():
+        _run_per_item(fn, args, kwargs, sources, job, selected, runnable, results, outcomes, options["timeout"])
+    for j in np.flatnonzero(outcomes.codes != C.SUCCESS).tolist():
         results[j] = None
-    values_column = batch_column if batch_column is not None else encode_values(results)
-    flat_count = 0
-    if options["count_flat"]:
-        flat_count = sum(len(v) for v, c in zip(results, codes) if c == C.SUCCESS and v is not None)
+    attempts = np.array(job.attempts, dtype=np.int16) if job.attempts is not None else np.ones(len(selected), np.int16)
     result = ChunkResult(
-        values=values_column,
-        codes=codes,
+        values=column if column is not None else encode_values(results),
+        codes=outcomes.codes,
         attempts=attempts,
-        errors=errors,
+        errors=outcomes.errors,
         indices=np.array(selected, dtype=np.int64) if job.indices is not None else None,
     )
+    flat_count = 0
+    if options["count_flat"]:
+        flat_count = sum(len(v) for v, c in zip(results, outcomes.codes) if c == C.SUCCESS and v is not None)
+    return result, _summary(job, work_id, selected, outcomes, attempts, started, flat_count)
+
+
+def _run_per_item(fn, args, kwargs, sources, job, selected, runnable, results, outcomes, timeout) -> None:
+    """Call ``fn`` once per runnable item, with each mapped argument's item in its slot."""
+    call, direct = _caller(fn, args, kwargs, len(sources))
+    columns = [s[0] for s in sources]
+    everything = job.indices is None and len(runnable) == job.size
+    if direct:
+        only = columns[0]
+        inputs = only if everything else [only[selected[j]] for j in runnable]
+    elif everything:
+        inputs = list(zip(*columns))
+    else:
+        inputs = [tuple(col[selected[j]] for col in columns) for j in runnable]
+    cell = current_item_cell()
+    if timeout is not None and threading.current_thread() is threading.main_thread():
+        _run_items_timed(call, inputs, runnable, results, outcomes, timeout, cell)
+    else:
+        _run_items(call, inputs, runnable, results, outcomes, cell)
+
+
+def _summary(job: ChunkJob, work_id: int, selected: list[int], outcomes: _Outcomes, attempts: np.ndarray, started: float, flat_count: int) -> ChunkSummary:
+    """What the orchestrator learns: counts, and per item that did not succeed what it must decide on."""
+    codes, errors = outcomes.codes, outcomes.errors
     counts = {int(c): int(n) for c, n in zip(*np.unique(codes, return_counts=True))}
     failed = [
-        (selected[j], int(codes[j]), retryable.get(j, False), int(attempts[j]))
+        (selected[j], int(codes[j]), outcomes.retryable.get(j, False), int(attempts[j]))
         for j in np.flatnonzero((codes == C.FAILED) | (codes == C.TIMED_OUT)).tolist()
     ]
-    retry = [(selected[j], retry_delays.get(j), int(attempts[j])) for j in np.flatnonzero(codes == C.RETRYING).tolist()]
+    retry = [(selected[j], outcomes.retry_delays.get(j), int(attempts[j])) for j in np.flatnonzero(codes == C.RETRYING).tolist()]
     reported = [(selected[j], f"{e[0].rsplit('.', 1)[-1]}: {e[1]}") for j, e in list(errors.items())[:MAX_REPORTED_ERRORS]]
-    summary = ChunkSummary(
+    return ChunkSummary(
         work_id=work_id,
         map_key=job.map_key,
         chunk=job.chunk,
@@ -206,28 +255,9 @@ def run_chunk(payload: bytes, job: ChunkJob, work_id: int, values: list[Any]) ->
         flat_count=flat_count,
         indices=job.indices,
     )
-    return result, summary
 
 
-def _gate(sources: list, selected: list[int], codes: np.ndarray, errors: dict, skip_on_skip: bool) -> list[int]:
-    """Items whose upstream item failed end TRIGGER_FAILED, skipped ones SKIPPED; the rest run."""
-    upstream = [c for _, c in sources if c is not None]
-    if not upstream or not any(c[selected].any() for c in upstream):
-        return list(range(len(selected)))
-    runnable = []
-    for j, i in enumerate(selected):
-        ups = [int(c[i]) for c in upstream]
-        if any(u in C.FINAL_FAILED for u in ups):
-            codes[j] = C.TRIGGER_FAILED
-            errors[j] = ("rayflow.TriggerFailed", "upstream item failed", "")
-        elif skip_on_skip and any(u == C.SKIPPED for u in ups):
-            codes[j] = C.SKIPPED
-        else:
-            runnable.append(j)
-    return runnable
-
-
-def _run_items(call, inputs, runnable, results, codes, errors, retryable, retry_delays, retry_on, cell=None) -> None:
+def _run_items(call, inputs, runnable, results, outcomes: _Outcomes, cell=None) -> None:
     """The hot loop: no per-item bookkeeping unless an item raises; nothing runs twice.
 
     ``cell`` receives the index of the item running, for the map index of log records.
@@ -249,14 +279,14 @@ def _run_items(call, inputs, runnable, results, codes, errors, retryable, retry_
                 results[runnable[k]] = call(inputs[k])
                 k += 1
         except Signal as sig:
-            _signalled(sig, runnable[k], codes, errors, retry_delays, retryable)
+            outcomes.signalled(sig, runnable[k])
             k += 1
         except Exception as exc:
-            _items_failed((runnable[k],), exc, codes, errors, retryable, retry_on)
+            outcomes.failed((runnable[k],), exc)
             k += 1
 
 
-def _run_items_timed(call, inputs, runnable, results, codes, errors, retryable, retry_delays, retry_on, timeout, cell=None) -> None:
+def _run_items_timed(call, inputs, runnable, results, outcomes: _Outcomes, timeout: float, cell=None) -> None:
     previous = signal.signal(signal.SIGALRM, _alarm)
     cell = cell if cell is not None else [None]
     try:
@@ -269,32 +299,16 @@ def _run_items_timed(call, inputs, runnable, results, codes, errors, retryable, 
                 finally:
                     signal.setitimer(signal.ITIMER_REAL, 0)
             except _ItemTimeout:
-                codes[j] = C.TIMED_OUT
-                errors[j] = ("builtins.TimeoutError", f"item timed out after {timeout:g}s", "")
-                retryable[j] = True
+                outcomes.timed_out(j, timeout)
             except Signal as sig:
-                _signalled(sig, j, codes, errors, retry_delays, retryable)
+                outcomes.signalled(sig, j)
             except Exception as exc:
-                _items_failed((j,), exc, codes, errors, retryable, retry_on)
+                outcomes.failed((j,), exc)
     finally:
         signal.signal(signal.SIGALRM, previous)
 
 
-def _signalled(sig: Signal, j: int, codes: Any, errors: dict, retry_delays: dict, retryable: dict) -> None:
-    outcome = signal_outcome(sig)
-    codes[j] = C.CODE[outcome.type]
-    if outcome.type is StateType.SKIPPED:
-        return
-    errors[j] = (f"{type(sig).__module__}.{type(sig).__qualname__}", outcome.message, "")
-    if outcome.type is StateType.RETRYING:
-        retry_delays[j] = outcome.delay
-    else:
-        retryable[j] = outcome.retryable
-
-
-def _run_batch(
-    fn, args, kwargs, sources, selected, runnable, results, codes, errors, retryable, retry_delays, retry_on
-) -> Column | None:
+def _run_batch(fn, args, kwargs, sources, selected, runnable, results, outcomes: _Outcomes) -> Column | None:
     """batch=True: one call with whole columns; an exception fails every item it was given.
 
     Returns the function's output as the chunk's column when every item ran (zero-copy path).
@@ -323,10 +337,10 @@ def _run_batch(
             raise ValueError(f"batch task returned {len(out)} results for {len(runnable)} items")
     except Signal as sig:
         for j in runnable:
-            _signalled(sig, j, codes, errors, retry_delays, retryable)
+            outcomes.signalled(sig, j)
         return None
     except Exception as exc:
-        _items_failed(runnable, exc, codes, errors, retryable, retry_on)
+        outcomes.failed(runnable, exc)
         return None
     if full and len(runnable) == len(selected):
         return out
