@@ -116,23 +116,32 @@ def _run_for(total: int, cpus: int = 2, **options) -> MapRun:
 
 @pytest.mark.parametrize(
     "total, options, measured, expected",
-    [
+    [  # measured: (items, seconds) of the largest first-run chunk so far, and whether that is trusted
         (10**6, {}, None, R.FIRST_CHUNK),  # nothing measured yet: the first wave is small
-        (10**6, {"chunk_size": 1000}, (1e-3, 64, 0.064, True), 1000),  # the user's size always wins
-        (10**6, {}, (1e-3, 64, 0.064, True), 250),  # 1 ms items: a chunk of TARGET_SECONDS
-        (10**6, {}, (1e-7, 64, 0.02, True), 125_000),  # fast items: at most total / (4 * cpus)
-        (10**6, {}, (1.5625e-6, 64, 1e-4, False), 6400),  # not trusted (1e-4 s < 0.01 s): grows 100-fold
-        (10**6, {}, (1e-8, 64, 1e-7, False), 64 * 256),  # grows at most 256-fold per measurement
-        (10**6, {}, (1e-3, 64, 0.005, False), 128),  # and at least 2-fold
-        (10**9, {}, (1e-9, 10**6, 0.5, True), R.MAX_CHUNK),  # never more than MAX_CHUNK items
-        (100, {}, (1e-6, 64, 0.02, True), 13),  # small maps still spread over 4 chunks per CPU
+        (10**6, {"chunk_size": 1000}, (64, 0.064, True), 1000),  # the user's size always wins
+        (10**6, {}, (64, 0.064, True), 250),  # 1 ms items: a chunk of TARGET_SECONDS
+        (10**6, {}, (200_000, 0.02, True), 125_000),  # fast items: at most total / (4 * cpus)
+        (10**6, {}, (64, 1e-4, False), 6400),  # not trusted (1e-4 s < 0.01 s): grows 100-fold
+        (10**6, {}, (64, 1e-7, False), 64 * 256),  # grows at most 256-fold per measurement
+        (10**6, {}, (64, 0.005, False), 128),  # and at least 2-fold
+        (10**9, {}, (10**6, 0.5, True), R.MAX_CHUNK),  # never more than MAX_CHUNK items
+        (100, {}, (64, 0.02, True), 13),  # small maps still spread over 4 chunks per CPU
     ],
 )
 def test_chunk_size_table(total, options, measured, expected):
     run = _run_for(total, **options)
     if measured is not None:
-        run.per_item, run.largest_measured, run.largest_seconds, run.trusted = measured
+        items, seconds, trusted = measured
+        run.sizer.measure(items, seconds)
+        assert run.sizer.trusted is trusted and run.sizer.per_item == pytest.approx(seconds / items)
     assert run.chunk_size() == expected
+
+
+def test_only_the_largest_measurement_counts():
+    run = _run_for(10**6)
+    run.sizer.measure(1000, 0.05)
+    run.sizer.measure(64, 0.5)  # a smaller chunk (a slow worker, say) does not undo it
+    assert run.sizer.per_item == pytest.approx(5e-5) and run.chunk_size() == 5000
 
 
 def test_chunks_grow_from_the_measured_time_of_the_first_wave():

@@ -5,9 +5,9 @@ items come from is a *source* per mapped argument.  When a source arrives
 piecewise (an upstream map, a flatten of one, a stream) the first such
 source leads: chunk i covers the leader's segment i, so chunk i can start
 as soon as upstream chunk i is final (pipelining, no barrier).  Otherwise
-the map cuts its own chunks, sized from the measured time per item so a
-chunk runs about ``TARGET_SECONDS`` (first chunks ramp up from
-``FIRST_CHUNK`` items), unless ``chunk_size`` is set.
+the map cuts its own chunks, sized by a ``ChunkSizer`` from the measured
+time per item so a chunk runs about ``TARGET_SECONDS`` (first chunks ramp up
+from ``FIRST_CHUNK`` items), unless ``chunk_size`` is set.
 
 It holds per-chunk metadata only: counts per state code, the items waiting
 for a retry, the handles of the chunk's results, and the indexes of the
@@ -169,6 +169,47 @@ class Chunk:
         return self.stop - self.start
 
 
+class ChunkSizer:
+    """How many items the next chunk of a map gets, from what its chunks measured so far.
+
+    ``chunk_size`` when the user set it; else ``FIRST_CHUNK`` until a first chunk is
+    measured; then enough items for about ``TARGET_SECONDS`` of work, but grown at most
+    256-fold (at least 2-fold) per measurement until a chunk ran ``TRUSTED_SECONDS`` (a
+    shorter one measures overheads more than items), never more than a quarter of the
+    items per CPU (every CPU gets work) nor ``MAX_CHUNK``.
+    """
+
+    def __init__(self, chunk_size: int | None, cpus: int):
+        self.fixed = chunk_size
+        self.cpus = max(1, cpus)
+        self.per_item: float | None = None  # seconds, measured in workers
+        self.largest_measured = 0  # items in the largest first-run chunk measured so far
+        self.largest_seconds = 0.0  # and how long it ran
+        self.trusted = False  # whether a measurement lasted TRUSTED_SECONDS
+
+    def measure(self, items: int, seconds: float) -> None:
+        """A first run of a chunk of ``items`` took ``seconds``; only the largest so far counts."""
+        if not items or items < self.largest_measured:
+            return
+        seconds = max(seconds, 0.0)
+        self.largest_measured, self.largest_seconds = items, seconds
+        self.per_item = seconds / items
+        self.trusted = self.trusted or seconds >= TRUSTED_SECONDS
+
+    def size(self, total: int | None) -> int:
+        if self.fixed:
+            return self.fixed
+        if self.per_item is None:
+            return FIRST_CHUNK
+        size = max(1, int(TARGET_SECONDS / max(self.per_item, 1e-9)))
+        if not self.trusted:
+            growth = min(256.0, max(2.0, TRUSTED_SECONDS / max(self.largest_seconds, 1e-6)))
+            size = min(size, int(growth * self.largest_measured))
+        if total is not None:
+            size = min(size, max(1, math.ceil(total / (4 * self.cpus))))
+        return min(size, MAX_CHUNK)
+
+
 class MapRun:
     def __init__(
         self,
@@ -188,10 +229,7 @@ class MapRun:
         self.clock = clock
         self.chunks: list[Chunk] = []
         self.in_flight = 0
-        self.per_item: float | None = None  # seconds, measured in workers
-        self.largest_measured = 0  # items in the largest first-run chunk measured so far
-        self.largest_seconds = 0.0  # and how long it ran
-        self.trusted = False  # whether a measurement lasted TRUSTED_SECONDS
+        self.sizer = ChunkSizer(options.chunk_size, cpus)
         self.fatal: str | None = None
         self.leader = next((s for s in sources if s.leads), None)
         self.dispatched = 0  # items covered by chunks so far (own chunking / leader segments)
@@ -215,18 +253,7 @@ class MapRun:
     # -- dispatch ------------------------------------------------------------
 
     def chunk_size(self) -> int:
-        if self.options.chunk_size:
-            return self.options.chunk_size
-        if self.per_item is None:
-            return FIRST_CHUNK
-        size = max(1, int(TARGET_SECONDS / max(self.per_item, 1e-9)))
-        if not self.trusted:  # grow towards a chunk long enough to measure, at most 256-fold
-            growth = min(256.0, max(2.0, TRUSTED_SECONDS / max(self.largest_seconds, 1e-6)))
-            size = min(size, int(growth * self.largest_measured))
-        if self.total is not None:
-            size = min(size, max(1, math.ceil(self.total / (4 * self.cpus))))
-        size = min(size, MAX_CHUNK)
-        return size
+        return self.sizer.size(self.total)
 
     def _new_ranges(self) -> list[tuple[int, int]]:
         """Ranges of chunks that can be created now."""
@@ -332,12 +359,8 @@ class MapRun:
         chunk.running -= 1
         self.in_flight -= 1
         chunk.handles.append(handle)
-        if summary.indices is None and summary.size and summary.size >= self.largest_measured:
-            seconds = max(summary.finished_at - summary.started_at, 0.0)
-            self.largest_measured = summary.size
-            self.largest_seconds = seconds
-            self.per_item = seconds / summary.size
-            self.trusted = self.trusted or seconds >= TRUSTED_SECONDS
+        if summary.indices is None:  # a first run: retries of a few items measure little
+            self.sizer.measure(summary.size, summary.finished_at - summary.started_at)
         chunk.flat_count += summary.flat_count
         counts = dict(summary.counts)
         options = self.options
