@@ -121,9 +121,9 @@ def _run_for(total: int, cpus: int = 2, **options) -> MapRun:
         (10**6, {"chunk_size": 1000}, (64, 0.064, True), 1000),  # the user's size always wins
         (10**6, {}, (64, 0.064, True), 250),  # 1 ms items: a chunk of TARGET_SECONDS
         (10**6, {}, (200_000, 0.02, True), 125_000),  # fast items: at most total / (4 * cpus)
-        (10**6, {}, (64, 1e-4, False), 6400),  # not trusted (1e-4 s < 0.01 s): grows 100-fold
-        (10**6, {}, (64, 1e-7, False), 64 * 256),  # grows at most 256-fold per measurement
-        (10**6, {}, (64, 0.005, False), 128),  # and at least 2-fold
+        (10**6, {}, (64, 1e-4, False), 64 * 256),  # not trusted (1e-4 s < 0.01 s): grows at most 256-fold
+        (10**6, {}, (16384, 0.008, False), 125_000),  # 0.5 us items, 8 ms: straight to the size aimed at
+        (10**6, {}, (64, 0.005, False), 3200),  # slower items: what 0.25 s needs (78 us per item)
         (10**9, {}, (10**6, 0.5, True), R.MAX_CHUNK),  # never more than MAX_CHUNK items
         (100, {}, (64, 0.02, True), 13),  # small maps still spread over 4 chunks per CPU
     ],
@@ -156,7 +156,7 @@ def test_chunks_grow_from_the_measured_time_of_the_first_wave():
     value, report = execute(spec.payload, work, *[x.value for x in handles])
     report.started_at, report.finished_at = 0.0, 0.005  # 64 items in 5 ms: not yet trusted
     h.take(h.coord.finish_work(work, report, LocalBox(value), None))
-    assert h.submitted[-1].job.size == 128  # grows 2-fold (0.01 / 0.005)
+    assert h.submitted[-1].job.size == 3200  # 0.25 s at 78 us per item
 
 
 # -- backpressure --------------------------------------------------------------------------

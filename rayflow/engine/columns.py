@@ -163,7 +163,7 @@ def to_column(value: Any) -> Column:
             return Column(np.arange(value.start, value.stop, value.step, dtype=np.int64), "numpy")
         return encode_values(list(value))
     if isinstance(value, (list, tuple)):
-        return encode_values(list(value))
+        return encode_values(value)  # read, never kept: no copy
     if isinstance(value, dict):
         return encode_values(list(value))
     if isinstance(value, Iterable) and not isinstance(value, (str, bytes)):

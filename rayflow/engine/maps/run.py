@@ -32,6 +32,7 @@ from rayflow.states import FAILED_TYPES, State, StateType
 TARGET_SECONDS = 0.25
 FIRST_CHUNK = 64
 TRUSTED_SECONDS = 0.01  # a chunk shorter than this measures overheads more than items
+MAX_GROWTH = 256  # a chunk not yet trusted grows at most this much per measurement
 MAX_CHUNK = 1 << 18  # items: bounds the memory a chunk needs (a generator's chunk is built in the driver)
 
 
@@ -173,10 +174,12 @@ class ChunkSizer:
     """How many items the next chunk of a map gets, from what its chunks measured so far.
 
     ``chunk_size`` when the user set it; else ``FIRST_CHUNK`` until a first chunk is
-    measured; then enough items for about ``TARGET_SECONDS`` of work, but grown at most
-    256-fold (at least 2-fold) per measurement until a chunk ran ``TRUSTED_SECONDS`` (a
-    shorter one measures overheads more than items), never more than a quarter of the
-    items per CPU (every CPU gets work) nor ``MAX_CHUNK``.
+    measured; then enough items for about ``TARGET_SECONDS`` of work at the measured time
+    per item, but at most ``MAX_GROWTH`` times the largest chunk measured until one ran
+    ``TRUSTED_SECONDS`` (a shorter time is mostly fixed overhead, and timer noise), never
+    more than a quarter of the items per CPU (every CPU gets work) nor ``MAX_CHUNK``.
+    A short chunk overstates the time per item (its fixed costs are spread over few
+    items), so the size aimed at errs small; the growth cap guards the other way.
     """
 
     def __init__(self, chunk_size: int | None, cpus: int):
@@ -202,9 +205,8 @@ class ChunkSizer:
         if self.per_item is None:
             return FIRST_CHUNK
         size = max(1, int(TARGET_SECONDS / max(self.per_item, 1e-9)))
-        if not self.trusted:
-            growth = min(256.0, max(2.0, TRUSTED_SECONDS / max(self.largest_seconds, 1e-6)))
-            size = min(size, int(growth * self.largest_measured))
+        if not self.trusted:  # a short chunk's time is mostly overhead: it overstates per_item,
+            size = min(size, MAX_GROWTH * self.largest_measured)  # but timer noise could understate it
         if total is not None:
             size = min(size, max(1, math.ceil(total / (4 * self.cpus))))
         return min(size, MAX_CHUNK)
