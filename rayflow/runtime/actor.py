@@ -69,6 +69,7 @@ class _Slot:
 class FlowRunActor:
     def __init__(self) -> None:
         self._runs: OrderedDict[str, _Slot] = OrderedDict()
+        self._cancel_on_arrival: set[str] = set()  # cancel_run came before its start_run
         self._lock = threading.Lock()
         self._cpus: tuple[float, int] = (0.0, 1)  # (when read, cluster CPUs): a GCS call, so cached
 
@@ -83,9 +84,16 @@ class FlowRunActor:
         return ray.get_runtime_context().get_node_id()
 
     def start_run(
-        self, run_id: str, plan: Plan, telemetry: TelemetrySettings | None = None, home: str | None = None
-    ) -> str | None:
-        """Start the run in a thread of its own; returns its trace id when it is traced."""
+        self,
+        run_id: str,
+        plan: Plan,
+        telemetry: TelemetrySettings | None = None,
+        home: str | None = None,
+        wait: float = 0.0,
+    ) -> tuple[str | None, RunSummary | None]:
+        """Start the run in a thread of its own; returns its trace id (when it is traced) and,
+        if it ends within ``wait`` seconds, its summary as ``wait_run`` gives it: a short run
+        costs the driver one round trip to the actor, not two."""
         with self._lock:
             if run_id in self._runs:
                 raise ValueError(f"a run with id {run_id!r} already exists in this driver")
@@ -98,9 +106,12 @@ class FlowRunActor:
             slot = _Slot(observed, executor)
             self._runs[run_id] = slot
             self._trim()
+            if run_id in self._cancel_on_arrival:
+                self._cancel_on_arrival.discard(run_id)
+                orchestrator.request_cancel()
         observed.start()
         threading.Thread(target=self._drive, args=(slot,), name=f"run-{run_id}", daemon=True).start()
-        return observed.trace_id
+        return observed.trace_id, (self.wait_run(run_id, wait) if wait > 0 else None)
 
     def _drive(self, slot: _Slot) -> None:
         try:
@@ -178,7 +189,14 @@ class FlowRunActor:
         flush_all(timeout)
 
     def cancel_run(self, run_id: str) -> None:
-        self._slot(run_id).orchestrator.request_cancel()
+        """Cancel the run; a run not here yet is cancelled as it starts (calls to this threaded
+        actor may run out of order: a driver's Ctrl-C during start_run can overtake it)."""
+        with self._lock:
+            slot = self._runs.get(run_id)
+            if slot is None:
+                self._cancel_on_arrival.add(run_id)
+                return
+        slot.orchestrator.request_cancel()
 
     def run_ids(self) -> list[str]:
         return list(self._runs)

@@ -41,25 +41,33 @@ class RayRunner:
         telemetry = settings_from_env()
         traced = telemetry if telemetry.enabled else None
         home = str(rayflow_home().resolve())
-        trace_id = ray.get(actor.start_run.remote(run_id, _objects_put(plan), traced, home))
-        if traced is not None:
-            _flush_at_exit(actor)
-        feeder = _start_feeder(actor, run_id, plan.streams)
         has_maps = any(spec.kind == "map" for spec in plan.specs)
         progress = MapProgress(flow.options.progress if has_maps else False)
+        # A run that feeds generators or draws progress needs the driver at once; any other
+        # waits inside start_run, so a short run costs one round trip to the actor.
+        wait = 0.0 if plan.streams or progress.enabled else POLL_SECONDS
+        objects = _objects_put(plan)
+        feeder = None
         try:
-            summary = None
+            trace_id, summary = ray.get(actor.start_run.remote(run_id, objects, traced, home, wait))
+            if traced is not None:
+                _flush_at_exit(actor)
+            feeder = _start_feeder(actor, run_id, plan.streams)
             while summary is None:
                 summary = ray.get(actor.wait_run.remote(run_id, POLL_SECONDS))
                 if progress.enabled:
                     progress.update(ray.get(actor.progress.remote(run_id)) or {})
         except KeyboardInterrupt:
+            # The actor may not have the run yet (Ctrl-C during start_run): cancel_run then
+            # cancels it as it arrives.  Either way, give it a bounded moment to end CANCELLED.
             actor.cancel_run.remote(run_id)
             try:
                 ray.get(actor.wait_run.remote(run_id, CANCEL_GRACE_SECONDS), timeout=CANCEL_GRACE_SECONDS + 5)
+            except Exception:  # noqa: BLE001 - interrupted: the KeyboardInterrupt is what the user sees
+                pass
             finally:
                 progress.close()
-                raise
+            raise
         progress.close()
         if feeder is not None:
             feeder.join(5)
