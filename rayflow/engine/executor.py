@@ -13,6 +13,7 @@ process); the orchestrator only passes handles along.  Every work runs
 
 from __future__ import annotations
 
+import collections
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -62,6 +63,37 @@ class Executor(Protocol):
 
     def fetch(self, handles: list[Any]) -> list[Any]:
         """The values behind ``handles``."""
+
+
+class QueuedStarts:
+    """What both executors share: ``Started`` events queued from any thread, and ``wait``.
+
+    ``wait`` hands over the queued starts, then the works that finished: subclasses say
+    whether any work is in flight (``_in_flight``) and collect finished ones, waiting up to
+    a timeout for the first (``_collect``).  With starts to report it does not block.
+    """
+
+    def __init__(self) -> None:
+        self._started: collections.deque[Started] = collections.deque()
+
+    def notify_started(self, work_id: int, at: float) -> None:
+        self._started.append(Started(work_id, at))
+
+    def wait(self, timeout: float | None) -> list[Event]:
+        events: list[Event] = []
+        while self._started:
+            events.append(self._started.popleft())
+        if not self._in_flight():
+            if timeout and not events:
+                time.sleep(min(timeout, 0.01))  # nothing to wait for: do not spin
+            return events
+        return events + self._collect(0 if events else timeout)
+
+    def _in_flight(self) -> bool:
+        raise NotImplementedError
+
+    def _collect(self, timeout: float | None) -> list[Completion]:
+        raise NotImplementedError
 
 
 def system_failure(

@@ -20,7 +20,6 @@ in the object store once and shared by all its chunks.
 
 from __future__ import annotations
 
-import collections
 import time
 from typing import Any
 
@@ -28,7 +27,7 @@ import ray
 from ray.exceptions import RayError, RayTaskError
 
 from rayflow.engine.worker.execute import execute
-from rayflow.engine.executor import Completion, Event, Started
+from rayflow.engine.executor import Completion, QueuedStarts
 from rayflow.engine.plan import TaskSpec
 from rayflow.engine.protocol import Work, describe_error
 from rayflow.telemetry import worker_context
@@ -61,17 +60,14 @@ def _lost(exc: BaseException) -> Any:
     return describe_error(exc, system=True)  # worker died for good, object lost, cancelled
 
 
-class RayExecutor:
+class RayExecutor(QueuedStarts):
     def __init__(self, run_id: str = "", notifier: Any = None) -> None:
+        super().__init__()
         self.run_id = run_id
         self.notifier = notifier  # the FlowRunActor's handle, told when timed works start
         self._pending: dict[ray.ObjectRef, tuple[Work, ray.ObjectRef]] = {}  # report ref -> (work, value ref)
-        self._started: collections.deque[Started] = collections.deque()
         self._payloads: dict[str, Any] = {}
         self._remotes: dict[str, Any] = {}  # task key -> _remote_execute.options(...) (made once)
-
-    def notify_started(self, work_id: int, at: float) -> None:
-        self._started.append(Started(work_id, at))
 
     def _payload(self, spec: TaskSpec) -> Any:
         if spec.kind != "map" and len(spec.payload) < BIG_PAYLOAD:
@@ -93,30 +89,26 @@ class RayExecutor:
         )
         self._pending[report_ref] = (work, value_ref)
 
-    def wait(self, timeout: float | None) -> list[Event]:
-        events: list[Event] = []
-        while self._started:
-            events.append(self._started.popleft())
-        if not self._pending:
-            if timeout and not events:
-                time.sleep(min(timeout, 0.01))
-            return events
+    def _in_flight(self) -> bool:
+        return bool(self._pending)
+
+    def _collect(self, timeout: float | None) -> list[Completion]:
         refs = list(self._pending)
-        ready, rest = ray.wait(refs, num_returns=1, timeout=0 if events else timeout)
+        ready, rest = ray.wait(refs, num_returns=1, timeout=timeout)
         if not ready:
-            return events
+            return []
         if rest:  # collect everything else that is already done in the same step
             more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
             ready += more
         try:
             reports = ray.get(ready)  # one call for every ready report
         except RayError:
-            return events + [self._complete(ref) for ref in ready]  # find the broken ones
+            return [self._complete(ref) for ref in ready]  # find the broken ones
         out = []
         for ref, report in zip(ready, reports):
             work, value_ref = self._pending.pop(ref)
             out.append(Completion(work, report, value_ref))
-        return events + out
+        return out
 
     def _complete(self, ref: ray.ObjectRef) -> Completion:
         work, value_ref = self._pending.pop(ref)

@@ -8,13 +8,12 @@ its result is ignored but the thread runs on until the function returns.
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures as cf
 import os
 import time
 from typing import Any
 
-from rayflow.engine.executor import Completion, Event, Started
+from rayflow.engine.executor import Completion, QueuedStarts
 from rayflow.engine.plan import TaskSpec
 from rayflow.engine.protocol import Work, describe_error
 from rayflow.engine.worker.execute import execute
@@ -29,31 +28,28 @@ class LocalBox:
         self.value = value
 
 
-class LocalExecutor:
+class LocalExecutor(QueuedStarts):
     """Runs works on threads of this process."""
 
     def __init__(self, max_workers: int | None = None):
+        super().__init__()
         self._pool = cf.ThreadPoolExecutor(max_workers=max_workers or max(4, os.cpu_count() or 1))
         self._futures: dict[cf.Future[Any], Work] = {}
-        self._started: collections.deque[Started] = collections.deque()
 
     def _run(self, spec: TaskSpec, work: Work, values: list[Any]) -> tuple[Any, Any]:
-        self._started.append(Started(work.work_id, time.time()))
+        self.notify_started(work.work_id, time.time())
         return execute(spec.payload, work, *values)
 
     def submit(self, spec: TaskSpec, work: Work, handles: list[Any]) -> None:
         values = [None if box is None else box.value for box in handles]
         self._futures[self._pool.submit(self._run, spec, work, values)] = work
 
-    def wait(self, timeout: float | None) -> list[Event]:
-        events: list[Event] = []
-        while self._started:
-            events.append(self._started.popleft())
-        if not self._futures:
-            if timeout and not events:
-                time.sleep(min(timeout, 0.01))
-            return events
-        done, _ = cf.wait(list(self._futures), timeout=0 if events else timeout, return_when=cf.FIRST_COMPLETED)
+    def _in_flight(self) -> bool:
+        return bool(self._futures)
+
+    def _collect(self, timeout: float | None) -> list[Completion]:
+        events: list[Completion] = []
+        done, _ = cf.wait(list(self._futures), timeout=timeout, return_when=cf.FIRST_COMPLETED)
         for future in done:
             work = self._futures.pop(future)
             try:
