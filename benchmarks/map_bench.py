@@ -32,16 +32,18 @@ Cases:
 1. f(x) = 2x + 1 then a sum, N = 1e4, 1e5, 1e6: all contestants;
 2. the same with batch=True (pyarrow.compute on Arrow slices) vs Ray tasks over
    Arrow slices: the array is put in the object store once and each task
-   slices it zero-copy ("lists": 4 x CPUs tasks returning their arrays;
-   "fused": 2 x CPUs tasks returning pc.sum of their slice).  Passing
-   ``arr.slice(...)`` as an argument instead would pickle the whole parent
-   buffer once per task;
+   slices it zero-copy ("lists": 4 x CPUs tasks returning their arrays, summed
+   with pc.sum; "fused": 2 x CPUs tasks returning pc.sum of their slice).
+   Passing ``arr.slice(...)`` as an argument instead would pickle the whole
+   parent buffer once per task.  rayflow's sum is a ``batch=True`` task too,
+   which receives the map's values as one Arrow array (``pc.sum``), as the
+   hand-written side sums Arrow arrays;
 3. a ~1 ms CPU-bound f, N = 1e4: rayflow vs both Ray variants, and the ideal
    N x 1 ms / CPUs;
 4. two chained maps then a sum, N = 1e6: all contestants ("lists" runs two
    rounds of tasks; dask fuses the two maps per partition itself; mp runs
    two ``pool.map`` calls);
-5. N = 1e7 through batch=True from a generator, with the driver's peak RSS
+5. N = 1e7 through batch=True from a generator, summed by a batch=True task, with the driver's peak RSS
    (and the same at N = 1e6, to show it does not grow with N); run first,
    before any bigger allocation has raised the driver's peak;
 plus naive Ray, one task per item, at N = 1e4 for scale.
@@ -85,6 +87,10 @@ def busy_1ms(x: int) -> int:
 
 def total(xs: list) -> int:
     return sum(xs)
+
+
+def total_arrow(xs: pa.Array) -> int:
+    return pc.sum(xs).as_py()
 
 
 # Hand-written Ray: the same work, chunked by hand.
@@ -273,6 +279,7 @@ def main() -> None:
     t_batch = rf.task(batch=True)(affine_batch)
     t_busy = rf.task(busy_1ms)
     t_total = rf.task(total)
+    t_total_arrow = rf.task(batch=True)(total_arrow)  # a batch task gets a map's values as one Arrow array
 
     bench = Bench(args.repeat)
 
@@ -284,7 +291,7 @@ def main() -> None:
 
         @rf.flow(name=f"big_{n}")
         def big_flow():
-            return t_total(t_batch.map(i for i in range(n)))
+            return t_total_arrow(t_batch.map(i for i in range(n)))
 
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         bench.case("5 batch=True from a generator", n, {"rayflow": big_flow}, expected=n * n, warm=False)
@@ -367,7 +374,7 @@ def main() -> None:
 
         @rf.flow(name=f"batch_{n}")
         def batch_flow():
-            return t_total(t_batch.map(arr))
+            return t_total_arrow(t_batch.map(arr))
 
         def arrow_by_hand(remote, chunks: int, fused: bool) -> Callable[[], int]:
             def run() -> int:

@@ -365,6 +365,36 @@ def test_batch_tasks_get_whole_chunks(runner):
     assert on(batched, runner)() == {"affine": [2 * x + 1 for x in range(10)], "widths": [1, 2, 3]}
 
 
+def test_a_batch_task_downstream_of_maps_gets_one_arrow_array_of_the_successful_items(runner):
+    """
+    picky.map(range(10))  (item 3 fails)  --> batch_sum(xs: pa.Array)   (min_success_ratio lets it run)
+    label.map(["a", ...])                 --> batch_join(xs: pa.Array)
+    A plain batch=True task receives each mapped upstream as one column, no Python list in between.
+    """
+
+    @rf.task(chunk_size=4, min_success_ratio=0.5)
+    def picky(x: int) -> int:
+        if x == 3:
+            raise ValueError("three")
+        return 10 * x
+
+    @rf.task
+    def label(s: str) -> str:
+        return s.upper()
+
+    @rf.task(batch=True, trigger=rf.triggers.always_run)
+    def batch_sum(xs: pa.Array, ys: pa.Array) -> dict:
+        assert isinstance(xs, pa.Array) and isinstance(ys, pa.Array), (type(xs), type(ys))
+        return {"sum": pc.sum(xs).as_py(), "n": len(xs), "ys": "".join(ys.to_pylist()), "type": str(ys.type)}
+
+    @rf.flow
+    def reduce_columns():
+        return batch_sum(picky.map(range(10)), label.map(["a", "b", "c"]))
+
+    out = on(reduce_columns, runner)()
+    assert out == {"sum": 10 * (45 - 3), "n": 9, "ys": "ABC", "type": "string"}
+
+
 def test_a_failing_batch_fails_its_items(runner):
     @rf.task(batch=True, chunk_size=2)
     def fragile(xs: pa.Array) -> pa.Array:

@@ -66,6 +66,12 @@ class Column:
             return [None if b is None else pickle.loads(b) for b in self.data.to_pylist()]
         return self.data.to_pylist()
 
+    def take(self, idx: np.ndarray) -> Column:
+        """The items at positions ``idx``, in that order, as a Column of the same kind."""
+        if self.kind == "numpy":
+            return Column(self.data[idx], "numpy")
+        return Column(self.data.take(pa.array(idx, type=pa.int64())), self.kind)
+
     def batch(self) -> Any:
         """The chunk for ``batch=True`` tasks: a pyarrow Array or RecordBatch (a list if pickled)."""
         if self.kind == "numpy":
@@ -234,6 +240,16 @@ def merge_results(results: Sequence[ChunkResult]) -> MergedChunk:
     for i in np.flatnonzero(codes != SUCCESS).tolist():
         values[i] = None
     return MergedChunk(values, codes, attempts, errors)
+
+
+def successful_column(results: Sequence[ChunkResult]) -> Column:
+    """A chunk's successful values as one Column; no Python objects unless retries patched it."""
+    base = results[0]
+    if len(results) > 1:
+        return encode_values(successful_values(merge_results(results)))
+    if not base.codes.any():
+        return base.values
+    return base.values.take(np.flatnonzero(base.codes == SUCCESS))
 
 
 def successful_values(merged: MergedChunk) -> list[Any]:

@@ -237,7 +237,7 @@ class Orchestrator:
             self.follow(key, state)
             return
         self.attempts[key] = attempt
-        layout, handles = pack_inputs([self.handles.get(k) for k in spec.value_keys])
+        layout, handles = pack_inputs([self.handles.get(k) for k in spec.value_keys], batch=spec.options.batch)
         work = self.prepare(Work(self.next_work_id(), key, attempt, layout, report_length=spec.report_length))
         self.running[key] = work
         self.executor.submit(spec, work, handles)

@@ -76,8 +76,13 @@ class Work:
     log_prints: bool = False  # capture print() as log records of the run
 
 
-def pack_inputs(inputs: list[Any]) -> tuple[tuple[Any, ...], list[Any]]:
-    """A layout plus the flat handles for a plain task's upstream inputs."""
+def pack_inputs(inputs: list[Any], *, batch: bool = False) -> tuple[tuple[Any, ...], list[Any]]:
+    """A layout plus the flat handles for a plain task's upstream inputs.
+
+    A map's value is laid out as its chunks' result handles: ``"map"`` (the worker makes
+    the list of successful values) or, for a ``batch=True`` task, ``"map_batch"`` (one
+    column of them, as a batch task's chunk gets it).
+    """
     flat: list[Any] = []
     layout: list[Any] = []
     for handle in inputs:
@@ -86,7 +91,7 @@ def pack_inputs(inputs: list[Any]) -> tuple[tuple[Any, ...], list[Any]]:
             for ch in handle.chunks:
                 chunks.append(tuple(range(len(flat), len(flat) + len(ch.handles))))
                 flat.extend(ch.handles)
-            layout.append(("map", tuple(chunks)))
+            layout.append(("map_batch" if batch else "map", tuple(chunks)))
         else:
             layout.append(("value", len(flat)))
             flat.append(handle)

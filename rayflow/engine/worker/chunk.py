@@ -325,7 +325,7 @@ def _run_batch(fn, args, kwargs, sources, selected, runnable, results, outcomes:
     for column, _ in sources:
         col = column if isinstance(column, Column) else encode_values(column)
         if not full:
-            col = _take(col, take)
+            col = col.take(take)
         batches.append(col.batch())
 
     def resolve(ref: Any) -> Any:
@@ -347,11 +347,3 @@ def _run_batch(fn, args, kwargs, sources, selected, runnable, results, outcomes:
     for j, value in zip(runnable, out.items()):
         results[j] = value
     return None
-
-
-def _take(col: Column, idx: np.ndarray) -> Column:
-    if col.kind == "numpy":
-        return Column(col.data[idx], "numpy")
-    import pyarrow as pa
-
-    return Column(col.data.take(pa.array(idx)), col.kind)

@@ -13,7 +13,7 @@ from typing import Any
 
 from rayflow.engine.protocol import MAX_REPORTED_ERRORS, Work
 from rayflow.engine.worker.chunk import run_chunk
-from rayflow.engine.columns import merge_results, successful_values
+from rayflow.engine.columns import concat_columns, merge_results, successful_column, successful_values
 from rayflow.engine.worker.logs import capture
 from rayflow.engine.worker.attempt import run_attempt
 from rayflow.states import StateType
@@ -41,11 +41,14 @@ def execute(payload: bytes, work: Work, *values: Any) -> tuple[Any, Any]:
 
 
 def unpack(layout: tuple[Any, ...], values: tuple[Any, ...] | list[Any]) -> list[Any]:
-    """Each upstream's value; a map's value is the list of its successful items' values."""
+    """Each upstream's value; a map's value is the list of its successful items' values, or
+    for a ``batch=True`` task one pyarrow Array of them (as ``Column.batch`` gives it)."""
     out = []
     for kind, where in layout:
         if kind == "value":
             out.append(values[where])
+        elif kind == "map_batch":
+            out.append(concat_columns([successful_column([values[i] for i in chunk]) for chunk in where]).batch())
         else:
             items: list[Any] = []
             for chunk in where:
