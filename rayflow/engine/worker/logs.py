@@ -30,14 +30,17 @@ class _Context:
         self.trace_id = parts[1] if len(parts) == 4 else None
         self.span_id = parts[2] if len(parts) == 4 else None
         self.map_start = map_start
-        self.item: list[int | None] = [None]  # index within the chunk of the item running now
+        # Index within the chunk of the item running now; or a callable giving it, so the
+        # hot loop of a chunk sets it once rather than per item (see worker.chunk._run_dense).
+        self.item: list[Any] = [None]
         self.records: list[tuple] = []
         self.dropped = 0
 
     def map_index(self) -> int | None:
-        if self.map_start is None or self.item[0] is None:
+        item = self.item[0]
+        if self.map_start is None or item is None:
             return None
-        return self.map_start + self.item[0]
+        return self.map_start + (item() if callable(item) else item)
 
     def add(self, level: str, message: str, at: float | None = None) -> None:
         if len(self.records) >= MAX_RECORDS:
