@@ -188,6 +188,24 @@ def test_logs_from_workers_are_stored_with_the_run(tmp_path, monkeypatch):
     assert any(r["message"] == "about to fail" for r in records)
     assert all(r["run_id"] == run.run_id for r in records)
 
+
+@rf.flow
+def logged_one_chunk():
+    return chatty.with_options(chunk_size=6, min_success_ratio=0.5).map(range(6))
+
+
+def test_items_after_a_failed_item_in_the_same_chunk_log_their_own_index_and_keep_their_values(tmp_path, monkeypatch):
+    """The chunk's hot loop resumes after item 3 raises: items 4 and 5 still run once, log with
+    their own map index, and their values are theirs (not shifted by the failure)."""
+    monkeypatch.setenv("RAYFLOW_HOME", str(tmp_path))
+    run = logged_one_chunk.run()
+    assert run.result() == [0, 1, 2, None, 4, 5]  # a failed item keeps its place
+    records = RunStore(tmp_path).logs(run.run_id)
+    said = sorted((r["map_index"], r["message"]) for r in records if r["level"] == "INFO")
+    assert said == [(x, f"item says {x}") for x in range(6)]
+    (error,) = [r for r in records if r["level"] == "ERROR"]
+    assert error["map_index"] == 3
+
     out = cli(tmp_path, "logs", run.run_id, "--task", "chatty")
     assert out.returncode == 0, out.stderr
     assert "chatty[2]: item says 2" in out.stdout and "quiet_failure" not in out.stdout
