@@ -188,6 +188,12 @@ def test_logs_from_workers_are_stored_with_the_run(tmp_path, monkeypatch):
     assert any(r["message"] == "about to fail" for r in records)
     assert all(r["run_id"] == run.run_id for r in records)
 
+    out = cli(tmp_path, "logs", run.run_id, "--task", "chatty")
+    assert out.returncode == 0, out.stderr
+    assert "chatty[2]: item says 2" in out.stdout and "quiet_failure" not in out.stdout
+    followed = cli(tmp_path, "logs", run.run_id, "--follow")
+    assert "quiet_failure: about to fail" in followed.stdout
+
 
 @rf.flow
 def logged_one_chunk():
@@ -206,11 +212,6 @@ def test_items_after_a_failed_item_in_the_same_chunk_log_their_own_index_and_kee
     (error,) = [r for r in records if r["level"] == "ERROR"]
     assert error["map_index"] == 3
 
-    out = cli(tmp_path, "logs", run.run_id, "--task", "chatty")
-    assert out.returncode == 0, out.stderr
-    assert "chatty[2]: item says 2" in out.stdout and "quiet_failure" not in out.stdout
-    followed = cli(tmp_path, "logs", run.run_id, "--follow")
-    assert "quiet_failure: about to fail" in followed.stdout
 
 
 def test_logs_carry_trace_ids_when_traced(tmp_path, monkeypatch):
