@@ -13,7 +13,7 @@
     pipeline.run(n=4).result()   # 8
 """
 
-from rayflow import signals, triggers
+from rayflow import cache, signals, triggers
 from rayflow.core.branching import case, merge, set_reference_tasks
 from rayflow.core.flow import Flow, flow
 from rayflow.core.mapping import flatten, mapped, unmapped
@@ -22,12 +22,15 @@ from rayflow.engine.driver.flow_run import FlowRun
 from rayflow.engine.worker.logs import get_run_logger
 from rayflow.exceptions import (
     ClusterConnectionError,
+    CorruptResultError,
     DefinitionError,
     FlowRunError,
     GraphError,
     MappingError,
+    MissingResultError,
     ParameterError,
     RayflowError,
+    ResultStoreError,
     SerializationError,
     TaskOptionError,
     TaskRunError,
@@ -41,6 +44,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ClusterConnectionError",
+    "CorruptResultError",
     "DefinitionError",
     "ErrorInfo",
     "Fail",
@@ -49,8 +53,10 @@ __all__ = [
     "FlowRunError",
     "GraphError",
     "MappingError",
+    "MissingResultError",
     "ParameterError",
     "RayflowError",
+    "ResultStoreError",
     "Retry",
     "SerializationError",
     "Skip",
@@ -61,6 +67,7 @@ __all__ = [
     "TaskRunError",
     "UnknownRunError",
     "UnknownTaskError",
+    "cache",
     "case",
     "flatten",
     "flow",

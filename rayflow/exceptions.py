@@ -15,7 +15,10 @@ found wrong with a definition, an input, the cluster or a finished run::
     ├── UnknownRunError          no live or recorded run has that run id
     ├── UnknownTaskError         a run has no task with that key (also a KeyError)
     ├── TaskRunError             a task's result was asked for but it did not succeed
-    └── FlowRunError             a flow run finished without succeeding (``.run``)
+    ├── FlowRunError             a flow run finished without succeeding (``.run``)
+    └── ResultStoreError         the result storage cannot be used (bad URI, write failed)
+        ├── MissingResultError   a stored result is not there (``path``)
+        └── CorruptResultError   a stored result cannot be read back (``path``)
 
 Errors carry the context that locates them (``task_key``, ``run_id``,
 ``attempt``) as attributes, so handlers need not parse messages.
@@ -124,3 +127,29 @@ class FlowRunError(RayflowError):
     @property
     def run_id(self) -> str:
         return self.run.run_id
+
+
+class ResultStoreError(RayflowError, OSError):
+    """The result storage cannot be used: a bad location, or a write or read that failed."""
+
+
+class MissingResultError(ResultStoreError, FileNotFoundError):
+    """A stored result is not there; ``path`` names the file looked for."""
+
+    def __init__(self, message: str, *, path: str):
+        super().__init__(message)
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class CorruptResultError(ResultStoreError):
+    """A stored result cannot be read back (truncated, or not what its name says); ``path`` names it."""
+
+    def __init__(self, message: str, *, path: str):
+        super().__init__(message)
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.args[0])

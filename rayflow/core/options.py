@@ -50,6 +50,14 @@ class TaskOptions(BaseModel):
     max_in_flight: int | None = Field(default=None, gt=0)
     min_success_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
     batch: bool = False
+    # Results that outlive the run (see rayflow.results and rayflow.cache): persist the value
+    # in the result store (None: as the flow says); look it up by a cache key before running,
+    # a stored result older than cache_expiration (seconds) not counting; refresh_cache runs
+    # anyway and stores the new result under the key.
+    persist: bool | None = None
+    cache_key_fn: Callable[..., Any] | None = None
+    cache_expiration: float | None = Field(default=None, gt=0)
+    refresh_cache: bool = False
     # Ray resources, passed to ``.options()`` of the Ray task.
     num_cpus: float | None = Field(default=None, ge=0)
     num_gpus: float | None = Field(default=None, ge=0)
@@ -57,10 +65,17 @@ class TaskOptions(BaseModel):
     resources: dict[str, float] | None = None
     runtime_env: dict[str, Any] | None = None
 
-    @field_validator("timeout", mode="before")
+    @field_validator("timeout", "cache_expiration", mode="before")
     @classmethod
     def _timedelta_to_seconds(cls, value: Any) -> Any:
         return _seconds(value)
+
+    @field_validator("cache_key_fn", mode="before")
+    @classmethod
+    def _key_fn_callable(cls, value: Any) -> Any:
+        if value is not None and not callable(value):
+            raise ValueError(f"must be a callable (context, arguments) -> str | None, e.g. rf.cache.inputs; got {value!r}")
+        return value
 
     @field_validator("retry_delay", mode="before")
     @classmethod
@@ -174,6 +189,11 @@ class FlowOptions(BaseModel):
     # Reuse the graph traced for the same immutable parameter values; False for a body that
     # reads the clock, the environment or other state besides its parameters.
     cache_graph: bool = True
+    # Results: persist every task's value (a task's own persist= wins), and where the result
+    # store is (a directory or a pyarrow filesystem URI; None: RAYFLOW_RESULTS, else
+    # RAYFLOW_HOME/results).
+    persist: bool = False
+    result_storage: str | None = Field(default=None, min_length=1)
     on_state: tuple[Callable[..., Any], ...] = ()  # h(flow, old_state, new_state) -> State | None
     on_failure: tuple[Callable[..., Any], ...] = ()
     on_success: tuple[Callable[..., Any], ...] = ()

@@ -280,10 +280,10 @@ class Orchestrator:
         timing = {"attempt": result.attempt, "started_at": result.started_at, "finished_at": result.finished_at}
         if self.plan.by_key[key].kind == "subflow":
             timing.update(self._subflow_span(key, result.finished_at))
-        if result.type is StateType.SUCCESS:
+        if result.type in (StateType.SUCCESS, StateType.CACHED):  # CACHED: the stored value, not run
             self.handles[key] = handle
             self.lengths[key] = result.length
-            new = State(type=StateType.SUCCESS, **timing)
+            new = State(type=result.type, message=result.message, **timing)
         elif result.type is StateType.SKIPPED:
             new = State(type=StateType.SKIPPED, message=result.message, **timing)
         elif result.type is StateType.RETRYING:  # rf.Retry: retried even past `retries`

@@ -22,10 +22,13 @@ from rayflow.core.graph import Graph
 from rayflow.core.options import TaskOptions
 from rayflow.core.mapping import check_lengths
 from rayflow.core.refs import MapInput, NodeRef, find_refs, substitute
+from rayflow.cache import lineage_key
 from rayflow.core.task import Task
 from rayflow.engine.columns import to_column
 from rayflow.engine.payload import dump_payload
+from rayflow.engine.protocol import ResultPolicy
 from rayflow.exceptions import GraphError, MappingError, SerializationError
+from rayflow.results import ResultStore, default_location
 from rayflow.triggers import all_successful
 
 
@@ -101,6 +104,7 @@ def compile_plan(graph: Graph, flow: Any = None) -> Plan:
     consumers = _map_consumption(graph)
     streams: dict[int, Any] = {}
     specs = []
+    results = _ResultPlanner(graph, order, flow)
     for key in order:
         node = graph.by_key[key]
         _check_options_pickle(node.key, node.task)
@@ -114,6 +118,8 @@ def compile_plan(graph: Graph, flow: Any = None) -> Plan:
         rest: tuple[Any, ...] = (args, kwargs, value_keys, options.retry_on)
         if node.kind == "map":
             rest += (_worker_options(options, count_flat=key in consumers["flatten_map"]),)
+        else:
+            rest += (results.policy(node, args, kwargs, value_keys),)
         specs.append(
             TaskSpec(
                 key=node.key,
@@ -145,6 +151,59 @@ def compile_plan(graph: Graph, flow: Any = None) -> Plan:
         flow=flow if flow is not None and flow.options.handlers else None,
         streams=streams,
     )
+
+
+class _ResultPlanner:
+    """Each plain task's ResultPolicy (None when it neither persists nor caches) and the
+    lineage keys they need, computed once per plan and only when some task caches."""
+
+    def __init__(self, graph: Graph, order: list[str], flow: Any):
+        self.flow_name = graph.flow_name
+        options = flow.options if flow is not None else None
+        self.flow_persist = bool(options is not None and options.persist)
+        self.location = (options.result_storage if options is not None else None) or None
+        self.lineage: dict[str, str] = {}
+        self.store: str | None = None
+        for key in order:
+            node = graph.by_key[key]
+            task_options = node.task.options
+            if node.kind == "map" and (task_options.cache_key_fn is not None or task_options.persist):
+                raise GraphError(
+                    f"task '{key}': caching and persisting the results of a mapped task are not "
+                    "supported yet; cache or persist a plain task that consumes the map instead",
+                    task_key=key,
+                )
+        if any(self._wants(graph.by_key[k]) for k in order):
+            self.store = ResultStore(self.location or default_location()).location  # a bad URI fails here
+        if any(graph.by_key[k].task.options.cache_key_fn is not None for k in order):
+            for key in order:
+                node = graph.by_key[key]
+                constants = substitute((node.args, dict(node.kwargs)), lambda ref: f"<upstream {ref._key}>")
+                upstream = tuple(self.lineage.get(k, k) for k in node.upstream)
+                self.lineage[key] = lineage_key(node.task.fn, constants, upstream)
+
+    def _wants(self, node: Any) -> bool:
+        if node.kind not in ("task",):
+            return False
+        options = node.task.options
+        persist = options.persist if options.persist is not None else self.flow_persist
+        return bool(persist) or options.cache_key_fn is not None
+
+    def policy(self, node: Any, args: Any, kwargs: Any, value_keys: tuple[str, ...]) -> ResultPolicy | None:
+        if not self._wants(node):
+            return None
+        options = node.task.options
+        assert self.store is not None
+        return ResultPolicy(
+            store=self.store,
+            flow_name=self.flow_name,
+            task_name=node.task.name,
+            persist=bool(options.persist if options.persist is not None else self.flow_persist),
+            cache_key_fn=options.cache_key_fn,
+            cache_expiration=options.cache_expiration,
+            refresh_cache=options.refresh_cache,
+            lineage_key=self.lineage.get(node.key, ""),
+        )
 
 
 def _map_consumption(graph: Graph) -> dict[str, set[str]]:

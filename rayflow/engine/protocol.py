@@ -98,6 +98,20 @@ def pack_inputs(inputs: list[Any], *, batch: bool = False) -> tuple[tuple[Any, .
     return tuple(layout), flat
 
 
+@dataclass(frozen=True)
+class ResultPolicy:
+    """What a plain task does with the result store (travels in its payload; None: nothing)."""
+
+    store: str  # the store's location: a directory or a pyarrow filesystem URI
+    flow_name: str
+    task_name: str
+    persist: bool  # write the value under runs/<run id>/<task key>
+    cache_key_fn: Any = None  # look up / write under cache/<flow>/<task key>/<key>
+    cache_expiration: float | None = None  # seconds a cached result counts
+    refresh_cache: bool = False
+    lineage_key: str = ""  # the task's code, constants and upstream lineage (rayflow.cache)
+
+
 # -- what comes back -------------------------------------------------------------
 
 
@@ -105,7 +119,7 @@ def pack_inputs(inputs: list[Any], *, batch: bool = False) -> tuple[tuple[Any, .
 class AttemptResult:
     task_key: str
     attempt: int
-    type: StateType  # SUCCESS, FAILED, or SKIPPED / RETRYING when the task raised a signal
+    type: StateType  # SUCCESS, CACHED, FAILED, or SKIPPED / RETRYING when the task raised a signal
     started_at: float
     finished_at: float
     message: str = ""
@@ -115,6 +129,7 @@ class AttemptResult:
     retry_delay: float | None = None  # from rf.Retry(delay=...)
     length: int | None = None  # items in the value, when a map consumes it
     logs: tuple[tuple, ...] = ()  # records captured while it ran (engine.worker.logs)
+    result_path: str | None = None  # where the value is stored (persisted, or the cache entry it came from)
 
     def exception(self) -> BaseException | None:
         if self.exception_bytes is None:

@@ -20,6 +20,7 @@ import cloudpickle
 from rayflow.core.refs import NodeRef, substitute
 from rayflow.engine.payload import load_payload
 from rayflow.engine.protocol import AttemptResult, describe_error, signal_outcome
+from rayflow.engine.worker.results import MISS, keep, look_up
 from rayflow.signals import Signal
 from rayflow.states import StateType
 
@@ -33,18 +34,42 @@ def _pickled_exception(exc: BaseException) -> bytes | None:
         return None
 
 
-def run_attempt(payload: bytes, task_key: str, attempt: int, *inputs: Any) -> tuple[AttemptResult, Any]:
-    """Run the task once; never raises for the user's errors or signals."""
+def run_attempt(
+    payload: bytes, task_key: str, attempt: int, *inputs: Any, run_id: str = ""
+) -> tuple[AttemptResult, Any]:
+    """Run the task once; never raises for the user's errors or signals.
+
+    With a result policy in the payload (``engine.worker.results``), a cache hit is the
+    value without running the function (CACHED), and a success is written to the store.
+    """
     started = time.time()
     retry_on: tuple[type[BaseException], ...] = (Exception,)  # until the payload says otherwise
+    kept = None
     try:
-        fn, args, kwargs, upstream, retry_on = load_payload(payload)
+        fn, args, kwargs, upstream, retry_on, policy = load_payload(payload)
         values = dict(zip(upstream, inputs, strict=True))
 
         def resolve(ref: Any) -> Any:
             return values[ref._key] if isinstance(ref, NodeRef) else ref
 
-        value = fn(*substitute(args, resolve), **substitute(kwargs, resolve))
+        call_args, call_kwargs = substitute(args, resolve), substitute(kwargs, resolve)
+        lookup = look_up(policy, task_key, fn, call_args, call_kwargs) if policy is not None else None
+        if lookup is not None and lookup.value is not MISS:
+            return (
+                AttemptResult(
+                    task_key=task_key,
+                    attempt=attempt,
+                    type=StateType.CACHED,
+                    started_at=started,
+                    finished_at=time.time(),
+                    message=f"cache hit: {lookup.path}",
+                    result_path=lookup.path,
+                ),
+                lookup.value,
+            )
+        value = fn(*call_args, **call_kwargs)
+        if policy is not None:
+            kept = keep(policy, run_id, task_key, lookup, value)
     except Signal as signal:
         return _signalled(signal, task_key, attempt, started), None
     except Exception as exc:
@@ -70,6 +95,7 @@ def run_attempt(payload: bytes, task_key: str, attempt: int, *inputs: Any) -> tu
             type=StateType.SUCCESS,
             started_at=started,
             finished_at=time.time(),
+            result_path=kept,
         ),
         value,
     )

@@ -30,10 +30,10 @@ def execute(payload: bytes, work: Work, *values: Any) -> tuple[Any, Any]:
                 logs.add("ERROR", f"item {job.start + item} failed: {kind.rsplit('.', 1)[-1]}: {message}" + (f"\n{tb}" if tb else ""))
         else:
             inputs = unpack(work.layout, values)
-            report, value = run_attempt(payload, work.task_key, work.attempt, *inputs)
+            report, value = run_attempt(payload, work.task_key, work.attempt, *inputs, run_id=work.run_id)
             if report.error is not None and report.type is StateType.FAILED:
                 logs.add("ERROR", f"attempt {work.attempt} failed:\n{report.error.traceback or report.error}")
-            if work.report_length and report.type is StateType.SUCCESS:
+            if work.report_length and report.type in (StateType.SUCCESS, StateType.CACHED):
                 report = dataclasses.replace(report, length=_length(value, work.report_length))
     if logs.records:
         report = dataclasses.replace(report, logs=tuple(logs.records))

@@ -1,0 +1,193 @@
+"""Cache keys: when two calls of a task are the same call.
+
+A task with ``cache_key_fn=`` looks its key up in the result store before it
+runs: a result stored under that key (and younger than ``cache_expiration``)
+ends the task CACHED with that value, without running it.  Two policies come
+with rayflow, and any callable ``(context, arguments) -> str | None`` will do
+(None: do not cache this call):
+
+- ``rf.cache.inputs``: the task's code (its bytecode, constants and the
+  values it closes over) and every argument's value.  It is computed in the
+  worker from the values themselves, so a changed input is a miss even when
+  the upstream task that made it did not change.  Hashing pickles each
+  argument: cheap for small values, as costly as a copy for a big one.
+- ``rf.cache.lineage``: the task's code, its constant arguments and the
+  *lineage keys of its upstream tasks* (each their code, constants and
+  upstream, recursively), computed in the driver when the plan is compiled.
+  A big DataFrame produced upstream is never hashed or pickled for a key.
+  Right when the upstream tasks are deterministic functions of what they are
+  given; wrong when an upstream reads the outside world (a file, a database,
+  the clock), whose changes lineage cannot see: use ``inputs`` there.
+
+``rf.cache.inputs.ignoring("client")`` leaves an argument out of the key, and
+``policy_a + policy_b`` keys on both.  An argument that cannot be pickled
+(a lock, a client, a generator) makes the call run uncached, with one warning
+naming it, rather than cache on a partial key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+
+
+class Uncacheable(Exception):
+    """An argument cannot be part of a cache key; ``argument`` names it."""
+
+    def __init__(self, argument: str, reason: str):
+        super().__init__(f"argument '{argument}' cannot be hashed for a cache key ({reason})")
+        self.argument = argument
+
+
+@dataclass(frozen=True)
+class CacheContext:
+    """What a key function knows besides the arguments."""
+
+    flow_name: str
+    task_key: str
+    task_name: str
+    fn: Callable[..., Any]
+    lineage_key: str  # code + constant arguments + upstream lineage keys, from the plan
+    upstream: Mapping[str, str] = field(default_factory=dict)  # argument name -> its upstream's lineage key
+
+
+def code_fingerprint(fn: Callable[..., Any]) -> str:
+    """A digest of what the function runs: its bytecode and constants (nested functions and
+    lambdas included), the names it uses, its default arguments and the values it closes over."""
+    digest = hashlib.sha256()
+    target = getattr(fn, "__wrapped__", fn)
+    code = getattr(target, "__code__", None)
+    if code is None:  # a callable object or a builtin: its type and pickle are what we have
+        digest.update(repr(type(target)).encode())
+        digest.update(_value_bytes("<callable>", target))
+        return digest.hexdigest()
+    _digest_code(digest, code)
+    digest.update(_value_bytes("<defaults>", (target.__defaults__, target.__kwdefaults__)))
+    for cell in target.__closure__ or ():
+        try:
+            contents = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        digest.update(_closure_bytes(contents))
+    return digest.hexdigest()
+
+
+def _digest_code(digest: Any, code: types.CodeType) -> None:
+    digest.update(code.co_code)
+    digest.update(repr(code.co_names).encode())
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            _digest_code(digest, const)
+        else:
+            digest.update(repr(const).encode())
+
+
+def _closure_bytes(value: Any) -> bytes:
+    if isinstance(value, types.FunctionType):
+        return code_fingerprint(value).encode()
+    try:
+        return _value_bytes("<closure>", value)
+    except Uncacheable:
+        return repr(type(value)).encode()  # a client held in a closure: its type, not its state
+
+
+def _value_bytes(name: str, value: Any) -> bytes:
+    try:
+        return pickle.dumps(value, protocol=5)
+    except Exception:  # noqa: BLE001 - plain pickle cannot: functions, classes defined in scripts
+        pass
+    try:
+        return cloudpickle.dumps(value, protocol=5)
+    except Exception as exc:  # noqa: BLE001 - a lock, a socket, a generator
+        raise Uncacheable(name, f"{type(exc).__name__}: {exc}") from None
+
+
+class CachePolicy:
+    """A cache key function; ``+`` combines two, ``ignoring(...)`` leaves arguments out."""
+
+    def __init__(self, ignored: frozenset[str] = frozenset()):
+        self.ignored = ignored
+
+    def ignoring(self, *names: str) -> CachePolicy:
+        return type(self)(self.ignored | frozenset(names))
+
+    def key(self, context: CacheContext, arguments: Mapping[str, Any]) -> str | None:
+        raise NotImplementedError
+
+    def __call__(self, context: CacheContext, arguments: Mapping[str, Any]) -> str | None:
+        return self.key(context, {k: v for k, v in arguments.items() if k not in self.ignored})
+
+    def __add__(self, other: Callable[..., Any]) -> CachePolicy:
+        return _Both(self, other)
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.ignored,))
+
+    def __repr__(self) -> str:
+        extra = f".ignoring({', '.join(map(repr, sorted(self.ignored)))})" if self.ignored else ""
+        return f"rf.cache.{type(self).__name__.lower()}{extra}"
+
+
+class Inputs(CachePolicy):
+    """The task's code and the value of every argument."""
+
+    def key(self, context: CacheContext, arguments: Mapping[str, Any]) -> str | None:
+        digest = hashlib.sha256(b"inputs\0")
+        digest.update(code_fingerprint(context.fn).encode())
+        for name in sorted(arguments):
+            digest.update(name.encode() + b"\0")
+            digest.update(hashlib.sha256(_value_bytes(name, arguments[name])).digest())
+        return digest.hexdigest()
+
+
+class Lineage(CachePolicy):
+    """The task's code, its constant arguments and its upstream tasks' lineage keys."""
+
+    def key(self, context: CacheContext, arguments: Mapping[str, Any]) -> str | None:
+        if not self.ignored:
+            return context.lineage_key
+        digest = hashlib.sha256(b"lineage\0" + context.lineage_key.encode())
+        digest.update(repr(sorted(self.ignored)).encode())
+        return digest.hexdigest()
+
+
+class _Both(CachePolicy):
+    def __init__(self, first: Callable[..., Any], second: Callable[..., Any]):
+        super().__init__()
+        self.first, self.second = first, second
+
+    def key(self, context: CacheContext, arguments: Mapping[str, Any]) -> str | None:
+        a, b = self.first(context, arguments), self.second(context, arguments)
+        if a is None or b is None:
+            return None
+        return hashlib.sha256(f"{a}\0{b}".encode()).hexdigest()
+
+    def __reduce__(self) -> Any:
+        return (_Both, (self.first, self.second))
+
+    def __repr__(self) -> str:
+        return f"{self.first!r} + {self.second!r}"
+
+
+inputs = Inputs()
+lineage = Lineage()
+
+
+def lineage_key(fn: Callable[..., Any], constants: Any, upstream_keys: tuple[str, ...]) -> str:
+    """The lineage key of a task: its code, its constant arguments (upstream refs replaced by
+    their position) and the lineage keys of its upstream tasks, in argument order."""
+    digest = hashlib.sha256(b"lineage\0")
+    digest.update(code_fingerprint(fn).encode())
+    try:
+        digest.update(_value_bytes("<constants>", constants))
+    except Uncacheable:
+        digest.update(repr(constants).encode())
+    for key in upstream_keys:
+        digest.update(key.encode() + b"\0")
+    return digest.hexdigest()
