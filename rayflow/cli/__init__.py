@@ -33,9 +33,11 @@ from rayflow.exceptions import (
     DefinitionError,
     GraphError,
     ParameterError,
+    ResultStoreError,
     SerializationError,
     UnknownRunError,
 )
+from rayflow.results import ResultStore
 
 app = typer.Typer(
     name="rayflow",
@@ -105,7 +107,7 @@ def run(
         if address:
             options["address"] = address
         flow_run = flow.with_options(**options).run(**values)
-    except (TargetError, ParameterError, GraphError, DefinitionError, SerializationError) as exc:
+    except (TargetError, ParameterError, GraphError, DefinitionError, SerializationError, ResultStoreError) as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
     except ClusterConnectionError as exc:
         raise _fail(str(exc), EXIT_CLUSTER) from None
@@ -292,6 +294,52 @@ def graph(
         except (TargetError, GraphError, DefinitionError, ParameterError) as exc:
             raise _fail(str(exc), EXIT_USAGE) from None
     print(render_mermaid(shape, states) if fmt == "mermaid" else render_dot(shape, states))
+
+
+cache_app = typer.Typer(help="The result cache: list or clear cached task results.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+StorageOption = Annotated[
+    Optional[str],  # noqa: UP007
+    typer.Option("--storage", help="Result storage (directory or URI). Default: RAYFLOW_RESULTS, else RAYFLOW_HOME/results."),
+]
+FlowFilter = Annotated[Optional[str], typer.Option("--flow", help="Only this flow's entries.")]  # noqa: UP007
+TaskFilter = Annotated[Optional[str], typer.Option("--task", help="Only this task key's entries.")]  # noqa: UP007
+
+
+def _cache_entries(storage: str | None, flow: str | None, task: str | None) -> tuple[ResultStore, list[tuple[str, str, str, Any]]]:
+    """(store, [(flow, task key, cache key, StoredFile)]) under cache/<flow>/<task key>/<key>.<suffix>."""
+    try:
+        store = ResultStore(storage)
+        files = list(store.list("cache/" + (f"{flow}/" if flow else "")))
+    except (ResultStoreError, OSError) as exc:
+        raise _fail(f"cannot read the result storage: {exc}", EXIT_USAGE) from None
+    entries = []
+    for info in files:
+        parts = info.path.split("/")[1:]  # after "cache"
+        if len(parts) < 3:
+            continue
+        entry_flow, entry_task, key = parts[0], "/".join(parts[1:-1]), parts[-1].rsplit(".", 1)[0]
+        if (flow is None or entry_flow == flow) and (task is None or entry_task == task):
+            entries.append((entry_flow, entry_task, key, info))
+    return store, sorted(entries, key=lambda e: (e[0], e[1], e[3].mtime or 0))
+
+
+@cache_app.command("ls")
+def cache_ls(storage: StorageOption = None, flow: FlowFilter = None, task: TaskFilter = None) -> None:
+    """List cached results: flow, task, key, bytes, when written (tab-separated)."""
+    _, entries = _cache_entries(storage, flow, task)
+    for entry_flow, entry_task, key, info in entries:
+        written = datetime.datetime.fromtimestamp(info.mtime).isoformat(timespec="seconds") if info.mtime else "-"
+        print(f"{entry_flow}\t{entry_task}\t{key}\t{info.size}\t{written}")
+
+
+@cache_app.command("clear")
+def cache_clear(storage: StorageOption = None, flow: FlowFilter = None, task: TaskFilter = None) -> None:
+    """Remove cached results (all, or a flow's, or a task's): those tasks run again next time."""
+    store, entries = _cache_entries(storage, flow, task)
+    removed = sum(store.delete(info.path) for _, _, _, info in entries)
+    print(f"removed {removed} cached result(s) from {store.location}")
 
 
 @app.callback()

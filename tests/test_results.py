@@ -1,0 +1,358 @@
+"""Results that outlive a run: the result store, persisted results and the cache.
+
+The store is tested on its own (formats, atomic writes, corruption) through a
+directory and a file:// URI; persisting and caching through real runs on both
+runners, counting executions with a side effect in a file.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import pathlib
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from cli_runner import run_cli
+
+import rayflow as rf
+from rayflow.results import ResultStore
+from rayflow.states import StateType as T
+from rayflow.store import RunStore
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAYFLOW_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("RAYFLOW_RESULTS", raising=False)
+    return tmp_path / "home"
+
+
+def on(flow, runner):
+    return flow.with_options(runner=runner)
+
+
+def count(marker: pathlib.Path) -> int:
+    return marker.read_text().count("ran\n") if marker.exists() else 0
+
+
+# -- the store ------------------------------------------------------------------------------
+
+VALUES = {
+    "table": pa.table({"a": [1, 2, None], "b": ["x", "y", "z"]}),
+    "batch": pa.RecordBatch.from_pydict({"a": [1.5, 2.5]}),
+    "array": pa.array([1, None, 3]),
+    "chunked": pa.chunked_array([[1, 2], [3]]),
+    "int32": np.arange(5, dtype=np.int32),
+    "floats": np.array([0.5, np.nan]),
+    "bools": np.array([True, False]),
+    "dates": np.array(["2026-01-01", "2026-02-01"], dtype="datetime64[D]"),
+    "frame": pd.DataFrame({"x": [1, 2], "y": ["a", "b"]}, index=pd.Index(["r1", "r2"], name="row")),
+    "matrix": np.ones((2, 3)),
+    "python": {"key": (1, "two", 3.0), "nested": [None, {"deep": b"bytes"}]},
+}
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+    if isinstance(a, pd.DataFrame):
+        return isinstance(b, pd.DataFrame) and a.equals(b) and a.index.equals(b.index) and a.index.name == b.index.name
+    if isinstance(a, (pa.Table, pa.RecordBatch, pa.Array, pa.ChunkedArray)):
+        return type(a) is type(b) and a.equals(b)
+    return a == b
+
+
+@pytest.mark.parametrize("uri", [False, True], ids=["directory", "file-uri"])
+def test_values_round_trip_through_the_store_in_their_own_format(tmp_path, uri):
+    location = ("file://" if uri else "") + str(tmp_path / "store")
+    store = ResultStore(location)
+    arrow = {"table", "batch", "array", "chunked", "int32", "floats", "bools", "dates", "frame"}
+    for name, value in VALUES.items():
+        path = store.write(f"runs/r1/{name}", value)
+        assert path.endswith(".arrow" if name in arrow else ".pkl"), (name, path)
+        assert _same(value, store.read(path)), name
+    listed = sorted(f.path for f in store.list("runs"))
+    assert listed == sorted(store.find(f"runs/r1/{n}") for n in VALUES)
+    assert ResultStore(location).read("runs/r1/frame.arrow").index.name == "row"  # a new store, the same files
+
+
+def test_writes_are_atomic_and_leftovers_of_a_crash_are_never_read(tmp_path):
+    store = ResultStore(str(tmp_path))
+    store.write("cache/f/t/k", [1, 2, 3])
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".tmp-")]
+    # a crash mid-write leaves only a temporary file: not listed, not found
+    (tmp_path / "cache/f/t/.tmp-dead-k2.pkl").write_bytes(b"half a pick")
+    assert store.find("cache/f/t/k2") is None
+    assert [f.path for f in store.list("cache")] == ["cache/f/t/k.pkl"]
+    # a value replaced by one of another format leaves one file under the name
+    store.write("cache/f/t/k", pa.array([1]))
+    assert store.find("cache/f/t/k") == "cache/f/t/k.arrow" and not (tmp_path / "cache/f/t/k.pkl").exists()
+
+
+def test_a_corrupted_or_missing_file_is_a_clear_error_naming_it(tmp_path):
+    store = ResultStore(str(tmp_path))
+    for name, value in (("p", {"a": 1}), ("a", pa.table({"x": [1, 2, 3]}))):
+        path = store.write(name, value)
+        full = tmp_path / path
+        full.write_bytes(full.read_bytes()[: len(full.read_bytes()) // 2])
+        with pytest.raises(rf.CorruptResultError, match=str(full)) as info:
+            store.read(path)
+        assert info.value.path == str(full)
+    with pytest.raises(rf.MissingResultError, match="nope.pkl"):
+        store.read("nope.pkl")
+    with pytest.raises(rf.ResultStoreError, match="nosuch://"):
+        ResultStore("nosuch://bucket/x")
+
+
+# -- persisting -----------------------------------------------------------------------------
+
+
+@rf.task(persist=True)
+def frame(n: int) -> pd.DataFrame:
+    return pd.DataFrame({"i": range(n)})
+
+
+@rf.task
+def total(df: pd.DataFrame) -> int:
+    return int(df["i"].sum())
+
+
+@rf.flow
+def persisted(n: int = 4):
+    return total(frame(n))
+
+
+def test_persisted_results_are_written_by_the_worker_and_read_back(home, runner):
+    run = on(persisted, runner).run(n=4)
+    assert run.result() == 6
+    store = ResultStore()
+    assert store.location == str((home / "results").resolve())
+    path = store.find(f"runs/{run.run_id}/frame")
+    assert path is not None and path.endswith(".arrow")  # a DataFrame is stored as Arrow
+    assert store.read(path).equals(pd.DataFrame({"i": range(4)}))
+    assert store.find(f"runs/{run.run_id}/total") is None  # not asked for
+
+    everything = on(persisted, runner).with_options(persist=True, result_storage="file://" + str(home / "elsewhere")).run(n=2)
+    other = ResultStore("file://" + str(home / "elsewhere"))
+    assert other.read(other.find(f"runs/{everything.run_id}/total")) == 1
+    assert other.find(f"runs/{everything.run_id}/frame") is not None
+
+
+def test_a_bad_result_storage_fails_before_any_work(home, tmp_path):
+    marker = tmp_path / "m"
+
+    @rf.task(persist=True)
+    def side_effect() -> int:
+        marker.write_text("ran\n")
+        return 1
+
+    @rf.flow(result_storage="nosuch://bucket/prefix")
+    def nowhere():
+        return side_effect()
+
+    with pytest.raises(rf.ResultStoreError, match="nosuch://bucket/prefix"):
+        on(nowhere, "local").run()
+    assert not marker.exists()
+
+
+# -- caching --------------------------------------------------------------------------------
+
+
+def _cached_flow(marker: pathlib.Path, **options):
+    @rf.task(name="slow", cache_key_fn=rf.cache.inputs, **options)
+    def slow(x: int, path: str) -> int:
+        with open(path, "a") as f:
+            f.write("ran\n")
+        return x * 10
+
+    @rf.flow(name="cached")
+    def cached(x: int = 1):
+        return slow(x, str(marker))
+
+    return cached
+
+
+def test_a_cache_hit_skips_execution_and_a_new_input_misses(home, runner, tmp_path):
+    marker = tmp_path / "count"
+    flow = on(_cached_flow(marker), runner)
+    first, second, other = flow.run(x=1), flow.run(x=1), flow.run(x=2)
+    assert (first.result(), second.result(), other.result()) == (10, 10, 20)
+    assert count(marker) == 2
+    assert [r.task_states["slow"].type for r in (first, second, other)] == [T.SUCCESS, T.CACHED, T.SUCCESS]
+    assert second.task_states["slow"].message.startswith("cache hit: cache/cached/slow/")
+    assert second.state.is_successful()
+
+
+def test_expiry_and_a_code_change_invalidate(home, tmp_path):
+    marker = tmp_path / "count"
+    flow = on(_cached_flow(marker, cache_expiration=datetime.timedelta(hours=1)), "local")
+    flow.run(x=1)
+    flow.run(x=1)
+    assert count(marker) == 1
+    for path in (home / "results" / "cache").rglob("*.pkl"):  # age the entry past its expiry
+        old = time.time() - 7200
+        os.utime(path, (old, old))
+    assert flow.run(x=1).task_states["slow"].type is T.SUCCESS
+    assert count(marker) == 2
+    assert flow.run(x=1).task_states["slow"].type is T.CACHED  # the new entry counts again
+
+    @rf.task(name="slow", cache_key_fn=rf.cache.inputs)
+    def slow(x: int, path: str) -> int:  # same name, same flow, different code
+        with open(path, "a") as f:
+            f.write("ran\n")
+        return x * 100
+
+    @rf.flow(name="cached", runner="local")
+    def cached(x: int = 1):
+        return slow(x, str(marker))
+
+    assert cached.run(x=1).result() == 100
+    assert count(marker) == 3
+
+
+def test_refresh_cache_runs_and_replaces_the_entry(home, tmp_path):
+    marker = tmp_path / "count"
+    on(_cached_flow(marker), "local").run(x=1)
+    refreshed = on(_cached_flow(marker, refresh_cache=True), "local").run(x=1)
+    assert refreshed.task_states["slow"].type is T.SUCCESS and count(marker) == 2
+    assert on(_cached_flow(marker), "local").run(x=1).task_states["slow"].type is T.CACHED
+    assert count(marker) == 2
+
+
+class Unpicklable:
+    """A big upstream value stand-in: pickling it fails loudly, so a key that hashed it could not exist."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __reduce__(self):
+        raise TypeError("this value must never be pickled for a cache key")
+
+
+def test_lineage_keys_never_hash_the_upstream_value_while_inputs_cannot_cache_it(home, tmp_path):
+    marker = tmp_path / "count"
+
+    @rf.task
+    def big(n: int) -> Unpicklable:
+        return Unpicklable(n)
+
+    def consumer(policy):
+        @rf.task(name="use", cache_key_fn=policy)
+        def use(value: Unpicklable, path: str) -> int:
+            with open(path, "a") as f:
+                f.write("ran\n")
+            return value.n
+
+        @rf.flow(name=f"lineage_{policy!r}", runner="local")
+        def lineage_flow(n: int = 3):
+            return use(big(n), str(marker))
+
+        return lineage_flow
+
+    by_lineage = consumer(rf.cache.lineage)
+    assert by_lineage.run(n=3).result() == 3
+    second = by_lineage.run(n=3)
+    assert second.task_states["use"].type is T.CACHED and count(marker) == 1
+    assert by_lineage.run(n=4).task_states["use"].type is T.SUCCESS  # the upstream's constant changed
+
+    by_inputs = consumer(rf.cache.inputs)
+    runs = [by_inputs.run(n=3) for _ in range(2)]
+    assert [r.task_states["use"].type for r in runs] == [T.SUCCESS, T.SUCCESS]  # uncached, not failed
+    logs = RunStore(home).logs(runs[0].run_id)
+    assert any(r["level"] == "WARNING" and "uncached" in r["message"] and "'value'" in r["message"] for r in logs)
+
+
+def test_an_ignored_argument_is_left_out_of_the_key(home, tmp_path):
+    marker = tmp_path / "count"
+
+    @rf.task(cache_key_fn=rf.cache.inputs.ignoring("note"))
+    def keyed(x: int, note: str, path: str) -> int:
+        with open(path, "a") as f:
+            f.write("ran\n")
+        return x
+
+    @rf.flow(runner="local")
+    def noted(note: str = "a"):
+        return keyed(1, note, str(marker))
+
+    noted.run(note="a")
+    assert noted.run(note="b").task_states["keyed"].type is T.CACHED and count(marker) == 1
+
+
+def test_a_corrupted_cache_entry_is_recomputed_with_a_warning_naming_the_file(home, tmp_path):
+    marker = tmp_path / "count"
+    flow = on(_cached_flow(marker), "local")
+    flow.run(x=1)
+    (entry,) = (home / "results" / "cache").rglob("*.pkl")
+    entry.write_bytes(b"\x80\x05garbage")
+    again = flow.run(x=1)
+    assert again.result() == 10 and again.task_states["slow"].type is T.SUCCESS and count(marker) == 2
+    logs = RunStore(home).logs(again.run_id)
+    assert any(r["level"] == "WARNING" and str(entry) in r["message"] and "corrupted" in r["message"] for r in logs)
+    assert flow.run(x=1).task_states["slow"].type is T.CACHED  # rewritten whole
+
+
+def test_two_runs_racing_on_one_key_both_finish_and_one_entry_remains(home, tmp_path):
+    marker = tmp_path / "count"
+    flow = on(_cached_flow(marker), "local")
+    results, errors = [], []
+
+    def go():
+        try:
+            results.append(flow.run(x=7).result())
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and results == [70] * 4
+    assert len(list((home / "results" / "cache").rglob("*.pkl"))) == 1
+    assert not [p for p in (home / "results").rglob(".tmp-*")]
+
+
+def test_a_mapped_task_refuses_cache_and_persist_before_any_work(home):
+    @rf.task(cache_key_fn=rf.cache.inputs)
+    def per_item(x: int) -> int:
+        return x
+
+    @rf.flow(runner="local")
+    def mapped():
+        return per_item.map(range(3))
+
+    with pytest.raises(rf.GraphError, match="per_item.*not supported yet"):
+        mapped.run()
+
+
+def test_bad_cache_options_are_named_at_decoration():
+    with pytest.raises(rf.TaskOptionError, match="cache_key_fn"):
+        rf.task(cache_key_fn="inputs")(lambda: 1)
+    with pytest.raises(rf.TaskOptionError, match="cache_expiration"):
+        rf.task(cache_expiration=-5)(lambda: 1)
+
+
+# -- the CLI --------------------------------------------------------------------------------
+
+
+def test_cache_ls_and_clear(home, tmp_path):
+    marker = tmp_path / "count"
+    flow = on(_cached_flow(marker), "local")
+    flow.run(x=1)
+    flow.run(x=2)
+    listed = run_cli("cache", "ls", "--flow", "cached", home=home)
+    assert listed.returncode == 0, listed.stderr
+    lines = [line.split("\t") for line in listed.stdout.splitlines()]
+    assert len(lines) == 2 and all(line[0] == "cached" and line[1] == "slow" and len(line[2]) == 64 for line in lines)
+    assert run_cli("cache", "ls", "--task", "other", home=home).stdout == ""
+    cleared = run_cli("cache", "clear", "--task", "slow", home=home)
+    assert cleared.returncode == 0 and "removed 2 cached result(s)" in cleared.stdout
+    assert flow.run(x=1).task_states["slow"].type is T.SUCCESS and count(marker) == 3
+    bad = run_cli("cache", "ls", "--storage", "nosuch://x", home=home)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "nosuch://x" in bad.stderr
