@@ -31,6 +31,7 @@ from rayflow.exceptions import (
     ParameterError,
     RayflowError,
     ResultStoreError,
+    ResumeError,
     SerializationError,
     TaskOptionError,
     TaskRunError,
@@ -41,6 +42,17 @@ from rayflow.signals import Fail, Retry, Skip
 from rayflow.states import ErrorInfo, State, StateType
 
 __version__ = "0.1.0"
+
+
+def resume(run_id: str, flow: Flow | None = None, **params: object) -> FlowRun:
+    """Run a failed, cancelled or crashed run again; tasks whose results it persisted load them.
+
+    See rayflow.runs.resume.  ``flow``: when the run's flow cannot be imported from where it
+    was defined; ``params`` override the recorded parameters.
+    """
+    from rayflow.runs.resume import resume as _resume
+
+    return _resume(run_id, flow, **params)
 
 __all__ = [
     "ClusterConnectionError",
@@ -57,6 +69,7 @@ __all__ = [
     "ParameterError",
     "RayflowError",
     "ResultStoreError",
+    "ResumeError",
     "Retry",
     "SerializationError",
     "Skip",
@@ -74,6 +87,7 @@ __all__ = [
     "get_run_logger",
     "mapped",
     "merge",
+    "resume",
     "set_reference_tasks",
     "signals",
     "task",

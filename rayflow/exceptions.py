@@ -16,6 +16,7 @@ found wrong with a definition, an input, the cluster or a finished run::
     ├── UnknownTaskError         a run has no task with that key (also a KeyError)
     ├── TaskRunError             a task's result was asked for but it did not succeed
     ├── FlowRunError             a flow run finished without succeeding (``.run``)
+    ├── ResumeError              a run cannot be resumed (``run_id``; ``task_key`` when a task is why)
     └── ResultStoreError         the result storage cannot be used (bad URI, write failed)
         ├── MissingResultError   a stored result is not there (``path``)
         └── CorruptResultError   a stored result cannot be read back (``path``)
@@ -153,3 +154,12 @@ class CorruptResultError(ResultStoreError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class ResumeError(RayflowError):
+    """A run cannot be resumed: it succeeded, its flow cannot be found, or its graph lost a task."""
+
+    def __init__(self, message: str, *, run_id: str, task_key: str | None = None):
+        super().__init__(message)
+        self.run_id = run_id
+        self.task_key = task_key

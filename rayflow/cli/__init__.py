@@ -4,8 +4,8 @@ Exit codes: 0 the run succeeded; 1 the run failed or was cancelled, or the
 run asked for is not known (``show``, ``logs``, ``cancel``: in neither the run
 history nor a live driver; ``show``: ended in its driver but missing from this
 RAYFLOW_HOME's run history, after printing what its driver knows); 2 bad usage
-(target, parameters, flow definition); 3 the Ray cluster could not be reached;
-130 interrupted.
+(target, parameters, flow definition, result storage; ``resume``: a run that
+cannot be resumed); 3 the Ray cluster could not be reached; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -294,6 +294,42 @@ def graph(
         except (TargetError, GraphError, DefinitionError, ParameterError) as exc:
             raise _fail(str(exc), EXIT_USAGE) from None
     print(render_mermaid(shape, states) if fmt == "mermaid" else render_dot(shape, states))
+
+
+@app.command()
+def resume(
+    run_id: Annotated[str, typer.Argument(help="The run to resume (FAILED, CANCELLED, or crashed).")],
+    param: Annotated[
+        Optional[list[str]],  # noqa: UP007
+        typer.Option("--param", "-p", help="Override a recorded parameter, name=value (repeatable)."),
+    ] = None,
+    local: Annotated[bool, typer.Option("--local", help="Run in this process without Ray.")] = False,
+) -> None:
+    """Run a failed run again: tasks whose results it persisted are loaded, the rest run."""
+    from rayflow import resume as resume_run
+    from rayflow.exceptions import ResumeError
+
+    try:
+        overrides = parse_params(param or [], None, {})
+        flow_run = resume_run(run_id, **overrides) if not local else _resume_local(run_id, overrides)
+    except UnknownRunError as exc:
+        raise _fail(str(exc), EXIT_FAILED) from None
+    except (ResumeError, TargetError, ParameterError, GraphError, DefinitionError, SerializationError, ResultStoreError) as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    except ClusterConnectionError as exc:
+        raise _fail(str(exc), EXIT_CLUSTER) from None
+    print_run(flow_run)
+    if not flow_run.state.is_successful():
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _resume_local(run_id: str, overrides: dict[str, Any]) -> FlowRun:
+    from rayflow.core.loader import load_flow
+    from rayflow.runs.resume import resume as resume_run
+
+    target = ((RunStore().run(run_id) or {}).get("graph") or {}).get("target")
+    flow = load_flow(target).with_options(runner="local") if target else None
+    return resume_run(run_id, flow, **overrides)
 
 
 cache_app = typer.Typer(help="The result cache: list or clear cached task results.", no_args_is_help=True)

@@ -1,55 +1,5 @@
-"""Find a flow from a CLI target: ``path/to/file.py:flow_name`` or ``package.module:flow_name``."""
+"""The CLI's targets: see rayflow.core.loader."""
 
-from __future__ import annotations
+from rayflow.core.loader import TargetError, load_flow
 
-import importlib
-import importlib.util
-import pathlib
-import sys
-from types import ModuleType
-
-import cloudpickle
-
-from rayflow.core.flow import Flow
-
-
-class TargetError(ValueError):
-    """The target does not name a loadable flow (a usage error of the CLI)."""
-
-
-def load_flow(target: str) -> Flow:
-    location, sep, name = target.rpartition(":")
-    if not sep or not location or not name:
-        raise TargetError(f"target {target!r} must look like path/to/file.py:flow_name or package.module:flow_name")
-    module = _load_module(location)
-    try:
-        obj = getattr(module, name)
-    except AttributeError:
-        flows = sorted(k for k, v in vars(module).items() if isinstance(v, Flow))
-        raise TargetError(f"{location} has no attribute {name!r}; flows defined there: {flows or 'none'}") from None
-    if not isinstance(obj, Flow):
-        raise TargetError(f"{location}:{name} is a {type(obj).__name__}, not a flow (decorate it with @rf.flow)")
-    return obj
-
-
-def _load_module(location: str) -> ModuleType:
-    if location.endswith(".py") or "/" in location or "\\" in location:
-        path = pathlib.Path(location).resolve()
-        if not path.is_file():
-            raise TargetError(f"no such file: {location}")
-        name = path.stem
-        spec = importlib.util.spec_from_file_location(name, path)
-        if spec is None or spec.loader is None:
-            raise TargetError(f"cannot import {location}")
-        module = importlib.util.module_from_spec(spec)
-        sys.path.insert(0, str(path.parent))  # so the file can import its neighbours
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        # Workers cannot import a file by path: ship its functions and classes by value.
-        cloudpickle.register_pickle_by_value(module)
-        module.__rayflow_by_value__ = True  # type: ignore[attr-defined]
-        return module
-    try:
-        return importlib.import_module(location)
-    except ModuleNotFoundError as exc:
-        raise TargetError(f"cannot import module {location!r}: {exc}") from None
+__all__ = ["TargetError", "load_flow"]

@@ -194,6 +194,10 @@ class FlowOptions(BaseModel):
     # RAYFLOW_HOME/results).
     persist: bool = False
     result_storage: str | None = Field(default=None, min_length=1)
+    # Set by rf.resume: the run this one resumes, and the stored result each task loads
+    # instead of running (task key -> path in the result store).
+    resumed_from: str | None = None
+    resume_results: dict[str, str] = Field(default_factory=dict)
     on_state: tuple[Callable[..., Any], ...] = ()  # h(flow, old_state, new_state) -> State | None
     on_failure: tuple[Callable[..., Any], ...] = ()
     on_success: tuple[Callable[..., Any], ...] = ()

@@ -22,7 +22,8 @@ from rayflow.core.graph import Graph
 from rayflow.core.options import TaskOptions
 from rayflow.core.mapping import check_lengths
 from rayflow.core.refs import MapInput, NodeRef, find_refs, substitute
-from rayflow.cache import lineage_key
+from rayflow.cache import code_fingerprint, lineage_key
+from rayflow.core.loader import flow_target
 from rayflow.core.task import Task
 from rayflow.engine.columns import to_column
 from rayflow.engine.payload import dump_payload
@@ -78,6 +79,11 @@ class Plan:
     reference_keys: tuple[str, ...]
     flow: Any = None  # the Flow, only when it has state handlers, which receive it
     streams: Mapping[int, Any] = field(default_factory=dict)  # generator inputs; they stay with the driver
+    # Recorded with the run so it can be resumed: where the flow loads from, the run it
+    # resumes, and each persisting task's code fingerprint (a changed one is warned about).
+    target: str | None = None
+    resumed_from: str | None = None
+    code: Mapping[str, str] = field(default_factory=dict)
     by_key: Mapping[str, TaskSpec] = field(init=False, repr=False)
     downstream: Mapping[str, tuple[str, ...]] = field(init=False, repr=False)
 
@@ -94,7 +100,10 @@ class Plan:
         return (Plan, (self.flow_name, self.specs, self.result, params, self.reference_keys, self.flow))
 
     def with_specs(self, specs: tuple[TaskSpec, ...]) -> Plan:
-        return Plan(self.flow_name, specs, self.result, self.params, self.reference_keys, self.flow, self.streams)
+        return Plan(
+            self.flow_name, specs, self.result, self.params, self.reference_keys, self.flow, self.streams,
+            self.target, self.resumed_from, self.code,
+        )
 
 
 def compile_plan(graph: Graph, flow: Any = None) -> Plan:
@@ -150,6 +159,9 @@ def compile_plan(graph: Graph, flow: Any = None) -> Plan:
         reference_keys=graph.reference_keys(),
         flow=flow if flow is not None and flow.options.handlers else None,
         streams=streams,
+        target=flow_target(flow) if flow is not None else None,
+        resumed_from=flow.options.resumed_from if flow is not None else None,
+        code=results.fingerprints(),
     )
 
 
@@ -162,6 +174,8 @@ class _ResultPlanner:
         options = flow.options if flow is not None else None
         self.flow_persist = bool(options is not None and options.persist)
         self.location = (options.result_storage if options is not None else None) or None
+        self.resume = dict(options.resume_results) if options is not None else {}
+        self.graph, self.order = graph, order
         self.lineage: dict[str, str] = {}
         self.store: str | None = None
         for key in order:
@@ -187,7 +201,24 @@ class _ResultPlanner:
             return False
         options = node.task.options
         persist = options.persist if options.persist is not None else self.flow_persist
-        return bool(persist) or options.cache_key_fn is not None
+        return bool(persist) or options.cache_key_fn is not None or node.key in self.resume
+
+    def fingerprints(self) -> dict[str, str]:
+        """Each persisting task's code fingerprint (one per function), for resume's warnings."""
+        out: dict[str, str] = {}
+        seen: dict[int, str] = {}
+        for key in self.order:
+            node = self.graph.by_key[key]
+            options = node.task.options
+            if node.kind == "task" and (options.persist if options.persist is not None else self.flow_persist):
+                fn = node.task.fn
+                if id(fn) not in seen:
+                    try:
+                        seen[id(fn)] = code_fingerprint(fn)
+                    except Exception:  # noqa: BLE001 - a fingerprint only feeds a warning
+                        seen[id(fn)] = ""
+                out[key] = seen[id(fn)]
+        return out
 
     def policy(self, node: Any, args: Any, kwargs: Any, value_keys: tuple[str, ...]) -> ResultPolicy | None:
         if not self._wants(node):
@@ -203,6 +234,7 @@ class _ResultPlanner:
             cache_expiration=options.cache_expiration,
             refresh_cache=options.refresh_cache,
             lineage_key=self.lineage.get(node.key, ""),
+            load_from=self.resume.get(node.key),
         )
 
 

@@ -110,6 +110,7 @@ class ResultPolicy:
     cache_expiration: float | None = None  # seconds a cached result counts
     refresh_cache: bool = False
     lineage_key: str = ""  # the task's code, constants and upstream lineage (rayflow.cache)
+    load_from: str | None = None  # a resumed run: the stored result to load instead of running
 
 
 # -- what comes back -------------------------------------------------------------

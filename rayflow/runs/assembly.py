@@ -81,4 +81,7 @@ def recorder_for(home: str | None, run_id: str, plan: Plan) -> HistoryRecorder |
                 logger.warning("rayflow: run history disabled, cannot open %s: %s", home, exc)
                 return None
     keys = [s.key for s in plan.specs]
-    return HistoryRecorder(store, run_id, plan.flow_name, plan.params, keys, shape_of(plan.flow_name, plan.specs))
+    graph = shape_of(plan.flow_name, plan.specs) | {
+        "target": plan.target, "resumed_from": plan.resumed_from, "code": dict(plan.code),
+    }
+    return HistoryRecorder(store, run_id, plan.flow_name, plan.params, keys, graph)

@@ -62,7 +62,7 @@ def run_attempt(
                     type=StateType.CACHED,
                     started_at=started,
                     finished_at=time.time(),
-                    message=f"cache hit: {lookup.path}",
+                    message=f"{'resumed from' if lookup.path == policy.load_from else 'cache hit:'} {lookup.path}",
                     result_path=lookup.path,
                 ),
                 lookup.value,

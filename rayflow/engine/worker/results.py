@@ -49,9 +49,14 @@ def persist_name(run_id: str, task_key: str) -> str:
 
 
 def look_up(policy: ResultPolicy, task_key: str, fn: Any, args: tuple, kwargs: dict) -> Lookup:
+    logger = get_run_logger()
+    if policy.load_from is not None:  # a resumed run: this task's result from the run it resumes
+        try:
+            return Lookup(None, ResultStore(policy.store).read(policy.load_from), policy.load_from)
+        except ResultStoreError as exc:
+            logger.warning("task %s runs again: its stored result cannot be loaded: %s", task_key, exc)
     if policy.cache_key_fn is None:
         return Lookup()
-    logger = get_run_logger()
     context = CacheContext(policy.flow_name, task_key, policy.task_name, fn, policy.lineage_key)
     try:
         arguments = inspect.signature(fn).bind(*args, **kwargs).arguments

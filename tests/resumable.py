@@ -1,0 +1,46 @@
+"""Flows for the resume tests, importable by target (``resumable:chain``)."""
+
+from __future__ import annotations
+
+import pathlib
+
+import rayflow as rf
+
+
+def _count(root: str, name: str) -> None:
+    with open(pathlib.Path(root) / f"{name}.count", "a") as f:
+        f.write("ran\n")
+
+
+@rf.task(persist=True)
+def load(root: str) -> list[int]:
+    _count(root, "load")
+    return [1, 2, 3]
+
+
+@rf.task(persist=True)
+def fragile(xs: list[int], root: str) -> int:
+    _count(root, "fragile")
+    if (pathlib.Path(root) / "fail").exists():
+        raise RuntimeError("fragile failed this time")
+    return sum(xs)
+
+
+@rf.task(persist=True)
+def report(total: int, root: str) -> str:
+    _count(root, "report")
+    return f"total={total}"
+
+
+@rf.task(persist=True)
+def side(root: str) -> str:
+    _count(root, "side")
+    return "side"
+
+
+@rf.flow
+def chain(root: str, extra: int = 0):
+    xs = load(root)
+    out = report(fragile(xs, root), root)
+    sides = [side.with_options(name=f"side-{i}")(root) for i in range(extra)]
+    return {"report": out, "side": side(root), "extras": sides}
