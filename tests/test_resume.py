@@ -138,6 +138,10 @@ def test_resume_after_the_driver_was_killed_reruns_only_unfinished_tasks(home, t
     finally:
         driver.kill()
         driver.wait(30)
+    listed = run_cli("runs", home=home)
+    assert listed.returncode == 0 and "killed-run" in listed.stdout and "CRASHED" in listed.stdout, listed.stdout
+    shown = run_cli("show", "killed-run", home=home)
+    assert "CRASHED" in shown.stdout, shown.stdout + shown.stderr
     (root / "hang").unlink()
     out = run_cli("resume", "killed-run", "--local", home=home)
     assert out.returncode == 0, out.stderr

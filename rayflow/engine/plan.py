@@ -11,6 +11,8 @@ no executor (and no Ray) calls.
 from __future__ import annotations
 
 import graphlib
+import os
+import socket
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -84,6 +86,7 @@ class Plan:
     target: str | None = None
     resumed_from: str | None = None
     code: Mapping[str, str] = field(default_factory=dict)
+    driver: Mapping[str, Any] = field(default_factory=dict)  # {"host", "pid"}: CRASHED once it is gone
     by_key: Mapping[str, TaskSpec] = field(init=False, repr=False)
     downstream: Mapping[str, tuple[str, ...]] = field(init=False, repr=False)
 
@@ -102,7 +105,7 @@ class Plan:
     def with_specs(self, specs: tuple[TaskSpec, ...]) -> Plan:
         return Plan(
             self.flow_name, specs, self.result, self.params, self.reference_keys, self.flow, self.streams,
-            self.target, self.resumed_from, self.code,
+            self.target, self.resumed_from, self.code, self.driver,
         )
 
 
@@ -162,6 +165,7 @@ def compile_plan(graph: Graph, flow: Any = None) -> Plan:
         target=flow_target(flow) if flow is not None else None,
         resumed_from=flow.options.resumed_from if flow is not None else None,
         code=results.fingerprints(),
+        driver={"host": socket.gethostname(), "pid": os.getpid()},
     )
 
 

@@ -26,7 +26,7 @@ from rayflow.store import RunStore, rayflow_home
 
 logger = logging.getLogger(__name__)
 
-RESUMABLE = {"FAILED", "CANCELLED", "RUNNING", "PENDING"}  # RUNNING/PENDING: its driver died
+RESUMABLE = {"FAILED", "CANCELLED", "CRASHED", "RUNNING", "PENDING"}  # RUNNING/PENDING: its driver may be elsewhere
 
 
 def resume(run_id: str, flow: Any = None, **params: Any) -> Any:

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import pathlib
+import socket
 import sqlite3
 import threading
 import time
@@ -61,6 +62,25 @@ logger = logging.getLogger(__name__)
 def rayflow_home(environ: Mapping[str, str] | None = None) -> pathlib.Path:
     environ = os.environ if environ is None else environ
     return pathlib.Path(environ.get("RAYFLOW_HOME") or pathlib.Path.home() / ".rayflow")
+
+
+UNFINISHED = ("PENDING", "RUNNING")
+
+
+def driver_is_gone(graph: Mapping[str, Any]) -> bool:
+    """Whether the driver that ran a run is known to be dead: a process of this host that no
+    longer exists (its actor, and so its run, went with it).  Elsewhere: unknown, so False."""
+    driver = graph.get("driver") or {}
+    pid, host = driver.get("pid"), driver.get("host")
+    if not isinstance(pid, int) or host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def redact_params(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -120,7 +140,13 @@ class RunStore:
             query, args = query + " AND state = ?", [*args, state.upper()]
         query += " ORDER BY started_at DESC LIMIT ?"
         with self._connect() as db:
-            return [self._run_row(r) for r in db.execute(query, [*args, limit])]
+            rows = [self._run_row(r) for r in db.execute(query, [*args, limit])]
+            for row in rows:
+                if row["state"] in UNFINISHED:
+                    graph = db.execute("SELECT graph FROM graphs WHERE run_id = ?", [row["run_id"]]).fetchone()
+                    if graph is not None and driver_is_gone(json.loads(graph["graph"])):
+                        row["state"] = "CRASHED"
+        return rows
 
     def run(self, run_id: str) -> dict | None:
         with self._connect() as db:
@@ -130,6 +156,8 @@ class RunStore:
             run = self._run_row(row)
             graph = db.execute("SELECT graph FROM graphs WHERE run_id = ?", [run_id]).fetchone()
             run["graph"] = json.loads(graph["graph"]) if graph is not None else None
+            if run["state"] in UNFINISHED and run["graph"] is not None and driver_is_gone(run["graph"]):
+                run["state"] = "CRASHED"
             run["transitions"] = [dict(r) for r in db.execute(
                 "SELECT * FROM transitions WHERE run_id = ? ORDER BY rowid", [run_id])]
             run["chunks"] = [dict(r) | {"counts": json.loads(r["counts"] or "{}")} for r in db.execute(
