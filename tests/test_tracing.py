@@ -297,3 +297,33 @@ def test_driver_exits_promptly_with_a_hanging_collector(ray_session):
     assert out.returncode == 0, out.stderr[-3000:]
     ran = float(out.stdout.split()[-1])
     assert total - ran < 15, (total, ran)  # start-up and a bounded (2 s) flush at exit, not an export timeout
+
+
+def test_a_resumed_run_names_the_run_it_resumes_on_its_flow_span(http_sink, tmp_path, monkeypatch):
+    monkeypatch.setenv("RAYFLOW_HOME", str(tmp_path / "home"))
+    fail = tmp_path / "fail"
+    fail.write_text("")
+
+    @rf.task(persist=True)
+    def base() -> int:
+        return 1
+
+    @rf.task
+    def maybe(x: int) -> int:
+        if fail.exists():
+            raise RuntimeError("not yet")
+        return x + 1
+
+    @rf.flow
+    def resumed_flow():
+        return maybe(base())
+
+    first = resumed_flow.run()
+    fail.unlink()
+    second = rf.resume(first.run_id, flow=resumed_flow)
+    assert second.result() == 2
+    spans = http_sink.wait_for(complete(second.trace_id, 3))
+    (flow_span,) = by_name([s for s in spans if s["trace_id"] == second.trace_id], "flow resumed_flow")
+    assert flow_span["attributes"].get("rayflow.resumed_from") == first.run_id, flow_span["attributes"]
+    (loaded,) = by_name([s for s in spans if s["trace_id"] == second.trace_id], "task base")
+    assert loaded["attributes"]["rayflow.state"] == "CACHED"

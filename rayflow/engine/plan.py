@@ -100,7 +100,13 @@ class Plan:
 
     def __reduce__(self) -> Any:  # mapping proxies do not pickle; generators stay behind
         params = {k: v for k, v in self.params.items() if not isinstance(v, Iterator)}
-        return (Plan, (self.flow_name, self.specs, self.result, params, self.reference_keys, self.flow))
+        return (
+            Plan,
+            (
+                self.flow_name, self.specs, self.result, params, self.reference_keys, self.flow, {},
+                self.target, self.resumed_from, dict(self.code), dict(self.driver),
+            ),
+        )
 
     def with_specs(self, specs: tuple[TaskSpec, ...]) -> Plan:
         return Plan(

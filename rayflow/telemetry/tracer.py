@@ -57,6 +57,8 @@ class RunTracer(RunObserver):
         self._run_id = run_id
         self._flow_name = plan.flow_name
         self._params = param_attributes(plan.params)
+        if getattr(plan, "resumed_from", None):  # the run this one resumes: find its trace by run id
+            self._params[f"{PREFIX}resumed_from"] = plan.resumed_from
         self._maps = {s.key for s in plan.specs if s.kind == "map"}
         self._subflows = {s.key: s.name for s in plan.specs if s.kind == "subflow"}
         self._groups: dict[str, Any] = {}  # subflow key -> its open span
