@@ -44,3 +44,29 @@ def chain(root: str, extra: int = 0):
     out = report(fragile(xs, root), root)
     sides = [side.with_options(name=f"side-{i}")(root) for i in range(extra)]
     return {"report": out, "side": side(root), "extras": sides}
+
+
+@rf.task(persist=True, chunk_size=100)
+def scale(x: int, root: str) -> int:
+    with open(pathlib.Path(root) / "items.log", "a") as f:
+        f.write(f"{x}\n")
+    if x in (150, 750) and (pathlib.Path(root) / "fail").exists():
+        raise ValueError(f"item {x} failed this time")
+    return 3 * x
+
+
+@rf.task(persist=True, chunk_size=100)
+def shift(y: int, root: str) -> int:
+    with open(pathlib.Path(root) / "shifted.log", "a") as f:
+        f.write(f"{y}\n")
+    return y + 1
+
+
+@rf.task
+def add_up(ys: list[int]) -> int:
+    return sum(ys)
+
+
+@rf.flow
+def mapped(root: str, n: int = 1000):
+    return add_up(shift.map(scale.map(range(n), rf.unmapped(root)), rf.unmapped(root)))

@@ -150,3 +150,93 @@ def test_resume_after_the_driver_was_killed_reruns_only_unfinished_tasks(home, t
     assert out.returncode == 0, out.stderr
     assert "21" in out.stdout
     assert counts(root) == {"first": 1, "second": 2}  # first's persisted result was loaded
+
+
+def item_runs(log: pathlib.Path) -> list[int]:
+    return sorted(int(line) for line in log.read_text().split()) if log.exists() else []
+
+
+def test_a_resumed_map_loads_its_stored_chunks_and_runs_only_the_items_that_failed(home, tmp_path, runner):
+    """
+    scale.map(range(1000)) (items 150 and 750 fail the first time) -> shift.map (element-wise) -> add_up
+    Both maps persist per chunk; the resumed run loads every stored chunk and runs again only
+    the two failed items and the two items downstream of them.
+    """
+    root = tmp_path / "work"
+    root.mkdir()
+    (root / "fail").write_text("")
+    flow = resumable.mapped.with_options(runner=runner)
+    failed = flow.run(root=str(root))
+    assert failed.state.type is T.FAILED
+    assert item_runs(root / "items.log") == list(range(1000))
+    assert item_runs(root / "shifted.log") == [3 * x for x in range(1000) if x not in (150, 750)]
+
+    (root / "fail").unlink()
+    (root / "items.log").unlink()
+    (root / "shifted.log").unlink()
+    resumed = rf.resume(failed.run_id, flow=flow)
+    assert resumed.result() == sum(3 * x + 1 for x in range(1000))  # what an uninterrupted run gives
+    assert item_runs(root / "items.log") == [150, 750]
+    assert item_runs(root / "shifted.log") == [450, 2250]
+    assert resumed.task_states["scale"].type is T.MAPPED
+
+
+KILLED_MAP_SCRIPT = textwrap.dedent(
+    """
+    import pathlib, sys, time
+    import rayflow as rf
+
+    @rf.task(persist=True, chunk_size=100)
+    def work(x: int, root: str) -> int:
+        with open(pathlib.Path(root) / "items.log", "a") as f:
+            f.write(f"{x}\\n")
+        if x == 650 and (pathlib.Path(root) / "hang").exists():
+            (pathlib.Path(root) / "hanging").write_text("")
+            time.sleep(120)
+        return x * x
+
+    @rf.task
+    def total(xs: list) -> int:
+        return sum(xs)
+
+    @rf.flow(runner="local")
+    def killed_map(root: str):
+        return total(work.map(range(1000), rf.unmapped(root)))
+
+    if __name__ == "__main__":
+        killed_map.with_options(run_id=sys.argv[2]).run(root=sys.argv[1])
+    """
+)
+
+
+def test_resume_after_the_driver_was_killed_mid_map_reruns_only_unfinished_chunks(home, tmp_path):
+    root = tmp_path / "work"
+    root.mkdir()
+    script = tmp_path / "killed_map.py"
+    script.write_text(KILLED_MAP_SCRIPT)
+    (root / "hang").write_text("")
+    env = {**os.environ, "RAYFLOW_HOME": str(home)}
+    driver = subprocess.Popen([sys.executable, str(script), str(root), "killed-map"], env=env)
+    stored = home / "results" / "runs" / "killed-map" / "work"
+    try:
+        deadline = time.monotonic() + 60
+        while not (root / "hanging").exists() or len(list(stored.glob("chunk-*"))) < 3:
+            assert driver.poll() is None and time.monotonic() < deadline, "the map never got going"
+            time.sleep(0.05)
+        time.sleep(0.7)  # the history's first rows (written every 0.5 s)
+        driver.send_signal(signal.SIGKILL)
+    finally:
+        driver.kill()
+        driver.wait(30)
+    kept = set()
+    for path in stored.glob("chunk-*-base.*"):
+        start, stop = (int(p) for p in path.name.split("-")[1:3])
+        kept.update(range(start, stop))
+    assert kept and 650 not in kept
+    (root / "hang").unlink()
+    (root / "items.log").unlink()
+    out = run_cli("resume", "killed-map", "--local", home=home)
+    assert out.returncode == 0, out.stderr
+    assert str(sum(x * x for x in range(1000))) in out.stdout  # as an uninterrupted run
+    rerun = set(item_runs(root / "items.log"))
+    assert rerun and not (rerun & kept) and rerun | kept == set(range(1000))

@@ -198,6 +198,7 @@ class FlowOptions(BaseModel):
     # instead of running (task key -> path in the result store).
     resumed_from: str | None = None
     resume_results: dict[str, str] = Field(default_factory=dict)
+    resume_chunks: dict[str, tuple[tuple[int, int, tuple[str, ...]], ...]] = Field(default_factory=dict)
     on_state: tuple[Callable[..., Any], ...] = ()  # h(flow, old_state, new_state) -> State | None
     on_failure: tuple[Callable[..., Any], ...] = ()
     on_success: tuple[Callable[..., Any], ...] = ()

@@ -66,6 +66,7 @@ class TaskSpec:
     count_flat: bool = False  # a flatten consumes this map's results
     reference: tuple[str, ...] = ()  # a subflow: the member keys whose states decide its state
     members: tuple[str, ...] = ()  # a subflow: every key inside it
+    resume_chunks: tuple[tuple[int, int, tuple[str, ...]], ...] = ()  # a map of a resumed run: stored chunks
 
     @property
     def dependencies(self) -> tuple[str, ...]:
@@ -135,7 +136,7 @@ def compile_plan(graph: Graph, flow: Any = None) -> Plan:
         options = node.task.options
         rest: tuple[Any, ...] = (args, kwargs, value_keys, options.retry_on)
         if node.kind == "map":
-            rest += (_worker_options(options, count_flat=key in consumers["flatten_map"]),)
+            rest += (_worker_options(options, count_flat=key in consumers["flatten_map"], store=results.map_store(node)),)
         else:
             rest += (results.policy(node, args, kwargs, value_keys),)
         specs.append(
@@ -156,6 +157,7 @@ def compile_plan(graph: Graph, flow: Any = None) -> Plan:
                 streaming=tuple(dict.fromkeys(s.key for s in node.sources if s.streaming)),
                 report_length="flat" if key in consumers["flatten_node"] else "len" if key in consumers["node"] else None,
                 count_flat=key in consumers["flatten_map"],
+                resume_chunks=results.chunks.get(key, ()),
                 reference=node.subflow.reference if node.subflow else (),
                 members=node.subflow.members if node.subflow else (),
             )
@@ -185,16 +187,18 @@ class _ResultPlanner:
         self.flow_persist = bool(options is not None and options.persist)
         self.location = (options.result_storage if options is not None else None) or None
         self.resume = dict(options.resume_results) if options is not None else {}
+        self.chunks = dict(options.resume_chunks) if options is not None else {}
         self.graph, self.order = graph, order
         self.lineage: dict[str, str] = {}
         self.store: str | None = None
         for key in order:
             node = graph.by_key[key]
             task_options = node.task.options
-            if node.kind == "map" and (task_options.cache_key_fn is not None or task_options.persist):
+            if node.kind == "map" and task_options.cache_key_fn is not None:
                 raise GraphError(
-                    f"task '{key}': caching and persisting the results of a mapped task are not "
-                    "supported yet; cache or persist a plain task that consumes the map instead",
+                    f"task '{key}': caching the results of a mapped task is not supported yet "
+                    "(persist=True keeps them per chunk, for resume); cache a plain task that "
+                    "consumes the map instead",
                     task_key=key,
                 )
         if any(self._wants(graph.by_key[k]) for k in order):
@@ -206,7 +210,18 @@ class _ResultPlanner:
                 upstream = tuple(self.lineage.get(k, k) for k in node.upstream)
                 self.lineage[key] = lineage_key(node.task.fn, constants, upstream)
 
+    def _persists(self, node: Any) -> bool:
+        options = node.task.options
+        return bool(options.persist if options.persist is not None else self.flow_persist)
+
+    def map_store(self, node: Any) -> tuple[str | None, bool]:
+        """A map's (store location, persist): where its chunks are written or loaded from."""
+        persist = self._persists(node)
+        return (self.store if persist or node.key in self.chunks else None), persist
+
     def _wants(self, node: Any) -> bool:
+        if node.kind == "map":
+            return self._persists(node) or node.key in self.chunks
         if node.kind not in ("task",):
             return False
         options = node.task.options
@@ -220,7 +235,7 @@ class _ResultPlanner:
         for key in self.order:
             node = self.graph.by_key[key]
             options = node.task.options
-            if node.kind == "task" and (options.persist if options.persist is not None else self.flow_persist):
+            if node.kind in ("task", "map") and (options.persist if options.persist is not None else self.flow_persist):
                 fn = node.task.fn
                 if id(fn) not in seen:
                     try:
@@ -258,12 +273,14 @@ def _map_consumption(graph: Graph) -> dict[str, set[str]]:
     return out
 
 
-def _worker_options(options: TaskOptions, *, count_flat: bool) -> dict[str, Any]:
+def _worker_options(options: TaskOptions, *, count_flat: bool, store: tuple[str | None, bool] = (None, False)) -> dict[str, Any]:
     return {
         "batch": options.batch,
         "timeout": options.timeout,
         "skip_on_upstream_skip": options.skip_on_upstream_skip,
         "count_flat": count_flat,
+        "store": store[0],  # where chunks are persisted or loaded from (None: neither)
+        "persist": store[1],  # write each chunk's result under runs/<run id>/<map key>/
     }
 
 

@@ -61,6 +61,7 @@ class ChunkJob:
     sources: tuple[tuple[Piece, ...], ...]  # per mapped source: the pieces giving its items
     indices: tuple[int, ...] | None = None  # a retry: only these items of the chunk
     attempts: tuple[int, ...] | None = None  # attempt number of each item run (None: all 1)
+    load: tuple[str, ...] = ()  # a resumed run: the chunk's stored results (first run, then patches) to load
 
 
 @dataclass(frozen=True)
@@ -221,3 +222,4 @@ class ChunkSummary:
     flat_count: int = 0  # items the successful values hold, for rf.flatten consumers
     indices: tuple[int, ...] | None = None
     logs: tuple[tuple, ...] = ()  # records captured while it ran (engine.worker.logs)
+    loaded: bool = False  # the chunk's stored results were loaded (a resumed run), nothing ran

@@ -16,6 +16,7 @@ the write finished, runs again); a persisted result is complete or absent
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from rayflow.cache import code_fingerprint
@@ -69,15 +70,50 @@ def resume(run_id: str, flow: Any = None, **params: Any) -> Any:
     store = ResultStore(flow.options.result_storage or default_location())
     chain = _runs_resumed(history, run_id, recorded)
     found: dict[str, str] = {}
+    chunks: dict[str, tuple[tuple[int, int, tuple[str, ...]], ...]] = {}
     for key, node in graph.by_key.items():
+        if node.kind == "map":
+            stored = stored_chunks(store, chain, key)
+            if stored:
+                chunks[key] = stored
+            continue
         if node.kind != "task":
             continue
         path = next((p for rid in chain if (p := store.find(f"runs/{rid}/{key}")) is not None), None)
         if path is not None:
             found[key] = path
-    _warn_changed_code(run_id, recorded.get("code") or {}, graph, found)
-    resumed = flow.with_options(resumed_from=run_id, resume_results=found)
+    _warn_changed_code(run_id, recorded.get("code") or {}, graph, {**found, **chunks})
+    resumed = flow.with_options(resumed_from=run_id, resume_results=found, resume_chunks=chunks)
     return resumed.run(**values)
+
+
+_CHUNK = re.compile(r"chunk-(\d+)-(\d+)-(base|w(\d+))\.[a-z]+")
+
+
+def stored_chunks(store: ResultStore, chain: list[str], key: str) -> tuple[tuple[int, int, tuple[str, ...]], ...]:
+    """The chunks of map ``key`` that the runs of ``chain`` (newest first) stored, as
+    (start, stop, paths): the newest first run of each chunk, then every retry laid over it
+    since, oldest first.  Chunks of different runs that overlap: the newest run's."""
+    bases: dict[tuple[int, int], tuple[int, str]] = {}  # range -> (run's age, path)
+    patches: dict[tuple[int, int], list[tuple[int, int, str]]] = {}  # range -> [(age, work id, path)]
+    for age, rid in enumerate(chain):
+        prefix = f"runs/{rid}/{key}/"
+        for info in store.list(prefix):
+            match = _CHUNK.fullmatch(info.path[len(prefix) :])
+            if match is None:
+                continue
+            span = (int(match[1]), int(match[2]))
+            if match[3] == "base":
+                bases.setdefault(span, (age, info.path))  # the newest run's first run of it
+            else:
+                patches.setdefault(span, []).append((age, int(match[4]), info.path))
+    taken: list[tuple[int, int, tuple[str, ...]]] = []
+    for span, (age, base) in sorted(bases.items(), key=lambda item: (item[1][0], item[0])):
+        if any(span[0] < stop and start < span[1] for start, stop, _ in taken):
+            continue
+        later = sorted((-a, w, p) for a, w, p in patches.get(span, []) if a <= age)  # oldest run first
+        taken.append((span[0], span[1], (base, *(p for _, _, p in later))))
+    return tuple(sorted(taken))
 
 
 def _runs_resumed(history: RunStore, run_id: str, recorded: dict) -> list[str]:

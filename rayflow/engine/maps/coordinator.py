@@ -132,7 +132,9 @@ class MapCoordinator:
         # A map consumed chunk by chunk leaves room for its consumers: Ray hands a worker
         # back only when the queue of tasks sharing its inputs runs dry.
         in_flight = cpus if self.children.get(spec.key) else max(2, 2 * cpus)
-        run = MapRun(spec.key, spec.options, sources, max_in_flight=in_flight, cpus=cpus, clock=self.clock)
+        run = MapRun(
+            spec.key, spec.options, sources, max_in_flight=in_flight, cpus=cpus, clock=self.clock, preset=spec.resume_chunks
+        )
         with self.lock:
             self.maps[spec.key] = run
         self._pump(spec.key)

@@ -160,6 +160,7 @@ class Chunk:
     errors: list[tuple[int, str]] = field(default_factory=list)  # (item index in the map, "Type: message")
     outcomes: dict[int, int] | None = None  # item in chunk -> code, final FAILED/TIMED_OUT items only
     lost: bool = False  # its first run was lost for good: every item FAILED
+    load: tuple[str, ...] = ()  # a resumed run: the stored results its first work loads
 
     @property
     def final(self) -> bool:
@@ -222,6 +223,7 @@ class MapRun:
         max_in_flight: int,
         cpus: int,
         clock: Callable[[], float],
+        preset: tuple[tuple[int, int, tuple[str, ...]], ...] = (),
     ):
         self.key = key
         self.options = options
@@ -242,6 +244,9 @@ class MapRun:
         self._counts: dict[int, int] = {}  # final items per code, over all chunks
         self._version = 0  # bumped when an item becomes final: keys the cache of outcomes()
         self._outcomes: tuple[tuple[int, ...], dict[int, int]] | None = None
+        # A resumed run: chunks its earlier run stored, start -> (stop, paths); cut along them.
+        self._preset = {start: (stop, paths) for start, stop, paths in preset}
+        self._preset_starts = sorted(self._preset)
         self._check_whole_lengths()
 
     # -- shape ---------------------------------------------------------------
@@ -257,13 +262,22 @@ class MapRun:
     def chunk_size(self) -> int:
         return self.sizer.size(self.total)
 
-    def _new_ranges(self) -> list[tuple[int, int]]:
-        """Ranges of chunks that can be created now."""
+    def _new_ranges(self) -> list[tuple[int, int, tuple[str, ...]]]:
+        """Ranges of chunks that can be created now, each with the stored results it loads (if any)."""
         if self.leader is None:
             out = []
             while self.dispatched < self.total and self.in_flight + len(out) < self.max_in_flight:
-                stop = min(self.total, self.dispatched + self.chunk_size())
-                out.append((self.dispatched, stop))
+                start = self.dispatched
+                stored = self._preset.get(start)
+                if stored is not None and stored[0] <= self.total:
+                    out.append((start, stored[0], stored[1]))
+                    self.dispatched = stored[0]
+                    continue
+                stop = min(self.total, start + self.chunk_size())
+                later = bisect.bisect_right(self._preset_starts, start)
+                if later < len(self._preset_starts):  # stop where a stored chunk begins
+                    stop = min(stop, self._preset_starts[later])
+                out.append((start, stop, ()))
                 self.dispatched = stop
             return out
         out = []
@@ -272,7 +286,8 @@ class MapRun:
             seg = segments[self.next_segment]
             self.next_segment += 1
             if seg.stop > seg.start:
-                out.append((seg.start, seg.stop))
+                stored = self._preset.get(seg.start)
+                out.append((seg.start, seg.stop, stored[1] if stored is not None and stored[0] == seg.stop else ()))
         return out
 
     def stream_demand(self) -> int:
@@ -303,8 +318,8 @@ class MapRun:
                 if job is not None:
                     jobs.append(job)
         if self.fatal is None:
-            for lo, hi in self._new_ranges():
-                chunk = Chunk(len(self.chunks), lo, hi)
+            for lo, hi, load in self._new_ranges():
+                chunk = Chunk(len(self.chunks), lo, hi, load=load)
                 self.chunks.append(chunk)
                 job = self._job(chunk, None, None)
                 if job is None:  # a non-leading source does not cover it yet: retry later
@@ -351,6 +366,7 @@ class MapRun:
             sources=tuple(sources),
             indices=indices,
             attempts=attempts,
+            load=chunk.load if indices is None else (),
         )
         return job, handles
 
@@ -361,7 +377,7 @@ class MapRun:
         chunk.running -= 1
         self.in_flight -= 1
         chunk.handles.append(handle)
-        if summary.indices is None:  # a first run: retries of a few items measure little
+        if summary.indices is None and not summary.loaded:  # a first run: retries and loads measure little
             self.sizer.measure(summary.size, summary.finished_at - summary.started_at)
         chunk.flat_count += summary.flat_count
         counts = dict(summary.counts)

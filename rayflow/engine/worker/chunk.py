@@ -25,7 +25,9 @@ from rayflow.engine import columns as C
 from rayflow.engine.columns import ChunkResult, Column, concat_columns, encode_values, merge_results, to_column
 from rayflow.engine.payload import load_payload
 from rayflow.engine.protocol import MAX_REPORTED_ERRORS, ChunkJob, ChunkSummary, Piece, describe_error, signal_outcome
-from rayflow.engine.worker.logs import current_item_cell
+from rayflow.engine.worker.logs import current_item_cell, get_run_logger
+from rayflow.exceptions import ResultStoreError
+from rayflow.results import ResultStore
 from rayflow.signals import Signal
 from rayflow.states import StateType
 
@@ -176,9 +178,57 @@ def _caller(fn: Callable[..., Any], args: Any, kwargs: Any, nsources: int) -> tu
     return call_nested, False
 
 
-def run_chunk(payload: bytes, job: ChunkJob, work_id: int, values: list[Any]) -> tuple[ChunkResult, ChunkSummary]:
+def run_chunk(
+    payload: bytes, job: ChunkJob, work_id: int, values: list[Any], *, run_id: str = ""
+) -> tuple[ChunkResult, ChunkSummary]:
     started = time.time()
     fn, args, kwargs, upstream, retry_on, options = _load(payload)
+    if job.load:
+        loaded = _load_stored(options["store"], job, work_id, started)
+        if loaded is not None:
+            return loaded
+    result, summary = _run(fn, args, kwargs, upstream, retry_on, options, job, work_id, values, started)
+    if options.get("persist") and options.get("store"):
+        suffix = "base" if job.indices is None else f"w{work_id:09d}"  # retries lay over it in this order
+        ResultStore(options["store"]).write(f"runs/{run_id}/{job.map_key}/chunk-{job.start}-{job.start + job.size}-{suffix}", result)
+    return result, summary
+
+
+def _load_stored(store: str, job: ChunkJob, work_id: int, started: float) -> tuple[ChunkResult, ChunkSummary] | None:
+    """A resumed run's chunk from the results its earlier run stored: the items that did not
+    succeed then are reported for a retry (they run again); None when they cannot be read."""
+    try:
+        stored = [ResultStore(store).read(path) for path in job.load]
+    except ResultStoreError as exc:
+        get_run_logger().warning("chunk %d-%d runs again: %s", job.start, job.start + job.size, exc)
+        return None
+    if len(stored) == 1:
+        result = stored[0]
+    else:
+        merged = merge_results(stored)
+        result = ChunkResult(encode_values(merged.values), merged.codes, merged.attempts, merged.errors)
+    codes = result.codes
+    rerun = np.flatnonzero(np.isin(codes, C.FINAL_FAILED)).tolist()
+    counts = {c: int(n) for c, n in enumerate(np.bincount(codes, minlength=len(C.CODES)).tolist()) if n}
+    for j in rerun:
+        counts[int(codes[j])] -= 1
+    if rerun:
+        counts[C.RETRYING] = counts.get(C.RETRYING, 0) + len(rerun)
+    summary = ChunkSummary(
+        work_id=work_id,
+        map_key=job.map_key,
+        chunk=job.chunk,
+        size=job.size,
+        started_at=started,
+        finished_at=time.time(),
+        counts={c: n for c, n in counts.items() if n},
+        retry=[(j, 0.0, 0) for j in rerun],  # attempt 0: the resumed run's retries are fresh
+        loaded=True,
+    )
+    return result, summary
+
+
+def _run(fn, args, kwargs, upstream, retry_on, options, job, work_id, values, started) -> tuple[ChunkResult, ChunkSummary]:
     nodes = dict(zip(upstream, values[: len(upstream)]))
 
     def resolve(ref: Any) -> Any:

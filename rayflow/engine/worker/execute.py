@@ -23,7 +23,7 @@ def execute(payload: bytes, work: Work, *values: Any) -> tuple[Any, Any]:
     job = work.job
     with capture(work.run_id, work.task_key, work.trace, job.start if job else None, work.log_prints) as logs:
         if job is not None:
-            value, report = run_chunk(payload, job, work.work_id, list(values))
+            value, report = run_chunk(payload, job, work.work_id, list(values), run_id=work.run_id)
             for j, (kind, message, tb) in list(value.errors.items())[:MAX_REPORTED_ERRORS]:
                 item = int(value.indices[j]) if value.indices is not None else j
                 logs.item[0] = item
