@@ -27,6 +27,7 @@ naming it, rather than cache on a partial key.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import pickle
 import types
@@ -58,24 +59,52 @@ class CacheContext:
 
 
 def code_fingerprint(fn: Callable[..., Any]) -> str:
-    """A digest of what the function runs: its bytecode and constants (nested functions and
-    lambdas included), the names it uses, its default arguments and the values it closes over."""
+    """A digest of what a callable runs: its bytecode and constants (nested functions and lambdas
+    included), the names it uses, its defaults and the values it closes over; for a bound method
+    also its object, for a decorated function every wrapper's closure too, for a
+    ``functools.partial`` its function and bound arguments, for a callable object the object.
+
+    Not included: code reached through global names (a helper function in another module, say):
+    changing such a helper does not change the key.  Stable across processes: sets and
+    frozensets are ordered before they are hashed.
+    """
     digest = hashlib.sha256()
-    target = getattr(fn, "__wrapped__", fn)
-    code = getattr(target, "__code__", None)
-    if code is None:  # a callable object or a builtin: its type and pickle are what we have
-        digest.update(repr(type(target)).encode())
-        digest.update(_value_bytes("<callable>", target))
-        return digest.hexdigest()
+    _digest_callable(digest, fn, set())
+    return digest.hexdigest()
+
+
+def _digest_callable(digest: Any, fn: Any, seen: set[int]) -> None:
+    if id(fn) in seen:  # a recursive closure, or a cycle of wrappers
+        digest.update(b"<seen>")
+        return
+    seen.add(id(fn))
+    if isinstance(fn, functools.partial):
+        digest.update(b"<partial>")
+        _digest_callable(digest, fn.func, seen)
+        digest.update(_value_bytes("<partial arguments>", (fn.args, fn.keywords)))
+        return
+    if isinstance(fn, types.MethodType):
+        digest.update(b"<method>")
+        digest.update(_closure_bytes(fn.__self__, seen))
+        _digest_callable(digest, fn.__func__, seen)
+        return
+    code = getattr(fn, "__code__", None)
+    if code is None:  # a callable object or a builtin: the object itself
+        digest.update(repr(type(fn)).encode())
+        digest.update(_value_bytes("<callable>", fn))
+        return
     _digest_code(digest, code)
-    digest.update(_value_bytes("<defaults>", (target.__defaults__, target.__kwdefaults__)))
-    for cell in target.__closure__ or ():
+    digest.update(_value_bytes("<defaults>", (fn.__defaults__, fn.__kwdefaults__)))
+    for cell in fn.__closure__ or ():
         try:
             contents = cell.cell_contents
         except ValueError:  # an empty cell
             continue
-        digest.update(_closure_bytes(contents))
-    return digest.hexdigest()
+        digest.update(_closure_bytes(contents, seen))
+    wrapped = getattr(fn, "__wrapped__", None)
+    if wrapped is not None:  # functools.wraps: the function inside counts too
+        digest.update(b"<wrapped>")
+        _digest_callable(digest, wrapped, seen)
 
 
 def _digest_code(digest: Any, code: types.CodeType) -> None:
@@ -85,19 +114,37 @@ def _digest_code(digest: Any, code: types.CodeType) -> None:
         if isinstance(const, types.CodeType):
             _digest_code(digest, const)
         else:
-            digest.update(repr(const).encode())
+            digest.update(_value_bytes("<constant>", const))
 
 
-def _closure_bytes(value: Any) -> bytes:
-    if isinstance(value, types.FunctionType):
-        return code_fingerprint(value).encode()
+def _closure_bytes(value: Any, seen: set[int]) -> bytes:
+    if callable(value) and (isinstance(value, (types.FunctionType, types.MethodType, functools.partial))):
+        inner = hashlib.sha256()
+        _digest_callable(inner, value, seen)
+        return inner.digest()
     try:
         return _value_bytes("<closure>", value)
     except Uncacheable:
         return repr(type(value)).encode()  # a client held in a closure: its type, not its state
 
 
+def _canonical(value: Any) -> Any:
+    """Sets and frozensets as sorted tuples (their order varies with hash randomisation)."""
+    if isinstance(value, (set, frozenset)):
+        items = [_canonical(v) for v in value]
+        return (type(value).__name__, tuple(sorted(items, key=lambda v: pickle.dumps(v, protocol=5))))
+    if type(value) in (list, tuple):
+        return type(value)(_canonical(v) for v in value)
+    if type(value) is dict:
+        return {k: _canonical(v) for k, v in value.items()}
+    return value
+
+
 def _value_bytes(name: str, value: Any) -> bytes:
+    try:
+        value = _canonical(value)
+    except Exception:  # noqa: BLE001 - unorderable members: pickled as they are
+        pass
     try:
         return pickle.dumps(value, protocol=5)
     except Exception:  # noqa: BLE001 - plain pickle cannot: functions, classes defined in scripts
@@ -150,11 +197,7 @@ class Lineage(CachePolicy):
     """The task's code, its constant arguments and its upstream tasks' lineage keys."""
 
     def key(self, context: CacheContext, arguments: Mapping[str, Any]) -> str | None:
-        if not self.ignored:
-            return context.lineage_key
-        digest = hashlib.sha256(b"lineage\0" + context.lineage_key.encode())
-        digest.update(repr(sorted(self.ignored)).encode())
-        return digest.hexdigest()
+        return context.lineage_key  # computed by the plan without the ignored arguments
 
 
 class _Both(CachePolicy):
@@ -181,7 +224,7 @@ lineage = Lineage()
 
 def lineage_key(fn: Callable[..., Any], constants: Any, upstream_keys: tuple[str, ...]) -> str:
     """The lineage key of a task: its code, its constant arguments (upstream refs replaced by
-    their position) and the lineage keys of its upstream tasks, in argument order."""
+    their names; arguments a policy ignores left out) and its upstream tasks' lineage keys."""
     digest = hashlib.sha256(b"lineage\0")
     digest.update(code_fingerprint(fn).encode())
     try:

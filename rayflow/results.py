@@ -27,6 +27,7 @@ from __future__ import annotations
 import io
 import os
 import pathlib
+import threading
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ def _filesystem(location: str) -> tuple[pafs.FileSystem, str]:
     if "://" in location:
         try:
             return pafs.FileSystem.from_uri(location)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
+        except (pa.ArrowException, OSError, ValueError) as exc:
             raise ResultStoreError(f"cannot use result storage {location!r}: {exc}") from None
     return pafs.LocalFileSystem(), str(pathlib.Path(location).resolve())
 
@@ -72,8 +73,30 @@ class StoredFile:
 
 class ResultStore:
     def __init__(self, location: str | None = None):
-        self.location = location or default_location()
-        self.fs, self.root = _filesystem(self.location)
+        location = location or default_location()
+        self.fs, self.root = _filesystem(location)
+        # A local path is made absolute here, in the driver: workers elsewhere get the same place.
+        self.location = location if "://" in location else self.root
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    def probe(self, timeout: float = 15.0) -> None:
+        """Check that the store answers, within ``timeout`` seconds (a remote one may hang)."""
+        outcome: list[BaseException | None] = []
+
+        def look() -> None:
+            try:
+                self.fs.get_file_info(self.root)
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                outcome.append(exc)
+
+        thread = threading.Thread(target=look, daemon=True)
+        thread.start()
+        thread.join(timeout)
+        if not outcome:
+            raise ResultStoreError(f"result storage {self.location!r} did not answer within {timeout:g}s")
+        if outcome[0] is not None:
+            raise ResultStoreError(f"cannot use result storage {self.location!r}: {outcome[0]}") from None
 
     def __reduce__(self) -> Any:  # travels to workers by location: filesystems reconnect there
         return (ResultStore, (self.location,))
@@ -102,11 +125,19 @@ class ResultStore:
         parent = full.rsplit("/", 1)[0]
         temporary = f"{parent}/.tmp-{uuid.uuid4().hex}-{full.rsplit('/', 1)[-1]}"
         try:
+            if self.local:  # written, flushed to disk, then renamed: whole after a power loss too
+                os.makedirs(parent, exist_ok=True)
+                with open(temporary, "wb") as out:
+                    out.write(data)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(temporary, full)
+                return
             self.fs.create_dir(parent, recursive=True)
             with self.fs.open_output_stream(temporary) as out:
                 out.write(data)
             self.fs.move(temporary, full)
-        except OSError as exc:
+        except (OSError, pa.ArrowException) as exc:
             self._discard(temporary)
             raise ResultStoreError(f"cannot write result {self.describe(path)}: {exc}") from exc
 
@@ -162,7 +193,11 @@ class ResultStore:
         """Every stored result under ``prefix`` (temporary files left by a crash are skipped)."""
         base = self._full(prefix).rstrip("/")
         selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
-        for info in self.fs.get_file_info(selector):
+        try:
+            infos = self.fs.get_file_info(selector)
+        except (OSError, pa.ArrowException) as exc:
+            raise ResultStoreError(f"cannot list {self.describe(prefix)}: {exc}") from exc
+        for info in infos:
             if info.type != pafs.FileType.File or info.base_name.startswith(".tmp-"):
                 continue
             relative = info.path[len(self.root.rstrip("/")) + 1 :]
@@ -174,14 +209,21 @@ class ResultStore:
 
 
 def encode_result(value: Any) -> tuple[bytes, str]:
-    """The bytes of ``value`` and the suffix naming their format."""
-    table = _as_table(value)
+    """The bytes of ``value`` and the suffix naming their format (Arrow when it keeps the value
+    as it is, else a pickle; a value neither can store raises ResultStoreError)."""
+    try:
+        table = _as_table(value)
+    except Exception:  # noqa: BLE001 - beyond Arrow (an int past 64 bits, say): pickled
+        table = None
     if table is not None:
         sink = io.BytesIO()
         with ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
         return sink.getvalue(), ARROW_SUFFIX
-    return cloudpickle.dumps(value, protocol=5), PICKLE_SUFFIX
+    try:
+        return cloudpickle.dumps(value, protocol=5), PICKLE_SUFFIX
+    except Exception as exc:  # noqa: BLE001 - a lock, a socket
+        raise ResultStoreError(f"a {type(value).__name__} cannot be stored: {type(exc).__name__}: {exc}") from None
 
 
 def _as_table(value: Any) -> pa.Table | None:
@@ -192,16 +234,22 @@ def _as_table(value: Any) -> pa.Table | None:
         table, kind = pa.Table.from_batches([value]), "batch"
     elif isinstance(value, (pa.Array, pa.ChunkedArray)):
         table, kind = pa.table({"value": value}), "array" if isinstance(value, pa.Array) else "chunked"
-    elif isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind in "biufcmM":
+    elif type(value) is np.ndarray and value.ndim == 1 and value.dtype.kind in "biufcmM":  # not a masked array
         try:
             table, kind = pa.table({"value": pa.array(value)}), f"numpy:{value.dtype.str}"
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
             return None
     elif type(value).__module__.startswith("pandas") and type(value).__name__ == "DataFrame":
-        try:
-            table, kind = pa.Table.from_pandas(value, preserve_index=True), "pandas"
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError, TypeError):
-            return None  # mixed object columns and the like: pickled instead
+        index = value.index
+        plain_index = type(index).__name__ in ("Index", "RangeIndex") and index.dtype != object and getattr(index, "freq", None) is None
+        from pandas.api.types import infer_dtype
+
+        texts = all(dtype != object or infer_dtype(value[name], skipna=False) == "string" for name, dtype in value.dtypes.items())
+        if not texts or not plain_index or not value.columns.is_unique:
+            return None  # object columns (mixed types, lists) and fancy indexes do not survive Arrow
+        table, kind = pa.Table.from_pandas(value, preserve_index=None), "pandas"
+        if not table.to_pandas().equals(value):  # checked, never silently changed
+            return None
     else:
         return None
     metadata = dict(table.schema.metadata or {})

@@ -356,3 +356,154 @@ def test_cache_ls_and_clear(home, tmp_path):
     assert flow.run(x=1).task_states["slow"].type is T.SUCCESS and count(marker) == 3
     bad = run_cli("cache", "ls", "--storage", "nosuch://x", home=home)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "nosuch://x" in bad.stderr
+
+
+# -- keys: what makes calls the same (found by an outside review) ----------------------------
+
+import functools  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from rayflow.cache import code_fingerprint  # noqa: E402
+
+
+class Model:
+    def __init__(self, factor: int):
+        self.factor = factor
+
+    def predict(self, x: int) -> int:
+        return x * self.factor
+
+
+def times(k: int):
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(x):
+            return fn(x) * k
+
+        return wrapper
+
+    return decorate
+
+
+def test_the_code_fingerprint_sees_bound_objects_wrappers_partials_and_survives_recursion():
+    assert code_fingerprint(Model(2).predict) != code_fingerprint(Model(3).predict)
+
+    def base(x):
+        return x
+
+    assert code_fingerprint(times(2)(base)) != code_fingerprint(times(3)(base))
+
+    def scaled(x, k):
+        return x * k
+
+    assert code_fingerprint(functools.partial(scaled, k=2)) != code_fingerprint(functools.partial(scaled, k=3))
+
+    def fact(n):
+        return 1 if n <= 1 else n * fact(n - 1)
+
+    def uses_fact(n):
+        return fact(n)
+
+    assert len(code_fingerprint(uses_fact)) == 64  # no RecursionError
+
+
+KEY_SCRIPT = """
+import rayflow as rf
+from rayflow.cache import CacheContext, code_fingerprint
+def f(c, s):
+    return c in {"a", "b", "c", "d", "e", "f", "g"}
+ctx = CacheContext("flow", "f", "f", f, "")
+print(code_fingerprint(f), rf.cache.inputs(ctx, {"c": "a", "s": {"x", "y", "z", "w", frozenset({"p", "q"})}}))
+"""
+
+
+def test_keys_are_the_same_in_every_process_whatever_the_hash_seed():
+    keys = {
+        subprocess.run(
+            [sys.executable, "-c", KEY_SCRIPT], capture_output=True, text=True, check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("1", "2", "3")
+    }
+    assert len(keys) == 1, keys
+
+
+def test_a_key_function_cannot_name_a_file_outside_the_cache(home, tmp_path):
+    @rf.task(cache_key_fn=lambda context, arguments: "../../../../outside")
+    def escape() -> int:
+        return 1
+
+    @rf.flow(runner="local")
+    def escaping():
+        return escape()
+
+    escaping.run()
+    files = [p for p in home.rglob("*") if p.is_file() and p.suffix == ".pkl"]
+    assert files and all((home / "results" / "cache") in p.parents for p in files), files
+    assert escaping.run().task_states["escape"].type is T.CACHED
+
+
+def test_lineage_ignoring_an_argument_leaves_it_out_of_the_plans_key(home, tmp_path):
+    marker = tmp_path / "count"
+
+    @rf.task(cache_key_fn=rf.cache.lineage.ignoring("client"))
+    def fetch(day: str, client: str, path: str) -> str:
+        with open(path, "a") as f:
+            f.write("ran\n")
+        return day
+
+    @rf.flow(runner="local")
+    def fetching(client: str = "a"):
+        return fetch("monday", client, str(marker))
+
+    fetching.run(client="session-1")
+    assert fetching.run(client="session-2").task_states["fetch"].type is T.CACHED and count(marker) == 1
+
+
+def test_a_cache_hit_of_a_persisting_task_is_persisted_for_its_run_and_unstorable_values_only_warn(home, tmp_path):
+    marker = tmp_path / "count"
+    flow = on(_cached_flow(marker, persist=True), "local")
+    flow.run(x=1)
+    hit = flow.run(x=1)
+    assert hit.task_states["slow"].type is T.CACHED
+    assert ResultStore().find(f"runs/{hit.run_id}/slow") is not None
+
+    @rf.task(cache_key_fn=rf.cache.inputs)
+    def a_lock() -> object:
+        return threading.Lock()
+
+    @rf.flow(runner="local")
+    def locking():
+        return a_lock()
+
+    run = locking.run()
+    assert run.task_states["a_lock"].type is T.SUCCESS  # the value cannot be stored: not cached, not failed
+    assert any("not cached" in r["message"] for r in RunStore(home).logs(run.run_id))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        np.ma.masked_array([1, 2], mask=[0, 1]),
+        pd.DataFrame({"mixed": [1, 2.5, "x"]}),
+        pd.DataFrame({"lists": [[1], [2, 3]]}),
+        pd.DataFrame({"big": [2**70, 1]}),
+        pd.DataFrame({"x": [1, 2]}, index=pd.date_range("2026-01-01", periods=2, freq="D")),
+        pd.DataFrame({"x": [1, 2, 3]}),  # a RangeIndex
+    ],
+    ids=["masked", "mixed-objects", "lists", "big-ints", "freq-index", "range-index"],
+)
+def test_values_arrow_would_change_are_stored_faithfully(tmp_path, value):
+    store = ResultStore(str(tmp_path))
+    back = store.read(store.write("v", value))
+    if isinstance(value, np.ma.MaskedArray):
+        assert isinstance(back, np.ma.MaskedArray) and back.mask.tolist() == [False, True] and back[0] == 1
+    else:
+        pd.testing.assert_frame_equal(back, value)
+        assert type(back.index) is type(value.index) and getattr(back.index, "freq", None) == getattr(value.index, "freq", None)
+
+
+def test_a_relative_storage_path_is_made_absolute_in_the_driver(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert ResultStore("rel/results").location == str(tmp_path / "rel" / "results")

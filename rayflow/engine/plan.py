@@ -11,6 +11,7 @@ no executor (and no Ray) calls.
 from __future__ import annotations
 
 import graphlib
+import inspect
 import os
 import socket
 from collections.abc import Iterator, Mapping
@@ -202,12 +203,15 @@ class _ResultPlanner:
                     task_key=key,
                 )
         if any(self._wants(graph.by_key[k]) for k in order):
-            self.store = ResultStore(self.location or default_location()).location  # a bad URI fails here
+            store = ResultStore(self.location or default_location())  # a bad URI fails here
+            store.probe()  # and one that does not answer, before any work
+            self.store = store.location
         if any(graph.by_key[k].task.options.cache_key_fn is not None for k in order):
             for key in order:
                 node = graph.by_key[key]
-                constants = substitute((node.args, dict(node.kwargs)), lambda ref: f"<upstream {ref._key}>")
-                upstream = tuple(self.lineage.get(k, k) for k in node.upstream)
+                arguments = _keyed_arguments(node)
+                upstream = tuple(dict.fromkeys(self.lineage.get(r._key, r._key) for r in find_refs(arguments) if isinstance(r, NodeRef)))
+                constants = substitute(arguments, lambda ref: f"<upstream {ref._key}>")
                 self.lineage[key] = lineage_key(node.task.fn, constants, upstream)
 
     def _persists(self, node: Any) -> bool:
@@ -261,6 +265,18 @@ class _ResultPlanner:
             lineage_key=self.lineage.get(node.key, ""),
             load_from=self.resume.get(node.key),
         )
+
+
+def _keyed_arguments(node: Any) -> Any:
+    """A node's arguments as its lineage key sees them: by name, less those its policy ignores."""
+    ignored = getattr(node.task.options.cache_key_fn, "ignored", frozenset())
+    if not ignored:
+        return (node.args, dict(node.kwargs))
+    try:
+        bound = inspect.signature(node.task.fn).bind_partial(*node.args, **dict(node.kwargs)).arguments
+    except (TypeError, ValueError):
+        return (node.args, dict(node.kwargs))
+    return {name: value for name, value in bound.items() if name not in ignored}
 
 
 def _map_consumption(graph: Graph) -> dict[str, set[str]]:

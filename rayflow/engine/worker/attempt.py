@@ -55,6 +55,8 @@ def run_attempt(
         call_args, call_kwargs = substitute(args, resolve), substitute(kwargs, resolve)
         lookup = look_up(policy, task_key, fn, call_args, call_kwargs) if policy is not None else None
         if lookup is not None and lookup.value is not MISS:
+            if policy.persist and lookup.path != policy.load_from:  # a cache hit is this run's result too
+                keep(policy, run_id, task_key, lookup, lookup.value, cached=True)
             return (
                 AttemptResult(
                     task_key=task_key,

@@ -17,7 +17,9 @@ user asked for the value to be kept.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +31,7 @@ from rayflow.exceptions import CorruptResultError, MissingResultError, ResultSto
 from rayflow.results import ResultStore
 
 MISS = object()
+_SAFE_KEY = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 
 @dataclass
@@ -72,6 +75,8 @@ def look_up(policy: ResultPolicy, task_key: str, fn: Any, args: tuple, kwargs: d
     if not isinstance(key, str):
         logger.warning("task %s runs uncached: cache_key_fn returned %s, not a str", task_key, type(key).__name__)
         return Lookup()
+    if not _SAFE_KEY.fullmatch(key) or key.strip(".") == "":  # a key names a file: never a path
+        key = hashlib.sha256(key.encode()).hexdigest()
     if policy.refresh_cache:
         return Lookup(key)
     store = ResultStore(policy.store)
@@ -95,14 +100,15 @@ def look_up(policy: ResultPolicy, task_key: str, fn: Any, args: tuple, kwargs: d
         return Lookup(key)
 
 
-def keep(policy: ResultPolicy, run_id: str, task_key: str, lookup: Lookup, value: Any) -> str | None:
-    """Write the value where the policy says; the path it is kept under (persisted, else cached)."""
+def keep(policy: ResultPolicy, run_id: str, task_key: str, lookup: Lookup | None, value: Any, *, cached: bool = False) -> str | None:
+    """Write the value where the policy says; the path it is kept under (persisted, else cached).
+    ``cached``: the value came from the cache (it is persisted for this run, not cached again)."""
     store = ResultStore(policy.store)
     kept = None
-    if lookup.key is not None:
+    if lookup is not None and lookup.key is not None and not cached:
         try:
             kept = store.write(cache_name(policy, task_key, lookup.key), value)
-        except ResultStoreError as exc:
+        except Exception as exc:  # noqa: BLE001 - a cache that cannot take it is a warning, never a failure
             get_run_logger().warning("task %s: its result was not cached: %s", task_key, exc)
     if policy.persist:
         kept = store.write(persist_name(run_id, task_key), value)  # a failure fails the task
