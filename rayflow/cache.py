@@ -165,10 +165,24 @@ class CachePolicy:
         return type(self)(self.ignored | frozenset(names))
 
     def key(self, context: CacheContext, arguments: Mapping[str, Any]) -> str | None:
+        parts = self.parts(context, arguments)
+        if parts is None:
+            return None
+        text = "\0".join(f"{name}={value}" for name, value in sorted(parts.items()))
+        return hashlib.sha256(f"{type(self).__name__}\0{text}".encode()).hexdigest()
+
+    def parts(self, context: CacheContext, arguments: Mapping[str, Any]) -> dict[str, str] | None:
+        """What the key is made of, by name (kept beside a cache entry, to explain a later miss)."""
         raise NotImplementedError
 
+    def explained(self, context: CacheContext, arguments: Mapping[str, Any]) -> tuple[str | None, dict[str, str] | None]:
+        """(key, parts) for these arguments, the ignored ones left out."""
+        kept = {k: v for k, v in arguments.items() if k not in self.ignored}
+        parts = self.parts(context, kept)
+        return self.key(context, kept) if parts is not None else None, parts
+
     def __call__(self, context: CacheContext, arguments: Mapping[str, Any]) -> str | None:
-        return self.key(context, {k: v for k, v in arguments.items() if k not in self.ignored})
+        return self.explained(context, arguments)[0]
 
     def __add__(self, other: Callable[..., Any]) -> CachePolicy:
         return _Both(self, other)
@@ -184,20 +198,21 @@ class CachePolicy:
 class Inputs(CachePolicy):
     """The task's code and the value of every argument."""
 
-    def key(self, context: CacheContext, arguments: Mapping[str, Any]) -> str | None:
-        digest = hashlib.sha256(b"inputs\0")
-        digest.update(code_fingerprint(context.fn).encode())
-        for name in sorted(arguments):
-            digest.update(name.encode() + b"\0")
-            digest.update(hashlib.sha256(_value_bytes(name, arguments[name])).digest())
-        return digest.hexdigest()
+    def parts(self, context: CacheContext, arguments: Mapping[str, Any]) -> dict[str, str] | None:
+        out = {"code": code_fingerprint(context.fn)}
+        for name, value in arguments.items():
+            out[f"input {name}"] = hashlib.sha256(_value_bytes(name, value)).hexdigest()
+        return out
 
 
 class Lineage(CachePolicy):
     """The task's code, its constant arguments and its upstream tasks' lineage keys."""
 
+    def parts(self, context: CacheContext, arguments: Mapping[str, Any]) -> dict[str, str] | None:
+        return {"lineage": context.lineage_key}  # computed by the plan without the ignored arguments
+
     def key(self, context: CacheContext, arguments: Mapping[str, Any]) -> str | None:
-        return context.lineage_key  # computed by the plan without the ignored arguments
+        return context.lineage_key
 
 
 class _Both(CachePolicy):
@@ -205,17 +220,37 @@ class _Both(CachePolicy):
         super().__init__()
         self.first, self.second = first, second
 
-    def key(self, context: CacheContext, arguments: Mapping[str, Any]) -> str | None:
-        a, b = self.first(context, arguments), self.second(context, arguments)
+    def explained(self, context: CacheContext, arguments: Mapping[str, Any]) -> tuple[str | None, dict[str, str] | None]:
+        (a, pa), (b, pb) = (_explained(p, context, arguments) for p in (self.first, self.second))
         if a is None or b is None:
-            return None
-        return hashlib.sha256(f"{a}\0{b}".encode()).hexdigest()
+            return None, None
+        parts = {**(pa or {}), **(pb or {})} if pa is not None and pb is not None else None
+        return hashlib.sha256(f"{a}\0{b}".encode()).hexdigest(), parts
 
     def __reduce__(self) -> Any:
         return (_Both, (self.first, self.second))
 
     def __repr__(self) -> str:
         return f"{self.first!r} + {self.second!r}"
+
+
+def _explained(policy: Callable[..., Any], context: CacheContext, arguments: Mapping[str, Any]) -> tuple[str | None, dict[str, str] | None]:
+    if isinstance(policy, CachePolicy):
+        return policy.explained(context, arguments)
+    return policy(context, arguments), None  # a plain key function: no parts to explain a miss with
+
+
+def explain_miss(parts: Mapping[str, str], earlier: Mapping[str, str]) -> str:
+    """Which part of a key differs from an earlier entry's: the code, inputs, or the lineage."""
+    if parts.get("code") is not None and earlier.get("code") not in (None, parts["code"]):
+        return "the code changed"
+    changed = sorted(k.split(" ", 1)[1] for k in parts if k.startswith("input ") and earlier.get(k) != parts[k])
+    gone = sorted(k.split(" ", 1)[1] for k in earlier if k.startswith("input ") and k not in parts)
+    if changed or gone:
+        return "input " + ", ".join(f"'{n}'" for n in changed + gone) + " changed"
+    if parts.get("lineage") is not None and earlier.get("lineage") != parts["lineage"]:
+        return "the lineage changed (this task's code or constants, or an upstream task's)"
+    return "the key changed"
 
 
 inputs = Inputs()

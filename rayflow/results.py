@@ -164,6 +164,13 @@ class ResultStore:
                 return name + suffix
         return None
 
+    def read_bytes(self, path: str) -> bytes:
+        try:
+            with self.fs.open_input_file(self._full(path)) as source:
+                return source.read()
+        except (OSError, pa.ArrowException) as exc:
+            raise ResultStoreError(f"cannot read {self.describe(path)}: {exc}") from exc
+
     def stat(self, path: str) -> StoredFile | None:
         info = self.fs.get_file_info(self._full(path))
         if info.type != pafs.FileType.File:

@@ -507,3 +507,34 @@ def test_values_arrow_would_change_are_stored_faithfully(tmp_path, value):
 def test_a_relative_storage_path_is_made_absolute_in_the_driver(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert ResultStore("rel/results").location == str(tmp_path / "rel" / "results")
+
+
+def test_a_cache_miss_says_which_part_of_the_key_changed_and_show_prints_it(home, tmp_path):
+    marker = tmp_path / "count"
+    flow = on(_cached_flow(marker, cache_expiration=3600), "local")
+    first = flow.run(x=1)
+    assert first.task_states["slow"].message == "cache miss: no cached result for this task yet"
+    assert flow.run(x=1).task_states["slow"].message.startswith("cache hit: ")
+    changed = flow.run(x=2)
+    assert changed.task_states["slow"].message == "cache miss: input 'x' changed since the newest entry"
+
+    @rf.task(name="slow", cache_key_fn=rf.cache.inputs)
+    def slow(x: int, path: str) -> int:  # new code under the same task
+        return x
+
+    @rf.flow(name="cached", runner="local")
+    def cached(x: int = 1):
+        return slow(x, str(marker))
+
+    assert cached.run(x=2).task_states["slow"].message == "cache miss: the code changed since the newest entry"
+    for path in (home / "results" / "cache").rglob("*.pkl"):
+        os.utime(path, (time.time() - 7200, time.time() - 7200))
+    expired = flow.run(x=1).task_states["slow"].message
+    assert expired.startswith("cache miss: the entry expired (written 720") and "cache_expiration 3600s" in expired
+    assert on(_cached_flow(marker, refresh_cache=True), "local").run(x=1).task_states["slow"].message == (
+        "cache refreshed (refresh_cache=True)"
+    )
+    shown = run_cli("show", changed.run_id, home=home)
+    assert shown.returncode == 0 and "input 'x' changed" in shown.stdout, shown.stdout
+    listed = run_cli("cache", "ls", home=home)
+    assert ".meta" not in listed.stdout and len(listed.stdout.splitlines()) == 3  # x=1, x=2, new code's x=2

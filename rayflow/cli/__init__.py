@@ -353,7 +353,7 @@ def _cache_entries(storage: str | None, flow: str | None, task: str | None) -> t
     entries = []
     for info in files:
         parts = info.path.split("/")[1:]  # after "cache"
-        if len(parts) < 3:
+        if len(parts) < 3 or not info.path.endswith((".arrow", ".pkl")):  # entries, not their .meta.json
             continue
         entry_flow, entry_task, key = parts[0], "/".join(parts[1:-1]), parts[-1].rsplit(".", 1)[0]
         if (flow is None or entry_flow == flow) and (task is None or entry_task == task):
@@ -374,7 +374,10 @@ def cache_ls(storage: StorageOption = None, flow: FlowFilter = None, task: TaskF
 def cache_clear(storage: StorageOption = None, flow: FlowFilter = None, task: TaskFilter = None) -> None:
     """Remove cached results (all, or a flow's, or a task's): those tasks run again next time."""
     store, entries = _cache_entries(storage, flow, task)
-    removed = sum(store.delete(info.path) for _, _, _, info in entries)
+    removed = 0
+    for _, _, _, info in entries:
+        removed += store.delete(info.path)
+        store.delete(info.path.rsplit(".", 1)[0] + ".meta.json")
     print(f"removed {removed} cached result(s) from {store.location}")
 
 

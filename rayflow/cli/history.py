@@ -49,6 +49,8 @@ def task_rows(run: dict) -> list[dict]:
         entry["duration"] = _duration(t["started_at"], t["finished_at"])
         if (t["state"] in FAILED or t["state"] == "RETRYING") and t["message"]:
             entry["error"] = t["message"]
+        elif t["state"] in ("SUCCESS", "CACHED") and (t["message"] or "").startswith(("cache ", "resumed from")):
+            entry["note"] = t["message"]
     chunks: dict[str, list[dict]] = {}
     for chunk in run["chunks"]:
         chunks.setdefault(chunk["task_key"], []).append(chunk)
@@ -156,10 +158,10 @@ def print_run(run: dict, as_json: bool) -> None:
         counts = f"{items['done']} done/{items['failed']} failed/{items['skipped']} skipped" if items else ""
         rows.append([
             t["task"], t["state"], str(t["attempts"]), _took(t.get("started_at"), t.get("finished_at")),
-            counts, (t.get("error") or "").splitlines()[0][:120] if t.get("error") else "",
+            counts, (t.get("error") or "").splitlines()[0][:120] if t.get("error") else (t.get("note") or "")[:120],
         ])
     emit_table(
-        ["task", "state", "attempts", "duration", "items", "error"], rows, title=f"flow {run['flow']} · run {run['run_id']}",
+        ["task", "state", "attempts", "duration", "items", "error / note"], rows, title=f"flow {run['flow']} · run {run['run_id']}",
         depths=[t["depth"] for t in tasks],
     )
     print(f"run id: {run['run_id']}")

@@ -97,6 +97,7 @@ def run_attempt(
             type=StateType.SUCCESS,
             started_at=started,
             finished_at=time.time(),
+            message=lookup.reason if lookup is not None else "",
             result_path=kept,
         ),
         value,

@@ -24,7 +24,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from rayflow.cache import CacheContext, Uncacheable
+import json
+
+from rayflow.cache import CacheContext, Uncacheable, _explained, explain_miss
 from rayflow.engine.protocol import ResultPolicy
 from rayflow.engine.worker.logs import get_run_logger
 from rayflow.exceptions import CorruptResultError, MissingResultError, ResultStoreError
@@ -41,6 +43,8 @@ class Lookup:
     key: str | None = None
     value: Any = MISS
     path: str | None = None
+    parts: dict[str, str] | None = None  # what the key is made of, kept beside the entry
+    reason: str = ""  # why a cached task runs: "cache miss: ..." (its state's message)
 
 
 def cache_name(policy: ResultPolicy, task_key: str, key: str) -> str:
@@ -63,7 +67,7 @@ def look_up(policy: ResultPolicy, task_key: str, fn: Any, args: tuple, kwargs: d
     context = CacheContext(policy.flow_name, task_key, policy.task_name, fn, policy.lineage_key)
     try:
         arguments = inspect.signature(fn).bind(*args, **kwargs).arguments
-        key = policy.cache_key_fn(context, dict(arguments))
+        key, parts = _explained(policy.cache_key_fn, context, dict(arguments))
     except Uncacheable as exc:
         logger.warning("task %s runs uncached: %s", task_key, exc)
         return Lookup()
@@ -78,26 +82,46 @@ def look_up(policy: ResultPolicy, task_key: str, fn: Any, args: tuple, kwargs: d
     if not _SAFE_KEY.fullmatch(key) or key.strip(".") == "":  # a key names a file: never a path
         key = hashlib.sha256(key.encode()).hexdigest()
     if policy.refresh_cache:
-        return Lookup(key)
+        return Lookup(key, parts=parts, reason="cache refreshed (refresh_cache=True)")
     store = ResultStore(policy.store)
     name = cache_name(policy, task_key, key)
     try:
         path = store.find(name)
         if path is None:
-            return Lookup(key)
+            return Lookup(key, parts=parts, reason=f"cache miss: {_why_missing(store, policy, task_key, parts)}")
         if policy.cache_expiration is not None:
             info = store.stat(path)
-            if info is None or info.mtime is None or time.time() - info.mtime > policy.cache_expiration:
-                return Lookup(key)  # expired: run, and the new result replaces it
-        return Lookup(key, store.read(path), path)
+            age = time.time() - info.mtime if info is not None and info.mtime is not None else None
+            if age is None or age > policy.cache_expiration:  # expired: run, and the new result replaces it
+                told = f"written {age:.0f}s ago" if age is not None else "its age unknown"
+                return Lookup(key, parts=parts, reason=f"cache miss: the entry expired ({told}, cache_expiration {policy.cache_expiration:g}s)")
+        return Lookup(key, store.read(path), path, parts)
     except MissingResultError:
-        return Lookup(key)  # removed between finding and reading it
+        return Lookup(key, parts=parts, reason="cache miss: the entry was removed")
     except CorruptResultError as exc:
         logger.warning("task %s: %s; running it again", task_key, exc)
-        return Lookup(key)
+        return Lookup(key, parts=parts, reason="cache miss: the entry could not be read")
     except ResultStoreError as exc:
         logger.warning("task %s: the cache cannot be read (%s); running it", task_key, exc)
-        return Lookup(key)
+        return Lookup(key, parts=parts, reason="cache miss: the cache cannot be read")
+
+
+def _why_missing(store: ResultStore, policy: ResultPolicy, task_key: str, parts: dict[str, str] | None) -> str:
+    """Compare with the task's newest entry: which part of the key changed since."""
+    if parts is None:
+        return "no entry for this key (a key function's parts are not known)"
+    folder = f"cache/{policy.flow_name}/{task_key}/"
+    metas = sorted((f for f in store.list(folder) if f.path.endswith(META_SUFFIX)), key=lambda f: f.mtime or 0)
+    if not metas:
+        return "no cached result for this task yet"
+    try:
+        earlier = json.loads(store.read_bytes(metas[-1].path))
+    except (ResultStoreError, ValueError):
+        return "no entry for this key"
+    return explain_miss(parts, earlier.get("parts") or {}) + " since the newest entry"
+
+
+META_SUFFIX = ".meta.json"
 
 
 def keep(policy: ResultPolicy, run_id: str, task_key: str, lookup: Lookup | None, value: Any, *, cached: bool = False) -> str | None:
@@ -107,7 +131,11 @@ def keep(policy: ResultPolicy, run_id: str, task_key: str, lookup: Lookup | None
     kept = None
     if lookup is not None and lookup.key is not None and not cached:
         try:
-            kept = store.write(cache_name(policy, task_key, lookup.key), value)
+            name = cache_name(policy, task_key, lookup.key)
+            kept = store.write(name, value)
+            if lookup.parts is not None:  # beside the value, written after it: explains later misses
+                meta = {"parts": lookup.parts, "written_at": time.time(), "path": kept}
+                store.write_bytes(name + META_SUFFIX, json.dumps(meta).encode())
         except Exception as exc:  # noqa: BLE001 - a cache that cannot take it is a warning, never a failure
             get_run_logger().warning("task %s: its result was not cached: %s", task_key, exc)
     if policy.persist:
