@@ -111,16 +111,24 @@ class ResultStore:
 
     # -- writing -------------------------------------------------------------
 
-    def write(self, name: str, value: Any) -> str:
-        """Write ``value`` as ``name`` (plus the suffix of its format), atomically; returns the path."""
+    def write(self, name: str, value: Any, *, first_wins: bool = False) -> str:
+        """Write ``value`` as ``name`` (plus the suffix of its format), atomically; returns the path.
+
+        ``first_wins``: if ``name`` is stored already (another writer committed first), keep
+        that value and return its path: racing writers of one cache entry agree on the first.
+        """
+        if first_wins and (existing := self.find(name)) is not None:
+            return existing
         data, suffix = encode_result(value)
         path = name + suffix
+        if not self.write_bytes(path, data, first_wins=first_wins):
+            return path  # another writer committed this name between find and now
         other = name + (PICKLE_SUFFIX if suffix == ARROW_SUFFIX else ARROW_SUFFIX)
-        self.write_bytes(path, data)
         self.delete(other)  # a name holds one value: an older one in the other format goes
         return path
 
-    def write_bytes(self, path: str, data: bytes) -> None:
+    def write_bytes(self, path: str, data: bytes, *, first_wins: bool = False) -> bool:
+        """Write atomically; False when ``first_wins`` and the file was there already."""
         full = self._full(path)
         parent = full.rsplit("/", 1)[0]
         temporary = f"{parent}/.tmp-{uuid.uuid4().hex}-{full.rsplit('/', 1)[-1]}"
@@ -131,12 +139,24 @@ class ResultStore:
                     out.write(data)
                     out.flush()
                     os.fsync(out.fileno())
-                os.replace(temporary, full)
-                return
+                if not first_wins:
+                    os.replace(temporary, full)
+                    return True
+                try:
+                    os.link(temporary, full)  # atomic, and never over an existing file
+                    return True
+                except FileExistsError:
+                    return False
+                finally:
+                    self._discard(temporary)
             self.fs.create_dir(parent, recursive=True)
             with self.fs.open_output_stream(temporary) as out:
                 out.write(data)
+            if first_wins and self.fs.get_file_info(full).type == pafs.FileType.File:
+                self._discard(temporary)  # best effort where the filesystem has no exclusive rename
+                return False
             self.fs.move(temporary, full)
+            return True
         except (OSError, pa.ArrowException) as exc:
             self._discard(temporary)
             raise ResultStoreError(f"cannot write result {self.describe(path)}: {exc}") from exc

@@ -315,6 +315,7 @@ def test_two_runs_racing_on_one_key_both_finish_and_one_entry_remains(home, tmp_
         t.join(60)
     assert not errors and results == [70] * 4
     assert len(list((home / "results" / "cache").rglob("*.pkl"))) == 1
+    assert flow.run(x=7).task_states["slow"].type is T.CACHED
     assert not [p for p in (home / "results").rglob(".tmp-*")]
 
 
@@ -538,3 +539,15 @@ def test_a_cache_miss_says_which_part_of_the_key_changed_and_show_prints_it(home
     assert shown.returncode == 0 and "input 'x' changed" in shown.stdout, shown.stdout
     listed = run_cli("cache", "ls", home=home)
     assert ".meta" not in listed.stdout and len(listed.stdout.splitlines()) == 3  # x=1, x=2, new code's x=2
+
+
+def test_the_first_committed_cache_entry_wins_and_a_refresh_replaces_it(tmp_path):
+    store = ResultStore(str(tmp_path))
+    assert store.write("cache/f/t/k", 1, first_wins=True) == "cache/f/t/k.pkl"
+    assert store.write("cache/f/t/k", 2, first_wins=True) == "cache/f/t/k.pkl"
+    assert store.read("cache/f/t/k.pkl") == 1
+    assert store.write_bytes("cache/f/t/k.pkl", b"x", first_wins=True) is False  # the race lost at the rename
+    assert store.read("cache/f/t/k.pkl") == 1
+    store.write("cache/f/t/k", 3)  # refresh_cache, or an expired entry: replaced
+    assert store.read("cache/f/t/k.pkl") == 3
+    assert not [p for p in tmp_path.rglob(".tmp-*")]

@@ -45,6 +45,7 @@ class Lookup:
     path: str | None = None
     parts: dict[str, str] | None = None  # what the key is made of, kept beside the entry
     reason: str = ""  # why a cached task runs: "cache miss: ..." (its state's message)
+    replace: bool = False  # the entry there is to be replaced (refreshed, expired, unreadable)
 
 
 def cache_name(policy: ResultPolicy, task_key: str, key: str) -> str:
@@ -82,7 +83,7 @@ def look_up(policy: ResultPolicy, task_key: str, fn: Any, args: tuple, kwargs: d
     if not _SAFE_KEY.fullmatch(key) or key.strip(".") == "":  # a key names a file: never a path
         key = hashlib.sha256(key.encode()).hexdigest()
     if policy.refresh_cache:
-        return Lookup(key, parts=parts, reason="cache refreshed (refresh_cache=True)")
+        return Lookup(key, parts=parts, reason="cache refreshed (refresh_cache=True)", replace=True)
     store = ResultStore(policy.store)
     name = cache_name(policy, task_key, key)
     try:
@@ -94,13 +95,14 @@ def look_up(policy: ResultPolicy, task_key: str, fn: Any, args: tuple, kwargs: d
             age = time.time() - info.mtime if info is not None and info.mtime is not None else None
             if age is None or age > policy.cache_expiration:  # expired: run, and the new result replaces it
                 told = f"written {age:.0f}s ago" if age is not None else "its age unknown"
-                return Lookup(key, parts=parts, reason=f"cache miss: the entry expired ({told}, cache_expiration {policy.cache_expiration:g}s)")
+                reason = f"cache miss: the entry expired ({told}, cache_expiration {policy.cache_expiration:g}s)"
+                return Lookup(key, parts=parts, reason=reason, replace=True)
         return Lookup(key, store.read(path), path, parts)
     except MissingResultError:
         return Lookup(key, parts=parts, reason="cache miss: the entry was removed")
     except CorruptResultError as exc:
         logger.warning("task %s: %s; running it again", task_key, exc)
-        return Lookup(key, parts=parts, reason="cache miss: the entry could not be read")
+        return Lookup(key, parts=parts, reason="cache miss: the entry could not be read", replace=True)
     except ResultStoreError as exc:
         logger.warning("task %s: the cache cannot be read (%s); running it", task_key, exc)
         return Lookup(key, parts=parts, reason="cache miss: the cache cannot be read")
@@ -132,7 +134,7 @@ def keep(policy: ResultPolicy, run_id: str, task_key: str, lookup: Lookup | None
     if lookup is not None and lookup.key is not None and not cached:
         try:
             name = cache_name(policy, task_key, lookup.key)
-            kept = store.write(name, value)
+            kept = store.write(name, value, first_wins=not lookup.replace)  # racing runs: the first entry stays
             if lookup.parts is not None:  # beside the value, written after it: explains later misses
                 meta = {"parts": lookup.parts, "written_at": time.time(), "path": kept}
                 store.write_bytes(name + META_SUFFIX, json.dumps(meta).encode())
