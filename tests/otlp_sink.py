@@ -37,6 +37,7 @@ def decode(request: trace_service_pb2.ExportTraceServiceRequest) -> list[dict]:
                         "end": s.end_time_unix_nano / 1e9,
                         "attributes": {a.key: _value(a.value) for a in s.attributes},
                         "events": [(e.name, {a.key: _value(a.value) for a in e.attributes}) for e in s.events],
+                        "links": [(link.trace_id.hex(), link.span_id.hex()) for link in s.links],
                         "status": s.status.code,
                         "resource": resource,
                     }

@@ -325,5 +325,6 @@ def test_a_resumed_run_names_the_run_it_resumes_on_its_flow_span(http_sink, tmp_
     spans = http_sink.wait_for(complete(second.trace_id, 3))
     (flow_span,) = by_name([s for s in spans if s["trace_id"] == second.trace_id], "flow resumed_flow")
     assert flow_span["attributes"].get("rayflow.resumed_from") == first.run_id, flow_span["attributes"]
+    assert flow_span["links"] == [(first.trace_id, by_name([s for s in spans if s["trace_id"] == first.trace_id], "flow resumed_flow")[0]["span_id"])]
     (loaded,) = by_name([s for s in spans if s["trace_id"] == second.trace_id], "task base")
     assert loaded["attributes"]["rayflow.state"] == "CACHED"

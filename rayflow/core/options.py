@@ -199,6 +199,7 @@ class FlowOptions(BaseModel):
     resumed_from: str | None = None
     resume_results: dict[str, str] = Field(default_factory=dict)
     resume_chunks: dict[str, tuple[tuple[int, int, tuple[str, ...]], ...]] = Field(default_factory=dict)
+    resumed_trace: tuple[str, str] | None = None  # (trace id, flow span id) of the run resumed: linked
     on_state: tuple[Callable[..., Any], ...] = ()  # h(flow, old_state, new_state) -> State | None
     on_failure: tuple[Callable[..., Any], ...] = ()
     on_success: tuple[Callable[..., Any], ...] = ()

@@ -89,6 +89,7 @@ class Plan:
     resumed_from: str | None = None
     code: Mapping[str, str] = field(default_factory=dict)
     driver: Mapping[str, Any] = field(default_factory=dict)  # {"host", "pid"}: CRASHED once it is gone
+    resumed_trace: tuple[str, str] | None = None  # the resumed run's (trace id, flow span id)
     by_key: Mapping[str, TaskSpec] = field(init=False, repr=False)
     downstream: Mapping[str, tuple[str, ...]] = field(init=False, repr=False)
 
@@ -106,14 +107,14 @@ class Plan:
             Plan,
             (
                 self.flow_name, self.specs, self.result, params, self.reference_keys, self.flow, {},
-                self.target, self.resumed_from, dict(self.code), dict(self.driver),
+                self.target, self.resumed_from, dict(self.code), dict(self.driver), self.resumed_trace,
             ),
         )
 
     def with_specs(self, specs: tuple[TaskSpec, ...]) -> Plan:
         return Plan(
             self.flow_name, specs, self.result, self.params, self.reference_keys, self.flow, self.streams,
-            self.target, self.resumed_from, self.code, self.driver,
+            self.target, self.resumed_from, self.code, self.driver, self.resumed_trace,
         )
 
 
@@ -175,6 +176,7 @@ def compile_plan(graph: Graph, flow: Any = None) -> Plan:
         resumed_from=flow.options.resumed_from if flow is not None else None,
         code=results.fingerprints(),
         driver={"host": socket.gethostname(), "pid": os.getpid()},
+        resumed_trace=flow.options.resumed_trace if flow is not None else None,
     )
 
 

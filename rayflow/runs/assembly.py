@@ -32,7 +32,7 @@ class ObservedRun:
         if self.tracer is not None:
             self.orchestrator.start()
             if self.recorder is not None:
-                self.recorder.trace_id = self.tracer.trace_id
+                self.recorder.note_trace(self.tracer.trace_id, self.tracer.span_id)
 
     def close(self) -> None:
         """Write the last of the history, bounded in time; never raises (a history never fails a run)."""

@@ -83,7 +83,11 @@ def resume(run_id: str, flow: Any = None, **params: Any) -> Any:
         if path is not None:
             found[key] = path
     _warn_changed_code(run_id, recorded.get("code") or {}, graph, {**found, **chunks})
-    resumed = flow.with_options(resumed_from=run_id, resume_results=found, resume_chunks=chunks)
+    traced = recorded.get("trace")
+    resumed = flow.with_options(
+        resumed_from=run_id, resume_results=found, resume_chunks=chunks,
+        resumed_trace=tuple(traced) if isinstance(traced, list) and len(traced) == 2 else None,
+    )
     return resumed.run(**values)
 
 

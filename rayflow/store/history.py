@@ -218,6 +218,18 @@ class HistoryRecorder(RunObserver):
         self._thread = threading.Thread(target=self._loop, name=f"history-{run_id}", daemon=True)
         self._thread.start()
 
+    def note_trace(self, trace_id: str, span_id: str | None) -> None:
+        """The run's trace: in its run row, and with its graph (a resumed run links to it)."""
+        with self._write_lock:
+            self.trace_id = trace_id
+            if self._graph is not None and span_id is not None:  # not written yet: it goes with the first run row
+                graph = json.loads(self._graph)
+                graph["trace"] = [trace_id, span_id]
+                self._graph = json.dumps(graph)
+        with self._lock:
+            if self._run is not None:  # the RUNNING row was made before the trace id was known
+                self._run = (*self._run[:7], trace_id, *self._run[8:])
+
     def on_transition(self, *, run_id: str, task_key: str | None, old: State, new: State) -> None:
         with self._lock:
             if task_key is None:

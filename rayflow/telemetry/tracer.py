@@ -59,6 +59,7 @@ class RunTracer(RunObserver):
         self._params = param_attributes(plan.params)
         if getattr(plan, "resumed_from", None):  # the run this one resumes: find its trace by run id
             self._params[f"{PREFIX}resumed_from"] = plan.resumed_from
+        self._links = _links(getattr(plan, "resumed_trace", None))
         self._maps = {s.key for s in plan.specs if s.kind == "map"}
         self._subflows = {s.key: s.name for s in plan.specs if s.kind == "subflow"}
         self._groups: dict[str, Any] = {}  # subflow key -> its open span
@@ -73,6 +74,11 @@ class RunTracer(RunObserver):
     @property
     def trace_id(self) -> str:
         return f"{self._trace_id:032x}"
+
+    @property
+    def span_id(self) -> str | None:
+        """The flow span's id (hex), once it is open."""
+        return f"{self._flow.get_span_context().span_id:016x}" if self._flow is not None else None
 
     def _base(self, key: str | None = None) -> dict[str, Any]:
         attrs = {f"{PREFIX}flow": self._flow_name, f"{PREFIX}run_id": self._run_id}
@@ -90,7 +96,10 @@ class RunTracer(RunObserver):
 
     def _on_flow(self, new: State) -> None:
         if new.type is StateType.RUNNING and self._flow is None:
-            self._flow = self._start(f"flow {self._flow_name}", None, new.started_at, None, {**self._base(), **self._params})
+            attrs = {**self._base(), **self._params}
+            self._flow = self._tracer.start_span(
+                f"flow {self._flow_name}", context=None, start_time=_ns(new.started_at), attributes=attrs, links=self._links
+            )
             self._flow_ctx = trace.set_span_in_context(self._flow)
             self._trace_id = self._flow.get_span_context().trace_id
         elif new.is_finished() and self._flow is not None:
@@ -239,3 +248,15 @@ class RunTracer(RunObserver):
 
 def flush_all(timeout: float = 2.0) -> None:
     flush_providers(timeout)
+
+
+def _links(recorded: Any) -> list[trace.Link]:
+    """A link to the flow span of the run this one resumes, when that run was traced."""
+    if not recorded:
+        return []
+    try:
+        trace_id, span_id = int(recorded[0], 16), int(recorded[1], 16)
+    except (TypeError, ValueError, IndexError):
+        return []
+    context = trace.SpanContext(trace_id, span_id, is_remote=True, trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED))
+    return [trace.Link(context, {f"{PREFIX}link": "resumes"})]
