@@ -70,3 +70,25 @@ def add_up(ys: list[int]) -> int:
 @rf.flow
 def mapped(root: str, n: int = 1000):
     return add_up(shift.map(scale.map(range(n), rf.unmapped(root)), rf.unmapped(root)))
+
+
+@rf.task(persist=True, chunk_size=4)
+def expand(x: int, root: str) -> list[int]:
+    return [x, x]
+
+
+@rf.task(persist=True, chunk_size=4)
+def bump(y: int) -> int:
+    return y + 1
+
+
+@rf.task
+def picky_total(ys: list[int], root: str) -> int:
+    if (pathlib.Path(root) / "fail").exists():
+        raise ValueError("the total fails this time")
+    return sum(ys)
+
+
+@rf.flow
+def flattened(root: str, n: int = 10):
+    return picky_total(bump.map(rf.flatten(expand.map(range(n), rf.unmapped(root)))), root)

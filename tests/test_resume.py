@@ -240,3 +240,36 @@ def test_resume_after_the_driver_was_killed_mid_map_reruns_only_unfinished_chunk
     assert str(sum(x * x for x in range(1000))) in out.stdout  # as an uninterrupted run
     rerun = set(item_runs(root / "items.log"))
     assert rerun and not (rerun & kept) and rerun | kept == set(range(1000))
+
+
+def test_a_flatten_consumer_of_a_resumed_map_sees_the_loaded_chunks_items(home, tmp_path):
+    """expand.map (each item -> [x, x]) -> flatten -> bump.map -> picky_total (fails the first time)."""
+    root = tmp_path / "work"
+    root.mkdir()
+    (root / "fail").write_text("")
+    flow = resumable.flattened.with_options(runner="local")
+    failed = flow.run(root=str(root))
+    assert failed.state.type is T.FAILED
+    (root / "fail").unlink()
+    expected = sum(2 * (x + 1) for x in range(10))
+    assert rf.resume(failed.run_id, flow=flow).result() == expected  # as an uninterrupted run
+    grown = rf.resume(failed.run_id, flow=flow, n=12)  # stored chunks for 0..9, new ones after
+    assert grown.result() == sum(2 * (x + 1) for x in range(12))
+
+
+def test_a_run_whose_driver_is_still_alive_is_not_resumed(home, tmp_path):
+    from rayflow.store import RunStore
+    from rayflow.store.history import HistoryRecorder
+
+    store = RunStore(home)
+    recorder = HistoryRecorder(
+        store, "live-run", "chain", {"root": str(tmp_path)}, ["load"],
+        {"flow": "chain", "nodes": [], "driver": {"host": __import__("socket").gethostname(), "pid": os.getpid()}},
+    )
+    from rayflow.states import State
+
+    recorder.on_transition(run_id="live-run", task_key=None, old=State(type=T.PENDING), new=State(type=T.RUNNING))
+    recorder.close()
+    with pytest.raises(rf.ResumeError, match=f"still running .*process {os.getpid()}"):
+        rf.resume("live-run", flow=resumable.chain.with_options(runner="local"))
+    assert store.run("live-run")["state"] == "RUNNING"  # this process is alive: not CRASHED

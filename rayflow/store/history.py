@@ -67,6 +67,21 @@ def rayflow_home(environ: Mapping[str, str] | None = None) -> pathlib.Path:
 UNFINISHED = ("PENDING", "RUNNING")
 
 
+def driver_is_alive(graph: Mapping[str, Any]) -> bool:
+    """Whether the driver that ran a run is a live process of this host (elsewhere: unknown, False)."""
+    driver = graph.get("driver") or {}
+    pid, host = driver.get("pid"), driver.get("host")
+    if not isinstance(pid, int) or host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def driver_is_gone(graph: Mapping[str, Any]) -> bool:
     """Whether the driver that ran a run is known to be dead: a process of this host that no
     longer exists (its actor, and so its run, went with it).  Elsewhere: unknown, so False."""

@@ -184,7 +184,7 @@ def run_chunk(
     started = time.time()
     fn, args, kwargs, upstream, retry_on, options = _load(payload)
     if job.load:
-        loaded = _load_stored(options["store"], job, work_id, started)
+        loaded = _load_stored(options["store"], job, work_id, started, count_flat=options["count_flat"])
         if loaded is not None:
             return loaded
     result, summary = _run(fn, args, kwargs, upstream, retry_on, options, job, work_id, values, started)
@@ -194,7 +194,9 @@ def run_chunk(
     return result, summary
 
 
-def _load_stored(store: str, job: ChunkJob, work_id: int, started: float) -> tuple[ChunkResult, ChunkSummary] | None:
+def _load_stored(
+    store: str, job: ChunkJob, work_id: int, started: float, *, count_flat: bool = False
+) -> tuple[ChunkResult, ChunkSummary] | None:
     """A resumed run's chunk from the results its earlier run stored: the items that did not
     succeed then are reported for a retry (they run again); None when they cannot be read."""
     try:
@@ -214,6 +216,9 @@ def _load_stored(store: str, job: ChunkJob, work_id: int, started: float) -> tup
         counts[int(codes[j])] -= 1
     if rerun:
         counts[C.RETRYING] = counts.get(C.RETRYING, 0) + len(rerun)
+    flat_count = 0
+    if count_flat:  # a flatten consumer reads this map by its items' lengths: the stored successes
+        flat_count = sum(len(v) for v, c in zip(result.values.items(), codes.tolist()) if c == C.SUCCESS and v is not None)
     summary = ChunkSummary(
         work_id=work_id,
         map_key=job.map_key,
@@ -223,6 +228,7 @@ def _load_stored(store: str, job: ChunkJob, work_id: int, started: float) -> tup
         finished_at=time.time(),
         counts={c: n for c, n in counts.items() if n},
         retry=[(j, 0.0, 0) for j in rerun],  # attempt 0: the resumed run's retries are fresh
+        flat_count=flat_count,
         loaded=True,
     )
     return result, summary
