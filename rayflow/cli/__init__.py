@@ -28,6 +28,7 @@ from rayflow.core.parameters import parameter_annotations
 from rayflow.engine.driver.flow_run import FlowRun
 from rayflow.engine.driver.local import new_run_id
 from rayflow.store import RunStore
+from rayflow.store.history import UNFINISHED
 from rayflow.exceptions import (
     ClusterConnectionError,
     DefinitionError,
@@ -48,7 +49,6 @@ app = typer.Typer(
 )
 
 EXIT_FAILED, EXIT_USAGE, EXIT_CLUSTER, EXIT_INTERRUPTED = 1, 2, 3, 130
-UNFINISHED = ("PENDING", "RUNNING")
 HISTORY_GRACE = 2.0  # seconds `show` waits for a run that ended live to appear in the history
 
 

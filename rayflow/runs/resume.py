@@ -24,7 +24,7 @@ from rayflow.core.loader import TargetError, load_flow
 from rayflow.exceptions import ResumeError, UnknownRunError
 from rayflow.results import ResultStore, default_location
 from rayflow.store import RunStore, rayflow_home
-from rayflow.store.history import driver_is_alive
+from rayflow.store.history import UNFINISHED, driver_alive
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def resume(run_id: str, flow: Any = None, **params: Any) -> Any:
     if run["state"] not in RESUMABLE:
         raise ResumeError(f"run {run_id} ended {run['state']}: there is nothing to resume", run_id=run_id)
     recorded = run.get("graph") or {}
-    if run["state"] in ("RUNNING", "PENDING") and driver_is_alive(recorded):
+    if run["state"] in UNFINISHED and driver_alive(recorded):
         pid = recorded["driver"]["pid"]
         raise ResumeError(f"run {run_id} is still running (its driver, process {pid}, is alive)", run_id=run_id)
     if flow is None:

@@ -67,35 +67,24 @@ def rayflow_home(environ: Mapping[str, str] | None = None) -> pathlib.Path:
 UNFINISHED = ("PENDING", "RUNNING")
 
 
-def driver_is_alive(graph: Mapping[str, Any]) -> bool:
-    """Whether the driver that ran a run is a live process of this host (elsewhere: unknown, False)."""
+def driver_alive(graph: Mapping[str, Any]) -> bool | None:
+    """Whether the driver that ran a run (recorded with its graph) is a live process: known only
+    for a driver of this host, None elsewhere.  A dead driver took its actor, and its run, along."""
     driver = graph.get("driver") or {}
     pid, host = driver.get("pid"), driver.get("host")
     if not isinstance(pid, int) or host != socket.gethostname():
-        return False
+        return None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except PermissionError:  # someone else's process: alive
         return True
     return True
 
 
 def driver_is_gone(graph: Mapping[str, Any]) -> bool:
-    """Whether the driver that ran a run is known to be dead: a process of this host that no
-    longer exists (its actor, and so its run, went with it).  Elsewhere: unknown, so False."""
-    driver = graph.get("driver") or {}
-    pid, host = driver.get("pid"), driver.get("host")
-    if not isinstance(pid, int) or host != socket.gethostname():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return driver_alive(graph) is False
 
 
 def redact_params(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -210,15 +210,10 @@ def _load_stored(
         merged = merge_results(stored)
         result = ChunkResult(encode_values(merged.values), merged.codes, merged.attempts, merged.errors)
     codes = result.codes
-    rerun = np.flatnonzero(np.isin(codes, C.FINAL_FAILED)).tolist()
-    counts = {c: int(n) for c, n in enumerate(np.bincount(codes, minlength=len(C.CODES)).tolist()) if n}
-    for j in rerun:
-        counts[int(codes[j])] -= 1
-    if rerun:
-        counts[C.RETRYING] = counts.get(C.RETRYING, 0) + len(rerun)
-    flat_count = 0
-    if count_flat:  # a flatten consumer reads this map by its items' lengths: the stored successes
-        flat_count = sum(len(v) for v, c in zip(result.values.items(), codes.tolist()) if c == C.SUCCESS and v is not None)
+    failed = np.isin(codes, C.FINAL_FAILED)
+    rerun = np.flatnonzero(failed).tolist()
+    # a flatten consumer reads this map by its items' lengths: the stored successes
+    flat_count = _flat_count(result.values.items(), codes) if count_flat else 0
     summary = ChunkSummary(
         work_id=work_id,
         map_key=job.map_key,
@@ -226,7 +221,7 @@ def _load_stored(
         size=job.size,
         started_at=started,
         finished_at=time.time(),
-        counts={c: n for c, n in counts.items() if n},
+        counts=_counts(np.where(failed, C.RETRYING, codes)),  # the failed ones are retried
         retry=[(j, 0.0, 0) for j in rerun],  # attempt 0: the resumed run's retries are fresh
         flat_count=flat_count,
         loaded=True,
@@ -267,8 +262,7 @@ def _run(fn, args, kwargs, upstream, retry_on, options, job, work_id, values, st
     )
     flat_count = 0
     if options["count_flat"]:
-        values = results if results is not None else column.items()
-        flat_count = sum(len(v) for v, c in zip(values, outcomes.codes) if c == C.SUCCESS and v is not None)
+        flat_count = _flat_count(results if results is not None else column.items(), outcomes.codes)
     return result, _summary(job, work_id, selected, outcomes, attempts, started, flat_count)
 
 
@@ -297,10 +291,20 @@ def _run_per_item(fn, args, kwargs, sources, job, selected, runnable, outcomes, 
     return results
 
 
+def _counts(codes: np.ndarray) -> dict[int, int]:
+    """Items per state code (codes with none left out)."""
+    return {c: n for c, n in enumerate(np.bincount(codes, minlength=len(C.CODES)).tolist()) if n}
+
+
+def _flat_count(values: Sequence[Any], codes: np.ndarray) -> int:
+    """Items the successful values hold, for rf.flatten consumers."""
+    return sum(len(v) for v, c in zip(values, codes.tolist()) if c == C.SUCCESS and v is not None)
+
+
 def _summary(job: ChunkJob, work_id: int, selected: Sequence[int], outcomes: _Outcomes, attempts: np.ndarray, started: float, flat_count: int) -> ChunkSummary:
     """What the orchestrator learns: counts, and per item that did not succeed what it must decide on."""
     codes, errors = outcomes.codes, outcomes.errors
-    counts = {c: int(n) for c, n in enumerate(np.bincount(codes, minlength=len(C.CODES)).tolist()) if n}
+    counts = _counts(codes)
     failed = [
         (selected[j], int(codes[j]), outcomes.retryable.get(j, False), int(attempts[j]))
         for j in np.flatnonzero((codes == C.FAILED) | (codes == C.TIMED_OUT)).tolist()
