@@ -119,28 +119,38 @@ KILLED_SCRIPT = textwrap.dedent(
 )
 
 
-def test_resume_after_the_driver_was_killed_reruns_only_unfinished_tasks(home, tmp_path):
+def run_and_kill(home: pathlib.Path, tmp_path: pathlib.Path, script: str, run_id: str, ready, why: str) -> pathlib.Path:
+    """Run ``script`` (a flow on the local runner) as a driver subprocess and SIGKILL it once
+    ``ready()`` holds and the run history has its run; returns the work folder it was given."""
     root = tmp_path / "work"
     root.mkdir()
-    script = tmp_path / "killed_flow.py"
-    script.write_text(KILLED_SCRIPT)
+    path = tmp_path / f"{run_id.replace('-', '_')}.py"
+    path.write_text(script)
     (root / "hang").write_text("")
     env = {**os.environ, "RAYFLOW_HOME": str(home)}
-    driver = subprocess.Popen([sys.executable, str(script), str(root), "killed-run"], env=env)
+    driver = subprocess.Popen([sys.executable, str(path), str(root), run_id], env=env)
     try:
         deadline = time.monotonic() + 60
-        while not (root / "second.started").exists():
-            assert driver.poll() is None and time.monotonic() < deadline, "the driver never reached the second task"
+        while not ready(root):
+            assert driver.poll() is None and time.monotonic() < deadline, why
             time.sleep(0.05)
         while time.monotonic() < deadline:  # the history has the run (its first rows are written within 0.5 s)
             db = home / "history.db"
-            if db.exists() and sqlite3.connect(db).execute("SELECT count(*) FROM runs WHERE run_id='killed-run'").fetchone()[0]:
+            if db.exists() and sqlite3.connect(db).execute("SELECT count(*) FROM runs WHERE run_id=?", [run_id]).fetchone()[0]:
                 break
             time.sleep(0.05)
         driver.send_signal(signal.SIGKILL)
     finally:
         driver.kill()
         driver.wait(30)
+    return root
+
+
+def test_resume_after_the_driver_was_killed_reruns_only_unfinished_tasks(home, tmp_path):
+    root = run_and_kill(
+        home, tmp_path, KILLED_SCRIPT, "killed-run",
+        lambda root: (root / "second.started").exists(), "the driver never reached the second task",
+    )
     listed = run_cli("runs", home=home)
     assert listed.returncode == 0 and "killed-run" in listed.stdout and "CRASHED" in listed.stdout, listed.stdout
     shown = run_cli("show", "killed-run", home=home)
@@ -210,24 +220,11 @@ KILLED_MAP_SCRIPT = textwrap.dedent(
 
 
 def test_resume_after_the_driver_was_killed_mid_map_reruns_only_unfinished_chunks(home, tmp_path):
-    root = tmp_path / "work"
-    root.mkdir()
-    script = tmp_path / "killed_map.py"
-    script.write_text(KILLED_MAP_SCRIPT)
-    (root / "hang").write_text("")
-    env = {**os.environ, "RAYFLOW_HOME": str(home)}
-    driver = subprocess.Popen([sys.executable, str(script), str(root), "killed-map"], env=env)
     stored = home / "results" / "runs" / "killed-map" / "work"
-    try:
-        deadline = time.monotonic() + 60
-        while not (root / "hanging").exists() or len(list(stored.glob("chunk-*"))) < 3:
-            assert driver.poll() is None and time.monotonic() < deadline, "the map never got going"
-            time.sleep(0.05)
-        time.sleep(0.7)  # the history's first rows (written every 0.5 s)
-        driver.send_signal(signal.SIGKILL)
-    finally:
-        driver.kill()
-        driver.wait(30)
+    root = run_and_kill(
+        home, tmp_path, KILLED_MAP_SCRIPT, "killed-map",
+        lambda root: (root / "hanging").exists() and len(list(stored.glob("chunk-*"))) >= 3, "the map never got going",
+    )
     kept = set()
     for path in stored.glob("chunk-*-base.*"):
         start, stop = (int(p) for p in path.name.split("-")[1:3])
