@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import pickle
+import time
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -269,3 +270,27 @@ def lineage_key(fn: Callable[..., Any], constants: Any, upstream_keys: tuple[str
     for key in upstream_keys:
         digest.update(key.encode() + b"\0")
     return digest.hexdigest()
+
+
+# -- where a mapped task's items are cached (engine.worker.item_cache) ---------------
+
+SEGMENTS_FOLDER = "items"
+
+
+def segment_folder(flow_name: str, task_key: str) -> str:
+    return f"cache/{flow_name}/{task_key}/{SEGMENTS_FOLDER}"
+
+
+def snapshot(store: Any, folder: str, expiration: float | None, *, now: float | None = None) -> tuple[str, ...]:
+    """The segments a run may read, oldest first (their names start with the time they were
+    written): every one in ``folder`` younger than ``expiration``."""
+    now = time.time() if now is None else now
+    out = []
+    for info in store.list(folder):
+        name = info.path.rsplit("/", 1)[-1]
+        if not (name.startswith("seg-") and name.endswith(".arrow")):
+            continue
+        if expiration is not None and (info.mtime is None or now - info.mtime > expiration):
+            continue
+        out.append(info.path)
+    return tuple(sorted(out, key=lambda p: p.rsplit("/", 1)[-1]))

@@ -216,6 +216,18 @@ class ResultStore:
                 path=self.describe(path),
             ) from exc
 
+    def read_table(self, path: str) -> pa.Table:
+        """An Arrow IPC file as a Table, memory-mapped where the store is local."""
+        full = self._full(path)
+        try:
+            source = pa.memory_map(full) if self.local else self.fs.open_input_file(full)
+            with source:
+                return pa.ipc.open_file(source).read_all()
+        except FileNotFoundError:
+            raise MissingResultError(f"result file {self.describe(path)} does not exist", path=self.describe(path)) from None
+        except (OSError, pa.ArrowException) as exc:
+            raise CorruptResultError(f"result file {self.describe(path)} is corrupted or unreadable ({exc})", path=self.describe(path)) from exc
+
     def list(self, prefix: str = "") -> Iterator[StoredFile]:
         """Every stored result under ``prefix`` (temporary files left by a crash are skipped)."""
         base = self._full(prefix).rstrip("/")

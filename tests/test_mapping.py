@@ -266,6 +266,17 @@ def test_unequal_runtime_lengths_fail_the_map_naming_them(runner):
     assert "unequal lengths" in run.task_states["add"].message
 
 
+def test_an_item_that_cannot_be_pickled_is_named_as_such():
+    import threading
+
+    @rf.flow(runner="local")
+    def locks():
+        return add.map([threading.Lock()], 1)
+
+    with pytest.raises(rf.SerializationError, match=r"an item of argument 'x' cannot be pickled.*_thread.lock"):
+        locks.run()
+
+
 def test_non_iterable_arguments_are_named(runner):
     @rf.flow
     def scalar():

@@ -319,17 +319,197 @@ def test_two_runs_racing_on_one_key_both_finish_and_one_entry_remains(home, tmp_
     assert not [p for p in (home / "results").rglob(".tmp-*")]
 
 
-def test_a_mapped_task_refuses_cache_and_persist_before_any_work(home):
-    @rf.task(cache_key_fn=rf.cache.inputs)
-    def per_item(x: int) -> int:
-        return x
+# -- per-item caching of a map ----------------------------------------------------------------
 
-    @rf.flow(runner="local")
-    def mapped():
-        return per_item.map(range(3))
 
-    with pytest.raises(rf.GraphError, match="per_item.*not supported yet"):
-        mapped.run()
+def _items_flow(marker: pathlib.Path, name: str = "items", **options):
+    @rf.task(name="square", cache_key_fn=options.pop("cache_key_fn", rf.cache.inputs), **options)
+    def square(x: int, path: str) -> int:
+        with open(path, "a") as f:
+            f.write("ran\n")
+        if x < 0:
+            raise ValueError(f"negative item {x}")
+        return x * x
+
+    @rf.task
+    def total(values: list) -> int:
+        return sum(values)
+
+    @rf.flow(name=name)
+    def items(xs: list = [1, 2]):  # noqa: B006 - a parameter default, never mutated
+        return total(square.map(xs, path=rf.unmapped(str(marker))))
+
+    return items
+
+
+def _map_items(home, run_id: str, key: str) -> dict:
+    from rayflow.cli.history import map_items
+
+    return map_items([c for c in RunStore(home).run(run_id)["chunks"] if c["task_key"] == key])
+
+
+def test_a_mapped_task_caches_per_item_and_runs_only_the_new_items(home, runner, tmp_path):
+    marker = tmp_path / "count"
+    flow = on(_items_flow(marker), runner)
+    first = flow.run(xs=list(range(1000)))
+    assert first.result() == sum(x * x for x in range(1000)) and count(marker) == 1000
+    more = list(range(1000)) + list(range(5000, 5100))  # 100 new items after the old ones
+    second = flow.run(xs=more)
+    assert second.result() == sum(x * x for x in more)
+    assert count(marker) == 1100  # only the 100 new items ran
+    assert second.task_states["square"].type is T.MAPPED
+    assert "1100 items: 1100 ok (1000 from the cache)" in second.task_states["square"].message
+    assert _map_items(home, second.run_id, "square")["cached"] == 1000
+    shuffled = flow.run(xs=list(reversed(more)))  # keys are per item, not per position
+    assert shuffled.result() == sum(x * x for x in more) and count(marker) == 1100
+
+
+def test_failed_items_are_not_cached_and_run_again(home, tmp_path):
+    marker = tmp_path / "count"
+    flow = on(_items_flow(marker), "local")
+    xs = [1, -2, 3, -4]
+    first = flow.with_options(runner="local")
+    run = first.run(xs=xs)
+    assert run.task_states["square"].type is T.FAILED or "2 failed" in run.task_states["square"].message
+    assert count(marker) == 4
+    again = flow.run(xs=xs)
+    assert count(marker) == 6  # the two failed items, and only they, ran again
+    assert "(2 from the cache)" in again.task_states["square"].message
+
+
+def test_item_cache_expiry_refresh_and_code_change(home, tmp_path):
+    marker = tmp_path / "count"
+    xs = list(range(50))
+    on(_items_flow(marker, cache_expiration=datetime.timedelta(hours=1)), "local").run(xs=xs)
+    on(_items_flow(marker, cache_expiration=datetime.timedelta(hours=1)), "local").run(xs=xs)
+    assert count(marker) == 50
+    for path in (home / "results" / "cache").rglob("seg-*.arrow"):  # age every segment past its expiry
+        old = time.time() - 7200
+        os.utime(path, (old, old))
+    on(_items_flow(marker, cache_expiration=datetime.timedelta(hours=1)), "local").run(xs=xs)
+    assert count(marker) == 100
+    refreshed = on(_items_flow(marker, refresh_cache=True), "local").run(xs=xs)
+    assert count(marker) == 150 and "from the cache" not in refreshed.task_states["square"].message
+    assert "(50 from the cache)" in on(_items_flow(marker), "local").run(xs=xs).task_states["square"].message
+
+    @rf.task(name="square", cache_key_fn=rf.cache.inputs)
+    def square(x: int, path: str) -> int:  # the same name, other code
+        with open(path, "a") as f:
+            f.write("ran\n")
+        return x * x + 1
+
+    @rf.flow(name="items", runner="local")
+    def items(xs: list = [1, 2]):  # noqa: B006
+        return square.map(xs, path=rf.unmapped(str(marker)))
+
+    assert items.run(xs=xs).result() == [x * x + 1 for x in xs] and count(marker) == 200
+
+
+def test_item_cache_lineage_never_hashes_an_upstream_value_passed_whole(home, tmp_path):
+    marker = tmp_path / "count"
+
+    @rf.task
+    def big(n: int) -> Unpicklable:
+        return Unpicklable(n)
+
+    def flow_with(policy):
+        @rf.task(name="use", cache_key_fn=policy)
+        def use(x: int, value: Unpicklable, path: str) -> int:
+            with open(path, "a") as f:
+                f.write("ran\n")
+            return x + value.n
+
+        @rf.flow(name=f"item_lineage_{policy!r}", runner="local")
+        def item_lineage(n: int = 3):
+            return use.map(range(10), value=rf.unmapped(big(n)), path=rf.unmapped(str(marker)))
+
+        return item_lineage
+
+    by_lineage = flow_with(rf.cache.lineage)
+    assert by_lineage.run(n=3).result() == [x + 3 for x in range(10)]
+    second = by_lineage.run(n=3)
+    assert second.result() == [x + 3 for x in range(10)] and count(marker) == 10
+    assert "(10 from the cache)" in second.task_states["use"].message
+    assert by_lineage.run(n=4).result() == [x + 4 for x in range(10)] and count(marker) == 20  # upstream changed
+
+    by_inputs = flow_with(rf.cache.inputs)
+    runs = [by_inputs.run(n=3) for _ in range(2)]
+    assert all(r.result() == [x + 3 for x in range(10)] for r in runs) and count(marker) == 40  # uncached, not failed
+    logs = RunStore(home).logs(runs[0].run_id)
+    assert any(r["level"] == "WARNING" and "uncached" in r["message"] and "'value'" in r["message"] for r in logs)
+
+
+def test_item_cache_with_a_key_function_of_ones_own(home, tmp_path):
+    marker = tmp_path / "count"
+
+    def by_x(context, arguments):  # the path is left out, a negative x not cached
+        return None if arguments["x"] < 0 else f"x={arguments['x']}"
+
+    flow = on(_items_flow(marker, cache_key_fn=by_x), "local")
+    flow.run(xs=[1, 2, 3])
+    other = flow.with_options()  # a run with another marker path still hits: the key is x alone
+    assert other.run(xs=[1, 2, 3]).result() == 14 and count(marker) == 3
+
+    assert "(2 from the cache)" in flow.run(xs=[-1, 1, 2]).task_states["square"].message
+    assert count(marker) == 4  # -1 ran uncached
+    assert "(2 from the cache)" in flow.run(xs=[-1, 1, 2]).task_states["square"].message and count(marker) == 5
+
+    def broken(context, arguments):
+        raise RuntimeError("no key today")
+
+    run = on(_items_flow(marker, name="broken", cache_key_fn=broken), "local").run(xs=[1, 2])
+    assert run.result() == 5 and count(marker) == 7
+    logs = RunStore(home).logs(run.run_id)
+    assert [r["message"] for r in logs if r["level"] == "WARNING" and "no key today" in r["message"]] == [
+        "task square: items run uncached: its cache_key_fn raised RuntimeError: no key today"
+    ]  # one warning per chunk, not one per item
+
+
+def test_a_batch_map_caches_per_item(home, runner, tmp_path):
+    marker = tmp_path / "count"
+
+    @rf.task(batch=True, cache_key_fn=rf.cache.inputs)
+    def doubled(xs, path: str):
+        with open(path, "a") as f:
+            f.write("ran\n" * len(xs))
+        return pa.compute.multiply(xs, 2)
+
+    @rf.flow(runner=runner)
+    def batches(n: int = 10):
+        return doubled.map(range(n), path=rf.unmapped(str(marker)))
+
+    assert batches.run(n=100).result() == [2 * x for x in range(100)]
+    again = batches.run(n=120)
+    assert again.result() == [2 * x for x in range(120)] and count(marker) == 120
+    assert "(100 from the cache)" in again.task_states["doubled"].message
+
+
+def test_a_corrupted_segment_is_skipped_with_a_warning_and_its_items_run_again(home, tmp_path):
+    marker = tmp_path / "count"
+    flow = on(_items_flow(marker, chunk_size=50), "local")
+    flow.run(xs=list(range(200)))
+    segments = sorted((home / "results" / "cache").rglob("seg-*.arrow"))
+    assert len(segments) == 4
+    segments[0].write_bytes(b"not arrow at all")
+    again = flow.run(xs=list(range(200)))
+    assert again.result() == sum(x * x for x in range(200))
+    assert count(marker) == 250  # the damaged segment's 50 items ran again, the others did not
+    logs = RunStore(home).logs(again.run_id)
+    assert any(r["level"] == "WARNING" and str(segments[0]) in r["message"] for r in logs)
+
+
+def test_cache_ls_and_clear_cover_item_segments(home, tmp_path):
+    marker = tmp_path / "count"
+    flow = on(_items_flow(marker), "local")
+    flow.run(xs=[1, 2, 3])
+    listed = run_cli("cache", "ls", "--task", "square", home=home)
+    assert listed.returncode == 0, listed.stderr
+    lines = [line.split("\t") for line in listed.stdout.splitlines()]
+    assert lines and all(line[:2] == ["items", "square"] and line[2].startswith("items/seg-") for line in lines)
+    cleared = run_cli("cache", "clear", "--flow", "items", home=home)
+    assert cleared.returncode == 0 and f"removed {len(lines)} cached result(s)" in cleared.stdout
+    flow.run(xs=[1, 2, 3])
+    assert count(marker) == 6
 
 
 def test_bad_cache_options_are_named_at_decoration():

@@ -39,6 +39,7 @@ from rayflow.exceptions import (
     UnknownRunError,
 )
 from rayflow.results import ResultStore
+from rayflow.cache import SEGMENTS_FOLDER
 
 app = typer.Typer(
     name="rayflow",
@@ -356,6 +357,8 @@ def _cache_entries(storage: str | None, flow: str | None, task: str | None) -> t
         if len(parts) < 3 or not info.path.endswith((".arrow", ".pkl")):  # entries, not their .meta.json
             continue
         entry_flow, entry_task, key = parts[0], "/".join(parts[1:-1]), parts[-1].rsplit(".", 1)[0]
+        if len(parts) >= 4 and parts[-2] == SEGMENTS_FOLDER and parts[-1].startswith("seg-"):  # a mapped task's items
+            entry_task, key = "/".join(parts[1:-2]), f"{SEGMENTS_FOLDER}/{key}"
         if (flow is None or entry_flow == flow) and (task is None or entry_task == task):
             entries.append((entry_flow, entry_task, key, info))
     return store, sorted(entries, key=lambda e: (e[0], e[1], e[3].mtime or 0))

@@ -140,6 +140,7 @@ def map_items(chunk_rows: list[dict]) -> dict:
         "ok": total - failed - states.get("RETRYING", 0),
         "failed": failed,
         "skipped": states.get("SKIPPED", 0),
+        "cached": states.get("CACHED", 0),
         "states": dict(sorted(states.items())),
     }
 
@@ -156,6 +157,8 @@ def print_run(run: dict, as_json: bool) -> None:
     for t in tasks:
         items = t.get("items")
         counts = f"{items['done']} done/{items['failed']} failed/{items['skipped']} skipped" if items else ""
+        if items and items["cached"]:
+            counts += f"/{items['cached']} cached"
         rows.append([
             t["task"], t["state"], str(t["attempts"]), _took(t.get("started_at"), t.get("finished_at")),
             counts, (t.get("error") or "").splitlines()[0][:120] if t.get("error") else (t.get("note") or "")[:120],

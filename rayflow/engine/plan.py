@@ -13,8 +13,9 @@ from __future__ import annotations
 import graphlib
 import inspect
 import os
+import pickle
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -25,12 +26,12 @@ from rayflow.core.graph import Graph
 from rayflow.core.options import TaskOptions
 from rayflow.core.mapping import check_lengths
 from rayflow.core.refs import MapInput, NodeRef, find_refs, substitute
-from rayflow.cache import code_fingerprint, lineage_key
+from rayflow.cache import code_fingerprint, lineage_key, segment_folder, snapshot
 from rayflow.core.loader import flow_target
 from rayflow.core.task import Task
 from rayflow.engine.columns import to_column
 from rayflow.engine.payload import dump_payload
-from rayflow.engine.protocol import ResultPolicy
+from rayflow.engine.protocol import ItemCachePolicy, ResultPolicy
 from rayflow.exceptions import GraphError, MappingError, SerializationError
 from rayflow.results import ResultStore, default_location
 from rayflow.triggers import all_successful
@@ -138,7 +139,8 @@ def compile_plan(graph: Graph, flow: Any = None) -> Plan:
         options = node.task.options
         rest: tuple[Any, ...] = (args, kwargs, value_keys, options.retry_on)
         if node.kind == "map":
-            rest += (_worker_options(options, count_flat=key in consumers["flatten_map"], store=results.map_store(node)),)
+            worker_options = _worker_options(options, count_flat=key in consumers["flatten_map"], store=results.map_store(node))
+            rest += ({**worker_options, "item_cache": results.item_cache(node)},)
         else:
             rest += (results.policy(node, args, kwargs, value_keys),)
         specs.append(
@@ -194,16 +196,6 @@ class _ResultPlanner:
         self.graph, self.order = graph, order
         self.lineage: dict[str, str] = {}
         self.store: str | None = None
-        for key in order:
-            node = graph.by_key[key]
-            task_options = node.task.options
-            if node.kind == "map" and task_options.cache_key_fn is not None:
-                raise GraphError(
-                    f"task '{key}': caching the results of a mapped task is not supported yet "
-                    "(persist=True keeps them per chunk, for resume); cache a plain task that "
-                    "consumes the map instead",
-                    task_key=key,
-                )
         if any(self._wants(graph.by_key[k]) for k in order):
             store = ResultStore(self.location or default_location())  # a bad URI fails here
             store.probe()  # and one that does not answer, before any work
@@ -213,7 +205,7 @@ class _ResultPlanner:
                 node = graph.by_key[key]
                 arguments = _keyed_arguments(node)
                 upstream = tuple(dict.fromkeys(self.lineage.get(r._key, r._key) for r in find_refs(arguments) if isinstance(r, NodeRef)))
-                constants = substitute(arguments, lambda ref: f"<upstream {ref._key}>")
+                constants = substitute(arguments, lambda ref: f"<upstream {ref._key}>" if isinstance(ref, NodeRef) else ref)
                 self.lineage[key] = lineage_key(node.task.fn, constants, upstream)
 
     def _persists(self, node: Any) -> bool:
@@ -225,9 +217,22 @@ class _ResultPlanner:
         persist = self._persists(node)
         return (self.store if persist or node.key in self.chunks else None), persist
 
+    def item_cache(self, node: Any) -> ItemCachePolicy | None:
+        """A cached map's per-item cache, with the snapshot of segments its items are looked up in."""
+        options = node.task.options
+        if options.cache_key_fn is None:
+            return None
+        assert self.store is not None
+        folder = segment_folder(self.flow_name, node.key)
+        segments = () if options.refresh_cache else snapshot(ResultStore(self.store), folder, options.cache_expiration)
+        return ItemCachePolicy(
+            store=self.store, flow_name=self.flow_name, task_key=node.key, task_name=node.task.name,
+            key_fn=options.cache_key_fn, lineage_key=self.lineage.get(node.key, ""), segments=segments,
+        )
+
     def _wants(self, node: Any) -> bool:
         if node.kind == "map":
-            return self._persists(node) or node.key in self.chunks
+            return self._persists(node) or node.key in self.chunks or node.task.options.cache_key_fn is not None
         if node.kind not in ("task",):
             return False
         options = node.task.options
@@ -315,7 +320,13 @@ def _compile_sources(
         if kind == "const":
             try:
                 column = to_column(value)
-            except TypeError:
+            except (TypeError, pickle.PicklingError) as exc:
+                if isinstance(value, Iterable) and not isinstance(value, (str, bytes)):  # an item will not pickle
+                    raise SerializationError(
+                        f"task '{node.key}': an item of argument '{source.name}' cannot be pickled to travel "
+                        f"to a worker ({type(exc).__name__}: {exc}); map over something picklable",
+                        task_key=node.key,
+                    ) from None
                 raise MappingError(
                     f"task '{node.key}': argument '{source.name}' is a {type(value).__name__}, which cannot be "
                     "mapped over; wrap it in rf.unmapped(...) to pass it whole to every item",

@@ -114,6 +114,19 @@ class ResultPolicy:
     load_from: str | None = None  # a resumed run: the stored result to load instead of running
 
 
+@dataclass(frozen=True)
+class ItemCachePolicy:
+    """A mapped task's per-item cache (travels in its payload; engine.worker.item_cache)."""
+
+    store: str
+    flow_name: str
+    task_key: str
+    task_name: str
+    key_fn: Any  # rf.cache.inputs / lineage (keyed in bulk) or any key function (called per item)
+    lineage_key: str = ""
+    segments: tuple[str, ...] = ()  # the snapshot of stored segments to look items up in, oldest first
+
+
 # -- what comes back -------------------------------------------------------------
 
 
@@ -223,3 +236,4 @@ class ChunkSummary:
     indices: tuple[int, ...] | None = None
     logs: tuple[tuple, ...] = ()  # records captured while it ran (engine.worker.logs)
     loaded: bool = False  # the chunk's stored results were loaded (a resumed run), nothing ran
+    cached: int = 0  # items whose values came from the cache (counted SUCCESS in ``counts``)

@@ -253,6 +253,9 @@ class HistoryRecorder(RunObserver):
     def on_chunk(self, *, task_key: str, work: Any, summary: Any, error: Any) -> None:
         job = work.job
         counts = {C.CODES[code].value: n for code, n in summary.counts.items()} if summary is not None else {}
+        if summary is not None and summary.cached:  # cached items are SUCCESS to the engine, told apart here
+            counts["SUCCESS"] -= summary.cached
+            counts["CACHED"] = summary.cached
         row = (
             self.run_id, task_key, job.start, job.start + job.size,
             summary.size if summary is not None else job.size, json.dumps(counts),

@@ -230,6 +230,8 @@ class RunTracer(RunObserver):
         else:
             for code, n in summary.counts.items():
                 span.set_attribute(f"{PREFIX}items.{C.CODES[code].value.lower()}", n)
+            if summary.cached:
+                span.set_attribute(f"{PREFIX}items.cached", summary.cached)
             failed = sum(n for code, n in summary.counts.items() if code in C.FINAL_FAILED)
             if failed:
                 span.set_status(Status(StatusCode.ERROR, f"{failed} item(s) failed"))

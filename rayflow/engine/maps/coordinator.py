@@ -281,7 +281,8 @@ class MapCoordinator:
         """Per map: total items, final items per state, done; safe to call from any thread."""
         with self.lock:
             return {
-                key: {"total": run.total, "counts": {t.value: n for t, n in run.counts().items()}, "done": run.done}
+                key: {"total": run.total, "counts": {t.value: n for t, n in run.counts().items()}, "done": run.done,
+                      "cached": run.cached}
                 for key, run in self.maps.items()
             }
 

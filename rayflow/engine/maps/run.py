@@ -242,6 +242,7 @@ class MapRun:
         self.total: int | None = None
         self.started_at = clock()
         self._counts: dict[int, int] = {}  # final items per code, over all chunks
+        self.cached = 0  # items whose values came from the per-item cache (counted SUCCESS)
         self._version = 0  # bumped when an item becomes final: keys the cache of outcomes()
         self._outcomes: tuple[tuple[int, ...], dict[int, int]] | None = None
         # A resumed run: chunks its earlier run stored, start -> (stop, paths); cut along them.
@@ -380,6 +381,7 @@ class MapRun:
         if summary.indices is None and not summary.loaded:  # a first run: retries and loads measure little
             self.sizer.measure(summary.size, summary.finished_at - summary.started_at)
         chunk.flat_count += summary.flat_count
+        self.cached += summary.cached
         counts = dict(summary.counts)
         options = self.options
         for item, code, retryable, attempt in summary.failed:
@@ -549,6 +551,8 @@ class MapRun:
         skipped = counts.get(StateType.SKIPPED, 0)
         if skipped:
             summary += f" ({skipped} skipped)"
+        if self.cached:
+            summary += f" ({self.cached} from the cache)"
         first = next((e for c in self.chunks for e in c.errors), None)
         if first is not None and failed:
             summary += f"; first error: item {first[0]}: {first[1]}"

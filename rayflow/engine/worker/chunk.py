@@ -25,6 +25,7 @@ from rayflow.engine import columns as C
 from rayflow.engine.columns import ChunkResult, Column, concat_columns, encode_values, merge_results, to_column
 from rayflow.engine.payload import load_payload
 from rayflow.engine.protocol import MAX_REPORTED_ERRORS, ChunkJob, ChunkSummary, Piece, describe_error, signal_outcome
+from rayflow.engine.worker.item_cache import ChunkCache
 from rayflow.engine.worker.logs import current_item_cell, get_run_logger
 from rayflow.exceptions import ResultStoreError
 from rayflow.results import ResultStore
@@ -187,7 +188,7 @@ def run_chunk(
         loaded = _load_stored(options["store"], job, work_id, started, count_flat=options["count_flat"])
         if loaded is not None:
             return loaded
-    result, summary = _run(fn, args, kwargs, upstream, retry_on, options, job, work_id, values, started)
+    result, summary = _run(fn, args, kwargs, upstream, retry_on, options, job, work_id, values, started, run_id)
     if options.get("persist") and options.get("store"):
         suffix = "base" if job.indices is None else f"w{work_id:09d}"  # retries lay over it in this order
         ResultStore(options["store"]).write(f"runs/{run_id}/{job.map_key}/chunk-{job.start}-{job.start + job.size}-{suffix}", result)
@@ -229,7 +230,7 @@ def _load_stored(
     return result, summary
 
 
-def _run(fn, args, kwargs, upstream, retry_on, options, job, work_id, values, started) -> tuple[ChunkResult, ChunkSummary]:
+def _run(fn, args, kwargs, upstream, retry_on, options, job, work_id, values, started, run_id) -> tuple[ChunkResult, ChunkSummary]:
     nodes = dict(zip(upstream, values[: len(upstream)]))
 
     def resolve(ref: Any) -> Any:
@@ -241,6 +242,12 @@ def _run(fn, args, kwargs, upstream, retry_on, options, job, work_id, values, st
     selected: Sequence[int] = list(job.indices) if job.indices is not None else range(job.size)
     outcomes = _Outcomes(len(selected), retry_on)
     runnable = outcomes.gate(sources, selected, options["skip_on_upstream_skip"])
+    cache, hits = None, {}
+    if options.get("item_cache") is not None and len(runnable):
+        cache = ChunkCache(options["item_cache"], fn, args, kwargs)
+        hits = cache.look_up([s[0].items() if isinstance(s[0], Column) else s[0] for s in sources], selected, runnable)
+        if hits:
+            runnable = [j for j in runnable if j not in hits]
     column: Column | None = None
     results: list[Any] | None = None
     if batch:
@@ -249,6 +256,11 @@ def _run(fn, args, kwargs, upstream, retry_on, options, job, work_id, values, st
             column, results = None, column
     else:
         results = _run_per_item(fn, args, kwargs, sources, job, selected, runnable, outcomes, options["timeout"])
+    if hits:
+        for j, value in hits.items():
+            results[j] = value
+    if cache is not None:
+        cache.keep(outcomes.codes, column if column is not None else results, run_id)
     if results is not None:
         for j in np.flatnonzero(outcomes.codes != C.SUCCESS).tolist():
             results[j] = None
@@ -263,7 +275,7 @@ def _run(fn, args, kwargs, upstream, retry_on, options, job, work_id, values, st
     flat_count = 0
     if options["count_flat"]:
         flat_count = _flat_count(results if results is not None else column.items(), outcomes.codes)
-    return result, _summary(job, work_id, selected, outcomes, attempts, started, flat_count)
+    return result, _summary(job, work_id, selected, outcomes, attempts, started, flat_count, cached=len(hits))
 
 
 def _run_per_item(fn, args, kwargs, sources, job, selected, runnable, outcomes, timeout) -> list[Any]:
@@ -301,7 +313,10 @@ def _flat_count(values: Sequence[Any], codes: np.ndarray) -> int:
     return sum(len(v) for v, c in zip(values, codes.tolist()) if c == C.SUCCESS and v is not None)
 
 
-def _summary(job: ChunkJob, work_id: int, selected: Sequence[int], outcomes: _Outcomes, attempts: np.ndarray, started: float, flat_count: int) -> ChunkSummary:
+def _summary(
+    job: ChunkJob, work_id: int, selected: Sequence[int], outcomes: _Outcomes, attempts: np.ndarray, started: float,
+    flat_count: int, *, cached: int = 0,
+) -> ChunkSummary:
     """What the orchestrator learns: counts, and per item that did not succeed what it must decide on."""
     codes, errors = outcomes.codes, outcomes.errors
     counts = _counts(codes)
@@ -324,6 +339,7 @@ def _summary(job: ChunkJob, work_id: int, selected: Sequence[int], outcomes: _Ou
         errors=reported,
         flat_count=flat_count,
         indices=job.indices,
+        cached=cached,
     )
 
 
