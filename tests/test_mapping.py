@@ -271,7 +271,7 @@ def test_an_item_that_cannot_be_pickled_is_named_as_such():
 
     @rf.flow(runner="local")
     def locks():
-        return add.map([threading.Lock()], 1)
+        return add.map([threading.Lock()], rf.unmapped(1))
 
     with pytest.raises(rf.SerializationError, match=r"an item of argument 'x' cannot be pickled.*_thread.lock"):
         locks.run()
