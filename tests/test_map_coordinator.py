@@ -137,11 +137,16 @@ def test_chunk_size_table(total, options, measured, expected):
     assert run.chunk_size() == expected
 
 
-def test_only_the_largest_measurement_counts():
+def test_only_the_largest_measurement_counts_and_a_faster_smaller_one_lowers_it():
     run = _run_for(10**6)
     run.sizer.measure(1000, 0.05)
     run.sizer.measure(64, 0.5)  # a smaller chunk (a slow worker, say) does not undo it
     assert run.sizer.per_item == pytest.approx(5e-5) and run.chunk_size() == 5000
+    slow_start = _run_for(10**6)
+    slow_start.sizer.measure(64, 0.48)  # the first wave paid a one-off cost (an import, say)
+    assert slow_start.chunk_size() == 33
+    slow_start.sizer.measure(33, 0.0033)  # the next chunks show the items' real time
+    assert slow_start.sizer.per_item == pytest.approx(1e-4) and slow_start.chunk_size() == 2500
 
 
 def test_chunks_grow_from_the_measured_time_of_the_first_wave():

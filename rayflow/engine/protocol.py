@@ -237,3 +237,4 @@ class ChunkSummary:
     logs: tuple[tuple, ...] = ()  # records captured while it ran (engine.worker.logs)
     loaded: bool = False  # the chunk's stored results were loaded (a resumed run), nothing ran
     cached: int = 0  # items whose values came from the cache (counted SUCCESS in ``counts``)
+    overhead: float = 0.0  # seconds of one-off costs in the run (a cache index loaded, a segment written)

@@ -192,10 +192,18 @@ class ChunkSizer:
         self.trusted = False  # whether a measurement lasted TRUSTED_SECONDS
 
     def measure(self, items: int, seconds: float) -> None:
-        """A first run of a chunk of ``items`` took ``seconds``; only the largest so far counts."""
-        if not items or items < self.largest_measured:
+        """A first run of a chunk of ``items`` took ``seconds``.  The largest chunk so far sets the
+        time per item; a smaller one only lowers it: fixed costs only ever overstate it, so a
+        faster smaller chunk shows that an earlier measurement carried a one-off cost (a first
+        import, a cache loaded, a slow disk), which would otherwise keep chunks small for good."""
+        if not items:
             return
         seconds = max(seconds, 0.0)
+        if items < self.largest_measured:
+            if self.per_item is not None and seconds / items < self.per_item:
+                self.per_item = seconds / items
+                self.trusted = self.trusted or seconds >= TRUSTED_SECONDS
+            return
         self.largest_measured, self.largest_seconds = items, seconds
         self.per_item = seconds / items
         self.trusted = self.trusted or seconds >= TRUSTED_SECONDS
@@ -379,7 +387,7 @@ class MapRun:
         self.in_flight -= 1
         chunk.handles.append(handle)
         if summary.indices is None and not summary.loaded:  # a first run: retries and loads measure little
-            self.sizer.measure(summary.size, summary.finished_at - summary.started_at)
+            self.sizer.measure(summary.size, summary.finished_at - summary.started_at - summary.overhead)
         chunk.flat_count += summary.flat_count
         self.cached += summary.cached
         counts = dict(summary.counts)

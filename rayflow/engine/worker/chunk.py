@@ -242,22 +242,25 @@ def _run(fn, args, kwargs, upstream, retry_on, options, job, work_id, values, st
     selected: Sequence[int] = list(job.indices) if job.indices is not None else range(job.size)
     outcomes = _Outcomes(len(selected), retry_on)
     runnable = outcomes.gate(sources, selected, options["skip_on_upstream_skip"])
-    cache, hits = None, {}
+    cache, hits, cached = None, [], None
     if options.get("item_cache") is not None and len(runnable):
         cache = ChunkCache(options["item_cache"], fn, args, kwargs)
-        hits = cache.look_up([s[0].items() if isinstance(s[0], Column) else s[0] for s in sources], selected, runnable)
+        hits, cached = cache.look_up([s[0].items() if isinstance(s[0], Column) else s[0] for s in sources], selected, runnable)
         if hits:
-            runnable = [j for j in runnable if j not in hits]
+            hit = set(hits)
+            runnable = [j for j in runnable if j not in hit]
     column: Column | None = None
     results: list[Any] | None = None
-    if batch:
+    if len(hits) == len(selected):  # every item from the cache: its values as they were stored
+        column = cached
+    elif batch:
         column = _run_batch(fn, args, kwargs, sources, selected, runnable, outcomes)
         if isinstance(column, list):  # not every item ran, or it raised: per-item values
             column, results = None, column
     else:
         results = _run_per_item(fn, args, kwargs, sources, job, selected, runnable, outcomes, options["timeout"])
-    if hits:
-        for j, value in hits.items():
+    if hits and results is not None:
+        for j, value in zip(hits, cached.items()):
             results[j] = value
     if cache is not None:
         cache.keep(outcomes.codes, column if column is not None else results, run_id)
@@ -275,7 +278,8 @@ def _run(fn, args, kwargs, upstream, retry_on, options, job, work_id, values, st
     flat_count = 0
     if options["count_flat"]:
         flat_count = _flat_count(results if results is not None else column.items(), outcomes.codes)
-    return result, _summary(job, work_id, selected, outcomes, attempts, started, flat_count, cached=len(hits))
+    overhead = cache.overhead if cache is not None else 0.0
+    return result, _summary(job, work_id, selected, outcomes, attempts, started, flat_count, cached=len(hits), overhead=overhead)
 
 
 def _run_per_item(fn, args, kwargs, sources, job, selected, runnable, outcomes, timeout) -> list[Any]:
@@ -315,7 +319,7 @@ def _flat_count(values: Sequence[Any], codes: np.ndarray) -> int:
 
 def _summary(
     job: ChunkJob, work_id: int, selected: Sequence[int], outcomes: _Outcomes, attempts: np.ndarray, started: float,
-    flat_count: int, *, cached: int = 0,
+    flat_count: int, *, cached: int = 0, overhead: float = 0.0,
 ) -> ChunkSummary:
     """What the orchestrator learns: counts, and per item that did not succeed what it must decide on."""
     codes, errors = outcomes.codes, outcomes.errors
@@ -340,6 +344,7 @@ def _summary(
         flat_count=flat_count,
         indices=job.indices,
         cached=cached,
+        overhead=overhead,
     )
 
 

@@ -29,6 +29,8 @@ from __future__ import annotations
 import hashlib
 import inspect
 import io
+import pickle
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -40,7 +42,7 @@ import pyarrow as pa
 
 from rayflow.cache import CacheContext, Inputs, Lineage, Uncacheable, _explained, _value_bytes, code_fingerprint, segment_folder
 from rayflow.core.refs import MapInput, find_refs, substitute
-from rayflow.engine.columns import Column, encode_values
+from rayflow.engine.columns import Column, concat_columns, encode_values
 from rayflow.engine.protocol import ItemCachePolicy
 from rayflow.engine.worker.logs import get_run_logger
 from rayflow.exceptions import ResultStoreError
@@ -48,6 +50,8 @@ from rayflow.results import ResultStore
 
 KEY_BYTES = 16
 _KEY_TYPE = pa.binary(KEY_BYTES)
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
+_BUFFER_TYPES = {np.dtype(np.int64): pa.int64(), np.dtype(np.float64): pa.float64()}
 
 
 # -- keys ----------------------------------------------------------------------
@@ -104,11 +108,35 @@ class _Keyer:
             get_run_logger().warning("task %s: items run uncached: %s", self.policy.task_key, message)
 
     def keys(self, columns: Sequence[Any], positions: Sequence[int]) -> list[bytes | None]:
-        if self.fast:
-            if self.base is None:
-                return [None] * len(positions)
-            return [self._fast_key(columns, i) for i in positions]
-        return [self._generic_key(columns, i) for i in positions]
+        if not self.fast:
+            return [self._generic_key(columns, i) for i in positions]
+        if self.base is None:
+            return [None] * len(positions)
+        if len(self.top) == 1 and not self.nested:  # one mapped argument: the common case, kept tight
+            return self._single_keys(columns[self.top[0][1]], positions)
+        return [self._fast_key(columns, i) for i in positions]
+
+    def _single_keys(self, column: Sequence[Any], positions: Sequence[int]) -> list[bytes | None]:
+        name = self.top[0][0]
+        base = self.base.copy()
+        base.update(name.encode())
+        copy, dumps, plain = base.copy, pickle.dumps, _PLAIN
+        out: list[bytes | None] = []
+        append = out.append
+        for i in positions:
+            value = column[i]
+            digest = copy()
+            if type(value) in plain:  # what _value_bytes gives a scalar, without its checks
+                digest.update(dumps(value, 5))
+            else:
+                try:
+                    digest.update(_value_bytes(name, value))
+                except Uncacheable as exc:
+                    self._warn(str(exc))
+                    append(None)
+                    continue
+            append(digest.digest())
+        return out
 
     def _fast_key(self, columns: Sequence[Any], i: int) -> bytes | None:
         digest = self.base.copy()
@@ -172,8 +200,9 @@ class _Index:
         if not firsts:
             self.first = np.empty(0, np.uint64)
             return
-        first, second, seg, row = (np.concatenate(a) for a in (firsts, seconds, segs, rows))
-        order = np.lexsort((-seg, first))  # by key, the newest segment first
+        # newest segment first, then a stable sort by key: of equal keys the newest comes first
+        first, second, seg, row = (np.concatenate(a[::-1]) for a in (firsts, seconds, segs, rows))
+        order = np.argsort(first, kind="stable")
         self.first, self.second, self.seg, self.row = first[order], second[order], seg[order], row[order]
 
     def find(self, keys: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -186,19 +215,23 @@ class _Index:
         found = (self.first[at] == pairs[:, 0]) & (self.second[at] == pairs[:, 1])
         return found, at
 
-    def values(self, at: np.ndarray) -> list[Any]:
-        """The stored values at these index positions, in that order."""
-        out: list[Any] = [None] * len(at)
+    def values(self, at: np.ndarray) -> Column:
+        """The stored values at these index positions, in that order, as one Column."""
         segs, rows = self.seg[at], self.row[at]
+        if len(segs) and (segs == segs[0]).all():  # all from one segment: one take
+            return self._take(int(segs[0]), rows)
+        order = np.argsort(segs, kind="stable")
+        pieces = []
         for s in np.unique(segs).tolist():
-            where = np.flatnonzero(segs == s)
-            table = self.tables[s]
-            column = table.column("value").take(pa.array(rows[where]))
-            kind = (table.schema.metadata or {}).get(b"kind", b"arrow").decode()
-            items = _stored_column(column, kind).items()
-            for k, value in zip(where.tolist(), items):
-                out[k] = value
-        return out
+            pieces.append(self._take(s, rows[order[segs[order] == s]]))
+        grouped = concat_columns(pieces)  # by segment; put back in the order asked
+        return grouped.take(np.argsort(order, kind="stable"))
+
+    def _take(self, s: int, rows: np.ndarray) -> Column:
+        table = self.tables[s]
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        picked = table.column("value").take(pa.Array.from_buffers(pa.int64(), len(rows), [None, pa.py_buffer(rows)]))
+        return _stored_column(picked, (table.schema.metadata or {}).get(b"kind", b"arrow").decode())
 
 
 def _key_pairs(keys: Any) -> np.ndarray:
@@ -221,16 +254,18 @@ def _stored_column(column: Any, kind: str) -> Column:
 
 
 _INDEXES: OrderedDict[tuple[str, tuple[str, ...]], _Index] = OrderedDict()
+_BUILDING = threading.Lock()
 
 
 def _index(policy: ItemCachePolicy) -> _Index:
     """The snapshot's index, built once per worker process (a few maps' worth kept)."""
     memo = (policy.store, policy.segments)
-    index = _INDEXES.get(memo)
-    if index is None:
-        index = _INDEXES[memo] = _Index(ResultStore(policy.store), policy.segments, policy.task_key)
-        while len(_INDEXES) > 4:
-            _INDEXES.popitem(last=False)
+    with _BUILDING:  # chunks on threads (the local runner) wait for one build
+        index = _INDEXES.get(memo)
+        if index is None:
+            index = _INDEXES[memo] = _Index(ResultStore(policy.store), policy.segments, policy.task_key)
+            while len(_INDEXES) > 4:
+                _INDEXES.popitem(last=False)
     return index
 
 
@@ -245,27 +280,30 @@ class ChunkCache:
         self.keyer = _Keyer(policy, fn, args, kwargs)
         self.keyed: list[int] = []  # chunk positions that ran with a key
         self.keys: list[bytes] = []
+        self.overhead = 0.0  # seconds spent loading the index and writing the segment: not per item
 
-    def look_up(self, columns: Sequence[Any], selected: Sequence[int], runnable: Sequence[int]) -> dict[int, Any]:
-        """Keys the runnable items; returns the cached ones' values by chunk position."""
+    def look_up(self, columns: Sequence[Any], selected: Sequence[int], runnable: Sequence[int]) -> tuple[list[int], Column | None]:
+        """Keys the runnable items; returns the chunk positions of the cached ones (ascending)
+        and their values, in that order, as one Column (None when none is cached)."""
         keys = self.keyer.keys(columns, [selected[j] for j in runnable])
         keyed = [(j, k) for j, k in zip(runnable, keys) if k is not None]
-        if not keyed:
-            return {}
-        positions = [j for j, _ in keyed]
-        buffer = b"".join(k for _, k in keyed)
-        hits: dict[int, Any] = {}
-        if self.policy.segments:
+        hit: list[int] = []
+        values = None
+        if keyed and self.policy.segments:
+            loading = time.perf_counter()
             index = _index(self.policy)
-            found, at = index.find(buffer)
+            self.overhead += time.perf_counter() - loading
+            found, at = index.find(b"".join(k for _, k in keyed))
             if found.any():
                 where = np.flatnonzero(found)
-                hits = dict(zip((positions[k] for k in where.tolist()), index.values(at[where])))
+                hit = [keyed[k][0] for k in where.tolist()]
+                values = index.values(at[where])
+                missed = np.flatnonzero(~found).tolist()
+                keyed = [keyed[k] for k in missed]
         for j, key in keyed:
-            if j not in hits:
-                self.keyed.append(j)
-                self.keys.append(key)
-        return hits
+            self.keyed.append(j)
+            self.keys.append(key)
+        return hit, values
 
     def keep(self, codes: np.ndarray, values: Any, run_id: str) -> None:
         """Write the items that ran with a key and succeeded as one new segment.
@@ -286,13 +324,20 @@ class ChunkCache:
             with pa.ipc.new_file(sink, table.schema) as writer:
                 writer.write_table(table)
             name = f"{segment_folder(self.policy.flow_name, self.policy.task_key)}/seg-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.arrow"
-            ResultStore(self.policy.store).write_bytes(name, sink.getvalue())
+            writing = time.perf_counter()
+            try:  # mostly the wait for the disk (fsync): a fixed cost of the chunk, not of its items
+                ResultStore(self.policy.store).write_bytes(name, sink.getvalue())
+            finally:
+                self.overhead += time.perf_counter() - writing
         except Exception as exc:  # noqa: BLE001 - a cache that cannot take it is a warning, never a failure
             get_run_logger().warning("task %s: %d item(s) not cached: %s", self.policy.task_key, len(ok), exc)
 
 
 def _storable(column: Column) -> tuple[pa.Array, str]:
     """A chunk's values as one Arrow array and the kind of Column they are read back as."""
+    if column.kind == "numpy" and column.data.dtype in _BUFFER_TYPES:  # no copy, and none of the
+        data = np.ascontiguousarray(column.data)  # pandas import pa.array(ndarray) costs a process
+        return pa.Array.from_buffers(_BUFFER_TYPES[data.dtype], len(data), [None, pa.py_buffer(data)]), "numpy"
     if column.kind == "numpy" and column.data.dtype != object:
         return pa.array(column.data), "numpy"
     if column.kind == "table":
