@@ -92,3 +92,72 @@ def picky_total(ys: list[int], root: str) -> int:
 @rf.flow
 def flattened(root: str, n: int = 10):
     return picky_total(bump.map(rf.flatten(expand.map(range(n), rf.unmapped(root)))), root)
+
+
+# -- values for the write-behind tests: they notice being written to the result store --------
+
+
+def _in_result_store() -> bool:
+    import inspect
+
+    return any(frame.filename.endswith(("rayflow/results.py", "rayflow\\results.py")) for frame in inspect.stack())
+
+
+class Gate:
+    """A value whose write to the result store waits until ``path`` exists (made downstream):
+    were downstream tasks to wait for the write, the write would give up after 30 s and fail."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        if _in_result_store():
+            import os
+            import time
+
+            deadline = time.time() + 30
+            while not os.path.exists(self.path):
+                if time.time() > deadline:
+                    raise TimeoutError("the downstream task never ran while this value was being written")
+                time.sleep(0.01)
+        return (Gate, (self.path,))
+
+
+class Unstorable:
+    """A value Ray can carry but the result store cannot write."""
+
+    def __reduce__(self):
+        if _in_result_store():
+            raise TypeError("this value refuses to be stored")
+        return (Unstorable, ())
+
+
+@rf.task(persist=True)
+def gated(path: str) -> Gate:
+    return Gate(path)
+
+
+@rf.task
+def opens(gate: Gate) -> str:
+    pathlib.Path(gate.path).write_text("")
+    return "opened"
+
+
+@rf.flow
+def write_behind(path: str):
+    return opens(gated(path))
+
+
+@rf.task(persist=True)
+def unstorable() -> Unstorable:
+    return Unstorable()
+
+
+@rf.task
+def after(value: Unstorable) -> str:
+    return "ran anyway"
+
+
+@rf.flow
+def not_kept():
+    return after(unstorable())

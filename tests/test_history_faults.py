@@ -199,3 +199,39 @@ def test_a_run_whose_history_database_is_locked_returns_its_result(ray_session, 
     while RunStore(tmp_path).run(after.run_id) is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert RunStore(tmp_path).run(after.run_id)["state"] == "SUCCESS"
+
+
+def test_a_history_written_before_run_attempts_is_upgraded_in_place(tmp_path):
+    """A history.db of an older rayflow (no attempt columns): opened, upgraded, its runs read as attempt 1."""
+    import sqlite3
+
+    path = tmp_path / "history.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        """
+        CREATE TABLE runs (run_id TEXT PRIMARY KEY, flow TEXT NOT NULL, params TEXT NOT NULL, state TEXT NOT NULL,
+            message TEXT, started_at REAL, finished_at REAL, trace_id TEXT, tasks TEXT NOT NULL);
+        CREATE TABLE transitions (run_id TEXT NOT NULL, task_key TEXT NOT NULL, seq INTEGER NOT NULL,
+            state TEXT NOT NULL, attempt INTEGER, message TEXT, error_type TEXT, traceback TEXT, at REAL,
+            started_at REAL, finished_at REAL);
+        CREATE TABLE chunks (run_id TEXT NOT NULL, task_key TEXT NOT NULL, start INTEGER, stop INTEGER,
+            items INTEGER, counts TEXT, started_at REAL, finished_at REAL, error TEXT);
+        CREATE TABLE logs (run_id TEXT NOT NULL, at REAL, level TEXT, message TEXT, task_key TEXT,
+            map_index INTEGER, trace_id TEXT, span_id TEXT);
+        INSERT INTO runs VALUES ('old-run', 'f', '{}', 'FAILED', 'boom', 1.0, 2.0, NULL, '["a"]');
+        INSERT INTO transitions VALUES ('old-run', 'a', 1, 'FAILED', 1, 'boom', NULL, NULL, 2.0, 1.0, 2.0);
+        """
+    )
+    old.commit()
+    old.close()
+    store = RunStore(tmp_path)
+    run = store.run("old-run")
+    assert run["attempt"] == 1 and [t["state"] for t in run["transitions"]] == ["FAILED"]
+    recorder = HistoryRecorder(store, "old-run", "f", {}, ["a"], attempt=2)  # its resume, as a second attempt
+    recorder.on_transition(
+        run_id="old-run", task_key=None, old=State(type=StateType.PENDING), new=State(type=StateType.SUCCESS)
+    )
+    recorder.close()
+    again = store.run("old-run")
+    assert again["state"] == "SUCCESS" and again["attempt"] == 2 and again["transitions"] == []
+    assert [(a["attempt"], a["state"]) for a in again["attempts"]] == [(1, "FAILED"), (2, "SUCCESS")]

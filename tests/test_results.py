@@ -319,6 +319,31 @@ def test_two_runs_racing_on_one_key_both_finish_and_one_entry_remains(home, tmp_
     assert not [p for p in (home / "results").rglob(".tmp-*")]
 
 
+# -- write-behind ---------------------------------------------------------------------------
+
+
+def test_a_persisted_value_is_written_behind_its_task_and_the_run_waits_for_it(home, runner, tmp_path):
+    import resumable
+
+    gate = tmp_path / "opened"
+    run = resumable.write_behind.with_options(runner=runner).run(path=str(gate))
+    assert run.state.type is T.SUCCESS, run.state.message  # the downstream task opened the gate mid-write
+    assert run.result() == "opened"
+    stored = ResultStore(str(home / "results")).find(f"runs/{run.run_id}/gated")
+    assert stored is not None  # written, and the run ended only after that
+    assert ResultStore(str(home / "results")).read(stored).path == str(gate)
+
+
+def test_a_write_behind_that_fails_fails_the_run_naming_the_task(home, runner):
+    import resumable
+
+    run = resumable.not_kept.with_options(runner=runner).run()
+    assert run.task_states["unstorable"].type is T.SUCCESS and run.task_states["after"].type is T.SUCCESS
+    assert run.state.type is T.FAILED
+    assert "task 'unstorable': its result could not be persisted to runs/" in run.state.message
+    assert "refuses to be stored" in run.state.message
+
+
 # -- per-item caching of a map ----------------------------------------------------------------
 
 

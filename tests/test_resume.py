@@ -21,6 +21,7 @@ from cli_runner import run_cli
 
 import rayflow as rf
 from rayflow.states import StateType as T
+from rayflow.store import RunStore
 
 
 @pytest.fixture
@@ -51,9 +52,16 @@ def test_resume_after_a_failure_reruns_only_what_failed_and_what_follows(home, t
     assert states["load"].type is T.CACHED and states["load"].message.startswith(f"resumed from runs/{failed.run_id}/load")
     assert states["side"].type is T.CACHED
     assert states["fragile"].type is T.SUCCESS and states["report"].type is T.SUCCESS
-    assert resumed.run_id != failed.run_id
+    assert resumed.run_id == failed.run_id  # the same run, a second attempt
+    recorded = RunStore(home).run(failed.run_id)
+    assert recorded["state"] == "SUCCESS" and recorded["attempt"] == 2
+    assert [(a["attempt"], a["state"]) for a in recorded["attempts"]] == [(1, "FAILED"), (2, "SUCCESS")]
+    shown = {t["task_key"]: t["state"] for t in recorded["transitions"]}  # the latest attempt's tasks
+    assert shown["load"] == "CACHED" and shown["report"] == "SUCCESS"
+    show = run_cli("show", failed.run_id, home=home)
+    assert show.returncode == 0 and "attempts: 1 FAILED, 2 SUCCESS" in show.stdout
 
-    # a run that succeeded has nothing to resume; a resumed run's own resume finds the first run's results
+    # a run that succeeded has nothing to resume
     with pytest.raises(rf.ResumeError, match="ended SUCCESS"):
         rf.resume(resumed.run_id, flow=flow)
 
@@ -245,17 +253,17 @@ def test_a_flatten_consumer_of_a_resumed_map_sees_the_loaded_chunks_items(home, 
     root.mkdir()
     (root / "fail").write_text("")
     flow = resumable.flattened.with_options(runner="local")
-    failed = flow.run(root=str(root))
-    assert failed.state.type is T.FAILED
+    failed, other = flow.run(root=str(root)), flow.run(root=str(root))
+    assert failed.state.type is T.FAILED and other.state.type is T.FAILED
     (root / "fail").unlink()
     expected = sum(2 * (x + 1) for x in range(10))
     assert rf.resume(failed.run_id, flow=flow).result() == expected  # as an uninterrupted run
-    grown = rf.resume(failed.run_id, flow=flow, n=12)  # stored chunks for 0..9, new ones after
+    grown = rf.resume(other.run_id, flow=flow, n=12)  # stored chunks for 0..9, new ones after
     assert grown.result() == sum(2 * (x + 1) for x in range(12))
 
 
 def test_a_run_whose_driver_is_still_alive_is_not_resumed(home, tmp_path):
-    from rayflow.store import RunStore
+
     from rayflow.store.history import HistoryRecorder
 
     store = RunStore(home)

@@ -171,6 +171,9 @@ def print_run(run: dict, as_json: bool) -> None:
     print(f"flow: {run['flow']}  params: {json.dumps(run['params'])}")
     print(f"state: {run['state']} {run['message'] or ''}".rstrip())
     print(f"started: {_when(run['started_at'])}  duration: {_took(run['started_at'], run['finished_at'])}")
+    attempts = run.get("attempts") or []
+    if len(attempts) > 1:  # resumed: each attempt's outcome, the tasks above are the latest's
+        print("attempts: " + ", ".join(f"{a['attempt']} {a['state']}" for a in attempts))
     print(f"trace id: {run['trace_id'] or '-'}")
     if link:
         print(f"trace: {link}")

@@ -200,6 +200,7 @@ class FlowOptions(BaseModel):
     resume_results: dict[str, str] = Field(default_factory=dict)
     resume_chunks: dict[str, tuple[tuple[int, int, tuple[str, ...]], ...]] = Field(default_factory=dict)
     resumed_trace: tuple[str, str] | None = None  # (trace id, flow span id) of the run resumed: linked
+    run_attempt: int = Field(default=1, ge=1)  # a resumed run keeps its run id: its attempt number
     on_state: tuple[Callable[..., Any], ...] = ()  # h(flow, old_state, new_state) -> State | None
     on_failure: tuple[Callable[..., Any], ...] = ()
     on_success: tuple[Callable[..., Any], ...] = ()

@@ -12,6 +12,7 @@ State, all of it explicit on the instance:
 - ``scheduled``: heap of (due time, seq, task key) retries waiting for their delay
 - ``attempts`` / ``app_failures`` / ``system_failures``: counters per task key
 - ``handles``: task key -> executor handle of the value it produced
+- ``writes``: work id -> the write-behind work in flight (a persisted value being written)
 
 One step: resubmit retries that are due, launch every ready task (or settle
 it without running: unmet case, skipped upstream, trigger, merge), time out
@@ -23,6 +24,13 @@ Application errors (the user's exception, a timeout, ``rf.Fail``) consume
 the task's ``retries``; system errors (the worker died, an object was lost)
 consume ``system_retries``.  Both appear in the history as RETRYING states
 carrying the error.
+
+Persisted results are written behind: a task (or chunk) that persists ends
+as soon as its value is made, its report names where the value goes, and
+the loop submits a write work with the value's handle while downstream
+tasks go on.  The run ends only when every write has (its outcome counts: a
+write that fails, after WRITE_RETRIES more tries, fails the run, naming
+the task).  A cancelled run does not wait for its writes.
 
 Observers (``engine.observers.RunObserver``) watch the run through one set of
 keyword-only hooks.  The state handlers are the first observer: their
@@ -57,8 +65,10 @@ from rayflow.engine.policy import (
     settle_subflow,
     system_retry_left,
 )
-from rayflow.engine.protocol import AttemptResult, Work, pack_inputs
+from rayflow.engine.protocol import AttemptResult, Work, WriteReport, pack_inputs
 from rayflow.states import State, StateType
+
+WRITE_RETRIES = 2  # a write-behind that fails (or is lost with its worker) is tried this many more times
 
 @dataclass
 class RunSummary:
@@ -117,6 +127,8 @@ class Orchestrator:
         self.app_failures = dict.fromkeys(keys, 0)
         self.system_failures = dict.fromkeys(keys, 0)
         self.handles: dict[str, Any] = {}
+        self.writes: dict[int, tuple[Work, Any, int]] = {}  # work id -> (write work, value handle, tries)
+        self.write_errors: list[str] = []
         self.unfinished = len(keys)
         self._seq = itertools.count()
         self._lock = threading.Lock()
@@ -252,16 +264,47 @@ class Orchestrator:
         if timeout is not None:
             self.deadlines[work.task_key] = (work.work_id, event.at + timeout)
 
+    def write_behind(self, key: str, persist: tuple[str, str] | None, handle: Any, tries: int = 0) -> None:
+        """Write a value to the result store behind its task (see the module's docstring)."""
+        if persist is None or handle is None:
+            return
+        work = Work(self.next_work_id(), key, 0, (("value", 0),), run_id=self.run_id, persist=persist)  # not traced
+        self.writes[work.work_id] = (work, handle, tries)
+        self.executor.submit(self.plan.by_key[key], work, [handle])
+
+    def _written(self, completion: Completion) -> None:
+        entry = self.writes.pop(completion.work.work_id, None)
+        if entry is None:
+            return  # the run was cancelled meanwhile
+        work, handle, tries = entry
+        report = completion.report
+        error = report.error if isinstance(report, WriteReport) else str(completion.system_error)
+        if error is None:
+            return
+        if tries < WRITE_RETRIES:
+            self.write_behind(work.task_key, work.persist, handle, tries + 1)
+            return
+        self.write_errors.append(f"task '{work.task_key}': its result could not be persisted to {work.persist[1]}: {error}")
+
     def on_completion(self, completion: Completion) -> None:
         work = completion.work
+        if work.persist is not None:
+            if completion.report is not None:
+                for hook in self._on_report:
+                    hook(work=work, report=completion.report)
+            self._written(completion)
+            return
         if completion.report is not None:
             for hook in self._on_report:
                 hook(work=work, report=completion.report)
         if work.job is not None:
-            if self.maps.owns(work.work_id):
+            owned = self.maps.owns(work.work_id)  # else stale: cancelled, or its map ended
+            if owned:
                 for hook in self._on_chunk:
                     hook(task_key=work.task_key, work=work, summary=completion.report, error=completion.system_error)
             self._apply(self.maps.finish_work(work, completion.report, completion.handle, completion.system_error))
+            if owned and completion.report is not None:
+                self.write_behind(work.task_key, completion.report.persist, completion.handle)
             return
         current = self.running.get(work.task_key)
         if current is None or current.work_id != work.work_id:
@@ -283,6 +326,7 @@ class Orchestrator:
         if result.type in (StateType.SUCCESS, StateType.CACHED):  # CACHED: the stored value, not run
             self.handles[key] = handle
             self.lengths[key] = result.length
+            self.write_behind(key, result.persist, handle)
             new = State(type=result.type, message=result.message, **timing)
         elif result.type is StateType.SKIPPED:
             new = State(type=StateType.SKIPPED, message=result.message, **timing)
@@ -369,7 +413,7 @@ class Orchestrator:
         for key, (_, deadline) in list(self.deadlines.items()):
             if deadline <= now:
                 self.time_out(key)
-        if self.unfinished == 0 or self.ready:
+        if (self.unfinished == 0 and not self.writes) or self.ready:
             return
         for event in self.executor.wait(self._wait_time(timeout)):
             if isinstance(event, Started):
@@ -393,15 +437,17 @@ class Orchestrator:
 
     @property
     def done(self) -> bool:
-        return self.unfinished == 0
+        return self.unfinished == 0 and not self.writes
 
     def run(self) -> RunSummary:
         self.start()
         while not self.done:
             self.step()
-        self.set_flow_state(
-            final_flow_state(self.plan, self.states, started_at=self.flow_state.started_at, now=self.clock())
-        )
+        final = final_flow_state(self.plan, self.states, started_at=self.flow_state.started_at, now=self.clock())
+        if self.write_errors and final.type is StateType.SUCCESS:  # what the user asked to keep was not kept
+            more = f" (and {len(self.write_errors) - 1} more)" if len(self.write_errors) > 1 else ""
+            final = final.model_copy(update={"type": StateType.FAILED, "message": self.write_errors[0] + more})
+        self.set_flow_state(final)
         return self.summary()
 
     # -- what other threads may call: the actor's methods, the driver's feeder --------
@@ -429,6 +475,7 @@ class Orchestrator:
         self.running.clear()
         self.deadlines.clear()
         self.scheduled.clear()
+        self.writes.clear()  # writes under way finish on their own (atomically); nobody waits for them
         for key, state in list(self.states.items()):
             if not state.is_finished():
                 self.transition(key, State(type=StateType.CANCELLED, message="run cancelled"))

@@ -91,6 +91,7 @@ class Plan:
     code: Mapping[str, str] = field(default_factory=dict)
     driver: Mapping[str, Any] = field(default_factory=dict)  # {"host", "pid"}: CRASHED once it is gone
     resumed_trace: tuple[str, str] | None = None  # the resumed run's (trace id, flow span id)
+    attempt: int = 1  # the run's attempt: 1, then one more per resume
     by_key: Mapping[str, TaskSpec] = field(init=False, repr=False)
     downstream: Mapping[str, tuple[str, ...]] = field(init=False, repr=False)
 
@@ -108,14 +109,14 @@ class Plan:
             Plan,
             (
                 self.flow_name, self.specs, self.result, params, self.reference_keys, self.flow, {},
-                self.target, self.resumed_from, dict(self.code), dict(self.driver), self.resumed_trace,
+                self.target, self.resumed_from, dict(self.code), dict(self.driver), self.resumed_trace, self.attempt,
             ),
         )
 
     def with_specs(self, specs: tuple[TaskSpec, ...]) -> Plan:
         return Plan(
             self.flow_name, specs, self.result, self.params, self.reference_keys, self.flow, self.streams,
-            self.target, self.resumed_from, self.code, self.driver, self.resumed_trace,
+            self.target, self.resumed_from, self.code, self.driver, self.resumed_trace, self.attempt,
         )
 
 
@@ -140,7 +141,8 @@ def compile_plan(graph: Graph, flow: Any = None) -> Plan:
         rest: tuple[Any, ...] = (args, kwargs, value_keys, options.retry_on)
         if node.kind == "map":
             worker_options = _worker_options(options, count_flat=key in consumers["flatten_map"], store=results.map_store(node))
-            rest += ({**worker_options, "item_cache": results.item_cache(node)},)
+            attempt = flow.options.run_attempt if flow is not None else 1
+            rest += ({**worker_options, "item_cache": results.item_cache(node), "run_attempt": attempt},)
         else:
             rest += (results.policy(node, args, kwargs, value_keys),)
         specs.append(
@@ -179,6 +181,7 @@ def compile_plan(graph: Graph, flow: Any = None) -> Plan:
         code=results.fingerprints(),
         driver={"host": socket.gethostname(), "pid": os.getpid()},
         resumed_trace=flow.options.resumed_trace if flow is not None else None,
+        attempt=flow.options.run_attempt if flow is not None else 1,
     )
 
 

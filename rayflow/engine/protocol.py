@@ -75,6 +75,7 @@ class Work:
     trace: Any = None  # (W3C traceparent, telemetry settings) when the run is traced
     run_id: str = ""
     log_prints: bool = False  # capture print() as log records of the run
+    persist: tuple[str, str] | None = None  # a write-behind: (store, name) to write its one input to
 
 
 def pack_inputs(inputs: list[Any], *, batch: bool = False) -> tuple[tuple[Any, ...], list[Any]]:
@@ -144,6 +145,7 @@ class AttemptResult:
     retry_delay: float | None = None  # from rf.Retry(delay=...)
     length: int | None = None  # items in the value, when a map consumes it
     logs: tuple[tuple, ...] = ()  # records captured while it ran (engine.worker.logs)
+    persist: tuple[str, str] | None = None  # (store, name) the value is to be written to, behind
     result_path: str | None = None  # where the value is stored (persisted, or the cache entry it came from)
 
     def exception(self) -> BaseException | None:
@@ -238,3 +240,14 @@ class ChunkSummary:
     loaded: bool = False  # the chunk's stored results were loaded (a resumed run), nothing ran
     cached: int = 0  # items whose values came from the cache (counted SUCCESS in ``counts``)
     overhead: float = 0.0  # seconds of one-off costs in the run (a cache index loaded, a segment written)
+    persist: tuple[str, str] | None = None  # (store, name) the chunk's result is to be written to, behind
+
+
+@dataclass(frozen=True)
+class WriteReport:
+    """A write-behind's outcome: where the value was written, or why it was not."""
+
+    task_key: str
+    path: str | None
+    error: str | None = None
+    logs: tuple[tuple, ...] = ()

@@ -83,5 +83,6 @@ def recorder_for(home: str | None, run_id: str, plan: Plan) -> HistoryRecorder |
     keys = [s.key for s in plan.specs]
     graph = shape_of(plan.flow_name, plan.specs) | {
         "target": plan.target, "resumed_from": plan.resumed_from, "code": dict(plan.code), "driver": dict(plan.driver),
+        "attempt": plan.attempt,
     }
-    return HistoryRecorder(store, run_id, plan.flow_name, plan.params, keys, graph)
+    return HistoryRecorder(store, run_id, plan.flow_name, plan.params, keys, graph, attempt=plan.attempt)

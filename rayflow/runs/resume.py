@@ -4,8 +4,9 @@ The run's parameters come from the run history, its flow from the target
 recorded with it (or the ``flow`` given).  Every plain task whose result was
 persisted by that run (``runs/<run id>/<task key>`` in the result store; or by
 the run *it* resumed, and so on back) loads that result in a worker instead
-of running; every other task runs.  The resumed run has a new run id and
-records the one it resumes.
+of running; every other task runs.  The resumed run keeps the run id, as
+its next attempt: the history keeps every attempt's outcome, and shows the
+latest attempt's tasks.
 
 Guarantees: a task's code runs at least once per successful result (a task
 that ran but whose result was not persisted, or whose run was killed before
@@ -89,6 +90,7 @@ def resume(run_id: str, flow: Any = None, **params: Any) -> Any:
     _warn_changed_code(run_id, recorded.get("code") or {}, graph, {**found, **chunks})
     traced = recorded.get("trace")
     resumed = flow.with_options(
+        run_id=run_id, run_attempt=int(run.get("attempt") or 1) + 1,
         resumed_from=run_id, resume_results=found, resume_chunks=chunks,
         resumed_trace=tuple(traced) if isinstance(traced, list) and len(traced) == 2 else None,
     )
@@ -125,7 +127,8 @@ def stored_chunks(store: ResultStore, chain: list[str], key: str) -> tuple[tuple
 
 
 def _runs_resumed(history: RunStore, run_id: str, recorded: dict) -> list[str]:
-    """``run_id``, the run it resumed, and so on back (where earlier results may be kept)."""
+    """``run_id``, the run it resumed, and so on back (where earlier results may be kept): a run
+    resumed under its own id is its own chain; histories of older rayflows had one id per resume."""
     chain, graph = [run_id], recorded
     while graph and graph.get("resumed_from") and graph["resumed_from"] not in chain and len(chain) < 100:
         chain.append(graph["resumed_from"])

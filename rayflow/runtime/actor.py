@@ -95,7 +95,9 @@ class FlowRunActor:
         if it ends within ``wait`` seconds, its summary as ``wait_run`` gives it: a short run
         costs the driver one round trip to the actor, not two."""
         with self._lock:
-            if run_id in self._runs:
+            earlier = self._runs.get(run_id)
+            if earlier is not None and (not earlier.done.is_set() or plan.attempt <= earlier.orchestrator.plan.attempt):
+                # only an ended run's resume (a later attempt) reuses its id
                 raise ValueError(f"a run with id {run_id!r} already exists in this driver")
             executor = RayExecutor(run_id, ray.get_runtime_context().current_actor)
             observed = assemble_run(plan, executor, run_id, cpus=self._cluster_cpus(), telemetry=telemetry, home=home)

@@ -43,6 +43,9 @@ def _execute_remote(payload: bytes, work: Work, notifier: Any, run_id: str, *val
 
 
 _remote_execute = ray.remote(num_returns=2, max_retries=0, retry_exceptions=False)(_execute_remote)
+# A persisted value written behind its task: not the task's resources (a GPU task's write needs no
+# GPU); Ray's locality-aware scheduling runs it where the value is, when it can.
+_remote_write = _remote_execute.options(name="rayflow write-behind")
 
 
 def _lost(exc: BaseException) -> Any:
@@ -83,6 +86,10 @@ class RayExecutor(QueuedStarts):
         return remote
 
     def submit(self, spec: TaskSpec, work: Work, handles: list[Any]) -> None:
+        if work.persist is not None:  # a write-behind: default resources, wherever Ray puts it
+            value_ref, report_ref = _remote_write.remote(b"", work, None, self.run_id, *handles)
+            self._pending[report_ref] = (work, value_ref)
+            return
         timed = spec.options.timeout is not None and work.job is None
         value_ref, report_ref = self._remote(spec).remote(
             self._payload(spec), work, self.notifier if timed else None, self.run_id, *handles

@@ -31,26 +31,40 @@ from rayflow.states import State
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, flow TEXT NOT NULL, params TEXT NOT NULL, state TEXT NOT NULL,
-    message TEXT, started_at REAL, finished_at REAL, trace_id TEXT, tasks TEXT NOT NULL
+    message TEXT, started_at REAL, finished_at REAL, trace_id TEXT, tasks TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 1
+);
+CREATE TABLE IF NOT EXISTS run_attempts (
+    run_id TEXT NOT NULL, attempt INTEGER NOT NULL, state TEXT NOT NULL, message TEXT,
+    started_at REAL, finished_at REAL, trace_id TEXT, PRIMARY KEY (run_id, attempt)
 );
 CREATE INDEX IF NOT EXISTS runs_by_start ON runs(started_at);
 CREATE TABLE IF NOT EXISTS transitions (
     run_id TEXT NOT NULL, task_key TEXT NOT NULL, seq INTEGER NOT NULL, state TEXT NOT NULL,
-    attempt INTEGER, message TEXT, error_type TEXT, traceback TEXT, at REAL, started_at REAL, finished_at REAL
+    attempt INTEGER, message TEXT, error_type TEXT, traceback TEXT, at REAL, started_at REAL, finished_at REAL,
+    run_attempt INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS transitions_by_run ON transitions(run_id, task_key, seq);
 CREATE TABLE IF NOT EXISTS chunks (
     run_id TEXT NOT NULL, task_key TEXT NOT NULL, start INTEGER, stop INTEGER, items INTEGER,
-    counts TEXT, started_at REAL, finished_at REAL, error TEXT
+    counts TEXT, started_at REAL, finished_at REAL, error TEXT, run_attempt INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS chunks_by_run ON chunks(run_id, task_key);
 CREATE TABLE IF NOT EXISTS logs (
     run_id TEXT NOT NULL, at REAL, level TEXT, message TEXT, task_key TEXT, map_index INTEGER,
-    trace_id TEXT, span_id TEXT
+    trace_id TEXT, span_id TEXT, run_attempt INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS logs_by_run ON logs(run_id, task_key);
 CREATE TABLE IF NOT EXISTS graphs (run_id TEXT PRIMARY KEY, graph TEXT NOT NULL);
 """
+
+# Columns added since the first schema: (table, column, definition), added to an older database.
+ADDED_COLUMNS = (
+    ("runs", "attempt", "INTEGER NOT NULL DEFAULT 1"),
+    ("transitions", "run_attempt", "INTEGER NOT NULL DEFAULT 1"),
+    ("chunks", "run_attempt", "INTEGER NOT NULL DEFAULT 1"),
+    ("logs", "run_attempt", "INTEGER NOT NULL DEFAULT 1"),
+)
 
 FLUSH_SECONDS = 0.5
 CLOSE_SECONDS = 3.0  # at a run's end, how long its last rows may wait for a failing store
@@ -109,6 +123,14 @@ class RunStore:
         self.path = self.home / "history.db"
         with self._connect() as db:
             db.executescript(SCHEMA)
+            for table, column, definition in ADDED_COLUMNS:  # a history written by an older rayflow
+                if column not in {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+                    if table == "runs":  # its runs were first attempts
+                        db.execute(
+                            "INSERT OR IGNORE INTO run_attempts SELECT run_id, 1, state, message, started_at, "
+                            "finished_at, trace_id FROM runs"
+                        )
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=10)
@@ -126,13 +148,17 @@ class RunStore:
             if graphs:
                 db.executemany("INSERT OR REPLACE INTO graphs VALUES (?,?)", graphs)
             if logs:
-                db.executemany("INSERT INTO logs VALUES (?,?,?,?,?,?,?,?)", logs)
+                db.executemany("INSERT INTO logs VALUES (?,?,?,?,?,?,?,?,?)", logs)
             if runs:
-                db.executemany("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?)", runs)
+                db.executemany("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)", runs)
+                db.executemany(  # each attempt's outcome: (run id, attempt, state, message, times, trace)
+                    "INSERT OR REPLACE INTO run_attempts VALUES (?,?,?,?,?,?,?)",
+                    [(r[0], r[9], r[3], r[4], r[5], r[6], r[7]) for r in runs],
+                )
             if transitions:
-                db.executemany("INSERT INTO transitions VALUES (?,?,?,?,?,?,?,?,?,?,?)", transitions)
+                db.executemany("INSERT INTO transitions VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", transitions)
             if chunks:
-                db.executemany("INSERT INTO chunks VALUES (?,?,?,?,?,?,?,?,?)", chunks)
+                db.executemany("INSERT INTO chunks VALUES (?,?,?,?,?,?,?,?,?,?)", chunks)
 
     # -- reading -------------------------------------------------------------
 
@@ -162,10 +188,16 @@ class RunStore:
             run["graph"] = json.loads(graph["graph"]) if graph is not None else None
             if run["state"] in UNFINISHED and run["graph"] is not None and driver_is_gone(run["graph"]):
                 run["state"] = "CRASHED"
+            attempt = run["attempt"]  # the latest attempt's tasks and chunks; every attempt's outcome
             run["transitions"] = [dict(r) for r in db.execute(
-                "SELECT * FROM transitions WHERE run_id = ? ORDER BY rowid", [run_id])]
+                "SELECT * FROM transitions WHERE run_id = ? AND run_attempt = ? ORDER BY rowid", [run_id, attempt])]
             run["chunks"] = [dict(r) | {"counts": json.loads(r["counts"] or "{}")} for r in db.execute(
-                "SELECT * FROM chunks WHERE run_id = ? ORDER BY task_key, start", [run_id])]
+                "SELECT * FROM chunks WHERE run_id = ? AND run_attempt = ? ORDER BY task_key, start", [run_id, attempt])]
+            run["attempts"] = [dict(r) for r in db.execute(
+                "SELECT attempt, state, message, started_at, finished_at, trace_id FROM run_attempts "
+                "WHERE run_id = ? ORDER BY attempt", [run_id])]
+            if run["attempts"] and run["attempts"][-1]["attempt"] == attempt:
+                run["attempts"][-1]["state"] = run["state"]  # CRASHED where the run row says so
         return run
 
     def logs(self, run_id: str, *, task: str | None = None, after: int = 0) -> list[dict]:
@@ -195,9 +227,12 @@ class HistoryRecorder(RunObserver):
         params: Mapping[str, Any],
         task_keys: list[str],
         graph: Mapping[str, Any] | None = None,
+        *,
+        attempt: int = 1,
     ):
         self.store = store
         self.run_id = run_id
+        self.attempt = attempt
         self.flow_name = flow_name
         self.params = json.dumps(redact_params(params))
         self.task_keys = json.dumps(task_keys)
@@ -239,7 +274,7 @@ class HistoryRecorder(RunObserver):
             if task_key is None:
                 self._run = (
                     self.run_id, self.flow_name, self.params, new.type.value, new.message,
-                    new.started_at, new.finished_at, self.trace_id, self.task_keys,
+                    new.started_at, new.finished_at, self.trace_id, self.task_keys, self.attempt,
                 )
                 return
             seq = self._seq[task_key] = self._seq.get(task_key, 0) + 1
@@ -247,7 +282,7 @@ class HistoryRecorder(RunObserver):
             self._transitions.append((
                 self.run_id, task_key, seq, new.type.value, new.attempt, new.message[:2000],
                 error.type if error else None, error.traceback[-8000:] if error else None,
-                new.timestamp, new.started_at, new.finished_at,
+                new.timestamp, new.started_at, new.finished_at, self.attempt,
             ))
 
     def on_chunk(self, *, task_key: str, work: Any, summary: Any, error: Any) -> None:
@@ -262,6 +297,7 @@ class HistoryRecorder(RunObserver):
             summary.started_at if summary is not None else None,
             summary.finished_at if summary is not None else time.time(),
             str(error) if error is not None else (summary.errors[0][1] if summary.errors else None),
+            self.attempt,
         )
         with self._lock:
             self._chunks.append(row)
@@ -270,7 +306,7 @@ class HistoryRecorder(RunObserver):
         records = getattr(report, "logs", ())
         if records:
             with self._lock:
-                self._logs.extend((self.run_id, *record) for record in records)
+                self._logs.extend((self.run_id, *record, self.attempt) for record in records)
 
     def _take(self) -> tuple[list, list, list, list]:
         with self._lock:

@@ -59,6 +59,8 @@ class RunTracer(RunObserver):
         self._params = param_attributes(plan.params)
         if getattr(plan, "resumed_from", None):  # the run this one resumes: find its trace by run id
             self._params[f"{PREFIX}resumed_from"] = plan.resumed_from
+        if getattr(plan, "attempt", 1) > 1:  # a resumed run's attempt (each attempt is a trace of its own)
+            self._params[f"{PREFIX}run_attempt"] = plan.attempt
         self._links = _links(getattr(plan, "resumed_trace", None))
         self._maps = {s.key for s in plan.specs if s.kind == "map"}
         self._subflows = {s.key: s.name for s in plan.specs if s.kind == "subflow"}

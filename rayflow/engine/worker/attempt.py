@@ -20,7 +20,7 @@ import cloudpickle
 from rayflow.core.refs import NodeRef, substitute
 from rayflow.engine.payload import load_payload
 from rayflow.engine.protocol import AttemptResult, describe_error, signal_outcome
-from rayflow.engine.worker.results import MISS, keep, look_up
+from rayflow.engine.worker.results import MISS, keep, look_up, to_persist
 from rayflow.signals import Signal
 from rayflow.states import StateType
 
@@ -55,8 +55,7 @@ def run_attempt(
         call_args, call_kwargs = substitute(args, resolve), substitute(kwargs, resolve)
         lookup = look_up(policy, task_key, fn, call_args, call_kwargs) if policy is not None else None
         if lookup is not None and lookup.value is not MISS:
-            if policy.persist and lookup.path != policy.load_from:  # a cache hit is this run's result too
-                keep(policy, run_id, task_key, lookup, lookup.value, cached=True)
+            resumed = lookup.path == policy.load_from  # a cache hit is this run's result too: persisted
             return (
                 AttemptResult(
                     task_key=task_key,
@@ -64,14 +63,15 @@ def run_attempt(
                     type=StateType.CACHED,
                     started_at=started,
                     finished_at=time.time(),
-                    message=f"{'resumed from' if lookup.path == policy.load_from else 'cache hit:'} {lookup.path}",
+                    message=f"{'resumed from' if resumed else 'cache hit:'} {lookup.path}",
                     result_path=lookup.path,
+                    persist=None if resumed else to_persist(policy, run_id, task_key),
                 ),
                 lookup.value,
             )
         value = fn(*call_args, **call_kwargs)
         if policy is not None:
-            kept = keep(policy, run_id, task_key, lookup, value)
+            kept = keep(policy, task_key, lookup, value)
     except Signal as signal:
         return _signalled(signal, task_key, attempt, started), None
     except Exception as exc:
@@ -99,6 +99,7 @@ def run_attempt(
             finished_at=time.time(),
             message=lookup.reason if lookup is not None else "",
             result_path=kept,
+            persist=to_persist(policy, run_id, task_key),
         ),
         value,
     )

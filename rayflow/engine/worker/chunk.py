@@ -12,6 +12,7 @@ SIGALRM, so they apply where the chunk runs on the process's main thread
 from __future__ import annotations
 
 import collections
+import dataclasses
 import signal
 import threading
 import time
@@ -189,9 +190,11 @@ def run_chunk(
         if loaded is not None:
             return loaded
     result, summary = _run(fn, args, kwargs, upstream, retry_on, options, job, work_id, values, started, run_id)
-    if options.get("persist") and options.get("store"):
-        suffix = "base" if job.indices is None else f"w{work_id:09d}"  # retries lay over it in this order
-        ResultStore(options["store"]).write(f"runs/{run_id}/{job.map_key}/chunk-{job.start}-{job.start + job.size}-{suffix}", result)
+    if options.get("persist") and options.get("store"):  # written behind the chunk: see execute.write_behind
+        # a retry's patch lays over the chunk in the order of its run attempt, then its work id
+        suffix = "base" if job.indices is None else f"w{options.get('run_attempt', 1):03d}{work_id:09d}"
+        name = f"runs/{run_id}/{job.map_key}/chunk-{job.start}-{job.start + job.size}-{suffix}"
+        summary = dataclasses.replace(summary, persist=(options["store"], name))
     return result, summary
 
 

@@ -11,7 +11,8 @@ import dataclasses
 from collections.abc import Sized
 from typing import Any
 
-from rayflow.engine.protocol import MAX_REPORTED_ERRORS, Work
+from rayflow.engine.protocol import MAX_REPORTED_ERRORS, Work, WriteReport
+from rayflow.results import ResultStore
 from rayflow.engine.worker.chunk import run_chunk
 from rayflow.engine.columns import concat_columns, merge_results, successful_column, successful_values
 from rayflow.engine.worker.logs import capture
@@ -20,6 +21,8 @@ from rayflow.states import StateType
 
 
 def execute(payload: bytes, work: Work, *values: Any) -> tuple[Any, Any]:
+    if work.persist is not None:
+        return None, write_behind(work, values[0])
     job = work.job
     with capture(work.run_id, work.task_key, work.trace, job.start if job else None, work.log_prints) as logs:
         if job is not None:
@@ -38,6 +41,17 @@ def execute(payload: bytes, work: Work, *values: Any) -> tuple[Any, Any]:
     if logs.records:
         report = dataclasses.replace(report, logs=tuple(logs.records))
     return value, report
+
+
+def write_behind(work: Work, value: Any) -> WriteReport:
+    """Write a task's value (or a chunk's result) where its report said, after the task ended;
+    downstream tasks did not wait for it.  Never raises: a failure is the report's error."""
+    location, name = work.persist
+    try:
+        path = ResultStore(location).write(name, value)
+    except Exception as exc:  # noqa: BLE001 - ResultStoreError, or a value no format can store
+        return WriteReport(work.task_key, None, f"{type(exc).__name__}: {exc}")
+    return WriteReport(work.task_key, path)
 
 
 def unpack(layout: tuple[Any, ...], values: tuple[Any, ...] | list[Any]) -> list[Any]:

@@ -4,15 +4,18 @@ Before the call: with a ``cache_key_fn``, compute the key from the call's
 arguments and look it up under ``cache/<flow>/<task key>/<key>``; a stored
 result younger than ``cache_expiration`` is the task's value (CACHED), and
 the function does not run.  After a successful call: write the value under
-that key (a cache entry) and, with ``persist``, under
-``runs/<run id>/<task key>``.  Every write is atomic (``rayflow.results``).
+that key (a cache entry).  With ``persist`` the value is written under
+``runs/<run id>/<task key>`` behind the task: its report names the place
+(``to_persist``) and the orchestrator has a write work do it
+(``engine.worker.execute.write_behind``) while downstream tasks go on.
+Every write is atomic (``rayflow.results``).
 
 What never fails a task here: an argument that cannot be hashed (the call
 runs uncached, with a warning naming the argument), a key function that
 raises (the same), a cache entry that cannot be read (a warning naming the
 file; the task runs and the entry is written again), a cache write that
-fails (a warning).  What does: a ``persist`` write that fails, since the
-user asked for the value to be kept.
+fails (a warning).  A ``persist`` write that fails fails the run (the user
+asked for the value to be kept), not the task, which has ended.
 """
 
 from __future__ import annotations
@@ -126,12 +129,12 @@ def _why_missing(store: ResultStore, policy: ResultPolicy, task_key: str, parts:
 META_SUFFIX = ".meta.json"
 
 
-def keep(policy: ResultPolicy, run_id: str, task_key: str, lookup: Lookup | None, value: Any, *, cached: bool = False) -> str | None:
-    """Write the value where the policy says; the path it is kept under (persisted, else cached).
-    ``cached``: the value came from the cache (it is persisted for this run, not cached again)."""
+def keep(policy: ResultPolicy, task_key: str, lookup: Lookup | None, value: Any) -> str | None:
+    """Write the value to the cache where the policy says; the path of the entry, if any.
+    (Persisting it for the run is a write-behind the orchestrator asks for: ``to_persist``.)"""
     store = ResultStore(policy.store)
     kept = None
-    if lookup is not None and lookup.key is not None and not cached:
+    if lookup is not None and lookup.key is not None:
         try:
             name = cache_name(policy, task_key, lookup.key)
             kept = store.write(name, value, first_wins=not lookup.replace)  # racing runs: the first entry stays
@@ -140,6 +143,11 @@ def keep(policy: ResultPolicy, run_id: str, task_key: str, lookup: Lookup | None
                 store.write_bytes(name + META_SUFFIX, json.dumps(meta).encode())
         except Exception as exc:  # noqa: BLE001 - a cache that cannot take it is a warning, never a failure
             get_run_logger().warning("task %s: its result was not cached: %s", task_key, exc)
-    if policy.persist:
-        kept = store.write(persist_name(run_id, task_key), value)  # a failure fails the task
     return kept
+
+
+def to_persist(policy: ResultPolicy | None, run_id: str, task_key: str) -> tuple[str, str] | None:
+    """(store, name) this run's value of the task is written to behind it, or None."""
+    if policy is None or not policy.persist:
+        return None
+    return (policy.store, persist_name(run_id, task_key))
