@@ -156,6 +156,14 @@ class CorruptResultError(ResultStoreError):
         return str(self.args[0])
 
 
+class DuplicateRunError(RayflowError, ValueError):
+    """A run was given the id of a run the history has already (resume it instead)."""
+
+    def __init__(self, message: str, *, run_id: str):
+        super().__init__(message)
+        self.run_id = run_id
+
+
 class ResumeError(RayflowError):
     """A run cannot be resumed: it succeeded, its flow cannot be found, or its graph lost a task."""
 

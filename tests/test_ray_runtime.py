@@ -14,6 +14,7 @@ import time
 
 import pytest
 import ray
+from cli_runner import run_cli
 from flows import timed_sleep, two_branches
 
 import rayflow as rf
@@ -180,11 +181,16 @@ def test_unknown_run_id_is_a_clear_error():
         find_run("no-such-run")
 
 
-def test_duplicate_live_run_id_is_refused():
+def test_a_run_id_the_history_has_is_refused_before_any_work(tmp_path):
     run = two_branches.with_options(run_id="dup-1").run(seconds=0.0)
     assert run.state.is_successful()
-    with pytest.raises(Exception, match="already exists"):
+    with pytest.raises(rf.DuplicateRunError, match="'dup-1' is taken.*rayflow resume dup-1") as info:
         two_branches.with_options(run_id="dup-1").run(seconds=0.0)
+    assert info.value.run_id == "dup-1"
+    with pytest.raises(rf.DuplicateRunError):
+        two_branches.with_options(run_id="dup-1", runner="local").run(seconds=0.0)
+    out = run_cli("run", "tests/flows.py:two_branches", "--run-id", "dup-1", "--local", home=os.environ["RAYFLOW_HOME"])
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "is taken" in out.stderr, out.stderr
 
 
 class _CountingHandle:

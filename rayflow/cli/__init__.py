@@ -37,6 +37,7 @@ from rayflow.exceptions import (
     ResultStoreError,
     SerializationError,
     UnknownRunError,
+    DuplicateRunError,
 )
 from rayflow.results import ResultStore
 from rayflow.cache import SEGMENTS_FOLDER
@@ -108,7 +109,9 @@ def run(
         if address:
             options["address"] = address
         flow_run = flow.with_options(**options).run(**values)
-    except (TargetError, ParameterError, GraphError, DefinitionError, SerializationError, ResultStoreError) as exc:
+    except (
+        TargetError, ParameterError, GraphError, DefinitionError, SerializationError, ResultStoreError, DuplicateRunError,
+    ) as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
     except ClusterConnectionError as exc:
         raise _fail(str(exc), EXIT_CLUSTER) from None

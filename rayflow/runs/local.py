@@ -21,6 +21,7 @@ from rayflow.engine.observers import Callback
 from rayflow.engine.plan import compile_plan
 from rayflow.runs.assembly import assemble_run
 from rayflow.store import rayflow_home
+from rayflow.store.history import refuse_taken_run_id
 from rayflow.telemetry import flush_all, settings_from_env
 
 EXIT_FLUSH_SECONDS = 2.0
@@ -31,6 +32,7 @@ class LocalRunner:
         self.max_workers = max_workers
 
     def run_flow(self, flow: Any, graph: Any) -> FlowRun:
+        refuse_taken_run_id(flow.options)
         plan = compile_plan(graph, flow)
         executor = LocalExecutor(self.max_workers)
         telemetry = settings_from_env()

@@ -25,6 +25,7 @@ from rayflow.engine.driver.progress import MapProgress
 from rayflow.runtime.actor import driver_actor
 from rayflow.runtime.cluster import connect
 from rayflow.store import rayflow_home
+from rayflow.store.history import refuse_taken_run_id
 from rayflow.telemetry import settings_from_env
 
 POLL_SECONDS = 0.5
@@ -34,6 +35,7 @@ CANCEL_GRACE_SECONDS = 10.0
 
 class RayRunner:
     def run_flow(self, flow: Any, graph: Any) -> FlowRun:
+        refuse_taken_run_id(flow.options)
         plan = compile_plan(graph, flow)
         connect(flow.options.address)
         actor = driver_actor()

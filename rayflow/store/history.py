@@ -26,6 +26,7 @@ from typing import Any
 from rayflow.core.parameters import is_secret
 from rayflow.engine import columns as C
 from rayflow.engine.observers import RunObserver
+from rayflow.exceptions import DuplicateRunError
 from rayflow.states import State
 
 SCHEMA = """
@@ -79,6 +80,25 @@ def rayflow_home(environ: Mapping[str, str] | None = None) -> pathlib.Path:
 
 
 UNFINISHED = ("PENDING", "RUNNING")
+
+
+def refuse_taken_run_id(options: Any) -> None:
+    """A run given its id (``run_id=``, ``rayflow run --run-id``) must not reuse one the history
+    has: its rows would mix with the earlier run's.  A resume's later attempt reuses it on purpose."""
+    run_id = getattr(options, "run_id", None)
+    if not run_id or getattr(options, "run_attempt", 1) > 1:
+        return
+    try:
+        store = RunStore(rayflow_home())
+        taken = store.run_state(run_id)
+    except Exception:  # noqa: BLE001 - a history that cannot be read never stops a run
+        return
+    if taken is not None:
+        raise DuplicateRunError(
+            f"run id {run_id!r} is taken: the run history at {store.path} has a run {run_id} ({taken}); "
+            f"choose another id, or resume it: rayflow resume {run_id}",
+            run_id=run_id,
+        )
 
 
 def driver_alive(graph: Mapping[str, Any]) -> bool | None:
@@ -199,6 +219,12 @@ class RunStore:
             if run["attempts"] and run["attempts"][-1]["attempt"] == attempt:
                 run["attempts"][-1]["state"] = run["state"]  # CRASHED where the run row says so
         return run
+
+    def run_state(self, run_id: str) -> str | None:
+        """The recorded state of ``run_id`` (None: no such run), read without its rows."""
+        with self._connect() as db:
+            row = db.execute("SELECT state FROM runs WHERE run_id = ?", [run_id]).fetchone()
+        return row["state"] if row is not None else None
 
     def logs(self, run_id: str, *, task: str | None = None, after: int = 0) -> list[dict]:
         """Log records of a run in order; ``after`` a row number, to follow a live run."""
