@@ -13,7 +13,7 @@
     pipeline.run(n=4).result()   # 8
 """
 
-from rayflow import cache, signals, triggers
+from rayflow import cache, schedules, signals, triggers
 from rayflow.core.branching import case, merge, set_reference_tasks
 from rayflow.core.flow import Flow, flow
 from rayflow.core.mapping import flatten, mapped, unmapped
@@ -90,6 +90,7 @@ __all__ = [
     "mapped",
     "merge",
     "resume",
+    "schedules",
     "set_reference_tasks",
     "signals",
     "task",

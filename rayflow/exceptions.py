@@ -164,6 +164,10 @@ class DuplicateRunError(RayflowError, ValueError):
         self.run_id = run_id
 
 
+class ScheduleError(RayflowError, ValueError):
+    """A schedule that cannot be: a bad cron expression, an unknown timezone, a bad policy."""
+
+
 class ResumeError(RayflowError):
     """A run cannot be resumed: it succeeded, its flow cannot be found, or its graph lost a task."""
 

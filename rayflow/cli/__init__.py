@@ -11,6 +11,7 @@ cannot be resumed); 3 the Ray cluster could not be reached; 130 interrupted.
 from __future__ import annotations
 
 import datetime
+import importlib
 import json
 import sys
 import time
@@ -23,7 +24,7 @@ from rayflow.cli.history import print_run as print_history_run
 from rayflow.cli.graph import dot as render_dot
 from rayflow.cli.graph import mermaid as render_mermaid
 from rayflow.cli.history import print_live, print_runs, task_rows
-from rayflow.cli.output import print_run
+from rayflow.cli.output import emit_table, print_run
 from rayflow.core.parameters import parameter_annotations
 from rayflow.engine.driver.flow_run import FlowRun
 from rayflow.engine.driver.local import new_run_id
@@ -385,6 +386,101 @@ def cache_clear(storage: StorageOption = None, flow: FlowFilter = None, task: Ta
         removed += store.delete(info.path)
         store.delete(info.path.rsplit(".", 1)[0] + ".meta.json")
     print(f"removed {removed} cached result(s) from {store.location}")
+
+
+# -- schedules -------------------------------------------------------------------------------
+
+CronOption = Annotated[Optional[str], typer.Option("--cron", help="A cron expression (or @hourly, @daily, ...).")]  # noqa: UP007
+IntervalOption = Annotated[Optional[float], typer.Option("--interval", help="Fire every SECONDS.")]  # noqa: UP007
+TimezoneOption = Annotated[Optional[str], typer.Option("--timezone", help="IANA timezone of the schedule (default UTC).")]  # noqa: UP007
+
+
+@app.command()
+def serve(
+    target: Annotated[Optional[str], typer.Argument(help="path/to/file.py:flow_name or package.module:flow_name")] = None,  # noqa: UP007
+    cron: CronOption = None,
+    interval: IntervalOption = None,
+    timezone: TimezoneOption = None,
+    param: Annotated[
+        Optional[list[str]],  # noqa: UP007
+        typer.Option("--param", "-p", help="A flow parameter, name=value (repeatable)."),
+    ] = None,
+    overlap: Annotated[Optional[str], typer.Option("--overlap", help="skip (default), queue, allow or cancel_running.")] = None,  # noqa: UP007
+    catchup: Annotated[Optional[str], typer.Option("--catchup", help="skip (default), latest or all: fires missed while down.")] = None,  # noqa: UP007
+    max_catchup: Annotated[Optional[int], typer.Option("--max-catchup", help="With --catchup all: at most this many.")] = None,  # noqa: UP007
+    config: Annotated[Optional[str], typer.Option("--config", help="Serve the [[flow]] entries of this TOML file.")] = None,  # noqa: UP007
+    max_concurrent: Annotated[Optional[int], typer.Option("--max-concurrent", help="Runs at once in this server (default 4).")] = None,  # noqa: UP007
+    grace: Annotated[Optional[float], typer.Option("--grace", help="Seconds runs may finish in after SIGTERM (default 30).")] = None,  # noqa: UP007
+    address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster to join. Default: RAY_ADDRESS or a local Ray.")] = None,  # noqa: UP007
+    once: Annotated[bool, typer.Option("--once", help="Fire what is due now, wait for those runs, exit.")] = False,
+) -> None:
+    """Fire flows on their schedules as runs on Ray, until SIGTERM/SIGINT (exit 0)."""
+    from rayflow.cli.serve import config_entries, schedule_from
+    from rayflow.exceptions import ScheduleError
+
+    try:
+        if config is not None:
+            if target is not None or cron is not None or interval is not None:
+                raise ScheduleError("give either --config FILE or TARGET with --cron/--interval, not both")
+            found, server = config_entries(config)
+        else:
+            if target is None:
+                raise ScheduleError("give TARGET with --cron or --interval, or --config FILE")
+            flow = load_flow(target)
+            values = parse_params(param or [], None, parameter_annotations(flow.parameters_model))
+            schedule = schedule_from(cron, interval, timezone, overlap=overlap, catchup=catchup, max_catchup=max_catchup)
+            found, server = [(flow, schedule, values, target)], {}
+        serving = importlib.import_module("rayflow.serving")
+        entries = [e for flow, schedule, values, where in found for e in serving.served(flow, schedule, values, target=where)]
+        options = {
+            "max_concurrent": max_concurrent if max_concurrent is not None else server.get("max_concurrent", 4),
+            "grace": grace if grace is not None else server.get("grace", 30.0),
+            "address": address or server.get("address"),
+        }
+        code = serving.serve(entries, once=once, **options)
+    except (TargetError, ParameterError, ScheduleError, DefinitionError) as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    except ClusterConnectionError as exc:
+        raise _fail(str(exc), EXIT_CLUSTER) from None
+    raise typer.Exit(code)
+
+
+schedule_app = typer.Typer(help="Schedules: preview the fire times of one.", no_args_is_help=True)
+app.add_typer(schedule_app, name="schedule")
+
+
+@schedule_app.command("preview")
+def schedule_preview(
+    target: Annotated[str, typer.Argument(help="path/to/file.py:flow_name or package.module:flow_name")],
+    cron: CronOption = None,
+    interval: IntervalOption = None,
+    timezone: TimezoneOption = None,
+    n: Annotated[int, typer.Option("-n", help="How many fire times.", min=1)] = 10,
+) -> None:
+    """Print the next fire times, in the schedule's timezone and in UTC (tab-separated)."""
+    from rayflow.cli.serve import preview_lines, schedule_from
+    from rayflow.exceptions import ScheduleError
+
+    try:
+        load_flow(target)
+        schedule = schedule_from(cron, interval, timezone)
+    except (TargetError, ScheduleError) as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    for line in preview_lines(schedule, n):
+        print(line)
+
+
+@app.command("schedules")
+def list_schedules(as_json: Annotated[bool, typer.Option("--json", help="As JSON.")] = False) -> None:
+    """Every schedule a server registered: its flow, next fire time and last run's state."""
+    from rayflow.cli.serve import schedule_rows
+    from rayflow.store.schedules import ScheduleStore
+
+    found = ScheduleStore(RunStore()).schedules()
+    if as_json:
+        print(json.dumps(found, indent=2, default=str))
+        return
+    emit_table(["schedule", "flow", "rule", "next fire", "last run", "target"], schedule_rows(found), title="schedules")
 
 
 @app.callback()

@@ -22,10 +22,13 @@ def print_runs(runs: list[dict], as_json: bool) -> None:
         print(json.dumps(runs, indent=2))
         return
     rows = [
-        [r["run_id"], r["flow"], r["state"], _when(r["started_at"]), _took(r["started_at"], r["finished_at"]), r["trace_id"] or "-"]
+        [
+            r["run_id"], r["flow"], r["state"], _when(r["started_at"]), _took(r["started_at"], r["finished_at"]),
+            f"scheduled {_when(r['scheduled_for'])}" if r.get("scheduled_for") is not None else "-", r["trace_id"] or "-",
+        ]
         for r in runs
     ]
-    emit_table(["run id", "flow", "state", "started", "duration", "trace id"], rows, title="recent runs")
+    emit_table(["run id", "flow", "state", "started", "duration", "scheduled", "trace id"], rows, title="recent runs")
 
 
 def _duration(started_at: float | None, finished_at: float | None) -> float | None:

@@ -137,6 +137,22 @@ class Flow:
         """Coerced parameter values, or ParameterError listing every bad field."""
         return validate_parameters(self.parameters_model, self.name, params)
 
+    def serve(
+        self,
+        schedule: Any,
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        max_concurrent: int = 4,
+        grace: float = 30.0,
+        once: bool = False,
+    ) -> int:
+        """Serve this flow on ``schedule`` (an ``rf.schedules`` Interval, Cron or Union): fire its
+        runs until SIGTERM/SIGINT, as ``rayflow serve`` does; returns the exit code (0)."""
+        serving = importlib.import_module("rayflow.serving")  # above this layer: looked up, not imported
+        target = importlib.import_module("rayflow.core.loader").flow_target(self)
+        entries = serving.served(self, schedule, parameters, target=target)
+        return serving.serve(entries, max_concurrent=max_concurrent, grace=grace, once=once)
+
     def run(self, **params: Any) -> Any:
         """Run the flow and return its ``FlowRun``; task failures do not raise here."""
         if active_builder() is not None:

@@ -57,6 +57,15 @@ CREATE TABLE IF NOT EXISTS logs (
 );
 CREATE INDEX IF NOT EXISTS logs_by_run ON logs(run_id, task_key);
 CREATE TABLE IF NOT EXISTS graphs (run_id TEXT PRIMARY KEY, graph TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS schedules (
+    schedule_id TEXT PRIMARY KEY, flow TEXT NOT NULL, target TEXT, spec TEXT NOT NULL,
+    evaluated_until REAL, next_fire REAL, updated_at REAL
+);
+CREATE TABLE IF NOT EXISTS scheduled_runs (
+    schedule_id TEXT NOT NULL, scheduled_for REAL NOT NULL, run_id TEXT, outcome TEXT NOT NULL, at REAL,
+    PRIMARY KEY (schedule_id, scheduled_for)
+);
+CREATE INDEX IF NOT EXISTS scheduled_runs_by_run ON scheduled_runs(run_id);
 """
 
 # Columns added since the first schema: (table, column, definition), added to an older database.
@@ -183,12 +192,16 @@ class RunStore:
     # -- reading -------------------------------------------------------------
 
     def runs(self, *, flow: str | None = None, state: str | None = None, limit: int = 20) -> list[dict]:
-        query, args = "SELECT * FROM runs WHERE 1=1", []
+        query = (  # a scheduled run: its schedule and scheduled time (None for the others)
+            "SELECT runs.*, s.schedule_id AS schedule_id, s.scheduled_for AS scheduled_for FROM runs "
+            "LEFT JOIN scheduled_runs AS s ON s.run_id = runs.run_id WHERE 1=1"
+        )
+        args: list[Any] = []
         if flow:
-            query, args = query + " AND flow = ?", [*args, flow]
+            query, args = query + " AND runs.flow = ?", [*args, flow]
         if state:
-            query, args = query + " AND state = ?", [*args, state.upper()]
-        query += " ORDER BY started_at DESC LIMIT ?"
+            query, args = query + " AND runs.state = ?", [*args, state.upper()]
+        query += " ORDER BY runs.started_at DESC LIMIT ?"
         with self._connect() as db:
             rows = [self._run_row(r) for r in db.execute(query, [*args, limit])]
             for row in rows:
@@ -200,7 +213,10 @@ class RunStore:
 
     def run(self, run_id: str) -> dict | None:
         with self._connect() as db:
-            row = db.execute("SELECT * FROM runs WHERE run_id = ?", [run_id]).fetchone()
+            row = db.execute(
+                "SELECT runs.*, s.schedule_id AS schedule_id, s.scheduled_for AS scheduled_for FROM runs "
+                "LEFT JOIN scheduled_runs AS s ON s.run_id = runs.run_id WHERE runs.run_id = ?", [run_id],
+            ).fetchone()
             if row is None:
                 return None
             run = self._run_row(row)

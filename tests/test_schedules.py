@@ -1,0 +1,372 @@
+"""Schedules and `rayflow serve`.
+
+Fire times are checked against golden tables around both daylight-saving
+changes in Europe/Berlin and America/New_York (2026).  The serve loop's
+policies run with a fake clock and a fake launcher over a real SQLite
+history; a real `rayflow serve` process runs a flow on the session's Ray and
+is stopped with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from cli_runner import REPO, run_cli
+from flows import two_branches
+
+import rayflow as rf
+from rayflow.exceptions import ScheduleError
+from rayflow.schedules import Cron, Interval, Union, from_spec
+from rayflow.serving import Server, served
+from rayflow.store import RunStore
+from rayflow.store.schedules import ScheduleStore
+
+UTC = dt.timezone.utc
+
+
+def utc(*args) -> dt.datetime:
+    return dt.datetime(*args, tzinfo=UTC)
+
+
+def local(schedule, times) -> list[str]:
+    return [t.astimezone(schedule.tz).isoformat() for t in times]
+
+
+# -- fire times -------------------------------------------------------------------------------
+
+
+def test_cron_in_berlin_across_both_changes_follows_debian_cron():
+    daily = Cron("30 2 * * *", timezone="Europe/Berlin")
+    # spring 2026-03-29: 02:00 -> 03:00, there is no 02:30: it fires as the clock jumps, at 03:00
+    assert local(daily, daily.upcoming(utc(2026, 3, 27), 4)) == [
+        "2026-03-27T02:30:00+01:00", "2026-03-28T02:30:00+01:00", "2026-03-29T03:00:00+02:00", "2026-03-30T02:30:00+02:00",
+    ]
+    # autumn 2026-10-25: 03:00 -> 02:00, 02:30 happens twice: it fires once, at the first
+    assert local(daily, daily.upcoming(utc(2026, 10, 24), 3)) == [
+        "2026-10-24T02:30:00+02:00", "2026-10-25T02:30:00+02:00", "2026-10-26T02:30:00+01:00",
+    ]
+    hourly = Cron("0 * * * *", timezone="Europe/Berlin")  # not a fixed time: every real hour, both 02:00s
+    assert [t.isoformat() for t in hourly.upcoming(utc(2026, 10, 24, 23, 30), 4)] == [
+        "2026-10-25T00:00:00+00:00", "2026-10-25T01:00:00+00:00", "2026-10-25T02:00:00+00:00", "2026-10-25T03:00:00+00:00",
+    ]
+    assert local(hourly, hourly.upcoming(utc(2026, 10, 24, 23, 30), 3)) == [
+        "2026-10-25T02:00:00+02:00", "2026-10-25T02:00:00+01:00", "2026-10-25T03:00:00+01:00",
+    ]
+
+
+def test_cron_in_new_york_across_both_changes():
+    early = Cron("30 2 * * *", timezone="America/New_York")  # spring 2026-03-08: 02:00 -> 03:00
+    assert local(early, early.upcoming(utc(2026, 3, 7), 3)) == [
+        "2026-03-07T02:30:00-05:00", "2026-03-08T03:00:00-04:00", "2026-03-09T02:30:00-04:00",
+    ]
+    night = Cron("30 1 * * *", timezone="America/New_York")  # autumn 2026-11-01: 01:30 happens twice
+    assert local(night, night.upcoming(utc(2026, 10, 31), 3)) == [
+        "2026-10-31T01:30:00-04:00", "2026-11-01T01:30:00-04:00", "2026-11-02T01:30:00-05:00",
+    ]
+    weekdays = Cron("0 6 * * 1-5", timezone="America/New_York")
+    assert local(weekdays, weekdays.upcoming(utc(2026, 11, 6, 12), 3)) == [  # Friday noon: Mon, Tue, Wed
+        "2026-11-09T06:00:00-05:00", "2026-11-10T06:00:00-05:00", "2026-11-11T06:00:00-05:00",
+    ]
+
+
+def test_intervals_step_in_utc_under_a_day_and_keep_the_wall_clock_from_a_day():
+    every_90 = Interval(dt.timedelta(minutes=90), timezone="Europe/Berlin")
+    fires = every_90.upcoming(utc(2026, 3, 29, 0, 10), 3)
+    assert [b - a for a, b in zip(fires, fires[1:])] == [dt.timedelta(minutes=90)] * 2  # through the change
+    daily = Interval(dt.timedelta(days=1), anchor=dt.datetime(2026, 1, 1, 6, 0), timezone="Europe/Berlin")
+    assert local(daily, daily.upcoming(utc(2026, 3, 28), 3)) == [
+        "2026-03-28T06:00:00+01:00", "2026-03-29T06:00:00+02:00", "2026-03-30T06:00:00+02:00",
+    ]
+    gap = Interval(dt.timedelta(days=1), anchor=dt.datetime(2026, 1, 1, 2, 30), timezone="Europe/Berlin")
+    assert local(gap, gap.upcoming(utc(2026, 3, 28, 12), 2)) == ["2026-03-29T03:00:00+02:00", "2026-03-30T02:30:00+02:00"]
+    assert Interval(5).next_after(utc(2026, 1, 1, 0, 0, 7)) == utc(2026, 1, 1, 0, 0, 10)  # seconds, anchored
+
+
+def test_aliases_unions_and_specs():
+    start = utc(2026, 11, 25, 10, 17)  # a Wednesday
+    assert Cron("@hourly").next_after(start) == utc(2026, 11, 25, 11)
+    assert Cron("@daily").next_after(start) == Cron("@midnight").next_after(start) == utc(2026, 11, 26)
+    assert Cron("@weekly").next_after(start) == utc(2026, 11, 29)  # Sunday
+    assert Cron("@monthly").next_after(start) == utc(2026, 12, 1)
+    assert Cron("@yearly").next_after(start) == Cron("@annually").next_after(start) == utc(2027, 1, 1)
+    both = Cron("0 6 * * *", parameters={"n": 1}) | Cron("0 18 * * *", parameters={"n": 2})
+    assert isinstance(both, Union) and [m.parameters for m in both.members()] == [{"n": 1}, {"n": 2}]
+    assert both.upcoming(start, 3) == [utc(2026, 11, 25, 18), utc(2026, 11, 26, 6), utc(2026, 11, 26, 18)]
+    for schedule in (both, Interval(dt.timedelta(hours=2), timezone="Asia/Tokyo", overlap="queue")):
+        again = from_spec(json.loads(json.dumps(schedule.spec())))
+        assert again.upcoming(start, 5) == schedule.upcoming(start, 5) and again.key() == schedule.key()
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: Cron("61 * * * *"), "bad cron expression '61 \\* \\* \\* \\*': Bad minute"),
+        (lambda: Cron("* * *"), "Wrong number of fields"),
+        (lambda: Cron("@often"), "unknown cron alias"),
+        (lambda: Cron("0 6 * * *", timezone="Mars/Olympus"), "unknown timezone 'Mars/Olympus'"),
+        (lambda: Interval(0), "positive"),
+        (lambda: Interval(60, overlap="sometimes"), "overlap must be one of skip, queue, allow, cancel_running"),
+        (lambda: Interval(60, catchup="never"), "catchup must be one of"),
+        (lambda: Union(), "at least one"),
+    ],
+)
+def test_bad_schedules_are_named(make, message):
+    with pytest.raises(ScheduleError, match=message):
+        make()
+
+
+# -- the serve loop, with a fake clock ------------------------------------------------------------
+
+
+class FakeHandle:
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self.finished: str | None = None
+        self.cancelled = False
+
+    def done(self) -> bool:
+        return self.finished is not None
+
+    def state(self) -> str:
+        return self.finished or "RUNNING"
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.finished = "CANCELLED"
+
+
+class FakeLauncher:
+    def __init__(self):
+        self.launched: list[tuple[str, float, FakeHandle]] = []
+        self.lock = threading.Lock()
+
+    def launch(self, entry, scheduled_for, run_id):
+        handle = FakeHandle(run_id)
+        with self.lock:
+            self.launched.append((entry.schedule_id, scheduled_for, handle))
+        return handle
+
+
+class Clock:
+    def __init__(self, now: float):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+T0 = utc(2026, 11, 25, 12).timestamp()
+
+
+def _server(tmp_path, *schedules, launcher=None, clock=None, **options):
+    store = ScheduleStore(RunStore(tmp_path))
+    entries = [e for s in schedules for e in served(two_branches, s)]
+    server = Server(entries, store, launcher or FakeLauncher(), clock=clock or Clock(T0), **options)
+    server.start()
+    return server
+
+
+def _outcomes(server) -> list[str]:
+    return [f["outcome"] for e in server.entries for f in server.store.fires(e.schedule_id)]
+
+
+@pytest.mark.parametrize(
+    "overlap, launches, outcomes",
+    [
+        ("skip", 2, ["ended SUCCESS", "skipped (overlap)", "started"]),
+        ("queue", 3, ["ended SUCCESS", "ended SUCCESS", "started"]),
+        ("allow", 3, ["ended SUCCESS", "ended SUCCESS", "started"]),
+        ("cancel_running", 3, ["ended CANCELLED", "ended SUCCESS", "started"]),
+    ],
+)
+def test_overlap_policies(tmp_path, overlap, launches, outcomes):
+    clock = Clock(T0)
+    server = _server(tmp_path, Interval(10, overlap=overlap), clock=clock)
+    launcher = server.launcher
+    clock.now = T0 + 10
+    server.tick()  # fire 1 starts
+    assert len(launcher.launched) == 1
+    clock.now = T0 + 20
+    server.tick()  # fire 2: run 1 still going
+    first = launcher.launched[0][2]
+    if overlap == "cancel_running":
+        assert first.cancelled
+    else:
+        first.finished = "SUCCESS"
+    if overlap == "allow":
+        launcher.launched[1][2].finished = "SUCCESS"
+    clock.now = T0 + 30
+    server.tick()  # reaps; a queued fire 2 starts; fire 3 (skip: the slot is free again)
+    if overlap == "queue":
+        launcher.launched[1][2].finished = "SUCCESS"
+        clock.now = T0 + 31
+        server.tick()  # fire 3 was queued behind fire 2
+    elif overlap == "cancel_running":
+        launcher.launched[1][2].finished = "SUCCESS"
+        clock.now = T0 + 31
+        server.tick()
+    assert len(launcher.launched) == launches
+    assert _outcomes(server) == outcomes
+    assert [t for _, t, _ in launcher.launched] == sorted(t for _, t, _ in launcher.launched)
+
+
+def test_max_concurrent_holds_fires_until_a_slot_frees(tmp_path):
+    clock = Clock(T0)
+    server = _server(tmp_path, Interval(10), Interval(10, parameters={"seconds": 2.0}), clock=clock, max_concurrent=1)
+    clock.now = T0 + 10
+    server.tick()
+    assert len(server.launcher.launched) == 1 and len(server.waiting) == 1
+    assert "waiting (max_concurrent)" in _outcomes(server)
+    server.launcher.launched[0][2].finished = "FAILED"  # a failing run: the server goes on
+    clock.now = T0 + 11
+    server.tick()
+    assert len(server.launcher.launched) == 2 and not server.waiting
+
+
+@pytest.mark.parametrize(
+    "catchup, expected", [("skip", [1000.0]), ("latest", [990.0, 1000.0]), ("all", [960.0, 970.0, 980.0, 990.0, 1000.0])]
+)
+def test_catchup_after_downtime_and_evaluated_time_persisted(tmp_path, catchup, expected):
+    schedule = Interval(10, catchup=catchup, max_catchup=4, overlap="allow")
+    first = _server(tmp_path, schedule)  # registered at T0, then the server stops
+    first.tick()
+    assert first.launcher.launched == []
+    clock = Clock(T0 + 1000)  # a restart 1000 s later: fires more than late_after late were missed
+    again = _server(tmp_path, schedule, clock=clock, late_after=5, max_concurrent=10)
+    again.tick()  # the fire due now is on time under every policy; the missed ones follow catchup
+    assert [t - T0 for _, t, _ in again.launcher.launched] == expected
+    clock.now = T0 + 1010  # on time again: this one fires under every policy
+    again.tick()
+    assert [t - T0 for _, t, _ in again.launcher.launched][-1] == 1010.0
+    (row,) = ScheduleStore(RunStore(tmp_path)).schedules()
+    assert row["evaluated_until"] == T0 + 1010 and row["next_fire"] == T0 + 1020
+
+
+def test_two_servers_racing_on_one_history_start_each_fire_once(tmp_path):
+    clock = Clock(T0)
+    launcher = FakeLauncher()
+    servers = [_server(tmp_path, Interval(1, overlap="allow"), launcher=launcher, clock=clock, max_concurrent=100) for _ in range(2)]
+    for second in range(1, 21):
+        clock.now = T0 + second
+        threads = [threading.Thread(target=s.tick) for s in servers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    times = [t for _, t, _ in launcher.launched]
+    assert sorted(times) == [T0 + s for s in range(1, 21)]  # every fire once, none twice
+
+
+def test_stop_waits_for_runs_within_the_grace_period_then_cancels(tmp_path):
+    clock = Clock(T0)
+    server = _server(tmp_path, Interval(10), clock=clock)
+    clock.now = T0 + 10
+    server.tick()
+    handle = server.launcher.launched[0][2]
+
+    def sleep(seconds):
+        clock.now += seconds
+
+    server.stop(grace=5, sleep=sleep, cancel_wait=1)
+    assert handle.cancelled and _outcomes(server) == ["ended CANCELLED"]
+
+
+def test_served_checks_parameters_and_duplicates_at_start():
+    with pytest.raises(rf.ParameterError, match="seconds"):
+        served(two_branches, Interval(5, parameters={"seconds": "soon"}))
+    with pytest.raises(ScheduleError, match="served twice"):
+        Server([*served(two_branches, Interval(5)), *served(two_branches, Interval(5))], None, FakeLauncher())
+
+
+# -- the command line, and a real server on Ray ---------------------------------------------------
+
+
+def test_cli_rejects_bad_schedules_in_one_line(tmp_path):
+    target = "tests/flows.py:two_branches"
+    cases = [
+        (["serve", target, "--cron", "61 * * * *"], "bad cron expression"),
+        (["serve", target, "--interval", "5", "--timezone", "Nowhere/City"], "unknown timezone"),
+        (["serve", "tests/no_such_file.py:flow", "--interval", "5"], "no_such_file.py"),
+        (["serve", target], "exactly one of --cron"),
+        (["serve", target, "--cron", "@daily", "--interval", "5"], "exactly one of --cron"),
+        (["serve", target, "--interval", "5", "--overlap", "maybe"], "overlap must be one of"),
+        (["schedule", "preview", target, "--cron", "* * *"], "Wrong number of fields"),
+    ]
+    config = tmp_path / "flows.toml"
+    config.write_text('[[flow]]\ncron = "@daily"\n')
+    cases.append((["serve", "--config", str(config)], "has a schedule but no flow"))
+    for args, message in cases:
+        out = run_cli(*args, home=tmp_path)
+        assert out.returncode == 2, (args, out.stderr)
+        assert out.stderr.count("\n") == 1 and message in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
+
+
+def test_schedule_preview_prints_local_and_utc_times(tmp_path):
+    out = run_cli("schedule", "preview", "tests/flows.py:two_branches", "--cron", "0 6 * * *", "--timezone", "Europe/Berlin", "-n", "3", home=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = [line.split("\t") for line in out.stdout.splitlines()]
+    assert len(lines) == 3 and all(local.endswith(("T06:00:00+01:00", "T06:00:00+02:00")) for local, _ in lines)
+    assert all(u.endswith(("T05:00:00Z", "T04:00:00Z")) for _, u in lines)
+
+
+def _serve(home, address, *args):
+    env = {**os.environ, "RAYFLOW_HOME": str(home), "RAY_ADDRESS": address}
+    return subprocess.Popen(
+        [sys.executable, "-m", "rayflow", "serve", "tests/flows.py:two_branches", "--address", address, *args],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_real_server_fires_runs_on_ray_and_stops_on_sigterm(tmp_path, ray_session):
+    home = tmp_path / "home"
+    server = _serve(home, ray_session, "--interval", "1", "-p", "seconds=0.1", "--grace", "20")
+    try:
+        store = RunStore(home)
+        _wait_for(lambda: len([r for r in store.runs() if r["state"] == "SUCCESS"]) >= 2, 90, "two scheduled runs")
+        server.send_signal(signal.SIGTERM)
+        _, err = server.communicate(timeout=60)
+    finally:
+        server.kill()
+    assert server.returncode == 0, err[-2000:]
+    runs = RunStore(home).runs(limit=100)
+    assert runs and all(r["schedule_id"] and r["scheduled_for"] for r in runs)
+    assert all(r["state"] == "SUCCESS" for r in runs)  # the one in flight at SIGTERM finished within the grace
+    assert "fired two_branches/" in err and "ended SUCCESS" in err
+    listed = run_cli("schedules", home=home)
+    assert listed.returncode == 0 and "two_branches/" in listed.stdout and "SUCCESS" in listed.stdout
+    shown = run_cli("runs", home=home)
+    assert "scheduled 20" in shown.stdout
+
+
+def test_a_run_still_going_after_the_grace_period_is_cancelled(tmp_path, ray_session):
+    home = tmp_path / "home"
+    server = _serve(home, ray_session, "--interval", "1", "-p", "seconds=60", "--grace", "1")
+    try:
+        store = RunStore(home)
+        _wait_for(lambda: [r for r in store.runs() if r["state"] == "RUNNING"], 90, "a run in flight")
+        server.send_signal(signal.SIGTERM)
+        _, err = server.communicate(timeout=60)
+    finally:
+        server.kill()
+    assert server.returncode == 0, err[-2000:]
+    assert "grace period over: cancelling 1 run(s)" in err
+    runs = RunStore(home).runs()
+    assert [r["state"] for r in runs] == ["CANCELLED"]
