@@ -123,6 +123,43 @@ class Gate:
         return (Gate, (self.path,))
 
 
+class SlowToStore:
+    """A value whose write to the result store takes 5 s."""
+
+    def __reduce__(self):
+        if _in_result_store():
+            import time
+
+            time.sleep(5)
+        return (SlowToStore, ())
+
+
+@rf.task(persist=True)
+def slow_to_store() -> SlowToStore:
+    return SlowToStore()
+
+
+@rf.flow
+def slow_write():
+    return slow_to_store()
+
+
+@rf.task(persist=True)
+def rows(n: int) -> list:
+    return [{"v": 1} for _ in range(n)]
+
+
+@rf.task
+def edit_last(xs: list) -> int:
+    xs[-1]["v"] += 100  # edits the upstream's value in place
+    return sum(x["v"] for x in xs)
+
+
+@rf.flow
+def edited(n: int = 3):
+    return edit_last(rows(n))
+
+
 class Unstorable:
     """A value Ray can carry but the result store cannot write."""
 

@@ -276,6 +276,13 @@ def test_an_item_that_cannot_be_pickled_is_named_as_such():
     with pytest.raises(rf.SerializationError, match=r"an item of argument 'x' cannot be pickled.*_thread.lock"):
         locks.run()
 
+    @rf.flow(runner="local")
+    def matrix():
+        return add.map(np.ones((2, 3)), rf.unmapped(1))
+
+    with pytest.raises(rf.MappingError, match="1-dimensional"):
+        matrix.run()
+
 
 def test_non_iterable_arguments_are_named(runner):
     @rf.flow

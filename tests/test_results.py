@@ -322,16 +322,46 @@ def test_two_runs_racing_on_one_key_both_finish_and_one_entry_remains(home, tmp_
 # -- write-behind ---------------------------------------------------------------------------
 
 
-def test_a_persisted_value_is_written_behind_its_task_and_the_run_waits_for_it(home, runner, tmp_path):
+def test_a_persisted_value_is_written_behind_its_task_and_the_run_waits_for_it(home, ray_session, tmp_path):
     import resumable
 
     gate = tmp_path / "opened"
-    run = resumable.write_behind.with_options(runner=runner).run(path=str(gate))
+    run = resumable.write_behind.with_options(runner="ray").run(path=str(gate))
     assert run.state.type is T.SUCCESS, run.state.message  # the downstream task opened the gate mid-write
     assert run.result() == "opened"
     stored = ResultStore(str(home / "results")).find(f"runs/{run.run_id}/gated")
     assert stored is not None  # written, and the run ended only after that
     assert ResultStore(str(home / "results")).read(stored).path == str(gate)
+
+
+def test_in_process_a_persisted_value_is_written_before_a_downstream_task_can_edit_it(home):
+    import resumable
+
+    for _ in range(5):  # the edit and a write behind it would race: never here
+        run = resumable.edited.with_options(runner="local").run(n=3)
+        assert run.result() == 103
+        stored = ResultStore(str(home / "results"))
+        assert stored.read(stored.find(f"runs/{run.run_id}/rows")) == [{"v": 1}] * 3
+
+
+def test_a_cancel_while_results_are_written_ends_the_run_cancelled(home, ray_session):
+    import resumable
+    from rayflow.runtime import cancel_run
+
+    outcome = {}
+    thread = threading.Thread(
+        target=lambda: outcome.setdefault("run", resumable.slow_write.with_options(run_id="slow-write-1").run())
+    )
+    thread.start()
+    deadline = time.time() + 30
+    while time.time() < deadline and not (home / "history.db").exists():
+        time.sleep(0.1)
+    time.sleep(2.0)  # the task is done; its 5 s write is under way
+    cancel_run("slow-write-1", wait=0)
+    thread.join(60)
+    run = outcome["run"]
+    assert run.task_states["slow_to_store"].type is T.SUCCESS
+    assert run.state.type is T.CANCELLED and "while 1 result(s) were being written" in run.state.message
 
 
 def test_a_write_behind_that_fails_fails_the_run_naming_the_task(home, runner):
@@ -462,6 +492,33 @@ def test_item_cache_lineage_never_hashes_an_upstream_value_passed_whole(home, tm
     assert all(r.result() == [x + 3 for x in range(10)] for r in runs) and count(marker) == 40  # uncached, not failed
     logs = RunStore(home).logs(runs[0].run_id)
     assert any(r["level"] == "WARNING" and "uncached" in r["message"] and "'value'" in r["message"] for r in logs)
+
+
+def test_lineage_downstream_of_a_map_sees_what_the_map_mapped_over(home):
+    @rf.task
+    def load(n: int) -> list:
+        return list(range(n))
+
+    @rf.task(cache_key_fn=rf.cache.lineage)
+    def square(y: int, k: int) -> int:
+        return y * y + k
+
+    @rf.task(cache_key_fn=rf.cache.lineage)
+    def summarise(values: list) -> int:
+        return sum(values)
+
+    @rf.flow(runner="local")
+    def over_upstream(n: int = 3, k: int = 0):
+        return summarise(square.map(load(n), k=rf.unmapped(k)))
+
+    @rf.flow(runner="local")
+    def over_constant(xs: list = [1, 2]):  # noqa: B006
+        return summarise(square.map(xs, k=rf.unmapped(0)))
+
+    assert [over_upstream.run(n=n, k=k).result() for n, k in [(3, 0), (5, 0), (5, 1)]] == [5, 30, 35]
+    again = over_upstream.run(n=5, k=1)
+    assert again.result() == 35 and again.task_states["summarise"].type is T.CACHED
+    assert [over_constant.run(xs=xs).result() for xs in ([1, 2], [3, 4], [1, 2])] == [5, 25, 5]
 
 
 def test_item_cache_with_a_key_function_of_ones_own(home, tmp_path):

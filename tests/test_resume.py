@@ -278,3 +278,24 @@ def test_a_run_whose_driver_is_still_alive_is_not_resumed(home, tmp_path):
     with pytest.raises(rf.ResumeError, match=f"still running .*process {os.getpid()}"):
         rf.resume("live-run", flow=resumable.chain.with_options(runner="local"))
     assert store.run("live-run")["state"] == "RUNNING"  # this process is alive: not CRASHED
+
+
+def test_a_run_that_resumed_another_under_an_older_rayflow_keeps_finding_its_results(home, tmp_path):
+    """Older rayflows gave a resumed run a new id (R2 resumed R1, loading R1's results, which
+    stay under runs/R1/): R2's own attempts must still find them, attempt after attempt."""
+    from rayflow.results import ResultStore
+
+    root = tmp_path / "work"
+    root.mkdir()
+    (root / "fail").write_text("")
+    flow = resumable.chain.with_options(runner="local")
+    first = flow.run(root=str(root))
+    store = ResultStore(str(home / "results"))
+    loaded = {key: store.find(f"runs/{first.run_id}/{key}") for key in ("load", "side")}
+    legacy = flow.with_options(resumed_from=first.run_id, resume_results=loaded).run(root=str(root))  # as R2 was
+    assert legacy.run_id != first.run_id and legacy.state.type is T.FAILED
+    assert rf.resume(legacy.run_id, flow=flow).state.type is T.FAILED  # still failing: attempt 2
+    (root / "fail").unlink()
+    done = rf.resume(legacy.run_id, flow=flow)  # attempt 3
+    assert done.result()["report"] == "total=6"
+    assert counts(root)["load"] == 1 and counts(root)["side"] == 1  # never run again: R1's results found

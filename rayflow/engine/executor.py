@@ -64,6 +64,10 @@ class Executor(Protocol):
     def fetch(self, handles: list[Any]) -> list[Any]:
         """The values behind ``handles``."""
 
+    # Optional: ``shares_values = True`` when downstream works get the very objects a work
+    # returned (the in-process executor): persisted values are then written before the report,
+    # since a write behind could store a downstream task's edits.
+
 
 class QueuedStarts:
     """What both executors share: ``Started`` events queued from any thread, and ``wait``.

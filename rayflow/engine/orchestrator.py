@@ -128,6 +128,8 @@ class Orchestrator:
         self.system_failures = dict.fromkeys(keys, 0)
         self.handles: dict[str, Any] = {}
         self.writes: dict[int, tuple[Work, Any, int]] = {}  # work id -> (write work, value handle, tries)
+        self._shares_values = bool(getattr(executor, "shares_values", False))  # in-process: write inline
+        self._writes_dropped = 0  # writes a cancel left unawaited
         self.write_errors: list[str] = []
         self.unfinished = len(keys)
         self._seq = itertools.count()
@@ -194,7 +196,9 @@ class Orchestrator:
 
     def prepare(self, work: Work) -> Work:
         options = self.plan.by_key[work.task_key].options
-        work = dataclasses.replace(work, run_id=self.run_id, log_prints=options.log_prints)
+        work = dataclasses.replace(
+            work, run_id=self.run_id, log_prints=options.log_prints, write_inline=self._shares_values
+        )
         for hook in self._on_work:
             work = hook(work=work)
         return work
@@ -447,6 +451,9 @@ class Orchestrator:
         if self.write_errors and final.type is StateType.SUCCESS:  # what the user asked to keep was not kept
             more = f" (and {len(self.write_errors) - 1} more)" if len(self.write_errors) > 1 else ""
             final = final.model_copy(update={"type": StateType.FAILED, "message": self.write_errors[0] + more})
+        if self._writes_dropped and final.type is StateType.SUCCESS:  # cancelled while results were written
+            message = f"run cancelled while {self._writes_dropped} result(s) were being written"
+            final = final.model_copy(update={"type": StateType.CANCELLED, "message": message})
         self.set_flow_state(final)
         return self.summary()
 
@@ -475,6 +482,7 @@ class Orchestrator:
         self.running.clear()
         self.deadlines.clear()
         self.scheduled.clear()
+        self._writes_dropped += len(self.writes)
         self.writes.clear()  # writes under way finish on their own (atomically); nobody waits for them
         for key, state in list(self.states.items()):
             if not state.is_finished():

@@ -15,7 +15,8 @@ import inspect
 import os
 import pickle
 import socket
-from collections.abc import Iterable, Iterator, Mapping
+import uuid
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -209,7 +210,26 @@ class _ResultPlanner:
                 arguments = _keyed_arguments(node)
                 upstream = tuple(dict.fromkeys(self.lineage.get(r._key, r._key) for r in find_refs(arguments) if isinstance(r, NodeRef)))
                 constants = substitute(arguments, lambda ref: f"<upstream {ref._key}>" if isinstance(ref, NodeRef) else ref)
+                if node.kind == "map":  # what it maps over is its input too
+                    constants = (constants, self._mapped_lineage(node))
                 self.lineage[key] = lineage_key(node.task.fn, constants, upstream)
+
+    def _mapped_lineage(self, node: Any) -> tuple[tuple[str, str, Any], ...]:
+        """A map's sources as its lineage sees them: a constant sequence by value, an upstream
+        task or map by its lineage key, a generator as unknowable (nothing downstream that is
+        keyed by lineage can hit)."""
+        ignored = getattr(node.task.options.cache_key_fn, "ignored", frozenset())
+        out = []
+        for source in node.sources:
+            if source.name in ignored:
+                continue
+            if source.kind == "const":
+                out.append((source.name, "const", source.value))
+            elif source.kind == "stream":
+                out.append((source.name, "stream", uuid.uuid4().hex))
+            else:
+                out.append((source.name, source.kind, self.lineage.get(source.key, source.key)))
+        return tuple(out)
 
     def _persists(self, node: Any) -> bool:
         options = node.task.options
@@ -324,7 +344,7 @@ def _compile_sources(
             try:
                 column = to_column(value)
             except (TypeError, pickle.PicklingError) as exc:
-                if isinstance(value, Iterable) and not isinstance(value, (str, bytes)):  # an item will not pickle
+                if isinstance(exc, pickle.PicklingError) or "pickle" in str(exc):  # an item will not pickle
                     raise SerializationError(
                         f"task '{node.key}': an item of argument '{source.name}' cannot be pickled to travel "
                         f"to a worker ({type(exc).__name__}: {exc}); map over something picklable",
@@ -332,7 +352,7 @@ def _compile_sources(
                     ) from None
                 raise MappingError(
                     f"task '{node.key}': argument '{source.name}' is a {type(value).__name__}, which cannot be "
-                    "mapped over; wrap it in rf.unmapped(...) to pass it whole to every item",
+                    f"mapped over ({exc}); wrap it in rf.unmapped(...) to pass it whole to every item",
                     task_key=node.key,
                 ) from None
             lengths[source.name] = len(column)

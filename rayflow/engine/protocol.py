@@ -76,6 +76,7 @@ class Work:
     run_id: str = ""
     log_prints: bool = False  # capture print() as log records of the run
     persist: tuple[str, str] | None = None  # a write-behind: (store, name) to write its one input to
+    write_inline: bool = False  # write a persisted value before reporting (values shared in-process)
 
 
 def pack_inputs(inputs: list[Any], *, batch: bool = False) -> tuple[tuple[Any, ...], list[Any]]:

@@ -89,9 +89,12 @@ def resume(run_id: str, flow: Any = None, **params: Any) -> Any:
             found[key] = path
     _warn_changed_code(run_id, recorded.get("code") or {}, graph, {**found, **chunks})
     traced = recorded.get("trace")
+    earlier = recorded.get("resumed_from")
     resumed = flow.with_options(
         run_id=run_id, run_attempt=int(run.get("attempt") or 1) + 1,
-        resumed_from=run_id, resume_results=found, resume_chunks=chunks,
+        # the same id, unless this run resumed another (an older rayflow's history): that chain is kept
+        resumed_from=earlier if earlier and earlier != run_id else run_id,
+        resume_results=found, resume_chunks=chunks,
         resumed_trace=tuple(traced) if isinstance(traced, list) and len(traced) == 2 else None,
     )
     return resumed.run(**values)

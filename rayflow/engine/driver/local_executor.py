@@ -31,6 +31,8 @@ class LocalBox:
 class LocalExecutor(QueuedStarts):
     """Runs works on threads of this process."""
 
+    shares_values = True  # downstream tasks get the very objects: persisted values are written inline
+
     def __init__(self, max_workers: int | None = None):
         super().__init__()
         self._pool = cf.ThreadPoolExecutor(max_workers=max_workers or max(4, os.cpu_count() or 1))

@@ -38,9 +38,23 @@ def execute(payload: bytes, work: Work, *values: Any) -> tuple[Any, Any]:
                 logs.add("ERROR", f"attempt {work.attempt} failed:\n{report.error.traceback or report.error}")
             if work.report_length and report.type in (StateType.SUCCESS, StateType.CACHED):
                 report = dataclasses.replace(report, length=_length(value, work.report_length))
+    if work.write_inline and getattr(report, "persist", None) is not None:
+        report = _write_now(work, report, value)
     if logs.records:
         report = dataclasses.replace(report, logs=tuple(logs.records))
     return value, report
+
+
+def _write_now(work: Work, report: Any, value: Any) -> Any:
+    """Where downstream tasks get the very object (the in-process executor), a write behind them
+    could store their edits: the value is written before the report, as it is.  A write that fails
+    is left to the orchestrator's write-behind (tried again, then reported)."""
+    location, name = report.persist
+    try:
+        ResultStore(location).write(name, value)
+    except Exception:  # noqa: BLE001 - retried behind
+        return report
+    return dataclasses.replace(report, persist=None)
 
 
 def write_behind(work: Work, value: Any) -> WriteReport:
