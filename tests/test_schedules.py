@@ -370,3 +370,16 @@ def test_a_run_still_going_after_the_grace_period_is_cancelled(tmp_path, ray_ses
     assert "grace period over: cancelling 1 run(s)" in err
     runs = RunStore(home).runs()
     assert [r["state"] for r in runs] == ["CANCELLED"]
+
+
+def test_flow_serve_once_fires_what_came_due_since_the_last_server(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAYFLOW_HOME", str(tmp_path / "home"))
+    local_flow = two_branches.with_options(runner="local")
+    every = Interval(1)
+    assert local_flow.serve(every, {"seconds": 0.0}, once=True) == 0  # registers: nothing is due yet
+    time.sleep(1.2)
+    assert local_flow.serve(every, {"seconds": 0.0}, once=True) == 0  # the fire since then runs
+    runs = RunStore(tmp_path / "home").runs()
+    assert len(runs) >= 1 and all(r["state"] == "SUCCESS" and r["schedule_id"] for r in runs)
+    with pytest.raises(rf.ParameterError):
+        local_flow.serve(every, {"seconds": "never"}, once=True)
