@@ -383,3 +383,47 @@ def test_flow_serve_once_fires_what_came_due_since_the_last_server(tmp_path, mon
     assert len(runs) >= 1 and all(r["state"] == "SUCCESS" and r["schedule_id"] for r in runs)
     with pytest.raises(rf.ParameterError):
         local_flow.serve(every, {"seconds": "never"}, once=True)
+
+
+def test_a_config_file_serves_several_flows_and_names_its_mistakes(tmp_path):
+    from rayflow.cli.serve import config_entries
+
+    config = tmp_path / "flows.toml"
+    config.write_text(
+        f"""
+[server]
+max_concurrent = 2
+grace = 5
+
+[[flow]]
+target = "{REPO}/tests/flows.py:two_branches"
+cron = "0 6 * * 1-5"
+timezone = "Europe/Paris"
+overlap = "queue"
+parameters = {{ seconds = 0.5 }}
+
+[[flow]]
+target = "{REPO}/tests/flows.py:two_branches"
+interval = 300
+catchup = "latest"
+"""
+    )
+    found, server = config_entries(str(config))
+    assert server == {"max_concurrent": 2, "grace": 5}
+    (flow_a, cron, _, _), (_, interval, _, _) = found
+    assert flow_a.name == "two_branches" and cron.describe() == "Cron('0 6 * * 1-5', timezone='Europe/Paris')"
+    assert cron.overlap == "queue" and cron.parameters == {"seconds": 0.5} and interval.catchup == "latest"
+    assert len({e.schedule_id for f, s, p, t in found for e in served(f, s, p, t)}) == 2
+    from rayflow.cli.loader import TargetError
+
+    target = f"{REPO}/tests/flows.py:two_branches"
+    for text, message in [
+        (f'[[flow]]\ntarget = "{target}"\ncron = "@daily"\ninterval = 5\n', "entry 1: give exactly one of"),
+        (f'[[flow]]\ntarget = "{target}"\nevery = 5\n', "unknown key"),
+        ('[[flow]]\ntarget = "nowhere.py:f"\ninterval = 5\n', "entry 1: no such file: nowhere.py"),
+        ("[server]\nthreads = 3\n", "takes only"),
+        ("[[flow]\n", "not valid TOML"),
+    ]:
+        config.write_text(text)
+        with pytest.raises((ScheduleError, TargetError), match=message):
+            config_entries(str(config))
