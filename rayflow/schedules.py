@@ -135,9 +135,14 @@ class Schedule:
             "catchup": self.catchup, "max_catchup": self.max_catchup,
         }
 
-    def key(self) -> str:
-        """A short stable digest of what the schedule is (its fires and parameters)."""
-        text = json.dumps(self.spec(), sort_keys=True, default=str)
+    def rule(self) -> dict[str, Any]:
+        """When it fires, and nothing else (no parameters, no policies)."""
+        return {k: v for k, v in self.spec().items() if k not in ("parameters", "overlap", "catchup", "max_catchup")}
+
+    def key(self, *also: Any) -> str:
+        """A short stable digest of when it fires and of ``also`` (the served parameters, where the
+        flow is): a schedule's identity, unchanged when only its policies change."""
+        text = json.dumps([self.rule(), *also], sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
     def __or__(self, other: Schedule) -> Union:
@@ -159,9 +164,19 @@ class Interval(Schedule):
     ):
         super().__init__(**options)
         if isinstance(every, (int, float)) and not isinstance(every, bool):
+            if not math.isfinite(every) or every <= 0 or every > 1e10:
+                raise ScheduleError(f"every must be a positive, finite number of seconds (at most 1e10), got {every!r}")
             every = dt.timedelta(seconds=every)
         if not isinstance(every, dt.timedelta) or every <= dt.timedelta(0):
-            raise ScheduleError(f"every must be a positive timedelta or number of seconds, got {every!r}")
+            shown = f"{every.total_seconds():g}s" if isinstance(every, dt.timedelta) else repr(every)
+            raise ScheduleError(f"every must be a positive timedelta or number of seconds, got {shown}")
+        if isinstance(anchor, str):
+            try:
+                anchor = dt.datetime.fromisoformat(anchor)
+            except ValueError:
+                raise ScheduleError(f"anchor {anchor!r} is not an ISO date-time such as 2026-01-01T06:00") from None
+        if anchor is not None and not isinstance(anchor, dt.datetime):
+            raise ScheduleError(f"anchor must be a datetime (or an ISO date-time string), got {type(anchor).__name__}")
         self.every = every
         if anchor is None:
             anchor = DEFAULT_ANCHOR.replace(tzinfo=self.tz)
@@ -209,13 +224,25 @@ class Cron(Schedule):
             CronSim(self._expr, dt.datetime(2020, 1, 1, tzinfo=self.tz))
         except (CronSimError, ValueError, IndexError) as exc:
             raise ScheduleError(f"bad cron expression {self.expression!r}: {exc}") from None
+        if len(self._expr.split()) == 6 and self.timezone != "UTC" and str(self.tz.key) not in ("UTC", "Etc/UTC"):
+            raise ScheduleError(
+                f"cron expression {self.expression!r} has a seconds field, which follows no daylight-saving "
+                "rules: use five fields, or timezone='UTC'"
+            )
 
     def next_after(self, after: dt.datetime) -> dt.datetime | None:
-        local = as_utc(after).astimezone(self.tz)
+        after = as_utc(after)
+        times = CronSim(self._expr, after.astimezone(self.tz))
         try:
-            return next(CronSim(self._expr, local)).astimezone(UTC)
+            for _ in range(10_000):
+                # cronsim reads a local time without its fold: in an hour the clock repeats it may
+                # answer a time already past (its first occurrence, which fired then): skip those
+                when = next(times).astimezone(UTC)
+                if when > after:
+                    return when
         except StopIteration:  # no match within 50 years (e.g. 30 February)
             return None
+        return None
 
     def spec(self) -> dict[str, Any]:
         return {"kind": "cron", "expression": self.expression, **self._policies()}
@@ -245,6 +272,9 @@ class Union(Schedule):
 
     def spec(self) -> dict[str, Any]:
         return {"kind": "union", "members": [m.spec() for m in self._members]}
+
+    def rule(self) -> dict[str, Any]:
+        return {"kind": "union", "members": [m.rule() for m in self._members]}
 
     def describe(self) -> str:
         return " | ".join(m.describe() for m in self._members)

@@ -427,3 +427,109 @@ catchup = "latest"
         config.write_text(text)
         with pytest.raises((ScheduleError, TargetError), match=message):
             config_entries(str(config))
+
+
+def test_a_schedules_id_is_its_rule_parameters_and_flow_not_its_policies():
+    def sid(schedule, parameters=None, target=None):
+        (entry,) = served(two_branches, schedule, parameters, target=target)
+        return entry.schedule_id
+
+    base = sid(Interval(60))
+    assert sid(Interval(60, overlap="queue", catchup="all", max_catchup=3)) == base  # a restart with new policies
+    assert sid(Interval(60), {"seconds": 2.0}) != base
+    assert sid(Interval(60, parameters={"seconds": 2.0})) == sid(Interval(60), {"seconds": 2.0})
+    assert sid(Interval(60), target="a.py:two_branches") != sid(Interval(60), target="b.py:two_branches")
+    assert sid(Interval(61)) != base and sid(Interval(60, timezone="Asia/Tokyo")) != base
+
+
+def test_fire_times_never_go_back_in_a_repeated_hour():
+    night = Cron("30 1 * * *", timezone="America/New_York")
+    after = utc(2024, 11, 3, 6, 0)  # 01:00 EST, the second 01:00 of the night; 01:30 EDT (05:30Z) was earlier
+    assert night.next_after(after) == utc(2024, 11, 4, 6, 30)
+    for minute in range(0, 60, 7):
+        t = utc(2024, 11, 3, 5, minute)
+        assert night.next_after(t) > t
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: Cron("0 30 2 * * *", timezone="America/New_York"), "seconds field, which follows no daylight-saving"),
+        (lambda: Interval(float("nan")), "finite"),
+        (lambda: Interval(float("inf")), "finite"),
+        (lambda: Interval(1e20), "at most 1e10"),
+        (lambda: Interval(dt.timedelta(seconds=-5)), "got -5s"),
+        (lambda: Interval(60, anchor="yesterday"), "not an ISO date-time"),
+        (lambda: Interval(60, anchor=dt.date(2026, 1, 1)), "anchor must be a datetime"),
+    ],
+)
+def test_more_bad_schedules_are_named(make, message):
+    with pytest.raises(ScheduleError, match=message):
+        make()
+    assert Cron("30 0 2 * * *").next_after(utc(2026, 1, 1)) == utc(2026, 1, 1, 2, 0, 30)  # seconds, in UTC
+    assert Interval(60, anchor="2026-01-01T00:00:30").next_after(utc(2026, 1, 1)) == utc(2026, 1, 1, 0, 0, 30)
+
+
+def test_cli_options_that_would_be_ignored_with_a_config_and_bad_server_settings_are_refused(tmp_path):
+    config = tmp_path / "flows.toml"
+    config.write_text(f'[[flow]]\ntarget = "{REPO}/tests/flows.py:two_branches"\ninterval = 60\n')
+    for args, message in [
+        (["--overlap", "queue"], "--overlap cannot be given too"),
+        (["-p", "seconds=1"], "--param cannot be given too"),
+        (["--max-concurrent", "0"], "max_concurrent must be a positive int"),
+    ]:
+        out = run_cli("serve", "--config", str(config), *args, home=tmp_path)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1 and message in out.stderr, (args, out.stderr)
+    for text, message in [
+        ('[server]\ngrace = "x"\n', "grace must be a number"),
+        ('[[flow]]\ntarget = 5\ninterval = 60\n', "target must be a string"),
+        (f'[[flow]]\ntarget = "{REPO}/tests/flows.py:two_branches"\ncron = "@daily"\nanchor = 2026-01-01T00:00:00\n', "anchor applies"),
+        (f'[[flow]]\ntarget = "{REPO}/tests/flows.py:two_branches"\ninterval = nan\n', "finite"),
+    ]:
+        config.write_text(text if "[[flow]]" in text else text + f'[[flow]]\ntarget = "{REPO}/tests/flows.py:two_branches"\ninterval = 60\n')
+        out = run_cli("serve", "--config", str(config), home=tmp_path)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1 and message in out.stderr, (text, out.stderr)
+
+
+LOCAL_SLOW = """
+import time
+import rayflow as rf
+
+@rf.task
+def nap(s: float) -> float:
+    time.sleep(s)
+    return s
+
+@rf.flow(runner="local")
+def slow(s: float = 60.0):
+    return nap(s)
+"""
+
+
+def test_an_in_process_run_going_at_sigterm_is_cancelled_after_the_grace_and_the_server_exits(tmp_path):
+    (tmp_path / "slow.py").write_text(LOCAL_SLOW)
+    home = tmp_path / "home"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "rayflow", "serve", f"{tmp_path}/slow.py:slow", "--interval", "1", "--grace", "1"],
+        cwd=REPO, env={**os.environ, "RAYFLOW_HOME": str(home)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        _wait_for(lambda: (home / "history.db").exists() and [r for r in RunStore(home).runs() if r["state"] == "RUNNING"], 60, "a run")
+        sent = time.time()
+        server.send_signal(signal.SIGTERM)
+        _, err = server.communicate(timeout=30)
+    finally:
+        server.kill()
+    assert server.returncode == 0, err[-2000:]
+    assert time.time() - sent < 20  # not the 60 s the task sleeps
+    assert [r["state"] for r in RunStore(home).runs()] == ["CANCELLED"]
+    assert "exiting past 1 task thread(s)" in err
+
+
+def test_schedules_lists_a_damaged_spec_without_failing(tmp_path):
+    store = ScheduleStore(RunStore(tmp_path))
+    store.register("f/abc", "f", None, {"kind": "interval"}, T0)
+    with store.runs._connect() as db:
+        db.execute("UPDATE schedules SET spec = 'not json' WHERE schedule_id = 'f/abc'")
+    out = run_cli("schedules", home=tmp_path)
+    assert out.returncode == 0 and "f/abc" in out.stdout and "unreadable" in out.stdout, out.stderr

@@ -10,8 +10,11 @@ cannot be resumed); 3 the Ray cluster could not be reached; 130 interrupted.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import importlib
+import os
+import threading
 import json
 import sys
 import time
@@ -415,13 +418,18 @@ def serve(
     once: Annotated[bool, typer.Option("--once", help="Fire what is due now, wait for those runs, exit.")] = False,
 ) -> None:
     """Fire flows on their schedules as runs on Ray, until SIGTERM/SIGINT (exit 0)."""
-    from rayflow.cli.serve import config_entries, schedule_from
+    from rayflow.cli.serve import check_server_options, config_entries, schedule_from
     from rayflow.exceptions import ScheduleError
 
     try:
         if config is not None:
-            if target is not None or cron is not None or interval is not None:
-                raise ScheduleError("give either --config FILE or TARGET with --cron/--interval, not both")
+            given = {
+                "TARGET": target, "--cron": cron, "--interval": interval, "--timezone": timezone, "--param": param,
+                "--overlap": overlap, "--catchup": catchup, "--max-catchup": max_catchup,
+            }
+            clash = [name for name, value in given.items() if value]
+            if clash:
+                raise ScheduleError(f"with --config FILE the schedules are the file's: {', '.join(clash)} cannot be given too")
             found, server = config_entries(config)
         else:
             if target is None:
@@ -437,12 +445,29 @@ def serve(
             "grace": grace if grace is not None else server.get("grace", 30.0),
             "address": address or server.get("address"),
         }
+        check_server_options(options, "")
         code = serving.serve(entries, once=once, **options)
     except (TargetError, ParameterError, ScheduleError, DefinitionError) as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
     except ClusterConnectionError as exc:
         raise _fail(str(exc), EXIT_CLUSTER) from None
+    _exit_past_abandoned_threads(code)
     raise typer.Exit(code)
+
+
+def _exit_past_abandoned_threads(code: int) -> None:
+    """A cancelled in-process run leaves its tasks' threads running until their functions return
+    (threads cannot be killed), and Python would wait for them at exit: the server exits now."""
+    from rayflow.engine.driver.local_executor import THREAD_PREFIX
+
+    lingering = [t for t in threading.enumerate() if t.name.startswith(THREAD_PREFIX) and t.is_alive()]
+    if not lingering:
+        return
+    typer.echo(f"rayflow serve: exiting past {len(lingering)} task thread(s) of cancelled in-process runs", err=True)
+    atexit._run_exitfuncs()  # what a normal exit runs (trace flushes, ray.shutdown), then no thread joins
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 schedule_app = typer.Typer(help="Schedules: preview the fire times of one.", no_args_is_help=True)

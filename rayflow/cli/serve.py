@@ -51,6 +51,7 @@ def config_entries(path: str) -> tuple[list[tuple[Any, Schedule, dict, str]], di
     server = config.get("server", {})
     if not isinstance(server, dict) or set(server) - SERVER_KEYS:
         raise ScheduleError(f"{path}: [server] takes only {sorted(SERVER_KEYS)}")
+    check_server_options(server, f"{path}: [server] ")
     flows = config.get("flow")
     if not isinstance(flows, list) or not flows:
         raise ScheduleError(f"{path}: no [[flow]] entries to serve")
@@ -64,6 +65,10 @@ def config_entries(path: str) -> tuple[list[tuple[Any, Schedule, dict, str]], di
             raise ScheduleError(f"{where}: unknown key(s) {sorted(extra)}")
         if not entry.get("target"):
             raise ScheduleError(f"{where} has a schedule but no flow: give target = \"file.py:flow\"")
+        if not isinstance(entry["target"], str):
+            raise ScheduleError(f"{where}: target must be a string such as \"file.py:flow\"")
+        if entry.get("anchor") is not None and entry.get("interval") is None:
+            raise ScheduleError(f"{where}: anchor applies to an interval only")
         try:
             flow = load_flow(entry["target"])
             anchor = entry.get("anchor")
@@ -77,6 +82,21 @@ def config_entries(path: str) -> tuple[list[tuple[Any, Schedule, dict, str]], di
             raise type(exc)(f"{where}: {exc}") from None
         out.append((flow, schedule, {}, entry["target"]))
     return out, server
+
+
+def check_server_options(options: dict[str, Any], where: str = "") -> None:
+    """max_concurrent a positive int, grace a number of seconds >= 0, address a string."""
+    from rayflow.exceptions import ScheduleError
+
+    concurrent = options.get("max_concurrent")
+    if concurrent is not None and (not isinstance(concurrent, int) or isinstance(concurrent, bool) or concurrent < 1):
+        raise ScheduleError(f"{where}max_concurrent must be a positive int, got {concurrent!r}")
+    grace = options.get("grace")
+    if grace is not None and (not isinstance(grace, (int, float)) or isinstance(grace, bool) or not 0 <= grace < float("inf")):
+        raise ScheduleError(f"{where}grace must be a number of seconds >= 0, got {grace!r}")
+    address = options.get("address")
+    if address is not None and not isinstance(address, str):
+        raise ScheduleError(f"{where}address must be a string, got {address!r}")
 
 
 def preview_lines(schedule: Schedule, n: int, after: dt.datetime | None = None) -> list[str]:

@@ -10,6 +10,7 @@ does not scale beyond this process.
 from __future__ import annotations
 
 import atexit
+import threading
 import os
 from typing import Any
 
@@ -25,6 +26,21 @@ from rayflow.store.history import refuse_taken_run_id
 from rayflow.telemetry import flush_all, settings_from_env
 
 EXIT_FLUSH_SECONDS = 2.0
+
+
+_LIVE: dict[str, Any] = {}  # run id -> the Orchestrator of a run going in this process
+_LIVE_LOCK = threading.Lock()
+
+
+def cancel_local(run_id: str) -> bool:
+    """Cancel a run of the in-process runner going in this process; False if there is none.
+    Its tasks' threads cannot be killed: they are abandoned and end when their functions return."""
+    with _LIVE_LOCK:
+        orchestrator = _LIVE.get(run_id)
+    if orchestrator is None:
+        return False
+    orchestrator.request_cancel()
+    return True
 
 
 class LocalRunner:
@@ -53,6 +69,8 @@ class LocalRunner:
         if progress.enabled:
             orchestrator.observe(Callback(lambda **_: progress.update(orchestrator.progress())))
         observed.start()
+        with _LIVE_LOCK:
+            _LIVE[orchestrator.run_id] = orchestrator
         try:
             summary = orchestrator.run()
             progress.update(orchestrator.progress())
@@ -61,6 +79,8 @@ class LocalRunner:
             orchestrator.step(0)  # marks everything unfinished CANCELLED
             raise
         finally:
+            with _LIVE_LOCK:
+                _LIVE.pop(orchestrator.run_id, None)
             progress.close()
             executor.shutdown()
             observed.close()

@@ -50,23 +50,33 @@ def serve(
     logger = logging.getLogger("rayflow.serve")
     for entry in entries:
         logger.info("serving %s: %s, next fire %s", entry.schedule_id, entry.schedule.describe(), _next(entry))
-    if once:
-        server.tick()
-        while server.active() or server.waiting or any(server.queued.values()):
-            time.sleep(0.1)
-            server.reap()
-        return 0 if all(f.handle.state() == "SUCCESS" for f in server.ended) else 1
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    stopping: list[int] = []  # a signal handler only appends: nothing it does can block
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stopping.append(signum)
+
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)} if on_main else {}
     try:
-        while not stop.is_set():
+        if once:
             server.tick()
-            stop.wait(_wait(server))
-        logger.info("stopping: no more fires; %d run(s) going, grace %gs", server.active(), grace)
-        server.stop(grace)
+            while not stopping and (server.active() or server.waiting or any(server.queued.values())):
+                time.sleep(0.1)
+                server.reap()
+        else:
+            while not stopping:
+                server.tick()
+                deadline = time.monotonic() + _wait(server)
+                while not stopping and time.monotonic() < deadline:
+                    time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+        if stopping:
+            logger.info("stopping: no more fires; %d run(s) going, grace %gs", server.active(), grace)
+            server.stop(grace)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if once and not stopping:
+        return 0 if all(f.handle.state() == "SUCCESS" for f in server.ended) else 1
     return 0
 
 

@@ -17,6 +17,7 @@ from rayflow.serving.server import Served
 class ThreadHandle:
     def __init__(self, entry: Served, run_id: str):
         self.run_id = run_id
+        self.local = entry.flow.options.runner == "local"
         self._state: str | None = None
         self._flow = entry.flow.with_options(run_id=run_id, progress=False)
         self._parameters = dict(entry.parameters)
@@ -37,6 +38,12 @@ class ThreadHandle:
         return self._state or "UNKNOWN"
 
     def cancel(self) -> None:
+        if self.local:  # the in-process runner: its orchestrator is in this process
+            from rayflow.runs.local import cancel_local
+
+            if not cancel_local(self.run_id) and not self.done():
+                raise RuntimeError(f"run {self.run_id} has not started yet")
+            return
         from rayflow.runtime import cancel_run
 
         cancel_run(self.run_id, wait=0)

@@ -64,7 +64,9 @@ def served(flow: Any, schedule: Schedule, parameters: Mapping[str, Any] | None =
     for member in schedule.members():
         values = {**dict(parameters or {}), **member.parameters}
         validate_parameters(flow.parameters_model, flow.name, values)
-        out.append(Served(flow, member, values, f"{flow.name}/{member.key()}", target))
+        where = target or f"{getattr(flow.fn, '__module__', '?')}:{getattr(flow.fn, '__qualname__', flow.name)}"
+        schedule_id = f"{flow.name}/{member.key(values, where)}"  # its rule, parameters and flow: not its policies
+        out.append(Served(flow, member, values, schedule_id, target))
     return out
 
 

@@ -78,7 +78,10 @@ class ScheduleStore:
         with self.runs._connect() as db:
             rows = [dict(r) for r in db.execute("SELECT * FROM schedules ORDER BY schedule_id")]
             for row in rows:
-                row["spec"] = json.loads(row["spec"])
+                try:
+                    row["spec"] = json.loads(row["spec"])
+                except (TypeError, ValueError):  # damaged by hand: listed as such
+                    row["spec"] = {"kind": "unreadable", "text": str(row["spec"])[:200]}
                 last = db.execute(
                     "SELECT s.scheduled_for, s.outcome, s.run_id, r.state FROM scheduled_runs AS s "
                     "LEFT JOIN runs AS r ON r.run_id = s.run_id WHERE s.schedule_id = ? "

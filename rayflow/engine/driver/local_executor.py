@@ -19,6 +19,9 @@ from rayflow.engine.protocol import Work, describe_error
 from rayflow.engine.worker.execute import execute
 
 
+THREAD_PREFIX = "rayflow-local-task"  # its threads' names (Python joins them at exit, daemon or not)
+
+
 class LocalBox:
     """The handle of a value kept in this process."""
 
@@ -35,7 +38,7 @@ class LocalExecutor(QueuedStarts):
 
     def __init__(self, max_workers: int | None = None):
         super().__init__()
-        self._pool = cf.ThreadPoolExecutor(max_workers=max_workers or max(4, os.cpu_count() or 1))
+        self._pool = cf.ThreadPoolExecutor(max_workers=max_workers or max(4, os.cpu_count() or 1), thread_name_prefix=THREAD_PREFIX)
         self._futures: dict[cf.Future[Any], Work] = {}
 
     def _run(self, spec: TaskSpec, work: Work, values: list[Any]) -> tuple[Any, Any]:
