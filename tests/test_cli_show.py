@@ -282,7 +282,7 @@ def _row(start: int, stop: int, counts: dict[str, int], at: float) -> dict:
 
 
 def test_item_states_take_rerun_items_out_of_the_state_they_were_retried_from():
-    from rayflow.cli.history import item_states, map_items
+    from rayflow.store.views import item_states, map_items
 
     rows = [
         # chunk [0, 10): 2 rf.Retry, 1 timed out, 3 failed (1 of them not retryable); then a retry of 5

@@ -398,7 +398,7 @@ def _items_flow(marker: pathlib.Path, name: str = "items", **options):
 
 
 def _map_items(home, run_id: str, key: str) -> dict:
-    from rayflow.cli.history import map_items
+    from rayflow.store.views import map_items
 
     return map_items([c for c in RunStore(home).run(run_id)["chunks"] if c["task_key"] == key])
 

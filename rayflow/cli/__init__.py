@@ -26,7 +26,8 @@ from rayflow.cli.loader import TargetError, load_flow
 from rayflow.cli.history import print_run as print_history_run
 from rayflow.cli.graph import dot as render_dot
 from rayflow.cli.graph import mermaid as render_mermaid
-from rayflow.cli.history import print_live, print_runs, task_rows
+from rayflow.cli.history import print_live, print_runs
+from rayflow.store.views import task_rows
 from rayflow.cli.output import emit_table, print_run
 from rayflow.core.parameters import parameter_annotations
 from rayflow.engine.driver.flow_run import FlowRun

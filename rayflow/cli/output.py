@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rayflow.exceptions import RayflowError
+from rayflow.store.views import grouped
 
 STATE_STYLES = {"SUCCESS": "green", "SKIPPED": "cyan", "CACHED": "cyan", "MAPPED": "green", "RUNNING": "yellow"}
 
@@ -74,42 +75,6 @@ def _result_text(flow_run: Any) -> str:
         return repr(value)
 
 
-def subflow_keys(keys: list[str], known: set[str] | frozenset[str] = frozenset()) -> set[str]:
-    """The keys that are subflows: those others are keyed under (``inner`` for ``inner/inc``), and ``known``."""
-    return set(known) | {k.rpartition("/")[0] for k in keys if "/" in k}
-
-
-def grouped(keys: list[str], subflows: set[str] | None = None) -> list[tuple[str, int]]:
-    """Task keys with each subflow's own row moved before its tasks, and each key's depth.
-
-    A key is a subflow when others are keyed under it (``inner`` for ``inner/inc``), or when
-    ``subflows`` says so (a subflow with no tasks).
-    """
-    present = set(keys)
-    subflows = subflow_keys(keys, subflows or frozenset())
-    out: list[tuple[str, int]] = []
-    placed: set[str] = set()
-
-    def place(key: str) -> None:
-        if key in placed:
-            return
-        group = key.rpartition("/")[0]
-        if group and group in subflows and group in present:
-            place(group)
-        placed.add(key)
-        out.append((key, key.count("/")))
-
-    for key in keys:
-        if key in subflows:
-            members = [k for k in keys if k.startswith(key + "/")]
-            if members and any(m not in placed for m in members):
-                continue  # placed before its first member
-        place(key)
-    for key in keys:  # subflows whose members were all placed already
-        place(key)
-    return out
-
-
 def print_run(flow_run: Any, *, stream: Any = None) -> None:
     stream = stream or sys.stdout
     order = grouped(list(flow_run.task_states))
@@ -125,3 +90,4 @@ def print_run(flow_run: Any, *, stream: Any = None) -> None:
     print(f"run id: {flow_run.run_id}", file=stream)
     print(f"state: {flow_run.state.type.value} {flow_run.state.message}", file=stream)
     print(f"result: {_result_text(flow_run)}", file=stream)
+
