@@ -32,7 +32,7 @@ from rayflow.cli.output import emit_table, print_run
 from rayflow.core.parameters import parameter_annotations
 from rayflow.engine.driver.flow_run import FlowRun
 from rayflow.engine.driver.local import new_run_id
-from rayflow.store import RunStore
+from rayflow.store import RunStore, rayflow_home
 from rayflow.store.history import UNFINISHED
 from rayflow.exceptions import (
     ClusterConnectionError,
@@ -507,6 +507,28 @@ def list_schedules(as_json: Annotated[bool, typer.Option("--json", help="As JSON
         print(json.dumps(found, indent=2, default=str))
         return
     emit_table(["schedule", "flow", "rule", "next fire", "last run", "target"], schedule_rows(found), title="schedules")
+
+
+@app.command()
+def ui(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.", min=1, max=65535)] = 4200,
+) -> None:
+    """Serve the web UI (read-only) over RAYFLOW_HOME's run history."""
+    import socket
+
+    import uvicorn
+
+    from rayflow.ui import create_app
+
+    try:
+        with socket.create_server((host, port)):  # a port in use: one line, before uvicorn starts
+            pass
+    except OSError as exc:
+        raise _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_USAGE) from None
+    app_ = create_app(rayflow_home())
+    typer.echo(f"rayflow ui: http://{host}:{port}/ over {rayflow_home() / 'history.db'}", err=True)
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
 @app.callback()

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 
 from rayflow.cli.output import emit_table, took as _took
 from rayflow.store.views import grouped
-from rayflow.store.views import _duration, task_rows
+from rayflow.store.views import _duration, run_record, task_rows, trace_url
 from rayflow.states import FAILED_TYPES
 
 FAILED = {t.value for t in FAILED_TYPES}
-JAEGER_URL = "http://localhost:16686"
 
 
 def _when(ts: float | None) -> str:
@@ -34,12 +32,10 @@ def print_runs(runs: list[dict], as_json: bool) -> None:
 
 
 def print_run(run: dict, as_json: bool) -> None:
-    jaeger = os.environ.get("RAYFLOW_JAEGER_URL", JAEGER_URL).rstrip("/")
-    link = f"{jaeger}/trace/{run['trace_id']}" if run["trace_id"] else None
+    link = trace_url(run["trace_id"])
     tasks = task_rows(run)
     if as_json:
-        out = {k: v for k, v in run.items() if k not in ("transitions", "chunks")}
-        print(json.dumps({**out, "trace_url": link, "task_rows": tasks, "chunks": run["chunks"]}, indent=2))
+        print(json.dumps(run_record(run), indent=2))
         return
     rows = []
     for t in tasks:

@@ -4,9 +4,25 @@ order of task keys with subflows as groups."""
 
 from __future__ import annotations
 
+import os
+
 from rayflow.states import FAILED_TYPES
 
 FAILED = {t.value for t in FAILED_TYPES}
+JAEGER_URL = "http://localhost:16686"
+
+
+def trace_url(trace_id: str | None) -> str | None:
+    """The run's trace in Jaeger (``RAYFLOW_JAEGER_URL``, default http://localhost:16686)."""
+    if not trace_id:
+        return None
+    return f"{os.environ.get('RAYFLOW_JAEGER_URL', JAEGER_URL).rstrip('/')}/trace/{trace_id}"
+
+
+def run_record(run: dict) -> dict:
+    """A run as ``rayflow show --json`` and ``/api/runs/{id}`` give it."""
+    out = {k: v for k, v in run.items() if k not in ("transitions", "chunks")}
+    return {**out, "trace_url": trace_url(run["trace_id"]), "task_rows": task_rows(run), "chunks": run["chunks"]}
 
 
 def subflow_keys(keys: list[str], known: set[str] | frozenset[str] = frozenset()) -> set[str]:

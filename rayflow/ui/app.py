@@ -1,0 +1,129 @@
+"""The Starlette application of ``rayflow ui``: routes, and the data each page shows."""
+
+from __future__ import annotations
+
+import datetime as dt
+import pathlib
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from rayflow.store.history import RunStore, UNFINISHED
+from rayflow.store.schedules import ScheduleStore
+from rayflow.store.views import FAILED, run_record, task_rows, trace_url
+
+HERE = pathlib.Path(__file__).parent
+PAGE_SIZE = 50
+STATES = ("SUCCESS", "FAILED", "RUNNING", "PENDING", "CANCELLED", "CRASHED", "TIMED_OUT", "TRIGGER_FAILED", "SKIPPED")
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def create_app(home: str | pathlib.Path | None = None) -> Starlette:
+    store = RunStore(home)
+    templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
+    templates.filters["when"] = _when
+    templates.filters["took"] = _took
+    templates.globals["state_class"] = _state_class
+
+    def page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
+        return HTMLResponse(templates.get_template(name).render(**context), status_code=status)
+
+    async def runs_page(request: Request) -> Response:
+        flow, state, page_no = _filters(request)
+        runs, more = _runs(store, flow, state, page_no)
+        context = {
+            "runs": runs, "flow": flow, "state": state, "page": page_no, "more": more, "states": STATES,
+            "flows": _flow_names(store), "live": any(r["state"] in UNFINISHED for r in runs),
+        }
+        if request.headers.get("HX-Request"):  # a live refresh: the table only
+            return page("runs_table.html", **context)
+        return page("runs.html", **context)
+
+    async def run_page(request: Request) -> Response:
+        run = store.run(request.path_params["run_id"])
+        if run is None:
+            return page("missing.html", 404, run_id=request.path_params["run_id"])
+        task = request.query_params.get("task") or None
+        level = request.query_params.get("level") or None
+        logs = store.logs(run["run_id"], task=task)
+        if level in LEVELS:  # this level and above
+            logs = [r for r in logs if r["level"] not in LEVELS or LEVELS.index(r["level"]) >= LEVELS.index(level)]
+        tracebacks = {t["task_key"]: t["traceback"] for t in run["transitions"] if t["traceback"]}
+        return page(
+            "run.html", run=run, tasks=task_rows(run), trace=trace_url(run["trace_id"]), logs=logs[-500:],
+            task=task, level=level, levels=LEVELS, tracebacks=tracebacks, live=run["state"] in UNFINISHED,
+        )
+
+    async def flows_page(request: Request) -> Response:
+        recent = store.runs(limit=1000)
+        by_flow: dict[str, list[dict]] = {}
+        for r in recent:
+            by_flow.setdefault(r["flow"], []).append(r)
+        schedules = ScheduleStore(store).schedules()
+        return page("flows.html", flows=sorted(by_flow.items()), schedules=schedules)
+
+    async def api_runs(request: Request) -> Response:
+        flow, state, page_no = _filters(request)
+        runs, _ = _runs(store, flow, state, page_no)
+        return JSONResponse(runs)
+
+    async def api_run(request: Request) -> Response:
+        run = store.run(request.path_params["run_id"])
+        if run is None:
+            return JSONResponse({"error": f"no run {request.path_params['run_id']!r}"}, status_code=404)
+        return JSONResponse(run_record(run))
+
+    routes = [
+        Route("/", runs_page),
+        Route("/runs/{run_id}", run_page),
+        Route("/flows", flows_page),
+        Route("/api/runs", api_runs),
+        Route("/api/runs/{run_id}", api_run),
+        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+    return Starlette(routes=routes)
+
+
+def _filters(request: Request) -> tuple[str | None, str | None, int]:
+    flow = request.query_params.get("flow") or None
+    state = request.query_params.get("state") or None
+    try:
+        page_no = max(1, int(request.query_params.get("page", "1")))
+    except ValueError:
+        page_no = 1
+    return flow, state, page_no
+
+
+def _runs(store: RunStore, flow: str | None, state: str | None, page_no: int) -> tuple[list[dict], bool]:
+    """One page of runs, newest first, and whether there are more."""
+    runs = store.runs(flow=flow, state=state, limit=page_no * PAGE_SIZE + 1)
+    return runs[(page_no - 1) * PAGE_SIZE : page_no * PAGE_SIZE], len(runs) > page_no * PAGE_SIZE
+
+
+def _flow_names(store: RunStore) -> list[str]:
+    with store._connect() as db:
+        return [r["flow"] for r in db.execute("SELECT DISTINCT flow FROM runs ORDER BY flow")]
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _took(run: dict) -> str:
+    start, end = run.get("started_at"), run.get("finished_at")
+    return "-" if start is None or end is None else f"{end - start:.3f}s"
+
+
+def _state_class(state: str | None) -> str:
+    if state in FAILED or state == "CRASHED":
+        return "failed"
+    if state in UNFINISHED or state == "RETRYING":
+        return "live"
+    if state in ("SKIPPED", "CANCELLED"):
+        return "muted"
+    return "ok"

@@ -1,0 +1,138 @@
+"""The web UI's routes (Starlette's test client) over a history made by real runs.
+
+The history holds a success, a failure with a traceback, a retried task, a
+map with failed items, a subflow, a secret parameter and a scheduled run,
+all from the in-process runner (the pages read only the SQLite history).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pydantic
+import pytest
+from cli_runner import run_cli
+from starlette.testclient import TestClient
+
+import rayflow as rf
+from rayflow.store import RunStore
+from rayflow.store.schedules import ScheduleStore
+from rayflow.ui import create_app
+
+
+@rf.task(retries=1)
+def flaky(path: str) -> int:
+    import pathlib
+
+    marker = pathlib.Path(path)
+    if not marker.exists():
+        marker.write_text("")
+        raise RuntimeError("first attempt fails")
+    return 1
+
+
+@rf.task
+def half(x: int) -> int:
+    if x % 2:
+        raise ValueError(f"odd item {x}")
+    return x
+
+
+@rf.task
+def broken() -> int:
+    raise KeyError("the-missing-key")
+
+
+@rf.flow
+def inner(n: int = 2) -> int:
+    return half(n)
+
+
+@rf.flow(runner="local")
+def mixed(path: str, token: pydantic.SecretStr = pydantic.SecretStr("hunter2"), fail: bool = False):
+    values = half.with_options(min_success_ratio=0.5).map(range(6))
+    out = {"flaky": flaky(path), "values": values, "inner": inner(4)}
+    if fail:
+        out["broken"] = broken()
+    return out
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory):
+    home = tmp_path_factory.mktemp("ui-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAYFLOW_HOME", str(home))
+        ok = mixed.run(path=str(home / "flaky-ok"))
+        failed = mixed.run(path=str(home / "flaky-failed"), fail=True)
+        scheduled = mixed.with_options(run_id="scheduled-1").run(path=str(home / "flaky-s"))
+    schedules = ScheduleStore(RunStore(home))
+    schedules.register("mixed/abc", "mixed", "tests/test_ui.py:mixed", {"kind": "interval", "every": 60.0, "anchor": "2020-01-01T00:00:00+00:00"}, 1.0)
+    schedules.claim("mixed/abc", 1_800_000_000.0, None, "claimed")
+    schedules.settle("mixed/abc", 1_800_000_000.0, "started", "scheduled-1")
+    return {"home": home, "ok": ok, "failed": failed, "scheduled": scheduled, "client": TestClient(create_app(home))}
+
+
+def test_the_runs_page_lists_runs_with_states_filters_and_the_scheduled_marker(history):
+    client = history["client"]
+    page = client.get("/")
+    assert page.status_code == 200
+    for run in (history["ok"], history["failed"], history["scheduled"]):
+        assert f'href="/runs/{run.run_id}"' in page.text
+    assert 'class="failed">FAILED' in page.text and 'class="ok">SUCCESS' in page.text
+    assert page.text.count("scheduled 20") == 1  # the scheduled run, and only it
+    failed_only = client.get("/?state=FAILED")
+    assert history["failed"].run_id in failed_only.text and history["ok"].run_id not in failed_only.text
+    assert 'option value="FAILED" selected' in failed_only.text  # the filter is kept in the page and its URL
+    assert "no runs match" in client.get("/?flow=nothing").text
+    assert client.get("/?page=x").status_code == 200
+
+
+def test_a_run_page_shows_tasks_errors_tracebacks_maps_subflows_and_hides_secrets(history):
+    client = history["client"]
+    failed = history["failed"]
+    page = client.get(f"/runs/{failed.run_id}")
+    assert page.status_code == 200
+    text = page.text
+    assert "hunter2" not in text and "***" in text  # the secret parameter
+    assert "KeyError" in text and "the-missing-key" in text and "<summary>traceback</summary>" in text
+    assert "6 done / 3 failed / 0 skipped" in text
+    assert 'class="depth-1">inner/half' in text  # the subflow's task, grouped under it
+    assert re.search(r"flaky</td>\s*<td class=\"ok\">SUCCESS</td>\s*<td>2</td>", text)  # retried once
+    assert "odd item 1" in text  # a log record of a failed item
+    errors_only = client.get(f"/runs/{failed.run_id}?level=ERROR&task=broken")
+    assert "the-missing-key" in errors_only.text and "odd item 1" not in errors_only.text.split('id="logs"')[1]
+    missing = client.get("/runs/no-such-run")
+    assert missing.status_code == 404 and "No run no-such-run" in missing.text
+
+
+def test_the_json_api_gives_what_the_cli_gives(history):
+    client = history["client"]
+    runs = client.get("/api/runs").json()
+    assert {r["run_id"] for r in runs} == {history[k].run_id for k in ("ok", "failed", "scheduled")}
+    cli = json.loads(run_cli("runs", "--json", home=history["home"]).stdout)
+    assert {r["run_id"]: r["state"] for r in cli} == {r["run_id"]: r["state"] for r in runs}
+    one = client.get(f"/api/runs/{history['failed'].run_id}").json()
+    shown = json.loads(run_cli("show", history["failed"].run_id, "--json", home=history["home"]).stdout)
+    assert one["task_rows"] == shown["task_rows"] and one["state"] == shown["state"] == "FAILED"
+    assert client.get("/api/runs/nope").status_code == 404
+
+
+def test_the_flows_page_and_the_vendored_htmx(history):
+    client = history["client"]
+    page = client.get("/flows")
+    assert page.status_code == 200 and 'href="/?flow=mixed"' in page.text and "mixed/abc" in page.text
+    script = client.get("/static/htmx.min.js")
+    assert script.status_code == 200 and "htmx" in script.text[:2000]
+    assert client.get("/static/htmx.LICENSE").status_code == 200
+
+
+def test_rayflow_ui_refuses_a_port_in_use_in_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = run_cli("ui", "--port", str(port), home=tmp_path)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and f"127.0.0.1:{port}" in out.stderr
