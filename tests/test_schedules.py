@@ -533,3 +533,12 @@ def test_schedules_lists_a_damaged_spec_without_failing(tmp_path):
         db.execute("UPDATE schedules SET spec = 'not json' WHERE schedule_id = 'f/abc'")
     out = run_cli("schedules", home=tmp_path)
     assert out.returncode == 0 and "f/abc" in out.stdout and "unreadable" in out.stdout, out.stderr
+
+
+def test_loading_a_file_already_imported_reuses_its_module():
+    import flows
+
+    from rayflow.core.loader import load_flow
+
+    assert load_flow(f"{REPO}/tests/flows.py:two_branches") is flows.two_branches
+    assert sys.modules["flows"] is flows  # its classes stay the ones the process knows

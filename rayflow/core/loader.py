@@ -53,6 +53,9 @@ def _load_module(location: str) -> ModuleType:
         if not path.is_file():
             raise TargetError(f"no such file: {location}")
         name = path.stem
+        existing = sys.modules.get(name)
+        if existing is not None and getattr(existing, "__file__", None) and pathlib.Path(existing.__file__).resolve() == path:
+            return existing  # loaded already (imported, or an earlier target): one module, one set of classes
         spec = importlib.util.spec_from_file_location(name, path)
         if spec is None or spec.loader is None:
             raise TargetError(f"cannot import {location}")
