@@ -136,3 +136,28 @@ def test_rayflow_ui_refuses_a_port_in_use_in_one_line(tmp_path):
         port = taken.getsockname()[1]
         out = run_cli("ui", "--port", str(port), home=tmp_path)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and f"127.0.0.1:{port}" in out.stderr
+
+
+def test_a_run_page_draws_the_graph_and_a_timeline_where_retries_stay_separate(history):
+    text = history["client"].get(f"/runs/{history['failed'].run_id}").text
+    nodes = dict(re.findall(r'<g class="node" data-key="([^"]+)" data-state="([^"]+)"', text))
+    assert nodes["broken"] == "FAILED" and nodes["flaky"] == "SUCCESS" and nodes["half"] == "MAPPED"
+    assert nodes["inner"] == "SUCCESS" and nodes["inner/half"] == "SUCCESS"
+    assert '<g class="subflow" data-key="inner">' in text
+    assert re.search(r'data-key="half"[^>]*>.*?6/6 · 3 failed', text)  # the map as one node, with its counts
+    bars = re.findall(r'<rect class="bar" data-key="([^"]+)" data-state="([^"]+)"', text)
+    assert [s for k, s in bars if k == "flaky"] == ["RETRYING", "SUCCESS"]  # two attempts, two bars
+    assert len([k for k, _ in bars if k == "half"]) >= 1  # the map's chunks
+
+
+def test_the_graph_of_a_500_task_flow_stays_a_page(tmp_path):
+    from rayflow.ui.svg import graph_svg
+
+    shape = {"flow": "wide", "nodes": [
+        {"key": f"t{i}", "name": f"t{i}", "kind": "task", "upstream": [f"t{i - 1}"] if i % 25 else [], "wait_for": [], "conditions": []}
+        for i in range(500)
+    ]}
+    svg = graph_svg(shape, [{"task": f"t{i}", "state": "SUCCESS"} for i in range(500)])
+    assert svg.count('<g class="node"') == 500
+    width, height = (int(v) for v in re.search(r'width="(\d+)" height="(\d+)"', svg).groups())
+    assert width <= 20 * 200 + 100 and height <= 25 * 86 + 100  # 20 chains of 25: laid out as 20 columns

@@ -12,11 +12,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-COLOURS = {
-    "SUCCESS": "#9be39b", "MAPPED": "#9be39b", "CACHED": "#9be39b", "SKIPPED": "#cfd8dc",
-    "FAILED": "#f28b82", "TIMED_OUT": "#f28b82", "TRIGGER_FAILED": "#fbbc04", "CANCELLED": "#bdbdbd",
-    "RUNNING": "#aecbfa", "RETRYING": "#fdd663", "PENDING": "#ffffff",
-}
+from rayflow.store.views import COLOURS
+
 
 
 def _idents(shape: dict[str, Any]) -> dict[str, str]:

@@ -10,6 +10,11 @@ from rayflow.states import FAILED_TYPES
 
 FAILED = {t.value for t in FAILED_TYPES}
 JAEGER_URL = "http://localhost:16686"
+COLOURS = {
+    "SUCCESS": "#9be39b", "MAPPED": "#9be39b", "CACHED": "#9be39b", "SKIPPED": "#cfd8dc",
+    "FAILED": "#f28b82", "TIMED_OUT": "#f28b82", "TRIGGER_FAILED": "#fbbc04", "CANCELLED": "#bdbdbd",
+    "RUNNING": "#aecbfa", "RETRYING": "#fdd663", "PENDING": "#ffffff",
+}
 
 
 def trace_url(trace_id: str | None) -> str | None:

@@ -7,6 +7,7 @@ import pathlib
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -16,6 +17,7 @@ from starlette.staticfiles import StaticFiles
 from rayflow.store.history import RunStore, UNFINISHED
 from rayflow.store.schedules import ScheduleStore
 from rayflow.store.views import FAILED, run_record, task_rows, trace_url
+from rayflow.ui.svg import graph_svg, timeline_svg
 
 HERE = pathlib.Path(__file__).parent
 PAGE_SIZE = 50
@@ -54,9 +56,11 @@ def create_app(home: str | pathlib.Path | None = None) -> Starlette:
         if level in LEVELS:  # this level and above
             logs = [r for r in logs if r["level"] not in LEVELS or LEVELS.index(r["level"]) >= LEVELS.index(level)]
         tracebacks = {t["task_key"]: t["traceback"] for t in run["transitions"] if t["traceback"]}
+        tasks = task_rows(run)
         return page(
-            "run.html", run=run, tasks=task_rows(run), trace=trace_url(run["trace_id"]), logs=logs[-500:],
+            "run.html", run=run, tasks=tasks, trace=trace_url(run["trace_id"]), logs=logs[-500:],
             task=task, level=level, levels=LEVELS, tracebacks=tracebacks, live=run["state"] in UNFINISHED,
+            graph=Markup(graph_svg(run.get("graph") or {}, tasks)), timeline=Markup(timeline_svg(run, tasks)),
         )
 
     async def flows_page(request: Request) -> Response:
