@@ -161,3 +161,93 @@ def test_the_graph_of_a_500_task_flow_stays_a_page(tmp_path):
     assert svg.count('<g class="node"') == 500
     width, height = (int(v) for v in re.search(r'width="(\d+)" height="(\d+)"', svg).groups())
     assert width <= 20 * 200 + 100 and height <= 25 * 86 + 100  # 20 chains of 25: laid out as 20 columns
+
+
+@rf.task
+def wait_for(path: str) -> str:
+    import pathlib
+    import time
+
+    deadline = time.time() + 30
+    while not pathlib.Path(path).exists() and time.time() < deadline:
+        time.sleep(0.05)
+    return "released"
+
+
+@rf.task(persist=True)
+def maybe(path: str) -> str:
+    import pathlib
+
+    if pathlib.Path(path).exists():
+        raise RuntimeError("not this time")
+    return "fine"
+
+
+@rf.flow(runner="local")
+def waiting(path: str):
+    return wait_for(path)
+
+
+@rf.flow(runner="local")
+def retryable(path: str):
+    return maybe(path)
+
+
+def _wait(predicate, timeout=30.0):
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def test_actions_only_with_serve_ui_run_now_cancel_and_resume(tmp_path, monkeypatch):
+    from rayflow.ui.actions import ServeActions
+
+    monkeypatch.setenv("RAYFLOW_HOME", str(tmp_path))
+    store = RunStore(tmp_path)
+    read_only = TestClient(create_app(tmp_path))
+    assert read_only.post("/flows/waiting/run", data={"path": "x"}).status_code == 403
+    assert "run now" not in read_only.get("/flows").text
+    client = TestClient(create_app(tmp_path, ServeActions([waiting, retryable])), follow_redirects=False)
+    assert 'data-flow="waiting"' in client.get("/flows").text
+
+    bad = client.post("/flows/waiting/run", data={})  # the required parameter is missing: nothing runs
+    assert bad.status_code == 400 and "path: missing required parameter" in bad.text and store.runs() == []
+    assert client.post("/flows/nothing/run", data={}).status_code == 400
+
+    gate = tmp_path / "gate"
+    started = client.post("/flows/waiting/run", data={"path": str(gate)})
+    assert started.status_code == 303
+    run_id = started.headers["location"].rsplit("/", 1)[1]
+    _wait(lambda: (store.run(run_id) or {}).get("state") == "RUNNING")
+    assert 'id="cancel"' in client.get(f"/runs/{run_id}").text
+    assert client.post(f"/runs/{run_id}/cancel").status_code == 303
+    _wait(lambda: store.run(run_id)["state"] == "CANCELLED")
+    gate.write_text("")
+
+    flag = tmp_path / "fail"
+    flag.write_text("")
+    failed = retryable.run(path=str(flag))
+    assert failed.state.type.value == "FAILED" and 'id="resume"' in client.get(f"/runs/{failed.run_id}").text
+    flag.unlink()
+    assert client.post(f"/runs/{failed.run_id}/resume").status_code == 303
+    _wait(lambda: store.run(failed.run_id)["state"] == "SUCCESS")
+    assert store.run(failed.run_id)["attempt"] == 2
+    again = client.post(f"/runs/{failed.run_id}/resume")  # it succeeded now: refused, in words
+    assert again.status_code == 409 and "nothing to resume" in again.text
+
+
+def test_serve_ui_refuses_a_port_in_use_before_serving(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = run_cli("serve", "tests/flows.py:two_branches", "--interval", "60", "--ui", "--ui-port", str(port), home=tmp_path)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and f"127.0.0.1:{port}" in out.stderr, out.stderr

@@ -417,6 +417,9 @@ def serve(
     grace: Annotated[Optional[float], typer.Option("--grace", help="Seconds runs may finish in after SIGTERM (default 30).")] = None,  # noqa: UP007
     address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster to join. Default: RAY_ADDRESS or a local Ray.")] = None,  # noqa: UP007
     once: Annotated[bool, typer.Option("--once", help="Fire what is due now, wait for those runs, exit.")] = False,
+    with_ui: Annotated[bool, typer.Option("--ui", help="Serve the web UI too, with actions: run now, cancel, resume.")] = False,
+    ui_host: Annotated[str, typer.Option("--ui-host", help="Address of the UI.")] = "127.0.0.1",
+    ui_port: Annotated[int, typer.Option("--ui-port", help="Port of the UI.", min=1, max=65535)] = 4200,
 ) -> None:
     """Fire flows on their schedules as runs on Ray, until SIGTERM/SIGINT (exit 0)."""
     from rayflow.cli.serve import check_server_options, config_entries, schedule_from
@@ -447,6 +450,8 @@ def serve(
             "address": address or server.get("address"),
         }
         check_server_options(options, "")
+        if with_ui:
+            _start_ui(ui_host, ui_port, [e.flow for e in entries])
         code = serving.serve(entries, once=once, **options)
     except (TargetError, ParameterError, ScheduleError, DefinitionError) as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
@@ -454,6 +459,31 @@ def serve(
         raise _fail(str(exc), EXIT_CLUSTER) from None
     _exit_past_abandoned_threads(code)
     raise typer.Exit(code)
+
+
+def _listen_check(host: str, port: int) -> None:
+    """A port in use, or an address that cannot be bound: one line, before anything starts."""
+    import socket
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_USAGE) from None
+
+
+def _start_ui(host: str, port: int, flows: list[Any]) -> None:
+    """The UI of ``rayflow serve --ui``, in a thread of the server: with actions on its flows."""
+    import uvicorn
+
+    from rayflow.ui import create_app
+    from rayflow.ui.actions import ServeActions
+
+    _listen_check(host, port)
+    unique = list({f.name: f for f in flows}.values())
+    server = uvicorn.Server(uvicorn.Config(create_app(rayflow_home(), ServeActions(unique)), host=host, port=port, log_level="warning"))
+    threading.Thread(target=server.run, name="rayflow-ui", daemon=True).start()  # off the main thread: no signals taken
+    typer.echo(f"rayflow serve: UI at http://{host}:{port}/", err=True)
 
 
 def _exit_past_abandoned_threads(code: int) -> None:
@@ -515,17 +545,11 @@ def ui(
     port: Annotated[int, typer.Option("--port", help="Port to listen on.", min=1, max=65535)] = 4200,
 ) -> None:
     """Serve the web UI (read-only) over RAYFLOW_HOME's run history."""
-    import socket
-
     import uvicorn
 
     from rayflow.ui import create_app
 
-    try:
-        with socket.create_server((host, port)):  # a port in use: one line, before uvicorn starts
-            pass
-    except OSError as exc:
-        raise _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_USAGE) from None
+    _listen_check(host, port)
     app_ = create_app(rayflow_home())
     typer.echo(f"rayflow ui: http://{host}:{port}/ over {rayflow_home() / 'history.db'}", err=True)
     uvicorn.run(app_, host=host, port=port, log_level="warning")

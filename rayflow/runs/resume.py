@@ -32,8 +32,9 @@ logger = logging.getLogger(__name__)
 RESUMABLE = {"FAILED", "CANCELLED", "CRASHED", "RUNNING", "PENDING"}  # RUNNING/PENDING: its driver may be elsewhere
 
 
-def resume(run_id: str, flow: Any = None, **params: Any) -> Any:
-    """Run ``run_id`` again; ``params`` override the recorded ones (a secret must be given again)."""
+def check_resumable(run_id: str) -> tuple[RunStore, dict]:
+    """The history and the run, or the error saying why it cannot be resumed (unknown, ended
+    SUCCESS, still running)."""
     history = RunStore(rayflow_home())
     run = history.run(run_id)
     if run is None:
@@ -44,6 +45,13 @@ def resume(run_id: str, flow: Any = None, **params: Any) -> Any:
     if run["state"] in UNFINISHED and driver_alive(recorded):
         pid = recorded["driver"]["pid"]
         raise ResumeError(f"run {run_id} is still running (its driver, process {pid}, is alive)", run_id=run_id)
+    return history, run
+
+
+def resume(run_id: str, flow: Any = None, **params: Any) -> Any:
+    """Run ``run_id`` again; ``params`` override the recorded ones (a secret must be given again)."""
+    history, run = check_resumable(run_id)
+    recorded = run.get("graph") or {}
     if flow is None:
         target = recorded.get("target")
         if not target:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import pathlib
 from typing import Any
 
@@ -10,10 +11,11 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from rayflow.exceptions import RayflowError
 from rayflow.store.history import RunStore, UNFINISHED
 from rayflow.store.schedules import ScheduleStore
 from rayflow.store.views import FAILED, run_record, task_rows, trace_url
@@ -25,7 +27,9 @@ STATES = ("SUCCESS", "FAILED", "RUNNING", "PENDING", "CANCELLED", "CRASHED", "TI
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-def create_app(home: str | pathlib.Path | None = None) -> Starlette:
+def create_app(home: str | pathlib.Path | None = None, actions: Any = None) -> Starlette:
+    """The UI over ``home``'s history; ``actions`` (``ui.actions.ServeActions``, given by ``rayflow
+    serve --ui``) adds run now, cancel and resume; without them every page is read-only."""
     store = RunStore(home)
     templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
     templates.filters["when"] = _when
@@ -33,7 +37,7 @@ def create_app(home: str | pathlib.Path | None = None) -> Starlette:
     templates.globals["state_class"] = _state_class
 
     def page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
-        return HTMLResponse(templates.get_template(name).render(**context), status_code=status)
+        return HTMLResponse(templates.get_template(name).render(actions=actions, **context), status_code=status)
 
     async def runs_page(request: Request) -> Response:
         flow, state, page_no = _filters(request)
@@ -69,7 +73,44 @@ def create_app(home: str | pathlib.Path | None = None) -> Starlette:
         for r in recent:
             by_flow.setdefault(r["flow"], []).append(r)
         schedules = ScheduleStore(store).schedules()
-        return page("flows.html", flows=sorted(by_flow.items()), schedules=schedules)
+        served = {name: actions.parameters(name) for name in actions.names()} if actions is not None else {}
+        return page("flows.html", flows=sorted(by_flow.items()), schedules=schedules, served=served)
+
+    async def run_now(request: Request) -> Response:
+        if actions is None:
+            return _read_only()
+        name = request.path_params["flow"]
+        form = await request.form()
+        values = {k: _form_value(v) for k, v in form.items() if v != ""}
+        try:
+            run_id = actions.run_now(name, values)
+        except (KeyError, RayflowError) as exc:
+            return page("error.html", 400, message=str(exc).strip("'\""))
+        return RedirectResponse(f"/runs/{run_id}", status_code=303)
+
+    async def cancel(request: Request) -> Response:
+        if actions is None:
+            return _read_only()
+        run = store.run(request.path_params["run_id"])
+        if run is None:
+            return page("missing.html", 404, run_id=request.path_params["run_id"])
+        try:
+            actions.cancel(run["run_id"])
+        except Exception as exc:  # noqa: BLE001 - shown to the person who asked
+            return page("error.html", 409, message=f"run {run['run_id']} could not be cancelled: {exc}")
+        return RedirectResponse(f"/runs/{run['run_id']}", status_code=303)
+
+    async def resume(request: Request) -> Response:
+        if actions is None:
+            return _read_only()
+        run = store.run(request.path_params["run_id"])
+        if run is None:
+            return page("missing.html", 404, run_id=request.path_params["run_id"])
+        try:
+            actions.resume(run["run_id"], run["flow"])
+        except (KeyError, RayflowError) as exc:
+            return page("error.html", 409, message=str(exc).strip("'\""))
+        return RedirectResponse(f"/runs/{run['run_id']}", status_code=303)
 
     async def api_runs(request: Request) -> Response:
         flow, state, page_no = _filters(request)
@@ -88,9 +129,24 @@ def create_app(home: str | pathlib.Path | None = None) -> Starlette:
         Route("/flows", flows_page),
         Route("/api/runs", api_runs),
         Route("/api/runs/{run_id}", api_run),
+        Route("/flows/{flow}/run", run_now, methods=["POST"]),
+        Route("/runs/{run_id}/cancel", cancel, methods=["POST"]),
+        Route("/runs/{run_id}/resume", resume, methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     return Starlette(routes=routes)
+
+
+def _read_only() -> Response:
+    return PlainTextResponse("read-only: actions need the UI of `rayflow serve --ui`", status_code=403)
+
+
+def _form_value(text: str) -> Any:
+    """A form field as the CLI reads -p values: JSON where it parses, else the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _filters(request: Request) -> tuple[str | None, str | None, int]:
