@@ -66,6 +66,10 @@ def history(tmp_path_factory):
         ok = mixed.run(path=str(home / "flaky-ok"))
         failed = mixed.run(path=str(home / "flaky-failed"), fail=True)
         scheduled = mixed.with_options(run_id="scheduled-1").run(path=str(home / "flaky-s"))
+    import time
+
+    old = time.time() - 10 * 86400  # a run from ten days ago, for the time filter
+    RunStore(home).write([("old-run", "mixed", "{}", "SUCCESS", "", old, old + 1, "ab" * 16, '["a"]', 1)], [], [])
     schedules = ScheduleStore(RunStore(home))
     schedules.register("mixed/abc", "mixed", "tests/test_ui.py:mixed", {"kind": "interval", "every": 60.0, "anchor": "2020-01-01T00:00:00+00:00"}, 1.0)
     schedules.claim("mixed/abc", 1_800_000_000.0, None, "claimed")
@@ -86,6 +90,11 @@ def test_the_runs_page_lists_runs_with_states_filters_and_the_scheduled_marker(h
     assert 'option value="FAILED" selected' in failed_only.text  # the filter is kept in the page and its URL
     assert "no runs match" in client.get("/?flow=nothing").text
     assert client.get("/?page=x").status_code == 200
+    assert "old-run" in page.text and 'href="http://localhost:16686/trace/' + "ab" * 16 + '"' in page.text
+    recent = client.get("/?since=7d")
+    assert "old-run" not in recent.text and history["ok"].run_id in recent.text
+    assert 'option value="7d" selected' in recent.text  # the filter, in the page as in its URL
+    assert {r["run_id"] for r in client.get("/api/runs?since=24h").json()} == {history[k].run_id for k in ("ok", "failed", "scheduled")}
 
 
 def test_a_run_page_shows_tasks_errors_tracebacks_maps_subflows_and_hides_secrets(history):
@@ -100,6 +109,7 @@ def test_a_run_page_shows_tasks_errors_tracebacks_maps_subflows_and_hides_secret
     assert 'class="depth-1">inner/half' in text  # the subflow's task, grouped under it
     assert re.search(r"flaky</td>\s*<td class=\"ok\">SUCCESS</td>\s*<td>2</td>", text)  # retried once
     assert "odd item 1" in text  # a log record of a failed item
+    assert ">Ray dashboard</a>" in text and "<th>duration</th>" in text
     errors_only = client.get(f"/runs/{failed.run_id}?level=ERROR&task=broken")
     assert "the-missing-key" in errors_only.text and "odd item 1" not in errors_only.text.split('id="logs"')[1]
     missing = client.get("/runs/no-such-run")
@@ -109,7 +119,7 @@ def test_a_run_page_shows_tasks_errors_tracebacks_maps_subflows_and_hides_secret
 def test_the_json_api_gives_what_the_cli_gives(history):
     client = history["client"]
     runs = client.get("/api/runs").json()
-    assert {r["run_id"] for r in runs} == {history[k].run_id for k in ("ok", "failed", "scheduled")}
+    assert {r["run_id"] for r in runs} == {history[k].run_id for k in ("ok", "failed", "scheduled")} | {"old-run"}
     cli = json.loads(run_cli("runs", "--json", home=history["home"]).stdout)
     assert {r["run_id"]: r["state"] for r in cli} == {r["run_id"]: r["state"] for r in runs}
     one = client.get(f"/api/runs/{history['failed'].run_id}").json()

@@ -112,6 +112,17 @@ def _shot(browser, name: str) -> None:
     browser.save_screenshot(str(ARTIFACTS / f"{name}.png"))
 
 
+def _text(browser, element_id: str) -> str:
+    """An element's text, read again if htmx swapped it out between the find and the read."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    try:
+        return browser.find_element(By.ID, element_id).text
+    except (StaleElementReferenceException, NoSuchElementException):
+        return ""
+
+
 def _wait(predicate, timeout: float = 20.0):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -159,6 +170,6 @@ def test_a_live_run_changes_state_on_the_page_without_a_reload(served, browser, 
         assert marker
         gate.write_text("")
         thread.join(30)
-    _wait(lambda: browser.find_element(By.ID, "run-state").text == "SUCCESS", timeout=20)
+    _wait(lambda: _text(browser, "run-state") == "SUCCESS", timeout=20)
     assert browser.execute_script("return window.__not_reloaded === true;")  # htmx swapped it in place
     _shot(browser, "live")

@@ -191,7 +191,9 @@ class RunStore:
 
     # -- reading -------------------------------------------------------------
 
-    def runs(self, *, flow: str | None = None, state: str | None = None, limit: int = 20) -> list[dict]:
+    def runs(
+        self, *, flow: str | None = None, state: str | None = None, limit: int = 20, since: float | None = None
+    ) -> list[dict]:
         query = (  # a scheduled run: its schedule and scheduled time (None for the others)
             "SELECT runs.*, s.schedule_id AS schedule_id, s.scheduled_for AS scheduled_for FROM runs "
             "LEFT JOIN scheduled_runs AS s ON s.run_id = runs.run_id WHERE 1=1"
@@ -201,6 +203,8 @@ class RunStore:
             query, args = query + " AND runs.flow = ?", [*args, flow]
         if state:
             query, args = query + " AND runs.state = ?", [*args, state.upper()]
+        if since is not None:
+            query, args = query + " AND runs.started_at >= ?", [*args, since]
         query += " ORDER BY runs.started_at DESC LIMIT ?"
         with self._connect() as db:
             rows = [self._run_row(r) for r in db.execute(query, [*args, limit])]

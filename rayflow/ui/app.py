@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import pathlib
+import time
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -23,6 +25,7 @@ from rayflow.ui.svg import graph_svg, timeline_svg
 
 HERE = pathlib.Path(__file__).parent
 PAGE_SIZE = 50
+RAY_DASHBOARD_URL = "http://localhost:8265"
 STATES = ("SUCCESS", "FAILED", "RUNNING", "PENDING", "CANCELLED", "CRASHED", "TIMED_OUT", "TRIGGER_FAILED", "SKIPPED")
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -40,10 +43,13 @@ def create_app(home: str | pathlib.Path | None = None, actions: Any = None) -> S
         return HTMLResponse(templates.get_template(name).render(actions=actions, **context), status_code=status)
 
     async def runs_page(request: Request) -> Response:
-        flow, state, page_no = _filters(request)
-        runs, more = _runs(store, flow, state, page_no)
+        flow, state, page_no, since = _filters(request)
+        runs, more = _runs(store, flow, state, page_no, since)
+        for r in runs:
+            r["trace_url"] = trace_url(r["trace_id"])
         context = {
             "runs": runs, "flow": flow, "state": state, "page": page_no, "more": more, "states": STATES,
+            "since": since, "sinces": list(SINCE),
             "flows": _flow_names(store), "live": any(r["state"] in UNFINISHED for r in runs),
         }
         if request.headers.get("HX-Request"):  # a live refresh: the table only
@@ -65,6 +71,7 @@ def create_app(home: str | pathlib.Path | None = None, actions: Any = None) -> S
             "run.html", run=run, tasks=tasks, trace=trace_url(run["trace_id"]), logs=logs[-500:],
             task=task, level=level, levels=LEVELS, tracebacks=tracebacks, live=run["state"] in UNFINISHED,
             graph=Markup(graph_svg(run.get("graph") or {}, tasks)), timeline=Markup(timeline_svg(run, tasks)),
+            dashboard=os.environ.get("RAYFLOW_RAY_DASHBOARD_URL", RAY_DASHBOARD_URL).rstrip("/"),
         )
 
     async def flows_page(request: Request) -> Response:
@@ -113,8 +120,8 @@ def create_app(home: str | pathlib.Path | None = None, actions: Any = None) -> S
         return RedirectResponse(f"/runs/{run['run_id']}", status_code=303)
 
     async def api_runs(request: Request) -> Response:
-        flow, state, page_no = _filters(request)
-        runs, _ = _runs(store, flow, state, page_no)
+        flow, state, page_no, since = _filters(request)
+        runs, _ = _runs(store, flow, state, page_no, since)
         return JSONResponse(runs)
 
     async def api_run(request: Request) -> Response:
@@ -149,19 +156,24 @@ def _form_value(text: str) -> Any:
         return text
 
 
-def _filters(request: Request) -> tuple[str | None, str | None, int]:
+SINCE = {"1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}  # the time filter's choices
+
+
+def _filters(request: Request) -> tuple[str | None, str | None, int, str | None]:
     flow = request.query_params.get("flow") or None
     state = request.query_params.get("state") or None
+    since = request.query_params.get("since") or None
     try:
         page_no = max(1, int(request.query_params.get("page", "1")))
     except ValueError:
         page_no = 1
-    return flow, state, page_no
+    return flow, state, page_no, since if since in SINCE else None
 
 
-def _runs(store: RunStore, flow: str | None, state: str | None, page_no: int) -> tuple[list[dict], bool]:
+def _runs(store: RunStore, flow: str | None, state: str | None, page_no: int, since: str | None = None) -> tuple[list[dict], bool]:
     """One page of runs, newest first, and whether there are more."""
-    runs = store.runs(flow=flow, state=state, limit=page_no * PAGE_SIZE + 1)
+    after = time.time() - SINCE[since] if since else None
+    runs = store.runs(flow=flow, state=state, limit=page_no * PAGE_SIZE + 1, since=after)
     return runs[(page_no - 1) * PAGE_SIZE : page_no * PAGE_SIZE], len(runs) > page_no * PAGE_SIZE
 
 

@@ -77,6 +77,8 @@ def graph_svg(shape: Mapping[str, Any], tasks: list[dict]) -> str:
         items = row.get("items")
         if items:
             detail = f"{state} · {items['done']}/{items['total']}" + (f" · {items['failed']} failed" if items["failed"] else "")
+            if items.get("skipped"):
+                detail += f" · {items['skipped']} skipped"
             if items.get("cached"):
                 detail += f" · {items['cached']} cached"
         label = node.get("name") or key
