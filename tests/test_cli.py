@@ -121,3 +121,20 @@ def test_mapping_example_runs_from_the_cli(ray_session):
     states = rows(out.stdout)
     assert states["score"][0] == "MAPPED" and "5000 items" in states["score"][3]
     assert float(out.stdout.split("result: ", 1)[1]) > 0
+
+
+def test_a_target_whose_import_fails_is_one_line_with_the_file_and_line(tmp_path):
+    broken = tmp_path / "broken.py"
+    broken.write_text("import rayflow as rf\n\ndef oops(:\n    pass\n")
+    out = run_cli("run", f"{broken}:flow", "--local", home=tmp_path)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert f"{broken}:3: syntax error" in out.stderr and "Traceback" not in out.stderr
+    failing = tmp_path / "failing.py"
+    failing.write_text("import rayflow as rf\n\nx = 1\nraise RuntimeError('no database here')\n")
+    out = run_cli("run", f"{failing}:flow", "--local", home=tmp_path)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "failed at line 4: RuntimeError: no database here" in out.stderr
+    missing = tmp_path / "missing_dep.py"
+    missing.write_text("import no_such_package_anywhere\n")
+    out = run_cli("run", f"{missing}:flow", "--local", home=tmp_path)
+    assert out.returncode == 2 and "ModuleNotFoundError: No module named 'no_such_package_anywhere'" in out.stderr

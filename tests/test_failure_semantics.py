@@ -516,3 +516,40 @@ def test_signals_follow_one_rule_for_tasks_and_map_items(runner, tmp_path):
     assert run.task_states["halt_task"].type is T.FAILED and items[1].type is T.FAILED
     calls = pathlib.Path(log).read_text().split()
     assert {k: calls.count(k) for k in set(calls)} == {"fail-task": 2, "halt-task": 1, "fail-item": 2, "halt-item": 1}
+
+
+def test_an_on_failure_handler_that_raises_keeps_the_failure_it_handled(runner):
+    def broken_handler(task, old, new):
+        raise RuntimeError("the handler broke")
+
+    @rf.task(on_failure=[broken_handler])
+    def fails() -> int:
+        raise ValueError("the original failure")
+
+    @rf.flow
+    def handled():
+        return fails()
+
+    run = handled.with_options(runner=runner).run()
+    state = run.task_states["fails"]
+    assert state.type is T.FAILED
+    assert "the handler broke" in state.message and "the original failure" in state.message
+    assert isinstance(state.exception, RuntimeError)
+    assert isinstance(state.exception.__cause__, ValueError) and "the original failure" in str(state.exception.__cause__)
+    assert "the original failure" in state.error.traceback  # and so in the history
+
+
+def test_a_trigger_must_return_a_bool(runner):
+    def sloppy(upstream):
+        return "yes"
+
+    @rf.task(trigger=sloppy)
+    def guarded() -> int:
+        return 1
+
+    @rf.flow
+    def triggered():
+        return guarded()
+
+    state = triggered.with_options(runner=runner).run().task_states["guarded"]
+    assert state.type is T.FAILED and "returned str 'yes', not a bool" in state.message

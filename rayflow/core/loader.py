@@ -8,6 +8,7 @@ import importlib
 import importlib.util
 import pathlib
 import sys
+import traceback
 from types import ModuleType
 
 import cloudpickle
@@ -47,6 +48,15 @@ def load_flow(target: str) -> Flow:
     return obj
 
 
+def _where(exc: BaseException, path: pathlib.Path) -> str:
+    """' at line N' of the file being imported, where its own code raised."""
+    line = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if pathlib.Path(frame.filename).resolve() == path:
+            line = frame.lineno
+    return f" at line {line}" if line is not None else ""
+
+
 def _load_module(location: str) -> ModuleType:
     if location.endswith(".py") or "/" in location or "\\" in location:
         path = pathlib.Path(location).resolve()
@@ -62,7 +72,14 @@ def _load_module(location: str) -> ModuleType:
         module = importlib.util.module_from_spec(spec)
         sys.path.insert(0, str(path.parent))  # so the file can import its neighbours
         sys.modules[name] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except SyntaxError as exc:
+            sys.modules.pop(name, None)
+            raise TargetError(f"{exc.filename or location}:{exc.lineno}: syntax error: {exc.msg}") from None
+        except Exception as exc:  # noqa: BLE001 - the file's own code failed while it was imported
+            sys.modules.pop(name, None)
+            raise TargetError(f"importing {location} failed{_where(exc, path)}: {type(exc).__name__}: {exc}") from None
         # Workers cannot import a file by path: ship its functions and classes by value.
         cloudpickle.register_pickle_by_value(module)
         module.__rayflow_by_value__ = True  # type: ignore[attr-defined]
@@ -71,3 +88,7 @@ def _load_module(location: str) -> ModuleType:
         return importlib.import_module(location)
     except ModuleNotFoundError as exc:
         raise TargetError(f"cannot import module {location!r}: {exc}") from None
+    except SyntaxError as exc:
+        raise TargetError(f"{exc.filename or location}:{exc.lineno}: syntax error: {exc.msg}") from None
+    except Exception as exc:  # noqa: BLE001 - the module's own code failed while it was imported
+        raise TargetError(f"importing {location} failed: {type(exc).__name__}: {exc}") from None

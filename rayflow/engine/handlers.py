@@ -25,9 +25,17 @@ def apply_handlers(handlers: Sequence[Callable[..., Any]], subject: Any, old: St
         try:
             out = handler(subject, old, new)
         except Exception as exc:  # the user's handler; its failure is the task's failure
+            failure = ""
+            if new.is_failed():  # an on_failure handler that raises keeps the failure it handled
+                failure = f" while handling: {new.message}"
+                if new.exception is not None and new.exception is not exc and exc.__cause__ is None:
+                    exc.__cause__ = new.exception  # in the state's exception, its traceback, the history
+                    # and across pickling (from the actor to the driver): an exception pickles its args
+                    # and __dict__ only, and unpickling sets each __dict__ entry back as an attribute
+                    exc.__dict__.setdefault("__cause__", new.exception)
             return State(
                 type=StateType.FAILED,
-                message=f"state handler {handler_name(handler)} raised {type(exc).__name__}: {exc}",
+                message=f"state handler {handler_name(handler)} raised {type(exc).__name__}: {exc}{failure}",
                 attempt=new.attempt,
                 started_at=new.started_at,
                 finished_at=new.finished_at,

@@ -40,7 +40,13 @@ def settle_before_run(
             return State(type=StateType.SKIPPED, message=f"upstream task(s) skipped: {shown}")
     trigger = spec.options.trigger
     try:
-        passed = bool(trigger(upstream))
+        passed = trigger(upstream)
+        if not isinstance(passed, bool) and type(passed).__name__ != "bool_":  # "yes" must not pass silently
+            return State(
+                type=StateType.FAILED,
+                message=f"trigger {trigger_name(trigger)} returned {type(passed).__name__} {passed!r:.60}, not a bool",
+            )
+        passed = bool(passed)
     except Exception as exc:  # a custom trigger is user code
         return State(
             type=StateType.FAILED,
