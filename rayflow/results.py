@@ -134,8 +134,8 @@ class ResultStore:
         temporary = f"{parent}/.tmp-{uuid.uuid4().hex}-{full.rsplit('/', 1)[-1]}"
         try:
             if self.local:  # written, flushed to disk, then renamed: whole after a power loss too
-                os.makedirs(parent, exist_ok=True)
-                with open(temporary, "wb") as out:
+                os.makedirs(parent, mode=0o700, exist_ok=True)  # owner-only, as the files
+                with os.fdopen(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600), "wb") as out:
                     out.write(data)
                     out.flush()
                     os.fsync(out.fileno())

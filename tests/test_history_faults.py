@@ -235,3 +235,25 @@ def test_a_history_written_before_run_attempts_is_upgraded_in_place(tmp_path):
     again = store.run("old-run")
     assert again["state"] == "SUCCESS" and again["attempt"] == 2 and again["transitions"] == []
     assert [(a["attempt"], a["state"]) for a in again["attempts"]] == [(1, "FAILED"), (2, "SUCCESS")]
+
+
+def test_the_history_is_owner_only_and_a_bad_rayflow_home_is_one_line(tmp_path):
+    import os
+    import stat
+
+    from cli_runner import run_cli
+
+    home = tmp_path / "fresh-home"
+    RunStore(home)
+    assert stat.S_IMODE(os.stat(home).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(home / "history.db").st_mode) == 0o600
+    a_file = tmp_path / "not-a-dir"
+    a_file.write_text("")
+    out = run_cli("runs", home=a_file)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "is a file, not a directory" in out.stderr
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "history.db").write_bytes(b"\x13\x37" * 4096)
+    for args in (["runs"], ["show", "abc"], ["logs", "abc"], ["schedules"]):
+        out = run_cli(*args, home=damaged)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1 and "not a database" in out.stderr, (args, out.stderr)

@@ -813,3 +813,13 @@ def test_the_first_committed_cache_entry_wins_and_a_refresh_replaces_it(tmp_path
     store.write("cache/f/t/k", 3)  # refresh_cache, or an expired entry: replaced
     assert store.read("cache/f/t/k.pkl") == 3
     assert not [p for p in tmp_path.rglob(".tmp-*")]
+
+
+def test_stored_results_are_owner_only(home, tmp_path):
+    import stat
+
+    store = ResultStore(str(tmp_path / "store"))
+    path = store.write("runs/r1/a", {"x": 1})
+    full = tmp_path / "store" / path
+    assert stat.S_IMODE(os.stat(full).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(full.parent).st_mode) == 0o700

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import functools
 import importlib
 import os
+import sqlite3
 import threading
 import json
 import sys
@@ -164,7 +166,22 @@ def cancel(
         raise _fail(f"run {run_id} had not ended after {wait:g}s", EXIT_FAILED)
 
 
+def _history_errors(command: Any) -> Any:
+    """A history that cannot be used (RAYFLOW_HOME a file, a damaged history.db, a locked one):
+    one line naming it, exit 2, never an sqlite traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (sqlite3.Error, NotADirectoryError, FileExistsError, PermissionError) as exc:
+            raise _fail(f"cannot use the run history at {rayflow_home()}: {exc}", EXIT_USAGE) from None
+
+    return wrapper
+
+
 @app.command()
+@_history_errors
 def runs(
     flow: Annotated[Optional[str], typer.Option("--flow", help="Only runs of this flow.")] = None,  # noqa: UP007
     state: Annotated[Optional[str], typer.Option("--state", help="Only runs that ended in this state.")] = None,  # noqa: UP007
@@ -176,6 +193,7 @@ def runs(
 
 
 @app.command()
+@_history_errors
 def show(
     run_id: Annotated[str, typer.Argument(help="The run to show.")],
     watch: Annotated[bool, typer.Option("--watch", help="Refresh until the run has finished.")] = False,
@@ -231,6 +249,7 @@ def show(
 
 
 @app.command()
+@_history_errors
 def logs(
     run_id: Annotated[str, typer.Argument(help="The run whose logs to print.")],
     task: Annotated[Optional[str], typer.Option("--task", help="Only this task's records.")] = None,  # noqa: UP007
@@ -527,6 +546,7 @@ def schedule_preview(
 
 
 @app.command("schedules")
+@_history_errors
 def list_schedules(as_json: Annotated[bool, typer.Option("--json", help="As JSON.")] = False) -> None:
     """Every schedule a server registered: its flow, next fire time and last run's state."""
     from rayflow.cli.serve import schedule_rows

@@ -148,8 +148,12 @@ def redact_params(params: Mapping[str, Any]) -> dict[str, Any]:
 class RunStore:
     def __init__(self, home: pathlib.Path | str | None = None):
         self.home = pathlib.Path(home) if home is not None else rayflow_home()
-        self.home.mkdir(parents=True, exist_ok=True)
+        if self.home.exists() and not self.home.is_dir():
+            raise NotADirectoryError(f"{self.home} is a file, not a directory")
+        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner-only when rayflow makes it
         self.path = self.home / "history.db"
+        if not self.path.exists():
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))  # owner-only, before sqlite opens it
         with self._connect() as db:
             db.executescript(SCHEMA)
             for table, column, definition in ADDED_COLUMNS:  # a history written by an older rayflow
