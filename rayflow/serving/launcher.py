@@ -2,32 +2,48 @@
 
 The serving process joins (or starts) Ray once; every run goes through the
 flow's runner like any other, so it is traced and recorded as usual, under
-the run id the server chose (claimed with the fire).  Cancelling asks the
-run's actor (``rayflow.runtime.cancel_run``).
+the run id the server chose (claimed with the fire).  ``cancel_here``
+cancels a run going in this process: an in-process one through its
+orchestrator, one on Ray through its actor (``rayflow.runtime.cancel_run``).
+The UI's actions (``rayflow serve --ui``) start and cancel runs the same way.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from rayflow.serving.server import Served
 
 
+def cancel_here(run_id: str, *, on_ray: bool) -> None:
+    """Cancel ``run_id``: an in-process run of this process, else (``on_ray``) one on Ray."""
+    from rayflow.runs.local import cancel_local
+
+    if cancel_local(run_id):
+        return
+    if not on_ray:
+        raise LookupError(f"run {run_id} is not going in this process")
+    from rayflow.runtime import cancel_run
+
+    cancel_run(run_id, wait=0)
+
+
 class ThreadHandle:
-    def __init__(self, entry: Served, run_id: str):
+    """``body()`` (a run: it returns a FlowRun) in a thread of its own, under ``run_id``."""
+
+    def __init__(self, run_id: str, body: Callable[[], Any], *, on_ray: bool):
         self.run_id = run_id
-        self.local = entry.flow.options.runner == "local"
+        self.on_ray = on_ray
+        self._body = body
         self._state: str | None = None
-        self._flow = entry.flow.with_options(run_id=run_id, progress=False)
-        self._parameters = dict(entry.parameters)
         self._thread = threading.Thread(target=self._run, name=f"rayflow-serve-{run_id}", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         try:
-            run = self._flow.run(**self._parameters)
-            self._state = run.state.type.value
+            self._state = self._body().state.type.value
         except BaseException as exc:  # noqa: BLE001 - a run that raises is its outcome, never the server's end
             self._state = f"ERROR ({type(exc).__name__}: {str(exc)[:200]})"
 
@@ -38,17 +54,16 @@ class ThreadHandle:
         return self._state or "UNKNOWN"
 
     def cancel(self) -> None:
-        if self.local:  # the in-process runner: its orchestrator is in this process
-            from rayflow.runs.local import cancel_local
+        if not self.done():
+            cancel_here(self.run_id, on_ray=self.on_ray)
 
-            if not cancel_local(self.run_id) and not self.done():
-                raise RuntimeError(f"run {self.run_id} has not started yet")
-            return
-        from rayflow.runtime import cancel_run
 
-        cancel_run(self.run_id, wait=0)
+def run_in_thread(flow: Any, parameters: dict[str, Any], run_id: str) -> ThreadHandle:
+    """A run of ``flow`` under ``run_id`` with ``parameters``, in a thread."""
+    chosen = flow.with_options(run_id=run_id, progress=False)
+    return ThreadHandle(run_id, lambda: chosen.run(**parameters), on_ray=flow.options.runner != "local")
 
 
 class ThreadLauncher:
     def launch(self, entry: Served, scheduled_for: float, run_id: str) -> Any:
-        return ThreadHandle(entry, run_id)
+        return run_in_thread(entry.flow, dict(entry.parameters), run_id)
