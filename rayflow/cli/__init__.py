@@ -482,26 +482,22 @@ def serve(
 
 def _listen_check(host: str, port: int) -> None:
     """A port in use, or an address that cannot be bound: one line, before anything starts."""
-    import socket
+    from rayflow.ui.server import check_port
 
     try:
-        with socket.create_server((host, port)):
-            pass
+        check_port(host, port)
     except OSError as exc:
         raise _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_USAGE) from None
 
 
 def _start_ui(host: str, port: int, flows: list[Any]) -> None:
     """The UI of ``rayflow serve --ui``, in a thread of the server: with actions on its flows."""
-    import uvicorn
-
-    from rayflow.ui import create_app
     from rayflow.ui.actions import ServeActions
+    from rayflow.ui.server import serve_in_background
 
     _listen_check(host, port)
     unique = list({f.name: f for f in flows}.values())
-    server = uvicorn.Server(uvicorn.Config(create_app(rayflow_home(), ServeActions(unique)), host=host, port=port, log_level="warning"))
-    threading.Thread(target=server.run, name="rayflow-ui", daemon=True).start()  # off the main thread: no signals taken
+    serve_in_background(rayflow_home(), host, port, ServeActions(unique))
     typer.echo(f"rayflow serve: UI at http://{host}:{port}/", err=True)
 
 
@@ -565,14 +561,11 @@ def ui(
     port: Annotated[int, typer.Option("--port", help="Port to listen on.", min=1, max=65535)] = 4200,
 ) -> None:
     """Serve the web UI (read-only) over RAYFLOW_HOME's run history."""
-    import uvicorn
-
-    from rayflow.ui import create_app
+    from rayflow.ui.server import serve as serve_ui
 
     _listen_check(host, port)
-    app_ = create_app(rayflow_home())
     typer.echo(f"rayflow ui: http://{host}:{port}/ over {rayflow_home() / 'history.db'}", err=True)
-    uvicorn.run(app_, host=host, port=port, log_level="warning")
+    serve_ui(rayflow_home(), host, port)
 
 
 @app.callback()

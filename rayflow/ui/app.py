@@ -95,29 +95,29 @@ def create_app(home: str | pathlib.Path | None = None, actions: Any = None) -> S
             return page("error.html", 400, message=str(exc).strip("'\""))
         return RedirectResponse(f"/runs/{run_id}", status_code=303)
 
-    async def cancel(request: Request) -> Response:
-        if actions is None:
-            return _read_only()
-        run = store.run(request.path_params["run_id"])
-        if run is None:
-            return page("missing.html", 404, run_id=request.path_params["run_id"])
+    def on_run(act: Any, errors: tuple[type[BaseException], ...]) -> Any:
+        """A POST on a recorded run: 403 without actions, 404 for an unknown run, 409 with the
+        reason when ``act(run)`` raises one of ``errors``, else back to the run's page."""
+
+        async def route(request: Request) -> Response:
+            if actions is None:
+                return _read_only()
+            run = store.run(request.path_params["run_id"])
+            if run is None:
+                return page("missing.html", 404, run_id=request.path_params["run_id"])
+            try:
+                act(run)
+            except errors as exc:  # shown to the person who asked
+                return page("error.html", 409, message=str(exc).strip("'\""))
+            return RedirectResponse(f"/runs/{run['run_id']}", status_code=303)
+
+        return route
+
+    def cancel(run: dict) -> None:
         try:
             actions.cancel(run["run_id"])
-        except Exception as exc:  # noqa: BLE001 - shown to the person who asked
-            return page("error.html", 409, message=f"run {run['run_id']} could not be cancelled: {exc}")
-        return RedirectResponse(f"/runs/{run['run_id']}", status_code=303)
-
-    async def resume(request: Request) -> Response:
-        if actions is None:
-            return _read_only()
-        run = store.run(request.path_params["run_id"])
-        if run is None:
-            return page("missing.html", 404, run_id=request.path_params["run_id"])
-        try:
-            actions.resume(run["run_id"], run["flow"])
-        except (KeyError, RayflowError) as exc:
-            return page("error.html", 409, message=str(exc).strip("'\""))
-        return RedirectResponse(f"/runs/{run['run_id']}", status_code=303)
+        except Exception as exc:  # noqa: BLE001 - a lookup, a cluster that does not answer
+            raise RuntimeError(f"run {run['run_id']} could not be cancelled: {exc}") from exc
 
     async def api_runs(request: Request) -> Response:
         flow, state, page_no, since = _filters(request)
@@ -137,8 +137,11 @@ def create_app(home: str | pathlib.Path | None = None, actions: Any = None) -> S
         Route("/api/runs", api_runs),
         Route("/api/runs/{run_id}", api_run),
         Route("/flows/{flow}/run", run_now, methods=["POST"]),
-        Route("/runs/{run_id}/cancel", cancel, methods=["POST"]),
-        Route("/runs/{run_id}/resume", resume, methods=["POST"]),
+        Route("/runs/{run_id}/cancel", on_run(cancel, (RuntimeError,)), methods=["POST"]),
+        Route(
+            "/runs/{run_id}/resume", on_run(lambda run: actions.resume(run["run_id"], run["flow"]), (KeyError, RayflowError)),
+            methods=["POST"],
+        ),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     return Starlette(routes=routes)
