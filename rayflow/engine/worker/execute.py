@@ -49,23 +49,23 @@ def _write_now(work: Work, report: Any, value: Any) -> Any:
     """Where downstream tasks get the very object (the in-process executor), a write behind them
     could store their edits: the value is written before the report, as it is.  A write that fails
     is left to the orchestrator's write-behind (tried again, then reported)."""
-    location, name = report.persist
-    try:
-        ResultStore(location).write(name, value)
-    except Exception:  # noqa: BLE001 - retried behind
-        return report
-    return dataclasses.replace(report, persist=None)
+    _, error = _store(report.persist, value)
+    return report if error is not None else dataclasses.replace(report, persist=None)
 
 
 def write_behind(work: Work, value: Any) -> WriteReport:
     """Write a task's value (or a chunk's result) where its report said, after the task ended;
     downstream tasks did not wait for it.  Never raises: a failure is the report's error."""
-    location, name = work.persist
+    return WriteReport(work.task_key, *_store(work.persist, value))
+
+
+def _store(persist: tuple[str, str], value: Any) -> tuple[str | None, str | None]:
+    """Write ``value`` to (store, name): (its path, None), or (None, why it was not written)."""
+    location, name = persist
     try:
-        path = ResultStore(location).write(name, value)
+        return ResultStore(location).write(name, value), None
     except Exception as exc:  # noqa: BLE001 - ResultStoreError, or a value no format can store
-        return WriteReport(work.task_key, None, f"{type(exc).__name__}: {exc}")
-    return WriteReport(work.task_key, path)
+        return None, f"{type(exc).__name__}: {exc}"
 
 
 def unpack(layout: tuple[Any, ...], values: tuple[Any, ...] | list[Any]) -> list[Any]:
