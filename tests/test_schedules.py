@@ -20,6 +20,7 @@ import time
 
 import pytest
 from cli_runner import REPO, run_cli
+from waiting import wait_for
 from flows import two_branches
 
 import rayflow as rf
@@ -325,22 +326,13 @@ def _serve(home, address, *args):
     )
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
 
 def test_a_real_server_fires_runs_on_ray_and_stops_on_sigterm(tmp_path, ray_session):
     home = tmp_path / "home"
     server = _serve(home, ray_session, "--interval", "1", "-p", "seconds=0.1", "--grace", "20")
     try:
         store = RunStore(home)
-        _wait_for(lambda: len([r for r in store.runs() if r["state"] == "SUCCESS"]) >= 2, 90, "two scheduled runs")
+        wait_for(lambda: len([r for r in store.runs() if r["state"] == "SUCCESS"]) >= 2, 90, "two scheduled runs")
         server.send_signal(signal.SIGTERM)
         _, err = server.communicate(timeout=60)
     finally:
@@ -361,7 +353,7 @@ def test_a_run_still_going_after_the_grace_period_is_cancelled(tmp_path, ray_ses
     server = _serve(home, ray_session, "--interval", "1", "-p", "seconds=60", "--grace", "1")
     try:
         store = RunStore(home)
-        _wait_for(lambda: [r for r in store.runs() if r["state"] == "RUNNING"], 90, "a run in flight")
+        wait_for(lambda: [r for r in store.runs() if r["state"] == "RUNNING"], 90, "a run in flight")
         server.send_signal(signal.SIGTERM)
         _, err = server.communicate(timeout=60)
     finally:
@@ -514,7 +506,7 @@ def test_an_in_process_run_going_at_sigterm_is_cancelled_after_the_grace_and_the
         cwd=REPO, env={**os.environ, "RAYFLOW_HOME": str(home)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        _wait_for(lambda: (home / "history.db").exists() and [r for r in RunStore(home).runs() if r["state"] == "RUNNING"], 60, "a run")
+        wait_for(lambda: (home / "history.db").exists() and [r for r in RunStore(home).runs() if r["state"] == "RUNNING"], 60, "a run")
         sent = time.time()
         server.send_signal(signal.SIGTERM)
         _, err = server.communicate(timeout=30)

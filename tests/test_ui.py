@@ -13,6 +13,7 @@ import re
 import pydantic
 import pytest
 from cli_runner import run_cli
+from waiting import wait_for
 from starlette.testclient import TestClient
 
 import rayflow as rf
@@ -174,7 +175,7 @@ def test_the_graph_of_a_500_task_flow_stays_a_page(tmp_path):
 
 
 @rf.task
-def wait_for(path: str) -> str:
+def held_open(path: str) -> str:
     import pathlib
     import time
 
@@ -195,24 +196,13 @@ def maybe(path: str) -> str:
 
 @rf.flow(runner="local")
 def waiting(path: str):
-    return wait_for(path)
+    return held_open(path)
 
 
 @rf.flow(runner="local")
 def retryable(path: str):
     return maybe(path)
 
-
-def _wait(predicate, timeout=30.0):
-    import time
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def test_actions_only_with_serve_ui_run_now_cancel_and_resume(tmp_path, monkeypatch):
@@ -234,10 +224,10 @@ def test_actions_only_with_serve_ui_run_now_cancel_and_resume(tmp_path, monkeypa
     started = client.post("/flows/waiting/run", data={"path": str(gate)})
     assert started.status_code == 303
     run_id = started.headers["location"].rsplit("/", 1)[1]
-    _wait(lambda: (store.run(run_id) or {}).get("state") == "RUNNING")
+    wait_for(lambda: (store.run(run_id) or {}).get("state") == "RUNNING")
     assert 'id="cancel"' in client.get(f"/runs/{run_id}").text
     assert client.post(f"/runs/{run_id}/cancel").status_code == 303
-    _wait(lambda: store.run(run_id)["state"] == "CANCELLED")
+    wait_for(lambda: store.run(run_id)["state"] == "CANCELLED")
     gate.write_text("")
 
     flag = tmp_path / "fail"
@@ -246,7 +236,7 @@ def test_actions_only_with_serve_ui_run_now_cancel_and_resume(tmp_path, monkeypa
     assert failed.state.type.value == "FAILED" and 'id="resume"' in client.get(f"/runs/{failed.run_id}").text
     flag.unlink()
     assert client.post(f"/runs/{failed.run_id}/resume").status_code == 303
-    _wait(lambda: store.run(failed.run_id)["state"] == "SUCCESS")
+    wait_for(lambda: store.run(failed.run_id)["state"] == "SUCCESS")
     assert store.run(failed.run_id)["attempt"] == 2
     again = client.post(f"/runs/{failed.run_id}/resume")  # it succeeded now: refused, in words
     assert again.status_code == 409 and "nothing to resume" in again.text

@@ -19,6 +19,7 @@ import threading
 import time
 
 import pytest
+from waiting import wait_for
 
 import rayflow as rf
 from rayflow.store import RunStore
@@ -123,15 +124,6 @@ def _text(browser, element_id: str) -> str:
         return ""
 
 
-def _wait(predicate, timeout: float = 20.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("timed out")
-
 
 def test_a_person_finds_what_failed_and_why(served, browser):
     from selenium.webdriver.common.by import By
@@ -141,7 +133,7 @@ def test_a_person_finds_what_failed_and_why(served, browser):
     assert "Runs" in browser.find_element(By.TAG_NAME, "h1").text
     _shot(browser, "runs")
     browser.find_element(By.LINK_TEXT, failed.run_id).click()
-    _wait(lambda: failed.run_id in browser.find_element(By.TAG_NAME, "h1").text)
+    wait_for(lambda: failed.run_id in browser.find_element(By.TAG_NAME, "h1").text, timeout=20)
     nodes = {n.get_attribute("data-key"): n.get_attribute("data-state") for n in browser.find_elements(By.CSS_SELECTOR, "g.node")}
     assert nodes["crash"] == "FAILED" and nodes["note"] == "MAPPED"
     details = browser.find_element(By.CSS_SELECTOR, "details")
@@ -162,7 +154,7 @@ def test_a_live_run_changes_state_on_the_page_without_a_reload(served, browser, 
         thread = threading.Thread(target=lambda: outcome.setdefault("run", live.with_options(run_id="live-ui-1").run(path=str(gate))))
         thread.start()
         store = RunStore(served["home"])
-        _wait(lambda: (store.run("live-ui-1") or {}).get("state") == "RUNNING")
+        wait_for(lambda: (store.run("live-ui-1") or {}).get("state") == "RUNNING", timeout=20)
         browser.get(served["url"] + "/runs/live-ui-1")
         state = browser.find_element(By.ID, "run-state")
         assert state.text == "RUNNING"
@@ -170,6 +162,6 @@ def test_a_live_run_changes_state_on_the_page_without_a_reload(served, browser, 
         assert marker
         gate.write_text("")
         thread.join(30)
-    _wait(lambda: _text(browser, "run-state") == "SUCCESS", timeout=20)
+    wait_for(lambda: _text(browser, "run-state") == "SUCCESS", timeout=20)
     assert browser.execute_script("return window.__not_reloaded === true;")  # htmx swapped it in place
     _shot(browser, "live")
