@@ -164,6 +164,15 @@ class DuplicateRunError(RayflowError, ValueError):
         self.run_id = run_id
 
 
+class RunCrashedError(RayflowError):
+    """A run ended without an outcome: the actor orchestrating it died (killed, out of memory,
+    its node lost).  The history records it CRASHED; resume it to run what had not finished."""
+
+    def __init__(self, message: str, *, run_id: str):
+        super().__init__(message)
+        self.run_id = run_id
+
+
 class ScheduleError(RayflowError, ValueError):
     """A schedule that cannot be: a bad cron expression, an unknown timezone, a bad policy."""
 

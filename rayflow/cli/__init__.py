@@ -45,6 +45,7 @@ from rayflow.exceptions import (
     SerializationError,
     UnknownRunError,
     DuplicateRunError,
+    RunCrashedError,
 )
 from rayflow.results import ResultStore
 from rayflow.cache import SEGMENTS_FOLDER
@@ -122,6 +123,8 @@ def run(
         raise _fail(str(exc), EXIT_USAGE) from None
     except ClusterConnectionError as exc:
         raise _fail(str(exc), EXIT_CLUSTER) from None
+    except RunCrashedError as exc:
+        raise _fail(str(exc), EXIT_FAILED) from None
     except KeyboardInterrupt:
         _print_cancelled(run_id, local)
         raise _fail(f"interrupted; run {run_id} was cancelled", EXIT_INTERRUPTED) from None

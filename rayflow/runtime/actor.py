@@ -224,6 +224,14 @@ def driver_actor() -> Any:
         return _actor[1]
 
 
+def forget_actor(handle: Any) -> None:
+    """This driver's actor died: the next run creates a new one instead of calling the dead one."""
+    global _actor
+    with _actor_lock:
+        if _actor is not None and _actor[1] is handle:
+            _actor = None
+
+
 def driver_actors() -> list[Any]:
     """Handles of every live FlowRunActor on the cluster."""
     names = [

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import logging
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -22,12 +23,14 @@ from rayflow.engine.driver.local import new_run_id
 from rayflow.engine.columns import next_items
 from rayflow.engine.plan import Plan, compile_plan
 from rayflow.engine.driver.progress import MapProgress
-from rayflow.runtime.actor import driver_actor
+from rayflow.exceptions import RunCrashedError
+from rayflow.runtime.actor import driver_actor, forget_actor
 from rayflow.runtime.cluster import connect
 from rayflow.store import rayflow_home
-from rayflow.store.history import refuse_taken_run_id
+from rayflow.store.history import RunStore, refuse_taken_run_id
 from rayflow.telemetry import settings_from_env
 
+logger = logging.getLogger(__name__)
 POLL_SECONDS = 0.5
 EXIT_FLUSH_SECONDS = 2.0
 CANCEL_GRACE_SECONDS = 10.0
@@ -51,7 +54,16 @@ class RayRunner:
         objects = _objects_put(plan)
         feeder = None
         try:
-            trace_id, summary = ray.get(actor.start_run.remote(run_id, objects, traced, home, wait))
+            try:
+                trace_id, summary = ray.get(actor.start_run.remote(run_id, objects, traced, home, wait))
+            except ray.exceptions.RayActorError:
+                # This driver's actor had died (killed, out of memory) since its last run: a run
+                # it never recorded starts on a new one; a run it had begun is crashed (below).
+                forget_actor(actor)
+                if _recorded(home, run_id):
+                    raise
+                actor = driver_actor()
+                trace_id, summary = ray.get(actor.start_run.remote(run_id, objects, traced, home, wait))
             if traced is not None:
                 _flush_at_exit(actor)
             feeder = _start_feeder(actor, run_id, plan.streams)
@@ -70,6 +82,10 @@ class RayRunner:
             finally:
                 progress.close()
             raise
+        except ray.exceptions.RayActorError as exc:
+            progress.close()
+            forget_actor(actor)
+            raise _crashed(plan, run_id, home, exc) from None
         progress.close()
         if feeder is not None:
             feeder.join(5)
@@ -77,6 +93,34 @@ class RayRunner:
         flow_run = FlowRun(summary, plan.result, ray.get, tuple(s.key for s in plan.specs))
         flow_run.trace_id = trace_id
         return flow_run
+
+
+def _recorded(home: str, run_id: str) -> bool:
+    """Whether the history has ``run_id`` (unknown counts as yes: a run is never started twice)."""
+    try:
+        return RunStore(home).run_state(run_id) is not None
+    except Exception:  # noqa: BLE001
+        return True
+
+
+def _crashed(plan: Plan, run_id: str, home: str, exc: BaseException) -> RunCrashedError:
+    """The run's orchestrating actor died: record the run CRASHED (no one else will) and say so."""
+    lines = [line.strip() for line in (getattr(exc, "error_msg", None) or str(exc)).splitlines()]
+    causes = [line for line in lines if line and ":" not in line[:20]] or ["it died"]
+    cause = causes[-1][:300]
+    message = f"the actor orchestrating the run died: {cause}"
+    try:
+        RunStore(home).mark_crashed(
+            run_id, flow=plan.flow_name, params=plan.params, tasks=[s.key for s in plan.specs],
+            attempt=plan.attempt, message=message,
+        )
+    except Exception as err:  # noqa: BLE001 - the error below still tells the user
+        logger.warning("rayflow: cannot record run %s as CRASHED in the history: %s", run_id, err)
+    return RunCrashedError(
+        f"run {run_id} of flow {plan.flow_name!r} crashed: {message}; the history records it CRASHED "
+        f"and `rayflow resume {run_id}` runs what had not finished",
+        run_id=run_id,
+    )
 
 
 _exit_hooked: set[str] = set()

@@ -165,8 +165,8 @@ class RunStore:
                             "finished_at, trace_id FROM runs"
                         )
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=10)
+    def _connect(self, timeout: float = 10.0) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=timeout)
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # with WAL: no corruption, far fewer fsyncs
@@ -192,6 +192,27 @@ class RunStore:
                 db.executemany("INSERT INTO transitions VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", transitions)
             if chunks:
                 db.executemany("INSERT INTO chunks VALUES (?,?,?,?,?,?,?,?,?,?)", chunks)
+
+    def mark_crashed(
+        self, run_id: str, *, flow: str, params: Mapping[str, Any], tasks: list[str], attempt: int, message: str,
+        timeout: float = 2.0,
+    ) -> None:
+        """Record an unfinished run as CRASHED: its orchestrating actor died, so no one else will.
+        A run the actor never got to record is recorded here; a finished one is left as it is."""
+        now = time.time()
+        with self._connect(timeout) as db:
+            db.execute(
+                "INSERT OR IGNORE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [run_id, flow, json.dumps(redact_params(params)), "PENDING", None, now, None, None, json.dumps(tasks), attempt],
+            )
+            db.execute(
+                f"UPDATE runs SET state = 'CRASHED', message = ?, finished_at = ?, attempt = ? "
+                f"WHERE run_id = ? AND (state IN {UNFINISHED} OR attempt < ?)", [message, now, attempt, run_id, attempt],
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO run_attempts SELECT run_id, attempt, state, message, started_at, finished_at, "
+                "trace_id FROM runs WHERE run_id = ? AND attempt = ?", [run_id, attempt],
+            )
 
     # -- reading -------------------------------------------------------------
 
