@@ -30,6 +30,10 @@ from __future__ import annotations
 from typing import Any
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, taken like Ctrl-C by ``rayflow run``: the run is cancelled first, then the exit is 143."""
+
+
 class RayflowError(Exception):
     """Root of every exception raised by rayflow itself."""
 

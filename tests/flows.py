@@ -137,3 +137,25 @@ def gated_flow(pid_dir: str) -> str:
     gate(a)  ->  sleeper(after)       runs until the test releases gate a
     """
     return sleeper(pid_dir, "after", 0.0, wait_for=[gate(pid_dir, "a")])
+
+
+@rf.task
+def slow_item(pid_dir: str, i: int) -> int:
+    """An item of a large map: records its worker's pid once, then takes 10 ms."""
+    marker = os.path.join(pid_dir, f"{os.getpid()}.pid")
+    if not os.path.exists(marker):
+        with open(marker, "w") as fh:
+            fh.write(str(os.getpid()))
+    time.sleep(0.01)
+    return i
+
+
+@rf.task
+def total(xs: list[int]) -> int:
+    return sum(xs)
+
+
+@rf.flow
+def large_map(pid_dir: str, n: int = 100_000) -> int:
+    """slow_item x n (10 ms each: minutes of work on 2 CPUs) -> total"""
+    return total(slow_item.map(rf.unmapped(pid_dir), range(n)))

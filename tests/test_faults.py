@@ -8,6 +8,10 @@ test_fault_items.py; the history faults in test_history_faults.py.)
 from __future__ import annotations
 
 import os
+import pathlib
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -22,6 +26,7 @@ from rayflow.store import RunStore
 from waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("ray_session")
+REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def alive(pid: int) -> bool:
@@ -90,3 +95,67 @@ def test_an_actor_that_died_between_runs_is_replaced_without_failing_the_next_ru
     time.sleep(1)  # the actor is gone, and no run has noticed
     assert adds.run(x=1).result() == 3
     assert adds.run(x=2).result() == 4
+
+
+def _signal_during_large_map(tmp_path, sig: int, extra: list[str], group: bool) -> tuple[subprocess.CompletedProcess, float, str]:
+    """Start `rayflow run` of a 10^5-item map, send ``sig`` once its workers run, and time the exit."""
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    home = tmp_path / "home"
+    run_id = f"signalled-{sig}"
+    cmd = [sys.executable, "-m", "rayflow", "run", "tests/flows.py:large_map", "-p", f"pid_dir={pid_dir}",
+           "--run-id", run_id, *extra]
+    env = {**os.environ, "RAYFLOW_HOME": str(home)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env,
+                            start_new_session=group)
+    try:
+        wait_for(lambda: len(list(pid_dir.glob("*.pid"))) >= 2, timeout=90, what="the map's workers")
+        time.sleep(0.5)
+        sent = time.monotonic()
+        if group:  # as `timeout`, or systemd's control-group stop: every process of the group
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=60)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    workers = [int(p.read_text()) for p in pid_dir.glob("*.pid")]
+    wait_for(lambda: not any(alive(pid) for pid in workers), timeout=30, what="the map's workers to be gone")
+    state = RunStore(home).run_state(run_id)
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr), took, state
+
+
+@pytest.mark.timeout(180)
+def test_ctrl_c_during_a_large_map_exits_130_promptly_and_cancels(tmp_path, ray_session):
+    out, took, state = _signal_during_large_map(tmp_path, signal.SIGINT, ["--address", ray_session], group=False)
+    assert out.returncode == 130, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and "was cancelled" in out.stderr
+    assert state == "CANCELLED"
+    print(f"Ctrl-C to exit: {took:.2f}s")
+    assert took < 10  # the issue asks for 3 s; measured in the closing note, bounded here against a hang
+
+
+@pytest.mark.timeout(180)
+def test_sigterm_during_a_large_map_exits_143_promptly_and_cancels(tmp_path, ray_session):
+    out, took, state = _signal_during_large_map(tmp_path, signal.SIGTERM, ["--address", ray_session], group=False)
+    assert out.returncode == 143, out.stderr[-3000:]
+    assert "error: terminated (SIGTERM)" in out.stderr and "Traceback" not in out.stderr
+    assert "SIGTERM received" not in out.stderr  # Ray's own handler's stack dump
+    assert state == "CANCELLED"
+    print(f"SIGTERM to exit: {took:.2f}s")
+    assert took < 10
+
+
+@pytest.mark.timeout(240)
+def test_sigterm_to_the_process_group_stops_a_run_on_its_own_local_ray(tmp_path):
+    """`timeout` and systemd signal every process of the group: the local Ray the CLI started
+    stops with the driver, which records the run CANCELLED itself and exits 143, without waiting
+    for the gone Ray."""
+    out, took, state = _signal_during_large_map(tmp_path, signal.SIGTERM, [], group=True)
+    assert out.returncode == 143, out.stderr[-3000:]
+    assert "error: terminated (SIGTERM)" in out.stderr and "Traceback" not in out.stderr
+    assert state == "CANCELLED"
+    print(f"SIGTERM to the group to exit: {took:.2f}s")
+    assert took < 10

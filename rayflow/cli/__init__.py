@@ -5,21 +5,25 @@ run asked for is not known (``show``, ``logs``, ``cancel``: in neither the run
 history nor a live driver; ``show``: ended in its driver but missing from this
 RAYFLOW_HOME's run history, after printing what its driver knows); 2 bad usage
 (target, parameters, flow definition, result storage; ``resume``: a run that
-cannot be resumed); 3 the Ray cluster could not be reached; 130 interrupted.
+cannot be resumed); 3 the Ray cluster could not be reached; 130 interrupted
+(Ctrl-C); 143 terminated (SIGTERM).  Either signal cancels the run first.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime
 import functools
 import importlib
 import os
+import signal
 import sqlite3
 import threading
 import json
 import sys
 import time
+from collections.abc import Iterator
 from typing import Annotated, Any, Optional
 
 import typer
@@ -46,6 +50,7 @@ from rayflow.exceptions import (
     UnknownRunError,
     DuplicateRunError,
     RunCrashedError,
+    Terminated,
 )
 from rayflow.results import ResultStore
 from rayflow.cache import SEGMENTS_FOLDER
@@ -58,7 +63,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-EXIT_FAILED, EXIT_USAGE, EXIT_CLUSTER, EXIT_INTERRUPTED = 1, 2, 3, 130
+EXIT_FAILED, EXIT_USAGE, EXIT_CLUSTER, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 3, 130, 143
 HISTORY_GRACE = 2.0  # seconds `show` waits for a run that ended live to appear in the history
 
 
@@ -116,7 +121,8 @@ def run(
         options: dict[str, Any] = {"runner": "local" if local else "ray", "run_id": run_id}
         if address:
             options["address"] = address
-        flow_run = flow.with_options(**options).run(**values)
+        with sigterm_as_interrupt():
+            flow_run = flow.with_options(**options).run(**values)
     except (
         TargetError, ParameterError, GraphError, DefinitionError, SerializationError, ResultStoreError, DuplicateRunError,
     ) as exc:
@@ -125,12 +131,34 @@ def run(
         raise _fail(str(exc), EXIT_CLUSTER) from None
     except RunCrashedError as exc:
         raise _fail(str(exc), EXIT_FAILED) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Terminated):  # no table: Ray itself may be stopping (SIGTERM to the group)
+            typer.echo(f"error: terminated (SIGTERM); run {run_id} was cancelled", err=True)
+            _exit_promptly(EXIT_TERMINATED)
         _print_cancelled(run_id, local)
         raise _fail(f"interrupted; run {run_id} was cancelled", EXIT_INTERRUPTED) from None
     print_run(flow_run)
     if not flow_run.state.is_successful():
         raise typer.Exit(EXIT_FAILED)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``timeout``, systemd, Kubernetes) raises Terminated, a KeyboardInterrupt: the run
+    is cancelled as on Ctrl-C.  Kept over the handler ray.init installs (see runtime.cluster)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    terminate.keep_over_ray = True  # type: ignore[attr-defined]
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _print_cancelled(run_id: str, local: bool) -> None:
@@ -502,6 +530,17 @@ def _start_ui(host: str, port: int, flows: list[Any]) -> None:
     unique = list({f.name: f for f in flows}.values())
     serve_in_background(rayflow_home(), host, port, ServeActions(unique))
     typer.echo(f"rayflow serve: UI at http://{host}:{port}/", err=True)
+
+
+def _exit_promptly(code: int, budget: float = 1.0) -> None:
+    """Exit after at most ``budget`` seconds of the exit hooks (span flush, ray.shutdown): after
+    SIGTERM to a process group, a local Ray is stopping too and ray.shutdown would wait for it."""
+    hooks = threading.Thread(target=atexit._run_exitfuncs, name="rayflow-exit", daemon=True)
+    hooks.start()
+    hooks.join(budget)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _exit_past_abandoned_threads(code: int) -> None:

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import threading
 from urllib.parse import urlsplit
@@ -26,12 +27,18 @@ def connect(address: str | None = None, *, connect_timeout: float = CONNECT_TIME
     """Make sure this process is connected to Ray."""
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address is None:
-        ray.init(include_dashboard=False, logging_level="warning", configure_logging=True)
-        return
-    _probe(address, timeout=min(5.0, connect_timeout))
-    _init_bounded(address, connect_timeout)
+    # ray.init makes SIGTERM exit at once; `rayflow run` takes it like Ctrl-C (cancel, then exit).
+    on_sigterm = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    try:
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        if address is None:
+            ray.init(include_dashboard=False, logging_level="warning", configure_logging=True)
+            return
+        _probe(address, timeout=min(5.0, connect_timeout))
+        _init_bounded(address, connect_timeout)
+    finally:
+        if getattr(on_sigterm, "keep_over_ray", False):
+            signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _host_port(address: str) -> tuple[str, int] | None:

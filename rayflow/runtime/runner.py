@@ -23,7 +23,7 @@ from rayflow.engine.driver.local import new_run_id
 from rayflow.engine.columns import next_items
 from rayflow.engine.plan import Plan, compile_plan
 from rayflow.engine.driver.progress import MapProgress
-from rayflow.exceptions import RunCrashedError
+from rayflow.exceptions import RunCrashedError, Terminated
 from rayflow.runtime.actor import driver_actor, forget_actor
 from rayflow.runtime.cluster import connect
 from rayflow.store import rayflow_home
@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 POLL_SECONDS = 0.5
 EXIT_FLUSH_SECONDS = 2.0
 CANCEL_GRACE_SECONDS = 10.0
+TERMINATE_GRACE_SECONDS = 2.0
 
 
 class RayRunner:
@@ -71,16 +72,22 @@ class RayRunner:
                 summary = ray.get(actor.wait_run.remote(run_id, POLL_SECONDS))
                 if progress.enabled:
                     progress.update(ray.get(actor.progress.remote(run_id)) or {})
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             # The actor may not have the run yet (Ctrl-C during start_run): cancel_run then
             # cancels it as it arrives.  Either way, give it a bounded moment to end CANCELLED.
-            actor.cancel_run.remote(run_id)
+            # SIGTERM to a process group stops a local Ray with the driver: then the driver
+            # records the run CANCELLED itself, within a shorter grace.
+            grace = TERMINATE_GRACE_SECONDS if isinstance(exc, Terminated) else CANCEL_GRACE_SECONDS
+            summary = None
             try:
-                ray.get(actor.wait_run.remote(run_id, CANCEL_GRACE_SECONDS), timeout=CANCEL_GRACE_SECONDS + 5)
+                actor.cancel_run.remote(run_id)
+                summary = ray.get(actor.wait_run.remote(run_id, grace), timeout=grace + 1)
             except Exception:  # noqa: BLE001 - interrupted: the KeyboardInterrupt is what the user sees
                 pass
             finally:
                 progress.close()
+            if summary is None or not summary.state.is_finished():
+                _record_end(plan, run_id, home, "CANCELLED", "cancelled: interrupted, and its actor did not confirm")
             raise
         except ray.exceptions.RayActorError as exc:
             progress.close()
@@ -103,19 +110,24 @@ def _recorded(home: str, run_id: str) -> bool:
         return True
 
 
+def _record_end(plan: Plan, run_id: str, home: str, state: str, message: str) -> None:
+    """The run's actor cannot record its end: the driver does, bounded in time."""
+    try:
+        RunStore(home).mark_ended(
+            run_id, state, flow=plan.flow_name, params=plan.params, tasks=[s.key for s in plan.specs],
+            attempt=plan.attempt, message=message,
+        )
+    except Exception as err:  # noqa: BLE001 - the caller's error still tells the user
+        logger.warning("rayflow: cannot record run %s as %s in the history: %s", run_id, state, err)
+
+
 def _crashed(plan: Plan, run_id: str, home: str, exc: BaseException) -> RunCrashedError:
     """The run's orchestrating actor died: record the run CRASHED (no one else will) and say so."""
     lines = [line.strip() for line in (getattr(exc, "error_msg", None) or str(exc)).splitlines()]
     causes = [line for line in lines if line and ":" not in line[:20]] or ["it died"]
     cause = causes[-1][:300]
     message = f"the actor orchestrating the run died: {cause}"
-    try:
-        RunStore(home).mark_crashed(
-            run_id, flow=plan.flow_name, params=plan.params, tasks=[s.key for s in plan.specs],
-            attempt=plan.attempt, message=message,
-        )
-    except Exception as err:  # noqa: BLE001 - the error below still tells the user
-        logger.warning("rayflow: cannot record run %s as CRASHED in the history: %s", run_id, err)
+    _record_end(plan, run_id, home, "CRASHED", message)
     return RunCrashedError(
         f"run {run_id} of flow {plan.flow_name!r} crashed: {message}; the history records it CRASHED "
         f"and `rayflow resume {run_id}` runs what had not finished",

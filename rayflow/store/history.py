@@ -193,12 +193,13 @@ class RunStore:
             if chunks:
                 db.executemany("INSERT INTO chunks VALUES (?,?,?,?,?,?,?,?,?,?)", chunks)
 
-    def mark_crashed(
-        self, run_id: str, *, flow: str, params: Mapping[str, Any], tasks: list[str], attempt: int, message: str,
-        timeout: float = 2.0,
+    def mark_ended(
+        self, run_id: str, state: str, *, flow: str, params: Mapping[str, Any], tasks: list[str], attempt: int,
+        message: str, timeout: float = 2.0,
     ) -> None:
-        """Record an unfinished run as CRASHED: its orchestrating actor died, so no one else will.
-        A run the actor never got to record is recorded here; a finished one is left as it is."""
+        """Record an unfinished run as ended (CRASHED, CANCELLED) when its orchestrating actor
+        cannot (it died, or is gone with Ray).  A run the actor never got to record is recorded
+        here; a run it recorded as finished is left as it is."""
         now = time.time()
         with self._connect(timeout) as db:
             db.execute(
@@ -206,8 +207,8 @@ class RunStore:
                 [run_id, flow, json.dumps(redact_params(params)), "PENDING", None, now, None, None, json.dumps(tasks), attempt],
             )
             db.execute(
-                f"UPDATE runs SET state = 'CRASHED', message = ?, finished_at = ?, attempt = ? "
-                f"WHERE run_id = ? AND (state IN {UNFINISHED} OR attempt < ?)", [message, now, attempt, run_id, attempt],
+                f"UPDATE runs SET state = ?, message = ?, finished_at = ?, attempt = ? "
+                f"WHERE run_id = ? AND (state IN {UNFINISHED} OR attempt < ?)", [state, message, now, attempt, run_id, attempt],
             )
             db.execute(
                 "INSERT OR REPLACE INTO run_attempts SELECT run_id, attempt, state, message, started_at, finished_at, "
