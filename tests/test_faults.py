@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -23,6 +24,7 @@ import rayflow as rf
 from rayflow.runs.resume import check_resumable
 from rayflow.runtime.actor import driver_actor
 from rayflow.store import RunStore
+from cli_runner import run_cli
 from waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -159,3 +161,72 @@ def test_sigterm_to_the_process_group_stops_a_run_on_its_own_local_ray(tmp_path)
     assert state == "CANCELLED"
     print(f"SIGTERM to the group to exit: {took:.2f}s")
     assert took < 10
+
+
+# -- 4. the history database locked, damaged, a file, on a path that cannot be written ----------
+
+
+def _run_diamond(home: pathlib.Path, address: str, run_id: str) -> subprocess.CompletedProcess:
+    out = run_cli("run", "tests/flows.py:diamond", "--address", address, "--run-id", run_id, home=home)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert '"loaded": 20' in out.stdout and "state: SUCCESS" in out.stdout
+    return out
+
+
+@pytest.mark.timeout(240)
+def test_a_history_locked_for_the_whole_run_is_written_by_a_later_run(tmp_path, ray_session):
+    """Another process holds the history locked while `rayflow run` runs and exits: the run
+    completes; its rows wait in a file beside the history, and the next run writes them."""
+    home = tmp_path / "home"
+    _run_diamond(home, ray_session, "before-lock")
+    lock = sqlite3.connect(RunStore(home).path, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        out = _run_diamond(home, ray_session, "while-locked")
+        print(f"run with a locked history: {time.monotonic() - started:.1f}s")
+        assert "Traceback" not in out.stderr
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert RunStore(home).run_state("while-locked") is None  # its driver and actor are gone
+    assert list((home / "history-pending").glob("while-locked-*.json"))
+    _run_diamond(home, ray_session, "after-lock")
+    store = RunStore(home)
+    wait_for(lambda: store.run_state("while-locked") == "SUCCESS", timeout=30, what="the kept rows to be written")
+    assert {t["task_key"] for t in store.run("while-locked")["transitions"]} == {"extract", "clean", "audit", "load"}
+    wait_for(lambda: not list((home / "history-pending").glob("*.json")), timeout=30, what="the kept rows' file to go")
+
+
+@pytest.mark.timeout(240)
+def test_a_damaged_history_is_moved_aside_and_the_run_recorded_in_a_new_one(tmp_path, ray_session):
+    home = tmp_path / "home"
+    _run_diamond(home, ray_session, "before-damage")
+    path = RunStore(home).path
+    data = bytearray(path.read_bytes())
+    for offset in range(0, min(len(data), 4 * 4096), 7):
+        data[offset] = 0x5A
+    path.write_bytes(bytes(data))
+    out = run_cli("runs", home=home)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "not a database" in out.stderr
+    _run_diamond(home, ray_session, "after-damage")
+    assert len(list(home.glob("history.db.damaged-*"))) == 1
+    out = run_cli("runs", home=home)
+    assert out.returncode == 0 and "after-damage" in out.stdout and "before-damage" not in out.stdout
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("where", ["a file", "a path that cannot be made"])
+def test_a_run_completes_when_its_history_cannot_be_used_and_the_cli_says_why_in_one_line(tmp_path, ray_session, where):
+    if where == "a file":
+        home = tmp_path / "home-file"
+        home.write_text("")
+        expected = "is a file, not a directory"
+    else:
+        home = pathlib.Path("/proc/rayflow-no-such-home")  # not writable even by root
+        expected = "cannot use the run history at /proc/rayflow-no-such-home"
+    out = _run_diamond(home, ray_session, f"homeless-{len(where)}")
+    assert "Traceback" not in out.stderr
+    for args in (["runs"], ["show", "homeless"], ["logs", "homeless"]):
+        out = run_cli(*args, home=home)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1 and expected in out.stderr, (args, out.stderr)

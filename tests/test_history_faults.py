@@ -1,8 +1,10 @@
 """A run history that cannot be written never hangs or fails a run.
 
 The HistoryRecorder keeps the rows a failed write held and writes them on a
-later flush; at close it waits a bounded time, then gives up and says how
-many rows were lost.  One warning per problem, not one per flush.
+later flush; at close it waits a bounded time, then keeps retrying in the
+background for a while, then gives up and says how many rows were lost.
+A damaged database is moved aside and a new one started.  One warning per
+problem, not one per flush.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import rayflow as rf
 from rayflow.states import State, StateType
 from rayflow.store import HistoryRecorder, RunStore
 from rayflow.store import history as H
+from waiting import wait_for
 
 
 class FlakyStore(RunStore):
@@ -134,7 +137,7 @@ def test_close_is_bounded_and_does_not_raise_when_the_store_keeps_failing(tmp_pa
 
     def close() -> None:
         try:
-            recorder.close(timeout=0.2)
+            recorder.close(timeout=0.2, background=0)
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
         closed.set()
@@ -156,10 +159,77 @@ def test_close_gives_up_on_a_store_that_fails_fast(tmp_path, no_background_flush
     caplog.set_level(logging.WARNING, logger="rayflow")
     _transition(recorder, "a", StateType.RUNNING)
     _transition(recorder, None, StateType.RUNNING)
-    recorder.close(timeout=0.3)  # returns, does not raise
+    recorder.close(timeout=0.3, background=0)  # returns, does not raise
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("2 rows" in m and "not written" in m for m in messages), messages
     assert sum("database is locked" in m for m in messages) == 1, messages
+
+
+def test_rows_left_at_close_are_written_in_the_background_once_the_store_recovers(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(H, "FLUSH_SECONDS", 0.05)
+    store = FlakyStore(tmp_path, failures=10**9)
+    recorder = HistoryRecorder(store, "run-6", "late", {}, ["a"])
+    caplog.set_level(logging.WARNING, logger="rayflow")
+    _transition(recorder, "a", StateType.SUCCESS)
+    _transition(recorder, None, StateType.SUCCESS)
+    started = time.monotonic()
+    recorder.close(timeout=0.2, background=60)
+    assert time.monotonic() - started < 5  # the run's end is not held up
+    assert store.run("run-6") is None
+    store.failures = 0  # the lock is released
+    deadline = time.monotonic() + 30
+    while store.run("run-6") is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert store.run("run-6")["state"] == "SUCCESS"
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("retried in the background" in m for m in messages), messages
+    assert wait_for(lambda: any("written after all" in r.getMessage() for r in caplog.records), timeout=10)
+    assert not any("not written" in m for m in messages)
+
+
+def _damage(path) -> None:
+    """Garbage over the first pages of a valid database, as a disk or a careless copy leaves it."""
+    data = bytearray(path.read_bytes())
+    for offset in range(0, min(len(data), 4 * 4096), 7):
+        data[offset] = 0x5A
+    path.write_bytes(bytes(data))
+    for suffix in ("-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
+def test_a_damaged_history_is_moved_aside_by_its_writer_and_reported_by_readers(tmp_path, caplog):
+    store = RunStore(tmp_path)
+    recorder = HistoryRecorder(store, "before", "f", {}, ["a"])
+    _transition(recorder, None, StateType.SUCCESS)
+    recorder.close()
+    _damage(store.path)
+    with pytest.raises(sqlite3.DatabaseError):
+        RunStore(tmp_path).runs()  # a reader reports it (the CLI in one line), and moves nothing
+    assert [p.name for p in tmp_path.iterdir()] == ["history.db"]
+    caplog.set_level(logging.WARNING, logger="rayflow")
+    writer = RunStore(tmp_path, repair=True)
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("history.db.damaged-")]
+    assert len(aside) == 1 and aside[0].read_bytes()[:16] != b"SQLite format 3\x00"  # kept as it was, for forensics
+    assert any("is damaged" in r.getMessage() and str(aside[0]) in r.getMessage() for r in caplog.records)
+    recorder = HistoryRecorder(writer, "after", "f", {}, ["a"])
+    _transition(recorder, None, StateType.SUCCESS)
+    recorder.close()
+    assert [r["run_id"] for r in RunStore(tmp_path).runs()] == ["after"]
+
+
+def test_a_history_damaged_under_a_running_writer_is_moved_aside_at_its_next_write(tmp_path, no_background_flush, caplog):
+    writer = RunStore(tmp_path, repair=True)
+    recorder = HistoryRecorder(writer, "during", "f", {}, ["a"])
+    _transition(recorder, "a", StateType.RUNNING)
+    assert recorder.flush() is True
+    _damage(writer.path)
+    _transition(recorder, "a", StateType.SUCCESS)
+    _transition(recorder, None, StateType.SUCCESS)
+    assert recorder.flush() is True  # into a new database
+    recorder.close()
+    run = RunStore(tmp_path).run("during")
+    assert run["state"] == "SUCCESS" and [t["state"] for t in run["transitions"]] == ["SUCCESS"]
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith("history.db.damaged-")]) == 1
 
 
 # -- on Ray: a locked history database ------------------------------------------------

@@ -76,7 +76,7 @@ def recorder_for(home: str | None, run_id: str, plan: Plan) -> HistoryRecorder |
         store = _STORES.get(home)
         if store is None:
             try:
-                store = _STORES[home] = RunStore(home)  # the schema is created once per process
+                store = _STORES[home] = RunStore(home, repair=True)  # the schema is created once per process
             except Exception as exc:  # noqa: BLE001
                 logger.warning("rayflow: run history disabled, cannot open %s: %s", home, exc)
                 return None

@@ -113,7 +113,7 @@ def _recorded(home: str, run_id: str) -> bool:
 def _record_end(plan: Plan, run_id: str, home: str, state: str, message: str) -> None:
     """The run's actor cannot record its end: the driver does, bounded in time."""
     try:
-        RunStore(home).mark_ended(
+        RunStore(home, repair=True).mark_ended(
             run_id, state, flow=plan.flow_name, params=plan.params, tasks=[s.key for s in plan.specs],
             attempt=plan.attempt, message=message,
         )

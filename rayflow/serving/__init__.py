@@ -44,7 +44,7 @@ def serve(
         connect(address)  # once, before anything fires: a cluster that does not answer stops here
         if address is not None:
             entries = [_on(e, address) for e in entries]
-    store = ScheduleStore(RunStore(rayflow_home()))
+    store = ScheduleStore(RunStore(rayflow_home(), repair=True))
     server = Server(list(entries), store, launcher or ThreadLauncher(), max_concurrent=max_concurrent)
     server.start()
     logger = logging.getLogger("rayflow.serve")

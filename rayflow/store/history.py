@@ -78,6 +78,7 @@ ADDED_COLUMNS = (
 
 FLUSH_SECONDS = 0.5
 CLOSE_SECONDS = 3.0  # at a run's end, how long its last rows may wait for a failing store
+BACKGROUND_SECONDS = 300.0  # then how long the writer thread retries them on its own
 MAX_PENDING_ROWS = 100_000  # per kind of row, held for a retry while the store fails
 
 logger = logging.getLogger(__name__)
@@ -145,16 +146,41 @@ def redact_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+SCHEMA_VERSION = 2  # PRAGMA user_version once SCHEMA and ADDED_COLUMNS are in: opening skips the writes
+
+
+def is_damaged(exc: BaseException) -> bool:
+    """A database file SQLite cannot read ("file is not a database", "malformed"), not one that
+    is only busy or locked (OperationalError) or a constraint (IntegrityError)."""
+    return type(exc) is sqlite3.DatabaseError or (
+        isinstance(exc, sqlite3.DatabaseError) and ("malformed" in str(exc) or "not a database" in str(exc))
+    )
+
+
 class RunStore:
-    def __init__(self, home: pathlib.Path | str | None = None):
+    """The history database under ``home``.  ``repair=True`` (the run's writer) moves a damaged
+    database aside and starts a new one; readers report it (the CLI in one line)."""
+
+    def __init__(self, home: pathlib.Path | str | None = None, *, repair: bool = False):
         self.home = pathlib.Path(home) if home is not None else rayflow_home()
+        self.repair = repair
         if self.home.exists() and not self.home.is_dir():
             raise NotADirectoryError(f"{self.home} is a file, not a directory")
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner-only when rayflow makes it
         self.path = self.home / "history.db"
+        try:
+            self._create()
+        except sqlite3.DatabaseError as exc:
+            if not (repair and is_damaged(exc)):
+                raise
+            self._move_aside(exc, os.stat(self.path).st_ino)
+
+    def _create(self) -> None:
         if not self.path.exists():
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))  # owner-only, before sqlite opens it
         with self._connect() as db:
+            if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+                return  # nothing to create: a read, which a lock held by a writer does not block
             db.executescript(SCHEMA)
             for table, column, definition in ADDED_COLUMNS:  # a history written by an older rayflow
                 if column not in {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}:
@@ -164,6 +190,63 @@ class RunStore:
                             "INSERT OR IGNORE INTO run_attempts SELECT run_id, 1, state, message, started_at, "
                             "finished_at, trace_id FROM runs"
                         )
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @property
+    def pending_folder(self) -> pathlib.Path:
+        return self.home / "history-pending"
+
+    def spill(self, name: str, rows: Mapping[str, list]) -> pathlib.Path:
+        """Rows a run could not write, as one JSON file (owner-only) for a later writer."""
+        self.pending_folder.mkdir(mode=0o700, exist_ok=True)
+        path = self.pending_folder / f"{name}.json"
+        partial = path.with_suffix(".partial")
+        fd = os.open(partial, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(rows, fh)
+        os.replace(partial, path)
+        return path
+
+    def write_pending(self) -> int:
+        """Write the rows earlier runs left in files (their history was locked) once the process
+        that left them is gone (until then its writer thread may still write them); the rows written."""
+        written = 0
+        for path in sorted(self.pending_folder.glob("*.json")) if self.pending_folder.is_dir() else []:
+            host, _, pid = path.stem.rpartition("@")[2].partition(":")
+            if host == socket.gethostname() and pid.isdigit() and driver_alive({"host": host, "pid": int(pid)}):
+                continue
+            if host != socket.gethostname() and time.time() - path.stat().st_mtime < BACKGROUND_SECONDS + 60:
+                continue
+            try:
+                rows = json.loads(path.read_text())
+                self._write(
+                    *(list(map(tuple, rows[k])) for k in ("runs", "transitions", "chunks", "logs", "graphs")), timeout=1.0
+                )
+            except (OSError, ValueError, KeyError, sqlite3.Error) as exc:
+                logger.warning("rayflow: cannot write the history rows kept in %s: %s", path, exc)
+                continue
+            path.unlink(missing_ok=True)
+            written += sum(len(v) for v in rows.values())
+        return written
+
+    def _move_aside(self, exc: BaseException, inode: int) -> None:
+        """Rename the damaged database (the one with ``inode``: another process may have moved
+        it and started a new one already) to history.db.damaged-<time>, and start a new one."""
+        aside = self.path.with_name(f"history.db.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        try:
+            if os.stat(self.path).st_ino == inode:
+                os.rename(self.path, aside)
+                for suffix in ("-wal", "-shm"):
+                    extra = self.path.with_name(self.path.name + suffix)
+                    if extra.exists():
+                        os.rename(extra, aside.with_name(aside.name + suffix))
+                logger.warning(
+                    "rayflow: the run history at %s is damaged (%s): moved it to %s and started a new one",
+                    self.path, exc, aside,
+                )
+        except FileNotFoundError:
+            pass  # moved by another process
+        self._create()
 
     def _connect(self, timeout: float = 10.0) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=timeout)
@@ -177,7 +260,22 @@ class RunStore:
     def write(
         self, runs: list[tuple], transitions: list[tuple], chunks: list[tuple], logs: list[tuple] = (), graphs: list[tuple] = ()
     ) -> None:
-        with self._connect() as db:
+        try:
+            if not self.path.exists():  # moved aside by another process
+                self._create()
+            inode = os.stat(self.path).st_ino
+            self._write(runs, transitions, chunks, logs, graphs)
+        except sqlite3.DatabaseError as exc:
+            if not (self.repair and is_damaged(exc)):
+                raise
+            self._move_aside(exc, inode)
+            self._write(runs, transitions, chunks, logs, graphs)
+
+    def _write(
+        self, runs: list[tuple], transitions: list[tuple], chunks: list[tuple], logs: list[tuple], graphs: list[tuple],
+        timeout: float = 10.0,
+    ) -> None:
+        with self._connect(timeout) as db:
             if graphs:
                 db.executemany("INSERT OR REPLACE INTO graphs VALUES (?,?)", graphs)
             if logs:
@@ -325,6 +423,11 @@ class HistoryRecorder(RunObserver):
         self._dropped = 0  # rows given up because too many were held
         self._deadline = 0.0  # set by close(): when the last retries stop
         self._abandoned = False  # close() gave up waiting for a blocked write
+        self._background = False  # close() returned, the writer thread retries on its own
+        self._gave_up = False
+        self._written = threading.Event()  # every row is written, the writer thread is done
+        self._spill_lock = threading.Lock()
+        self._spilled: pathlib.Path | None = None  # the rows close() could not write, in a file
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"history-{run_id}", daemon=True)
         self._thread.start()
@@ -445,31 +548,88 @@ class HistoryRecorder(RunObserver):
             return True
 
     def _loop(self) -> None:
+        if self.store.repair:
+            self.store.write_pending()  # rows earlier runs' drivers could not write (a locked history)
         while not self._stop.wait(FLUSH_SECONDS):
             self.flush()
-        # Closing: the last rows, retried until the deadline close() set.
-        while not self.flush() and not self._abandoned:
+        # Closing: the last rows, retried until the deadline close() set (in the background
+        # once close() has returned: a locked database may be released minutes later).
+        while not self.flush():
             remaining = self._deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            time.sleep(min(FLUSH_SECONDS / 5, remaining))
+            if remaining <= 0 or self._abandoned:
+                self._give_up()
+                return
+            time.sleep(min(FLUSH_SECONDS, remaining))
+        if self._background:
+            logger.warning("rayflow: the history of run %s is written after all", self.run_id)
+        self._give_up()  # only rows dropped while held, if any
+        with self._spill_lock:
+            self._written.set()
+            if self._spilled is not None:
+                self._spilled.unlink(missing_ok=True)
 
-    def close(self, timeout: float | None = None) -> None:
-        """Write the last rows, waiting ``timeout`` seconds (CLOSE_SECONDS) at most; never raises.
-
-        The writer thread does the writing, so a write blocked in SQLite (a locked database
-        waits out its busy timeout) holds up only that thread: past the deadline the rows
-        still unwritten are given up, and how many is logged.
-        """
-        timeout = CLOSE_SECONDS if timeout is None else timeout
-        self._deadline = time.monotonic() + timeout
-        self._stop.set()
-        self._thread.join(timeout + 1.0)  # the last attempt may start just before the deadline
-        if self._thread.is_alive():
-            self._abandoned = True  # blocked in a write: it stops retrying once that returns
+    def _give_up(self) -> None:
+        with self._lock:  # not _write_lock: a write blocked in SQLite holds that one
+            if self._gave_up:
+                return
+            self._gave_up = True
         lost = self._dropped + self.pending_rows()
-        if lost:
+        if lost and self._spilled is not None:
+            logger.warning(
+                "rayflow: %d rows of the history of run %s are kept in %s: the next run that opens this history "
+                "writes them", lost - self._dropped, self.run_id, self._spilled,
+            )
+        elif lost:
             logger.warning(
                 "rayflow: %d rows of the history of run %s were not written: the store kept failing%s",
                 lost, self.run_id, f" ({self._problem})" if self._problem and self._abandoned else "",
             )
+
+    def _spill(self) -> None:
+        """Copy the rows not written yet to a file beside the history, so that they outlive this
+        process (a driver that exits takes its actor and this thread along): the next writer to
+        open the history writes them (``RunStore.write_pending``).  Removed once written here."""
+        with self._spill_lock:
+            if self._written.is_set():
+                return
+            with self._lock:  # the buffers; the held rows only change after a write returns
+                run = self._run or self._pending_run
+                rows = {
+                    "runs": [run] if run is not None else [],
+                    "transitions": self._pending[0] + self._transitions,
+                    "chunks": self._pending[1] + self._chunks,
+                    "logs": self._pending[2] + self._logs,
+                    "graphs": [(self.run_id, self._graph)] if run is not None and self._graph is not None else [],
+                }
+            try:
+                self._spilled = self.store.spill(f"{self.run_id}-{self.attempt}@{socket.gethostname()}:{os.getpid()}", rows)
+            except OSError as exc:
+                logger.warning("rayflow: cannot keep the unwritten history of run %s in a file: %s", self.run_id, exc)
+
+    def close(self, timeout: float | None = None, background: float | None = None) -> None:
+        """Write the last rows, waiting ``timeout`` seconds (CLOSE_SECONDS) at most; never raises.
+
+        The writer thread does the writing, so a write blocked in SQLite (a locked database
+        waits out its busy timeout) holds up only that thread.  Rows still unwritten when
+        close() returns are retried by that thread in the background for ``background``
+        seconds (BACKGROUND_SECONDS) more, then given up, and how many is logged.
+        """
+        timeout = CLOSE_SECONDS if timeout is None else timeout
+        background = BACKGROUND_SECONDS if background is None else background
+        self._deadline = time.monotonic() + max(timeout, background)
+        self._stop.set()
+        if self._written.wait(timeout):
+            return
+        if background > timeout:
+            self._background = True
+            self._spill()
+            logger.warning(
+                "rayflow: the history of run %s cannot be written yet (%s): %d rows kept in %s and retried in the "
+                "background for up to %.0f s", self.run_id, self._problem or "a write is blocked", self.pending_rows(),
+                self._spilled, background,
+            )
+            return
+        self._thread.join(1.0)  # the last attempt may start just before the deadline
+        if self._thread.is_alive():
+            self._abandoned = True  # blocked in a write: it stops retrying once that returns
+            self._give_up()
