@@ -230,3 +230,50 @@ def test_a_run_completes_when_its_history_cannot_be_used_and_the_cli_says_why_in
     for args in (["runs"], ["show", "homeless"], ["logs", "homeless"]):
         out = run_cli(*args, home=home)
         assert out.returncode == 2 and out.stderr.count("\n") == 1 and expected in out.stderr, (args, out.stderr)
+
+
+# -- 3. the driver SIGKILLed mid-map --------------------------------------------------------------
+
+
+@pytest.mark.timeout(240)
+def test_a_driver_killed_mid_map_reads_crashed_everywhere_and_every_follower_ends(tmp_path, ray_session):
+    from starlette.testclient import TestClient
+
+    from rayflow.ui import create_app
+
+    home, pid_dir = tmp_path / "home", tmp_path / "pids"
+    pid_dir.mkdir()
+    env = {**os.environ, "RAYFLOW_HOME": str(home)}
+    cli = [sys.executable, "-m", "rayflow"]
+    driver = subprocess.Popen(
+        [*cli, "run", "tests/flows.py:large_map", "-p", f"pid_dir={pid_dir}", "--run-id", "killed-driver",
+         "--address", ray_session], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    followers, outputs = [], []
+    try:
+        wait_for(lambda: len(list(pid_dir.glob("*.pid"))) >= 2, timeout=90, what="the map's workers")
+        wait_for(lambda: RunStore(home).run_state("killed-driver") == "RUNNING", timeout=30)
+        followers = [
+            subprocess.Popen([*cli, *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for args in (["logs", "killed-driver", "--follow"], ["show", "killed-driver", "--watch", "--address", ray_session])
+        ]
+        time.sleep(2)
+        assert all(f.poll() is None for f in followers), "the followers should still be following"
+        driver.kill()
+        driver.wait(10)
+        for follower in followers:
+            outputs.append(follower.communicate(timeout=60)[0])  # each ends on its own
+            assert follower.returncode == 0, follower.stderr.read()[-2000:] if follower.stderr else ""
+    finally:
+        for proc in [driver, *followers]:
+            if proc.poll() is None:
+                proc.kill()
+    assert "CRASHED" in outputs[1], outputs[1]
+    assert RunStore(home).run("killed-driver")["state"] == "CRASHED"
+    assert RunStore(home).runs()[0]["state"] == "CRASHED"
+    out = run_cli("runs", home=home)
+    assert "killed-driver\tlarge_map\tCRASHED" in out.stdout, out.stdout
+    page = TestClient(create_app(home)).get("/runs/killed-driver")
+    assert page.status_code == 200 and "CRASHED" in page.text and "RUNNING</" not in page.text
+    workers = [int(p.read_text()) for p in pid_dir.glob("*.pid")]
+    wait_for(lambda: not any(alive(pid) for pid in workers), timeout=30, what="the map's workers to be gone")

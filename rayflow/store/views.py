@@ -70,6 +70,9 @@ def _duration(started_at: float | None, finished_at: float | None) -> float | No
     return None if started_at is None or finished_at is None else finished_at - started_at
 
 
+ENDED_FROM_OUTSIDE = ("CRASHED", "CANCELLED")  # run states its driver or a reader may have decided
+
+
 def task_rows(run: dict) -> list[dict]:
     """One entry per task: last state, attempts, duration, item counts for maps, last error.
 
@@ -89,6 +92,10 @@ def task_rows(run: dict) -> list[dict]:
             entry["error"] = t["message"]
         elif t["state"] in ("SUCCESS", "CACHED") and (t["message"] or "").startswith(("cache ", "resumed from")):
             entry["note"] = t["message"]
+    if run.get("state") in ENDED_FROM_OUTSIDE:  # its actor was gone: no one recorded its tasks' ends
+        for entry in by_task.values():
+            if entry["state"] in ("PENDING", "RUNNING", "RETRYING"):
+                entry["state"] = run["state"]
     chunks: dict[str, list[dict]] = {}
     for chunk in run["chunks"]:
         chunks.setdefault(chunk["task_key"], []).append(chunk)
