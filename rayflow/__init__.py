@@ -21,6 +21,7 @@ from rayflow.core.task import Task, task
 from rayflow.engine.driver.flow_run import FlowRun
 from rayflow.engine.worker.logs import get_run_logger
 from rayflow.exceptions import (
+    ClusterAuthenticationError,
     ClusterConnectionError,
     CorruptResultError,
     DefinitionError,
@@ -38,6 +39,7 @@ from rayflow.exceptions import (
     TaskRunError,
     UnknownRunError,
     UnknownTaskError,
+    UnsatisfiableResourcesError,
 )
 from rayflow.signals import Fail, Retry, Skip
 from rayflow.states import ErrorInfo, State, StateType
@@ -56,6 +58,7 @@ def resume(run_id: str, flow: Flow | None = None, **params: object) -> FlowRun:
     return _resume(run_id, flow, **params)
 
 __all__ = [
+    "ClusterAuthenticationError",
     "ClusterConnectionError",
     "CorruptResultError",
     "DefinitionError",
@@ -82,6 +85,7 @@ __all__ = [
     "TaskRunError",
     "UnknownRunError",
     "UnknownTaskError",
+    "UnsatisfiableResourcesError",
     "cache",
     "case",
     "flatten",

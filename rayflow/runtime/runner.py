@@ -24,6 +24,7 @@ from rayflow.engine.plan import Plan, compile_plan
 from rayflow.engine.driver.progress import MapProgress
 from rayflow.runtime.actor import driver_actor
 from rayflow.runtime.cluster import connect
+from rayflow.runtime.resources import check_resources
 from rayflow.store import rayflow_home
 from rayflow.store.history import refuse_taken_run_id
 from rayflow.telemetry import settings_from_env
@@ -38,6 +39,7 @@ class RayRunner:
         refuse_taken_run_id(flow.options)
         plan = compile_plan(graph, flow)
         connect(flow.options.address)
+        plan = check_resources(plan)  # a task no node can ever fit: refused before anything runs
         actor = driver_actor()
         run_id = flow.options.run_id or new_run_id()
         telemetry = settings_from_env()
