@@ -115,6 +115,16 @@ def test_resource_waits_end_when_one_work_is_placed_or_the_wait_is_over():
     [(work, message)] = waits.expired()
     assert work.work_id == 4 and "task 'other' asks for {'CPU': 1, 'GPU': 1}" in message and "50s" in message
     assert waits.given_up("other") == message and waits.given_up("gpu") is None
+    # A cancelled work says nothing about its task; one that finished was placed, start heard or not.
+    late, done = _Spec("late"), _Spec("done")
+    waits.track(late, _Work(6), forward=False)
+    waits.track(done, _Work(7), forward=False)
+    waits.track(done, _Work(8), forward=False)
+    waits.forget(6)
+    waits.finished(7)
+    assert waits.next_deadline() is None
+    now[0] = 100.0
+    assert waits.expired() == [] and waits.given_up("late") is None and not waits.track(done, _Work(9), forward=False)
 
 
 # -- on real Ray ---------------------------------------------------------------------

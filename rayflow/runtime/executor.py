@@ -167,11 +167,13 @@ class RayExecutor(QueuedStarts):
         out = []
         for ref, report in zip(ready, reports):
             work, value_ref = self._pending.pop(ref)
+            self.waits.finished(work.work_id)
             out.append(Completion(work, report, value_ref))
         return out
 
     def _complete(self, ref: ray.ObjectRef) -> Completion:
         work, value_ref = self._pending.pop(ref)
+        self.waits.finished(work.work_id)
         try:
             report = ray.get(ref)
         except RayError as exc:
@@ -183,6 +185,7 @@ class RayExecutor(QueuedStarts):
         for ref, (work, _) in list(self._pending.items()):
             if work.work_id == work_id:
                 del self._pending[ref]
+                self.waits.forget(work_id)
                 ray.cancel(ref, force=True)
 
     def put(self, value: Any) -> Any:

@@ -140,7 +140,8 @@ def describe(resources: Mapping[str, float]) -> str:
     """``{'CPU': 2, 'memory': 15.5 GiB, 'foo': 1}``: what a person reads; Ray's internal
     resources (``node:<ip>``, the object store) left out."""
     parts = []
-    for name, amount in resources.items():
+    first = {"CPU": 0, "GPU": 1, "memory": 2}
+    for name, amount in sorted(resources.items(), key=lambda item: (first.get(item[0], 3), item[0])):
         if name.startswith("node:") or name == "object_store_memory" or name.startswith("accelerator_type:"):
             continue
         if name == "memory":
@@ -327,6 +328,15 @@ class ResourceWaits:
             for other in [w for w, e in self._waiting.items() if e.key == entry.key]:
                 del self._waiting[other]
         return entry.forward
+
+    def finished(self, work_id: int) -> None:
+        """A work ended (its start may not have been heard of yet): it was placed, so it ran."""
+        self.started(work_id)
+
+    def forget(self, work_id: int) -> None:
+        """A work was cancelled: it waits no more, and says nothing about its task."""
+        with self._lock:
+            self._waiting.pop(work_id, None)
 
     def next_deadline(self) -> float | None:
         with self._lock:
