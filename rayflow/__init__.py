@@ -21,6 +21,7 @@ from rayflow.core.task import Task, task
 from rayflow.engine.driver.flow_run import FlowRun
 from rayflow.engine.worker.logs import get_run_logger
 from rayflow.exceptions import (
+    ClusterAuthenticationError,
     ClusterConnectionError,
     CorruptResultError,
     DefinitionError,
@@ -39,6 +40,7 @@ from rayflow.exceptions import (
     TaskRunError,
     UnknownRunError,
     UnknownTaskError,
+    UnsatisfiableResourcesError,
 )
 from rayflow.signals import Fail, Retry, Skip
 from rayflow.states import ErrorInfo, State, StateType
@@ -57,6 +59,7 @@ def resume(run_id: str, flow: Flow | None = None, **params: object) -> FlowRun:
     return _resume(run_id, flow, **params)
 
 __all__ = [
+    "ClusterAuthenticationError",
     "ClusterConnectionError",
     "CorruptResultError",
     "DefinitionError",
@@ -84,6 +87,7 @@ __all__ = [
     "TaskRunError",
     "UnknownRunError",
     "UnknownTaskError",
+    "UnsatisfiableResourcesError",
     "cache",
     "case",
     "flatten",

@@ -12,6 +12,8 @@ found wrong with a definition, an input, the cluster or a finished run::
     ├── ParameterError           flow parameters failed validation
     ├── SerializationError       a task's function or arguments cannot be pickled
     ├── ClusterConnectionError   the Ray cluster at an address cannot be reached
+    │   └── ClusterAuthenticationError  it requires a Ray auth token this process did not send
+    ├── UnsatisfiableResourcesError  a task asks for resources no node of the cluster has
     ├── UnknownRunError          no live or recorded run has that run id
     ├── UnknownTaskError         a run has no task with that key (also a KeyError)
     ├── TaskRunError             a task's result was asked for but it did not succeed
@@ -90,6 +92,28 @@ class ClusterConnectionError(RayflowError, ConnectionError):
     def __init__(self, message: str, *, address: str):
         super().__init__(message)
         self.address = address
+
+
+class ClusterAuthenticationError(ClusterConnectionError):
+    """The cluster at ``address`` requires Ray's token authentication and rejected this process."""
+
+
+class UnsatisfiableResourcesError(RayflowError, ValueError):
+    """A task asks for resources that no node of the Ray cluster has (and none can be added).
+
+    ``task_key`` and ``request`` name the first such task; ``requests`` has every one,
+    ``largest_node`` the resources of the node that comes closest.
+    """
+
+    def __init__(
+        self, message: str, *, task_key: str, request: dict[str, float],
+        requests: dict[str, dict[str, float]] | None = None, largest_node: dict[str, float] | None = None,
+    ):
+        super().__init__(message)
+        self.task_key = task_key
+        self.request = request
+        self.requests = requests or {task_key: request}
+        self.largest_node = largest_node or {}
 
 
 class UnknownRunError(RayflowError, LookupError):

@@ -18,7 +18,7 @@ from cli_runner import run_cli
 from flows import timed_sleep, two_branches
 
 import rayflow as rf
-from rayflow.runtime import find_run
+from rayflow.runtime import find_run, resources
 from rayflow.runtime.actor import driver_actor
 from rayflow.states import StateType
 
@@ -61,7 +61,12 @@ def test_num_cpus_reaches_ray_and_excludes_other_tasks():
     assert resources == {"CPU": 2.0}
 
 
-def test_custom_resources_reach_ray():
+def test_custom_resources_reach_ray(monkeypatch):
+    # No node offers the resource, which rayflow refuses up front on a cluster that cannot
+    # grow (tests/test_resources.py): here the cluster is said to autoscale, so it is submitted.
+    real = resources.observe_cluster
+    monkeypatch.setattr(resources, "observe_cluster", lambda: resources.ClusterView(real().nodes, resources.AUTOSCALING))
+
     @rf.task(resources={"rayflow_test_slot": 1}, num_cpus=0)
     def where() -> dict:
         return ray.get_runtime_context().get_assigned_resources()
@@ -146,7 +151,7 @@ def test_run_is_reachable_by_name_from_another_process(ray_session):
     probe = textwrap.dedent(
         f"""
         import json, sys, time, ray
-        from rayflow.runtime import find_run
+        from rayflow.runtime import find_run, resources
         ray.init(address={ray_session!r}, logging_level="error")
         deadline = time.time() + 30
         while True:

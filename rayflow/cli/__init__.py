@@ -51,6 +51,7 @@ from rayflow.exceptions import (
     DuplicateRunError,
     RunCrashedError,
     Terminated,
+    UnsatisfiableResourcesError,
 )
 from rayflow.results import ResultStore
 from rayflow.cache import SEGMENTS_FOLDER
@@ -125,6 +126,7 @@ def run(
             flow_run = flow.with_options(**options).run(**values)
     except (
         TargetError, ParameterError, GraphError, DefinitionError, SerializationError, ResultStoreError, DuplicateRunError,
+        UnsatisfiableResourcesError,
     ) as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
     except ClusterConnectionError as exc:
@@ -373,7 +375,10 @@ def resume(
         flow_run = resume_run(run_id, **overrides) if not local else _resume_local(run_id, overrides)
     except UnknownRunError as exc:
         raise _fail(str(exc), EXIT_FAILED) from None
-    except (ResumeError, TargetError, ParameterError, GraphError, DefinitionError, SerializationError, ResultStoreError) as exc:
+    except (
+        ResumeError, TargetError, ParameterError, GraphError, DefinitionError, SerializationError, ResultStoreError,
+        UnsatisfiableResourcesError,
+    ) as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
     except ClusterConnectionError as exc:
         raise _fail(str(exc), EXIT_CLUSTER) from None

@@ -70,6 +70,9 @@ class TaskSpec:
     reference: tuple[str, ...] = ()  # a subflow: the member keys whose states decide its state
     members: tuple[str, ...] = ()  # a subflow: every key inside it
     resume_chunks: tuple[tuple[int, int, tuple[str, ...]], ...] = ()  # a map of a resumed run: stored chunks
+    # Set by the Ray runner for a task no node fits yet while an autoscaler may add one:
+    # seconds each of its works may wait to be placed before it fails (None: no limit).
+    resource_wait: float | None = None
 
     @property
     def dependencies(self) -> tuple[str, ...]:

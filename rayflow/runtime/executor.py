@@ -14,7 +14,10 @@ the task's ``system_retries`` and records in the history.  For a task with a
 timeout the worker tells the actor when the attempt really starts
 (``attempt_started``), so time queued for resources does not count; at the
 deadline the Ray task is force-cancelled, which kills its worker process and
-frees its CPUs.  A map's payload (its function and unmapped arguments) is put
+frees its CPUs.  A task that no node fits yet while an autoscaler may add one
+(``TaskSpec.resource_wait``, see runtime.resources) has its works' starts
+reported too: one not placed within the wait is cancelled and fails the task
+with an UnsatisfiableResourcesError.  A map's payload (its function and unmapped arguments) is put
 in the object store once and shared by all its chunks.
 """
 
@@ -23,13 +26,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from rayflow.states import ErrorInfo, StateType
+
 import ray
 from ray.exceptions import RayError, RayTaskError
 
 from rayflow.engine.worker.execute import execute
 from rayflow.engine.executor import Completion, QueuedStarts
 from rayflow.engine.plan import TaskSpec
-from rayflow.engine.protocol import Work, describe_error
+from rayflow.engine.protocol import AttemptResult, Work, describe_error
+from rayflow.runtime.resources import ResourceWaits
 from rayflow.telemetry import worker_context
 
 BIG_PAYLOAD = 64 * 1024  # bytes; larger payloads (and every map's) are put in the object store once
@@ -63,6 +69,19 @@ def _lost(exc: BaseException) -> Any:
     return describe_error(exc, system=True)  # worker died for good, object lost, cancelled
 
 
+def _not_placed(work: Work, message: str) -> Completion:
+    """A work that never ran: no node had its resources in time (see runtime.resources)."""
+    error = ErrorInfo(type="rayflow.exceptions.UnsatisfiableResourcesError", message=message)
+    if work.job is not None:  # a map's chunk: its items fail with this error
+        return Completion(work, None, None, error)
+    now = time.time()
+    report = AttemptResult(
+        task_key=work.task_key, attempt=work.attempt, type=StateType.FAILED, started_at=now, finished_at=now,
+        message=message, error=error, retryable=False,
+    )
+    return Completion(work, report, None)
+
+
 class RayExecutor(QueuedStarts):
     def __init__(self, run_id: str = "", notifier: Any = None) -> None:
         super().__init__()
@@ -71,6 +90,8 @@ class RayExecutor(QueuedStarts):
         self._pending: dict[ray.ObjectRef, tuple[Work, ray.ObjectRef]] = {}  # report ref -> (work, value ref)
         self._payloads: dict[str, Any] = {}
         self._remotes: dict[str, Any] = {}  # task key -> _remote_execute.options(...) (made once)
+        self.waits = ResourceWaits()
+        self._not_placed: list[Completion] = []  # works failed without running: they were never placed
 
     def _payload(self, spec: TaskSpec) -> Any:
         if spec.kind != "map" and len(spec.payload) < BIG_PAYLOAD:
@@ -91,15 +112,47 @@ class RayExecutor(QueuedStarts):
             self._pending[report_ref] = (work, value_ref)
             return
         timed = spec.options.timeout is not None and work.job is None
+        given_up = self.waits.given_up(spec.key)
+        if given_up is not None:
+            self._not_placed.append(_not_placed(work, given_up))
+            return
+        tracked = self.waits.track(spec, work, forward=timed)
         value_ref, report_ref = self._remote(spec).remote(
-            self._payload(spec), work, self.notifier if timed else None, self.run_id, *handles
+            self._payload(spec), work, self.notifier if timed or tracked else None, self.run_id, *handles
         )
         self._pending[report_ref] = (work, value_ref)
 
+    def notify_started(self, work_id: int, at: float) -> None:
+        if self.waits.started(work_id):  # else only its resource wait wanted to know
+            super().notify_started(work_id, at)
+
     def _in_flight(self) -> bool:
-        return bool(self._pending)
+        return bool(self._pending or self._not_placed)
 
     def _collect(self, timeout: float | None) -> list[Completion]:
+        out, self._not_placed = self._not_placed, []
+        deadline = self.waits.next_deadline()
+        if out:
+            timeout = 0
+        elif deadline is not None:
+            timeout = max(0.0, min(timeout if timeout is not None else float("inf"), deadline - self.waits.clock()))
+        if self._pending:
+            out += self._collect_ready(timeout)
+        if deadline is not None:
+            out += self._give_up_waits()
+        return out
+
+    def _give_up_waits(self) -> list[Completion]:
+        out = []
+        for work, message in self.waits.expired():
+            for ref, (pending, _) in list(self._pending.items()):
+                if pending.work_id == work.work_id:
+                    del self._pending[ref]
+                    ray.cancel(ref, force=True)
+                    out.append(_not_placed(work, message))
+        return out
+
+    def _collect_ready(self, timeout: float | None) -> list[Completion]:
         refs = list(self._pending)
         ready, rest = ray.wait(refs, num_returns=1, timeout=timeout)
         if not ready:
@@ -114,11 +167,13 @@ class RayExecutor(QueuedStarts):
         out = []
         for ref, report in zip(ready, reports):
             work, value_ref = self._pending.pop(ref)
+            self.waits.finished(work.work_id)
             out.append(Completion(work, report, value_ref))
         return out
 
     def _complete(self, ref: ray.ObjectRef) -> Completion:
         work, value_ref = self._pending.pop(ref)
+        self.waits.finished(work.work_id)
         try:
             report = ray.get(ref)
         except RayError as exc:
@@ -130,6 +185,7 @@ class RayExecutor(QueuedStarts):
         for ref, (work, _) in list(self._pending.items()):
             if work.work_id == work_id:
                 del self._pending[ref]
+                self.waits.forget(work_id)
                 ray.cancel(ref, force=True)
 
     def put(self, value: Any) -> Any:

@@ -26,6 +26,7 @@ from rayflow.engine.driver.progress import MapProgress
 from rayflow.exceptions import RunCrashedError, Terminated
 from rayflow.runtime.actor import driver_actor, forget_actor
 from rayflow.runtime.cluster import connect
+from rayflow.runtime.resources import check_resources
 from rayflow.store import rayflow_home
 from rayflow.store.history import RunStore, refuse_taken_run_id
 from rayflow.telemetry import settings_from_env
@@ -42,6 +43,7 @@ class RayRunner:
         refuse_taken_run_id(flow.options)
         plan = compile_plan(graph, flow)
         connect(flow.options.address)
+        plan = check_resources(plan)  # a task no node can ever fit: refused before anything runs
         actor = driver_actor()
         run_id = flow.options.run_id or new_run_id()
         telemetry = settings_from_env()

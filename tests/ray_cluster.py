@@ -1,0 +1,123 @@
+"""A ``ray start --head`` cluster of its own, for tests that join a cluster by address.
+
+``RayCluster`` starts the head in its own process group (``--block``, so the
+group holds every Ray process the head spawned) with its own temp dir and a
+free port, waits until the GCS answers, and stops it by killing that process
+group: never ``ray stop``, which would stop every Ray on the machine, other
+engineers' test sessions included.
+
+    with RayCluster(num_cpus=1, env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}) as cluster:
+        run_cli("run", ..., "--address", cluster.address)
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+
+RAY = pathlib.Path(sys.executable).with_name("ray")
+# Variables that change which Ray a process joins or how it authenticates: a cluster's
+# own environment starts without them unless ``env`` sets them.
+RAY_CONNECTION_VARS = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env(home: str | os.PathLike[str], **extra: str) -> dict[str, str]:
+    """This environment without Ray's connection variables, ``HOME`` at ``home`` (so no
+    ``~/.ray/auth_token`` is found unless one is put there), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in RAY_CONNECTION_VARS}
+    env["HOME"] = str(home)
+    env.update(extra)
+    return env
+
+
+class RayCluster:
+    """One head node on 127.0.0.1; ``address`` is ``127.0.0.1:<port>`` once started."""
+
+    def __init__(self, *, num_cpus: int = 1, env: Mapping[str, str] | None = None, resources: str | None = None,
+                 start_timeout: float = 90.0):
+        self.num_cpus = num_cpus
+        self.extra_env = dict(env or {})
+        self.resources = resources  # a JSON string for --resources
+        self.start_timeout = start_timeout
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.dir = pathlib.Path(tempfile.mkdtemp(prefix="rayflow-cluster-"))
+        self.home = self.dir / "home"  # the head's HOME: a token file there is the cluster's own
+        self.home.mkdir()
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> RayCluster:
+        # A short temp dir: Ray's socket paths must fit in 107 bytes.
+        temp_dir = tempfile.mkdtemp(prefix="rf-ray-", dir="/tmp")
+        self._temp_dir = temp_dir
+        command = [
+            str(RAY), "start", "--head", "--block", f"--port={self.port}", "--node-ip-address=127.0.0.1",
+            f"--num-cpus={self.num_cpus}", f"--temp-dir={temp_dir}", "--include-dashboard=false",
+            "--disable-usage-stats",
+        ]
+        if self.resources is not None:
+            command.append(f"--resources={self.resources}")
+        self.log = open(self.dir / "ray-start.log", "wb")
+        self.process = subprocess.Popen(
+            command, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=clean_env(self.home, **self.extra_env),
+        )
+        self._wait_until_up()
+        return self
+
+    def _wait_until_up(self) -> None:
+        deadline = time.time() + self.start_timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"ray start exited {self.process.returncode}: {self.output()[-2000:]}")
+            if b"Ray runtime started" in (self.dir / "ray-start.log").read_bytes():
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"ray start did not come up in {self.start_timeout:.0f}s: {self.output()[-2000:]}")
+
+    def output(self) -> str:
+        return (self.dir / "ray-start.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        """Kill the head's process group (and wait for it): every Ray process it started."""
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        except ProcessLookupError:
+            pass
+        # Workers may outlive the head briefly in the same group: make sure none are left.
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process = None
+        self.log.close()
+        shutil.rmtree(self._temp_dir, ignore_errors=True)
+
+    def __enter__(self) -> RayCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

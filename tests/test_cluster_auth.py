@@ -1,0 +1,100 @@
+"""Joining a ``ray start`` cluster that requires Ray's token authentication.
+
+Ray itself answers a missing or wrong token by retrying for ~20 s and then
+"Failed to connect"; rayflow says that a token is needed and how to give it.
+Every client runs in a subprocess whose environment has no RAY_AUTH_* and whose
+HOME is an empty folder, so no ``~/.ray/auth_token`` is found unless put there.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import secrets
+import subprocess
+import sys
+
+import pytest
+from ray_cluster import RayCluster, clean_env
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+QUICKSTART = str(REPO / "examples" / "quickstart.py")
+
+TOKEN = secrets.token_hex(32)
+
+CONNECT = """
+import sys
+from rayflow.runtime import connect
+try:
+    connect(sys.argv[1])
+except Exception as exc:
+    print(type(exc).__name__, exc, sep="|")
+else:
+    print("connected")
+"""
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def token_cluster():
+    with RayCluster(num_cpus=1, env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN}) as cluster:
+        yield cluster
+
+
+def _connect(cluster: RayCluster, home: pathlib.Path, **env: str) -> tuple[str, str]:
+    out = subprocess.run(
+        [sys.executable, "-c", CONNECT, cluster.address], capture_output=True, text=True, timeout=90,
+        env=clean_env(home, **env), cwd=REPO,
+    )
+    kind, _, message = out.stdout.strip().splitlines()[-1].partition("|")
+    return kind, message
+
+
+def _rayflow(cluster: RayCluster, tmp_path: pathlib.Path, **env: str) -> subprocess.CompletedProcess:
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    return subprocess.run(
+        [sys.executable, "-m", "rayflow", "run", f"{QUICKSTART}:etl", "-p", "days=1", "--address", cluster.address],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+        env=clean_env(home, RAYFLOW_HOME=str(tmp_path / "rayflow-home"), **env),
+    )
+
+
+def test_the_cli_without_a_token_says_one_is_needed_in_one_line(token_cluster, tmp_path):
+    out = _rayflow(token_cluster, tmp_path)
+    assert out.returncode == 3, (out.stdout, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0] == (
+        f"error: the Ray cluster at '{token_cluster.address}' requires token authentication and this process sent no "
+        "token: set RAY_AUTH_MODE=token and give the cluster's token in RAY_AUTH_TOKEN, a file named by "
+        "RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token (see https://docs.ray.io/en/latest/ray-security/token-auth.html)"
+    )
+
+
+def test_the_cli_with_the_token_runs(token_cluster, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    out = _rayflow(token_cluster, tmp_path, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file))
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    assert "state: SUCCESS" in out.stdout and '"rows": 20' in out.stdout, out.stdout
+
+
+def test_each_way_of_missing_the_token_is_named(token_cluster, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    kind, message = _connect(token_cluster, home, RAY_AUTH_TOKEN=TOKEN)
+    assert kind == "ClusterAuthenticationError"
+    assert "sent no token" in message and "a token is in RAY_AUTH_TOKEN, but Ray sends it only when RAY_AUTH_MODE=token" in message
+
+    kind, message = _connect(token_cluster, home, RAY_AUTH_MODE="token")
+    assert kind == "ClusterAuthenticationError"
+    assert "requires token authentication and no token was found: give the cluster's token in RAY_AUTH_TOKEN" in message
+
+    kind, message = _connect(token_cluster, home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    assert kind == "ClusterAuthenticationError"
+    assert "rejected the token from RAY_AUTH_TOKEN: use the token the cluster was started with" in message
+
+    (home / ".ray").mkdir()
+    (home / ".ray" / "auth_token").write_text(TOKEN)
+    assert _connect(token_cluster, home, RAY_AUTH_MODE="token") == ("connected", "")
