@@ -63,6 +63,15 @@ def _lost(exc: BaseException) -> Any:
     return describe_error(exc, system=True)  # worker died for good, object lost, cancelled
 
 
+def _consume(value_ref: ray.ObjectRef) -> None:
+    """The value of a work whose worker died holds the same error as its report: read it, so
+    that Ray does not print it again as an "Unhandled error" when the reference goes."""
+    try:
+        ray.get(value_ref, timeout=0)
+    except (RayError, TimeoutError):
+        pass
+
+
 class RayExecutor(QueuedStarts):
     def __init__(self, run_id: str = "", notifier: Any = None) -> None:
         super().__init__()
@@ -122,6 +131,8 @@ class RayExecutor(QueuedStarts):
         try:
             report = ray.get(ref)
         except RayError as exc:
+            if not isinstance(exc, RayTaskError):  # the worker died, or an object was lost
+                _consume(value_ref)
             return Completion(work, None, None, _lost(exc))
         return Completion(work, report, value_ref)
 
