@@ -295,6 +295,9 @@ class MapCoordinator:
             }
 
 
+RAY_LINES = 3  # of Ray's account of a dead worker, kept in the items' error
+
+
 def lost_message(job: ChunkJob, error: ErrorInfo | None, *, split: int) -> str:
     """Why the items of a lost work failed: the item (or items) running when the worker died, and Ray's word.
 
@@ -304,13 +307,14 @@ def lost_message(job: ChunkJob, error: ErrorInfo | None, *, split: int) -> str:
     if error is None or not error.system:
         return error.message if error is not None else "work lost"
     deaths = job.deaths + 1
+    said = "\n".join(error.message.splitlines()[:RAY_LINES])  # an OOM kill's report goes on for 50 lines
     items = [job.start + i for i in job.indices] if job.indices is not None else range(job.start, job.start + job.size)
     if len(items) == 1:
         times = f", alone ({deaths} works holding it died)" if deaths > 1 else ""
-        return f"the worker died while running item {items[0]}{times}: {error.message}"
+        return f"the worker died while running item {items[0]}{times}: {said}"
     shown = f"items {items[0]}-{items[-1]}" if items[-1] - items[0] == len(items) - 1 else f"{len(items)} items"
     why = f"; not narrowed down: this map split {split} lost works already" if split else ""
-    return f"the worker died while running {shown} ({deaths} times{why}): {error.message}"
+    return f"the worker died while running {shown} ({deaths} times{why}): {said}"
 
 
 _FLYWEIGHTS = {t: State(type=t) for t in C.CODES}
