@@ -90,6 +90,8 @@ def task_rows(run: dict) -> list[dict]:
             entry["error"] = t["message"]
         elif t["state"] in ("SUCCESS", "CACHED") and (t["message"] or "").startswith(("cache ", "resumed from")):
             entry["note"] = t["message"]
+        elif t["state"] == "MAPPED" and "; first error: " in (t["message"] or ""):  # within min_success_ratio
+            entry["note"] = t["message"]
     chunks: dict[str, list[dict]] = {}
     for chunk in run["chunks"]:
         chunks.setdefault(chunk["task_key"], []).append(chunk)
