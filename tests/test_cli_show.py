@@ -302,3 +302,25 @@ def test_item_states_take_rerun_items_out_of_the_state_they_were_retried_from():
     assert (items["total"], items["done"], items["ok"], items["failed"], items["skipped"]) == (16, 16, 12, 4, 1)
     # the order the store returns them in does not matter: the works' start times order them
     assert item_states(rows[::-1]) == item_states(rows)
+
+
+def test_item_states_of_a_chunk_narrowed_down_to_the_item_that_killed_its_worker():
+    """Chunk [0, 8) died with its worker and was split in halves, recursively, until item 5 ran
+    alone and died for good: the lost ranges count only what no narrower range took over."""
+    from rayflow.store.views import item_states, map_items
+
+    rows = [
+        _row(0, 8, {}, 1.0),  # lost: split into [0, 4) and [4, 8)
+        _row(0, 4, {"SUCCESS": 3, "FAILED": 1}, 2.0),  # item 2 raised: its own error
+        _row(4, 8, {}, 2.0),  # lost: split into [4, 6) and [6, 8)
+        _row(6, 8, {"SUCCESS": 2}, 3.0),
+        _row(4, 6, {}, 3.0),  # lost: split into [4, 5) and [5, 6)
+        _row(4, 5, {"SUCCESS": 1}, 4.0),
+        _row(5, 6, {}, 4.0),  # item 5 alone, lost, then its system retry lost too: it failed
+        _row(5, 6, {}, 5.0),
+        _row(8, 12, {"SUCCESS": 4}, 1.0),
+    ]
+    assert item_states(rows) == {"SUCCESS": 10, "FAILED": 2}
+    items = map_items(rows)
+    assert (items["total"], items["ok"], items["failed"]) == (12, 10, 2)
+    assert item_states(rows[::-1]) == item_states(rows)

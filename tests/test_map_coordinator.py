@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 
-import numpy as np
 import pytest
 
 import rayflow as rf
@@ -20,7 +19,8 @@ from rayflow.engine.columns import next_items
 from rayflow.engine.driver.local_executor import LocalBox
 from rayflow.engine.maps import run as R
 from rayflow.engine.maps.coordinator import MapActions, MapCoordinator
-from rayflow.engine.maps.run import MapRun, WholeFeed
+from rayflow.engine.maps.feeds import WholeFeed
+from rayflow.engine.maps.run import MapRun
 from rayflow.engine.plan import compile_plan
 from rayflow.engine.protocol import MapHandle
 from rayflow.engine.worker.execute import execute
@@ -255,26 +255,159 @@ def test_an_error_outside_retry_on_is_final_at_once():
     assert h.values("picky") == [0, 1, 2, 4, 5, 6, 7, 8, 9]
 
 
-def test_a_lost_chunk_runs_again_within_system_retries_then_its_items_fail():
+# -- works lost with their worker: narrowed down to the item at fault ------------------------
+
+LOST = ErrorInfo(type="ray.exceptions.WorkerCrashedError", message="The worker died unexpectedly", system=True)
+
+
+def _items(work) -> list[int]:
+    job = work.job
+    return [job.start + i for i in job.indices] if job.indices is not None else list(range(job.start, job.start + job.size))
+
+
+def run_with_crashes(h: Harness, kills, limit: int = 10_000) -> list[list[int]]:
+    """Run every pending work in order; one for which ``kills(items, work)`` is true dies with its
+    worker instead (reported lost, as RayExecutor reports a dead worker).  Returns the items of
+    each work that died."""
+    died = []
+    for _ in range(limit):
+        if not h.pending:
+            return died
+        spec, work, handles = h.pending[0]
+        if kills(_items(work), work):
+            h.pending.pop(0)
+            died.append(_items(work))
+            h.take(h.coord.finish_work(work, None, None, LOST))
+        else:
+            h.run()
+    raise AssertionError("works never stopped coming")
+
+
+def test_a_dead_worker_is_narrowed_down_to_the_item_that_killed_it():
+    """200 items in chunks of 64, item 7 kills its worker: its chunk's items are run again in
+    halves until item 7 runs alone; only item 7 fails, named; no healthy item runs twice more."""
+
     @rf.flow
     def one():
-        return double.with_options(chunk_size=10, system_retries=1, min_success_ratio=0.5).map(range(20))
+        return double.with_options(chunk_size=64).map(range(200))
 
     h = Harness(one.graph)
     h.launch("double")
-    lost = ErrorInfo(type="rayflow.WorkerDied", message="worker died", system=True)
-    spec, work, handles = h.pending.pop(0)
-    h.take(h.coord.finish_work(work, None, None, lost))
-    again = h.submitted[-1]
-    assert again.job == work.job and again.work_id != work.work_id  # the same chunk, a new work
-    spec, work, handles = h.pending.pop(-1)
-    h.take(h.coord.finish_work(work, None, None, lost))  # its system retry is spent
-    placeholder = h.puts[-1]
-    assert np.all(placeholder.codes == C.FAILED) and len(placeholder.codes) == 10
-    h.run_all()
+    died = run_with_crashes(h, lambda items, work: 7 in items)
+    assert [len(items) for items in died] == [64, 32, 16, 8, 4, 2, 1]  # log2(64) splits, then alone
+    assert died[-1] == [7]
+    assert [w.job.deaths for w in h.submitted if 7 in _items(w)] == [0, 1, 2, 3, 4, 5, 6]
+    state, handle = h.settled["double"]
+    assert state.type is T.FAILED  # min_success_ratio=1.0
+    assert "200 items: 199 ok, 1 failed; first error: item 7: WorkerCrashedError: the worker died while running item 7, alone (7 works holding it died): The worker died unexpectedly" in state.message
+    assert h.values("double") == [2 * x for x in range(200) if x != 7]
+    run = h.coord.maps["double"]
+    assert run.outcomes() == {7: C.FAILED} and run.counts() == {T.SUCCESS: 199, T.FAILED: 1}
+    assert [(c.start, c.stop) for c in handle.chunks][:8] == [(0, 4), (4, 6), (6, 7), (7, 8), (8, 16), (16, 32), (32, 64), (64, 128)]
+    merged = C.merge_results([b.value for b in handle.chunks[3].handles])  # the chunk of item 7 alone
+    kind, message, _ = merged.errors[0]
+    assert kind == LOST.type and message.startswith("the worker died while running item 7")
+    finished = [i for w in h.submitted if 7 not in (items := _items(w)) for i in items]
+    assert sorted(finished) == [x for x in range(200) if x != 7]  # each healthy item ended in one work: none ran twice after
+    assert sum(len(items) for items in died) == 127  # what the deaths cost: under twice the chunk
+
+
+def test_a_work_of_one_item_that_dies_runs_again_within_system_retries_then_fails_named():
+    @rf.flow
+    def one():
+        return double.with_options(chunk_size=1, system_retries=2).map(range(6))
+
+    h = Harness(one.graph)
+    h.launch("double")
+    died = run_with_crashes(h, lambda items, work: items == [3])
+    assert died == [[3], [3], [3]]  # the first run and its 2 system retries
     state, _ = h.settled["double"]
-    assert state.type is T.MAPPED and "20 items: 10 ok, 10 failed" in state.message and "worker died" in state.message
-    assert h.values("double") == [2 * x for x in range(10, 20)]
+    assert "first error: item 3: WorkerCrashedError: the worker died while running item 3, alone (3 works holding it died)" in state.message
+    assert h.values("double") == [0, 2, 4, 8, 10]
+
+
+def test_a_worker_killed_once_costs_its_chunk_two_halves_and_no_item():
+    """A passing death (a killed worker, a lost node): the halves run and every item succeeds."""
+
+    @rf.flow
+    def one():
+        return double.with_options(chunk_size=10, system_retries=0).map(range(20))
+
+    h = Harness(one.graph)
+    h.launch("double")
+    died = run_with_crashes(h, lambda items, work: work.work_id == 1)
+    assert died == [list(range(10))]
+    assert h.settled["double"][0].type is T.MAPPED
+    assert h.values("double") == [2 * x for x in range(20)]
+    assert [(w.job.start, w.job.size, w.job.indices) for w in h.submitted[2:]] == [(0, 5, None), (5, 5, None)]
+
+
+@rf.task(retries=1)
+def two_and_five_fail(x: int) -> int:
+    if x in (2, 5):
+        raise ValueError(f"bad {x}")
+    return x
+
+
+def test_a_lost_retry_of_some_items_is_split_into_retries_of_its_halves():
+    """Items 2 and 5 fail and are retried together; item 5's retry kills the worker: the retry is
+    split, item 2 fails with its own error, item 5 alone ends named."""
+
+    @rf.flow
+    def one():
+        return two_and_five_fail.with_options(chunk_size=10, system_retries=1).map(range(10))
+
+    h = Harness(one.graph)
+    h.launch("two_and_five_fail")
+    h.run()
+    h.clock.now += 100
+    h.take(h.coord.pump_due(h.clock.now))
+    died = run_with_crashes(h, lambda items, work: 5 in items and work.job.indices is not None)
+    assert died == [[2, 5], [5]]  # the retry, then item 5 alone: 2 deaths, over its 1 system retry
+    run = h.coord.maps["two_and_five_fail"]
+    assert run.outcomes() == {2: C.FAILED, 5: C.FAILED}
+    state, handle = h.settled["two_and_five_fail"]
+    merged = C.merge_results([b.value for b in handle.chunks[0].handles])
+    assert merged.errors[2][:2] == ("builtins.ValueError", "bad 2")
+    assert merged.errors[5][1].startswith("the worker died while running item 5, alone (2 works holding it died)")
+    assert h.values("two_and_five_fail") == [0, 1, 3, 4, 6, 7, 8, 9]
+
+
+def test_splitting_stops_at_max_splits_and_then_lost_works_fail_whole(monkeypatch):
+    """A function that kills every worker: the map splits MAX_SPLITS works, then fails the rest whole."""
+    monkeypatch.setattr(R, "MAX_SPLITS", 3)
+
+    @rf.flow
+    def one():
+        return double.with_options(chunk_size=16, system_retries=1).map(range(16))
+
+    h = Harness(one.graph)
+    h.launch("double")
+    died = run_with_crashes(h, lambda items, work: True)
+    assert [len(items) for items in died] == [16, 8, 8, 4, 4, 4, 4]  # 3 splits; each quarter had died twice already
+    state, _ = h.settled["double"]
+    assert "16 items: 0 ok, 16 failed" in state.message
+    assert "items 0-3 (3 times; not narrowed down: this map split 3 lost works already)" in state.message
+    assert h.coord.maps["double"].outcomes() == dict.fromkeys(range(16), C.FAILED)
+
+
+def test_a_map_over_a_narrowed_map_follows_its_halves():
+    """The upstream's lost chunk becomes chunks of its halves: the map streaming from it runs
+    along them, and item 3's failure gates item 3 downstream only."""
+
+    @rf.flow
+    def two():
+        return double.map(double.with_options(name="first", chunk_size=10).map(range(20)))
+
+    h = Harness(two.graph)
+    h.launch("first")
+    h.launch("double")
+    died = run_with_crashes(h, lambda items, work: work.task_key == "first" and 3 in items)
+    assert [len(items) for items in died] == [10, 5, 3, 2, 1]
+    assert h.values("double") == [4 * x for x in range(20) if x != 3]
+    assert h.coord.maps["double"].outcomes() == {3: C.TRIGGER_FAILED}
+    starts = [(w.job.start, w.job.size) for w in h.submitted if w.task_key == "double"]
+    assert sorted(starts) == [(0, 2), (2, 1), (3, 1), (4, 1), (5, 5), (10, 10)]
 
 
 def test_a_stale_completion_after_cancel_changes_nothing():
@@ -322,6 +455,41 @@ def test_a_stream_is_asked_for_one_chunk_at_a_time_and_ends_when_exhausted():
     state, handle = h.settled["double"]
     assert state.type is T.MAPPED and handle.total == 100
     assert h.values("double") == [2 * x for x in range(100)]
+
+
+def test_a_lost_chunk_of_a_stream_keeps_its_segment_until_every_half_is_final():
+    """Halves of a lost chunk of generator items run from the chunk's segment, which is let go
+    (its items freed) only once both halves are final."""
+
+    @rf.flow
+    def gen():
+        return double.with_options(chunk_size=8).map(x for x in range(16))
+
+    h = Harness(gen.graph)
+    stream = iter(h.plan.streams[0])
+    h.launch("double")
+
+    def feed() -> None:
+        while h.requests:
+            stream_id, count = h.requests.pop(0)
+            column, n, exhausted = next_items(stream, count)
+            h.coord.push_stream(stream_id, LocalBox(column) if column is not None else None, n, exhausted)
+        h.take(h.coord.drain_streams())
+
+    feed()
+    feed()
+    leader = h.coord.maps["double"].leader
+    spec, work, handles = h.pending.pop(0)
+    assert _items(work) == list(range(8))
+    h.take(h.coord.finish_work(work, None, None, LOST))
+    assert [(w.job.start, w.job.size) for _, w, _ in h.pending] == [(8, 8), (0, 4), (4, 4)]
+    h.run(1)  # the first half
+    assert leader.segments()[0].handles != ()  # the second half still needs the segment's items
+    h.run(1)
+    assert leader.segments()[0].handles == ()
+    h.run_all()
+    feed()  # the generator is exhausted
+    assert h.values("double") == [2 * x for x in range(16)]
 
 
 def test_an_unsized_upstream_fails_the_map_at_launch_without_any_work():

@@ -12,7 +12,8 @@ from rayflow.engine import columns as C
 from rayflow.engine.protocol import ChunkSummary
 from rayflow.engine.driver.local_executor import LocalExecutor
 from rayflow.engine.maps.coordinator import ItemStates
-from rayflow.engine.maps.run import MapRun, WholeFeed
+from rayflow.engine.maps.feeds import WholeFeed
+from rayflow.engine.maps.run import MapRun
 from rayflow.engine.orchestrator import Orchestrator
 from rayflow.engine.plan import compile_plan
 from rayflow.states import State

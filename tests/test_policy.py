@@ -11,7 +11,7 @@ from rayflow.core.options import TaskOptions
 from rayflow.engine.handlers import apply_handlers
 from rayflow.engine.orchestrator import Orchestrator
 from rayflow.engine.plan import compile_plan
-from rayflow.engine.policy import retry_delay
+from rayflow.engine.policy import FAIL, RETRY, SPLIT, after_worker_death, halves, retry_delay
 from rayflow.states import State
 from rayflow.states import StateType as T
 from rayflow.triggers import (
@@ -77,6 +77,33 @@ def test_retry_delays_backoff_list_and_jitter():
     jittered = TaskOptions(retry_delay=10.0, retry_jitter=0.1)
     assert retry_delay(jittered, 1, rng=lambda: 0.0) == 10.0
     assert retry_delay(jittered, 1, rng=lambda: 1.0) == pytest.approx(11.0)
+
+
+@pytest.mark.parametrize(
+    "items, deaths, system_retries, may_split, expected",
+    [
+        (64, 1, 3, True, SPLIT),  # several items share the blame: halves, no system retry spent
+        (2, 9, 0, True, SPLIT),  # however often they died, and even with system_retries=0
+        (1, 1, 3, True, RETRY),  # one item alone: within system_retries it runs again
+        (1, 3, 3, True, RETRY),
+        (1, 4, 3, True, FAIL),  # the 4th death of works holding it: 3 system retries spent
+        (1, 7, 3, True, FAIL),  # isolated by 6 halvings: it died in 7 works already
+        (1, 1, 0, True, FAIL),  # system_retries=0: its first death alone is final
+        (8, 2, 3, False, RETRY),  # the map split all it may: the whole work, under system_retries
+        (8, 4, 3, False, FAIL),
+    ],
+)
+def test_after_a_worker_death_a_work_is_split_retried_or_failed(items, deaths, system_retries, may_split, expected):
+    options = TaskOptions(system_retries=system_retries)
+    assert after_worker_death(items=items, deaths=deaths, options=options, may_split=may_split) == expected
+
+
+def test_halves_of_a_range_are_ranges_and_of_indices_tuples():
+    assert halves(range(0, 64)) == (range(0, 32), range(32, 64))
+    assert halves(range(7, 10)) == (range(7, 8), range(8, 10))  # the smaller half first
+    assert halves((2, 5, 9)) == ((2,), (5, 9))
+    low, high = halves(range(100, 165))
+    assert len(low) + len(high) == 65 and low.stop == high.start
 
 
 @pytest.mark.parametrize(

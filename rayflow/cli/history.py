@@ -45,7 +45,7 @@ def print_run(run: dict, as_json: bool) -> None:
             counts += f"/{items['cached']} cached"
         rows.append([
             t["task"], t["state"], str(t["attempts"]), _took(t.get("started_at"), t.get("finished_at")),
-            counts, (t.get("error") or "").splitlines()[0][:120] if t.get("error") else (t.get("note") or "")[:120],
+            counts, (t.get("error") or t.get("note") or "").split("\n", 1)[0][:120],
         ])
     emit_table(
         ["task", "state", "attempts", "duration", "items", "error / note"], rows, title=f"flow {run['flow']} · run {run['run_id']}",

@@ -1,4 +1,4 @@
-"""Pure decisions of the orchestrator: skip, trigger, merge, retry.
+"""Pure decisions of the orchestrator: skip, trigger, merge, retry, and what a dead worker's work becomes.
 
 Each function takes explicit inputs and returns a State (or a number); none
 touches an executor, so every rule here is tested directly.
@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal, TypeVar
+
 from rayflow.core.options import TaskOptions
 from rayflow.engine.plan import TaskSpec
 from rayflow.engine.protocol import describe_error
@@ -133,3 +135,33 @@ def next_retry(options: TaskOptions, spent: int, *, retryable: bool = True, rng:
 def system_retry_left(options: TaskOptions, spent: int) -> bool:
     """Whether a work lost to the system (its worker died) runs again: ``system_retries`` per task or chunk."""
     return spent < options.system_retries
+
+
+SPLIT, RETRY, FAIL = "split", "retry", "fail"
+Loss = Literal["split", "retry", "fail"]
+
+
+def after_worker_death(*, items: int, deaths: int, options: TaskOptions, may_split: bool = True) -> Loss:
+    """What becomes of a map's work whose worker died (a crash, an OOM kill, a signal).
+
+    ``deaths`` is how many works holding these items have died, this one included.  A work
+    of several items is split in halves, which run again on their own: any one item may
+    have killed the worker, and blaming them all fails healthy items.  Halving repeats
+    until the item at fault is alone (log2(items) rounds), so no system retry is spent
+    while several items share the blame; every death still counts for the items in it.
+    A work of one item (or one the map may no longer split, ``may_split``) runs again
+    while ``deaths`` is within ``system_retries`` (``system_retry_left``, as for a plain
+    task), then fails.
+    """
+    if items > 1 and may_split:
+        return SPLIT
+    return RETRY if system_retry_left(options, deaths - 1) else FAIL
+
+
+T = TypeVar("T", bound=Sequence[int])
+
+
+def halves(items: T) -> tuple[T, T]:
+    """The two halves a lost work's items are split into (a range gives ranges), the first the smaller."""
+    middle = len(items) // 2
+    return items[:middle], items[middle:]  # type: ignore[return-value]

@@ -62,6 +62,7 @@ class ChunkJob:
     indices: tuple[int, ...] | None = None  # a retry: only these items of the chunk
     attempts: tuple[int, ...] | None = None  # attempt number of each item run (None: all 1)
     load: tuple[str, ...] = ()  # a resumed run: the chunk's stored results (first run, then patches) to load
+    deaths: int = 0  # works holding these items that died with their worker so far (policy.after_worker_death)
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,15 @@ def _not_placed(work: Work, message: str) -> Completion:
     return Completion(work, report, None)
 
 
+def _consume(value_ref: ray.ObjectRef) -> None:
+    """The value of a work whose worker died holds the same error as its report: read it, so
+    that Ray does not print it again as an "Unhandled error" when the reference goes."""
+    try:
+        ray.get(value_ref, timeout=0)
+    except (RayError, TimeoutError):
+        pass
+
+
 class RayExecutor(QueuedStarts):
     def __init__(self, run_id: str = "", notifier: Any = None) -> None:
         super().__init__()
@@ -177,6 +186,8 @@ class RayExecutor(QueuedStarts):
         try:
             report = ray.get(ref)
         except RayError as exc:
+            if not isinstance(exc, RayTaskError):  # the worker died, or an object was lost
+                _consume(value_ref)
             return Completion(work, None, None, _lost(exc))
         return Completion(work, report, value_ref)
 

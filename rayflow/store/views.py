@@ -4,6 +4,7 @@ order of task keys with subflows as groups."""
 
 from __future__ import annotations
 
+import bisect
 import os
 
 from rayflow.states import FAILED_TYPES
@@ -92,6 +93,8 @@ def task_rows(run: dict) -> list[dict]:
             entry["error"] = t["message"]
         elif t["state"] in ("SUCCESS", "CACHED") and (t["message"] or "").startswith(("cache ", "resumed from")):
             entry["note"] = t["message"]
+        elif t["state"] == "MAPPED" and "; first error: " in (t["message"] or ""):  # within min_success_ratio
+            entry["note"] = t["message"]
     if run.get("state") in ENDED_FROM_OUTSIDE:  # its actor was gone: no one recorded its tasks' ends
         for entry in by_task.values():
             if entry["state"] in ("PENDING", "RUNNING", "RETRYING"):
@@ -128,17 +131,39 @@ def item_states(chunk_rows: list[dict]) -> dict[str, int]:
     row's items are first taken out of the states they were retried from (RETRYING, then
     TIMED_OUT, then FAILED; the latest rows first), then counted in their new states.  A
     row without counts is a work lost with its worker: when it was run again, the new row
-    counts its items; when it was not, its items failed.
+    counts its items; when it was not, its items failed.  A chunk whose first run was lost
+    may have been split in two chunks, each with rows of its own under its own range
+    (narrowing a dead worker down to its item): a chunk with only lost rows counts as
+    FAILED just its items that no narrower chunk took over.
     """
     by_chunk: dict[tuple[int, int], list[dict]] = {}
     for row in chunk_rows:
         by_chunk.setdefault((row["start"], row["stop"]), []).append(row)
+    spans = sorted(by_chunk)
     out: dict[str, int] = {}
     for (start, stop), rows in by_chunk.items():
-        for state, n in _chunk_states(stop - start, rows).items():
+        states = _chunk_states(stop - start, rows)
+        if not any(row["counts"] for row in rows):  # every work of it was lost: split, or failed
+            states = {"FAILED": stop - start - _taken_over(spans, start, stop)}
+        for state, n in states.items():
             if n:
                 out[state] = out.get(state, 0) + n
     return out
+
+
+def _taken_over(spans: list[tuple[int, int]], start: int, stop: int) -> int:
+    """Items of [start, stop) inside narrower chunk ranges (``spans`` sorted): those its split made."""
+    covered, reach = 0, start
+    for lo, hi in spans[bisect.bisect_left(spans, (start, start)) :]:  # from the first starting at start
+        if lo >= stop:
+            break
+        if hi > stop or (lo, hi) == (start, stop):
+            continue
+        lo = max(lo, reach)
+        if hi > lo:
+            covered += hi - lo
+            reach = hi
+    return covered
 
 
 def _chunk_states(size: int, rows: list[dict]) -> dict[str, int]:

@@ -19,6 +19,7 @@ injected ``clock``.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -28,9 +29,10 @@ import numpy as np
 
 from rayflow.engine import columns as C
 from rayflow.engine.columns import ChunkResult, encode_values
-from rayflow.engine.maps.run import MapFeed, MapRun, StreamFeed, WholeFeed
+from rayflow.engine.maps.feeds import MapFeed, StreamFeed, WholeFeed
+from rayflow.engine.maps.run import MapRun
 from rayflow.engine.plan import Plan, TaskSpec
-from rayflow.engine.policy import system_retry_left
+from rayflow.engine.policy import FAIL, RETRY
 from rayflow.engine.protocol import ChunkJob, ChunkSummary, MapHandle, Work
 from rayflow.states import ErrorInfo, State, StateType
 from rayflow.triggers import Tally
@@ -212,33 +214,39 @@ class MapCoordinator:
             with self.lock:
                 run.on_summary(report, handle, self.clock())
         else:
-            spec = self.plan.by_key[key]
-            if error is not None and error.system and system_retry_left(spec.options, run.lost_count(job)):
-                run.note_lost(job)
-                self._submit(spec, job, self._piece_handles(run, job))  # only this chunk runs again
+            with self.lock:  # a split changes the map's chunks
+                decision = run.on_lost(job) if error is not None and error.system else FAIL
+            if decision == RETRY:  # only this work runs again
+                again = dataclasses.replace(job, deaths=job.deaths + 1)
+                self._submit(self.plan.by_key[key], again, self._piece_handles(run, job))
                 return self._take()
-            with self.lock:
-                run.release(job)
-            n = len(job.indices) if job.indices is not None else job.size
-            text = str(error) if error is not None else "work lost"
-            error_tuple = (error.type if error else "builtins.RuntimeError", text, "")
-            failed = ChunkResult(
-                values=encode_values([None] * n),
-                codes=np.full(n, C.FAILED, dtype=np.int8),
-                attempts=np.array(job.attempts or [1] * n, dtype=np.int16),
-                errors=dict.fromkeys(range(n), error_tuple),
-                indices=np.array(job.indices, dtype=np.int64) if job.indices is not None else None,
-            )
-            placeholder = self.put(failed)
-            with self.lock:
-                run.settle_lost(job, placeholder, text)
+            if decision == FAIL:
+                self._fail_lost(run, job, error)
         for child in self.children.get(key, ()):  # consumers first: their chunks queue ahead
             self._pump(child)
         self._pump(key)
         return self._take()
 
+    def _fail_lost(self, run: MapRun, job: ChunkJob, error: ErrorInfo | None) -> None:
+        """Every item of a lost work fails with its error, which names the item when it ran alone."""
+        with self.lock:
+            run.release(job)
+        n = len(job.indices) if job.indices is not None else job.size
+        kind = error.type if error is not None else "builtins.RuntimeError"
+        message = lost_message(job, error, split=run.splits)
+        failed = ChunkResult(
+            values=encode_values([None] * n),
+            codes=np.full(n, C.FAILED, dtype=np.int8),
+            attempts=np.array(job.attempts or [1] * n, dtype=np.int16),
+            errors=dict.fromkeys(range(n), (kind, message, "")),
+            indices=np.array(job.indices, dtype=np.int64) if job.indices is not None else None,
+        )
+        placeholder = self.put(failed)
+        with self.lock:
+            run.settle_lost(job, placeholder, f"{kind.rsplit('.', 1)[-1]}: {message}")
+
     def _piece_handles(self, run: MapRun, job: ChunkJob) -> list[Any]:
-        chunk = run.chunks[job.chunk]
+        chunk = run.by_id[job.chunk]
         handles: list[Any] = []
         for source in run.sources:
             for _, objs, _, _ in source.pieces(chunk.start, chunk.stop) or []:
@@ -285,6 +293,28 @@ class MapCoordinator:
                       "cached": run.cached}
                 for key, run in self.maps.items()
             }
+
+
+RAY_LINES = 3  # of Ray's account of a dead worker, kept in the items' error
+
+
+def lost_message(job: ChunkJob, error: ErrorInfo | None, *, split: int) -> str:
+    """Why the items of a lost work failed: the item (or items) running when the worker died, and Ray's word.
+
+    ``split``: the works the map has split so far (when several items failed together, it
+    says why they were not narrowed down).
+    """
+    if error is None or not error.system:
+        return error.message if error is not None else "work lost"
+    deaths = job.deaths + 1
+    said = "\n".join(error.message.splitlines()[:RAY_LINES])  # an OOM kill's report goes on for 50 lines
+    items = [job.start + i for i in job.indices] if job.indices is not None else range(job.start, job.start + job.size)
+    if len(items) == 1:
+        times = f", alone ({deaths} works holding it died)" if deaths > 1 else ""
+        return f"the worker died while running item {items[0]}{times}: {said}"
+    shown = f"items {items[0]}-{items[-1]}" if items[-1] - items[0] == len(items) - 1 else f"{len(items)} items"
+    why = f"; not narrowed down: this map split {split} lost works already" if split else ""
+    return f"the worker died while running {shown} ({deaths} times{why}): {said}"
 
 
 _FLYWEIGHTS = {t: State(type=t) for t in C.CODES}

@@ -1,7 +1,7 @@
 """MapRun: the orchestrator's state for one mapped task, executor-agnostic.
 
 Items are cut into chunks; each chunk is one unit of work.  Where a chunk's
-items come from is a *source* per mapped argument.  When a source arrives
+items come from is a *source* per mapped argument (``maps.feeds``).  When a source arrives
 piecewise (an upstream map, a flatten of one, a stream) the first such
 source leads: chunk i covers the leader's segment i, so chunk i can start
 as soon as upstream chunk i is final (pipelining, no barrier).  Otherwise
@@ -13,11 +13,21 @@ It holds per-chunk metadata only: counts per state code, the items waiting
 for a retry, the handles of the chunk's results, and the indexes of the
 items that ended other than SUCCESS (never anything per successful item).
 At most ``max_in_flight`` works per map run at once (backpressure).
+
+A work lost with its worker is narrowed down (``on_lost``, deciding by
+``policy.after_worker_death``): a chunk's first run that died is replaced, in
+place, by two chunks of half its items each, and a lost retry of some items
+by two retries of half of them; the halves queue in ``parts`` and start
+before new chunks.  Splitting repeats until the item that kills its worker
+runs alone; only that item then fails.  So chunks are looked up by id
+(``by_id``, ``ChunkJob.chunk``), not by position, and ``chunks`` stays in
+item order.  A map splits at most ``MAX_SPLITS`` works.
 """
 
 from __future__ import annotations
 
 import bisect
+import collections
 import itertools
 import math
 from collections.abc import Callable
@@ -25,8 +35,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rayflow.engine import columns as C
+from rayflow.engine.maps.feeds import MapFeed, StreamFeed
 from rayflow.engine.protocol import ChunkHandle, ChunkJob, ChunkSummary, MapHandle, Piece
-from rayflow.engine.policy import next_retry, retry_delay
+from rayflow.engine.policy import SPLIT, Loss, after_worker_death, halves, next_retry, retry_delay
 from rayflow.states import FAILED_TYPES, State, StateType
 
 TARGET_SECONDS = 0.25
@@ -34,107 +45,10 @@ FIRST_CHUNK = 64
 TRUSTED_SECONDS = 0.01  # a chunk shorter than this measures overheads more than items
 MAX_GROWTH = 256  # a chunk not yet trusted grows at most this much per measurement
 MAX_CHUNK = 1 << 18  # items: bounds the memory a chunk needs (a generator's chunk is built in the driver)
-
-
-@dataclass
-class Segment:
-    start: int
-    stop: int
-    handles: tuple[Any, ...]
-    kind: str  # piece kind for items of this segment
-
-
-def _covering(segments: list[Segment], lo: int, hi: int) -> list[tuple[str, tuple[Any, ...], int, int]] | None:
-    """The parts of ``segments`` that make up items [lo, hi), or None if they do not cover it all."""
-    out = [
-        (seg.kind, seg.handles, max(lo, seg.start) - seg.start, min(hi, seg.stop) - seg.start)
-        for seg in segments
-        if seg.start < hi and seg.stop > lo
-    ]
-    return out if sum(p[3] - p[2] for p in out) == hi - lo else None
-
-
-class WholeFeed:
-    """Every item available at once: a constant, a task's result, or its flattening."""
-
-    def __init__(self, name: str, kind: str, handle: Any, length: int):
-        self.name, self.kind, self.handle, self.length = name, kind, handle, length
-
-    leads = False
-
-    def total(self) -> int:
-        return self.length
-
-    def pieces(self, lo: int, hi: int) -> list[tuple[str, tuple[Any, ...], int, int]] | None:
-        return [(self.kind, (self.handle,), lo, hi)]
-
-
-class MapFeed:
-    """An upstream map, element-wise (or flattened): its final chunks are our segments."""
-
-    leads = True
-
-    def __init__(self, name: str, lookup: Callable[[], MapRun | None], flat: bool):
-        self.name, self.lookup, self.flat = name, lookup, flat
-
-    def segments(self) -> list[Segment]:
-        upstream = self.lookup()
-        if upstream is None:
-            return []
-        out, position = [], 0
-        for chunk in upstream.chunks:
-            if not chunk.final:
-                break
-            if self.flat:
-                out.append(Segment(position, position + chunk.flat_count, tuple(chunk.handles), "flatten_chunk"))
-                position += chunk.flat_count
-            else:
-                out.append(Segment(chunk.start, chunk.stop, tuple(chunk.handles), "chunk"))
-        return out
-
-    def total(self) -> int | None:
-        upstream = self.lookup()
-        if upstream is None or not upstream.done:
-            return None
-        return sum(c.flat_count for c in upstream.chunks) if self.flat else upstream.total
-
-    def pieces(self, lo: int, hi: int) -> list[tuple[str, tuple[Any, ...], int, int]] | None:
-        return _covering(self.segments(), lo, hi)  # None while part of [lo, hi) is not final
-
-
-class StreamFeed:
-    """Items pushed in segments by a feeder (a generator input), until it is exhausted."""
-
-    leads = True
-
-    def __init__(self, name: str, stream_id: int):
-        self.name, self.stream_id = name, stream_id
-        self._segments: list[Segment] = []
-        self.exhausted = False
-        self.requested = 0  # items asked of the feeder so far
-
-    def push(self, handle: Any, count: int, exhausted: bool) -> None:
-        start = self._segments[-1].stop if self._segments else 0
-        if count:
-            self._segments.append(Segment(start, start + count, (handle,), "column"))
-        self.exhausted = self.exhausted or exhausted
-
-    def received(self) -> int:
-        return self._segments[-1].stop if self._segments else 0
-
-    def release(self, index: int) -> None:
-        """Segment ``index`` is consumed for good: drop its handle so its memory can be freed."""
-        seg = self._segments[index]
-        self._segments[index] = Segment(seg.start, seg.stop, (), seg.kind)
-
-    def segments(self) -> list[Segment]:
-        return list(self._segments)
-
-    def total(self) -> int | None:
-        return self.received() if self.exhausted else None
-
-    def pieces(self, lo: int, hi: int) -> list[tuple[str, tuple[Any, ...], int, int]] | None:
-        return _covering(self._segments, lo, hi)
+# Lost works a map splits to find the items that kill their workers: about 6 per such item in
+# 64-item chunks, 18 in the largest; past it (a function that crashes on every item) a lost
+# work runs again whole under system_retries and then fails whole, so deaths stay bounded.
+MAX_SPLITS = 32
 
 
 def _unequal_lengths(lengths: dict[str, int]) -> str | None:
@@ -145,9 +59,9 @@ def _unequal_lengths(lengths: dict[str, int]) -> str | None:
     return f"MappingError: mapped arguments have unequal lengths ({listing})"
 
 
-@dataclass
+@dataclass(eq=False)
 class Chunk:
-    index: int
+    index: int  # its id within the map (chunks made so far), not its position: a split chunk is replaced
     start: int
     stop: int
     handles: list[Any] = field(default_factory=list)  # first result, then retries'
@@ -156,7 +70,7 @@ class Chunk:
     running: int = 0  # works in flight for this chunk
     flat_count: int = 0
     started: bool = False
-    system_failures: int = 0
+    queued: int = 0  # its parts waiting in MapRun.parts to run (halves of a lost work)
     errors: list[tuple[int, str]] = field(default_factory=list)  # (item index in the map, "Type: message")
     outcomes: dict[int, int] | None = None  # item in chunk -> code, final FAILED/TIMED_OUT items only
     lost: bool = False  # its first run was lost for good: every item FAILED
@@ -164,7 +78,7 @@ class Chunk:
 
     @property
     def final(self) -> bool:
-        return self.started and self.running == 0 and not self.waiting
+        return self.started and self.running == 0 and not self.waiting and not self.queued
 
     @property
     def size(self) -> int:
@@ -239,7 +153,13 @@ class MapRun:
         self.max_in_flight = options.max_in_flight or max_in_flight
         self.cpus = max(1, cpus)
         self.clock = clock
-        self.chunks: list[Chunk] = []
+        self.chunks: list[Chunk] = []  # in item order
+        self.by_id: dict[int, Chunk] = {}
+        self._made = 0  # chunks made so far: the next chunk's id
+        self.parts: collections.deque[tuple[Chunk, tuple[int, ...] | None, tuple[int, ...] | None, int]] = (
+            collections.deque()
+        )  # halves of lost works to run: (chunk, indices or None for its whole first run, attempts, deaths)
+        self.splits = 0  # lost works split so far
         self.in_flight = 0
         self.sizer = ChunkSizer(options.chunk_size, cpus)
         self.fatal: str | None = None
@@ -313,10 +233,17 @@ class MapRun:
         return segments[self.next_segment - 1].stop if self.next_segment else 0
 
     def next_jobs(self, now: float) -> list[tuple[ChunkJob, list[Any]]]:
-        """Works to submit now: due retries first, then new chunks, within max_in_flight."""
+        """Works to submit now: halves of lost works first, then due retries, then new chunks, within max_in_flight."""
         jobs: list[tuple[ChunkJob, list[Any]]] = []
         if self.done:
             return jobs
+        while self.parts and self.in_flight < self.max_in_flight:
+            chunk, indices, attempts, deaths = self.parts.popleft()
+            chunk.queued -= 1
+            part = self._job(chunk, indices, attempts, deaths)
+            if part is None:  # cannot happen: the lost work's inputs were there, and are kept until it is final
+                raise LookupError(f"the inputs of items {chunk.start}-{chunk.stop - 1} of map {self.key} are gone")
+            jobs.append(part)
         for chunk in self.chunks:
             if self.in_flight >= self.max_in_flight:
                 break
@@ -328,16 +255,22 @@ class MapRun:
                     jobs.append(job)
         if self.fatal is None:
             for lo, hi, load in self._new_ranges():
-                chunk = Chunk(len(self.chunks), lo, hi, load=load)
+                chunk = self._new_chunk(lo, hi, load)
                 self.chunks.append(chunk)
                 job = self._job(chunk, None, None)
                 if job is None:  # a non-leading source does not cover it yet: retry later
                     self.chunks.pop()
+                    del self.by_id[chunk.index]
                     self._unread(lo, hi)
                     break
                 jobs.append(job)
         self._check_done()
         return jobs
+
+    def _new_chunk(self, lo: int, hi: int, load: tuple[str, ...] = ()) -> Chunk:
+        chunk = self.by_id[self._made] = Chunk(self._made, lo, hi, load=load)
+        self._made += 1
+        return chunk
 
     def _unread(self, lo: int, hi: int) -> None:
         if self.leader is None:
@@ -345,7 +278,9 @@ class MapRun:
         else:
             self.next_segment -= 1
 
-    def _job(self, chunk: Chunk, indices: tuple[int, ...] | None, attempts: tuple[int, ...] | None) -> tuple[ChunkJob, list[Any]] | None:
+    def _job(
+        self, chunk: Chunk, indices: tuple[int, ...] | None, attempts: tuple[int, ...] | None, deaths: int = 0
+    ) -> tuple[ChunkJob, list[Any]] | None:
         handles: list[Any] = []
         sources = []
         for source in self.sources:
@@ -376,13 +311,14 @@ class MapRun:
             indices=indices,
             attempts=attempts,
             load=chunk.load if indices is None else (),
+            deaths=deaths,
         )
         return job, handles
 
     # -- outcomes ------------------------------------------------------------
 
     def on_summary(self, summary: ChunkSummary, handle: Any, now: float) -> None:
-        chunk = self.chunks[summary.chunk]
+        chunk = self.by_id[summary.chunk]
         chunk.running -= 1
         self.in_flight -= 1
         chunk.handles.append(handle)
@@ -414,31 +350,60 @@ class MapRun:
             chunk.errors = (chunk.errors + [(chunk.start + i, text) for i, text in summary.errors])[-20:]
         self._version += 1
         if chunk.final and isinstance(self.leader, StreamFeed):
-            self.leader.release(self._segment_of(chunk))
+            self._release_segment(chunk)
         self._check_done()
 
-    def _segment_of(self, chunk: Chunk) -> int:
+    def _release_segment(self, chunk: Chunk) -> None:
+        """Drop the stream segment ``chunk`` came from once every chunk of it is final (a split
+        chunk's halves are chunks of the same segment, and their retries need its items)."""
         for i, seg in enumerate(self.leader.segments()):
-            if seg.start == chunk.start:
-                return i
+            if seg.start <= chunk.start < seg.stop:
+                if all(c.final for c in self.chunks if seg.start <= c.start < seg.stop):
+                    self.leader.release(i)
+                return
         raise LookupError(chunk.start)
 
-    def lost_count(self, job: ChunkJob) -> int:
-        """System retries this work's chunk has spent (its work died with a worker)."""
-        return self.chunks[job.chunk].system_failures
+    def on_lost(self, job: ChunkJob) -> Loss:
+        """A work of this map died with its worker: split it in halves (queued in ``parts``), or
+        say it runs again whole ("retry": it stays in flight) or fails ("fail": ``release`` and
+        ``settle_lost`` it).  See ``policy.after_worker_death``."""
+        items = len(job.indices) if job.indices is not None else job.size
+        decision = after_worker_death(
+            items=items, deaths=job.deaths + 1, options=self.options, may_split=self.splits < MAX_SPLITS
+        )
+        if decision == SPLIT:
+            self._split(job)
+        return decision
 
-    def note_lost(self, job: ChunkJob) -> None:
-        """The work is submitted again after a system failure: it stays in flight."""
-        self.chunks[job.chunk].system_failures += 1
+    def _split(self, job: ChunkJob) -> None:
+        chunk = self.by_id[job.chunk]
+        self.release(job)
+        self.splits += 1
+        deaths = job.deaths + 1
+        if job.indices is None:  # its first run: two chunks in its place, each a first run of its half
+            low, high = halves(range(chunk.start, chunk.stop))
+            parts = [self._new_chunk(r.start, r.stop) for r in (low, high)]
+            at = bisect.bisect_left(self.chunks, chunk.start, key=lambda c: c.start)
+            assert self.chunks[at] is chunk
+            self.chunks[at : at + 1] = parts
+            del self.by_id[chunk.index]
+            for part in parts:
+                part.queued += 1
+                self.parts.append((part, None, None, deaths))
+            return
+        attempts = job.attempts or (1,) * len(job.indices)
+        for indices, tries in zip(halves(job.indices), halves(attempts)):  # a retry: two retries of its halves
+            chunk.queued += 1
+            self.parts.append((chunk, indices, tries, deaths))
 
     def release(self, job: ChunkJob) -> None:
         """A work ended without a result."""
-        self.chunks[job.chunk].running -= 1
+        self.by_id[job.chunk].running -= 1
         self.in_flight -= 1
 
     def settle_lost(self, job: ChunkJob, handle: Any, message: str) -> None:
         """Record a work whose system retries are spent: its items failed (``handle`` holds that)."""
-        chunk = self.chunks[job.chunk]
+        chunk = self.by_id[job.chunk]
         chunk.handles.append(handle)
         n = len(job.indices) if job.indices is not None else chunk.size
         chunk.counts[C.FAILED] = chunk.counts.get(C.FAILED, 0) + n
@@ -454,14 +419,15 @@ class MapRun:
 
     def cancel(self) -> None:
         self.fatal = self.fatal or "cancelled"
+        self.parts.clear()
         for chunk in self.chunks:
             chunk.waiting.clear()
-            chunk.running = 0
+            chunk.running = chunk.queued = 0
         self.in_flight = 0
         self.done = True
 
     def _check_done(self) -> None:
-        if self.done or self.in_flight:
+        if self.done or self.in_flight or self.parts:
             return
         if any(c.waiting for c in self.chunks):
             return
