@@ -17,6 +17,8 @@ import json
 import os
 import pathlib
 import stat
+import subprocess
+import sys
 import traceback
 
 import pytest
@@ -27,7 +29,10 @@ from secret_flows import vault
 from starlette.testclient import TestClient
 
 import rayflow as rf
+from rayflow.runtime.cluster import TOKEN_AUTH_DOCS, _on_loopback
 from rayflow.ui import create_app
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
 
 SECRET = "hunter2-s3cr3t-t0ken"
 SECRET_BYTES = "9909090909090909"  # reads as a JSON number: the CLI must still take it as text
@@ -157,3 +162,64 @@ def test_secret_parameters_and_task_inputs_appear_nowhere(ray_session, tmp_path,
         if stat.S_IMODE(p.stat().st_mode) & 0o077
     }
     assert loose == {}
+
+
+START_LOCAL = """
+import json, ray
+from rayflow.runtime.cluster import connect, token_auth_enabled
+connect()
+info = ray._private.worker.global_worker.node.address_info
+print(json.dumps({"gcs": info["gcs_address"], "dashboard": info.get("webui_url"), "token_auth": token_auth_enabled()}), flush=True)
+"""
+
+
+def python(code: str, env: dict[str, str], **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO, env=env, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs,
+    )
+
+
+def ray_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH") and k != "RAY_ADDRESS"}
+    return {**env, **extra}
+
+
+@pytest.mark.timeout(120)
+def test_a_ray_rayflow_starts_has_no_dashboard_and_keeps_token_authentication():
+    started = python(START_LOCAL + "ray.shutdown()\n", ray_env())
+    out, err = started.communicate(timeout=100)
+    assert started.returncode == 0, err[-3000:]
+    info = json.loads(out)
+    assert not info["dashboard"]  # no dashboard at all, so none beyond localhost
+    import ray
+
+    if tuple(int(p) for p in ray.__version__.split(".")[:2]) >= (2, 59):  # Ray's default for a local Ray
+        assert info["token_auth"] is True
+        assert "without token authentication" not in err
+
+
+@pytest.mark.timeout(180)
+def test_a_cluster_without_token_authentication_beyond_loopback_warns_once(tmp_path):
+    assert _on_loopback("127.0.0.1:6379") and _on_loopback("ray://localhost:10001") and _on_loopback("[::1]:6379")
+    assert not _on_loopback("10.1.2.3:6379") and not _on_loopback("ray://192.0.2.7:10001")
+    # A cluster whose owner turned token authentication off (rayflow starts it: it says so too).
+    head = python(START_LOCAL + "import sys; sys.stdin.read(); ray.shutdown()\n", ray_env(RAY_AUTH_MODE="disabled"))
+    try:
+        info = json.loads(head.stdout.readline())
+        assert info["token_auth"] is False
+        if _on_loopback(info["gcs"]):
+            pytest.skip(f"Ray's node address here is loopback ({info['gcs']}): nothing to warn about")
+        # A driver without a token joins it (twice, in one process): one warning, naming Ray's guide.
+        join = python(
+            "import ray\nfrom rayflow.runtime.cluster import connect\n"
+            f"for _ in range(2):\n    connect({info['gcs']!r})\n    ray.shutdown()\n",
+            ray_env(HOME=str(tmp_path)),
+        )
+        out, err = join.communicate(timeout=120)
+        assert join.returncode == 0, err[-3000:]
+        assert err.count("without token authentication") == 1, err[-3000:]
+        assert f"Ray cluster at {info['gcs']} runs without token authentication" in err and TOKEN_AUTH_DOCS in err
+    finally:
+        _, head_err = head.communicate(input="", timeout=60)  # its stdin ends: it shuts its Ray down
+    assert head_err.count("without token authentication") == 1 and TOKEN_AUTH_DOCS in head_err, head_err[-3000:]
