@@ -66,6 +66,7 @@ def span_texts(spans: list[dict]) -> list[str]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_secret_parameters_and_task_inputs_appear_nowhere(ray_session, tmp_path, monkeypatch):
     home = tmp_path / "home"
@@ -223,3 +224,39 @@ def test_a_cluster_without_token_authentication_beyond_loopback_warns_once(tmp_p
     finally:
         _, head_err = head.communicate(input="", timeout=60)  # its stdin ends: it shuts its Ray down
     assert head_err.count("without token authentication") == 1 and TOKEN_AUTH_DOCS in head_err, head_err[-3000:]
+
+
+@rf.task
+def hello(name: str) -> str:
+    return f"hello {name}"
+
+
+@rf.flow(runner="local")
+def greet(name: str = "you") -> str:
+    return hello(name)
+
+
+def test_ui_actions_refuse_a_post_from_another_sites_page(tmp_path, monkeypatch):
+    """Cross-site request forgery: a page on another site (or on another port of localhost) that
+    posts a form to the UI of `rayflow serve --ui` must not start, cancel or resume anything."""
+    from rayflow.store import RunStore
+    from rayflow.ui.actions import ServeActions
+
+    monkeypatch.setenv("RAYFLOW_HOME", str(tmp_path))
+    client = TestClient(create_app(tmp_path, ServeActions([greet])), follow_redirects=False)
+    for headers in (
+        {"Origin": "http://evil.example"},
+        {"Origin": "http://localhost:8000"},  # another local app: the same site, another origin
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site"},
+    ):
+        refused = client.post("/flows/greet/run", data={"name": "mallory"}, headers=headers)
+        assert refused.status_code == 403 and "another site" in refused.text, headers
+        for action in ("resume", "cancel"):  # refused before the run is even looked up
+            assert client.post(f"/runs/any-run/{action}", headers=headers).status_code == 403
+    assert RunStore(tmp_path).runs() == []
+    # The UI's own pages posting (the same origin), and a client that is no browser: accepted.
+    for headers in ({"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"}, {}):
+        started = client.post("/flows/greet/run", data={"name": "ann"}, headers=headers)
+        assert started.status_code == 303, (headers, started.text)
+    assert client.post("/runs/any-run/resume", headers={"Origin": "http://testserver"}).status_code == 404

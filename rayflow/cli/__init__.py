@@ -574,7 +574,9 @@ def _root() -> None:
 
 
 def main() -> None:
-    app(prog_name="rayflow")
+    from rayflow.cli.usage import run_app  # usage errors in one line too
+
+    sys.exit(run_app(app, "rayflow"))
 
 
 if __name__ == "__main__":  # pragma: no cover

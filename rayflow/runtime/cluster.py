@@ -135,8 +135,19 @@ def _probe(address: str, timeout: float) -> None:
         ) from None
 
 
+class _NoThreadSigtermNote(logging.Filter):
+    """Ray notes that it sets no SIGTERM handler when ``ray.init`` runs outside the main thread,
+    as the bounded join below does on purpose: a line of noise in every command that joins."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("SIGTERM handler is not set")
+
+
 def _init_bounded(address: str, timeout: float) -> None:
     outcome: dict[str, BaseException | None] = {}
+    ray_worker_log = logging.getLogger("ray._private.worker")
+    if not any(isinstance(f, _NoThreadSigtermNote) for f in ray_worker_log.filters):
+        ray_worker_log.addFilter(_NoThreadSigtermNote())
 
     def join() -> None:
         try:
