@@ -134,7 +134,7 @@ class ResultStore:
         temporary = f"{parent}/.tmp-{uuid.uuid4().hex}-{full.rsplit('/', 1)[-1]}"
         try:
             if self.local:  # written, flushed to disk, then renamed: whole after a power loss too
-                os.makedirs(parent, mode=0o700, exist_ok=True)  # owner-only, as the files
+                _private_dirs(parent)  # owner-only, as the files
                 with os.fdopen(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600), "wb") as out:
                     out.write(data)
                     out.flush()
@@ -317,3 +317,20 @@ def decode_result(data: bytes, path: str) -> Any:
     if kind.startswith("numpy:"):
         return column.to_numpy().astype(np.dtype(kind[len("numpy:") :]), copy=False)
     raise ValueError(f"unknown stored kind {kind!r}")
+
+
+def _private_dirs(path: str) -> None:
+    """Make folder ``path`` with every missing folder above it owner-only (0700): ``os.makedirs``
+    gives its mode to the last folder only."""
+    missing = []
+    while path and not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, 0o700)
+        except FileExistsError:  # another writer made it meanwhile
+            pass

@@ -51,3 +51,12 @@ def test_the_commands_the_images_run_exist():
     assert "FROM rayproject/ray:" in DOCKERFILE and "pip install --no-cache-dir ." in DOCKERFILE
     for copied in ("pyproject.toml", "README.md", "rayflow", "examples"):
         assert (REPO / copied).exists()
+
+
+def test_the_cluster_is_reachable_from_this_machine_only_and_asks_for_a_token():
+    services = COMPOSE["services"]
+    published = [(name, port) for name, service in services.items() for port in service.get("ports", [])]
+    assert published and all(port.startswith("127.0.0.1:") for _, port in published), published
+    for name in ("ray-head", "ray-worker", "flow"):  # Ray's token authentication, never off
+        env = services[name]["environment"]
+        assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN"].startswith("${RAY_AUTH_TOKEN:?"), name

@@ -35,7 +35,7 @@ from rayflow.cli.graph import mermaid as render_mermaid
 from rayflow.cli.history import print_live, print_runs
 from rayflow.store.views import task_rows
 from rayflow.cli.output import emit_table, print_run
-from rayflow.core.parameters import parameter_annotations
+from rayflow.core.parameters import parameter_annotations, takes_text
 from rayflow.engine.driver.flow_run import FlowRun
 from rayflow.engine.driver.local import new_run_id
 from rayflow.store import RunStore, rayflow_home
@@ -74,7 +74,7 @@ def _fail(message: str, code: int) -> typer.Exit:
 
 
 def parse_params(pairs: list[str], params_json: str | None, annotations: dict[str, Any]) -> dict[str, Any]:
-    """``k=v`` pairs on top of a JSON object.  A value is parsed as JSON unless its parameter is a str."""
+    """``k=v`` pairs on top of a JSON object.  A value is parsed as JSON unless its parameter is a str or a secret."""
     values: dict[str, Any] = {}
     if params_json:
         try:
@@ -88,7 +88,7 @@ def parse_params(pairs: list[str], params_json: str | None, annotations: dict[st
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise TargetError(f"--param {pair!r} must look like name=value")
-        if annotations.get(key) is str:
+        if takes_text(annotations.get(key)):
             values[key] = raw
             continue
         try:
@@ -621,7 +621,9 @@ def _root() -> None:
 
 
 def main() -> None:
-    app(prog_name="rayflow")
+    from rayflow.cli.usage import run_app  # usage errors in one line too
+
+    sys.exit(run_app(app, "rayflow"))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,12 +7,21 @@ field at once (missing, unknown, or of the wrong type).
 from __future__ import annotations
 
 import inspect
+import types
+import typing
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, SecretBytes, SecretStr, ValidationError, create_model
 
 from rayflow.exceptions import DefinitionError, ParameterError
+
+try:
+    from pydantic import Secret as _Secret  # pydantic 2.7+: Secret[...] of any type
+
+    _SECRETS: tuple[type, ...] = (SecretStr, SecretBytes, _Secret)
+except ImportError:  # pragma: no cover - older pydantic
+    _SECRETS = (SecretStr, SecretBytes)
 
 
 class _ParamsBase(BaseModel):
@@ -64,6 +73,8 @@ def validate_parameters(
                 msg = "missing required parameter"
             elif err["type"] == "extra_forbidden":
                 msg = "unknown parameter"
+            elif err["loc"] and is_secret_annotation(model.model_fields.get(str(err["loc"][0]), None)):
+                msg = f"{err['msg']} (a secret: its value is not shown)"
             else:
                 msg = f"{err['msg']} (got {_short(err.get('input'))})"
             errors.setdefault(name, msg)
@@ -84,5 +95,29 @@ def parameter_annotations(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def is_secret(value: Any) -> bool:
-    """A pydantic SecretStr / SecretBytes: shown as *** wherever parameters are recorded."""
-    return type(value).__name__ in ("SecretStr", "SecretBytes")
+    """A pydantic secret (SecretStr, SecretBytes, Secret[...]): shown as *** wherever parameters are recorded."""
+    return isinstance(value, _SECRETS)
+
+
+def is_secret_annotation(annotation: Any) -> bool:
+    """Whether a parameter annotated so holds a secret (``SecretStr``, ``SecretStr | None``, ...);
+    also takes a pydantic field.  A bad value of such a parameter is named, never shown."""
+    annotation = getattr(annotation, "annotation", annotation)
+    origin = typing.get_origin(annotation) or getattr(annotation, "__pydantic_generic_metadata__", {}).get("origin")
+    for kind in (annotation, origin):
+        if isinstance(kind, type) and issubclass(kind, _SECRETS):
+            return True
+    return any(is_secret_annotation(arg) for arg in typing.get_args(annotation))
+
+
+def takes_text(annotation: Any) -> bool:
+    """A parameter whose command-line value is taken as text, never parsed as JSON: a ``str``, or a
+    secret (a secret that looks like a number stays the text it was, and is never shown in an error)."""
+    if annotation is str:
+        return True
+    options = [a for a in typing.get_args(annotation) if a is not type(None)] if _is_union(annotation) else [annotation]
+    return len(options) == 1 and isinstance(options[0], type) and issubclass(options[0], (SecretStr, SecretBytes))
+
+
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)

@@ -8,6 +8,7 @@ import os
 import pathlib
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
@@ -86,6 +87,8 @@ def create_app(home: str | pathlib.Path | None = None, actions: Any = None) -> S
     async def run_now(request: Request) -> Response:
         if actions is None:
             return _read_only()
+        if _cross_origin(request):
+            return _refused_cross_origin()
         name = request.path_params["flow"]
         form = await request.form()
         values = {k: _form_value(v) for k, v in form.items() if v != ""}
@@ -102,6 +105,8 @@ def create_app(home: str | pathlib.Path | None = None, actions: Any = None) -> S
         async def route(request: Request) -> Response:
             if actions is None:
                 return _read_only()
+            if _cross_origin(request):
+                return _refused_cross_origin()
             run = store.run(request.path_params["run_id"])
             if run is None:
                 return page("missing.html", 404, run_id=request.path_params["run_id"])
@@ -149,6 +154,21 @@ def create_app(home: str | pathlib.Path | None = None, actions: Any = None) -> S
 
 def _read_only() -> Response:
     return PlainTextResponse("read-only: actions need the UI of `rayflow serve --ui`", status_code=403)
+
+
+def _cross_origin(request: Request) -> bool:
+    """Whether a browser sent this POST from another site's page (cross-site request forgery:
+    a page elsewhere posting a form to http://127.0.0.1:4200/...).  Browsers name the page's
+    origin in ``Origin`` (and ``Sec-Fetch-Site``); a client that sends neither (curl, a script)
+    is not a browser acting for someone else."""
+    origin = request.headers.get("origin")
+    if origin is not None:
+        return origin == "null" or urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower()
+    return request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none")
+
+
+def _refused_cross_origin() -> Response:
+    return PlainTextResponse("refused: this action was posted from another site's page", status_code=403)
 
 
 def _form_value(text: str) -> Any:

@@ -1,0 +1,260 @@
+"""Every bad input is answered in one line: the table in docs/bad-inputs.md, kept true here.
+
+Each command-line case runs ``python -m rayflow`` as a user would and must exit with its
+documented code, print exactly one line (``error: ...``) on stderr, nothing on stdout, and no
+traceback; each Python case must raise its documented exception.  The messages, with temporary
+paths written ``<dir>``, must be the ones in the doc's tables.  With
+``RAYFLOW_REGENERATE_DOCS=1`` the test rewrites the tables instead (then check the diff).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+import rayflow as rf
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+DOC = REPO / "docs" / "bad-inputs.md"
+CLOSED = "127.0.0.1:9"  # nothing listens on the discard port: joins fail at once
+
+GOOD = '''
+import rayflow as rf
+
+@rf.task
+def double(x: int) -> int:
+    return 2 * x
+
+@rf.flow
+def twice(n: int = 1) -> int:
+    return double(n)
+
+@rf.flow
+def needs(day: str, n: int) -> int:
+    return double(n)
+
+def plain():
+    return 1
+'''
+
+# (bad input, argv, RAYFLOW_HOME: "home" | "file" | "corrupt", exit code).  <dir> is a scratch folder.
+CLI_CASES: list[tuple[str, list[str], str, int]] = [
+    ("target without `:flow`", ["run", "<dir>/good.py", "--local"], "home", 2),
+    ("target file missing", ["run", "<dir>/nofile.py:twice", "--local"], "home", 2),
+    ("target file with a syntax error", ["run", "<dir>/syntax.py:flow", "--local"], "home", 2),
+    ("target file whose import raises", ["run", "<dir>/failing.py:flow", "--local"], "home", 2),
+    ("target file importing a missing package", ["run", "<dir>/missing_dep.py:flow", "--local"], "home", 2),
+    ("target module missing", ["run", "no_such_module_here:flow", "--local"], "home", 2),
+    ("flow name not in the file", ["run", "<dir>/good.py:nope", "--local"], "home", 2),
+    ("target not a flow", ["run", "<dir>/good.py:plain", "--local"], "home", 2),
+    ("parameter of the wrong type", ["run", "<dir>/good.py:twice", "-p", "n=lots", "--local"], "home", 2),
+    ("unknown parameter", ["run", "<dir>/good.py:twice", "-p", "colour=red", "--local"], "home", 2),
+    ("required parameters missing", ["run", "<dir>/good.py:needs", "--local"], "home", 2),
+    ("`--param` without `=`", ["run", "<dir>/good.py:twice", "-p", "nonsense", "--local"], "home", 2),
+    ("`--params-json` not JSON", ["run", "<dir>/good.py:twice", "--params-json", "{n: 1}", "--local"], "home", 2),
+    ("`--params-json` not an object", ["run", "<dir>/good.py:twice", "--params-json", "[1, 2]", "--local"], "home", 2),
+    ("`--run-id` of a recorded run", ["run", "<dir>/good.py:twice", "--run-id", "taken-1", "--local"], "home", 2),
+    ("`--address` where no Ray listens", ["run", "<dir>/good.py:twice", "--address", CLOSED], "home", 3),
+    ("unknown option", ["run", "<dir>/good.py:twice", "--bogus"], "home", 2),
+    ("missing argument", ["run"], "home", 2),
+    ("unknown command", ["bogus"], "home", 2),
+    ("option value out of range", ["ui", "--port", "0"], "home", 2),
+    ("option value of the wrong type", ["runs", "--limit", "many"], "home", 2),
+    ("`RAYFLOW_HOME` is a file", ["runs"], "file", 2),
+    ("`history.db` damaged: `runs`", ["runs"], "corrupt", 2),
+    ("`history.db` damaged: `show`", ["show", "some-run"], "corrupt", 2),
+    ("`history.db` damaged: `logs`", ["logs", "some-run"], "corrupt", 2),
+    ("`history.db` damaged: `schedules`", ["schedules"], "corrupt", 2),
+    ("unknown run id: `show`", ["show", "no-such-run"], "home", 1),
+    ("unknown run id: `logs`", ["logs", "no-such-run"], "home", 1),
+    ("unknown run id: `graph --run`", ["graph", "--run", "no-such-run"], "home", 1),
+    ("unknown run id: `resume`", ["resume", "no-such-run"], "home", 1),
+    ("unknown run id: `cancel`, cluster unreachable", ["cancel", "no-such-run"], "home", 3),
+    ("resume of a run that succeeded", ["resume", "taken-1"], "home", 2),
+    ("`graph` with neither target nor run", ["graph"], "home", 2),
+    ("`graph --format` unknown", ["graph", "<dir>/good.py:twice", "--format", "png"], "home", 2),
+    ("bad cron expression", ["schedule", "preview", "<dir>/good.py:twice", "--cron", "61 * * * *"], "home", 2),
+    ("unknown timezone", ["schedule", "preview", "<dir>/good.py:twice", "--cron", "0 6 * * *", "--timezone", "Mars/Base"], "home", 2),
+    ("neither `--cron` nor `--interval`", ["schedule", "preview", "<dir>/good.py:twice"], "home", 2),
+    ("negative `--interval`", ["schedule", "preview", "<dir>/good.py:twice", "--interval", "-5"], "home", 2),
+    ("unknown `--overlap`", ["serve", "<dir>/good.py:twice", "--cron", "0 6 * * *", "--overlap", "never"], "home", 2),
+    ("`serve --config` file missing", ["serve", "--config", "<dir>/nofile.toml"], "home", 2),
+    ("`serve --config` with a target too", ["serve", "<dir>/good.py:twice", "--config", "<dir>/flows.toml"], "home", 2),
+]
+
+
+def scratch(root: pathlib.Path) -> pathlib.Path:
+    """The files the cases name; a history holding the SUCCESS run ``taken-1``."""
+    (root / "good.py").write_text(GOOD)
+    (root / "syntax.py").write_text("import rayflow as rf\n\ndef oops(:\n    pass\n")
+    (root / "failing.py").write_text("import rayflow as rf\n\nraise RuntimeError('no database here')\n")
+    (root / "missing_dep.py").write_text("import no_such_package_anywhere\n")
+    (root / "flows.toml").write_text('[[flow]]\ntarget = "good.py:twice"\ninterval = 60\n')
+    (root / "a-file").write_text("not a folder\n")
+    (root / "corrupt").mkdir()
+    (root / "corrupt" / "history.db").write_bytes(b"garbage " * 2000)
+    made = cli(["run", "<dir>/good.py:twice", "--run-id", "taken-1", "--local"], root, "home")
+    assert made.returncode == 0, made.stderr
+    return root
+
+
+def cli(argv: list[str], root: pathlib.Path, home: str) -> subprocess.CompletedProcess:
+    homes = {"home": root / "home", "file": root / "a-file", "corrupt": root / "corrupt"}
+    env = {**os.environ, "RAYFLOW_HOME": str(homes[home]), "RAY_ADDRESS": CLOSED, "PYTHONPATH": str(REPO)}
+    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    return subprocess.run(
+        [sys.executable, "-m", "rayflow", *(a.replace("<dir>", str(root)) for a in argv)],
+        capture_output=True, text=True, timeout=120, cwd=root, env=env,
+    )
+
+
+def normalised(text: str, root: pathlib.Path) -> str:
+    return text.replace(str(root.resolve()), "<dir>").replace(str(root), "<dir>")
+
+
+# -- the Python API ------------------------------------------------------------------------
+
+
+@rf.task
+def double(x: int) -> int:
+    return 2 * x
+
+
+@rf.task
+def pair(x: int, y: int) -> int:
+    return x + y
+
+
+@rf.flow(runner="local")
+def twice(n: int = 1) -> int:
+    return double(n)
+
+
+@rf.flow(runner="local")
+def with_secret(token: SecretStr, n: int = 1) -> int:
+    return double(n)
+
+
+@rf.flow(runner="local")
+def unequal() -> list:
+    return pair.map([1, 2, 3], [1, 2])
+
+
+@rf.flow(runner="local")
+def branches_on_a_result() -> int:
+    if double(1) > 1:
+        return double(2)
+    return double(3)
+
+
+@rf.flow(runner="local")
+def says_yes() -> int:
+    return double.with_options(trigger=lambda states: "yes")(1)
+
+
+def _bad_option() -> Any:
+    @rf.task(retries=-1, timeout="soon")
+    def f() -> None: ...
+
+
+def _failed_result() -> Any:
+    return says_yes.with_options(run_id="says-yes-1").run().result()
+
+
+API_CASES: list[tuple[str, str, Any]] = [
+    ("parameter of the wrong type", "twice.run(n='lots')", lambda: twice.run(n="lots")),
+    ("unknown and missing parameters", "with_secret.run(colour='red')", lambda: with_secret.run(colour="red")),
+    ("a secret of the wrong type", "with_secret.run(token=12345)", lambda: with_secret.run(token=12345)),
+    ("a run id the history has", "twice.with_options(run_id='taken-1').run()", lambda: twice.with_options(run_id="taken-1").run()),
+    ("bad task options", "@rf.task(retries=-1, timeout='soon')", _bad_option),
+    ("mapped arguments of unequal lengths", "pair.map([1, 2, 3], [1, 2])", lambda: unequal.run()),
+    ("`if` on a task result in a flow body", "if double(1) > 1: ...", lambda: branches_on_a_result.run()),
+    ("resume of an unknown run", "rf.resume('no-such-run')", lambda: rf.resume("no-such-run")),
+    ("a trigger returning `'yes'`; `result()` of the failed run", "says_yes.with_options(run_id='says-yes-1').run().result()", _failed_result),
+]
+
+
+# -- the doc -------------------------------------------------------------------------------
+
+def cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def code(text: str) -> str:
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
+
+
+def cli_table(rows: list[tuple[str, list[str], int, str]]) -> str:
+    lines = ["| bad input | command | exit | message (stderr, one line) |", "| --- | --- | ---: | --- |"]
+    for what, argv, code_, message in rows:
+        command = " ".join(a if a and " " not in a and "*" not in a else repr(a) for a in ["rayflow", *argv])
+        lines.append(f"| {what} | {cell(code(command))} | {code_} | {cell(code(message))} |")
+    return "\n".join(lines)
+
+
+def api_table(rows: list[tuple[str, str, str, str]]) -> str:
+    lines = ["| bad input | call | raises | message |", "| --- | --- | --- | --- |"]
+    for what, call, kind, message in rows:
+        lines.append(f"| {what} | {cell(code(call))} | `rf.{kind}` | {cell(code(message))} |")
+    return "\n".join(lines)
+
+
+def section(text: str, name: str) -> str:
+    match = re.search(rf"<!-- {name}:begin -->\n(.*?)\n<!-- {name}:end -->", text, re.S)
+    assert match, f"docs/bad-inputs.md has no {name} table"
+    return match.group(1)
+
+
+def replace_section(text: str, name: str, table: str) -> str:
+    return re.sub(rf"(<!-- {name}:begin -->\n).*?(\n<!-- {name}:end -->)", lambda m: m.group(1) + table + m.group(2), text, flags=re.S)
+
+
+@pytest.mark.slow  # some 40 commands, each a Python start (about 2 s each on 2 busy cores)
+@pytest.mark.timeout(600)
+def test_every_bad_input_is_one_line_with_its_documented_exit_code(tmp_path, monkeypatch):
+    root = scratch(tmp_path)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda case: cli(case[1], root, case[2]), CLI_CASES))
+    rows, wrong = [], []
+    for (what, argv, _, code_), out in zip(CLI_CASES, results):
+        lines = out.stderr.splitlines()
+        if out.returncode != code_ or len(lines) != 1 or out.stdout or not lines[0].startswith("error: "):
+            wrong.append((what, argv, out.returncode, out.stdout[-500:], out.stderr[-1500:]))
+            continue
+        rows.append((what, argv, code_, normalised(lines[0], root)))
+    assert wrong == []
+
+    monkeypatch.setenv("RAYFLOW_HOME", str(root / "home"))
+    api_rows = []
+    for what, call, make in API_CASES:
+        with pytest.raises(rf.RayflowError) as raised:
+            make()
+        message = str(raised.value)
+        assert "\n" not in message and "Traceback" not in message, message
+        api_rows.append((what, call, type(raised.value).__name__, normalised(message, root)))
+
+    doc = DOC.read_text()
+    tables = {"cli": cli_table(rows), "api": api_table(api_rows)}
+    if os.environ.get("RAYFLOW_REGENERATE_DOCS"):
+        for name, table in tables.items():
+            doc = replace_section(doc, name, table)
+        DOC.write_text(doc)
+    for name, table in tables.items():
+        assert section(doc, name) == table, (
+            f"docs/bad-inputs.md's {name} table is not what rayflow says; "
+            "rerun with RAYFLOW_REGENERATE_DOCS=1 to rewrite it, and read the diff"
+        )
+
+
+def test_the_doc_is_linked_from_the_readme():
+    assert "docs/bad-inputs.md" in (REPO / "README.md").read_text()
+    assert textwrap.dedent(DOC.read_text()).startswith("# Bad inputs and what rayflow answers")

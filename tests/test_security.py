@@ -1,0 +1,263 @@
+"""Secrets stay secret: a flow given SecretStr/SecretBytes parameters, which it passes to its
+tasks (a plain task, a mapped task, a task that fails with a message made of its inputs, tasks
+that log and print them), run on real Ray from the CLI and from Python, traced to a real OTLP
+receiver, with results persisted and cached.  Then every output is searched for the secrets'
+plaintext: every span, every CLI output, every UI page, every error the driver sees, and every
+byte of every file under RAYFLOW_HOME (the history with its WAL, result files, cache segments).
+
+A plain parameter, the canary, travels the same paths: each search must find it, so a search
+that finds no secret looked where a leak would have shown.
+
+Also: the files rayflow makes are owner-only, and Ray is started with its dashboard on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import stat
+import subprocess
+import sys
+import traceback
+
+import pytest
+from cli_runner import run_cli
+from otlp_sink import HttpSink
+from pydantic import SecretBytes, SecretStr
+from secret_flows import vault
+from starlette.testclient import TestClient
+
+import rayflow as rf
+from rayflow.runtime.auth import TOKEN_AUTH_DOCS, _on_loopback
+from rayflow.ui import create_app
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+SECRET = "hunter2-s3cr3t-t0ken"
+SECRET_BYTES = "9909090909090909"  # reads as a JSON number: the CLI must still take it as text
+CANARY = "canary-c4n4ry-plain"
+PLAINTEXTS = (SECRET, SECRET_BYTES)
+
+
+def leaked(data: str | bytes) -> list[str]:
+    """The secrets whose plaintext is in ``data``."""
+    if isinstance(data, bytes):
+        return [s for s in PLAINTEXTS if s.encode() in data]
+    return [s for s in PLAINTEXTS if s in data]
+
+
+def has_canary(data: str | bytes) -> bool:
+    return (CANARY.encode() if isinstance(data, bytes) else CANARY) in data
+
+
+def snapshot(home: pathlib.Path) -> dict[str, bytes]:
+    """Every file under ``home``, by its path relative to it."""
+    return {p.relative_to(home).as_posix(): p.read_bytes() for p in home.rglob("*") if p.is_file()}
+
+
+def span_texts(spans: list[dict]) -> list[str]:
+    """Every name, attribute and event of every span, as text."""
+    out = []
+    for s in spans:
+        out.append(s["name"])
+        out.extend(f"{k}={v!r}" for k, v in {**s["attributes"], **s["resource"]}.items())
+        out.extend(f"{name} {attrs!r}" for name, attrs in s["events"])
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_secret_parameters_and_task_inputs_appear_nowhere(ray_session, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    sink = HttpSink()
+    env = {"RAYFLOW_HOME": str(home), "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint, "RAY_ADDRESS": ""}
+    monkeypatch.setenv("RAYFLOW_HOME", str(home))
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint)
+    outputs: dict[str, str] = {}  # every CLI output, by what made it
+    secret_args = ("-p", f"token={SECRET}", "-p", f"key={SECRET_BYTES}")
+    try:
+        for run_id in ("vault-1", "vault-2"):  # the second run's sign and items come from the cache
+            out = run_cli("run", "secret_flows:vault", *secret_args, "--address", ray_session, "--run-id", run_id, **env)
+            assert out.returncode == 1, out.stdout + out.stderr[-3000:]  # reject() fails the run
+            outputs[f"run {run_id}"] = out.stdout + out.stderr
+        assert "CACHED" in outputs["run vault-2"]
+
+        # From Python, in this driver: every exception it sees, with its causes and tracebacks.
+        errors: list[str] = []
+        run = vault.run(token=SecretStr(SECRET), key=SecretBytes(SECRET_BYTES.encode()))
+        with pytest.raises(rf.FlowRunError) as failed:
+            run.result()
+        errors.append("".join(traceback.format_exception(failed.value)))
+        errors.append(repr(failed.value) + repr(failed.value.__cause__))
+        for key, state in run.task_states.items():
+            errors.append(f"{key} {state!r} {state.message} {state.error!r} {state.exception!r}")
+        errors.extend(f"{s!r} {s.message} {s.error!r}" for s in run.map_states("check"))
+        with pytest.raises(rf.ParameterError) as bad:  # a secret of the wrong type: named, not shown
+            vault.run(token=SecretStr(SECRET), key=int(SECRET_BYTES))
+        errors.append(str(bad.value) + repr(bad.value.errors))
+        assert "key" in bad.value.errors
+        bad_json = run_cli(
+            "run", "secret_flows:vault", "--params-json", json.dumps({"token": SECRET, "key": int(SECRET_BYTES)}),
+            "--local", **env,
+        )
+        assert bad_json.returncode == 2 and "key" in bad_json.stderr, bad_json.stderr
+        outputs["run with a bad --params-json"] = bad_json.stdout + bad_json.stderr
+        assert any(has_canary(e) for e in errors)
+        assert not [e for e in errors if leaked(e)], [e for e in errors if leaked(e)]
+
+        # Every span (the two CLI runs and this one), every attribute and event.
+        spans = sink.wait_for(lambda got: len([s for s in got if s["name"] == "flow vault"]) == 3)
+        assert len([s for s in spans if s["name"] == "flow vault"]) == 3
+        assert {"task sign", "task check", "task reject"} <= {s["name"] for s in spans}
+        texts = span_texts(spans)
+        assert any(has_canary(t) for t in texts)
+        assert not [t for t in texts if leaked(t)]
+        assert not [body for body in sink.raw if leaked(body)]
+        contents = snapshot(home)  # as the runs left it (the history's WAL with it), and again at the end
+    finally:
+        sink.close()
+
+    # Every CLI command that reads the history or the result store.
+    for args in (
+        ["runs"], ["runs", "--json"], ["show", "vault-1"], ["show", "vault-1", "--json"], ["show", run.run_id],
+        ["logs", "vault-1"], ["logs", "vault-2"], ["logs", run.run_id], ["cache", "ls"], ["graph", "--run", "vault-1"],
+    ):
+        out = run_cli(*args, **env)
+        assert out.returncode == 0, (args, out.stderr)
+        outputs[" ".join(args)] = out.stdout + out.stderr
+    for name in ("show vault-1 --json", "logs vault-1", "run vault-1"):
+        assert has_canary(outputs[name]), name
+    assert "item 2 refused" in outputs["logs vault-1"] and "**********" in outputs["logs vault-1"]
+    assert {name: leaked(text) for name, text in outputs.items() if leaked(text)} == {}
+
+    # Every UI page.
+    client = TestClient(create_app(home))
+    pages = {}
+    for url in (
+        "/", "/flows", "/api/runs", "/?flow=vault", "/?state=FAILED",
+        *(f"/runs/{rid}{q}" for rid in ("vault-1", "vault-2", run.run_id) for q in ("", "?level=ERROR", "?task=check")),
+        *(f"/api/runs/{rid}" for rid in ("vault-1", run.run_id)),
+    ):
+        page = client.get(url)
+        assert page.status_code == 200, url
+        pages[url] = page.text
+    assert has_canary(pages["/runs/vault-1"]) and has_canary(pages["/api/runs/vault-1"])
+    assert {url: leaked(text) for url, text in pages.items() if leaked(text)} == {}
+
+    # Every byte of every file under RAYFLOW_HOME.
+    contents = {**{f"{name} (after the runs)": data for name, data in contents.items()}, **snapshot(home)}
+    names = set(contents)
+    assert "history.db" in names and any(n.startswith("results/runs/vault-1/") for n in names)
+    assert any("/items/seg-" in n for n in names)  # the mapped task's cache segments
+    assert has_canary(b"".join(contents.values()))
+    assert any(has_canary(data) for name, data in contents.items() if name.startswith("results/runs/"))
+    assert any(has_canary(data) for name, data in contents.items() if "/items/seg-" in name)
+    assert {name: leaked(data) for name, data in contents.items() if leaked(data)} == {}
+
+    # Owner-only: RAYFLOW_HOME and every folder and file rayflow made in it (history, WAL,
+    # results, cache entries and segments).
+    loose = {
+        p.relative_to(home).as_posix() or ".": oct(stat.S_IMODE(p.stat().st_mode))
+        for p in [home, *home.rglob("*")]
+        if stat.S_IMODE(p.stat().st_mode) & 0o077
+    }
+    assert loose == {}
+
+
+START_LOCAL = """
+import json, ray
+from rayflow.runtime.auth import token_auth_enabled
+from rayflow.runtime.cluster import connect
+connect()
+info = ray._private.worker.global_worker.node.address_info
+print(json.dumps({"gcs": info["gcs_address"], "dashboard": info.get("webui_url"), "token_auth": token_auth_enabled()}), flush=True)
+"""
+
+
+def python(code: str, env: dict[str, str], **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO, env=env, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs,
+    )
+
+
+def ray_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH") and k != "RAY_ADDRESS"}
+    return {**env, **extra}
+
+
+@pytest.mark.timeout(120)
+def test_a_ray_rayflow_starts_has_no_dashboard_and_keeps_token_authentication():
+    started = python(START_LOCAL + "ray.shutdown()\n", ray_env())
+    out, err = started.communicate(timeout=100)
+    assert started.returncode == 0, err[-3000:]
+    info = json.loads(out)
+    assert not info["dashboard"]  # no dashboard at all, so none beyond localhost
+    import ray
+
+    if tuple(int(p) for p in ray.__version__.split(".")[:2]) >= (2, 59):  # Ray's default for a local Ray
+        assert info["token_auth"] is True
+        assert "without token authentication" not in err
+
+
+@pytest.mark.timeout(180)
+def test_a_cluster_without_token_authentication_beyond_loopback_warns_once(tmp_path):
+    assert _on_loopback("127.0.0.1") and _on_loopback("localhost") and _on_loopback("[::1]")
+    assert not _on_loopback("10.1.2.3") and not _on_loopback("192.0.2.7")
+    # A cluster whose owner turned token authentication off (rayflow starts it: it says so too).
+    head = python(START_LOCAL + "import sys; sys.stdin.read(); ray.shutdown()\n", ray_env(RAY_AUTH_MODE="disabled"))
+    try:
+        info = json.loads(head.stdout.readline())
+        assert info["token_auth"] is False
+        if _on_loopback(info["gcs"].rsplit(":", 1)[0]):
+            pytest.skip(f"Ray's node address here is loopback ({info['gcs']}): nothing to warn about")
+        # A driver without a token joins it (twice, in one process): one warning, naming Ray's guide.
+        join = python(
+            "import ray\nfrom rayflow.runtime.cluster import connect\n"
+            f"for _ in range(2):\n    connect({info['gcs']!r})\n    ray.shutdown()\n",
+            ray_env(HOME=str(tmp_path)),
+        )
+        out, err = join.communicate(timeout=120)
+        assert join.returncode == 0, err[-3000:]
+        assert err.count("without token authentication") == 1, err[-3000:]
+        assert f"Ray cluster at {info['gcs']} runs without token authentication" in err and TOKEN_AUTH_DOCS in err
+    finally:
+        _, head_err = head.communicate(input="", timeout=60)  # its stdin ends: it shuts its Ray down
+    assert head_err.count("without token authentication") == 1 and TOKEN_AUTH_DOCS in head_err, head_err[-3000:]
+
+
+@rf.task
+def hello(name: str) -> str:
+    return f"hello {name}"
+
+
+@rf.flow(runner="local")
+def greet(name: str = "you") -> str:
+    return hello(name)
+
+
+def test_ui_actions_refuse_a_post_from_another_sites_page(tmp_path, monkeypatch):
+    """Cross-site request forgery: a page on another site (or on another port of localhost) that
+    posts a form to the UI of `rayflow serve --ui` must not start, cancel or resume anything."""
+    from rayflow.store import RunStore
+    from rayflow.ui.actions import ServeActions
+
+    monkeypatch.setenv("RAYFLOW_HOME", str(tmp_path))
+    client = TestClient(create_app(tmp_path, ServeActions([greet])), follow_redirects=False)
+    for headers in (
+        {"Origin": "http://evil.example"},
+        {"Origin": "http://localhost:8000"},  # another local app: the same site, another origin
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site"},
+    ):
+        refused = client.post("/flows/greet/run", data={"name": "mallory"}, headers=headers)
+        assert refused.status_code == 403 and "another site" in refused.text, headers
+        for action in ("resume", "cancel"):  # refused before the run is even looked up
+            assert client.post(f"/runs/any-run/{action}", headers=headers).status_code == 403
+    assert RunStore(tmp_path).runs() == []
+    # The UI's own pages posting (the same origin), and a client that is no browser: accepted.
+    for headers in ({"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"}, {}):
+        started = client.post("/flows/greet/run", data={"name": "ann"}, headers=headers)
+        assert started.status_code == 303, (headers, started.text)
+    assert client.post("/runs/any-run/resume", headers={"Origin": "http://testserver"}).status_code == 404
