@@ -266,6 +266,33 @@ def test_unequal_runtime_lengths_fail_the_map_naming_them(runner):
     assert "unequal lengths" in run.task_states["add"].message
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("n", "m", "message"),
+    [
+        (5, 5, None),
+        (1000, 1000, None),  # many chunks: the second generator keeps up with the first
+        (5, 3, "y has 3, x has at least 5"),
+        (3, 5, "x has 3, y has more than 3"),
+        (1000, 700, "y has 700, x has at least"),
+    ],
+)
+def test_two_generator_inputs_are_zipped_and_unequal_lengths_named(runner, n, m, message):
+    """Both arguments are generators (streamed from the driver): the second, which does not
+    lead, is asked for items as the first gives them, and one past the first's end."""
+
+    @rf.flow
+    def gens(n: int, m: int):
+        return add.map((i for i in range(n)), (10 * i for i in range(m)))
+
+    run = on(gens, runner).run(n=n, m=m)
+    state = run.task_states["add"]
+    if message is None:
+        assert run.result() == [11 * i for i in range(n)]
+    else:
+        assert state.type is T.FAILED and "unequal lengths" in state.message and message in state.message, state.message
+
+
 def test_an_item_that_cannot_be_pickled_is_named_as_such():
     import threading
 

@@ -166,9 +166,7 @@ class MapCoordinator:
         self._out.submit.append((spec, work, self.values[spec.key] + piece_handles))
 
     def _request_stream(self, run: MapRun) -> None:
-        want = run.stream_demand()
-        if want:
-            stream: StreamFeed = run.leader  # type: ignore[assignment]
+        for stream, want in run.stream_requests():
             stream.requested = stream.received() + want
             self._out.requests.append((stream.stream_id, want))
 

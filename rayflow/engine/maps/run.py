@@ -181,7 +181,7 @@ class MapRun:
     # -- shape ---------------------------------------------------------------
 
     def _check_whole_lengths(self) -> None:
-        lengths = {s.name: s.total() for s in self.sources if not s.leads}
+        lengths = {s.name: t for s in self.sources if not s.leads and (t := s.total()) is not None}
         self.fatal = _unequal_lengths(lengths)
         if self.leader is None:
             self.total = next(iter(lengths.values())) if lengths else 0
@@ -227,6 +227,28 @@ class MapRun:
         if self.in_flight >= self.max_in_flight or pending > 0 or self.leader.requested > self.leader.received():
             return 0
         return self.chunk_size()
+
+    def stream_requests(self) -> list[tuple[StreamFeed, int]]:
+        """Items each generator input should be asked for now: the leading one as backpressure
+        allows (``stream_demand``), every other one enough to keep up with what the map covers,
+        and one item past the end of the leader once that is known, to tell a longer one."""
+        want = self.stream_demand()
+        out = [(self.leader, want)] if want else []
+        followers = [s for s in self.sources if isinstance(s, StreamFeed) and s is not self.leader and not s.exhausted]
+        if not followers or self.fatal or self.leader is None:
+            return out
+        total = self.leader.total()
+        if total is not None:
+            target = total + 1
+        elif isinstance(self.leader, StreamFeed):
+            target = self.leader.received() + want if want else max(self.leader.requested, self.leader.received())
+        else:
+            segments = self.leader.segments()
+            target = segments[-1].stop if segments else 0
+        for stream in followers:
+            if stream.requested <= stream.received() < target:  # none outstanding: a feeder keeps one request
+                out.append((stream, target - stream.received()))
+        return out
 
     def dispatched_stream_items(self) -> int:
         segments = self.leader.segments()
@@ -286,9 +308,10 @@ class MapRun:
         for source in self.sources:
             total = source.total()
             if total is not None and chunk.stop > total:
-                self.fatal = (
+                longer = self.leader.name if self.leader is not None and self.leader is not source else "another"
+                self.fatal = (  # the chunk's range came from the leading argument: it has that many at least
                     f"MappingError: mapped arguments have unequal lengths "
-                    f"({source.name} has {total}, another has more than {chunk.start})"
+                    f"({source.name} has {total}, {longer} has at least {chunk.stop})"
                 )
                 return None
             pieces = source.pieces(chunk.start, chunk.stop)
@@ -440,8 +463,18 @@ class MapRun:
         total = self.leader.total()
         if total is None or self.next_segment < len(self.leader.segments()):
             return
+        streams = [s for s in self.sources if isinstance(s, StreamFeed) and s is not self.leader]
+        if any(not s.exhausted and s.received() <= total for s in streams):
+            return  # asked for one item past the leader's end: is it longer?
         self.total = total
-        self.fatal = _unequal_lengths({s.name: t for s in self.sources if (t := s.total()) is not None})
+        longer = [s for s in streams if s.received() > total]
+        if longer:
+            self.fatal = (
+                f"MappingError: mapped arguments have unequal lengths ({self.leader.name} has {total}, "
+                f"{longer[0].name} has more than {total})"
+            )
+        else:
+            self.fatal = _unequal_lengths({s.name: t for s in self.sources if (t := s.total()) is not None})
         self.done = True
 
     # -- reporting -----------------------------------------------------------
