@@ -277,3 +277,47 @@ def test_a_driver_killed_mid_map_reads_crashed_everywhere_and_every_follower_end
     assert page.status_code == 200 and "CRASHED" in page.text and "RUNNING</" not in page.text
     workers = [int(p.read_text()) for p in pid_dir.glob("*.pid")]
     wait_for(lambda: not any(alive(pid) for pid in workers), timeout=30, what="the map's workers to be gone")
+
+
+# -- an unpicklable return value ---------------------------------------------------------------
+
+
+UNPICKLABLE = '''
+import sys, threading
+import rayflow as rf
+
+@rf.task
+def lock():
+    return threading.Lock()
+
+@rf.task
+def maybe_lock(i):
+    return threading.Lock() if i == 1 else i
+
+@rf.flow
+def plain():
+    return lock()
+
+@rf.flow
+def mapped():
+    return maybe_lock.map(range(3))
+
+for flow in (plain, mapped):
+    run = flow.with_options(address=sys.argv[1]).run()
+    for key, state in run.task_states.items():
+        print(key, state.type.value, state.message, flush=True)
+'''
+
+
+@pytest.mark.timeout(120)
+def test_an_unpicklable_return_value_fails_its_task_or_item_alone_without_ray_noise(tmp_path, ray_session):
+    script = tmp_path / "unpicklable.py"
+    script.write_text(UNPICKLABLE)
+    out = subprocess.run([sys.executable, str(script), ray_session], capture_output=True, text=True, timeout=100,
+                         cwd=REPO, env={**os.environ, "RAYFLOW_HOME": str(tmp_path / "home")})
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    assert lines["lock"].startswith("FAILED") and "cannot pickle '_thread.lock' object" in lines["lock"]
+    assert lines["maybe_lock"].startswith("FAILED 3 items: 2 ok, 1 failed; first error: item 1: TypeError: "
+                                          "its return value cannot be pickled"), lines["maybe_lock"]
+    assert "Unhandled error" not in out.stderr and "Traceback" not in out.stderr, out.stderr[-3000:]

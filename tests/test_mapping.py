@@ -293,6 +293,22 @@ def test_two_generator_inputs_are_zipped_and_unequal_lengths_named(runner, n, m,
         assert state.type is T.FAILED and "unequal lengths" in state.message and message in state.message, state.message
 
 
+def test_an_item_whose_value_cannot_be_pickled_fails_alone(runner):
+    import threading
+
+    @rf.task
+    def maybe_lock(i: int):
+        return threading.Lock() if i == 1 else i
+
+    @rf.flow
+    def locks():
+        return maybe_lock.map(range(3))
+
+    state = on(locks, runner).run().task_states["maybe_lock"]
+    assert state.type is T.FAILED
+    assert state.message.startswith("3 items: 2 ok, 1 failed; first error: item 1: TypeError: its return value cannot be pickled")
+
+
 def test_an_item_that_cannot_be_pickled_is_named_as_such():
     import threading
 

@@ -83,8 +83,9 @@ def _not_placed(work: Work, message: str) -> Completion:
 
 
 def _consume(value_ref: ray.ObjectRef) -> None:
-    """The value of a work whose worker died holds the same error as its report: read it, so
-    that Ray does not print it again as an "Unhandled error" when the reference goes."""
+    """The value of a work whose report failed (its worker died, its value could not be pickled)
+    holds the same error: read it, so that Ray does not print it again as an "Unhandled error"
+    when the reference goes."""
     try:
         ray.get(value_ref, timeout=0)
     except (RayError, TimeoutError):
@@ -185,9 +186,8 @@ class RayExecutor(QueuedStarts):
         self.waits.finished(work.work_id)
         try:
             report = ray.get(ref)
-        except RayError as exc:
-            if not isinstance(exc, RayTaskError):  # the worker died, or an object was lost
-                _consume(value_ref)
+        except RayError as exc:  # the worker died, an object was lost, a value could not be stored
+            _consume(value_ref)
             return Completion(work, None, None, _lost(exc))
         return Completion(work, report, value_ref)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import pickle
 import signal
 import threading
 import time
@@ -272,7 +273,7 @@ def _run(fn, args, kwargs, upstream, retry_on, options, job, work_id, values, st
             results[j] = None
     attempts = np.array(job.attempts, dtype=np.int16) if job.attempts is not None else np.ones(len(selected), np.int16)
     result = ChunkResult(
-        values=column if column is not None else encode_values(results),
+        values=column if column is not None else _encode(results, outcomes),
         codes=outcomes.codes,
         attempts=attempts,
         errors=outcomes.errors,
@@ -283,6 +284,23 @@ def _run(fn, args, kwargs, upstream, retry_on, options, job, work_id, values, st
         flat_count = _flat_count(results if results is not None else column.items(), outcomes.codes)
     overhead = cache.overhead if cache is not None else 0.0
     return result, _summary(job, work_id, selected, outcomes, attempts, started, flat_count, cached=len(hits), overhead=overhead)
+
+
+def _encode(results: list[Any], outcomes: _Outcomes) -> Column:
+    """The chunk's values as a Column; an item whose value cannot be pickled fails alone, named."""
+    try:
+        return encode_values(results)
+    except Exception:  # noqa: BLE001 - find the item(s) at fault
+        for j, value in enumerate(results):
+            if outcomes.codes[j] != C.SUCCESS:
+                continue
+            try:
+                pickle.dumps(value, protocol=5)
+            except Exception as exc:  # noqa: BLE001
+                reason = TypeError(f"its return value cannot be pickled: {type(exc).__name__}: {exc}")
+                outcomes.failed([j], reason)
+                results[j] = None
+        return encode_values(results)
 
 
 def _run_per_item(fn, args, kwargs, sources, job, selected, runnable, outcomes, timeout) -> list[Any]:
