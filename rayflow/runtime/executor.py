@@ -69,6 +69,15 @@ def _lost(exc: BaseException) -> Any:
     return describe_error(exc, system=True)  # worker died for good, object lost, cancelled
 
 
+def _read_error(value_ref: ray.ObjectRef) -> None:
+    """Read the error a lost work's value holds too: Ray prints an error never read as an
+    "Unhandled error" on the driver's stderr when the reference goes, once per lost work."""
+    try:
+        ray.get(value_ref, timeout=0)
+    except Exception:  # noqa: BLE001 - the error is the one its report already gave
+        pass
+
+
 def _not_placed(work: Work, message: str) -> Completion:
     """A work that never ran: no node had its resources in time (see runtime.resources)."""
     error = ErrorInfo(type="rayflow.exceptions.UnsatisfiableResourcesError", message=message)
@@ -177,6 +186,7 @@ class RayExecutor(QueuedStarts):
         try:
             report = ray.get(ref)
         except RayError as exc:
+            _read_error(value_ref)
             return Completion(work, None, None, _lost(exc))
         return Completion(work, report, value_ref)
 
