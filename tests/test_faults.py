@@ -1,8 +1,12 @@
 """The fault suite: each fault injected on real Ray; the run either ends as an uninterrupted run
 would, or ends in a clear state with a clear error — never hangs, never leaves a run RUNNING.
 
-(Workers killed mid-map and items that crash their worker are in test_ray_failures.py and
-test_fault_items.py; the history faults in test_history_faults.py.)
+Here: the orchestrating actor killed (2), the driver SIGKILLed mid-map (3), the history
+locked, damaged, a file or unwritable (4), Ctrl-C and SIGTERM during a large map (6), and an
+unpicklable return value.  Workers killed during a map and tasks, object store pressure and
+concurrent runs (1, 5, 8) are in test_fault_load.py; an item that crashes its worker or runs
+out of memory (7) in test_ray_worker_deaths.py; the OTLP collector down or hanging (9) in
+test_tracing.py; the history writer's own faults in test_history_faults.py.
 """
 
 from __future__ import annotations
