@@ -158,13 +158,16 @@ def test_workers_killed_repeatedly_during_a_large_map_give_the_same_result(tmp_p
     assert result["digest"] == digest_calc(expected)
     print(f"map of {ITEMS} items: {took:.1f}s, {len(killer.killed)} workers killed")
     assert len(killer.killed) >= 2, "the map ended before the killer could kill twice: make its items slower"
-    # Each kill lost the chunk its worker ran; the chunk ran again, and the history says so.
+    # Each kill lost the chunk its worker ran; its items ran again (in halves: a lost chunk is
+    # narrowed down in case one of its items killed the worker) and succeeded; the history says so.
     chunks = RunStore(tmp_path / "home").run("killed-workers-map")["chunks"]
     lost = [c for c in chunks if c["task_key"] == "churn" and c["error"]]
     assert 1 <= len(lost) <= len(killer.killed), (lost, killer.killed)
     assert all("worker" in c["error"].lower() for c in lost), lost
-    done = {(c["start"], c["stop"]) for c in chunks if c["task_key"] == "churn" and not c["error"]}
-    assert {(c["start"], c["stop"]) for c in lost} <= done  # each lost chunk ran again, and succeeded
+    done = [c for c in chunks if c["task_key"] == "churn" and not c["error"]]
+    for c in lost:
+        inside = [d for d in done if c["start"] <= d["start"] and d["stop"] <= c["stop"]]
+        assert sum(d["counts"].get("SUCCESS", 0) for d in inside) == c["stop"] - c["start"], (c, inside)
     assert sum(c["counts"].get("SUCCESS", 0) for c in chunks if c["task_key"] == "churn") == ITEMS
     assert run.task_states["churn"].is_successful()
 

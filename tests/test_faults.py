@@ -26,7 +26,7 @@ from flows import long_flow
 
 import rayflow as rf
 from rayflow.runs.resume import check_resumable
-from rayflow.runtime.actor import driver_actor
+from rayflow.runtime.actor import IDLE_CHECK_SECONDS, driver_actor
 from rayflow.store import RunStore
 from cli_runner import run_cli
 from waiting import wait_for
@@ -98,8 +98,8 @@ def test_an_actor_that_died_between_runs_is_replaced_without_failing_the_next_ru
     monkeypatch.setenv("RAYFLOW_HOME", str(tmp_path))
     adds.run(x=0)
     ray.kill(driver_actor(), no_restart=True)
-    time.sleep(1)  # the actor is gone, and no run has noticed
-    assert adds.run(x=1).result() == 3
+    time.sleep(IDLE_CHECK_SECONDS + 0.5)  # the actor is gone, and no run has noticed
+    assert adds.run(x=1).result() == 3  # it was pinged first, found dead and replaced
     assert adds.run(x=2).result() == 4
 
 

@@ -327,3 +327,49 @@ def test_the_history_is_owner_only_and_a_bad_rayflow_home_is_one_line(tmp_path):
     for args in (["runs"], ["show", "abc"], ["logs", "abc"], ["schedules"]):
         out = run_cli(*args, home=damaged)
         assert out.returncode == 2 and out.stderr.count("\n") == 1 and "not a database" in out.stderr, (args, out.stderr)
+
+
+def _kept_rows(store: RunStore, run_id: str, name: str) -> None:
+    """A file of rows a writer could not write, as HistoryRecorder._spill leaves it."""
+    store.spill(name, {
+        "runs": [[run_id, "f", "{}", "SUCCESS", None, 1.0, 2.0, None, '["a"]', 1]],
+        "transitions": [[run_id, "a", 1, "SUCCESS", 1, "", None, None, 2.0, 1.0, 2.0, 1]],
+        "chunks": [], "logs": [], "graphs": [],
+    })
+
+
+def test_kept_rows_are_written_once_however_many_writers_find_them(tmp_path):
+    import socket
+
+    store = RunStore(tmp_path, repair=True)
+    dead = f"kept-1@{socket.gethostname()}:999999999"  # a pid no process has
+    _kept_rows(store, "kept", dead)
+    writers = [RunStore(tmp_path, repair=True) for _ in range(4)]
+    threads = [threading.Thread(target=w.write_pending) for w in writers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    run = store.run("kept")
+    assert run["state"] == "SUCCESS" and len(run["transitions"]) == 1
+    assert not list(store.pending_folder.iterdir())
+    # The same rows again (their writer wrote them, then died before removing its file): skipped.
+    _kept_rows(store, "kept", dead)
+    assert store.write_pending() == 0 and not list(store.pending_folder.iterdir())
+    assert len(store.run("kept")["transitions"]) == 1
+
+
+def test_kept_rows_of_a_live_writer_wait_and_this_processes_own_leftovers_do_not(tmp_path):
+    import os
+    import socket
+
+    store = RunStore(tmp_path, repair=True)
+    parent = f"live-1@{socket.gethostname()}:{os.getppid()}"  # a live process of this host
+    mine = f"mine-1@{socket.gethostname()}:{os.getpid()}"  # this process's, no writer retrying it
+    _kept_rows(store, "live", parent)
+    _kept_rows(store, "mine", mine)
+    H._LIVE_SPILLS.add(mine)
+    assert store.write_pending() == 0  # both still owned
+    H._LIVE_SPILLS.discard(mine)
+    assert store.write_pending() > 0
+    assert store.run("mine") is not None and store.run("live") is None

@@ -261,3 +261,19 @@ def test_ui_actions_refuse_a_post_from_another_sites_page(tmp_path, monkeypatch)
         started = client.post("/flows/greet/run", data={"name": "ann"}, headers=headers)
         assert started.status_code == 303, (headers, started.text)
     assert client.post("/runs/any-run/resume", headers={"Origin": "http://testserver"}).status_code == 404
+
+
+def test_a_secret_given_on_the_command_line_stays_the_text_it_was():
+    """`-p pin=0123`: a secret is never parsed as JSON (0123 would be a bad number, shown in the error)."""
+    import typing
+
+    import pydantic
+
+    from rayflow.cli import parse_params
+    from rayflow.core.parameters import takes_text
+
+    assert takes_text(pydantic.SecretStr) and takes_text(typing.Optional[pydantic.SecretStr])
+    assert takes_text(pydantic.Secret[str]) and takes_text(pydantic.Secret[bytes])
+    assert not takes_text(pydantic.Secret[int]) and not takes_text(int) and not takes_text(list[str])
+    values = parse_params(["pin=0123", "n=7"], None, {"pin": pydantic.Secret[str], "n": int})
+    assert values == {"pin": "0123", "n": 7}

@@ -207,6 +207,8 @@ def _history_errors(command: Any) -> Any:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except BrokenPipeError:  # `rayflow runs | head`: the reader had enough
+            raise
         except (sqlite3.Error, OSError) as exc:  # a file, a path that cannot be made or written
             raise _fail(f"cannot use the run history at {rayflow_home()}: {exc}", EXIT_USAGE) from None
 

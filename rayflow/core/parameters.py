@@ -116,7 +116,11 @@ def takes_text(annotation: Any) -> bool:
     if annotation is str:
         return True
     options = [a for a in typing.get_args(annotation) if a is not type(None)] if _is_union(annotation) else [annotation]
-    return len(options) == 1 and isinstance(options[0], type) and issubclass(options[0], (SecretStr, SecretBytes))
+    if len(options) != 1:
+        return False
+    if typing.get_origin(options[0]) is not None:  # pydantic.Secret[str]: text; Secret[int]: parsed
+        return is_secret_annotation(options[0]) and typing.get_args(options[0]) in ((str,), (bytes,))
+    return isinstance(options[0], type) and issubclass(options[0], (SecretStr, SecretBytes))
 
 
 def _is_union(annotation: Any) -> bool:

@@ -81,8 +81,12 @@ def recorder_for(home: str | None, run_id: str, plan: Plan) -> HistoryRecorder |
                 logger.warning("rayflow: run history disabled, cannot open %s: %s", home, exc)
                 return None
     keys = [s.key for s in plan.specs]
-    graph = shape_of(plan.flow_name, plan.specs) | {
+    return HistoryRecorder(store, run_id, plan.flow_name, plan.params, keys, run_graph(plan), attempt=plan.attempt)
+
+
+def run_graph(plan: Plan) -> dict:
+    """What the history keeps of a run's plan: its shape, target, code and driver (for resume)."""
+    return shape_of(plan.flow_name, plan.specs) | {
         "target": plan.target, "resumed_from": plan.resumed_from, "code": dict(plan.code), "driver": dict(plan.driver),
         "attempt": plan.attempt,
     }
-    return HistoryRecorder(store, run_id, plan.flow_name, plan.params, keys, graph, attempt=plan.attempt)

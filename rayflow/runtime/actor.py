@@ -206,13 +206,28 @@ class FlowRunActor:
 
 _actor: tuple[str, Any] | None = None
 _actor_lock = threading.Lock()
+_last_reply = 0.0  # monotonic time of this driver's last run ended by its actor
+IDLE_CHECK_SECONDS = 2.0  # an actor idle longer than this is pinged before it gets a run
+PING_SECONDS = 30.0
 
 
 def driver_actor() -> Any:
-    """This driver's FlowRunActor, created on first use in the current Ray session."""
+    """This driver's FlowRunActor, created on first use in the current Ray session.
+
+    An actor that has been idle a while may have died meanwhile (killed, out of memory): it is
+    pinged first and replaced if dead, so a run is only ever sent to an actor believed alive.
+    A run whose actor dies once it was sent is crashed, never started again elsewhere: it may
+    have run tasks already."""
     global _actor
     job = ray.get_runtime_context().get_job_id()
     with _actor_lock:
+        if _actor is not None and _actor[0] == job and time.monotonic() - _last_reply > IDLE_CHECK_SECONDS:
+            try:
+                ray.get(_actor[1].ping.remote(), timeout=PING_SECONDS)
+            except ray.exceptions.RayActorError:
+                _actor = None
+            except ray.exceptions.GetTimeoutError:
+                pass  # alive but busy: its runs' calls will tell
         if _actor is None or _actor[0] != job:
             node_id = ray.get_runtime_context().get_node_id()
             handle = FlowRunActor.options(
@@ -222,6 +237,12 @@ def driver_actor() -> Any:
             ).remote()
             _actor = (job, handle)
         return _actor[1]
+
+
+def actor_replied() -> None:
+    """A run of this driver just ended through its actor: it is alive, no ping needed soon."""
+    global _last_reply
+    _last_reply = time.monotonic()
 
 
 def forget_actor(handle: Any) -> None:

@@ -24,7 +24,8 @@ from rayflow.engine.columns import next_items
 from rayflow.engine.plan import Plan, compile_plan
 from rayflow.engine.driver.progress import MapProgress
 from rayflow.exceptions import RunCrashedError, Terminated
-from rayflow.runtime.actor import driver_actor, forget_actor
+from rayflow.runtime.actor import actor_replied, driver_actor, forget_actor
+from rayflow.runs.assembly import run_graph
 from rayflow.runtime.cluster import connect
 from rayflow.runtime.resources import check_resources
 from rayflow.store import rayflow_home
@@ -57,16 +58,7 @@ class RayRunner:
         objects = _objects_put(plan)
         feeder = None
         try:
-            try:
-                trace_id, summary = ray.get(actor.start_run.remote(run_id, objects, traced, home, wait))
-            except ray.exceptions.RayActorError:
-                # This driver's actor had died (killed, out of memory) since its last run: a run
-                # it never recorded starts on a new one; a run it had begun is crashed (below).
-                forget_actor(actor)
-                if _recorded(home, run_id):
-                    raise
-                actor = driver_actor()
-                trace_id, summary = ray.get(actor.start_run.remote(run_id, objects, traced, home, wait))
+            trace_id, summary = ray.get(actor.start_run.remote(run_id, objects, traced, home, wait))
             if traced is not None:
                 _flush_at_exit(actor)
             feeder = _start_feeder(actor, run_id, plan.streams)
@@ -84,7 +76,7 @@ class RayRunner:
             try:
                 actor.cancel_run.remote(run_id)
                 summary = ray.get(actor.wait_run.remote(run_id, grace), timeout=grace + 1)
-            except Exception:  # noqa: BLE001 - interrupted: the KeyboardInterrupt is what the user sees
+            except BaseException:  # noqa: BLE001 - a second interrupt ends the wait, not the record below
                 pass
             finally:
                 progress.close()
@@ -95,6 +87,7 @@ class RayRunner:
             progress.close()
             forget_actor(actor)
             raise _crashed(plan, run_id, home, exc) from None
+        actor_replied()
         progress.close()
         if feeder is not None:
             feeder.join(5)
@@ -104,20 +97,12 @@ class RayRunner:
         return flow_run
 
 
-def _recorded(home: str, run_id: str) -> bool:
-    """Whether the history has ``run_id`` (unknown counts as yes: a run is never started twice)."""
-    try:
-        return RunStore(home).run_state(run_id) is not None
-    except Exception:  # noqa: BLE001
-        return True
-
-
 def _record_end(plan: Plan, run_id: str, home: str, state: str, message: str) -> None:
     """The run's actor cannot record its end: the driver does, bounded in time."""
     try:
         RunStore(home, repair=True).mark_ended(
             run_id, state, flow=plan.flow_name, params=plan.params, tasks=[s.key for s in plan.specs],
-            attempt=plan.attempt, message=message,
+            attempt=plan.attempt, message=message, graph=run_graph(plan),
         )
     except Exception as err:  # noqa: BLE001 - the caller's error still tells the user
         logger.warning("rayflow: cannot record run %s as %s in the history: %s", run_id, state, err)

@@ -12,6 +12,7 @@ show``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -66,6 +67,7 @@ CREATE TABLE IF NOT EXISTS scheduled_runs (
     PRIMARY KEY (schedule_id, scheduled_for)
 );
 CREATE INDEX IF NOT EXISTS scheduled_runs_by_run ON scheduled_runs(run_id);
+CREATE TABLE IF NOT EXISTS pending_applied (name TEXT PRIMARY KEY, at REAL);
 """
 
 # Columns added since the first schema: (table, column, definition), added to an older database.
@@ -146,7 +148,7 @@ def redact_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-SCHEMA_VERSION = 2  # PRAGMA user_version once SCHEMA and ADDED_COLUMNS are in: opening skips the writes
+SCHEMA_VERSION = 3  # PRAGMA user_version once SCHEMA and ADDED_COLUMNS are in: opening skips the writes
 
 
 def is_damaged(exc: BaseException) -> bool:
@@ -155,6 +157,22 @@ def is_damaged(exc: BaseException) -> bool:
     return type(exc) is sqlite3.DatabaseError or (
         isinstance(exc, sqlite3.DatabaseError) and ("malformed" in str(exc) or "not a database" in str(exc))
     )
+
+
+_LIVE_SPILLS: set[str] = set()  # files of rows this process's writer threads still retry
+
+
+def _orphaned(name: str, claimer: str, path: pathlib.Path) -> bool:
+    """Whether the kept rows ``name`` (``<run>-<attempt>@<host>:<pid>``; claimed by ``claimer``,
+    a pid, if not empty) belong to no live writer: one of this process still retrying them, or
+    another live process of this host, keeps them; a file of another host, for a while."""
+    if name in _LIVE_SPILLS:
+        return False
+    host, _, pid = name.rpartition("@")[2].partition(":")
+    owner = claimer or pid
+    if host == socket.gethostname():
+        return not (owner.isdigit() and int(owner) != os.getpid() and driver_alive({"driver": {"host": host, "pid": int(owner)}}))
+    return time.time() - path.stat().st_mtime > BACKGROUND_SECONDS + 60
 
 
 class RunStore:
@@ -168,12 +186,13 @@ class RunStore:
             raise NotADirectoryError(f"{self.home} is a file, not a directory")
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner-only when rayflow makes it
         self.path = self.home / "history.db"
+        inode = self.path.stat().st_ino if self.path.exists() else None
         try:
             self._create()
         except sqlite3.DatabaseError as exc:
             if not (repair and is_damaged(exc)):
                 raise
-            self._move_aside(exc, os.stat(self.path).st_ino)
+            self._move_aside(exc, inode if inode is not None else self.path.stat().st_ino)
 
     def _create(self) -> None:
         if not self.path.exists():
@@ -208,24 +227,34 @@ class RunStore:
         return path
 
     def write_pending(self) -> int:
-        """Write the rows earlier runs left in files (their history was locked) once the process
-        that left them is gone (until then its writer thread may still write them); the rows written."""
+        """Write the rows earlier runs left in files (their history was locked) once no live
+        writer owns them; the rows written.  Each file is claimed by renaming it first, and
+        recorded in ``pending_applied`` in the same transaction as its rows: written once."""
         written = 0
-        for path in sorted(self.pending_folder.glob("*.json")) if self.pending_folder.is_dir() else []:
-            host, _, pid = path.stem.rpartition("@")[2].partition(":")
-            if host == socket.gethostname() and pid.isdigit() and driver_alive({"host": host, "pid": int(pid)}):
+        folder = self.pending_folder
+        for path in sorted(folder.glob("*.json*")) if folder.is_dir() else []:
+            name, _, claimer = path.name.partition(".json")
+            if not _orphaned(name, claimer.removeprefix(".claimed-"), path):
                 continue
-            if host != socket.gethostname() and time.time() - path.stat().st_mtime < BACKGROUND_SECONDS + 60:
+            claimed = folder / f"{name}.json.claimed-{os.getpid()}"
+            try:
+                os.rename(path, claimed)  # atomic: one writer wins it
+            except FileNotFoundError:
                 continue
             try:
-                rows = json.loads(path.read_text())
+                rows = json.loads(claimed.read_text())
                 self._write(
-                    *(list(map(tuple, rows[k])) for k in ("runs", "transitions", "chunks", "logs", "graphs")), timeout=1.0
+                    *(list(map(tuple, rows[k])) for k in ("runs", "transitions", "chunks", "logs", "graphs")),
+                    timeout=1.0, applied=name,
                 )
+            except sqlite3.IntegrityError:  # written already (its writer wrote them, then died)
+                rows = {}
             except (OSError, ValueError, KeyError, sqlite3.Error) as exc:
                 logger.warning("rayflow: cannot write the history rows kept in %s: %s", path, exc)
+                with contextlib.suppress(OSError):
+                    os.rename(claimed, folder / f"{name}.json")
                 continue
-            path.unlink(missing_ok=True)
+            claimed.unlink(missing_ok=True)
             written += sum(len(v) for v in rows.values())
         return written
 
@@ -258,24 +287,27 @@ class RunStore:
     # -- writing -------------------------------------------------------------
 
     def write(
-        self, runs: list[tuple], transitions: list[tuple], chunks: list[tuple], logs: list[tuple] = (), graphs: list[tuple] = ()
+        self, runs: list[tuple], transitions: list[tuple], chunks: list[tuple], logs: list[tuple] = (), graphs: list[tuple] = (),
+        applied: str | None = None,
     ) -> None:
         try:
             if not self.path.exists():  # moved aside by another process
                 self._create()
             inode = os.stat(self.path).st_ino
-            self._write(runs, transitions, chunks, logs, graphs)
+            self._write(runs, transitions, chunks, logs, graphs, applied=applied)
         except sqlite3.DatabaseError as exc:
             if not (self.repair and is_damaged(exc)):
                 raise
             self._move_aside(exc, inode)
-            self._write(runs, transitions, chunks, logs, graphs)
+            self._write(runs, transitions, chunks, logs, graphs, applied=applied)
 
     def _write(
         self, runs: list[tuple], transitions: list[tuple], chunks: list[tuple], logs: list[tuple], graphs: list[tuple],
-        timeout: float = 10.0,
+        timeout: float = 10.0, applied: str | None = None,
     ) -> None:
         with self._connect(timeout) as db:
+            if applied is not None:  # rows kept in a file: an IntegrityError if they are in already
+                db.execute("INSERT INTO pending_applied VALUES (?,?)", [applied, time.time()])
             if graphs:
                 db.executemany("INSERT OR REPLACE INTO graphs VALUES (?,?)", graphs)
             if logs:
@@ -293,7 +325,7 @@ class RunStore:
 
     def mark_ended(
         self, run_id: str, state: str, *, flow: str, params: Mapping[str, Any], tasks: list[str], attempt: int,
-        message: str, timeout: float = 2.0,
+        message: str, graph: Mapping[str, Any] | None = None, timeout: float = 2.0,
     ) -> None:
         """Record an unfinished run as ended (CRASHED, CANCELLED) when its orchestrating actor
         cannot (it died, or is gone with Ray).  A run the actor never got to record is recorded
@@ -312,6 +344,8 @@ class RunStore:
                 "INSERT OR REPLACE INTO run_attempts SELECT run_id, attempt, state, message, started_at, finished_at, "
                 "trace_id FROM runs WHERE run_id = ? AND attempt = ?", [run_id, attempt],
             )
+            if graph is not None:  # a run its actor never recorded can still be resumed
+                db.execute("INSERT OR IGNORE INTO graphs VALUES (?,?)", [run_id, json.dumps(graph)])
 
     # -- reading -------------------------------------------------------------
 
@@ -428,6 +462,7 @@ class HistoryRecorder(RunObserver):
         self._written = threading.Event()  # every row is written, the writer thread is done
         self._spill_lock = threading.Lock()
         self._spilled: pathlib.Path | None = None  # the rows close() could not write, in a file
+        self._applied = False  # those rows are written, and the file marked so
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"history-{run_id}", daemon=True)
         self._thread.start()
@@ -484,10 +519,10 @@ class HistoryRecorder(RunObserver):
                 self._logs.extend((self.run_id, *record, self.attempt) for record in records)
 
     def _take(self) -> tuple[list, list, list, list]:
-        with self._lock:
-            runs = [self._run] if self._run is not None else []
-            out = (runs, self._transitions, self._chunks, self._logs)
-            self._run, self._transitions, self._chunks, self._logs = None, [], [], []
+        """The buffered rows, emptying the buffers (the caller holds ``_lock``)."""
+        runs = [self._run] if self._run is not None else []
+        out = (runs, self._transitions, self._chunks, self._logs)
+        self._run, self._transitions, self._chunks, self._logs = None, [], [], []
         return out
 
     def _hold(self, runs: list, transitions: list, chunks: list, logs: list) -> None:
@@ -523,13 +558,19 @@ class HistoryRecorder(RunObserver):
         logged once (again only when a different one follows, or after the store recovered).
         """
         with self._write_lock:
-            self._hold(*self._take())
+            with self._lock:  # rows move from the buffers to the held ones at once: _spill sees all
+                self._hold(*self._take())
             run, (transitions, chunks, logs) = self._pending_run, self._pending
             if run is None and not (transitions or chunks or logs):
                 return True
             graphs = [(self.run_id, self._graph)] if run is not None and self._graph is not None else []
             try:
-                self.store.write([run] if run is not None else [], transitions, chunks, logs, graphs)
+                spilled = self._spilled if not self._applied else None  # rows kept in a file too:
+                self.store.write(  # mark the file written in the same transaction
+                    [run] if run is not None else [], transitions, chunks, logs, graphs,
+                    applied=spilled.stem if spilled is not None else None,
+                )
+                self._applied = self._applied or spilled is not None
             except Exception as exc:  # noqa: BLE001 - any store failure: keep the rows, retry later
                 problem = f"{type(exc).__name__}: {exc}"
                 if problem != self._problem and not self._abandoned:
@@ -567,12 +608,15 @@ class HistoryRecorder(RunObserver):
             self._written.set()
             if self._spilled is not None:
                 self._spilled.unlink(missing_ok=True)
+                _LIVE_SPILLS.discard(self._spilled.stem)
 
     def _give_up(self) -> None:
         with self._lock:  # not _write_lock: a write blocked in SQLite holds that one
             if self._gave_up:
                 return
             self._gave_up = True
+        if self._spilled is not None:  # a later writer of this process may write them now
+            _LIVE_SPILLS.discard(self._spilled.stem)
         lost = self._dropped + self.pending_rows()
         if lost and self._spilled is not None:
             logger.warning(
@@ -602,7 +646,9 @@ class HistoryRecorder(RunObserver):
                     "graphs": [(self.run_id, self._graph)] if run is not None and self._graph is not None else [],
                 }
             try:
-                self._spilled = self.store.spill(f"{self.run_id}-{self.attempt}@{socket.gethostname()}:{os.getpid()}", rows)
+                name = f"{self.run_id}-{self.attempt}@{socket.gethostname()}:{os.getpid()}"
+                _LIVE_SPILLS.add(name)
+                self._spilled = self.store.spill(name, rows)
             except OSError as exc:
                 logger.warning("rayflow: cannot keep the unwritten history of run %s in a file: %s", self.run_id, exc)
 
