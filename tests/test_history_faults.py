@@ -219,9 +219,10 @@ def test_a_damaged_history_is_moved_aside_by_its_writer_and_reported_by_readers(
 
 def test_a_history_damaged_under_a_running_writer_is_moved_aside_at_its_next_write(tmp_path, no_background_flush, caplog):
     writer = RunStore(tmp_path, repair=True)
-    recorder = HistoryRecorder(writer, "during", "f", {}, ["a"])
+    recorder = HistoryRecorder(writer, "during", "f", {}, ["a"], {"nodes": [], "driver": {}})
+    _transition(recorder, None, StateType.RUNNING)
     _transition(recorder, "a", StateType.RUNNING)
-    assert recorder.flush() is True
+    assert recorder.flush() is True  # the run row and its graph are in the first database
     _damage(writer.path)
     _transition(recorder, "a", StateType.SUCCESS)
     _transition(recorder, None, StateType.SUCCESS)
@@ -229,6 +230,7 @@ def test_a_history_damaged_under_a_running_writer_is_moved_aside_at_its_next_wri
     recorder.close()
     run = RunStore(tmp_path).run("during")
     assert run["state"] == "SUCCESS" and [t["state"] for t in run["transitions"]] == ["SUCCESS"]
+    assert run["graph"] == {"nodes": [], "driver": {}}  # sent again to the new database: resumable
     assert len([p for p in tmp_path.iterdir() if p.name.startswith("history.db.damaged-")]) == 1
 
 

@@ -186,6 +186,7 @@ class RunStore:
             raise NotADirectoryError(f"{self.home} is a file, not a directory")
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner-only when rayflow makes it
         self.path = self.home / "history.db"
+        self.generation = 0  # databases moved aside by this store
         inode = self.path.stat().st_ino if self.path.exists() else None
         try:
             self._create()
@@ -275,6 +276,7 @@ class RunStore:
                 )
         except FileNotFoundError:
             pass  # moved by another process
+        self.generation += 1  # writers resend what the new database lacks (a run's graph)
         self._create()
 
     def _connect(self, timeout: float = 10.0) -> sqlite3.Connection:
@@ -441,6 +443,7 @@ class HistoryRecorder(RunObserver):
         self.params = json.dumps(redact_params(params))
         self.task_keys = json.dumps(task_keys)
         self._graph = json.dumps(graph) if graph is not None else None  # written with the first run row
+        self._graph_written: int | None = None  # the store's generation it was written in
         self.trace_id: str | None = None
         self._seq: dict[str, int] = {}
         self._transitions: list[tuple] = []
@@ -471,7 +474,7 @@ class HistoryRecorder(RunObserver):
         """The run's trace: in its run row, and with its graph (a resumed run links to it)."""
         with self._write_lock:
             self.trace_id = trace_id
-            if self._graph is not None and span_id is not None:  # not written yet: it goes with the first run row
+            if self._graph is not None and span_id is not None and self._graph_written is None:  # with the first run row
                 graph = json.loads(self._graph)
                 graph["trace"] = [trace_id, span_id]
                 self._graph = json.dumps(graph)
@@ -563,7 +566,8 @@ class HistoryRecorder(RunObserver):
             run, (transitions, chunks, logs) = self._pending_run, self._pending
             if run is None and not (transitions or chunks or logs):
                 return True
-            graphs = [(self.run_id, self._graph)] if run is not None and self._graph is not None else []
+            resend = self._graph is not None and self._graph_written != self.store.generation
+            graphs = [(self.run_id, self._graph)] if run is not None and resend else []
             try:
                 spilled = self._spilled if not self._applied else None  # rows kept in a file too:
                 self.store.write(  # mark the file written in the same transaction
@@ -582,11 +586,20 @@ class HistoryRecorder(RunObserver):
                 return False
             self._pending_run, self._pending = None, ([], [], [])
             if graphs:
-                self._graph = None
+                self._graph_written = self.store.generation  # after a move-aside in this write too
+            elif self._graph_written is not None and self._graph_written != self.store.generation:
+                self._resend_graph()  # the database it was in was moved aside (damaged) by this write
             if self._problem is not None:
                 logger.info("rayflow: the history of run %s is written again", self.run_id)
                 self._problem = None
             return True
+
+    def _resend_graph(self) -> None:
+        try:
+            self.store.write([], [], [], [], [(self.run_id, self._graph)])
+            self._graph_written = self.store.generation
+        except Exception:  # noqa: BLE001 - tried again with the next write
+            pass
 
     def _loop(self) -> None:
         if self.store.repair:
