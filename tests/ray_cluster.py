@@ -48,7 +48,7 @@ class RayCluster:
     """One head node on 127.0.0.1; ``address`` is ``127.0.0.1:<port>`` once started."""
 
     def __init__(self, *, num_cpus: int = 1, env: Mapping[str, str] | None = None, resources: str | None = None,
-                 start_timeout: float = 90.0):
+                 start_timeout: float = 90.0, dashboard: bool = False):
         self.num_cpus = num_cpus
         self.extra_env = dict(env or {})
         self.resources = resources  # a JSON string for --resources
@@ -59,6 +59,10 @@ class RayCluster:
         self.home = self.dir / "home"  # the head's HOME: a token file there is the cluster's own
         self.home.mkdir()
         self.process: subprocess.Popen | None = None
+        # With ``dashboard``: the job server too, on loopback only; ``job_address`` is its URL.
+        self.dashboard = dashboard
+        self.dashboard_port = free_port() if dashboard else None
+        self.job_address = f"http://127.0.0.1:{self.dashboard_port}" if dashboard else None
 
     def start(self) -> RayCluster:
         # A short temp dir: Ray's socket paths must fit in 107 bytes.
@@ -66,9 +70,13 @@ class RayCluster:
         self._temp_dir = temp_dir
         command = [
             str(RAY), "start", "--head", "--block", f"--port={self.port}", "--node-ip-address=127.0.0.1",
-            f"--num-cpus={self.num_cpus}", f"--temp-dir={temp_dir}", "--include-dashboard=false",
-            "--disable-usage-stats",
+            f"--num-cpus={self.num_cpus}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
         ]
+        if self.dashboard:
+            command += ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+                        f"--dashboard-agent-listen-port={free_port()}"]
+        else:
+            command.append("--include-dashboard=false")
         if self.resources is not None:
             command.append(f"--resources={self.resources}")
         self.log = open(self.dir / "ray-start.log", "wb")
@@ -85,11 +93,20 @@ class RayCluster:
             if self.process.poll() is not None:
                 self.stop()
                 raise RuntimeError(f"ray start exited {self.process.returncode}: {self.output()[-2000:]}")
-            if b"Ray runtime started" in (self.dir / "ray-start.log").read_bytes():
+            if b"Ray runtime started" in (self.dir / "ray-start.log").read_bytes() and self._dashboard_up():
                 return
             time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"ray start did not come up in {self.start_timeout:.0f}s: {self.output()[-2000:]}")
+
+    def _dashboard_up(self) -> bool:
+        if not self.dashboard:
+            return True
+        try:
+            with socket.create_connection(("127.0.0.1", self.dashboard_port), timeout=1):
+                return True
+        except OSError:
+            return False
 
     def output(self) -> str:
         return (self.dir / "ray-start.log").read_text(errors="replace")

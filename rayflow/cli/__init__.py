@@ -35,6 +35,7 @@ from rayflow.cli.graph import mermaid as render_mermaid
 from rayflow.cli.history import print_live, print_runs
 from rayflow.store.views import task_rows
 from rayflow.cli.output import emit_table, print_run
+from rayflow.cli import submit as _submit
 from rayflow.core.parameters import parameter_annotations, takes_text
 from rayflow.engine.driver.flow_run import FlowRun
 from rayflow.engine.driver.local import new_run_id
@@ -185,8 +186,13 @@ def cancel(
     ] = None,
     wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for the run to end cancelled.")] = 30.0,
 ) -> None:
-    """Cancel a live run from another shell: its Ray tasks are stopped and unfinished tasks end CANCELLED."""
+    """Cancel a live run from another shell: its Ray tasks are stopped and unfinished tasks end CANCELLED.
+
+    With --address http://HEAD:8265, a submitted run: its job is stopped (its driver cancels the run)."""
     from rayflow.runtime import cancel_run
+
+    if _submit.is_job_address(address):
+        return _submit.cancel_job(run_id, address, wait)
 
     try:
         state = cancel_run(run_id, address=address, wait=wait)
@@ -290,8 +296,14 @@ def logs(
     task: Annotated[Optional[str], typer.Option("--task", help="Only this task's records.")] = None,  # noqa: UP007
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new records until the run ends.")] = False,
     interval: Annotated[float, typer.Option("--interval", help="Seconds between polls with --follow.")] = 0.5,
+    address: Annotated[
+        Optional[str],  # noqa: UP007
+        typer.Option("--address", help="A submitted run's job server, http://HEAD:8265: print its job's output."),
+    ] = None,
 ) -> None:
     """Log records of a run: rf.get_run_logger() records and captured prints, from every worker."""
+    if _submit.is_job_address(address):
+        return _submit.print_job_logs(run_id, address)
     store = RunStore()
     if store.run(run_id) is None:
         raise _fail(f"no run {run_id!r} in the run history at {store.path}", EXIT_FAILED)
@@ -615,6 +627,9 @@ def ui(
     _listen_check(host, port)
     typer.echo(f"rayflow ui: http://{host}:{port}/ over {rayflow_home() / 'history.db'}", err=True)
     serve_ui(rayflow_home(), host, port)
+
+
+app.command()(_submit.submit)
 
 
 @app.callback()

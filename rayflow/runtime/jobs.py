@@ -1,0 +1,182 @@
+"""Runs submitted to a Ray cluster as Ray Jobs: the driver runs on the cluster, not here.
+
+A run's job has the submission id ``rayflow-<run id>``, so submitting one run id twice finds
+the first job instead of starting a second run.  The job server (the head's dashboard, Ray's
+``ray[default]``) is reached over HTTP at ``http(s)://HEAD:8265``:
+
+- no server there: a bounded wait, then ClusterConnectionError naming the address;
+- a server that asks for Ray's token (401/403): the token is found the way Ray finds it
+  (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token) and sent, whatever RAY_AUTH_MODE
+  says here; missing or rejected, a ClusterAuthenticationError says how to give it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from rayflow.exceptions import ClusterAuthenticationError, ClusterConnectionError
+from rayflow.runtime.auth import TOKEN_AUTH_DOCS
+
+CONNECT_WAIT = 10.0  # seconds to wait for a job server before giving up
+SUBMISSION_PREFIX = "rayflow-"
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+# Driver settings that travel to the job: telemetry and rayflow's own, but not where this
+# machine keeps its history (a run on a cluster records it where the cluster keeps it).
+FORWARDED_PREFIXES = ("OTEL_", "RAYFLOW_")
+NOT_FORWARDED = ("RAYFLOW_HOME",)
+
+
+def submission_id(run_id: str) -> str:
+    return SUBMISSION_PREFIX + run_id
+
+
+def forwarded_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in environ.items() if k.startswith(FORWARDED_PREFIXES) and k not in NOT_FORWARDED}
+
+
+def _token_source() -> str | None:
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "RAY_AUTH_TOKEN"
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return f"RAY_AUTH_TOKEN_PATH ({os.environ['RAY_AUTH_TOKEN_PATH']})"
+    if os.path.exists(os.path.expanduser("~/.ray/auth_token")):
+        return os.path.expanduser("~/.ray/auth_token")
+    return None
+
+
+def _token_headers() -> dict[str, str]:
+    from ray._raylet import AuthenticationTokenLoader
+
+    return dict(AuthenticationTokenLoader.instance().get_token_for_http_header(ignore_auth_mode=True) or {})
+
+
+def _auth_error(address: str, rejected: bool) -> ClusterAuthenticationError:
+    where = f"the Ray job server at {address} requires token authentication"
+    sources = "RAY_AUTH_TOKEN, a file named by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token"
+    if rejected:
+        message = (
+            f"{where} and rejected the token from {_token_source()}: use the token the cluster was started "
+            f"with (`ray get-auth-token` on its head node) (see {TOKEN_AUTH_DOCS})"
+        )
+    else:
+        message = f"{where} and no token was found: give the cluster's token in {sources} (see {TOKEN_AUTH_DOCS})"
+    return ClusterAuthenticationError(message, address=address)
+
+
+def _probe(address: str, headers: dict[str, str], wait: float) -> int:
+    """The status of GET /api/version, retried on connection errors for up to ``wait`` seconds."""
+    import requests
+
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return requests.get(f"{address}/api/version", headers=headers, timeout=5).status_code
+        except requests.exceptions.RequestException as exc:
+            if time.monotonic() >= deadline:
+                reason = type(exc).__name__
+                raise ClusterConnectionError(
+                    f"no Ray job server answered at {address} within {wait:g}s ({reason}); start the cluster "
+                    "with its dashboard (`ray start --head`, Ray's ray[default]) and give its address, "
+                    "e.g. http://HEAD:8265",
+                    address=address,
+                ) from None
+            time.sleep(0.5)
+
+
+def connect(address: str, wait: float = CONNECT_WAIT) -> Any:
+    """A JobSubmissionClient for the job server at ``address``, with Ray's token when it asks."""
+    try:
+        from ray.job_submission import JobSubmissionClient
+    except ImportError:  # pragma: no cover - ray without [default]
+        raise ClusterConnectionError(
+            "submitting to a cluster needs Ray's job client: pip install 'rayflow[cluster]' (ray[default])",
+            address=address,
+        ) from None
+    address = address.rstrip("/")
+    headers: dict[str, str] = {}
+    status = _probe(address, headers, wait)
+    if status in (401, 403):
+        headers = _token_headers()
+        if not headers:
+            raise _auth_error(address, rejected=False)
+        if _probe(address, headers, wait) in (401, 403):
+            raise _auth_error(address, rejected=True)
+    elif status != 200:
+        raise ClusterConnectionError(
+            f"{address} is not a Ray job server (GET /api/version answered {status})", address=address
+        )
+    return JobSubmissionClient(address, headers=headers)
+
+
+@dataclass
+class Submitted:
+    submission_id: str
+    already: bool  # a job with this id was there before: nothing new was started
+    status: str
+
+
+def submit(client: Any, run_id: str, entrypoint: str, *, working_dir: str | None = None,
+           pip: list[str] | None = None, env_vars: dict[str, str] | None = None) -> Submitted:
+    """Submit the run's job unless a job with its submission id exists already."""
+    sid = submission_id(run_id)
+    existing = job_status(client, sid)
+    if existing is not None:
+        return Submitted(sid, True, existing)
+    runtime_env: dict[str, Any] = {"env_vars": dict(env_vars or {})}
+    if working_dir is not None:
+        runtime_env["working_dir"] = working_dir
+    if pip:
+        runtime_env["pip"] = list(pip)
+    try:
+        client.submit_job(entrypoint=entrypoint, submission_id=sid, runtime_env=runtime_env,
+                          metadata={"rayflow_run_id": run_id})
+    except RuntimeError as exc:
+        if "already exists" in str(exc):  # submitted meanwhile by another submit of this run id
+            return Submitted(sid, True, job_status(client, sid) or "PENDING")
+        raise
+    return Submitted(sid, False, "PENDING")
+
+
+def job_status(client: Any, sid: str) -> str | None:
+    """The job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED), or None when there is none."""
+    try:
+        return str(client.get_job_info(sid).status.value)
+    except RuntimeError as exc:
+        if "does not exist" in str(exc) or "404" in str(exc):
+            return None
+        raise
+
+
+def job_message(client: Any, sid: str) -> str:
+    return client.get_job_info(sid).message or ""
+
+
+def exit_code(status: str, message: str) -> int:
+    """The exit code of `rayflow run` on the cluster, as far as the job says it: SUCCEEDED 0;
+    FAILED the entrypoint's exit code when the job's message has it, else 1; STOPPED 1."""
+    if status == "SUCCEEDED":
+        return 0
+    if status == "FAILED":
+        found = re.search(r"exit code (\d+)", message)
+        return int(found.group(1)) if found and found.group(1) != "0" else 1
+    return 1
+
+
+def logs(client: Any, sid: str) -> str:
+    return client.get_job_logs(sid)
+
+
+def stop(client: Any, sid: str, wait: float) -> str:
+    """Stop the job (SIGTERM to its driver: `rayflow run` cancels the run) and wait for it to end."""
+    client.stop_job(sid)
+    deadline = time.monotonic() + wait
+    while True:
+        status = job_status(client, sid) or "STOPPED"
+        if status in TERMINAL or time.monotonic() >= deadline:
+            return status
+        time.sleep(0.5)
