@@ -89,6 +89,8 @@ CLI_CASES: list[tuple[str, list[str], str, int]] = [
     ("unknown `--overlap`", ["serve", "<dir>/good.py:twice", "--cron", "0 6 * * *", "--overlap", "never"], "home", 2),
     ("`serve --config` file missing", ["serve", "--config", "<dir>/nofile.toml"], "home", 2),
     ("`serve --config` with a target too", ["serve", "<dir>/good.py:twice", "--config", "<dir>/flows.toml"], "home", 2),
+    ("`submit --address` not a job server URL", ["submit", "good.py:twice", "--address", CLOSED], "home", 2),
+    ("`submit`: no job server at the address", ["submit", "good.py:twice", "--address", f"http://{CLOSED}"], "home", 3),
 ]
 
 
