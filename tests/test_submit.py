@@ -195,3 +195,19 @@ def test_no_job_server_at_the_address_is_one_line_exit_3(tmp_path):
     assert out.returncode == 3
     assert out.stderr.count("\n") == 1
     assert f"no Ray job server answered at {address}" in out.stderr
+
+
+
+def test_a_working_dir_over_the_upload_limit_names_the_limit_and_its_size(cluster, tmp_path):
+    code = tmp_path / "big-code"
+    code.mkdir()
+    (code / "flows.py").write_text(FLOWS)
+    with open(code / "data.bin", "wb") as f:  # random: it zips to as much, past the job server's 100 MiB
+        for _ in range(101):
+            f.write(os.urandom(1024**2))
+    out = rayflow("submit", "flows.py:tiny", "--address", cluster.job_address, "--working-dir", str(code),
+                  "--run-id", "big-1", home=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.count("\n") == 1, out.stderr
+    assert f"the working dir {code} (101.0 MiB before zipping) is over the job server's upload limit (100.0 MiB zipped)" in out.stderr
+    assert jobs_with_id(cluster, "rayflow-big-1") == 0

@@ -12,6 +12,7 @@ the first job instead of starting a second run.  The job server (the head's dash
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -113,6 +114,28 @@ def connect(address: str, wait: float = CONNECT_WAIT) -> Any:
     return JobSubmissionClient(address, headers=headers)
 
 
+UPLOAD_LIMIT = 100 * 1024**2  # the job server's request size limit (Ray's dashboard), which bounds a working dir
+
+
+class UploadTooLargeError(ValueError):
+    """A working dir whose package the job server refuses for its size."""
+
+
+def _folder_size(folder: str) -> int:
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass
+    return total
+
+
+def _mib(size: int) -> str:
+    return f"{size / 1024**2:.1f} MiB"
+
+
 @dataclass
 class Submitted:
     submission_id: str
@@ -132,12 +155,20 @@ def submit(client: Any, run_id: str, entrypoint: str, *, working_dir: str | None
         runtime_env["working_dir"] = working_dir
     if pip:
         runtime_env["pip"] = list(pip)
+    for noisy in ("ray._private.runtime_env.packaging", "ray.dashboard.modules.dashboard_sdk"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)  # a refused upload is one line, below
     try:
         client.submit_job(entrypoint=entrypoint, submission_id=sid, runtime_env=runtime_env,
                           metadata={"rayflow_run_id": run_id})
     except RuntimeError as exc:
         if "already exists" in str(exc):  # submitted meanwhile by another submit of this run id
             return Submitted(sid, True, job_status(client, sid) or "PENDING")
+        if "status code 413" in str(exc) and working_dir is not None:
+            raise UploadTooLargeError(
+                f"the working dir {working_dir} ({_mib(_folder_size(working_dir))} before zipping) is over the job "
+                f"server's upload limit ({_mib(UPLOAD_LIMIT)} zipped): leave large files out with a .rayignore or "
+                ".gitignore there, or fetch them on the cluster"
+            ) from None
         raise
     return Submitted(sid, False, "PENDING")
 
