@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping
+from typing import Any
 
 RAY = pathlib.Path(sys.executable).with_name("ray")
 # Variables that change which Ray a process joins or how it authenticates: a cluster's
@@ -59,6 +60,7 @@ class RayCluster:
         self.home = self.dir / "home"  # the head's HOME: a token file there is the cluster's own
         self.home.mkdir()
         self.process: subprocess.Popen | None = None
+        self.workers: list[tuple[subprocess.Popen, Any, str]] = []  # (process, log, temp dir) per worker node
         # With ``dashboard``: the job server too, on loopback only; ``job_address`` is its URL.
         self.dashboard = dashboard
         self.dashboard_port = free_port() if dashboard else None
@@ -99,6 +101,28 @@ class RayCluster:
         self.stop()
         raise RuntimeError(f"ray start did not come up in {self.start_timeout:.0f}s: {self.output()[-2000:]}")
 
+    def add_worker(self, num_cpus: int = 1, start_timeout: float = 60.0) -> subprocess.Popen:
+        """A worker node joined with ``ray start --address --block``, in its own process group
+        (stopped with the head by ``stop``); returns once the node has started."""
+        temp_dir = tempfile.mkdtemp(prefix="rf-ray-w-", dir="/tmp")
+        log_path = self.dir / f"ray-worker-{len(self.workers)}.log"
+        log = open(log_path, "wb")
+        command = [
+            str(RAY), "start", "--block", f"--address={self.address}", "--node-ip-address=127.0.0.1",
+            f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}", f"--dashboard-agent-listen-port={free_port()}",
+            "--disable-usage-stats",
+        ]
+        worker = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                  env=clean_env(self.home, **self.extra_env))
+        self.workers.append((worker, log, temp_dir))
+        deadline = time.time() + start_timeout
+        while b"Ray runtime started" not in log_path.read_bytes():
+            if worker.poll() is not None or time.time() > deadline:
+                self.stop()
+                raise RuntimeError(f"ray start (worker) did not come up: {log_path.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.2)
+        return worker
+
     def _dashboard_up(self) -> bool:
         if not self.dashboard:
             return True
@@ -113,6 +137,11 @@ class RayCluster:
 
     def stop(self) -> None:
         """Kill the head's process group (and wait for it): every Ray process it started."""
+        for worker, log, temp_dir in self.workers:
+            _kill_group(worker)
+            log.close()
+            shutil.rmtree(temp_dir, ignore_errors=True)
+        self.workers = []
         if self.process is None:
             return
         try:
@@ -138,3 +167,22 @@ class RayCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """SIGTERM to the process group, SIGKILL after 10 s, then SIGKILL to what is left of it."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            continue
+        if sig == signal.SIGTERM:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)  # workers that outlive the node briefly
+            except ProcessLookupError:
+                pass
+            return

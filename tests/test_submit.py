@@ -53,6 +53,24 @@ FLOWS = textwrap.dedent('''
     @rf.flow
     def sleepy(seconds: float = 60.0) -> float:
         return nap(seconds)
+
+
+    @rf.task
+    def where(i: int) -> str:
+        import ray
+
+        time.sleep(2)  # the three are running at once: 3 CPUs, 2 on the head, 1 on the worker node
+        return ray.get_runtime_context().get_node_id()
+
+
+    @rf.task
+    def count(a: str, b: str, c: str) -> int:
+        return len({a, b, c})
+
+
+    @rf.flow
+    def spread() -> int:
+        return count(where(1), where(2), where(3))
 ''')
 
 pytestmark = pytest.mark.timeout(240)
@@ -67,6 +85,7 @@ def cluster(tmp_path_factory):
         "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
     }
     with RayCluster(num_cpus=2, env=env, dashboard=True) as started:
+        started.add_worker(num_cpus=1)
         started.rayflow_home = home
         yield started
 
@@ -157,17 +176,19 @@ def test_cancel_stops_a_long_submitted_run(cluster, flows_dir, tmp_path):
 def test_the_run_goes_on_when_the_submitting_process_is_killed(cluster, flows_dir, tmp_path):
     follower = subprocess.Popen(
         [sys.executable, "-m", "rayflow", "submit", "flows.py:sleepy", "--address", cluster.job_address,
-         "--working-dir", str(flows_dir), "-p", "seconds=3", "--run-id", "orphan-1", "--follow"],
+         "--working-dir", str(flows_dir), "-p", "seconds=10", "--run-id", "orphan-1", "--follow"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         env=clean_env(tmp_path, RAYFLOW_HOME=str(tmp_path / "laptop-home"), RAY_AUTH_TOKEN=TOKEN),
     )
     try:
         wait_for(lambda: '"RUNNING"' in cluster_history(cluster, "orphan-1", tmp_path).stdout, timeout=90,
                  what="the submitted run to be running on the cluster")
+        assert follower.poll() is None  # still following: killed mid-run below
     finally:
         os.killpg(follower.pid, signal.SIGKILL)
         follower.wait(10)
-    wait_for(lambda: job_status(cluster, "rayflow-orphan-1") == "SUCCEEDED", timeout=60,
+    assert job_status(cluster, "rayflow-orphan-1") == "RUNNING"
+    wait_for(lambda: job_status(cluster, "rayflow-orphan-1") == "SUCCEEDED", timeout=90,
              what="the run to complete on the cluster")
     assert '"SUCCESS"' in cluster_history(cluster, "orphan-1", tmp_path).stdout
 
@@ -211,3 +232,10 @@ def test_a_working_dir_over_the_upload_limit_names_the_limit_and_its_size(cluste
     assert out.stderr.count("\n") == 1, out.stderr
     assert f"the working dir {code} (101.0 MiB before zipping) is over the job server's upload limit (100.0 MiB zipped)" in out.stderr
     assert jobs_with_id(cluster, "rayflow-big-1") == 0
+
+
+def test_a_submitted_run_uses_the_worker_node_too(cluster, flows_dir, tmp_path):
+    out = rayflow("submit", "flows.py:spread", "--address", cluster.job_address, "--working-dir", str(flows_dir),
+                  "--run-id", "spread-1", "--follow", home=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "result: 2" in out.stdout  # the head's and the worker node's tasks
