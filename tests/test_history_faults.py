@@ -188,7 +188,12 @@ def test_rows_left_at_close_are_written_in_the_background_once_the_store_recover
 
 
 def _damage(path) -> None:
-    """Garbage over the first pages of a valid database, as a disk or a careless copy leaves it."""
+    """Garbage over the first pages of a valid database, as a disk or a careless copy leaves it.
+    Connections not yet collected are closed first: closing one checkpoints its WAL into the
+    file, which would write a good first page back over the garbage."""
+    import gc
+
+    gc.collect()
     data = bytearray(path.read_bytes())
     for offset in range(0, min(len(data), 4 * 4096), 7):
         data[offset] = 0x5A
@@ -202,6 +207,7 @@ def test_a_damaged_history_is_moved_aside_by_its_writer_and_reported_by_readers(
     recorder = HistoryRecorder(store, "before", "f", {}, ["a"])
     _transition(recorder, None, StateType.SUCCESS)
     recorder.close()
+    recorder._thread.join(10)  # its writer thread, and the connection it used, are done
     _damage(store.path)
     with pytest.raises(sqlite3.DatabaseError):
         RunStore(tmp_path).runs()  # a reader reports it (the CLI in one line), and moves nothing
