@@ -88,6 +88,12 @@ def failing(x: int = 1) -> int:
 
 
 @rf.flow
+def adds(x: int = 1) -> int:
+    """add(x, 2): the smallest flow, for runs around a fault"""
+    return add(x, 2)
+
+
+@rf.flow
 def failing_branch(x: int = 1) -> dict:
     """
     explode    add         (independent; explode's failure must not stop add)

@@ -22,35 +22,17 @@ import time
 
 import pytest
 import ray
-from flows import long_flow
+from flows import adds, long_flow
 
 import rayflow as rf
 from rayflow.runs.resume import check_resumable
 from rayflow.runtime.actor import IDLE_CHECK_SECONDS, driver_actor
 from rayflow.store import RunStore
 from cli_runner import run_cli
-from waiting import wait_for
+from waiting import alive, wait_for
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 REPO = pathlib.Path(__file__).resolve().parent.parent
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-@rf.task
-def add(x: int, y: int) -> int:
-    return x + y
-
-
-@rf.flow
-def adds(x: int = 1):
-    return add(x, 2)
 
 
 @pytest.mark.timeout(120)

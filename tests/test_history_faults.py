@@ -15,8 +15,8 @@ import threading
 import time
 
 import pytest
+from flows import adds
 
-import rayflow as rf
 from rayflow.states import State, StateType
 from rayflow.store import HistoryRecorder, RunStore
 from rayflow.store import history as H
@@ -241,16 +241,6 @@ def test_a_history_damaged_under_a_running_writer_is_moved_aside_at_its_next_wri
 
 
 # -- on Ray: a locked history database ------------------------------------------------
-
-
-@rf.task
-def add(x: int, y: int) -> int:
-    return x + y
-
-
-@rf.flow
-def adds(x: int = 1):
-    return add(x, 2)
 
 
 @pytest.mark.timeout(120)

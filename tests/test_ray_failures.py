@@ -13,20 +13,13 @@ import time
 
 import pytest
 from flows import long_flow, sleeper, timed_sleep
+from waiting import alive
 
 import rayflow as rf
 from rayflow.states import StateType as T
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 REPO = pathlib.Path(__file__).resolve().parent.parent
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def wait_for_files(directory: pathlib.Path, names: list[str], timeout: float = 60) -> dict[str, int]:
