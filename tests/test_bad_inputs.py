@@ -111,7 +111,8 @@ def scratch(root: pathlib.Path) -> pathlib.Path:
 
 def cli(argv: list[str], root: pathlib.Path, home: str) -> subprocess.CompletedProcess:
     homes = {"home": root / "home", "file": root / "a-file", "corrupt": root / "corrupt"}
-    env = {**os.environ, "RAYFLOW_HOME": str(homes[home]), "RAY_ADDRESS": CLOSED, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "RAYFLOW_HOME": str(homes[home]), "RAY_ADDRESS": CLOSED, "PYTHONPATH": str(REPO),
+           "RAYFLOW_CONNECT_TIMEOUT": "1"}  # no job server at an address: said after 1 s, not 10
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
     return subprocess.run(
         [sys.executable, "-m", "rayflow", *(a.replace("<dir>", str(root)) for a in argv)],

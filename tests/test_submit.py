@@ -220,10 +220,10 @@ def test_a_missing_or_wrong_token_is_one_line_exit_3(cluster, tmp_path):
 
 def test_no_job_server_at_the_address_is_one_line_exit_3(tmp_path):
     address = f"http://127.0.0.1:{free_port()}"
-    out = rayflow("submit", "flows.py:tiny", "--address", address, home=tmp_path, timeout=60)
+    out = rayflow("submit", "flows.py:tiny", "--address", address, home=tmp_path, timeout=60, RAYFLOW_CONNECT_TIMEOUT="2")
     assert out.returncode == 3
     assert out.stderr.count("\n") == 1
-    assert f"no Ray job server answered at {address}" in out.stderr
+    assert f"no Ray job server answered at {address} within 2s" in out.stderr
 
 
 

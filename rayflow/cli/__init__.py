@@ -17,13 +17,11 @@ import datetime
 import functools
 import importlib
 import os
-import signal
 import sqlite3
 import threading
 import json
 import sys
 import time
-from collections.abc import Iterator
 from typing import Annotated, Any, Optional
 
 import typer
@@ -35,6 +33,8 @@ from rayflow.cli.graph import mermaid as render_mermaid
 from rayflow.cli.history import print_live, print_runs
 from rayflow.store.views import task_rows
 from rayflow.cli.output import emit_table, print_run
+from rayflow.cli.signals import exit_promptly, sigterm_as_interrupt
+from rayflow.cli.states import StatePrinter
 from rayflow.cli import submit as _submit
 from rayflow.core.parameters import parameter_annotations, takes_text
 from rayflow.engine.driver.flow_run import FlowRun
@@ -113,6 +113,9 @@ def run(
     ] = None,
     run_id: Annotated[Optional[str], typer.Option("--run-id", help="Use this run id instead of a generated one.")] = None,  # noqa: UP007
     local: Annotated[bool, typer.Option("--local", help="Run in this process without Ray (for debugging).")] = False,
+    log_states: Annotated[
+        bool, typer.Option("--log-states", help="Print each task's state change as it happens (to stderr).")
+    ] = False,
 ) -> None:
     """Run a flow and print its task states, run id and result."""
     run_id = run_id or new_run_id()
@@ -123,7 +126,8 @@ def run(
         options: dict[str, Any] = {"runner": "local" if local else "ray", "run_id": run_id}
         if address:
             options["address"] = address
-        with sigterm_as_interrupt():
+        printing = StatePrinter(run_id) if log_states else contextlib.nullcontext()
+        with sigterm_as_interrupt(f"run {run_id}"), printing:
             flow_run = flow.with_options(**options).run(**values)
     except (
         TargetError, ParameterError, GraphError, DefinitionError, SerializationError, ResultStoreError, DuplicateRunError,
@@ -137,31 +141,12 @@ def run(
     except KeyboardInterrupt as exc:
         if isinstance(exc, Terminated):  # no table: Ray itself may be stopping (SIGTERM to the group)
             typer.echo(f"error: terminated (SIGTERM); run {run_id} was cancelled", err=True)
-            _exit_promptly(EXIT_TERMINATED)
+            exit_promptly(EXIT_TERMINATED)
         _print_cancelled(run_id, local)
         raise _fail(f"interrupted; run {run_id} was cancelled", EXIT_INTERRUPTED) from None
     print_run(flow_run)
     if not flow_run.state.is_successful():
         raise typer.Exit(EXIT_FAILED)
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (``timeout``, systemd, Kubernetes) raises Terminated, a KeyboardInterrupt: the run
-    is cancelled as on Ctrl-C.  Kept over the handler ray.init installs (see runtime.cluster)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def terminate(signum: int, frame: Any) -> None:
-        raise Terminated()
-
-    terminate.keep_over_ray = True  # type: ignore[attr-defined]
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _print_cancelled(run_id: str, local: bool) -> None:
@@ -228,8 +213,15 @@ def runs(
     state: Annotated[Optional[str], typer.Option("--state", help="Only runs that ended in this state.")] = None,  # noqa: UP007
     limit: Annotated[int, typer.Option("--limit", help="At most this many runs, newest first.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
+    address: Annotated[
+        Optional[str],  # noqa: UP007
+        typer.Option("--address", help="A cluster's job server, http://HEAD:8265: the runs in its head node's history."),
+    ] = None,
 ) -> None:
-    """A table of recent runs from the run history (RAYFLOW_HOME)."""
+    """A table of recent runs from the run history (RAYFLOW_HOME), or a cluster's with --address."""
+    if _submit.is_job_address(address):
+        argv = ["runs", "--limit", str(limit), *(["--flow", flow] if flow else []), *(["--state", state] if state else [])]
+        return _submit.query_history(address, argv + (["--json"] if as_json else []))
     print_runs(RunStore().runs(flow=flow, state=state, limit=limit), as_json)
 
 
@@ -242,7 +234,7 @@ def show(
     interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes with --watch.")] = 1.0,
     address: Annotated[
         Optional[str],  # noqa: UP007
-        typer.Option("--address", help="Ray cluster of a live run. Default: RAY_ADDRESS, else the local cluster."),
+        typer.Option("--address", help="Ray cluster of a live run (default: RAY_ADDRESS, else the local cluster), or a job server, http://HEAD:8265."),
     ] = None,
 ) -> None:
     """A run's tasks: states, attempts, durations, item counts of maps, errors, and its trace.
@@ -251,7 +243,12 @@ def show(
     task's duration is its last attempt's run time as measured where it ran (a map's: its
     span), the same number `rayflow run` prints.  A run that ended in its actor but is not
     in this RAYFLOW_HOME's history is shown as the actor saw it, and the command exits 1.
+    With --address http://HEAD:8265, the run as the cluster's head node has it (a submitted run).
     """
+    if _submit.is_job_address(address):
+        if watch:
+            raise _fail(f"--watch needs the run's history here; follow a submitted run with `rayflow logs {run_id} --address {address} --follow`", EXIT_USAGE)
+        return _submit.query_history(address, ["show", run_id] + (["--json"] if as_json else []))
     store = RunStore()
     settle_by: float | None = None
     while True:
@@ -303,7 +300,7 @@ def logs(
 ) -> None:
     """Log records of a run: rf.get_run_logger() records and captured prints, from every worker."""
     if _submit.is_job_address(address):
-        return _submit.print_job_logs(run_id, address)
+        return _submit.print_job_logs(run_id, address, follow)
     store = RunStore()
     if store.run(run_id) is None:
         raise _fail(f"no run {run_id!r} in the run history at {store.path}", EXIT_FAILED)
@@ -549,17 +546,6 @@ def _start_ui(host: str, port: int, flows: list[Any]) -> None:
     unique = list({f.name: f for f in flows}.values())
     serve_in_background(rayflow_home(), host, port, ServeActions(unique))
     typer.echo(f"rayflow serve: UI at http://{host}:{port}/", err=True)
-
-
-def _exit_promptly(code: int, budget: float = 1.0) -> None:
-    """Exit after at most ``budget`` seconds of the exit hooks (span flush, ray.shutdown): after
-    SIGTERM to a process group, a local Ray is stopping too and ray.shutdown would wait for it."""
-    hooks = threading.Thread(target=atexit._run_exitfuncs, name="rayflow-exit", daemon=True)
-    hooks.start()
-    hooks.join(budget)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 def _exit_past_abandoned_threads(code: int) -> None:

@@ -10,6 +10,7 @@ goes on on the cluster).
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import time
@@ -35,13 +36,62 @@ def is_job_address(address: str | None) -> bool:
 
 
 def entrypoint(target: str, run_id: str, params: list[str], params_json: str | None) -> str:
-    """The job's shell command: ``rayflow run`` of the target, on the cluster's Python."""
-    words = ["python", "-m", "rayflow", "run", target, "--run-id", run_id]
+    """The job's shell command: ``rayflow run`` of the target, on the cluster's Python, printing
+    each task's state change (what ``--follow`` shows)."""
+    words = ["python", "-m", "rayflow", "run", target, "--run-id", run_id, "--log-states"]
     for pair in params:
         words += ["--param", pair]
     if params_json is not None:
         words += ["--params-json", params_json]
+    return _command(words)
+
+
+def serve_entrypoint(config: str, ui: bool, ui_host: str, ui_port: int) -> str:
+    """The job's shell command for ``--serve``: ``rayflow serve --config`` on the cluster."""
+    words = ["python", "-m", "rayflow", "serve", "--config", config]
+    if ui:
+        words += ["--ui", "--ui-host", ui_host, "--ui-port", str(ui_port)]
+    return _command(words)
+
+
+def _command(words: list[str]) -> str:
     return " ".join(shlex.quote(w) for w in words)
+
+
+def serve_id(config: str) -> str:
+    """The id of a server submitted with ``--serve``: ``serve-<the config's file name>``."""
+    return "serve-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in os.path.splitext(os.path.basename(config))[0])
+
+
+def check_locally(target: str, working_dir: str | None, params: list[str], params_json: str | None) -> None:
+    """Refuse, before anything is submitted, a target missing from the working dir and
+    parameters the flow rejects, where the flow loads here.  A flow that needs what only the
+    cluster has (its --pip packages, say) is checked there: ``--follow`` shows its error."""
+    from rayflow.cli import parse_params
+    from rayflow.cli.loader import TargetError, load_flow
+    from rayflow.core.parameters import parameter_annotations
+
+    location, sep, name = target.rpartition(":")
+    if not sep or not location or not name:
+        raise TargetError(f"target {target!r} must look like path/to/file.py:flow_name or package.module:flow_name")
+    is_file = location.endswith(".py") or "/" in location
+    if working_dir is not None:
+        if not os.path.isdir(working_dir):
+            raise TargetError(f"--working-dir {working_dir} is not a folder")
+        if is_file:
+            location = os.path.join(working_dir, location)
+            if not os.path.isfile(location):
+                raise TargetError(f"no such file in the working dir {working_dir}: {target.rpartition(':')[0]}")
+        elif working_dir not in sys.path:
+            sys.path.insert(0, working_dir)
+    try:
+        flow = load_flow(f"{location}:{name}")
+    except TargetError:
+        flow = None  # it may load only on the cluster: checked there
+    annotations = parameter_annotations(flow.parameters_model) if flow is not None else {}
+    values = parse_params(params, params_json, annotations)  # bad JSON: refused either way
+    if flow is not None:
+        flow.validate(values)
 
 
 def _client(address: str) -> Any:
@@ -54,7 +104,6 @@ def _client(address: str) -> Any:
 
 
 def submit(
-    target: Annotated[str, typer.Argument(help="path/to/file.py:flow_name (relative to --working-dir) or package.module:flow_name")],
     address: Annotated[str, typer.Option("--address", help="The cluster's job server, http://HEAD:8265.")],
     param: Annotated[
         Optional[list[str]],  # noqa: UP007 - typer needs Optional here
@@ -71,29 +120,58 @@ def submit(
     ] = None,
     run_id: Annotated[Optional[str], typer.Option("--run-id", help="Use this run id instead of a generated one.")] = None,  # noqa: UP007
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Print the run's output until it ends; exit with its code.")] = False,
+    target: Annotated[
+        Optional[str],  # noqa: UP007
+        typer.Argument(help="path/to/file.py:flow_name (relative to --working-dir) or package.module:flow_name"),
+    ] = None,
+    serve: Annotated[
+        Optional[str],  # noqa: UP007
+        typer.Option("--serve", help="Instead of one run: `rayflow serve --config FILE` on the cluster (FILE relative to --working-dir)."),
+    ] = None,
+    ui: Annotated[bool, typer.Option("--ui", help="With --serve: the web UI too, served from the head node.")] = False,
+    ui_host: Annotated[str, typer.Option("--ui-host", help="With --serve --ui: the address the UI listens on, on the head.")] = "127.0.0.1",
+    ui_port: Annotated[int, typer.Option("--ui-port", help="With --serve --ui: the UI's port.", min=1, max=65535)] = 4200,
 ) -> None:
     """Run a flow on a Ray cluster as a Ray Job: it goes on when this machine goes away.
 
     Prints the run id.  A run id submitted before is not submitted again: the command says
-    so and exits 0 (with --follow it follows the run submitted first).
+    so and exits 0 (with --follow it follows the run submitted first).  With --serve FILE,
+    the schedules of FILE fire on the cluster (`rayflow serve --config FILE` as a job, id
+    serve-FILENAME) until `rayflow cancel serve-FILENAME --address ...` stops it.
     """
+    from rayflow.cli.loader import TargetError
+    from rayflow.exceptions import ParameterError
     from rayflow.runtime import jobs
 
     if not is_job_address(address):
         raise _fail(f"--address must be a Ray job server, http://HEAD:8265, not {address!r}", 2)
-    run_id = run_id or new_run_id()
+    if (target is None) == (serve is None):
+        raise _fail("give TARGET (one run) or --serve FILE (a server of schedules), not both or neither", 2)
+    if serve is not None:
+        if param or params_json or run_id:
+            raise _fail("with --serve FILE the flows and parameters are the file's: --param, --params-json and --run-id cannot be given", 2)
+        config = os.path.join(working_dir, serve) if working_dir is not None else serve
+        if working_dir is not None and not os.path.isfile(config):
+            raise _fail(f"no such file in the working dir {working_dir}: {serve}", 2)
+        run_id = serve_id(serve)
+        command = serve_entrypoint(serve, ui, ui_host, ui_port)
+    else:
+        try:
+            check_locally(target, working_dir, param or [], params_json)
+        except (TargetError, ParameterError) as exc:
+            raise _fail(str(exc), 2) from None
+        run_id = run_id or new_run_id()
+        command = entrypoint(target, run_id, param or [], params_json)
     client = _client(address)
     try:
-        done = jobs.submit(
-            client, run_id, entrypoint(target, run_id, param or [], params_json),
-            working_dir=working_dir, pip=pip, env_vars=jobs.forwarded_env(),
-        )
+        done = jobs.submit(client, run_id, command, working_dir=working_dir, pip=pip, env_vars=jobs.forwarded_env())
     except (RuntimeError, ValueError, OSError) as exc:  # Ray's refusal: a working dir too large, a bad runtime_env
         raise _fail(f"the job server at {address} refused run {run_id}: {_one_line(exc)}", 2) from None
+    what = "server" if serve is not None else "run"
     if done.already:
-        typer.echo(f"run {run_id} was submitted before (job {done.submission_id}, {done.status}): not submitted again", err=True)
+        typer.echo(f"{what} {run_id} was submitted before (job {done.submission_id}, {done.status}): not submitted again", err=True)
     else:
-        typer.echo(f"submitted run {run_id} as job {done.submission_id} to {address}", err=True)
+        typer.echo(f"submitted {what} {run_id} as job {done.submission_id} to {address}", err=True)
     typer.echo(run_id)
     if follow:
         raise typer.Exit(_follow(client, done.submission_id, run_id))
@@ -141,11 +219,30 @@ def cancel_job(run_id: str, address: str, wait: float) -> None:
         raise _fail(f"run {run_id} had not ended after {wait:g}s", EXIT_FAILED)
 
 
-def print_job_logs(run_id: str, address: str) -> None:
+def print_job_logs(run_id: str, address: str, follow: bool = False) -> None:
+    """The job's output (``rayflow run``'s on the cluster: task states, prints, log records);
+    with ``follow``, until the run ends, exiting with its code."""
     from rayflow.runtime import jobs
 
     client = _client(address)
     sid = jobs.submission_id(run_id)
     if jobs.job_status(client, sid) is None:
         raise _fail(f"no submitted run {run_id!r} at {address} (no job {sid})", EXIT_FAILED)
+    if follow:
+        raise typer.Exit(_follow(client, sid, run_id))
     sys.stdout.write(jobs.logs(client, sid))
+
+
+def query_history(address: str, argv: list[str]) -> None:
+    """``rayflow ARGV`` (``runs``, ``show``) over the cluster's own run history: run on the
+    head node as a short job, its output printed here and its exit code ours."""
+    from rayflow.runtime import jobs
+
+    client = _client(address)
+    try:
+        code, text = jobs.query(client, _command(["python", "-m", "rayflow", *argv]))
+    except (RuntimeError, TimeoutError) as exc:
+        raise _fail(f"the job server at {address} could not run `rayflow {argv[0]}`: {_one_line(exc)}", EXIT_CLUSTER) from None
+    (sys.stdout if code == 0 else sys.stderr).write(text)
+    if code:
+        raise typer.Exit(code)

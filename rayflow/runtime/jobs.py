@@ -16,13 +16,14 @@ import logging
 import os
 import re
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from rayflow.exceptions import ClusterAuthenticationError, ClusterConnectionError
 from rayflow.runtime.auth import TOKEN_AUTH_DOCS
 
-CONNECT_WAIT = 10.0  # seconds to wait for a job server before giving up
+CONNECT_WAIT = 10.0  # seconds to wait for a job server before giving up (RAYFLOW_CONNECT_TIMEOUT)
 SUBMISSION_PREFIX = "rayflow-"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 # Driver settings that travel to the job: telemetry and rayflow's own, but not where this
@@ -89,8 +90,10 @@ def _probe(address: str, headers: dict[str, str], wait: float) -> int:
             time.sleep(0.5)
 
 
-def connect(address: str, wait: float = CONNECT_WAIT) -> Any:
+def connect(address: str, wait: float | None = None) -> Any:
     """A JobSubmissionClient for the job server at ``address``, with Ray's token when it asks."""
+    if wait is None:
+        wait = float(os.environ.get("RAYFLOW_CONNECT_TIMEOUT", CONNECT_WAIT))
     try:
         from ray.job_submission import JobSubmissionClient
     except ImportError:  # pragma: no cover - ray without [default]
@@ -181,6 +184,30 @@ def job_status(client: Any, sid: str) -> str | None:
         if "does not exist" in str(exc) or "404" in str(exc):
             return None
         raise
+
+
+QUERY_WAIT = 60.0  # seconds a query job (``rayflow show``/``runs`` on the head) may take
+
+
+def query(client: Any, entrypoint: str, wait: float = QUERY_WAIT) -> tuple[int, str]:
+    """Run ``entrypoint`` (a read-only ``rayflow`` command) as a short job on the cluster and
+    return its exit code and output: the head's run history is read where it is kept.  The
+    job is deleted once it has ended, so queries do not pile up in the cluster's job list."""
+    sid = f"{SUBMISSION_PREFIX}query-{uuid.uuid4().hex[:12]}"
+    client.submit_job(entrypoint=entrypoint, submission_id=sid, metadata={"rayflow_query": "1"})
+    deadline = time.monotonic() + wait
+    try:
+        while (status := job_status(client, sid) or "FAILED") not in TERMINAL:
+            if time.monotonic() >= deadline:
+                client.stop_job(sid)
+                raise TimeoutError(f"the query job {sid} had not ended after {wait:g}s")
+            time.sleep(0.2)
+        return exit_code(status, job_message(client, sid)), logs(client, sid)
+    finally:
+        try:
+            client.delete_job(sid)
+        except Exception:  # noqa: BLE001 - not ended yet (a timeout), or gone: Ray expires old jobs itself
+            pass
 
 
 def job_message(client: Any, sid: str) -> str:

@@ -406,6 +406,15 @@ class RunStore:
             row = db.execute("SELECT state FROM runs WHERE run_id = ?", [run_id]).fetchone()
         return row["state"] if row is not None else None
 
+    def transitions_after(self, run_id: str, after: int = 0) -> list[dict]:
+        """The task transitions of the run's latest attempt recorded after row ``after``, in
+        order (``row`` is the next ``after``): to follow a live run's state changes."""
+        with self._connect() as db:
+            return [dict(r) for r in db.execute(
+                "SELECT t.rowid AS row, t.task_key, t.state, t.attempt, t.message, t.at FROM transitions AS t "
+                "JOIN runs ON runs.run_id = t.run_id AND runs.attempt = t.run_attempt "
+                "WHERE t.run_id = ? AND t.rowid > ? ORDER BY t.rowid", [run_id, after])]
+
     def logs(self, run_id: str, *, task: str | None = None, after: int = 0) -> list[dict]:
         """Log records of a run in order; ``after`` a row number, to follow a live run."""
         query, args = "SELECT rowid AS row, * FROM logs WHERE run_id = ? AND rowid > ?", [run_id, after]
