@@ -136,7 +136,8 @@ class RayCluster:
         return (self.dir / "ray-start.log").read_text(errors="replace")
 
     def stop(self) -> None:
-        """Kill the head's process group (and wait for it): every Ray process it started."""
+        """Kill the head's and the worker nodes' process groups: every Ray process they started
+        (SIGKILL at once: a test cluster keeps nothing worth a graceful stop, which takes ~10 s)."""
         for worker, log, temp_dir in self.workers:
             _kill_group(worker)
             log.close()
@@ -144,20 +145,7 @@ class RayCluster:
         self.workers = []
         if self.process is None:
             return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
-        except ProcessLookupError:
-            pass
-        # Workers may outlive the head briefly in the same group: make sure none are left.
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _kill_group(self.process)
         self.process = None
         self.log.close()
         shutil.rmtree(self._temp_dir, ignore_errors=True)
@@ -170,19 +158,12 @@ class RayCluster:
 
 
 def _kill_group(process: subprocess.Popen) -> None:
-    """SIGTERM to the process group, SIGKILL after 10 s, then SIGKILL to what is left of it."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            continue
-        if sig == signal.SIGTERM:
-            try:
-                os.killpg(process.pid, signal.SIGKILL)  # workers that outlive the node briefly
-            except ProcessLookupError:
-                pass
-            return
+    """SIGKILL to the process group, and wait for its leader."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        pass

@@ -8,6 +8,7 @@ own, so a run's history is found there, not in the submitting process's RAYFLOW_
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import secrets
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import requests
@@ -73,7 +75,52 @@ FLOWS = textwrap.dedent('''
     @rf.flow
     def spread() -> int:
         return count(where(1), where(2), where(3))
+
+
+    @rf.task
+    def marks() -> str:
+        import os
+        import rfmark  # installed on the cluster by --pip, for this run only
+
+        return " ".join([rfmark.MARK, os.environ.get("RAYFLOW_TEST_MARK", "-"), os.environ.get("OTEL_SERVICE_NAME", "-")])
+
+
+    @rf.flow
+    def marked() -> str:
+        return marks()
 ''')
+
+SERVED = '''
+[server]
+max_concurrent = 1
+
+[[flow]]
+target = "flows.py:tiny"
+interval = 2
+'''
+
+
+def tiny_wheel(folder: pathlib.Path) -> pathlib.Path:
+    """A pure-Python wheel of a module ``rfmark``, written by hand (no build backend, no network)."""
+    import base64
+    import hashlib
+    import zipfile
+
+    files = {
+        "rfmark.py": 'MARK = "wheel-ok"\n',
+        "rfmark-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: rfmark\nVersion: 1.0\n",
+        "rfmark-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for name, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(text.encode())}")
+    files["rfmark-1.0.dist-info/RECORD"] = "\n".join(record + ["rfmark-1.0.dist-info/RECORD,,"]) + "\n"
+    path = folder / "rfmark-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as wheel:
+        for name, text in files.items():
+            wheel.writestr(name, text)
+    return path
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -97,6 +144,7 @@ def flows_dir(tmp_path_factory) -> pathlib.Path:
     folder = tmp_path_factory.mktemp("submitted-code")
     (folder / "flows.py").write_text(FLOWS)
     (folder / "broken.py").write_text("import no_such_module_anywhere\n")
+    (folder / "served.toml").write_text(SERVED)
     return folder
 
 
@@ -114,6 +162,12 @@ def jobs_with_id(cluster: RayCluster, submission_id: str) -> int:
     answer = requests.get(f"{cluster.job_address}/api/jobs/", headers={"authorization": f"Bearer {TOKEN}"}, timeout=10)
     answer.raise_for_status()
     return sum(1 for job in answer.json() if job.get("submission_id") == submission_id)
+
+
+def jobs_with_id_prefix(cluster: RayCluster, prefix: str) -> int:
+    answer = requests.get(f"{cluster.job_address}/api/jobs/", headers={"authorization": f"Bearer {TOKEN}"}, timeout=10)
+    answer.raise_for_status()
+    return sum(1 for job in answer.json() if (job.get("submission_id") or "").startswith(prefix))
 
 
 def job_status(cluster: RayCluster, submission_id: str) -> str:
@@ -143,14 +197,66 @@ def test_submit_follows_a_run_with_parameters_to_its_result(cluster, flows_dir, 
     assert out.returncode == 0, out.stderr
     assert "result: 14" in out.stdout
     assert out.stdout.splitlines()[0] == "follow-1"
-    # The run's history is where the cluster keeps it; its logs come from the job.
-    shown = cluster_history(cluster, "follow-1", tmp_path)
+    # The run's state changes as they happened on the cluster (`rayflow run --log-states` there).
+    states = [line.split()[1:] for line in out.stdout.splitlines() if line[:1].isdigit() and ":" in line[:3]]
+    assert ["RUNNING", "add"] in states and ["SUCCESS", "add"] in states
+    assert states.index(["SUCCESS", "double"]) < states.index(["RUNNING", "add"])
+    # The run's history is where the cluster keeps it, read there by `show`/`runs --address`.
+    shown = rayflow("show", "follow-1", "--address", cluster.job_address, "--json", home=tmp_path)
     assert shown.returncode == 0, shown.stderr
-    assert '"SUCCESS"' in shown.stdout
+    run = json.loads(shown.stdout)
+    assert run["state"] == "SUCCESS" and "add" in run["tasks"]
+    listed = rayflow("runs", "--address", cluster.job_address, home=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert any(line.split()[:1] == ["follow-1"] and "SUCCESS" in line for line in listed.stdout.splitlines())
+    missing = rayflow("show", "no-such-run", "--address", cluster.job_address, home=tmp_path)
+    assert missing.returncode == 1 and "no run 'no-such-run'" in missing.stderr
     logs = rayflow("logs", "follow-1", "--address", cluster.job_address, home=tmp_path)
     assert logs.returncode == 0, logs.stderr
     assert "result: 14" in logs.stdout
     assert not (tmp_path / "laptop-home" / "history.db").exists()
+    assert jobs_with_id_prefix(cluster, "rayflow-query-") == 0  # each query job is deleted once read
+
+
+def test_pip_packages_and_this_machines_settings_travel_with_the_run(cluster, flows_dir, tmp_path):
+    wheel = tiny_wheel(tmp_path)
+    out = rayflow("submit", "flows.py:marked", "--address", cluster.job_address, "--working-dir", str(flows_dir),
+                  "--pip", str(wheel), "--run-id", "marked-1", "--follow", home=tmp_path,
+                  RAYFLOW_TEST_MARK="from-laptop", OTEL_SERVICE_NAME="laptop-service")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr
+    assert 'result: "wheel-ok from-laptop laptop-service"' in out.stdout
+
+
+def test_bad_parameters_are_refused_here_before_anything_is_submitted(cluster, flows_dir, tmp_path):
+    out = rayflow("submit", "flows.py:tiny", "--address", cluster.job_address, "--working-dir", str(flows_dir),
+                  "-p", "n=many", "--run-id", "bad-params-1", home=tmp_path)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "n" in out.stderr and "many" in out.stderr
+    missing = rayflow("submit", "nowhere.py:tiny", "--address", cluster.job_address, "--working-dir", str(flows_dir),
+                      "--run-id", "bad-params-2", home=tmp_path)
+    assert missing.returncode == 2 and "no such file in the working dir" in missing.stderr
+    assert jobs_with_id(cluster, "rayflow-bad-params-1") == 0 and jobs_with_id(cluster, "rayflow-bad-params-2") == 0
+
+
+def test_submit_serve_fires_schedules_on_the_cluster_until_cancelled(cluster, flows_dir, tmp_path):
+    out = rayflow("submit", "--serve", "served.toml", "--address", cluster.job_address, "--working-dir", str(flows_dir),
+                  home=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "serve-served"
+
+    def scheduled_runs() -> list[dict]:
+        return [r for r in RunStore(cluster.rayflow_home).runs(flow="tiny", limit=50) if r.get("schedule_id")]
+
+    try:
+        wait_for(lambda: any(r["state"] == "SUCCESS" for r in scheduled_runs()), timeout=120,
+                 what="a scheduled run fired by the server on the cluster")
+    finally:
+        stopped = rayflow("cancel", "serve-served", "--address", cluster.job_address, home=tmp_path)
+    assert stopped.returncode == 0, stopped.stderr
+    assert job_status(cluster, "rayflow-serve-served") in ("STOPPED", "SUCCEEDED")
+    fired = len(scheduled_runs())
+    time.sleep(3)  # the interval is 2 s: a server still going would fire again
+    assert len(scheduled_runs()) == fired
 
 
 def test_one_run_id_submitted_twice_is_one_run(cluster, flows_dir, tmp_path):

@@ -240,9 +240,12 @@ def query_history(address: str, argv: list[str]) -> None:
 
     client = _client(address)
     try:
-        code, text = jobs.query(client, _command(["python", "-m", "rayflow", *argv]))
+        code, text, delete = jobs.query(client, _command(["python", "-m", "rayflow", *argv]))
     except (RuntimeError, TimeoutError) as exc:
         raise _fail(f"the job server at {address} could not run `rayflow {argv[0]}`: {_one_line(exc)}", EXIT_CLUSTER) from None
-    (sys.stdout if code == 0 else sys.stderr).write(text)
+    out = sys.stdout if code == 0 else sys.stderr
+    out.write(text)
+    out.flush()
+    delete()
     if code:
         raise typer.Exit(code)

@@ -18,7 +18,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from rayflow.exceptions import ClusterAuthenticationError, ClusterConnectionError
 from rayflow.runtime.auth import TOKEN_AUTH_DOCS
@@ -189,25 +189,48 @@ def job_status(client: Any, sid: str) -> str | None:
 QUERY_WAIT = 60.0  # seconds a query job (``rayflow show``/``runs`` on the head) may take
 
 
-def query(client: Any, entrypoint: str, wait: float = QUERY_WAIT) -> tuple[int, str]:
-    """Run ``entrypoint`` (a read-only ``rayflow`` command) as a short job on the cluster and
-    return its exit code and output: the head's run history is read where it is kept.  The
-    job is deleted once it has ended, so queries do not pile up in the cluster's job list."""
+def query(client: Any, entrypoint: str, wait: float = QUERY_WAIT) -> tuple[int, str, Callable[[], None]]:
+    """Run ``entrypoint`` (a read-only ``rayflow`` command) as a short job on the cluster: its
+    exit code, its output, and a function that deletes the job (call it once the output is
+    shown), so queries do not pile up in the cluster's job list.  The head's run history is
+    read where it is kept."""
     sid = f"{SUBMISSION_PREFIX}query-{uuid.uuid4().hex[:12]}"
-    client.submit_job(entrypoint=entrypoint, submission_id=sid, metadata={"rayflow_query": "1"})
+    # The job's log starts with Ray's own lines (runtime env set-up, the entrypoint): the
+    # command's output is what follows a mark, printed in two halves so the logged
+    # entrypoint does not hold it.
+    mark = f"--- rayflow query output {sid} ---"
+    half = len(mark) // 2
+    client.submit_job(entrypoint=f"printf '%s%s\\n' '{mark[:half]}' '{mark[half:]}' && {entrypoint}", submission_id=sid,
+                      metadata={"rayflow_query": "1"})
     deadline = time.monotonic() + wait
-    try:
-        while (status := job_status(client, sid) or "FAILED") not in TERMINAL:
-            if time.monotonic() >= deadline:
-                client.stop_job(sid)
-                raise TimeoutError(f"the query job {sid} had not ended after {wait:g}s")
-            time.sleep(0.2)
-        return exit_code(status, job_message(client, sid)), logs(client, sid)
-    finally:
+    while (status := job_status(client, sid) or "FAILED") not in TERMINAL:
+        if time.monotonic() >= deadline:
+            client.stop_job(sid)
+            raise TimeoutError(f"the query job {sid} had not ended after {wait:g}s")
+        time.sleep(0.2)
+    ended = time.monotonic()
+    _, _, output = logs(client, sid).partition(mark + "\n")
+    ray_line = f"Running entrypoint for job {sid}"
+    output = "".join(line for line in output.splitlines(keepends=True) if not line.startswith(ray_line))
+    return exit_code(status, job_message(client, sid)), output, lambda: _delete(client, sid, ended)
+
+
+# Ray's job manager looks at each job every second until it sees it ended; a job deleted
+# before that look is written back, FAILED ("job supervisor actor died").
+JOB_MONITOR_SECONDS = 1.0
+
+
+def _delete(client: Any, sid: str, ended: float) -> None:
+    """Delete an ended job once Ray's job manager has stopped watching it."""
+    time.sleep(max(0.0, ended + 2 * JOB_MONITOR_SECONDS - time.monotonic()))
+    for _ in range(4):
         try:
             client.delete_job(sid)
-        except Exception:  # noqa: BLE001 - not ended yet (a timeout), or gone: Ray expires old jobs itself
+        except RuntimeError:  # gone already
             pass
+        time.sleep(JOB_MONITOR_SECONDS / 2)
+        if job_status(client, sid) is None:
+            return
 
 
 def job_message(client: Any, sid: str) -> str:
