@@ -8,10 +8,11 @@ own, so a run's history is found there, not in the submitting process's RAYFLOW_
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
+import re
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from rayflow.store import RunStore
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TOKEN = secrets.token_hex(32)
+README_ADDRESS = "http://127.0.0.1:8265"  # the compose head's job server, in the README
 
 FLOWS = textwrap.dedent('''
     import time
@@ -191,30 +193,35 @@ def cluster_history(cluster: RayCluster, run_id: str, tmp_path: pathlib.Path) ->
     )
 
 
-def test_submit_follows_a_run_with_parameters_to_its_result(cluster, flows_dir, tmp_path):
-    out = rayflow("submit", "flows.py:tiny", "--address", cluster.job_address, "--working-dir", str(flows_dir),
-                  "--param", "n=3", "--run-id", "follow-1", "--follow", home=tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert "result: 14" in out.stdout
-    assert out.stdout.splitlines()[0] == "follow-1"
-    # The run's state changes as they happened on the cluster (`rayflow run --log-states` there).
-    states = [line.split()[1:] for line in out.stdout.splitlines() if line[:1].isdigit() and ":" in line[:3]]
-    assert ["RUNNING", "add"] in states and ["SUCCESS", "add"] in states
-    assert states.index(["SUCCESS", "double"]) < states.index(["RUNNING", "add"])
-    # The run's history is where the cluster keeps it, read there by `show`/`runs --address`.
-    shown = rayflow("show", "follow-1", "--address", cluster.job_address, "--json", home=tmp_path)
-    assert shown.returncode == 0, shown.stderr
-    run = json.loads(shown.stdout)
-    assert run["state"] == "SUCCESS" and "add" in run["tasks"]
-    listed = rayflow("runs", "--address", cluster.job_address, home=tmp_path)
-    assert listed.returncode == 0, listed.stderr
-    assert any(line.split()[:1] == ["follow-1"] and "SUCCESS" in line for line in listed.stdout.splitlines())
+def readme_walkthrough() -> list[list[str]]:
+    """The `rayflow` commands of the README's compose walk-through, as written there."""
+    text = (REPO / "README.md").read_text()
+    block = text[text.index("<!-- walkthrough:start -->"):text.index("<!-- walkthrough:end -->")]
+    return [shlex.split(line)[1:] for line in block.splitlines() if line.startswith("rayflow ")]
+
+
+def test_the_readme_walkthrough_runs_as_written(cluster, tmp_path):
+    """Submit a flow with parameters and a working dir, follow it to its result, see it in the
+    cluster's history and its logs: the README's commands, with the test cluster's address."""
+    commands = readme_walkthrough()
+    assert [c[0] for c in commands] == ["submit", "show", "runs", "logs"]
+    outs = []
+    for argv in commands:
+        argv = [cluster.job_address if a == README_ADDRESS else a for a in argv]
+        outs.append(rayflow(*argv, home=tmp_path))
+        assert outs[-1].returncode == 0, (argv, outs[-1].stdout[-3000:], outs[-1].stderr)
+    submitted, shown, listed, logs = (out.stdout for out in outs)
+    assert submitted.splitlines()[0] == "daily-1" and "state: SUCCESS" in submitted
+    # Each task's state changes, as they happened on the cluster (`rayflow run --log-states` there).
+    states = [line.split()[1:3] for line in submitted.splitlines() if re.match(r"\d\d:\d\d:\d\d\.\d{3} ", line)]
+    assert states.index(["SUCCESS", "fetch"]) < states.index(["RUNNING", "score"]) < states.index(["SUCCESS", "total"])
+    # The history is the cluster's (the head's RAYFLOW_HOME), read there by show and runs.
+    assert "state: SUCCESS" in shown and "score" in shown
+    assert any(line.split()[:1] == ["daily-1"] and "SUCCESS" in line for line in listed.splitlines())
+    assert "state: SUCCESS" in logs  # the job's output: `rayflow run`'s on the cluster
+    assert not (tmp_path / "laptop-home" / "history.db").exists()
     missing = rayflow("show", "no-such-run", "--address", cluster.job_address, home=tmp_path)
     assert missing.returncode == 1 and "no run 'no-such-run'" in missing.stderr
-    logs = rayflow("logs", "follow-1", "--address", cluster.job_address, home=tmp_path)
-    assert logs.returncode == 0, logs.stderr
-    assert "result: 14" in logs.stdout
-    assert not (tmp_path / "laptop-home" / "history.db").exists()
     assert jobs_with_id_prefix(cluster, "rayflow-query-") == 0  # each query job is deleted once read
 
 
@@ -239,8 +246,11 @@ def test_bad_parameters_are_refused_here_before_anything_is_submitted(cluster, f
 
 
 def test_submit_serve_fires_schedules_on_the_cluster_until_cancelled(cluster, flows_dir, tmp_path):
+    """`rayflow serve` as a job on the head: its schedules fire with no laptop involved, and its
+    UI serves the head's history (scheduled runs and submitted ones alike)."""
+    ui_port = free_port()
     out = rayflow("submit", "--serve", "served.toml", "--address", cluster.job_address, "--working-dir", str(flows_dir),
-                  home=tmp_path)
+                  "--ui", "--ui-port", str(ui_port), home=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "serve-served"
 
@@ -250,6 +260,10 @@ def test_submit_serve_fires_schedules_on_the_cluster_until_cancelled(cluster, fl
     try:
         wait_for(lambda: any(r["state"] == "SUCCESS" for r in scheduled_runs()), timeout=120,
                  what="a scheduled run fired by the server on the cluster")
+        shown = {r["run_id"] for r in requests.get(f"http://127.0.0.1:{ui_port}/api/runs", timeout=10).json()}
+        assert {r["run_id"] for r in scheduled_runs() if r["state"] == "SUCCESS"} <= shown
+        if RunStore(cluster.rayflow_home).run("daily-1") is not None:  # the walk-through's submitted run, if it ran
+            assert "daily-1" in shown
     finally:
         stopped = rayflow("cancel", "serve-served", "--address", cluster.job_address, home=tmp_path)
     assert stopped.returncode == 0, stopped.stderr
