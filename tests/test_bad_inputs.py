@@ -91,6 +91,13 @@ CLI_CASES: list[tuple[str, list[str], str, int]] = [
     ("`serve --config` with a target too", ["serve", "<dir>/good.py:twice", "--config", "<dir>/flows.toml"], "home", 2),
     ("`submit --address` not a job server URL", ["submit", "good.py:twice", "--address", CLOSED], "home", 2),
     ("`submit`: no job server at the address", ["submit", "good.py:twice", "--address", f"http://{CLOSED}"], "home", 3),
+    ("`submit`: a parameter the flow rejects (checked before submitting)",
+     ["submit", "good.py:twice", "-p", "n=lots", "--address", f"http://{CLOSED}"], "home", 2),
+    ("`submit`: target missing from `--working-dir`",
+     ["submit", "nofile.py:twice", "--working-dir", "<dir>", "--address", f"http://{CLOSED}"], "home", 2),
+    ("`submit`: both a target and `--serve`",
+     ["submit", "good.py:twice", "--serve", "flows.toml", "--address", f"http://{CLOSED}"], "home", 2),
+    ("`show --watch` with a job server address", ["show", "some-run", "--watch", "--address", f"http://{CLOSED}"], "home", 2),
 ]
 
 

@@ -1,0 +1,127 @@
+"""From submitting a run to its first task running, on a local `ray start` cluster with its
+job server: `rayflow submit` vs a hand-written Ray Job (same cluster, same run).
+
+    python benchmarks/submit_latency.py [--repeat 3]
+
+Starts a head (2 CPUs, token authentication on, job server on loopback) with the test
+suite's RayCluster, and for each repetition:
+
+- rayflow: `rayflow submit flows.py:first --working-dir DIR` (the CLI process, as a user
+  runs it), whose one task writes the time it started;
+- hand-written: `JobSubmissionClient.submit_job` of `python first.py` with the same working
+  dir, a script whose one `@ray.remote` task writes the time it started.
+
+Both are timed from just before the submit to the time the task wrote (the job's end is not
+waited for).  Prints a table, then one JSON object on the last line; min of the repetitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from ray_cluster import RayCluster, clean_env  # noqa: E402 - the test suite's cluster helper
+
+FLOW = '''
+import os, time
+import rayflow as rf
+
+
+@rf.task
+def stamp(path: str) -> float:
+    now = time.time()
+    with open(path, "w") as f:
+        f.write(repr(now))
+    return now
+
+
+@rf.flow
+def first(path: str) -> float:
+    return stamp(path)
+'''
+
+SCRIPT = '''
+import sys, time
+import ray
+
+
+@ray.remote
+def stamp(path):
+    now = time.time()
+    with open(path, "w") as f:
+        f.write(repr(now))
+    return now
+
+
+ray.init()
+ray.get(stamp.remote(sys.argv[1]))
+'''
+
+
+def wait_stamp(path: pathlib.Path, timeout: float = 120) -> float:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and path.read_text():
+            return float(path.read_text())
+        time.sleep(0.05)
+    raise TimeoutError(f"no task started within {timeout}s ({path})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    token = secrets.token_hex(32)
+    code = pathlib.Path(tempfile.mkdtemp(prefix="submit-bench-"))
+    (code / "flows.py").write_text(FLOW)
+    (code / "first.py").write_text(SCRIPT)
+    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAYFLOW_HOME": str(code / "cluster-home"),
+           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+    rayflow_s, ray_s = [], []
+    with RayCluster(num_cpus=2, env=env, dashboard=True) as cluster:
+        os.environ["RAY_AUTH_TOKEN"] = token
+        from ray.job_submission import JobSubmissionClient
+
+        from rayflow.runtime import jobs
+
+        client = jobs.connect(cluster.job_address)
+        for i in range(args.repeat):
+            path = code / f"rayflow-{i}.stamp"
+            started = time.time()
+            out = subprocess.run(
+                [sys.executable, "-m", "rayflow", "submit", "flows.py:first", "--address", cluster.job_address,
+                 "--working-dir", str(code), "-p", f"path={path}", "--run-id", f"bench-{i}"],
+                capture_output=True, text=True, cwd=REPO,
+                env=clean_env(code, RAY_AUTH_TOKEN=token, RAYFLOW_HOME=str(code / "laptop-home")),
+            )
+            assert out.returncode == 0, out.stderr
+            rayflow_s.append(wait_stamp(path) - started)
+
+            path = code / f"ray-{i}.stamp"
+            started = time.time()
+            client.submit_job(entrypoint=f"python first.py {path}", runtime_env={"working_dir": str(code)})
+            ray_s.append(wait_stamp(path) - started)
+        assert isinstance(client, JobSubmissionClient)
+    best = {"rayflow submit": min(rayflow_s), "hand-written Ray Job": min(ray_s)}
+    print(f"{'submit -> first task running':<32}{'min s':>8}{'all s':>28}")
+    for name, runs in (("rayflow submit", rayflow_s), ("hand-written Ray Job", ray_s)):
+        print(f"{name:<32}{min(runs):>8.2f}{'  '.join(f'{x:.2f}' for x in runs):>28}")
+    print(json.dumps({
+        "benchmark": "submit_latency", "repeat": args.repeat,
+        "rayflow_s": round(best["rayflow submit"], 3), "ray_job_s": round(best["hand-written Ray Job"], 3),
+        "ratio": round(best["rayflow submit"] / best["hand-written Ray Job"], 2),
+    }))
+
+
+if __name__ == "__main__":
+    main()
