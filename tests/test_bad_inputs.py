@@ -97,6 +97,8 @@ CLI_CASES: list[tuple[str, list[str], str, int]] = [
      ["submit", "nofile.py:twice", "--working-dir", "<dir>", "--address", f"http://{CLOSED}"], "home", 2),
     ("`submit`: both a target and `--serve`",
      ["submit", "good.py:twice", "--serve", "flows.toml", "--address", f"http://{CLOSED}"], "home", 2),
+    ("`submit --run-id` that cannot name a Ray job",
+     ["submit", "good.py:twice", "--run-id", "a/b", "--address", f"http://{CLOSED}"], "home", 2),
     ("`show --watch` with a job server address", ["show", "some-run", "--watch", "--address", f"http://{CLOSED}"], "home", 2),
 ]
 

@@ -63,6 +63,10 @@ def test_services_point_at_each_other_consistently():
     options = parse_rayflow(serve[2:])
     assert options["address"] == "auto" and options["with_ui"] and options["ui_host"] == "0.0.0.0"
     assert f"127.0.0.1:{options['ui_port']}:{options['ui_port']}" in SERVICES["rayflow-ui"]["ports"]
+    ui = SERVICES["rayflow-ui"]
+    assert ui["restart"] == "on-failure"  # depends_on does not wait for the head's GCS
+    grace = options["grace"] if options["grace"] is not None else 30.0  # serve's default
+    assert int(ui["stop_grace_period"].rstrip("s")) > grace  # docker's SIGKILL comes after serve's grace
     for name in RAYFLOW_SERVICES:
         env = SERVICES[name]["environment"]
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"  # Jaeger's OTLP/HTTP port

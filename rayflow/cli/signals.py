@@ -39,15 +39,16 @@ def exit_promptly(code: int, budget: float = 1.0) -> None:
 
 
 def _watch(reader: socket.socket, what: str, seconds: float) -> None:
-    try:
-        while True:
-            data = reader.recv(64)
-            if not data:
-                return  # closed: the with-block ended
-            if signal.SIGTERM in data:
-                break
-    except OSError:
-        return
+    with reader:
+        try:
+            while True:
+                data = reader.recv(64)
+                if not data:
+                    return  # closed: the with-block ended
+                if signal.SIGTERM in data:
+                    break
+        except OSError:
+            return
     stop = threading.Event()
     stop.wait(seconds)
     print(f"error: terminated (SIGTERM); {what} had not stopped after {seconds:g}s: exiting", file=sys.stderr, flush=True)
@@ -68,13 +69,19 @@ def sigterm_as_interrupt(what: str = "the run", watchdog: float = WATCHDOG_SECON
     terminate.keep_over_ray = True  # type: ignore[attr-defined]
     reader, writer = socket.socketpair()
     writer.setblocking(False)
-    previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    try:
+        previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    except ValueError:  # not the main interpreter: no watchdog, the handler alone
+        reader.close()
+        writer.close()
+        previous_fd, writer = None, None
     previous = signal.signal(signal.SIGTERM, terminate)
-    watcher = threading.Thread(target=_watch, args=(reader, what, watchdog), name="rayflow-sigterm-watchdog", daemon=True)
-    watcher.start()
+    if writer is not None:
+        threading.Thread(target=_watch, args=(reader, what, watchdog), name="rayflow-sigterm-watchdog", daemon=True).start()
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-        signal.set_wakeup_fd(previous_fd)
-        writer.close()  # the watchdog, unless a SIGTERM woke it, ends
+        if writer is not None:
+            signal.set_wakeup_fd(previous_fd)
+            writer.close()  # the watchdog, unless a SIGTERM woke it, ends and closes its end

@@ -10,6 +10,7 @@ goes on on the cluster).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import sys
@@ -23,6 +24,8 @@ from rayflow.exceptions import ClusterConnectionError
 
 EXIT_FAILED, EXIT_CLUSTER, EXIT_INTERRUPTED = 1, 3, 130
 FOLLOW_INTERVAL = 0.5
+RUN_STOP_WAIT = 20  # seconds a stopped run's driver has to cancel it (its own grace is 2 s, its watchdog 10 s)
+SERVE_STOP_WAIT = 60  # seconds a stopped server has to let its runs finish (serve's grace: 30 s by default)
 
 
 def _fail(message: str, code: int) -> typer.Exit:
@@ -59,8 +62,10 @@ def _command(words: list[str]) -> str:
 
 
 def serve_id(config: str) -> str:
-    """The id of a server submitted with ``--serve``: ``serve-<the config's file name>``."""
-    return "serve-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in os.path.splitext(os.path.basename(config))[0])
+    """The id of a server submitted with ``--serve``: ``serve-<the config's path, without .toml>``
+    (``flows.toml``: serve-flows; ``conf/flows.toml``: serve-conf-flows)."""
+    path = os.path.splitext(os.path.normpath(config))[0].lstrip("./")
+    return "serve-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in path)
 
 
 def check_locally(target: str, working_dir: str | None, params: list[str], params_json: str | None) -> None:
@@ -82,12 +87,16 @@ def check_locally(target: str, working_dir: str | None, params: list[str], param
             location = os.path.join(working_dir, location)
             if not os.path.isfile(location):
                 raise TargetError(f"no such file in the working dir {working_dir}: {target.rpartition(':')[0]}")
-        elif working_dir not in sys.path:
+        else:
             sys.path.insert(0, working_dir)
+    path = list(sys.path)
     try:
-        flow = load_flow(f"{location}:{name}")
+        with contextlib.redirect_stdout(sys.stderr):  # the module's own prints: not where the run id goes
+            flow = load_flow(f"{location}:{name}")
     except TargetError:
         flow = None  # it may load only on the cluster: checked there
+    finally:
+        sys.path[:] = path
     annotations = parameter_annotations(flow.parameters_model) if flow is not None else {}
     values = parse_params(params, params_json, annotations)  # bad JSON: refused either way
     if flow is not None:
@@ -156,6 +165,8 @@ def submit(
         run_id = serve_id(serve)
         command = serve_entrypoint(serve, ui, ui_host, ui_port)
     else:
+        if run_id is not None and not jobs.RUN_ID_PATTERN.fullmatch(run_id):
+            raise _fail(f"--run-id {run_id!r} must be letters, digits, '.', '_' and '-' (it names the run's Ray job)", 2)
         try:
             check_locally(target, working_dir, param or [], params_json)
         except (TargetError, ParameterError) as exc:
@@ -163,8 +174,12 @@ def submit(
         run_id = run_id or new_run_id()
         command = entrypoint(target, run_id, param or [], params_json)
     client = _client(address)
+    # `rayflow cancel` stops the job with SIGTERM, then Ray kills it after RAY_JOB_STOP_WAIT_TIME_S
+    # (3 s by default): room for the run's cancellation, or for a server's grace.
+    env_vars = {**jobs.forwarded_env(), "RAY_JOB_STOP_WAIT_TIME_S": str(SERVE_STOP_WAIT if serve else RUN_STOP_WAIT)}
     try:
-        done = jobs.submit(client, run_id, command, working_dir=working_dir, pip=pip, env_vars=jobs.forwarded_env())
+        done = jobs.submit(client, run_id, command, working_dir=working_dir, pip=pip, env_vars=env_vars,
+                           again_once_ended=serve is not None)
     except (RuntimeError, ValueError, OSError) as exc:  # Ray's refusal: a working dir too large, a bad runtime_env
         raise _fail(f"the job server at {address} refused run {run_id}: {_one_line(exc)}", 2) from None
     what = "server" if serve is not None else "run"
@@ -240,12 +255,10 @@ def query_history(address: str, argv: list[str]) -> None:
 
     client = _client(address)
     try:
-        code, text, delete = jobs.query(client, _command(["python", "-m", "rayflow", *argv]))
-    except (RuntimeError, TimeoutError) as exc:
+        code, out, err = jobs.query(client, _command(["python", "-m", "rayflow", *argv]))
+    except (RuntimeError, TimeoutError, OSError) as exc:  # OSError: requests' connection errors
         raise _fail(f"the job server at {address} could not run `rayflow {argv[0]}`: {_one_line(exc)}", EXIT_CLUSTER) from None
-    out = sys.stdout if code == 0 else sys.stderr
-    out.write(text)
-    out.flush()
-    delete()
+    sys.stdout.write(out)
+    sys.stderr.write(err)
     if code:
         raise typer.Exit(code)

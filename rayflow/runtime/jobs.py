@@ -18,7 +18,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from rayflow.exceptions import ClusterAuthenticationError, ClusterConnectionError
 from rayflow.runtime.auth import TOKEN_AUTH_DOCS
@@ -29,7 +29,12 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 # Driver settings that travel to the job: telemetry and rayflow's own, but not where this
 # machine keeps its history (a run on a cluster records it where the cluster keeps it).
 FORWARDED_PREFIXES = ("OTEL_", "RAYFLOW_")
-NOT_FORWARDED = ("RAYFLOW_HOME",)
+# Not forwarded: where this machine keeps its history, how long this machine waits for a
+# cluster, and an OTLP endpoint on this machine's loopback (the cluster's own endpoint, if
+# its nodes set one, is used instead: no node can reach this machine's localhost).
+NOT_FORWARDED = ("RAYFLOW_HOME", "RAYFLOW_CONNECT_TIMEOUT")
+LOOPBACK_HOSTS = ("localhost", "127.", "[::1]", "0.0.0.0")
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a job id inside Ray's URLs, unescaped
 
 
 def submission_id(run_id: str) -> str:
@@ -38,7 +43,16 @@ def submission_id(run_id: str) -> str:
 
 def forwarded_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     environ = os.environ if environ is None else environ
-    return {k: v for k, v in environ.items() if k.startswith(FORWARDED_PREFIXES) and k not in NOT_FORWARDED}
+    return {
+        k: v for k, v in environ.items()
+        if k.startswith(FORWARDED_PREFIXES) and k not in NOT_FORWARDED
+        and not (k.startswith("OTEL_EXPORTER_OTLP") and k.endswith("ENDPOINT") and _on_loopback(v))
+    }
+
+
+def _on_loopback(url: str) -> bool:
+    host = url.split("://", 1)[-1].lower()
+    return host.startswith(LOOPBACK_HOSTS)
 
 
 def _token_source() -> str | None:
@@ -147,12 +161,17 @@ class Submitted:
 
 
 def submit(client: Any, run_id: str, entrypoint: str, *, working_dir: str | None = None,
-           pip: list[str] | None = None, env_vars: dict[str, str] | None = None) -> Submitted:
-    """Submit the run's job unless a job with its submission id exists already."""
+           pip: list[str] | None = None, env_vars: dict[str, str] | None = None,
+           again_once_ended: bool = False) -> Submitted:
+    """Submit the run's job unless a job with its submission id exists already (with
+    ``again_once_ended``, as for a server: unless one is still going; an ended one is
+    deleted and submitted again)."""
     sid = submission_id(run_id)
     existing = job_status(client, sid)
-    if existing is not None:
+    if existing is not None and not (again_once_ended and existing in TERMINAL):
         return Submitted(sid, True, existing)
+    if existing is not None:
+        _delete(client, sid, ended=0.0)
     runtime_env: dict[str, Any] = {"env_vars": dict(env_vars or {})}
     if working_dir is not None:
         runtime_env["working_dir"] = working_dir
@@ -189,30 +208,48 @@ def job_status(client: Any, sid: str) -> str | None:
 QUERY_WAIT = 60.0  # seconds a query job (``rayflow show``/``runs`` on the head) may take
 
 
-def query(client: Any, entrypoint: str, wait: float = QUERY_WAIT) -> tuple[int, str, Callable[[], None]]:
-    """Run ``entrypoint`` (a read-only ``rayflow`` command) as a short job on the cluster: its
-    exit code, its output, and a function that deletes the job (call it once the output is
-    shown), so queries do not pile up in the cluster's job list.  The head's run history is
-    read where it is kept."""
+def query(client: Any, command: str, wait: float = QUERY_WAIT) -> tuple[int, str, str]:
+    """Run ``command`` (a read-only ``rayflow`` command) as a short job on the cluster, so the
+    head's run history is read where it is kept: its exit code, stdout and stderr.  The job
+    is deleted afterwards, so queries do not pile up in the cluster's job list."""
     sid = f"{SUBMISSION_PREFIX}query-{uuid.uuid4().hex[:12]}"
-    # The job's log starts with Ray's own lines (runtime env set-up, the entrypoint): the
-    # command's output is what follows a mark, printed in two halves so the logged
-    # entrypoint does not hold it.
-    mark = f"--- rayflow query output {sid} ---"
-    half = len(mark) // 2
-    client.submit_job(entrypoint=f"printf '%s%s\\n' '{mark[:half]}' '{mark[half:]}' && {entrypoint}", submission_id=sid,
-                      metadata={"rayflow_query": "1"})
-    deadline = time.monotonic() + wait
-    while (status := job_status(client, sid) or "FAILED") not in TERMINAL:
-        if time.monotonic() >= deadline:
-            client.stop_job(sid)
-            raise TimeoutError(f"the query job {sid} had not ended after {wait:g}s")
-        time.sleep(0.2)
+    # Ray's job log holds Ray's own lines (runtime env set-up, the entrypoint) and the job's
+    # stdout and stderr merged: the command writes both to files, printed after marks that
+    # the logged entrypoint does not hold (each is printed in two halves).
+    out_mark, err_mark = f"--- rayflow query {sid} stdout ---", f"--- rayflow query {sid} stderr ---"
+    script = (
+        'o=$(mktemp) && e=$(mktemp) && { ' + command + ' >"$o" 2>"$e"; rc=$?; '
+        + _printf(out_mark) + ' && cat "$o" && ' + _printf(err_mark) + ' && cat "$e"; rm -f "$o" "$e"; exit $rc; }'
+    )
     ended = time.monotonic()
-    _, _, output = logs(client, sid).partition(mark + "\n")
-    ray_line = f"Running entrypoint for job {sid}"
-    output = "".join(line for line in output.splitlines(keepends=True) if not line.startswith(ray_line))
-    return exit_code(status, job_message(client, sid)), output, lambda: _delete(client, sid, ended)
+    try:
+        client.submit_job(entrypoint=script, submission_id=sid, metadata={"rayflow_query": "1"})
+        deadline = time.monotonic() + wait
+        while (status := job_status(client, sid) or "FAILED") not in TERMINAL:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"the query job {sid} had not ended after {wait:g}s")
+            time.sleep(0.2)
+        ended = time.monotonic()
+        text = logs(client, sid)
+        if out_mark + "\n" not in text:  # it failed before the command ran (its runtime env, say)
+            raise RuntimeError(f"the query job {sid} ended {status} before running: {job_message(client, sid)}")
+        out = text.partition(out_mark + "\n")[2]
+        out, _, err = out.partition(err_mark + "\n")
+        return exit_code(status, job_message(client, sid)), _without_ray_lines(out, sid), _without_ray_lines(err, sid)
+    finally:
+        if job_status(client, sid) not in (*TERMINAL, None):
+            client.stop_job(sid)  # a timeout or Ctrl-C: not left running
+        _delete(client, sid, ended)
+
+
+def _printf(mark: str) -> str:
+    half = len(mark) // 2
+    return f"printf '%s%s\\n' '{mark[:half]}' '{mark[half:]}'"
+
+
+def _without_ray_lines(text: str, sid: str) -> str:
+    ray_line = f"Running entrypoint for job {sid}"  # Ray logs it as the job starts: it may land anywhere
+    return "".join(line for line in text.splitlines(keepends=True) if not line.startswith(ray_line))
 
 
 # Ray's job manager looks at each job every second until it sees it ended; a job deleted
