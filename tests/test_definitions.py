@@ -76,12 +76,12 @@ def test_options_accept_timedelta_and_with_options_copies():
     assert t.options.ray_options() == {"num_cpus": 0.5}
 
 
-def test_async_functions_and_reserved_names_are_rejected():
-    async def coro(x):
-        return x
+def test_async_generators_and_reserved_names_are_rejected():
+    async def stream(x):
+        yield x
 
-    with pytest.raises(rf.DefinitionError, match="async"):
-        rf.task(coro)
+    with pytest.raises(rf.DefinitionError, match="async generator"):
+        rf.task(stream)
 
     def takes_wait_for(wait_for):
         return wait_for

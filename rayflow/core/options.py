@@ -50,6 +50,9 @@ class TaskOptions(BaseModel):
     max_in_flight: int | None = Field(default=None, gt=0)
     min_success_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
     batch: bool = False
+    # Items of a chunk running at once: an async task's on one event loop (None: 32), a plain
+    # task's on a thread pool (None: 1, one after another).  For I/O-bound work.
+    concurrency: int | None = Field(default=None, ge=1)
     # Results that outlive the run (see rayflow.results and rayflow.cache): persist the value
     # in the result store (None: as the flow says); look it up by a cache key before running,
     # a stored result older than cache_expiration (seconds) not counting; refresh_cache runs

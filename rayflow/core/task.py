@@ -24,8 +24,10 @@ class Task:
     def __init__(self, fn: Callable[..., Any], options: TaskOptions):
         if not callable(fn):
             raise DefinitionError(f"@rf.task needs a function, got {fn!r}")
-        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
-            raise DefinitionError(f"task {_qualname(fn)} is async; rayflow tasks are plain functions")
+        if inspect.isasyncgenfunction(fn):
+            raise DefinitionError(
+                f"task {_qualname(fn)} is an async generator; a task returns its value (async def tasks are fine)"
+            )
         self.fn = fn
         self.options = options
         self.name: str = options.name or getattr(fn, "__name__", None) or type(fn).__name__

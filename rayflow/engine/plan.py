@@ -326,6 +326,7 @@ def _worker_options(options: TaskOptions, *, count_flat: bool, store: tuple[str 
     return {
         "batch": options.batch,
         "timeout": options.timeout,
+        "concurrency": options.concurrency,
         "skip_on_upstream_skip": options.skip_on_upstream_skip,
         "count_flat": count_flat,
         "store": store[0],  # where chunks are persisted or loaded from (None: neither)

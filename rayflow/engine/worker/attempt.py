@@ -12,6 +12,9 @@ it say nothing about the user's error.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+
 import time
 from typing import Any
 
@@ -70,6 +73,8 @@ def run_attempt(
                 lookup.value,
             )
         value = fn(*call_args, **call_kwargs)
+        if inspect.iscoroutine(value):  # an async task: its own event loop, in this worker thread
+            value = asyncio.run(value)
         if policy is not None:
             kept = keep(policy, task_key, lookup, value)
     except Signal as signal:

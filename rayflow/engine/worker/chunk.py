@@ -11,13 +11,17 @@ SIGALRM, so they apply where the chunk runs on the process's main thread
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
+import inspect
 import pickle
 import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from typing import Any
 
 import numpy as np
@@ -28,13 +32,14 @@ from rayflow.engine.columns import ChunkResult, Column, concat_columns, encode_v
 from rayflow.engine.payload import load_payload
 from rayflow.engine.protocol import MAX_REPORTED_ERRORS, ChunkJob, ChunkSummary, Piece, describe_error, signal_outcome
 from rayflow.engine.worker.item_cache import ChunkCache
-from rayflow.engine.worker.logs import current_item_cell, get_run_logger
+from rayflow.engine.worker.logs import current_context, current_item_cell, get_run_logger, running_item
 from rayflow.exceptions import ResultStoreError
 from rayflow.results import ResultStore
 from rayflow.signals import Signal
 from rayflow.states import StateType
 
 _PAYLOADS: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
+ASYNC_CONCURRENCY = 32  # items of an async task's chunk at once, unless concurrency= says
 
 
 def _load(payload: bytes) -> Any:
@@ -262,7 +267,8 @@ def _run(fn, args, kwargs, upstream, retry_on, options, job, work_id, values, st
         if isinstance(column, list):  # not every item ran, or it raised: per-item values
             column, results = None, column
     else:
-        results = _run_per_item(fn, args, kwargs, sources, job, selected, runnable, outcomes, options["timeout"])
+        results = _run_per_item(fn, args, kwargs, sources, job, selected, runnable, outcomes, options["timeout"],
+                                options.get("concurrency"))
     if hits and results is not None:
         for j, value in zip(hits, cached.items()):
             results[j] = value
@@ -303,10 +309,11 @@ def _encode(results: list[Any], outcomes: _Outcomes) -> Column:
         return encode_values(results)
 
 
-def _run_per_item(fn, args, kwargs, sources, job, selected, runnable, outcomes, timeout) -> list[Any]:
+def _run_per_item(fn, args, kwargs, sources, job, selected, runnable, outcomes, timeout, concurrency=None) -> list[Any]:
     """Call ``fn`` once per runnable item, with each mapped argument's item in its slot;
     returns one value per selected item (None where it did not run or did not succeed)."""
     call, direct = _caller(fn, args, kwargs, len(sources))
+    is_async = inspect.iscoroutinefunction(fn)
     columns = [s[0] for s in sources]
     everything = job.indices is None and len(runnable) == job.size
     if direct:
@@ -317,6 +324,13 @@ def _run_per_item(fn, args, kwargs, sources, job, selected, runnable, outcomes, 
     else:
         inputs = [tuple(col[selected[j]] for col in columns) for j in runnable]
     cell = current_item_cell()
+    if is_async or (concurrency or 1) > 1:
+        results = [None] * len(selected)
+        if is_async:
+            asyncio.run(_run_items_async(call, inputs, runnable, results, outcomes, timeout, concurrency or ASYNC_CONCURRENCY))
+        else:
+            _run_items_threaded(call, inputs, runnable, results, outcomes, timeout, concurrency)
+        return results
     if timeout is not None and threading.current_thread() is threading.main_thread():
         results: list[Any] = [None] * len(selected)
         _run_items_timed(call, inputs, runnable, results, outcomes, timeout, cell)
@@ -435,6 +449,74 @@ def _run_items_timed(call, inputs, runnable, results, outcomes: _Outcomes, timeo
         signal.signal(signal.SIGALRM, previous)
 
 
+async def _run_items_async(call, inputs, runnable, results, outcomes: _Outcomes, timeout: float | None, concurrency: int) -> None:
+    """An async task's items on one event loop, at most ``concurrency`` at once; each item's
+    timeout, failure and signal are its own.  Outcomes are recorded by this loop's thread."""
+    slots = asyncio.Semaphore(concurrency)
+    context = current_context()
+
+    async def one(k: int, j: int) -> None:
+        async with slots:
+            running_item(context, j)  # this asyncio task's context: log records name item j
+            task = asyncio.ensure_future(call(inputs[k]))
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+            if not done:
+                task.cancel()
+                await asyncio.wait({task})  # let it unwind its own `finally`s
+                outcomes.timed_out(j, timeout)
+                return
+            try:
+                results[j] = task.result()
+            except Signal as sig:
+                outcomes.signalled(sig, j)
+            except Exception as exc:
+                outcomes.failed((j,), exc)
+
+    await asyncio.gather(*(one(k, j) for k, j in enumerate(runnable)))
+
+
+def _run_items_threaded(call, inputs, runnable, results, outcomes: _Outcomes, timeout: float | None, concurrency: int) -> None:
+    """A plain task's items on ``concurrency`` threads.  An item past its timeout is marked
+    TIMED_OUT and its thread abandoned (a thread cannot be stopped): it keeps its slot until
+    its function returns, and its value is dropped."""
+    context = current_context()
+    started: dict[int, float] = {}
+
+    def one(k: int, j: int) -> tuple[str, Any]:
+        running_item(context, j)
+        started[j] = time.monotonic()
+        try:
+            return "ok", call(inputs[k])
+        except Signal as sig:
+            return "signal", sig
+        except Exception as exc:
+            return "error", exc
+
+    pool = ThreadPoolExecutor(concurrency, thread_name_prefix="rayflow-item")
+    try:
+        futures = {pool.submit(one, k, j): j for k, j in enumerate(runnable)}
+        pending = set(futures)
+        while pending:
+            done, pending = futures_wait(pending, timeout=None if timeout is None else 0.05, return_when=FIRST_COMPLETED)
+            for future in done:
+                j = futures[future]
+                kind, value = future.result()
+                if kind == "ok":
+                    results[j] = value
+                elif kind == "signal":
+                    outcomes.signalled(value, j)
+                else:
+                    outcomes.failed((j,), value)
+            if timeout is not None:
+                now = time.monotonic()
+                late = {f for f in pending if futures[f] in started and now - started[futures[f]] > timeout}
+                for future in late:
+                    outcomes.timed_out(futures[future], timeout)
+                pending -= late
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 def _run_batch(fn, args, kwargs, sources, selected, runnable, outcomes: _Outcomes) -> Column | list[Any]:
     """batch=True: one call with whole columns; an exception fails every item it was given.
 
@@ -461,7 +543,10 @@ def _run_batch(fn, args, kwargs, sources, selected, runnable, outcomes: _Outcome
         return batches[ref.index] if isinstance(ref, MapInput) else ref
 
     try:
-        out = to_column(fn(*substitute(args, resolve), **substitute(kwargs, resolve)))
+        out = fn(*substitute(args, resolve), **substitute(kwargs, resolve))
+        if inspect.iscoroutine(out):  # an async batch task: one call, one event loop
+            out = asyncio.run(out)
+        out = to_column(out)
         if len(out) != len(runnable):
             raise ValueError(f"batch task returned {len(out)} results for {len(runnable)} items")
     except Signal as sig:

@@ -10,6 +10,7 @@ added as an ERROR record.  At most ``MAX_RECORDS`` records per unit of work.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import io
 import logging
 import threading
@@ -20,6 +21,9 @@ from typing import Any
 MAX_RECORDS = 1000
 LOGGER_NAME = "rayflow.run"
 _local = threading.local()
+# The item running in this thread or asyncio task, where a chunk runs items concurrently
+# (``concurrency=``): it wins over the context's shared cell.
+_ITEM: contextvars.ContextVar[int | None] = contextvars.ContextVar("rayflow_item", default=None)
 
 
 class _Context:
@@ -37,7 +41,9 @@ class _Context:
         self.dropped = 0
 
     def map_index(self) -> int | None:
-        item = self.item[0]
+        item = _ITEM.get()
+        if item is None:
+            item = self.item[0]
         if self.map_start is None or item is None:
             return None
         return self.map_start + (item() if callable(item) else item)
@@ -111,6 +117,19 @@ def capture(run_id: str, task_key: str, trace: Any, map_start: int | None, log_p
         if context.dropped:
             context.records.append((time.time(), "WARNING", f"{context.dropped} more log records dropped",
                                     task_key, None, context.trace_id, context.span_id))
+
+
+def current_context() -> _Context | None:
+    """This thread's capture context, to share with the threads of a concurrent chunk."""
+    return getattr(_local, "context", None)
+
+
+def running_item(context: _Context | None, item: int) -> None:
+    """In a thread or asyncio task running one item of a concurrent chunk: records go to
+    ``context`` with that item's map index."""
+    if context is not None:
+        _local.context = context
+    _ITEM.set(item)
 
 
 def current_item_cell() -> list[int | None] | None:
