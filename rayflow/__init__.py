@@ -28,6 +28,7 @@ from rayflow.exceptions import (
     DuplicateRunError,
     FlowRunError,
     GraphError,
+    LimitError,
     MappingError,
     MissingResultError,
     ParameterError,
@@ -58,6 +59,16 @@ def resume(run_id: str, flow: Flow | None = None, **params: object) -> FlowRun:
 
     return _resume(run_id, flow, **params)
 
+
+def __getattr__(name: str) -> object:
+    """``rf.limits`` (set, get, remove, list), ``rf.concurrency`` and ``rf.rate_limit``: loaded
+    on first use, so ``import rayflow`` does not import Ray."""
+    if name in ("limits", "concurrency", "rate_limit"):
+        from rayflow.runtime import limits
+
+        return limits if name == "limits" else getattr(limits, name)
+    raise AttributeError(f"module 'rayflow' has no attribute {name!r}")
+
 __all__ = [
     "ClusterAuthenticationError",
     "ClusterConnectionError",
@@ -70,6 +81,7 @@ __all__ = [
     "FlowRun",
     "FlowRunError",
     "GraphError",
+    "LimitError",
     "MappingError",
     "MissingResultError",
     "ParameterError",
@@ -90,11 +102,14 @@ __all__ = [
     "UnsatisfiableResourcesError",
     "cache",
     "case",
+    "concurrency",
     "flatten",
     "flow",
     "get_run_logger",
+    "limits",
     "mapped",
     "merge",
+    "rate_limit",
     "resume",
     "schedules",
     "set_reference_tasks",

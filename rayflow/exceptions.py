@@ -212,3 +212,7 @@ class ResumeError(RayflowError):
         super().__init__(message)
         self.run_id = run_id
         self.task_key = task_key
+
+
+class LimitError(RayflowError, ValueError):
+    """A concurrency or rate limit that does not exist, or a bad value for one."""

@@ -33,6 +33,7 @@ from rayflow.cli.graph import mermaid as render_mermaid
 from rayflow.cli.history import print_live, print_runs
 from rayflow.store.views import task_rows
 from rayflow.cli.output import emit_table, print_run
+from rayflow.cli.limits import limit_app
 from rayflow.cli.signals import exit_promptly, sigterm_as_interrupt
 from rayflow.cli.states import StatePrinter
 from rayflow.cli import submit as _submit
@@ -409,6 +410,7 @@ def _resume_local(run_id: str, overrides: dict[str, Any]) -> FlowRun:
 
 cache_app = typer.Typer(help="The result cache: list or clear cached task results.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
+app.add_typer(limit_app, name="limit")
 
 StorageOption = Annotated[
     Optional[str],  # noqa: UP007

@@ -1,0 +1,94 @@
+"""``rayflow limit set|ls|rm``: the cluster's named concurrency and rate limits.
+
+The cluster is ``--address``, else RAY_ADDRESS, else the local cluster (``auto``), as
+``rayflow cancel`` finds it.  Exit codes: 0 done, 1 ``rm`` of a limit that does not exist,
+2 a bad name or value, 3 no cluster to reach.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Annotated, Any, Optional
+
+import typer
+
+from rayflow.exceptions import ClusterConnectionError, LimitError
+
+limit_app = typer.Typer(help="Concurrency and rate limits shared by every run on the cluster.", no_args_is_help=True)
+AddressOption = Annotated[
+    Optional[str],  # noqa: UP007 - typer needs Optional here
+    typer.Option("--address", help="Ray cluster. Default: RAY_ADDRESS, else the local cluster (auto)."),
+]
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _limits(address: str | None) -> Any:
+    from rayflow.runtime import limits
+    from rayflow.runtime.cluster import connect
+
+    try:
+        connect(address or os.environ.get("RAY_ADDRESS") or "auto")
+    except ClusterConnectionError as exc:
+        raise _fail(str(exc), 3) from None
+    except ConnectionError as exc:  # Ray's own: no local cluster for "auto"
+        raise _fail(f"no Ray cluster to hold limits: {exc}".splitlines()[0], 3) from None
+    return limits
+
+
+@limit_app.command("set")
+def set_limit(
+    name: Annotated[str, typer.Argument(help="The limit's name (a task's tag, or rf.concurrency's name).")],
+    slots: Annotated[int, typer.Argument(help="Slots held at once (with --per-second: tokens at most).")],
+    per_second: Annotated[Optional[float], typer.Option("--per-second", help="A rate: tokens added per second.")] = None,  # noqa: UP007
+    address: AddressOption = None,
+) -> None:
+    """Create or change a limit."""
+    from rayflow.runtime.limits import check_name, check_values
+
+    try:  # refused before any cluster is reached
+        check_name(name)
+        check_values(slots, per_second)
+        _limits(address).set(name, slots, per_second)
+    except LimitError as exc:
+        raise _fail(str(exc), 2) from None
+    rate = f", {per_second:g} per second" if per_second is not None else ""
+    typer.echo(f"limit {name}: {slots} slot(s){rate}")
+
+
+@limit_app.command("ls")
+def list_limits(
+    as_json: Annotated[bool, typer.Option("--json", help="As JSON.")] = False,
+    address: AddressOption = None,
+) -> None:
+    """The limits, with the slots in use now."""
+    rows = _limits(address).list()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    typer.echo("name\tslots\tin use\tper second")
+    for row in rows:
+        rate = "-" if row["per_second"] is None else f"{row['per_second']:g}"
+        typer.echo(f"{row['name']}\t{row['slots']}\t{row['in_use']}\t{rate}")
+
+
+@limit_app.command("rm")
+def remove_limit(
+    name: Annotated[str, typer.Argument(help="The limit to remove.")],
+    address: AddressOption = None,
+) -> None:
+    """Remove a limit (what holds its slots goes on; what waits for them fails)."""
+    from rayflow.runtime.limits import check_name
+
+    try:
+        check_name(name)
+        removed = _limits(address).remove(name)
+    except LimitError as exc:
+        raise _fail(str(exc), 2) from None
+    if not removed:
+        raise _fail(f"no limit named {name!r}", 1)
+    typer.echo(f"limit {name}: removed")

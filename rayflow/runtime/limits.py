@@ -1,0 +1,263 @@
+"""Named concurrency and rate limits shared by every run and driver of a Ray cluster.
+
+One small detached actor per cluster (``rayflow-limits`` in the ``rayflow`` namespace,
+``num_cpus=0``) holds them, so they outlive the drivers that set them.  Without Ray (the
+in-process runner, a unit test) the same ``LimitsState`` lives in this process.
+
+- A *concurrency* limit of N slots: ``rf.concurrency("db")`` holds ``occupy`` slots while
+  its block runs, waiting for them first.  A slot is held by a lease that its holder renews;
+  a lease not renewed for ``RAYFLOW_LEASE_SECONDS`` (default 30) is freed, so a holder that
+  died (a killed worker) gives its slots back on its own.
+- A *rate* limit (``per_second`` given): a token bucket of N tokens refilled at
+  ``per_second``; ``rf.rate_limit("api")`` takes one token, waiting for it first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from rayflow.exceptions import LimitError
+
+ACTOR_NAME = "rayflow-limits"
+NAMESPACE = "rayflow"
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
+POLL_SECONDS = 0.05  # first wait between tries for a slot; doubles up to MAX_POLL_SECONDS
+MAX_POLL_SECONDS = 1.0
+
+
+def lease_seconds() -> float:
+    return float(os.environ.get("RAYFLOW_LEASE_SECONDS", "30"))
+
+
+def check_name(name: Any) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise LimitError(f"a limit's name is letters, digits, '.', '_', ':' and '-' (at most 100), not {name!r}")
+    return name
+
+
+def check_values(slots: Any, per_second: Any) -> tuple[int, float | None]:
+    if isinstance(slots, bool) or not isinstance(slots, int) or slots < 0:
+        raise LimitError(f"a limit is a whole number of slots >= 0, not {slots!r}")
+    if per_second is not None:
+        if isinstance(per_second, bool) or not isinstance(per_second, (int, float)) or not 0 < per_second < math.inf:
+            raise LimitError(f"per_second is a number of tokens per second > 0, not {per_second!r}")
+        per_second = float(per_second)
+    return slots, per_second
+
+
+@dataclass
+class _Limit:
+    slots: int
+    per_second: float | None
+    tokens: float = 0.0
+    refilled: float = field(default_factory=time.monotonic)
+
+
+class LimitsState:
+    """The limits and their leases (the actor's state; plain Python, so it also runs in-process)."""
+
+    def __init__(self) -> None:
+        self.limits: dict[str, _Limit] = {}
+        self.leases: dict[str, tuple[str, int, float]] = {}  # lease id -> (limit, slots, expires)
+
+    def set(self, name: str, slots: int, per_second: float | None = None) -> None:
+        check_name(name)
+        slots, per_second = check_values(slots, per_second)
+        old = self.limits.get(name)
+        tokens = min(old.tokens, slots) if old is not None and old.per_second else float(slots)
+        self.limits[name] = _Limit(slots, per_second, tokens)
+
+    def remove(self, name: str) -> bool:
+        self.leases = {k: v for k, v in self.leases.items() if v[0] != name}
+        return self.limits.pop(name, None) is not None
+
+    def get(self, name: str) -> dict | None:
+        self._expire()
+        limit = self.limits.get(name)
+        return None if limit is None else self._row(name, limit)
+
+    def list(self) -> list[dict]:
+        self._expire()
+        return [self._row(name, limit) for name, limit in sorted(self.limits.items())]
+
+    def acquire(self, name: str, occupy: int, holder: str, ttl: float) -> str | None:
+        """A lease on ``occupy`` slots, or None while they are taken."""
+        limit = self._known(name)
+        if occupy > limit.slots:
+            raise LimitError(f"limit {name!r} has {limit.slots} slot(s): {occupy} can never be held at once")
+        self._expire()
+        if self._in_use(name) + occupy > limit.slots:
+            return None
+        lease = f"{holder}:{uuid.uuid4().hex[:12]}"
+        self.leases[lease] = (name, occupy, time.monotonic() + ttl)
+        return lease
+
+    def renew(self, leases: list[str], ttl: float) -> list[str]:
+        """Renew the leases; those already expired (their slots may be held by others) are returned."""
+        lost = []
+        for lease in leases:
+            held = self.leases.get(lease)
+            if held is None:
+                lost.append(lease)
+            else:
+                self.leases[lease] = (held[0], held[1], time.monotonic() + ttl)
+        return lost
+
+    def release(self, lease: str) -> None:
+        self.leases.pop(lease, None)
+
+    def take_token(self, name: str) -> float:
+        """0.0 when a token was taken, else the seconds until one is due."""
+        limit = self._known(name)
+        if limit.per_second is None:
+            raise LimitError(f"limit {name!r} has no rate: set one with `rayflow limit set {name} N --per-second R`")
+        now = time.monotonic()
+        limit.tokens = min(float(limit.slots), limit.tokens + (now - limit.refilled) * limit.per_second)
+        limit.refilled = now
+        if limit.tokens >= 1.0:
+            limit.tokens -= 1.0
+            return 0.0
+        if limit.slots == 0:
+            return MAX_POLL_SECONDS  # a limit of 0 holds everything back until it is raised
+        return (1.0 - limit.tokens) / limit.per_second
+
+    def _known(self, name: str) -> _Limit:
+        limit = self.limits.get(name)
+        if limit is None:
+            raise LimitError(f"no limit named {name!r}: create it with `rayflow limit set {name} N` or rf.limits.set({name!r}, N)")
+        return limit
+
+    def _in_use(self, name: str) -> int:
+        return sum(n for limit, n, _ in self.leases.values() if limit == name)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        self.leases = {k: v for k, v in self.leases.items() if v[2] > now}
+
+    def _row(self, name: str, limit: _Limit) -> dict:
+        return {"name": name, "slots": limit.slots, "per_second": limit.per_second, "in_use": self._in_use(name)}
+
+
+_LimitsActor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(LimitsState)
+_local_state: LimitsState | None = None
+_local_lock = threading.Lock()
+_actor: Any = None  # this process's handle on the cluster's limits actor
+
+
+class _Local:
+    """LimitsState in this process, called like the actor (the in-process runner, no Ray)."""
+
+    def __getattr__(self, method: str) -> Any:
+        def call(*args: Any) -> Any:
+            global _local_state
+            with _local_lock:
+                if _local_state is None:
+                    _local_state = LimitsState()
+                return getattr(_local_state, method)(*args)
+
+        return call
+
+
+def _call(method: str, *args: Any) -> Any:
+    """``method(*args)`` on the cluster's limits actor (made on first use), or in-process without Ray."""
+    global _actor
+    if not ray.is_initialized():
+        return getattr(_Local(), method)(*args)
+    if _actor is None:
+        _actor = _LimitsActor.options(
+            name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
+        ).remote()
+    try:
+        return ray.get(getattr(_actor, method).remote(*args), timeout=60)
+    except ray.exceptions.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, LimitError):
+            raise LimitError(str(cause)) from None
+        raise
+    except ray.exceptions.RayActorError:
+        _actor = None  # removed (ray.kill): the next call makes it again
+        raise
+
+
+# -- rf.limits: set, get, remove, list ------------------------------------------------------------
+
+
+def set(name: str, slots: int, per_second: float | None = None) -> None:  # noqa: A001 - rf.limits.set
+    """Create or change the limit ``name``: ``slots`` at once, and with ``per_second`` a rate."""
+    check_name(name)
+    slots, per_second = check_values(slots, per_second)
+    _call("set", name, slots, per_second)
+
+
+def get(name: str) -> dict | None:
+    """The limit's ``{"name", "slots", "per_second", "in_use"}``, or None."""
+    return _call("get", check_name(name))
+
+
+def remove(name: str) -> bool:
+    """Remove the limit (its holders keep running); False when there was none."""
+    return _call("remove", check_name(name))
+
+
+def list() -> list[dict]:  # noqa: A001 - rf.limits.list
+    return _call("list")
+
+
+# -- inside tasks ------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def concurrency(name: str, occupy: int = 1, timeout: float | None = None) -> Iterator[None]:
+    """Hold ``occupy`` slots of the limit ``name`` while the block runs, waiting for them first
+    (at most ``timeout`` seconds, then TimeoutError).  The slots are leased and renewed while
+    held, so a holder that dies gives them back within RAYFLOW_LEASE_SECONDS."""
+    check_name(name)
+    if isinstance(occupy, bool) or not isinstance(occupy, int) or occupy < 1:
+        raise LimitError(f"occupy is a whole number of slots >= 1, not {occupy!r}")
+    ttl = lease_seconds()
+    holder = f"{os.uname().nodename}:{os.getpid()}"
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pause = POLL_SECONDS
+    while (lease := _call("acquire", name, occupy, holder, ttl)) is None:
+        if deadline is not None and time.monotonic() + pause > deadline:
+            raise TimeoutError(f"no {occupy} slot(s) of limit {name!r} came free within {timeout:g}s")
+        time.sleep(pause)
+        pause = min(pause * 2, MAX_POLL_SECONDS)
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(ttl / 3):
+            try:
+                _call("renew", [lease], ttl)
+            except Exception:  # noqa: BLE001 - the actor restarting: the next renewal tries again
+                pass
+
+    renewer = threading.Thread(target=renew, name=f"rayflow-lease-{name}", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        _call("release", lease)
+
+
+def rate_limit(name: str, timeout: float | None = None) -> None:
+    """Take one token of the rate limit ``name``, waiting until one is due (at most
+    ``timeout`` seconds, then TimeoutError)."""
+    check_name(name)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while (wait := _call("take_token", name)) > 0:
+        if deadline is not None and time.monotonic() + wait > deadline:
+            raise TimeoutError(f"no token of rate limit {name!r} came due within {timeout:g}s")
+        time.sleep(min(wait, MAX_POLL_SECONDS))
