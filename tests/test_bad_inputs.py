@@ -99,6 +99,9 @@ CLI_CASES: list[tuple[str, list[str], str, int]] = [
      ["submit", "good.py:twice", "--serve", "flows.toml", "--address", f"http://{CLOSED}"], "home", 2),
     ("`submit --run-id` that cannot name a Ray job",
      ["submit", "good.py:twice", "--run-id", "a/b", "--address", f"http://{CLOSED}"], "home", 2),
+    ("`limit set`: a name with a space", ["limit", "set", "a b", "3"], "home", 2),
+    ("`limit set`: a negative limit", ["limit", "set", "db", "-1"], "home", 2),
+    ("`limit set`: a rate of 0", ["limit", "set", "api", "3", "--per-second", "0"], "home", 2),
     ("`show --watch` with a job server address", ["show", "some-run", "--watch", "--address", f"http://{CLOSED}"], "home", 2),
 ]
 

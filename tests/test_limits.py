@@ -138,7 +138,7 @@ def test_limits_outlive_the_driver_that_set_them_and_the_cli_answers_bad_input_i
     for args, code, says in [
         (("rm", name), 1, f"no limit named '{name}'"),
         (("set", "bad name", "3"), 2, "a limit's name is letters"),
-        (("set", name, "-1"), 2, ""),
+        (("set", name, "-1"), 2, "a limit is a whole number of slots >= 0, not -1"),
         (("set", name, "3", "--per-second", "0"), 2, "per_second is a number of tokens per second > 0"),
     ]:
         out = cli(*args)

@@ -40,7 +40,7 @@ def _limits(address: str | None) -> Any:
     return limits
 
 
-@limit_app.command("set")
+@limit_app.command("set", context_settings={"ignore_unknown_options": True})  # `set db -1`: a value, refused below
 def set_limit(
     name: Annotated[str, typer.Argument(help="The limit's name (a task's tag, or rf.concurrency's name).")],
     slots: Annotated[int, typer.Argument(help="Slots held at once (with --per-second: tokens at most).")],
