@@ -146,3 +146,37 @@ def test_limits_outlive_the_driver_that_set_them_and_the_cli_answers_bad_input_i
         assert says in out.stderr
     closed = run_cli("limit", "ls", "--address", "127.0.0.1:9")
     assert closed.returncode == 3 and closed.stderr.count("\n") == 1
+
+
+def test_a_tag_limit_holds_tagged_tasks_before_submitting_across_two_runs(ray_session):
+    """A limit of 2 over 8 tasks tagged with it, from two concurrent runs: never more than 2
+    run at once, and those waiting were never submitted (each task's one Ray task starts
+    only once a slot is free: its recorded start comes after a slot came free)."""
+    name = unique("tagdb")
+    rf.limits.set(name, 2)
+
+    @rf.task(tags={name})
+    def job(i: int) -> tuple[int, float, float]:
+        started = time.time()
+        time.sleep(0.3)
+        return i, started, time.time()
+
+    @rf.flow
+    def four(base: int) -> list:
+        return [job.with_options(name=f"job{i}")(base + i) for i in range(4)]
+
+    import threading
+
+    runs: list = []
+    threads = [threading.Thread(target=lambda b=b: runs.append(four.run(base=b))) for b in (0, 10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    intervals = [v for run in runs for v in run.result()]
+    assert sorted(i for i, _, _ in intervals) == [0, 1, 2, 3, 10, 11, 12, 13]
+    assert most_at_once(intervals) == 2
+    waited = [s for run in runs for key in run.task_states for s in run.history(key)
+              if s.type is rf.StateType.PENDING and s.message == f"waiting for limit {name!r}"]
+    assert waited  # shown as such while they waited
+    assert rf.limits.get(name)["in_use"] == 0  # every slot back once the runs ended

@@ -68,6 +68,7 @@ from rayflow.engine.policy import (
 from rayflow.engine.protocol import AttemptResult, Work, WriteReport, pack_inputs
 from rayflow.states import State, StateType
 
+GATE_RETRY_SECONDS = 0.25  # a task waiting for a limit's slot asks again this often
 WRITE_RETRIES = 2  # a write-behind that fails (or is lost with its worker) is tried this many more times
 
 @dataclass
@@ -123,6 +124,11 @@ class Orchestrator:
             plan, cpus=cpus, clock=clock, put=executor.put, next_work_id=self.next_work_id
         )
         self.scheduled: list[tuple[float, int, str]] = []
+        # Limits by tag (set by the Ray runner: runtime.limits.TagGate): a tagged task waits
+        # for a slot of each limit named by its tags before it is submitted, so a waiting
+        # task holds no worker.  acquire(key, tags) -> None (go) or the limit waited on;
+        # release(key) when the attempt stops running.
+        self.gate: Any = None
         self.attempts = dict.fromkeys(keys, 0)
         self.app_failures = dict.fromkeys(keys, 0)
         self.system_failures = dict.fromkeys(keys, 0)
@@ -154,6 +160,8 @@ class Orchestrator:
         with self._lock:
             self.states[key] = new
             self.history[key].append(new)
+        if self.gate is not None and new.type is not StateType.RUNNING:
+            self.gate.release(key)  # the attempt stopped running (or never started): its slots
         if new.is_finished() and not old.is_finished():
             self.unfinished -= 1
             self.running.pop(key, None)
@@ -248,6 +256,14 @@ class Orchestrator:
         spec = self.plan.by_key[key]
         attempt = self.attempts[key] + 1
         now = self.clock()
+        if self.gate is not None and spec.options.tags and spec.kind == "task":
+            waiting_for = self.gate.acquire(key, spec.options.tags)
+            if waiting_for is not None:  # no slot: PENDING, named, and asked again shortly
+                message = f"waiting for limit {waiting_for!r}"
+                if self.states[key].message != message:
+                    self.transition(key, State(type=StateType.PENDING, attempt=attempt, message=message, timestamp=now))
+                heapq.heappush(self.scheduled, (now + GATE_RETRY_SECONDS, next(self._seq), key))
+                return
         state = self.transition(key, State(type=StateType.RUNNING, attempt=attempt, timestamp=now))
         if state.type is not StateType.RUNNING:
             self.follow(key, state)

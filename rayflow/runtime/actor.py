@@ -27,6 +27,7 @@ from rayflow.exceptions import UnknownRunError
 from rayflow.runtime.cluster import connect
 from rayflow.runtime.executor import RayExecutor
 from rayflow.runs import ObservedRun, assemble_run
+from rayflow.runtime.limits import TagGate
 from rayflow.telemetry import TelemetrySettings, flush_all
 
 logger = logging.getLogger(__name__)
@@ -102,6 +103,8 @@ class FlowRunActor:
             executor = RayExecutor(run_id, ray.get_runtime_context().current_actor)
             observed = assemble_run(plan, executor, run_id, cpus=self._cluster_cpus(), telemetry=telemetry, home=home)
             orchestrator = observed.orchestrator
+            if any(spec.options.tags for spec in plan.specs):
+                orchestrator.gate = TagGate(run_id)  # limits by tag: see runtime.limits
             orchestrator.feeder = _DriverFeeder() if plan.specs and any(
                 src.kind == "stream" for spec in plan.specs for src in spec.sources
             ) else None
@@ -121,6 +124,8 @@ class FlowRunActor:
         except BaseException as exc:  # noqa: BLE001 - an engine bug must reach the driver, not hang it
             slot.error = exc
         finally:
+            if slot.orchestrator.gate is not None:
+                slot.orchestrator.gate.release_everything()  # slots of attempts the run did not see end
             try:
                 # The history is complete before the driver hears of the end; close() is
                 # bounded in time and gives up (logging what was lost) on a failing store.

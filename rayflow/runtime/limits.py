@@ -15,6 +15,7 @@ in-process runner, a unit test) the same ``LimitsState`` lives in this process.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import re
@@ -26,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+
+logger = logging.getLogger(__name__)
 
 from rayflow.exceptions import LimitError
 
@@ -102,6 +105,25 @@ class LimitsState:
         lease = f"{holder}:{uuid.uuid4().hex[:12]}"
         self.leases[lease] = (name, occupy, time.monotonic() + ttl)
         return lease
+
+    def acquire_tags(self, tags: list[str], holder: str, ttl: float) -> tuple[list[str], str | None]:
+        """One slot of every limit among ``tags`` (other tags are no limits), all or none:
+        (the leases, None), or ([], the first limit with no slot free)."""
+        self._expire()
+        known = [t for t in sorted(tags) if t in self.limits]
+        for name in known:
+            if self._in_use(name) + 1 > self.limits[name].slots:
+                return [], name
+        leases = []
+        for name in known:
+            lease = f"{holder}:{uuid.uuid4().hex[:12]}"
+            self.leases[lease] = (name, 1, time.monotonic() + ttl)
+            leases.append(lease)
+        return leases, None
+
+    def release_all(self, leases: list[str]) -> None:
+        for lease in leases:
+            self.leases.pop(lease, None)
 
     def renew(self, leases: list[str], ttl: float) -> list[str]:
         """Renew the leases; those already expired (their slots may be held by others) are returned."""
@@ -212,6 +234,80 @@ def remove(name: str) -> bool:
 
 def list() -> list[dict]:  # noqa: A001 - rf.limits.list
     return _call("list")
+
+
+# -- limits by tag, for the orchestrator ----------------------------------------------------------
+
+
+class TagGate:
+    """The orchestrator's gate (see engine.orchestrator's ``gate``) for one run on Ray: a
+    tagged task takes one slot of each limit its tags name before it is submitted, and gives
+    them back when its attempt stops running.  Its leases are renewed while held.  With no
+    limits actor on the cluster there are no limits: nothing waits, and none is made."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self.held: dict[str, list[str]] = {}
+        self._lock = threading.Lock()
+        self._renewer: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._warned = False
+
+    def acquire(self, key: str, tags: frozenset[str]) -> str | None:
+        if not _actor_exists():
+            return None
+        try:
+            leases, waiting_for = _call("acquire_tags", sorted(tags), f"{self.run_id}/{key}", lease_seconds())
+        except Exception as exc:  # noqa: BLE001 - limits unreachable: run rather than wait forever
+            if not self._warned:
+                self._warned = True
+                logger.warning("rayflow: the limits actor did not answer (%s): tagged tasks run unlimited", exc)
+            return None
+        if waiting_for is None and leases:
+            with self._lock:
+                self.held[key] = leases
+                if self._renewer is None:
+                    self._renewer = threading.Thread(target=self._renew, name=f"rayflow-leases-{self.run_id}", daemon=True)
+                    self._renewer.start()
+        return waiting_for
+
+    def release(self, key: str) -> None:
+        with self._lock:
+            leases = self.held.pop(key, None)
+        if leases:
+            try:
+                _call("release_all", leases)
+            except Exception:  # noqa: BLE001 - not renewed any more: they lapse on their own
+                pass
+
+    def release_everything(self) -> None:
+        """The run is over: every slot back, and no more renewals."""
+        self._stop.set()
+        for key in [*self.held]:  # (this module's `list` is rf.limits.list)
+            self.release(key)
+
+    def _renew(self) -> None:
+        ttl = lease_seconds()
+        while not self._stop.wait(ttl / 3):
+            with self._lock:
+                leases = [lease for held in self.held.values() for lease in held]
+            if leases:
+                try:
+                    _call("renew", leases, ttl)
+                except Exception:  # noqa: BLE001 - tried again next time
+                    pass
+
+
+def _actor_exists() -> bool:
+    """Is there a limits actor on this cluster (anyone ever set a limit)?  Looked up, never made."""
+    global _actor
+    if _actor is not None:
+        return True
+    try:
+        _actor = ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
+    except ValueError:
+        return False
+    return True
 
 
 # -- inside tasks ------------------------------------------------------------------------------------
