@@ -274,9 +274,9 @@ class TagGate:
     def release(self, key: str) -> None:
         with self._lock:
             leases = self.held.pop(key, None)
-        if leases:
-            try:
-                _call("release_all", leases)
+        if leases and _actor is not None:
+            try:  # not waited for: the actor applies calls in order, so a later acquire sees it
+                _actor.release_all.remote(leases)
             except Exception:  # noqa: BLE001 - not renewed any more: they lapse on their own
                 pass
 
