@@ -69,6 +69,10 @@ def __getattr__(name: str) -> object:
         return limits if name == "limits" else getattr(limits, name)
     raise AttributeError(f"module 'rayflow' has no attribute {name!r}")
 
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), "limits", "concurrency", "rate_limit"})
+
 __all__ = [
     "ClusterAuthenticationError",
     "ClusterConnectionError",
