@@ -36,6 +36,7 @@ from rayflow.cli.output import emit_table, print_run
 from rayflow.cli.limits import limit_app
 from rayflow.cli.signals import exit_promptly, sigterm_as_interrupt
 from rayflow.cli.states import StatePrinter
+from rayflow.cli.usage import fail as _fail
 from rayflow.cli import submit as _submit
 from rayflow.core.parameters import parameter_annotations, takes_text
 from rayflow.engine.driver.flow_run import FlowRun
@@ -68,11 +69,6 @@ app = typer.Typer(
 
 EXIT_FAILED, EXIT_USAGE, EXIT_CLUSTER, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 3, 130, 143
 HISTORY_GRACE = 2.0  # seconds `show` waits for a run that ended live to appear in the history
-
-
-def _fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
 
 
 def parse_params(pairs: list[str], params_json: str | None, annotations: dict[str, Any]) -> dict[str, Any]:

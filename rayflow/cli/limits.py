@@ -8,12 +8,12 @@ The cluster is ``--address``, else RAY_ADDRESS, else the local cluster (``auto``
 from __future__ import annotations
 
 import json
-import os
 from typing import Annotated, Any, Optional
 
 import typer
 
 from rayflow.exceptions import ClusterConnectionError, LimitError
+from rayflow.cli.usage import fail as _fail
 
 limit_app = typer.Typer(help="Concurrency and rate limits shared by every run on the cluster.", no_args_is_help=True)
 AddressOption = Annotated[
@@ -22,17 +22,12 @@ AddressOption = Annotated[
 ]
 
 
-def _fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
 def _limits(address: str | None) -> Any:
     from rayflow.runtime import limits
-    from rayflow.runtime.cluster import connect
+    from rayflow.runtime.cluster import connect_existing
 
     try:
-        connect(address or os.environ.get("RAY_ADDRESS") or "auto")
+        connect_existing(address)
     except ClusterConnectionError as exc:
         raise _fail(str(exc), 3) from None
     except ConnectionError as exc:  # Ray's own: no local cluster for "auto"

@@ -21,16 +21,12 @@ import typer
 
 from rayflow.engine.driver.local import new_run_id
 from rayflow.exceptions import ClusterConnectionError
+from rayflow.cli.usage import fail as _fail
 
 EXIT_FAILED, EXIT_CLUSTER, EXIT_INTERRUPTED = 1, 3, 130
 FOLLOW_INTERVAL = 0.5
 RUN_STOP_WAIT = 20  # seconds a stopped run's driver has to cancel it (its own grace is 2 s, its watchdog 10 s)
 SERVE_STOP_WAIT = 60  # seconds a stopped server has to let its runs finish (serve's grace: 30 s by default)
-
-
-def _fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
 
 
 def is_job_address(address: str | None) -> bool:

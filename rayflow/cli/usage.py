@@ -14,6 +14,12 @@ import typer
 _click = sys.modules[typer.BadParameter.__module__]
 
 
+def fail(message: str, code: int) -> typer.Exit:
+    """Print ``error: MESSAGE`` (one line, on stderr); the Exit to raise with ``code``."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
 def run_app(app: typer.Typer, prog_name: str) -> int:
     """Run ``app`` on ``sys.argv``; its exit code."""
     try:

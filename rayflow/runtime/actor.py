@@ -11,7 +11,6 @@ run by its id (``find_run``) and read its status or cancel it.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import uuid
@@ -24,7 +23,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from rayflow.engine.orchestrator import RunSummary
 from rayflow.engine.plan import Plan
 from rayflow.exceptions import UnknownRunError
-from rayflow.runtime.cluster import connect
+from rayflow.runtime.cluster import connect_existing
 from rayflow.runtime.executor import RayExecutor
 from rayflow.runs import ObservedRun, assemble_run
 from rayflow.runtime.limits import TagGate
@@ -290,7 +289,7 @@ def find_run(run_id: str, timeout: float = 10.0) -> tuple[Any, RunSummary]:
 
 def cancel_run(run_id: str, *, address: str | None = None, wait: float = 30.0) -> Any:
     """Cancel a live run from any process joined to its cluster; returns its state afterwards."""
-    connect(address or os.environ.get("RAY_ADDRESS") or "auto")
+    connect_existing(address)
     handle, summary = find_run(run_id)
     ray.get(handle.cancel_run.remote(run_id))
     deadline = time.monotonic() + wait
@@ -303,7 +302,7 @@ def cancel_run(run_id: str, *, address: str | None = None, wait: float = 30.0) -
 def live_status(run_id: str, *, address: str | None = None, connect_timeout: float = 10.0) -> dict | None:
     """A live run's status read from its driver's actor, as plain data; None if no live driver has it."""
     try:
-        connect(address or os.environ.get("RAY_ADDRESS") or "auto", connect_timeout=connect_timeout)
+        connect_existing(address, connect_timeout=connect_timeout)
         handle, summary = find_run(run_id)
         maps = ray.get(handle.progress.remote(run_id), timeout=connect_timeout) or {}
     except Exception:  # noqa: BLE001 - no cluster, or no live run: the caller falls back to the history

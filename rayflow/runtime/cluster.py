@@ -52,6 +52,12 @@ def connect(address: str | None = None, *, connect_timeout: float = CONNECT_TIME
             signal.signal(signal.SIGTERM, on_sigterm)
 
 
+def connect_existing(address: str | None = None, *, connect_timeout: float = CONNECT_TIMEOUT) -> None:
+    """Join a cluster that is already running (never start one): ``address``, else
+    RAY_ADDRESS, else the local cluster (``auto``).  For cancel, show, and the limits."""
+    connect(address or os.environ.get("RAY_ADDRESS") or "auto", connect_timeout=connect_timeout)
+
+
 def _host_port(address: str) -> tuple[str, int] | None:
     if address in ("auto", "local"):
         return None

@@ -102,9 +102,7 @@ class LimitsState:
         self._expire()
         if self._in_use(name) + occupy > limit.slots:
             return None
-        lease = f"{holder}:{uuid.uuid4().hex[:12]}"
-        self.leases[lease] = (name, occupy, time.monotonic() + ttl)
-        return lease
+        return self._lease(name, occupy, holder, ttl)
 
     def acquire_tags(self, tags: list[str], holder: str, ttl: float) -> tuple[list[str], str | None]:
         """One slot of every limit among ``tags`` (other tags are no limits), all or none:
@@ -114,12 +112,7 @@ class LimitsState:
         for name in known:
             if self._in_use(name) + 1 > self.limits[name].slots:
                 return [], name
-        leases = []
-        for name in known:
-            lease = f"{holder}:{uuid.uuid4().hex[:12]}"
-            self.leases[lease] = (name, 1, time.monotonic() + ttl)
-            leases.append(lease)
-        return leases, None
+        return [self._lease(name, 1, holder, ttl) for name in known], None
 
     def release_all(self, leases: list[str]) -> None:
         for lease in leases:
@@ -153,6 +146,11 @@ class LimitsState:
         if limit.slots == 0:
             return MAX_POLL_SECONDS  # a limit of 0 holds everything back until it is raised
         return (1.0 - limit.tokens) / limit.per_second
+
+    def _lease(self, name: str, occupy: int, holder: str, ttl: float) -> str:
+        lease = f"{holder}:{uuid.uuid4().hex[:12]}"
+        self.leases[lease] = (name, occupy, time.monotonic() + ttl)
+        return lease
 
     def _known(self, name: str) -> _Limit:
         limit = self.limits.get(name)
