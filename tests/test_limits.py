@@ -5,15 +5,18 @@ holders record, never from wall-clock limits."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 
 import pytest
 from cli_runner import REPO, run_cli
+from otlp_sink import HttpSink
 from test_async_tasks import most_at_once
 from waiting import wait_for
 
@@ -148,10 +151,13 @@ def test_limits_outlive_the_driver_that_set_them_and_the_cli_answers_bad_input_i
     assert closed.returncode == 3 and closed.stderr.count("\n") == 1
 
 
-def test_a_tag_limit_holds_tagged_tasks_before_submitting_across_two_runs(ray_session):
+def test_a_tag_limit_holds_tagged_tasks_before_submitting_across_two_runs(ray_session, monkeypatch):
     """A limit of 2 over 8 tasks tagged with it, from two concurrent runs: never more than 2
     run at once, and those waiting were never submitted (each task's one Ray task starts
-    only once a slot is free: its recorded start comes after a slot came free)."""
+    only once a slot is free: its recorded start comes after a slot came free).  The wait is
+    a PENDING state naming the limit, and a span."""
+    sink = HttpSink()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint)
     name = unique("tagdb")
     rf.limits.set(name, 2)
 
@@ -180,3 +186,120 @@ def test_a_tag_limit_holds_tagged_tasks_before_submitting_across_two_runs(ray_se
               if s.type is rf.StateType.PENDING and s.message == f"waiting for limit {name!r}"]
     assert waited  # shown as such while they waited
     assert rf.limits.get(name)["in_use"] == 0  # every slot back once the runs ended
+    waiters = {(run.run_id, key) for run in runs for key in run.task_states
+               if any(s.message == f"waiting for limit {name!r}" for s in run.history(key))}
+    traces = {run.trace_id for run in runs}
+    ours = lambda spans: [s for s in spans if s["trace_id"] in traces]  # noqa: E731
+    spans = ours(sink.wait_for(lambda spans: len(ours(spans)) >= 2 + 8 + len(waiters)))  # flows, tasks, waits
+    sink.close()
+    waits = [s for s in spans if s["name"].startswith("limit wait ")]
+    assert len(waits) == len(waiters) and all(s["attributes"]["rayflow.limit"] == name and s["end"] > s["start"] for s in waits)
+
+
+@rf.task(concurrency=8)
+async def fetch(i: int) -> tuple[int, float, float]:
+    started = time.time()
+    await asyncio.sleep(0.1)
+    return i, started, time.time()
+
+
+@rf.task
+def crunch(i: int) -> tuple[int, float, float]:
+    started = time.time()
+    time.sleep(0.05)
+    return i, started, time.time()
+
+
+def test_a_tag_limit_counts_a_mapped_tasks_running_items(runner, monkeypatch):
+    """Two tagged maps share a limit of 3: an async map (8 items of a chunk at once) and a plain
+    one.  Never more than 3 items run at once, a chunk granted several slots runs several
+    items at once, and the chunks left waiting were never submitted.  Both runners."""
+    sink = HttpSink()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint)
+    name = unique("tagmap")
+    rf.limits.set(name, 3)
+
+    @rf.flow
+    def both(n: int) -> tuple:
+        return fetch.with_options(tags={name}).map(range(n)), crunch.with_options(tags={name}).map(range(n))
+
+    run = both.with_options(runner=runner).run(n=24)
+    fetched, crunched = run.result()
+    assert [i for i, _, _ in fetched] == [i for i, _, _ in crunched] == list(range(24))
+    assert most_at_once(fetched + crunched) <= 3
+    assert most_at_once(fetched) >= 2  # a chunk of the async map ran on more than one slot
+    assert rf.limits.get(name)["in_use"] == 0
+    chunks = lambda spans: [s for s in spans if s["trace_id"] == run.trace_id and s["name"].startswith("chunk ")]  # noqa: E731
+    spans = chunks(sink.wait_for(lambda spans: sum(s["attributes"]["rayflow.items"] for s in chunks(spans)) >= 48))
+    sink.close()
+    assert spans and all(1 <= s["attributes"]["rayflow.limit_slots"] <= 3 for s in spans)  # the slots each ran with
+
+
+def test_tag_limits_release_slots_of_a_cancelled_run_and_of_a_killed_worker_and_hold_no_cpu_while_waiting(ray_session, tmp_path):
+    """A limit of 1: a run holding it is cancelled, and a run waiting on it meanwhile holds no
+    CPU (its task was never submitted); a tagged task whose worker dies gives its slot back
+    as its attempt ends, not when its lease lapses (30 s)."""
+    import ray
+
+    name = unique("gate")
+    rf.limits.set(name, 1)
+    started = tmp_path / "started"
+
+    @rf.task(tags={name}, num_cpus=1)
+    def hold(path: str) -> None:
+        open(path, "w").close()
+        time.sleep(60)
+
+    @rf.task(tags={name}, num_cpus=1)
+    def after() -> str:
+        return "ran"
+
+    @rf.task(tags={name}, system_retries=0)
+    def dies() -> None:
+        os._exit(1)
+
+    @rf.flow
+    def holding(path: str) -> None:
+        hold(path)
+
+    @rf.flow
+    def waiting() -> str:
+        return after()
+
+    @rf.flow
+    def crash() -> None:
+        dies()
+
+    from rayflow.runtime import cancel_run, find_run
+
+    def background(flow, run_id, **params):
+        out: list = []
+        thread = threading.Thread(target=lambda: out.append(flow.with_options(run_id=run_id).run(**params)), daemon=True)
+        thread.start()
+        return thread, out
+
+    cpus = ray.available_resources().get("CPU", 0)
+    first_id, second_id = unique("hold"), unique("wait")
+    first, first_out = background(holding, first_id, path=str(started))
+    wait_for(started.exists, timeout=60, what="the holding task to start")
+    second, second_out = background(waiting, second_id)
+    def second_waits() -> bool:
+        try:
+            return find_run(second_id)[1].task_states["after"].message == f"waiting for limit {name!r}"
+        except rf.UnknownRunError:  # not started yet
+            return False
+
+    wait_for(second_waits, timeout=30, what="the second run to wait for the limit")
+    # one task holds a CPU, the waiting one none (both running would leave cpus - 2 for 60 s);
+    # Ray's view of free resources lags a little behind
+    wait_for(lambda: ray.available_resources().get("CPU", 0) == cpus - 1, timeout=15, what="one CPU taken, not two")
+    cancel_run(first_id)
+    first.join(30)
+    assert first_out[0].state.type is rf.StateType.CANCELLED
+    second.join(60)
+    assert second_out[0].result() == "ran"  # the cancelled run's slot came back
+    assert rf.limits.get(name)["in_use"] == 0
+
+    run = crash.run()
+    assert run.task_states["dies"].type is rf.StateType.FAILED
+    assert rf.limits.get(name)["in_use"] == 0  # given back with the attempt, long before its lease lapses

@@ -51,6 +51,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from rayflow.engine.admission import GATE_RETRY_SECONDS, ChunkAdmission, waiting_message
 from rayflow.engine.executor import Completion, Executor, Started, system_failure
 from rayflow.engine.handlers import StateHandlers
 from rayflow.engine.maps.coordinator import MapActions, MapCoordinator
@@ -68,7 +69,6 @@ from rayflow.engine.policy import (
 from rayflow.engine.protocol import AttemptResult, Work, WriteReport, pack_inputs
 from rayflow.states import State, StateType
 
-GATE_RETRY_SECONDS = 0.25  # a task waiting for a limit's slot asks again this often
 WRITE_RETRIES = 2  # a write-behind that fails (or is lost with its worker) is tried this many more times
 
 @dataclass
@@ -124,11 +124,14 @@ class Orchestrator:
             plan, cpus=cpus, clock=clock, put=executor.put, next_work_id=self.next_work_id
         )
         self.scheduled: list[tuple[float, int, str]] = []
-        # Limits by tag (set by the Ray runner: runtime.limits.TagGate): a tagged task waits
-        # for a slot of each limit named by its tags before it is submitted, so a waiting
-        # task holds no worker.  acquire(key, tags) -> None (go) or the limit waited on;
-        # release(key) when the attempt stops running.
+        # Limits by tag (set by the runner: runtime.limits.TagGate): a tagged task waits for a
+        # slot of each limit named by its tags before it is submitted, so a waiting task
+        # holds no worker.  acquire(holder, tags, want) -> (slots granted, None) or (0, the
+        # limit waited on); release(holder) when its work stops running.  A tagged map's
+        # chunks wait in ``admission`` (engine.admission).
         self.gate: Any = None
+        self.admission: ChunkAdmission | None = None
+        self._gate_due: float | None = None  # when chunks waiting for a slot ask again
         self.attempts = dict.fromkeys(keys, 0)
         self.app_failures = dict.fromkeys(keys, 0)
         self.system_failures = dict.fromkeys(keys, 0)
@@ -214,9 +217,17 @@ class Orchestrator:
     def _apply(self, actions: MapActions) -> None:
         """Carry out what the map coordinator decided."""
         for work_id in actions.cancel:
-            self.executor.cancel(work_id)
+            if self.admission is None or self.admission.ended(work_id):  # else it was never submitted
+                self.executor.cancel(work_id)
         for spec, work, handles in actions.submit:
-            self.executor.submit(spec, self.prepare(work), handles)
+            if self.gate is not None and spec.options.tags:
+                if self.admission is None:
+                    self.admission = ChunkAdmission(self.gate)
+                self.admission.offer(spec, work, handles, self.clock())
+            else:
+                self.executor.submit(spec, self.prepare(work), handles)
+        if actions.submit and self.admission is not None and self.admission.due:
+            self._admit_chunks()
         if self.feeder is not None:
             for stream_id, count in actions.requests:
                 self.feeder.request(stream_id, count)
@@ -226,6 +237,20 @@ class Orchestrator:
             if handle is not None:
                 self.handles[key] = handle
             self.follow(key, self.transition(key, state))
+
+    def _admit_chunks(self) -> None:
+        """Submit the tagged maps' chunks the limits have slots for; label maps left waiting."""
+        now = self.clock()
+        admitted, changed = self.admission.admit(now)
+        for spec, work, handles, waited in admitted:
+            if waited > 0:
+                work = dataclasses.replace(work, job=dataclasses.replace(work.job, waited=waited))
+            self.executor.submit(spec, self.prepare(work), handles)
+        for key, limit in changed.items():
+            if not self.states[key].is_finished():  # a map's label only: nothing is scheduled for it
+                waiting = State(type=StateType.PENDING, message=waiting_message(limit), timestamp=now)
+                self.transition(key, waiting if limit else State(type=StateType.RUNNING, timestamp=now))
+        self._gate_due = now + GATE_RETRY_SECONDS if self.admission.due else None
 
     def launch(self, key: str) -> None:
         """A task whose blocking dependencies finished: settle it, or start it."""
@@ -257,9 +282,9 @@ class Orchestrator:
         attempt = self.attempts[key] + 1
         now = self.clock()
         if self.gate is not None and spec.options.tags and spec.kind == "task":
-            waiting_for = self.gate.acquire(key, spec.options.tags)
+            _, waiting_for = self.gate.acquire(key, spec.options.tags, 1)
             if waiting_for is not None:  # no slot: PENDING, named, and asked again shortly
-                message = f"waiting for limit {waiting_for!r}"
+                message = waiting_message(waiting_for)
                 if self.states[key].message != message:
                     self.transition(key, State(type=StateType.PENDING, attempt=attempt, message=message, timestamp=now))
                 heapq.heappush(self.scheduled, (now + GATE_RETRY_SECONDS, next(self._seq), key))
@@ -318,6 +343,8 @@ class Orchestrator:
             for hook in self._on_report:
                 hook(work=work, report=completion.report)
         if work.job is not None:
+            if self.admission is not None:
+                self.admission.ended(work.work_id)  # its slots go back
             owned = self.maps.owns(work.work_id)  # else stale: cancelled, or its map ended
             if owned:
                 for hook in self._on_chunk:
@@ -424,6 +451,8 @@ class Orchestrator:
         self._apply(self.maps.drain_streams())
         now = self.clock()
         self._apply(self.maps.pump_due(now))
+        if self._gate_due is not None and self._gate_due <= now:
+            self._admit_chunks()
         while self.scheduled and self.scheduled[0][0] <= now:
             _, _, key = heapq.heappop(self.scheduled)
             if not self.states[key].is_finished():
@@ -446,9 +475,9 @@ class Orchestrator:
         now = self.clock()
         if self.scheduled:
             wait = min(wait, max(0.0, self.scheduled[0][0] - now))
-        due = self.maps.next_due()
-        if due is not None:
-            wait = min(wait, max(0.0, due - now))
+        for due in (self.maps.next_due(), self._gate_due):
+            if due is not None:
+                wait = min(wait, max(0.0, due - now))
         if self.maps.has_stream_input():
             wait = 0.0
         for _, deadline in self.deadlines.values():
@@ -493,6 +522,7 @@ class Orchestrator:
 
     def _cancel_outstanding(self) -> None:
         self._apply(self.maps.cancel())
+        self._gate_due = None
         for work in list(self.running.values()):
             self.executor.cancel(work.work_id)
         self.running.clear()

@@ -32,7 +32,7 @@ from rayflow.core.loader import flow_target
 from rayflow.core.task import Task
 from rayflow.engine.columns import to_column
 from rayflow.engine.payload import dump_payload
-from rayflow.engine.protocol import ItemCachePolicy, ResultPolicy
+from rayflow.engine.protocol import ASYNC_CONCURRENCY, ItemCachePolicy, ResultPolicy
 from rayflow.exceptions import GraphError, MappingError, SerializationError
 from rayflow.results import ResultStore, default_location
 from rayflow.triggers import all_successful
@@ -73,6 +73,7 @@ class TaskSpec:
     # Set by the Ray runner for a task no node fits yet while an autoscaler may add one:
     # seconds each of its works may wait to be placed before it fails (None: no limit).
     resource_wait: float | None = None
+    items_at_once: int = 1  # a map: its chunks' items running at once at most (async / concurrency=)
 
     @property
     def dependencies(self) -> tuple[str, ...]:
@@ -167,6 +168,7 @@ def compile_plan(graph: Graph, flow: Any = None) -> Plan:
                 streaming=tuple(dict.fromkeys(s.key for s in node.sources if s.streaming)),
                 report_length="flat" if key in consumers["flatten_node"] else "len" if key in consumers["node"] else None,
                 count_flat=key in consumers["flatten_map"],
+                items_at_once=_items_at_once(node.task.fn, options) if node.kind == "map" else 1,
                 resume_chunks=results.chunks.get(key, ()),
                 reference=node.subflow.reference if node.subflow else (),
                 members=node.subflow.members if node.subflow else (),
@@ -320,6 +322,16 @@ def _map_consumption(graph: Graph) -> dict[str, set[str]]:
             if source.kind in out:
                 out[source.kind].add(source.key)
     return out
+
+
+def _items_at_once(fn: Any, options: TaskOptions) -> int:
+    """How many of a chunk's items run at once: a batch is one call; an async task runs up to
+    ``concurrency`` (default ASYNC_CONCURRENCY) on one loop; a plain one ``concurrency`` threads."""
+    if options.batch:
+        return 1
+    if inspect.iscoroutinefunction(fn):
+        return options.concurrency or ASYNC_CONCURRENCY
+    return options.concurrency or 1
 
 
 def _worker_options(options: TaskOptions, *, count_flat: bool, store: tuple[str | None, bool] = (None, False)) -> dict[str, Any]:

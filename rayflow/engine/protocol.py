@@ -24,6 +24,8 @@ import cloudpickle
 from rayflow.signals import Fail, Retry, Signal, Skip
 from rayflow.states import ErrorInfo, StateType
 
+ASYNC_CONCURRENCY = 32  # items of an async task's chunk at once, unless concurrency= says
+
 
 @dataclass(frozen=True)
 class ChunkHandle:
@@ -63,6 +65,8 @@ class ChunkJob:
     attempts: tuple[int, ...] | None = None  # attempt number of each item run (None: all 1)
     load: tuple[str, ...] = ()  # a resumed run: the chunk's stored results (first run, then patches) to load
     deaths: int = 0  # works holding these items that died with their worker so far (policy.after_worker_death)
+    slots: int | None = None  # a tagged map: its items run at most this many at once (the limits' slots granted)
+    waited: float = 0.0  # seconds it waited for those slots (its span says so)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,11 @@ def cancel_local(run_id: str) -> bool:
 
 
 class LocalRunner:
+    # Limits by tag: rayflow.runtime.limits sets this to its TagGate when imported (as
+    # rf.limits, rf.concurrency and rayflow limit do), so a run in this process honours the
+    # limits set in it, or with Ray initialised the cluster's.  None: tags limit nothing.
+    gate_factory: Any = None
+
     def __init__(self, max_workers: int | None = None):
         self.max_workers = max_workers
 
@@ -64,6 +69,8 @@ class LocalRunner:
             _flush_at_exit()
         orchestrator = observed.orchestrator
         orchestrator.feeder = StreamFeeder(plan.streams, orchestrator, executor.put)
+        if self.gate_factory is not None and any(spec.options.tags for spec in plan.specs):
+            orchestrator.gate = self.gate_factory(orchestrator.run_id)
         has_maps = any(spec.kind == "map" for spec in plan.specs)
         progress = MapProgress(flow.options.progress if has_maps else False)
         if progress.enabled:
@@ -81,6 +88,8 @@ class LocalRunner:
         finally:
             with _LIVE_LOCK:
                 _LIVE.pop(orchestrator.run_id, None)
+            if orchestrator.gate is not None:
+                orchestrator.gate.release_everything()
             progress.close()
             executor.shutdown()
             observed.close()

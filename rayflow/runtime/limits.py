@@ -31,6 +31,7 @@ import ray
 logger = logging.getLogger(__name__)
 
 from rayflow.exceptions import LimitError
+from rayflow.runs.local import LocalRunner
 
 ACTOR_NAME = "rayflow-limits"
 NAMESPACE = "rayflow"
@@ -104,15 +105,19 @@ class LimitsState:
             return None
         return self._lease(name, occupy, holder, ttl)
 
-    def acquire_tags(self, tags: list[str], holder: str, ttl: float) -> tuple[list[str], str | None]:
-        """One slot of every limit among ``tags`` (other tags are no limits), all or none:
-        (the leases, None), or ([], the first limit with no slot free)."""
+    def acquire_tags(self, tags: list[str], holder: str, ttl: float, want: int = 1) -> tuple[list[str], int, str | None]:
+        """Up to ``want`` slots of every limit among ``tags`` (other tags are no limits), the
+        same number of each, at least one or none: (the leases, how many, None), or
+        ([], 0, the first limit with no slot free)."""
         self._expire()
         known = [t for t in sorted(tags) if t in self.limits]
+        granted = want
         for name in known:
-            if self._in_use(name) + 1 > self.limits[name].slots:
-                return [], name
-        return [self._lease(name, 1, holder, ttl) for name in known], None
+            free = self.limits[name].slots - self._in_use(name)
+            if free < 1:
+                return [], 0, name
+            granted = min(granted, free)
+        return [self._lease(name, granted, holder, ttl) for name in known], granted, None
 
     def release_all(self, leases: list[str]) -> None:
         for lease in leases:
@@ -238,10 +243,11 @@ def list() -> list[dict]:  # noqa: A001 - rf.limits.list
 
 
 class TagGate:
-    """The orchestrator's gate (see engine.orchestrator's ``gate``) for one run on Ray: a
-    tagged task takes one slot of each limit its tags name before it is submitted, and gives
-    them back when its attempt stops running.  Its leases are renewed while held.  With no
-    limits actor on the cluster there are no limits: nothing waits, and none is made."""
+    """The orchestrator's gate (see engine.orchestrator's ``gate`` and engine.admission) for
+    one run: a tagged task's attempt, or a tagged map's chunk, takes slots of each limit its
+    tags name before it is submitted, and gives them back when it stops running.  Its leases
+    are renewed while held.  With no limits (no limits actor on the cluster; none set in this
+    process without Ray) nothing waits, and no actor is made."""
 
     def __init__(self, run_id: str):
         self.run_id = run_id
@@ -251,32 +257,38 @@ class TagGate:
         self._stop = threading.Event()
         self._warned = False
 
-    def acquire(self, key: str, tags: frozenset[str]) -> str | None:
-        if not _actor_exists():
-            return None
+    def acquire(self, key: str, tags: frozenset[str], want: int = 1) -> tuple[int, str | None]:
+        """(slots granted, None), or (0, the limit waited on)."""
+        if not _limits_exist():
+            return want, None
         try:
-            leases, waiting_for = _call("acquire_tags", sorted(tags), f"{self.run_id}/{key}", lease_seconds())
+            leases, granted, waiting_for = _call("acquire_tags", sorted(tags), f"{self.run_id}/{key}", lease_seconds(), want)
         except Exception as exc:  # noqa: BLE001 - limits unreachable: run rather than wait forever
             if not self._warned:
                 self._warned = True
                 logger.warning("rayflow: the limits actor did not answer (%s): tagged tasks run unlimited", exc)
-            return None
+            return want, None
         if waiting_for is None and leases:
             with self._lock:
                 self.held[key] = leases
                 if self._renewer is None:
                     self._renewer = threading.Thread(target=self._renew, name=f"rayflow-leases-{self.run_id}", daemon=True)
                     self._renewer.start()
-        return waiting_for
+        return granted, waiting_for
 
     def release(self, key: str) -> None:
         with self._lock:
             leases = self.held.pop(key, None)
-        if leases and _actor is not None:
-            try:  # not waited for: the actor applies calls in order, so a later acquire sees it
-                _actor.release_all.remote(leases)
-            except Exception:  # noqa: BLE001 - not renewed any more: they lapse on their own
-                pass
+        if not leases:
+            return
+        if _actor is None:
+            if not ray.is_initialized():
+                _call("release_all", leases)  # in-process
+            return  # else the actor went away: its leases with it
+        try:  # not waited for: the actor applies calls in order, so a later acquire sees it
+            _actor.release_all.remote(leases)
+        except Exception:  # noqa: BLE001 - not renewed any more: they lapse on their own
+            pass
 
     def release_everything(self) -> None:
         """The run is over: every slot back, and no more renewals."""
@@ -296,9 +308,15 @@ class TagGate:
                     pass
 
 
-def _actor_exists() -> bool:
-    """Is there a limits actor on this cluster (anyone ever set a limit)?  Looked up, never made."""
+LocalRunner.gate_factory = TagGate  # runner="local" honours limits by tag too (see runs.local)
+
+
+def _limits_exist() -> bool:
+    """Are there limits: a limits actor on this cluster (anyone ever set a limit), or without
+    Ray, limits in this process?  The actor is looked up, never made."""
     global _actor
+    if not ray.is_initialized():
+        return _local_state is not None and bool(_local_state.limits)
     if _actor is not None:
         return True
     try:

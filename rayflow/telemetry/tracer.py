@@ -1,6 +1,7 @@
 """RunTracer: turns one run's state events into spans, in the orchestrating actor.
 
     flow <name>                     the run, from RUNNING to its final state
+    ├── limit wait <key>            a tagged task (or map) waiting for a limit's slot
     ├── task <key>                  one span per attempt, worker-measured start/end
     ├── task <key>                  a mapped task: launch to final state
     │   └── chunk <key>[a:b]        one span per chunk (never per item), item range and counts
@@ -26,6 +27,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from rayflow.core.parameters import is_secret
 from rayflow.engine import columns as C
+from rayflow.engine.admission import WAITING_FOR_LIMIT
 from rayflow.engine.observers import RunObserver
 from rayflow.engine.protocol import Work
 from rayflow.states import State, StateType
@@ -72,6 +74,7 @@ class RunTracer(RunObserver):
         self._chunks: dict[int, int] = {}  # work id -> span id
         self._map_spans: dict[str, Any] = {}
         self._map_ids: dict[str, int] = {}
+        self._limit_waits: dict[str, tuple[float, str]] = {}  # key -> (since, message) while it waits for a limit
 
     @property
     def trace_id(self) -> str:
@@ -158,6 +161,11 @@ class RunTracer(RunObserver):
             return
         if "/" in task_key:
             self._parent(task_key, new.timestamp)  # a subflow's span opens with its first event
+        if new.type is StateType.PENDING and new.message.startswith(WAITING_FOR_LIMIT):
+            self._limit_waits.setdefault(task_key, (new.timestamp, new.message))
+            return
+        if task_key in self._limit_waits:
+            self._limit_wait_span(task_key, *self._limit_waits.pop(task_key), new.timestamp)
         if task_key in self._subflows:
             self._on_subflow(task_key, new)
         elif task_key in self._maps:
@@ -169,6 +177,11 @@ class RunTracer(RunObserver):
             span.add_event(new.type.value.lower(), {f"{PREFIX}reason": new.message}, timestamp=_ns(new.timestamp))
             self._finish(span, new)
             span.end(end_time=_ns(new.timestamp))
+
+    def _limit_wait_span(self, key: str, since: float, message: str, until: float) -> None:
+        attrs = {**self._base(key), f"{PREFIX}limit": message[len(WAITING_FOR_LIMIT) :].strip(" '")}
+        span = self._start(f"limit wait {key}", self._parent(key, since), since, None, attrs)
+        span.end(end_time=_ns(until))
 
     def _attempt_span(self, key: str, new: State) -> None:
         attempt, span_id, submitted = self._attempts.pop(key, (new.attempt, None, new.timestamp))
@@ -222,6 +235,9 @@ class RunTracer(RunObserver):
         }
         if job.indices is not None:
             attrs[f"{PREFIX}retried_items"] = len(job.indices)
+        if job.slots is not None:  # a tagged map's chunk: the limits' slots it ran with, and its wait for them
+            attrs[f"{PREFIX}limit_slots"] = job.slots
+            attrs[f"{PREFIX}limit_wait_seconds"] = round(job.waited, 3)
         start = summary.started_at if summary is not None else None
         ctx = trace.set_span_in_context(parent) if parent is not None else self._parent(task_key, start)
         span = self._start(f"chunk {task_key}[{job.start}:{stop}]", ctx, start, span_id, attrs)

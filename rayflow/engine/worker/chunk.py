@@ -30,7 +30,7 @@ from rayflow.core.refs import MapInput, NodeRef, substitute
 from rayflow.engine import columns as C
 from rayflow.engine.columns import ChunkResult, Column, concat_columns, encode_values, merge_results, to_column
 from rayflow.engine.payload import load_payload
-from rayflow.engine.protocol import MAX_REPORTED_ERRORS, ChunkJob, ChunkSummary, Piece, describe_error, signal_outcome
+from rayflow.engine.protocol import ASYNC_CONCURRENCY, MAX_REPORTED_ERRORS, ChunkJob, ChunkSummary, Piece, describe_error, signal_outcome
 from rayflow.engine.worker.item_cache import ChunkCache
 from rayflow.engine.worker.logs import current_context, current_item_cell, get_run_logger, running_item
 from rayflow.exceptions import ResultStoreError
@@ -39,7 +39,6 @@ from rayflow.signals import Signal
 from rayflow.states import StateType
 
 _PAYLOADS: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
-ASYNC_CONCURRENCY = 32  # items of an async task's chunk at once, unless concurrency= says
 
 
 def _load(payload: bytes) -> Any:
@@ -326,10 +325,11 @@ def _run_per_item(fn, args, kwargs, sources, job, selected, runnable, outcomes, 
     cell = current_item_cell()
     if is_async or (concurrency or 1) > 1:
         results = [None] * len(selected)
+        at_once = min(concurrency or ASYNC_CONCURRENCY, job.slots or len(runnable) or 1)  # slots: limits by tag
         if is_async:
-            asyncio.run(_run_items_async(call, inputs, runnable, results, outcomes, timeout, concurrency or ASYNC_CONCURRENCY))
+            asyncio.run(_run_items_async(call, inputs, runnable, results, outcomes, timeout, at_once))
         else:
-            _run_items_threaded(call, inputs, runnable, results, outcomes, timeout, concurrency)
+            _run_items_threaded(call, inputs, runnable, results, outcomes, timeout, at_once)
         return results
     if timeout is not None and threading.current_thread() is threading.main_thread():
         results: list[Any] = [None] * len(selected)
