@@ -17,11 +17,14 @@ import uuid
 import pytest
 from cli_runner import REPO, run_cli
 from otlp_sink import HttpSink
+from starlette.testclient import TestClient
 from test_async_tasks import most_at_once
 from waiting import wait_for
 
 import rayflow as rf
 from rayflow.runtime.limits import LimitsState
+from rayflow.store import rayflow_home
+from rayflow.ui import create_app
 
 
 def unique(prefix: str) -> str:
@@ -293,6 +296,11 @@ def test_tag_limits_release_slots_of_a_cancelled_run_and_of_a_killed_worker_and_
     # one task holds a CPU, the waiting one none (both running would leave cpus - 2 for 60 s);
     # Ray's view of free resources lags a little behind
     wait_for(lambda: ray.available_resources().get("CPU", 0) == cpus - 1, timeout=15, what="one CPU taken, not two")
+    # rayflow show and the UI name the limit it waits on
+    shown = lambda: run_cli("show", second_id).stdout  # noqa: E731
+    wait_for(lambda: "PENDING" in shown() and f"waiting for limit '{name}'" in shown(), timeout=20, what="show to name the limit")
+    page = TestClient(create_app(rayflow_home())).get(f"/runs/{second_id}").text
+    assert "PENDING" in page and f"waiting for limit &#39;{name}&#39;" in page
     cancel_run(first_id)
     first.join(30)
     assert first_out[0].state.type is rf.StateType.CANCELLED

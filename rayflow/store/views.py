@@ -87,6 +87,9 @@ def task_rows(run: dict) -> list[dict]:
         entry["state"] = t["state"]
         if t["state"] == "RUNNING":
             entry["attempts"] = max(entry["attempts"], t["attempt"] or 1)
+            entry.pop("note", None)
+        elif t["state"] == "PENDING" and t["message"]:  # waiting for a limit's slot
+            entry["note"] = t["message"]
         entry["started_at"], entry["finished_at"] = t["started_at"], t["finished_at"]
         entry["duration"] = _duration(t["started_at"], t["finished_at"])
         if (t["state"] in FAILED or t["state"] == "RETRYING") and t["message"]:
