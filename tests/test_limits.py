@@ -6,6 +6,8 @@ holders record, never from wall-clock limits."""
 from __future__ import annotations
 
 import os
+import sqlite3
+import stat
 import subprocess
 import sys
 import textwrap
@@ -18,7 +20,10 @@ from test_async_tasks import most_at_once
 from waiting import wait_for
 
 import rayflow as rf
-from rayflow.runtime.limits import LimitsState
+from rayflow.runtime import limits
+from rayflow.runtime.limits import LimitsActor, LimitsState
+from rayflow.store import RunStore
+from rayflow.store import limits as kept
 
 
 def unique(prefix: str) -> str:
@@ -43,6 +48,51 @@ def test_leases_expire_and_bad_values_are_refused():
         state.set("no spaces", 1)
     with pytest.raises(rf.LimitError, match="no limit named 'ghost'"):
         state.acquire("ghost", 1, "a", ttl=1)
+
+
+def test_limit_definitions_round_trip_through_the_history_and_renewals_take_their_slots_again(tmp_path):
+    """The actor's class in this process, on a real SQLite file: what one instance set, the next
+    (a restarted actor: Ray runs __init__ again with the same history) loads."""
+    first = LimitsActor(str(tmp_path))
+    first.set("db", 5)
+    first.set("api", 10, per_second=2.5)
+    first.set("gone", 1)
+    assert first.remove("gone") and not first.remove("never")
+    assert kept.LimitStore(RunStore(tmp_path)).load() == {"api": (10, 2.5), "db": (5, None)}
+    assert stat.S_IMODE((tmp_path / "history.db").stat().st_mode) == 0o600
+    held = first.acquire("db", 4, "holder", ttl=30)
+
+    restarted = LimitsActor(str(tmp_path))
+    assert restarted.list() == [
+        {"name": "api", "slots": 10, "per_second": 2.5, "in_use": 0},
+        {"name": "db", "slots": 5, "per_second": None, "in_use": 0},  # leases are not kept
+    ]
+    assert restarted.take_token("api") > 0  # a restored rate starts empty: no burst after a restart
+    other = restarted.acquire("db", 2, "other", ttl=30)
+    assert restarted.renew([held], ttl=30) == [held]  # 4 more do not fit beside 2: lost
+    restarted.release(other)
+    assert restarted.renew([held], ttl=30) == [] and restarted.get("db")["in_use"] == 4  # taken again
+
+
+def test_a_history_that_cannot_be_opened_or_written_leaves_the_limits_working(tmp_path, monkeypatch, caplog):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    memory_only = LimitsActor(str(not_a_folder))
+    memory_only.set("db", 1)
+    assert memory_only.acquire("db", 1, "a", ttl=5) is not None
+    assert "in memory only" in caplog.text
+
+    monkeypatch.setattr(kept, "WRITE_SECONDS", 0.1)
+    monkeypatch.setattr(kept, "RETRY_SECONDS", 0.1)
+    actor = LimitsActor(str(tmp_path))
+    lock = sqlite3.connect(tmp_path / "history.db", isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")  # another process holds the history
+    actor.set("db", 3)
+    assert actor.get("db")["slots"] == 3 and actor.keeper.pending() == 1  # kept, to be retried
+    assert "cannot write the limits" in caplog.text
+    lock.execute("ROLLBACK")
+    wait_for(lambda: actor.keeper.pending() == 0, timeout=10, what="the retry thread to write the limit")
+    assert kept.LimitStore(RunStore(tmp_path)).load() == {"db": (3, None)}
 
 
 def test_concurrency_never_lets_more_than_the_limit_hold_slots_across_two_runs(ray_session):
@@ -180,3 +230,43 @@ def test_a_tag_limit_holds_tagged_tasks_before_submitting_across_two_runs(ray_se
               if s.type is rf.StateType.PENDING and s.message == f"waiting for limit {name!r}"]
     assert waited  # shown as such while they waited
     assert rf.limits.get(name)["in_use"] == 0  # every slot back once the runs ended
+
+
+def test_a_restarted_limits_actor_has_its_limits_back_from_the_history(ray_session):
+    """The actor dies (Ray restarts it, running __init__ again) and then is killed for good (the
+    next call makes a new one): both times it loads the limits from the history it was given.
+    A holder's renewal takes its slot again; `rayflow limit ls` lists them."""
+    import ray
+    from typer.testing import CliRunner
+
+    from rayflow.cli import app
+
+    name = unique("kept")
+    rf.limits.set(name, 2)
+    rf.limits.set(name + "-r", 3, per_second=4)
+    lease = limits._call("acquire", name, 1, "test", 30.0)
+    actor = ray.get_actor(limits.ACTOR_NAME, namespace=limits.NAMESPACE)
+    ray.kill(actor, no_restart=False)
+    wait_for(lambda: rf.limits.get(name)["in_use"] == 0, timeout=60, what="the restarted actor (it has no leases)")
+    assert rf.limits.get(name) == {"name": name, "slots": 2, "per_second": None, "in_use": 0}
+    assert rf.limits.get(name + "-r") == {"name": name + "-r", "slots": 3, "per_second": 4.0, "in_use": 0}
+    assert limits._call("renew", [lease], 30.0) == [] and rf.limits.get(name)["in_use"] == 1  # its slot again
+    with rf.concurrency(name, timeout=10):
+        assert rf.limits.get(name)["in_use"] == 2
+
+    ray.kill(actor)  # gone for good: no restart
+    wait_for(lambda: _dead(actor), timeout=30, what="the killed actor")
+    listed = CliRunner().invoke(app, ["limit", "ls"])
+    assert listed.exit_code == 0, listed.output
+    assert f"{name}\t2\t0\t-" in listed.output.splitlines() and f"{name}-r\t3\t0\t4" in listed.output.splitlines()
+
+
+def _dead(actor) -> bool:
+    import ray
+
+    try:
+        ray.get(actor.list.remote(), timeout=5)
+    except ray.exceptions.RayActorError:
+        return True
+    return False
+
