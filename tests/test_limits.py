@@ -5,6 +5,7 @@ holders record, never from wall-clock limits."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import stat
@@ -93,6 +94,39 @@ def test_a_history_that_cannot_be_opened_or_written_leaves_the_limits_working(tm
     lock.execute("ROLLBACK")
     wait_for(lambda: actor.keeper.pending() == 0, timeout=10, what="the retry thread to write the limit")
     assert kept.LimitStore(RunStore(tmp_path)).load() == {"db": (3, None)}
+
+
+def test_concurrency_and_rate_limit_without_ray_in_both_forms(monkeypatch):
+    """In-process limits (no Ray): three coroutines on one loop share one slot in turn."""
+    monkeypatch.setattr(limits, "_on_ray", lambda: False)
+    monkeypatch.setattr(limits, "_local_state", None)
+    rf.limits.set("db", 1)
+    rf.limits.set("api", 1, per_second=20)
+
+    async def holder(i: int, order: list) -> None:
+        async with rf.concurrency("db"):
+            order.append("in")
+            await asyncio.sleep(0.05)
+            order.append("out")
+
+    async def main() -> list:
+        order: list = []
+        await asyncio.gather(*(holder(i, order) for i in range(3)))
+        stamps = []
+        for _ in range(3):
+            await rf.rate_limit_async("api")
+            stamps.append(time.monotonic())
+        return order, stamps
+
+    order, stamps = asyncio.run(main())
+    assert order == ["in", "out"] * 3
+    assert min(b - a for a, b in zip(stamps, stamps[1:])) >= 0.04  # 20 a second
+    with rf.concurrency("db"):
+        assert rf.limits.get("db")["in_use"] == 1
+        with pytest.raises(TimeoutError, match="no 1 slot"):
+            asyncio.run(rf.concurrency("db", timeout=0.2).__aenter__())
+    rf.rate_limit("api")
+    assert rf.limits.get("db")["in_use"] == 0
 
 
 def test_concurrency_never_lets_more_than_the_limit_hold_slots_across_two_runs(ray_session):
@@ -270,3 +304,50 @@ def _dead(actor) -> bool:
         return True
     return False
 
+
+def test_async_holders_wait_without_blocking_their_loop(ray_session):
+    """12 items of an async map, up to 12 at once on a loop, share a limit of 2: never more
+    than 2 hold it, and an item waiting for a slot lets its loop run (its ticker ticks).
+    An async task's rate limit spaces its calls."""
+    name, rate = unique("adb"), unique("aapi")
+    rf.limits.set(name, 2)
+    rf.limits.set(rate, 1, per_second=5)  # a burst of 1, then one token every 0.2 s
+
+    @rf.task(concurrency=12)
+    async def hold(i: int, name: str) -> tuple[int, float, float, int]:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        async with rf.concurrency(name, timeout=60):
+            ticked_while_waiting = ticks
+            started = time.time()
+            await asyncio.sleep(0.1)
+            ended = time.time()
+        ticker.cancel()
+        return i, started, ended, ticked_while_waiting
+
+    @rf.task
+    async def paced(rate: str) -> list[float]:
+        stamps = []
+        for _ in range(6):
+            await rf.rate_limit_async(rate)
+            stamps.append(time.monotonic())
+        return stamps
+
+    @rf.flow
+    def held(name: str, rate: str) -> list:
+        return [hold.map(range(12), name=rf.unmapped(name)), paced(rate)]
+
+    run = held.run(name=name, rate=rate)
+    values, stamps = run.task_result("hold"), run.task_result("paced")
+    assert sorted(v[0] for v in values) == [*range(12)]
+    assert most_at_once([v[:3] for v in values]) <= 2, values
+    assert sum(v[3] > 0 for v in values) >= 6, values  # 10 waited a holder's 0.1 s at least, their loop running
+    assert stamps[-1] - stamps[0] >= 0.8, stamps  # 5 tokens after the first at 5 a second: 1 s, less an answer's trip
+    assert rf.limits.get(name)["in_use"] == 0

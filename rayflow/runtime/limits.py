@@ -10,6 +10,8 @@ in-process runner, a unit test) the same ``LimitsState`` lives in this process.
   died (a killed worker) gives its slots back on its own.
 - A *rate* limit (``per_second`` given): a token bucket of N tokens refilled at
   ``per_second``; ``rf.rate_limit("api")`` takes one token, waiting for it first.
+- In an ``async def`` task: ``async with rf.concurrency("db")`` and ``await
+  rf.rate_limit_async("api")`` wait with ``await``, so the task's other coroutines go on.
 
 The actor lives on the head node and keeps the limits' definitions (not their leases) in the
 run history there (store.limits), loading them whenever it starts: Ray restarts a dead actor
@@ -18,7 +20,7 @@ by running its ``__init__`` again, and a holder's renewal takes its slot again i
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
 import math
 import os
@@ -26,7 +28,6 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -296,6 +297,31 @@ def _call(method: str, *args: Any) -> Any:
         raise
 
 
+async def _acall(method: str, *args: Any) -> Any:
+    """``_call`` for a coroutine: the actor's answer is awaited, the loop never blocked on it."""
+    global _actor
+    if not _on_ray():
+        return getattr(_Local(), method)(*args)  # in this process: no wait
+
+    async def once() -> Any:
+        handle = _actor if _actor is not None else await asyncio.to_thread(_handle)  # a lookup: off the loop
+        return await asyncio.wait_for(getattr(handle, method).remote(*args), CALL_SECONDS)
+
+    try:
+        try:
+            return await once()
+        except ray.exceptions.RayActorError:
+            _actor = None
+            return await once()
+    except ray.exceptions.RayTaskError as exc:
+        if (error := _limit_error(exc)) is None:
+            raise
+        raise error from None
+    except ray.exceptions.RayActorError:
+        _actor = None
+        raise
+
+
 # -- rf.limits: set, get, remove, list ------------------------------------------------------------
 
 
@@ -392,52 +418,3 @@ def _actor_exists() -> bool:
     except ValueError:
         return False
     return True
-
-
-# -- inside tasks ------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def concurrency(name: str, occupy: int = 1, timeout: float | None = None) -> Iterator[None]:
-    """Hold ``occupy`` slots of the limit ``name`` while the block runs, waiting for them first
-    (at most ``timeout`` seconds, then TimeoutError).  The slots are leased and renewed while
-    held, so a holder that dies gives them back within RAYFLOW_LEASE_SECONDS."""
-    check_name(name)
-    if isinstance(occupy, bool) or not isinstance(occupy, int) or occupy < 1:
-        raise LimitError(f"occupy is a whole number of slots >= 1, not {occupy!r}")
-    ttl = lease_seconds()
-    holder = f"{os.uname().nodename}:{os.getpid()}"
-    deadline = None if timeout is None else time.monotonic() + timeout
-    pause = POLL_SECONDS
-    while (lease := _call("acquire", name, occupy, holder, ttl)) is None:
-        if deadline is not None and time.monotonic() + pause > deadline:
-            raise TimeoutError(f"no {occupy} slot(s) of limit {name!r} came free within {timeout:g}s")
-        time.sleep(pause)
-        pause = min(pause * 2, MAX_POLL_SECONDS)
-    stop = threading.Event()
-
-    def renew() -> None:
-        while not stop.wait(ttl / 3):
-            try:
-                _call("renew", [lease], ttl)
-            except Exception:  # noqa: BLE001 - the actor restarting: the next renewal tries again
-                pass
-
-    renewer = threading.Thread(target=renew, name=f"rayflow-lease-{name}", daemon=True)
-    renewer.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        _call("release", lease)
-
-
-def rate_limit(name: str, timeout: float | None = None) -> None:
-    """Take one token of the rate limit ``name``, waiting until one is due (at most
-    ``timeout`` seconds, then TimeoutError)."""
-    check_name(name)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while (wait := _call("take_token", name)) > 0:
-        if deadline is not None and time.monotonic() + wait > deadline:
-            raise TimeoutError(f"no token of rate limit {name!r} came due within {timeout:g}s")
-        time.sleep(min(wait, MAX_POLL_SECONDS))
