@@ -61,17 +61,25 @@ def resume(run_id: str, flow: Flow | None = None, **params: object) -> FlowRun:
 
 
 def __getattr__(name: str) -> object:
-    """``rf.limits`` (set, get, remove, list), ``rf.concurrency`` and ``rf.rate_limit``: loaded
-    on first use, so ``import rayflow`` does not import Ray."""
-    if name in ("limits", "concurrency", "rate_limit"):
+    """``rf.limits`` (set, get, remove, list), ``rf.concurrency``, ``rf.rate_limit`` and
+    ``rf.rate_limit_async``: loaded on first use, so ``import rayflow`` does not import Ray."""
+    if name == "limits":
         from rayflow.runtime import limits
 
-        return limits if name == "limits" else getattr(limits, name)
+        return limits
+    if name in _HOLDERS:
+        from rayflow.runtime import limit_holders
+
+        return getattr(limit_holders, name)
     raise AttributeError(f"module 'rayflow' has no attribute {name!r}")
 
 
+_HOLDERS = ("concurrency", "rate_limit", "rate_limit_async")
+
+
 def __dir__() -> list[str]:
-    return sorted({*globals(), "limits", "concurrency", "rate_limit"})
+    return sorted({*globals(), "limits", *_HOLDERS})
+
 
 __all__ = [
     "ClusterAuthenticationError",
@@ -114,6 +122,7 @@ __all__ = [
     "mapped",
     "merge",
     "rate_limit",
+    "rate_limit_async",
     "resume",
     "schedules",
     "set_reference_tasks",

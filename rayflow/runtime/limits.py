@@ -10,11 +10,17 @@ in-process runner, a unit test) the same ``LimitsState`` lives in this process.
   died (a killed worker) gives its slots back on its own.
 - A *rate* limit (``per_second`` given): a token bucket of N tokens refilled at
   ``per_second``; ``rf.rate_limit("api")`` takes one token, waiting for it first.
+- In an ``async def`` task: ``async with rf.concurrency("db")`` and ``await
+  rf.rate_limit_async("api")`` wait with ``await``, so the task's other coroutines go on.
+
+The actor lives on the head node and keeps the limits' definitions (not their leases) in the
+run history there (store.limits), loading them whenever it starts: Ray restarts a dead actor
+by running its ``__init__`` again, and a holder's renewal takes its slot again if it is free.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
 import math
 import os
@@ -22,7 +28,6 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,12 +37,16 @@ logger = logging.getLogger(__name__)
 
 from rayflow.exceptions import LimitError
 from rayflow.runs.local import LocalRunner
+from rayflow.store.history import rayflow_home
+from rayflow.store.limits import LimitKeeper
 
 ACTOR_NAME = "rayflow-limits"
 NAMESPACE = "rayflow"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
 POLL_SECONDS = 0.05  # first wait between tries for a slot; doubles up to MAX_POLL_SECONDS
 MAX_POLL_SECONDS = 1.0
+CALL_SECONDS = 60.0  # a call of the limits actor that takes longer fails
+HEAD_RESOURCE = "node:__internal_head__"  # Ray's resource of the head node: the actor lives there
 
 
 def lease_seconds() -> float:
@@ -124,14 +133,17 @@ class LimitsState:
             self.leases.pop(lease, None)
 
     def renew(self, leases: list[str], ttl: float) -> list[str]:
-        """Renew the leases; those already expired (their slots may be held by others) are returned."""
+        """Renew the leases.  One this state does not hold (it lapsed, or the actor restarted
+        and lost its leases) takes its slots again if they are free; those it cannot take
+        (held by others now, or their limit is gone) are returned: their holders lost them."""
+        self._expire()
         lost = []
         for lease in leases:
             held = self.leases.get(lease)
-            if held is None:
-                lost.append(lease)
-            else:
+            if held is not None:
                 self.leases[lease] = (held[0], held[1], time.monotonic() + ttl)
+            elif not self._retake(lease, ttl):
+                lost.append(lease)
         return lost
 
     def release(self, lease: str) -> None:
@@ -153,9 +165,19 @@ class LimitsState:
         return (1.0 - limit.tokens) / limit.per_second
 
     def _lease(self, name: str, occupy: int, holder: str, ttl: float) -> str:
-        lease = f"{holder}:{uuid.uuid4().hex[:12]}"
+        lease = f"{name}|{occupy}|{holder}:{uuid.uuid4().hex[:12]}"  # names have no '|': see _retake
         self.leases[lease] = (name, occupy, time.monotonic() + ttl)
         return lease
+
+    def _retake(self, lease: str, ttl: float) -> bool:
+        """Hold ``lease`` again (its id names its limit and slots) if its slots are free."""
+        name, _, rest = lease.partition("|")
+        occupy, _, _ = rest.partition("|")
+        limit = self.limits.get(name)
+        if limit is None or not occupy.isdigit() or self._in_use(name) + int(occupy) > limit.slots:
+            return False
+        self.leases[lease] = (name, int(occupy), time.monotonic() + ttl)
+        return True
 
     def _known(self, name: str) -> _Limit:
         limit = self.limits.get(name)
@@ -174,7 +196,36 @@ class LimitsState:
         return {"name": name, "slots": limit.slots, "per_second": limit.per_second, "in_use": self._in_use(name)}
 
 
-_LimitsActor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(LimitsState)
+class LimitsActor(LimitsState):
+    """The cluster's limits actor: a LimitsState whose definitions are kept in the run history
+    under ``home`` and loaded whenever it starts (Ray runs ``__init__`` again, with the same
+    arguments, when it restarts a dead actor; a new actor loads them too).  Leases are not
+    kept: a holder's next renewal takes its slots again.  A restored rate starts with an
+    empty bucket, so a restart lets no burst through early."""
+
+    def __init__(self, home: str | None = None):
+        super().__init__()
+        self.keeper = LimitKeeper(home)
+        for name, (slots, per_second) in self.keeper.definitions.items():
+            try:
+                check_name(name)
+                self.limits[name] = _Limit(*check_values(slots, per_second), tokens=0.0)
+            except LimitError as exc:  # a row edited by hand
+                logger.warning("rayflow: limit %r in the run history is not restored: %s", name, exc)
+
+    def set(self, name: str, slots: int, per_second: float | None = None) -> None:
+        super().set(name, slots, per_second)
+        limit = self.limits[name]
+        self.keeper.keep(name, (limit.slots, limit.per_second))
+
+    def remove(self, name: str) -> bool:
+        removed = super().remove(name)
+        if removed:
+            self.keeper.keep(name, None)
+        return removed
+
+
+_LimitsActor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(LimitsActor)
 _local_state: LimitsState | None = None
 _local_lock = threading.Lock()
 _actor: Any = None  # this process's handle on the cluster's limits actor
@@ -194,24 +245,85 @@ class _Local:
         return call
 
 
-def _call(method: str, *args: Any) -> Any:
-    """``method(*args)`` on the cluster's limits actor (made on first use), or in-process without Ray."""
-    global _actor
-    if not ray.is_initialized():
-        return getattr(_Local(), method)(*args)
-    if _actor is None:
-        _actor = _LimitsActor.options(
-            name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
-        ).remote()
+def _on_ray() -> bool:
+    return ray.is_initialized()
+
+
+def _history_for_actor() -> str | None:
+    """Where the actor keeps the limits: the head's run history, as for submitted runs (their
+    drivers run on the head).  From a process on the head node, its own RAYFLOW_HOME (as a
+    driver's run actor gets the driver's); from elsewhere, None: RAYFLOW_HOME as the actor's
+    process on the head sees it."""
     try:
-        return ray.get(getattr(_actor, method).remote(*args), timeout=60)
+        here = ray.get_runtime_context().get_node_id()
+        on_head = any(n.get("NodeID") == here and HEAD_RESOURCE in n.get("Resources", {}) for n in ray.nodes())
+        return str(rayflow_home().resolve()) if on_head else None
+    except Exception:  # noqa: BLE001 - the head's own
+        return None
+
+
+def _handle() -> Any:
+    """This process's handle on the cluster's limits actor, found or made (on the head node)."""
+    global _actor
+    if _actor is None:
+        try:
+            _actor = ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
+        except ValueError:
+            _actor = _LimitsActor.options(
+                name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+                resources={HEAD_RESOURCE: 0.001}, scheduling_strategy="DEFAULT",  # not the caller's placement group
+            ).remote(_history_for_actor())
+    return _actor
+
+
+def _limit_error(exc: ray.exceptions.RayTaskError) -> LimitError | None:
+    cause = getattr(exc, "cause", None)
+    return LimitError(str(cause)) if isinstance(cause, LimitError) else None
+
+
+def _call(method: str, *args: Any) -> Any:
+    """``method(*args)`` on the cluster's limits actor (made on first use), or in-process without
+    Ray.  An actor gone for good (``ray.kill``) is made again, once: it loads the limits."""
+    global _actor
+    if not _on_ray():
+        return getattr(_Local(), method)(*args)
+    try:
+        try:
+            return ray.get(getattr(_handle(), method).remote(*args), timeout=CALL_SECONDS)
+        except ray.exceptions.RayActorError:
+            _actor = None
+            return ray.get(getattr(_handle(), method).remote(*args), timeout=CALL_SECONDS)
     except ray.exceptions.RayTaskError as exc:
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, LimitError):
-            raise LimitError(str(cause)) from None
-        raise
+        if (error := _limit_error(exc)) is None:
+            raise
+        raise error from None
     except ray.exceptions.RayActorError:
-        _actor = None  # removed (ray.kill): the next call makes it again
+        _actor = None
+        raise
+
+
+async def _acall(method: str, *args: Any) -> Any:
+    """``_call`` for a coroutine: the actor's answer is awaited, the loop never blocked on it."""
+    global _actor
+    if not _on_ray():
+        return getattr(_Local(), method)(*args)  # in this process: no wait
+
+    async def once() -> Any:
+        handle = _actor if _actor is not None else await asyncio.to_thread(_handle)  # a lookup: off the loop
+        return await asyncio.wait_for(getattr(handle, method).remote(*args), CALL_SECONDS)
+
+    try:
+        try:
+            return await once()
+        except ray.exceptions.RayActorError:
+            _actor = None
+            return await once()
+    except ray.exceptions.RayTaskError as exc:
+        if (error := _limit_error(exc)) is None:
+            raise
+        raise error from None
+    except ray.exceptions.RayActorError:
+        _actor = None
         raise
 
 
@@ -324,52 +436,3 @@ def _limits_exist() -> bool:
     except ValueError:
         return False
     return True
-
-
-# -- inside tasks ------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def concurrency(name: str, occupy: int = 1, timeout: float | None = None) -> Iterator[None]:
-    """Hold ``occupy`` slots of the limit ``name`` while the block runs, waiting for them first
-    (at most ``timeout`` seconds, then TimeoutError).  The slots are leased and renewed while
-    held, so a holder that dies gives them back within RAYFLOW_LEASE_SECONDS."""
-    check_name(name)
-    if isinstance(occupy, bool) or not isinstance(occupy, int) or occupy < 1:
-        raise LimitError(f"occupy is a whole number of slots >= 1, not {occupy!r}")
-    ttl = lease_seconds()
-    holder = f"{os.uname().nodename}:{os.getpid()}"
-    deadline = None if timeout is None else time.monotonic() + timeout
-    pause = POLL_SECONDS
-    while (lease := _call("acquire", name, occupy, holder, ttl)) is None:
-        if deadline is not None and time.monotonic() + pause > deadline:
-            raise TimeoutError(f"no {occupy} slot(s) of limit {name!r} came free within {timeout:g}s")
-        time.sleep(pause)
-        pause = min(pause * 2, MAX_POLL_SECONDS)
-    stop = threading.Event()
-
-    def renew() -> None:
-        while not stop.wait(ttl / 3):
-            try:
-                _call("renew", [lease], ttl)
-            except Exception:  # noqa: BLE001 - the actor restarting: the next renewal tries again
-                pass
-
-    renewer = threading.Thread(target=renew, name=f"rayflow-lease-{name}", daemon=True)
-    renewer.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        _call("release", lease)
-
-
-def rate_limit(name: str, timeout: float | None = None) -> None:
-    """Take one token of the rate limit ``name``, waiting until one is due (at most
-    ``timeout`` seconds, then TimeoutError)."""
-    check_name(name)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while (wait := _call("take_token", name)) > 0:
-        if deadline is not None and time.monotonic() + wait > deadline:
-            raise TimeoutError(f"no token of rate limit {name!r} came due within {timeout:g}s")
-        time.sleep(min(wait, MAX_POLL_SECONDS))

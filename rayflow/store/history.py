@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS scheduled_runs (
 );
 CREATE INDEX IF NOT EXISTS scheduled_runs_by_run ON scheduled_runs(run_id);
 CREATE TABLE IF NOT EXISTS pending_applied (name TEXT PRIMARY KEY, at REAL);
+CREATE TABLE IF NOT EXISTS limits (name TEXT PRIMARY KEY, slots INTEGER NOT NULL, per_second REAL, updated_at REAL);
 """
 
 # Columns added since the first schema: (table, column, definition), added to an older database.
@@ -148,7 +149,7 @@ def redact_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-SCHEMA_VERSION = 3  # PRAGMA user_version once SCHEMA and ADDED_COLUMNS are in: opening skips the writes
+SCHEMA_VERSION = 4  # PRAGMA user_version once SCHEMA and ADDED_COLUMNS are in: opening skips the writes
 
 
 def is_damaged(exc: BaseException) -> bool:
