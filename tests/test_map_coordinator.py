@@ -137,6 +137,35 @@ def test_chunk_size_table(total, options, measured, expected):
     assert run.chunk_size() == expected
 
 
+@pytest.mark.parametrize(
+    "total, at_once, measured, expected",
+    [  # I/O-bound items (async, concurrency=): a chunk runs `at_once` of them at a time, 2 CPUs
+        (200, 32, None, 32),  # first chunks: one wave each
+        (200, 100, None, 100),  # a wave as wide as concurrency allows: one chunk per CPU
+        (50, 100, None, 25),  # a small map: its share per CPU
+        (10**6, 32, (32, 0.2), 32),  # 0.2 s waves: 0.25 s of work is one wave
+        (10**6, 32, (32, 0.0021), 3808),  # fast items: whole waves (3809 aimed at: 119 waves of 32)
+        (10**5, 8, (8, 1.0), 8),  # slow waves: never less than one
+    ],
+)
+def test_chunk_size_of_io_bound_items_is_whole_waves(total, at_once, measured, expected):
+    sizer = R.ChunkSizer(None, cpus=2, at_once=at_once)
+    if measured is not None:
+        sizer.measure(*measured)
+    assert sizer.size(total) == expected
+
+
+def test_a_map_of_fractional_cpu_chunks_counts_that_many_more_cpus():
+    @rf.flow
+    def shared():
+        return double.with_options(num_cpus=0.25).map(range(2000))
+
+    harness = Harness(shared.graph, cpus=2)
+    harness.launch("double")
+    run = harness.coord.maps["double"]
+    assert run.sizer.cpus == 8 and run.max_in_flight == 16 and len(harness.pending) == 16
+
+
 def test_only_the_largest_measurement_counts_and_a_faster_smaller_one_lowers_it():
     run = _run_for(10**6)
     run.sizer.measure(1000, 0.05)

@@ -130,12 +130,16 @@ class MapCoordinator:
                 self.streams[source.index] = stream
                 self.stream_owner[source.index] = spec.key
                 sources.append(stream)
-        cpus = self.cpus
+        # A chunk asking for a fraction of a CPU (num_cpus=0.25, as I/O-bound work may) shares
+        # one: the map counts that many more CPUs, so enough chunks are in flight to fill them.
+        share = spec.options.num_cpus
+        cpus = self.cpus if share is None or share >= 1 or share <= 0 else int(self.cpus / share)
         # A map consumed chunk by chunk leaves room for its consumers: Ray hands a worker
         # back only when the queue of tasks sharing its inputs runs dry.
         in_flight = cpus if self.children.get(spec.key) else max(2, 2 * cpus)
         run = MapRun(
-            spec.key, spec.options, sources, max_in_flight=in_flight, cpus=cpus, clock=self.clock, preset=spec.resume_chunks
+            spec.key, spec.options, sources, max_in_flight=in_flight, cpus=cpus, clock=self.clock,
+            preset=spec.resume_chunks, at_once=spec.items_at_once,
         )
         with self.lock:
             self.maps[spec.key] = run

@@ -95,11 +95,17 @@ class ChunkSizer:
     more than a quarter of the items per CPU (every CPU gets work) nor ``MAX_CHUNK``.
     A short chunk overstates the time per item (its fixed costs are spread over few
     items), so the size aimed at errs small; the growth cap guards the other way.
+
+    I/O-bound items (``at_once`` > 1: an async task, or ``concurrency=``) run ``at_once``
+    at a time in a chunk, so a chunk's time is its waves of ``at_once``, not the sum of its
+    items: the first chunks are one wave (``at_once`` items, or the map's share per CPU if
+    smaller), later sizes are whole waves, and the per-CPU cap is a whole share per CPU.
     """
 
-    def __init__(self, chunk_size: int | None, cpus: int):
+    def __init__(self, chunk_size: int | None, cpus: int, at_once: int = 1):
         self.fixed = chunk_size
         self.cpus = max(1, cpus)
+        self.at_once = max(1, at_once)
         self.per_item: float | None = None  # seconds, measured in workers
         self.largest_measured = 0  # items in the largest first-run chunk measured so far
         self.largest_seconds = 0.0  # and how long it ran
@@ -125,13 +131,18 @@ class ChunkSizer:
     def size(self, total: int | None) -> int:
         if self.fixed:
             return self.fixed
+        waves = self.at_once > 1
         if self.per_item is None:
-            return FIRST_CHUNK
+            if not waves:
+                return FIRST_CHUNK
+            return min(self.at_once, math.ceil(total / self.cpus)) if total else self.at_once
         size = max(1, int(TARGET_SECONDS / max(self.per_item, 1e-9)))
         if not self.trusted:  # a short chunk's time is mostly overhead: it overstates per_item,
             size = min(size, MAX_GROWTH * self.largest_measured)  # but timer noise could understate it
+        if waves:  # whole waves: a part of one takes as long as all of it
+            size = max(self.at_once, size - size % self.at_once)
         if total is not None:
-            size = min(size, max(1, math.ceil(total / (4 * self.cpus))))
+            size = min(size, max(1, math.ceil(total / (self.cpus if waves else 4 * self.cpus))))
         return min(size, MAX_CHUNK)
 
 
@@ -146,6 +157,7 @@ class MapRun:
         cpus: int,
         clock: Callable[[], float],
         preset: tuple[tuple[int, int, tuple[str, ...]], ...] = (),
+        at_once: int = 1,
     ):
         self.key = key
         self.options = options
@@ -161,7 +173,7 @@ class MapRun:
         )  # halves of lost works to run: (chunk, indices or None for its whole first run, attempts, deaths)
         self.splits = 0  # lost works split so far
         self.in_flight = 0
-        self.sizer = ChunkSizer(options.chunk_size, cpus)
+        self.sizer = ChunkSizer(options.chunk_size, cpus, at_once)
         self.fatal: str | None = None
         self.leader = next((s for s in sources if s.leads), None)
         self.dispatched = 0  # items covered by chunks so far (own chunking / leader segments)
