@@ -478,3 +478,48 @@ def test_async_holders_wait_without_blocking_their_loop(ray_session):
     assert sum(v[3] > 0 for v in values) >= 6, values  # 10 waited a holder's 0.1 s at least, their loop running
     assert stamps[-1] - stamps[0] >= 0.8, stamps  # 5 tokens after the first at 5 a second: 1 s, less an answer's trip
     assert rf.limits.get(name)["in_use"] == 0
+
+
+def test_slots_go_first_come_first_served_and_a_released_lease_is_not_renewed_back(monkeypatch):
+    state = LimitsState()
+    state.set("db", 1)
+    first = state.acquire("db", 1, "first", 30)
+    assert state.acquire_tags(["db"], "task", 30) == ([], 0, "db")  # queued behind the holder
+    state.release(first)
+    assert state.acquire("db", 1, "late", 30) is None  # a later asker waits behind the queued task
+    leases, granted, blocked = state.acquire_tags(["db"], "task", 30)
+    assert (granted, blocked) == (1, None)
+    state.release_all(leases)
+    assert state.renew(leases, 30) == leases and state.get("db")["in_use"] == 0  # a renewal that crossed the release
+    restarted = LimitsState()
+    restarted.set("db", 1)
+    assert restarted.renew(leases, 30) == [] and restarted.get("db")["in_use"] == 1  # lost in a restart: taken again
+    monkeypatch.setattr(limits, "WAITER_SECONDS", 0.05)
+    assert state.acquire("db", 1, "late", 30) is not None and state.acquire("db", 1, "gone", 30) is None
+    state.release_all([*state.leases])
+    time.sleep(0.1)  # "gone" stopped asking: its place lapses
+    assert state.acquire("db", 1, "next", 30) is not None
+
+
+@rf.task
+def warm_up(seconds: float) -> float:
+    time.sleep(seconds)
+    return time.time()
+
+
+def test_a_task_waiting_on_a_limit_is_not_starved_by_a_map_asking_again_as_each_chunk_ends(runner):
+    """A limit of 1 shared by a 30-item map (a chunk per item, each asking the moment the one
+    before ends) and a plain task that asks a little later: the task gets the next slot."""
+    name = unique("fair")
+    rf.limits.set(name, 1)
+
+    @rf.flow
+    def contended() -> tuple:
+        items = crunch.with_options(tags={name}, chunk_size=1).map(range(30))
+        late = crunch.with_options(name="late", tags={name})(warm_up(0.3))
+        return items, late
+
+    items, (_, late_start, _) = contended.with_options(runner=runner).run().result()
+    starts = sorted(s for _, s, _ in items)
+    assert late_start < starts[-10]  # it did not wait for the map to run dry
+    assert most_at_once(items + [(-1, late_start, late_start + 0.05)]) == 1

@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from typing import Any
 
 from rayflow.exceptions import LimitError
@@ -36,10 +37,11 @@ class Concurrency:
         self.occupy = occupy
         self.timeout = timeout
         self._lease: str | None = None
+        self._who = f"{_holder()}:{uuid.uuid4().hex[:8]}"  # its place in the limit's queue while it waits
 
     def __enter__(self) -> None:
         ttl, deadline, pause = self._start()
-        while (lease := _call("acquire", self.name, self.occupy, _holder(), ttl)) is None:
+        while (lease := _call("acquire", self.name, self.occupy, self._who, ttl)) is None:
             time.sleep(deadline.pause(pause))
             pause = min(pause * 2, MAX_POLL_SECONDS)
         self._hold(lease)
@@ -53,7 +55,7 @@ class Concurrency:
 
     async def __aenter__(self) -> None:
         ttl, deadline, pause = self._start()
-        while (lease := await _acall("acquire", self.name, self.occupy, _holder(), ttl)) is None:
+        while (lease := await _acall("acquire", self.name, self.occupy, self._who, ttl)) is None:
             await asyncio.sleep(deadline.pause(pause))
             pause = min(pause * 2, MAX_POLL_SECONDS)
         self._hold(lease)

@@ -45,6 +45,8 @@ NAMESPACE = "rayflow"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
 POLL_SECONDS = 0.05  # first wait between tries for a slot; doubles up to MAX_POLL_SECONDS
 MAX_POLL_SECONDS = 1.0
+NAMES_SECONDS = 1.0  # a run's gate looks up which limits there are this often
+WAITER_SECONDS = 5.0  # a queued holder that has not asked again for this long has given up
 CALL_SECONDS = 60.0  # a call of the limits actor that takes longer fails
 HEAD_RESOURCE = "node:__internal_head__"  # Ray's resource of the head node: the actor lives there
 
@@ -78,11 +80,20 @@ class _Limit:
 
 
 class LimitsState:
-    """The limits and their leases (the actor's state; plain Python, so it also runs in-process)."""
+    """The limits and their leases (the actor's state; plain Python, so it also runs in-process).
+
+    Slots are handed out first come, first served: a holder that found no slot free is queued
+    on that limit (while it keeps asking: an entry lapses WAITER_SECONDS after its last ask),
+    and a later one gets a slot only when enough are free for everyone queued before it.  So a
+    map whose chunks ask again the moment one ends cannot starve a task that asked earlier."""
 
     def __init__(self) -> None:
         self.limits: dict[str, _Limit] = {}
         self.leases: dict[str, tuple[str, int, float]] = {}  # lease id -> (limit, slots, expires)
+        self.waiters: dict[str, dict[str, tuple[int, float]]] = {}  # limit -> holder -> (slots, lapses), in order
+        # Lease ids carry it: a renewal re-takes only a lease an earlier state (an actor
+        # before its restart) gave, never one this state saw given back.
+        self.incarnation = uuid.uuid4().hex[:8]
 
     def set(self, name: str, slots: int, per_second: float | None = None) -> None:
         check_name(name)
@@ -93,6 +104,7 @@ class LimitsState:
 
     def remove(self, name: str) -> bool:
         self.leases = {k: v for k, v in self.leases.items() if v[0] != name}
+        self.waiters.pop(name, None)
         return self.limits.pop(name, None) is not None
 
     def get(self, name: str) -> dict | None:
@@ -110,8 +122,10 @@ class LimitsState:
         if occupy > limit.slots:
             raise LimitError(f"limit {name!r} has {limit.slots} slot(s): {occupy} can never be held at once")
         self._expire()
-        if self._in_use(name) + occupy > limit.slots:
+        if self._in_use(name) + self._ahead(name, holder) + occupy > limit.slots:
+            self._queue(name, holder, occupy)
             return None
+        self.waiters.get(name, {}).pop(holder, None)
         return self._lease(name, occupy, holder, ttl)
 
     def acquire_tags(self, tags: list[str], holder: str, ttl: float, want: int = 1) -> tuple[list[str], int, str | None]:
@@ -122,11 +136,17 @@ class LimitsState:
         known = [t for t in sorted(tags) if t in self.limits]
         granted = want
         for name in known:
-            free = self.limits[name].slots - self._in_use(name)
+            free = self.limits[name].slots - self._in_use(name) - self._ahead(name, holder)
             if free < 1:
+                self._queue(name, holder, 1)
                 return [], 0, name
             granted = min(granted, free)
+        for name in known:
+            self.waiters.get(name, {}).pop(holder, None)
         return [self._lease(name, granted, holder, ttl) for name in known], granted, None
+
+    def names(self) -> list[str]:
+        return sorted(self.limits)
 
     def release_all(self, leases: list[str]) -> None:
         for lease in leases:
@@ -165,16 +185,20 @@ class LimitsState:
         return (1.0 - limit.tokens) / limit.per_second
 
     def _lease(self, name: str, occupy: int, holder: str, ttl: float) -> str:
-        lease = f"{name}|{occupy}|{holder}:{uuid.uuid4().hex[:12]}"  # names have no '|': see _retake
+        # names have no '|': see _retake
+        lease = f"{name}|{occupy}|{self.incarnation}|{holder}:{uuid.uuid4().hex[:12]}"
         self.leases[lease] = (name, occupy, time.monotonic() + ttl)
         return lease
 
     def _retake(self, lease: str, ttl: float) -> bool:
-        """Hold ``lease`` again (its id names its limit and slots) if its slots are free."""
-        name, _, rest = lease.partition("|")
-        occupy, _, _ = rest.partition("|")
+        """Hold ``lease`` again (its id names its limit and slots) if an earlier state gave it
+        (the actor restarted since) and its slots are free.  One this state gave was released
+        or lapsed: a renewal that crossed its release must not bring it back."""
+        name, occupy, incarnation, _ = (lease.split("|", 3) + ["", "", ""])[:4]
         limit = self.limits.get(name)
-        if limit is None or not occupy.isdigit() or self._in_use(name) + int(occupy) > limit.slots:
+        if incarnation == self.incarnation or limit is None or not occupy.isdigit():
+            return False
+        if self._in_use(name) + int(occupy) > limit.slots:
             return False
         self.leases[lease] = (name, int(occupy), time.monotonic() + ttl)
         return True
@@ -187,6 +211,25 @@ class LimitsState:
 
     def _in_use(self, name: str) -> int:
         return sum(n for limit, n, _ in self.leases.values() if limit == name)
+
+    def _ahead(self, name: str, holder: str) -> int:
+        """Slots wanted by the holders queued on ``name`` before ``holder`` (all, if it is not queued)."""
+        queue = self.waiters.get(name)
+        if not queue:
+            return 0
+        now = time.monotonic()
+        for lapsed in [h for h, (_, until) in queue.items() if until <= now]:
+            del queue[lapsed]
+        ahead = 0
+        for waiting, (slots, _) in queue.items():
+            if waiting == holder:
+                break
+            ahead += slots
+        return ahead
+
+    def _queue(self, name: str, holder: str, slots: int) -> None:
+        """``holder`` waits for ``name``: queued at the end, or its place kept while it keeps asking."""
+        self.waiters.setdefault(name, {})[holder] = (slots, time.monotonic() + WAITER_SECONDS)
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -368,10 +411,12 @@ class TagGate:
         self._renewer: threading.Thread | None = None
         self._stop = threading.Event()
         self._warned = False
+        self._names: frozenset[str] = frozenset()  # the limits there are, as last looked up
+        self._names_until = 0.0
 
     def acquire(self, key: str, tags: frozenset[str], want: int = 1) -> tuple[int, str | None]:
         """(slots granted, None), or (0, the limit waited on)."""
-        if not _limits_exist():
+        if not tags & self._limit_names():  # tags that are only labels: no call to the actor
             return want, None
         try:
             leases, granted, waiting_for = _call("acquire_tags", sorted(tags), f"{self.run_id}/{key}", lease_seconds(), want)
@@ -387,6 +432,21 @@ class TagGate:
                     self._renewer = threading.Thread(target=self._renew, name=f"rayflow-leases-{self.run_id}", daemon=True)
                     self._renewer.start()
         return granted, waiting_for
+
+    def _limit_names(self) -> frozenset[str]:
+        """The names of the limits there are, looked up at most every NAMES_SECONDS: a limit
+        set while a run goes on counts for its tasks within that time."""
+        now = time.monotonic()
+        if now >= self._names_until:
+            self._names_until = now + NAMES_SECONDS
+            try:
+                self._names = frozenset(_call("names")) if _limits_exist() else frozenset()
+            except Exception as exc:  # noqa: BLE001 - limits unreachable: run rather than wait forever
+                self._names = frozenset()
+                if not self._warned:
+                    self._warned = True
+                    logger.warning("rayflow: the limits actor did not answer (%s): tagged tasks run unlimited", exc)
+        return self._names
 
     def release(self, key: str) -> None:
         with self._lock:
