@@ -44,3 +44,17 @@ def runner(request):
     if request.param == "ray":
         request.getfixturevalue("ray_session")
     return request.param
+
+
+@pytest.fixture(scope="session")
+def token_cluster():
+    """A 2-CPU ``ray start --head`` cluster of its own that requires Ray's token authentication
+    (its token is ``.token``), for the tests that join one by address: started once (~10 s)."""
+    import secrets
+
+    from ray_cluster import RayCluster
+
+    token = secrets.token_hex(32)
+    with RayCluster(num_cpus=2, env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}) as cluster:
+        cluster.token = token
+        yield cluster

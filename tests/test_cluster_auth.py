@@ -4,6 +4,7 @@ Ray itself answers a missing or wrong token by retrying for ~20 s and then
 "Failed to connect"; rayflow says that a token is needed and how to give it.
 Every client runs in a subprocess whose environment has no RAY_AUTH_* and whose
 HOME is an empty folder, so no ``~/.ray/auth_token`` is found unless put there.
+The cluster is the session's ``token_cluster`` (conftest.py), its token ``token_cluster.token``.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from ray_cluster import RayCluster, clean_env
 REPO = pathlib.Path(__file__).resolve().parent.parent
 QUICKSTART = str(REPO / "examples" / "quickstart.py")
 
-TOKEN = secrets.token_hex(32)
-
 CONNECT = """
 import sys
 from rayflow.runtime import connect
@@ -33,12 +32,6 @@ else:
 """
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-def token_cluster():
-    with RayCluster(num_cpus=1, env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN}) as cluster:
-        yield cluster
 
 
 def _connect(cluster: RayCluster, home: pathlib.Path, **env: str) -> tuple[str, str]:
@@ -74,7 +67,7 @@ def test_the_cli_without_a_token_says_one_is_needed_in_one_line(token_cluster, t
 
 def test_the_cli_with_the_token_runs(token_cluster, tmp_path):
     token_file = tmp_path / "token"
-    token_file.write_text(TOKEN)
+    token_file.write_text(token_cluster.token)
     out = _rayflow(token_cluster, tmp_path, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file))
     assert out.returncode == 0, (out.stdout, out.stderr)
     assert "state: SUCCESS" in out.stdout and '"rows": 20' in out.stdout, out.stdout
@@ -83,7 +76,7 @@ def test_the_cli_with_the_token_runs(token_cluster, tmp_path):
 def test_each_way_of_missing_the_token_is_named(token_cluster, tmp_path):
     home = tmp_path / "home"
     home.mkdir()
-    kind, message = _connect(token_cluster, home, RAY_AUTH_TOKEN=TOKEN)
+    kind, message = _connect(token_cluster, home, RAY_AUTH_TOKEN=token_cluster.token)
     assert kind == "ClusterAuthenticationError"
     assert "sent no token" in message and "a token is in RAY_AUTH_TOKEN, but Ray sends it only when RAY_AUTH_MODE=token" in message
 
@@ -96,5 +89,5 @@ def test_each_way_of_missing_the_token_is_named(token_cluster, tmp_path):
     assert "rejected the token from RAY_AUTH_TOKEN: use the token the cluster was started with" in message
 
     (home / ".ray").mkdir()
-    (home / ".ray" / "auth_token").write_text(TOKEN)
+    (home / ".ray" / "auth_token").write_text(token_cluster.token)
     assert _connect(token_cluster, home, RAY_AUTH_MODE="token") == ("connected", "")

@@ -23,7 +23,6 @@ import json
 import os
 import pathlib
 import random
-import secrets
 import shutil
 import signal
 import subprocess
@@ -34,7 +33,7 @@ import time
 
 import numpy as np
 import pytest
-from ray_cluster import RayCluster, clean_env
+from ray_cluster import clean_env
 
 import rayflow as rf
 from rayflow.store import RunStore
@@ -411,29 +410,29 @@ print(json.dumps(out))
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_three_drivers_of_five_runs_on_one_cluster_share_a_history_without_cross_talk(tmp_path):
-    token = secrets.token_hex(32)
+def test_three_drivers_of_five_runs_on_one_cluster_share_a_history_without_cross_talk(tmp_path, token_cluster):
+    token = token_cluster.token
     home = tmp_path / "home"
     script = tmp_path / "driver.py"
     script.write_text(DRIVER_RUNS)
     user_home = tmp_path / "user"
     user_home.mkdir()
     env = clean_env(user_home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAYFLOW_HOME=str(home))
-    with RayCluster(num_cpus=2, env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}) as cluster:
-        started = time.monotonic()
-        drivers = [
-            subprocess.Popen([sys.executable, str(script), str(d), cluster.address], cwd=REPO, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-            for d in range(3)
-        ]
-        try:
-            outputs = [driver.communicate(timeout=200) for driver in drivers]
-        finally:
-            for driver in drivers:
-                if driver.poll() is None:
-                    driver.kill()
-                    driver.wait(10)
-        print(f"3 drivers x 5 runs on one cluster: {time.monotonic() - started:.1f}s")
+    # a `ray start` cluster that requires a token (conftest.py, shared with test_cluster_auth.py)
+    started = time.monotonic()
+    drivers = [
+        subprocess.Popen([sys.executable, str(script), str(d), token_cluster.address], cwd=REPO, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        for d in range(3)
+    ]
+    try:
+        outputs = [driver.communicate(timeout=200) for driver in drivers]
+    finally:
+        for driver in drivers:
+            if driver.poll() is None:
+                driver.kill()
+                driver.wait(10)
+    print(f"3 drivers x 5 runs on one cluster: {time.monotonic() - started:.1f}s")
     for driver, (stdout, stderr) in zip(drivers, outputs):
         assert driver.returncode == 0, stderr[-3000:]
     store = RunStore(home)

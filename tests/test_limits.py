@@ -6,6 +6,7 @@ holders record, never from wall-clock limits."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import sqlite3
 import stat
@@ -222,16 +223,19 @@ def test_limits_outlive_the_driver_that_set_them_and_the_cli_answers_bad_input_i
     listed = cli("ls")
     assert f"{name}\t7\t0\t2.5" in listed.stdout.splitlines()
     assert cli("rm", name).returncode == 0 and rf.limits.get(name) is None
-    for args, code, says in [
+    bad = [
         (("rm", name), 1, f"no limit named '{name}'"),
         (("set", "bad name", "3"), 2, "a limit's name is letters"),
         (("set", name, "-1"), 2, "a limit is a whole number of slots >= 0, not -1"),
         (("set", name, "3", "--per-second", "0"), 2, "per_second is a number of tokens per second > 0"),
-    ]:
-        out = cli(*args)
+    ]
+    with concurrent.futures.ThreadPoolExecutor(5) as pool:  # each a CLI process joining Ray: at once
+        closing = pool.submit(run_cli, "limit", "ls", "--address", "127.0.0.1:9")
+        outs = list(pool.map(lambda case: cli(*case[0]), bad))
+        closed = closing.result()
+    for (args, code, says), out in zip(bad, outs):
         assert out.returncode == code and out.stderr.count("\n") == 1 and out.stderr.startswith("error: "), (args, out.stderr)
         assert says in out.stderr
-    closed = run_cli("limit", "ls", "--address", "127.0.0.1:9")
     assert closed.returncode == 3 and closed.stderr.count("\n") == 1
 
 

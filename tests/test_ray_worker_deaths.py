@@ -133,7 +133,10 @@ OOM_SCRIPT = textwrap.dedent(
 
     @rf.flow
     def hog(limit: int):
-        return hungry.with_options(chunk_size=4, min_success_ratio=0.5).map(range(4), limit=rf.unmapped(limit))
+        # two chunks of two: item 2 shares its chunk with item 3, which the one halving clears;
+        # no system retry, so item 2 fails the first time it dies alone (each death costs seconds)
+        return hungry.with_options(chunk_size=2, system_retries=0, min_success_ratio=0.5).map(
+            range(4), limit=rf.unmapped(limit))
 
     import ray
     ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
@@ -161,7 +164,8 @@ def _memory() -> tuple[int, int]:
 def test_an_item_that_exhausts_memory_is_killed_and_fails_alone_and_named(tmp_path):
     """Ray's memory monitor is set to kill a worker once the node uses a few GiB more than it does
     now (headroom for other processes on the machine); item 2 of 4 grows until it is killed.  Each
-    kill costs the node its workers, restarted in seconds, so the map is small: 3 works die."""
+    kill costs the node its workers, restarted in seconds, so the map is small: 2 works die (its
+    chunk of two, then item 2 alone, after the halving that clears item 3)."""
     total_bytes, used = _memory()
     headroom = min(4 << 30, (total_bytes - used) // 4)
     env = {
@@ -190,6 +194,7 @@ def test_an_item_that_exhausts_memory_is_killed_and_fails_alone_and_named(tmp_pa
     assert list(failed) == [2], result["items"]
     state, message = failed[2]
     assert state == "FAILED" and "OutOfMemoryError: the worker died while running item 2, alone" in message, message
+    assert "(2 works holding it died)" in message, message  # its chunk, then item 2 alone: one halving
     assert "running low on memory" in message
     assert result["values"] == [0, 10, None, 30]
     assert "4 items: 3 ok, 1 failed; first error: item 2: OutOfMemoryError" in result["map"]

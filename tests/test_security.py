@@ -13,6 +13,7 @@ Also: the files rayflow makes are owner-only, and Ray is started with its dashbo
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import pathlib
@@ -118,12 +119,14 @@ def test_secret_parameters_and_task_inputs_appear_nowhere(ray_session, tmp_path,
     finally:
         sink.close()
 
-    # Every CLI command that reads the history or the result store.
-    for args in (
+    # Every CLI command that reads the history or the result store (read-only: run at once).
+    reads = (
         ["runs"], ["runs", "--json"], ["show", "vault-1"], ["show", "vault-1", "--json"], ["show", run.run_id],
         ["logs", "vault-1"], ["logs", "vault-2"], ["logs", run.run_id], ["cache", "ls"], ["graph", "--run", "vault-1"],
-    ):
-        out = run_cli(*args, **env)
+    )
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        read = list(pool.map(lambda args: run_cli(*args, **env), reads))
+    for args, out in zip(reads, read):
         assert out.returncode == 0, (args, out.stderr)
         outputs[" ".join(args)] = out.stdout + out.stderr
     for name in ("show vault-1 --json", "logs vault-1", "run vault-1"):

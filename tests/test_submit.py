@@ -8,6 +8,7 @@ own, so a run's history is found there, not in the submitting process's RAYFLOW_
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import pathlib
 import re
@@ -205,11 +206,17 @@ def test_the_readme_walkthrough_runs_as_written(cluster, tmp_path):
     cluster's history and its logs: the README's commands, with the test cluster's address."""
     commands = readme_walkthrough()
     assert [c[0] for c in commands] == ["submit", "show", "runs", "logs"]
-    outs = []
-    for argv in commands:
-        argv = [cluster.job_address if a == README_ADDRESS else a for a in argv]
-        outs.append(rayflow(*argv, home=tmp_path))
-        assert outs[-1].returncode == 0, (argv, outs[-1].stdout[-3000:], outs[-1].stderr)
+    commands = [[cluster.job_address if a == README_ADDRESS else a for a in argv] for argv in commands]
+    # The submit follows the run to its end; the three reads after it run at once (each is a
+    # query job of seconds on the cluster, or a read of the job's log), as three terminals would.
+    outs = [rayflow(*commands[0], home=tmp_path)]
+    assert outs[0].returncode == 0, (commands[0], outs[0].stdout[-3000:], outs[0].stderr)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        missing_future = pool.submit(rayflow, "show", "no-such-run", "--address", cluster.job_address, home=tmp_path)
+        outs += list(pool.map(lambda argv: rayflow(*argv, home=tmp_path), commands[1:]))
+        missing = missing_future.result()
+    for argv, out in zip(commands[1:], outs[1:]):
+        assert out.returncode == 0, (argv, out.stdout[-3000:], out.stderr)
     submitted, shown, listed, logs = (out.stdout for out in outs)
     assert submitted.splitlines()[0] == "daily-1" and "state: SUCCESS" in submitted
     # Each task's state changes, as they happened on the cluster (`rayflow run --log-states` there).
@@ -220,7 +227,6 @@ def test_the_readme_walkthrough_runs_as_written(cluster, tmp_path):
     assert any(line.split()[:1] == ["daily-1"] and "SUCCESS" in line for line in listed.splitlines())
     assert "state: SUCCESS" in logs  # the job's output: `rayflow run`'s on the cluster
     assert not (tmp_path / "laptop-home" / "history.db").exists()
-    missing = rayflow("show", "no-such-run", "--address", cluster.job_address, home=tmp_path)
     assert missing.returncode == 1 and "no run 'no-such-run'" in missing.stderr
     assert jobs_with_id_prefix(cluster, "rayflow-query-") == 0  # each query job is deleted once read
 
