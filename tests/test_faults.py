@@ -160,12 +160,14 @@ def test_the_sigterm_watchdog_exits_143_when_the_stop_hangs(tmp_path):
     Here the main thread never even runs the Python handler: it blocks SIGTERM and sleeps, so
     the signal reaches the watchdog's thread, which learns of it from the wakeup fd alone."""
     script = tmp_path / "stuck.py"
+    # 'ready' comes from another thread once the main one sleeps: a signal that came while the
+    # main thread still ran Python (returning from print) would have its handler run there
     script.write_text(
-        "import signal, time\n"
+        "import signal, threading, time\n"
         "from rayflow.cli.signals import sigterm_as_interrupt\n"
         "with sigterm_as_interrupt('run stuck', watchdog=1.0):\n"
         "    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # this thread only\n"
-        "    print('ready', flush=True)\n"
+        "    threading.Timer(0.5, lambda: print('ready', flush=True)).start()\n"
         "    time.sleep(60)\n"
     )
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
