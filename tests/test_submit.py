@@ -298,19 +298,6 @@ def test_this_machines_settings_travel_but_not_its_home_timeout_or_loopback_endp
     }
 
 
-def test_one_run_id_submitted_twice_is_one_run(cluster, flows_dir, tmp_path):
-    args = ("submit", "flows.py:tiny", "--address", cluster.job_address, "--working-dir", str(flows_dir),
-            "-p", "n=1", "--run-id", "twice-1")
-    first = rayflow(*args, home=tmp_path)
-    assert first.returncode == 0, first.stderr
-    assert first.stdout.strip() == "twice-1"
-    again = rayflow(*args, "--follow", home=tmp_path)
-    assert again.returncode == 0, again.stderr
-    assert "submitted before" in again.stderr and "not submitted again" in again.stderr
-    assert "result: 6" in again.stdout  # it followed the first submission to its end
-    assert jobs_with_id(cluster, "rayflow-twice-1") == 1
-
-
 def test_cancel_stops_a_long_submitted_run(cluster, flows_dir, tmp_path):
     out = rayflow("submit", "flows.py:sleepy", "--address", cluster.job_address, "--working-dir", str(flows_dir),
                   "-p", "seconds=120", "--run-id", "long-1", home=tmp_path)
@@ -326,10 +313,11 @@ def test_cancel_stops_a_long_submitted_run(cluster, flows_dir, tmp_path):
              what="the run to be recorded CANCELLED")
 
 
-def test_the_run_goes_on_when_the_submitting_process_is_killed(cluster, flows_dir, tmp_path):
+def test_the_run_goes_on_when_the_submitting_process_is_killed_and_a_second_submit_is_the_same_run(cluster, flows_dir, tmp_path):
+    args = ("submit", "flows.py:sleepy", "--address", cluster.job_address, "--working-dir", str(flows_dir),
+            "-p", "seconds=10", "--run-id", "orphan-1", "--follow")
     follower = subprocess.Popen(
-        [sys.executable, "-m", "rayflow", "submit", "flows.py:sleepy", "--address", cluster.job_address,
-         "--working-dir", str(flows_dir), "-p", "seconds=10", "--run-id", "orphan-1", "--follow"],
+        [sys.executable, "-m", "rayflow", *args],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         env=clean_env(tmp_path, RAYFLOW_HOME=str(tmp_path / "laptop-home"), RAY_AUTH_TOKEN=TOKEN),
     )
@@ -341,8 +329,12 @@ def test_the_run_goes_on_when_the_submitting_process_is_killed(cluster, flows_di
         os.killpg(follower.pid, signal.SIGKILL)
         follower.wait(10)
     assert job_status(cluster, "rayflow-orphan-1") == "RUNNING"
-    wait_for(lambda: job_status(cluster, "rayflow-orphan-1") == "SUCCEEDED", timeout=90,
-             what="the run to complete on the cluster")
+    # Submitting the same run id again submits nothing: it follows the first run to its end.
+    again = rayflow(*args, home=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "submitted before" in again.stderr and "not submitted again" in again.stderr
+    assert "result: 10.0" in again.stdout
+    assert job_status(cluster, "rayflow-orphan-1") == "SUCCEEDED" and jobs_with_id(cluster, "rayflow-orphan-1") == 1
     assert '"SUCCESS"' in cluster_history(cluster, "orphan-1", tmp_path).stdout
 
 
