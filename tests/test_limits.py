@@ -381,8 +381,11 @@ def test_tag_limits_release_slots_of_a_cancelled_run_and_of_a_killed_worker_and_
     # Ray's view of free resources lags a little behind
     wait_for(lambda: ray.available_resources().get("CPU", 0) == cpus - 1, timeout=15, what="one CPU taken, not two")
     # rayflow show and the UI name the limit it waits on
-    shown = lambda: run_cli("show", second_id).stdout  # noqa: E731
-    wait_for(lambda: "PENDING" in shown() and f"waiting for limit '{name}'" in shown(), timeout=20, what="show to name the limit")
+    def shown() -> bool:
+        out = run_cli("show", second_id).stdout
+        return "PENDING" in out and f"waiting for limit '{name}'" in out
+
+    wait_for(shown, timeout=20, what="show to name the limit")
     page = TestClient(create_app(rayflow_home())).get(f"/runs/{second_id}").text
     assert "PENDING" in page and f"waiting for limit &#39;{name}&#39;" in page
     cancel_run(first_id)
