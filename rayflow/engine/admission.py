@@ -33,9 +33,9 @@ def waiting_message(limit: str) -> str:
 WAITING_FOR_LIMIT = "waiting for limit"
 
 
-def chunk_holder(work: Any) -> str:
+def chunk_holder(key: str, work_id: int) -> str:
     """The gate's name for a chunk's slots (a plain task's are held under its task key)."""
-    return f"{work.task_key}#{work.work_id}"
+    return f"{key}#{work_id}"
 
 
 @dataclasses.dataclass
@@ -70,7 +70,7 @@ class ChunkAdmission:
                 entry = queue[0]
                 job = entry.work.job
                 want = max(1, min(entry.spec.items_at_once, len(job.indices) if job.indices is not None else job.size))
-                granted, blocked = self.gate.acquire(chunk_holder(entry.work), entry.spec.options.tags, want)
+                granted, blocked = self.gate.acquire(chunk_holder(key, entry.work.work_id), entry.spec.options.tags, want)
                 if blocked is not None:
                     break
                 queue.popleft()
@@ -99,7 +99,7 @@ class ChunkAdmission:
         key = self.admitted.pop(work_id, None)
         if key is not None:
             self.running[key] -= 1
-            self.gate.release(f"{key}#{work_id}")
+            self.gate.release(chunk_holder(key, work_id))
             return True
         for queue in self.waiting.values():
             for entry in queue:

@@ -21,6 +21,7 @@ by running its ``__init__`` again, and a holder's renewal takes its slot again i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -28,6 +29,7 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -324,18 +326,14 @@ def _limit_error(exc: ray.exceptions.RayTaskError) -> LimitError | None:
     return LimitError(str(cause)) if isinstance(cause, LimitError) else None
 
 
-def _call(method: str, *args: Any) -> Any:
-    """``method(*args)`` on the cluster's limits actor (made on first use), or in-process without
-    Ray.  An actor gone for good (``ray.kill``) is made again, once: it loads the limits."""
+@contextlib.contextmanager
+def _actor_errors() -> Iterator[None]:
+    """A call to the limits actor (``_call``, ``_acall``), after its one retry on a new actor: a
+    LimitError it raised comes out as itself; a handle still dead is forgotten, so the next call
+    makes the actor again."""
     global _actor
-    if not _on_ray():
-        return getattr(_Local(), method)(*args)
     try:
-        try:
-            return ray.get(getattr(_handle(), method).remote(*args), timeout=CALL_SECONDS)
-        except ray.exceptions.RayActorError:
-            _actor = None
-            return ray.get(getattr(_handle(), method).remote(*args), timeout=CALL_SECONDS)
+        yield
     except ray.exceptions.RayTaskError as exc:
         if (error := _limit_error(exc)) is None:
             raise
@@ -343,6 +341,20 @@ def _call(method: str, *args: Any) -> Any:
     except ray.exceptions.RayActorError:
         _actor = None
         raise
+
+
+def _call(method: str, *args: Any) -> Any:
+    """``method(*args)`` on the cluster's limits actor (made on first use), or in-process without
+    Ray.  An actor gone for good (``ray.kill``) is made again, once: it loads the limits."""
+    global _actor
+    if not _on_ray():
+        return getattr(_Local(), method)(*args)
+    with _actor_errors():
+        try:
+            return ray.get(getattr(_handle(), method).remote(*args), timeout=CALL_SECONDS)
+        except ray.exceptions.RayActorError:
+            _actor = None
+            return ray.get(getattr(_handle(), method).remote(*args), timeout=CALL_SECONDS)
 
 
 async def _acall(method: str, *args: Any) -> Any:
@@ -355,19 +367,12 @@ async def _acall(method: str, *args: Any) -> Any:
         handle = _actor if _actor is not None else await asyncio.to_thread(_handle)  # a lookup: off the loop
         return await asyncio.wait_for(getattr(handle, method).remote(*args), CALL_SECONDS)
 
-    try:
+    with _actor_errors():
         try:
             return await once()
         except ray.exceptions.RayActorError:
             _actor = None
             return await once()
-    except ray.exceptions.RayTaskError as exc:
-        if (error := _limit_error(exc)) is None:
-            raise
-        raise error from None
-    except ray.exceptions.RayActorError:
-        _actor = None
-        raise
 
 
 # -- rf.limits: set, get, remove, list ------------------------------------------------------------
