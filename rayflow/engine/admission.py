@@ -59,10 +59,10 @@ class ChunkAdmission:
     def offer(self, spec: Any, work: Any, handles: list[Any], now: float) -> None:
         self.waiting.setdefault(spec.key, deque()).append(_Waiting(spec, work, handles, now))
 
-    def admit(self, now: float) -> tuple[list[tuple[Any, Any, list[Any], float]], dict[str, str | None]]:
-        """The chunks granted slots now, as (spec, work with its slots, handles, seconds waited),
+    def admit(self, now: float) -> tuple[list[tuple[Any, Any, list[Any]]], dict[str, str | None]]:
+        """The chunks granted slots now, as (spec, work with its slots and seconds waited, handles),
         and the maps whose waiting changed: key -> the limit waited on, or None (one runs now)."""
-        out: list[tuple[Any, Any, list[Any], float]] = []
+        out: list[tuple[Any, Any, list[Any]]] = []
         changed: dict[str, str | None] = {}
         for key, queue in self.waiting.items():
             blocked = None
@@ -74,10 +74,11 @@ class ChunkAdmission:
                 if blocked is not None:
                     break
                 queue.popleft()
-                work = dataclasses.replace(entry.work, job=dataclasses.replace(job, slots=granted))
+                job = dataclasses.replace(job, slots=granted, waited=now - entry.since)
+                work = dataclasses.replace(entry.work, job=job)
                 self.running[key] += 1
                 self.admitted[work.work_id] = key
-                out.append((entry.spec, work, entry.handles, now - entry.since))
+                out.append((entry.spec, work, entry.handles))
             label = blocked if blocked is not None and not self.running[key] else None
             if self.waiting_for.get(key) != label:
                 changed[key] = label

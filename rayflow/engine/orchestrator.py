@@ -242,9 +242,7 @@ class Orchestrator:
         """Submit the tagged maps' chunks the limits have slots for; label maps left waiting."""
         now = self.clock()
         admitted, changed = self.admission.admit(now)
-        for spec, work, handles, waited in admitted:
-            if waited > 0:
-                work = dataclasses.replace(work, job=dataclasses.replace(work.job, waited=waited))
+        for spec, work, handles in admitted:
             self.executor.submit(spec, self.prepare(work), handles)
         for key, limit in changed.items():
             if not self.states[key].is_finished():  # a map's label only: nothing is scheduled for it
