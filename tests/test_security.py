@@ -280,3 +280,305 @@ def test_a_secret_given_on_the_command_line_stays_the_text_it_was():
     assert not takes_text(pydantic.Secret[int]) and not takes_text(int) and not takes_text(list[str])
     values = parse_params(["pin=0123", "n=7"], None, {"pin": pydantic.Secret[str], "n": int})
     assert values == {"pin": "0123", "n": 7}
+
+
+# == Run ids and paths under their roots (issue 22: "a run id can write anywhere") ==========
+#
+# One rule for a run id, wherever it comes from (Python, `run`, `submit`, `resume`, serve's
+# fires, the UI's run-now): letters, digits, '.', '_' and '-', 1 to 128 of them, starting with
+# a letter or a digit; anything else is refused in one line before any work.  Behind the rule,
+# every path the result store, the cache and the history build from a run id, a task key or a
+# cache key is checked to stay under its root.
+
+BAD_RUN_IDS = ["../../../escape1", "a/b", " ", "<b>x</b>", ".hidden", "x" * 1000, "", "-rf", "a\nb"]
+
+PERSISTING_FLOWS = '''
+import pathlib
+import rayflow as rf
+
+pathlib.Path(__file__).with_name("imported").write_text("the flow file was loaded")
+
+@rf.task(persist=True)
+def bump(x: int) -> int:
+    return x + 1
+
+@rf.flow(persist=True)
+def f(n: int = 1) -> int:
+    return bump(n)
+'''
+
+
+def refused_run_id(text: str, run_id: str) -> bool:
+    """The one message: it names the id (shortened when long) and the rule."""
+    shown = repr(run_id) if len(run_id) <= 64 else repr(run_id[:32])
+    return f"run id {shown}" in text and "letters, digits, '.', '_' and '-'" in text and "128" in text
+
+
+def files_under(folder: pathlib.Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*")}
+
+
+def rayflow_cli(args: list[str], cwd: pathlib.Path, home: pathlib.Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAYFLOW_HOME": str(home), "RAY_ADDRESS": "127.0.0.1:9", "PYTHONPATH": str(REPO),
+           "RAYFLOW_CONNECT_TIMEOUT": "1"}
+    env.pop("RAYFLOW_RESULTS", None)
+    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    return subprocess.run([sys.executable, "-m", "rayflow", *args], capture_output=True, text=True,
+                          timeout=120, cwd=cwd, env=env)
+
+
+@pytest.mark.timeout(300)
+def test_run_id_escape_from_the_issue_writes_nothing_and_is_refused_in_one_line(tmp_path):
+    """`rayflow run flows.py:f --local --run-id ../../../escape1` on a persisting flow wrote its
+    results beside RAYFLOW_HOME.  Now: exit 2, one line naming the id and the rule, the flow's
+    file not even loaded, and not one file made anywhere."""
+    work = tmp_path / "a" / "b" / "work"
+    work.mkdir(parents=True)
+    (work / "flows.py").write_text(PERSISTING_FLOWS)
+    home = tmp_path / "a" / "b" / "home"
+    before = files_under(tmp_path)
+    out = rayflow_cli(["run", "flows.py:f", "--local", "--run-id", "../../../escape1"], work, home)
+    assert out.returncode == 2, (out.returncode, out.stdout, out.stderr[-2000:])
+    assert out.stdout == "" and len(out.stderr.splitlines()) == 1 and out.stderr.startswith("error: "), out.stderr
+    assert refused_run_id(out.stderr, "../../../escape1"), out.stderr
+    assert files_under(tmp_path) == before  # no escape1, no result store, no history, no marker
+    # The same run under a good id persists its result under the store, as it should.
+    good = rayflow_cli(["run", "flows.py:f", "--local", "--run-id", "good-1"], work, home)
+    assert good.returncode == 0, good.stderr[-2000:]
+    assert (home / "results" / "runs" / "good-1" / "bump.pkl").is_file()
+    assert not list(tmp_path.rglob("escape1*"))
+
+
+@pytest.mark.timeout(600)
+def test_the_command_line_refuses_a_bad_run_id_before_any_work(tmp_path):
+    """`run`, `resume` and `submit` (no cluster needed for the refusal) answer one line, exit 2."""
+    (tmp_path / "flows.py").write_text(PERSISTING_FLOWS)
+    home = tmp_path / "home"
+    cases = [(["run", "flows.py:f", "--local", "--run-id", bad], bad) for bad in BAD_RUN_IDS[:6]]
+    cases += [(["resume", bad, "--local"], bad) for bad in ("a/b", "../../../escape1")]
+    cases += [(["submit", "flows.py:f", "--run-id", bad, "--address", "http://127.0.0.1:9"], bad)
+              for bad in (".hidden", "<b>x</b>")]
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        outs = list(pool.map(lambda case: rayflow_cli(case[0], tmp_path, home), cases))
+    wrong = []
+    for (argv, bad), out in zip(cases, outs):
+        lines = out.stderr.splitlines()
+        if out.returncode != 2 or out.stdout or len(lines) != 1 or not refused_run_id(lines[0], bad):
+            wrong.append((argv[0], bad[:40], out.returncode, out.stdout[-300:], out.stderr[-600:]))
+    assert wrong == []
+    assert not (tmp_path / "imported").exists() and not home.exists()
+
+
+@rf.task(persist=True)
+def kept(x: int) -> int:
+    return x + 1
+
+
+@rf.flow(runner="local", persist=True)
+def keeps(n: int = 1) -> int:
+    return kept(n)
+
+
+@pytest.mark.parametrize("bad", BAD_RUN_IDS, ids=lambda b: repr(b[:12]))
+def test_python_refuses_a_bad_run_id_at_the_call(bad, tmp_path, monkeypatch):
+    monkeypatch.setenv("RAYFLOW_HOME", str(tmp_path / "home"))
+    for make in (lambda: keeps.with_options(run_id=bad), lambda: rf.flow(run_id=bad)(lambda: None), lambda: rf.resume(bad)):
+        with pytest.raises(rf.RayflowError) as raised:
+            make()
+        assert type(raised.value).__name__ == "RunIdError" and isinstance(raised.value, ValueError)
+        assert raised.value.run_id == bad and refused_run_id(str(raised.value), bad)
+        assert "\n" not in str(raised.value)
+    assert not (tmp_path / "home").exists()
+
+
+def test_a_run_id_that_bypasses_with_options_is_refused_where_the_run_starts(tmp_path, monkeypatch, ray_session):
+    """Options built without validation (``model_construct``) reach the runners: each refuses the
+    id before the run starts (nothing recorded, nothing stored), on Ray and in-process alike."""
+    from rayflow.core.options import FlowOptions
+
+    monkeypatch.setenv("RAYFLOW_HOME", str(tmp_path / "home"))
+    for runner in ("local", "ray"):
+        options = FlowOptions.model_construct(**{**keeps.options.model_dump(), "runner": runner, "run_id": "../../../escape1"})
+        sneaky = rf.Flow(keeps.fn, options)
+        with pytest.raises(rf.RayflowError) as raised:
+            sneaky.run(n=1)
+        assert type(raised.value).__name__ == "RunIdError", raised.value
+    assert not list(tmp_path.rglob("escape1*"))
+    from rayflow.store import RunStore
+
+    assert RunStore(tmp_path / "home").runs() == []
+
+
+def test_generated_run_ids_follow_the_rule():
+    """The ids rayflow makes itself: a run's, a serve fire's, the UI's run-now."""
+    from rayflow.engine.driver.local import new_run_id
+    from rayflow.paths import check_run_id
+    from rayflow.serving.server import Server
+
+    for made in (new_run_id(), Server.__dataclass_fields__["new_run_id"].default()):
+        check_run_id(made)
+
+
+def test_serve_fires_and_the_uis_run_now_go_through_the_rule(tmp_path, monkeypatch):
+    """Both start a run with serving.launcher.run_in_thread: a bad id is refused there, at once."""
+    from rayflow.serving.launcher import run_in_thread
+
+    monkeypatch.setenv("RAYFLOW_HOME", str(tmp_path / "home"))
+    with pytest.raises(rf.RayflowError) as raised:
+        run_in_thread(keeps, {}, "../../../escape1")
+    assert type(raised.value).__name__ == "RunIdError"
+    handle = run_in_thread(keeps, {"n": 2}, "fired-1")
+    while not handle.done():
+        handle._thread.join(1)
+    assert handle.state() == "SUCCESS"
+
+
+def legacy_run(home: pathlib.Path, good: str, bad: str) -> None:
+    """Rename a recorded run to an id an older rayflow accepted and this one would refuse."""
+    import sqlite3
+
+    with sqlite3.connect(home / "history.db") as db:
+        for table in ("runs", "run_attempts", "transitions", "chunks", "logs", "graphs"):
+            db.execute(f"UPDATE {table} SET run_id = ? WHERE run_id = ?", (bad, good))
+
+
+@rf.task
+def breaks(x: int) -> int:
+    raise RuntimeError(f"broken by {x}")
+
+
+@rf.flow(runner="local")
+def broken(n: int = 1) -> int:
+    return breaks(n)
+
+
+@pytest.mark.timeout(300)
+def test_runs_recorded_under_a_bad_id_by_an_older_rayflow_can_be_read_not_resumed(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("RAYFLOW_HOME", str(home))
+    assert broken.with_options(run_id="old-1").run(n=3).state.is_failed()
+    legacy_run(home, "old-1", "a/b")
+    for argv, shows in ((["show", "a/b"], "a/b"), (["show", "a/b", "--json"], "a/b"), (["logs", "a/b"], "broken by 3"),
+                        (["runs"], "a/b")):
+        out = rayflow_cli(argv, tmp_path, home)
+        assert out.returncode in (0, 1) and "Traceback" not in out.stderr, (argv, out.stderr[-2000:])
+        assert shows in out.stdout, (argv, out.stdout)
+    resumed = rayflow_cli(["resume", "a/b", "--local"], tmp_path, home)
+    assert resumed.returncode == 2 and len(resumed.stderr.splitlines()) == 1, resumed.stderr
+    assert refused_run_id(resumed.stderr, "a/b")
+    with pytest.raises(rf.RayflowError) as raised:
+        rf.resume("a/b", broken)
+    assert type(raised.value).__name__ == "RunIdError"
+
+
+def test_the_containment_helper_refuses_paths_that_leave_their_root(tmp_path):
+    from rayflow.paths import UnsafePathError, under_root
+
+    root = str(tmp_path / "store")
+    assert under_root(root, "runs/r-1/t.pkl") == f"{root}/runs/r-1/t.pkl"
+    assert under_root(root + "/", "cache/") == f"{root}/cache/"
+    assert under_root("s3://bucket/prefix", "runs/r/t") == "s3://bucket/prefix/runs/r/t"
+    for bad in ("../x", "runs/../../x", "runs/r/../../../x", "/etc/passwd", "a/./b", "..", ".", "runs/.."):
+        with pytest.raises(UnsafePathError) as raised:
+            under_root(root, bad)
+        assert isinstance(raised.value, rf.ResultStoreError)
+        assert raised.value.path == bad and raised.value.root == root
+        assert repr(bad) in str(raised.value) and root in str(raised.value)
+
+
+def test_the_result_store_refuses_to_write_or_read_outside_its_root(tmp_path):
+    from rayflow.results import ResultStore
+
+    store = ResultStore(str(tmp_path / "a" / "store"))
+    (tmp_path / "secret.pkl").write_bytes(b"not yours")
+    before = files_under(tmp_path)
+    for bad in ("../../escape", "runs/../../../escape", "/tmp/escape", "runs/../../secret"):
+        with pytest.raises(rf.ResultStoreError, match="outside"):
+            store.write(bad, 1)
+    for bad in ("../../secret.pkl", "runs/../../../secret.pkl"):
+        with pytest.raises(rf.ResultStoreError, match="outside"):
+            store.read(bad)
+        with pytest.raises(rf.ResultStoreError, match="outside"):
+            store.read_bytes(bad)
+        with pytest.raises(rf.ResultStoreError, match="outside"):
+            list(store.list(bad.rsplit("/", 1)[0] + "/"))
+        assert store.delete(bad) is False
+    assert files_under(tmp_path) == before
+
+
+@pytest.mark.timeout(300)
+def test_a_key_function_returning_a_path_stays_in_the_cache(tmp_path, monkeypatch):
+    """A user's cache_key_fn returning '../../x' (a plain task, a mapped one): entries land under
+    cache/<flow>/<task key>/ of the store, and a second run hits them."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("RAYFLOW_HOME", str(home))
+    calls = tmp_path / "calls"
+
+    @rf.task(cache_key_fn=lambda context, arguments: "../../../../x")
+    def once(x: int) -> int:
+        with open(calls, "a") as fh:
+            fh.write("once\n")
+        return x + 1
+
+    @rf.task(cache_key_fn=lambda context, arguments: f"../../../../item-{arguments['x']}")
+    def each(x: int) -> int:
+        return x * 2
+
+    @rf.flow(runner="local")
+    def keyed(n: int = 1) -> list:
+        return [once(n), each.map([1, 2, 3])]
+
+    before = files_under(tmp_path)
+    assert keyed.run(n=1).result() == [2, [2, 4, 6]]
+    assert keyed.run(n=1).result() == [2, [2, 4, 6]]
+    assert calls.read_text() == "once\n"  # the second run hit the entry
+    made = files_under(tmp_path) - before
+    outside = sorted(p for p in made if not (p == "home" or p.startswith("home/") or p == "calls"))
+    assert outside == []
+    entries = [p for p in made if p.startswith("home/results/")]
+    assert entries and all((p + "/").startswith("home/results/cache/keyed/") or p.count("/") <= 2 for p in entries), entries
+    assert not list(tmp_path.rglob("x.pkl")) and not list(tmp_path.rglob("item-*"))
+
+
+@pytest.mark.parametrize("name", ["..", "."])
+def test_a_task_or_flow_named_dot_dot_is_refused_at_definition(name):
+    """Names become task keys, and keys folders of the result store (runs/<run id>/<task key>,
+    cache/<flow>/<task key>/): a subflow named '..' three deep sent a persisted result
+    above the store's root."""
+    with pytest.raises(rf.TaskOptionError):
+        rf.task(name=name)(lambda x: x)
+    with pytest.raises(rf.TaskOptionError):
+        rf.flow(name=name)(lambda: None)
+    with pytest.raises(rf.TaskOptionError):
+        keeps.with_options(name=name)
+
+
+def test_task_keys_that_climb_are_refused_by_the_worker_writes(tmp_path):
+    """Defence in depth below the names' rule: the worker's cache and persist writes with a task
+    key (or a flow name) of '..' segments write nothing outside the store, and never fail a task."""
+    from rayflow.engine.protocol import ResultPolicy
+    from rayflow.engine.worker import results
+    from rayflow.engine.worker.execute import _store
+
+    store = tmp_path / "deep" / "er" / "store"
+    policy = ResultPolicy(str(store), "flow", "t", persist=True, cache_key_fn=lambda c, a: "k")
+    before = files_under(tmp_path)
+    for key in ("../../../../../x", "a/../../../../../x"):
+        assert results.keep(policy, key, results.Lookup(key="k"), 1) is None  # a warning, not written
+        path, error = _store(results.to_persist(policy, "r-1", key), 1)
+        assert path is None and "outside" in error
+    climbing = ResultPolicy(str(store), "../../../..", "t", persist=False, cache_key_fn=lambda c, a: "k")
+    assert results.keep(climbing, "t", results.Lookup(key="k"), 1) is None
+    assert files_under(tmp_path) == before
+
+
+def test_the_history_keeps_its_pending_rows_under_its_folder(tmp_path):
+    from rayflow.store import RunStore
+
+    history = RunStore(tmp_path / "deep" / "home")
+    before = files_under(tmp_path)
+    with pytest.raises(OSError) as raised:
+        history.spill("../../../escape", {"runs": []})
+    assert type(raised.value).__name__ == "UnsafePathError"
+    assert files_under(tmp_path) - before <= {"deep/home/history-pending"}
+    assert not list(tmp_path.rglob("escape*"))
