@@ -10,6 +10,7 @@ found wrong with a definition, an input, the cluster or a finished run::
     ├── GraphError               the flow body builds an invalid graph
     │   └── MappingError         a .map() over arguments that cannot be zipped
     ├── ParameterError           flow parameters failed validation
+    ├── RunIdError               a run id breaks the rule of rayflow.paths (``run_id``)
     ├── SerializationError       a task's function or arguments cannot be pickled
     ├── ClusterConnectionError   the Ray cluster at an address cannot be reached
     │   └── ClusterAuthenticationError  it requires a Ray auth token this process did not send
@@ -21,7 +22,9 @@ found wrong with a definition, an input, the cluster or a finished run::
     ├── ResumeError              a run cannot be resumed (``run_id``; ``task_key`` when a task is why)
     └── ResultStoreError         the result storage cannot be used (bad URI, write failed)
         ├── MissingResultError   a stored result is not there (``path``)
-        └── CorruptResultError   a stored result cannot be read back (``path``)
+        ├── CorruptResultError   a stored result cannot be read back (``path``)
+        └── UnsafePathError      a path built from a run id, task key or cache key would leave
+                                 its root: the result store's, the history's (``path``, ``root``)
 
 Errors carry the context that locates them (``task_key``, ``run_id``,
 ``attempt``) as attributes, so handlers need not parse messages.
@@ -182,6 +185,27 @@ class CorruptResultError(ResultStoreError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class UnsafePathError(ResultStoreError):
+    """A path built from a run id, a task key or a cache key would leave its root (``path``,
+    relative to ``root``): refused before anything is read or written (rayflow.paths)."""
+
+    def __init__(self, message: str, *, path: str, root: str):
+        super().__init__(message)
+        self.path = path
+        self.root = root
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class RunIdError(RayflowError, ValueError):
+    """A run id that breaks the rule (rayflow.paths.check_run_id), refused before any work."""
+
+    def __init__(self, message: str, *, run_id: Any):
+        super().__init__(message)
+        self.run_id = run_id
 
 
 class DuplicateRunError(RayflowError, ValueError):

@@ -16,10 +16,12 @@ How a value is written, by what it is:
 Writes are atomic: the bytes go to a temporary name beside the target, which
 is then renamed over it, so a reader sees a whole file or none.  A file that
 cannot be read back (truncated, not what its name says) raises
-``CorruptResultError`` naming it; a missing one ``MissingResultError``.
+``CorruptResultError`` naming it; a missing one ``MissingResultError``.  A
+path that would leave the root (``runs/../../x``, built from a run id, a task
+key or a cache key) is refused before it is touched: ``UnsafePathError``.
 
 This module sits below the engine (the worker writes and reads results) and
-imports nothing of rayflow but its exceptions.
+imports nothing of rayflow but its exceptions and ``paths``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import pyarrow.fs as pafs
 import pyarrow.ipc as ipc
 
 from rayflow.exceptions import CorruptResultError, MissingResultError, ResultStoreError
+from rayflow.paths import under_root
 
 KIND_KEY = b"rayflow.kind"
 ARROW_SUFFIX = ".arrow"
@@ -102,12 +105,13 @@ class ResultStore:
         return (ResultStore, (self.location,))
 
     def _full(self, path: str) -> str:
-        return f"{self.root.rstrip('/')}/{path}"
+        """Every read, write, listing and delete goes through here: ``path`` (made of run ids,
+        task keys and cache keys) must stay under the root (UnsafePathError)."""
+        return under_root(self.root, path)
 
     def describe(self, path: str) -> str:
         """The file's full name, as errors and the CLI show it."""
-        full = self._full(path)
-        return full if "://" not in self.location else f"{self.location.rstrip('/')}/{path}"
+        return f"{(self.location if '://' in self.location else self.root).rstrip('/')}/{path}"
 
     # -- writing -------------------------------------------------------------
 
@@ -185,8 +189,9 @@ class ResultStore:
         return None
 
     def read_bytes(self, path: str) -> bytes:
+        full = self._full(path)
         try:
-            with self.fs.open_input_file(self._full(path)) as source:
+            with self.fs.open_input_file(full) as source:
                 return source.read()
         except (OSError, pa.ArrowException) as exc:
             raise ResultStoreError(f"cannot read {self.describe(path)}: {exc}") from exc

@@ -53,9 +53,11 @@ from rayflow.exceptions import (
     UnknownRunError,
     DuplicateRunError,
     RunCrashedError,
+    RunIdError,
     Terminated,
     UnsatisfiableResourcesError,
 )
+from rayflow.paths import check_run_id
 from rayflow.results import ResultStore
 from rayflow.cache import SEGMENTS_FOLDER
 
@@ -115,7 +117,7 @@ def run(
     ] = False,
 ) -> None:
     """Run a flow and print its task states, run id and result."""
-    run_id = run_id or new_run_id()
+    run_id = _checked_run_id(run_id) if run_id is not None else new_run_id()
     try:
         flow = load_flow(target)
         annotations = parameter_annotations(flow.parameters_model)
@@ -144,6 +146,15 @@ def run(
     print_run(flow_run)
     if not flow_run.state.is_successful():
         raise typer.Exit(EXIT_FAILED)
+
+
+def _checked_run_id(run_id: str) -> str:
+    """A run id given on the command line follows the rule of rayflow.paths: else one line,
+    exit 2, before the flow's file is even loaded."""
+    try:
+        return check_run_id(run_id)
+    except RunIdError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
 
 
 def _print_cancelled(run_id: str, local: bool) -> None:
@@ -378,6 +389,7 @@ def resume(
     from rayflow import resume as resume_run
     from rayflow.exceptions import ResumeError
 
+    _checked_run_id(run_id)  # a run an older rayflow recorded under an id the rule refuses, too
     try:
         overrides = parse_params(param or [], None, {})
         flow_run = resume_run(run_id, **overrides) if not local else _resume_local(run_id, overrides)

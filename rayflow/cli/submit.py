@@ -20,8 +20,9 @@ from typing import Annotated, Any, Optional
 import typer
 
 from rayflow.engine.driver.local import new_run_id
-from rayflow.exceptions import ClusterConnectionError
+from rayflow.exceptions import ClusterConnectionError, RunIdError
 from rayflow.cli.usage import fail as _fail
+from rayflow.paths import RUN_ID_MAX, check_run_id
 
 EXIT_FAILED, EXIT_CLUSTER, EXIT_INTERRUPTED = 1, 3, 130
 FOLLOW_INTERVAL = 0.5
@@ -59,9 +60,10 @@ def _command(words: list[str]) -> str:
 
 def serve_id(config: str) -> str:
     """The id of a server submitted with ``--serve``: ``serve-<the config's path, without .toml>``
-    (``flows.toml``: serve-flows; ``conf/flows.toml``: serve-conf-flows)."""
+    (``flows.toml``: serve-flows; ``conf/flows.toml``: serve-conf-flows), within the run id rule
+    of rayflow.paths, as it names a Ray job (ASCII letters and digits, at most RUN_ID_MAX)."""
     path = os.path.splitext(os.path.normpath(config))[0].lstrip("./")
-    return "serve-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in path)
+    return ("serve-" + "".join(c if (c.isascii() and c.isalnum()) or c in "-_" else "-" for c in path))[:RUN_ID_MAX]
 
 
 def check_locally(target: str, working_dir: str | None, params: list[str], params_json: str | None) -> None:
@@ -161,8 +163,11 @@ def submit(
         run_id = serve_id(serve)
         command = serve_entrypoint(serve, ui, ui_host, ui_port)
     else:
-        if run_id is not None and not jobs.RUN_ID_PATTERN.fullmatch(run_id):
-            raise _fail(f"--run-id {run_id!r} must be letters, digits, '.', '_' and '-' (it names the run's Ray job)", 2)
+        if run_id is not None:
+            try:
+                check_run_id(run_id)  # it names the run's Ray job too
+            except RunIdError as exc:
+                raise _fail(str(exc), 2) from None
         try:
             check_locally(target, working_dir, param or [], params_json)
         except (TargetError, ParameterError) as exc:

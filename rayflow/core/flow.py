@@ -31,6 +31,7 @@ from rayflow.core.graph import Graph, GraphBuilder, active_builder
 from rayflow.core.options import FlowOptions, validate_options
 from rayflow.core.parameters import is_secret, parameters_model, validate_parameters
 from rayflow.exceptions import DefinitionError, GraphError, ParameterError, RayflowError
+from rayflow.paths import check_run_id
 
 GRAPH_CACHE_SIZE = 32
 
@@ -200,7 +201,7 @@ class Flow:
         """A copy with other options: ``name``, ``runner``, ``address``, ``run_id``."""
         values = self.options.model_dump(exclude_unset=True)
         values.update(changes)
-        return Flow(self.fn, validate_options(FlowOptions, self.name, values))
+        return Flow(self.fn, _flow_options(self.name, values))
 
     def __repr__(self) -> str:
         return f"<Flow {self.name}>"
@@ -239,6 +240,14 @@ def _frozen(value: Any) -> Any:
     raise TypeError("not cacheable")
 
 
+def _flow_options(owner: str, values: dict[str, Any]) -> FlowOptions:
+    """A run id is refused on its own (RunIdError, the one message of rayflow.paths), at the
+    call that gives it; the other options as every option is."""
+    if values.get("run_id") is not None:
+        check_run_id(values["run_id"])
+    return validate_options(FlowOptions, owner, values)
+
+
 @overload
 def flow(fn: Callable[..., Any], /) -> Flow: ...
 @overload
@@ -249,7 +258,7 @@ def flow(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Declare a flow: ``@rf.flow`` or ``@rf.flow(name=..., runner=..., address=...)``."""
 
     def decorate(f: Callable[..., Any]) -> Flow:
-        return Flow(f, validate_options(FlowOptions, options.get("name") or f.__name__, options))
+        return Flow(f, _flow_options(options.get("name") or f.__name__, options))
 
     if fn is not None:
         if options:

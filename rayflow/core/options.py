@@ -227,9 +227,10 @@ class FlowOptions(BaseModel):
 
 
 def _key_name(value: str | None) -> str | None:
-    """Names become task keys, and '/' separates a subflow's keys from its parent's."""
-    if value is not None and (value != value.strip() or "/" in value):
-        raise ValueError("must not contain '/' or surrounding whitespace")
+    """Names become task keys, and '/' separates a subflow's keys from its parent's; keys are
+    folders of the result store (``runs/<run id>/<task key>``), where '.' and '..' would climb."""
+    if value is not None and (value != value.strip() or "/" in value or value in (".", "..")):
+        raise ValueError("must not contain '/' or surrounding whitespace, nor be '.' or '..'")
     return value
 
 

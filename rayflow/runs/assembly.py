@@ -9,6 +9,7 @@ from rayflow.core.graph import shape_of
 from rayflow.engine.executor import Executor
 from rayflow.engine.orchestrator import Orchestrator
 from rayflow.engine.plan import Plan
+from rayflow.paths import check_run_id
 from rayflow.store import HistoryRecorder, RunStore
 from rayflow.telemetry import RunTracer, TelemetrySettings
 
@@ -53,6 +54,7 @@ def assemble_run(
     telemetry: TelemetrySettings | None = None,
     home: str | None = None,
 ) -> ObservedRun:
+    check_run_id(run_id)  # the last point every run passes, in the driver or in the actor
     orchestrator = Orchestrator(plan, executor, run_id, cpus=cpus)
     tracer = None
     if telemetry is not None and telemetry.enabled:

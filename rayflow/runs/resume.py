@@ -23,6 +23,7 @@ from typing import Any
 from rayflow.cache import code_fingerprint
 from rayflow.core.loader import TargetError, load_flow
 from rayflow.exceptions import ResumeError, UnknownRunError
+from rayflow.paths import check_run_id
 from rayflow.results import ResultStore, default_location
 from rayflow.store import RunStore, rayflow_home
 from rayflow.store.history import UNFINISHED, driver_alive
@@ -34,7 +35,9 @@ RESUMABLE = {"FAILED", "CANCELLED", "CRASHED", "RUNNING", "PENDING"}  # RUNNING/
 
 def check_resumable(run_id: str) -> tuple[RunStore, dict]:
     """The history and the run, or the error saying why it cannot be resumed (unknown, ended
-    SUCCESS, still running)."""
+    SUCCESS, still running).  A run id an older rayflow accepted and the rule refuses is refused
+    first: its stored results would be read from where its id points."""
+    check_run_id(run_id)
     history = RunStore(rayflow_home())
     run = history.run(run_id)
     if run is None:

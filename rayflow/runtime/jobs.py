@@ -34,7 +34,6 @@ FORWARDED_PREFIXES = ("OTEL_", "RAYFLOW_")
 # its nodes set one, is used instead: no node can reach this machine's localhost).
 NOT_FORWARDED = ("RAYFLOW_HOME", "RAYFLOW_CONNECT_TIMEOUT")
 LOOPBACK_HOSTS = ("localhost", "127.", "[::1]", "0.0.0.0")
-RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a job id inside Ray's URLs, unescaped
 
 
 def submission_id(run_id: str) -> str:

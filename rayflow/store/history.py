@@ -28,6 +28,7 @@ from rayflow.core.parameters import is_secret
 from rayflow.engine import columns as C
 from rayflow.engine.observers import RunObserver
 from rayflow.exceptions import DuplicateRunError
+from rayflow.paths import check_run_id, under_root
 from rayflow.states import State
 
 SCHEMA = """
@@ -96,9 +97,13 @@ UNFINISHED = ("PENDING", "RUNNING")
 
 
 def refuse_taken_run_id(options: Any) -> None:
-    """A run given its id (``run_id=``, ``rayflow run --run-id``) must not reuse one the history
-    has: its rows would mix with the earlier run's.  A resume's later attempt reuses it on purpose."""
+    """Where both runners start a run: a run given its id (``run_id=``, ``rayflow run --run-id``)
+    must follow the rule of rayflow.paths (checked again here, for options that were never
+    validated) and must not reuse one the history has: its rows would mix with the earlier
+    run's.  A resume's later attempt reuses it on purpose."""
     run_id = getattr(options, "run_id", None)
+    if run_id is not None:
+        check_run_id(run_id)
     if not run_id or getattr(options, "run_attempt", 1) > 1:
         return
     try:
@@ -218,9 +223,10 @@ class RunStore:
         return self.home / "history-pending"
 
     def spill(self, name: str, rows: Mapping[str, list]) -> pathlib.Path:
-        """Rows a run could not write, as one JSON file (owner-only) for a later writer."""
+        """Rows a run could not write, as one JSON file (owner-only) for a later writer.  Its
+        name holds the run id: a name that would leave the folder is refused (UnsafePathError)."""
+        path = pathlib.Path(under_root(str(self.pending_folder), f"{name}.json"))
         self.pending_folder.mkdir(mode=0o700, exist_ok=True)
-        path = self.pending_folder / f"{name}.json"
         partial = path.with_suffix(".partial")
         fd = os.open(partial, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
