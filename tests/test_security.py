@@ -410,13 +410,18 @@ def test_a_run_id_that_bypasses_with_options_is_refused_where_the_run_starts(tmp
 
 
 def test_generated_run_ids_follow_the_rule():
-    """The ids rayflow makes itself: a run's, a serve fire's, the UI's run-now."""
+    """The ids rayflow makes itself: a run's, a serve fire's, a server submitted with
+    `submit --serve FILE` (its id names its Ray job and is what `cancel` takes)."""
+    from rayflow.cli.submit import serve_id
     from rayflow.engine.driver.local import new_run_id
     from rayflow.paths import check_run_id
     from rayflow.serving.server import Server
 
-    for made in (new_run_id(), Server.__dataclass_fields__["new_run_id"].default()):
-        check_run_id(made)
+    made = [new_run_id(), Server.__dataclass_fields__["new_run_id"].default()]
+    made += [serve_id("flows.toml"), serve_id("conf/café flows.toml"), serve_id("x" * 300 + ".toml")]
+    for run_id in made:
+        assert check_run_id(run_id) == run_id
+    assert serve_id("conf/flows.toml") == "serve-conf-flows"
 
 
 def test_serve_fires_and_the_uis_run_now_go_through_the_rule(tmp_path, monkeypatch):
