@@ -113,7 +113,7 @@ def test_aliases_unions_and_specs():
         (lambda: Cron("* * *"), "Wrong number of fields"),
         (lambda: Cron("@often"), "unknown cron alias"),
         (lambda: Cron("0 6 * * *", timezone="Mars/Olympus"), "unknown timezone 'Mars/Olympus'"),
-        (lambda: Interval(0), "positive"),
+        (lambda: Interval(0), "from 1 to 1e10, got 0"),
         (lambda: Interval(60, overlap="sometimes"), "overlap must be one of skip, queue, allow, cancel_running"),
         (lambda: Interval(60, catchup="never"), "catchup must be one of"),
         (lambda: Union(), "at least one"),
@@ -447,9 +447,9 @@ def test_fire_times_never_go_back_in_a_repeated_hour():
     "make, message",
     [
         (lambda: Cron("0 30 2 * * *", timezone="America/New_York"), "seconds field, which follows no daylight-saving"),
-        (lambda: Interval(float("nan")), "finite"),
-        (lambda: Interval(float("inf")), "finite"),
-        (lambda: Interval(1e20), "at most 1e10"),
+        (lambda: Interval(float("nan")), "from 1 to 1e10, got nan"),
+        (lambda: Interval(float("inf")), "from 1 to 1e10, got inf"),
+        (lambda: Interval(1e20), "from 1 to 1e10, got 1e\\+20"),
         (lambda: Interval(dt.timedelta(seconds=-5)), "got -5s"),
         (lambda: Interval(60, anchor="yesterday"), "not an ISO date-time"),
         (lambda: Interval(60, anchor=dt.date(2026, 1, 1)), "anchor must be a datetime"),
@@ -476,7 +476,7 @@ def test_cli_options_that_would_be_ignored_with_a_config_and_bad_server_settings
         ('[server]\ngrace = "x"\n', "grace must be a number"),
         ('[[flow]]\ntarget = 5\ninterval = 60\n', "target must be a string"),
         (f'[[flow]]\ntarget = "{REPO}/tests/flows.py:two_branches"\ncron = "@daily"\nanchor = 2026-01-01T00:00:00\n', "anchor applies"),
-        (f'[[flow]]\ntarget = "{REPO}/tests/flows.py:two_branches"\ninterval = nan\n', "finite"),
+        (f'[[flow]]\ntarget = "{REPO}/tests/flows.py:two_branches"\ninterval = nan\n', "from 1 to 1e10, got nan"),
     ]:
         config.write_text(text if "[[flow]]" in text else text + f'[[flow]]\ntarget = "{REPO}/tests/flows.py:two_branches"\ninterval = 60\n')
         out = run_cli("serve", "--config", str(config), home=tmp_path)
@@ -534,3 +534,44 @@ def test_loading_a_file_already_imported_reuses_its_module():
 
     assert load_flow(f"{REPO}/tests/flows.py:two_branches") is flows.two_branches
     assert sys.modules["flows"] is flows  # its classes stay the ones the process knows
+
+
+# -- bounds: intervals of a second or more, previews bounded and streamed ---------------------------
+
+
+def test_an_interval_under_a_second_is_refused_however_it_arrives(tmp_path):
+    for every in (0.001, 0.999, dt.timedelta(milliseconds=1)):
+        with pytest.raises(ScheduleError, match="from 1 to 1e10"):
+            Interval(every)
+    with pytest.raises(ScheduleError, match="from 1 to 1e10"):
+        from_spec({"kind": "interval", "every": 0.001, "anchor": "2026-01-01T00:00:00+00:00"})
+    assert Interval(1).every == dt.timedelta(seconds=1) and Interval(1.5).every == dt.timedelta(seconds=1.5)
+    config = tmp_path / "flows.toml"
+    config.write_text(f'[[flow]]\ntarget = "{REPO}/tests/flows.py:two_branches"\ninterval = 0.5\n')
+    for args in (["serve", "tests/flows.py:two_branches", "--interval", "0.001"], ["serve", "--config", str(config)],
+                 ["schedule", "preview", "tests/flows.py:two_branches", "--interval", "0.001"]):
+        out = run_cli(*args, home=tmp_path / "home")
+        assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, (args, out.stderr)
+        assert out.stderr.startswith("error: ") and "every must be a number of seconds from 1 to 1e10, got 0." in out.stderr, out.stderr
+    assert not (tmp_path / "home" / "history.db").exists()  # refused before anything was written
+
+
+class CountingInterval(Interval):
+    """An interval that counts the fire times asked of it."""
+
+    asked = 0
+
+    def next_after(self, after):
+        type(self).asked += 1
+        return super().next_after(after)
+
+
+def test_preview_streams_its_lines_and_bounds_n(tmp_path):
+    from rayflow.cli.serve import MAX_PREVIEW, preview_lines
+
+    lines = preview_lines(CountingInterval(60), MAX_PREVIEW, after=utc(2026, 1, 1))
+    first = next(iter(lines))
+    assert first.endswith("2026-01-01T00:01:00Z") and CountingInterval.asked <= 2  # not all MAX_PREVIEW first
+    out = run_cli("schedule", "preview", "tests/flows.py:two_branches", "--interval", "60", "-n", str(MAX_PREVIEW + 1), home=tmp_path)
+    assert out.returncode == 2 and out.stdout == "" and out.stderr.count("\n") == 1, out.stderr
+    assert f"at most {MAX_PREVIEW}" in out.stderr and "Traceback" not in out.stderr

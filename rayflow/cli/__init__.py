@@ -460,7 +460,7 @@ def cache_clear(storage: StorageOption = None, flow: FlowFilter = None, task: Ta
 # -- schedules -------------------------------------------------------------------------------
 
 CronOption = Annotated[Optional[str], typer.Option("--cron", help="A cron expression (or @hourly, @daily, ...).")]  # noqa: UP007
-IntervalOption = Annotated[Optional[float], typer.Option("--interval", help="Fire every SECONDS.")]  # noqa: UP007
+IntervalOption = Annotated[Optional[float], typer.Option("--interval", help="Fire every SECONDS (1 to 1e10).")]  # noqa: UP007
 TimezoneOption = Annotated[Optional[str], typer.Option("--timezone", help="IANA timezone of the schedule (default UTC).")]  # noqa: UP007
 
 
@@ -572,19 +572,20 @@ def schedule_preview(
     cron: CronOption = None,
     interval: IntervalOption = None,
     timezone: TimezoneOption = None,
-    n: Annotated[int, typer.Option("-n", help="How many fire times.", min=1)] = 10,
+    n: Annotated[int, typer.Option("-n", help="How many fire times (at most 10000).", min=1)] = 10,
 ) -> None:
-    """Print the next fire times, in the schedule's timezone and in UTC (tab-separated)."""
-    from rayflow.cli.serve import preview_lines, schedule_from
+    """Print the next fire times, in the schedule's timezone and in UTC (tab-separated), each as it is computed."""
+    from rayflow.cli.serve import check_preview_count, preview_lines, schedule_from
     from rayflow.exceptions import ScheduleError
 
     try:
+        check_preview_count(n)
         load_flow(target)
         schedule = schedule_from(cron, interval, timezone)
     except (TargetError, ScheduleError) as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
     for line in preview_lines(schedule, n):
-        print(line)
+        print(line, flush=True)
 
 
 @app.command("schedules")
