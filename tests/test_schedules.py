@@ -760,3 +760,21 @@ def test_fires_queued_by_a_sigkilled_server_are_taken_up_by_the_next_in_order(tm
     started = sorted((r["started_at"], t) for t, r in rows.items() if r["started_at"] and t >= held[0])
     assert [t for _, t in started] == sorted(t for _, t in started)  # the held ones first, in order
     assert "taken over from a server that died" in err, err[-3000:]
+
+
+def test_a_long_outage_is_recorded_in_bounded_rows(tmp_path, caplog):
+    from rayflow.serving.server import RECORDED_ONE_BY_ONE
+
+    schedule = Interval(1, catchup="all", max_catchup=3, overlap="allow")
+    clock = Clock(T0)
+    _server(tmp_path, schedule, clock=clock).tick()
+    clock.now = T0 + 3001  # 3000 fires missed (plus the one due now)
+    again = _server(tmp_path, schedule, clock=clock, max_concurrent=10)
+    with caplog.at_level("INFO", logger="rayflow.serve"):
+        again.tick()
+    assert [t - T0 for _, t, _ in again.launcher.launched] == [2998.0, 2999.0, 3000.0, 3001.0]
+    rows = _fires(tmp_path, again)
+    assert len(rows) == RECORDED_ONE_BY_ONE + 1 + 4  # one row each for the latest, one for the rest
+    summary = rows[1.0]
+    assert summary.startswith("skipped (missed, catchup=all, over max_catchup 3; with the 1996 missed fire(s) after it until"), summary
+    assert "3000 missed fire(s) (catchup=all, max_catchup 3): 2997 recorded skipped, 3 taken up (3 started)" in caplog.text

@@ -253,14 +253,14 @@ class Server:
         if dropped:
             summary = (f"skipped (missed, {rule}; with the {dropped - 1} missed fire(s) after it until "
                        f"{_stamp(last_dropped)}, not recorded one by one)")
-            recorded += dropped if self.store.claim(sid, first_gap, summary, self.server_id) else 0
+            recorded += dropped if self.store.claim(sid, first_gap, None, summary, self.server_id) else 0
         return recorded
 
     def _fire(self, entry: Served, scheduled_for: float, *, adopted: bool = False) -> str:
         """Claim the fire (an adopted one is this server's already) and follow the policies; what became of it."""
         sid = entry.schedule_id
         fire = _Fire(entry, scheduled_for, self.new_run_id())
-        if not adopted and not self.store.claim(sid, scheduled_for, "claimed", self.server_id):
+        if not adopted and not self.store.claim(sid, scheduled_for, None, "claimed", self.server_id):
             logger.info("schedule %s at %s: claimed by another server", sid, _stamp(scheduled_for))
             return "claimed by another server"
         overlap = entry.schedule.overlap

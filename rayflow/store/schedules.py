@@ -104,13 +104,13 @@ class ScheduleStore:
 
     # -- fires -----------------------------------------------------------------------------
 
-    def claim(self, schedule_id: str, scheduled_for: float, outcome: str, server: str | None = None) -> bool:
+    def claim(self, schedule_id: str, scheduled_for: float, run_id: str | None, outcome: str, server: str | None = None) -> bool:
         """Take the fire ``(schedule_id, scheduled_for)``; False when another server has it."""
         try:
             with self.runs._connect() as db:
                 db.execute(
                     "INSERT INTO scheduled_runs (schedule_id, scheduled_for, run_id, outcome, at, server) "
-                    "VALUES (?,?,NULL,?,?,?)", [schedule_id, scheduled_for, outcome, time.time(), server],
+                    "VALUES (?,?,?,?,?,?)", [schedule_id, scheduled_for, run_id, outcome, time.time(), server],
                 )
             return True
         except sqlite3.IntegrityError:
