@@ -778,3 +778,22 @@ def test_a_long_outage_is_recorded_in_bounded_rows(tmp_path, caplog):
     summary = rows[1.0]
     assert summary.startswith("skipped (missed, catchup=all, over max_catchup 3; with the 1996 missed fire(s) after it until"), summary
     assert "3000 missed fire(s) (catchup=all, max_catchup 3): 2997 recorded skipped, 3 taken up (3 started)" in caplog.text
+
+
+def test_a_fire_left_queued_by_an_older_rayflow_is_taken_up_after_the_upgrade(tmp_path):
+    """A history from before servers were recorded: no `server` column, a fire queued forever."""
+    store = ScheduleStore(RunStore(tmp_path))
+    schedule = Interval(10, overlap="queue", catchup="all")
+    (entry,) = served(two_branches, schedule)
+    store.register(entry.schedule_id, "two_branches", None, schedule.spec(), T0)
+    store.advance(entry.schedule_id, T0 + 12, None)  # its server went past the fire, then died
+    with store.runs._connect() as db:
+        db.execute("DROP TABLE servers")
+        db.execute("ALTER TABLE scheduled_runs DROP COLUMN server")
+        db.execute("INSERT INTO scheduled_runs VALUES (?, ?, NULL, 'queued', ?)", [entry.schedule_id, T0 + 10, time.time() - 600])
+        db.execute("PRAGMA user_version = 4")
+    clock = Clock(T0 + 15)
+    server = _server(tmp_path, schedule, clock=clock)  # opens (and upgrades) the history
+    server.tick()
+    assert [t - T0 for _, t, _ in server.launcher.launched] == [10.0]
+    assert _fires(tmp_path, server) == {10.0: "started"}

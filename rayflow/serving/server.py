@@ -190,8 +190,11 @@ class Server:
         runnable = 0 if policy == "skip" else 1 if policy == "latest" else limit
         kept: collections.deque = collections.deque(maxlen=RECORDED_ONE_BY_ONE + runnable)
         gap, first_gap, last_dropped, on_time = 0, None, None, []
+        adopted = set(taken)  # (a server that died mid-tick may hold fires past its evaluated_until)
         for when in entry.schedule.fires(since, until):  # lazily: an outage of a year is bounded here
             t = when.timestamp()
+            if t in adopted:
+                continue
             if t >= missed_before:
                 on_time.append(t)
                 continue
