@@ -47,7 +47,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -117,6 +117,47 @@ def _stamp(t: float) -> str:
     return dt.datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def catch_up(policy: str, max_catchup: int) -> int:
+    """How many missed fires (the most recent) a catch-up policy runs."""
+    return 0 if policy == "skip" else 1 if policy == "latest" else max_catchup
+
+
+@dataclass
+class Due:
+    """A schedule's fires at one tick, sorted out by ``sort_due``."""
+
+    missed: list[tuple[float, bool]]  # (time, taken over), oldest first: every one taken over, the latest of the gap
+    on_time: list[float]
+    gap: int = 0  # fires missed in the gap, all of them
+    dropped: int = 0  # of those, the oldest ones left out of ``missed`` (summed up in one row)
+    first_gap: float | None = None
+    last_dropped: float | None = None
+
+
+def sort_due(times: Iterable[float], taken: list[float], missed_before: float, keep: int) -> Due:
+    """Sort a schedule's fire ``times`` (in order, read lazily: after an outage of a year there
+    are millions) into missed (before ``missed_before``; at most the ``keep`` latest of them are
+    kept) and on time; the fires ``taken`` over from a dead server are missed whatever their time."""
+    adopted = set(taken)
+    kept: collections.deque = collections.deque(maxlen=keep)
+    due = Due([], [])
+    for t in times:
+        if t in adopted:  # a server that died mid-tick may hold fires past its evaluated_until
+            continue
+        if t >= missed_before:
+            due.on_time.append(t)
+            continue
+        due.gap += 1
+        if due.first_gap is None:
+            due.first_gap = t
+        if len(kept) == kept.maxlen:
+            due.last_dropped = kept[0]
+        kept.append(t)
+    due.dropped = due.gap - len(kept)
+    due.missed = sorted([*((t, True) for t in adopted), *((t, False) for t in kept)])
+    return due
+
+
 @dataclass
 class Server:
     entries: list[Served]
@@ -181,41 +222,24 @@ class Server:
             self._fire_due(entry, now)
 
     def _fire_due(self, entry: Served, now: float) -> None:
-        sid = entry.schedule_id
+        sid, policy, limit = entry.schedule_id, entry.schedule.catchup, entry.schedule.max_catchup
         taken = self._take_over(entry, now)
         since = dt.datetime.fromtimestamp(self.evaluated[sid], UTC)
         until = dt.datetime.fromtimestamp(now, UTC)
         missed_before = max(self.missed_before.get(sid, -math.inf), now - self.late_after)
-        policy, limit = entry.schedule.catchup, entry.schedule.max_catchup
-        runnable = 0 if policy == "skip" else 1 if policy == "latest" else limit
-        kept: collections.deque = collections.deque(maxlen=RECORDED_ONE_BY_ONE + runnable)
-        gap, first_gap, last_dropped, on_time = 0, None, None, []
-        adopted = set(taken)  # (a server that died mid-tick may hold fires past its evaluated_until)
-        for when in entry.schedule.fires(since, until):  # lazily: an outage of a year is bounded here
-            t = when.timestamp()
-            if t in adopted:
-                continue
-            if t >= missed_before:
-                on_time.append(t)
-                continue
-            gap += 1
-            first_gap = t if first_gap is None else first_gap
-            if len(kept) == kept.maxlen:
-                last_dropped = kept[0]
-            kept.append(t)
-        missed = sorted([*((t, True) for t in taken), *((t, False) for t in kept)])
-        caught = missed[len(missed) - min(runnable, len(missed)):]
-        if missed:
-            recorded = self._skip_missed(entry, missed[: len(missed) - len(caught)], first_gap, last_dropped, gap - len(kept))
+        runnable = catch_up(policy, limit)
+        due = sort_due((t.timestamp() for t in entry.schedule.fires(since, until)), taken, missed_before, RECORDED_ONE_BY_ONE + runnable)
+        if due.missed:
+            caught = due.missed[len(due.missed) - min(runnable, len(due.missed)):]
+            recorded = self._skip_missed(entry, due.missed[: len(due.missed) - len(caught)], due)
             done = collections.Counter(self._fire(entry, t, adopted=adopted) for t, adopted in caught)
-            total = len(taken) + gap
             logger.info(
-                "schedule %s: %d missed fire(s) (catchup=%s%s): %d recorded skipped, %d taken up%s%s", sid, total, policy,
-                f", max_catchup {limit}" if policy == "all" else "", recorded, len(caught),
+                "schedule %s: %d missed fire(s) (catchup=%s%s): %d recorded skipped, %d taken up%s%s", sid,
+                len(taken) + due.gap, policy, f", max_catchup {limit}" if policy == "all" else "", recorded, len(caught),
                 f" ({', '.join(f'{n} {what}' for what, n in done.items())})" if done else "",
                 f"; {len(taken)} of them taken over from a server that died" if taken else "",
             )
-        for t in on_time:
+        for t in due.on_time:
             self._fire(entry, t)
         self.evaluated[sid] = now
         upcoming = entry.schedule.next_after(until)
@@ -244,8 +268,7 @@ class Server:
             )
         return taken
 
-    def _skip_missed(self, entry: Served, skipped: list[tuple[float, bool]], first_gap: float | None,
-                     last_dropped: float | None, dropped: int) -> int:
+    def _skip_missed(self, entry: Served, skipped: list[tuple[float, bool]], due: Due) -> int:
         """Record each missed fire not run as skipped, with the catch-up rule's reason; a burst of
         more than RECORDED_ONE_BY_ONE is summed up in the row of its first fire.  How many were recorded."""
         sid, policy, limit = entry.schedule_id, entry.schedule.catchup, entry.schedule.max_catchup
@@ -253,10 +276,10 @@ class Server:
         recorded = sum(self.store.hold(sid, t, f"skipped (missed: its server died, {rule})", self.server_id)
                        for t, adopted in skipped if adopted)
         recorded += self.store.claim_many(sid, [t for t, adopted in skipped if not adopted], f"skipped (missed, {rule})", self.server_id)
-        if dropped:
-            summary = (f"skipped (missed, {rule}; with the {dropped - 1} missed fire(s) after it until "
-                       f"{_stamp(last_dropped)}, not recorded one by one)")
-            recorded += dropped if self.store.claim(sid, first_gap, None, summary, self.server_id) else 0
+        if due.dropped:
+            summary = (f"skipped (missed, {rule}; with the {due.dropped - 1} missed fire(s) after it until "
+                       f"{_stamp(due.last_dropped)}, not recorded one by one)")
+            recorded += due.dropped if self.store.claim(sid, due.first_gap, None, summary, self.server_id) else 0
         return recorded
 
     def _fire(self, entry: Served, scheduled_for: float, *, adopted: bool = False) -> str:
