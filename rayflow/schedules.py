@@ -19,9 +19,11 @@ Each schedule may carry ``parameters`` (merged over the served flow's) and two
 policies the server follows: ``overlap`` (``skip``: no new run while the
 schedule's previous run is going, the default; ``queue``: start it when the
 previous one ends; ``allow``; ``cancel_running``: cancel the previous run,
-then start) and ``catchup`` for fires missed while no server ran (``skip``:
-none, the default; ``latest``: the most recent one; ``all``: every one, at
-most ``max_catchup``).
+then start) and ``catchup`` for missed fires: those whose time passed while
+no server served the schedule, however late, those a dead server held, and
+those a running server reached more than 60 s late (``skip``: none, the
+default; ``latest``: the most recent one; ``all``: the most recent
+``max_catchup``); each missed fire not run is recorded skipped.
 
 Times are timezone-aware datetimes; everything is computed and stored in UTC.
 """

@@ -475,13 +475,13 @@ def serve(
         typer.Option("--param", "-p", help="A flow parameter, name=value (repeatable)."),
     ] = None,
     overlap: Annotated[Optional[str], typer.Option("--overlap", help="skip (default), queue, allow or cancel_running.")] = None,  # noqa: UP007
-    catchup: Annotated[Optional[str], typer.Option("--catchup", help="skip (default), latest or all: fires missed while down.")] = None,  # noqa: UP007
+    catchup: Annotated[Optional[str], typer.Option("--catchup", help="skip (default), latest or all: fires missed while no server ran, or held by one that died.")] = None,  # noqa: UP007
     max_catchup: Annotated[Optional[int], typer.Option("--max-catchup", help="With --catchup all: at most this many.")] = None,  # noqa: UP007
     config: Annotated[Optional[str], typer.Option("--config", help="Serve the [[flow]] entries of this TOML file.")] = None,  # noqa: UP007
     max_concurrent: Annotated[Optional[int], typer.Option("--max-concurrent", help="Runs at once in this server (default 4).")] = None,  # noqa: UP007
     grace: Annotated[Optional[float], typer.Option("--grace", help="Seconds runs may finish in after SIGTERM (default 30).")] = None,  # noqa: UP007
     address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster to join. Default: RAY_ADDRESS or a local Ray.")] = None,  # noqa: UP007
-    once: Annotated[bool, typer.Option("--once", help="Fire what is due now, wait for those runs, exit.")] = False,
+    once: Annotated[bool, typer.Option("--once", help="Fire what is due now, wait for those runs, exit (fires since the last server are missed: see --catchup).")] = False,
     with_ui: Annotated[bool, typer.Option("--ui", help="Serve the web UI too, with actions: run now, cancel, resume.")] = False,
     ui_host: Annotated[str, typer.Option("--ui-host", help="Address of the UI.")] = "127.0.0.1",
     ui_port: Annotated[int, typer.Option("--ui-port", help="Port of the UI.", min=1, max=65535)] = 4200,
