@@ -797,3 +797,22 @@ def test_a_fire_left_queued_by_an_older_rayflow_is_taken_up_after_the_upgrade(tm
     server.tick()
     assert [t - T0 for _, t, _ in server.launcher.launched] == [10.0]
     assert _fires(tmp_path, server) == {10.0: "started"}
+
+
+def test_fires_waiting_for_a_slot_when_their_server_died_run_next_in_order(tmp_path):
+    clock = Clock(T0)
+    schedule = Interval(10, overlap="allow", catchup="all")
+    first = _server(tmp_path, schedule, clock=clock, max_concurrent=1)
+    for second in (10, 20, 30):
+        clock.now = T0 + second
+        first.tick()
+    assert _fires(tmp_path, first) == {10.0: "started", 20.0: "waiting (max_concurrent)", 30.0: "waiting (max_concurrent)"}
+    clock.now = T0 + 70  # 40 s without a heartbeat: dead
+    again = _server(tmp_path, schedule, clock=clock, max_concurrent=1)
+    for _ in range(10):
+        again.tick()
+        for _, _, handle in again.launcher.launched:
+            handle.finished = "SUCCESS"
+        clock.now += 0.5
+    assert [t - T0 for _, t, _ in again.launcher.launched][:6] == [20.0, 30.0, 40.0, 50.0, 60.0, 70.0]
+    assert not [t for t, o in _fires(tmp_path, again).items() if o in HELD]
