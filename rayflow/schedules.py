@@ -1,7 +1,7 @@
 """Schedules: when a served flow runs (``rf.schedules``).
 
 - ``Interval(every=timedelta(minutes=5), anchor=None, timezone="UTC")`` fires at
-  ``anchor + k * every``.  Under a day it steps in UTC (so a 90-minute interval
+  ``anchor + k * every``; ``every`` is 1 second to 1e10 seconds, however it is given.  Under a day it steps in UTC (so a 90-minute interval
   is always 90 minutes apart, through daylight-saving changes); a day or more
   keeps the anchor's wall-clock time in ``timezone`` (a daily 06:00 stays at
   06:00 local on both sides of a change).  The default anchor is 2020-01-01
@@ -19,9 +19,11 @@ Each schedule may carry ``parameters`` (merged over the served flow's) and two
 policies the server follows: ``overlap`` (``skip``: no new run while the
 schedule's previous run is going, the default; ``queue``: start it when the
 previous one ends; ``allow``; ``cancel_running``: cancel the previous run,
-then start) and ``catchup`` for fires missed while no server ran (``skip``:
-none, the default; ``latest``: the most recent one; ``all``: every one, at
-most ``max_catchup``).
+then start) and ``catchup`` for missed fires: those whose time passed while
+no server served the schedule, however late, those a dead server held, and
+those a running server reached more than 60 s late (``skip``: none, the
+default; ``latest``: the most recent one; ``all``: the most recent
+``max_catchup``); each missed fire not run is recorded skipped.
 
 Times are timezone-aware datetimes; everything is computed and stored in UTC.
 """
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
 import json
 import math
 from collections.abc import Iterator, Mapping
@@ -53,6 +56,9 @@ ALIASES = {
     "@hourly": "0 * * * *",
 }
 DEFAULT_ANCHOR = dt.datetime(2020, 1, 1)
+# An interval fires at most once a second (a server writes a row per fire and logs a line per run:
+# 1 ms would be a thousand of each a second) and at least once in some 317 years.
+MIN_EVERY, MAX_EVERY = 1.0, 1e10
 
 
 def zone(name: str) -> ZoneInfo:
@@ -115,15 +121,17 @@ class Schedule:
 
     def upcoming(self, after: dt.datetime, n: int) -> list[dt.datetime]:
         """The next ``n`` fires after ``after`` (UTC), in order, members merged."""
-        out: list[dt.datetime] = []
+        return list(itertools.islice(self.iter_upcoming(after), n))
+
+    def iter_upcoming(self, after: dt.datetime) -> Iterator[dt.datetime]:
+        """Every fire after ``after`` (UTC), in order, members merged, each computed when asked for."""
         when = after
-        while len(out) < n:
+        while True:
             nexts = [t for m in self.members() if (t := m.next_after(when)) is not None]
             if not nexts:
-                break
+                return
             when = min(nexts)
-            out.append(when)
-        return out
+            yield when
 
     def spec(self) -> dict[str, Any]:
         """A JSON description (stored with the schedule; its identity)."""
@@ -164,12 +172,12 @@ class Interval(Schedule):
     ):
         super().__init__(**options)
         if isinstance(every, (int, float)) and not isinstance(every, bool):
-            if not math.isfinite(every) or every <= 0 or every > 1e10:
-                raise ScheduleError(f"every must be a positive, finite number of seconds (at most 1e10), got {every!r}")
+            if not math.isfinite(every) or not MIN_EVERY <= every <= MAX_EVERY:
+                raise ScheduleError(f"every must be a number of seconds from 1 to 1e10, got {every!r}")
             every = dt.timedelta(seconds=every)
-        if not isinstance(every, dt.timedelta) or every <= dt.timedelta(0):
+        if not isinstance(every, dt.timedelta) or not MIN_EVERY <= every.total_seconds() <= MAX_EVERY:
             shown = f"{every.total_seconds():g}s" if isinstance(every, dt.timedelta) else repr(every)
-            raise ScheduleError(f"every must be a positive timedelta or number of seconds, got {shown}")
+            raise ScheduleError(f"every must be a timedelta or a number of seconds from 1 to 1e10, got {shown}")
         if isinstance(anchor, str):
             try:
                 anchor = dt.datetime.fromisoformat(anchor)

@@ -91,6 +91,10 @@ CLI_CASES: list[tuple[str, list[str], str, int]] = [
     ("unknown timezone", ["schedule", "preview", "<dir>/good.py:twice", "--cron", "0 6 * * *", "--timezone", "Mars/Base"], "home", 2),
     ("neither `--cron` nor `--interval`", ["schedule", "preview", "<dir>/good.py:twice"], "home", 2),
     ("negative `--interval`", ["schedule", "preview", "<dir>/good.py:twice", "--interval", "-5"], "home", 2),
+    ("`--interval` under a second", ["serve", "<dir>/good.py:twice", "--interval", "0.001"], "home", 2),
+    ("`interval` under a second in a `flows.toml`", ["serve", "--config", "<dir>/fast.toml"], "home", 2),
+    ("`schedule preview -n` over its maximum",
+     ["schedule", "preview", "<dir>/good.py:twice", "--interval", "60", "-n", "100000000"], "home", 2),
     ("unknown `--overlap`", ["serve", "<dir>/good.py:twice", "--cron", "0 6 * * *", "--overlap", "never"], "home", 2),
     ("`serve --config` file missing", ["serve", "--config", "<dir>/nofile.toml"], "home", 2),
     ("`serve --config` with a target too", ["serve", "<dir>/good.py:twice", "--config", "<dir>/flows.toml"], "home", 2),
@@ -118,6 +122,7 @@ def scratch(root: pathlib.Path) -> pathlib.Path:
     (root / "failing.py").write_text("import rayflow as rf\n\nraise RuntimeError('no database here')\n")
     (root / "missing_dep.py").write_text("import no_such_package_anywhere\n")
     (root / "flows.toml").write_text('[[flow]]\ntarget = "good.py:twice"\ninterval = 60\n')
+    (root / "fast.toml").write_text('[[flow]]\ntarget = "good.py:twice"\ninterval = 0.5\n')
     (root / "a-file").write_text("not a folder\n")
     (root / "corrupt").mkdir()
     (root / "corrupt" / "history.db").write_bytes(b"garbage " * 2000)

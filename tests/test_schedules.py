@@ -113,7 +113,7 @@ def test_aliases_unions_and_specs():
         (lambda: Cron("* * *"), "Wrong number of fields"),
         (lambda: Cron("@often"), "unknown cron alias"),
         (lambda: Cron("0 6 * * *", timezone="Mars/Olympus"), "unknown timezone 'Mars/Olympus'"),
-        (lambda: Interval(0), "positive"),
+        (lambda: Interval(0), "from 1 to 1e10, got 0"),
         (lambda: Interval(60, overlap="sometimes"), "overlap must be one of skip, queue, allow, cancel_running"),
         (lambda: Interval(60, catchup="never"), "catchup must be one of"),
         (lambda: Union(), "at least one"),
@@ -367,10 +367,10 @@ def test_a_run_still_going_after_the_grace_period_is_cancelled(tmp_path, ray_ses
 def test_flow_serve_once_fires_what_came_due_since_the_last_server(tmp_path, monkeypatch):
     monkeypatch.setenv("RAYFLOW_HOME", str(tmp_path / "home"))
     local_flow = two_branches.with_options(runner="local")
-    every = Interval(1)
+    every = Interval(1, catchup="latest")
     assert local_flow.serve(every, {"seconds": 0.0}, once=True) == 0  # registers: nothing is due yet
     time.sleep(1.2)
-    assert local_flow.serve(every, {"seconds": 0.0}, once=True) == 0  # the fire since then runs
+    assert local_flow.serve(every, {"seconds": 0.0}, once=True) == 0  # fires since then were missed: the latest runs
     runs = RunStore(tmp_path / "home").runs()
     assert len(runs) >= 1 and all(r["state"] == "SUCCESS" and r["schedule_id"] for r in runs)
     with pytest.raises(rf.ParameterError):
@@ -447,9 +447,9 @@ def test_fire_times_never_go_back_in_a_repeated_hour():
     "make, message",
     [
         (lambda: Cron("0 30 2 * * *", timezone="America/New_York"), "seconds field, which follows no daylight-saving"),
-        (lambda: Interval(float("nan")), "finite"),
-        (lambda: Interval(float("inf")), "finite"),
-        (lambda: Interval(1e20), "at most 1e10"),
+        (lambda: Interval(float("nan")), "from 1 to 1e10, got nan"),
+        (lambda: Interval(float("inf")), "from 1 to 1e10, got inf"),
+        (lambda: Interval(1e20), "from 1 to 1e10, got 1e\\+20"),
         (lambda: Interval(dt.timedelta(seconds=-5)), "got -5s"),
         (lambda: Interval(60, anchor="yesterday"), "not an ISO date-time"),
         (lambda: Interval(60, anchor=dt.date(2026, 1, 1)), "anchor must be a datetime"),
@@ -476,7 +476,7 @@ def test_cli_options_that_would_be_ignored_with_a_config_and_bad_server_settings
         ('[server]\ngrace = "x"\n', "grace must be a number"),
         ('[[flow]]\ntarget = 5\ninterval = 60\n', "target must be a string"),
         (f'[[flow]]\ntarget = "{REPO}/tests/flows.py:two_branches"\ncron = "@daily"\nanchor = 2026-01-01T00:00:00\n', "anchor applies"),
-        (f'[[flow]]\ntarget = "{REPO}/tests/flows.py:two_branches"\ninterval = nan\n', "finite"),
+        (f'[[flow]]\ntarget = "{REPO}/tests/flows.py:two_branches"\ninterval = nan\n', "from 1 to 1e10, got nan"),
     ]:
         config.write_text(text if "[[flow]]" in text else text + f'[[flow]]\ntarget = "{REPO}/tests/flows.py:two_branches"\ninterval = 60\n')
         out = run_cli("serve", "--config", str(config), home=tmp_path)
@@ -534,3 +534,285 @@ def test_loading_a_file_already_imported_reuses_its_module():
 
     assert load_flow(f"{REPO}/tests/flows.py:two_branches") is flows.two_branches
     assert sys.modules["flows"] is flows  # its classes stay the ones the process knows
+
+
+# -- bounds: intervals of a second or more, previews bounded and streamed ---------------------------
+
+
+def test_an_interval_under_a_second_is_refused_however_it_arrives(tmp_path):
+    for every in (0.001, 0.999, dt.timedelta(milliseconds=1)):
+        with pytest.raises(ScheduleError, match="from 1 to 1e10"):
+            Interval(every)
+    with pytest.raises(ScheduleError, match="from 1 to 1e10"):
+        from_spec({"kind": "interval", "every": 0.001, "anchor": "2026-01-01T00:00:00+00:00"})
+    assert Interval(1).every == dt.timedelta(seconds=1) and Interval(1.5).every == dt.timedelta(seconds=1.5)
+    config = tmp_path / "flows.toml"
+    config.write_text(f'[[flow]]\ntarget = "{REPO}/tests/flows.py:two_branches"\ninterval = 0.5\n')
+    for args in (["serve", "tests/flows.py:two_branches", "--interval", "0.001"], ["serve", "--config", str(config)],
+                 ["schedule", "preview", "tests/flows.py:two_branches", "--interval", "0.001"]):
+        out = run_cli(*args, home=tmp_path / "home")
+        assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, (args, out.stderr)
+        assert out.stderr.startswith("error: ") and "every must be a number of seconds from 1 to 1e10, got 0." in out.stderr, out.stderr
+    assert not (tmp_path / "home" / "history.db").exists()  # refused before anything was written
+
+
+class CountingInterval(Interval):
+    """An interval that counts the fire times asked of it."""
+
+    asked = 0
+
+    def next_after(self, after):
+        type(self).asked += 1
+        return super().next_after(after)
+
+
+def test_preview_streams_its_lines_and_bounds_n(tmp_path):
+    from rayflow.cli.serve import MAX_PREVIEW, preview_lines
+
+    lines = preview_lines(CountingInterval(60), MAX_PREVIEW, after=utc(2026, 1, 1))
+    first = next(iter(lines))
+    assert first.endswith("2026-01-01T00:01:00Z") and CountingInterval.asked <= 2  # not all MAX_PREVIEW first
+    out = run_cli("schedule", "preview", "tests/flows.py:two_branches", "--interval", "60", "-n", str(MAX_PREVIEW + 1), home=tmp_path)
+    assert out.returncode == 2 and out.stdout == "" and out.stderr.count("\n") == 1, out.stderr
+    assert f"at most {MAX_PREVIEW}" in out.stderr and "Traceback" not in out.stderr
+
+
+# -- missed fires: an outage, a running server's own lateness, a server that died -------------------
+
+HELD = ("claimed", "starting", "queued", "waiting (max_concurrent)")
+
+
+def _fires(tmp_path, server) -> dict[float, str]:
+    """Fire time (seconds after T0) -> outcome, of the one schedule served."""
+    (entry,) = server.entries
+    return {f["scheduled_for"] - T0: f["outcome"] for f in ScheduleStore(RunStore(tmp_path)).fires(entry.schedule_id)}
+
+
+@pytest.mark.parametrize(
+    "catchup, run",
+    [("skip", []), ("latest", [62.0]), ("all", [58.0, 60.0, 62.0])],
+)
+def test_fires_missed_while_no_server_ran_follow_catchup_whatever_their_lateness(tmp_path, caplog, catchup, run):
+    """A 53 s outage of a 2 s schedule: 26 fires, each under a minute late, all missed."""
+    schedule = Interval(2, catchup=catchup, max_catchup=3, overlap="allow")
+    clock = Clock(T0)
+    first = _server(tmp_path, schedule, clock=clock, max_concurrent=100)
+    clock.now = T0 + 10
+    first.tick()  # fires 2..10 start; then the server is gone (it never ticks again)
+    assert len(first.launcher.launched) == 5
+    clock.now = T0 + 63
+    again = _server(tmp_path, schedule, clock=clock, max_concurrent=100)
+    with caplog.at_level("INFO", logger="rayflow.serve"):
+        again.tick()
+    assert [t - T0 for _, t, _ in again.launcher.launched] == run
+    missed = {t: o for t, o in _fires(tmp_path, again).items() if t > 10}
+    assert sorted(missed) == [12.0 + 2 * k for k in range(26)]  # each one has its row
+    skipped = [t for t, o in missed.items() if o.startswith("skipped (missed") and f"catchup={catchup}" in o]
+    assert len(skipped) == 26 - len(run) and not set(skipped) & set(run)
+    assert f"26 missed fire(s) (catchup={catchup}" in caplog.text
+    assert f"): {26 - len(run)} recorded skipped, {len(run)} taken up" in caplog.text
+    clock.now = T0 + 64  # on time again
+    again.tick()
+    assert again.launcher.launched[-1][1] == T0 + 64
+
+
+def test_a_running_servers_own_lateness_is_a_grace_then_its_fires_are_missed(tmp_path):
+    clock = Clock(T0)
+    server = _server(tmp_path, Interval(10, overlap="allow"), clock=clock, max_concurrent=100)  # catchup="skip"
+    clock.now = T0 + 50  # a tick 40 s late (a stall): within the grace, every fire runs
+    server.tick()
+    assert [t - T0 for _, t, _ in server.launcher.launched] == [10.0, 20.0, 30.0, 40.0, 50.0]
+    clock.now = T0 + 200  # 150 s late: fires more than 60 s late were missed
+    server.tick()
+    assert [t - T0 for _, t, _ in server.launcher.launched][5:] == [140.0, 150.0, 160.0, 170.0, 180.0, 190.0, 200.0]
+    outcomes = _fires(tmp_path, server)
+    assert all(outcomes[t].startswith("skipped (missed") for t in (60.0, 90.0, 130.0))
+
+
+def _queue_then_die(tmp_path, catchup, clock):
+    """Server A runs the fire at 10 and queues those at 20, 30, 40 and 50; then it dies."""
+    first = _server(tmp_path, Interval(10, overlap="queue", catchup=catchup), clock=clock)
+    for second in (10, 20, 30, 40, 50):
+        clock.now = T0 + second
+        first.tick()
+    assert _fires(tmp_path, first) == {10.0: "started", 20.0: "queued", 30.0: "queued", 40.0: "queued", 50.0: "queued"}
+    return first
+
+
+def test_fires_queued_by_a_server_that_died_are_taken_up_in_order_before_later_fires(tmp_path):
+    clock = Clock(T0)
+    _queue_then_die(tmp_path, "all", clock)
+    clock.now = T0 + 100  # its lease (30 s of heartbeats) ran out: the next server takes its fires over
+    again = _server(tmp_path, Interval(10, overlap="queue", catchup="all"), clock=clock)
+    for step in range(20):
+        again.tick()
+        for _, _, handle in again.launcher.launched:
+            handle.finished = "SUCCESS"
+        clock.now += 0.5
+    assert [t - T0 for _, t, _ in again.launcher.launched][:9] == [20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0]
+    outcomes = _fires(tmp_path, again)
+    assert outcomes[10.0] == "started"  # its run's own record says how it ended
+    assert [outcomes[t] for t in (20.0, 30.0, 40.0, 50.0, 60.0, 100.0)] == ["ended SUCCESS"] * 6
+    assert not [t for t, o in outcomes.items() if o in HELD]
+
+
+def test_fires_held_by_a_dead_server_follow_catchup_and_a_live_servers_are_left_to_it(tmp_path):
+    clock = Clock(T0)
+    first = _queue_then_die(tmp_path, "skip", clock)
+    clock.now = T0 + 55  # A ticked 5 s ago: alive, its queue is its own
+    other = _server(tmp_path, Interval(10, overlap="queue"), clock=clock)
+    other.tick()
+    assert other.launcher.launched == [] and _fires(tmp_path, first)[20.0] == "queued"
+    first.launcher.launched[0][2].finished = "SUCCESS"
+    first.tick()  # A is still there: it starts its next queued fire itself
+    assert [t - T0 for _, t, _ in first.launcher.launched] == [10.0, 20.0]
+    clock.now = T0 + 200  # then A dies; with catchup="skip" what it held is recorded skipped
+    later = _server(tmp_path, Interval(10, overlap="queue"), clock=clock)
+    later.tick()
+    outcomes = _fires(tmp_path, later)
+    assert all(outcomes[t].startswith("skipped (missed: its server died") for t in (30.0, 40.0, 50.0)), outcomes
+    assert not [t for t, o in outcomes.items() if o in HELD]
+
+
+class DyingLauncher(FakeLauncher):
+    """The process dies as it starts a run: the fire was claimed but never started."""
+
+    def launch(self, entry, scheduled_for, run_id):
+        raise SystemExit(137)
+
+
+def test_a_fire_claimed_but_never_started_is_taken_up_once_by_racing_servers(tmp_path):
+    clock = Clock(T0)
+    dying = _server(tmp_path, Interval(10, catchup="all"), clock=clock, launcher=DyingLauncher())
+    clock.now = T0 + 10
+    with pytest.raises(SystemExit):
+        dying.tick()
+    clock.now = T0 + 45
+    launcher = FakeLauncher()
+    servers = [_server(tmp_path, Interval(10, catchup="all", overlap="allow"), launcher=launcher, clock=clock) for _ in range(2)]
+    threads = [threading.Thread(target=s.tick) for s in servers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(t - T0 for _, t, _ in launcher.launched) == [10.0, 20.0, 30.0, 40.0]  # each once
+
+
+HELD_FLOW = """
+import pathlib
+import time
+import rayflow as rf
+
+@rf.task
+def hold(path: str) -> str:
+    while pathlib.Path(path).exists():  # a run lasts while the file is there
+        time.sleep(0.05)
+    return path
+
+@rf.flow(runner="local")
+def held(path: str = ""):
+    return hold(path)
+"""
+
+
+def _fire_rows(home) -> list[dict]:
+    with RunStore(home)._connect() as db:
+        return [dict(r) for r in db.execute(
+            "SELECT s.scheduled_for, s.outcome, s.run_id, r.started_at FROM scheduled_runs AS s "
+            "LEFT JOIN runs AS r ON r.run_id = s.run_id ORDER BY s.scheduled_for")]
+
+
+def test_fires_queued_by_a_sigkilled_server_are_taken_up_by_the_next_in_order(tmp_path):
+    (tmp_path / "held.py").write_text(HELD_FLOW)
+    home, hold = tmp_path / "home", tmp_path / "hold"
+    hold.write_text("")
+    args = [sys.executable, "-m", "rayflow", "serve", f"{tmp_path}/held.py:held", "--interval", "2",
+            "--overlap", "queue", "--catchup", "all", "-p", f"path={hold}"]
+    env = {**os.environ, "RAYFLOW_HOME": str(home)}
+
+    def start():
+        return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    first = start()
+    try:
+        wait_for(lambda: (home / "history.db").exists() and
+                 len([r for r in _fire_rows(home) if r["outcome"] == "queued"]) >= 3, 90, "three queued fires")
+    finally:
+        first.kill()  # SIGKILL: no clean-up at all
+        first.wait()  # (reaped, as a shell would: a zombie's pid still answers)
+    held = [r["scheduled_for"] for r in _fire_rows(home) if r["outcome"] == "queued"]
+    last_before = max(r["scheduled_for"] for r in _fire_rows(home))
+    hold.unlink()
+    second = start()
+    try:
+        def settled():
+            rows = [r for r in _fire_rows(home) if r["scheduled_for"] <= last_before + 4]
+            return rows and not [r for r in rows if r["outcome"] in HELD or r["outcome"] == "started"][1:]
+        wait_for(settled, 120, "the dead server's fires taken up")
+        second.send_signal(signal.SIGTERM)
+        _, err = second.communicate(timeout=60)
+    finally:
+        second.kill()
+    rows = {r["scheduled_for"]: r for r in _fire_rows(home)}
+    assert all(rows[t]["outcome"] == "ended SUCCESS" for t in held), [rows[t] for t in held]
+    later = [t for t in rows if t > last_before and rows[t]["started_at"]]
+    assert later, "no later fire ran"
+    started = sorted((r["started_at"], t) for t, r in rows.items() if r["started_at"] and t >= held[0])
+    assert [t for _, t in started] == sorted(t for _, t in started)  # the held ones first, in order
+    assert "taken over from a server that died" in err, err[-3000:]
+
+
+def test_a_long_outage_is_recorded_in_bounded_rows(tmp_path, caplog):
+    from rayflow.serving.server import RECORDED_ONE_BY_ONE
+
+    schedule = Interval(1, catchup="all", max_catchup=3, overlap="allow")
+    clock = Clock(T0)
+    _server(tmp_path, schedule, clock=clock).tick()
+    clock.now = T0 + 3001  # 3000 fires missed (plus the one due now)
+    again = _server(tmp_path, schedule, clock=clock, max_concurrent=10)
+    with caplog.at_level("INFO", logger="rayflow.serve"):
+        again.tick()
+    assert [t - T0 for _, t, _ in again.launcher.launched] == [2998.0, 2999.0, 3000.0, 3001.0]
+    rows = _fires(tmp_path, again)
+    assert len(rows) == RECORDED_ONE_BY_ONE + 1 + 4  # one row each for the latest, one for the rest
+    summary = rows[1.0]
+    assert summary.startswith("skipped (missed, catchup=all, over max_catchup 3; with the 1996 missed fire(s) after it until"), summary
+    assert "3000 missed fire(s) (catchup=all, max_catchup 3): 2997 recorded skipped, 3 taken up (3 started)" in caplog.text
+
+
+def test_a_fire_left_queued_by_an_older_rayflow_is_taken_up_after_the_upgrade(tmp_path):
+    """A history from before servers were recorded: no `server` column, a fire queued forever."""
+    store = ScheduleStore(RunStore(tmp_path))
+    schedule = Interval(10, overlap="queue", catchup="all")
+    (entry,) = served(two_branches, schedule)
+    store.register(entry.schedule_id, "two_branches", None, schedule.spec(), T0)
+    store.advance(entry.schedule_id, T0 + 12, None)  # its server went past the fire, then died
+    with store.runs._connect() as db:
+        db.execute("DROP TABLE servers")
+        db.execute("ALTER TABLE scheduled_runs DROP COLUMN server")
+        db.execute("INSERT INTO scheduled_runs VALUES (?, ?, NULL, 'queued', ?)", [entry.schedule_id, T0 + 10, time.time() - 600])
+        db.execute("PRAGMA user_version = 4")
+    clock = Clock(T0 + 15)
+    server = _server(tmp_path, schedule, clock=clock)  # opens (and upgrades) the history
+    server.tick()
+    assert [t - T0 for _, t, _ in server.launcher.launched] == [10.0]
+    assert _fires(tmp_path, server) == {10.0: "started"}
+
+
+def test_fires_waiting_for_a_slot_when_their_server_died_run_next_in_order(tmp_path):
+    clock = Clock(T0)
+    schedule = Interval(10, overlap="allow", catchup="all")
+    first = _server(tmp_path, schedule, clock=clock, max_concurrent=1)
+    for second in (10, 20, 30):
+        clock.now = T0 + second
+        first.tick()
+    assert _fires(tmp_path, first) == {10.0: "started", 20.0: "waiting (max_concurrent)", 30.0: "waiting (max_concurrent)"}
+    clock.now = T0 + 70  # 40 s without a heartbeat: dead
+    again = _server(tmp_path, schedule, clock=clock, max_concurrent=1)
+    for _ in range(10):
+        again.tick()
+        for _, _, handle in again.launcher.launched:
+            handle.finished = "SUCCESS"
+        clock.now += 0.5
+    assert [t - T0 for _, t, _ in again.launcher.launched][:6] == [20.0, 30.0, 40.0, 50.0, 60.0, 70.0]
+    assert not [t for t, o in _fires(tmp_path, again).items() if o in HELD]

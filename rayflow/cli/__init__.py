@@ -67,6 +67,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help is plain text: rich markup would read `[[flow]]` as a tag and drop it
 )
 
 EXIT_FAILED, EXIT_USAGE, EXIT_CLUSTER, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 3, 130, 143
@@ -471,7 +472,7 @@ def cache_clear(storage: StorageOption = None, flow: FlowFilter = None, task: Ta
 # -- schedules -------------------------------------------------------------------------------
 
 CronOption = Annotated[Optional[str], typer.Option("--cron", help="A cron expression (or @hourly, @daily, ...).")]  # noqa: UP007
-IntervalOption = Annotated[Optional[float], typer.Option("--interval", help="Fire every SECONDS.")]  # noqa: UP007
+IntervalOption = Annotated[Optional[float], typer.Option("--interval", help="Fire every SECONDS (1 to 1e10).")]  # noqa: UP007
 TimezoneOption = Annotated[Optional[str], typer.Option("--timezone", help="IANA timezone of the schedule (default UTC).")]  # noqa: UP007
 
 
@@ -486,13 +487,13 @@ def serve(
         typer.Option("--param", "-p", help="A flow parameter, name=value (repeatable)."),
     ] = None,
     overlap: Annotated[Optional[str], typer.Option("--overlap", help="skip (default), queue, allow or cancel_running.")] = None,  # noqa: UP007
-    catchup: Annotated[Optional[str], typer.Option("--catchup", help="skip (default), latest or all: fires missed while down.")] = None,  # noqa: UP007
+    catchup: Annotated[Optional[str], typer.Option("--catchup", help="skip (default), latest or all: fires missed while no server ran, or held by one that died.")] = None,  # noqa: UP007
     max_catchup: Annotated[Optional[int], typer.Option("--max-catchup", help="With --catchup all: at most this many.")] = None,  # noqa: UP007
     config: Annotated[Optional[str], typer.Option("--config", help="Serve the [[flow]] entries of this TOML file.")] = None,  # noqa: UP007
     max_concurrent: Annotated[Optional[int], typer.Option("--max-concurrent", help="Runs at once in this server (default 4).")] = None,  # noqa: UP007
     grace: Annotated[Optional[float], typer.Option("--grace", help="Seconds runs may finish in after SIGTERM (default 30).")] = None,  # noqa: UP007
     address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster to join. Default: RAY_ADDRESS or a local Ray.")] = None,  # noqa: UP007
-    once: Annotated[bool, typer.Option("--once", help="Fire what is due now, wait for those runs, exit.")] = False,
+    once: Annotated[bool, typer.Option("--once", help="Fire what is due now, wait for those runs, exit (fires since the last server are missed: see --catchup).")] = False,
     with_ui: Annotated[bool, typer.Option("--ui", help="Serve the web UI too, with actions: run now, cancel, resume.")] = False,
     ui_host: Annotated[str, typer.Option("--ui-host", help="Address of the UI.")] = "127.0.0.1",
     ui_port: Annotated[int, typer.Option("--ui-port", help="Port of the UI.", min=1, max=65535)] = 4200,
@@ -583,19 +584,20 @@ def schedule_preview(
     cron: CronOption = None,
     interval: IntervalOption = None,
     timezone: TimezoneOption = None,
-    n: Annotated[int, typer.Option("-n", help="How many fire times.", min=1)] = 10,
+    n: Annotated[int, typer.Option("-n", help="How many fire times (at most 10000).", min=1)] = 10,
 ) -> None:
-    """Print the next fire times, in the schedule's timezone and in UTC (tab-separated)."""
-    from rayflow.cli.serve import preview_lines, schedule_from
+    """Print the next fire times, in the schedule's timezone and in UTC (tab-separated), each as it is computed."""
+    from rayflow.cli.serve import check_preview_count, preview_lines, schedule_from
     from rayflow.exceptions import ScheduleError
 
     try:
+        check_preview_count(n)
         load_flow(target)
         schedule = schedule_from(cron, interval, timezone)
     except (TargetError, ScheduleError) as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
     for line in preview_lines(schedule, n):
-        print(line)
+        print(line, flush=True)
 
 
 @app.command("schedules")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 if sys.version_info >= (3, 11):
@@ -18,6 +20,7 @@ from rayflow.schedules import Cron, Interval, Schedule, from_spec
 UTC = dt.timezone.utc
 ENTRY_KEYS = {"target", "cron", "interval", "timezone", "parameters", "overlap", "catchup", "max_catchup", "anchor"}
 SERVER_KEYS = {"max_concurrent", "grace", "address"}
+MAX_PREVIEW = 10_000  # `rayflow schedule preview -n`: more is refused
 
 
 def schedule_from(
@@ -99,13 +102,20 @@ def check_server_options(options: dict[str, Any], where: str = "") -> None:
         raise ScheduleError(f"{where}address must be a string, got {address!r}")
 
 
-def preview_lines(schedule: Schedule, n: int, after: dt.datetime | None = None) -> list[str]:
+def preview_lines(schedule: Schedule, n: int, after: dt.datetime | None = None) -> Iterator[str]:
+    """The next ``n`` fires as lines, each computed when it is printed (nothing waits for the last)."""
     after = after or dt.datetime.now(UTC)
-    lines = []
-    for when in schedule.upcoming(after, n):
-        local = when.astimezone(schedule.members()[0].tz)
-        lines.append(f"{local.isoformat(timespec='seconds')}\t{when.isoformat(timespec='seconds').replace('+00:00', 'Z')}")
-    return lines
+    tz = schedule.members()[0].tz
+    for when in itertools.islice(schedule.iter_upcoming(after), n):
+        local = when.astimezone(tz)
+        yield f"{local.isoformat(timespec='seconds')}\t{when.isoformat(timespec='seconds').replace('+00:00', 'Z')}"
+
+
+def check_preview_count(n: int) -> None:
+    from rayflow.exceptions import ScheduleError
+
+    if n > MAX_PREVIEW:
+        raise ScheduleError(f"-n must be at most {MAX_PREVIEW} fire times, got {n}")
 
 
 def schedule_rows(schedules: list[dict], now: dt.datetime | None = None) -> list[list[str]]:
@@ -128,4 +138,4 @@ def schedule_rows(schedules: list[dict], now: dt.datetime | None = None) -> list
     return rows
 
 
-__all__ = ["config_entries", "parameter_annotations", "preview_lines", "schedule_from", "schedule_rows"]
+__all__ = ["MAX_PREVIEW", "check_preview_count", "config_entries", "parameter_annotations", "preview_lines", "schedule_from", "schedule_rows"]

@@ -5,7 +5,9 @@ run history, then ticks once a second (sooner when a fire is due sooner)
 until SIGTERM or SIGINT; then it fires nothing more, lets the runs going
 finish within ``grace`` seconds, cancels what is left, and returns 0.
 ``once=True`` ticks once, waits for the runs it started, and returns 0 if
-they all succeeded, else 1.  See ``server`` for the policies.
+they all succeeded, else 1.  Either way the server is recorded stopped; a
+server killed outright is known dead by its pid (this host) or its lease.
+See ``server`` for the policies.
 """
 
 from __future__ import annotations
@@ -75,6 +77,10 @@ def serve(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        try:
+            server.retire()  # stopped: anything it still held is the next server's at once
+        except Exception as exc:  # noqa: BLE001 - a history that fails now: the lease says it later
+            logger.warning("could not record this server's stop: %s", exc)
     if once and not stopping:
         return 0 if all(f.handle.state() == "SUCCESS" for f in server.ended) else 1
     return 0

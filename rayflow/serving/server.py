@@ -2,20 +2,34 @@
 
 ``Server.tick`` does one pass, at the injected clock's ``now``:
 
-1. runs that ended are reaped (their outcome logged and recorded), then fires
-   held back are started where they may be now: a schedule's queue
-   (``overlap="queue"``), then those waiting for a free slot
+1. the server's heartbeat is renewed (``servers``: how other servers know it
+   is alive), runs that ended are reaped (their outcome logged and recorded),
+   then fires held back are started where they may be now: a schedule's
+   queue (``overlap="queue"``), then those waiting for a free slot
    (``max_concurrent``);
-2. for each schedule, every fire in ``(evaluated_until, now]``: fires more than
-   ``late_after`` seconds late were missed (the server was down, or stalled)
-   and follow the schedule's ``catchup`` (skip / the latest / all, at most
-   ``max_catchup``); the others are on time.  Each fire to run is *claimed*
-   in the history (``scheduled_runs``' primary key: a fire another server
-   claimed is left to it), then follows the schedule's ``overlap`` when its
-   previous run is still going (skip / queue / allow / cancel_running), and
-   waits for a slot when ``max_concurrent`` runs are going;
+2. for each schedule: the fires a dead server held and never started
+   (claimed, starting, queued, waiting) are taken over, one conditional
+   UPDATE each, so two servers never both take one; then every fire in
+   ``(evaluated_until, now]``.  *Missed* fires are those taken over, those
+   that came due while no server served the schedule (before this server
+   started, when no live server had been serving it), and those more than
+   ``late_after`` seconds late (this server stalled: a running server's own
+   lateness is a grace).  Missed fires follow the schedule's ``catchup``:
+   ``skip`` runs none, ``latest`` the most recent, ``all`` the most recent
+   ``max_catchup``; each one not run is recorded ``skipped (missed, ...)``.
+   The missed fires to run go first, oldest first, then the fires on time.
+   Each fire to run is *claimed* in the history (``scheduled_runs``' primary
+   key: a fire another server claimed is left to it), then follows the
+   schedule's ``overlap`` when its previous run is still going (skip / queue
+   / allow / cancel_running), and waits for a slot when ``max_concurrent``
+   runs are going;
 3. ``evaluated_until`` moves to ``now``, persisted: a restarted server picks
    up from there.
+
+Every fire reaches a final recorded state: started (then its run's own
+record), ended, skipped with its reason, dropped by a server that stopped
+cleanly, or failed to start.  A fire held by a server that dies is taken up
+by the next server serving its schedule.
 
 A ``Launcher`` starts runs and gives back handles (``done``, ``state``,
 ``cancel``): ``launcher.ThreadLauncher`` runs the flow on Ray in a thread;
@@ -28,20 +42,26 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import logging
+import math
+import os
+import socket
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from rayflow.core.parameters import validate_parameters
 from rayflow.exceptions import ScheduleError
 from rayflow.schedules import UTC, Schedule
-from rayflow.store.schedules import ScheduleStore
+from rayflow.store.schedules import ScheduleStore, server_alive
 
 logger = logging.getLogger("rayflow.serve")
 
-LATE_AFTER = 60.0  # seconds: a fire later than this was missed, and follows the catch-up policy
+LATE_AFTER = 60.0  # seconds: a running server's grace; a fire later than this was missed (it stalled)
+LEASE = 30.0  # seconds without a heartbeat after which a server is dead (on this host: its pid, at once)
+HEARTBEAT_EVERY = 1.0  # seconds
+RECORDED_ONE_BY_ONE = 1000  # missed fires not run recorded a row each; more are summed up in one row
 
 
 @dataclass(frozen=True)
@@ -97,6 +117,47 @@ def _stamp(t: float) -> str:
     return dt.datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def catch_up(policy: str, max_catchup: int) -> int:
+    """How many missed fires (the most recent) a catch-up policy runs."""
+    return 0 if policy == "skip" else 1 if policy == "latest" else max_catchup
+
+
+@dataclass
+class Due:
+    """A schedule's fires at one tick, sorted out by ``sort_due``."""
+
+    missed: list[tuple[float, bool]]  # (time, taken over), oldest first: every one taken over, the latest of the gap
+    on_time: list[float]
+    gap: int = 0  # fires missed in the gap, all of them
+    dropped: int = 0  # of those, the oldest ones left out of ``missed`` (summed up in one row)
+    first_gap: float | None = None
+    last_dropped: float | None = None
+
+
+def sort_due(times: Iterable[float], taken: list[float], missed_before: float, keep: int) -> Due:
+    """Sort a schedule's fire ``times`` (in order, read lazily: after an outage of a year there
+    are millions) into missed (before ``missed_before``; at most the ``keep`` latest of them are
+    kept) and on time; the fires ``taken`` over from a dead server are missed whatever their time."""
+    adopted = set(taken)
+    kept: collections.deque = collections.deque(maxlen=keep)
+    due = Due([], [])
+    for t in times:
+        if t in adopted:  # a server that died mid-tick may hold fires past its evaluated_until
+            continue
+        if t >= missed_before:
+            due.on_time.append(t)
+            continue
+        due.gap += 1
+        if due.first_gap is None:
+            due.first_gap = t
+        if len(kept) == kept.maxlen:
+            due.last_dropped = kept[0]
+        kept.append(t)
+    due.dropped = due.gap - len(kept)
+    due.missed = sorted([*((t, True) for t in adopted), *((t, False) for t in kept)])
+    return due
+
+
 @dataclass
 class Server:
     entries: list[Served]
@@ -105,12 +166,15 @@ class Server:
     clock: Callable[[], float] = time.time
     max_concurrent: int = 4
     late_after: float = LATE_AFTER
+    lease: float = LEASE
     new_run_id: Callable[[], str] = field(default=lambda: uuid.uuid4().hex[:12])
     running: dict[str, list[_Fire]] = field(default_factory=dict)  # schedule id -> its runs going
     queued: dict[str, collections.deque] = field(default_factory=dict)  # overlap="queue": fires held
     waiting: collections.deque = field(default_factory=collections.deque)  # fires waiting for a slot
     evaluated: dict[str, float] = field(default_factory=dict)
     ended: list[_Fire] = field(default_factory=list)  # reaped runs, for --once's outcome
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_concurrent, int) or self.max_concurrent < 1:
@@ -119,16 +183,35 @@ class Server:
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
             raise ScheduleError(f"schedule {dup} is served twice (the same flow, schedule and parameters)")
+        self.server_id = f"{self.host}:{self.pid}:{uuid.uuid4().hex[:8]}"
+        self.started_at = 0.0
+        self.missed_before: dict[str, float] = {}  # fires due before this were missed (no server ran)
+        self._beat = -math.inf
 
     def start(self) -> None:
-        """Register every schedule; one never served before starts from now (nothing missed)."""
-        now = self.clock()
+        """Register every schedule; one never served before starts from now (nothing missed).  The
+        fires of one served before that came due since its last server stopped were missed, unless
+        a live server was serving it all along."""
+        now = self.started_at = self.clock()
+        others = [s for s in self.store.servers().values() if s["server_id"] != self.server_id and server_alive(s, now, self.lease)]
+        self._heartbeat(now)
         for entry in self.entries:
-            self.evaluated[entry.schedule_id] = self.store.register(
-                entry.schedule_id, entry.flow.name, entry.target, entry.schedule.spec(), now
-            )
-            self.running.setdefault(entry.schedule_id, [])
-            self.queued.setdefault(entry.schedule_id, collections.deque())
+            sid = entry.schedule_id
+            self.evaluated[sid] = self.store.register(sid, entry.flow.name, entry.target, entry.schedule.spec(), now)
+            served_along = any(sid in s["schedules"] and s["started_at"] <= self.evaluated[sid] for s in others)
+            self.missed_before[sid] = -math.inf if served_along else now
+            self.running.setdefault(sid, [])
+            self.queued.setdefault(sid, collections.deque())
+
+    def _heartbeat(self, now: float) -> None:
+        if now - self._beat >= HEARTBEAT_EVERY:
+            self._beat = now
+            ids = [e.schedule_id for e in self.entries]
+            self.store.heartbeat(self.server_id, self.host, self.pid, self.started_at, ids, now)
+
+    def retire(self) -> None:
+        """Say this server stopped: what it still held (nothing, after ``stop``) is the next one's."""
+        self.store.retire(self.server_id, self.clock())
 
     # -- one pass ---------------------------------------------------------------------
 
@@ -139,67 +222,126 @@ class Server:
             self._fire_due(entry, now)
 
     def _fire_due(self, entry: Served, now: float) -> None:
-        sid = entry.schedule_id
+        sid, policy, limit = entry.schedule_id, entry.schedule.catchup, entry.schedule.max_catchup
+        taken = self._take_over(entry, now)
         since = dt.datetime.fromtimestamp(self.evaluated[sid], UTC)
         until = dt.datetime.fromtimestamp(now, UTC)
-        due = [t.timestamp() for t in entry.schedule.fires(since, until)]
-        late = [t for t in due if t < now - self.late_after]
-        on_time = due[len(late):]
-        policy = entry.schedule.catchup
-        caught = [] if policy == "skip" or not late else late[-1:] if policy == "latest" else late[-entry.schedule.max_catchup:]
-        if len(late) > len(caught):
-            logger.info("schedule %s: %d missed fire(s) not run (catchup=%s)", sid, len(late) - len(caught), policy)
-        for t in caught + on_time:
+        missed_before = max(self.missed_before.get(sid, -math.inf), now - self.late_after)
+        runnable = catch_up(policy, limit)
+        due = sort_due((t.timestamp() for t in entry.schedule.fires(since, until)), taken, missed_before, RECORDED_ONE_BY_ONE + runnable)
+        if due.missed:
+            caught = due.missed[len(due.missed) - min(runnable, len(due.missed)):]
+            recorded = self._skip_missed(entry, due.missed[: len(due.missed) - len(caught)], due)
+            done = collections.Counter(self._fire(entry, t, adopted=adopted) for t, adopted in caught)
+            logger.info(
+                "schedule %s: %d missed fire(s) (catchup=%s%s): %d recorded skipped, %d taken up%s%s", sid,
+                len(taken) + due.gap, policy, f", max_catchup {limit}" if policy == "all" else "", recorded, len(caught),
+                f" ({', '.join(f'{n} {what}' for what, n in done.items())})" if done else "",
+                f"; {len(taken)} of them taken over from a server that died" if taken else "",
+            )
+        for t in due.on_time:
             self._fire(entry, t)
         self.evaluated[sid] = now
         upcoming = entry.schedule.next_after(until)
         self.store.advance(sid, now, upcoming.timestamp() if upcoming is not None else None)
 
-    def _fire(self, entry: Served, scheduled_for: float) -> None:
+    def _take_over(self, entry: Served, now: float) -> list[float]:
+        """The fires of ``entry`` that a dead server held and never started, now this server's."""
+        sid = entry.schedule_id
+        held = self.store.held_by_others(sid, self.server_id)
+        if not held:
+            return []
+        servers = self.store.servers()
+        taken = []
+        for row in held:
+            owner = row["server"]
+            if owner is None:  # held by a rayflow that recorded no server: dead once quiet for a lease
+                dead = time.time() - (row["at"] or 0.0) > self.lease
+            else:
+                dead = not server_alive(servers.get(owner), now, self.lease)
+            if dead and self.store.adopt(sid, row["scheduled_for"], owner, self.server_id):
+                taken.append(row["scheduled_for"])
+        if taken:
+            logger.warning(
+                "schedule %s: %d fire(s) (from %s) taken over from a server that died before starting them",
+                sid, len(taken), _stamp(min(taken)),
+            )
+        return taken
+
+    def _skip_missed(self, entry: Served, skipped: list[tuple[float, bool]], due: Due) -> int:
+        """Record each missed fire not run as skipped, with the catch-up rule's reason; a burst of
+        more than RECORDED_ONE_BY_ONE is summed up in the row of its first fire.  How many were recorded."""
+        sid, policy, limit = entry.schedule_id, entry.schedule.catchup, entry.schedule.max_catchup
+        rule = f"catchup={policy}" + (f", over max_catchup {limit}" if policy == "all" else "")
+        recorded = sum(self.store.hold(sid, t, f"skipped (missed: its server died, {rule})", self.server_id)
+                       for t, adopted in skipped if adopted)
+        recorded += self.store.claim_many(sid, [t for t, adopted in skipped if not adopted], f"skipped (missed, {rule})", self.server_id)
+        if due.dropped:
+            summary = (f"skipped (missed, {rule}; with the {due.dropped - 1} missed fire(s) after it until "
+                       f"{_stamp(due.last_dropped)}, not recorded one by one)")
+            recorded += due.dropped if self.store.claim(sid, due.first_gap, None, summary, self.server_id) else 0
+        return recorded
+
+    def _fire(self, entry: Served, scheduled_for: float, *, adopted: bool = False) -> str:
+        """Claim the fire (an adopted one is this server's already) and follow the policies; what became of it."""
         sid = entry.schedule_id
         fire = _Fire(entry, scheduled_for, self.new_run_id())
-        if not self.store.claim(sid, scheduled_for, None, "claimed"):
+        if not adopted and not self.store.claim(sid, scheduled_for, None, "claimed", self.server_id):
             logger.info("schedule %s at %s: claimed by another server", sid, _stamp(scheduled_for))
-            return
+            return "claimed by another server"
         overlap = entry.schedule.overlap
         busy = bool(self.running[sid]) or bool(self.queued[sid]) or any(f.entry.schedule_id == sid for f in self.waiting)
         if busy and overlap == "skip":
-            self.store.settle(sid, scheduled_for, "skipped (overlap)")
+            self._hold(fire, "skipped (overlap)")
             logger.info("schedule %s at %s: skipped, its previous run is still going", sid, _stamp(scheduled_for))
-            return
+            return "skipped (overlap)"
         if busy and overlap == "queue":
+            if not self._hold(fire, "queued"):
+                return "taken over"
             self.queued[sid].append(fire)
-            self.store.settle(sid, scheduled_for, "queued")
-            return
+            return "queued"
         if busy and overlap == "cancel_running":
             for earlier in self.running[sid]:
                 logger.info("schedule %s: cancelling run %s for the fire at %s", sid, earlier.run_id, _stamp(scheduled_for))
                 self._cancel(earlier)
             for held in [*self.queued[sid], *[f for f in self.waiting if f.entry.schedule_id == sid]]:
-                self.store.settle(sid, held.scheduled_for, "dropped (cancel_running)")
+                self._hold(held, "dropped (cancel_running)")
             self.queued[sid].clear()
             self.waiting = collections.deque(f for f in self.waiting if f.entry.schedule_id != sid)
-        self._start_or_wait(fire)
+        return self._start_or_wait(fire)
 
-    def _start_or_wait(self, fire: _Fire) -> None:
+    def _hold(self, fire: _Fire, outcome: str, run_id: str | None = None) -> bool:
+        """Record ``outcome`` for a fire this server holds; False when another server took it over
+        (this one was thought dead: it stalled longer than the lease), which it then leaves alone."""
+        if self.store.hold(fire.entry.schedule_id, fire.scheduled_for, outcome, self.server_id, run_id):
+            return True
+        logger.warning("schedule %s at %s: taken over by another server; not started here",
+                       fire.entry.schedule_id, _stamp(fire.scheduled_for))
+        return False
+
+    def _start_or_wait(self, fire: _Fire) -> str:
         if self.active() >= self.max_concurrent:
+            if not self._hold(fire, "waiting (max_concurrent)"):
+                return "taken over"
             self.waiting.append(fire)
-            self.store.settle(fire.entry.schedule_id, fire.scheduled_for, "waiting (max_concurrent)")
-            return
-        self._launch(fire)
+            return "waiting (max_concurrent)"
+        return self._launch(fire)
 
-    def _launch(self, fire: _Fire) -> None:
+    def _launch(self, fire: _Fire) -> str:
         sid = fire.entry.schedule_id
+        if not self._hold(fire, "starting", fire.run_id):
+            return "taken over"
         fire.started = self.clock()
         try:
             fire.handle = self.launcher.launch(fire.entry, fire.scheduled_for, fire.run_id)
         except Exception as exc:  # noqa: BLE001 - a launch that fails is that fire's outcome
             self.store.settle(sid, fire.scheduled_for, f"failed to start: {type(exc).__name__}: {exc}"[:500])
             logger.error("schedule %s at %s: the run could not start: %s", sid, _stamp(fire.scheduled_for), exc)
-            return
+            return "failed to start"
         self.running[sid].append(fire)
         self.store.settle(sid, fire.scheduled_for, "started", fire.run_id)
         logger.info("fired %s (scheduled %s): run %s", sid, _stamp(fire.scheduled_for), fire.run_id)
+        return "started"
 
     def _cancel(self, fire: _Fire) -> None:
         try:
@@ -210,6 +352,7 @@ class Server:
     # -- runs that ended, and what they free --------------------------------------------
 
     def reap(self) -> None:
+        self._heartbeat(self.clock())
         for sid, fires in self.running.items():
             for fire in [f for f in fires if f.handle.done()]:
                 fires.remove(fire)
@@ -220,8 +363,8 @@ class Server:
                 log("run %s of %s (scheduled %s) ended %s after %.1fs", fire.run_id, sid, _stamp(fire.scheduled_for), state, took)
                 self.ended.append(fire)
         for sid, held in self.queued.items():  # overlap="queue": the next one, once the previous ended
-            if held and not self.running[sid]:
-                self._start_or_wait(held.popleft())
+            while held and not self.running[sid] and self._start_or_wait(held.popleft()) == "taken over":
+                pass
         while self.waiting and self.active() < self.max_concurrent:
             self._launch(self.waiting.popleft())
 
@@ -234,7 +377,7 @@ class Server:
         """Fire nothing more; let runs going finish within ``grace`` seconds, then cancel them
         (and wait up to ``cancel_wait`` for them to end)."""
         for fire in [*self.waiting, *(f for q in self.queued.values() for f in q)]:
-            self.store.settle(fire.entry.schedule_id, fire.scheduled_for, "dropped (server stopped)")
+            self._hold(fire, "dropped (server stopped)")
         self.waiting.clear()
         for held in self.queued.values():
             held.clear()

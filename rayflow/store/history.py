@@ -65,9 +65,15 @@ CREATE TABLE IF NOT EXISTS schedules (
 );
 CREATE TABLE IF NOT EXISTS scheduled_runs (
     schedule_id TEXT NOT NULL, scheduled_for REAL NOT NULL, run_id TEXT, outcome TEXT NOT NULL, at REAL,
-    PRIMARY KEY (schedule_id, scheduled_for)
+    server TEXT, PRIMARY KEY (schedule_id, scheduled_for)
 );
 CREATE INDEX IF NOT EXISTS scheduled_runs_by_run ON scheduled_runs(run_id);
+CREATE INDEX IF NOT EXISTS scheduled_runs_held ON scheduled_runs(schedule_id)
+    WHERE outcome IN ('claimed', 'starting', 'queued', 'waiting (max_concurrent)');
+CREATE TABLE IF NOT EXISTS servers (
+    server_id TEXT PRIMARY KEY, host TEXT, pid INTEGER, started_at REAL, heartbeat_at REAL, stopped_at REAL,
+    schedules TEXT
+);
 CREATE TABLE IF NOT EXISTS pending_applied (name TEXT PRIMARY KEY, at REAL);
 CREATE TABLE IF NOT EXISTS limits (name TEXT PRIMARY KEY, slots INTEGER NOT NULL, per_second REAL, updated_at REAL);
 """
@@ -78,6 +84,7 @@ ADDED_COLUMNS = (
     ("transitions", "run_attempt", "INTEGER NOT NULL DEFAULT 1"),
     ("chunks", "run_attempt", "INTEGER NOT NULL DEFAULT 1"),
     ("logs", "run_attempt", "INTEGER NOT NULL DEFAULT 1"),
+    ("scheduled_runs", "server", "TEXT"),
 )
 
 FLUSH_SECONDS = 0.5
@@ -154,7 +161,7 @@ def redact_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-SCHEMA_VERSION = 4  # PRAGMA user_version once SCHEMA and ADDED_COLUMNS are in: opening skips the writes
+SCHEMA_VERSION = 5  # PRAGMA user_version once SCHEMA and ADDED_COLUMNS are in: opening skips the writes
 
 
 def is_damaged(exc: BaseException) -> bool:

@@ -7,7 +7,19 @@
   key: its PRIMARY KEY makes a second claim of the same fire fail, so two
   servers racing on one database start each fire once.  ``outcome`` says what
   became of it (``started``, ``queued``, ``skipped (overlap)``, ...); ``run_id``
-  joins it to the run it started (``rayflow runs`` shows the marker).
+  joins it to the run it started (``rayflow runs`` shows the marker);
+  ``server`` is the server that holds it.
+- ``servers``: one row per server (host, pid, the schedules it serves), its
+  ``heartbeat_at`` renewed every second or so, ``stopped_at`` set when it
+  stops.  A server is alive while it has not stopped, its heartbeat is newer
+  than the lease and, on this host, its pid exists: a SIGKILLed server on this
+  host is known dead at once, one elsewhere when its lease runs out.
+
+A fire still to be started by its server (``HELD``) is that server's; once its
+server is dead, the next server serving the schedule takes it over with one
+conditional UPDATE (``adopt``: two servers adopting the same fire, one wins),
+and a server settles a held fire only while it still holds it (``hold``): a
+server that stalled past its lease and lost a fire does not start it too.
 """
 
 from __future__ import annotations
@@ -17,7 +29,21 @@ import sqlite3
 import time
 from typing import Any
 
-from rayflow.store.history import RunStore
+from rayflow.store.history import RunStore, driver_alive
+
+# A fire its server holds but has not started: claimed, queued (overlap="queue"), waiting for a slot
+# (max_concurrent), or starting (its run id chosen; a run that never reached the history never started).
+HELD = ("claimed", "starting", "queued", "waiting (max_concurrent)")
+_HELD_SQL = "outcome IN ('claimed', 'starting', 'queued', 'waiting (max_concurrent)')"  # as the index says it
+FORGET_SERVERS_AFTER = 86_400.0  # seconds: a server stopped, or silent, this long is forgotten
+
+
+def server_alive(row: dict | None, now: float, lease: float) -> bool:
+    """Whether the server of ``row`` (from ``servers``) is alive at ``now``: not stopped, a heartbeat
+    within ``lease`` seconds and, on this host, its process there.  No row: not alive."""
+    if row is None or row["stopped_at"] is not None or now - (row["heartbeat_at"] or 0.0) > lease:
+        return False
+    return driver_alive({"driver": {"host": row["host"], "pid": row["pid"]}}) is not False
 
 
 class ScheduleStore:
@@ -49,16 +75,93 @@ class ScheduleStore:
                 [until, next_fire, time.time(), schedule_id],
             )
 
-    def claim(self, schedule_id: str, scheduled_for: float, run_id: str, outcome: str) -> bool:
+    # -- servers ---------------------------------------------------------------------------
+
+    def heartbeat(self, server_id: str, host: str, pid: int, started_at: float, schedule_ids: list[str], now: float) -> None:
+        """Say that ``server_id`` is alive at ``now`` (its row written whole: one forgotten comes back)."""
+        with self.runs._connect() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO servers VALUES (?,?,?,?,?,NULL,?)",
+                [server_id, host, pid, started_at, now, json.dumps(schedule_ids)],
+            )
+
+    def retire(self, server_id: str, now: float) -> None:
+        with self.runs._connect() as db:
+            db.execute("UPDATE servers SET stopped_at = ? WHERE server_id = ?", [now, server_id])
+            db.execute(
+                "DELETE FROM servers WHERE COALESCE(stopped_at, heartbeat_at) < ?", [now - FORGET_SERVERS_AFTER]
+            )
+
+    def servers(self) -> dict[str, dict]:
+        with self.runs._connect() as db:
+            rows = [dict(r) for r in db.execute("SELECT * FROM servers")]
+        for row in rows:
+            try:
+                row["schedules"] = json.loads(row["schedules"] or "[]")
+            except ValueError:
+                row["schedules"] = []
+        return {row["server_id"]: row for row in rows}
+
+    # -- fires -----------------------------------------------------------------------------
+
+    def claim(self, schedule_id: str, scheduled_for: float, run_id: str | None, outcome: str, server: str | None = None) -> bool:
         """Take the fire ``(schedule_id, scheduled_for)``; False when another server has it."""
         try:
             with self.runs._connect() as db:
                 db.execute(
-                    "INSERT INTO scheduled_runs VALUES (?,?,?,?,?)", [schedule_id, scheduled_for, run_id, outcome, time.time()]
+                    "INSERT INTO scheduled_runs (schedule_id, scheduled_for, run_id, outcome, at, server) "
+                    "VALUES (?,?,?,?,?,?)", [schedule_id, scheduled_for, run_id, outcome, time.time(), server],
                 )
             return True
         except sqlite3.IntegrityError:
             return False
+
+    def claim_many(self, schedule_id: str, times: list[float], outcome: str, server: str | None = None) -> int:
+        """Claim each of ``times`` with ``outcome``, in one transaction; how many this call took
+        (a fire another server has keeps its row)."""
+        if not times:
+            return 0
+        with self.runs._connect() as db:
+            before = db.total_changes
+            db.executemany(
+                "INSERT OR IGNORE INTO scheduled_runs (schedule_id, scheduled_for, run_id, outcome, at, server) "
+                "VALUES (?,?,NULL,?,?,?)", [[schedule_id, t, outcome, time.time(), server] for t in times],
+            )
+            return db.total_changes - before
+
+    def hold(self, schedule_id: str, scheduled_for: float, outcome: str, server: str, run_id: str | None = None) -> bool:
+        """Record ``outcome`` for a fire ``server`` holds; False (and nothing written) when it no longer
+        holds it: it was taken over while the server was thought dead."""
+        with self.runs._connect() as db:
+            cursor = db.execute(
+                "UPDATE scheduled_runs SET outcome = ?, run_id = COALESCE(?, run_id), at = ? "
+                f"WHERE schedule_id = ? AND scheduled_for = ? AND server = ? AND {_HELD_SQL}",
+                [outcome, run_id, time.time(), schedule_id, scheduled_for, server],
+            )
+            return cursor.rowcount == 1
+
+    def held_by_others(self, schedule_id: str, server: str) -> list[dict]:
+        """The fires of ``schedule_id`` that another server (or an older rayflow, ``server`` NULL)
+        holds and has not started, oldest first.  A ``starting`` fire whose run reached the history
+        did start: its run's record tells how it ended."""
+        with self.runs._connect() as db:
+            return [dict(r) for r in db.execute(
+                f"SELECT * FROM scheduled_runs WHERE schedule_id = ? AND {_HELD_SQL} "
+                "AND (server IS NULL OR server != ?) "
+                "AND NOT (outcome = 'starting' AND run_id IN (SELECT run_id FROM runs)) ORDER BY scheduled_for",
+                [schedule_id, server],
+            )]
+
+    def adopt(self, schedule_id: str, scheduled_for: float, previous: str | None, server: str) -> bool:
+        """Take over a held fire from ``previous`` (a dead server): True for the one server whose
+        UPDATE finds it still held by ``previous``."""
+        with self.runs._connect() as db:
+            cursor = db.execute(
+                "UPDATE scheduled_runs SET server = ?, outcome = 'claimed', at = ? "
+                f"WHERE schedule_id = ? AND scheduled_for = ? AND server IS ? AND {_HELD_SQL}",
+                [server, time.time(), schedule_id, scheduled_for, previous],
+            )
+            return cursor.rowcount == 1
 
     def settle(self, schedule_id: str, scheduled_for: float, outcome: str, run_id: str | None = None) -> None:
         with self.runs._connect() as db:
