@@ -69,6 +69,7 @@ CLI_CASES: list[tuple[str, list[str], str, int]] = [
     ("unknown command", ["bogus"], "home", 2),
     ("option value out of range", ["ui", "--port", "0"], "home", 2),
     ("option value of the wrong type", ["runs", "--limit", "many"], "home", 2),
+    ("`runs --state` not a state", ["runs", "--state", "DONE"], "home", 2),
     ("`RAYFLOW_HOME` is a file", ["runs"], "file", 2),
     ("`history.db` damaged: `runs`", ["runs"], "corrupt", 2),
     ("`history.db` damaged: `show`", ["show", "some-run"], "corrupt", 2),

@@ -31,7 +31,7 @@ from rayflow.cli.history import print_run as print_history_run
 from rayflow.cli.graph import dot as render_dot
 from rayflow.cli.graph import mermaid as render_mermaid
 from rayflow.cli.history import print_live, print_runs
-from rayflow.store.views import task_rows
+from rayflow.store.views import state_filter, task_rows
 from rayflow.cli.output import emit_table, print_run
 from rayflow.cli.limits import limit_app
 from rayflow.cli.signals import exit_promptly, sigterm_as_interrupt
@@ -187,6 +187,14 @@ def cancel(
         raise _fail(f"run {run_id} had not ended after {wait:g}s", EXIT_FAILED)
 
 
+def _state_option(state: str | None) -> str | None:
+    """A --state value: a state a run or task can read (CRASHED too), else one line, exit 2."""
+    try:
+        return state_filter(state)
+    except ValueError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+
+
 def _history_errors(command: Any) -> Any:
     """A history that cannot be used (RAYFLOW_HOME a file, a damaged history.db, a locked one):
     one line naming it, exit 2, never an sqlite traceback."""
@@ -207,7 +215,7 @@ def _history_errors(command: Any) -> Any:
 @_history_errors
 def runs(
     flow: Annotated[Optional[str], typer.Option("--flow", help="Only runs of this flow.")] = None,  # noqa: UP007
-    state: Annotated[Optional[str], typer.Option("--state", help="Only runs that ended in this state.")] = None,  # noqa: UP007
+    state: Annotated[Optional[str], typer.Option("--state", help="Only runs in this state, as `show` reads it (CRASHED: its driver is gone).")] = None,  # noqa: UP007
     limit: Annotated[int, typer.Option("--limit", help="At most this many runs, newest first.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
     address: Annotated[
@@ -216,6 +224,7 @@ def runs(
     ] = None,
 ) -> None:
     """A table of recent runs from the run history (RAYFLOW_HOME), or a cluster's with --address."""
+    state = _state_option(state)
     if _submit.is_job_address(address):
         argv = ["runs", "--limit", str(limit), *(["--flow", flow] if flow else []), *(["--state", state] if state else [])]
         return _submit.query_history(address, argv + (["--json"] if as_json else []))
