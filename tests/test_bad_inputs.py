@@ -70,6 +70,7 @@ CLI_CASES: list[tuple[str, list[str], str, int]] = [
     ("option value out of range", ["ui", "--port", "0"], "home", 2),
     ("option value of the wrong type", ["runs", "--limit", "many"], "home", 2),
     ("`runs --state` not a state", ["runs", "--state", "DONE"], "home", 2),
+    ("`show --state` not a state", ["show", "taken-1", "--state", "DONE"], "home", 2),
     ("`RAYFLOW_HOME` is a file", ["runs"], "file", 2),
     ("`history.db` damaged: `runs`", ["runs"], "corrupt", 2),
     ("`history.db` damaged: `show`", ["show", "some-run"], "corrupt", 2),

@@ -67,6 +67,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+AllOption = Annotated[
+    bool, typer.Option("--all", help="Every task's row (past 50 tasks the table lists those that did not succeed).")
+]
+TaskStateOption = Annotated[
+    Optional[str], typer.Option("--state", help="Only the tasks in this state (SUCCESS, FAILED, ...).")  # noqa: UP007
+]
+
 EXIT_FAILED, EXIT_USAGE, EXIT_CLUSTER, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 3, 130, 143
 HISTORY_GRACE = 2.0  # seconds `show` waits for a run that ended live to appear in the history
 
@@ -113,8 +120,11 @@ def run(
     log_states: Annotated[
         bool, typer.Option("--log-states", help="Print each task's state change as it happens (to stderr).")
     ] = False,
+    show_all: AllOption = False,
+    task_state: TaskStateOption = None,
 ) -> None:
     """Run a flow and print its task states, run id and result."""
+    task_state = _state_option(task_state)
     run_id = run_id or new_run_id()
     try:
         flow = load_flow(target)
@@ -141,7 +151,7 @@ def run(
             exit_promptly(EXIT_TERMINATED)
         _print_cancelled(run_id, local)
         raise _fail(f"interrupted; run {run_id} was cancelled", EXIT_INTERRUPTED) from None
-    print_run(flow_run)
+    print_run(flow_run, show_all=show_all, state=task_state)
     if not flow_run.state.is_successful():
         raise typer.Exit(EXIT_FAILED)
 
@@ -236,8 +246,10 @@ def runs(
 def show(
     run_id: Annotated[str, typer.Argument(help="The run to show.")],
     watch: Annotated[bool, typer.Option("--watch", help="Refresh until the run has finished.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts (every task, whatever --all and --state).")] = False,
     interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes with --watch.")] = 1.0,
+    show_all: AllOption = False,
+    task_state: TaskStateOption = None,
     address: Annotated[
         Optional[str],  # noqa: UP007
         typer.Option("--address", help="Ray cluster of a live run (default: RAY_ADDRESS, else the local cluster), or a job server, http://HEAD:8265."),
@@ -251,16 +263,19 @@ def show(
     in this RAYFLOW_HOME's history is shown as the actor saw it, and the command exits 1.
     With --address http://HEAD:8265, the run as the cluster's head node has it (a submitted run).
     """
+    task_state = _state_option(task_state)
+    rows = {"show_all": show_all, "state": task_state}
     if _submit.is_job_address(address):
         if watch:
             raise _fail(f"--watch needs the run's history here; follow a submitted run with `rayflow logs {run_id} --address {address} --follow`", EXIT_USAGE)
-        return _submit.query_history(address, ["show", run_id] + (["--json"] if as_json else []))
+        extra = (["--json"] if as_json else []) + (["--all"] if show_all else []) + (["--state", task_state] if task_state else [])
+        return _submit.query_history(address, ["show", run_id, *extra])
     store = RunStore()
     settle_by: float | None = None
     while True:
         run = store.run(run_id)
         if run is not None and run["state"] not in UNFINISHED:
-            print_history_run(run, as_json)
+            print_history_run(run, as_json, **rows)
             return
         from rayflow.runtime import live_status
 
@@ -268,10 +283,10 @@ def show(
         if live is None:
             if run is None:
                 raise _fail(f"no run {run_id!r} in the run history at {store.path}, nor live", EXIT_FAILED)
-            print_history_run(run, as_json)  # no live driver has it any more: the history's last word
+            print_history_run(run, as_json, **rows)  # no live driver has it any more: the history's last word
             return
         if live["state"] in UNFINISHED:
-            print_live(live, as_json)
+            print_live(live, as_json, **rows)
             if not watch:
                 return
             time.sleep(interval)
@@ -283,7 +298,7 @@ def show(
         if time.monotonic() < settle_by:
             time.sleep(0.2)
             continue
-        print_live(live, as_json, missing_from=str(store.path))
+        print_live(live, as_json, missing_from=str(store.path), **rows)
         where = "is missing from" if run is None else f"is still {run['state']} in"
         raise _fail(
             f"run {run_id} ended {live['state']} in its driver but {where} the run history at {store.path} "
