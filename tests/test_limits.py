@@ -276,6 +276,56 @@ def test_limit_set_fails_in_one_line_when_the_actors_history_cannot_keep_it(ray_
     assert kept.LimitStore(RunStore(os.path.dirname(path))).load()[name] == (2, None)
 
 
+GATED = """
+import rayflow as rf
+
+@rf.task(tags={{{name!r}}})
+def load(x: int) -> int:
+    return x
+
+@rf.task(tags={{{name!r}}}, chunk_size=2)
+def each(x: int) -> int:
+    return x
+
+@rf.flow
+def gated(n: int = 40) -> list:
+    return [load(1), each.map(range(n))]
+"""
+
+
+@pytest.mark.timeout(180)
+def test_rayflow_run_says_when_a_task_starts_waiting_for_a_limit_and_when_it_goes_on(ray_session, tmp_path):
+    """A limit of 0 holds a tagged task and a tagged map of 20 chunks: `rayflow run` prints
+    (on stderr) one line per task as it waits, none per chunk, and one as it goes on once the
+    limit is raised (to 5: the map's chunks run 5 at once, so the map never waits again)."""
+    name = unique("gate")
+    rf.limits.set(name, 0)
+    (tmp_path / "gated.py").write_text(GATED.format(name=name))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rayflow", "run", f"{tmp_path / 'gated.py'}:gated", "--address", ray_session],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
+    try:
+        waiting = lambda key: [line for line in lines if f" {key}: waiting for limit '{name}'" in line]  # noqa: E731
+        wait_for(lambda: waiting("load") and waiting("each"), timeout=90, what=f"the wait lines, got {lines}")
+        rf.limits.set(name, 5)
+        proc.wait(timeout=90)  # (stderr is the reader's: no communicate())
+        out = proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(10)
+    assert proc.returncode == 0, (out, lines)
+    for key in ("load", "each"):
+        assert len(waiting(key)) == 1, lines
+        went = [line for line in lines if f" {key}: goes on after " in line]
+        assert len(went) == 1 and went[0].endswith(f"s waiting for limit '{name}'\n"), lines
+        assert lines.index(waiting(key)[0]) < lines.index(went[0])
+
+
 def test_a_tag_limit_holds_tagged_tasks_before_submitting_across_two_runs(ray_session, monkeypatch):
     """A limit of 2 over 8 tasks tagged with it, from two concurrent runs: never more than 2
     run at once, and those waiting were never submitted (each task's one Ray task starts

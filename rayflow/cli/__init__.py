@@ -12,7 +12,6 @@ cannot be resumed); 3 the Ray cluster could not be reached; 130 interrupted
 from __future__ import annotations
 
 import atexit
-import contextlib
 import datetime
 import functools
 import importlib
@@ -35,7 +34,7 @@ from rayflow.store.views import state_filter, task_rows
 from rayflow.cli.output import emit_table, print_run
 from rayflow.cli.limits import limit_app
 from rayflow.cli.signals import exit_promptly, sigterm_as_interrupt
-from rayflow.cli.states import StatePrinter
+from rayflow.cli.states import LimitWaits, StatePrinter
 from rayflow.cli.usage import fail as _fail
 from rayflow.cli import submit as _submit
 from rayflow.core.parameters import parameter_annotations, takes_text
@@ -133,7 +132,7 @@ def run(
         options: dict[str, Any] = {"runner": "local" if local else "ray", "run_id": run_id}
         if address:
             options["address"] = address
-        printing = StatePrinter(run_id) if log_states else contextlib.nullcontext()
+        printing = StatePrinter(run_id) if log_states else StatePrinter(run_id, waits=LimitWaits())
         with sigterm_as_interrupt(f"run {run_id}"), printing:
             flow_run = flow.with_options(**options).run(**values)
     except (
