@@ -388,14 +388,13 @@ class RunStore:
             query, args = query + " LIMIT ?", [*args, limit]
         rows: list[dict] = []
         with self._connect() as db:
-            for found in db.execute(query, args).fetchall() if not decided else db.execute(query, args):
+            for found in db.execute(query, args):  # newest first, until ``limit`` match (< 0: all, as SQL's)
+                if 0 <= limit <= len(rows):
+                    break
                 row = self._run_row(found)
                 row["state"] = self._shown(db, row["run_id"], row["state"])
-                if state and row["state"] != state:
-                    continue
-                rows.append(row)
-                if len(rows) >= limit:
-                    break
+                if not state or row["state"] == state:
+                    rows.append(row)
         return rows
 
     def _shown(self, db: sqlite3.Connection, run_id: str | None, recorded: str | None) -> str | None:
