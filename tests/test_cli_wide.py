@@ -11,7 +11,7 @@ import textwrap
 import pytest
 from cli_runner import run_cli
 
-from rayflow.cli.output import ROWS_AT_MOST
+from rayflow.cli.output import ROWS_AT_MOST, pick_rows
 
 WIDE = textwrap.dedent('''
     import rayflow as rf
@@ -64,3 +64,13 @@ def test_run_and_show_of_2000_tasks_print_counts_and_the_failures_with_all_and_s
     small = ROWS_AT_MOST  # at the threshold, every row as before
     ran = run_cli("run", target, "--local", "-p", f"n={small}", home=home)
     assert len(rows(ran.stdout)) == small and "tasks:" not in ran.stdout
+
+
+def test_past_the_threshold_the_table_lists_at_most_rows_at_most_of_the_tasks_that_did_not_succeed():
+    states = ["FAILED"] * 120 + ["SUCCESS"] * 10 + ["TRIGGER_FAILED"] * 3
+    chosen, summary = pick_rows(states)
+    assert chosen == list(range(ROWS_AT_MOST))
+    assert summary.startswith("133 tasks: 120 FAILED, 10 SUCCESS, 3 TRIGGER_FAILED; listed: the first 50 of the 123 that did not succeed")
+    assert pick_rows(states, state="TRIGGER_FAILED")[0] == [130, 131, 132]
+    assert pick_rows(states, show_all=True) == (list(range(133)), None)
+    assert pick_rows(["SUCCESS"] * 60)[0] == [] and "none listed: every task succeeded" in pick_rows(["SUCCESS"] * 60)[1]
