@@ -328,7 +328,7 @@ def test_every_filter_and_listing_reads_a_killed_drivers_run_as_crashed_as_show_
         driver.kill()
         driver.wait(10)
     schedules = ScheduleStore(RunStore(home))
-    schedules.register("every-hour", "long_flow", "tests/flows.py:long_flow", {"kind": "interval", "every": 3600.0}, time.time())
+    schedules.register("every-hour", "long_flow", "tests/flows.py:long_flow", rf.schedules.Interval(3600).spec(), time.time())
     assert schedules.claim("every-hour", time.time(), "killed-run", "started")
     assert RunStore(home).run_state("killed-run") == "RUNNING"  # as recorded: the reading decides
 
