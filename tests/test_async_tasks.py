@@ -141,3 +141,41 @@ def test_bad_definitions_are_refused_when_defined():
 
     with pytest.raises(DefinitionError, match="flow bodies are plain functions"):
         rf.flow(body)
+
+
+@rf.task(chunk_size=6)
+async def sleeps_blocking(i: int) -> int:
+    time.sleep(0.15)  # blocks the chunk's event loop: its other items wait
+    await asyncio.sleep(0)
+    return i
+
+
+@rf.task
+async def sleeps_blocking_alone() -> int:
+    time.sleep(0.15)
+    return 1
+
+
+def test_an_async_task_that_blocks_its_event_loop_is_named_in_its_logs_once_per_chunk(runner):
+    """Items of an async map that call time.sleep hold their chunk's loop one after another:
+    each chunk's logs get one WARNING naming the task, the item and how long it held the
+    loop (never one per item); a plain async task that blocks gets one too; a map that awaits
+    (``waits``) gets none."""
+
+    @rf.flow
+    def blocking() -> list:
+        return [sleeps_blocking.map(range(12)), sleeps_blocking_alone(), waits.map(range(6), seconds=rf.unmapped(0.01))]
+
+    run = blocking.with_options(runner=runner).run()
+    assert run.task_result("sleeps_blocking") == list(range(12))
+    warnings = [r for r in RunStore().logs(run.run_id) if r["level"] == "WARNING"]
+    mapped = [r for r in warnings if r["task_key"] == "sleeps_blocking"]
+    assert len(mapped) == 2, warnings  # two chunks of 6: one line each
+    for record in mapped:
+        item = record["map_index"]
+        assert f"async task 'sleeps_blocking' blocked its event loop: item {item} held it for 0.1" in record["message"]
+        assert "6 of this chunk's 6 items blocked it" in record["message"] and "asyncio.to_thread" in record["message"]
+    assert {r["map_index"] // 6 for r in mapped} == {0, 1}
+    alone = [r for r in warnings if r["task_key"] == "sleeps_blocking_alone"]
+    assert len(alone) == 1 and "async task 'sleeps_blocking_alone' blocked its event loop" in alone[0]["message"]
+    assert not [r for r in warnings if r["task_key"] == "waits"]

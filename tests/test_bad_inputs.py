@@ -73,6 +73,8 @@ CLI_CASES: list[tuple[str, list[str], str, int]] = [
     ("unknown command", ["bogus"], "home", 2),
     ("option value out of range", ["ui", "--port", "0"], "home", 2),
     ("option value of the wrong type", ["runs", "--limit", "many"], "home", 2),
+    ("`runs --state` not a state", ["runs", "--state", "DONE"], "home", 2),
+    ("`show --state` not a state", ["show", "taken-1", "--state", "DONE"], "home", 2),
     ("`RAYFLOW_HOME` is a file", ["runs"], "file", 2),
     ("`history.db` damaged: `runs`", ["runs"], "corrupt", 2),
     ("`history.db` damaged: `show`", ["show", "some-run"], "corrupt", 2),
@@ -111,6 +113,8 @@ CLI_CASES: list[tuple[str, list[str], str, int]] = [
     ("`limit set`: a name with a space", ["limit", "set", "a b", "3"], "home", 2),
     ("`limit set`: a negative limit", ["limit", "set", "db", "-1"], "home", 2),
     ("`limit set`: a rate of 0", ["limit", "set", "api", "3", "--per-second", "0"], "home", 2),
+    ("`limit set`: more slots than the history can keep", ["limit", "set", "db", "99999999999999999999999"], "home", 2),
+    ("`limit set`: an infinite rate", ["limit", "set", "api", "3", "--per-second", "inf"], "home", 2),
     ("`show --watch` with a job server address", ["show", "some-run", "--watch", "--address", f"http://{CLOSED}"], "home", 2),
 ]
 
@@ -206,6 +210,7 @@ API_CASES: list[tuple[str, str, Any]] = [
     ("mapped arguments of unequal lengths", "pair.map([1, 2, 3], [1, 2])", lambda: unequal.run()),
     ("`if` on a task result in a flow body", "if double(1) > 1: ...", lambda: branches_on_a_result.run()),
     ("resume of an unknown run", "rf.resume('no-such-run')", lambda: rf.resume("no-such-run")),
+    ("a limit past what the history keeps", "rf.limits.set('db', 2**63)", lambda: rf.limits.set("db", 2**63)),
     ("a trigger returning `'yes'`; `result()` of the failed run", "says_yes.with_options(run_id='says-yes-1').run().result()", _failed_result),
 ]
 

@@ -11,6 +11,7 @@ test_tracing.py; the history writer's own faults in test_history_faults.py.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import signal
@@ -299,6 +300,53 @@ def test_a_driver_killed_mid_map_reads_crashed_everywhere_and_every_follower_end
     assert page.status_code == 200 and "CRASHED" in page.text and "RUNNING</" not in page.text
     workers = [int(p.read_text()) for p in pid_dir.glob("*.pid")]
     wait_for(lambda: not any(alive(pid) for pid in workers), timeout=30, what="the map's workers to be gone")
+
+
+@pytest.mark.timeout(240)
+def test_every_filter_and_listing_reads_a_killed_drivers_run_as_crashed_as_show_does(tmp_path, ray_session):
+    """A driver SIGKILLed mid-run leaves its run RUNNING in the history; readers decide it is
+    CRASHED (its driver is gone).  Every filter and listing must decide the same as `show`:
+    `runs --state CRASHED` finds it, `--state RUNNING` does not, nor does the UI's filter, and
+    `rayflow schedules` (its fire recorded as `rayflow serve` records one) lists it CRASHED."""
+    from starlette.testclient import TestClient
+
+    from rayflow.store.schedules import ScheduleStore
+    from rayflow.ui import create_app
+
+    home, pid_dir = tmp_path / "home", tmp_path / "pids"
+    pid_dir.mkdir()
+    env = {**os.environ, "RAYFLOW_HOME": str(home)}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "rayflow", "run", "tests/flows.py:long_flow", "-p", f"pid_dir={pid_dir}",
+         "--run-id", "killed-run", "--address", ray_session], cwd=REPO, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: len(list(pid_dir.glob("*.pid"))) >= 2, timeout=90, what="the run's sleepers")
+        wait_for(lambda: RunStore(home).run_state("killed-run") == "RUNNING", timeout=30)
+    finally:
+        driver.kill()
+        driver.wait(10)
+    schedules = ScheduleStore(RunStore(home))
+    schedules.register("every-hour", "long_flow", "tests/flows.py:long_flow", rf.schedules.Interval(3600).spec(), time.time())
+    assert schedules.claim("every-hour", time.time(), "killed-run", "started")
+    assert RunStore(home).run_state("killed-run") == "RUNNING"  # as recorded: the reading decides
+
+    shown = run_cli("show", "killed-run", home=home)
+    assert "state: CRASHED" in shown.stdout, shown.stdout
+    crashed = run_cli("runs", "--state", "CRASHED", home=home)
+    assert "killed-run\tlong_flow\tCRASHED" in crashed.stdout, crashed.stdout
+    running = run_cli("runs", "--state", "running", home=home)
+    assert running.returncode == 0 and "killed-run" not in running.stdout, running.stdout
+    client = TestClient(create_app(home))
+    assert [r["run_id"] for r in client.get("/api/runs?state=CRASHED").json()] == ["killed-run"]
+    assert client.get("/api/runs?state=RUNNING").json() == []
+    assert "killed-run" in client.get("/?state=CRASHED").text
+    listed = run_cli("schedules", home=home)
+    assert listed.stdout.splitlines()[1].split("\t")[4] == "CRASHED", listed.stdout
+    assert json.loads(run_cli("schedules", "--json", home=home).stdout)[0]["last"]["state"] == "CRASHED"
+    workers = [int(p.read_text()) for p in pid_dir.glob("*.pid")]
+    wait_for(lambda: not any(alive(pid) for pid in workers), timeout=30, what="the run's sleepers to be gone")
 
 
 # -- an unpicklable return value ---------------------------------------------------------------

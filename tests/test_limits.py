@@ -80,25 +80,40 @@ def test_limit_definitions_round_trip_through_the_history_and_renewals_take_thei
     assert restarted.renew([held], ttl=30) == [] and restarted.get("db")["in_use"] == 4  # taken again
 
 
-def test_a_history_that_cannot_be_opened_or_written_leaves_the_limits_working(tmp_path, monkeypatch, caplog):
+def test_a_limit_the_history_cannot_keep_is_refused_and_the_limit_left_as_it_was(tmp_path, monkeypatch):
+    """A limit lives in the history first, in memory after: a set or remove the history cannot
+    take (it cannot be opened, or stays locked past WRITE_SECONDS) raises LimitError naming
+    the history, and the actor's limits are what they were.  Values past what SQLite's INTEGER
+    and REAL hold are refused before anything is written."""
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")
-    memory_only = LimitsActor(str(not_a_folder))
-    memory_only.set("db", 1)
-    assert memory_only.acquire("db", 1, "a", ttl=5) is not None
-    assert "in memory only" in caplog.text
+    nowhere = LimitsActor(str(not_a_folder))
+    with pytest.raises(rf.LimitError, match="cannot keep it"):
+        nowhere.set("db", 1)
+    assert nowhere.get("db") is None
 
-    monkeypatch.setattr(kept, "WRITE_SECONDS", 0.1)
-    monkeypatch.setattr(kept, "RETRY_SECONDS", 0.1)
-    actor = LimitsActor(str(tmp_path))
-    lock = sqlite3.connect(tmp_path / "history.db", isolation_level=None)
-    lock.execute("BEGIN EXCLUSIVE")  # another process holds the history
+    monkeypatch.setattr(kept, "WRITE_SECONDS", 0.2)
+    actor = LimitsActor(str(tmp_path / "home"))
     actor.set("db", 3)
-    assert actor.get("db")["slots"] == 3 and actor.keeper.pending() == 1  # kept, to be retried
-    assert "cannot write the limits" in caplog.text
-    lock.execute("ROLLBACK")
-    wait_for(lambda: actor.keeper.pending() == 0, timeout=10, what="the retry thread to write the limit")
-    assert kept.LimitStore(RunStore(tmp_path)).load() == {"db": (3, None)}
+    lock = sqlite3.connect(tmp_path / "home" / "history.db", isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")  # another process holds the history
+    try:
+        with pytest.raises(rf.LimitError, match=r"limit 'db' is not set to 7: the run history at .* cannot keep it"):
+            actor.set("db", 7)
+        with pytest.raises(rf.LimitError, match="cannot keep it"):
+            actor.remove("db")
+        assert actor.get("db")["slots"] == 3  # unchanged, in memory as in the history
+    finally:
+        lock.execute("ROLLBACK")
+    assert kept.LimitStore(RunStore(tmp_path / "home")).load() == {"db": (3, None)}
+
+    for slots, per_second in ((2**63, None), (99999999999999999999999, None), (3, 10**400)):
+        with pytest.raises(rf.LimitError, match="at most"):
+            actor.set("big", slots, per_second)
+        with pytest.raises(rf.LimitError, match="at most"):
+            rf.limits.set("big", slots, per_second)  # the API refuses it before any call
+    actor.set("big", 2**63 - 1, per_second=1.7e308)  # the largest that are kept
+    assert LimitsActor(str(tmp_path / "home")).get("big") == {"name": "big", "slots": 2**63 - 1, "per_second": 1.7e308, "in_use": 0}
 
 
 def test_concurrency_and_rate_limit_without_ray_in_both_forms(monkeypatch):
@@ -237,6 +252,78 @@ def test_limits_outlive_the_driver_that_set_them_and_the_cli_answers_bad_input_i
         assert out.returncode == code and out.stderr.count("\n") == 1 and out.stderr.startswith("error: "), (args, out.stderr)
         assert says in out.stderr
     assert closed.returncode == 3 and closed.stderr.count("\n") == 1
+
+
+def test_limit_set_fails_in_one_line_when_the_actors_history_cannot_keep_it(ray_session):
+    """The cluster's limits actor, its history locked by another process: `rayflow limit set`
+    exits 2 with one line naming the history, and the limit stays as it was (a restart of the
+    actor would have lost a limit kept only in memory)."""
+    import ray
+
+    name = unique("locked")
+    rf.limits.set(name, 2)
+    actor = ray.get_actor(limits.ACTOR_NAME, namespace=limits.NAMESPACE)
+    path = ray.get(actor.__ray_call__.remote(lambda self: str(self.keeper.path)))
+    lock = sqlite3.connect(path, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        out = run_cli("limit", "set", name, "9", "--address", ray_session)
+    finally:
+        lock.execute("ROLLBACK")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and out.stderr.startswith("error: "), out.stderr
+    assert f"limit {name!r} is not set to 9: the run history at {path} cannot keep it" in out.stderr, out.stderr
+    assert rf.limits.get(name)["slots"] == 2
+    assert kept.LimitStore(RunStore(os.path.dirname(path))).load()[name] == (2, None)
+
+
+GATED = """
+import rayflow as rf
+
+@rf.task(tags={{{name!r}}})
+def load(x: int) -> int:
+    return x
+
+@rf.task(tags={{{name!r}}}, chunk_size=2)
+def each(x: int) -> int:
+    return x
+
+@rf.flow
+def gated(n: int = 40) -> list:
+    return [load(1), each.map(range(n))]
+"""
+
+
+@pytest.mark.timeout(180)
+def test_rayflow_run_says_when_a_task_starts_waiting_for_a_limit_and_when_it_goes_on(ray_session, tmp_path):
+    """A limit of 0 holds a tagged task and a tagged map of 20 chunks: `rayflow run` prints
+    (on stderr) one line per task as it waits, none per chunk, and one as it goes on once the
+    limit is raised (to 5: the map's chunks run 5 at once, so the map never waits again)."""
+    name = unique("gate")
+    rf.limits.set(name, 0)
+    (tmp_path / "gated.py").write_text(GATED.format(name=name))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rayflow", "run", f"{tmp_path / 'gated.py'}:gated", "--address", ray_session],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
+    try:
+        waiting = lambda key: [line for line in lines if f" {key}: waiting for limit '{name}'" in line]  # noqa: E731
+        wait_for(lambda: waiting("load") and waiting("each"), timeout=90, what=f"the wait lines, got {lines}")
+        rf.limits.set(name, 5)
+        proc.wait(timeout=90)  # (stderr is the reader's: no communicate())
+        out = proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(10)
+    assert proc.returncode == 0, (out, lines)
+    for key in ("load", "each"):
+        assert len(waiting(key)) == 1, lines
+        went = [line for line in lines if f" {key}: goes on after " in line]
+        assert len(went) == 1 and went[0].endswith(f"s waiting for limit '{name}'\n"), lines
+        assert lines.index(waiting(key)[0]) < lines.index(went[0])
 
 
 def test_a_tag_limit_holds_tagged_tasks_before_submitting_across_two_runs(ray_session, monkeypatch):

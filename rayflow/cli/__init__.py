@@ -12,7 +12,6 @@ cannot be resumed); 3 the Ray cluster could not be reached; 130 interrupted
 from __future__ import annotations
 
 import atexit
-import contextlib
 import datetime
 import functools
 import importlib
@@ -31,11 +30,11 @@ from rayflow.cli.history import print_run as print_history_run
 from rayflow.cli.graph import dot as render_dot
 from rayflow.cli.graph import mermaid as render_mermaid
 from rayflow.cli.history import print_live, print_runs
-from rayflow.store.views import task_rows
+from rayflow.store.views import state_filter, task_rows
 from rayflow.cli.output import emit_table, print_run
 from rayflow.cli.limits import limit_app
 from rayflow.cli.signals import exit_promptly, sigterm_as_interrupt
-from rayflow.cli.states import StatePrinter
+from rayflow.cli.states import LimitWaits, StatePrinter
 from rayflow.cli.usage import fail as _fail
 from rayflow.cli import submit as _submit
 from rayflow.core.parameters import parameter_annotations, takes_text
@@ -69,6 +68,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # help is plain text: rich markup would read `[[flow]]` as a tag and drop it
 )
+
+AllOption = Annotated[
+    bool, typer.Option("--all", help="Every task's row (past 50 tasks the table lists those that did not succeed).")
+]
+TaskStateOption = Annotated[
+    Optional[str], typer.Option("--state", help="Only the tasks in this state (SUCCESS, FAILED, ...).")  # noqa: UP007
+]
 
 EXIT_FAILED, EXIT_USAGE, EXIT_CLUSTER, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 3, 130, 143
 HISTORY_GRACE = 2.0  # seconds `show` waits for a run that ended live to appear in the history
@@ -116,8 +122,11 @@ def run(
     log_states: Annotated[
         bool, typer.Option("--log-states", help="Print each task's state change as it happens (to stderr).")
     ] = False,
+    show_all: AllOption = False,
+    task_state: TaskStateOption = None,
 ) -> None:
     """Run a flow and print its task states, run id and result."""
+    task_state = _state_option(task_state)
     run_id = _checked_run_id(run_id) if run_id is not None else new_run_id()
     try:
         flow = load_flow(target)
@@ -126,7 +135,7 @@ def run(
         options: dict[str, Any] = {"runner": "local" if local else "ray", "run_id": run_id}
         if address:
             options["address"] = address
-        printing = StatePrinter(run_id) if log_states else contextlib.nullcontext()
+        printing = StatePrinter(run_id) if log_states else StatePrinter(run_id, waits=LimitWaits())
         with sigterm_as_interrupt(f"run {run_id}"), printing:
             flow_run = flow.with_options(**options).run(**values)
     except (
@@ -144,7 +153,7 @@ def run(
             exit_promptly(EXIT_TERMINATED)
         _print_cancelled(run_id, local)
         raise _fail(f"interrupted; run {run_id} was cancelled", EXIT_INTERRUPTED) from None
-    print_run(flow_run)
+    print_run(flow_run, show_all=show_all, state=task_state)
     if not flow_run.state.is_successful():
         raise typer.Exit(EXIT_FAILED)
 
@@ -199,6 +208,14 @@ def cancel(
         raise _fail(f"run {run_id} had not ended after {wait:g}s", EXIT_FAILED)
 
 
+def _state_option(state: str | None) -> str | None:
+    """A --state value: a state a run or task can read (CRASHED too), else one line, exit 2."""
+    try:
+        return state_filter(state)
+    except ValueError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+
+
 def _history_errors(command: Any) -> Any:
     """A history that cannot be used (RAYFLOW_HOME a file, a damaged history.db, a locked one):
     one line naming it, exit 2, never an sqlite traceback."""
@@ -219,7 +236,7 @@ def _history_errors(command: Any) -> Any:
 @_history_errors
 def runs(
     flow: Annotated[Optional[str], typer.Option("--flow", help="Only runs of this flow.")] = None,  # noqa: UP007
-    state: Annotated[Optional[str], typer.Option("--state", help="Only runs that ended in this state.")] = None,  # noqa: UP007
+    state: Annotated[Optional[str], typer.Option("--state", help="Only runs in this state, as `show` reads it (CRASHED: its driver is gone).")] = None,  # noqa: UP007
     limit: Annotated[int, typer.Option("--limit", help="At most this many runs, newest first.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
     address: Annotated[
@@ -228,6 +245,7 @@ def runs(
     ] = None,
 ) -> None:
     """A table of recent runs from the run history (RAYFLOW_HOME), or a cluster's with --address."""
+    state = _state_option(state)
     if _submit.is_job_address(address):
         argv = ["runs", "--limit", str(limit), *(["--flow", flow] if flow else []), *(["--state", state] if state else [])]
         return _submit.query_history(address, argv + (["--json"] if as_json else []))
@@ -239,8 +257,10 @@ def runs(
 def show(
     run_id: Annotated[str, typer.Argument(help="The run to show.")],
     watch: Annotated[bool, typer.Option("--watch", help="Refresh until the run has finished.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts (every task, whatever --all and --state).")] = False,
     interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes with --watch.")] = 1.0,
+    show_all: AllOption = False,
+    task_state: TaskStateOption = None,
     address: Annotated[
         Optional[str],  # noqa: UP007
         typer.Option("--address", help="Ray cluster of a live run (default: RAY_ADDRESS, else the local cluster), or a job server, http://HEAD:8265."),
@@ -254,16 +274,19 @@ def show(
     in this RAYFLOW_HOME's history is shown as the actor saw it, and the command exits 1.
     With --address http://HEAD:8265, the run as the cluster's head node has it (a submitted run).
     """
+    task_state = _state_option(task_state)
+    rows = {"show_all": show_all, "state": task_state}
     if _submit.is_job_address(address):
         if watch:
             raise _fail(f"--watch needs the run's history here; follow a submitted run with `rayflow logs {run_id} --address {address} --follow`", EXIT_USAGE)
-        return _submit.query_history(address, ["show", run_id] + (["--json"] if as_json else []))
+        extra = (["--json"] if as_json else []) + (["--all"] if show_all else []) + (["--state", task_state] if task_state else [])
+        return _submit.query_history(address, ["show", run_id, *extra])
     store = RunStore()
     settle_by: float | None = None
     while True:
         run = store.run(run_id)
         if run is not None and run["state"] not in UNFINISHED:
-            print_history_run(run, as_json)
+            print_history_run(run, as_json, **rows)
             return
         from rayflow.runtime import live_status
 
@@ -271,10 +294,10 @@ def show(
         if live is None:
             if run is None:
                 raise _fail(f"no run {run_id!r} in the run history at {store.path}, nor live", EXIT_FAILED)
-            print_history_run(run, as_json)  # no live driver has it any more: the history's last word
+            print_history_run(run, as_json, **rows)  # no live driver has it any more: the history's last word
             return
         if live["state"] in UNFINISHED:
-            print_live(live, as_json)
+            print_live(live, as_json, **rows)
             if not watch:
                 return
             time.sleep(interval)
@@ -286,7 +309,7 @@ def show(
         if time.monotonic() < settle_by:
             time.sleep(0.2)
             continue
-        print_live(live, as_json, missing_from=str(store.path))
+        print_live(live, as_json, missing_from=str(store.path), **rows)
         where = "is missing from" if run is None else f"is still {run['state']} in"
         raise _fail(
             f"run {run_id} ended {live['state']} in its driver but {where} the run history at {store.path} "

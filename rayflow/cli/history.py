@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 
-from rayflow.cli.output import emit_table, took as _took
+from rayflow.cli.output import emit_table, pick_rows, took as _took
 from rayflow.store.views import grouped
 from rayflow.store.views import _duration, run_record, task_rows, trace_url
 from rayflow.states import FAILED_TYPES
@@ -31,7 +31,7 @@ def print_runs(runs: list[dict], as_json: bool) -> None:
     emit_table(["run id", "flow", "state", "started", "duration", "scheduled", "trace id"], rows, title="recent runs")
 
 
-def print_run(run: dict, as_json: bool) -> None:
+def print_run(run: dict, as_json: bool, *, show_all: bool = False, state: str | None = None) -> None:
     link = trace_url(run["trace_id"])
     tasks = task_rows(run)
     if as_json:
@@ -47,10 +47,13 @@ def print_run(run: dict, as_json: bool) -> None:
             t["task"], t["state"], str(t["attempts"]), _took(t.get("started_at"), t.get("finished_at")),
             counts, (t.get("error") or t.get("note") or "").split("\n", 1)[0][:120],
         ])
+    chosen, summary = pick_rows([t["state"] for t in tasks], show_all=show_all, state=state)
     emit_table(
-        ["task", "state", "attempts", "duration", "items", "error / note"], rows, title=f"flow {run['flow']} · run {run['run_id']}",
-        depths=[t["depth"] for t in tasks],
+        ["task", "state", "attempts", "duration", "items", "error / note"], [rows[i] for i in chosen],
+        title=f"flow {run['flow']} · run {run['run_id']}", depths=[tasks[i]["depth"] for i in chosen],
     )
+    if summary:
+        print(summary)
     print(f"run id: {run['run_id']}")
     print(f"flow: {run['flow']}  params: {json.dumps(run['params'])}")
     print(f"state: {run['state']} {run['message'] or ''}".rstrip())
@@ -63,7 +66,9 @@ def print_run(run: dict, as_json: bool) -> None:
         print(f"trace: {link}")
 
 
-def print_live(status: dict, as_json: bool, *, missing_from: str | None = None) -> None:
+def print_live(
+    status: dict, as_json: bool, *, missing_from: str | None = None, show_all: bool = False, state: str | None = None
+) -> None:
     """A live run as its actor sees it now.
 
     ``missing_from``: the run history that should have had this (finished) run and does not;
@@ -89,6 +94,12 @@ def print_live(status: dict, as_json: bool, *, missing_from: str | None = None) 
         rows.append([key, task["state"], str(task["attempt"]), _took(task["started_at"], task["finished_at"]),
                      items, (task["message"] or "").splitlines()[0][:120] if task["message"] else ""])
     title = f"flow {status['flow']} · run {status['run_id']} (live)"
-    emit_table(["task", "state", "attempts", "duration", "items", "error"], rows, title=title, depths=[d for _, d in order])
+    chosen, summary = pick_rows([row[1] for row in rows], show_all=show_all, state=state)
+    emit_table(
+        ["task", "state", "attempts", "duration", "items", "error"], [rows[i] for i in chosen], title=title,
+        depths=[order[i][1] for i in chosen],
+    )
+    if summary:
+        print(summary)
     print(f"run id: {status['run_id']}")
     print(f"state: {status['state']} (live)")

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from rayflow.exceptions import RayflowError
+from rayflow.states import SUCCESSFUL_TYPES
 from rayflow.store.views import grouped
 
+# A run's task table lists every task up to this many; past it, the counts by state and the
+# tasks that did not succeed (at most this many of them), unless --all or --state asks for more.
+ROWS_AT_MOST = 50
+SUCCEEDED = {t.value for t in SUCCESSFUL_TYPES}
 STATE_STYLES = {"SUCCESS": "green", "SKIPPED": "cyan", "CACHED": "cyan", "MAPPED": "green", "RUNNING": "yellow"}
 
 
@@ -49,6 +55,28 @@ def emit_table(
     Console(file=stream).print(table)
 
 
+def pick_rows(states: list[str], *, show_all: bool = False, state: str | None = None) -> tuple[list[int], str | None]:
+    """Which rows of a run's task table to print (their positions, in order), given each row's
+    state, and a line saying what the table leaves out (None: nothing).  ``run`` and ``show``
+    (live or from the history) choose the same way."""
+    n = len(states)
+    if state is not None:
+        chosen = [i for i, s in enumerate(states) if s == state]
+        return chosen, f"{len(chosen)} of {n} tasks are {state}"
+    if show_all or n <= ROWS_AT_MOST:
+        return list(range(n)), None
+    counts = sorted(Counter(states).items(), key=lambda kv: (-kv[1], kv[0]))
+    others = [i for i, s in enumerate(states) if s not in SUCCEEDED]
+    chosen = others[:ROWS_AT_MOST]
+    listed = (
+        "none listed: every task succeeded" if not others
+        else f"listed: the {len(others)} that did not succeed" if len(chosen) == len(others)
+        else f"listed: the first {len(chosen)} of the {len(others)} that did not succeed"
+    )
+    summary = f"{n} tasks: {', '.join(f'{c} {s}' for s, c in counts)}; {listed} (--all: every task, --state STATE: those in STATE)"
+    return chosen, summary
+
+
 def took(started_at: float | None, finished_at: float | None) -> str:
     """A span as the CLI prints it everywhere: seconds with three decimals, ``-`` when not known."""
     return "-" if started_at is None or finished_at is None else f"{finished_at - started_at:.3f}s"
@@ -75,19 +103,24 @@ def _result_text(flow_run: Any) -> str:
         return repr(value)
 
 
-def print_run(flow_run: Any, *, stream: Any = None) -> None:
+def print_run(flow_run: Any, *, stream: Any = None, show_all: bool = False, state: str | None = None) -> None:
     stream = stream or sys.stdout
     order = grouped(list(flow_run.task_states))
     rows = []
     for key, _ in order:
-        state = flow_run.task_states[key]
-        rows.append([key, state.type.value, str(state.attempt), _duration(state), state.message.splitlines()[0] if state.message else ""])
+        task_state = flow_run.task_states[key]
+        rows.append([
+            key, task_state.type.value, str(task_state.attempt), _duration(task_state),
+            task_state.message.splitlines()[0] if task_state.message else "",
+        ])
+    chosen, summary = pick_rows([row[1] for row in rows], show_all=show_all, state=state)
     title = f"flow {flow_run.flow_name} · run {flow_run.run_id}"
     emit_table(
-        ["task", "state", "attempt", "duration", "message"], rows, title=title, stream=stream, state_column=1,
-        depths=[d for _, d in order],
+        ["task", "state", "attempt", "duration", "message"], [rows[i] for i in chosen], title=title, stream=stream,
+        state_column=1, depths=[order[i][1] for i in chosen],
     )
+    if summary:
+        print(summary, file=stream)
     print(f"run id: {flow_run.run_id}", file=stream)
     print(f"state: {flow_run.state.type.value} {flow_run.state.message}", file=stream)
     print(f"result: {_result_text(flow_run)}", file=stream)
-

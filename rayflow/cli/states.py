@@ -1,4 +1,5 @@
-"""``rayflow run --log-states``: each task's state change printed as the history records it.
+"""``rayflow run --log-states``: each task's state change printed as the history records it;
+without it, ``rayflow run`` prints only a task's wait for a limit (``LimitWaits``).
 
 What ``rayflow submit --follow`` shows of a run on a cluster, where the job's output is all
 the submitting machine sees.  It reads the run history the run writes (every
@@ -11,12 +12,15 @@ from __future__ import annotations
 import datetime
 import sys
 import threading
+import time
 from typing import Any, TextIO
 
+from rayflow.engine.admission import WAITING_FOR_LIMIT
 from rayflow.store import RunStore
 
 POLL_SECONDS = 0.5
 MESSAGE_CHARS = 300
+WAIT_NOTICE_SECONDS = 1.0  # a wait for a limit shorter than this is not worth a line
 
 
 def state_line(row: dict[str, Any]) -> str:
@@ -31,10 +35,49 @@ def state_line(row: dict[str, Any]) -> str:
     return line
 
 
-class StatePrinter:
-    """Prints the run's new task transitions every ``interval`` seconds while in its ``with``."""
+def _stamp(at: float) -> str:
+    return datetime.datetime.fromtimestamp(at).strftime("%H:%M:%S.%f")[:-3]
 
-    def __init__(self, run_id: str, out: TextIO | None = None, interval: float = POLL_SECONDS):
+
+class LimitWaits:
+    """The lines of a task's waits for a limit's slot, from its transitions: one when a task
+    (a plain task's attempt, or a map none of whose chunks runs) has waited
+    ``WAIT_NOTICE_SECONDS``, and one when it goes on.  A map's waiting chunks are its own
+    business while another of its chunks runs, so the lines are per task, never per chunk;
+    a wait shorter than the notice (a map whose next chunk waits a moment) prints nothing."""
+
+    def __init__(self, notice: float = WAIT_NOTICE_SECONDS):
+        self.notice = notice
+        self.waiting: dict[str, list[Any]] = {}  # task key -> [limit, since, told]
+
+    def feed(self, row: dict[str, Any]) -> list[str]:
+        key, message, at = row["task_key"], row.get("message") or "", row["at"] or time.time()
+        if row["state"] == "PENDING" and message.startswith(WAITING_FOR_LIMIT):
+            self.waiting.setdefault(key, [message[len(WAITING_FOR_LIMIT) :].strip(), at, False])
+            return self.tick(time.time())
+        wait = self.waiting.pop(key, None)
+        if wait is None or not wait[2]:
+            return self.tick(time.time())
+        limit, since, _ = wait
+        went = "goes on" if row["state"] in ("RUNNING", "SUCCESS", "CACHED") else f"stopped waiting ({row['state']})"
+        return [f"{_stamp(at)} {key}: {went} after {at - since:.1f} s waiting for limit {limit}", *self.tick(time.time())]
+
+    def tick(self, now: float) -> list[str]:
+        out = []
+        for key, wait in self.waiting.items():
+            limit, since, told = wait
+            if not told and now - since >= self.notice:
+                wait[2] = True
+                out.append(f"{_stamp(since)} {key}: waiting for limit {limit} (no slot free; it holds no worker meanwhile)")
+        return out
+
+
+class StatePrinter:
+    """Prints the run's new task transitions every ``interval`` seconds while in its ``with``:
+    each as ``state_line`` does, or what ``waits`` (a ``LimitWaits``) makes of them."""
+
+    def __init__(self, run_id: str, out: TextIO | None = None, interval: float = POLL_SECONDS, waits: LimitWaits | None = None):
+        self.waits = waits
         self.run_id = run_id
         self.out = out
         self.interval = interval
@@ -71,5 +114,9 @@ class StatePrinter:
         out = self.out or sys.stderr
         for row in rows:
             self._after = row["row"]
-            out.write(state_line(row) + "\n")
+            for line in [state_line(row)] if self.waits is None else self.waits.feed(row):
+                out.write(line + "\n")
+        if self.waits is not None:
+            for line in self.waits.tick(time.time()):
+                out.write(line + "\n")
         out.flush()

@@ -14,6 +14,7 @@ from ``Work.layout`` / ``ChunkJob.pieces``.  A mapped task's value is a
 
 from __future__ import annotations
 
+import asyncio
 import os
 import traceback
 from dataclasses import dataclass, field
@@ -164,6 +165,9 @@ class AttemptResult:
 
 
 _RAYFLOW_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+# The event loop an async task's coroutine runs on (asyncio.run, the loop's own frames) is
+# engine too, above the user's first frame.
+_ENGINE_DIRS = (_RAYFLOW_DIR, os.path.dirname(os.path.abspath(asyncio.__file__)) + os.sep)
 
 
 def describe_error(exc: BaseException, *, system: bool = False) -> ErrorInfo:
@@ -193,9 +197,10 @@ def format_user_traceback(exc: BaseException) -> str:
 
 
 def _drop_engine_frames(stack: traceback.StackSummary) -> traceback.StackSummary:
-    """Without rayflow's frames above the user's first one; kept whole when all are rayflow's (its own error)."""
+    """Without rayflow's (and the event loop's) frames above the user's first one; kept whole
+    when all are rayflow's (its own error)."""
     for i, frame in enumerate(stack):
-        if not os.path.abspath(frame.filename).startswith(_RAYFLOW_DIR):
+        if not os.path.abspath(frame.filename).startswith(_ENGINE_DIRS):
             return traceback.StackSummary.from_list(stack[i:]) if i else stack
     return stack
 

@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import re
+import sys
 import threading
 import time
 import uuid
@@ -63,12 +64,23 @@ def check_name(name: Any) -> str:
     return name
 
 
+MAX_SLOTS = 2**63 - 1  # what the history's INTEGER column holds (SQLite's 64-bit signed integer)
+MAX_PER_SECOND = sys.float_info.max  # what its REAL column holds: any finite float
+
+
 def check_values(slots: Any, per_second: Any) -> tuple[int, float | None]:
+    """A limit's values, or LimitError.  Bounded by what the run history keeps (a limit lives
+    there first), so a limit that is accepted can always be kept."""
     if isinstance(slots, bool) or not isinstance(slots, int) or slots < 0:
         raise LimitError(f"a limit is a whole number of slots >= 0, not {slots!r}")
+    if slots > MAX_SLOTS:
+        raise LimitError(f"a limit is at most {MAX_SLOTS} slots (2**63 - 1, what the run history keeps), not {slots}")
     if per_second is not None:
-        if isinstance(per_second, bool) or not isinstance(per_second, (int, float)) or not 0 < per_second < math.inf:
+        if isinstance(per_second, bool) or not isinstance(per_second, (int, float)) or not 0 < per_second:
             raise LimitError(f"per_second is a number of tokens per second > 0, not {per_second!r}")
+        if not per_second <= MAX_PER_SECOND:
+            given = f"{per_second:g}" if isinstance(per_second, float) else f"a whole number of {len(str(per_second))} digits"
+            raise LimitError(f"per_second is at most {MAX_PER_SECOND:g} (a finite float, what the run history keeps), not {given}")
         per_second = float(per_second)
     return slots, per_second
 
@@ -259,15 +271,18 @@ class LimitsActor(LimitsState):
                 logger.warning("rayflow: limit %r in the run history is not restored: %s", name, exc)
 
     def set(self, name: str, slots: int, per_second: float | None = None) -> None:
+        """Kept in the history first: a limit the history cannot keep is refused (LimitError),
+        and the limit stays as it was."""
+        check_name(name)
+        slots, per_second = check_values(slots, per_second)
+        rate = f" ({per_second:g} per second)" if per_second is not None else ""
+        self.keeper.keep(name, (slots, per_second), f"limit {name!r} is not set to {slots}{rate}")
         super().set(name, slots, per_second)
-        limit = self.limits[name]
-        self.keeper.keep(name, (limit.slots, limit.per_second))
 
     def remove(self, name: str) -> bool:
-        removed = super().remove(name)
-        if removed:
-            self.keeper.keep(name, None)
-        return removed
+        if name in self.limits:
+            self.keeper.keep(name, None, f"limit {name!r} is not removed")
+        return super().remove(name)
 
 
 _LimitsActor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(LimitsActor)

@@ -146,6 +146,19 @@ def driver_is_gone(graph: Mapping[str, Any]) -> bool:
     return driver_alive(graph) is False
 
 
+CRASHED = "CRASHED"
+
+
+def shown_state(recorded: str, graph: Mapping[str, Any] | None) -> str:
+    """A run's state as every reader shows it and filters it: the recorded one, except that an
+    unfinished run whose driver (recorded with its graph) is gone is CRASHED, since that driver
+    took its actor, and so the run, along.  The one rule: ``runs``, ``show``, the UI, its
+    filters and ``schedules`` all read a run's state through it."""
+    if recorded in UNFINISHED and graph is not None and driver_is_gone(graph):
+        return CRASHED
+    return recorded
+
+
 def redact_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """Parameters as JSON-safe values, with SecretStr/SecretBytes as ***."""
     out: dict[str, Any] = {}
@@ -368,26 +381,41 @@ class RunStore:
     def runs(
         self, *, flow: str | None = None, state: str | None = None, limit: int = 20, since: float | None = None
     ) -> list[dict]:
+        """The newest ``limit`` runs, their states as ``shown_state`` decides, filtered on that."""
         query = (  # a scheduled run: its schedule and scheduled time (None for the others)
             "SELECT runs.*, s.schedule_id AS schedule_id, s.scheduled_for AS scheduled_for FROM runs "
             "LEFT JOIN scheduled_runs AS s ON s.run_id = runs.run_id WHERE 1=1"
         )
         args: list[Any] = []
+        state = state.upper() if state else None
         if flow:
             query, args = query + " AND runs.flow = ?", [*args, flow]
-        if state:
-            query, args = query + " AND runs.state = ?", [*args, state.upper()]
+        if state:  # a CRASHED run may be recorded unfinished; an unfinished one may read CRASHED
+            recorded = (state, *UNFINISHED) if state == CRASHED else (state,)
+            query, args = query + f" AND runs.state IN ({','.join('?' * len(recorded))})", [*args, *recorded]
         if since is not None:
             query, args = query + " AND runs.started_at >= ?", [*args, since]
-        query += " ORDER BY runs.started_at DESC LIMIT ?"
+        query += " ORDER BY runs.started_at DESC"
+        decided = state in (CRASHED, *UNFINISHED)  # read, then filtered: no LIMIT in SQL
+        if not decided:
+            query, args = query + " LIMIT ?", [*args, limit]
+        rows: list[dict] = []
         with self._connect() as db:
-            rows = [self._run_row(r) for r in db.execute(query, [*args, limit])]
-            for row in rows:
-                if row["state"] in UNFINISHED:
-                    graph = db.execute("SELECT graph FROM graphs WHERE run_id = ?", [row["run_id"]]).fetchone()
-                    if graph is not None and driver_is_gone(json.loads(graph["graph"])):
-                        row["state"] = "CRASHED"
+            for found in db.execute(query, args):  # newest first, until ``limit`` match (< 0: all, as SQL's)
+                if 0 <= limit <= len(rows):
+                    break
+                row = self._run_row(found)
+                row["state"] = self._shown(db, row["run_id"], row["state"])
+                if not state or row["state"] == state:
+                    rows.append(row)
         return rows
+
+    def _shown(self, db: sqlite3.Connection, run_id: str | None, recorded: str | None) -> str | None:
+        """``shown_state`` of a recorded run, its graph read only when it is unfinished."""
+        if recorded not in UNFINISHED or run_id is None:
+            return recorded
+        graph = db.execute("SELECT graph FROM graphs WHERE run_id = ?", [run_id]).fetchone()
+        return shown_state(recorded, json.loads(graph["graph"]) if graph is not None else None)
 
     def run(self, run_id: str) -> dict | None:
         with self._connect() as db:
@@ -400,8 +428,7 @@ class RunStore:
             run = self._run_row(row)
             graph = db.execute("SELECT graph FROM graphs WHERE run_id = ?", [run_id]).fetchone()
             run["graph"] = json.loads(graph["graph"]) if graph is not None else None
-            if run["state"] in UNFINISHED and run["graph"] is not None and driver_is_gone(run["graph"]):
-                run["state"] = "CRASHED"
+            run["state"] = shown_state(run["state"], run["graph"])
             attempt = run["attempt"]  # the latest attempt's tasks and chunks; every attempt's outcome
             run["transitions"] = [dict(r) for r in db.execute(
                 "SELECT * FROM transitions WHERE run_id = ? AND run_attempt = ? ORDER BY rowid", [run_id, attempt])]

@@ -4,23 +4,23 @@
 - ``limits``: one row per limit: its name, ``slots`` and ``per_second`` (NULL: no rate).
   Only definitions are kept: leases (held slots) and token buckets live in the actor.
 
-A ``LimitKeeper`` is the actor's side.  Like the run's ``HistoryRecorder``, it never fails or
-holds up the actor for long: a history it cannot open leaves the limits in memory only (one
-warning), and a write that fails (a locked history) waits ``WRITE_SECONDS`` at most, then is
-retried by a thread of its own every ``RETRY_SECONDS`` until it is in.
+A ``LimitKeeper`` is the actor's side.  A limit is kept before it holds: the actor writes a
+set or a remove first and changes its limits only once the row is in, so a limit the actor
+has is one it gets back after a restart.  A write that cannot be made (a history that cannot
+be opened, one locked for more than ``WRITE_SECONDS``, a value SQLite refuses) raises
+``LimitError`` naming the history, and nothing changes.
 """
 
 from __future__ import annotations
 
 import logging
 import pathlib
-import threading
 import time
 
+from rayflow.exceptions import LimitError
 from rayflow.store.history import RunStore
 
-WRITE_SECONDS = 1.0  # how long a set or remove waits for a locked history before leaving it to the retry thread
-RETRY_SECONDS = 5.0
+WRITE_SECONDS = 5.0  # how long a set or remove waits for a locked history before it fails
 
 logger = logging.getLogger(__name__)
 
@@ -54,64 +54,30 @@ class LimitKeeper:
     def __init__(self, home: str | None):
         self.definitions: dict[str, Definition] = {}
         self.store: LimitStore | None = None
-        self._pending: dict[str, Definition | None] = {}  # latest change per name, not written yet
-        self._lock = threading.Lock()
-        self._retrying = False
-        self._problem: str | None = None
+        self.home = home
+        self._problem: str | None = None  # why the history cannot be opened
         try:
             self.store = LimitStore(RunStore(pathlib.Path(home) if home else None))
             self.definitions = self.store.load()
-        except Exception as exc:  # noqa: BLE001 - a history that cannot be opened never breaks limits
+        except Exception as exc:  # noqa: BLE001 - the actor still starts: it answers every set with this
             self.store = None
+            self._problem = f"{type(exc).__name__}: {exc}"
             logger.warning(
-                "rayflow: the limits cannot be kept in the run history under %s (%s: %s): they live in memory only, "
-                "and are lost if the limits actor dies", home or "RAYFLOW_HOME", type(exc).__name__, exc,
+                "rayflow: the limits cannot be kept in the run history under %s (%s): no limit can be set",
+                home or "RAYFLOW_HOME", self._problem,
             )
 
     @property
     def path(self) -> pathlib.Path | None:
         return self.store.runs.path if self.store is not None else None
 
-    def keep(self, name: str, definition: Definition | None) -> None:
-        """Store (or, with None, remove) a limit's definition; never raises."""
+    def keep(self, name: str, definition: Definition | None, change: str) -> None:
+        """Store (or, with None, remove) a limit's definition, or raise LimitError saying that
+        ``change`` (``"limit 'db' is not set to 5"``) cannot be kept, and why."""
+        where = self.path or pathlib.Path(self.home or "RAYFLOW_HOME") / "history.db"
         if self.store is None:
-            return
-        with self._lock:
-            self._pending[name] = definition
-            if self._flush() or self._retrying:
-                return
-            self._retrying = True
-        threading.Thread(target=self._retry, name="rayflow-limits-history", daemon=True).start()
-
-    def pending(self) -> int:
-        with self._lock:
-            return len(self._pending)
-
-    def _flush(self) -> bool:
-        """Write the pending changes (the caller holds ``_lock``); True when none is left."""
-        if not self._pending:
-            return True
+            raise LimitError(f"{change}: the run history at {where} cannot keep it ({self._problem})")
         try:
-            self.store.write(self._pending)
-        except Exception as exc:  # noqa: BLE001 - locked, full, damaged: kept and retried
-            problem = f"{type(exc).__name__}: {exc}"
-            if problem != self._problem:
-                logger.warning(
-                    "rayflow: cannot write the limits to the run history at %s (%s); retrying every %g s",
-                    self.path, problem, RETRY_SECONDS,
-                )
-            self._problem = problem
-            return False
-        self._pending = {}
-        if self._problem is not None:
-            logger.info("rayflow: the limits are written to the run history again")
-            self._problem = None
-        return True
-
-    def _retry(self) -> None:
-        while True:
-            time.sleep(RETRY_SECONDS)
-            with self._lock:
-                if self._flush():
-                    self._retrying = False
-                    return
+            self.store.write({name: definition})
+        except Exception as exc:  # noqa: BLE001 - locked, full, damaged, a value SQLite refuses
+            raise LimitError(f"{change}: the run history at {where} cannot keep it ({type(exc).__name__}: {exc})") from None

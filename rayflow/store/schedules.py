@@ -191,4 +191,6 @@ class ScheduleStore:
                     "ORDER BY s.scheduled_for DESC LIMIT 1", [row["schedule_id"]],
                 ).fetchone()
                 row["last"] = dict(last) if last is not None else None
+                if last is not None:  # as `rayflow runs` and `show` read it (CRASHED once its driver is gone)
+                    row["last"]["state"] = self.runs._shown(db, last["run_id"], last["state"])
         return rows

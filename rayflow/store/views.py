@@ -7,15 +7,25 @@ from __future__ import annotations
 import bisect
 import os
 
-from rayflow.states import FAILED_TYPES
+from rayflow.states import FAILED_TYPES, StateType
 
 FAILED = {t.value for t in FAILED_TYPES}
+STATES_SHOWN = (*(t.value for t in StateType), "CRASHED")  # what a run's or a task's state may read
 JAEGER_URL = "http://localhost:16686"
 COLOURS = {
     "SUCCESS": "#9be39b", "MAPPED": "#9be39b", "CACHED": "#9be39b", "SKIPPED": "#cfd8dc",
     "FAILED": "#f28b82", "TIMED_OUT": "#f28b82", "TRIGGER_FAILED": "#fbbc04", "CANCELLED": "#bdbdbd",
     "RUNNING": "#aecbfa", "RETRYING": "#fdd663", "PENDING": "#ffffff",
 }
+
+
+def state_filter(state: str | None) -> str | None:
+    """A ``--state`` value, upper-cased, or ValueError naming the states there are."""
+    if state is None:
+        return None
+    if state.upper() not in STATES_SHOWN:
+        raise ValueError(f"--state is one of {', '.join(STATES_SHOWN)}, not {state!r}")
+    return state.upper()
 
 
 def trace_url(trace_id: str | None) -> str | None:

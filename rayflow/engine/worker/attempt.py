@@ -23,6 +23,7 @@ import cloudpickle
 from rayflow.core.refs import NodeRef, substitute
 from rayflow.engine.payload import load_payload
 from rayflow.engine.protocol import AttemptResult, describe_error, signal_outcome
+from rayflow.engine.worker.blocking import BlockWatch, warn_blocked
 from rayflow.engine.worker.results import MISS, keep, look_up, to_persist
 from rayflow.signals import Signal
 from rayflow.states import StateType
@@ -74,7 +75,11 @@ def run_attempt(
             )
         value = fn(*call_args, **call_kwargs)
         if inspect.iscoroutine(value):  # an async task: its own event loop, in this worker thread
-            value = asyncio.run(value)
+            watch = BlockWatch(task_key)
+            try:
+                value = asyncio.run(watch.timed(value))
+            finally:
+                warn_blocked(watch)
         if policy is not None:
             kept = keep(policy, task_key, lookup, value)
     except Signal as signal:

@@ -32,6 +32,7 @@ from rayflow.engine.columns import ChunkResult, Column, concat_columns, encode_v
 from rayflow.engine.payload import load_payload
 from rayflow.engine.protocol import ASYNC_CONCURRENCY, MAX_REPORTED_ERRORS, ChunkJob, ChunkSummary, Piece, describe_error, signal_outcome
 from rayflow.engine.worker.item_cache import ChunkCache
+from rayflow.engine.worker.blocking import BlockWatch, warn_blocked
 from rayflow.engine.worker.logs import current_context, current_item_cell, get_run_logger, running_item
 from rayflow.exceptions import ResultStoreError
 from rayflow.results import ResultStore
@@ -327,7 +328,9 @@ def _run_per_item(fn, args, kwargs, sources, job, selected, runnable, outcomes, 
         results = [None] * len(selected)
         at_once = min(concurrency or ASYNC_CONCURRENCY, job.slots or len(runnable) or 1)  # slots: limits by tag
         if is_async:
-            asyncio.run(_run_items_async(call, inputs, runnable, results, outcomes, timeout, at_once))
+            watch = BlockWatch(job.map_key)
+            asyncio.run(_run_items_async(call, inputs, runnable, results, outcomes, timeout, at_once, watch))
+            warn_blocked(watch, len(runnable))
         else:
             _run_items_threaded(call, inputs, runnable, results, outcomes, timeout, at_once)
         return results
@@ -449,16 +452,19 @@ def _run_items_timed(call, inputs, runnable, results, outcomes: _Outcomes, timeo
         signal.signal(signal.SIGALRM, previous)
 
 
-async def _run_items_async(call, inputs, runnable, results, outcomes: _Outcomes, timeout: float | None, concurrency: int) -> None:
+async def _run_items_async(
+    call, inputs, runnable, results, outcomes: _Outcomes, timeout: float | None, concurrency: int, watch: BlockWatch,
+) -> None:
     """An async task's items on one event loop, at most ``concurrency`` at once; each item's
-    timeout, failure and signal are its own.  Outcomes are recorded by this loop's thread."""
+    timeout, failure and signal are its own.  Outcomes are recorded by this loop's thread;
+    ``watch`` times each item's steps (a step that blocks the loop is reported once per chunk)."""
     slots = asyncio.Semaphore(concurrency)
     context = current_context()
 
     async def one(k: int, j: int) -> None:
         async with slots:
             running_item(context, j)  # this asyncio task's context: log records name item j
-            task = asyncio.ensure_future(call(inputs[k]))
+            task = asyncio.ensure_future(watch.timed(call(inputs[k]), j))
             done, _ = await asyncio.wait({task}, timeout=timeout)
             if not done:
                 task.cancel()

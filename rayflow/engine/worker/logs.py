@@ -48,13 +48,13 @@ class _Context:
             return None
         return self.map_start + (item() if callable(item) else item)
 
-    def add(self, level: str, message: str, at: float | None = None) -> None:
+    def add(self, level: str, message: str, at: float | None = None, *, item: int | None = None) -> None:
+        """A record, of the item running now (or, given ``item``, of that item of the chunk)."""
         if len(self.records) >= MAX_RECORDS:
             self.dropped += 1
             return
-        self.records.append(
-            (at or time.time(), level, message, self.task_key, self.map_index(), self.trace_id, self.span_id)
-        )
+        index = self.map_index() if item is None or self.map_start is None else self.map_start + item
+        self.records.append((at or time.time(), level, message, self.task_key, index, self.trace_id, self.span_id))
 
 
 class _Capture(logging.Handler):
