@@ -13,6 +13,7 @@ import re
 import pydantic
 import pytest
 from cli_runner import run_cli
+from ui_http import csrf_token
 from waiting import wait_for
 from starlette.testclient import TestClient
 
@@ -20,6 +21,8 @@ import rayflow as rf
 from rayflow.store import RunStore
 from rayflow.store.schedules import ScheduleStore
 from rayflow.ui import create_app
+
+BASE = "http://127.0.0.1:4200"  # a name the UI answers (its host check refuses others)
 
 
 @rf.task(retries=1)
@@ -75,7 +78,7 @@ def history(tmp_path_factory):
     schedules.register("mixed/abc", "mixed", "tests/test_ui.py:mixed", {"kind": "interval", "every": 60.0, "anchor": "2020-01-01T00:00:00+00:00"}, 1.0)
     schedules.claim("mixed/abc", 1_800_000_000.0, None, "claimed")
     schedules.settle("mixed/abc", 1_800_000_000.0, "started", "scheduled-1")
-    return {"home": home, "ok": ok, "failed": failed, "scheduled": scheduled, "client": TestClient(create_app(home))}
+    return {"home": home, "ok": ok, "failed": failed, "scheduled": scheduled, "client": TestClient(create_app(home), base_url=BASE)}
 
 
 def test_the_runs_page_lists_runs_with_states_filters_and_the_scheduled_marker(history):
@@ -90,7 +93,7 @@ def test_the_runs_page_lists_runs_with_states_filters_and_the_scheduled_marker(h
     assert history["failed"].run_id in failed_only.text and history["ok"].run_id not in failed_only.text
     assert 'option value="FAILED" selected' in failed_only.text  # the filter is kept in the page and its URL
     assert "no runs match" in client.get("/?flow=nothing").text
-    assert client.get("/?page=x").status_code == 200
+    assert client.get("/?page=x").status_code == 400  # said, not replaced by page 1
     assert "old-run" in page.text and 'href="http://localhost:16686/trace/' + "ab" * 16 + '"' in page.text
     recent = client.get("/?since=7d")
     assert "old-run" not in recent.text and history["ok"].run_id in recent.text
@@ -210,23 +213,25 @@ def test_actions_only_with_serve_ui_run_now_cancel_and_resume(tmp_path, monkeypa
 
     monkeypatch.setenv("RAYFLOW_HOME", str(tmp_path))
     store = RunStore(tmp_path)
-    read_only = TestClient(create_app(tmp_path))
+    read_only = TestClient(create_app(tmp_path), base_url=BASE)
     assert read_only.post("/flows/waiting/run", data={"path": "x"}).status_code == 403
     assert "run now" not in read_only.get("/flows").text
-    client = TestClient(create_app(tmp_path, ServeActions([waiting, retryable])), follow_redirects=False)
-    assert 'data-flow="waiting"' in client.get("/flows").text
+    client = TestClient(create_app(tmp_path, ServeActions([waiting, retryable])), base_url=BASE, follow_redirects=False)
+    flows = client.get("/flows").text
+    assert 'data-flow="waiting"' in flows
+    token = {"csrf_token": csrf_token(flows)}  # the page's, with its cookie (kept by the client)
 
-    bad = client.post("/flows/waiting/run", data={})  # the required parameter is missing: nothing runs
+    bad = client.post("/flows/waiting/run", data={**token})  # the required parameter is missing: nothing runs
     assert bad.status_code == 400 and "path: missing required parameter" in bad.text and store.runs() == []
-    assert client.post("/flows/nothing/run", data={}).status_code == 400
+    assert client.post("/flows/nothing/run", data={**token}).status_code == 400
 
     gate = tmp_path / "gate"
-    started = client.post("/flows/waiting/run", data={"path": str(gate)})
+    started = client.post("/flows/waiting/run", data={"path": str(gate), **token})
     assert started.status_code == 303
     run_id = started.headers["location"].rsplit("/", 1)[1]
     wait_for(lambda: (store.run(run_id) or {}).get("state") == "RUNNING")
     assert 'id="cancel"' in client.get(f"/runs/{run_id}").text
-    assert client.post(f"/runs/{run_id}/cancel").status_code == 303
+    assert client.post(f"/runs/{run_id}/cancel", data=token).status_code == 303
     wait_for(lambda: store.run(run_id)["state"] == "CANCELLED")
     gate.write_text("")
 
@@ -235,10 +240,10 @@ def test_actions_only_with_serve_ui_run_now_cancel_and_resume(tmp_path, monkeypa
     failed = retryable.run(path=str(flag))
     assert failed.state.type.value == "FAILED" and 'id="resume"' in client.get(f"/runs/{failed.run_id}").text
     flag.unlink()
-    assert client.post(f"/runs/{failed.run_id}/resume").status_code == 303
+    assert client.post(f"/runs/{failed.run_id}/resume", data=token).status_code == 303
     wait_for(lambda: store.run(failed.run_id)["state"] == "SUCCESS")
     assert store.run(failed.run_id)["attempt"] == 2
-    again = client.post(f"/runs/{failed.run_id}/resume")  # it succeeded now: refused, in words
+    again = client.post(f"/runs/{failed.run_id}/resume", data=token)  # it succeeded now: refused, in words
     assert again.status_code == 409 and "nothing to resume" in again.text
 
 

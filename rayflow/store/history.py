@@ -93,6 +93,7 @@ def rayflow_home(environ: Mapping[str, str] | None = None) -> pathlib.Path:
 
 
 UNFINISHED = ("PENDING", "RUNNING")
+_RESERVED: set[str] = set()  # run ids this process recorded PENDING before their run starts (RunStore.reserve)
 
 
 def refuse_taken_run_id(options: Any) -> None:
@@ -100,6 +101,9 @@ def refuse_taken_run_id(options: Any) -> None:
     has: its rows would mix with the earlier run's.  A resume's later attempt reuses it on purpose."""
     run_id = getattr(options, "run_id", None)
     if not run_id or getattr(options, "run_attempt", 1) > 1:
+        return
+    if run_id in _RESERVED:  # recorded by this process for this very run: taken by it now
+        _RESERVED.discard(run_id)
         return
     try:
         store = RunStore(rayflow_home())
@@ -326,6 +330,20 @@ class RunStore:
             if chunks:
                 db.executemany("INSERT INTO chunks VALUES (?,?,?,?,?,?,?,?,?,?)", chunks)
 
+    def reserve(self, run_id: str, flow: str, params: Mapping[str, Any], message: str) -> None:
+        """Record a run PENDING before it starts in this process, so its id is in the history at
+        once (the UI's run now); its run then records over it.  Its graph names this process as
+        its driver: if the process dies first, readers see it CRASHED."""
+        now = time.time()
+        driver = {"host": socket.gethostname(), "pid": os.getpid()}
+        with self._connect() as db:
+            db.execute(  # an IntegrityError if the id is taken
+                "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [run_id, flow, json.dumps(redact_params(params)), "PENDING", message, now, None, None, "[]", 1],
+            )
+            db.execute("INSERT OR IGNORE INTO graphs VALUES (?,?)", [run_id, json.dumps({"flow": flow, "nodes": [], "driver": driver})])
+        _RESERVED.add(run_id)
+
     def mark_ended(
         self, run_id: str, state: str, *, flow: str, params: Mapping[str, Any], tasks: list[str], attempt: int,
         message: str, graph: Mapping[str, Any] | None = None, timeout: float = 2.0,
@@ -353,8 +371,10 @@ class RunStore:
     # -- reading -------------------------------------------------------------
 
     def runs(
-        self, *, flow: str | None = None, state: str | None = None, limit: int = 20, since: float | None = None
+        self, *, flow: str | None = None, state: str | None = None, limit: int = 20, since: float | None = None,
+        offset: int = 0,
     ) -> list[dict]:
+        """Runs newest first: ``limit`` of them after the first ``offset`` (a page reads only its rows)."""
         query = (  # a scheduled run: its schedule and scheduled time (None for the others)
             "SELECT runs.*, s.schedule_id AS schedule_id, s.scheduled_for AS scheduled_for FROM runs "
             "LEFT JOIN scheduled_runs AS s ON s.run_id = runs.run_id WHERE 1=1"
@@ -366,9 +386,9 @@ class RunStore:
             query, args = query + " AND runs.state = ?", [*args, state.upper()]
         if since is not None:
             query, args = query + " AND runs.started_at >= ?", [*args, since]
-        query += " ORDER BY runs.started_at DESC LIMIT ?"
+        query += " ORDER BY runs.started_at DESC LIMIT ? OFFSET ?"
         with self._connect() as db:
-            rows = [self._run_row(r) for r in db.execute(query, [*args, limit])]
+            rows = [self._run_row(r) for r in db.execute(query, [*args, limit, offset])]
             for row in rows:
                 if row["state"] in UNFINISHED:
                     graph = db.execute("SELECT graph FROM graphs WHERE run_id = ?", [row["run_id"]]).fetchone()
