@@ -327,6 +327,12 @@ def test_the_ui_answers_only_the_host_names_it_serves(tmp_path, monkeypatch):
         assert [r["run_id"] for r in RunStore(tmp_path).runs()] == ["greeted-1"]
         for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "127.0.0.1"):
             assert http.get("/runs/greeted-1", headers={"Host": host}).status_code == 200, host
+    # --allowed-host NAME (a proxy's name, or the machine's for --host 0.0.0.0): that name too.
+    named = TestClient(create_app(tmp_path, host="0.0.0.0", allowed_hosts=["ui.example.org", "*.corp.example"]), base_url="http://ui.example.org")
+    assert named.get("/runs/greeted-1").status_code == 200
+    assert named.get("/runs/greeted-1", headers={"Host": "a.corp.example:4200"}).status_code == 200
+    assert named.get("/runs/greeted-1", headers={"Host": "evil.example"}).status_code == 400
+    assert named.get("/runs/greeted-1", headers={"Host": "0.0.0.0:4200"}).status_code == 400
 
 
 def test_every_response_forbids_framing_and_sniffing(tmp_path):
@@ -368,7 +374,7 @@ def test_with_a_token_every_page_api_call_and_action_needs_it(tmp_path, monkeypa
     monkeypatch.setenv("RAYFLOW_HOME", str(tmp_path))
     greet.with_options(run_id="greeted-1").run(name="ann")
     port = free_port()
-    ui = _rayflow_ui(tmp_path, port, "--allowed-host", "ui.example.org", RAYFLOW_UI_TOKEN=UI_TOKEN)
+    ui = _rayflow_ui(tmp_path, port, RAYFLOW_UI_TOKEN=UI_TOKEN)
     seen: list[str] = []  # every response: status, headers and body
 
     def keep(response: httpx.Response) -> None:
@@ -393,8 +399,7 @@ def test_with_a_token_every_page_api_call_and_action_needs_it(tmp_path, monkeypa
                 assert http.get("/api/runs", headers={"Authorization": wrong}).status_code == 401, wrong
             bearer = {"Authorization": f"Bearer {UI_TOKEN}"}
             assert [r["run_id"] for r in http.get("/api/runs", headers=bearer).json()] == ["greeted-1"]
-            assert http.get("/", headers={**bearer, "Host": "ui.example.org"}).status_code == 200  # --allowed-host
-            assert http.get("/", headers={**bearer, "Host": "evil.example"}).status_code == 400
+            assert http.get("/", headers={**bearer, "Host": "evil.example"}).status_code == 400  # the host check first
             assert http.post("/flows/greet/run", data={"name": "x"}, headers=bearer).status_code == 403  # read-only, past the gate
 
             login = http.get("/login")
