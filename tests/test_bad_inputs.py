@@ -68,6 +68,16 @@ CLI_CASES: list[tuple[str, list[str], str, int]] = [
     ("missing argument", ["run"], "home", 2),
     ("unknown command", ["bogus"], "home", 2),
     ("option value out of range", ["ui", "--port", "0"], "home", 2),
+    ("`ui` beyond loopback without a token", ["ui", "--host", "0.0.0.0"], "home", 2),
+    ("`serve --ui` beyond loopback without a token",
+     ["serve", "<dir>/good.py:twice", "--cron", "0 6 * * *", "--ui", "--ui-host", "0.0.0.0"], "home", 2),
+    ("`ui --token-file` missing", ["ui", "--token-file", "<dir>/nofile.token"], "home", 2),
+    ("`ui --token-file` empty", ["ui", "--token-file", "<dir>/empty.token"], "home", 2),
+    ("`ui --token-file` with a short token", ["ui", "--token-file", "<dir>/short.token"], "home", 2),
+    ("`ui --token-file` with two tokens", ["ui", "--token-file", "<dir>/two.token"], "home", 2),
+    ("`serve --ui --token-file` missing",
+     ["serve", "<dir>/good.py:twice", "--cron", "0 6 * * *", "--ui", "--token-file", "<dir>/nofile.token"], "home", 2),
+    ("`ui --allowed-host` with a port", ["ui", "--allowed-host", "example.org:4200"], "home", 2),
     ("option value of the wrong type", ["runs", "--limit", "many"], "home", 2),
     ("`RAYFLOW_HOME` is a file", ["runs"], "file", 2),
     ("`history.db` damaged: `runs`", ["runs"], "corrupt", 2),
@@ -114,6 +124,9 @@ def scratch(root: pathlib.Path) -> pathlib.Path:
     (root / "missing_dep.py").write_text("import no_such_package_anywhere\n")
     (root / "flows.toml").write_text('[[flow]]\ntarget = "good.py:twice"\ninterval = 60\n')
     (root / "a-file").write_text("not a folder\n")
+    (root / "empty.token").write_text("\n")
+    (root / "short.token").write_text("abc\n")
+    (root / "two.token").write_text("first-token-1234567890\nsecond-token-1234567890\n")
     (root / "corrupt").mkdir()
     (root / "corrupt" / "history.db").write_bytes(b"garbage " * 2000)
     made = cli(["run", "<dir>/good.py:twice", "--run-id", "taken-1", "--local"], root, "home")

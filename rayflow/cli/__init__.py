@@ -561,7 +561,7 @@ def _ui_settings(host: str, option: str, token_file: str | None, allowed: list[s
 
     try:
         token = read_token(token_file)
-        check_exposure(host, token, option)
+        check_exposure(host, token, option, "--ui-token-file" if option == "--ui-host" else "--token-file")
         for pattern in allowed:
             check_allowed_host(pattern)
     except SetupError as exc:

@@ -13,7 +13,7 @@
   own; a page on another site can neither read it nor compute it.  A POST with a Bearer token
   comes from a script, which a browser never sends for another site.
 - **Headers** on every response (``SecurityHeaders``): no framing, no MIME sniffing, a CSP
-  that allows only this UI's own script, no referrer, no caching of pages.
+  that allows only this UI's own script, no referrer to other sites, no caching of pages.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ HEADERS = (
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),
     (b"content-security-policy", CSP.encode()),
-    (b"referrer-policy", b"no-referrer"),
+    (b"referrer-policy", b"same-origin"),  # no-referrer would make browsers send `Origin: null` with forms
 )
 
 
@@ -99,12 +99,12 @@ def read_token(token_file: str | None, environ: Mapping[str, str] | None = None)
     return token
 
 
-def check_exposure(host: str, token: str | None, option: str) -> None:
+def check_exposure(host: str, token: str | None, option: str, token_option: str = "--token-file") -> None:
     """A UI reachable beyond this machine must have a token."""
     if token is None and not on_loopback(host):
         raise SetupError(
             f"{option} {host} makes the UI reachable from other machines: give it a token "
-            f"({TOKEN_ENV}=... or --token-file FILE), or listen on 127.0.0.1"
+            f"({TOKEN_ENV}=... or {token_option} FILE), or listen on 127.0.0.1"
         )
 
 
