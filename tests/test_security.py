@@ -475,3 +475,34 @@ def test_a_secret_given_on_the_command_line_stays_the_text_it_was():
     assert not takes_text(pydantic.Secret[int]) and not takes_text(int) and not takes_text(list[str])
     values = parse_params(["pin=0123", "n=7"], None, {"pin": pydantic.Secret[str], "n": int})
     assert values == {"pin": "0123", "n": 7}
+
+
+@rf.flow(runner="local")
+def signed(token: SecretStr, word: str = "hi") -> str:
+    if word == "boom":  # refused while the graph is traced: the run never starts
+        raise ValueError("no booms")
+    return hello(word)
+
+
+def test_a_secret_given_to_run_now_is_masked_in_the_history_from_the_first_row(tmp_path, monkeypatch):
+    """Run now records the run before it starts: that first row holds the secret as *** too,
+    and so does the row of a run that never started (recorded FAILED over it)."""
+    from rayflow.store import RunStore
+    from rayflow.ui.actions import ServeActions
+
+    monkeypatch.setenv("RAYFLOW_HOME", str(tmp_path))
+    client = TestClient(create_app(tmp_path, ServeActions([signed])), base_url="http://127.0.0.1:4200", follow_redirects=False)
+    form = {"csrf_token": csrf_token(client.get("/flows").text), "token": SECRET, "word": CANARY}
+    started = client.post("/flows/signed/run", data=form)
+    assert started.status_code == 303, started.text
+    run_id = started.headers["location"].rsplit("/", 1)[1]
+    wait_for(lambda: (RunStore(tmp_path).run(run_id) or {}).get("state") == "SUCCESS")
+    page = client.get(f"/runs/{run_id}").text
+    assert "***" in page and has_canary(page) and not leaked(page)
+    never = client.post("/flows/signed/run", data={**form, "word": "boom"})
+    never_id = never.headers["location"].rsplit("/", 1)[1]
+    wait_for(lambda: (RunStore(tmp_path).run(never_id) or {}).get("state") == "FAILED")
+    assert RunStore(tmp_path).run(never_id)["params"] == {"token": "***", "word": "boom"}
+    contents = snapshot(tmp_path)
+    assert has_canary(b"".join(contents.values()))
+    assert {name: leaked(data) for name, data in contents.items() if leaked(data)} == {}

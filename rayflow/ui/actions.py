@@ -76,11 +76,11 @@ class ServeActions:
         """Start a run of flow ``name``; a ParameterError (before anything runs) names a bad value."""
         self._check_ready()
         flow = self._flow(name)
-        validate_parameters(flow.parameters_model, flow.name, dict(values))
+        checked = validate_parameters(flow.parameters_model, flow.name, dict(values))  # secrets as secrets: recorded ***
         run_id = uuid.uuid4().hex[:12]
-        RunStore(rayflow_home()).reserve(run_id, flow.name, dict(values), STARTING_MESSAGE)  # in the history at once
+        RunStore(rayflow_home()).reserve(run_id, flow.name, checked, STARTING_MESSAGE)  # in the history at once
         chosen = flow.with_options(run_id=run_id, progress=False)
-        body = self._watched("run now", run_id, lambda: chosen.run(**values), flow=flow.name, params=dict(values))
+        body = self._watched("run now", run_id, lambda: chosen.run(**values), flow=flow.name, params=checked)
         self.handles.append(ThreadHandle(run_id, body, on_ray=flow.options.runner != "local"))
         return run_id
 
