@@ -461,22 +461,6 @@ def test_a_ui_beyond_loopback_or_with_a_bad_token_file_does_not_start(tmp_path):
     assert "abc" not in outs["token too short"].stderr  # a token is never echoed, even a bad one
 
 
-def test_a_secret_given_on_the_command_line_stays_the_text_it_was():
-    """`-p pin=0123`: a secret is never parsed as JSON (0123 would be a bad number, shown in the error)."""
-    import typing
-
-    import pydantic
-
-    from rayflow.cli import parse_params
-    from rayflow.core.parameters import takes_text
-
-    assert takes_text(pydantic.SecretStr) and takes_text(typing.Optional[pydantic.SecretStr])
-    assert takes_text(pydantic.Secret[str]) and takes_text(pydantic.Secret[bytes])
-    assert not takes_text(pydantic.Secret[int]) and not takes_text(int) and not takes_text(list[str])
-    values = parse_params(["pin=0123", "n=7"], None, {"pin": pydantic.Secret[str], "n": int})
-    assert values == {"pin": "0123", "n": 7}
-
-
 @rf.flow(runner="local")
 def signed(token: SecretStr, word: str = "hi") -> str:
     if word == "boom":  # refused while the graph is traced: the run never starts
@@ -506,3 +490,19 @@ def test_a_secret_given_to_run_now_is_masked_in_the_history_from_the_first_row(t
     contents = snapshot(tmp_path)
     assert has_canary(b"".join(contents.values()))
     assert {name: leaked(data) for name, data in contents.items() if leaked(data)} == {}
+
+
+def test_a_secret_given_on_the_command_line_stays_the_text_it_was():
+    """`-p pin=0123`: a secret is never parsed as JSON (0123 would be a bad number, shown in the error)."""
+    import typing
+
+    import pydantic
+
+    from rayflow.cli import parse_params
+    from rayflow.core.parameters import takes_text
+
+    assert takes_text(pydantic.SecretStr) and takes_text(typing.Optional[pydantic.SecretStr])
+    assert takes_text(pydantic.Secret[str]) and takes_text(pydantic.Secret[bytes])
+    assert not takes_text(pydantic.Secret[int]) and not takes_text(int) and not takes_text(list[str])
+    values = parse_params(["pin=0123", "n=7"], None, {"pin": pydantic.Secret[str], "n": int})
+    assert values == {"pin": "0123", "n": 7}
