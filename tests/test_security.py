@@ -139,7 +139,7 @@ def test_secret_parameters_and_task_inputs_appear_nowhere(ray_session, tmp_path,
     assert {name: leaked(text) for name, text in outputs.items() if leaked(text)} == {}
 
     # Every UI page.
-    client = TestClient(create_app(home))
+    client = TestClient(create_app(home), base_url="http://127.0.0.1:4200")  # a Host the UI answers
     pages = {}
     for url in (
         "/", "/flows", "/api/runs", "/?flow=vault", "/?state=FAILED",
