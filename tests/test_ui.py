@@ -374,7 +374,7 @@ def test_serve_ui_run_now_is_in_the_history_at_once_and_a_failed_start_is_logged
     """On Ray: the run id a run now answers is in the history before the answer (its page is
     never a 404); a run whose thread fails before the run starts (its flow body raises while
     traced) is logged by the server and recorded FAILED with the error, shown on its page;
-    SIGTERM then stops the server cleanly."""
+    SIGTERM then stops the server cleanly.  The UI has a token here: a script sends it as Bearer."""
     import signal
 
     import httpx
@@ -385,9 +385,13 @@ def test_serve_ui_run_now_is_in_the_history_at_once_and_a_failed_start_is_logged
         "".join(f'[[flow]]\ntarget = "tests/ui_flows.py:{name}"\ninterval = 3600\n\n' for name in ("shouted", "picky"))
     )
     port = free_port()
-    serve = _serve_ui(tmp_path / "home", port, "--config", str(config), "--address", ray_session)
+    token = "serve-ui-t0ken-4a7c9e2b1d"  # with a token: the UI of serve --ui asks for it as rayflow ui does
+    serve = _serve_ui(tmp_path / "home", port, "--config", str(config), "--address", ray_session, RAYFLOW_UI_TOKEN=token)
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as http:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as anonymous:
+            wait_for(lambda: _page(anonymous, "/flows"), timeout=120, what="the UI to answer")
+            assert anonymous.get("/flows").status_code == 401 and anonymous.get("/api/runs").status_code == 401
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}) as http:
             wait_for(lambda: (_page(http, "/flows") or httpx.Response(0)).status_code == 200 and 'id="starting"' not in http.get("/flows").text,
                      timeout=120, what="the server to join Ray")
             started = _run_now(http, "shouted", word="now")
@@ -408,5 +412,6 @@ def test_serve_ui_run_now_is_in_the_history_at_once_and_a_failed_start_is_logged
         serve.send_signal(signal.SIGTERM)
         out, err = serve.communicate(timeout=90)
     assert serve.returncode == 0, err[-3000:]
+    assert token not in out + err
     assert f"run {bad_id}: run now failed" in err and "thirteen is not welcome here" in err, err[-3000:]
     assert "Fatal Python error" not in err and "Aborted" not in err
