@@ -31,7 +31,7 @@ from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("rayflow.ui")
@@ -211,8 +211,6 @@ class TokenGate:
         challenge = {"WWW-Authenticate": 'Bearer realm="rayflow"'}
         if request.method == "GET" and not request.url.path.startswith("/api/") and not request.headers.get("HX-Request"):
             return self.login_page(request, 401, next_path=request.url.path + (f"?{request.url.query}" if request.url.query else ""))
-        from starlette.responses import JSONResponse
-
         return JSONResponse({"error": "this UI needs its token: Authorization: Bearer TOKEN, or sign in at /login"}, 401, challenge)
 
 
