@@ -58,7 +58,7 @@ def main() -> None:
 
     from rayflow.ui import create_app
 
-    client = TestClient(create_app(home))
+    client = TestClient(create_app(home), base_url="http://127.0.0.1:4200")  # a Host the UI answers
     pages = {
         "runs page (/)": "/",
         "runs page, filtered (/?state=FAILED)": "/?state=FAILED",

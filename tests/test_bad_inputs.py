@@ -72,6 +72,18 @@ CLI_CASES: list[tuple[str, list[str], str, int]] = [
     ("missing argument", ["run"], "home", 2),
     ("unknown command", ["bogus"], "home", 2),
     ("option value out of range", ["ui", "--port", "0"], "home", 2),
+    ("`ui` beyond loopback without a token", ["ui", "--host", "0.0.0.0"], "home", 2),
+    ("`serve --ui` beyond loopback without a token",
+     ["serve", "<dir>/good.py:twice", "--cron", "0 6 * * *", "--ui", "--ui-host", "0.0.0.0"], "home", 2),
+    ("`ui --token-file` missing", ["ui", "--token-file", "<dir>/nofile.token"], "home", 2),
+    ("`ui --token-file` empty", ["ui", "--token-file", "<dir>/empty.token"], "home", 2),
+    ("`ui --token-file` with a short token", ["ui", "--token-file", "<dir>/short.token"], "home", 2),
+    ("`ui --token-file` with two tokens", ["ui", "--token-file", "<dir>/two.token"], "home", 2),
+    ("`serve --ui --token-file` missing",
+     ["serve", "<dir>/good.py:twice", "--cron", "0 6 * * *", "--ui", "--token-file", "<dir>/nofile.token"], "home", 2),
+    ("`ui --allowed-host` with a port", ["ui", "--allowed-host", "example.org:4200"], "home", 2),
+    ("`submit --serve --ui` beyond loopback without a token file",
+     ["submit", "--serve", "flows.toml", "--ui", "--ui-host", "0.0.0.0", "--address", f"http://{CLOSED}"], "home", 2),
     ("option value of the wrong type", ["runs", "--limit", "many"], "home", 2),
     ("`runs --state` not a state", ["runs", "--state", "DONE"], "home", 2),
     ("`show --state` not a state", ["show", "taken-1", "--state", "DONE"], "home", 2),
@@ -128,6 +140,9 @@ def scratch(root: pathlib.Path) -> pathlib.Path:
     (root / "flows.toml").write_text('[[flow]]\ntarget = "good.py:twice"\ninterval = 60\n')
     (root / "fast.toml").write_text('[[flow]]\ntarget = "good.py:twice"\ninterval = 0.5\n')
     (root / "a-file").write_text("not a folder\n")
+    (root / "empty.token").write_text("\n")
+    (root / "short.token").write_text("abc\n")
+    (root / "two.token").write_text("first-token-1234567890\nsecond-token-1234567890\n")
     (root / "corrupt").mkdir()
     (root / "corrupt" / "history.db").write_bytes(b"garbage " * 2000)
     made = cli(["run", "<dir>/good.py:twice", "--run-id", "taken-1", "--local"], root, "home")

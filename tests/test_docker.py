@@ -58,6 +58,8 @@ def test_services_point_at_each_other_consistently():
     assert "--dashboard-host=0.0.0.0" in head and "8265" in head_ports  # the job server `rayflow submit` uses
     assert "--address=ray-head:6379" in SERVICES["ray-worker"]["command"]
     ray_start, serve = ui_script()
+    assert ray_start[:3] == ["env", "-u", "RAYFLOW_UI_TOKEN"]  # the node's Ray (its actors) never sees the UI's token
+    ray_start = ray_start[3:]
     assert ray_start[:3] == ["ray", "start", "--address=ray-head:6379"] and "--num-cpus=0" in ray_start
     assert serve[0] == "exec" and serve[1] == "rayflow"
     options = parse_rayflow(serve[2:])
@@ -107,10 +109,26 @@ def test_the_walkthrough_at_the_top_matches_the_readme():
     block = readme[readme.index("<!-- walkthrough:start -->"):readme.index("<!-- walkthrough:end -->")]
     header = [line.lstrip("# ").strip() for line in COMPOSE_TEXT.splitlines() if line.startswith("#   ")]
     commands = [line for line in header if line.startswith(("export ", "docker compose", "rayflow "))]
-    assert len(commands) == 3 and all(line in block.splitlines() for line in commands), commands
+    assert len(commands) == 4 and all(line in block.splitlines() for line in commands), commands
     for line in block.splitlines():
         if line.startswith("rayflow "):
             parse_rayflow(shlex.split(line)[1:])
+
+
+def test_the_ui_listens_beyond_loopback_only_with_its_token(monkeypatch):
+    """The UI binds the container's interfaces (published on loopback), so it needs a token:
+    compose refuses to start without RAYFLOW_UI_TOKEN, and rayflow accepts the UI settings."""
+    from rayflow.cli import _ui_settings
+
+    env = SERVICES["rayflow-ui"]["environment"]
+    assert env["RAYFLOW_UI_TOKEN"].startswith("${RAYFLOW_UI_TOKEN:?")
+    assert "RAYFLOW_UI_TOKEN" not in SERVICES["ray-head"]["environment"]  # only the UI's container has it
+    options = parse_rayflow(ui_script()[1][2:])
+    monkeypatch.delenv("RAYFLOW_UI_TOKEN", raising=False)
+    with pytest.raises(typer.Exit):  # as the service would start without the token
+        _ui_settings(options["ui_host"], "--ui-host", options["ui_token_file"], options["ui_allowed_host"] or [])
+    monkeypatch.setenv("RAYFLOW_UI_TOKEN", "a-token-of-thirty-two-characters")
+    assert _ui_settings(options["ui_host"], "--ui-host", options["ui_token_file"], options["ui_allowed_host"] or []) == "a-token-of-thirty-two-characters"
 
 
 def test_the_cluster_is_reachable_from_this_machine_only_and_asks_for_a_token():

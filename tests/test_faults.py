@@ -296,7 +296,7 @@ def test_a_driver_killed_mid_map_reads_crashed_everywhere_and_every_follower_end
     assert RunStore(home).runs()[0]["state"] == "CRASHED"
     out = run_cli("runs", home=home)
     assert "killed-driver\tlarge_map\tCRASHED" in out.stdout, out.stdout
-    page = TestClient(create_app(home)).get("/runs/killed-driver")
+    page = TestClient(create_app(home), base_url="http://127.0.0.1:4200").get("/runs/killed-driver")  # a Host the UI answers
     assert page.status_code == 200 and "CRASHED" in page.text and "RUNNING</" not in page.text
     workers = [int(p.read_text()) for p in pid_dir.glob("*.pid")]
     wait_for(lambda: not any(alive(pid) for pid in workers), timeout=30, what="the map's workers to be gone")

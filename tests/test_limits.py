@@ -473,7 +473,7 @@ def test_tag_limits_release_slots_of_a_cancelled_run_and_of_a_killed_worker_and_
         return "PENDING" in out and f"waiting for limit '{name}'" in out
 
     wait_for(shown, timeout=20, what="show to name the limit")
-    page = TestClient(create_app(rayflow_home())).get(f"/runs/{second_id}").text
+    page = TestClient(create_app(rayflow_home()), base_url="http://127.0.0.1:4200").get(f"/runs/{second_id}").text  # a Host the UI answers
     assert "PENDING" in page and f"waiting for limit &#39;{name}&#39;" in page
     cancel_run(first_id)
     first.join(30)

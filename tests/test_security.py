@@ -8,7 +8,9 @@ byte of every file under RAYFLOW_HOME (the history with its WAL, result files, c
 A plain parameter, the canary, travels the same paths: each search must find it, so a search
 that finds no secret looked where a leak would have shown.
 
-Also: the files rayflow makes are owner-only, and Ray is started with its dashboard on loopback.
+Also: the files rayflow makes are owner-only, and Ray is started with its dashboard on loopback;
+and the web UI answers only its own host names, asks for its token where it has one (and must
+have one beyond loopback), takes actions only from its own pages' forms, and forbids framing.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from otlp_sink import HttpSink
 from pydantic import SecretBytes, SecretStr
 from secret_flows import vault
 from starlette.testclient import TestClient
+from ui_http import csrf_token, free_port, uvicorn_server
+from waiting import wait_for
 
 import rayflow as rf
 from rayflow.runtime.auth import TOKEN_AUTH_DOCS, _on_loopback
@@ -135,7 +139,7 @@ def test_secret_parameters_and_task_inputs_appear_nowhere(ray_session, tmp_path,
     assert {name: leaked(text) for name, text in outputs.items() if leaked(text)} == {}
 
     # Every UI page.
-    client = TestClient(create_app(home))
+    client = TestClient(create_app(home), base_url="http://127.0.0.1:4200")  # a Host the UI answers
     pages = {}
     for url in (
         "/", "/flows", "/api/runs", "/?flow=vault", "/?state=FAILED",
@@ -247,23 +251,245 @@ def test_ui_actions_refuse_a_post_from_another_sites_page(tmp_path, monkeypatch)
     from rayflow.ui.actions import ServeActions
 
     monkeypatch.setenv("RAYFLOW_HOME", str(tmp_path))
-    client = TestClient(create_app(tmp_path, ServeActions([greet])), follow_redirects=False)
+    client = TestClient(create_app(tmp_path, ServeActions([greet])), base_url="http://127.0.0.1:4200", follow_redirects=False)
+    token = csrf_token(client.get("/flows").text)  # even with the page's token (and its cookie)
     for headers in (
         {"Origin": "http://evil.example"},
         {"Origin": "http://localhost:8000"},  # another local app: the same site, another origin
         {"Origin": "null"},
         {"Sec-Fetch-Site": "cross-site"},
     ):
-        refused = client.post("/flows/greet/run", data={"name": "mallory"}, headers=headers)
+        refused = client.post("/flows/greet/run", data={"name": "mallory", "csrf_token": token}, headers=headers)
         assert refused.status_code == 403 and "another site" in refused.text, headers
         for action in ("resume", "cancel"):  # refused before the run is even looked up
-            assert client.post(f"/runs/any-run/{action}", headers=headers).status_code == 403
+            assert client.post(f"/runs/any-run/{action}", data={"csrf_token": token}, headers=headers).status_code == 403
     assert RunStore(tmp_path).runs() == []
-    # The UI's own pages posting (the same origin), and a client that is no browser: accepted.
-    for headers in ({"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"}, {}):
-        started = client.post("/flows/greet/run", data={"name": "ann"}, headers=headers)
+    # The UI's own pages posting (the same origin, or a browser that names none): accepted.
+    for headers in ({"Origin": "http://127.0.0.1:4200", "Sec-Fetch-Site": "same-origin"}, {}):
+        started = client.post("/flows/greet/run", data={"name": "ann", "csrf_token": token}, headers=headers)
         assert started.status_code == 303, (headers, started.text)
-    assert client.post("/runs/any-run/resume", headers={"Origin": "http://testserver"}).status_code == 404
+    resumed = client.post("/runs/any-run/resume", data={"csrf_token": token}, headers={"Origin": "http://127.0.0.1:4200"})
+    assert resumed.status_code == 404
+
+
+def test_ui_actions_take_only_forms_carrying_a_csrf_token_of_its_pages(tmp_path, monkeypatch):
+    """A `text/plain` POST (which a page elsewhere can send without a preflight) once started a
+    run with default parameters; so did a form without a token.  Only a form-encoded POST with
+    the token of a page of this UI, bound to that browser's cookie, is an action."""
+    import httpx
+
+    from rayflow.store import RunStore
+    from rayflow.ui.actions import ServeActions
+
+    monkeypatch.setenv("RAYFLOW_HOME", str(tmp_path))
+    store = RunStore(tmp_path)
+    with uvicorn_server(create_app(tmp_path, ServeActions([greet]))) as url, httpx.Client(base_url=url) as browser:
+        plain = browser.post("/flows/greet/run", content="name=mallory", headers={"Content-Type": "text/plain"})
+        assert plain.status_code == 415 and "post a form" in plain.text
+        assert browser.post("/flows/greet/run", json={"name": "mallory"}).status_code == 415
+        no_token = browser.post("/flows/greet/run", data={"name": "mallory"})
+        assert no_token.status_code == 403 and "CSRF" in no_token.text
+        assert browser.post("/flows/greet/run", data={"name": "mallory", "csrf_token": "0" * 64}).status_code == 403
+        for action in ("resume", "cancel"):
+            assert browser.post(f"/runs/any-run/{action}", data={"csrf_token": ""}).status_code == 403
+        assert store.runs() == []
+        token = csrf_token(browser.get("/flows").text)
+        with httpx.Client(base_url=url) as other:  # another browser: the first one's token is no good to it
+            assert other.post("/flows/greet/run", data={"name": "eve", "csrf_token": token}).status_code == 403
+        assert store.runs() == []
+        started = browser.post("/flows/greet/run", data={"name": "ann", "csrf_token": token}, follow_redirects=False)
+        assert started.status_code == 303, started.text
+        run_id = started.headers["location"].rsplit("/", 1)[1]
+        wait_for(lambda: (store.run(run_id) or {}).get("state") == "SUCCESS")
+        assert store.run(run_id)["params"] == {"name": "ann"}
+
+
+def test_the_ui_answers_only_the_host_names_it_serves(tmp_path, monkeypatch):
+    """DNS rebinding: evil.example, re-resolved to 127.0.0.1, reaches the UI with `Host:
+    evil.example` and an `Origin` to match; it must get neither a page nor an action."""
+    import httpx
+
+    from rayflow.store import RunStore
+    from rayflow.ui.actions import ServeActions
+
+    monkeypatch.setenv("RAYFLOW_HOME", str(tmp_path))
+    greet.with_options(run_id="greeted-1").run(name="ann")
+    with uvicorn_server(create_app(tmp_path, ServeActions([greet]))) as url, httpx.Client(base_url=url) as http:
+        port = url.rsplit(":", 1)[1]
+        evil = {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}
+        for path in ("/", "/runs/greeted-1", "/api/runs", "/api/runs/greeted-1", "/flows"):
+            answer = http.get(path, headers=evil)
+            assert answer.status_code == 400 and "greeted-1" not in answer.text, path
+        page = http.get("/flows")
+        token = csrf_token(page.text) if "csrf_token" in page.text else ""
+        posted = http.post("/flows/greet/run", data={"name": "mallory", "csrf_token": token}, headers=evil)
+        assert posted.status_code == 400
+        assert [r["run_id"] for r in RunStore(tmp_path).runs()] == ["greeted-1"]
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "127.0.0.1"):
+            assert http.get("/runs/greeted-1", headers={"Host": host}).status_code == 200, host
+    # --allowed-host NAME (a proxy's name, or the machine's for --host 0.0.0.0): that name too.
+    named = TestClient(create_app(tmp_path, host="0.0.0.0", allowed_hosts=["ui.example.org", "*.corp.example"]), base_url="http://ui.example.org")
+    assert named.get("/runs/greeted-1").status_code == 200
+    assert named.get("/runs/greeted-1", headers={"Host": "a.corp.example:4200"}).status_code == 200
+    assert named.get("/runs/greeted-1", headers={"Host": "evil.example"}).status_code == 400
+    assert named.get("/runs/greeted-1", headers={"Host": "0.0.0.0:4200"}).status_code == 400
+
+
+def test_every_response_forbids_framing_and_sniffing(tmp_path):
+    import httpx
+
+    with uvicorn_server(create_app(tmp_path)) as url, httpx.Client(base_url=url) as http:
+        answers = {
+            path: http.get(path) for path in ("/", "/flows", "/api/runs", "/runs/nope", "/api/runs/nope", "/?page=x", "/static/htmx.min.js", "/nowhere")
+        }
+        answers["foreign host"] = http.get("/", headers={"Host": "evil.example"})
+        answers["read-only POST"] = http.post("/flows/f/run", data={})
+    assert {name: a.status_code for name, a in answers.items()} == {
+        "/": 200, "/flows": 200, "/api/runs": 200, "/runs/nope": 404, "/api/runs/nope": 404, "/?page=x": 400,
+        "/static/htmx.min.js": 200, "/nowhere": 404, "foreign host": 400, "read-only POST": 403,
+    }
+    for name, answer in answers.items():
+        assert answer.headers.get("x-frame-options") == "DENY", name
+        assert answer.headers.get("x-content-type-options") == "nosniff", name
+        assert "frame-ancestors 'none'" in answer.headers.get("content-security-policy", ""), name
+
+
+UI_TOKEN = "rf-ui-t0ken-5c9e1f7a3b"
+
+
+def _rayflow_ui(home: pathlib.Path, port: int, *args: str, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "rayflow", "ui", "--port", str(port), *args], cwd=REPO, text=True,
+        env={**os.environ, "RAYFLOW_HOME": str(home), **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+
+
+@pytest.mark.timeout(180)
+def test_with_a_token_every_page_api_call_and_action_needs_it(tmp_path, monkeypatch):
+    """`RAYFLOW_UI_TOKEN=... rayflow ui`: without the token a page is the login page (401), the
+    JSON and actions are 401; `Authorization: Bearer` or the login page's cookie let one in; the
+    token itself is in no page, header, URL, cookie or log line, and a wrong one is logged as such."""
+    import httpx
+
+    monkeypatch.setenv("RAYFLOW_HOME", str(tmp_path))
+    greet.with_options(run_id="greeted-1").run(name="ann")
+    port = free_port()
+    ui = _rayflow_ui(tmp_path, port, RAYFLOW_UI_TOKEN=UI_TOKEN)
+    seen: list[str] = []  # every response: status, headers and body
+
+    def keep(response: httpx.Response) -> None:
+        response.read()
+        seen.append(f"{response.url} {response.status_code} {response.headers!r} {response.text}")
+
+    try:
+        url = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=url, event_hooks={"response": [keep]}) as http:
+            wait_for(lambda: _answers(http, "/static/htmx.min.js"), timeout=60, what="rayflow ui to listen")
+            assert http.get("/static/htmx.min.js").status_code == 200  # htmx only: public
+            page = http.get("/runs/greeted-1")
+            assert page.status_code == 401 and 'id="login"' in page.text and "ann" not in page.text
+            assert page.headers["x-frame-options"] == "DENY" and page.headers["x-content-type-options"] == "nosniff"
+            for path in ("/", "/flows", "/api/runs", "/api/runs/greeted-1", "/runs/greeted-1?level=ERROR"):
+                answer = http.get(path, headers={"Accept": "application/json"} if "api" in path else {})
+                assert answer.status_code == 401 and "greeted-1" not in answer.text.replace("value=\"/runs/greeted-1", ""), path
+            api = http.get("/api/runs")
+            assert api.status_code == 401 and api.headers["www-authenticate"].startswith("Bearer") and "error" in api.json()
+            assert http.post("/flows/greet/run", data={"name": "x"}).status_code == 401
+            for wrong in ("Bearer nope", f"Bearer {UI_TOKEN}x", f"Basic {UI_TOKEN}", f"Bearer {UI_TOKEN[:-1]}"):
+                assert http.get("/api/runs", headers={"Authorization": wrong}).status_code == 401, wrong
+            bearer = {"Authorization": f"Bearer {UI_TOKEN}"}
+            assert [r["run_id"] for r in http.get("/api/runs", headers=bearer).json()] == ["greeted-1"]
+            assert http.get("/", headers={**bearer, "Host": "evil.example"}).status_code == 400  # the host check first
+            assert http.post("/flows/greet/run", data={"name": "x"}, headers=bearer).status_code == 403  # read-only, past the gate
+
+            login = http.get("/login")
+            assert login.status_code == 200 and 'type="password"' in login.text
+            form = {"csrf_token": csrf_token(login.text), "next": "/runs/greeted-1"}
+            wrong = http.post("/login", data={**form, "token": "not-the-token-at-all"})
+            assert wrong.status_code == 401 and 'id="login-error"' in wrong.text
+            assert not [c for c in wrong.headers.get_list("set-cookie") if c.startswith("rayflow_session_")]
+            assert http.post("/login", data={**form, "token": UI_TOKEN, "csrf_token": "0" * 64}).status_code == 403
+            signed_in = http.post("/login", data={**form, "token": UI_TOKEN}, follow_redirects=False)
+            assert signed_in.status_code == 303 and signed_in.headers["location"] == "/runs/greeted-1"
+            cookie = next(c for c in signed_in.headers.get_list("set-cookie") if c.startswith("rayflow_session_"))
+            flags = {part.strip().lower() for part in cookie.split(";")}
+            assert {"httponly", "samesite=lax", "path=/"} <= flags
+            assert http.get("/runs/greeted-1").status_code == 200 and "ann" in http.get("/runs/greeted-1").text
+            assert http.get("/api/runs").status_code == 200
+            away = http.post("/login", data={**form, "token": UI_TOKEN, "next": "//evil.example/x"}, follow_redirects=False)
+            assert away.headers["location"] == "/"  # never sent to another site
+            logout = http.post("/logout", data={"csrf_token": csrf_token(http.get("/").text)}, follow_redirects=False)
+            assert logout.status_code == 303
+            assert http.get("/runs/greeted-1").status_code == 401  # the cookie is gone
+        with httpx.Client(base_url=url, cookies={f"rayflow_session_{port}": "1.0" * 3}) as forged:
+            assert forged.get("/api/runs").status_code == 401
+    finally:
+        ui.terminate()
+        out, err = ui.communicate(timeout=30)
+    assert "wrong token" in err, err[-2000:]
+    everything = [*seen, out, err]
+    assert [text[:200] for text in everything if UI_TOKEN in text] == []
+
+
+def _answers(http, path: str) -> bool:
+    import httpx
+
+    try:
+        http.get(path)
+    except httpx.TransportError:
+        return False
+    return True
+
+
+@pytest.mark.timeout(180)
+def test_a_ui_beyond_loopback_or_with_a_bad_token_file_does_not_start(tmp_path):
+    (tmp_path / "empty.token").write_text("\n")
+    (tmp_path / "short.token").write_text("abc\n")
+    cases = {
+        "ui beyond loopback": ["ui", "--host", "0.0.0.0"],
+        "serve --ui beyond loopback": ["serve", "tests/ui_flows.py:shouted", "--interval", "60", "--ui", "--ui-host", "0.0.0.0"],
+        "token file missing": ["ui", "--token-file", str(tmp_path / "nofile.token")],
+        "token file empty": ["ui", "--token-file", str(tmp_path / "empty.token")],
+        "token too short": ["ui", "--token-file", str(tmp_path / "short.token")],
+        "serve --ui, token file missing": ["serve", "tests/ui_flows.py:shouted", "--interval", "60", "--ui", "--token-file", str(tmp_path / "no")],
+    }
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        outs = dict(zip(cases, pool.map(lambda argv: run_cli(*argv, "--port" if argv[0] == "ui" else "--ui-port", str(free_port()), home=tmp_path, timeout=30), cases.values())))
+    for name, out in outs.items():
+        assert out.returncode == 2 and out.stderr.count("\n") == 1 and out.stderr.startswith("error: "), (name, out.stderr[-2000:])
+    assert "RAYFLOW_UI_TOKEN" in outs["ui beyond loopback"].stderr and "0.0.0.0" in outs["serve --ui beyond loopback"].stderr
+    assert "abc" not in outs["token too short"].stderr  # a token is never echoed, even a bad one
+
+
+@rf.flow(runner="local")
+def signed(token: SecretStr, word: str = "hi") -> str:
+    if word == "boom":  # refused while the graph is traced: the run never starts
+        raise ValueError("no booms")
+    return hello(word)
+
+
+def test_a_secret_given_to_run_now_is_masked_in_the_history_from_the_first_row(tmp_path, monkeypatch):
+    """Run now records the run before it starts: that first row holds the secret as *** too,
+    and so does the row of a run that never started (recorded FAILED over it)."""
+    from rayflow.store import RunStore
+    from rayflow.ui.actions import ServeActions
+
+    monkeypatch.setenv("RAYFLOW_HOME", str(tmp_path))
+    client = TestClient(create_app(tmp_path, ServeActions([signed])), base_url="http://127.0.0.1:4200", follow_redirects=False)
+    form = {"csrf_token": csrf_token(client.get("/flows").text), "token": SECRET, "word": CANARY}
+    started = client.post("/flows/signed/run", data=form)
+    assert started.status_code == 303, started.text
+    run_id = started.headers["location"].rsplit("/", 1)[1]
+    wait_for(lambda: (RunStore(tmp_path).run(run_id) or {}).get("state") == "SUCCESS")
+    page = client.get(f"/runs/{run_id}").text
+    assert "***" in page and has_canary(page) and not leaked(page)
+    never = client.post("/flows/signed/run", data={**form, "word": "boom"})
+    never_id = never.headers["location"].rsplit("/", 1)[1]
+    wait_for(lambda: (RunStore(tmp_path).run(never_id) or {}).get("state") == "FAILED")
+    assert RunStore(tmp_path).run(never_id)["params"] == {"token": "***", "word": "boom"}
+    contents = snapshot(tmp_path)
+    assert has_canary(b"".join(contents.values()))
+    assert {name: leaked(data) for name, data in contents.items() if leaked(data)} == {}
 
 
 def test_a_secret_given_on_the_command_line_stays_the_text_it_was():

@@ -7,12 +7,14 @@ all from the in-process runner (the pages read only the SQLite history).
 
 from __future__ import annotations
 
+import html
 import json
 import re
 
 import pydantic
 import pytest
 from cli_runner import run_cli
+from ui_http import csrf_token
 from waiting import wait_for
 from starlette.testclient import TestClient
 
@@ -20,6 +22,8 @@ import rayflow as rf
 from rayflow.store import RunStore
 from rayflow.store.schedules import ScheduleStore
 from rayflow.ui import create_app
+
+BASE = "http://127.0.0.1:4200"  # a name the UI answers (its host check refuses others)
 
 
 @rf.task(retries=1)
@@ -75,7 +79,7 @@ def history(tmp_path_factory):
     schedules.register("mixed/abc", "mixed", "tests/test_ui.py:mixed", {"kind": "interval", "every": 60.0, "anchor": "2020-01-01T00:00:00+00:00"}, 1.0)
     schedules.claim("mixed/abc", 1_800_000_000.0, None, "claimed")
     schedules.settle("mixed/abc", 1_800_000_000.0, "started", "scheduled-1")
-    return {"home": home, "ok": ok, "failed": failed, "scheduled": scheduled, "client": TestClient(create_app(home))}
+    return {"home": home, "ok": ok, "failed": failed, "scheduled": scheduled, "client": TestClient(create_app(home), base_url=BASE)}
 
 
 def test_the_runs_page_lists_runs_with_states_filters_and_the_scheduled_marker(history):
@@ -90,7 +94,7 @@ def test_the_runs_page_lists_runs_with_states_filters_and_the_scheduled_marker(h
     assert history["failed"].run_id in failed_only.text and history["ok"].run_id not in failed_only.text
     assert 'option value="FAILED" selected' in failed_only.text  # the filter is kept in the page and its URL
     assert "no runs match" in client.get("/?flow=nothing").text
-    assert client.get("/?page=x").status_code == 200
+    assert client.get("/?page=x").status_code == 400  # said, not replaced by page 1
     assert "old-run" in page.text and 'href="http://localhost:16686/trace/' + "ab" * 16 + '"' in page.text
     recent = client.get("/?since=7d")
     assert "old-run" not in recent.text and history["ok"].run_id in recent.text
@@ -210,23 +214,25 @@ def test_actions_only_with_serve_ui_run_now_cancel_and_resume(tmp_path, monkeypa
 
     monkeypatch.setenv("RAYFLOW_HOME", str(tmp_path))
     store = RunStore(tmp_path)
-    read_only = TestClient(create_app(tmp_path))
+    read_only = TestClient(create_app(tmp_path), base_url=BASE)
     assert read_only.post("/flows/waiting/run", data={"path": "x"}).status_code == 403
     assert "run now" not in read_only.get("/flows").text
-    client = TestClient(create_app(tmp_path, ServeActions([waiting, retryable])), follow_redirects=False)
-    assert 'data-flow="waiting"' in client.get("/flows").text
+    client = TestClient(create_app(tmp_path, ServeActions([waiting, retryable])), base_url=BASE, follow_redirects=False)
+    flows = client.get("/flows").text
+    assert 'data-flow="waiting"' in flows
+    token = {"csrf_token": csrf_token(flows)}  # the page's, with its cookie (kept by the client)
 
-    bad = client.post("/flows/waiting/run", data={})  # the required parameter is missing: nothing runs
+    bad = client.post("/flows/waiting/run", data={**token})  # the required parameter is missing: nothing runs
     assert bad.status_code == 400 and "path: missing required parameter" in bad.text and store.runs() == []
-    assert client.post("/flows/nothing/run", data={}).status_code == 400
+    assert client.post("/flows/nothing/run", data={**token}).status_code == 400
 
     gate = tmp_path / "gate"
-    started = client.post("/flows/waiting/run", data={"path": str(gate)})
+    started = client.post("/flows/waiting/run", data={"path": str(gate), **token})
     assert started.status_code == 303
     run_id = started.headers["location"].rsplit("/", 1)[1]
     wait_for(lambda: (store.run(run_id) or {}).get("state") == "RUNNING")
     assert 'id="cancel"' in client.get(f"/runs/{run_id}").text
-    assert client.post(f"/runs/{run_id}/cancel").status_code == 303
+    assert client.post(f"/runs/{run_id}/cancel", data=token).status_code == 303
     wait_for(lambda: store.run(run_id)["state"] == "CANCELLED")
     gate.write_text("")
 
@@ -235,10 +241,10 @@ def test_actions_only_with_serve_ui_run_now_cancel_and_resume(tmp_path, monkeypa
     failed = retryable.run(path=str(flag))
     assert failed.state.type.value == "FAILED" and 'id="resume"' in client.get(f"/runs/{failed.run_id}").text
     flag.unlink()
-    assert client.post(f"/runs/{failed.run_id}/resume").status_code == 303
+    assert client.post(f"/runs/{failed.run_id}/resume", data=token).status_code == 303
     wait_for(lambda: store.run(failed.run_id)["state"] == "SUCCESS")
     assert store.run(failed.run_id)["attempt"] == 2
-    again = client.post(f"/runs/{failed.run_id}/resume")  # it succeeded now: refused, in words
+    again = client.post(f"/runs/{failed.run_id}/resume", data=token)  # it succeeded now: refused, in words
     assert again.status_code == 409 and "nothing to resume" in again.text
 
 
@@ -251,3 +257,161 @@ def test_serve_ui_refuses_a_port_in_use_before_serving(tmp_path):
         port = taken.getsockname()[1]
         out = run_cli("serve", "tests/flows.py:two_branches", "--interval", "60", "--ui", "--ui-port", str(port), home=tmp_path)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and f"127.0.0.1:{port}" in out.stderr, out.stderr
+
+
+def test_bad_query_values_are_400_with_the_reason_and_never_a_traceback(history, caplog):
+    """`/api/runs?page=99999999999999999999` was a 500 with a traceback in the log; other bad
+    values were silently replaced (a bad page read page 1, a bad level showed every level)."""
+    client = TestClient(create_app(history["home"]), base_url=BASE, raise_server_exceptions=False)
+    failed = history["failed"].run_id
+    cases = {
+        "/api/runs?page=99999999999999999999": "page must be a whole number from 1 to",
+        "/api/runs?page=0": "page must be a whole number",
+        "/?page=-1": "page must be a whole number",
+        "/?page=x": "page must be a whole number",
+        "/?page=1.5": "page must be a whole number",
+        "/api/runs?state=BOGUS": "state must be one of SUCCESS",
+        "/?since=2y": "since must be one of 1h, 24h, 7d, 30d",
+        "/api/runs?page=1&page=2": "page is given 2 times",
+        f"/runs/{failed}?level=LOUD": "level must be one of DEBUG",
+        f"/runs/{failed}?task=no-such-task": "it has no task 'no-such-task'",
+    }
+    with caplog.at_level("WARNING"):
+        answers = {url: client.get(url) for url in cases}
+    assert {url: a.status_code for url, a in answers.items()} == {url: 400 for url in cases}
+    for url, reason in cases.items():
+        assert reason in html.unescape(answers[url].text), (url, answers[url].text[-500:])
+    assert answers["/api/runs?state=BOGUS"].json() == {"error": "state must be one of SUCCESS, FAILED, RUNNING, PENDING, CANCELLED, CRASHED, TIMED_OUT, TRIGGER_FAILED, SKIPPED; got 'BOGUS'"}
+    assert [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")] == []
+    # Good values, the empty ones the filter forms send among them, still answer.
+    for url in ("/?flow=&state=&since=&page=1", "/api/runs?state=failed", f"/runs/{failed}?task=&level=", f"/runs/{failed}?task=broken&level=error"):
+        assert client.get(url).status_code == 200, url
+
+
+def test_a_page_of_runs_reads_only_its_rows(tmp_path, monkeypatch):
+    """Page N read N x 50 rows and kept the last 50: the history is read for the page asked only."""
+    from rayflow.ui.queries import PAGE_SIZE
+
+    store = RunStore(tmp_path)
+    store.write([(f"r{i:03d}", "many", "{}", "SUCCESS", "", 1000.0 + i, 1001.0 + i, None, "[]", 1) for i in range(130)], [], [])
+    read: list[str] = []  # every run row the UI's requests read from the history
+    row = RunStore._run_row
+    monkeypatch.setattr(RunStore, "_run_row", staticmethod(lambda r: read.append(r["run_id"]) or row(r)))
+    client = TestClient(create_app(tmp_path), base_url=BASE)
+    third = client.get("/api/runs?page=3").json()
+    assert [r["run_id"] for r in third] == [f"r{i:03d}" for i in range(29, -1, -1)]  # newest first: the last 30
+    assert len(read) <= PAGE_SIZE + 1, len(read)
+    read.clear()
+    second = client.get("/?page=2").text
+    assert second.count('<a href="/runs/r') == PAGE_SIZE and "r079" in second and "r080" not in second
+    assert ">older</a>" in second and ">newer</a>" in second
+    assert len(read) <= PAGE_SIZE + 1, len(read)
+
+
+def _serve_ui(home, port: int, *args: str, **env: str):
+    """`rayflow serve ARGS --ui --ui-port PORT` as a user starts it."""
+    import os
+    import subprocess
+    import sys
+
+    from cli_runner import REPO
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "rayflow", "serve", *args, "--ui", "--ui-port", str(port)], cwd=REPO, text=True,
+        env={**os.environ, "RAYFLOW_HOME": str(home), **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+
+
+def _page(http, path: str):
+    import httpx
+
+    try:
+        return http.get(path)
+    except httpx.TransportError:
+        return None
+
+
+def _run_now(http, flow: str, **values: str):
+    """The run-now form of the Flows page, posted as the browser would."""
+    flows = http.get("/flows").text
+    token = {"csrf_token": csrf_token(flows)} if "csrf_token" in flows else {}
+    return http.post(f"/flows/{flow}/run", data={**values, **token}, follow_redirects=False)
+
+
+@pytest.mark.timeout(180)
+def test_serve_ui_answers_actions_starting_until_it_has_joined_ray(tmp_path):
+    """The UI is up while `rayflow serve` joins Ray (here a port that never answers, so the
+    join takes its full timeout): a run now then called `ray.init` from a second thread and
+    answered 303 with a run id that never existed.  Until the join, actions are 503 "starting"."""
+    import socket
+
+    import httpx
+    from ui_http import free_port
+
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts connections, never says a word
+    port = free_port()
+    serve = _serve_ui(
+        tmp_path, port, "tests/ui_flows.py:shouted", "--interval", "3600", "--address", f"127.0.0.1:{silent.getsockname()[1]}",
+        RAYFLOW_CONNECT_TIMEOUT="40",
+    )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as http:
+            wait_for(lambda: _page(http, "/flows"), timeout=60, what="the UI to answer")
+            asked = _run_now(http, "shouted", word="early")
+            assert asked.status_code == 503 and "starting" in asked.text, (asked.status_code, asked.text[:300])
+            assert asked.headers.get("retry-after")
+            assert 'id="starting"' in http.get("/flows").text  # the Flows page says so
+            assert RunStore(tmp_path).runs() == []
+            assert serve.poll() is None  # still joining
+    finally:
+        serve.terminate()
+        serve.communicate(timeout=60)
+        silent.close()
+
+
+@pytest.mark.timeout(300)
+def test_serve_ui_run_now_is_in_the_history_at_once_and_a_failed_start_is_logged_and_shown(ray_session, tmp_path):
+    """On Ray: the run id a run now answers is in the history before the answer (its page is
+    never a 404); a run whose thread fails before the run starts (its flow body raises while
+    traced) is logged by the server and recorded FAILED with the error, shown on its page;
+    SIGTERM then stops the server cleanly.  The UI has a token here: a script sends it as Bearer."""
+    import signal
+
+    import httpx
+    from ui_http import free_port
+
+    config = tmp_path / "flows.toml"
+    config.write_text(
+        "".join(f'[[flow]]\ntarget = "tests/ui_flows.py:{name}"\ninterval = 3600\n\n' for name in ("shouted", "picky"))
+    )
+    port = free_port()
+    token = "serve-ui-t0ken-4a7c9e2b1d"  # with a token: the UI of serve --ui asks for it as rayflow ui does
+    serve = _serve_ui(tmp_path / "home", port, "--config", str(config), "--address", ray_session, RAYFLOW_UI_TOKEN=token)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as anonymous:
+            wait_for(lambda: _page(anonymous, "/flows"), timeout=120, what="the UI to answer")
+            assert anonymous.get("/flows").status_code == 401 and anonymous.get("/api/runs").status_code == 401
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}) as http:
+            wait_for(lambda: (_page(http, "/flows") or httpx.Response(0)).status_code == 200 and 'id="starting"' not in http.get("/flows").text,
+                     timeout=120, what="the server to join Ray")
+            started = _run_now(http, "shouted", word="now")
+            assert started.status_code == 303, started.text[:300]
+            run_id = started.headers["location"].rsplit("/", 1)[1]
+            assert http.get(f"/api/runs/{run_id}").status_code == 200  # at once, not eventually
+            assert http.get(f"/runs/{run_id}").status_code == 200
+            wait_for(lambda: http.get(f"/api/runs/{run_id}").json()["state"] == "SUCCESS", timeout=120, what="the run to succeed")
+
+            broken = _run_now(http, "picky", n="13")
+            assert broken.status_code == 303, broken.text[:300]
+            bad_id = broken.headers["location"].rsplit("/", 1)[1]
+            assert http.get(f"/api/runs/{bad_id}").status_code == 200
+            wait_for(lambda: http.get(f"/api/runs/{bad_id}").json()["state"] == "FAILED", timeout=60, what="the run to be recorded FAILED")
+            assert "thirteen is not welcome here" in http.get(f"/api/runs/{bad_id}").json()["message"]
+            assert "thirteen is not welcome here" in http.get(f"/runs/{bad_id}").text
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        out, err = serve.communicate(timeout=90)
+    assert serve.returncode == 0, err[-3000:]
+    assert token not in out + err
+    assert f"run {bad_id}: run now failed" in err and "thirteen is not welcome here" in err, err[-3000:]
+    assert "Fatal Python error" not in err and "Aborted" not in err

@@ -4,7 +4,11 @@
 made by real runs; the browser opens the runs page, clicks into a failed
 run, finds the graph's nodes with their states, opens a task's traceback,
 sees a log record, and watches a live run end without reloading (htmx).
-Screenshots go to RAYFLOW_UI_SCREENSHOTS (default: tests/artifacts/).
+Then, against the UI of `rayflow serve --ui` with a token, a person signs in
+through the login page (a wrong token first), and runs a flow now from the
+Flows page's form (which carries its CSRF token).
+Screenshots go to RAYFLOW_UI_SCREENSHOTS (default: tests/artifacts/), the
+login page in the light and the dark colour scheme.
 `.ci/run` installs chromium and chromium-driver with apt when missing: in CI
 this test runs, it does not skip.
 """
@@ -165,3 +169,73 @@ def test_a_live_run_changes_state_on_the_page_without_a_reload(served, browser, 
     wait_for(lambda: _text(browser, "run-state") == "SUCCESS", timeout=20)
     assert browser.execute_script("return window.__not_reloaded === true;")  # htmx swapped it in place
     _shot(browser, "live")
+
+
+UI_TOKEN = "browser-t0ken-8d2f6a1c4e"
+
+
+@rf.flow(runner="local")
+def hello(name: str = "world") -> int:
+    return note(len(name))
+
+
+@pytest.fixture(scope="module")
+def served_with_token(tmp_path_factory):
+    """The UI of `rayflow serve --ui` (actions on `hello`) with a token, on a loopback port."""
+    from ui_http import uvicorn_server
+
+    from rayflow.ui import create_app
+    from rayflow.ui.actions import ServeActions
+
+    home = tmp_path_factory.mktemp("ui-browser-token")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAYFLOW_HOME", str(home))  # where run now records its runs
+        with uvicorn_server(create_app(home, ServeActions([hello]), token=UI_TOKEN)) as url:
+            yield {"url": url, "home": home}
+
+
+def _dark(browser, on: bool) -> None:
+    browser.execute_cdp_cmd(
+        "Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "dark" if on else "light"}]},
+    )
+
+
+def test_a_person_signs_in_with_the_token_and_runs_a_flow_now(served_with_token, browser):
+    from selenium.webdriver.common.by import By
+
+    url = served_with_token["url"]
+    browser.delete_all_cookies()
+    browser.get(url + "/flows")
+    form = browser.find_element(By.ID, "login")  # the page asked for is the login page until signed in
+    assert "rayflow" in form.find_element(By.TAG_NAME, "h1").text
+    _shot(browser, "login")
+    _dark(browser, True)
+    _shot(browser, "login-dark")
+    _dark(browser, False)
+    field = browser.find_element(By.ID, "token")
+    field.send_keys("not the token at all")
+    field.submit()
+    wait_for(lambda: _text(browser, "login-error"), timeout=20)
+    assert "not this UI" in _text(browser, "login-error")
+    _shot(browser, "login-wrong")
+    field = browser.find_element(By.ID, "token")
+    field.send_keys(UI_TOKEN)
+    field.submit()
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, 'form.run-now[data-flow="hello"]'), timeout=20)
+    assert browser.current_url == url + "/flows"  # back to the page asked for
+    cookies = {c["name"]: c for c in browser.get_cookies()}
+    session = next(c for name, c in cookies.items() if name.startswith("rayflow_session_"))
+    assert session["httpOnly"] and session["sameSite"] == "Lax" and UI_TOKEN not in session["value"]
+    assert UI_TOKEN not in browser.page_source
+    run_now = browser.find_element(By.CSS_SELECTOR, 'form.run-now[data-flow="hello"]')
+    name = run_now.find_element(By.NAME, "name")  # its default, "world", filled in
+    name.clear()
+    name.send_keys("ada")
+    run_now.find_element(By.TAG_NAME, "button").click()
+    wait_for(lambda: "/runs/" in browser.current_url, timeout=20)
+    wait_for(lambda: _text(browser, "run-state") == "SUCCESS", timeout=30)
+    run_id = browser.current_url.rsplit("/", 1)[1]
+    assert RunStore(served_with_token["home"]).run(run_id)["params"] == {"name": "ada"}
+    _shot(browser, "run-now")
+    browser.find_element(By.ID, "logout").click()
+    wait_for(lambda: browser.find_elements(By.ID, "login"), timeout=20)

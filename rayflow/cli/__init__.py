@@ -520,11 +520,14 @@ def serve(
     with_ui: Annotated[bool, typer.Option("--ui", help="Serve the web UI too, with actions: run now, cancel, resume.")] = False,
     ui_host: Annotated[str, typer.Option("--ui-host", help="Address of the UI.")] = "127.0.0.1",
     ui_port: Annotated[int, typer.Option("--ui-port", help="Port of the UI.", min=1, max=65535)] = 4200,
+    ui_token_file: UITokenFileOption = None,
+    ui_allowed_host: UIAllowedHostOption = None,
 ) -> None:
     """Fire flows on their schedules as runs on Ray, until SIGTERM/SIGINT (exit 0)."""
     from rayflow.cli.serve import check_server_options, config_entries, schedule_from
     from rayflow.exceptions import ScheduleError
 
+    ui_token = _ui_settings(ui_host, "--ui-host", ui_token_file, ui_allowed_host or []) if with_ui else None
     try:
         if config is not None:
             given = {
@@ -550,9 +553,8 @@ def serve(
             "address": address or server.get("address"),
         }
         check_server_options(options, "")
-        if with_ui:
-            _start_ui(ui_host, ui_port, [e.flow for e in entries])
-        code = serving.serve(entries, once=once, **options)
+        actions = _start_ui(ui_host, ui_port, [e.flow for e in entries], ui_token, ui_allowed_host or []) if with_ui else None
+        code = serving.serve(entries, once=once, on_ready=actions.mark_ready if actions else None, **options)
     except (TargetError, ParameterError, ScheduleError, DefinitionError) as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
     except ClusterConnectionError as exc:
@@ -571,15 +573,51 @@ def _listen_check(host: str, port: int) -> None:
         raise _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_USAGE) from None
 
 
-def _start_ui(host: str, port: int, flows: list[Any]) -> None:
-    """The UI of ``rayflow serve --ui``, in a thread of the server: with actions on its flows."""
+UITokenFileOption = Annotated[
+    Optional[str],  # noqa: UP007
+    typer.Option(
+        "--ui-token-file", "--token-file",
+        help="A file holding the UI's token (one line); else RAYFLOW_UI_TOKEN. Required with a --ui-host beyond loopback.",
+    ),
+]
+UIAllowedHostOption = Annotated[
+    Optional[list[str]],  # noqa: UP007
+    typer.Option(
+        "--ui-allowed-host", "--allowed-host",
+        help="A Host name the UI answers besides loopback and --ui-host (repeatable; *.example.com).",
+    ),
+]
+
+
+def _ui_settings(host: str, option: str, token_file: str | None, allowed: list[str]) -> str | None:
+    """The UI's token, checked with its address before anything starts: a bad token file, or a
+    UI beyond loopback without a token, is one line, exit 2.  The token leaves the environment
+    here, so nothing this process starts (Ray, its workers) inherits it."""
+    from rayflow.ui.security import TOKEN_ENV, SetupError, check_allowed_host, check_exposure, read_token
+
+    try:
+        token = read_token(token_file)
+        check_exposure(host, token, option, "--ui-token-file" if option == "--ui-host" else "--token-file")
+        for pattern in allowed:
+            check_allowed_host(pattern)
+    except SetupError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    os.environ.pop(TOKEN_ENV, None)
+    return token
+
+
+def _start_ui(host: str, port: int, flows: list[Any], token: str | None, allowed: list[str]) -> Any:
+    """The UI of ``rayflow serve --ui``, in a thread of the server: with actions on its flows,
+    which answer "starting" until the server has joined Ray (its ``mark_ready``)."""
     from rayflow.ui.actions import ServeActions
     from rayflow.ui.server import serve_in_background
 
     _listen_check(host, port)
     unique = list({f.name: f for f in flows}.values())
-    serve_in_background(rayflow_home(), host, port, ServeActions(unique))
-    typer.echo(f"rayflow serve: UI at http://{host}:{port}/", err=True)
+    actions = ServeActions(unique, ready=False)
+    serve_in_background(rayflow_home(), host, port, actions, token=token, allowed_hosts=allowed)
+    typer.echo(f"rayflow serve: UI at http://{host}:{port}/{' (with a token)' if token else ''}", err=True)
+    return actions
 
 
 def _exit_past_abandoned_threads(code: int) -> None:
@@ -641,13 +679,22 @@ def list_schedules(as_json: Annotated[bool, typer.Option("--json", help="As JSON
 def ui(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.", min=1, max=65535)] = 4200,
+    token_file: Annotated[
+        Optional[str],  # noqa: UP007
+        typer.Option("--token-file", help="A file holding the UI's token (one line); else RAYFLOW_UI_TOKEN. Required with a --host beyond loopback."),
+    ] = None,
+    allowed_host: Annotated[
+        Optional[list[str]],  # noqa: UP007
+        typer.Option("--allowed-host", help="A Host name the UI answers besides loopback and --host (repeatable; *.example.com)."),
+    ] = None,
 ) -> None:
     """Serve the web UI (read-only) over RAYFLOW_HOME's run history."""
     from rayflow.ui.server import serve as serve_ui
 
+    token = _ui_settings(host, "--host", token_file, allowed_host or [])
     _listen_check(host, port)
-    typer.echo(f"rayflow ui: http://{host}:{port}/ over {rayflow_home() / 'history.db'}", err=True)
-    serve_ui(rayflow_home(), host, port)
+    typer.echo(f"rayflow ui: http://{host}:{port}/ over {rayflow_home() / 'history.db'}{' (with a token)' if token else ''}", err=True)
+    serve_ui(rayflow_home(), host, port, token=token, allowed_hosts=allowed_host or [])
 
 
 app.command()(_submit.submit)

@@ -46,12 +46,25 @@ def entrypoint(target: str, run_id: str, params: list[str], params_json: str | N
     return _command(words)
 
 
-def serve_entrypoint(config: str, ui: bool, ui_host: str, ui_port: int) -> str:
+def serve_entrypoint(config: str, ui: bool, ui_host: str, ui_port: int, ui_token_file: str | None = None) -> str:
     """The job's shell command for ``--serve``: ``rayflow serve --config`` on the cluster."""
     words = ["python", "-m", "rayflow", "serve", "--config", config]
     if ui:
         words += ["--ui", "--ui-host", ui_host, "--ui-port", str(ui_port)]
+        words += ["--ui-token-file", ui_token_file] if ui_token_file else []
     return _command(words)
+
+
+def _check_ui_exposure(ui: bool, ui_host: str, ui_token_file: str | None) -> None:
+    """The server's UI beyond the head's loopback needs a token (its file is on the head): said
+    here, before submitting, rather than in the job's log."""
+    from rayflow.ui.security import on_loopback
+
+    if ui and ui_token_file is None and not on_loopback(ui_host):
+        raise _fail(
+            f"--ui-host {ui_host} makes the UI reachable from other machines: give it a token "
+            "(--ui-token-file FILE, a file on the head node), or listen on 127.0.0.1", 2,
+        )
 
 
 def _command(words: list[str]) -> str:
@@ -138,6 +151,10 @@ def submit(
     ui: Annotated[bool, typer.Option("--ui", help="With --serve: the web UI too, served from the head node.")] = False,
     ui_host: Annotated[str, typer.Option("--ui-host", help="With --serve --ui: the address the UI listens on, on the head.")] = "127.0.0.1",
     ui_port: Annotated[int, typer.Option("--ui-port", help="With --serve --ui: the UI's port.", min=1, max=65535)] = 4200,
+    ui_token_file: Annotated[
+        Optional[str],  # noqa: UP007
+        typer.Option("--ui-token-file", help="With --serve --ui: a file on the head node holding the UI's token (required beyond loopback)."),
+    ] = None,
 ) -> None:
     """Run a flow on a Ray cluster as a Ray Job: it goes on when this machine goes away.
 
@@ -161,7 +178,8 @@ def submit(
         if working_dir is not None and not os.path.isfile(config):
             raise _fail(f"no such file in the working dir {working_dir}: {serve}", 2)
         run_id = serve_id(serve)
-        command = serve_entrypoint(serve, ui, ui_host, ui_port)
+        _check_ui_exposure(ui, ui_host, ui_token_file)
+        command = serve_entrypoint(serve, ui, ui_host, ui_port, ui_token_file)
     else:
         if run_id is not None:
             try:

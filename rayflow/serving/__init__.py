@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from rayflow.serving.launcher import ThreadLauncher
@@ -38,7 +38,9 @@ def serve(
     address: str | None = None,
     once: bool = False,
     launcher: Any = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> int:
+    """``on_ready`` is called once Ray is joined (the UI's actions wait for it)."""
     _log_to_stderr()
     if address is not None or any(e.flow.options.runner == "ray" for e in entries):
         from rayflow.runtime import connect
@@ -46,6 +48,8 @@ def serve(
         connect(address)  # once, before anything fires: a cluster that does not answer stops here
         if address is not None:
             entries = [_on(e, address) for e in entries]
+    if on_ready is not None:
+        on_ready()
     store = ScheduleStore(RunStore(rayflow_home(), repair=True))
     server = Server(list(entries), store, launcher or ThreadLauncher(), max_concurrent=max_concurrent)
     server.start()

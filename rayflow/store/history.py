@@ -101,6 +101,7 @@ def rayflow_home(environ: Mapping[str, str] | None = None) -> pathlib.Path:
 
 
 UNFINISHED = ("PENDING", "RUNNING")
+_RESERVED: set[str] = set()  # run ids this process recorded PENDING before their run starts (RunStore.reserve)
 
 
 def refuse_taken_run_id(options: Any) -> None:
@@ -112,6 +113,9 @@ def refuse_taken_run_id(options: Any) -> None:
     if run_id is not None:
         check_run_id(run_id)
     if not run_id or getattr(options, "run_attempt", 1) > 1:
+        return
+    if run_id in _RESERVED:  # recorded by this process for this very run: taken by it now
+        _RESERVED.discard(run_id)
         return
     try:
         store = RunStore(rayflow_home())
@@ -352,6 +356,20 @@ class RunStore:
             if chunks:
                 db.executemany("INSERT INTO chunks VALUES (?,?,?,?,?,?,?,?,?,?)", chunks)
 
+    def reserve(self, run_id: str, flow: str, params: Mapping[str, Any], message: str) -> None:
+        """Record a run PENDING before it starts in this process, so its id is in the history at
+        once (the UI's run now); its run then records over it.  Its graph names this process as
+        its driver: if the process dies first, readers see it CRASHED."""
+        now = time.time()
+        driver = {"host": socket.gethostname(), "pid": os.getpid()}
+        with self._connect() as db:
+            db.execute(  # an IntegrityError if the id is taken
+                "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [run_id, flow, json.dumps(redact_params(params)), "PENDING", message, now, None, None, "[]", 1],
+            )
+            db.execute("INSERT OR IGNORE INTO graphs VALUES (?,?)", [run_id, json.dumps({"flow": flow, "nodes": [], "driver": driver})])
+        _RESERVED.add(run_id)
+
     def mark_ended(
         self, run_id: str, state: str, *, flow: str, params: Mapping[str, Any], tasks: list[str], attempt: int,
         message: str, graph: Mapping[str, Any] | None = None, timeout: float = 2.0,
@@ -379,9 +397,12 @@ class RunStore:
     # -- reading -------------------------------------------------------------
 
     def runs(
-        self, *, flow: str | None = None, state: str | None = None, limit: int = 20, since: float | None = None
+        self, *, flow: str | None = None, state: str | None = None, limit: int = 20, since: float | None = None,
+        offset: int = 0,
     ) -> list[dict]:
-        """The newest ``limit`` runs, their states as ``shown_state`` decides, filtered on that."""
+        """Runs newest first, their states as ``shown_state`` decides, filtered on that: ``limit`` of
+        them after the first ``offset`` (a page reads only its rows, but for a filter on an unfinished
+        or CRASHED state, which reads the unfinished runs until the page is full)."""
         query = (  # a scheduled run: its schedule and scheduled time (None for the others)
             "SELECT runs.*, s.schedule_id AS schedule_id, s.scheduled_for AS scheduled_for FROM runs "
             "LEFT JOIN scheduled_runs AS s ON s.run_id = runs.run_id WHERE 1=1"
@@ -398,7 +419,8 @@ class RunStore:
         query += " ORDER BY runs.started_at DESC"
         decided = state in (CRASHED, *UNFINISHED)  # read, then filtered: no LIMIT in SQL
         if not decided:
-            query, args = query + " LIMIT ?", [*args, limit]
+            query, args = query + " LIMIT ? OFFSET ?", [*args, limit, offset]
+        skip = offset if decided else 0
         rows: list[dict] = []
         with self._connect() as db:
             for found in db.execute(query, args):  # newest first, until ``limit`` match (< 0: all, as SQL's)
@@ -406,8 +428,12 @@ class RunStore:
                     break
                 row = self._run_row(found)
                 row["state"] = self._shown(db, row["run_id"], row["state"])
-                if not state or row["state"] == state:
-                    rows.append(row)
+                if state and row["state"] != state:
+                    continue
+                if skip:
+                    skip -= 1
+                    continue
+                rows.append(row)
         return rows
 
     def _shown(self, db: sqlite3.Connection, run_id: str | None, recorded: str | None) -> str | None:

@@ -5,24 +5,56 @@ cancels a live run and resumes a failed, cancelled or crashed one; each run
 goes in a thread of the serving process, like a scheduled fire
 (``serving.launcher``).  ``rayflow ui`` alone gets no actions: its pages are
 read-only.
+
+Until the server has joined Ray (``mark_ready``), ``starting()`` is true and the
+UI answers actions 503: a run started meanwhile would call ``ray.init`` from a
+second thread.  A run now is in the history (PENDING) before its id is
+returned; a run or resume whose thread fails before the run records its end is
+logged (``rayflow.serve``), recorded FAILED with the error where it had not
+started, and shown on its page.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rayflow.core.parameters import validate_parameters
-from rayflow.serving.launcher import ThreadHandle, cancel_here, run_in_thread
+from rayflow.serving.launcher import ThreadHandle, cancel_here
+from rayflow.store import RunStore, rayflow_home
+
+logger = logging.getLogger("rayflow.serve")
+STARTING_MESSAGE = "starting (run now from the UI)"
+
+
+class NotReady(RuntimeError):
+    """An action asked for before the server has joined Ray."""
 
 
 class ServeActions:
-    def __init__(self, flows: Sequence[Any]):
+    def __init__(self, flows: Sequence[Any], *, ready: bool = True):
         self.flows = {f.name: f for f in flows}
         self.on_ray = any(f.options.runner != "local" for f in flows)
         self.handles: list[ThreadHandle] = []
+        self._ready = threading.Event()
+        self._errors: dict[str, str] = {}  # run id -> why its action's thread failed
+        if ready:
+            self._ready.set()
+
+    def mark_ready(self) -> None:
+        """The server has joined Ray: actions may start runs now."""
+        self._ready.set()
+
+    def starting(self) -> bool:
+        return not self._ready.is_set()
+
+    def error_of(self, run_id: str) -> str | None:
+        """Why the last action on ``run_id`` failed in its thread, if it did."""
+        return self._errors.get(run_id)
 
     def names(self) -> list[str]:
         return sorted(self.flows)
@@ -42,25 +74,64 @@ class ServeActions:
 
     def run_now(self, name: str, values: Mapping[str, Any]) -> str:
         """Start a run of flow ``name``; a ParameterError (before anything runs) names a bad value."""
+        self._check_ready()
         flow = self._flow(name)
-        validate_parameters(flow.parameters_model, flow.name, dict(values))
+        checked = validate_parameters(flow.parameters_model, flow.name, dict(values))  # secrets as secrets: recorded ***
         run_id = uuid.uuid4().hex[:12]
-        self.handles.append(run_in_thread(flow, dict(values), run_id))
+        RunStore(rayflow_home()).reserve(run_id, flow.name, checked, STARTING_MESSAGE)  # in the history at once
+        chosen = flow.with_options(run_id=run_id, progress=False)
+        body = self._watched("run now", run_id, lambda: chosen.run(**values), flow=flow.name, params=checked)
+        self.handles.append(ThreadHandle(run_id, body, on_ray=flow.options.runner != "local"))
         return run_id
 
     def cancel(self, run_id: str) -> None:
         """Cancel a live run: an in-process one of this server, else through its actor on Ray."""
+        self._check_ready()
         try:
             cancel_here(run_id, on_ray=self.on_ray)
         except LookupError:
             raise LookupError("it is not going in this server") from None
 
     def resume(self, run_id: str, flow_name: str) -> None:
+        self._check_ready()
         flow = self._flow(flow_name)
         from rayflow.runs.resume import check_resumable, resume
 
         check_resumable(run_id)  # refusals (it succeeded, it is still running) before the thread
-        self.handles.append(ThreadHandle(run_id, lambda: resume(run_id, flow), on_ray=flow.options.runner != "local"))
+        self._errors.pop(run_id, None)
+        body = self._watched("resume", run_id, lambda: resume(run_id, flow))
+        self.handles.append(ThreadHandle(run_id, body, on_ray=flow.options.runner != "local"))
+
+    def _check_ready(self) -> None:
+        if self.starting():
+            raise NotReady("the server is starting (joining Ray): try again in a moment")
+
+    def _watched(self, what: str, run_id: str, body: Any, **placeholder: Any) -> Any:
+        """``body`` as an action's thread runs it: a failure is logged, kept for the run's page,
+        and recorded FAILED where the run had not started (its placeholder, ``placeholder``)."""
+
+        def run() -> Any:
+            try:
+                return body()
+            except BaseException as exc:
+                reason = f"{what} failed: {type(exc).__name__}: {str(exc)[:500]}"
+                logger.error("run %s: %s", run_id, reason)
+                self._errors[run_id] = reason
+                if placeholder:
+                    self._record_not_started(run_id, reason, placeholder)
+                raise
+
+        return run
+
+    @staticmethod
+    def _record_not_started(run_id: str, reason: str, placeholder: dict) -> None:
+        store = RunStore(rayflow_home())
+        try:
+            row = store.run(run_id)
+            if row is not None and row["message"] == STARTING_MESSAGE:  # still the placeholder: it never started
+                store.mark_ended(run_id, "FAILED", tasks=[], attempt=1, message=reason, **placeholder)
+        except Exception as err:  # noqa: BLE001 - the log line above stays
+            logger.warning("run %s: cannot record it FAILED in the history: %s", run_id, err)
 
     def _flow(self, name: str) -> Any:
         flow = self.flows.get(name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pathlib
 import socket
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import uvicorn
@@ -18,12 +19,24 @@ def check_port(host: str, port: int) -> None:
         pass
 
 
-def serve(home: str | pathlib.Path, host: str, port: int) -> None:
+def _config(app: Any, host: str, port: int) -> uvicorn.Config:
+    # No access log: a URL is all it would add, and nothing of a request's headers or body.
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+def serve(
+    home: str | pathlib.Path, host: str, port: int, *, token: str | None = None, allowed_hosts: Sequence[str] = (),
+) -> None:
     """The read-only UI, until interrupted."""
-    uvicorn.run(create_app(home), host=host, port=port, log_level="warning")
+    app = create_app(home, token=token, host=host, allowed_hosts=allowed_hosts)
+    uvicorn.Server(_config(app, host, port)).run()
 
 
-def serve_in_background(home: str | pathlib.Path, host: str, port: int, actions: Any) -> None:
+def serve_in_background(
+    home: str | pathlib.Path, host: str, port: int, actions: Any, *, token: str | None = None,
+    allowed_hosts: Sequence[str] = (),
+) -> None:
     """The UI with ``actions``, in a daemon thread (off the main thread, it takes no signals)."""
-    server = uvicorn.Server(uvicorn.Config(create_app(home, actions), host=host, port=port, log_level="warning"))
+    app = create_app(home, actions, token=token, host=host, allowed_hosts=allowed_hosts)
+    server = uvicorn.Server(_config(app, host, port))
     threading.Thread(target=server.run, name="rayflow-ui", daemon=True).start()

@@ -1,0 +1,83 @@
+"""The query values the UI's pages and its JSON take, checked: a bad one is a QueryError whose
+message says which and why (the app answers 400 with it), never a value silently replaced."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from starlette.datastructures import QueryParams
+
+PAGE_SIZE = 50
+MAX_PAGE = 1_000_000_000  # 5e10 rows in: far past any history, and well inside SQLite's integers
+STATES = ("SUCCESS", "FAILED", "RUNNING", "PENDING", "CANCELLED", "CRASHED", "TIMED_OUT", "TRIGGER_FAILED", "SKIPPED")
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+SINCE = {"1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}  # the time filter's choices
+MAX_TEXT = 500
+
+
+class QueryError(ValueError):
+    """A query value the UI does not take: its message is the 400's reason."""
+
+
+@dataclass(frozen=True)
+class RunsQuery:
+    flow: str | None = None
+    state: str | None = None
+    since: str | None = None
+    page: int = 1
+
+    @property
+    def offset(self) -> int:
+        return (self.page - 1) * PAGE_SIZE
+
+
+@dataclass(frozen=True)
+class LogsQuery:
+    task: str | None = None
+    level: str | None = None
+
+
+def _one(params: QueryParams, name: str) -> str | None:
+    """The value of ``name`` ("" counts as absent: the filter forms send empty selects)."""
+    values = params.getlist(name)
+    if len(values) > 1:
+        raise QueryError(f"{name} is given {len(values)} times: give it once")
+    if not values or values[0] == "":
+        return None
+    if len(values[0]) > MAX_TEXT:
+        raise QueryError(f"{name} is longer than {MAX_TEXT} characters")
+    return values[0]
+
+
+def _choice(params: QueryParams, name: str, choices: Collection[str]) -> str | None:
+    value = _one(params, name)
+    if value is None:
+        return None
+    if value.upper() in choices:
+        return value.upper()
+    if value in choices:
+        return value
+    raise QueryError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def runs_query(params: QueryParams) -> RunsQuery:
+    """The runs page's and ``/api/runs``' filters: flow, state, since, page."""
+    page_text = _one(params, "page")
+    page = 1
+    if page_text is not None:
+        if not page_text.isascii() or not page_text.isdigit() or len(page_text) > len(str(MAX_PAGE)) or not 1 <= int(page_text) <= MAX_PAGE:
+            raise QueryError(f"page must be a whole number from 1 to {MAX_PAGE}; got {page_text[:40]!r}")
+        page = int(page_text)
+    since = _one(params, "since")
+    if since is not None and since not in SINCE:
+        raise QueryError(f"since must be one of {', '.join(SINCE)}; got {since!r}")
+    return RunsQuery(flow=_one(params, "flow"), state=_choice(params, "state", STATES), since=since, page=page)
+
+
+def logs_query(params: QueryParams, tasks: Collection[str]) -> LogsQuery:
+    """A run page's log filters: one of the run's tasks, a level."""
+    task = _one(params, "task")
+    if task is not None and task not in tasks:
+        raise QueryError(f"task must be one of this run's tasks; it has no task {task!r}")
+    return LogsQuery(task=task, level=_choice(params, "level", LEVELS))
