@@ -338,7 +338,7 @@ def test_every_filter_and_listing_reads_a_killed_drivers_run_as_crashed_as_show_
     assert "killed-run\tlong_flow\tCRASHED" in crashed.stdout, crashed.stdout
     running = run_cli("runs", "--state", "running", home=home)
     assert running.returncode == 0 and "killed-run" not in running.stdout, running.stdout
-    client = TestClient(create_app(home))
+    client = TestClient(create_app(home), base_url="http://127.0.0.1:4200")  # a Host the UI answers
     assert [r["run_id"] for r in client.get("/api/runs?state=CRASHED").json()] == ["killed-run"]
     assert client.get("/api/runs?state=RUNNING").json() == []
     assert "killed-run" in client.get("/?state=CRASHED").text

@@ -415,3 +415,32 @@ def test_serve_ui_run_now_is_in_the_history_at_once_and_a_failed_start_is_logged
     assert token not in out + err
     assert f"run {bad_id}: run now failed" in err and "thirteen is not welcome here" in err, err[-3000:]
     assert "Fatal Python error" not in err and "Aborted" not in err
+
+
+@pytest.mark.timeout(180)
+def test_serve_ui_cancels_a_run_now_at_once_while_it_is_still_starting(tmp_path):
+    """The run id a run now answers can be cancelled at once: the first run now of a server
+    took long enough to reach its runner that a cancel right after it answered 409 "not going
+    in this server", and the run then went on to SUCCESS."""
+    import signal
+
+    import httpx
+    from ui_http import free_port
+
+    port = free_port()
+    serve = _serve_ui(tmp_path, port, "tests/ui_flows.py:napping", "--interval", "3600")
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as http:
+            wait_for(lambda: (_page(http, "/flows") or httpx.Response(0)).status_code == 200
+                     and 'id="starting"' not in http.get("/flows").text, timeout=60, what="the server to start")
+            started = _run_now(http, "napping", seconds="20")
+            assert started.status_code == 303, started.text[:300]
+            run_id = started.headers["location"].rsplit("/", 1)[1]
+            page = http.get(f"/runs/{run_id}").text
+            cancelled = http.post(f"/runs/{run_id}/cancel", data={"csrf_token": csrf_token(page)}, follow_redirects=False)
+            assert cancelled.status_code == 303, cancelled.text[:500]
+            wait_for(lambda: http.get(f"/api/runs/{run_id}").json()["state"] == "CANCELLED", timeout=60,
+                     what="the run to be recorded CANCELLED")
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.communicate(timeout=90)

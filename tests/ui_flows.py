@@ -22,3 +22,17 @@ def picky(n: int = 1) -> str:
     if n == 13:
         raise ValueError("thirteen is not welcome here")
     return shout(str(n))
+
+
+@rf.task
+def nap(seconds: float) -> float:
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+@rf.flow(runner="local")
+def napping(seconds: float = 20.0) -> float:
+    """In-process, and slow: a run now of it can be cancelled while it goes."""
+    return nap(seconds)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -29,6 +30,7 @@ from rayflow.store import RunStore, rayflow_home
 
 logger = logging.getLogger("rayflow.serve")
 STARTING_MESSAGE = "starting (run now from the UI)"
+CANCEL_WAIT_SECONDS = 30.0  # a cancel of a run this server is still starting waits this long for it
 
 
 class NotReady(RuntimeError):
@@ -85,12 +87,20 @@ class ServeActions:
         return run_id
 
     def cancel(self, run_id: str) -> None:
-        """Cancel a live run: an in-process one of this server, else through its actor on Ray."""
+        """Cancel a live run: an in-process one of this server, else through its actor on Ray.
+        A run this server's action has just started may not have reached its runner yet (its id
+        is answered at once): the cancel is tried again while that action's thread lives."""
         self._check_ready()
-        try:
-            cancel_here(run_id, on_ray=self.on_ray)
-        except LookupError:
-            raise LookupError("it is not going in this server") from None
+        ours = [h for h in self.handles if h.run_id == run_id and not h.done()]
+        deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+        while True:
+            try:
+                cancel_here(run_id, on_ray=self.on_ray)
+                return
+            except LookupError:
+                if not any(not h.done() for h in ours) or time.monotonic() > deadline:
+                    raise LookupError("it is not going in this server") from None
+            time.sleep(0.05)
 
     def resume(self, run_id: str, flow_name: str) -> None:
         self._check_ready()
