@@ -82,6 +82,7 @@ CLI_CASES: list[tuple[str, list[str], str, int]] = [
     ("`serve --ui --token-file` missing",
      ["serve", "<dir>/good.py:twice", "--cron", "0 6 * * *", "--ui", "--token-file", "<dir>/nofile.token"], "home", 2),
     ("`ui --allowed-host` with a port", ["ui", "--allowed-host", "example.org:4200"], "home", 2),
+    ("`ui --allowed-host` a wildcard over a top-level domain", ["ui", "--allowed-host", "*.com"], "home", 2),
     ("`submit --serve --ui` beyond loopback without a token file",
      ["submit", "--serve", "flows.toml", "--ui", "--ui-host", "0.0.0.0", "--address", f"http://{CLOSED}"], "home", 2),
     ("option value of the wrong type", ["runs", "--limit", "many"], "home", 2),

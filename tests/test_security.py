@@ -418,9 +418,12 @@ def test_with_a_token_every_page_api_call_and_action_needs_it(tmp_path, monkeypa
             assert http.get("/api/runs").status_code == 200
             away = http.post("/login", data={**form, "token": UI_TOKEN, "next": "//evil.example/x"}, follow_redirects=False)
             assert away.headers["location"] == "/"  # never sent to another site
+            kept = {f"rayflow_session_{port}": http.cookies[f"rayflow_session_{port}"]}  # a copy of the session
             logout = http.post("/logout", data={"csrf_token": csrf_token(http.get("/").text)}, follow_redirects=False)
             assert logout.status_code == 303
             assert http.get("/runs/greeted-1").status_code == 401  # the cookie is gone
+        with httpx.Client(base_url=url, cookies=kept) as copied:
+            assert copied.get("/api/runs").status_code == 401  # and the session ended here too
         with httpx.Client(base_url=url, cookies={f"rayflow_session_{port}": "1.0" * 3}) as forged:
             assert forged.get("/api/runs").status_code == 401
     finally:

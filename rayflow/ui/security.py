@@ -25,6 +25,7 @@ import logging
 import os
 import pathlib
 import secrets
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -124,6 +125,11 @@ def check_allowed_host(pattern: str) -> None:
     body = pattern[2:] if pattern.startswith("*.") else pattern
     if not body or "*" in body or "/" in body or " " in body or (":" in body and not body.startswith("[")):
         raise SetupError(f"--allowed-host {pattern!r} must be a host name or address (no port), or *.domain")
+    if pattern.startswith("*.") and len([label for label in body.split(".") if label]) < 2:
+        raise SetupError(
+            f"--allowed-host {pattern!r} would let in every site under .{body.strip('.')}: "
+            "a wildcard needs a domain of your own, e.g. *.example.com"
+        )
 
 
 # -- requests ---------------------------------------------------------------------------------
@@ -146,27 +152,42 @@ class Sessions:
     def __init__(self, token: str):
         self._token = token.encode()
         self._key = hmac.new(self._token, b"rayflow-ui-session", hashlib.sha256).digest()
+        self._lock = threading.Lock()
+        self._signed_out: dict[str, float] = {}  # session id -> when it was issued
 
     def matches(self, given: str) -> bool:
         return hmac.compare_digest(given.encode("utf-8", "replace"), self._token)
 
-    def _sign(self, issued: str) -> str:
-        return hmac.new(self._key, issued.encode(), hashlib.sha256).hexdigest()
+    def _sign(self, body: str) -> str:
+        return hmac.new(self._key, body.encode(), hashlib.sha256).hexdigest()
 
     def cookie_value(self) -> str:
-        issued = str(int(time.time()))
-        return f"{issued}.{self._sign(issued)}"
+        """``issued.session-id.signature``: the session id lets sign-out end this session alone."""
+        body = f"{int(time.time())}.{secrets.token_hex(8)}"
+        return f"{body}.{self._sign(body)}"
 
     def valid(self, value: str | None) -> bool:
-        issued, _, sig = (value or "").partition(".")
-        if not issued.isdigit() or not hmac.compare_digest(sig.encode(), self._sign(issued).encode()):
+        issued, session, sig = ((value or "").split(".") + ["", "", ""])[:3]
+        if not issued.isdigit() or not hmac.compare_digest(sig.encode(), self._sign(f"{issued}.{session}").encode()):
             return False
+        with self._lock:
+            if session in self._signed_out:
+                return False
         return 0 <= time.time() - int(issued) <= SESSION_SECONDS
 
     def login_cookie(self, request: Request) -> str:
         return _cookie(_cookie_name(request.scope, "session"), self.cookie_value(), request, SESSION_SECONDS)
 
     def logout_cookie(self, request: Request) -> str:
+        """The cookie that clears the session, which ends here too: a copy of its cookie kept
+        elsewhere no longer signs in (until this UI restarts, for at most SESSION_SECONDS)."""
+        value = request.cookies.get(_cookie_name(request.scope, "session"))
+        if self.valid(value):
+            issued, session, _ = value.split(".")
+            now = time.time()
+            with self._lock:
+                self._signed_out = {k: t for k, t in self._signed_out.items() if now - t <= SESSION_SECONDS}
+                self._signed_out[session] = float(issued)
         return _cookie(_cookie_name(request.scope, "session"), "", request, 0)
 
     def bearer(self, headers: Headers) -> str | None:
