@@ -774,17 +774,28 @@ def test_a_key_function_returning_a_path_stays_in_the_cache(tmp_path, monkeypatc
     assert not list(tmp_path.rglob("x.pkl")) and not list(tmp_path.rglob("item-*"))
 
 
-@pytest.mark.parametrize("name", ["..", "."])
+@pytest.mark.parametrize("name", ["..", ".", "a\nb", "a\x00b"])
 def test_a_task_or_flow_named_dot_dot_is_refused_at_definition(name):
     """Names become task keys, and keys folders of the result store (runs/<run id>/<task key>,
     cache/<flow>/<task key>/): a subflow named '..' three deep sent a persisted result
-    above the store's root."""
+    above the store's root.  The same rule for a name taken from the function's ``__name__``
+    (a task whose ``__name__`` was '..' wrote runs/<id>/...pkl; one with a NUL failed its run
+    only when its result was written)."""
     with pytest.raises(rf.TaskOptionError):
         rf.task(name=name)(lambda x: x)
     with pytest.raises(rf.TaskOptionError):
         rf.flow(name=name)(lambda: None)
     with pytest.raises(rf.TaskOptionError):
         keeps.with_options(name=name)
+
+    def renamed(x=1):
+        return x
+
+    renamed.__name__ = name
+    with pytest.raises(rf.TaskOptionError):
+        rf.task(renamed)
+    with pytest.raises(rf.TaskOptionError):
+        rf.flow(renamed)
 
 
 def test_task_keys_that_climb_are_refused_by_the_worker_writes(tmp_path):

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol, overload
 
 from rayflow.core.graph import Graph, GraphBuilder, active_builder
-from rayflow.core.options import FlowOptions, validate_options
+from rayflow.core.options import FlowOptions, checked_name, validate_options
 from rayflow.core.parameters import is_secret, parameters_model, validate_parameters
 from rayflow.exceptions import DefinitionError, GraphError, ParameterError, RayflowError
 from rayflow.paths import check_run_id
@@ -79,7 +79,7 @@ class Flow:
             raise DefinitionError(f"flow {fn.__qualname__} is async; flow bodies are plain functions")
         self.fn = fn
         self.options = options
-        self.name: str = options.name or fn.__name__
+        self.name: str = options.name or checked_name(fn.__name__, fn.__qualname__)
         self.parameters_model = parameters_model(fn, self.name)
         self._graphs: OrderedDict[Any, Graph] = OrderedDict()
         self._lock = threading.Lock()

@@ -229,9 +229,20 @@ class FlowOptions(BaseModel):
 def _key_name(value: str | None) -> str | None:
     """Names become task keys, and '/' separates a subflow's keys from its parent's; keys are
     folders of the result store (``runs/<run id>/<task key>``), where '.' and '..' would climb."""
-    if value is not None and (value != value.strip() or "/" in value or value in (".", "..")):
-        raise ValueError("must not contain '/' or surrounding whitespace, nor be '.' or '..'")
+    if value is not None and (
+        value != value.strip() or "/" in value or value in (".", "..") or any(c < " " or c == "\x7f" for c in value)
+    ):
+        raise ValueError("must not contain '/', control characters or surrounding whitespace, nor be '.' or '..'")
     return value
+
+
+def checked_name(value: str, owner: str) -> str:
+    """A task's or flow's name taken from its function (``__name__``), held to the rule ``name=``
+    follows (a function's ``__name__`` can be set to anything)."""
+    try:
+        return _key_name(value)  # type: ignore[return-value]
+    except ValueError as exc:
+        raise TaskOptionError(f"invalid name for {owner}: {value!r}: {exc}", task_name=owner, options=("name",)) from None
 
 
 def validate_options(model: type[BaseModel], owner: str, values: dict[str, Any]) -> Any:

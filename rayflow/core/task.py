@@ -14,7 +14,7 @@ from typing import Any, overload
 from rayflow.core.graph import active_builder, argument_slots, rebuild_call
 from rayflow.core.mapping import check_lengths, classify
 from rayflow.core.refs import MapInput
-from rayflow.core.options import TaskOptions, validate_options
+from rayflow.core.options import TaskOptions, checked_name, validate_options
 from rayflow.exceptions import DefinitionError
 
 
@@ -30,7 +30,7 @@ class Task:
             )
         self.fn = fn
         self.options = options
-        self.name: str = options.name or getattr(fn, "__name__", None) or type(fn).__name__
+        self.name: str = options.name or checked_name(getattr(fn, "__name__", None) or type(fn).__name__, _qualname(fn))
         self.qualname = _qualname(fn)
         self.signature = inspect.signature(fn)
         # Tracing's fast path: how many positional arguments bind with no further check
