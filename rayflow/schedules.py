@@ -77,6 +77,9 @@ def as_utc(when: dt.datetime) -> dt.datetime:
     return when.astimezone(UTC)
 
 
+MAX_CATCHUP = 10_000  # missed fires one catch-up may run at most (catchup="all")
+
+
 class Schedule:
     """A rule for fire times; see the module's docstring."""
 
@@ -98,8 +101,8 @@ class Schedule:
             raise ScheduleError(f"overlap must be one of {', '.join(OVERLAP)}; got {overlap!r}")
         if catchup not in CATCHUP:
             raise ScheduleError(f"catchup must be one of {', '.join(CATCHUP)}; got {catchup!r}")
-        if not isinstance(max_catchup, int) or max_catchup < 1:
-            raise ScheduleError(f"max_catchup must be a positive int, got {max_catchup!r}")
+        if not isinstance(max_catchup, int) or isinstance(max_catchup, bool) or not 1 <= max_catchup <= MAX_CATCHUP:
+            raise ScheduleError(f"max_catchup must be a whole number from 1 to {MAX_CATCHUP}, got {max_catchup!r}")
         self.overlap, self.catchup, self.max_catchup = overlap, catchup, max_catchup
 
     # -- what every schedule answers --------------------------------------------------------

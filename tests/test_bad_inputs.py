@@ -111,6 +111,8 @@ CLI_CASES: list[tuple[str, list[str], str, int]] = [
     ("`schedule preview -n` over its maximum",
      ["schedule", "preview", "<dir>/good.py:twice", "--interval", "60", "-n", "100000000"], "home", 2),
     ("unknown `--overlap`", ["serve", "<dir>/good.py:twice", "--cron", "0 6 * * *", "--overlap", "never"], "home", 2),
+    ("`--max-catchup` without `--catchup all`", ["serve", "<dir>/good.py:twice", "--interval", "60", "--max-catchup", "3"], "home", 2),
+    ("`--max-catchup` past its maximum", ["serve", "<dir>/good.py:twice", "--interval", "60", "--catchup", "all", "--max-catchup", "99999999999999999999"], "home", 2),
     ("`serve --config` file missing", ["serve", "--config", "<dir>/nofile.toml"], "home", 2),
     ("`serve --config` with a target too", ["serve", "<dir>/good.py:twice", "--config", "<dir>/flows.toml"], "home", 2),
     ("`submit --address` not a job server URL", ["submit", "good.py:twice", "--address", CLOSED], "home", 2),

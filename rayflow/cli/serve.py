@@ -31,6 +31,11 @@ def schedule_from(
 
     if (cron is None) == (interval is None):
         raise ScheduleError("give exactly one of --cron EXPR or --interval SECONDS")
+    if policies.get("max_catchup") is not None and policies.get("catchup") != "all":
+        raise ScheduleError(
+            f"max_catchup applies to catchup 'all' only (catchup is {policies.get('catchup') or 'skip'!r}): "
+            "skip runs no missed fire, latest one"
+        )
     options = {"timezone": timezone or "UTC", **{k: v for k, v in policies.items() if v is not None}}
     if cron is not None:
         return Cron(cron, **options)
