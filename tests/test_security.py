@@ -827,3 +827,18 @@ def test_the_history_keeps_its_pending_rows_under_its_folder(tmp_path):
     assert type(raised.value).__name__ == "UnsafePathError"
     assert files_under(tmp_path) - before <= {"deep/home/history-pending"}
     assert not list(tmp_path.rglob("escape*"))
+
+
+def test_bad_paging_values_are_400_never_a_500_with_a_traceback(tmp_path, caplog):
+    """Found from outside: `/api/runs?page=99999999999999999999` was a 500 with a traceback in
+    the server's log (SQLite's integer overflow).  Over a real uvicorn server: 400 with the
+    reason, on the page and the JSON alike, and nothing logged at ERROR (tests/test_ui.py
+    checks every other query value)."""
+    import httpx
+
+    with caplog.at_level("WARNING"), uvicorn_server(create_app(tmp_path)) as url:
+        answers = [httpx.get(f"{url}{path}") for path in (
+            "/api/runs?page=99999999999999999999", "/?page=99999999999999999999", "/api/runs?page=-3")]
+    assert [a.status_code for a in answers] == [400, 400, 400], [a.text[:200] for a in answers]
+    assert "page must be a whole number from 1 to" in answers[0].json()["error"]
+    assert [r.getMessage()[:200] for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")] == []
