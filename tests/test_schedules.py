@@ -816,3 +816,62 @@ def test_fires_waiting_for_a_slot_when_their_server_died_run_next_in_order(tmp_p
         clock.now += 0.5
     assert [t - T0 for _, t, _ in again.launcher.launched][:6] == [20.0, 30.0, 40.0, 50.0, 60.0, 70.0]
     assert not [t for t, o in _fires(tmp_path, again).items() if o in HELD]
+
+
+def test_a_dead_servers_fires_go_before_the_later_fires_a_live_server_already_queued(tmp_path):
+    """Found in review: fires taken over were appended after the taker's own queue (it ran 30,
+    50, 60, 70, 80, then 20, 40).  They go in by their time, before every later fire."""
+    clock = Clock(T0)
+    schedule = Interval(10, overlap="queue", catchup="all")
+    dying = _server(tmp_path, schedule, clock=clock, host="elsewhere")  # A: another host, no pid to check
+    clock.now = T0 + 10
+    dying.tick()  # A starts 10
+    clock.now = T0 + 20
+    dying.tick()  # and queues 20; then A dies (no more heartbeats)
+    clock.now = T0 + 25
+    taker = _server(tmp_path, schedule, clock=clock)  # B serves alongside (A beat 5 s ago)
+    for second in (30, 40, 50, 60):
+        clock.now = T0 + second
+        taker.tick()  # B starts 30 and queues 40, 50, 60 behind it
+    assert [t - T0 for _, t, _ in taker.launcher.launched] == [30.0]
+    clock.now = T0 + 61  # A's lease (30 s without a heartbeat) has run out: B takes 20 over
+    taker.tick()
+    for _ in range(6):
+        for _, _, handle in taker.launcher.launched:
+            handle.finished = "SUCCESS"
+        clock.now += 0.5
+        taker.tick()
+    assert [t - T0 for _, t, _ in taker.launcher.launched] == [30.0, 20.0, 40.0, 50.0, 60.0]
+
+
+def test_a_server_killed_elsewhere_within_its_lease_does_not_make_the_outage_on_time(tmp_path):
+    """Found in review: a server on another host killed 20 s ago is still within its 30 s lease
+    (no pid to check there), and the next server counted it as serving all along: the outage's
+    fires, under a minute late, ran as on time (the issue's burst, back).  A server counts as
+    serving along only if its heartbeat is fresh."""
+    clock = Clock(T0)
+    schedule = Interval(2, overlap="allow")  # catchup="skip"
+    gone = _server(tmp_path, schedule, clock=clock, host="elsewhere", max_concurrent=100)
+    clock.now = T0 + 4
+    gone.tick()  # fires 2 and 4; then it is killed
+    clock.now = T0 + 25  # 21 s later, within its lease
+    again = _server(tmp_path, schedule, clock=clock, max_concurrent=100)
+    again.tick()
+    assert again.launcher.launched == []  # 6..24 were missed: skip runs none
+    outcomes = _fires(tmp_path, again)
+    assert all(outcomes[float(t)].startswith("skipped (missed") for t in range(6, 25, 2)), outcomes
+
+
+def test_a_stalled_server_does_not_overwrite_the_fire_another_server_took_over(tmp_path):
+    """Found in review: `settle` wrote whatever server called it, so a server that stalled past
+    its lease (thought dead, its fire taken over and started by another) then overwrote the
+    other's row with its own run.  A fire's outcome is written by the server that holds it."""
+    store = ScheduleStore(RunStore(tmp_path))
+    store.register("s/1", "f", None, {"kind": "interval", "every": 10.0, "anchor": "2020-01-01T00:00:00+00:00"}, T0)
+    assert store.claim("s/1", T0 + 10, None, "claimed", "stalled")
+    assert store.hold("s/1", T0 + 10, "starting", "stalled", "run-a")
+    assert store.adopt("s/1", T0 + 10, "stalled", "taker")  # run-a never reached the history
+    assert store.hold("s/1", T0 + 10, "starting", "taker", "run-b") and store.settle("s/1", T0 + 10, "started", "taker", "run-b")
+    assert not store.settle("s/1", T0 + 10, "started", "stalled", "run-a")
+    (fire,) = store.fires("s/1")
+    assert (fire["outcome"], fire["run_id"], fire["server"]) == ("started", "run-b", "taker")

@@ -78,7 +78,7 @@ def history(tmp_path_factory):
     schedules = ScheduleStore(RunStore(home))
     schedules.register("mixed/abc", "mixed", "tests/test_ui.py:mixed", {"kind": "interval", "every": 60.0, "anchor": "2020-01-01T00:00:00+00:00"}, 1.0)
     schedules.claim("mixed/abc", 1_800_000_000.0, None, "claimed")
-    schedules.settle("mixed/abc", 1_800_000_000.0, "started", "scheduled-1")
+    assert schedules.settle("mixed/abc", 1_800_000_000.0, "started", None, "scheduled-1")
     return {"home": home, "ok": ok, "failed": failed, "scheduled": scheduled, "client": TestClient(create_app(home), base_url=BASE)}
 
 

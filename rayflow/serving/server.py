@@ -61,6 +61,7 @@ logger = logging.getLogger("rayflow.serve")
 LATE_AFTER = 60.0  # seconds: a running server's grace; a fire later than this was missed (it stalled)
 LEASE = 30.0  # seconds without a heartbeat after which a server is dead (on this host: its pid, at once)
 HEARTBEAT_EVERY = 1.0  # seconds
+SERVED_ALONG_WITHIN = 5 * HEARTBEAT_EVERY  # a server starting counts another's schedules served along only if it beat this recently
 RECORDED_ONE_BY_ONE = 1000  # missed fires not run recorded a row each; more are summed up in one row
 
 
@@ -191,9 +192,11 @@ class Server:
     def start(self) -> None:
         """Register every schedule; one never served before starts from now (nothing missed).  The
         fires of one served before that came due since its last server stopped were missed, unless
-        a live server was serving it all along."""
+        a live server was serving it all along: one whose heartbeat is fresh (SERVED_ALONG_WITHIN),
+        not merely within its lease (a server killed on another host 20 s ago is within its lease)."""
         now = self.started_at = self.clock()
-        others = [s for s in self.store.servers().values() if s["server_id"] != self.server_id and server_alive(s, now, self.lease)]
+        others = [s for s in self.store.servers().values() if s["server_id"] != self.server_id
+                  and server_alive(s, now, self.lease) and now - (s["heartbeat_at"] or 0.0) <= SERVED_ALONG_WITHIN]
         self._heartbeat(now)
         for entry in self.entries:
             sid = entry.schedule_id
@@ -298,7 +301,7 @@ class Server:
         if busy and overlap == "queue":
             if not self._hold(fire, "queued"):
                 return "taken over"
-            self.queued[sid].append(fire)
+            _in_order(self.queued[sid], fire)  # a fire taken over from a dead server goes before later ones
             return "queued"
         if busy and overlap == "cancel_running":
             for earlier in self.running[sid]:
@@ -323,7 +326,7 @@ class Server:
         if self.active() >= self.max_concurrent:
             if not self._hold(fire, "waiting (max_concurrent)"):
                 return "taken over"
-            self.waiting.append(fire)
+            _in_order(self.waiting, fire)
             return "waiting (max_concurrent)"
         return self._launch(fire)
 
@@ -335,11 +338,13 @@ class Server:
         try:
             fire.handle = self.launcher.launch(fire.entry, fire.scheduled_for, fire.run_id)
         except Exception as exc:  # noqa: BLE001 - a launch that fails is that fire's outcome
-            self.store.settle(sid, fire.scheduled_for, f"failed to start: {type(exc).__name__}: {exc}"[:500])
+            self.store.settle(sid, fire.scheduled_for, f"failed to start: {type(exc).__name__}: {exc}"[:500], self.server_id)
             logger.error("schedule %s at %s: the run could not start: %s", sid, _stamp(fire.scheduled_for), exc)
             return "failed to start"
         self.running[sid].append(fire)
-        self.store.settle(sid, fire.scheduled_for, "started", fire.run_id)
+        if not self.store.settle(sid, fire.scheduled_for, "started", self.server_id, fire.run_id):
+            logger.warning("schedule %s at %s: run %s started here after another server took the fire over",
+                           sid, _stamp(fire.scheduled_for), fire.run_id)
         logger.info("fired %s (scheduled %s): run %s", sid, _stamp(fire.scheduled_for), fire.run_id)
         return "started"
 
@@ -357,7 +362,7 @@ class Server:
             for fire in [f for f in fires if f.handle.done()]:
                 fires.remove(fire)
                 state = fire.handle.state()
-                self.store.settle(sid, fire.scheduled_for, f"ended {state}")
+                self.store.settle(sid, fire.scheduled_for, f"ended {state}", self.server_id)
                 took = self.clock() - fire.started
                 log = logger.info if state == "SUCCESS" else logger.warning
                 log("run %s of %s (scheduled %s) ended %s after %.1fs", fire.run_id, sid, _stamp(fire.scheduled_for), state, took)
@@ -395,3 +400,9 @@ class Server:
         while self.active() and self.clock() < deadline:
             sleep(0.1)
             self.reap()
+
+
+def _in_order(fires: collections.deque, fire: Any) -> None:
+    """``fire`` into ``fires`` (a queue, oldest first) before the first later one."""
+    at = next((i for i, f in enumerate(fires) if f.scheduled_for > fire.scheduled_for), len(fires))
+    fires.insert(at, fire)

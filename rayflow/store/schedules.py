@@ -158,18 +158,22 @@ class ScheduleStore:
         with self.runs._connect() as db:
             cursor = db.execute(
                 "UPDATE scheduled_runs SET server = ?, outcome = 'claimed', at = ? "
-                f"WHERE schedule_id = ? AND scheduled_for = ? AND server IS ? AND {_HELD_SQL}",
+                f"WHERE schedule_id = ? AND scheduled_for = ? AND server IS ? AND {_HELD_SQL} "
+                "AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.run_id = scheduled_runs.run_id)",  # it started
                 [server, time.time(), schedule_id, scheduled_for, previous],
             )
             return cursor.rowcount == 1
 
-    def settle(self, schedule_id: str, scheduled_for: float, outcome: str, run_id: str | None = None) -> None:
+    def settle(self, schedule_id: str, scheduled_for: float, outcome: str, server: str, run_id: str | None = None) -> bool:
+        """Record how a fire ``server`` started (or ended); False (nothing written) when another
+        server took it over meanwhile: this one stalled past the lease and was thought dead."""
         with self.runs._connect() as db:
-            db.execute(
+            cursor = db.execute(
                 "UPDATE scheduled_runs SET outcome = ?, run_id = COALESCE(?, run_id), at = ? "
-                "WHERE schedule_id = ? AND scheduled_for = ?",
-                [outcome, run_id, time.time(), schedule_id, scheduled_for],
+                "WHERE schedule_id = ? AND scheduled_for = ? AND server IS ?",
+                [outcome, run_id, time.time(), schedule_id, scheduled_for, server],
             )
+            return cursor.rowcount == 1
 
     def fires(self, schedule_id: str) -> list[dict]:
         with self.runs._connect() as db:
