@@ -335,9 +335,17 @@ def test_the_ui_answers_only_the_host_names_it_serves(tmp_path, monkeypatch):
     assert named.get("/runs/greeted-1", headers={"Host": "0.0.0.0:4200"}).status_code == 400
 
 
-def test_every_response_forbids_framing_and_sniffing(tmp_path):
+def test_every_response_forbids_framing_and_sniffing(tmp_path, monkeypatch):
+    """Every response, a 500 among them (Starlette's own came from outside the middleware,
+    without the headers: found in review)."""
     import httpx
 
+    from rayflow.store import RunStore
+
+    def broken(self, run_id):
+        raise RuntimeError("the history broke")
+
+    monkeypatch.setattr(RunStore, "run", broken)  # every run page fails inside the app
     with uvicorn_server(create_app(tmp_path)) as url, httpx.Client(base_url=url) as http:
         answers = {
             path: http.get(path) for path in ("/", "/flows", "/api/runs", "/runs/nope", "/api/runs/nope", "/?page=x", "/static/htmx.min.js", "/nowhere")
@@ -345,9 +353,10 @@ def test_every_response_forbids_framing_and_sniffing(tmp_path):
         answers["foreign host"] = http.get("/", headers={"Host": "evil.example"})
         answers["read-only POST"] = http.post("/flows/f/run", data={})
     assert {name: a.status_code for name, a in answers.items()} == {
-        "/": 200, "/flows": 200, "/api/runs": 200, "/runs/nope": 404, "/api/runs/nope": 404, "/?page=x": 400,
+        "/": 200, "/flows": 200, "/api/runs": 200, "/runs/nope": 500, "/api/runs/nope": 500, "/?page=x": 400,
         "/static/htmx.min.js": 200, "/nowhere": 404, "foreign host": 400, "read-only POST": 403,
     }
+    assert "the history broke" not in answers["/runs/nope"].text
     for name, answer in answers.items():
         assert answer.headers.get("x-frame-options") == "DENY", name
         assert answer.headers.get("x-content-type-options") == "nosniff", name
@@ -653,8 +662,11 @@ def test_generated_run_ids_follow_the_rule():
     assert serve_id("conf/flows.toml") == "serve-conf-flows"
 
 
-def test_serve_fires_and_the_uis_run_now_go_through_the_rule(tmp_path, monkeypatch):
-    """Both start a run with serving.launcher.run_in_thread: a bad id is refused there, at once."""
+def test_serve_fires_go_through_the_rule(tmp_path, monkeypatch):
+    """A fire starts its run with serving.launcher.run_in_thread: a bad id is refused there, at
+    once.  (The UI's run now makes its own id, 12 hex digits, and starts it with with_options,
+    which test_python_refuses_a_bad_run_id_at_the_call covers; test_generated_run_ids_follow_the_rule
+    checks the ids rayflow makes.)"""
     from rayflow.serving.launcher import run_in_thread
 
     monkeypatch.setenv("RAYFLOW_HOME", str(tmp_path / "home"))
@@ -842,3 +854,24 @@ def test_bad_paging_values_are_400_never_a_500_with_a_traceback(tmp_path, caplog
     assert [a.status_code for a in answers] == [400, 400, 400], [a.text[:200] for a in answers]
     assert "page must be a whole number from 1 to" in answers[0].json()["error"]
     assert [r.getMessage()[:200] for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")] == []
+
+
+def test_the_ui_token_reaches_no_run_job_or_worker(tmp_path):
+    """Found in review: `rayflow submit` forwards RAYFLOW_* settings to the job, the UI's token
+    among them (export RAYFLOW_UI_TOKEN=..., then submit, as the README's walkthrough does),
+    and a run's tasks inherited it.  The CLI takes it out of its environment before any command
+    runs; submit never forwards it."""
+    from rayflow.runtime.jobs import forwarded_env
+
+    assert forwarded_env({"RAYFLOW_UI_TOKEN": UI_TOKEN, "RAYFLOW_LOG_LEVEL": "INFO"}) == {"RAYFLOW_LOG_LEVEL": "INFO"}
+    seen = tmp_path / "seen.txt"
+    (tmp_path / "peek.py").write_text(
+        "import os\nimport rayflow as rf\n\n"
+        "@rf.task\ndef peek(path: str) -> str:\n"
+        "    open(path, 'w').write(os.environ.get('RAYFLOW_UI_TOKEN', 'absent'))\n    return path\n\n"
+        "@rf.flow\ndef peeking(path: str) -> str:\n    return peek(path)\n"
+    )
+    done = run_cli("run", f"{tmp_path}/peek.py:peeking", "-p", f"path={seen}", "--local", home=tmp_path / "home",
+                   RAYFLOW_UI_TOKEN=UI_TOKEN)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert seen.read_text() == "absent"

@@ -595,8 +595,9 @@ def _ui_settings(host: str, option: str, token_file: str | None, allowed: list[s
     here, so nothing this process starts (Ray, its workers) inherits it."""
     from rayflow.ui.security import TOKEN_ENV, SetupError, check_allowed_host, check_exposure, read_token
 
+    environ = {TOKEN_ENV: _ui_token_from_env} if _ui_token_from_env is not None else {}
     try:
-        token = read_token(token_file)
+        token = read_token(token_file, {**environ, **os.environ})
         check_exposure(host, token, option, "--ui-token-file" if option == "--ui-host" else "--token-file")
         for pattern in allowed:
             check_allowed_host(pattern)
@@ -705,8 +706,16 @@ def _root() -> None:
     """rayflow: Prefect-style workflows compiled onto Ray."""
 
 
+_ui_token_from_env: str | None = None  # RAYFLOW_UI_TOKEN, taken out of the environment by ``main``
+
+
 def main() -> None:
     from rayflow.cli.usage import run_app  # usage errors in one line too
+
+    global _ui_token_from_env
+    # The UI's token leaves the environment before any command runs: no Ray, worker, job
+    # (``submit`` forwards RAYFLOW_* settings) or flow this process starts inherits it.
+    _ui_token_from_env = os.environ.pop("RAYFLOW_UI_TOKEN", None)
 
     sys.exit(run_app(app, "rayflow"))
 

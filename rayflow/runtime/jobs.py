@@ -32,7 +32,7 @@ FORWARDED_PREFIXES = ("OTEL_", "RAYFLOW_")
 # Not forwarded: where this machine keeps its history, how long this machine waits for a
 # cluster, and an OTLP endpoint on this machine's loopback (the cluster's own endpoint, if
 # its nodes set one, is used instead: no node can reach this machine's localhost).
-NOT_FORWARDED = ("RAYFLOW_HOME", "RAYFLOW_CONNECT_TIMEOUT")
+NOT_FORWARDED = ("RAYFLOW_HOME", "RAYFLOW_CONNECT_TIMEOUT", "RAYFLOW_UI_TOKEN")  # the UI's token stays here
 LOOPBACK_HOSTS = ("localhost", "127.", "[::1]", "0.0.0.0")
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("rayflow.ui")
@@ -272,9 +272,12 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
         static = scope["path"].startswith(PUBLIC_PREFIXES)
+        started = False
 
         async def send_with_headers(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = [h for h in message.get("headers", []) if h[0].lower() not in dict(HEADERS)]
                 headers.extend(HEADERS)
                 if not static:
@@ -282,4 +285,11 @@ class SecurityHeaders:
                 message = {**message, "headers": headers}
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception:
+            if started:
+                raise
+            # Starlette's own 500 would come from outside this middleware, without the headers.
+            logger.exception("rayflow ui: %s %s failed", scope.get("method"), scope["path"])
+            await PlainTextResponse("internal error: see the UI's log", status_code=500)(scope, receive, send_with_headers)
