@@ -38,6 +38,8 @@ from typing import Any
 
 import cloudpickle
 
+from rayflow.results_layout import is_segment
+
 
 class Uncacheable(Exception):
     """An argument cannot be part of a cache key; ``argument`` names it."""
@@ -272,23 +274,16 @@ def lineage_key(fn: Callable[..., Any], constants: Any, upstream_keys: tuple[str
     return digest.hexdigest()
 
 
-# -- where a mapped task's items are cached (engine.worker.item_cache) ---------------
-
-SEGMENTS_FOLDER = "items"
-
-
-def segment_folder(flow_name: str, task_key: str) -> str:
-    return f"cache/{flow_name}/{task_key}/{SEGMENTS_FOLDER}"
+# -- which of a mapped task's cached segments a run reads (engine.worker.item_cache) -------
 
 
 def snapshot(store: Any, folder: str, expiration: float | None, *, now: float | None = None) -> tuple[str, ...]:
     """The segments a run may read, oldest first (their names start with the time they were
-    written): every one in ``folder`` younger than ``expiration``."""
+    written): every one in ``folder`` (``results_layout.segment_folder``) younger than ``expiration``."""
     now = time.time() if now is None else now
     out = []
     for info in store.list(folder):
-        name = info.path.rsplit("/", 1)[-1]
-        if not (name.startswith("seg-") and name.endswith(".arrow")):
+        if not is_segment(info.path.rsplit("/", 1)[-1]):
             continue
         if expiration is not None and (info.mtime is None or now - info.mtime > expiration):
             continue

@@ -58,7 +58,7 @@ from rayflow.exceptions import (
 )
 from rayflow.paths import check_run_id
 from rayflow.results import ResultStore
-from rayflow.cache import SEGMENTS_FOLDER
+from rayflow.results_layout import cache_folder, meta_name, parse_cache_path, strip_suffix
 
 app = typer.Typer(
     name="rayflow",
@@ -456,19 +456,14 @@ def _cache_entries(storage: str | None, flow: str | None, task: str | None) -> t
     """(store, [(flow, task key, cache key, StoredFile)]) under cache/<flow>/<task key>/<key>.<suffix>."""
     try:
         store = ResultStore(storage)
-        files = list(store.list("cache/" + (f"{flow}/" if flow else "")))
+        files = list(store.list(cache_folder(flow or "")))
     except (ResultStoreError, OSError) as exc:
         raise _fail(f"cannot read the result storage: {exc}", EXIT_USAGE) from None
     entries = []
     for info in files:
-        parts = info.path.split("/")[1:]  # after "cache"
-        if len(parts) < 3 or not info.path.endswith((".arrow", ".pkl")):  # entries, not their .meta.json
-            continue
-        entry_flow, entry_task, key = parts[0], "/".join(parts[1:-1]), parts[-1].rsplit(".", 1)[0]
-        if len(parts) >= 4 and parts[-2] == SEGMENTS_FOLDER and parts[-1].startswith("seg-"):  # a mapped task's items
-            entry_task, key = "/".join(parts[1:-2]), f"{SEGMENTS_FOLDER}/{key}"
-        if (flow is None or entry_flow == flow) and (task is None or entry_task == task):
-            entries.append((entry_flow, entry_task, key, info))
+        entry = parse_cache_path(info.path)  # None: an entry's .meta.json, a stray file
+        if entry is not None and (flow is None or entry.flow_name == flow) and (task is None or entry.task_key == task):
+            entries.append((entry.flow_name, entry.task_key, entry.key, info))
     return store, sorted(entries, key=lambda e: (e[0], e[1], e[3].mtime or 0))
 
 
@@ -488,7 +483,7 @@ def cache_clear(storage: StorageOption = None, flow: FlowFilter = None, task: Ta
     removed = 0
     for _, _, _, info in entries:
         removed += store.delete(info.path)
-        store.delete(info.path.rsplit(".", 1)[0] + ".meta.json")
+        store.delete(meta_name(strip_suffix(info.path)))
     print(f"removed {removed} cached result(s) from {store.location}")
 
 

@@ -27,7 +27,7 @@ from rayflow.core.graph import Graph
 from rayflow.core.options import TaskOptions
 from rayflow.core.mapping import check_lengths
 from rayflow.core.refs import MapInput, NodeRef, find_refs, substitute
-from rayflow.cache import code_fingerprint, lineage_key, segment_folder, snapshot
+from rayflow.cache import code_fingerprint, lineage_key, snapshot
 from rayflow.core.loader import flow_target
 from rayflow.core.task import Task
 from rayflow.engine.columns import to_column
@@ -35,6 +35,7 @@ from rayflow.engine.payload import dump_payload
 from rayflow.engine.protocol import ASYNC_CONCURRENCY, ItemCachePolicy, ResultPolicy
 from rayflow.exceptions import GraphError, MappingError, SerializationError
 from rayflow.results import ResultStore, default_location
+from rayflow.results_layout import segment_folder
 from rayflow.triggers import all_successful
 
 

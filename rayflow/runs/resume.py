@@ -17,7 +17,6 @@ the write finished, runs again); a persisted result is complete or absent
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 from rayflow.cache import code_fingerprint
@@ -25,6 +24,7 @@ from rayflow.core.loader import TargetError, load_flow
 from rayflow.exceptions import ResumeError, UnknownRunError
 from rayflow.paths import check_run_id
 from rayflow.results import ResultStore, default_location
+from rayflow.results_layout import chunk_folder, parse_chunk, persist_name
 from rayflow.store import RunStore, rayflow_home
 from rayflow.store.history import UNFINISHED, driver_alive
 
@@ -95,7 +95,7 @@ def resume(run_id: str, flow: Any = None, **params: Any) -> Any:
             continue
         if node.kind != "task":
             continue
-        path = next((p for rid in chain if (p := store.find(f"runs/{rid}/{key}")) is not None), None)
+        path = next((p for rid in chain if (p := store.find(persist_name(rid, key))) is not None), None)
         if path is not None:
             found[key] = path
     _warn_changed_code(run_id, recorded.get("code") or {}, graph, {**found, **chunks})
@@ -111,26 +111,23 @@ def resume(run_id: str, flow: Any = None, **params: Any) -> Any:
     return resumed.run(**values)
 
 
-_CHUNK = re.compile(r"chunk-(\d+)-(\d+)-(base|w(\d+))\.[a-z]+")
-
-
 def stored_chunks(store: ResultStore, chain: list[str], key: str) -> tuple[tuple[int, int, tuple[str, ...]], ...]:
     """The chunks of map ``key`` that the runs of ``chain`` (newest first) stored, as
     (start, stop, paths): the newest first run of each chunk, then every retry laid over it
     since, oldest first.  Chunks of different runs that overlap: the newest run's."""
     bases: dict[tuple[int, int], tuple[int, str]] = {}  # range -> (run's age, path)
-    patches: dict[tuple[int, int], list[tuple[int, int, str]]] = {}  # range -> [(age, work id, path)]
+    patches: dict[tuple[int, int], list[tuple[int, tuple[int, int], str]]] = {}  # range -> [(age, order, path)]
     for age, rid in enumerate(chain):
-        prefix = f"runs/{rid}/{key}/"
+        prefix = chunk_folder(rid, key)
         for info in store.list(prefix):
-            match = _CHUNK.fullmatch(info.path[len(prefix) :])
-            if match is None:
+            chunk = parse_chunk(info.path[len(prefix) :])
+            if chunk is None:
                 continue
-            span = (int(match[1]), int(match[2]))
-            if match[3] == "base":
+            span = (chunk.start, chunk.stop)
+            if chunk.is_base:
                 bases.setdefault(span, (age, info.path))  # the newest run's first run of it
             else:
-                patches.setdefault(span, []).append((age, int(match[4]), info.path))
+                patches.setdefault(span, []).append((age, chunk.order, info.path))
     taken: list[tuple[int, int, tuple[str, ...]]] = []
     for span, (age, base) in sorted(bases.items(), key=lambda item: (item[1][0], item[0])):
         if any(span[0] < stop and start < span[1] for start, stop, _ in taken):

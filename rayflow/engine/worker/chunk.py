@@ -36,6 +36,7 @@ from rayflow.engine.worker.blocking import BlockWatch, warn_blocked
 from rayflow.engine.worker.logs import current_context, current_item_cell, get_run_logger, running_item
 from rayflow.exceptions import ResultStoreError
 from rayflow.results import ResultStore
+from rayflow.results_layout import chunk_name
 from rayflow.signals import Signal
 from rayflow.states import StateType
 
@@ -198,8 +199,8 @@ def run_chunk(
     result, summary = _run(fn, args, kwargs, upstream, retry_on, options, job, work_id, values, started, run_id)
     if options.get("persist") and options.get("store"):  # written behind the chunk: see execute.write_behind
         # a retry's patch lays over the chunk in the order of its run attempt, then its work id
-        suffix = "base" if job.indices is None else f"w{options.get('run_attempt', 1):03d}{work_id:09d}"
-        name = f"runs/{run_id}/{job.map_key}/chunk-{job.start}-{job.start + job.size}-{suffix}"
+        patch = (None, None) if job.indices is None else (options.get("run_attempt", 1), work_id)
+        name = chunk_name(run_id, job.map_key, job.start, job.start + job.size, *patch)
         summary = dataclasses.replace(summary, persist=(options["store"], name))
     return result, summary
 

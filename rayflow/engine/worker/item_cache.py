@@ -40,13 +40,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from rayflow.cache import CacheContext, Inputs, Lineage, Uncacheable, _explained, _value_bytes, code_fingerprint, segment_folder
+from rayflow.cache import CacheContext, Inputs, Lineage, Uncacheable, _explained, _value_bytes, code_fingerprint
 from rayflow.core.refs import MapInput, find_refs, substitute
 from rayflow.engine.columns import Column, concat_columns, encode_values
 from rayflow.engine.protocol import ItemCachePolicy
 from rayflow.engine.worker.logs import get_run_logger
 from rayflow.exceptions import ResultStoreError
 from rayflow.results import ResultStore
+from rayflow.results_layout import segment_name
 
 KEY_BYTES = 16
 _KEY_TYPE = pa.binary(KEY_BYTES)
@@ -323,7 +324,7 @@ class ChunkCache:
             sink = io.BytesIO()
             with pa.ipc.new_file(sink, table.schema) as writer:
                 writer.write_table(table)
-            name = f"{segment_folder(self.policy.flow_name, self.policy.task_key)}/seg-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.arrow"
+            name = segment_name(self.policy.flow_name, self.policy.task_key, time.time_ns(), uuid.uuid4().hex[:8])
             writing = time.perf_counter()
             try:  # mostly the wait for the disk (fsync): a fixed cost of the chunk, not of its items
                 ResultStore(self.policy.store).write_bytes(name, sink.getvalue())

@@ -20,9 +20,7 @@ asked for the value to be kept), not the task, which has ended.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -34,9 +32,10 @@ from rayflow.engine.protocol import ResultPolicy
 from rayflow.engine.worker.logs import get_run_logger
 from rayflow.exceptions import CorruptResultError, MissingResultError, ResultStoreError
 from rayflow.results import ResultStore
+from rayflow.results_layout import META_SUFFIX, cache_file_key, cache_folder, meta_name, persist_name
+from rayflow.results_layout import cache_name as _cache_name
 
 MISS = object()
-_SAFE_KEY = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 
 @dataclass
@@ -52,11 +51,7 @@ class Lookup:
 
 
 def cache_name(policy: ResultPolicy, task_key: str, key: str) -> str:
-    return f"cache/{policy.flow_name}/{task_key}/{key}"
-
-
-def persist_name(run_id: str, task_key: str) -> str:
-    return f"runs/{run_id}/{task_key}"
+    return _cache_name(policy.flow_name, task_key, key)
 
 
 def look_up(policy: ResultPolicy, task_key: str, fn: Any, args: tuple, kwargs: dict) -> Lookup:
@@ -83,8 +78,7 @@ def look_up(policy: ResultPolicy, task_key: str, fn: Any, args: tuple, kwargs: d
     if not isinstance(key, str):
         logger.warning("task %s runs uncached: cache_key_fn returned %s, not a str", task_key, type(key).__name__)
         return Lookup()
-    if not _SAFE_KEY.fullmatch(key) or key.strip(".") == "":  # a key names a file: never a path
-        key = hashlib.sha256(key.encode()).hexdigest()
+    key = cache_file_key(key)  # a key names a file: never a path, never a segment's name
     if policy.refresh_cache:
         return Lookup(key, parts=parts, reason="cache refreshed (refresh_cache=True)", replace=True)
     store = ResultStore(policy.store)
@@ -115,7 +109,7 @@ def _why_missing(store: ResultStore, policy: ResultPolicy, task_key: str, parts:
     """Compare with the task's newest entry: which part of the key changed since."""
     if parts is None:
         return "no entry for this key (a key function's parts are not known)"
-    folder = f"cache/{policy.flow_name}/{task_key}/"
+    folder = cache_folder(policy.flow_name, task_key)
     metas = sorted((f for f in store.list(folder) if f.path.endswith(META_SUFFIX)), key=lambda f: f.mtime or 0)
     if not metas:
         return "no cached result for this task yet"
@@ -125,8 +119,6 @@ def _why_missing(store: ResultStore, policy: ResultPolicy, task_key: str, parts:
         return "no entry for this key"
     return explain_miss(parts, earlier.get("parts") or {}) + " since the newest entry"
 
-
-META_SUFFIX = ".meta.json"
 
 
 def keep(policy: ResultPolicy, task_key: str, lookup: Lookup | None, value: Any) -> str | None:
@@ -140,7 +132,7 @@ def keep(policy: ResultPolicy, task_key: str, lookup: Lookup | None, value: Any)
             kept = store.write(name, value, first_wins=not lookup.replace)  # racing runs: the first entry stays
             if lookup.parts is not None:  # beside the value, written after it: explains later misses
                 meta = {"parts": lookup.parts, "written_at": time.time(), "path": kept}
-                store.write_bytes(name + META_SUFFIX, json.dumps(meta).encode())
+                store.write_bytes(meta_name(name), json.dumps(meta).encode())
         except Exception as exc:  # noqa: BLE001 - a cache that cannot take it is a warning, never a failure
             get_run_logger().warning("task %s: its result was not cached: %s", task_key, exc)
     return kept
