@@ -160,5 +160,5 @@ def _warn_changed_code(run_id: str, recorded: dict[str, str], graph: Any, found:
         if now != before:
             logger.warning(
                 "rayflow: task %s's code changed since run %s; its stored result is loaded anyway "
-                "(delete runs/%s/%s from the result store to run it again)", key, run_id, run_id, key,
+                "(delete %s from the result store to run it again)", key, run_id, persist_name(run_id, key),
             )
