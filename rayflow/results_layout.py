@@ -20,8 +20,8 @@ value).  A task key holds '/' between a subflow's key and its own; a flow
 name, a run id and a cache key never do.  A cache key that would read as a
 segment name is stored as its SHA-256 (``cache_file_key``), so a path parses
 back to the fields it was built from, whatever the task key (round-trip
-tests: tests/test_results_layout.py).  This module imports only ``paths``
-and ``exceptions``: the worker and the driver both use it, without Ray.
+tests: tests/test_results_layout.py).  This module imports only
+``exceptions``: the worker and the driver both use it, without Ray.
 """
 
 from __future__ import annotations
