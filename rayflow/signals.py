@@ -7,7 +7,8 @@ them.  rayflow never raises them for its own control flow::
     Signal(BaseException)
     ├── Skip     the task ends SKIPPED (and the skip propagates downstream)
     ├── Fail     the task ends FAILED; retried if it has retries left
-    └── Retry    the task is retried (RETRYING), even past its ``retries``
+    └── Retry    the task is retried (RETRYING), spending none of its ``retries``
+                 (a task and an item of a map alike: ``engine.policy.after_retry_signal``)
 """
 
 from __future__ import annotations
@@ -35,7 +36,11 @@ class Fail(Signal):
 
 
 class Retry(Signal):
-    """Retry the task after ``delay`` seconds (default: the task's retry delay)."""
+    """Retry the task after ``delay`` seconds (default: the delay of its next budgeted retry).
+
+    It spends none of ``retries`` and is retried even past them, for a task and for an
+    item of a map alike (``engine.policy.after_retry_signal``).
+    """
 
     def __init__(self, message: str = "", delay: float | timedelta | None = None):
         super().__init__(message)

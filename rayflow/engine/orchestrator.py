@@ -58,9 +58,9 @@ from rayflow.engine.maps.coordinator import MapActions, MapCoordinator
 from rayflow.engine.observers import HOOKS, RunObserver, overridden
 from rayflow.engine.plan import Plan
 from rayflow.engine.policy import (
+    after_retry_signal,
     next_retry,
     reference_failure,
-    retry_delay,
     settle_before_run,
     settle_merge,
     settle_subflow,
@@ -375,10 +375,8 @@ class Orchestrator:
             new = State(type=result.type, message=result.message, **timing)
         elif result.type is StateType.SKIPPED:
             new = State(type=StateType.SKIPPED, message=result.message, **timing)
-        elif result.type is StateType.RETRYING:  # rf.Retry: retried even past `retries`
-            delay = result.retry_delay
-            if delay is None:
-                delay = retry_delay(self.plan.by_key[key].options, self.app_failures[key] + 1)
+        elif result.type is StateType.RETRYING:  # rf.Retry: retried even past `retries`, spends none
+            delay = after_retry_signal(self.plan.by_key[key].options, self.app_failures[key], result.retry_delay)
             new = self._retrying(result.message, delay, timing)
         else:
             new = self._after_failure(key, result, timing)

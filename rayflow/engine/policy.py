@@ -123,13 +123,29 @@ def retry_delay(options: TaskOptions, retry_number: int, rng: Callable[[], float
 def next_retry(options: TaskOptions, spent: int, *, retryable: bool = True, rng: Callable[[], float] = random.random) -> float | None:
     """The one application-retry rule: the delay before another attempt, or None when none is due.
 
-    ``spent`` is the retries a task (or one item of a map) has used so far; a failure
-    that is not ``retryable`` (not one of ``retry_on``, or ``rf.Fail``) is never retried.
-    ``rf.Retry`` is not a failure and does not come here: it always retries.
+    ``spent`` is the retries a task (or one item of a map) has used so far: its failures
+    that were retried, never its ``rf.Retry`` signals (``after_retry_signal``).  The caller
+    adds one to ``spent`` when this returns a delay.  A failure that is not ``retryable``
+    (not one of ``retry_on``, or ``rf.Fail``) is never retried.
     """
     if not retryable or spent >= options.retries:
         return None
     return retry_delay(options, spent + 1, rng)
+
+
+def after_retry_signal(
+    options: TaskOptions, spent: int, delay: float | None = None, rng: Callable[[], float] = random.random
+) -> float:
+    """The one ``rf.Retry`` rule, for a task and for an item of a map alike: the delay before
+    the next attempt.  A signal is not a failure: it is always retried, even past
+    ``retries``, and spends none of them (``spent`` stays as it is; as in Prefect 1).
+    Without a ``delay`` of its own it waits the delay of the next retry of the budget,
+    ``retry_delay(spent + 1)``: what a failure at this point would wait.  So repeated
+    signals wait the same delay (give ``delay=`` to back off), and a failure after them
+    waits the budget's next delay as if they had not happened.  Nothing bounds the
+    signals: a task that always raises ``rf.Retry`` runs until the run is cancelled.
+    """
+    return delay if delay is not None else retry_delay(options, spent + 1, rng)
 
 
 def system_retry_left(options: TaskOptions, spent: int) -> bool:

@@ -37,7 +37,7 @@ from typing import Any
 from rayflow.engine import columns as C
 from rayflow.engine.maps.feeds import MapFeed, StreamFeed
 from rayflow.engine.protocol import ChunkHandle, ChunkJob, ChunkSummary, MapHandle, Piece
-from rayflow.engine.policy import SPLIT, Loss, after_worker_death, halves, next_retry, retry_delay
+from rayflow.engine.policy import SPLIT, Loss, after_retry_signal, after_worker_death, halves, next_retry
 from rayflow.states import FAILED_TYPES, State, StateType
 
 TARGET_SECONDS = 0.25
@@ -73,6 +73,7 @@ class Chunk:
     queued: int = 0  # its parts waiting in MapRun.parts to run (halves of a lost work)
     errors: list[tuple[int, str]] = field(default_factory=list)  # (item index in the map, "Type: message")
     outcomes: dict[int, int] | None = None  # item in chunk -> code, final FAILED/TIMED_OUT items only
+    spent: dict[int, int] | None = None  # item in chunk -> its `retries` used (failures retried, never rf.Retry)
     lost: bool = False  # its first run was lost for good: every item FAILED
     load: tuple[str, ...] = ()  # a resumed run: the stored results its first work loads
 
@@ -363,19 +364,21 @@ class MapRun:
         self.cached += summary.cached
         counts = dict(summary.counts)
         options = self.options
-        for item, code, retryable, attempt in summary.failed:
-            delay = next_retry(options, attempt - 1, retryable=retryable)  # an item's earlier attempts all failed
+        spent = chunk.spent if chunk.spent is not None else {}
+        for item, code, retryable, attempt in summary.failed:  # the ledger a plain task keeps (policy.py)
+            delay = next_retry(options, spent.get(item, 0), retryable=retryable)
             if delay is not None:
+                spent[item] = spent.get(item, 0) + 1
                 chunk.waiting[item] = (now + delay, attempt + 1)
                 counts[code] -= 1
             else:  # final: its index is kept (failures only, never successful items)
                 if chunk.outcomes is None:
                     chunk.outcomes = {}
                 chunk.outcomes[item] = code
-        for item, delay, attempt in summary.retry:
-            wait = delay if delay is not None else retry_delay(options, attempt)
-            chunk.waiting[item] = (now + wait, attempt + 1)
+        for item, delay, attempt in summary.retry:  # rf.Retry: retried even past `retries`, spends none
+            chunk.waiting[item] = (now + after_retry_signal(options, spent.get(item, 0), delay), attempt + 1)
             counts[C.RETRYING] -= 1
+        chunk.spent = spent if spent and not chunk.final else None  # a final chunk's items retry no more
         totals = self._counts
         for code, n in counts.items():
             if n:

@@ -4,9 +4,12 @@ Assembles each mapped argument's items from its pieces, gates items whose
 upstream item failed or was skipped, runs the function per item (or once on
 the whole chunk for ``batch=True``) and returns the ChunkResult (values,
 per-item codes, attempts, errors) with a small ``ChunkSummary`` for the
-orchestrator.  One item failing fails that item only.  Per-item timeouts use
-SIGALRM, so they apply where the chunk runs on the process's main thread
-(Ray workers), not on the in-process executor's threads.
+orchestrator.  One item failing fails that item only.  A per-item timeout
+holds on every runner: where the chunk runs on the process's main thread (a
+Ray worker) SIGALRM interrupts the item; on the in-process executor's threads,
+where SIGALRM cannot reach, each item runs on a helper thread that is abandoned
+at the item's deadline (``_run_items_abandoning``), as that executor abandons
+a plain task past its timeout.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from concurrent.futures import wait as futures_wait
 from typing import Any
 
@@ -335,9 +339,12 @@ def _run_per_item(fn, args, kwargs, sources, job, selected, runnable, outcomes, 
         else:
             _run_items_threaded(call, inputs, runnable, results, outcomes, timeout, at_once)
         return results
-    if timeout is not None and threading.current_thread() is threading.main_thread():
+    if timeout is not None:  # one contract on every thread: an item past its timeout is TIMED_OUT
         results: list[Any] = [None] * len(selected)
-        _run_items_timed(call, inputs, runnable, results, outcomes, timeout, cell)
+        if threading.current_thread() is threading.main_thread():  # a Ray worker: SIGALRM stops the item
+            _run_items_timed(call, inputs, runnable, results, outcomes, timeout, cell)
+        else:  # the in-process runner's threads, where SIGALRM cannot reach
+            _run_items_abandoning(call, inputs, runnable, results, outcomes, timeout)
         return results
     if len(runnable) == len(selected):  # every item runs: runnable is 0..n-1, item k is input k
         return _run_dense(call, inputs, outcomes, cell)
@@ -451,6 +458,49 @@ def _run_items_timed(call, inputs, runnable, results, outcomes: _Outcomes, timeo
                 outcomes.failed((j,), exc)
     finally:
         signal.signal(signal.SIGALRM, previous)
+
+
+def _run_items_abandoning(call, inputs, runnable, results, outcomes: _Outcomes, timeout: float) -> None:
+    """Items one after another with a timeout, off the main thread (the in-process runner's
+    threads), where SIGALRM cannot reach: each item runs on a helper thread this thread waits
+    on.  An item past its timeout is marked TIMED_OUT and its thread abandoned, as the
+    in-process runner abandons a plain task past its timeout (a thread cannot be stopped: it
+    runs on until its function returns, and its value is dropped); the next items run on a
+    new helper.  The helpers are named after this thread (``<name>-item``), so whatever looks
+    for this runner's lingering threads by name finds them too."""
+    context = current_context()
+    prefix = f"{threading.current_thread().name}-item"
+
+    def one(k: int, j: int) -> tuple[str, Any]:
+        running_item(context, j)
+        try:
+            return "ok", call(inputs[k])
+        except Signal as sig:
+            return "signal", sig
+        except Exception as exc:
+            return "error", exc
+
+    k, n = 0, len(runnable)
+    while k < n:
+        pool = ThreadPoolExecutor(1, thread_name_prefix=prefix)
+        try:
+            while k < n:
+                j = runnable[k]
+                future = pool.submit(one, k, j)
+                k += 1
+                try:
+                    kind, value = future.result(timeout=timeout)
+                except FuturesTimeout:
+                    outcomes.timed_out(j, timeout)
+                    break  # its helper is abandoned: the next items get a new one
+                if kind == "ok":
+                    results[j] = value
+                elif kind == "signal":
+                    outcomes.signalled(value, j)
+                else:
+                    outcomes.failed((j,), value)
+        finally:
+            pool.shutdown(wait=False)
 
 
 async def _run_items_async(
