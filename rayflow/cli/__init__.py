@@ -37,7 +37,7 @@ from rayflow.cli.signals import exit_promptly, sigterm_as_interrupt
 from rayflow.cli.states import LimitWaits, StatePrinter
 from rayflow.cli.usage import fail as _fail
 from rayflow.cli import submit as _submit
-from rayflow.core.parameters import parameter_annotations, takes_text
+from rayflow.core.parameters import parameter_values
 from rayflow.engine.driver.flow_run import FlowRun
 from rayflow.engine.driver.local import new_run_id
 from rayflow.store import RunStore, rayflow_home
@@ -80,9 +80,10 @@ EXIT_FAILED, EXIT_USAGE, EXIT_CLUSTER, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2,
 HISTORY_GRACE = 2.0  # seconds `show` waits for a run that ended live to appear in the history
 
 
-def parse_params(pairs: list[str], params_json: str | None, annotations: dict[str, Any]) -> dict[str, Any]:
-    """``k=v`` pairs on top of a JSON object.  A value is parsed as JSON unless its parameter is a str or a secret."""
-    values: dict[str, Any] = {}
+def parse_params(pairs: list[str], params_json: str | None, model: Any = None) -> dict[str, Any]:
+    """``k=v`` pairs on top of a JSON object, read by the one parser (``core.parameters.parameter_values``):
+    the flow's ``model`` decides, per field, whether a value's text is JSON (a str or a secret stays text)."""
+    typed: dict[str, Any] = {}
     if params_json:
         try:
             loaded = json.loads(params_json)
@@ -90,19 +91,14 @@ def parse_params(pairs: list[str], params_json: str | None, annotations: dict[st
             raise TargetError(f"--params-json is not valid JSON: {exc}") from None
         if not isinstance(loaded, dict):
             raise TargetError("--params-json must be a JSON object")
-        values.update(loaded)
+        typed.update(loaded)
+    text: dict[str, str] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise TargetError(f"--param {pair!r} must look like name=value")
-        if takes_text(annotations.get(key)):
-            values[key] = raw
-            continue
-        try:
-            values[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[key] = raw  # let the flow's own validation judge the string
-    return values
+        text[key] = raw
+    return parameter_values(model, typed=typed, text=text)
 
 
 @app.command()
@@ -130,8 +126,7 @@ def run(
     run_id = _checked_run_id(run_id) if run_id is not None else new_run_id()
     try:
         flow = load_flow(target)
-        annotations = parameter_annotations(flow.parameters_model)
-        values = parse_params(param or [], params_json, annotations)
+        values = parse_params(param or [], params_json, flow.parameters_model)
         options: dict[str, Any] = {"runner": "local" if local else "ray", "run_id": run_id}
         if address:
             options["address"] = address
@@ -393,7 +388,7 @@ def graph(
     if shape is None:
         try:
             flow = load_flow(target)
-            values = parse_params(param or [], params_json, parameter_annotations(flow.parameters_model))
+            values = parse_params(param or [], params_json, flow.parameters_model)
             shape = flow.graph_for(**values).shape()
         except (TargetError, GraphError, DefinitionError, ParameterError) as exc:
             raise _fail(str(exc), EXIT_USAGE) from None
@@ -415,7 +410,7 @@ def resume(
 
     _checked_run_id(run_id)  # a run an older rayflow recorded under an id the rule refuses, too
     try:
-        overrides = parse_params(param or [], None, {})
+        overrides = parse_params(param or [], None, None)
         flow_run = resume_run(run_id, **overrides) if not local else _resume_local(run_id, overrides)
     except UnknownRunError as exc:
         raise _fail(str(exc), EXIT_FAILED) from None
@@ -542,7 +537,7 @@ def serve(
             if target is None:
                 raise ScheduleError("give TARGET with --cron or --interval, or --config FILE")
             flow = load_flow(target)
-            values = parse_params(param or [], None, parameter_annotations(flow.parameters_model))
+            values = parse_params(param or [], None, flow.parameters_model)
             schedule = schedule_from(cron, interval, timezone, overlap=overlap, catchup=catchup, max_catchup=max_catchup)
             found, server = [(flow, schedule, values, target)], {}
         serving = importlib.import_module("rayflow.serving")

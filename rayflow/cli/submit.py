@@ -85,7 +85,6 @@ def check_locally(target: str, working_dir: str | None, params: list[str], param
     cluster has (its --pip packages, say) is checked there: ``--follow`` shows its error."""
     from rayflow.cli import parse_params
     from rayflow.cli.loader import TargetError, load_flow
-    from rayflow.core.parameters import parameter_annotations
 
     location, sep, name = target.rpartition(":")
     if not sep or not location or not name:
@@ -108,8 +107,7 @@ def check_locally(target: str, working_dir: str | None, params: list[str], param
         flow = None  # it may load only on the cluster: checked there
     finally:
         sys.path[:] = path
-    annotations = parameter_annotations(flow.parameters_model) if flow is not None else {}
-    values = parse_params(params, params_json, annotations)  # bad JSON: refused either way
+    values = parse_params(params, params_json, flow.parameters_model if flow is not None else None)  # bad JSON: refused either way
     if flow is not None:
         flow.validate(values)
 
