@@ -36,26 +36,14 @@ from rayflow.cli.limits import limit_app
 from rayflow.cli.signals import exit_promptly, sigterm_as_interrupt
 from rayflow.cli.states import LimitWaits, StatePrinter
 from rayflow.cli.usage import fail as _fail
+from rayflow.cli.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, EXPECTED, exit_code
 from rayflow.cli import submit as _submit
 from rayflow.core.parameters import parameter_values
 from rayflow.engine.driver.flow_run import FlowRun
 from rayflow.engine.driver.local import new_run_id
 from rayflow.store import RunStore, rayflow_home
 from rayflow.store.history import UNFINISHED
-from rayflow.exceptions import (
-    ClusterConnectionError,
-    DefinitionError,
-    GraphError,
-    ParameterError,
-    ResultStoreError,
-    SerializationError,
-    UnknownRunError,
-    DuplicateRunError,
-    RunCrashedError,
-    RunIdError,
-    Terminated,
-    UnsatisfiableResourcesError,
-)
+from rayflow.exceptions import ResultStoreError, RunIdError, Terminated
 from rayflow.paths import check_run_id
 from rayflow.results import ResultStore
 from rayflow.cache import SEGMENTS_FOLDER
@@ -76,7 +64,6 @@ TaskStateOption = Annotated[
     Optional[str], typer.Option("--state", help="Only the tasks in this state (SUCCESS, FAILED, ...).")  # noqa: UP007
 ]
 
-EXIT_FAILED, EXIT_USAGE, EXIT_CLUSTER, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 3, 130, 143
 HISTORY_GRACE = 2.0  # seconds `show` waits for a run that ended live to appear in the history
 
 
@@ -133,15 +120,8 @@ def run(
         printing = StatePrinter(run_id) if log_states else StatePrinter(run_id, waits=LimitWaits())
         with sigterm_as_interrupt(f"run {run_id}"), printing:
             flow_run = flow.with_options(**options).run(**values)
-    except (
-        TargetError, ParameterError, GraphError, DefinitionError, SerializationError, ResultStoreError, DuplicateRunError,
-        UnsatisfiableResourcesError,
-    ) as exc:
-        raise _fail(str(exc), EXIT_USAGE) from None
-    except ClusterConnectionError as exc:
-        raise _fail(str(exc), EXIT_CLUSTER) from None
-    except RunCrashedError as exc:
-        raise _fail(str(exc), EXIT_FAILED) from None
+    except EXPECTED as exc:
+        raise _fail(str(exc), exit_code(exc)) from None
     except KeyboardInterrupt as exc:
         if isinstance(exc, Terminated):  # no table: Ray itself may be stopping (SIGTERM to the group)
             typer.echo(f"error: terminated (SIGTERM); run {run_id} was cancelled", err=True)
@@ -159,7 +139,7 @@ def _checked_run_id(run_id: str) -> str:
     try:
         return check_run_id(run_id)
     except RunIdError as exc:
-        raise _fail(str(exc), EXIT_USAGE) from None
+        raise _fail(str(exc), exit_code(exc)) from None
 
 
 def _print_cancelled(run_id: str, local: bool) -> None:
@@ -194,10 +174,8 @@ def cancel(
 
     try:
         state = cancel_run(run_id, address=address, wait=wait)
-    except ClusterConnectionError as exc:
-        raise _fail(str(exc), EXIT_CLUSTER) from None
-    except UnknownRunError as exc:
-        raise _fail(str(exc), EXIT_FAILED) from None
+    except EXPECTED as exc:
+        raise _fail(str(exc), exit_code(exc)) from None
     typer.echo(f"run {run_id}: {state.type.value}")
     if not state.is_finished():
         raise _fail(f"run {run_id} had not ended after {wait:g}s", EXIT_FAILED)
@@ -390,8 +368,8 @@ def graph(
             flow = load_flow(target)
             values = parse_params(param or [], params_json, flow.parameters_model)
             shape = flow.graph_for(**values).shape()
-        except (TargetError, GraphError, DefinitionError, ParameterError) as exc:
-            raise _fail(str(exc), EXIT_USAGE) from None
+        except EXPECTED as exc:
+            raise _fail(str(exc), exit_code(exc)) from None
     print(render_mermaid(shape, states) if fmt == "mermaid" else render_dot(shape, states))
 
 
@@ -406,21 +384,13 @@ def resume(
 ) -> None:
     """Run a failed run again: tasks whose results it persisted are loaded, the rest run."""
     from rayflow import resume as resume_run
-    from rayflow.exceptions import ResumeError
 
     _checked_run_id(run_id)  # a run an older rayflow recorded under an id the rule refuses, too
     try:
         overrides = parse_params(param or [], None, None)
         flow_run = resume_run(run_id, **overrides) if not local else _resume_local(run_id, overrides)
-    except UnknownRunError as exc:
-        raise _fail(str(exc), EXIT_FAILED) from None
-    except (
-        ResumeError, TargetError, ParameterError, GraphError, DefinitionError, SerializationError, ResultStoreError,
-        UnsatisfiableResourcesError,
-    ) as exc:
-        raise _fail(str(exc), EXIT_USAGE) from None
-    except ClusterConnectionError as exc:
-        raise _fail(str(exc), EXIT_CLUSTER) from None
+    except EXPECTED as exc:
+        raise _fail(str(exc), exit_code(exc)) from None
     print_run(flow_run)
     if not flow_run.state.is_successful():
         raise typer.Exit(EXIT_FAILED)
@@ -550,10 +520,8 @@ def serve(
         check_server_options(options, "")
         actions = _start_ui(ui_host, ui_port, [e.flow for e in entries], ui_token, ui_allowed_host or []) if with_ui else None
         code = serving.serve(entries, once=once, on_ready=actions.mark_ready if actions else None, **options)
-    except (TargetError, ParameterError, ScheduleError, DefinitionError) as exc:
-        raise _fail(str(exc), EXIT_USAGE) from None
-    except ClusterConnectionError as exc:
-        raise _fail(str(exc), EXIT_CLUSTER) from None
+    except EXPECTED as exc:
+        raise _fail(str(exc), exit_code(exc)) from None
     _exit_past_abandoned_threads(code)
     raise typer.Exit(code)
 
@@ -645,14 +613,13 @@ def schedule_preview(
 ) -> None:
     """Print the next fire times, in the schedule's timezone and in UTC (tab-separated), each as it is computed."""
     from rayflow.cli.serve import check_preview_count, preview_lines, schedule_from
-    from rayflow.exceptions import ScheduleError
 
     try:
         check_preview_count(n)
         load_flow(target)
         schedule = schedule_from(cron, interval, timezone)
-    except (TargetError, ScheduleError) as exc:
-        raise _fail(str(exc), EXIT_USAGE) from None
+    except EXPECTED as exc:
+        raise _fail(str(exc), exit_code(exc)) from None
     for line in preview_lines(schedule, n):
         print(line, flush=True)
 

@@ -37,7 +37,7 @@ from rayflow.engine.worker.logs import current_context, current_item_cell, get_r
 from rayflow.exceptions import ResultStoreError
 from rayflow.results import ResultStore
 from rayflow.signals import Signal
-from rayflow.states import StateType
+from rayflow.states import StateType, error_text
 
 _PAYLOADS: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
 
@@ -367,7 +367,7 @@ def _summary(
         for j in np.flatnonzero((codes == C.FAILED) | (codes == C.TIMED_OUT)).tolist()
     ]
     retry = [(selected[j], outcomes.retry_delays.get(j), int(attempts[j])) for j in np.flatnonzero(codes == C.RETRYING).tolist()]
-    reported = [(selected[j], f"{e[0].rsplit('.', 1)[-1]}: {e[1]}") for j, e in list(errors.items())[:MAX_REPORTED_ERRORS]]
+    reported = [(selected[j], error_text(e[0], e[1])) for j, e in list(errors.items())[:MAX_REPORTED_ERRORS]]
     return ChunkSummary(
         work_id=work_id,
         map_key=job.map_key,
