@@ -652,7 +652,7 @@ def test_generated_run_ids_follow_the_rule():
     """The ids rayflow makes itself: a run's, a serve fire's, a server submitted with
     `submit --serve FILE` (its id names its Ray job and is what `cancel` takes)."""
     from rayflow.cli.submit import serve_id
-    from rayflow.engine.driver.local import new_run_id
+    from rayflow.paths import new_run_id
     from rayflow.paths import check_run_id
     from rayflow.serving.server import Server
 

@@ -40,11 +40,10 @@ from rayflow.cli.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED, EX
 from rayflow.cli import submit as _submit
 from rayflow.core.parameters import parameter_values
 from rayflow.engine.driver.flow_run import FlowRun
-from rayflow.engine.driver.local import new_run_id
 from rayflow.store import RunStore, rayflow_home
 from rayflow.store.history import UNFINISHED
 from rayflow.exceptions import ResultStoreError, RunIdError, Terminated
-from rayflow.paths import check_run_id
+from rayflow.paths import check_run_id, new_run_id
 from rayflow.results import ResultStore
 from rayflow.cache import SEGMENTS_FOLDER
 

@@ -19,11 +19,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from rayflow.engine.driver.local import new_run_id
 from rayflow.exceptions import ClusterConnectionError, RunIdError
 from rayflow.cli.exits import EXIT_CLUSTER, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, EXPECTED, exit_code
 from rayflow.cli.usage import fail as _fail
-from rayflow.paths import RUN_ID_MAX, check_run_id
+from rayflow.paths import RUN_ID_MAX, check_run_id, new_run_id
 
 FOLLOW_INTERVAL = 0.5
 RUN_STOP_WAIT = 20  # seconds a stopped run's driver has to cancel it (its own grace is 2 s, its watchdog 10 s)

@@ -19,11 +19,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rayflow.core.parameters import parameter_values, text_of_value, validate_parameters
+from rayflow.paths import new_run_id
 from rayflow.serving.launcher import ThreadHandle, cancel_here
 from rayflow.store import RunStore, rayflow_home
 
@@ -79,7 +79,7 @@ class ServeActions:
         flow = self._flow(name)
         values = parameter_values(flow.parameters_model, typed=values, text=text)
         checked = validate_parameters(flow.parameters_model, flow.name, dict(values))  # secrets as secrets: recorded ***
-        run_id = uuid.uuid4().hex[:12]
+        run_id = new_run_id()
         RunStore(rayflow_home()).reserve(run_id, flow.name, checked, STARTING_MESSAGE)  # in the history at once
         chosen = flow.with_options(run_id=run_id, progress=False)
         body = self._watched("run now", run_id, lambda: chosen.run(**values), flow=flow.name, params=checked)
