@@ -10,6 +10,8 @@ field, so "2024" typed for a ``str`` parameter arrived as an int and pydantic re
 
 from __future__ import annotations
 
+import enum
+import pathlib
 import textwrap
 
 import pytest
@@ -21,6 +23,12 @@ from rayflow.store import RunStore
 from rayflow.ui import create_app
 
 BASE = "http://127.0.0.1"
+
+
+class Colour(str, enum.Enum):
+    ONE = "1"
+    TWO = "2"
+
 FLOW = textwrap.dedent(
     """
     import rayflow as rf
@@ -111,6 +119,9 @@ def test_text_is_json_only_where_the_field_is_not_text():
     assert value_from_text(int, "2024") == 2024 and value_from_text(float, "1.5") == 1.5
     assert value_from_text(dict[str, int], '{"a": 1}') == {"a": 1} and value_from_text(bool, "true") is True
     assert value_from_text(typing.Any, "5") == 5  # an unannotated parameter: JSON where it parses
+    assert value_from_text(typing.Literal["2024", "2025"], "2024") == "2024" and value_from_text(typing.Literal[1, 2], "1") == 1
+    assert value_from_text(pathlib.Path, "2024") == "2024" and value_from_text(Colour, "1") == "1"
+    assert value_from_text(list[str], '["a"]') == ["a"] and value_from_text(typing.Optional[int], "3") == 3
     assert value_from_text(int, "lots") == "lots"  # left for validation, which names the field
 
 
@@ -121,3 +132,39 @@ def test_a_bad_value_typed_as_text_is_refused_naming_its_field(dated):
     _, flow = dated
     with pytest.raises(ParameterError, match=r"tags: Input should be a valid list \(got 'a,b'\)"):
         flow.validate(parameter_values(flow.parameters_model, text={"year": "2024", "tags": "a,b"}))
+
+
+RESUMABLE = textwrap.dedent(
+    """
+    import os
+    import rayflow as rf
+
+    @rf.task
+    def stamp(year):
+        if os.path.exists(os.environ["STAMP_FAIL"]):
+            raise RuntimeError("not yet")
+        return year
+
+    @rf.flow(runner="local")
+    def stamped(year: str):
+        return stamp(year)
+    """
+)
+
+
+def test_resume_p_reads_a_str_parameter_as_its_text(tmp_path):
+    """`rayflow resume ID -p year=2024`: failed before with exit 2 "invalid parameters for flow
+    'stamped': year: Input should be a valid string (got 2024)" (resume parsed -p with no model)."""
+    from cli_runner import run_cli
+
+    flow_file = tmp_path / "stamped_flow.py"
+    flow_file.write_text(RESUMABLE)
+    gate = tmp_path / "fail"
+    gate.write_text("")
+    home = tmp_path / "home"
+    first = run_cli("run", f"{flow_file}:stamped", "-p", "year=2023", "--run-id", "stamped-1", "--local", home=home, STAMP_FAIL=str(gate))
+    assert first.returncode == 1, first.stderr
+    gate.unlink()
+    again = run_cli("resume", "stamped-1", "-p", "year=2024", "--local", home=home, STAMP_FAIL=str(gate))
+    assert again.returncode == 0, again.stderr
+    assert RunStore(home).run("stamped-1")["params"] == {"year": "2024"}

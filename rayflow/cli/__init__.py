@@ -386,8 +386,11 @@ def resume(
 
     _checked_run_id(run_id)  # a run an older rayflow recorded under an id the rule refuses, too
     try:
-        overrides = parse_params(param or [], None, None)
-        flow_run = resume_run(run_id, **overrides) if not local else _resume_local(run_id, overrides)
+        flow = _recorded_flow(run_id)  # its model reads -p as run's -p does (a str stays text)
+        overrides = parse_params(param or [], None, flow.parameters_model if flow is not None else None)
+        if local and flow is not None:
+            flow = flow.with_options(runner="local")
+        flow_run = resume_run(run_id, flow, **overrides)
     except EXPECTED as exc:
         raise _fail(str(exc), exit_code(exc)) from None
     print_run(flow_run)
@@ -395,13 +398,14 @@ def resume(
         raise typer.Exit(EXIT_FAILED)
 
 
-def _resume_local(run_id: str, overrides: dict[str, Any]) -> FlowRun:
-    from rayflow.core.loader import load_flow
-    from rayflow.runs.resume import resume as resume_run
-
-    target = ((RunStore().run(run_id) or {}).get("graph") or {}).get("target")
-    flow = load_flow(target).with_options(runner="local") if target else None
-    return resume_run(run_id, flow, **overrides)
+def _recorded_flow(run_id: str) -> Any:
+    """The flow run ``run_id`` recorded (its target), or None where it cannot be loaded here:
+    ``rf.resume`` then says why (an unknown run, no target, a target that fails to load)."""
+    try:
+        target = ((RunStore().run(run_id) or {}).get("graph") or {}).get("target")
+        return load_flow(target) if target else None
+    except Exception:  # noqa: BLE001 - resume names the problem itself
+        return None
 
 
 cache_app = typer.Typer(help="The result cache: list or clear cached task results.", no_args_is_help=True)

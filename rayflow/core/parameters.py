@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import pathlib
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -152,16 +153,19 @@ def is_secret_annotation(annotation: Any) -> bool:
 
 def takes_text(annotation: Any) -> bool:
     """A parameter whose text value (``-p``, the run-now form) is taken as text, never parsed as
-    JSON: a ``str`` (``str | None`` too), or a
+    JSON: a ``str`` (``str | None`` too, a str Enum, a ``Literal`` of strings, a path), or a
     secret (a secret that looks like a number stays the text it was, and is never shown in an error)."""
     if annotation is str:
         return True
     options = [a for a in typing.get_args(annotation) if a is not type(None)] if _is_union(annotation) else [annotation]
     if len(options) != 1:
         return False
+    if typing.get_origin(options[0]) is typing.Literal:  # Literal["eu", "us"]: text; Literal[1, 2]: parsed
+        return all(isinstance(choice, str) for choice in typing.get_args(options[0]))
     if typing.get_origin(options[0]) is not None:  # pydantic.Secret[str]: text; Secret[int]: parsed
         return is_secret_annotation(options[0]) and typing.get_args(options[0]) in ((str,), (bytes,))
-    return options[0] is str or (isinstance(options[0], type) and issubclass(options[0], (SecretStr, SecretBytes)))
+    # str and its subclasses (a str Enum), paths, secrets: "2024" is a name, never a number
+    return isinstance(options[0], type) and issubclass(options[0], (str, pathlib.PurePath, SecretStr, SecretBytes))
 
 
 def _is_union(annotation: Any) -> bool:
