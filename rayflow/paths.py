@@ -7,7 +7,7 @@ the command line, so it is ``[A-Za-z0-9][A-Za-z0-9._-]*``, at most
 and never read as an option.  ``check_run_id`` is the only place this rule
 lives; every way a run gets its id calls it (``Flow.with_options``, both
 runners as a run starts, ``rf.resume``, the command line's ``run``,
-``submit`` and ``resume``), and ids rayflow makes itself follow it.
+``submit`` and ``resume``), and ids rayflow makes itself (``new_run_id``, the one maker) follow it.
 
 Behind the rule, ``under_root`` joins a path built from run ids, task keys
 and cache keys to its root and refuses one that would climb out of it: no
@@ -19,6 +19,7 @@ files are (see the README's Security section).
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 
 from rayflow.exceptions import RunIdError, UnsafePathError
@@ -39,6 +40,12 @@ def check_run_id(run_id: Any) -> str:
     else:
         shown = repr(run_id)
     raise RunIdError(f"run id {shown} is not allowed: {RUN_ID_RULE}", run_id=run_id)
+
+
+def new_run_id() -> str:
+    """A run id rayflow makes (a run without ``run_id``, a scheduled fire, the UI's run now):
+    12 lowercase hex digits, random, following the rule above.  The only place one is made."""
+    return uuid.uuid4().hex[:12]
 
 
 def under_root(root: str, path: str) -> str:

@@ -57,7 +57,14 @@ class ErrorInfo(BaseModel):
         return self.type.rsplit(".", 1)[-1]
 
     def __str__(self) -> str:
-        return f"{self.type_name}: {self.message}" if self.message else self.type_name
+        return error_text(self.type, self.message)
+
+
+def error_text(kind: str, message: str) -> str:
+    """An error as every message, log line and table shows it: "Type: message" (the type's
+    short name, from a qualified one such as "builtins.ValueError"), or "Type" without a message."""
+    name = kind.rsplit(".", 1)[-1]
+    return f"{name}: {message}" if message else name
 
 
 class State(BaseModel):

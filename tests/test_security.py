@@ -516,7 +516,8 @@ def test_a_secret_given_on_the_command_line_stays_the_text_it_was():
     assert takes_text(pydantic.SecretStr) and takes_text(typing.Optional[pydantic.SecretStr])
     assert takes_text(pydantic.Secret[str]) and takes_text(pydantic.Secret[bytes])
     assert not takes_text(pydantic.Secret[int]) and not takes_text(int) and not takes_text(list[str])
-    values = parse_params(["pin=0123", "n=7"], None, {"pin": pydantic.Secret[str], "n": int})
+    model = pydantic.create_model("m", pin=(pydantic.Secret[str], ...), n=(int, ...))
+    values = parse_params(["pin=0123", "n=7"], None, model)
     assert values == {"pin": "0123", "n": 7}
 
 
@@ -651,7 +652,7 @@ def test_generated_run_ids_follow_the_rule():
     """The ids rayflow makes itself: a run's, a serve fire's, a server submitted with
     `submit --serve FILE` (its id names its Ray job and is what `cancel` takes)."""
     from rayflow.cli.submit import serve_id
-    from rayflow.engine.driver.local import new_run_id
+    from rayflow.paths import new_run_id
     from rayflow.paths import check_run_id
     from rayflow.serving.server import Server
 

@@ -36,27 +36,14 @@ from rayflow.cli.limits import limit_app
 from rayflow.cli.signals import exit_promptly, sigterm_as_interrupt
 from rayflow.cli.states import LimitWaits, StatePrinter
 from rayflow.cli.usage import fail as _fail
+from rayflow.cli.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, EXPECTED, exit_code
 from rayflow.cli import submit as _submit
-from rayflow.core.parameters import parameter_annotations, takes_text
+from rayflow.core.parameters import parameter_values
 from rayflow.engine.driver.flow_run import FlowRun
-from rayflow.engine.driver.local import new_run_id
 from rayflow.store import RunStore, rayflow_home
 from rayflow.store.history import UNFINISHED
-from rayflow.exceptions import (
-    ClusterConnectionError,
-    DefinitionError,
-    GraphError,
-    ParameterError,
-    ResultStoreError,
-    SerializationError,
-    UnknownRunError,
-    DuplicateRunError,
-    RunCrashedError,
-    RunIdError,
-    Terminated,
-    UnsatisfiableResourcesError,
-)
-from rayflow.paths import check_run_id
+from rayflow.exceptions import ResultStoreError, RunIdError, Terminated
+from rayflow.paths import check_run_id, new_run_id
 from rayflow.results import ResultStore
 from rayflow.results_layout import cache_folder, meta_name, parse_cache_path, strip_suffix
 
@@ -76,13 +63,13 @@ TaskStateOption = Annotated[
     Optional[str], typer.Option("--state", help="Only the tasks in this state (SUCCESS, FAILED, ...).")  # noqa: UP007
 ]
 
-EXIT_FAILED, EXIT_USAGE, EXIT_CLUSTER, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 3, 130, 143
 HISTORY_GRACE = 2.0  # seconds `show` waits for a run that ended live to appear in the history
 
 
-def parse_params(pairs: list[str], params_json: str | None, annotations: dict[str, Any]) -> dict[str, Any]:
-    """``k=v`` pairs on top of a JSON object.  A value is parsed as JSON unless its parameter is a str or a secret."""
-    values: dict[str, Any] = {}
+def parse_params(pairs: list[str], params_json: str | None, model: Any = None) -> dict[str, Any]:
+    """``k=v`` pairs on top of a JSON object, read by the one parser (``core.parameters.parameter_values``):
+    the flow's ``model`` decides, per field, whether a value's text is JSON (a str or a secret stays text)."""
+    typed: dict[str, Any] = {}
     if params_json:
         try:
             loaded = json.loads(params_json)
@@ -90,19 +77,14 @@ def parse_params(pairs: list[str], params_json: str | None, annotations: dict[st
             raise TargetError(f"--params-json is not valid JSON: {exc}") from None
         if not isinstance(loaded, dict):
             raise TargetError("--params-json must be a JSON object")
-        values.update(loaded)
+        typed.update(loaded)
+    text: dict[str, str] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise TargetError(f"--param {pair!r} must look like name=value")
-        if takes_text(annotations.get(key)):
-            values[key] = raw
-            continue
-        try:
-            values[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[key] = raw  # let the flow's own validation judge the string
-    return values
+        text[key] = raw
+    return parameter_values(model, typed=typed, text=text)
 
 
 @app.command()
@@ -130,23 +112,15 @@ def run(
     run_id = _checked_run_id(run_id) if run_id is not None else new_run_id()
     try:
         flow = load_flow(target)
-        annotations = parameter_annotations(flow.parameters_model)
-        values = parse_params(param or [], params_json, annotations)
+        values = parse_params(param or [], params_json, flow.parameters_model)
         options: dict[str, Any] = {"runner": "local" if local else "ray", "run_id": run_id}
         if address:
             options["address"] = address
         printing = StatePrinter(run_id) if log_states else StatePrinter(run_id, waits=LimitWaits())
         with sigterm_as_interrupt(f"run {run_id}"), printing:
             flow_run = flow.with_options(**options).run(**values)
-    except (
-        TargetError, ParameterError, GraphError, DefinitionError, SerializationError, ResultStoreError, DuplicateRunError,
-        UnsatisfiableResourcesError,
-    ) as exc:
-        raise _fail(str(exc), EXIT_USAGE) from None
-    except ClusterConnectionError as exc:
-        raise _fail(str(exc), EXIT_CLUSTER) from None
-    except RunCrashedError as exc:
-        raise _fail(str(exc), EXIT_FAILED) from None
+    except EXPECTED as exc:
+        raise _fail(str(exc), exit_code(exc)) from None
     except KeyboardInterrupt as exc:
         if isinstance(exc, Terminated):  # no table: Ray itself may be stopping (SIGTERM to the group)
             typer.echo(f"error: terminated (SIGTERM); run {run_id} was cancelled", err=True)
@@ -164,7 +138,7 @@ def _checked_run_id(run_id: str) -> str:
     try:
         return check_run_id(run_id)
     except RunIdError as exc:
-        raise _fail(str(exc), EXIT_USAGE) from None
+        raise _fail(str(exc), exit_code(exc)) from None
 
 
 def _print_cancelled(run_id: str, local: bool) -> None:
@@ -199,10 +173,8 @@ def cancel(
 
     try:
         state = cancel_run(run_id, address=address, wait=wait)
-    except ClusterConnectionError as exc:
-        raise _fail(str(exc), EXIT_CLUSTER) from None
-    except UnknownRunError as exc:
-        raise _fail(str(exc), EXIT_FAILED) from None
+    except EXPECTED as exc:
+        raise _fail(str(exc), exit_code(exc)) from None
     typer.echo(f"run {run_id}: {state.type.value}")
     if not state.is_finished():
         raise _fail(f"run {run_id} had not ended after {wait:g}s", EXIT_FAILED)
@@ -393,10 +365,10 @@ def graph(
     if shape is None:
         try:
             flow = load_flow(target)
-            values = parse_params(param or [], params_json, parameter_annotations(flow.parameters_model))
+            values = parse_params(param or [], params_json, flow.parameters_model)
             shape = flow.graph_for(**values).shape()
-        except (TargetError, GraphError, DefinitionError, ParameterError) as exc:
-            raise _fail(str(exc), EXIT_USAGE) from None
+        except EXPECTED as exc:
+            raise _fail(str(exc), exit_code(exc)) from None
     print(render_mermaid(shape, states) if fmt == "mermaid" else render_dot(shape, states))
 
 
@@ -411,33 +383,29 @@ def resume(
 ) -> None:
     """Run a failed run again: tasks whose results it persisted are loaded, the rest run."""
     from rayflow import resume as resume_run
-    from rayflow.exceptions import ResumeError
 
     _checked_run_id(run_id)  # a run an older rayflow recorded under an id the rule refuses, too
     try:
-        overrides = parse_params(param or [], None, {})
-        flow_run = resume_run(run_id, **overrides) if not local else _resume_local(run_id, overrides)
-    except UnknownRunError as exc:
-        raise _fail(str(exc), EXIT_FAILED) from None
-    except (
-        ResumeError, TargetError, ParameterError, GraphError, DefinitionError, SerializationError, ResultStoreError,
-        UnsatisfiableResourcesError,
-    ) as exc:
-        raise _fail(str(exc), EXIT_USAGE) from None
-    except ClusterConnectionError as exc:
-        raise _fail(str(exc), EXIT_CLUSTER) from None
+        flow = _recorded_flow(run_id)  # its model reads -p as run's -p does (a str stays text)
+        overrides = parse_params(param or [], None, flow.parameters_model if flow is not None else None)
+        if local and flow is not None:
+            flow = flow.with_options(runner="local")
+        flow_run = resume_run(run_id, flow, **overrides)
+    except EXPECTED as exc:
+        raise _fail(str(exc), exit_code(exc)) from None
     print_run(flow_run)
     if not flow_run.state.is_successful():
         raise typer.Exit(EXIT_FAILED)
 
 
-def _resume_local(run_id: str, overrides: dict[str, Any]) -> FlowRun:
-    from rayflow.core.loader import load_flow
-    from rayflow.runs.resume import resume as resume_run
-
-    target = ((RunStore().run(run_id) or {}).get("graph") or {}).get("target")
-    flow = load_flow(target).with_options(runner="local") if target else None
-    return resume_run(run_id, flow, **overrides)
+def _recorded_flow(run_id: str) -> Any:
+    """The flow run ``run_id`` recorded (its target), or None where it cannot be loaded here:
+    ``rf.resume`` then says why (an unknown run, no target, a target that fails to load)."""
+    try:
+        target = ((RunStore().run(run_id) or {}).get("graph") or {}).get("target")
+        return load_flow(target) if target else None
+    except Exception:  # noqa: BLE001 - resume names the problem itself
+        return None
 
 
 cache_app = typer.Typer(help="The result cache: list or clear cached task results.", no_args_is_help=True)
@@ -537,7 +505,7 @@ def serve(
             if target is None:
                 raise ScheduleError("give TARGET with --cron or --interval, or --config FILE")
             flow = load_flow(target)
-            values = parse_params(param or [], None, parameter_annotations(flow.parameters_model))
+            values = parse_params(param or [], None, flow.parameters_model)
             schedule = schedule_from(cron, interval, timezone, overlap=overlap, catchup=catchup, max_catchup=max_catchup)
             found, server = [(flow, schedule, values, target)], {}
         serving = importlib.import_module("rayflow.serving")
@@ -550,10 +518,8 @@ def serve(
         check_server_options(options, "")
         actions = _start_ui(ui_host, ui_port, [e.flow for e in entries], ui_token, ui_allowed_host or []) if with_ui else None
         code = serving.serve(entries, once=once, on_ready=actions.mark_ready if actions else None, **options)
-    except (TargetError, ParameterError, ScheduleError, DefinitionError) as exc:
-        raise _fail(str(exc), EXIT_USAGE) from None
-    except ClusterConnectionError as exc:
-        raise _fail(str(exc), EXIT_CLUSTER) from None
+    except EXPECTED as exc:
+        raise _fail(str(exc), exit_code(exc)) from None
     _exit_past_abandoned_threads(code)
     raise typer.Exit(code)
 
@@ -645,14 +611,13 @@ def schedule_preview(
 ) -> None:
     """Print the next fire times, in the schedule's timezone and in UTC (tab-separated), each as it is computed."""
     from rayflow.cli.serve import check_preview_count, preview_lines, schedule_from
-    from rayflow.exceptions import ScheduleError
 
     try:
         check_preview_count(n)
         load_flow(target)
         schedule = schedule_from(cron, interval, timezone)
-    except (TargetError, ScheduleError) as exc:
-        raise _fail(str(exc), EXIT_USAGE) from None
+    except EXPECTED as exc:
+        raise _fail(str(exc), exit_code(exc)) from None
     for line in preview_lines(schedule, n):
         print(line, flush=True)
 

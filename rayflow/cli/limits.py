@@ -13,6 +13,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from rayflow.exceptions import ClusterConnectionError, LimitError
+from rayflow.cli.exits import EXIT_CLUSTER, EXIT_FAILED, EXIT_USAGE
 from rayflow.cli.usage import fail as _fail
 
 limit_app = typer.Typer(help="Concurrency and rate limits shared by every run on the cluster.", no_args_is_help=True)
@@ -29,9 +30,9 @@ def _limits(address: str | None) -> Any:
     try:
         connect_existing(address)
     except ClusterConnectionError as exc:
-        raise _fail(str(exc), 3) from None
+        raise _fail(str(exc), EXIT_CLUSTER) from None
     except ConnectionError as exc:  # Ray's own: no local cluster for "auto"
-        raise _fail(f"no Ray cluster to hold limits: {exc}".splitlines()[0], 3) from None
+        raise _fail(f"no Ray cluster to hold limits: {exc}".splitlines()[0], EXIT_CLUSTER) from None
     return limits
 
 
@@ -50,7 +51,7 @@ def set_limit(
         check_values(slots, per_second)
         _limits(address).set(name, slots, per_second)
     except LimitError as exc:
-        raise _fail(str(exc), 2) from None
+        raise _fail(str(exc), EXIT_USAGE) from None
     rate = f", {per_second:g} per second" if per_second is not None else ""
     typer.echo(f"limit {name}: {slots} slot(s){rate}")
 
@@ -83,7 +84,7 @@ def remove_limit(
         check_name(name)
         removed = _limits(address).remove(name)
     except LimitError as exc:
-        raise _fail(str(exc), 2) from None
+        raise _fail(str(exc), EXIT_USAGE) from None
     if not removed:
-        raise _fail(f"no limit named {name!r}", 1)
+        raise _fail(f"no limit named {name!r}", EXIT_FAILED)
     typer.echo(f"limit {name}: removed")

@@ -14,7 +14,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 from rayflow.cli.loader import TargetError, load_flow
-from rayflow.core.parameters import parameter_annotations
+from rayflow.core.parameters import parameter_values
 from rayflow.schedules import Cron, Interval, Schedule, from_spec
 
 UTC = dt.timezone.utc
@@ -79,11 +79,14 @@ def config_entries(path: str) -> tuple[list[tuple[Any, Schedule, dict, str]], di
             raise ScheduleError(f"{where}: anchor applies to an interval only")
         try:
             flow = load_flow(entry["target"])
+            parameters = entry.get("parameters")
+            if isinstance(parameters, dict):  # TOML values are typed: taken as they are, as --params-json's
+                parameters = parameter_values(flow.parameters_model, typed=parameters)
             anchor = entry.get("anchor")
             schedule = schedule_from(
                 entry.get("cron"), entry.get("interval"), entry.get("timezone"),
                 overlap=entry.get("overlap"), catchup=entry.get("catchup"), max_catchup=entry.get("max_catchup"),
-                parameters=entry.get("parameters"),
+                parameters=parameters,
                 **({"anchor": anchor} if anchor is not None and entry.get("interval") is not None else {}),
             )
         except (TargetError, ScheduleError) as exc:
@@ -143,4 +146,4 @@ def schedule_rows(schedules: list[dict], now: dt.datetime | None = None) -> list
     return rows
 
 
-__all__ = ["MAX_PREVIEW", "check_preview_count", "config_entries", "parameter_annotations", "preview_lines", "schedule_from", "schedule_rows"]
+__all__ = ["MAX_PREVIEW", "check_preview_count", "config_entries", "preview_lines", "schedule_from", "schedule_rows"]

@@ -21,9 +21,9 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from rayflow.cli.exits import EXIT_TERMINATED
 from rayflow.exceptions import Terminated
 
-EXIT_TERMINATED = 143
 WATCHDOG_SECONDS = 10.0  # past the runner's grace (2 s) and its record of the end
 
 

@@ -19,12 +19,11 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from rayflow.engine.driver.local import new_run_id
 from rayflow.exceptions import ClusterConnectionError, RunIdError
+from rayflow.cli.exits import EXIT_CLUSTER, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, EXPECTED, exit_code
 from rayflow.cli.usage import fail as _fail
-from rayflow.paths import RUN_ID_MAX, check_run_id
+from rayflow.paths import RUN_ID_MAX, check_run_id, new_run_id
 
-EXIT_FAILED, EXIT_CLUSTER, EXIT_INTERRUPTED = 1, 3, 130
 FOLLOW_INTERVAL = 0.5
 RUN_STOP_WAIT = 20  # seconds a stopped run's driver has to cancel it (its own grace is 2 s, its watchdog 10 s)
 SERVE_STOP_WAIT = 60  # seconds a stopped server has to let its runs finish (serve's grace: 30 s by default)
@@ -63,7 +62,7 @@ def _check_ui_exposure(ui: bool, ui_host: str, ui_token_file: str | None) -> Non
     if ui and ui_token_file is None and not on_loopback(ui_host):
         raise _fail(
             f"--ui-host {ui_host} makes the UI reachable from other machines: give it a token "
-            "(--ui-token-file FILE, a file on the head node), or listen on 127.0.0.1", 2,
+            "(--ui-token-file FILE, a file on the head node), or listen on 127.0.0.1", EXIT_USAGE,
         )
 
 
@@ -85,7 +84,6 @@ def check_locally(target: str, working_dir: str | None, params: list[str], param
     cluster has (its --pip packages, say) is checked there: ``--follow`` shows its error."""
     from rayflow.cli import parse_params
     from rayflow.cli.loader import TargetError, load_flow
-    from rayflow.core.parameters import parameter_annotations
 
     location, sep, name = target.rpartition(":")
     if not sep or not location or not name:
@@ -108,8 +106,7 @@ def check_locally(target: str, working_dir: str | None, params: list[str], param
         flow = None  # it may load only on the cluster: checked there
     finally:
         sys.path[:] = path
-    annotations = parameter_annotations(flow.parameters_model) if flow is not None else {}
-    values = parse_params(params, params_json, annotations)  # bad JSON: refused either way
+    values = parse_params(params, params_json, flow.parameters_model if flow is not None else None)  # bad JSON: refused either way
     if flow is not None:
         flow.validate(values)
 
@@ -163,20 +160,18 @@ def submit(
     the schedules of FILE fire on the cluster (`rayflow serve --config FILE` as a job, id
     serve-FILENAME) until `rayflow cancel serve-FILENAME --address ...` stops it.
     """
-    from rayflow.cli.loader import TargetError
-    from rayflow.exceptions import ParameterError
     from rayflow.runtime import jobs
 
     if not is_job_address(address):
-        raise _fail(f"--address must be a Ray job server, http://HEAD:8265, not {address!r}", 2)
+        raise _fail(f"--address must be a Ray job server, http://HEAD:8265, not {address!r}", EXIT_USAGE)
     if (target is None) == (serve is None):
-        raise _fail("give TARGET (one run) or --serve FILE (a server of schedules), not both or neither", 2)
+        raise _fail("give TARGET (one run) or --serve FILE (a server of schedules), not both or neither", EXIT_USAGE)
     if serve is not None:
         if param or params_json or run_id:
-            raise _fail("with --serve FILE the flows and parameters are the file's: --param, --params-json and --run-id cannot be given", 2)
+            raise _fail("with --serve FILE the flows and parameters are the file's: --param, --params-json and --run-id cannot be given", EXIT_USAGE)
         config = os.path.join(working_dir, serve) if working_dir is not None else serve
         if working_dir is not None and not os.path.isfile(config):
-            raise _fail(f"no such file in the working dir {working_dir}: {serve}", 2)
+            raise _fail(f"no such file in the working dir {working_dir}: {serve}", EXIT_USAGE)
         run_id = serve_id(serve)
         _check_ui_exposure(ui, ui_host, ui_token_file)
         command = serve_entrypoint(serve, ui, ui_host, ui_port, ui_token_file)
@@ -185,11 +180,11 @@ def submit(
             try:
                 check_run_id(run_id)  # it names the run's Ray job too
             except RunIdError as exc:
-                raise _fail(str(exc), 2) from None
+                raise _fail(str(exc), exit_code(exc)) from None
         try:
             check_locally(target, working_dir, param or [], params_json)
-        except (TargetError, ParameterError) as exc:
-            raise _fail(str(exc), 2) from None
+        except EXPECTED as exc:
+            raise _fail(str(exc), exit_code(exc)) from None
         run_id = run_id or new_run_id()
         command = entrypoint(target, run_id, param or [], params_json)
     client = _client(address)
@@ -200,7 +195,7 @@ def submit(
         done = jobs.submit(client, run_id, command, working_dir=working_dir, pip=pip, env_vars=env_vars,
                            again_once_ended=serve is not None)
     except (RuntimeError, ValueError, OSError) as exc:  # Ray's refusal: a working dir too large, a bad runtime_env
-        raise _fail(f"the job server at {address} refused run {run_id}: {_one_line(exc)}", 2) from None
+        raise _fail(f"the job server at {address} refused run {run_id}: {_one_line(exc)}", EXIT_USAGE) from None
     what = "server" if serve is not None else "run"
     if done.already:
         typer.echo(f"{what} {run_id} was submitted before (job {done.submission_id}, {done.status}): not submitted again", err=True)

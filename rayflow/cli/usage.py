@@ -9,6 +9,8 @@ from typing import Any
 
 import typer
 
+from rayflow.cli.exits import EXIT_FAILED
+
 # Typer raises click's exceptions, from its own copy of click in newer versions: take them from
 # where typer.BadParameter comes from.
 _click = sys.modules[typer.BadParameter.__module__]
@@ -34,7 +36,7 @@ def run_app(app: typer.Typer, prog_name: str) -> int:
         return exc.exit_code
     except typer.Abort:  # EOF at a prompt
         typer.echo("Aborted!", err=True)
-        return 1
+        return EXIT_FAILED
     return code if isinstance(code, int) else 0
 
 

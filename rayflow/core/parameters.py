@@ -7,9 +7,11 @@ field at once (missing, unknown, or of the wrong type).
 from __future__ import annotations
 
 import inspect
+import json
+import pathlib
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, SecretBytes, SecretStr, ValidationError, create_model
@@ -90,8 +92,47 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def parameter_annotations(model: type[BaseModel]) -> dict[str, Any]:
-    return {name: f.annotation for name, f in model.model_fields.items()}
+def parameter_values(
+    model: type[BaseModel] | None, *, typed: Mapping[str, Any] | None = None, text: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The one parser of parameter values, whatever gave them: ``typed`` values (a JSON object
+    from ``--params-json``, a ``flows.toml`` table, Python) are taken as they are; ``text`` values
+    (``-p name=value``, the UI's run-now form) become what the flow's model expects, by the field's
+    type (``value_from_text``).  Text overrides typed.  Validation (``validate_parameters``) comes
+    after, and names any field whose value is still wrong.  ``model`` None (a flow that does not
+    load here): every text is JSON where it parses."""
+    values = dict(typed or {})
+    fields = model.model_fields if model is not None else {}
+    for name, raw in (text or {}).items():
+        field = fields.get(name)
+        values[name] = value_from_text(field.annotation if field is not None else Any, raw)
+    return values
+
+
+def value_from_text(annotation: Any, text: str) -> Any:
+    """A parameter's value typed as text: the text itself for a ``str`` or a secret (``takes_text``),
+    so "2024" for a ``str`` stays "2024"; else JSON where it parses (``5``, ``true``, ``[1, 2]``,
+    ``{"a": 1}``), else the text, which validation then refuses, naming the field, where the
+    type does not take it."""
+    if takes_text(annotation):
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def text_of_value(annotation: Any, value: Any) -> str:
+    """The text that ``value_from_text`` turns back into ``value`` (a form's default): a ``str``
+    field's value as it is, else JSON.  "" for a secret or a value JSON cannot write."""
+    if is_secret(value):
+        return ""
+    if takes_text(annotation) and isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return ""
 
 
 def is_secret(value: Any) -> bool:
@@ -111,16 +152,20 @@ def is_secret_annotation(annotation: Any) -> bool:
 
 
 def takes_text(annotation: Any) -> bool:
-    """A parameter whose command-line value is taken as text, never parsed as JSON: a ``str``, or a
+    """A parameter whose text value (``-p``, the run-now form) is taken as text, never parsed as
+    JSON: a ``str`` (``str | None`` too, a str Enum, a ``Literal`` of strings, a path), or a
     secret (a secret that looks like a number stays the text it was, and is never shown in an error)."""
     if annotation is str:
         return True
     options = [a for a in typing.get_args(annotation) if a is not type(None)] if _is_union(annotation) else [annotation]
     if len(options) != 1:
         return False
+    if typing.get_origin(options[0]) is typing.Literal:  # Literal["eu", "us"]: text; Literal[1, 2]: parsed
+        return all(isinstance(choice, str) for choice in typing.get_args(options[0]))
     if typing.get_origin(options[0]) is not None:  # pydantic.Secret[str]: text; Secret[int]: parsed
         return is_secret_annotation(options[0]) and typing.get_args(options[0]) in ((str,), (bytes,))
-    return isinstance(options[0], type) and issubclass(options[0], (SecretStr, SecretBytes))
+    # str and its subclasses (a str Enum), paths, secrets: "2024" is a name, never a number
+    return isinstance(options[0], type) and issubclass(options[0], (str, pathlib.PurePath, SecretStr, SecretBytes))
 
 
 def _is_union(annotation: Any) -> bool:

@@ -15,7 +15,8 @@ import os
 from typing import Any
 
 from rayflow.engine.driver.flow_run import FlowRun
-from rayflow.engine.driver.local import StreamFeeder, new_run_id
+from rayflow.engine.driver.local import StreamFeeder
+from rayflow.paths import new_run_id
 from rayflow.engine.driver.local_executor import LocalExecutor
 from rayflow.engine.driver.progress import MapProgress
 from rayflow.engine.observers import Callback

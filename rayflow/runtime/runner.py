@@ -19,7 +19,7 @@ from typing import Any
 import ray
 
 from rayflow.engine.driver.flow_run import FlowRun
-from rayflow.engine.driver.local import new_run_id
+from rayflow.paths import new_run_id
 from rayflow.engine.columns import next_items
 from rayflow.engine.plan import Plan, compile_plan
 from rayflow.engine.driver.progress import MapProgress

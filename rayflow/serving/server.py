@@ -53,6 +53,7 @@ from typing import Any, Protocol
 
 from rayflow.core.parameters import validate_parameters
 from rayflow.exceptions import ScheduleError
+from rayflow.paths import new_run_id
 from rayflow.schedules import UTC, Schedule
 from rayflow.store.schedules import ScheduleStore, server_alive
 
@@ -168,7 +169,7 @@ class Server:
     max_concurrent: int = 4
     late_after: float = LATE_AFTER
     lease: float = LEASE
-    new_run_id: Callable[[], str] = field(default=lambda: uuid.uuid4().hex[:12])
+    new_run_id: Callable[[], str] = new_run_id  # rayflow.paths': the one maker of run ids
     running: dict[str, list[_Fire]] = field(default_factory=dict)  # schedule id -> its runs going
     queued: dict[str, collections.deque] = field(default_factory=dict)  # overlap="queue": fires held
     waiting: collections.deque = field(default_factory=collections.deque)  # fires waiting for a slot

@@ -16,15 +16,14 @@ started, and shown on its page.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rayflow.core.parameters import validate_parameters
+from rayflow.core.parameters import parameter_values, text_of_value, validate_parameters
+from rayflow.paths import new_run_id
 from rayflow.serving.launcher import ThreadHandle, cancel_here
 from rayflow.store import RunStore, rayflow_home
 
@@ -62,24 +61,25 @@ class ServeActions:
         return sorted(self.flows)
 
     def parameters(self, name: str) -> dict[str, tuple[str, bool]]:
-        """The flow's parameters: (its default as the form shows it, JSON; whether it is required).
-        A default that is not JSON (a secret, say) is left out: the flow's own default applies."""
+        """The flow's parameters: (its default as the form shows it, the text that reads back as it:
+        a str as it is, else JSON; whether it is required).  A default that is not JSON (a secret,
+        say) is left out: the flow's own default applies."""
         model = self.flows[name].parameters_model
         out = {}
         for key, field in model.model_fields.items():
-            try:
-                text = "" if field.is_required() else json.dumps(field.default)
-            except (TypeError, ValueError):
-                text = ""
+            text = "" if field.is_required() else text_of_value(field.annotation, field.default)
             out[key] = (text, field.is_required())
         return out
 
-    def run_now(self, name: str, values: Mapping[str, Any]) -> str:
-        """Start a run of flow ``name``; a ParameterError (before anything runs) names a bad value."""
+    def run_now(self, name: str, values: Mapping[str, Any] | None = None, *, text: Mapping[str, str] | None = None) -> str:
+        """Start a run of flow ``name`` with typed ``values`` and/or ``text`` ones (the run-now form's
+        fields, read as ``-p`` reads them: ``core.parameters.parameter_values``); a ParameterError
+        (before anything runs) names a bad value."""
         self._check_ready()
         flow = self._flow(name)
+        values = parameter_values(flow.parameters_model, typed=values, text=text)
         checked = validate_parameters(flow.parameters_model, flow.name, dict(values))  # secrets as secrets: recorded ***
-        run_id = uuid.uuid4().hex[:12]
+        run_id = new_run_id()
         RunStore(rayflow_home()).reserve(run_id, flow.name, checked, STARTING_MESSAGE)  # in the history at once
         chosen = flow.with_options(run_id=run_id, progress=False)
         body = self._watched("run now", run_id, lambda: chosen.run(**values), flow=flow.name, params=checked)

@@ -140,9 +140,9 @@ def create_app(
             return no
         name = request.path_params["flow"]
         form = await request.form()
-        values = {k: _form_value(v) for k, v in form.items() if v != "" and k != "csrf_token"}
+        texts = {k: str(v) for k, v in form.items() if v != "" and k != "csrf_token"}
         try:
-            run_id = await run_in_threadpool(actions.run_now, name, values)
+            run_id = await run_in_threadpool(lambda: actions.run_now(name, text=texts))
         except (KeyError, RayflowError) as exc:
             return page(request, "error.html", 400, message=str(exc).strip("'\""))
         return RedirectResponse(f"/runs/{run_id}", status_code=303)
@@ -272,14 +272,6 @@ def _local_path(path: str) -> str:
     if not path.startswith("/") or path.startswith(("//", "/\\")) or any(c in path for c in "\r\n\\") or len(path) > 2000:
         return "/"
     return path
-
-
-def _form_value(text: Any) -> Any:
-    """A form field as the CLI reads -p values: JSON where it parses, else the text."""
-    try:
-        return json.loads(text)
-    except (TypeError, ValueError):
-        return text
 
 
 def _runs(store: RunStore, query: queries.RunsQuery) -> tuple[list[dict], bool]:

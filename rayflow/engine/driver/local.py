@@ -1,4 +1,4 @@
-"""Pieces of the in-process runner that need nothing above the engine: run ids, generator feeding.
+"""Pieces of the in-process runner that need nothing above the engine: generator feeding.
 
 The runner itself (``runs.local.LocalRunner``) sits above the store and
 telemetry, so a local run is recorded and traced like a run on Ray.
@@ -6,7 +6,6 @@ telemetry, so a local run is recorded and traced like a run on Ray.
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from rayflow.engine.columns import next_items
@@ -22,7 +21,3 @@ class StreamFeeder:
         column, n, exhausted = next_items(self.streams[stream_id], count)
         handle = self.put(column) if column is not None else None
         self.orchestrator.push_stream(stream_id, handle, n, exhausted)
-
-
-def new_run_id() -> str:
-    return uuid.uuid4().hex[:12]

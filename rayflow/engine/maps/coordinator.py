@@ -34,7 +34,7 @@ from rayflow.engine.maps.run import MapRun
 from rayflow.engine.plan import Plan, TaskSpec
 from rayflow.engine.policy import FAIL, RETRY
 from rayflow.engine.protocol import ChunkJob, ChunkSummary, MapHandle, Work
-from rayflow.states import ErrorInfo, State, StateType
+from rayflow.states import ErrorInfo, State, StateType, error_text
 from rayflow.triggers import Tally
 
 
@@ -245,7 +245,7 @@ class MapCoordinator:
         )
         placeholder = self.put(failed)
         with self.lock:
-            run.settle_lost(job, placeholder, f"{kind.rsplit('.', 1)[-1]}: {message}")
+            run.settle_lost(job, placeholder, error_text(kind, message))
 
     def _piece_handles(self, run: MapRun, job: ChunkJob) -> list[Any]:
         chunk = run.by_id[job.chunk]

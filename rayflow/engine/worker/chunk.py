@@ -42,7 +42,7 @@ from rayflow.exceptions import ResultStoreError
 from rayflow.results import ResultStore
 from rayflow.results_layout import chunk_name
 from rayflow.signals import Signal
-from rayflow.states import StateType
+from rayflow.states import StateType, error_text
 
 _PAYLOADS: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
 
@@ -375,7 +375,7 @@ def _summary(
         for j in np.flatnonzero((codes == C.FAILED) | (codes == C.TIMED_OUT)).tolist()
     ]
     retry = [(selected[j], outcomes.retry_delays.get(j), int(attempts[j])) for j in np.flatnonzero(codes == C.RETRYING).tolist()]
-    reported = [(selected[j], f"{e[0].rsplit('.', 1)[-1]}: {e[1]}") for j, e in list(errors.items())[:MAX_REPORTED_ERRORS]]
+    reported = [(selected[j], error_text(e[0], e[1])) for j, e in list(errors.items())[:MAX_REPORTED_ERRORS]]
     return ChunkSummary(
         work_id=work_id,
         map_key=job.map_key,

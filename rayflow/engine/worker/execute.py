@@ -17,7 +17,7 @@ from rayflow.engine.worker.chunk import run_chunk
 from rayflow.engine.columns import concat_columns, merge_results, successful_column, successful_values
 from rayflow.engine.worker.logs import capture
 from rayflow.engine.worker.attempt import run_attempt
-from rayflow.states import StateType
+from rayflow.states import StateType, error_text
 
 
 def execute(payload: bytes, work: Work, *values: Any) -> tuple[Any, Any]:
@@ -30,7 +30,7 @@ def execute(payload: bytes, work: Work, *values: Any) -> tuple[Any, Any]:
             for j, (kind, message, tb) in list(value.errors.items())[:MAX_REPORTED_ERRORS]:
                 item = int(value.indices[j]) if value.indices is not None else j
                 logs.item[0] = item
-                logs.add("ERROR", f"item {job.start + item} failed: {kind.rsplit('.', 1)[-1]}: {message}" + (f"\n{tb}" if tb else ""))
+                logs.add("ERROR", f"item {job.start + item} failed: {error_text(kind, message)}" + (f"\n{tb}" if tb else ""))
         else:
             inputs = unpack(work.layout, values)
             report, value = run_attempt(payload, work.task_key, work.attempt, *inputs, run_id=work.run_id)
