@@ -472,13 +472,7 @@ def _run_items_abandoning(call, inputs, runnable, results, outcomes: _Outcomes, 
     prefix = f"{threading.current_thread().name}-item"
 
     def one(k: int, j: int) -> tuple[str, Any]:
-        running_item(context, j)
-        try:
-            return "ok", call(inputs[k])
-        except Signal as sig:
-            return "signal", sig
-        except Exception as exc:
-            return "error", exc
+        return _call_item(call, inputs[k], context, j)
 
     k, n = 0, len(runnable)
     while k < n:
@@ -493,12 +487,7 @@ def _run_items_abandoning(call, inputs, runnable, results, outcomes: _Outcomes, 
                 except FuturesTimeout:
                     outcomes.timed_out(j, timeout)
                     break  # its helper is abandoned: the next items get a new one
-                if kind == "ok":
-                    results[j] = value
-                elif kind == "signal":
-                    outcomes.signalled(value, j)
-                else:
-                    outcomes.failed((j,), value)
+                _record_item(results, outcomes, j, kind, value)
         finally:
             pool.shutdown(wait=False)
 
@@ -540,14 +529,8 @@ def _run_items_threaded(call, inputs, runnable, results, outcomes: _Outcomes, ti
     started: dict[int, float] = {}
 
     def one(k: int, j: int) -> tuple[str, Any]:
-        running_item(context, j)
         started[j] = time.monotonic()
-        try:
-            return "ok", call(inputs[k])
-        except Signal as sig:
-            return "signal", sig
-        except Exception as exc:
-            return "error", exc
+        return _call_item(call, inputs[k], context, j)
 
     pool = ThreadPoolExecutor(concurrency, thread_name_prefix="rayflow-item")
     try:
@@ -557,13 +540,7 @@ def _run_items_threaded(call, inputs, runnable, results, outcomes: _Outcomes, ti
             done, pending = futures_wait(pending, timeout=None if timeout is None else 0.05, return_when=FIRST_COMPLETED)
             for future in done:
                 j = futures[future]
-                kind, value = future.result()
-                if kind == "ok":
-                    results[j] = value
-                elif kind == "signal":
-                    outcomes.signalled(value, j)
-                else:
-                    outcomes.failed((j,), value)
+                _record_item(results, outcomes, j, *future.result())
             if timeout is not None:
                 now = time.monotonic()
                 late = {f for f in pending if futures[f] in started and now - started[futures[f]] > timeout}
@@ -572,6 +549,27 @@ def _run_items_threaded(call, inputs, runnable, results, outcomes: _Outcomes, ti
                 pending -= late
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _call_item(call, item: Any, context: Any, j: int) -> tuple[str, Any]:
+    """Item ``j`` run on a helper thread: ("ok", value), ("signal", sig) or ("error", exc)."""
+    running_item(context, j)
+    try:
+        return "ok", call(item)
+    except Signal as sig:
+        return "signal", sig
+    except Exception as exc:
+        return "error", exc
+
+
+def _record_item(results: list[Any], outcomes: _Outcomes, j: int, kind: str, value: Any) -> None:
+    """What ``_call_item`` returned, kept: item ``j``'s value, signal or failure."""
+    if kind == "ok":
+        results[j] = value
+    elif kind == "signal":
+        outcomes.signalled(value, j)
+    else:
+        outcomes.failed((j,), value)
 
 
 def _run_batch(fn, args, kwargs, sources, selected, runnable, outcomes: _Outcomes) -> Column | list[Any]:
