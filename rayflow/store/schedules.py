@@ -34,7 +34,7 @@ from rayflow.store.history import RunStore, driver_alive
 # A fire its server holds but has not started: claimed, queued (overlap="queue"), waiting for a slot
 # (max_concurrent), or starting (its run id chosen; a run that never reached the history never started).
 HELD = ("claimed", "starting", "queued", "waiting (max_concurrent)")
-_HELD_SQL = "outcome IN ('claimed', 'starting', 'queued', 'waiting (max_concurrent)')"  # as the index says it
+_HELD_SQL = f"outcome IN ({', '.join(repr(h) for h in HELD)})"  # the same text as SCHEMA's partial index
 FORGET_SERVERS_AFTER = 86_400.0  # seconds: a server stopped, or silent, this long is forgotten
 
 
@@ -132,13 +132,7 @@ class ScheduleStore:
     def hold(self, schedule_id: str, scheduled_for: float, outcome: str, server: str, run_id: str | None = None) -> bool:
         """Record ``outcome`` for a fire ``server`` holds; False (and nothing written) when it no longer
         holds it: it was taken over while the server was thought dead."""
-        with self.runs._connect() as db:
-            cursor = db.execute(
-                "UPDATE scheduled_runs SET outcome = ?, run_id = COALESCE(?, run_id), at = ? "
-                f"WHERE schedule_id = ? AND scheduled_for = ? AND server = ? AND {_HELD_SQL}",
-                [outcome, run_id, time.time(), schedule_id, scheduled_for, server],
-            )
-            return cursor.rowcount == 1
+        return self._record(schedule_id, scheduled_for, outcome, server, run_id, f" AND {_HELD_SQL}")
 
     def held_by_others(self, schedule_id: str, server: str) -> list[dict]:
         """The fires of ``schedule_id`` that another server (or an older rayflow, ``server`` NULL)
@@ -167,10 +161,16 @@ class ScheduleStore:
     def settle(self, schedule_id: str, scheduled_for: float, outcome: str, server: str, run_id: str | None = None) -> bool:
         """Record how a fire ``server`` started (or ended); False (nothing written) when another
         server took it over meanwhile: this one stalled past the lease and was thought dead."""
+        return self._record(schedule_id, scheduled_for, outcome, server, run_id)
+
+    def _record(
+        self, schedule_id: str, scheduled_for: float, outcome: str, server: str | None, run_id: str | None, also: str = "",
+    ) -> bool:
+        """``outcome`` (and ``run_id``) written on the fire ``server`` holds, where ``also`` holds too."""
         with self.runs._connect() as db:
             cursor = db.execute(
                 "UPDATE scheduled_runs SET outcome = ?, run_id = COALESCE(?, run_id), at = ? "
-                "WHERE schedule_id = ? AND scheduled_for = ? AND server IS ?",
+                f"WHERE schedule_id = ? AND scheduled_for = ? AND server IS ?{also}",
                 [outcome, run_id, time.time(), schedule_id, scheduled_for, server],
             )
             return cursor.rowcount == 1
