@@ -4,7 +4,10 @@ A State is an immutable record of one transition.  It carries no behaviour
 that reads global context: whoever creates a state passes everything it needs.
 
 Successful states: SUCCESS, CACHED, MAPPED, SKIPPED.
-Failed states: FAILED, TIMED_OUT, TRIGGER_FAILED, CANCELLED.
+Failed states: FAILED, TIMED_OUT, TRIGGER_FAILED, CANCELLED, CRASHED.
+CRASHED is a run's state only: its driver or its orchestrating actor died before it could
+record an end.  It is written once, by whoever detects the death (the runner that sees its
+actor die, the server's reaper, or a reader that finds the run's driver process gone).
 Unfinished states: PENDING, SCHEDULED, RUNNING, RETRYING.
 """
 
@@ -30,6 +33,7 @@ class StateType(str, enum.Enum):
     TIMED_OUT = "TIMED_OUT"
     TRIGGER_FAILED = "TRIGGER_FAILED"
     CANCELLED = "CANCELLED"
+    CRASHED = "CRASHED"
 
     def __str__(self) -> str:
         return self.value
@@ -37,7 +41,7 @@ class StateType(str, enum.Enum):
 
 SUCCESSFUL_TYPES = frozenset({StateType.SUCCESS, StateType.CACHED, StateType.MAPPED, StateType.SKIPPED})
 FAILED_TYPES = frozenset(
-    {StateType.FAILED, StateType.TIMED_OUT, StateType.TRIGGER_FAILED, StateType.CANCELLED}
+    {StateType.FAILED, StateType.TIMED_OUT, StateType.TRIGGER_FAILED, StateType.CANCELLED, StateType.CRASHED}
 )
 FINISHED_TYPES = SUCCESSFUL_TYPES | FAILED_TYPES
 

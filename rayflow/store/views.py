@@ -10,7 +10,7 @@ import os
 from rayflow.states import FAILED_TYPES, StateType
 
 FAILED = {t.value for t in FAILED_TYPES}
-STATES_SHOWN = (*(t.value for t in StateType), "CRASHED")  # what a run's or a task's state may read
+STATES_SHOWN = tuple(t.value for t in StateType)  # what a run's or a task's state may read
 JAEGER_URL = "http://localhost:16686"
 COLOURS = {
     "SUCCESS": "#9be39b", "MAPPED": "#9be39b", "CACHED": "#9be39b", "SKIPPED": "#cfd8dc",
