@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 
-from rayflow.cli.output import emit_table, pick_rows, took as _took
-from rayflow.store.views import grouped
-from rayflow.store.views import _duration, run_record, task_rows, trace_url
-from rayflow.states import FAILED_TYPES
-
-FAILED = {t.value for t in FAILED_TYPES}
-
-
-def _when(ts: float | None) -> str:
-    return "-" if ts is None else datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+from rayflow.cli.output import emit_table, pick_rows
+from rayflow.presentation import FAILED, duration as _duration, took as _took, when as _when
+from rayflow.store.views import grouped, run_record, task_rows, trace_url
 
 
 def print_runs(runs: list[dict], as_json: bool) -> None:

@@ -11,14 +11,12 @@ from rich.console import Console
 from rich.table import Table
 
 from rayflow.exceptions import RayflowError
-from rayflow.states import SUCCESSFUL_TYPES
+from rayflow.presentation import SUCCEEDED, styled, took
 from rayflow.store.views import grouped
 
 # A run's task table lists every task up to this many; past it, the counts by state and the
 # tasks that did not succeed (at most this many of them), unless --all or --state asks for more.
 ROWS_AT_MOST = 50
-SUCCEEDED = {t.value for t in SUCCESSFUL_TYPES}
-STATE_STYLES = {"SUCCESS": "green", "SKIPPED": "cyan", "CACHED": "cyan", "MAPPED": "green", "RUNNING": "yellow"}
 
 
 def emit_table(
@@ -49,8 +47,7 @@ def emit_table(
         if depths is not None and depths[i]:
             cells[0] = "  " * depths[i] + cells[0]
         if state_column is not None:
-            state = cells[state_column]
-            cells[state_column] = f"[{STATE_STYLES.get(state, 'red')}]{state}[/]"
+            cells[state_column] = styled(cells[state_column])
         table.add_row(*cells)
     Console(file=stream).print(table)
 
@@ -75,11 +72,6 @@ def pick_rows(states: list[str], *, show_all: bool = False, state: str | None = 
     )
     summary = f"{n} tasks: {', '.join(f'{c} {s}' for s, c in counts)}; {listed} (--all: every task, --state STATE: those in STATE)"
     return chosen, summary
-
-
-def took(started_at: float | None, finished_at: float | None) -> str:
-    """A span as the CLI prints it everywhere: seconds with three decimals, ``-`` when not known."""
-    return "-" if started_at is None or finished_at is None else f"{finished_at - started_at:.3f}s"
 
 
 def _duration(state: Any) -> str:

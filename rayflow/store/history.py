@@ -29,6 +29,7 @@ from rayflow.engine import columns as C
 from rayflow.engine.observers import RunObserver
 from rayflow.exceptions import DuplicateRunError
 from rayflow.paths import check_run_id, under_root
+from rayflow.presentation import UNFINISHED  # a run recorded before it ends
 from rayflow.states import State
 
 SCHEMA = """
@@ -100,7 +101,6 @@ def rayflow_home(environ: Mapping[str, str] | None = None) -> pathlib.Path:
     return pathlib.Path(environ.get("RAYFLOW_HOME") or pathlib.Path.home() / ".rayflow")
 
 
-UNFINISHED = ("PENDING", "RUNNING")
 _RESERVED: set[str] = set()  # run ids this process recorded PENDING before their run starts (RunStore.reserve)
 
 

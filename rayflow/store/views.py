@@ -7,24 +7,18 @@ from __future__ import annotations
 import bisect
 import os
 
-from rayflow.states import FAILED_TYPES, StateType
+from rayflow.presentation import ACTIVE, FAILED, STATE_NAMES
+from rayflow.presentation import duration as _duration
 
-FAILED = {t.value for t in FAILED_TYPES}
-STATES_SHOWN = tuple(t.value for t in StateType)  # what a run's or a task's state may read
 JAEGER_URL = "http://localhost:16686"
-COLOURS = {
-    "SUCCESS": "#9be39b", "MAPPED": "#9be39b", "CACHED": "#9be39b", "SKIPPED": "#cfd8dc",
-    "FAILED": "#f28b82", "TIMED_OUT": "#f28b82", "TRIGGER_FAILED": "#fbbc04", "CANCELLED": "#bdbdbd",
-    "RUNNING": "#aecbfa", "RETRYING": "#fdd663", "PENDING": "#ffffff",
-}
 
 
 def state_filter(state: str | None) -> str | None:
     """A ``--state`` value, upper-cased, or ValueError naming the states there are."""
     if state is None:
         return None
-    if state.upper() not in STATES_SHOWN:
-        raise ValueError(f"--state is one of {', '.join(STATES_SHOWN)}, not {state!r}")
+    if state.upper() not in STATE_NAMES:
+        raise ValueError(f"--state is one of {', '.join(STATE_NAMES)}, not {state!r}")
     return state.upper()
 
 
@@ -77,10 +71,6 @@ def grouped(keys: list[str], subflows: set[str] | None = None) -> list[tuple[str
     return out
 
 
-def _duration(started_at: float | None, finished_at: float | None) -> float | None:
-    return None if started_at is None or finished_at is None else finished_at - started_at
-
-
 ENDED_FROM_OUTSIDE = ("CRASHED", "CANCELLED")  # run states its driver or a reader may have decided
 
 
@@ -110,7 +100,7 @@ def task_rows(run: dict) -> list[dict]:
             entry["note"] = t["message"]
     if run.get("state") in ENDED_FROM_OUTSIDE:  # its actor was gone: no one recorded its tasks' ends
         for entry in by_task.values():
-            if entry["state"] in ("PENDING", "RUNNING", "RETRYING"):
+            if entry["state"] in ACTIVE:
                 entry["state"] = run["state"]
     chunks: dict[str, list[dict]] = {}
     for chunk in run["chunks"]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import pathlib
@@ -24,9 +23,10 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from rayflow.exceptions import RayflowError
-from rayflow.store.history import RunStore, UNFINISHED
+from rayflow.presentation import FAILED, UNFINISHED, category, took, when
+from rayflow.store.history import RunStore
 from rayflow.store.schedules import ScheduleStore
-from rayflow.store.views import FAILED, run_record, task_rows, trace_url
+from rayflow.store.views import run_record, task_rows, trace_url
 from rayflow.ui import queries, security
 from rayflow.ui.queries import LEVELS, PAGE_SIZE, SINCE, STATES, QueryError
 from rayflow.ui.security import LOGIN_PATH, Csrf, SecurityHeaders, Sessions, TokenGate
@@ -55,9 +55,10 @@ def create_app(
     sessions = Sessions(token) if token is not None else None
     csrf = Csrf()
     templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
-    templates.filters["when"] = _when
-    templates.filters["took"] = _took
-    templates.globals["state_class"] = _state_class
+    templates.filters["when"] = when
+    templates.filters["took"] = lambda row: took(row.get("started_at"), row.get("finished_at"))
+    templates.globals["state_class"] = category
+    templates.globals["failed_states"] = FAILED
 
     def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
         form_token, cookie = csrf.token(request)
@@ -285,21 +286,3 @@ def _flow_names(store: RunStore) -> list[str]:
     with store._connect() as db:
         return [r["flow"] for r in db.execute("SELECT DISTINCT flow FROM runs ORDER BY flow")]
 
-
-def _when(ts: float | None) -> str:
-    return "-" if ts is None else dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _took(run: dict) -> str:
-    start, end = run.get("started_at"), run.get("finished_at")
-    return "-" if start is None or end is None else f"{end - start:.3f}s"
-
-
-def _state_class(state: str | None) -> str:
-    if state in FAILED or state == "CRASHED":
-        return "failed"
-    if state in UNFINISHED or state == "RETRYING":
-        return "live"
-    if state in ("SKIPPED", "CANCELLED"):
-        return "muted"
-    return "ok"
