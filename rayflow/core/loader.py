@@ -14,10 +14,8 @@ from types import ModuleType
 import cloudpickle
 
 from rayflow.core.flow import Flow
+from rayflow.exceptions import TargetError
 
-
-class TargetError(ValueError):
-    """The target does not name a loadable flow (a usage error of the CLI)."""
 
 
 def flow_target(flow: Flow) -> str | None:
