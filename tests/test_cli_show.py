@@ -106,10 +106,10 @@ def test_show_of_a_finished_live_run_missing_from_the_history_ends(tmp_path, mon
 def test_show_waits_for_the_history_then_reports_it_missing(tmp_path, monkeypatch, capsys):
     """Unit level: a live status that says SUCCESS and a history that never has the run."""
     import rayflow.runtime
-    from rayflow import cli
+    from rayflow.cli import show_cmd
 
     monkeypatch.setenv("RAYFLOW_HOME", str(tmp_path))
-    monkeypatch.setattr(cli, "HISTORY_GRACE", 0.3)
+    monkeypatch.setattr(show_cmd, "HISTORY_GRACE", 0.3)
     status = {
         "run_id": "r1", "flow": "f", "state": "FAILED", "maps": {},
         "tasks": {"t": {"state": "FAILED", "attempt": 1, "started_at": 10.0, "finished_at": 10.25, "message": "boom"}},
@@ -119,7 +119,7 @@ def test_show_waits_for_the_history_then_reports_it_missing(tmp_path, monkeypatc
     import typer
 
     with pytest.raises(typer.Exit) as exit_info:
-        cli.show("r1", watch=False, as_json=False, interval=0.1, address=None)
+        show_cmd.show("r1", watch=False, as_json=False, interval=0.1, address=None)
     assert exit_info.value.exit_code == 1
     captured = capsys.readouterr()
     assert "t\tFAILED\t1\t0.250s" in captured.out and "state: FAILED (live)" in captured.out
@@ -177,7 +177,7 @@ def test_run_and_show_print_the_same_durations(tmp_path, ray_session):
     assert 0.5 <= float(run_rows["slow"]["duration"][:-1]) < 1.5
     assert 0.3 <= float(run_rows["slow-2"]["duration"][:-1]) < 1.3
     assert 0.1 <= float(run_rows["flaky"]["duration"][:-1]) < 1.0
-    assert show_rows["flaky"]["attempts"] == "2" and run_rows["flaky"]["attempt"] == "2"
+    assert show_rows["flaky"]["attempts"] == "2" and run_rows["flaky"]["attempts"] == "2"
 
     data = json.loads(rayflow(home, "show", "durations-1", "--json").stdout)
     by_key = {row["task"]: row for row in data["task_rows"]}
@@ -263,7 +263,7 @@ def test_show_counts_each_retried_item_once_in_its_final_state(tmp_path, monkeyp
     out = io.StringIO()
     print_run(run, stream=out)  # what `rayflow run` prints
     _, run_rows = table(out.getvalue())
-    assert run_rows["shaky"]["message"].startswith(f"{ITEMS} items: {ITEMS - failed} ok, {failed} failed ({skipped} skipped)")
+    assert run_rows["shaky"]["error / note"].startswith(f"{ITEMS} items: {ITEMS - failed} ok, {failed} failed ({skipped} skipped)")
 
     shown = rayflow(home, "show", run.run_id)
     assert shown.returncode == 0, shown.stderr

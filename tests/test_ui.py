@@ -110,7 +110,7 @@ def test_a_run_page_shows_tasks_errors_tracebacks_maps_subflows_and_hides_secret
     text = page.text
     assert "hunter2" not in text and "***" in text  # the secret parameter
     assert "KeyError" in text and "the-missing-key" in text and "<summary>traceback</summary>" in text
-    assert "6 done / 3 failed / 0 skipped" in text
+    assert "6 done/3 failed/0 skipped" in text
     assert 'class="depth-1">inner/half' in text  # the subflow's task, grouped under it
     assert re.search(r"flaky</td>\s*<td class=\"ok\">SUCCESS</td>\s*<td>2</td>", text)  # retried once
     assert "odd item 1" in text  # a log record of a failed item

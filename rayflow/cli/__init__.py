@@ -1,7 +1,7 @@
 """The ``rayflow`` command line (typer): every command, registered here in the order ``--help``
 lists them, each through the exception table of ``rayflow.cli.exits``.
 
-The commands live in their groups: ``run_cmd`` (run, cancel, graph, resume), ``show`` (runs,
+The commands live in their groups: ``run_cmd`` (run, cancel, graph, resume), ``show_cmd`` (runs,
 show, logs, schedules), ``serve_cmd`` (serve, schedule preview, ui), ``cache_cmd``, ``limits``
 and ``submit``.  Each module imports typer and the CLI's own light modules at the top and
 anything heavy (Ray, pyarrow, pydantic models, rich, the store) inside its commands, so
@@ -24,7 +24,7 @@ from typing import Annotated
 
 import typer
 
-from rayflow.cli import cache_cmd, run_cmd, serve_cmd, show, submit
+from rayflow.cli import cache_cmd, run_cmd, serve_cmd, show_cmd, submit
 from rayflow.cli.cache_cmd import _cache_entries  # noqa: F401 - read by tests of the cache layout
 from rayflow.cli.common import app, parse_params
 from rayflow.cli.exits import handled, history_errors
@@ -35,9 +35,9 @@ __all__ = ["app", "main", "parse_params"]
 
 app.command()(handled(run_cmd.run))
 app.command()(handled(run_cmd.cancel))
-app.command()(handled(history_errors(show.runs)))
-app.command()(handled(history_errors(show.show)))
-app.command()(handled(history_errors(show.logs)))
+app.command()(handled(history_errors(show_cmd.runs)))
+app.command()(handled(history_errors(show_cmd.show)))
+app.command()(handled(history_errors(show_cmd.logs)))
 app.command()(handled(run_cmd.graph))
 app.command()(handled(run_cmd.resume))
 
@@ -51,7 +51,7 @@ app.command()(handled(serve_cmd.serve))
 schedule_app = typer.Typer(help="Schedules: preview the fire times of one.", no_args_is_help=True)
 schedule_app.command("preview")(handled(serve_cmd.preview))
 app.add_typer(schedule_app, name="schedule")
-app.command("schedules")(handled(history_errors(show.schedules)))
+app.command("schedules")(handled(history_errors(show_cmd.schedules)))
 app.command()(handled(serve_cmd.ui))
 app.command()(handled(submit.submit))
 

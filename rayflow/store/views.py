@@ -90,6 +90,8 @@ def task_rows(run: dict) -> list[dict]:
             entry.pop("note", None)
         elif t["state"] == "PENDING" and t["message"]:  # waiting for a limit's slot
             entry["note"] = t["message"]
+        elif t["started_at"] is not None:  # ran without a RUNNING row of its own (a subflow): as `run` counts it
+            entry["attempts"] = max(entry["attempts"], t["attempt"] or 1)
         entry["started_at"], entry["finished_at"] = t["started_at"], t["finished_at"]
         entry["duration"] = _duration(t["started_at"], t["finished_at"])
         if (t["state"] in FAILED or t["state"] == "RETRYING") and t["message"]:

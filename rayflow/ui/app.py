@@ -26,6 +26,7 @@ from rayflow.exceptions import RayflowError
 from rayflow.presentation import FAILED, UNFINISHED, category, took, when
 from rayflow.store.history import RunStore
 from rayflow.store.schedules import ScheduleStore
+from rayflow.store.task_table import COLUMNS, cells
 from rayflow.store.views import run_record, task_rows, trace_url
 from rayflow.ui import queries, security
 from rayflow.ui.queries import LEVELS, PAGE_SIZE, SINCE, STATES, QueryError
@@ -59,6 +60,9 @@ def create_app(
     templates.filters["took"] = lambda row: took(row.get("started_at"), row.get("finished_at"))
     templates.globals["state_class"] = category
     templates.globals["failed_states"] = FAILED
+    templates.globals["task_columns"] = COLUMNS  # the run's task table: one definition with the CLI's
+    templates.globals["task_cells"] = cells
+    templates.globals["zip"] = zip
 
     def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
         form_token, cookie = csrf.token(request)
