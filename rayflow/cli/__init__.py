@@ -24,7 +24,7 @@ from typing import Annotated
 
 import typer
 
-from rayflow.cli import cache_cmd, run_cmd, serve_cmd, show_cmd, submit
+from rayflow.cli import cache_cmd, limits, run_cmd, serve_cmd, show_cmd, submit
 from rayflow.cli.cache_cmd import _cache_entries  # noqa: F401 - read by tests of the cache layout
 from rayflow.cli.common import app, parse_params
 from rayflow.cli.exits import handled, history_errors
@@ -45,6 +45,9 @@ cache_app = typer.Typer(help="The result cache: list or clear cached task result
 cache_app.command("ls")(handled(cache_cmd.cache_ls))
 cache_app.command("clear")(handled(cache_cmd.cache_clear))
 app.add_typer(cache_app, name="cache")
+limit_app.command("set", context_settings={"ignore_unknown_options": True})(handled(limits.set_limit))  # `set db -1`: refused by it
+limit_app.command("ls")(handled(limits.list_limits))
+limit_app.command("rm")(handled(limits.remove_limit))
 app.add_typer(limit_app, name="limit")
 
 app.command()(handled(serve_cmd.serve))

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from rayflow.cli.exits import EXIT_USAGE, exit_code
+from rayflow.cli.exits import EXIT_USAGE
 from rayflow.cli.usage import fail
 
 app = typer.Typer(
@@ -72,12 +72,8 @@ def state_option(state: str | None) -> str | None:
 
 
 def checked_run_id(run_id: str) -> str:
-    """A run id given on the command line follows the rule of rayflow.paths: else one line,
-    exit 2, before the flow's file is even loaded."""
-    from rayflow.exceptions import RunIdError
+    """A run id given on the command line follows the rule of rayflow.paths: else RunIdError
+    (one line, exit 2 by the table), before the flow's file is even loaded."""
     from rayflow.paths import check_run_id
 
-    try:
-        return check_run_id(run_id)
-    except RunIdError as exc:
-        raise fail(str(exc), exit_code(exc)) from None
+    return check_run_id(run_id)
