@@ -66,11 +66,11 @@ def __getattr__(name: str) -> object:
     """``rf.limits`` (set, get, remove, list), ``rf.concurrency``, ``rf.rate_limit`` and
     ``rf.rate_limit_async``: loaded on first use, so ``import rayflow`` does not import Ray."""
     if name == "limits":
-        from rayflow.runtime import limits
+        from rayflow.runtime.limits import api as limits
 
         return limits
     if name in _HOLDERS:
-        from rayflow.runtime import limit_holders
+        from rayflow.runtime.worker import limit_holders
 
         return getattr(limit_holders, name)
     raise AttributeError(f"module 'rayflow' has no attribute {name!r}")

@@ -1,7 +1,8 @@
 """Named concurrency and rate limits (rf.limits, rf.concurrency, rf.rate_limit, `rayflow
 limit`): held by one detached actor on the cluster, shared by every run and driver; a slot
 is leased, so a holder that dies gives it back.  Overlap is checked from the intervals the
-holders record, never from wall-clock limits."""
+holders record, never from wall-clock limits.  The state's own rules (leases that lapse,
+token buckets, queued holders that give up) run on a fake clock: no test waits for them."""
 
 from __future__ import annotations
 
@@ -25,8 +26,11 @@ from test_async_tasks import most_at_once
 from waiting import wait_for
 
 import rayflow as rf
-from rayflow.runtime import limits
-from rayflow.runtime.limits import LimitsActor, LimitsState
+from rayflow.engine import limits_state
+from rayflow.engine.limits_state import WAITER_SECONDS, InProcessLimits, LimitsState
+from rayflow.runtime.limits import actor as limits_actor
+from rayflow.runtime.limits import client
+from rayflow.runtime.limits.actor import LimitsActor
 from rayflow.store import RunStore, rayflow_home
 from rayflow.store import limits as kept
 from rayflow.ui import create_app
@@ -36,13 +40,25 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_leases_expire_and_bad_values_are_refused():
-    state = LimitsState()
+    clock = FakeClock()
+    state = LimitsState(clock)
     state.set("db", 1)
     first = state.acquire("db", 1, "a", ttl=0.2)
     assert first is not None and state.acquire("db", 1, "b", ttl=0.2) is None
-    assert state.renew([first], ttl=0.2) == []
-    time.sleep(0.3)  # not renewed: its holder is taken for dead
+    clock.now += 0.15
+    assert state.renew([first], ttl=0.2) == []  # renewed in time: good for 0.2 s from now
+    clock.now += 0.15
+    assert state.acquire("db", 1, "b", ttl=0.2) is None  # still held (0.3 s after it was taken)
+    clock.now += 0.1  # not renewed for 0.25 s (its lease was for 0.2 s): its holder is taken for dead
     assert state.acquire("db", 1, "b", ttl=5) is not None and state.get("db")["in_use"] == 1
     assert state.renew([first], ttl=5) == [first]  # the first holder learns it lost its slot
     with pytest.raises(rf.LimitError, match="can never be held"):
@@ -116,10 +132,30 @@ def test_a_limit_the_history_cannot_keep_is_refused_and_the_limit_left_as_it_was
     assert LimitsActor(str(tmp_path / "home")).get("big") == {"name": "big", "slots": 2**63 - 1, "per_second": 1.7e308, "in_use": 0}
 
 
+def test_a_token_bucket_refills_at_its_rate_on_the_states_clock():
+    """A rate of 5 a second with a burst of 2: the bucket starts full, each token is due 0.2 s
+    after the last, and a full bucket keeps no more than its slots."""
+    clock = FakeClock()
+    state = LimitsState(clock)
+    state.set("api", 2, per_second=5)
+    assert state.take_token("api") == 0.0 and state.take_token("api") == 0.0  # the burst
+    assert state.take_token("api") == pytest.approx(0.2)  # the next is due in 0.2 s
+    clock.now += 0.1
+    assert state.take_token("api") == pytest.approx(0.1)
+    clock.now += 0.1
+    assert state.take_token("api") == 0.0
+    clock.now += 60  # an idle minute refills the burst, no more
+    assert [state.take_token("api") for _ in range(3)] == [0.0, 0.0, pytest.approx(0.2)]
+    state.set("api", 1, per_second=5)  # lowered: the tokens it had are capped by the new slots
+    assert state.take_token("api") == pytest.approx(0.2)
+    state.set("none", 0, per_second=5)
+    assert state.take_token("none") == limits_state.MAX_POLL_SECONDS  # 0 holds everything back
+
+
 def test_concurrency_and_rate_limit_without_ray_in_both_forms(monkeypatch):
     """In-process limits (no Ray): three coroutines on one loop share one slot in turn."""
-    monkeypatch.setattr(limits, "_on_ray", lambda: False)
-    monkeypatch.setattr(limits, "_local_state", None)
+    monkeypatch.setattr(client, "_on_ray", lambda: False)
+    monkeypatch.setattr(limits_state, "_PROCESS_LIMITS", InProcessLimits())
     rf.limits.set("db", 1)
     rf.limits.set("api", 1, per_second=20)
 
@@ -262,7 +298,7 @@ def test_limit_set_fails_in_one_line_when_the_actors_history_cannot_keep_it(ray_
 
     name = unique("locked")
     rf.limits.set(name, 2)
-    actor = ray.get_actor(limits.ACTOR_NAME, namespace=limits.NAMESPACE)
+    actor = ray.get_actor(limits_actor.ACTOR_NAME, namespace=limits_actor.NAMESPACE)
     path = ray.get(actor.__ray_call__.remote(lambda self: str(self.keeper.path)))
     lock = sqlite3.connect(path, isolation_level=None)
     lock.execute("BEGIN EXCLUSIVE")
@@ -499,13 +535,13 @@ def test_a_restarted_limits_actor_has_its_limits_back_from_the_history(ray_sessi
     name = unique("kept")
     rf.limits.set(name, 2)
     rf.limits.set(name + "-r", 3, per_second=4)
-    lease = limits._call("acquire", name, 1, "test", 30.0)
-    actor = ray.get_actor(limits.ACTOR_NAME, namespace=limits.NAMESPACE)
+    lease = client.call("acquire", name, 1, "test", 30.0)
+    actor = ray.get_actor(limits_actor.ACTOR_NAME, namespace=limits_actor.NAMESPACE)
     ray.kill(actor, no_restart=False)
     wait_for(lambda: rf.limits.get(name)["in_use"] == 0, timeout=60, what="the restarted actor (it has no leases)")
     assert rf.limits.get(name) == {"name": name, "slots": 2, "per_second": None, "in_use": 0}
     assert rf.limits.get(name + "-r") == {"name": name + "-r", "slots": 3, "per_second": 4.0, "in_use": 0}
-    assert limits._call("renew", [lease], 30.0) == [] and rf.limits.get(name)["in_use"] == 1  # its slot again
+    assert client.call("renew", [lease], 30.0) == [] and rf.limits.get(name)["in_use"] == 1  # its slot again
     with rf.concurrency(name, timeout=10):
         assert rf.limits.get(name)["in_use"] == 2
 
@@ -574,8 +610,9 @@ def test_async_holders_wait_without_blocking_their_loop(ray_session):
     assert rf.limits.get(name)["in_use"] == 0
 
 
-def test_slots_go_first_come_first_served_and_a_released_lease_is_not_renewed_back(monkeypatch):
-    state = LimitsState()
+def test_slots_go_first_come_first_served_and_a_released_lease_is_not_renewed_back():
+    clock = FakeClock()
+    state = LimitsState(clock)
     state.set("db", 1)
     first = state.acquire("db", 1, "first", 30)
     assert state.acquire_tags(["db"], "task", 30) == ([], 0, "db")  # queued behind the holder
@@ -585,13 +622,14 @@ def test_slots_go_first_come_first_served_and_a_released_lease_is_not_renewed_ba
     assert (granted, blocked) == (1, None)
     state.release_all(leases)
     assert state.renew(leases, 30) == leases and state.get("db")["in_use"] == 0  # a renewal that crossed the release
-    restarted = LimitsState()
+    restarted = LimitsState(clock)
     restarted.set("db", 1)
     assert restarted.renew(leases, 30) == [] and restarted.get("db")["in_use"] == 1  # lost in a restart: taken again
-    monkeypatch.setattr(limits, "WAITER_SECONDS", 0.05)
     assert state.acquire("db", 1, "late", 30) is not None and state.acquire("db", 1, "gone", 30) is None
     state.release_all([*state.leases])
-    time.sleep(0.1)  # "gone" stopped asking: its place lapses
+    clock.now += WAITER_SECONDS - 0.01
+    assert state.acquire("db", 1, "next", 30) is None  # "gone" is still queued ahead of it
+    clock.now += 0.02  # "gone" stopped asking WAITER_SECONDS ago: its place lapses
     assert state.acquire("db", 1, "next", 30) is not None
 
 
@@ -617,3 +655,55 @@ def test_a_task_waiting_on_a_limit_is_not_starved_by_a_map_asking_again_as_each_
     starts = sorted(s for _, s, _ in items)
     assert late_start < starts[-10]  # it did not wait for the map to run dry
     assert most_at_once(items + [(-1, late_start, late_start + 0.05)]) == 1
+
+
+LOCAL_RUN_OF_TAGGED_TASKS = """
+import sys, time
+import rayflow as rf
+{setup}
+
+@rf.task(tags={{{name!r}}})
+def hold(i: int) -> int:
+    time.sleep(0.3)
+    return i
+
+@rf.flow(runner="local")
+def tagged() -> list:
+    return [hold(i) for i in range(2)]
+
+run = tagged.run()
+assert run.is_successful(), run.state
+waits = [s.message for key in ("hold", "hold-2") for s in run.history(key) if s.type.value == "PENDING" and s.message]
+print("waits:", waits)
+print("imported:", sorted(m for m in sys.modules if m.startswith("rayflow.runtime")))
+"""
+
+
+def _local_run_in_a_fresh_process(name: str, setup: str) -> str:
+    script = LOCAL_RUN_OF_TAGGED_TASKS.format(name=name, setup=textwrap.dedent(setup))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_a_local_run_honours_the_clusters_tag_limit_in_a_process_that_never_imported_the_limits(ray_session):
+    """runner="local" in a fresh process joined to a cluster whose limit (1 slot) another
+    process set: of two tagged tasks ready at once, one waits for the other's slot.  Which
+    limits a local run honours is decided when its runner is made (rayflow.runners), not by
+    whether this process happened to import the limits' module (it used to be: importing it
+    set LocalRunner.gate_factory, so here the tags limited nothing)."""
+    name = unique("local-tag")
+    rf.limits.set(name, 1)
+    out = _local_run_in_a_fresh_process(name, f"import ray\nray.init(address={ray_session!r}, logging_level='error')\n")
+    assert f"waits: [\"waiting for limit '{name}'\"]" in out, out
+    assert rf.limits.get(name)["in_use"] == 0  # its slots back when the run ended
+
+
+def test_a_local_run_without_ray_honours_this_processs_limits_and_imports_no_ray():
+    """Without Ray, the local runner's tagged tasks take slots of this process's limits (set
+    here through the limits' state: nothing of runtime/ is imported, so neither is Ray)."""
+    name = unique("local-tag")
+    setup = f"from rayflow.engine.limits_state import in_process_limits\nin_process_limits().call('set', {name!r}, 1)\n"
+    out = _local_run_in_a_fresh_process(name, setup)
+    assert f"waits: [\"waiting for limit '{name}'\"]" in out, out
+    assert "imported: []" in out, out

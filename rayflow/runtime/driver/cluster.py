@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import ray
 
 from rayflow.exceptions import ClusterAuthenticationError, ClusterConnectionError
-from rayflow.runtime.auth import AUTH_PROBE_SECONDS, check_token, token_message, warn_if_unauthenticated
+from rayflow.runtime.driver.auth import AUTH_PROBE_SECONDS, check_token, token_message, warn_if_unauthenticated
 
 CONNECT_TIMEOUT = float(os.environ.get("RAYFLOW_CONNECT_TIMEOUT", "30"))
 

@@ -35,7 +35,7 @@ from rayflow.engine.worker.execute import execute
 from rayflow.engine.executor import Completion, QueuedStarts
 from rayflow.engine.plan import TaskSpec
 from rayflow.engine.protocol import AttemptResult, Work, describe_error
-from rayflow.runtime.resources import ResourceWaits
+from rayflow.runtime.actor.resource_waits import ResourceWaits
 from rayflow.telemetry import worker_context
 
 BIG_PAYLOAD = 64 * 1024  # bytes; larger payloads (and every map's) are put in the object store once
