@@ -107,7 +107,7 @@ class Orchestrator:
         self.lengths: dict[str, int | None] = {}
         self.feeder = feeder
         self.observers: tuple[RunObserver, ...] = ()
-        self.observe(StateHandlers(plan), *observers)
+        self._attach(StateHandlers(plan), *observers)
         self._work_ids = itertools.count(1)
         self.maps = MapCoordinator(plan, cpus=cpus, clock=clock, put=executor.put, next_work_id=self.next_work_id)
         self.scheduled: list[tuple[float, int, str]] = []
@@ -121,8 +121,8 @@ class Orchestrator:
         self._lock = threading.Lock()
         self._cancel_requested = threading.Event()
 
-    def observe(self, *observers: RunObserver) -> None:
-        """Attach observers (after those attached already); see engine.observers."""
+    def _attach(self, *observers: RunObserver) -> None:
+        """The observers, in order (engine.observers); only while the Orchestrator is built."""
         self.observers += observers
         for hook in HOOKS:
             setattr(self, f"_{hook}", overridden(self.observers, hook))

@@ -14,7 +14,6 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from typing import Any
 
 import ray
 

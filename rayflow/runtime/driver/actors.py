@@ -12,7 +12,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from rayflow.engine.protocol import RunSummary
+from rayflow.engine.protocol import LiveStatus, RunSummary
 from rayflow.exceptions import UnknownRunError
 from rayflow.runtime.actor.flow_run_actor import NAME_PREFIX, NAMESPACE, FlowRunActor
 from rayflow.runtime.driver.cluster import connect_existing
@@ -108,22 +108,12 @@ def cancel_run(run_id: str, *, address: str | None = None, wait: float = 30.0) -
     return summary.state
 
 
-def live_status(run_id: str, *, address: str | None = None, connect_timeout: float = 10.0) -> dict | None:
-    """A live run's status read from its driver's actor, as plain data; None if no live driver has it."""
+def live_status(run_id: str, *, address: str | None = None, connect_timeout: float = 10.0) -> LiveStatus | None:
+    """A live run's status read from its driver's actor; None if no live driver has it."""
     try:
         connect_existing(address, connect_timeout=connect_timeout)
         handle, summary = find_run(run_id)
         maps = ray.get(handle.progress.remote(run_id), timeout=connect_timeout) or {}
     except Exception:  # noqa: BLE001 - no cluster, or no live run: the caller falls back to the history
         return None
-    tasks = {
-        key: {
-            "state": state.type.value,
-            "attempt": state.attempt,
-            "started_at": state.started_at,
-            "finished_at": state.finished_at,
-            "message": state.message,
-        }
-        for key, state in summary.task_states.items()
-    }
-    return {"run_id": run_id, "flow": summary.flow_name, "state": summary.state.type.value, "tasks": tasks, "maps": maps}
+    return LiveStatus.of(summary, maps)
