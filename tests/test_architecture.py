@@ -92,3 +92,24 @@ def test_every_rayflow_error_shares_the_root():
     errors = [getattr(rf, n) for n in rf.__all__ if n.endswith("Error")]
     assert all(issubclass(e, rf.RayflowError) for e in errors)
     assert issubclass(rf.FlowRunError, rf.RayflowError) and issubclass(rf.UnknownTaskError, KeyError)
+
+
+def test_core_names_no_layer_above_it_and_finds_runners_through_entry_points():
+    """No table of module names in core/ (it once held "rayflow.runtime.runner:RayRunner" and
+    imported rayflow.serving by name): the runners and flow.serve are entry points of the
+    installed package, composed in rayflow.runners."""
+    from rayflow.core.flow import resolve_runner
+    from rayflow.runs.local import LocalRunner
+
+    import ast
+    import re
+
+    above = re.compile(r"rayflow\.(runtime|runs|serving|cli|ui)\b|^[\w.]+:\w+$")  # a module above, or "module:attribute"
+    for path in (REPO / "rayflow" / "core").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree) if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and ast.get_docstring(node) is not None}
+        strings = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings]
+        assert not [text for text in strings if above.search(text)], path
+    assert isinstance(resolve_runner("local"), LocalRunner)
+    with pytest.raises(rf.DefinitionError, match=r"unknown runner 'nope'; known: \[.*'local', 'ray'"):
+        resolve_runner("nope")

@@ -314,3 +314,25 @@ def test_a_local_run_without_ray_honours_this_processs_limits_and_imports_no_ray
     out = _local_run_in_a_fresh_process(name, setup)
     assert f"waits: [\"waiting for limit '{name}'\"]" in out, out
     assert "imported: []" in out, out
+
+
+def test_a_runs_gate_asks_its_limits_client_and_looks_names_up_on_its_clock():
+    """The TagGate (engine.admission) without Ray, over a process's own limits on a fake clock:
+    tags that name no limit cost no call; a limit set meanwhile counts once NAMES_SECONDS have
+    passed on the gate's clock; a grant is released with release_everything."""
+    from rayflow.engine.admission import TagGate
+    from rayflow.engine.limits_state import NAMES_SECONDS, InProcessLimits
+
+    now = [1000.0]
+    limits = InProcessLimits(lambda: now[0])
+    gate = TagGate("run", limits, clock=lambda: now[0])
+    assert gate.acquire("t", frozenset({"db"}), 3) == (3, None)  # no limits at all: nothing waits
+    limits.call("set", "db", 1)
+    assert gate.acquire("t2", frozenset({"db"}), 3) == (3, None)  # names not looked up again yet
+    now[0] += NAMES_SECONDS
+    assert gate.acquire("t3", frozenset({"db", "label"}), 3) == (1, None)  # one slot: granted 1
+    assert gate.acquire("t4", frozenset({"db"}), 1) == (0, "db")
+    gate.release_everything()
+    assert limits.call("get", "db")["in_use"] == 0
+    assert gate.acquire("t4", frozenset({"db"}), 1) == (1, None)
+    gate.release_everything()
