@@ -8,7 +8,7 @@
   itself may retry an unreachable address for minutes, so a TCP probe fails
   fast on a closed port and the join as a whole is cut off after
   ``connect_timeout`` seconds with an error that names the address.
-- Ray's token authentication (``runtime.auth``): a token the cluster wants and
+- Ray's token authentication (``runtime.driver.auth``): a token the cluster wants and
   does not get is named before the join; a cluster beyond loopback without it
   is a warning.
 """
