@@ -61,18 +61,18 @@ _LAZY: dict[str, str] = {
     **{name: "rayflow.core.task" for name in ("Task", "task")},
     **{name: "rayflow.signals" for name in ("Fail", "Retry", "Skip")},
     **{name: "rayflow.states" for name in ("ErrorInfo", "State", "StateType")},
-    **{name: "rayflow.runtime.limit_holders" for name in _HOLDERS},
+    **{name: "rayflow.runtime.worker.limit_holders" for name in _HOLDERS},
     "FlowRun": "rayflow.engine.driver.flow_run",
     "get_run_logger": "rayflow.engine.worker.logs",
 }
-_SUBMODULES = ("cache", "limits", "schedules", "signals", "triggers")  # rf.limits: rayflow.runtime.limits
+_SUBMODULES = ("cache", "limits", "schedules", "signals", "triggers")  # rf.limits: rayflow.runtime.limits.api
 
 
 def __getattr__(name: str) -> _Any:
     if name in _LAZY:
         value = getattr(_importlib.import_module(_LAZY[name]), name)
     elif name in _SUBMODULES:
-        value = _importlib.import_module("rayflow.runtime.limits" if name == "limits" else f"rayflow.{name}")
+        value = _importlib.import_module("rayflow.runtime.limits.api" if name == "limits" else f"rayflow.{name}")
     else:
         raise AttributeError(f"module 'rayflow' has no attribute {name!r}")
     if name != "limits":  # rf.limits stays a lookup: rayflow.limits is not a module of its own

@@ -110,10 +110,9 @@ def test_show_waits_for_the_history_then_reports_it_missing(tmp_path, monkeypatc
 
     monkeypatch.setenv("RAYFLOW_HOME", str(tmp_path))
     monkeypatch.setattr(show_cmd, "HISTORY_GRACE", 0.3)
-    status = {
-        "run_id": "r1", "flow": "f", "state": "FAILED", "maps": {},
-        "tasks": {"t": {"state": "FAILED", "attempt": 1, "started_at": 10.0, "finished_at": 10.25, "message": "boom"}},
-    }
+    from rayflow.engine.protocol import LiveStatus, LiveTask
+
+    status = LiveStatus("r1", "f", "FAILED", {"t": LiveTask("FAILED", 1, 10.0, 10.25, "boom")}, {})
     calls = []
     monkeypatch.setattr(rayflow.runtime, "live_status", lambda run_id, address=None: calls.append(run_id) or status)
     import typer

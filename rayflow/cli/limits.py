@@ -23,8 +23,8 @@ AddressOption = Annotated[
 
 
 def _limits(address: str | None) -> Any:
-    from rayflow.runtime import limits
-    from rayflow.runtime.cluster import connect_existing
+    from rayflow.runtime.limits import api as limits
+    from rayflow.runtime.driver.cluster import connect_existing
 
     try:
         connect_existing(address)  # ClusterConnectionError: exit 3 by the table
@@ -40,7 +40,7 @@ def set_limit(
     address: AddressOption = None,
 ) -> None:
     """Create or change a limit."""
-    from rayflow.runtime.limits import check_name, check_values
+    from rayflow.engine.limits_state import check_name, check_values
 
     check_name(name)  # refused before any cluster is reached (LimitError: exit 2 by the table)
     check_values(slots, per_second)
@@ -69,7 +69,7 @@ def remove_limit(
     address: AddressOption = None,
 ) -> None:
     """Remove a limit (what holds its slots goes on; what waits for them fails)."""
-    from rayflow.runtime.limits import check_name
+    from rayflow.engine.limits_state import check_name
 
     check_name(name)
     removed = _limits(address).remove(name)

@@ -81,7 +81,8 @@ def show(
             return
         from rayflow.runtime import live_status
 
-        live = live_status(run_id, address=address)
+        status = live_status(run_id, address=address)
+        live = None if status is None else status.as_dict()
         if live is None:
             if run is None:
                 raise fail(f"no run {run_id!r} in the run history at {store.path}, nor live", EXIT_FAILED)

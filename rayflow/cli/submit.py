@@ -111,7 +111,7 @@ def check_locally(target: str, working_dir: str | None, params: list[str], param
 
 
 def _client(address: str) -> Any:
-    from rayflow.runtime import jobs
+    from rayflow.runtime.driver import jobs
 
     return jobs.connect(address)  # ClusterConnectionError: exit 3 by the table (every command is handled)
 
@@ -156,7 +156,7 @@ def submit(
     the schedules of FILE fire on the cluster (`rayflow serve --config FILE` as a job, id
     serve-FILENAME) until `rayflow cancel serve-FILENAME --address ...` stops it.
     """
-    from rayflow.runtime import jobs
+    from rayflow.runtime.driver import jobs
 
     if not is_job_address(address):
         raise _fail(f"--address must be a Ray job server, http://HEAD:8265, not {address!r}", EXIT_USAGE)
@@ -202,7 +202,7 @@ def _one_line(exc: BaseException) -> str:
 
 def _follow(client: Any, sid: str, run_id: str) -> int:
     """Print the job's logs as they grow until it ends; the run's exit code."""
-    from rayflow.runtime import jobs
+    from rayflow.runtime.driver import jobs
 
     printed = 0
     try:
@@ -226,7 +226,7 @@ def _follow(client: Any, sid: str, run_id: str) -> int:
 
 
 def cancel_job(run_id: str, address: str, wait: float) -> None:
-    from rayflow.runtime import jobs
+    from rayflow.runtime.driver import jobs
 
     client = _client(address)
     sid = jobs.submission_id(run_id)
@@ -241,7 +241,7 @@ def cancel_job(run_id: str, address: str, wait: float) -> None:
 def print_job_logs(run_id: str, address: str, follow: bool = False) -> None:
     """The job's output (``rayflow run``'s on the cluster: task states, prints, log records);
     with ``follow``, until the run ends, exiting with its code."""
-    from rayflow.runtime import jobs
+    from rayflow.runtime.driver import jobs
 
     client = _client(address)
     sid = jobs.submission_id(run_id)
@@ -255,7 +255,7 @@ def print_job_logs(run_id: str, address: str, follow: bool = False) -> None:
 def query_history(address: str, argv: list[str]) -> None:
     """``rayflow ARGV`` (``runs``, ``show``) over the cluster's own run history: run on the
     head node as a short job, its output printed here and its exit code ours."""
-    from rayflow.runtime import jobs
+    from rayflow.runtime.driver import jobs
 
     client = _client(address)
     try:
