@@ -104,9 +104,7 @@ def task_rows(run: dict) -> list[dict]:
         entry["duration"] = _duration(t["started_at"], t["finished_at"])
         if (t["state"] in FAILED or t["state"] == "RETRYING") and t["message"]:
             entry["error"] = t["message"]
-        elif t["state"] in ("SUCCESS", "CACHED") and (t["message"] or "").startswith(("cache ", "resumed from")):
-            entry["note"] = t["message"]
-        elif t["state"] == "MAPPED" and "; first error: " in (t["message"] or ""):  # within min_success_ratio
+        elif t["state"] in ("SUCCESS", "CACHED") and (t["message"] or "").startswith(("cache ", "resumed from")) or t["state"] == "MAPPED" and "; first error: " in (t["message"] or ""):
             entry["note"] = t["message"]
     if run.get("state") in ENDED_FROM_OUTSIDE:  # its actor was gone: no one recorded its tasks' ends
         for entry in by_task.values():
