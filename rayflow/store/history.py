@@ -121,22 +121,22 @@ class RunStore(Recovery, Queries):
 
     def write(
         self, runs: list[tuple], transitions: list[tuple], chunks: list[tuple], logs: list[tuple] = (), graphs: list[tuple] = (),
-        applied: str | None = None,
+        applied: str | None = None, items: list[tuple] = (),
     ) -> None:
         try:
             if not self.path.exists():  # moved aside by another process
                 self._create()
             inode = os.stat(self.path).st_ino
-            self._write(runs, transitions, chunks, logs, graphs, applied=applied)
+            self._write(runs, transitions, chunks, logs, graphs, applied=applied, items=items)
         except sqlite3.DatabaseError as exc:
             if not (self.repair and is_damaged(exc)):
                 raise
             self._move_aside(exc, inode)
-            self._write(runs, transitions, chunks, logs, graphs, applied=applied)
+            self._write(runs, transitions, chunks, logs, graphs, applied=applied, items=items)
 
     def _write(
         self, runs: list[tuple], transitions: list[tuple], chunks: list[tuple], logs: list[tuple], graphs: list[tuple],
-        timeout: float = 10.0, applied: str | None = None,
+        timeout: float = 10.0, applied: str | None = None, items: list[tuple] = (),
     ) -> None:
         with self._connect(timeout) as db:
             if applied is not None:  # rows kept in a file: an IntegrityError if they are in already
@@ -154,7 +154,9 @@ class RunStore(Recovery, Queries):
             if transitions:
                 db.executemany("INSERT INTO transitions VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", transitions)
             if chunks:
-                db.executemany("INSERT INTO chunks VALUES (?,?,?,?,?,?,?,?,?,?)", chunks)
+                db.executemany("INSERT INTO chunks VALUES (?,?,?,?,?,?,?,?,?,?,?)", chunks)
+            if items:  # one row per item: a later row of it (run again) replaces the earlier one
+                db.executemany("INSERT OR REPLACE INTO items VALUES (?,?,?,?,?,?,?,?,?)", items)
 
     def reserve(self, run_id: str, flow: str, params: Mapping[str, Any], message: str) -> None:
         """Record a run PENDING before it starts in this process, so its id is in the history at

@@ -118,6 +118,26 @@ class Queries:
                 "JOIN runs ON runs.run_id = t.run_id AND runs.attempt = t.run_attempt "
                 "WHERE t.run_id = ? AND t.rowid > ? ORDER BY t.rowid", [run_id, after])]
 
+    def items(
+        self, run_id: str, task: str, *, state: str | None = None, after: int = -1, limit: int = 100,
+        attempt: int | None = None,
+    ) -> list[dict]:
+        """A page of a map's item rows, as the engine recorded them (one per item that did not succeed
+        or was run again: ``item`` its map index, ``state``, ``attempts``, ``error_type``, ``message``,
+        ``traceback``), in index order from the first after ``after``; ``state`` keeps one state.
+        One indexed query per page (the items table's key, or ``items_by_state``), whatever the map's size.
+        ``attempt``: the run's attempt (default its latest)."""
+        if limit < 0:
+            raise ValueError(f"limit must be 0 or more, not {limit}")
+        query = (
+            "SELECT item, state, attempts, error_type, message, traceback FROM items WHERE run_id = ? AND run_attempt = "
+            + ("?" if attempt is not None else "(SELECT attempt FROM runs WHERE run_id = ?)")
+            + " AND task_key = ?" + (" AND state = ?" if state else "") + " AND item > ? ORDER BY item LIMIT ?"
+        )
+        args = [run_id, attempt if attempt is not None else run_id, task, *([state.upper()] if state else []), after, limit]
+        with self._connect() as db:
+            return [dict(r) for r in db.execute(query, args)]
+
     def logs(self, run_id: str, *, task: str | None = None, after: int = 0) -> list[dict]:
         """Log records of a run in order; ``after`` a row number, to follow a live run."""
         query, args = "SELECT rowid AS row, * FROM logs WHERE run_id = ? AND rowid > ?", [run_id, after]

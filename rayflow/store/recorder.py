@@ -14,10 +14,9 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from rayflow.engine import columns as C
 from rayflow.engine.observers import RunObserver
 from rayflow.states import State
-from rayflow.store.recovery import _LIVE_SPILLS, BACKGROUND_SECONDS  # noqa: F401 - H._LIVE_SPILLS in tests
+from rayflow.store.recovery import _LIVE_SPILLS, BACKGROUND_SECONDS
 from rayflow.store.schema import redact_params
 
 if TYPE_CHECKING:
@@ -57,12 +56,13 @@ class HistoryRecorder(RunObserver):
         self._transitions: list[tuple] = []
         self._chunks: list[tuple] = []
         self._logs: list[tuple] = []
+        self._items: list[tuple] = []  # a row per map item that did not succeed or was run again
         self._run: tuple | None = None
         self._lock = threading.Lock()  # the buffers, filled by the orchestrator's calls of this observer's hooks
         # Rows taken from the buffers but not written yet (a write failed): retried on the next
         # flush, bounded by MAX_PENDING_ROWS per kind.  Only flush() touches them, under _write_lock.
         self._pending_run: tuple | None = None
-        self._pending: tuple[list, list, list] = ([], [], [])  # transitions, chunks, logs
+        self._pending: tuple[list, list, list, list] = ([], [], [], [])  # transitions, chunks, logs, items
         self._write_lock = threading.Lock()
         self._problem: str | None = None  # the failure last logged, so each is logged once
         self._dropped = 0  # rows given up because too many were held
@@ -106,22 +106,27 @@ class HistoryRecorder(RunObserver):
                 new.timestamp, new.started_at, new.finished_at, self.attempt,
             ))
 
-    def on_chunk(self, *, task_key: str, work: Any, summary: Any, error: Any) -> None:
+    def on_chunk(self, *, task_key: str, work: Any, summary: Any, error: Any, facts: Any = None) -> None:
+        """A chunk row (what the work made final, by state: the facts the engine decided) and a row per
+        item that did not succeed or was run again, keyed by its map index (a later row replaces it)."""
         job = work.job
-        counts = {C.CODES[code].value: n for code, n in summary.counts.items()} if summary is not None else {}
-        if summary is not None and summary.cached:  # cached items are SUCCESS to the engine, told apart here
-            counts["SUCCESS"] -= summary.cached
-            counts["CACHED"] = summary.cached
+        start, stop = (facts.start, facts.stop) if facts is not None else (job.start, job.start + job.size)
         row = (
-            self.run_id, task_key, job.start, job.start + job.size,
-            summary.size if summary is not None else job.size, json.dumps(counts),
+            self.run_id, task_key, start, stop,
+            summary.size if summary is not None else job.size, json.dumps(facts.counts if facts is not None else {}),
             summary.started_at if summary is not None else None,
             summary.finished_at if summary is not None else time.time(),
             str(error) if error is not None else (summary.errors[0][1] if summary.errors else None),
-            self.attempt,
+            self.attempt, facts.retried if facts is not None else 0,
         )
+        items = [
+            (self.run_id, self.attempt, task_key, index, state, attempts, kind, (message or "")[:2000] or None,
+             traceback[-8000:] if traceback else None)
+            for index, state, attempts, kind, message, traceback in (facts.items if facts is not None else ())
+        ]
         with self._lock:
             self._chunks.append(row)
+            self._items.extend(items)
 
     def on_report(self, *, work: Any, report: Any) -> None:
         records = getattr(report, "logs", ())
@@ -129,19 +134,19 @@ class HistoryRecorder(RunObserver):
             with self._lock:
                 self._logs.extend((self.run_id, *record, self.attempt) for record in records)
 
-    def _take(self) -> tuple[list, list, list, list]:
+    def _take(self) -> tuple[list, list, list, list, list]:
         """The buffered rows, emptying the buffers (the caller holds ``_lock``)."""
         runs = [self._run] if self._run is not None else []
-        out = (runs, self._transitions, self._chunks, self._logs)
-        self._run, self._transitions, self._chunks, self._logs = None, [], [], []
+        out = (runs, self._transitions, self._chunks, self._logs, self._items)
+        self._run, self._transitions, self._chunks, self._logs, self._items = None, [], [], [], []
         return out
 
-    def _hold(self, runs: list, transitions: list, chunks: list, logs: list) -> None:
+    def _hold(self, runs: list, transitions: list, chunks: list, logs: list, items: list) -> None:
         """Add a batch to the rows not written yet; beyond MAX_PENDING_ROWS of a kind the oldest go."""
         if runs:
             self._pending_run = runs[-1]  # INSERT OR REPLACE: only the latest row of the run matters
         dropped = 0
-        for rows, new in zip(self._pending, (transitions, chunks, logs)):
+        for rows, new in zip(self._pending, (transitions, chunks, logs, items)):
             rows.extend(new)
             excess = len(rows) - MAX_PENDING_ROWS
             if excess > 0:
@@ -158,7 +163,7 @@ class HistoryRecorder(RunObserver):
     def pending_rows(self) -> int:
         """Rows recorded but not written yet (buffered, or held after a failed write)."""
         with self._lock:
-            buffered = len(self._transitions) + len(self._chunks) + len(self._logs)
+            buffered = len(self._transitions) + len(self._chunks) + len(self._logs) + len(self._items)
             run = self._run is not None or self._pending_run is not None
         return buffered + sum(len(rows) for rows in self._pending) + run
 
@@ -171,15 +176,15 @@ class HistoryRecorder(RunObserver):
         with self._write_lock:
             with self._lock:  # rows move from the buffers to the held ones at once: _spill sees all
                 self._hold(*self._take())
-            run, (transitions, chunks, logs) = self._pending_run, self._pending
-            if run is None and not (transitions or chunks or logs):
+            run, (transitions, chunks, logs, items) = self._pending_run, self._pending
+            if run is None and not (transitions or chunks or logs or items):
                 return True
             resend = self._graph is not None and self._graph_written != self.store.generation
             graphs = [(self.run_id, self._graph)] if run is not None and resend else []
             try:
                 spilled = self._spilled if not self._applied else None  # rows kept in a file too:
                 self.store.write(  # mark the file written in the same transaction
-                    [run] if run is not None else [], transitions, chunks, logs, graphs,
+                    [run] if run is not None else [], transitions, chunks, logs, graphs, items=items,
                     applied=spilled.stem if spilled is not None else None,
                 )
                 self._applied = self._applied or spilled is not None
@@ -192,7 +197,7 @@ class HistoryRecorder(RunObserver):
                     )
                 self._problem = problem
                 return False
-            self._pending_run, self._pending = None, ([], [], [])
+            self._pending_run, self._pending = None, ([], [], [], [])
             if graphs:
                 self._graph_written = self.store.generation  # after a move-aside in this write too
             elif self._graph_written is not None and self._graph_written != self.store.generation:
@@ -264,6 +269,7 @@ class HistoryRecorder(RunObserver):
                     "transitions": self._pending[0] + self._transitions,
                     "chunks": self._pending[1] + self._chunks,
                     "logs": self._pending[2] + self._logs,
+                    "items": self._pending[3] + self._items,
                     "graphs": [(self.run_id, self._graph)] if run is not None and self._graph is not None else [],
                 }
             try:

@@ -102,7 +102,7 @@ class Recovery:
                 rows = json.loads(claimed.read_text())
                 self._write(
                     *(list(map(tuple, rows[k])) for k in ("runs", "transitions", "chunks", "logs", "graphs")),
-                    timeout=1.0, applied=name,
+                    timeout=1.0, applied=name, items=list(map(tuple, rows.get("items", []))),
                 )
             except sqlite3.IntegrityError:  # written already (its writer wrote them, then died)
                 rows = {}

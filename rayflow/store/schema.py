@@ -35,9 +35,16 @@ CREATE TABLE IF NOT EXISTS transitions (
 CREATE INDEX IF NOT EXISTS transitions_by_run ON transitions(run_id, task_key, seq);
 CREATE TABLE IF NOT EXISTS chunks (
     run_id TEXT NOT NULL, task_key TEXT NOT NULL, start INTEGER, stop INTEGER, items INTEGER,
-    counts TEXT, started_at REAL, finished_at REAL, error TEXT, run_attempt INTEGER NOT NULL DEFAULT 1
+    counts TEXT, started_at REAL, finished_at REAL, error TEXT, run_attempt INTEGER NOT NULL DEFAULT 1,
+    retried INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS chunks_by_run ON chunks(run_id, task_key);
+CREATE TABLE IF NOT EXISTS items (
+    run_id TEXT NOT NULL, run_attempt INTEGER NOT NULL, task_key TEXT NOT NULL, item INTEGER NOT NULL,
+    state TEXT NOT NULL, attempts INTEGER, error_type TEXT, message TEXT, traceback TEXT,
+    PRIMARY KEY (run_id, run_attempt, task_key, item)
+);
+CREATE INDEX IF NOT EXISTS items_by_state ON items(run_id, run_attempt, task_key, state, item);
 CREATE TABLE IF NOT EXISTS logs (
     run_id TEXT NOT NULL, at REAL, level TEXT, message TEXT, task_key TEXT, map_index INTEGER,
     trace_id TEXT, span_id TEXT, run_attempt INTEGER NOT NULL DEFAULT 1
@@ -68,11 +75,12 @@ ADDED_COLUMNS = (
     ("runs", "attempt", "INTEGER NOT NULL DEFAULT 1"),
     ("transitions", "run_attempt", "INTEGER NOT NULL DEFAULT 1"),
     ("chunks", "run_attempt", "INTEGER NOT NULL DEFAULT 1"),
+    ("chunks", "retried", "INTEGER NOT NULL DEFAULT 0"),
     ("logs", "run_attempt", "INTEGER NOT NULL DEFAULT 1"),
     ("scheduled_runs", "server", "TEXT"),
 )
 
-SCHEMA_VERSION = 5  # PRAGMA user_version once SCHEMA and ADDED_COLUMNS are in: opening skips the writes
+SCHEMA_VERSION = 6  # PRAGMA user_version once SCHEMA and ADDED_COLUMNS are in: opening skips the writes
 
 UNFINISHED = ("PENDING", "RUNNING")
 

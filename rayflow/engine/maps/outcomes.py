@@ -15,7 +15,7 @@ from typing import Any
 from rayflow.engine import columns as C
 from rayflow.engine.maps.feeds import MapFeed, StreamFeed
 from rayflow.engine.policy import after_retry_signal, next_retry
-from rayflow.engine.protocol import ChunkJob, ChunkSummary
+from rayflow.engine.protocol import ChunkJob, ChunkSummary, WorkFacts
 from rayflow.states import FAILED_TYPES, State, StateType
 
 
@@ -46,11 +46,11 @@ class Chunk:
         return self.stop - self.start
 
 
-
 class Outcomes:
     """Outcome bookkeeping of a ``MapRun`` (which holds the fields it reads)."""
 
-    def on_summary(self, summary: ChunkSummary, handle: Any, now: float) -> None:
+    def on_summary(self, summary: ChunkSummary, handle: Any, now: float) -> WorkFacts:
+        """Take a chunk's summary: its items final, or waiting to run again; what it did, as facts."""
         chunk = self.by_id[summary.chunk]
         chunk.running -= 1
         self.in_flight -= 1
@@ -62,12 +62,14 @@ class Outcomes:
         counts = dict(summary.counts)
         options = self.options
         spent = chunk.spent if chunk.spent is not None else {}
+        again: set[int] = set()  # items sent to run again
         for item, code, retryable, attempt in summary.failed:  # the ledger a plain task keeps (policy.py)
             delay = next_retry(options, spent.get(item, 0), retryable=retryable)
             if delay is not None:
                 spent[item] = spent.get(item, 0) + 1
                 chunk.waiting[item] = (now + delay, attempt + 1)
                 counts[code] -= 1
+                again.add(item)
             else:  # final: its index is kept (failures only, never successful items)
                 if chunk.outcomes is None:
                     chunk.outcomes = {}
@@ -75,18 +77,37 @@ class Outcomes:
         for item, delay, attempt in summary.retry:  # rf.Retry: retried even past `retries`, spends none
             chunk.waiting[item] = (now + after_retry_signal(options, spent.get(item, 0), delay), attempt + 1)
             counts[C.RETRYING] -= 1
+            again.add(item)
         chunk.spent = spent if spent and not chunk.final else None  # a final chunk's items retry no more
-        totals = self._counts
         for code, n in counts.items():
             if n:
                 chunk.counts[code] = chunk.counts.get(code, 0) + n
-                totals[code] = totals.get(code, 0) + n
         if summary.errors:
             chunk.errors = (chunk.errors + [(chunk.start + i, text) for i, text in summary.errors])[-20:]
-        self._version += 1
+        tally = {C.CODES[code].value: n for code, n in counts.items() if n}
+        if summary.cached:  # cached items are SUCCESS to the engine, told apart in its facts
+            tally["SUCCESS"] = tally.get("SUCCESS", 0) - summary.cached
+            tally["CACHED"] = summary.cached
+        waiting = len(again) - (len(summary.indices) if summary.indices is not None else 0)
+        if waiting:
+            tally["RETRYING"] = waiting
+        rows = tuple(
+            (chunk.start + item, "RETRYING" if item in again else C.CODES[code].value, attempt, *error)
+            for item, code, attempt, *error in summary.items
+        )
+        facts = self._settled(chunk, WorkFacts(chunk.start, chunk.stop, tally, len(again), rows))
         if chunk.final and isinstance(self.leader, StreamFeed):
             self._release_segment(chunk)
         self._check_done()
+        return facts
+
+    def _settled(self, chunk: Chunk, facts: WorkFacts) -> WorkFacts:
+        """Add a work's facts to the map's tally: the one count of its items (``counts``, ``progress``,
+        and the history, which sums the same facts)."""
+        for state, n in facts.counts.items():
+            self.tally[state] = self.tally.get(state, 0) + n
+        self._version += 1
+        return facts
 
     def _release_segment(self, chunk: Chunk) -> None:
         """Drop the stream segment ``chunk`` came from once every chunk of it is final (a split
@@ -103,27 +124,36 @@ class Outcomes:
         self.by_id[job.chunk].running -= 1
         self.in_flight -= 1
 
-    def settle_lost(self, job: ChunkJob, handle: Any, message: str) -> None:
+    def settle_lost(self, job: ChunkJob, handle: Any, message: str, error_type: str | None = None) -> WorkFacts:
         """Record a work whose system retries are spent: its items failed (``handle`` holds that)."""
         chunk = self.by_id[job.chunk]
         chunk.handles.append(handle)
-        n = len(job.indices) if job.indices is not None else chunk.size
+        items = job.indices if job.indices is not None else range(chunk.size)
+        n = len(items)
         chunk.counts[C.FAILED] = chunk.counts.get(C.FAILED, 0) + n
-        self._counts[C.FAILED] = self._counts.get(C.FAILED, 0) + n
         if job.indices is None:
             chunk.lost = True
         else:
             chunk.outcomes = {**(chunk.outcomes or {}), **dict.fromkeys(job.indices, C.FAILED)}
         first = job.start + (job.indices[0] if job.indices else 0)
         chunk.errors = (chunk.errors + [(first, message)])[-20:]
-        self._version += 1
+        tally = {"FAILED": n, **({"RETRYING": -n} if job.indices is not None else {})}
+        attempts = job.attempts or (1,) * n
+        rows = tuple((chunk.start + i, "FAILED", a, error_type, message, None) for i, a in zip(items, attempts))
+        facts = self._settled(chunk, WorkFacts(chunk.start, chunk.stop, tally, 0, rows))
         self._check_done()
+        return facts
 
     # -- reporting -----------------------------------------------------------
 
     def counts(self) -> dict[StateType, int]:
-        """Final items per state (kept as chunks end: no walk over the chunks)."""
-        return {C.CODES[code]: n for code, n in self._counts.items() if n}
+        """Final items per state, from the tally of the map's facts (cached items counted SUCCESS)."""
+        out: dict[StateType, int] = {}
+        for state, n in self.tally.items():
+            if n and state != "RETRYING":
+                kind = StateType.SUCCESS if state == "CACHED" else StateType(state)
+                out[kind] = out.get(kind, 0) + n
+        return out
 
     def outcomes(self) -> dict[int, int]:
         """Item index -> state code of every final item that did not succeed, in index order.

@@ -98,7 +98,7 @@ class MapRun(Outcomes):
         self.done = False
         self.total: int | None = None
         self.started_at = clock()
-        self._counts: dict[int, int] = {}  # final items per code, over all chunks
+        self.tally: dict[str, int] = {}  # items per state name, the sum of the map's WorkFacts counts
         self.cached = 0  # items whose values came from the per-item cache (counted SUCCESS)
         self._version = 0  # bumped when an item becomes final: keys the cache of outcomes()
         self._outcomes: tuple[tuple[int, ...], dict[int, int]] | None = None
