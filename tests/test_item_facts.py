@@ -79,7 +79,7 @@ def test_a_split_chunk_and_a_lost_item_are_facts_of_the_works_that_decided_them(
 
     run = MapRun("m", TaskOptions(chunk_size=4, system_retries=0), [WholeFeed("x", "column", None, 8)],
                  max_in_flight=8, cpus=1, clock=lambda: 0.0)
-    (first, _), (second, _) = run.next_jobs(0.0)
+    (first, _), _ = run.next_jobs(0.0)
     facts = [run.on_summary(_summary(1, 4, {C.SUCCESS: 4}), "h1", 0.0)]
     assert run.on_lost(first) == "split"
     low, high = (job for job, _ in run.next_jobs(0.0))
