@@ -23,7 +23,7 @@ from typing import Any
 
 from rayflow.exceptions import DuplicateRunError
 from rayflow.paths import check_run_id
-from rayflow.store.queries import CRASHED, Queries, shown_state
+from rayflow.store.queries import CRASHED, RUN_SELECT, Queries
 from rayflow.store.recorder import (
     CLOSE_SECONDS,
     FLUSH_SECONDS,
@@ -49,9 +49,25 @@ from rayflow.store.schema import (
 )
 
 __all__ = [
-    "ADDED_COLUMNS", "BACKGROUND_SECONDS", "CLOSE_SECONDS", "CRASHED", "FLUSH_SECONDS", "MAX_PENDING_ROWS", "SCHEMA",
-    "SCHEMA_VERSION", "UNFINISHED", "_LIVE_SPILLS", "HistoryRecorder", "RunStore", "driver_alive", "driver_is_gone",
-    "is_damaged", "rayflow_home", "redact_params", "refuse_taken_run_id", "shown_state",
+    "ADDED_COLUMNS",
+    "BACKGROUND_SECONDS",
+    "CLOSE_SECONDS",
+    "CRASHED",
+    "FLUSH_SECONDS",
+    "MAX_PENDING_ROWS",
+    "RUN_SELECT",
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "UNFINISHED",
+    "_LIVE_SPILLS",
+    "HistoryRecorder",
+    "RunStore",
+    "driver_alive",
+    "driver_is_gone",
+    "is_damaged",
+    "rayflow_home",
+    "redact_params",
+    "refuse_taken_run_id",
 ]
 
 _RESERVED: set[str] = set()  # run ids this process recorded PENDING before their run starts (RunStore.reserve)

@@ -3,94 +3,113 @@
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from rayflow.store.recovery import driver_is_gone
 from rayflow.store.schema import UNFINISHED
 
+logger = logging.getLogger(__name__)
+
 CRASHED = "CRASHED"
+# A run with its schedule and scheduled time (None for the others): what runs() and run() read.
+RUN_SELECT = (
+    "SELECT runs.*, s.schedule_id AS schedule_id, s.scheduled_for AS scheduled_for FROM runs "
+    "LEFT JOIN scheduled_runs AS s ON s.run_id = runs.run_id"
+)
 
 
-def shown_state(recorded: str, graph: Mapping[str, Any] | None) -> str:
-    """A run's state as every reader shows it and filters it: the recorded one, except that an
-    unfinished run whose driver (recorded with its graph) is gone is CRASHED, since that driver
-    took its actor, and so the run, along.  The one rule: ``runs``, ``show``, the UI, its
-    filters and ``schedules`` all read a run's state through it."""
-    if recorded in UNFINISHED and graph is not None and driver_is_gone(graph):
-        return CRASHED
-    return recorded
-
+def driver_gone_message(graph: Mapping[str, Any]) -> str:
+    driver = graph.get("driver") or {}
+    return (
+        f"its driver (pid {driver.get('pid')} on {driver.get('host')}) is gone, and took the run along; "
+        "a reader of the history found it so"
+    )
 
 
 class Queries:
-    """Runs, a run with its rows, logs: what ``rayflow runs/show/logs``, the UI and ``/api`` read."""
+    """Runs, a run with its rows, logs: what ``rayflow runs/show/logs``, the UI and ``/api`` read.
+
+    A run's state is the one recorded: CRASHED is written once, by whoever detects the death
+    (the runner that sees its actor die, the server's reaper, or here a reader that finds an
+    unfinished run's driver gone: ``settle_unfinished``), never worked out again on each read.
+    """
 
     def _connect(self, timeout: float = 10.0) -> sqlite3.Connection:
         raise NotImplementedError
 
-    # -- reading -------------------------------------------------------------
+    def mark_crashed(self, run_id: str, message: str, *, timeout: float = 2.0) -> bool:
+        """Record ``run_id`` CRASHED, if it is still unfinished (one conditional UPDATE, so the first
+        to detect the death writes it and a run that ended meanwhile keeps its end); True if written."""
+        now = time.time()
+        with self._connect(timeout) as db:
+            written = db.execute(
+                f"UPDATE runs SET state = ?, message = ?, finished_at = ? WHERE run_id = ? AND state IN {UNFINISHED}",
+                [CRASHED, message, now, run_id],
+            ).rowcount
+            if written:
+                db.execute(
+                    "INSERT OR REPLACE INTO run_attempts SELECT run_id, attempt, state, message, started_at, finished_at, "
+                    "trace_id FROM runs WHERE run_id = ?", [run_id],
+                )
+        return bool(written)
+
+    def settle_unfinished(self, run_id: str | None = None) -> list[str]:
+        """Write CRASHED once for each unfinished run (or just ``run_id``) whose driver, recorded with
+        its graph, is gone; the runs written.  Reads only the unfinished runs (a partial index)."""
+        query = (
+            f"SELECT runs.run_id, g.graph FROM runs JOIN graphs AS g ON g.run_id = runs.run_id "
+            f"WHERE runs.state IN {UNFINISHED}" + (" AND runs.run_id = ?" if run_id is not None else "")
+        )
+        with self._connect() as db:
+            found = db.execute(query, [run_id] if run_id is not None else []).fetchall()
+        crashed = []
+        for row in found:
+            graph = json.loads(row["graph"])
+            if driver_is_gone(graph):
+                try:
+                    if self.mark_crashed(row["run_id"], driver_gone_message(graph)):
+                        crashed.append(row["run_id"])
+                except sqlite3.OperationalError as exc:  # locked, or read-only: the next reader writes it
+                    logger.info("rayflow: cannot record run %s CRASHED yet: %s", row["run_id"], exc)
+        return crashed
 
     def runs(
         self, *, flow: str | None = None, state: str | None = None, limit: int = 20, since: float | None = None,
         offset: int = 0,
     ) -> list[dict]:
-        """Runs newest first, their states as ``shown_state`` decides, filtered on that: ``limit`` of
-        them after the first ``offset`` (a page reads only its rows, but for a filter on an unfinished
-        or CRASHED state, which reads the unfinished runs until the page is full)."""
-        query = (  # a scheduled run: its schedule and scheduled time (None for the others)
-            "SELECT runs.*, s.schedule_id AS schedule_id, s.scheduled_for AS scheduled_for FROM runs "
-            "LEFT JOIN scheduled_runs AS s ON s.run_id = runs.run_id WHERE 1=1"
-        )
-        args: list[Any] = []
-        state = state.upper() if state else None
+        """Runs newest first, as recorded (unfinished runs whose driver is gone settled first): ``limit``
+        of them after the first ``offset``, filtered and paged in SQL, whatever the state asked for."""
+        self.settle_unfinished()
+        where, args = [], []
         if flow:
-            query, args = query + " AND runs.flow = ?", [*args, flow]
-        if state:  # a CRASHED run may be recorded unfinished; an unfinished one may read CRASHED
-            recorded = (state, *UNFINISHED) if state == CRASHED else (state,)
-            query, args = query + f" AND runs.state IN ({','.join('?' * len(recorded))})", [*args, *recorded]
+            where, args = [*where, "runs.flow = ?"], [*args, flow]
+        if state:
+            where, args = [*where, "runs.state = ?"], [*args, state.upper()]
         if since is not None:
-            query, args = query + " AND runs.started_at >= ?", [*args, since]
-        query += " ORDER BY runs.started_at DESC"
-        decided = state in (CRASHED, *UNFINISHED)  # read, then filtered: no LIMIT in SQL
-        if not decided:
-            query, args = query + " LIMIT ? OFFSET ?", [*args, limit, offset]
-        skip = offset if decided else 0
-        rows: list[dict] = []
+            where, args = [*where, "runs.started_at >= ?"], [*args, since]
+        query = RUN_SELECT + (" WHERE " + " AND ".join(where) if where else "")
+        query += " ORDER BY runs.started_at DESC LIMIT ? OFFSET ?"  # a limit < 0: all, as SQL's
         with self._connect() as db:
-            for found in db.execute(query, args):  # newest first, until ``limit`` match (< 0: all, as SQL's)
-                if 0 <= limit <= len(rows):
-                    break
-                row = self._run_row(found)
-                row["state"] = self._shown(db, row["run_id"], row["state"])
-                if state and row["state"] != state:
-                    continue
-                if skip:
-                    skip -= 1
-                    continue
-                rows.append(row)
-        return rows
+            return [self._run_row(found) for found in db.execute(query, [*args, limit, offset])]
 
-    def _shown(self, db: sqlite3.Connection, run_id: str | None, recorded: str | None) -> str | None:
-        """``shown_state`` of a recorded run, its graph read only when it is unfinished."""
-        if recorded not in UNFINISHED or run_id is None:
-            return recorded
-        graph = db.execute("SELECT graph FROM graphs WHERE run_id = ?", [run_id]).fetchone()
-        return shown_state(recorded, json.loads(graph["graph"]) if graph is not None else None)
+    def flows(self) -> list[str]:
+        """The names of the flows the history has runs of, sorted."""
+        with self._connect() as db:
+            return [r["flow"] for r in db.execute("SELECT DISTINCT flow FROM runs ORDER BY flow")]
 
     def run(self, run_id: str) -> dict | None:
+        self.settle_unfinished(run_id)
         with self._connect() as db:
-            row = db.execute(
-                "SELECT runs.*, s.schedule_id AS schedule_id, s.scheduled_for AS scheduled_for FROM runs "
-                "LEFT JOIN scheduled_runs AS s ON s.run_id = runs.run_id WHERE runs.run_id = ?", [run_id],
-            ).fetchone()
+            row = db.execute(RUN_SELECT + " WHERE runs.run_id = ?", [run_id]).fetchone()
             if row is None:
                 return None
             run = self._run_row(row)
             graph = db.execute("SELECT graph FROM graphs WHERE run_id = ?", [run_id]).fetchone()
             run["graph"] = json.loads(graph["graph"]) if graph is not None else None
-            run["state"] = shown_state(run["state"], run["graph"])
             attempt = run["attempt"]  # the latest attempt's tasks and chunks; every attempt's outcome
             run["transitions"] = [dict(r) for r in db.execute(
                 "SELECT * FROM transitions WHERE run_id = ? AND run_attempt = ? ORDER BY rowid", [run_id, attempt])]
@@ -99,8 +118,6 @@ class Queries:
             run["attempts"] = [dict(r) for r in db.execute(
                 "SELECT attempt, state, message, started_at, finished_at, trace_id FROM run_attempts "
                 "WHERE run_id = ? ORDER BY attempt", [run_id])]
-            if run["attempts"] and run["attempts"][-1]["attempt"] == attempt:
-                run["attempts"][-1]["state"] = run["state"]  # CRASHED where the run row says so
         return run
 
     def run_state(self, run_id: str) -> str | None:

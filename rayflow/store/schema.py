@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS run_attempts (
     started_at REAL, finished_at REAL, trace_id TEXT, PRIMARY KEY (run_id, attempt)
 );
 CREATE INDEX IF NOT EXISTS runs_by_start ON runs(started_at);
+CREATE INDEX IF NOT EXISTS runs_unfinished ON runs(state) WHERE state IN ('PENDING', 'RUNNING');
 CREATE TABLE IF NOT EXISTS transitions (
     run_id TEXT NOT NULL, task_key TEXT NOT NULL, seq INTEGER NOT NULL, state TEXT NOT NULL,
     attempt INTEGER, message TEXT, error_type TEXT, traceback TEXT, at REAL, started_at REAL, finished_at REAL,

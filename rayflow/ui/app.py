@@ -282,8 +282,7 @@ def _runs(store: RunStore, query: queries.RunsQuery) -> tuple[list[dict], bool]:
 
 
 def _flow_names(store: RunStore) -> list[str]:
-    with store._connect() as db:
-        return [r["flow"] for r in db.execute("SELECT DISTINCT flow FROM runs ORDER BY flow")]
+    return store.flows()
 
 
 def _when(ts: float | None) -> str:
