@@ -26,7 +26,7 @@ from starlette.staticfiles import StaticFiles
 from rayflow.exceptions import RayflowError
 from rayflow.store.history import RunStore, UNFINISHED
 from rayflow.store.schedules import ScheduleStore
-from rayflow.store.views import FAILED, run_record, task_rows, trace_url
+from rayflow.store.views import FAILED, run_record, state_filter, task_rows, trace_url
 from rayflow.ui import queries, security
 from rayflow.ui.queries import LEVELS, PAGE_SIZE, SINCE, STATES, QueryError
 from rayflow.ui.security import LOGIN_PATH, Csrf, SecurityHeaders, Sessions, TokenGate
@@ -185,6 +185,23 @@ def create_app(
             return JSONResponse({"error": f"no run {request.path_params['run_id']!r}"}, status_code=404)
         return JSONResponse(run_record(run))
 
+    async def api_items(request: Request) -> Response:
+        """A page of a map's item rows (?task=KEY, &state=, &after=INDEX, &limit=N up to 1000):
+        the items that did not succeed or were run again, as the engine recorded them."""
+        run_id, params = request.path_params["run_id"], request.query_params
+        try:
+            if not params.get("task"):
+                raise ValueError("task is required: ?task=KEY, the map's task key")
+            after, limit = int(params.get("after", -1)), int(params.get("limit", 100))
+            if not 0 <= limit <= 1000:
+                raise ValueError(f"limit is 0 to 1000, not {limit}")
+            state = state_filter(params.get("state"))
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        if store.run_state(run_id) is None:
+            return JSONResponse({"error": f"no run {run_id!r}"}, status_code=404)
+        return JSONResponse(store.items(run_id, params["task"], state=state, after=after, limit=limit))
+
     async def login(request: Request) -> Response:
         if sessions is None:
             return RedirectResponse("/", status_code=303)
@@ -215,6 +232,7 @@ def create_app(
         Route("/flows", flows_page),
         Route("/api/runs", api_runs),
         Route("/api/runs/{run_id}", api_run),
+        Route("/api/runs/{run_id}/items", api_items),
         Route(LOGIN_PATH, login, methods=["GET", "POST"]),
         Route("/logout", logout, methods=["POST"]),
         Route("/flows/{flow}/run", run_now, methods=["POST"]),
