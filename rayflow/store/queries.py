@@ -142,7 +142,8 @@ class Queries:
         """A page of a map's item rows, as the engine recorded them (one per item that did not succeed
         or was run again: ``item`` its map index, ``state``, ``attempts``, ``error_type``, ``message``,
         ``traceback``), in index order from the first after ``after``; ``state`` keeps one state.
-        One indexed query per page (the items table's key, or ``items_by_state``), whatever the map's size.
+        One query per page, a search of the items table's key (a state is filtered on the way: no
+        second index to keep up as the run writes), whatever the map's size.
         ``attempt``: the run's attempt (default its latest)."""
         if limit < 0:
             raise ValueError(f"limit must be 0 or more, not {limit}")

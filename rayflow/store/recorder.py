@@ -56,7 +56,7 @@ class HistoryRecorder(RunObserver):
         self._transitions: list[tuple] = []
         self._chunks: list[tuple] = []
         self._logs: list[tuple] = []
-        self._items: list[tuple] = []  # a row per map item that did not succeed or was run again
+        self._items: list[tuple] = []  # (task key, WorkFacts.items): made rows by the writer thread (_rows)
         self._run: tuple | None = None
         self._lock = threading.Lock()  # the buffers, filled by the orchestrator's calls of this observer's hooks
         # Rows taken from the buffers but not written yet (a write failed): retried on the next
@@ -119,14 +119,21 @@ class HistoryRecorder(RunObserver):
             str(error) if error is not None else (summary.errors[0][1] if summary.errors else None),
             self.attempt, facts.retried if facts is not None else 0,
         )
-        items = [
-            (self.run_id, self.attempt, task_key, index, state, attempts, kind, (message or "")[:2000] or None,
-             traceback[-8000:] if traceback else None)
-            for index, state, attempts, kind, message, traceback in (facts.items if facts is not None else ())
-        ]
         with self._lock:
             self._chunks.append(row)
-            self._items.extend(items)
+            if facts is not None and facts.items:
+                self._items.append((task_key, facts.items))
+
+    def _rows(self, groups: list[tuple]) -> list[tuple]:
+        """The items table's rows of buffered ``(task key, WorkFacts.items)``: made here, by the writer
+        thread, not in the orchestrator's loop."""
+        run_id, attempt = self.run_id, self.attempt
+        return [
+            (run_id, attempt, task_key, index, state, attempts, kind, (message or "")[:2000] or None,
+             traceback[-8000:] if traceback else None)
+            for task_key, items in groups
+            for index, state, attempts, kind, message, traceback in items
+        ]
 
     def on_report(self, *, work: Any, report: Any) -> None:
         records = getattr(report, "logs", ())
@@ -137,7 +144,7 @@ class HistoryRecorder(RunObserver):
     def _take(self) -> tuple[list, list, list, list, list]:
         """The buffered rows, emptying the buffers (the caller holds ``_lock``)."""
         runs = [self._run] if self._run is not None else []
-        out = (runs, self._transitions, self._chunks, self._logs, self._items)
+        out = (runs, self._transitions, self._chunks, self._logs, self._rows(self._items))
         self._run, self._transitions, self._chunks, self._logs, self._items = None, [], [], [], []
         return out
 
@@ -163,7 +170,7 @@ class HistoryRecorder(RunObserver):
     def pending_rows(self) -> int:
         """Rows recorded but not written yet (buffered, or held after a failed write)."""
         with self._lock:
-            buffered = len(self._transitions) + len(self._chunks) + len(self._logs) + len(self._items)
+            buffered = len(self._transitions) + len(self._chunks) + len(self._logs) + sum(len(g[1]) for g in self._items)
             run = self._run is not None or self._pending_run is not None
         return buffered + sum(len(rows) for rows in self._pending) + run
 
@@ -269,7 +276,7 @@ class HistoryRecorder(RunObserver):
                     "transitions": self._pending[0] + self._transitions,
                     "chunks": self._pending[1] + self._chunks,
                     "logs": self._pending[2] + self._logs,
-                    "items": self._pending[3] + self._items,
+                    "items": self._pending[3] + self._rows(self._items),
                     "graphs": [(self.run_id, self._graph)] if run is not None and self._graph is not None else [],
                 }
             try:

@@ -44,8 +44,7 @@ CREATE TABLE IF NOT EXISTS items (
     run_id TEXT NOT NULL, run_attempt INTEGER NOT NULL, task_key TEXT NOT NULL, item INTEGER NOT NULL,
     state TEXT NOT NULL, attempts INTEGER, error_type TEXT, message TEXT, traceback TEXT,
     PRIMARY KEY (run_id, run_attempt, task_key, item)
-);
-CREATE INDEX IF NOT EXISTS items_by_state ON items(run_id, run_attempt, task_key, state, item);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS logs (
     run_id TEXT NOT NULL, at REAL, level TEXT, message TEXT, task_key TEXT, map_index INTEGER,
     trace_id TEXT, span_id TEXT, run_attempt INTEGER NOT NULL DEFAULT 1

@@ -18,6 +18,8 @@ from rayflow.engine.policy import after_retry_signal, next_retry
 from rayflow.engine.protocol import ChunkJob, ChunkSummary, WorkFacts
 from rayflow.states import FAILED_TYPES, State, StateType
 
+NAMES = tuple(t.value for t in C.CODES)  # a state code's name
+
 
 @dataclass(eq=False)
 class Chunk:
@@ -91,8 +93,9 @@ class Outcomes:
         waiting = len(again) - (len(summary.indices) if summary.indices is not None else 0)
         if waiting:
             tally["RETRYING"] = waiting
+        start = chunk.start
         rows = tuple(
-            (chunk.start + item, "RETRYING" if item in again else C.CODES[code].value, attempt, *error)
+            (start + item, "RETRYING" if item in again else NAMES[code], attempt, *error)
             for item, code, attempt, *error in summary.items
         )
         facts = self._settled(chunk, WorkFacts(chunk.start, chunk.stop, tally, len(again), rows))
