@@ -37,6 +37,7 @@ logger = logging.getLogger("rayflow.ui")
 HERE = pathlib.Path(__file__).parent
 RAY_DASHBOARD_URL = "http://localhost:8265"
 FORM_TYPE = "application/x-www-form-urlencoded"
+ITEMS_SHOWN = 20  # item rows of a map on its run's page; /api/runs/{id}/items pages the rest
 
 
 def create_app(
@@ -108,9 +109,13 @@ def create_app(
             floor = LEVELS.index(query.level)
             logs = [r for r in logs if r["level"] not in LEVELS or LEVELS.index(r["level"]) >= floor]
         tracebacks = {t["task_key"]: t["traceback"] for t in run["transitions"] if t["traceback"]}
+        failed_items = {  # the first page of each map's recorded item rows, where some failed
+            t["task"]: store.items(run["run_id"], t["task"], limit=ITEMS_SHOWN) for t in tasks if (t.get("items") or {}).get("failed")
+        }
         return page(
             request, "run.html", run=run, tasks=tasks, trace=trace_url(run["trace_id"]), logs=logs[-500:],
             task=query.task, level=query.level, levels=LEVELS, tracebacks=tracebacks, live=run["state"] in UNFINISHED,
+            failed_items=failed_items, items_shown=ITEMS_SHOWN,
             graph=Markup(graph_svg(run.get("graph") or {}, tasks)), timeline=Markup(timeline_svg(run, tasks)),
             dashboard=os.environ.get("RAYFLOW_RAY_DASHBOARD_URL", RAY_DASHBOARD_URL).rstrip("/"),
             action_error=actions.error_of(run["run_id"]) if actions is not None else None,
