@@ -17,7 +17,7 @@ from rayflow.engine.maps.run import MapRun
 from rayflow.engine.protocol import ChunkSummary
 from rayflow.store import RunStore
 from rayflow.store.schema import SCHEMA_VERSION
-from rayflow.store.views import map_items
+from rayflow.store.views import map_items, run_record
 
 
 def _flaky(marks: str):
@@ -57,6 +57,8 @@ def test_a_retried_item_and_a_failed_one_have_their_rows_with_state_and_attempts
     assert rows[3]["error_type"] is None  # its last attempt succeeded
     assert [r["item"] for r in store.items(run.run_id, "flaky", state="failed")] == [17]
     assert [r["item"] for r in store.items(run.run_id, "flaky", after=5, limit=2)] == [13, 17]
+    shown = run_record(store.run(run.run_id))  # what show --json and /api/runs/{id} give
+    assert [(r["task_key"], r["item"], r["state"]) for r in shown["failed_items"]] == [("flaky", 17, "FAILED")]
 
     chunks = [c for c in store.run(run.run_id)["chunks"] if c["task_key"] == "flaky"]
     assert sum(c["retried"] for c in chunks) == 4  # 3, 13, 23 and 17 ran twice
@@ -101,7 +103,7 @@ def test_a_split_chunk_and_a_lost_item_are_facts_of_the_works_that_decided_them(
 
 def test_an_items_page_is_one_indexed_query_in_a_million_item_map(tmp_path):
     """10^6 items in 1000 chunks, 10^4 of them failed: a page of items is one query that searches
-    the items table's index (no scan, no replay), and reading the run reads no item row."""
+    the items table's key (no scan, no replay), and reading the run reads one page of them."""
     store = RunStore(tmp_path)
     run_id = "big"
     store.write(
@@ -124,9 +126,11 @@ def test_an_items_page_is_one_indexed_query_in_a_million_item_map(tmp_path):
     selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
     assert len(selects) == 1
     statements.clear()
-    counts = map_items(store.run(run_id)["chunks"])
+    run = store.run(run_id)
+    counts = map_items(run["chunks"])
     assert (counts["total"], counts["failed"]) == (10**6, 10_000)
-    assert statements and not any(re.search(r"\bFROM items\b", s) for s in statements)
+    (first,) = [s for s in statements if re.search(r"\bFROM items\b", s)]  # the run's first failed items only
+    assert "LIMIT" in first and len(run["failed_items"]) == 100
 
     with sqlite3.connect(store.path) as db:
         for state in ("FAILED", None):

@@ -9,12 +9,15 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from rayflow.states import FAILED_TYPES
 from rayflow.store.recovery import driver_is_gone
 from rayflow.store.schema import UNFINISHED
 
 logger = logging.getLogger(__name__)
 
 CRASHED = "CRASHED"
+FAILED_STATES = tuple(sorted(t.value for t in FAILED_TYPES))
+FAILED_ITEMS_SHOWN = 100  # a run's failed map items read with it (show --json, /api/runs/{id})
 # A run with its schedule and scheduled time (None for the others): what runs() and run() read.
 RUN_SELECT = (
     "SELECT runs.*, s.schedule_id AS schedule_id, s.scheduled_for AS scheduled_for FROM runs "
@@ -118,6 +121,9 @@ class Queries:
             run["attempts"] = [dict(r) for r in db.execute(
                 "SELECT attempt, state, message, started_at, finished_at, trace_id FROM run_attempts "
                 "WHERE run_id = ? ORDER BY attempt", [run_id])]
+            run["failed_items"] = [dict(r) for r in db.execute(  # the first of them: items() pages the rest
+                "SELECT task_key, item, state, attempts, error_type, message FROM items WHERE run_id = ? AND run_attempt = ? "
+                f"AND state IN {FAILED_STATES} ORDER BY task_key, item LIMIT ?", [run_id, attempt, FAILED_ITEMS_SHOWN])]
         return run
 
     def run_state(self, run_id: str) -> str | None:

@@ -35,7 +35,8 @@ def trace_url(trace_id: str | None) -> str | None:
 
 
 def run_record(run: dict) -> dict:
-    """A run as ``rayflow show --json`` and ``/api/runs/{id}`` give it."""
+    """A run as ``rayflow show --json`` and ``/api/runs/{id}`` give it: with ``failed_items``, the
+    first of its map items that failed, as the engine recorded them (``RunStore.items`` pages all)."""
     out = {k: v for k, v in run.items() if k not in ("transitions", "chunks")}
     return {**out, "trace_url": trace_url(run["trace_id"]), "task_rows": task_rows(run), "chunks": run["chunks"]}
 
