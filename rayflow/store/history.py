@@ -1,13 +1,13 @@
-"""The run history: runs, their tasks' state transitions, and map chunk summaries.
+"""The run history: runs, their tasks' state transitions, map chunk and item facts, logs.
 
-The orchestrating actor writes it through a ``HistoryRecorder``, which
-buffers rows and writes them in batches from a thread of its own, so a run
-with a million-item map writes per-chunk rows, never per-item rows, and the
-flow never waits on the disk.  A store that fails (locked, full, broken)
-never fails or hangs a run: the rows are kept and retried, within bounds,
-and what could not be written by the run's end is logged as lost.  Anyone
-on the machine reads it with a ``RunStore`` (``rayflow runs``, ``rayflow
-show``).
+``RunStore`` is the database under ``RAYFLOW_HOME``, put together from its parts: the schema
+and its migration (store.schema), recovery of a damaged file and of rows kept in spill files
+(store.recovery), the reads (store.queries), and here the writes.  The orchestrating actor
+writes through a ``HistoryRecorder`` (store.recorder), which buffers rows and writes them in
+batches from a thread of its own: per chunk work, never per item, except one row per map item
+that did not succeed or was run again.  A store that fails never fails or hangs a run.  Anyone
+on the machine reads it with a ``RunStore`` (``rayflow runs``, ``rayflow show``, the UI).
+This module keeps the names other modules import from it.
 """
 
 from __future__ import annotations
