@@ -133,6 +133,23 @@ def test_the_json_api_gives_what_the_cli_gives(history):
     assert client.get("/api/runs/nope").status_code == 404
 
 
+def test_the_api_pages_a_maps_item_rows_as_the_engine_recorded_them(history):
+    client = history["client"]
+    run_id = history["failed"].run_id
+    page = client.get(f"/api/runs/{run_id}/items", params={"task": "half", "limit": 2}).json()
+    assert [(r["item"], r["state"], r["attempts"]) for r in page] == [(1, "FAILED", 1), (3, "FAILED", 1)]
+    assert "odd item 1" in page[0]["message"] and "raise ValueError" in page[0]["traceback"]
+    rest = client.get(f"/api/runs/{run_id}/items", params={"task": "half", "after": 3, "state": "failed"}).json()
+    assert [r["item"] for r in rest] == [5]
+    assert client.get(f"/api/runs/{run_id}/items").status_code == 400  # no task: said
+    assert client.get(f"/api/runs/{run_id}/items", params={"task": "half", "limit": "x"}).status_code == 400
+    assert client.get("/api/runs/nope/items", params={"task": "half"}).status_code == 404
+    text = client.get(f"/runs/{run_id}").text  # the run's page lists the same rows
+    section = text.split("Items of half that did not succeed", 1)[1].split("</table>", 1)[0]
+    assert re.findall(r"<td>(\d+)</td>\s*<td class=\"failed\">FAILED</td>", section) == ["1", "3", "5"]
+    assert "odd item 3" in section
+
+
 def test_the_flows_page_and_the_vendored_htmx(history):
     client = history["client"]
     page = client.get("/flows")

@@ -295,10 +295,12 @@ class Orchestrator:
         if work.job is not None:
             self.gating.chunk_ended(work.work_id)  # its slots go back
             owned = self.maps.owns(work.work_id)  # else stale: cancelled, or its map ended
-            if owned:
+            actions = self.maps.finish_work(work, completion.report, completion.handle, completion.system_error)
+            if owned:  # with what the map made of it (its items' facts)
+                facts = actions.facts[0] if actions.facts else None
                 for hook in self._on_chunk:
-                    hook(task_key=work.task_key, work=work, summary=completion.report, error=completion.system_error)
-            self._apply(self.maps.finish_work(work, completion.report, completion.handle, completion.system_error))
+                    hook(task_key=work.task_key, work=work, summary=completion.report, error=completion.system_error, facts=facts)
+            self._apply(actions)
             if owned and completion.report is not None:
                 self.writes.write(work.task_key, completion.report.persist, completion.handle)
             return

@@ -253,6 +253,25 @@ class ChunkSummary:
     cached: int = 0  # items whose values came from the cache (counted SUCCESS in ``counts``)
     overhead: float = 0.0  # seconds of one-off costs in the run (a cache index loaded, a segment written)
     persist: tuple[str, str] | None = None  # (store, name) the chunk's result is to be written to, behind
+    # (item, code, attempt, error type, message, traceback) per item that did not succeed, and per
+    # item of a retry (its successes too): the items the history records one row each for
+    items: list[tuple[int, int, int, str | None, str | None, str | None]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WorkFacts:
+    """What one finished or lost work of a map chunk did, as the engine decided it (maps.outcomes):
+    the items of the chunk range [start, stop) it made final, by state name (CACHED apart from
+    SUCCESS), with RETRYING counting the items it sent to run again less those it ran again
+    (so a map's counts are the sum of its works' ``counts``); how many it sent to run again;
+    and per item that did not succeed or was run again, its row: (map index, state name,
+    attempts, error type, message, traceback)."""
+
+    start: int
+    stop: int
+    counts: dict[str, int]
+    retried: int = 0
+    items: tuple[tuple[int, str, int, str | None, str | None, str | None], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from rayflow.presentation import FAILED, UNFINISHED, category, took, when
 from rayflow.store.history import RunStore
 from rayflow.store.schedules import ScheduleStore
 from rayflow.store.task_table import COLUMNS, cells
-from rayflow.store.views import run_record, task_rows, trace_url
+from rayflow.store.views import run_record, state_filter, task_rows, trace_url
 from rayflow.ui import queries, security
 from rayflow.ui.queries import LEVELS, PAGE_SIZE, SINCE, STATES, QueryError
 from rayflow.ui.security import LOGIN_PATH, Csrf, SecurityHeaders, Sessions, TokenGate
@@ -38,6 +38,7 @@ logger = logging.getLogger("rayflow.ui")
 HERE = pathlib.Path(__file__).parent
 RAY_DASHBOARD_URL = "http://localhost:8265"
 FORM_TYPE = "application/x-www-form-urlencoded"
+ITEMS_SHOWN = 20  # item rows of a map on its run's page; /api/runs/{id}/items pages the rest
 
 
 def create_app(
@@ -113,9 +114,13 @@ def create_app(
             floor = LEVELS.index(query.level)
             logs = [r for r in logs if r["level"] not in LEVELS or LEVELS.index(r["level"]) >= floor]
         tracebacks = {t["task_key"]: t["traceback"] for t in run["transitions"] if t["traceback"]}
+        failed_items = {  # the first page of each map's recorded item rows, where some failed
+            t["task"]: store.items(run["run_id"], t["task"], limit=ITEMS_SHOWN) for t in tasks if (t.get("items") or {}).get("failed")
+        }
         return page(
             request, "run.html", run=run, tasks=tasks, trace=trace_url(run["trace_id"]), logs=logs[-500:],
             task=query.task, level=query.level, levels=LEVELS, tracebacks=tracebacks, live=run["state"] in UNFINISHED,
+            failed_items=failed_items, items_shown=ITEMS_SHOWN,
             graph=Markup(graph_svg(run.get("graph") or {}, tasks)), timeline=Markup(timeline_svg(run, tasks)),
             dashboard=os.environ.get("RAYFLOW_RAY_DASHBOARD_URL", RAY_DASHBOARD_URL).rstrip("/"),
             action_error=actions.error_of(run["run_id"]) if actions is not None else None,
@@ -190,6 +195,23 @@ def create_app(
             return JSONResponse({"error": f"no run {request.path_params['run_id']!r}"}, status_code=404)
         return JSONResponse(run_record(run))
 
+    async def api_items(request: Request) -> Response:
+        """A page of a map's item rows (?task=KEY, &state=, &after=INDEX, &limit=N up to 1000):
+        the items that did not succeed or were run again, as the engine recorded them."""
+        run_id, params = request.path_params["run_id"], request.query_params
+        try:
+            if not params.get("task"):
+                raise ValueError("task is required: ?task=KEY, the map's task key")
+            after, limit = int(params.get("after", -1)), int(params.get("limit", 100))
+            if not 0 <= limit <= 1000:
+                raise ValueError(f"limit is 0 to 1000, not {limit}")
+            state = state_filter(params.get("state"))
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        if store.run_state(run_id) is None:
+            return JSONResponse({"error": f"no run {run_id!r}"}, status_code=404)
+        return JSONResponse(store.items(run_id, params["task"], state=state, after=after, limit=limit))
+
     async def login(request: Request) -> Response:
         if sessions is None:
             return RedirectResponse("/", status_code=303)
@@ -220,6 +242,7 @@ def create_app(
         Route("/flows", flows_page),
         Route("/api/runs", api_runs),
         Route("/api/runs/{run_id}", api_run),
+        Route("/api/runs/{run_id}/items", api_items),
         Route(LOGIN_PATH, login, methods=["GET", "POST"]),
         Route("/logout", logout, methods=["POST"]),
         Route("/flows/{flow}/run", run_now, methods=["POST"]),
@@ -287,6 +310,5 @@ def _runs(store: RunStore, query: queries.RunsQuery) -> tuple[list[dict], bool]:
 
 
 def _flow_names(store: RunStore) -> list[str]:
-    with store._connect() as db:
-        return [r["flow"] for r in db.execute("SELECT DISTINCT flow FROM runs ORDER BY flow")]
+    return store.flows()
 
