@@ -58,6 +58,10 @@ FAILED = frozenset(t.value for t in FAILED_TYPES)
 SUCCEEDED = frozenset(t.value for t in SUCCESSFUL_TYPES)
 UNFINISHED = (StateType.PENDING.value, StateType.RUNNING.value)  # a run's recorded states before it ends
 ACTIVE = frozenset({"PENDING", "SCHEDULED", "RUNNING", "RETRYING"})  # a task not ended yet
+# The states a flow run's record may hold (engine.policy.final_flow_state: SUCCESS, FAILED,
+# CANCELLED; PENDING and RUNNING before it ends; CRASHED once its driver or actor is gone), in
+# the order the UI's state filter offers them.
+RUN_STATES = ("SUCCESS", "FAILED", "CRASHED", "CANCELLED", "RUNNING", "PENDING")
 
 
 def look(state: str | StateType | None) -> Look:

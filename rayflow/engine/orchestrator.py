@@ -283,15 +283,12 @@ class Orchestrator:
 
     def on_completion(self, completion: Completion) -> None:
         work = completion.work
-        if work.persist is not None:
-            if completion.report is not None:
-                for hook in self._on_report:
-                    hook(work=work, report=completion.report)
-            self.writes.written(completion)
-            return
         if completion.report is not None:
             for hook in self._on_report:
                 hook(work=work, report=completion.report)
+        if work.persist is not None:
+            self.writes.written(completion)
+            return
         if work.job is not None:
             self.gating.chunk_ended(work.work_id)  # its slots go back
             owned = self.maps.owns(work.work_id)  # else stale: cancelled, or its map ended

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 
 from starlette.datastructures import QueryParams
 
+from rayflow.presentation import RUN_STATES
+
 PAGE_SIZE = 50
 MAX_PAGE = 1_000_000_000  # 5e10 rows in: far past any history, and well inside SQLite's integers
-STATES = ("SUCCESS", "FAILED", "RUNNING", "PENDING", "CANCELLED", "CRASHED", "TIMED_OUT", "TRIGGER_FAILED", "SKIPPED")
+STATES = RUN_STATES  # the run states the filter offers
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 SINCE = {"1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}  # the time filter's choices
 MAX_TEXT = 500
