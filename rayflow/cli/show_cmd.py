@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from rayflow.cli.common import AllOption, TaskStateOption, state_option
 from rayflow.cli.exits import EXIT_FAILED, EXIT_USAGE
 from rayflow.cli.usage import fail
+
+if TYPE_CHECKING:
+    from rayflow.store import RunStore
 
 HISTORY_GRACE = 2.0  # seconds `show` waits for a run that ended live to appear in the history
 ITEMS_PAGE = 50  # `show --items MAP`: item rows per page, unless --limit
@@ -149,7 +152,7 @@ def _item_page(task: str | None, state: str | None, after: int | None, limit: in
     return {"task": task, "state": state, "after": -1 if after is None else after, "limit": limit}
 
 
-def _show_items(store, run_id: str, page: dict, as_json: bool) -> None:  # noqa: ANN001 - a RunStore
+def _show_items(store: RunStore, run_id: str, page: dict, as_json: bool) -> None:
     """`show RUN --items MAP`: one page of the map's item rows, from the run history."""
     from rayflow.cli.history import map_keys, print_items_page
 
