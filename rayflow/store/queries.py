@@ -162,11 +162,24 @@ class Queries:
         with self._connect() as db:
             return [dict(r) for r in db.execute(query, args)]
 
-    def logs(self, run_id: str, *, task: str | None = None, after: int = 0) -> list[dict]:
-        """Log records of a run in order; ``after`` a row number, to follow a live run."""
+    def item_counts(self, run_id: str) -> dict[str, int]:
+        """How many item rows each map of the run's latest attempt has (maps without any left out):
+        one grouped count along the items table's key, whatever the maps' sizes."""
+        query = (
+            "SELECT task_key, COUNT(*) AS n FROM items WHERE run_id = ? AND run_attempt = "
+            "(SELECT attempt FROM runs WHERE run_id = ?) GROUP BY task_key ORDER BY task_key"
+        )
+        with self._connect() as db:
+            return {r["task_key"]: r["n"] for r in db.execute(query, [run_id, run_id])}
+
+    def logs(self, run_id: str, *, task: str | None = None, after: int = 0, item: int | None = None) -> list[dict]:
+        """Log records of a run in order; ``after`` a row number, to follow a live run; ``item``:
+        only those of this map index (with ``task``, the map's)."""
         query, args = "SELECT rowid AS row, * FROM logs WHERE run_id = ? AND rowid > ?", [run_id, after]
         if task:
             query, args = query + " AND task_key = ?", [*args, task]
+        if item is not None:
+            query, args = query + " AND map_index = ?", [*args, item]
         with self._connect() as db:
             return [dict(r) for r in db.execute(query + " ORDER BY rowid", args)]
 
