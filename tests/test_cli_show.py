@@ -173,10 +173,11 @@ def test_run_and_show_print_the_same_durations(tmp_path, ray_session):
     for key, row in run_rows.items():
         assert re.fullmatch(r"\d+\.\d{3}s", row["duration"]), row
         assert show_rows[key]["duration"] == row["duration"], key
-    # the attempt's run time in the worker: the sleep (loose bounds: the machine may be busy)
-    assert 0.5 <= float(run_rows["slow"]["duration"][:-1]) < 1.5
-    assert 0.3 <= float(run_rows["slow-2"]["duration"][:-1]) < 1.3
-    assert 0.1 <= float(run_rows["flaky"]["duration"][:-1]) < 1.0
+    # the attempt's run time in the worker covers its sleep (no upper bound: on two busy cores
+    # a 0.1 s sleep has measured over 1 s; that the two commands agree is the point here)
+    assert float(run_rows["slow"]["duration"][:-1]) >= 0.5
+    assert float(run_rows["slow-2"]["duration"][:-1]) >= 0.3
+    assert float(run_rows["flaky"]["duration"][:-1]) >= 0.1
     assert show_rows["flaky"]["attempts"] == "2" and run_rows["flaky"]["attempt"] == "2"
 
     data = json.loads(rayflow(home, "show", "durations-1", "--json").stdout)
