@@ -1,7 +1,8 @@
 """``rayflow show`` against ``rayflow run``: the same durations, the same item counts, and a
 bounded wait for a run that ended in its actor but is missing from this RAYFLOW_HOME's history.
 
-The commands run as a user runs them (a subprocess joining the session's Ray with --address).
+``run`` runs as a user runs it (a subprocess joining the session's Ray with --address); the
+read-only ``show`` runs in this process (the same ``main``, without a Python start).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import subprocess
 import time
 
 import pytest
-from cli_runner import run_cli
+from cli_runner import run_cli, run_cli_in_process
 
 import rayflow as rf
 from rayflow.cli.output import print_run
@@ -27,7 +28,9 @@ THIS = "tests/test_cli_show.py"
 
 
 def rayflow(home: pathlib.Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return run_cli(*args, home=home, timeout=timeout, RAY_ADDRESS="")
+    """``rayflow ARGS``: a read-only ``show`` of a finished run in this process, the rest in a subprocess."""
+    read_only = args[0] == "show" and "--address" not in args
+    return (run_cli_in_process if read_only else run_cli)(*args, home=home, timeout=timeout, RAY_ADDRESS="")
 
 
 def table(stdout: str) -> tuple[list[str], dict[str, dict[str, str]]]:

@@ -30,6 +30,7 @@ CLUSTER_MODULES = {"test_submit", "test_cluster_auth", "test_fault_load", "test_
 CLUSTER_NAMES = {"token_cluster", "RayCluster", "SIGKILL", "SIGTERM", "SIGINT", "killpg"}
 CLI_NAMES = {"run_cli", "subprocess", "Popen", "check_output", "check_call"}
 RAY_NAMES = {"ray", "ray_session"}
+IN_PROCESS = {"run_cli_in_process"}  # helpers not to look into: they name subprocess for its result type only
 
 
 def _code_names(code: types.CodeType) -> set[str]:
@@ -56,7 +57,7 @@ def _names_used(fn, home: pathlib.Path, seen: set, depth: int = 3) -> set[str]:
     if depth > 0:
         for name in sorted(names):
             helper = fn.__globals__.get(name)
-            if isinstance(helper, types.FunctionType) and name not in CLI_NAMES:
+            if isinstance(helper, types.FunctionType) and name not in CLI_NAMES | IN_PROCESS:
                 names |= _names_used(helper, home, seen, depth - 1)
     return names
 
