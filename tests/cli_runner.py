@@ -25,12 +25,14 @@ def run_cli(*args: str, home: pathlib.Path | None = None, timeout: float = 120, 
     )
 
 
-def run_cli_in_process(*args: str, home: pathlib.Path | None = None, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
+def run_cli_in_process(*args: str, home: pathlib.Path | None = None, timeout: float = 120,
+                       cwd: pathlib.Path = REPO, **env: str) -> subprocess.CompletedProcess:
     """``rayflow ARGS`` run in this process (``rayflow.cli.main``, stdout and stderr captured), for
     the commands that need no process of their own: read-only ones (``show``, ``runs``, ``logs``,
     ``schedule preview``, ``--help``) and bad inputs refused before any work.  Never for a command
     that starts or joins Ray, serves, or runs a flow.  Same arguments and result as ``run_cli``
-    (``timeout`` is accepted and unused); the environment and ``sys.argv`` are restored after."""
+    (``timeout`` is accepted and unused); the environment, ``sys.argv`` and the working directory
+    (``cwd`` while it runs) are restored after."""
     import contextlib
     import io
 
@@ -40,7 +42,7 @@ def run_cli_in_process(*args: str, home: pathlib.Path | None = None, timeout: fl
     saved_env, saved_argv, saved_cwd = dict(os.environ), sys.argv, os.getcwd()
     out, err = io.StringIO(), io.StringIO()
     try:
-        os.chdir(REPO)
+        os.chdir(cwd)
         os.environ.update(extra)
         sys.argv = ["rayflow", *args]
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
