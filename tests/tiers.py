@@ -7,6 +7,7 @@
   workers, out-of-memory kills, signals.
 
 ``quick`` is added to the unit and ray tests: ``pytest -m quick`` is the development tier.
+Tests run in tier order (unit, ray, cli, cluster), each tier in the order collected.
 The tier comes from the test's fixtures and from the names its code (its body, the fixtures and
 the helper functions of tests/ it calls) refers to; a tier marker written on a test or its module
 wins.  A test marked ``unit`` that spawns a process or starts Ray fails, naming the tier it
@@ -89,13 +90,18 @@ def tier_of(item: pytest.Item) -> str:
 
 
 def pytest_collection_modifyitems(config, items: list[pytest.Item]) -> None:
-    """Mark each test with its tier, and the unit and ray tests ``quick``."""
+    """Mark each test with its tier, and the unit and ray tests ``quick``; then order them by tier
+    (unit first, each tier in the order collected), so that every unit test runs before the
+    session's Ray starts: one that tries to start it is refused, one that finds it absent sees
+    the truth."""
+    tiers = {}
     for item in items:
-        tier = tier_of(item)
+        tier = tiers[item] = tier_of(item)
         if not item.get_closest_marker(tier):
             item.add_marker(tier)
         if tier in ("unit", "ray"):
             item.add_marker("quick")
+    items.sort(key=lambda item: TIERS.index(tiers[item]))
 
 
 class TierViolation(RuntimeError):
@@ -126,9 +132,8 @@ def refuse_processes_and_ray(nodeid: str) -> Iterator[None]:
             import ray
         except ImportError:  # pragma: no cover - ray is a dependency
             ray = None
-        if ray is not None:
+        if ray is not None:  # unit tests run first (see above): Ray is not up, so using it means init
             mp.setattr(ray, "init", refuse("starts or joins Ray", "ray"))
-            mp.setattr(ray, "is_initialized", lambda: False)  # so code that would use Ray must call init
         yield
 
 
