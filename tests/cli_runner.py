@@ -40,7 +40,7 @@ def run_cli_in_process(*args: str, home: pathlib.Path | None = None, timeout: fl
 
     extra = {**env, **({"RAYFLOW_HOME": str(home)} if home is not None else {})}
     saved_env, saved_argv, saved_cwd = dict(os.environ), sys.argv, os.getcwd()
-    out, err = io.StringIO(), io.StringIO()
+    out, err = _ThisThread(io.StringIO(), sys.stdout), _ThisThread(io.StringIO(), sys.stderr)
     try:
         os.chdir(cwd)
         os.environ.update(extra)
@@ -57,3 +57,36 @@ def run_cli_in_process(*args: str, home: pathlib.Path | None = None, timeout: fl
         os.environ.clear()
         os.environ.update(saved_env)
     return subprocess.CompletedProcess(["rayflow", *args], code, out.getvalue(), err.getvalue())
+
+
+class _ThisThread:
+    """A stream that keeps what the thread that made it writes and passes other threads' writes
+    on to ``others`` (the session's Ray prints its workers' log lines from a thread of its own)."""
+
+    def __init__(self, mine, others) -> None:
+        import threading
+
+        self._mine, self._others, self._owner = mine, others, threading.get_ident()
+
+    def _target(self):
+        import threading
+
+        return self._mine if threading.get_ident() == self._owner else self._others
+
+    def write(self, text: str) -> int:
+        return self._target().write(text)
+
+    def writelines(self, lines) -> None:
+        self._target().writelines(lines)
+
+    def flush(self) -> None:
+        self._target().flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def getvalue(self) -> str:
+        return self._mine.getvalue()
+
+    def __getattr__(self, name: str):
+        return getattr(self._mine, name)
