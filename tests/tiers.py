@@ -2,7 +2,7 @@
 
 - ``unit``: no Ray, no subprocess (both refused while it runs: see ``refuse_processes_and_ray``);
 - ``ray``: the session's Ray (``ray_session``, the ``runner`` fixture's "ray"), in-process;
-- ``cli``: spawns processes (``rayflow`` through ``run_cli``, or any other ``subprocess``);
+- ``cli``: spawns processes (``rayflow`` through ``run_cli``, any other ``subprocess``, a browser);
 - ``cluster``: Ray clusters of its own (``token_cluster``, ``RayCluster``), killed processes and
   workers, out-of-memory kills, signals.
 
@@ -29,7 +29,7 @@ TIERS = ("unit", "ray", "cli", "cluster")  # each above the one before: a test t
 # Modules whose every test injects a fault into processes (kills, OOM, signals) or builds a cluster.
 CLUSTER_MODULES = {"test_submit", "test_cluster_auth", "test_fault_load", "test_ray_worker_deaths", "test_faults"}
 CLUSTER_NAMES = {"token_cluster", "RayCluster", "SIGKILL", "SIGTERM", "SIGINT", "killpg"}
-CLI_NAMES = {"run_cli", "subprocess", "Popen", "check_output", "check_call"}
+CLI_NAMES = {"run_cli", "subprocess", "Popen", "check_output", "check_call", "webdriver"}  # a browser too
 RAY_NAMES = {"ray", "ray_session"}
 IN_PROCESS = {"run_cli_in_process"}  # helpers not to look into: they name subprocess for its result type only
 
