@@ -17,15 +17,19 @@ Contestants:
 - Ray "fused": what a Ray expert writes: the items cut into 32 list chunks,
   one task per chunk that applies f to its items *and* sums them, the driver
   sums the 32 partial sums (for two chained maps the task applies both);
-- dask: ``dask.bag.from_sequence(items, npartitions=32).map(f).sum()`` on a
-  ``LocalCluster(n_workers=CPUs, threads_per_worker=1, processes=True)``
-  started once (skipped, with a line saying why, if dask is not installed:
-  ``pip install -e '.[bench]'``);
+- Dask futures ("dask fut"): the fair Dask peer, what a Dask expert writes, as "fused" is for
+  Ray: the same 32 list chunks, ``client.map(fused, chunks, pure=False)`` then a gather of the
+  partial sums;
+- Dask bag: ``dask.bag.from_sequence(items, npartitions=32).map(f).sum()``, Dask's
+  highest-level and slowest API for this, kept for comparison.  Both Dask peers run on one
+  ``LocalCluster(n_workers=CPUs, threads_per_worker=1, processes=True)`` started once (skipped,
+  with a line saying why, if dask is not installed: ``pip install -e '.[bench]'``);
 - mp: ``multiprocessing.Pool(CPUs).map(f, items, chunksize=ceil(N / 32))``
   then ``sum`` (started once, before Ray).
+The peers are built in bench_peers.py.
 
 Ratios are taken against the *best* (fastest) hand-written Ray variant of
-each case, and separately against dask and against multiprocessing.
+each case, and separately against each Dask peer and against multiprocessing.
 
 Cases:
 
@@ -41,7 +45,8 @@ Cases:
 3. a ~1 ms CPU-bound f, N = 1e4: rayflow vs both Ray variants, and the ideal
    N x 1 ms / CPUs;
 4. two chained maps then a sum, N = 1e6: all contestants ("lists" runs two
-   rounds of tasks; dask fuses the two maps per partition itself; mp runs
+   rounds of tasks; the Dask bag fuses the two maps per partition itself, Dask futures
+   apply both in each chunk as "fused" does; mp runs
    two ``pool.map`` calls);
 5. N = 1e7 through batch=True from a generator, summed by a batch=True task, with the driver's peak RSS
    (and the same at N = 1e6, to show it does not grow with N); run first,
@@ -53,8 +58,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import math
 import multiprocessing
 import resource
 import time
@@ -66,6 +69,7 @@ import pyarrow.compute as pc
 import ray
 
 import rayflow as rf
+from bench_peers import Dask, bag_or_none, chunk_size, futures_or_none, mp_map
 
 FUSED_CHUNKS = 32  # the fused hand-written Ray baseline, and the peers' partitions
 
@@ -120,10 +124,6 @@ def arrow_slice(whole: pa.Array, offset: int, length: int) -> pa.Array:
 
 def arrow_slice_sum(whole: pa.Array, offset: int, length: int) -> int:
     return pc.sum(affine_batch(whole.slice(offset, length))).as_py()
-
-
-def chunk_size(n: int, chunks: int) -> int:
-    return max(1, math.ceil(n / chunks))
 
 
 def timed(fn: Callable[[], object]) -> tuple[float, object]:
@@ -183,12 +183,14 @@ class Bench:
             "ray_lists_s": _r(best.get("ray_lists")),
             "ray_fused_s": _r(best.get("ray_fused")),
             "ray_naive_s": _r(best.get("ray_naive")),
-            "dask_s": _r(best.get("dask")),
+            "dask_futures_s": _r(best.get("dask_futures")),
+            "dask_bag_s": _r(best.get("dask_bag")),
             "mp_s": _r(best.get("mp")),
             "best_hand_written": best_hand,
             "ray_s": _r(best.get(best_hand)) if best_hand else None,
             "ratio": ratio(best_hand),
-            "ratio_dask": ratio("dask"),
+            "ratio_dask_futures": ratio("dask_futures"),
+            "ratio_dask_bag": ratio("dask_bag"),
             "ratio_mp": ratio("mp"),
             "items_per_s": round(n / ours) if ours else None,
             "ideal_s": _r(ideal),
@@ -204,27 +206,6 @@ def _r(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds, 4)
 
 
-def start_dask(workers: int):
-    """A LocalCluster of `workers` single-threaded processes and its client, or (None, why-skipped)."""
-    try:
-        import dask.bag as db
-        from dask.distributed import Client, LocalCluster
-    except ImportError as exc:
-        return None, f"dask not installed ({exc}); pip install -e '.[bench]'"
-    try:
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.CRITICAL,  # no heartbeat noise when it closes
-        )
-        client = Client(cluster)
-    except Exception as exc:  # noqa: BLE001 - a peer that cannot start is reported and skipped
-        return None, f"dask LocalCluster did not start ({type(exc).__name__}: {exc})"
-    return (db, client, cluster), None
-
-
 def fmt(seconds: float | None, width: int) -> str:
     return f"{seconds:>{width}.3f}" if seconds is not None else f"{'-':>{width}}"
 
@@ -236,7 +217,7 @@ def fmt_ratio(value: float | None, width: int) -> str:
 def print_table(rows: list[dict]) -> None:
     head = (
         f"{'case':<32} {'N':>9} {'rayflow s':>9} {'Ray lists':>9} {'Ray fused':>9} {'x best':>6}"
-        f" {'dask s':>7} {'x dask':>6} {'mp s':>7} {'x mp':>6} {'ideal s':>7} {'x ideal':>7} {'items/s':>10}"
+        f" {'dfut s':>7} {'x dfut':>6} {'bag s':>7} {'x bag':>6} {'mp s':>7} {'x mp':>6} {'ideal s':>7} {'x ideal':>7} {'items/s':>10}"
     )
     print(head)
     print("-" * len(head))
@@ -244,7 +225,8 @@ def print_table(rows: list[dict]) -> None:
         lists = r["ray_lists_s"] if r["ray_lists_s"] is not None else r["ray_naive_s"]
         print(
             f"{r['case']:<32} {r['n']:>9} {fmt(r['rayflow_s'], 9)} {fmt(lists, 9)} {fmt(r['ray_fused_s'], 9)}"
-            f" {fmt_ratio(r['ratio'], 6)} {fmt(r['dask_s'], 7)} {fmt_ratio(r['ratio_dask'], 6)}"
+            f" {fmt_ratio(r['ratio'], 6)} {fmt(r['dask_futures_s'], 7)} {fmt_ratio(r['ratio_dask_futures'], 6)}"
+            f" {fmt(r['dask_bag_s'], 7)} {fmt_ratio(r['ratio_dask_bag'], 6)}"
             f" {fmt(r['mp_s'], 7)} {fmt_ratio(r['ratio_mp'], 6)} {fmt(r['ideal_s'], 7)}"
             f" {fmt_ratio(r['ratio_to_ideal'], 7)} {(r['items_per_s'] or '-'):>10}"
         )
@@ -302,7 +284,7 @@ def main() -> None:
             "peak_growth_mb": round((after - before) / 1024, 1),
         }
 
-    dask, dask_skipped = start_dask(cpus)
+    dask, dask_skipped = Dask.start(cpus)
     if dask_skipped:
         print(f"peer dask skipped: {dask_skipped}")
 
@@ -325,29 +307,6 @@ def main() -> None:
 
         return run
 
-    def dask_bag(data: list, maps: int = 1) -> Callable[[], int] | None:
-        if dask is None:
-            return None
-        db = dask[0]
-
-        def run() -> int:
-            bag = db.from_sequence(data, npartitions=FUSED_CHUNKS)
-            for _ in range(maps):
-                bag = bag.map(affine)
-            return bag.sum().compute()
-
-        return run
-
-    def mp_map(data: list, maps: int = 1) -> Callable[[], int]:
-        def run() -> int:
-            size = chunk_size(len(data), FUSED_CHUNKS)
-            out = data
-            for _ in range(maps):
-                out = pool.map(affine, out, chunksize=size)
-            return sum(out)
-
-        return run
-
     sizes = [10**4, 10**5] if args.quick else [10**4, 10**5, 10**6]
     for n in sizes:
         data = list(range(n))
@@ -363,8 +322,9 @@ def main() -> None:
                 "rayflow": affine_flow,
                 "ray_lists": ray_lists(data, 4 * cpus),
                 "ray_fused": ray_fused(data, r_fused),
-                "dask": dask_bag(data),
-                "mp": mp_map(data),
+                "dask_futures": futures_or_none(dask, data, fused_affine, FUSED_CHUNKS),
+                "dask_bag": bag_or_none(dask, data, affine, FUSED_CHUNKS),
+                "mp": mp_map(pool, data, affine, FUSED_CHUNKS),
             },
             expected=n * n,  # sum(2x + 1 for x < n)
         )
@@ -434,8 +394,9 @@ def main() -> None:
             "rayflow": chained_flow,
             "ray_lists": ray_lists(data, 4 * cpus, rounds=2),
             "ray_fused": ray_fused(data, r_fused_twice),
-            "dask": dask_bag(data, maps=2),
-            "mp": mp_map(data, maps=2),
+            "dask_futures": futures_or_none(dask, data, fused_affine_twice, FUSED_CHUNKS),
+            "dask_bag": bag_or_none(dask, data, affine, FUSED_CHUNKS, maps=2),
+            "mp": mp_map(pool, data, affine, FUSED_CHUNKS, maps=2),
         },
         expected=2 * n * n + n,  # sum(4x + 3 for x < n)
     )
@@ -450,16 +411,14 @@ def main() -> None:
     )
 
     if dask is not None:
-        _, client, cluster = dask
-        client.close()
-        cluster.close()
+        dask.close()
     pool.close()
     pool.join()
     ray.shutdown()
 
     print(
         f"min of {args.repeat} per contestant; x best = rayflow / fastest hand-written Ray (lists or fused);"
-        " x dask, x mp = rayflow / that peer; naive Ray's time is in the Ray lists column"
+        " x dfut (Dask futures), x bag (Dask bag), x mp = rayflow / that peer; naive Ray's time is in the Ray lists column"
     )
     bench.rows.sort(key=lambda r: (r["case"], r["n"]))  # case 5 ran first
     print_table(bench.rows)

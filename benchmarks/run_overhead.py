@@ -10,8 +10,9 @@ Prints a table, then one JSON object on the last line.
 - per-task overhead: a flow of N trivial independent tasks whose result is
   the list of their values, against ``ray.get([f.remote(i) for i in ...])``.
 - tracing: building the N-node graph from the flow body with a parameter
-  value (min of repeats), uncached (a new value each run) and cached (the
-  same value again), next to compiling it into a plan.
+  value (min of repeats), uncached (a flow with ``cache_graph=False``: the
+  body is traced on every call) and cached (the same value again, served
+  from the graph cache), next to compiling it into a plan.
 """
 
 from __future__ import annotations
@@ -74,7 +75,11 @@ def main() -> None:
     def sized(n: int):
         return [task(i) for i in range(n)]
 
-    trace_cold = timed(lambda: sized._trace({"n": n}), max(args.repeat, 5))
+    @rf.flow(cache_graph=False)
+    def sized_uncached(n: int):
+        return [task(i) for i in range(n)]
+
+    trace_cold = timed(lambda: sized_uncached.graph_for(n=n), max(args.repeat, 5))
     sized.graph_for(n=n)
     trace_cached = timed(lambda: sized.graph_for(n=n), max(args.repeat, 5))
     compile_s = min(timed(lambda: compile_plan(many.graph), max(args.repeat, 3)))

@@ -1,4 +1,5 @@
-"""Shared fixtures: one Ray per test session (num_cpus=2), and the runners to test against.
+"""Shared fixtures: one Ray per test session (num_cpus=2), and the runners to test against; and the
+tiers every test is marked with (tiers.py: unit, ray, cli, cluster; ``quick`` = unit and ray).
 
 The semantic tests take the ``runner`` fixture and so run twice: with the
 in-process engine runner ("local", no Ray) and on real Ray ("ray").
@@ -25,6 +26,9 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 os.environ.setdefault("RAYFLOW_HOME", str(pathlib.Path(tempfile.mkdtemp(prefix="rayflow-tests-"))))
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
+
+# The tiers (unit, ray, cli, cluster; quick): marked at collection, a unit test kept in process.
+from tiers import pytest_collection_modifyitems, unit_tests_stay_in_process  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")

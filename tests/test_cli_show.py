@@ -1,7 +1,8 @@
 """``rayflow show`` against ``rayflow run``: the same durations, the same item counts, and a
 bounded wait for a run that ended in its actor but is missing from this RAYFLOW_HOME's history.
 
-The commands run as a user runs them (a subprocess joining the session's Ray with --address).
+``run`` runs as a user runs it (a subprocess joining the session's Ray with --address); the
+read-only ``show`` runs in this process (the same ``main``, without a Python start).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import subprocess
 import time
 
 import pytest
-from cli_runner import run_cli
+from cli_runner import run_cli, run_cli_in_process
 
 import rayflow as rf
 from rayflow.cli.output import print_run
@@ -27,7 +28,9 @@ THIS = "tests/test_cli_show.py"
 
 
 def rayflow(home: pathlib.Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return run_cli(*args, home=home, timeout=timeout, RAY_ADDRESS="")
+    """``rayflow ARGS``: a read-only ``show`` of a finished run in this process, the rest in a subprocess."""
+    read_only = args[0] == "show" and "--address" not in args
+    return (run_cli_in_process if read_only else run_cli)(*args, home=home, timeout=timeout, RAY_ADDRESS="")
 
 
 def table(stdout: str) -> tuple[list[str], dict[str, dict[str, str]]]:
@@ -172,10 +175,11 @@ def test_run_and_show_print_the_same_durations(tmp_path, ray_session):
     for key, row in run_rows.items():
         assert re.fullmatch(r"\d+\.\d{3}s", row["duration"]), row
         assert show_rows[key]["duration"] == row["duration"], key
-    # the attempt's run time in the worker: the sleep (loose bounds: the machine may be busy)
-    assert 0.5 <= float(run_rows["slow"]["duration"][:-1]) < 1.5
-    assert 0.3 <= float(run_rows["slow-2"]["duration"][:-1]) < 1.3
-    assert 0.1 <= float(run_rows["flaky"]["duration"][:-1]) < 1.0
+    # the attempt's run time in the worker covers its sleep (no upper bound: on two busy cores
+    # a 0.1 s sleep has measured over 1 s; that the two commands agree is the point here)
+    assert float(run_rows["slow"]["duration"][:-1]) >= 0.5
+    assert float(run_rows["slow-2"]["duration"][:-1]) >= 0.3
+    assert float(run_rows["flaky"]["duration"][:-1]) >= 0.1
     assert show_rows["flaky"]["attempts"] == "2" and run_rows["flaky"]["attempts"] == "2"
 
     data = json.loads(rayflow(home, "show", "durations-1", "--json").stdout)

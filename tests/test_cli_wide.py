@@ -1,7 +1,8 @@
 """``rayflow run`` and ``show`` of a run with many tasks: past ``ROWS_AT_MOST`` rows, the counts
 by state and the tasks that did not succeed, with ``--all`` (every row) and ``--state`` (the
-rows in one state) to see more.  Real CLI processes over a real history (the in-process runner:
-2,000 tasks on Ray would cost the suite a minute for what the display does the same way)."""
+rows in one state) to see more.  ``run`` in real CLI processes over a real history (the in-process
+runner: 2,000 tasks on Ray would cost the suite a minute for what the display does the same way);
+the read-only ``show`` in this process."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pathlib
 import textwrap
 
 import pytest
-from cli_runner import run_cli
+from cli_runner import run_cli, run_cli_in_process
 
 from rayflow.cli.output import ROWS_AT_MOST, pick_rows
 
@@ -54,13 +55,13 @@ def test_run_and_show_of_2000_tasks_print_counts_and_the_failures_with_all_and_s
     every = run_cli("run", target, "--local", "--run-id", "wide-2", "--all", home=home)
     assert len(rows(every.stdout)) == 2000
 
-    shown = run_cli("show", "wide-1", home=home)
+    shown = run_cli_in_process("show", "wide-1", home=home)
     assert shown.returncode == 0 and {r[0] for r in rows(shown.stdout)} == failed, shown.stdout[-2000:]
     assert "2000 tasks: 1996 SUCCESS, 4 FAILED" in shown.stdout
-    assert len(rows(run_cli("show", "wide-1", "--all", home=home).stdout)) == 2000
-    succeeded = rows(run_cli("show", "wide-1", "--state", "success", home=home).stdout)
+    assert len(rows(run_cli_in_process("show", "wide-1", "--all", home=home).stdout)) == 2000
+    succeeded = rows(run_cli_in_process("show", "wide-1", "--state", "success", home=home).stdout)
     assert len(succeeded) == 1996 and {r[1] for r in succeeded} == {"SUCCESS"}
-    assert {r[0] for r in rows(run_cli("show", "wide-1", "--state", "FAILED", home=home).stdout)} == failed
+    assert {r[0] for r in rows(run_cli_in_process("show", "wide-1", "--state", "FAILED", home=home).stdout)} == failed
     small = ROWS_AT_MOST  # at the threshold, every row as before
     ran = run_cli("run", target, "--local", "-p", f"n={small}", home=home)
     assert len(rows(ran.stdout)) == small and "tasks:" not in ran.stdout

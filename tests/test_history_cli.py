@@ -10,7 +10,7 @@ import time
 import sys
 
 import pytest
-from cli_runner import run_cli
+from cli_runner import run_cli, run_cli_in_process
 from pydantic import SecretStr
 
 import rayflow as rf
@@ -63,7 +63,8 @@ def history(tmp_path_factory):
 
 
 def cli(home: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
-    return run_cli(*args, home=home, RAYFLOW_JAEGER_URL="http://jaeger.example:16686")
+    """A read-only command (runs, show, graph, logs), run in this process."""
+    return run_cli_in_process(*args, home=home, RAYFLOW_JAEGER_URL="http://jaeger.example:16686")
 
 
 def test_the_run_is_recorded_with_transitions_and_chunks(history):
@@ -251,7 +252,8 @@ def test_show_reads_a_live_run_from_its_actor_and_watches_it_finish(tmp_path, mo
         deadline = time.time() + 30
         while not (tmp_path / "a.pid").exists() and time.time() < deadline:
             time.sleep(0.05)
-        live = cli(tmp_path, "show", "live-show-1", "--address", ray_session, "--json")
+        live = run_cli("show", "live-show-1", "--address", ray_session, "--json", home=tmp_path,
+                       RAYFLOW_JAEGER_URL="http://jaeger.example:16686")  # joins Ray: a process of its own
         assert live.returncode == 0, live.stderr
         data = json.loads(live.stdout)
         assert data["live"] is True and data["state"] == "RUNNING"

@@ -309,7 +309,7 @@ def test_the_history_is_owner_only_and_a_bad_rayflow_home_is_one_line(tmp_path):
     import os
     import stat
 
-    from cli_runner import run_cli
+    from cli_runner import run_cli_in_process
 
     home = tmp_path / "fresh-home"
     RunStore(home)
@@ -317,13 +317,13 @@ def test_the_history_is_owner_only_and_a_bad_rayflow_home_is_one_line(tmp_path):
     assert stat.S_IMODE(os.stat(home / "history.db").st_mode) == 0o600
     a_file = tmp_path / "not-a-dir"
     a_file.write_text("")
-    out = run_cli("runs", home=a_file)
+    out = run_cli_in_process("runs", home=a_file)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "is a file, not a directory" in out.stderr
     damaged = tmp_path / "damaged"
     damaged.mkdir()
     (damaged / "history.db").write_bytes(b"\x13\x37" * 4096)
     for args in (["runs"], ["show", "abc"], ["logs", "abc"], ["schedules"]):
-        out = run_cli(*args, home=damaged)
+        out = run_cli_in_process(*args, home=damaged)
         assert out.returncode == 2 and out.stderr.count("\n") == 1 and "not a database" in out.stderr, (args, out.stderr)
 
 

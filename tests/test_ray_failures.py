@@ -156,7 +156,8 @@ def test_rayflow_cancel_from_another_process_leaves_nothing_running(tmp_path, ra
     assert run.state.type is T.CANCELLED
     assert {s.type for s in run.task_states.values()} == {T.CANCELLED}
     assert_all_gone(pids)
-    time.sleep(0.5)
+    # No wait needed to show they wrote nothing more: the tasks' processes are gone and the run
+    # has returned with every task CANCELLED, so nothing is left that could write.
     assert not list(tmp_path.glob("*.done")) and not (tmp_path / "after.pid").exists()
 
 

@@ -16,6 +16,7 @@ import pytest
 import ray
 from cli_runner import run_cli
 from flows import timed_sleep, two_branches
+from waiting import wait_for
 
 import rayflow as rf
 from rayflow.runtime import find_run
@@ -62,6 +63,14 @@ def test_num_cpus_reaches_ray_and_excludes_other_tasks():
     assert resources == {"CPU": 2.0}
 
 
+def pending_bundles() -> list[dict]:
+    """The resource requests of tasks and actors Ray holds pending (from the GCS; no dashboard needed)."""
+    from ray.autoscaler.v2.sdk import get_cluster_status
+
+    status = get_cluster_status(ray.get_runtime_context().gcs_address)
+    return [r.bundle for demand in status.resource_demands.ray_task_actor_demand for r in demand.bundles_by_count]
+
+
 def test_custom_resources_reach_ray(monkeypatch):
     # No node offers the resource, which rayflow refuses up front on a cluster that cannot
     # grow (tests/test_resources.py): here the cluster is said to autoscale, so it is submitted.
@@ -92,7 +101,10 @@ def test_custom_resources_reach_ray(monkeypatch):
             break
         time.sleep(0.1)
     assert summary is not None and summary.task_states["where"].type is StateType.RUNNING
-    time.sleep(1.0)
+    # Ray holds it as a demand no node can meet (its cluster status lists it), not run: an event
+    # to wait for, where a sleep could only show it had not run yet.
+    wait_for(lambda: {"rayflow_test_slot": 1.0} in pending_bundles(), timeout=30,
+             what="Ray to list the task's resource request as pending")
     assert thread.is_alive(), "a task needing a resource no node has must not run"
     ray.get(driver_actor().cancel_run.remote("custom-res"))
     thread.join(15)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from cli_runner import run_cli
+from cli_runner import run_cli, run_cli_in_process
 
 import rayflow as rf
 from rayflow.results import ResultStore
@@ -584,7 +584,7 @@ def test_cache_ls_and_clear_cover_item_segments(home, tmp_path):
     marker = tmp_path / "count"
     flow = on(_items_flow(marker), "local")
     flow.run(xs=[1, 2, 3])
-    listed = run_cli("cache", "ls", "--task", "square", home=home)
+    listed = run_cli_in_process("cache", "ls", "--task", "square", home=home)
     assert listed.returncode == 0, listed.stderr
     lines = [line.split("\t") for line in listed.stdout.splitlines()]
     assert lines and all(line[:2] == ["items", "square"] and line[2].startswith("items/seg-") for line in lines)
@@ -609,15 +609,15 @@ def test_cache_ls_and_clear(home, tmp_path):
     flow = on(_cached_flow(marker), "local")
     flow.run(x=1)
     flow.run(x=2)
-    listed = run_cli("cache", "ls", "--flow", "cached", home=home)
+    listed = run_cli_in_process("cache", "ls", "--flow", "cached", home=home)
     assert listed.returncode == 0, listed.stderr
     lines = [line.split("\t") for line in listed.stdout.splitlines()]
     assert len(lines) == 2 and all(line[0] == "cached" and line[1] == "slow" and len(line[2]) == 64 for line in lines)
-    assert run_cli("cache", "ls", "--task", "other", home=home).stdout == ""
+    assert run_cli_in_process("cache", "ls", "--task", "other", home=home).stdout == ""
     cleared = run_cli("cache", "clear", "--task", "slow", home=home)
     assert cleared.returncode == 0 and "removed 2 cached result(s)" in cleared.stdout
     assert flow.run(x=1).task_states["slow"].type is T.SUCCESS and count(marker) == 3
-    bad = run_cli("cache", "ls", "--storage", "nosuch://x", home=home)
+    bad = run_cli_in_process("cache", "ls", "--storage", "nosuch://x", home=home)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "nosuch://x" in bad.stderr
 
 
@@ -797,9 +797,9 @@ def test_a_cache_miss_says_which_part_of_the_key_changed_and_show_prints_it(home
     assert on(_cached_flow(marker, refresh_cache=True), "local").run(x=1).task_states["slow"].message == (
         "cache refreshed (refresh_cache=True)"
     )
-    shown = run_cli("show", changed.run_id, home=home)
+    shown = run_cli_in_process("show", changed.run_id, home=home)
     assert shown.returncode == 0 and "input 'x' changed" in shown.stdout, shown.stdout
-    listed = run_cli("cache", "ls", home=home)
+    listed = run_cli_in_process("cache", "ls", home=home)
     assert ".meta" not in listed.stdout and len(listed.stdout.splitlines()) == 3  # x=1, x=2, new code's x=2
 
 

@@ -17,7 +17,7 @@ import time
 
 import pytest
 import resumable
-from cli_runner import run_cli
+from cli_runner import run_cli, run_cli_in_process
 
 import rayflow as rf
 from rayflow.states import StateType as T
@@ -58,7 +58,7 @@ def test_resume_after_a_failure_reruns_only_what_failed_and_what_follows(home, t
     assert [(a["attempt"], a["state"]) for a in recorded["attempts"]] == [(1, "FAILED"), (2, "SUCCESS")]
     shown = {t["task_key"]: t["state"] for t in recorded["transitions"]}  # the latest attempt's tasks
     assert shown["load"] == "CACHED" and shown["report"] == "SUCCESS"
-    show = run_cli("show", failed.run_id, home=home)
+    show = run_cli_in_process("show", failed.run_id, home=home)
     assert show.returncode == 0 and "attempts: 1 FAILED, 2 SUCCESS" in show.stdout
 
     # a run that succeeded has nothing to resume
@@ -159,9 +159,9 @@ def test_resume_after_the_driver_was_killed_reruns_only_unfinished_tasks(home, t
         home, tmp_path, KILLED_SCRIPT, "killed-run",
         lambda root: (root / "second.started").exists(), "the driver never reached the second task",
     )
-    listed = run_cli("runs", home=home)
+    listed = run_cli_in_process("runs", home=home)
     assert listed.returncode == 0 and "killed-run" in listed.stdout and "CRASHED" in listed.stdout, listed.stdout
-    shown = run_cli("show", "killed-run", home=home)
+    shown = run_cli_in_process("show", "killed-run", home=home)
     assert "CRASHED" in shown.stdout, shown.stdout + shown.stderr
     (root / "hang").unlink()
     out = run_cli("resume", "killed-run", "--local", home=home)

@@ -19,7 +19,7 @@ import threading
 import time
 
 import pytest
-from cli_runner import REPO, run_cli
+from cli_runner import REPO, run_cli, run_cli_in_process
 from waiting import wait_for
 from flows import two_branches
 
@@ -305,13 +305,13 @@ def test_cli_rejects_bad_schedules_in_one_line(tmp_path):
     config.write_text('[[flow]]\ncron = "@daily"\n')
     cases.append((["serve", "--config", str(config)], "has a schedule but no flow"))
     for args, message in cases:
-        out = run_cli(*args, home=tmp_path)
+        out = (run_cli_in_process if args[0] == "schedule" else run_cli)(*args, home=tmp_path)  # preview: read-only
         assert out.returncode == 2, (args, out.stderr)
         assert out.stderr.count("\n") == 1 and message in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
 
 
 def test_schedule_preview_prints_local_and_utc_times(tmp_path):
-    out = run_cli("schedule", "preview", "tests/flows.py:two_branches", "--cron", "0 6 * * *", "--timezone", "Europe/Berlin", "-n", "3", home=tmp_path)
+    out = run_cli_in_process("schedule", "preview", "tests/flows.py:two_branches", "--cron", "0 6 * * *", "--timezone", "Europe/Berlin", "-n", "3", home=tmp_path)
     assert out.returncode == 0, out.stderr
     lines = [line.split("\t") for line in out.stdout.splitlines()]
     assert len(lines) == 3 and all(local.endswith(("T06:00:00+01:00", "T06:00:00+02:00")) for local, _ in lines)
@@ -523,7 +523,7 @@ def test_schedules_lists_a_damaged_spec_without_failing(tmp_path):
     store.register("f/abc", "f", None, {"kind": "interval"}, T0)
     with store.runs._connect() as db:
         db.execute("UPDATE schedules SET spec = 'not json' WHERE schedule_id = 'f/abc'")
-    out = run_cli("schedules", home=tmp_path)
+    out = run_cli_in_process("schedules", home=tmp_path)
     assert out.returncode == 0 and "f/abc" in out.stdout and "unreadable" in out.stdout, out.stderr
 
 
@@ -550,7 +550,7 @@ def test_an_interval_under_a_second_is_refused_however_it_arrives(tmp_path):
     config.write_text(f'[[flow]]\ntarget = "{REPO}/tests/flows.py:two_branches"\ninterval = 0.5\n')
     for args in (["serve", "tests/flows.py:two_branches", "--interval", "0.001"], ["serve", "--config", str(config)],
                  ["schedule", "preview", "tests/flows.py:two_branches", "--interval", "0.001"]):
-        out = run_cli(*args, home=tmp_path / "home")
+        out = (run_cli_in_process if args[0] == "schedule" else run_cli)(*args, home=tmp_path / "home")
         assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, (args, out.stderr)
         assert out.stderr.startswith("error: ") and "every must be a number of seconds from 1 to 1e10, got 0." in out.stderr, out.stderr
     assert not (tmp_path / "home" / "history.db").exists()  # refused before anything was written
@@ -572,7 +572,7 @@ def test_preview_streams_its_lines_and_bounds_n(tmp_path):
     lines = preview_lines(CountingInterval(60), MAX_PREVIEW, after=utc(2026, 1, 1))
     first = next(iter(lines))
     assert first.endswith("2026-01-01T00:01:00Z") and CountingInterval.asked <= 2  # not all MAX_PREVIEW first
-    out = run_cli("schedule", "preview", "tests/flows.py:two_branches", "--interval", "60", "-n", str(MAX_PREVIEW + 1), home=tmp_path)
+    out = run_cli_in_process("schedule", "preview", "tests/flows.py:two_branches", "--interval", "60", "-n", str(MAX_PREVIEW + 1), home=tmp_path)
     assert out.returncode == 2 and out.stdout == "" and out.stderr.count("\n") == 1, out.stderr
     assert f"at most {MAX_PREVIEW}" in out.stderr and "Traceback" not in out.stderr
 

@@ -13,7 +13,7 @@ import re
 
 import pydantic
 import pytest
-from cli_runner import run_cli
+from cli_runner import run_cli, run_cli_in_process
 from ui_http import csrf_token
 from waiting import wait_for
 from starlette.testclient import TestClient
@@ -125,10 +125,10 @@ def test_the_json_api_gives_what_the_cli_gives(history):
     client = history["client"]
     runs = client.get("/api/runs").json()
     assert {r["run_id"] for r in runs} == {history[k].run_id for k in ("ok", "failed", "scheduled")} | {"old-run"}
-    cli = json.loads(run_cli("runs", "--json", home=history["home"]).stdout)
+    cli = json.loads(run_cli_in_process("runs", "--json", home=history["home"]).stdout)
     assert {r["run_id"]: r["state"] for r in cli} == {r["run_id"]: r["state"] for r in runs}
     one = client.get(f"/api/runs/{history['failed'].run_id}").json()
-    shown = json.loads(run_cli("show", history["failed"].run_id, "--json", home=history["home"]).stdout)
+    shown = json.loads(run_cli_in_process("show", history["failed"].run_id, "--json", home=history["home"]).stdout)
     assert one["task_rows"] == shown["task_rows"] and one["state"] == shown["state"] == "FAILED"
     assert client.get("/api/runs/nope").status_code == 404
 

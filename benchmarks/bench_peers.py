@@ -1,0 +1,91 @@
+"""The peers map_bench.py runs next to rayflow: Dask (a bag, and futures over fused chunks) and
+``multiprocessing``.  Each builder returns a no-argument callable that does the whole job and
+returns the sum (map_bench checks it against the oracle), or None when the peer is absent.
+
+- Dask bag: ``dask.bag.from_sequence(items, npartitions=chunks).map(f).sum()``: Dask's
+  highest-level API for this, and its slowest (a graph of many small tasks per partition).
+- Dask futures: what a Dask expert writes, as "Ray fused" is for Ray: the items cut into
+  ``chunks`` list chunks, ``client.map(fused, chunks, pure=False)`` (each task applies f to its
+  items *and* sums them; ``pure=False``, so no repetition is served from the last one's
+  results), ``client.gather`` of the partial sums, summed in the driver.
+- mp: ``multiprocessing.Pool(CPUs).map(f, items, chunksize=ceil(N / chunks))`` then ``sum``.
+
+Both Dask peers share one ``LocalCluster(n_workers=CPUs, threads_per_worker=1,
+processes=True)`` started once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+
+def chunk_size(n: int, chunks: int) -> int:
+    return max(1, math.ceil(n / chunks))
+
+
+class Dask:
+    """A Dask LocalCluster and its client, started once; ``start`` returns (Dask | None, why-skipped)."""
+
+    def __init__(self, db, client, cluster) -> None:
+        self.db, self.client, self.cluster = db, client, cluster
+
+    @classmethod
+    def start(cls, workers: int) -> tuple[Dask | None, str | None]:
+        try:
+            import dask.bag as db
+            from dask.distributed import Client, LocalCluster
+        except ImportError as exc:
+            return None, f"dask not installed ({exc}); pip install -e '.[bench]'"
+        try:
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.CRITICAL,  # no heartbeat noise when it closes
+            )
+            client = Client(cluster)
+        except Exception as exc:  # noqa: BLE001 - a peer that cannot start is reported and skipped
+            return None, f"dask LocalCluster did not start ({type(exc).__name__}: {exc})"
+        return cls(db, client, cluster), None
+
+    def bag(self, data: list, f: Callable[[int], int], chunks: int, maps: int = 1) -> Callable[[], int]:
+        def run() -> int:
+            bag = self.db.from_sequence(data, npartitions=chunks)
+            for _ in range(maps):
+                bag = bag.map(f)
+            return bag.sum().compute()
+
+        return run
+
+    def futures(self, data: list, fused: Callable[[list], int], chunks: int) -> Callable[[], int]:
+        def run() -> int:
+            size = chunk_size(len(data), chunks)
+            parts = [data[i : i + size] for i in range(0, len(data), size)]
+            return sum(self.client.gather(self.client.map(fused, parts, pure=False)))
+
+        return run
+
+    def close(self) -> None:
+        self.client.close()
+        self.cluster.close()
+
+
+def bag_or_none(dask: Dask | None, *args, **kwargs) -> Callable[[], int] | None:
+    return dask.bag(*args, **kwargs) if dask is not None else None
+
+
+def futures_or_none(dask: Dask | None, *args, **kwargs) -> Callable[[], int] | None:
+    return dask.futures(*args, **kwargs) if dask is not None else None
+
+
+def mp_map(pool, data: list, f: Callable[[int], int], chunks: int, maps: int = 1) -> Callable[[], int]:
+    def run() -> int:
+        out = data
+        for _ in range(maps):
+            out = pool.map(f, out, chunksize=chunk_size(len(data), chunks))
+        return sum(out)
+
+    return run
