@@ -124,7 +124,7 @@ def _run(fn, args, kwargs, upstream, retry_on, options, job, work_id, values, st
     if len(hits) == len(selected):  # every item from the cache: its values as they were stored
         column = cached
     elif batch:
-        column = run_batch(fn, args, kwargs, sources, selected, runnable, outcomes)
+        column = run_batch(fn, args, kwargs, sources, selected, runnable, outcomes, options["timeout"])
         if isinstance(column, list):  # not every item ran, or it raised: per-item values
             column, results = None, column
     else:

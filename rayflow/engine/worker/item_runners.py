@@ -15,14 +15,14 @@ selected item, None where an item did not run or did not succeed; ``pick`` choos
 
 and ``run_batch`` makes the one call of a ``batch=True`` chunk with whole columns.
 
-The timeout contract, the same for every per-item strategy on both runners: a task's
-``timeout`` bounds each item's call, counted from the call's start (not from the chunk's).
-A call still running at its deadline is stopped where Python can stop it (SIGALRM raises in
-it on a main thread; an async item is cancelled, its ``finally`` blocks run) and abandoned
-where it cannot (a helper thread runs on until the function returns; its value is dropped).
-The item ends TIMED_OUT ("item timed out after <timeout>s"), retried while the task's
-retries last, and the chunk's other items go on.  SIGALRM and a thread cannot interrupt a
-call stuck in C code.
+The timeout contract, the same for every strategy on both runners: a task's ``timeout``
+bounds each call of its function, counted from the call's start (not from the chunk's): an
+item's call, or for ``batch=True`` the chunk's one call.  A call still running at its deadline
+is stopped where Python can stop it (SIGALRM raises in it on a main thread; an async item is
+cancelled, its ``finally`` blocks run) and abandoned where it cannot (a helper thread runs on
+until the function returns; its value is dropped).  Each item the call was given ends
+TIMED_OUT ("item timed out after <timeout>s"), retried while the task's retries last, and
+the chunk's other items go on.  SIGALRM and a thread cannot interrupt a call stuck in C code.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import inspect
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from concurrent.futures import wait as futures_wait
@@ -298,8 +298,9 @@ def _record_item(results: list[Any], outcomes: Outcomes, j: int, kind: str, valu
         outcomes.failed((j,), value)
 
 
-def run_batch(fn, args, kwargs, sources, selected, runnable, outcomes: Outcomes) -> Column | list[Any]:
-    """batch=True: one call with whole columns; an exception fails every item it was given.
+def run_batch(fn, args, kwargs, sources, selected, runnable, outcomes: Outcomes, timeout: float | None = None) -> Column | list[Any]:
+    """batch=True: one call with whole columns; an exception fails every item it was given, and
+    a call past ``timeout`` (the contract above) times every item it was given out.
 
     Returns the function's output as the chunk's column when every item ran (zero-copy path),
     else the per-item values (None where an item did not run).
@@ -323,10 +324,20 @@ def run_batch(fn, args, kwargs, sources, selected, runnable, outcomes: Outcomes)
     def resolve(ref: Any) -> Any:
         return batches[ref.index] if isinstance(ref, MapInput) else ref
 
+    def call() -> Any:
+        return fn(*substitute(args, resolve), **substitute(kwargs, resolve))
+
     try:
-        out = fn(*substitute(args, resolve), **substitute(kwargs, resolve))
-        if inspect.iscoroutine(out):  # an async batch task: one call, one event loop
-            out = asyncio.run(out)
+        if timeout is None:
+            out = call()
+            if inspect.iscoroutine(out):  # an async batch task: one call, one event loop
+                out = asyncio.run(out)
+        else:
+            out = _batch_within(call, timeout)
+            if out is _TIMED_OUT:
+                for j in runnable:
+                    outcomes.timed_out(j, timeout)
+                return results
         out = to_column(out)
         if len(out) != len(runnable):
             raise ValueError(f"batch task returned {len(out)} results for {len(runnable)} items")
@@ -342,3 +353,53 @@ def run_batch(fn, args, kwargs, sources, selected, runnable, outcomes: Outcomes)
     for j, value in zip(runnable, out.items()):
         results[j] = value
     return results
+
+
+_TIMED_OUT = object()
+
+
+def _batch_within(call: Callable[[], Any], timeout: float) -> Any:
+    """A batch call under the contract: its value (an async task's awaited), or ``_TIMED_OUT``;
+    raises what the call raised.  Stopped by SIGALRM on the main thread, abandoned on a helper
+    thread elsewhere; an async call's coroutine is cancelled on its loop."""
+    started = time.monotonic()
+    if _on_main_thread():
+        previous = signal.signal(signal.SIGALRM, _alarm)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+            try:
+                out = call()
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        except _ItemTimeout:
+            return _TIMED_OUT
+        finally:
+            signal.signal(signal.SIGALRM, previous)
+    else:
+        context = current_context()
+
+        def on_helper() -> Any:
+            running_item(context, None)  # the chunk's log records, of no one item
+            return call()
+
+        pool = _helpers(1)
+        try:
+            out = pool.submit(on_helper).result(timeout=timeout)
+        except FuturesTimeout:
+            return _TIMED_OUT
+        finally:
+            pool.shutdown(wait=False)
+    if inspect.iscoroutine(out):
+        return asyncio.run(_awaited_within(out, max(timeout - (time.monotonic() - started), 0.0)))
+    return out
+
+
+async def _awaited_within(coro: Coroutine[Any, Any, Any], timeout: float) -> Any:
+    """An async batch call's coroutine: its value, or ``_TIMED_OUT`` once cancelled at its deadline."""
+    task = asyncio.ensure_future(coro)
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        task.cancel()
+        await asyncio.wait({task})  # let it unwind its own `finally`s
+        return _TIMED_OUT
+    return task.result()
