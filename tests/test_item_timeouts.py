@@ -151,3 +151,21 @@ def test_threaded_async_and_gated_items_time_out_alike(runner, tmp_path):
     gated = run.map_states("held")
     assert [s.type for s in gated] == [T.TRIGGER_FAILED, T.TIMED_OUT] + [T.SUCCESS] * 4
     assert gated[1].attempt == 2
+
+
+@rf.task(timeout=5, chunk_size=3, batch=True)
+def raises_timeout_error(xs):
+    raise TimeoutError("the service took too long")
+
+
+def test_a_batch_call_that_raises_timeout_error_itself_fails_it_is_not_timed_out(runner):
+    """The contract times out a call past its deadline only: a TimeoutError the function raises
+    is its own failure (on a helper thread, futures' TimeoutError is the same class)."""
+
+    @rf.flow
+    def own():
+        return raises_timeout_error.map(range(3))
+
+    states = own.with_options(runner=runner).run().map_states("raises_timeout_error")
+    assert [s.type for s in states] == [T.FAILED] * 3
+    assert "the service took too long" in states[0].message

@@ -378,17 +378,22 @@ def _batch_within(call: Callable[[], Any], timeout: float) -> Any:
     else:
         context = current_context()
 
-        def on_helper() -> Any:
+        def on_helper() -> tuple[bool, Any]:
             running_item(context, None)  # the chunk's log records, of no one item
-            return call()
+            try:
+                return True, call()
+            except BaseException as exc:  # noqa: BLE001 - raised again on the chunk's thread
+                return False, exc
 
         pool = _helpers(1)
         try:
-            out = pool.submit(on_helper).result(timeout=timeout)
-        except FuturesTimeout:
+            returned, out = pool.submit(on_helper).result(timeout=timeout)
+        except FuturesTimeout:  # only the wait's: the call's own TimeoutError comes back as a value
             return _TIMED_OUT
         finally:
             pool.shutdown(wait=False)
+        if not returned:
+            raise out
     if inspect.iscoroutine(out):
         return asyncio.run(_awaited_within(out, max(timeout - (time.monotonic() - started), 0.0)))
     return out
