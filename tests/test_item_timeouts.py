@@ -169,3 +169,37 @@ def test_a_batch_call_that_raises_timeout_error_itself_fails_it_is_not_timed_out
     states = own.with_options(runner=runner).run().map_states("raises_timeout_error")
     assert [s.type for s in states] == [T.FAILED] * 3
     assert "the service took too long" in states[0].message
+
+
+@rf.task(timeout=0.5, chunk_size=6, concurrency=2)
+def stuck_then_release(x: int, root: str) -> int:
+    """Items 0 and 1 are stuck until a later item touches ``release`` (at most 10 s, then they
+    leave ``gave_up`` behind); items 2.. touch it."""
+    where = pathlib.Path(root)
+    if x < 2:
+        deadline = time.monotonic() + 10
+        while not (where / "release").exists():
+            if time.monotonic() > deadline:
+                (where / "gave_up").touch()
+                break
+            time.sleep(0.02)
+    else:
+        (where / "release").touch()
+    return x
+
+
+def test_threaded_items_past_their_timeout_give_their_slots_back(runner, tmp_path):
+    """concurrency=2 with both threads stuck: at their deadline both items are TIMED_OUT and
+    the chunk's next items run on new threads, as run_abandoning goes on with a new helper.
+    Before, the abandoned threads kept their slots, so the next items waited for the stuck
+    calls to return (here 10 s; forever for a call that never does)."""
+
+    @rf.flow
+    def stuck():
+        return stuck_then_release.map(range(6), rf.unmapped(str(tmp_path)))
+
+    run = _timed(runner, tmp_path, stuck)
+    states = run.map_states("stuck_then_release")
+    assert [s.type for s in states] == [T.TIMED_OUT] * 2 + [T.SUCCESS] * 4
+    # the next items ran while the stuck calls still held (gave_up is written before they return)
+    assert not (tmp_path / "gave_up").exists()

@@ -11,7 +11,8 @@ selected item, None where an item did not run or did not succeed; ``pick`` choos
 - ``run_abandoning``: items in order, each on a helper thread (a timeout, off the main thread:
   the in-process runner's threads, where SIGALRM cannot reach);
 - ``run_async``: an async task's items on one event loop, ``at_once`` at a time;
-- ``run_threaded``: a plain task's items on ``at_once`` threads (``concurrency=``);
+- ``run_threaded``: a plain task's items on ``at_once`` threads (``concurrency=``), a thread
+  whose item was abandoned replaced by a new one;
 
 and ``run_batch`` makes the one call of a ``batch=True`` chunk with whole columns.
 
@@ -28,13 +29,14 @@ the chunk's other items go on.  SIGALRM and a thread cannot interrupt a call stu
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import inspect
 import signal
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from concurrent.futures import wait as futures_wait
 from typing import Any
@@ -247,9 +249,12 @@ async def _items_on_loop(calls: ItemCalls, results: list[Any], watch: BlockWatch
 
 def run_threaded(calls: ItemCalls) -> list[Any]:
     """A plain task's items on ``at_once`` threads.  An item past its timeout is marked
-    TIMED_OUT and its thread abandoned (a thread cannot be stopped): it keeps its slot until
-    its function returns, and its value is dropped."""
+    TIMED_OUT and its thread abandoned (a thread cannot be stopped: it runs on until its
+    function returns, and its value is dropped); its slot is given back: the next items run
+    on new threads, as ``run_abandoning`` goes on with a new helper, so a stuck call holds up
+    no other item.  Without a timeout every item is handed to the pool at once."""
     call, inputs, outcomes, timeout = calls.call, calls.inputs, calls.outcomes, calls.timeout
+    at_once = calls.at_once or 1
     results: list[Any] = [None] * calls.size
     context = current_context()
     started: dict[int, float] = {}
@@ -258,22 +263,28 @@ def run_threaded(calls: ItemCalls) -> list[Any]:
         started[j] = time.monotonic()
         return _call_item(call, inputs[k], context, j)
 
-    pool = ThreadPoolExecutor(calls.at_once or 1, thread_name_prefix="rayflow-item")
+    pools = [_helpers(at_once)]
+    waiting = collections.deque(enumerate(calls.runnable))
+    running: dict[Future[tuple[str, Any]], int] = {}
     try:
-        futures = {pool.submit(one, k, j): j for k, j in enumerate(calls.runnable)}
-        pending = set(futures)
-        while pending:
-            done, pending = futures_wait(pending, timeout=None if timeout is None else 0.05, return_when=FIRST_COMPLETED)
+        while waiting or running:
+            while waiting and (timeout is None or len(running) < at_once):  # each item starts when handed over
+                k, j = waiting.popleft()
+                running[pools[-1].submit(one, k, j)] = j
+            done, _ = futures_wait(running, timeout=None if timeout is None else 0.05, return_when=FIRST_COMPLETED)
             for future in done:
-                _record_item(results, outcomes, futures[future], *future.result())
+                _record_item(results, outcomes, running.pop(future), *future.result())
             if timeout is not None:
                 now = time.monotonic()
-                late = {f for f in pending if futures[f] in started and now - started[futures[f]] > timeout}
+                late = [f for f, j in running.items() if j in started and now - started[j] > timeout]
                 for future in late:
-                    outcomes.timed_out(futures[future], timeout)
-                pending -= late
+                    outcomes.timed_out(running.pop(future), timeout)
+                if late and waiting:  # the abandoned threads keep theirs: the next items get new ones
+                    pools[-1].shutdown(wait=False)
+                    pools.append(_helpers(at_once))
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        for pool in pools:
+            pool.shutdown(wait=False, cancel_futures=True)
     return results
 
 
