@@ -263,7 +263,10 @@ def run_threaded(calls: ItemCalls) -> list[Any]:
         started[j] = time.monotonic()
         return _call_item(call, inputs[k], context, j)
 
-    pools = [_helpers(at_once)]
+    def threads() -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(at_once, thread_name_prefix="rayflow-item")
+
+    pools = [threads()]
     waiting = collections.deque(enumerate(calls.runnable))
     running: dict[Future[tuple[str, Any]], int] = {}
     try:
@@ -281,7 +284,7 @@ def run_threaded(calls: ItemCalls) -> list[Any]:
                     outcomes.timed_out(running.pop(future), timeout)
                 if late and waiting:  # the abandoned threads keep theirs: the next items get new ones
                     pools[-1].shutdown(wait=False)
-                    pools.append(_helpers(at_once))
+                    pools.append(threads())
     finally:
         for pool in pools:
             pool.shutdown(wait=False, cancel_futures=True)
