@@ -79,7 +79,7 @@ def wait_stamp(path: pathlib.Path, timeout: float = 120) -> float:
 
 def wait_ended(client, sid: str, timeout: float = 120) -> None:
     """The job has ended (so the next repetition starts on an idle cluster)."""
-    from rayflow.runtime import jobs
+    from rayflow.runtime.driver import jobs
 
     deadline = time.time() + timeout
     while jobs.job_status(client, sid) not in jobs.TERMINAL:
@@ -103,7 +103,7 @@ def main() -> None:
         os.environ["RAY_AUTH_TOKEN"] = token
         from ray.job_submission import JobSubmissionClient
 
-        from rayflow.runtime import jobs
+        from rayflow.runtime.driver import jobs
 
         client = jobs.connect(cluster.job_address)
         for i in range(args.repeat):

@@ -13,45 +13,25 @@
     pipeline.run(n=4).result()   # 8
 """
 
-from rayflow import cache, schedules, signals, triggers
-from rayflow.core.branching import case, merge, set_reference_tasks
-from rayflow.core.flow import Flow, flow
-from rayflow.core.mapping import flatten, mapped, unmapped
-from rayflow.core.task import Task, task
-from rayflow.engine.driver.flow_run import FlowRun
-from rayflow.engine.worker.logs import get_run_logger
-from rayflow.exceptions import (
-    ClusterAuthenticationError,
-    ClusterConnectionError,
-    CorruptResultError,
-    DefinitionError,
-    DuplicateRunError,
-    FlowRunError,
-    GraphError,
-    LimitError,
-    MappingError,
-    MissingResultError,
-    ParameterError,
-    RayflowError,
-    ResultStoreError,
-    ResumeError,
-    RunCrashedError,
-    RunIdError,
-    SerializationError,
-    TaskOptionError,
-    TaskRunError,
-    UnknownRunError,
-    UnknownTaskError,
-    UnsafePathError,
-    UnsatisfiableResourcesError,
-)
-from rayflow.signals import Fail, Retry, Skip
-from rayflow.states import ErrorInfo, State, StateType
+import importlib as _importlib
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
+
+if _TYPE_CHECKING:  # what the names below are, for type checkers; at run time each loads on first use
+    from rayflow import cache, schedules, signals, triggers
+    from rayflow.core.branching import case, merge, set_reference_tasks
+    from rayflow.core.flow import Flow, flow
+    from rayflow.core.mapping import flatten, mapped, unmapped
+    from rayflow.core.task import Task, task
+    from rayflow.engine.driver.flow_run import FlowRun
+    from rayflow.engine.worker.logs import get_run_logger
+    from rayflow.signals import Fail, Retry, Skip
+    from rayflow.states import ErrorInfo, State, StateType
 
 __version__ = "0.1.0"
 
 
-def resume(run_id: str, flow: Flow | None = None, **params: object) -> FlowRun:
+def resume(run_id: str, flow: "Flow | None" = None, **params: object) -> "FlowRun":
     """Run a failed, cancelled or crashed run again; tasks whose results it persisted load them.
 
     See rayflow.runs.resume.  ``flow``: when the run's flow cannot be imported from where it
@@ -62,25 +42,46 @@ def resume(run_id: str, flow: Flow | None = None, **params: object) -> FlowRun:
     return _resume(run_id, flow, **params)
 
 
-def __getattr__(name: str) -> object:
-    """``rf.limits`` (set, get, remove, list), ``rf.concurrency``, ``rf.rate_limit`` and
-    ``rf.rate_limit_async``: loaded on first use, so ``import rayflow`` does not import Ray."""
-    if name == "limits":
-        from rayflow.runtime import limits
-
-        return limits
-    if name in _HOLDERS:
-        from rayflow.runtime import limit_holders
-
-        return getattr(limit_holders, name)
-    raise AttributeError(f"module 'rayflow' has no attribute {name!r}")
-
-
+# Every public name and the module it comes from, imported on first use (PEP 562): ``import
+# rayflow`` costs next to nothing, so ``rayflow --help`` starts fast; ``rf.limits`` and the
+# limit holders import Ray, and only when used.
+_EXCEPTIONS = (
+    "ClusterAuthenticationError", "ClusterConnectionError", "CorruptResultError", "DefinitionError",
+    "DuplicateRunError", "FlowRunError", "GraphError", "LimitError", "MappingError", "MissingResultError",
+    "ParameterError", "RayflowError", "ResultStoreError", "ResumeError", "RunCrashedError", "RunIdError",
+    "SerializationError", "TaskOptionError", "TaskRunError", "UnknownRunError", "UnknownTaskError",
+    "UnsafePathError", "UnsatisfiableResourcesError",
+)
 _HOLDERS = ("concurrency", "rate_limit", "rate_limit_async")
+_LAZY: dict[str, str] = {
+    **{name: "rayflow.exceptions" for name in _EXCEPTIONS},
+    **{name: "rayflow.core.branching" for name in ("case", "merge", "set_reference_tasks")},
+    **{name: "rayflow.core.flow" for name in ("Flow", "flow")},
+    **{name: "rayflow.core.mapping" for name in ("flatten", "mapped", "unmapped")},
+    **{name: "rayflow.core.task" for name in ("Task", "task")},
+    **{name: "rayflow.signals" for name in ("Fail", "Retry", "Skip")},
+    **{name: "rayflow.states" for name in ("ErrorInfo", "State", "StateType")},
+    **{name: "rayflow.runtime.worker.limit_holders" for name in _HOLDERS},
+    "FlowRun": "rayflow.engine.driver.flow_run",
+    "get_run_logger": "rayflow.engine.worker.logs",
+}
+_SUBMODULES = ("cache", "limits", "schedules", "signals", "triggers")  # rf.limits: rayflow.runtime.limits.api
+
+
+def __getattr__(name: str) -> _Any:
+    if name in _LAZY:
+        value = getattr(_importlib.import_module(_LAZY[name]), name)
+    elif name in _SUBMODULES:
+        value = _importlib.import_module("rayflow.runtime.limits.api" if name == "limits" else f"rayflow.{name}")
+    else:
+        raise AttributeError(f"module 'rayflow' has no attribute {name!r}")
+    if name != "limits":  # rf.limits stays a lookup: rayflow.limits is not a module of its own
+        globals()[name] = value
+    return value
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), "limits", *_HOLDERS})
+    return sorted({*globals(), *_LAZY, *_SUBMODULES})
 
 
 __all__ = [

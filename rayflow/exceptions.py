@@ -240,3 +240,9 @@ class ResumeError(RayflowError):
 
 class LimitError(RayflowError, ValueError):
     """A concurrency or rate limit that does not exist, or a bad value for one."""
+
+
+class TargetError(ValueError):
+    """The target does not name a loadable flow (a usage error of the CLI); raised by
+    ``rayflow.core.loader``, defined here so the CLI can map it to an exit code without
+    importing the loader."""

@@ -14,6 +14,8 @@ import sys
 import pytest
 from cli_runner import run_cli
 
+from rayflow.store.task_table import COLUMNS
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 QUICKSTART = str(REPO / "examples" / "quickstart.py")
 FLOWS = str(REPO / "tests" / "flows.py")
@@ -25,7 +27,7 @@ def rayflow(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 def rows(stdout: str) -> dict[str, list[str]]:
     lines = stdout.splitlines()
-    header = lines.index("task\tstate\tattempt\tduration\tmessage")
+    header = lines.index("\t".join(COLUMNS))  # the one task table of run, show and the UI
     out = {}
     for line in lines[header + 1 :]:
         if line.startswith("run id:"):
@@ -68,7 +70,7 @@ def test_failed_run_exits_1_with_states(ray_session):
     out = rayflow("run", f"{FLOWS}:failing", "-p", "x=1", "--address", ray_session)
     assert out.returncode == 1, out.stdout + out.stderr[-3000:]
     states = rows(out.stdout)
-    assert states["explode"][0] == "FAILED" and "Boom: bad input 2" in states["explode"][3]
+    assert states["explode"][0] == "FAILED" and "Boom: bad input 2" in states["explode"][4]
     assert states["add-2"][0] == "TRIGGER_FAILED"
     assert "state: FAILED" in out.stdout
 
@@ -119,7 +121,7 @@ def test_mapping_example_runs_from_the_cli(ray_session):
     out = rayflow("run", "examples/daily_scores.py:daily", "-p", "weight=2", "--address", ray_session)
     assert out.returncode == 0, out.stderr[-3000:]
     states = rows(out.stdout)
-    assert states["score"][0] == "MAPPED" and "5000 items" in states["score"][3]
+    assert states["score"][0] == "MAPPED" and "5000 items" in states["score"][4]
     assert float(out.stdout.split("result: ", 1)[1]) > 0
 
 

@@ -281,7 +281,7 @@ def test_unpicklable_function_fails_at_compile_naming_the_task():
 def test_state_predicates_partition_the_types(state_type):
     state = rf.State(type=state_type)
     successful = state_type.value in {"SUCCESS", "CACHED", "MAPPED", "SKIPPED"}
-    failed = state_type.value in {"FAILED", "TIMED_OUT", "TRIGGER_FAILED", "CANCELLED"}
+    failed = state_type.value in {"FAILED", "TIMED_OUT", "TRIGGER_FAILED", "CANCELLED", "CRASHED"}
     assert state.is_successful() is successful
     assert state.is_failed() is failed
     assert state.is_finished() is (successful or failed)

@@ -27,7 +27,7 @@ from flows import adds, long_flow
 
 import rayflow as rf
 from rayflow.runs.resume import check_resumable
-from rayflow.runtime.actor import IDLE_CHECK_SECONDS, driver_actor
+from rayflow.runtime.driver.actors import IDLE_CHECK_SECONDS, driver_actor
 from rayflow.store import RunStore
 from cli_runner import run_cli
 from waiting import alive, wait_for

@@ -19,7 +19,7 @@ from flows import adds
 
 from rayflow.states import State, StateType
 from rayflow.store import HistoryRecorder, RunStore
-from rayflow.store import history as H
+from rayflow.store import recorder as H  # the writer thread and its timings
 from waiting import wait_for
 
 

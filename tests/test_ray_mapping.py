@@ -15,7 +15,7 @@ import ray
 import rayflow as rf
 from rayflow.engine.orchestrator import Orchestrator
 from rayflow.engine.plan import compile_plan
-from rayflow.runtime.executor import RayExecutor
+from rayflow.runtime.actor.executor import RayExecutor
 from rayflow.states import StateType as T
 
 pytestmark = pytest.mark.usefixtures("ray_session")

@@ -18,8 +18,9 @@ from cli_runner import run_cli
 from flows import timed_sleep, two_branches
 
 import rayflow as rf
-from rayflow.runtime import find_run, resources
-from rayflow.runtime.actor import driver_actor
+from rayflow.runtime import find_run
+from rayflow.runtime.driver import resources
+from rayflow.runtime.driver.actors import driver_actor
 from rayflow.states import StateType
 
 REPO_ROOT = str(pathlib.Path(__file__).resolve().parent.parent)
@@ -151,7 +152,7 @@ def test_run_is_reachable_by_name_from_another_process(ray_session):
     probe = textwrap.dedent(
         f"""
         import json, sys, time, ray
-        from rayflow.runtime import find_run, resources
+        from rayflow.runtime import find_run
         ray.init(address={ray_session!r}, logging_level="error")
         deadline = time.time() + 30
         while True:
@@ -225,7 +226,7 @@ def test_a_warm_run_reuses_the_drivers_actor_and_waits_on_one_actor_call(monkeyp
     the actor exactly twice: start_run, which waits for a short run's end (waited on), and
     release (not waited on).
     """
-    import rayflow.runtime.runner as runner_module
+    import rayflow.runtime.driver.runner as runner_module
 
     @rf.task
     def one():

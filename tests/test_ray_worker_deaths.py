@@ -20,6 +20,7 @@ from cli_runner import REPO, run_cli
 
 import rayflow as rf
 from rayflow.states import StateType as T
+from rayflow.store import RunStore
 
 CULPRIT = 7
 
@@ -86,8 +87,13 @@ def test_an_item_that_kills_its_worker_fails_alone_and_named():
     assert f"item {CULPRIT}: WorkerCrashedError: the worker died while running item {CULPRIT}" in row["note"]
     chunks = [c for c in record["chunks"] if c["task_key"] == "crash_on"]
     lost = sorted(((c["start"], c["stop"]) for c in chunks if not c["counts"]), key=lambda span: span[0] - span[1])
-    assert lost == [(0, 64), (0, 32), (0, 16), (0, 8), (4, 8), (6, 8), (7, 8)]  # bounded: log2(64) + 1 works died
-    assert len(chunks) == 4 + 2 * 6  # the 4 chunks, and two halves per split
+    assert lost == [(0, 64), (0, 32), (0, 16), (0, 8), (4, 8), (6, 8)]  # each split: nothing final
+    assert [(c["start"], c["stop"], c["counts"]) for c in chunks if "FAILED" in c["counts"]] == [(7, 8, {"FAILED": 1})]
+    assert len(chunks) == 4 + 2 * 6  # the 4 chunks, and two halves per split: log2(64) + 1 works died
+    # the culprit's own row, as the engine recorded it: FAILED, its error the worker's death
+    (item,) = RunStore().items(run.run_id, "crash_on")
+    assert (item["item"], item["state"], item["attempts"]) == (CULPRIT, "FAILED", 1)
+    assert item["error_type"].endswith("WorkerCrashedError") and f"item {CULPRIT}" in item["message"]
 
 
 @rf.task(retries=0, system_retries=2)

@@ -19,8 +19,9 @@ import ray
 from cli_runner import run_cli
 
 import rayflow as rf
-from rayflow.runtime import resources
-from rayflow.runtime.resources import AUTOSCALING, FIXED, UNKNOWN, ClusterView, ResourceWaits, decide, growth_of, task_request
+from rayflow.runtime.driver import resources
+from rayflow.runtime.actor.resource_waits import ResourceWaits
+from rayflow.runtime.driver.resources import AUTOSCALING, FIXED, UNKNOWN, ClusterView, decide, growth_of, task_request
 from rayflow.states import StateType
 
 GiB = 2**30
@@ -231,7 +232,7 @@ def test_where_an_autoscaler_may_add_a_node_the_task_fails_after_its_wait(ray_se
         return lonely, items, double(5)
 
     started = time.time()
-    with caplog.at_level("WARNING", logger="rayflow.runtime.resources"):
+    with caplog.at_level("WARNING", logger="rayflow.runtime.driver.resources"):
         run = grows.run()
     took = time.time() - started
     assert run.task_states["double"].type is StateType.SUCCESS  # the rest of the run went on

@@ -34,7 +34,7 @@ from ui_http import csrf_token, free_port, uvicorn_server
 from waiting import wait_for
 
 import rayflow as rf
-from rayflow.runtime.auth import TOKEN_AUTH_DOCS, _on_loopback
+from rayflow.runtime.driver.auth import TOKEN_AUTH_DOCS, _on_loopback
 from rayflow.ui import create_app
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -174,8 +174,8 @@ def test_secret_parameters_and_task_inputs_appear_nowhere(ray_session, tmp_path,
 
 START_LOCAL = """
 import json, ray
-from rayflow.runtime.auth import token_auth_enabled
-from rayflow.runtime.cluster import connect
+from rayflow.runtime.driver.auth import token_auth_enabled
+from rayflow.runtime.driver.cluster import connect
 connect()
 info = ray._private.worker.global_worker.node.address_info
 print(json.dumps({"gcs": info["gcs_address"], "dashboard": info.get("webui_url"), "token_auth": token_auth_enabled()}), flush=True)
@@ -221,7 +221,7 @@ def test_a_cluster_without_token_authentication_beyond_loopback_warns_once(tmp_p
             pytest.skip(f"Ray's node address here is loopback ({info['gcs']}): nothing to warn about")
         # A driver without a token joins it (twice, in one process): one warning, naming Ray's guide.
         join = python(
-            "import ray\nfrom rayflow.runtime.cluster import connect\n"
+            "import ray\nfrom rayflow.runtime.driver.cluster import connect\n"
             f"for _ in range(2):\n    connect({info['gcs']!r})\n    ray.shutdown()\n",
             ray_env(HOME=str(tmp_path)),
         )
@@ -862,7 +862,7 @@ def test_the_ui_token_reaches_no_run_job_or_worker(tmp_path):
     among them (export RAYFLOW_UI_TOKEN=..., then submit, as the README's walkthrough does),
     and a run's tasks inherited it.  The CLI takes it out of its environment before any command
     runs; submit never forwards it."""
-    from rayflow.runtime.jobs import forwarded_env
+    from rayflow.runtime.driver.jobs import forwarded_env
 
     assert forwarded_env({"RAYFLOW_UI_TOKEN": UI_TOKEN, "RAYFLOW_LOG_LEVEL": "INFO"}) == {"RAYFLOW_LOG_LEVEL": "INFO"}
     seen = tmp_path / "seen.txt"

@@ -285,7 +285,7 @@ def test_submit_serve_fires_schedules_on_the_cluster_until_cancelled(cluster, fl
 
 
 def test_this_machines_settings_travel_but_not_its_home_timeout_or_loopback_endpoint():
-    from rayflow.runtime.jobs import forwarded_env
+    from rayflow.runtime.driver.jobs import forwarded_env
 
     env = {
         "OTEL_SERVICE_NAME": "svc", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://localhost:4318",

@@ -110,7 +110,7 @@ def test_a_run_page_shows_tasks_errors_tracebacks_maps_subflows_and_hides_secret
     text = page.text
     assert "hunter2" not in text and "***" in text  # the secret parameter
     assert "KeyError" in text and "the-missing-key" in text and "<summary>traceback</summary>" in text
-    assert "6 done / 3 failed / 0 skipped" in text
+    assert "6 done/3 failed/0 skipped" in text
     assert 'class="depth-1">inner/half' in text  # the subflow's task, grouped under it
     assert re.search(r"flaky</td>\s*<td class=\"ok\">SUCCESS</td>\s*<td>2</td>", text)  # retried once
     assert "odd item 1" in text  # a log record of a failed item
@@ -131,6 +131,23 @@ def test_the_json_api_gives_what_the_cli_gives(history):
     shown = json.loads(run_cli("show", history["failed"].run_id, "--json", home=history["home"]).stdout)
     assert one["task_rows"] == shown["task_rows"] and one["state"] == shown["state"] == "FAILED"
     assert client.get("/api/runs/nope").status_code == 404
+
+
+def test_the_api_pages_a_maps_item_rows_as_the_engine_recorded_them(history):
+    client = history["client"]
+    run_id = history["failed"].run_id
+    page = client.get(f"/api/runs/{run_id}/items", params={"task": "half", "limit": 2}).json()
+    assert [(r["item"], r["state"], r["attempts"]) for r in page] == [(1, "FAILED", 1), (3, "FAILED", 1)]
+    assert "odd item 1" in page[0]["message"] and "raise ValueError" in page[0]["traceback"]
+    rest = client.get(f"/api/runs/{run_id}/items", params={"task": "half", "after": 3, "state": "failed"}).json()
+    assert [r["item"] for r in rest] == [5]
+    assert client.get(f"/api/runs/{run_id}/items").status_code == 400  # no task: said
+    assert client.get(f"/api/runs/{run_id}/items", params={"task": "half", "limit": "x"}).status_code == 400
+    assert client.get("/api/runs/nope/items", params={"task": "half"}).status_code == 404
+    text = client.get(f"/runs/{run_id}").text  # the run's page lists the same rows
+    section = text.split("Items of half that did not succeed", 1)[1].split("</table>", 1)[0]
+    assert re.findall(r"<td>(\d+)</td>\s*<td class=\"failed\">FAILED</td>", section) == ["1", "3", "5"]
+    assert "odd item 3" in section
 
 
 def test_the_flows_page_and_the_vendored_htmx(history):

@@ -1,5 +1,6 @@
 """The command line's exit codes, and which exception ends a command with which: one table
-for every command (``rayflow run``, ``resume``, ``serve``, ``submit``, ``limit``, ...).
+for every command (``rayflow run``, ``resume``, ``serve``, ``submit``, ``limit``, ...),
+applied by ``handled`` (every command) and ``history_errors`` (those reading the history).
 
 ======  ===============================================================================
 code    meaning
@@ -15,7 +16,10 @@ code    meaning
 
 from __future__ import annotations
 
-from rayflow.core.loader import TargetError
+import functools
+from collections.abc import Callable
+from typing import Any
+
 from rayflow.exceptions import (
     ClusterConnectionError,
     DefinitionError,
@@ -29,6 +33,7 @@ from rayflow.exceptions import (
     RunIdError,
     ScheduleError,
     SerializationError,
+    TargetError,
     UnknownRunError,
     UnsatisfiableResourcesError,
 )
@@ -56,3 +61,43 @@ def exit_code(exc: BaseException) -> int:
         if isinstance(exc, classes):
             return code
     return EXIT_FAILED
+
+
+def handled(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``command`` ended by the table: an exception of ``EXPECTED`` is one line, ``error: ...``,
+    and its code.  Every command is registered through this (``rayflow.cli``): none catches
+    a tuple of its own."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except EXPECTED as exc:
+            from rayflow.cli.usage import fail
+
+            raise fail(str(exc), exit_code(exc)) from None
+
+    wrapper.by_the_table = True  # type: ignore[attr-defined]  # what tests/test_exits.py looks for
+    return wrapper
+
+
+def history_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """A command that reads the run history: a history that cannot be used (RAYFLOW_HOME a
+    file, a damaged history.db, a locked one) is one line naming it, exit 2, never an sqlite
+    traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import sqlite3
+
+        try:
+            return command(*args, **kwargs)
+        except BrokenPipeError:  # `rayflow runs | head`: the reader had enough
+            raise
+        except (sqlite3.Error, OSError) as exc:  # a file, a path that cannot be made or written
+            from rayflow.cli.usage import fail
+            from rayflow.store import rayflow_home
+
+            raise fail(f"cannot use the run history at {rayflow_home()}: {exc}", EXIT_USAGE) from None
+
+    return wrapper

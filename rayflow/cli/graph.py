@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from rayflow.store.views import COLOURS
+from rayflow.presentation import colour
 
 
 
@@ -91,7 +91,7 @@ def mermaid(shape: dict[str, Any], states: dict[str, str]) -> str:
         lines.append(f"    {ids[up]} {arrows[kind]} {ids[down]}")
     for node in shape["nodes"]:
         if node["key"] in states:
-            lines.append(f"    style {ids[node['key']]} fill:{COLOURS.get(states[node['key']], '#ffffff')}")
+            lines.append(f"    style {ids[node['key']]} fill:{colour(states[node['key']], '#ffffff')}")
     return "\n".join(lines)
 
 
@@ -103,7 +103,7 @@ def dot(shape: dict[str, Any], states: dict[str, str]) -> str:
     def emit(group: str, indent: str) -> None:
         for node in by_group.get(group, []):
             extra = {"map": ", peripheries=2", "subflow": ", shape=oval"}.get(node["kind"], "")
-            fill = f', fillcolor="{COLOURS.get(states[node["key"]], "#ffffff")}"' if node["key"] in states else ""
+            fill = f', fillcolor="{colour(states[node["key"]], "#ffffff")}"' if node["key"] in states else ""
             lines.append(f'{indent}{ids[node["key"]]} [label="{_quoted(_label(node, states), "dot")}"{extra}{fill}];')
         for child in (g for g in groups if _group(g) == group):
             lines.append(f"{indent}subgraph cluster_{ids[child]} {{")

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 
-from rayflow.cli.output import emit_table, pick_rows, took as _took
-from rayflow.store.views import grouped
-from rayflow.store.views import _duration, run_record, task_rows, trace_url
-from rayflow.states import FAILED_TYPES
-
-FAILED = {t.value for t in FAILED_TYPES}
-
-
-def _when(ts: float | None) -> str:
-    return "-" if ts is None else datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+from rayflow.cli.output import emit_table, print_tasks
+from rayflow.presentation import duration as _duration, took as _took, when as _when
+from rayflow.store.task_table import live_rows
+from rayflow.store.views import run_record, task_rows, trace_url
 
 
 def print_runs(runs: list[dict], as_json: bool) -> None:
@@ -33,27 +26,11 @@ def print_runs(runs: list[dict], as_json: bool) -> None:
 
 def print_run(run: dict, as_json: bool, *, show_all: bool = False, state: str | None = None) -> None:
     link = trace_url(run["trace_id"])
-    tasks = task_rows(run)
     if as_json:
         print(json.dumps(run_record(run), indent=2))
         return
-    rows = []
-    for t in tasks:
-        items = t.get("items")
-        counts = f"{items['done']} done/{items['failed']} failed/{items['skipped']} skipped" if items else ""
-        if items and items["cached"]:
-            counts += f"/{items['cached']} cached"
-        rows.append([
-            t["task"], t["state"], str(t["attempts"]), _took(t.get("started_at"), t.get("finished_at")),
-            counts, (t.get("error") or t.get("note") or "").split("\n", 1)[0][:120],
-        ])
-    chosen, summary = pick_rows([t["state"] for t in tasks], show_all=show_all, state=state)
-    emit_table(
-        ["task", "state", "attempts", "duration", "items", "error / note"], [rows[i] for i in chosen],
-        title=f"flow {run['flow']} · run {run['run_id']}", depths=[tasks[i]["depth"] for i in chosen],
-    )
-    if summary:
-        print(summary)
+    title = f"flow {run['flow']} · run {run['run_id']}"
+    print_tasks(task_rows(run), title, show_all=show_all, state=state)
     print(f"run id: {run['run_id']}")
     print(f"flow: {run['flow']}  params: {json.dumps(run['params'])}")
     print(f"state: {run['state']} {run['message'] or ''}".rstrip())
@@ -80,26 +57,7 @@ def print_live(
         extra = {} if missing_from is None else {"in_history": False, "history_db": missing_from}
         print(json.dumps({**status, "tasks": tasks, "live": True, **extra}, indent=2))
         return
-    rows = []
-    order = grouped(list(status["tasks"]))
-    for key, _ in order:
-        task = status["tasks"][key]
-        progress = status["maps"].get(key)
-        items = ""
-        if progress:
-            counts = progress["counts"]
-            failed = sum(n for s, n in counts.items() if s in FAILED)
-            total = progress["total"] if progress["total"] is not None else "?"
-            items = f"{sum(counts.values())}/{total} done/{failed} failed/{counts.get('SKIPPED', 0)} skipped"
-        rows.append([key, task["state"], str(task["attempt"]), _took(task["started_at"], task["finished_at"]),
-                     items, (task["message"] or "").splitlines()[0][:120] if task["message"] else ""])
     title = f"flow {status['flow']} · run {status['run_id']} (live)"
-    chosen, summary = pick_rows([row[1] for row in rows], show_all=show_all, state=state)
-    emit_table(
-        ["task", "state", "attempts", "duration", "items", "error"], [rows[i] for i in chosen], title=title,
-        depths=[order[i][1] for i in chosen],
-    )
-    if summary:
-        print(summary)
+    print_tasks(live_rows(status), title, show_all=show_all, state=state)
     print(f"run id: {status['run_id']}")
     print(f"state: {status['state']} (live)")

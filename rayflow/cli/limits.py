@@ -12,8 +12,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from rayflow.exceptions import ClusterConnectionError, LimitError
-from rayflow.cli.exits import EXIT_CLUSTER, EXIT_FAILED, EXIT_USAGE
+from rayflow.cli.exits import EXIT_CLUSTER, EXIT_FAILED
 from rayflow.cli.usage import fail as _fail
 
 limit_app = typer.Typer(help="Concurrency and rate limits shared by every run on the cluster.", no_args_is_help=True)
@@ -24,19 +23,16 @@ AddressOption = Annotated[
 
 
 def _limits(address: str | None) -> Any:
-    from rayflow.runtime import limits
-    from rayflow.runtime.cluster import connect_existing
+    from rayflow.runtime.limits import api as limits
+    from rayflow.runtime.driver.cluster import connect_existing
 
     try:
-        connect_existing(address)
-    except ClusterConnectionError as exc:
-        raise _fail(str(exc), EXIT_CLUSTER) from None
+        connect_existing(address)  # ClusterConnectionError: exit 3 by the table
     except ConnectionError as exc:  # Ray's own: no local cluster for "auto"
         raise _fail(f"no Ray cluster to hold limits: {exc}".splitlines()[0], EXIT_CLUSTER) from None
     return limits
 
 
-@limit_app.command("set", context_settings={"ignore_unknown_options": True})  # `set db -1`: a value, refused below
 def set_limit(
     name: Annotated[str, typer.Argument(help="The limit's name (a task's tag, or rf.concurrency's name).")],
     slots: Annotated[int, typer.Argument(help="Slots held at once (with --per-second: tokens at most).")],
@@ -44,19 +40,15 @@ def set_limit(
     address: AddressOption = None,
 ) -> None:
     """Create or change a limit."""
-    from rayflow.runtime.limits import check_name, check_values
+    from rayflow.engine.limits_state import check_name, check_values
 
-    try:  # refused before any cluster is reached
-        check_name(name)
-        check_values(slots, per_second)
-        _limits(address).set(name, slots, per_second)
-    except LimitError as exc:
-        raise _fail(str(exc), EXIT_USAGE) from None
+    check_name(name)  # refused before any cluster is reached (LimitError: exit 2 by the table)
+    check_values(slots, per_second)
+    _limits(address).set(name, slots, per_second)
     rate = f", {per_second:g} per second" if per_second is not None else ""
     typer.echo(f"limit {name}: {slots} slot(s){rate}")
 
 
-@limit_app.command("ls")
 def list_limits(
     as_json: Annotated[bool, typer.Option("--json", help="As JSON.")] = False,
     address: AddressOption = None,
@@ -72,19 +64,15 @@ def list_limits(
         typer.echo(f"{row['name']}\t{row['slots']}\t{row['in_use']}\t{rate}")
 
 
-@limit_app.command("rm")
 def remove_limit(
     name: Annotated[str, typer.Argument(help="The limit to remove.")],
     address: AddressOption = None,
 ) -> None:
     """Remove a limit (what holds its slots goes on; what waits for them fails)."""
-    from rayflow.runtime.limits import check_name
+    from rayflow.engine.limits_state import check_name
 
-    try:
-        check_name(name)
-        removed = _limits(address).remove(name)
-    except LimitError as exc:
-        raise _fail(str(exc), EXIT_USAGE) from None
+    check_name(name)
+    removed = _limits(address).remove(name)
     if not removed:
         raise _fail(f"no limit named {name!r}", EXIT_FAILED)
     typer.echo(f"limit {name}: removed")

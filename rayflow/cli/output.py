@@ -11,14 +11,12 @@ from rich.console import Console
 from rich.table import Table
 
 from rayflow.exceptions import RayflowError
-from rayflow.states import SUCCESSFUL_TYPES
-from rayflow.store.views import grouped
+from rayflow.presentation import SUCCEEDED, styled
+from rayflow.store.task_table import COLUMNS, STATE_COLUMN, cells, flow_run_rows
 
 # A run's task table lists every task up to this many; past it, the counts by state and the
 # tasks that did not succeed (at most this many of them), unless --all or --state asks for more.
 ROWS_AT_MOST = 50
-SUCCEEDED = {t.value for t in SUCCESSFUL_TYPES}
-STATE_STYLES = {"SUCCESS": "green", "SKIPPED": "cyan", "CACHED": "cyan", "MAPPED": "green", "RUNNING": "yellow"}
 
 
 def emit_table(
@@ -49,8 +47,7 @@ def emit_table(
         if depths is not None and depths[i]:
             cells[0] = "  " * depths[i] + cells[0]
         if state_column is not None:
-            state = cells[state_column]
-            cells[state_column] = f"[{STATE_STYLES.get(state, 'red')}]{state}[/]"
+            cells[state_column] = styled(cells[state_column])
         table.add_row(*cells)
     Console(file=stream).print(table)
 
@@ -77,21 +74,6 @@ def pick_rows(states: list[str], *, show_all: bool = False, state: str | None = 
     return chosen, summary
 
 
-def took(started_at: float | None, finished_at: float | None) -> str:
-    """A span as the CLI prints it everywhere: seconds with three decimals, ``-`` when not known."""
-    return "-" if started_at is None or finished_at is None else f"{finished_at - started_at:.3f}s"
-
-
-def _duration(state: Any) -> str:
-    """A task's duration: its final state's ``started_at``..``finished_at`` (``State.duration``).
-
-    For a task that ran, that is the last attempt's run time as measured where it ran (not its
-    time in the queue, nor earlier attempts); for a map, the map's own span.  ``rayflow show``
-    and the live view print the same from the same two timestamps.
-    """
-    return took(state.started_at, state.finished_at)
-
-
 def _result_text(flow_run: Any) -> str:
     try:
         value = flow_run.result()
@@ -103,24 +85,27 @@ def _result_text(flow_run: Any) -> str:
         return repr(value)
 
 
-def print_run(flow_run: Any, *, stream: Any = None, show_all: bool = False, state: str | None = None) -> None:
+def print_tasks(tasks: list[dict], title: str, *, stream: Any = None, show_all: bool = False, state: str | None = None) -> None:
+    """A run's task table (``rayflow.store.task_table``: its columns, cells and order) from its
+    task rows, those ``pick_rows`` chooses, and the line saying what it leaves out.  ``run``,
+    ``show`` and ``show`` of a live run all print through this."""
     stream = stream or sys.stdout
-    order = grouped(list(flow_run.task_states))
-    rows = []
-    for key, _ in order:
-        task_state = flow_run.task_states[key]
-        rows.append([
-            key, task_state.type.value, str(task_state.attempt), _duration(task_state),
-            task_state.message.splitlines()[0] if task_state.message else "",
-        ])
-    chosen, summary = pick_rows([row[1] for row in rows], show_all=show_all, state=state)
-    title = f"flow {flow_run.flow_name} · run {flow_run.run_id}"
+    chosen, summary = pick_rows([t["state"] for t in tasks], show_all=show_all, state=state)
     emit_table(
-        ["task", "state", "attempt", "duration", "message"], [rows[i] for i in chosen], title=title, stream=stream,
-        state_column=1, depths=[order[i][1] for i in chosen],
+        list(COLUMNS), [cells(tasks[i]) for i in chosen], title=title, stream=stream,
+        state_column=STATE_COLUMN, depths=[tasks[i]["depth"] for i in chosen],
     )
     if summary:
         print(summary, file=stream)
+
+
+def print_run(flow_run: Any, *, stream: Any = None, show_all: bool = False, state: str | None = None) -> None:
+    """A finished run as ``rayflow run`` prints it.  A task's duration is its final state's
+    ``started_at``..``finished_at``: the last attempt's run time as measured where it ran (a
+    map's: its own span), what ``rayflow show`` prints from the history."""
+    stream = stream or sys.stdout
+    title = f"flow {flow_run.flow_name} · run {flow_run.run_id}"
+    print_tasks(flow_run_rows(flow_run), title, stream=stream, show_all=show_all, state=state)
     print(f"run id: {flow_run.run_id}", file=stream)
     print(f"state: {flow_run.state.type.value} {flow_run.state.message}", file=stream)
     print(f"result: {_result_text(flow_run)}", file=stream)

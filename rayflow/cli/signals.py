@@ -58,7 +58,7 @@ def _watch(reader: socket.socket, what: str, seconds: float) -> None:
 @contextlib.contextmanager
 def sigterm_as_interrupt(what: str = "the run", watchdog: float = WATCHDOG_SECONDS) -> Iterator[None]:
     """SIGTERM raises Terminated in the main thread (kept over the handler ray.init installs,
-    see runtime.cluster), and the process exits 143 within ``watchdog`` seconds in any case."""
+    see runtime.driver.cluster), and the process exits 143 within ``watchdog`` seconds in any case."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

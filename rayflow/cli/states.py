@@ -9,13 +9,13 @@ nothing (the run reports its own history problems).
 
 from __future__ import annotations
 
-import datetime
 import sys
 import threading
 import time
 from typing import Any, TextIO
 
 from rayflow.engine.admission import WAITING_FOR_LIMIT
+from rayflow.presentation import clock
 from rayflow.store import RunStore
 
 POLL_SECONDS = 0.5
@@ -25,7 +25,7 @@ WAIT_NOTICE_SECONDS = 1.0  # a wait for a limit shorter than this is not worth a
 
 def state_line(row: dict[str, Any]) -> str:
     """``HH:MM:SS.mmm STATE     task`` with the attempt past the first and the message, one line."""
-    stamp = datetime.datetime.fromtimestamp(row["at"] or 0).strftime("%H:%M:%S.%f")[:-3]
+    stamp = clock(row["at"] or 0)
     line = f"{stamp} {row['state']:<9} {row['task_key']}"
     if (row.get("attempt") or 1) > 1:
         line += f" (attempt {row['attempt']})"
@@ -33,10 +33,6 @@ def state_line(row: dict[str, Any]) -> str:
     if message:
         line += f": {message[:MESSAGE_CHARS]}"
     return line
-
-
-def _stamp(at: float) -> str:
-    return datetime.datetime.fromtimestamp(at).strftime("%H:%M:%S.%f")[:-3]
 
 
 class LimitWaits:
@@ -60,7 +56,7 @@ class LimitWaits:
             return self.tick(time.time())
         limit, since, _ = wait
         went = "goes on" if row["state"] in ("RUNNING", "SUCCESS", "CACHED") else f"stopped waiting ({row['state']})"
-        return [f"{_stamp(at)} {key}: {went} after {at - since:.1f} s waiting for limit {limit}", *self.tick(time.time())]
+        return [f"{clock(at)} {key}: {went} after {at - since:.1f} s waiting for limit {limit}", *self.tick(time.time())]
 
     def tick(self, now: float) -> list[str]:
         out = []
@@ -68,7 +64,7 @@ class LimitWaits:
             limit, since, told = wait
             if not told and now - since >= self.notice:
                 wait[2] = True
-                out.append(f"{_stamp(since)} {key}: waiting for limit {limit} (no slot free; it holds no worker meanwhile)")
+                out.append(f"{clock(since)} {key}: waiting for limit {limit} (no slot free; it holds no worker meanwhile)")
         return out
 
 

@@ -19,8 +19,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from rayflow.exceptions import ClusterConnectionError, RunIdError
-from rayflow.cli.exits import EXIT_CLUSTER, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, EXPECTED, exit_code
+from rayflow.cli.exits import EXIT_CLUSTER, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
 from rayflow.cli.usage import fail as _fail
 from rayflow.paths import RUN_ID_MAX, check_run_id, new_run_id
 
@@ -82,7 +81,7 @@ def check_locally(target: str, working_dir: str | None, params: list[str], param
     """Refuse, before anything is submitted, a target missing from the working dir and
     parameters the flow rejects, where the flow loads here.  A flow that needs what only the
     cluster has (its --pip packages, say) is checked there: ``--follow`` shows its error."""
-    from rayflow.cli import parse_params
+    from rayflow.cli.common import parse_params
     from rayflow.cli.loader import TargetError, load_flow
 
     location, sep, name = target.rpartition(":")
@@ -112,12 +111,9 @@ def check_locally(target: str, working_dir: str | None, params: list[str], param
 
 
 def _client(address: str) -> Any:
-    from rayflow.runtime import jobs
+    from rayflow.runtime.driver import jobs
 
-    try:
-        return jobs.connect(address)
-    except ClusterConnectionError as exc:
-        raise _fail(str(exc), EXIT_CLUSTER) from None
+    return jobs.connect(address)  # ClusterConnectionError: exit 3 by the table (every command is handled)
 
 
 def submit(
@@ -160,7 +156,7 @@ def submit(
     the schedules of FILE fire on the cluster (`rayflow serve --config FILE` as a job, id
     serve-FILENAME) until `rayflow cancel serve-FILENAME --address ...` stops it.
     """
-    from rayflow.runtime import jobs
+    from rayflow.runtime.driver import jobs
 
     if not is_job_address(address):
         raise _fail(f"--address must be a Ray job server, http://HEAD:8265, not {address!r}", EXIT_USAGE)
@@ -177,14 +173,8 @@ def submit(
         command = serve_entrypoint(serve, ui, ui_host, ui_port, ui_token_file)
     else:
         if run_id is not None:
-            try:
-                check_run_id(run_id)  # it names the run's Ray job too
-            except RunIdError as exc:
-                raise _fail(str(exc), exit_code(exc)) from None
-        try:
-            check_locally(target, working_dir, param or [], params_json)
-        except EXPECTED as exc:
-            raise _fail(str(exc), exit_code(exc)) from None
+            check_run_id(run_id)  # it names the run's Ray job too (RunIdError: exit 2 by the table)
+        check_locally(target, working_dir, param or [], params_json)
         run_id = run_id or new_run_id()
         command = entrypoint(target, run_id, param or [], params_json)
     client = _client(address)
@@ -212,7 +202,7 @@ def _one_line(exc: BaseException) -> str:
 
 def _follow(client: Any, sid: str, run_id: str) -> int:
     """Print the job's logs as they grow until it ends; the run's exit code."""
-    from rayflow.runtime import jobs
+    from rayflow.runtime.driver import jobs
 
     printed = 0
     try:
@@ -236,7 +226,7 @@ def _follow(client: Any, sid: str, run_id: str) -> int:
 
 
 def cancel_job(run_id: str, address: str, wait: float) -> None:
-    from rayflow.runtime import jobs
+    from rayflow.runtime.driver import jobs
 
     client = _client(address)
     sid = jobs.submission_id(run_id)
@@ -251,7 +241,7 @@ def cancel_job(run_id: str, address: str, wait: float) -> None:
 def print_job_logs(run_id: str, address: str, follow: bool = False) -> None:
     """The job's output (``rayflow run``'s on the cluster: task states, prints, log records);
     with ``follow``, until the run ends, exiting with its code."""
-    from rayflow.runtime import jobs
+    from rayflow.runtime.driver import jobs
 
     client = _client(address)
     sid = jobs.submission_id(run_id)
@@ -265,7 +255,7 @@ def print_job_logs(run_id: str, address: str, follow: bool = False) -> None:
 def query_history(address: str, argv: list[str]) -> None:
     """``rayflow ARGV`` (``runs``, ``show``) over the cluster's own run history: run on the
     head node as a short job, its output printed here and its exit code ours."""
-    from rayflow.runtime import jobs
+    from rayflow.runtime.driver import jobs
 
     client = _client(address)
     try:

@@ -7,8 +7,10 @@ subflow (core.subflows).  Graphs are cached per flow by parameter values
 when every value is immutable (a small LRU), and traced per run otherwise.
 The graph then goes to a *runner* (the Ray runtime by default, or the
 in-process engine runner), which compiles it into a plan and executes it.
-Runners are looked up by name and imported on first use, so this layer never
-imports the ones above it and ``import rayflow`` does not import Ray.
+Runners are looked up by name among the entry points of group ``rayflow.runners``
+(pyproject.toml: rayflow.runners.ray_runner and local_runner) or those registered
+with ``register_runner``, and imported on first use, so this layer never names
+the ones above it and ``import rayflow`` does not import Ray.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import decimal
 import enum
 import fractions
 import functools
-import importlib
 import inspect
 import pathlib
 import threading
@@ -41,31 +42,46 @@ class Runner(Protocol):
     def run_flow(self, flow: Flow, graph: Graph) -> Any: ...
 
 
-# Runners by name: a factory, or "module:attribute" imported on first use, so that
-# `import rayflow` and compiling a plan never import Ray.
-_RUNNERS: dict[str, Callable[[], Runner] | str] = {
-    "ray": "rayflow.runtime.runner:RayRunner",
-    "local": "rayflow.runs.local:LocalRunner",
-}
+RUNNERS_GROUP = "rayflow.runners"  # entry points: a runner's name -> a factory of it
+SERVE_GROUP = "rayflow.serve"  # entry point "serve": what flow.serve calls
+_REGISTERED: dict[str, Callable[[], Runner]] = {}
 
 
-def register_runner(name: str, factory: Callable[[], Runner] | str) -> None:
-    """Make ``runner=name`` available to flows: a factory, or a "module:attribute" path to one.
+def register_runner(name: str, factory: Callable[[], Runner]) -> None:
+    """Make ``runner=name`` available to flows in this process (an installed package can
+    declare an entry point of group ``rayflow.runners`` instead).  A runner has
+    ``run_flow(flow, graph)``; ``graph.params`` holds the run's validated parameters."""
+    if not callable(factory):
+        raise DefinitionError(f"runner {name!r}: its factory must be callable, not {factory!r}")
+    _REGISTERED[name] = factory
 
-    A runner has ``run_flow(flow, graph)``; ``graph.params`` holds the run's validated parameters.
-    """
-    _RUNNERS[name] = factory
+
+@functools.cache
+def _entry_points(group: str) -> dict[str, Any]:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=group)}
+
+
+def _entry_point(group: str, name: str) -> Any:
+    found = _entry_points(group).get(name)
+    if found is None:
+        raise DefinitionError(
+            f"no entry point {name!r} of group {group!r}: is rayflow installed (pip install -e .)? "
+            f"known: {sorted(_entry_points(group))}"
+        )
+    return found.load()
 
 
 def resolve_runner(runner: Any) -> Runner:
     if isinstance(runner, str):
-        try:
-            factory = _RUNNERS[runner]
-        except KeyError:
-            raise DefinitionError(f"unknown runner {runner!r}; known: {sorted(_RUNNERS)}") from None
-        if isinstance(factory, str):
-            module, _, attr = factory.partition(":")
-            factory = getattr(importlib.import_module(module), attr)
+        factory = _REGISTERED.get(runner)
+        if factory is None:
+            if runner not in _entry_points(RUNNERS_GROUP):
+                known = sorted({*_REGISTERED, *_entry_points(RUNNERS_GROUP)})
+                hint = "" if _entry_points(RUNNERS_GROUP) else " (no entry points: is rayflow installed? pip install -e .)"
+                raise DefinitionError(f"unknown runner {runner!r}; known: {known}{hint}")
+            factory = _entry_point(RUNNERS_GROUP, runner)
         return factory()
     if not hasattr(runner, "run_flow"):
         raise DefinitionError(f"runner {runner!r} has no run_flow(flow, graph) method")
@@ -150,10 +166,8 @@ class Flow:
     ) -> int:
         """Serve this flow on ``schedule`` (an ``rf.schedules`` Interval, Cron or Union): fire its
         runs until SIGTERM/SIGINT, as ``rayflow serve`` does; returns the exit code (0)."""
-        serving = importlib.import_module("rayflow.serving")  # above this layer: looked up, not imported
-        target = importlib.import_module("rayflow.core.loader").flow_target(self)
-        entries = serving.served(self, schedule, parameters, target=target)
-        return serving.serve(entries, max_concurrent=max_concurrent, grace=grace, once=once)
+        serve = _entry_point(SERVE_GROUP, "serve")  # rayflow.runners.serve_flow: above this layer
+        return serve(self, schedule, parameters, max_concurrent=max_concurrent, grace=grace, once=once)
 
     def run(self, **params: Any) -> Any:
         """Run the flow and return its ``FlowRun``; task failures do not raise here."""

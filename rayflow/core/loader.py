@@ -14,11 +14,9 @@ from types import ModuleType
 import cloudpickle
 
 from rayflow.core.flow import Flow
+from rayflow.exceptions import TargetError
 from rayflow.states import error_text
 
-
-class TargetError(ValueError):
-    """The target does not name a loadable flow (a usage error of the CLI)."""
 
 
 def flow_target(flow: Flow) -> str | None:

@@ -68,7 +68,7 @@ class TaskOptions(BaseModel):
     resources: dict[str, float] | None = None
     runtime_env: dict[str, Any] | None = None
     # Seconds a task that no node of the cluster fits may wait for an autoscaler to add one
-    # before it fails (None: RAYFLOW_RESOURCE_WAIT, else 300); see rayflow.runtime.resources.
+    # before it fails (None: RAYFLOW_RESOURCE_WAIT, else 300); see rayflow.runtime.driver.resources.
     resource_wait: float | None = Field(default=None, gt=0)
 
     @field_validator("timeout", "cache_expiration", "resource_wait", mode="before")

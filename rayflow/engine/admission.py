@@ -1,6 +1,7 @@
 """Limits by tag, on the orchestrator's side: a tagged task's work is submitted only once the
-gate (``runtime.limits.TagGate``, or any object with its ``acquire``/``release``) has granted
-it slots, so work waiting on a limit holds no worker and no CPU.
+run's ``TagGate`` (here; it asks a ``LimitsClient``: the cluster's limits actor, or this
+process's limits) has granted it slots, so work waiting on a limit holds no worker and no CPU.
+``Gating`` is the orchestrator's part of it: the gate, the chunks waiting, when they ask again.
 
 - A plain task's attempt takes one slot of each limit its tags name (the orchestrator asks
   in ``submit``; while none is free the task is PENDING ``waiting for limit 'NAME'``).
@@ -19,8 +20,17 @@ cancelled) and, for whatever the run did not see end, when the run ends
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
+import threading
+import time
 from collections import Counter, deque
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from rayflow.engine.limits_state import NAMES_SECONDS, lease_seconds
+
+logger = logging.getLogger(__name__)
 
 GATE_RETRY_SECONDS = 0.25  # work waiting for a limit's slot asks again this often
 
@@ -108,3 +118,150 @@ class ChunkAdmission:
                     queue.remove(entry)
                     return False
         return True
+
+
+class LimitsClient(Protocol):
+    """Where a run's gate asks for slots: the cluster's limits actor (runtime.limits.client.RayLimits)
+    or this process's limits (engine.limits_state.InProcessLimits)."""
+
+    def call(self, method: str, *args: Any) -> Any: ...
+
+    def release_nowait(self, leases: list[str]) -> None: ...
+
+    def exists(self) -> bool: ...
+
+
+class TagGate:
+    """The orchestrator's gate for one run: a tagged task's attempt, or a tagged map's chunk,
+    takes slots of each limit its tags name before it is submitted, and gives them back when
+    it stops running.  Its leases are renewed while held.  With no limits (``client.exists()``
+    is False) nothing waits; a client that does not answer is warned about once, and tagged
+    work then runs unlimited rather than wait forever."""
+
+    def __init__(self, run_id: str, client: LimitsClient, clock: Callable[[], float] = time.monotonic):
+        self.run_id = run_id
+        self.client = client
+        self.clock = clock
+        self.held: dict[str, list[str]] = {}
+        self._lock = threading.Lock()
+        self._renewer: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._warned = False
+        self._names: frozenset[str] = frozenset()  # the limits there are, as last looked up
+        self._names_until = -math.inf
+
+    def acquire(self, key: str, tags: frozenset[str], want: int = 1) -> tuple[int, str | None]:
+        """(slots granted, None), or (0, the limit waited on)."""
+        if not tags & self._limit_names():  # tags that are only labels: no call to the limits
+            return want, None
+        try:
+            leases, granted, waiting_for = self.client.call(
+                "acquire_tags", sorted(tags), f"{self.run_id}/{key}", lease_seconds(), want
+            )
+        except Exception as exc:  # noqa: BLE001 - limits unreachable: run rather than wait forever
+            self._warn(exc)
+            return want, None
+        if waiting_for is None and leases:
+            with self._lock:
+                self.held[key] = leases
+                if self._renewer is None:
+                    self._renewer = threading.Thread(target=self._renew, name=f"rayflow-leases-{self.run_id}", daemon=True)
+                    self._renewer.start()
+        return granted, waiting_for
+
+    def _warn(self, exc: BaseException) -> None:
+        if not self._warned:
+            self._warned = True
+            logger.warning("rayflow: the limits actor did not answer (%s): tagged tasks run unlimited", exc)
+
+    def _limit_names(self) -> frozenset[str]:
+        """The names of the limits there are, looked up at most every NAMES_SECONDS: a limit
+        set while a run goes on counts for its tasks within that time."""
+        now = self.clock()
+        if now >= self._names_until:
+            self._names_until = now + NAMES_SECONDS
+            try:
+                self._names = frozenset(self.client.call("names")) if self.client.exists() else frozenset()
+            except Exception as exc:  # noqa: BLE001 - limits unreachable: run rather than wait forever
+                self._names = frozenset()
+                self._warn(exc)
+        return self._names
+
+    def release(self, key: str) -> None:
+        with self._lock:
+            leases = self.held.pop(key, None)
+        if not leases:
+            return
+        try:
+            self.client.release_nowait(leases)
+        except Exception:  # noqa: BLE001 - not renewed any more: they lapse on their own
+            pass
+
+    def release_everything(self) -> None:
+        """The run is over: every slot back, and no more renewals."""
+        self._stop.set()
+        for key in list(self.held):
+            self.release(key)
+
+    def _renew(self) -> None:
+        ttl = lease_seconds()
+        while not self._stop.wait(ttl / 3):
+            with self._lock:
+                leases = [lease for held in self.held.values() for lease in held]
+            if leases:
+                try:
+                    self.client.call("renew", leases, ttl)
+                except Exception:  # noqa: BLE001 - tried again next time
+                    pass
+
+
+class Gating:
+    """The orchestrator's limits by tag for one run (``gate`` None: tags limit nothing)."""
+
+    def __init__(self, gate: TagGate | Any | None):
+        self.gate = gate
+        self.admission: ChunkAdmission | None = None
+        self.due_at: float | None = None  # when chunks waiting for a slot ask again
+
+    def task_waits_for(self, spec: Any) -> str | None:
+        """A plain task about to be submitted takes a slot of each limit its tags name: None when
+        it got them (or needs none), else the limit it waits on."""
+        if self.gate is None or not spec.options.tags or spec.kind != "task":
+            return None
+        return self.gate.acquire(spec.key, spec.options.tags, 1)[1]
+
+    def holds(self, spec: Any) -> bool:
+        """Does this map's chunk wait here for slots (instead of going to the executor)?"""
+        return self.gate is not None and bool(spec.options.tags)
+
+    def offer(self, spec: Any, work: Any, handles: list[Any], now: float) -> None:
+        if self.admission is None:
+            self.admission = ChunkAdmission(self.gate)
+        self.admission.offer(spec, work, handles, now)
+
+    @property
+    def waiting(self) -> bool:
+        return self.admission is not None and self.admission.due
+
+    def admit(self, now: float) -> tuple[list[tuple[Any, Any, list[Any]]], dict[str, str | None]]:
+        """ChunkAdmission.admit, and when the chunks still waiting ask again."""
+        admitted, changed = self.admission.admit(now) if self.admission is not None else ([], {})
+        self.due_at = now + GATE_RETRY_SECONDS if self.waiting else None
+        return admitted, changed
+
+    def chunk_ended(self, work_id: int) -> bool:
+        """A chunk's work ended or is cancelled (see ChunkAdmission.ended); True if it was submitted."""
+        return self.admission is None or self.admission.ended(work_id)
+
+    def stopped(self, key: str) -> None:
+        """A task's attempt stopped running (or never started): its slots go back."""
+        if self.gate is not None:
+            self.gate.release(key)
+
+    def cancel(self) -> None:
+        self.due_at = None
+
+    def release_everything(self) -> None:
+        """The run is over: slots of attempts the run did not see end go back too."""
+        if self.gate is not None:
+            self.gate.release_everything()

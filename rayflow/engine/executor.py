@@ -8,7 +8,7 @@ with the executor as opaque *handles* (a Ray ObjectRef, or a box in this
 process); the orchestrator only passes handles along.  Every work runs
 ``engine.worker.execute.execute`` on the worker side.  Implementations:
 ``engine.driver.local_executor.LocalExecutor`` (threads of this process) and
-``runtime.executor.RayExecutor``.
+``runtime.actor.executor.RayExecutor``.
 """
 
 from __future__ import annotations

@@ -12,8 +12,10 @@ In the order a run meets them:
 - ``on_work(work) -> Work``: may amend a work before it is submitted
   (tracing gives it a trace context).
 - ``on_report(work, report)``: every finished work's report, with its logs.
-- ``on_chunk(task_key, work, summary, error)``: a chunk of a map finished
-  (``summary``) or was lost (``error``).
+- ``on_chunk(task_key, work, summary, error, facts)``: a chunk of a map finished
+  (``summary``) or was lost (``error``); ``facts`` (a ``WorkFacts``) is what the map
+  made of it: its items final by state, those to run again, a row per item that did not
+  succeed or was run again (the history records them).
 
 Observers run in the orchestrator's loop: a slow hook slows the run.  Apart
 from ``amend`` (whose failure fails the state, as a handler's does), a hook
@@ -44,7 +46,7 @@ class RunObserver:
     def on_report(self, *, work: Work, report: Any) -> None:
         return None
 
-    def on_chunk(self, *, task_key: str, work: Work, summary: Any, error: Any) -> None:
+    def on_chunk(self, *, task_key: str, work: Work, summary: Any, error: Any, facts: Any = None) -> None:
         return None
 
 

@@ -10,9 +10,10 @@ State, all of it explicit on the instance:
 - ``lengths``: task key -> items in its value, for the maps that consume it
 - ``maps``: the MapCoordinator, which owns one MapRun per running mapped task
 - ``scheduled``: heap of (due time, seq, task key) retries waiting for their delay
-- ``attempts`` / ``app_failures`` / ``system_failures``: counters per task key
+- ``retries``: attempts and retries spent per task key (engine.retries)
 - ``handles``: task key -> executor handle of the value it produced
-- ``writes``: work id -> the write-behind work in flight (a persisted value being written)
+- ``writes``: the write-behind works in flight (engine.writes)
+- ``gating``: limits by tag: the run's gate and the chunks waiting for slots (engine.admission)
 
 One step: resubmit retries that are due, launch every ready task (or settle
 it without running: unmet case, skipped upstream, trigger, merge), time out
@@ -21,16 +22,14 @@ This loop is the only retry authority: a retry delay is a heap entry here,
 never a sleep in a worker, so it holds no worker slot.
 
 Application errors (the user's exception, a timeout, ``rf.Fail``) consume
-the task's ``retries``; system errors (the worker died, an object was lost)
-consume ``system_retries``.  Both appear in the history as RETRYING states
-carrying the error.
+the task's ``retries``, system errors (a dead worker) ``system_retries``.
 
-Persisted results are written behind: a task (or chunk) that persists ends
-as soon as its value is made, its report names where the value goes, and
-the loop submits a write work with the value's handle while downstream
-tasks go on.  The run ends only when every write has (its outcome counts: a
-write that fails, after WRITE_RETRIES more tries, fails the run, naming
-the task).  A cancelled run does not wait for its writes.
+Persisted results are written behind (engine.writes): the run ends only
+when every write has, and a write that fails fails the run.
+
+Every collaborator is a constructor argument (the executor, the observers,
+the tag gate, the feeder of generator inputs); ``runs.assembly.assemble_run``
+is the one place both runners build an Orchestrator.
 
 Observers (``engine.observers.RunObserver``) watch the run through one set of
 keyword-only hooks.  The state handlers are the first observer: their
@@ -47,40 +46,24 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
-from rayflow.engine.admission import GATE_RETRY_SECONDS, ChunkAdmission, waiting_message
+from rayflow.engine.admission import GATE_RETRY_SECONDS, Gating, waiting_message
 from rayflow.engine.executor import Completion, Executor, Started, system_failure
 from rayflow.engine.handlers import StateHandlers
 from rayflow.engine.maps.coordinator import MapActions, MapCoordinator
 from rayflow.engine.observers import HOOKS, RunObserver, overridden
 from rayflow.engine.plan import Plan
 from rayflow.engine.policy import (
-    after_retry_signal,
-    next_retry,
-    reference_failure,
-    settle_before_run,
-    settle_merge,
-    settle_subflow,
-    system_retry_left,
+    after_retry_signal, final_flow_state, settle_before_run, settle_merge, settle_subflow, subflow_span,
 )
-from rayflow.engine.protocol import AttemptResult, Work, WriteReport, pack_inputs
+from rayflow.engine.retries import RetryLedger
+from rayflow.engine.protocol import AttemptResult, RunSummary, Work, pack_inputs
+from rayflow.engine.writes import WriteBehind
 from rayflow.states import State, StateType
 
-WRITE_RETRIES = 2  # a write-behind that fails (or is lost with its worker) is tried this many more times
-
-@dataclass
-class RunSummary:
-    """What a finished (or live) run reports: picklable, no executor inside."""
-
-    run_id: str
-    flow_name: str
-    state: State
-    task_states: dict[str, State]
-    history: dict[str, list[State]]
-    handles: dict[str, Any] = field(default_factory=dict)
+__all__ = ["Orchestrator", "RunSummary", "final_flow_state"]
 
 
 class Orchestrator:
@@ -95,7 +78,13 @@ class Orchestrator:
         clock: Callable[[], float] = time.time,
         cpus: int = 2,
         feeder: Any = None,
+        gate: Any = None,
     ):
+        """``feeder``: asked for items of generator inputs (``request(stream_id, count)``: the
+        items now as (handle, count, exhausted), or None when they come later through
+        ``push_stream``).  ``gate``: limits by tag (engine.admission.TagGate), None when no
+        task of the plan has tags: a tagged task waits for a slot of each limit its tags name
+        before it is submitted, so a waiting task holds no worker."""
         self.plan = plan
         self.executor = executor
         self.run_id = run_id
@@ -116,37 +105,24 @@ class Orchestrator:
         self.running: dict[str, Work] = {}
         self.deadlines: dict[str, tuple[int, float]] = {}
         self.lengths: dict[str, int | None] = {}
-        self.feeder = feeder  # asked for items of generator inputs; see MapCoordinator
+        self.feeder = feeder
         self.observers: tuple[RunObserver, ...] = ()
-        self.observe(StateHandlers(plan), *observers)
+        self._attach(StateHandlers(plan), *observers)
         self._work_ids = itertools.count(1)
-        self.maps = MapCoordinator(
-            plan, cpus=cpus, clock=clock, put=executor.put, next_work_id=self.next_work_id
-        )
+        self.maps = MapCoordinator(plan, cpus=cpus, clock=clock, put=executor.put, next_work_id=self.next_work_id)
         self.scheduled: list[tuple[float, int, str]] = []
-        # Limits by tag (set by the runner: runtime.limits.TagGate): a tagged task waits for a
-        # slot of each limit named by its tags before it is submitted, so a waiting task
-        # holds no worker.  acquire(holder, tags, want) -> (slots granted, None) or (0, the
-        # limit waited on); release(holder) when its work stops running.  A tagged map's
-        # chunks wait in ``admission`` (engine.admission).
-        self.gate: Any = None
-        self.admission: ChunkAdmission | None = None
-        self._gate_due: float | None = None  # when chunks waiting for a slot ask again
-        self.attempts = dict.fromkeys(keys, 0)
-        self.app_failures = dict.fromkeys(keys, 0)
-        self.system_failures = dict.fromkeys(keys, 0)
+        self.gating = Gating(gate)
+        self.retries = RetryLedger(plan, clock)
         self.handles: dict[str, Any] = {}
-        self.writes: dict[int, tuple[Work, Any, int]] = {}  # work id -> (write work, value handle, tries)
+        self.writes = WriteBehind(plan, executor, run_id, self.next_work_id)
         self._shares_values = bool(getattr(executor, "shares_values", False))  # in-process: write inline
-        self._writes_dropped = 0  # writes a cancel left unawaited
-        self.write_errors: list[str] = []
         self.unfinished = len(keys)
         self._seq = itertools.count()
         self._lock = threading.Lock()
         self._cancel_requested = threading.Event()
 
-    def observe(self, *observers: RunObserver) -> None:
-        """Attach observers (after those attached already); see engine.observers."""
+    def _attach(self, *observers: RunObserver) -> None:
+        """The observers, in order (engine.observers); only while the Orchestrator is built."""
         self.observers += observers
         for hook in HOOKS:
             setattr(self, f"_{hook}", overridden(self.observers, hook))
@@ -163,8 +139,8 @@ class Orchestrator:
         with self._lock:
             self.states[key] = new
             self.history[key].append(new)
-        if self.gate is not None and new.type is not StateType.RUNNING:
-            self.gate.release(key)  # the attempt stopped running (or never started): its slots
+        if new.type is not StateType.RUNNING:
+            self.gating.stopped(key)  # the attempt stopped running (or never started): its slots
         if new.is_finished() and not old.is_finished():
             self.unfinished -= 1
             self.running.pop(key, None)
@@ -217,20 +193,20 @@ class Orchestrator:
     def _apply(self, actions: MapActions) -> None:
         """Carry out what the map coordinator decided."""
         for work_id in actions.cancel:
-            if self.admission is None or self.admission.ended(work_id):  # else it was never submitted
+            if self.gating.chunk_ended(work_id):  # else it was never submitted
                 self.executor.cancel(work_id)
         for spec, work, handles in actions.submit:
-            if self.gate is not None and spec.options.tags:
-                if self.admission is None:
-                    self.admission = ChunkAdmission(self.gate)
-                self.admission.offer(spec, work, handles, self.clock())
+            if self.gating.holds(spec):
+                self.gating.offer(spec, work, handles, self.clock())
             else:
                 self.executor.submit(spec, self.prepare(work), handles)
-        if actions.submit and self.admission is not None and self.admission.due:
+        if actions.submit and self.gating.waiting:
             self._admit_chunks()
         if self.feeder is not None:
             for stream_id, count in actions.requests:
-                self.feeder.request(stream_id, count)
+                items = self.feeder.request(stream_id, count)
+                if items is not None:
+                    self.push_stream(stream_id, *items)
         for key, state, handle in actions.settled:
             if self.states[key].is_finished():
                 continue
@@ -241,14 +217,13 @@ class Orchestrator:
     def _admit_chunks(self) -> None:
         """Submit the tagged maps' chunks the limits have slots for; label maps left waiting."""
         now = self.clock()
-        admitted, changed = self.admission.admit(now)
+        admitted, changed = self.gating.admit(now)
         for spec, work, handles in admitted:
             self.executor.submit(spec, self.prepare(work), handles)
         for key, limit in changed.items():
             if not self.states[key].is_finished():  # a map's label only: nothing is scheduled for it
                 waiting = State(type=StateType.PENDING, message=waiting_message(limit), timestamp=now)
                 self.transition(key, waiting if limit else State(type=StateType.RUNNING, timestamp=now))
-        self._gate_due = now + GATE_RETRY_SECONDS if self.admission.due else None
 
     def launch(self, key: str) -> None:
         """A task whose blocking dependencies finished: settle it, or start it."""
@@ -277,21 +252,20 @@ class Orchestrator:
 
     def submit(self, key: str) -> None:
         spec = self.plan.by_key[key]
-        attempt = self.attempts[key] + 1
+        attempt = self.retries.attempts[key] + 1
         now = self.clock()
-        if self.gate is not None and spec.options.tags and spec.kind == "task":
-            _, waiting_for = self.gate.acquire(key, spec.options.tags, 1)
-            if waiting_for is not None:  # no slot: PENDING, named, and asked again shortly
-                message = waiting_message(waiting_for)
-                if self.states[key].message != message:
-                    self.transition(key, State(type=StateType.PENDING, attempt=attempt, message=message, timestamp=now))
-                heapq.heappush(self.scheduled, (now + GATE_RETRY_SECONDS, next(self._seq), key))
-                return
+        waiting_for = self.gating.task_waits_for(spec)
+        if waiting_for is not None:  # no slot: PENDING, named, and asked again shortly
+            message = waiting_message(waiting_for)
+            if self.states[key].message != message:
+                self.transition(key, State(type=StateType.PENDING, attempt=attempt, message=message, timestamp=now))
+            heapq.heappush(self.scheduled, (now + GATE_RETRY_SECONDS, next(self._seq), key))
+            return
         state = self.transition(key, State(type=StateType.RUNNING, attempt=attempt, timestamp=now))
         if state.type is not StateType.RUNNING:
             self.follow(key, state)
             return
-        self.attempts[key] = attempt
+        self.retries.attempts[key] = attempt
         layout, handles = pack_inputs([self.handles.get(k) for k in spec.value_keys], batch=spec.options.batch)
         work = self.prepare(Work(self.next_work_id(), key, attempt, layout, report_length=spec.report_length))
         self.running[key] = work
@@ -307,49 +281,28 @@ class Orchestrator:
         if timeout is not None:
             self.deadlines[work.task_key] = (work.work_id, event.at + timeout)
 
-    def write_behind(self, key: str, persist: tuple[str, str] | None, handle: Any, tries: int = 0) -> None:
-        """Write a value to the result store behind its task (see the module's docstring)."""
-        if persist is None or handle is None:
-            return
-        work = Work(self.next_work_id(), key, 0, (("value", 0),), run_id=self.run_id, persist=persist)  # not traced
-        self.writes[work.work_id] = (work, handle, tries)
-        self.executor.submit(self.plan.by_key[key], work, [handle])
-
-    def _written(self, completion: Completion) -> None:
-        entry = self.writes.pop(completion.work.work_id, None)
-        if entry is None:
-            return  # the run was cancelled meanwhile
-        work, handle, tries = entry
-        report = completion.report
-        error = report.error if isinstance(report, WriteReport) else str(completion.system_error)
-        if error is None:
-            return
-        if tries < WRITE_RETRIES:
-            self.write_behind(work.task_key, work.persist, handle, tries + 1)
-            return
-        self.write_errors.append(f"task '{work.task_key}': its result could not be persisted to {work.persist[1]}: {error}")
-
     def on_completion(self, completion: Completion) -> None:
         work = completion.work
         if work.persist is not None:
             if completion.report is not None:
                 for hook in self._on_report:
                     hook(work=work, report=completion.report)
-            self._written(completion)
+            self.writes.written(completion)
             return
         if completion.report is not None:
             for hook in self._on_report:
                 hook(work=work, report=completion.report)
         if work.job is not None:
-            if self.admission is not None:
-                self.admission.ended(work.work_id)  # its slots go back
+            self.gating.chunk_ended(work.work_id)  # its slots go back
             owned = self.maps.owns(work.work_id)  # else stale: cancelled, or its map ended
-            if owned:
+            actions = self.maps.finish_work(work, completion.report, completion.handle, completion.system_error)
+            if owned:  # with what the map made of it (its items' facts)
+                facts = actions.facts[0] if actions.facts else None
                 for hook in self._on_chunk:
-                    hook(task_key=work.task_key, work=work, summary=completion.report, error=completion.system_error)
-            self._apply(self.maps.finish_work(work, completion.report, completion.handle, completion.system_error))
+                    hook(task_key=work.task_key, work=work, summary=completion.report, error=completion.system_error, facts=facts)
+            self._apply(actions)
             if owned and completion.report is not None:
-                self.write_behind(work.task_key, completion.report.persist, completion.handle)
+                self.writes.write(work.task_key, completion.report.persist, completion.handle)
             return
         current = self.running.get(work.task_key)
         if current is None or current.work_id != work.work_id:
@@ -371,56 +324,19 @@ class Orchestrator:
         if result.type in (StateType.SUCCESS, StateType.CACHED):  # CACHED: the stored value, not run
             self.handles[key] = handle
             self.lengths[key] = result.length
-            self.write_behind(key, result.persist, handle)
+            self.writes.write(key, result.persist, handle)
             new = State(type=result.type, message=result.message, **timing)
         elif result.type is StateType.SKIPPED:
             new = State(type=StateType.SKIPPED, message=result.message, **timing)
         elif result.type is StateType.RETRYING:  # rf.Retry: retried even past `retries`, spends none
-            delay = after_retry_signal(self.plan.by_key[key].options, self.app_failures[key], result.retry_delay)
-            new = self._retrying(result.message, delay, timing)
+            delay = after_retry_signal(self.plan.by_key[key].options, self.retries.app_failures[key], result.retry_delay)
+            new = self.retries.retrying(result.message, delay, timing)
         else:
-            new = self._after_failure(key, result, timing)
+            new = self.retries.after_failure(key, result, timing)
         self.follow(key, self.transition(key, new))
 
     def _subflow_span(self, key: str, end: float) -> dict[str, float | None]:
-        """A subflow's times are its members': first start to last finish."""
-        members = [self.states[k] for k in self.plan.by_key[key].members]
-        starts = [s.started_at for s in members if s.started_at is not None]
-        ends = [s.finished_at for s in members if s.finished_at is not None]
-        return {"started_at": min(starts, default=None), "finished_at": max(ends, default=end)}
-
-    def _retrying(self, message: str, delay: float, timing: dict[str, Any], **extra: Any) -> State:
-        due = self.clock() + delay
-        when = f"retry in {delay:.3g}s" if delay > 0 else "retry now"
-        return State(type=StateType.RETRYING, message=f"{message}; {when}", scheduled_for=due, **timing, **extra)
-
-    def _spend_retry(self, key: str, message: str, timing: dict[str, Any], **extra: Any) -> State | None:
-        """RETRYING if ``key`` has application retries left (and uses one up), else None."""
-        options = self.plan.by_key[key].options
-        delay = next_retry(options, self.app_failures[key])
-        if delay is None:
-            return None
-        self.app_failures[key] += 1
-        budget = f"retry {self.app_failures[key]} of {options.retries}"
-        return self._retrying(f"{message} ({budget})", delay, timing, **extra)
-
-    def _after_failure(self, key: str, result: AttemptResult, timing: dict[str, Any]) -> State:
-        options = self.plan.by_key[key].options
-        error = result.error
-        failure = {"error": error, "exception": result.exception()}
-        if error is not None and error.system:
-            if system_retry_left(options, self.system_failures[key]):
-                self.system_failures[key] += 1
-                budget = f"system retry {self.system_failures[key]} of {options.system_retries}"
-                return self._retrying(f"{result.message} ({budget})", 0.0, timing, **failure)
-            return State(type=StateType.FAILED, message=result.message, **timing, **failure)
-        retrying = self._spend_retry(key, result.message, timing, **failure) if result.retryable else None
-        if retrying is not None:
-            return retrying
-        if not result.retryable and options.retries:
-            message = f"{result.message} (not retried: not one of retry_on)"
-            return State(type=StateType.FAILED, message=message, **timing, **failure)
-        return State(type=StateType.FAILED, message=result.message, **timing, **failure)
+        return subflow_span([self.states[k] for k in self.plan.by_key[key].members], end)
 
     def time_out(self, key: str) -> None:
         work_id, deadline = self.deadlines.pop(key)
@@ -429,7 +345,7 @@ class Orchestrator:
         attempt = self.running.pop(key).attempt
         message = f"timed out after {options.timeout:g}s"
         timing = {"attempt": attempt, "started_at": deadline - options.timeout, "finished_at": self.clock()}
-        new = self._spend_retry(key, message, timing)
+        new = self.retries.spend(key, message, timing)
         if new is None:
             new = State(type=StateType.TIMED_OUT, message=message, **timing)
         self.follow(key, self.transition(key, new))
@@ -447,7 +363,7 @@ class Orchestrator:
         self._apply(self.maps.drain_streams())
         now = self.clock()
         self._apply(self.maps.pump_due(now))
-        if self._gate_due is not None and self._gate_due <= now:
+        if self.gating.due_at is not None and self.gating.due_at <= now:
             self._admit_chunks()
         while self.scheduled and self.scheduled[0][0] <= now:
             _, _, key = heapq.heappop(self.scheduled)
@@ -458,7 +374,7 @@ class Orchestrator:
         for key, (_, deadline) in list(self.deadlines.items()):
             if deadline <= now:
                 self.time_out(key)
-        if (self.unfinished == 0 and not self.writes) or self.ready:
+        if self.done or self.ready:
             return
         for event in self.executor.wait(self._wait_time(timeout)):
             if isinstance(event, Started):
@@ -471,7 +387,7 @@ class Orchestrator:
         now = self.clock()
         if self.scheduled:
             wait = min(wait, max(0.0, self.scheduled[0][0] - now))
-        for due in (self.maps.next_due(), self._gate_due):
+        for due in (self.maps.next_due(), self.gating.due_at):
             if due is not None:
                 wait = min(wait, max(0.0, due - now))
         if self.maps.has_stream_input():
@@ -482,20 +398,14 @@ class Orchestrator:
 
     @property
     def done(self) -> bool:
-        return self.unfinished == 0 and not self.writes
+        return self.unfinished == 0 and not self.writes.pending
 
     def run(self) -> RunSummary:
         self.start()
         while not self.done:
             self.step()
         final = final_flow_state(self.plan, self.states, started_at=self.flow_state.started_at, now=self.clock())
-        if self.write_errors and final.type is StateType.SUCCESS:  # what the user asked to keep was not kept
-            more = f" (and {len(self.write_errors) - 1} more)" if len(self.write_errors) > 1 else ""
-            final = final.model_copy(update={"type": StateType.FAILED, "message": self.write_errors[0] + more})
-        if self._writes_dropped and final.type is StateType.SUCCESS:  # cancelled while results were written
-            message = f"run cancelled while {self._writes_dropped} result(s) were being written"
-            final = final.model_copy(update={"type": StateType.CANCELLED, "message": message})
-        self.set_flow_state(final)
+        self.set_flow_state(self.writes.final(final))
         return self.summary()
 
     # -- what other threads may call: the actor's methods, the driver's feeder --------
@@ -516,21 +426,18 @@ class Orchestrator:
         """Forget the value handles: whoever holds the summary keeps them alive now."""
         self.handles.clear()
 
-    def _cancel_outstanding(self) -> None:
+    def _cancel_outstanding(self) -> None:  # in the loop's thread
         self._apply(self.maps.cancel())
-        self._gate_due = None
+        self.gating.cancel()
         for work in list(self.running.values()):
             self.executor.cancel(work.work_id)
         self.running.clear()
         self.deadlines.clear()
         self.scheduled.clear()
-        self._writes_dropped += len(self.writes)
-        self.writes.clear()  # writes under way finish on their own (atomically); nobody waits for them
+        self.writes.drop()
         for key, state in list(self.states.items()):
             if not state.is_finished():
                 self.transition(key, State(type=StateType.CANCELLED, message="run cancelled"))
-
-    # -- reporting -----------------------------------------------------------
 
     def summary(self) -> RunSummary:
         with self._lock:
@@ -543,16 +450,3 @@ class Orchestrator:
                 handles=dict(self.handles),
             )
 
-
-def final_flow_state(
-    plan: Plan, states: Mapping[str, State], *, started_at: float | None = None, now: float | None = None
-) -> State:
-    """CANCELLED if the run was cancelled; FAILED if any reference task failed; else SUCCESS."""
-    now = time.time() if now is None else now
-    timing = {"started_at": started_at, "finished_at": now}
-    if any(s.type is StateType.CANCELLED for s in states.values()):
-        return State(type=StateType.CANCELLED, message="run cancelled", **timing)
-    failed = reference_failure(states, plan.reference_keys)
-    if failed is not None:
-        return failed.model_copy(update=timing)
-    return State(type=StateType.SUCCESS, message="all reference tasks succeeded", **timing)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import itertools
 import random
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal, TypeVar
 
 from rayflow.core.options import TaskOptions
-from rayflow.engine.plan import TaskSpec
+from rayflow.engine.plan import Plan, TaskSpec
 from rayflow.engine.protocol import describe_error
 from rayflow.states import State, StateType, error_text
 from rayflow.triggers import failed_upstreams, tally, trigger_name
@@ -181,3 +182,24 @@ def halves(items: T) -> tuple[T, T]:
     """The two halves a lost work's items are split into (a range gives ranges), the first the smaller."""
     middle = len(items) // 2
     return items[:middle], items[middle:]  # type: ignore[return-value]
+
+
+def final_flow_state(
+    plan: Plan, states: Mapping[str, State], *, started_at: float | None = None, now: float | None = None
+) -> State:
+    """CANCELLED if the run was cancelled; FAILED if any reference task failed; else SUCCESS."""
+    now = time.time() if now is None else now
+    timing = {"started_at": started_at, "finished_at": now}
+    if any(s.type is StateType.CANCELLED for s in states.values()):
+        return State(type=StateType.CANCELLED, message="run cancelled", **timing)
+    failed = reference_failure(states, plan.reference_keys)
+    if failed is not None:
+        return failed.model_copy(update=timing)
+    return State(type=StateType.SUCCESS, message="all reference tasks succeeded", **timing)
+
+
+def subflow_span(members: Sequence[State], end: float) -> dict[str, float | None]:
+    """A subflow's times are its members': first start to last finish (``end`` if none finished)."""
+    starts = [s.started_at for s in members if s.started_at is not None]
+    ends = [s.finished_at for s in members if s.finished_at is not None]
+    return {"started_at": min(starts, default=None), "finished_at": max(ends, default=end)}

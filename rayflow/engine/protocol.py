@@ -15,6 +15,7 @@ from ``Work.layout`` / ``ChunkJob.pieces``.  A mapped task's value is a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import traceback
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from typing import Any
 import cloudpickle
 
 from rayflow.signals import Fail, Retry, Signal, Skip
-from rayflow.states import ErrorInfo, StateType
+from rayflow.states import ErrorInfo, State, StateType
 
 ASYNC_CONCURRENCY = 32  # items of an async task's chunk at once, unless concurrency= says
 
@@ -252,6 +253,25 @@ class ChunkSummary:
     cached: int = 0  # items whose values came from the cache (counted SUCCESS in ``counts``)
     overhead: float = 0.0  # seconds of one-off costs in the run (a cache index loaded, a segment written)
     persist: tuple[str, str] | None = None  # (store, name) the chunk's result is to be written to, behind
+    # (item, code, attempt, error type, message, traceback) per item that did not succeed, and per
+    # item of a retry (its successes too): the items the history records one row each for
+    items: list[tuple[int, int, int, str | None, str | None, str | None]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WorkFacts:
+    """What one finished or lost work of a map chunk did, as the engine decided it (maps.outcomes):
+    the items of the chunk range [start, stop) it made final, by state name (CACHED apart from
+    SUCCESS), with RETRYING counting the items it sent to run again less those it ran again
+    (so a map's counts are the sum of its works' ``counts``); how many it sent to run again;
+    and per item that did not succeed or was run again, its row: (map index, state name,
+    attempts, error type, message, traceback)."""
+
+    start: int
+    stop: int
+    counts: dict[str, int]
+    retried: int = 0
+    items: tuple[tuple[int, str, int, str | None, str | None, str | None], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -262,3 +282,54 @@ class WriteReport:
     path: str | None
     error: str | None = None
     logs: tuple[tuple, ...] = ()
+
+
+# -- from the orchestrator to whoever runs it (a FlowRunActor's caller, the local runner) ---------
+
+
+@dataclass
+class RunSummary:
+    """What a finished (or live) run reports: picklable, no executor inside."""
+
+    run_id: str
+    flow_name: str
+    state: State
+    task_states: dict[str, State]
+    history: dict[str, list[State]]
+    handles: dict[str, Any] = field(default_factory=dict)
+
+    def without_handles(self) -> RunSummary:
+        return RunSummary(self.run_id, self.flow_name, self.state, self.task_states, self.history)
+
+
+@dataclass(frozen=True)
+class LiveTask:
+    state: str  # a StateType's value
+    attempt: int
+    started_at: float | None
+    finished_at: float | None
+    message: str | None
+
+
+@dataclass(frozen=True)
+class LiveStatus:
+    """A live run's status as its driver's actor has it (``rayflow show`` of a run going on)."""
+
+    run_id: str
+    flow: str
+    state: str  # a StateType's value
+    tasks: dict[str, LiveTask]
+    maps: dict[str, dict[str, Any]]  # map key -> its item counts (MapCoordinator.progress)
+
+    @classmethod
+    def of(cls, summary: RunSummary, maps: dict[str, dict[str, Any]]) -> LiveStatus:
+        tasks = {
+            key: LiveTask(state.type.value, state.attempt, state.started_at, state.finished_at, state.message)
+            for key, state in summary.task_states.items()
+        }
+        return cls(summary.run_id, summary.flow_name, summary.state.type.value, tasks, maps)
+
+    def as_dict(self) -> dict[str, Any]:
+        """As plain data: what the CLI prints (and ``--json`` writes)."""
+        tasks = {key: dataclasses.asdict(task) for key, task in self.tasks.items()}
+        return {"run_id": self.run_id, "flow": self.flow, "state": self.state, "tasks": tasks, "maps": self.maps}

@@ -1,4 +1,7 @@
-"""Runs as both runners assemble them: an Orchestrator with the run history and traces attached.
+"""Runs as both runners assemble them: ``assemble_run``, the composition root of a run (its
+Orchestrator built with every collaborator), runs wherever the run's orchestrator runs: in
+the FlowRunActor's process for runner="ray", in the driver for runner="local" (``local``,
+the in-process runner, and ``resume``, run in the driver).
 
 Above ``telemetry`` and ``store``, below ``runtime``: the Ray runtime's actor
 and the in-process runner (``runner="local"``) build a run the same way, so a

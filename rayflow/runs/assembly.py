@@ -1,12 +1,19 @@
-"""``assemble_run``: one Orchestrator, its history writer and its tracer, wired the same way everywhere."""
+"""The composition root of a run: ``assemble_run`` builds the Orchestrator with every
+collaborator as a constructor argument (executor, observers: its tracer and history writer
+first, tag gate, feeder), the same way for both runners (runs.local and the FlowRunActor of
+runtime.actor).  Nothing is attached to an Orchestrator after it is built."""
 
 from __future__ import annotations
 
 import logging
 import threading
 from dataclasses import dataclass
+from typing import Any
+
 from rayflow.core.graph import shape_of
+from rayflow.engine.admission import LimitsClient, TagGate
 from rayflow.engine.executor import Executor
+from rayflow.engine.observers import RunObserver
 from rayflow.engine.orchestrator import Orchestrator
 from rayflow.engine.plan import Plan
 from rayflow.paths import check_run_id
@@ -36,7 +43,9 @@ class ObservedRun:
                 self.recorder.note_trace(self.tracer.trace_id, self.tracer.span_id)
 
     def close(self) -> None:
-        """Write the last of the history, bounded in time; never raises (a history never fails a run)."""
+        """The run is over: its slots of limits back, then the last of the history written,
+        bounded in time; never raises (a history never fails a run)."""
+        self.orchestrator.gating.release_everything()  # slots of attempts the run did not see end
         if self.recorder is None:
             return
         try:
@@ -53,16 +62,20 @@ def assemble_run(
     cpus: int,
     telemetry: TelemetrySettings | None = None,
     home: str | None = None,
+    limits: LimitsClient | None = None,
+    feeder: Any = None,
+    observers: tuple[RunObserver, ...] = (),
 ) -> ObservedRun:
+    """The run's Orchestrator with its tracer (when ``telemetry`` is enabled), its history
+    writer (under ``home``), then ``observers``; a TagGate asking ``limits`` when a task of the
+    plan has tags (None: tags limit nothing); ``feeder`` for its generator inputs."""
     check_run_id(run_id)  # the last point every run passes, in the driver or in the actor
-    orchestrator = Orchestrator(plan, executor, run_id, cpus=cpus)
-    tracer = None
-    if telemetry is not None and telemetry.enabled:
-        tracer = RunTracer(telemetry, run_id, plan)
-        orchestrator.observe(tracer)
+    tracer = RunTracer(telemetry, run_id, plan) if telemetry is not None and telemetry.enabled else None
     recorder = recorder_for(home, run_id, plan)
-    if recorder is not None:
-        orchestrator.observe(recorder)
+    tagged = any(spec.options.tags for spec in plan.specs)
+    gate = TagGate(run_id, limits) if limits is not None and tagged else None
+    attached = tuple(o for o in (tracer, recorder) if o is not None) + observers
+    orchestrator = Orchestrator(plan, executor, run_id, cpus=cpus, observers=attached, gate=gate, feeder=feeder)
     return ObservedRun(orchestrator, recorder, tracer)
 
 

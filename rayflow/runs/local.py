@@ -4,7 +4,10 @@ Runs the same Orchestrator as the Ray runtime, with a LocalExecutor, in the
 calling thread, assembled the same way (``assemble_run``): the run is in the
 history under RAYFLOW_HOME and traced when OTEL_* says so.  Useful for unit
 tests and debugging with a plain debugger; it ignores resource options and
-does not scale beyond this process.
+does not scale beyond this process.  Limits by tag are asked of ``limits``
+(given by whoever makes the runner: ``rayflow.runners.local_runner`` gives
+the cluster's when Ray is initialised, else this process's), never of a
+module that happened to be imported.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from rayflow.engine.driver.local import StreamFeeder
 from rayflow.paths import new_run_id
 from rayflow.engine.driver.local_executor import LocalExecutor
 from rayflow.engine.driver.progress import MapProgress
+from rayflow.engine.limits_state import in_process_limits
 from rayflow.engine.observers import Callback
 from rayflow.engine.plan import compile_plan
 from rayflow.runs.assembly import assemble_run
@@ -45,19 +49,21 @@ def cancel_local(run_id: str) -> bool:
 
 
 class LocalRunner:
-    # Limits by tag: rayflow.runtime.limits sets this to its TagGate when imported (as
-    # rf.limits, rf.concurrency and rayflow limit do), so a run in this process honours the
-    # limits set in it, or with Ray initialised the cluster's.  None: tags limit nothing.
-    gate_factory: Any = None
-
-    def __init__(self, max_workers: int | None = None):
+    def __init__(self, max_workers: int | None = None, limits: Any = None):
+        """``limits``: the LimitsClient tagged tasks take slots of (engine.admission); None:
+        this process's limits (engine.limits_state.in_process_limits)."""
         self.max_workers = max_workers
+        self.limits = limits if limits is not None else in_process_limits()
 
     def run_flow(self, flow: Any, graph: Any) -> FlowRun:
         refuse_taken_run_id(flow.options)
         plan = compile_plan(graph, flow)
         executor = LocalExecutor(self.max_workers)
         telemetry = settings_from_env()
+        has_maps = any(spec.kind == "map" for spec in plan.specs)
+        progress = MapProgress(flow.options.progress if has_maps else False)
+        built: list[Any] = []  # the orchestrator, for the progress observer (it reads the maps)
+        observers = (Callback(lambda **_: progress.update(built[0].progress())),) if progress.enabled else ()
         observed = assemble_run(
             plan,
             executor,
@@ -65,17 +71,14 @@ class LocalRunner:
             cpus=os.cpu_count() or 1,
             telemetry=telemetry if telemetry.enabled else None,
             home=str(rayflow_home().resolve()),
+            limits=self.limits,
+            feeder=StreamFeeder(plan.streams, executor.put),
+            observers=observers,
         )
+        orchestrator = observed.orchestrator
+        built.append(orchestrator)
         if observed.tracer is not None:
             _flush_at_exit()
-        orchestrator = observed.orchestrator
-        orchestrator.feeder = StreamFeeder(plan.streams, orchestrator, executor.put)
-        if self.gate_factory is not None and any(spec.options.tags for spec in plan.specs):
-            orchestrator.gate = self.gate_factory(orchestrator.run_id)
-        has_maps = any(spec.kind == "map" for spec in plan.specs)
-        progress = MapProgress(flow.options.progress if has_maps else False)
-        if progress.enabled:
-            orchestrator.observe(Callback(lambda **_: progress.update(orchestrator.progress())))
         observed.start()
         with _LIVE_LOCK:
             _LIVE[orchestrator.run_id] = orchestrator
@@ -89,11 +92,9 @@ class LocalRunner:
         finally:
             with _LIVE_LOCK:
                 _LIVE.pop(orchestrator.run_id, None)
-            if orchestrator.gate is not None:
-                orchestrator.gate.release_everything()
             progress.close()
             executor.shutdown()
-            observed.close()
+            observed.close()  # the run's slots of limits back, the last of its history written
         flow_run = FlowRun(summary, plan.result, executor.fetch, tuple(s.key for s in plan.specs))
         flow_run.trace_id = observed.trace_id
         return flow_run

@@ -26,11 +26,12 @@ from rayflow.paths import check_run_id
 from rayflow.results import ResultStore, default_location
 from rayflow.results_layout import chunk_folder, parse_chunk, persist_name
 from rayflow.store import RunStore, rayflow_home
-from rayflow.store.history import UNFINISHED, driver_alive
+from rayflow.presentation import FAILED, UNFINISHED
+from rayflow.store.history import driver_alive
 
 logger = logging.getLogger(__name__)
 
-RESUMABLE = {"FAILED", "CANCELLED", "CRASHED", "RUNNING", "PENDING"}  # RUNNING/PENDING: its driver may be elsewhere
+RESUMABLE = FAILED | set(UNFINISHED)  # every failed state (CANCELLED, CRASHED too); unfinished: its driver may be gone
 
 
 def check_resumable(run_id: str) -> tuple[RunStore, dict]:

@@ -55,8 +55,11 @@ from rayflow.core.parameters import validate_parameters
 from rayflow.exceptions import ScheduleError
 from rayflow.paths import new_run_id
 from rayflow.schedules import UTC, Schedule
+from rayflow.states import StateType
 from rayflow.store.schedules import ScheduleStore, server_alive
 from rayflow.states import error_text
+
+RUN_STATES = frozenset(t.value for t in StateType)  # what a handle of a run that recorded its end reads
 
 logger = logging.getLogger("rayflow.serve")
 
@@ -364,6 +367,8 @@ class Server:
             for fire in [f for f in fires if f.handle.done()]:
                 fires.remove(fire)
                 state = fire.handle.state()
+                if state not in RUN_STATES:  # its thread ended, the run did not record an end: write CRASHED once
+                    self._crashed(fire.run_id, state)
                 self.store.settle(sid, fire.scheduled_for, f"ended {state}", self.server_id)
                 took = self.clock() - fire.started
                 log = logger.info if state == "SUCCESS" else logger.warning
@@ -374,6 +379,12 @@ class Server:
                 pass
         while self.waiting and self.active() < self.max_concurrent:
             self._launch(self.waiting.popleft())
+
+    def _crashed(self, run_id: str, outcome: str) -> None:
+        try:
+            self.store.runs.mark_crashed(run_id, f"the server's run of it ended without recording its end: {outcome}")
+        except Exception as exc:  # noqa: BLE001 - the history's readers detect it later
+            logger.warning("run %s: cannot record it CRASHED: %s", run_id, exc)
 
     def active(self) -> int:
         return sum(len(f) for f in self.running.values())

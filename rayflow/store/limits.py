@@ -1,5 +1,5 @@
 """The cluster's named limits as the run history keeps them, so that the limits actor
-(runtime.limits) gets them back when it starts again after dying.
+(runtime.limits.actor) gets them back when it starts again after dying.
 
 - ``limits``: one row per limit: its name, ``slots`` and ``per_second`` (NULL: no rate).
   Only definitions are kept: leases (held slots) and token buckets live in the actor.

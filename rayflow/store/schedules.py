@@ -182,6 +182,7 @@ class ScheduleStore:
 
     def schedules(self) -> list[dict]:
         """Every schedule with its last fire's outcome and, when it started one, that run's state."""
+        self.runs.settle_unfinished()  # a last run whose driver is gone reads CRASHED, written once
         with self.runs._connect() as db:
             rows = [dict(r) for r in db.execute("SELECT * FROM schedules ORDER BY schedule_id")]
             for row in rows:
@@ -195,6 +196,4 @@ class ScheduleStore:
                     "ORDER BY s.scheduled_for DESC LIMIT 1", [row["schedule_id"]],
                 ).fetchone()
                 row["last"] = dict(last) if last is not None else None
-                if last is not None:  # as `rayflow runs` and `show` read it (CRASHED once its driver is gone)
-                    row["last"]["state"] = self.runs._shown(db, last["run_id"], last["state"])
         return rows

@@ -222,7 +222,7 @@ class RunTracer(RunObserver):
         traceparent = f"00-{self._trace_id:032x}-{span_id:016x}-01"
         return dataclasses.replace(work, trace=(traceparent, self._settings))
 
-    def on_chunk(self, *, task_key: str, work: Work, summary: Any, error: Any) -> None:
+    def on_chunk(self, *, task_key: str, work: Work, summary: Any, error: Any, facts: Any = None) -> None:
         span_id = self._chunks.pop(work.work_id, None)
         parent = self._map_spans.get(task_key)
         job = work.job

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import pathlib
@@ -24,9 +23,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from rayflow.exceptions import RayflowError
-from rayflow.store.history import RunStore, UNFINISHED
+from rayflow.presentation import FAILED, UNFINISHED, category, took, when
+from rayflow.store.history import RunStore
 from rayflow.store.schedules import ScheduleStore
-from rayflow.store.views import FAILED, run_record, task_rows, trace_url
+from rayflow.store.task_table import COLUMNS, cells
+from rayflow.store.views import run_record, state_filter, task_rows, trace_url
 from rayflow.ui import queries, security
 from rayflow.ui.queries import LEVELS, PAGE_SIZE, SINCE, STATES, QueryError
 from rayflow.ui.security import LOGIN_PATH, Csrf, SecurityHeaders, Sessions, TokenGate
@@ -37,6 +38,7 @@ logger = logging.getLogger("rayflow.ui")
 HERE = pathlib.Path(__file__).parent
 RAY_DASHBOARD_URL = "http://localhost:8265"
 FORM_TYPE = "application/x-www-form-urlencoded"
+ITEMS_SHOWN = 20  # item rows of a map on its run's page; /api/runs/{id}/items pages the rest
 
 
 def create_app(
@@ -55,9 +57,13 @@ def create_app(
     sessions = Sessions(token) if token is not None else None
     csrf = Csrf()
     templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
-    templates.filters["when"] = _when
-    templates.filters["took"] = _took
-    templates.globals["state_class"] = _state_class
+    templates.filters["when"] = when
+    templates.filters["took"] = lambda row: took(row.get("started_at"), row.get("finished_at"))
+    templates.globals["state_class"] = category
+    templates.globals["failed_states"] = FAILED
+    templates.globals["task_columns"] = COLUMNS  # the run's task table: one definition with the CLI's
+    templates.globals["task_cells"] = cells
+    templates.globals["zip"] = zip
 
     def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
         form_token, cookie = csrf.token(request)
@@ -108,9 +114,13 @@ def create_app(
             floor = LEVELS.index(query.level)
             logs = [r for r in logs if r["level"] not in LEVELS or LEVELS.index(r["level"]) >= floor]
         tracebacks = {t["task_key"]: t["traceback"] for t in run["transitions"] if t["traceback"]}
+        failed_items = {  # the first page of each map's recorded item rows, where some failed
+            t["task"]: store.items(run["run_id"], t["task"], limit=ITEMS_SHOWN) for t in tasks if (t.get("items") or {}).get("failed")
+        }
         return page(
             request, "run.html", run=run, tasks=tasks, trace=trace_url(run["trace_id"]), logs=logs[-500:],
             task=query.task, level=query.level, levels=LEVELS, tracebacks=tracebacks, live=run["state"] in UNFINISHED,
+            failed_items=failed_items, items_shown=ITEMS_SHOWN,
             graph=Markup(graph_svg(run.get("graph") or {}, tasks)), timeline=Markup(timeline_svg(run, tasks)),
             dashboard=os.environ.get("RAYFLOW_RAY_DASHBOARD_URL", RAY_DASHBOARD_URL).rstrip("/"),
             action_error=actions.error_of(run["run_id"]) if actions is not None else None,
@@ -185,6 +195,23 @@ def create_app(
             return JSONResponse({"error": f"no run {request.path_params['run_id']!r}"}, status_code=404)
         return JSONResponse(run_record(run))
 
+    async def api_items(request: Request) -> Response:
+        """A page of a map's item rows (?task=KEY, &state=, &after=INDEX, &limit=N up to 1000):
+        the items that did not succeed or were run again, as the engine recorded them."""
+        run_id, params = request.path_params["run_id"], request.query_params
+        try:
+            if not params.get("task"):
+                raise ValueError("task is required: ?task=KEY, the map's task key")
+            after, limit = int(params.get("after", -1)), int(params.get("limit", 100))
+            if not 0 <= limit <= 1000:
+                raise ValueError(f"limit is 0 to 1000, not {limit}")
+            state = state_filter(params.get("state"))
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        if store.run_state(run_id) is None:
+            return JSONResponse({"error": f"no run {run_id!r}"}, status_code=404)
+        return JSONResponse(store.items(run_id, params["task"], state=state, after=after, limit=limit))
+
     async def login(request: Request) -> Response:
         if sessions is None:
             return RedirectResponse("/", status_code=303)
@@ -215,6 +242,7 @@ def create_app(
         Route("/flows", flows_page),
         Route("/api/runs", api_runs),
         Route("/api/runs/{run_id}", api_run),
+        Route("/api/runs/{run_id}/items", api_items),
         Route(LOGIN_PATH, login, methods=["GET", "POST"]),
         Route("/logout", logout, methods=["POST"]),
         Route("/flows/{flow}/run", run_now, methods=["POST"]),
@@ -282,24 +310,5 @@ def _runs(store: RunStore, query: queries.RunsQuery) -> tuple[list[dict], bool]:
 
 
 def _flow_names(store: RunStore) -> list[str]:
-    with store._connect() as db:
-        return [r["flow"] for r in db.execute("SELECT DISTINCT flow FROM runs ORDER BY flow")]
+    return store.flows()
 
-
-def _when(ts: float | None) -> str:
-    return "-" if ts is None else dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _took(run: dict) -> str:
-    start, end = run.get("started_at"), run.get("finished_at")
-    return "-" if start is None or end is None else f"{end - start:.3f}s"
-
-
-def _state_class(state: str | None) -> str:
-    if state in FAILED or state == "CRASHED":
-        return "failed"
-    if state in UNFINISHED or state == "RETRYING":
-        return "live"
-    if state in ("SKIPPED", "CANCELLED"):
-        return "muted"
-    return "ok"

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from html import escape
 from typing import Any
 
-from rayflow.store.views import COLOURS
+from rayflow.presentation import ACTIVE, FAILED, colour
 
 NODE_W, NODE_H, GAP_X, GAP_Y, MARGIN = 176, 46, 24, 40, 20
 ROW_H, LABEL_W, TIMELINE_W = 22, 220, 900
@@ -86,7 +86,7 @@ def graph_svg(shape: Mapping[str, Any], tasks: list[dict]) -> str:
             f'<g class="node" data-key="{escape(key)}" data-state="{escape(state)}" data-kind="{escape(node["kind"])}">'
             f'<title>{escape(key)}: {escape(detail)}</title>'
             f'<rect x="{x[key]}" y="{y[key]}" width="{NODE_W}" height="{NODE_H}" rx="6" '
-            f'fill="{COLOURS.get(state, "#ffffff")}" stroke="#555"/>'
+            f'fill="{colour(state, "#ffffff")}" stroke="#555"/>'
             f'<text x="{x[key] + 8}" y="{y[key] + 18}" font-weight="bold">{escape(_short(label, 24))}</text>'
             f'<text x="{x[key] + 8}" y="{y[key] + 35}">{escape(_short(detail, 28))}</text></g>'
         )
@@ -98,7 +98,7 @@ def timeline_svg(run: Mapping[str, Any], tasks: list[dict]) -> str:
     """One row per task: its attempts as bars (from RUNNING to where they ended), or a map's chunks."""
     attempts: dict[str, list[tuple[float, float, str]]] = {}
     for t in run.get("transitions", []):
-        if t["state"] in ("RUNNING", "PENDING", "SCHEDULED") or t["started_at"] is None:
+        if t["state"] in ACTIVE - {"RETRYING"} or t["started_at"] is None:
             continue
         end = t["finished_at"] if t["finished_at"] is not None else t["at"]
         attempts.setdefault(t["task_key"], []).append((t["started_at"], end, t["state"]))
@@ -107,7 +107,7 @@ def timeline_svg(run: Mapping[str, Any], tasks: list[dict]) -> str:
     for c in run.get("chunks", []):
         if c["started_at"] is None or c["finished_at"] is None or drawn >= MAX_BARS:
             continue
-        failed = any(s in ("FAILED", "TIMED_OUT", "TRIGGER_FAILED") and n for s, n in (c["counts"] or {}).items())
+        failed = any(s in FAILED and n for s, n in (c["counts"] or {}).items())
         chunks.setdefault(c["task_key"], []).append((c["started_at"], c["finished_at"], "FAILED" if failed else "SUCCESS"))
         drawn += 1
     bars = {k: chunks.get(k) or attempts.get(k) or [] for k in [t["task"] for t in tasks]}
@@ -132,7 +132,7 @@ def timeline_svg(run: Mapping[str, Any], tasks: list[dict]) -> str:
             left = LABEL_W + (s - start) * scale
             out.append(
                 f'<rect class="bar" data-key="{escape(key)}" data-state="{escape(state)}" x="{left:.1f}" y="{top + 3}" '
-                f'width="{max((e - s) * scale, 1.5):.1f}" height="{ROW_H - 6}" fill="{COLOURS.get(state, "#ccc")}" '
+                f'width="{max((e - s) * scale, 1.5):.1f}" height="{ROW_H - 6}" fill="{colour(state, "#ccc")}" '
                 f'stroke="#666" stroke-width="0.5"><title>{escape(key)} {escape(state)} {e - s:.3f}s</title></rect>'
             )
     out.append("</svg>")

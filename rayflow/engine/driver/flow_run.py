@@ -14,7 +14,7 @@ from typing import Any
 
 from rayflow.core.refs import NodeRef, find_refs, substitute
 from rayflow.engine.columns import CODES, MergedChunk, merge_results
-from rayflow.engine.orchestrator import RunSummary
+from rayflow.engine.protocol import RunSummary
 from rayflow.engine.protocol import MapHandle
 from rayflow.exceptions import FlowRunError, TaskRunError, UnknownTaskError
 from rayflow.states import ErrorInfo, State, StateType

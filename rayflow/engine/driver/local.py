@@ -12,12 +12,12 @@ from rayflow.engine.columns import next_items
 
 
 class StreamFeeder:
-    """Pulls items of generator inputs when a map asks for them, never more."""
+    """Pulls items of generator inputs when a map asks for them, never more: the orchestrator's
+    feeder in the in-process runner, answering at once (handle, count, exhausted)."""
 
-    def __init__(self, streams: dict[int, Any], orchestrator: Any, put: Any):
-        self.streams, self.orchestrator, self.put = streams, orchestrator, put
+    def __init__(self, streams: dict[int, Any], put: Any):
+        self.streams, self.put = streams, put
 
-    def request(self, stream_id: int, count: int) -> None:
+    def request(self, stream_id: int, count: int) -> tuple[Any, int, bool]:
         column, n, exhausted = next_items(self.streams[stream_id], count)
-        handle = self.put(column) if column is not None else None
-        self.orchestrator.push_stream(stream_id, handle, n, exhausted)
+        return (self.put(column) if column is not None else None), n, exhausted

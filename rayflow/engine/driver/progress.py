@@ -14,9 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from rayflow.states import FAILED_TYPES
-
-FAILED = {t.value for t in FAILED_TYPES}
+from rayflow.presentation import FAILED
 
 
 class _Rate(ProgressColumn):

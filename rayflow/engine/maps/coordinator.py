@@ -33,7 +33,7 @@ from rayflow.engine.maps.feeds import MapFeed, StreamFeed, WholeFeed
 from rayflow.engine.maps.run import MapRun
 from rayflow.engine.plan import Plan, TaskSpec
 from rayflow.engine.policy import FAIL, RETRY
-from rayflow.engine.protocol import ChunkJob, ChunkSummary, MapHandle, Work
+from rayflow.engine.protocol import ChunkJob, ChunkSummary, MapHandle, Work, WorkFacts
 from rayflow.states import ErrorInfo, State, StateType, error_text
 from rayflow.triggers import Tally
 
@@ -46,6 +46,7 @@ class MapActions:
     submit: list[tuple[TaskSpec, Work, list[Any]]] = field(default_factory=list)  # with flat input handles
     requests: list[tuple[int, int]] = field(default_factory=list)  # (stream id, items) to ask the feeder for
     settled: list[tuple[str, State, MapHandle | None]] = field(default_factory=list)  # maps that ended
+    facts: list[WorkFacts] = field(default_factory=list)  # what the finished works did (observers record it)
 
     def __bool__(self) -> bool:
         return bool(self.cancel or self.submit or self.requests or self.settled)
@@ -214,22 +215,24 @@ class MapCoordinator:
         run = self.maps[key]
         if report is not None:
             with self.lock:
-                run.on_summary(report, handle, self.clock())
+                self._out.facts.append(run.on_summary(report, handle, self.clock()))
         else:
             with self.lock:  # a split changes the map's chunks
                 decision = run.on_lost(job) if error is not None and error.system else FAIL
+            if decision == FAIL:
+                self._out.facts.append(self._fail_lost(run, job, error))
+            else:  # run again, whole or in halves: none of its items is final yet
+                self._out.facts.append(WorkFacts(job.start, job.start + job.size, {}))
             if decision == RETRY:  # only this work runs again
                 again = dataclasses.replace(job, deaths=job.deaths + 1)
                 self._submit(self.plan.by_key[key], again, self._piece_handles(run, job))
                 return self._take()
-            if decision == FAIL:
-                self._fail_lost(run, job, error)
         for child in self.children.get(key, ()):  # consumers first: their chunks queue ahead
             self._pump(child)
         self._pump(key)
         return self._take()
 
-    def _fail_lost(self, run: MapRun, job: ChunkJob, error: ErrorInfo | None) -> None:
+    def _fail_lost(self, run: MapRun, job: ChunkJob, error: ErrorInfo | None) -> WorkFacts:
         """Every item of a lost work fails with its error, which names the item when it ran alone."""
         with self.lock:
             run.release(job)
@@ -245,7 +248,7 @@ class MapCoordinator:
         )
         placeholder = self.put(failed)
         with self.lock:
-            run.settle_lost(job, placeholder, error_text(kind, message))
+            return run.settle_lost(job, placeholder, error_text(kind, message), kind)
 
     def _piece_handles(self, run: MapRun, job: ChunkJob) -> list[Any]:
         chunk = run.by_id[job.chunk]

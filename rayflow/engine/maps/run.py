@@ -28,23 +28,27 @@ from __future__ import annotations
 
 import bisect
 import collections
-import itertools
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from rayflow.engine import columns as C
-from rayflow.engine.maps.feeds import MapFeed, StreamFeed
-from rayflow.engine.protocol import ChunkHandle, ChunkJob, ChunkSummary, MapHandle, Piece
-from rayflow.engine.policy import SPLIT, Loss, after_retry_signal, after_worker_death, halves, next_retry
-from rayflow.states import FAILED_TYPES, State, StateType
+from rayflow.engine.maps.feeds import StreamFeed
+from rayflow.engine.maps.outcomes import Chunk, Outcomes
+from rayflow.engine.maps.sizer import (
+    FIRST_CHUNK,
+    MAX_CHUNK,
+    MAX_GROWTH,
+    TARGET_SECONDS,
+    TRUSTED_SECONDS,
+    ChunkSizer,
+)
+from rayflow.engine.policy import SPLIT, Loss, after_worker_death, halves
+from rayflow.engine.protocol import ChunkHandle, ChunkJob, MapHandle, Piece
 
-TARGET_SECONDS = 0.25
-FIRST_CHUNK = 64
-TRUSTED_SECONDS = 0.01  # a chunk shorter than this measures overheads more than items
-MAX_GROWTH = 256  # a chunk not yet trusted grows at most this much per measurement
-MAX_CHUNK = 1 << 18  # items: bounds the memory a chunk needs (a generator's chunk is built in the driver)
+__all__ = [
+    "FIRST_CHUNK", "MAX_CHUNK", "MAX_GROWTH", "MAX_SPLITS", "TARGET_SECONDS", "TRUSTED_SECONDS", "Chunk", "ChunkSizer",
+    "MapRun",
+]
+
 # Lost works a map splits to find the items that kill their workers: about 6 per such item in
 # 64-item chunks, 18 in the largest; past it (a function that crashes on every item) a lost
 # work runs again whole under system_retries and then fails whole, so deaths stay bounded.
@@ -59,95 +63,7 @@ def _unequal_lengths(lengths: dict[str, int]) -> str | None:
     return f"MappingError: mapped arguments have unequal lengths ({listing})"
 
 
-@dataclass(eq=False)
-class Chunk:
-    index: int  # its id within the map (chunks made so far), not its position: a split chunk is replaced
-    start: int
-    stop: int
-    handles: list[Any] = field(default_factory=list)  # first result, then retries'
-    counts: dict[int, int] = field(default_factory=dict)  # final items per code
-    waiting: dict[int, tuple[float, int]] = field(default_factory=dict)  # item -> (due, next attempt)
-    running: int = 0  # works in flight for this chunk
-    flat_count: int = 0
-    started: bool = False
-    queued: int = 0  # its parts waiting in MapRun.parts to run (halves of a lost work)
-    errors: list[tuple[int, str]] = field(default_factory=list)  # (item index in the map, "Type: message")
-    outcomes: dict[int, int] | None = None  # item in chunk -> code, final FAILED/TIMED_OUT items only
-    spent: dict[int, int] | None = None  # item in chunk -> its `retries` used (failures retried, never rf.Retry)
-    lost: bool = False  # its first run was lost for good: every item FAILED
-    load: tuple[str, ...] = ()  # a resumed run: the stored results its first work loads
-
-    @property
-    def final(self) -> bool:
-        return self.started and self.running == 0 and not self.waiting and not self.queued
-
-    @property
-    def size(self) -> int:
-        return self.stop - self.start
-
-
-class ChunkSizer:
-    """How many items the next chunk of a map gets, from what its chunks measured so far.
-
-    ``chunk_size`` when the user set it; else ``FIRST_CHUNK`` until a first chunk is
-    measured; then enough items for about ``TARGET_SECONDS`` of work at the measured time
-    per item, but at most ``MAX_GROWTH`` times the largest chunk measured until one ran
-    ``TRUSTED_SECONDS`` (a shorter time is mostly fixed overhead, and timer noise), never
-    more than a quarter of the items per CPU (every CPU gets work) nor ``MAX_CHUNK``.
-    A short chunk overstates the time per item (its fixed costs are spread over few
-    items), so the size aimed at errs small; the growth cap guards the other way.
-
-    I/O-bound items (``at_once`` > 1: an async task, or ``concurrency=``) run ``at_once``
-    at a time in a chunk, so a chunk's time is its waves of ``at_once``, not the sum of its
-    items: the first chunks are one wave (``at_once`` items, or the map's share per CPU if
-    smaller), later sizes are whole waves, and the per-CPU cap is a whole share per CPU.
-    """
-
-    def __init__(self, chunk_size: int | None, cpus: int, at_once: int = 1):
-        self.fixed = chunk_size
-        self.cpus = max(1, cpus)
-        self.at_once = max(1, at_once)
-        self.per_item: float | None = None  # seconds, measured in workers
-        self.largest_measured = 0  # items in the largest first-run chunk measured so far
-        self.largest_seconds = 0.0  # and how long it ran
-        self.trusted = False  # whether a measurement lasted TRUSTED_SECONDS
-
-    def measure(self, items: int, seconds: float) -> None:
-        """A first run of a chunk of ``items`` took ``seconds``.  The largest chunk so far sets the
-        time per item; a smaller one only lowers it: fixed costs only ever overstate it, so a
-        faster smaller chunk shows that an earlier measurement carried a one-off cost (a first
-        import, a cache loaded, a slow disk), which would otherwise keep chunks small for good."""
-        if not items:
-            return
-        seconds = max(seconds, 0.0)
-        if items < self.largest_measured:
-            if self.per_item is not None and seconds / items < self.per_item:
-                self.per_item = seconds / items
-                self.trusted = self.trusted or seconds >= TRUSTED_SECONDS
-            return
-        self.largest_measured, self.largest_seconds = items, seconds
-        self.per_item = seconds / items
-        self.trusted = self.trusted or seconds >= TRUSTED_SECONDS
-
-    def size(self, total: int | None) -> int:
-        if self.fixed:
-            return self.fixed
-        waves = self.at_once > 1
-        if self.per_item is None:
-            if not waves:
-                return FIRST_CHUNK
-            return min(self.at_once, math.ceil(total / self.cpus)) if total else self.at_once
-        size = max(1, int(TARGET_SECONDS / max(self.per_item, 1e-9)))
-        if not self.trusted:  # a short chunk's time is mostly overhead: it overstates per_item,
-            size = min(size, MAX_GROWTH * self.largest_measured)  # but timer noise could understate it
-        if waves:  # whole waves: a part of one takes as long as all of it
-            size = max(self.at_once, size - size % self.at_once)
-        if total is not None:
-            size = min(size, max(1, math.ceil(total / (self.cpus if waves else 4 * self.cpus))))
-        return min(size, MAX_CHUNK)
-
-
-class MapRun:
+class MapRun(Outcomes):
     def __init__(
         self,
         key: str,
@@ -182,7 +98,7 @@ class MapRun:
         self.done = False
         self.total: int | None = None
         self.started_at = clock()
-        self._counts: dict[int, int] = {}  # final items per code, over all chunks
+        self.tally: dict[str, int] = {}  # items per state name, the sum of the map's WorkFacts counts
         self.cached = 0  # items whose values came from the per-item cache (counted SUCCESS)
         self._version = 0  # bumped when an item becomes final: keys the cache of outcomes()
         self._outcomes: tuple[tuple[int, ...], dict[int, int]] | None = None
@@ -351,56 +267,6 @@ class MapRun:
         )
         return job, handles
 
-    # -- outcomes ------------------------------------------------------------
-
-    def on_summary(self, summary: ChunkSummary, handle: Any, now: float) -> None:
-        chunk = self.by_id[summary.chunk]
-        chunk.running -= 1
-        self.in_flight -= 1
-        chunk.handles.append(handle)
-        if summary.indices is None and not summary.loaded:  # a first run: retries and loads measure little
-            self.sizer.measure(summary.size, summary.finished_at - summary.started_at - summary.overhead)
-        chunk.flat_count += summary.flat_count
-        self.cached += summary.cached
-        counts = dict(summary.counts)
-        options = self.options
-        spent = chunk.spent if chunk.spent is not None else {}
-        for item, code, retryable, attempt in summary.failed:  # the ledger a plain task keeps (policy.py)
-            delay = next_retry(options, spent.get(item, 0), retryable=retryable)
-            if delay is not None:
-                spent[item] = spent.get(item, 0) + 1
-                chunk.waiting[item] = (now + delay, attempt + 1)
-                counts[code] -= 1
-            else:  # final: its index is kept (failures only, never successful items)
-                if chunk.outcomes is None:
-                    chunk.outcomes = {}
-                chunk.outcomes[item] = code
-        for item, delay, attempt in summary.retry:  # rf.Retry: retried even past `retries`, spends none
-            chunk.waiting[item] = (now + after_retry_signal(options, spent.get(item, 0), delay), attempt + 1)
-            counts[C.RETRYING] -= 1
-        chunk.spent = spent if spent and not chunk.final else None  # a final chunk's items retry no more
-        totals = self._counts
-        for code, n in counts.items():
-            if n:
-                chunk.counts[code] = chunk.counts.get(code, 0) + n
-                totals[code] = totals.get(code, 0) + n
-        if summary.errors:
-            chunk.errors = (chunk.errors + [(chunk.start + i, text) for i, text in summary.errors])[-20:]
-        self._version += 1
-        if chunk.final and isinstance(self.leader, StreamFeed):
-            self._release_segment(chunk)
-        self._check_done()
-
-    def _release_segment(self, chunk: Chunk) -> None:
-        """Drop the stream segment ``chunk`` came from once every chunk of it is final (a split
-        chunk's halves are chunks of the same segment, and their retries need its items)."""
-        for i, seg in enumerate(self.leader.segments()):
-            if seg.start <= chunk.start < seg.stop:
-                if all(c.final for c in self.chunks if seg.start <= c.start < seg.stop):
-                    self.leader.release(i)
-                return
-        raise LookupError(chunk.start)
-
     def on_lost(self, job: ChunkJob) -> Loss:
         """A work of this map died with its worker: split it in halves (queued in ``parts``), or
         say it runs again whole ("retry": it stays in flight) or fails ("fail": ``release`` and
@@ -433,27 +299,6 @@ class MapRun:
         for indices, tries in zip(halves(job.indices), halves(attempts)):  # a retry: two retries of its halves
             chunk.queued += 1
             self.parts.append((chunk, indices, tries, deaths))
-
-    def release(self, job: ChunkJob) -> None:
-        """A work ended without a result."""
-        self.by_id[job.chunk].running -= 1
-        self.in_flight -= 1
-
-    def settle_lost(self, job: ChunkJob, handle: Any, message: str) -> None:
-        """Record a work whose system retries are spent: its items failed (``handle`` holds that)."""
-        chunk = self.by_id[job.chunk]
-        chunk.handles.append(handle)
-        n = len(job.indices) if job.indices is not None else chunk.size
-        chunk.counts[C.FAILED] = chunk.counts.get(C.FAILED, 0) + n
-        self._counts[C.FAILED] = self._counts.get(C.FAILED, 0) + n
-        if job.indices is None:
-            chunk.lost = True
-        else:
-            chunk.outcomes = {**(chunk.outcomes or {}), **dict.fromkeys(job.indices, C.FAILED)}
-        first = job.start + (job.indices[0] if job.indices else 0)
-        chunk.errors = (chunk.errors + [(first, message)])[-20:]
-        self._version += 1
-        self._check_done()
 
     def cancel(self) -> None:
         self.fatal = self.fatal or "cancelled"
@@ -492,95 +337,12 @@ class MapRun:
             self.fatal = _unequal_lengths({s.name: t for s in self.sources if (t := s.total()) is not None})
         self.done = True
 
-    # -- reporting -----------------------------------------------------------
-
-    def counts(self) -> dict[StateType, int]:
-        """Final items per state (kept as chunks end: no walk over the chunks)."""
-        return {C.CODES[code]: n for code, n in self._counts.items() if n}
-
-    def outcomes(self) -> dict[int, int]:
-        """Item index -> state code of every final item that did not succeed, in index order.
-
-        Where the indexes come from: failed and timed-out items are named by the chunk
-        summaries (their indexes are kept as they arrive), a lost work fails all of its
-        items; items gated by an upstream map's item (TRIGGER_FAILED, or SKIPPED under
-        ``skip_on_upstream_skip``) are those whose upstream item failed or was skipped, read
-        from the upstream maps' outcomes.  A chunk summary counts, but does not name, items
-        that raised ``rf.Skip`` themselves: only those take the first free indexes of their
-        chunk.  Computed on demand (a trigger asks once a map is done) and cached.
-        """
-        upstream = [
-            run for s in self.sources if isinstance(s, MapFeed) and not s.flat and (run := s.lookup()) is not None
-        ]
-        version = (self._version, *(id(u) for u in upstream), *(u._version for u in upstream))
-        if self._outcomes is not None and self._outcomes[0] == version:
-            return self._outcomes[1]
-        gates: dict[int, bool] = {}  # index -> True: an upstream item failed, False: one was skipped
-        for run in upstream:
-            for i, code in run.outcomes().items():
-                if code in C.FINAL_FAILED:
-                    gates[i] = True
-                elif code == C.SKIPPED:
-                    gates.setdefault(i, False)
-        gate_keys = sorted(gates)
-        out: dict[int, int] = {}
-        for chunk in self.chunks:
-            if any(code != C.SUCCESS and n for code, n in chunk.counts.items()):
-                out.update(sorted(self._chunk_outcomes(chunk, gates, gate_keys).items()))
-        self._outcomes = (version, out)
-        return out
-
-    def _chunk_outcomes(self, chunk: Chunk, gates: dict[int, bool], gate_keys: list[int]) -> dict[int, int]:
-        if chunk.lost:
-            return dict.fromkeys(range(chunk.start, chunk.stop), C.FAILED)
-        need = {code: n for code, n in chunk.counts.items() if code != C.SUCCESS and n > 0}
-        out: dict[int, int] = {}
-        for item, code in (chunk.outcomes or {}).items():
-            out[chunk.start + item] = code
-            need[code] = need.get(code, 0) - 1
-        if need.get(C.TRIGGER_FAILED, 0) > 0 or need.get(C.SKIPPED, 0) > 0:
-            skip_on_skip = self.options.skip_on_upstream_skip
-            lo, hi = bisect.bisect_left(gate_keys, chunk.start), bisect.bisect_left(gate_keys, chunk.stop)
-            for i in gate_keys[lo:hi]:
-                code = C.TRIGGER_FAILED if gates[i] else (C.SKIPPED if skip_on_skip else None)
-                if code is not None and i not in out and need.get(code, 0) > 0:
-                    out[i] = code
-                    need[code] -= 1
-        left = [(code, n) for code, n in sorted(need.items()) if n > 0]
-        if left:  # not named by any summary (rf.Skip): the chunk's first free indexes
-            free = (i for i in range(chunk.start, chunk.stop) if i not in out)
-            for code, n in left:
-                for i in itertools.islice(free, n):
-                    out[i] = code
-        return out
-
     def handle(self) -> MapHandle:
         chunks, position = [], 0
         for c in self.chunks:
             chunks.append(ChunkHandle(c.start, c.stop, tuple(c.handles), position, position + c.flat_count))
             position += c.flat_count
         return MapHandle(tuple(chunks), self.total or 0)
-
-    def final_state(self) -> State:
-        timing = {"started_at": self.started_at, "finished_at": self.clock()}
-        if self.fatal is not None:
-            return State(type=StateType.FAILED, message=self.fatal, **timing)
-        counts = self.counts()
-        total = self.total or 0
-        failed = sum(n for t, n in counts.items() if t in FAILED_TYPES)
-        ok = total - failed
-        summary = f"{total} items: {ok} ok" + (f", {failed} failed" if failed else "")
-        skipped = counts.get(StateType.SKIPPED, 0)
-        if skipped:
-            summary += f" ({skipped} skipped)"
-        if self.cached:
-            summary += f" ({self.cached} from the cache)"
-        first = next((e for c in self.chunks for e in c.errors), None)
-        if first is not None and failed:
-            summary += f"; first error: item {first[0]}: {first[1]}"
-        if total == 0 or ok / total >= self.options.min_success_ratio:
-            return State(type=StateType.MAPPED, message=summary, **timing)
-        return State(type=StateType.FAILED, message=summary, **timing)
 
     def next_due(self) -> float | None:
         dues = [t for c in self.chunks for t, _ in c.waiting.values()]

@@ -180,6 +180,8 @@ def _summary(
     ]
     retry = [(selected[j], outcomes.retry_delays.get(j), int(attempts[j])) for j in np.flatnonzero(codes == C.RETRYING).tolist()]
     reported = [(selected[j], error_text(e[0], e[1])) for j, e in list(errors.items())[:MAX_REPORTED_ERRORS]]
+    named = np.arange(len(codes)) if job.indices is not None else np.flatnonzero(codes != C.SUCCESS)  # a retry: all
+    items = [(selected[j], int(codes[j]), int(attempts[j]), *errors.get(j, (None, None, None))) for j in named.tolist()]
     return ChunkSummary(
         work_id=work_id,
         map_key=job.map_key,
@@ -191,6 +193,7 @@ def _summary(
         failed=failed,
         retry=retry,
         errors=reported,
+        items=items,
         flat_count=flat,
         indices=job.indices,
         cached=cached,

@@ -8,7 +8,7 @@
   itself may retry an unreachable address for minutes, so a TCP probe fails
   fast on a closed port and the join as a whole is cut off after
   ``connect_timeout`` seconds with an error that names the address.
-- Ray's token authentication (``runtime.auth``): a token the cluster wants and
+- Ray's token authentication (``runtime.driver.auth``): a token the cluster wants and
   does not get is named before the join; a cluster beyond loopback without it
   is a warning.
 """
@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import ray
 
 from rayflow.exceptions import ClusterAuthenticationError, ClusterConnectionError
-from rayflow.runtime.auth import AUTH_PROBE_SECONDS, check_token, token_message, warn_if_unauthenticated
+from rayflow.runtime.driver.auth import AUTH_PROBE_SECONDS, check_token, token_message, warn_if_unauthenticated
 
 CONNECT_TIMEOUT = float(os.environ.get("RAYFLOW_CONNECT_TIMEOUT", "30"))
 

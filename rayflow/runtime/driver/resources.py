@@ -14,7 +14,7 @@ only makes the task wait, as it should:
 - none fits and an autoscaler may add a node (or whether one can is not
   known): a warning, and the task's works may wait ``resource_wait`` seconds
   (task option; else ``RAYFLOW_RESOURCE_WAIT``; else 300) to be placed before
-  the task fails with the same error (``ResourceWaits``, kept by the
+  the task fails with the same error (``runtime.actor.resource_waits.ResourceWaits``, kept by the
   RayExecutor).
 
 Whether the cluster can grow is read from what Ray's own tools read:
@@ -37,7 +37,6 @@ import dataclasses
 import json
 import logging
 import os
-import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -48,13 +47,12 @@ import ray
 from rayflow.core.options import TaskOptions
 from rayflow.engine.plan import Plan
 from rayflow.exceptions import UnsatisfiableResourcesError
+from rayflow.runtime.actor.resource_waits import EPSILON, RESOURCE_WAIT_ENV, describe, task_request
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_RESOURCE_WAIT = 300.0
-RESOURCE_WAIT_ENV = "RAYFLOW_RESOURCE_WAIT"
 CACHE_SECONDS = 10.0
-EPSILON = 1e-6  # Ray keeps resource amounts to 1/10000
 
 FIXED, AUTOSCALING, UNKNOWN = "fixed", "autoscaling", "unknown"
 
@@ -69,18 +67,6 @@ class ClusterView:
 
 
 # -- the decision: pure ----------------------------------------------------------
-
-
-def task_request(options: TaskOptions) -> dict[str, float]:
-    """What Ray schedules the task's Ray task by: one CPU unless ``num_cpus`` says otherwise."""
-    request: dict[str, float] = {"CPU": 1.0 if options.num_cpus is None else float(options.num_cpus)}
-    if options.num_gpus:
-        request["GPU"] = float(options.num_gpus)
-    if options.memory:
-        request["memory"] = float(options.memory)
-    for name, amount in (options.resources or {}).items():
-        request[name] = float(amount)
-    return {name: amount for name, amount in request.items() if amount > EPSILON}
 
 
 def fits(request: Mapping[str, float], node: Mapping[str, float]) -> bool:
@@ -134,22 +120,6 @@ def closest_node(request: Mapping[str, float], nodes: Iterable[Mapping[str, floa
         )
 
     return max(nodes, key=rank, default={})
-
-
-def describe(resources: Mapping[str, float]) -> str:
-    """``{'CPU': 2, 'memory': 15.5 GiB, 'foo': 1}``: what a person reads; Ray's internal
-    resources (``node:<ip>``, the object store) left out."""
-    parts = []
-    first = {"CPU": 0, "GPU": 1, "memory": 2}
-    for name, amount in sorted(resources.items(), key=lambda item: (first.get(item[0], 3), item[0])):
-        if name.startswith("node:") or name == "object_store_memory" or name.startswith("accelerator_type:"):
-            continue
-        if name == "memory":
-            text = f"{amount / 2**30:.3g} GiB" if amount >= 2**30 else f"{amount / 2**20:.3g} MiB"
-        else:
-            text = f"{amount:g}"
-        parts.append(f"'{name}': {text}")
-    return "{" + ", ".join(parts) + "}"
 
 
 def unsatisfiable_error(
@@ -276,87 +246,3 @@ def _autoscaler_v1_status() -> Mapping[str, Any] | None:
         return json.loads(raw)
     except ValueError:
         return None
-
-
-# -- the executor's side: works that wait to be placed ----------------------------
-
-
-@dataclass
-class _Waiting:
-    work: Any
-    key: str
-    request: Mapping[str, float]
-    wait: float
-    deadline: float
-    forward: bool  # the orchestrator wants this work's start too (a task with a timeout)
-
-
-class ResourceWaits:
-    """Works of tasks no node fits yet (``TaskSpec.resource_wait``): each must be placed on a
-    node within its wait.  The first of a task's works to start shows a node fits: the others
-    then wait only for busy resources, without a deadline.  The first to pass its deadline
-    fails the task's other waiting works too, and any work of it submitted later at once."""
-
-    def __init__(self, clock: Any = time.monotonic):
-        self.clock = clock
-        self._waiting: dict[int, _Waiting] = {}
-        self._placed: set[str] = set()
-        self._given_up: dict[str, str] = {}  # task key -> the message its works fail with
-        self._lock = threading.Lock()  # starts arrive on the actor's other threads
-
-    def track(self, spec: Any, work: Any, *, forward: bool) -> bool:
-        """Whether the worker must report this work's start (it waits with a deadline)."""
-        if spec.resource_wait is None or spec.key in self._placed or work.persist is not None:
-            return False
-        with self._lock:
-            self._waiting[work.work_id] = _Waiting(
-                work, spec.key, task_request(spec.options), spec.resource_wait, self.clock() + spec.resource_wait, forward
-            )
-        return True
-
-    def given_up(self, key: str) -> str | None:
-        """The message a task's works fail with once one of them waited in vain."""
-        return self._given_up.get(key)
-
-    def started(self, work_id: int) -> bool:
-        """A work began; True when the orchestrator wants to hear of it too (or it was not tracked)."""
-        with self._lock:
-            entry = self._waiting.pop(work_id, None)
-            if entry is None:
-                return True
-            self._placed.add(entry.key)
-            for other in [w for w, e in self._waiting.items() if e.key == entry.key]:
-                del self._waiting[other]
-        return entry.forward
-
-    def finished(self, work_id: int) -> None:
-        """A work ended (its start may not have been heard of yet): it was placed, so it ran."""
-        self.started(work_id)
-
-    def forget(self, work_id: int) -> None:
-        """A work was cancelled: it waits no more, and says nothing about its task."""
-        with self._lock:
-            self._waiting.pop(work_id, None)
-
-    def next_deadline(self) -> float | None:
-        with self._lock:
-            return min((e.deadline for e in self._waiting.values()), default=None)
-
-    def expired(self) -> list[tuple[Any, str]]:
-        """(work, message) for every work whose wait is over, and its task's other waiting works."""
-        now = self.clock()
-        with self._lock:
-            late = {e.key for e in self._waiting.values() if e.deadline <= now}
-            out = []
-            for work_id, entry in list(self._waiting.items()):
-                if entry.key not in late:
-                    continue
-                del self._waiting[work_id]
-                if entry.key not in self._given_up:
-                    self._given_up[entry.key] = (
-                        f"task '{entry.key}' asks for {describe(entry.request)} but no node of this Ray cluster "
-                        f"had that after waiting {entry.wait:g}s: no node that fits was added (resource_wait "
-                        f"or {RESOURCE_WAIT_ENV} sets the wait)"
-                    )
-                out.append((entry.work, self._given_up[entry.key]))
-        return out

@@ -15,7 +15,7 @@ timeout the worker tells the actor when the attempt really starts
 (``attempt_started``), so time queued for resources does not count; at the
 deadline the Ray task is force-cancelled, which kills its worker process and
 frees its CPUs.  A task that no node fits yet while an autoscaler may add one
-(``TaskSpec.resource_wait``, see runtime.resources) has its works' starts
+(``TaskSpec.resource_wait``, see runtime.driver.resources) has its works' starts
 reported too: one not placed within the wait is cancelled and fails the task
 with an UnsatisfiableResourcesError.  A map's payload (its function and unmapped arguments) is put
 in the object store once and shared by all its chunks.
@@ -35,7 +35,7 @@ from rayflow.engine.worker.execute import execute
 from rayflow.engine.executor import Completion, QueuedStarts
 from rayflow.engine.plan import TaskSpec
 from rayflow.engine.protocol import AttemptResult, Work, describe_error
-from rayflow.runtime.resources import ResourceWaits
+from rayflow.runtime.actor.resource_waits import ResourceWaits
 from rayflow.telemetry import worker_context
 
 BIG_PAYLOAD = 64 * 1024  # bytes; larger payloads (and every map's) are put in the object store once
@@ -70,7 +70,7 @@ def _lost(exc: BaseException) -> Any:
 
 
 def _not_placed(work: Work, message: str) -> Completion:
-    """A work that never ran: no node had its resources in time (see runtime.resources)."""
+    """A work that never ran: no node had its resources in time (see runtime.driver.resources)."""
     error = ErrorInfo(type="rayflow.exceptions.UnsatisfiableResourcesError", message=message)
     if work.job is not None:  # a map's chunk: its items fail with this error
         return Completion(work, None, None, error)

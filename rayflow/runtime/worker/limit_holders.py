@@ -1,7 +1,7 @@
 """The holder's side of the named limits, run inside tasks: ``rf.concurrency`` (``with`` or
 ``async with``), ``rf.rate_limit`` and ``rf.rate_limit_async``.
 
-A holder asks the limits actor (runtime.limits) for a slot or a token and, while none is
+A holder asks the limits actor (runtime.limits.client) for a slot or a token and, while none is
 free, asks again after a pause: doubling from POLL_SECONDS to MAX_POLL_SECONDS for a slot,
 the time until the next token is due for a rate.  The async forms pause with ``await
 asyncio.sleep`` and await the actor's answers, so an ``async def`` task's other coroutines
@@ -21,7 +21,8 @@ import uuid
 from typing import Any
 
 from rayflow.exceptions import LimitError
-from rayflow.runtime.limits import MAX_POLL_SECONDS, POLL_SECONDS, _acall, _call, check_name, lease_seconds
+from rayflow.engine.limits_state import MAX_POLL_SECONDS, POLL_SECONDS, check_name, lease_seconds
+from rayflow.runtime.limits.client import acall as _acall, call as _call
 
 logger = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from rayflow.engine.columns import next_items
 from rayflow.engine.plan import Plan, compile_plan
 from rayflow.engine.driver.progress import MapProgress
 from rayflow.exceptions import RunCrashedError, Terminated
-from rayflow.runtime.actor import actor_replied, driver_actor, forget_actor
+from rayflow.runtime.driver.actors import actor_replied, driver_actor, forget_actor
 from rayflow.runs.assembly import run_graph
-from rayflow.runtime.cluster import connect
-from rayflow.runtime.resources import check_resources
+from rayflow.runtime.driver.cluster import connect
+from rayflow.runtime.driver.resources import check_resources
 from rayflow.store import rayflow_home
 from rayflow.store.history import RunStore, refuse_taken_run_id
 from rayflow.telemetry import settings_from_env

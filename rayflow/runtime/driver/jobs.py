@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rayflow.exceptions import ClusterAuthenticationError, ClusterConnectionError
-from rayflow.runtime.auth import TOKEN_AUTH_DOCS
+from rayflow.runtime.driver.auth import TOKEN_AUTH_DOCS
 
 CONNECT_WAIT = 10.0  # seconds to wait for a job server before giving up (RAYFLOW_CONNECT_TIMEOUT)
 SUBMISSION_PREFIX = "rayflow-"

@@ -1,11 +1,11 @@
-"""FlowRunActor: the thin Ray shell around engine.Orchestrator.
+"""FlowRunActor: the thin Ray shell around engine.Orchestrator (runs in the actor's process).
 
 One actor per driver process (``num_cpus=0``, pinned to the driver's node,
 fate-sharing with the driver) hosts every run that driver starts, each in
 its own thread.  Creating it costs a worker process once; after that a run
 costs two actor calls.  The actor is named ``rayflow-driver-<id>`` in the
 ``rayflow`` namespace, so any process joined to the cluster can find a live
-run by its id (``find_run``) and read its status or cancel it.
+run by its id (runtime.driver.actors.find_run) and read its status or cancel it.
 """
 
 from __future__ import annotations
@@ -13,20 +13,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections import OrderedDict
-from typing import Any
 
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from rayflow.engine.orchestrator import RunSummary
 from rayflow.engine.plan import Plan
+from rayflow.engine.protocol import RunSummary
 from rayflow.exceptions import UnknownRunError
-from rayflow.runtime.cluster import connect_existing
-from rayflow.runtime.executor import RayExecutor
 from rayflow.runs import ObservedRun, assemble_run
-from rayflow.runtime.limits import TagGate
+from rayflow.runtime.actor.executor import RayExecutor
+from rayflow.runtime.limits.client import RayLimits
 from rayflow.telemetry import TelemetrySettings, flush_all
 
 logger = logging.getLogger(__name__)
@@ -43,6 +39,7 @@ class _DriverFeeder:
         self._changed = threading.Condition()
 
     def request(self, stream_id: int, count: int) -> None:
+        """Noted for the driver; its items come later, through ``stream_push``."""
         with self._changed:
             self._requests[stream_id] = count
             self._changed.notify_all()
@@ -100,13 +97,12 @@ class FlowRunActor:
                 # only an ended run's resume (a later attempt) reuses its id
                 raise ValueError(f"a run with id {run_id!r} already exists in this driver")
             executor = RayExecutor(run_id, ray.get_runtime_context().current_actor)
-            observed = assemble_run(plan, executor, run_id, cpus=self._cluster_cpus(), telemetry=telemetry, home=home)
+            streams = any(src.kind == "stream" for spec in plan.specs for src in spec.sources)
+            observed = assemble_run(
+                plan, executor, run_id, cpus=self._cluster_cpus(), telemetry=telemetry, home=home,
+                limits=RayLimits(), feeder=_DriverFeeder() if streams else None,
+            )
             orchestrator = observed.orchestrator
-            if any(spec.options.tags for spec in plan.specs):
-                orchestrator.gate = TagGate(run_id)  # limits by tag: see runtime.limits
-            orchestrator.feeder = _DriverFeeder() if plan.specs and any(
-                src.kind == "stream" for spec in plan.specs for src in spec.sources
-            ) else None
             slot = _Slot(observed, executor)
             self._runs[run_id] = slot
             self._trim()
@@ -123,11 +119,10 @@ class FlowRunActor:
         except BaseException as exc:  # noqa: BLE001 - an engine bug must reach the driver, not hang it
             slot.error = exc
         finally:
-            if slot.orchestrator.gate is not None:
-                slot.orchestrator.gate.release_everything()  # slots of attempts the run did not see end
             try:
-                # The history is complete before the driver hears of the end; close() is
-                # bounded in time and gives up (logging what was lost) on a failing store.
+                # Slots of limits back, and the history complete, before the driver hears of
+                # the end; close() is bounded in time and gives up (logging what was lost)
+                # on a failing store.
                 slot.observed.close()
             finally:
                 slot.done.set()
@@ -164,8 +159,7 @@ class FlowRunActor:
         slot = self._runs.get(run_id)
         if slot is None:
             return None
-        summary = slot.summary or slot.orchestrator.summary()
-        return RunSummary(summary.run_id, summary.flow_name, summary.state, summary.task_states, summary.history)
+        return (slot.summary or slot.orchestrator.summary()).without_handles()
 
     def attempt_started(self, run_id: str, work_id: int, at: float) -> None:
         """Called by a worker when an attempt of a task with a timeout begins."""
@@ -206,115 +200,3 @@ class FlowRunActor:
 
     def run_ids(self) -> list[str]:
         return list(self._runs)
-
-
-_actor: tuple[str, Any] | None = None
-_actor_lock = threading.Lock()
-_last_reply = 0.0  # monotonic time of this driver's last run ended by its actor
-IDLE_CHECK_SECONDS = 2.0  # an actor idle longer than this is pinged before it gets a run
-PING_SECONDS = 30.0
-
-
-def driver_actor() -> Any:
-    """This driver's FlowRunActor, created on first use in the current Ray session.
-
-    An actor that has been idle a while may have died meanwhile (killed, out of memory): it is
-    pinged first and replaced if dead, so a run is only ever sent to an actor believed alive.
-    A run whose actor dies once it was sent is crashed, never started again elsewhere: it may
-    have run tasks already."""
-    global _actor
-    job = ray.get_runtime_context().get_job_id()
-    with _actor_lock:
-        if _actor is not None and _actor[0] == job and time.monotonic() - _last_reply > IDLE_CHECK_SECONDS:
-            try:
-                ray.get(_actor[1].ping.remote(), timeout=PING_SECONDS)
-            except ray.exceptions.RayActorError:
-                _actor = None
-            except ray.exceptions.GetTimeoutError:
-                pass  # alive but busy: its runs' calls will tell
-        if _actor is None or _actor[0] != job:
-            node_id = ray.get_runtime_context().get_node_id()
-            handle = FlowRunActor.options(
-                name=f"{NAME_PREFIX}{uuid.uuid4().hex[:12]}",
-                namespace=NAMESPACE,
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
-            ).remote()
-            _actor = (job, handle)
-        return _actor[1]
-
-
-def actor_replied() -> None:
-    """A run of this driver just ended through its actor: it is alive, no ping needed soon."""
-    global _last_reply
-    _last_reply = time.monotonic()
-
-
-def forget_actor(handle: Any) -> None:
-    """This driver's actor died: the next run creates a new one instead of calling the dead one."""
-    global _actor
-    with _actor_lock:
-        if _actor is not None and _actor[1] is handle:
-            _actor = None
-
-
-def driver_actors() -> list[Any]:
-    """Handles of every live FlowRunActor on the cluster."""
-    names = [
-        a["name"]
-        for a in ray.util.list_named_actors(all_namespaces=True)
-        if a.get("namespace") == NAMESPACE and a["name"].startswith(NAME_PREFIX)
-    ]
-    handles = []
-    for name in names:
-        try:
-            handles.append(ray.get_actor(name, namespace=NAMESPACE))
-        except ValueError:  # it ended between listing and lookup
-            continue
-    return handles
-
-
-def find_run(run_id: str, timeout: float = 10.0) -> tuple[Any, RunSummary]:
-    """The actor hosting ``run_id`` and the run's status; UnknownRunError if no live driver has it."""
-    handles = driver_actors()
-    refs = [h.status.remote(run_id) for h in handles]
-    for handle, ref in zip(handles, refs):
-        try:
-            summary = ray.get(ref, timeout=timeout)
-        except ray.exceptions.RayError:
-            continue
-        if summary is not None:
-            return handle, summary
-    raise UnknownRunError(f"no live rayflow driver on this cluster has run {run_id!r}", run_id=run_id)
-
-
-def cancel_run(run_id: str, *, address: str | None = None, wait: float = 30.0) -> Any:
-    """Cancel a live run from any process joined to its cluster; returns its state afterwards."""
-    connect_existing(address)
-    handle, summary = find_run(run_id)
-    ray.get(handle.cancel_run.remote(run_id))
-    deadline = time.monotonic() + wait
-    while not summary.state.is_finished() and time.monotonic() < deadline:
-        time.sleep(0.1)
-        summary = ray.get(handle.status.remote(run_id))
-    return summary.state
-
-
-def live_status(run_id: str, *, address: str | None = None, connect_timeout: float = 10.0) -> dict | None:
-    """A live run's status read from its driver's actor, as plain data; None if no live driver has it."""
-    try:
-        connect_existing(address, connect_timeout=connect_timeout)
-        handle, summary = find_run(run_id)
-        maps = ray.get(handle.progress.remote(run_id), timeout=connect_timeout) or {}
-    except Exception:  # noqa: BLE001 - no cluster, or no live run: the caller falls back to the history
-        return None
-    tasks = {
-        key: {
-            "state": state.type.value,
-            "attempt": state.attempt,
-            "started_at": state.started_at,
-            "finished_at": state.finished_at,
-            "message": state.message,
-        }
-        for key, state in summary.task_states.items()
-    }
-    return {"run_id": run_id, "flow": summary.flow_name, "state": summary.state.type.value, "tasks": tasks, "maps": maps}
