@@ -39,6 +39,7 @@ from typing import Any
 import cloudpickle
 
 from rayflow.results_layout import is_segment
+from rayflow.states import error_text
 
 
 class Uncacheable(Exception):
@@ -155,7 +156,7 @@ def _value_bytes(name: str, value: Any) -> bytes:
     try:
         return cloudpickle.dumps(value, protocol=5)
     except Exception as exc:  # noqa: BLE001 - a lock, a socket, a generator
-        raise Uncacheable(name, f"{type(exc).__name__}: {exc}") from None
+        raise Uncacheable(name, error_text(type(exc).__name__, str(exc))) from None
 
 
 class CachePolicy:

@@ -43,6 +43,7 @@ import pyarrow.ipc as ipc
 
 from rayflow.exceptions import CorruptResultError, MissingResultError, ResultStoreError
 from rayflow.paths import under_root
+from rayflow.states import error_text
 
 KIND_KEY = b"rayflow.kind"
 ARROW_SUFFIX = ".arrow"
@@ -217,7 +218,7 @@ class ResultStore:
             return decode_result(data, path)
         except Exception as exc:  # noqa: BLE001 - any decoding failure: the file is not what it says
             raise CorruptResultError(
-                f"result file {self.describe(path)} is corrupted or unreadable ({type(exc).__name__}: {exc})",
+                f"result file {self.describe(path)} is corrupted or unreadable ({error_text(type(exc).__name__, str(exc))})",
                 path=self.describe(path),
             ) from exc
 
@@ -267,7 +268,7 @@ def encode_result(value: Any) -> tuple[bytes, str]:
     try:
         return cloudpickle.dumps(value, protocol=5), PICKLE_SUFFIX
     except Exception as exc:  # noqa: BLE001 - a lock, a socket
-        raise ResultStoreError(f"a {type(value).__name__} cannot be stored: {type(exc).__name__}: {exc}") from None
+        raise ResultStoreError(f"a {type(value).__name__} cannot be stored: {error_text(type(exc).__name__, str(exc))}") from None
 
 
 def _as_table(value: Any) -> pa.Table | None:

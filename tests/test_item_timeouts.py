@@ -40,3 +40,166 @@ def test_an_item_past_its_timeout_is_timed_out_on_every_runner(runner, tmp_path)
     assert states[1].attempt == 2 and "timed out after 0.5s" in states[1].message
     assert run.task_result("held") == [0, None, 2, 3, 4, 5]
     assert run.state.type is T.FAILED
+
+
+# == every strategy, the same contract ============================================================
+# An item runs by one of the strategies of engine/worker/item_runners.py, picked by the task and
+# the thread; each must time out the same way on both runners.  A batch=True task's timeout
+# bounds each call (one chunk of items): every item of the call past it ends TIMED_OUT.  Before,
+# a batch=True task dropped its timeout: its held chunk ended SUCCESS after 20 s.
+
+
+def _hold(xs, root: str) -> None:
+    """While item 1 is among ``xs``, wait for ``release`` (at most 20 s)."""
+    if 1 in xs:
+        release = pathlib.Path(root) / "release"
+        deadline = time.monotonic() + 20
+        while not release.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+
+async def _hold_async(xs, root: str) -> None:
+    import asyncio
+
+    if 1 in xs:
+        release = pathlib.Path(root) / "release"
+        deadline = time.monotonic() + 20
+        while not release.exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+
+@rf.task(timeout=0.5, retries=1, chunk_size=2, batch=True)
+def held_batch(xs, root: str):
+    _hold(xs.to_pylist(), root)
+    return xs
+
+
+@rf.task(timeout=0.5, retries=1, chunk_size=2, batch=True)
+async def held_batch_async(xs, root: str):
+    await _hold_async(xs.to_pylist(), root)
+    return xs
+
+
+@rf.task(timeout=0.5, retries=1, chunk_size=4, concurrency=2)
+def held_threaded(x: int, root: str) -> int:
+    _hold([x], root)
+    return x
+
+
+@rf.task(timeout=0.5, retries=1, chunk_size=4)
+async def held_async(x: int, root: str) -> int:
+    await _hold_async([x], root)
+    return x
+
+
+@rf.task(chunk_size=6)
+def fails_on_zero(x: int) -> int:
+    if x == 0:
+        raise ValueError("zero")
+    return x
+
+
+def _timed(runner, tmp_path, flow):
+    try:
+        return flow.with_options(runner=runner).run()
+    finally:
+        (tmp_path / "release").touch()  # abandoned helper threads (in-process runner) end
+
+
+def test_a_batch_call_past_its_timeout_times_out_every_item_it_was_given(runner, tmp_path):
+    """A batch task's timeout bounds each call: the chunk holding item 1 ([0, 1]) times out
+    whole, and its retry (the same two items, one call) too; the other chunks succeed."""
+
+    @rf.flow
+    def batched():
+        return held_batch.map(range(6), rf.unmapped(str(tmp_path)))
+
+    run = _timed(runner, tmp_path, batched)
+    states = run.map_states("held_batch")
+    assert [s.type for s in states] == [T.TIMED_OUT] * 2 + [T.SUCCESS] * 4
+    assert all(s.attempt == 2 and "timed out after 0.5s" in s.message for s in states[:2])
+    assert run.task_result("held_batch") == [None, None, 2, 3, 4, 5]
+    assert run.state.type is T.FAILED
+
+
+def test_an_async_batch_call_past_its_timeout_is_cancelled_and_times_out(runner, tmp_path):
+    @rf.flow
+    def batched():
+        return held_batch_async.map(range(6), rf.unmapped(str(tmp_path)))
+
+    run = _timed(runner, tmp_path, batched)
+    states = run.map_states("held_batch_async")
+    assert [s.type for s in states] == [T.TIMED_OUT] * 2 + [T.SUCCESS] * 4
+    assert states[0].attempt == 2 and "timed out after 0.5s" in states[0].message
+
+
+def test_threaded_async_and_gated_items_time_out_alike(runner, tmp_path):
+    """Items on a thread pool (concurrency=2), on an event loop (async), and items run in order
+    after others were gated (the first item's upstream failed): item 1 ends TIMED_OUT in each."""
+
+    @rf.flow
+    def strategies():
+        root = rf.unmapped(str(tmp_path))
+        gated = held.map(fails_on_zero.map(range(6)), root)
+        return held_threaded.map(range(6), root), held_async.map(range(6), root), gated
+
+    run = _timed(runner, tmp_path, strategies)
+    for key in ("held_threaded", "held_async"):
+        states = run.map_states(key)
+        assert [s.type for s in states] == [T.SUCCESS, T.TIMED_OUT] + [T.SUCCESS] * 4, key
+        assert states[1].attempt == 2 and "timed out after 0.5s" in states[1].message, key
+    gated = run.map_states("held")
+    assert [s.type for s in gated] == [T.TRIGGER_FAILED, T.TIMED_OUT] + [T.SUCCESS] * 4
+    assert gated[1].attempt == 2
+
+
+@rf.task(timeout=5, chunk_size=3, batch=True)
+def raises_timeout_error(xs):
+    raise TimeoutError("the service took too long")
+
+
+def test_a_batch_call_that_raises_timeout_error_itself_fails_it_is_not_timed_out(runner):
+    """The contract times out a call past its deadline only: a TimeoutError the function raises
+    is its own failure (on a helper thread, futures' TimeoutError is the same class)."""
+
+    @rf.flow
+    def own():
+        return raises_timeout_error.map(range(3))
+
+    states = own.with_options(runner=runner).run().map_states("raises_timeout_error")
+    assert [s.type for s in states] == [T.FAILED] * 3
+    assert "the service took too long" in states[0].message
+
+
+@rf.task(timeout=0.5, chunk_size=6, concurrency=2)
+def stuck_then_release(x: int, root: str) -> int:
+    """Items 0 and 1 are stuck until a later item touches ``release`` (at most 10 s, then they
+    leave ``gave_up`` behind); items 2.. touch it."""
+    where = pathlib.Path(root)
+    if x < 2:
+        deadline = time.monotonic() + 10
+        while not (where / "release").exists():
+            if time.monotonic() > deadline:
+                (where / "gave_up").touch()
+                break
+            time.sleep(0.02)
+    else:
+        (where / "release").touch()
+    return x
+
+
+def test_threaded_items_past_their_timeout_give_their_slots_back(runner, tmp_path):
+    """concurrency=2 with both threads stuck: at their deadline both items are TIMED_OUT and
+    the chunk's next items run on new threads, as run_abandoning goes on with a new helper.
+    Before, the abandoned threads kept their slots, so the next items waited for the stuck
+    calls to return (here 10 s; forever for a call that never does)."""
+
+    @rf.flow
+    def stuck():
+        return stuck_then_release.map(range(6), rf.unmapped(str(tmp_path)))
+
+    run = _timed(runner, tmp_path, stuck)
+    states = run.map_states("stuck_then_release")
+    assert [s.type for s in states] == [T.TIMED_OUT] * 2 + [T.SUCCESS] * 4
+    # the next items ran while the stuck calls still held (gave_up is written before they return)
+    assert not (tmp_path / "gave_up").exists()

@@ -220,4 +220,4 @@ def test_an_error_of_rayflow_itself_keeps_its_frames():
         return short_batch.map(range(3))
 
     tb = shortening.run().map_states("short_batch")[0].error.traceback
-    assert f"{ENGINE_DIR}worker{os.sep}chunk.py" in tb and "ValueError: batch task returned 1 results for 3 items" in tb
+    assert f"{ENGINE_DIR}worker{os.sep}item_runners.py" in tb and "ValueError: batch task returned 1 results for 3 items" in tb

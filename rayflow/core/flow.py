@@ -33,6 +33,7 @@ from rayflow.core.options import FlowOptions, checked_name, validate_options
 from rayflow.core.parameters import is_secret, parameters_model, validate_parameters
 from rayflow.exceptions import DefinitionError, GraphError, ParameterError, RayflowError
 from rayflow.paths import check_run_id
+from rayflow.states import error_text
 
 GRAPH_CACHE_SIZE = 32
 
@@ -146,7 +147,7 @@ class Flow:
                 raise
             except Exception as exc:
                 raise GraphError(
-                    f"building flow '{self.name}' failed: {type(exc).__name__}: {exc}"
+                    f"building flow '{self.name}' failed: {error_text(type(exc).__name__, str(exc))}"
                 ) from exc
         return builder.finish(result, values)
 

@@ -15,6 +15,7 @@ import cloudpickle
 
 from rayflow.core.flow import Flow
 from rayflow.exceptions import TargetError
+from rayflow.states import error_text
 
 
 
@@ -77,7 +78,7 @@ def _load_module(location: str) -> ModuleType:
             raise TargetError(f"{exc.filename or location}:{exc.lineno}: syntax error: {exc.msg}") from None
         except Exception as exc:  # noqa: BLE001 - the file's own code failed while it was imported
             sys.modules.pop(name, None)
-            raise TargetError(f"importing {location} failed{_where(exc, path)}: {type(exc).__name__}: {exc}") from None
+            raise TargetError(f"importing {location} failed{_where(exc, path)}: {error_text(type(exc).__name__, str(exc))}") from None
         # Workers cannot import a file by path: ship its functions and classes by value.
         cloudpickle.register_pickle_by_value(module)
         module.__rayflow_by_value__ = True  # type: ignore[attr-defined]
@@ -89,4 +90,4 @@ def _load_module(location: str) -> ModuleType:
     except SyntaxError as exc:
         raise TargetError(f"{exc.filename or location}:{exc.lineno}: syntax error: {exc.msg}") from None
     except Exception as exc:  # noqa: BLE001 - the module's own code failed while it was imported
-        raise TargetError(f"importing {location} failed: {type(exc).__name__}: {exc}") from None
+        raise TargetError(f"importing {location} failed: {error_text(type(exc).__name__, str(exc))}") from None

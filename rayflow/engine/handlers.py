@@ -13,7 +13,7 @@ from typing import Any
 from rayflow.engine.observers import RunObserver
 from rayflow.engine.plan import Plan
 from rayflow.engine.protocol import describe_error
-from rayflow.states import State, StateType
+from rayflow.states import State, StateType, error_text
 
 
 def handler_name(handler: Callable[..., Any]) -> str:
@@ -35,7 +35,7 @@ def apply_handlers(handlers: Sequence[Callable[..., Any]], subject: Any, old: St
                     exc.__dict__.setdefault("__cause__", new.exception)
             return State(
                 type=StateType.FAILED,
-                message=f"state handler {handler_name(handler)} raised {type(exc).__name__}: {exc}{failure}",
+                message=f"state handler {handler_name(handler)} raised {error_text(type(exc).__name__, str(exc))}{failure}",
                 attempt=new.attempt,
                 started_at=new.started_at,
                 finished_at=new.finished_at,

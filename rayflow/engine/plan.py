@@ -36,6 +36,7 @@ from rayflow.engine.protocol import ASYNC_CONCURRENCY, ItemCachePolicy, ResultPo
 from rayflow.exceptions import GraphError, MappingError, SerializationError
 from rayflow.results import ResultStore, default_location
 from rayflow.results_layout import segment_folder
+from rayflow.states import error_text
 from rayflow.triggers import all_successful
 
 
@@ -364,7 +365,7 @@ def _compile_sources(
                 if isinstance(exc, pickle.PicklingError) or "pickle" in str(exc):  # an item will not pickle
                     raise SerializationError(
                         f"task '{node.key}': an item of argument '{source.name}' cannot be pickled to travel "
-                        f"to a worker ({type(exc).__name__}: {exc}); map over something picklable",
+                        f"to a worker ({error_text(type(exc).__name__, str(exc))}); map over something picklable",
                         task_key=node.key,
                     ) from None
                 raise MappingError(
@@ -418,7 +419,7 @@ def _check_options_pickle(key: str, task: Task) -> None:
         cloudpickle.dumps(options)
     except Exception as exc:
         raise SerializationError(
-            f"task '{key}': its trigger or state handlers cannot be pickled ({type(exc).__name__}: {exc})",
+            f"task '{key}': its trigger or state handlers cannot be pickled ({error_text(type(exc).__name__, str(exc))})",
             task_key=key,
         ) from exc
 
@@ -433,11 +434,11 @@ def _serialise(key: str, fn: Any, rest: tuple[Any, ...]) -> bytes:
     except Exception:
         raise SerializationError(
             f"task '{key}': its function {getattr(fn, '__qualname__', fn)!r} cannot be pickled "
-            f"to run on a worker ({type(error).__name__}: {error})",
+            f"to run on a worker ({error_text(type(error).__name__, str(error))})",
             task_key=key,
         ) from error
     raise SerializationError(
         f"task '{key}': an argument cannot be pickled to travel to a worker "
-        f"({type(error).__name__}: {error}); pass something picklable, or build it inside the task",
+        f"({error_text(type(error).__name__, str(error))}); pass something picklable, or build it inside the task",
         task_key=key,
     ) from error

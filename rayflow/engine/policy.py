@@ -15,7 +15,7 @@ from typing import Literal, TypeVar
 from rayflow.core.options import TaskOptions
 from rayflow.engine.plan import Plan, TaskSpec
 from rayflow.engine.protocol import describe_error
-from rayflow.states import State, StateType
+from rayflow.states import State, StateType, error_text
 from rayflow.triggers import failed_upstreams, tally, trigger_name
 
 
@@ -53,7 +53,7 @@ def settle_before_run(
     except Exception as exc:  # a custom trigger is user code
         return State(
             type=StateType.FAILED,
-            message=f"trigger {trigger_name(trigger)} raised {type(exc).__name__}: {exc}",
+            message=f"trigger {trigger_name(trigger)} raised {error_text(type(exc).__name__, str(exc))}",
             error=describe_error(exc),
             exception=exc,
         )

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rayflow.serving.server import Served
+from rayflow.states import error_text
 
 
 def cancel_here(run_id: str, *, on_ray: bool) -> None:
@@ -45,7 +46,7 @@ class ThreadHandle:
         try:
             self._state = self._body().state.type.value
         except BaseException as exc:  # noqa: BLE001 - a run that raises is its outcome, never the server's end
-            self._state = f"ERROR ({type(exc).__name__}: {str(exc)[:200]})"
+            self._state = f"ERROR ({error_text(type(exc).__name__, str(exc)[:200])})"
 
     def done(self) -> bool:
         return not self._thread.is_alive()

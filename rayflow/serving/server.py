@@ -57,6 +57,7 @@ from rayflow.paths import new_run_id
 from rayflow.schedules import UTC, Schedule
 from rayflow.states import StateType
 from rayflow.store.schedules import ScheduleStore, server_alive
+from rayflow.states import error_text
 
 RUN_STATES = frozenset(t.value for t in StateType)  # what a handle of a run that recorded its end reads
 
@@ -342,7 +343,7 @@ class Server:
         try:
             fire.handle = self.launcher.launch(fire.entry, fire.scheduled_for, fire.run_id)
         except Exception as exc:  # noqa: BLE001 - a launch that fails is that fire's outcome
-            self.store.settle(sid, fire.scheduled_for, f"failed to start: {type(exc).__name__}: {exc}"[:500], self.server_id)
+            self.store.settle(sid, fire.scheduled_for, f"failed to start: {error_text(type(exc).__name__, str(exc))}"[:500], self.server_id)
             logger.error("schedule %s at %s: the run could not start: %s", sid, _stamp(fire.scheduled_for), exc)
             return "failed to start"
         self.running[sid].append(fire)

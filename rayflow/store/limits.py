@@ -19,6 +19,7 @@ import time
 
 from rayflow.exceptions import LimitError
 from rayflow.store.history import RunStore
+from rayflow.states import error_text
 
 WRITE_SECONDS = 5.0  # how long a set or remove waits for a locked history before it fails
 
@@ -61,7 +62,7 @@ class LimitKeeper:
             self.definitions = self.store.load()
         except Exception as exc:  # noqa: BLE001 - the actor still starts: it answers every set with this
             self.store = None
-            self._problem = f"{type(exc).__name__}: {exc}"
+            self._problem = error_text(type(exc).__name__, str(exc))
             logger.warning(
                 "rayflow: the limits cannot be kept in the run history under %s (%s): no limit can be set",
                 home or "RAYFLOW_HOME", self._problem,
@@ -80,4 +81,4 @@ class LimitKeeper:
         try:
             self.store.write({name: definition})
         except Exception as exc:  # noqa: BLE001 - locked, full, damaged, a value SQLite refuses
-            raise LimitError(f"{change}: the run history at {where} cannot keep it ({type(exc).__name__}: {exc})") from None
+            raise LimitError(f"{change}: the run history at {where} cannot keep it ({error_text(type(exc).__name__, str(exc))})") from None

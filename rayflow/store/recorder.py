@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from rayflow.engine.observers import RunObserver
-from rayflow.states import State
+from rayflow.states import State, error_text
 from rayflow.store.recovery import _LIVE_SPILLS, BACKGROUND_SECONDS
 from rayflow.store.schema import redact_params
 
@@ -196,7 +196,7 @@ class HistoryRecorder(RunObserver):
                 )
                 self._applied = self._applied or spilled is not None
             except Exception as exc:  # noqa: BLE001 - any store failure: keep the rows, retry later
-                problem = f"{type(exc).__name__}: {exc}"
+                problem = error_text(type(exc).__name__, str(exc))
                 if problem != self._problem and not self._abandoned:
                     logger.warning(
                         "rayflow: cannot write the history of run %s (%s); keeping %d rows to retry",

@@ -26,6 +26,7 @@ from rayflow.core.parameters import parameter_values, text_of_value, validate_pa
 from rayflow.paths import new_run_id
 from rayflow.serving.launcher import ThreadHandle, cancel_here
 from rayflow.store import RunStore, rayflow_home
+from rayflow.states import error_text
 
 logger = logging.getLogger("rayflow.serve")
 STARTING_MESSAGE = "starting (run now from the UI)"
@@ -124,7 +125,7 @@ class ServeActions:
             try:
                 return body()
             except BaseException as exc:
-                reason = f"{what} failed: {type(exc).__name__}: {str(exc)[:500]}"
+                reason = f"{what} failed: {error_text(type(exc).__name__, str(exc)[:500])}"
                 logger.error("run %s: %s", run_id, reason)
                 self._errors[run_id] = reason
                 if placeholder:

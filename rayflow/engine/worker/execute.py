@@ -65,7 +65,7 @@ def _store(persist: tuple[str, str], value: Any) -> tuple[str | None, str | None
     try:
         return ResultStore(location).write(name, value), None
     except Exception as exc:  # noqa: BLE001 - ResultStoreError, or a value no format can store
-        return None, f"{type(exc).__name__}: {exc}"
+        return None, error_text(type(exc).__name__, str(exc))
 
 
 def unpack(layout: tuple[Any, ...], values: tuple[Any, ...] | list[Any]) -> list[Any]:

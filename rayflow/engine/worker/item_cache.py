@@ -48,6 +48,7 @@ from rayflow.engine.worker.logs import get_run_logger
 from rayflow.exceptions import ResultStoreError
 from rayflow.results import ResultStore
 from rayflow.results_layout import segment_name
+from rayflow.states import error_text
 
 KEY_BYTES = 16
 _KEY_TYPE = pa.binary(KEY_BYTES)
@@ -164,7 +165,7 @@ class _Keyer:
             self._warn(str(exc))
             return None
         except Exception as exc:  # noqa: BLE001 - the user's key function
-            self._warn(f"its cache_key_fn raised {type(exc).__name__}: {exc}")
+            self._warn(f"its cache_key_fn raised {error_text(type(exc).__name__, str(exc))}")
             return None
         if key is None:
             return None

@@ -35,7 +35,7 @@ class _Context:
         self.span_id = parts[2] if len(parts) == 4 else None
         self.map_start = map_start
         # Index within the chunk of the item running now; or a callable giving it, so the
-        # hot loop of a chunk sets it once rather than per item (see worker.chunk._run_dense).
+        # hot loop of a chunk sets it once rather than per item (see worker.item_runners.run_dense).
         self.item: list[Any] = [None]
         self.records: list[tuple] = []
         self.dropped = 0
@@ -124,7 +124,7 @@ def current_context() -> _Context | None:
     return getattr(_local, "context", None)
 
 
-def running_item(context: _Context | None, item: int) -> None:
+def running_item(context: _Context | None, item: int | None) -> None:
     """In a thread or asyncio task running one item of a concurrent chunk: records go to
     ``context`` with that item's map index."""
     if context is not None:

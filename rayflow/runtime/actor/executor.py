@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from rayflow.states import ErrorInfo, StateType
+from rayflow.states import ErrorInfo, StateType, error_text
 
 import ray
 from ray.exceptions import RayError, RayTaskError
@@ -63,7 +63,7 @@ def _lost(exc: BaseException) -> Any:
         error = describe_error(cause)
         message = (
             "its arguments or its return value could not be (de)serialised by Ray: "
-            f"{type(cause).__name__}: {cause}"
+            f"{error_text(type(cause).__name__, str(cause))}"
         )
         return error.model_copy(update={"message": message, "system": False})
     return describe_error(exc, system=True)  # worker died for good, object lost, cancelled

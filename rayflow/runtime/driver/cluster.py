@@ -26,6 +26,7 @@ import ray
 
 from rayflow.exceptions import ClusterAuthenticationError, ClusterConnectionError
 from rayflow.runtime.driver.auth import AUTH_PROBE_SECONDS, check_token, token_message, warn_if_unauthenticated
+from rayflow.states import error_text
 
 CONNECT_TIMEOUT = float(os.environ.get("RAYFLOW_CONNECT_TIMEOUT", "30"))
 
@@ -121,5 +122,5 @@ def _init_bounded(address: str, timeout: float) -> None:
         raise ClusterAuthenticationError(token_message(address), address=address) from None
     if error is not None:
         raise ClusterConnectionError(
-            f"cannot join the Ray cluster at {address!r}: {type(error).__name__}: {error}", address=address
+            f"cannot join the Ray cluster at {address!r}: {error_text(type(error).__name__, str(error))}", address=address
         ) from error

@@ -1,0 +1,424 @@
+"""How a chunk's items run: one interface, six strategies, one timeout contract.
+
+Every per-item strategy takes an ``ItemCalls`` (the call, each runnable item's input, the
+chunk's ``Outcomes``, the timeout, how many items may run at once) and returns one value per
+selected item, None where an item did not run or did not succeed; ``pick`` chooses it:
+
+- ``run_dense``: every item, in order, at the speed of a list comprehension (no timeout);
+- ``run_items``: some items (the others gated, or a retry), in order (no timeout);
+- ``run_timed``: items in order, each under SIGALRM (a timeout, on the process's main thread:
+  a Ray worker);
+- ``run_abandoning``: items in order, each on a helper thread (a timeout, off the main thread:
+  the in-process runner's threads, where SIGALRM cannot reach);
+- ``run_async``: an async task's items on one event loop, ``at_once`` at a time;
+- ``run_threaded``: a plain task's items on ``at_once`` threads (``concurrency=``), a thread
+  whose item was abandoned replaced by a new one;
+
+and ``run_batch`` makes the one call of a ``batch=True`` chunk with whole columns.
+
+The timeout contract, the same for every strategy on both runners: a task's ``timeout``
+bounds each call of its function, counted from the call's start (not from the chunk's): an
+item's call, or for ``batch=True`` the chunk's one call.  A call still running at its deadline
+is stopped where Python can stop it (SIGALRM raises in it on a main thread; an async item is
+cancelled, its ``finally`` blocks run) and abandoned where it cannot (a helper thread runs on
+until the function returns; its value is dropped).  Each item the call was given ends
+TIMED_OUT ("item timed out after <timeout>s"), retried while the task's retries last, and
+the chunk's other items go on.  SIGALRM and a thread cannot interrupt a call stuck in C code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import inspect
+import signal
+import threading
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
+from concurrent.futures import wait as futures_wait
+from typing import Any
+
+import numpy as np
+
+from rayflow.core.refs import MapInput, substitute
+from rayflow.engine.columns import Column, encode_values, to_column
+from rayflow.engine.worker.blocking import BlockWatch, warn_blocked
+from rayflow.engine.worker.items import Outcomes
+from rayflow.engine.worker.logs import current_context, running_item
+from rayflow.signals import Signal
+
+
+@dataclasses.dataclass(eq=False)
+class ItemCalls:
+    """What a per-item strategy runs: ``call(inputs[k])`` for the k-th runnable item, its value
+    kept at position ``runnable[k]`` of the ``size`` values returned; each item's failure,
+    signal or timeout goes to ``outcomes``.  ``cell`` receives the index of the item running
+    (for the map index of log records); ``at_once`` is how many items may run at once (None:
+    one after another); ``map_key`` names the map in an async task's blocked-loop warning."""
+
+    call: Callable[[Any], Any]
+    inputs: Sequence[Any]
+    runnable: Sequence[int]
+    size: int
+    outcomes: Outcomes
+    timeout: float | None = None
+    cell: list[Any] | None = None
+    at_once: int | None = None
+    is_async: bool = False
+    map_key: str = ""
+
+
+ItemRunner = Callable[[ItemCalls], list[Any]]
+
+
+def pick(calls: ItemCalls) -> ItemRunner:
+    """The strategy for these calls: by the task (async, concurrency), its timeout and the thread."""
+    if calls.is_async:
+        return run_async
+    if calls.at_once is not None:
+        return run_threaded
+    if calls.timeout is not None:
+        return run_timed if _on_main_thread() else run_abandoning
+    if len(calls.runnable) == calls.size:  # every item runs: runnable is 0..n-1, item k is input k
+        return run_dense
+    return run_items
+
+
+def _on_main_thread() -> bool:
+    """SIGALRM reaches the main thread only (a Ray worker runs its tasks there)."""
+    return threading.current_thread() is threading.main_thread()
+
+
+def run_dense(calls: ItemCalls) -> list[Any]:
+    """Every item runs, in order, at the speed of a list comprehension: ``map`` calls in C and
+    ``list.extend`` appends each result as it comes, so when an item raises, the results before
+    it are kept, the item's index is ``len(done)``, and the same iterator resumes after it.
+    The item running is always the next one to be appended: log records read ``len(done)``.
+    """
+    call, outcomes = calls.call, calls.outcomes
+    done: list[Any] = []
+    if calls.cell is not None:
+        calls.cell[0] = done.__len__
+    remaining = iter(calls.inputs)
+    while True:
+        try:
+            done.extend(map(call, remaining))
+            return done
+        except Signal as sig:
+            outcomes.signalled(sig, len(done))
+        except Exception as exc:
+            outcomes.failed((len(done),), exc)
+        done.append(None)
+
+
+def run_items(calls: ItemCalls) -> list[Any]:
+    """Some items run (the others were gated, or this is a retry): ``results[runnable[k]]`` is
+    ``call(inputs[k])``; nothing runs twice."""
+    call, inputs, runnable, outcomes = calls.call, calls.inputs, calls.runnable, calls.outcomes
+    results: list[Any] = [None] * calls.size
+    cell = calls.cell if calls.cell is not None else [None]
+    n = len(runnable)
+    k = 0
+    while k < n:
+        try:
+            while k < n:
+                cell[0] = runnable[k]
+                results[runnable[k]] = call(inputs[k])
+                k += 1
+        except Signal as sig:
+            outcomes.signalled(sig, runnable[k])
+            k += 1
+        except Exception as exc:
+            outcomes.failed((runnable[k],), exc)
+            k += 1
+    return results
+
+
+class _ItemTimeout(BaseException):
+    pass
+
+
+def _alarm(signum: int, frame: Any) -> None:
+    raise _ItemTimeout()
+
+
+def run_timed(calls: ItemCalls) -> list[Any]:
+    """Items in order on the main thread, each interrupted by SIGALRM at its deadline."""
+    call, inputs, outcomes, timeout = calls.call, calls.inputs, calls.outcomes, calls.timeout
+    assert timeout is not None
+    results: list[Any] = [None] * calls.size
+    cell = calls.cell if calls.cell is not None else [None]
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    try:
+        for k, j in enumerate(calls.runnable):
+            cell[0] = j
+            try:
+                signal.setitimer(signal.ITIMER_REAL, timeout)
+                try:
+                    results[j] = call(inputs[k])
+                finally:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+            except _ItemTimeout:
+                outcomes.timed_out(j, timeout)
+            except Signal as sig:
+                outcomes.signalled(sig, j)
+            except Exception as exc:
+                outcomes.failed((j,), exc)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    return results
+
+
+def run_abandoning(calls: ItemCalls) -> list[Any]:
+    """Items one after another with a timeout, off the main thread (the in-process runner's
+    threads), where SIGALRM cannot reach: each item runs on a helper thread this thread waits
+    on.  An item past its timeout is marked TIMED_OUT and its thread abandoned, as the
+    in-process runner abandons a plain task past its timeout (a thread cannot be stopped: it
+    runs on until its function returns, and its value is dropped); the next items run on a
+    new helper.  The helpers are named after this thread (``<name>-item``), so whatever looks
+    for this runner's lingering threads by name finds them too."""
+    call, inputs, runnable, outcomes, timeout = calls.call, calls.inputs, calls.runnable, calls.outcomes, calls.timeout
+    results: list[Any] = [None] * calls.size
+    context = current_context()
+
+    def one(k: int, j: int) -> tuple[str, Any]:
+        return _call_item(call, inputs[k], context, j)
+
+    k, n = 0, len(runnable)
+    while k < n:
+        pool = _helpers(1)
+        try:
+            while k < n:
+                j = runnable[k]
+                future = pool.submit(one, k, j)
+                k += 1
+                try:
+                    kind, value = future.result(timeout=timeout)
+                except FuturesTimeout:
+                    outcomes.timed_out(j, timeout)  # type: ignore[arg-type]
+                    break  # its helper is abandoned: the next items get a new one
+                _record_item(results, outcomes, j, kind, value)
+        finally:
+            pool.shutdown(wait=False)
+    return results
+
+
+def _helpers(n: int) -> ThreadPoolExecutor:
+    """Helper threads named after this one: the in-process runner's lingering threads are found by name."""
+    return ThreadPoolExecutor(n, thread_name_prefix=f"{threading.current_thread().name}-item")
+
+
+def run_async(calls: ItemCalls) -> list[Any]:
+    """An async task's items on one event loop, at most ``at_once`` at a time; each item's
+    timeout, failure and signal are its own; a step that blocks the loop is reported once per chunk."""
+    results: list[Any] = [None] * calls.size
+    watch = BlockWatch(calls.map_key)
+    asyncio.run(_items_on_loop(calls, results, watch))
+    warn_blocked(watch, len(calls.runnable))
+    return results
+
+
+async def _items_on_loop(calls: ItemCalls, results: list[Any], watch: BlockWatch) -> None:
+    """Outcomes are recorded by this loop's thread; ``watch`` times each item's steps."""
+    call, inputs, outcomes, timeout = calls.call, calls.inputs, calls.outcomes, calls.timeout
+    slots = asyncio.Semaphore(calls.at_once or 1)
+    context = current_context()
+
+    async def one(k: int, j: int) -> None:
+        async with slots:
+            running_item(context, j)  # this asyncio task's context: log records name item j
+            task = asyncio.ensure_future(watch.timed(call(inputs[k]), j))
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+            if not done:
+                task.cancel()
+                await asyncio.wait({task})  # let it unwind its own `finally`s
+                outcomes.timed_out(j, timeout)  # type: ignore[arg-type]
+                return
+            try:
+                results[j] = task.result()
+            except Signal as sig:
+                outcomes.signalled(sig, j)
+            except Exception as exc:
+                outcomes.failed((j,), exc)
+
+    await asyncio.gather(*(one(k, j) for k, j in enumerate(calls.runnable)))
+
+
+def run_threaded(calls: ItemCalls) -> list[Any]:
+    """A plain task's items on ``at_once`` threads.  An item past its timeout is marked
+    TIMED_OUT and its thread abandoned (a thread cannot be stopped: it runs on until its
+    function returns, and its value is dropped); its slot is given back: the next items run
+    on new threads, as ``run_abandoning`` goes on with a new helper, so a stuck call holds up
+    no other item.  Without a timeout every item is handed to the pool at once."""
+    call, inputs, outcomes, timeout = calls.call, calls.inputs, calls.outcomes, calls.timeout
+    at_once = calls.at_once or 1
+    results: list[Any] = [None] * calls.size
+    context = current_context()
+    started: dict[int, float] = {}
+
+    def one(k: int, j: int) -> tuple[str, Any]:
+        started[j] = time.monotonic()
+        return _call_item(call, inputs[k], context, j)
+
+    def threads() -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(at_once, thread_name_prefix="rayflow-item")
+
+    pools = [threads()]
+    waiting = collections.deque(enumerate(calls.runnable))
+    running: dict[Future[tuple[str, Any]], int] = {}
+    try:
+        while waiting or running:
+            while waiting and (timeout is None or len(running) < at_once):  # each item starts when handed over
+                k, j = waiting.popleft()
+                running[pools[-1].submit(one, k, j)] = j
+            done, _ = futures_wait(running, timeout=None if timeout is None else 0.05, return_when=FIRST_COMPLETED)
+            for future in done:
+                _record_item(results, outcomes, running.pop(future), *future.result())
+            if timeout is not None:
+                now = time.monotonic()
+                late = [f for f, j in running.items() if j in started and now - started[j] > timeout]
+                for future in late:
+                    outcomes.timed_out(running.pop(future), timeout)
+                if late and waiting:  # the abandoned threads keep theirs: the next items get new ones
+                    pools[-1].shutdown(wait=False)
+                    pools.append(threads())
+    finally:
+        for pool in pools:
+            pool.shutdown(wait=False, cancel_futures=True)
+    return results
+
+
+def _call_item(call, item: Any, context: Any, j: int) -> tuple[str, Any]:
+    """Item ``j`` run on a helper thread: ("ok", value), ("signal", sig) or ("error", exc)."""
+    running_item(context, j)
+    try:
+        return "ok", call(item)
+    except Signal as sig:
+        return "signal", sig
+    except Exception as exc:
+        return "error", exc
+
+
+def _record_item(results: list[Any], outcomes: Outcomes, j: int, kind: str, value: Any) -> None:
+    """What ``_call_item`` returned, kept: item ``j``'s value, signal or failure."""
+    if kind == "ok":
+        results[j] = value
+    elif kind == "signal":
+        outcomes.signalled(value, j)
+    else:
+        outcomes.failed((j,), value)
+
+
+def run_batch(fn, args, kwargs, sources, selected, runnable, outcomes: Outcomes, timeout: float | None = None) -> Column | list[Any]:
+    """batch=True: one call with whole columns; an exception fails every item it was given, and
+    a call past ``timeout`` (the contract above) times every item it was given out.
+
+    Returns the function's output as the chunk's column when every item ran (zero-copy path),
+    else the per-item values (None where an item did not run).
+    """
+    results: list[Any] = [None] * len(selected)
+    if not runnable:
+        return results
+    n_items = len(sources[0][0])
+    if len(runnable) == len(selected) == n_items and selected[-1] == n_items - 1:
+        take, full = None, True  # every item of the sources, in order: no index array to build
+    else:
+        take = np.array([selected[j] for j in runnable], dtype=np.int64)
+        full = len(take) == n_items and np.array_equal(take, np.arange(len(take)))
+    batches = []
+    for column, _ in sources:
+        col = column if isinstance(column, Column) else encode_values(column)
+        if not full:
+            col = col.take(take)
+        batches.append(col.batch())
+
+    def resolve(ref: Any) -> Any:
+        return batches[ref.index] if isinstance(ref, MapInput) else ref
+
+    def call() -> Any:
+        return fn(*substitute(args, resolve), **substitute(kwargs, resolve))
+
+    try:
+        if timeout is None:
+            out = call()
+            if inspect.iscoroutine(out):  # an async batch task: one call, one event loop
+                out = asyncio.run(out)
+        else:
+            out = _batch_within(call, timeout)
+            if out is _TIMED_OUT:
+                for j in runnable:
+                    outcomes.timed_out(j, timeout)
+                return results
+        out = to_column(out)
+        if len(out) != len(runnable):
+            raise ValueError(f"batch task returned {len(out)} results for {len(runnable)} items")
+    except Signal as sig:
+        for j in runnable:
+            outcomes.signalled(sig, j)
+        return results
+    except Exception as exc:
+        outcomes.failed(runnable, exc)
+        return results
+    if full and len(runnable) == len(selected):
+        return out
+    for j, value in zip(runnable, out.items()):
+        results[j] = value
+    return results
+
+
+_TIMED_OUT = object()
+
+
+def _batch_within(call: Callable[[], Any], timeout: float) -> Any:
+    """A batch call under the contract: its value (an async task's awaited), or ``_TIMED_OUT``;
+    raises what the call raised.  Stopped by SIGALRM on the main thread, abandoned on a helper
+    thread elsewhere; an async call's coroutine is cancelled on its loop."""
+    started = time.monotonic()
+    if _on_main_thread():
+        previous = signal.signal(signal.SIGALRM, _alarm)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+            try:
+                out = call()
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        except _ItemTimeout:
+            return _TIMED_OUT
+        finally:
+            signal.signal(signal.SIGALRM, previous)
+    else:
+        context = current_context()
+
+        def on_helper() -> tuple[bool, Any]:
+            running_item(context, None)  # the chunk's log records, of no one item
+            try:
+                return True, call()
+            except BaseException as exc:  # noqa: BLE001 - raised again on the chunk's thread
+                return False, exc
+
+        pool = _helpers(1)
+        try:
+            returned, out = pool.submit(on_helper).result(timeout=timeout)
+        except FuturesTimeout:  # only the wait's: the call's own TimeoutError comes back as a value
+            return _TIMED_OUT
+        finally:
+            pool.shutdown(wait=False)
+        if not returned:
+            raise out
+    if inspect.iscoroutine(out):
+        return asyncio.run(_awaited_within(out, max(timeout - (time.monotonic() - started), 0.0)))
+    return out
+
+
+async def _awaited_within(coro: Coroutine[Any, Any, Any], timeout: float) -> Any:
+    """An async batch call's coroutine: its value, or ``_TIMED_OUT`` once cancelled at its deadline."""
+    task = asyncio.ensure_future(coro)
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        task.cancel()
+        await asyncio.wait({task})  # let it unwind its own `finally`s
+        return _TIMED_OUT
+    return task.result()
