@@ -203,10 +203,6 @@ def test_bad_item_options_of_logs_are_one_line_and_exit_2(recorded, args, names)
     assert len(err.strip().splitlines()) == 1 and names.format(run=run_id) in err, err
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a retried item's own records (get_run_logger) carry its position in the retry job, not its map "
-    "index: engine/worker/logs.py map_start + position, where a job with indices needs indices[position] "
-    "(its ERROR records map it, in execute.py); engine/worker is engineer D's area"))
 def test_a_retried_items_own_records_carry_its_map_index(recorded):
     home, run_id = recorded
     for x in (3, 6):  # 3: ran once (skipped); 6: ran twice

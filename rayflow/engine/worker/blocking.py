@@ -69,7 +69,7 @@ def warn_blocked(watch: BlockWatch, size: int | None = None) -> None:
     if not watch.items or context is None:
         return
     item = watch.longest_item
-    index = None if item is None else item if context.map_start is None else context.map_start + item
+    index = item if context.map_start is None else context.index_of(item)
     context.add("WARNING", watch.message(size, index), item=item)
 
 

@@ -24,13 +24,13 @@ def execute(payload: bytes, work: Work, *values: Any) -> tuple[Any, Any]:
     if work.persist is not None:
         return None, write_behind(work, values[0])
     job = work.job
-    with capture(work.run_id, work.task_key, work.trace, job.start if job else None, work.log_prints) as logs:
+    start, indices = (job.start, job.indices) if job else (None, None)
+    with capture(work.run_id, work.task_key, work.trace, start, work.log_prints, indices) as logs:
         if job is not None:
             value, report = run_chunk(payload, job, work.work_id, list(values), run_id=work.run_id)
             for j, (kind, message, tb) in list(value.errors.items())[:MAX_REPORTED_ERRORS]:
-                item = int(value.indices[j]) if value.indices is not None else j
-                logs.item[0] = item
-                logs.add("ERROR", f"item {job.start + item} failed: {error_text(kind, message)}" + (f"\n{tb}" if tb else ""))
+                logs.item[0] = j  # its position in the job: the context names its map index
+                logs.add("ERROR", f"item {logs.index_of(j)} failed: {error_text(kind, message)}" + (f"\n{tb}" if tb else ""))
         else:
             inputs = unpack(work.layout, values)
             report, value = run_attempt(payload, work.task_key, work.attempt, *inputs, run_id=work.run_id)

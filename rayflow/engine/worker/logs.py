@@ -27,13 +27,14 @@ _ITEM: contextvars.ContextVar[int | None] = contextvars.ContextVar("rayflow_item
 
 
 class _Context:
-    def __init__(self, run_id: str, task_key: str, trace: Any, map_start: int | None):
+    def __init__(self, run_id: str, task_key: str, trace: Any, map_start: int | None, indices: Any = None):
         self.run_id = run_id
         self.task_key = task_key
         parts = trace[0].split("-") if trace else []
         self.trace_id = parts[1] if len(parts) == 4 else None
         self.span_id = parts[2] if len(parts) == 4 else None
         self.map_start = map_start
+        self.indices = indices  # a job of chosen items (a retry): position j is item indices[j] of the chunk
         # Index within the chunk of the item running now; or a callable giving it, so the
         # hot loop of a chunk sets it once rather than per item (see worker.item_runners.run_dense).
         self.item: list[Any] = [None]
@@ -44,16 +45,20 @@ class _Context:
         item = _ITEM.get()
         if item is None:
             item = self.item[0]
-        if self.map_start is None or item is None:
+        return self.index_of(item() if callable(item) else item)
+
+    def index_of(self, position: int | None) -> int | None:
+        """The map index of the item at ``position`` in the job running (None outside a map)."""
+        if self.map_start is None or position is None:
             return None
-        return self.map_start + (item() if callable(item) else item)
+        return self.map_start + (int(self.indices[position]) if self.indices is not None else position)
 
     def add(self, level: str, message: str, at: float | None = None, *, item: int | None = None) -> None:
         """A record, of the item running now (or, given ``item``, of that item of the chunk)."""
         if len(self.records) >= MAX_RECORDS:
             self.dropped += 1
             return
-        index = self.map_index() if item is None or self.map_start is None else self.map_start + item
+        index = self.map_index() if item is None else self.index_of(item)
         self.records.append((at or time.time(), level, message, self.task_key, index, self.trace_id, self.span_id))
 
 
@@ -101,8 +106,10 @@ def get_run_logger() -> logging.LoggerAdapter:
 
 
 @contextlib.contextmanager
-def capture(run_id: str, task_key: str, trace: Any, map_start: int | None, log_prints: bool) -> Iterator[_Context]:
-    context = _Context(run_id, task_key, trace, map_start)
+def capture(
+    run_id: str, task_key: str, trace: Any, map_start: int | None, log_prints: bool, indices: Any = None
+) -> Iterator[_Context]:
+    context = _Context(run_id, task_key, trace, map_start, indices)
     _local.context = context
     prints = _Prints(context) if log_prints else None
     try:
