@@ -241,3 +241,28 @@ def test_item_states_keep_real_indexes_without_a_state_per_successful_item():
     t = view.tally()
     assert (t.total, t.successful, t.failed, t.skipped) == (13, 10, 3, 0)
     assert rf.triggers.failed_upstreams(view) == ["score[2]", "score[9]", "score[11]"]
+
+
+@rf.task(retries=1)
+def once_flaky(x: int, marks: str) -> int:
+    """Item 1 fails on its first attempt only (a file marks that it ran); item 5 fails every time."""
+    import pathlib
+
+    mark = pathlib.Path(marks) / f"{x}"
+    if x == 1 and not mark.exists():
+        mark.write_text("ran")
+        raise RuntimeError("one, the first time")
+    if x == 5:
+        raise RuntimeError("five")
+    return x
+
+
+def test_the_first_error_of_a_map_is_of_an_item_that_ended_failed(runner, tmp_path):
+    """Item 1 failed and then succeeded on its retry: the map's note names item 5, which ended failed."""
+
+    @rf.flow
+    def mixed():
+        return once_flaky.with_options(chunk_size=8).map(range(8), marks=rf.unmapped(str(tmp_path)))
+
+    message = on(mixed, runner).run().task_states["once_flaky"].message
+    assert "7 ok, 1 failed" in message and "first error: item 5: RuntimeError: five" in message, message

@@ -228,10 +228,15 @@ class Outcomes:
             summary += f" ({skipped} skipped)"
         if self.cached:
             summary += f" ({self.cached} from the cache)"
-        first = next((e for c in self.chunks for e in c.errors), None)
+        first = next((e for c in self.chunks for e in c.errors if _ended_failed(c, e[0])), None)
         if first is not None and failed:
             summary += f"; first error: item {first[0]}: {first[1]}"
         if total == 0 or ok / total >= self.options.min_success_ratio:
             return State(type=StateType.MAPPED, message=summary, **timing)
         return State(type=StateType.FAILED, message=summary, **timing)
 
+
+def _ended_failed(chunk: Chunk, item: int) -> bool:
+    """Whether the map's item ``item`` of ``chunk`` ended failed (its error is then worth naming;
+    an item that failed and then succeeded on a retry is not the map's error)."""
+    return chunk.lost or bool(chunk.outcomes) and item - chunk.start in chunk.outcomes
