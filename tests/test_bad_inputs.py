@@ -5,7 +5,8 @@ one line (``error: ...``) on stderr, nothing on stdout, and no traceback.  A cas
 any work that needs no process of its own (``in_process``: no Ray, no server, no job client)
 runs ``rayflow.cli.main`` in this process; the others run ``python -m rayflow`` as a user would; each Python case must raise its documented exception.  The messages, with temporary
 paths written ``<dir>``, must be the ones in the doc's tables.  With
-``RAYFLOW_REGENERATE_DOCS=1`` the test rewrites the tables instead (then check the diff).
+``RAYFLOW_REGENERATE_DOCS=1`` the test rewrites the tables, and fails if that changed them
+(read the diff, then run it again without the variable).
 """
 
 from __future__ import annotations
@@ -316,9 +317,12 @@ def test_every_bad_input_is_one_line_with_its_documented_exit_code(tmp_path, mon
     doc = DOC.read_text()
     tables = {"cli": cli_table(rows), "api": api_table(api_rows)}
     if os.environ.get("RAYFLOW_REGENERATE_DOCS"):
+        new = doc
         for name, table in tables.items():
-            doc = replace_section(doc, name, table)
-        DOC.write_text(doc)
+            new = replace_section(new, name, table)
+        DOC.write_text(new)
+        if new != doc:  # a rewrite never passes: the run that rewrote the doc compared nothing
+            pytest.fail("docs/bad-inputs.md rewritten: read the diff, then run the test again without RAYFLOW_REGENERATE_DOCS")
     for name, table in tables.items():
         assert section(doc, name) == table, (
             f"docs/bad-inputs.md's {name} table is not what rayflow says; "
