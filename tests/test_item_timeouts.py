@@ -203,3 +203,40 @@ def test_threaded_items_past_their_timeout_give_their_slots_back(runner, tmp_pat
     assert [s.type for s in states] == [T.TIMED_OUT] * 2 + [T.SUCCESS] * 4
     # the next items ran while the stuck calls still held (gave_up is written before they return)
     assert not (tmp_path / "gave_up").exists()
+
+
+@rf.task(timeout=0.3)
+async def stubborn(x: int, marks: str) -> int:
+    """Item 1 swallows its cancellation and goes on until the test lets it end."""
+    import asyncio
+
+    release = pathlib.Path(marks) / "release"
+    while x == 1 and not release.exists():
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            pass
+    return x
+
+
+def test_an_async_item_that_swallows_its_cancellation_is_abandoned_not_waited_for(runner, tmp_path):
+    """The chunk gives a cancelled call loops.CANCEL_GRACE seconds to unwind, then goes on
+    without it (it ran until released before: the run waited for a coroutine that would not end)."""
+    import threading
+
+    @rf.flow
+    def swallowing():
+        return stubborn.map(range(4), rf.unmapped(str(tmp_path)))
+
+    out: list = []
+    thread = threading.Thread(target=lambda: out.append(swallowing.with_options(runner=runner).run()), daemon=True)
+    thread.start()
+    try:
+        thread.join(60)
+        assert not thread.is_alive(), "the run waited for a coroutine that swallowed its cancellation"
+    finally:
+        (tmp_path / "release").touch()
+        thread.join(60)
+    states = out[0].map_states("stubborn")
+    assert [s.type for s in states] == [T.SUCCESS, T.TIMED_OUT, T.SUCCESS, T.SUCCESS]
+    assert "timed out after 0.3s" in states[1].message

@@ -20,8 +20,9 @@ The timeout contract, the same for every strategy on both runners: a task's ``ti
 bounds each call of its function, counted from the call's start (not from the chunk's): an
 item's call, or for ``batch=True`` the chunk's one call.  A call still running at its deadline
 is stopped where Python can stop it (SIGALRM raises in it on a main thread; an async item is
-cancelled, its ``finally`` blocks run) and abandoned where it cannot (a helper thread runs on
-until the function returns; its value is dropped).  Each item the call was given ends
+cancelled, its ``finally`` blocks run, within ``loops.CANCEL_GRACE`` seconds) and abandoned where it
+cannot (a helper thread runs on until the function returns, its value dropped; a coroutine that
+swallows its cancellation runs on with its loop on a daemon thread).  Each item the call was given ends
 TIMED_OUT ("item timed out after <timeout>s"), retried while the task's retries last, and
 the chunk's other items go on.  SIGALRM and a thread cannot interrupt a call stuck in C code.
 """
@@ -48,6 +49,7 @@ from rayflow.engine.columns import Column, encode_values, to_column
 from rayflow.engine.worker.blocking import BlockWatch, warn_blocked
 from rayflow.engine.worker.items import Outcomes
 from rayflow.engine.worker.logs import current_context, running_item
+from rayflow.engine.worker.loops import cancel_within, run_loop
 from rayflow.signals import Signal
 
 
@@ -216,7 +218,7 @@ def run_async(calls: ItemCalls) -> list[Any]:
     timeout, failure and signal are its own; a step that blocks the loop is reported once per chunk."""
     results: list[Any] = [None] * calls.size
     watch = BlockWatch(calls.map_key)
-    asyncio.run(_items_on_loop(calls, results, watch))
+    run_loop(_items_on_loop(calls, results, watch))
     warn_blocked(watch, len(calls.runnable))
     return results
 
@@ -233,8 +235,7 @@ async def _items_on_loop(calls: ItemCalls, results: list[Any], watch: BlockWatch
             task = asyncio.ensure_future(watch.timed(call(inputs[k]), j))
             done, _ = await asyncio.wait({task}, timeout=timeout)
             if not done:
-                task.cancel()
-                await asyncio.wait({task})  # let it unwind its own `finally`s
+                await cancel_within(task)  # it unwinds its own `finally`s, or is abandoned
                 outcomes.timed_out(j, timeout)  # type: ignore[arg-type]
                 return
             try:
@@ -345,7 +346,7 @@ def run_batch(fn, args, kwargs, sources, selected, runnable, outcomes: Outcomes,
         if timeout is None:
             out = call()
             if inspect.iscoroutine(out):  # an async batch task: one call, one event loop
-                out = asyncio.run(out)
+                out = run_loop(out)
         else:
             out = _batch_within(call, timeout)
             if out is _TIMED_OUT:
@@ -409,7 +410,7 @@ def _batch_within(call: Callable[[], Any], timeout: float) -> Any:
         if not returned:
             raise out
     if inspect.iscoroutine(out):
-        return asyncio.run(_awaited_within(out, max(timeout - (time.monotonic() - started), 0.0)))
+        return run_loop(_awaited_within(out, max(timeout - (time.monotonic() - started), 0.0)))
     return out
 
 
@@ -418,7 +419,6 @@ async def _awaited_within(coro: Coroutine[Any, Any, Any], timeout: float) -> Any
     task = asyncio.ensure_future(coro)
     done, _ = await asyncio.wait({task}, timeout=timeout)
     if not done:
-        task.cancel()
-        await asyncio.wait({task})  # let it unwind its own `finally`s
+        await cancel_within(task)  # it unwinds its own `finally`s, or is abandoned
         return _TIMED_OUT
     return task.result()
