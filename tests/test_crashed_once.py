@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 from rayflow.store import RunStore
+from sql_trace import trace_statements
 
 
 def _dead_pid() -> int:
@@ -42,15 +43,7 @@ def test_a_reader_that_finds_the_driver_gone_writes_crashed_once_and_pages_it_in
     _record(store, "live", "RUNNING", 200.0, alive)
     _record(store, "done", "SUCCESS", 50.0, dead)
 
-    statements: list[str] = []
-    connect = store._connect
-
-    def traced(*args, **kwargs):
-        db = connect(*args, **kwargs)
-        db.set_trace_callback(statements.append)
-        return db
-
-    store._connect = traced
+    statements = trace_statements(store)
     page = store.runs(state="crashed", limit=2, offset=1)
     assert [r["run_id"] for r in page] == ["gone1", "gone0"]  # newest first, after the first
     reads = [s for s in statements if s.startswith("SELECT runs.*")]

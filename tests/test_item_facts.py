@@ -18,6 +18,7 @@ from rayflow.engine.protocol import ChunkSummary
 from rayflow.store import RunStore
 from rayflow.store.schema import SCHEMA_VERSION
 from rayflow.store.views import map_items, run_record
+from sql_trace import trace_statements
 
 
 def _flaky(marks: str):
@@ -112,15 +113,7 @@ def test_an_items_page_is_one_indexed_query_in_a_million_item_map(tmp_path):
          for k in range(1000)],
         items=[(run_id, 1, "m", k * 100, "FAILED", 1, "ValueError", f"bad {k}", "tb") for k in range(10_000)],
     )
-    statements: list[str] = []
-    connect = store._connect
-
-    def traced(*args, **kwargs):
-        db = connect(*args, **kwargs)
-        db.set_trace_callback(statements.append)
-        return db
-
-    store._connect = traced
+    statements = trace_statements(store)
     page = store.items(run_id, "m", state="FAILED", after=500_000, limit=50)
     assert [r["item"] for r in page] == list(range(500_100, 505_100, 100))
     selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
