@@ -4,6 +4,7 @@ what they import beyond typer, they import when run."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import threading
