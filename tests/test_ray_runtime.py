@@ -160,35 +160,47 @@ def test_values_pass_between_tasks_as_object_refs(tmp_path):
 
 
 def test_run_is_reachable_by_name_from_another_process(ray_session):
-    """A second process joins the cluster and finds the live run through the driver's named actor."""
+    """A second process joins the cluster and finds the live run through the driver's named actor.
+
+    The probe joins first and says so; only then does the run start, and the probe looks until
+    it sees a task RUNNING (was: an 8 s run, long enough for the probe to start and join)."""
     probe = textwrap.dedent(
         f"""
         import json, sys, time, ray
         from rayflow.runtime import find_run
         ray.init(address={ray_session!r}, logging_level="error")
+        print("joined", flush=True)
         deadline = time.time() + 30
         while True:
             try:
                 actor, summary = find_run("live-run-1")
-                break
+                if any(s.type.value == "RUNNING" for s in summary.task_states.values()):
+                    break
             except Exception:
                 if time.time() > deadline:
                     raise
-                time.sleep(0.2)
+            if time.time() > deadline:
+                break
+            time.sleep(0.1)
         print(json.dumps({{k: s.type.value for k, s in summary.task_states.items()}}))
         """
     )
     result = {}
     thread = threading.Thread(
-        target=lambda: result.setdefault("run", two_branches.with_options(run_id="live-run-1").run(seconds=8.0))
+        target=lambda: result.setdefault("run", two_branches.with_options(run_id="live-run-1").run(seconds=2.0))
     )
-    thread.start()
+    proc = subprocess.Popen([sys.executable, "-c", probe], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+        assert proc.stdout.readline().strip() == "joined", "the probe did not join the session's Ray"
+        thread.start()
+        stdout, stderr = proc.communicate(timeout=60)
     finally:
-        thread.join()
-    assert out.returncode == 0, out.stderr[-2000:]
-    seen = json.loads(out.stdout.strip().splitlines()[-1])
+        if proc.poll() is None:
+            proc.kill()
+        if thread.ident is not None:  # started
+            thread.join()
+    assert proc.returncode == 0, stderr[-2000:]
+    seen = json.loads(stdout.strip().splitlines()[-1])
     assert set(seen) == {"timed_sleep", "timed_sleep-2"}
     assert "RUNNING" in seen.values()
     assert result["run"].state.type is StateType.SUCCESS
@@ -352,7 +364,7 @@ def test_silent_listener_times_out_in_bounded_time():
             except rf.ClusterConnectionError as e:
                 print(round(time.time() - t, 1), "|", e)
             """,
-            env={"RAYFLOW_CONNECT_TIMEOUT": "4"},
+            env={"RAYFLOW_CONNECT_TIMEOUT": "2"},
         )
     finally:
         listener.close()
