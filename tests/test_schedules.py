@@ -342,9 +342,9 @@ def test_a_real_server_fires_runs_on_ray_and_stops_on_sigterm(tmp_path, ray_sess
     assert runs and all(r["schedule_id"] and r["scheduled_for"] for r in runs)
     assert all(r["state"] == "SUCCESS" for r in runs)  # the one in flight at SIGTERM finished within the grace
     assert "fired two_branches/" in err and "ended SUCCESS" in err
-    listed = run_cli("schedules", home=home)
+    listed = run_cli_in_process("schedules", home=home)
     assert listed.returncode == 0 and "two_branches/" in listed.stdout and "SUCCESS" in listed.stdout
-    shown = run_cli("runs", home=home)
+    shown = run_cli_in_process("runs", home=home)
     assert "scheduled 20" in shown.stdout
 
 
@@ -726,7 +726,7 @@ def test_fires_queued_by_a_sigkilled_server_are_taken_up_by_the_next_in_order(tm
     (tmp_path / "held.py").write_text(HELD_FLOW)
     home, hold = tmp_path / "home", tmp_path / "hold"
     hold.write_text("")
-    args = [sys.executable, "-m", "rayflow", "serve", f"{tmp_path}/held.py:held", "--interval", "2",
+    args = [sys.executable, "-m", "rayflow", "serve", f"{tmp_path}/held.py:held", "--interval", "1",
             "--overlap", "queue", "--catchup", "all", "-p", f"path={hold}"]
     env = {**os.environ, "RAYFLOW_HOME": str(home)}
 
