@@ -25,7 +25,7 @@ import sys
 import traceback
 
 import pytest
-from cli_runner import run_cli
+from cli_runner import run_cli, run_cli_in_process
 from otlp_sink import HttpSink
 from pydantic import SecretBytes, SecretStr
 from secret_flows import vault
@@ -123,13 +123,13 @@ def test_secret_parameters_and_task_inputs_appear_nowhere(ray_session, tmp_path,
     finally:
         sink.close()
 
-    # Every CLI command that reads the history or the result store (read-only: run at once).
+    # Every CLI command that reads the history or the result store (read-only: in this process,
+    # its stdout and stderr captured as a subprocess's would be; was ten subprocesses).
     reads = (
         ["runs"], ["runs", "--json"], ["show", "vault-1"], ["show", "vault-1", "--json"], ["show", run.run_id],
         ["logs", "vault-1"], ["logs", "vault-2"], ["logs", run.run_id], ["cache", "ls"], ["graph", "--run", "vault-1"],
     )
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        read = list(pool.map(lambda args: run_cli(*args, **env), reads))
+    read = [run_cli_in_process(*args, **env) for args in reads]
     for args, out in zip(reads, read):
         assert out.returncode == 0, (args, out.stderr)
         outputs[" ".join(args)] = out.stdout + out.stderr
@@ -597,8 +597,10 @@ def test_the_command_line_refuses_a_bad_run_id_before_any_work(tmp_path):
     cases += [(["resume", bad, "--local"], bad) for bad in ("a/b", "../../../escape1")]
     cases += [(["submit", "flows.py:f", "--run-id", bad, "--address", "http://127.0.0.1:9"], bad)
               for bad in (".hidden", "<b>x</b>")]
-    with concurrent.futures.ThreadPoolExecutor(3) as pool:
-        outs = list(pool.map(lambda case: rayflow_cli(case[0], tmp_path, home), cases))
+    # Refused before any work: in this process (was ten subprocesses; a case that went on to work
+    # would make the history or the marker checked below, or fail to reach 127.0.0.1:9 in 1 s).
+    outs = [run_cli_in_process(*argv, home=home, cwd=tmp_path, RAY_ADDRESS="127.0.0.1:9", RAYFLOW_CONNECT_TIMEOUT="1")
+            for argv, _ in cases]
     wrong = []
     for (argv, bad), out in zip(cases, outs):
         lines = out.stderr.splitlines()
