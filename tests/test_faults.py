@@ -30,7 +30,7 @@ from rayflow.runs.resume import check_resumable
 from rayflow.runtime.driver import actors as actor_module
 from rayflow.runtime.driver.actors import driver_actor
 from rayflow.store import RunStore
-from cli_runner import run_cli
+from cli_runner import run_cli, run_cli_in_process
 from waiting import alive, wait_for
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -234,12 +234,12 @@ def test_a_damaged_history_is_moved_aside_and_the_run_recorded_in_a_new_one(tmp_
     for offset in range(0, min(len(data), 4 * 4096), 7):
         data[offset] = 0x5A
     path.write_bytes(bytes(data))
-    out = run_cli("runs", home=home)
+    out = run_cli_in_process("runs", home=home)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "not a database" in out.stderr
     _run_diamond(home, ray_session, "after-damage")
     aside = [p.name for p in home.glob("history.db.damaged-*")]
     assert len([n for n in aside if not n.endswith(("-wal", "-shm"))]) == 1, aside  # one database (with its journal files)
-    out = run_cli("runs", home=home)
+    out = run_cli_in_process("runs", home=home)
     assert out.returncode == 0 and "after-damage" in out.stdout and "before-damage" not in out.stdout
 
 
@@ -256,7 +256,7 @@ def test_a_run_completes_when_its_history_cannot_be_used_and_the_cli_says_why_in
     out = _run_diamond(home, ray_session, f"homeless-{len(where)}")
     assert "Traceback" not in out.stderr
     for args in (["runs"], ["show", "homeless"], ["logs", "homeless"]):
-        out = run_cli(*args, home=home)
+        out = run_cli_in_process(*args, home=home)
         assert out.returncode == 2 and out.stderr.count("\n") == 1 and expected in out.stderr, (args, out.stderr)
 
 
@@ -299,7 +299,7 @@ def test_a_driver_killed_mid_map_reads_crashed_everywhere_and_every_follower_end
     assert "CRASHED" in outputs[1], outputs[1]
     assert RunStore(home).run("killed-driver")["state"] == "CRASHED"
     assert RunStore(home).runs()[0]["state"] == "CRASHED"
-    out = run_cli("runs", home=home)
+    out = run_cli_in_process("runs", home=home)
     assert "killed-driver\tlarge_map\tCRASHED" in out.stdout, out.stdout
     page = TestClient(create_app(home), base_url="http://127.0.0.1:4200").get("/runs/killed-driver")  # a Host the UI answers
     assert page.status_code == 200 and "CRASHED" in page.text and "RUNNING</" not in page.text
@@ -337,19 +337,19 @@ def test_every_filter_and_listing_reads_a_killed_drivers_run_as_crashed_as_show_
     assert schedules.claim("every-hour", time.time(), "killed-run", "started")
     assert RunStore(home).run_state("killed-run") == "RUNNING"  # as recorded: the reading decides
 
-    shown = run_cli("show", "killed-run", home=home)
+    shown = run_cli_in_process("show", "killed-run", home=home)
     assert "state: CRASHED" in shown.stdout, shown.stdout
-    crashed = run_cli("runs", "--state", "CRASHED", home=home)
+    crashed = run_cli_in_process("runs", "--state", "CRASHED", home=home)
     assert "killed-run\tlong_flow\tCRASHED" in crashed.stdout, crashed.stdout
-    running = run_cli("runs", "--state", "running", home=home)
+    running = run_cli_in_process("runs", "--state", "running", home=home)
     assert running.returncode == 0 and "killed-run" not in running.stdout, running.stdout
     client = TestClient(create_app(home), base_url="http://127.0.0.1:4200")  # a Host the UI answers
     assert [r["run_id"] for r in client.get("/api/runs?state=CRASHED").json()] == ["killed-run"]
     assert client.get("/api/runs?state=RUNNING").json() == []
     assert "killed-run" in client.get("/?state=CRASHED").text
-    listed = run_cli("schedules", home=home)
+    listed = run_cli_in_process("schedules", home=home)
     assert listed.stdout.splitlines()[1].split("\t")[4] == "CRASHED", listed.stdout
-    assert json.loads(run_cli("schedules", "--json", home=home).stdout)[0]["last"]["state"] == "CRASHED"
+    assert json.loads(run_cli_in_process("schedules", "--json", home=home).stdout)[0]["last"]["state"] == "CRASHED"
     workers = [int(p.read_text()) for p in pid_dir.glob("*.pid")]
     wait_for(lambda: not any(alive(pid) for pid in workers), timeout=30, what="the run's sleepers to be gone")
 
