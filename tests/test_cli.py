@@ -1,18 +1,20 @@
 """The rayflow CLI as a user runs it: a subprocess, its output and exit code.
 
 Runs on Ray join the session's cluster with --address, so each command does
-not start a Ray of its own.  The help and a refusal before any work run in this
-process.  Each bad input's one-line answer and exit code (an unreachable address, a
+not start a Ray of its own; the module's runs go at once (``cli_runs``), each test checks its
+own.  The help and a refusal before any work run in this process.  Each bad input's one-line answer and exit code (an unreachable address, a
 target that does not import, bad parameters) is checked once, in test_bad_inputs.py.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import pathlib
 import subprocess
 import sys
 
+import pytest
 from cli_runner import run_cli, run_cli_in_process
 
 from rayflow.store.task_table import COLUMNS
@@ -24,6 +26,28 @@ FLOWS = str(REPO / "tests" / "flows.py")
 
 def rayflow(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return run_cli(*args, timeout=timeout, RAY_ADDRESS="")
+
+
+def cli_runs_argv(address: str) -> dict[str, tuple[str, ...]]:
+    """The `rayflow run`s the tests below check, by name."""
+    return {
+        "quickstart": ("run", f"{QUICKSTART}:etl", "--param", "days=2", "-p", "region=us", "--address", address,
+                       "--run-id", "cli-run-1"),
+        "module target": ("run", "flows:diamond", "--params-json", '{"n": 6}', "--address", address),
+        "failing": ("run", f"{FLOWS}:failing", "-p", "x=1", "--address", address),
+        "local": ("run", f"{QUICKSTART}:etl", "--local", "-p", "days=1"),
+        "mapping": ("run", "examples/daily_scores.py:daily", "-p", "weight=2", "--address", address),
+    }
+
+
+@pytest.fixture(scope="module")
+def cli_runs(ray_session) -> dict[str, subprocess.CompletedProcess]:
+    """Each `rayflow run` of this module, run at once (each is a process of its own, seconds of
+    start-up and waiting on Ray: together they take half as long as one after another)."""
+    runs = cli_runs_argv(ray_session)
+    with concurrent.futures.ThreadPoolExecutor(len(runs)) as pool:
+        done = {name: pool.submit(rayflow, *argv) for name, argv in runs.items()}
+        return {name: future.result() for name, future in done.items()}
 
 
 def rows(stdout: str) -> dict[str, list[str]]:
@@ -47,8 +71,8 @@ def test_help_texts():
         assert option in sub.stdout
 
 
-def test_run_quickstart_on_the_session_cluster(ray_session):
-    out = rayflow("run", f"{QUICKSTART}:etl", "--param", "days=2", "-p", "region=us", "--address", ray_session, "--run-id", "cli-run-1")
+def test_run_quickstart_on_the_session_cluster(cli_runs):
+    out = cli_runs["quickstart"]
     assert out.returncode == 0, out.stderr[-3000:]
     states = rows(out.stdout)
     assert list(states) == ["extract", "revenue", "top_items", "validate", "report"]
@@ -58,8 +82,8 @@ def test_run_quickstart_on_the_session_cluster(ray_session):
     assert result["region"] == "us" and result["rows"] == 40
 
 
-def test_params_json_and_module_target(ray_session):
-    out = rayflow("run", "flows:diamond", "--params-json", '{"n": 6}', "--address", ray_session)
+def test_params_json_and_module_target(cli_runs):
+    out = cli_runs["module target"]
     assert out.returncode == 0, out.stderr[-3000:]
     sys.path.insert(0, str(REPO / "tests"))
     from flows import diamond_calc
@@ -67,8 +91,8 @@ def test_params_json_and_module_target(ray_session):
     assert json.loads(out.stdout.split("result: ", 1)[1]) == diamond_calc(6)
 
 
-def test_failed_run_exits_1_with_states(ray_session):
-    out = rayflow("run", f"{FLOWS}:failing", "-p", "x=1", "--address", ray_session)
+def test_failed_run_exits_1_with_states(cli_runs):
+    out = cli_runs["failing"]
     assert out.returncode == 1, out.stdout + out.stderr[-3000:]
     states = rows(out.stdout)
     assert states["explode"][0] == "FAILED" and "Boom: bad input 2" in states["explode"][4]
@@ -82,14 +106,14 @@ def test_bad_parameters_list_every_field():
     assert "days:" in out.stderr and "colour: unknown parameter" in out.stderr
 
 
-def test_local_runner_from_the_cli():
-    out = rayflow("run", f"{QUICKSTART}:etl", "--local", "-p", "days=1")
+def test_local_runner_from_the_cli(cli_runs):
+    out = cli_runs["local"]
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.split("result: ", 1)[1])["rows"] == 20
 
 
-def test_mapping_example_runs_from_the_cli(ray_session):
-    out = rayflow("run", "examples/daily_scores.py:daily", "-p", "weight=2", "--address", ray_session)
+def test_mapping_example_runs_from_the_cli(cli_runs):
+    out = cli_runs["mapping"]
     assert out.returncode == 0, out.stderr[-3000:]
     states = rows(out.stdout)
     assert states["score"][0] == "MAPPED" and "5000 items" in states["score"][4]
