@@ -312,77 +312,91 @@ def test_a_cancel_that_overtakes_its_start_run_cancels_the_run_as_it_starts():
     assert summary.task_states["timed_sleep"].type is StateType.CANCELLED
 
 
-def test_joining_an_existing_cluster_by_address(ray_session):
-    out = _run_isolated(
-        f"""
+JOINING = {  # name: (code, extra environment); {address}, {closed} and {silent} filled in by ``joined``
+    "by address": ("""
         import sys; sys.path.insert(0, "tests")
         import ray, flows
-        run = flows.diamond.with_options(address={ray_session!r}).run(n=4)
+        run = flows.diamond.with_options(address={address!r}).run(n=4)
         print(run.result() == flows.diamond_calc(4), ray.get_runtime_context().gcs_address)
-        """
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["True", ray_session]
-
-
-def test_closed_port_fails_fast_naming_the_address():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = _run_isolated(
-        f"""
+        """, {}),
+    "closed port": ("""
         import sys, time; sys.path.insert(0, "tests")
         import flows, rayflow as rf
         t = time.time()
         try:
-            flows.diamond.with_options(address="127.0.0.1:{port}").run()
+            flows.diamond.with_options(address="127.0.0.1:{closed}").run()
         except rf.ClusterConnectionError as e:
             print(round(time.time() - t, 1), e.address, "|", e)
-        """
-    )
+        """, {}),
+    "silent listener": ("""
+        import sys, time; sys.path.insert(0, "tests")
+        import flows, rayflow as rf
+        t = time.time()
+        try:
+            flows.diamond.with_options(address="ray://127.0.0.1:{silent}").run()
+        except rf.ClusterConnectionError as e:
+            print(round(time.time() - t, 1), "|", e)
+        """, {"RAYFLOW_CONNECT_TIMEOUT": "2"}),
+    "RAY_ADDRESS": ("""
+        import sys; sys.path.insert(0, "tests")
+        import ray, flows
+        print(flows.diamond(n=3) == flows.diamond_calc(3), ray.get_runtime_context().gcs_address)
+        """, {"RAY_ADDRESS": "{address}"}),
+}
+
+
+@pytest.fixture(scope="module")
+def joined(ray_session) -> dict:
+    """Each process of JOINING, run at once (each is seconds of start-up and of waiting on Ray or
+    on a port: together they take about as long as the slowest); by name, with the ports used."""
+    import concurrent.futures
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # closed again: nothing listens there
+    listener = socket.socket()  # accepts connections but never speaks Ray
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    silent = listener.getsockname()[1]
+    values = {"address": ray_session, "closed": closed, "silent": silent}
+    try:
+        with concurrent.futures.ThreadPoolExecutor(len(JOINING)) as pool:
+            done = {
+                name: pool.submit(_run_isolated, code.format(**values), {k: v.format(**values) for k, v in env.items()})
+                for name, (code, env) in JOINING.items()
+            }
+            outs = {name: future.result() for name, future in done.items()}
+    finally:
+        listener.close()
+    return {**outs, **values}
+
+
+def test_joining_an_existing_cluster_by_address(joined, ray_session):
+    out = joined["by address"]
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", ray_session]
+
+
+def test_closed_port_fails_fast_naming_the_address(joined):
+    out = joined["closed port"]
     assert out.returncode == 0, out.stderr[-2000:]
     seconds, address, *_ = out.stdout.split()
-    assert address == f"127.0.0.1:{port}"
+    assert address == f"127.0.0.1:{joined['closed']}"
     assert float(seconds) < 10
     assert "cannot reach" in out.stdout
 
 
-def test_silent_listener_times_out_in_bounded_time():
+def test_silent_listener_times_out_in_bounded_time(joined):
     """A port that accepts connections but never speaks Ray: bounded by RAYFLOW_CONNECT_TIMEOUT."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    port = listener.getsockname()[1]
-    try:
-        out = _run_isolated(
-            f"""
-            import sys, time; sys.path.insert(0, "tests")
-            import flows, rayflow as rf
-            t = time.time()
-            try:
-                flows.diamond.with_options(address="ray://127.0.0.1:{port}").run()
-            except rf.ClusterConnectionError as e:
-                print(round(time.time() - t, 1), "|", e)
-            """,
-            env={"RAYFLOW_CONNECT_TIMEOUT": "2"},
-        )
-    finally:
-        listener.close()
+    out = joined["silent listener"]
     assert out.returncode == 0, out.stderr[-2000:]
     seconds = float(out.stdout.split()[0])
     assert seconds < 15
-    assert f"127.0.0.1:{port}" in out.stdout
+    assert f"127.0.0.1:{joined['silent']}" in out.stdout
 
 
-def test_ray_address_environment_variable_is_used(ray_session):
-    out = _run_isolated(
-        """
-        import sys; sys.path.insert(0, "tests")
-        import ray, flows
-        print(flows.diamond(n=3) == flows.diamond_calc(3), ray.get_runtime_context().gcs_address)
-        """,
-        env={"RAY_ADDRESS": ray_session},
-    )
+def test_ray_address_environment_variable_is_used(joined, ray_session):
+    out = joined["RAY_ADDRESS"]
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["True", ray_session]
 
