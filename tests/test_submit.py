@@ -143,6 +143,39 @@ def flows_dir(tmp_path_factory) -> pathlib.Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def refusals(cluster, flows_dir, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+    """The `rayflow submit`/`cancel` commands of the tests that check a one-line refusal or a
+    failed load, run at once (each is a process of seconds, most of them waiting on the job server
+    or on a port): by name, each with a home of its own; ``big-code`` is the oversized working dir."""
+    address = cluster.job_address
+    big = tmp_path_factory.mktemp("big-code")
+    (big / "flows.py").write_text(FLOWS)
+    with open(big / "data.bin", "wb") as f:  # random: it zips to as much, past the job server's 100 MiB
+        for _ in range(101):
+            f.write(os.urandom(1024**2))
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    calls = {
+        "bad params": (("submit", "flows.py:tiny", "--address", address, "--working-dir", str(flows_dir),
+                        "-p", "n=many", "--run-id", "bad-params-1"), {}),
+        "missing target": (("submit", "nowhere.py:tiny", "--address", address, "--working-dir", str(flows_dir),
+                            "--run-id", "bad-params-2"), {}),
+        "broken": (("submit", "broken.py:flow", "--address", address, "--working-dir", str(flows_dir),
+                    "--run-id", "broken-1", "--follow"), {}),
+        "missing token": (("submit", "flows.py:tiny", "--address", address), {"RAY_AUTH_TOKEN": ""}),
+        "wrong token": (("cancel", "x", "--address", address), {"RAY_AUTH_TOKEN": "0" * 64}),
+        "no job server": (("submit", "flows.py:tiny", "--address", nowhere),
+                          {"timeout": 60, "RAYFLOW_CONNECT_TIMEOUT": "2"}),
+        "big working dir": (("submit", "flows.py:tiny", "--address", address, "--working-dir", str(big),
+                             "--run-id", "big-1"), {}),
+    }
+    with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
+        done = {name: pool.submit(rayflow, *argv, home=tmp_path_factory.mktemp("user"), **kw)
+                for name, (argv, kw) in calls.items()}
+        outs = {name: future.result() for name, future in done.items()}
+    return {**outs, "big-code": big, "nowhere": nowhere}
+
+
 def rayflow(*args: str, home: pathlib.Path, timeout: float = 150, **env: str) -> subprocess.CompletedProcess:
     """``rayflow ARGS`` as a user on another machine: RAY_AUTH_TOKEN only (no RAY_AUTH_MODE), an empty HOME."""
     user_home = home / "user"
@@ -232,13 +265,11 @@ def test_pip_packages_and_this_machines_settings_travel_with_the_run(cluster, fl
     assert 'result: "wheel-ok from-laptop laptop-service"' in out.stdout
 
 
-def test_bad_parameters_are_refused_here_before_anything_is_submitted(cluster, flows_dir, tmp_path):
-    out = rayflow("submit", "flows.py:tiny", "--address", cluster.job_address, "--working-dir", str(flows_dir),
-                  "-p", "n=many", "--run-id", "bad-params-1", home=tmp_path)
+def test_bad_parameters_are_refused_here_before_anything_is_submitted(cluster, refusals):
+    out = refusals["bad params"]
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert "invalid parameters for flow 'tiny': n: Input should be a valid integer" in out.stderr
-    missing = rayflow("submit", "nowhere.py:tiny", "--address", cluster.job_address, "--working-dir", str(flows_dir),
-                      "--run-id", "bad-params-2", home=tmp_path)
+    missing = refusals["missing target"]
     assert missing.returncode == 2 and "no such file in the working dir" in missing.stderr
     assert jobs_with_id(cluster, "rayflow-bad-params-1") == 0 and jobs_with_id(cluster, "rayflow-bad-params-2") == 0
 
@@ -331,41 +362,31 @@ def test_the_run_goes_on_when_the_submitting_process_is_killed_and_a_second_subm
     assert '"SUCCESS"' in cluster_history(cluster, "orphan-1", tmp_path).stdout
 
 
-def test_a_flow_that_fails_to_load_on_the_cluster_exits_2_with_its_error(cluster, flows_dir, tmp_path):
-    out = rayflow("submit", "broken.py:flow", "--address", cluster.job_address, "--working-dir", str(flows_dir),
-                  "--run-id", "broken-1", "--follow", home=tmp_path)
+def test_a_flow_that_fails_to_load_on_the_cluster_exits_2_with_its_error(refusals):
+    out = refusals["broken"]
     assert out.returncode == 2, out.stderr
     assert "no_such_module_anywhere" in out.stdout  # the job's own error line
     assert "exit code 2" in out.stderr.splitlines()[-1]
 
 
-def test_a_missing_or_wrong_token_is_one_line_exit_3(cluster, tmp_path):
-    missing = rayflow("submit", "flows.py:tiny", "--address", cluster.job_address, home=tmp_path, RAY_AUTH_TOKEN="")
+def test_a_missing_or_wrong_token_is_one_line_exit_3(refusals):
+    missing = refusals["missing token"]
     assert missing.returncode == 3
     assert missing.stderr.count("\n") == 1 and "no token was found" in missing.stderr
-    wrong = rayflow("cancel", "x", "--address", cluster.job_address, home=tmp_path, RAY_AUTH_TOKEN="0" * 64)
+    wrong = refusals["wrong token"]
     assert wrong.returncode == 3
     assert wrong.stderr.count("\n") == 1 and "rejected the token from RAY_AUTH_TOKEN" in wrong.stderr
 
 
-def test_no_job_server_at_the_address_is_one_line_exit_3(tmp_path):
-    address = f"http://127.0.0.1:{free_port()}"
-    out = rayflow("submit", "flows.py:tiny", "--address", address, home=tmp_path, timeout=60, RAYFLOW_CONNECT_TIMEOUT="2")
+def test_no_job_server_at_the_address_is_one_line_exit_3(refusals):
+    out = refusals["no job server"]
     assert out.returncode == 3
     assert out.stderr.count("\n") == 1
-    assert f"no Ray job server answered at {address} within 2s" in out.stderr
+    assert f"no Ray job server answered at {refusals['nowhere']} within 2s" in out.stderr
 
 
-
-def test_a_working_dir_over_the_upload_limit_names_the_limit_and_its_size(cluster, tmp_path):
-    code = tmp_path / "big-code"
-    code.mkdir()
-    (code / "flows.py").write_text(FLOWS)
-    with open(code / "data.bin", "wb") as f:  # random: it zips to as much, past the job server's 100 MiB
-        for _ in range(101):
-            f.write(os.urandom(1024**2))
-    out = rayflow("submit", "flows.py:tiny", "--address", cluster.job_address, "--working-dir", str(code),
-                  "--run-id", "big-1", home=tmp_path)
+def test_a_working_dir_over_the_upload_limit_names_the_limit_and_its_size(cluster, refusals):
+    out, code = refusals["big working dir"], refusals["big-code"]
     assert out.returncode == 2, out.stderr
     assert out.stderr.count("\n") == 1, out.stderr
     assert f"the working dir {code} (101.0 MiB before zipping) is over the job server's upload limit (100.0 MiB zipped)" in out.stderr
