@@ -243,17 +243,35 @@ def test_a_damaged_history_is_moved_aside_and_the_run_recorded_in_a_new_one(tmp_
     assert out.returncode == 0 and "after-damage" in out.stdout and "before-damage" not in out.stdout
 
 
+HOMELESS = {  # where the history cannot be: (RAYFLOW_HOME, what each command says)
+    "a file": (None, "is a file, not a directory"),
+    "a path that cannot be made": (pathlib.Path("/proc/rayflow-no-such-home"),  # not writable even by root
+                                   "cannot use the run history at /proc/rayflow-no-such-home"),
+}
+
+
+@pytest.fixture(scope="module")
+def homeless_runs(ray_session, tmp_path_factory) -> dict:
+    """A `rayflow run` with each HOMELESS history, both at once (each is seconds of start-up and of
+    waiting on Ray): by ``where``, (home, the run's output)."""
+    import concurrent.futures
+
+    homes = {}
+    for where, (home, _) in HOMELESS.items():
+        if home is None:
+            home = tmp_path_factory.mktemp("homeless") / "home-file"
+            home.write_text("")
+        homes[where] = home
+    with concurrent.futures.ThreadPoolExecutor(len(homes)) as pool:
+        done = {where: pool.submit(_run_diamond, home, ray_session, f"homeless-{len(where)}") for where, home in homes.items()}
+        return {where: (homes[where], future.result()) for where, future in done.items()}
+
+
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("where", ["a file", "a path that cannot be made"])
-def test_a_run_completes_when_its_history_cannot_be_used_and_the_cli_says_why_in_one_line(tmp_path, ray_session, where):
-    if where == "a file":
-        home = tmp_path / "home-file"
-        home.write_text("")
-        expected = "is a file, not a directory"
-    else:
-        home = pathlib.Path("/proc/rayflow-no-such-home")  # not writable even by root
-        expected = "cannot use the run history at /proc/rayflow-no-such-home"
-    out = _run_diamond(home, ray_session, f"homeless-{len(where)}")
+@pytest.mark.parametrize("where", list(HOMELESS))
+def test_a_run_completes_when_its_history_cannot_be_used_and_the_cli_says_why_in_one_line(homeless_runs, where):
+    home, out = homeless_runs[where]  # the run completed (_run_diamond checks its result)
+    expected = HOMELESS[where][1]
     assert "Traceback" not in out.stderr
     for args in (["runs"], ["show", "homeless"], ["logs", "homeless"]):
         out = run_cli_in_process(*args, home=home)
