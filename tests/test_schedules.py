@@ -9,6 +9,7 @@ is stopped with SIGTERM.
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import json
 import os
@@ -304,8 +305,11 @@ def test_cli_rejects_bad_schedules_in_one_line(tmp_path):
     config = tmp_path / "flows.toml"
     config.write_text('[[flow]]\ncron = "@daily"\n')
     cases.append((["serve", "--config", str(config)], "has a schedule but no flow"))
-    for args, message in cases:
-        out = (run_cli_in_process if args[0] == "schedule" else run_cli)(*args, home=tmp_path)  # preview: read-only
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:  # the serve refusals: processes, at once
+        spawned = [pool.submit(run_cli, *args, home=tmp_path) if args[0] != "schedule" else None for args, _ in cases]
+        outs = [run_cli_in_process(*args, home=tmp_path) if future is None else future.result()  # preview: read-only
+                for (args, _), future in zip(cases, spawned)]
+    for (args, message), out in zip(cases, outs):
         assert out.returncode == 2, (args, out.stderr)
         assert out.stderr.count("\n") == 1 and message in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
 
@@ -465,21 +469,27 @@ def test_more_bad_schedules_are_named(make, message):
 def test_cli_options_that_would_be_ignored_with_a_config_and_bad_server_settings_are_refused(tmp_path):
     config = tmp_path / "flows.toml"
     config.write_text(f'[[flow]]\ntarget = "{REPO}/tests/flows.py:two_branches"\ninterval = 60\n')
-    for args, message in [
+    options = [
         (["--overlap", "queue"], "--overlap cannot be given too"),
         (["-p", "seconds=1"], "--param cannot be given too"),
         (["--max-concurrent", "0"], "max_concurrent must be a positive int"),
-    ]:
-        out = run_cli("serve", "--config", str(config), *args, home=tmp_path)
-        assert out.returncode == 2 and out.stderr.count("\n") == 1 and message in out.stderr, (args, out.stderr)
-    for text, message in [
+    ]
+    bad_configs = [
         ('[server]\ngrace = "x"\n', "grace must be a number"),
         ('[[flow]]\ntarget = 5\ninterval = 60\n', "target must be a string"),
         (f'[[flow]]\ntarget = "{REPO}/tests/flows.py:two_branches"\ncron = "@daily"\nanchor = 2026-01-01T00:00:00\n', "anchor applies"),
         (f'[[flow]]\ntarget = "{REPO}/tests/flows.py:two_branches"\ninterval = nan\n', "from 1 to 1e10, got nan"),
-    ]:
-        config.write_text(text if "[[flow]]" in text else text + f'[[flow]]\ntarget = "{REPO}/tests/flows.py:two_branches"\ninterval = 60\n')
-        out = run_cli("serve", "--config", str(config), home=tmp_path)
+    ]
+    configs = []
+    for i, (text, _) in enumerate(bad_configs):
+        configs.append(tmp_path / f"bad-{i}.toml")
+        configs[-1].write_text(text if "[[flow]]" in text else text + f'[[flow]]\ntarget = "{REPO}/tests/flows.py:two_branches"\ninterval = 60\n')
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:  # each a process: at once
+        option_outs = list(pool.map(lambda args: run_cli("serve", "--config", str(config), *args, home=tmp_path), [a for a, _ in options]))
+        config_outs = list(pool.map(lambda path: run_cli("serve", "--config", str(path), home=tmp_path), configs))
+    for (args, message), out in zip(options, option_outs):
+        assert out.returncode == 2 and out.stderr.count("\n") == 1 and message in out.stderr, (args, out.stderr)
+    for (text, message), out in zip(bad_configs, config_outs):
         assert out.returncode == 2 and out.stderr.count("\n") == 1 and message in out.stderr, (text, out.stderr)
 
 
