@@ -51,22 +51,14 @@ def runner(request):
 
 
 @pytest.fixture(scope="session")
-def token_cluster(tmp_path_factory):
-    """The session's ``ray start --head`` cluster of its own (~11 s to start, once), for the tests
-    that join one by address or submit to it: it requires Ray's token authentication (its token
-    is ``.token``, ray_cluster.SESSION_TOKEN), has its job server on loopback (``job_address``) and
-    a 1-CPU worker node; its head's RAYFLOW_HOME is ``rayflow_home`` (a submitted run's history).
-    (Was two: this one without job server nor worker node, and test_submit.py's own.)"""
-    from ray_cluster import SESSION_TOKEN, RayCluster
+def token_cluster():
+    """A 2-CPU ``ray start --head`` cluster of its own that requires Ray's token authentication
+    (its token is ``.token``), for the tests that join one by address: started once (~10 s)."""
+    import secrets
 
-    home = tmp_path_factory.mktemp("cluster-rayflow-home")
-    env = {
-        "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": SESSION_TOKEN, "RAYFLOW_HOME": str(home),
-        # A job's `python` is the cluster's Python: this environment's, with rayflow.
-        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
-    }
-    with RayCluster(num_cpus=2, env=env, dashboard=True) as cluster:
-        cluster.add_worker(num_cpus=1)
-        cluster.token = SESSION_TOKEN
-        cluster.rayflow_home = home
+    from ray_cluster import RayCluster
+
+    token = secrets.token_hex(32)
+    with RayCluster(num_cpus=2, env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}) as cluster:
+        cluster.token = token
         yield cluster

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import secrets
 import signal
 import socket
 import subprocess
@@ -25,8 +24,6 @@ from collections.abc import Mapping
 from typing import Any
 
 RAY = pathlib.Path(sys.executable).with_name("ray")
-# The token of the session's cluster (conftest.py's token_cluster), known to the modules that use it.
-SESSION_TOKEN = secrets.token_hex(32)
 # Variables that change which Ray a process joins or how it authenticates: a cluster's
 # own environment starts without them unless ``env`` sets them.
 RAY_CONNECTION_VARS = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")

@@ -418,7 +418,7 @@ def test_three_drivers_of_five_runs_on_one_cluster_share_a_history_without_cross
     user_home = tmp_path / "user"
     user_home.mkdir()
     env = clean_env(user_home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAYFLOW_HOME=str(home))
-    # a `ray start` cluster that requires a token (conftest.py, shared with test_cluster_auth.py and test_submit.py)
+    # a `ray start` cluster that requires a token (conftest.py, shared with test_cluster_auth.py)
     started = time.monotonic()
     drivers = [
         subprocess.Popen([sys.executable, str(script), str(d), token_cluster.address], cwd=REPO, env=env,

@@ -1,8 +1,7 @@
 """``rayflow submit``: runs as Ray Jobs on a ``ray start --head`` cluster with its job server.
 
-The session's cluster (conftest.py's ``token_cluster``, shared with test_cluster_auth.py and
-test_fault_load.py: token authentication on, as Ray 2.60 sets up ``ray start --head`` here; the
-job server on 127.0.0.1 only; a worker node), stopped by killing its process groups.  The flows
+One cluster for the module (token authentication on, as Ray 2.60 sets up ``ray start --head``
+here; the job server on 127.0.0.1 only), stopped by killing its process group.  The flows
 travel in a temp working dir (``--working-dir``); the head's RAYFLOW_HOME is the cluster's
 own, so a run's history is found there, not in the submitting process's RAYFLOW_HOME.
 """
@@ -13,6 +12,7 @@ import concurrent.futures
 import os
 import pathlib
 import re
+import secrets
 import shlex
 import signal
 import subprocess
@@ -21,13 +21,13 @@ import textwrap
 
 import pytest
 import requests
-from ray_cluster import SESSION_TOKEN, RayCluster, clean_env, free_port
+from ray_cluster import RayCluster, clean_env, free_port
 from waiting import wait_for
 
 from rayflow.store import RunStore
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-TOKEN = SESSION_TOKEN  # the session's cluster's (conftest.py's token_cluster)
+TOKEN = secrets.token_hex(32)
 README_ADDRESS = "http://127.0.0.1:8265"  # the compose head's job server, in the README
 
 FLOWS = textwrap.dedent('''
@@ -128,10 +128,17 @@ pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture(scope="module")
-def cluster(token_cluster):
-    """The session's cluster (conftest.py): token authentication, its job server, a worker node,
-    the head's own RAYFLOW_HOME (``rayflow_home``)."""
-    return token_cluster
+def cluster(tmp_path_factory):
+    home = tmp_path_factory.mktemp("cluster-rayflow-home")
+    env = {
+        "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN, "RAYFLOW_HOME": str(home),
+        # The job's `python` is the cluster's Python: this environment's, with rayflow.
+        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+    }
+    with RayCluster(num_cpus=2, env=env, dashboard=True) as started:
+        started.add_worker(num_cpus=1)
+        started.rayflow_home = home
+        yield started
 
 
 @pytest.fixture(scope="module")
