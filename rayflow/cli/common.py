@@ -61,12 +61,12 @@ def parse_params(pairs: list[str], params_json: str | None, model: Any = None) -
     return parameter_values(model, typed=typed, text=text)
 
 
-def state_option(state: str | None) -> str | None:
-    """A --state value: a state a run or task can read (CRASHED too), else one line, exit 2."""
+def state_option(state: str | None, option: str = "--state") -> str | None:
+    """A state given as ``option``: one a run or task can read (CRASHED too), else one line, exit 2."""
     from rayflow.store.views import state_filter
 
     try:
-        return state_filter(state)
+        return state_filter(state, option)
     except ValueError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
 

@@ -143,13 +143,7 @@ def _item_page(task: str | None, state: str | None, after: int | None, limit: in
         raise fail(f"--after is an item index, 0 or more, not {after}", EXIT_USAGE)
     if limit < 1:
         raise fail(f"--limit is 1 or more, not {limit}", EXIT_USAGE)
-    if state is not None:
-        from rayflow.presentation import STATE_NAMES
-
-        if state.upper() not in STATE_NAMES:
-            raise fail(f"--item-state is one of {', '.join(STATE_NAMES)}, not {state!r}", EXIT_USAGE)
-        state = state.upper()
-    return {"task": task, "state": state, "after": -1 if after is None else after, "limit": limit}
+    return {"task": task, "state": state_option(state, "--item-state"), "after": -1 if after is None else after, "limit": limit}
 
 
 def _show_items(store: RunStore, run_id: str, page: dict, as_json: bool) -> None:

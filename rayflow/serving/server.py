@@ -55,11 +55,10 @@ from rayflow.core.parameters import validate_parameters
 from rayflow.exceptions import ScheduleError
 from rayflow.paths import new_run_id
 from rayflow.schedules import UTC, Schedule
-from rayflow.states import StateType
+from rayflow.presentation import STATE_NAMES  # what a handle of a run that recorded its end reads
 from rayflow.store.schedules import ScheduleStore, server_alive
 from rayflow.states import error_text
 
-RUN_STATES = frozenset(t.value for t in StateType)  # what a handle of a run that recorded its end reads
 
 logger = logging.getLogger("rayflow.serve")
 
@@ -367,7 +366,7 @@ class Server:
             for fire in [f for f in fires if f.handle.done()]:
                 fires.remove(fire)
                 state = fire.handle.state()
-                if state not in RUN_STATES:  # its thread ended, the run did not record an end: write CRASHED once
+                if state not in STATE_NAMES:  # its thread ended, the run did not record an end: write CRASHED once
                     self._crashed(fire.run_id, state)
                 self.store.settle(sid, fire.scheduled_for, f"ended {state}", self.server_id)
                 took = self.clock() - fire.started

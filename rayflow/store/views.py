@@ -12,12 +12,12 @@ from rayflow.presentation import duration as _duration
 JAEGER_URL = "http://localhost:16686"
 
 
-def state_filter(state: str | None) -> str | None:
-    """A ``--state`` value, upper-cased, or ValueError naming the states there are."""
+def state_filter(state: str | None, option: str = "--state") -> str | None:
+    """A state given as ``option``, upper-cased, or ValueError naming the states there are."""
     if state is None:
         return None
     if state.upper() not in STATE_NAMES:
-        raise ValueError(f"--state is one of {', '.join(STATE_NAMES)}, not {state!r}")
+        raise ValueError(f"{option} is one of {', '.join(STATE_NAMES)}, not {state!r}")
     return state.upper()
 
 

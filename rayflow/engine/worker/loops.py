@@ -22,12 +22,9 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
     their loop in a daemon thread (``asyncio.run`` would wait for them for ever)."""
     loop = asyncio.new_event_loop()
     try:
-        result = loop.run_until_complete(main)
-    except BaseException:
+        return loop.run_until_complete(main)
+    finally:
         _end(loop)
-        raise
-    _end(loop)
-    return result
 
 
 async def cancel_within(task: asyncio.Future[Any], grace: float = CANCEL_GRACE) -> bool:
