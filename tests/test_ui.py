@@ -153,7 +153,7 @@ def test_the_api_pages_a_maps_item_rows_as_the_engine_recorded_them(history):
 def test_the_flows_page_and_the_vendored_htmx(history):
     client = history["client"]
     page = client.get("/flows")
-    assert page.status_code == 200 and 'href="/?flow=mixed"' in page.text and "mixed/abc" in page.text
+    assert page.status_code == 200 and 'href="/runs?flow=mixed"' in page.text and "mixed/abc" in page.text
     script = client.get("/static/htmx.min.js")
     assert script.status_code == 200 and "htmx" in script.text[:2000]
     assert client.get("/static/htmx.LICENSE").status_code == 200
