@@ -81,7 +81,7 @@ ADDED_COLUMNS = (
     ("scheduled_runs", "server", "TEXT"),
 )
 
-SCHEMA_VERSION = 6  # PRAGMA user_version once SCHEMA and ADDED_COLUMNS are in: opening skips the writes
+SCHEMA_VERSION = 7  # PRAGMA user_version once SCHEMA and ADDED_COLUMNS are in: opening skips the writes
 
 
 
