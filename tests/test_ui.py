@@ -88,7 +88,7 @@ def test_the_runs_page_lists_runs_with_states_filters_and_the_scheduled_marker(h
     assert page.status_code == 200
     for run in (history["ok"], history["failed"], history["scheduled"]):
         assert f'href="/runs/{run.run_id}"' in page.text
-    assert 'class="failed">FAILED' in page.text and 'class="ok">SUCCESS' in page.text
+    assert '<span class="badge failed">FAILED' in page.text and '<span class="badge ok">SUCCESS' in page.text
     assert page.text.count("scheduled 20") == 1  # the scheduled run, and only it
     failed_only = client.get("/?state=FAILED")
     assert history["failed"].run_id in failed_only.text and history["ok"].run_id not in failed_only.text

@@ -17,20 +17,15 @@ from __future__ import annotations
 
 import os
 import pathlib
-import shutil
-import socket
 import threading
 import time
 
 import pytest
+from ui_browser import CHROMEDRIVER, CHROMIUM, SHOTS, chromium, save, screenshots, set_scheme, sign_in
 from waiting import wait_for
 
 import rayflow as rf
 from rayflow.store import RunStore
-
-CHROMEDRIVER = shutil.which("chromedriver")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ARTIFACTS = pathlib.Path(os.environ.get("RAYFLOW_UI_SCREENSHOTS") or pathlib.Path(__file__).parent / "artifacts")
 
 pytestmark = pytest.mark.skipif(
     not (CHROMEDRIVER and CHROMIUM) and not os.environ.get("CI"),
@@ -69,52 +64,36 @@ def live(path: str):
     return linger(path)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@rf.flow(runner="local")
+def nightly_report(days: int = 7):
+    return note.map(list(range(days)))
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    import uvicorn
+    from ui_http import uvicorn_server
 
     from rayflow.ui import create_app
 
     home = tmp_path_factory.mktemp("ui-browser")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAYFLOW_HOME", str(home))
+        demo.run(fail=False)
+        nightly_report.run(days=3)
+        nightly_report.run(days=5)
         failed = demo.run()
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(home), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    yield {"url": f"http://127.0.0.1:{port}", "home": home, "failed": failed}
-    server.should_exit = True
-    thread.join(10)
+    with uvicorn_server(create_app(home)) as url:
+        yield {"url": url, "home": home, "failed": failed}
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
-        options.add_argument(arg)
-    options.binary_location = CHROMIUM
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)  # never a downloaded browser
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
+    with chromium() as driver:  # never a downloaded browser
+        yield driver
 
 
 def _shot(browser, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    browser.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+    save(browser, SHOTS / f"{name}.png")
 
 
 def _text(browser, element_id: str) -> str:
@@ -133,7 +112,7 @@ def test_a_person_finds_what_failed_and_why(served, browser):
     from selenium.webdriver.common.by import By
 
     failed = served["failed"]
-    browser.get(served["url"] + "/")
+    browser.get(served["url"] + "/runs")
     assert "Runs" in browser.find_element(By.TAG_NAME, "h1").text
     _shot(browser, "runs")
     browser.find_element(By.LINK_TEXT, failed.run_id).click()
@@ -194,12 +173,6 @@ def served_with_token(tmp_path_factory):
             yield {"url": url, "home": home}
 
 
-def _dark(browser, on: bool) -> None:
-    browser.execute_cdp_cmd(
-        "Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "dark" if on else "light"}]},
-    )
-
-
 def test_a_person_signs_in_with_the_token_and_runs_a_flow_now(served_with_token, browser):
     from selenium.webdriver.common.by import By
 
@@ -209,9 +182,9 @@ def test_a_person_signs_in_with_the_token_and_runs_a_flow_now(served_with_token,
     form = browser.find_element(By.ID, "login")  # the page asked for is the login page until signed in
     assert "rayflow" in form.find_element(By.TAG_NAME, "h1").text
     _shot(browser, "login")
-    _dark(browser, True)
+    set_scheme(browser, "dark")
     _shot(browser, "login-dark")
-    _dark(browser, False)
+    set_scheme(browser, "light")
     field = browser.find_element(By.ID, "token")
     field.send_keys("not the token at all")
     field.submit()
@@ -239,3 +212,36 @@ def test_a_person_signs_in_with_the_token_and_runs_a_flow_now(served_with_token,
     _shot(browser, "run-now")
     browser.find_element(By.ID, "logout").click()
     wait_for(lambda: browser.find_elements(By.ID, "login"), timeout=20)
+
+
+def test_signed_in_with_the_token_every_page_reads_in_light_and_dark_from_1024_px(served, browser):
+    """The login page, typed into, then each page at 1280 and 1024 px, light and dark: saved as
+    screenshots, and none wider than the window.  `RAYFLOW_UI_SCREENSHOTS=docs/screenshots`
+    refreshes the ones the README shows."""
+    from selenium.webdriver.common.by import By
+    from ui_http import uvicorn_server
+
+    from rayflow.ui import create_app
+
+    failed = served["failed"].run_id
+    with uvicorn_server(create_app(served["home"], token=UI_TOKEN)) as url:
+        browser.delete_all_cookies()
+        assert screenshots(browser, url, [("login", "/runs")]) == {}
+        sign_in(browser, url, UI_TOKEN, "/runs")
+        assert browser.current_url == url + "/runs" and browser.find_element(By.ID, "logout")
+        current = browser.find_element(By.CSS_SELECTOR, '.topbar a[aria-current="page"]')
+        assert current.text == "Runs"
+        badge = browser.find_element(By.CSS_SELECTOR, "#runs .badge.failed")
+        assert badge.text == "FAILED" and badge.value_of_css_property("background-color") == "rgba(242, 139, 130, 1)"  # #f28b82
+        pages = [("runs", "/runs"), ("flows", "/flows"), ("run", f"/runs/{failed}"),
+                 ("filtered", "/runs?state=FAILED"), ("missing", "/runs/no-such-run"), ("error", "/runs?page=x")]
+        assert screenshots(browser, url, pages) == {}
+        set_scheme(browser, "dark")
+        browser.get(url + "/runs")
+        background = browser.find_element(By.TAG_NAME, "body").value_of_css_property("background-color")
+        set_scheme(browser, "light")
+        assert background == "rgba(14, 17, 22, 1)"  # the dark scheme's --bg, #0e1116
+        for name, _ in [("login", ""), *pages]:
+            for width in (1280, 1024):
+                for scheme in ("light", "dark"):
+                    assert (SHOTS / f"{name}-{width}-{scheme}.png").stat().st_size > 5000
