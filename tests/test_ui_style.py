@@ -18,6 +18,7 @@ from starlette.testclient import TestClient
 
 import rayflow as rf
 from rayflow.presentation import CATEGORIES, LOOKS, category
+from rayflow.states import StateType
 from rayflow.ui import create_app
 
 UI = pathlib.Path(rf.__file__).parent / "ui"
@@ -75,13 +76,14 @@ def test_every_text_colour_reads_at_wcag_aa_on_its_grounds(scheme):
 
 
 def test_the_state_fills_are_presentations_colours():
-    """Each category's fill is the colour of its first state in presentation's order (SUCCESS,
-    FAILED, RUNNING, CANCELLED): a badge has the colour of that state's node in the graph."""
+    """Each category's fill is the colour of its main state (SUCCESS, FAILED, RUNNING, CANCELLED):
+    a badge has the colour of that state's node in the graph and bar in the timeline."""
+    main = {"ok": StateType.SUCCESS, "failed": StateType.FAILED, "live": StateType.RUNNING, "muted": StateType.CANCELLED}
+    assert set(main) == set(CATEGORIES) and all(category(state) == cat for cat, state in main.items())
     for scheme in ("light", "dark"):
         colours = variables(scheme)
-        for cat in CATEGORIES:
-            first = min((look.order, state) for state, look in LOOKS.items() if look.category == cat)[1]
-            assert colours[f"--fill-{cat}"].lower() == LOOKS[first].colour.lower(), (scheme, cat)
+        for cat, state in main.items():
+            assert colours[f"--fill-{cat}"].lower() == LOOKS[state].colour.lower(), (scheme, cat)
     for cat in CATEGORIES:  # a text colour, a badge and a card for every category
         for selector in (f".{cat} {{", f".badge.{cat} {{", f".card.{cat} .num"):
             assert selector in CSS, selector
@@ -121,7 +123,7 @@ def history(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAYFLOW_HOME", str(home))
         ok = styled.run()
-        failed = styled.with_options(run_id="bad<i>run</i>").run(word="boom")
+        failed = styled.with_options(run_id="styled-failed").run(word="boom")
     return {"home": home, "ok": ok, "failed": failed, "client": TestClient(create_app(home), base_url=BASE)}
 
 
@@ -158,10 +160,11 @@ def test_the_runs_list_shows_states_as_badges_and_links_flows(history):
     assert '<span class="badge ok">SUCCESS</span>' in text and '<span class="badge failed">FAILED</span>' in text
     assert text.count('href="/flows/styled"') == 2 and 'class="filters"' in text
     assert re.search(r'<td class="num">\d+\.\d{3}s</td>', text)  # durations right-aligned
-    assert "bad<i>run</i>" not in text and "bad&lt;i&gt;run&lt;/i&gt;" in text  # a run id is text, not markup
+    asked = client.get("/runs?flow=<b>x</b>").text  # what was asked is said back, as text
+    assert "<b>x</b>" not in asked and "flow &lt;b&gt;x&lt;/b&gt;" in asked and "no runs match these filters" in asked
     flows = client.get("/flows").text
     assert 'href="/flows/styled"' in flows and 'href="/runs?flow=styled"' in flows
-    assert flows.count('class="tick ') == 2 and "bad&lt;i&gt;run&lt;/i&gt;" in flows
+    assert flows.count('class="tick ') == 2 and 'href="/runs/styled-failed" class="tick failed"' in flows
     empty = client.get("/runs?flow=nothing").text
     assert 'class="empty">no runs match these filters' in empty
 
@@ -171,5 +174,6 @@ def test_the_error_and_missing_pages_have_the_look_and_escape_the_name(history):
     missing = client.get("/runs/%3Cscript%3Ex")
     assert missing.status_code == 404 and 'class="message-page"' in missing.text
     assert "<script>x" not in missing.text and "&lt;script&gt;x" in missing.text
-    bad = client.get("/runs?page=x")
+    bad = client.get("/runs?since=<img src=x>")
     assert bad.status_code == 400 and 'class="message-page"' in bad.text and 'id="error"' in bad.text
+    assert "<img" not in bad.text and "&lt;img src=x&gt;" in bad.text
