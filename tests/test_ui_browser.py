@@ -26,6 +26,7 @@ from waiting import wait_for
 
 import rayflow as rf
 from rayflow.store import RunStore
+from rayflow.store.schedules import ScheduleStore
 
 pytestmark = pytest.mark.skipif(
     not (CHROMEDRIVER and CHROMIUM) and not os.environ.get("CI"),
@@ -78,10 +79,14 @@ def served(tmp_path_factory):
     home = tmp_path_factory.mktemp("ui-browser")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAYFLOW_HOME", str(home))
-        demo.run(fail=False)
-        nightly_report.run(days=3)
-        nightly_report.run(days=5)
+        for days in (3, 5, 2, 7):
+            nightly_report.run(days=days)
+            demo.run(fail=False)
         failed = demo.run()
+    every_6h = {"kind": "interval", "every": 21600.0, "anchor": "2020-01-01T00:00:00+00:00"}  # as `rayflow serve --interval` registers it
+    schedules, now = ScheduleStore(RunStore(home)), time.time()
+    schedules.register("nightly_report/6h", "nightly_report", "tests/test_ui_browser.py:nightly_report", every_6h, now)
+    schedules.advance("nightly_report/6h", now, now - now % 21600 + 21600)
     with uvicorn_server(create_app(home)) as url:
         yield {"url": url, "home": home, "failed": failed}
 
@@ -200,6 +205,7 @@ def test_a_person_signs_in_with_the_token_and_runs_a_flow_now(served_with_token,
     session = next(c for name, c in cookies.items() if name.startswith("rayflow_session_"))
     assert session["httpOnly"] and session["sameSite"] == "Lax" and UI_TOKEN not in session["value"]
     assert UI_TOKEN not in browser.page_source
+    assert screenshots(browser, url, [("flows-run-now", "/flows")]) == {}  # the run-now form, light and dark
     run_now = browser.find_element(By.CSS_SELECTOR, 'form.run-now[data-flow="hello"]')
     name = run_now.find_element(By.NAME, "name")  # its default, "world", filled in
     name.clear()
