@@ -7,8 +7,11 @@ sees a log record, and watches a live run end without reloading (htmx).
 Then, against the UI of `rayflow serve --ui` with a token, a person signs in
 through the login page (a wrong token first), and runs a flow now from the
 Flows page's form (which carries its CSRF token).
-Screenshots go to RAYFLOW_UI_SCREENSHOTS (default: tests/artifacts/), the
-login page in the light and the dark colour scheme.
+Last, signed in through the login page with the token, every list page is
+saved at 1280 and 1024 px wide in the light and the dark scheme, none wider
+than the window (helpers in tests/ui_browser.py: sign_in, follow, journey,
+screenshots).  Screenshots go to RAYFLOW_UI_SCREENSHOTS (default:
+tests/artifacts/); the README's are copied from there to docs/screenshots/.
 `.ci/run` installs chromium and chromium-driver with apt when missing: in CI
 this test runs, it does not skip.
 """
@@ -21,7 +24,7 @@ import threading
 import time
 
 import pytest
-from ui_browser import CHROMEDRIVER, CHROMIUM, SHOTS, chromium, save, screenshots, set_scheme, sign_in
+from ui_browser import CHROMEDRIVER, CHROMIUM, SHOTS, chromium, journey, save, screenshots, set_scheme, sign_in
 from waiting import wait_for
 
 import rayflow as rf
@@ -117,11 +120,10 @@ def test_a_person_finds_what_failed_and_why(served, browser):
     from selenium.webdriver.common.by import By
 
     failed = served["failed"]
-    browser.get(served["url"] + "/runs")
-    assert "Runs" in browser.find_element(By.TAG_NAME, "h1").text
-    _shot(browser, "runs")
-    browser.find_element(By.LINK_TEXT, failed.run_id).click()
-    wait_for(lambda: failed.run_id in browser.find_element(By.TAG_NAME, "h1").text, timeout=20)
+    url = served["url"]
+    visited = journey(browser, url + "/runs", [("journey-run", f'#runs a[href="/runs/{failed.run_id}"]')])
+    assert visited == [url + "/runs", url + f"/runs/{failed.run_id}"]
+    assert failed.run_id in browser.find_element(By.TAG_NAME, "h1").text
     nodes = {n.get_attribute("data-key"): n.get_attribute("data-state") for n in browser.find_elements(By.CSS_SELECTOR, "g.node")}
     assert nodes["crash"] == "FAILED" and nodes["note"] == "MAPPED"
     details = browser.find_element(By.CSS_SELECTOR, "details")

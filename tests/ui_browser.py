@@ -3,7 +3,8 @@
 - ``chromium()``: a headless chromium that is never a downloaded browser (CHROMIUM, CHROMEDRIVER).
 - ``sign_in(browser, url, token)``: through the login page, typing the token, as a person does.
 - ``follow(browser, css)`` / ``go(browser, url)``: click a link (or open a URL) and wait for the
-  page it leads to; ``wait_css`` waits for an element.
+  page it leads to; ``wait_css`` waits for an element; ``journey(browser, url, [(name, css), ...])``
+  clicks its way through pages, saving each in both schemes.
 - ``screenshots(browser, base_url, [(name, path), ...])``: each page at 1280 and 1024 px wide, in
   the light and the dark colour scheme (CDP's ``Emulation.setEmulatedMedia``), saved as
   ``NAME-WIDTH-light.png`` / ``NAME-WIDTH-dark.png`` under ``SHOTS`` (RAYFLOW_UI_SCREENSHOTS,
@@ -154,3 +155,24 @@ def screenshots(
         set_width(browser, widths[0])
         set_scheme(browser, "light")
     return too_wide
+
+
+def shoot_both(browser, name: str, directory: pathlib.Path | None = None) -> None:
+    """The page as it is now, saved as ``NAME-light.png`` and ``NAME-dark.png``."""
+    try:
+        for scheme in SCHEMES:
+            set_scheme(browser, scheme)
+            save(browser, (directory or SHOTS) / f"{name}-{scheme}.png")
+    finally:
+        set_scheme(browser, "light")
+
+
+def journey(browser, url: str, steps: Iterable[tuple[str, str]], directory: pathlib.Path | None = None) -> list[str]:
+    """Open ``url``, then for each (name, css) click the first element matching css (``follow``)
+    and save what it shows in both schemes (``shoot_both``); returns the URLs it went through."""
+    go(browser, url)
+    visited = [browser.current_url]
+    for name, css in steps:
+        visited.append(follow(browser, css))
+        shoot_both(browser, name, directory)
+    return visited
