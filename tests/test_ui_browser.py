@@ -24,7 +24,7 @@ import threading
 import time
 
 import pytest
-from ui_browser import CHROMEDRIVER, CHROMIUM, SHOTS, chromium, journey, save, screenshots, set_scheme, sign_in
+from ui_browser import CHROMEDRIVER, CHROMIUM, SHOTS, chromium, journey, save, screenshots, set_scheme, sign_in, wait_until
 from waiting import wait_for
 
 import rayflow as rf
@@ -155,6 +155,36 @@ def test_a_live_run_changes_state_on_the_page_without_a_reload(served, browser, 
     wait_for(lambda: _text(browser, "run-state") == "SUCCESS", timeout=20)
     assert browser.execute_script("return window.__not_reloaded === true;")  # htmx swapped it in place
     _shot(browser, "live")
+
+
+def test_the_runs_list_follows_a_live_run_without_a_reload(served, browser, tmp_path):
+    """The list refreshes its table from /runs (the dashboard has /) while a run on it is live:
+    its badge goes from RUNNING (live, pulsing) to SUCCESS in place."""
+    from selenium.webdriver.common.by import By
+
+    gate = tmp_path / "gate"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAYFLOW_HOME", str(served["home"]))
+        thread = threading.Thread(target=lambda: live.with_options(run_id="live-list-1").run(path=str(gate)))
+        thread.start()
+        store = RunStore(served["home"])
+        wait_for(lambda: (store.run("live-list-1") or {}).get("state") == "RUNNING", timeout=20)
+        browser.get(served["url"] + "/runs?flow=live")
+        table = browser.find_element(By.ID, "runs")
+        assert table.get_attribute("hx-get").startswith("/runs?flow=live&")
+        row = browser.find_element(By.XPATH, '//a[@href="/runs/live-list-1"]/ancestor::tr')
+        assert row.find_element(By.CSS_SELECTOR, ".badge.live").text == "RUNNING"
+        _shot(browser, "runs-live")
+        browser.execute_script("window.__not_reloaded = true;")
+        gate.write_text("")
+        thread.join(30)
+
+    def settled() -> bool:
+        rows = browser.find_elements(By.XPATH, '//a[@href="/runs/live-list-1"]/ancestor::tr//span[contains(@class, "badge")]')
+        return bool(rows) and rows[0].text == "SUCCESS" and "ok" in rows[0].get_attribute("class")
+
+    wait_until(settled, 20, "the badge of live-list-1 to read SUCCESS")  # a row swapped out meanwhile is looked up again
+    assert browser.execute_script("return window.__not_reloaded === true;")  # htmx swapped the table in place
 
 
 UI_TOKEN = "browser-t0ken-8d2f6a1c4e"
