@@ -227,6 +227,7 @@ def test_a_person_signs_in_with_the_token_and_runs_a_flow_now(served_with_token,
     field.submit()
     wait_for(lambda: _text(browser, "login-error"), timeout=20)
     assert "not this UI" in _text(browser, "login-error")
+    assert browser.find_element(By.ID, "login-error").value_of_css_property("color") == "rgba(180, 35, 24, 1)"  # --failed
     _shot(browser, "login-wrong")
     field = browser.find_element(By.ID, "token")
     field.send_keys(UI_TOKEN)
