@@ -33,9 +33,9 @@ def _renderer() -> Any:
         md.disable(["image", "html_block", "html_inline"])
         md.validateLink = safe_url  # type: ignore[method-assign]
 
-        def link_open(tokens: list, idx: int, options: Any, env: Any) -> str:
+        def link_open(renderer: Any, tokens: list, idx: int, options: Any, env: Any) -> str:
             tokens[idx].attrSet("rel", "nofollow noopener noreferrer")
-            return md.renderer.renderToken(tokens, idx, options, env)
+            return renderer.renderToken(tokens, idx, options, env)
 
         md.add_render_rule("link_open", link_open)
         _markdown = md

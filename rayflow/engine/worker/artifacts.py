@@ -97,8 +97,10 @@ def _record(kind: str, key: Any, make: Any, *, key_required: bool = False) -> No
     try:
         _check_key(key, key_required)
         data, blob = make()
-    except ArtifactError as exc:
-        problem = f"rf.artifacts.{kind}: {exc}; the artifact is not recorded"
+        text = json.dumps(data, allow_nan=False, separators=(",", ":"))
+    except Exception as exc:  # noqa: BLE001 - a bad argument (or a value that breaks reading it) never fails the task
+        reason = str(exc) if isinstance(exc, ArtifactError) else f"cannot read the argument: {type(exc).__name__}: {exc}"
+        problem = f"rf.artifacts.{kind}: {reason}; the artifact is not recorded"
         if context is None:
             warnings.warn(f"{problem} (and it was called outside a task)", UserWarning, stacklevel=3)
         else:
@@ -110,7 +112,6 @@ def _record(kind: str, key: Any, make: Any, *, key_required: bool = False) -> No
             "(artifacts are kept with a run's tasks)", UserWarning, stacklevel=3,
         )
         return
-    text = json.dumps(data, allow_nan=False, separators=(",", ":"))
     size = len(text) + len(blob or "")
     row = (time.time(), kind, key, context.task_key, context.map_index(), summary(kind, data), text, blob)
     with _lock:
@@ -274,8 +275,8 @@ def _columns_and_rows(rows: Any) -> tuple[list[Any], int, Any]:
     if all(isinstance(r, (list, tuple)) for r in rows):
         width = max((len(r) for r in rows[:MAX_ROWS]), default=0)
         return [str(i) for i in range(width)], len(rows), (list(r) + [None] * (width - len(r)) for r in rows)
-    odd = next(r for r in rows if not isinstance(r, (dict, list, tuple)))
-    raise ArtifactError(f"rows must all be dicts or all be lists; one is a {type(odd).__name__}")
+    kinds = sorted({type(r).__name__ for r in rows})
+    raise ArtifactError(f"rows must all be dicts or all be lists, not a mix of {', '.join(kinds)}")
 
 
 def _cell(value: Any) -> Any:
