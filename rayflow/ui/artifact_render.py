@@ -43,8 +43,14 @@ def _renderer() -> Any:
 
 
 def render_markdown(text: str) -> Markup:
-    """``text`` as HTML: markdown without raw HTML, scripts or unsafe links."""
-    return Markup(_renderer().render(text))
+    """``text`` as HTML: markdown without raw HTML, scripts or unsafe links; its headings two
+    levels down (``#`` is an h3), under the page's own h1 and h2."""
+    md = _renderer()
+    tokens = md.parse(text)
+    for token in tokens:
+        if token.type in ("heading_open", "heading_close"):
+            token.tag = f"h{min(6, int(token.tag[1]) + 2)}"
+    return Markup(md.renderer.render(tokens, md.options, {}))
 
 
 def shown(artifact: dict[str, Any]) -> dict[str, Any]:
