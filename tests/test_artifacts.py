@@ -256,11 +256,13 @@ def test_arguments_are_checked_in_a_task_and_the_limits_hold(tmp_path):
 
 
 def test_cells_are_cut_and_odd_values_become_text():
+    import numpy as np
+
     with capture("r", "t", None, None, False) as context:
-        api.table([{"long": "z" * 5000, "nan": float("nan"), "big": 2**70, "obj": object()}])
+        api.table([{"long": "z" * 5000, "nan": float("nan"), "big": 2**70, "obj": object(), "np": np.int64(7)}])
     row = json.loads(context.artifacts[0][6])["rows"][0]
     assert len(row[0]) == api.MAX_CELL_CHARS and row[0].endswith("…")
-    assert row[1] == "nan" and row[2] == str(2**70) and row[3].startswith("<object object")
+    assert row[1] == "nan" and row[2] == str(2**70) and row[3].startswith("<object object") and row[4] == 7
 
 
 @pytest.mark.parametrize("url", [
@@ -278,3 +280,44 @@ def test_markdown_renders_safely():
     out = render_markdown('<img src=x onerror="alert(1)"> <script>x</script> &#106;avascript:\n\n![i](https://evil.example/p.png)')
     assert "<img" not in out and "<script" not in out and "&lt;script&gt;" in out
     assert render_markdown("[ok](/runs/abc) [m](mailto:a@b.c)").count("<a href=") == 2
+
+
+def test_the_recorder_writes_reported_artifacts_and_kept_rows_carry_them(tmp_path):
+    import socket
+    import types
+
+    from rayflow.store import HistoryRecorder
+
+    store = RunStore(tmp_path, repair=True)
+    with capture("rec", "t", None, None, False) as context:
+        rf.artifacts.markdown("from a report", key="rec-key")
+    recorder = HistoryRecorder(store, "rec", "f", {}, ["t"])
+    recorder.on_report(work=None, report=types.SimpleNamespace(logs=(), artifacts=tuple(context.artifacts)))
+    assert recorder.pending_rows() == 1 and recorder.flush() and recorder.pending_rows() == 0
+    recorder.close()
+    assert [(a["key"], a["version"], a["data"]["text"]) for a in store.run_artifacts("rec")] == [("rec-key", 1, "from a report")]
+    # Rows a writer could not write, in a file (HistoryRecorder._spill), artifacts among them.
+    kept = ["kept", 1, 1.0, "link", None, "t", None, "x", json.dumps({"url": "https://x.example", "text": None}), None]
+    store.spill(f"kept-1@{socket.gethostname()}:999999999", {
+        "runs": [["kept", "f", "{}", "SUCCESS", None, 1.0, 2.0, None, '["t"]', 1]], "transitions": [], "chunks": [],
+        "logs": [], "graphs": [], "artifacts": [kept],
+    })
+    assert store.write_pending() == 2
+    assert [a["data"]["url"] for a in store.run_artifacts("kept")] == ["https://x.example"]
+
+
+def test_a_dataframe_and_a_pyarrow_table_are_tables_cut_alike():
+    import pandas as pd
+    import pyarrow as pa
+
+    frame = pd.DataFrame({"n": range(1500), "name": [f"<i>{i}</i>" for i in range(1500)], "x": [0.5] * 1500})
+    with capture("r", "t", None, None, False) as context:
+        rf.artifacts.table(frame, key="frame")
+        rf.artifacts.table(pa.Table.from_pandas(frame, preserve_index=False), key="arrow")
+        rf.artifacts.table(pa.table({f"c{i}": [i] for i in range(70)}))
+    frame_data, arrow_data, wide = (json.loads(a[6]) for a in context.artifacts)
+    assert frame_data == arrow_data
+    assert frame_data["columns"] == ["n", "name", "x"] and frame_data["rows"][1] == [1, "<i>1</i>", 0.5]
+    assert len(frame_data["rows"]) == 1000 and "the first 1000 of 1500 rows" in frame_data["note"]
+    assert len(wide["columns"]) == 50 and wide["rows"] == [list(range(50))] and "50 of 70 columns" in wide["note"]
+    assert not [r for r in context.records if r[1] == "ERROR"]

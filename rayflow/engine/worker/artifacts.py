@@ -280,6 +280,8 @@ def _columns_and_rows(rows: Any) -> tuple[list[Any], int, Any]:
 
 
 def _cell(value: Any) -> Any:
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):  # a numpy scalar: its Python value
+        value = value.item()
     if value is None or isinstance(value, (bool, int)):
         return value if not isinstance(value, int) or abs(value) < 2**53 or isinstance(value, bool) else str(value)
     if isinstance(value, float):
