@@ -145,7 +145,8 @@ def summary(kind: str, data: dict) -> str:
     if kind == "link":
         return _text(data.get("text") or data["url"], 120)
     if kind == "image":
-        return f"PNG {data['width']}×{data['height']}, {max(1, round(data['bytes'] / 1024))} kB"
+        size = f"{data['bytes']} bytes" if data["bytes"] < 1024 else f"{round(data['bytes'] / 1024)} kB"
+        return f"PNG {data['width']}×{data['height']}, {size}"
     return f"{data['fraction']:.0%}"
 
 
