@@ -321,3 +321,17 @@ def test_a_dataframe_and_a_pyarrow_table_are_tables_cut_alike():
     assert len(frame_data["rows"]) == 1000 and "the first 1000 of 1500 rows" in frame_data["note"]
     assert len(wide["columns"]) == 50 and wide["rows"] == [list(range(50))] and "50 of 70 columns" in wide["note"]
     assert not [r for r in context.records if r[1] == "ERROR"]
+
+
+def test_with_a_login_token_every_artifact_route_asks_for_it(history):
+    token = "t0ken-" + "x" * 30
+    client = TestClient(create_app(history["home"], token=token), base_url=BASE)
+    image_id = next(a["artifact_id"] for a in history["store"].run_artifacts(history["local"].run_id) if a["kind"] == "image")
+    run_id = history["local"].run_id
+    paths = ["/artifacts", "/artifacts/report", f"/artifacts/image/{image_id}", f"/runs/{run_id}/artifacts",
+             "/api/artifacts", f"/api/runs/{run_id}/artifacts"]
+    for path in paths:
+        refused = client.get(path)
+        assert refused.status_code == 401 and "Report" not in refused.text and b"PNG" not in refused.content, path
+        allowed = client.get(path, headers={"Authorization": f"Bearer {token}"})
+        assert allowed.status_code == 200, path
