@@ -19,6 +19,7 @@ from typing import Any as _Any
 
 if _TYPE_CHECKING:  # what the names below are, for type checkers; at run time each loads on first use
     from rayflow import cache, schedules, signals, triggers
+    from rayflow.engine.worker import artifacts
     from rayflow.core.branching import case, merge, set_reference_tasks
     from rayflow.core.flow import Flow, flow
     from rayflow.core.mapping import flatten, mapped, unmapped
@@ -65,14 +66,16 @@ _LAZY: dict[str, str] = {
     "FlowRun": "rayflow.engine.driver.flow_run",
     "get_run_logger": "rayflow.engine.worker.logs",
 }
-_SUBMODULES = ("cache", "limits", "schedules", "signals", "triggers")  # rf.limits: rayflow.runtime.limits.api
+_SUBMODULES = ("artifacts", "cache", "limits", "schedules", "signals", "triggers")
+# rf.limits: rayflow.runtime.limits.api; rf.artifacts: rayflow.engine.worker.artifacts (called in tasks)
+_SUBMODULE_PATHS = {"limits": "rayflow.runtime.limits.api", "artifacts": "rayflow.engine.worker.artifacts"}
 
 
 def __getattr__(name: str) -> _Any:
     if name in _LAZY:
         value = getattr(_importlib.import_module(_LAZY[name]), name)
     elif name in _SUBMODULES:
-        value = _importlib.import_module("rayflow.runtime.limits.api" if name == "limits" else f"rayflow.{name}")
+        value = _importlib.import_module(_SUBMODULE_PATHS.get(name, f"rayflow.{name}"))
     else:
         raise AttributeError(f"module 'rayflow' has no attribute {name!r}")
     if name != "limits":  # rf.limits stays a lookup: rayflow.limits is not a module of its own
@@ -117,6 +120,7 @@ __all__ = [
     "UnknownTaskError",
     "UnsafePathError",
     "UnsatisfiableResourcesError",
+    "artifacts",
     "cache",
     "case",
     "concurrency",

@@ -2,8 +2,8 @@
 lists them, each through the exception table of ``rayflow.cli.exits``.
 
 The commands live in their groups: ``run_cmd`` (run, cancel, graph, resume), ``show_cmd`` (runs,
-show, logs, schedules), ``serve_cmd`` (serve, schedule preview, ui), ``cache_cmd``, ``limits``
-and ``submit``.  Each module imports typer and the CLI's own light modules at the top and
+show, logs, schedules), ``serve_cmd`` (serve, schedule preview, ui), ``cache_cmd``, ``limits``,
+``artifacts_cmd`` (artifacts ls, artifacts show) and ``submit``.  Each module imports typer and the CLI's own light modules at the top and
 anything heavy (Ray, pyarrow, pydantic models, rich, the store) inside its commands, so
 ``rayflow --help`` starts fast (``benchmarks/cli_startup.py``).
 
@@ -24,7 +24,7 @@ from typing import Annotated
 
 import typer
 
-from rayflow.cli import cache_cmd, limits, run_cmd, serve_cmd, show_cmd, submit
+from rayflow.cli import artifacts_cmd, cache_cmd, limits, run_cmd, serve_cmd, show_cmd, submit
 from rayflow.cli.cache_cmd import _cache_entries  # noqa: F401 - read by tests of the cache layout
 from rayflow.cli.common import app, parse_params
 from rayflow.cli.exits import handled, history_errors
@@ -49,6 +49,11 @@ limit_app.command("set", context_settings={"ignore_unknown_options": True})(hand
 limit_app.command("ls")(handled(limits.list_limits))
 limit_app.command("rm")(handled(limits.remove_limit))
 app.add_typer(limit_app, name="limit")
+
+artifacts_app = typer.Typer(help="Artifacts tasks recorded (rf.artifacts): list them, show one.", no_args_is_help=True)
+artifacts_app.command("ls")(handled(history_errors(artifacts_cmd.ls)))
+artifacts_app.command("show")(handled(history_errors(artifacts_cmd.show)))
+app.add_typer(artifacts_app, name="artifacts")
 
 app.command()(handled(serve_cmd.serve))
 schedule_app = typer.Typer(help="Schedules: preview the fire times of one.", no_args_is_help=True)

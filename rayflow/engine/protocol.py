@@ -153,6 +153,7 @@ class AttemptResult:
     retry_delay: float | None = None  # from rf.Retry(delay=...)
     length: int | None = None  # items in the value, when a map consumes it
     logs: tuple[tuple, ...] = ()  # records captured while it ran (engine.worker.logs)
+    artifacts: tuple[tuple, ...] = ()  # rf.artifacts calls while it ran (engine.worker.artifacts)
     persist: tuple[str, str] | None = None  # (store, name) the value is to be written to, behind
     result_path: str | None = None  # where the value is stored (persisted, or the cache entry it came from)
 
@@ -249,6 +250,7 @@ class ChunkSummary:
     flat_count: int = 0  # items the successful values hold, for rf.flatten consumers
     indices: tuple[int, ...] | None = None
     logs: tuple[tuple, ...] = ()  # records captured while it ran (engine.worker.logs)
+    artifacts: tuple[tuple, ...] = ()  # rf.artifacts calls while it ran (engine.worker.artifacts)
     loaded: bool = False  # the chunk's stored results were loaded (a resumed run), nothing ran
     cached: int = 0  # items whose values came from the cache (counted SUCCESS in ``counts``)
     overhead: float = 0.0  # seconds of one-off costs in the run (a cache index loaded, a segment written)

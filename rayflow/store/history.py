@@ -23,6 +23,7 @@ from typing import Any
 
 from rayflow.exceptions import DuplicateRunError
 from rayflow.paths import check_run_id
+from rayflow.store.artifacts import ArtifactQueries, write_artifacts
 from rayflow.store.queries import CRASHED, RUN_SELECT, Queries
 from rayflow.store.recorder import (
     CLOSE_SECONDS,
@@ -100,7 +101,7 @@ def refuse_taken_run_id(options: Any) -> None:
 
 
 
-class RunStore(Recovery, Queries):
+class RunStore(Recovery, Queries, ArtifactQueries):
     """The history database under ``home``.  ``repair=True`` (the run's writer) moves a damaged
     database aside and starts a new one; readers report it (the CLI in one line)."""
 
@@ -137,22 +138,22 @@ class RunStore(Recovery, Queries):
 
     def write(
         self, runs: list[tuple], transitions: list[tuple], chunks: list[tuple], logs: list[tuple] = (), graphs: list[tuple] = (),
-        applied: str | None = None, items: list[tuple] = (),
+        applied: str | None = None, items: list[tuple] = (), artifacts: list[tuple] = (),
     ) -> None:
         try:
             if not self.path.exists():  # moved aside by another process
                 self._create()
             inode = os.stat(self.path).st_ino
-            self._write(runs, transitions, chunks, logs, graphs, applied=applied, items=items)
+            self._write(runs, transitions, chunks, logs, graphs, applied=applied, items=items, artifacts=artifacts)
         except sqlite3.DatabaseError as exc:
             if not (self.repair and is_damaged(exc)):
                 raise
             self._move_aside(exc, inode)
-            self._write(runs, transitions, chunks, logs, graphs, applied=applied, items=items)
+            self._write(runs, transitions, chunks, logs, graphs, applied=applied, items=items, artifacts=artifacts)
 
     def _write(
         self, runs: list[tuple], transitions: list[tuple], chunks: list[tuple], logs: list[tuple], graphs: list[tuple],
-        timeout: float = 10.0, applied: str | None = None, items: list[tuple] = (),
+        timeout: float = 10.0, applied: str | None = None, items: list[tuple] = (), artifacts: list[tuple] = (),
     ) -> None:
         with self._connect(timeout) as db:
             if applied is not None:  # rows kept in a file: an IntegrityError if they are in already
@@ -173,6 +174,8 @@ class RunStore(Recovery, Queries):
                 db.executemany("INSERT INTO chunks VALUES (?,?,?,?,?,?,?,?,?,?,?)", chunks)
             if items:  # one row per item: a later row of it (run again) replaces the earlier one
                 db.executemany("INSERT OR REPLACE INTO items VALUES (?,?,?,?,?,?,?,?,?)", items)
+            if artifacts:  # keyed ones numbered as they go in (store.artifacts)
+                write_artifacts(db, artifacts)
 
     def reserve(self, run_id: str, flow: str, params: Mapping[str, Any], message: str) -> None:
         """Record a run PENDING before it starts in this process, so its id is in the history at

@@ -57,12 +57,13 @@ class HistoryRecorder(RunObserver):
         self._chunks: list[tuple] = []
         self._logs: list[tuple] = []
         self._items: list[tuple] = []  # (task key, WorkFacts.items): made rows by the writer thread (_rows)
+        self._artifacts: list[tuple] = []  # rf.artifacts calls, from the reports (store.artifacts writes them)
         self._run: tuple | None = None
         self._lock = threading.Lock()  # the buffers, filled by the orchestrator's calls of this observer's hooks
         # Rows taken from the buffers but not written yet (a write failed): retried on the next
         # flush, bounded by MAX_PENDING_ROWS per kind.  Only flush() touches them, under _write_lock.
         self._pending_run: tuple | None = None
-        self._pending: tuple[list, list, list, list] = ([], [], [], [])  # transitions, chunks, logs, items
+        self._pending: tuple[list, list, list, list, list] = ([], [], [], [], [])  # transitions, chunks, logs, items, artifacts
         self._write_lock = threading.Lock()
         self._problem: str | None = None  # the failure last logged, so each is logged once
         self._dropped = 0  # rows given up because too many were held
@@ -140,20 +141,24 @@ class HistoryRecorder(RunObserver):
         if records:
             with self._lock:
                 self._logs.extend((self.run_id, *record, self.attempt) for record in records)
+        artifacts = getattr(report, "artifacts", ())
+        if artifacts:
+            with self._lock:
+                self._artifacts.extend((self.run_id, self.attempt, *artifact) for artifact in artifacts)
 
-    def _take(self) -> tuple[list, list, list, list, list]:
+    def _take(self) -> tuple[list, list, list, list, list, list]:
         """The buffered rows, emptying the buffers (the caller holds ``_lock``)."""
         runs = [self._run] if self._run is not None else []
-        out = (runs, self._transitions, self._chunks, self._logs, self._rows(self._items))
-        self._run, self._transitions, self._chunks, self._logs, self._items = None, [], [], [], []
+        out = (runs, self._transitions, self._chunks, self._logs, self._rows(self._items), self._artifacts)
+        self._run, self._transitions, self._chunks, self._logs, self._items, self._artifacts = None, [], [], [], [], []
         return out
 
-    def _hold(self, runs: list, transitions: list, chunks: list, logs: list, items: list) -> None:
+    def _hold(self, runs: list, transitions: list, chunks: list, logs: list, items: list, artifacts: list) -> None:
         """Add a batch to the rows not written yet; beyond MAX_PENDING_ROWS of a kind the oldest go."""
         if runs:
             self._pending_run = runs[-1]  # INSERT OR REPLACE: only the latest row of the run matters
         dropped = 0
-        for rows, new in zip(self._pending, (transitions, chunks, logs, items)):
+        for rows, new in zip(self._pending, (transitions, chunks, logs, items, artifacts)):
             rows.extend(new)
             excess = len(rows) - MAX_PENDING_ROWS
             if excess > 0:
@@ -171,6 +176,7 @@ class HistoryRecorder(RunObserver):
         """Rows recorded but not written yet (buffered, or held after a failed write)."""
         with self._lock:
             buffered = len(self._transitions) + len(self._chunks) + len(self._logs) + sum(len(g[1]) for g in self._items)
+            buffered += len(self._artifacts)
             run = self._run is not None or self._pending_run is not None
         return buffered + sum(len(rows) for rows in self._pending) + run
 
@@ -183,8 +189,8 @@ class HistoryRecorder(RunObserver):
         with self._write_lock:
             with self._lock:  # rows move from the buffers to the held ones at once: _spill sees all
                 self._hold(*self._take())
-            run, (transitions, chunks, logs, items) = self._pending_run, self._pending
-            if run is None and not (transitions or chunks or logs or items):
+            run, (transitions, chunks, logs, items, artifacts) = self._pending_run, self._pending
+            if run is None and not (transitions or chunks or logs or items or artifacts):
                 return True
             resend = self._graph is not None and self._graph_written != self.store.generation
             graphs = [(self.run_id, self._graph)] if run is not None and resend else []
@@ -192,7 +198,7 @@ class HistoryRecorder(RunObserver):
                 spilled = self._spilled if not self._applied else None  # rows kept in a file too:
                 self.store.write(  # mark the file written in the same transaction
                     [run] if run is not None else [], transitions, chunks, logs, graphs, items=items,
-                    applied=spilled.stem if spilled is not None else None,
+                    applied=spilled.stem if spilled is not None else None, artifacts=artifacts,
                 )
                 self._applied = self._applied or spilled is not None
             except Exception as exc:  # noqa: BLE001 - any store failure: keep the rows, retry later
@@ -204,7 +210,7 @@ class HistoryRecorder(RunObserver):
                     )
                 self._problem = problem
                 return False
-            self._pending_run, self._pending = None, ([], [], [], [])
+            self._pending_run, self._pending = None, ([], [], [], [], [])
             if graphs:
                 self._graph_written = self.store.generation  # after a move-aside in this write too
             elif self._graph_written is not None and self._graph_written != self.store.generation:
@@ -277,6 +283,7 @@ class HistoryRecorder(RunObserver):
                     "chunks": self._pending[1] + self._chunks,
                     "logs": self._pending[2] + self._logs,
                     "items": self._pending[3] + self._rows(self._items),
+                    "artifacts": self._pending[4] + self._artifacts,
                     "graphs": [(self.run_id, self._graph)] if run is not None and self._graph is not None else [],
                 }
             try:

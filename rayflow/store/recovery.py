@@ -103,6 +103,7 @@ class Recovery:
                 self._write(
                     *(list(map(tuple, rows[k])) for k in ("runs", "transitions", "chunks", "logs", "graphs")),
                     timeout=1.0, applied=name, items=list(map(tuple, rows.get("items", []))),
+                    artifacts=list(map(tuple, rows.get("artifacts", []))),
                 )
             except sqlite3.IntegrityError:  # written already (its writer wrote them, then died)
                 rows = {}

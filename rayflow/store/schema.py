@@ -68,6 +68,15 @@ CREATE TABLE IF NOT EXISTS servers (
     schedules TEXT
 );
 CREATE TABLE IF NOT EXISTS pending_applied (name TEXT PRIMARY KEY, at REAL);
+CREATE TABLE IF NOT EXISTS artifacts (
+    artifact_id INTEGER PRIMARY KEY, run_id TEXT NOT NULL, run_attempt INTEGER NOT NULL DEFAULT 1, at REAL,
+    kind TEXT NOT NULL, key TEXT, task_key TEXT, map_index INTEGER, summary TEXT, data TEXT NOT NULL, image TEXT,
+    version INTEGER, latest INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS artifacts_by_run ON artifacts(run_id);
+CREATE INDEX IF NOT EXISTS artifacts_by_task ON artifacts(run_id, task_key);
+CREATE INDEX IF NOT EXISTS artifacts_by_key ON artifacts(key, version) WHERE key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS artifacts_latest ON artifacts(at, artifact_id) WHERE latest = 1;
 CREATE TABLE IF NOT EXISTS limits (name TEXT PRIMARY KEY, slots INTEGER NOT NULL, per_second REAL, updated_at REAL);
 """
 

@@ -42,6 +42,8 @@ def execute(payload: bytes, work: Work, *values: Any) -> tuple[Any, Any]:
         report = _write_now(work, report, value)
     if logs.records:
         report = dataclasses.replace(report, logs=tuple(logs.records))
+    if logs.artifacts:
+        report = dataclasses.replace(report, artifacts=tuple(logs.artifacts))
     return value, report
 
 

@@ -40,6 +40,10 @@ class _Context:
         self.item: list[Any] = [None]
         self.records: list[tuple] = []
         self.dropped = 0
+        # rf.artifacts calls (engine.worker.artifacts): they go back with the report, as the records do
+        self.artifacts: list[tuple] = []
+        self.artifact_bytes = 0
+        self.artifacts_dropped = 0
 
     def map_index(self) -> int | None:
         item = _ITEM.get()
