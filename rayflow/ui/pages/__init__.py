@@ -1,10 +1,10 @@
 """The UI's pages, one module per part of the site; each has ``routes(ui) -> list[Route]``.
 
-``runs`` (the runs list), ``run`` (a run, and its cancel and resume), ``flows`` (the flows and
-run now), ``api`` (the JSON under /api), ``session`` (login and logout).  A new page is a new
+``dashboard`` (``/``), ``runs`` (the runs list), ``run`` (a run, and its cancel and resume), ``flows`` (the flows and
+run now), ``flow`` (a flow's page), ``api`` (the JSON under /api), ``session`` (login and logout).  A new page is a new
 module here, added to ``MODULES``.
 """
 
-from rayflow.ui.pages import api, flows, run, runs, session
+from rayflow.ui.pages import api, dashboard, flow, flows, run, runs, session
 
-MODULES = (runs, run, flows, api, session)
+MODULES = (dashboard, runs, run, flows, flow, api, session)
