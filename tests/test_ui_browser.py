@@ -133,7 +133,7 @@ def test_a_person_finds_what_failed_and_why(served, browser):
     from selenium.webdriver.common.by import By
 
     failed = served["failed"]
-    browser.get(served["url"] + "/")
+    browser.get(served["url"] + "/runs")
     assert "Runs" in browser.find_element(By.TAG_NAME, "h1").text
     _shot(browser, "runs")
     browser.find_element(By.LINK_TEXT, failed.run_id).click()
