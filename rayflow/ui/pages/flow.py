@@ -91,4 +91,4 @@ def routes(ui: UI) -> list[Route]:
             schedules=sorted(schedules, key=lambda s: s["next_fire"] or math.inf), served=served,
         )
 
-    return [Route("/flows/{flow:path}", flow_page)]
+    return [Route("/flows/{flow:path}", flow_page)]  # any name: one with a slash gets the 404 page too
