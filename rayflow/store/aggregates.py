@@ -50,7 +50,7 @@ def counts_by_bucket(store: RunStore, start: float, bucket: float, n: int) -> li
     return out
 
 
-def failing_flows(store: RunStore, since: float, limit: int = 20) -> list[dict]:
+def failing_flows(store: RunStore, since: float, limit: int = 10) -> list[dict]:
     """The flows with runs that failed (FAILED, CRASHED) among those started since ``since``, most
     failures first: each with ``failures``, ``runs`` (all its runs since then), its last failed run
     (``run_id``, ``started_at``, ``message``) and its latest run's state (``latest``)."""
