@@ -133,6 +133,12 @@ def test_the_bars_add_up_to_the_history_and_each_lists_its_runs(history, range_n
         assert len(runs) == part["count"]
         listing = client.get(part["href"])
         assert listing.status_code == 200 and _listed(listing.text) == runs
+    columns = re.findall(r'<a href="([^"]+)"><rect class="bucket" [^>]*data-bucket="(\d+)" data-total="(\d+)"', page.text)
+    for href, bucket, n in columns:  # a bar as a whole: all its runs
+        t0 = start + int(bucket) * width
+        assert int(n) == sum(p["count"] for p in parts if p["bucket"] == int(bucket))
+        assert _listed(client.get(html.unescape(href)).text) == _recorded(home, t0, t0 + width)
+    assert sum(int(n) for _, _, n in columns) == len(expected)
     counts = dict(re.findall(r'<span class="num" data-state="([A-Z_]+)">([\d,]+)</span>', page.text))
     assert int(counts.pop("ALL")) == len(expected)
     for state, n in counts.items():  # the cards: the bars' sums by state

@@ -36,10 +36,11 @@ def _nice(top: int) -> int:
 
 
 def stacked_bars(
-    bars: Sequence[Mapping[str, int]], labels: Sequence[str], link: Callable[[int, str], str], *, every: int = 1,
+    bars: Sequence[Mapping[str, int]], labels: Sequence[str], link: Callable[[int, str | None], str], *, every: int = 1,
 ) -> str:
-    """One bar per bucket, stacked by state, each part a link (``link(bucket, state)``) with a title;
-    ``labels[i]`` names bucket i (every ``every``-th is written under the axis)."""
+    """One bar per bucket, stacked by state, each part a link (``link(bucket, state)``) with a title,
+    over a clear column the bar's height of the plot that links to all of its runs (``link(bucket,
+    None)``); ``labels[i]`` names bucket i (every ``every``-th is written under the axis)."""
     n = max(len(bars), 1)
     top = _nice(max((sum(b.values()) for b in bars), default=0) or 1)
     plot_w, plot_h = WIDTH - LEFT - 8, HEIGHT - TOP - BOTTOM
@@ -56,6 +57,12 @@ def stacked_bars(
     for i, bar in enumerate(bars):
         x = LEFT + i * slot + (slot - bar_w) / 2
         total, y = sum(bar.values()), TOP + plot_h
+        if total:
+            out.append(
+                f'<a href="{escape(link(i, None))}"><rect class="bucket" x="{x:.1f}" y="{TOP}" width="{bar_w:.1f}" '
+                f'height="{plot_h}" fill="transparent" data-bucket="{i}" data-total="{total}">'
+                f"<title>{escape(labels[i])}: {total} runs</title></rect></a>"
+            )
         for state in stack_order({s for s, c in bar.items() if c}):
             count = bar[state]
             h = max(plot_h * count / top, 2.0)
