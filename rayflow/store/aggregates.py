@@ -52,14 +52,18 @@ def counts_by_bucket(store: RunStore, start: float, bucket: float, n: int) -> li
 
 def failing_flows(store: RunStore, since: float, limit: int = 10) -> list[dict]:
     """The flows with runs that failed (FAILED, CRASHED) among those started since ``since``, most
-    failures first: each with ``failures``, ``runs`` (all its runs since then), its last failed run
-    (``run_id``, ``started_at``, ``message``) and its latest run's state (``latest``)."""
+    failures first: each with ``failures`` and ``by_state`` (how many of each), ``runs`` (all its runs
+    since then), its last failed run (``run_id``, ``started_at``, ``message``) and its latest run's
+    state (``latest``)."""
+    by_flow: dict[str, dict[str, int]] = {}
     with store._connect() as db:
-        found = [dict(r) for r in db.execute(
-            "SELECT flow, COUNT(*) AS failures FROM runs "
-            f"WHERE started_at >= ? AND state IN {_FAILING_SQL} GROUP BY +flow ORDER BY failures DESC, flow LIMIT ?",  # +flow: along runs_by_state
-            [since, limit],
-        )]
+        for r in db.execute(  # +flow, +state: along runs_by_state's range, not a pass over runs_by_flow
+            f"SELECT flow, state, COUNT(*) AS n FROM runs WHERE started_at >= ? AND state IN {_FAILING_SQL} "
+            "GROUP BY +flow, +state", [since],
+        ):
+            by_flow.setdefault(r["flow"], {})[r["state"]] = r["n"]
+        ranked = sorted(by_flow.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))[:limit]
+        found = [{"flow": flow, "failures": sum(n.values()), "by_state": n} for flow, n in ranked]
         for row in found:  # a few index searches per flow shown
             row["runs"] = db.execute(
                 "SELECT COUNT(*) FROM runs WHERE flow = ? AND started_at >= ?", [row["flow"], since],

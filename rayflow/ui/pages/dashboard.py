@@ -74,7 +74,7 @@ def routes(ui: UI) -> list[Route]:
         return ui.page(
             request, "dashboard.html", range=range_name, ranges=list(RANGES), chart=Markup(chart),
             totals=[(s, totals[s]) for s in charts.stack_order(set(totals))], total=sum(totals.values()),
-            all_runs=runs_link(None, start, start + n * width), state_link=lambda s: runs_link(s, start, start + n * width),
+            all_runs=runs_link(None, start, start + n * width), state_link=lambda s, flow=None: runs_link(s, start, start + n * width, flow),
             start=start, live=live, live_total=live_total, failing=aggregates.failing_flows(store, start),
             upcoming=upcoming, late=schedules.late(now), now=now,
         )
