@@ -155,7 +155,7 @@ def test_the_ranges_differ_by_the_runs_moved_back(history):
 def test_failing_flows_live_runs_and_fires_on_the_dashboard(history):
     page = history["client"].get("/").text
     failing = page.split('id="failing"', 1)[1].split("</table>", 1)[0]
-    assert '<a href="/flows/etl">etl</a>' in failing and 'title="2 FAILED">2</a> of 5' in failing
+    assert '<a href="/flows/etl">etl</a>' in failing and 'title="2 FAILED">2 failed</a> of 5' in failing
     assert f'<a href="/runs/{history["etl"][-1].run_id}">' in failing  # the last failure
     failed_link = html.unescape(re.search(r'<a href="([^"]+)" title="2 FAILED">', failing).group(1))
     assert _listed(history["client"].get(failed_link).text) == {r.run_id for r in history["etl"][-2:]}

@@ -63,7 +63,9 @@ def failing_flows(store: RunStore, since: float, limit: int = 10) -> list[dict]:
         ):
             by_flow.setdefault(r["flow"], {})[r["state"]] = r["n"]
         ranked = sorted(by_flow.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))[:limit]
-        found = [{"flow": flow, "failures": sum(n.values()), "by_state": n} for flow, n in ranked]
+        found = [
+            {"flow": flow, "failures": sum(n.values()), "by_state": {s: n[s] for s in FAILING if s in n}} for flow, n in ranked
+        ]
         for row in found:  # a few index searches per flow shown
             row["runs"] = db.execute(
                 "SELECT COUNT(*) FROM runs WHERE flow = ? AND started_at >= ?", [row["flow"], since],
