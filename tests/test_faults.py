@@ -364,7 +364,7 @@ def test_every_filter_and_listing_reads_a_killed_drivers_run_as_crashed_as_show_
     client = TestClient(create_app(home), base_url="http://127.0.0.1:4200")  # a Host the UI answers
     assert [r["run_id"] for r in client.get("/api/runs?state=CRASHED").json()] == ["killed-run"]
     assert client.get("/api/runs?state=RUNNING").json() == []
-    assert "killed-run" in client.get("/?state=CRASHED").text
+    assert "killed-run" in client.get("/runs?state=CRASHED").text
     listed = run_cli_in_process("schedules", home=home)
     assert listed.stdout.splitlines()[1].split("\t")[4] == "CRASHED", listed.stdout
     assert json.loads(run_cli_in_process("schedules", "--json", home=home).stdout)[0]["last"]["state"] == "CRASHED"

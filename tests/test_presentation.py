@@ -60,7 +60,7 @@ def test_the_ui_shows_a_cancelled_run_muted_and_a_crashed_one_failed(ui_home, ru
     page = client.get(f"/runs/{run_id}").text
     assert f'<span class="{css}" id="run-state">{state}</span>' in page
     assert "duration 1.500s" in page
-    listing = client.get("/").text
+    listing = client.get("/runs").text
     assert f'<td class="{css}">{state}</td>' in listing
 
 

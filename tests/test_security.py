@@ -142,7 +142,7 @@ def test_secret_parameters_and_task_inputs_appear_nowhere(ray_session, tmp_path,
     client = TestClient(create_app(home), base_url="http://127.0.0.1:4200")  # a Host the UI answers
     pages = {}
     for url in (
-        "/", "/flows", "/api/runs", "/?flow=vault", "/?state=FAILED",
+        "/", "/runs", "/flows", "/flows/vault", "/api/runs", "/runs?flow=vault", "/runs?state=FAILED",
         *(f"/runs/{rid}{q}" for rid in ("vault-1", "vault-2", run.run_id) for q in ("", "?level=ERROR", "?task=check")),
         *(f"/api/runs/{rid}" for rid in ("vault-1", run.run_id)),
     ):
@@ -348,12 +348,12 @@ def test_every_response_forbids_framing_and_sniffing(tmp_path, monkeypatch):
     monkeypatch.setattr(RunStore, "run", broken)  # every run page fails inside the app
     with uvicorn_server(create_app(tmp_path)) as url, httpx.Client(base_url=url) as http:
         answers = {
-            path: http.get(path) for path in ("/", "/flows", "/api/runs", "/runs/nope", "/api/runs/nope", "/?page=x", "/static/htmx.min.js", "/nowhere")
+            path: http.get(path) for path in ("/", "/flows", "/api/runs", "/runs/nope", "/api/runs/nope", "/runs?page=x", "/static/htmx.min.js", "/nowhere")
         }
         answers["foreign host"] = http.get("/", headers={"Host": "evil.example"})
         answers["read-only POST"] = http.post("/flows/f/run", data={})
     assert {name: a.status_code for name, a in answers.items()} == {
-        "/": 200, "/flows": 200, "/api/runs": 200, "/runs/nope": 500, "/api/runs/nope": 500, "/?page=x": 400,
+        "/": 200, "/flows": 200, "/api/runs": 200, "/runs/nope": 500, "/api/runs/nope": 500, "/runs?page=x": 400,
         "/static/htmx.min.js": 200, "/nowhere": 404, "foreign host": 400, "read-only POST": 403,
     }
     assert "the history broke" not in answers["/runs/nope"].text
@@ -853,7 +853,7 @@ def test_bad_paging_values_are_400_never_a_500_with_a_traceback(tmp_path, caplog
 
     with caplog.at_level("WARNING"), uvicorn_server(create_app(tmp_path)) as url:
         answers = [httpx.get(f"{url}{path}") for path in (
-            "/api/runs?page=99999999999999999999", "/?page=99999999999999999999", "/api/runs?page=-3")]
+            "/api/runs?page=99999999999999999999", "/runs?page=99999999999999999999", "/api/runs?page=-3")]
     assert [a.status_code for a in answers] == [400, 400, 400], [a.text[:200] for a in answers]
     assert "page must be a whole number from 1 to" in answers[0].json()["error"]
     assert [r.getMessage()[:200] for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")] == []

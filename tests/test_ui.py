@@ -84,19 +84,19 @@ def history(tmp_path_factory):
 
 def test_the_runs_page_lists_runs_with_states_filters_and_the_scheduled_marker(history):
     client = history["client"]
-    page = client.get("/")
+    page = client.get("/runs")
     assert page.status_code == 200
     for run in (history["ok"], history["failed"], history["scheduled"]):
         assert f'href="/runs/{run.run_id}"' in page.text
     assert '<span class="badge failed">FAILED' in page.text and '<span class="badge ok">SUCCESS' in page.text
     assert page.text.count("scheduled 20") == 1  # the scheduled run, and only it
-    failed_only = client.get("/?state=FAILED")
+    failed_only = client.get("/runs?state=FAILED")
     assert history["failed"].run_id in failed_only.text and history["ok"].run_id not in failed_only.text
     assert 'option value="FAILED" selected' in failed_only.text  # the filter is kept in the page and its URL
-    assert "no runs match" in client.get("/?flow=nothing").text
-    assert client.get("/?page=x").status_code == 400  # said, not replaced by page 1
+    assert "no runs match" in client.get("/runs?flow=nothing").text
+    assert client.get("/runs?page=x").status_code == 400  # said, not replaced by page 1
     assert "old-run" in page.text and 'href="http://localhost:16686/trace/' + "ab" * 16 + '"' in page.text
-    recent = client.get("/?since=7d")
+    recent = client.get("/runs?since=7d")
     assert "old-run" not in recent.text and history["ok"].run_id in recent.text
     assert 'option value="7d" selected' in recent.text  # the filter, in the page as in its URL
     assert {r["run_id"] for r in client.get("/api/runs?since=24h").json()} == {history[k].run_id for k in ("ok", "failed", "scheduled")}
@@ -284,11 +284,11 @@ def test_bad_query_values_are_400_with_the_reason_and_never_a_traceback(history,
     cases = {
         "/api/runs?page=99999999999999999999": "page must be a whole number from 1 to",
         "/api/runs?page=0": "page must be a whole number",
-        "/?page=-1": "page must be a whole number",
-        "/?page=x": "page must be a whole number",
-        "/?page=1.5": "page must be a whole number",
+        "/runs?page=-1": "page must be a whole number",
+        "/runs?page=x": "page must be a whole number",
+        "/runs?page=1.5": "page must be a whole number",
         "/api/runs?state=BOGUS": "state must be one of SUCCESS",
-        "/?since=2y": "since must be one of 1h, 24h, 7d, 30d",
+        "/runs?since=2y": "since must be one of 1h, 24h, 7d, 30d",
         "/api/runs?page=1&page=2": "page is given 2 times",
         f"/runs/{failed}?level=LOUD": "level must be one of DEBUG",
         f"/runs/{failed}?task=no-such-task": "it has no task 'no-such-task'",
@@ -301,7 +301,7 @@ def test_bad_query_values_are_400_with_the_reason_and_never_a_traceback(history,
     assert answers["/api/runs?state=BOGUS"].json() == {"error": "state must be one of SUCCESS, FAILED, CRASHED, CANCELLED, RUNNING, PENDING; got 'BOGUS'"}
     assert [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")] == []
     # Good values, the empty ones the filter forms send among them, still answer.
-    for url in ("/?flow=&state=&since=&page=1", "/api/runs?state=failed", f"/runs/{failed}?task=&level=", f"/runs/{failed}?task=broken&level=error"):
+    for url in ("/runs?flow=&state=&since=&page=1", "/api/runs?state=failed", f"/runs/{failed}?task=&level=", f"/runs/{failed}?task=broken&level=error"):
         assert client.get(url).status_code == 200, url
 
 
@@ -319,7 +319,7 @@ def test_a_page_of_runs_reads_only_its_rows(tmp_path, monkeypatch):
     assert [r["run_id"] for r in third] == [f"r{i:03d}" for i in range(29, -1, -1)]  # newest first: the last 30
     assert len(read) <= PAGE_SIZE + 1, len(read)
     read.clear()
-    second = client.get("/?page=2").text
+    second = client.get("/runs?page=2").text
     assert second.count('<a href="/runs/r') == PAGE_SIZE and "r079" in second and "r080" not in second
     assert ">older</a>" in second and ">newer</a>" in second
     assert len(read) <= PAGE_SIZE + 1, len(read)

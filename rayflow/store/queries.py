@@ -82,10 +82,11 @@ class Queries:
 
     def runs(
         self, *, flow: str | None = None, state: str | None = None, limit: int = 20, since: float | None = None,
-        offset: int = 0,
+        offset: int = 0, before: float | None = None,
     ) -> list[dict]:
         """Runs newest first, as recorded (unfinished runs whose driver is gone settled first): ``limit``
-        of them after the first ``offset``, filtered and paged in SQL, whatever the state asked for."""
+        of them after the first ``offset``, filtered and paged in SQL, whatever the state asked for;
+        ``since``..``before``: started in that window (``before`` excluded)."""
         self.settle_unfinished()
         where, args = [], []
         if flow:
@@ -94,15 +95,23 @@ class Queries:
             where, args = [*where, "runs.state = ?"], [*args, state.upper()]
         if since is not None:
             where, args = [*where, "runs.started_at >= ?"], [*args, since]
+        if before is not None:
+            where, args = [*where, "runs.started_at < ?"], [*args, before]
         query = RUN_SELECT + (" WHERE " + " AND ".join(where) if where else "")
         query += " ORDER BY runs.started_at DESC LIMIT ? OFFSET ?"  # a limit < 0: all, as SQL's
         with self._connect() as db:
             return [self._run_row(found) for found in db.execute(query, [*args, limit, offset])]
 
     def flows(self) -> list[str]:
-        """The names of the flows the history has runs of, sorted."""
+        """The names of the flows the history has runs of, sorted: one index search per flow
+        (runs_by_flow), not a pass over every run."""
+        query = (
+            "WITH RECURSIVE f(name) AS (SELECT MIN(flow) FROM runs UNION ALL "
+            "SELECT (SELECT MIN(flow) FROM runs WHERE flow > f.name) FROM f WHERE f.name IS NOT NULL) "
+            "SELECT name FROM f WHERE name IS NOT NULL"
+        )
         with self._connect() as db:
-            return [r["flow"] for r in db.execute("SELECT DISTINCT flow FROM runs ORDER BY flow")]
+            return [r["name"] for r in db.execute(query)]
 
     def run(self, run_id: str) -> dict | None:
         self.settle_unfinished(run_id)

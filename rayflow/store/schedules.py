@@ -197,3 +197,18 @@ class ScheduleStore:
                 ).fetchone()
                 row["last"] = dict(last) if last is not None else None
         return rows
+
+    def late(self, now: float, grace: float = 60.0, limit: int = 20) -> list[dict]:
+        """Fires whose time passed ``grace`` seconds ago without a run: a schedule's next fire its
+        server never made (no server serves it now), and fires held but not started (claimed,
+        queued, waiting), oldest first: ``schedule_id``, ``flow``, ``scheduled_for``, ``outcome``."""
+        with self.runs._connect() as db:
+            missed = [dict(r) | {"outcome": "not fired"} for r in db.execute(
+                "SELECT schedule_id, flow, next_fire AS scheduled_for FROM schedules WHERE next_fire < ? "
+                "ORDER BY next_fire LIMIT ?", [now - grace, limit])]
+            held = [dict(r) for r in db.execute(
+                "SELECT s.schedule_id, c.flow, s.scheduled_for, s.outcome FROM scheduled_runs AS s "
+                f"LEFT JOIN schedules AS c ON c.schedule_id = s.schedule_id WHERE {_HELD_SQL.replace('outcome', 's.outcome')} "
+                "AND s.scheduled_for < ? AND NOT (s.outcome = 'starting' AND s.run_id IN (SELECT run_id FROM runs)) "
+                "ORDER BY s.scheduled_for LIMIT ?", [now - grace, limit])]
+        return sorted(missed + held, key=lambda r: r["scheduled_for"])[:limit]

@@ -29,6 +29,8 @@ CREATE TABLE IF NOT EXISTS run_attempts (
 );
 CREATE INDEX IF NOT EXISTS runs_by_start ON runs(started_at);
 CREATE INDEX IF NOT EXISTS runs_unfinished ON runs(state) WHERE state IN ('PENDING', 'RUNNING');
+CREATE INDEX IF NOT EXISTS runs_by_state ON runs(state, started_at, flow);
+CREATE INDEX IF NOT EXISTS runs_by_flow ON runs(flow, started_at, state, finished_at);
 CREATE TABLE IF NOT EXISTS transitions (
     run_id TEXT NOT NULL, task_key TEXT NOT NULL, seq INTEGER NOT NULL, state TEXT NOT NULL,
     attempt INTEGER, message TEXT, error_type TEXT, traceback TEXT, at REAL, started_at REAL, finished_at REAL,

@@ -3,6 +3,8 @@ message says which and why (the app answers 400 with it), never a value silently
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -16,6 +18,9 @@ STATES = RUN_STATES  # the run states the filter offers
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 SINCE = {"1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}  # the time filter's choices
 MAX_TEXT = 500
+# The dashboard's ranges: (bar width in seconds, bars); their bars start on whole UTC hours or days.
+RANGES = {"24h": (3600, 24), "7d": (86400, 7), "30d": (86400, 30)}
+_UNIX = re.compile(r"\d{1,11}(\.\d{1,6})?")
 
 
 class QueryError(ValueError):
@@ -28,6 +33,8 @@ class RunsQuery:
     state: str | None = None
     since: str | None = None
     page: int = 1
+    start: float | None = None  # ?from=: started at or after
+    end: float | None = None  # ?to=: started before
 
     @property
     def offset(self) -> int:
@@ -52,6 +59,11 @@ def _one(params: QueryParams, name: str) -> str | None:
     return values[0]
 
 
+def choice(params: QueryParams, name: str, choices: Collection[str]) -> str | None:
+    """The value of ``name``, one of ``choices`` (or absent); QueryError for any other."""
+    return _choice(params, name, choices)
+
+
 def _choice(params: QueryParams, name: str, choices: Collection[str]) -> str | None:
     value = _one(params, name)
     if value is None:
@@ -74,7 +86,42 @@ def runs_query(params: QueryParams) -> RunsQuery:
     since = _one(params, "since")
     if since is not None and since not in SINCE:
         raise QueryError(f"since must be one of {', '.join(SINCE)}; got {since!r}")
-    return RunsQuery(flow=_one(params, "flow"), state=_choice(params, "state", STATES), since=since, page=page)
+    start, end = moment(params, "from"), moment(params, "to")
+    if start is not None and end is not None and start >= end:
+        raise QueryError(f"from must be before to; got from={_one(params, 'from')!r}, to={_one(params, 'to')!r}")
+    return RunsQuery(
+        flow=_one(params, "flow"), state=_choice(params, "state", STATES), since=since, page=page, start=start, end=end,
+    )
+
+
+def moment(params: QueryParams, name: str) -> float | None:
+    """A time given as ``name``: unix seconds, or ISO 8601 (``2026-12-06T20:00:00Z``; without a
+    zone, UTC); QueryError for anything else."""
+    text = _one(params, name)
+    if text is None:
+        return None
+    if _UNIX.fullmatch(text):
+        return float(text)
+    try:
+        found = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise QueryError(
+            f"{name} must be a time, unix seconds or ISO 8601 like 2026-12-06T20:00:00Z; got {text[:40]!r}"
+        ) from None
+    return (found if found.tzinfo is not None else found.replace(tzinfo=dt.timezone.utc)).timestamp()
+
+
+def iso(ts: float) -> str:
+    """``ts`` as ``moment`` reads it back: ISO 8601 in UTC, to the second."""
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def range_query(params: QueryParams) -> str:
+    """The dashboard's range: one of RANGES (default 24h)."""
+    value = _one(params, "range") or "24h"
+    if value not in RANGES:
+        raise QueryError(f"range must be one of {', '.join(RANGES)}; got {value!r}")
+    return value
 
 
 def logs_query(params: QueryParams, tasks: Collection[str]) -> LogsQuery:
