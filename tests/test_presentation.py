@@ -61,7 +61,7 @@ def test_the_ui_shows_a_cancelled_run_muted_and_a_crashed_one_failed(ui_home, ru
     assert f'<span class="{css}" id="run-state">{state}</span>' in page
     assert "duration 1.500s" in page
     listing = client.get("/runs").text
-    assert f'<td class="{css}">{state}</td>' in listing
+    assert f'<span class="badge {css}">{state}</span>' in listing
 
 
 def test_a_timed_out_run_is_resumable_as_the_ui_offers(ui_home, monkeypatch):

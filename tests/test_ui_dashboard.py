@@ -111,7 +111,7 @@ def _bars(page: str) -> list[dict]:
 
 def _listed(page: str) -> set[str]:
     table = page.split('id="runs"', 1)[1]
-    return set(re.findall(r'<a href="/runs/([^"?]+)">', table))
+    return set(re.findall(r'<a href="/runs/([^"?/]+)"[ >]', table))
 
 
 @pytest.mark.parametrize("range_name,width,bars", [("24h", 3600, 24), ("7d", DAY, 7), ("30d", DAY, 30)])
