@@ -26,3 +26,47 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+class ManualClock:
+    """A clock for code that waits on an injected clock (``store.recorder.Clock``: ``now()`` and
+    ``wait(event, seconds)``): it moves only when the test calls ``advance``.  A thread waiting
+    on it wakes when its event is set or the clock passes its deadline; ``waiting`` counts them,
+    ``started`` counts the waits begun so far (a test moves the clock once a given wait began)."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        import threading
+
+        self._now = start
+        self._cond = threading.Condition()
+        self.waiting = 0
+        self.started = 0
+
+    def now(self) -> float:
+        with self._cond:
+            return self._now
+
+    def wait(self, event: Any, seconds: float) -> bool:
+        with self._cond:
+            deadline = self._now + seconds
+            self.waiting += 1
+            self.started += 1
+            try:
+                while True:
+                    if event is not None and event.is_set():
+                        return True
+                    if self._now >= deadline:
+                        return False
+                    self._cond.wait(0.005)  # an event's set() does not notify: looked at again soon
+            finally:
+                self.waiting -= 1
+
+    def advance(self, seconds: float) -> None:
+        with self._cond:
+            self._now += seconds
+            self._cond.notify_all()
+
+    def advance_when(self, seconds: float, predicate: Callable[[], Any], what: str = "the condition") -> None:
+        """Once ``predicate()`` holds (polled in real time, 30 s at most), move the clock on."""
+        wait_for(predicate, timeout=30, what=what)
+        self.advance(seconds)
