@@ -102,7 +102,7 @@ def item_lines(text: str, task: str) -> list[list[str]]:
 
 def expected_cells(x: int) -> list[str]:
     state, attempts = EXPECTED[x]
-    error = f"KeyError: 'no key {x}'" if state == "FAILED" else "-"  # a skip's reason is not recorded
+    error = {"FAILED": f"KeyError: 'no key {x}'", "SKIPPED": f"Skip signal: {x} is skipped"}.get(state, "-")  # a skip: why
     return [str(x), state, str(attempts), error]
 
 

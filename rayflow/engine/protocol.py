@@ -69,6 +69,7 @@ class ChunkJob:
     deaths: int = 0  # works holding these items that died with their worker so far (policy.after_worker_death)
     slots: int | None = None  # a tagged map: its items run at most this many at once (the limits' slots granted)
     waited: float = 0.0  # seconds it waited for those slots (its span says so)
+    upstream: tuple[str | None, ...] = ()  # per source: the map its items come from element-wise (why an item is gated)
 
 
 @dataclass(frozen=True)

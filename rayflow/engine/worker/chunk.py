@@ -111,7 +111,7 @@ def _run(fn, args, kwargs, upstream, retry_on, options, job, work_id, values, st
     sources = [source_items(pieces, values[len(upstream) :], want_column=batch) for pieces in job.sources]
     selected: Sequence[int] = list(job.indices) if job.indices is not None else range(job.size)
     outcomes = Outcomes(len(selected), retry_on)
-    runnable = outcomes.gate(sources, selected, options["skip_on_upstream_skip"])
+    runnable = outcomes.gate(sources, selected, options["skip_on_upstream_skip"], job.upstream, job.start)
     cache, hits, cached = None, [], None
     if options.get("item_cache") is not None and len(runnable):
         cache = ChunkCache(options["item_cache"], fn, args, kwargs)
@@ -181,7 +181,9 @@ def _summary(
     retry = [(selected[j], outcomes.retry_delays.get(j), int(attempts[j])) for j in np.flatnonzero(codes == C.RETRYING).tolist()]
     reported = [(selected[j], error_text(e[0], e[1])) for j, e in list(errors.items())[:MAX_REPORTED_ERRORS]]
     named = np.arange(len(codes)) if job.indices is not None else np.flatnonzero(codes != C.SUCCESS)  # a retry: all
-    items = [(selected[j], int(codes[j]), int(attempts[j]), *errors.get(j, (None, None, None))) for j in named.tolist()]
+    skips = outcomes.skips
+    items = [(selected[j], int(codes[j]), int(attempts[j]), *(errors.get(j) or skips.get(j) or (None, None, None)))
+             for j in named.tolist()]
     return ChunkSummary(
         work_id=work_id,
         map_key=job.map_key,
