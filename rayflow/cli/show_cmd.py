@@ -108,7 +108,7 @@ def show(
             print_history_run(run, as_json, store=store, **rows)  # no live driver has it any more: the history's last word
             return
         if live["state"] in UNFINISHED:
-            print_live(live, as_json, **rows)
+            print_live(live, as_json, store=store, **rows)
             if not watch:
                 return
             time.sleep(interval)
@@ -120,7 +120,7 @@ def show(
         if time.monotonic() < settle_by:
             time.sleep(0.2)
             continue
-        print_live(live, as_json, missing_from=str(store.path), **rows)
+        print_live(live, as_json, missing_from=str(store.path), store=store, **rows)
         where = "is missing from" if run is None else f"is still {run['state']} in"
         raise fail(
             f"run {run_id} ended {live['state']} in its driver but {where} the run history at {store.path} "
