@@ -70,3 +70,24 @@ class ManualClock:
         """Once ``predicate()`` holds (polled in real time, 30 s at most), move the clock on."""
         wait_for(predicate, timeout=30, what=what)
         self.advance(seconds)
+
+
+def read_until(stream: Any, text: str, timeout: float = 60.0) -> str:
+    """What ``stream`` (a process's pipe, in text mode) gives up to the end of the first line that
+    holds ``text``, read by a thread; AssertionError after ``timeout`` s.  The rest stays in the pipe."""
+    import threading
+
+    lines: list[str] = []
+    found = threading.Event()
+
+    def read() -> None:
+        for line in stream:
+            lines.append(line)
+            if text in line:
+                found.set()
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+    if not found.wait(timeout):
+        raise AssertionError(f"timed out waiting for {text!r}; read so far: {''.join(lines)[-2000:]!r}")
+    return "".join(lines)
