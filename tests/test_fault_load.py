@@ -216,8 +216,28 @@ def test_workers_killed_repeatedly_during_plain_tasks_are_retried_and_give_the_s
         final = [u for u in transitions if u["task_key"] == t["task_key"]][-1]
         assert final["state"] == "SUCCESS" and final["attempt"] > t["attempt"]
     # Ray prints a lost work's error that nobody read when its reference goes: rayflow reads it.
-    time.sleep(2)  # what the actor prints reaches the driver's stderr through Ray's log monitor
-    assert "Unhandled error" not in capfd.readouterr().err
+    # What the actor prints reaches this driver's stderr through Ray's log monitor, in order: once
+    # a line it prints now (after a garbage collection) has come, so has any such error before it.
+    import uuid
+
+    import ray
+    from waiting import wait_for
+
+    from rayflow.runtime.driver.actors import driver_actor
+
+    marker = f"rayflow-test-{uuid.uuid4().hex}"
+    ray.get(driver_actor().__ray_call__.remote(_print_after_gc, marker), timeout=30)
+    err: list[str] = []
+    wait_for(lambda: err.append(capfd.readouterr().err) or marker in "".join(err), timeout=30, what="the actor's line")
+    assert "Unhandled error" not in "".join(err)
+
+
+def _print_after_gc(actor: object, marker: str) -> None:
+    """Run in the run's actor (``__ray_call__``): collect what it no longer holds, then print ``marker``."""
+    import gc
+
+    gc.collect()
+    print(marker, file=sys.stderr, flush=True)
 
 
 # -- 5. object store pressure ------------------------------------------------------------------

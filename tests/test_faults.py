@@ -31,7 +31,7 @@ from rayflow.runtime.driver import actors as actor_module
 from rayflow.runtime.driver.actors import driver_actor
 from rayflow.store import RunStore
 from cli_runner import run_cli, run_cli_in_process
-from waiting import alive, wait_for
+from waiting import alive, read_until, wait_for
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -303,7 +303,8 @@ def test_a_driver_killed_mid_map_reads_crashed_everywhere_and_every_follower_end
             subprocess.Popen([*cli, *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for args in (["logs", "killed-driver", "--follow"], ["show", "killed-driver", "--watch", "--address", ray_session])
         ]
-        time.sleep(2)
+        read_until(followers[0].stderr, "following the logs of run killed-driver (RUNNING)")  # each says it follows
+        read_until(followers[1].stdout, "state: RUNNING (live)")
         assert all(f.poll() is None for f in followers), "the followers should still be following"
         driver.kill()
         driver.wait(10)

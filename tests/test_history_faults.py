@@ -3,6 +3,8 @@
 The HistoryRecorder keeps the rows a failed write held and writes them on a
 later flush; at close it waits a bounded time, then keeps retrying in the
 background for a while, then gives up and says how many rows were lost.
+Its timings run on a ManualClock: the writer thread flushes, and close gives
+up, only when the test moves the clock on.
 A damaged database is moved aside and a new one started.  One warning per
 problem, not one per flush.
 """
@@ -20,7 +22,7 @@ from flows import adds
 from rayflow.states import State, StateType
 from rayflow.store import HistoryRecorder, RunStore
 from rayflow.store import recorder as H  # the writer thread and its timings
-from waiting import wait_for
+from waiting import ManualClock, wait_for
 
 
 class FlakyStore(RunStore):
@@ -57,14 +59,31 @@ def _transition(recorder: HistoryRecorder, key: str | None, state: StateType) ->
 
 
 @pytest.fixture
-def no_background_flush(monkeypatch):
-    """The writer thread stays idle: the test flushes by hand."""
-    monkeypatch.setattr(H, "FLUSH_SECONDS", 3600.0)
+def clock():
+    """The recorders' clock: while it stands still their writer threads stay idle (the test flushes by hand)."""
+    return ManualClock()
 
 
-def test_rows_of_a_failed_write_are_kept_and_written_once_the_store_recovers(tmp_path, no_background_flush, caplog):
+def _closing(recorder: HistoryRecorder, **kwargs) -> tuple[threading.Event, list[BaseException]]:
+    """``recorder.close(**kwargs)`` in a thread of its own (it waits on the clock the test moves):
+    set once close returned, and what it raised."""
+    closed = threading.Event()
+    errors: list[BaseException] = []
+
+    def close() -> None:
+        try:
+            recorder.close(**kwargs)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+        closed.set()
+
+    threading.Thread(target=close, daemon=True).start()
+    return closed, errors
+
+
+def test_rows_of_a_failed_write_are_kept_and_written_once_the_store_recovers(tmp_path, clock, caplog):
     store = FlakyStore(tmp_path, failures=3)
-    recorder = HistoryRecorder(store, "run-1", "flaky", {}, ["a", "b"])
+    recorder = HistoryRecorder(store, "run-1", "flaky", {}, ["a", "b"], clock=clock)
     caplog.set_level(logging.WARNING, logger="rayflow")
     _transition(recorder, None, StateType.RUNNING)
     _transition(recorder, "a", StateType.RUNNING)
@@ -88,15 +107,14 @@ def test_rows_of_a_failed_write_are_kept_and_written_once_the_store_recovers(tmp
     assert "database is locked" in warnings[0].getMessage() and "run-1" in warnings[0].getMessage()
 
 
-def test_the_writer_thread_survives_failed_writes(tmp_path, monkeypatch):
-    monkeypatch.setattr(H, "FLUSH_SECONDS", 0.02)
+def test_the_writer_thread_survives_failed_writes(tmp_path, clock):
     store = FlakyStore(tmp_path, failures=2)
-    recorder = HistoryRecorder(store, "run-2", "flaky", {}, ["a"])
+    recorder = HistoryRecorder(store, "run-2", "flaky", {}, ["a"], clock=clock)
     _transition(recorder, "a", StateType.RUNNING)
-    deadline = time.monotonic() + 30
-    while store.calls < 3 and time.monotonic() < deadline:  # two failures, then a write that succeeds
-        time.sleep(0.01)
-    assert store.calls >= 3
+    for calls in range(3):  # a flush each period of the clock: two failures, then a write that succeeds
+        clock.advance_when(H.FLUSH_SECONDS, lambda calls=calls: store.calls == calls and clock.waiting == 1)
+    wait_for(lambda: store.calls == 3 and clock.waiting == 1, what="the third write")
+    assert recorder.pending_rows() == 0
     _transition(recorder, "a", StateType.SUCCESS)
     _transition(recorder, None, StateType.SUCCESS)
     recorder.close()
@@ -104,10 +122,10 @@ def test_the_writer_thread_survives_failed_writes(tmp_path, monkeypatch):
     assert [t["state"] for t in stored["transitions"]] == ["RUNNING", "SUCCESS"]
 
 
-def test_rows_held_while_the_store_fails_are_bounded(tmp_path, no_background_flush, monkeypatch, caplog):
+def test_rows_held_while_the_store_fails_are_bounded(tmp_path, clock, monkeypatch, caplog):
     monkeypatch.setattr(H, "MAX_PENDING_ROWS", 10)
     store = FlakyStore(tmp_path, failures=5)
-    recorder = HistoryRecorder(store, "run-3", "flaky", {}, ["a"])
+    recorder = HistoryRecorder(store, "run-3", "flaky", {}, ["a"], clock=clock)
     caplog.set_level(logging.WARNING, logger="rayflow")
     for _ in range(5):
         for _ in range(6):
@@ -122,29 +140,20 @@ def test_rows_held_while_the_store_fails_are_bounded(tmp_path, no_background_flu
     assert any("20 rows" in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
 
 
-def test_close_is_bounded_and_does_not_raise_when_the_store_keeps_failing(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(H, "FLUSH_SECONDS", 0.02)
+def test_close_is_bounded_and_does_not_raise_when_the_store_keeps_failing(tmp_path, clock, caplog):
     store = BlockedStore(tmp_path)
-    recorder = HistoryRecorder(store, "run-4", "stuck", {}, ["a"])
+    recorder = HistoryRecorder(store, "run-4", "stuck", {}, ["a"], clock=clock)
     caplog.set_level(logging.WARNING, logger="rayflow")
     _transition(recorder, "a", StateType.RUNNING)
+    clock.advance_when(H.FLUSH_SECONDS, lambda: clock.waiting == 1, "the writer thread's wait")
     assert store.entered.wait(30)  # the writer is now blocked inside a write
     _transition(recorder, "a", StateType.SUCCESS)
     _transition(recorder, None, StateType.SUCCESS)
-
-    closed = threading.Event()
-    errors: list[BaseException] = []
-
-    def close() -> None:
-        try:
-            recorder.close(timeout=0.2, background=0)
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-        closed.set()
-
-    threading.Thread(target=close, daemon=True).start()
+    closed, errors = _closing(recorder, timeout=0.2, background=0)
     try:
         # The write is still blocked (it never returns before release): close must not wait for it.
+        clock.advance_when(0.2, lambda: clock.started == 2 and clock.waiting == 1, "close's wait for the last rows")
+        clock.advance_when(1.0, lambda: clock.started == 3 and clock.waiting == 1, "close's wait for the blocked write")
         assert closed.wait(30), "close() waited for a write that never ends"
         assert not errors, errors
     finally:
@@ -153,38 +162,40 @@ def test_close_is_bounded_and_does_not_raise_when_the_store_keeps_failing(tmp_pa
     assert lost and "3 rows" in lost[0] and "run-4" in lost[0], [r.getMessage() for r in caplog.records]
 
 
-def test_close_gives_up_on_a_store_that_fails_fast(tmp_path, no_background_flush, caplog):
+def test_close_gives_up_on_a_store_that_fails_fast(tmp_path, clock, caplog):
     store = FlakyStore(tmp_path, failures=10**9)
-    recorder = HistoryRecorder(store, "run-5", "broken", {}, ["a"])
+    recorder = HistoryRecorder(store, "run-5", "broken", {}, ["a"], clock=clock)
     caplog.set_level(logging.WARNING, logger="rayflow")
     _transition(recorder, "a", StateType.RUNNING)
     _transition(recorder, None, StateType.RUNNING)
-    recorder.close(timeout=0.3, background=0)  # returns, does not raise
+    closed, errors = _closing(recorder, timeout=0.3, background=0)
+    # close waits for the last rows; the writer thread, its first write failed, waits to try again
+    clock.advance_when(0.3, lambda: clock.started == 3 and clock.waiting == 2, "close's wait and the writer's")
+    assert closed.wait(30) and not errors, errors  # returned, did not raise
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert store.calls == 2  # a write, and one more at the deadline
     assert any("2 rows" in m and "not written" in m for m in messages), messages
     assert sum("database is locked" in m for m in messages) == 1, messages
 
 
-def test_rows_left_at_close_are_written_in_the_background_once_the_store_recovers(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(H, "FLUSH_SECONDS", 0.05)
+def test_rows_left_at_close_are_written_in_the_background_once_the_store_recovers(tmp_path, clock, caplog):
     store = FlakyStore(tmp_path, failures=10**9)
-    recorder = HistoryRecorder(store, "run-6", "late", {}, ["a"])
+    recorder = HistoryRecorder(store, "run-6", "late", {}, ["a"], clock=clock)
     caplog.set_level(logging.WARNING, logger="rayflow")
     _transition(recorder, "a", StateType.SUCCESS)
     _transition(recorder, None, StateType.SUCCESS)
-    started = time.monotonic()
-    recorder.close(timeout=0.2, background=60)
-    assert time.monotonic() - started < 5  # the run's end is not held up
+    closed, errors = _closing(recorder, timeout=0.2, background=60)
+    clock.advance_when(0.2, lambda: clock.started == 3 and clock.waiting == 2, "close's wait and the writer's")
+    assert closed.wait(30) and not errors, errors  # the run's end is not held up
     assert store.run("run-6") is None
-    store.failures = 0  # the lock is released
-    deadline = time.monotonic() + 30
-    while store.run("run-6") is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert store.run("run-6")["state"] == "SUCCESS"
     messages = [r.getMessage() for r in caplog.records]
     assert any("retried in the background" in m for m in messages), messages
+    store.failures = 0  # the lock is released
+    clock.advance_when(H.FLUSH_SECONDS, lambda: clock.started == 3 and clock.waiting == 1, "the writer's next try")
+    wait_for(lambda: store.run("run-6") is not None, what="the rows written in the background")
+    assert store.run("run-6")["state"] == "SUCCESS"
     assert wait_for(lambda: any("written after all" in r.getMessage() for r in caplog.records), timeout=10)
-    assert not any("not written" in m for m in messages)
+    assert not any("not written" in r.getMessage() for r in caplog.records)
 
 
 def _damage(path) -> None:
@@ -223,9 +234,9 @@ def test_a_damaged_history_is_moved_aside_by_its_writer_and_reported_by_readers(
     assert [r["run_id"] for r in RunStore(tmp_path).runs()] == ["after"]
 
 
-def test_a_history_damaged_under_a_running_writer_is_moved_aside_at_its_next_write(tmp_path, no_background_flush, caplog):
+def test_a_history_damaged_under_a_running_writer_is_moved_aside_at_its_next_write(tmp_path, clock, caplog):
     writer = RunStore(tmp_path, repair=True)
-    recorder = HistoryRecorder(writer, "during", "f", {}, ["a"], {"nodes": [], "driver": {}})
+    recorder = HistoryRecorder(writer, "during", "f", {}, ["a"], {"nodes": [], "driver": {}}, clock=clock)
     _transition(recorder, None, StateType.RUNNING)
     _transition(recorder, "a", StateType.RUNNING)
     assert recorder.flush() is True  # the run row and its graph are in the first database

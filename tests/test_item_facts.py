@@ -56,6 +56,7 @@ def test_a_retried_item_and_a_failed_one_have_their_rows_with_state_and_attempts
     assert rows[17]["error_type"].endswith("KeyError") and "never" in rows[17]["message"]
     assert "raise KeyError" in rows[17]["traceback"]
     assert rows[3]["error_type"] is None  # its last attempt succeeded
+    assert (rows[5]["error_type"], rows[5]["message"]) == (None, "Skip signal: five is skipped")  # why, not an error
     assert [r["item"] for r in store.items(run.run_id, "flaky", state="failed")] == [17]
     assert [r["item"] for r in store.items(run.run_id, "flaky", after=5, limit=2)] == [13, 17]
     shown = run_record(store.run(run.run_id))  # what show --json and /api/runs/{id} give
@@ -66,6 +67,61 @@ def test_a_retried_item_and_a_failed_one_have_their_rows_with_state_and_attempts
     counts = map_items(chunks)
     assert (counts["total"], counts["ok"], counts["failed"], counts["skipped"]) == (24, 23, 1, 1)
     assert counts["states"] == {"FAILED": 1, "SKIPPED": 1, "SUCCESS": 22}
+
+
+@rf.task(chunk_size=4, min_success_ratio=0.5)
+def source(x: int) -> int:
+    if x == 2:
+        raise ValueError("two")
+    if x == 5:
+        raise rf.Skip("five is not wanted")
+    return x
+
+
+@rf.task(chunk_size=4, min_success_ratio=0.5)
+def follows(x: int) -> int:
+    return x
+
+
+@rf.task(chunk_size=4, min_success_ratio=0.5, skip_on_upstream_skip=False)
+def runs_anyway(x) -> str:
+    return repr(x)
+
+
+@rf.flow
+def gated():
+    """source.map(range(8)) -> follows.map -> follows.map (as "again"); runs_anyway.map(source)"""
+    first = source.map(range(8))
+    return [follows.map(follows.map(first)), runs_anyway.map(first)]
+
+
+def test_a_skipped_or_gated_items_row_says_why(runner):
+    """An item skipped, or gated by its upstream item, records the reason in its row's message:
+    rf.Skip's message, or which upstream item failed or was skipped (its map and index)."""
+    from starlette.testclient import TestClient
+
+    from cli_runner import run_cli_in_process
+    from rayflow.ui import create_app
+
+    run = gated.with_options(runner=runner).run()
+    store = RunStore()
+    keys = store.run(run.run_id)["tasks"]
+    rows = {(key, r["item"]): (r["state"], r["error_type"], r["message"]) for key in keys for r in store.items(run.run_id, key)}
+    inner, outer = sorted((key for key in keys if key.startswith("follows")), key=lambda k: (len(k), k))
+    assert rows == {
+        ("source", 2): ("FAILED", "builtins.ValueError", "two"),
+        ("source", 5): ("SKIPPED", None, "Skip signal: five is not wanted"),
+        (inner, 2): ("TRIGGER_FAILED", "rayflow.TriggerFailed", "upstream item source[2] ended FAILED"),
+        (inner, 5): ("SKIPPED", None, "upstream item source[5] was skipped"),
+        (outer, 2): ("TRIGGER_FAILED", "rayflow.TriggerFailed", f"upstream item {inner}[2] ended TRIGGER_FAILED"),
+        (outer, 5): ("SKIPPED", None, f"upstream item {inner}[5] was skipped"),
+        ("runs_anyway", 2): ("TRIGGER_FAILED", "rayflow.TriggerFailed", "upstream item source[2] ended FAILED"),
+    }
+    done = run_cli_in_process("show", run.run_id, "--items", inner, home=RunStore().path.parent)
+    assert done.returncode == 0, done.stderr
+    assert "5\tSKIPPED\t1\tupstream item source[5] was skipped" in done.stdout, done.stdout
+    page = TestClient(create_app(RunStore().path.parent), base_url="http://127.0.0.1:4200").get(f"/runs/{run.run_id}")
+    assert page.status_code == 200 and "upstream item source[2] ended FAILED" in page.text
 
 
 def _summary(chunk, size, counts, failed=(), indices=None, items=()):

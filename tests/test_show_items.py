@@ -102,7 +102,7 @@ def item_lines(text: str, task: str) -> list[list[str]]:
 
 def expected_cells(x: int) -> list[str]:
     state, attempts = EXPECTED[x]
-    error = f"KeyError: 'no key {x}'" if state == "FAILED" else "-"  # a skip's reason is not recorded
+    error = {"FAILED": f"KeyError: 'no key {x}'", "SKIPPED": f"Skip signal: {x} is skipped"}.get(state, "-")  # a skip: why
     return [str(x), state, str(attempts), error]
 
 
@@ -209,3 +209,58 @@ def test_a_retried_items_own_records_carry_its_map_index(recorded):
         code, out, err = cli(home, "logs", run_id, "--task", "picky", "--item", str(x))
         said = [line.rsplit(": ", 1)[-1] for line in out.splitlines() if "picky sees" in line]
         assert said == [f"picky sees {x}"] * (2 if x in ALWAYS else 1), said
+
+
+# -- a run in progress: its live view lists the item rows recorded so far ------------------------
+
+
+@rf.task(chunk_size=4, min_success_ratio=0.0)
+def held(x: int, gate: str) -> int:
+    """Items 1, 5, 9, ... fail; item 20 waits until the test opens ``gate`` (its chunk keeps the run live)."""
+    if x % 4 == 1:
+        raise ValueError(f"item {x} fails")
+    if x == 20:
+        import time
+
+        deadline = time.monotonic() + 120
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return x
+
+
+@rf.flow
+def held_open(gate: str):
+    """held.map(range(24)): 5 failed items recorded while chunk [20, 24) waits for the gate"""
+    return held.map(range(24), gate=rf.unmapped(gate))
+
+
+@pytest.mark.timeout(180)
+def test_the_live_view_of_a_run_in_progress_lists_its_recorded_item_rows(tmp_path, monkeypatch, ray_session):
+    """`show RUN --address` of a run still going on (read from its driver's actor) lists below the
+    task table the item rows its recorder wrote so far, as `show` of a finished run does."""
+    import concurrent.futures
+
+    from cli_runner import run_cli_in_process
+    from waiting import wait_for
+
+    from rayflow.store import RunStore
+
+    home, gate = tmp_path / "home", tmp_path / "gate"
+    monkeypatch.setenv("RAYFLOW_HOME", str(home))
+    run_id = "live-items-1"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(held_open.with_options(run_id=run_id).run, gate=str(gate))
+        try:
+            wait_for(lambda: RunStore(home).item_counts(run_id).get("held") == 5, timeout=120, what="5 item rows recorded")
+            shown = run_cli_in_process("show", run_id, "--address", ray_session, home=home)
+            shown_json = run_cli_in_process("show", run_id, "--address", ray_session, "--json", home=home)
+        finally:
+            gate.touch()
+        assert running.result(timeout=120).state.is_successful()
+    assert shown.returncode == 0, shown.stderr
+    assert "state: RUNNING (live)" in shown.stdout, shown.stdout
+    assert "items of held that did not succeed or ran again: 5" in shown.stdout
+    assert item_lines(shown.stdout, "held") == [[str(x), "FAILED", "1", f"ValueError: item {x} fails"] for x in (1, 5, 9, 13, 17)]
+    data = json.loads(shown_json.stdout)
+    assert data["live"] is True and data["state"] == "RUNNING"
+    assert [(r["task_key"], r["item"], r["state"]) for r in data["failed_items"]] == [("held", x, "FAILED") for x in (1, 5, 9, 13, 17)]

@@ -41,7 +41,7 @@ def print_run(
     title = f"flow {run['flow']} · run {run['run_id']}"
     print_tasks(task_rows(run), title, show_all=show_all, state=state)
     if store is not None:
-        print_map_items(store, run, store.item_counts(run["run_id"]))
+        print_map_items(store, run["run_id"], map_keys(run), store.item_counts(run["run_id"]))
     print(f"run id: {run['run_id']}")
     print(f"flow: {run['flow']}  params: {json.dumps(run['params'])}")
     print(f"state: {run['state']} {run['message'] or ''}".rstrip())
@@ -55,21 +55,31 @@ def print_run(
 
 
 def print_live(
-    status: dict, as_json: bool, *, missing_from: str | None = None, show_all: bool = False, state: str | None = None
+    status: dict, as_json: bool, *, missing_from: str | None = None, show_all: bool = False, state: str | None = None,
+    store: RunStore | None = None,
 ) -> None:
-    """A live run as its actor sees it now.
+    """A live run as its actor sees it now; given the ``store`` its recorder writes, below the task
+    table its maps' item rows recorded so far, as ``print_run`` shows a finished run's (the JSON's
+    ``failed_items``: the first ``ITEMS_SHOWN`` of them).
 
     ``missing_from``: the run history that should have had this (finished) run and does not;
     the JSON then says so (``in_history: false``, ``history_db``).
     """
+    rows = live_rows(status)
+    maps = [r["task"] for r in rows if r["task"] in status["maps"]]
+    counts = store.item_counts(status["run_id"]) if store is not None and maps else {}
     if as_json:
         tasks = {key: {**task, "duration": _duration(task["started_at"], task["finished_at"])}
                  for key, task in status["tasks"].items()}
         extra = {} if missing_from is None else {"in_history": False, "history_db": missing_from}
-        print(json.dumps({**status, "tasks": tasks, "live": True, **extra}, indent=2))
+        failed = [{"task_key": task, **row} for task in maps if counts.get(task)
+                  for row in store.items(status["run_id"], task, limit=ITEMS_SHOWN)]
+        print(json.dumps({**status, "tasks": tasks, "live": True, "failed_items": failed, **extra}, indent=2))
         return
     title = f"flow {status['flow']} · run {status['run_id']} (live)"
-    print_tasks(live_rows(status), title, show_all=show_all, state=state)
+    print_tasks(rows, title, show_all=show_all, state=state)
+    if counts:
+        print_map_items(store, status["run_id"], maps, counts)
     print(f"run id: {status['run_id']}")
     print(f"state: {status['state']} (live)")
 
@@ -98,15 +108,15 @@ def map_keys(run: dict) -> list[str]:
     return [r["task"] for r in task_rows(run) if kinds.get(r["task"]) == "map" or r["task"] in chunked]
 
 
-def print_map_items(store: RunStore, run: dict, counts: dict[str, int]) -> None:
-    """Below the task table: per map with item rows (``counts``, from ``RunStore.item_counts``), its
-    first ``ITEMS_SHOWN`` rows (one ``RunStore.items`` page) and how many more, with how to page them."""
-    for task in [k for k in map_keys(run) if counts.get(k)]:
-        rows = store.items(run["run_id"], task, limit=ITEMS_SHOWN)
+def print_map_items(store: RunStore, run_id: str, maps: list[str], counts: dict[str, int]) -> None:
+    """Below the task table: per map of ``maps`` with item rows (``counts``, from ``RunStore.item_counts``),
+    its first ``ITEMS_SHOWN`` rows (one ``RunStore.items`` page) and how many more, with how to page them."""
+    for task in [k for k in maps if counts.get(k)]:
+        rows = store.items(run_id, task, limit=ITEMS_SHOWN)
         print(f"items of {task} that did not succeed or ran again: {counts[task]}")
         emit_table(ITEM_COLUMNS, [item_cells(r) for r in rows], title=f"items of {task}", state_column=1)
         if counts[task] > len(rows):
-            print(f"{counts[task] - len(rows)} more: rayflow show {run['run_id']} --items {task} --after {rows[-1]['item']}")
+            print(f"{counts[task] - len(rows)} more: rayflow show {run_id} --items {task} --after {rows[-1]['item']}")
 
 
 def print_items_page(

@@ -5,6 +5,7 @@ history (or a live run's driver).  Each is registered through ``exits.handled`` 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -108,9 +109,10 @@ def show(
             print_history_run(run, as_json, store=store, **rows)  # no live driver has it any more: the history's last word
             return
         if live["state"] in UNFINISHED:
-            print_live(live, as_json, **rows)
+            print_live(live, as_json, store=store, **rows)
             if not watch:
                 return
+            sys.stdout.flush()  # each refresh as it is made, into a pipe too
             time.sleep(interval)
             continue
         # It ended in its actor, which writes the history before the run ends, so the history
@@ -120,7 +122,7 @@ def show(
         if time.monotonic() < settle_by:
             time.sleep(0.2)
             continue
-        print_live(live, as_json, missing_from=str(store.path), **rows)
+        print_live(live, as_json, missing_from=str(store.path), store=store, **rows)
         where = "is missing from" if run is None else f"is still {run['state']} in"
         raise fail(
             f"run {run_id} ended {live['state']} in its driver but {where} the run history at {store.path} "
@@ -206,6 +208,8 @@ def logs(
             where = record["task_key"] + (f"[{record['map_index']}]" if record["map_index"] is not None else "")
             typer.echo(f"{clock(record['at'])} {record['level']:<7} {where}: {record['message']}")
 
+    if follow and run["state"] in UNFINISHED:  # nothing may come for a while: say what it waits for
+        typer.echo(f"following the logs of run {run_id} ({run['state']}) until it ends; Ctrl-C stops", err=True)
     while True:
         print_new()
         run = store.run(run_id)

@@ -69,6 +69,7 @@ class ChunkJob:
     deaths: int = 0  # works holding these items that died with their worker so far (policy.after_worker_death)
     slots: int | None = None  # a tagged map: its items run at most this many at once (the limits' slots granted)
     waited: float = 0.0  # seconds it waited for those slots (its span says so)
+    upstream: tuple[str | None, ...] = ()  # per source: the map its items come from element-wise (why an item is gated)
 
 
 @dataclass(frozen=True)
@@ -256,8 +257,10 @@ class ChunkSummary:
     overhead: float = 0.0  # seconds of one-off costs in the run (a cache index loaded, a segment written)
     persist: tuple[str, str] | None = None  # (store, name) the chunk's result is to be written to, behind
     # (item, code, attempt, error type, message, traceback) per item that did not succeed, and per
-    # item of a retry (its successes too): the items the history records one row each for
+    # item of a retry (its successes too): the items the history records one row each for; a retry
+    # whose items have no error or reason gives them as ``ran_again`` instead
     items: list[tuple[int, int, int, str | None, str | None, str | None]] = field(default_factory=list)
+    ran_again: tuple[Any, Any] | None = None  # a retry: (codes int8, attempts int16) of its ``indices``, no tuple per item
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,9 @@
 """``HistoryRecorder``: a run's observer that buffers its rows and writes them in batches from a
 thread of its own, so the flow never waits on the disk; a failing store is retried within bounds,
-and what could not be written by the run's end is kept in a file (store.recovery) or logged as lost."""
+and what could not be written by the run's end is kept in a file (store.recovery) or logged as lost.
+
+Its timings (the flush period, close's bounds, the retries after close) read an injected
+``Clock`` (monotonic time and waits on it); a test's fake clock moves only when told."""
 
 from __future__ import annotations
 
@@ -29,6 +32,23 @@ MAX_PENDING_ROWS = 100_000  # per kind of row, held for a retry while the store 
 logger = logging.getLogger(__name__)
 
 
+class Clock:
+    """The recorder's time: ``now()`` (monotonic seconds) and ``wait``, which returns True once
+    ``event`` is set, False once ``seconds`` have passed on this clock (``event`` None: a sleep)."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def wait(self, event: threading.Event | None, seconds: float) -> bool:
+        if event is None:
+            time.sleep(seconds)
+            return False
+        return event.wait(seconds)
+
+
+REAL_CLOCK = Clock()
+
+
 class HistoryRecorder(RunObserver):
     """Buffers a run's events and writes them in batches (a listener of the orchestrator)."""
 
@@ -42,8 +62,10 @@ class HistoryRecorder(RunObserver):
         graph: Mapping[str, Any] | None = None,
         *,
         attempt: int = 1,
+        clock: Clock = REAL_CLOCK,
     ):
         self.store = store
+        self._clock = clock
         self.run_id = run_id
         self.attempt = attempt
         self.flow_name = flow_name
@@ -76,6 +98,7 @@ class HistoryRecorder(RunObserver):
         self._spilled: pathlib.Path | None = None  # the rows close() could not write, in a file
         self._applied = False  # those rows are written, and the file marked so
         self._stop = threading.Event()
+        self._ended = threading.Event()  # the writer thread has returned
         self._thread = threading.Thread(target=self._loop, name=f"history-{run_id}", daemon=True)
         self._thread.start()
 
@@ -228,18 +251,25 @@ class HistoryRecorder(RunObserver):
             pass
 
     def _loop(self) -> None:
+        try:
+            self._write_all()
+        finally:
+            self._ended.set()
+
+    def _write_all(self) -> None:
         if self.store.repair:
             self.store.write_pending()  # rows earlier runs' drivers could not write (a locked history)
-        while not self._stop.wait(FLUSH_SECONDS):
+        clock = self._clock
+        while not clock.wait(self._stop, FLUSH_SECONDS):
             self.flush()
         # Closing: the last rows, retried until the deadline close() set (in the background
         # once close() has returned: a locked database may be released minutes later).
         while not self.flush():
-            remaining = self._deadline - time.monotonic()
+            remaining = self._deadline - clock.now()
             if remaining <= 0 or self._abandoned:
                 self._give_up()
                 return
-            time.sleep(min(FLUSH_SECONDS, remaining))
+            clock.wait(None, min(FLUSH_SECONDS, remaining))
         if self._background:
             logger.warning("rayflow: the history of run %s is written after all", self.run_id)
         self._give_up()  # only rows dropped while held, if any
@@ -303,9 +333,9 @@ class HistoryRecorder(RunObserver):
         """
         timeout = CLOSE_SECONDS if timeout is None else timeout
         background = BACKGROUND_SECONDS if background is None else background
-        self._deadline = time.monotonic() + max(timeout, background)
+        self._deadline = self._clock.now() + max(timeout, background)
         self._stop.set()
-        if self._written.wait(timeout):
+        if self._clock.wait(self._written, timeout):
             return
         if background > timeout:
             self._background = True
@@ -316,7 +346,6 @@ class HistoryRecorder(RunObserver):
                 self._spilled, background,
             )
             return
-        self._thread.join(1.0)  # the last attempt may start just before the deadline
-        if self._thread.is_alive():
+        if not self._clock.wait(self._ended, 1.0):  # the last attempt may start just before the deadline
             self._abandoned = True  # blocked in a write: it stops retrying once that returns
             self._give_up()

@@ -125,7 +125,7 @@ class MapCoordinator:
                 sources.append(WholeFeed(source.name, kind, handles[source.key], length))
             elif source.kind in ("map", "flatten_map"):
                 upstream = source.key
-                sources.append(MapFeed(source.name, lambda k=upstream: self.maps.get(k), source.kind == "flatten_map"))
+                sources.append(MapFeed(source.name, lambda k=upstream: self.maps.get(k), source.kind == "flatten_map", upstream))
             else:
                 stream = StreamFeed(source.name, source.index)
                 self.streams[source.index] = stream

@@ -55,8 +55,8 @@ class MapFeed:
 
     leads = True
 
-    def __init__(self, name: str, lookup: Callable[[], MapRun | None], flat: bool):
-        self.name, self.lookup, self.flat = name, lookup, flat
+    def __init__(self, name: str, lookup: Callable[[], MapRun | None], flat: bool, key: str | None = None):
+        self.name, self.lookup, self.flat, self.key = name, lookup, flat, key  # key: the upstream map's
 
     def segments(self) -> list[Segment]:
         upstream = self.lookup()

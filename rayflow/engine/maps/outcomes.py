@@ -93,11 +93,7 @@ class Outcomes:
         waiting = len(again) - (len(summary.indices) if summary.indices is not None else 0)
         if waiting:
             tally["RETRYING"] = waiting
-        start = chunk.start
-        rows = tuple(
-            (start + item, "RETRYING" if item in again else NAMES[code], attempt, *error)
-            for item, code, attempt, *error in summary.items
-        )
+        rows = _rows(chunk.start, summary, again)
         facts = self._settled(chunk, WorkFacts(chunk.start, chunk.stop, tally, len(again), rows))
         if chunk.final and isinstance(self.leader, StreamFeed):
             self._release_segment(chunk)
@@ -234,6 +230,28 @@ class Outcomes:
         if total == 0 or ok / total >= self.options.min_success_ratio:
             return State(type=StateType.MAPPED, message=summary, **timing)
         return State(type=StateType.FAILED, message=summary, **timing)
+
+
+def _rows(start: int, summary: ChunkSummary, again: set[int]) -> tuple[tuple, ...]:
+    """The work's item rows: (map index, state name, attempts, error type, message, traceback); a
+    retry's items without an error come as arrays (``ran_again``), made rows here, once."""
+    if summary.ran_again is None:
+        return tuple(
+            (start + item, "RETRYING" if item in again else NAMES[code], attempt, kind, message, trace)
+            for item, code, attempt, kind, message, trace in summary.items
+        )
+    codes, attempts = summary.ran_again
+    notes = {item: rest for item, _, _, *rest in summary.items}
+    none = (None, None, None)
+    if not notes and not again:
+        return tuple(
+            (start + item, NAMES[code], attempt, None, None, None)
+            for item, code, attempt in zip(summary.indices, codes.tolist(), attempts.tolist())
+        )
+    return tuple(
+        (start + item, "RETRYING" if item in again else NAMES[code], attempt, *notes.get(item, none))
+        for item, code, attempt in zip(summary.indices, codes.tolist(), attempts.tolist())
+    )
 
 
 def _ended_failed(chunk: Chunk, item: int) -> bool:

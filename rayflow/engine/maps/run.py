@@ -31,7 +31,7 @@ import collections
 from collections.abc import Callable
 from typing import Any
 
-from rayflow.engine.maps.feeds import StreamFeed
+from rayflow.engine.maps.feeds import MapFeed, StreamFeed
 from rayflow.engine.maps.outcomes import Chunk, Outcomes
 from rayflow.engine.maps.sizer import (
     FIRST_CHUNK,
@@ -79,6 +79,8 @@ class MapRun(Outcomes):
         self.key = key
         self.options = options
         self.sources = sources
+        # per source, the map its items come from element-wise: the worker names it when it gates an item
+        self.upstream_keys = tuple(s.key if isinstance(s, MapFeed) and not s.flat else None for s in sources)
         self.max_in_flight = options.max_in_flight or max_in_flight
         self.cpus = max(1, cpus)
         self.clock = clock
@@ -264,6 +266,7 @@ class MapRun(Outcomes):
             attempts=attempts,
             load=chunk.load if indices is None else (),
             deaths=deaths,
+            upstream=self.upstream_keys,
         )
         return job, handles
 

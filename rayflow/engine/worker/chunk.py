@@ -111,7 +111,7 @@ def _run(fn, args, kwargs, upstream, retry_on, options, job, work_id, values, st
     sources = [source_items(pieces, values[len(upstream) :], want_column=batch) for pieces in job.sources]
     selected: Sequence[int] = list(job.indices) if job.indices is not None else range(job.size)
     outcomes = Outcomes(len(selected), retry_on)
-    runnable = outcomes.gate(sources, selected, options["skip_on_upstream_skip"])
+    runnable = outcomes.gate(sources, selected, options["skip_on_upstream_skip"], job.upstream, job.start)
     cache, hits, cached = None, [], None
     if options.get("item_cache") is not None and len(runnable):
         cache = ChunkCache(options["item_cache"], fn, args, kwargs)
@@ -174,14 +174,22 @@ def _summary(
 ) -> ChunkSummary:
     """What the orchestrator learns: counts, and per item that did not succeed what it must decide on."""
     codes, errors = outcomes.codes, outcomes.errors
+    code_of, attempt_of = codes.tolist(), attempts.tolist()  # Python ints: no numpy scalar per item
     failed = [
-        (selected[j], int(codes[j]), outcomes.retryable.get(j, False), int(attempts[j]))
+        (selected[j], code_of[j], outcomes.retryable.get(j, False), attempt_of[j])
         for j in np.flatnonzero((codes == C.FAILED) | (codes == C.TIMED_OUT)).tolist()
     ]
-    retry = [(selected[j], outcomes.retry_delays.get(j), int(attempts[j])) for j in np.flatnonzero(codes == C.RETRYING).tolist()]
+    retry = [(selected[j], outcomes.retry_delays.get(j), attempt_of[j]) for j in np.flatnonzero(codes == C.RETRYING).tolist()]
     reported = [(selected[j], error_text(e[0], e[1])) for j, e in list(errors.items())[:MAX_REPORTED_ERRORS]]
-    named = np.arange(len(codes)) if job.indices is not None else np.flatnonzero(codes != C.SUCCESS)  # a retry: all
-    items = [(selected[j], int(codes[j]), int(attempts[j]), *errors.get(j, (None, None, None))) for j in named.tolist()]
+    notes = {**outcomes.skips, **errors} if outcomes.skips else errors  # why an item did not succeed
+    ran_again = None
+    if job.indices is not None:  # a retry: a row for every item; as two arrays, tuples only for the noted
+        ran_again = (codes, attempts)
+        named: Any = sorted(notes)
+    else:
+        named = np.flatnonzero(codes != C.SUCCESS).tolist()
+    none = (None, None, None)
+    items = [(selected[j], code_of[j], attempt_of[j], *notes.get(j, none)) for j in named]
     return ChunkSummary(
         work_id=work_id,
         map_key=job.map_key,
@@ -194,6 +202,7 @@ def _summary(
         retry=retry,
         errors=reported,
         items=items,
+        ran_again=ran_again,
         flat_count=flat,
         indices=job.indices,
         cached=cached,

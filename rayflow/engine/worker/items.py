@@ -70,14 +70,16 @@ class Outcomes:
     """Per-item codes of a chunk and what the orchestrator must know of items that did not succeed.
 
     ``codes`` is an int8 array (one per selected item, SUCCESS by default); the dicts hold
-    entries only for items that raised, keyed by position in the chunk's selection.
+    entries only for items that raised (or were skipped: ``skips``, why), keyed by position in
+    the chunk's selection.
     """
 
-    __slots__ = ("codes", "errors", "retryable", "retry_delays", "retry_on")
+    __slots__ = ("codes", "errors", "retryable", "retry_delays", "retry_on", "skips")
 
     def __init__(self, n: int, retry_on: Any):
         self.codes = np.zeros(n, dtype=np.int8)
         self.errors: dict[int, tuple[str, str, str]] = {}  # (type, message, traceback)
+        self.skips: dict[int, tuple[None, str, None]] = {}  # SKIPPED items: (no type, why, no traceback)
         self.retryable: dict[int, bool] = {}  # FAILED items the task's retries may retry
         self.retry_delays: dict[int, float | None] = {}  # rf.Retry items: their delay
         self.retry_on = retry_on
@@ -94,7 +96,8 @@ class Outcomes:
     def signalled(self, sig: Signal, j: int) -> None:
         outcome = signal_outcome(sig)
         self.codes[j] = C.CODE[outcome.type]
-        if outcome.type is StateType.SKIPPED:
+        if outcome.type is StateType.SKIPPED:  # a reason, not an error: no chunk error, no "first error"
+            self.skips[j] = (None, outcome.message, None)
             return
         self.errors[j] = (f"{type(sig).__module__}.{type(sig).__qualname__}", outcome.message, "")
         if outcome.type is StateType.RETRYING:
@@ -107,20 +110,29 @@ class Outcomes:
         self.errors[j] = ("builtins.TimeoutError", f"item timed out after {timeout:g}s", "")
         self.retryable[j] = True
 
-    def gate(self, sources: list, selected: Sequence[int], skip_on_skip: bool) -> Sequence[int]:
-        """Items whose upstream item failed end TRIGGER_FAILED, skipped ones SKIPPED; returns the rest
-        (positions in ``selected``; a ``range`` when every item runs, so nothing is built per item)."""
-        upstream = [c for _, c in sources if c is not None]
-        if not upstream or not any(c[selected].any() for c in upstream):
+    def gate(
+        self, sources: list, selected: Sequence[int], skip_on_skip: bool, upstream_keys: Sequence[str | None] = (), start: int = 0,
+    ) -> Sequence[int]:
+        """Items whose upstream item failed end TRIGGER_FAILED, skipped ones SKIPPED, each with the
+        upstream item that decided it (``upstream_keys``: each source's map, ``start``: the chunk's
+        first index); returns the rest (positions in ``selected``; a ``range`` when every item runs,
+        so nothing is built per item)."""
+        keys = list(upstream_keys) + [None] * (len(sources) - len(upstream_keys))
+        upstream = [(c, key or "upstream") for (_, c), key in zip(sources, keys) if c is not None]
+        if not upstream or not any(c[selected].any() for c, _ in upstream):
             return range(len(selected))
         runnable = []
         for j, i in enumerate(selected):
-            ups = [int(c[i]) for c in upstream]
-            if any(u in C.FINAL_FAILED for u in ups):
+            ups = [(int(c[i]), key) for c, key in upstream]
+            failed = next(((u, key) for u, key in ups if u in C.FINAL_FAILED), None)
+            skipped = next((key for u, key in ups if u == C.SKIPPED), None) if skip_on_skip and failed is None else None
+            if failed is not None:
                 self.codes[j] = C.TRIGGER_FAILED
-                self.errors[j] = ("rayflow.TriggerFailed", "upstream item failed", "")
-            elif skip_on_skip and any(u == C.SKIPPED for u in ups):
+                code, key = failed
+                self.errors[j] = ("rayflow.TriggerFailed", f"upstream item {key}[{start + i}] ended {C.CODES[code].value}", "")
+            elif skipped is not None:
                 self.codes[j] = C.SKIPPED
+                self.skips[j] = (None, f"upstream item {skipped}[{start + i}] was skipped", None)
             else:
                 runnable.append(j)
         return runnable
