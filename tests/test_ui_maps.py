@@ -96,9 +96,9 @@ def test_the_map_page_counts_items_by_state_and_lists_the_failed_skipped_and_ret
     page = client.get(f"/runs/{run.run_id}/maps/picky")
     assert page.status_code == 200
     text = page.text
-    cards = dict(re.findall(r'data-state="([A-Z_]+)"><div class="num[^"]*">(\d+)<', text))
+    cards = dict(re.findall(r'data-state="([A-Z_]+)"><div class="num[^"]*">([\d,]+)<', text))
     recorded = [c for c in RunStore(history["home"]).run(run.run_id)["chunks"] if c["task_key"] == "picky"]
-    assert {k: int(v) for k, v in cards.items()} == map_items(recorded)["states"] == {"SUCCESS": 21, "FAILED": 2, "SKIPPED": 1}
+    assert {k: int(v.replace(",", "")) for k, v in cards.items()} == map_items(recorded)["states"] == {"SUCCESS": 21, "FAILED": 2, "SKIPPED": 1}
     assert _items(text) == [3, 5, 7, 13, 17, 23]  # the engine's item rows, in index order
     row7 = text.split('<tr data-item="7">', 1)[1].split("</tr>", 1)[0]
     assert "FAILED" in row7 and ">2<" in row7 and "ValueError" in row7
@@ -207,10 +207,12 @@ def test_a_million_item_map_with_ten_thousand_failed_is_paged_to_its_end_by_inde
     client, big = history["client"], history["big"]
     base = f"/runs/{big['run_id']}/maps/{big['map_key']}"
     first = client.get(base).text
-    cards = dict(re.findall(r'data-state="([A-Z_]+)"><div class="num[^"]*">(\d+)<', first))
-    assert {k: int(v) for k, v in cards.items()} == big["states"] and '<div class="num">1000000</div>' in first
-    options = dict(re.findall(r'<option value="([A-Za-z]+Error)" >\1 \((\d+)\)', first))
-    assert {k: int(v) for k, v in options.items()} == big["errors"]
+    cards = dict(re.findall(r'data-state="([A-Z_]+)"><div class="num[^"]*">([\d,]+)<', first))
+    assert {k: int(v.replace(",", "")) for k, v in cards.items()} == big["states"] and '<div class="num">1,000,000</div>' in first
+    options = dict(re.findall(r'<option value="([A-Za-z]+Error)" >\1 \(([\d,]+)\)', first))
+    assert {k: int(v.replace(",", "")) for k, v in options.items()} == big["errors"]
+    bins = re.findall(r'<rect class="bin" data-bin="\d+" data-state="([A-Z_]+)" data-items="(\d+)"', first)
+    assert sum(int(n) for _, n in bins) == big["items"] and {s for s, _ in bins} == set(big["states"])  # 1000 chunks, 40 bars
     seen: list[int] = []
     url = base + "?error=ZeroDivisionError"
     pages = 0
