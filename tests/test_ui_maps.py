@@ -247,3 +247,28 @@ def test_the_map_pages_queries_search_indexes(history):
     assert "INDEX logs_by_item" in plans[2]
     rows = store.item_page(big["run_id"], big["map_key"], 1, error_type="KeyError", state="FAILED", limit=3)
     assert [r["item"] for r in rows] == [199, 599, 999] and all(r["error_type"] == "KeyError" for r in rows)
+
+
+def test_a_live_maps_counts_and_a_live_tasks_states_follow_the_run(history):
+    import json
+    import os
+    import socket
+    import time
+
+    now = time.time()
+    graph = {"flow": "live", "nodes": [{"key": "m", "name": "m", "kind": "map", "upstream": [], "wait_for": [], "conditions": []}],
+             "driver": {"host": socket.gethostname(), "pid": os.getpid()}}  # its driver alive: this process
+    RunStore(history["home"]).write(
+        [("live-run", "live", "{}", "RUNNING", "", now, None, None, '["m"]', 1)],
+        [("live-run", "m", 1, "RUNNING", 1, "", None, None, now, now, None, 1)],
+        [("live-run", "m", 0, 10, 10, json.dumps({"SUCCESS": 10}), now, now + 1, None, 1, 0)], [],
+        [("live-run", json.dumps(graph))],
+    )
+    client = history["client"]
+    live = client.get("/runs/live-run/maps/m").text
+    assert 'hx-get="/runs/live-run/maps/m" hx-select="#map-live" hx-trigger="every 2s"' in live
+    assert re.search(r'data-state="SUCCESS"><div class="num ok">10<', live)
+    task = client.get("/runs/live-run/tasks/m").text
+    assert 'hx-select="#task-live" hx-trigger="every 2s"' in task and 'id="task-state">RUNNING<' in task
+    done = client.get(f"/runs/{history['first'].run_id}/maps/picky").text
+    assert "hx-trigger" not in done.split('id="map-live"', 1)[1].split(">", 1)[0]
