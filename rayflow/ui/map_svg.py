@@ -58,10 +58,10 @@ def throughput_svg(chunks: list[dict]) -> str:
         f'<line x1="{LEFT}" y1="{TOP}" x2="{LEFT + plot_w}" y2="{TOP}" stroke="var(--line, #ddd)" stroke-dasharray="3 3"/>',
         f'<text x="{LEFT - 6}" y="{TOP + 4}" text-anchor="end" fill="currentColor">{_rate(peak)}/s</text>',
         f'<text x="{LEFT - 6}" y="{TOP + plot_h}" text-anchor="end" fill="currentColor">0</text>',
-        f'<text x="{LEFT}" y="{HEIGHT - 8}" fill="currentColor">0 s</text>',
-        f'<text x="{LEFT + plot_w}" y="{HEIGHT - 8}" text-anchor="end" fill="currentColor">{width * len(bins):.1f} s</text>',
+        f'<text x="{LEFT}" y="{HEIGHT - 8}" fill="currentColor">0</text>',
+        f'<text x="{LEFT + plot_w}" y="{HEIGHT - 8}" text-anchor="end" fill="currentColor">{seconds(width * len(bins))}</text>',
         f'<text x="{LEFT + plot_w / 2}" y="{HEIGHT - 8}" text-anchor="middle" fill="var(--muted, #666)">'
-        f'items per second, by the time their chunk ended ({width:.2f} s bins)</text>',
+        f'items per second, by the time their chunk ended ({seconds(width)} bins)</text>',
     ]
     for i, counts in enumerate(bins):
         y = TOP + plot_h
@@ -80,7 +80,12 @@ def throughput_svg(chunks: list[dict]) -> str:
 
 
 def start_offset(i: int, width: float) -> str:
-    return f"{i * width:.1f}-{(i + 1) * width:.1f} s"
+    return f"{seconds(i * width)} to {seconds((i + 1) * width)}"
+
+
+def seconds(value: float) -> str:
+    """A span for an axis: ``12.5 s``, or ``3.2 ms`` under a second."""
+    return f"{value:.1f} s" if value >= 1 else f"{value * 1000:.1f} ms"
 
 
 def _rate(value: float) -> str:
