@@ -99,6 +99,7 @@ class Plan:
     driver: Mapping[str, Any] = field(default_factory=dict)  # {"host", "pid"}: CRASHED once it is gone
     resumed_trace: tuple[str, str] | None = None  # the resumed run's (trace id, flow span id)
     attempt: int = 1  # the run's attempt: 1, then one more per resume
+    results: str | None = None  # the result store's location, when a task persists or caches (recorded, for the UI)
     by_key: Mapping[str, TaskSpec] = field(init=False, repr=False)
     downstream: Mapping[str, tuple[str, ...]] = field(init=False, repr=False)
 
@@ -117,13 +118,14 @@ class Plan:
             (
                 self.flow_name, self.specs, self.result, params, self.reference_keys, self.flow, {},
                 self.target, self.resumed_from, dict(self.code), dict(self.driver), self.resumed_trace, self.attempt,
+                self.results,
             ),
         )
 
     def with_specs(self, specs: tuple[TaskSpec, ...]) -> Plan:
         return Plan(
             self.flow_name, specs, self.result, self.params, self.reference_keys, self.flow, self.streams,
-            self.target, self.resumed_from, self.code, self.driver, self.resumed_trace, self.attempt,
+            self.target, self.resumed_from, self.code, self.driver, self.resumed_trace, self.attempt, self.results,
         )
 
 
@@ -190,6 +192,7 @@ def compile_plan(graph: Graph, flow: Any = None) -> Plan:
         driver={"host": socket.gethostname(), "pid": os.getpid()},
         resumed_trace=flow.options.resumed_trace if flow is not None else None,
         attempt=flow.options.run_attempt if flow is not None else 1,
+        results=results.store,
     )
 
 

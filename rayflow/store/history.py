@@ -24,6 +24,7 @@ from typing import Any
 from rayflow.exceptions import DuplicateRunError
 from rayflow.paths import check_run_id
 from rayflow.store.artifacts import ArtifactQueries, write_artifacts
+from rayflow.store.map_queries import TaskQueries
 from rayflow.store.queries import CRASHED, RUN_SELECT, Queries
 from rayflow.store.recorder import (
     CLOSE_SECONDS,
@@ -101,7 +102,7 @@ def refuse_taken_run_id(options: Any) -> None:
 
 
 
-class RunStore(Recovery, Queries, ArtifactQueries):
+class RunStore(Recovery, Queries, ArtifactQueries, TaskQueries):
     """The history database under ``home``.  ``repair=True`` (the run's writer) moves a damaged
     database aside and starts a new one; readers report it (the CLI in one line)."""
 

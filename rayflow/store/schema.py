@@ -48,11 +48,13 @@ CREATE TABLE IF NOT EXISTS items (
     state TEXT NOT NULL, attempts INTEGER, error_type TEXT, message TEXT, traceback TEXT,
     PRIMARY KEY (run_id, run_attempt, task_key, item)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS items_by_error ON items(run_id, run_attempt, task_key, error_type, item, state);
 CREATE TABLE IF NOT EXISTS logs (
     run_id TEXT NOT NULL, at REAL, level TEXT, message TEXT, task_key TEXT, map_index INTEGER,
     trace_id TEXT, span_id TEXT, run_attempt INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS logs_by_run ON logs(run_id, task_key);
+CREATE INDEX IF NOT EXISTS logs_by_item ON logs(run_id, task_key, map_index) WHERE map_index IS NOT NULL;
 CREATE TABLE IF NOT EXISTS graphs (run_id TEXT PRIMARY KEY, graph TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS schedules (
     schedule_id TEXT PRIMARY KEY, flow TEXT NOT NULL, target TEXT, spec TEXT NOT NULL,

@@ -1,11 +1,12 @@
 """The UI's pages, one module per part of the site; each has ``routes(ui) -> list[Route]``.
 
 ``dashboard`` (``/``), ``runs`` (the runs list), ``run`` (a run, and its cancel and resume),
-``flows`` (the flows and run now), ``flow`` (a flow's page), ``api`` (the JSON under /api),
-``session`` (login and logout), ``artifacts`` (the artifacts' pages, a run's artifacts as a
-fragment, their JSON).  A new page is a new module here, added to ``MODULES``.
+``flows`` (the flows and run now), ``flow`` (a flow's page), ``maps`` (a map of a run and its
+items), ``tasks`` (a task of a run), ``api`` (the JSON under /api), ``session`` (login and
+logout), ``artifacts`` (the artifacts' pages, a run's artifacts as a fragment, their JSON).
+A new page is a new module here, added to ``MODULES``.
 """
 
-from rayflow.ui.pages import api, artifacts, dashboard, flow, flows, run, runs, session
+from rayflow.ui.pages import api, artifacts, dashboard, flow, flows, maps, run, runs, session, tasks
 
-MODULES = (dashboard, runs, run, flows, flow, api, session, artifacts)
+MODULES = (dashboard, runs, run, flows, flow, maps, tasks, api, session, artifacts)
