@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS logs (
     trace_id TEXT, span_id TEXT, run_attempt INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS logs_by_run ON logs(run_id, task_key);
+CREATE INDEX IF NOT EXISTS logs_in_order ON logs(run_id);  -- a run's last log lines, newest first, without a sort
 CREATE TABLE IF NOT EXISTS graphs (run_id TEXT PRIMARY KEY, graph TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS schedules (
     schedule_id TEXT PRIMARY KEY, flow TEXT NOT NULL, target TEXT, spec TEXT NOT NULL,
