@@ -25,7 +25,7 @@ from rayflow.ui.svg_timeline import timeline_svg
 
 __all__ = ["graph_svg", "subflows_of", "timeline_svg"]
 
-NODE_W, NODE_H, GAP_X, GAP_Y, DUMMY_H, MARGIN, TOP = 180, 46, 64, 14, 8, 16, 30
+NODE_W, NODE_H, GAP_X, GAP_Y, DUMMY_H, MARGIN, TOP, GROUP_GAP = 180, 46, 64, 14, 8, 16, 30, 20
 INK = "#222"  # text on a node's (light) state fill, in light and dark mode alike
 
 
@@ -61,16 +61,22 @@ def graph_svg(shape: Mapping[str, Any], tasks: list[dict], run_id: str = "", col
     subflows = {k for k in subflows_of(shape) if k in present and k not in collapsed}
     groups = {k: [g for g in _prefixes(k) if g in subflows] for k in keys}
     layout = layered(keys, deps, groups)
-    heights = [sum(NODE_H + GAP_Y if not k.startswith("\0") else DUMMY_H + GAP_Y for k in row) for row in layout.layers]
-    tallest = max(heights)
     x: dict[str, float] = {}
     y: dict[str, float] = {}
-    for column, (row, h) in enumerate(zip(layout.layers, heights)):
-        top = TOP + (tallest - h) / 2
+    heights = []
+    for column, row in enumerate(layout.layers):  # stacked from 0; a group's first member leaves room for its title
+        top, before = 0.0, []
         for k in row:
-            x[k] = MARGIN + column * (NODE_W + GAP_X)
-            y[k] = top
+            now = layout.groups.get(k, [])
+            top += GROUP_GAP * sum(1 for g in now if g not in before) + GROUP_GAP / 2 * sum(1 for g in before if g not in now)
+            x[k], y[k] = MARGIN + column * (NODE_W + GAP_X), top
             top += (DUMMY_H if k.startswith("\0") else NODE_H) + GAP_Y
+            before = now
+        heights.append(top + GROUP_GAP / 2 * len(before))
+    tallest = max(heights)
+    for row, h in zip(layout.layers, heights):  # each column centred on the tallest
+        for k in row:
+            y[k] += TOP + (tallest - h) / 2
     width = int(MARGIN * 2 + len(layout.layers) * (NODE_W + GAP_X) - GAP_X)
     height = int(TOP + tallest + MARGIN)
     out = [
@@ -126,7 +132,7 @@ def _subflow_boxes(
         members = [k for k in row if not k.startswith("\0") and sub in groups.get(k, ())]
         if not members:
             continue
-        x0, y0 = x[members[0]] - pad, y[members[0]] - pad - (16 if not titled else 0)
+        x0, y0 = x[members[0]] - pad, y[members[0]] - pad - (12 if not titled else 0)
         y1 = y[members[-1]] + NODE_H + pad
         out.append(
             f'<rect x="{x0}" y="{y0:.1f}" width="{NODE_W + 2 * pad}" height="{y1 - y0:.1f}" rx="8" fill="currentColor" '
@@ -136,7 +142,7 @@ def _subflow_boxes(
             href = _collapse_href({*collapsed, sub})
             out.append(
                 f'<a href="{escape(href)}" class="toggle"><title>collapse subflow {escape(sub)} into one node</title>'
-                f'<text x="{x0 + 6}" y="{y0 + 12:.1f}" fill="currentColor">▾ {escape(_short(sub, 26))}</text></a>'
+                f'<text x="{x0 + 6}" y="{y0 + 11:.1f}" fill="currentColor" font-size="11">▾ {escape(_short(sub, 26))}</text></a>'
             )
             titled = True
     out.append("</g>")

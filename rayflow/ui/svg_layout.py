@@ -35,6 +35,7 @@ class Layout:
     layer: dict[str, int]
     layers: list[list[str]]
     routes: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    groups: dict[str, list[str]] = field(default_factory=dict)  # the groups of each point, dummies too
 
     @property
     def order(self) -> dict[str, int]:
@@ -113,7 +114,7 @@ def layered(
         count = crossings(layers, up)
         if count < best_crossings:
             best, best_crossings = [row[:] for row in layers], count
-    return Layout(layer=layer, layers=best, routes=routes)
+    return Layout(layer=layer, layers=best, routes=routes, groups={k: list(v) for k, v in groups.items()})
 
 
 def _by_barycenter(
