@@ -36,6 +36,8 @@ def subflows_of(shape: Mapping[str, Any]) -> list[str]:
 
 def _owner(key: str, collapsed: Collection[str]) -> str:
     """The node that stands for ``key``: the outermost collapsed subflow holding it, or itself."""
+    if not collapsed or "/" not in key:
+        return key
     parts = key.split("/")
     for i in range(1, len(parts)):
         prefix = "/".join(parts[:i])
