@@ -79,6 +79,19 @@ def wide():
     return futures["sink"]
 
 
+@rf.task(tags={"one-slot"})
+def nap(i: int) -> int:
+    import time
+
+    time.sleep(0.3)
+    return i
+
+
+@rf.flow(runner="local", progress=False)
+def naps():
+    return [nap(0), nap(1)]
+
+
 @rf.task
 def say(text: str) -> str:
     rf.get_run_logger().info(text)
@@ -110,7 +123,9 @@ def history(tmp_path_factory):
         first = evil_flow.run(marker=str(home / "m2"), fail=True)
         resumed = rf.resume(first.run_id, flow=evil_flow, token=pydantic.SecretStr("hunter2"), fail=False)
         big = wide.run()
-    return {"home": home, "bad": bad, "resumed": resumed, "big": big, "client": TestClient(create_app(home), base_url=BASE)}
+        rf.limits.set("one-slot", 1)
+        limited = naps.run()
+    return {"home": home, "limited": limited, "bad": bad, "resumed": resumed, "big": big, "client": TestClient(create_app(home), base_url=BASE)}
 
 
 def test_the_layout_crosses_fewer_edges_than_the_one_pass_layout():
@@ -184,6 +199,13 @@ def test_the_timeline_draws_each_attempt_the_retry_delay_and_the_map_chunks(hist
     assert len(re.findall(rf'class="bar attempt" data-key="{re.escape(key)}"', timeline)) == 2  # a retry: a bar of its own
     assert re.search(rf'class="wait" data-key="{re.escape(key)}".*?retry delay', timeline)
     assert 'class="bar chunk" data-key="half' in timeline and ">0s</text>" in timeline
+
+
+def test_the_timeline_shows_the_wait_for_a_limits_slot(history):
+    """Two tasks tagged with a one-slot limit: the second waits PENDING until the first ends."""
+    page = history["client"].get(f"/runs/{history['limited'].run_id}").text
+    assert re.search(r'<rect class="wait" data-key="nap-2"[^>]*><title>nap-2 · waiting for limit &#x27;one-slot&#x27;', page)
+    assert not re.search(r'<rect class="wait" data-key="nap"', page)  # the first had its slot at once
 
 
 def test_logs_filter_by_text_level_and_task_in_the_page(history):

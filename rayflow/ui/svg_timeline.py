@@ -43,7 +43,7 @@ def bars_of(run: Mapping[str, Any], tasks: list[dict], now: float) -> tuple[dict
         key, state = t["task_key"], t["state"]
         row = bars.setdefault(key, [])
         if state == "PENDING" and t["message"] and t["at"] is not None:
-            waiting[key] = (t["at"], f"waiting: {t['message']}")
+            waiting[key] = (t["at"], t["message"] if t["message"].startswith("waiting") else f"waiting: {t['message']}")
         elif state == "RUNNING" and (t["started_at"] or t["at"]) is not None:
             start = t["started_at"] or t["at"]  # an attempt's RUNNING row is stamped when it starts
             if key in waiting:
