@@ -34,20 +34,14 @@
       var r = svg.getBoundingClientRect();
       zoom(e.deltaY > 0 ? 1.15 : 1 / 1.15, (e.clientX - r.left) / r.width, (e.clientY - r.top) / r.height);
     }, { passive: false });
-    var drag = null, moved = false;
     svg.addEventListener("pointerdown", function (e) {
       if (e.button !== 0) return;
-      drag = { x: e.clientX, y: e.clientY, box: box }; moved = false;
+      moved = false;
+      drag = { x: e.clientX, y: e.clientY, box: box, view: view, move: function (dx, dy) {
+        var r = svg.getBoundingClientRect(), k = drag.box.w / r.width;
+        box = { x: drag.box.x - dx * k, y: drag.box.y - dy * k, w: drag.box.w, h: drag.box.h }; apply();
+      } };
     });
-    window.addEventListener("pointermove", function (e) {
-      if (!drag) return;
-      var dx = e.clientX - drag.x, dy = e.clientY - drag.y;
-      if (!moved && Math.abs(dx) + Math.abs(dy) < 4) return;
-      if (!moved) { moved = true; view.classList.add("dragging"); }
-      var r = svg.getBoundingClientRect(), k = drag.box.w / r.width;
-      box = { x: drag.box.x - dx * k, y: drag.box.y - dy * k, w: drag.box.w, h: drag.box.h }; apply();
-    });
-    window.addEventListener("pointerup", function () { drag = null; view.classList.remove("dragging"); });
     svg.addEventListener("click", function (e) { if (moved) { e.preventDefault(); e.stopPropagation(); moved = false; } }, true);
     var tools = view.parentNode.querySelector(".graph-tools");
     if (tools) {
@@ -60,6 +54,16 @@
       });
     }
   }
+
+  var drag = null, moved = false;  // one drag at a time, on whichever graph it started (listeners on window: once)
+  window.addEventListener("pointermove", function (e) {
+    if (!drag) return;
+    var dx = e.clientX - drag.x, dy = e.clientY - drag.y;
+    if (!moved && Math.abs(dx) + Math.abs(dy) < 4) return;
+    if (!moved) { moved = true; drag.view.classList.add("dragging"); }
+    drag.move(dx, dy);
+  });
+  window.addEventListener("pointerup", function () { if (drag) drag.view.classList.remove("dragging"); drag = null; });
 
   function all() { document.querySelectorAll(".graph-view").forEach(setup); }
   document.addEventListener("DOMContentLoaded", all);
