@@ -164,6 +164,19 @@ def test_the_timeline_cuts_a_long_idle_stretch_so_the_work_keeps_its_width():
     assert all(not 1 < t < 100 for t in axis.ticks())
 
 
+def test_the_graph_of_a_500_task_flow_stays_a_page():
+    from rayflow.ui.svg import graph_svg
+
+    shape = {"flow": "wide", "nodes": [
+        {"key": f"t{i}", "name": f"t{i}", "kind": "task", "upstream": [f"t{i - 1}"] if i % 25 else [], "wait_for": [], "conditions": []}
+        for i in range(500)
+    ]}
+    svg = graph_svg(shape, [{"task": f"t{i}", "state": "SUCCESS"} for i in range(500)])
+    assert svg.count('<g class="node"') == 500
+    width, height = (int(v) for v in re.search(r'width="(\d+)" height="(\d+)"', svg).groups())
+    assert width <= 25 * 244 + 100 and height <= 20 * 60 + 100  # 20 chains of 25, left to right: 25 columns of 20
+
+
 def test_a_500_task_run_page_draws_every_node_with_its_link(history):
     run = history["big"]
     page = history["client"].get(f"/runs/{run.run_id}")
