@@ -301,3 +301,21 @@ def test_user_text_is_escaped_in_names_params_logs_and_errors(history):
 def test_an_unknown_run_is_a_404_page(history):
     answer = history["client"].get("/runs/no-such-run")
     assert answer.status_code == 404 and "No run no-such-run" in answer.text
+
+
+def test_the_log_queries_read_an_index_in_row_order_without_a_sort(history):
+    """The page's last lines, a task's, and the tail's: each along an index, never a sort of the run's logs."""
+    import sqlite3
+
+    db = sqlite3.connect(history["home"] / "history.db")
+    try:
+        for query, args in (
+            ("SELECT rowid, * FROM logs WHERE run_id = ? AND rowid > ? ORDER BY rowid DESC LIMIT ?", ["r", 0, 500]),
+            ("SELECT rowid, * FROM logs WHERE run_id = ? AND rowid > ? AND task_key = ? ORDER BY rowid DESC LIMIT ?", ["r", 0, "t", 500]),
+            ("SELECT rowid, * FROM logs WHERE run_id = ? AND rowid > ? AND level NOT IN (?) AND instr(lower(message), ?) > 0 "
+             "ORDER BY rowid LIMIT ?", ["r", 9, "DEBUG", "x", 500]),
+        ):
+            plan = " ".join(row[-1] for row in db.execute("EXPLAIN QUERY PLAN " + query, args))
+            assert "USING INDEX logs_" in plan and "TEMP B-TREE" not in plan, plan
+    finally:
+        db.close()
