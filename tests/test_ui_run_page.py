@@ -15,6 +15,7 @@ import threading
 import pydantic
 import pytest
 from starlette.testclient import TestClient
+from waiting import wait_for
 
 import rayflow as rf
 from rayflow.ui import create_app
@@ -257,19 +258,19 @@ def test_the_log_tail_returns_only_lines_after_the_last_seen_and_polls_while_liv
         worker.start()
         try:
             store = RunStore(history["home"])
-            live_id = None
-            for _ in range(200):
+
+            def started() -> str | None:
                 live = [r for r in store.runs(flow="slow") if r["state"] == "RUNNING"]
-                if live and store.log_page(live[0]["run_id"], text="before the gate"):
-                    live_id = live[0]["run_id"]
-                    break
-                threading.Event().wait(0.05)
-            assert live_id is not None
+                return live[0]["run_id"] if live and store.log_page(live[0]["run_id"], text="before the gate") else None
+
+            live_id = wait_for(started, timeout=30, what="the slow run's first log line")
             tail = client.get(f"/runs/{live_id}/logs?after=0&q=gate").text
             seen = store.log_page(live_id, text="before the gate")[-1]["row"]
             assert "before the gate" in tail and f'hx-get="/runs/{live_id}/logs?after={seen}&amp;' in tail and "q=gate" in tail
             assert "before the gate" not in client.get(f"/runs/{live_id}/logs?after={seen}").text  # only newer lines
             assert 'id="log-tail"' in client.get(f"/runs/{live_id}").text
+            running = 'class="bar attempt" data-key="gated" data-state="RUNNING"'  # an attempt still going reaches to now
+            wait_for(lambda: running in client.get(f"/runs/{live_id}").text, timeout=20, what="the running attempt's bar")
         finally:
             gate.write_text("")
             worker.join(60)
