@@ -213,6 +213,7 @@ def test_the_timeline_draws_each_attempt_the_retry_delay_and_the_map_chunks(hist
     assert len(re.findall(rf'class="bar attempt" data-key="{re.escape(key)}"', timeline)) == 2  # a retry: a bar of its own
     assert re.search(rf'class="wait" data-key="{re.escape(key)}".*?retry delay', timeline)
     assert 'class="bar chunk" data-key="half' in timeline and ">0s</text>" in timeline
+    assert re.search(r'class="failed-share"[^>]*><title>half[^<]*2 of 5 failed', timeline)  # some items failed: a red band
 
 
 def test_the_timeline_shows_the_wait_for_a_limits_slot(history):

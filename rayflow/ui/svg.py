@@ -157,11 +157,11 @@ def _node(node: Mapping[str, Any], row: Mapping[str, Any], x: float, y: float, r
     detail = state
     items = row.get("items")
     if items:
-        detail = f"{state} · {items['done']}/{items['total']}" + (f" · {items['failed']} failed" if items["failed"] else "")
+        detail = f"{state} · {_count(items['done'])}/{_count(items['total'])}" + (f" · {_count(items['failed'])} failed" if items["failed"] else "")
         if items.get("skipped"):
-            detail += f" · {items['skipped']} skipped"
+            detail += f" · {_count(items['skipped'])} skipped"
         if items.get("cached"):
-            detail += f" · {items['cached']} cached"
+            detail += f" · {_count(items['cached'])} cached"
     label = key.rpartition("/")[2]  # unique among its subflow's (a name may be many tasks')
     page = "maps" if kind == "map" else "tasks"
     href = f"/runs/{quote(run_id, safe='')}/{page}/{quote(key, safe='/')}"
@@ -181,6 +181,14 @@ def _node(node: Mapping[str, Any], row: Mapping[str, Any], x: float, y: float, r
         f'<text x="{x + 8}" y="{y + 18}" font-weight="bold" fill="{INK}">{escape(_short(label, 24))}</text>'
         f'<text x="{x + 8}" y="{y + 35}" fill="{INK}">{escape(_short(detail, 28))}</text></a>{expand}</g>'
     )
+
+
+def _count(n: int) -> str:
+    """A count in a node's few characters: 950, 12.5k, 1M."""
+    for size, unit in ((1_000_000, "M"), (1_000, "k")):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
 
 
 def _short(text: str, limit: int) -> str:

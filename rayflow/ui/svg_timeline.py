@@ -7,7 +7,8 @@ What a row holds, from what the engine records:
 - a *wait* is a thin hatched band: the retry delay between an attempt that ended
   RETRYING and the next one, or the time a task spent PENDING for a limit's slot
   (a PENDING transition with a message) until it started;
-- a *map* row holds its chunks' bars, packed into up to ``LANES`` lanes where they
+- a *map* row holds its chunks' bars (red where all its items failed; a chunk some of
+  whose items failed gets a red band as high as their share, at least a line), packed into up to ``LANES`` lanes where they
   overlap (per-chunk records: a 10^6-item map costs what its chunks do, and at most
   ``MAX_BARS`` are drawn, the rest counted);
 - an attempt still running reaches to ``now``.
@@ -72,10 +73,13 @@ def bars_of(run: Mapping[str, Any], tasks: list[dict], now: float) -> tuple[dict
         if key not in chunked:  # a map's row: its chunks instead of its one long attempt
             chunked.add(key)
             bars[key] = [b for b in bars.get(key, []) if b[2] != "attempt"]
-        failed = any(s in FAILED and n for s, n in (c["counts"] or {}).items())
-        state = "FAILED" if failed else "SUCCESS"
-        label = f"items {c['start']}-{c['stop']}: {state}" + (" (retried)" if c.get("retried") else "")
-        bars[key].append((c["started_at"], c["finished_at"], "chunk", state, label))
+        counts = c["counts"] or {}
+        failed = sum(n for s, n in counts.items() if s in FAILED)
+        total = sum(counts.values()) or c.get("items") or 0
+        state = "FAILED" if failed and failed >= total else "SUCCESS"  # a chunk with some failed items: a red band
+        label = f"items {c['start']}-{c['stop']}: " + (f"{failed} of {total} failed" if failed else "all ok")
+        label += " (retried)" if c.get("retried") else ""
+        bars[key].append((c["started_at"], c["finished_at"], "chunk", state, label, failed / total if total else 0.0))
         drawn += 1
     return bars, left_out
 
@@ -168,7 +172,7 @@ def timeline_svg(run: Mapping[str, Any], tasks: list[dict], now: float | None = 
         )
     for key, row, lanes, y, h in rows:
         out.append(f'<text x="4" y="{y + 15}"><title>{escape(key)}</title>{escape(_short(key, 34))}</text>')
-        for (s, e, kind, state, label), lane in zip(row, lanes):
+        for (s, e, kind, state, label, *share), lane in zip(row, lanes):
             x0, x1 = axis.x(s), axis.x(e)
             tip = f"<title>{escape(key)} · {escape(label)} · {took(s, e)}</title>"
             if kind == "wait":
@@ -183,6 +187,12 @@ def timeline_svg(run: Mapping[str, Any], tasks: list[dict], now: float | None = 
                 f'width="{max(x1 - x0, 1.5):.1f}" height="{bar_h}" fill="{colour(state, "#ccc")}" stroke="currentColor" '
                 f'stroke-opacity="0.35" stroke-width="0.5">{tip}</rect>'
             )
+            if share and 0 < share[0] < 1:  # the failed share of a chunk, at least a visible line
+                band = max(bar_h * share[0], 1.5)
+                out.append(
+                    f'<rect class="failed-share" x="{x0:.1f}" y="{bar_y + bar_h - band:.1f}" width="{max(x1 - x0, 1.5):.1f}" '
+                    f'height="{band:.1f}" fill="{colour("FAILED")}">{tip}</rect>'
+                )
     if left_out:
         out.append(f'<text x="{LABEL_W}" y="{height - MARGIN + 4}" fill-opacity="0.7">{left_out} more chunks not drawn</text>')
     out.append("</svg>")
