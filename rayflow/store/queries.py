@@ -192,6 +192,34 @@ class Queries:
         with self._connect() as db:
             return [dict(r) for r in db.execute(query + " ORDER BY rowid", args)]
 
+    def task_keys(self, run_id: str) -> set[str]:
+        """The keys of a run's tasks (planned or recorded), without its rows: to check a filter."""
+        with self._connect() as db:
+            row = db.execute("SELECT tasks FROM runs WHERE run_id = ?", [run_id]).fetchone()
+            seen = {r[0] for r in db.execute("SELECT DISTINCT task_key FROM transitions WHERE run_id = ?", [run_id])}
+        return seen | set(json.loads(row["tasks"]) if row is not None else [])
+
+    def log_page(
+        self, run_id: str, *, task: str | None = None, below: tuple[str, ...] = (), text: str | None = None,
+        after: int = 0, limit: int = 500,
+    ) -> list[dict]:
+        """Log records of a run in order, filtered in SQL: ``task``'s only, none of the levels
+        ``below``, only those whose message contains ``text`` (case-insensitive, ASCII).  With
+        ``after`` (a row number: a live tail) the first ``limit`` records after it; else the last
+        ``limit`` of the run.  Along the index of (run, task) or of (run) in row order: no sort."""
+        query, args = "SELECT rowid AS row, * FROM logs WHERE run_id = ? AND rowid > ?", [run_id, after]
+        if task:
+            query, args = query + " AND task_key = ?", [*args, task]
+        if below:
+            query, args = query + f" AND level NOT IN ({', '.join('?' * len(below))})", [*args, *below]
+        if text:
+            query, args = query + " AND instr(lower(message), ?) > 0", [*args, text.lower()]
+        newest = after <= 0
+        query += (" ORDER BY rowid DESC" if newest else " ORDER BY rowid") + " LIMIT ?"
+        with self._connect() as db:
+            rows = [dict(r) for r in db.execute(query, [*args, limit])]
+        return rows[::-1] if newest else rows
+
     @staticmethod
     def _run_row(row: sqlite3.Row) -> dict:
         out = dict(row)

@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS logs (
 );
 CREATE INDEX IF NOT EXISTS logs_by_run ON logs(run_id, task_key);
 CREATE INDEX IF NOT EXISTS logs_by_item ON logs(run_id, task_key, map_index) WHERE map_index IS NOT NULL;
+CREATE INDEX IF NOT EXISTS logs_in_order ON logs(run_id);  -- a run's last log lines, newest first, without a sort
 CREATE TABLE IF NOT EXISTS graphs (run_id TEXT PRIMARY KEY, graph TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS schedules (
     schedule_id TEXT PRIMARY KEY, flow TEXT NOT NULL, target TEXT, spec TEXT NOT NULL,

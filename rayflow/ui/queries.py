@@ -45,6 +45,13 @@ class RunsQuery:
 class LogsQuery:
     task: str | None = None
     level: str | None = None
+    text: str | None = None  # the message contains it (case-insensitive)
+    after: int = 0  # a log row number: the live tail's lines after it
+
+    @property
+    def below(self) -> tuple[str, ...]:
+        """The levels under ``level`` (left out; a level outside LEVELS is kept)."""
+        return LEVELS[: LEVELS.index(self.level)] if self.level else ()
 
 
 def _one(params: QueryParams, name: str) -> str | None:
@@ -75,14 +82,18 @@ def _choice(params: QueryParams, name: str, choices: Collection[str]) -> str | N
     raise QueryError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
+def _whole(params: QueryParams, name: str, low: int, high: int, default: int) -> int:
+    text = _one(params, name)
+    if text is None:
+        return default
+    if not text.isascii() or not text.isdigit() or len(text) > len(str(high)) or not low <= int(text) <= high:
+        raise QueryError(f"{name} must be a whole number from {low} to {high}; got {text[:40]!r}")
+    return int(text)
+
+
 def runs_query(params: QueryParams) -> RunsQuery:
     """The runs page's and ``/api/runs``' filters: flow, state, since, page."""
-    page_text = _one(params, "page")
-    page = 1
-    if page_text is not None:
-        if not page_text.isascii() or not page_text.isdigit() or len(page_text) > len(str(MAX_PAGE)) or not 1 <= int(page_text) <= MAX_PAGE:
-            raise QueryError(f"page must be a whole number from 1 to {MAX_PAGE}; got {page_text[:40]!r}")
-        page = int(page_text)
+    page = _whole(params, "page", 1, MAX_PAGE, 1)
     since = _one(params, "since")
     if since is not None and since not in SINCE:
         raise QueryError(f"since must be one of {', '.join(SINCE)}; got {since!r}")
@@ -125,8 +136,11 @@ def range_query(params: QueryParams) -> str:
 
 
 def logs_query(params: QueryParams, tasks: Collection[str]) -> LogsQuery:
-    """A run page's log filters: one of the run's tasks, a level."""
+    """A run page's log filters: one of the run's tasks, a level and above, a text the
+    message contains (``q``), and for the live tail the last row seen (``after``)."""
     task = _one(params, "task")
     if task is not None and task not in tasks:
         raise QueryError(f"task must be one of this run's tasks; it has no task {task!r}")
-    return LogsQuery(task=task, level=_choice(params, "level", LEVELS))
+    return LogsQuery(
+        task=task, level=_choice(params, "level", LEVELS), text=_one(params, "q"), after=_whole(params, "after", 0, 2**62, 0),
+    )
