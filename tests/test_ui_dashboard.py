@@ -178,7 +178,9 @@ def test_a_flow_page_grid_shows_the_task_that_started_failing(history):
     assert transform_row[-1][2] == colour("FAILED") != transform_row[0][2]
     assert {state for _, run, task, state in cells if task == "load" and run == etl_runs[-1].run_id} == {"TRIGGER_FAILED"}
     links = re.findall(r'<a href="([^"]+)"><rect [^>]*data-run="([^"]+)" data-task="transform"', page.text)
-    assert client.get(html.unescape(links[-1][0])).status_code == 200  # a cell leads to its run
+    cell = client.get(html.unescape(links[-1][0]))  # a cell leads to the task's page in its run
+    assert links[-1][0] == f"/runs/{etl_runs[-1].run_id}/tasks/transform"
+    assert cell.status_code == 200 and 'class="badge failed"' in cell.text and etl_runs[-1].run_id in cell.text
     assert 'id="success-rate">60.0%' in page.text  # 3 of 5
     assert page.text.count('data-series="median"') == 1 and page.text.count('data-series="p95"') == 1  # today's point
     assert "Run now needs the UI of <code>rayflow serve --ui</code>" in page.text

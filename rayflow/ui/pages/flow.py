@@ -28,8 +28,8 @@ DAY = 86400
 
 
 def task_link(run: dict, key: str) -> str:
-    """Where a grid cell leads: the run's page, its logs filtered to the task."""
-    return f"/runs/{quote(run['run_id'])}?task={quote(key, safe='')}"
+    """Where a grid cell leads: the task's page in that run."""
+    return f"/runs/{quote(run['run_id'], safe='')}/tasks/{quote(key, safe='/')}"
 
 
 def p95(values: list[float]) -> float:
