@@ -103,7 +103,9 @@ def test_no_template_has_inline_styles_scripts_or_handlers():
         assert re.findall(r"<script(?![^>]*\bsrc=)[^>]*>", text) == [], template.name
         assert re.findall(r"\son[a-z]+\s*=", text) == [], template.name
         assert "javascript:" not in text, template.name
-    for name in ("base.html", "runs.html", "runs_table.html", "flows.html", "login.html", "error.html", "missing.html"):
+    for name in ("base.html", "runs.html", "runs_table.html", "flows.html", "login.html", "error.html", "missing.html",
+                 "dashboard.html", "dashboard_live.html", "flow.html", "run_now_form.html", "artifacts.html",
+                 "artifact.html", "artifact_macros.html", "run_artifacts.html"):
         assert " style=" not in (UI / "templates" / name).read_text(), name  # their look is the stylesheet's
 
 
@@ -169,6 +171,28 @@ def test_the_runs_list_shows_states_as_badges_and_links_flows(history):
     assert flows.count('class="tick ') == 2 and 'href="/runs/styled-failed" class="tick failed"' in flows
     empty = client.get("/runs?flow=nothing").text
     assert 'class="empty">no runs match these filters' in empty
+
+
+def test_the_dashboard_and_a_flow_page_are_cards_badges_and_chart_cards_without_inline_styles(history):
+    """The overview pages in the shared vocabulary; their SVG charts take their colours from the
+    stylesheet's classes (no style= attribute: the CSP allows no inline styles, and dark mode
+    comes from the variables)."""
+    client = history["client"]
+    dash, flow = client.get("/?range=7d").text, client.get("/flows/styled").text
+    for page in (dash, flow, client.get("/flows").text, client.get("/artifacts").text):
+        assert " style=" not in page and "<style" not in page
+    assert re.search(r'<a class="card failed" href="[^"]+state=FAILED[^"]*"><span class="label">failed</span> <span class="num" data-state="FAILED">1</span>', dash)
+    assert '<nav class="seg ranges" aria-label="range">' in dash and '<a href="/?range=7d" aria-current="true">7d</a>' in dash
+    chart = dash.split('id="runs-chart"', 1)[1].split("</div>", 1)[0]
+    assert '<ul class="legend">' in chart and 'class="axis"' in chart and 'class="label"' in chart
+    assert dash.count('class="card panel"') == 4 and 'class="page-head"' in dash
+    assert '<p class="crumbs"><a href="/flows">flows</a> › styled</p>' in flow and 'id="p95-duration"' in flow
+    assert re.search(r'id="median-duration">\d+\.\d\ds<', flow)
+    grid = flow.split('id="grid"', 1)[1].split("</div>", 1)[0]
+    assert 'class="chart grid-card"' in flow and 'class="cell"' in grid and 'class="key"' in grid
+    assert flow.count('data-state="FAILED"') >= 2  # the failed run and its failed task, in the grid
+    durations = flow.split('id="durations"', 1)[1].split("</div>", 1)[0]
+    assert 'class="series-0"' in durations and 'class="series-1"' in durations
 
 
 def test_the_error_and_missing_pages_have_the_look_and_escape_the_name(history):

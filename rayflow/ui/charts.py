@@ -14,9 +14,13 @@ from html import escape
 from rayflow.presentation import RUN_STATES, colour
 
 WIDTH, HEIGHT, LEFT, BOTTOM, TOP = 900, 220, 44, 26, 10
-AXIS = 'style="stroke:var(--line, #8888)"'
-TEXT = 'fill="currentColor" font-size="11"'
-MUTED = 'style="fill:var(--muted, #888)" font-size="11"'
+# Presentation attributes for a chart shown on its own; the stylesheet's .chart rules (classes
+# axis, label, key, cell, series-N) override them with its variables, light and dark.  No style=
+# attribute: the CSP allows no inline styles.
+AXIS = 'class="axis" stroke="#8888"'
+TEXT = 'class="key" fill="currentColor" font-size="11"'
+MUTED = 'class="label" fill="#888" font-size="11"'
+CELL_EDGE = 'class="cell" stroke="#8888"'
 CELL, GAP, KEY_W = 16, 2, 200
 
 
@@ -25,11 +29,18 @@ def stack_order(states: set[str]) -> list[str]:
     return [s for s in RUN_STATES if s in states] + sorted(states - set(RUN_STATES))
 
 
-def _nice(top: int) -> int:
-    """The y axis's top: ``top`` rounded up to 1, 2 or 5 times a power of ten."""
-    step = 1
+def _nice(top: float, whole: bool = True) -> float:
+    """The y axis's top: ``top`` rounded up to 2, 4, 6, 8 or 10 times a power of ten (whole: at
+    least 2, so that its half, the middle tick, is a whole number of runs too)."""
+    step = 1.0
+    if not whole:
+        while step / 10 >= top > 0:
+            step /= 10
+        while top > step * 10:
+            step *= 10
+        step /= 10
     while True:
-        for m in (1, 2, 5):
+        for m in (2, 4, 6, 8, 10):
             if top <= step * m:
                 return step * m
         step *= 10
@@ -87,7 +98,7 @@ def lines(points: Sequence[tuple[str, Mapping[str, float | None]]], series: Sequ
     values = [v for _, p in points for k in series if (v := p.get(k)) is not None]
     if not values:
         return ""
-    top = max(values) * 1.1 or 1.0
+    top = _nice(max(values) * 1.05, whole=False) if max(values) > 0 else 1.0
     plot_w, plot_h = WIDTH - LEFT - 8, HEIGHT - TOP - BOTTOM
     step = plot_w / max(len(points) - 1, 1)
     out = [
@@ -99,19 +110,18 @@ def lines(points: Sequence[tuple[str, Mapping[str, float | None]]], series: Sequ
         out.append(f'<line x1="{LEFT}" x2="{WIDTH - 8}" y1="{y:.1f}" y2="{y:.1f}" {AXIS}/>')
         out.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" {MUTED}>{_short_number(top * frac)}{unit}</text>')
     for k, name in enumerate(series):
-        dash = "" if k == 0 else ' stroke-dasharray="5 4"'
+        dash = f' class="series-{k}"' + ("" if k == 0 else ' stroke-dasharray="5 4"')
         xy = [
             (LEFT + i * step, TOP + plot_h * (1 - v / top), label, v)
             for i, (label, p) in enumerate(points) if (v := p.get(name)) is not None
         ]
         path = " ".join(f"{x:.1f},{y:.1f}" for x, y, _, _ in xy)
-        out.append(f'<polyline points="{path}" fill="none" stroke="currentColor" stroke-width="1.5"{dash}/>')
+        out.append(f'<polyline points="{path}" fill="none" stroke="currentColor" stroke-width="2"{dash}/>')
         for x, y, label, v in xy:
             out.append(
-                f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="currentColor" data-series="{escape(name)}">'
+                f'<circle class="series-{k}" cx="{x:.1f}" cy="{y:.1f}" r="3" fill="currentColor" data-series="{escape(name)}">'
                 f"<title>{escape(label)}: {escape(name)} {v:.3f}{unit}</title></circle>"
             )
-        out.append(f'<text x="{LEFT + 8 + k * 90}" y="{TOP + 10}" {TEXT}>{"—" if k == 0 else "- -"} {escape(name)}</text>')
     for i, (label, _) in enumerate(points):
         if i % max(len(points) // 10, 1) == 0:
             out.append(f'<text x="{LEFT + i * step:.1f}" y="{HEIGHT - 8}" text-anchor="middle" {MUTED}>{escape(label[5:])}</text>')
@@ -120,15 +130,17 @@ def lines(points: Sequence[tuple[str, Mapping[str, float | None]]], series: Sequ
 
 
 def _short_number(v: float) -> str:
-    return f"{v:.0f}" if v >= 10 else f"{v:.2g}"
+    return f"{v:.0f}" if v >= 10 or v == 0 else f"{v:.2g}"
 
 
 def grid(runs: Sequence[Mapping], keys: Sequence[str], link: Callable[[Mapping, str], str]) -> str:
     """Airflow's grid: a column per run (oldest to newest), a row per task key, each cell its
     task's state in that run (blank where the run has no such task), linked by ``link(run, key)``;
     a top row of the runs' own states, each linked to its run."""
-    width = KEY_W + len(runs) * (CELL + GAP) + 8
-    height = (len(keys) + 1) * (CELL + GAP) + 14
+    labels = [key if len(key) <= 28 else key[:27] + "…" for key in keys]
+    key_w = min(KEY_W, max(48, 7 * max((len(k) for k in labels), default=0) + 16))  # room for the longest label
+    width = key_w + len(runs) * (CELL + GAP) + 8
+    height = (len(keys) + 1) * (CELL + GAP) + 6
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="grid" viewBox="0 0 {width} {height}" width="{width}" '
         f'height="{height}" role="img" aria-label="runs by tasks">'
@@ -137,23 +149,23 @@ def grid(runs: Sequence[Mapping], keys: Sequence[str], link: Callable[[Mapping, 
     def cell(x: float, y: float, state: str, href: str, title: str, attrs: str) -> None:
         out.append(
             f'<a href="{escape(href)}"><rect x="{x}" y="{y}" width="{CELL}" height="{CELL}" rx="2" fill="{colour(state)}" '
-            f'{AXIS} {attrs}><title>{escape(title)}</title></rect></a>'
+            f'{CELL_EDGE} {attrs}><title>{escape(title)}</title></rect></a>'
         )
 
-    out.append(f'<text x="{KEY_W - 8}" y="{CELL - 3}" text-anchor="end" {MUTED}>run</text>')
+    out.append(f'<text x="{key_w - 8}" y="{CELL - 3}" text-anchor="end" {MUTED}>run</text>')
     for c, run in enumerate(runs):
-        x = KEY_W + c * (CELL + GAP)
+        x = key_w + c * (CELL + GAP)
         cell(x, 0, run["state"], f"/runs/{run['run_id']}", f"run {run['run_id']}: {run['state']}",
              f'data-run="{escape(run["run_id"])}" data-state="{escape(run["state"])}"')
     for r, key in enumerate(keys):
         y = (r + 1) * (CELL + GAP) + 4
-        label = key if len(key) <= 28 else key[:27] + "…"
-        out.append(f'<text x="{KEY_W - 8}" y="{y + CELL - 4}" text-anchor="end" {TEXT}><title>{escape(key)}</title>{escape(label)}</text>')
+        label = labels[r]
+        out.append(f'<text x="{key_w - 8}" y="{y + CELL - 4}" text-anchor="end" {TEXT}><title>{escape(key)}</title>{escape(label)}</text>')
         for c, run in enumerate(runs):
             row = run["by_task"].get(key)
             if row is None:
                 continue
-            x = KEY_W + c * (CELL + GAP)
+            x = key_w + c * (CELL + GAP)
             title = f"{key} in run {run['run_id']}: {row['state']}" + (f" ({row['error']})" if row.get("error") else "")
             cell(x, y, row["state"], link(run, key), title[:300],
                  f'data-run="{escape(run["run_id"])}" data-task="{escape(key)}" data-state="{escape(row["state"])}"')

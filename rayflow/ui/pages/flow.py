@@ -77,6 +77,7 @@ def routes(ui: UI) -> list[Route]:
         outcomes = aggregates.flow_outcomes(store, name, start)
         finished = [o for o in outcomes if o[0] not in UNFINISHED]
         succeeded = sum(1 for o in finished if o[0] in SUCCEEDED)
+        spans = [o[2] - o[1] for o in finished if o[2] is not None]
         runs = aggregates.flow_runs(store, name, GRID_RUNS)
         for run in runs:
             run["by_task"] = {row["task"]: row for row in run["task_rows"]}
@@ -85,9 +86,11 @@ def routes(ui: UI) -> list[Route]:
         return ui.page(
             request, "flow.html", name=name, runs=runs, keys=keys,
             grid=Markup(charts.grid(runs, keys, task_link)) if runs else "",
+            grid_states=charts.stack_order({r["state"] for r in runs} | {t["state"] for r in runs for t in r["task_rows"]}),
             durations=Markup(charts.lines(points, ("median", "p95"))),
             finished=len(finished), succeeded=succeeded, failed=len(finished) - succeeded, started=len(outcomes),
             rate=succeeded / len(finished) if finished else None, days=TREND_DAYS,
+            median=statistics.median(spans) if spans else None, p95=p95(spans) if spans else None,
             schedules=sorted(schedules, key=lambda s: s["next_fire"] or math.inf), served=served,
         )
 
