@@ -186,6 +186,7 @@ def test_the_dashboard_and_a_flow_page_are_cards_badges_and_chart_cards_without_
     chart = dash.split('id="runs-chart"', 1)[1].split("</div>", 1)[0]
     assert '<ul class="legend">' in chart and 'class="axis"' in chart and 'class="label"' in chart
     assert dash.count('class="card panel"') == 4 and 'class="page-head"' in dash
+    assert 'id="success-rate">50.0%<' in dash  # one of its two runs succeeded
     assert '<p class="crumbs"><a href="/flows">flows</a> › styled</p>' in flow and 'id="p95-duration"' in flow
     assert re.search(r'id="median-duration">\d+\.\d\ds<', flow)
     grid = flow.split('id="grid"', 1)[1].split("</div>", 1)[0]
@@ -193,6 +194,13 @@ def test_the_dashboard_and_a_flow_page_are_cards_badges_and_chart_cards_without_
     assert flow.count('data-state="FAILED"') >= 2  # the failed run and its failed task, in the grid
     durations = flow.split('id="durations"', 1)[1].split("</div>", 1)[0]
     assert 'class="series-0"' in durations and 'class="series-1"' in durations
+
+
+def test_a_legend_has_one_entry_per_fill_colour():
+    from rayflow.ui.charts import legend
+
+    assert legend(["SUCCESS", "MAPPED", "FAILED", "CRASHED"]) == [
+        ("SUCCESS", "success · mapped"), ("FAILED", "failed"), ("CRASHED", "crashed")]
 
 
 def test_the_error_and_missing_pages_have_the_look_and_escape_the_name(history):

@@ -29,6 +29,15 @@ def stack_order(states: set[str]) -> list[str]:
     return [s for s in RUN_STATES if s in states] + sorted(states - set(RUN_STATES))
 
 
+def legend(states: Sequence[str]) -> list[tuple[str, str]]:
+    """A chart's legend: (a state, what its colour stands for) per fill colour of ``states`` in
+    their order; states drawn in one colour share an entry ("success · mapped")."""
+    by_colour: dict[str, list[str]] = {}
+    for state in states:
+        by_colour.setdefault(colour(state), []).append(state)
+    return [(same[0], " · ".join(s.lower() for s in same)) for same in by_colour.values()]
+
+
 def _nice(top: float, whole: bool = True) -> float:
     """The y axis's top: ``top`` rounded up to 2, 4, 6, 8 or 10 times a power of ten (whole: at
     least 2, so that its half, the middle tick, is a whole number of runs too)."""

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from rayflow.presentation import SUCCEEDED, UNFINISHED
 from rayflow.store import aggregates
 from rayflow.store.schedules import ScheduleStore
 from rayflow.ui import charts, queries
@@ -66,6 +67,8 @@ def routes(ui: UI) -> list[Route]:
             bars, labels, lambda i, state: runs_link(state, start + i * width, start + (i + 1) * width),
             every=1 if n <= 12 else (3 if n <= 24 else 5),
         )
+        finished = sum(n for s, n in totals.items() if s not in UNFINISHED)
+        rate = sum(n for s, n in totals.items() if s in SUCCEEDED) / finished if finished else None
         schedules = ScheduleStore(store)
         upcoming = sorted(
             (s for s in schedules.schedules() if s["next_fire"] is not None and s["next_fire"] >= now - 60),
@@ -74,6 +77,7 @@ def routes(ui: UI) -> list[Route]:
         return ui.page(
             request, "dashboard.html", range=range_name, ranges=list(RANGES), chart=Markup(chart),
             totals=[(s, totals[s]) for s in charts.stack_order(set(totals))], total=sum(totals.values()),
+            rate=rate, legend=charts.legend(charts.stack_order(set(totals))),
             all_runs=runs_link(None, start, start + n * width), state_link=lambda s, flow=None: runs_link(s, start, start + n * width, flow),
             start=start, live=live, live_total=live_total, failing=aggregates.failing_flows(store, start),
             upcoming=upcoming, late=schedules.late(now), now=now,

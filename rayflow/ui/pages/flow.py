@@ -86,7 +86,7 @@ def routes(ui: UI) -> list[Route]:
         return ui.page(
             request, "flow.html", name=name, runs=runs, keys=keys,
             grid=Markup(charts.grid(runs, keys, task_link)) if runs else "",
-            grid_states=charts.stack_order({r["state"] for r in runs} | {t["state"] for r in runs for t in r["task_rows"]}),
+            grid_legend=charts.legend(charts.stack_order({r["state"] for r in runs} | {t["state"] for r in runs for t in r["task_rows"]})),
             durations=Markup(charts.lines(points, ("median", "p95"))),
             finished=len(finished), succeeded=succeeded, failed=len(finished) - succeeded, started=len(outcomes),
             rate=succeeded / len(finished) if finished else None, days=TREND_DAYS,
