@@ -3,17 +3,24 @@ with a 10^6-item map of which 10^4 items failed.
 
     python benchmarks/ui_bench.py [--runs 100000] [--items 1000000] [--failed 10000] [--repeat 5] [--fresh]
 
-The history is written as the engine's recorder writes it (``RunStore.write``: a run row and its
-attempt, a graph, two transitions per task (RUNNING, then its end; a failed task's error type and
-traceback, TRIGGER_FAILED downstream of it), a chunk row per map chunk with its counts, an item
-row per failed map item with its traceback, and the logs of a run), built once and kept under
-the temp dir (``rayflow-ui-bench-*``; rebuilt after 6 hours, or with --fresh).  A few runs are
-live (their driver on another host) and a few schedules have next and late fires.
+The history is written as the engine's recorder writes it (``RunStore.write``): 10^5 runs, each a
+run row and its attempt, a graph, two transitions per task (RUNNING, then its end; a failed
+task's error type and traceback, TRIGGER_FAILED downstream of it), a chunk row per map chunk with
+its counts, its logs, and the artifacts its tasks made (a keyed summary table per run of five
+flows: keys of 5,000 versions; a link every 10th run); the 10^6-item map's run from
+``big_map_history.write_big_map_history`` (13,000 item rows, 1,000 chunk rows, an ERROR log per
+failed item; 200 artifacts of its items); and a real run (in-process runner) of a flow of ~500
+tasks (``run_page_bench.chains``).  Built once and kept under the temp dir
+(``rayflow-ui-bench2-*``; rebuilt after 6 hours, or with --fresh).  A few runs are live (their
+driver on another host) and a few schedules have next and late fires.
 
-Each page is requested through Starlette's test client (the app's own time, no network): min of
---repeat after one warm-up.  Pages of routes this checkout does not have are left out: add a
-page to PAGES.  Prints the table, the query plans of the dashboard's aggregates, then one JSON
-object on the last line.
+Each page is requested through Starlette's test client (the app's own time, no network) after one
+warm-up: min and median wall time of --repeat, min CPU time of this process (the app and SQLite
+run in it: what a machine shared with other work does not inflate), the SQL statements one
+request ran and the answer's size.  Pages of routes this checkout does not have are left out:
+add a page to PAGES (--only TEXT: the pages whose label holds TEXT).  Prints the table, the query
+plans of the dashboard's and the flow pages' aggregates (and which of them scan runs: none
+should), then one JSON object on the last line.
 """
 
 from __future__ import annotations
@@ -289,13 +296,16 @@ def main() -> None:
     print(f"{'page':32s} {'min ms':>8s} {'med ms':>8s} {'cpu ms':>8s} {'sql':>5s} {'KiB':>6s}  url")
     for label, r in rows.items():
         print(f"{label:32s} {r['min'] * 1000:8.1f} {r['median'] * 1000:8.1f} {r['cpu'] * 1000:8.1f} {r['queries']:5d} {r['kb']:6.0f}  {r['url']}")
-    for name, plan in plans(RunStore(home)).items():
+    found = plans(RunStore(home))
+    for name, plan in found.items():
         print(f"plan {name:14s} {plan}")
+    scans = sorted(name for name, plan in found.items() if "SCAN runs" in plan)
+    print("aggregates that scan runs: " + (", ".join(scans) if scans else "none"))
     print(json.dumps({"runs": args.runs, "items": args.items, "failed_items": args.failed, "repeat": args.repeat,
                       "slowest_ms": round(max((r["min"] for r in rows.values()), default=0) * 1000, 1),
                       "ms": {k: round(r["min"] * 1000, 1) for k, r in rows.items()},
                       "cpu_ms": {k: round(r["cpu"] * 1000, 1) for k, r in rows.items()},
-                      "plans": plans(RunStore(home))}))
+                      "plans": found, "scans_runs": scans}))
 
 
 if __name__ == "__main__":
