@@ -11,6 +11,7 @@ import sqlite3
 import time
 
 import pytest
+from sql_trace import trace_statements
 from starlette.testclient import TestClient
 
 import rayflow as rf
@@ -167,3 +168,35 @@ def test_a_file_at_this_version_missing_a_later_index_gets_it(tmp_path):
     with sqlite3.connect(store.path) as db:
         assert missing(db) == set()
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_the_flows_page_and_far_pages_of_runs_over_a_thousand_runs(tmp_path, monkeypatch):
+    """/flows reads each flow's last runs along runs_by_flow, not the latest runs of all (it read
+    the latest 1000 once: a flow that ran before them was missing); a far page of the runs list
+    finds its rows in an index alone, then reads those rows."""
+    monkeypatch.setenv("RAYFLOW_HOME", str(tmp_path))
+    quiet = after_upgrade.run()
+    store = RunStore(tmp_path)
+    with sqlite3.connect(store.path) as db:  # the real run's rows, as its recorder wrote them
+        run = db.execute("SELECT * FROM runs WHERE run_id = ?", [quiet.run_id]).fetchone()
+        transitions = db.execute("SELECT * FROM transitions WHERE run_id = ?", [quiet.run_id]).fetchall()
+    later = [(f"busy-{i:04d}", "busy", *run[2:5], run[5] + 1 + i, run[6] + 1 + i, *run[7:]) for i in range(1001)]
+    store.write(later, [(r, *t[1:]) for r, *_ in later for t in transitions], [])
+    page = TestClient(create_app(tmp_path), base_url=BASE).get("/flows")
+    assert page.status_code == 200
+    assert f"/runs/{quiet.run_id}" in page.text and "/flows/after_upgrade" in page.text
+    assert "/runs/busy-1000" in page.text and "/runs/busy-0000" not in page.text  # the busy flow's last 30 only
+    reader = RunStore(tmp_path)
+    statements = trace_statements(reader)
+    for flow, index in ((None, "runs_by_start"), ("busy", "runs_by_flow")):
+        statements.clear()
+        found = [r["run_id"] for r in reader.runs(flow=flow, limit=51, offset=900)]
+        assert found == [f"busy-{i:04d}" for i in range(100, 49, -1)]  # newest first: 1000 .. 0, the real run last
+        (select,) = [q for q in statements if "LIMIT" in q]
+        with sqlite3.connect(reader.path) as db:
+            plan = " | ".join(str(r[-1]) for r in db.execute("EXPLAIN QUERY PLAN " + select))
+        assert f"COVERING INDEX {index}" in plan and "SEARCH runs USING INTEGER PRIMARY KEY" in plan, plan
+    with TestClient(create_app(tmp_path), base_url=BASE) as client:
+        far = client.get("/runs?page=20")  # 50 a page: the 951st to 1000th newest, busy-0050 .. busy-0001
+        assert far.status_code == 200
+        assert "/runs/busy-0050" in far.text and "/runs/busy-0001" in far.text and "/runs/busy-0051" not in far.text
