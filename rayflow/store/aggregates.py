@@ -25,14 +25,16 @@ _FAILING_SQL = "(" + ", ".join(repr(s) for s in FAILING) + ")"
 LIVE_SHOWN = 20  # live runs read with their progress; the rest are counted
 
 
+STATES_SQL = (
+    "WITH RECURSIVE s(name) AS (SELECT MIN(state) FROM runs UNION ALL "
+    "SELECT (SELECT MIN(state) FROM runs WHERE state > s.name) FROM s WHERE s.name IS NOT NULL) "
+    "SELECT name FROM s WHERE name IS NOT NULL"
+)
+
+
 def states(db: Any) -> list[str]:
     """The states the runs table holds: one index search per state (runs_by_state), not a pass."""
-    query = (
-        "WITH RECURSIVE s(name) AS (SELECT MIN(state) FROM runs UNION ALL "
-        "SELECT (SELECT MIN(state) FROM runs WHERE state > s.name) FROM s WHERE s.name IS NOT NULL) "
-        "SELECT name FROM s WHERE name IS NOT NULL"
-    )
-    return [r[0] for r in db.execute(query)]
+    return [r[0] for r in db.execute(STATES_SQL)]
 
 
 def counts_by_bucket(store: RunStore, start: float, bucket: float, n: int) -> list[dict[str, int]]:
@@ -128,6 +130,17 @@ def _rows_of(db: Any, run: dict) -> None:
 def flow_exists(store: RunStore, flow: str) -> bool:
     with store._connect() as db:
         return db.execute("SELECT 1 FROM runs WHERE flow = ? LIMIT 1", [flow]).fetchone() is not None
+
+
+def flows_latest(store: RunStore, limit: int = 30) -> list[tuple[str, list[dict]]]:
+    """Each flow of the history (sorted) with its last ``limit`` runs, newest first (run_id, state,
+    started_at): one search of runs_by_flow per flow, whatever the history's size and however long
+    ago a flow last ran."""
+    store.settle_unfinished()
+    with store._connect() as db:
+        return [(flow, [dict(r) for r in db.execute(
+            "SELECT run_id, state, started_at FROM runs WHERE flow = ? ORDER BY started_at DESC LIMIT ?", [flow, limit],
+        )]) for flow in store.flows()]
 
 
 def flow_runs(store: RunStore, flow: str, limit: int = 30) -> list[dict]:

@@ -97,8 +97,11 @@ class Queries:
             where, args = [*where, "runs.started_at >= ?"], [*args, since]
         if before is not None:
             where, args = [*where, "runs.started_at < ?"], [*args, before]
-        query = RUN_SELECT + (" WHERE " + " AND ".join(where) if where else "")
-        query += " ORDER BY runs.started_at DESC LIMIT ? OFFSET ?"  # a limit < 0: all, as SQL's
+        page = (  # the page's rows found in an index alone (a far page skips index entries, not joined rows)
+            "SELECT runs.rowid FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY runs.started_at DESC LIMIT ? OFFSET ?"  # a limit < 0: all, as SQL's
+        )
+        query = RUN_SELECT + f" WHERE runs.rowid IN ({page}) ORDER BY runs.started_at DESC"
         with self._connect() as db:
             return [self._run_row(found) for found in db.execute(query, [*args, limit, offset])]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import sqlite3
 from collections.abc import Mapping
 from typing import Any
@@ -114,10 +115,25 @@ def is_damaged(exc: BaseException) -> bool:
 
 
 
+SCHEMA_NAMES = frozenset(re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)", SCHEMA))
+
+
+def missing(db: sqlite3.Connection) -> set[str]:
+    """The tables and indexes of ``SCHEMA`` the database lacks (one read of sqlite_master)."""
+    return set(SCHEMA_NAMES - {r[0] for r in db.execute("SELECT name FROM sqlite_master")})
+
+
 def migrate(db: sqlite3.Connection) -> None:
-    """Bring the database ``db`` to this schema (a no-op, and no write, once it is there)."""
+    """Bring the database ``db`` to this schema (a no-op, and no write, once it is there).  A file
+    at this version that lacks an index or table added to SCHEMA since it was made (without a
+    version raise) gets it: a reader that cannot write (read-only, locked) reads without it."""
     if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
-        return  # nothing to create: a read, which a lock held by a writer does not block
+        if missing(db):  # nothing to create: reads, which a lock held by a writer does not block
+            try:
+                db.executescript(SCHEMA)
+            except sqlite3.OperationalError:
+                pass
+        return
     db.executescript(SCHEMA)
     for table, column, definition in ADDED_COLUMNS:  # a history written by an older rayflow
         if column not in {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}:

@@ -8,6 +8,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from rayflow.exceptions import RayflowError
+from rayflow.store.aggregates import flows_latest
 from rayflow.store.schedules import ScheduleStore
 from rayflow.ui.context import UI
 
@@ -16,13 +17,10 @@ def routes(ui: UI) -> list[Route]:
     store, actions = ui.store, ui.actions
 
     async def flows_page(request: Request) -> Response:
-        recent = store.runs(limit=1000)
-        by_flow: dict[str, list[dict]] = {}
-        for r in recent:
-            by_flow.setdefault(r["flow"], []).append(r)
+        flows = flows_latest(store)  # each flow's last 30 runs along runs_by_flow, not the latest runs of all
         schedules = ScheduleStore(store).schedules()
         served = {name: actions.parameters(name) for name in actions.names()} if actions is not None else {}
-        return ui.page(request, "flows.html", flows=sorted(by_flow.items()), schedules=schedules, served=served)
+        return ui.page(request, "flows.html", flows=flows, schedules=schedules, served=served)
 
     async def run_now(request: Request) -> Response:
         if (no := await ui.refused_action(request)) is not None:
