@@ -55,6 +55,7 @@ def check(x: int) -> int:
         raise KeyError(f"customer_{x}")
     if x == 20:
         raise ZeroDivisionError("no orders to average")
+    time.sleep(0.002 * x)  # a throughput chart with something to show
     return x
 
 
@@ -77,7 +78,7 @@ def upload(target: str) -> str:
 
 @rf.flow(runner="local")
 def nightly_etl(size: int = 24, strict: bool = True):
-    mapper = check if strict else check.with_options(min_success_ratio=0.5)
+    mapper = check.with_options(chunk_size=4) if strict else check.with_options(chunk_size=4, min_success_ratio=0.5)
     return {"rows": mapper.map(list(range(size))), "report": report(size)}
 
 
@@ -137,6 +138,7 @@ def signed_in(served, browser, too_wide):
 def shots(browser, name: str, too_wide: dict[str, int], widths: tuple[int, ...] = (1280,)) -> None:
     """The page as it is, at each width, light and dark: ``NAME-WIDTH-SCHEME.png`` under SHOTS (and
     the README's set into docs/screenshots/ with RAYFLOW_UI_SCREENSHOTS_DOCS=1)."""
+    browser.execute_script("window.scrollTo(0, 0)")  # the top of the page, where a person starts reading
     try:
         for width in widths:
             set_width(browser, width, HEIGHT)
