@@ -116,19 +116,21 @@ def browser():
         yield driver
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def too_wide():
     """The pages wider than the window (pixels, by screenshot name): each test ends checking it is empty."""
     return {}
 
 
 @pytest.fixture(scope="module")
-def signed_in(served, browser, too_wide):
+def signed_in(served, browser):
     """Signed in through the login page, typing the token (the login page saved first)."""
     browser.delete_all_cookies()
     go(browser, served["url"] + "/")
     wait_css(browser, "form#login input#token")
+    too_wide: dict[str, int] = {}
     shots(browser, "login", too_wide)
+    assert too_wide == {}
     sign_in(browser, served["url"], TOKEN, "/")
     assert browser.current_url == served["url"] + "/"
     assert wait_css(browser, "#logout") and TOKEN not in browser.page_source
@@ -181,7 +183,8 @@ def test_the_dashboards_bars_add_up_to_the_historys_counts(signed_in, browser, t
     parts = browser.find_elements(By.CSS_SELECTOR, "#runs-chart rect[data-state]")
     by_state: dict[str, int] = {}
     for part in parts:
-        by_state[part.get_attribute("data-state")] = by_state.get(part.get_attribute("data-state"), 0) + int(part.get_attribute("data-count"))
+        state = part.get_attribute("data-state")
+        by_state[state] = by_state.get(state, 0) + int(part.get_attribute("data-count"))
     expected = history_counts(signed_in["home"], since)
     assert by_state == expected and expected == {"SUCCESS": 2, "FAILED": 2}
     total = browser.find_element(By.CSS_SELECTOR, '#counts .num[data-state="ALL"]').text
@@ -200,7 +203,7 @@ def test_from_a_bar_to_a_failed_items_traceback(signed_in, browser, too_wide):
 
     url, failed = signed_in["url"], signed_in["failed"]
     go(browser, url + "/")
-    part = wait_css(browser, "#runs-chart rect[data-state]")
+    wait_css(browser, "#runs-chart rect[data-state]")
     part = browser.find_elements(By.CSS_SELECTOR, '#runs-chart rect[data-state="FAILED"]')[-1]  # the latest hour's
     count, bucket = int(part.get_attribute("data-count")), part.get_attribute("data-bucket")
     assert bucket.isdigit()
