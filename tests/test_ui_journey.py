@@ -11,7 +11,7 @@ with sqlite3); opens the run's artifacts (loaded by htmx) and an artifact's page
 and a failed task's page.  Every page is saved light and dark at 1280 px (the dashboard and the
 run at 1024 px too) as ``journey/NAME-WIDTH-SCHEME.png`` under RAYFLOW_UI_SCREENSHOTS (default
 tests/artifacts/), and none is wider than the window.  ``RAYFLOW_UI_SCREENSHOTS_DOCS=1`` copies
-the README's set (1280 px, light and dark) into docs/screenshots/ (through pngquant when it is
+the README's set (README_SET, light and dark) into docs/screenshots/ (through pngquant when it is
 installed).  One browser for the module; every wait has a deadline, none is a sleep.
 """
 
@@ -43,7 +43,8 @@ pytestmark = pytest.mark.skipif(
 
 TOKEN = "journey-t0ken-5b7e19c2"
 DOCS = pathlib.Path(__file__).parent.parent / "docs" / "screenshots"
-README_SET = ("login", "dashboard", "runs", "flow", "run", "map", "item", "task", "artifact")  # at 1280 px
+README_SET = {(name, 1280) for name in ("login", "dashboard", "runs", "flow", "run", "map", "item", "task", "artifact")}
+README_SET |= {("dashboard", 1024), ("run", 1024)}
 HEIGHT = 900  # the viewport's height in the screenshots
 
 
@@ -151,7 +152,7 @@ def shots(browser, name: str, too_wide: dict[str, int], widths: tuple[int, ...] 
                 set_scheme(browser, scheme)
                 path = save(browser, SHOTS / "journey" / f"{name}-{width}-{scheme}.png")
                 assert path.stat().st_size > 5000
-                if os.environ.get("RAYFLOW_UI_SCREENSHOTS_DOCS") and name in README_SET and width == 1280:
+                if os.environ.get("RAYFLOW_UI_SCREENSHOTS_DOCS") and (name, width) in README_SET:
                     to_docs(path)
     finally:
         set_width(browser, 1280, HEIGHT)
