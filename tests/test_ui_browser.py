@@ -11,7 +11,7 @@ Last, signed in through the login page with the token, every list page is
 saved at 1280 and 1024 px wide in the light and the dark scheme, none wider
 than the window (helpers in tests/ui_browser.py: sign_in, follow, journey,
 screenshots).  Screenshots go to RAYFLOW_UI_SCREENSHOTS (default:
-tests/artifacts/); the README's are copied from there to docs/screenshots/.
+tests/artifacts/); the README's come from tests/test_ui_journey.py.
 `.ci/run` installs chromium and chromium-driver with apt when missing: in CI
 this test runs, it does not skip.
 """
@@ -255,8 +255,8 @@ def test_a_person_signs_in_with_the_token_and_runs_a_flow_now(served_with_token,
 
 def test_signed_in_with_the_token_every_page_reads_in_light_and_dark_from_1024_px(served, browser):
     """The login page, typed into, then each page at 1280 and 1024 px, light and dark: saved as
-    screenshots, and none wider than the window.  `RAYFLOW_UI_SCREENSHOTS=docs/screenshots`
-    refreshes the ones the README shows."""
+    screenshots, and none wider than the window.  (The README's screenshots come from
+    tests/test_ui_journey.py: RAYFLOW_UI_SCREENSHOTS_DOCS=1 refreshes them.)"""
     from selenium.webdriver.common.by import By
     from ui_http import uvicorn_server
 
