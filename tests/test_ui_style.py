@@ -103,7 +103,8 @@ def test_no_template_has_inline_styles_scripts_or_handlers():
         assert re.findall(r"<script(?![^>]*\bsrc=)[^>]*>", text) == [], template.name
         assert re.findall(r"\son[a-z]+\s*=", text) == [], template.name
         assert "javascript:" not in text, template.name
-    for name in ("base.html", "runs.html", "runs_table.html", "flows.html", "login.html", "error.html", "missing.html"):
+    for name in ("base.html", "runs.html", "runs_table.html", "flows.html", "login.html", "error.html", "missing.html",
+                 "run.html", "run_logs.html", "run_artifacts.html", "map.html", "map_item.html", "task.html"):
         assert " style=" not in (UI / "templates" / name).read_text(), name  # their look is the stylesheet's
 
 
