@@ -114,7 +114,7 @@ def test_a_run_page_shows_tasks_errors_tracebacks_maps_subflows_and_hides_secret
     assert re.search(r'class="depth-1"><a href="[^"]+/tasks/inner/half">inner/half', text)  # the subflow's task, grouped under it
     assert re.search(r"flaky</a></td>\s*<td><span class=\"badge ok\">SUCCESS</span></td>\s*<td class=\"num\">2</td>", text)  # retried once
     assert "odd item 1" in text  # a log record of a failed item
-    assert ">Ray dashboard</a>" in text and "<th>duration</th>" in text
+    assert ">Ray dashboard</a>" in text and ">duration</th>" in text
     errors_only = client.get(f"/runs/{failed.run_id}?level=ERROR&task=broken")
     assert "the-missing-key" in errors_only.text and "odd item 1" not in errors_only.text.split('id="logs"')[1]
     missing = client.get("/runs/no-such-run")
