@@ -19,7 +19,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from rayflow.exceptions import RayflowError
-from rayflow.presentation import UNFINISHED, category
+from rayflow.presentation import UNFINISHED, category, took
 from rayflow.store.views import task_rows, trace_url
 from rayflow.ui import queries
 from rayflow.ui.context import UI
@@ -65,6 +65,7 @@ def routes(ui: UI) -> list[Route]:
         counts = {  # the summary cards: tasks by category, map items
             "failed": sum(category(t["state"]) == "failed" for t in tasks), "live": sum(category(t["state"]) == "live" for t in tasks),
             "map_items": sum(m["total"] for m in maps), "failed_items": sum(m["failed"] for m in maps),
+            "duration": took(run["started_at"], time.time() if live else run["finished_at"]),  # a live run's: so far
         }
         return ui.page(
             request, "run.html", run=run, tasks=tasks, trace=trace_url(run["trace_id"]), logs=logs, log_lines=LOG_LINES,
