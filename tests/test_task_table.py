@@ -87,7 +87,7 @@ def test_run_show_live_and_the_ui_share_one_task_table(finished, capsys):
     live_header, live_rows = _table(capsys.readouterr().out)
     page = TestClient(create_app(home), base_url="http://127.0.0.1:4200").get(f"/runs/{flow_run.run_id}").text
     tasks_table = page.split("<h2>Tasks</h2>", 1)[1].split("</table>", 1)[0]
-    ui_header = [html.unescape(h) for h in re.findall(r"<th>(.*?)</th>", tasks_table)]
+    ui_header = [html.unescape(h) for h in re.findall(r"<th(?: [^>]*)?>(.*?)</th>", tasks_table)]
 
     assert run_header == show_header == live_header == ui_header == list(COLUMNS)
     keys = [row[0] for row in run_rows]

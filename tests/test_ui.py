@@ -112,9 +112,9 @@ def test_a_run_page_shows_tasks_errors_tracebacks_maps_subflows_and_hides_secret
     assert "KeyError" in text and "the-missing-key" in text and "<summary>traceback</summary>" in text
     assert "6 done/3 failed/0 skipped" in text
     assert re.search(r'class="depth-1"><a href="[^"]+/tasks/inner/half">inner/half', text)  # the subflow's task, grouped under it
-    assert re.search(r"flaky</a></td>\s*<td class=\"ok\">SUCCESS</td>\s*<td>2</td>", text)  # retried once
+    assert re.search(r"flaky</a></td>\s*<td><span class=\"badge ok\">SUCCESS</span></td>\s*<td class=\"num\">2</td>", text)  # retried once
     assert "odd item 1" in text  # a log record of a failed item
-    assert ">Ray dashboard</a>" in text and "<th>duration</th>" in text
+    assert ">Ray dashboard</a>" in text and ">duration</th>" in text
     errors_only = client.get(f"/runs/{failed.run_id}?level=ERROR&task=broken")
     assert "the-missing-key" in errors_only.text and "odd item 1" not in errors_only.text.split('id="logs"')[1]
     missing = client.get("/runs/no-such-run")
@@ -146,7 +146,9 @@ def test_the_api_pages_a_maps_item_rows_as_the_engine_recorded_them(history):
     assert client.get("/api/runs/nope/items", params={"task": "half"}).status_code == 404
     text = client.get(f"/runs/{run_id}").text  # the run's page lists the same rows
     section = text.split('/maps/half">half</a> that did not succeed', 1)[1].split("</table>", 1)[0]
-    assert re.findall(r"<td><a href=\"[^\"]+/maps/half/items/\d+\">(\d+)</a></td>\s*<td class=\"failed\">FAILED</td>", section) == ["1", "3", "5"]
+    assert re.findall(
+        r"<td class=\"num\"><a href=\"[^\"]+/maps/half/items/\d+\">(\d+)</a></td>\s*<td><span class=\"badge failed\">FAILED</span></td>", section
+    ) == ["1", "3", "5"]
     assert "odd item 3" in section
 
 

@@ -127,6 +127,7 @@ def routes(ui: UI) -> list[Route]:
         logs = store.logs(run["run_id"], task=key, item=index)  # what `rayflow logs RUN --task MAP --item N` reads
         return ui.page(
             request, "map_item.html", run=run, key=key, index=index, row=row, logs=logs, live=run["state"] in UNFINISHED,
+            total=counts["total"],
         )
 
     return [

@@ -19,7 +19,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from rayflow.exceptions import RayflowError
-from rayflow.presentation import UNFINISHED
+from rayflow.presentation import UNFINISHED, category, took
 from rayflow.store.views import task_rows, trace_url
 from rayflow.ui import queries
 from rayflow.ui.context import UI
@@ -61,10 +61,16 @@ def routes(ui: UI) -> list[Route]:
             t["task"]: store.items(run["run_id"], t["task"], limit=ITEMS_SHOWN) for t in tasks if (t.get("items") or {}).get("failed")
         }
         live = run["state"] in UNFINISHED
+        maps = [t["items"] for t in tasks if t.get("items")]
+        counts = {  # the summary cards: tasks by category, map items
+            "failed": sum(category(t["state"]) == "failed" for t in tasks), "live": sum(category(t["state"]) == "live" for t in tasks),
+            "map_items": sum(m["total"] for m in maps), "failed_items": sum(m["failed"] for m in maps),
+            "duration": took(run["started_at"], time.time() if live else run["finished_at"]),  # a live run's: so far
+        }
         return ui.page(
             request, "run.html", run=run, tasks=tasks, trace=trace_url(run["trace_id"]), logs=logs, log_lines=LOG_LINES,
             query=query, levels=LEVELS, tracebacks=tracebacks, live=live, after=logs[-1]["row"] if logs else 0,
-            failed_items=failed_items, items_shown=ITEMS_SHOWN, maps={n["key"] for n in shape.get("nodes", []) if n["kind"] == "map"},
+            counts=counts, failed_items=failed_items, items_shown=ITEMS_SHOWN, maps={n["key"] for n in shape.get("nodes", []) if n["kind"] == "map"},
             trace_url=trace_url, refresh=f"/runs/{quote(run['run_id'], safe='')}?" + urlencode([("collapse", k) for k in sorted(collapsed)]),
             params=[(name, json.dumps(value)) for name, value in run["params"].items()], collapsed=sorted(collapsed),
             graph=Markup(graph_svg(shape, tasks, run["run_id"], collapsed)),
