@@ -58,8 +58,8 @@ def test_the_ui_shows_a_cancelled_run_muted_and_a_crashed_one_failed(ui_home, ru
     """The UI's own copy put CANCELLED in its failed branch first: its muted branch never ran."""
     client = TestClient(create_app(ui_home), base_url=BASE)
     page = client.get(f"/runs/{run_id}").text
-    assert f'<span class="{css}" id="run-state">{state}</span>' in page
-    assert "duration 1.500s" in page
+    assert f'<span class="badge big {css}" id="run-state">{state}</span>' in page
+    assert '<span class="num">1.500s</span><span class="label">duration</span>' in page
     listing = client.get("/runs").text
     assert f'<span class="badge {css}">{state}</span>' in listing
 
