@@ -172,3 +172,72 @@ def test_logs_of_an_item_and_its_page_show_exactly_its_printed_lines(printed):
     logs = page.text.split('id="logs">', 1)[1].split("</pre>", 1)[0]
     lines = re.findall(r"item (\d+) (?:line \d+|begins, then ends|logged)", logs)
     assert lines and set(lines) == {str(RETRIED)} and len(lines) == len(expected_lines(RETRIED))
+
+
+def test_stdout_is_put_back_whatever_order_overlapping_works_end_in(monkeypatch):
+    """Before: each work redirected sys.stdout and put back what it had found, so two works
+    ending in the order they started left the first one's capture as the process's stdout."""
+    import io
+
+    from rayflow.engine.worker.logs import capture
+
+    mine = io.StringIO()
+    monkeypatch.setattr("sys.stdout", mine)
+    for first_ends_first in (True, False):
+        a = capture("r", "a", None, None, True)
+        b = capture("r", "b", None, None, True)
+        a_logs, b_logs = a.__enter__(), b.__enter__()
+        (a if first_ends_first else b).__exit__(None, None, None)
+        (b if first_ends_first else a).__exit__(None, None, None)
+        import sys
+
+        assert sys.stdout is mine
+        print("after both")
+        assert not a_logs.records and not b_logs.records
+    assert mine.getvalue() == "after both\nafter both\n"
+
+
+def test_a_line_is_recorded_whole_when_its_newline_comes_and_flushes_do_not_cut_it(capsys):
+    from rayflow.engine.worker.logs import capture
+
+    with capture("r", "t", None, 10, True, size=3) as logs:
+        logs.item[0] = 1
+        print("one", end="", flush=True)
+        print(" piece", "and", "more", flush=True)
+        logs.item[0] = 2
+        print("left unfinished", end="")
+    assert [(r[4], r[2]) for r in logs.records] == [(11, "one piece and more"), (12, "left unfinished")]
+    assert capsys.readouterr().out == ""
+
+
+def test_threads_of_a_work_and_threads_of_no_work(capsys):
+    """A thread alive before the work started is not the work's; one it starts is, under the
+    item its loop runs, and under no item once the loop ran past the chunk's last."""
+    from rayflow.engine.worker.logs import capture
+
+    def printed_by_a_thread(text: str) -> None:
+        thread = threading.Thread(target=print, args=(text,))
+        thread.start()
+        thread.join()
+
+    ready, go, done = threading.Event(), threading.Event(), threading.Event()
+
+    def before() -> None:
+        ready.set()
+        go.wait(10)
+        print("from an older thread")
+        done.set()
+
+    older = threading.Thread(target=before)
+    older.start()
+    ready.wait(10)
+    with capture("r", "t", None, 16, True, size=8) as logs:
+        logs.item[0] = 5
+        printed_by_a_thread("from its thread")
+        go.set()
+        done.wait(10)
+        logs.item[0] = 8  # past the last item
+        printed_by_a_thread("after the loop")
+    older.join()
+    assert [(r[4], r[2]) for r in logs.records] == [(21, "from its thread"), (None, "after the loop")]
+    assert capsys.readouterr().out == "from an older thread\n"

@@ -49,7 +49,7 @@ _ITEM: contextvars.ContextVar[int | None] = contextvars.ContextVar("rayflow_item
 
 class _Context:
     def __init__(self, run_id: str, task_key: str, trace: Any, map_start: int | None, indices: Any = None,
-                 prints: bool = False):
+                 prints: bool = False, size: int | None = None):
         self.run_id = run_id
         self.task_key = task_key
         parts = trace[0].split("-") if trace else []
@@ -57,14 +57,18 @@ class _Context:
         self.span_id = parts[2] if len(parts) == 4 else None
         self.map_start = map_start
         self.indices = indices  # a job of chosen items (a retry): position j is item indices[j] of the chunk
+        self.size = len(indices) if indices is not None else size  # positions in the job (None: not known)
         # Index within the chunk of the item running now; or a callable giving it, so the
         # hot loop of a chunk sets it once rather than per item (see worker.item_runners.run_dense).
         self.item: list[Any] = [None]
         self.records: list[tuple] = []
         self.dropped = 0
         self.prints = prints  # log_prints: its lines printed are records
-        self.open = True  # False once the work ended: a thread it left behind prints to the real stdout
-        self.threads: frozenset[int] = frozenset()  # threads alive when it started: not its own
+        # Its prints are captured now: log_prints, until the work ends (a thread it left behind
+        # prints to the real stdout then).
+        self.capturing = prints
+        # Threads alive when it started: not its own (the objects, held: an ident is reused once its thread ends).
+        self.threads: frozenset[threading.Thread] = frozenset()
         # A partial line printed, per (item position, thread): one writer each, so no lock.
         self.partial: dict[tuple[int | None, int], str] = {}
         # rf.artifacts calls (engine.worker.artifacts): they go back with the report, as the records do
@@ -86,6 +90,8 @@ class _Context:
         """The map index of the item at ``position`` in the job running (None outside a map)."""
         if self.map_start is None or position is None:
             return None
+        if self.size is not None and not 0 <= position < self.size:  # no item runs (a thread after its chunk's loop)
+            return None
         return self.map_start + (int(self.indices[position]) if self.indices is not None else position)
 
     def add(self, level: str, message: str, at: float | None = None, *, item: int | None = None) -> None:
@@ -95,17 +101,6 @@ class _Context:
             return
         index = self.map_index() if item is None else self.index_of(item)
         self.records.append((at or time.time(), level, message, self.task_key, index, self.trace_id, self.span_id))
-
-    def printed(self, text: str, position: int | None) -> None:
-        """``text`` written to stdout by the item at ``position``, in this thread: its lines ended."""
-        key = (position, threading.get_ident())
-        text = self.partial.pop(key, "") + text
-        if "\n" in text:
-            *lines, text = text.split("\n")
-            for line in lines:
-                self.add("INFO", line, item=position)
-        if text:
-            self.partial[key] = text
 
     def end_prints(self) -> None:
         """The work ended: its unfinished lines are recorded as they are."""
@@ -139,33 +134,49 @@ class _Stdout(io.TextIOBase):
     def __init__(self, stream: Any):
         self.stream = stream
 
-    def _target(self) -> tuple[_Context | None, int | None]:
+    def _target(self) -> _Context | None:
+        """The work this thread or asyncio task prints for now (None: no work capturing prints)."""
         context = _CONTEXT.get()
         if context is None:  # a thread of no work: a task's own, if one work alone is capturing
             alone = _capturing
-            if len(alone) != 1 or threading.get_ident() in alone[0].threads:
-                return None, None
+            if len(alone) != 1 or threading.current_thread() in alone[0].threads:
+                return None
             context = alone[0]
-        if not (context.prints and context.open):
-            return None, None
-        return context, context.position()
+        return context if context.capturing else None
 
-    def write(self, text: str) -> int:
-        context, position = self._target()
-        if context is None:
-            return self.stream.write(text)
-        context.printed(text, position)
+    def write(self, text: str, _get=_CONTEXT.get, _item=_ITEM.get, _thread=threading.get_ident) -> int:
+        """The hot path of every print: two to a few writes a print()."""
+        context = _get()
+        if context is None or not context.capturing:
+            context = self._target()
+            if context is None:
+                return self.stream.write(text)
+        position = _item()
+        if position is None:
+            position = context.item[0]
+            if callable(position):
+                position = position()
+        key = (position, _thread())  # a partial line per item and thread: one writer each, no lock
+        partial = context.partial
+        if "\n" not in text:
+            partial[key] = partial.pop(key, "") + text
+            return len(text)
+        *lines, rest = (partial.pop(key, "") + text).split("\n")
+        for line in lines:
+            context.add("INFO", line, item=position)
+        if rest:
+            partial[key] = rest
         return len(text)
 
     def flush(self) -> None:  # a partial line waits for its newline: a flush does not cut it
-        if self._target()[0] is None:
+        if self._target() is None:
             self.stream.flush()
 
     def isatty(self) -> bool:
-        return self._target()[0] is None and self.stream.isatty()
+        return self._target() is None and self.stream.isatty()
 
     def fileno(self) -> int:
-        if self._target()[0] is not None:
+        if self._target() is not None:
             raise io.UnsupportedOperation("fileno: prints are captured")
         return self.stream.fileno()
 
@@ -185,7 +196,7 @@ _stdout: _Stdout | None = None  # sys.stdout while _capturing is not empty
 def _start_prints(context: _Context) -> None:
     """The first work capturing prints puts a ``_Stdout`` over sys.stdout; the others join it."""
     global _capturing, _stdout
-    context.threads = frozenset(t.ident for t in threading.enumerate() if t.ident is not None)
+    context.threads = frozenset(threading.enumerate())
     with _lock:
         if not _capturing:
             _stdout = _Stdout(sys.stdout)
@@ -197,7 +208,7 @@ def _end_prints(context: _Context) -> None:
     """The last work capturing prints puts the stream back (unless someone replaced ``_Stdout`` since)."""
     global _capturing, _stdout
     with _lock:
-        context.open = False
+        context.capturing = False
         _capturing = tuple(c for c in _capturing if c is not context)
         if not _capturing and _stdout is not None:
             if sys.stdout is _stdout:
@@ -215,9 +226,12 @@ def get_run_logger() -> logging.LoggerAdapter:
 
 @contextlib.contextmanager
 def capture(
-    run_id: str, task_key: str, trace: Any, map_start: int | None, log_prints: bool, indices: Any = None
+    run_id: str, task_key: str, trace: Any, map_start: int | None, log_prints: bool, indices: Any = None,
+    size: int | None = None,
 ) -> Iterator[_Context]:
-    context = _Context(run_id, task_key, trace, map_start, indices, prints=log_prints)
+    """Records (and, with ``log_prints``, printed lines) of one work; ``map_start``, ``indices``
+    and ``size``: its chunk job's first map index, chosen items and size (None outside a map)."""
+    context = _Context(run_id, task_key, trace, map_start, indices, prints=log_prints, size=size)
     token = _CONTEXT.set(context)
     if log_prints:
         _start_prints(context)
