@@ -241,3 +241,18 @@ def test_threads_of_a_work_and_threads_of_no_work(capsys):
     older.join()
     assert [(r[4], r[2]) for r in logs.records] == [(21, "from its thread"), (None, "after the loop")]
     assert capsys.readouterr().out == "from an older thread\n"
+
+
+def test_without_a_stdout_other_code_prints_nothing_and_a_work_still_captures(monkeypatch):
+    """A process may have no stdout (``sys.stdout is None``: print() prints nothing)."""
+    import sys
+
+    from rayflow.engine.worker.logs import capture
+
+    monkeypatch.setattr("sys.stdout", None)
+    other = threading.Thread(target=lambda: (time.sleep(0.2), print("into nothing", flush=True)))
+    other.start()
+    with capture("r", "t", None, None, True) as logs:
+        print("captured")
+        other.join()
+    assert [r[2] for r in logs.records] == ["captured"] and sys.stdout is None

@@ -150,7 +150,8 @@ class _Stdout(io.TextIOBase):
         if context is None or not context.capturing:
             context = self._target()
             if context is None:
-                return self.stream.write(text)
+                stream = self.stream  # None where the process has no stdout (print() then prints nothing)
+                return len(text) if stream is None else stream.write(text)
         position = _item()
         if position is None:
             position = context.item[0]
@@ -169,11 +170,11 @@ class _Stdout(io.TextIOBase):
         return len(text)
 
     def flush(self) -> None:  # a partial line waits for its newline: a flush does not cut it
-        if self._target() is None:
+        if self._target() is None and self.stream is not None:
             self.stream.flush()
 
     def isatty(self) -> bool:
-        return self._target() is None and self.stream.isatty()
+        return self._target() is None and self.stream is not None and self.stream.isatty()
 
     def fileno(self) -> int:
         if self._target() is not None:
