@@ -186,6 +186,8 @@ class _Stdout(io.TextIOBase):
         return getattr(self.stream, "encoding", None) or "utf-8"
 
     def __getattr__(self, name: str) -> Any:  # what a TextIOBase lacks (buffer, name, mode): the stream's
+        if name == "stream":  # not set yet (a copy being made): no recursion
+            raise AttributeError(name)
         return getattr(self.stream, name)
 
 
