@@ -24,8 +24,8 @@ def execute(payload: bytes, work: Work, *values: Any) -> tuple[Any, Any]:
     if work.persist is not None:
         return None, write_behind(work, values[0])
     job = work.job
-    start, indices = (job.start, job.indices) if job else (None, None)
-    with capture(work.run_id, work.task_key, work.trace, start, work.log_prints, indices) as logs:
+    start, indices, size = (job.start, job.indices, job.size) if job else (None, None, None)
+    with capture(work.run_id, work.task_key, work.trace, start, work.log_prints, indices, size) as logs:
         if job is not None:
             value, report = run_chunk(payload, job, work.work_id, list(values), run_id=work.run_id)
             for j, (kind, message, tb) in list(value.errors.items())[:MAX_REPORTED_ERRORS]:
