@@ -40,6 +40,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from rayflow.engine.worker.logs import current_context
+from rayflow.states import error_text
 
 __all__ = ["image", "link", "markdown", "progress", "table"]
 
@@ -99,7 +100,7 @@ def _record(kind: str, key: Any, make: Any, *, key_required: bool = False) -> No
         data, blob = make()
         text = json.dumps(data, allow_nan=False, separators=(",", ":"))
     except Exception as exc:  # noqa: BLE001 - a bad argument (or a value that breaks reading it) never fails the task
-        reason = str(exc) if isinstance(exc, ArtifactError) else f"cannot read the argument: {type(exc).__name__}: {exc}"
+        reason = str(exc) if isinstance(exc, ArtifactError) else f"cannot read the argument: {error_text(type(exc).__name__, str(exc))}"
         problem = f"rf.artifacts.{kind}: {reason}; the artifact is not recorded"
         if context is None:
             warnings.warn(f"{problem} (and it was called outside a task)", UserWarning, stacklevel=3)
