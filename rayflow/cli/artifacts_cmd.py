@@ -14,6 +14,7 @@ from rayflow.cli.exits import EXIT_FAILED, EXIT_USAGE
 from rayflow.cli.usage import fail
 
 HEADERS = ["key", "version", "kind", "content", "run", "task", "recorded"]
+MAX_NUMBER = 10**9  # --limit and --version: past it SQLite cannot take the number (one line, not a traceback)
 
 
 def ls(
@@ -26,8 +27,8 @@ def ls(
     a run's artifacts in the order recorded; with --key every version of that key."""
     from rayflow.store import RunStore
 
-    if limit < 1:
-        raise fail(f"--limit must be 1 or more, not {limit}", EXIT_USAGE)
+    if not 1 <= limit <= MAX_NUMBER:
+        raise fail(f"--limit must be from 1 to {MAX_NUMBER}, not {limit}", EXIT_USAGE)
     store = RunStore()
     if run is not None:
         if store.run_state(run) is None:
@@ -62,6 +63,8 @@ def show(
     image's size, a progress; then where it came from and how many versions it has."""
     from rayflow.store import RunStore
 
+    if version is not None and not 1 <= version <= MAX_NUMBER:
+        raise fail(f"--version must be from 1 to {MAX_NUMBER} (versions count from 1), not {version}", EXIT_USAGE)
     store = RunStore()
     artifact = store.artifact(key, version=version)
     if artifact is None:

@@ -14,9 +14,9 @@ from html import escape
 from rayflow.presentation import RUN_STATES, colour
 
 WIDTH, HEIGHT, LEFT, BOTTOM, TOP = 900, 220, 44, 26, 10
-AXIS = 'style="stroke:var(--line, #8888)"'
+AXIS = 'class="chart-rule"'  # stroke from the stylesheet: the CSP allows no style attributes
 TEXT = 'fill="currentColor" font-size="11"'
-MUTED = 'style="fill:var(--muted, #888)" font-size="11"'
+MUTED = 'class="chart-muted" font-size="11"'
 CELL, GAP, KEY_W = 16, 2, 200
 
 
