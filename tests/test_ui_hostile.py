@@ -224,3 +224,14 @@ def test_a_bad_input_is_a_400_with_its_reason_or_a_404(history, path, status, sa
 def test_a_404_repeats_a_long_name_cut(history):
     answer = history["client"].get("/flows/" + "x" * 5000)
     assert answer.status_code == 404 and "x" * 200 + "…" in answer.text and "x" * 201 not in answer.text
+
+
+def test_the_map_pages_links_keep_a_key_with_a_query_or_fragment_mark_in_the_path(history):
+    client, run = history["client"], history["run"]
+    page = client.get(f"/runs/{run}/maps/{quote(MAP, safe='')}?after=0&state=FAILED").text
+    first = re.search(r'<a href="([^"]*)" id="first-page"', page)
+    assert first is not None
+    href = first.group(1).replace("&amp;", "&")
+    assert href.startswith(f"/runs/{run}/maps/{quote(MAP, safe='')}?"), href
+    again = client.get(href.split("#")[0])
+    assert again.status_code == 200 and 'id="map-live"' in again.text
