@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 
+from artifact_flows import tiny_png
+
 import rayflow as rf
 
 XSS = '"><img src=x onerror=alert(1)><script>alert(2)</script>{{7*7}}'
@@ -25,6 +27,7 @@ def hostile_task(text: str) -> str:
     )
     rf.artifacts.table([{XSS: XSS, "n": 1}], key="hostile-table")
     rf.artifacts.link("https://example.com/?q=\"><script>alert(11)</script>", text=XSS, key="hostile-link")
+    rf.artifacts.image(tiny_png(), key="hostile-image")
     return text
 
 

@@ -172,7 +172,7 @@ def test_the_only_post_routes_are_the_ones_that_check_csrf(history):
 
 def test_an_image_is_served_only_as_a_recorded_png(history, tmp_path):
     store, client = history["store"], history["client"]
-    kinds = {a["artifact_id"]: a["kind"] for a in store.run_artifacts(history["run"])}
+    kinds = {a["artifact_id"]: a["kind"] for a in store.run_artifacts(history["run"]) if a["kind"] != "image"}
     for artifact_id in kinds:  # markdown, table, link: not images
         assert client.get(f"/artifacts/image/{artifact_id}").status_code == 404
     # A row that says image but holds no PNG (a history written by hand): 404, never served as image/png.
@@ -185,6 +185,11 @@ def test_an_image_is_served_only_as_a_recorded_png(history, tmp_path):
     finally:
         with store._connect() as db:
             db.execute("UPDATE artifacts SET kind = ?, image = NULL WHERE artifact_id = ?", [kinds[min(kinds)], min(kinds)])
+    image = next(a for a in store.run_artifacts(history["run"]) if a["kind"] == "image")
+    served = client.get(f"/artifacts/image/{image['artifact_id']}")
+    assert served.status_code == 200 and served.content.startswith(b"\x89PNG\r\n\x1a\n")
+    assert served.headers["content-type"] == "image/png" and served.headers["x-content-type-options"] == "nosniff"
+    assert served.headers.get_list("cache-control") == ["private, max-age=3600"]  # one header: no no-store added to it
     for path in ("/artifacts/image/99999999999999999999999999", "/artifacts/image/9223372036854775808",
                  "/artifacts/image/-1", "/artifacts/image/x", "/artifacts/image/%00"):
         assert client.get(path).status_code == 404, path

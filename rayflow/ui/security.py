@@ -280,7 +280,7 @@ class SecurityHeaders:
                 started = True
                 headers = [h for h in message.get("headers", []) if h[0].lower() not in dict(HEADERS)]
                 headers.extend(HEADERS)
-                if not static:
+                if not static and not any(h[0].lower() == b"cache-control" for h in headers):  # an image's own stays
                     headers.append((b"cache-control", b"no-store"))
                 message = {**message, "headers": headers}
             await send(message)
