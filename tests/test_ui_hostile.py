@@ -15,6 +15,7 @@ whose every name, parameter, log line, error and artifact is hostile text (tests
 from __future__ import annotations
 
 import base64
+import io
 import json
 import pathlib
 import re
@@ -243,3 +244,18 @@ def test_the_map_pages_links_keep_a_key_with_a_query_or_fragment_mark_in_the_pat
     assert href.startswith(f"/runs/{run}/maps/{quote(MAP, safe='')}?"), href
     again = client.get(href.split("#")[0])
     assert again.status_code == 200 and 'id="map-live"' in again.text
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_table_shows_a_cell_as_written_not_as_rich_markup():
+    from rayflow.cli.output import emit_table
+
+    shown = Terminal()
+    emit_table(["key", "state"], [["[red]x[/red] [link=https://evil.example]y[/link]", "FAILED"]], stream=shown, state_column=1)
+    text = shown.getvalue()
+    assert "[red]x[/red]" in text and "[link=https://evil.example]y[/link]" in text  # markup would have eaten them
+    assert "\x1b]8;" not in text  # no terminal hyperlink made of a cell

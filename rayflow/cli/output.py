@@ -8,6 +8,7 @@ from collections import Counter
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from rayflow.exceptions import RayflowError
@@ -43,7 +44,7 @@ def emit_table(
     for header in headers:
         table.add_column(header)
     for i, row in enumerate(rows):
-        cells = list(row)
+        cells = [escape(cell) for cell in row]  # a name or an artifact's cell is text, not rich markup
         if depths is not None and depths[i]:
             cells[0] = "  " * depths[i] + cells[0]
         if state_column is not None:
