@@ -19,6 +19,7 @@ import io
 import json
 import pathlib
 import re
+import sys
 from html.parser import HTMLParser
 from urllib.parse import quote
 
@@ -259,3 +260,18 @@ def test_a_terminal_table_shows_a_cell_as_written_not_as_rich_markup():
     text = shown.getvalue()
     assert "[red]x[/red]" in text and "[link=https://evil.example]y[/link]" in text  # markup would have eaten them
     assert "\x1b]8;" not in text  # no terminal hyperlink made of a cell
+
+
+def test_artifacts_show_on_a_terminal_prints_no_escape_sequence(monkeypatch):
+    from rayflow.cli.artifacts_cmd import _print_body
+
+    text = "title\x1b]0;pwned\x07 \x1b[2J cleared\x9b31m\nnext\tline"
+    monkeypatch.setattr("sys.stdout", Terminal())
+    _print_body({"kind": "markdown", "data": {"text": text}})
+    _print_body({"kind": "link", "data": {"url": "https://example.com/", "text": "a\x1b[8mhidden"}})
+    shown = sys.stdout.getvalue()
+    assert "\x1b" not in shown and "\x07" not in shown and "\x9b" not in shown
+    assert shown == "title?]0;pwned? ?[2J cleared?31m\nnext\tline\na?[8mhidden <https://example.com/>\n"
+    monkeypatch.setattr("sys.stdout", io.StringIO())  # a pipe gets the text exact
+    _print_body({"kind": "markdown", "data": {"text": text}})
+    assert sys.stdout.getvalue() == text + "\n"

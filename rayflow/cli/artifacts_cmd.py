@@ -6,6 +6,7 @@ the store and rich are imported when a command runs.  An unknown run or key is o
 from __future__ import annotations
 
 import json
+import sys
 from typing import Annotated, Any, Optional
 
 import typer
@@ -80,16 +81,24 @@ def show(
     print(f"artifact {key} version {artifact['version']} of {latest} · {artifact['kind']} · run {artifact['run_id']}{task}{index}")
 
 
+def terminal_safe(text: str) -> str:
+    """``text`` for a terminal: its control characters (escape sequences that would move the cursor,
+    retitle the window or make links) as ``?``, line breaks and tabs kept; a pipe gets it exact."""
+    if not sys.stdout.isatty():
+        return text
+    return "".join("?" if (ord(c) < 32 and c not in "\n\t") or 0x7F <= ord(c) < 0xA0 else c for c in text)
+
+
 def _print_body(artifact: dict[str, Any]) -> None:
     data, kind = artifact["data"], artifact["kind"]
     if kind == "markdown":
-        print(data["text"])
+        print(terminal_safe(data["text"]))
     elif kind == "table":
         from rayflow.cli.output import emit_table
 
         emit_table([str(c) for c in data["columns"]], [["" if c is None else str(c) for c in row] for row in data["rows"]])
     elif kind == "link":
-        print(f"{data['text']} <{data['url']}>" if data.get("text") else data["url"])
+        print(terminal_safe(f"{data['text']} <{data['url']}>" if data.get("text") else data["url"]))
     elif kind == "image":
         print(f"an image, {artifact['summary']}: `rayflow ui` shows it")
     else:
