@@ -252,7 +252,7 @@ class Terminal(io.StringIO):
         return True
 
 
-def test_a_terminal_table_shows_a_cell_as_written_not_as_rich_markup():
+def test_a_terminal_table_shows_a_cell_as_written_not_as_markup_nor_escape_sequences():
     from rayflow.cli.output import emit_table
 
     shown = Terminal()
@@ -260,6 +260,9 @@ def test_a_terminal_table_shows_a_cell_as_written_not_as_rich_markup():
     text = shown.getvalue()
     assert "[red]x[/red]" in text and "[link=https://evil.example]y[/link]" in text  # markup would have eaten them
     assert "\x1b]8;" not in text  # no terminal hyperlink made of a cell
+    shown = Terminal()
+    emit_table(["summary"], [["x\x1b]0;pwned\x07y\x1b[2Jz"]], stream=shown)
+    assert "x?]0;pwned?y?[2Jz" in shown.getvalue() and "\x1b]" not in shown.getvalue()
 
 
 def test_artifacts_show_on_a_terminal_prints_no_escape_sequence(monkeypatch):

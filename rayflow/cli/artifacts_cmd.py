@@ -84,9 +84,9 @@ def show(
 def terminal_safe(text: str) -> str:
     """``text`` for a terminal: its control characters (escape sequences that would move the cursor,
     retitle the window or make links) as ``?``, line breaks and tabs kept; a pipe gets it exact."""
-    if not sys.stdout.isatty():
-        return text
-    return "".join("?" if (ord(c) < 32 and c not in "\n\t") or 0x7F <= ord(c) < 0xA0 else c for c in text)
+    from rayflow.cli.output import control_free
+
+    return control_free(text) if sys.stdout.isatty() else text
 
 
 def _print_body(artifact: dict[str, Any]) -> None:
