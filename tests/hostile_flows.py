@@ -12,6 +12,7 @@ import rayflow as rf
 XSS = '"><img src=x onerror=alert(1)><script>alert(2)</script>{{7*7}}'
 TASK = '<b>t<b>"a?b#c%2Fd&amp;'  # markup, a query and a fragment mark, an escaped slash, an entity (a name has no '/')
 MAP = "<i>m<i>?x=1#y'"
+FLOW = 'hostile "><img src=x onerror=alert(12)>{{7*7}}?#'
 
 
 @rf.task(name=TASK)
@@ -43,7 +44,7 @@ def fails(text: str) -> str:
     raise RuntimeError(f"boom {text}")
 
 
-@rf.flow(name="hostile")
+@rf.flow(name=FLOW)
 def hostile(text: str = XSS, fail: bool = True) -> dict:
     out = {"t": hostile_task(text), "m": hostile_item.map(range(4))}
     if fail:

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from urllib.parse import quote
 
 import pytest
-from hostile_flows import MAP, TASK, hostile
+from hostile_flows import FLOW, MAP, TASK, hostile
 from ui_browser import CHROMEDRIVER, CHROMIUM, HEIGHT, SHOTS, WIDTHS, go, save, set_scheme
 
 from rayflow.ui import create_app
@@ -60,7 +60,7 @@ def test_every_page_keeps_the_strict_csp_in_a_real_browser(served):
     url, run_id = served
     the_map = quote(MAP, safe="")
     paths = {
-        "dashboard": "/", "runs": "/runs", "flows": "/flows", "flow": "/flows/hostile", "run": f"/runs/{run_id}",
+        "dashboard": "/", "runs": "/runs", "flows": "/flows", "flow": f"/flows/{quote(FLOW, safe='')}", "run": f"/runs/{run_id}",
         "map": f"/runs/{run_id}/maps/{the_map}", "item": f"/runs/{run_id}/maps/{the_map}/items/1",
         "task": f"/runs/{run_id}/tasks/{quote(TASK, safe='')}", "artifacts": "/artifacts", "artifact": "/artifacts/hostile-report",
     }

@@ -15,6 +15,7 @@ whose every name, parameter, log line, error and artifact is hostile text (tests
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import pathlib
@@ -24,7 +25,7 @@ from html.parser import HTMLParser
 from urllib.parse import quote
 
 import pytest
-from hostile_flows import MAP, TASK, XSS, hostile
+from hostile_flows import FLOW, MAP, TASK, XSS, hostile
 from starlette.testclient import TestClient
 
 import rayflow as rf
@@ -54,7 +55,7 @@ def pages(run_id: str) -> list[str]:
     """Every page and fragment of issue 24 over the hostile run (names quoted as the UI links them)."""
     task, the_map = quote(TASK, safe=""), quote(MAP, safe="")
     return [
-        "/", "/?range=7d", "/runs", "/runs?from=2020-01-01&to=2100-01-01", "/flows", "/flows/hostile",
+        "/", "/?range=7d", "/runs", "/runs?from=2020-01-01&to=2100-01-01", "/flows", f"/flows/{quote(FLOW, safe='')}",
         f"/runs/{run_id}", f"/runs/{run_id}?q={quote(XSS)}", f"/runs/{run_id}/logs?after=0",
         f"/runs/{run_id}/maps/{the_map}", f"/runs/{run_id}/maps/{the_map}?error=builtins.ValueError",
         f"/runs/{run_id}/maps/{the_map}/items/1", f"/runs/{run_id}/tasks/{the_map}", f"/runs/{run_id}/tasks/fails",
@@ -145,7 +146,7 @@ def test_the_csp_allows_no_inline_style_and_htmx_injects_none(history):
 
 def test_the_svg_charts_graph_and_timeline_carry_no_style_attribute(history):
     client = history["client"]
-    drawn = {path: client.get(path).text for path in ("/", "/flows/hostile", f"/runs/{history['run']}",
+    drawn = {path: client.get(path).text for path in ("/", f"/flows/{quote(FLOW, safe='')}", f"/runs/{history['run']}",
                                                         f"/runs/{history['run']}/maps/{quote(MAP, safe='')}")}
     for path, text in drawn.items():
         assert "<svg" in text, path
@@ -278,3 +279,20 @@ def test_artifacts_show_on_a_terminal_prints_no_escape_sequence(monkeypatch):
     monkeypatch.setattr("sys.stdout", io.StringIO())  # a pipe gets the text exact
     _print_body({"kind": "markdown", "data": {"text": text}})
     assert sys.stdout.getvalue() == text + "\n"
+
+
+def test_every_link_of_every_page_leads_to_a_page(history):
+    """Names with '?', '#', '%2F', quotes and markup are quoted in every link (over a real server:
+    the test client decodes a path twice)."""
+    import httpx
+    from ui_http import uvicorn_server
+
+    with uvicorn_server(create_app(history["home"])) as url, httpx.Client(base_url=url) as client:
+        links: set[str] = set()
+        for path in pages(history["run"]):
+            text = client.get(path).text
+            found = re.findall(r'(?:href|hx-get)="(/[^"]*)"', text)
+            links.update(html.unescape(link).split("#")[0] for link in found if not link.startswith("/static/"))
+        assert len(links) > 30
+        broken = {link: status for link in sorted(links) if (status := client.get(link).status_code) != 200}
+        assert broken == {}
