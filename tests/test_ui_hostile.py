@@ -216,6 +216,8 @@ BAD = [  # (path, status, what the answer says); {run} and {map} are filled in
     ("/{run}/maps/nope", 404, "nope"), ("/{run}/maps/{map}/items/999999", 404, "999999"),
     ("/{run}/maps/{map}/items/99999999999999999999999999", 404, "item"), ("/{run}/maps/fails", 404, "fails"),
     ("/{run}/tasks/nope", 404, "nope"), ("/{run}/tasks/..%2F..", 404, "task"), ("/runs/nope/tasks/x", 404, "nope"),
+    ("/artifacts/%E2%80%AEkey", 404, "\u202ekey"), ("/runs/%F0%9F%92%A5", 404, "\U0001f4a5"), ("/flows/%FF%FE", 404, "flow"),
+    ("/{run}/maps/{map}/items/%EF%BC%91", 404, "item"), ("/{run}/logs?after=%EF%BC%91", 400, "after"),
     ("/artifacts/nope", 404, "nope"), ("/artifacts/hostile-report?version=99", 404, "99"),
     ("/api/artifacts?key=nope", 404, "nope"), ("/api/runs/nope/artifacts", 404, "nope"), ("/runs/nope/artifacts", 404, "nope"),
 ]
