@@ -135,6 +135,7 @@ def test_no_style_attribute_or_element_in_templates():
 
 def test_the_csp_allows_no_inline_style_and_htmx_injects_none(history):
     assert "style-src 'self';" in CSP and "unsafe-inline" not in CSP and "unsafe-eval" not in CSP
+    assert "img-src 'self';" in CSP and "data:" not in CSP  # images: a recorded PNG of this UI, nothing inline
     page = history["client"].get("/runs")
     assert page.headers["content-security-policy"] == CSP
     config = re.search(r"<meta name=\"htmx-config\" content='([^']*)'>", page.text)

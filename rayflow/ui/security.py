@@ -44,7 +44,7 @@ LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 PUBLIC_PREFIXES = ("/static/",)  # the vendored htmx and its licence: nothing of the history
 LOGIN_PATH = "/login"
 CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
 )
 HEADERS = (
