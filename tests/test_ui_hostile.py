@@ -133,6 +133,18 @@ def test_no_style_attribute_or_element_in_templates():
         assert "<style" not in text, template.name
 
 
+def test_no_svg_renderer_or_page_module_writes_a_style_attribute():
+    """The SVG renderers (ui/svg.py, svg_timeline.py, map_svg.py, charts.py) and the pages write
+    markup in Python: none of it may hold a style attribute (a class and a rule in rayflow.css)."""
+    scripts = [p for p in (UI / "static").glob("*.js") if not p.name.endswith(".min.js")]  # not the vendored htmx
+    sources = [*UI.glob("*.py"), *(UI / "pages").glob("*.py"), *scripts]
+    assert {p.name for p in sources} >= {"svg.py", "svg_timeline.py", "map_svg.py", "charts.py", "graph.js"}
+    for source in sources:
+        text = source.read_text()
+        assert not re.search(r"style\s*=\s*\\?[\"']", text), f"{source.name} writes a style= attribute: use a class"
+        assert "<style" not in text and "setAttribute(\"style\"" not in text, source.name
+
+
 def test_the_csp_allows_no_inline_style_and_htmx_injects_none(history):
     assert "style-src 'self';" in CSP and "unsafe-inline" not in CSP and "unsafe-eval" not in CSP
     assert "img-src 'self';" in CSP and "data:" not in CSP  # images: a recorded PNG of this UI, nothing inline
