@@ -101,6 +101,15 @@ CLI_CASES: list[tuple[str, list[str], str, int]] = [
     ("unknown run id: `graph --run`", ["graph", "--run", "no-such-run"], "home", 1),
     ("unknown run id: `resume`", ["resume", "no-such-run"], "home", 1),
     ("unknown run id: `cancel`, cluster unreachable", ["cancel", "no-such-run"], "home", 3),
+    ("unknown run id: `artifacts ls --run`", ["artifacts", "ls", "--run", "no-such-run"], "home", 1),
+    ("unknown key: `artifacts ls --key`", ["artifacts", "ls", "--key", "no-such-key"], "home", 1),
+    ("unknown key: `artifacts show`", ["artifacts", "show", "no-such-key"], "home", 1),
+    ("`artifacts ls --limit` of 0", ["artifacts", "ls", "--limit", "0"], "home", 2),
+    ("`artifacts ls --limit` past its maximum", ["artifacts", "ls", "--limit", "99999999999999999999"], "home", 2),
+    ("`artifacts show --version` of 0", ["artifacts", "show", "some-key", "--version", "0"], "home", 2),
+    ("`artifacts show --version` past its maximum", ["artifacts", "show", "some-key", "--version", "99999999999999999999"], "home", 2),
+    ("`artifacts show --version` not a number", ["artifacts", "show", "some-key", "--version", "latest"], "home", 2),
+    ("`history.db` damaged: `artifacts ls`", ["artifacts", "ls"], "corrupt", 2),
     ("resume of a run that succeeded", ["resume", "taken-1"], "home", 2),
     ("resume of a run id outside the run id rule", ["resume", "a/b"], "home", 2),
     ("`graph` with neither target nor run", ["graph"], "home", 2),
@@ -158,7 +167,7 @@ def scratch(root: pathlib.Path) -> pathlib.Path:
 
 # Commands whose bad inputs are refused before any work; run in this process unless they name
 # an address (a cluster or a job server to reach) or would record a run (``run --run-id taken-1``).
-IN_PROCESS_COMMANDS = {"run", "runs", "show", "logs", "graph", "resume", "schedules", "schedule", "bogus"}
+IN_PROCESS_COMMANDS = {"run", "runs", "show", "logs", "graph", "resume", "schedules", "schedule", "bogus", "artifacts"}
 
 
 def in_process(argv: list[str]) -> bool:

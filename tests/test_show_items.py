@@ -150,8 +150,10 @@ def test_show_items_pages_a_map_by_after_and_limit_and_state(recorded):
     [
         (["--items", "nope"], "'nope': run {run} has no such task (its maps: picky, fine)"),
         (["--items", "total"], "'total': run {run} has a task, not a map"),
-        (["--items", "picky", "--after", "-3"], "--after is an item index, 0 or more, not -3"),
-        (["--items", "picky", "--limit", "0"], "--limit is 1 or more, not 0"),
+        (["--items", "picky", "--after", "-3"], "--after is an item index, 0 to 4611686018427387904, not -3"),
+        (["--items", "picky", "--after", "99999999999999999999"], "--after is an item index, 0 to 4611686018427387904, not 9999"),
+        (["--items", "picky", "--limit", "0"], "--limit is 1 to 1000000, not 0"),
+        (["--items", "picky", "--limit", "99999999999999999999"], "--limit is 1 to 1000000, not 9999"),
         (["--items", "picky", "--item-state", "broken"], "--item-state is one of"),
         (["--after", "4"], "--after page a map's items: give the map with --items MAP"),
         (["--items", "picky", "--watch"], "--items reads a page of the run history"),

@@ -6,6 +6,7 @@ the store and rich are imported when a command runs.  An unknown run or key is o
 from __future__ import annotations
 
 import json
+import sys
 from typing import Annotated, Any, Optional
 
 import typer
@@ -14,6 +15,7 @@ from rayflow.cli.exits import EXIT_FAILED, EXIT_USAGE
 from rayflow.cli.usage import fail
 
 HEADERS = ["key", "version", "kind", "content", "run", "task", "recorded"]
+MAX_NUMBER = 10**9  # --limit and --version: past it SQLite cannot take the number (one line, not a traceback)
 
 
 def ls(
@@ -26,8 +28,8 @@ def ls(
     a run's artifacts in the order recorded; with --key every version of that key."""
     from rayflow.store import RunStore
 
-    if limit < 1:
-        raise fail(f"--limit must be 1 or more, not {limit}", EXIT_USAGE)
+    if not 1 <= limit <= MAX_NUMBER:
+        raise fail(f"--limit must be from 1 to {MAX_NUMBER}, not {limit}", EXIT_USAGE)
     store = RunStore()
     if run is not None:
         if store.run_state(run) is None:
@@ -62,6 +64,8 @@ def show(
     image's size, a progress; then where it came from and how many versions it has."""
     from rayflow.store import RunStore
 
+    if version is not None and not 1 <= version <= MAX_NUMBER:
+        raise fail(f"--version must be from 1 to {MAX_NUMBER} (versions count from 1), not {version}", EXIT_USAGE)
     store = RunStore()
     artifact = store.artifact(key, version=version)
     if artifact is None:
@@ -77,16 +81,24 @@ def show(
     print(f"artifact {key} version {artifact['version']} of {latest} · {artifact['kind']} · run {artifact['run_id']}{task}{index}")
 
 
+def terminal_safe(text: str) -> str:
+    """``text`` for a terminal: its control characters (escape sequences that would move the cursor,
+    retitle the window or make links) as ``?``, line breaks and tabs kept; a pipe gets it exact."""
+    from rayflow.cli.output import control_free
+
+    return control_free(text) if sys.stdout.isatty() else text
+
+
 def _print_body(artifact: dict[str, Any]) -> None:
     data, kind = artifact["data"], artifact["kind"]
     if kind == "markdown":
-        print(data["text"])
+        print(terminal_safe(data["text"]))
     elif kind == "table":
         from rayflow.cli.output import emit_table
 
         emit_table([str(c) for c in data["columns"]], [["" if c is None else str(c) for c in row] for row in data["rows"]])
     elif kind == "link":
-        print(f"{data['text']} <{data['url']}>" if data.get("text") else data["url"])
+        print(terminal_safe(f"{data['text']} <{data['url']}>" if data.get("text") else data["url"]))
     elif kind == "image":
         print(f"an image, {artifact['summary']}: `rayflow ui` shows it")
     else:

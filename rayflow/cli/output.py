@@ -8,6 +8,7 @@ from collections import Counter
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from rayflow.exceptions import RayflowError
@@ -17,6 +18,12 @@ from rayflow.store.task_table import COLUMNS, STATE_COLUMN, cells, flow_run_rows
 # A run's task table lists every task up to this many; past it, the counts by state and the
 # tasks that did not succeed (at most this many of them), unless --all or --state asks for more.
 ROWS_AT_MOST = 50
+
+
+def control_free(text: str) -> str:
+    """``text`` for a terminal: its control characters (escape sequences that would move the cursor,
+    clear the screen, retitle the window or make links) as ``?``; line breaks and tabs kept."""
+    return "".join("?" if (ord(c) < 32 and c not in "\n\t") or 0x7F <= ord(c) < 0xA0 else c for c in text)
 
 
 def emit_table(
@@ -43,7 +50,7 @@ def emit_table(
     for header in headers:
         table.add_column(header)
     for i, row in enumerate(rows):
-        cells = list(row)
+        cells = [escape(control_free(cell)) for cell in row]  # a name or an artifact's cell is text, not markup
         if depths is not None and depths[i]:
             cells[0] = "  " * depths[i] + cells[0]
         if state_column is not None:

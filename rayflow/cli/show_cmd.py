@@ -141,10 +141,10 @@ def _item_page(task: str | None, state: str | None, after: int | None, limit: in
         return None
     if watch:
         raise fail("--items reads a page of the run history: it does not --watch", EXIT_USAGE)
-    if after is not None and after < 0:
-        raise fail(f"--after is an item index, 0 or more, not {after}", EXIT_USAGE)
-    if limit < 1:
-        raise fail(f"--limit is 1 or more, not {limit}", EXIT_USAGE)
+    if after is not None and not 0 <= after <= 2**62:  # past SQLite's integers: one line, not a traceback
+        raise fail(f"--after is an item index, 0 to {2**62}, not {after}", EXIT_USAGE)
+    if not 1 <= limit <= 10**6:
+        raise fail(f"--limit is 1 to {10**6}, not {limit}", EXIT_USAGE)
     return {"task": task, "state": state_option(state, "--item-state"), "after": -1 if after is None else after, "limit": limit}
 
 

@@ -20,6 +20,7 @@ from rayflow.ui.security import Csrf, Sessions
 
 HERE = pathlib.Path(__file__).parent
 FORM_TYPE = "application/x-www-form-urlencoded"
+MAX_ECHO = 200  # the characters of an unknown name a 404 repeats
 
 
 def templates() -> Environment:
@@ -64,7 +65,9 @@ class UI:
         return self.page(request, "error.html", 400, message=str(exc))
 
     def missing(self, request: Request, what: str, name: str) -> Response:
-        """404 for an unknown ``what`` (run, flow, map, artifact) called ``name``."""
+        """404 for an unknown ``what`` (run, flow, map, artifact) called ``name`` (its first
+        ``MAX_ECHO`` characters: a path of megabytes is not echoed whole)."""
+        name = name if len(name) <= MAX_ECHO else name[:MAX_ECHO] + "…"
         if request.url.path.startswith("/api/"):
             return JSONResponse({"error": f"no {what} {name!r}"}, status_code=404)
         return self.page(request, "missing.html", 404, what=what, name=name)

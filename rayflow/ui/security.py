@@ -44,7 +44,7 @@ LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 PUBLIC_PREFIXES = ("/static/",)  # the vendored htmx and its licence: nothing of the history
 LOGIN_PATH = "/login"
 CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
 )
 HEADERS = (
@@ -280,7 +280,7 @@ class SecurityHeaders:
                 started = True
                 headers = [h for h in message.get("headers", []) if h[0].lower() not in dict(HEADERS)]
                 headers.extend(HEADERS)
-                if not static:
+                if not static and not any(h[0].lower() == b"cache-control" for h in headers):  # an image's own stays
                     headers.append((b"cache-control", b"no-store"))
                 message = {**message, "headers": headers}
             await send(message)

@@ -40,6 +40,8 @@ def routes(ui: UI) -> list[Route]:
             after, limit = int(params.get("after", -1)), int(params.get("limit", 100))
             if not 0 <= limit <= 1000:
                 raise ValueError(f"limit is 0 to 1000, not {limit}")
+            if not -1 <= after <= 2**62:  # past SQLite's integers: a 400, not a 500
+                raise ValueError(f"after is a map index from -1 to {2**62}, not {after}")
             state = state_filter(params.get("state"))
         except ValueError as exc:
             return ui.bad_query(request, exc)

@@ -20,6 +20,7 @@ from rayflow.ui.queries import MAX_PAGE, QueryError
 PAGE_SIZE = 50  # keys on /artifacts, versions on /artifacts/{key}
 RUN_PAGE_SIZE = 100  # a run's artifacts in its fragment (and /api/runs/{id}/artifacts)
 MAX_KEY = 100
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def number(params: QueryParams, name: str, default: int | None, low: int = 1) -> int | None:
@@ -35,14 +36,14 @@ def number(params: QueryParams, name: str, default: int | None, low: int = 1) ->
     return int(text)
 
 
-def task_param(params: QueryParams) -> str | None:
-    values = params.getlist("task")
+def task_param(params: QueryParams, name: str = "task") -> str | None:
+    values = params.getlist(name)
     if len(values) > 1:
-        raise QueryError(f"task is given {len(values)} times: give it once")
+        raise QueryError(f"{name} is given {len(values)} times: give it once")
     if not values or values[0] == "":
         return None
     if len(values[0]) > 500:
-        raise QueryError("task is longer than 500 characters")
+        raise QueryError(f"{name} is longer than 500 characters")
     return values[0]
 
 
@@ -98,12 +99,12 @@ def routes(ui: UI) -> list[Route]:
 
     async def image(request: Request) -> Response:
         artifact_id = request.path_params["artifact_id"]
-        encoded = store.artifact_image(artifact_id)
+        encoded = store.artifact_image(artifact_id) if artifact_id < 2**63 else None  # past it: no SQLite integer
         try:
             png = base64.b64decode(encoded, validate=True) if encoded is not None else None
         except (binascii.Error, ValueError):
             png = None
-        if png is None:
+        if png is None or not png.startswith(PNG_SIGNATURE):  # served as image/png (nosniff): only a PNG
             return ui.missing(request, "image artifact", str(artifact_id))
         return Response(png, media_type="image/png", headers={"cache-control": "private, max-age=3600"})
 
@@ -114,7 +115,10 @@ def routes(ui: UI) -> list[Route]:
             page = number(params, "page", 1)
         except QueryError as exc:
             return ui.bad_query(request, exc)
-        key = params.get("key")
+        try:
+            key = task_param(params, "key")
+        except QueryError as exc:
+            return ui.bad_query(request, exc)
         offset = (page - 1) * PAGE_SIZE
         if key is None:
             return JSONResponse(store.latest_artifacts(limit=PAGE_SIZE, offset=offset))

@@ -11,7 +11,7 @@ and its log records.  Both read the facts the engine recorded, never a replay of
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from markupsafe import Markup
 from starlette.datastructures import QueryParams
@@ -100,7 +100,7 @@ def routes(ui: UI) -> list[Route]:
         filters = {"state": state or "", "error": error or ""}
         more = len(rows) > ITEMS_PAGE
         rows = rows[:ITEMS_PAGE]
-        base = f"/runs/{run['run_id']}/maps/{key}"
+        base = f"/runs/{quote(run['run_id'], safe='')}/maps/{quote(key, safe='/')}"  # a key's '?' or '#' stays in the path
         matching = sum(f["n"] for f in facets if (state is None or f["state"] == state) and (error is None or f["error_type"] == error))
         return ui.page(
             request, "map.html", run=run, key=key, counts=map_items(run["chunks"]), rows=rows, errors=errors,
