@@ -12,6 +12,8 @@ exactly that item's lines.
 
 from __future__ import annotations
 
+import contextvars
+
 import asyncio
 import collections
 import pathlib
@@ -179,10 +181,15 @@ def test_stdout_is_put_back_whatever_order_overlapping_works_end_in(monkeypatch)
     ending in the order they started left the first one's capture as the process's stdout."""
     import io
 
-    from rayflow.engine.worker.logs import capture
-
     mine = io.StringIO()
     monkeypatch.setattr("sys.stdout", mine)
+    contextvars.copy_context().run(_overlap, mine)  # out of order in one thread: its context stays the test's
+    assert mine.getvalue() == "after both\nafter both\n"
+
+
+def _overlap(mine) -> None:
+    from rayflow.engine.worker.logs import capture
+
     for first_ends_first in (True, False):
         a = capture("r", "a", None, None, True)
         b = capture("r", "b", None, None, True)
@@ -194,7 +201,6 @@ def test_stdout_is_put_back_whatever_order_overlapping_works_end_in(monkeypatch)
         assert sys.stdout is mine
         print("after both")
         assert not a_logs.records and not b_logs.records
-    assert mine.getvalue() == "after both\nafter both\n"
 
 
 def test_a_line_is_recorded_whole_when_its_newline_comes_and_flushes_do_not_cut_it(capsys):
