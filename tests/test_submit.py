@@ -4,6 +4,10 @@ One cluster for the module (token authentication on, as Ray 2.60 sets up ``ray s
 here; the job server on 127.0.0.1 only), stopped by killing its process group.  The flows
 travel in a temp working dir (``--working-dir``); the head's RAYFLOW_HOME is the cluster's
 own, so a run's history is found there, not in the submitting process's RAYFLOW_HOME.
+
+The module's cluster scenarios run at once (``scenarios``, in the order SCENARIOS gives: each is
+seconds of waiting on the job server, a runtime env or a run, little of it on a CPU), and each
+test checks its own scenario's outcome.
 """
 
 from __future__ import annotations
@@ -124,7 +128,7 @@ def tiny_wheel(folder: pathlib.Path) -> pathlib.Path:
             wheel.writestr(name, text)
     return path
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(480)  # a test waits for its scenario and those before it
 
 
 @pytest.fixture(scope="module")
@@ -148,39 +152,6 @@ def flows_dir(tmp_path_factory) -> pathlib.Path:
     (folder / "broken.py").write_text("import no_such_module_anywhere\n")
     (folder / "served.toml").write_text(SERVED)
     return folder
-
-
-@pytest.fixture(scope="module")
-def refusals(cluster, flows_dir, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
-    """The `rayflow submit`/`cancel` commands of the tests that check a one-line refusal or a
-    failed load, run at once (each is a process of seconds, most of them waiting on the job server
-    or on a port): by name, each with a home of its own; ``big-code`` is the oversized working dir."""
-    address = cluster.job_address
-    big = tmp_path_factory.mktemp("big-code")
-    (big / "flows.py").write_text(FLOWS)
-    with open(big / "data.bin", "wb") as f:  # random: it zips to as much, past the job server's 100 MiB
-        for _ in range(101):
-            f.write(os.urandom(1024**2))
-    nowhere = f"http://127.0.0.1:{free_port()}"
-    calls = {
-        "bad params": (("submit", "flows.py:tiny", "--address", address, "--working-dir", str(flows_dir),
-                        "-p", "n=many", "--run-id", "bad-params-1"), {}),
-        "missing target": (("submit", "nowhere.py:tiny", "--address", address, "--working-dir", str(flows_dir),
-                            "--run-id", "bad-params-2"), {}),
-        "broken": (("submit", "broken.py:flow", "--address", address, "--working-dir", str(flows_dir),
-                    "--run-id", "broken-1", "--follow"), {}),
-        "missing token": (("submit", "flows.py:tiny", "--address", address), {"RAY_AUTH_TOKEN": ""}),
-        "wrong token": (("cancel", "x", "--address", address), {"RAY_AUTH_TOKEN": "0" * 64}),
-        "no job server": (("submit", "flows.py:tiny", "--address", nowhere),
-                          {"timeout": 60, "RAYFLOW_CONNECT_TIMEOUT": "2"}),
-        "big working dir": (("submit", "flows.py:tiny", "--address", address, "--working-dir", str(big),
-                             "--run-id", "big-1"), {}),
-    }
-    with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
-        done = {name: pool.submit(rayflow, *argv, home=tmp_path_factory.mktemp("user"), **kw)
-                for name, (argv, kw) in calls.items()}
-        outs = {name: future.result() for name, future in done.items()}
-    return {**outs, "big-code": big, "nowhere": nowhere}
 
 
 def rayflow(*args: str, home: pathlib.Path, timeout: float = 150, **env: str) -> subprocess.CompletedProcess:
@@ -226,6 +197,64 @@ def cluster_history(cluster: RayCluster, run_id: str, tmp_path: pathlib.Path) ->
     )
 
 
+def refused(cluster, flows_dir, tmp_path: pathlib.Path) -> dict[str, subprocess.CompletedProcess]:
+    """The `rayflow submit`/`cancel` commands of the tests that check a one-line refusal or a
+    failed load, run at once (each is a process of seconds, most of them waiting on the job server
+    or on a port): by name, each with a home of its own; ``big-code`` is the oversized working dir."""
+    address = cluster.job_address
+    big = tmp_path / "big-code"
+    big.mkdir()
+    (big / "flows.py").write_text(FLOWS)
+    with open(big / "data.bin", "wb") as f:  # random: it zips to as much, past the job server's 100 MiB
+        for _ in range(101):
+            f.write(os.urandom(1024**2))
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    calls = {
+        "bad params": (("submit", "flows.py:tiny", "--address", address, "--working-dir", str(flows_dir),
+                        "-p", "n=many", "--run-id", "bad-params-1"), {}),
+        "missing target": (("submit", "nowhere.py:tiny", "--address", address, "--working-dir", str(flows_dir),
+                            "--run-id", "bad-params-2"), {}),
+        "broken": (("submit", "broken.py:flow", "--address", address, "--working-dir", str(flows_dir),
+                    "--run-id", "broken-1", "--follow"), {}),
+        "missing token": (("submit", "flows.py:tiny", "--address", address), {"RAY_AUTH_TOKEN": ""}),
+        "wrong token": (("cancel", "x", "--address", address), {"RAY_AUTH_TOKEN": "0" * 64}),
+        "no job server": (("submit", "flows.py:tiny", "--address", nowhere),
+                          {"timeout": 60, "RAYFLOW_CONNECT_TIMEOUT": "2"}),
+        "big working dir": (("submit", "flows.py:tiny", "--address", address, "--working-dir", str(big),
+                             "--run-id", "big-1"), {}),
+    }
+    with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
+        done = {}
+        for i, (name, (argv, kw)) in enumerate(calls.items()):
+            (tmp_path / f"user-{i}").mkdir()
+            done[name] = pool.submit(rayflow, *argv, home=tmp_path / f"user-{i}", **kw)
+        outs = {name: future.result() for name, future in done.items()}
+    return {**outs, "big-code": big, "nowhere": nowhere}
+
+
+@pytest.fixture(scope="module")
+def scenarios(cluster, flows_dir, tmp_path_factory):
+    """Every scenario of this module that uses the cluster (SCENARIOS), each in a thread of its own,
+    started at once or once those it waits for are done: by name, a future whose result raises what
+    the scenario's own checks raised."""
+    started: dict[str, concurrent.futures.Future] = {}
+    pool = concurrent.futures.ThreadPoolExecutor(len(SCENARIOS))
+
+    def start_after(before: list[concurrent.futures.Future], scenario, home: pathlib.Path):
+        concurrent.futures.wait(before)
+        return scenario(cluster, flows_dir, home)
+
+    for name, (scenario, after) in SCENARIOS.items():
+        started[name] = pool.submit(start_after, [started[a] for a in after], scenario, tmp_path_factory.mktemp(name))
+    yield started
+    pool.shutdown(wait=True)
+
+
+@pytest.fixture(scope="module")
+def refusals(scenarios) -> dict[str, subprocess.CompletedProcess]:
+    return scenarios["refusals"].result()
+
+
 def readme_walkthrough() -> list[list[str]]:
     """The `rayflow` commands of the README's compose walk-through, as written there."""
     text = (REPO / "README.md").read_text()
@@ -233,7 +262,7 @@ def readme_walkthrough() -> list[list[str]]:
     return [shlex.split(line)[1:] for line in block.splitlines() if line.startswith("rayflow ")]
 
 
-def test_the_readme_walkthrough_runs_as_written(cluster, tmp_path):
+def readme_walkthrough_run(cluster, flows_dir, tmp_path):
     """Submit a flow with parameters and a working dir, follow it to its result, see it in the
     cluster's history and its logs: the README's commands, with the test cluster's address."""
     commands = readme_walkthrough()
@@ -263,13 +292,21 @@ def test_the_readme_walkthrough_runs_as_written(cluster, tmp_path):
     assert jobs_with_id_prefix(cluster, "rayflow-query-") == 0  # each query job is deleted once read
 
 
-def test_pip_packages_and_this_machines_settings_travel_with_the_run(cluster, flows_dir, tmp_path):
+def test_the_readme_walkthrough_runs_as_written(scenarios):
+    scenarios["walkthrough"].result()  # readme_walkthrough_run, run at once with the others
+
+
+def pip_run(cluster, flows_dir, tmp_path):
     wheel = tiny_wheel(tmp_path)
     out = rayflow("submit", "flows.py:marked", "--address", cluster.job_address, "--working-dir", str(flows_dir),
                   "--pip", str(wheel), "--run-id", "marked-1", "--follow", home=tmp_path,
                   RAYFLOW_TEST_MARK="from-laptop", OTEL_SERVICE_NAME="laptop-service")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr
     assert 'result: "wheel-ok from-laptop laptop-service"' in out.stdout
+
+
+def test_pip_packages_and_this_machines_settings_travel_with_the_run(scenarios):
+    scenarios["pip"].result()  # pip_run, run at once with the others
 
 
 def test_bad_parameters_are_refused_here_before_anything_is_submitted(cluster, refusals):
@@ -281,7 +318,7 @@ def test_bad_parameters_are_refused_here_before_anything_is_submitted(cluster, r
     assert jobs_with_id(cluster, "rayflow-bad-params-1") == 0 and jobs_with_id(cluster, "rayflow-bad-params-2") == 0
 
 
-def test_submit_serve_fires_schedules_on_the_cluster_until_cancelled(cluster, flows_dir, tmp_path):
+def served_schedules(cluster, flows_dir, tmp_path):
     """`rayflow serve` as a job on the head: its schedules fire with no laptop involved, and its
     UI serves the head's history (scheduled runs and submitted ones alike)."""
     ui_port = free_port()
@@ -315,6 +352,10 @@ def test_submit_serve_fires_schedules_on_the_cluster_until_cancelled(cluster, fl
     assert rayflow("cancel", "serve-served", "--address", cluster.job_address, home=tmp_path).returncode == 0
 
 
+def test_submit_serve_fires_schedules_on_the_cluster_until_cancelled(scenarios):
+    scenarios["serve"].result()  # served_schedules, run at once with the others
+
+
 def test_this_machines_settings_travel_but_not_its_home_timeout_or_loopback_endpoint():
     from rayflow.runtime.driver.jobs import forwarded_env
 
@@ -329,7 +370,7 @@ def test_this_machines_settings_travel_but_not_its_home_timeout_or_loopback_endp
     }
 
 
-def test_cancel_stops_a_long_submitted_run(cluster, flows_dir, tmp_path):
+def cancelled_run(cluster, flows_dir, tmp_path):
     out = rayflow("submit", "flows.py:sleepy", "--address", cluster.job_address, "--working-dir", str(flows_dir),
                   "-p", "seconds=120", "--run-id", "long-1", home=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -344,7 +385,11 @@ def test_cancel_stops_a_long_submitted_run(cluster, flows_dir, tmp_path):
              what="the run to be recorded CANCELLED")
 
 
-def test_the_run_goes_on_when_the_submitting_process_is_killed_and_a_second_submit_is_the_same_run(cluster, flows_dir, tmp_path):
+def test_cancel_stops_a_long_submitted_run(scenarios):
+    scenarios["cancel"].result()  # cancelled_run, run at once with the others
+
+
+def orphaned_run(cluster, flows_dir, tmp_path):
     args = ("submit", "flows.py:sleepy", "--address", cluster.job_address, "--working-dir", str(flows_dir),
             "-p", "seconds=6", "--run-id", "orphan-1", "--follow")  # long enough to be killed mid-run
     follower = subprocess.Popen(
@@ -367,6 +412,10 @@ def test_the_run_goes_on_when_the_submitting_process_is_killed_and_a_second_subm
     assert "result: 6.0" in again.stdout
     assert job_status(cluster, "rayflow-orphan-1") == "SUCCEEDED" and jobs_with_id(cluster, "rayflow-orphan-1") == 1
     assert '"SUCCESS"' in cluster_history(cluster, "orphan-1", tmp_path).stdout
+
+
+def test_the_run_goes_on_when_the_submitting_process_is_killed_and_a_second_submit_is_the_same_run(scenarios):
+    scenarios["orphan"].result()  # orphaned_run, run at once with the others
 
 
 def test_a_flow_that_fails_to_load_on_the_cluster_exits_2_with_its_error(refusals):
@@ -400,8 +449,27 @@ def test_a_working_dir_over_the_upload_limit_names_the_limit_and_its_size(cluste
     assert jobs_with_id(cluster, "rayflow-big-1") == 0
 
 
-def test_a_submitted_run_uses_the_worker_node_too(cluster, flows_dir, tmp_path):
+def submitted_spread(cluster, flows_dir, tmp_path):
     out = rayflow("submit", "flows.py:spread", "--address", cluster.job_address, "--working-dir", str(flows_dir),
                   "--run-id", "spread-1", "--follow", home=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "result: 2" in out.stdout  # the head's and the worker node's tasks
+
+
+def test_a_submitted_run_uses_the_worker_node_too(scenarios):
+    scenarios["spread"].result()  # submitted_spread, run at once with the others
+
+
+# The scenarios of ``scenarios``: name -> (scenario, the scenarios it starts after).  ``spread`` needs
+# the cluster's three CPUs free at once: it runs beside the refusals only, which run no task.  The
+# server starts once the walkthrough is done: its scheduled runs would push daily-1 off the page
+# of the walkthrough's `rayflow runs`.
+SCENARIOS = {
+    "spread": (submitted_spread, ()),
+    "refusals": (refused, ()),
+    "walkthrough": (readme_walkthrough_run, ("spread",)),
+    "pip": (pip_run, ("spread",)),
+    "cancel": (cancelled_run, ("spread",)),
+    "orphan": (orphaned_run, ("spread",)),
+    "serve": (served_schedules, ("walkthrough",)),
+}
