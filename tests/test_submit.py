@@ -5,9 +5,8 @@ here; the job server on 127.0.0.1 only), stopped by killing its process group.  
 travel in a temp working dir (``--working-dir``); the head's RAYFLOW_HOME is the cluster's
 own, so a run's history is found there, not in the submitting process's RAYFLOW_HOME.
 
-The module's cluster scenarios run at once (``scenarios``, in the order SCENARIOS gives: each is
-seconds of waiting on the job server, a runtime env or a run, little of it on a CPU), and each
-test checks its own scenario's outcome.
+The cluster scenarios run at once (``scenarios``, ordered by SCENARIOS: each is mostly waiting on
+the job server, a runtime env or a run), and each test checks its own scenario's outcome.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ import pytest
 import requests
 from ray_cluster import RayCluster, clean_env, free_port
 from waiting import wait_for
+from wheels import tiny_wheel
 
 from rayflow.store import RunStore
 
@@ -106,28 +106,6 @@ interval = 2
 '''
 
 
-def tiny_wheel(folder: pathlib.Path) -> pathlib.Path:
-    """A pure-Python wheel of a module ``rfmark``, written by hand (no build backend, no network)."""
-    import base64
-    import hashlib
-    import zipfile
-
-    files = {
-        "rfmark.py": 'MARK = "wheel-ok"\n',
-        "rfmark-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: rfmark\nVersion: 1.0\n",
-        "rfmark-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    record = []
-    for name, text in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
-        record.append(f"{name},sha256={digest},{len(text.encode())}")
-    files["rfmark-1.0.dist-info/RECORD"] = "\n".join(record + ["rfmark-1.0.dist-info/RECORD,,"]) + "\n"
-    path = folder / "rfmark-1.0-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as wheel:
-        for name, text in files.items():
-            wheel.writestr(name, text)
-    return path
-
 pytestmark = pytest.mark.timeout(480)  # a test waits for its scenario and those before it
 
 
@@ -164,23 +142,22 @@ def rayflow(*args: str, home: pathlib.Path, timeout: float = 150, **env: str) ->
     )
 
 
-def jobs_with_id(cluster: RayCluster, submission_id: str) -> int:
-    answer = requests.get(f"{cluster.job_address}/api/jobs/", headers={"authorization": f"Bearer {TOKEN}"}, timeout=10)
+def job_api(cluster: RayCluster, path: str = ""):
+    answer = requests.get(f"{cluster.job_address}/api/jobs/{path}", headers={"authorization": f"Bearer {TOKEN}"}, timeout=10)
     answer.raise_for_status()
-    return sum(1 for job in answer.json() if job.get("submission_id") == submission_id)
+    return answer.json()
+
+
+def jobs_with_id(cluster: RayCluster, submission_id: str) -> int:
+    return sum(1 for job in job_api(cluster) if job.get("submission_id") == submission_id)
 
 
 def jobs_with_id_prefix(cluster: RayCluster, prefix: str) -> int:
-    answer = requests.get(f"{cluster.job_address}/api/jobs/", headers={"authorization": f"Bearer {TOKEN}"}, timeout=10)
-    answer.raise_for_status()
-    return sum(1 for job in answer.json() if (job.get("submission_id") or "").startswith(prefix))
+    return sum(1 for job in job_api(cluster) if (job.get("submission_id") or "").startswith(prefix))
 
 
 def job_status(cluster: RayCluster, submission_id: str) -> str:
-    answer = requests.get(f"{cluster.job_address}/api/jobs/{submission_id}",
-                          headers={"authorization": f"Bearer {TOKEN}"}, timeout=10)
-    answer.raise_for_status()
-    return answer.json()["status"]
+    return job_api(cluster, submission_id)["status"]
 
 
 def history_state(cluster: RayCluster, run_id: str) -> str | None:
@@ -234,11 +211,9 @@ def refused(cluster, flows_dir, tmp_path: pathlib.Path) -> dict[str, subprocess.
 
 @pytest.fixture(scope="module")
 def scenarios(cluster, flows_dir, tmp_path_factory):
-    """Every scenario of this module that uses the cluster (SCENARIOS), each in a thread of its own,
-    started at once or once those it waits for are done: by name, a future whose result raises what
-    the scenario's own checks raised."""
-    started: dict[str, concurrent.futures.Future] = {}
-    pool = concurrent.futures.ThreadPoolExecutor(len(SCENARIOS))
+    """Every scenario of SCENARIOS, each in a thread, started at once or once those it waits for are
+    done: by name, a future whose result raises what the scenario's own checks raised."""
+    started, pool = {}, concurrent.futures.ThreadPoolExecutor(len(SCENARIOS))
 
     def start_after(before: list[concurrent.futures.Future], scenario, home: pathlib.Path):
         concurrent.futures.wait(before)
