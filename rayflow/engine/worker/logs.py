@@ -127,7 +127,7 @@ _logger.setLevel(logging.DEBUG)
 _logger.propagate = False
 
 
-class _Stdout(io.TextIOBase):
+class _Stdout:
     """``sys.stdout`` while works capturing prints run: each write to the work (and item) of the
     thread or asyncio task writing it, else on to ``stream``, the stdout it replaced."""
 
@@ -182,7 +182,7 @@ class _Stdout(io.TextIOBase):
         return self.stream.fileno()
 
     @property
-    def encoding(self) -> str:  # type: ignore[override]
+    def encoding(self) -> str:
         return getattr(self.stream, "encoding", None) or "utf-8"
 
     def __getattr__(self, name: str) -> Any:  # what a TextIOBase lacks (buffer, name, mode): the stream's
@@ -193,30 +193,37 @@ class _Stdout(io.TextIOBase):
 
 _lock = threading.Lock()
 _capturing: tuple[_Context, ...] = ()  # the works capturing prints now (replaced, never changed in place)
-_stdout: _Stdout | None = None  # sys.stdout while _capturing is not empty
+# The one router, made once and never freed: print() holds sys.stdout as a borrowed reference while
+# it writes, so a router freed when the last work ends, while another thread is inside print(), is
+# a use after free (seen: AttributeError on the cleared instance, and segmentation faults).
+_stdout: _Stdout | None = None
+_installed = False  # whether sys.stdout is the router now (put there by the first capturing work)
 
 
 def _start_prints(context: _Context) -> None:
-    """The first work capturing prints puts a ``_Stdout`` over sys.stdout; the others join it."""
-    global _capturing, _stdout
+    """The first work capturing prints puts the router over sys.stdout; the others join it."""
+    global _capturing, _stdout, _installed
     context.threads = frozenset(threading.enumerate())
     with _lock:
         if not _capturing:
-            _stdout = _Stdout(sys.stdout)
+            if _stdout is None:
+                _stdout = _Stdout(sys.stdout)
+            elif sys.stdout is not _stdout:
+                _stdout.stream = sys.stdout
+            _installed = sys.stdout is not _stdout
             sys.stdout = _stdout
         _capturing = (*_capturing, context)
 
 
 def _end_prints(context: _Context) -> None:
-    """The last work capturing prints puts the stream back (unless someone replaced ``_Stdout`` since)."""
-    global _capturing, _stdout
+    """The last work capturing prints puts the stream back (unless someone replaced the router since)."""
+    global _capturing, _installed
     with _lock:
         context.capturing = False
         _capturing = tuple(c for c in _capturing if c is not context)
-        if not _capturing and _stdout is not None:
-            if sys.stdout is _stdout:
-                sys.stdout = _stdout.stream
-            _stdout = None
+        if not _capturing and _installed and sys.stdout is _stdout:
+            sys.stdout = _stdout.stream  # the router stays alive (module global) for prints still in flight
+            _installed = False
     context.end_prints()
 
 
