@@ -54,7 +54,7 @@ class LogsQuery:
         return LEVELS[: LEVELS.index(self.level)] if self.level else ()
 
 
-def _one(params: QueryParams, name: str) -> str | None:
+def one(params: QueryParams, name: str) -> str | None:
     """The value of ``name`` ("" counts as absent: the filter forms send empty selects)."""
     values = params.getlist(name)
     if len(values) > 1:
@@ -72,7 +72,7 @@ def choice(params: QueryParams, name: str, choices: Collection[str]) -> str | No
 
 
 def _choice(params: QueryParams, name: str, choices: Collection[str]) -> str | None:
-    value = _one(params, name)
+    value = one(params, name)
     if value is None:
         return None
     if value.upper() in choices:
@@ -83,7 +83,7 @@ def _choice(params: QueryParams, name: str, choices: Collection[str]) -> str | N
 
 
 def _whole(params: QueryParams, name: str, low: int, high: int, default: int) -> int:
-    text = _one(params, name)
+    text = one(params, name)
     if text is None:
         return default
     if not text.isascii() or not text.isdigit() or len(text) > len(str(high)) or not low <= int(text) <= high:
@@ -94,21 +94,21 @@ def _whole(params: QueryParams, name: str, low: int, high: int, default: int) ->
 def runs_query(params: QueryParams) -> RunsQuery:
     """The runs page's and ``/api/runs``' filters: flow, state, since, page."""
     page = _whole(params, "page", 1, MAX_PAGE, 1)
-    since = _one(params, "since")
+    since = one(params, "since")
     if since is not None and since not in SINCE:
         raise QueryError(f"since must be one of {', '.join(SINCE)}; got {since!r}")
     start, end = moment(params, "from"), moment(params, "to")
     if start is not None and end is not None and start >= end:
-        raise QueryError(f"from must be before to; got from={_one(params, 'from')!r}, to={_one(params, 'to')!r}")
+        raise QueryError(f"from must be before to; got from={one(params, 'from')!r}, to={one(params, 'to')!r}")
     return RunsQuery(
-        flow=_one(params, "flow"), state=_choice(params, "state", STATES), since=since, page=page, start=start, end=end,
+        flow=one(params, "flow"), state=_choice(params, "state", STATES), since=since, page=page, start=start, end=end,
     )
 
 
 def moment(params: QueryParams, name: str) -> float | None:
     """A time given as ``name``: unix seconds, or ISO 8601 (``2026-12-06T20:00:00Z``; without a
     zone, UTC); QueryError for anything else."""
-    text = _one(params, name)
+    text = one(params, name)
     if text is None:
         return None
     if _UNIX.fullmatch(text):
@@ -129,7 +129,7 @@ def iso(ts: float) -> str:
 
 def range_query(params: QueryParams) -> str:
     """The dashboard's range: one of RANGES (default 24h)."""
-    value = _one(params, "range") or "24h"
+    value = one(params, "range") or "24h"
     if value not in RANGES:
         raise QueryError(f"range must be one of {', '.join(RANGES)}; got {value!r}")
     return value
@@ -138,9 +138,9 @@ def range_query(params: QueryParams) -> str:
 def logs_query(params: QueryParams, tasks: Collection[str]) -> LogsQuery:
     """A run page's log filters: one of the run's tasks, a level and above, a text the
     message contains (``q``), and for the live tail the last row seen (``after``)."""
-    task = _one(params, "task")
+    task = one(params, "task")
     if task is not None and task not in tasks:
         raise QueryError(f"task must be one of this run's tasks; it has no task {task!r}")
     return LogsQuery(
-        task=task, level=_choice(params, "level", LEVELS), text=_one(params, "q"), after=_whole(params, "after", 0, 2**62, 0),
+        task=task, level=_choice(params, "level", LEVELS), text=one(params, "q"), after=_whole(params, "after", 0, 2**62, 0),
     )

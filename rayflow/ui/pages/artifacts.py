@@ -82,8 +82,9 @@ def routes(ui: UI) -> list[Route]:
             more=len(versions) > PAGE_SIZE,
         )
 
-    async def run_fragment(request: Request) -> Response:
-        """A run's artifacts (``?task=KEY``: one task's; ``&page=N``), the HTML the run and task pages load."""
+    def run_rows(request: Request, extra: int) -> tuple[str, str | None, int, list[dict]] | Response:
+        """A page of a run's artifacts (``?task=KEY``: one task's; ``&page=N``) and ``extra`` rows
+        more, or the 400/404 that answers instead."""
         run_id = request.path_params["run_id"]
         try:
             task, page = task_param(request.query_params), number(request.query_params, "page", 1)
@@ -91,7 +92,14 @@ def routes(ui: UI) -> list[Route]:
             return ui.bad_query(request, exc)
         if store.run_state(run_id) is None:
             return ui.missing(request, "run", run_id)
-        rows = store.run_artifacts(run_id, task=task, limit=RUN_PAGE_SIZE + 1, offset=(page - 1) * RUN_PAGE_SIZE)
+        rows = store.run_artifacts(run_id, task=task, limit=RUN_PAGE_SIZE + extra, offset=(page - 1) * RUN_PAGE_SIZE)
+        return run_id, task, page, rows
+
+    async def run_fragment(request: Request) -> Response:
+        """A run's artifacts, the HTML the run and task pages load."""
+        if isinstance(found := run_rows(request, 1), Response):
+            return found
+        run_id, task, page, rows = found
         return ui.page(
             request, "run_artifacts.html", run_id=run_id, task=task, page=page, more=len(rows) > RUN_PAGE_SIZE,
             artifacts=[shown(a) for a in rows[:RUN_PAGE_SIZE]],
@@ -128,15 +136,9 @@ def routes(ui: UI) -> list[Route]:
         return JSONResponse(versions)
 
     async def api_run_artifacts(request: Request) -> Response:
-        run_id = request.path_params["run_id"]
-        try:
-            task, page = task_param(request.query_params), number(request.query_params, "page", 1)
-        except QueryError as exc:
-            return ui.bad_query(request, exc)
-        if store.run_state(run_id) is None:
-            return ui.missing(request, "run", run_id)
-        rows = store.run_artifacts(run_id, task=task, limit=RUN_PAGE_SIZE, offset=(page - 1) * RUN_PAGE_SIZE)
-        return JSONResponse([public(a) for a in rows])
+        if isinstance(found := run_rows(request, 0), Response):
+            return found
+        return JSONResponse([public(a) for a in found[3]])
 
     return [
         Route("/artifacts", artifacts_page),

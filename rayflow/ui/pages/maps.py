@@ -23,7 +23,7 @@ from rayflow.presentation import STATE_NAMES, UNFINISHED
 from rayflow.store.views import map_items
 from rayflow.ui.context import UI
 from rayflow.ui.map_svg import chunk_stats, throughput_svg
-from rayflow.ui.queries import MAX_TEXT, QueryError
+from rayflow.ui.queries import QueryError, one
 
 ITEMS_PAGE = 50
 MAX_INDEX = 2**62  # far past any map, inside SQLite's integers
@@ -35,17 +35,6 @@ def is_map(run: dict, key: str) -> bool:
     return any(n.get("key") == key and n.get("kind") == "map" for n in nodes) or bool(run["chunks"])
 
 
-def _one(params: QueryParams, name: str) -> str | None:
-    values = params.getlist(name)
-    if len(values) > 1:
-        raise QueryError(f"{name} is given {len(values)} times: give it once")
-    if not values or values[0] == "":
-        return None
-    if len(values[0]) > MAX_TEXT:
-        raise QueryError(f"{name} is longer than {MAX_TEXT} characters")
-    return values[0]
-
-
 def index_value(text: str, name: str) -> int:
     """A map index written in a query or a path: a whole number from 0."""
     if not text.isascii() or not text.isdigit() or len(text) > len(str(MAX_INDEX)) or int(text) > MAX_INDEX:
@@ -55,16 +44,16 @@ def index_value(text: str, name: str) -> int:
 
 def item_query(params: QueryParams, errors: dict[str, int]) -> tuple[str | None, str | None, int]:
     """The map page's filters, checked: (state, error type, after); a bad one is a QueryError."""
-    state = _one(params, "state")
+    state = one(params, "state")
     if state is not None:
         if state.upper() not in STATE_NAMES:
             raise QueryError(f"state must be one of {', '.join(STATE_NAMES)}; got {state!r}")
         state = state.upper()
-    error = _one(params, "error")
+    error = one(params, "error")
     if error is not None and error not in errors:
         known = ", ".join(errors) or "none: no item of it failed with an error"
         raise QueryError(f"error must be one of this map's error types ({known}); got {error!r}")
-    after = _one(params, "after")
+    after = one(params, "after")
     return state, error, index_value(after, "after") if after is not None else -1
 
 
