@@ -7,12 +7,11 @@ not style attributes), and no injected script ran.  Screenshots of the pages go 
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from urllib.parse import quote
 
 import pytest
 from hostile_flows import FLOW, MAP, TASK, hostile
-from ui_browser import CHROMEDRIVER, CHROMIUM, HEIGHT, SHOTS, WIDTHS, go, save, set_scheme
+from ui_browser import CHROMEDRIVER, CHROMIUM, SHOTS, chromium, go, save, set_scheme
 
 from rayflow.ui import create_app
 
@@ -20,26 +19,6 @@ pytestmark = pytest.mark.skipif(
     not (CHROMEDRIVER and CHROMIUM) and not os.environ.get("CI"),
     reason="chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)",
 )
-
-
-@contextmanager
-def logging_chromium():
-    """ui_browser.chromium's browser, keeping its console's messages (``get_log('browser')``)."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={WIDTHS[0]},{HEIGHT}",
-                "--hide-scrollbars", "--force-color-profile=srgb"):
-        options.add_argument(arg)
-    options.binary_location = CHROMIUM
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +43,7 @@ def test_every_page_keeps_the_strict_csp_in_a_real_browser(served):
         "map": f"/runs/{run_id}/maps/{the_map}", "item": f"/runs/{run_id}/maps/{the_map}/items/1",
         "task": f"/runs/{run_id}/tasks/{quote(TASK, safe='')}", "artifacts": "/artifacts", "artifact": "/artifacts/hostile-report",
     }
-    with logging_chromium() as browser:
+    with chromium(console=True) as browser:
         browser.get_log("browser")  # start from an empty console
         for name, path in paths.items():
             go(browser, url + path)

@@ -32,8 +32,9 @@ SCHEMES = ("light", "dark")
 
 
 @contextmanager
-def chromium() -> Iterator[Any]:
-    """A headless chromium driven by chromedriver, closed at the end."""
+def chromium(console: bool = False) -> Iterator[Any]:
+    """A headless chromium driven by chromedriver, closed at the end; with ``console``, it keeps
+    its console's messages (``get_log('browser')``)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -42,6 +43,8 @@ def chromium() -> Iterator[Any]:
                 "--hide-scrollbars", "--force-color-profile=srgb"):
         options.add_argument(arg)
     options.binary_location = CHROMIUM
+    if console:
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
     try:
