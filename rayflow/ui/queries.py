@@ -68,10 +68,6 @@ def one(params: QueryParams, name: str) -> str | None:
 
 def choice(params: QueryParams, name: str, choices: Collection[str]) -> str | None:
     """The value of ``name``, one of ``choices`` (or absent); QueryError for any other."""
-    return _choice(params, name, choices)
-
-
-def _choice(params: QueryParams, name: str, choices: Collection[str]) -> str | None:
     value = one(params, name)
     if value is None:
         return None
@@ -82,7 +78,8 @@ def _choice(params: QueryParams, name: str, choices: Collection[str]) -> str | N
     raise QueryError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
-def _whole(params: QueryParams, name: str, low: int, high: int, default: int) -> int:
+def whole(params: QueryParams, name: str, low: int, high: int, default: int | None) -> int | None:
+    """A whole-number query value from ``low`` to ``high`` (``default`` when absent), or a QueryError saying why not."""
     text = one(params, name)
     if text is None:
         return default
@@ -93,7 +90,7 @@ def _whole(params: QueryParams, name: str, low: int, high: int, default: int) ->
 
 def runs_query(params: QueryParams) -> RunsQuery:
     """The runs page's and ``/api/runs``' filters: flow, state, since, page."""
-    page = _whole(params, "page", 1, MAX_PAGE, 1)
+    page = whole(params, "page", 1, MAX_PAGE, 1)
     since = one(params, "since")
     if since is not None and since not in SINCE:
         raise QueryError(f"since must be one of {', '.join(SINCE)}; got {since!r}")
@@ -101,7 +98,7 @@ def runs_query(params: QueryParams) -> RunsQuery:
     if start is not None and end is not None and start >= end:
         raise QueryError(f"from must be before to; got from={one(params, 'from')!r}, to={one(params, 'to')!r}")
     return RunsQuery(
-        flow=one(params, "flow"), state=_choice(params, "state", STATES), since=since, page=page, start=start, end=end,
+        flow=one(params, "flow"), state=choice(params, "state", STATES), since=since, page=page, start=start, end=end,
     )
 
 
@@ -142,5 +139,5 @@ def logs_query(params: QueryParams, tasks: Collection[str]) -> LogsQuery:
     if task is not None and task not in tasks:
         raise QueryError(f"task must be one of this run's tasks; it has no task {task!r}")
     return LogsQuery(
-        task=task, level=_choice(params, "level", LEVELS), text=one(params, "q"), after=_whole(params, "after", 0, 2**62, 0),
+        task=task, level=choice(params, "level", LEVELS), text=one(params, "q"), after=whole(params, "after", 0, 2**62, 0),
     )

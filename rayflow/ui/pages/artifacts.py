@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from rayflow.ui.artifact_render import shown
 from rayflow.ui.context import UI
-from rayflow.ui.queries import MAX_PAGE, QueryError
+from rayflow.ui.queries import MAX_PAGE, QueryError, one, whole
 
 PAGE_SIZE = 50  # keys on /artifacts, versions on /artifacts/{key}
 RUN_PAGE_SIZE = 100  # a run's artifacts in its fragment (and /api/runs/{id}/artifacts)
@@ -23,28 +23,9 @@ MAX_KEY = 100
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def number(params: QueryParams, name: str, default: int | None, low: int = 1) -> int | None:
-    """A whole-number query value (``page``, ``version``), or a QueryError saying why not."""
-    values = params.getlist(name)
-    if len(values) > 1:
-        raise QueryError(f"{name} is given {len(values)} times: give it once")
-    if not values or values[0] == "":
-        return default
-    text = values[0]
-    if not text.isascii() or not text.isdigit() or len(text) > len(str(MAX_PAGE)) or not low <= int(text) <= MAX_PAGE:
-        raise QueryError(f"{name} must be a whole number from {low} to {MAX_PAGE}; got {text[:40]!r}")
-    return int(text)
-
-
-def task_param(params: QueryParams, name: str = "task") -> str | None:
-    values = params.getlist(name)
-    if len(values) > 1:
-        raise QueryError(f"{name} is given {len(values)} times: give it once")
-    if not values or values[0] == "":
-        return None
-    if len(values[0]) > 500:
-        raise QueryError(f"{name} is longer than 500 characters")
-    return values[0]
+def number(params: QueryParams, name: str, default: int | None) -> int | None:
+    """A page or version number: a whole number from 1 (``default`` when absent)."""
+    return whole(params, name, 1, MAX_PAGE, default)
 
 
 def public(artifact: dict) -> dict:
@@ -87,7 +68,7 @@ def routes(ui: UI) -> list[Route]:
         more, or the 400/404 that answers instead."""
         run_id = request.path_params["run_id"]
         try:
-            task, page = task_param(request.query_params), number(request.query_params, "page", 1)
+            task, page = one(request.query_params, "task"), number(request.query_params, "page", 1)
         except QueryError as exc:
             return ui.bad_query(request, exc)
         if store.run_state(run_id) is None:
@@ -124,7 +105,7 @@ def routes(ui: UI) -> list[Route]:
         except QueryError as exc:
             return ui.bad_query(request, exc)
         try:
-            key = task_param(params, "key")
+            key = one(params, "key")
         except QueryError as exc:
             return ui.bad_query(request, exc)
         offset = (page - 1) * PAGE_SIZE
