@@ -382,3 +382,26 @@ def test_kept_rows_of_a_live_writer_wait_and_this_processes_own_leftovers_do_not
     H._LIVE_SPILLS.discard(mine)
     assert store.write_pending() > 0
     assert store.run("mine") is not None and store.run("live") is None
+
+
+def test_stores_opened_at_once_on_a_new_home_all_open(tmp_path):
+    """Several connections opening a new history at once: the switch to WAL mode is a deadlock
+    SQLite answers at once with "database is locked" (no busy wait); every opener gets its store
+    (CI saw a reader poll fail this way while its run's driver opened the history)."""
+    failures: list[str] = []
+
+    def open_store(home):
+        try:
+            RunStore(home)
+        except sqlite3.Error as exc:
+            failures.append(repr(exc))
+
+    for attempt in range(25):
+        home = tmp_path / f"home{attempt}"
+        threads = [threading.Thread(target=open_store, args=(home,)) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert failures == []
+    assert sqlite3.connect(tmp_path / "home0" / "history.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"

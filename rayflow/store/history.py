@@ -102,6 +102,20 @@ def refuse_taken_run_id(options: Any) -> None:
 
 
 
+def use_wal(db: sqlite3.Connection, timeout: float) -> None:
+    """Put the database in WAL mode, which it keeps.  Switching needs an exclusive lock, and two
+    connections switching at once are a deadlock SQLite answers at once with "locked" (its busy
+    timeout does not wait for it): a file already in WAL is left alone, and the switch is retried."""
+    deadline = time.monotonic() + timeout
+    while db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class RunStore(Recovery, Queries, ArtifactQueries, TaskQueries):
     """The history database under ``home``.  ``repair=True`` (the run's writer) moves a damaged
     database aside and starts a new one; readers report it (the CLI in one line)."""
@@ -131,7 +145,7 @@ class RunStore(Recovery, Queries, ArtifactQueries, TaskQueries):
     def _connect(self, timeout: float = 10.0) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=timeout)
         db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
+        use_wal(db, timeout)
         db.execute("PRAGMA synchronous=NORMAL")  # with WAL: no corruption, far fewer fsyncs
         return db
 
