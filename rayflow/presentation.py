@@ -37,18 +37,20 @@ CATEGORIES = (OK, FAILED_CATEGORY, LIVE, MUTED)
 
 LOOKS: dict[StateType, Look] = {
     StateType.RUNNING: Look(LIVE, "#aecbfa", "yellow", "▶", 0),
-    StateType.RETRYING: Look(LIVE, "#fdd663", "yellow", "↻", 1),
-    StateType.PENDING: Look(LIVE, "#ffffff", "yellow", "…", 2),
-    StateType.SCHEDULED: Look(LIVE, "#ffffff", "yellow", "◷", 3),
-    StateType.CRASHED: Look(FAILED_CATEGORY, "#e57373", "bold red", "☠", 4),
-    StateType.FAILED: Look(FAILED_CATEGORY, "#f28b82", "red", "✗", 5),
-    StateType.TIMED_OUT: Look(FAILED_CATEGORY, "#f28b82", "red", "⌛", 6),
-    StateType.TRIGGER_FAILED: Look(FAILED_CATEGORY, "#fbbc04", "red", "⊘", 7),
-    StateType.CANCELLED: Look(MUTED, "#bdbdbd", "bright_black", "■", 8),
-    StateType.SKIPPED: Look(MUTED, "#cfd8dc", "cyan", "↷", 9),
-    StateType.SUCCESS: Look(OK, "#9be39b", "green", "✓", 10),
-    StateType.MAPPED: Look(OK, "#9be39b", "green", "✓", 11),
-    StateType.CACHED: Look(OK, "#9be39b", "cyan", "✓", 12),
+    StateType.RETRYING: Look(LIVE, "#fdd663", "yellow", "↻", 2),
+    StateType.PAUSED: Look(LIVE, "#d7aefb", "magenta", "⏸", 3),
+    StateType.LOOPED: Look(LIVE, "#aecbfa", "yellow", "⟳", 1),
+    StateType.PENDING: Look(LIVE, "#ffffff", "yellow", "…", 4),
+    StateType.SCHEDULED: Look(LIVE, "#ffffff", "yellow", "◷", 5),
+    StateType.CRASHED: Look(FAILED_CATEGORY, "#e57373", "bold red", "☠", 6),
+    StateType.FAILED: Look(FAILED_CATEGORY, "#f28b82", "red", "✗", 7),
+    StateType.TIMED_OUT: Look(FAILED_CATEGORY, "#f28b82", "red", "⌛", 8),
+    StateType.TRIGGER_FAILED: Look(FAILED_CATEGORY, "#fbbc04", "red", "⊘", 9),
+    StateType.CANCELLED: Look(MUTED, "#bdbdbd", "bright_black", "■", 10),
+    StateType.SKIPPED: Look(MUTED, "#cfd8dc", "cyan", "↷", 11),
+    StateType.SUCCESS: Look(OK, "#9be39b", "green", "✓", 12),
+    StateType.MAPPED: Look(OK, "#9be39b", "green", "✓", 13),
+    StateType.CACHED: Look(OK, "#9be39b", "cyan", "✓", 14),
 }
 UNKNOWN = Look(MUTED, "#ffffff", "", "?", 99)  # a state an older or newer rayflow wrote
 
@@ -57,7 +59,7 @@ STATE_NAMES = tuple(t.value for t in StateType)  # what a run's or a task's stat
 FAILED = frozenset(t.value for t in FAILED_TYPES)
 SUCCEEDED = frozenset(t.value for t in SUCCESSFUL_TYPES)
 UNFINISHED = (StateType.PENDING.value, StateType.RUNNING.value)  # a run's recorded states before it ends
-ACTIVE = frozenset({"PENDING", "SCHEDULED", "RUNNING", "RETRYING"})  # a task not ended yet
+ACTIVE = frozenset({"PENDING", "SCHEDULED", "RUNNING", "RETRYING", "PAUSED", "LOOPED"})  # a task not ended yet
 # The states a flow run's record may hold (engine.policy.final_flow_state: SUCCESS, FAILED,
 # CANCELLED; PENDING and RUNNING before it ends; CRASHED once its driver or actor is gone), in
 # the order the UI's state filter offers them.

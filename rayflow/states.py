@@ -8,7 +8,9 @@ Failed states: FAILED, TIMED_OUT, TRIGGER_FAILED, CANCELLED, CRASHED.
 CRASHED is a run's state only: its driver or its orchestrating actor died before it could
 record an end.  It is written once, by whoever detects the death (the runner that sees its
 actor die, the server's reaper, or a reader that finds the run's driver process gone).
-Unfinished states: PENDING, SCHEDULED, RUNNING, RETRYING.
+Unfinished states: PENDING, SCHEDULED, RUNNING, RETRYING, PAUSED, LOOPED.
+PAUSED: a task waits for a person (``triggers.manual_only``, ``rf.pause``); it holds no worker.
+LOOPED: one iteration of a task that raised ``rf.Loop`` ended; the task runs again.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ class StateType(str, enum.Enum):
     SCHEDULED = "SCHEDULED"
     RUNNING = "RUNNING"
     RETRYING = "RETRYING"
+    PAUSED = "PAUSED"
+    LOOPED = "LOOPED"
     SUCCESS = "SUCCESS"
     CACHED = "CACHED"
     MAPPED = "MAPPED"
