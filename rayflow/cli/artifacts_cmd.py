@@ -6,7 +6,6 @@ the store and rich are imported when a command runs.  An unknown run or key is o
 from __future__ import annotations
 
 import json
-import sys
 from typing import Annotated, Any, Optional
 
 import typer
@@ -81,15 +80,9 @@ def show(
     print(f"artifact {key} version {artifact['version']} of {latest} · {artifact['kind']} · run {artifact['run_id']}{task}{index}")
 
 
-def terminal_safe(text: str) -> str:
-    """``text`` for a terminal: its control characters (escape sequences that would move the cursor,
-    retitle the window or make links) as ``?``, line breaks and tabs kept; a pipe gets it exact."""
-    from rayflow.cli.output import control_free
-
-    return control_free(text) if sys.stdout.isatty() else text
-
-
 def _print_body(artifact: dict[str, Any]) -> None:
+    from rayflow.cli.output import terminal_safe  # rich, loaded only when a body is printed
+
     data, kind = artifact["data"], artifact["kind"]
     if kind == "markdown":
         print(terminal_safe(data["text"]))

@@ -26,6 +26,21 @@ def control_free(text: str) -> str:
     return "".join("?" if (ord(c) < 32 and c not in "\n\t") or 0x7F <= ord(c) < 0xA0 else c for c in text)
 
 
+def terminal_safe(text: str) -> str:
+    """``text`` made ``control_free`` when stdout is a terminal; a pipe gets it exact."""
+    return control_free(text) if sys.stdout.isatty() else text
+
+
+_CELL_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def tsv_cell(text: str) -> str:
+    """A cell of a tab-separated line: a backslash, tab, newline or carriage return in it written
+    ``\\\\``, ``\\t``, ``\\n``, ``\\r`` (as PostgreSQL's COPY and ``mysql --batch`` do), so each row
+    stays one line of exactly as many cells as the header."""
+    return text.translate(_CELL_ESCAPES)
+
+
 def emit_table(
     headers: list[str],
     rows: list[list[str]],
@@ -42,9 +57,9 @@ def emit_table(
     """
     stream = stream or sys.stdout
     if not stream.isatty():
-        print("\t".join(headers), file=stream)
+        print("\t".join(map(tsv_cell, headers)), file=stream)
         for row in rows:
-            print("\t".join(row), file=stream)
+            print("\t".join(map(tsv_cell, row)), file=stream)
         return
     table = Table(title=title)
     for header in headers:

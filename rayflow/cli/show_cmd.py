@@ -181,6 +181,7 @@ def logs(
     With --task MAP --item N: item N's records, then what the history recorded of it (an item
     that did not succeed or ran again: its state, attempts, error and traceback)."""
     from rayflow.cli import submit
+    from rayflow.cli.output import terminal_safe
     from rayflow.presentation import UNFINISHED, clock
     from rayflow.store import RunStore
 
@@ -206,7 +207,7 @@ def logs(
         for record in store.logs(run_id, task=task, after=after, item=item):
             after = record["row"]
             where = record["task_key"] + (f"[{record['map_index']}]" if record["map_index"] is not None else "")
-            typer.echo(f"{clock(record['at'])} {record['level']:<7} {where}: {record['message']}")
+            typer.echo(terminal_safe(f"{clock(record['at'])} {record['level']:<7} {where}: {record['message']}"))
 
     if follow and run["state"] in UNFINISHED:  # nothing may come for a while: say what it waits for
         typer.echo(f"following the logs of run {run_id} ({run['state']}) until it ends; Ctrl-C stops", err=True)
