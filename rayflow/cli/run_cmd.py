@@ -177,13 +177,17 @@ def resume(
 
 
 def _recorded_flow(run_id: str) -> Any:
-    """The flow run ``run_id`` recorded (its target), or None where it cannot be loaded here:
-    ``rf.resume`` then says why (an unknown run, no target, a target that fails to load)."""
-    from rayflow.cli.loader import load_flow
-    from rayflow.store import RunStore
+    """The flow run ``run_id`` recorded (its target, loaded as every command loads one: a module
+    from the current directory first), or None where it recorded none (``rf.resume`` then finds it
+    or says why).  A run that cannot be resumed is refused first, as ``rf.resume`` refuses it."""
+    from rayflow.cli.loader import TargetError, load_flow
+    from rayflow.exceptions import ResumeError
+    from rayflow.runs.resume import check_resumable
 
-    try:
-        target = ((RunStore().run(run_id) or {}).get("graph") or {}).get("target")
-        return load_flow(target) if target else None
-    except Exception:  # noqa: BLE001 - resume names the problem itself
+    target = (check_resumable(run_id)[1].get("graph") or {}).get("target")
+    if not target:
         return None
+    try:
+        return load_flow(target)
+    except (TargetError, OSError, ImportError) as exc:
+        raise ResumeError(f"cannot load the flow of run {run_id} from {target}: {exc}", run_id=run_id) from None
