@@ -110,10 +110,11 @@ def test_two_live_flows_of_one_name_the_one_with_the_runs_code_is_resumed(home, 
     flag.write_text("")
     first, second = _twins(flag)
     assert first.code_id != second.code_id
-    failed = second.run()
-    assert failed.state.type is T.FAILED
+    failed_first, failed_second = first.run(), second.run()
+    assert failed_first.state.type is T.FAILED and failed_second.state.type is T.FAILED
     flag.unlink()
-    assert rf.resume(failed.run_id).result() == [2, 3]  # the second's body, not the first's
+    assert rf.resume(failed_second.run_id).result() == [2, 3]  # the second's body, not the first's
+    assert rf.resume(failed_first.run_id).result() == 1  # nor the newest one's
 
 
 def test_no_live_flow_of_the_runs_name_and_code_is_refused_naming_it(home, tmp_path):

@@ -37,8 +37,8 @@ def load_flow(target: str) -> Flow:
         top = location.split(".")[0]
         if top not in sys.modules and _nowhere(top):
             raise TargetError(
-                f"cannot import module {location!r}: no {top}.py or {top}/ package in the current directory "
-                f"{cwd}, nor an installed one (run rayflow from the directory that holds it)"
+                f"cannot import module {location!r}: it is neither in the current directory {cwd} ({top}.py or "
+                f"{top}/) nor installed; run rayflow from the directory that holds it"
             ) from None
         raise exc from None
     module = sys.modules.get(location)
