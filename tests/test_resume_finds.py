@@ -197,5 +197,8 @@ def test_cli_loader_imports_a_module_target_from_the_current_directory(tmp_path,
     try:
         assert load_flow(f"{module}:f").name == "f"
         assert sys.path[0] == str(tmp_path)  # kept first: the module's own lazy imports find its neighbours
+        del sys.path[0]
+        assert load_flow("flows:diamond").name == "diamond"  # the tests' own flows.py: not from here
+        assert str(tmp_path) not in sys.path  # taken off again
     finally:
         sys.modules.pop(module, None)

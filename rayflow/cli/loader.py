@@ -43,10 +43,18 @@ def load_flow(target: str, directory: str | None = None) -> Flow:
             f"cannot import module {location!r}: it is neither in {where} ({top}.py or {top}/) nor installed; "
             "run rayflow from the directory that holds it"
         ) from None
-    path = getattr(sys.modules.get(location), "__file__", None)
-    if not (path and pathlib.Path(path).resolve().is_relative_to(pathlib.Path(folder).resolve())):
-        _drop(folder, added)
+    if not _came_from(location.split(".")[0], folder) or folder in sys.path[1:]:
+        _drop(folder, added)  # found elsewhere, or found there anyway: sys.path as it was
     return flow
+
+
+def _came_from(top: str, folder: str) -> bool:
+    """Whether module or package ``top`` was imported from ``folder`` (``top.py`` or ``top/``)."""
+    path = getattr(sys.modules.get(top), "__file__", None)
+    if not path:
+        return False
+    here, there = pathlib.Path(path).resolve(), pathlib.Path(folder).resolve()
+    return here == there / f"{top}.py" or here.is_relative_to(there / top)
 
 
 def _nowhere(top: str) -> bool:
