@@ -43,6 +43,7 @@ GRAPH_CACHE_SIZE = 32
 # rf.resume finds a flow defined in __main__, a notebook cell or a function by name and code.
 _LIVE: weakref.WeakValueDictionary[int, Flow] = weakref.WeakValueDictionary()
 _MADE = itertools.count()
+_LIVE_LOCK = threading.Lock()  # flows are made in threads too (a server's actions): one writer or reader at a time
 
 
 class Runner(Protocol):
@@ -108,7 +109,8 @@ class Flow:
         self._graphs: OrderedDict[Any, Graph] = OrderedDict()
         self._lock = threading.Lock()
         functools.update_wrapper(self, fn)
-        _LIVE[next(_MADE)] = self
+        with _LIVE_LOCK:
+            _LIVE[next(_MADE)] = self
 
     @property
     def parameters(self) -> tuple[str, ...]:
@@ -243,7 +245,9 @@ class Flow:
 
 def live_flows(name: str) -> list[Flow]:
     """This process's flows named ``name``, the newest first."""
-    return [f for _, f in sorted(_LIVE.items(), reverse=True) if f.name == name]
+    with _LIVE_LOCK:
+        made = list(_LIVE.items())
+    return [f for _, f in sorted(made, key=lambda item: item[0], reverse=True) if f.name == name]
 
 
 _IMMUTABLE = (
