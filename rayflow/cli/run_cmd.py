@@ -177,17 +177,12 @@ def resume(
 
 
 def _recorded_flow(run_id: str) -> Any:
-    """The flow run ``run_id`` recorded (its target, loaded as every command loads one: a module
-    from the current directory first), or None where it recorded none (``rf.resume`` then finds it
-    or says why).  A run that cannot be resumed is refused first, as ``rf.resume`` refuses it."""
-    from rayflow.cli.loader import TargetError, load_flow
-    from rayflow.exceptions import ResumeError
-    from rayflow.runs.resume import check_resumable
+    """The flow of run ``run_id`` as ``rf.resume`` finds it, its target loaded as every command
+    loads one (a module from the current directory first); None where it recorded no target
+    (``rf.resume`` then says why).  A run that cannot be resumed is refused first, as there."""
+    from rayflow.cli.loader import load_flow
+    from rayflow.runs.resume import check_resumable, find_flow
 
-    target = (check_resumable(run_id)[1].get("graph") or {}).get("target")
-    if not target:
-        return None
-    try:
-        return load_flow(target)
-    except (TargetError, OSError, ImportError) as exc:
-        raise ResumeError(f"cannot load the flow of run {run_id} from {target}: {exc}", run_id=run_id) from None
+    run = check_resumable(run_id)[1]
+    recorded = run.get("graph") or {}
+    return find_flow(run_id, run["flow"], recorded, load_flow) if recorded.get("target") else None

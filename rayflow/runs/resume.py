@@ -17,6 +17,7 @@ the write finished, runs again); a persisted result is complete or absent
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from rayflow.cache import code_fingerprint
@@ -103,11 +104,11 @@ def resume(run_id: str, flow: Any = None, **params: Any) -> Any:
     return resumed.run(**values)
 
 
-def find_flow(run_id: str, name: str, recorded: dict) -> Any:
+def find_flow(run_id: str, name: str, recorded: dict, load: Callable[[str], Any] = load_flow) -> Any:
     """The flow of run ``run_id``: the newest flow of this process named ``name`` whose code is the
     run's (a flow defined in ``__main__``, a notebook cell or a function is found so); else the one
-    its recorded target loads (code changed since or not: the tasks' changes are warned about);
-    else the error naming the flow."""
+    its recorded target loads with ``load`` (the CLI's looks in the current directory first; code
+    changed since or not: the tasks' changes are warned about); else the error naming the flow."""
     code = recorded.get("flow_code")
     named = live_flows(name)
     same = [f for f in named if code and f.code_id == code]
@@ -116,7 +117,7 @@ def find_flow(run_id: str, name: str, recorded: dict) -> Any:
     target = recorded.get("target")
     if target:
         try:
-            return load_flow(target)
+            return load(target)
         except (TargetError, OSError, ImportError) as exc:
             raise ResumeError(f"cannot load the flow of run {run_id} from {target}: {exc}", run_id=run_id) from None
     if named and not code:
