@@ -77,6 +77,25 @@ def code_fingerprint(fn: Callable[..., Any]) -> str:
     return digest.hexdigest()
 
 
+def code_digest(fn: Callable[..., Any]) -> str:
+    """A digest of a function's code alone (bytecode, names, constants, nested code; through
+    ``functools.wraps`` wrappers): stable across processes, cheap, blind to closed-over values."""
+    digest = hashlib.sha256()
+    for layer in (fn, *_wrapped(fn)):
+        code = getattr(layer, "__code__", None)
+        digest.update(repr(getattr(layer, "__qualname__", type(layer).__qualname__)).encode())
+        if code is not None:
+            _digest_code(digest, code)
+    return digest.hexdigest()
+
+
+def _wrapped(fn: Any) -> list[Any]:
+    out: list[Any] = []
+    while (fn := getattr(fn, "__wrapped__", None)) is not None and len(out) < 20:
+        out.append(fn)
+    return out
+
+
 def _digest_callable(digest: Any, fn: Any, seen: set[int]) -> None:
     if id(fn) in seen:  # a recursive closure, or a cycle of wrappers
         digest.update(b"<seen>")

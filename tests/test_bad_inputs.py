@@ -112,6 +112,7 @@ CLI_CASES: list[tuple[str, list[str], str, int]] = [
     ("`history.db` damaged: `artifacts ls`", ["artifacts", "ls"], "corrupt", 2),
     ("resume of a run that succeeded", ["resume", "taken-1"], "home", 2),
     ("resume of a run id outside the run id rule", ["resume", "a/b"], "home", 2),
+    ("resume of a run whose module target is not in the current directory", ["resume", "moved-1"], "home", 2),
     ("`graph` with neither target nor run", ["graph"], "home", 2),
     ("`graph --format` unknown", ["graph", "<dir>/good.py:twice", "--format", "png"], "home", 2),
     ("bad cron expression", ["schedule", "preview", "<dir>/good.py:twice", "--cron", "61 * * * *"], "home", 2),
@@ -162,7 +163,22 @@ def scratch(root: pathlib.Path) -> pathlib.Path:
     (root / "corrupt" / "history.db").write_bytes(b"garbage " * 2000)
     made = cli(["run", "<dir>/good.py:twice", "--run-id", "taken-1", "--local"], root, "home")
     assert made.returncode == 0, made.stderr
+    failed_run(root / "home", "moved-1", "f", "moved_flows:f")  # started where moved_flows.py was
+    failed_run(root / "home", "lost-1", "lost", None)  # its flow was defined in __main__ (a notebook)
     return root
+
+
+def failed_run(home: pathlib.Path, run_id: str, flow: str, target: str | None) -> None:
+    """A FAILED run in the history, as a run of ``flow`` recorded it (no process needed)."""
+    from rayflow.states import State, StateType
+    from rayflow.store import RunStore
+    from rayflow.store.recorder import HistoryRecorder
+
+    graph = {"flow": flow, "nodes": [], "target": target, "flow_code": "0" * 64}
+    recorder = HistoryRecorder(RunStore(home), run_id, flow, {}, [], graph)
+    for old, new in ((StateType.PENDING, StateType.RUNNING), (StateType.RUNNING, StateType.FAILED)):
+        recorder.on_transition(run_id=run_id, task_key=None, old=State(type=old), new=State(type=new))
+    recorder.close()
 
 
 # Commands whose bad inputs are refused before any work; run in this process unless they name
@@ -256,6 +272,8 @@ API_CASES: list[tuple[str, str, Any]] = [
     ("mapped arguments of unequal lengths", "pair.map([1, 2, 3], [1, 2])", lambda: unequal.run()),
     ("`if` on a task result in a flow body", "if double(1) > 1: ...", lambda: branches_on_a_result.run()),
     ("resume of an unknown run", "rf.resume('no-such-run')", lambda: rf.resume("no-such-run")),
+    ("resume of a run whose flow is neither in this process nor importable", "rf.resume('lost-1')",
+     lambda: rf.resume("lost-1")),
     ("a limit past what the history keeps", "rf.limits.set('db', 2**63)", lambda: rf.limits.set("db", 2**63)),
     ("a trigger returning `'yes'`; `result()` of the failed run", "says_yes.with_options(run_id='says-yes-1').run().result()", _failed_result),
 ]

@@ -177,13 +177,12 @@ def resume(
 
 
 def _recorded_flow(run_id: str) -> Any:
-    """The flow run ``run_id`` recorded (its target), or None where it cannot be loaded here:
-    ``rf.resume`` then says why (an unknown run, no target, a target that fails to load)."""
+    """The flow of run ``run_id`` as ``rf.resume`` finds it, its target loaded as every command
+    loads one (a module from the current directory first); None where it recorded no target
+    (``rf.resume`` then says why).  A run that cannot be resumed is refused first, as there."""
     from rayflow.cli.loader import load_flow
-    from rayflow.store import RunStore
+    from rayflow.runs.resume import check_resumable, find_flow
 
-    try:
-        target = ((RunStore().run(run_id) or {}).get("graph") or {}).get("target")
-        return load_flow(target) if target else None
-    except Exception:  # noqa: BLE001 - resume names the problem itself
-        return None
+    run = check_resumable(run_id)[1]
+    recorded = run.get("graph") or {}
+    return find_flow(run_id, run["flow"], recorded, load_flow) if recorded.get("target") else None

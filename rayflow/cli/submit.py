@@ -95,12 +95,10 @@ def check_locally(target: str, working_dir: str | None, params: list[str], param
             location = os.path.join(working_dir, location)
             if not os.path.isfile(location):
                 raise TargetError(f"no such file in the working dir {working_dir}: {target.rpartition(':')[0]}")
-        else:
-            sys.path.insert(0, working_dir)
     path = list(sys.path)
     try:
         with contextlib.redirect_stdout(sys.stderr):  # the module's own prints: not where the run id goes
-            flow = load_flow(f"{location}:{name}")
+            flow = load_flow(f"{location}:{name}", working_dir)  # a module: from the working dir first
     except TargetError:
         flow = None  # it may load only on the cluster: checked there
     finally:

@@ -21,13 +21,16 @@ import enum
 import fractions
 import functools
 import inspect
+import itertools
 import pathlib
 import threading
 import uuid
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, overload
 
+from rayflow.cache import code_digest
 from rayflow.core.graph import Graph, GraphBuilder, active_builder
 from rayflow.core.options import FlowOptions, checked_name, validate_options
 from rayflow.core.parameters import is_secret, parameters_model, validate_parameters
@@ -36,6 +39,11 @@ from rayflow.paths import check_run_id
 from rayflow.states import error_text
 
 GRAPH_CACHE_SIZE = 32
+# Every flow of this process, in the order made (weakly: a flow no one holds drops out), so that
+# rf.resume finds a flow defined in __main__, a notebook cell or a function by name and code.
+_LIVE: weakref.WeakValueDictionary[int, Flow] = weakref.WeakValueDictionary()
+_MADE = itertools.count()
+_LIVE_LOCK = threading.Lock()  # flows are made in threads too (a server's actions): one writer or reader at a time
 
 
 class Runner(Protocol):
@@ -101,10 +109,18 @@ class Flow:
         self._graphs: OrderedDict[Any, Graph] = OrderedDict()
         self._lock = threading.Lock()
         functools.update_wrapper(self, fn)
+        with _LIVE_LOCK:
+            _LIVE[next(_MADE)] = self
 
     @property
     def parameters(self) -> tuple[str, ...]:
         return tuple(self.parameters_model.model_fields)
+
+    @functools.cached_property
+    def code_id(self) -> str:
+        """A digest of the flow function's code (not of the values it closes over), recorded with
+        each run: ``rf.resume`` finds the run's flow among this process's flows by name and it."""
+        return code_digest(self.fn)
 
     @property
     def graph(self) -> Graph:
@@ -225,6 +241,13 @@ class Flow:
         # Flows travel to the orchestrator when they have state handlers; the lock and
         # the cached graphs stay behind.
         return (Flow, (self.fn, self.options))
+
+
+def live_flows(name: str) -> list[Flow]:
+    """This process's flows named ``name``, the newest first."""
+    with _LIVE_LOCK:
+        made = list(_LIVE.items())
+    return [f for _, f in sorted(made, key=lambda item: item[0], reverse=True) if f.name == name]
 
 
 _IMMUTABLE = (

@@ -100,6 +100,7 @@ class Plan:
     resumed_trace: tuple[str, str] | None = None  # the resumed run's (trace id, flow span id)
     attempt: int = 1  # the run's attempt: 1, then one more per resume
     results: str | None = None  # the result store's location, when a task persists or caches (recorded, for the UI)
+    flow_code: str | None = None  # the flow function's code_id: rf.resume finds a live flow by name and it
     by_key: Mapping[str, TaskSpec] = field(init=False, repr=False)
     downstream: Mapping[str, tuple[str, ...]] = field(init=False, repr=False)
 
@@ -118,7 +119,7 @@ class Plan:
             (
                 self.flow_name, self.specs, self.result, params, self.reference_keys, self.flow, {},
                 self.target, self.resumed_from, dict(self.code), dict(self.driver), self.resumed_trace, self.attempt,
-                self.results,
+                self.results, self.flow_code,
             ),
         )
 
@@ -126,6 +127,7 @@ class Plan:
         return Plan(
             self.flow_name, specs, self.result, self.params, self.reference_keys, self.flow, self.streams,
             self.target, self.resumed_from, self.code, self.driver, self.resumed_trace, self.attempt, self.results,
+            self.flow_code,
         )
 
 
@@ -186,7 +188,7 @@ def compile_plan(graph: Graph, flow: Any = None) -> Plan:
         reference_keys=graph.reference_keys(),
         flow=flow if flow is not None and flow.options.handlers else None,
         streams=streams,
-        target=flow_target(flow) if flow is not None else None,
+        target=flow_target(flow) if flow is not None else None, flow_code=getattr(flow, "code_id", None),
         resumed_from=flow.options.resumed_from if flow is not None else None,
         code=results.fingerprints(),
         driver={"host": socket.gethostname(), "pid": os.getpid()},

@@ -17,9 +17,11 @@ the write finished, runs again); a persisted result is complete or absent
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from rayflow.cache import code_fingerprint
+from rayflow.core.flow import live_flows
 from rayflow.core.loader import TargetError, load_flow
 from rayflow.exceptions import ResumeError, UnknownRunError
 from rayflow.paths import check_run_id
@@ -57,17 +59,7 @@ def resume(run_id: str, flow: Any = None, **params: Any) -> Any:
     history, run = check_resumable(run_id)
     recorded = run.get("graph") or {}
     if flow is None:
-        target = recorded.get("target")
-        if not target:
-            raise ResumeError(
-                f"run {run_id} recorded no importable flow (defined inside a function?); "
-                "pass it: rf.resume(run_id, flow=my_flow)",
-                run_id=run_id,
-            )
-        try:
-            flow = load_flow(target)
-        except (TargetError, OSError, ImportError) as exc:
-            raise ResumeError(f"cannot load the flow of run {run_id} from {target}: {exc}", run_id=run_id) from None
+        flow = find_flow(run_id, run["flow"], recorded)
     values = dict(run["params"])
     secrets = [name for name, value in values.items() if value == "***" and name not in params]
     if secrets:
@@ -110,6 +102,34 @@ def resume(run_id: str, flow: Any = None, **params: Any) -> Any:
         resumed_trace=tuple(traced) if isinstance(traced, list) and len(traced) == 2 else None,
     )
     return resumed.run(**values)
+
+
+def find_flow(run_id: str, name: str, recorded: dict, load: Callable[[str], Any] = load_flow) -> Any:
+    """The flow of run ``run_id``: the newest flow of this process named ``name`` whose code is the
+    run's (a flow defined in ``__main__``, a notebook cell or a function is found so); else the one
+    its recorded target loads with ``load`` (the CLI's looks in the current directory first; code
+    changed since or not: the tasks' changes are warned about); else the error naming the flow."""
+    code = recorded.get("flow_code")
+    named = live_flows(name)
+    same = [f for f in named if code and f.code_id == code]
+    if same:  # a resume's own copies (resumed_from set) last
+        return sorted(same, key=lambda f: f.options.resumed_from is not None)[0]
+    target = recorded.get("target")
+    if target:
+        try:
+            return load(target)
+        except (TargetError, OSError, ImportError) as exc:
+            raise ResumeError(f"cannot load the flow of run {run_id} from {target}: {exc}", run_id=run_id) from None
+    if named and not code:
+        why = f"the run recorded no code to tell the {len(named)} flow(s) named '{name}' here by (an older rayflow)"
+    elif named:
+        why = f"the {len(named)} flow(s) named '{name}' in this process have other code than the run's"
+    else:
+        why = f"no flow named '{name}' is defined in this process (the run's was defined in __main__ or a function)"
+    raise ResumeError(
+        f"cannot find the flow '{name}' of run {run_id}: {why}; pass it: rf.resume({run_id!r}, flow={name})",
+        run_id=run_id,
+    )
 
 
 def stored_chunks(store: ResultStore, chain: list[str], key: str) -> tuple[tuple[int, int, tuple[str, ...]], ...]:
