@@ -1,0 +1,126 @@
+"""Looping tasks (``raise rf.Loop``): a task pages through a fake API served by a real HTTP server
+on loopback until it is done, on both runners; ``max_loops`` hit and not hit; an item of a map
+that loops; retries within a loop; the LOOPED transitions in the history (SQLite); a span per
+iteration; a bad ``max_loops`` at definition.
+
+    pages ── LOOPED (page 1) ── LOOPED (page 2) ── ... ── SUCCESS (every page's items)
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import threading
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+
+import rayflow as rf
+from rayflow.states import StateType as T
+from rayflow.store import RunStore
+
+PAGE_SIZE = 2
+
+
+@pytest.fixture(scope="module")
+def api():
+    """``GET /items?page=N&pages=P``: items of page N (1-based) of a P-page listing, and the next page."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+            page, pages = int(query["page"][0]), int(query["pages"][0])
+            items = [f"item-{page}-{k}" for k in range(PAGE_SIZE)]
+            body = json.dumps({"items": items, "next": page + 1 if page < pages else None}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def expected(pages: int) -> list[str]:
+    return [f"item-{p}-{k}" for p in range(1, pages + 1) for k in range(PAGE_SIZE)]
+
+
+@rf.task(max_loops=5)
+def fetch_all(base: str, pages: int) -> list[str]:
+    context = rf.context()
+    page = (context.loop_result or {}).get("next", 1)
+    with urllib.request.urlopen(f"{base}/items?page={page}&pages={pages}", timeout=10) as response:
+        body = json.load(response)
+    seen = (context.loop_result or {}).get("items", []) + body["items"]
+    if body["next"] is not None:
+        raise rf.Loop(result={"next": body["next"], "items": seen}, message=f"page {page} of {pages}")
+    return seen
+
+
+@rf.flow
+def paging(base: str, pages: int = 3):
+    return fetch_all(base, pages)
+
+
+def test_a_task_pages_through_an_api_one_looped_state_per_page(runner, api):
+    run = paging.with_options(runner=runner).run(base=api, pages=4)
+    assert run.state.type is T.SUCCESS, run.state
+    assert run.result() == expected(4)
+    states = [(s.type, s.message, s.attempt) for s in run.history("fetch_all") if s.type is not T.PENDING]
+    assert states == [(T.RUNNING, "", 1)] + [(T.LOOPED, f"page {p} of 4", 1) for p in (1, 2, 3)] + [(T.SUCCESS, "", 1)]
+    looped = [s for s in run.history("fetch_all") if s.type is T.LOOPED]
+    assert all(a.finished_at <= b.started_at + 1e-6 for a, b in zip(looped, looped[1:]))  # in order, one after another
+    # the history's transitions (what `rayflow show`, `logs` and the UI's timeline read)
+    rows = RunStore().run(run.run_id)["transitions"]
+    assert [r["message"] for r in rows if r["task_key"] == "fetch_all" and r["state"] == "LOOPED"] == [
+        "page 1 of 4", "page 2 of 4", "page 3 of 4"]
+
+
+def test_past_max_loops_the_task_fails_naming_the_limit(runner, api):
+    run = paging.with_options(runner=runner).run(base=api, pages=7)  # max_loops=5: page 5 would loop again
+    state = run.task_states["fetch_all"]
+    assert state.type is T.FAILED
+    assert "max_loops=5" in state.message and "iteration 5" in state.message
+    assert [s.type for s in run.history("fetch_all")].count(T.LOOPED) == 4
+
+
+@rf.task
+def flaky_pages(marks: str) -> list[tuple[int, object]]:
+    """Loops to iteration 4; iterations 2 and 3 each fail on their first run (a mark file each)."""
+    context = rf.context()
+    seen = (context.loop_result or []) + [(context.loop_count, context.loop_result and context.loop_result[-1][0])]
+    mark = os.path.join(marks, str(context.loop_count))
+    if context.loop_count in (2, 3) and not os.path.exists(mark):
+        open(mark, "w").close()
+        raise ConnectionError(f"iteration {context.loop_count} failed")
+    if context.loop_count < 4:
+        raise rf.Loop(result=seen)
+    return seen
+
+
+@pytest.mark.parametrize("retries", [2, 1])
+def test_retries_apply_per_iteration_and_resume_the_loop_where_it_failed(runner, tmp_path, retries):
+    @rf.flow
+    def retried(marks: str):
+        return flaky_pages.with_options(retries=retries)(marks)
+
+    run = retried.with_options(runner=runner).run(marks=str(tmp_path))
+    states = [(s.type, s.attempt) for s in run.history("flaky_pages") if s.type not in (T.PENDING, T.RUNNING)]
+    head = [(T.LOOPED, 1), (T.RETRYING, 1), (T.LOOPED, 2), (T.RETRYING if retries == 2 else T.FAILED, 2)]
+    if retries == 2:  # each retry resumed with the same loop_count and loop_result: every iteration ran to its end once
+        assert run.state.type is T.SUCCESS, run.state
+        assert run.result() == [(1, None), (2, 1), (3, 2), (4, 3)]
+        assert states == head + [(T.LOOPED, 3), (T.SUCCESS, 3)]
+    else:  # the retry budget is the task's, across its iterations: a Loop gives none of it back
+        assert states == head
+        assert "iteration 3 failed" in run.task_states["flaky_pages"].message
