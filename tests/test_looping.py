@@ -124,3 +124,104 @@ def test_retries_apply_per_iteration_and_resume_the_loop_where_it_failed(runner,
     else:  # the retry budget is the task's, across its iterations: a Loop gives none of it back
         assert states == head
         assert "iteration 3 failed" in run.task_states["flaky_pages"].message
+
+
+@rf.task(max_loops=4)
+def countdown(n: int) -> tuple[int | None, int, object]:
+    """Item n loops n-1 times, summing its loop counts in loop_result; n=9 passes max_loops."""
+    context = rf.context()
+    if context.loop_count < n:
+        raise rf.Loop(result=(context.loop_result or 0) + context.loop_count, message=f"{n}: not yet")
+    return context.map_index, context.loop_count, context.loop_result
+
+
+def test_an_item_of_a_map_loops_within_its_chunk_with_its_own_loop_count(runner):
+    @rf.flow
+    def counting():
+        return countdown.map([1, 3, 2, 9, 4])
+
+    run = counting.with_options(runner=runner).run()
+    assert run.task_states["countdown"].type is T.FAILED  # item 3 (n=9) passed max_loops
+    values = run.task_result("countdown") if run.state.is_successful() else None
+    assert values is None
+    items = run.map_states("countdown")
+    assert [s.type for s in items] == [T.SUCCESS, T.SUCCESS, T.SUCCESS, T.FAILED, T.SUCCESS]
+    assert "max_loops=4" in items[3].message
+    logs = RunStore().logs(run.run_id, task="countdown")
+    looped = sorted((r["map_index"], r["message"]) for r in logs if r["message"].startswith("LOOPED"))
+    assert looped == sorted(
+        [(1, "LOOPED (iteration 1): 3: not yet"), (1, "LOOPED (iteration 2): 3: not yet"), (2, "LOOPED (iteration 1): 2: not yet")]
+        + [(3, f"LOOPED (iteration {k}): 9: not yet") for k in (1, 2, 3)]
+        + [(4, f"LOOPED (iteration {k}): 4: not yet") for k in (1, 2, 3)]
+    )
+
+
+@pytest.mark.parametrize("options", [{}, {"timeout": 30}, {"concurrency": 2}], ids=["dense", "timed", "threaded"])
+def test_items_loop_under_every_item_strategy(options):
+    """The chunk's strategies (engine.worker.item_runners) each run an item's loop, with its own count."""
+
+    @rf.flow
+    def counting():
+        return countdown.with_options(**options).map([1, 3, 2, 4])
+
+    run = counting.with_options(runner="local").run()
+    assert run.state.type is T.SUCCESS, run.state
+    assert run.result() == [(0, 1, None), (1, 3, 3), (2, 2, 1), (3, 4, 6)]
+
+
+@rf.task(max_loops=3)
+async def async_countdown(n: int) -> tuple[int, object]:
+    context = rf.context()
+    if context.loop_count < n:
+        raise rf.Loop(result=(context.loop_result or 0) + 10)
+    return context.loop_count, context.loop_result
+
+
+def test_async_tasks_and_async_items_loop():
+    @rf.flow
+    def counting():
+        return async_countdown(3), async_countdown.map([2, 1, 3])
+
+    run = counting.with_options(runner="local").run()
+    assert run.state.type is T.SUCCESS, run.state
+    assert run.result() == ((3, 20), [(2, 10), (1, None), (3, 20)])
+
+
+def test_a_batch_task_cannot_loop_and_says_so():
+    @rf.task(batch=True)
+    def whole(xs):
+        raise rf.Loop(message="again")
+
+    @rf.flow
+    def batched():
+        return whole.map([1, 2])
+
+    run = batched.with_options(runner="local").run()
+    items = run.map_states("whole")
+    assert all(s.type is T.FAILED and "cannot loop a batch=True task" in s.message for s in items)
+
+
+def test_context_outside_a_task_and_on_a_first_run():
+    assert rf.context() == rf.context().__class__(None, None, None, 1, None)
+
+    @rf.task
+    def where() -> tuple:
+        c = rf.context()
+        return c.run_id, c.task_key, c.map_index, c.loop_count, c.loop_result
+
+    @rf.flow
+    def plain():
+        return where()
+
+    run = plain.with_options(runner="local").run()
+    assert run.result() == (run.run_id, "where", None, 1, None)
+
+
+@pytest.mark.parametrize("bad", [0, -3, "many", 2.5, True, None])
+def test_a_bad_max_loops_is_one_clear_error_at_definition(bad):
+    with pytest.raises(rf.TaskOptionError, match="max_loops") as info:
+
+        @rf.task(max_loops=bad)
+        def looping() -> None: ...
+
+    assert str(info.value).count("\n") == 0
