@@ -225,3 +225,45 @@ def test_a_bad_max_loops_is_one_clear_error_at_definition(bad):
         def looping() -> None: ...
 
     assert str(info.value).count("\n") == 0
+
+
+def test_run_timed_and_run_items_loop_an_item_to_its_value():
+    """The strategies the runners above do not reach here: SIGALRM on the main thread, and a
+    selection of items (a retry, or some gated)."""
+    from rayflow.engine.worker.item_runners import ItemCalls, run_items, run_timed
+    from rayflow.engine.worker.items import Outcomes
+
+    def call(n: int) -> int:
+        context = rf.context()
+        if context.loop_count < n:
+            raise rf.Loop(result=(context.loop_result or 0) + 1)
+        return context.loop_result
+
+    for strategy, timeout in ((run_timed, 5.0), (run_items, None)):
+        outcomes = Outcomes(4, (Exception,))
+        calls = ItemCalls(call, [3, 1, 9], [0, 2, 3], 4, outcomes, timeout, max_loops=5)
+        assert strategy(calls) == [2, None, None, None], strategy
+        assert outcomes.codes.tolist() == [0, 0, 0, outcomes.codes[3]] and outcomes.codes[3] != 0
+        assert "max_loops=5" in outcomes.errors[3][1] and outcomes.retryable[3] is False
+
+
+def test_one_span_per_iteration(monkeypatch):
+    from otlp_sink import HttpSink
+
+    sink = HttpSink()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint)
+    try:
+        @rf.flow
+        def counting():
+            return countdown(3)
+
+        run = counting.with_options(runner="local").run()
+        assert run.result() == (None, 3, 3)
+        spans = sink.wait_for(lambda spans: len([s for s in spans if s["trace_id"] == run.trace_id]) >= 4)
+    finally:
+        sink.close()
+    tasks = sorted((s for s in spans if s["name"] == "task countdown" and s["trace_id"] == run.trace_id), key=lambda s: s["start"])
+    assert [(s["attributes"]["rayflow.loop_count"], s["attributes"]["rayflow.state"]) for s in tasks] == [
+        (1, "LOOPED"), (2, "LOOPED"), (3, "SUCCESS")]
+    assert [name for name, _ in tasks[0]["events"]] == ["loop"]
+    assert all(a["end"] <= b["start"] for a, b in zip(tasks, tasks[1:]))
