@@ -267,3 +267,27 @@ def test_one_span_per_iteration(monkeypatch):
         (1, "LOOPED"), (2, "LOOPED"), (3, "SUCCESS")]
     assert [name for name, _ in tasks[0]["events"]] == ["loop"]
     assert all(a["end"] <= b["start"] for a, b in zip(tasks, tasks[1:]))
+
+
+@rf.task(timeout=0.4)
+def slow_pages(pages: int, stuck: int = 0) -> int:
+    """Each iteration takes 0.15 s (all of them together more than the timeout); iteration ``stuck`` hangs."""
+    context = rf.context()
+    time.sleep(3 if context.loop_count == stuck else 0.15)
+    if context.loop_count < pages:
+        raise rf.Loop(result=context.loop_count)
+    return context.loop_count
+
+
+def test_the_timeout_bounds_each_iteration_of_a_plain_task(runner):
+    @rf.flow
+    def timed(stuck: int = 0):
+        return slow_pages(4, stuck)
+
+    run = timed.with_options(runner=runner).run()
+    assert run.state.type is T.SUCCESS, run.state
+    assert run.result() == 4  # 0.6 s in all: each iteration's deadline counts from its own start
+    if runner == "local":  # a stuck iteration still times out (the in-process runner abandons it)
+        run = timed.with_options(runner=runner).run(stuck=2)
+        assert run.task_states["slow_pages"].type is T.TIMED_OUT
+        assert run.task_states["slow_pages"].message == "timed out after 0.4s"

@@ -42,15 +42,16 @@ def _pickled_exception(exc: BaseException) -> bytes | None:
 
 def run_attempt(
     payload: bytes, task_key: str, attempt: int, *inputs: Any, run_id: str = "", max_loops: int = 1000,
-    looped: bytes | None = None,
+    looped: bytes | None = None, started: Any = None,
 ) -> tuple[AttemptResult, Any]:
     """Run the task once (with every iteration of its loop, if it raises ``rf.Loop``: from where
-    ``looped`` says, for a retry); never raises for the user's errors or signals.
+    ``looped`` says, for a retry; ``started(at)`` is told when each next one starts: a task's
+    timeout bounds each iteration); never raises for the user's errors or signals.
 
     With a result policy in the payload (``engine.worker.results``), a cache hit is the
     value without running the function (CACHED), and a success is written to the store.
     """
-    loop = Iterations(max_loops, *resumed(looped))
+    loop = Iterations(max_loops, *resumed(looped), started=started)
     token = loop.enter()
     try:
         report, value = _run(payload, task_key, attempt, inputs, run_id, loop)

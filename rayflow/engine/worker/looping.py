@@ -16,6 +16,13 @@ each iteration of an item is a log record of the run under its map index; an ite
 mid-loop is retried from its first iteration.  Past ``max_loops`` iterations the task (or item)
 ends FAILED with ``LoopLimitExceeded``, not retried.
 
+Timeouts: a plain task's ``timeout`` bounds each iteration: the worker tells the orchestrator
+when each next one starts (``started``, the executor's start notice), which moves the attempt's
+deadline.  An attempt that times out reports nothing, so its retry resumes where the attempt
+before it stopped (or at the first iteration).  An item of a map is timed whole: its timeout
+bounds all its iterations together (the item strategies time a call, and an item's loop runs
+within its call: engine.worker.item_runners).
+
 ``rf.context()`` reads the contextvars of the work running in this thread or asyncio task
 (engine.worker.logs) and of its loop (``_LOOP``).
 """
@@ -66,8 +73,9 @@ class Iterations:
     """The loop state of one attempt or item: ``count`` runs now; ``looped`` holds (start, end,
     message) of each iteration that raised rf.Loop (kept for a plain task's report only)."""
 
-    def __init__(self, max_loops: int, count: int = 1, result: Any = None, *, keep: bool = True):
+    def __init__(self, max_loops: int, count: int = 1, result: Any = None, *, keep: bool = True, started: Any = None):
         self.max_loops = max_loops
+        self.on_start = started  # told each next iteration's start (a timed plain task: its deadline moves)
         self.count = count
         self.result = result
         self.started = time.time()
@@ -92,6 +100,8 @@ class Iterations:
             get_run_logger().info("LOOPED (iteration %d): %s", self.count, message)
         self.count, self.result, self.started = self.count + 1, loop.result, now
         _LOOP.set((self.count, self.result))
+        if self.on_start is not None:
+            self.on_start(now)
 
     def state(self) -> bytes | None:
         """Where a failed attempt stopped, for its retry (None: at the first iteration)."""
