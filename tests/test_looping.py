@@ -21,6 +21,7 @@ import pytest
 import rayflow as rf
 from rayflow.states import StateType as T
 from rayflow.store import RunStore
+from rayflow.ui.svg_timeline import bars_of
 
 PAGE_SIZE = 2
 
@@ -77,13 +78,16 @@ def test_a_task_pages_through_an_api_one_looped_state_per_page(runner, api):
     assert run.state.type is T.SUCCESS, run.state
     assert run.result() == expected(4)
     states = [(s.type, s.message, s.attempt) for s in run.history("fetch_all") if s.type is not T.PENDING]
-    assert states == [(T.RUNNING, "", 1)] + [(T.LOOPED, f"page {p} of 4", 1) for p in (1, 2, 3)] + [(T.SUCCESS, "", 1)]
+    assert states == [(T.RUNNING, "", 1)] + [(T.LOOPED, f"page {p} of 4", 1) for p in (1, 2, 3)] + [(T.SUCCESS, "4 iterations", 1)]
     looped = [s for s in run.history("fetch_all") if s.type is T.LOOPED]
     assert all(a.finished_at <= b.started_at + 1e-6 for a, b in zip(looped, looped[1:]))  # in order, one after another
     # the history's transitions (what `rayflow show`, `logs` and the UI's timeline read)
-    rows = RunStore().run(run.run_id)["transitions"]
-    assert [r["message"] for r in rows if r["task_key"] == "fetch_all" and r["state"] == "LOOPED"] == [
+    recorded = RunStore().run(run.run_id)
+    assert [r["message"] for r in recorded["transitions"] if r["task_key"] == "fetch_all" and r["state"] == "LOOPED"] == [
         "page 1 of 4", "page 2 of 4", "page 3 of 4"]
+    bars, _ = bars_of(recorded, [{"task": "fetch_all"}], time.time())  # the UI's timeline: a bar per iteration
+    assert [b[3] for b in bars["fetch_all"]] == ["LOOPED", "LOOPED", "LOOPED", "SUCCESS"]
+    assert all(a[1] <= b[0] + 1e-6 for a, b in zip(bars["fetch_all"], bars["fetch_all"][1:]))
 
 
 def test_past_max_loops_the_task_fails_naming_the_limit(runner, api):

@@ -60,6 +60,8 @@ def run_attempt(
     if loop.count > 1:  # it looped (now or in the attempts before): the iterations, and where a retry resumes
         ended = report.type in (StateType.SUCCESS, StateType.CACHED, StateType.SKIPPED)
         report = dataclasses.replace(report, loops=tuple(loop.looped), loop_state=None if ended else loop.state())
+        if report.type is StateType.SUCCESS and not report.message:  # `rayflow show`'s note says so
+            report = dataclasses.replace(report, message=f"{loop.count} iterations")
     return report, value
 
 
