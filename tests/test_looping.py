@@ -251,24 +251,24 @@ def test_run_timed_and_run_items_loop_an_item_to_its_value():
         assert "max_loops=5" in outcomes.errors[3][1] and outcomes.retryable[3] is False
 
 
-def test_one_span_per_iteration(monkeypatch):
+def test_one_span_per_iteration_and_a_retry_resumes_the_count(monkeypatch, tmp_path):
     from otlp_sink import HttpSink
 
     sink = HttpSink()
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint)
     try:
         @rf.flow
-        def counting():
-            return countdown(3)
+        def retried(marks: str):
+            return flaky_pages.with_options(retries=2)(marks)
 
-        run = counting.with_options(runner="local").run()
-        assert run.result() == (None, 3, 3)
-        spans = sink.wait_for(lambda spans: len([s for s in spans if s["trace_id"] == run.trace_id]) >= 4)
+        run = retried.with_options(runner="local").run(marks=str(tmp_path))
+        assert run.state.type is T.SUCCESS, run.state
+        spans = sink.wait_for(lambda spans: len([s for s in spans if s["trace_id"] == run.trace_id]) >= 7)
     finally:
         sink.close()
-    tasks = sorted((s for s in spans if s["name"] == "task countdown" and s["trace_id"] == run.trace_id), key=lambda s: s["start"])
-    assert [(s["attributes"]["rayflow.loop_count"], s["attributes"]["rayflow.state"]) for s in tasks] == [
-        (1, "LOOPED"), (2, "LOOPED"), (3, "SUCCESS")]
+    tasks = sorted((s for s in spans if s["name"] == "task flaky_pages" and s["trace_id"] == run.trace_id), key=lambda s: s["start"])
+    assert [(s["attributes"]["rayflow.loop_count"], s["attributes"]["rayflow.attempt"], s["attributes"]["rayflow.state"]) for s in tasks] == [
+        (1, 1, "LOOPED"), (2, 1, "RETRYING"), (2, 2, "LOOPED"), (3, 2, "RETRYING"), (3, 3, "LOOPED"), (4, 3, "SUCCESS")]
     assert [name for name, _ in tasks[0]["events"]] == ["loop"]
     assert all(a["end"] <= b["start"] for a, b in zip(tasks, tasks[1:]))
 

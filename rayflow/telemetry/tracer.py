@@ -191,7 +191,8 @@ class RunTracer(RunObserver):
         attrs = {**self._base(key), f"{PREFIX}attempt": attempt}
         start = new.started_at or submitted
         if old.type is StateType.LOOPED or new.type is StateType.LOOPED:
-            count = self._loops[key] = self._loops.get(key, 0) + 1 if old.type is StateType.LOOPED else 1
+            # the iteration: one more than the span before; a retry's first resumes the one that failed
+            count = self._loops[key] = self._loops.get(key, 0) + 1 if old.type is StateType.LOOPED else self._loops.get(key, 1)
             attrs[f"{PREFIX}loop_count"] = count
             start = old.finished_at if old.type is StateType.LOOPED and old.finished_at else start
         span = self._start(f"task {key}", self._parent(key, submitted), start, span_id, attrs)
