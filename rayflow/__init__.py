@@ -26,7 +26,8 @@ if _TYPE_CHECKING:  # what the names below are, for type checkers; at run time e
     from rayflow.core.task import Task, task
     from rayflow.engine.driver.flow_run import FlowRun
     from rayflow.engine.worker.logs import get_run_logger
-    from rayflow.signals import Fail, Retry, Skip
+    from rayflow.signals import Fail, Loop, Retry, Skip
+    from rayflow.engine.worker.looping import context
     from rayflow.states import ErrorInfo, State, StateType
 
 __version__ = "0.1.0"
@@ -60,11 +61,12 @@ _LAZY: dict[str, str] = {
     **{name: "rayflow.core.flow" for name in ("Flow", "flow")},
     **{name: "rayflow.core.mapping" for name in ("flatten", "mapped", "unmapped")},
     **{name: "rayflow.core.task" for name in ("Task", "task")},
-    **{name: "rayflow.signals" for name in ("Fail", "Retry", "Skip")},
+    **{name: "rayflow.signals" for name in ("Fail", "Loop", "Retry", "Skip")},
     **{name: "rayflow.states" for name in ("ErrorInfo", "State", "StateType")},
     **{name: "rayflow.runtime.worker.limit_holders" for name in _HOLDERS},
     "FlowRun": "rayflow.engine.driver.flow_run",
     "get_run_logger": "rayflow.engine.worker.logs",
+    "context": "rayflow.engine.worker.looping",  # rf.context(): the running task's run, key, item, loop
 }
 _SUBMODULES = ("artifacts", "cache", "limits", "schedules", "signals", "triggers")
 # rf.limits: rayflow.runtime.limits.api; rf.artifacts: rayflow.engine.worker.artifacts (called in tasks)
@@ -100,6 +102,7 @@ __all__ = [
     "FlowRunError",
     "GraphError",
     "LimitError",
+    "Loop",
     "MappingError",
     "MissingResultError",
     "ParameterError",
@@ -124,6 +127,7 @@ __all__ = [
     "cache",
     "case",
     "concurrency",
+    "context",
     "flatten",
     "flow",
     "get_run_logger",

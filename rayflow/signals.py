@@ -7,13 +7,16 @@ them.  rayflow never raises them for its own control flow::
     Signal(BaseException)
     ├── Skip     the task ends SKIPPED (and the skip propagates downstream)
     ├── Fail     the task ends FAILED; retried if it has retries left
-    └── Retry    the task is retried (RETRYING), spending none of its ``retries``
-                 (a task and an item of a map alike: ``engine.policy.after_retry_signal``)
+    ├── Retry    the task is retried (RETRYING), spending none of its ``retries``
+    │            (a task and an item of a map alike: ``engine.policy.after_retry_signal``)
+    └── Loop     the task runs again at once (LOOPED), ``rf.context().loop_result`` the
+                 value given (``engine.worker.looping``)
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 
 class Signal(BaseException):
@@ -48,3 +51,17 @@ class Retry(Signal):
 
     def __reduce__(self):
         return (type(self), (self.message, self.delay))
+
+
+class Loop(Signal):
+    """End this iteration of the task LOOPED and run the function again at once, in the same
+    worker: ``rf.context().loop_count`` is then one more (1 on the first run) and
+    ``rf.context().loop_result`` is ``result``.  At most ``max_loops`` iterations (a task
+    option, default 1000); the value the function finally returns is the task's result."""
+
+    def __init__(self, message: str = "", result: Any = None):
+        super().__init__(message)
+        self.result = result
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.result))

@@ -257,6 +257,11 @@ def _bad_option() -> Any:
     def f() -> None: ...
 
 
+def _bad_max_loops() -> Any:
+    @rf.task(max_loops=0)
+    def f() -> None: ...
+
+
 def _failed_result() -> Any:
     return says_yes.with_options(run_id="says-yes-1").run().result()
 
@@ -269,6 +274,7 @@ API_CASES: list[tuple[str, str, Any]] = [
     ("a run id outside the run id rule", "twice.with_options(run_id='a/b')", lambda: twice.with_options(run_id="a/b")),
     ("resume of a run id outside the run id rule", "rf.resume('../x')", lambda: rf.resume("../x")),
     ("bad task options", "@rf.task(retries=-1, timeout='soon')", _bad_option),
+    ("a max_loops under 1 (rf.Loop)", "@rf.task(max_loops=0)", _bad_max_loops),
     ("mapped arguments of unequal lengths", "pair.map([1, 2, 3], [1, 2])", lambda: unequal.run()),
     ("`if` on a task result in a flow body", "if double(1) > 1: ...", lambda: branches_on_a_result.run()),
     ("resume of an unknown run", "rf.resume('no-such-run')", lambda: rf.resume("no-such-run")),

@@ -36,6 +36,8 @@ class TaskOptions(BaseModel):
     # Retries of system errors (worker died, object lost): a separate budget.
     system_retries: int = Field(default=3, ge=0)
     timeout: float | None = Field(default=None, gt=0)
+    # rf.Loop: iterations a task (or an item of a map) may run before it fails (engine.worker.looping).
+    max_loops: int = Field(default=1000, ge=1, strict=True)
     tags: frozenset[str] = frozenset()
     trigger: Callable[..., bool] = all_successful
     skip_on_upstream_skip: bool = True

@@ -267,7 +267,8 @@ class Orchestrator:
             return
         self.retries.attempts[key] = attempt
         layout, handles = pack_inputs([self.handles.get(k) for k in spec.value_keys], batch=spec.options.batch)
-        work = self.prepare(Work(self.next_work_id(), key, attempt, layout, report_length=spec.report_length))
+        loops = {"max_loops": spec.options.max_loops, "looped": self.retries.looped.get(key)}  # rf.Loop
+        work = self.prepare(Work(self.next_work_id(), key, attempt, layout, report_length=spec.report_length, **loops))
         self.running[key] = work
         self.executor.submit(spec, work, handles)
 
@@ -315,6 +316,8 @@ class Orchestrator:
         key = result.task_key
         del self.running[key]
         self.deadlines.pop(key, None)
+        for looped in self.retries.loops(result):  # rf.Loop: one LOOPED state per iteration that looped
+            self.transition(key, looped)
         timing = {"attempt": result.attempt, "started_at": result.started_at, "finished_at": result.finished_at}
         if self.plan.by_key[key].kind == "subflow":
             timing.update(self._subflow_span(key, result.finished_at))
@@ -342,9 +345,7 @@ class Orchestrator:
         attempt = self.running.pop(key).attempt
         message = f"timed out after {options.timeout:g}s"
         timing = {"attempt": attempt, "started_at": deadline - options.timeout, "finished_at": self.clock()}
-        new = self.retries.spend(key, message, timing)
-        if new is None:
-            new = State(type=StateType.TIMED_OUT, message=message, **timing)
+        new = self.retries.spend(key, message, timing) or State(type=StateType.TIMED_OUT, message=message, **timing)
         self.follow(key, self.transition(key, new))
 
     # -- the loop ------------------------------------------------------------

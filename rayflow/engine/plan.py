@@ -345,6 +345,7 @@ def _worker_options(options: TaskOptions, *, count_flat: bool, store: tuple[str 
     return {
         "batch": options.batch,
         "timeout": options.timeout,
+        "max_loops": options.max_loops,  # iterations an item may run (rf.Loop)
         "concurrency": options.concurrency,
         "skip_on_upstream_skip": options.skip_on_upstream_skip,
         "count_flat": count_flat,

@@ -23,7 +23,7 @@ from typing import Any
 
 import cloudpickle
 
-from rayflow.signals import Fail, Retry, Signal, Skip
+from rayflow.signals import Fail, Loop, Retry, Signal, Skip
 from rayflow.states import ErrorInfo, State, StateType
 
 ASYNC_CONCURRENCY = 32  # items of an async task's chunk at once, unless concurrency= says
@@ -85,6 +85,8 @@ class Work:
     log_prints: bool = False  # capture print() as log records of the run
     persist: tuple[str, str] | None = None  # a write-behind: (store, name) to write its one input to
     write_inline: bool = False  # write a persisted value before reporting (values shared in-process)
+    max_loops: int = 1000  # a plain task: the iterations it may run (rf.Loop: engine.worker.looping)
+    looped: bytes | None = None  # a retry of a looping task: (loop_count, loop_result) it resumes at, pickled
 
 
 def pack_inputs(inputs: list[Any], *, batch: bool = False) -> tuple[tuple[Any, ...], list[Any]]:
@@ -157,6 +159,8 @@ class AttemptResult:
     artifacts: tuple[tuple, ...] = ()  # rf.artifacts calls while it ran (engine.worker.artifacts)
     persist: tuple[str, str] | None = None  # (store, name) the value is to be written to, behind
     result_path: str | None = None  # where the value is stored (persisted, or the cache entry it came from)
+    loops: tuple[tuple[float, float, str], ...] = ()  # rf.Loop: (start, end, message) of each iteration that looped
+    loop_state: bytes | None = None  # a failed attempt that looped: where its retry resumes (Work.looped)
 
     def exception(self) -> BaseException | None:
         if self.exception_bytes is None:
@@ -228,6 +232,8 @@ def signal_outcome(signal: Signal) -> SignalOutcome:
         return SignalOutcome(StateType.SKIPPED, message, False)
     if isinstance(signal, Retry):
         return SignalOutcome(StateType.RETRYING, message, True, signal.delay)
+    if isinstance(signal, Loop):  # only where no loop runs it (engine.worker.looping): a batch=True task
+        return SignalOutcome(StateType.FAILED, f"{message} (rf.Loop cannot loop a batch=True task)", False)
     return SignalOutcome(StateType.FAILED, message, isinstance(signal, Fail))  # Fail, or a bare Signal: not retried
 
 

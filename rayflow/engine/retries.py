@@ -22,6 +22,19 @@ class RetryLedger:
         self.attempts = dict.fromkeys(keys, 0)
         self.app_failures = dict.fromkeys(keys, 0)
         self.system_failures = dict.fromkeys(keys, 0)
+        self.looped: dict[str, bytes] = {}  # a looping task whose attempt failed: where its retry resumes
+
+    def loops(self, result: AttemptResult) -> list[State]:
+        """rf.Loop: a LOOPED state per iteration the attempt looped (its timing and message); where
+        a failed attempt stopped is kept for its retry (engine.worker.looping)."""
+        if result.loop_state is not None:
+            self.looped[result.task_key] = result.loop_state
+        elif result.type is not StateType.FAILED or result.error is None or not result.error.system:
+            self.looped.pop(result.task_key, None)  # a lost worker reports nothing: its retry resumes where the last did
+        return [
+            State(type=StateType.LOOPED, attempt=result.attempt, started_at=start, finished_at=end, message=message, timestamp=end)
+            for start, end, message in result.loops
+        ]
 
     def retrying(self, message: str, delay: float, timing: dict[str, Any], **extra: Any) -> State:
         due = self.clock() + delay
@@ -51,7 +64,12 @@ class RetryLedger:
         retrying = self.spend(key, result.message, timing, **failure) if result.retryable else None
         if retrying is not None:
             return retrying
-        if not result.retryable and options.retries:
+        if not result.retryable and options.retries and not _loop_limit(result):
             message = f"{result.message} (not retried: not one of retry_on)"
             return State(type=StateType.FAILED, message=message, **timing, **failure)
         return State(type=StateType.FAILED, message=result.message, **timing, **failure)
+
+
+def _loop_limit(result: AttemptResult) -> bool:
+    """Past max_loops (engine.worker.looping): not retried, for a reason of its own."""
+    return result.error is not None and result.error.type.endswith(".LoopLimitExceeded")

@@ -2,7 +2,7 @@
 
     flow <name>                     the run, from RUNNING to its final state
     ├── limit wait <key>            a tagged task (or map) waiting for a limit's slot
-    ├── task <key>                  one span per attempt, worker-measured start/end
+    ├── task <key>                  one span per attempt (per iteration of a looping task), worker-measured
     ├── task <key>                  a mapped task: launch to final state
     │   └── chunk <key>[a:b]        one span per chunk (never per item), item range and counts
     └── flow <inner>                a subflow: its first task's start to its final state
@@ -74,6 +74,7 @@ class RunTracer(RunObserver):
         self._chunks: dict[int, int] = {}  # work id -> span id
         self._map_spans: dict[str, Any] = {}
         self._map_ids: dict[str, int] = {}
+        self._loops: dict[str, int] = {}  # key -> iteration its last span was (rf.Loop)
         self._limit_waits: dict[str, tuple[float, str]] = {}  # key -> (since, message) while it waits for a limit
 
     @property
@@ -170,8 +171,8 @@ class RunTracer(RunObserver):
             self._on_subflow(task_key, new)
         elif task_key in self._maps:
             self._on_map(task_key, new)
-        elif old.type is StateType.RUNNING and new.type is not StateType.RUNNING:
-            self._attempt_span(task_key, new)
+        elif old.type in (StateType.RUNNING, StateType.LOOPED) and new.type is not StateType.RUNNING:
+            self._attempt_span(task_key, new, old)
         elif new.is_finished():  # settled without running: skipped, trigger failed, cancelled
             span = self._start(f"task {task_key}", self._parent(task_key, new.timestamp), new.timestamp, None, self._base(task_key))
             span.add_event(new.type.value.lower(), {f"{PREFIX}reason": new.message}, timestamp=_ns(new.timestamp))
@@ -183,16 +184,26 @@ class RunTracer(RunObserver):
         span = self._start(f"limit wait {key}", self._parent(key, since), since, None, attrs)
         span.end(end_time=_ns(until))
 
-    def _attempt_span(self, key: str, new: State) -> None:
+    def _attempt_span(self, key: str, new: State, old: State) -> None:
+        """One span per attempt; a looping task's attempt (rf.Loop) one per iteration, from the
+        LOOPED state that ended the one before (the first has the attempt's span id)."""
         attempt, span_id, submitted = self._attempts.pop(key, (new.attempt, None, new.timestamp))
         attrs = {**self._base(key), f"{PREFIX}attempt": attempt}
-        span = self._start(f"task {key}", self._parent(key, submitted), new.started_at or submitted, span_id, attrs)
+        start = new.started_at or submitted
+        if old.type is StateType.LOOPED or new.type is StateType.LOOPED:
+            # the iteration: one more than the span before; a retry's first resumes the one that failed
+            count = self._loops[key] = self._loops.get(key, 0) + 1 if old.type is StateType.LOOPED else self._loops.get(key, 1)
+            attrs[f"{PREFIX}loop_count"] = count
+            start = old.finished_at if old.type is StateType.LOOPED and old.finished_at else start
+        span = self._start(f"task {key}", self._parent(key, submitted), start, span_id, attrs)
         end = new.finished_at or time.time()
         reason = {f"{PREFIX}reason": new.message[:500]}
         if "timed out" in new.message:
             span.add_event("timeout", reason, timestamp=_ns(end))
         if new.type is StateType.SKIPPED:
             span.add_event("skipped", reason, timestamp=_ns(end))
+        if new.type is StateType.LOOPED:
+            span.add_event("loop", reason, timestamp=_ns(end))
         if new.type is StateType.RETRYING:
             span.add_event("retry", {**reason, f"{PREFIX}retry_at": new.scheduled_for or 0.0}, timestamp=_ns(end))
         # A retried attempt failed too: its span says so, and says it will be retried.

@@ -51,10 +51,13 @@ def bars_of(run: Mapping[str, Any], tasks: list[dict], now: float) -> tuple[dict
                 since, why = waiting.pop(key)
                 row.append((since, start, "wait", "PENDING", why))
             running[key] = (start, t["attempt"] or 1)
-        elif state not in ACTIVE - {"RETRYING"} and t["started_at"] is not None:
+        elif state not in ACTIVE - {"RETRYING", "LOOPED"} and t["started_at"] is not None:
             end = t["finished_at"] if t["finished_at"] is not None else t["at"]
             attempt = t["attempt"] or running.get(key, (0, 1))[1]
-            row.append((t["started_at"], end, "attempt", state, f"attempt {attempt}: {state}"))
+            start = t["started_at"]
+            if row and row[-1][3] == "LOOPED":  # rf.Loop: a bar per iteration, from the end of the one before
+                start = max(start, row[-1][1])
+            row.append((start, end, "attempt", state, f"attempt {attempt}: {state}"))
             running.pop(key, None)
             if state == "RETRYING":
                 waiting[key] = (end, "retry delay")

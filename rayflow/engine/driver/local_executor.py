@@ -43,7 +43,9 @@ class LocalExecutor(QueuedStarts):
 
     def _run(self, spec: TaskSpec, work: Work, values: list[Any]) -> tuple[Any, Any]:
         self.notify_started(work.work_id, time.time())
-        return execute(spec.payload, work, *values)
+        if spec.options.timeout is None:
+            return execute(spec.payload, work, *values)
+        return execute(spec.payload, work, *values, started=lambda at: self.notify_started(work.work_id, at))  # rf.Loop
 
     def submit(self, spec: TaskSpec, work: Work, handles: list[Any]) -> None:
         values = [None if box is None else box.value for box in handles]

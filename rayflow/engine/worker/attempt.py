@@ -13,6 +13,7 @@ it say nothing about the user's error.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 
 import time
@@ -25,7 +26,8 @@ from rayflow.engine.payload import load_payload
 from rayflow.engine.protocol import AttemptResult, describe_error, signal_outcome
 from rayflow.engine.worker.blocking import BlockWatch, warn_blocked
 from rayflow.engine.worker.results import MISS, keep, look_up, to_persist
-from rayflow.signals import Signal
+from rayflow.engine.worker.looping import Iterations, LoopLimitExceeded, resumed
+from rayflow.signals import Loop, Signal
 from rayflow.states import StateType
 
 
@@ -39,13 +41,31 @@ def _pickled_exception(exc: BaseException) -> bytes | None:
 
 
 def run_attempt(
-    payload: bytes, task_key: str, attempt: int, *inputs: Any, run_id: str = ""
+    payload: bytes, task_key: str, attempt: int, *inputs: Any, run_id: str = "", max_loops: int = 1000,
+    looped: bytes | None = None, started: Any = None,
 ) -> tuple[AttemptResult, Any]:
-    """Run the task once; never raises for the user's errors or signals.
+    """Run the task once (with every iteration of its loop, if it raises ``rf.Loop``: from where
+    ``looped`` says, for a retry; ``started(at)`` is told when each next one starts: a task's
+    timeout bounds each iteration); never raises for the user's errors or signals.
 
     With a result policy in the payload (``engine.worker.results``), a cache hit is the
     value without running the function (CACHED), and a success is written to the store.
     """
+    loop = Iterations(max_loops, *resumed(looped), started=started)
+    token = loop.enter()
+    try:
+        report, value = _run(payload, task_key, attempt, inputs, run_id, loop)
+    finally:
+        loop.exit(token)
+    if loop.count > 1:  # it looped (now or in the attempts before): the iterations, and where a retry resumes
+        ended = report.type in (StateType.SUCCESS, StateType.CACHED, StateType.SKIPPED)
+        report = dataclasses.replace(report, loops=tuple(loop.looped), loop_state=None if ended else loop.state())
+        if report.type is StateType.SUCCESS and not report.message:  # `rayflow show`'s note says so
+            report = dataclasses.replace(report, message=f"{loop.count} iterations")
+    return report, value
+
+
+def _run(payload: bytes, task_key: str, attempt: int, inputs: Any, run_id: str, loop: Iterations) -> tuple[AttemptResult, Any]:
     started = time.time()
     retry_on: tuple[type[BaseException], ...] = (Exception,)  # until the payload says otherwise
     kept = None
@@ -73,13 +93,12 @@ def run_attempt(
                 ),
                 lookup.value,
             )
-        value = fn(*call_args, **call_kwargs)
-        if inspect.iscoroutine(value):  # an async task: its own event loop, in this worker thread
-            watch = BlockWatch(task_key)
+        while True:
             try:
-                value = asyncio.run(watch.timed(value))
-            finally:
-                warn_blocked(watch)
+                value = _call(task_key, fn, call_args, call_kwargs)
+                break
+            except Loop as signal:  # the next iteration, at once (LoopLimitExceeded past max_loops)
+                loop.next(signal)
         if policy is not None:
             kept = keep(policy, task_key, lookup, value)
     except Signal as signal:
@@ -96,7 +115,7 @@ def run_attempt(
                 message=str(error),
                 error=error,
                 exception_bytes=_pickled_exception(exc),
-                retryable=isinstance(exc, retry_on),
+                retryable=isinstance(exc, retry_on) and not isinstance(exc, LoopLimitExceeded),
             ),
             None,
         )
@@ -113,6 +132,17 @@ def run_attempt(
         ),
         value,
     )
+
+
+def _call(task_key: str, fn: Any, args: Any, kwargs: Any) -> Any:
+    value = fn(*args, **kwargs)
+    if inspect.iscoroutine(value):  # an async task: its own event loop, in this worker thread
+        watch = BlockWatch(task_key)
+        try:
+            value = asyncio.run(watch.timed(value))
+        finally:
+            warn_blocked(watch)
+    return value
 
 
 def _signalled(signal: Signal, task_key: str, attempt: int, started: float) -> AttemptResult:

@@ -129,7 +129,7 @@ def _run(fn, args, kwargs, upstream, retry_on, options, job, work_id, values, st
             column, results = None, column
     else:
         results = _run_per_item(fn, args, kwargs, sources, job, selected, runnable, outcomes, options["timeout"],
-                                options.get("concurrency"))
+                                options.get("concurrency"), options.get("max_loops", 1000))
     if hits and results is not None:
         for j, value in zip(hits, cached.items()):
             results[j] = value
@@ -153,7 +153,7 @@ def _run(fn, args, kwargs, upstream, retry_on, options, job, work_id, values, st
     return result, _summary(job, work_id, selected, outcomes, attempts, started, flat, cached=len(hits), overhead=overhead)
 
 
-def _run_per_item(fn, args, kwargs, sources, job, selected, runnable, outcomes, timeout, concurrency=None) -> list[Any]:
+def _run_per_item(fn, args, kwargs, sources, job, selected, runnable, outcomes, timeout, concurrency=None, max_loops=1000) -> list[Any]:
     """Call ``fn`` once per runnable item, with each mapped argument's item in its slot, by the
     strategy ``item_runners.pick`` chooses; returns one value per selected item (None where it
     did not run or did not succeed)."""
@@ -164,7 +164,7 @@ def _run_per_item(fn, args, kwargs, sources, job, selected, runnable, outcomes, 
     at_once = None
     if is_async or (concurrency or 1) > 1:  # slots: limits by tag
         at_once = min(concurrency or ASYNC_CONCURRENCY, job.slots or len(runnable) or 1)
-    calls = ItemCalls(call, inputs, runnable, len(selected), outcomes, timeout, current_item_cell(), at_once, is_async, job.map_key)
+    calls = ItemCalls(call, inputs, runnable, len(selected), outcomes, timeout, current_item_cell(), at_once, is_async, job.map_key, max_loops)
     return pick(calls)(calls)
 
 

@@ -20,7 +20,8 @@ from rayflow.engine.worker.attempt import run_attempt
 from rayflow.states import StateType, error_text
 
 
-def execute(payload: bytes, work: Work, *values: Any) -> tuple[Any, Any]:
+def execute(payload: bytes, work: Work, *values: Any, started: Any = None) -> tuple[Any, Any]:
+    """``started(at)``: told when each next iteration of a looping task starts (its timeout is per iteration)."""
     if work.persist is not None:
         return None, write_behind(work, values[0])
     job = work.job
@@ -33,7 +34,8 @@ def execute(payload: bytes, work: Work, *values: Any) -> tuple[Any, Any]:
                 logs.add("ERROR", f"item {logs.index_of(j)} failed: {error_text(kind, message)}" + (f"\n{tb}" if tb else ""))
         else:
             inputs = unpack(work.layout, values)
-            report, value = run_attempt(payload, work.task_key, work.attempt, *inputs, run_id=work.run_id)
+            report, value = run_attempt(payload, work.task_key, work.attempt, *inputs, run_id=work.run_id,
+                                        max_loops=work.max_loops, looped=work.looped, started=started)
             if report.error is not None and report.type is StateType.FAILED:
                 logs.add("ERROR", f"attempt {work.attempt} failed:\n{report.error.traceback or report.error}")
             if work.report_length and report.type in (StateType.SUCCESS, StateType.CACHED):

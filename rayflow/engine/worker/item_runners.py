@@ -49,8 +49,9 @@ from rayflow.engine.columns import Column, encode_values, to_column
 from rayflow.engine.worker.blocking import BlockWatch, warn_blocked
 from rayflow.engine.worker.items import Outcomes
 from rayflow.engine.worker.logs import current_context, running_item
+from rayflow.engine.worker.looping import call_looping, loop_item, loop_item_async
 from rayflow.engine.worker.loops import cancel_within, run_loop
-from rayflow.signals import Signal
+from rayflow.signals import Loop, Signal
 
 
 @dataclasses.dataclass(eq=False)
@@ -71,6 +72,7 @@ class ItemCalls:
     at_once: int | None = None
     is_async: bool = False
     map_key: str = ""
+    max_loops: int = 1000  # iterations an item may run (rf.Loop: engine.worker.looping)
 
 
 ItemRunner = Callable[[ItemCalls], list[Any]]
@@ -109,6 +111,9 @@ def run_dense(calls: ItemCalls) -> list[Any]:
         try:
             done.extend(map(call, remaining))
             return done
+        except Loop as sig:  # the item loops: its iterations, then on with the next items
+            done.append(_looped(calls, calls.inputs[len(done)], len(done), sig))
+            continue
         except Signal as sig:
             outcomes.signalled(sig, len(done))
         except Exception as exc:
@@ -130,6 +135,9 @@ def run_items(calls: ItemCalls) -> list[Any]:
                 cell[0] = runnable[k]
                 results[runnable[k]] = call(inputs[k])
                 k += 1
+        except Loop as sig:
+            results[runnable[k]] = _looped(calls, inputs[k], runnable[k], sig)
+            k += 1
         except Signal as sig:
             outcomes.signalled(sig, runnable[k])
             k += 1
@@ -137,6 +145,17 @@ def run_items(calls: ItemCalls) -> list[Any]:
             outcomes.failed((runnable[k],), exc)
             k += 1
     return results
+
+
+def _looped(calls: ItemCalls, item: Any, j: int, first: Loop) -> Any:
+    """Item ``j`` raised ``first`` (rf.Loop): its loop run to its value, or its outcome kept (None)."""
+    try:
+        return loop_item(calls.call, item, first, calls.max_loops)
+    except Signal as sig:
+        calls.outcomes.signalled(sig, j)
+    except Exception as exc:
+        calls.outcomes.failed((j,), exc)
+    return None
 
 
 class _ItemTimeout(BaseException):
@@ -160,7 +179,7 @@ def run_timed(calls: ItemCalls) -> list[Any]:
             try:
                 signal.setitimer(signal.ITIMER_REAL, timeout)
                 try:
-                    results[j] = call(inputs[k])
+                    results[j] = call_looping(call, inputs[k], calls.max_loops)
                 finally:
                     signal.setitimer(signal.ITIMER_REAL, 0)
             except _ItemTimeout:
@@ -187,7 +206,7 @@ def run_abandoning(calls: ItemCalls) -> list[Any]:
     context = current_context()
 
     def one(k: int, j: int) -> tuple[str, Any]:
-        return _call_item(call, inputs[k], context, j)
+        return _call_item(call, inputs[k], context, j, calls.max_loops)
 
     k, n = 0, len(runnable)
     while k < n:
@@ -232,18 +251,25 @@ async def _items_on_loop(calls: ItemCalls, results: list[Any], watch: BlockWatch
     async def one(k: int, j: int) -> None:
         async with slots:
             running_item(context, j)  # this asyncio task's context: log records name item j
-            task = asyncio.ensure_future(watch.timed(call(inputs[k]), j))
-            done, _ = await asyncio.wait({task}, timeout=timeout)
-            if not done:
-                await cancel_within(task)  # it unwinds its own `finally`s, or is abandoned
-                outcomes.timed_out(j, timeout)  # type: ignore[arg-type]
+            started, step = time.monotonic(), call(inputs[k])
+            while True:  # once, or again with the rest of its loop when it raised rf.Loop
+                task = asyncio.ensure_future(watch.timed(step, j))
+                left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+                done, _ = await asyncio.wait({task}, timeout=left)
+                if not done:
+                    await cancel_within(task)  # it unwinds its own `finally`s, or is abandoned
+                    outcomes.timed_out(j, timeout)  # type: ignore[arg-type]
+                    return
+                try:
+                    results[j] = task.result()
+                except Loop as sig:
+                    step = loop_item_async(call, inputs[k], sig, calls.max_loops)
+                    continue
+                except Signal as sig:
+                    outcomes.signalled(sig, j)
+                except Exception as exc:
+                    outcomes.failed((j,), exc)
                 return
-            try:
-                results[j] = task.result()
-            except Signal as sig:
-                outcomes.signalled(sig, j)
-            except Exception as exc:
-                outcomes.failed((j,), exc)
 
     await asyncio.gather(*(one(k, j) for k, j in enumerate(calls.runnable)))
 
@@ -262,7 +288,7 @@ def run_threaded(calls: ItemCalls) -> list[Any]:
 
     def one(k: int, j: int) -> tuple[str, Any]:
         started[j] = time.monotonic()
-        return _call_item(call, inputs[k], context, j)
+        return _call_item(call, inputs[k], context, j, calls.max_loops)
 
     def threads() -> ThreadPoolExecutor:
         return ThreadPoolExecutor(at_once, thread_name_prefix="rayflow-item")
@@ -292,11 +318,11 @@ def run_threaded(calls: ItemCalls) -> list[Any]:
     return results
 
 
-def _call_item(call, item: Any, context: Any, j: int) -> tuple[str, Any]:
-    """Item ``j`` run on a helper thread: ("ok", value), ("signal", sig) or ("error", exc)."""
+def _call_item(call, item: Any, context: Any, j: int, max_loops: int = 1000) -> tuple[str, Any]:
+    """Item ``j`` (its loop too) on a helper thread: ("ok", value), ("signal", sig) or ("error", exc)."""
     running_item(context, j)
     try:
-        return "ok", call(item)
+        return "ok", call_looping(call, item, max_loops)
     except Signal as sig:
         return "signal", sig
     except Exception as exc:

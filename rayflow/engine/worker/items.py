@@ -20,6 +20,7 @@ from rayflow.core.refs import MapInput, substitute
 from rayflow.engine import columns as C
 from rayflow.engine.columns import Column, concat_columns, encode_values, merge_results, to_column
 from rayflow.engine.protocol import Piece, describe_error, signal_outcome
+from rayflow.engine.worker.looping import LoopLimitExceeded
 from rayflow.signals import Signal
 from rayflow.states import StateType, error_text
 
@@ -87,7 +88,8 @@ class Outcomes:
     def failed(self, items: Any, exc: Exception) -> None:
         """``items`` raised ``exc``: FAILED, with its error (described once), retried only if one of ``retry_on``."""
         info = describe_error(exc)
-        error, may_retry = (info.type, info.message, info.traceback), isinstance(exc, self.retry_on)
+        may_retry = isinstance(exc, self.retry_on) and not isinstance(exc, LoopLimitExceeded)
+        error = (info.type, info.message, info.traceback)
         for j in items:
             self.codes[j] = C.FAILED
             self.errors[j] = error

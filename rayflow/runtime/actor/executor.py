@@ -42,10 +42,12 @@ BIG_PAYLOAD = 64 * 1024  # bytes; larger payloads (and every map's) are put in t
 
 
 def _execute_remote(payload: bytes, work: Work, notifier: Any, run_id: str, *values: Any) -> tuple[Any, Any]:
+    started = None
     if notifier is not None:
         notifier.attempt_started.remote(run_id, work.work_id, time.time())
+        started = lambda at: notifier.attempt_started.remote(run_id, work.work_id, at)  # noqa: E731 - rf.Loop's iterations
     with worker_context(work.trace):  # the user's own spans nest under this work's span
-        return execute(payload, work, *values)
+        return execute(payload, work, *values, started=started)
 
 
 _remote_execute = ray.remote(num_returns=2, max_retries=0, retry_exceptions=False)(_execute_remote)
