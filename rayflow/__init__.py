@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
 if _TYPE_CHECKING:  # what the names below are, for type checkers; at run time each loads on first use
-    from rayflow import cache, schedules, signals, triggers
+    from rayflow import cache, notify, schedules, signals, triggers
     from rayflow.engine.worker import artifacts
     from rayflow.core.branching import case, merge, set_reference_tasks
     from rayflow.core.flow import Flow, flow
@@ -66,7 +66,7 @@ _LAZY: dict[str, str] = {
     "FlowRun": "rayflow.engine.driver.flow_run",
     "get_run_logger": "rayflow.engine.worker.logs",
 }
-_SUBMODULES = ("artifacts", "cache", "limits", "schedules", "signals", "triggers")
+_SUBMODULES = ("artifacts", "cache", "limits", "notify", "schedules", "signals", "triggers")
 # rf.limits: rayflow.runtime.limits.api; rf.artifacts: rayflow.engine.worker.artifacts (called in tasks)
 _SUBMODULE_PATHS = {"limits": "rayflow.runtime.limits.api", "artifacts": "rayflow.engine.worker.artifacts"}
 
@@ -130,6 +130,7 @@ __all__ = [
     "limits",
     "mapped",
     "merge",
+    "notify",
     "rate_limit",
     "rate_limit_async",
     "resume",
