@@ -22,6 +22,7 @@ if _TYPE_CHECKING:  # what the names below are, for type checkers; at run time e
     from rayflow.engine.worker import artifacts
     from rayflow.core.branching import case, merge, set_reference_tasks
     from rayflow.core.flow import Flow, flow
+    from rayflow.core.sla import SLA
     from rayflow.core.mapping import flatten, mapped, unmapped
     from rayflow.core.task import Task, task
     from rayflow.engine.driver.flow_run import FlowRun
@@ -64,6 +65,7 @@ _LAZY: dict[str, str] = {
     **{name: "rayflow.states" for name in ("ErrorInfo", "State", "StateType")},
     **{name: "rayflow.runtime.worker.limit_holders" for name in _HOLDERS},
     "FlowRun": "rayflow.engine.driver.flow_run",
+    "SLA": "rayflow.core.sla",
     "get_run_logger": "rayflow.engine.worker.logs",
 }
 _SUBMODULES = ("artifacts", "cache", "limits", "notify", "schedules", "signals", "triggers")
@@ -109,6 +111,7 @@ __all__ = [
     "Retry",
     "RunCrashedError",
     "RunIdError",
+    "SLA",
     "SerializationError",
     "Skip",
     "State",
