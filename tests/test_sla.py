@@ -108,3 +108,15 @@ def test_a_real_server_records_late_and_overdue_and_shows_them(tmp_path, web):
     [row] = [line.split("\t") for line in listed.stdout.splitlines() if line.startswith("promised/")]
     assert "1 OVERDUE" in row[5] and "LATE" in row[5], row  # the column "sla misses"
     print("\n" + shown.stdout + listed.stdout)
+    # the UI: a badge on the runs list and on the run's page (no style= attribute: the CSP)
+    from starlette.testclient import TestClient
+
+    from rayflow.ui import create_app
+
+    client = TestClient(create_app(home), base_url="http://127.0.0.1:4200")
+    listing = client.get("/runs").text
+    assert '<span class="badge sla" title="SLA missed: OVERDUE">OVERDUE</span>' in listing
+    page = client.get(f"/runs/{overdue[0]['run_id']}").text
+    assert 'class="badge big sla" id="sla-overdue"' in page and "style=" not in page
+    logs = [r["message"] for r in RunStore(home).logs(overdue[0]["run_id"])]
+    assert any(m.startswith("SLA OVERDUE: still running") for m in logs), logs
