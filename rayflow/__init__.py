@@ -51,7 +51,7 @@ _EXCEPTIONS = (
     "ClusterAuthenticationError", "ClusterConnectionError", "CorruptResultError", "DefinitionError",
     "DuplicateRunError", "FlowRunError", "GraphError", "LimitError", "MappingError", "MissingResultError",
     "ParameterError", "RayflowError", "ResultStoreError", "ResumeError", "RunCrashedError", "RunIdError",
-    "SerializationError", "TaskOptionError", "TaskRunError", "UnknownRunError", "UnknownTaskError",
+    "SLAError", "SerializationError", "TaskOptionError", "TaskRunError", "UnknownRunError", "UnknownTaskError",
     "UnsafePathError", "UnsatisfiableResourcesError",
 )
 _HOLDERS = ("concurrency", "rate_limit", "rate_limit_async")
@@ -112,6 +112,7 @@ __all__ = [
     "RunCrashedError",
     "RunIdError",
     "SLA",
+    "SLAError",
     "SerializationError",
     "Skip",
     "State",

@@ -70,8 +70,10 @@ def test_late_and_overdue_are_recorded_and_notified_once(tmp_path, web):
 
 
 def test_an_sla_is_checked_where_the_flow_is_defined():
-    with pytest.raises(TaskOptionError, match="sla={}: Value error, an SLA needs late_after, max_duration or both"):
+    with pytest.raises(TaskOptionError, match="sla={}: Value error, invalid rf.SLA: SLA={}: an SLA needs late_after, max_duration"):
         rf.flow(sla={})(lambda: None)
+    with pytest.raises(rf.SLAError, match=r"^invalid rf.SLA: late_after=-1: Input should be greater than 0$"):
+        rf.SLA(late_after=-1)
     with pytest.raises(TaskOptionError, match="cancel_overdue needs max_duration"):
         rf.flow(sla={"late_after": 1, "cancel_overdue": True})(lambda: None)
     with pytest.raises(TaskOptionError, match="must be notifiers"):

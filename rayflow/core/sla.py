@@ -11,7 +11,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rayflow.exceptions import SLAError
 
 
 class SLA(BaseModel):
@@ -21,6 +23,17 @@ class SLA(BaseModel):
     max_duration: float | None = Field(default=None, gt=0)
     notify: tuple[Any, ...] = ()
     cancel_overdue: bool = False
+
+    def __init__(self, **values: Any) -> None:
+        """``rf.SLA(...)`` called by hand: a bad value is one DefinitionError naming each problem."""
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'SLA'}={e.get('input')!r}: {e['msg'].removeprefix('Value error, ')}"
+                for e in exc.errors()
+            )
+            raise SLAError(f"invalid rf.SLA: {problems}") from None
 
     @field_validator("late_after", "max_duration", mode="before")
     @classmethod
