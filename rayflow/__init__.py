@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
 if _TYPE_CHECKING:  # what the names below are, for type checkers; at run time each loads on first use
-    from rayflow import cache, schedules, signals, triggers
+    from rayflow import cache, notify, schedules, signals, triggers
     from rayflow.engine.worker import artifacts
     from rayflow.core.branching import case, merge, set_reference_tasks
     from rayflow.core.flow import Flow, flow
+    from rayflow.core.sla import SLA
     from rayflow.core.mapping import flatten, mapped, unmapped
     from rayflow.core.task import Task, task
     from rayflow.engine.driver.flow_run import FlowRun
@@ -51,7 +52,7 @@ _EXCEPTIONS = (
     "ClusterAuthenticationError", "ClusterConnectionError", "CorruptResultError", "DefinitionError",
     "DuplicateRunError", "FlowRunError", "GraphError", "LimitError", "MappingError", "MissingResultError",
     "ParameterError", "RayflowError", "ResultStoreError", "ResumeError", "RunCrashedError", "RunIdError",
-    "SerializationError", "TaskOptionError", "TaskRunError", "UnknownRunError", "UnknownTaskError",
+    "SLAError", "SerializationError", "TaskOptionError", "TaskRunError", "UnknownRunError", "UnknownTaskError",
     "UnsafePathError", "UnsatisfiableResourcesError",
 )
 _HOLDERS = ("concurrency", "rate_limit", "rate_limit_async")
@@ -65,10 +66,11 @@ _LAZY: dict[str, str] = {
     **{name: "rayflow.states" for name in ("ErrorInfo", "State", "StateType")},
     **{name: "rayflow.runtime.worker.limit_holders" for name in _HOLDERS},
     "FlowRun": "rayflow.engine.driver.flow_run",
+    "SLA": "rayflow.core.sla",
     "get_run_logger": "rayflow.engine.worker.logs",
     "context": "rayflow.engine.worker.looping",  # rf.context(): the running task's run, key, item, loop
 }
-_SUBMODULES = ("artifacts", "cache", "limits", "schedules", "signals", "triggers")
+_SUBMODULES = ("artifacts", "cache", "limits", "notify", "schedules", "signals", "triggers")
 # rf.limits: rayflow.runtime.limits.api; rf.artifacts: rayflow.engine.worker.artifacts (called in tasks)
 _SUBMODULE_PATHS = {"limits": "rayflow.runtime.limits.api", "artifacts": "rayflow.engine.worker.artifacts"}
 
@@ -112,6 +114,8 @@ __all__ = [
     "Retry",
     "RunCrashedError",
     "RunIdError",
+    "SLA",
+    "SLAError",
     "SerializationError",
     "Skip",
     "State",
@@ -134,6 +138,7 @@ __all__ = [
     "limits",
     "mapped",
     "merge",
+    "notify",
     "rate_limit",
     "rate_limit_async",
     "resume",

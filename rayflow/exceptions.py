@@ -229,6 +229,11 @@ class ScheduleError(RayflowError, ValueError):
     """A schedule that cannot be: a bad cron expression, an unknown timezone, a bad policy."""
 
 
+class SLAError(DefinitionError, ValueError):
+    """A bad ``rf.SLA``; a ValueError too, so inside ``@rf.flow(sla={...})`` pydantic names it as
+    the flow's bad ``sla`` option."""
+
+
 class ResumeError(RayflowError):
     """A run cannot be resumed: it succeeded, its flow cannot be found, or its graph lost a task."""
 

@@ -128,6 +128,8 @@ CLI_CASES: list[tuple[str, list[str], str, int]] = [
     ("`--max-catchup` past its maximum", ["serve", "<dir>/good.py:twice", "--interval", "60", "--catchup", "all", "--max-catchup", "99999999999999999999"], "home", 2),
     ("`serve --config` file missing", ["serve", "--config", "<dir>/nofile.toml"], "home", 2),
     ("`serve --config` with a target too", ["serve", "<dir>/good.py:twice", "--config", "<dir>/flows.toml"], "home", 2),
+    ("`notify` of an unknown kind in a `flows.toml`", ["serve", "--config", "<dir>/notify_kind.toml"], "home", 2),
+    ("`notify` webhook URL not http(s) in a `flows.toml`", ["serve", "--config", "<dir>/notify_url.toml"], "home", 2),
     ("`submit --address` not a job server URL", ["submit", "good.py:twice", "--address", CLOSED], "home", 2),
     ("`submit`: no job server at the address", ["submit", "good.py:twice", "--address", f"http://{CLOSED}"], "home", 3),
     ("`submit`: a parameter the flow rejects (checked before submitting)",
@@ -155,6 +157,9 @@ def scratch(root: pathlib.Path) -> pathlib.Path:
     (root / "missing_dep.py").write_text("import no_such_package_anywhere\n")
     (root / "flows.toml").write_text('[[flow]]\ntarget = "good.py:twice"\ninterval = 60\n')
     (root / "fast.toml").write_text('[[flow]]\ntarget = "good.py:twice"\ninterval = 0.5\n')
+    (root / "notify_kind.toml").write_text('[[flow]]\ntarget = "good.py:twice"\ninterval = 60\nnotify = [{kind = "pager"}]\n')
+    (root / "notify_url.toml").write_text(
+        '[[flow]]\ntarget = "good.py:twice"\ninterval = 60\nnotify = [{kind = "webhook", url = "ftp://hooks.example/x"}]\n')
     (root / "a-file").write_text("not a folder\n")
     (root / "empty.token").write_text("\n")
     (root / "short.token").write_text("abc\n")
@@ -281,6 +286,9 @@ API_CASES: list[tuple[str, str, Any]] = [
     ("resume of a run whose flow is neither in this process nor importable", "rf.resume('lost-1')",
      lambda: rf.resume("lost-1")),
     ("a limit past what the history keeps", "rf.limits.set('db', 2**63)", lambda: rf.limits.set("db", 2**63)),
+    ("a notifier's URL not http(s)", "rf.notify.slack('ftp://hooks.example/x')", lambda: rf.notify.slack("ftp://hooks.example/x")),
+    ("an e-mail notifier with no recipients", "rf.notify.email([])", lambda: rf.notify.email([])),
+    ("an SLA with nothing to check", "@rf.flow(sla=rf.SLA())", lambda: rf.SLA()),
     ("a trigger returning `'yes'`; `result()` of the failed run", "says_yes.with_options(run_id='says-yes-1').run().result()", _failed_result),
 ]
 

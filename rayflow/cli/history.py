@@ -23,11 +23,12 @@ def print_runs(runs: list[dict], as_json: bool) -> None:
     rows = [
         [
             r["run_id"], r["flow"], r["state"], _when(r["started_at"]), _took(r["started_at"], r["finished_at"]),
-            f"scheduled {_when(r['scheduled_for'])}" if r.get("scheduled_for") is not None else "-", r["trace_id"] or "-",
+            f"scheduled {_when(r['scheduled_for'])}" if r.get("scheduled_for") is not None else "-",
+            ",".join(r.get("sla") or ()) or "-", r["trace_id"] or "-",
         ]
         for r in runs
     ]
-    emit_table(["run id", "flow", "state", "started", "duration", "scheduled", "trace id"], rows, title="recent runs")
+    emit_table(["run id", "flow", "state", "started", "duration", "scheduled", "sla", "trace id"], rows, title="recent runs")
 
 
 def print_run(

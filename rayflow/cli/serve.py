@@ -18,7 +18,13 @@ from rayflow.core.parameters import parameter_values
 from rayflow.schedules import Cron, Interval, Schedule, from_spec
 
 UTC = dt.timezone.utc
-ENTRY_KEYS = {"target", "cron", "interval", "timezone", "parameters", "overlap", "catchup", "max_catchup", "anchor"}
+ENTRY_KEYS = {"target", "cron", "interval", "timezone", "parameters", "overlap", "catchup", "max_catchup", "anchor", "notify"}
+NOTIFY_KEYS = {  # a flows.toml entry's notify = [{kind = ..., ...}]: what each kind takes (rf.notify's arguments)
+    "webhook": {"url", "headers", "states", "timeout", "retries"},
+    "slack": {"url", "states", "timeout", "retries"},
+    "email": {"to", "smtp_host", "smtp_port", "sender", "username", "password_env", "starttls", "ssl", "states",
+              "timeout", "retries"},
+}
 SERVER_KEYS = {"max_concurrent", "grace", "address"}
 MAX_PREVIEW = 10_000  # `rayflow schedule preview -n`: more is refused
 
@@ -89,10 +95,55 @@ def config_entries(path: str) -> tuple[list[tuple[Any, Schedule, dict, str]], di
                 parameters=parameters,
                 **({"anchor": anchor} if anchor is not None and entry.get("interval") is not None else {}),
             )
+            if "notify" in entry:
+                flow = with_notifiers(flow, notifiers(entry["notify"]))
         except (TargetError, ScheduleError) as exc:
             raise type(exc)(f"{where}: {exc}") from None
         out.append((flow, schedule, {}, entry["target"]))
     return out, server
+
+
+def notifiers(entries: Any) -> tuple[Any, ...]:
+    """The notifiers a flows.toml entry's ``notify`` list names; a bad one is a ScheduleError naming it."""
+    import os
+
+    import rayflow.notify as notify
+    from rayflow.exceptions import DefinitionError, ScheduleError
+
+    if not isinstance(entries, list):
+        raise ScheduleError('notify must be a list of tables such as [{kind = "webhook", url = "https://..."}]')
+    out = []
+    for j, item in enumerate(entries, 1):
+        kind = item.get("kind") if isinstance(item, dict) else None
+        if kind not in NOTIFY_KEYS:
+            raise ScheduleError(f"notify entry {j}: kind must be one of {sorted(NOTIFY_KEYS)}, got {kind!r}")
+        args = {k: v for k, v in item.items() if k != "kind"}
+        extra = set(args) - NOTIFY_KEYS[kind]
+        if extra:
+            raise ScheduleError(f"notify entry {j} ({kind}): unknown key(s) {sorted(extra)}; it takes {sorted(NOTIFY_KEYS[kind])}")
+        try:
+            if kind == "email":
+                if "password_env" in args:
+                    args["password"] = os.environ.get(args.pop("password_env"))
+                out.append(notify.email(args.pop("to", None), **args))
+            else:
+                if "url" not in args:
+                    raise ScheduleError(f"notify entry {j} ({kind}): give url = \"https://...\"")
+                out.append(getattr(notify, kind)(args.pop("url"), **args))
+        except (DefinitionError, TypeError) as exc:
+            raise ScheduleError(f"notify entry {j}: {exc}") from None
+    return tuple(out)
+
+
+def with_notifiers(flow: Any, extra: tuple[Any, ...]) -> Any:
+    """``flow`` whose failures, and SLA misses if it has an SLA, are also told to ``extra``."""
+    if not extra:
+        return flow
+    sla = flow.options.sla
+    changes: dict[str, Any] = {"on_failure": (*flow.options.on_failure, *extra)}
+    if sla is not None:
+        changes["sla"] = sla.model_copy(update={"notify": (*sla.notify, *extra)})
+    return flow.with_options(**changes)
 
 
 def check_server_options(options: dict[str, Any], where: str = "") -> None:
@@ -138,10 +189,11 @@ def schedule_rows(schedules: list[dict], now: dt.datetime | None = None) -> list
             upcoming, described = None, f"(unreadable: {exc})"
         last = s.get("last") or {}
         state = last.get("state") or last.get("outcome") or "-"
+        misses = s.get("sla_misses") or {}
         rows.append([
             s["schedule_id"], s["flow"], described,
             upcoming.isoformat(timespec="seconds").replace("+00:00", "Z") if upcoming else "-",
-            state, s.get("target") or "-",
+            state, ", ".join(f"{n} {kind}" for kind, n in sorted(misses.items())) or "-", s.get("target") or "-",
         ])
     return rows
 

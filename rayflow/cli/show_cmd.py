@@ -206,7 +206,7 @@ def logs(
         nonlocal after
         for record in store.logs(run_id, task=task, after=after, item=item):
             after = record["row"]
-            where = record["task_key"] + (f"[{record['map_index']}]" if record["map_index"] is not None else "")
+            where = (record["task_key"] or "flow") + (f"[{record['map_index']}]" if record["map_index"] is not None else "")
             typer.echo(terminal_safe(f"{clock(record['at'])} {record['level']:<7} {where}: {record['message']}"))
 
     if follow and run["state"] in UNFINISHED:  # nothing may come for a while: say what it waits for
@@ -248,8 +248,14 @@ def schedules(as_json: Annotated[bool, typer.Option("--json", help="As JSON.")] 
     from rayflow.store import RunStore
     from rayflow.store.schedules import ScheduleStore
 
-    found = ScheduleStore(RunStore()).schedules()
+    from rayflow.store.sla import of_schedules
+
+    store = RunStore()
+    found = ScheduleStore(store).schedules()
+    misses = of_schedules(store)
+    for row in found:
+        row["sla_misses"] = misses.get(row["schedule_id"], {})
     if as_json:
         print(json.dumps(found, indent=2, default=str))
         return
-    emit_table(["schedule", "flow", "rule", "next fire", "last run", "target"], schedule_rows(found), title="schedules")
+    emit_table(["schedule", "flow", "rule", "next fire", "last run", "sla misses", "target"], schedule_rows(found), title="schedules")

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from rayflow.core.sla import SLA
 from rayflow.exceptions import TaskOptionError
 from rayflow.triggers import all_successful
 
@@ -212,6 +213,7 @@ class FlowOptions(BaseModel):
     on_state: tuple[Callable[..., Any], ...] = ()  # h(flow, old_state, new_state) -> State | None
     on_failure: tuple[Callable[..., Any], ...] = ()
     on_success: tuple[Callable[..., Any], ...] = ()
+    sla: SLA | None = None  # checked by rayflow serve (rayflow.serving.sla)
 
     @field_validator("on_state", "on_failure", "on_success", mode="before")
     @classmethod

@@ -7,12 +7,14 @@ chain: the state becomes FAILED with a message naming the handler.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from rayflow.engine.observers import RunObserver
 from rayflow.engine.plan import Plan
 from rayflow.engine.protocol import describe_error
+from rayflow.notify.context import HandlerRun, calling
 from rayflow.states import State, StateType, error_text
 
 
@@ -55,15 +57,32 @@ def apply_handlers(handlers: Sequence[Callable[..., Any]], subject: Any, old: St
 
 
 class StateHandlers(RunObserver):
-    """The tasks' and the flow's state handlers, as the observer that may amend each new state."""
+    """The tasks' and the flow's state handlers, as the observer that may amend each new state.
 
-    def __init__(self, plan: Plan):
+    While they run, ``rayflow.notify.context.current()`` names the run, the task and ``log`` (a
+    record in the run's logs), which a handler's arguments do not (the notifiers use it)."""
+
+    def __init__(self, plan: Plan, orchestrator: Any = None):
         self.plan = plan
+        self.run_id = getattr(orchestrator, "run_id", "")
+        self._orchestrator = orchestrator
+
+    def log(self, level: str, message: str, task_key: str | None = None) -> None:
+        """A record in the run's logs, through the orchestrator's ``on_log`` observers (any thread)."""
+        record = (time.time(), level, message, task_key, None, None, None)
+        for hook in getattr(self._orchestrator, "_on_log", ()):
+            hook(run_id=self.run_id, records=[record])
 
     def amend(self, *, task_key: str | None, old: State, new: State) -> State:
         if task_key is None:
             flow = self.plan.flow
-            return apply_handlers(flow.options.handlers, flow, old, new) if flow is not None else new
-        spec = self.plan.by_key[task_key]
-        handlers = spec.options.handlers
-        return apply_handlers(handlers, spec.task, old, new) if handlers else new
+            if flow is None or not flow.options.handlers:
+                return new
+            handlers, subject = flow.options.handlers, flow
+        else:
+            spec = self.plan.by_key[task_key]
+            handlers, subject = spec.options.handlers, spec.task
+            if not handlers:
+                return new
+        with calling(HandlerRun(self.run_id, self.plan.flow_name, task_key, self.log)):
+            return apply_handlers(handlers, subject, old, new)

@@ -16,6 +16,9 @@ In the order a run meets them:
   (``summary``) or was lost (``error``); ``facts`` (a ``WorkFacts``) is what the map
   made of it: its items final by state, those to run again, a row per item that did not
   succeed or was run again (the history records them).
+- ``on_log(run_id, records)``: records the orchestrator's side adds to the run's logs (a
+  notifier's warning), ``(at, level, message, task_key, map_index, trace_id, span_id)`` each;
+  may come from another thread.
 
 Observers run in the orchestrator's loop: a slow hook slows the run.  Apart
 from ``amend`` (whose failure fails the state, as a handler's does), a hook
@@ -30,7 +33,7 @@ from typing import Any
 from rayflow.engine.protocol import Work
 from rayflow.states import State
 
-HOOKS = ("amend", "on_transition", "on_work", "on_report", "on_chunk")
+HOOKS = ("amend", "on_transition", "on_work", "on_report", "on_chunk", "on_log")
 
 
 class RunObserver:
@@ -47,6 +50,9 @@ class RunObserver:
         return None
 
     def on_chunk(self, *, task_key: str, work: Work, summary: Any, error: Any, facts: Any = None) -> None:
+        return None
+
+    def on_log(self, *, run_id: str, records: list[tuple]) -> None:
         return None
 
 

@@ -107,7 +107,7 @@ class Orchestrator:
         self.lengths: dict[str, int | None] = {}
         self.feeder = feeder
         self.observers: tuple[RunObserver, ...] = ()
-        self._attach(StateHandlers(plan), *observers)
+        self._attach(StateHandlers(plan, self), *observers)
         self._work_ids = itertools.count(1)
         self.maps = MapCoordinator(plan, cpus=cpus, clock=clock, put=executor.put, next_work_id=self.next_work_id)
         self.scheduled: list[tuple[float, int, str]] = []

@@ -16,6 +16,7 @@ from rayflow.engine.executor import Executor
 from rayflow.engine.observers import RunObserver
 from rayflow.engine.orchestrator import Orchestrator
 from rayflow.engine.plan import Plan
+from rayflow.notify.sender import flush as flush_notifications
 from rayflow.paths import check_run_id
 from rayflow.store import HistoryRecorder, RunStore
 from rayflow.telemetry import RunTracer, TelemetrySettings
@@ -46,6 +47,10 @@ class ObservedRun:
         """The run is over: its slots of limits back, then the last of the history written,
         bounded in time; never raises (a history never fails a run)."""
         self.orchestrator.gating.release_everything()  # slots of attempts the run did not see end
+        try:  # the notifications of its last states: a short, bounded wait (rayflow.notify.sender)
+            flush_notifications(self.orchestrator.run_id)
+        except Exception:  # noqa: BLE001
+            logger.warning("rayflow: flushing the notifications of run %s failed", self.orchestrator.run_id, exc_info=True)
         if self.recorder is None:
             return
         try:

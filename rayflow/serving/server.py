@@ -55,6 +55,7 @@ from rayflow.core.parameters import validate_parameters
 from rayflow.exceptions import ScheduleError
 from rayflow.paths import new_run_id
 from rayflow.schedules import UTC, Schedule
+from rayflow.serving.sla import SlaWatch
 from rayflow.presentation import STATE_NAMES  # what a handle of a run that recorded its end reads
 from rayflow.store.schedules import ScheduleStore, server_alive
 from rayflow.states import error_text
@@ -180,6 +181,7 @@ class Server:
     ended: list[_Fire] = field(default_factory=list)  # reaped runs, for --once's outcome
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
+    sla: SlaWatch = field(default_factory=SlaWatch)  # the flows' SLAs (serving.sla)
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_concurrent, int) or self.max_concurrent < 1:
@@ -227,6 +229,7 @@ class Server:
         self.reap()
         for entry in self.entries:
             self._fire_due(entry, now)
+        self.sla.check(self, self.clock())
 
     def _fire_due(self, entry: Served, now: float) -> None:
         sid, policy, limit = entry.schedule_id, entry.schedule.catchup, entry.schedule.max_catchup

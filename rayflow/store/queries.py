@@ -18,10 +18,11 @@ logger = logging.getLogger(__name__)
 CRASHED = StateType.CRASHED.value
 FAILED_STATES = tuple(sorted(t.value for t in FAILED_TYPES))
 FAILED_ITEMS_SHOWN = 100  # a run's failed map items read with it (show --json, /api/runs/{id})
-# A run with its schedule and scheduled time (None for the others): what runs() and run() read.
+# A run with its schedule and scheduled time (None for the others) and its SLA misses (store.sla:
+# "LATE,OVERDUE", None for none, a list in _run_row): what runs() and run() read.
 RUN_SELECT = (
-    "SELECT runs.*, s.schedule_id AS schedule_id, s.scheduled_for AS scheduled_for FROM runs "
-    "LEFT JOIN scheduled_runs AS s ON s.run_id = runs.run_id"
+    "SELECT runs.*, s.schedule_id AS schedule_id, s.scheduled_for AS scheduled_for, (SELECT group_concat(m.kind, ',') "
+    "FROM sla_misses AS m WHERE m.run_id = runs.run_id) AS sla FROM runs LEFT JOIN scheduled_runs AS s ON s.run_id = runs.run_id"
 )
 
 
@@ -228,5 +229,6 @@ class Queries:
         out = dict(row)
         out["params"] = json.loads(out["params"])
         out["tasks"] = json.loads(out["tasks"])
+        out["sla"] = sorted(out["sla"].split(",")) if out.get("sla") else []
         return out
 

@@ -169,6 +169,10 @@ class HistoryRecorder(RunObserver):
             with self._lock:
                 self._artifacts.extend((self.run_id, self.attempt, *artifact) for artifact in artifacts)
 
+    def on_log(self, *, run_id: str, records: list[tuple]) -> None:
+        with self._lock:
+            self._logs.extend((self.run_id, *record, self.attempt) for record in records)
+
     def _take(self) -> tuple[list, list, list, list, list, list]:
         """The buffered rows, emptying the buffers (the caller holds ``_lock``)."""
         runs = [self._run] if self._run is not None else []

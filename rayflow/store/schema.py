@@ -84,6 +84,11 @@ CREATE INDEX IF NOT EXISTS artifacts_by_task ON artifacts(run_id, task_key);
 CREATE INDEX IF NOT EXISTS artifacts_by_key ON artifacts(key, version) WHERE key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS artifacts_latest ON artifacts(at, artifact_id) WHERE latest = 1;
 CREATE TABLE IF NOT EXISTS limits (name TEXT PRIMARY KEY, slots INTEGER NOT NULL, per_second REAL, updated_at REAL);
+CREATE TABLE IF NOT EXISTS sla_misses (
+    run_id TEXT NOT NULL, kind TEXT NOT NULL, flow TEXT NOT NULL, schedule_id TEXT, scheduled_for REAL,
+    at REAL NOT NULL, message TEXT, PRIMARY KEY (run_id, kind)
+);
+CREATE INDEX IF NOT EXISTS sla_misses_by_schedule ON sla_misses(schedule_id, at);
 """
 
 # Columns added since the first schema: (table, column, definition), added to an older database.
@@ -96,7 +101,7 @@ ADDED_COLUMNS = (
     ("scheduled_runs", "server", "TEXT"),
 )
 
-SCHEMA_VERSION = 7  # PRAGMA user_version once SCHEMA and ADDED_COLUMNS are in: opening skips the writes
+SCHEMA_VERSION = 8  # PRAGMA user_version once SCHEMA and ADDED_COLUMNS are in: opening skips the writes
 
 
 
