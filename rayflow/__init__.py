@@ -65,6 +65,8 @@ _LAZY: dict[str, str] = {
     **{name: "rayflow.runtime.worker.limit_holders" for name in _HOLDERS},
     "FlowRun": "rayflow.engine.driver.flow_run",
     "get_run_logger": "rayflow.engine.worker.logs",
+    **{name: "rayflow.runs.approval" for name in ("approve", "reject")},  # pause and approve
+    "pause": "rayflow.engine.worker.pause", "Pause": "rayflow.signals", "ApprovalError": "rayflow.exceptions",
 }
 _SUBMODULES = ("artifacts", "cache", "limits", "schedules", "signals", "triggers")
 # rf.limits: rayflow.runtime.limits.api; rf.artifacts: rayflow.engine.worker.artifacts (called in tasks)
@@ -88,6 +90,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "ApprovalError",
     "ClusterAuthenticationError",
     "ClusterConnectionError",
     "CorruptResultError",
@@ -120,6 +123,7 @@ __all__ = [
     "UnknownTaskError",
     "UnsafePathError",
     "UnsatisfiableResourcesError",
+    "approve",
     "artifacts",
     "cache",
     "case",
@@ -130,8 +134,10 @@ __all__ = [
     "limits",
     "mapped",
     "merge",
+    "pause",
     "rate_limit",
     "rate_limit_async",
+    "reject",
     "resume",
     "schedules",
     "set_reference_tasks",

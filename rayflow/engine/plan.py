@@ -26,6 +26,7 @@ import cloudpickle
 from rayflow.core.graph import Graph
 from rayflow.core.options import TaskOptions
 from rayflow.core.mapping import check_lengths
+from rayflow.core.pausing import persists
 from rayflow.core.refs import MapInput, NodeRef, find_refs, substitute
 from rayflow.cache import code_fingerprint, lineage_key, snapshot
 from rayflow.core.loader import flow_target
@@ -203,7 +204,7 @@ class _ResultPlanner:
     def __init__(self, graph: Graph, order: list[str], flow: Any):
         self.flow_name = graph.flow_name
         options = flow.options if flow is not None else None
-        self.flow_persist = bool(options is not None and options.persist)
+        self.flow_persist = persists(options, graph.by_key.values())  # a flow that pauses persists
         self.location = (options.result_storage if options is not None else None) or None
         self.resume = dict(options.resume_results) if options is not None else {}
         self.chunks = dict(options.resume_chunks) if options is not None else {}

@@ -23,7 +23,7 @@ from typing import Any
 
 import cloudpickle
 
-from rayflow.signals import Fail, Retry, Signal, Skip
+from rayflow.signals import Fail, Pause, Retry, Signal, Skip
 from rayflow.states import ErrorInfo, State, StateType
 
 ASYNC_CONCURRENCY = 32  # items of an async task's chunk at once, unless concurrency= says
@@ -85,6 +85,7 @@ class Work:
     log_prints: bool = False  # capture print() as log records of the run
     persist: tuple[str, str] | None = None  # a write-behind: (store, name) to write its one input to
     write_inline: bool = False  # write a persisted value before reporting (values shared in-process)
+    approval: tuple | None = None  # an approved pause: (the approved input, JSON; None) for rf.pause to return
 
 
 def pack_inputs(inputs: list[Any], *, batch: bool = False) -> tuple[tuple[Any, ...], list[Any]]:
@@ -157,6 +158,7 @@ class AttemptResult:
     artifacts: tuple[tuple, ...] = ()  # rf.artifacts calls while it ran (engine.worker.artifacts)
     persist: tuple[str, str] | None = None  # (store, name) the value is to be written to, behind
     result_path: str | None = None  # where the value is stored (persisted, or the cache entry it came from)
+    pause: tuple | None = None  # PAUSED by rf.pause: (input's JSON schema or None, timeout seconds or None)
 
     def exception(self) -> BaseException | None:
         if self.exception_bytes is None:
@@ -215,7 +217,7 @@ def signal_message(signal: Signal) -> str:
 
 @dataclass(frozen=True)
 class SignalOutcome:
-    type: StateType  # SKIPPED, RETRYING or FAILED
+    type: StateType  # SKIPPED, RETRYING, PAUSED or FAILED
     message: str
     retryable: bool  # a FAILED outcome that the task's retries may retry
     delay: float | None = None  # rf.Retry(delay=...)
@@ -228,6 +230,8 @@ def signal_outcome(signal: Signal) -> SignalOutcome:
         return SignalOutcome(StateType.SKIPPED, message, False)
     if isinstance(signal, Retry):
         return SignalOutcome(StateType.RETRYING, message, True, signal.delay)
+    if isinstance(signal, Pause):
+        return SignalOutcome(StateType.PAUSED, signal.message or "paused", False)
     return SignalOutcome(StateType.FAILED, message, isinstance(signal, Fail))  # Fail, or a bare Signal: not retried
 
 

@@ -84,6 +84,11 @@ CREATE INDEX IF NOT EXISTS artifacts_by_task ON artifacts(run_id, task_key);
 CREATE INDEX IF NOT EXISTS artifacts_by_key ON artifacts(key, version) WHERE key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS artifacts_latest ON artifacts(at, artifact_id) WHERE latest = 1;
 CREATE TABLE IF NOT EXISTS limits (name TEXT PRIMARY KEY, slots INTEGER NOT NULL, per_second REAL, updated_at REAL);
+CREATE TABLE IF NOT EXISTS pauses (
+    run_id TEXT NOT NULL, task_key TEXT NOT NULL, map_index INTEGER NOT NULL DEFAULT -1, message TEXT,
+    schema TEXT, timeout REAL, paused_at REAL, decision TEXT, input TEXT, reason TEXT, decided_by TEXT,
+    decided_at REAL, PRIMARY KEY (run_id, task_key, map_index)
+);
 """
 
 # Columns added since the first schema: (table, column, definition), added to an older database.
@@ -96,7 +101,7 @@ ADDED_COLUMNS = (
     ("scheduled_runs", "server", "TEXT"),
 )
 
-SCHEMA_VERSION = 7  # PRAGMA user_version once SCHEMA and ADDED_COLUMNS are in: opening skips the writes
+SCHEMA_VERSION = 8  # 8: pauses (store.approvals); PRAGMA user_version once SCHEMA and ADDED_COLUMNS are in: opening skips the writes
 
 
 

@@ -25,7 +25,7 @@ from rayflow.engine.payload import load_payload
 from rayflow.engine.protocol import AttemptResult, describe_error, signal_outcome
 from rayflow.engine.worker.blocking import BlockWatch, warn_blocked
 from rayflow.engine.worker.results import MISS, keep, look_up, to_persist
-from rayflow.signals import Signal
+from rayflow.signals import Pause, Signal
 from rayflow.states import StateType
 
 
@@ -129,4 +129,5 @@ def _signalled(signal: Signal, task_key: str, attempt: int, started: float) -> A
         exception_bytes=_pickled_exception(signal) if failed else None,
         retryable=outcome.retryable,
         retry_delay=outcome.delay,
+        pause=(signal.schema, signal.timeout) if isinstance(signal, Pause) else None,
     )

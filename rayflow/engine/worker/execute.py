@@ -17,6 +17,7 @@ from rayflow.engine.worker.chunk import run_chunk
 from rayflow.engine.columns import concat_columns, merge_results, successful_column, successful_values
 from rayflow.engine.worker.logs import capture
 from rayflow.engine.worker.attempt import run_attempt
+from rayflow.engine.worker.pause import approved
 from rayflow.states import StateType, error_text
 
 
@@ -33,7 +34,8 @@ def execute(payload: bytes, work: Work, *values: Any) -> tuple[Any, Any]:
                 logs.add("ERROR", f"item {logs.index_of(j)} failed: {error_text(kind, message)}" + (f"\n{tb}" if tb else ""))
         else:
             inputs = unpack(work.layout, values)
-            report, value = run_attempt(payload, work.task_key, work.attempt, *inputs, run_id=work.run_id)
+            with approved(work.approval):
+                report, value = run_attempt(payload, work.task_key, work.attempt, *inputs, run_id=work.run_id)
             if report.error is not None and report.type is StateType.FAILED:
                 logs.add("ERROR", f"attempt {work.attempt} failed:\n{report.error.traceback or report.error}")
             if work.report_length and report.type in (StateType.SUCCESS, StateType.CACHED):
