@@ -99,14 +99,23 @@ def _decide(
         check_input(pause["schema"], value, what, run_id, task_key)
     if not pauses.decide(run_id, task_key, index, decision, value, reason, by or _user(), int(run.get("attempt") or 1)):
         raise ApprovalError(f"{what} is not paused (decided meanwhile)", run_id=run_id, task_key=task_key)
-    graph = run.get("graph") or {}
-    if run["state"] in UNFINISHED and driver_alive(graph):
-        return None  # its driver reads the decision from the history
-    if not resume:
-        return None
+    if not resume or (run["state"] in UNFINISHED and driver_alive(run.get("graph") or {})):
+        return None  # a live driver reads the decision from the history
     from rayflow.runs.resume import resume as resume_run
 
     return resume_run(run_id)
+
+
+def run_is_live(run_id: str) -> bool:
+    """Whether ``run_id`` is unfinished with its driver alive (it takes decisions itself)."""
+    run = RunStore(rayflow_home()).run(run_id)
+    return bool(run is not None and run["state"] in UNFINISHED and driver_alive(run.get("graph") or {}))
+
+
+def pause_schema(run_id: str, task_key: str, index: int | None = None) -> dict | None:
+    """The JSON schema of the input the pause waits for (None: none, or no such pause)."""
+    pause = PauseStore(RunStore(rayflow_home())).pause(run_id, task_key, index)
+    return None if pause is None else pause["schema"]
 
 
 def check_input(schema: dict | None, value: Any, what: str, run_id: str, task_key: str) -> None:
