@@ -22,7 +22,7 @@ def print_runs(runs: list[dict], as_json: bool) -> None:
         return
     rows = [
         [
-            r["run_id"], r["flow"], r["state"], _when(r["started_at"]), _took(r["started_at"], r["finished_at"]),
+            r["run_id"], r["flow"], r["state"] + (f" ({r['waiting']} waiting for approval)" if r.get("waiting") else ""), _when(r["started_at"]), _took(r["started_at"], r["finished_at"]),
             f"scheduled {_when(r['scheduled_for'])}" if r.get("scheduled_for") is not None else "-", r["trace_id"] or "-",
         ]
         for r in runs

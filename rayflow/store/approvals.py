@@ -87,6 +87,12 @@ class PauseStore:
         return {r[0]: int(r[1]) for r in rows}
 
 
+def with_waiting(runs: RunStore, rows: list[dict]) -> list[dict]:
+    """``rows`` (runs) each with ``waiting``: its pauses waiting for a decision (``rayflow runs``)."""
+    counts = PauseStore(runs).waiting([r["run_id"] for r in rows if r.get("state") in ("RUNNING", "PENDING")])
+    return [r | {"waiting": counts.get(r["run_id"], 0)} for r in rows]
+
+
 def _row(row: Any) -> dict[str, Any]:
     out = dict(row)
     out["schema"] = json.loads(out["schema"]) if out["schema"] else None

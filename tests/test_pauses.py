@@ -1,0 +1,158 @@
+"""Pause and approve: ``triggers.manual_only``, ``rf.pause``, ``rf.approve`` / ``rf.reject`` and
+the CLI's ``approve`` / ``reject``, on both runners (the run waits in a thread of this process
+while the test decides, as a person would from another shell)."""
+
+from __future__ import annotations
+
+import pathlib
+import threading
+
+import pydantic
+import pytest
+from cli_runner import run_cli_in_process
+from waiting import wait_for
+
+import rayflow as rf
+from rayflow.store import RunStore
+from rayflow.store.approvals import PauseStore
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAYFLOW_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("RAYFLOW_RESULTS", raising=False)
+    return tmp_path / "home"
+
+
+class Sign(pydantic.BaseModel):
+    amount: int
+    note: str = ""
+
+
+@rf.task
+def one() -> int:
+    return 1
+
+
+@rf.task
+def side() -> str:
+    return "went on"
+
+
+@rf.task(trigger=rf.triggers.manual_only)
+def ship(x: int) -> int:
+    return x + 10
+
+
+@rf.task
+def after(x: int) -> int:
+    return x * 2
+
+
+@rf.flow
+def manual_flow():
+    return [after(ship(one())), side()]
+
+
+@rf.task
+def signed(x: int, root: str) -> int:
+    with open(pathlib.Path(root) / "before.count", "a") as f:  # code before a pause runs twice
+        f.write("ran\n")
+    got = rf.pause("sign the payment", wait_for_input=Sign)
+    return x + got.amount
+
+
+@rf.flow
+def signed_flow(root: str):
+    return signed(one(), root)
+
+
+@rf.task
+def waits() -> str:
+    rf.pause("approve within a moment", timeout=0.3)
+    return "approved"
+
+
+@rf.flow
+def timed_flow():
+    return waits()
+
+
+def start(flow, runner: str, run_id: str, **params):
+    """The run in a thread of this process (its driver), and the list its FlowRun lands in."""
+    out: list = []
+    thread = threading.Thread(
+        target=lambda: out.append(flow.with_options(runner=runner, run_id=run_id).run(**params)), daemon=True
+    )
+    thread.start()
+    return thread, out
+
+
+def task_state(run_id: str, key: str) -> str | None:
+    run = RunStore().run(run_id) or {}
+    states = [t["state"] for t in run.get("transitions") or () if t["task_key"] == key]
+    return states[-1] if states else None
+
+
+def paused(run_id: str, key: str) -> bool:
+    return task_state(run_id, key) == "PAUSED" and PauseStore(RunStore()).pause(run_id, key, None) is not None
+
+
+def test_a_manual_only_task_waits_paused_while_the_rest_goes_on_until_approved_from_the_cli(home, runner):
+    thread, out = start(manual_flow, runner, f"manual-{runner}")
+    wait_for(lambda: paused(f"manual-{runner}", "ship"), what="ship PAUSED")
+    wait_for(lambda: task_state(f"manual-{runner}", "side") == "SUCCESS", what="the rest of the run going on")
+    assert task_state(f"manual-{runner}", "after") in (None, "PENDING")  # downstream waits
+    if runner == "ray":  # a paused task holds no CPU: every CPU of the session's Ray is free
+        import ray
+
+        wait_for(lambda: ray.available_resources().get("CPU") == ray.cluster_resources().get("CPU"), 10, "free CPUs")
+    shown = run_cli_in_process("show", f"manual-{runner}", home=home)
+    assert "PAUSED" in shown.stdout and "waiting for approval" in shown.stdout, shown.stdout
+    listed = run_cli_in_process("runs", home=home)
+    assert "1 waiting for approval" in listed.stdout, listed.stdout
+    approved = run_cli_in_process("approve", f"manual-{runner}", "ship", home=home)
+    assert approved.returncode == 0 and "its run goes on" in approved.stdout, approved.stdout + approved.stderr
+    thread.join(30)
+    assert out and out[0].result() == [22, "went on"]
+    row = PauseStore(RunStore()).pause(f"manual-{runner}", "ship", None)
+    assert row["decision"] == "approved" and row["decided_by"] and row["decided_at"]
+    logs = run_cli_in_process("logs", f"manual-{runner}", home=home)
+    assert "pause of ship approved by" in logs.stdout, logs.stdout
+
+
+def test_rf_pause_refuses_bad_input_naming_the_field_and_returns_the_model_once_approved(home, tmp_path, runner):
+    run_id = f"signed-{runner}"
+    thread, out = start(signed_flow, runner, run_id, root=str(tmp_path))
+    wait_for(lambda: paused(run_id, "signed"), what="signed PAUSED")
+    assert PauseStore(RunStore()).pause(run_id, "signed", None)["message"] == "sign the payment"
+    with pytest.raises(rf.ApprovalError, match="field 'amount'"):
+        rf.approve(run_id, "signed", {"amount": "lots"})
+    bad = run_cli_in_process("approve", run_id, "signed", "-p", "amount=lots", home=home)
+    assert bad.returncode == 2 and "field 'amount'" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    assert paused(run_id, "signed")  # refused: it stays paused
+    rf.approve(run_id, "signed", Sign(amount=5, note="ok"))
+    thread.join(30)
+    assert out and out[0].result() == 6
+    assert (tmp_path / "before.count").read_text().count("ran") == 2  # ran again from its start
+    with pytest.raises(rf.ApprovalError, match="not paused"):
+        rf.approve(run_id, "signed", {"amount": 1})
+
+
+def test_a_reject_ends_the_task_failed_with_the_reason_and_who(home, runner):
+    run_id = f"rejected-{runner}"
+    thread, out = start(manual_flow, runner, run_id)
+    wait_for(lambda: paused(run_id, "ship"), what="ship PAUSED")
+    rejected = run_cli_in_process("reject", run_id, "ship", "--reason", "not today", home=home)
+    assert rejected.returncode == 0, rejected.stderr
+    thread.join(30)
+    states = out[0].task_states
+    assert states["ship"].type.value == "FAILED" and "not today" in states["ship"].message
+    assert "rejected by" in states["ship"].message
+    assert states["after"].type.value == "TRIGGER_FAILED"
+
+
+def test_a_pause_not_approved_in_time_ends_failed(home, runner):
+    run = timed_flow.with_options(runner=runner, run_id=f"timed-{runner}").run()
+    state = run.task_states["waits"]
+    assert state.type.value == "FAILED" and "not approved within 0.3s" in state.message
