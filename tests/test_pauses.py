@@ -156,3 +156,56 @@ def test_a_pause_not_approved_in_time_ends_failed(home, runner):
     run = timed_flow.with_options(runner=runner, run_id=f"timed-{runner}").run()
     state = run.task_states["waits"]
     assert state.type.value == "FAILED" and "not approved within 0.3s" in state.message
+
+
+KILLED_FLOW = '''
+import pathlib
+
+import rayflow as rf
+
+
+@rf.task
+def first(root: str) -> int:
+    with open(pathlib.Path(root) / "first.count", "a") as f:
+        f.write("ran\\n")
+    return 20
+
+
+@rf.task(trigger=rf.triggers.manual_only)
+def gate(x: int) -> int:
+    return x + 1
+
+
+@rf.flow
+def killed(root: str):
+    return gate(first(root))
+'''
+
+
+def test_an_approval_after_the_driver_was_killed_resumes_the_run_loading_what_it_persisted(home, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from cli_runner import run_cli
+
+    (tmp_path / "killed_flow.py").write_text(KILLED_FLOW)
+    env = {**os.environ, "RAYFLOW_HOME": str(home)}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "rayflow", "run", f"{tmp_path / 'killed_flow.py'}:killed", "--local",
+         "--run-id", "killed-pause", "-p", f"root={tmp_path}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: paused("killed-pause", "gate") or driver.poll() is not None, 60, "gate PAUSED")
+        assert driver.poll() is None
+        driver.send_signal(signal.SIGKILL)
+    finally:
+        driver.kill()
+        driver.wait(30)
+    out = run_cli("approve", "killed-pause", "gate", home=home)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "driver is gone" in out.stdout and "21" in out.stdout, out.stdout
+    assert (tmp_path / "first.count").read_text().count("ran") == 1  # its persisted result was loaded
+    assert RunStore().run("killed-pause")["state"] == "SUCCESS"
