@@ -47,8 +47,10 @@ def approve(
         return
     typer.echo(f"approved {what}; its driver is gone: resuming the run here")
     from rayflow.cli.run_cmd import resume
+    from rayflow.store import RunStore
 
-    resume(run_id)
+    graph = (RunStore().run(run_id) or {}).get("graph") or {}
+    resume(run_id, None, (graph.get("driver") or {}).get("runner") == "local")  # on the runner it ran on
 
 
 def reject(

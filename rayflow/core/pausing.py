@@ -30,3 +30,10 @@ def persists(options: Any, nodes: Iterable[Any]) -> bool:
     if options.persist or "persist" in options.model_fields_set:
         return bool(options.persist)
     return pauses(nodes)
+
+
+def runner_name(flow: Any) -> str | None:
+    """The run's runner by name, recorded with its driver: an approval that resumes the run
+    after its driver is gone uses it again (runs.approval)."""
+    runner = flow.options.runner if flow is not None else None
+    return runner if isinstance(runner, str) else None

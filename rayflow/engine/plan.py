@@ -26,7 +26,7 @@ import cloudpickle
 from rayflow.core.graph import Graph
 from rayflow.core.options import TaskOptions
 from rayflow.core.mapping import check_lengths
-from rayflow.core.pausing import persists
+from rayflow.core.pausing import persists, runner_name
 from rayflow.core.refs import MapInput, NodeRef, find_refs, substitute
 from rayflow.cache import code_fingerprint, lineage_key, snapshot
 from rayflow.core.loader import flow_target
@@ -190,7 +190,7 @@ def compile_plan(graph: Graph, flow: Any = None) -> Plan:
         target=flow_target(flow) if flow is not None else None,
         resumed_from=flow.options.resumed_from if flow is not None else None,
         code=results.fingerprints(),
-        driver={"host": socket.gethostname(), "pid": os.getpid()},
+        driver={"host": socket.gethostname(), "pid": os.getpid(), "runner": runner_name(flow)},
         resumed_trace=flow.options.resumed_trace if flow is not None else None,
         attempt=flow.options.run_attempt if flow is not None else 1,
         results=results.store,

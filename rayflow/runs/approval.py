@@ -103,7 +103,22 @@ def _decide(
         return None  # a live driver reads the decision from the history
     from rayflow.runs.resume import resume as resume_run
 
-    return resume_run(run_id)
+    return resume_run(run_id, recorded_flow(run))
+
+
+def recorded_flow(run: dict) -> Any:
+    """The run's flow from its recorded target, on the runner it ran on (None: let resume say why)."""
+    graph = run.get("graph") or {}
+    target, runner = graph.get("target"), (graph.get("driver") or {}).get("runner")
+    if not target:
+        return None
+    from rayflow.core.loader import load_flow
+
+    try:
+        flow = load_flow(target)
+    except Exception:  # noqa: BLE001 - resume loads it again and says why it cannot
+        return None
+    return flow.with_options(runner=runner) if runner else flow
 
 
 def run_is_live(run_id: str) -> bool:
