@@ -66,7 +66,7 @@ _LAZY: dict[str, str] = {
     "FlowRun": "rayflow.engine.driver.flow_run",
     "get_run_logger": "rayflow.engine.worker.logs",
     **{name: "rayflow.runs.approval" for name in ("approve", "reject")},  # pause and approve
-    "pause": "rayflow.engine.worker.pause", "Pause": "rayflow.signals", "ApprovalError": "rayflow.exceptions",
+    "pause": "rayflow.engine.worker.pause", "ApprovalError": "rayflow.exceptions",
 }
 _SUBMODULES = ("artifacts", "cache", "limits", "schedules", "signals", "triggers")
 # rf.limits: rayflow.runtime.limits.api; rf.artifacts: rayflow.engine.worker.artifacts (called in tasks)
