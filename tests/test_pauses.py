@@ -209,3 +209,18 @@ def test_an_approval_after_the_driver_was_killed_resumes_the_run_loading_what_it
     assert "driver is gone" in out.stdout and "21" in out.stdout, out.stdout
     assert (tmp_path / "first.count").read_text().count("ran") == 1  # its persisted result was loaded
     assert RunStore().run("killed-pause")["state"] == "SUCCESS"
+
+
+def test_a_pause_is_a_span_from_the_pause_to_its_outcome(home, monkeypatch):
+    from otlp_sink import HttpSink
+
+    sink = HttpSink()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint)
+    try:
+        run = timed_flow.with_options(runner="local", run_id="timed-traced").run()
+        spans = sink.wait_for(lambda s: any(x["name"] == "pause waits" for x in s))
+    finally:
+        sink.close()
+    (pause,) = [s for s in spans if s["name"] == "pause waits" and s["trace_id"] == run.trace_id]
+    assert pause["attributes"]["rayflow.pause.message"] == "approve within a moment"
+    assert pause["attributes"]["rayflow.pause.outcome"] == "not approved within 0.3s"
