@@ -57,6 +57,9 @@ def main() -> None:
 
     os.environ.setdefault("RAYFLOW_HOME", tempfile.mkdtemp())
     if runner == "ray":
+        import ray
+
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
         once(runner, "warm-up")
     results = [once(runner, f"pause-cost-{i}") for i in range(repeats)]
     again = [r[0] for r in results]
