@@ -224,3 +224,20 @@ def test_a_pause_is_a_span_from_the_pause_to_its_outcome(home, monkeypatch):
     (pause,) = [s for s in spans if s["name"] == "pause waits" and s["trace_id"] == run.trace_id]
     assert pause["attributes"]["rayflow.pause.message"] == "approve within a moment"
     assert pause["attributes"]["rayflow.pause.outcome"] == "not approved within 0.3s"
+
+
+@rf.task
+def asks(x: int) -> int:
+    rf.pause("per item")
+    return x
+
+
+@rf.flow
+def mapped_pause():
+    return asks.map([1, 2])
+
+
+def test_a_pause_in_an_item_of_a_map_fails_the_item_saying_it_is_not_supported_yet(home):
+    run = mapped_pause.with_options(runner="local", run_id="mapped-pause").run()
+    state = run.task_states["asks"]
+    assert state.type.value == "FAILED" and "not supported yet" in state.message, state

@@ -19,7 +19,7 @@ import numpy as np
 from rayflow.core.refs import MapInput, substitute
 from rayflow.engine import columns as C
 from rayflow.engine.columns import Column, concat_columns, encode_values, merge_results, to_column
-from rayflow.engine.protocol import Piece, describe_error, signal_outcome
+from rayflow.engine.protocol import Piece, SignalOutcome, describe_error, signal_outcome
 from rayflow.signals import Signal
 from rayflow.states import StateType, error_text
 
@@ -95,6 +95,8 @@ class Outcomes:
 
     def signalled(self, sig: Signal, j: int) -> None:
         outcome = signal_outcome(sig)
+        if outcome.type is StateType.PAUSED:  # a paused item: not yet (README, Pause and approve)
+            outcome = SignalOutcome(StateType.FAILED, "rf.pause in an item of a map is not supported yet", False)
         self.codes[j] = C.CODE[outcome.type]
         if outcome.type is StateType.SKIPPED:  # a reason, not an error: no chunk error, no "first error"
             self.skips[j] = (None, outcome.message, None)
