@@ -58,30 +58,33 @@ class HistoryPauseBook:
 
 def approve(
     run_id: str, task_key: str, input: Any = None, *, map_index: int | None = None, by: str | None = None,
-    resume: bool = True,
+    resume: bool = True, home: Any = None,
 ) -> Any:
     """Approve the paused task ``task_key`` of run ``run_id`` with ``input`` (a dict, or a
     pydantic model instance, checked against the pause's model).  Its live run runs it again;
     a run whose driver is gone is resumed here (``resume=False``: only recorded), and its
-    FlowRun returned.  Returns None when a live driver takes the approval."""
+    FlowRun returned.  Returns None when a live driver takes the approval.  ``home``: the
+    history's folder (default RAYFLOW_HOME)."""
     if hasattr(input, "model_dump"):
         input = input.model_dump(mode="json")
-    return _decide(run_id, task_key, map_index, "approved", input, None, by, resume)
+    return _decide(run_id, task_key, map_index, "approved", input, None, by, resume, home)
 
 
-def reject(run_id: str, task_key: str, reason: str, *, map_index: int | None = None, by: str | None = None) -> None:
+def reject(
+    run_id: str, task_key: str, reason: str, *, map_index: int | None = None, by: str | None = None, home: Any = None
+) -> None:
     """Reject the paused task: it ends FAILED with ``reason`` (recorded with who and when)."""
     if not reason or not reason.strip():
         raise ApprovalError("a reject needs a reason", run_id=run_id, task_key=task_key)
-    _decide(run_id, task_key, map_index, "rejected", None, reason, by, False)
+    _decide(run_id, task_key, map_index, "rejected", None, reason, by, False, home)
 
 
 def _decide(
     run_id: str, task_key: str, index: int | None, decision: str, value: Any, reason: str | None,
-    by: str | None, resume: bool,
+    by: str | None, resume: bool, home: Any = None,
 ) -> Any:
     check_run_id(run_id)
-    history = RunStore(rayflow_home())
+    history = RunStore(home or rayflow_home())
     run = history.run(run_id)
     if run is None:
         raise UnknownRunError(f"no run {run_id!r} in the run history at {history.path}", run_id=run_id)
@@ -121,9 +124,9 @@ def recorded_flow(run: dict) -> Any:
     return flow.with_options(runner=runner) if runner else flow
 
 
-def run_is_live(run_id: str) -> bool:
+def run_is_live(run_id: str, home: Any = None) -> bool:
     """Whether ``run_id`` is unfinished with its driver alive (it takes decisions itself)."""
-    run = RunStore(rayflow_home()).run(run_id)
+    run = RunStore(home or rayflow_home()).run(run_id)
     return bool(run is not None and run["state"] in UNFINISHED and driver_alive(run.get("graph") or {}))
 
 
