@@ -78,3 +78,14 @@ def test_a_paused_task_is_approved_from_the_run_page_after_a_refused_input(tmp_p
 @pytest.fixture(autouse=True)
 def _no_results_env(monkeypatch):
     monkeypatch.delenv("RAYFLOW_RESULTS", raising=False)
+
+
+def test_a_read_only_ui_refuses_a_decision(tmp_path):
+    """``rayflow ui`` without a token (and not ``serve --ui``) shows pauses but takes no decision."""
+    from starlette.testclient import TestClient
+
+    from rayflow.ui import create_app
+
+    client = TestClient(create_app(tmp_path / "home"), base_url="http://127.0.0.1:4200", follow_redirects=False)
+    refused = client.post("/runs/any-run/approve", data={"task": "pay"})
+    assert refused.status_code == 403 and "read-only" in refused.text
