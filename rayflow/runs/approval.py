@@ -86,23 +86,25 @@ def _decide(
     check_run_id(run_id)
     history = RunStore(home or rayflow_home())
     run = history.run(run_id)
+    pauses = PauseStore(history)
+    if run is None and pauses.pauses(run_id):  # paused before its first rows were written: live
+        run = {"run_id": run_id, "state": "RUNNING", "tasks": [p["task_key"] for p in pauses.pauses(run_id)], "graph": None}
     if run is None:
         raise UnknownRunError(f"no run {run_id!r} in the run history at {history.path}", run_id=run_id)
     if task_key not in run["tasks"]:
         raise ApprovalError(f"run {run_id} has no task {task_key!r}", run_id=run_id, task_key=task_key)
     what = f"task {task_key}" + (f" item {index}" if index is not None else "") + f" of run {run_id}"
-    pauses = PauseStore(history)
     pause = pauses.pause(run_id, task_key, index)
     state = _last_state(run, task_key)
     if pause is not None and pause["decision"] is not None and state in ACTIVE:
         raise ApprovalError(f"{what} was {pause['decision']} already, by {pause['decided_by']}", run_id=run_id, task_key=task_key)
-    if pause is None or pause["decision"] is not None or state not in (*ACTIVE, "CRASHED"):
+    if pause is None or pause["decision"] is not None or state not in (None, *ACTIVE, "CRASHED"):  # None: not written yet
         raise ApprovalError(f"{what} is not paused (it is {state or 'PENDING'})", run_id=run_id, task_key=task_key)
     if decision == "approved":
         check_input(pause["schema"], value, what, run_id, task_key)
     if not pauses.decide(run_id, task_key, index, decision, value, reason, by or _user(), int(run.get("attempt") or 1)):
         raise ApprovalError(f"{what} is not paused (decided meanwhile)", run_id=run_id, task_key=task_key)
-    if not resume or (run["state"] in UNFINISHED and driver_alive(run.get("graph") or {})):
+    if not resume or run["graph"] is None or (run["state"] in UNFINISHED and driver_alive(run["graph"])):
         return None  # a live driver reads the decision from the history
     from rayflow.runs.resume import resume as resume_run
 
