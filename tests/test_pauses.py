@@ -241,3 +241,8 @@ def test_a_pause_in_an_item_of_a_map_fails_the_item_saying_it_is_not_supported_y
     run = mapped_pause.with_options(runner="local", run_id="mapped-pause").run()
     state = run.task_states["asks"]
     assert state.type.value == "FAILED" and "not supported yet" in state.message, state
+
+
+def test_rf_pause_outside_a_task_says_where_it_belongs():
+    with pytest.raises(RuntimeError, match="inside a task"):
+        rf.pause("no task here")

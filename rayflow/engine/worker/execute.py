@@ -26,7 +26,7 @@ def execute(payload: bytes, work: Work, *values: Any) -> tuple[Any, Any]:
         return None, write_behind(work, values[0])
     job = work.job
     start, indices, size = (job.start, job.indices, job.size) if job else (None, None, None)
-    with capture(work.run_id, work.task_key, work.trace, start, work.log_prints, indices, size) as logs:
+    with capture(work.run_id, work.task_key, work.trace, start, work.log_prints, indices, size) as logs, approved(work.approval):
         if job is not None:
             value, report = run_chunk(payload, job, work.work_id, list(values), run_id=work.run_id)
             for j, (kind, message, tb) in list(value.errors.items())[:MAX_REPORTED_ERRORS]:
@@ -34,8 +34,7 @@ def execute(payload: bytes, work: Work, *values: Any) -> tuple[Any, Any]:
                 logs.add("ERROR", f"item {logs.index_of(j)} failed: {error_text(kind, message)}" + (f"\n{tb}" if tb else ""))
         else:
             inputs = unpack(work.layout, values)
-            with approved(work.approval):
-                report, value = run_attempt(payload, work.task_key, work.attempt, *inputs, run_id=work.run_id)
+            report, value = run_attempt(payload, work.task_key, work.attempt, *inputs, run_id=work.run_id)
             if report.error is not None and report.type is StateType.FAILED:
                 logs.add("ERROR", f"attempt {work.attempt} failed:\n{report.error.traceback or report.error}")
             if work.report_length and report.type in (StateType.SUCCESS, StateType.CACHED):

@@ -18,7 +18,8 @@ from typing import Any
 
 from rayflow.signals import Pause
 
-_APPROVAL: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("rayflow_approval", default=None)
+_OUTSIDE = ("outside a task",)  # the default: rf.pause called where no task runs
+_APPROVAL: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("rayflow_approval", default=_OUTSIDE)
 
 
 @contextlib.contextmanager
@@ -42,6 +43,8 @@ def pause(message: str = "", wait_for_input: Any = None, timeout: float | timede
     if seconds is not None and seconds <= 0:
         raise ValueError(f"rf.pause: timeout must be > 0 seconds, got {seconds}")
     approval = _APPROVAL.get()
+    if approval is _OUTSIDE:
+        raise RuntimeError("rf.pause is called inside a task (of a flow run), not elsewhere (nor yet in an item of a map)")
     if approval is not None:
         (value,) = approval
         if wait_for_input is None:
