@@ -1,7 +1,8 @@
 """The ``rayflow`` command line (typer): every command, registered here in the order ``--help``
 lists them, each through the exception table of ``rayflow.cli.exits``.
 
-The commands live in their groups: ``run_cmd`` (run, cancel, graph, resume), ``show_cmd`` (runs,
+The commands live in their groups: ``run_cmd`` (run, cancel, graph, resume), ``approve_cmd``
+(approve, reject), ``show_cmd`` (runs,
 show, logs, schedules), ``serve_cmd`` (serve, schedule preview, ui), ``cache_cmd``, ``limits``,
 ``artifacts_cmd`` (artifacts ls, artifacts show) and ``submit``.  Each module imports typer and the CLI's own light modules at the top and
 anything heavy (Ray, pyarrow, pydantic models, rich, the store) inside its commands, so
