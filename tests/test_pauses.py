@@ -226,21 +226,48 @@ def test_a_pause_is_a_span_from_the_pause_to_its_outcome(home, monkeypatch):
     assert pause["attributes"]["rayflow.pause.outcome"] == "not approved within 0.3s"
 
 
-@rf.task
+@rf.task(chunk_size=3)
 def asks(x: int) -> int:
-    rf.pause("per item")
+    if x > 1:
+        got = rf.pause(f"item {x}", wait_for_input=Sign)
+        return x * 10 + got.amount
     return x
 
 
 @rf.flow
 def mapped_pause():
-    return asks.map([1, 2])
+    return asks.map([1, 2, 3])
 
 
-def test_a_pause_in_an_item_of_a_map_fails_the_item_saying_it_is_not_supported_yet(home):
-    run = mapped_pause.with_options(runner="local", run_id="mapped-pause").run()
-    state = run.task_states["asks"]
-    assert state.type.value == "FAILED" and "not supported yet" in state.message, state
+def item_paused(run_id: str, index: int) -> bool:
+    row = PauseStore(RunStore()).pause(run_id, "asks", index)
+    return row is not None and row["decision"] is None
+
+
+def test_paused_items_of_a_map_are_approved_one_by_one(home, runner):
+    run_id = f"mapped-pause-{runner}"
+    thread, out = start(mapped_pause, runner, run_id)
+    wait_for(lambda: item_paused(run_id, 1) and item_paused(run_id, 2), what="items 1 and 2 paused")
+    with pytest.raises(rf.ApprovalError, match="field 'amount'"):
+        rf.approve(run_id, "asks", {"amount": "x"}, map_index=1)
+    rf.approve(run_id, "asks", {"amount": 5}, map_index=1)
+    wait_for(lambda: not item_paused(run_id, 1), what="item 1 decided")
+    assert item_paused(run_id, 2) and thread.is_alive()  # item 2 still waits, and the map with it
+    approved = run_cli_in_process("approve", run_id, "asks", "--item", "2", "-p", "amount=7", home=home)
+    assert approved.returncode == 0, approved.stderr
+    thread.join(30)
+    assert out and out[0].result() == [1, 25, 37]
+
+
+def test_a_rejected_item_of_a_map_ends_failed_with_the_reason(home):
+    thread, out = start(mapped_pause, "local", "mapped-reject")
+    wait_for(lambda: item_paused("mapped-reject", 1) and item_paused("mapped-reject", 2), what="items paused")
+    rf.reject("mapped-reject", "asks", "no", map_index=1)
+    rf.approve("mapped-reject", "asks", {"amount": 1}, map_index=2)
+    thread.join(30)
+    items = RunStore().items("mapped-reject", "asks")
+    failed = {i["item"]: i for i in items if i["state"] == "FAILED"}
+    assert list(failed) == [1] and "rejected by" in failed[1]["message"] and "no" in failed[1]["message"], items
 
 
 def test_rf_pause_outside_a_task_says_where_it_belongs():

@@ -181,9 +181,10 @@ class Orchestrator:
         return next(self._work_ids)
 
     def prepare(self, work: Work) -> Work:
-        options = self.plan.by_key[work.task_key].options
+        options, job = self.plan.by_key[work.task_key].options, work.job
+        approval = self.pauses.item_approvals(work.task_key, job.start, job.indices, job.size) if job else work.approval
         work = dataclasses.replace(
-            work, run_id=self.run_id, log_prints=options.log_prints, write_inline=self._shares_values
+            work, run_id=self.run_id, log_prints=options.log_prints, write_inline=self._shares_values, approval=approval
         )
         for hook in self._on_work:
             work = hook(work=work)
@@ -301,6 +302,8 @@ class Orchestrator:
             self._apply(actions)
             if owned and completion.report is not None:
                 self.writes.write(work.task_key, completion.report.persist, completion.handle)
+                for item, message, schema, timeout in completion.report.paused:  # rf.pause in items
+                    self.pauses.pause(work.task_key, message, schema, timeout, {}, index=work.job.start + item)
             return
         current = self.running.get(work.task_key)
         if current is None or current.work_id != work.work_id:
@@ -369,8 +372,7 @@ class Orchestrator:
             _, _, key = heapq.heappop(self.scheduled)
             if not self.states[key].is_finished():
                 self.submit(key)
-        for key, failed in self.pauses.due(now, self.states):  # approved: run again; else FAILED
-            self.submit(key) if failed is None else self.follow(key, self.transition(key, failed))
+        self.pauses.settle(now, self)  # decided pauses: run again (an item: told its decision), or FAILED
         while self.ready:
             self.launch(self.ready.popleft())
         for key, (_, deadline) in list(self.deadlines.items()):

@@ -265,6 +265,7 @@ class ChunkSummary:
     # whose items have no error or reason gives them as ``ran_again`` instead
     items: list[tuple[int, int, int, str | None, str | None, str | None]] = field(default_factory=list)
     ran_again: tuple[Any, Any] | None = None  # a retry: (codes int8, attempts int16) of its ``indices``, no tuple per item
+    paused: list[tuple[int, str, Any, float | None]] = field(default_factory=list)  # rf.pause: (item, message, schema, timeout)
 
 
 @dataclass(frozen=True)

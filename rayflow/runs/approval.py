@@ -38,9 +38,9 @@ class HistoryPauseBook:
         self.pauses = PauseStore(store)
         self.run_id = run_id
 
-    def opened(self, task_key: str, message: str, schema: dict | None, timeout: float | None) -> None:
+    def opened(self, task_key: str, index: int | None, message: str, schema: dict | None, timeout: float | None) -> None:
         try:
-            self.pauses.open(self.run_id, task_key, None, message, schema, timeout)
+            self.pauses.open(self.run_id, task_key, index, message, schema, timeout)
         except Exception:  # noqa: BLE001 - a history that fails never fails a run; it cannot be approved
             logger.warning("rayflow: cannot record the pause of %s in run %s", task_key, self.run_id, exc_info=True)
 
@@ -50,9 +50,9 @@ class HistoryPauseBook:
         except Exception:  # noqa: BLE001 - read again on the next poll
             return []
         return [
-            Decision(r["task_key"], r["decision"] == "approved", r["input"], r["reason"], r["decided_by"] or "")
+            Decision(r["task_key"], r["decision"] == "approved", r["input"], r["reason"], r["decided_by"] or "", r["map_index"])
             for r in rows
-            if r["decision"] is not None and r["map_index"] is None
+            if r["decision"] is not None
         ]
 
 
@@ -128,8 +128,11 @@ def recorded_flow(run: dict) -> Any:
 
 def run_is_live(run_id: str, home: Any = None) -> bool:
     """Whether ``run_id`` is unfinished with its driver alive (it takes decisions itself)."""
-    run = RunStore(home or rayflow_home()).run(run_id)
-    return bool(run is not None and run["state"] in UNFINISHED and driver_alive(run.get("graph") or {}))
+    store = RunStore(home or rayflow_home())
+    run = store.run(run_id)
+    if run is None:  # paused before its first rows were written (the recorder batches): live
+        return bool(PauseStore(store).pauses(run_id))
+    return run["state"] in UNFINISHED and driver_alive(run.get("graph") or {})
 
 
 def pause_schema(run_id: str, task_key: str, index: int | None = None) -> dict | None:

@@ -180,6 +180,7 @@ def _summary(
         for j in np.flatnonzero((codes == C.FAILED) | (codes == C.TIMED_OUT)).tolist()
     ]
     retry = [(selected[j], outcomes.retry_delays.get(j), attempt_of[j]) for j in np.flatnonzero(codes == C.RETRYING).tolist()]
+    paused = [(selected[j], *outcomes.pauses[j]) for j in outcomes.pauses]
     reported = [(selected[j], error_text(e[0], e[1])) for j, e in list(errors.items())[:MAX_REPORTED_ERRORS]]
     notes = {**outcomes.skips, **errors} if outcomes.skips else errors  # why an item did not succeed
     ran_again = None
@@ -203,6 +204,7 @@ def _summary(
         errors=reported,
         items=items,
         ran_again=ran_again,
+        paused=paused,
         flat_count=flat,
         indices=job.indices,
         cached=cached,

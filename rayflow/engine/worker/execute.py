@@ -27,6 +27,7 @@ def execute(payload: bytes, work: Work, *values: Any) -> tuple[Any, Any]:
     job = work.job
     start, indices, size = (job.start, job.indices, job.size) if job else (None, None, None)
     with capture(work.run_id, work.task_key, work.trace, start, work.log_prints, indices, size) as logs, approved(work.approval):
+        logs.approvals = dict(work.approval or ()) if job is not None else None  # per item: rf.pause reads it
         if job is not None:
             value, report = run_chunk(payload, job, work.work_id, list(values), run_id=work.run_id)
             for j, (kind, message, tb) in list(value.errors.items())[:MAX_REPORTED_ERRORS]:

@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-from rayflow.signals import Pause
+from rayflow.engine.worker.logs import current_context
+from rayflow.signals import Pause, Signal
 
 _OUTSIDE = ("outside a task",)  # the default: rf.pause called where no task runs
 _APPROVAL: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("rayflow_approval", default=_OUTSIDE)
@@ -43,8 +44,14 @@ def pause(message: str = "", wait_for_input: Any = None, timeout: float | timede
     if seconds is not None and seconds <= 0:
         raise ValueError(f"rf.pause: timeout must be > 0 seconds, got {seconds}")
     approval = _APPROVAL.get()
-    if approval is _OUTSIDE:
-        raise RuntimeError("rf.pause is called inside a task (of a flow run), not elsewhere (nor yet in an item of a map)")
+    context = current_context()
+    if context is not None and context.map_start is not None:  # an item of a map: its own decision
+        decided = (getattr(context, "approvals", None) or {}).get(context.map_index())
+        if decided is not None and decided[0] == "rejected":
+            raise Rejected(decided[1])
+        approval = None if decided is None else (decided[1],)
+    elif approval is _OUTSIDE:
+        raise RuntimeError("rf.pause is called inside a task (of a flow run), not elsewhere")
     if approval is not None:
         (value,) = approval
         if wait_for_input is None:
@@ -55,6 +62,10 @@ def pause(message: str = "", wait_for_input: Any = None, timeout: float | timede
             message = f"{message} (input refused: {_first_error(exc)})"
     schema = wait_for_input.model_json_schema() if wait_for_input is not None else None
     raise Pause(message or "waiting for approval", schema=schema, timeout=seconds)
+
+
+class Rejected(Signal):
+    """An item of a map whose pause was rejected (or not approved in time) ends FAILED with why."""
 
 
 def _first_error(exc: Exception) -> str:

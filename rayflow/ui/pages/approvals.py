@@ -21,6 +21,7 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from rayflow.exceptions import RayflowError
+from rayflow.presentation import ACTIVE
 from rayflow.store.approvals import PauseStore
 from rayflow.ui.context import UI
 
@@ -33,10 +34,13 @@ def may_decide(ui: UI) -> bool:
 
 def waiting(ui: UI, run: dict, tasks: list[dict]) -> list[dict]:
     """The run's pauses waiting for a decision, each with the fields of its approve form."""
-    paused = {t["task"] for t in tasks if t["state"] == "PAUSED"}
-    if not paused:
+    states = {t["task"]: t["state"] for t in tasks}
+    if not any(state in ACTIVE for state in states.values()):
         return []
-    rows = [p for p in PauseStore(ui.store).pauses(run["run_id"]) if p["decision"] is None and p["task_key"] in paused]
+    rows = [
+        p for p in PauseStore(ui.store).pauses(run["run_id"])
+        if p["decision"] is None and (states.get(p["task_key"]) == "PAUSED" or p["map_index"] is not None and states.get(p["task_key"]) in ACTIVE)
+    ]
     return [p | {"fields": form_fields(p["schema"])} for p in rows]
 
 
