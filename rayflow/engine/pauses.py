@@ -92,6 +92,9 @@ class PauseDesk:
         """Open the pause of a task (or item) and the PAUSED state to move a task to."""
         now = self.clock()
         entry = (key, index)
+        if index is not None and entry in self.decided and entry not in self.items:  # decided while no driver ran
+            self.waiting[entry] = None  # (a resumed run): released with it on the next step
+            return State(type=StateType.PAUSED, message=message, **timing)
         self.decided.pop(entry, None)  # paused again: an earlier approval is spent
         self.items.pop(entry, None)
         self.waiting[entry] = None if timeout is None else (now + timeout, timeout)

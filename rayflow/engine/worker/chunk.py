@@ -81,7 +81,7 @@ def _load_stored(
         merged = merge_results(stored)
         result = ChunkResult(encode_values(merged.values), merged.codes, merged.attempts, merged.errors)
     codes = result.codes
-    failed = np.isin(codes, C.FINAL_FAILED)
+    failed = np.isin(codes, C.FINAL_FAILED) | (codes == C.RETRYING)  # retrying then (rf.Retry, a pause): run again
     rerun = np.flatnonzero(failed).tolist()
     # a flatten consumer reads this map by its items' lengths: the stored successes
     flat = flat_count(result.values.items(), codes) if count_flat else 0
