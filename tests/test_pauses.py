@@ -273,3 +273,51 @@ def test_a_rejected_item_of_a_map_ends_failed_with_the_reason(home):
 def test_rf_pause_outside_a_task_says_where_it_belongs():
     with pytest.raises(RuntimeError, match="inside a task"):
         rf.pause("no task here")
+
+
+KILLED_MAP = '''
+import rayflow as rf
+
+
+@rf.task(chunk_size=3)
+def asks(x: int) -> int:
+    if x > 1:
+        rf.pause(f"item {x}")
+        return x * 10
+    return x
+
+
+@rf.flow
+def killed_map():
+    return asks.map([1, 2, 3])
+'''
+
+
+def test_an_item_approved_after_the_driver_was_killed_resumes_the_map_and_the_other_item_waits_again(home, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from cli_runner import run_cli
+
+    (tmp_path / "killed_map.py").write_text(KILLED_MAP)
+    env = {**os.environ, "RAYFLOW_HOME": str(home)}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "rayflow", "run", f"{tmp_path / 'killed_map.py'}:killed_map", "--local", "--run-id", "killed-map"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: item_paused("killed-map", 1) and item_paused("killed-map", 2) or driver.poll() is not None, 60)
+        wait_for(lambda: RunStore().run("killed-map") is not None, what="the run's rows")
+        driver.send_signal(signal.SIGKILL)
+    finally:
+        driver.kill()
+        driver.wait(30)
+    done: list = []
+    resumer = threading.Thread(target=lambda: done.append(run_cli("approve", "killed-map", "asks", "--item", "1", home=home)))
+    resumer.start()  # the resumed run: item 1 runs with its approval, item 2 pauses again
+    wait_for(lambda: RunStore().run("killed-map")["attempt"] == 2 and item_paused("killed-map", 2), what="item 2 waiting again")
+    rf.approve("killed-map", "asks", map_index=2)
+    resumer.join(60)
+    assert done and done[0].returncode == 0 and "[1, 20, 30]" in done[0].stdout.replace("\n", " "), done
