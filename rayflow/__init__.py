@@ -69,6 +69,8 @@ _LAZY: dict[str, str] = {
     "SLA": "rayflow.core.sla",
     "get_run_logger": "rayflow.engine.worker.logs",
     "context": "rayflow.engine.worker.looping",  # rf.context(): the running task's run, key, item, loop
+    **{name: "rayflow.runs.approval" for name in ("approve", "reject")},  # pause and approve
+    "pause": "rayflow.engine.worker.pause", "ApprovalError": "rayflow.exceptions",
 }
 _SUBMODULES = ("artifacts", "cache", "limits", "notify", "schedules", "signals", "triggers")
 # rf.limits: rayflow.runtime.limits.api; rf.artifacts: rayflow.engine.worker.artifacts (called in tasks)
@@ -92,6 +94,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "ApprovalError",
     "ClusterAuthenticationError",
     "ClusterConnectionError",
     "CorruptResultError",
@@ -127,6 +130,7 @@ __all__ = [
     "UnknownTaskError",
     "UnsafePathError",
     "UnsatisfiableResourcesError",
+    "approve",
     "artifacts",
     "cache",
     "case",
@@ -139,8 +143,10 @@ __all__ = [
     "mapped",
     "merge",
     "notify",
+    "pause",
     "rate_limit",
     "rate_limit_async",
+    "reject",
     "resume",
     "schedules",
     "set_reference_tasks",

@@ -20,6 +20,7 @@ found wrong with a definition, an input, the cluster or a finished run::
     ├── TaskRunError             a task's result was asked for but it did not succeed
     ├── FlowRunError             a flow run finished without succeeding (``.run``)
     ├── ResumeError              a run cannot be resumed (``run_id``; ``task_key`` when a task is why)
+    ├── ApprovalError            an approve / reject that cannot be: no such task, not paused, bad input
     └── ResultStoreError         the result storage cannot be used (bad URI, write failed)
         ├── MissingResultError   a stored result is not there (``path``)
         ├── CorruptResultError   a stored result cannot be read back (``path``)
@@ -236,6 +237,16 @@ class SLAError(DefinitionError, ValueError):
 
 class ResumeError(RayflowError):
     """A run cannot be resumed: it succeeded, its flow cannot be found, or its graph lost a task."""
+
+    def __init__(self, message: str, *, run_id: str, task_key: str | None = None):
+        super().__init__(message)
+        self.run_id = run_id
+        self.task_key = task_key
+
+
+class ApprovalError(RayflowError, ValueError):
+    """``rf.approve`` / ``rf.reject`` refused: the task is unknown or not paused, or the input
+    does not fit the pause's model (the field named); the task stays as it was."""
 
     def __init__(self, message: str, *, run_id: str, task_key: str | None = None):
         super().__init__(message)

@@ -9,8 +9,10 @@ them.  rayflow never raises them for its own control flow::
     ├── Fail     the task ends FAILED; retried if it has retries left
     ├── Retry    the task is retried (RETRYING), spending none of its ``retries``
     │            (a task and an item of a map alike: ``engine.policy.after_retry_signal``)
-    └── Loop     the task runs again at once (LOOPED), ``rf.context().loop_result`` the
-                 value given (``engine.worker.looping``)
+    ├── Loop     the task runs again at once (LOOPED), ``rf.context().loop_result`` the
+    │            value given (``engine.worker.looping``)
+    └── Pause    raised by ``rf.pause`` (engine.worker.pause): the task ends PAUSED and
+                 waits for ``rf.approve`` / ``rf.reject``, holding no worker
 """
 
 from __future__ import annotations
@@ -65,3 +67,17 @@ class Loop(Signal):
 
     def __reduce__(self):
         return (type(self), (self.message, self.result))
+class Pause(Signal):
+    """End the task PAUSED until a person decides (``rf.pause`` raises it; not for user code).
+
+    ``schema``: the JSON schema of the input it waits for (None: none); ``timeout``: seconds
+    it may wait for a decision before it ends FAILED (None: no limit).
+    """
+
+    def __init__(self, message: str = "", schema: dict | None = None, timeout: float | None = None):
+        super().__init__(message)
+        self.schema = schema
+        self.timeout = timeout
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.schema, self.timeout))

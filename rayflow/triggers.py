@@ -12,6 +12,7 @@ A SKIPPED upstream counts as successful (and is not failed).
     not_all_skipped     at least one upstream was not skipped
     some_successful(at_least=, at_most=)   bounds on the successes
     some_failed(at_least=, at_most=)       bounds on the failures
+    manual_only         every upstream succeeded, then the task waits PAUSED for rf.approve
 
 A bound below 1 (e.g. 0.5) is a fraction of the number of upstreams.
 """
@@ -81,6 +82,15 @@ def all_finished(upstream_states: Mapping[str, State]) -> bool:
 
 
 always_run = all_finished
+
+
+def manual_only(upstream_states: Mapping[str, State]) -> bool:
+    """Once every upstream succeeded, wait PAUSED (holding no worker) until a person approves
+    (``rf.approve``, ``rayflow approve``); a reject ends it FAILED (engine.pauses)."""
+    return all_successful(upstream_states)
+
+
+manual_only.manual = True  # type: ignore[attr-defined]  # what engine.pauses.is_manual looks for
 
 
 def not_all_skipped(upstream_states: Mapping[str, State]) -> bool:

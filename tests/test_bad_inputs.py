@@ -113,6 +113,13 @@ CLI_CASES: list[tuple[str, list[str], str, int]] = [
     ("resume of a run that succeeded", ["resume", "taken-1"], "home", 2),
     ("resume of a run id outside the run id rule", ["resume", "a/b"], "home", 2),
     ("resume of a run whose module target is not in the current directory", ["resume", "moved-1"], "home", 2),
+    ("unknown run id: `approve`", ["approve", "no-such-run", "double"], "home", 1),
+    ("`approve` of an unknown task", ["approve", "taken-1", "nope"], "home", 2),
+    ("`approve` of a task that is not paused", ["approve", "taken-1", "double"], "home", 2),
+    ("`approve --input` not JSON", ["approve", "taken-1", "double", "--input", "{bad"], "home", 2),
+    ("`approve -p` not name=value", ["approve", "taken-1", "double", "-p", "amount"], "home", 2),
+    ("`reject` without `--reason`", ["reject", "taken-1", "double"], "home", 2),
+    ("`reject` of a task that is not paused", ["reject", "taken-1", "double", "--reason", "no"], "home", 2),
     ("`graph` with neither target nor run", ["graph"], "home", 2),
     ("`graph --format` unknown", ["graph", "<dir>/good.py:twice", "--format", "png"], "home", 2),
     ("bad cron expression", ["schedule", "preview", "<dir>/good.py:twice", "--cron", "61 * * * *"], "home", 2),
@@ -188,7 +195,7 @@ def failed_run(home: pathlib.Path, run_id: str, flow: str, target: str | None) -
 
 # Commands whose bad inputs are refused before any work; run in this process unless they name
 # an address (a cluster or a job server to reach) or would record a run (``run --run-id taken-1``).
-IN_PROCESS_COMMANDS = {"run", "runs", "show", "logs", "graph", "resume", "schedules", "schedule", "bogus", "artifacts"}
+IN_PROCESS_COMMANDS = {"approve", "reject", "run", "runs", "show", "logs", "graph", "resume", "schedules", "schedule", "bogus", "artifacts"}
 
 
 def in_process(argv: list[str]) -> bool:
@@ -285,6 +292,7 @@ API_CASES: list[tuple[str, str, Any]] = [
     ("resume of an unknown run", "rf.resume('no-such-run')", lambda: rf.resume("no-such-run")),
     ("resume of a run whose flow is neither in this process nor importable", "rf.resume('lost-1')",
      lambda: rf.resume("lost-1")),
+    ("approve of a task that is not paused", "rf.approve('taken-1', 'double')", lambda: rf.approve("taken-1", "double")),
     ("a limit past what the history keeps", "rf.limits.set('db', 2**63)", lambda: rf.limits.set("db", 2**63)),
     ("a notifier's URL not http(s)", "rf.notify.slack('ftp://hooks.example/x')", lambda: rf.notify.slack("ftp://hooks.example/x")),
     ("an e-mail notifier with no recipients", "rf.notify.email([])", lambda: rf.notify.email([])),

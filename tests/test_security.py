@@ -261,7 +261,7 @@ def test_ui_actions_refuse_a_post_from_another_sites_page(tmp_path, monkeypatch)
     ):
         refused = client.post("/flows/greet/run", data={"name": "mallory", "csrf_token": token}, headers=headers)
         assert refused.status_code == 403 and "another site" in refused.text, headers
-        for action in ("resume", "cancel"):  # refused before the run is even looked up
+        for action in ("resume", "cancel", "approve", "reject"):  # refused before the run is even looked up
             assert client.post(f"/runs/any-run/{action}", data={"csrf_token": token}, headers=headers).status_code == 403
     assert RunStore(tmp_path).runs() == []
     # The UI's own pages posting (the same origin, or a browser that names none): accepted.
@@ -290,7 +290,7 @@ def test_ui_actions_take_only_forms_carrying_a_csrf_token_of_its_pages(tmp_path,
         no_token = browser.post("/flows/greet/run", data={"name": "mallory"})
         assert no_token.status_code == 403 and "CSRF" in no_token.text
         assert browser.post("/flows/greet/run", data={"name": "mallory", "csrf_token": "0" * 64}).status_code == 403
-        for action in ("resume", "cancel"):
+        for action in ("resume", "cancel", "approve", "reject"):
             assert browser.post(f"/runs/any-run/{action}", data={"csrf_token": ""}).status_code == 403
         assert store.runs() == []
         token = csrf_token(browser.get("/flows").text)

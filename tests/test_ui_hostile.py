@@ -183,7 +183,10 @@ def test_the_only_post_routes_are_the_ones_that_check_csrf(history):
     app = create_app(history["home"])
     posts = sorted(r.path for r in app.routes if "POST" in (getattr(r, "methods", None) or ()))
     # Each of these checks the CSRF token (ui.refused_post / ui.refused_action; tests/test_security.py).
-    assert posts == ["/flows/{flow}/run", "/login", "/logout", "/runs/{run_id}/cancel", "/runs/{run_id}/resume"]
+    assert posts == [
+        "/flows/{flow}/run", "/login", "/logout", "/runs/{run_id}/approve", "/runs/{run_id}/cancel", "/runs/{run_id}/reject",
+        "/runs/{run_id}/resume",
+    ]
 
 
 def test_an_image_is_served_only_as_a_recorded_png(history, tmp_path):

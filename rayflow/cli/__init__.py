@@ -1,7 +1,8 @@
 """The ``rayflow`` command line (typer): every command, registered here in the order ``--help``
 lists them, each through the exception table of ``rayflow.cli.exits``.
 
-The commands live in their groups: ``run_cmd`` (run, cancel, graph, resume), ``show_cmd`` (runs,
+The commands live in their groups: ``run_cmd`` (run, cancel, graph, resume), ``approve_cmd``
+(approve, reject), ``show_cmd`` (runs,
 show, logs, schedules), ``serve_cmd`` (serve, schedule preview, ui), ``cache_cmd``, ``limits``,
 ``artifacts_cmd`` (artifacts ls, artifacts show) and ``submit``.  Each module imports typer and the CLI's own light modules at the top and
 anything heavy (Ray, pyarrow, pydantic models, rich, the store) inside its commands, so
@@ -24,7 +25,7 @@ from typing import Annotated
 
 import typer
 
-from rayflow.cli import artifacts_cmd, cache_cmd, limits, run_cmd, serve_cmd, show_cmd, submit
+from rayflow.cli import approve_cmd, artifacts_cmd, cache_cmd, limits, run_cmd, serve_cmd, show_cmd, submit
 from rayflow.cli.cache_cmd import _cache_entries  # noqa: F401 - read by tests of the cache layout
 from rayflow.cli.common import app, parse_params
 from rayflow.cli.exits import handled, history_errors
@@ -40,6 +41,8 @@ app.command()(handled(history_errors(show_cmd.show)))
 app.command()(handled(history_errors(show_cmd.logs)))
 app.command()(handled(run_cmd.graph))
 app.command()(handled(run_cmd.resume))
+app.command()(handled(history_errors(approve_cmd.approve)))
+app.command()(handled(history_errors(approve_cmd.reject)))
 
 cache_app = typer.Typer(help="The result cache: list or clear cached task results.", no_args_is_help=True)
 cache_app.command("ls")(handled(cache_cmd.cache_ls))

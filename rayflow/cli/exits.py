@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rayflow.exceptions import (
+    ApprovalError,
     ClusterConnectionError,
     DefinitionError,
     DuplicateRunError,
@@ -48,6 +49,7 @@ CODES: tuple[tuple[tuple[type[BaseException], ...], int], ...] = (
         (
             TargetError, ParameterError, GraphError, DefinitionError, SerializationError, ResultStoreError,
             DuplicateRunError, UnsatisfiableResourcesError, ResumeError, ScheduleError, RunIdError, LimitError,
+            ApprovalError,
         ),
         EXIT_USAGE,
     ),

@@ -22,7 +22,8 @@ def print_runs(runs: list[dict], as_json: bool) -> None:
         return
     rows = [
         [
-            r["run_id"], r["flow"], r["state"], _when(r["started_at"]), _took(r["started_at"], r["finished_at"]),
+            r["run_id"], r["flow"], r["state"] + (f" ({r['waiting']} waiting for approval)" if r.get("waiting") else ""),
+            _when(r["started_at"]), _took(r["started_at"], r["finished_at"]),
             f"scheduled {_when(r['scheduled_for'])}" if r.get("scheduled_for") is not None else "-",
             ",".join(r.get("sla") or ()) or "-", r["trace_id"] or "-",
         ]

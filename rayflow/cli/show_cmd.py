@@ -41,7 +41,10 @@ def runs(
     if submit.is_job_address(address):
         argv = ["runs", "--limit", str(limit), *(["--flow", flow] if flow else []), *(["--state", state] if state else [])]
         return submit.query_history(address, argv + (["--json"] if as_json else []))
-    print_runs(RunStore().runs(flow=flow, state=state, limit=limit), as_json)
+    from rayflow.store.approvals import with_waiting
+
+    store = RunStore()
+    print_runs(with_waiting(store, store.runs(flow=flow, state=state, limit=limit)), as_json)
 
 
 def show(

@@ -14,28 +14,24 @@ State, all of it explicit on the instance:
 - ``handles``: task key -> executor handle of the value it produced
 - ``writes``: the write-behind works in flight (engine.writes)
 - ``gating``: limits by tag: the run's gate and the chunks waiting for slots (engine.admission)
+- ``pauses``: the paused tasks, waiting for a person's decision (engine.pauses)
 
-One step: resubmit retries that are due, launch every ready task (or settle
-it without running: unmet case, skipped upstream, trigger, merge), time out
-attempts past their deadline, then wait for executor events and apply them.
-This loop is the only retry authority: a retry delay is a heap entry here,
-never a sleep in a worker, so it holds no worker slot.
+One step: resubmit retries that are due, act on paused tasks' decisions, launch every ready
+task (or settle it without running: unmet case, skipped upstream, trigger, merge, manual_only),
+time out attempts past their deadline, then wait for executor events and apply them.  This loop
+is the only retry authority: a retry delay is a heap entry here, never a sleep in a worker.
 
-Application errors (the user's exception, a timeout, ``rf.Fail``) consume
-the task's ``retries``, system errors (a dead worker) ``system_retries``.
+Application errors (the user's exception, a timeout, ``rf.Fail``) consume the task's
+``retries``, system errors (a dead worker) ``system_retries``.  Persisted results are written
+behind (engine.writes): the run ends only when every write has, and a write that fails fails it.
 
-Persisted results are written behind (engine.writes): the run ends only
-when every write has, and a write that fails fails the run.
+Every collaborator is a constructor argument (executor, observers, tag gate, feeder,
+pause book); ``runs.assembly.assemble_run`` is the one place both runners build one.
 
-Every collaborator is a constructor argument (the executor, the observers,
-the tag gate, the feeder of generator inputs); ``runs.assembly.assemble_run``
-is the one place both runners build an Orchestrator.
-
-Observers (``engine.observers.RunObserver``) watch the run through one set of
-keyword-only hooks.  The state handlers are the first observer: their
-``amend`` runs inside ``transition`` and may replace the new state; the loop
-then follows the state it got.  Maps are delegated to the MapCoordinator,
-which returns ``MapActions`` that ``_apply`` carries out.
+Observers (``engine.observers.RunObserver``) watch the run through one set of keyword-only
+hooks.  The state handlers are the first observer: their ``amend`` runs inside ``transition``
+and may replace the new state; the loop then follows the state it got.  Maps are delegated to
+the MapCoordinator, which returns ``MapActions`` that ``_apply`` carries out.
 """
 
 from __future__ import annotations
@@ -54,6 +50,7 @@ from rayflow.engine.executor import Completion, Executor, Started, system_failur
 from rayflow.engine.handlers import StateHandlers
 from rayflow.engine.maps.coordinator import MapActions, MapCoordinator
 from rayflow.engine.observers import HOOKS, RunObserver, overridden
+from rayflow.engine.pauses import PauseBook, PauseDesk
 from rayflow.engine.plan import Plan
 from rayflow.engine.policy import (
     after_retry_signal, final_flow_state, settle_before_run, settle_merge, settle_subflow, subflow_span,
@@ -79,12 +76,13 @@ class Orchestrator:
         cpus: int = 2,
         feeder: Any = None,
         gate: Any = None,
+        pauses: PauseBook | None = None,
     ):
         """``feeder``: asked for items of generator inputs (``request(stream_id, count)``: the
         items now as (handle, count, exhausted), or None when they come later through
         ``push_stream``).  ``gate``: limits by tag (engine.admission.TagGate), None when no
         task of the plan has tags: a tagged task waits for a slot of each limit its tags name
-        before it is submitted, so a waiting task holds no worker."""
+        before it is submitted, so a waiting task holds no worker.  ``pauses``: engine.pauses."""
         self.plan = plan
         self.executor = executor
         self.run_id = run_id
@@ -113,6 +111,7 @@ class Orchestrator:
         self.scheduled: list[tuple[float, int, str]] = []
         self.gating = Gating(gate)
         self.retries = RetryLedger(plan, clock)
+        self.pauses = PauseDesk(pauses, clock, resumed=plan.attempt > 1)
         self.handles: dict[str, Any] = {}
         self.writes = WriteBehind(plan, executor, run_id, self.next_work_id)
         self._shares_values = bool(getattr(executor, "shares_values", False))  # in-process: write inline
@@ -182,9 +181,10 @@ class Orchestrator:
         return next(self._work_ids)
 
     def prepare(self, work: Work) -> Work:
-        options = self.plan.by_key[work.task_key].options
+        options, job = self.plan.by_key[work.task_key].options, work.job
+        approval = self.pauses.item_approvals(work.task_key, job.start, job.indices, job.size) if job else work.approval
         work = dataclasses.replace(
-            work, run_id=self.run_id, log_prints=options.log_prints, write_inline=self._shares_values
+            work, run_id=self.run_id, log_prints=options.log_prints, write_inline=self._shares_values, approval=approval
         )
         for hook in self._on_work:
             work = hook(work=work)
@@ -231,6 +231,7 @@ class Orchestrator:
         blocking = tuple(k for k in spec.dependencies if k not in spec.streaming)
         upstream = self.maps.upstream_states(self.states, blocking)
         settled = settle_before_run(spec, upstream, self.maps.skip_view(self.states, blocking))
+        settled = settled if settled is not None else self.pauses.before_run(key, spec.options.trigger)
         if settled is None and spec.kind == "map":
             settled = self.maps.settle_streaming(spec, self.states)
             if settled is None:
@@ -267,8 +268,8 @@ class Orchestrator:
             return
         self.retries.attempts[key] = attempt
         layout, handles = pack_inputs([self.handles.get(k) for k in spec.value_keys], batch=spec.options.batch)
-        loops = {"max_loops": spec.options.max_loops, "looped": self.retries.looped.get(key)}  # rf.Loop
-        work = self.prepare(Work(self.next_work_id(), key, attempt, layout, report_length=spec.report_length, **loops))
+        extra = {"max_loops": spec.options.max_loops, "looped": self.retries.looped.get(key), "approval": self.pauses.approval(key)}  # rf.Loop, rf.pause
+        work = self.prepare(Work(self.next_work_id(), key, attempt, layout, report_length=spec.report_length, **extra))
         self.running[key] = work
         self.executor.submit(spec, work, handles)
 
@@ -301,6 +302,8 @@ class Orchestrator:
             self._apply(actions)
             if owned and completion.report is not None:
                 self.writes.write(work.task_key, completion.report.persist, completion.handle)
+                for item, message, schema, timeout in completion.report.paused:  # rf.pause in items
+                    self.pauses.pause(work.task_key, message, schema, timeout, {}, index=work.job.start + item)
             return
         current = self.running.get(work.task_key)
         if current is None or current.work_id != work.work_id:
@@ -328,6 +331,8 @@ class Orchestrator:
             new = State(type=result.type, message=result.message, **timing)
         elif result.type is StateType.SKIPPED:
             new = State(type=StateType.SKIPPED, message=result.message, **timing)
+        elif result.type is StateType.PAUSED:  # rf.pause: its worker is free, it waits for a decision
+            new = self.pauses.pause(key, result.message, *(result.pause or (None, None)), timing)
         elif result.type is StateType.RETRYING:  # rf.Retry: retried even past `retries`, spends none
             delay = after_retry_signal(self.plan.by_key[key].options, self.retries.app_failures[key], result.retry_delay)
             new = self.retries.retrying(result.message, delay, timing)
@@ -367,6 +372,7 @@ class Orchestrator:
             _, _, key = heapq.heappop(self.scheduled)
             if not self.states[key].is_finished():
                 self.submit(key)
+        self.pauses.settle(now, self)  # decided pauses: run again (an item: told its decision), or FAILED
         while self.ready:
             self.launch(self.ready.popleft())
         for key, (_, deadline) in list(self.deadlines.items()):
@@ -375,24 +381,18 @@ class Orchestrator:
         if self.done or self.ready:
             return
         for event in self.executor.wait(self._wait_time(timeout)):
-            if isinstance(event, Started):
-                self.on_started(event)
-            else:
-                self.on_completion(event)
+            (self.on_started if isinstance(event, Started) else self.on_completion)(event)
 
     def _wait_time(self, timeout: float | None) -> float:
         wait = self.poll_interval if timeout is None else timeout
         now = self.clock()
         if self.scheduled:
             wait = min(wait, max(0.0, self.scheduled[0][0] - now))
-        for due in (self.maps.next_due(), self.gating.due_at):
+        timeouts = (deadline for _, deadline in self.deadlines.values())
+        for due in (self.maps.next_due(), self.gating.due_at, self.pauses.next_due(), *timeouts):
             if due is not None:
                 wait = min(wait, max(0.0, due - now))
-        if self.maps.has_stream_input():
-            wait = 0.0
-        for _, deadline in self.deadlines.values():
-            wait = min(wait, max(0.0, deadline - now))
-        return wait
+        return 0.0 if self.maps.has_stream_input() else wait
 
     @property
     def done(self) -> bool:

@@ -1,11 +1,10 @@
 """compile_plan(graph) -> Plan: what the orchestrator executes.
 
-The graph was traced with the run's parameter values, so its arguments are
-already concrete.  Compiling checks its shape, turns maps' constant inputs
-into Arrow columns and pickles each task's function and arguments once, into
-the payload that travels to the worker.  A task that cannot be pickled is thus a
-SerializationError naming it, before anything is submitted.  Compiling makes
-no executor (and no Ray) calls.
+The graph was traced with the run's parameter values, so its arguments are already concrete.
+Compiling checks its shape, turns maps' constant inputs into Arrow columns and pickles each
+task's function and arguments once, into the payload that travels to the worker.  A task that
+cannot be pickled is thus a SerializationError naming it, before anything is submitted.
+Compiling makes no executor (and no Ray) calls.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ import cloudpickle
 from rayflow.core.graph import Graph
 from rayflow.core.options import TaskOptions
 from rayflow.core.mapping import check_lengths
+from rayflow.core.pausing import persists, runner_name
 from rayflow.core.refs import MapInput, NodeRef, find_refs, substitute
 from rayflow.cache import code_fingerprint, lineage_key, snapshot
 from rayflow.core.loader import flow_target
@@ -191,7 +191,7 @@ def compile_plan(graph: Graph, flow: Any = None) -> Plan:
         target=flow_target(flow) if flow is not None else None, flow_code=getattr(flow, "code_id", None),
         resumed_from=flow.options.resumed_from if flow is not None else None,
         code=results.fingerprints(),
-        driver={"host": socket.gethostname(), "pid": os.getpid()},
+        driver={"host": socket.gethostname(), "pid": os.getpid(), "runner": runner_name(flow)},
         resumed_trace=flow.options.resumed_trace if flow is not None else None,
         attempt=flow.options.run_attempt if flow is not None else 1,
         results=results.store,
@@ -205,7 +205,7 @@ class _ResultPlanner:
     def __init__(self, graph: Graph, order: list[str], flow: Any):
         self.flow_name = graph.flow_name
         options = flow.options if flow is not None else None
-        self.flow_persist = bool(options is not None and options.persist)
+        self.flow_persist = persists(options, graph.by_key.values())  # a flow that pauses persists
         self.location = (options.result_storage if options is not None else None) or None
         self.resume = dict(options.resume_results) if options is not None else {}
         self.chunks = dict(options.resume_chunks) if options is not None else {}

@@ -23,7 +23,7 @@ from typing import Any
 
 import cloudpickle
 
-from rayflow.signals import Fail, Loop, Retry, Signal, Skip
+from rayflow.signals import Fail, Loop, Pause, Retry, Signal, Skip
 from rayflow.states import ErrorInfo, State, StateType
 
 ASYNC_CONCURRENCY = 32  # items of an async task's chunk at once, unless concurrency= says
@@ -87,6 +87,7 @@ class Work:
     write_inline: bool = False  # write a persisted value before reporting (values shared in-process)
     max_loops: int = 1000  # a plain task: the iterations it may run (rf.Loop: engine.worker.looping)
     looped: bytes | None = None  # a retry of a looping task: (loop_count, loop_result) it resumes at, pickled
+    approval: tuple | None = None  # an approved pause: (the approved input, JSON; None) for rf.pause to return
 
 
 def pack_inputs(inputs: list[Any], *, batch: bool = False) -> tuple[tuple[Any, ...], list[Any]]:
@@ -161,6 +162,7 @@ class AttemptResult:
     result_path: str | None = None  # where the value is stored (persisted, or the cache entry it came from)
     loops: tuple[tuple[float, float, str], ...] = ()  # rf.Loop: (start, end, message) of each iteration that looped
     loop_state: bytes | None = None  # a failed attempt that looped: where its retry resumes (Work.looped)
+    pause: tuple | None = None  # PAUSED by rf.pause: (input's JSON schema or None, timeout seconds or None)
 
     def exception(self) -> BaseException | None:
         if self.exception_bytes is None:
@@ -219,7 +221,7 @@ def signal_message(signal: Signal) -> str:
 
 @dataclass(frozen=True)
 class SignalOutcome:
-    type: StateType  # SKIPPED, RETRYING or FAILED
+    type: StateType  # SKIPPED, RETRYING, PAUSED or FAILED
     message: str
     retryable: bool  # a FAILED outcome that the task's retries may retry
     delay: float | None = None  # rf.Retry(delay=...)
@@ -234,6 +236,8 @@ def signal_outcome(signal: Signal) -> SignalOutcome:
         return SignalOutcome(StateType.RETRYING, message, True, signal.delay)
     if isinstance(signal, Loop):  # only where no loop runs it (engine.worker.looping): a batch=True task
         return SignalOutcome(StateType.FAILED, f"{message} (rf.Loop cannot loop a batch=True task)", False)
+    if isinstance(signal, Pause):
+        return SignalOutcome(StateType.PAUSED, signal.message or "paused", False)
     return SignalOutcome(StateType.FAILED, message, isinstance(signal, Fail))  # Fail, or a bare Signal: not retried
 
 
@@ -267,6 +271,7 @@ class ChunkSummary:
     # whose items have no error or reason gives them as ``ran_again`` instead
     items: list[tuple[int, int, int, str | None, str | None, str | None]] = field(default_factory=list)
     ran_again: tuple[Any, Any] | None = None  # a retry: (codes int8, attempts int16) of its ``indices``, no tuple per item
+    paused: list[tuple[int, str, Any, float | None]] = field(default_factory=list)  # rf.pause: (item, message, schema, timeout)
 
 
 @dataclass(frozen=True)

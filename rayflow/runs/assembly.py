@@ -18,6 +18,7 @@ from rayflow.engine.orchestrator import Orchestrator
 from rayflow.engine.plan import Plan
 from rayflow.notify.sender import flush as flush_notifications
 from rayflow.paths import check_run_id
+from rayflow.runs.approval import HistoryPauseBook
 from rayflow.store import HistoryRecorder, RunStore
 from rayflow.telemetry import RunTracer, TelemetrySettings
 
@@ -80,7 +81,10 @@ def assemble_run(
     tagged = any(spec.options.tags for spec in plan.specs)
     gate = TagGate(run_id, limits) if limits is not None and tagged else None
     attached = tuple(o for o in (tracer, recorder) if o is not None) + observers
-    orchestrator = Orchestrator(plan, executor, run_id, cpus=cpus, observers=attached, gate=gate, feeder=feeder)
+    book = HistoryPauseBook(recorder.store, run_id) if recorder is not None else None  # pauses' decisions
+    orchestrator = Orchestrator(
+        plan, executor, run_id, cpus=cpus, observers=attached, gate=gate, feeder=feeder, pauses=book
+    )
     return ObservedRun(orchestrator, recorder, tracer)
 
 

@@ -89,6 +89,11 @@ CREATE TABLE IF NOT EXISTS sla_misses (
     at REAL NOT NULL, message TEXT, PRIMARY KEY (run_id, kind)
 );
 CREATE INDEX IF NOT EXISTS sla_misses_by_schedule ON sla_misses(schedule_id, at);
+CREATE TABLE IF NOT EXISTS pauses (
+    run_id TEXT NOT NULL, task_key TEXT NOT NULL, map_index INTEGER NOT NULL DEFAULT -1, message TEXT,
+    schema TEXT, timeout REAL, paused_at REAL, decision TEXT, input TEXT, reason TEXT, decided_by TEXT,
+    decided_at REAL, PRIMARY KEY (run_id, task_key, map_index)
+);
 """
 
 # Columns added since the first schema: (table, column, definition), added to an older database.
@@ -101,7 +106,7 @@ ADDED_COLUMNS = (
     ("scheduled_runs", "server", "TEXT"),
 )
 
-SCHEMA_VERSION = 8  # PRAGMA user_version once SCHEMA and ADDED_COLUMNS are in: opening skips the writes
+SCHEMA_VERSION = 9  # 8: sla_misses, 9: pauses (store.approvals); PRAGMA user_version once SCHEMA and ADDED_COLUMNS are in: opening skips the writes
 
 
 

@@ -88,7 +88,7 @@ def task_rows(run: dict) -> list[dict]:
         if t["state"] == "RUNNING":
             entry["attempts"] = max(entry["attempts"], t["attempt"] or 1)
             entry.pop("note", None)
-        elif t["state"] == "PENDING" and t["message"]:  # waiting for a limit's slot
+        elif t["state"] in ("PENDING", "PAUSED") and t["message"]:  # waiting for a limit's slot, for a person
             entry["note"] = t["message"]
         elif t["started_at"] is not None:  # ran without a RUNNING row of its own (a subflow): as `run` counts it
             entry["attempts"] = max(entry["attempts"], t["attempt"] or 1)

@@ -2,6 +2,7 @@
 
     flow <name>                     the run, from RUNNING to its final state
     ├── limit wait <key>            a tagged task (or map) waiting for a limit's slot
+    ├── pause <key>                 a task PAUSED, from its pause to the decision (or timeout)
     ├── task <key>                  one span per attempt (per iteration of a looping task), worker-measured
     ├── task <key>                  a mapped task: launch to final state
     │   └── chunk <key>[a:b]        one span per chunk (never per item), item range and counts
@@ -72,6 +73,7 @@ class RunTracer(RunObserver):
         self._trace_id = 0
         self._attempts: dict[str, tuple[int, int, float]] = {}  # key -> (attempt, span id, submitted)
         self._chunks: dict[int, int] = {}  # work id -> span id
+        self._pauses: dict[str, tuple[float, str]] = {}  # paused task key -> (since, message)
         self._map_spans: dict[str, Any] = {}
         self._map_ids: dict[str, int] = {}
         self._loops: dict[str, int] = {}  # key -> iteration its last span was (rf.Loop)
@@ -162,6 +164,10 @@ class RunTracer(RunObserver):
             return
         if "/" in task_key:
             self._parent(task_key, new.timestamp)  # a subflow's span opens with its first event
+        if new.type is StateType.PAUSED:
+            self._pauses.setdefault(task_key, (new.timestamp, new.message))
+        elif task_key in self._pauses:
+            self._pause_span(task_key, *self._pauses.pop(task_key), new)
         if new.type is StateType.PENDING and new.message.startswith(WAITING_FOR_LIMIT):
             self._limit_waits.setdefault(task_key, (new.timestamp, new.message))
             return
@@ -183,6 +189,13 @@ class RunTracer(RunObserver):
         attrs = {**self._base(key), f"{PREFIX}limit": message[len(WAITING_FOR_LIMIT) :].strip(" '")}
         span = self._start(f"limit wait {key}", self._parent(key, since), since, None, attrs)
         span.end(end_time=_ns(until))
+
+    def _pause_span(self, key: str, since: float, message: str, decided: State) -> None:
+        """From the pause to its decision: approved (the task runs again), or why it failed."""
+        outcome = "approved" if decided.type is StateType.RUNNING else decided.message[:500]
+        attrs = {**self._base(key), f"{PREFIX}pause.message": message[:500], f"{PREFIX}pause.outcome": outcome}
+        span = self._start(f"pause {key}", self._parent(key, since), since, None, attrs)
+        span.end(end_time=_ns(decided.timestamp))
 
     def _attempt_span(self, key: str, new: State, old: State) -> None:
         """One span per attempt; a looping task's attempt (rf.Loop) one per iteration, from the

@@ -27,7 +27,7 @@ from rayflow.engine.protocol import AttemptResult, describe_error, signal_outcom
 from rayflow.engine.worker.blocking import BlockWatch, warn_blocked
 from rayflow.engine.worker.results import MISS, keep, look_up, to_persist
 from rayflow.engine.worker.looping import Iterations, LoopLimitExceeded, resumed
-from rayflow.signals import Loop, Signal
+from rayflow.signals import Loop, Pause, Signal
 from rayflow.states import StateType
 
 
@@ -159,4 +159,5 @@ def _signalled(signal: Signal, task_key: str, attempt: int, started: float) -> A
         exception_bytes=_pickled_exception(signal) if failed else None,
         retryable=outcome.retryable,
         retry_delay=outcome.delay,
+        pause=(signal.schema, signal.timeout) if isinstance(signal, Pause) else None,
     )

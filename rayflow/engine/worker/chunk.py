@@ -81,7 +81,7 @@ def _load_stored(
         merged = merge_results(stored)
         result = ChunkResult(encode_values(merged.values), merged.codes, merged.attempts, merged.errors)
     codes = result.codes
-    failed = np.isin(codes, C.FINAL_FAILED)
+    failed = np.isin(codes, C.FINAL_FAILED) | (codes == C.RETRYING)  # retrying then (rf.Retry, a pause): run again
     rerun = np.flatnonzero(failed).tolist()
     # a flatten consumer reads this map by its items' lengths: the stored successes
     flat = flat_count(result.values.items(), codes) if count_flat else 0
@@ -180,6 +180,7 @@ def _summary(
         for j in np.flatnonzero((codes == C.FAILED) | (codes == C.TIMED_OUT)).tolist()
     ]
     retry = [(selected[j], outcomes.retry_delays.get(j), attempt_of[j]) for j in np.flatnonzero(codes == C.RETRYING).tolist()]
+    paused = [(selected[j], *outcomes.pauses[j]) for j in outcomes.pauses]
     reported = [(selected[j], error_text(e[0], e[1])) for j, e in list(errors.items())[:MAX_REPORTED_ERRORS]]
     notes = {**outcomes.skips, **errors} if outcomes.skips else errors  # why an item did not succeed
     ran_again = None
@@ -203,6 +204,7 @@ def _summary(
         errors=reported,
         items=items,
         ran_again=ran_again,
+        paused=paused,
         flat_count=flat,
         indices=job.indices,
         cached=cached,

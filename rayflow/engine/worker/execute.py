@@ -17,6 +17,7 @@ from rayflow.engine.worker.chunk import run_chunk
 from rayflow.engine.columns import concat_columns, merge_results, successful_column, successful_values
 from rayflow.engine.worker.logs import capture
 from rayflow.engine.worker.attempt import run_attempt
+from rayflow.engine.worker.pause import approved
 from rayflow.states import StateType, error_text
 
 
@@ -26,7 +27,8 @@ def execute(payload: bytes, work: Work, *values: Any, started: Any = None) -> tu
         return None, write_behind(work, values[0])
     job = work.job
     start, indices, size = (job.start, job.indices, job.size) if job else (None, None, None)
-    with capture(work.run_id, work.task_key, work.trace, start, work.log_prints, indices, size) as logs:
+    with capture(work.run_id, work.task_key, work.trace, start, work.log_prints, indices, size) as logs, approved(work.approval):
+        logs.approvals = dict(work.approval or ()) if job is not None else None  # per item: rf.pause reads it
         if job is not None:
             value, report = run_chunk(payload, job, work.work_id, list(values), run_id=work.run_id)
             for j, (kind, message, tb) in list(value.errors.items())[:MAX_REPORTED_ERRORS]:

@@ -10,6 +10,8 @@ The strategies that run the items are in ``item_runners``; ``chunk`` ties the tw
 
 from __future__ import annotations
 
+import math
+
 import pickle
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,7 +21,7 @@ import numpy as np
 from rayflow.core.refs import MapInput, substitute
 from rayflow.engine import columns as C
 from rayflow.engine.columns import Column, concat_columns, encode_values, merge_results, to_column
-from rayflow.engine.protocol import Piece, describe_error, signal_outcome
+from rayflow.engine.protocol import Piece, SignalOutcome, describe_error, signal_outcome
 from rayflow.engine.worker.looping import LoopLimitExceeded
 from rayflow.signals import Signal
 from rayflow.states import StateType, error_text
@@ -75,11 +77,12 @@ class Outcomes:
     the chunk's selection.
     """
 
-    __slots__ = ("codes", "errors", "retryable", "retry_delays", "retry_on", "skips")
+    __slots__ = ("codes", "errors", "retryable", "retry_delays", "retry_on", "skips", "pauses")
 
     def __init__(self, n: int, retry_on: Any):
         self.codes = np.zeros(n, dtype=np.int8)
         self.errors: dict[int, tuple[str, str, str]] = {}  # (type, message, traceback)
+        self.pauses: dict[int, tuple[str, Any, float | None]] = {}  # paused items: (message, schema, timeout)
         self.skips: dict[int, tuple[None, str, None]] = {}  # SKIPPED items: (no type, why, no traceback)
         self.retryable: dict[int, bool] = {}  # FAILED items the task's retries may retry
         self.retry_delays: dict[int, float | None] = {}  # rf.Retry items: their delay
@@ -97,6 +100,9 @@ class Outcomes:
 
     def signalled(self, sig: Signal, j: int) -> None:
         outcome = signal_outcome(sig)
+        if outcome.type is StateType.PAUSED:  # rf.pause: the item waits (engine.pauses), run again once decided
+            self.pauses[j] = (outcome.message, getattr(sig, "schema", None), getattr(sig, "timeout", None))
+            outcome = SignalOutcome(StateType.RETRYING, outcome.message, False, math.inf)
         self.codes[j] = C.CODE[outcome.type]
         if outcome.type is StateType.SKIPPED:  # a reason, not an error: no chunk error, no "first error"
             self.skips[j] = (None, outcome.message, None)

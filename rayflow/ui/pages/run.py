@@ -22,6 +22,7 @@ from rayflow.exceptions import RayflowError
 from rayflow.presentation import UNFINISHED, category, took
 from rayflow.store.views import task_rows, trace_url
 from rayflow.ui import queries
+from rayflow.ui.pages import approvals
 from rayflow.ui.context import UI
 from rayflow.ui.queries import LEVELS, QueryError
 from rayflow.ui.svg import graph_svg, subflows_of, timeline_svg
@@ -77,6 +78,7 @@ def routes(ui: UI) -> list[Route]:
             timeline=Markup(timeline_svg(run, tasks, time.time() if live else None)),
             dashboard=os.environ.get("RAYFLOW_RAY_DASHBOARD_URL", RAY_DASHBOARD_URL).rstrip("/"),
             action_error=actions.error_of(run["run_id"]) if actions is not None else None,
+            pauses=approvals.waiting(ui, run, tasks), may_decide=approvals.may_decide(ui),
         )
 
     async def log_tail(request: Request) -> Response:

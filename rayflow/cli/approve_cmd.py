@@ -1,0 +1,99 @@
+"""``rayflow approve RUN_ID TASK [--input JSON | -p k=v] [--item i]`` and ``rayflow reject RUN_ID
+TASK --reason TEXT``: a decision on a paused task (runs.approval), recorded with the OS user.
+
+A live run picks the decision up; a run whose driver is gone is resumed by ``approve``, here,
+as ``rayflow resume`` does (its recorded flow loaded by the CLI's loader), and its outcome
+printed.  Bad input (JSON that does not parse, a value the pause's model refuses, a task that
+is not paused) is one line and exit 2; the task stays paused.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Optional
+
+import typer
+
+from rayflow.cli.common import checked_run_id
+
+ItemOption = Annotated[
+    Optional[int],  # noqa: UP007
+    typer.Option("--item", help="The item of a mapped task whose pause this decides (its map index)."),
+]
+
+
+def approve(
+    run_id: Annotated[str, typer.Argument(help="The run whose task waits for approval.")],
+    task: Annotated[str, typer.Argument(help="The paused task's key.")],
+    input_json: Annotated[
+        Optional[str],  # noqa: UP007
+        typer.Option("--input", help="The input the pause waits for, as a JSON object."),
+    ] = None,
+    param: Annotated[
+        Optional[list[str]],  # noqa: UP007
+        typer.Option("--param", "-p", help="One field of the input, name=value (repeatable)."),
+    ] = None,
+    item: ItemOption = None,
+) -> None:
+    """Approve a paused task: it runs again (its run resumed if its driver is gone)."""
+    from rayflow.runs.approval import approve as approve_task, run_is_live
+
+    checked_run_id(run_id)
+    value = _input(input_json, param or [], run_id, task, item)
+    approve_task(run_id, task, value, map_index=item, resume=False)
+    what = f"task {task}" + (f" item {item}" if item is not None else "") + f" of run {run_id}"
+    if run_is_live(run_id):
+        typer.echo(f"approved {what}; its run goes on")
+        return
+    typer.echo(f"approved {what}; its driver is gone: resuming the run here")
+    from rayflow.cli.run_cmd import resume
+    from rayflow.store import RunStore
+
+    graph = (RunStore().run(run_id) or {}).get("graph") or {}
+    resume(run_id, None, (graph.get("driver") or {}).get("runner") == "local")  # on the runner it ran on
+
+
+def reject(
+    run_id: Annotated[str, typer.Argument(help="The run whose task waits for approval.")],
+    task: Annotated[str, typer.Argument(help="The paused task's key.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why: the task ends FAILED with it.")],
+    item: ItemOption = None,
+) -> None:
+    """Reject a paused task: it ends FAILED with the reason."""
+    from rayflow.runs.approval import reject as reject_task
+
+    checked_run_id(run_id)
+    reject_task(run_id, task, reason, map_index=item)
+    typer.echo(f"rejected task {task}" + (f" item {item}" if item is not None else "") + f" of run {run_id}")
+
+
+def _input(input_json: str | None, pairs: list[str], run_id: str, task: str, item: int | None) -> Any:
+    """--input's object with -p's fields over it (each read as the pause's model types it), or None."""
+    from rayflow.exceptions import ApprovalError
+    from rayflow.runs.approval import pause_schema
+
+    if input_json is None and not pairs:
+        return None
+    value: dict[str, Any] = {}
+    if input_json is not None:
+        try:
+            loaded = json.loads(input_json)
+        except json.JSONDecodeError as exc:
+            raise ApprovalError(f"--input is not valid JSON: {exc}", run_id=run_id, task_key=task) from None
+        if not isinstance(loaded, dict):
+            raise ApprovalError("--input must be a JSON object", run_id=run_id, task_key=task)
+        value.update(loaded)
+    fields = ((pause_schema(run_id, task, item) or {}).get("properties") or {}) if pairs else {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ApprovalError(f"--param {pair!r} must look like name=value", run_id=run_id, task_key=task)
+        value[key] = raw if (fields.get(key) or {}).get("type") == "string" else _json_or_text(raw)
+    return value
+
+
+def _json_or_text(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
