@@ -26,7 +26,7 @@ def home(tmp_path, monkeypatch):
     return tmp_path / "home"
 
 
-def _flows(flag: pathlib.Path, runner: str, times: int = 2):
+def _flows(flag: pathlib.Path, runner: str, times: int = 2, name: str = "inner"):
     """A persisting flow defined in a function (no target to load it by), failing while ``flag`` exists."""
     log = flag.parent / "ran.log"
 
@@ -42,7 +42,7 @@ def _flows(flag: pathlib.Path, runner: str, times: int = 2):
             raise RuntimeError("fragile failed this time")
         return x * times
 
-    @rf.flow(name="inner", runner=runner)
+    @rf.flow(name=name, runner=runner)
     def inner():
         return fragile(load())
 
@@ -120,18 +120,18 @@ def test_two_live_flows_of_one_name_the_one_with_the_runs_code_is_resumed(home, 
 def test_no_live_flow_of_the_runs_name_and_code_is_refused_naming_it(home, tmp_path):
     flag = tmp_path / "fail"
     flag.write_text("")
-    flow, _ = _flows(flag, "local")
+    flow, _ = _flows(flag, "local", name="lonely")  # a name no other test's flow (alive or not yet collected) has
     failed = flow.run()
     del flow
     gc.collect()  # the flow is gone from this process
-    with pytest.raises(rf.ResumeError, match=r"flow 'inner' of run .*no flow named 'inner'.*flow=inner"):
+    with pytest.raises(rf.ResumeError, match=r"flow 'lonely' of run .*no flow named 'lonely'.*flow=lonely"):
         rf.resume(failed.run_id)
 
-    @rf.flow(name="inner", runner="local")
+    @rf.flow(name="lonely", runner="local")
     def inner():  # the same name, other code
         return 1
 
-    with pytest.raises(rf.ResumeError, match=r"flow\(s\) named 'inner' in this process have other code"):
+    with pytest.raises(rf.ResumeError, match=r"flow\(s\) named 'lonely' in this process have other code"):
         rf.resume(failed.run_id)
 
 

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from rayflow.states import error_text
+
 logger = logging.getLogger("rayflow.notify")
 
 QUEUE_SIZE = 1000
@@ -100,7 +102,7 @@ def _deliver(delivery: Delivery) -> None:
             time.sleep(delay)
             delay *= 2
     tries = f"{attempt + 1} attempt{'s' if attempt else ''}"
-    _warn(delivery, f"rayflow: notification failed ({delivery.what}) after {tries}: {type(last).__name__}: {last}")
+    _warn(delivery, f"rayflow: notification failed ({delivery.what}) after {tries}: {error_text(type(last).__name__, str(last))}")
 
 
 def flush(run_id: str | None, seconds: float | None = None) -> int:
