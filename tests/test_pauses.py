@@ -182,7 +182,9 @@ def killed(root: str):
 '''
 
 
-def test_an_approval_after_the_driver_was_killed_resumes_the_run_loading_what_it_persisted(home, tmp_path):
+def test_an_approval_after_the_driver_was_killed_resumes_the_run_loading_what_it_persisted(home, tmp_path, runner, request):
+    """The driver (on the in-process runner, or joined to the session's Ray) is SIGKILLed while a
+    task waits; ``rayflow approve`` resumes the run on the runner it ran on."""
     import os
     import signal
     import subprocess
@@ -190,25 +192,28 @@ def test_an_approval_after_the_driver_was_killed_resumes_the_run_loading_what_it
 
     from cli_runner import run_cli
 
+    run_id = f"killed-pause-{runner}"
+    where = ["--local"] if runner == "local" else []  # on Ray: the one RAY_ADDRESS names
+    ray_env = {"RAY_ADDRESS": request.getfixturevalue("ray_session")} if runner == "ray" else {}
     (tmp_path / "killed_flow.py").write_text(KILLED_FLOW)
-    env = {**os.environ, "RAYFLOW_HOME": str(home)}
+    env = {**os.environ, "RAYFLOW_HOME": str(home), **ray_env}
     driver = subprocess.Popen(
-        [sys.executable, "-m", "rayflow", "run", f"{tmp_path / 'killed_flow.py'}:killed", "--local",
-         "--run-id", "killed-pause", "-p", f"root={tmp_path}"],
+        [sys.executable, "-m", "rayflow", "run", f"{tmp_path / 'killed_flow.py'}:killed", *where,
+         "--run-id", run_id, "-p", f"root={tmp_path}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        wait_for(lambda: paused("killed-pause", "gate") or driver.poll() is not None, 60, "gate PAUSED")
+        wait_for(lambda: paused(run_id, "gate") or driver.poll() is not None, 60, "gate PAUSED")
         assert driver.poll() is None
         driver.send_signal(signal.SIGKILL)
     finally:
         driver.kill()
         driver.wait(30)
-    out = run_cli("approve", "killed-pause", "gate", home=home)
+    out = run_cli("approve", run_id, "gate", home=home, **ray_env)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "driver is gone" in out.stdout and "21" in out.stdout, out.stdout
     assert (tmp_path / "first.count").read_text().count("ran") == 1  # its persisted result was loaded
-    assert RunStore().run("killed-pause")["state"] == "SUCCESS"
+    assert RunStore().run(run_id)["state"] == "SUCCESS"
 
 
 def test_a_pause_is_a_span_from_the_pause_to_its_outcome(home, monkeypatch):
