@@ -264,6 +264,46 @@ def test_paused_items_of_a_map_are_approved_one_by_one(home, runner):
     assert out and out[0].result() == [1, 25, 37]
 
 
+def test_paused_items_read_paused_in_their_rows_counts_cli_and_pages_until_approved(home):
+    """A map's items waiting for a decision read PAUSED with the pause's message (not RETRYING,
+    though the engine holds them as retries due at no time): in the item rows, the map's counts
+    (not done), ``rayflow show --items``, ``rayflow runs`` and the map and item pages."""
+    from starlette.testclient import TestClient
+
+    from rayflow.store.views import map_items
+    from rayflow.ui import create_app
+
+    run_id = "mapped-paused-rows"
+    thread, out = start(mapped_pause, "local", run_id)
+    store = RunStore()
+
+    def rows() -> dict:
+        return {r["item"]: (r["state"], r["message"], r["error_type"]) for r in store.items(run_id, "asks")}
+
+    def counts() -> dict:
+        return map_items([c for c in store.run(run_id)["chunks"] if c["task_key"] == "asks"])
+
+    wait_for(lambda: len(rows()) == 2 and item_paused(run_id, 2) and counts()["total"] == 3, what="items 1 and 2 recorded")
+    assert rows() == {1: ("PAUSED", "item 2", None), 2: ("PAUSED", "item 3", None)}
+    assert counts()["states"] == {"PAUSED": 2, "SUCCESS": 1} and counts()["done"] == 1 and counts()["paused"] == 2
+    shown = run_cli_in_process("show", run_id, "--items", "asks", home=home)
+    assert "PAUSED" in shown.stdout and "item 3" in shown.stdout and "RETRYING" not in shown.stdout, shown.stdout
+    runs = run_cli_in_process("runs", home=home)
+    assert "2 waiting for approval" in runs.stdout, runs.stdout
+    client = TestClient(create_app(home), base_url="http://127.0.0.1:4200")
+    page = client.get(f"/runs/{run_id}/maps/asks")
+    assert page.status_code == 200 and "PAUSED" in page.text and "item 3" in page.text
+    item = client.get(f"/runs/{run_id}/maps/asks/items/2")
+    assert 'id="item-state">PAUSED<' in item.text and "item 3" in item.text and "RETRYING" not in item.text
+    rf.approve(run_id, "asks", {"amount": 1}, map_index=1)
+    wait_for(lambda: rows().get(1, ("",))[0] == "SUCCESS", what="item 1 run again")
+    assert counts()["states"] == {"PAUSED": 1, "SUCCESS": 2}
+    rf.approve(run_id, "asks", {"amount": 2}, map_index=2)
+    thread.join(30)
+    assert out and out[0].result() == [1, 21, 32]
+    assert counts()["states"] == {"SUCCESS": 3} and counts()["done"] == 3
+
+
 def test_a_rejected_item_of_a_map_ends_failed_with_the_reason(home):
     thread, out = start(mapped_pause, "local", "mapped-reject")
     wait_for(lambda: item_paused("mapped-reject", 1) and item_paused("mapped-reject", 2), what="items paused")

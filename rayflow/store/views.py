@@ -124,7 +124,8 @@ def task_rows(run: dict) -> list[dict]:
 def item_states(chunk_rows: list[dict]) -> dict[str, int]:
     """How many items of a map are in each state now: the sum of its chunk rows' counts, which the
     engine recorded as it decided them (maps.outcomes, ``WorkFacts``): each row counts the items
-    its work made final, and RETRYING the items it sent to run again less those it ran again.
+    its work made final, and RETRYING the items it sent to run again less those it ran again
+    (PAUSED likewise, for the items it sent to wait for a person's decision: rf.pause).
     No replay of the map's retries, losses and splits: those were decided once, by the engine."""
     out: dict[str, int] = {}
     for row in chunk_rows:
@@ -134,7 +135,8 @@ def item_states(chunk_rows: list[dict]) -> dict[str, int]:
 
 
 def map_items(chunk_rows: list[dict]) -> dict:
-    """A map's item counts: total, done (in a final state), ok, failed, skipped, and per state.
+    """A map's item counts: total, done (in a final state), ok, failed, skipped, paused (waiting for
+    a decision), and per state.
 
     ``ok`` is what the map's own summary calls ok (every item that did not fail, skipped
     ones included), so ``rayflow show`` and ``rayflow run`` give the same numbers.
@@ -142,11 +144,13 @@ def map_items(chunk_rows: list[dict]) -> dict:
     states = item_states(chunk_rows)
     total = sum(states.values())
     failed = sum(n for s, n in states.items() if s in FAILED)
+    waiting = states.get("RETRYING", 0) + states.get("PAUSED", 0)
     return {
         "total": total,
-        "done": total - states.get("RETRYING", 0),
-        "ok": total - failed - states.get("RETRYING", 0),
+        "done": total - waiting,
+        "ok": total - failed - waiting,
         "failed": failed,
+        "paused": states.get("PAUSED", 0),
         "skipped": states.get("SKIPPED", 0),
         "cached": states.get("CACHED", 0),
         "states": dict(sorted(states.items())),

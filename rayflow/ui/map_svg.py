@@ -36,7 +36,7 @@ def throughput_bins(chunks: list[dict], bins: int = BINS) -> tuple[float, float,
     for c in timed:
         at = min(bins - 1, int((c["finished_at"] - start) / width))
         for state, n in c["counts"].items():
-            if state != "RETRYING" and n > 0:  # items sent to run again end in a later chunk
+            if state not in ("RETRYING", "PAUSED") and n > 0:  # items sent to run again end in a later chunk
                 out[at][state] = out[at].get(state, 0) + n
     return start, width, out
 

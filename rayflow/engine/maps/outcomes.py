@@ -38,6 +38,7 @@ class Chunk:
     spent: dict[int, int] | None = None  # item in chunk -> its `retries` used (failures retried, never rf.Retry)
     lost: bool = False  # its first run was lost for good: every item FAILED
     load: tuple[str, ...] = ()  # a resumed run: the stored results its first work loads
+    paused: set[int] | None = None  # items in chunk waiting for a decision (rf.pause): PAUSED, not RETRYING
 
     @property
     def final(self) -> bool:
@@ -90,15 +91,30 @@ class Outcomes:
         if summary.cached:  # cached items are SUCCESS to the engine, told apart in its facts
             tally["SUCCESS"] = tally.get("SUCCESS", 0) - summary.cached
             tally["CACHED"] = summary.cached
-        waiting = len(again) - (len(summary.indices) if summary.indices is not None else 0)
+        paused, unpaused = self._paused(chunk, summary.indices, {item for item, *_ in summary.paused})
+        waiting = len(again) - len(paused) - (len(summary.indices) - unpaused if summary.indices is not None else 0)
         if waiting:
             tally["RETRYING"] = waiting
-        rows = _rows(chunk.start, summary, again)
+        if len(paused) != unpaused:  # items waiting for a person: PAUSED while they wait (their run again held)
+            tally["PAUSED"] = len(paused) - unpaused
+        rows = _rows(chunk.start, summary, again, paused)
         facts = self._settled(chunk, WorkFacts(chunk.start, chunk.stop, tally, len(again), rows))
         if chunk.final and isinstance(self.leader, StreamFeed):
             self._release_segment(chunk)
         self._check_done()
         return facts
+
+    @staticmethod
+    def _paused(chunk: Chunk, ran: Any, paused: set[int]) -> tuple[set[int], int]:
+        """Items of ``chunk`` that paused now, and how many of those ``ran`` (a retry's) were paused
+        before: they were counted PAUSED, not RETRYING, while they waited for their decision."""
+        before = chunk.paused or set()
+        unpaused = 0
+        if ran is not None and before:
+            unpaused = sum(1 for i in ran if i in before)
+            before = before.difference(ran)
+        chunk.paused = (before | paused) or None
+        return paused, unpaused
 
     def _settled(self, chunk: Chunk, facts: WorkFacts) -> WorkFacts:
         """Add a work's facts to the map's tally: the one count of its items (``counts``, ``progress``,
@@ -136,7 +152,10 @@ class Outcomes:
             chunk.outcomes = {**(chunk.outcomes or {}), **dict.fromkeys(job.indices, C.FAILED)}
         first = job.start + (job.indices[0] if job.indices else 0)
         chunk.errors = (chunk.errors + [(first, message)])[-20:]
-        tally = {"FAILED": n, **({"RETRYING": -n} if job.indices is not None else {})}
+        tally = {"FAILED": n}
+        if job.indices is not None:  # a retry's items, counted RETRYING (or PAUSED) until now
+            _, unpaused = self._paused(chunk, job.indices, set())
+            tally.update({"RETRYING": unpaused - n, **({"PAUSED": -unpaused} if unpaused else {})})
         attempts = job.attempts or (1,) * n
         rows = tuple((chunk.start + i, "FAILED", a, error_type, message, None) for i, a in zip(items, attempts))
         facts = self._settled(chunk, WorkFacts(chunk.start, chunk.stop, tally, 0, rows))
@@ -149,7 +168,7 @@ class Outcomes:
         """Final items per state, from the tally of the map's facts (cached items counted SUCCESS)."""
         out: dict[StateType, int] = {}
         for state, n in self.tally.items():
-            if n and state != "RETRYING":
+            if n and state not in ("RETRYING", "PAUSED"):
                 kind = StateType.SUCCESS if state == "CACHED" else StateType(state)
                 out[kind] = out.get(kind, 0) + n
         return out
@@ -232,16 +251,21 @@ class Outcomes:
         return State(type=StateType.FAILED, message=summary, **timing)
 
 
-def _rows(start: int, summary: ChunkSummary, again: set[int]) -> tuple[tuple, ...]:
+def _rows(start: int, summary: ChunkSummary, again: set[int], paused: set[int] = frozenset()) -> tuple[tuple, ...]:
     """The work's item rows: (map index, state name, attempts, error type, message, traceback); a
-    retry's items without an error come as arrays (``ran_again``), made rows here, once."""
+    retry's items without an error come as arrays (``ran_again``), made rows here, once.  An item
+    that waits for a person (``paused``) reads PAUSED with the pause's message (no error type)."""
+
+    def name(item: int, code: int) -> str:
+        return ("PAUSED" if item in paused else "RETRYING") if item in again else NAMES[code]
+
     if summary.ran_again is None:
         return tuple(
-            (start + item, "RETRYING" if item in again else NAMES[code], attempt, kind, message, trace)
+            (start + item, name(item, code), attempt, None if item in paused else kind, message, trace)
             for item, code, attempt, kind, message, trace in summary.items
         )
     codes, attempts = summary.ran_again
-    notes = {item: rest for item, _, _, *rest in summary.items}
+    notes = {item: (None if item in paused else kind, *rest) for item, _, _, kind, *rest in summary.items}
     none = (None, None, None)
     if not notes and not again:
         return tuple(
@@ -249,7 +273,7 @@ def _rows(start: int, summary: ChunkSummary, again: set[int]) -> tuple[tuple, ..
             for item, code, attempt in zip(summary.indices, codes.tolist(), attempts.tolist())
         )
     return tuple(
-        (start + item, "RETRYING" if item in again else NAMES[code], attempt, *notes.get(item, none))
+        (start + item, name(item, code), attempt, *notes.get(item, none))
         for item, code, attempt in zip(summary.indices, codes.tolist(), attempts.tolist())
     )
 
