@@ -216,6 +216,64 @@ def test_an_approval_after_the_driver_was_killed_resumes_the_run_loading_what_it
     assert RunStore().run(run_id)["state"] == "SUCCESS"
 
 
+REJECTED_FLOW = KILLED_FLOW + '''
+
+@rf.task
+def ship(x: int) -> int:
+    return x
+
+
+@rf.task(trigger=rf.triggers.any_failed)
+def tidy(root: str) -> str:
+    (pathlib.Path(root) / "tidied").write_text("yes")
+    return "tidied"
+
+
+@rf.flow
+def rejected(root: str):
+    g = gate(first(root))
+    ship(g)
+    tidy(root, wait_for=[g])
+'''
+
+
+def test_a_reject_after_the_driver_was_killed_resumes_the_run_to_end_the_task_failed(home, tmp_path):
+    """``rayflow reject`` of a run whose driver was SIGKILLed resumes it as its next attempt: the
+    task ends FAILED with the reason (not run), its downstream tasks settle by their triggers,
+    and the run ends FAILED, printed, exit 1 (as ``rayflow resume``'s)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from cli_runner import run_cli
+
+    (tmp_path / "rejected_flow.py").write_text(REJECTED_FLOW)
+    env = {**os.environ, "RAYFLOW_HOME": str(home)}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "rayflow", "run", f"{tmp_path / 'rejected_flow.py'}:rejected", "--local",
+         "--run-id", "killed-reject", "-p", f"root={tmp_path}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: paused("killed-reject", "gate") or driver.poll() is not None, 60, "gate PAUSED")
+        assert driver.poll() is None
+        driver.send_signal(signal.SIGKILL)
+    finally:
+        driver.kill()
+        driver.wait(30)
+    out = run_cli("reject", "killed-reject", "gate", "--reason", "not today", home=home)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "driver is gone" in out.stdout and "FAILED" in out.stdout, out.stdout
+    run = RunStore().run("killed-reject")
+    assert run["state"] == "FAILED" and run["attempt"] == 2
+    last = {t["task_key"]: t for t in run["transitions"]}
+    assert last["gate"]["state"] == "FAILED" and "rejected by" in last["gate"]["message"] and "not today" in last["gate"]["message"]
+    assert last["ship"]["state"] == "TRIGGER_FAILED" and last["tidy"]["state"] == "SUCCESS"
+    assert (tmp_path / "tidied").read_text() == "yes"
+    assert (tmp_path / "first.count").read_text().count("ran") == 1  # its persisted result was loaded
+
+
 def test_a_pause_is_a_span_from_the_pause_to_its_outcome(home, monkeypatch):
     from otlp_sink import HttpSink
 

@@ -1,9 +1,9 @@
 """``rayflow approve RUN_ID TASK [--input JSON | -p k=v] [--item i]`` and ``rayflow reject RUN_ID
 TASK --reason TEXT``: a decision on a paused task (runs.approval), recorded with the OS user.
 
-A live run picks the decision up; a run whose driver is gone is resumed by ``approve``, here,
-as ``rayflow resume`` does (its recorded flow loaded by the CLI's loader), and its outcome
-printed.  Bad input (JSON that does not parse, a value the pause's model refuses, a task that
+A live run picks the decision up; a run whose driver is gone is resumed by ``approve`` and by
+``reject``, here, as ``rayflow resume`` does (its recorded flow loaded by the CLI's loader), and
+its outcome printed (exit 1 when it did not succeed, as ``rayflow resume``'s).  Bad input (JSON that does not parse, a value the pause's model refuses, a task that
 is not paused) is one line and exit 2; the task stays paused.
 """
 
@@ -36,16 +36,23 @@ def approve(
     item: ItemOption = None,
 ) -> None:
     """Approve a paused task: it runs again (its run resumed if its driver is gone)."""
-    from rayflow.runs.approval import approve as approve_task, run_is_live
+    from rayflow.runs.approval import approve as approve_task
 
     checked_run_id(run_id)
     value = _input(input_json, param or [], run_id, task, item)
     approve_task(run_id, task, value, map_index=item, resume=False)
     what = f"task {task}" + (f" item {item}" if item is not None else "") + f" of run {run_id}"
+    _go_on(run_id, f"approved {what}")
+
+
+def _go_on(run_id: str, said: str) -> None:
+    """After a decision: a live run takes it; a run whose driver is gone is resumed here."""
+    from rayflow.runs.approval import run_is_live
+
     if run_is_live(run_id):
-        typer.echo(f"approved {what}; its run goes on")
+        typer.echo(f"{said}; its run goes on")
         return
-    typer.echo(f"approved {what}; its driver is gone: resuming the run here")
+    typer.echo(f"{said}; its driver is gone: resuming the run here")
     from rayflow.cli.run_cmd import resume
     from rayflow.store import RunStore
 
@@ -59,12 +66,12 @@ def reject(
     reason: Annotated[str, typer.Option("--reason", help="Why: the task ends FAILED with it.")],
     item: ItemOption = None,
 ) -> None:
-    """Reject a paused task: it ends FAILED with the reason."""
+    """Reject a paused task: it ends FAILED with the reason (its run resumed if its driver is gone)."""
     from rayflow.runs.approval import reject as reject_task
 
     checked_run_id(run_id)
-    reject_task(run_id, task, reason, map_index=item)
-    typer.echo(f"rejected task {task}" + (f" item {item}" if item is not None else "") + f" of run {run_id}")
+    reject_task(run_id, task, reason, map_index=item, resume=False)
+    _go_on(run_id, f"rejected task {task}" + (f" item {item}" if item is not None else "") + f" of run {run_id}")
 
 
 def _input(input_json: str | None, pairs: list[str], run_id: str, task: str, item: int | None) -> Any:

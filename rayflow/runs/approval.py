@@ -7,8 +7,9 @@ paused: engine.pauses) and runs the task again, or ends it FAILED with the reaso
 The run outlives its driver: when the driver is gone (killed, Ctrl-C, a laptop closed), an
 approval resumes the run here as its next attempt (runs.resume: the results its tasks
 persisted are loaded; a flow that pauses persists them by default, core.pausing), and the
-resumed run finds the approval in the history.  A reject of such a run is recorded only:
-a later ``rayflow resume`` ends that task FAILED without running it.
+resumed run finds the approval in the history.  A reject of such a run resumes it the same
+way: the resumed run finds the reject and ends that task (or item) FAILED with the reason,
+without running it; its downstream tasks settle as their triggers say, and the run ends.
 
 Input is checked against the JSON schema of the pause's model (recorded when it paused),
 so a bad value is refused here, naming the field, and the task stays paused.
@@ -71,12 +72,15 @@ def approve(
 
 
 def reject(
-    run_id: str, task_key: str, reason: str, *, map_index: int | None = None, by: str | None = None, home: Any = None
-) -> None:
-    """Reject the paused task: it ends FAILED with ``reason`` (recorded with who and when)."""
+    run_id: str, task_key: str, reason: str, *, map_index: int | None = None, by: str | None = None,
+    resume: bool = True, home: Any = None,
+) -> Any:
+    """Reject the paused task: it ends FAILED with ``reason`` (recorded with who and when).  A
+    run whose driver is gone is resumed here to end it (``resume=False``: only recorded), and its
+    FlowRun returned; None when a live driver takes the reject."""
     if not reason or not reason.strip():
         raise ApprovalError("a reject needs a reason", run_id=run_id, task_key=task_key)
-    _decide(run_id, task_key, map_index, "rejected", None, reason, by, False, home)
+    return _decide(run_id, task_key, map_index, "rejected", None, reason, by, resume, home)
 
 
 def _decide(

@@ -6,8 +6,9 @@ runs.approval, so a bad value is refused (409) naming the field, and the task st
 
 Who may decide: the UI of ``serve --ui``, or ``rayflow ui`` with a token (a person signed in),
 each POST with its CSRF token (ui.context.refused_post).  Decisions are recorded as by ``ui``.
-A run whose driver is gone is resumed by ``serve --ui`` (its actions); under ``rayflow ui``
-the approval is recorded and the page says to resume the run (``rayflow resume``).
+A run whose driver is gone is resumed by ``serve --ui`` (its actions) after an approval or a
+reject; under ``rayflow ui`` the decision is recorded and the page says to resume the run
+(``rayflow resume``).
 """
 
 from __future__ import annotations
@@ -135,10 +136,10 @@ def _decide(ui: UI, run: dict, task: str, index: int | None, approving: bool, fo
     run_id = run["run_id"]
     if not approving:
         reason = form.get("reason")
-        reject(run_id, task, reason if isinstance(reason, str) else "", map_index=index, by="ui", home=ui.store.home)
-        return
-    pause = PauseStore(ui.store).pause(run_id, task, index)
-    value = input_of(form, pause["schema"] if pause else None)
-    approve(run_id, task, value, map_index=index, by="ui", resume=False, home=ui.store.home)
+        reject(run_id, task, reason if isinstance(reason, str) else "", map_index=index, by="ui", resume=False, home=ui.store.home)
+    else:
+        pause = PauseStore(ui.store).pause(run_id, task, index)
+        value = input_of(form, pause["schema"] if pause else None)
+        approve(run_id, task, value, map_index=index, by="ui", resume=False, home=ui.store.home)
     if not run_is_live(run_id, ui.store.home) and ui.actions is not None:  # its driver is gone: serve resumes it
         ui.actions.resume(run_id, run["flow"])
