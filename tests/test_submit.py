@@ -25,6 +25,7 @@ import textwrap
 import pytest
 import requests
 from ray_cluster import RayCluster, clean_env, free_port
+from submitted_approval import approved_run, test_a_submitted_runs_paused_task_is_approved_with_address  # noqa: F401
 from waiting import wait_for
 from wheels import tiny_wheel
 
@@ -38,11 +39,9 @@ FLOWS = textwrap.dedent('''
     import time
     import rayflow as rf
 
-
     @rf.task
     def double(x: int) -> int:
         return 2 * x
-
 
     @rf.task
     def add(a: int, b: int) -> int:
@@ -445,6 +444,7 @@ SCENARIOS = {
     "walkthrough": (readme_walkthrough_run, ("spread",)),
     "pip": (pip_run, ("spread",)),
     "cancel": (cancelled_run, ("spread",)),
+    "approve": (approved_run, ("spread",)),
     "orphan": (orphaned_run, ("spread",)),
     "serve": (served_schedules, ("walkthrough",)),
 }

@@ -4,7 +4,13 @@ TASK --reason TEXT``: a decision on a paused task (runs.approval), recorded with
 A live run picks the decision up; a run whose driver is gone is resumed by ``approve`` and by
 ``reject``, here, as ``rayflow resume`` does (its recorded flow loaded by the CLI's loader), and
 its outcome printed (exit 1 when it did not succeed, as ``rayflow resume``'s).  Bad input (JSON that does not parse, a value the pause's model refuses, a task that
-is not paused) is one line and exit 2; the task stays paused.
+is not paused) is one line and exit 2; the task stays paused.  ``--no-resume`` records the
+decision only.
+
+``--address http://HEAD:8265`` decides on a run submitted to a cluster (``rayflow submit``: its
+history is the head node's): the same command runs there as a short job (``--no-resume``: a
+run whose driver is gone there is resumed with ``rayflow resume`` on the cluster), its output
+printed here and its exit code ours, as ``rayflow show --address`` does (cli.submit).
 """
 
 from __future__ import annotations
@@ -20,6 +26,13 @@ ItemOption = Annotated[
     Optional[int],  # noqa: UP007
     typer.Option("--item", help="The item of a mapped task whose pause this decides (its map index)."),
 ]
+AddressOption = Annotated[
+    Optional[str],  # noqa: UP007
+    typer.Option("--address", help="A submitted run's job server, http://HEAD:8265: decide in the cluster's history."),
+]
+NoResumeOption = Annotated[
+    bool, typer.Option("--no-resume", help="Only record the decision; a run whose driver is gone is not resumed here."),
+]
 
 
 def approve(
@@ -34,23 +47,42 @@ def approve(
         typer.Option("--param", "-p", help="One field of the input, name=value (repeatable)."),
     ] = None,
     item: ItemOption = None,
+    address: AddressOption = None,
+    no_resume: NoResumeOption = False,
 ) -> None:
     """Approve a paused task: it runs again (its run resumed if its driver is gone)."""
     from rayflow.runs.approval import approve as approve_task
 
     checked_run_id(run_id)
+    if address is not None:
+        pairs = [w for p in param or [] for w in ("-p", p)]
+        return _on_cluster(address, ["approve", run_id, task, *(["--input", input_json] if input_json is not None else []), *pairs], item)
     value = _input(input_json, param or [], run_id, task, item)
     approve_task(run_id, task, value, map_index=item, resume=False)
     what = f"task {task}" + (f" item {item}" if item is not None else "") + f" of run {run_id}"
-    _go_on(run_id, f"approved {what}")
+    _go_on(run_id, f"approved {what}", not no_resume)
 
 
-def _go_on(run_id: str, said: str) -> None:
+def _on_cluster(address: str, argv: list[str], item: int | None) -> None:
+    """The decision made on the cluster whose job server is at ``address`` (its head's history)."""
+    from rayflow.cli import submit
+    from rayflow.cli.exits import EXIT_USAGE
+    from rayflow.cli.usage import fail
+
+    if not submit.is_job_address(address):
+        raise fail(f"--address must be a submitted run's job server, http://HEAD:8265, not {address!r}", EXIT_USAGE)
+    submit.query_history(address, [*argv, *(["--item", str(item)] if item is not None else []), "--no-resume"])
+
+
+def _go_on(run_id: str, said: str, resume_here: bool = True) -> None:
     """After a decision: a live run takes it; a run whose driver is gone is resumed here."""
     from rayflow.runs.approval import run_is_live
 
     if run_is_live(run_id):
         typer.echo(f"{said}; its run goes on")
+        return
+    if not resume_here:
+        typer.echo(f"{said}; its driver is gone: `rayflow resume {run_id}` runs the rest")
         return
     typer.echo(f"{said}; its driver is gone: resuming the run here")
     from rayflow.cli.run_cmd import resume
@@ -65,13 +97,18 @@ def reject(
     task: Annotated[str, typer.Argument(help="The paused task's key.")],
     reason: Annotated[str, typer.Option("--reason", help="Why: the task ends FAILED with it.")],
     item: ItemOption = None,
+    address: AddressOption = None,
+    no_resume: NoResumeOption = False,
 ) -> None:
     """Reject a paused task: it ends FAILED with the reason (its run resumed if its driver is gone)."""
     from rayflow.runs.approval import reject as reject_task
 
     checked_run_id(run_id)
+    if address is not None:
+        return _on_cluster(address, ["reject", run_id, task, "--reason", reason], item)
     reject_task(run_id, task, reason, map_index=item, resume=False)
-    _go_on(run_id, f"rejected task {task}" + (f" item {item}" if item is not None else "") + f" of run {run_id}")
+    what = f"task {task}" + (f" item {item}" if item is not None else "") + f" of run {run_id}"
+    _go_on(run_id, f"rejected {what}", not no_resume)
 
 
 def _input(input_json: str | None, pairs: list[str], run_id: str, task: str, item: int | None) -> Any:

@@ -97,6 +97,8 @@ def history_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except BrokenPipeError:  # `rayflow runs | head`: the reader had enough
             raise
         except (sqlite3.Error, OSError) as exc:  # a file, a path that cannot be made or written
+            if isinstance(exc, ClusterConnectionError):  # a cluster's job server not reached (--address): its own code
+                raise
             from rayflow.cli.usage import fail
             from rayflow.store import rayflow_home
 
