@@ -194,9 +194,28 @@ def ray_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
+@pytest.fixture(scope="module")
+def local_heads():
+    """The two local Rays the tests below start through rayflow's ``connect()``, started at once
+    (each is seconds of Ray's start-up, mostly waiting): ``default`` as a user gets it, ending
+    once started; ``disabled`` with token authentication turned off, up until its stdin ends."""
+    heads = {
+        "default": python(START_LOCAL + "ray.shutdown()\n", ray_env()),
+        "disabled": python(START_LOCAL + "import sys; sys.stdin.read(); ray.shutdown()\n", ray_env(RAY_AUTH_MODE="disabled")),
+    }
+    yield heads
+    for head in heads.values():  # each test ends its own; this ends one a test left running
+        if head.poll() is None:
+            try:
+                head.communicate(input="", timeout=60)
+            except (subprocess.TimeoutExpired, ValueError):
+                head.kill()
+                head.wait()
+
+
 @pytest.mark.timeout(120)
-def test_a_ray_rayflow_starts_has_no_dashboard_and_keeps_token_authentication():
-    started = python(START_LOCAL + "ray.shutdown()\n", ray_env())
+def test_a_ray_rayflow_starts_has_no_dashboard_and_keeps_token_authentication(local_heads):
+    started = local_heads["default"]
     out, err = started.communicate(timeout=100)
     assert started.returncode == 0, err[-3000:]
     info = json.loads(out)
@@ -209,11 +228,11 @@ def test_a_ray_rayflow_starts_has_no_dashboard_and_keeps_token_authentication():
 
 
 @pytest.mark.timeout(180)
-def test_a_cluster_without_token_authentication_beyond_loopback_warns_once(tmp_path):
+def test_a_cluster_without_token_authentication_beyond_loopback_warns_once(tmp_path, local_heads):
     assert _on_loopback("127.0.0.1") and _on_loopback("localhost") and _on_loopback("[::1]")
     assert not _on_loopback("10.1.2.3") and not _on_loopback("192.0.2.7")
     # A cluster whose owner turned token authentication off (rayflow starts it: it says so too).
-    head = python(START_LOCAL + "import sys; sys.stdin.read(); ray.shutdown()\n", ray_env(RAY_AUTH_MODE="disabled"))
+    head = local_heads["disabled"]
     try:
         info = json.loads(head.stdout.readline())
         assert info["token_auth"] is False
