@@ -81,6 +81,14 @@ def test_secret_parameters_and_task_inputs_appear_nowhere(ray_session, tmp_path,
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint)
     outputs: dict[str, str] = {}  # every CLI output, by what made it
     secret_args = ("-p", f"token={SECRET}", "-p", f"key={SECRET_BYTES}")
+    # A secret of the wrong type in --params-json, refused before any run: its process goes at
+    # once with the runs below (it was a process of seconds after them).
+    refusing = concurrent.futures.ThreadPoolExecutor(1)
+    bad_json_future = refusing.submit(
+        run_cli, "run", "secret_flows:vault", "--params-json", json.dumps({"token": SECRET, "key": int(SECRET_BYTES)}),
+        "--local", **env,
+    )
+    refusing.shutdown(wait=False)
     try:
         for run_id in ("vault-1", "vault-2"):  # the second run's sign and items come from the cache
             out = run_cli("run", "secret_flows:vault", *secret_args, "--address", ray_session, "--run-id", run_id, **env)
@@ -102,10 +110,7 @@ def test_secret_parameters_and_task_inputs_appear_nowhere(ray_session, tmp_path,
             vault.run(token=SecretStr(SECRET), key=int(SECRET_BYTES))
         errors.append(str(bad.value) + repr(bad.value.errors))
         assert "key" in bad.value.errors
-        bad_json = run_cli(
-            "run", "secret_flows:vault", "--params-json", json.dumps({"token": SECRET, "key": int(SECRET_BYTES)}),
-            "--local", **env,
-        )
+        bad_json = bad_json_future.result()
         assert bad_json.returncode == 2 and "key" in bad_json.stderr, bad_json.stderr
         outputs["run with a bad --params-json"] = bad_json.stdout + bad_json.stderr
         assert any(has_canary(e) for e in errors)
