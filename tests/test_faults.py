@@ -237,7 +237,8 @@ def test_a_history_locked_for_the_whole_run_is_written_by_a_later_run(tmp_path, 
         lock.close()
     assert RunStore(home).run_state("while-locked") is None  # its driver and actor are gone
     assert list((home / "history-pending").glob("while-locked-*.json"))
-    _run_diamond(home, ray_session, "after-lock")
+    # the next run, a local one in this process (was a `rayflow run` on Ray: seconds of start-up)
+    assert diamond.with_options(run_id="after-lock", runner="local").run().result() == diamond_calc()
     store = RunStore(home)
     wait_for(lambda: store.run_state("while-locked") == "SUCCESS", timeout=30, what="the kept rows to be written")
     assert {t["task_key"] for t in store.run("while-locked")["transitions"]} == {"extract", "clean", "audit", "load"}
