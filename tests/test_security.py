@@ -81,13 +81,9 @@ def test_secret_parameters_and_task_inputs_appear_nowhere(ray_session, tmp_path,
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint)
     outputs: dict[str, str] = {}  # every CLI output, by what made it
     secret_args = ("-p", f"token={SECRET}", "-p", f"key={SECRET_BYTES}")
-    # A secret of the wrong type in --params-json, refused before any run: its process goes at
-    # once with the runs below (it was a process of seconds after them).
-    refusing = concurrent.futures.ThreadPoolExecutor(1)
-    bad_json_future = refusing.submit(
-        run_cli, "run", "secret_flows:vault", "--params-json", json.dumps({"token": SECRET, "key": int(SECRET_BYTES)}),
-        "--local", **env,
-    )
+    refusing = concurrent.futures.ThreadPoolExecutor(1)  # a secret of the wrong type, refused: beside the runs below
+    bad_json_future = refusing.submit(run_cli, "run", "secret_flows:vault", "--params-json",
+                                      json.dumps({"token": SECRET, "key": int(SECRET_BYTES)}), "--local", **env)
     refusing.shutdown(wait=False)
     try:
         for run_id in ("vault-1", "vault-2"):  # the second run's sign and items come from the cache
@@ -201,21 +197,17 @@ def ray_env(**extra: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def local_heads():
-    """The two local Rays the tests below start through rayflow's ``connect()``, started at once
-    (each is seconds of Ray's start-up, mostly waiting): ``default`` as a user gets it, ending
-    once started; ``disabled`` with token authentication turned off, up until its stdin ends."""
+    """The local Rays the two tests below start through rayflow's ``connect()``, started at once:
+    ``default`` as a user gets it, ending once up; ``disabled`` (no token authentication) up until
+    its stdin ends."""
     heads = {
         "default": python(START_LOCAL + "ray.shutdown()\n", ray_env()),
         "disabled": python(START_LOCAL + "import sys; sys.stdin.read(); ray.shutdown()\n", ray_env(RAY_AUTH_MODE="disabled")),
     }
     yield heads
-    for head in heads.values():  # each test ends its own; this ends one a test left running
+    for head in heads.values():  # each test ends its own: this ends one a test left running
         if head.poll() is None:
-            try:
-                head.communicate(input="", timeout=60)
-            except (subprocess.TimeoutExpired, ValueError):
-                head.kill()
-                head.wait()
+            head.communicate(input="", timeout=60)
 
 
 @pytest.mark.timeout(120)

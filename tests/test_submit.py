@@ -5,8 +5,7 @@ here; the job server on 127.0.0.1 only), stopped by killing its process group.  
 travel in a temp working dir (``--working-dir``); the head's RAYFLOW_HOME is the cluster's
 own, so a run's history is found there, not in the submitting process's RAYFLOW_HOME.
 
-The cluster scenarios run at once (``scenarios``, ordered by SCENARIOS: each is mostly waiting on
-the job server, a runtime env or a run), and each test checks its own scenario's outcome.
+The scenarios, mostly waiting on the job server, run at once (``scenarios``); each test checks its own.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 
 import pytest
 import requests
@@ -246,10 +244,7 @@ def readme_walkthrough_run(cluster, flows_dir, tmp_path):
     commands = [[cluster.job_address if a == README_ADDRESS else a for a in argv] for argv in commands]
     # The submit follows the run to its end; the three reads after it run at once (each is a
     # query job of seconds on the cluster, or a read of the job's log), as three terminals would.
-    try:
-        outs = [rayflow(*commands[0], home=tmp_path)]
-    finally:
-        DAILY_ENDED.set()  # the server may start (served_schedules)
+    outs = [rayflow(*commands[0], home=tmp_path)]
     assert outs[0].returncode == 0, (commands[0], outs[0].stdout[-3000:], outs[0].stderr)
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         missing_future = pool.submit(rayflow, "show", "no-such-run", "--address", cluster.job_address, home=tmp_path)
@@ -300,7 +295,7 @@ def test_bad_parameters_are_refused_here_before_anything_is_submitted(cluster, r
 def served_schedules(cluster, flows_dir, tmp_path):
     """`rayflow serve` as a job on the head: its schedules fire with no laptop involved, and its
     UI serves the head's history (scheduled runs and submitted ones alike)."""
-    DAILY_ENDED.wait(timeout=300)  # see SCENARIOS
+    wait_for(lambda: history_state(cluster, "daily-1") in ("SUCCESS", "FAILED"), timeout=150, what="daily-1")  # SCENARIOS
     ui_port = free_port()
     out = rayflow("submit", "--serve", "served.toml", "--address", cluster.job_address, "--working-dir", str(flows_dir),
                   "--ui", "--ui-port", str(ui_port), home=tmp_path)
@@ -442,12 +437,8 @@ def test_a_submitted_run_uses_the_worker_node_too(scenarios):
 
 # The scenarios of ``scenarios``: name -> (scenario, the scenarios it starts after).  ``spread`` needs
 # the cluster's three CPUs free at once: it runs beside the refusals only, which run no task.  The
-# server starts once the walkthrough's daily-1 has ended (DAILY_ENDED), while the walkthrough's
-# reads run: its scheduled runs come after daily-1, so they could push it off the page of the
-# walkthrough's `rayflow runs` (20 runs) only with some 16 fires, one at most every 2 s, while the
-# reads take seconds; before daily-1 ended they would hold the cluster's CPUs it waits for.
-# (It started once the whole walkthrough was done: its reads, 15 s or more, one after the other.)
-DAILY_ENDED = threading.Event()
+# server waits for daily-1 to end (it needs the CPUs), then runs beside the walkthrough's reads: too
+# few of its runs (one per 2 s at most) come in those seconds to push daily-1 off `runs`'s page of 20.
 SCENARIOS = {
     "spread": (submitted_spread, ()),
     "refusals": (refused, ()),
