@@ -143,6 +143,31 @@ def test_limits_outlive_the_driver_that_set_them_and_the_cli_answers_bad_input_i
     assert rf.limits.get(name) is None  # none of them set it again
 
 
+def test_limit_set_fails_in_one_line_when_the_actors_history_cannot_keep_it(ray_session):
+    """The cluster's limits actor, its history locked by another process: `rayflow limit set`
+    exits 2 with one line naming the history, and the limit stays as it was (a restart of the
+    actor would have lost a limit kept only in memory)."""
+    import ray
+
+    name = unique("locked")
+    rf.limits.set(name, 2)
+    actor = ray.get_actor(limits_actor.ACTOR_NAME, namespace=limits_actor.NAMESPACE)
+    path = ray.get(actor.__ray_call__.remote(lambda self: str(self.keeper.path)))
+    # The actor waits kept.WRITE_SECONDS (5 s) for a locked history before it fails: 0.5 s here.
+    wait = ray.get(actor.__ray_call__.remote(_set_write_seconds, 0.5))
+    lock = sqlite3.connect(path, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        out = run_cli("limit", "set", name, "9", "--address", ray_session)
+    finally:
+        lock.execute("ROLLBACK")
+        ray.get(actor.__ray_call__.remote(_set_write_seconds, wait))
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and out.stderr.startswith("error: "), out.stderr
+    assert f"limit {name!r} is not set to 9: the run history at {path} cannot keep it" in out.stderr, out.stderr
+    assert rf.limits.get(name)["slots"] == 2
+    assert kept.LimitStore(RunStore(os.path.dirname(path))).load()[name] == (2, None)
+
+
 def _set_write_seconds(actor: object, seconds: float) -> float:
     """Run in the limits actor (``__ray_call__``): set its LimitStore's wait for a locked history;
     returns the one it had."""
