@@ -9,6 +9,7 @@ The cluster is the session's ``token_cluster`` (conftest.py), its token ``token_
 
 from __future__ import annotations
 
+import concurrent.futures
 import pathlib
 import secrets
 import subprocess
@@ -53,8 +54,31 @@ def _rayflow(cluster: RayCluster, tmp_path: pathlib.Path, **env: str) -> subproc
     )
 
 
-def test_the_cli_without_a_token_says_one_is_needed_in_one_line(token_cluster, tmp_path):
-    out = _rayflow(token_cluster, tmp_path)
+@pytest.fixture(scope="module")
+def clients(token_cluster, tmp_path_factory) -> dict:
+    """Every client process of this module, run at once (each is seconds of start-up and of
+    waiting on the cluster): by name, a `rayflow run`'s CompletedProcess or a connect's
+    (kind, message).  Each has a HOME of its own; only ``token file in HOME`` has a token there."""
+    calls = {
+        "cli without a token": lambda home: _rayflow(token_cluster, home),
+        "cli with a token": lambda home: _rayflow(token_cluster, home, RAY_AUTH_MODE="token",
+                                                  RAY_AUTH_TOKEN_PATH=str(home / "token")),
+        "token without token mode": lambda home: _connect(token_cluster, home, RAY_AUTH_TOKEN=token_cluster.token),
+        "token mode without a token": lambda home: _connect(token_cluster, home, RAY_AUTH_MODE="token"),
+        "a wrong token": lambda home: _connect(token_cluster, home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32)),
+        "token file in HOME": lambda home: _connect(token_cluster, home, RAY_AUTH_MODE="token"),
+    }
+    homes = {name: tmp_path_factory.mktemp("client") for name in calls}
+    (homes["cli with a token"] / "token").write_text(token_cluster.token)
+    (homes["token file in HOME"] / ".ray").mkdir()
+    (homes["token file in HOME"] / ".ray" / "auth_token").write_text(token_cluster.token)
+    with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
+        done = {name: pool.submit(call, homes[name]) for name, call in calls.items()}
+        return {name: future.result() for name, future in done.items()}
+
+
+def test_the_cli_without_a_token_says_one_is_needed_in_one_line(token_cluster, clients):
+    out = clients["cli without a token"]
     assert out.returncode == 3, (out.stdout, out.stderr)
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
@@ -65,29 +89,23 @@ def test_the_cli_without_a_token_says_one_is_needed_in_one_line(token_cluster, t
     )
 
 
-def test_the_cli_with_the_token_runs(token_cluster, tmp_path):
-    token_file = tmp_path / "token"
-    token_file.write_text(token_cluster.token)
-    out = _rayflow(token_cluster, tmp_path, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file))
+def test_the_cli_with_the_token_runs(clients):
+    out = clients["cli with a token"]
     assert out.returncode == 0, (out.stdout, out.stderr)
     assert "state: SUCCESS" in out.stdout and '"rows": 20' in out.stdout, out.stdout
 
 
-def test_each_way_of_missing_the_token_is_named(token_cluster, tmp_path):
-    home = tmp_path / "home"
-    home.mkdir()
-    kind, message = _connect(token_cluster, home, RAY_AUTH_TOKEN=token_cluster.token)
+def test_each_way_of_missing_the_token_is_named(clients):
+    kind, message = clients["token without token mode"]
     assert kind == "ClusterAuthenticationError"
     assert "sent no token" in message and "a token is in RAY_AUTH_TOKEN, but Ray sends it only when RAY_AUTH_MODE=token" in message
 
-    kind, message = _connect(token_cluster, home, RAY_AUTH_MODE="token")
+    kind, message = clients["token mode without a token"]
     assert kind == "ClusterAuthenticationError"
     assert "requires token authentication and no token was found: give the cluster's token in RAY_AUTH_TOKEN" in message
 
-    kind, message = _connect(token_cluster, home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    kind, message = clients["a wrong token"]
     assert kind == "ClusterAuthenticationError"
     assert "rejected the token from RAY_AUTH_TOKEN: use the token the cluster was started with" in message
 
-    (home / ".ray").mkdir()
-    (home / ".ray" / "auth_token").write_text(token_cluster.token)
-    assert _connect(token_cluster, home, RAY_AUTH_MODE="token") == ("connected", "")
+    assert clients["token file in HOME"] == ("connected", "")

@@ -23,7 +23,7 @@ import time
 
 import pytest
 import ray
-from flows import adds, long_flow
+from flows import adds, diamond, diamond_calc, long_flow
 
 import rayflow as rf
 from rayflow.runs.resume import check_resumable
@@ -200,12 +200,31 @@ def _run_diamond(home: pathlib.Path, address: str, run_id: str) -> subprocess.Co
     return out
 
 
+def _history_with_a_run(home: pathlib.Path, run_id: str, monkeypatch) -> None:
+    """A history at ``home`` holding one ended run, made here by a local run of the same flow
+    (the set-up of the tests below; was a `rayflow run` of its own, seconds of start-up), its
+    write-ahead log then copied into the database file as the last connection of an exiting
+    process would (so the file holds the rows a damage below hits)."""
+    import gc
+
+    monkeypatch.setenv("RAYFLOW_HOME", str(home))
+    assert diamond.with_options(run_id=run_id, runner="local").run().result() == diamond_calc()
+    assert RunStore(home).run_state(run_id) == "SUCCESS"
+    gc.collect()  # the run's own connections, closed
+    db = sqlite3.connect(RunStore(home).path, isolation_level=None)
+    try:
+        busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        assert busy == 0
+    finally:
+        db.close()
+
+
 @pytest.mark.timeout(240)
-def test_a_history_locked_for_the_whole_run_is_written_by_a_later_run(tmp_path, ray_session):
+def test_a_history_locked_for_the_whole_run_is_written_by_a_later_run(tmp_path, ray_session, monkeypatch):
     """Another process holds the history locked while `rayflow run` runs and exits: the run
     completes; its rows wait in a file beside the history, and the next run writes them."""
     home = tmp_path / "home"
-    _run_diamond(home, ray_session, "before-lock")
+    _history_with_a_run(home, "before-lock", monkeypatch)
     lock = sqlite3.connect(RunStore(home).path, isolation_level=None)
     lock.execute("BEGIN EXCLUSIVE")
     try:
@@ -218,7 +237,8 @@ def test_a_history_locked_for_the_whole_run_is_written_by_a_later_run(tmp_path, 
         lock.close()
     assert RunStore(home).run_state("while-locked") is None  # its driver and actor are gone
     assert list((home / "history-pending").glob("while-locked-*.json"))
-    _run_diamond(home, ray_session, "after-lock")
+    # the next run, a local one in this process (was a `rayflow run` on Ray: seconds of start-up)
+    assert diamond.with_options(run_id="after-lock", runner="local").run().result() == diamond_calc()
     store = RunStore(home)
     wait_for(lambda: store.run_state("while-locked") == "SUCCESS", timeout=30, what="the kept rows to be written")
     assert {t["task_key"] for t in store.run("while-locked")["transitions"]} == {"extract", "clean", "audit", "load"}
@@ -226,9 +246,9 @@ def test_a_history_locked_for_the_whole_run_is_written_by_a_later_run(tmp_path, 
 
 
 @pytest.mark.timeout(240)
-def test_a_damaged_history_is_moved_aside_and_the_run_recorded_in_a_new_one(tmp_path, ray_session):
+def test_a_damaged_history_is_moved_aside_and_the_run_recorded_in_a_new_one(tmp_path, ray_session, monkeypatch):
     home = tmp_path / "home"
-    _run_diamond(home, ray_session, "before-damage")
+    _history_with_a_run(home, "before-damage", monkeypatch)
     path = RunStore(home).path
     data = bytearray(path.read_bytes())
     for offset in range(0, min(len(data), 4 * 4096), 7):

@@ -254,6 +254,12 @@ def test_a_history_damaged_under_a_running_writer_is_moved_aside_at_its_next_wri
 # -- on Ray: a locked history database ------------------------------------------------
 
 
+def _set_close_seconds(actor: object, seconds: float) -> float:
+    """Run in the run's actor (``__ray_call__``): set its recorders' CLOSE_SECONDS; returns the old one."""
+    before, H.CLOSE_SECONDS = H.CLOSE_SECONDS, seconds
+    return before
+
+
 @pytest.mark.timeout(120)
 def test_a_run_whose_history_database_is_locked_returns_its_result(ray_session, tmp_path, monkeypatch):
     """Another process holds the history database locked for the whole run: each write waits
@@ -263,6 +269,13 @@ def test_a_run_whose_history_database_is_locked_returns_its_result(ray_session, 
     first = adds.run(x=1)  # the actor opens (and caches) the store for this home
     assert first.result() == 3
     path = RunStore(tmp_path).path
+    import ray
+
+    from rayflow.runtime.driver.actors import driver_actor
+
+    # The run's end waits CLOSE_SECONDS (3 s) for its last rows in the actor: 0.5 s here.
+    actor = driver_actor()
+    close = ray.get(actor.__ray_call__.remote(_set_close_seconds, 0.5))
     lock = sqlite3.connect(path, isolation_level=None)
     lock.execute("BEGIN EXCLUSIVE")
     try:
@@ -272,6 +285,7 @@ def test_a_run_whose_history_database_is_locked_returns_its_result(ray_session, 
     finally:
         lock.execute("ROLLBACK")
         lock.close()
+        ray.get(actor.__ray_call__.remote(_set_close_seconds, close))
     after = adds.run(x=10)
     assert after.result() == 12
     deadline = time.monotonic() + 30

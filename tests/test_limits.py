@@ -19,7 +19,7 @@ import time
 import uuid
 
 import pytest
-from cli_runner import REPO, run_cli
+from cli_runner import REPO, run_cli, run_cli_in_process
 from test_async_tasks import most_at_once
 from waiting import wait_for
 
@@ -113,14 +113,21 @@ def test_limits_outlive_the_driver_that_set_them_and_the_cli_answers_bad_input_i
         ray.init(address={ray_session!r}, logging_level="warning")
         rf.limits.set({name!r}, 4)
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:  # the driver, and `limit ls` finding no cluster: at once
+        driver = pool.submit(subprocess.run, [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
+        closed = pool.submit(run_cli, "limit", "ls", "--address", "127.0.0.1:9").result()
+        out = driver.result()
     assert out.returncode == 0, out.stderr
     assert rf.limits.get(name) == {"name": name, "slots": 4, "per_second": None, "in_use": 0}  # its driver is gone
+    assert closed.returncode == 3 and closed.stderr.count("\n") == 1
 
+    # set and rm in `rayflow limit` processes of their own, each joining the cluster; the listing
+    # and the bad inputs (refused before or without a change) in this process, which has joined it
     cli = lambda *args: run_cli("limit", *args, "--address", ray_session)  # noqa: E731
+    here = lambda *args: run_cli_in_process("limit", *args, "--address", ray_session)  # noqa: E731
     done = cli("set", name, "7", "--per-second", "2.5")
     assert done.returncode == 0 and done.stdout.strip() == f"limit {name}: 7 slot(s), 2.5 per second", done.stderr
-    listed = cli("ls")
+    listed = here("ls")
     assert f"{name}\t7\t0\t2.5" in listed.stdout.splitlines()
     assert cli("rm", name).returncode == 0 and rf.limits.get(name) is None
     bad = [
@@ -129,14 +136,11 @@ def test_limits_outlive_the_driver_that_set_them_and_the_cli_answers_bad_input_i
         (("set", name, "-1"), 2, "a limit is a whole number of slots >= 0, not -1"),
         (("set", name, "3", "--per-second", "0"), 2, "per_second is a number of tokens per second > 0"),
     ]
-    with concurrent.futures.ThreadPoolExecutor(5) as pool:  # each a CLI process joining Ray: at once
-        closing = pool.submit(run_cli, "limit", "ls", "--address", "127.0.0.1:9")
-        outs = list(pool.map(lambda case: cli(*case[0]), bad))
-        closed = closing.result()
-    for (args, code, says), out in zip(bad, outs):
+    for args, code, says in bad:
+        out = here(*args)
         assert out.returncode == code and out.stderr.count("\n") == 1 and out.stderr.startswith("error: "), (args, out.stderr)
         assert says in out.stderr
-    assert closed.returncode == 3 and closed.stderr.count("\n") == 1
+    assert rf.limits.get(name) is None  # none of them set it again
 
 
 def test_limit_set_fails_in_one_line_when_the_actors_history_cannot_keep_it(ray_session):
@@ -149,16 +153,28 @@ def test_limit_set_fails_in_one_line_when_the_actors_history_cannot_keep_it(ray_
     rf.limits.set(name, 2)
     actor = ray.get_actor(limits_actor.ACTOR_NAME, namespace=limits_actor.NAMESPACE)
     path = ray.get(actor.__ray_call__.remote(lambda self: str(self.keeper.path)))
+    # The actor waits kept.WRITE_SECONDS (5 s) for a locked history before it fails: 0.5 s here.
+    wait = ray.get(actor.__ray_call__.remote(_set_write_seconds, 0.5))
     lock = sqlite3.connect(path, isolation_level=None)
     lock.execute("BEGIN EXCLUSIVE")
     try:
         out = run_cli("limit", "set", name, "9", "--address", ray_session)
     finally:
         lock.execute("ROLLBACK")
+        ray.get(actor.__ray_call__.remote(_set_write_seconds, wait))
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and out.stderr.startswith("error: "), out.stderr
     assert f"limit {name!r} is not set to 9: the run history at {path} cannot keep it" in out.stderr, out.stderr
     assert rf.limits.get(name)["slots"] == 2
     assert kept.LimitStore(RunStore(os.path.dirname(path))).load()[name] == (2, None)
+
+
+def _set_write_seconds(actor: object, seconds: float) -> float:
+    """Run in the limits actor (``__ray_call__``): set its LimitStore's wait for a locked history;
+    returns the one it had."""
+    from rayflow.store import limits
+
+    before, limits.WRITE_SECONDS = limits.WRITE_SECONDS, seconds
+    return before
 
 
 def test_a_restarted_limits_actor_has_its_limits_back_from_the_history(ray_session):

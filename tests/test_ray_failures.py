@@ -13,6 +13,7 @@ import time
 
 import pytest
 from flows import long_flow, sleeper, timed_sleep
+from cli_runner import run_cli_in_process
 from waiting import alive
 
 import rayflow as rf
@@ -162,7 +163,8 @@ def test_rayflow_cancel_from_another_process_leaves_nothing_running(tmp_path, ra
 
 
 def test_cancelling_an_unknown_run_exits_1(ray_session):
-    out = rayflow_cancel("never-ran", ray_session)
+    # in this process, which has joined the cluster (a refusal: the real process is the test above's)
+    out = run_cli_in_process("cancel", "never-ran", "--address", ray_session)
     assert out.returncode == 1 and "never-ran" in out.stderr
 
 

@@ -16,7 +16,7 @@ import sys
 import textwrap
 
 import pytest
-from cli_runner import REPO, run_cli
+from cli_runner import REPO, run_cli_in_process
 
 import rayflow as rf
 from rayflow.states import StateType as T
@@ -78,7 +78,7 @@ def test_an_item_that_kills_its_worker_fails_alone_and_named():
     assert run.task_result("plus_one") == [2 * x + 1 if x != CULPRIT else None for x in range(200)]
 
     # the history tells the same story, and shows the narrowing: one lost work per halving
-    shown = run_cli("show", run.run_id, "--json")
+    shown = run_cli_in_process("show", run.run_id, "--json")  # read-only: in this process
     assert shown.returncode == 0, shown.stderr
     record = json.loads(shown.stdout)
     row = next(r for r in record["task_rows"] if r["task"] == "crash_on")

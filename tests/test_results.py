@@ -588,7 +588,7 @@ def test_cache_ls_and_clear_cover_item_segments(home, tmp_path):
     assert listed.returncode == 0, listed.stderr
     lines = [line.split("\t") for line in listed.stdout.splitlines()]
     assert lines and all(line[:2] == ["items", "square"] and line[2].startswith("items/seg-") for line in lines)
-    cleared = run_cli("cache", "clear", "--flow", "items", home=home)
+    cleared = run_cli_in_process("cache", "clear", "--flow", "items", home=home)  # a process of its own: test_cache_ls_and_clear
     assert cleared.returncode == 0 and f"removed {len(lines)} cached result(s)" in cleared.stdout
     flow.run(xs=[1, 2, 3])
     assert count(marker) == 6

@@ -81,6 +81,10 @@ def test_secret_parameters_and_task_inputs_appear_nowhere(ray_session, tmp_path,
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint)
     outputs: dict[str, str] = {}  # every CLI output, by what made it
     secret_args = ("-p", f"token={SECRET}", "-p", f"key={SECRET_BYTES}")
+    refusing = concurrent.futures.ThreadPoolExecutor(1)  # a secret of the wrong type, refused: beside the runs below
+    bad_json_future = refusing.submit(run_cli, "run", "secret_flows:vault", "--params-json",
+                                      json.dumps({"token": SECRET, "key": int(SECRET_BYTES)}), "--local", **env)
+    refusing.shutdown(wait=False)
     try:
         for run_id in ("vault-1", "vault-2"):  # the second run's sign and items come from the cache
             out = run_cli("run", "secret_flows:vault", *secret_args, "--address", ray_session, "--run-id", run_id, **env)
@@ -102,10 +106,7 @@ def test_secret_parameters_and_task_inputs_appear_nowhere(ray_session, tmp_path,
             vault.run(token=SecretStr(SECRET), key=int(SECRET_BYTES))
         errors.append(str(bad.value) + repr(bad.value.errors))
         assert "key" in bad.value.errors
-        bad_json = run_cli(
-            "run", "secret_flows:vault", "--params-json", json.dumps({"token": SECRET, "key": int(SECRET_BYTES)}),
-            "--local", **env,
-        )
+        bad_json = bad_json_future.result()
         assert bad_json.returncode == 2 and "key" in bad_json.stderr, bad_json.stderr
         outputs["run with a bad --params-json"] = bad_json.stdout + bad_json.stderr
         assert any(has_canary(e) for e in errors)
@@ -194,9 +195,24 @@ def ray_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
+@pytest.fixture(scope="module")
+def local_heads():
+    """The local Rays the two tests below start through rayflow's ``connect()``, started at once:
+    ``default`` as a user gets it, ending once up; ``disabled`` (no token authentication) up until
+    its stdin ends."""
+    heads = {
+        "default": python(START_LOCAL + "ray.shutdown()\n", ray_env()),
+        "disabled": python(START_LOCAL + "import sys; sys.stdin.read(); ray.shutdown()\n", ray_env(RAY_AUTH_MODE="disabled")),
+    }
+    yield heads
+    for head in heads.values():  # each test ends its own: this ends one a test left running
+        if head.poll() is None:
+            head.communicate(input="", timeout=60)
+
+
 @pytest.mark.timeout(120)
-def test_a_ray_rayflow_starts_has_no_dashboard_and_keeps_token_authentication():
-    started = python(START_LOCAL + "ray.shutdown()\n", ray_env())
+def test_a_ray_rayflow_starts_has_no_dashboard_and_keeps_token_authentication(local_heads):
+    started = local_heads["default"]
     out, err = started.communicate(timeout=100)
     assert started.returncode == 0, err[-3000:]
     info = json.loads(out)
@@ -209,11 +225,11 @@ def test_a_ray_rayflow_starts_has_no_dashboard_and_keeps_token_authentication():
 
 
 @pytest.mark.timeout(180)
-def test_a_cluster_without_token_authentication_beyond_loopback_warns_once(tmp_path):
+def test_a_cluster_without_token_authentication_beyond_loopback_warns_once(tmp_path, local_heads):
     assert _on_loopback("127.0.0.1") and _on_loopback("localhost") and _on_loopback("[::1]")
     assert not _on_loopback("10.1.2.3") and not _on_loopback("192.0.2.7")
     # A cluster whose owner turned token authentication off (rayflow starts it: it says so too).
-    head = python(START_LOCAL + "import sys; sys.stdin.read(); ray.shutdown()\n", ray_env(RAY_AUTH_MODE="disabled"))
+    head = local_heads["disabled"]
     try:
         info = json.loads(head.stdout.readline())
         assert info["token_auth"] is False

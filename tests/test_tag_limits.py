@@ -14,7 +14,7 @@ import time
 import uuid
 
 import pytest
-from cli_runner import REPO, run_cli
+from cli_runner import REPO, run_cli_in_process
 from otlp_sink import HttpSink
 from starlette.testclient import TestClient
 from test_async_tasks import most_at_once
@@ -222,12 +222,15 @@ def test_tag_limits_release_slots_of_a_cancelled_run_and_of_a_killed_worker_and_
     wait_for(lambda: ray.available_resources().get("CPU", 0) == cpus - 1, timeout=15, what="one CPU taken, not two")
     # rayflow show and the UI name the limit it waits on
     def shown() -> bool:
-        out = run_cli("show", second_id).stdout
+        out = run_cli_in_process("show", second_id).stdout  # read-only: in this process (was a process a poll)
         return "PENDING" in out and f"waiting for limit '{name}'" in out
 
     wait_for(shown, timeout=20, what="show to name the limit")
-    page = TestClient(create_app(rayflow_home()), base_url="http://127.0.0.1:4200").get(f"/runs/{second_id}").text  # a Host the UI answers
-    assert "PENDING" in page and f"waiting for limit &#39;{name}&#39;" in page
+    # the UI reads the history, which the run's writer fills every FLUSH_SECONDS (0.5 s)
+    client = TestClient(create_app(rayflow_home()), base_url="http://127.0.0.1:4200")  # a Host the UI answers
+    page = lambda: client.get(f"/runs/{second_id}").text  # noqa: E731
+    wait_for(lambda: "PENDING" in page() and f"waiting for limit &#39;{name}&#39;" in page(), timeout=20,
+             what="the run page to name the limit")
     cancel_run(first_id)
     first.join(30)
     assert first_out[0].state.type is rf.StateType.CANCELLED

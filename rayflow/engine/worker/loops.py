@@ -27,11 +27,12 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
         _end(loop)
 
 
-async def cancel_within(task: asyncio.Future[Any], grace: float = CANCEL_GRACE) -> bool:
-    """Cancel ``task`` and give it ``grace`` seconds to unwind; False if it is still running
-    (it swallowed the cancellation: ``run_loop`` abandons it when its loop's work is done)."""
+async def cancel_within(task: asyncio.Future[Any], grace: float | None = None) -> bool:
+    """Cancel ``task`` and give it ``grace`` seconds to unwind (CANCEL_GRACE, read at the call: a
+    test sets it shorter); False if it is still running (it swallowed the cancellation:
+    ``run_loop`` abandons it when its loop's work is done)."""
     task.cancel()
-    done, _ = await asyncio.wait({task}, timeout=grace)
+    done, _ = await asyncio.wait({task}, timeout=CANCEL_GRACE if grace is None else grace)
     return bool(done)
 
 
