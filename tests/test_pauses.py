@@ -362,15 +362,30 @@ def test_paused_items_read_paused_in_their_rows_counts_cli_and_pages_until_appro
     assert counts()["states"] == {"SUCCESS": 3} and counts()["done"] == 3
 
 
-def test_a_rejected_item_of_a_map_ends_failed_with_the_reason(home):
-    thread, out = start(mapped_pause, "local", "mapped-reject")
-    wait_for(lambda: item_paused("mapped-reject", 1) and item_paused("mapped-reject", 2), what="items paused")
-    rf.reject("mapped-reject", "asks", "no", map_index=1)
-    rf.approve("mapped-reject", "asks", {"amount": 1}, map_index=2)
-    thread.join(30)
+def test_a_rejected_item_of_a_map_ends_failed_with_the_reason_and_each_paused_item_is_a_span(home, monkeypatch):
+    from otlp_sink import HttpSink
+
+    sink = HttpSink()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint)
+    try:
+        thread, out = start(mapped_pause, "local", "mapped-reject")
+        wait_for(lambda: item_paused("mapped-reject", 1) and item_paused("mapped-reject", 2), what="items paused")
+        rf.reject("mapped-reject", "asks", "no", map_index=1)
+        rf.approve("mapped-reject", "asks", {"amount": 1}, map_index=2)
+        thread.join(30)
+        spans = sink.wait_for(lambda s: sum(x["name"].startswith("pause asks[") for x in s) == 2)
+    finally:
+        sink.close()
     items = RunStore().items("mapped-reject", "asks")
     failed = {i["item"]: i for i in items if i["state"] == "FAILED"}
     assert list(failed) == [1] and "rejected by" in failed[1]["message"] and "no" in failed[1]["message"], items
+    pauses = {s["name"]: s for s in spans if s["name"].startswith("pause asks[")}
+    (mapped,) = [s for s in spans if s["name"] == "task asks"]
+    assert {s["parent_id"] for s in pauses.values()} == {mapped["span_id"]}  # under the map's span
+    rejected, approved = pauses["pause asks[1]"]["attributes"], pauses["pause asks[2]"]["attributes"]
+    assert rejected["rayflow.pause.message"] == "item 2" and "no" in rejected["rayflow.pause.outcome"]
+    assert "rejected by" in rejected["rayflow.pause.outcome"] and rejected["rayflow.map_index"] == 1
+    assert approved["rayflow.pause.message"] == "item 3" and approved["rayflow.pause.outcome"] == "approved"
 
 
 def test_rf_pause_outside_a_task_says_where_it_belongs():

@@ -5,7 +5,8 @@
     ├── pause <key>                 a task PAUSED, from its pause to the decision (or timeout)
     ├── task <key>                  one span per attempt (per iteration of a looping task), worker-measured
     ├── task <key>                  a mapped task: launch to final state
-    │   └── chunk <key>[a:b]        one span per chunk (never per item), item range and counts
+    │   ├── chunk <key>[a:b]        one span per chunk (never per item), item range and counts
+    │   └── pause <key>[i]          an item paused (rf.pause): its chunk's end to its run again
     └── flow <inner>                a subflow: its first task's start to its final state
         └── task <inner>/<key>      its tasks (and nested subflows) under it
 
@@ -35,6 +36,7 @@ from rayflow.states import State, StateType
 from rayflow.telemetry.config import TelemetrySettings, flush_providers, new_span_id, provider_for
 
 PREFIX = "rayflow."
+REJECTED = ".Rejected"  # the error type of an item run again rejected or not approved in time (engine.worker.pause)
 
 
 def _ns(seconds: float | None) -> int:
@@ -74,6 +76,7 @@ class RunTracer(RunObserver):
         self._attempts: dict[str, tuple[int, int, float]] = {}  # key -> (attempt, span id, submitted)
         self._chunks: dict[int, int] = {}  # work id -> span id
         self._pauses: dict[str, tuple[float, str]] = {}  # paused task key -> (since, message)
+        self._item_pauses: dict[tuple[str, int], tuple[float, str]] = {}  # (map key, index) -> (since, message)
         self._map_spans: dict[str, Any] = {}
         self._map_ids: dict[str, int] = {}
         self._loops: dict[str, int] = {}  # key -> iteration its last span was (rf.Loop)
@@ -233,8 +236,36 @@ class RunTracer(RunObserver):
             span = self._map_spans.pop(key, None)
             if span is None:  # settled without running
                 span = self._start(f"task {key}", self._parent(key, new.timestamp), new.timestamp, None, {**self._base(key), f"{PREFIX}mapped": True})
+            for key_index in [k for k in self._item_pauses if k[0] == key]:  # undecided when the map ended
+                self._item_pause_span(*key_index, new.message[:500] or new.type.value, new.finished_at or new.timestamp)
             self._finish(span, new)
             span.end(end_time=_ns(new.finished_at or new.timestamp))
+
+    def _item_pause_span(self, key: str, index: int, outcome: str, until: float) -> None:
+        """A map item's pause, from the chunk that paused it to its run again (approved or
+        rejected: it runs again to fail saying why), under the map's span."""
+        since, message = self._item_pauses.pop((key, index))
+        attrs = {**self._base(key), f"{PREFIX}map_index": index, f"{PREFIX}pause.message": message[:500],
+                 f"{PREFIX}pause.outcome": outcome}
+        parent = self._map_spans.get(key)
+        ctx = trace.set_span_in_context(parent) if parent is not None else self._parent(key, since)
+        span = self._start(f"pause {key}[{index}]", ctx, since, None, attrs)
+        span.end(end_time=_ns(until))
+
+    def _item_pauses_seen(self, key: str, job: Any, summary: Any) -> None:
+        """Close the pauses of the items ``summary``'s retry ran again; open those it paused."""
+        if summary is None:
+            return
+        paused = {item for item, *_ in summary.paused}  # paused again (its input refused): still waiting
+        if job.indices is not None:
+            rejected = {item: (message or "").split(" signal: ", 1)[-1] for item, code, _, kind, message, _ in summary.items
+                        if code in C.FINAL_FAILED and (kind or "").endswith(REJECTED)}
+            for item in job.indices:
+                if item not in paused and (key, job.start + item) in self._item_pauses:
+                    outcome = (rejected[item] or "rejected")[:500] if item in rejected else "approved"
+                    self._item_pause_span(key, job.start + item, outcome, summary.started_at)
+        for item, message, *_ in summary.paused:
+            self._item_pauses.setdefault((key, job.start + item), (summary.finished_at, message))
 
     def on_work(self, *, work: Work) -> Work:
         """Choose the span id of ``work`` now and send its traceparent along with it."""
@@ -288,6 +319,7 @@ class RunTracer(RunObserver):
             if timed_out:
                 span.add_event("timeout", {f"{PREFIX}items": timed_out}, timestamp=_ns(end))
         span.end(end_time=_ns(end))
+        self._item_pauses_seen(task_key, job, summary)
 
 
 def flush_all(timeout: float = 2.0) -> None:
