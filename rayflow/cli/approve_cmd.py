@@ -8,14 +8,17 @@ is not paused) is one line and exit 2; the task stays paused.  ``--no-resume`` r
 decision only.
 
 ``--address http://HEAD:8265`` decides on a run submitted to a cluster (``rayflow submit``: its
-history is the head node's): the same command runs there as a short job (``--no-resume``: a
-run whose driver is gone there is resumed with ``rayflow resume`` on the cluster), its output
-printed here and its exit code ours, as ``rayflow show --address`` does (cli.submit).
+history is the head node's): the same command runs there as a short job (``--no-resume``), its
+output printed here and its exit code ours, as ``rayflow show --address`` does (cli.submit).
+When it says the run's driver is gone (its job ended, was stopped, or its driver died), the
+run's job is submitted again as ``rayflow resume RUN_ID`` (cli.submit.resume_job: its first
+job's working dir and runtime env, or ``--working-dir`` uploaded anew), unless ``--no-resume``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from typing import Annotated, Any, Optional
 
 import typer
@@ -30,6 +33,11 @@ AddressOption = Annotated[
     Optional[str],  # noqa: UP007
     typer.Option("--address", help="A submitted run's job server, http://HEAD:8265: decide in the cluster's history."),
 ]
+WorkingDirOption = Annotated[
+    Optional[str],  # noqa: UP007
+    typer.Option("--working-dir", help="With --address: the folder uploaded for the resumed run's job, instead of its first job's."),
+]
+DRIVER_GONE = "; its driver is gone: "
 NoResumeOption = Annotated[
     bool, typer.Option("--no-resume", help="Only record the decision; a run whose driver is gone is not resumed here."),
 ]
@@ -49,6 +57,7 @@ def approve(
     item: ItemOption = None,
     address: AddressOption = None,
     no_resume: NoResumeOption = False,
+    working_dir: WorkingDirOption = None,
 ) -> None:
     """Approve a paused task: it runs again (its run resumed if its driver is gone)."""
     from rayflow.runs.approval import approve as approve_task
@@ -56,22 +65,28 @@ def approve(
     checked_run_id(run_id)
     if address is not None:
         pairs = [w for p in param or [] for w in ("-p", p)]
-        return _on_cluster(address, ["approve", run_id, task, *(["--input", input_json] if input_json is not None else []), *pairs], item)
+        argv = ["approve", run_id, task, *(["--input", input_json] if input_json is not None else []), *pairs]
+        return _on_cluster(address, argv, item, not no_resume, working_dir)
     value = _input(input_json, param or [], run_id, task, item)
     approve_task(run_id, task, value, map_index=item, resume=False)
     what = f"task {task}" + (f" item {item}" if item is not None else "") + f" of run {run_id}"
     _go_on(run_id, f"approved {what}", not no_resume)
 
 
-def _on_cluster(address: str, argv: list[str], item: int | None) -> None:
-    """The decision made on the cluster whose job server is at ``address`` (its head's history)."""
+def _on_cluster(address: str, argv: list[str], item: int | None, resume: bool, working_dir: str | None) -> None:
+    """The decision made on the cluster whose job server is at ``address`` (its head's history);
+    a run whose driver is gone there resumed as a job of the cluster's (unless not ``resume``)."""
     from rayflow.cli import submit
     from rayflow.cli.exits import EXIT_USAGE
     from rayflow.cli.usage import fail
 
     if not submit.is_job_address(address):
         raise fail(f"--address must be a submitted run's job server, http://HEAD:8265, not {address!r}", EXIT_USAGE)
-    submit.query_history(address, [*argv, *(["--item", str(item)] if item is not None else []), "--no-resume"])
+    if working_dir is not None and not os.path.isdir(working_dir):
+        raise fail(f"--working-dir {working_dir} is not a folder", EXIT_USAGE)
+    said = submit.query_history(address, [*argv, *(["--item", str(item)] if item is not None else []), "--no-resume"])
+    if resume and DRIVER_GONE in said:
+        submit.resume_job(address, argv[1], working_dir)
 
 
 def _go_on(run_id: str, said: str, resume_here: bool = True) -> None:
@@ -82,9 +97,9 @@ def _go_on(run_id: str, said: str, resume_here: bool = True) -> None:
         typer.echo(f"{said}; its run goes on")
         return
     if not resume_here:
-        typer.echo(f"{said}; its driver is gone: `rayflow resume {run_id}` runs the rest")
+        typer.echo(f"{said}{DRIVER_GONE}`rayflow resume {run_id}` runs the rest")
         return
-    typer.echo(f"{said}; its driver is gone: resuming the run here")
+    typer.echo(f"{said}{DRIVER_GONE}resuming the run here")
     from rayflow.cli.run_cmd import resume
     from rayflow.store import RunStore
 
@@ -99,13 +114,14 @@ def reject(
     item: ItemOption = None,
     address: AddressOption = None,
     no_resume: NoResumeOption = False,
+    working_dir: WorkingDirOption = None,
 ) -> None:
     """Reject a paused task: it ends FAILED with the reason (its run resumed if its driver is gone)."""
     from rayflow.runs.approval import reject as reject_task
 
     checked_run_id(run_id)
     if address is not None:
-        return _on_cluster(address, ["reject", run_id, task, "--reason", reason], item)
+        return _on_cluster(address, ["reject", run_id, task, "--reason", reason], item, not no_resume, working_dir)
     reject_task(run_id, task, reason, map_index=item, resume=False)
     what = f"task {task}" + (f" item {item}" if item is not None else "") + f" of run {run_id}"
     _go_on(run_id, f"rejected {what}", not no_resume)

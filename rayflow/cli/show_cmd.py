@@ -40,7 +40,8 @@ def runs(
     state = state_option(state)
     if submit.is_job_address(address):
         argv = ["runs", "--limit", str(limit), *(["--flow", flow] if flow else []), *(["--state", state] if state else [])]
-        return submit.query_history(address, argv + (["--json"] if as_json else []))
+        submit.query_history(address, argv + (["--json"] if as_json else []))
+        return
     from rayflow.store.approvals import with_waiting
 
     store = RunStore()
@@ -92,7 +93,8 @@ def show(
         if page is not None:
             extra += ["--items", page["task"], "--after", str(page["after"]), "--limit", str(page["limit"])]
             extra += ["--item-state", page["state"]] if page["state"] else []
-        return submit.query_history(address, ["show", run_id, *extra])
+        submit.query_history(address, ["show", run_id, *extra])
+        return
     store = RunStore()
     if page is not None:
         return _show_items(store, run_id, page, as_json)

@@ -250,9 +250,9 @@ def print_job_logs(run_id: str, address: str, follow: bool = False) -> None:
     sys.stdout.write(jobs.logs(client, sid))
 
 
-def query_history(address: str, argv: list[str]) -> None:
+def query_history(address: str, argv: list[str]) -> str:
     """``rayflow ARGV`` (``runs``, ``show``) over the cluster's own run history: run on the
-    head node as a short job, its output printed here and its exit code ours."""
+    head node as a short job, its output printed here and its exit code ours; its stdout."""
     from rayflow.runtime.driver import jobs
 
     client = _client(address)
@@ -264,3 +264,26 @@ def query_history(address: str, argv: list[str]) -> None:
     sys.stderr.write(err)
     if code:
         raise typer.Exit(code)
+    return out
+
+
+def resume_job(address: str, run_id: str, working_dir: str | None = None) -> None:
+    """A submitted run whose driver is gone (its job ended) resumed on the cluster: its job
+    submitted again as ``rayflow resume RUN_ID`` (jobs.resubmit: its first job's working dir
+    and runtime env, or ``working_dir`` uploaded anew), the job's id printed."""
+    from rayflow.runtime.driver import jobs
+
+    client = _client(address)
+    command = _command(["python", "-m", "rayflow", "resume", run_id])
+    try:
+        done = jobs.resubmit(client, run_id, command, working_dir)
+    except LookupError:
+        raise _fail(f"run {run_id} was not submitted as a job to {address}: run `rayflow resume {run_id}` "
+                    "on the cluster, where its flow's code is", EXIT_FAILED) from None
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise _fail(f"the job server at {address} refused to resume run {run_id}: {_one_line(exc)}", EXIT_CLUSTER) from None
+    if done.already:
+        typer.echo(f"run {run_id}'s job {done.submission_id} is {done.status}: it goes on there")
+        return
+    typer.echo(f"resuming run {run_id} on the cluster as job {done.submission_id}: follow it with "
+               f"`rayflow show {run_id} --address {address}` or `rayflow logs {run_id} --address {address} --follow`")

@@ -194,6 +194,26 @@ def submit(client: Any, run_id: str, entrypoint: str, *, working_dir: str | None
     return Submitted(sid, False, "PENDING")
 
 
+def resubmit(client: Any, run_id: str, entrypoint: str, working_dir: str | None = None) -> Submitted:
+    """The run's job again, as ``entrypoint`` (``rayflow resume``), once its first job has ended:
+    under the same submission id (``rayflow cancel``/``logs`` find it), with the ended job's
+    runtime env (its uploaded working dir, pip packages, env vars) or ``working_dir`` uploaded
+    anew.  A job still going is left alone (``already``); LookupError when the run has no job."""
+    sid = submission_id(run_id)
+    status = job_status(client, sid)
+    if status is None:
+        raise LookupError(sid)
+    if status not in TERMINAL:
+        return Submitted(sid, True, status)
+    runtime_env = dict(client.get_job_info(sid).runtime_env or {})
+    if working_dir is not None:
+        runtime_env["working_dir"] = working_dir
+    _delete(client, sid, ended=0.0)
+    client.submit_job(entrypoint=entrypoint, submission_id=sid, runtime_env=runtime_env,
+                      metadata={"rayflow_run_id": run_id, "rayflow_resumed": "1"})
+    return Submitted(sid, False, "PENDING")
+
+
 def job_status(client: Any, sid: str) -> str | None:
     """The job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED), or None when there is none."""
     try:
