@@ -123,6 +123,8 @@ CLI_CASES: list[tuple[str, list[str], str, int]] = [
     ("`approve --address` not a job server URL", ["approve", "some-run", "ship", "--address", CLOSED], "home", 2),
     ("`reject --address`: no job server at the address",
      ["reject", "some-run", "ship", "--reason", "no", "--address", f"http://{CLOSED}"], "home", 3),
+    ("`approve --address --working-dir` not a folder",
+     ["approve", "some-run", "ship", "--address", f"http://{CLOSED}", "--working-dir", "<dir>/nowhere"], "home", 2),
     ("`graph` with neither target nor run", ["graph"], "home", 2),
     ("`graph --format` unknown", ["graph", "<dir>/good.py:twice", "--format", "png"], "home", 2),
     ("bad cron expression", ["schedule", "preview", "<dir>/good.py:twice", "--cron", "61 * * * *"], "home", 2),
