@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import concurrent.futures
 import textwrap
 
 from waiting import wait_for
@@ -48,13 +49,15 @@ def approved_run(cluster, flows_dir, tmp_path):
     pauses = PauseStore(RunStore(cluster.rayflow_home))
     wait_for(lambda: all(pauses.pause(r, "ship", None) is not None for r in ("gated-1", "gated-2")), timeout=90,
              what="the submitted runs' tasks paused on the cluster")
-    approved = rayflow("approve", "gated-1", "ship", "--address", cluster.job_address, home=tmp_path)
-    assert approved.returncode == 0, approved.stdout + approved.stderr
-    assert "approved task ship of run gated-1; its run goes on" in approved.stdout
-    assert "resuming" not in approved.stdout
-    wait_for(lambda: history_state(cluster, "gated-1") == "SUCCESS", timeout=60, what="the approved run to succeed")
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:  # the two decisions wait on jobs: at once
+        died = pool.submit(approved_after_its_driver_died, cluster, tmp_path)
+        approved = rayflow("approve", "gated-1", "ship", "--address", cluster.job_address, home=tmp_path)
+        assert approved.returncode == 0, approved.stdout + approved.stderr
+        assert "approved task ship of run gated-1; its run goes on" in approved.stdout
+        assert "resuming" not in approved.stdout
+        wait_for(lambda: history_state(cluster, "gated-1") == "SUCCESS", timeout=60, what="the approved run to succeed")
+        died.result()
     assert not (tmp_path / "laptop-home" / "history.db").exists()  # decided in the cluster's history only
-    approved_after_its_driver_died(cluster, tmp_path)
 
 
 def approved_after_its_driver_died(cluster, tmp_path):
