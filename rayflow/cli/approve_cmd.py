@@ -69,8 +69,7 @@ def approve(
         return _on_cluster(address, argv, item, not no_resume, working_dir)
     value = _input(input_json, param or [], run_id, task, item)
     approve_task(run_id, task, value, map_index=item, resume=False)
-    what = f"task {task}" + (f" item {item}" if item is not None else "") + f" of run {run_id}"
-    _go_on(run_id, f"approved {what}", not no_resume)
+    _go_on(run_id, f"approved {_what(run_id, task, item)}", not no_resume)
 
 
 def _on_cluster(address: str, argv: list[str], item: int | None, resume: bool, working_dir: str | None) -> None:
@@ -87,6 +86,10 @@ def _on_cluster(address: str, argv: list[str], item: int | None, resume: bool, w
     said = submit.query_history(address, [*argv, *(["--item", str(item)] if item is not None else []), "--no-resume"])
     if resume and DRIVER_GONE in said:
         submit.resume_job(address, argv[1], working_dir)
+
+
+def _what(run_id: str, task: str, item: int | None) -> str:
+    return f"task {task}" + (f" item {item}" if item is not None else "") + f" of run {run_id}"
 
 
 def _go_on(run_id: str, said: str, resume_here: bool = True) -> None:
@@ -123,12 +126,12 @@ def reject(
     if address is not None:
         return _on_cluster(address, ["reject", run_id, task, "--reason", reason], item, not no_resume, working_dir)
     reject_task(run_id, task, reason, map_index=item, resume=False)
-    what = f"task {task}" + (f" item {item}" if item is not None else "") + f" of run {run_id}"
-    _go_on(run_id, f"rejected {what}", not no_resume)
+    _go_on(run_id, f"rejected {_what(run_id, task, item)}", not no_resume)
 
 
 def _input(input_json: str | None, pairs: list[str], run_id: str, task: str, item: int | None) -> Any:
     """--input's object with -p's fields over it (each read as the pause's model types it), or None."""
+    from rayflow.core.parameters import value_from_text
     from rayflow.exceptions import ApprovalError
     from rayflow.runs.approval import pause_schema
 
@@ -148,12 +151,6 @@ def _input(input_json: str | None, pairs: list[str], run_id: str, task: str, ite
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise ApprovalError(f"--param {pair!r} must look like name=value", run_id=run_id, task_key=task)
-        value[key] = raw if (fields.get(key) or {}).get("type") == "string" else _json_or_text(raw)
+        text_field = (fields.get(key) or {}).get("type") == "string"  # a str field keeps "2024" as text
+        value[key] = value_from_text(str if text_field else Any, raw)  # the parameters' one text rule
     return value
-
-
-def _json_or_text(raw: str) -> Any:
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return raw
