@@ -8,6 +8,7 @@ iteration; a bad ``max_loops`` at definition.
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import json
 import os
@@ -295,3 +296,132 @@ def test_the_timeout_bounds_each_iteration_of_a_plain_task(runner):
         run = timed.with_options(runner=runner).run(stuck=2)
         assert run.task_states["slow_pages"].type is T.TIMED_OUT
         assert run.task_states["slow_pages"].message == "timed out after 0.4s"
+
+
+# -- an item of a map that stops mid-loop is retried where it stopped --------------------------
+
+
+def _iteration(n: int, marks: str) -> tuple[int, list[int]]:
+    """Item n loops to iteration n (max_loops=5: n=9 passes it); its iteration 3 fails on its first
+    run; each iteration writes its (loop_count, loop_result) to the item's log."""
+    context = rf.context()
+    done = context.loop_result or []
+    with open(os.path.join(marks, f"{n}.log"), "a") as log:
+        log.write(f"{context.loop_count} {done}\n")
+    mark = os.path.join(marks, f"{n}.failed")
+    if context.loop_count == 3 and not os.path.exists(mark):
+        open(mark, "w").close()
+        raise ConnectionError(f"item {n}: iteration 3 failed")
+    if context.loop_count < n:
+        raise rf.Loop(result=done + [context.loop_count])
+    return context.loop_count, done
+
+
+@rf.task(max_loops=5, retries=1)
+def resumable(n: int, marks: str) -> tuple[int, list[int]]:
+    return _iteration(n, marks)
+
+
+@rf.task(max_loops=5, retries=1)
+async def resumable_async(n: int, marks: str) -> tuple[int, list[int]]:
+    return _iteration(n, marks)
+
+
+def _log(marks, n: int) -> list[str]:
+    with open(os.path.join(marks, f"{n}.log")) as log:
+        return log.read().splitlines()
+
+
+def _check_resumed(run, key: str, marks) -> None:
+    items = run.map_states(key)
+    assert [s.type for s in items] == [T.SUCCESS, T.SUCCESS, T.FAILED], [(s.type, s.message) for s in items]
+    # the retry ran iteration 3 again with loop_count 3 and iteration 2's loop_result; 1 and 2 did not run again
+    assert _log(marks, 4) == ["1 []", "2 [1]", "3 [1, 2]", "3 [1, 2]", "4 [1, 2, 3]"]
+    assert _log(marks, 1) == ["1 []"]
+    # max_loops counts the item's iterations across its retries: the retry's third is iteration 5, the last
+    assert _log(marks, 9) == ["1 []", "2 [1]", "3 [1, 2]", "3 [1, 2]", "4 [1, 2, 3]", "5 [1, 2, 3, 4]"]
+    assert "LoopLimitExceeded" in items[2].message and "iteration 5" in items[2].message and "max_loops=5" in items[2].message
+
+
+def test_an_item_that_fails_mid_loop_is_retried_at_that_iteration(runner, tmp_path):
+    @rf.flow
+    def resuming(marks: str):
+        return resumable.map([4, 1, 9], marks=marks)
+
+    run = resuming.with_options(runner=runner).run(marks=str(tmp_path))
+    _check_resumed(run, "resumable", tmp_path)
+    assert run.task_result("resumable")[:2] == [(4, [1, 2, 3]), (1, [])]
+
+
+@pytest.mark.parametrize("options", [{"timeout": 30}, {"concurrency": 2}, "async"], ids=["timed", "threaded", "async"])
+def test_every_item_strategy_resumes_an_item_where_it_stopped(tmp_path, options):
+    task = resumable_async if options == "async" else resumable.with_options(**options)
+
+    @rf.flow
+    def resuming(marks: str):
+        return task.map([4, 1, 9], marks=marks)
+
+    run = resuming.with_options(runner="local").run(marks=str(tmp_path))
+    _check_resumed(run, "resumable_async" if options == "async" else "resumable", tmp_path)
+
+
+def _slow_iteration(pages: int, marks: str, stuck: int) -> bool:
+    """Logs (loop_count, loop_result); iteration ``stuck`` hangs on its first run; True: loop again."""
+    context = rf.context()
+    os.makedirs(marks, exist_ok=True)
+    with open(os.path.join(marks, f"{pages}.log"), "a") as log:
+        log.write(f"{context.loop_count} {context.loop_result}\n")
+    mark = os.path.join(marks, "stuck")
+    if context.loop_count == stuck and not os.path.exists(mark):
+        open(mark, "w").close()
+        return None  # the caller hangs
+    return context.loop_count < pages
+
+
+@rf.task(timeout=0.4, retries=1)
+def slow_item(pages: int, marks: str, stuck: int = 0) -> int:
+    """Each iteration takes 0.15 s (all of them together more than the timeout)."""
+    again = _slow_iteration(pages, marks, stuck)
+    if again is None:
+        time.sleep(1.0)
+        raise RuntimeError("a stuck iteration is abandoned, not waited for")
+    time.sleep(0.15)
+    if again:
+        raise rf.Loop(result=rf.context().loop_count)
+    return rf.context().loop_count
+
+
+@rf.task(timeout=0.4, retries=1)
+async def slow_item_async(pages: int, marks: str, stuck: int = 0) -> int:
+    again = _slow_iteration(pages, marks, stuck)
+    await asyncio.sleep(1.0 if again is None else 0.15)
+    if again:
+        raise rf.Loop(result=rf.context().loop_count)
+    return rf.context().loop_count
+
+
+def test_an_items_timeout_bounds_each_iteration_and_a_timed_out_one_is_retried_there(runner, tmp_path):
+    @rf.flow
+    def timed(marks: str, stuck: int = 0):
+        return slow_item.map([4], marks=marks, stuck=rf.unmapped(stuck))
+
+    run = timed.with_options(runner=runner).run(marks=str(tmp_path / "whole"))
+    assert run.state.type is T.SUCCESS, run.map_states("slow_item")
+    assert run.result() == [4]  # 0.6 s in all: each iteration's deadline counts from its own start
+    run = timed.with_options(runner=runner).run(marks=str(tmp_path / "stuck"), stuck=2)
+    assert run.state.type is T.SUCCESS, run.map_states("slow_item")
+    assert run.result() == [4]
+    # iteration 2 timed out; its retry resumed it with loop_count 2 and iteration 1's loop_result
+    assert _log(tmp_path / "stuck", 4) == ["1 None", "2 1", "2 1", "3 2", "4 3"]
+
+
+@pytest.mark.parametrize("task", [slow_item.with_options(concurrency=2), slow_item_async], ids=["threaded", "async"])
+def test_threaded_and_async_items_are_timed_per_iteration_and_retried_there(tmp_path, task):
+    @rf.flow
+    def timed(marks: str):
+        return task.map([4], marks=marks, stuck=rf.unmapped(2))
+
+    run = timed.with_options(runner="local").run(marks=str(tmp_path))
+    assert run.state.type is T.SUCCESS, [(s.type, s.message) for s in run.map_states(task.name)]
+    assert run.result() == [4]  # the retry's three iterations, 0.45 s together, each within 0.4 s
+    assert _log(tmp_path, 4) == ["1 None", "2 1", "2 1", "3 2", "4 3"]

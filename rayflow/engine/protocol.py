@@ -70,6 +70,7 @@ class ChunkJob:
     slots: int | None = None  # a tagged map: its items run at most this many at once (the limits' slots granted)
     waited: float = 0.0  # seconds it waited for those slots (its span says so)
     upstream: tuple[str | None, ...] = ()  # per source: the map its items come from element-wise (why an item is gated)
+    looped: tuple[tuple[int, bytes], ...] = ()  # a retry: (item, pickled (loop_count, loop_result)) of items stopped mid-loop
 
 
 @dataclass(frozen=True)
@@ -272,6 +273,7 @@ class ChunkSummary:
     items: list[tuple[int, int, int, str | None, str | None, str | None]] = field(default_factory=list)
     ran_again: tuple[Any, Any] | None = None  # a retry: (codes int8, attempts int16) of its ``indices``, no tuple per item
     paused: list[tuple[int, str, Any, float | None]] = field(default_factory=list)  # rf.pause: (item, message, schema, timeout)
+    loops: dict[int, bytes] | None = None  # items that stopped mid-loop: item -> where its retry resumes (ChunkJob.looped)
 
 
 @dataclass(frozen=True)

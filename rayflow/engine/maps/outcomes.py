@@ -39,6 +39,7 @@ class Chunk:
     lost: bool = False  # its first run was lost for good: every item FAILED
     load: tuple[str, ...] = ()  # a resumed run: the stored results its first work loads
     paused: set[int] | None = None  # items in chunk waiting for a decision (rf.pause): PAUSED, not RETRYING
+    loops: dict[int, bytes] | None = None  # item in chunk -> where its retry resumes its loop (stopped mid-loop)
 
     @property
     def final(self) -> bool:
@@ -82,6 +83,8 @@ class Outcomes:
             counts[C.RETRYING] -= 1
             again.add(item)
         chunk.spent = spent if spent and not chunk.final else None  # a final chunk's items retry no more
+        if chunk.loops or summary.loops:
+            _keep_loops(chunk, summary, again)
         for code, n in counts.items():
             if n:
                 chunk.counts[code] = chunk.counts.get(code, 0) + n
@@ -150,6 +153,8 @@ class Outcomes:
             chunk.lost = True
         else:
             chunk.outcomes = {**(chunk.outcomes or {}), **dict.fromkeys(job.indices, C.FAILED)}
+            if chunk.loops:  # final: they resume no loop
+                chunk.loops = {i: state for i, state in chunk.loops.items() if i not in job.indices} or None
         first = job.start + (job.indices[0] if job.indices else 0)
         chunk.errors = (chunk.errors + [(first, message)])[-20:]
         tally = {"FAILED": n}
@@ -276,6 +281,19 @@ def _rows(start: int, summary: ChunkSummary, again: set[int], paused: set[int] =
         (start + item, name(item, code), attempt, *notes.get(item, none))
         for item, code, attempt in zip(summary.indices, codes.tolist(), attempts.tolist())
     )
+
+
+def _keep_loops(chunk: Chunk, summary: ChunkSummary, again: set[int]) -> None:
+    """Where each item sent to run again resumes its loop (the summary's word: an item that
+    stopped mid-loop; engine.worker.looping), so every work that runs it again carries it
+    (``MapRun._job``); the items that ran in this work and are final, or resume no loop,
+    keep none.  Only items that looped and did not succeed are ever held."""
+    ran = range(chunk.size) if summary.indices is None else set(summary.indices)
+    kept = {i: state for i, state in (chunk.loops or {}).items() if i not in ran}
+    for i, state in (summary.loops or {}).items():
+        if i in again:
+            kept[i] = state
+    chunk.loops = kept or None
 
 
 def _ended_failed(chunk: Chunk, item: int) -> bool:

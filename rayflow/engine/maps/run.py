@@ -63,6 +63,13 @@ def _unequal_lengths(lengths: dict[str, int]) -> str | None:
     return f"MappingError: mapped arguments have unequal lengths ({listing})"
 
 
+def _looped(chunk: Chunk, indices: tuple[int, ...] | None) -> tuple[tuple[int, bytes], ...]:
+    """A retry's items that stopped mid-loop, with where each resumes (none on a chunk's first run)."""
+    if not chunk.loops or indices is None:
+        return ()
+    return tuple((i, chunk.loops[i]) for i in indices if i in chunk.loops)
+
+
 class MapRun(Outcomes):
     def __init__(
         self,
@@ -267,6 +274,7 @@ class MapRun(Outcomes):
             load=chunk.load if indices is None else (),
             deaths=deaths,
             upstream=self.upstream_keys,
+            looped=_looped(chunk, indices),
         )
         return job, handles
 

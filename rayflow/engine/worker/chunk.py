@@ -158,13 +158,17 @@ def _run_per_item(fn, args, kwargs, sources, job, selected, runnable, outcomes, 
     strategy ``item_runners.pick`` chooses; returns one value per selected item (None where it
     did not run or did not succeed)."""
     call, direct = caller(fn, args, kwargs, len(sources))
+    resume = None
+    if job.looped:  # a retry of items that stopped mid-loop: each resumes where it stopped
+        looped = dict(job.looped)
+        resume = {j: looped[i] for j, i in enumerate(selected) if i in looped}
     is_async = inspect.iscoroutinefunction(fn)
     everything = job.indices is None and len(runnable) == job.size
     inputs = item_inputs([s[0] for s in sources], direct, selected, runnable, everything)
     at_once = None
     if is_async or (concurrency or 1) > 1:  # slots: limits by tag
         at_once = min(concurrency or ASYNC_CONCURRENCY, job.slots or len(runnable) or 1)
-    calls = ItemCalls(call, inputs, runnable, len(selected), outcomes, timeout, current_item_cell(), at_once, is_async, job.map_key, max_loops)
+    calls = ItemCalls(call, inputs, runnable, len(selected), outcomes, timeout, current_item_cell(), at_once, is_async, job.map_key, max_loops, resume)
     return pick(calls)(calls)
 
 
@@ -205,6 +209,7 @@ def _summary(
         items=items,
         ran_again=ran_again,
         paused=paused,
+        loops={selected[j]: state for j, state in outcomes.loops.items()} or None,
         flat_count=flat,
         indices=job.indices,
         cached=cached,

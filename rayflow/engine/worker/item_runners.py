@@ -9,37 +9,39 @@ selected item, None where an item did not run or did not succeed; ``pick`` choos
 - ``run_timed``: items in order, each under SIGALRM (a timeout, on the process's main thread:
   a Ray worker);
 - ``run_abandoning``: items in order, each on a helper thread (a timeout, off the main thread:
-  the in-process runner's threads, where SIGALRM cannot reach);
+  the in-process runner's threads, where SIGALRM cannot reach; in ``item_threads``);
 - ``run_async``: an async task's items on one event loop, ``at_once`` at a time;
 - ``run_threaded``: a plain task's items on ``at_once`` threads (``concurrency=``), a thread
-  whose item was abandoned replaced by a new one;
+  whose item was abandoned replaced by a new one (in ``item_threads``);
 
 and ``run_batch`` makes the one call of a ``batch=True`` chunk with whole columns.
 
 The timeout contract, the same for every strategy on both runners: a task's ``timeout``
 bounds each call of its function, counted from the call's start (not from the chunk's): an
-item's call, or for ``batch=True`` the chunk's one call.  A call still running at its deadline
+item's call, each iteration of an item that loops (``looping.ItemLoop``: every next iteration
+moves the item's deadline), or for ``batch=True`` the chunk's one call.  A call still running at its deadline
 is stopped where Python can stop it (SIGALRM raises in it on a main thread; an async item is
 cancelled, its ``finally`` blocks run, within ``loops.CANCEL_GRACE`` seconds) and abandoned where it
 cannot (a helper thread runs on until the function returns, its value dropped; a coroutine that
 swallows its cancellation runs on with its loop on a daemon thread).  Each item the call was given ends
 TIMED_OUT ("item timed out after <timeout>s"), retried while the task's retries last, and
-the chunk's other items go on.  SIGALRM and a thread cannot interrupt a call stuck in C code.
+the chunk's other items go on.
+
+Loops: an item that raises ``rf.Loop`` runs its iterations where it runs (``looping.ItemLoop``);
+one that fails or times out after looping leaves where it stopped in ``outcomes.stopped`` (its
+retry, ``resume``, starts there: the chunk's summary and the map carry it).  SIGALRM and a thread cannot interrupt a call stuck in C code.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import inspect
 import signal
 import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import TimeoutError as FuturesTimeout
-from concurrent.futures import wait as futures_wait
 from typing import Any
 
 import numpy as np
@@ -47,9 +49,10 @@ import numpy as np
 from rayflow.core.refs import MapInput, substitute
 from rayflow.engine.columns import Column, encode_values, to_column
 from rayflow.engine.worker.blocking import BlockWatch, warn_blocked
+from rayflow.engine.worker.item_threads import helpers, run_abandoning, run_threaded
 from rayflow.engine.worker.items import Outcomes
 from rayflow.engine.worker.logs import current_context, running_item
-from rayflow.engine.worker.looping import call_looping, loop_item, loop_item_async
+from rayflow.engine.worker.looping import ItemLoop
 from rayflow.engine.worker.loops import cancel_within, run_loop
 from rayflow.signals import Loop, Signal
 
@@ -73,6 +76,7 @@ class ItemCalls:
     is_async: bool = False
     map_key: str = ""
     max_loops: int = 1000  # iterations an item may run (rf.Loop: engine.worker.looping)
+    resume: Mapping[int, bytes] | None = None  # a retry: item -> the iteration it resumes at (ItemLoop.resume)
 
 
 ItemRunner = Callable[[ItemCalls], list[Any]]
@@ -86,7 +90,7 @@ def pick(calls: ItemCalls) -> ItemRunner:
         return run_threaded
     if calls.timeout is not None:
         return run_timed if _on_main_thread() else run_abandoning
-    if len(calls.runnable) == calls.size:  # every item runs: runnable is 0..n-1, item k is input k
+    if len(calls.runnable) == calls.size and not calls.resume:  # every item runs: runnable is 0..n-1, item k is input k
         return run_dense
     return run_items
 
@@ -123,8 +127,8 @@ def run_dense(calls: ItemCalls) -> list[Any]:
 
 def run_items(calls: ItemCalls) -> list[Any]:
     """Some items run (the others were gated, or this is a retry): ``results[runnable[k]]`` is
-    ``call(inputs[k])``; nothing runs twice."""
-    call, inputs, runnable, outcomes = calls.call, calls.inputs, calls.runnable, calls.outcomes
+    ``call(inputs[k])``, or the rest of its loop from where ``resume`` says; nothing runs twice."""
+    call, inputs, runnable, outcomes, resume = calls.call, calls.inputs, calls.runnable, calls.outcomes, calls.resume
     results: list[Any] = [None] * calls.size
     cell = calls.cell if calls.cell is not None else [None]
     n = len(runnable)
@@ -132,8 +136,11 @@ def run_items(calls: ItemCalls) -> list[Any]:
     while k < n:
         try:
             while k < n:
-                cell[0] = runnable[k]
-                results[runnable[k]] = call(inputs[k])
+                cell[0] = j = runnable[k]
+                if resume and j in resume:  # a retry of an item that stopped mid-loop
+                    results[j] = _looped(calls, inputs[k], j, None, resume[j])
+                else:
+                    results[j] = call(inputs[k])
                 k += 1
         except Loop as sig:
             results[runnable[k]] = _looped(calls, inputs[k], runnable[k], sig)
@@ -147,14 +154,17 @@ def run_items(calls: ItemCalls) -> list[Any]:
     return results
 
 
-def _looped(calls: ItemCalls, item: Any, j: int, first: Loop) -> Any:
-    """Item ``j`` raised ``first`` (rf.Loop): its loop run to its value, or its outcome kept (None)."""
+def _looped(calls: ItemCalls, item: Any, j: int, first: Loop | None, resume: bytes | None = None) -> Any:
+    """Item ``j`` raised ``first`` (rf.Loop), or resumes its loop (``resume``): its loop run to its
+    value, or its outcome and where it stopped kept (None)."""
+    looping = ItemLoop(calls.max_loops, resume)
     try:
-        return loop_item(calls.call, item, first, calls.max_loops)
+        return looping.after(calls.call, item, first) if first is not None else looping.run(calls.call, item)
     except Signal as sig:
         calls.outcomes.signalled(sig, j)
     except Exception as exc:
         calls.outcomes.failed((j,), exc)
+    calls.outcomes.stopped(j, looping.state())
     return None
 
 
@@ -167,69 +177,39 @@ def _alarm(signum: int, frame: Any) -> None:
 
 
 def run_timed(calls: ItemCalls) -> list[Any]:
-    """Items in order on the main thread, each interrupted by SIGALRM at its deadline."""
+    """Items in order on the main thread, each iteration interrupted by SIGALRM at its deadline
+    (re-armed when an item's next iteration starts)."""
     call, inputs, outcomes, timeout = calls.call, calls.inputs, calls.outcomes, calls.timeout
     assert timeout is not None
     results: list[Any] = [None] * calls.size
     cell = calls.cell if calls.cell is not None else [None]
+    resume = calls.resume or {}
+
+    def rearm() -> None:
+        signal.setitimer(signal.ITIMER_REAL, timeout)
+
     previous = signal.signal(signal.SIGALRM, _alarm)
     try:
         for k, j in enumerate(calls.runnable):
             cell[0] = j
+            looping = ItemLoop(calls.max_loops, resume.get(j), rearm)
             try:
-                signal.setitimer(signal.ITIMER_REAL, timeout)
+                rearm()
                 try:
-                    results[j] = call_looping(call, inputs[k], calls.max_loops)
+                    results[j] = looping.run(call, inputs[k])
                 finally:
                     signal.setitimer(signal.ITIMER_REAL, 0)
+                continue
             except _ItemTimeout:
                 outcomes.timed_out(j, timeout)
             except Signal as sig:
                 outcomes.signalled(sig, j)
             except Exception as exc:
                 outcomes.failed((j,), exc)
+            outcomes.stopped(j, looping.state())
     finally:
         signal.signal(signal.SIGALRM, previous)
     return results
-
-
-def run_abandoning(calls: ItemCalls) -> list[Any]:
-    """Items one after another with a timeout, off the main thread (the in-process runner's
-    threads), where SIGALRM cannot reach: each item runs on a helper thread this thread waits
-    on.  An item past its timeout is marked TIMED_OUT and its thread abandoned, as the
-    in-process runner abandons a plain task past its timeout (a thread cannot be stopped: it
-    runs on until its function returns, and its value is dropped); the next items run on a
-    new helper.  The helpers are named after this thread (``<name>-item``), so whatever looks
-    for this runner's lingering threads by name finds them too."""
-    call, inputs, runnable, outcomes, timeout = calls.call, calls.inputs, calls.runnable, calls.outcomes, calls.timeout
-    results: list[Any] = [None] * calls.size
-    context = current_context()
-
-    def one(k: int, j: int) -> tuple[str, Any]:
-        return _call_item(call, inputs[k], context, j, calls.max_loops)
-
-    k, n = 0, len(runnable)
-    while k < n:
-        pool = _helpers(1)
-        try:
-            while k < n:
-                j = runnable[k]
-                future = pool.submit(one, k, j)
-                k += 1
-                try:
-                    kind, value = future.result(timeout=timeout)
-                except FuturesTimeout:
-                    outcomes.timed_out(j, timeout)  # type: ignore[arg-type]
-                    break  # its helper is abandoned: the next items get a new one
-                _record_item(results, outcomes, j, kind, value)
-        finally:
-            pool.shutdown(wait=False)
-    return results
-
-
-def _helpers(n: int) -> ThreadPoolExecutor:
-    """Helper threads named after this one: the in-process runner's lingering threads are found by name."""
-    return ThreadPoolExecutor(n, thread_name_prefix=f"{threading.current_thread().name}-item")
 
 
 def run_async(calls: ItemCalls) -> list[Any]:
@@ -245,98 +225,37 @@ def run_async(calls: ItemCalls) -> list[Any]:
 async def _items_on_loop(calls: ItemCalls, results: list[Any], watch: BlockWatch) -> None:
     """Outcomes are recorded by this loop's thread; ``watch`` times each item's steps."""
     call, inputs, outcomes, timeout = calls.call, calls.inputs, calls.outcomes, calls.timeout
+    resume = calls.resume or {}
     slots = asyncio.Semaphore(calls.at_once or 1)
     context = current_context()
 
     async def one(k: int, j: int) -> None:
         async with slots:
             running_item(context, j)  # this asyncio task's context: log records name item j
-            started, step = time.monotonic(), call(inputs[k])
-            while True:  # once, or again with the rest of its loop when it raised rf.Loop
-                task = asyncio.ensure_future(watch.timed(step, j))
-                left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+            looping = ItemLoop(calls.max_loops, resume.get(j))
+            looping.started = time.monotonic()
+            task = asyncio.ensure_future(watch.timed(looping.run_async(call, inputs[k]), j))
+            while True:  # until it ends, or an iteration of it runs past its deadline
+                left = None if timeout is None else max(0.0, looping.started + timeout - time.monotonic())
                 done, _ = await asyncio.wait({task}, timeout=left)
-                if not done:
-                    await cancel_within(task)  # it unwinds its own `finally`s, or is abandoned
-                    outcomes.timed_out(j, timeout)  # type: ignore[arg-type]
-                    return
-                try:
-                    results[j] = task.result()
-                except Loop as sig:
-                    step = loop_item_async(call, inputs[k], sig, calls.max_loops)
+                if done:
+                    break
+                if time.monotonic() - looping.started < timeout:  # a next iteration began: its own deadline
                     continue
-                except Signal as sig:
-                    outcomes.signalled(sig, j)
-                except Exception as exc:
-                    outcomes.failed((j,), exc)
+                await cancel_within(task)  # it unwinds its own `finally`s, or is abandoned
+                outcomes.timed_out(j, timeout)  # type: ignore[arg-type]
+                outcomes.stopped(j, looping.state())
                 return
+            try:
+                results[j] = task.result()
+                return
+            except Signal as sig:
+                outcomes.signalled(sig, j)
+            except Exception as exc:
+                outcomes.failed((j,), exc)
+            outcomes.stopped(j, looping.state())
 
     await asyncio.gather(*(one(k, j) for k, j in enumerate(calls.runnable)))
-
-
-def run_threaded(calls: ItemCalls) -> list[Any]:
-    """A plain task's items on ``at_once`` threads.  An item past its timeout is marked
-    TIMED_OUT and its thread abandoned (a thread cannot be stopped: it runs on until its
-    function returns, and its value is dropped); its slot is given back: the next items run
-    on new threads, as ``run_abandoning`` goes on with a new helper, so a stuck call holds up
-    no other item.  Without a timeout every item is handed to the pool at once."""
-    call, inputs, outcomes, timeout = calls.call, calls.inputs, calls.outcomes, calls.timeout
-    at_once = calls.at_once or 1
-    results: list[Any] = [None] * calls.size
-    context = current_context()
-    started: dict[int, float] = {}
-
-    def one(k: int, j: int) -> tuple[str, Any]:
-        started[j] = time.monotonic()
-        return _call_item(call, inputs[k], context, j, calls.max_loops)
-
-    def threads() -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(at_once, thread_name_prefix="rayflow-item")
-
-    pools = [threads()]
-    waiting = collections.deque(enumerate(calls.runnable))
-    running: dict[Future[tuple[str, Any]], int] = {}
-    try:
-        while waiting or running:
-            while waiting and (timeout is None or len(running) < at_once):  # each item starts when handed over
-                k, j = waiting.popleft()
-                running[pools[-1].submit(one, k, j)] = j
-            done, _ = futures_wait(running, timeout=None if timeout is None else 0.05, return_when=FIRST_COMPLETED)
-            for future in done:
-                _record_item(results, outcomes, running.pop(future), *future.result())
-            if timeout is not None:
-                now = time.monotonic()
-                late = [f for f, j in running.items() if j in started and now - started[j] > timeout]
-                for future in late:
-                    outcomes.timed_out(running.pop(future), timeout)
-                if late and waiting:  # the abandoned threads keep theirs: the next items get new ones
-                    pools[-1].shutdown(wait=False)
-                    pools.append(threads())
-    finally:
-        for pool in pools:
-            pool.shutdown(wait=False, cancel_futures=True)
-    return results
-
-
-def _call_item(call, item: Any, context: Any, j: int, max_loops: int = 1000) -> tuple[str, Any]:
-    """Item ``j`` (its loop too) on a helper thread: ("ok", value), ("signal", sig) or ("error", exc)."""
-    running_item(context, j)
-    try:
-        return "ok", call_looping(call, item, max_loops)
-    except Signal as sig:
-        return "signal", sig
-    except Exception as exc:
-        return "error", exc
-
-
-def _record_item(results: list[Any], outcomes: Outcomes, j: int, kind: str, value: Any) -> None:
-    """What ``_call_item`` returned, kept: item ``j``'s value, signal or failure."""
-    if kind == "ok":
-        results[j] = value
-    elif kind == "signal":
-        outcomes.signalled(value, j)
-    else:
-        outcomes.failed((j,), value)
 
 
 def run_batch(fn, args, kwargs, sources, selected, runnable, outcomes: Outcomes, timeout: float | None = None) -> Column | list[Any]:
@@ -426,7 +345,7 @@ def _batch_within(call: Callable[[], Any], timeout: float) -> Any:
             except BaseException as exc:  # noqa: BLE001 - raised again on the chunk's thread
                 return False, exc
 
-        pool = _helpers(1)
+        pool = helpers(1)
         try:
             returned, out = pool.submit(on_helper).result(timeout=timeout)
         except FuturesTimeout:  # only the wait's: the call's own TimeoutError comes back as a value

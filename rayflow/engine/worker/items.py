@@ -4,7 +4,8 @@ Input assembly: each mapped argument's items from the pieces a ``ChunkJob`` name
 of a constant, of a task's value, of upstream chunk results, flattened or not), with the
 upstream items' codes, and the per-item call that puts an item's values in their slots.
 ``Outcomes``: the per-item codes of a chunk and, for items that did not succeed, what the
-orchestrator must decide on (error, whether a retry may run, an ``rf.Retry``'s delay).
+orchestrator must decide on (error, whether a retry may run, an ``rf.Retry``'s delay, where
+an item that stopped mid-loop resumes).
 The strategies that run the items are in ``item_runners``; ``chunk`` ties the two.
 """
 
@@ -77,7 +78,7 @@ class Outcomes:
     the chunk's selection.
     """
 
-    __slots__ = ("codes", "errors", "retryable", "retry_delays", "retry_on", "skips", "pauses")
+    __slots__ = ("codes", "errors", "retryable", "retry_delays", "retry_on", "skips", "pauses", "loops")
 
     def __init__(self, n: int, retry_on: Any):
         self.codes = np.zeros(n, dtype=np.int8)
@@ -87,6 +88,7 @@ class Outcomes:
         self.retryable: dict[int, bool] = {}  # FAILED items the task's retries may retry
         self.retry_delays: dict[int, float | None] = {}  # rf.Retry items: their delay
         self.retry_on = retry_on
+        self.loops: dict[int, bytes] = {}  # items that stopped mid-loop: where their retry resumes (looping.ItemLoop)
 
     def failed(self, items: Any, exc: Exception) -> None:
         """``items`` raised ``exc``: FAILED, with its error (described once), retried only if one of ``retry_on``."""
@@ -112,6 +114,11 @@ class Outcomes:
             self.retry_delays[j] = outcome.delay
         else:
             self.retryable[j] = outcome.retryable
+
+    def stopped(self, j: int, state: bytes | None) -> None:
+        """Item ``j`` did not succeed after looping: ``state`` (None: it did not loop) is where its retry resumes."""
+        if state is not None:
+            self.loops[j] = state
 
     def timed_out(self, j: int, timeout: float) -> None:
         self.codes[j] = C.TIMED_OUT

@@ -118,43 +118,90 @@ def resumed(state: bytes | None) -> tuple[int, Any]:
     return cloudpickle.loads(state) if state is not None else (1, None)
 
 
-def loop_item(call: Any, item: Any, first: Loop, max_loops: int) -> Any:
-    """An item of a map raised ``first`` (rf.Loop) in its first iteration: run it again until it
-    returns (its value) or raises (what it raised; LoopLimitExceeded past ``max_loops``)."""
-    loop = Iterations(max_loops, keep=False)
+class ItemLoop:
+    """One item's loop as the strategy running it sees it: the iteration it starts at (``resume``,
+    a retry's pickled (loop_count, loop_result); None: the first), its ``Iterations`` once it
+    loops, and when its current iteration started (``started``, monotonic; None until it runs):
+    an item's timeout counts from there, so each next iteration moves its deadline, and
+    ``on_start()`` is told (SIGALRM re-armed).  Made per item only where items are timed, or
+    for an item that loops or resumes: items that never loop pay nothing elsewhere."""
+
+    __slots__ = ("max_loops", "resume", "loop", "started", "on_start")
+
+    def __init__(self, max_loops: int, resume: bytes | None = None, on_start: Any = None):
+        self.max_loops = max_loops
+        self.resume = resume
+        self.loop: Iterations | None = None
+        self.started: float | None = None
+        self.on_start = on_start
+
+    def run(self, call: Any, item: Any) -> Any:
+        """``call(item)`` with the rest of its loop (from ``resume``): its value; raises what it raised."""
+        self.started = time.monotonic()
+        if self.resume is not None:
+            return _iterate(call, item, None, self._begin())
+        try:
+            return call(item)
+        except Loop as first:
+            return self.after(call, item, first)
+
+    def after(self, call: Any, item: Any, first: Loop) -> Any:
+        """The item's first iteration raised ``first``: the rest of its loop."""
+        return _iterate(call, item, first, self._begin())
+
+    async def run_async(self, call: Any, item: Any) -> Any:
+        """``run`` for an async task's item: each iteration's coroutine awaited on its loop."""
+        self.started = time.monotonic()
+        first = None
+        if self.resume is None:
+            try:
+                return await _awaited(call(item))
+            except Loop as signal:
+                first = signal
+        loop = self._begin()
+        token = loop.enter()
+        try:
+            while True:
+                if first is not None:
+                    loop.next(first)
+                try:
+                    return await _awaited(call(item))
+                except Loop as again:
+                    first = again
+        finally:
+            loop.exit(token)
+
+    def state(self) -> bytes | None:
+        """Where the item stopped (it failed, or timed out in the iteration running), for its
+        retry; None when it did not loop (its retry starts at the first iteration)."""
+        return self.loop.state() if self.loop is not None else None
+
+    def _begin(self) -> Iterations:
+        count, result = resumed(self.resume)
+        self.loop = Iterations(self.max_loops, count, result, keep=False, started=self._next)
+        return self.loop
+
+    def _next(self, _at: float) -> None:
+        self.started = time.monotonic()
+        if self.on_start is not None:
+            self.on_start()
+
+
+def _iterate(call: Any, item: Any, first: Loop | None, loop: Iterations) -> Any:
+    """The item's iterations from ``loop``'s (after ``first``, the rf.Loop its first raised)
+    until one returns (its value) or raises (what it raised; LoopLimitExceeded past max_loops)."""
     token = loop.enter()
     try:
-        signal = first
         while True:
-            loop.next(signal)
+            if first is not None:
+                loop.next(first)
             try:
                 return call(item)
             except Loop as again:
-                signal = again
+                first = again
     finally:
-        _LOOP.reset(token)
+        loop.exit(token)
 
 
-async def loop_item_async(call: Any, item: Any, first: Loop, max_loops: int) -> Any:
-    """``loop_item`` for an async task's item: each iteration's coroutine awaited on its loop."""
-    loop = Iterations(max_loops, keep=False)
-    token = loop.enter()
-    try:
-        signal = first
-        while True:
-            loop.next(signal)
-            try:
-                value = call(item)
-                return await value if inspect.isawaitable(value) else value
-            except Loop as again:
-                signal = again
-    finally:
-        _LOOP.reset(token)
-
-
-def call_looping(call: Any, item: Any, max_loops: int) -> Any:
-    """``call(item)`` with its loop, if it raises rf.Loop (where a strategy times or runs an item whole)."""
-    try:
-        return call(item)
-    except Loop as first:
-        return loop_item(call, item, first, max_loops)
+async def _awaited(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
