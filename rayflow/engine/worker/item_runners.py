@@ -234,26 +234,32 @@ async def _items_on_loop(calls: ItemCalls, results: list[Any], watch: BlockWatch
             running_item(context, j)  # this asyncio task's context: log records name item j
             looping = ItemLoop(calls.max_loops, resume.get(j))
             looping.started = time.monotonic()
-            task = asyncio.ensure_future(watch.timed(looping.run_async(call, inputs[k]), j))
-            while True:  # until it ends, or an iteration of it runs past its deadline
-                left = None if timeout is None else max(0.0, looping.started + timeout - time.monotonic())
-                done, _ = await asyncio.wait({task}, timeout=left)
-                if done:
-                    break
-                if time.monotonic() - looping.started < timeout:  # a next iteration began: its own deadline
+            step = call(inputs[k]) if looping.resume is None else looping.run_async(call, inputs[k])
+            while True:  # once, or again with the rest of its loop when it raised rf.Loop
+                task = asyncio.ensure_future(watch.timed(step, j))
+                while True:  # until it ends, or an iteration of it runs past its deadline
+                    left = None if timeout is None else max(0.0, looping.started + timeout - time.monotonic())
+                    done, _ = await asyncio.wait({task}, timeout=left)
+                    if done:
+                        break
+                    if time.monotonic() - looping.started < timeout:  # a next iteration began: its own deadline
+                        continue
+                    await cancel_within(task)  # it unwinds its own `finally`s, or is abandoned
+                    outcomes.timed_out(j, timeout)  # type: ignore[arg-type]
+                    outcomes.stopped(j, looping.state())
+                    return
+                try:
+                    results[j] = task.result()
+                    return
+                except Loop as sig:
+                    step = looping.run_async(call, inputs[k], sig)
                     continue
-                await cancel_within(task)  # it unwinds its own `finally`s, or is abandoned
-                outcomes.timed_out(j, timeout)  # type: ignore[arg-type]
+                except Signal as sig:
+                    outcomes.signalled(sig, j)
+                except Exception as exc:
+                    outcomes.failed((j,), exc)
                 outcomes.stopped(j, looping.state())
                 return
-            try:
-                results[j] = task.result()
-                return
-            except Signal as sig:
-                outcomes.signalled(sig, j)
-            except Exception as exc:
-                outcomes.failed((j,), exc)
-            outcomes.stopped(j, looping.state())
 
     await asyncio.gather(*(one(k, j) for k, j in enumerate(calls.runnable)))
 

@@ -30,7 +30,6 @@ within its call: engine.worker.item_runners).
 from __future__ import annotations
 
 import contextvars
-import inspect
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -149,15 +148,11 @@ class ItemLoop:
         """The item's first iteration raised ``first``: the rest of its loop."""
         return _iterate(call, item, first, self._begin())
 
-    async def run_async(self, call: Any, item: Any) -> Any:
-        """``run`` for an async task's item: each iteration's coroutine awaited on its loop."""
+    async def run_async(self, call: Any, item: Any, first: Loop | None = None) -> Any:
+        """An async task's item from ``resume``, or after its first iteration raised ``first``
+        (its first call is the strategy's own: engine.worker.item_runners.run_async); each
+        iteration's coroutine awaited on its loop."""
         self.started = time.monotonic()
-        first = None
-        if self.resume is None:
-            try:
-                return await _awaited(call(item))
-            except Loop as signal:
-                first = signal
         loop = self._begin()
         token = loop.enter()
         try:
@@ -165,7 +160,7 @@ class ItemLoop:
                 if first is not None:
                     loop.next(first)
                 try:
-                    return await _awaited(call(item))
+                    return await call(item)
                 except Loop as again:
                     first = again
         finally:
@@ -202,6 +197,3 @@ def _iterate(call: Any, item: Any, first: Loop | None, loop: Iterations) -> Any:
     finally:
         loop.exit(token)
 
-
-async def _awaited(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
