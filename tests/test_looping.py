@@ -252,6 +252,41 @@ def test_run_timed_and_run_items_loop_an_item_to_its_value():
         assert "max_loops=5" in outcomes.errors[3][1] and outcomes.retryable[3] is False
 
 
+def test_every_strategy_resumes_items_and_keeps_where_only_looped_items_stopped():
+    """A retry's ``resume`` starts an item at its iteration; an item that fails after looping
+    leaves where it stopped in ``outcomes.loops``; one that never looped leaves nothing."""
+    import cloudpickle
+
+    from rayflow.engine.worker import item_runners as R
+    from rayflow.engine.worker.items import Outcomes
+
+    def call(n: int) -> object:
+        context = rf.context()
+        if n < 0 and context.loop_count == -n:
+            raise ValueError(f"stopped at {context.loop_count}")
+        if context.loop_count < abs(n):
+            raise rf.Loop(result=(context.loop_result or 0) + context.loop_count)
+        return context.loop_count, context.loop_result
+
+    async def call_async(n: int) -> object:
+        return call(n)
+
+    # item 0 resumes at iteration 3 (loop_result 30); item 1 fails at iteration 2; item 2 fails at once
+    resume = {0: cloudpickle.dumps((3, 30))}
+    strategies = [(R.run_items, None, None), (R.run_timed, 5.0, None), (R.run_threaded, 5.0, 2), (R.run_async, 5.0, 2)]
+    for strategy, timeout, at_once in strategies + [(R.run_abandoning, 5.0, None)]:
+        outcomes = Outcomes(3, (Exception,))
+        fn = call_async if strategy is R.run_async else call
+        calls = R.ItemCalls(fn, [4, -2, -1], range(3), 3, outcomes, timeout, at_once=at_once, is_async=fn is call_async, resume=resume)
+        assert strategy(calls)[0] == (4, 33), strategy
+        assert outcomes.codes.tolist()[1:] == [outcomes.codes[1]] * 2 and outcomes.codes[1] != 0
+        assert set(outcomes.loops) == {1} and cloudpickle.loads(outcomes.loops[1]) == (2, 1), strategy
+    assert R.pick(R.ItemCalls(call, [1], range(1), 1, Outcomes(1, (Exception,)), resume=resume)) is R.run_items
+    outcomes = Outcomes(3, (Exception,))  # every item of a first run: the dense strategy, no resume
+    assert R.run_dense(R.ItemCalls(call, [4, -2, -1], range(3), 3, outcomes)) == [(4, 6), None, None]
+    assert set(outcomes.loops) == {1} and cloudpickle.loads(outcomes.loops[1]) == (2, 1)
+
+
 def test_one_span_per_iteration_and_a_retry_resumes_the_count(monkeypatch, tmp_path):
     from otlp_sink import HttpSink
 
