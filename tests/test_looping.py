@@ -1,7 +1,8 @@
 """Looping tasks (``raise rf.Loop``): a task pages through a fake API served by a real HTTP server
 on loopback until it is done, on both runners; ``max_loops`` hit and not hit; an item of a map
-that loops; retries within a loop; the LOOPED transitions in the history (SQLite); a span per
-iteration; a bad ``max_loops`` at definition.
+that loops; retries within a loop, for a task and for an item (resumed at the iteration that
+failed or timed out, under every item strategy); a timeout per iteration; the LOOPED
+transitions in the history (SQLite); a span per iteration; a bad ``max_loops`` at definition.
 
     pages ── LOOPED (page 1) ── LOOPED (page 2) ── ... ── SUCCESS (every page's items)
 """

@@ -10,8 +10,10 @@ time per item so a chunk runs about ``TARGET_SECONDS`` (first chunks ramp up
 from ``FIRST_CHUNK`` items), unless ``chunk_size`` is set.
 
 It holds per-chunk metadata only: counts per state code, the items waiting
-for a retry, the handles of the chunk's results, and the indexes of the
-items that ended other than SUCCESS (never anything per successful item).
+for a retry (with where each that stopped mid-loop resumes: ``Chunk.loops``,
+given to the works that run them again as ``ChunkJob.looped``), the handles
+of the chunk's results, and the indexes of the items that ended other than
+SUCCESS (never anything per successful item).
 At most ``max_in_flight`` works per map run at once (backpressure).
 
 A work lost with its worker is narrowed down (``on_lost``, deciding by

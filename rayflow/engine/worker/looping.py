@@ -11,17 +11,20 @@ records one LOOPED state per iteration before the attempt's outcome (engine.retr
 A plain task's attempt that fails after looping reports where it stopped (``loop_state``): its
 retry resumes at that iteration with that ``loop_result`` (Prefect 1's rule: a retry keeps the
 loop's count and result, and a loop resets nothing of the retry budget).  An item of a map
-loops from its strategy's ``except Signal`` (``loop_item``): items that never loop pay nothing;
-each iteration of an item is a log record of the run under its map index; an item that fails
-mid-loop is retried from its first iteration.  Past ``max_loops`` iterations the task (or item)
-ends FAILED with ``LoopLimitExceeded``, not retried.
+follows the same rules (``ItemLoop``): it loops from its strategy's ``except Loop``, so items
+that never loop pay nothing; each iteration of an item is a log record of the run under its map
+index; an item that fails (or times out) after looping leaves where it stopped in its chunk's
+outcomes, the map holds it and the work that runs the item again resumes it there
+(``ChunkSummary.loops`` to ``ChunkJob.looped``: engine.maps).  ``max_loops`` counts a task's
+(or item's) iterations across its retries: past it the task (or item) ends FAILED with
+``LoopLimitExceeded``, not retried.
 
-Timeouts: a plain task's ``timeout`` bounds each iteration: the worker tells the orchestrator
-when each next one starts (``started``, the executor's start notice), which moves the attempt's
-deadline.  An attempt that times out reports nothing, so its retry resumes where the attempt
-before it stopped (or at the first iteration).  An item of a map is timed whole: its timeout
-bounds all its iterations together (the item strategies time a call, and an item's loop runs
-within its call: engine.worker.item_runners).
+Timeouts: a task's ``timeout`` bounds each iteration.  A plain task's worker tells the
+orchestrator when each next one starts (``started``, the executor's start notice), which moves
+the attempt's deadline; an attempt that times out reports nothing, so its retry resumes where
+the attempt before it stopped (or at the first iteration).  An item's strategy reads
+``ItemLoop.started``, which each next iteration moves (engine.worker.item_runners); an item that
+times out keeps the state of the iteration it was in, and its retry resumes there.
 
 ``rf.context()`` reads the contextvars of the work running in this thread or asyncio task
 (engine.worker.logs) and of its loop (``_LOOP``).
