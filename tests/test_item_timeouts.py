@@ -8,8 +8,12 @@ dropped the timeout without a word and the item ended SUCCESS.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import pathlib
 import time
+
+import pytest
 
 import rayflow as rf
 from rayflow.states import StateType as T
@@ -246,3 +250,70 @@ def test_an_async_item_that_swallows_its_cancellation_is_abandoned_not_waited_fo
     states = out[0].map_states("stubborn")
     assert [s.type for s in states] == [T.SUCCESS, T.TIMED_OUT, T.SUCCESS, T.SUCCESS]
     assert "timed out after 0.3s" in states[1].message
+
+
+# == a looping item: its timeout bounds each iteration (engine.worker.looping.ItemLoop) ==========
+# Before, an item was timed whole (all its iterations together) and a timed-out one was retried
+# from its first iteration.
+
+
+def _slow_iteration(pages: int, marks: str, stuck: int) -> bool:
+    """Logs (loop_count, loop_result); iteration ``stuck`` hangs on its first run; True: loop again."""
+    context = rf.context()
+    os.makedirs(marks, exist_ok=True)
+    with open(os.path.join(marks, f"{pages}.log"), "a") as log:
+        log.write(f"{context.loop_count} {context.loop_result}\n")
+    mark = os.path.join(marks, "stuck")
+    if context.loop_count == stuck and not os.path.exists(mark):
+        open(mark, "w").close()
+        return None  # the caller hangs
+    return context.loop_count < pages
+
+
+@rf.task(timeout=0.4, retries=1)
+def slow_item(pages: int, marks: str, stuck: int = 0) -> int:
+    """Each iteration takes 0.15 s (all of them together more than the timeout)."""
+    again = _slow_iteration(pages, marks, stuck)
+    if again is None:
+        time.sleep(1.0)
+        raise RuntimeError("a stuck iteration is abandoned, not waited for")
+    time.sleep(0.15)
+    if again:
+        raise rf.Loop(result=rf.context().loop_count)
+    return rf.context().loop_count
+
+
+@rf.task(timeout=0.4, retries=1)
+async def slow_item_async(pages: int, marks: str, stuck: int = 0) -> int:
+    again = _slow_iteration(pages, marks, stuck)
+    await asyncio.sleep(1.0 if again is None else 0.15)
+    if again:
+        raise rf.Loop(result=rf.context().loop_count)
+    return rf.context().loop_count
+
+
+def test_an_items_timeout_bounds_each_iteration_and_a_timed_out_one_is_retried_there(runner, tmp_path):
+    @rf.flow
+    def timed(marks: str, stuck: int = 0):
+        return slow_item.map([4], marks=marks, stuck=rf.unmapped(stuck))
+
+    run = timed.with_options(runner=runner).run(marks=str(tmp_path / "whole"))
+    assert run.state.type is T.SUCCESS, run.map_states("slow_item")
+    assert run.result() == [4]  # 0.6 s in all: each iteration's deadline counts from its own start
+    run = timed.with_options(runner=runner).run(marks=str(tmp_path / "stuck"), stuck=2)
+    assert run.state.type is T.SUCCESS, run.map_states("slow_item")
+    assert run.result() == [4]
+    # iteration 2 timed out; its retry resumed it with loop_count 2 and iteration 1's loop_result
+    assert (tmp_path / "stuck" / "4.log").read_text().splitlines() == ["1 None", "2 1", "2 1", "3 2", "4 3"]
+
+
+@pytest.mark.parametrize("task", [slow_item.with_options(concurrency=2), slow_item_async], ids=["threaded", "async"])
+def test_threaded_and_async_items_are_timed_per_iteration_and_retried_there(tmp_path, task):
+    @rf.flow
+    def timed(marks: str):
+        return task.map([4], marks=marks, stuck=rf.unmapped(2))
+
+    run = timed.with_options(runner="local").run(marks=str(tmp_path))
+    assert run.state.type is T.SUCCESS, [(s.type, s.message) for s in run.map_states(task.name)]
+    assert run.result() == [4]  # the retry's three iterations, 0.45 s together, each within 0.4 s
+    assert (tmp_path / "4.log").read_text().splitlines() == ["1 None", "2 1", "2 1", "3 2", "4 3"]

@@ -402,6 +402,48 @@ def test_a_lost_retry_of_some_items_is_split_into_retries_of_its_halves():
     assert h.values("two_and_five_fail") == [0, 1, 3, 4, 6, 7, 8, 9]
 
 
+_STOPPED: set[int] = set()  # items of loop_then_fail that failed once (the harness runs works in this process)
+
+
+@rf.task
+def loop_then_fail(x: int) -> object:
+    """Items 2 and 5 loop once, then fail in their iteration 2 on its first run."""
+    context = rf.context()
+    if x not in (2, 5):
+        return x
+    if context.loop_count == 1:
+        raise rf.Loop(result=x * 10)
+    if x not in _STOPPED:
+        _STOPPED.add(x)
+        raise ValueError(f"item {x} stopped in iteration {context.loop_count}")
+    return context.loop_count, context.loop_result
+
+
+def test_where_an_item_stopped_mid_loop_goes_with_every_work_that_runs_it_again():
+    """Items 2 and 5 fail in iteration 2: their retry carries where each stopped; it dies with its
+    worker and is split: each half carries its own item's; each resumes at iteration 2."""
+    import cloudpickle
+
+    _STOPPED.clear()
+
+    @rf.flow
+    def one():
+        return loop_then_fail.with_options(chunk_size=10, retries=1).map(range(10))
+
+    h = Harness(one.graph)
+    h.launch("loop_then_fail")
+    h.run()
+    assert h.submitted[0].job.looped == ()  # a first run: nothing to resume
+    h.clock.now += 100
+    h.take(h.coord.pump_due(h.clock.now))
+    died = run_with_crashes(h, lambda items, work: work.job.indices == (2, 5))
+    assert died == [[2, 5]]
+    looped = [(w.job.indices, {i: cloudpickle.loads(s) for i, s in w.job.looped}) for w in h.submitted[1:]]
+    assert looped == [((2, 5), {2: (2, 20), 5: (2, 50)}), ((2,), {2: (2, 20)}), ((5,), {5: (2, 50)})]
+    assert h.values("loop_then_fail") == [0, 1, (2, 20), 3, 4, (2, 50), 6, 7, 8, 9]  # (loop_count, loop_result)
+    assert all(c.loops is None for c in h.coord.maps["loop_then_fail"].chunks)  # final items hold none
+
+
 def test_splitting_stops_at_max_splits_and_then_lost_works_fail_whole(monkeypatch):
     """A function that kills every worker: the map splits MAX_SPLITS works, then fails the rest whole."""
     monkeypatch.setattr(R, "MAX_SPLITS", 3)
