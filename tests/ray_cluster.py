@@ -91,9 +91,9 @@ class RayCluster:
     def _wait_until_up(self) -> None:
         deadline = time.time() + self.start_timeout
         while time.time() < deadline:
-            if self.process.poll() is not None:
-                self.stop()
-                raise RuntimeError(f"ray start exited {self.process.returncode}: {self.output()[-2000:]}")
+            if (code := self.process.poll()) is not None:
+                self.stop()  # (forgets the process)
+                raise RuntimeError(f"ray start exited {code}: {self.output()[-2000:]}")
             if b"Ray runtime started" in (self.dir / "ray-start.log").read_bytes() and self._dashboard_up():
                 return
             time.sleep(0.2)
