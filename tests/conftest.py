@@ -24,6 +24,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 # Run history goes to a scratch directory, never the user's ~/.rayflow.
 os.environ.setdefault("RAYFLOW_HOME", str(pathlib.Path(tempfile.mkdtemp(prefix="rayflow-tests-"))))
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `-n 2`: each worker a history of its own (listings stay its own)
+    os.environ["RAYFLOW_HOME"] = tempfile.mkdtemp(prefix=f"rayflow-tests-{os.environ['PYTEST_XDIST_WORKER']}-")
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 

@@ -100,7 +100,7 @@ class RayCluster:
         self.stop()
         raise RuntimeError(f"ray start did not come up in {self.start_timeout:.0f}s: {self.output()[-2000:]}")
 
-    def add_worker(self, num_cpus: int = 1, start_timeout: float = 60.0) -> subprocess.Popen:
+    def add_worker(self, num_cpus: int = 1, start_timeout: float = 60.0, resources: str | None = None) -> subprocess.Popen:
         """A worker node joined with ``ray start --address --block``, in its own process group
         (stopped with the head by ``stop``); returns once the node has started."""
         temp_dir = tempfile.mkdtemp(prefix="rf-ray-w-", dir="/tmp")
@@ -109,7 +109,7 @@ class RayCluster:
         command = [
             str(RAY), "start", "--block", f"--address={self.address}", "--node-ip-address=127.0.0.1",
             f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}", f"--dashboard-agent-listen-port={free_port()}",
-            "--disable-usage-stats",
+            "--disable-usage-stats", *([f"--resources={resources}"] if resources is not None else []),
         ]
         worker = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                   env=clean_env(self.home, **self.extra_env))
