@@ -162,7 +162,7 @@ class NetCluster:
         self.starts: dict[str, int] = {}
 
     def env_for(self, **extra: str) -> dict[str, str]:
-        return clean_env(self.home, **self.env, **extra)
+        return clean_env(self.home, **{**self.env, **extra})
 
     def _log(self, name: str) -> pathlib.Path:
         return self.dir / f"{name}-{self.starts[name]}.log"

@@ -10,13 +10,19 @@ as a user logged in there would; submits and reads come from the client host.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import secrets
+import subprocess
+import sys
 import textwrap
 
 import pytest
 from netbed import PREFIX, NetBed, NetCluster, clean_leftovers, ip, ours, unavailable
+import net_flows
 from waiting import wait_for
+
+from rayflow.store import RunStore
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 HOSTS = ("h1", "h2", "h3", "c")
@@ -78,7 +84,7 @@ NODES = textwrap.dedent('''
         out["outside"] = exc.strerror
     answer = requests.get(os.environ["JOBS"] + "/api/v0/nodes", timeout=10,
                           headers={"authorization": "Bearer " + os.environ["RAY_AUTH_TOKEN"]})
-    out["nodes"] = sorted(n["node_ip"] for n in answer.json()["data"]["result"]["result"] if n["state"] == "ALIVE")
+    out["nodes"] = {n["node_id"]: n["node_ip"] for n in answer.json()["data"]["result"]["result"] if n["state"] == "ALIVE"}
     print(json.dumps(out))
 ''')
 
@@ -95,4 +101,105 @@ def client_python(cluster: NetCluster, code: str, host: str = "c", **env: str) -
 def test_the_hosts_reach_only_each_other_and_joined_with_their_own_addresses(net_cluster):
     seen = client_python(net_cluster, NODES)
     assert seen["outside"] == "Network is unreachable"  # no route out: nothing was sent
-    assert seen["nodes"] == ["10.213.7.1", "10.213.7.2", "10.213.7.3"]
+    assert sorted(seen["nodes"].values()) == ["10.213.7.1", "10.213.7.2", "10.213.7.3"]
+    net_cluster.node_ips = seen["nodes"]  # node id: address, for the scenarios below
+
+
+WORKING_DIR = {
+    "wdhelper.py": "def twice(x):\n    return 2 * x\n",
+    "wdflows.py": textwrap.dedent("""
+        import time
+        import rayflow as rf
+
+
+        @rf.task(chunk_size=4)
+        def where(x: int) -> list:
+            import ray
+            import wdhelper  # from the uploaded working dir, on whichever host runs the chunk
+
+            time.sleep(0.1)
+            return [wdhelper.twice(x), ray.util.get_node_ip_address()]
+
+
+        @rf.task
+        def summary(pairs: list) -> dict:
+            return {"sum": sum(p[0] for p in pairs), "hosts": sorted({p[1] for p in pairs})}
+
+
+        @rf.flow
+        def spread_wd(n: int = 48) -> dict:
+            return summary(where.map(range(n)))
+
+
+        @rf.task
+        def nap(seconds: float) -> float:
+            time.sleep(seconds)
+            return seconds
+
+
+        @rf.flow
+        def sleepy(seconds: float = 120.0) -> float:
+            return nap(seconds)
+    """),
+}
+
+
+def client_rayflow(cluster: NetCluster, *args: str, host: str = "c", timeout: float = 180) -> subprocess.CompletedProcess:
+    """``rayflow ARGS`` on ``host`` (the client host: its own RAYFLOW_HOME, the cluster's token)."""
+    home = cluster.dir / f"{host}-home"
+    return cluster.bed.run(host, [sys.executable, "-m", "rayflow", *args], timeout=timeout,
+                           env=cluster.env_for(RAYFLOW_HOME=str(home)))
+
+
+def history_state(cluster: NetCluster, run_id: str) -> str | None:
+    return RunStore(cluster.rayflow_home).run_state(run_id)
+
+
+def test_a_flow_submitted_from_the_client_host_runs_its_working_dir_on_every_host(net_cluster, tmp_path):
+    """Scenario 4: submit --working-dir --follow from outside the cluster; show, runs, logs and
+    cancel --address from there too."""
+    for name, text in WORKING_DIR.items():
+        (tmp_path / name).write_text(text)
+    address = net_cluster.job_address
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        long = pool.submit(client_rayflow, net_cluster, "submit", "wdflows.py:sleepy", "--address", address,
+                           "--working-dir", str(tmp_path), "--run-id", "net-long-1")
+        followed = client_rayflow(net_cluster, "submit", "wdflows.py:spread_wd", "--address", address,
+                                  "--working-dir", str(tmp_path), "--run-id", "net-wd-1", "--follow")
+        assert long.result().returncode == 0, long.result().stderr
+    assert followed.returncode == 0, followed.stdout[-3000:] + followed.stderr
+    result = json.loads(followed.stdout.split("result: ", 1)[1].splitlines()[0])
+    assert result["sum"] == sum(2 * x for x in range(48))
+    assert {"10.213.7.2", "10.213.7.3"} & set(result["hosts"])  # chunks ran off the head, importing wdhelper
+    assert "SUCCESS" in followed.stdout and "where" in followed.stdout  # the followed states came back
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        reads = [pool.submit(client_rayflow, net_cluster, *argv, "--address", address)
+                 for argv in (["show", "net-wd-1"], ["runs"], ["logs", "net-wd-1"])]
+        wait_for(lambda: history_state(net_cluster, "net-long-1") == "RUNNING", timeout=60, what="net-long-1 running")
+        cancelled = client_rayflow(net_cluster, "cancel", "net-long-1", "--address", address)
+        shown, listed, logs = (r.result() for r in reads)
+    for out in (shown, listed, logs, cancelled):
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr
+    assert "state: SUCCESS" in shown.stdout and "where" in shown.stdout
+    assert any(line.startswith("net-wd-1") and "SUCCESS" in line for line in listed.stdout.splitlines())
+    assert "state: SUCCESS" in logs.stdout
+    assert cancelled.stdout.strip() == "run net-long-1: job STOPPED"
+    wait_for(lambda: history_state(net_cluster, "net-long-1") == "CANCELLED", timeout=30, what="net-long-1 cancelled")
+
+
+def head_rayflow(cluster: NetCluster, *args: str, **kw) -> subprocess.CompletedProcess:
+    """``rayflow ARGS`` on the head host, as a user logged in there: joins the cluster by its GCS."""
+    return cluster.bed.run(cluster.head, [sys.executable, "-m", "rayflow", *args], env=cluster.env_for(), **kw)
+
+
+def test_a_maps_chunks_run_on_every_host_with_the_result_of_one_host(net_cluster, tmp_path):
+    """Scenario 1: the chunk records' node ids name all three nodes; the result is the local one."""
+    n = 300
+    out = head_rayflow(net_cluster, "run", "net_flows:squares", "-p", f"n={n}", "-p", "delay=0.01",
+                       "--address", net_cluster.gcs, "--run-id", "net-spread-1")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert f"result: {net_flows.expected(n)}" in out.stdout
+    chunks = [c for c in RunStore(net_cluster.rayflow_home).run("net-spread-1")["chunks"] if c["task_key"] == "square"]
+    assert len(chunks) == n // 10 and all(c["counts"] == {"SUCCESS": 10} for c in chunks)
+    ran_on = {net_cluster.node_ips.get(c["node"], c["node"]) for c in chunks}
+    assert ran_on == {"10.213.7.1", "10.213.7.2", "10.213.7.3"}, ran_on

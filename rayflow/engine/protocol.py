@@ -272,6 +272,7 @@ class ChunkSummary:
     items: list[tuple[int, int, int, str | None, str | None, str | None]] = field(default_factory=list)
     ran_again: tuple[Any, Any] | None = None  # a retry: (codes int8, attempts int16) of its ``indices``, no tuple per item
     paused: list[tuple[int, str, Any, float | None]] = field(default_factory=list)  # rf.pause: (item, message, schema, timeout)
+    node: str | None = None  # the Ray node it ran on (set by the runtime; None in process): the chunk record's
 
 
 @dataclass(frozen=True)
