@@ -11,25 +11,29 @@ import time
 import rayflow as rf
 
 
-def _mark(root: str, x: int) -> None:
-    if root:
-        import ray
+def _mark(root: str, x: int) -> str:
+    """This host's address, written down with the item (when ``root`` is given)."""
+    import ray
 
+    here = ray.util.get_node_ip_address()
+    if root:
         with open(pathlib.Path(root) / "items.log", "a") as f:
-            f.write(f"{x} {ray.util.get_node_ip_address()} {os.getpid()}\n")
+            f.write(f"{x} {here} {os.getpid()}\n")
+    return here
 
 
 @rf.task(chunk_size=10, retries=0)
-def square(x: int, root: str = "", delay: float = 0.0) -> int:
-    _mark(root, x)
-    time.sleep(delay)
+def square(x: int, root: str = "", delay: float = 0.0, slow_on: str = "") -> int:
+    """x*x after ``delay`` s, or 2 s on host ``slow_on`` (its chunk still runs when it is cut off)."""
+    here = _mark(root, x)
+    time.sleep(2.0 if here == slow_on else delay)
     return x * x
 
 
 @rf.flow
-def squares(n: int = 300, root: str = "", delay: float = 0.0) -> int:
+def squares(n: int = 300, root: str = "", delay: float = 0.0, slow_on: str = "") -> int:
     """The sum of x*x for x < n, as a map of chunks of 10 items."""
-    return total(square.map(range(n), root=rf.unmapped(root), delay=rf.unmapped(delay)))
+    return total(square.map(range(n), root=rf.unmapped(root), delay=rf.unmapped(delay), slow_on=rf.unmapped(slow_on)))
 
 
 @rf.task

@@ -37,9 +37,10 @@ SWITCH = PREFIX + "sw"
 SUBNET = "10.213.7"  # a /24 private to these tests
 RAY = pathlib.Path(sys.executable).with_name("ray")
 RAY_PORT, JOB_PORT = 6379, 8265  # each host has its own ports: Ray's defaults clash with nothing
-# A lost node is declared dead after period * threshold (+ timeout): ~4 s, not Ray's ~30 s.
-HEALTH_ENV = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
-              "RAY_health_check_timeout_ms": "1000", "RAY_health_check_initial_delay_ms": "1000"}
+# A lost node is declared dead after about threshold * period (+ timeout): ~10 s, not Ray's ~30 s
+# (looser would be slower; tighter declares a busy node dead on a loaded 2-core machine).
+HEALTH_ENV = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5",
+              "RAY_health_check_timeout_ms": "1000", "RAY_health_check_initial_delay_ms": "5000"}
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -146,7 +147,7 @@ class NetCluster:
     every node's (and ``env_for``'s) environment, Ray's token included."""
 
     def __init__(self, bed: NetBed, workers: Sequence[str], *, token: str, env: Mapping[str, str],
-                 num_cpus: int = 1, start_timeout: float = 120.0):
+                 num_cpus: int = 1, start_timeout: float = 180.0):
         self.bed, self.head = bed, bed.names[0]
         self.workers = list(workers)
         self.token, self.num_cpus, self.start_timeout = token, num_cpus, start_timeout
@@ -182,16 +183,23 @@ class NetCluster:
             self.nodes[name] = self.bed.popen(name, command, stdout=log, stderr=subprocess.STDOUT,
                                               env=self.env_for())
 
-    def _wait_started(self, names: Sequence[str]) -> None:
+    def _wait_started(self, names: Sequence[str], tries: int = 3) -> None:
+        """Until each of ``names`` says "Ray runtime started"; a node whose ``ray start`` gave up
+        (Ray waits 30 s for its raylet, which a loaded 2-core machine can take) is started again,
+        ``tries`` times in all."""
         deadline = time.time() + self.start_timeout
-        waiting = list(names)
+        waiting = {name: tries for name in names}
         while waiting:
             for name in list(waiting):
                 text = self._log(name).read_bytes()
                 if b"Ray runtime started" in text:
-                    waiting.remove(name)
-                elif self.nodes[name].poll() is not None or time.time() > deadline:
+                    del waiting[name]
+                elif time.time() > deadline or (self.nodes[name].poll() is not None and waiting[name] <= 1):
                     raise RuntimeError(f"ray start on {name} did not come up: {text.decode(errors='replace')[-2000:]}")
+                elif self.nodes[name].poll() is not None:
+                    waiting[name] -= 1
+                    self.kill(name)
+                    self._launch(name)
             time.sleep(0.2)
 
     def start(self) -> NetCluster:
@@ -219,6 +227,22 @@ class NetCluster:
             process.wait(10)
         except subprocess.TimeoutExpired:
             pass
+
+    def lose(self, name: str) -> None:
+        """Host ``name`` lost: its Ray node's process group and every other process on it (a driver)
+        SIGKILLed."""
+        self.kill(name)
+        kill_inside(self.bed.namespace(name))
+
+    def restart_all(self) -> None:
+        """Every node started again, the head first (workers of a lost head cannot join a new one)."""
+        for name in list(self.nodes):
+            self.kill(name)
+        self._launch(self.head)
+        self._wait_started([self.head])
+        for name in self.workers:
+            self._launch(name)
+        self._wait_started(self.workers)
 
     def restart(self, name: str) -> None:
         """Host ``name``'s node started again (a head: as the head, same address and ports)."""
