@@ -195,7 +195,10 @@ class NetCluster:
                 if b"Ray runtime started" in text:
                     del waiting[name]
                 elif time.time() > deadline or (self.nodes[name].poll() is not None and waiting[name] <= 1):
-                    raise RuntimeError(f"ray start on {name} did not come up: {text.decode(errors='replace')[-2000:]}")
+                    head = "" if name == self.head else (
+                        f"; the head is {'up' if self.alive(self.head) else 'down'}, its log ends: "
+                        + self._log(self.head).read_text(errors="replace")[-1500:])
+                    raise RuntimeError(f"ray start on {name} did not come up: {text.decode(errors='replace')[-2000:]}{head}")
                 elif self.nodes[name].poll() is not None:
                     waiting[name] -= 1
                     self.kill(name)

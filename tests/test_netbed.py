@@ -204,6 +204,37 @@ def test_a_maps_chunks_run_on_every_host_with_the_result_of_one_host(net_cluster
     assert ran_on == {"10.213.7.1", "10.213.7.2", "10.213.7.3"}, ran_on
 
 
+UI_TOKEN = secrets.token_hex(24)
+UI_READ = textwrap.dedent('''
+    import json, os, requests
+    url = "http://" + os.environ["UI"] + "/api/runs"
+    bare = requests.get(url, timeout=10)
+    wrong = requests.get(url, headers={"authorization": "Bearer " + "0" * 48}, timeout=10)
+    given = requests.get(url, headers={"authorization": "Bearer " + os.environ["UI_TOKEN"]}, timeout=10)
+    print(json.dumps({"bare": bare.status_code, "wrong": wrong.status_code, "given": given.status_code,
+                      "runs": [r["run_id"] for r in given.json()] if given.ok else []}))
+''')
+
+
+def test_the_ui_on_the_head_is_reached_from_the_client_only_with_its_token(net_cluster):
+    """Scenario 6: ``rayflow ui`` on the head host, listening on its address with a token; the
+    client host gets 401 without the token and, with it, the runs it submitted (scenario 4)."""
+    ui = net_cluster.bed.popen(net_cluster.head, [sys.executable, "-m", "rayflow", "ui", "--host", net_cluster.head_ip,
+                                                  "--port", "4200"],
+                               env=net_cluster.env_for(RAYFLOW_UI_TOKEN=UI_TOKEN), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        probe = f"import socket; socket.create_connection(('{net_cluster.head_ip}', 4200), timeout=1); print('{{}}')"
+        wait_for(lambda: net_cluster.bed.run("c", [sys.executable, "-c", probe], timeout=30).returncode == 0,
+                 timeout=60, what="the UI listening on the head's address")
+        seen = client_python(net_cluster, UI_READ, UI=f"{net_cluster.head_ip}:4200", UI_TOKEN=UI_TOKEN)
+    finally:
+        os.killpg(ui.pid, signal.SIGKILL)
+        ui.wait(10)
+    assert (seen["bare"], seen["wrong"], seen["given"]) == (401, 401, 200), seen
+    assert {"net-wd-1", "net-spread-1"} <= set(seen["runs"]), seen["runs"]  # submitted from the client; run on the head
+
+
 def ran(root: pathlib.Path) -> dict[int, list[str]]:
     """Per item, the addresses of the hosts it started on (net_flows' items.log), in order."""
     runs: dict[int, list[str]] = {}
