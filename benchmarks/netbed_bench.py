@@ -39,6 +39,10 @@ def affine(x: int) -> int:
     return 2 * x + 1
 
 
+def total(xs: list) -> int:
+    return sum(xs)
+
+
 def inner(args: argparse.Namespace) -> None:
     """The timing driver, on the head host: joins the cluster, times each contestant."""
     import ray
@@ -48,7 +52,7 @@ def inner(args: argparse.Namespace) -> None:
 
     ray.init(address=args.address, logging_level="error")
     cpus = int(ray.cluster_resources().get("CPU", 0))
-    t_affine, t_total = rf.task(affine), rf.task(lambda xs: sum(xs), name="total")
+    t_affine, t_total = rf.task(affine), rf.task(total)
     data = list(range(args.n))
     run_ids: list[str] = []
 
