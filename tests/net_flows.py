@@ -22,11 +22,16 @@ def _mark(root: str, x: int) -> str:
     return here
 
 
-@rf.task(chunk_size=10, retries=0)
+@rf.task(chunk_size=10, retries=0, tags={"netdb"})  # no limit named netdb: no limit, until a test sets one
 def square(x: int, root: str = "", delay: float = 0.0, slow_on: str = "") -> int:
-    """x*x after ``delay`` s, or 2 s on host ``slow_on`` (its chunk still runs when it is cut off)."""
+    """x*x after ``delay`` s, or 2 s on host ``slow_on`` (its chunk still runs when it is cut off);
+    ROOT/spans.log gets ``<item> <start> <end>``."""
+    started = time.time()
     here = _mark(root, x)
     time.sleep(2.0 if here == slow_on else delay)
+    if root:
+        with open(pathlib.Path(root) / "spans.log", "a") as f:
+            f.write(f"{x} {started} {time.time()}\n")
     return x * x
 
 

@@ -235,6 +235,46 @@ def test_the_ui_on_the_head_is_reached_from_the_client_only_with_its_token(net_c
     assert {"net-wd-1", "net-spread-1"} <= set(seen["runs"]), seen["runs"]  # submitted from the client; run on the head
 
 
+def limit(cluster: NetCluster, *args: str) -> subprocess.CompletedProcess:
+    out = head_rayflow(cluster, "limit", *args)
+    assert out.returncode == 0, out.stderr
+    return out
+
+
+def in_use(cluster: NetCluster, name: str) -> int:
+    return next(row["in_use"] for row in json.loads(limit(cluster, "ls", "--json").stdout) if row["name"] == name)
+
+
+def most_at_once(spans: list[tuple[float, float]]) -> int:
+    """The most of ``spans`` (start, end) open at one time."""
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])  # an end first at a tie
+    open_now = most = 0
+    for _, step in events:
+        open_now += step
+        most = max(most, open_now)
+    return most
+
+
+def test_a_tag_limit_holds_across_hosts_and_runs(net_cluster, tmp_path):
+    """Scenario 5: limit netdb 2 (square's tag) on 3 one-CPU hosts; two runs at once, chunks of
+    their maps on more than one host: never more than 2 items at once; every slot back at the end."""
+    limit(net_cluster, "set", "netdb", "2")
+    try:
+        drivers = [run_on_head(net_cluster, tmp_path, f"net-tag-{i}", n=40, delay=0.05) for i in (1, 2)]
+        outs = [driver.communicate(timeout=180)[0] for driver in drivers]
+        assert [d.returncode for d in drivers] == [0, 0], outs
+        assert all(f"result: {net_flows.expected(40)}" in out for out in outs)
+        lines = (tmp_path / "spans.log").read_text().splitlines()
+        spans = [(float(start), float(end)) for _, start, end in map(str.split, lines)]
+        assert len(spans) == 80 and most_at_once(spans) <= 2  # a chunk runs its items one by one
+        store = RunStore(net_cluster.rayflow_home)
+        nodes = {c["node"] for i in (1, 2) for c in store.run(f"net-tag-{i}")["chunks"] if c["task_key"] == "square"}
+        assert len(nodes) >= 2  # the limit held across hosts, not on one
+        assert in_use(net_cluster, "netdb") == 0
+    finally:
+        limit(net_cluster, "rm", "netdb")
+
+
 def ran(root: pathlib.Path) -> dict[int, list[str]]:
     """Per item, the addresses of the hosts it started on (net_flows' items.log), in order."""
     runs: dict[int, list[str]] = {}
@@ -289,8 +329,14 @@ def check_only_lost_chunks_ran_again(cluster: NetCluster, root: pathlib.Path, ru
 
 
 def test_a_worker_host_killed_mid_map_loses_only_its_chunks(net_cluster, tmp_path):
-    """Scenario 2a: every Ray process of host h3 SIGKILLed mid-map (its process group)."""
-    took = lose_a_host_mid_map(net_cluster, tmp_path, "net-lost-1", "h3", lambda: net_cluster.kill("h3"))
+    """Scenario 2a (and 5's second half): every Ray process of host h3 SIGKILLed mid-map (its process
+    group) while the map's tag has a limit of 2 slots."""
+    limit(net_cluster, "set", "netdb", "2")  # square's tag: the lost chunk's slot must come back
+    try:
+        took = lose_a_host_mid_map(net_cluster, tmp_path, "net-lost-1", "h3", lambda: net_cluster.kill("h3"))
+        assert in_use(net_cluster, "netdb") == 0  # the slot the lost chunk held is back; the limit kept
+    finally:
+        limit(net_cluster, "rm", "netdb")
     lost = check_only_lost_chunks_ran_again(net_cluster, tmp_path, "net-lost-1", "h3")
     assert lost  # its chunk in flight was lost, and run again elsewhere
     print(f"\nh3 killed: the run ended {took:.1f}s later; lost chunks: {[(c['start'], c['stop'], c['error']) for c in lost]}")
