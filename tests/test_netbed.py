@@ -1,8 +1,9 @@
 """A cluster of test hosts on a network of their own (netbed.py): Linux network namespaces h1
 (the Ray head), h2 and h3 (workers), 1 CPU each, and c, a client host outside the cluster.
 
-One cluster for the module; the scenarios share it, the ones that lose a host last (each
-starts again what it killed).  The hosts share this machine's file system: RAYFLOW_HOME (the
+One cluster for the module; the scenarios share it, the ones that lose a host last: a worker
+host lost stays lost (the next scenario needs the head and one worker), and the last one, the
+head host lost, starts every node again.  The hosts share this machine's file system: RAYFLOW_HOME (the
 history and the result store) is one folder every host reaches, as a real cluster's shared
 result store would be.  Drivers run on the head host (``ip netns exec rft-h1 rayflow run``),
 as a user logged in there would; submits and reads come from the client host.
@@ -340,7 +341,7 @@ def test_a_worker_host_killed_mid_map_loses_only_its_chunks(net_cluster, tmp_pat
     lost = check_only_lost_chunks_ran_again(net_cluster, tmp_path, "net-lost-1", "h3")
     assert lost  # its chunk in flight was lost, and run again elsewhere
     print(f"\nh3 killed: the run ended {took:.1f}s later; lost chunks: {[(c['start'], c['stop'], c['error']) for c in lost]}")
-    net_cluster.restart("h3")
+    # h3 stays down: the scenarios after this one need h1 and h2 only, and the last starts all again
 
 
 # The cut's length: past the ~10 s in which the tuned health checks (netbed.HEALTH_ENV) declare the
@@ -364,7 +365,7 @@ def test_a_worker_host_cut_off_mid_map_loses_only_its_chunks(net_cluster, tmp_pa
     lost = check_only_lost_chunks_ran_again(net_cluster, tmp_path, "net-cut-1", "h2")
     print(f"\nh2 cut off for {CUT_SECONDS:g}s: the run ended {took - CUT_SECONDS:.1f}s after the link came back; "
           f"lost chunks: {[(c['start'], c['stop'], c['error']) for c in lost]}")
-    net_cluster.restart("h2")  # a node declared dead does not come back (its raylet exits): started again
+    # h2, declared dead, is not used again: the last scenario starts every node again
 
 
 def stored_chunks(cluster: NetCluster, run_id: str) -> list[tuple[int, int]]:
