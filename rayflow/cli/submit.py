@@ -21,6 +21,7 @@ import typer
 
 from rayflow.cli.exits import EXIT_CLUSTER, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
 from rayflow.cli.usage import fail as _fail
+from rayflow.exceptions import ClusterConnectionError
 from rayflow.paths import RUN_ID_MAX, check_run_id, new_run_id
 
 FOLLOW_INTERVAL = 0.5
@@ -182,6 +183,8 @@ def submit(
     try:
         done = jobs.submit(client, run_id, command, working_dir=working_dir, pip=pip, env_vars=env_vars,
                            again_once_ended=serve is not None)
+    except ClusterConnectionError:
+        raise  # no job agent up in time: exit 3 by the table, not the user's bad input
     except (RuntimeError, ValueError, OSError) as exc:  # Ray's refusal: a working dir too large, a bad runtime_env
         raise _fail(f"the job server at {address} refused run {run_id}: {_one_line(exc)}", EXIT_USAGE) from None
     what = "server" if serve is not None else "run"
@@ -258,6 +261,8 @@ def query_history(address: str, argv: list[str]) -> str:
     client = _client(address)
     try:
         code, out, err = jobs.query(client, _command(["python", "-m", "rayflow", *argv]))
+    except ClusterConnectionError:
+        raise  # no job agent up in time: exit 3 by the table, its own line
     except (RuntimeError, TimeoutError, OSError) as exc:  # OSError: requests' connection errors
         raise _fail(f"the job server at {address} could not run `rayflow {argv[0]}`: {_one_line(exc)}", EXIT_CLUSTER) from None
     sys.stdout.write(out)
@@ -280,6 +285,8 @@ def resume_job(address: str, run_id: str, working_dir: str | None = None) -> Non
     except LookupError:
         raise _fail(f"run {run_id} was not submitted as a job to {address}: run `rayflow resume {run_id}` "
                     "on the cluster, where its flow's code is", EXIT_FAILED) from None
+    except ClusterConnectionError:
+        raise
     except (RuntimeError, ValueError, OSError) as exc:
         raise _fail(f"the job server at {address} refused to resume run {run_id}: {_one_line(exc)}", EXIT_CLUSTER) from None
     if done.already:

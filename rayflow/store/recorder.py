@@ -142,6 +142,7 @@ class HistoryRecorder(RunObserver):
             summary.finished_at if summary is not None else time.time(),
             str(error) if error is not None else (summary.errors[0][1] if summary.errors else None),
             self.attempt, facts.retried if facts is not None else 0,
+            getattr(summary, "node", None),  # where it ran (a cluster's node id), when known
         )
         with self._lock:
             self._chunks.append(row)

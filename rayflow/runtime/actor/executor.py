@@ -34,7 +34,7 @@ from ray.exceptions import RayError, RayTaskError
 from rayflow.engine.worker.execute import execute
 from rayflow.engine.executor import Completion, QueuedStarts
 from rayflow.engine.plan import TaskSpec
-from rayflow.engine.protocol import AttemptResult, Work, describe_error
+from rayflow.engine.protocol import AttemptResult, ChunkSummary, Work, describe_error
 from rayflow.runtime.actor.resource_waits import ResourceWaits
 from rayflow.telemetry import worker_context
 
@@ -47,7 +47,10 @@ def _execute_remote(payload: bytes, work: Work, notifier: Any, run_id: str, *val
         notifier.attempt_started.remote(run_id, work.work_id, time.time())
         started = lambda at: notifier.attempt_started.remote(run_id, work.work_id, at)  # noqa: E731 - rf.Loop's iterations
     with worker_context(work.trace):  # the user's own spans nest under this work's span
-        return execute(payload, work, *values, started=started)
+        value, report = execute(payload, work, *values, started=started)
+    if isinstance(report, ChunkSummary):  # a chunk's record says which node ran it
+        report.node = ray.get_runtime_context().get_node_id()
+    return value, report
 
 
 _remote_execute = ray.remote(num_returns=2, max_retries=0, retry_exceptions=False)(_execute_remote)

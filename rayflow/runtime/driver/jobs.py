@@ -5,6 +5,9 @@ the first job instead of starting a second run.  The job server (the head's dash
 ``ray[default]``) is reached over HTTP at ``http(s)://HEAD:8265``:
 
 - no server there: a bounded wait, then ClusterConnectionError naming the address;
+- a server whose head has no job agent up yet (a head started seconds ago answers a submit
+  with 500 "No available agent to submit job"): each submit is retried until the same wait
+  has passed, then ClusterConnectionError;
 - a server that asks for Ray's token (401/403): the token is found the way Ray finds it
   (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token) and sent, whatever RAY_AUTH_MODE
   says here; missing or rejected, a ClusterAuthenticationError says how to give it.
@@ -103,10 +106,42 @@ def _probe(address: str, headers: dict[str, str], wait: float) -> int:
             time.sleep(0.5)
 
 
+def _connect_wait() -> float:
+    return float(os.environ.get("RAYFLOW_CONNECT_TIMEOUT", CONNECT_WAIT))
+
+
+# What a job server answers a submit with while its head's job agent is not up (or not yet
+# listening): Ray's own "try again later", or its traceback of the agent it could not reach.
+AGENT_NOT_UP = ("No available agent", "Failed to get head node agent", "Cannot connect to host", "ClientConnectorError")
+
+
+def submit_job(client: Any, **job: Any) -> Any:
+    """``client.submit_job(**job)``, retried while the head's job agent is not up, for up to
+    RAYFLOW_CONNECT_TIMEOUT seconds: then ClusterConnectionError (the cluster is not ready),
+    never the user's bad input.  Any other refusal is raised as Ray raised it."""
+    wait = _connect_wait()
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as exc:
+            if "status code 500" not in str(exc) or not any(text in str(exc) for text in AGENT_NOT_UP):
+                raise
+            if time.monotonic() >= deadline:
+                address = getattr(client, "_address", "the cluster")
+                raise ClusterConnectionError(
+                    f"the Ray job server at {address} had no job agent to run the job after {wait:g}s "
+                    "(\"No available agent to submit job\"): the head node is still starting or its dashboard "
+                    "agent is down; try again, or wait longer with RAYFLOW_CONNECT_TIMEOUT",
+                    address=address,
+                ) from None
+            time.sleep(0.5)
+
+
 def connect(address: str, wait: float | None = None) -> Any:
     """A JobSubmissionClient for the job server at ``address``, with Ray's token when it asks."""
     if wait is None:
-        wait = float(os.environ.get("RAYFLOW_CONNECT_TIMEOUT", CONNECT_WAIT))
+        wait = _connect_wait()
     try:
         from ray.job_submission import JobSubmissionClient
     except ImportError:  # pragma: no cover - ray without [default]
@@ -179,8 +214,8 @@ def submit(client: Any, run_id: str, entrypoint: str, *, working_dir: str | None
     for noisy in ("ray._private.runtime_env.packaging", "ray.dashboard.modules.dashboard_sdk"):
         logging.getLogger(noisy).setLevel(logging.ERROR)  # a refused upload is one line, below
     try:
-        client.submit_job(entrypoint=entrypoint, submission_id=sid, runtime_env=runtime_env,
-                          metadata={"rayflow_run_id": run_id})
+        submit_job(client, entrypoint=entrypoint, submission_id=sid, runtime_env=runtime_env,
+                   metadata={"rayflow_run_id": run_id})
     except RuntimeError as exc:
         if "already exists" in str(exc):  # submitted meanwhile by another submit of this run id
             return Submitted(sid, True, job_status(client, sid) or "PENDING")
@@ -209,8 +244,8 @@ def resubmit(client: Any, run_id: str, entrypoint: str, working_dir: str | None 
     if working_dir is not None:
         runtime_env["working_dir"] = working_dir
     _delete(client, sid, ended=0.0)
-    client.submit_job(entrypoint=entrypoint, submission_id=sid, runtime_env=runtime_env,
-                      metadata={"rayflow_run_id": run_id, "rayflow_resumed": "1"})
+    submit_job(client, entrypoint=entrypoint, submission_id=sid, runtime_env=runtime_env,
+               metadata={"rayflow_run_id": run_id, "rayflow_resumed": "1"})
     return Submitted(sid, False, "PENDING")
 
 
@@ -242,7 +277,7 @@ def query(client: Any, command: str, wait: float = QUERY_WAIT) -> tuple[int, str
     )
     ended = time.monotonic()
     try:
-        client.submit_job(entrypoint=script, submission_id=sid, metadata={"rayflow_query": "1"})
+        submit_job(client, entrypoint=script, submission_id=sid, metadata={"rayflow_query": "1"})
         deadline = time.monotonic() + wait
         while (status := job_status(client, sid) or "FAILED") not in TERMINAL:
             if time.monotonic() >= deadline:
