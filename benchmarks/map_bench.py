@@ -25,7 +25,10 @@ Contestants:
   ``LocalCluster(n_workers=CPUs, threads_per_worker=1, processes=True)`` started once (skipped,
   with a line saying why, if dask is not installed: ``pip install -e '.[bench]'``);
 - mp: ``multiprocessing.Pool(CPUs).map(f, items, chunksize=ceil(N / 32))``
-  then ``sum`` (started once, before Ray).
+  then ``sum`` (started once, before Ray);
+- Ray Data, the Ray-native peer, at N = 1e6 of case 1 only (its start-up is seconds of the
+  small cases): ``Dataset.map`` over the same items ("rdata map") and ``map_batches`` of f
+  vectorised over numpy batches ("rdata mb"), each summed from ``iter_batches`` (its best form).
 The peers are built in bench_peers.py.
 
 Ratios are taken against the *best* (fastest) hand-written Ray variant of
@@ -69,7 +72,8 @@ import pyarrow.compute as pc
 import ray
 
 import rayflow as rf
-from bench_peers import Dask, bag_or_none, chunk_size, futures_or_none, mp_map
+from bench_table import print_ray_data, print_table
+from bench_peers import Dask, bag_or_none, chunk_size, futures_or_none, mp_map, ray_data_map, ray_data_map_batches
 
 FUSED_CHUNKS = 32  # the fused hand-written Ray baseline, and the peers' partitions
 
@@ -80,6 +84,10 @@ def affine(x: int) -> int:
 
 def affine_batch(xs: pa.Array) -> pa.Array:
     return pc.add(pc.multiply(xs, 2), 1)
+
+
+def affine_batch_np(xs: np.ndarray) -> np.ndarray:
+    return 2 * xs + 1
 
 
 def busy_1ms(x: int) -> int:
@@ -186,12 +194,16 @@ class Bench:
             "dask_futures_s": _r(best.get("dask_futures")),
             "dask_bag_s": _r(best.get("dask_bag")),
             "mp_s": _r(best.get("mp")),
+            "ray_data_map_s": _r(best.get("ray_data_map")),
+            "ray_data_map_batches_s": _r(best.get("ray_data_map_batches")),
             "best_hand_written": best_hand,
             "ray_s": _r(best.get(best_hand)) if best_hand else None,
             "ratio": ratio(best_hand),
             "ratio_dask_futures": ratio("dask_futures"),
             "ratio_dask_bag": ratio("dask_bag"),
             "ratio_mp": ratio("mp"),
+            "ratio_ray_data_map": ratio("ray_data_map"),
+            "ratio_ray_data_map_batches": ratio("ray_data_map_batches"),
             "items_per_s": round(n / ours) if ours else None,
             "ideal_s": _r(ideal),
             "ratio_to_ideal": round(ours / ideal, 3) if ideal and ours else None,
@@ -206,41 +218,17 @@ def _r(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds, 4)
 
 
-def fmt(seconds: float | None, width: int) -> str:
-    return f"{seconds:>{width}.3f}" if seconds is not None else f"{'-':>{width}}"
-
-
-def fmt_ratio(value: float | None, width: int) -> str:
-    return f"{value:>{width}.2f}" if value is not None else f"{'-':>{width}}"
-
-
-def print_table(rows: list[dict]) -> None:
-    head = (
-        f"{'case':<32} {'N':>9} {'rayflow s':>9} {'Ray lists':>9} {'Ray fused':>9} {'x best':>6}"
-        f" {'dfut s':>7} {'x dfut':>6} {'bag s':>7} {'x bag':>6} {'mp s':>7} {'x mp':>6} {'ideal s':>7} {'x ideal':>7} {'items/s':>10}"
-    )
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        lists = r["ray_lists_s"] if r["ray_lists_s"] is not None else r["ray_naive_s"]
-        print(
-            f"{r['case']:<32} {r['n']:>9} {fmt(r['rayflow_s'], 9)} {fmt(lists, 9)} {fmt(r['ray_fused_s'], 9)}"
-            f" {fmt_ratio(r['ratio'], 6)} {fmt(r['dask_futures_s'], 7)} {fmt_ratio(r['ratio_dask_futures'], 6)}"
-            f" {fmt(r['dask_bag_s'], 7)} {fmt_ratio(r['ratio_dask_bag'], 6)}"
-            f" {fmt(r['mp_s'], 7)} {fmt_ratio(r['ratio_mp'], 6)} {fmt(r['ideal_s'], 7)}"
-            f" {fmt_ratio(r['ratio_to_ideal'], 7)} {(r['items_per_s'] or '-'):>10}"
-        )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-cpus", type=int, default=2, help="Ray CPUs, dask workers and pool processes")
     parser.add_argument("--repeat", type=int, default=3, help="timed repetitions per contestant (min is kept)")
     parser.add_argument("--quick", action="store_true", help="smaller N, for a smoke run")
+    parser.add_argument("--cases", default="1,2,3,4,5,naive", help="which cases to run, by number (default: all)")
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     cpus = args.num_cpus
+    cases = set(args.cases.split(","))
     started = time.perf_counter()
 
     # The pool first: forked before Ray or dask start any thread in this process.
@@ -269,7 +257,7 @@ def main() -> None:
     # these runs while no bigger case (a 1e6-item list, dask's graph of it) has
     # raised the peak already.
     memory = {}
-    for n in [10**5, 10**6] if args.quick else [10**6, 10**7]:
+    for n in ([10**5, 10**6] if args.quick else [10**6, 10**7]) if "5" in cases else []:
 
         @rf.flow(name=f"big_{n}")
         def big_flow():
@@ -284,7 +272,7 @@ def main() -> None:
             "peak_growth_mb": round((after - before) / 1024, 1),
         }
 
-    dask, dask_skipped = Dask.start(cpus)
+    dask, dask_skipped = Dask.start(cpus) if cases & {"1", "4"} else (None, "not in --cases")
     if dask_skipped:
         print(f"peer dask skipped: {dask_skipped}")
 
@@ -308,8 +296,14 @@ def main() -> None:
         return run
 
     sizes = [10**4, 10**5] if args.quick else [10**4, 10**5, 10**6]
-    for n in sizes:
+    for n in sizes if "1" in cases else []:
         data = list(range(n))
+        peers = {}
+        if n == 10**6:
+            peers = {
+                "ray_data_map": ray_data_map(data, affine),
+                "ray_data_map_batches": ray_data_map_batches(np.arange(n, dtype=np.int64), affine_batch_np),
+            }
 
         @rf.flow(name=f"affine_{n}")
         def affine_flow():
@@ -325,11 +319,12 @@ def main() -> None:
                 "dask_futures": futures_or_none(dask, data, fused_affine, FUSED_CHUNKS),
                 "dask_bag": bag_or_none(dask, data, affine, FUSED_CHUNKS),
                 "mp": mp_map(pool, data, affine, FUSED_CHUNKS),
+                **peers,
             },
             expected=n * n,  # sum(2x + 1 for x < n)
         )
 
-    for n in sizes:
+    for n in sizes if "2" in cases else []:
         arr = pa.array(np.arange(n, dtype=np.int64))
 
         @rf.flow(name=f"batch_{n}")
@@ -356,59 +351,62 @@ def main() -> None:
             expected=n * n,
         )
 
-    n = 2000 if args.quick else 10**4
-    data = list(range(n))
+    if "3" in cases:
+        n = 2000 if args.quick else 10**4
+        data = list(range(n))
 
-    @rf.flow(name="busy")
-    def busy_flow():
-        return t_total(t_busy.map(data))
+        @rf.flow(name="busy")
+        def busy_flow():
+            return t_total(t_busy.map(data))
 
-    def busy_by_hand() -> int:
-        size = max(1, n // (8 * cpus))
-        return sum(sum(p) for p in ray.get([r_busy.remote(data[i : i + size]) for i in range(0, n, size)]))
+        def busy_by_hand() -> int:
+            size = max(1, n // (8 * cpus))
+            return sum(sum(p) for p in ray.get([r_busy.remote(data[i : i + size]) for i in range(0, n, size)]))
 
-    bench.case(
-        "3 1 ms CPU-bound map",
-        n,
-        {
-            "rayflow": busy_flow,
-            "ray_lists": busy_by_hand,
-            "ray_fused": ray_fused(data, r_fused_busy),
-        },
-        expected=n * (n - 1) // 2,
-        warm=False,
-        ideal=n * 0.001 / cpus,
-    )
+        bench.case(
+            "3 1 ms CPU-bound map",
+            n,
+            {
+                "rayflow": busy_flow,
+                "ray_lists": busy_by_hand,
+                "ray_fused": ray_fused(data, r_fused_busy),
+            },
+            expected=n * (n - 1) // 2,
+            warm=False,
+            ideal=n * 0.001 / cpus,
+        )
 
-    n = 10**5 if args.quick else 10**6
-    data = list(range(n))
+    if "4" in cases:
+        n = 10**5 if args.quick else 10**6
+        data = list(range(n))
 
-    @rf.flow(name="chained")
-    def chained_flow():
-        return t_total(t_affine.map(t_affine.map(data)))
+        @rf.flow(name="chained")
+        def chained_flow():
+            return t_total(t_affine.map(t_affine.map(data)))
 
-    bench.case(
-        "4 two chained maps + sum",
-        n,
-        {
-            "rayflow": chained_flow,
-            "ray_lists": ray_lists(data, 4 * cpus, rounds=2),
-            "ray_fused": ray_fused(data, r_fused_twice),
-            "dask_futures": futures_or_none(dask, data, fused_affine_twice, FUSED_CHUNKS),
-            "dask_bag": bag_or_none(dask, data, affine, FUSED_CHUNKS, maps=2),
-            "mp": mp_map(pool, data, affine, FUSED_CHUNKS, maps=2),
-        },
-        expected=2 * n * n + n,  # sum(4x + 3 for x < n)
-    )
+        bench.case(
+            "4 two chained maps + sum",
+            n,
+            {
+                "rayflow": chained_flow,
+                "ray_lists": ray_lists(data, 4 * cpus, rounds=2),
+                "ray_fused": ray_fused(data, r_fused_twice),
+                "dask_futures": futures_or_none(dask, data, fused_affine_twice, FUSED_CHUNKS),
+                "dask_bag": bag_or_none(dask, data, affine, FUSED_CHUNKS, maps=2),
+                "mp": mp_map(pool, data, affine, FUSED_CHUNKS, maps=2),
+            },
+            expected=2 * n * n + n,  # sum(4x + 3 for x < n)
+        )
 
-    n = 2000 if args.quick else 10**4
-    bench.case(
-        "naive Ray, one task per item",
-        n,
-        {"ray_naive": lambda: sum(ray.get([r_item.remote(i) for i in range(n)]))},
-        expected=n * n,
-        warm=False,
-    )
+    if "naive" in cases:
+        n = 2000 if args.quick else 10**4
+        bench.case(
+            "naive Ray, one task per item",
+            n,
+            {"ray_naive": lambda: sum(ray.get([r_item.remote(i) for i in range(n)]))},
+            expected=n * n,
+            warm=False,
+        )
 
     if dask is not None:
         dask.close()
@@ -422,6 +420,7 @@ def main() -> None:
     )
     bench.rows.sort(key=lambda r: (r["case"], r["n"]))  # case 5 ran first
     print_table(bench.rows)
+    print_ray_data(bench.rows)
     for n, m in memory.items():
         print(f"driver peak RSS after N={n}: {m['driver_peak_rss_mb']} MB (grew {m['peak_growth_mb']} MB)")
     elapsed = time.perf_counter() - started

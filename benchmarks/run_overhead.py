@@ -1,14 +1,16 @@
 """Fixed cost of a run and per-task overhead: rayflow vs hand-written Ray, same session.
 
-    python benchmarks/run_overhead.py [--tasks 1000] [--repeat 5] [--num-cpus 2]
+    python benchmarks/run_overhead.py [--tasks 1000] [--many 10000] [--repeat 5] [--num-cpus 2]
 
 Prints a table, then one JSON object on the last line.
 
 - fixed cost: a one-task flow (Ray already started); "first run" includes
-  creating the driver's FlowRunActor, "warm run" is the median afterwards;
-  compared with one hand-written ``ray.get(f.remote())``.
+  creating the driver's FlowRunActor, "warm run" is the min of the repetitions
+  afterwards; compared with one hand-written ``ray.get(f.remote())`` (min too).
 - per-task overhead: a flow of N trivial independent tasks whose result is
-  the list of their values, against ``ray.get([f.remote(i) for i in ...])``.
+  the list of their values, against ``ray.get([f.remote(i) for i in ...])``,
+  at N = --tasks and N = --many (10,000: is the cost per task flat?), min of
+  the repetitions, each pair run round-robin (rayflow, then Ray, per round).
 - tracing: building the N-node graph from the flow body with a parameter
   value (min of repeats), uncached (a flow with ``cache_graph=False``: the
   body is traced on every call) and cached (the same value again, served
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 
 import ray
@@ -43,6 +44,7 @@ def timed(fn, repeat: int) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=1000)
+    parser.add_argument("--many", type=int, default=10000, help="the larger flow of independent tasks (0: skip)")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--num-cpus", type=int, default=2)
     args = parser.parse_args()
@@ -58,17 +60,31 @@ def main() -> None:
     def one():
         return task(1)
 
-    @rf.flow
-    def many():
-        return [task(i) for i in range(n)]
-
     first = timed(lambda: one(), 1)[0]
-    warm = timed(lambda: one(), max(args.repeat, 5))
-    hand_one = timed(lambda: ray.get(remote_noop.remote(1)), max(args.repeat, 5))
+    warm, hand_one = [], []
+    for _ in range(max(args.repeat, 5)):  # round-robin: both sides see the same load
+        warm += timed(lambda: one(), 1)
+        hand_one += timed(lambda: ray.get(remote_noop.remote(1)), 1)
 
-    assert many() == list(range(n))  # also traces the graph once (cached afterwards)
-    flow_many = timed(lambda: many(), args.repeat)
-    hand_many = timed(lambda: ray.get([remote_noop.remote(i) for i in range(n)]), args.repeat)
+    def flow_of(size: int):
+        @rf.flow(name=f"many_{size}")
+        def many():
+            return [task(i) for i in range(size)]
+
+        assert many() == list(range(size))  # also traces the graph once (cached afterwards)
+        return many
+
+    def pair(size: int, flow=None) -> tuple[list[float], list[float]]:
+        flow = flow or flow_of(size)
+        ours, theirs = [], []
+        for _ in range(args.repeat):
+            ours += timed(lambda: flow(), 1)
+            theirs += timed(lambda: ray.get([remote_noop.remote(i) for i in range(size)]), 1)
+        return ours, theirs
+
+    many = flow_of(n)
+    flow_many, hand_many = pair(n, many)
+    big = pair(args.many) if args.many else None
     from rayflow.engine.plan import compile_plan
 
     @rf.flow
@@ -88,10 +104,10 @@ def main() -> None:
         "num_cpus": args.num_cpus,
         "tasks": n,
         "fixed_cost_first_run_s": round(first, 4),
-        "fixed_cost_warm_run_s": round(statistics.median(warm), 4),
-        "hand_written_one_task_s": round(statistics.median(hand_one), 4),
-        "flow_many_s": round(statistics.median(flow_many), 4),
-        "hand_written_many_s": round(statistics.median(hand_many), 4),
+        "fixed_cost_warm_run_s": round(min(warm), 5),
+        "hand_written_one_task_s": round(min(hand_one), 5),
+        "flow_many_s": round(min(flow_many), 4),
+        "hand_written_many_s": round(min(hand_many), 4),
         "compile_many_s": round(compile_s, 4),
         "trace_many_s": round(min(trace_cold), 5),
         "trace_many_cached_s": round(min(trace_cached), 6),
@@ -100,16 +116,29 @@ def main() -> None:
         (results["flow_many_s"] - results["hand_written_many_s"]) / n * 1000, 4
     )
     results["ratio_many"] = round(results["flow_many_s"] / results["hand_written_many_s"], 2)
+    results["fixed_cost_extra_ms"] = round((results["fixed_cost_warm_run_s"] - results["hand_written_one_task_s"]) * 1000, 2)
+    if big is not None:
+        results["many_big"] = args.many
+        results["flow_many_big_s"] = round(min(big[0]), 4)
+        results["hand_written_many_big_s"] = round(min(big[1]), 4)
+        results["ratio_many_big"] = round(results["flow_many_big_s"] / results["hand_written_many_big_s"], 2)
+        results["ms_per_task"] = round(results["flow_many_s"] / n * 1000, 4)
+        results["ms_per_task_big"] = round(results["flow_many_big_s"] / args.many * 1000, 4)
 
     rows = [
         ("one-task run, first (creates actor)", results["fixed_cost_first_run_s"], None),
-        ("one-task run, warm (median)", results["fixed_cost_warm_run_s"], results["hand_written_one_task_s"]),
-        (f"{n} independent trivial tasks (median)", results["flow_many_s"], results["hand_written_many_s"]),
+        ("one-task run, warm (min)", results["fixed_cost_warm_run_s"], results["hand_written_one_task_s"]),
+        (f"{n} independent trivial tasks (min)", results["flow_many_s"], results["hand_written_many_s"]),
     ]
+    if big is not None:
+        rows.append((f"{args.many} independent trivial tasks (min)", results["flow_many_big_s"], results["hand_written_many_big_s"]))
     print(f"{'work':<40} {'rayflow s':>10} {'ray s':>10} {'ratio':>7}")
     for label, ours, theirs in rows:
         ratio = f"{ours / theirs:.2f}" if theirs else "-"
         print(f"{label:<40} {ours:>10.4f} {(theirs or 0):>10.4f} {ratio:>7}")
+    print(f"min of {max(args.repeat, 5)} (one task) and {args.repeat} (many), round-robin in one Ray session")
+    if big is not None:
+        print(f"rayflow per task: {results['ms_per_task']} ms at {n}, {results['ms_per_task_big']} ms at {args.many}")
     print(f"compile of the {n}-task plan: {compile_s:.4f}s; overhead per task: {results['per_task_overhead_ms']} ms")
     print(
         f"tracing the {n}-node flow body: {results['trace_many_s'] * 1000:.2f} ms uncached, "

@@ -118,6 +118,9 @@ def _run_for(total: int, cpus: int = 2, **options) -> MapRun:
     "total, options, measured, expected",
     [  # measured: (items, seconds) of the largest first-run chunk so far, and whether that is trusted
         (10**6, {}, None, R.FIRST_CHUNK),  # nothing measured yet: the first wave is small
+        (R.SMALL_MAP + 1, {}, None, R.FIRST_CHUNK),  # measured first from SMALL_MAP items on
+        (10**4, {}, None, 5000),  # a small sized map: one chunk per CPU, all at once, unmeasured
+        (3, {}, None, 2),
         (10**6, {"chunk_size": 1000}, (64, 0.064, True), 1000),  # the user's size always wins
         (10**6, {}, (64, 0.064, True), 250),  # 1 ms items: a chunk of TARGET_SECONDS
         (10**6, {}, (200_000, 0.02, True), 125_000),  # fast items: at most total / (4 * cpus)
@@ -158,7 +161,7 @@ def test_chunk_size_of_io_bound_items_is_whole_waves(total, at_once, measured, e
 def test_a_map_of_fractional_cpu_chunks_counts_that_many_more_cpus():
     @rf.flow
     def shared():
-        return double.with_options(num_cpus=0.25).map(range(2000))
+        return double.with_options(num_cpus=0.25).map(range(R.SMALL_MAP + 1))  # measured first: 64-item chunks
 
     harness = Harness(shared.graph, cpus=2)
     harness.launch("double")

@@ -539,7 +539,7 @@ def test_item_cache_with_a_key_function_of_ones_own(home, tmp_path):
     def broken(context, arguments):
         raise RuntimeError("no key today")
 
-    run = on(_items_flow(marker, name="broken", cache_key_fn=broken), "local").run(xs=[1, 2])
+    run = on(_items_flow(marker, name="broken", cache_key_fn=broken, chunk_size=2), "local").run(xs=[1, 2])
     assert run.result() == 5 and count(marker) == 7
     logs = RunStore(home).logs(run.run_id)
     assert [r["message"] for r in logs if r["level"] == "WARNING" and "no key today" in r["message"]] == [

@@ -45,13 +45,22 @@ class ObservedRun:
                 self.recorder.note_trace(self.tracer.trace_id, self.tracer.span_id)
 
     def close(self) -> None:
-        """The run is over: its slots of limits back, then the last of the history written,
-        bounded in time; never raises (a history never fails a run)."""
+        """The run is over: ``finish``, then ``close_history``; never raises."""
+        self.finish()
+        self.close_history()
+
+    def finish(self) -> None:
+        """The run is over: its slots of limits back, its last states' notifications sent
+        (a short, bounded wait: rayflow.notify.sender); never raises."""
         self.orchestrator.gating.release_everything()  # slots of attempts the run did not see end
-        try:  # the notifications of its last states: a short, bounded wait (rayflow.notify.sender)
+        try:
             flush_notifications(self.orchestrator.run_id)
         except Exception:  # noqa: BLE001
             logger.warning("rayflow: flushing the notifications of run %s failed", self.orchestrator.run_id, exc_info=True)
+
+    def close_history(self) -> None:
+        """The last of the history written, bounded in time; never raises (a history never
+        fails a run)."""
         if self.recorder is None:
             return
         try:

@@ -18,7 +18,7 @@ import pathlib
 import socket
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from rayflow.exceptions import DuplicateRunError
@@ -71,6 +71,11 @@ __all__ = [
     "redact_params",
     "refuse_taken_run_id",
 ]
+
+# Called before this process opens the history: each waits for the rows of runs whose end
+# this process was told of before they were written (runtime.driver.history_wait registers
+# one: a Ray run's answer does not wait for its actor's last write).
+BEFORE_OPEN: list[Callable[[], None]] = []
 
 _RESERVED: set[str] = set()  # run ids this process recorded PENDING before their run starts (RunStore.reserve)
 
@@ -143,6 +148,8 @@ class RunStore(Recovery, Queries, ArtifactQueries, TaskQueries):
             migrate(db)
 
     def _connect(self, timeout: float = 10.0) -> sqlite3.Connection:
+        for settle in BEFORE_OPEN:
+            settle()
         db = sqlite3.connect(self.path, timeout=timeout)
         db.row_factory = sqlite3.Row
         use_wal(db, timeout)

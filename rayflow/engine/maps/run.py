@@ -39,6 +39,7 @@ from rayflow.engine.maps.sizer import (
     FIRST_CHUNK,
     MAX_CHUNK,
     MAX_GROWTH,
+    SMALL_MAP,
     TARGET_SECONDS,
     TRUSTED_SECONDS,
     ChunkSizer,
@@ -47,7 +48,7 @@ from rayflow.engine.policy import SPLIT, Loss, after_worker_death, halves
 from rayflow.engine.protocol import ChunkHandle, ChunkJob, MapHandle, Piece
 
 __all__ = [
-    "FIRST_CHUNK", "MAX_CHUNK", "MAX_GROWTH", "MAX_SPLITS", "TARGET_SECONDS", "TRUSTED_SECONDS", "Chunk", "ChunkSizer",
+    "FIRST_CHUNK", "MAX_CHUNK", "MAX_GROWTH", "MAX_SPLITS", "SMALL_MAP", "TARGET_SECONDS", "TRUSTED_SECONDS", "Chunk", "ChunkSizer",
     "MapRun",
 ]
 

@@ -6,6 +6,7 @@ import math
 
 TARGET_SECONDS = 0.25
 FIRST_CHUNK = 64
+SMALL_MAP = 16384  # items: a sized map of at most this many starts with one chunk per CPU, unmeasured
 TRUSTED_SECONDS = 0.01  # a chunk shorter than this measures overheads more than items
 MAX_GROWTH = 256  # a chunk not yet trusted grows at most this much per measurement
 MAX_CHUNK = 1 << 18  # items: bounds the memory a chunk needs (a generator's chunk is built in the driver)
@@ -14,8 +15,10 @@ MAX_CHUNK = 1 << 18  # items: bounds the memory a chunk needs (a generator's chu
 class ChunkSizer:
     """How many items the next chunk of a map gets, from what its chunks measured so far.
 
-    ``chunk_size`` when the user set it; else ``FIRST_CHUNK`` until a first chunk is
-    measured; then enough items for about ``TARGET_SECONDS`` of work at the measured time
+    ``chunk_size`` when the user set it; else, for a map of a known ``total`` of at most
+    ``SMALL_MAP`` items, one chunk per CPU (the whole map in one wave: measuring first would
+    cost a round trip more than the items themselves, for small maps of fast items); else
+    ``FIRST_CHUNK`` until a first chunk is measured; then enough items for about ``TARGET_SECONDS`` of work at the measured time
     per item, but at most ``MAX_GROWTH`` times the largest chunk measured until one ran
     ``TRUSTED_SECONDS`` (a shorter time is mostly fixed overhead, and timer noise), never
     more than a quarter of the items per CPU (every CPU gets work) nor ``MAX_CHUNK``.
@@ -60,7 +63,7 @@ class ChunkSizer:
         waves = self.at_once > 1
         if self.per_item is None:
             if not waves:
-                return FIRST_CHUNK
+                return FIRST_CHUNK if total is None or total > SMALL_MAP else max(1, math.ceil(total / self.cpus))
             return min(self.at_once, math.ceil(total / self.cpus)) if total else self.at_once
         size = max(1, int(TARGET_SECONDS / max(self.per_item, 1e-9)))
         if not self.trusted:  # a short chunk's time is mostly overhead: it overstates per_item,

@@ -3,7 +3,8 @@
 One actor per driver process (``num_cpus=0``, pinned to the driver's node,
 fate-sharing with the driver) hosts every run that driver starts, each in
 its own thread.  Creating it costs a worker process once; after that a run
-costs two actor calls.  The actor is named ``rayflow-driver-<id>`` in the
+costs two actor calls (start_run, waited on, and release, not), and its driver's first read
+of the history, ``ray.shutdown()`` or exit one more (history_written: see ``_drive``).  The actor is named ``rayflow-driver-<id>`` in the
 ``rayflow`` namespace, so any process joined to the cluster can find a live
 run by its id (runtime.driver.actors.find_run) and read its status or cancel it.
 """
@@ -58,6 +59,7 @@ class _Slot:
         self.executor = executor  # told when an attempt with a timeout starts
         self.orchestrator = observed.orchestrator
         self.done = threading.Event()
+        self.written = threading.Event()  # its history is written (or given up), after done
         self.summary: RunSummary | None = None
         self.error: BaseException | None = None
 
@@ -120,15 +122,20 @@ class FlowRunActor:
             slot.error = exc
         finally:
             try:
-                # Slots of limits back, and the history complete, before the driver hears of
-                # the end; close() is bounded in time and gives up (logging what was lost)
-                # on a failing store.
-                slot.observed.close()
+                slot.observed.finish()  # slots of limits back before the driver hears of the end
             finally:
                 slot.done.set()
+            # The answer does not wait for the disk: the last rows are written after it, and the
+            # driver waits for them (history_written) before it reads the history, shuts Ray
+            # down or exits (runtime.driver.history_wait).  close_history() is bounded in time
+            # and gives up (keeping the rows in a file, or logging what was lost) on a failing store.
+            try:
+                slot.observed.close_history()
+            finally:
+                slot.written.set()
 
     def _trim(self) -> None:
-        finished = [k for k, s in self._runs.items() if s.done.is_set()]
+        finished = [k for k, s in self._runs.items() if s.written.is_set()]
         for key in finished[: max(0, len(finished) - KEEP_FINISHED)]:
             del self._runs[key]
 
@@ -146,6 +153,16 @@ class FlowRunActor:
         if slot.error is not None:
             raise slot.error
         return slot.summary
+
+    def history_written(self, run_ids: list[str], timeout: float) -> list[str]:
+        """Wait until the history of each of these ended runs is written; returns those still
+        being written after ``timeout`` seconds (a run not here: nothing to wait for)."""
+        deadline = time.monotonic() + timeout
+        slots = [(run_id, self._runs.get(run_id)) for run_id in run_ids]
+        return [
+            run_id for run_id, slot in slots
+            if slot is not None and not slot.written.wait(max(0.0, deadline - time.monotonic()))
+        ]
 
     def release(self, run_id: str) -> None:
         """The driver holds the value handles now; keep only the states."""

@@ -26,6 +26,7 @@ from rayflow.engine.driver.progress import MapProgress
 from rayflow.exceptions import RunCrashedError, Terminated
 from rayflow.runtime.driver.actors import actor_replied, driver_actor, forget_actor
 from rayflow.runs.assembly import run_graph
+from rayflow.runtime.driver import history_wait
 from rayflow.runtime.driver.cluster import connect
 from rayflow.runtime.driver.resources import check_resources
 from rayflow.store import rayflow_home
@@ -76,6 +77,7 @@ class RayRunner:
             try:
                 actor.cancel_run.remote(run_id)
                 summary = ray.get(actor.wait_run.remote(run_id, grace), timeout=grace + 1)
+                history_wait.noted(actor, run_id)  # written before this process exits
             except BaseException:  # noqa: BLE001 - a second interrupt ends the wait, not the record below
                 pass
             finally:
@@ -88,6 +90,7 @@ class RayRunner:
             forget_actor(actor)
             raise _crashed(plan, run_id, home, exc) from None
         actor_replied()
+        history_wait.noted(actor, run_id)  # its last rows may still be on their way to the disk
         progress.close()
         if feeder is not None:
             feeder.join(5)
