@@ -4,8 +4,7 @@
    during a 10^5-item map and during plain tasks with retries: the result is an uninterrupted
    run's, and the system retries show in the history.
 5. Object store pressure: a Ray of its own with a 100 MB object store, a flow making 400 MB of
-   intermediate results: it completes by spilling, and the driver's memory stays bounded.  Its
-   driver starts as the module starts and runs beside the other cases; its test comes last.
+   intermediate results: it completes by spilling, and the driver's memory stays bounded.
 8. Concurrency: 20 runs from 20 threads of one driver, and 3 driver processes x 5 runs on one
    ``ray start`` cluster sharing one RAYFLOW_HOME: every result right, every run's history and
    logs its own.
@@ -25,13 +24,13 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-import early
 import numpy as np
 import pytest
 from ray_cluster import clean_env
@@ -259,6 +258,38 @@ ray.shutdown()
 """
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_flow_with_four_times_the_object_store_in_flight_completes_by_spilling(tmp_path):
+    """A Ray of its own (100 MB object store) in a driver process of its own, in its own
+    process group, killed whatever happens; the driver prints what it measured."""
+    script = tmp_path / "driver.py"
+    script.write_text(PRESSURE_DRIVER)
+    temp_dir = tempfile.mkdtemp(prefix="rf-spill-", dir="/tmp")  # short: Ray's socket paths
+    env = {**os.environ, "RAYFLOW_HOME": str(tmp_path / "home")}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([sys.executable, str(script), temp_dir], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    expected = concurrent.futures.ThreadPoolExecutor(1).submit(fold_calc, BLOBS)  # 2 s of CPU, while the driver spills
+    try:
+        stdout, stderr = proc.communicate(timeout=240)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # its Ray: every process ray.init started is in the group
+        except ProcessLookupError:
+            pass
+        proc.wait(10)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert proc.returncode == 0, stderr[-3000:]
+    measured = json.loads(stdout.strip().splitlines()[-1])
+    print("object store pressure:", {k: v for k, v in measured.items() if k != "result"})
+    assert measured["state"] == "SUCCESS"
+    assert measured["result"] == expected.result()
+    assert measured["spilled_mb"] >= 100, measured  # more than the store holds went to disk
+    # The driver holds the final result only, never the 400 MB: its peak grows far less than that.
+    assert measured["peak_mb"] - measured["baseline_peak_mb"] < 100, measured
+
+
 # -- 8. concurrency ------------------------------------------------------------------------------
 
 
@@ -387,49 +418,3 @@ def test_three_drivers_of_five_runs_on_one_cluster_share_a_history_without_cross
             seen.append(run_id)
     assert len(set(seen)) == 15
     assert sorted(r["run_id"] for r in store.runs(limit=100)) == sorted(seen)
-
-
-SPILL_TEST = "test_a_flow_with_four_times_the_object_store_in_flight_completes_by_spilling"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def spilling_driver(request, tmp_path_factory):
-    """The spilling test's driver, started as this module starts when that test is to run: a Ray
-    of its own (100 MB object store) in a driver process of its own, in its own process group,
-    ~30 s mostly waiting on its spill files, beside the module's other tests (the test comes
-    last and reads what it printed); killed whatever happens.  Yields (process, the oracle)."""
-    if not early.selected(request, SPILL_TEST):
-        yield None
-        return
-    folder = tmp_path_factory.mktemp("spill")
-    script = folder / "driver.py"
-    script.write_text(PRESSURE_DRIVER)
-    temp_dir = tempfile.mkdtemp(prefix="rf-spill-", dir="/tmp")  # short: Ray's socket paths
-    env = {**os.environ, "RAYFLOW_HOME": str(folder / "home")}
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen([sys.executable, str(script), temp_dir], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    oracle = concurrent.futures.ThreadPoolExecutor(1)
-    expected = oracle.submit(fold_calc, BLOBS)  # 2 s of CPU, while the driver spills
-    try:
-        yield proc, expected
-    finally:
-        early.kill_group(proc)  # its Ray: every process ray.init started is in the group
-        oracle.shutdown(wait=True)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_a_flow_with_four_times_the_object_store_in_flight_completes_by_spilling(spilling_driver):
-    """The driver ``spilling_driver`` started as the module started prints what it measured."""
-    proc, expected = spilling_driver
-    stdout, stderr = proc.communicate(timeout=240)  # its group is killed as the module ends
-    assert proc.returncode == 0, stderr[-3000:]
-    measured = json.loads(stdout.strip().splitlines()[-1])
-    print("object store pressure:", {k: v for k, v in measured.items() if k != "result"})
-    assert measured["state"] == "SUCCESS"
-    assert measured["result"] == expected.result()
-    assert measured["spilled_mb"] >= 100, measured  # more than the store holds went to disk
-    # The driver holds the final result only, never the 400 MB: its peak grows far less than that.
-    assert measured["peak_mb"] - measured["baseline_peak_mb"] < 100, measured

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 
-import early
 import pytest
 from cli_runner import REPO, run_cli_in_process
 
@@ -165,31 +165,23 @@ def _memory() -> tuple[int, int]:
     return info["MemTotal"], info["MemTotal"] - info["MemAvailable"]
 
 
-OOM_TEST = "test_an_item_that_exhausts_memory_is_killed_and_fails_alone_and_named"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def hog_driver(request, tmp_path_factory):
-    """The out-of-memory test's driver, started as this module starts when that test is to run
-    (tens of seconds of a Ray of its own, mostly waiting on its memory monitor and on its workers'
-    restarts, beside the module's other tests; the test comes last and reads what it printed).
-
-    Ray's memory monitor is set to kill a worker once the node uses a few GiB more than it does
-    now (headroom for other processes on the machine); item 2 of 4 grows until it is killed."""
-    if not early.selected(request, OOM_TEST):
-        yield None
-        return
-    folder = tmp_path_factory.mktemp("hog")
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_an_item_that_exhausts_memory_is_killed_and_fails_alone_and_named(tmp_path):
+    """Ray's memory monitor is set to kill a worker once the node uses a few GiB more than it does
+    now (headroom for other processes on the machine); item 2 of 4 grows until it is killed.  Each
+    kill costs the node its workers, restarted in seconds, so the map is small: 2 works die (its
+    chunk of two, then item 2 alone, after the halving that clears item 3)."""
     total_bytes, used = _memory()
     headroom = min(4 << 30, (total_bytes - used) // 4)
     env = {
         **os.environ,
         "RAY_memory_usage_threshold": f"{(used + headroom) / total_bytes:.4f}",
         "RAY_memory_monitor_refresh_ms": "100",
-        "RAYFLOW_HOME": str(folder),
+        "RAYFLOW_HOME": str(tmp_path),
     }
     env.pop("RAY_ADDRESS", None)
-    script = folder / "hog.py"
+    script = tmp_path / "hog.py"
     script.write_text(OOM_SCRIPT)
     limit = 2 * headroom  # never reached when the monitor works: the item would return -1
     proc = subprocess.Popen(
@@ -197,18 +189,12 @@ def hog_driver(request, tmp_path_factory):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,  # its Ray is in its group
     )
     try:
-        yield proc
+        out, err = proc.communicate(timeout=360)
     finally:
-        early.kill_group(proc)
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(400)
-def test_an_item_that_exhausts_memory_is_killed_and_fails_alone_and_named(hog_driver):
-    """Each kill costs the node its workers, restarted in seconds, so the map is small: 2 works
-    die (its chunk of two, then item 2 alone, after the halving that clears item 3)."""
-    out, err = hog_driver.communicate(timeout=360)  # its group is killed as the module ends
-    assert hog_driver.returncode == 0, err[-4000:]
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 0, err[-4000:]
     result = json.loads(out.strip().splitlines()[-1])
     failed = {i: (state, message) for i, (state, message) in enumerate(result["items"]) if state != "SUCCESS"}
     assert list(failed) == [2], result["items"]
