@@ -7,10 +7,10 @@ import pathlib
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 
-import early
 import pytest
 from flows import long_flow, sleeper, timed_sleep
 from cli_runner import run_cli_in_process
@@ -168,7 +168,8 @@ def test_cancelling_an_unknown_run_exits_1(ray_session):
     assert out.returncode == 1 and "never-ran" in out.stderr
 
 
-def _interrupt(proc: subprocess.Popen, pid_dir: pathlib.Path) -> tuple[subprocess.CompletedProcess, dict[str, int]]:
+def _interrupt(cmd: list[str], pid_dir: pathlib.Path) -> tuple[subprocess.CompletedProcess, dict[str, int]]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         pids = wait_for_files(pid_dir, ["a", "b"])
         proc.send_signal(signal.SIGINT)
@@ -176,56 +177,33 @@ def _interrupt(proc: subprocess.Popen, pid_dir: pathlib.Path) -> tuple[subproces
     finally:
         if proc.poll() is None:
             proc.kill()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), pids
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr), pids
 
 
-INTERRUPTED_IN_PYTHON = """
-import sys; sys.path.insert(0, "tests")
-import flows, rayflow as rf
-from rayflow.runtime import connect
-connect({address!r})  # joined while the test before runs; the run starts once its pid_dir comes on stdin
-pid_dir = sys.stdin.readline().strip()
-try:
-    flows.long_flow.with_options(address={address!r}, run_id="py-interrupt").run(pid_dir=pid_dir)
-except KeyboardInterrupt:
-    from rayflow.runtime import find_run
-    _, summary = find_run("py-interrupt")
-    print("interrupted", summary.state.type.value, sorted({{s.type.value for s in summary.task_states.values()}}))
-    raise
-"""
-
-
-@pytest.fixture(scope="module")
-def python_driver(request, ray_session):
-    """The driver process of test_ctrl_c_in_flow_run_cancels_and_propagates, started with the
-    test before it (its start-up and joining the cluster, seconds, beside that test's `rayflow
-    run`): it runs the flow once the test gives it its pid_dir (both runs at once would share
-    the session's 2 CPUs, each waiting for a task the other holds)."""
-    if not early.selected(request, "test_ctrl_c_in_flow_run_cancels_and_propagates"):
-        yield None
-        return
-    proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED_IN_PYTHON.format(address=ray_session)], cwd=REPO,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    yield proc
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(10)
-
-
-def test_ctrl_c_on_rayflow_run_cancels_the_run(tmp_path, ray_session, python_driver):
+def test_ctrl_c_on_rayflow_run_cancels_the_run(tmp_path, ray_session):
     cmd = [sys.executable, "-m", "rayflow", "run", "tests/flows.py:long_flow", "-p", f"pid_dir={tmp_path}", "--address", ray_session]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    out, pids = _interrupt(proc, tmp_path)
+    out, pids = _interrupt(cmd, tmp_path)
     assert out.returncode == 130, out.stdout + out.stderr[-3000:]
     assert "was cancelled" in out.stderr and "Traceback" not in out.stderr
     assert "sleeper\tCANCELLED" in out.stdout and "state: CANCELLED" in out.stdout
     assert_all_gone(pids)
 
 
-def test_ctrl_c_in_flow_run_cancels_and_propagates(tmp_path, python_driver):
-    python_driver.stdin.write(f"{tmp_path}\n")
-    python_driver.stdin.flush()
-    out, pids = _interrupt(python_driver, tmp_path)
+def test_ctrl_c_in_flow_run_cancels_and_propagates(tmp_path, ray_session):
+    script = textwrap.dedent(
+        f"""
+        import sys; sys.path.insert(0, "tests")
+        import flows, rayflow as rf
+        try:
+            flows.long_flow.with_options(address={ray_session!r}, run_id="py-interrupt").run(pid_dir={str(tmp_path)!r})
+        except KeyboardInterrupt:
+            from rayflow.runtime import find_run
+            _, summary = find_run("py-interrupt")
+            print("interrupted", summary.state.type.value, sorted({{s.type.value for s in summary.task_states.values()}}))
+            raise
+        """
+    )
+    out, pids = _interrupt([sys.executable, "-c", script], tmp_path)
     assert out.returncode != 0
     assert "interrupted CANCELLED ['CANCELLED']" in out.stdout, out.stdout + out.stderr[-3000:]
     assert "KeyboardInterrupt" in out.stderr
