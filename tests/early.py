@@ -1,11 +1,11 @@
-"""Start a slow test's own process when its module starts, so that it runs beside the module's
-other tests instead of after them (suite time, issue 23).
+"""Start a test's slow processes with the test before it in its module, so that their start-up
+runs beside that test instead of after it (suite time, issue 23).
 
-A test that spends tens of seconds in a process of its own (its own Ray, a spilling or
-out-of-memory driver) mostly waits: ``early_process`` starts that process from a module-scoped
-autouse fixture, only when the test that reads it was selected (``-k``, ``-m`` and the tiers
-never pay for a process nobody reads), and the test then reads what it printed, with the same
-assertions as when it started the process itself.
+Only where the started processes mostly wait (a Ray head coming up: seconds of waiting on its
+daemons) and load nothing the test beside them uses: drivers that spill hundreds of MB or fill
+memory until the OOM killer comes, started beside Ray tests, slowed those tests by more than
+they saved (measured: see the commit that backed that out).  ``selected`` keeps ``-k``, ``-m``
+and the tiers from paying for a process no selected test reads.
 """
 
 from __future__ import annotations
