@@ -10,10 +10,6 @@ and the tiers from paying for a process no selected test reads.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-
 import pytest
 
 
@@ -22,15 +18,3 @@ def selected(request: pytest.FixtureRequest, *test_names: str) -> bool:
     is to run in this session."""
     module = request.node.path
     return any(item.originalname in test_names and item.path == module for item in request.session.items)
-
-
-def kill_group(proc: subprocess.Popen) -> None:
-    """Kill ``proc``'s process group (started with ``start_new_session=True``: its Ray with it) and reap it."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.communicate(timeout=10)
-    except (ValueError, subprocess.TimeoutExpired):  # its pipes were read already, or it will not die
-        proc.wait(10)
