@@ -24,6 +24,7 @@ import subprocess
 import sys
 import traceback
 
+import early
 import pytest
 from cli_runner import run_cli, run_cli_in_process
 from otlp_sink import HttpSink
@@ -73,7 +74,7 @@ def span_texts(spans: list[dict]) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_secret_parameters_and_task_inputs_appear_nowhere(ray_session, tmp_path, monkeypatch):
+def test_secret_parameters_and_task_inputs_appear_nowhere(ray_session, tmp_path, monkeypatch, local_heads):
     home = tmp_path / "home"
     sink = HttpSink()
     env = {"RAYFLOW_HOME": str(home), "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint, "RAY_ADDRESS": ""}
@@ -196,10 +197,14 @@ def ray_env(**extra: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def local_heads():
+def local_heads(request):
     """The local Rays the two tests below start through rayflow's ``connect()``, started at once:
     ``default`` as a user gets it, ending once up; ``disabled`` (no token authentication) up until
-    its stdin ends."""
+    its stdin ends.  Where one of the two is to run, they start with the test before them, beside it."""
+    if not early.selected(request, "test_a_ray_rayflow_starts_has_no_dashboard_and_keeps_token_authentication",
+                          "test_a_cluster_without_token_authentication_beyond_loopback_warns_once"):
+        yield {}
+        return
     heads = {
         "default": python(START_LOCAL + "ray.shutdown()\n", ray_env()),
         "disabled": python(START_LOCAL + "import sys; sys.stdin.read(); ray.shutdown()\n", ray_env(RAY_AUTH_MODE="disabled")),
