@@ -274,7 +274,7 @@ class ChunkSummary:
     ran_again: tuple[Any, Any] | None = None  # a retry: (codes int8, attempts int16) of its ``indices``, no tuple per item
     paused: list[tuple[int, str, Any, float | None]] = field(default_factory=list)  # rf.pause: (item, message, schema, timeout)
     loops: dict[int, bytes] | None = None  # items that stopped mid-loop: item -> where its retry resumes (ChunkJob.looped)
-    node: str | None = None  # the Ray node it ran on (set by the runtime; None in process): the chunk record's
+    node: str | None = None  # the Ray node it ran on (set by the runtime; None in process): the chunk record's node
 
 
 @dataclass(frozen=True)
