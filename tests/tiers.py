@@ -7,7 +7,8 @@
   workers, out-of-memory kills, signals.
 
 ``quick`` is added to the unit and ray tests: ``pytest -m quick`` is the development tier.
-Tests run in tier order (unit, ray, cli, cluster), each tier in the order collected.
+Tests run in tier order (unit, ray, cli, cluster), each tier in the order collected; on pytest-xdist's
+workers (the full suite: ``-n 2 --dist loadfile``) in ``XDIST_ORDER``, files whole.
 The tier comes from the test's fixtures and from the names its code (its body, the fixtures and
 the helper functions of tests/ it calls) refers to; a tier marker written on a test or its module
 wins.  A test marked ``unit`` that spawns a process or starts Ray fails, naming the tier it
@@ -25,6 +26,10 @@ from collections.abc import Iterator
 import pytest
 
 TIERS = ("unit", "ray", "cli", "cluster")  # each above the one before: a test takes the highest it uses
+# The order under pytest-xdist (each worker a process and a session Ray of its own; a file goes to
+# one worker whole, handed out in this order): unit first still, then the longest files first, so
+# the two workers end together rather than one waiting on a cluster file handed out last.
+XDIST_ORDER = ("unit", "cluster", "cli", "ray")
 
 # Modules whose every test injects a fault into processes (kills, OOM, signals) or builds a cluster.
 CLUSTER_MODULES = {"test_submit", "test_cluster_auth", "test_fault_load", "test_ray_worker_deaths", "test_faults"}
@@ -91,9 +96,9 @@ def tier_of(item: pytest.Item) -> str:
 
 def pytest_collection_modifyitems(config, items: list[pytest.Item]) -> None:
     """Mark each test with its tier, and the unit and ray tests ``quick``; then order them by tier
-    (unit first, each tier in the order collected), so that every unit test runs before the
-    session's Ray starts: one that tries to start it is refused, one that finds it absent sees
-    the truth."""
+    (unit first, each tier in the order collected; under xdist ``XDIST_ORDER``), so that every
+    unit test runs before the session's Ray starts: one that tries to start it is refused, one
+    that finds it absent sees the truth."""
     tiers = {}
     for item in items:
         tier = tiers[item] = tier_of(item)
@@ -101,7 +106,10 @@ def pytest_collection_modifyitems(config, items: list[pytest.Item]) -> None:
             item.add_marker(tier)
         if tier in ("unit", "ray"):
             item.add_marker("quick")
-    items.sort(key=lambda item: TIERS.index(tiers[item]))
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # `-n 2 --dist loadfile`: the heaviest tier's files handed out first
+        items.sort(key=lambda item: XDIST_ORDER.index(tiers[item]))
+    else:
+        items.sort(key=lambda item: TIERS.index(tiers[item]))
 
 
 class TierViolation(RuntimeError):
