@@ -200,7 +200,10 @@ def failed_run(home: pathlib.Path, run_id: str, flow: str, target: str | None) -
 
 # Commands whose bad inputs are refused before any work; run in this process unless they name
 # an address (a cluster or a job server to reach) or would record a run (``run --run-id taken-1``).
-IN_PROCESS_COMMANDS = {"approve", "reject", "run", "runs", "show", "logs", "graph", "resume", "schedules", "schedule", "bogus", "artifacts"}
+# ``ui``, ``serve`` and ``limit set`` refuse theirs before serving, loading a flow's run or joining
+# Ray (the same answer as in a process of their own; no logging handler, signal handler or thread left).
+IN_PROCESS_COMMANDS = {"approve", "reject", "run", "runs", "show", "logs", "graph", "resume", "schedules", "schedule", "bogus",
+                       "artifacts", "ui", "serve", "limit"}
 
 
 def in_process(argv: list[str]) -> bool:
@@ -341,7 +344,7 @@ def replace_section(text: str, name: str, table: str) -> str:
     return re.sub(rf"(<!-- {name}:begin -->\n).*?(\n<!-- {name}:end -->)", lambda m: m.group(1) + table + m.group(2), text, flags=re.S)
 
 
-@pytest.mark.slow  # some 40 commands in processes of their own (about 2 s each on 2 busy cores)
+@pytest.mark.slow  # some 15 commands in processes of their own (about 2 s each on 2 busy cores)
 @pytest.mark.timeout(600)
 def test_every_bad_input_is_one_line_with_its_documented_exit_code(tmp_path, monkeypatch):
     root = scratch(tmp_path)
