@@ -159,7 +159,7 @@ def test_limit_set_fails_in_one_line_when_the_actors_history_cannot_keep_it(ray_
     lock = sqlite3.connect(path, isolation_level=None)
     lock.execute("BEGIN EXCLUSIVE")
     try:
-        out = run_cli("limit", "set", name, "9", "--address", ray_session)
+        out = run_cli_in_process("limit", "set", name, "9", "--address", ray_session)  # as `limit ls` above
     finally:
         lock.execute("ROLLBACK")
         ray.get(actor.__ray_call__.remote(_set_write_seconds, wait))
