@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pathlib
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from cli_runner import run_cli, run_cli_in_process
@@ -48,11 +49,14 @@ def test_run_and_show_of_2000_tasks_print_counts_and_the_failures_with_all_and_s
     target = f"{tmp_path / 'wide.py'}:wide"
     failed = {"t7", "t507", "t1007", "t1507"}
 
-    ran = run_cli("run", target, "--local", "--run-id", "wide-1", home=home)
+    small = ROWS_AT_MOST  # at the threshold, every row as before
+    with ThreadPoolExecutor(3) as pool:  # three runs at once, each a process of its own, into one history
+        runs = [pool.submit(run_cli, "run", target, "--local", *args, home=home)
+                for args in (("--run-id", "wide-1"), ("--run-id", "wide-2", "--all"), ("-p", f"n={small}"))]
+        ran, every, at_threshold = (run.result() for run in runs)
     assert ran.returncode == 1, ran.stderr[-2000:]
     assert {r[0] for r in rows(ran.stdout)} == failed and all(r[1] == "FAILED" for r in rows(ran.stdout))
     assert "2000 tasks: 1996 SUCCESS, 4 FAILED" in ran.stdout, ran.stdout[-2000:]
-    every = run_cli("run", target, "--local", "--run-id", "wide-2", "--all", home=home)
     assert len(rows(every.stdout)) == 2000
 
     shown = run_cli_in_process("show", "wide-1", home=home)
@@ -62,9 +66,7 @@ def test_run_and_show_of_2000_tasks_print_counts_and_the_failures_with_all_and_s
     succeeded = rows(run_cli_in_process("show", "wide-1", "--state", "success", home=home).stdout)
     assert len(succeeded) == 1996 and {r[1] for r in succeeded} == {"SUCCESS"}
     assert {r[0] for r in rows(run_cli_in_process("show", "wide-1", "--state", "FAILED", home=home).stdout)} == failed
-    small = ROWS_AT_MOST  # at the threshold, every row as before
-    ran = run_cli("run", target, "--local", "-p", f"n={small}", home=home)
-    assert len(rows(ran.stdout)) == small and "tasks:" not in ran.stdout
+    assert len(rows(at_threshold.stdout)) == small and "tasks:" not in at_threshold.stdout
 
 
 def test_past_the_threshold_the_table_lists_at_most_rows_at_most_of_the_tasks_that_did_not_succeed():

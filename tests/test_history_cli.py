@@ -252,17 +252,17 @@ def test_show_reads_a_live_run_from_its_actor_and_watches_it_finish(tmp_path, mo
         deadline = time.time() + 30
         while not (tmp_path / "a.pid").exists() and time.time() < deadline:
             time.sleep(0.05)
-        live = run_cli("show", "live-show-1", "--address", ray_session, "--json", home=tmp_path,
-                       RAYFLOW_JAEGER_URL="http://jaeger.example:16686")  # joins Ray: a process of its own
-        assert live.returncode == 0, live.stderr
-        data = json.loads(live.stdout)
-        assert data["live"] is True and data["state"] == "RUNNING"
-        assert data["tasks"]["gate"]["state"] == "RUNNING" and data["tasks"]["sleeper"]["state"] == "PENDING"
-        watcher = subprocess.Popen(
+        watcher = subprocess.Popen(  # started at once with the --json show: each joins Ray in a process of its own
             [sys.executable, "-m", "rayflow", "show", "live-show-1", "--address", ray_session, "--watch", "--interval", "0.2"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
             env={**os.environ, "RAYFLOW_HOME": str(tmp_path), "PYTHONUNBUFFERED": "1"},
         )
+        live = run_cli("show", "live-show-1", "--address", ray_session, "--json", home=tmp_path,
+                       RAYFLOW_JAEGER_URL="http://jaeger.example:16686")
+        assert live.returncode == 0, live.stderr
+        data = json.loads(live.stdout)
+        assert data["live"] is True and data["state"] == "RUNNING"
+        assert data["tasks"]["gate"]["state"] == "RUNNING" and data["tasks"]["sleeper"]["state"] == "PENDING"
         seen = []
         for line in watcher.stdout:  # refreshed from the actor while it runs...
             seen.append(line)

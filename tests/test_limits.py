@@ -114,34 +114,35 @@ def test_limits_outlive_the_driver_that_set_them_and_the_cli_answers_bad_input_i
         ray.init(address={ray_session!r}, logging_level="warning")
         rf.limits.set({name!r}, 4)
     """)
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:  # the driver, and `limit ls` finding no cluster: at once
+    # set and rm in `rayflow limit` processes of their own, each joining the cluster (the set, of
+    # a limit of its own, at once with the driver); the listing and the bad inputs (refused before
+    # or without a change) in this process, which has joined it
+    cli = lambda *args: run_cli("limit", *args, "--address", ray_session)  # noqa: E731
+    here = lambda *args: run_cli_in_process("limit", *args, "--address", ray_session)  # noqa: E731
+    named = unique("cli")
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:  # the driver, a set, and `limit ls` finding no cluster: at once
         driver = pool.submit(subprocess.run, [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
+        setting = pool.submit(cli, "set", named, "7", "--per-second", "2.5")
         closed = pool.submit(run_cli, "limit", "ls", "--address", "127.0.0.1:9").result()
-        out = driver.result()
+        out, done = driver.result(), setting.result()
     assert out.returncode == 0, out.stderr
     assert rf.limits.get(name) == {"name": name, "slots": 4, "per_second": None, "in_use": 0}  # its driver is gone
     assert closed.returncode == 3 and closed.stderr.count("\n") == 1
-
-    # set and rm in `rayflow limit` processes of their own, each joining the cluster; the listing
-    # and the bad inputs (refused before or without a change) in this process, which has joined it
-    cli = lambda *args: run_cli("limit", *args, "--address", ray_session)  # noqa: E731
-    here = lambda *args: run_cli_in_process("limit", *args, "--address", ray_session)  # noqa: E731
-    done = cli("set", name, "7", "--per-second", "2.5")
-    assert done.returncode == 0 and done.stdout.strip() == f"limit {name}: 7 slot(s), 2.5 per second", done.stderr
+    assert done.returncode == 0 and done.stdout.strip() == f"limit {named}: 7 slot(s), 2.5 per second", done.stderr
     listed = here("ls")
-    assert f"{name}\t7\t0\t2.5" in listed.stdout.splitlines()
-    assert cli("rm", name).returncode == 0 and rf.limits.get(name) is None
+    assert f"{named}\t7\t0\t2.5" in listed.stdout.splitlines()
+    assert cli("rm", named).returncode == 0 and rf.limits.get(named) is None
     bad = [
-        (("rm", name), 1, f"no limit named '{name}'"),
+        (("rm", named), 1, f"no limit named '{named}'"),
         (("set", "bad name", "3"), 2, "a limit's name is letters"),
-        (("set", name, "-1"), 2, "a limit is a whole number of slots >= 0, not -1"),
-        (("set", name, "3", "--per-second", "0"), 2, "per_second is a number of tokens per second > 0"),
+        (("set", named, "-1"), 2, "a limit is a whole number of slots >= 0, not -1"),
+        (("set", named, "3", "--per-second", "0"), 2, "per_second is a number of tokens per second > 0"),
     ]
     for args, code, says in bad:
         out = here(*args)
         assert out.returncode == code and out.stderr.count("\n") == 1 and out.stderr.startswith("error: "), (args, out.stderr)
         assert says in out.stderr
-    assert rf.limits.get(name) is None  # none of them set it again
+    assert rf.limits.get(named) is None  # none of them set it again
 
 
 def test_limit_set_fails_in_one_line_when_the_actors_history_cannot_keep_it(ray_session):
@@ -159,7 +160,7 @@ def test_limit_set_fails_in_one_line_when_the_actors_history_cannot_keep_it(ray_
     lock = sqlite3.connect(path, isolation_level=None)
     lock.execute("BEGIN EXCLUSIVE")
     try:
-        out = run_cli("limit", "set", name, "9", "--address", ray_session)
+        out = run_cli_in_process("limit", "set", name, "9", "--address", ray_session)  # as `limit ls` above
     finally:
         lock.execute("ROLLBACK")
         ray.get(actor.__ray_call__.remote(_set_write_seconds, wait))

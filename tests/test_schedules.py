@@ -9,7 +9,6 @@ is stopped with SIGTERM.
 
 from __future__ import annotations
 
-import concurrent.futures
 import datetime as dt
 import json
 import os
@@ -20,7 +19,7 @@ import threading
 import time
 
 import pytest
-from cli_runner import REPO, run_cli, run_cli_in_process
+from cli_runner import REPO, run_cli_in_process
 from waiting import wait_for
 from flows import two_branches
 
@@ -305,10 +304,7 @@ def test_cli_rejects_bad_schedules_in_one_line(tmp_path):
     config = tmp_path / "flows.toml"
     config.write_text('[[flow]]\ncron = "@daily"\n')
     cases.append((["serve", "--config", str(config)], "has a schedule but no flow"))
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:  # the serve refusals: processes, at once
-        spawned = [pool.submit(run_cli, *args, home=tmp_path) if args[0] != "schedule" else None for args, _ in cases]
-        outs = [run_cli_in_process(*args, home=tmp_path) if future is None else future.result()  # preview: read-only
-                for (args, _), future in zip(cases, spawned)]
+    outs = [run_cli_in_process(*args, home=tmp_path) for args, _ in cases]  # refused before serving: in this process
     for (args, message), out in zip(cases, outs):
         assert out.returncode == 2, (args, out.stderr)
         assert out.stderr.count("\n") == 1 and message in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
@@ -484,9 +480,9 @@ def test_cli_options_that_would_be_ignored_with_a_config_and_bad_server_settings
     for i, (text, _) in enumerate(bad_configs):
         configs.append(tmp_path / f"bad-{i}.toml")
         configs[-1].write_text(text if "[[flow]]" in text else text + f'[[flow]]\ntarget = "{REPO}/tests/flows.py:two_branches"\ninterval = 60\n')
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:  # each a process: at once
-        option_outs = list(pool.map(lambda args: run_cli("serve", "--config", str(config), *args, home=tmp_path), [a for a, _ in options]))
-        config_outs = list(pool.map(lambda path: run_cli("serve", "--config", str(path), home=tmp_path), configs))
+    # refused before serving: in this process (as test_bad_inputs.py's `serve` rows)
+    option_outs = [run_cli_in_process("serve", "--config", str(config), *args, home=tmp_path) for args, _ in options]
+    config_outs = [run_cli_in_process("serve", "--config", str(path), home=tmp_path) for path in configs]
     for (args, message), out in zip(options, option_outs):
         assert out.returncode == 2 and out.stderr.count("\n") == 1 and message in out.stderr, (args, out.stderr)
     for (text, message), out in zip(bad_configs, config_outs):
@@ -560,7 +556,7 @@ def test_an_interval_under_a_second_is_refused_however_it_arrives(tmp_path):
     config.write_text(f'[[flow]]\ntarget = "{REPO}/tests/flows.py:two_branches"\ninterval = 0.5\n')
     for args in (["serve", "tests/flows.py:two_branches", "--interval", "0.001"], ["serve", "--config", str(config)],
                  ["schedule", "preview", "tests/flows.py:two_branches", "--interval", "0.001"]):
-        out = (run_cli_in_process if args[0] == "schedule" else run_cli)(*args, home=tmp_path / "home")
+        out = run_cli_in_process(*args, home=tmp_path / "home")  # refused before anything: in this process
         assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, (args, out.stderr)
         assert out.stderr.startswith("error: ") and "every must be a number of seconds from 1 to 1e10, got 0." in out.stderr, out.stderr
     assert not (tmp_path / "home" / "history.db").exists()  # refused before anything was written

@@ -296,25 +296,39 @@ def _local_run_in_a_fresh_process(name: str, setup: str) -> str:
     return out.stdout
 
 
-def test_a_local_run_honours_the_clusters_tag_limit_in_a_process_that_never_imported_the_limits(ray_session):
+@pytest.fixture(scope="module")
+def local_runs(ray_session) -> dict:
+    """The two local runs below, each in a fresh process, run at once (seconds of start-up each):
+    by name, the limit's name and what the process printed.  "cluster" joins the session's
+    Ray, where this process set its limit of 1; "no ray" sets one in its own process's limits."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    on_cluster, own = unique("local-tag"), unique("local-tag")
+    rf.limits.set(on_cluster, 1)
+    setups = {
+        "cluster": (on_cluster, f"import ray\nray.init(address={ray_session!r}, logging_level='error')\n"),
+        "no ray": (own, f"from rayflow.engine.limits_state import in_process_limits\nin_process_limits().call('set', {own!r}, 1)\n"),
+    }
+    with ThreadPoolExecutor(2) as pool:
+        done = {key: (name, pool.submit(_local_run_in_a_fresh_process, name, setup)) for key, (name, setup) in setups.items()}
+        return {key: (name, future.result()) for key, (name, future) in done.items()}
+
+
+def test_a_local_run_honours_the_clusters_tag_limit_in_a_process_that_never_imported_the_limits(local_runs):
     """runner="local" in a fresh process joined to a cluster whose limit (1 slot) another
     process set: of two tagged tasks ready at once, one waits for the other's slot.  Which
     limits a local run honours is decided when its runner is made (rayflow.runners), not by
     whether this process happened to import the limits' module (it used to be: importing it
     set LocalRunner.gate_factory, so here the tags limited nothing)."""
-    name = unique("local-tag")
-    rf.limits.set(name, 1)
-    out = _local_run_in_a_fresh_process(name, f"import ray\nray.init(address={ray_session!r}, logging_level='error')\n")
+    name, out = local_runs["cluster"]
     assert f"waits: [\"waiting for limit '{name}'\"]" in out, out
     assert rf.limits.get(name)["in_use"] == 0  # its slots back when the run ended
 
 
-def test_a_local_run_without_ray_honours_this_processs_limits_and_imports_no_ray():
+def test_a_local_run_without_ray_honours_this_processs_limits_and_imports_no_ray(local_runs):
     """Without Ray, the local runner's tagged tasks take slots of this process's limits (set
     here through the limits' state: nothing of runtime/ is imported, so neither is Ray)."""
-    name = unique("local-tag")
-    setup = f"from rayflow.engine.limits_state import in_process_limits\nin_process_limits().call('set', {name!r}, 1)\n"
-    out = _local_run_in_a_fresh_process(name, setup)
+    name, out = local_runs["no ray"]
     assert f"waits: [\"waiting for limit '{name}'\"]" in out, out
     assert "imported: []" in out, out
 

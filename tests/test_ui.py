@@ -13,7 +13,7 @@ import re
 
 import pydantic
 import pytest
-from cli_runner import run_cli, run_cli_in_process
+from cli_runner import run_cli_in_process
 from ui_http import csrf_token
 from waiting import wait_for
 from starlette.testclient import TestClient
@@ -168,7 +168,7 @@ def test_rayflow_ui_refuses_a_port_in_use_in_one_line(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        out = run_cli("ui", "--port", str(port), home=tmp_path)
+        out = run_cli_in_process("ui", "--port", str(port), home=tmp_path)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and f"127.0.0.1:{port}" in out.stderr
 
 
@@ -261,7 +261,7 @@ def test_serve_ui_refuses_a_port_in_use_before_serving(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        out = run_cli("serve", "tests/flows.py:two_branches", "--interval", "60", "--ui", "--ui-port", str(port), home=tmp_path)
+        out = run_cli_in_process("serve", "tests/flows.py:two_branches", "--interval", "60", "--ui", "--ui-port", str(port), home=tmp_path)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and f"127.0.0.1:{port}" in out.stderr, out.stderr
 
 

@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 import pytest
 from hostile_flows import FLOW, MAP, TASK, hostile
-from ui_browser import CHROMEDRIVER, CHROMIUM, SHOTS, chromium, go, save, set_scheme
+from ui_browser import CHROMEDRIVER, CHROMIUM, SHOTS, chromium, go, save, set_scheme, wait_until
 
 from rayflow.ui import create_app
 
@@ -19,6 +19,11 @@ pytestmark = pytest.mark.skipif(
     not (CHROMEDRIVER and CHROMIUM) and not os.environ.get("CI"),
     reason="chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)",
 )
+
+# htmx has sent every hx-trigger="load" request (its node data says so) and none is in flight (the
+# element keeps its htmx-request class until the response is swapped in).
+HTMX_LOADED = """return [...document.querySelectorAll('[hx-trigger="load"]')].every(e => (e['htmx-internal-data'] || {}).loaded)
+    && !document.querySelector('.htmx-request')"""
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +52,7 @@ def test_every_page_keeps_the_strict_csp_in_a_real_browser(served):
         browser.get_log("browser")  # start from an empty console
         for name, path in paths.items():
             go(browser, url + path)
-            browser.execute_script("return new Promise(r => setTimeout(r, 300))")  # htmx's loads (a run's artifacts)
+            wait_until(lambda: browser.execute_script(HTMX_LOADED), what=f"htmx's loads on {name}")  # a run's artifacts
             with pytest.raises(NoAlertPresentException):  # no injected alert(...) ran
                 browser.switch_to.alert.text
             # htmx was configured from the meta tag: it injected no <style> (the CSP would refuse it).
