@@ -75,7 +75,8 @@ def token_cluster():
 def pytest_runtest_teardown(item, nextitem):
     """Stop the token cluster after the last test that uses it, not at the session's end: an idle
     cluster costs some 3% of a core, and the cluster tier runs minutes after its last user."""
-    if _TOKEN_CLUSTER and "token_cluster" in item.fixturenames:
+    # (Under xdist a worker runs the files it is handed, in no order known here: the cluster stays up.)
+    if _TOKEN_CLUSTER and "token_cluster" in item.fixturenames and not os.environ.get("PYTEST_XDIST_WORKER"):
         later = item.session.items[item.session.items.index(item) + 1:]
         if not any("token_cluster" in other.fixturenames for other in later):
             _TOKEN_CLUSTER.pop().stop()  # the fixture's own stop at the session's end does nothing then

@@ -211,7 +211,7 @@ def test_a_payload_does_not_replace_the_file_a_worker_has(tmp_path):
 def test_an_error_of_rayflow_itself_keeps_its_frames():
     """Nothing of the user's in the stack: every frame stays, they are the whole story."""
 
-    @rf.task(batch=True)
+    @rf.task(batch=True, chunk_size=3)  # the three items in one call
     def short_batch(xs):
         return xs[:1]
 

@@ -65,7 +65,7 @@ def inner(n: int = 2) -> int:
 
 @rf.flow(runner="local", progress=False)
 def evil_flow(marker: str, note: str = EVIL, token: pydantic.SecretStr = pydantic.SecretStr("hunter2"), fail: bool = False):
-    return {"evil": evil(note, marker), "values": half.with_options(min_success_ratio=0.4).map(range(5)), "inner": inner(3),
+    return {"evil": evil(note, marker), "values": half.with_options(min_success_ratio=0.4, chunk_size=5).map(range(5)), "inner": inner(3),
             "broken": broken(fail)}
 
 
