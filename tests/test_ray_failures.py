@@ -50,16 +50,17 @@ def fail_once(marker: str) -> str:
 
 def test_retry_delay_holds_no_worker_slot(tmp_path):
     """
-    fail_once (1 CPU, retry in 2 s)     filler x4 (1 CPU, 0.5 s each)
+    fail_once (1 CPU, retry in 2 s)     filler x4 (1 CPU, 1 s each)
 
     While fail_once waits for its retry, two fillers run at the same time:
-    both CPUs are free, so the delay is not a sleep inside a worker.
+    both CPUs are free, so the delay is not a sleep inside a worker.  (1 s each: a worker
+    that starts a few tenths late on a loaded machine still overlaps by far more than jitter.)
     """
 
     @rf.flow
     def busy():
         flaky = fail_once.with_options(retries=1, retry_delay=2.0)(str(tmp_path / "marker"))
-        fillers = [timed_sleep(0.5, f"f{i}") for i in range(4)]
+        fillers = [timed_sleep(1.0, f"f{i}") for i in range(4)]
         return flaky, fillers
 
     run = busy.run()
