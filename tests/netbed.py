@@ -30,7 +30,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 
-from ray_cluster import clean_env
+from ray_cluster import clean_env, kill_group
 
 PREFIX = "rft-"
 SWITCH = PREFIX + "sw"
@@ -220,16 +220,8 @@ class NetCluster:
     def kill(self, name: str) -> None:
         """SIGKILL host ``name``'s Ray node: its process group (every Ray process of the node)."""
         process = self.nodes.pop(name, None)
-        if process is None:
-            return
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
+        if process is not None:
+            kill_group(process)
 
     def lose(self, name: str) -> None:
         """Host ``name`` lost: its Ray node's process group and every other process on it (a driver)

@@ -138,13 +138,13 @@ class RayCluster:
         """Kill the head's and the worker nodes' process groups: every Ray process they started
         (SIGKILL at once: a test cluster keeps nothing worth a graceful stop, which takes ~10 s)."""
         for worker, log, temp_dir in self.workers:
-            _kill_group(worker)
+            kill_group(worker)
             log.close()
             _remove_later(temp_dir)
         self.workers = []
         if self.process is None:
             return
-        _kill_group(self.process)
+        kill_group(self.process)
         self.process = None
         self.log.close()
         _remove_later(self._temp_dir)
@@ -163,7 +163,7 @@ def _remove_later(path: str) -> None:
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, check=False)
 
 
-def _kill_group(process: subprocess.Popen) -> None:
+def kill_group(process: subprocess.Popen) -> None:
     """SIGKILL to the process group, and wait for its leader."""
     try:
         os.killpg(process.pid, signal.SIGKILL)
