@@ -3,10 +3,12 @@
 One actor per driver process (``num_cpus=0``, pinned to the driver's node,
 fate-sharing with the driver) hosts every run that driver starts, each in
 its own thread.  Creating it costs a worker process once; after that a run
-costs two actor calls (start_run, waited on, and release, not), and its driver's first read
-of the history, ``ray.shutdown()`` or exit one more (history_written: see ``_drive``).  The actor is named ``rayflow-driver-<id>`` in the
-``rayflow`` namespace, so any process joined to the cluster can find a live
-run by its id (runtime.driver.actors.find_run) and read its status or cancel it.
+costs two actor calls (start_run, waited on, and release, not), and its
+driver's first read of the history, ``ray.shutdown()`` or exit one more
+(history_written: see ``_drive``).  The actor is named
+``rayflow-driver-<id>`` in the ``rayflow`` namespace, so any process joined
+to the cluster can find a live run by its id (runtime.driver.actors.find_run)
+and read its status or cancel it.
 """
 
 from __future__ import annotations
