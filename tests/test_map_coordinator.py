@@ -9,6 +9,7 @@ for - is asserted exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -39,8 +40,9 @@ class FakeClock:
 class Harness:
     """Plays the orchestrator: keeps what the coordinator asked for, runs works on request."""
 
-    def __init__(self, graph, cpus: int = 2):
-        self.plan = compile_plan(graph)
+    def __init__(self, graph, cpus: int = 2, fuse: bool = False):
+        # unfused unless a test says: these tests follow each map's own works (fusion: test_fusion)
+        self.plan = compile_plan(graph) if fuse else dataclasses.replace(compile_plan(graph), fused=())
         self.clock = FakeClock()
         self.puts: list[object] = []
         ids = itertools.count(1)
@@ -66,7 +68,8 @@ class Harness:
         return actions
 
     def launch(self, key: str) -> MapActions:
-        return self.take(self.coord.launch(self.plan.by_key[key], {}, {}))
+        actions = self.take(self.coord.launch(self.plan.by_key[key], {}, {}))
+        return actions if actions else self.take(self.coord.pump_deferred())
 
     def run(self, index: int = 0) -> MapActions:
         """Run the ``index``-th pending work in this process and report it."""

@@ -11,7 +11,7 @@ import rayflow as rf
 from rayflow.engine import columns as C
 from rayflow.engine.protocol import ChunkSummary
 from rayflow.engine.driver.local_executor import LocalExecutor
-from rayflow.engine.maps.coordinator import ItemStates
+from rayflow.engine.maps.item_states import ItemStates
 from rayflow.engine.maps.feeds import WholeFeed
 from rayflow.engine.maps.run import MapRun
 from rayflow.engine.orchestrator import Orchestrator

@@ -214,6 +214,7 @@ class FlowOptions(BaseModel):
     on_failure: tuple[Callable[..., Any], ...] = ()
     on_success: tuple[Callable[..., Any], ...] = ()
     sla: SLA | None = None  # checked by rayflow serve (rayflow.serving.sla)
+    fuse: bool = True  # run element-wise map chains fused, one pass per chunk (core.fusion)
 
     @field_validator("on_state", "on_failure", "on_success", mode="before")
     @classmethod

@@ -49,8 +49,9 @@ Event = Completion | Started
 
 
 class Executor(Protocol):
-    def submit(self, spec: TaskSpec, work: Work, handles: list[Any]) -> None:
-        """Start a work; ``handles`` are its flat inputs (see engine.protocol)."""
+    def submit(self, spec: TaskSpec, work: Work, handles: list[Any], stages: tuple[TaskSpec, ...] = ()) -> None:
+        """Start a work; ``handles`` are its flat inputs (see engine.protocol); ``stages``: the
+        specs of a fused work's stages (``Work.fused``), whose payloads it adds."""
 
     def wait(self, timeout: float | None) -> list[Event]:
         """Events since the last call; waits up to ``timeout`` for a completion."""
@@ -98,6 +99,15 @@ class QueuedStarts:
 
     def _collect(self, timeout: float | None) -> list[Completion]:
         raise NotImplementedError
+
+
+def fused_completions(work: Work, handles: list[Any], reports: list[Any]) -> list[Completion]:
+    """A fused work's completions: the head's, then each stage's that ran (core.fusion)."""
+    out = [Completion(work, reports[0], handles[0])]
+    for stage, report, handle in zip(work.fused, reports[1:], handles[1:]):
+        if report is not None:
+            out.append(Completion(stage.work, report, handle))
+    return out
 
 
 def system_failure(

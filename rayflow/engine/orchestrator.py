@@ -183,8 +183,9 @@ class Orchestrator:
     def prepare(self, work: Work) -> Work:
         options, job = self.plan.by_key[work.task_key].options, work.job
         approval = self.pauses.item_approvals(work.task_key, job.start, job.indices, job.size) if job else work.approval
+        fused = tuple(dataclasses.replace(stage, work=self.prepare(stage.work)) for stage in work.fused)
         work = dataclasses.replace(
-            work, run_id=self.run_id, log_prints=options.log_prints, write_inline=self._shares_values, approval=approval
+            work, run_id=self.run_id, log_prints=options.log_prints, write_inline=self._shares_values, approval=approval, fused=fused
         )
         for hook in self._on_work:
             work = hook(work=work)
@@ -198,6 +199,8 @@ class Orchestrator:
         for spec, work, handles in actions.submit:
             if self.gating.holds(spec):
                 self.gating.offer(spec, work, handles, self.clock())
+            elif work.fused:  # a chunk with the maps fused behind it (core.fusion)
+                self.executor.submit(spec, self.prepare(work), handles, tuple(self.plan.by_key[s.work.task_key] for s in work.fused))
             else:
                 self.executor.submit(spec, self.prepare(work), handles)
         if actions.submit and self.gating.waiting:
@@ -213,6 +216,8 @@ class Orchestrator:
             if handle is not None:
                 self.handles[key] = handle
             self.follow(key, self.transition(key, state))
+        for work, report, handle in actions.replay:  # fused stages' results, taken now
+            self.on_completion(Completion(work, report, handle))
 
     def _admit_chunks(self) -> None:
         """Submit the tagged maps' chunks the limits have slots for; label maps left waiting."""
@@ -277,13 +282,13 @@ class Orchestrator:
 
     def on_started(self, event: Started) -> None:
         work = next((w for w in self.running.values() if w.work_id == event.work_id), None)
-        if work is None:
-            return
-        timeout = self.plan.by_key[work.task_key].options.timeout
+        timeout = self.plan.by_key[work.task_key].options.timeout if work is not None else None
         if timeout is not None:
             self.deadlines[work.task_key] = (work.work_id, event.at + timeout)
 
     def on_completion(self, completion: Completion) -> None:
+        if completion.work.job is not None and (completion := self.maps.receive(completion)) is None:
+            return  # a fused stage's result, waiting for its map to adopt its chunk, or not taken
         work = completion.work
         if completion.report is not None:
             for hook in self._on_report:
@@ -375,6 +380,7 @@ class Orchestrator:
         self.pauses.settle(now, self)  # decided pauses: run again (an item: told its decision), or FAILED
         while self.ready:
             self.launch(self.ready.popleft())
+        self._apply(self.maps.pump_deferred())  # maps launched with the maps fused behind them
         for key, (_, deadline) in list(self.deadlines.items()):
             if deadline <= now:
                 self.time_out(key)
@@ -439,12 +445,6 @@ class Orchestrator:
 
     def summary(self) -> RunSummary:
         with self._lock:
-            return RunSummary(
-                run_id=self.run_id,
-                flow_name=self.plan.flow_name,
-                state=self.flow_state,
-                task_states=dict(self.states),
-                history={k: list(v) for k, v in self.history.items()},
-                handles=dict(self.handles),
-            )
+            history = {k: list(v) for k, v in self.history.items()}
+            return RunSummary(self.run_id, self.plan.flow_name, self.flow_state, dict(self.states), history, dict(self.handles))
 

@@ -89,6 +89,32 @@ class Work:
     max_loops: int = 1000  # a plain task: the iterations it may run (rf.Loop: engine.worker.looping)
     looped: bytes | None = None  # a retry of a looping task: (loop_count, loop_result) it resumes at, pickled
     approval: tuple | None = None  # an approved pause: (the approved input, JSON; None) for rf.pause to return
+    fused: tuple[Stage, ...] = ()  # a map chunk's fused consumers, in chain order (engine.fusion)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A map fused behind a chunk's work (engine.fusion): its own Work (task key, work id, and
+    a job over the same item range whose one source is the previous stage's ChunkResult, the
+    last of its values), run in the same worker call when the previous stage's chunk is final
+    on its first run.  ``inputs``: its handles after the head's: its payload (put there by the
+    executor, ``stage_arguments``), then its unmapped upstream values."""
+
+    work: Work
+    inputs: int
+
+
+def stage_arguments(work: Work, handles: list[Any], payloads: list[Any]) -> list[Any]:
+    """A fused work's flat arguments: the head's handles, then per stage its payload and values
+    (``handles`` holds the head's, then each stage's values, without payloads)."""
+    own = sum(stage.inputs - 1 for stage in work.fused)
+    out = list(handles[: len(handles) - own])
+    position = len(out)
+    for stage, payload in zip(work.fused, payloads):
+        out.append(payload)
+        out.extend(handles[position : position + stage.inputs - 1])
+        position += stage.inputs - 1
+    return out
 
 
 def pack_inputs(inputs: list[Any], *, batch: bool = False) -> tuple[tuple[Any, ...], list[Any]]:
@@ -275,6 +301,17 @@ class ChunkSummary:
     paused: list[tuple[int, str, Any, float | None]] = field(default_factory=list)  # rf.pause: (item, message, schema, timeout)
     loops: dict[int, bytes] | None = None  # items that stopped mid-loop: item -> where its retry resumes (ChunkJob.looped)
     node: str | None = None  # the Ray node it ran on (set by the runtime; None in process): the chunk record's node
+    fed: bool = False  # its result went on to the next fused stage in the same worker call (engine.fusion)
+
+
+def settles_first_run(summary: ChunkSummary, retries: int) -> bool:
+    """Whether a chunk's first run leaves every item final, as ``maps.outcomes`` decides it with
+    no retry spent yet: no ``rf.Retry`` and no pause, and no failure the task's ``retries`` would
+    retry.  A fused stage runs on such a chunk only (engine.fusion), and the orchestrator checks
+    the same of the chunk before it takes the stage's result."""
+    if summary.retry or summary.paused:
+        return False
+    return retries == 0 or not any(retryable for _, _, retryable, _ in summary.failed)
 
 
 @dataclass(frozen=True)

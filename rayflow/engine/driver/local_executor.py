@@ -13,10 +13,11 @@ import os
 import time
 from typing import Any
 
-from rayflow.engine.executor import Completion, QueuedStarts
+from rayflow.engine.executor import Completion, QueuedStarts, fused_completions
 from rayflow.engine.plan import TaskSpec
-from rayflow.engine.protocol import Work, describe_error
+from rayflow.engine.protocol import Work, describe_error, stage_arguments
 from rayflow.engine.worker.execute import execute
+from rayflow.engine.worker.fused import execute_fused
 
 
 THREAD_PREFIX = "rayflow-local-task"  # its threads' names (Python joins them at exit, daemon or not)
@@ -41,15 +42,17 @@ class LocalExecutor(QueuedStarts):
         self._pool = cf.ThreadPoolExecutor(max_workers=max_workers or max(4, os.cpu_count() or 1), thread_name_prefix=THREAD_PREFIX)
         self._futures: dict[cf.Future[Any], Work] = {}
 
-    def _run(self, spec: TaskSpec, work: Work, values: list[Any]) -> tuple[Any, Any]:
+    def _run(self, spec: TaskSpec, work: Work, values: list[Any], stages: tuple[TaskSpec, ...] = ()) -> tuple[Any, Any]:
         self.notify_started(work.work_id, time.time())
+        if work.fused:  # a map chunk with its fused stages (core.fusion)
+            return execute_fused(spec.payload, work, *stage_arguments(work, values, [s.payload for s in stages]))
         if spec.options.timeout is None:
             return execute(spec.payload, work, *values)
         return execute(spec.payload, work, *values, started=lambda at: self.notify_started(work.work_id, at))  # rf.Loop
 
-    def submit(self, spec: TaskSpec, work: Work, handles: list[Any]) -> None:
+    def submit(self, spec: TaskSpec, work: Work, handles: list[Any], stages: tuple[TaskSpec, ...] = ()) -> None:
         values = [None if box is None else box.value for box in handles]
-        self._futures[self._pool.submit(self._run, spec, work, values)] = work
+        self._futures[self._pool.submit(self._run, spec, work, values, stages)] = work
 
     def _in_flight(self) -> bool:
         return bool(self._futures)
@@ -64,7 +67,10 @@ class LocalExecutor(QueuedStarts):
             except BaseException as exc:  # noqa: BLE001 - a broken work, not the user's error
                 events.append(Completion(work, None, None, describe_error(exc, system=True)))
                 continue
-            events.append(Completion(work, report, LocalBox(value)))
+            if work.fused:
+                events += fused_completions(work, [LocalBox(v) for v in value], report)
+            else:
+                events.append(Completion(work, report, LocalBox(value)))
         return events
 
     def cancel(self, work_id: int) -> None:

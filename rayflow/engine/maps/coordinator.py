@@ -21,7 +21,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,13 +29,15 @@ import numpy as np
 
 from rayflow.engine import columns as C
 from rayflow.engine.columns import ChunkResult, encode_values
+from rayflow.engine.executor import Completion
+from rayflow.engine.maps.item_states import ItemStates
 from rayflow.engine.maps.feeds import MapFeed, StreamFeed, WholeFeed
 from rayflow.engine.maps.run import MapRun
+from rayflow.engine.maps.stages import StageBook
 from rayflow.engine.plan import Plan, TaskSpec
 from rayflow.engine.policy import FAIL, RETRY
-from rayflow.engine.protocol import ChunkJob, ChunkSummary, MapHandle, Work, WorkFacts
+from rayflow.engine.protocol import ChunkJob, ChunkSummary, MapHandle, Piece, Stage, Work, WorkFacts
 from rayflow.states import ErrorInfo, State, StateType, error_text
-from rayflow.triggers import Tally
 
 
 @dataclass
@@ -47,9 +49,10 @@ class MapActions:
     requests: list[tuple[int, int]] = field(default_factory=list)  # (stream id, items) to ask the feeder for
     settled: list[tuple[str, State, MapHandle | None]] = field(default_factory=list)  # maps that ended
     facts: list[WorkFacts] = field(default_factory=list)  # what the finished works did (observers record it)
+    replay: list[tuple[Work, ChunkSummary, Any]] = field(default_factory=list)  # fused stages' results now taken
 
     def __bool__(self) -> bool:
-        return bool(self.cancel or self.submit or self.requests or self.settled)
+        return bool(self.cancel or self.submit or self.requests or self.settled or self.replay)
 
 
 class MapCoordinator:
@@ -75,6 +78,9 @@ class MapCoordinator:
         self.stream_owner: dict[int, str] = {}
         self.stream_inbox: collections.deque[tuple[int, Any, int, bool]] = collections.deque()
         self.children: dict[str, list[str]] = collections.defaultdict(list)
+        self.fuse_next = {a: b for chain in plan.fused for a, b in zip(chain, chain[1:])}  # core.fusion
+        self.stages = StageBook()
+        self.deferred: list[str] = []  # maps launched before the map fused behind them (pump_deferred)
         self._out = MapActions()
         # progress() is called on other threads (the Ray actor answers the driver's progress
         # bar while the run loop goes on): it reads self.maps and each MapRun's counts, total
@@ -136,15 +142,26 @@ class MapCoordinator:
         share = spec.options.num_cpus
         cpus = self.cpus if share is None or share >= 1 or share <= 0 else int(self.cpus / share)
         # A map consumed chunk by chunk leaves room for its consumers: Ray hands a worker
-        # back only when the queue of tasks sharing its inputs runs dry.
-        in_flight = cpus if self.children.get(spec.key) else max(2, 2 * cpus)
+        # back only when the queue of tasks sharing its inputs runs dry.  One whose consumer
+        # runs fused behind its chunks (core.fusion) needs none.
+        unfused = self.children.get(spec.key) and spec.key not in self.fuse_next
+        in_flight = cpus if unfused else max(2, 2 * cpus)
         run = MapRun(
             spec.key, spec.options, sources, max_in_flight=in_flight, cpus=cpus, clock=self.clock,
             preset=spec.resume_chunks, at_once=spec.items_at_once,
         )
         with self.lock:
             self.maps[spec.key] = run
-        self._pump(spec.key)
+        if self.fuse_next.get(spec.key, spec.key) in self.maps:
+            self._pump(spec.key)
+        else:  # its chunks go fused behind it if the map it feeds launches in this step too
+            self.deferred.append(spec.key)
+        return self._take()
+
+    def pump_deferred(self) -> MapActions:
+        """Pump the maps launched in this step whose fused next map was not running yet."""
+        while self.deferred:
+            self._pump(self.deferred.pop(0))
         return self._take()
 
     # -- dispatch ------------------------------------------------------------
@@ -157,7 +174,14 @@ class MapCoordinator:
         with self.lock:  # may end the map (done, total)
             jobs = run.next_jobs(self.clock())
         for job, piece_handles in jobs:
-            self._submit(spec, job, piece_handles)
+            stage = self.stages.expected(key, job.start, job.start + job.size) if job.indices is None and not job.deaths else None
+            if stage is None:
+                self._submit(spec, job, piece_handles)
+                continue
+            self.jobs[stage] = (key, job)  # adopted: it ran fused behind its upstream chunk
+            held = self.stages.adopted(stage)
+            if held is not None:
+                self._out.replay.append(_taken(*held, job))
         self._request_stream(run)
         if run.done and key not in self.settled:
             self.settled.add(key)
@@ -167,8 +191,43 @@ class MapCoordinator:
 
     def _submit(self, spec: TaskSpec, job: ChunkJob, piece_handles: list[Any]) -> None:
         work = Work(work_id=self.next_work_id(), task_key=spec.key, attempt=1, job=job)
+        handles = self.values[spec.key] + piece_handles
+        if spec.key in self.fuse_next and job.indices is None and not job.load and not job.deaths:
+            work, more = self._fuse(spec, work)
+            handles += more
         self.jobs[work.work_id] = (spec.key, job)
-        self._out.submit.append((spec, work, self.values[spec.key] + piece_handles))
+        self._out.submit.append((spec, work, handles))
+
+    def _fuse(self, spec: TaskSpec, work: Work) -> tuple[Work, list[Any]]:
+        """``work`` (a chunk's first run) with the maps fused behind it (core.fusion) that are
+        running, and their own input handles; each stage is expected where its map cuts the chunk."""
+        job, stages, handles = work.job, [], []
+        key, previous = spec.key, work.work_id
+        while (after := self.fuse_next.get(key)) is not None:
+            run = self.maps.get(after)
+            if run is None or run.done or run.fatal is not None or self.plan.by_key[after].resource_wait is not None:
+                break
+            values = self.values[after]
+            stage_job = ChunkJob(
+                map_key=after, chunk=-1, start=job.start, size=job.size,
+                sources=((Piece("chunk", (len(values),), 0, job.size),),), upstream=(key,),
+            )
+            stage = Stage(Work(self.next_work_id(), after, 1, job=stage_job), 1 + len(values))
+            self.stages.add(previous, stage.work.work_id, after, job.start, job.start + job.size)
+            stages.append(stage)
+            handles += values
+            key, previous = after, stage.work.work_id
+        return dataclasses.replace(work, fused=tuple(stages)), handles
+
+    def receive(self, completion: Completion) -> Completion | None:
+        """A chunk work's completion as the orchestrator is to take it: a fused stage's with the
+        job its map adopted it as; None while it waits for adoption, or for a stage not taken."""
+        work = completion.work
+        if not self.stages.receive(work, completion.report, completion.handle, work.work_id in self.jobs):
+            return None
+        if work.job.chunk < 0:
+            return Completion(*_taken(work, completion.report, completion.handle, self.jobs[work.work_id][1]))
+        return completion
 
     def _request_stream(self, run: MapRun) -> None:
         for stream, want in run.stream_requests():
@@ -210,13 +269,17 @@ class MapCoordinator:
     def finish_work(self, work: Work, report: ChunkSummary | None, handle: Any, error: ErrorInfo | None) -> MapActions:
         entry = self.jobs.pop(work.work_id, None)
         if entry is None:
+            self.stages.settled(work.work_id, False, False)
             return self._take()  # cancelled
         key, job = entry
         run = self.maps[key]
         if report is not None:
             with self.lock:
                 self._out.facts.append(run.on_summary(report, handle, self.clock()))
+            chunk = run.by_id.get(job.chunk)
+            self.stages.settled(work.work_id, report.fed, chunk is not None and chunk.final)
         else:
+            self.stages.settled(work.work_id, False, False)
             with self.lock:  # a split changes the map's chunks
                 decision = run.on_lost(job) if error is not None and error.system else FAIL
             if decision == FAIL:
@@ -262,6 +325,8 @@ class MapCoordinator:
         """Stop every map: the works in flight are to be cancelled; no map reports an end."""
         self._out.cancel.extend(self.jobs)
         self.jobs.clear()
+        self.stages.clear()
+        self.deferred.clear()
         with self.lock:
             for key, run in self.maps.items():
                 run.cancel()
@@ -300,6 +365,11 @@ class MapCoordinator:
             }
 
 
+def _taken(work: Work, report: ChunkSummary, handle: Any, job: ChunkJob) -> tuple[Work, ChunkSummary, Any]:
+    """A fused stage's completion as the chunk its map adopted it as."""
+    return dataclasses.replace(work, job=job), dataclasses.replace(report, chunk=job.chunk), handle
+
+
 RAY_LINES = 3  # of Ray's account of a dead worker, kept in the items' error
 
 
@@ -320,75 +390,3 @@ def lost_message(job: ChunkJob, error: ErrorInfo | None, *, split: int) -> str:
     shown = f"items {items[0]}-{items[-1]}" if items[-1] - items[0] == len(items) - 1 else f"{len(items)} items"
     why = f"; not narrowed down: this map split {split} lost works already" if split else ""
     return f"the worker died while running {shown} ({deaths} times{why}): {said}"
-
-
-_FLYWEIGHTS = {t: State(type=t) for t in C.CODES}
-_BY_CODE = tuple(_FLYWEIGHTS[t] for t in C.CODES)
-
-
-class ItemStates(Mapping[str, State]):
-    """Upstream states with each mapped upstream expanded into one state per item, lazily.
-
-    Item ``key[i]`` is item i of the map: its state comes from ``MapRun.outcomes()``, which
-    holds only the items that did not succeed; every other item is SUCCESS.
-    """
-
-    def __init__(self, entries: dict[str, Any]):
-        self._entries = entries
-
-    def _items(self) -> Iterator[tuple[str, State]]:
-        success = _FLYWEIGHTS[StateType.SUCCESS]
-        for key, entry in self._entries.items():
-            if isinstance(entry, State):
-                yield key, entry
-                continue
-            i = 0
-            for index, code in entry.outcomes().items():
-                while i < index:
-                    yield f"{key}[{i}]", success
-                    i += 1
-                yield f"{key}[{index}]", _BY_CODE[code]
-                i = index + 1
-            for j in range(i, entry.total or 0):
-                yield f"{key}[{j}]", success
-
-    def tally(self) -> Tally:
-        total = successful = failed = skipped = 0
-        for entry in self._entries.values():
-            if isinstance(entry, State):
-                pairs = [(entry.type, 1)]
-            else:
-                counts = entry.counts()
-                done = sum(counts.values())
-                pairs = list(counts.items()) + [(StateType.SUCCESS, (entry.total or 0) - done)]
-            for state_type, n in pairs:
-                state = _FLYWEIGHTS.get(state_type) or State(type=state_type)
-                total += n
-                successful += n if state.is_successful() else 0
-                failed += n if state.is_failed() else 0
-                skipped += n if state.is_skipped() else 0
-        return Tally(total, successful, failed, skipped)
-
-    def __iter__(self) -> Iterator[str]:
-        return (k for k, _ in self._items())
-
-    def __len__(self) -> int:
-        return sum(1 if isinstance(e, State) else (e.total or 0) for e in self._entries.values())
-
-    def __getitem__(self, key: str) -> State:
-        entry = self._entries.get(key)
-        if isinstance(entry, State):
-            return entry
-        name, bracket, index = key.rpartition("[")
-        entry = self._entries.get(name) if bracket and index.endswith("]") else None
-        if entry is not None and not isinstance(entry, State) and index[:-1].isdigit():
-            i = int(index[:-1])
-            if i < (entry.total or 0):
-                return _BY_CODE[entry.outcomes().get(i, C.SUCCESS)]
-        raise KeyError(key)
-
-    def values(self) -> Iterator[State]:  # type: ignore[override]
-        return (s for _, s in self._items())
-
-    def items(self) -> Iterator[tuple[str, State]]:  # type: ignore[override]
-        return self._items()

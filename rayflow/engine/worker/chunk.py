@@ -47,6 +47,11 @@ def _load(payload: bytes) -> Any:
     return loaded
 
 
+def payload_options(payload: bytes) -> dict[str, Any]:
+    """A map's worker options (plan._worker_options), from its payload unpickled once per process."""
+    return _load(payload)[5]
+
+
 def run_chunk(
     payload: bytes, job: ChunkJob, work_id: int, values: list[Any], *, run_id: str = ""
 ) -> tuple[ChunkResult, ChunkSummary]:
@@ -178,7 +183,10 @@ def _summary(
 ) -> ChunkSummary:
     """What the orchestrator learns: counts, and per item that did not succeed what it must decide on."""
     codes, errors = outcomes.codes, outcomes.errors
-    code_of, attempt_of = codes.tolist(), attempts.tolist()  # Python ints: no numpy scalar per item
+    if codes.any() or job.indices is not None:
+        code_of, attempt_of = codes.tolist(), attempts.tolist()  # Python ints: no numpy scalar per item
+    else:  # every item succeeded on its first run: nothing per item to say
+        code_of = attempt_of = []
     failed = [
         (selected[j], code_of[j], outcomes.retryable.get(j, False), attempt_of[j])
         for j in np.flatnonzero((codes == C.FAILED) | (codes == C.TIMED_OUT)).tolist()

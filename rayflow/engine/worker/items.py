@@ -134,7 +134,7 @@ class Outcomes:
         so nothing is built per item)."""
         keys = list(upstream_keys) + [None] * (len(sources) - len(upstream_keys))
         upstream = [(c, key or "upstream") for (_, c), key in zip(sources, keys) if c is not None]
-        if not upstream or not any(c[selected].any() for c, _ in upstream):
+        if not upstream or not any((c if isinstance(selected, range) else c[selected]).any() for c, _ in upstream):
             return range(len(selected))
         runnable = []
         for j, i in enumerate(selected):

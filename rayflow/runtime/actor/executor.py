@@ -32,9 +32,10 @@ import ray
 from ray.exceptions import RayError, RayTaskError
 
 from rayflow.engine.worker.execute import execute
-from rayflow.engine.executor import Completion, QueuedStarts
+from rayflow.engine.worker.fused import execute_fused
+from rayflow.engine.executor import Completion, QueuedStarts, fused_completions
 from rayflow.engine.plan import TaskSpec
-from rayflow.engine.protocol import AttemptResult, ChunkSummary, Work, describe_error
+from rayflow.engine.protocol import AttemptResult, ChunkSummary, Work, describe_error, stage_arguments
 from rayflow.runtime.actor.resource_waits import ResourceWaits
 from rayflow.telemetry import worker_context
 
@@ -56,7 +57,19 @@ def _execute_remote(payload: bytes, head: tuple[Work, Any, str], *values: Any) -
     return value, report
 
 
+def _execute_fused_remote(payload: bytes, head: tuple[Work, Any, str], *values: Any) -> tuple[Any, ...]:
+    """A map chunk with its fused stages (core.fusion): each stage's value, then every report."""
+    work = head[0]
+    values_out, reports = execute_fused(payload, work, *values, around=lambda stage: worker_context(stage.trace))
+    node = ray.get_runtime_context().get_node_id()
+    for report in reports:
+        if report is not None:
+            report.node = node
+    return (*values_out, reports)
+
+
 _remote_execute = ray.remote(num_returns=2, max_retries=0, retry_exceptions=False)(_execute_remote)
+_remote_fused = ray.remote(max_retries=0, retry_exceptions=False)(_execute_fused_remote)
 # A persisted value written behind its task: not the task's resources (a GPU task's write needs no
 # GPU); Ray's locality-aware scheduling runs it where the value is, when it can.
 _remote_write = _remote_execute.options(name="rayflow write-behind")
@@ -90,14 +103,15 @@ def _not_placed(work: Work, message: str) -> Completion:
     return Completion(work, report, None)
 
 
-def _consume(value_ref: ray.ObjectRef) -> None:
+def _consume(value_ref: ray.ObjectRef | tuple[ray.ObjectRef, ...]) -> None:
     """The value of a work whose report failed (its worker died, its value could not be pickled)
     holds the same error: read it, so that Ray does not print it again as an "Unhandled error"
-    when the reference goes."""
-    try:
-        ray.get(value_ref, timeout=0)
-    except (RayError, TimeoutError):
-        pass
+    when the reference goes (a fused work: each stage's)."""
+    for ref in value_ref if isinstance(value_ref, tuple) else (value_ref,):
+        try:
+            ray.get(ref, timeout=0)
+        except (RayError, TimeoutError):
+            pass
 
 
 class RayExecutor(QueuedStarts):
@@ -124,7 +138,16 @@ class RayExecutor(QueuedStarts):
             remote = self._remotes[spec.key] = _remote_execute.options(name=spec.key, **spec.options.ray_options())
         return remote
 
-    def submit(self, spec: TaskSpec, work: Work, handles: list[Any]) -> None:
+    def _fused_remote(self, spec: TaskSpec, stages: int) -> Any:
+        key = f"{spec.key}\0fused{stages}"
+        remote = self._remotes.get(key)
+        if remote is None:
+            remote = self._remotes[key] = _remote_fused.options(
+                name=spec.key, num_returns=stages + 2, **spec.options.ray_options()
+            )
+        return remote
+
+    def submit(self, spec: TaskSpec, work: Work, handles: list[Any], stages: tuple[TaskSpec, ...] = ()) -> None:
         if work.persist is not None:  # a write-behind: default resources, wherever Ray puts it
             value_ref, report_ref = _remote_write.remote(b"", (work, None, self.run_id), *handles)
             self._pending[report_ref] = (work, value_ref)
@@ -133,6 +156,11 @@ class RayExecutor(QueuedStarts):
         given_up = self.waits.given_up(spec.key)
         if given_up is not None:
             self._not_placed.append(_not_placed(work, given_up))
+            return
+        if work.fused:  # a map chunk with its fused stages: resources alike, no resource wait (core.fusion)
+            args = stage_arguments(work, handles, [self._payload(stage) for stage in stages])
+            refs = self._fused_remote(spec, len(work.fused)).remote(self._payload(spec), (work, None, self.run_id), *args)
+            self._pending[refs[-1]] = (work, tuple(refs[:-1]))
             return
         tracked = self.waits.track(spec, work, forward=timed)
         head = (work, self.notifier if timed or tracked else None, self.run_id)
@@ -180,15 +208,22 @@ class RayExecutor(QueuedStarts):
         try:
             reports = ray.get(ready)  # one call for every ready report
         except RayError:
-            return [self._complete(ref) for ref in ready]  # find the broken ones
+            out = []
+            for ref in ready:  # find the broken ones
+                done = self._complete(ref)
+                out += done if isinstance(done, list) else [done]
+            return out
         out = []
         for ref, report in zip(ready, reports):
             work, value_ref = self._pending.pop(ref)
             self.waits.finished(work.work_id)
-            out.append(Completion(work, report, value_ref))
+            if work.fused:
+                out += fused_completions(work, list(value_ref), report)
+            else:
+                out.append(Completion(work, report, value_ref))
         return out
 
-    def _complete(self, ref: ray.ObjectRef) -> Completion:
+    def _complete(self, ref: ray.ObjectRef) -> Completion | list[Completion]:
         work, value_ref = self._pending.pop(ref)
         self.waits.finished(work.work_id)
         try:
@@ -196,6 +231,8 @@ class RayExecutor(QueuedStarts):
         except RayError as exc:  # the worker died, an object was lost, a value could not be stored
             _consume(value_ref)
             return Completion(work, None, None, _lost(exc))
+        if work.fused:
+            return fused_completions(work, list(value_ref), report)
         return Completion(work, report, value_ref)
 
     def cancel(self, work_id: int) -> None:
