@@ -38,12 +38,14 @@ def _group(key: str) -> str:
 
 
 def edges(shape: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(upstream, downstream, kind): kind is data, wait (order only) or case."""
+    """(upstream, downstream, kind): kind is data, fused (a map running in its upstream map's
+    chunks, core.fusion), wait (order only) or case."""
+    fused = {(a, b) for chain in shape.get("fused") or () for a, b in zip(chain, chain[1:])}
     out = []
     for node in shape["nodes"]:
         key = node["key"]
         for dep in node["upstream"]:
-            out.append((dep, key, "data"))
+            out.append((dep, key, "fused" if (dep, key) in fused else "data"))
         for dep in node["wait_for"]:
             if dep not in node["upstream"] and not (node["kind"] == "subflow" and dep.startswith(key + "/")):
                 out.append((dep, key, "wait"))
@@ -86,7 +88,7 @@ def mermaid(shape: dict[str, Any], states: dict[str, str]) -> str:
             lines.append(f"{indent}end")
 
     emit("", "    ")
-    arrows = {"data": "-->", "wait": "-.->", "case": "-.->|case|"}
+    arrows = {"data": "-->", "fused": "==>|fused|", "wait": "-.->", "case": "-.->|case|"}
     for up, down, kind in edges(shape):
         lines.append(f"    {ids[up]} {arrows[kind]} {ids[down]}")
     for node in shape["nodes"]:
@@ -112,7 +114,7 @@ def dot(shape: dict[str, Any], states: dict[str, str]) -> str:
             lines.append(f"{indent}}}")
 
     emit("", "    ")
-    styles = {"data": "", "wait": " [style=dashed]", "case": ' [style=dotted, label="case"]'}
+    styles = {"data": "", "fused": ' [style=bold, penwidth=2, label="fused"]', "wait": " [style=dashed]", "case": ' [style=dotted, label="case"]'}
     for up, down, kind in edges(shape):
         lines.append(f"    {ids[up]} -> {ids[down]}{styles[kind]};")
     lines.append("}")

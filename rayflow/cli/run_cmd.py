@@ -149,7 +149,10 @@ def graph(
 
         flow = load_flow(target)
         values = parse_params(param or [], params_json, flow.parameters_model)
-        shape = flow.graph_for(**values).shape()
+        from rayflow.core.fusion import plan_fusion
+
+        graph = flow.graph_for(**values)
+        shape = graph.shape() | {"fused": [list(c) for c in plan_fusion(graph.nodes, flow.options).chains]}
     print(mermaid(shape, states) if fmt == "mermaid" else dot(shape, states))
 
 

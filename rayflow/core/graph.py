@@ -108,8 +108,9 @@ class Graph:
         return not any(s.kind == "stream" for n in self.nodes for s in n.sources)
 
 
-def shape_of(flow_name: str, nodes: Any) -> dict[str, Any]:
-    """Nodes (graph nodes or plan specs) as JSON-safe data; a subflow's group is its key's prefix."""
+def shape_of(flow_name: str, nodes: Any, fused: Any = ()) -> dict[str, Any]:
+    """Nodes (graph nodes or plan specs) as JSON-safe data; a subflow's group is its key's prefix;
+    ``fused``: the map chains that run fused (core.fusion), when there are any."""
     return {
         "flow": flow_name,
         "nodes": [
@@ -123,7 +124,7 @@ def shape_of(flow_name: str, nodes: Any) -> dict[str, Any]:
             }
             for n in nodes
         ],
-    }
+    } | ({"fused": [list(chain) for chain in fused]} if fused else {})
 
 
 _BUILDER: contextvars.ContextVar[GraphBuilder | None] = contextvars.ContextVar(

@@ -301,7 +301,8 @@ class ChunkSummary:
     paused: list[tuple[int, str, Any, float | None]] = field(default_factory=list)  # rf.pause: (item, message, schema, timeout)
     loops: dict[int, bytes] | None = None  # items that stopped mid-loop: item -> where its retry resumes (ChunkJob.looped)
     node: str | None = None  # the Ray node it ran on (set by the runtime; None in process): the chunk record's node
-    fed: bool = False  # its result went on to the next fused stage in the same worker call (engine.fusion)
+    fed: bool = False  # its result went on to the next fused stage in the same worker call (core.fusion)
+    behind: str | None = None  # a fused stage: the map whose chunk it ran behind, in the same worker call
 
 
 def settles_first_run(summary: ChunkSummary, retries: int) -> bool:

@@ -119,7 +119,7 @@ def recorder_for(home: str | None, run_id: str, plan: Plan) -> HistoryRecorder |
 
 def run_graph(plan: Plan) -> dict:
     """What the history keeps of a run's plan: its shape, target, code and driver (for resume)."""
-    return shape_of(plan.flow_name, plan.specs) | {
+    return shape_of(plan.flow_name, plan.specs, plan.fused) | {
         "target": plan.target, "resumed_from": plan.resumed_from, "code": dict(plan.code), "driver": dict(plan.driver),
         "attempt": plan.attempt, "results": plan.results, "flow_code": plan.flow_code,
     }

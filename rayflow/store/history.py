@@ -193,9 +193,9 @@ class RunStore(Recovery, Queries, ArtifactQueries, TaskQueries):
             if transitions:
                 db.executemany("INSERT INTO transitions VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", transitions)
             if chunks:
-                # a row without its node (kept from before chunks had one, or where none is known): NULL
-                db.executemany("INSERT INTO chunks VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                               [row if len(row) == 12 else (*row, None) for row in chunks])
+                # a row without its node or fused (kept from before chunks had them): NULL
+                db.executemany("INSERT INTO chunks VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                               [(*row, *(None,) * (13 - len(row))) for row in chunks])
             if items:  # one row per item: a later row of it (run again) replaces the earlier one
                 db.executemany("INSERT OR REPLACE INTO items VALUES (?,?,?,?,?,?,?,?,?)", items)
             if artifacts:  # keyed ones numbered as they go in (store.artifacts)

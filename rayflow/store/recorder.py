@@ -143,6 +143,7 @@ class HistoryRecorder(RunObserver):
             str(error) if error is not None else (summary.errors[0][1] if summary.errors else None),
             self.attempt, facts.retried if facts is not None else 0,
             getattr(summary, "node", None),  # where it ran (a cluster's node id), when known
+            getattr(summary, "behind", None),  # the map it ran fused behind, in the same worker call (core.fusion)
         )
         with self._lock:
             self._chunks.append(row)

@@ -41,7 +41,7 @@ CREATE INDEX IF NOT EXISTS transitions_by_run ON transitions(run_id, task_key, s
 CREATE TABLE IF NOT EXISTS chunks (
     run_id TEXT NOT NULL, task_key TEXT NOT NULL, start INTEGER, stop INTEGER, items INTEGER,
     counts TEXT, started_at REAL, finished_at REAL, error TEXT, run_attempt INTEGER NOT NULL DEFAULT 1,
-    retried INTEGER NOT NULL DEFAULT 0, node TEXT
+    retried INTEGER NOT NULL DEFAULT 0, node TEXT, fused TEXT
 );
 CREATE INDEX IF NOT EXISTS chunks_by_run ON chunks(run_id, task_key);
 CREATE TABLE IF NOT EXISTS items (
@@ -105,9 +105,10 @@ ADDED_COLUMNS = (
     ("logs", "run_attempt", "INTEGER NOT NULL DEFAULT 1"),
     ("scheduled_runs", "server", "TEXT"),
     ("chunks", "node", "TEXT"),
+    ("chunks", "fused", "TEXT"),
 )
 
-SCHEMA_VERSION = 10  # 8: sla_misses, 9: pauses (store.approvals), 10: chunks.node; PRAGMA user_version once SCHEMA and ADDED_COLUMNS are in: opening skips the writes
+SCHEMA_VERSION = 11  # 8: sla_misses, 9: pauses (store.approvals), 10: chunks.node, 11: chunks.fused; PRAGMA user_version once SCHEMA and ADDED_COLUMNS are in: opening skips the writes
 
 
 

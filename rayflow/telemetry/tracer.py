@@ -290,6 +290,8 @@ class RunTracer(RunObserver):
         }
         if job.indices is not None:
             attrs[f"{PREFIX}retried_items"] = len(job.indices)
+        if getattr(summary, "behind", None):  # a fused stage (core.fusion): the map it ran behind
+            attrs[f"{PREFIX}fused_behind"] = summary.behind
         if job.slots is not None:  # a tagged map's chunk: the limits' slots it ran with, and its wait for them
             attrs[f"{PREFIX}limit_slots"] = job.slots
             attrs[f"{PREFIX}limit_wait_seconds"] = round(job.waited, 3)

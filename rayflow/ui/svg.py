@@ -89,6 +89,7 @@ def graph_svg(shape: Mapping[str, Any], tasks: list[dict], run_id: str = "", col
     ]
     for sub in sorted(subflows, key=lambda k: k.count("/")):  # boxes around each column's part of a subflow, underneath
         out.append(_subflow_boxes(sub, layout.layers, groups, x, y, collapsed))
+    fused = {(a, b) for chain in shape.get("fused") or () for a, b in zip(chain, chain[1:])}
     for (dep, key), chain in layout.routes.items():
         points = [(x[dep] + NODE_W, y[dep] + NODE_H / 2)]
         for d in chain:
@@ -101,6 +102,13 @@ def graph_svg(shape: Mapping[str, Any], tasks: list[dict], run_id: str = "", col
             else:
                 mid = (x0 + x1) / 2
                 path.append(f"C{mid:.0f},{y0:.1f} {mid:.0f},{y1:.1f} {x1:.0f},{y1:.1f}")
+        if (dep, key) in fused:  # a map running in its upstream map's chunks, one pass per chunk (core.fusion)
+            out.append(
+                f'<path class="edge fused" d="{" ".join(path)}" fill="none" stroke="currentColor" stroke-opacity="0.8" '
+                f'stroke-width="3" marker-end="url(#arrow)"><title>{escape(key)} runs fused with {escape(dep)}: '
+                'one pass per chunk, in the same worker call</title></path>'
+            )
+            continue
         out.append(
             f'<path class="edge" d="{" ".join(path)}" fill="none" stroke="currentColor" stroke-opacity="0.45" '
             'marker-end="url(#arrow)"/>'

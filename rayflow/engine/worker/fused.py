@@ -41,6 +41,7 @@ def execute_fused(
         reports[-1] = dataclasses.replace(report, fed=True)
         with around(stage.work):
             value, report = execute(stage_payload, stage.work, *stage_values, out[-1])
+        report = dataclasses.replace(report, behind=reports[-1].map_key)
         retries = payload_options(stage_payload)["retries"]
         out.append(value)
         reports.append(report)
