@@ -50,7 +50,10 @@ Cases:
 4. two chained maps then a sum, N = 1e6: all contestants ("lists" runs two
    rounds of tasks; the Dask bag fuses the two maps per partition itself, Dask futures
    apply both in each chunk as "fused" does; mp runs
-   two ``pool.map`` calls);
+   two ``pool.map`` calls); rayflow runs the chain fused (core.fusion), and is also compared
+   with "two-pass" Ray (chunks of f as lists, then a task per list applying g and summing:
+   the issue's baseline), with the same chain unfused (``fuse=False``) and with one rayflow
+   map of the same size (a line under the table);
 5. N = 1e7 through batch=True from a generator, summed by a batch=True task, with the driver's peak RSS
    (and the same at N = 1e6, to show it does not grow with N); run first,
    before any bigger allocation has raised the driver's peak;
@@ -204,6 +207,13 @@ class Bench:
             "ratio_mp": ratio("mp"),
             "ratio_ray_data_map": ratio("ray_data_map"),
             "ratio_ray_data_map_batches": ratio("ray_data_map_batches"),
+            # case 4: the fused chain against two-pass Ray, the same chain unfused, a single map
+            "ray_two_pass_s": _r(best.get("ray_two_pass")),
+            "rayflow_unfused_s": _r(best.get("rayflow_unfused")),
+            "rayflow_single_s": _r(best.get("rayflow_single")),
+            "ratio_ray_two_pass": ratio("ray_two_pass"),
+            "ratio_rayflow_unfused": ratio("rayflow_unfused"),
+            "ratio_rayflow_single": ratio("rayflow_single"),
             "items_per_s": round(n / ours) if ours else None,
             "ideal_s": _r(ideal),
             "ratio_to_ideal": round(ours / ideal, 3) if ideal and ours else None,
@@ -384,6 +394,21 @@ def main() -> None:
         def chained_flow():
             return t_total(t_affine.map(t_affine.map(data)))
 
+        @rf.flow(name="chained_unfused", fuse=False)
+        def unfused_flow():
+            return t_total(t_affine.map(t_affine.map(data)))
+
+        @rf.flow(name="single")
+        def single_flow():  # the same size, one map: what a fused chain is measured against too
+            return t_total(t_affine.map(data))
+
+        def ray_two_pass() -> int:
+            """Best hand-written two-pass Ray: chunks of f as lists, then a task per list applying
+            g and summing (its lists stay in the object store between the passes)."""
+            size = chunk_size(n, FUSED_CHUNKS)
+            firsts = [r_affine.remote(data[i : i + size]) for i in range(0, n, size)]
+            return sum(ray.get([r_fused.remote(ref) for ref in firsts]))
+
         bench.case(
             "4 two chained maps + sum",
             n,
@@ -391,6 +416,9 @@ def main() -> None:
                 "rayflow": chained_flow,
                 "ray_lists": ray_lists(data, 4 * cpus, rounds=2),
                 "ray_fused": ray_fused(data, r_fused_twice),
+                "ray_two_pass": ray_two_pass,
+                "rayflow_unfused": unfused_flow,
+                "rayflow_single": lambda: single_flow() + n * n + n,  # sum(2x + 1), made sum(4x + 3)
                 "dask_futures": futures_or_none(dask, data, fused_affine_twice, FUSED_CHUNKS),
                 "dask_bag": bag_or_none(dask, data, affine, FUSED_CHUNKS, maps=2),
                 "mp": mp_map(pool, data, affine, FUSED_CHUNKS, maps=2),
@@ -421,6 +449,13 @@ def main() -> None:
     bench.rows.sort(key=lambda r: (r["case"], r["n"]))  # case 5 ran first
     print_table(bench.rows)
     print_ray_data(bench.rows)
+    for r in bench.rows:
+        if r["ray_two_pass_s"]:
+            print(
+                f"fused chain at N={r['n']}: {r['rayflow_s']} s = x {r['ratio_ray_two_pass']} two-pass Ray ({r['ray_two_pass_s']} s),"
+                f" x {r['ratio_rayflow_single']} one rayflow map ({r['rayflow_single_s']} s),"
+                f" x {r['ratio_rayflow_unfused']} the chain unfused ({r['rayflow_unfused_s']} s)"
+            )
     for n, m in memory.items():
         print(f"driver peak RSS after N={n}: {m['driver_peak_rss_mb']} MB (grew {m['peak_growth_mb']} MB)")
     elapsed = time.perf_counter() - started

@@ -22,7 +22,8 @@ from rayflow.core.fusion import plan_fusion
 from rayflow.engine.plan import compile_plan
 from rayflow.states import StateType as T
 from rayflow.store import RunStore
-from tests.waiting import wait_for
+from cli_runner import run_cli_in_process
+from waiting import wait_for
 
 
 def _attempt(root: str, name: str, x: int) -> int:
@@ -253,3 +254,27 @@ def test_fusion_is_refused_where_it_would_change_meaning(body, why):
 def test_fuse_false_and_a_flatten_run_unfused():
     assert _fusion(lambda: plus.map(plus.map(range(3))), fuse=False).refused == (("plus", "plus-2", "the flow has fuse=False"),)
     assert _fusion(lambda: plus.map(rf.flatten(plus.map(range(3))))) == _fusion(lambda: plus.map(range(3)))  # not element-wise
+
+
+# -- what a person sees --------------------------------------------------------------------
+
+
+@rf.flow
+def fused_pair(n: int = 4):
+    return summed(plus.map(plus.map(range(n)), rf.unmapped(1)))
+
+
+def test_rayflow_graph_and_the_ui_draw_fused_edges(tmp_path):
+    from rayflow.ui.svg import graph_svg
+
+    mermaid = run_cli_in_process("graph", "tests/test_fusion.py:fused_pair", home=tmp_path)
+    assert mermaid.returncode == 0, mermaid.stderr
+    assert "n_plus ==>|fused| n_plus_2" in mermaid.stdout and "n_plus_2 --> n_summed" in mermaid.stdout
+    dot = run_cli_in_process("graph", "tests/test_fusion.py:fused_pair", "--format", "dot", home=tmp_path)
+    assert 'n_plus -> n_plus_2 [style=bold, penwidth=2, label="fused"];' in dot.stdout
+    unfused = fused_pair.with_options(fuse=False)
+    assert plan_fusion(unfused.graph.nodes, unfused.options).chains == ()
+    shape = compile_plan(fused_pair.graph, fused_pair)
+    svg = graph_svg({"nodes": [{"key": s.key, "name": s.name, "kind": s.kind, "upstream": list(s.upstream), "wait_for": [],
+                                "conditions": []} for s in shape.specs], "fused": [list(c) for c in shape.fused]}, [])
+    assert svg.count('class="edge fused"') == 1 and "plus-2 runs fused with plus" in svg

@@ -73,6 +73,21 @@ def nightly_report(days: int = 7):
     return note.map(list(range(days)))
 
 
+@rf.task
+def scaled(x: int) -> int:
+    return 10 * x
+
+
+@rf.flow(runner="local")
+def pipeline(n: int = 40):
+    return crash_free_total(scaled.map(note.map(list(range(n)))))  # a fused chain, then a reduce
+
+
+@rf.task
+def crash_free_total(xs: list) -> int:
+    return sum(xs)
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     from ui_http import uvicorn_server
@@ -86,12 +101,13 @@ def served(tmp_path_factory):
             nightly_report.run(days=days)
             demo.run(fail=False)
         failed = demo.run()
+        fused = pipeline.run()
     every_6h = {"kind": "interval", "every": 21600.0, "anchor": "2020-01-01T00:00:00+00:00"}  # as `rayflow serve --interval` registers it
     schedules, now = ScheduleStore(RunStore(home)), time.time()
     schedules.register("nightly_report/6h", "nightly_report", "tests/test_ui_browser.py:nightly_report", every_6h, now)
     schedules.advance("nightly_report/6h", now, now - now % 21600 + 21600)
     with uvicorn_server(create_app(home)) as url:
-        yield {"url": url, "home": home, "failed": failed}
+        yield {"url": url, "home": home, "failed": failed, "fused": fused}
 
 
 @pytest.fixture(scope="module")
@@ -272,9 +288,12 @@ def test_signed_in_with_the_token_every_page_reads_in_light_and_dark_from_1024_p
         assert current.text == "Runs"
         badge = browser.find_element(By.CSS_SELECTOR, "#runs .badge.failed")
         assert badge.text == "FAILED" and badge.value_of_css_property("background-color") == "rgba(242, 139, 130, 1)"  # #f28b82
-        pages = [("runs", "/runs"), ("flows", "/flows"), ("run", f"/runs/{failed}"),
+        pages = [("runs", "/runs"), ("flows", "/flows"), ("run", f"/runs/{failed}"), ("run-fused", f"/runs/{served['fused'].run_id}"),
                  ("filtered", "/runs?state=FAILED"), ("missing", "/runs/no-such-run"), ("error", "/runs?page=x")]
         assert screenshots(browser, url, pages) == {}
+        browser.get(url + f"/runs/{served['fused'].run_id}")  # a fused chain: a thick edge and its key
+        assert len(browser.find_elements(By.CSS_SELECTOR, "svg.graph path.edge.fused")) == 1
+        assert browser.find_element(By.CSS_SELECTOR, ".legend .fused-chain").text == "fused: note → scaled"
         set_scheme(browser, "dark")
         browser.get(url + "/runs")
         background = browser.find_element(By.TAG_NAME, "body").value_of_css_property("background-color")
