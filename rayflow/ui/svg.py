@@ -85,7 +85,9 @@ def graph_svg(shape: Mapping[str, Any], tasks: list[dict], run_id: str = "", col
         f'<svg xmlns="http://www.w3.org/2000/svg" class="graph" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12" data-nodes="{len(keys)}">',
         '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
-        'orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="currentColor" fill-opacity="0.6"/></marker></defs><g class="viewport">',
+        'orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="currentColor" fill-opacity="0.6"/></marker>'
+        '<marker id="arrow-fused" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="10" markerHeight="10" markerUnits="userSpaceOnUse" '
+        'orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="currentColor" fill-opacity="0.8"/></marker></defs><g class="viewport">',
     ]
     for sub in sorted(subflows, key=lambda k: k.count("/")):  # boxes around each column's part of a subflow, underneath
         out.append(_subflow_boxes(sub, layout.layers, groups, x, y, collapsed))
@@ -105,7 +107,7 @@ def graph_svg(shape: Mapping[str, Any], tasks: list[dict], run_id: str = "", col
         if (dep, key) in fused:  # a map running in its upstream map's chunks, one pass per chunk (core.fusion)
             out.append(
                 f'<path class="edge fused" d="{" ".join(path)}" fill="none" stroke="currentColor" stroke-opacity="0.8" '
-                f'stroke-width="3" marker-end="url(#arrow)"><title>{escape(key)} runs fused with {escape(dep)}: '
+                f'stroke-width="3" marker-end="url(#arrow-fused)"><title>{escape(key)} runs fused with {escape(dep)}: '
                 'one pass per chunk, in the same worker call</title></path>'
             )
             continue

@@ -133,7 +133,7 @@ class Axis:
 
 def _seconds(value: float) -> str:
     if value < 60:
-        return f"{value:g}s" if value >= 1 or value == 0 else f"{value * 1000:.0f}ms"
+        return f"{value:g}s" if value >= 1 or value == 0 else f"{value * 1000:.3g}ms"  # 0.25ms, 1.5ms, 250ms
     minutes, seconds = divmod(round(value), 60)
     return f"{minutes // 60}h {minutes % 60}m" if minutes >= 60 else f"{minutes}m {seconds}s" if seconds else f"{minutes}m"
 
