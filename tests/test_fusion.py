@@ -101,6 +101,34 @@ def test_a_fused_chain_ends_as_the_unfused_one_item_by_item(runner, tmp_path):
     assert fused["graph"] == [["first", "second", "third"]]
 
 
+@rf.task
+def scale(x: int) -> int:
+    return 2 * x
+
+
+@rf.task(chunk_size=3)
+def expand(x: int) -> list[int]:
+    if x == 4:
+        raise ValueError("four")
+    return list(range(x % 4))
+
+
+def test_a_chain_through_a_flatten_fuses_where_its_start_is_known(runner):
+    """``inc.map(rf.flatten(expand.map(xs)))``: the first chunk of expand goes on fused (nothing
+    before it), later ones once every earlier chunk ended; items, values and states as unfused."""
+    out = {}
+    for fuse in (True, False):
+        flow = rf.flow(name=f"flat_{fuse:d}", fuse=fuse, runner=runner)(lambda: scale.map(second.map(rf.flatten(expand.map(range(13))))))
+        run = flow.run()
+        rows = RunStore().run(run.run_id)["chunks"]
+        out[fuse] = ({k: [(s.type, s.message) for s in run.map_states(k)] for k in ("expand", "second", "scale")},
+                     run.task_result("scale"), [(r["task_key"], r["start"], r["fused"]) for r in rows if r["fused"]])
+    assert out[True][:2] == out[False][:2] and out[False][2] == []
+    flat = [y for x in range(13) if x != 4 for y in range(x % 4)]  # item 4 failed: nothing of it
+    assert out[True][1] == [None if y % 5 == 0 else 2 * (y + 1000) for y in flat]  # second skips multiples of 5
+    assert ("second", 0, "expand") in out[True][2] and ("scale", 0, "second") in out[True][2]
+
+
 def _hold(root: str, name: str) -> None:
     """Say this item runs, then wait until cancelled (a thread cannot be killed: it returns on its own once released)."""
     (pathlib.Path(root) / name).touch()
@@ -251,9 +279,9 @@ def test_fusion_is_refused_where_it_would_change_meaning(body, why):
         assert fusion.chains == () and [r[2] for r in fusion.refused] == [why]
 
 
-def test_fuse_false_and_a_flatten_run_unfused():
+def test_fuse_false_runs_unfused_and_a_flatten_fuses():
     assert _fusion(lambda: plus.map(plus.map(range(3))), fuse=False).refused == (("plus", "plus-2", "the flow has fuse=False"),)
-    assert _fusion(lambda: plus.map(rf.flatten(plus.map(range(3))))) == _fusion(lambda: plus.map(range(3)))  # not element-wise
+    assert _fusion(lambda: plus.map(rf.flatten(expand.map(range(3))))).chains == (("expand", "plus"),)
 
 
 # -- what a person sees --------------------------------------------------------------------

@@ -11,8 +11,10 @@ orchestrator takes each stage's result as if its chunk had been submitted on its
 A map g is fused behind f only where that cannot change what g computes or what anyone
 else sees of f (``refusal`` names the reason otherwise):
 
-- g maps over f element-wise and over nothing else (no zip, no ``rf.flatten``), and does
-  not take f's whole result too;
+- g maps over f element-wise, or over ``rf.flatten(f)``, and over nothing else (no zip),
+  and does not take f's whole result too.  Through a flatten, a chunk goes on fused only
+  where its items' place in the flattened sequence is known when it starts: every earlier
+  chunk of f has ended (the first chunks, and chunks cut after a pause in f's pipeline);
 - nothing else consumes f: no other task, no ``wait_for`` (f's values are kept, as
   unfused: the run's result and ``FlowRun.task_result`` read them);
 - both are per-item tasks, or both ``batch=True``;
@@ -62,7 +64,7 @@ def plan_fusion(nodes: Iterable[Any], options: Any = None) -> Fusion:
         if g.kind != "map":
             continue
         for source in g.sources:
-            if source.kind != "map":
+            if source.kind not in ("map", "flatten_map"):
                 continue
             f = by_key[source.key]
             why = "the flow has fuse=False" if not enabled else refusal(f, g, consumers[f.key], flow_persist, loaded)

@@ -202,22 +202,35 @@ class MapCoordinator:
         """``work`` (a chunk's first run) with the maps fused behind it (core.fusion) that are
         running, and their own input handles; each stage is expected where its map cuts the chunk."""
         job, stages, handles = work.job, [], []
-        key, previous = spec.key, work.work_id
+        key, previous, start, size = spec.key, work.work_id, job.start, job.size
         while (after := self.fuse_next.get(key)) is not None:
             run = self.maps.get(after)
             if run is None or run.done or run.fatal is not None or self.plan.by_key[after].resource_wait is not None:
                 break
             values = self.values[after]
+            flat = run.sources[0].flat
+            if flat:  # through rf.flatten: where its items start is known once every earlier chunk ended
+                start = self._flat_start(key, start) if not stages else None
+                if start is None:
+                    break
+                size = -1  # as many as the previous stage's chunk holds: the worker says (execute_fused)
             stage_job = ChunkJob(
-                map_key=after, chunk=-1, start=job.start, size=job.size,
-                sources=((Piece("chunk", (len(values),), 0, job.size),),), upstream=(key,),
+                map_key=after, chunk=-1, start=start, size=size,
+                sources=((Piece("flatten_chunk" if flat else "chunk", (len(values),), 0, size),),),
+                upstream=(None if flat else key,),
             )
             stage = Stage(Work(self.next_work_id(), after, 1, job=stage_job), 1 + len(values))
-            self.stages.add(previous, stage.work.work_id, after, job.start, job.start + job.size)
+            self.stages.add(previous, stage.work.work_id, after, start, None if size < 0 else start + size)
             stages.append(stage)
             handles += values
             key, previous = after, stage.work.work_id
         return dataclasses.replace(work, fused=tuple(stages)), handles
+
+    def _flat_start(self, key: str, start: int) -> int | None:
+        """Where the items of map ``key``'s chunk at ``start`` begin in its flattening: known when
+        every chunk before it is final (None otherwise)."""
+        before = [c for c in self.maps[key].chunks if c.start < start]
+        return sum(c.flat_count for c in before) if all(c.final for c in before) else None
 
     def receive(self, completion: Completion) -> Completion | None:
         """A chunk work's completion as the orchestrator is to take it: a fused stage's with the

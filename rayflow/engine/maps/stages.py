@@ -18,12 +18,12 @@ from typing import Any
 class StageBook:
     def __init__(self) -> None:
         self.expect: dict[tuple[str, int], int] = {}  # (map key, chunk start) -> the stage's work id, not adopted
-        self.stages: dict[int, tuple[str, int, int]] = {}  # stage work id -> (map key, start, stop): its result not taken
+        self.stages: dict[int, tuple[str, int, int | None]] = {}  # stage work id -> (map key, start, stop or None: any)
         self.held: dict[int, tuple[Any, Any, Any]] = {}  # stage work id -> (work, report, handle) come before adoption
         self.next: dict[int, int] = {}  # a work id -> the work id of the stage fused behind it
         self.void: set[int] = set()  # stages that ran on a chunk that did not settle: their results are not taken
 
-    def add(self, previous: int, work_id: int, key: str, start: int, stop: int) -> None:
+    def add(self, previous: int, work_id: int, key: str, start: int, stop: int | None) -> None:
         self.expect[(key, start)] = work_id
         self.stages[work_id] = (key, start, stop)
         self.next[previous] = work_id
@@ -31,7 +31,7 @@ class StageBook:
     def expected(self, key: str, start: int, stop: int) -> int | None:
         """The stage that ran g's chunk [start, stop), taken off the expected ones (None: none did)."""
         work_id = self.expect.get((key, start))
-        if work_id is None or self.stages[work_id][2] != stop:
+        if work_id is None or self.stages[work_id][2] not in (stop, None):  # None: through a flatten, any size
             return None
         del self.expect[(key, start)]
         return work_id

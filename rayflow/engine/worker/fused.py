@@ -38,9 +38,17 @@ def execute_fused(
         position += stage.inputs
         if report is None or not settles_first_run(report, retries):
             break
+        work = stage.work
+        if work.job.size < 0:  # after rf.flatten: as many items as the previous chunk's values hold (or items)
+            piece = work.job.sources[0][0]
+            size = report.flat_count if piece.kind == "flatten_chunk" else report.size
+            if not size:
+                break  # nothing to map over: the next map cuts no chunk here
+            piece = dataclasses.replace(piece, hi=size)
+            work = dataclasses.replace(work, job=dataclasses.replace(work.job, size=size, sources=((piece,),)))
         reports[-1] = dataclasses.replace(report, fed=True)
-        with around(stage.work):
-            value, report = execute(stage_payload, stage.work, *stage_values, out[-1])
+        with around(work):
+            value, report = execute(stage_payload, work, *stage_values, out[-1])
         report = dataclasses.replace(report, behind=reports[-1].map_key)
         retries = payload_options(stage_payload)["retries"]
         out.append(value)
