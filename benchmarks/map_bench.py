@@ -10,7 +10,9 @@ on the last line with every row, every contestant's times and the ratios
 
 Contestants:
 
-- rayflow: ``rf.task`` / ``.map`` in a flow, run history and logs on;
+- rayflow: ``rf.task`` / ``.map`` in a flow, run history and logs on, summed by ``rf.reduce.sum``
+  (folded into the map's chunks: core.reducers); case 1 also times the sum as a task of one's
+  own, which receives every value ("task sum", a line under the table);
 - Ray "lists": the hand-written baseline this script always had: the items
   cut into 4 x CPUs list chunks, one ``ray.remote`` task per chunk returning
   its list of results, the driver sums the lists;
@@ -211,6 +213,7 @@ class Bench:
             "ray_two_pass_s": _r(best.get("ray_two_pass")),
             "rayflow_unfused_s": _r(best.get("rayflow_unfused")),
             "rayflow_single_s": _r(best.get("rayflow_single")),
+            "rayflow_task_sum_s": _r(best.get("rayflow_task_sum")),  # case 1: the sum as a plain task
             "ratio_ray_two_pass": ratio("ray_two_pass"),
             "ratio_rayflow_unfused": ratio("rayflow_unfused"),
             "ratio_rayflow_single": ratio("rayflow_single"),
@@ -316,7 +319,11 @@ def main() -> None:
             }
 
         @rf.flow(name=f"affine_{n}")
-        def affine_flow():
+        def affine_flow():  # the sum folded into the map's chunks (core.reducers)
+            return rf.reduce.sum(t_affine.map(data))
+
+        @rf.flow(name=f"affine_task_{n}")
+        def affine_task_flow():  # the sum as a task of one's own, which receives every value
             return t_total(t_affine.map(data))
 
         bench.case(
@@ -324,6 +331,7 @@ def main() -> None:
             n,
             {
                 "rayflow": affine_flow,
+                "rayflow_task_sum": affine_task_flow,
                 "ray_lists": ray_lists(data, 4 * cpus),
                 "ray_fused": ray_fused(data, r_fused),
                 "dask_futures": futures_or_none(dask, data, fused_affine, FUSED_CHUNKS),
@@ -392,15 +400,15 @@ def main() -> None:
 
         @rf.flow(name="chained")
         def chained_flow():
-            return t_total(t_affine.map(t_affine.map(data)))
+            return rf.reduce.sum(t_affine.map(t_affine.map(data)))
 
         @rf.flow(name="chained_unfused", fuse=False)
         def unfused_flow():
-            return t_total(t_affine.map(t_affine.map(data)))
+            return rf.reduce.sum(t_affine.map(t_affine.map(data)))
 
         @rf.flow(name="single")
         def single_flow():  # the same size, one map: what a fused chain is measured against too
-            return t_total(t_affine.map(data))
+            return rf.reduce.sum(t_affine.map(data))
 
         def ray_two_pass() -> int:
             """Best hand-written two-pass Ray: chunks of f as lists, then a task per list applying
@@ -450,6 +458,8 @@ def main() -> None:
     print_table(bench.rows)
     print_ray_data(bench.rows)
     for r in bench.rows:
+        if r["rayflow_task_sum_s"]:
+            print(f"map + sum at N={r['n']}: rf.reduce.sum {r['rayflow_s']} s, the sum as a task of its own {r['rayflow_task_sum_s']} s")
         if r["ray_two_pass_s"]:
             print(
                 f"fused chain at N={r['n']}: {r['rayflow_s']} s = x {r['ratio_ray_two_pass']} two-pass Ray ({r['ray_two_pass_s']} s),"

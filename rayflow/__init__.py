@@ -19,6 +19,7 @@ from typing import Any as _Any
 
 if _TYPE_CHECKING:  # what the names below are, for type checkers; at run time each loads on first use
     from rayflow import cache, notify, schedules, signals, triggers
+    from rayflow.core import reducers as reduce
     from rayflow.engine.worker import artifacts
     from rayflow.core.branching import case, merge, set_reference_tasks
     from rayflow.core.flow import Flow, flow
@@ -72,9 +73,11 @@ _LAZY: dict[str, str] = {
     **{name: "rayflow.runs.approval" for name in ("approve", "reject")},  # pause and approve
     "pause": "rayflow.engine.worker.pause", "ApprovalError": "rayflow.exceptions",
 }
-_SUBMODULES = ("artifacts", "cache", "limits", "notify", "schedules", "signals", "triggers")
+_SUBMODULES = ("artifacts", "cache", "limits", "notify", "reduce", "schedules", "signals", "triggers")
 # rf.limits: rayflow.runtime.limits.api; rf.artifacts: rayflow.engine.worker.artifacts (called in tasks)
-_SUBMODULE_PATHS = {"limits": "rayflow.runtime.limits.api", "artifacts": "rayflow.engine.worker.artifacts"}
+_SUBMODULE_PATHS = {
+    "limits": "rayflow.runtime.limits.api", "artifacts": "rayflow.engine.worker.artifacts", "reduce": "rayflow.core.reducers",
+}
 
 
 def __getattr__(name: str) -> _Any:
@@ -146,6 +149,7 @@ __all__ = [
     "pause",
     "rate_limit",
     "rate_limit_async",
+    "reduce",
     "reject",
     "resume",
     "schedules",

@@ -206,6 +206,9 @@ class ChunkResult:
     attempts: np.ndarray  # int16 per item
     errors: dict[int, tuple[str, str, str]] = field(default_factory=dict)  # local index -> (type, msg, tb)
     indices: np.ndarray | None = None  # for a retry: which items of the chunk these are
+    # a first run's part of the rf.reduce that consumes its map (core.reducers): (part,), () when
+    # no item succeeded, None when none was made
+    partial: tuple | None = None
 
     def __len__(self) -> int:
         return len(self.codes)

@@ -272,7 +272,7 @@ class Orchestrator:
             self.follow(key, state)
             return
         self.retries.attempts[key] = attempt
-        layout, handles = pack_inputs([self.handles.get(k) for k in spec.value_keys], batch=spec.options.batch)
+        layout, handles = pack_inputs([self.handles.get(k) for k in spec.value_keys], batch=spec.options.batch, partials=spec.partials)
         extra = {"max_loops": spec.options.max_loops, "looped": self.retries.looped.get(key), "approval": self.pauses.approval(key)}  # rf.Loop, rf.pause
         work = self.prepare(Work(self.next_work_id(), key, attempt, layout, report_length=spec.report_length, **extra))
         self.running[key] = work

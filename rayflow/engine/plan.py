@@ -22,6 +22,7 @@ from typing import Any
 import cloudpickle
 
 from rayflow.core.fusion import plan_fusion
+from rayflow.core.reducers import BY_FUNCTION
 from rayflow.core.graph import Graph
 from rayflow.core.options import TaskOptions
 from rayflow.core.mapping import check_lengths
@@ -74,6 +75,7 @@ class TaskSpec:
     # seconds each of its works may wait to be placed before it fails (None: no limit).
     resource_wait: float | None = None
     items_at_once: int = 1  # a map: its chunks' items running at once at most (async / concurrency=)
+    partials: str | None = None  # an rf.reduce folded into its map's chunks: its op; it combines their parts (core.reducers)
 
     @property
     def dependencies(self) -> tuple[str, ...]:
@@ -135,6 +137,7 @@ def compile_plan(graph: Graph, flow: Any = None) -> Plan:
     params = graph.params
     order = _topological_order(graph)
     consumers = _map_consumption(graph)
+    folds = _reduce_folds(graph)  # map key -> (the rf.reduce folded into its chunks, its op)
     streams: dict[int, Any] = {}
     specs = []
     results = ResultPlanner(graph, order, flow)
@@ -151,6 +154,7 @@ def compile_plan(graph: Graph, flow: Any = None) -> Plan:
         rest: tuple[Any, ...] = (args, kwargs, value_keys, options.retry_on)
         if node.kind == "map":
             worker_options = _worker_options(options, count_flat=key in consumers["flatten_map"], store=results.map_store(node))
+            worker_options["partial"] = folds[key][1] if key in folds else None
             attempt = flow.options.run_attempt if flow is not None else 1
             rest += ({**worker_options, "item_cache": results.item_cache(node), "run_attempt": attempt},)
         else:
@@ -174,6 +178,7 @@ def compile_plan(graph: Graph, flow: Any = None) -> Plan:
                 report_length="flat" if key in consumers["flatten_node"] else "len" if key in consumers["node"] else None,
                 count_flat=key in consumers["flatten_map"],
                 items_at_once=_items_at_once(node.task.fn, options) if node.kind == "map" else 1,
+                partials=next((op for reduce, op in folds.values() if reduce == key), None),
                 resume_chunks=results.chunks.get(key, ()),
                 reference=node.subflow.reference if node.subflow else (),
                 members=node.subflow.members if node.subflow else (),
@@ -196,6 +201,20 @@ def compile_plan(graph: Graph, flow: Any = None) -> Plan:
         results=results.store,
         fused=plan_fusion(graph.nodes, flow.options if flow is not None else None).chains,
     )
+
+
+def _reduce_folds(graph: Graph) -> dict[str, tuple[str, str]]:
+    """The rf.reduce tasks whose one argument is a map (core.reducers): map key -> (reduce key,
+    op); one per map (a second reduce of the same map runs over its values)."""
+    out: dict[str, tuple[str, str]] = {}
+    for node in graph.nodes:
+        op = BY_FUNCTION.get(node.task.fn) if node.kind == "task" else None
+        if op is None or node.kwargs or len(node.args) != 1 or not isinstance(node.args[0], NodeRef):
+            continue
+        upstream = graph.by_key.get(node.args[0]._key)
+        if upstream is not None and upstream.kind == "map" and upstream.key not in out:
+            out[upstream.key] = (node.key, op)
+    return out
 
 
 def _map_consumption(graph: Graph) -> dict[str, set[str]]:

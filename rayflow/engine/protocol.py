@@ -117,12 +117,13 @@ def stage_arguments(work: Work, handles: list[Any], payloads: list[Any]) -> list
     return out
 
 
-def pack_inputs(inputs: list[Any], *, batch: bool = False) -> tuple[tuple[Any, ...], list[Any]]:
+def pack_inputs(inputs: list[Any], *, batch: bool = False, partials: str | None = None) -> tuple[tuple[Any, ...], list[Any]]:
     """A layout plus the flat handles for a plain task's upstream inputs.
 
     A map's value is laid out as its chunks' result handles: ``"map"`` (the worker makes
     the list of successful values) or, for a ``batch=True`` task, ``"map_batch"`` (one
-    column of them, as a batch task's chunk gets it).
+    column of them, as a batch task's chunk gets it), or for an ``rf.reduce`` folded into
+    the map's chunks, ``"map_partial:OP"`` (the chunks' parts, core.reducers).
     """
     flat: list[Any] = []
     layout: list[Any] = []
@@ -132,7 +133,7 @@ def pack_inputs(inputs: list[Any], *, batch: bool = False) -> tuple[tuple[Any, .
             for ch in handle.chunks:
                 chunks.append(tuple(range(len(flat), len(flat) + len(ch.handles))))
                 flat.extend(ch.handles)
-            layout.append(("map_batch" if batch else "map", tuple(chunks)))
+            layout.append((f"map_partial:{partials}" if partials else "map_batch" if batch else "map", tuple(chunks)))
         else:
             layout.append(("value", len(flat)))
             flat.append(handle)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from rayflow.core.reducers import partial_of
 from rayflow.core.refs import NodeRef, substitute
 from rayflow.engine import columns as C
 from rayflow.engine.columns import ChunkResult, Column, encode_values, merge_results
@@ -144,12 +145,19 @@ def _run(fn, args, kwargs, upstream, retry_on, options, job, work_id, values, st
         for j in np.flatnonzero(outcomes.codes != C.SUCCESS).tolist():
             results[j] = None
     attempts = np.array(job.attempts, dtype=np.int16) if job.attempts is not None else np.ones(len(selected), np.int16)
+    values = column if column is not None else encode(results, outcomes)
+    partial = None
+    if options.get("partial") and job.indices is None:  # rf.reduce folded into the chunks (core.reducers)
+        ok = outcomes.codes == C.SUCCESS
+        mine = results if results is not None else column.items()
+        partial = partial_of(options["partial"], mine if ok.all() else [v for v, good in zip(mine, ok.tolist()) if good])
     result = ChunkResult(
-        values=column if column is not None else encode(results, outcomes),
+        values=values,
         codes=outcomes.codes,
         attempts=attempts,
         errors=outcomes.errors,
         indices=np.array(selected, dtype=np.int64) if job.indices is not None else None,
+        partial=partial,
     )
     flat = 0
     if options["count_flat"]:

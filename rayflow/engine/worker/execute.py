@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Sized
 from typing import Any
 
+from rayflow.core.reducers import Partials, partial_of
 from rayflow.engine.protocol import MAX_REPORTED_ERRORS, Work, WriteReport
 from rayflow.results import ResultStore
 from rayflow.engine.worker.chunk import run_chunk
@@ -83,12 +84,28 @@ def unpack(layout: tuple[Any, ...], values: tuple[Any, ...] | list[Any]) -> list
             out.append(values[where])
         elif kind == "map_batch":
             out.append(concat_columns([successful_column([values[i] for i in chunk]) for chunk in where]).batch())
+        elif kind.startswith("map_partial:"):  # an rf.reduce folded into the chunks (core.reducers)
+            out.append(_parts(kind.partition(":")[2], where, values))
         else:
             items: list[Any] = []
             for chunk in where:
                 items.extend(successful_values(merge_results([values[i] for i in chunk])))
             out.append(items)
     return out
+
+
+def _parts(op: str, where: tuple[tuple[int, ...], ...], values: Any) -> list[Any]:
+    """The chunks' parts of reduce ``op``: each first run's own, or made here from a chunk's values
+    (one whose items were retried); where one cannot be made, the successful values themselves
+    (the reduce's function then runs over them all, and raises what it raises, as unfolded)."""
+    parts = Partials()
+    for chunk in where:
+        results = [values[i] for i in chunk]
+        part = results[0].partial if len(results) == 1 else partial_of(op, successful_values(merge_results(results)))
+        if part is None:
+            return [v for chunk in where for v in successful_values(merge_results([values[i] for i in chunk]))]
+        parts.extend(part)
+    return parts
 
 
 def _length(value: Any, how: str) -> int | None:
