@@ -35,6 +35,7 @@ from rayflow.engine.worker.execute import execute
 from rayflow.engine.executor import Completion, QueuedStarts
 from rayflow.engine.plan import TaskSpec
 from rayflow.engine.protocol import AttemptResult, ChunkSummary, Work, describe_error
+from rayflow.runtime.actor.node_watch import NodeTable, NodeWatch, node_died, stop_quietly
 from rayflow.runtime.actor.resource_waits import ResourceWaits
 from rayflow.telemetry import worker_context
 
@@ -46,8 +47,9 @@ def _execute_remote(payload: bytes, head: tuple[Work, Any, str], *values: Any) -
     own (a msgpack envelope and a pickle each, some 0.1 ms in the actor per argument)."""
     work, notifier, run_id = head
     started = None
-    if notifier is not None:
-        notifier.attempt_started.remote(run_id, work.work_id, time.time())
+    if notifier is not None:  # its node too: a work on a node Ray declares dead is failed (node_watch)
+        node = ray.get_runtime_context().get_node_id()
+        notifier.attempt_started.remote(run_id, work.work_id, time.time(), node)
         started = lambda at: notifier.attempt_started.remote(run_id, work.work_id, at)  # noqa: E731 - rf.Loop's iterations
     with worker_context(work.trace):  # the user's own spans nest under this work's span
         value, report = execute(payload, work, *values, started=started)
@@ -101,7 +103,7 @@ def _consume(value_ref: ray.ObjectRef) -> None:
 
 
 class RayExecutor(QueuedStarts):
-    def __init__(self, run_id: str = "", notifier: Any = None) -> None:
+    def __init__(self, run_id: str = "", notifier: Any = None, nodes: NodeTable | None = None) -> None:
         super().__init__()
         self.run_id = run_id
         self.notifier = notifier  # the FlowRunActor's handle, told when timed works start
@@ -109,6 +111,7 @@ class RayExecutor(QueuedStarts):
         self._payloads: dict[str, Any] = {}
         self._remotes: dict[str, Any] = {}  # task key -> _remote_execute.options(...) (made once)
         self.waits = ResourceWaits()
+        self.watch = NodeWatch(nodes)  # works on a node Ray declared dead (a cluster of several nodes)
         self._not_placed: list[Completion] = []  # works failed without running: they were never placed
 
     def _payload(self, spec: TaskSpec) -> Any:
@@ -126,7 +129,8 @@ class RayExecutor(QueuedStarts):
 
     def submit(self, spec: TaskSpec, work: Work, handles: list[Any]) -> None:
         if work.persist is not None:  # a write-behind: default resources, wherever Ray puts it
-            value_ref, report_ref = _remote_write.remote(b"", (work, None, self.run_id), *handles)
+            watched = self.notifier is not None and self.watch.track(work.work_id, forward=False)
+            value_ref, report_ref = _remote_write.remote(b"", (work, self.notifier if watched else None, self.run_id), *handles)
             self._pending[report_ref] = (work, value_ref)
             return
         timed = spec.options.timeout is not None and work.job is None
@@ -135,12 +139,14 @@ class RayExecutor(QueuedStarts):
             self._not_placed.append(_not_placed(work, given_up))
             return
         tracked = self.waits.track(spec, work, forward=timed)
-        head = (work, self.notifier if timed or tracked else None, self.run_id)
+        watched = self.notifier is not None and self.watch.track(work.work_id, forward=timed or tracked)
+        head = (work, self.notifier if timed or tracked or watched else None, self.run_id)
         value_ref, report_ref = self._remote(spec).remote(self._payload(spec), head, *handles)
         self._pending[report_ref] = (work, value_ref)
 
-    def notify_started(self, work_id: int, at: float) -> None:
-        if self.waits.started(work_id):  # else only its resource wait wanted to know
+    def notify_started(self, work_id: int, at: float, node: str | None = None) -> None:
+        wanted = self.watch.started(work_id, node)  # else only the node watch wanted to know
+        if self.waits.started(work_id) and wanted:  # else only its resource wait wanted to know
             super().notify_started(work_id, at)
 
     def _in_flight(self) -> bool:
@@ -149,14 +155,31 @@ class RayExecutor(QueuedStarts):
     def _collect(self, timeout: float | None) -> list[Completion]:
         out, self._not_placed = self._not_placed, []
         deadline = self.waits.next_deadline()
+        check = self.watch.next_check()
+        wake = min((at for at in (deadline, check) if at is not None), default=None)
         if out:
             timeout = 0
-        elif deadline is not None:
-            timeout = max(0.0, min(timeout if timeout is not None else float("inf"), deadline - self.waits.clock()))
+        elif wake is not None:
+            timeout = max(0.0, min(timeout if timeout is not None else float("inf"), wake - self.waits.clock()))
         if self._pending:
             out += self._collect_ready(timeout)
         if deadline is not None:
             out += self._give_up_waits()
+        if check is not None:
+            out += self._lost_with_nodes()
+        return out
+
+    def _lost_with_nodes(self) -> list[Completion]:
+        """The works on a node Ray declared dead: force-cancelled, and lost (see node_watch)."""
+        lost = self.watch.lost()
+        out = []
+        for ref, (work, _) in list(self._pending.items()) if lost else ():
+            if work.work_id in lost:
+                del self._pending[ref]
+                self.waits.forget(work.work_id)
+                self.watch.finished(work.work_id)
+                stop_quietly(ray.cancel, ref)
+                out.append(Completion(work, None, None, node_died(lost[work.work_id])))
         return out
 
     def _give_up_waits(self) -> list[Completion]:
@@ -165,6 +188,7 @@ class RayExecutor(QueuedStarts):
             for ref, (pending, _) in list(self._pending.items()):
                 if pending.work_id == work.work_id:
                     del self._pending[ref]
+                    self.watch.finished(work.work_id)
                     ray.cancel(ref, force=True)
                     out.append(_not_placed(work, message))
         return out
@@ -185,12 +209,14 @@ class RayExecutor(QueuedStarts):
         for ref, report in zip(ready, reports):
             work, value_ref = self._pending.pop(ref)
             self.waits.finished(work.work_id)
+            self.watch.finished(work.work_id)
             out.append(Completion(work, report, value_ref))
         return out
 
     def _complete(self, ref: ray.ObjectRef) -> Completion:
         work, value_ref = self._pending.pop(ref)
         self.waits.finished(work.work_id)
+        self.watch.finished(work.work_id)
         try:
             report = ray.get(ref)
         except RayError as exc:  # the worker died, an object was lost, a value could not be stored
@@ -204,6 +230,7 @@ class RayExecutor(QueuedStarts):
             if work.work_id == work_id:
                 del self._pending[ref]
                 self.waits.forget(work_id)
+                self.watch.finished(work_id)
                 ray.cancel(ref, force=True)
 
     def put(self, value: Any) -> Any:
