@@ -5,6 +5,7 @@ the node the works started on is dead (tests/test_netbed.py loses a real host)."
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
 import threading
 import time
@@ -49,11 +50,19 @@ class Starts:
 
     def __init__(self) -> None:
         self.seen: list = []
+        self.came = asyncio.Event()
 
-    def attempt_started(self, run_id: str, work_id: int, at: float, node: str | None = None) -> None:
+    async def attempt_started(self, run_id: str, work_id: int, at: float, node: str | None = None) -> None:
         self.seen.append((work_id, at, node))
+        self.came.set()
 
-    def take(self) -> list:
+    async def take(self, timeout: float) -> list:
+        """The reports since the last take, waiting up to ``timeout`` for one."""
+        try:
+            await asyncio.wait_for(self.came.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        self.came.clear()
         out, self.seen = self.seen, []
         return out
 
@@ -86,10 +95,9 @@ def test_works_on_a_node_declared_dead_are_cancelled_and_run_again(tmp_path):
 
     def forward_starts() -> None:  # the FlowRunActor's attempt_started, for this test's executor
         while not done.is_set():
-            for work_id, at, node in ray.get(starts.take.remote()):
+            for work_id, at, node in ray.get(starts.take.remote(0.2)):
                 nodes[work_id] = node
                 executor.notify_started(work_id, at, node)
-            time.sleep(0.02)
 
     forwarder = threading.Thread(target=forward_starts, daemon=True)
     forwarder.start()
