@@ -112,6 +112,8 @@ class NodeWatch:
             return work_id in self._forward  # (rf.Loop reports each iteration's start, without a node)
 
     def finished(self, work_id: int) -> None:
+        if work_id not in self._on:  # not watched (one node): no lock taken; only track() adds
+            return
         with self._lock:
             self._on.pop(work_id, None)
             self._forward.discard(work_id)
