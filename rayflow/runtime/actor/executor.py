@@ -19,8 +19,8 @@ frees its CPUs.  A task that no node fits yet while an autoscaler may add one
 reported too: one not placed within the wait is cancelled and fails the task
 with an UnsatisfiableResourcesError.  On a cluster of several nodes every work reports the
 node it started on, and the works of a node Ray declares dead are force-cancelled and lost
-(system errors, retried by the engine: see node_watch).  A map's payload (its function and unmapped arguments) is put
-in the object store once and shared by all its chunks.
+(system errors, retried by the engine: see node_watch).  A map's payload (its function and
+unmapped arguments) is put in the object store once and shared by all its chunks.
 """
 
 from __future__ import annotations
