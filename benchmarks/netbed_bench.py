@@ -15,8 +15,10 @@ then --repeat rounds round-robin, each contestant's time the min of its rounds:
   returning its list of results, the driver sums the lists;
 - Ray "fused": 32 list chunks, a task per chunk applying f and summing, the driver sums.
 
-Prints a table, and one JSON object on the last line (times, ratios rayflow / each, and the
-nodes that ran rayflow's chunks, from its chunk records).
+Prints a table, where rayflow's chunks ran (per node: chunks, items, seconds of their items,
+from the chunk records of its timed runs; and the span from the first chunk's start to the
+last one's end, against the run's time), and one JSON object on the last line (times, ratios
+rayflow / each, the nodes that ran rayflow's last run's chunks, its chunk spread).
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ def inner(args: argparse.Namespace) -> None:
             times[name].append(time.perf_counter() - start)
             assert value == expected, (name, value)
     best = {name: min(ts) for name, ts in times.items()}
+    spread = [chunk_spread(RunStore().run(run_id)) for run_id in run_ids[1:]]
     chunks = [c for c in RunStore().run(run_ids[-1])["chunks"] if c["task_key"] == "affine"]
     nodes = {c["node"] for c in chunks}
     print(f"{args.n:,} items, f(x) = 2x + 1 then a sum, on {len(ray.nodes())} hosts ({cpus} CPUs); "
@@ -103,14 +106,34 @@ def inner(args: argparse.Namespace) -> None:
     for name, seconds in best.items():
         print(f"{name:<12}{seconds:>10.3f}{best['rayflow'] / seconds:>14.2f}")
     print(f"rayflow's last run: {len(chunks)} chunks on {len(nodes)} nodes")
+    for row in spread:
+        print(f"  run {row['run_s']:.3f}s, chunks from first start to last end {row['chunks_span_s']:.3f}s: "
+              + ", ".join(f"{node[:6]} {c} chunks {items:,} items {busy:.3f}s" for node, (c, items, busy) in row["nodes"].items()))
     print(json.dumps({
         "bench": "netbed_map", "n": args.n, "hosts": len(ray.nodes()), "cpus": cpus, "repeat": args.repeat,
         "seconds": {k: round(v, 4) for k, v in best.items()}, "times": times,
         "ratio_vs_ray_lists": round(best["rayflow"] / best["ray_lists"], 3),
         "ratio_vs_ray_fused": round(best["rayflow"] / best["ray_fused"], 3),
         "ratio_vs_best_ray": round(best["rayflow"] / min(best["ray_lists"], best["ray_fused"]), 3),
-        "rayflow_chunks": len(chunks), "rayflow_nodes": len(nodes),
+        "rayflow_chunks": len(chunks), "rayflow_nodes": len(nodes), "rayflow_spread": spread,
     }))
+
+
+def chunk_spread(run: dict) -> dict:
+    """Where a run's map chunks ran: per node (chunks, items, seconds of their items), the span
+    from the first chunk's start to the last one's end, and the run's own time."""
+    rows = [c for c in run["chunks"] if c["task_key"] == "affine"]
+    nodes: dict[str, list] = {}
+    for c in rows:
+        entry = nodes.setdefault(c["node"] or "?", [0, 0, 0.0])
+        entry[0] += 1
+        entry[1] += c["items"]
+        entry[2] += c["finished_at"] - c["started_at"]
+    return {
+        "run_s": round(run["finished_at"] - run["started_at"], 4),
+        "chunks_span_s": round(max(c["finished_at"] for c in rows) - min(c["started_at"] for c in rows), 4),
+        "nodes": {node: (n, items, round(busy, 4)) for node, (n, items, busy) in sorted(nodes.items(), key=lambda kv: -kv[1][1])},
+    }
 
 
 def outer(args: argparse.Namespace) -> int:

@@ -17,8 +17,10 @@ deadline the Ray task is force-cancelled, which kills its worker process and
 frees its CPUs.  A task that no node fits yet while an autoscaler may add one
 (``TaskSpec.resource_wait``, see runtime.driver.resources) has its works' starts
 reported too: one not placed within the wait is cancelled and fails the task
-with an UnsatisfiableResourcesError.  A map's payload (its function and unmapped arguments) is put
-in the object store once and shared by all its chunks.
+with an UnsatisfiableResourcesError.  On a cluster of several nodes every work reports the
+node it started on, and the works of a node Ray declares dead are force-cancelled and lost
+(system errors, retried by the engine: see node_watch).  A map's payload (its function and
+unmapped arguments) is put in the object store once and shared by all its chunks.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from rayflow.engine.worker.fused import execute_fused
 from rayflow.engine.executor import Completion, QueuedStarts, fused_completions
 from rayflow.engine.plan import TaskSpec
 from rayflow.engine.protocol import AttemptResult, ChunkSummary, Work, describe_error, stage_arguments
+from rayflow.runtime.actor.node_watch import NodeTable, NodeWatch, node_died, stop_quietly
 from rayflow.runtime.actor.resource_waits import ResourceWaits
 from rayflow.telemetry import worker_context
 
@@ -47,8 +50,9 @@ def _execute_remote(payload: bytes, head: tuple[Work, Any, str], *values: Any) -
     own (a msgpack envelope and a pickle each, some 0.1 ms in the actor per argument)."""
     work, notifier, run_id = head
     started = None
-    if notifier is not None:
-        notifier.attempt_started.remote(run_id, work.work_id, time.time())
+    if notifier is not None:  # its node too: a work on a node Ray declares dead is failed (node_watch)
+        node = ray.get_runtime_context().get_node_id()
+        notifier.attempt_started.remote(run_id, work.work_id, time.time(), node)
         started = lambda at: notifier.attempt_started.remote(run_id, work.work_id, at)  # noqa: E731 - rf.Loop's iterations
     with worker_context(work.trace):  # the user's own spans nest under this work's span
         value, report = execute(payload, work, *values, started=started)
@@ -59,9 +63,11 @@ def _execute_remote(payload: bytes, head: tuple[Work, Any, str], *values: Any) -
 
 def _execute_fused_remote(payload: bytes, head: tuple[Work, Any, str], *values: Any) -> tuple[Any, ...]:
     """A map chunk with its fused stages (core.fusion): each stage's value, then every report."""
-    work = head[0]
-    values_out, reports = execute_fused(payload, work, *values, around=lambda stage: worker_context(stage.trace))
+    work, notifier, run_id = head
     node = ray.get_runtime_context().get_node_id()
+    if notifier is not None:  # the node watch's: where it runs (node_watch)
+        notifier.attempt_started.remote(run_id, work.work_id, time.time(), node)
+    values_out, reports = execute_fused(payload, work, *values, around=lambda stage: worker_context(stage.trace))
     for report in reports:
         if report is not None:
             report.node = node
@@ -115,7 +121,7 @@ def _consume(value_ref: ray.ObjectRef | tuple[ray.ObjectRef, ...]) -> None:
 
 
 class RayExecutor(QueuedStarts):
-    def __init__(self, run_id: str = "", notifier: Any = None) -> None:
+    def __init__(self, run_id: str = "", notifier: Any = None, nodes: NodeTable | None = None) -> None:
         super().__init__()
         self.run_id = run_id
         self.notifier = notifier  # the FlowRunActor's handle, told when timed works start
@@ -123,6 +129,7 @@ class RayExecutor(QueuedStarts):
         self._payloads: dict[str, Any] = {}
         self._remotes: dict[str, Any] = {}  # task key -> _remote_execute.options(...) (made once)
         self.waits = ResourceWaits()
+        self.watch = NodeWatch(nodes)  # works on a node Ray declared dead (a cluster of several nodes)
         self._not_placed: list[Completion] = []  # works failed without running: they were never placed
 
     def _payload(self, spec: TaskSpec) -> Any:
@@ -149,7 +156,8 @@ class RayExecutor(QueuedStarts):
 
     def submit(self, spec: TaskSpec, work: Work, handles: list[Any], stages: tuple[TaskSpec, ...] = ()) -> None:
         if work.persist is not None:  # a write-behind: default resources, wherever Ray puts it
-            value_ref, report_ref = _remote_write.remote(b"", (work, None, self.run_id), *handles)
+            watched = self.notifier is not None and self.watch.track(work.work_id, forward=False)
+            value_ref, report_ref = _remote_write.remote(b"", (work, self.notifier if watched else None, self.run_id), *handles)
             self._pending[report_ref] = (work, value_ref)
             return
         timed = spec.options.timeout is not None and work.job is None
@@ -159,16 +167,20 @@ class RayExecutor(QueuedStarts):
             return
         if work.fused:  # a map chunk with its fused stages: resources alike, no resource wait (core.fusion)
             args = stage_arguments(work, handles, [self._payload(stage) for stage in stages])
-            refs = self._fused_remote(spec, len(work.fused)).remote(self._payload(spec), (work, None, self.run_id), *args)
+            watched = self.notifier is not None and self.watch.track(work.work_id, forward=False)
+            head = (work, self.notifier if watched else None, self.run_id)
+            refs = self._fused_remote(spec, len(work.fused)).remote(self._payload(spec), head, *args)
             self._pending[refs[-1]] = (work, tuple(refs[:-1]))
             return
         tracked = self.waits.track(spec, work, forward=timed)
-        head = (work, self.notifier if timed or tracked else None, self.run_id)
+        watched = self.notifier is not None and self.watch.track(work.work_id, forward=timed or tracked)
+        head = (work, self.notifier if timed or tracked or watched else None, self.run_id)
         value_ref, report_ref = self._remote(spec).remote(self._payload(spec), head, *handles)
         self._pending[report_ref] = (work, value_ref)
 
-    def notify_started(self, work_id: int, at: float) -> None:
-        if self.waits.started(work_id):  # else only its resource wait wanted to know
+    def notify_started(self, work_id: int, at: float, node: str | None = None) -> None:
+        wanted = self.watch.started(work_id, node)  # else only the node watch wanted to know
+        if self.waits.started(work_id) and wanted:  # else only its resource wait wanted to know
             super().notify_started(work_id, at)
 
     def _in_flight(self) -> bool:
@@ -177,14 +189,31 @@ class RayExecutor(QueuedStarts):
     def _collect(self, timeout: float | None) -> list[Completion]:
         out, self._not_placed = self._not_placed, []
         deadline = self.waits.next_deadline()
+        check = self.watch.next_check()
+        wake = min((at for at in (deadline, check) if at is not None), default=None)
         if out:
             timeout = 0
-        elif deadline is not None:
-            timeout = max(0.0, min(timeout if timeout is not None else float("inf"), deadline - self.waits.clock()))
+        elif wake is not None:
+            timeout = max(0.0, min(timeout if timeout is not None else float("inf"), wake - self.waits.clock()))
         if self._pending:
             out += self._collect_ready(timeout)
         if deadline is not None:
             out += self._give_up_waits()
+        if check is not None:
+            out += self._lost_with_nodes()
+        return out
+
+    def _lost_with_nodes(self) -> list[Completion]:
+        """The works on a node Ray declared dead: force-cancelled, and lost (see node_watch)."""
+        lost = self.watch.lost()
+        out = []
+        for ref, (work, _) in list(self._pending.items()) if lost else ():
+            if work.work_id in lost:
+                del self._pending[ref]
+                self.waits.forget(work.work_id)
+                self.watch.finished(work.work_id)
+                stop_quietly(ray.cancel, ref)
+                out.append(Completion(work, None, None, node_died(lost[work.work_id])))
         return out
 
     def _give_up_waits(self) -> list[Completion]:
@@ -193,6 +222,7 @@ class RayExecutor(QueuedStarts):
             for ref, (pending, _) in list(self._pending.items()):
                 if pending.work_id == work.work_id:
                     del self._pending[ref]
+                    self.watch.finished(work.work_id)
                     ray.cancel(ref, force=True)
                     out.append(_not_placed(work, message))
         return out
@@ -217,6 +247,7 @@ class RayExecutor(QueuedStarts):
         for ref, report in zip(ready, reports):
             work, value_ref = self._pending.pop(ref)
             self.waits.finished(work.work_id)
+            self.watch.finished(work.work_id)
             if work.fused:
                 out += fused_completions(work, list(value_ref), report)
             else:
@@ -226,6 +257,7 @@ class RayExecutor(QueuedStarts):
     def _complete(self, ref: ray.ObjectRef) -> Completion | list[Completion]:
         work, value_ref = self._pending.pop(ref)
         self.waits.finished(work.work_id)
+        self.watch.finished(work.work_id)
         try:
             report = ray.get(ref)
         except RayError as exc:  # the worker died, an object was lost, a value could not be stored
@@ -241,6 +273,7 @@ class RayExecutor(QueuedStarts):
             if work.work_id == work_id:
                 del self._pending[ref]
                 self.waits.forget(work_id)
+                self.watch.finished(work_id)
                 ray.cancel(ref, force=True)
 
     def put(self, value: Any) -> Any:
