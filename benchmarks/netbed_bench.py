@@ -10,7 +10,9 @@ Needs root and ``ip``; run it by hand (it is not a test).
 The work: f(x) = 2x + 1 over range(N), then the sum.  Contestants, one untimed warm-up each,
 then --repeat rounds round-robin, each contestant's time the min of its rounds:
 
-- rayflow: ``total(affine.map(items))`` in a flow (history and logs on, chunks adapted);
+- rayflow: ``rf.reduce.sum(affine.map(items))`` in a flow (history and logs on, chunks
+  adapted, the sum folded into the chunks); "rayflow_task_sum" sums in a task of its own,
+  ``total(affine.map(items))``, which receives every value;
 - Ray "lists": the items cut into 4 x CPUs list chunks, a ``ray.remote`` task per chunk
   returning its list of results, the driver sums the lists;
 - Ray "fused": 32 list chunks, a task per chunk applying f and summing, the driver sums.
@@ -59,7 +61,11 @@ def inner(args: argparse.Namespace) -> None:
     run_ids: list[str] = []
 
     @rf.flow(name="netbed_affine")
-    def affine_flow() -> int:
+    def affine_flow() -> int:  # the sum folded into the chunks (rf.reduce, core.reducers)
+        return rf.reduce.sum(t_affine.map(data))
+
+    @rf.flow(name="netbed_affine_task_sum")
+    def task_sum_flow() -> int:  # the sum as a task of its own, which receives every value
         return t_total(t_affine.map(data))
 
     def rayflow_run() -> int:
@@ -85,7 +91,7 @@ def inner(args: argparse.Namespace) -> None:
     def ray_fused() -> int:
         return sum(ray.get([chunk_sum.remote(c) for c in cut(FUSED_CHUNKS)]))
 
-    contestants = {"rayflow": rayflow_run, "ray_lists": ray_lists, "ray_fused": ray_fused}
+    contestants = {"rayflow": rayflow_run, "rayflow_task_sum": task_sum_flow, "ray_lists": ray_lists, "ray_fused": ray_fused}
     times: dict[str, list[float]] = {name: [] for name in contestants}
     expected = args.n * args.n
     for name, fn in contestants.items():  # warm-up
