@@ -4,8 +4,8 @@ Newer typer coerces every option value (a ``--limit 20``, a default ``None``) th
 pydantic ``TypeAdapter`` built on first use, so any command, ``rayflow runs`` included, paid
 for importing pydantic and building adapters (about 0.1 s of its start-up) before doing
 anything.  ``install`` gives typer's parameters a coercion that answers the plain cases
-itself (a ``str``, a list of them, an ``int`` or ``float`` written in digits, a value already
-of the type) and hands every other value, unchanged, to the coercion typer would have built
+itself (a ``str``, a list of them, an ``int`` or ``float`` written in digits and within its
+bounds, a value already of the type) and hands every other value, unchanged, to the coercion typer would have built
 (which raises its own error for a bad one): the values and errors are typer's, only the
 plain ones come sooner.  With a typer that has none of this (older ones coerce through
 click), ``install`` does nothing.
@@ -22,24 +22,28 @@ _PLAIN_NUMBERS = (int, float)
 
 
 def _plain(info: Any) -> bool:
-    """An option with nothing but its type: no parser, bounds, clamp or click type."""
+    """An option with nothing but its type and bounds: no parser, clamp or click type."""
     return (
         getattr(info, "parser", None) is None and getattr(info, "click_type", None) is None
-        and getattr(info, "min", None) is None and getattr(info, "max", None) is None
         and not getattr(info, "clamp", False)
     )
 
 
-def fast_value(annotation: Any, value: Any) -> tuple[bool, Any]:
-    """``(True, value as typer would coerce it)`` for a plain case, else ``(False, None)``."""
+def fast_value(annotation: Any, value: Any, low: Any = None, high: Any = None) -> tuple[bool, Any]:
+    """``(True, value as typer would coerce it)`` for a plain case, else ``(False, None)``; a
+    number out of its bounds ``low``..``high`` is not a plain case (typer words the refusal)."""
     if annotation is str:
         return (True, value) if type(value) is str else (False, None)
     if annotation in _PLAIN_NUMBERS:
         if type(value) is annotation:
-            return True, value
-        if type(value) is str and (_INT if annotation is int else _FLOAT).fullmatch(value):
-            return True, annotation(value)
-        return False, None
+            number = value
+        elif type(value) is str and (_INT if annotation is int else _FLOAT).fullmatch(value):
+            number = annotation(value)
+        else:
+            return False, None
+        if (low is not None and not number >= low) or (high is not None and not number <= high):
+            return False, None
+        return True, number
     if getattr(annotation, "__origin__", None) is list and getattr(annotation, "__args__", None) == (str,):
         if isinstance(value, (list, tuple)) and all(type(v) is str for v in value):
             return True, list(value)
@@ -68,7 +72,8 @@ def install() -> bool:
             object.__setattr__(self, "_typer", None)
 
         def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
-            done, coerced = fast_value(self.annotation, value)
+            info = self.parameter_info
+            done, coerced = fast_value(self.annotation, value, info.min, info.max)
             if done:
                 return coerced
             if self._typer is None:  # the value typer's own coercion reads (or refuses)
