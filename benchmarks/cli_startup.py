@@ -14,7 +14,8 @@ a run it does not have (exit 1), and ``serve --ui`` until the UI listens.
 DIR``), timed in the same run, each command alternately with this tree (both through
 PYTHONPATH, with this checkout's installed dependencies): before/after from one machine state.
 The children write bytecode caches (PYTHONDONTWRITEBYTECODE is dropped, as a user's Python does)
-and each command runs once unmeasured first.  Also lists the heavy modules ``--help`` and the
+and each command runs once unmeasured first.  Each one-shot command also has its CPU seconds (user +
+system of the process, min of the repetitions): steadier than wall time on a loaded machine.  Also lists the heavy modules ``--help`` and the
 history commands load (none should be).  No test asserts a time: timings depend on the machine
 and its load.  Prints a table and one JSON object on the last line.
 """
@@ -25,6 +26,7 @@ import argparse
 import json
 import os
 import pathlib
+import resource
 import socket
 import subprocess
 import sys
@@ -86,10 +88,15 @@ def environment(tree: pathlib.Path, home: pathlib.Path) -> dict[str, str]:
     return {**env, "PYTHONPATH": str(tree), "RAYFLOW_HOME": str(home), "COLUMNS": "200"}
 
 
-def once(argv: list[str], env: dict[str, str], cwd: pathlib.Path) -> tuple[float, int]:
+def once(argv: list[str], env: dict[str, str], cwd: pathlib.Path) -> tuple[float, int, float]:
+    """Wall seconds, exit code, and the CPU seconds the command used (user + system: steadier
+    than wall time on a loaded machine)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=cwd, timeout=300)
-    return time.perf_counter() - start, done.returncode
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, done.returncode, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
 def free_port() -> int:
@@ -151,15 +158,17 @@ def main() -> None:
         made = subprocess.run([*RF, "run", "flows.py:small", "--local", "--run-id", "bench-1"], capture_output=True,
                               text=True, env=env, cwd=work)
         assert made.returncode == 0, made.stderr
-    results: dict[str, dict[str, tuple[float, int]]] = {}
+    results: dict[str, dict[str, tuple]] = {}
+    cpu: dict[str, dict[str, float]] = {}  # the one-shot commands' CPU seconds, min of the repetitions
     for case, argv in cases(args.address).items():
-        times: dict[str, list[tuple[float, int]]] = {name: [] for name in trees}
+        times: dict[str, list[tuple[float, int, float]]] = {name: [] for name in trees}
         for name in trees:
             once(argv, envs[name], work)  # warm: bytecode caches written, files in the page cache
         for _ in range(args.repeat):
             for name in trees:  # alternately: the same load for both
                 times[name].append(once(argv, envs[name], work))
         results[case] = {name: min(t) for name, t in times.items()}
+        cpu[case] = {name: min(x[2] for x in t) for name, t in times.items()}
     for case, make in listening_cases(args.address).items():
         times = {name: [] for name in trees}
         for _ in range(max(2, args.repeat // 2) + 1):
@@ -170,18 +179,22 @@ def main() -> None:
     heavy = {name: {case: heavy_loaded(argv, envs[name], work) for case, argv in
                     (("--help", ["--help"]), ("runs", ["runs"]), ("show RUN", ["show", "bench-1"]))} for name in trees}
     base = {name: results["python -c pass"][name][0] for name in trees}
-    header = f"{'command':<32}" + "".join(f"{name + ' min s':>16}{'exit':>5}" for name in trees)
-    print(header + (f"{'now/baseline':>14}" if args.baseline else ""))
+    header = f"{'command':<32}" + "".join(f"{name + ' min s':>16}{'cpu s':>8}{'exit':>5}" for name in trees)
+    print(header + (f"{'now/baseline':>14}{'cpu':>6}" if args.baseline else ""))
     for case, by_tree in results.items():
-        line = f"{case:<32}" + "".join(f"{by_tree[n][0]:>16.3f}{by_tree[n][1]:>5}" for n in trees)
+        used = cpu.get(case, {})
+        line = f"{case:<32}" + "".join(
+            f"{by_tree[n][0]:>16.3f}{used[n] if n in used else float('nan'):>8.3f}{by_tree[n][1]:>5}" for n in trees)
         if args.baseline:
             line += f"{by_tree['now'][0] / by_tree['baseline'][0]:>14.2f}"
+            line += f"{used['now'] / used['baseline']:>6.2f}" if used else ""
         print(line)
     for name in trees:
         print(f"heavy modules loaded ({name}): " + "; ".join(f"{c}: {', '.join(m) or 'none'}" for c, m in heavy[name].items()))
     print(json.dumps({
         "benchmark": "cli_startup", "repeat": args.repeat, "python_s": {n: round(s, 4) for n, s in base.items()},
         "seconds": {case: {n: round(t[0], 4) for n, t in by_tree.items()} for case, by_tree in results.items()},
+        "cpu_seconds": {case: {n: round(c, 4) for n, c in by_tree.items()} for case, by_tree in cpu.items()},
         "exit_codes": {case: {n: t[1] for n, t in by_tree.items()} for case, by_tree in results.items()},
         "heavy_modules": heavy,
     }))

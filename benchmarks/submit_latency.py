@@ -14,13 +14,14 @@ suite's RayCluster, and for each repetition:
 Both are timed from just before the submit to the time the task wrote (the job's end is not
 waited for).  Prints a table, then one JSON object on the last line; min of the repetitions.
 ``--baseline DIR``: another rayflow's source tree (``git archive REV rayflow | tar -x -C DIR``),
-measured the same way after this one, on a cluster of its own whose processes and CLI import
-rayflow from DIR (PYTHONPATH): before/after from one machine state.
+measured the same way, each repetition alternately with this one's, on a cluster of its own
+whose processes and CLI import rayflow from DIR (PYTHONPATH): before/after from one machine state.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -91,56 +92,64 @@ def wait_ended(client, sid: str, timeout: float = 120) -> None:
         time.sleep(0.2)
 
 
-def measure(tree: pathlib.Path, repeat: int, token: str) -> dict[str, list[float]]:
-    """One cluster whose processes (and the CLI) import rayflow from ``tree``; the times of each
-    repetition.  ``token``: the clusters' one token (Ray's client keeps the first it read)."""
-    code = pathlib.Path(tempfile.mkdtemp(prefix="submit-bench-"))
-    (code / "flows.py").write_text(FLOW)
-    (code / "first.py").write_text(SCRIPT)
-    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAYFLOW_HOME": str(code / "cluster-home"),
-           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""), "PYTHONPATH": str(tree)}
-    rayflow_s, ray_s, cli_s, submit_s = [], [], [], []  # to the first task; to the submit's return
-    with RayCluster(num_cpus=2, env=env, dashboard=True) as cluster:
-        os.environ["RAY_AUTH_TOKEN"] = token
-        from ray.job_submission import JobSubmissionClient
+class Bench:
+    """One cluster whose processes (and the CLI) import rayflow from ``tree``, and the times of
+    each repetition.  ``token``: the clusters' one token (Ray's client keeps the first it read)."""
 
+    def __init__(self, tree: pathlib.Path, token: str, stack: contextlib.ExitStack):
         from rayflow.runtime.driver import jobs
 
-        client = jobs.connect(cluster.job_address)
-        cli_env = clean_env(code, RAY_AUTH_TOKEN=token, RAYFLOW_HOME=str(code / "laptop-home"), PYTHONPATH=str(tree))
-        cli_env.pop("PYTHONDONTWRITEBYTECODE", None)  # a user's Python keeps its bytecode caches
-        for i in range(repeat):
-            path = code / f"rayflow-{i}.stamp"
-            started = time.time()
-            out = subprocess.run(
-                [sys.executable, "-m", "rayflow", "submit", "flows.py:first", "--address", cluster.job_address,
-                 "--working-dir", str(code), "-p", f"path={path}", "--run-id", f"bench-{i}"],
-                capture_output=True, text=True, cwd=REPO, env=cli_env,
-            )
-            assert out.returncode == 0, out.stderr
-            cli_s.append(time.time() - started)
-            rayflow_s.append(wait_stamp(path) - started)
-            wait_ended(client, jobs.submission_id(f"bench-{i}"))
+        self.code = code = pathlib.Path(tempfile.mkdtemp(prefix="submit-bench-"))
+        (code / "flows.py").write_text(FLOW)
+        (code / "first.py").write_text(SCRIPT)
+        env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAYFLOW_HOME": str(code / "cluster-home"),
+               "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""), "PYTHONPATH": str(tree)}
+        self.cluster = stack.enter_context(RayCluster(num_cpus=2, env=env, dashboard=True))
+        os.environ["RAY_AUTH_TOKEN"] = token
+        self.client = jobs.connect(self.cluster.job_address)
+        self.cli_env = clean_env(code, RAY_AUTH_TOKEN=token, RAYFLOW_HOME=str(code / "laptop-home"), PYTHONPATH=str(tree))
+        self.cli_env.pop("PYTHONDONTWRITEBYTECODE", None)  # a user's Python keeps its bytecode caches
+        self.times: dict[str, list[float]] = {"rayflow": [], "ray": [], "cli": [], "submit": []}
 
-            path = code / f"ray-{i}.stamp"
-            started = time.time()
-            sid = client.submit_job(entrypoint=f"python first.py {path}", runtime_env={"working_dir": str(code)})
-            submit_s.append(time.time() - started)
-            ray_s.append(wait_stamp(path) - started)
-            wait_ended(client, sid)
-        assert isinstance(client, JobSubmissionClient)
-    return {"rayflow": rayflow_s, "ray": ray_s, "cli": cli_s, "submit": submit_s}
+    def once(self, i: int) -> None:
+        """rayflow submit, then the hand-written job: each to its first task, then to its job's end."""
+        from rayflow.runtime.driver import jobs
+
+        code, client = self.code, self.client
+        path = code / f"rayflow-{i}.stamp"
+        started = time.time()
+        out = subprocess.run(
+            [sys.executable, "-m", "rayflow", "submit", "flows.py:first", "--address", self.cluster.job_address,
+             "--working-dir", str(code), "-p", f"path={path}", "--run-id", f"bench-{i}"],
+            capture_output=True, text=True, cwd=REPO, env=self.cli_env,
+        )
+        assert out.returncode == 0, out.stderr
+        self.times["cli"].append(time.time() - started)
+        self.times["rayflow"].append(wait_stamp(path) - started)
+        wait_ended(client, jobs.submission_id(f"bench-{i}"))
+
+        path = code / f"ray-{i}.stamp"
+        started = time.time()
+        sid = client.submit_job(entrypoint=f"python first.py {path}", runtime_env={"working_dir": str(code)})
+        self.times["submit"].append(time.time() - started)
+        self.times["ray"].append(wait_stamp(path) - started)
+        wait_ended(client, sid)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--baseline", help="a source tree of another rayflow (git archive REV rayflow | tar -x -C DIR), "
-                                           "measured after this one on a cluster of its own")
+                                           "measured alternately with this one, on a cluster of its own")
     args = parser.parse_args()
     trees = {"now": REPO, **({"baseline": pathlib.Path(args.baseline).resolve()} if args.baseline else {})}
     token = secrets.token_hex(32)
-    found = {name: measure(tree, args.repeat, token) for name, tree in trees.items()}
+    with contextlib.ExitStack() as stack:  # both clusters up at once: the repetitions alternate
+        benches = {name: Bench(tree, token, stack) for name, tree in trees.items()}
+        for i in range(args.repeat):
+            for bench in benches.values():
+                bench.once(i)
+    found = {name: bench.times for name, bench in benches.items()}
     print(f"{'submit -> first task running':<36}{'min s':>8}{'all s':>28}{'submit returned, min s':>26}")
     for name, runs in found.items():
         for label, times, returned in ((f"rayflow submit ({name})", runs["rayflow"], runs["cli"]),
