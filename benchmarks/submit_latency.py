@@ -150,11 +150,11 @@ def main() -> None:
             for bench in benches.values():
                 bench.once(i)
     found = {name: bench.times for name, bench in benches.items()}
-    print(f"{'submit -> first task running':<36}{'min s':>8}{'all s':>28}{'submit returned, min s':>26}")
+    print(f"{'submit -> first task running':<36}{'min s':>8}  {'all s':<40}{'submit returned, min s':>24}")
     for name, runs in found.items():
         for label, times, returned in ((f"rayflow submit ({name})", runs["rayflow"], runs["cli"]),
                                        (f"hand-written Ray Job ({name})", runs["ray"], runs["submit"])):
-            print(f"{label:<36}{min(times):>8.2f}{'  '.join(f'{x:.2f}' for x in times):>28}{min(returned):>26.2f}")
+            print(f"{label:<36}{min(times):>8.2f}  {'  '.join(f'{x:.2f}' for x in times):<40}{min(returned):>24.2f}")
     summary = {
         name: {"rayflow_s": round(min(runs["rayflow"]), 3), "ray_job_s": round(min(runs["ray"]), 3),
                "ratio": round(min(runs["rayflow"]) / min(runs["ray"]), 2),
