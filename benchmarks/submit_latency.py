@@ -13,11 +13,15 @@ suite's RayCluster, and for each repetition:
 
 Both are timed from just before the submit to the time the task wrote (the job's end is not
 waited for).  Prints a table, then one JSON object on the last line; min of the repetitions.
+``--baseline DIR``: another rayflow's source tree (``git archive REV rayflow | tar -x -C DIR``),
+measured the same way, each repetition alternately with this one's, on a cluster of its own
+whose processes and CLI import rayflow from DIR (PYTHONPATH): before/after from one machine state.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -88,55 +92,77 @@ def wait_ended(client, sid: str, timeout: float = 120) -> None:
         time.sleep(0.2)
 
 
+class Bench:
+    """One cluster whose processes (and the CLI) import rayflow from ``tree``, and the times of
+    each repetition.  ``token``: the clusters' one token (Ray's client keeps the first it read)."""
+
+    def __init__(self, tree: pathlib.Path, token: str, stack: contextlib.ExitStack):
+        from rayflow.runtime.driver import jobs
+
+        self.code = code = pathlib.Path(tempfile.mkdtemp(prefix="submit-bench-"))
+        (code / "flows.py").write_text(FLOW)
+        (code / "first.py").write_text(SCRIPT)
+        env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAYFLOW_HOME": str(code / "cluster-home"),
+               "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""), "PYTHONPATH": str(tree)}
+        self.cluster = stack.enter_context(RayCluster(num_cpus=2, env=env, dashboard=True))
+        os.environ["RAY_AUTH_TOKEN"] = token
+        self.client = jobs.connect(self.cluster.job_address)
+        self.cli_env = clean_env(code, RAY_AUTH_TOKEN=token, RAYFLOW_HOME=str(code / "laptop-home"), PYTHONPATH=str(tree))
+        self.cli_env.pop("PYTHONDONTWRITEBYTECODE", None)  # a user's Python keeps its bytecode caches
+        self.times: dict[str, list[float]] = {"rayflow": [], "ray": [], "cli": [], "submit": []}
+
+    def once(self, i: int) -> None:
+        """rayflow submit, then the hand-written job: each to its first task, then to its job's end."""
+        from rayflow.runtime.driver import jobs
+
+        code, client = self.code, self.client
+        path = code / f"rayflow-{i}.stamp"
+        started = time.time()
+        out = subprocess.run(
+            [sys.executable, "-m", "rayflow", "submit", "flows.py:first", "--address", self.cluster.job_address,
+             "--working-dir", str(code), "-p", f"path={path}", "--run-id", f"bench-{i}"],
+            capture_output=True, text=True, cwd=REPO, env=self.cli_env,
+        )
+        assert out.returncode == 0, out.stderr
+        self.times["cli"].append(time.time() - started)
+        self.times["rayflow"].append(wait_stamp(path) - started)
+        wait_ended(client, jobs.submission_id(f"bench-{i}"))
+
+        path = code / f"ray-{i}.stamp"
+        started = time.time()
+        sid = client.submit_job(entrypoint=f"python first.py {path}", runtime_env={"working_dir": str(code)})
+        self.times["submit"].append(time.time() - started)
+        self.times["ray"].append(wait_stamp(path) - started)
+        wait_ended(client, sid)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--baseline", help="a source tree of another rayflow (git archive REV rayflow | tar -x -C DIR), "
+                                           "measured alternately with this one, on a cluster of its own")
     args = parser.parse_args()
+    trees = {"now": REPO, **({"baseline": pathlib.Path(args.baseline).resolve()} if args.baseline else {})}
     token = secrets.token_hex(32)
-    code = pathlib.Path(tempfile.mkdtemp(prefix="submit-bench-"))
-    (code / "flows.py").write_text(FLOW)
-    (code / "first.py").write_text(SCRIPT)
-    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAYFLOW_HOME": str(code / "cluster-home"),
-           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
-    rayflow_s, ray_s, cli_s, submit_s = [], [], [], []  # to the first task; to the submit's return
-    with RayCluster(num_cpus=2, env=env, dashboard=True) as cluster:
-        os.environ["RAY_AUTH_TOKEN"] = token
-        from ray.job_submission import JobSubmissionClient
-
-        from rayflow.runtime.driver import jobs
-
-        client = jobs.connect(cluster.job_address)
+    with contextlib.ExitStack() as stack:  # both clusters up at once: the repetitions alternate
+        benches = {name: Bench(tree, token, stack) for name, tree in trees.items()}
         for i in range(args.repeat):
-            path = code / f"rayflow-{i}.stamp"
-            started = time.time()
-            out = subprocess.run(
-                [sys.executable, "-m", "rayflow", "submit", "flows.py:first", "--address", cluster.job_address,
-                 "--working-dir", str(code), "-p", f"path={path}", "--run-id", f"bench-{i}"],
-                capture_output=True, text=True, cwd=REPO,
-                env=clean_env(code, RAY_AUTH_TOKEN=token, RAYFLOW_HOME=str(code / "laptop-home")),
-            )
-            assert out.returncode == 0, out.stderr
-            cli_s.append(time.time() - started)
-            rayflow_s.append(wait_stamp(path) - started)
-            wait_ended(client, jobs.submission_id(f"bench-{i}"))
-
-            path = code / f"ray-{i}.stamp"
-            started = time.time()
-            sid = client.submit_job(entrypoint=f"python first.py {path}", runtime_env={"working_dir": str(code)})
-            submit_s.append(time.time() - started)
-            ray_s.append(wait_stamp(path) - started)
-            wait_ended(client, sid)
-        assert isinstance(client, JobSubmissionClient)
-    best = {"rayflow submit": min(rayflow_s), "hand-written Ray Job": min(ray_s)}
-    print(f"{'submit -> first task running':<32}{'min s':>8}{'all s':>28}{'submit returned, min s':>26}")
-    for name, runs, returned in (("rayflow submit", rayflow_s, cli_s), ("hand-written Ray Job", ray_s, submit_s)):
-        print(f"{name:<32}{min(runs):>8.2f}{'  '.join(f'{x:.2f}' for x in runs):>28}{min(returned):>26.2f}")
-    print(json.dumps({
-        "benchmark": "submit_latency", "repeat": args.repeat,
-        "rayflow_s": round(best["rayflow submit"], 3), "ray_job_s": round(best["hand-written Ray Job"], 3),
-        "ratio": round(best["rayflow submit"] / best["hand-written Ray Job"], 2),
-        "rayflow_cli_returned_s": round(min(cli_s), 3), "ray_submit_returned_s": round(min(submit_s), 3),
-    }))
+            for bench in benches.values():
+                bench.once(i)
+    found = {name: bench.times for name, bench in benches.items()}
+    print(f"{'submit -> first task running':<36}{'min s':>8}  {'all s':<40}{'submit returned, min s':>24}")
+    for name, runs in found.items():
+        for label, times, returned in ((f"rayflow submit ({name})", runs["rayflow"], runs["cli"]),
+                                       (f"hand-written Ray Job ({name})", runs["ray"], runs["submit"])):
+            print(f"{label:<36}{min(times):>8.2f}  {'  '.join(f'{x:.2f}' for x in times):<40}{min(returned):>24.2f}")
+    summary = {
+        name: {"rayflow_s": round(min(runs["rayflow"]), 3), "ray_job_s": round(min(runs["ray"]), 3),
+               "ratio": round(min(runs["rayflow"]) / min(runs["ray"]), 2),
+               "rayflow_cli_returned_s": round(min(runs["cli"]), 3), "ray_submit_returned_s": round(min(runs["submit"]), 3)}
+        for name, runs in found.items()
+    }
+    print(json.dumps({"benchmark": "submit_latency", "repeat": args.repeat, **summary["now"],
+                      **({"baseline": summary["baseline"]} if args.baseline else {})}))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as _dt
 from typing import NamedTuple
 
-from rayflow.states import FAILED_TYPES, SUCCESSFUL_TYPES, StateType
+from rayflow.state_types import FAILED_TYPES, SUCCESSFUL_TYPES, StateType
 
 
 class Look(NamedTuple):

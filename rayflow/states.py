@@ -15,39 +15,15 @@ LOOPED: one iteration of a task that raised ``rf.Loop`` ended; the task runs aga
 
 from __future__ import annotations
 
-import enum
 import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# The types and error_text live in state_types (no pydantic: what the history's readers import).
+from rayflow.state_types import FAILED_TYPES, FINISHED_TYPES, SUCCESSFUL_TYPES, StateType, error_text
 
-class StateType(str, enum.Enum):
-    PENDING = "PENDING"
-    SCHEDULED = "SCHEDULED"
-    RUNNING = "RUNNING"
-    RETRYING = "RETRYING"
-    PAUSED = "PAUSED"
-    LOOPED = "LOOPED"
-    SUCCESS = "SUCCESS"
-    CACHED = "CACHED"
-    MAPPED = "MAPPED"
-    SKIPPED = "SKIPPED"
-    FAILED = "FAILED"
-    TIMED_OUT = "TIMED_OUT"
-    TRIGGER_FAILED = "TRIGGER_FAILED"
-    CANCELLED = "CANCELLED"
-    CRASHED = "CRASHED"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-SUCCESSFUL_TYPES = frozenset({StateType.SUCCESS, StateType.CACHED, StateType.MAPPED, StateType.SKIPPED})
-FAILED_TYPES = frozenset(
-    {StateType.FAILED, StateType.TIMED_OUT, StateType.TRIGGER_FAILED, StateType.CANCELLED, StateType.CRASHED}
-)
-FINISHED_TYPES = SUCCESSFUL_TYPES | FAILED_TYPES
+__all__ = ["FAILED_TYPES", "FINISHED_TYPES", "SUCCESSFUL_TYPES", "ErrorInfo", "State", "StateType", "error_text"]
 
 
 class ErrorInfo(BaseModel):
@@ -66,13 +42,6 @@ class ErrorInfo(BaseModel):
 
     def __str__(self) -> str:
         return error_text(self.type, self.message)
-
-
-def error_text(kind: str, message: str) -> str:
-    """An error as every message, log line and table shows it: "Type: message" (the type's
-    short name, from a qualified one such as "builtins.ValueError"), or "Type" without a message."""
-    name = kind.rsplit(".", 1)[-1]
-    return f"{name}: {message}" if message else name
 
 
 class State(BaseModel):

@@ -81,7 +81,7 @@ def test_the_process_role_contracts_catch_an_orchestrator_importing_worker_code(
 
 def test_exported_members_are_curated_and_sorted():
     exported = [name for name in dir(rf) if not name.startswith("_")]
-    submodules = {"cli", "core", "engine", "exceptions", "paths", "presentation", "results", "results_layout", "runners", "runs", "runtime", "serving", "states", "store", "telemetry", "ui"}
+    submodules = {"cli", "core", "engine", "exceptions", "paths", "presentation", "results", "results_layout", "runners", "runs", "runtime", "serving", "state_types", "states", "store", "telemetry", "ui"}
     assert sorted(rf.__all__) == rf.__all__
     assert set(exported) - submodules == set(rf.__all__)
     for name in rf.__all__:

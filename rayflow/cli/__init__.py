@@ -25,7 +25,7 @@ from typing import Annotated
 
 import typer
 
-from rayflow.cli import approve_cmd, artifacts_cmd, cache_cmd, limits, run_cmd, serve_cmd, show_cmd, submit
+from rayflow.cli import approve_cmd, artifacts_cmd, cache_cmd, coercion, limits, run_cmd, serve_cmd, show_cmd, submit
 from rayflow.cli.cache_cmd import _cache_entries  # noqa: F401 - read by tests of the cache layout
 from rayflow.cli.common import app, parse_params
 from rayflow.cli.exits import handled, history_errors
@@ -33,6 +33,8 @@ from rayflow.cli.limits import limit_app
 from rayflow.cli.serve_cmd import _ui_settings  # noqa: F401 - read by tests of the UI's settings
 
 __all__ = ["app", "main", "parse_params"]
+
+coercion.install()  # plain option values without pydantic: no command pays for it to read `--limit 20`
 
 app.command()(handled(run_cmd.run))
 app.command()(handled(run_cmd.cancel))
@@ -88,13 +90,13 @@ def _root(
 
 
 def main() -> None:
-    from rayflow.cli.usage import run_app  # usage errors in one line too
+    from rayflow.cli.usage import only_command, run_app  # usage errors in one line too
 
     # The UI's token leaves the environment before any command runs: no Ray, worker, job
     # (``submit`` forwards RAYFLOW_* settings) or flow this process starts inherits it.
     serve_cmd._ui_token_from_env = os.environ.pop("RAYFLOW_UI_TOKEN", None)
 
-    sys.exit(run_app(app, "rayflow"))
+    sys.exit(run_app(only_command(app, sys.argv[1:]), "rayflow"))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from rayflow.cli.output import emit_table, print_tasks
 from rayflow.presentation import duration as _duration, took as _took, when as _when
-from rayflow.states import error_text
+from rayflow.state_types import error_text
 from rayflow.store.task_table import live_rows
 from rayflow.store.views import run_record, task_rows, trace_url
 

@@ -1,4 +1,5 @@
-"""How the CLI shows tables and a finished run: rich tables on a terminal, plain lines otherwise."""
+"""How the CLI shows tables and a finished run: rich tables on a terminal (rich imported only then),
+plain lines otherwise."""
 
 from __future__ import annotations
 
@@ -6,10 +7,6 @@ import json
 import sys
 from collections import Counter
 from typing import Any
-
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from rayflow.exceptions import RayflowError
 from rayflow.presentation import SUCCEEDED, styled
@@ -61,6 +58,10 @@ def emit_table(
         for row in rows:
             print("\t".join(map(tsv_cell, row)), file=stream)
         return
+    from rich.console import Console  # rich only for a terminal: a pipe's plain lines do without it
+    from rich.markup import escape
+    from rich.table import Table
+
     table = Table(title=title)
     for header in headers:
         table.add_column(header)

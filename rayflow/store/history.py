@@ -26,12 +26,6 @@ from rayflow.paths import check_run_id
 from rayflow.store.artifacts import ArtifactQueries, write_artifacts
 from rayflow.store.map_queries import TaskQueries
 from rayflow.store.queries import CRASHED, RUN_SELECT, Queries
-from rayflow.store.recorder import (
-    CLOSE_SECONDS,
-    FLUSH_SECONDS,
-    MAX_PENDING_ROWS,
-    HistoryRecorder,
-)
 from rayflow.store.recovery import (
     _LIVE_SPILLS,
     BACKGROUND_SECONDS,
@@ -71,6 +65,19 @@ __all__ = [
     "redact_params",
     "refuse_taken_run_id",
 ]
+
+# The recorder's names, imported on first use (PEP 562): it is the orchestrator's writer (it
+# brings the engine's protocol, asyncio and pydantic), which `rayflow runs` and `show` never use.
+_RECORDER_NAMES = ("CLOSE_SECONDS", "FLUSH_SECONDS", "MAX_PENDING_ROWS", "HistoryRecorder")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RECORDER_NAMES:
+        from rayflow.store import recorder
+
+        return getattr(recorder, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # Called before this process opens the history: each waits for the rows of runs whose end
 # this process was told of before they were written (runtime.driver.history_wait registers

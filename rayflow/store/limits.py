@@ -19,7 +19,7 @@ import time
 
 from rayflow.exceptions import LimitError
 from rayflow.store.history import RunStore
-from rayflow.states import error_text
+from rayflow.state_types import error_text
 
 WRITE_SECONDS = 5.0  # how long a set or remove waits for a locked history before it fails
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from rayflow.states import FAILED_TYPES, StateType
+from rayflow.state_types import FAILED_TYPES, StateType
 from rayflow.store.recovery import driver_is_gone
 from rayflow.store.schema import UNFINISHED
 

@@ -15,7 +15,6 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
-from rayflow.core.parameters import is_secret
 from rayflow.presentation import UNFINISHED  # a run recorded before it ends; re-exported
 
 SCHEMA = """
@@ -160,6 +159,8 @@ def migrate(db: sqlite3.Connection) -> None:
 
 def redact_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """Parameters as JSON-safe values, with SecretStr/SecretBytes as ***."""
+    from rayflow.core.parameters import is_secret  # pydantic's secrets: not for readers of the history
+
     out: dict[str, Any] = {}
     for name, value in params.items():
         if is_secret(value):

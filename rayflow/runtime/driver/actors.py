@@ -16,6 +16,7 @@ from rayflow.engine.protocol import LiveStatus, RunSummary
 from rayflow.exceptions import UnknownRunError
 from rayflow.runtime.actor.flow_run_actor import NAME_PREFIX, NAMESPACE, FlowRunActor
 from rayflow.runtime.driver.cluster import connect_existing
+from rayflow.runtime.driver.warm import start_worker
 
 _actor: tuple[str, Any] | None = None
 _actor_lock = threading.Lock()
@@ -48,6 +49,7 @@ def driver_actor() -> Any:
                 namespace=NAMESPACE,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
             ).remote()
+            start_worker(node_id)  # the first task's worker starts beside the actor, not after it
             _actor = (job, handle)
         return _actor[1]
 
