@@ -30,7 +30,9 @@ Contestants:
   then ``sum`` (started once, before Ray);
 - Ray Data, the Ray-native peer, at N = 1e6 of case 1 only (its start-up is seconds of the
   small cases): ``Dataset.map`` over the same items ("rdata map") and ``map_batches`` of f
-  vectorised over numpy batches ("rdata mb"), each summed from ``iter_batches`` (its best form).
+  vectorised over numpy batches ("rdata mb"), each summed from ``iter_batches`` (its best form);
+  and at N = 1e7 (not with --quick) ``map_batches`` only (``map`` takes ~9 s at 1e6), against
+  rayflow per item and ``batch=True`` and Ray fused (a line under the table).
 The peers are built in bench_peers.py.
 
 Ratios are taken against the *best* (fastest) hand-written Ray variant of
@@ -214,6 +216,11 @@ class Bench:
             "rayflow_unfused_s": _r(best.get("rayflow_unfused")),
             "rayflow_single_s": _r(best.get("rayflow_single")),
             "rayflow_task_sum_s": _r(best.get("rayflow_task_sum")),  # case 1: the sum as a plain task
+            "rayflow_batch_s": _r(best.get("rayflow_batch")),  # case 1 at 10^7: batch=True over Arrow
+            "ratio_rayflow_batch_ray_data_map_batches": (
+                round(best["rayflow_batch"] / best["ray_data_map_batches"], 3)
+                if "rayflow_batch" in best and "ray_data_map_batches" in best else None
+            ),
             "ratio_ray_two_pass": ratio("ray_two_pass"),
             "ratio_rayflow_unfused": ratio("rayflow_unfused"),
             "ratio_rayflow_single": ratio("rayflow_single"),
@@ -342,6 +349,33 @@ def main() -> None:
             expected=n * n,  # sum(2x + 1 for x < n)
         )
 
+    if "1" in cases and not args.quick:  # 10^7: rayflow, per item and batch=True, against Ray fused and Ray Data map_batches
+        n = 10**7  # (Ray Data's per-row map takes about 9 s at 10^6 here: not run at 10^7; nor the Dask and mp peers)
+        data = list(range(n))
+        arr = pa.array(np.arange(n, dtype=np.int64))
+
+        @rf.flow(name="affine_1e7")
+        def big_affine_flow():
+            return rf.reduce.sum(t_affine.map(data))
+
+        @rf.flow(name="batch_1e7")
+        def big_batch_flow():
+            return t_total_arrow(t_batch.map(arr))
+
+        bench.case(
+            "1 trivial map + sum",
+            n,
+            {
+                "rayflow": big_affine_flow,
+                "rayflow_batch": big_batch_flow,
+                "ray_fused": ray_fused(data, r_fused),
+                "ray_data_map_batches": ray_data_map_batches(np.arange(n, dtype=np.int64), affine_batch_np),
+            },
+            expected=n * n,
+            warm=False,
+        )
+        del data, arr
+
     for n in sizes if "2" in cases else []:
         arr = pa.array(np.arange(n, dtype=np.int64))
 
@@ -458,6 +492,10 @@ def main() -> None:
     print_table(bench.rows)
     print_ray_data(bench.rows)
     for r in bench.rows:
+        if r["rayflow_batch_s"]:
+            print(f"at N={r['n']}: rayflow per item {r['rayflow_s']} s, batch=True {r['rayflow_batch_s']} s;"
+                  f" Ray fused {r['ray_fused_s']} s; Ray Data map_batches {r['ray_data_map_batches_s']} s"
+                  f" (rayflow batch=True: x {r['ratio_rayflow_batch_ray_data_map_batches']} of it)")
         if r["rayflow_task_sum_s"]:
             print(f"map + sum at N={r['n']}: rf.reduce.sum {r['rayflow_s']} s, the sum as a task of its own {r['rayflow_task_sum_s']} s")
         if r["ray_two_pass_s"]:
