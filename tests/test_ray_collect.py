@@ -1,6 +1,7 @@
 """How the RayExecutor collects finished works: it asks Ray about a bounded window of the oldest
 pending reports per step (and about all of them only every SWEEP_SECONDS), so a flow's cost per
-task does not grow with its number of tasks; a report ready beyond the window is still seen."""
+task does not grow with its number of tasks; a report ready beyond the window is still seen.
+Reports travel as plain-pickle bytes where they pickle so (Ray's serialiser costs more)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import rayflow as rf
 from rayflow.engine.orchestrator import Orchestrator
 from rayflow.engine.plan import compile_plan
 from rayflow.runtime.actor import executor as ray_executor
-from rayflow.runtime.actor.executor import RayExecutor
+from rayflow.engine.protocol import AttemptResult
+from rayflow.runtime.actor.executor import RayExecutor, _packed, _unpacked
+from rayflow.states import ErrorInfo
 from rayflow.states import StateType as T
 from tests.waiting import wait_for
 
@@ -83,3 +86,12 @@ def test_a_report_ready_beyond_the_window_is_collected_while_older_works_still_r
     open(gate, "w").close()
     wait_for(lambda: orchestrator.step(0.05) or orchestrator.done, what="held to end")
     assert orchestrator.states["held"].type is T.SUCCESS
+
+
+def test_a_report_travels_as_plain_pickle_bytes_unless_only_cloudpickle_can_ship_it():
+    error = ErrorInfo(type="builtins.ValueError", message="no", traceback="tb")
+    report = AttemptResult(task_key="t", attempt=2, type=T.FAILED, started_at=1.0, finished_at=2.0, error=error, logs=(("x",),))
+    packed = _packed(report)
+    assert isinstance(packed, bytes) and _unpacked(packed) == report
+    local = AttemptResult(task_key="t", attempt=1, type=T.PAUSED, started_at=1.0, finished_at=2.0, pause=(lambda: 1, None))
+    assert _packed(local) is local and _unpacked(local) is local  # Ray's serialiser (cloudpickle) ships it
