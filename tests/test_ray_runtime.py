@@ -155,7 +155,11 @@ def test_values_pass_between_tasks_as_object_refs(tmp_path):
     assert loaded_in, "the downstream task must have loaded the blob"
     assert os.getpid() not in loaded_in and actor_pid not in loaded_in
     assert isinstance(run._handles["make_blob"], ray.ObjectRef)
-    run.task_result("make_blob")  # fetching on demand is what loads it here
+    held = ray.get(driver_actor().__ray_call__.remote(
+        lambda self, run_id: (self._runs[run_id].summary.handles, self._runs[run_id].orchestrator.handles), run.run_id
+    ))
+    assert held == ({}, {})  # the actor handed its handles to the driver with the answer
+    run.task_result("make_blob")  # fetching on demand is what loads it here (the driver's borrowed handle)
     assert os.getpid() in {int(line) for line in open(log).read().split()}
 
 
@@ -247,8 +251,8 @@ def test_a_warm_run_reuses_the_drivers_actor_and_waits_on_one_actor_call(monkeyp
     (benchmarks/run_overhead.py measures the cost itself: ``fixed_cost_first_run_s`` and
     ``fixed_cost_warm_run_s``): once the driver has its FlowRunActor, a one-task run joins no
     cluster, creates no actor, puts nothing in the object store from the driver, and calls
-    the actor exactly twice: start_run, which waits for a short run's end (waited on), and
-    release (not waited on).
+    the actor exactly once: start_run, which waits for a short run's end and hands over its
+    value handles (the actor keeps only the states: no release call).
     """
     import rayflow.runtime.driver.runner as runner_module
 
@@ -274,7 +278,7 @@ def test_a_warm_run_reuses_the_drivers_actor_and_waits_on_one_actor_call(monkeyp
     monkeypatch.setattr(ray, "init", refused)
     monkeypatch.setattr(ray, "put", refused)
     assert tiny() == 1
-    assert counting.calls == ["start_run", "release"]
+    assert counting.calls == ["start_run"]
     monkeypatch.undo()
     assert driver_actor()._ray_actor_id == actor._ray_actor_id  # the same actor, not a new one
     assert {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)} == names

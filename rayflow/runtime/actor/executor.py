@@ -3,7 +3,8 @@
 Each Work runs ``engine.worker.execute.execute`` with two returns: the value, which
 stays in the object store and reaches downstream tasks as an ObjectRef (Ray
 resolves it into the argument on the worker), and the small report
-(AttemptResult or ChunkSummary), which the orchestrator fetches.  The value
+(AttemptResult or ChunkSummary, as plain-pickle bytes where it pickles so),
+which the orchestrator fetches.  The value
 comes first on purpose: Ray stores returns in order, so a value that cannot
 be serialised fails the report too and is charged to the work that made it.
 
@@ -25,6 +26,8 @@ unmapped arguments) is put in the object store once and shared by all its chunks
 
 from __future__ import annotations
 
+import itertools
+import pickle
 import time
 from typing import Any
 
@@ -43,6 +46,8 @@ from rayflow.runtime.actor.resource_waits import ResourceWaits
 from rayflow.telemetry import worker_context
 
 BIG_PAYLOAD = 64 * 1024  # bytes; larger payloads (and every map's) are put in the object store once
+WINDOW = 256  # pending reports a step asks Ray about (the oldest)
+SWEEP_SECONDS = 0.02  # how often a step asks about every pending report, while more are pending
 
 
 def _execute_remote(payload: bytes, head: tuple[Work, Any, str], *values: Any) -> tuple[Any, Any]:
@@ -58,7 +63,7 @@ def _execute_remote(payload: bytes, head: tuple[Work, Any, str], *values: Any) -
         value, report = execute(payload, work, *values, started=started)
     if isinstance(report, ChunkSummary):  # a chunk's record says which node ran it
         report.node = ray.get_runtime_context().get_node_id()
-    return value, report
+    return value, _packed(report)
 
 
 def _execute_fused_remote(payload: bytes, head: tuple[Work, Any, str], *values: Any) -> tuple[Any, ...]:
@@ -71,14 +76,58 @@ def _execute_fused_remote(payload: bytes, head: tuple[Work, Any, str], *values: 
     for report in reports:
         if report is not None:
             report.node = node
-    return (*values_out, reports)
+    return (*values_out, _packed(reports))
 
 
-_remote_execute = ray.remote(num_returns=2, max_retries=0, retry_exceptions=False)(_execute_remote)
+def _packed(report: Any) -> Any:
+    """The report as plain-pickle bytes: Ray's own serialiser took some 30 us more per report
+    (and about as much again to read it in the actor).  One that plain pickle refuses (a class
+    only cloudpickle can ship) goes as it is; ``_unpacked`` reads either."""
+    try:
+        return pickle.dumps(report, protocol=5)
+    except Exception:  # noqa: BLE001 - any pickling failure: Ray's serialiser has the last word
+        return report
+
+
+def _unpacked(report: Any) -> Any:
+    return pickle.loads(report) if isinstance(report, bytes) else report
+
+
+_DEFAULTS = {"num_returns": 2, "max_retries": 0, "retry_exceptions": False}
+_remote_execute = ray.remote(**_DEFAULTS)(_execute_remote)
 _remote_fused = ray.remote(max_retries=0, retry_exceptions=False)(_execute_fused_remote)
 # A persisted value written behind its task: not the task's resources (a GPU task's write needs no
 # GPU); Ray's locality-aware scheduling runs it where the value is, when it can.
 _remote_write = _remote_execute.options(name="rayflow write-behind")
+
+
+_VALID: set[str] = set()  # the option sets Ray's .options() has validated
+
+
+def _named_remote(name: str, options: dict[str, Any]) -> Any:
+    """``_remote_execute.options(name=name, **options)``, less its cost per task: ``.options()``
+    builds a class and validates every option on each call (some 0.1 ms in the actor, per task
+    of a flow, as each task has its own name).  Each option set is validated by ``.options()``
+    once; a task then calls ``RemoteFunction._remote`` with its name, as ``.options()``'s
+    wrapper does.  A task with a runtime_env keeps ``.options()`` (it serialises that env)."""
+    if "runtime_env" in options:
+        return _remote_execute.options(name=name, **options)
+    signature = repr(sorted(options.items()))
+    if signature not in _VALID:
+        _remote_execute.options(name=name, **options)  # raises on an option Ray refuses
+        _VALID.add(signature)
+    return _Named(name, options)
+
+
+class _Named:
+    def __init__(self, name: str, options: dict[str, Any]) -> None:
+        self.options = {**_DEFAULTS, **options, "name": name}
+
+    def remote(self, *args: Any) -> Any:
+        return _remote_execute._remote(
+            args=args, kwargs=None, serialized_runtime_env_info=_remote_execute._serialized_base_runtime_env_info,
+            **self.options,
+        )
 
 
 def _lost(exc: BaseException) -> Any:
@@ -126,6 +175,7 @@ class RayExecutor(QueuedStarts):
         self.run_id = run_id
         self.notifier = notifier  # the FlowRunActor's handle, told when timed works start
         self._pending: dict[ray.ObjectRef, tuple[Work, ray.ObjectRef]] = {}  # report ref -> (work, value ref)
+        self._swept_at = float("-inf")  # monotonic time _collect_ready last asked Ray about every pending report
         self._payloads: dict[str, Any] = {}
         self._remotes: dict[str, Any] = {}  # task key -> _remote_execute.options(...) (made once)
         self.waits = ResourceWaits()
@@ -142,7 +192,7 @@ class RayExecutor(QueuedStarts):
     def _remote(self, spec: TaskSpec) -> Any:
         remote = self._remotes.get(spec.key)
         if remote is None:
-            remote = self._remotes[spec.key] = _remote_execute.options(name=spec.key, **spec.options.ray_options())
+            remote = self._remotes[spec.key] = _named_remote(spec.key, spec.options.ray_options())
         return remote
 
     def _fused_remote(self, spec: TaskSpec, stages: int) -> Any:
@@ -228,13 +278,23 @@ class RayExecutor(QueuedStarts):
         return out
 
     def _collect_ready(self, timeout: float | None) -> list[Completion]:
-        refs = list(self._pending)
-        ready, rest = ray.wait(refs, num_returns=1, timeout=timeout)
+        """The works whose reports are ready, waiting up to ``timeout`` for the first.
+
+        A step asks Ray about the oldest WINDOW pending reports (a dict keeps the order they
+        were submitted in, about the order Ray runs them), and about all of them only every
+        SWEEP_SECONDS: a ray.wait costs some 0.2 us per reference, and asking about every
+        pending report on every step made a flow's cost per task grow with its size.  A
+        report ready beyond the window is seen at the next sweep at the latest."""
+        window = list(itertools.islice(self._pending, WINDOW))
+        whole = len(window) == len(self._pending)
+        if not whole and time.monotonic() - self._swept_at >= SWEEP_SECONDS:
+            window, whole, self._swept_at = list(self._pending), True, time.monotonic()
+        ready, _ = ray.wait(window, num_returns=len(window), timeout=0)
+        if not ready and timeout != 0:
+            bounded = timeout if whole else SWEEP_SECONDS if timeout is None else min(timeout, SWEEP_SECONDS)
+            ready, _ = ray.wait(window, num_returns=1, timeout=bounded)
         if not ready:
             return []
-        if rest:  # collect everything else that is already done in the same step
-            more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
-            ready += more
         try:
             reports = ray.get(ready)  # one call for every ready report
         except RayError:
@@ -249,9 +309,9 @@ class RayExecutor(QueuedStarts):
             self.waits.finished(work.work_id)
             self.watch.finished(work.work_id)
             if work.fused:
-                out += fused_completions(work, list(value_ref), report)
+                out += fused_completions(work, list(value_ref), _unpacked(report))
             else:
-                out.append(Completion(work, report, value_ref))
+                out.append(Completion(work, _unpacked(report), value_ref))
         return out
 
     def _complete(self, ref: ray.ObjectRef) -> Completion | list[Completion]:
@@ -264,8 +324,8 @@ class RayExecutor(QueuedStarts):
             _consume(value_ref)
             return Completion(work, None, None, _lost(exc))
         if work.fused:
-            return fused_completions(work, list(value_ref), report)
-        return Completion(work, report, value_ref)
+            return fused_completions(work, list(value_ref), _unpacked(report))
+        return Completion(work, _unpacked(report), value_ref)
 
     def cancel(self, work_id: int) -> None:
         """Force-cancel: a running work's worker process is killed, a queued one never starts."""

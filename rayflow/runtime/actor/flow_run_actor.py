@@ -2,10 +2,10 @@
 
 One actor per driver process (``num_cpus=0``, pinned to the driver's node,
 fate-sharing with the driver) hosts every run that driver starts, each in
-its own thread.  Creating it costs a worker process once; after that a run
-costs two actor calls (start_run, waited on, and release, not), and its
-driver's first read of the history, ``ray.shutdown()`` or exit one more
-(history_written: see ``_drive``).  The actor is named
+its own thread.  Creating it costs a worker process once; after that a short
+run costs one actor call (start_run, which waits for its end and hands the
+value handles over), and its driver's first read of the history,
+``ray.shutdown()`` or exit one more (history_written: see ``_drive``).  The actor is named
 ``rayflow-driver-<id>`` in the ``rayflow`` namespace, so any process joined
 to the cluster can find a live run by its id (runtime.driver.actors.find_run)
 and read its status or cancel it.
@@ -148,13 +148,20 @@ class FlowRunActor:
             raise UnknownRunError(f"no run {run_id!r} in this driver", run_id=run_id) from None
 
     def wait_run(self, run_id: str, timeout: float) -> RunSummary | None:
-        """The final summary, value handles included, or None if still running after ``timeout``."""
+        """The final summary, or None if still running after ``timeout``.  The first caller to get
+        it gets the value handles too and holds them from then on (a driver borrows what its run's
+        actor owns): the actor keeps only the states, with no ``release`` call to wait for."""
         slot = self._slot(run_id)
         if not slot.done.wait(timeout):
             return None
         if slot.error is not None:
             raise slot.error
-        return slot.summary
+        with self._lock:
+            summary = slot.summary
+            if summary is not None and summary.handles:
+                slot.summary = summary.without_handles()
+                slot.orchestrator.release_values()
+        return summary
 
     def history_written(self, run_ids: list[str], timeout: float) -> list[str]:
         """Wait until the history of each of these ended runs is written; returns those still
@@ -167,7 +174,7 @@ class FlowRunActor:
         ]
 
     def release(self, run_id: str) -> None:
-        """The driver holds the value handles now; keep only the states."""
+        """Keep only the states (``wait_run`` does this as it hands the handles over)."""
         slot = self._runs.get(run_id)
         if slot is not None and slot.summary is not None:
             slot.summary.handles = {}

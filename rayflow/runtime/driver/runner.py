@@ -94,7 +94,6 @@ class RayRunner:
         progress.close()
         if feeder is not None:
             feeder.join(5)
-        actor.release.remote(run_id)
         flow_run = FlowRun(summary, plan.result, ray.get, tuple(s.key for s in plan.specs))
         flow_run.trace_id = trace_id
         return flow_run
