@@ -41,7 +41,9 @@ def test_independent_branches_run_in_parallel():
     run = two_branches.run(seconds=1.0)
     a, b = run.result()
     assert a["pid"] != b["pid"]
-    assert overlap(a, b) > 0.5, (a, b)  # run one after the other, they would not overlap at all
+    # run one after the other, they would not overlap at all; on the 2-core machine with the other
+    # xdist worker busy, Ray has started the second sleep up to 0.65 s late (a worker process to start)
+    assert overlap(a, b) > 0.2, (a, b)
 
 
 def test_num_cpus_reaches_ray_and_excludes_other_tasks():
