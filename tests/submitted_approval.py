@@ -63,6 +63,8 @@ def approved_run(cluster, flows_dir, tmp_path):
 def approved_after_its_driver_died(cluster, tmp_path):
     from test_submit import history_state, job_api, job_status, rayflow
 
+    # its rows written first (the recorder batches them): a paused run with no row yet counts as live
+    wait_for(lambda: RunStore(cluster.rayflow_home).run("gated-2") is not None, timeout=30, what="the run's rows")
     os.kill(int(job_api(cluster, "rayflow-gated-2")["driver_info"]["pid"]), signal.SIGKILL)
     wait_for(lambda: job_status(cluster, "rayflow-gated-2") == "FAILED", timeout=30, what="the killed driver's job to end")
     approved = rayflow("approve", "gated-2", "ship", "--address", cluster.job_address, home=tmp_path)
