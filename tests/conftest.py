@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import signal
 import sys
 import tempfile
 
@@ -26,6 +27,13 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 os.environ.setdefault("RAYFLOW_HOME", str(pathlib.Path(tempfile.mkdtemp(prefix="rayflow-tests-"))))
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `-n 2`: each worker a history of its own (listings stay its own)
     os.environ["RAYFLOW_HOME"] = tempfile.mkdtemp(prefix=f"rayflow-tests-{os.environ['PYTEST_XDIST_WORKER']}-")
+# A suite started in the background of a non-interactive shell (`pytest ... &`, `nohup`) inherits
+# SIGINT ignored, and so would every process it starts: a Python that starts with SIGINT ignored
+# never raises KeyboardInterrupt, and the Ctrl-C tests would wait for nothing.  A terminal's Ctrl-C
+# reaches a process with the default disposition, which is what those tests stand for: restored
+# here (a handled signal is reset to the default across exec, so children start as from a terminal).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
