@@ -125,3 +125,49 @@ def test_works_on_a_node_declared_dead_are_cancelled_and_run_again(tmp_path):
         assert len((tmp_path / f"ran-{x}").read_text().split()) == 2
     for pid in first_pids:  # force-cancelled: the held workers' processes are gone
         wait_for(lambda: not alive(pid), timeout=20, what=f"worker {pid} killed")
+
+
+@rf.task(retries=0)
+def queued(x: int) -> int:
+    return x + 1
+
+
+@ray.remote(num_cpus=2)
+def _hold_the_cpus(marker: str) -> None:
+    pathlib.Path(marker).touch()
+    time.sleep(120)
+
+
+def test_a_work_not_started_when_a_node_dies_is_cancelled_and_run_again(tmp_path):
+    """Ray does not say where a queued work was placed: one that has not started its grace after
+    a node died is presumed placed there (node_watch.UNSTARTED_GRACE), cancelled, run again."""
+
+    @rf.flow
+    def one():
+        return queued(1)
+
+    blocker = _hold_the_cpus.remote(str(tmp_path / "held"))  # the session Ray's 2 CPUs: the work queues
+    wait_for(lambda: (tmp_path / "held").exists(), timeout=60, what="the CPUs held")
+    table = OnceDead()
+    executor = RayExecutor("queued", notifier=Starts.remote(), nodes=node_watch.NodeTable(read=table))
+    orchestrator = Orchestrator(compile_plan(one.graph, one), executor, "queued")
+    ended: dict = {}
+    running = threading.Thread(target=lambda: ended.update(summary=orchestrator.run()), daemon=True)
+    running.start()
+    try:
+        wait_for(lambda: executor._pending, timeout=30, what="the work submitted")
+        (first_ref, (first, _)), = list(executor._pending.items())
+        table.node = "a-node-that-died"  # the work never reports a start: it may have been placed there
+        wait_for(lambda: executor._pending and first not in [w for w, _ in executor._pending.values()],
+                 timeout=30, what="the unstarted work lost and submitted again")
+        with pytest.raises(ray.exceptions.TaskCancelledError):  # cancelled in Ray: it cannot run twice
+            ray.get(first_ref, timeout=30)
+    finally:
+        ray.cancel(blocker, force=True)
+    running.join(60)
+    assert not running.is_alive()
+    summary = ended["summary"]
+    assert summary.state.type is T.SUCCESS and summary.task_states["queued"].type is T.SUCCESS, summary.state
+    assert summary.history["queued"][-1].attempt == 2
+    lost = [s.error for s in summary.history["queued"] if s.type is T.RETRYING]
+    assert len(lost) == 1 and lost[0].system and "had not started" in lost[0].message, lost

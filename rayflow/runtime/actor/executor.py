@@ -41,7 +41,7 @@ from rayflow.engine.worker.fused import execute_fused
 from rayflow.engine.executor import Completion, QueuedStarts, fused_completions
 from rayflow.engine.plan import TaskSpec
 from rayflow.engine.protocol import AttemptResult, ChunkSummary, Work, describe_error, stage_arguments
-from rayflow.runtime.actor.node_watch import NodeTable, NodeWatch, node_died, stop_quietly
+from rayflow.runtime.actor.node_watch import NodeTable, NodeWatch, stop_quietly
 from rayflow.runtime.actor.resource_waits import ResourceWaits
 from rayflow.telemetry import worker_context
 
@@ -263,7 +263,7 @@ class RayExecutor(QueuedStarts):
                 self.waits.forget(work.work_id)
                 self.watch.finished(work.work_id)
                 stop_quietly(ray.cancel, ref)
-                out.append(Completion(work, None, None, node_died(lost[work.work_id])))
+                out.append(Completion(work, None, None, lost[work.work_id]))
         return out
 
     def _give_up_waits(self) -> list[Completion]:

@@ -17,9 +17,16 @@ rayflow fails them itself:
   task's ``system_retries`` (a map's chunk: its items again, split if it keeps dying), as it
   does a worker that died.
 
-A node id is never reused, so a dead one stays dead.  The window not covered: a work whose
-start report was itself lost with the link (the cut came within the report's own millisecond)
-is not known to be on that node.
+- A work that has not reported its start when a node is first seen dead may have been placed
+  there, queued behind that node's CPUs, or its start report lost with the link: Ray does not
+  say where a queued task is placed, and does not fail it either.  Each such work is given
+  UNSTARTED_GRACE seconds to report its start (a work queued on a live node, or one whose
+  report is on its way, does); one that does not is cancelled and lost the same way.  The
+  price of not knowing: a work that merely waited for a live node's CPUs then runs again from
+  the back of the queue, as one more system retry.
+
+A node id is never reused, so a dead one stays dead; the nodes already dead when a watch first
+tracks a work are no news to it (they died before its works were placed).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from rayflow.states import ErrorInfo
 
 CHECK_EVERY = 1.0  # seconds between reads of the node table while watched works are in flight
 COUNT_EVERY = 10.0  # seconds between reads that only say whether the cluster has several nodes
+UNSTARTED_GRACE = 2.0  # seconds a work not started when a node died has to report its start
 
 
 def read_ray_nodes() -> tuple[int, frozenset[str]]:
@@ -71,6 +79,10 @@ class NodeTable:
         self._fresh(CHECK_EVERY)
         return self._dead
 
+    def known_dead(self) -> frozenset[str]:
+        """The dead nodes as last read (no read)."""
+        return self._dead
+
 
 _shared: NodeTable | None = None
 
@@ -91,12 +103,16 @@ class NodeWatch:
         self._forward: set[int] = set()  # works whose start the orchestrator wants too
         self._lock = threading.Lock()
         self._next = float("-inf")
+        self._seen_dead: frozenset[str] | None = None  # dead nodes already acted on (None: no work yet)
+        self._unstarted: dict[int, tuple[float, str]] = {}  # work id -> (start deadline, the node that died)
 
     def track(self, work_id: int, *, forward: bool) -> bool:
         """Whether this work must report its start (and node): it is watched, or ``forward``."""
         if not self.table.several():
             return forward
         with self._lock:
+            if self._seen_dead is None:
+                self._seen_dead = self.table.known_dead()
             self._on[work_id] = None
             if forward:
                 self._forward.add(work_id)
@@ -109,6 +125,7 @@ class NodeWatch:
                 return True  # not watched: it reported because its start is wanted
             if node is not None:
                 self._on[work_id] = node
+                self._unstarted.pop(work_id, None)
             return work_id in self._forward  # (rf.Loop reports each iteration's start, without a node)
 
     def finished(self, work_id: int) -> None:
@@ -117,28 +134,46 @@ class NodeWatch:
         with self._lock:
             self._on.pop(work_id, None)
             self._forward.discard(work_id)
+            self._unstarted.pop(work_id, None)
 
     def next_check(self) -> float | None:
         """When the node table must be read next (clock of the table); None: nothing watched."""
         return self._next if self._on else None
 
-    def lost(self) -> dict[int, str]:
-        """Work id -> node, for the watched works on a node now dead (read when due)."""
+    def lost(self) -> dict[int, ErrorInfo]:
+        """Work id -> its system error, for the watched works on a node now dead, and those not
+        started UNSTARTED_GRACE seconds after a node died (read when due)."""
         now = self.table.clock()
         if now < self._next:
             return {}
         self._next = now + CHECK_EVERY
         dead = self.table.dead()
-        if not dead:
+        if not dead and not self._unstarted:
             return {}
         with self._lock:
-            return {work_id: node for work_id, node in self._on.items() if node in dead}
+            news = dead - (self._seen_dead or frozenset())
+            if news:
+                self._seen_dead = dead
+                for work_id, node in self._on.items():
+                    if node is None:
+                        self._unstarted.setdefault(work_id, (now + UNSTARTED_GRACE, min(news)))
+            out = {work_id: node_died(node) for work_id, node in self._on.items() if node in dead}
+            for work_id, (deadline, node) in list(self._unstarted.items()):
+                if deadline <= now:
+                    del self._unstarted[work_id]
+                    out[work_id] = node_died(node, started=False)
+            return out
 
 
-def node_died(node: str) -> ErrorInfo:
-    """The system error of a work lost with its node."""
+def node_died(node: str, *, started: bool = True) -> ErrorInfo:
+    """The system error of a work lost with its node (``started``), or that may have been placed
+    on it and did not start."""
+    if started:
+        where = "while this work ran there"
+    else:
+        where = f"and this work had not started {UNSTARTED_GRACE:g}s later (it may have been placed there)"
     return describe_error(NodeDiedError(
-        f"Ray declared node {node} dead (its host lost or cut off) while this work ran there: "
+        f"Ray declared node {node} dead (its host lost or cut off) {where}: "
         "it was cancelled, to run again on a live node"), system=True)
 
 
