@@ -27,6 +27,7 @@ unmapped arguments) is put in the object store once and shared by all its chunks
 from __future__ import annotations
 
 import itertools
+import os
 import pickle
 import time
 from typing import Any
@@ -192,15 +193,23 @@ class RayExecutor(QueuedStarts):
     def _remote(self, spec: TaskSpec) -> Any:
         remote = self._remotes.get(spec.key)
         if remote is None:
-            remote = self._remotes[spec.key] = _named_remote(spec.key, spec.options.ray_options())
+            remote = self._remotes[spec.key] = _named_remote(spec.key, self._ray_options(spec))
         return remote
+
+    def _ray_options(self, spec: TaskSpec) -> dict[str, Any]:
+        """A task's Ray options; a map's chunks spread over the nodes of a cluster of several
+        (Ray's default packs them onto the node they are submitted from while it has room)."""
+        options = spec.options.ray_options()
+        if spec.kind == "map" and os.environ.get("RAYFLOW_MAP_SPREAD", "1") != "0" and self.watch.table.several():
+            options["scheduling_strategy"] = "SPREAD"
+        return options
 
     def _fused_remote(self, spec: TaskSpec, stages: int) -> Any:
         key = f"{spec.key}\0fused{stages}"
         remote = self._remotes.get(key)
         if remote is None:
             remote = self._remotes[key] = _remote_fused.options(
-                name=spec.key, num_returns=stages + 2, **spec.options.ray_options()
+                name=spec.key, num_returns=stages + 2, **self._ray_options(spec)
             )
         return remote
 
