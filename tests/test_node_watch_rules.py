@@ -1,11 +1,12 @@
 """The dead-node watch's rules (runtime.actor.node_watch), with a stand-in node table and a fake
-clock: which works are lost when a node dies, and when (tests/test_node_watch.py: on real Ray)."""
+clock: which works are lost when a node dies, which are sent again, and when
+(tests/test_node_watch.py: on real Ray)."""
 
 from __future__ import annotations
 
 from waiting import ManualClock
 
-from rayflow.runtime.actor.node_watch import CHECK_EVERY, UNSTARTED_GRACE, NodeTable, NodeWatch
+from rayflow.runtime.actor.node_watch import CHECK_EVERY, UNSTARTED_GRACE, NodeTable, NodeWatch, node_died
 
 
 class Table:
@@ -30,63 +31,75 @@ def test_works_that_started_on_a_dead_node_are_lost_at_once():
         assert watch.track(work_id, forward=False)
     watch.started(1, "a")
     watch.started(2, "b")
-    assert watch.lost() == {}
+    assert watch.check() == ({}, {})
     table.dead = frozenset({"b"})
     clock.advance(CHECK_EVERY)
-    lost = watch.lost()
-    assert list(lost) == [2] and lost[2].system and lost[2].type == "ray.exceptions.NodeDiedError"
-    assert "while this work ran there" in lost[2].message
+    assert watch.check() == ({2: "b"}, {})
+    error = node_died("b")
+    assert error.system and error.type == "ray.exceptions.NodeDiedError" and "node b" in error.message
 
 
-def test_a_work_not_started_when_a_node_dies_is_lost_after_its_grace_unless_it_starts():
+def test_a_work_sent_before_a_death_and_not_started_after_its_grace_is_sent_again_once():
     table = Table()
     watch, clock = _watch(table)
     for work_id in (1, 2, 3):
-        watch.track(work_id, forward=False)
+        watch.track(work_id, forward=False, resend=f"again-{work_id}")
     watch.started(1, "a")
-    table.dead = frozenset({"b"})  # 2 and 3 have not started: either may have been placed on b
+    assert watch.selector() == {}
+    table.dead = frozenset({"b"})  # 2 and 3 have not started: either may be stuck on b
     clock.advance(CHECK_EVERY)
-    assert watch.lost() == {}
+    assert watch.check() == ({}, {})  # within their grace from the death
+    assert watch.died == {"b"} and watch.selector() == {"label_selector": {"ray.io/node-id": "!in(b)"}}
     watch.started(3, "a")  # 3 was queued on a live node: it starts within its grace
     clock.advance(UNSTARTED_GRACE)
-    lost = watch.lost()
-    assert list(lost) == [2]
-    assert lost[2].system and "had not started" in lost[2].message and "node b" in lost[2].message
+    assert watch.check() == ({}, {2: "again-2"})
+    watch.track(2, forward=False, resend="again-2")  # sent again by the executor, off b
+    watch.track(4, forward=False)  # sent after the death was seen: off b too, never suspect
+    for _ in range(3):
+        clock.advance(UNSTARTED_GRACE + CHECK_EVERY)
+        assert watch.check() == ({}, {})
+    table.dead = frozenset({"b", "c"})  # a second death: what was sent before it is suspect again
     clock.advance(CHECK_EVERY)
-    assert watch.lost() == {}  # lost once: the executor cancels it and forgets it
+    watch.check()
+    assert watch.selector() == {"label_selector": {"ray.io/node-id": "!in(b,c)"}}
+    clock.advance(UNSTARTED_GRACE)
+    assert watch.check() == ({}, {2: "again-2", 4: None})
 
 
-def test_a_work_submitted_after_the_death_was_seen_is_not_suspected():
+def test_a_watch_goes_on_when_one_node_is_left():
     table = Table()
     watch, clock = _watch(table)
-    watch.track(1, forward=False)
-    table.dead = frozenset({"b"})
+    watch.track(1, forward=False, resend="r")
+    table.dead = frozenset({"b", "c"})  # one live node left
     clock.advance(CHECK_EVERY)
-    assert watch.lost() == {}
-    watch.track(2, forward=False)  # Ray places no new work on a node it declared dead
-    clock.advance(UNSTARTED_GRACE + CHECK_EVERY)
-    assert list(watch.lost()) == [1]
+    assert watch.check() == ({}, {})  # the death seen
+    clock.advance(UNSTARTED_GRACE)
+    assert watch.check() == ({}, {1: "r"})
+    assert watch.track(1, forward=False, resend="r")  # sent again: watched still, its sending noted
+    clock.advance(CHECK_EVERY + UNSTARTED_GRACE)
+    assert watch.check() == ({}, {})  # sent once, not again at every check
 
 
 def test_nodes_dead_before_the_first_work_are_no_news():
-    table = Table(dead=frozenset({"old"}))  # a node lost long before this run
+    table = Table(dead=frozenset({"old"}))  # a node lost before this run's first work
     watch, clock = _watch(table)
     watch.track(1, forward=False)
     for _ in range(3):
         clock.advance(UNSTARTED_GRACE + CHECK_EVERY)
-        assert watch.lost() == {}
+        assert watch.check() == ({}, {})
+    assert watch.selector() == {}
 
 
-def test_a_finished_work_is_never_lost():
+def test_a_finished_work_is_never_lost_nor_sent_again():
     table = Table()
     watch, clock = _watch(table)
     watch.track(1, forward=False)
     table.dead = frozenset({"b"})
     clock.advance(CHECK_EVERY)
-    assert watch.lost() == {}
+    assert watch.check() == ({}, {})
     watch.finished(1)
     clock.advance(UNSTARTED_GRACE)
-    assert watch.lost() == {} and watch.next_check() is None
+    assert watch.check() == ({}, {}) and watch.next_check() is None
 
 
 def test_on_one_node_nothing_is_watched():

@@ -27,6 +27,7 @@ unmapped arguments) is put in the object store once and shared by all its chunks
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import pickle
 import time
@@ -42,7 +43,7 @@ from rayflow.engine.worker.fused import execute_fused
 from rayflow.engine.executor import Completion, QueuedStarts, fused_completions
 from rayflow.engine.plan import TaskSpec
 from rayflow.engine.protocol import AttemptResult, ChunkSummary, Work, describe_error, stage_arguments
-from rayflow.runtime.actor.node_watch import NodeTable, NodeWatch, stop_quietly
+from rayflow.runtime.actor.node_watch import NodeTable, NodeWatch, node_died, stop_quietly
 from rayflow.runtime.actor.resource_waits import ResourceWaits
 from rayflow.telemetry import worker_context
 
@@ -94,6 +95,7 @@ def _unpacked(report: Any) -> Any:
     return pickle.loads(report) if isinstance(report, bytes) else report
 
 
+logger = logging.getLogger(__name__)
 _DEFAULTS = {"num_returns": 2, "max_retries": 0, "retry_exceptions": False}
 _remote_execute = ray.remote(**_DEFAULTS)(_execute_remote)
 _remote_fused = ray.remote(max_retries=0, retry_exceptions=False)(_execute_fused_remote)
@@ -178,7 +180,7 @@ class RayExecutor(QueuedStarts):
         self._pending: dict[ray.ObjectRef, tuple[Work, ray.ObjectRef]] = {}  # report ref -> (work, value ref)
         self._swept_at = float("-inf")  # monotonic time _collect_ready last asked Ray about every pending report
         self._payloads: dict[str, Any] = {}
-        self._remotes: dict[str, Any] = {}  # task key -> _remote_execute.options(...) (made once)
+        self._remotes: dict[Any, Any] = {}  # (task key, nodes avoided) -> _remote_execute.options(...) (made once)
         self.waits = ResourceWaits()
         self.watch = NodeWatch(nodes)  # works on a node Ray declared dead (a cluster of several nodes)
         self._not_placed: list[Completion] = []  # works failed without running: they were never placed
@@ -191,21 +193,23 @@ class RayExecutor(QueuedStarts):
         return self._payloads[spec.key]
 
     def _remote(self, spec: TaskSpec) -> Any:
-        remote = self._remotes.get(spec.key)
+        key = (spec.key, self.watch.died)
+        remote = self._remotes.get(key)
         if remote is None:
-            remote = self._remotes[spec.key] = _named_remote(spec.key, self._ray_options(spec))
+            remote = self._remotes[key] = _named_remote(spec.key, self._ray_options(spec))
         return remote
 
     def _ray_options(self, spec: TaskSpec) -> dict[str, Any]:
         """A task's Ray options; a map's chunks spread over the nodes of a cluster of several
-        (Ray's default packs them onto the node they are submitted from while it has room)."""
-        options = spec.options.ray_options()
+        (Ray's default packs them onto the node they are submitted from while it has room); no
+        work on a node seen dead (node_watch: its stuck leases hold Ray's slots of the task)."""
+        options = {**spec.options.ray_options(), **self.watch.selector()}
         if spec.kind == "map" and os.environ.get("RAYFLOW_MAP_SPREAD", "1") != "0" and self.watch.table.several():
             options["scheduling_strategy"] = "SPREAD"
         return options
 
     def _fused_remote(self, spec: TaskSpec, stages: int) -> Any:
-        key = f"{spec.key}\0fused{stages}"
+        key = (spec.key, stages, self.watch.died)
         remote = self._remotes.get(key)
         if remote is None:
             remote = self._remotes[key] = _remote_fused.options(
@@ -213,10 +217,18 @@ class RayExecutor(QueuedStarts):
             )
         return remote
 
+    def _write_remote(self) -> Any:
+        if not self.watch.died:
+            return _remote_write
+        key = ("\0write", self.watch.died)
+        if key not in self._remotes:
+            self._remotes[key] = _remote_write.options(**self.watch.selector())
+        return self._remotes[key]
+
     def submit(self, spec: TaskSpec, work: Work, handles: list[Any], stages: tuple[TaskSpec, ...] = ()) -> None:
         if work.persist is not None:  # a write-behind: default resources, wherever Ray puts it
-            watched = self.notifier is not None and self.watch.track(work.work_id, forward=False)
-            value_ref, report_ref = _remote_write.remote(b"", (work, self.notifier if watched else None, self.run_id), *handles)
+            watched = self.notifier is not None and self.watch.track(work.work_id, forward=False, resend=(spec, handles, stages))
+            value_ref, report_ref = self._write_remote().remote(b"", (work, self.notifier if watched else None, self.run_id), *handles)
             self._pending[report_ref] = (work, value_ref)
             return
         timed = spec.options.timeout is not None and work.job is None
@@ -226,13 +238,14 @@ class RayExecutor(QueuedStarts):
             return
         if work.fused:  # a map chunk with its fused stages: resources alike, no resource wait (core.fusion)
             args = stage_arguments(work, handles, [self._payload(stage) for stage in stages])
-            watched = self.notifier is not None and self.watch.track(work.work_id, forward=False)
+            watched = self.notifier is not None and self.watch.track(work.work_id, forward=False, resend=(spec, handles, stages))
             head = (work, self.notifier if watched else None, self.run_id)
             refs = self._fused_remote(spec, len(work.fused)).remote(self._payload(spec), head, *args)
             self._pending[refs[-1]] = (work, tuple(refs[:-1]))
             return
         tracked = self.waits.track(spec, work, forward=timed)
-        watched = self.notifier is not None and self.watch.track(work.work_id, forward=timed or tracked)
+        watched = self.notifier is not None and self.watch.track(
+            work.work_id, forward=timed or tracked, resend=(spec, handles, stages))
         head = (work, self.notifier if timed or tracked or watched else None, self.run_id)
         value_ref, report_ref = self._remote(spec).remote(self._payload(spec), head, *handles)
         self._pending[report_ref] = (work, value_ref)
@@ -263,16 +276,23 @@ class RayExecutor(QueuedStarts):
         return out
 
     def _lost_with_nodes(self) -> list[Completion]:
-        """The works on a node Ray declared dead: force-cancelled, and lost (see node_watch)."""
-        lost = self.watch.lost()
+        """The works on a node Ray declared dead: force-cancelled, and lost; and the works that
+        may be stuck on it, never started: cancelled and sent again (see node_watch)."""
+        lost, stuck = self.watch.check()
         out = []
-        for ref, (work, _) in list(self._pending.items()) if lost else ():
-            if work.work_id in lost:
+        for ref, (work, _) in list(self._pending.items()) if lost or stuck else ():
+            if work.work_id in lost or work.work_id in stuck:
                 del self._pending[ref]
                 self.waits.forget(work.work_id)
-                self.watch.finished(work.work_id)
                 stop_quietly(ray.cancel, ref)
-                out.append(Completion(work, None, None, lost[work.work_id]))
+            if work.work_id in lost:
+                self.watch.finished(work.work_id)
+                out.append(Completion(work, None, None, node_died(lost[work.work_id])))
+            elif work.work_id in stuck:
+                spec, handles, stages = stuck[work.work_id]
+                logger.warning("run %s: a work of %s had not started when a node died (it may be stuck on it): sent again",
+                               self.run_id, work.task_key)
+                self.submit(spec, work, handles, stages)
         return out
 
     def _give_up_waits(self) -> list[Completion]:

@@ -17,13 +17,18 @@ rayflow fails them itself:
   task's ``system_retries`` (a map's chunk: its items again, split if it keeps dying), as it
   does a worker that died.
 
-- A work that has not reported its start when a node is first seen dead may have been placed
-  there, queued behind that node's CPUs, or its start report lost with the link: Ray does not
-  say where a queued task is placed, and does not fail it either.  Each such work is given
-  UNSTARTED_GRACE seconds to report its start (a work queued on a live node, or one whose
-  report is on its way, does); one that does not is cancelled and lost the same way.  The
-  price of not knowing: a work that merely waited for a live node's CPUs then runs again from
-  the back of the queue, as one more system retry.
+- A work that has not started may be stuck on the dead node: Ray places a queued task by its
+  raylet's view of the cluster, which can still hold the dead node for a while, and a lease
+  asked of a node cut off is never answered nor failed (ray-project/ray#63405: the task stays
+  PENDING_NODE_ASSIGNMENT for good).  Worse, the stuck leases hold the lease slots of their
+  scheduling class in the actor's core worker, so the later tasks of that class wait too.  So
+  once a node is seen dead (``died``), every work the executor sends selects the nodes that are
+  not it (a Ray label selector on ``ray.io/node-id``: a new scheduling class, with slots of
+  its own), and a watched work sent before then that has not reported its start
+  UNSTARTED_GRACE seconds after the death was seen is sent again that way: the executor
+  cancels its Ray task and submits the same work (same id and attempt; it never ran, so no
+  retry is spent and nothing is recorded).  Ray does not say where a queued task went, so a
+  work that merely waited for a live node's CPUs is sent again too, once.
 
 A node id is never reused, so a dead one stays dead; the nodes already dead when a watch first
 tracks a work are no news to it (they died before its works were placed).
@@ -43,7 +48,8 @@ from rayflow.states import ErrorInfo
 
 CHECK_EVERY = 1.0  # seconds between reads of the node table while watched works are in flight
 COUNT_EVERY = 10.0  # seconds between reads that only say whether the cluster has several nodes
-UNSTARTED_GRACE = 2.0  # seconds a work not started when a node died has to report its start
+NODE_ID_LABEL = "ray.io/node-id"  # every node's own label: its node id
+UNSTARTED_GRACE = 2.0  # seconds after a death was seen that a work sent before has to report its start
 
 
 def read_ray_nodes() -> tuple[int, frozenset[str]]:
@@ -101,19 +107,23 @@ class NodeWatch:
         self.table = table or shared_table()
         self._on: dict[int, str | None] = {}  # work id -> its node (None: not heard of yet)
         self._forward: set[int] = set()  # works whose start the orchestrator wants too
+        self._unstarted: dict[int, tuple[float, Any]] = {}  # work id -> (sent at, what to send again)
         self._lock = threading.Lock()
         self._next = float("-inf")
-        self._seen_dead: frozenset[str] | None = None  # dead nodes already acted on (None: no work yet)
-        self._unstarted: dict[int, tuple[float, str]] = {}  # work id -> (start deadline, the node that died)
+        self._known_dead: frozenset[str] | None = None  # dead when the first work was tracked
+        self.died: frozenset[str] = frozenset()  # nodes seen dead since: works select the others
+        self._death_at = float("-inf")  # when a node was last first seen dead
 
-    def track(self, work_id: int, *, forward: bool) -> bool:
-        """Whether this work must report its start (and node): it is watched, or ``forward``."""
-        if not self.table.several():
+    def track(self, work_id: int, *, forward: bool, resend: Any = None) -> bool:
+        """Whether this work must report its start (and node): it is watched, or ``forward``.
+        ``resend``: what ``check`` hands back for a work to send again (sent again: the same id)."""
+        if self._known_dead is None and not self.table.several():  # (watching, it goes on: a node may be left)
             return forward
         with self._lock:
-            if self._seen_dead is None:
-                self._seen_dead = self.table.known_dead()
+            if self._known_dead is None:
+                self._known_dead = self.table.known_dead()
             self._on[work_id] = None
+            self._unstarted[work_id] = (self.table.clock(), resend)
             if forward:
                 self._forward.add(work_id)
         return True
@@ -140,40 +150,38 @@ class NodeWatch:
         """When the node table must be read next (clock of the table); None: nothing watched."""
         return self._next if self._on else None
 
-    def lost(self) -> dict[int, ErrorInfo]:
-        """Work id -> its system error, for the watched works on a node now dead, and those not
-        started UNSTARTED_GRACE seconds after a node died (read when due)."""
+    def check(self) -> tuple[dict[int, str], dict[int, Any]]:
+        """When due: (work id -> node, for the watched works on a node now dead; work id -> its
+        ``resend``, for the works to send again: sent before a death was seen, and not started
+        UNSTARTED_GRACE seconds after)."""
         now = self.table.clock()
         if now < self._next:
-            return {}
+            return {}, {}
         self._next = now + CHECK_EVERY
         dead = self.table.dead()
-        if not dead and not self._unstarted:
-            return {}
+        if not dead and not self.died:
+            return {}, {}
         with self._lock:
-            news = dead - (self._seen_dead or frozenset())
+            news = dead - (self._known_dead or frozenset()) - self.died
             if news:
-                self._seen_dead = dead
-                for work_id, node in self._on.items():
-                    if node is None:
-                        self._unstarted.setdefault(work_id, (now + UNSTARTED_GRACE, min(news)))
-            out = {work_id: node_died(node) for work_id, node in self._on.items() if node in dead}
-            for work_id, (deadline, node) in list(self._unstarted.items()):
-                if deadline <= now:
-                    del self._unstarted[work_id]
-                    out[work_id] = node_died(node, started=False)
-            return out
+                self.died, self._death_at = self.died | news, now
+            lost = {work_id: node for work_id, node in self._on.items() if node in dead}
+            stuck = {}
+            if now >= self._death_at + UNSTARTED_GRACE:
+                stuck = {work_id: resend for work_id, (sent, resend) in self._unstarted.items() if sent < self._death_at}
+            return lost, stuck
+
+    def selector(self) -> dict[str, Any]:
+        """The Ray options that keep a work off the nodes seen dead (none while none is)."""
+        if not self.died:
+            return {}
+        return {"label_selector": {NODE_ID_LABEL: f"!in({','.join(sorted(self.died))})"}}
 
 
-def node_died(node: str, *, started: bool = True) -> ErrorInfo:
-    """The system error of a work lost with its node (``started``), or that may have been placed
-    on it and did not start."""
-    if started:
-        where = "while this work ran there"
-    else:
-        where = f"and this work had not started {UNSTARTED_GRACE:g}s later (it may have been placed there)"
+def node_died(node: str) -> ErrorInfo:
+    """The system error of a work lost with its node."""
     return describe_error(NodeDiedError(
-        f"Ray declared node {node} dead (its host lost or cut off) {where}: "
+        f"Ray declared node {node} dead (its host lost or cut off) while this work ran there: "
         "it was cancelled, to run again on a live node"), system=True)
 
 
