@@ -81,13 +81,25 @@ def test_the_orchestrating_actor_killed_mid_run_crashes_the_run_and_the_next_run
 def test_an_actor_that_died_between_runs_is_replaced_without_failing_the_next_run(tmp_path, monkeypatch):
     monkeypatch.setenv("RAYFLOW_HOME", str(tmp_path))
     adds.run(x=0)
-    ray.kill(driver_actor(), no_restart=True)
+    killed = driver_actor()
+    ray.kill(killed, no_restart=True)
+    wait_for(lambda: _dead(killed), what="the killed actor to be gone")  # ray.kill returns before it is
     # The actor is gone and no run has noticed.  A driver pings an actor idle longer than
     # IDLE_CHECK_SECONDS before giving it a run: with the threshold at 0 it is idle already
     # (was: a 2.5 s sleep past the real threshold).
     monkeypatch.setattr(actor_module, "IDLE_CHECK_SECONDS", 0.0)
     assert adds.run(x=1).result() == 3  # it was pinged first, found dead and replaced
     assert adds.run(x=2).result() == 4
+
+
+def _dead(handle) -> bool:
+    try:
+        ray.get(handle.ping.remote(), timeout=5)
+    except ray.exceptions.RayActorError:
+        return True
+    except ray.exceptions.GetTimeoutError:
+        pass
+    return False
 
 
 def _signal_during_large_map(tmp_path, sig: int, extra: list[str], group: bool) -> tuple[subprocess.CompletedProcess, float, str]:
