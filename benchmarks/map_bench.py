@@ -46,9 +46,11 @@ Cases:
    slices it zero-copy ("lists": 4 x CPUs tasks returning their arrays, summed
    with pc.sum; "fused": 2 x CPUs tasks returning pc.sum of their slice).
    Passing ``arr.slice(...)`` as an argument instead would pickle the whole
-   parent buffer once per task.  rayflow's sum is a ``batch=True`` task too,
-   which receives the map's values as one Arrow array (``pc.sum``), as the
-   hand-written side sums Arrow arrays;
+   parent buffer once per task.  rayflow's sum is ``rf.reduce.sum``, folded
+   into the map's chunks (each sums its column in numpy, as "fused" sums its
+   slice, and the parts are added up in the orchestrator); the sum as a
+   ``batch=True`` task of its own, which receives the map's values as one
+   Arrow array (``pc.sum``), is timed beside it ("task sum");
 3. a ~1 ms CPU-bound f, N = 1e4: rayflow vs both Ray variants, and the ideal
    N x 1 ms / CPUs;
 4. two chained maps then a sum, N = 1e6: all contestants ("lists" runs two
@@ -215,7 +217,7 @@ class Bench:
             "ray_two_pass_s": _r(best.get("ray_two_pass")),
             "rayflow_unfused_s": _r(best.get("rayflow_unfused")),
             "rayflow_single_s": _r(best.get("rayflow_single")),
-            "rayflow_task_sum_s": _r(best.get("rayflow_task_sum")),  # case 1: the sum as a plain task
+            "rayflow_task_sum_s": _r(best.get("rayflow_task_sum")),  # cases 1 and 2: the sum as a task of its own
             "rayflow_batch_s": _r(best.get("rayflow_batch")),  # case 1 at 10^7: batch=True over Arrow
             "ratio_rayflow_batch_ray_data_map_batches": (
                 round(best["rayflow_batch"] / best["ray_data_map_batches"], 3)
@@ -244,6 +246,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="timed repetitions per contestant (min is kept)")
     parser.add_argument("--quick", action="store_true", help="smaller N, for a smoke run")
     parser.add_argument("--cases", default="1,2,3,4,5,naive", help="which cases to run, by number (default: all)")
+    parser.add_argument("--sizes", default="", help="cases 1 and 2 at these N only, e.g. 10000,1000000 (default: all)")
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -316,7 +319,9 @@ def main() -> None:
         return run
 
     sizes = [10**4, 10**5] if args.quick else [10**4, 10**5, 10**6]
-    for n in sizes if "1" in cases else []:
+    if args.sizes:
+        sizes = [int(float(s)) for s in args.sizes.split(",")]
+    for n in [s for s in sizes if s < 10**7] if "1" in cases else []:
         data = list(range(n))
         peers = {}
         if n == 10**6:
@@ -349,7 +354,7 @@ def main() -> None:
             expected=n * n,  # sum(2x + 1 for x < n)
         )
 
-    if "1" in cases and not args.quick:  # 10^7: rayflow, per item and batch=True, against Ray fused and Ray Data map_batches
+    if "1" in cases and not args.quick and (not args.sizes or 10**7 in sizes):  # 10^7: rayflow, per item and batch=True, against Ray fused and Ray Data map_batches
         n = 10**7  # (Ray Data's per-row map takes about 9 s at 10^6 here: not run at 10^7; nor the Dask and mp peers)
         data = list(range(n))
         arr = pa.array(np.arange(n, dtype=np.int64))
@@ -376,11 +381,15 @@ def main() -> None:
         )
         del data, arr
 
-    for n in sizes if "2" in cases else []:
+    for n in [s for s in sizes if s < 10**7] if "2" in cases else []:
         arr = pa.array(np.arange(n, dtype=np.int64))
 
         @rf.flow(name=f"batch_{n}")
-        def batch_flow():
+        def batch_flow():  # the sum folded into the map's chunks (core.reducers)
+            return rf.reduce.sum(t_batch.map(arr))
+
+        @rf.flow(name=f"batch_task_{n}")
+        def batch_task_flow():  # the sum as a batch=True task of its own, which receives the map's values
             return t_total_arrow(t_batch.map(arr))
 
         def arrow_by_hand(remote, chunks: int, fused: bool) -> Callable[[], int]:
@@ -397,6 +406,7 @@ def main() -> None:
             n,
             {
                 "rayflow": batch_flow,
+                "rayflow_task_sum": batch_task_flow,
                 "ray_lists": arrow_by_hand(r_arrow, 4 * cpus, fused=False),
                 "ray_fused": arrow_by_hand(r_arrow_sum, 2 * cpus, fused=True),
             },

@@ -132,6 +132,10 @@ def _run_for(total: int, cpus: int = 2, **options) -> MapRun:
         (10**6, {}, (64, 0.005, False), 3200),  # slower items: what 0.25 s needs (78 us per item)
         (10**9, {}, (10**6, 0.5, True), R.MAX_CHUNK),  # never more than MAX_CHUNK items
         (100, {}, (64, 0.02, True), 13),  # small maps still spread over 4 chunks per CPU
+        (10**6, {"batch": True}, None, 500_000),  # batch=True, sized: one chunk per CPU, unmeasured, at any size
+        (10**7, {"batch": True}, None, R.MAX_BATCH_CHUNK),  # but at most MAX_BATCH_CHUNK items
+        (10**6, {"batch": True}, (500_000, 0.5, True), 125_000),  # measured: the per-item rules, as any map
+        (10**6, {"batch": True, "chunk_size": 1000}, None, 1000),  # the user's size still wins
     ],
 )
 def test_chunk_size_table(total, options, measured, expected):
