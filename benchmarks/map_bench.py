@@ -152,8 +152,9 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
 class Bench:
     """Runs contestants round-robin, keeps the min of the repetitions, records rows."""
 
-    def __init__(self, repeat: int) -> None:
+    def __init__(self, repeat: int, only_ray: bool = False) -> None:
         self.repeat = repeat
+        self.only_ray = only_ray  # rayflow and hand-written Ray only: no Dask, mp or Ray Data peer
         self.rows: list[dict] = []
 
     def case(
@@ -166,7 +167,10 @@ class Bench:
         ideal: float | None = None,
     ) -> dict:
         """Time each contestant (None = not run); every result must equal `expected` (or the first one's)."""
-        runnable = {name: fn for name, fn in contestants.items() if fn is not None}
+        runnable = {
+            name: fn for name, fn in contestants.items()
+            if fn is not None and not (self.only_ray and name.startswith(("dask", "mp", "ray_data")))
+        }
         times: dict[str, list[float]] = {name: [] for name in runnable}
 
         def check(name: str, value: object) -> None:
@@ -246,6 +250,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="timed repetitions per contestant (min is kept)")
     parser.add_argument("--quick", action="store_true", help="smaller N, for a smoke run")
     parser.add_argument("--cases", default="1,2,3,4,5,naive", help="which cases to run, by number (default: all)")
+    parser.add_argument("--only-ray", action="store_true", help="rayflow and hand-written Ray only (no Dask, mp, Ray Data)")
     parser.add_argument("--sizes", default="", help="cases 1 and 2 at these N only, e.g. 10000,1000000 (default: all)")
     args = parser.parse_args()
     if args.repeat < 1:
@@ -274,7 +279,7 @@ def main() -> None:
     t_total = rf.task(total)
     t_total_arrow = rf.task(batch=True)(total_arrow)  # a batch task gets a map's values as one Arrow array
 
-    bench = Bench(args.repeat)
+    bench = Bench(args.repeat, only_ray=args.only_ray)
 
     # Case 5 first: the driver's peak RSS (ru_maxrss) only says something about
     # these runs while no bigger case (a 1e6-item list, dask's graph of it) has
@@ -295,7 +300,7 @@ def main() -> None:
             "peak_growth_mb": round((after - before) / 1024, 1),
         }
 
-    dask, dask_skipped = Dask.start(cpus) if cases & {"1", "4"} else (None, "not in --cases")
+    dask, dask_skipped = Dask.start(cpus) if cases & {"1", "4"} and not args.only_ray else (None, "not in --cases, or --only-ray")
     if dask_skipped:
         print(f"peer dask skipped: {dask_skipped}")
 

@@ -165,6 +165,11 @@ def test_chunk_size_of_io_bound_items_is_whole_waves(total, at_once, measured, e
     assert sizer.size(total) == expected
 
 
+def test_a_map_of_unknown_size_is_measured_from_small_chunks_first_even_batch():
+    assert R.ChunkSizer(None, cpus=2).size(None) == R.FIRST_CHUNK  # a generator's, say
+    assert R.ChunkSizer(None, cpus=2, batch=True).size(None) == R.FIRST_CHUNK
+
+
 def test_a_map_of_fractional_cpu_chunks_counts_that_many_more_cpus():
     @rf.flow
     def shared():
