@@ -138,7 +138,8 @@ class MapRun(Outcomes):
         """Ranges of chunks that can be created now, each with the stored results it loads (if any)."""
         if self.leader is None:
             out = []
-            while self.dispatched < self.total and self.in_flight + len(out) < self.max_in_flight:
+            limit = min(self.max_in_flight, self.cpus) if self.sizer.measuring(self.total) else self.max_in_flight
+            while self.dispatched < self.total and self.in_flight + len(out) < limit:
                 start = self.dispatched
                 stored = self._preset.get(start)
                 if stored is not None and stored[0] <= self.total:

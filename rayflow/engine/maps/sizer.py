@@ -63,6 +63,13 @@ class ChunkSizer:
         self.per_item = seconds / items
         self.trusted = self.trusted or seconds >= TRUSTED_SECONDS
 
+    def measuring(self, total: int | None) -> bool:
+        """Whether the next chunks are ``FIRST_CHUNK`` items, to measure: one per CPU is enough
+        (more would only queue in Ray ahead of the chunks sized from what they measure)."""
+        if self.fixed or self.per_item is not None or self.at_once > 1:
+            return False
+        return total is None or (total > SMALL_MAP and not self.batch)
+
     def size(self, total: int | None) -> int:
         if self.fixed:
             return self.fixed
