@@ -46,9 +46,11 @@ Cases:
    slices it zero-copy ("lists": 4 x CPUs tasks returning their arrays, summed
    with pc.sum; "fused": 2 x CPUs tasks returning pc.sum of their slice).
    Passing ``arr.slice(...)`` as an argument instead would pickle the whole
-   parent buffer once per task.  rayflow's sum is a ``batch=True`` task too,
-   which receives the map's values as one Arrow array (``pc.sum``), as the
-   hand-written side sums Arrow arrays;
+   parent buffer once per task.  rayflow's sum is ``rf.reduce.sum``, folded
+   into the map's chunks (each sums its column in numpy, as "fused" sums its
+   slice, and the parts are added up in the orchestrator); the sum as a
+   ``batch=True`` task of its own, which receives the map's values as one
+   Arrow array (``pc.sum``), is timed beside it ("task sum");
 3. a ~1 ms CPU-bound f, N = 1e4: rayflow vs both Ray variants, and the ideal
    N x 1 ms / CPUs;
 4. two chained maps then a sum, N = 1e6: all contestants ("lists" runs two
@@ -79,6 +81,7 @@ import pyarrow.compute as pc
 import ray
 
 import rayflow as rf
+from bench_case import Bench
 from bench_table import print_ray_data, print_table
 from bench_peers import Dask, bag_or_none, chunk_size, futures_or_none, mp_map, ray_data_map, ray_data_map_batches
 
@@ -141,109 +144,14 @@ def arrow_slice_sum(whole: pa.Array, offset: int, length: int) -> int:
     return pc.sum(affine_batch(whole.slice(offset, length))).as_py()
 
 
-def timed(fn: Callable[[], object]) -> tuple[float, object]:
-    start = time.perf_counter()
-    value = fn()
-    return time.perf_counter() - start, value
-
-
-class Bench:
-    """Runs contestants round-robin, keeps the min of the repetitions, records rows."""
-
-    def __init__(self, repeat: int) -> None:
-        self.repeat = repeat
-        self.rows: list[dict] = []
-
-    def case(
-        self,
-        case: str,
-        n: int,
-        contestants: dict[str, Callable[[], object]],
-        expected: object = None,
-        warm: bool = True,
-        ideal: float | None = None,
-    ) -> dict:
-        """Time each contestant (None = not run); every result must equal `expected` (or the first one's)."""
-        runnable = {name: fn for name, fn in contestants.items() if fn is not None}
-        times: dict[str, list[float]] = {name: [] for name in runnable}
-
-        def check(name: str, value: object) -> None:
-            nonlocal expected
-            if expected is None:
-                expected = value
-            assert value == expected, (case, n, name, value, expected)
-
-        if warm:
-            for name, fn in runnable.items():
-                check(name, fn())
-        for _ in range(self.repeat):
-            for name, fn in runnable.items():
-                seconds, value = timed(fn)
-                check(name, value)
-                times[name].append(seconds)
-        best = {name: min(ts) for name, ts in times.items()}
-        ours = best.get("rayflow")
-        hand = {k: best[k] for k in ("ray_lists", "ray_fused") if k in best}
-        best_hand = min(hand, key=hand.get) if hand else None
-
-        def ratio(name: str | None) -> float | None:
-            if ours is None or name is None or name not in best:
-                return None
-            return round(ours / best[name], 3)
-
-        row = {
-            "case": case,
-            "n": n,
-            "rayflow_s": _r(ours),
-            "ray_lists_s": _r(best.get("ray_lists")),
-            "ray_fused_s": _r(best.get("ray_fused")),
-            "ray_naive_s": _r(best.get("ray_naive")),
-            "dask_futures_s": _r(best.get("dask_futures")),
-            "dask_bag_s": _r(best.get("dask_bag")),
-            "mp_s": _r(best.get("mp")),
-            "ray_data_map_s": _r(best.get("ray_data_map")),
-            "ray_data_map_batches_s": _r(best.get("ray_data_map_batches")),
-            "best_hand_written": best_hand,
-            "ray_s": _r(best.get(best_hand)) if best_hand else None,
-            "ratio": ratio(best_hand),
-            "ratio_dask_futures": ratio("dask_futures"),
-            "ratio_dask_bag": ratio("dask_bag"),
-            "ratio_mp": ratio("mp"),
-            "ratio_ray_data_map": ratio("ray_data_map"),
-            "ratio_ray_data_map_batches": ratio("ray_data_map_batches"),
-            # case 4: the fused chain against two-pass Ray, the same chain unfused, a single map
-            "ray_two_pass_s": _r(best.get("ray_two_pass")),
-            "rayflow_unfused_s": _r(best.get("rayflow_unfused")),
-            "rayflow_single_s": _r(best.get("rayflow_single")),
-            "rayflow_task_sum_s": _r(best.get("rayflow_task_sum")),  # case 1: the sum as a plain task
-            "rayflow_batch_s": _r(best.get("rayflow_batch")),  # case 1 at 10^7: batch=True over Arrow
-            "ratio_rayflow_batch_ray_data_map_batches": (
-                round(best["rayflow_batch"] / best["ray_data_map_batches"], 3)
-                if "rayflow_batch" in best and "ray_data_map_batches" in best else None
-            ),
-            "ratio_ray_two_pass": ratio("ray_two_pass"),
-            "ratio_rayflow_unfused": ratio("rayflow_unfused"),
-            "ratio_rayflow_single": ratio("rayflow_single"),
-            "items_per_s": round(n / ours) if ours else None,
-            "ideal_s": _r(ideal),
-            "ratio_to_ideal": round(ours / ideal, 3) if ideal and ours else None,
-            "repeat": self.repeat,
-            "all_s": {name: [round(t, 4) for t in ts] for name, ts in times.items()},
-        }
-        self.rows.append(row)
-        return row
-
-
-def _r(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds, 4)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-cpus", type=int, default=2, help="Ray CPUs, dask workers and pool processes")
     parser.add_argument("--repeat", type=int, default=3, help="timed repetitions per contestant (min is kept)")
     parser.add_argument("--quick", action="store_true", help="smaller N, for a smoke run")
     parser.add_argument("--cases", default="1,2,3,4,5,naive", help="which cases to run, by number (default: all)")
+    parser.add_argument("--only-ray", action="store_true", help="rayflow and hand-written Ray only (no Dask, mp, Ray Data)")
+    parser.add_argument("--sizes", default="", help="cases 1 and 2 at these N only, e.g. 10000,1000000 (default: all)")
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -271,7 +179,7 @@ def main() -> None:
     t_total = rf.task(total)
     t_total_arrow = rf.task(batch=True)(total_arrow)  # a batch task gets a map's values as one Arrow array
 
-    bench = Bench(args.repeat)
+    bench = Bench(args.repeat, only_ray=args.only_ray)
 
     # Case 5 first: the driver's peak RSS (ru_maxrss) only says something about
     # these runs while no bigger case (a 1e6-item list, dask's graph of it) has
@@ -292,7 +200,7 @@ def main() -> None:
             "peak_growth_mb": round((after - before) / 1024, 1),
         }
 
-    dask, dask_skipped = Dask.start(cpus) if cases & {"1", "4"} else (None, "not in --cases")
+    dask, dask_skipped = Dask.start(cpus) if cases & {"1", "4"} and not args.only_ray else (None, "not in --cases, or --only-ray")
     if dask_skipped:
         print(f"peer dask skipped: {dask_skipped}")
 
@@ -316,7 +224,9 @@ def main() -> None:
         return run
 
     sizes = [10**4, 10**5] if args.quick else [10**4, 10**5, 10**6]
-    for n in sizes if "1" in cases else []:
+    if args.sizes:
+        sizes = [int(float(s)) for s in args.sizes.split(",")]
+    for n in [s for s in sizes if s < 10**7] if "1" in cases else []:
         data = list(range(n))
         peers = {}
         if n == 10**6:
@@ -349,7 +259,7 @@ def main() -> None:
             expected=n * n,  # sum(2x + 1 for x < n)
         )
 
-    if "1" in cases and not args.quick:  # 10^7: rayflow, per item and batch=True, against Ray fused and Ray Data map_batches
+    if "1" in cases and not args.quick and (not args.sizes or 10**7 in sizes):  # 10^7: rayflow, per item and batch=True, against Ray fused and Ray Data map_batches
         n = 10**7  # (Ray Data's per-row map takes about 9 s at 10^6 here: not run at 10^7; nor the Dask and mp peers)
         data = list(range(n))
         arr = pa.array(np.arange(n, dtype=np.int64))
@@ -376,11 +286,15 @@ def main() -> None:
         )
         del data, arr
 
-    for n in sizes if "2" in cases else []:
+    for n in [s for s in sizes if s < 10**7] if "2" in cases else []:
         arr = pa.array(np.arange(n, dtype=np.int64))
 
         @rf.flow(name=f"batch_{n}")
-        def batch_flow():
+        def batch_flow():  # the sum folded into the map's chunks (core.reducers)
+            return rf.reduce.sum(t_batch.map(arr))
+
+        @rf.flow(name=f"batch_task_{n}")
+        def batch_task_flow():  # the sum as a batch=True task of its own, which receives the map's values
             return t_total_arrow(t_batch.map(arr))
 
         def arrow_by_hand(remote, chunks: int, fused: bool) -> Callable[[], int]:
@@ -397,6 +311,7 @@ def main() -> None:
             n,
             {
                 "rayflow": batch_flow,
+                "rayflow_task_sum": batch_task_flow,
                 "ray_lists": arrow_by_hand(r_arrow, 4 * cpus, fused=False),
                 "ray_fused": arrow_by_hand(r_arrow_sum, 2 * cpus, fused=True),
             },

@@ -132,6 +132,10 @@ def _run_for(total: int, cpus: int = 2, **options) -> MapRun:
         (10**6, {}, (64, 0.005, False), 3200),  # slower items: what 0.25 s needs (78 us per item)
         (10**9, {}, (10**6, 0.5, True), R.MAX_CHUNK),  # never more than MAX_CHUNK items
         (100, {}, (64, 0.02, True), 13),  # small maps still spread over 4 chunks per CPU
+        (10**6, {"batch": True}, None, 500_000),  # batch=True, sized: one chunk per CPU, unmeasured, at any size
+        (10**7, {"batch": True}, None, R.MAX_BATCH_CHUNK),  # but at most MAX_BATCH_CHUNK items
+        (10**6, {"batch": True}, (500_000, 0.5, True), 125_000),  # measured: the per-item rules, as any map
+        (10**6, {"batch": True, "chunk_size": 1000}, None, 1000),  # the user's size still wins
     ],
 )
 def test_chunk_size_table(total, options, measured, expected):
@@ -161,6 +165,11 @@ def test_chunk_size_of_io_bound_items_is_whole_waves(total, at_once, measured, e
     assert sizer.size(total) == expected
 
 
+def test_a_map_of_unknown_size_is_measured_from_small_chunks_first_even_batch():
+    assert R.ChunkSizer(None, cpus=2).size(None) == R.FIRST_CHUNK  # a generator's, say
+    assert R.ChunkSizer(None, cpus=2, batch=True).size(None) == R.FIRST_CHUNK
+
+
 def test_a_map_of_fractional_cpu_chunks_counts_that_many_more_cpus():
     @rf.flow
     def shared():
@@ -169,7 +178,7 @@ def test_a_map_of_fractional_cpu_chunks_counts_that_many_more_cpus():
     harness = Harness(shared.graph, cpus=2)
     harness.launch("double")
     run = harness.coord.maps["double"]
-    assert run.sizer.cpus == 8 and run.max_in_flight == 16 and len(harness.pending) == 16
+    assert run.sizer.cpus == 8 and run.max_in_flight == 16 and len(harness.pending) == 8  # measuring: one per CPU
 
 
 def test_only_the_largest_measurement_counts_and_a_faster_smaller_one_lowers_it():
@@ -191,12 +200,13 @@ def test_chunks_grow_from_the_measured_time_of_the_first_wave():
 
     h = Harness(one.graph)
     h.launch("double")
-    assert [w.job.size for w in h.submitted] == [R.FIRST_CHUNK] * 4
+    # the measuring wave: one chunk per CPU (more would queue in Ray ahead of the chunks sized from it)
+    assert [w.job.size for w in h.submitted] == [R.FIRST_CHUNK] * 2
     spec, work, handles = h.pending.pop(0)
     value, report = execute(spec.payload, work, *[x.value for x in handles])
     report.started_at, report.finished_at = 0.0, 0.005  # 64 items in 5 ms: not yet trusted
     h.take(h.coord.finish_work(work, report, LocalBox(value), None))
-    assert h.submitted[-1].job.size == 3200  # 0.25 s at 78 us per item
+    assert [w.job.size for w in h.submitted[2:]] == [3200] * 3  # 0.25 s at 78 us per item, up to 2 x CPUs in flight
 
 
 # -- backpressure --------------------------------------------------------------------------

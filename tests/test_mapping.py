@@ -562,3 +562,26 @@ def test_a_range_maps_to_the_same_items(items):
     column = to_column(items)
     assert column.items() == list(items) and all(type(v) is int for v in column.items())
     assert column.slice(1, 3).items() == list(items)[1:3]
+
+
+def test_a_first_run_whose_items_all_succeeded_travels_without_codes_and_attempts():
+    """Pickled (as Ray stores a chunk's result), a clean first run leaves out 3 bytes per item,
+    rebuilt when read; a run with a failure, a retry or a second attempt keeps them as they are."""
+    import pickle
+
+    from rayflow.engine.columns import ChunkResult, Column
+
+    n = 10_000
+    clean = ChunkResult(Column(np.arange(n), "numpy"), np.zeros(n, np.int8), np.ones(n, np.int16), partial=(7,))
+    back = pickle.loads(pickle.dumps(clean, protocol=5))
+    assert len(pickle.dumps(clean, protocol=5)) < 8 * n + 1000
+    assert back.codes.dtype == np.int8 and not back.codes.any() and len(back) == n
+    assert back.attempts.dtype == np.int16 and (back.attempts == 1).all() and back.partial == (7,)
+    codes, attempts = np.zeros(3, np.int8), np.ones(3, np.int16)
+    failed = ChunkResult(Column(np.arange(3), "numpy"), np.array([0, 1, 0], np.int8), attempts, errors={1: ("E", "m", "")})
+    again = ChunkResult(Column(np.arange(3), "numpy"), codes, np.array([1, 2, 1], np.int16))
+    retry = ChunkResult(Column(np.arange(3), "numpy"), codes, attempts, indices=np.array([0, 4, 5]))
+    for kept in (failed, again, retry):
+        copy = pickle.loads(pickle.dumps(kept, protocol=5))
+        assert copy.codes.tolist() == kept.codes.tolist() and copy.attempts.tolist() == kept.attempts.tolist()
+        assert copy.errors == kept.errors and (copy.indices is None) == (kept.indices is None)

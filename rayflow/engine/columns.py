@@ -213,6 +213,22 @@ class ChunkResult:
     def __len__(self) -> int:
         return len(self.codes)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """A first run whose items all succeeded on their first attempt travels without its codes
+        and attempts (3 bytes per item: 1.5 MB more to store for a chunk of 500,000 items), which
+        are rebuilt when it is read."""
+        state = dict(self.__dict__)
+        n = len(self.codes)
+        if n and self.indices is None and not self.codes.any() and bool((self.attempts == 1).all()):
+            state["codes"], state["attempts"] = n, None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if isinstance(state["codes"], int):
+            n = state["codes"]
+            state["codes"], state["attempts"] = np.zeros(n, np.int8), np.ones(n, np.int16)
+        self.__dict__.update(state)
+
 
 @dataclass
 class MergedChunk:

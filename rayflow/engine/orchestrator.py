@@ -21,9 +21,8 @@ task (or settle it without running: unmet case, skipped upstream, trigger, merge
 time out attempts past their deadline, then wait for executor events and apply them.  This loop
 is the only retry authority: a retry delay is a heap entry here, never a sleep in a worker.
 
-Application errors (the user's exception, a timeout, ``rf.Fail``) consume the task's
-``retries``, system errors (a dead worker) ``system_retries``.  Persisted results are written
-behind (engine.writes): the run ends only when every write has, and a write that fails fails it.
+Application errors (the user's exception, a timeout, ``rf.Fail``) consume the task's ``retries``, system errors (a dead
+worker) ``system_retries``.  Persisted results are written behind (engine.writes): the run ends when every write has (one failing fails it).
 
 Every collaborator is a constructor argument (executor, observers, tag gate, feeder,
 pause book); ``runs.assembly.assemble_run`` is the one place both runners build one.
@@ -274,8 +273,9 @@ class Orchestrator:
         self.retries.attempts[key] = attempt
         layout, handles = pack_inputs([self.handles.get(k) for k in spec.value_keys], batch=spec.options.batch, partials=spec.partials)
         extra = {"max_loops": spec.options.max_loops, "looped": self.retries.looped.get(key), "approval": self.pauses.approval(key)}  # rf.Loop, rf.pause
-        work = self.prepare(Work(self.next_work_id(), key, attempt, layout, report_length=spec.report_length, **extra))
-        self.running[key] = work
+        self.running[key] = work = self.prepare(Work(self.next_work_id(), key, attempt, layout, report_length=spec.report_length, **extra))
+        if (here := self.maps.fold_here(spec, work)) is not None:  # an rf.reduce's parts, combined here: no worker
+            return self.on_completion(here)
         self.executor.submit(spec, work, handles)
 
     # -- outcomes ------------------------------------------------------------

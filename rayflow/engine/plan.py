@@ -76,6 +76,7 @@ class TaskSpec:
     resource_wait: float | None = None
     items_at_once: int = 1  # a map: its chunks' items running at once at most (async / concurrency=)
     partials: str | None = None  # an rf.reduce folded into its map's chunks: its op; it combines their parts (core.reducers)
+    fold_here: bool = False  # and it has no result policy: the orchestrator may combine the parts itself (MapCoordinator.fold_here)
 
     @property
     def dependencies(self) -> tuple[str, ...]:
@@ -152,13 +153,15 @@ def compile_plan(graph: Graph, flow: Any = None) -> Plan:
         value_keys = tuple(dict.fromkeys(r._key for r in find_refs((args, kwargs)) if isinstance(r, NodeRef)))
         options = node.task.options
         rest: tuple[Any, ...] = (args, kwargs, value_keys, options.retry_on)
+        policy = None
         if node.kind == "map":
             worker_options = _worker_options(options, count_flat=key in consumers["flatten_map"], store=results.map_store(node))
             worker_options["partial"] = folds[key][1] if key in folds else None
             attempt = flow.options.run_attempt if flow is not None else 1
             rest += ({**worker_options, "item_cache": results.item_cache(node), "run_attempt": attempt},)
         else:
-            rest += (results.policy(node, args, kwargs, value_keys),)
+            policy = results.policy(node, args, kwargs, value_keys)
+            rest += (policy,)
         specs.append(
             TaskSpec(
                 key=node.key,
@@ -178,7 +181,8 @@ def compile_plan(graph: Graph, flow: Any = None) -> Plan:
                 report_length="flat" if key in consumers["flatten_node"] else "len" if key in consumers["node"] else None,
                 count_flat=key in consumers["flatten_map"],
                 items_at_once=_items_at_once(node.task.fn, options) if node.kind == "map" else 1,
-                partials=next((op for reduce, op in folds.values() if reduce == key), None),
+                partials=(partials := next((op for reduce, op in folds.values() if reduce == key), None)),
+                fold_here=partials is not None and policy is None,
                 resume_chunks=results.chunks.get(key, ()),
                 reference=node.subflow.reference if node.subflow else (),
                 members=node.subflow.members if node.subflow else (),

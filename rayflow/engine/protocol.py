@@ -304,6 +304,9 @@ class ChunkSummary:
     node: str | None = None  # the Ray node it ran on (set by the runtime; None in process): the chunk record's node
     fed: bool = False  # its result went on to the next fused stage in the same worker call (core.fusion)
     behind: str | None = None  # a fused stage: the map whose chunk it ran behind, in the same worker call
+    # a first run's part of the folded rf.reduce (ChunkResult.partial) when it is a number or none:
+    # with every chunk's, the orchestrator combines them itself (maps.run.MapRun.reduce_parts)
+    partial: tuple | None = None
 
 
 def settles_first_run(summary: ChunkSummary, retries: int) -> bool:

@@ -21,12 +21,14 @@ from __future__ import annotations
 import collections
 import dataclasses
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from rayflow.core.reducers import OPS
 from rayflow.engine import columns as C
 from rayflow.engine.columns import ChunkResult, encode_values
 from rayflow.engine.executor import Completion
@@ -36,7 +38,7 @@ from rayflow.engine.maps.run import MapRun
 from rayflow.engine.maps.stages import StageBook
 from rayflow.engine.plan import Plan, TaskSpec
 from rayflow.engine.policy import FAIL, RETRY
-from rayflow.engine.protocol import ChunkJob, ChunkSummary, MapHandle, Piece, Stage, Work, WorkFacts
+from rayflow.engine.protocol import AttemptResult, ChunkJob, ChunkSummary, MapHandle, Piece, Stage, Work, WorkFacts
 from rayflow.states import ErrorInfo, State, StateType, error_text
 
 
@@ -241,6 +243,22 @@ class MapCoordinator:
         if work.job.chunk < 0:
             return Completion(*_taken(work, completion.report, completion.handle, self.jobs[work.work_id][1]))
         return completion
+
+    def fold_here(self, spec: TaskSpec, work: Work) -> Completion | None:
+        """A folded rf.reduce (core.reducers) whose map's chunks all reported their parts: combined
+        here, with no worker (the parts are numbers); None: it runs in a worker as any task does
+        (a part is missing, or the combine raised: the worker raises it again, with its traceback)."""
+        run = self.maps.get(spec.value_keys[0]) if spec.fold_here and len(spec.value_keys) == 1 else None
+        parts = run.reduce_parts() if run is not None and work.report_length is None else None
+        if parts is None:
+            return None
+        started = time.time()
+        try:
+            value = OPS[spec.partials][0](parts)
+        except Exception:  # noqa: BLE001 - e.g. the min of no items
+            return None
+        report = AttemptResult(spec.key, work.attempt, StateType.SUCCESS, started_at=started, finished_at=time.time())
+        return Completion(work, report, self.put(value))
 
     def _request_stream(self, run: MapRun) -> None:
         for stream, want in run.stream_requests():

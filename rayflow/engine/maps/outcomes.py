@@ -40,6 +40,7 @@ class Chunk:
     load: tuple[str, ...] = ()  # a resumed run: the stored results its first work loads
     paused: set[int] | None = None  # items in chunk waiting for a decision (rf.pause): PAUSED, not RETRYING
     loops: dict[int, bytes] | None = None  # item in chunk -> where its retry resumes its loop (stopped mid-loop)
+    partial: tuple | None = None  # its first run's part of a folded rf.reduce, as its summary gave it (a number)
 
     @property
     def final(self) -> bool:
@@ -61,6 +62,7 @@ class Outcomes:
         chunk.handles.append(handle)
         if summary.indices is None and not summary.loaded:  # a first run: retries and loads measure little
             self.sizer.measure(summary.size, summary.finished_at - summary.started_at - summary.overhead)
+            chunk.partial = summary.partial
         chunk.flat_count += summary.flat_count
         self.cached += summary.cached
         counts = dict(summary.counts)

@@ -33,10 +33,12 @@ import collections
 from collections.abc import Callable
 from typing import Any
 
+from rayflow.core.reducers import Partials
 from rayflow.engine.maps.feeds import MapFeed, StreamFeed
 from rayflow.engine.maps.outcomes import Chunk, Outcomes
 from rayflow.engine.maps.sizer import (
     FIRST_CHUNK,
+    MAX_BATCH_CHUNK,
     MAX_CHUNK,
     MAX_GROWTH,
     SMALL_MAP,
@@ -48,7 +50,7 @@ from rayflow.engine.policy import SPLIT, Loss, after_worker_death, halves
 from rayflow.engine.protocol import ChunkHandle, ChunkJob, MapHandle, Piece
 
 __all__ = [
-    "FIRST_CHUNK", "MAX_CHUNK", "MAX_GROWTH", "MAX_SPLITS", "SMALL_MAP", "TARGET_SECONDS", "TRUSTED_SECONDS", "Chunk", "ChunkSizer",
+    "FIRST_CHUNK", "MAX_BATCH_CHUNK", "MAX_CHUNK", "MAX_GROWTH", "MAX_SPLITS", "SMALL_MAP", "TARGET_SECONDS", "TRUSTED_SECONDS", "Chunk", "ChunkSizer",
     "MapRun",
 ]
 
@@ -102,7 +104,7 @@ class MapRun(Outcomes):
         )  # halves of lost works to run: (chunk, indices or None for its whole first run, attempts, deaths)
         self.splits = 0  # lost works split so far
         self.in_flight = 0
-        self.sizer = ChunkSizer(options.chunk_size, cpus, at_once)
+        self.sizer = ChunkSizer(options.chunk_size, cpus, at_once, batch=options.batch)
         self.fatal: str | None = None
         self.leader = next((s for s in sources if s.leads), None)
         self.dispatched = 0  # items covered by chunks so far (own chunking / leader segments)
@@ -136,7 +138,8 @@ class MapRun(Outcomes):
         """Ranges of chunks that can be created now, each with the stored results it loads (if any)."""
         if self.leader is None:
             out = []
-            while self.dispatched < self.total and self.in_flight + len(out) < self.max_in_flight:
+            limit = min(self.max_in_flight, self.cpus) if self.sizer.measuring(self.total) else self.max_in_flight
+            while self.dispatched < self.total and self.in_flight + len(out) < limit:
                 start = self.dispatched
                 stored = self._preset.get(start)
                 if stored is not None and stored[0] <= self.total:
@@ -350,6 +353,19 @@ class MapRun(Outcomes):
         else:
             self.fatal = _unequal_lengths({s.name: t for s in self.sources if (t := s.total()) is not None})
         self.done = True
+
+    def reduce_parts(self) -> Partials | None:
+        """The parts of the rf.reduce folded into this map's chunks (core.reducers), in chunk order,
+        when the map ended and every chunk's one result reported its part (a number, or none);
+        None otherwise (a retried, lost or loaded chunk: the reduce makes it from the values)."""
+        if not self.done or self.fatal is not None:
+            return None
+        out = Partials()
+        for chunk in self.chunks:
+            if len(chunk.handles) != 1 or chunk.partial is None:
+                return None
+            out.extend(chunk.partial)
+        return out
 
     def handle(self) -> MapHandle:
         chunks, position = [], 0

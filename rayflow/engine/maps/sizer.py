@@ -10,6 +10,7 @@ SMALL_MAP = 16384  # items: a sized map of at most this many starts with one chu
 TRUSTED_SECONDS = 0.01  # a chunk shorter than this measures overheads more than items
 MAX_GROWTH = 256  # a chunk not yet trusted grows at most this much per measurement
 MAX_CHUNK = 1 << 18  # items: bounds the memory a chunk needs (a generator's chunk is built in the driver)
+MAX_BATCH_CHUNK = 1 << 20  # items: the same for a batch=True map's unmeasured chunks (its input is not a generator)
 
 
 class ChunkSizer:
@@ -17,7 +18,11 @@ class ChunkSizer:
 
     ``chunk_size`` when the user set it; else, for a map of a known ``total`` of at most
     ``SMALL_MAP`` items, one chunk per CPU (the whole map in one wave: measuring first would
-    cost a round trip more than the items themselves, for small maps of fast items); else
+    cost a round trip more than the items themselves, for small maps of fast items); for a
+    ``batch=True`` map of a known ``total``, whatever its size, one chunk per CPU of at most
+    ``MAX_BATCH_CHUNK`` items, unmeasured too (a batch function is vectorised: its time is
+    mostly the call's, and a measuring wave and a ramp cost more round trips than its items:
+    17 Ray tasks in 6 waves for 10^6 items; one that is slow per item sets ``chunk_size``); else
     ``FIRST_CHUNK`` until a first chunk is measured; then enough items for about ``TARGET_SECONDS`` of work at the measured time
     per item, but at most ``MAX_GROWTH`` times the largest chunk measured until one ran
     ``TRUSTED_SECONDS`` (a shorter time is mostly fixed overhead, and timer noise), never
@@ -31,8 +36,9 @@ class ChunkSizer:
     smaller), later sizes are whole waves, and the per-CPU cap is a whole share per CPU.
     """
 
-    def __init__(self, chunk_size: int | None, cpus: int, at_once: int = 1):
+    def __init__(self, chunk_size: int | None, cpus: int, at_once: int = 1, batch: bool = False):
         self.fixed = chunk_size
+        self.batch = batch
         self.cpus = max(1, cpus)
         self.at_once = max(1, at_once)
         self.per_item: float | None = None  # seconds, measured in workers
@@ -57,13 +63,22 @@ class ChunkSizer:
         self.per_item = seconds / items
         self.trusted = self.trusted or seconds >= TRUSTED_SECONDS
 
+    def measuring(self, total: int | None) -> bool:
+        """Whether the next chunks are ``FIRST_CHUNK`` items, to measure: one per CPU is enough
+        (more would only queue in Ray ahead of the chunks sized from what they measure)."""
+        if self.fixed or self.per_item is not None or self.at_once > 1:
+            return False
+        return total is None or (total > SMALL_MAP and not self.batch)
+
     def size(self, total: int | None) -> int:
         if self.fixed:
             return self.fixed
         waves = self.at_once > 1
         if self.per_item is None:
             if not waves:
-                return FIRST_CHUNK if total is None or total > SMALL_MAP else max(1, math.ceil(total / self.cpus))
+                if total is not None and (self.batch or total <= SMALL_MAP):
+                    return min(MAX_BATCH_CHUNK if self.batch else MAX_CHUNK, max(1, math.ceil(total / self.cpus)))
+                return FIRST_CHUNK
             return min(self.at_once, math.ceil(total / self.cpus)) if total else self.at_once
         size = max(1, int(TARGET_SECONDS / max(self.per_item, 1e-9)))
         if not self.trusted:  # a short chunk's time is mostly overhead: it overstates per_item,

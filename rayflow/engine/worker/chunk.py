@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from rayflow.core.reducers import partial_of
 from rayflow.core.refs import NodeRef, substitute
@@ -149,8 +150,10 @@ def _run(fn, args, kwargs, upstream, retry_on, options, job, work_id, values, st
     partial = None
     if options.get("partial") and job.indices is None:  # rf.reduce folded into the chunks (core.reducers)
         ok = outcomes.codes == C.SUCCESS
-        mine = results if results is not None else column.items()
-        partial = partial_of(options["partial"], mine if ok.all() else [v for v, good in zip(mine, ok.tolist()) if good])
+        partial = _column_partial(options["partial"], column, ok) if results is None else None
+        if partial is None:
+            mine = results if results is not None else column.items()
+            partial = partial_of(options["partial"], mine if ok.all() else [v for v, good in zip(mine, ok.tolist()) if good])
     result = ChunkResult(
         values=values,
         codes=outcomes.codes,
@@ -163,7 +166,40 @@ def _run(fn, args, kwargs, upstream, retry_on, options, job, work_id, values, st
     if options["count_flat"]:
         flat = flat_count(results if results is not None else column.items(), outcomes.codes)
     overhead = cache.overhead if cache is not None else 0.0
-    return result, _summary(job, work_id, selected, outcomes, attempts, started, flat, cached=len(hits), overhead=overhead)
+    summary = _summary(job, work_id, selected, outcomes, attempts, started, flat, cached=len(hits), overhead=overhead)
+    if partial is not None and all(type(p) in (int, float, bool) for p in partial):  # a number, or () for none
+        summary.partial = partial
+    return result, summary
+
+
+def _column_partial(op: str, column: Column, ok: np.ndarray) -> tuple[Any, ...] | None:
+    """A batch chunk's part of reduce ``op`` (core.reducers) from its column, in numpy with no
+    Python object per item, for the cases where that gives exactly what ``partial_of`` would:
+    ``count``; ``min`` / ``max`` of ints or floats; ``sum`` of ints while no int64 overflow is
+    possible (a float sum is left to Python's left-to-right order).  None: ``partial_of``."""
+    if op == "count":
+        return (int(ok.sum()),) if ok.any() else ()
+    if column.kind == "arrow" and column.data.null_count == 0 and (
+        pa.types.is_integer(column.data.type) or pa.types.is_floating(column.data.type)
+    ):
+        data = column.batch().to_numpy()
+    elif column.kind == "numpy" and column.data.dtype.kind in "iuf":
+        data = column.data
+    else:
+        return None
+    if not ok.all():
+        data = data[ok]
+    if not len(data):
+        return ()
+    if op in ("min", "max"):
+        if data.dtype.kind == "f" and np.isnan(data).any():  # Python's answer then depends on the order
+            return None
+        return ((data.min() if op == "min" else data.max()).item(),)
+    if op == "sum" and data.dtype.kind in "iu":
+        low, high = int(data.min()), int(data.max())
+        if max(abs(low), abs(high)) * len(data) < (1 << 63):
+            return (int(data.sum(dtype=np.int64)),)
+    return None
 
 
 def _run_per_item(fn, args, kwargs, sources, job, selected, runnable, outcomes, timeout, concurrency=None, max_loops=1000) -> list[Any]:

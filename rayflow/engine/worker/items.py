@@ -209,6 +209,8 @@ def encode(results: list[Any], outcomes: Outcomes) -> Column:
 
 def counts(codes: np.ndarray) -> dict[int, int]:
     """Items per state code (codes with none left out)."""
+    if len(codes) and not codes.any():  # every item succeeded: no bincount (a copy to intp, 4 ms per 10^6)
+        return {C.SUCCESS: len(codes)}
     return {c: n for c, n in enumerate(np.bincount(codes, minlength=len(C.CODES)).tolist()) if n}
 
 
