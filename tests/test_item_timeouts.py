@@ -177,11 +177,12 @@ def test_a_batch_call_that_raises_timeout_error_itself_fails_it_is_not_timed_out
 
 @rf.task(timeout=0.5, chunk_size=6, concurrency=2)
 def stuck_then_release(x: int, root: str) -> int:
-    """Items 0 and 1 are stuck until a later item touches ``release`` (at most 10 s, then they
-    leave ``gave_up`` behind); items 2.. touch it."""
+    """Items 0 and 1 are stuck for 1 s, then until a later item touches ``release`` (at most
+    10 s, then they leave ``gave_up`` behind); items 2.. touch it."""
     where = pathlib.Path(root)
     if x < 2:
         deadline = time.monotonic() + 10
+        time.sleep(1.0)  # past its 0.5 s timeout even if it starts after item 2 released (a loaded machine)
         while not (where / "release").exists():
             if time.monotonic() > deadline:
                 (where / "gave_up").touch()
