@@ -21,8 +21,8 @@ task (or settle it without running: unmet case, skipped upstream, trigger, merge
 time out attempts past their deadline, then wait for executor events and apply them.  This loop
 is the only retry authority: a retry delay is a heap entry here, never a sleep in a worker.
 
-Application errors (the user's exception, a timeout, ``rf.Fail``) consume the task's ``retries``, system errors (a dead
-worker) ``system_retries``.  Persisted results are written behind (engine.writes): the run ends when every write has (one failing fails it).
+User errors (their exception, a timeout, ``rf.Fail``) use ``retries``, system errors ``system_retries``.
+Persisted results are written behind (engine.writes): the run ends when all are; one failing fails it.
 
 Every collaborator is a constructor argument (executor, observers, tag gate, feeder,
 pause book); ``runs.assembly.assemble_run`` is the one place both runners build one.
