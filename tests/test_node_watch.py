@@ -53,7 +53,7 @@ class Starts:
         self.seen: list = []
         self.came = asyncio.Event()
 
-    async def attempt_started(self, run_id: str, work_id: int, at: float, node: str | None = None) -> None:
+    async def attempt_started(self, run_id: str, work_id: int, at: float, node: str | None = None, sending: int = 0) -> None:
         self.seen.append((work_id, at, node))
         self.came.set()
 
@@ -78,10 +78,10 @@ class OnceDead:
         self.node: str | None = None
         self.reads_dead = 0
 
-    def __call__(self) -> tuple[int, frozenset[str]]:
+    def __call__(self) -> tuple[int, frozenset[str], frozenset[str]]:
         node, self.node = self.node, None
         self.reads_dead += node is not None
-        return 2, frozenset({node} if node else ())
+        return 2, frozenset({node} if node else ()), frozenset()
 
 
 def test_works_on_a_node_declared_dead_are_cancelled_and_run_again(tmp_path):
@@ -121,6 +121,7 @@ def test_works_on_a_node_declared_dead_are_cancelled_and_run_again(tmp_path):
     summary = ended["summary"]
     assert table.reads_dead == 1 and set(nodes.values()) == {ray.get_runtime_context().get_node_id()}
     assert executor.watch.selector() == {"label_selector": {"ray.io/node-id": f"!in({STAND_IN})"}}
+    assert executor._remotes and all(key[-1] == {STAND_IN} for key in executor._remotes)  # the retries' remotes
     assert summary.state.type is T.SUCCESS, summary.state
     assert summary.task_states["plain"].type is T.SUCCESS and summary.task_states["item"].type is T.MAPPED
     lost = [s.error for s in summary.history["plain"] if s.type is T.RETRYING]  # a system retry, not the user's

@@ -6,17 +6,20 @@ from __future__ import annotations
 
 from waiting import ManualClock
 
-from rayflow.runtime.actor.node_watch import CHECK_EVERY, UNSTARTED_GRACE, NodeTable, NodeWatch, node_died
+from rayflow.runtime.actor.node_watch import (
+    CHECK_EVERY, GRACEFUL_DEATHS, UNSTARTED_GRACE, NodeTable, NodeWatch, node_died,
+)
 
 
 class Table:
-    """Three live nodes until told which are dead."""
+    """Three live nodes until told which are dead (``graceful``: those that were stopped)."""
 
     def __init__(self, dead: frozenset[str] = frozenset()) -> None:
         self.dead = dead
+        self.graceful: frozenset[str] = frozenset()
 
-    def __call__(self) -> tuple[int, frozenset[str]]:
-        return 3 - len(self.dead), self.dead
+    def __call__(self) -> tuple[int, frozenset[str], frozenset[str]]:
+        return 3 - len(self.dead), self.dead, self.graceful
 
 
 def _watch(table: Table) -> tuple[NodeWatch, ManualClock]:
@@ -49,11 +52,12 @@ def test_a_work_sent_before_a_death_and_not_started_after_its_grace_is_sent_agai
     table.dead = frozenset({"b"})  # 2 and 3 have not started: either may be stuck on b
     clock.advance(CHECK_EVERY)
     assert watch.check() == ({}, {})  # within their grace from the death
-    assert watch.died == {"b"} and watch.selector() == {"label_selector": {"ray.io/node-id": "!in(b)"}}
+    assert watch.table.died == {"b"} and watch.selector() == {"label_selector": {"ray.io/node-id": "!in(b)"}}
     watch.started(3, "a")  # 3 was queued on a live node: it starts within its grace
     clock.advance(UNSTARTED_GRACE)
     assert watch.check() == ({}, {2: "again-2"})
-    watch.track(2, forward=False, resend="again-2")  # sent again by the executor, off b
+    assert watch.send_again(2) == 1  # the executor cancels it, and sends it again, off b
+    watch.track(2, forward=False, resend="again-2")
     watch.track(4, forward=False)  # sent after the death was seen: off b too, never suspect
     for _ in range(3):
         clock.advance(UNSTARTED_GRACE + CHECK_EVERY)
@@ -75,6 +79,7 @@ def test_a_watch_goes_on_when_one_node_is_left():
     assert watch.check() == ({}, {})  # the death seen
     clock.advance(UNSTARTED_GRACE)
     assert watch.check() == ({}, {1: "r"})
+    watch.send_again(1)
     assert watch.track(1, forward=False, resend="r")  # sent again: watched still, its sending noted
     clock.advance(CHECK_EVERY + UNSTARTED_GRACE)
     assert watch.check() == ({}, {})  # sent once, not again at every check
@@ -106,3 +111,51 @@ def test_on_one_node_nothing_is_watched():
     watch, clock = _watch(Table(dead=frozenset({"x", "y"})))  # one live node
     assert watch.track(1, forward=False) is False and watch.track(2, forward=True) is True
     assert watch.next_check() is None
+
+
+def test_a_start_report_of_a_sending_given_up_is_ignored():
+    table = Table()
+    watch, clock = _watch(table)
+    watch.track(1, forward=True, resend="r")
+    table.dead = frozenset({"b"})
+    clock.advance(CHECK_EVERY)
+    watch.check()
+    clock.advance(UNSTARTED_GRACE)
+    assert watch.check() == ({}, {1: "r"})
+    assert watch.send_again(1) == 1 and watch.sending(1) == 1
+    watch.track(1, forward=True, resend="r")
+    assert watch.started(1, "b", sending=0) is None  # the cancelled first sending, late: ignored
+    assert watch.started(1, "a", sending=1) is True  # this sending's: heard, and forwarded
+    table.dead = frozenset({"b", "c"})
+    clock.advance(CHECK_EVERY)
+    assert watch.check() == ({}, {})  # it started on a, which lives: not lost with b
+    watch.finished(1)
+    assert watch.sending(1) == 0
+
+
+def test_the_dead_nodes_a_process_saw_die_are_avoided_by_its_later_runs_too():
+    table = Table()
+    first, clock = _watch(table)
+    first.track(1, forward=False)
+    table.dead = frozenset({"b"})
+    clock.advance(CHECK_EVERY)
+    first.check()
+    later = NodeWatch(first.table)  # the actor's next run: its works must not queue behind stuck leases
+    assert later.selector() == {"label_selector": {"ray.io/node-id": "!in(b)"}}
+
+
+def test_a_node_stopped_gracefully_is_not_avoided():
+    table = Table()
+    watch, clock = _watch(table)
+    watch.track(1, forward=False, resend="r")
+    watch.started(1, "b")
+    table.dead = table.graceful = frozenset({"b"})  # `ray stop`, or drained by the autoscaler
+    clock.advance(CHECK_EVERY)
+    assert watch.check() == ({1: "b"}, {})  # what ran there is lost all the same
+    assert watch.table.died == frozenset() and watch.selector() == {}
+
+
+def test_the_graceful_death_reasons_are_rays():
+    from ray.core.generated.common_pb2 import NodeDeathInfo  # (where Ray 2.60 keeps the enum)
+
+    assert GRACEFUL_DEATHS == {NodeDeathInfo.Reason.Value(n) for n in ("EXPECTED_TERMINATION", "AUTOSCALER_DRAIN_IDLE")}

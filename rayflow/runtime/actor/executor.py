@@ -52,15 +52,15 @@ WINDOW = 256  # pending reports a step asks Ray about (the oldest)
 SWEEP_SECONDS = 0.02  # how often a step asks about every pending report, while more are pending
 
 
-def _execute_remote(payload: bytes, head: tuple[Work, Any, str], *values: Any) -> tuple[Any, Any]:
-    """``head``: (work, notifier, run id) in one argument: Ray serialises each argument on its
-    own (a msgpack envelope and a pickle each, some 0.1 ms in the actor per argument)."""
-    work, notifier, run_id = head
+def _execute_remote(payload: bytes, head: tuple[Work, Any, str, int], *values: Any) -> tuple[Any, Any]:
+    """``head``: (work, notifier, run id, sending) in one argument: Ray serialises each argument
+    on its own (a msgpack envelope and a pickle each, some 0.1 ms in the actor per argument)."""
+    work, notifier, run_id, sending = head
     started = None
     if notifier is not None:  # its node too: a work on a node Ray declares dead is failed (node_watch)
         node = ray.get_runtime_context().get_node_id()
-        notifier.attempt_started.remote(run_id, work.work_id, time.time(), node)
-        started = lambda at: notifier.attempt_started.remote(run_id, work.work_id, at)  # noqa: E731 - rf.Loop's iterations
+        notifier.attempt_started.remote(run_id, work.work_id, time.time(), node, sending)
+        started = lambda at: notifier.attempt_started.remote(run_id, work.work_id, at, None, sending)  # noqa: E731 - rf.Loop's
     with worker_context(work.trace):  # the user's own spans nest under this work's span
         value, report = execute(payload, work, *values, started=started)
     if isinstance(report, ChunkSummary):  # a chunk's record says which node ran it
@@ -68,12 +68,12 @@ def _execute_remote(payload: bytes, head: tuple[Work, Any, str], *values: Any) -
     return value, _packed(report)
 
 
-def _execute_fused_remote(payload: bytes, head: tuple[Work, Any, str], *values: Any) -> tuple[Any, ...]:
+def _execute_fused_remote(payload: bytes, head: tuple[Work, Any, str, int], *values: Any) -> tuple[Any, ...]:
     """A map chunk with its fused stages (core.fusion): each stage's value, then every report."""
-    work, notifier, run_id = head
+    work, notifier, run_id, sending = head
     node = ray.get_runtime_context().get_node_id()
     if notifier is not None:  # the node watch's: where it runs (node_watch)
-        notifier.attempt_started.remote(run_id, work.work_id, time.time(), node)
+        notifier.attempt_started.remote(run_id, work.work_id, time.time(), node, sending)
     values_out, reports = execute_fused(payload, work, *values, around=lambda stage: worker_context(stage.trace))
     for report in reports:
         if report is not None:
@@ -181,6 +181,7 @@ class RayExecutor(QueuedStarts):
         self._swept_at = float("-inf")  # monotonic time _collect_ready last asked Ray about every pending report
         self._payloads: dict[str, Any] = {}
         self._remotes: dict[Any, Any] = {}  # (task key, nodes avoided) -> _remote_execute.options(...) (made once)
+        self._remotes_died: frozenset[str] = frozenset()  # the dead nodes the remotes avoid
         self.waits = ResourceWaits()
         self.watch = NodeWatch(nodes)  # works on a node Ray declared dead (a cluster of several nodes)
         self._not_placed: list[Completion] = []  # works failed without running: they were never placed
@@ -193,11 +194,16 @@ class RayExecutor(QueuedStarts):
         return self._payloads[spec.key]
 
     def _remote(self, spec: TaskSpec) -> Any:
-        key = (spec.key, self.watch.died)
+        key = (spec.key, self.watch.table.died)
         remote = self._remotes.get(key)
         if remote is None:
             remote = self._remotes[key] = _named_remote(spec.key, self._ray_options(spec))
         return remote
+
+    def _remotes_for(self, died: frozenset[str]) -> None:
+        """Forget the remotes of an earlier set of dead nodes (it only grows: never used again)."""
+        if died is not self._remotes_died:
+            self._remotes_died, self._remotes = died, {}
 
     def _ray_options(self, spec: TaskSpec) -> dict[str, Any]:
         """A task's Ray options; a map's chunks spread over the nodes of a cluster of several
@@ -209,7 +215,7 @@ class RayExecutor(QueuedStarts):
         return options
 
     def _fused_remote(self, spec: TaskSpec, stages: int) -> Any:
-        key = (spec.key, stages, self.watch.died)
+        key = (spec.key, stages, self.watch.table.died)
         remote = self._remotes.get(key)
         if remote is None:
             remote = self._remotes[key] = _remote_fused.options(
@@ -218,17 +224,20 @@ class RayExecutor(QueuedStarts):
         return remote
 
     def _write_remote(self) -> Any:
-        if not self.watch.died:
+        if not self.watch.table.died:
             return _remote_write
-        key = ("\0write", self.watch.died)
+        key = ("\0write", self.watch.table.died)
         if key not in self._remotes:
             self._remotes[key] = _remote_write.options(**self.watch.selector())
         return self._remotes[key]
 
     def submit(self, spec: TaskSpec, work: Work, handles: list[Any], stages: tuple[TaskSpec, ...] = ()) -> None:
+        self._remotes_for(self.watch.table.died)
+        sending = self.watch.sending(work.work_id)  # 0, unless sent again (node_watch)
         if work.persist is not None:  # a write-behind: default resources, wherever Ray puts it
             watched = self.notifier is not None and self.watch.track(work.work_id, forward=False, resend=(spec, handles, stages))
-            value_ref, report_ref = self._write_remote().remote(b"", (work, self.notifier if watched else None, self.run_id), *handles)
+            head = (work, self.notifier if watched else None, self.run_id, sending)
+            value_ref, report_ref = self._write_remote().remote(b"", head, *handles)
             self._pending[report_ref] = (work, value_ref)
             return
         timed = spec.options.timeout is not None and work.job is None
@@ -239,19 +248,21 @@ class RayExecutor(QueuedStarts):
         if work.fused:  # a map chunk with its fused stages: resources alike, no resource wait (core.fusion)
             args = stage_arguments(work, handles, [self._payload(stage) for stage in stages])
             watched = self.notifier is not None and self.watch.track(work.work_id, forward=False, resend=(spec, handles, stages))
-            head = (work, self.notifier if watched else None, self.run_id)
+            head = (work, self.notifier if watched else None, self.run_id, sending)
             refs = self._fused_remote(spec, len(work.fused)).remote(self._payload(spec), head, *args)
             self._pending[refs[-1]] = (work, tuple(refs[:-1]))
             return
         tracked = self.waits.track(spec, work, forward=timed)
         watched = self.notifier is not None and self.watch.track(
             work.work_id, forward=timed or tracked, resend=(spec, handles, stages))
-        head = (work, self.notifier if timed or tracked or watched else None, self.run_id)
+        head = (work, self.notifier if timed or tracked or watched else None, self.run_id, sending)
         value_ref, report_ref = self._remote(spec).remote(self._payload(spec), head, *handles)
         self._pending[report_ref] = (work, value_ref)
 
-    def notify_started(self, work_id: int, at: float, node: str | None = None) -> None:
-        wanted = self.watch.started(work_id, node)  # else only the node watch wanted to know
+    def notify_started(self, work_id: int, at: float, node: str | None = None, sending: int = 0) -> None:
+        wanted = self.watch.started(work_id, node, sending)  # else only the node watch wanted to know
+        if wanted is None:  # from a sending given up (node_watch): it was cancelled
+            return
         if self.waits.started(work_id) and wanted:  # else only its resource wait wanted to know
             super().notify_started(work_id, at)
 
@@ -281,14 +292,16 @@ class RayExecutor(QueuedStarts):
         lost, stuck = self.watch.check()
         out = []
         for ref, (work, _) in list(self._pending.items()) if lost or stuck else ():
-            if work.work_id in lost or work.work_id in stuck:
+            if work.work_id in lost:
                 del self._pending[ref]
                 self.waits.forget(work.work_id)
-                stop_quietly(ray.cancel, ref)
-            if work.work_id in lost:
                 self.watch.finished(work.work_id)
+                stop_quietly(ray.cancel, ref)
                 out.append(Completion(work, None, None, node_died(lost[work.work_id])))
-            elif work.work_id in stuck:
+            elif work.work_id in stuck and not ray.wait([ref], timeout=0)[0]:  # (ended meanwhile: its report is read)
+                del self._pending[ref]
+                stop_quietly(ray.cancel, ref)
+                self.watch.send_again(work.work_id)  # its resource wait, if any, keeps its deadline
                 spec, handles, stages = stuck[work.work_id]
                 logger.warning("run %s: a work of %s had not started when a node died (it may be stuck on it): sent again",
                                self.run_id, work.task_key)

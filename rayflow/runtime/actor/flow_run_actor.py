@@ -187,12 +187,13 @@ class FlowRunActor:
             return None
         return (slot.summary or slot.orchestrator.summary()).without_handles()
 
-    def attempt_started(self, run_id: str, work_id: int, at: float, node: str | None = None) -> None:
+    def attempt_started(self, run_id: str, work_id: int, at: float, node: str | None = None, sending: int = 0) -> None:
         """Called by a worker when a work that must report its start begins, on ``node``: an attempt
-        of a task with a timeout, one waiting for resources, any work on a cluster of several nodes."""
+        of a task with a timeout, one waiting for resources, any work on a cluster of several nodes
+        (``sending``: which sending of the work it is, node_watch)."""
         slot = self._runs.get(run_id)
         if slot is not None:
-            slot.executor.notify_started(work_id, at, node)
+            slot.executor.notify_started(work_id, at, node, sending)
 
     def stream_requests(self, run_id: str, timeout: float) -> dict[int, int] | None:
         """Items each generator input should send now; None once the run is over."""

@@ -21,17 +21,20 @@ rayflow fails them itself:
   raylet's view of the cluster, which can still hold the dead node for a while, and a lease
   asked of a node cut off is never answered nor failed (ray-project/ray#63405: the task stays
   PENDING_NODE_ASSIGNMENT for good).  Worse, the stuck leases hold the lease slots of their
-  scheduling class in the actor's core worker, so the later tasks of that class wait too.  So
-  once a node is seen dead (``died``), every work the executor sends selects the nodes that are
-  not it (a Ray label selector on ``ray.io/node-id``: a new scheduling class, with slots of
-  its own), and a watched work sent before then that has not reported its start
-  UNSTARTED_GRACE seconds after the death was seen is sent again that way: the executor
-  cancels its Ray task and submits the same work (same id and attempt; it never ran, so no
-  retry is spent and nothing is recorded).  Ray does not say where a queued task went, so a
-  work that merely waited for a live node's CPUs is sent again too, once.
+  scheduling class in the actor's core worker, so the later tasks of that class wait too, in
+  this run and the actor's next ones.  So once this process has seen a node die
+  (``NodeTable.died``: not one dead before its first read, nor one that ended gracefully),
+  every work its executors send selects the other nodes (a Ray label selector on
+  ``ray.io/node-id``: a new scheduling class, with lease slots of its own; the set only grows,
+  so no earlier class comes back), and a watched work sent before the death was seen that has
+  not reported its start UNSTARTED_GRACE seconds after is sent again that way, once per death:
+  the executor cancels its Ray task (unless its report is already in) and submits the same
+  work, same id and attempt (no retry is spent; the engine is not told).  Its start reports
+  carry its sending, and those of a sending given up are ignored.  Ray does not say where a
+  queued task went, so a work that was waiting for a live node's CPUs, or whose start report
+  was late, is sent again too: it may then run twice, as any retried work may.
 
-A node id is never reused, so a dead one stays dead; the nodes already dead when a watch first
-tracks a work are no news to it (they died before its works were placed).
+A node id is never reused, so a dead one stays dead.
 """
 
 from __future__ import annotations
@@ -49,32 +52,53 @@ from rayflow.states import ErrorInfo
 CHECK_EVERY = 1.0  # seconds between reads of the node table while watched works are in flight
 COUNT_EVERY = 10.0  # seconds between reads that only say whether the cluster has several nodes
 NODE_ID_LABEL = "ray.io/node-id"  # every node's own label: its node id
+# The DeathReason values (Ray's NodeDeathInfo.Reason) of a node that ended on purpose: stopped
+# (EXPECTED_TERMINATION) or drained idle by the autoscaler (AUTOSCALER_DRAIN_IDLE).
+GRACEFUL_DEATHS = frozenset({1, 4})
 UNSTARTED_GRACE = 2.0  # seconds after a death was seen that a work sent before has to report its start
 
 
-def read_ray_nodes() -> tuple[int, frozenset[str]]:
-    """(how many nodes are alive, the ids of the dead ones), from the GCS's node table."""
+def read_ray_nodes() -> tuple[int, frozenset[str], frozenset[str]]:
+    """(how many nodes are alive, the ids of the dead ones, those of them that ended gracefully:
+    stopped, or drained by the autoscaler), from the GCS's node table."""
     import ray
 
     nodes = ray.nodes()
-    return sum(1 for n in nodes if n.get("Alive")), frozenset(n["NodeID"] for n in nodes if not n.get("Alive"))
+    dead = [n for n in nodes if not n.get("Alive")]
+    return (sum(1 for n in nodes if n.get("Alive")), frozenset(n["NodeID"] for n in dead),
+            frozenset(n["NodeID"] for n in dead if n.get("DeathReason") in GRACEFUL_DEATHS))
 
 
 class NodeTable:
-    """The cluster's node table as last read: one per actor process, shared by its runs."""
+    """The cluster's node table as last read: one per actor process, shared by its runs.
 
-    def __init__(self, read: Callable[[], tuple[int, frozenset[str]]] = read_ray_nodes,
+    ``died``: the nodes this process saw die (alive, or unknown, at its first read; a graceful
+    end excepted: a stopped raylet refuses a lease, it does not leave it hanging).  It only
+    grows, so the selector built from it never repeats an earlier one (whose lease slots may be
+    stuck); ``died_at``: when the last of them was first seen dead."""
+
+    def __init__(self, read: Callable[[], tuple[int, frozenset[str], frozenset[str]]] = read_ray_nodes,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._read, self.clock = read, clock
         self._lock = threading.Lock()
         self._at = float("-inf")
         self._alive, self._dead = 1, frozenset()
+        self._before: frozenset[str] | None = None  # dead at the first read: no news to this process
+        self.died: frozenset[str] = frozenset()
+        self.died_at = float("-inf")
+        self.selector: dict[str, Any] = {}  # Ray options that keep a task off ``died``
 
     def _fresh(self, max_age: float) -> None:
         with self._lock:
             if self.clock() - self._at >= max_age:
-                self._alive, self._dead = self._read()
+                self._alive, self._dead, graceful = self._read()
                 self._at = self.clock()
+                if self._before is None:
+                    self._before = self._dead
+                news = self._dead - self._before - graceful - self.died
+                if news:
+                    self.died, self.died_at = self.died | news, self._at
+                    self.selector = {"label_selector": {NODE_ID_LABEL: f"!in({','.join(sorted(self.died))})"}}
 
     def several(self) -> bool:
         """Whether the cluster has more than one live node."""
@@ -83,10 +107,6 @@ class NodeTable:
 
     def dead(self) -> frozenset[str]:
         self._fresh(CHECK_EVERY)
-        return self._dead
-
-    def known_dead(self) -> frozenset[str]:
-        """The dead nodes as last read (no read)."""
         return self._dead
 
 
@@ -108,29 +128,43 @@ class NodeWatch:
         self._on: dict[int, str | None] = {}  # work id -> its node (None: not heard of yet)
         self._forward: set[int] = set()  # works whose start the orchestrator wants too
         self._unstarted: dict[int, tuple[float, Any]] = {}  # work id -> (sent at, what to send again)
+        self._sendings: dict[int, int] = {}  # work id -> its sending (sent again: 1, 2...; absent: 0)
         self._lock = threading.Lock()
         self._next = float("-inf")
-        self._known_dead: frozenset[str] | None = None  # dead when the first work was tracked
-        self.died: frozenset[str] = frozenset()  # nodes seen dead since: works select the others
-        self._death_at = float("-inf")  # when a node was last first seen dead
+        self._watching = False
 
     def track(self, work_id: int, *, forward: bool, resend: Any = None) -> bool:
         """Whether this work must report its start (and node): it is watched, or ``forward``.
-        ``resend``: what ``check`` hands back for a work to send again (sent again: the same id)."""
-        if self._known_dead is None and not self.table.several():  # (watching, it goes on: a node may be left)
+        ``resend``: what ``check`` hands back for a work to send again."""
+        if not self._watching and not self.table.several():  # (watching, it goes on: a node may be left)
             return forward
         with self._lock:
-            if self._known_dead is None:
-                self._known_dead = self.table.known_dead()
+            self._watching = True
             self._on[work_id] = None
             self._unstarted[work_id] = (self.table.clock(), resend)
             if forward:
                 self._forward.add(work_id)
         return True
 
-    def started(self, work_id: int, node: str | None) -> bool:
-        """A work started on ``node``; True when the orchestrator wants to hear of it too."""
+    def send_again(self, work_id: int) -> int:
+        """A work given up to be sent again: no longer tracked (``track`` it as it is sent); its
+        new sending, which its start reports carry (those of an older one are ignored)."""
         with self._lock:
+            self._on.pop(work_id, None)
+            self._forward.discard(work_id)
+            self._unstarted.pop(work_id, None)
+            sending = self._sendings[work_id] = self._sendings.get(work_id, 0) + 1
+        return sending
+
+    def sending(self, work_id: int) -> int:
+        return self._sendings.get(work_id, 0)
+
+    def started(self, work_id: int, node: str | None, sending: int = 0) -> bool | None:
+        """A work started on ``node``; True when the orchestrator wants to hear of it too; None
+        when the report is from a sending given up (cancelled and sent again): to be ignored."""
+        with self._lock:
+            if sending < self._sendings.get(work_id, 0):
+                return None
             if work_id not in self._on:
                 return True  # not watched: it reported because its start is wanted
             if node is not None:
@@ -145,6 +179,7 @@ class NodeWatch:
             self._on.pop(work_id, None)
             self._forward.discard(work_id)
             self._unstarted.pop(work_id, None)
+            self._sendings.pop(work_id, None)
 
     def next_check(self) -> float | None:
         """When the node table must be read next (clock of the table); None: nothing watched."""
@@ -152,30 +187,26 @@ class NodeWatch:
 
     def check(self) -> tuple[dict[int, str], dict[int, Any]]:
         """When due: (work id -> node, for the watched works on a node now dead; work id -> its
-        ``resend``, for the works to send again: sent before a death was seen, and not started
-        UNSTARTED_GRACE seconds after)."""
+        ``resend``, for the works to send again: sent before the last death was seen, and not
+        started UNSTARTED_GRACE seconds after it)."""
         now = self.table.clock()
         if now < self._next:
             return {}, {}
         self._next = now + CHECK_EVERY
         dead = self.table.dead()
-        if not dead and not self.died:
+        death_at = self.table.died_at
+        if not dead and not self.table.died:
             return {}, {}
         with self._lock:
-            news = dead - (self._known_dead or frozenset()) - self.died
-            if news:
-                self.died, self._death_at = self.died | news, now
             lost = {work_id: node for work_id, node in self._on.items() if node in dead}
             stuck = {}
-            if now >= self._death_at + UNSTARTED_GRACE:
-                stuck = {work_id: resend for work_id, (sent, resend) in self._unstarted.items() if sent < self._death_at}
+            if now >= death_at + UNSTARTED_GRACE:
+                stuck = {work_id: resend for work_id, (sent, resend) in self._unstarted.items() if sent < death_at}
             return lost, stuck
 
     def selector(self) -> dict[str, Any]:
         """The Ray options that keep a work off the nodes seen dead (none while none is)."""
-        if not self.died:
-            return {}
-        return {"label_selector": {NODE_ID_LABEL: f"!in({','.join(sorted(self.died))})"}}
+        return self.table.selector
 
 
 def node_died(node: str) -> ErrorInfo:
