@@ -18,7 +18,9 @@ Prints one JSON line (times in ms):
   the first run, then the median of 5 flows in a row straight after it, then the
   median of 5 Ray tasks.
 
-It also checks that the driver and a Ray worker import rayflow from the same checkout.
+It stops unless the driver and a Ray worker import rayflow from the same checkout: Ray puts the
+driver's working directory first on its workers' path, so run it from a directory that holds no
+other rayflow (the checkout measured, or /tmp), not from another checkout's root.
 benchmarks/one_task_history.md is what it measured.
 """
 
@@ -86,6 +88,9 @@ def main() -> None:
     remote_noop = ray.remote(noop)
     ray.get([remote_noop.remote(i) for i in range(200)])  # warm the worker pool for both sides
     worker_rayflow = ray.get(ray.remote(lambda: __import__("rayflow").__file__).remote())
+    if os.path.dirname(worker_rayflow) != os.path.dirname(rf.__file__):
+        # Ray puts the driver's working directory first on its workers' path: run from outside any checkout
+        raise SystemExit(f"a Ray worker imports {worker_rayflow}, the driver {rf.__file__}: run from another directory")
     task = rf.task(noop)
 
     @rf.flow
