@@ -144,10 +144,10 @@ def _hold_the_cpus(marker: str) -> None:
     time.sleep(120)
 
 
-def test_a_work_not_started_when_a_node_dies_is_sent_again(tmp_path):
+def test_a_work_not_started_when_a_node_dies_is_cancelled_and_run_again(tmp_path):
     """Ray does not say where a queued work was placed, and a lease asked of a node cut off is
-    never answered: one that has not started its grace after a node died is cancelled and
-    sent again, as the same work (node_watch.UNSTARTED_GRACE)."""
+    never answered: one that has not started its grace after a node died is cancelled and lost
+    as a system error (node_watch.UNSTARTED_GRACE); its retry selects the other nodes."""
 
     @rf.flow
     def one():
@@ -164,10 +164,11 @@ def test_a_work_not_started_when_a_node_dies_is_sent_again(tmp_path):
     try:
         wait_for(lambda: executor._pending, timeout=30, what="the work submitted")
         (first_ref, (first, _)), = list(executor._pending.items())
-        table.node = "a-node-that-died"  # the work never reports a start: it may be stuck there
+        table.node = STAND_IN  # the work never reports a start: it may be stuck there
         wait_for(lambda: executor._pending and first_ref not in executor._pending, timeout=30,
-                 what="the unstarted work sent again")
-        assert [w for w, _ in executor._pending.values()] == [first]  # the same work: same id, same attempt
+                 what="the unstarted work lost and run again")
+        (retry, _), = list(executor._pending.values())
+        assert retry.attempt == 2 and retry.work_id != first.work_id
         with pytest.raises(ray.exceptions.TaskCancelledError):  # the first is cancelled: it cannot run twice
             ray.get(first_ref, timeout=30)
     finally:
@@ -176,4 +177,6 @@ def test_a_work_not_started_when_a_node_dies_is_sent_again(tmp_path):
     assert not running.is_alive()
     summary = ended["summary"]
     assert summary.state.type is T.SUCCESS and summary.task_states["queued"].type is T.SUCCESS, summary.state
-    assert [s.attempt for s in summary.history["queued"]] == [1] * len(summary.history["queued"])  # no retry spent
+    lost = [s.error for s in summary.history["queued"] if s.type is T.RETRYING]  # a system retry, recorded
+    assert len(lost) == 1 and lost[0].system and "had not reported its start" in lost[0].message, lost
+    assert executor.watch.selector() == {"label_selector": {"ray.io/node-id": f"!in({STAND_IN})"}}

@@ -1,5 +1,6 @@
 """The dead-node watch's rules (runtime.actor.node_watch), with a stand-in node table and a fake
-clock: which works are lost when a node dies, which are sent again, and when
+clock: which works are lost when a node dies (those that ran there, and those that had not
+reported their start), and when
 (tests/test_node_watch.py: on real Ray)."""
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ from __future__ import annotations
 from waiting import ManualClock
 
 from rayflow.runtime.actor.node_watch import (
-    CHECK_EVERY, GRACEFUL_DEATHS, UNSTARTED_GRACE, NodeTable, NodeWatch, node_died,
+    CHECK_EVERY, GRACEFUL_DEATHS, UNSTARTED_GRACE, NodeTable, NodeWatch, node_died, not_started,
 )
 
 
@@ -34,55 +35,56 @@ def test_works_that_started_on_a_dead_node_are_lost_at_once():
         assert watch.track(work_id, forward=False)
     watch.started(1, "a")
     watch.started(2, "b")
-    assert watch.check() == ({}, {})
+    assert watch.check() == ({}, frozenset())
     table.dead = frozenset({"b"})
     clock.advance(CHECK_EVERY)
-    assert watch.check() == ({2: "b"}, {})
+    assert watch.check() == ({2: "b"}, frozenset())
     error = node_died("b")
     assert error.system and error.type == "ray.exceptions.NodeDiedError" and "node b" in error.message
 
 
-def test_a_work_sent_before_a_death_and_not_started_after_its_grace_is_sent_again_once():
+def test_a_work_sent_before_a_death_and_not_started_after_its_grace_is_lost_once():
     table = Table()
     watch, clock = _watch(table)
     for work_id in (1, 2, 3):
-        watch.track(work_id, forward=False, resend=f"again-{work_id}")
+        watch.track(work_id, forward=False)
     watch.started(1, "a")
     assert watch.selector() == {}
     table.dead = frozenset({"b"})  # 2 and 3 have not started: either may be stuck on b
     clock.advance(CHECK_EVERY)
-    assert watch.check() == ({}, {})  # within their grace from the death
+    assert watch.check() == ({}, frozenset())  # within their grace from the death
     assert watch.table.died == {"b"} and watch.selector() == {"label_selector": {"ray.io/node-id": "!in(b)"}}
     watch.started(3, "a")  # 3 was queued on a live node: it starts within its grace
     clock.advance(UNSTARTED_GRACE)
-    assert watch.check() == ({}, {2: "again-2"})
-    assert watch.send_again(2) == 1  # the executor cancels it, and sends it again, off b
-    watch.track(2, forward=False, resend="again-2")
-    watch.track(4, forward=False)  # sent after the death was seen: off b too, never suspect
+    assert watch.check() == ({}, {2})
+    watch.finished(2)  # the executor cancels it: lost, the engine retries it (a new work)
+    watch.track(4, forward=False)  # sent after the death was seen: off b, never suspect
     for _ in range(3):
         clock.advance(UNSTARTED_GRACE + CHECK_EVERY)
-        assert watch.check() == ({}, {})
+        assert watch.check() == ({}, frozenset())
     table.dead = frozenset({"b", "c"})  # a second death: what was sent before it is suspect again
     clock.advance(CHECK_EVERY)
     watch.check()
     assert watch.selector() == {"label_selector": {"ray.io/node-id": "!in(b,c)"}}
     clock.advance(UNSTARTED_GRACE)
-    assert watch.check() == ({}, {2: "again-2", 4: None})
+    assert watch.check() == ({}, {4})
+    error = not_started(watch.table.died)
+    assert error.system and "had not reported its start" in error.message and "b, c" in error.message
 
 
 def test_a_watch_goes_on_when_one_node_is_left():
     table = Table()
     watch, clock = _watch(table)
-    watch.track(1, forward=False, resend="r")
+    watch.track(1, forward=False)
     table.dead = frozenset({"b", "c"})  # one live node left
     clock.advance(CHECK_EVERY)
-    assert watch.check() == ({}, {})  # the death seen
+    assert watch.check() == ({}, frozenset())  # the death seen
     clock.advance(UNSTARTED_GRACE)
-    assert watch.check() == ({}, {1: "r"})
-    watch.send_again(1)
-    assert watch.track(1, forward=False, resend="r")  # sent again: watched still, its sending noted
+    assert watch.check() == ({}, {1})
+    watch.finished(1)
+    assert watch.track(2, forward=False)  # its retry: watched still (a node may be left)
     clock.advance(CHECK_EVERY + UNSTARTED_GRACE)
-    assert watch.check() == ({}, {})  # sent once, not again at every check
+    assert watch.check() == ({}, frozenset())
 
 
 def test_nodes_dead_before_the_first_work_are_no_news():
@@ -91,46 +93,26 @@ def test_nodes_dead_before_the_first_work_are_no_news():
     watch.track(1, forward=False)
     for _ in range(3):
         clock.advance(UNSTARTED_GRACE + CHECK_EVERY)
-        assert watch.check() == ({}, {})
+        assert watch.check() == ({}, frozenset())
     assert watch.selector() == {}
 
 
-def test_a_finished_work_is_never_lost_nor_sent_again():
+def test_a_finished_work_is_never_lost():
     table = Table()
     watch, clock = _watch(table)
     watch.track(1, forward=False)
     table.dead = frozenset({"b"})
     clock.advance(CHECK_EVERY)
-    assert watch.check() == ({}, {})
+    assert watch.check() == ({}, frozenset())
     watch.finished(1)
     clock.advance(UNSTARTED_GRACE)
-    assert watch.check() == ({}, {}) and watch.next_check() is None
+    assert watch.check() == ({}, frozenset()) and watch.next_check() is None
 
 
 def test_on_one_node_nothing_is_watched():
     watch, clock = _watch(Table(dead=frozenset({"x", "y"})))  # one live node
     assert watch.track(1, forward=False) is False and watch.track(2, forward=True) is True
     assert watch.next_check() is None
-
-
-def test_a_start_report_of_a_sending_given_up_is_ignored():
-    table = Table()
-    watch, clock = _watch(table)
-    watch.track(1, forward=True, resend="r")
-    table.dead = frozenset({"b"})
-    clock.advance(CHECK_EVERY)
-    watch.check()
-    clock.advance(UNSTARTED_GRACE)
-    assert watch.check() == ({}, {1: "r"})
-    assert watch.send_again(1) == 1 and watch.sending(1) == 1
-    watch.track(1, forward=True, resend="r")
-    assert watch.started(1, "b", sending=0) is None  # the cancelled first sending, late: ignored
-    assert watch.started(1, "a", sending=1) is True  # this sending's: heard, and forwarded
-    table.dead = frozenset({"b", "c"})
-    clock.advance(CHECK_EVERY)
-    assert watch.check() == ({}, {})  # it started on a, which lives: not lost with b
-    watch.finished(1)
-    assert watch.sending(1) == 0
 
 
 def test_the_dead_nodes_a_process_saw_die_are_avoided_by_its_later_runs_too():
@@ -147,11 +129,11 @@ def test_the_dead_nodes_a_process_saw_die_are_avoided_by_its_later_runs_too():
 def test_a_node_stopped_gracefully_is_not_avoided():
     table = Table()
     watch, clock = _watch(table)
-    watch.track(1, forward=False, resend="r")
+    watch.track(1, forward=False)
     watch.started(1, "b")
     table.dead = table.graceful = frozenset({"b"})  # `ray stop`, or drained by the autoscaler
     clock.advance(CHECK_EVERY)
-    assert watch.check() == ({1: "b"}, {})  # what ran there is lost all the same
+    assert watch.check() == ({1: "b"}, frozenset())  # what ran there is lost all the same
     assert watch.table.died == frozenset() and watch.selector() == {}
 
 

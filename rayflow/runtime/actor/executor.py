@@ -27,7 +27,6 @@ unmapped arguments) is put in the object store once and shared by all its chunks
 from __future__ import annotations
 
 import itertools
-import logging
 import os
 import pickle
 import time
@@ -43,7 +42,7 @@ from rayflow.engine.worker.fused import execute_fused
 from rayflow.engine.executor import Completion, QueuedStarts, fused_completions
 from rayflow.engine.plan import TaskSpec
 from rayflow.engine.protocol import AttemptResult, ChunkSummary, Work, describe_error, stage_arguments
-from rayflow.runtime.actor.node_watch import NodeTable, NodeWatch, node_died, stop_quietly
+from rayflow.runtime.actor.node_watch import NodeTable, NodeWatch, node_died, not_started, stop_quietly
 from rayflow.runtime.actor.resource_waits import ResourceWaits
 from rayflow.telemetry import worker_context
 
@@ -52,15 +51,15 @@ WINDOW = 256  # pending reports a step asks Ray about (the oldest)
 SWEEP_SECONDS = 0.02  # how often a step asks about every pending report, while more are pending
 
 
-def _execute_remote(payload: bytes, head: tuple[Work, Any, str, int], *values: Any) -> tuple[Any, Any]:
-    """``head``: (work, notifier, run id, sending) in one argument: Ray serialises each argument
-    on its own (a msgpack envelope and a pickle each, some 0.1 ms in the actor per argument)."""
-    work, notifier, run_id, sending = head
+def _execute_remote(payload: bytes, head: tuple[Work, Any, str], *values: Any) -> tuple[Any, Any]:
+    """``head``: (work, notifier, run id) in one argument: Ray serialises each argument on its
+    own (a msgpack envelope and a pickle each, some 0.1 ms in the actor per argument)."""
+    work, notifier, run_id = head
     started = None
     if notifier is not None:  # its node too: a work on a node Ray declares dead is failed (node_watch)
         node = ray.get_runtime_context().get_node_id()
-        notifier.attempt_started.remote(run_id, work.work_id, time.time(), node, sending)
-        started = lambda at: notifier.attempt_started.remote(run_id, work.work_id, at, None, sending)  # noqa: E731 - rf.Loop's
+        notifier.attempt_started.remote(run_id, work.work_id, time.time(), node)
+        started = lambda at: notifier.attempt_started.remote(run_id, work.work_id, at)  # noqa: E731 - rf.Loop's iterations
     with worker_context(work.trace):  # the user's own spans nest under this work's span
         value, report = execute(payload, work, *values, started=started)
     if isinstance(report, ChunkSummary):  # a chunk's record says which node ran it
@@ -68,12 +67,12 @@ def _execute_remote(payload: bytes, head: tuple[Work, Any, str, int], *values: A
     return value, _packed(report)
 
 
-def _execute_fused_remote(payload: bytes, head: tuple[Work, Any, str, int], *values: Any) -> tuple[Any, ...]:
+def _execute_fused_remote(payload: bytes, head: tuple[Work, Any, str], *values: Any) -> tuple[Any, ...]:
     """A map chunk with its fused stages (core.fusion): each stage's value, then every report."""
-    work, notifier, run_id, sending = head
+    work, notifier, run_id = head
     node = ray.get_runtime_context().get_node_id()
     if notifier is not None:  # the node watch's: where it runs (node_watch)
-        notifier.attempt_started.remote(run_id, work.work_id, time.time(), node, sending)
+        notifier.attempt_started.remote(run_id, work.work_id, time.time(), node)
     values_out, reports = execute_fused(payload, work, *values, around=lambda stage: worker_context(stage.trace))
     for report in reports:
         if report is not None:
@@ -95,7 +94,6 @@ def _unpacked(report: Any) -> Any:
     return pickle.loads(report) if isinstance(report, bytes) else report
 
 
-logger = logging.getLogger(__name__)
 _DEFAULTS = {"num_returns": 2, "max_retries": 0, "retry_exceptions": False}
 _remote_execute = ray.remote(**_DEFAULTS)(_execute_remote)
 _remote_fused = ray.remote(max_retries=0, retry_exceptions=False)(_execute_fused_remote)
@@ -233,10 +231,9 @@ class RayExecutor(QueuedStarts):
 
     def submit(self, spec: TaskSpec, work: Work, handles: list[Any], stages: tuple[TaskSpec, ...] = ()) -> None:
         self._remotes_for(self.watch.table.died)
-        sending = self.watch.sending(work.work_id)  # 0, unless sent again (node_watch)
         if work.persist is not None:  # a write-behind: default resources, wherever Ray puts it
-            watched = self.notifier is not None and self.watch.track(work.work_id, forward=False, resend=(spec, handles, stages))
-            head = (work, self.notifier if watched else None, self.run_id, sending)
+            watched = self.notifier is not None and self.watch.track(work.work_id, forward=False)
+            head = (work, self.notifier if watched else None, self.run_id)
             value_ref, report_ref = self._write_remote().remote(b"", head, *handles)
             self._pending[report_ref] = (work, value_ref)
             return
@@ -247,22 +244,19 @@ class RayExecutor(QueuedStarts):
             return
         if work.fused:  # a map chunk with its fused stages: resources alike, no resource wait (core.fusion)
             args = stage_arguments(work, handles, [self._payload(stage) for stage in stages])
-            watched = self.notifier is not None and self.watch.track(work.work_id, forward=False, resend=(spec, handles, stages))
-            head = (work, self.notifier if watched else None, self.run_id, sending)
+            watched = self.notifier is not None and self.watch.track(work.work_id, forward=False)
+            head = (work, self.notifier if watched else None, self.run_id)
             refs = self._fused_remote(spec, len(work.fused)).remote(self._payload(spec), head, *args)
             self._pending[refs[-1]] = (work, tuple(refs[:-1]))
             return
         tracked = self.waits.track(spec, work, forward=timed)
-        watched = self.notifier is not None and self.watch.track(
-            work.work_id, forward=timed or tracked, resend=(spec, handles, stages))
-        head = (work, self.notifier if timed or tracked or watched else None, self.run_id, sending)
+        watched = self.notifier is not None and self.watch.track(work.work_id, forward=timed or tracked)
+        head = (work, self.notifier if timed or tracked or watched else None, self.run_id)
         value_ref, report_ref = self._remote(spec).remote(self._payload(spec), head, *handles)
         self._pending[report_ref] = (work, value_ref)
 
-    def notify_started(self, work_id: int, at: float, node: str | None = None, sending: int = 0) -> None:
-        wanted = self.watch.started(work_id, node, sending)  # else only the node watch wanted to know
-        if wanted is None:  # from a sending given up (node_watch): it was cancelled
-            return
+    def notify_started(self, work_id: int, at: float, node: str | None = None) -> None:
+        wanted = self.watch.started(work_id, node)  # else only the node watch wanted to know
         if self.waits.started(work_id) and wanted:  # else only its resource wait wanted to know
             super().notify_started(work_id, at)
 
@@ -287,25 +281,22 @@ class RayExecutor(QueuedStarts):
         return out
 
     def _lost_with_nodes(self) -> list[Completion]:
-        """The works on a node Ray declared dead: force-cancelled, and lost; and the works that
-        may be stuck on it, never started: cancelled and sent again (see node_watch)."""
-        lost, stuck = self.watch.check()
+        """The works on a node Ray declared dead, and those that may be stuck on it, never
+        started: force-cancelled, and lost as system errors (see node_watch)."""
+        lost, unstarted = self.watch.check()
         out = []
-        for ref, (work, _) in list(self._pending.items()) if lost or stuck else ():
+        for ref, (work, _) in list(self._pending.items()) if lost or unstarted else ():
             if work.work_id in lost:
-                del self._pending[ref]
-                self.waits.forget(work.work_id)
-                self.watch.finished(work.work_id)
-                stop_quietly(ray.cancel, ref)
-                out.append(Completion(work, None, None, node_died(lost[work.work_id])))
-            elif work.work_id in stuck and not ray.wait([ref], timeout=0)[0]:  # (ended meanwhile: its report is read)
-                del self._pending[ref]
-                stop_quietly(ray.cancel, ref)
-                self.watch.send_again(work.work_id)  # its resource wait, if any, keeps its deadline
-                spec, handles, stages = stuck[work.work_id]
-                logger.warning("run %s: a work of %s had not started when a node died (it may be stuck on it): sent again",
-                               self.run_id, work.task_key)
-                self.submit(spec, work, handles, stages)
+                error = node_died(lost[work.work_id])
+            elif work.work_id in unstarted and not ray.wait([ref], timeout=0)[0]:  # (ended meanwhile: read as such)
+                error = not_started(self.watch.table.died)
+            else:
+                continue
+            del self._pending[ref]
+            self.waits.forget(work.work_id)
+            self.watch.finished(work.work_id)
+            stop_quietly(ray.cancel, ref)
+            out.append(Completion(work, None, None, error))
         return out
 
     def _give_up_waits(self) -> list[Completion]:

@@ -187,13 +187,12 @@ class FlowRunActor:
             return None
         return (slot.summary or slot.orchestrator.summary()).without_handles()
 
-    def attempt_started(self, run_id: str, work_id: int, at: float, node: str | None = None, sending: int = 0) -> None:
+    def attempt_started(self, run_id: str, work_id: int, at: float, node: str | None = None) -> None:
         """Called by a worker when a work that must report its start begins, on ``node``: an attempt
-        of a task with a timeout, one waiting for resources, any work on a cluster of several nodes
-        (``sending``: which sending of the work it is, node_watch)."""
+        of a task with a timeout, one waiting for resources, any work on a cluster of several nodes."""
         slot = self._runs.get(run_id)
         if slot is not None:
-            slot.executor.notify_started(work_id, at, node, sending)
+            slot.executor.notify_started(work_id, at, node)
 
     def stream_requests(self, run_id: str, timeout: float) -> dict[int, int] | None:
         """Items each generator input should send now; None once the run is over."""

@@ -27,12 +27,10 @@ rayflow fails them itself:
   every work its executors send selects the other nodes (a Ray label selector on
   ``ray.io/node-id``: a new scheduling class, with lease slots of its own; the set only grows,
   so no earlier class comes back), and a watched work sent before the death was seen that has
-  not reported its start UNSTARTED_GRACE seconds after is sent again that way, once per death:
-  the executor cancels its Ray task (unless its report is already in) and submits the same
-  work, same id and attempt (no retry is spent; the engine is not told).  Its start reports
-  carry its sending, and those of a sending given up are ignored.  Ray does not say where a
-  queued task went, so a work that was waiting for a live node's CPUs, or whose start report
-  was late, is sent again too: it may then run twice, as any retried work may.
+  not reported its start UNSTARTED_GRACE seconds after is cancelled and lost the same way
+  (a system error the engine retries, recorded as such), once per death.  Ray does not say
+  where a queued task went, nor whether a start report was lost with the link: a work that
+  was waiting for a live node's CPUs, or that ran on the dead node unseen, is lost too.
 
 A node id is never reused, so a dead one stays dead.
 """
@@ -127,44 +125,26 @@ class NodeWatch:
         self.table = table or shared_table()
         self._on: dict[int, str | None] = {}  # work id -> its node (None: not heard of yet)
         self._forward: set[int] = set()  # works whose start the orchestrator wants too
-        self._unstarted: dict[int, tuple[float, Any]] = {}  # work id -> (sent at, what to send again)
-        self._sendings: dict[int, int] = {}  # work id -> its sending (sent again: 1, 2...; absent: 0)
+        self._unstarted: dict[int, float] = {}  # work id -> when it was sent
         self._lock = threading.Lock()
         self._next = float("-inf")
         self._watching = False
 
-    def track(self, work_id: int, *, forward: bool, resend: Any = None) -> bool:
-        """Whether this work must report its start (and node): it is watched, or ``forward``.
-        ``resend``: what ``check`` hands back for a work to send again."""
+    def track(self, work_id: int, *, forward: bool) -> bool:
+        """Whether this work must report its start (and node): it is watched, or ``forward``."""
         if not self._watching and not self.table.several():  # (watching, it goes on: a node may be left)
             return forward
         with self._lock:
             self._watching = True
             self._on[work_id] = None
-            self._unstarted[work_id] = (self.table.clock(), resend)
+            self._unstarted[work_id] = self.table.clock()
             if forward:
                 self._forward.add(work_id)
         return True
 
-    def send_again(self, work_id: int) -> int:
-        """A work given up to be sent again: no longer tracked (``track`` it as it is sent); its
-        new sending, which its start reports carry (those of an older one are ignored)."""
+    def started(self, work_id: int, node: str | None) -> bool:
+        """A work started on ``node``; True when the orchestrator wants to hear of it too."""
         with self._lock:
-            self._on.pop(work_id, None)
-            self._forward.discard(work_id)
-            self._unstarted.pop(work_id, None)
-            sending = self._sendings[work_id] = self._sendings.get(work_id, 0) + 1
-        return sending
-
-    def sending(self, work_id: int) -> int:
-        return self._sendings.get(work_id, 0)
-
-    def started(self, work_id: int, node: str | None, sending: int = 0) -> bool | None:
-        """A work started on ``node``; True when the orchestrator wants to hear of it too; None
-        when the report is from a sending given up (cancelled and sent again): to be ignored."""
-        with self._lock:
-            if sending < self._sendings.get(work_id, 0):
-                return None
             if work_id not in self._on:
                 return True  # not watched: it reported because its start is wanted
             if node is not None:
@@ -179,30 +159,28 @@ class NodeWatch:
             self._on.pop(work_id, None)
             self._forward.discard(work_id)
             self._unstarted.pop(work_id, None)
-            self._sendings.pop(work_id, None)
 
     def next_check(self) -> float | None:
         """When the node table must be read next (clock of the table); None: nothing watched."""
         return self._next if self._on else None
 
-    def check(self) -> tuple[dict[int, str], dict[int, Any]]:
-        """When due: (work id -> node, for the watched works on a node now dead; work id -> its
-        ``resend``, for the works to send again: sent before the last death was seen, and not
-        started UNSTARTED_GRACE seconds after it)."""
+    def check(self) -> tuple[dict[int, str], frozenset[int]]:
+        """When due: (work id -> node, for the watched works on a node now dead; the works sent
+        before the last death was seen that have not started UNSTARTED_GRACE seconds after it)."""
         now = self.table.clock()
         if now < self._next:
-            return {}, {}
+            return {}, frozenset()
         self._next = now + CHECK_EVERY
         dead = self.table.dead()
         death_at = self.table.died_at
         if not dead and not self.table.died:
-            return {}, {}
+            return {}, frozenset()
         with self._lock:
             lost = {work_id: node for work_id, node in self._on.items() if node in dead}
-            stuck = {}
+            unstarted = frozenset()
             if now >= death_at + UNSTARTED_GRACE:
-                stuck = {work_id: resend for work_id, (sent, resend) in self._unstarted.items() if sent < death_at}
-            return lost, stuck
+                unstarted = frozenset(work_id for work_id, sent in self._unstarted.items() if sent < death_at)
+            return lost, unstarted
 
     def selector(self) -> dict[str, Any]:
         """The Ray options that keep a work off the nodes seen dead (none while none is)."""
@@ -213,6 +191,14 @@ def node_died(node: str) -> ErrorInfo:
     """The system error of a work lost with its node."""
     return describe_error(NodeDiedError(
         f"Ray declared node {node} dead (its host lost or cut off) while this work ran there: "
+        "it was cancelled, to run again on a live node"), system=True)
+
+
+def not_started(nodes: frozenset[str]) -> ErrorInfo:
+    """The system error of a work that had not reported its start when ``nodes`` died."""
+    return describe_error(NodeDiedError(
+        f"this work had not reported its start {UNSTARTED_GRACE:g}s after Ray declared node(s) "
+        f"{', '.join(sorted(nodes))} dead: it may be stuck there (or have run there, unseen); "
         "it was cancelled, to run again on a live node"), system=True)
 
 

@@ -78,9 +78,9 @@ class ResourceWaits:
         if spec.resource_wait is None or spec.key in self._placed or work.persist is not None:
             return False
         with self._lock:
-            earlier = self._waiting.get(work.work_id)  # a work sent again (node_watch) keeps its deadline
-            deadline = earlier.deadline if earlier is not None else self.clock() + spec.resource_wait
-            self._waiting[work.work_id] = _Waiting(work, spec.key, task_request(spec.options), spec.resource_wait, deadline, forward)
+            self._waiting[work.work_id] = _Waiting(
+                work, spec.key, task_request(spec.options), spec.resource_wait, self.clock() + spec.resource_wait, forward
+            )
         return True
 
     def given_up(self, key: str) -> str | None:
