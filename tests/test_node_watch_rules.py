@@ -97,13 +97,19 @@ def test_nodes_dead_before_the_first_work_are_no_news():
     assert watch.selector() == {}
 
 
-def test_a_finished_work_is_never_lost():
+def _a_death_after_one_work() -> tuple[NodeWatch, ManualClock]:
+    """A watch with work 1 sent, not started, then node b seen dead."""
     table = Table()
     watch, clock = _watch(table)
     watch.track(1, forward=False)
     table.dead = frozenset({"b"})
     clock.advance(CHECK_EVERY)
     assert watch.check() == ({}, frozenset())
+    return watch, clock
+
+
+def test_a_finished_work_is_never_lost():
+    watch, clock = _a_death_after_one_work()
     watch.finished(1)
     clock.advance(UNSTARTED_GRACE)
     assert watch.check() == ({}, frozenset()) and watch.next_check() is None
@@ -116,12 +122,7 @@ def test_on_one_node_nothing_is_watched():
 
 
 def test_the_dead_nodes_a_process_saw_die_are_avoided_by_its_later_runs_too():
-    table = Table()
-    first, clock = _watch(table)
-    first.track(1, forward=False)
-    table.dead = frozenset({"b"})
-    clock.advance(CHECK_EVERY)
-    first.check()
+    first, _ = _a_death_after_one_work()
     later = NodeWatch(first.table)  # the actor's next run: its works must not queue behind stuck leases
     assert later.selector() == {"label_selector": {"ray.io/node-id": "!in(b)"}}
 
