@@ -76,9 +76,9 @@ class ChunkSizer:
         waves = self.at_once > 1
         if self.per_item is None:
             if not waves:
-                if total is not None and (self.batch or total <= SMALL_MAP):
-                    return min(MAX_BATCH_CHUNK if self.batch else MAX_CHUNK, max(1, math.ceil(total / self.cpus)))
-                return FIRST_CHUNK
+                if self.measuring(total):
+                    return FIRST_CHUNK
+                return min(MAX_BATCH_CHUNK if self.batch else MAX_CHUNK, max(1, math.ceil(total / self.cpus)))
             return min(self.at_once, math.ceil(total / self.cpus)) if total else self.at_once
         size = max(1, int(TARGET_SECONDS / max(self.per_item, 1e-9)))
         if not self.trusted:  # a short chunk's time is mostly overhead: it overstates per_item,

@@ -30,6 +30,7 @@ import itertools
 import os
 import pickle
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rayflow.states import ErrorInfo, StateType, error_text
@@ -178,7 +179,7 @@ class RayExecutor(QueuedStarts):
         self._pending: dict[ray.ObjectRef, tuple[Work, ray.ObjectRef]] = {}  # report ref -> (work, value ref)
         self._swept_at = float("-inf")  # monotonic time _collect_ready last asked Ray about every pending report
         self._payloads: dict[str, Any] = {}
-        self._remotes: dict[Any, Any] = {}  # (task key, nodes avoided) -> _remote_execute.options(...) (made once)
+        self._remotes: dict[str, Any] = {}  # task key -> _remote_execute.options(...) (made once: _cached)
         self._remotes_died: frozenset[str] = frozenset()  # the dead nodes the remotes avoid
         self.waits = ResourceWaits()
         self.watch = NodeWatch(nodes)  # works on a node Ray declared dead (a cluster of several nodes)
@@ -191,17 +192,19 @@ class RayExecutor(QueuedStarts):
             self._payloads[spec.key] = ray.put(spec.payload)
         return self._payloads[spec.key]
 
-    def _remote(self, spec: TaskSpec) -> Any:
-        key = (spec.key, self.watch.table.died)
-        remote = self._remotes.get(key)
-        if remote is None:
-            remote = self._remotes[key] = _named_remote(spec.key, self._ray_options(spec))
-        return remote
-
-    def _remotes_for(self, died: frozenset[str]) -> None:
-        """Forget the remotes of an earlier set of dead nodes (it only grows: never used again)."""
+    def _cached(self, key: str, make: Callable[[], Any]) -> Any:
+        """The remote ``key``, made once per set of dead nodes to avoid: that set only grows, so
+        the remotes made for an earlier one (their options never wanted again) are forgotten."""
+        died = self.watch.table.died
         if died is not self._remotes_died:
             self._remotes_died, self._remotes = died, {}
+        remote = self._remotes.get(key)
+        if remote is None:
+            remote = self._remotes[key] = make()
+        return remote
+
+    def _remote(self, spec: TaskSpec) -> Any:
+        return self._cached(spec.key, lambda: _named_remote(spec.key, self._ray_options(spec)))
 
     def _ray_options(self, spec: TaskSpec) -> dict[str, Any]:
         """A task's Ray options; a map's chunks spread over the nodes of a cluster of several
@@ -213,24 +216,15 @@ class RayExecutor(QueuedStarts):
         return options
 
     def _fused_remote(self, spec: TaskSpec, stages: int) -> Any:
-        key = (spec.key, stages, self.watch.table.died)
-        remote = self._remotes.get(key)
-        if remote is None:
-            remote = self._remotes[key] = _remote_fused.options(
-                name=spec.key, num_returns=stages + 2, **self._ray_options(spec)
-            )
-        return remote
+        return self._cached(f"{spec.key}\0fused{stages}", lambda: _remote_fused.options(
+            name=spec.key, num_returns=stages + 2, **self._ray_options(spec)))
 
     def _write_remote(self) -> Any:
         if not self.watch.table.died:
             return _remote_write
-        key = ("\0write", self.watch.table.died)
-        if key not in self._remotes:
-            self._remotes[key] = _remote_write.options(**self.watch.selector())
-        return self._remotes[key]
+        return self._cached("\0write", lambda: _remote_write.options(**self.watch.selector()))
 
     def submit(self, spec: TaskSpec, work: Work, handles: list[Any], stages: tuple[TaskSpec, ...] = ()) -> None:
-        self._remotes_for(self.watch.table.died)
         if work.persist is not None:  # a write-behind: default resources, wherever Ray puts it
             watched = self.notifier is not None and self.watch.track(work.work_id, forward=False)
             head = (work, self.notifier if watched else None, self.run_id)
