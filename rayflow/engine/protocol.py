@@ -71,6 +71,13 @@ class ChunkJob:
     waited: float = 0.0  # seconds it waited for those slots (its span says so)
     upstream: tuple[str | None, ...] = ()  # per source: the map its items come from element-wise (why an item is gated)
     looped: tuple[tuple[int, bytes], ...] = ()  # a retry: (item, pickled (loop_count, loop_result)) of items stopped mid-loop
+    # A first run cut before the map measured anything (maps.sizer): seconds after which it may stop
+    # with its first items done, the rest left to the map (0: it runs whole).  A worker that cannot
+    # stop a chunk midway (a timeout, async, threads, a cache) runs its first BUDGET_PROBE items only.
+    budget: float = 0.0
+
+
+BUDGET_PROBE = 64  # items a budgeted chunk runs where its worker cannot stop it at its budget
 
 
 @dataclass(frozen=True)

@@ -281,7 +281,7 @@ class RunTracer(RunObserver):
         span_id = self._chunks.pop(work.work_id, None)
         parent = self._map_spans.get(task_key)
         job = work.job
-        stop = job.start + job.size
+        stop = facts.stop if facts is not None else job.start + job.size  # a budgeted chunk may stop early
         attrs = {
             **self._base(task_key),
             f"{PREFIX}map_index_start": job.start,

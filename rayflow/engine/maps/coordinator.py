@@ -151,6 +151,7 @@ class MapCoordinator:
         run = MapRun(
             spec.key, spec.options, sources, max_in_flight=in_flight, cpus=cpus, clock=self.clock,
             preset=spec.resume_chunks, at_once=spec.items_at_once,
+            budgeted=spec.key not in self.fuse_next,  # a fused chain's stages are cut where its first chunks are
         )
         with self.lock:
             self.maps[spec.key] = run

@@ -57,6 +57,8 @@ class Outcomes:
     def on_summary(self, summary: ChunkSummary, handle: Any, now: float) -> WorkFacts:
         """Take a chunk's summary: its items final, or waiting to run again; what it did, as facts."""
         chunk = self.by_id[summary.chunk]
+        if summary.size < chunk.size and summary.indices is None and not summary.loaded and self.sizer.budgeted:
+            self.cut_short(chunk, summary.size)  # stopped at its budget (ChunkJob.budget): the rest runs later
         chunk.running -= 1
         self.in_flight -= 1
         chunk.handles.append(handle)

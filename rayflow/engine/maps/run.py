@@ -87,6 +87,7 @@ class MapRun(Outcomes):
         clock: Callable[[], float],
         preset: tuple[tuple[int, int, tuple[str, ...]], ...] = (),
         at_once: int = 1,
+        budgeted: bool = False,
     ):
         self.key = key
         self.options = options
@@ -104,7 +105,9 @@ class MapRun(Outcomes):
         )  # halves of lost works to run: (chunk, indices or None for its whole first run, attempts, deaths)
         self.splits = 0  # lost works split so far
         self.in_flight = 0
-        self.sizer = ChunkSizer(options.chunk_size, cpus, at_once, batch=options.batch)
+        # budgeted: its first chunks may stop early (ChunkSizer); never along a resumed run's stored chunks
+        self.sizer = ChunkSizer(options.chunk_size, cpus, at_once, batch=options.batch, budgeted=budgeted and not preset)
+        self.rest: list[Chunk] = []  # items a budgeted chunk did not reach, as chunks not started, in item order
         self.fatal: str | None = None
         self.leader = next((s for s in sources if s.leads), None)
         self.dispatched = 0  # items covered by chunks so far (own chunking / leader segments)
@@ -219,11 +222,16 @@ class MapRun(Outcomes):
                 job = self._job(chunk, tuple(due), attempts)
                 if job is not None:
                     jobs.append(job)
+        while self.rest and self.in_flight < self.max_in_flight and self.fatal is None:
+            rest = self._job(self._next_rest(), None, None)
+            if rest is None:  # cannot happen: the sources covered the chunk it was cut from
+                raise LookupError(f"the inputs of map {self.key}'s items not reached by a budgeted chunk are gone")
+            jobs.append(rest)
         if self.fatal is None:
             for lo, hi, load in self._new_ranges():
                 chunk = self._new_chunk(lo, hi, load)
                 self.chunks.append(chunk)
-                job = self._job(chunk, None, None)
+                job = self._job(chunk, None, None, budget=self.sizer.budget(self.total))
                 if job is None:  # a non-leading source does not cover it yet: retry later
                     self.chunks.pop()
                     del self.by_id[chunk.index]
@@ -232,6 +240,26 @@ class MapRun(Outcomes):
                 jobs.append(job)
         self._check_done()
         return jobs
+
+    def cut_short(self, chunk: Chunk, done: int) -> None:
+        """``chunk``'s first run stopped at its budget after its first ``done`` items: it is those
+        items; the rest become a chunk not started (in ``rest`` and in ``chunks``, where a map
+        consuming this one stops: it is not final), cut again by the sizer when it is run."""
+        rest = self._new_chunk(chunk.start + done, chunk.stop)
+        chunk.stop = rest.start
+        self.chunks.insert(self.chunks.index(chunk) + 1, rest)
+        bisect.insort(self.rest, rest, key=lambda c: c.start)
+
+    def _next_rest(self) -> Chunk:
+        """The first chunk of ``rest``, as many of its items as the sizer says (the others stay)."""
+        chunk, size = self.rest[0], self.chunk_size()
+        if chunk.size <= size:
+            return self.rest.pop(0)
+        tail = self._new_chunk(chunk.start + size, chunk.stop)
+        chunk.stop = tail.start
+        self.chunks.insert(self.chunks.index(chunk) + 1, tail)
+        self.rest[0] = tail
+        return chunk
 
     def _new_chunk(self, lo: int, hi: int, load: tuple[str, ...] = ()) -> Chunk:
         chunk = self.by_id[self._made] = Chunk(self._made, lo, hi, load=load)
@@ -245,7 +273,8 @@ class MapRun(Outcomes):
             self.next_segment -= 1
 
     def _job(
-        self, chunk: Chunk, indices: tuple[int, ...] | None, attempts: tuple[int, ...] | None, deaths: int = 0
+        self, chunk: Chunk, indices: tuple[int, ...] | None, attempts: tuple[int, ...] | None, deaths: int = 0,
+        budget: float = 0.0,
     ) -> tuple[ChunkJob, list[Any]] | None:
         handles: list[Any] = []
         sources = []
@@ -281,6 +310,7 @@ class MapRun(Outcomes):
             deaths=deaths,
             upstream=self.upstream_keys,
             looped=_looped(chunk, indices),
+            budget=budget,
         )
         return job, handles
 
@@ -320,6 +350,7 @@ class MapRun(Outcomes):
     def cancel(self) -> None:
         self.fatal = self.fatal or "cancelled"
         self.parts.clear()
+        self.rest.clear()
         for chunk in self.chunks:
             chunk.waiting.clear()
             chunk.running = chunk.queued = 0
@@ -327,7 +358,7 @@ class MapRun(Outcomes):
         self.done = True
 
     def _check_done(self) -> None:
-        if self.done or self.in_flight or self.parts:
+        if self.done or self.in_flight or self.parts or (self.rest and self.fatal is None):
             return
         if any(c.waiting for c in self.chunks):
             return

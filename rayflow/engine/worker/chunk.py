@@ -26,7 +26,7 @@ from rayflow.core.refs import NodeRef, substitute
 from rayflow.engine import columns as C
 from rayflow.engine.columns import ChunkResult, Column, encode_values, merge_results
 from rayflow.engine.payload import load_payload
-from rayflow.engine.protocol import ASYNC_CONCURRENCY, MAX_REPORTED_ERRORS, ChunkJob, ChunkSummary
+from rayflow.engine.protocol import ASYNC_CONCURRENCY, BUDGET_PROBE, MAX_REPORTED_ERRORS, ChunkJob, ChunkSummary
 from rayflow.engine.worker.item_cache import ChunkCache
 from rayflow.engine.worker.item_runners import ItemCalls, pick, run_batch
 from rayflow.engine.worker.items import Outcomes, caller, counts, encode, flat_count, item_inputs, source_items
@@ -67,7 +67,8 @@ def run_chunk(
     if options.get("persist") and options.get("store"):  # written behind the chunk: see execute.write_behind
         # a retry's patch lays over the chunk in the order of its run attempt, then its work id
         patch = (None, None) if job.indices is None else (options.get("run_attempt", 1), work_id)
-        name = chunk_name(run_id, job.map_key, job.start, job.start + job.size, *patch)
+        stop = job.start + (summary.size if job.indices is None else job.size)  # a budgeted run may stop early
+        name = chunk_name(run_id, job.map_key, job.start, stop, *patch)
         summary = dataclasses.replace(summary, persist=(options["store"], name))
     return result, summary
 
@@ -117,6 +118,10 @@ def _run(fn, args, kwargs, upstream, retry_on, options, job, work_id, values, st
     batch = options["batch"]
     sources = [source_items(pieces, values[len(upstream) :], want_column=batch) for pieces in job.sources]
     selected: Sequence[int] = list(job.indices) if job.indices is not None else range(job.size)
+    budget = job.budget if job.indices is None else 0.0
+    if budget and (batch or options.get("item_cache") is not None or options["timeout"] is not None
+                   or (options.get("concurrency") or 1) > 1 or inspect.iscoroutinefunction(fn)):
+        selected, budget = range(min(BUDGET_PROBE, job.size)), 0.0  # cannot stop midway: its first items only
     outcomes = Outcomes(len(selected), retry_on)
     runnable = outcomes.gate(sources, selected, options["skip_on_upstream_skip"], job.upstream, job.start)
     cache, hits, cached = None, [], None
@@ -136,7 +141,10 @@ def _run(fn, args, kwargs, upstream, retry_on, options, job, work_id, values, st
             column, results = None, column
     else:
         results = _run_per_item(fn, args, kwargs, sources, job, selected, runnable, outcomes, options["timeout"],
-                                options.get("concurrency"), options.get("max_loops", 1000))
+                                options.get("concurrency"), options.get("max_loops", 1000), budget)
+        if len(results) < len(selected):  # stopped at its budget: a chunk of its first items (the map has the rest)
+            selected = range(len(results))
+            outcomes.codes = outcomes.codes[: len(results)]
     if hits and results is not None:
         for j, value in zip(hits, cached.items()):
             results[j] = value
@@ -202,10 +210,11 @@ def _column_partial(op: str, column: Column, ok: np.ndarray) -> tuple[Any, ...] 
     return None
 
 
-def _run_per_item(fn, args, kwargs, sources, job, selected, runnable, outcomes, timeout, concurrency=None, max_loops=1000) -> list[Any]:
+def _run_per_item(fn, args, kwargs, sources, job, selected, runnable, outcomes, timeout, concurrency=None, max_loops=1000,
+                  budget=0.0) -> list[Any]:
     """Call ``fn`` once per runnable item, with each mapped argument's item in its slot, by the
     strategy ``item_runners.pick`` chooses; returns one value per selected item (None where it
-    did not run or did not succeed)."""
+    did not run or did not succeed), or per item of the first ones only when it stopped at ``budget``."""
     call, direct = caller(fn, args, kwargs, len(sources))
     resume = None
     if job.looped:  # a retry of items that stopped mid-loop: each resumes where it stopped
@@ -217,7 +226,8 @@ def _run_per_item(fn, args, kwargs, sources, job, selected, runnable, outcomes, 
     at_once = None
     if is_async or (concurrency or 1) > 1:  # slots: limits by tag
         at_once = min(concurrency or ASYNC_CONCURRENCY, job.slots or len(runnable) or 1)
-    calls = ItemCalls(call, inputs, runnable, len(selected), outcomes, timeout, current_item_cell(), at_once, is_async, job.map_key, max_loops, resume)
+    calls = ItemCalls(call, inputs, runnable, len(selected), outcomes, timeout, current_item_cell(), at_once, is_async, job.map_key, max_loops, resume,
+                      budget)
     return pick(calls)(calls)
 
 

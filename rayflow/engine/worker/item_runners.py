@@ -4,7 +4,8 @@ Every per-item strategy takes an ``ItemCalls`` (the call, each runnable item's i
 chunk's ``Outcomes``, the timeout, how many items may run at once) and returns one value per
 selected item, None where an item did not run or did not succeed; ``pick`` chooses it:
 
-- ``run_dense``: every item, in order, at the speed of a list comprehension (no timeout);
+- ``run_dense``: every item, in order, at the speed of a list comprehension (no timeout), or
+  its first items up to a time budget (``ItemCalls.budget``: the map has the rest);
 - ``run_items``: some items (the others gated, or a retry), in order (no timeout);
 - ``run_timed``: items in order, each under SIGALRM (a timeout, on the process's main thread:
   a Ray worker);
@@ -37,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
+import itertools
 import signal
 import threading
 import time
@@ -77,6 +79,7 @@ class ItemCalls:
     map_key: str = ""
     max_loops: int = 1000  # iterations an item may run (rf.Loop: engine.worker.looping)
     resume: Mapping[int, bytes] | None = None  # a retry: item -> the iteration it resumes at (ItemLoop.resume)
+    budget: float = 0.0  # seconds after which run_dense may stop, its first items done (ChunkJob.budget)
 
 
 ItemRunner = Callable[[ItemCalls], list[Any]]
@@ -111,10 +114,18 @@ def run_dense(calls: ItemCalls) -> list[Any]:
     if calls.cell is not None:
         calls.cell[0] = done.__len__
     remaining = iter(calls.inputs)
+    blocks = _blocks(calls.budget, done) if calls.budget else None
     while True:
         try:
-            done.extend(map(call, remaining))
-            return done
+            if blocks is None:
+                done.extend(map(call, remaining))
+                return done
+            for block in blocks:  # a budgeted chunk: in blocks, until its items or its budget run out
+                before = len(done)
+                done.extend(map(call, itertools.islice(remaining, block)))
+                if len(done) - before < block:
+                    return done
+            return done  # its budget is spent: the rest of its items are the map's (ChunkJob.budget)
         except Loop as sig:  # the item loops: its iterations, then on with the next items
             done.append(_looped(calls, calls.inputs[len(done)], len(done), sig))
             continue
@@ -123,6 +134,21 @@ def run_dense(calls: ItemCalls) -> list[Any]:
         except Exception as exc:
             outcomes.failed((len(done),), exc)
         done.append(None)
+
+
+def _blocks(budget: float, done: list[Any]) -> Any:
+    """Sizes of the next blocks of a chunk that may stop after ``budget`` seconds: each as many
+    items as the time left holds at the time per item so far (growing at most fourfold); it ends
+    once the budget is spent.  One item first: a map of slow items is stopped near its budget."""
+    start = time.perf_counter()
+    stop_at, block = start + budget, 1
+    while True:
+        yield block
+        now = time.perf_counter()
+        if now >= stop_at:
+            return
+        per_item = max((now - start) / max(1, len(done)), 1e-9)
+        block = max(1, min(int((stop_at - now) / per_item), 4 * len(done)))
 
 
 def run_items(calls: ItemCalls) -> list[Any]:
