@@ -195,18 +195,20 @@ def test_only_the_largest_measurement_counts_and_a_faster_smaller_one_lowers_it(
 
 def test_chunks_grow_from_the_measured_time_of_the_first_wave():
     @rf.flow
-    def one():
-        return double.map(range(100_000))
+    def one():  # a timeout: its worker cannot stop a chunk at its budget, and runs its first 64 items
+        return double.with_options(timeout=60).map(range(100_000))
 
     h = Harness(one.graph)
     h.launch("double")
-    # the measuring wave: one chunk per CPU (more would queue in Ray ahead of the chunks sized from it)
-    assert [w.job.size for w in h.submitted] == [R.FIRST_CHUNK] * 2
+    # the first wave: one chunk per CPU (more would queue in Ray ahead of the chunks sized from it), budgeted
+    assert [(w.job.size, w.job.budget) for w in h.submitted] == [(50_000, R.FIRST_BUDGET)] * 2
     spec, work, handles = h.pending.pop(0)
     value, report = execute(spec.payload, work, *[x.value for x in handles])
+    assert report.size == R.FIRST_CHUNK
     report.started_at, report.finished_at = 0.0, 0.005  # 64 items in 5 ms: not yet trusted
     h.take(h.coord.finish_work(work, report, LocalBox(value), None))
-    assert [w.job.size for w in h.submitted[2:]] == [3200] * 3  # 0.25 s at 78 us per item, up to 2 x CPUs in flight
+    # 0.25 s at 78 us per item, up to 2 x CPUs in flight, from the items the first chunk did not reach
+    assert [(w.job.start, w.job.size, w.job.budget) for w in h.submitted[2:]] == [(64 + 3200 * i, 3200, 0.0) for i in range(3)]
 
 
 # -- backpressure --------------------------------------------------------------------------

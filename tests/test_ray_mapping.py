@@ -172,3 +172,30 @@ def test_per_item_timeout_stops_only_that_item():
     assert [s.type for s in states] == [T.SUCCESS, T.SUCCESS, T.TIMED_OUT, T.SUCCESS]
     assert "timed out after 0.5s" in states[2].message
     assert run.task_result("sometimes_slow") == [0, 1, None, 3]
+
+
+@rf.task
+def slow_first(x: int) -> int:
+    if x == 0:
+        time.sleep(0.3)  # alone longer than a first chunk's budget (maps.sizer.FIRST_BUDGET, 0.25 s)
+    return 2 * x + 1
+
+
+def test_a_first_chunk_stopped_at_its_budget_leaves_its_other_items_to_the_map():
+    from rayflow.store import RunStore
+    from rayflow.store.views import map_items
+
+    n = 20_000  # a sized map of more than SMALL_MAP items: one budgeted chunk per CPU first
+
+    @rf.flow
+    def budgeted():
+        return rf.reduce.sum(slow_first.map(range(n)))
+
+    run = budgeted.run()
+    assert run.result() == sum(2 * x + 1 for x in range(n))
+    rows = sorted((c["start"], c["stop"], c["items"]) for c in RunStore().run(run.run_id)["chunks"] if c["task_key"] == "slow_first")
+    assert rows[0] == (0, 1, 1)  # item 0 spent the budget of chunk [0, 10000): it stopped there
+    assert all(a[1] == b[0] for a, b in zip(rows, rows[1:])) and rows[-1][1] == n
+    assert all(stop - start == items for start, stop, items in rows)
+    counts = map_items([c for c in RunStore().run(run.run_id)["chunks"] if c["task_key"] == "slow_first"])
+    assert (counts["total"], counts["ok"]) == (n, n)

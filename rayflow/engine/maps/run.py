@@ -37,6 +37,7 @@ from rayflow.core.reducers import Partials
 from rayflow.engine.maps.feeds import MapFeed, StreamFeed
 from rayflow.engine.maps.outcomes import Chunk, Outcomes
 from rayflow.engine.maps.sizer import (
+    FIRST_BUDGET,
     FIRST_CHUNK,
     MAX_BATCH_CHUNK,
     MAX_CHUNK,
@@ -50,7 +51,7 @@ from rayflow.engine.policy import SPLIT, Loss, after_worker_death, halves
 from rayflow.engine.protocol import ChunkHandle, ChunkJob, MapHandle, Piece
 
 __all__ = [
-    "FIRST_CHUNK", "MAX_BATCH_CHUNK", "MAX_CHUNK", "MAX_GROWTH", "MAX_SPLITS", "SMALL_MAP", "TARGET_SECONDS", "TRUSTED_SECONDS", "Chunk", "ChunkSizer",
+    "FIRST_BUDGET", "FIRST_CHUNK", "MAX_BATCH_CHUNK", "MAX_CHUNK", "MAX_GROWTH", "MAX_SPLITS", "SMALL_MAP", "TARGET_SECONDS", "TRUSTED_SECONDS", "Chunk", "ChunkSizer",
     "MapRun",
 ]
 
