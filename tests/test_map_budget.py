@@ -6,14 +6,17 @@ test_map_coordinator, a fake clock); the worker's side through its own entry poi
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 
 import rayflow as rf
 from rayflow.engine import columns as C
 from rayflow.engine.driver.local_executor import LocalBox
 from rayflow.engine.maps import run as R
+from rayflow.engine.maps import sizer
 from rayflow.engine.protocol import BUDGET_PROBE
 from rayflow.engine.worker.execute import execute
 from rayflow.states import StateType as T
+from rayflow.store import RunStore
 
 from test_map_coordinator import Harness, double
 
@@ -22,7 +25,7 @@ N = 20_000  # more than SMALL_MAP: a map that was measured first from 64-item ch
 
 @rf.task(retries=1, retry_delay=5.0)
 def fails_some(x: int) -> int:
-    if x in (5, 15_000):
+    if x in (5, 1500):
         raise ValueError(f"bad {x}")
     return 2 * x
 
@@ -77,10 +80,13 @@ def test_a_chunk_stopped_at_its_budget_is_its_first_items_and_the_rest_is_cut_by
     assert run.reduce_parts() is None  # no rf.reduce folded here; every chunk's one result is kept
 
 
-def test_items_failing_and_retried_across_a_cut_keep_their_states_and_a_consuming_map_follows():
+def test_items_failing_and_retried_across_a_cut_keep_their_states_and_a_consuming_map_follows(monkeypatch):
+    monkeypatch.setattr(sizer, "SMALL_MAP", 1000)  # 2,000 items are budgeted
+    n = 2000
+
     @rf.flow
     def chained():
-        return double.with_options(name="after", skip_on_upstream_skip=False).map(fails_some.map(range(N)))
+        return double.with_options(name="after", skip_on_upstream_skip=False).map(fails_some.map(range(n)))
 
     h = Harness(chained.graph)
     h.launch("fails_some")
@@ -89,16 +95,16 @@ def test_items_failing_and_retried_across_a_cut_keep_their_states_and_a_consumin
     upstream = h.coord.maps["fails_some"]
     assert [c.stop for c in upstream.chunks][:2] == [1, 251]
     h.run_all()
-    assert "fails_some" not in h.settled  # items 5 and 15,000 wait for their retry
+    assert "fails_some" not in h.settled  # items 5 and 1,500 wait for their retry
     h.clock.now += 5.0
     h.take(h.coord.pump_due(h.clock.now))
     h.run_all()
     state, _ = h.settled["fails_some"]
-    assert state.type is T.FAILED and state.message.startswith(f"{N} items: {N - 2} ok, 2 failed; first error: item 5: ValueError: bad 5")
-    assert upstream.outcomes() == {5: C.FAILED, 15_000: C.FAILED}
-    assert {k: v for k, v in upstream.tally.items() if v} == {"SUCCESS": N - 2, "FAILED": 2}
+    assert state.type is T.FAILED and state.message.startswith(f"{n} items: {n - 2} ok, 2 failed; first error: item 5: ValueError: bad 5")
+    assert upstream.outcomes() == {5: C.FAILED, 1500: C.FAILED}
+    assert {k: v for k, v in upstream.tally.items() if v} == {"SUCCESS": n - 2, "FAILED": 2}
     after = h.coord.maps["after"]  # cut along the upstream's chunks, the cut included; its gated items named
-    assert h.settled["after"][0].type is T.FAILED and after.outcomes() == {5: C.TRIGGER_FAILED, 15_000: C.TRIGGER_FAILED}
+    assert h.settled["after"][0].type is T.FAILED and after.outcomes() == {5: C.TRIGGER_FAILED, 1500: C.TRIGGER_FAILED}
     assert [(c.start, c.stop) for c in after.chunks] == [(c.start, c.stop) for c in upstream.chunks]
 
 
@@ -126,3 +132,38 @@ def test_no_budget_for_small_maps_fixed_chunks_or_a_map_of_unknown_size():
     assert R.ChunkSizer(None, cpus=2, batch=True, budgeted=True).budget(10**6) == 0.0
     sizer.measure(1000, 0.01)
     assert sizer.budget(10**6) == 0.0  # measured: chunks are sized, and run whole
+
+
+@rf.task(persist=True)
+def logged(x: int, root: str) -> int:
+    with open(pathlib.Path(root) / "items.log", "a") as f:
+        f.write(f"{x}\n")
+    if x == 5 and (pathlib.Path(root) / "fail").exists():
+        raise ValueError("five fails while the file is there")
+    return 2 * x
+
+
+@rf.flow(runner="local")
+def cut_and_stored(root: str):
+    return rf.reduce.sum(logged.map(range(1000), rf.unmapped(root)))
+
+
+def test_a_resumed_map_loads_the_chunks_its_budgeted_run_cut_and_stored(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAYFLOW_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("RAYFLOW_RESULTS", raising=False)
+    monkeypatch.setattr(sizer, "FIRST_BUDGET", 1e-9)  # every first chunk stops after its first item
+    monkeypatch.setattr(sizer, "SMALL_MAP", 100)  # and 1,000 items are budgeted
+    (tmp_path / "fail").write_text("")
+    failed = cut_and_stored.run(root=str(tmp_path))
+    assert failed.state.type is T.FAILED and sorted(_ran(tmp_path)) == list(range(1000))
+    chunks = sorted((c["start"], c["stop"]) for c in RunStore().run(failed.run_id)["chunks"] if c["task_key"] == "logged")
+    assert chunks[0] == (0, 1) and (500, 501) in chunks  # each first chunk cut at its first item
+    assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:])) and chunks[-1][1] == 1000
+    (tmp_path / "fail").unlink()
+    (tmp_path / "items.log").unlink()
+    resumed = rf.resume(failed.run_id, flow=cut_and_stored)
+    assert resumed.result() == sum(2 * x for x in range(1000)) and _ran(tmp_path) == [5]  # every stored chunk loaded
+
+
+def _ran(root: pathlib.Path) -> list[int]:
+    return [int(line) for line in (root / "items.log").read_text().split()]
