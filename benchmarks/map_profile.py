@@ -153,6 +153,7 @@ def main() -> None:
     parser.add_argument("--num-cpus", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="cProfile every process (slows them)")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--sort", default="tottime", help="pstats order of the profiles (cumtime: what each call holds)")
     parser.add_argument("--all", action="store_true", help="the actor's submit and collect calls in the timeline too")
     args = parser.parse_args()
     if args.profile:
@@ -227,7 +228,7 @@ def main() -> None:
                 else:
                     title = "driver (flow())"
                 print(f"\n=== {title}, pid file {os.path.basename(path)}: {stats.total_tt * 1000:.1f} ms profiled")
-                stats.sort_stats("tottime").print_stats(args.top)
+                stats.sort_stats(args.sort).print_stats(args.top)
                 os.unlink(path)
     os.unlink(MARKS)
 
