@@ -106,8 +106,10 @@ class MapRun(Outcomes):
         )  # halves of lost works to run: (chunk, indices or None for its whole first run, attempts, deaths)
         self.splits = 0  # lost works split so far
         self.in_flight = 0
-        # budgeted: its first chunks may stop early (ChunkSizer); never along a resumed run's stored chunks
-        self.sizer = ChunkSizer(options.chunk_size, cpus, at_once, batch=options.batch, budgeted=budgeted and not preset)
+        # budgeted: its first chunks may stop early (ChunkSizer); only where it cuts its own chunks,
+        # and never along a resumed run's stored chunks
+        budgeted = budgeted and not preset and not any(s.leads for s in sources)
+        self.sizer = ChunkSizer(options.chunk_size, cpus, at_once, batch=options.batch, budgeted=budgeted)
         self.rest: list[Chunk] = []  # items a budgeted chunk did not reach, as chunks not started, in item order
         self.fatal: str | None = None
         self.leader = next((s for s in sources if s.leads), None)
