@@ -8,7 +8,10 @@ A ``Column`` holds the items of a map input or a chunk's results:
 - ``pickled``: a binary column of pickled items, for everything else;
 - ``numpy`` / ``table``: user inputs kept as they are and sliced zero-copy
   (a numpy array, a pyarrow Table / RecordBatch or pandas DataFrame, whose
-  items are its rows as dicts).
+  items are its rows as dicts);
+- ``pylist``: a chunk's results of plain ints, floats, bools and None, pickled
+  as one list (``encode_results``), read back whole; sliced or taken, they
+  become one of the kinds above.
 
 A ``ChunkResult`` is what one chunk task returns: its values plus a state
 code, attempt count and (for failures only) error text per item.  A retry of
@@ -18,6 +21,7 @@ readers lay over the chunk's first result (``merge_results``).
 
 from __future__ import annotations
 
+import io
 import itertools
 import pickle
 from collections.abc import Iterable, Iterator, Sequence
@@ -57,11 +61,15 @@ class Column:
     def slice(self, start: int, stop: int) -> Column:
         if self.kind == "numpy":
             return Column(self.data[start:stop], "numpy")
+        if self.kind == "pylist":
+            return encode_values(self.items()[start:stop])
         return Column(self.data.slice(start, stop - start), self.kind)
 
     def items(self) -> list[Any]:
         if self.kind == "numpy":
             return self.data.tolist()
+        if self.kind == "pylist":
+            return pickle.loads(self.data.blob)
         if self.kind == "pickled":
             return [None if b is None else pickle.loads(b) for b in self.data.to_pylist()]
         return self.data.to_pylist()
@@ -70,6 +78,9 @@ class Column:
         """The items at positions ``idx``, in that order, as a Column of the same kind."""
         if self.kind == "numpy":
             return Column(self.data[idx], "numpy")
+        if self.kind == "pylist":
+            values = self.items()
+            return encode_values([values[i] for i in idx.tolist()])
         return Column(self.data.take(pa.array(idx, type=pa.int64())), self.kind)
 
     def batch(self) -> Any:
@@ -78,6 +89,8 @@ class Column:
             return pa.array(self.data)
         if self.kind == "pickled":
             return self.items()
+        if self.kind == "pylist":
+            return encode_values(self.items()).batch()
         if self.kind == "table":
             data = self.data
             return data.combine_chunks().to_batches()[0] if isinstance(data, pa.Table) and data.num_rows else (
@@ -118,6 +131,22 @@ def _uniform_type(values: Sequence[Any], types: set[type] | None = None) -> pa.D
 
 
 _NUMPY_SCALARS = {int: np.int64, float: np.float64}
+_TYPE_BLOCK = 1 << 18  # items whose types are listed at once (2 MB of pointers)
+
+
+def _one_type(values: Sequence[Any]) -> type | None:
+    """The type of every value when they all have the same exact type (a subclass is another
+    type), else None.  Listing the types and counting the first is 1.7 ms per 125,000 ints
+    against 2.8 ms for a set of them; a long input is listed in blocks."""
+    first = type(values[0])
+    if len(values) <= _TYPE_BLOCK:
+        return first if list(map(type, values)).count(first) == len(values) else None
+    kinds = map(type, values)
+    for _ in range(0, len(values), _TYPE_BLOCK):
+        block = list(itertools.islice(kinds, _TYPE_BLOCK))
+        if block.count(first) != len(block):
+            return None
+    return first
 
 
 def encode_values(values: Sequence[Any]) -> Column:
@@ -127,9 +156,10 @@ def encode_values(values: Sequence[Any]) -> Column:
     reading it back (``tolist``) cost a fraction of Arrow's per-item conversion, and it is
     as faithful.  Other uniform values become a typed Arrow array.
     """
-    types = set(map(type, values))
-    if len(types) == 1:
-        dtype = _NUMPY_SCALARS.get(next(iter(types)))
+    only = _one_type(values) if len(values) else None
+    types = {only} if only is not None else set(map(type, values))
+    if only is not None:
+        dtype = _NUMPY_SCALARS.get(only)
         if dtype is not None:
             try:  # (fromiter: half np.array's time for 10^6 ints; the types are known exact)
                 return Column(np.fromiter(values, dtype=dtype, count=len(values)), "numpy")
@@ -142,6 +172,50 @@ def encode_values(values: Sequence[Any]) -> Column:
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
             pass  # e.g. an int beyond int64
     return Column(pa.array([pickle.dumps(v, protocol=5) for v in values], type=pa.binary()), "pickled")
+
+
+class PickledList:
+    """A ``pylist`` Column's data: its values pickled as one list, and how many there are."""
+
+    __slots__ = ("blob", "n")
+
+    def __init__(self, blob: bytes, n: int):
+        self.blob, self.n = blob, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getstate__(self) -> tuple[bytes, int]:
+        return self.blob, self.n
+
+    def __setstate__(self, state: tuple[bytes, int]) -> None:
+        self.blob, self.n = state
+
+
+_ATOMS = (int, float, bool)
+
+
+def encode_results(values: list[Any]) -> Column:
+    """A chunk's results as a Column: plain ints, floats and bools (None among them) pickled as
+    one list, else ``encode_values``.  Pickling 125,000 ints takes 1.3 ms, where a numpy column
+    took 5 (the type check and the conversion); a reader unpickles them (3 ms, against 2.6 for
+    ``tolist``).  Kept only when the pickler memoised nothing but the list itself: then every
+    value is an int, float, bool or None, which come back equal, of the same type, and shared
+    by no two items.  (Which values to try is guessed from the first and the last that are not
+    None: a string among ints is found by the memo, at the cost of the pickling.)"""
+    if not values:
+        return encode_values(values)
+    first = values[0] if values[0] is not None else next((v for v in values if v is not None), None)
+    if type(first) in _ATOMS and (values[-1] is None or type(values[-1]) in _ATOMS):
+        sink = io.BytesIO()
+        pickler = pickle.Pickler(sink, protocol=5)
+        try:
+            pickler.dump(values)
+        except Exception:  # noqa: BLE001 - an item that cannot be pickled: encode_values names it
+            return encode_values(values)
+        if len(pickler.memo.copy()) == 1:
+            return Column(PickledList(sink.getvalue(), len(values)), "pylist")
+    return encode_values(values)
 
 
 def to_column(value: Any) -> Column:

@@ -21,7 +21,7 @@ import numpy as np
 
 from rayflow.core.refs import MapInput, substitute
 from rayflow.engine import columns as C
-from rayflow.engine.columns import Column, concat_columns, encode_values, merge_results, to_column
+from rayflow.engine.columns import Column, concat_columns, encode_results, encode_values, merge_results, to_column
 from rayflow.engine.protocol import Piece, SignalOutcome, describe_error, signal_outcome
 from rayflow.engine.worker.looping import LoopLimitExceeded
 from rayflow.signals import Signal
@@ -193,7 +193,7 @@ def item_inputs(columns: list[Any], direct: bool, selected: Sequence[int], runna
 def encode(results: list[Any], outcomes: Outcomes) -> Column:
     """The chunk's values as a Column; an item whose value cannot be pickled fails alone, named."""
     try:
-        return encode_values(results)
+        return encode_results(results)
     except Exception:  # noqa: BLE001 - find the item(s) at fault
         for j, value in enumerate(results):
             if outcomes.codes[j] != C.SUCCESS:
