@@ -555,37 +555,6 @@ def test_columns_give_every_value_back_unchanged(values):
     assert [repr(v) for v in joined] == [repr(v) for v in values]
 
 
-@settings(max_examples=200, deadline=None)
-@example(values=[1, "a", 2])  # ints around a string: the pickler's memo sends them to encode_values
-@example(values=[None, 2**70, -0.0, True])
-@given(values=st.one_of(st.lists(_scalars, max_size=30), st.lists(st.integers(), max_size=30), st.lists(st.floats(allow_nan=False), max_size=30)))
-def test_chunk_results_give_every_value_back_unchanged(values):
-    """The same law for a chunk's results (``encode_results``: plain numbers pickled as one list),
-    also after Ray's pickling, sliced, taken, and as a batch."""
-    import pickle
-
-    from rayflow.engine.columns import encode_results
-
-    column = pickle.loads(pickle.dumps(encode_results(values), protocol=5))
-    assert len(column) == len(values)
-    for back, expected in ((column.items(), values), (column.slice(1, 4).items(), values[1:4]),
-                           (column.take(np.arange(len(values))[::-1]).items(), values[::-1])):
-        assert [repr(v) for v in back] == [repr(v) for v in expected] and [type(v) for v in back] == [type(v) for v in expected]
-    if values and all(type(v) is int and abs(v) < 2**63 for v in values):
-        assert column.kind == "pylist" and column.batch().to_pylist() == values
-
-
-def test_chunk_results_that_share_an_object_come_back_apart():
-    """Items returning one mutable object come back as one copy each, as unfused per-item pickles
-    gave them: a list pickled whole would share it between them."""
-    from rayflow.engine.columns import encode_results
-
-    shared = {"k": [1]}
-    back = encode_results([1, shared, shared, 2]).items()
-    assert back == [1, shared, shared, 2] and back[1] is not back[2]
-    assert encode_results([1, 2.5, None, True]).kind == "pylist"
-
-
 @pytest.mark.parametrize("items", [range(0), range(5), range(10, -7, -3), range(2**62, 2**62 + 4), range(2**63, 2**63 + 2)])
 def test_a_range_maps_to_the_same_items(items):
     from rayflow.engine.columns import to_column
