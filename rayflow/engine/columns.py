@@ -283,6 +283,10 @@ class ChunkResult:
     # a first run's part of the rf.reduce that consumes its map (core.reducers): (part,), () when
     # no item succeeded, None when none was made
     partial: tuple | None = None
+    # inside a fused worker call only (worker.fused), never pickled: the values as the chunk's
+    # function returned them, when ``values`` holds them pickled (``pylist``): the next stage
+    # reads them without unpickling
+    live: list[Any] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.codes)
@@ -292,6 +296,7 @@ class ChunkResult:
         and attempts (3 bytes per item: 1.5 MB more to store for a chunk of 500,000 items), which
         are rebuilt when it is read."""
         state = dict(self.__dict__)
+        state.pop("live", None)
         n = len(self.codes)
         if n and self.indices is None and not self.codes.any() and bool((self.attempts == 1).all()):
             state["codes"], state["attempts"] = n, None
@@ -315,10 +320,11 @@ class MergedChunk:
 
 
 def merge_results(results: Sequence[ChunkResult]) -> MergedChunk:
+    """(With ``live`` values and nothing to lay over them, ``values`` is that very list: read it.)"""
     base = results[0]
-    values = base.values.items()
     if len(results) == 1 and not base.errors and not base.codes.any():
-        return MergedChunk(values, base.codes, base.attempts, {})
+        return MergedChunk(base.live if base.live is not None else base.values.items(), base.codes, base.attempts, {})
+    values = list(base.live) if base.live is not None else base.values.items()
     codes, attempts = base.codes.copy(), base.attempts.copy()
     errors = dict(base.errors)
     for patch in results[1:]:

@@ -64,6 +64,9 @@ def source_items(pieces: tuple[Piece, ...], values: list[Any], want_column: bool
     if want_column:
         cols = [i if isinstance(i, Column) else encode_values(i) for i, _ in parts]
         return concat_columns(cols), codes
+    if len(parts) == 1:  # a list of its own already (a slice, a new list): no copy
+        only = parts[0][0]
+        return (only.items() if isinstance(only, Column) else only), codes
     items: list[Any] = []
     for i, _ in parts:
         items.extend(i.items() if isinstance(i, Column) else i)
