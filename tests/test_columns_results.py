@@ -10,7 +10,7 @@ import numpy as np
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from rayflow.engine.columns import encode_results
+from rayflow.engine.columns import encode_results, to_column
 
 _scalars = st.one_of(
     st.integers(), st.floats(allow_nan=False), st.booleans(), st.none(), st.text(max_size=5), st.binary(max_size=5)
@@ -39,3 +39,20 @@ def test_chunk_results_that_share_an_object_come_back_apart():
     back = encode_results([1, shared, shared, 2]).items()
     assert back == [1, shared, shared, 2] and back[1] is not back[2]
     assert encode_results([1, 2.5, None, True]).kind == "pylist"
+
+
+def test_a_list_input_of_numbers_is_pickled_in_blocks_and_sliced_by_view():
+    """A long list input (engine.pickled_lists): any slice, of a slice too, gives its items back
+    (across block edges), also after Ray's pickling; other inputs keep their encodings."""
+    from rayflow.engine.pickled_lists import BLOCK
+
+    values = [i if i % 3 else float(i) for i in range(2 * BLOCK + 5)]
+    values[7], values[-1] = None, True
+    column = pickle.loads(pickle.dumps(to_column(values), protocol=5))
+    assert column.kind == "pylist" and len(column) == len(values) and column.items() == values
+    for lo, hi in ((0, 64), (BLOCK - 1, BLOCK + 2), (5, 2 * BLOCK + 5), (2 * BLOCK, 2 * BLOCK + 5), (9, 9)):
+        part = column.slice(lo, hi)
+        assert len(part) == hi - lo and [repr(v) for v in part.items()] == [repr(v) for v in values[lo:hi]]
+        assert part.slice(1, 3).items() == values[lo:hi][1:3]
+    assert to_column(["a", 1]).kind == "arrow" or to_column(["a", 1]).kind == "pickled"
+    assert to_column([1, "a", 2]).kind == "pickled" and to_column([1, "a", 2]).items() == [1, "a", 2]

@@ -9,9 +9,9 @@ A ``Column`` holds the items of a map input or a chunk's results:
 - ``numpy`` / ``table``: user inputs kept as they are and sliced zero-copy
   (a numpy array, a pyarrow Table / RecordBatch or pandas DataFrame, whose
   items are its rows as dicts);
-- ``pylist``: a chunk's results of plain ints, floats, bools and None, pickled
-  as one list (``encode_results``), read back whole; sliced or taken, they
-  become one of the kinds above.
+- ``pylist``: a list input or a chunk's results of plain ints, floats, bools
+  and None, pickled in blocks (engine.pickled_lists); a slice is a view of
+  the blocks, a take or a batch becomes one of the kinds above.
 
 A ``ChunkResult`` is what one chunk task returns: its values plus a state
 code, attempt count and (for failures only) error text per item.  A retry of
@@ -21,7 +21,6 @@ readers lay over the chunk's first result (``merge_results``).
 
 from __future__ import annotations
 
-import io
 import itertools
 import operator
 import pickle
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from rayflow.engine.pickled_lists import pickle_atoms
 from rayflow.states import FAILED_TYPES, StateType
 
 # Per-item state codes, as stored in chunk results.
@@ -63,14 +63,14 @@ class Column:
         if self.kind == "numpy":
             return Column(self.data[start:stop], "numpy")
         if self.kind == "pylist":
-            return encode_values(self.items()[start:stop])
+            return Column(self.data.window(start, stop), "pylist")
         return Column(self.data.slice(start, stop - start), self.kind)
 
     def items(self) -> list[Any]:
         if self.kind == "numpy":
             return self.data.tolist()
         if self.kind == "pylist":
-            return pickle.loads(self.data.blob)
+            return self.data.values()
         if self.kind == "pickled":
             return [None if b is None else pickle.loads(b) for b in self.data.to_pylist()]
         return self.data.to_pylist()
@@ -171,48 +171,12 @@ def encode_values(values: Sequence[Any]) -> Column:
     return Column(pa.array([pickle.dumps(v, protocol=5) for v in values], type=pa.binary()), "pickled")
 
 
-class PickledList:
-    """A ``pylist`` Column's data: its values pickled as one list, and how many there are."""
-
-    __slots__ = ("blob", "n")
-
-    def __init__(self, blob: bytes, n: int):
-        self.blob, self.n = blob, n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getstate__(self) -> tuple[bytes, int]:
-        return self.blob, self.n
-
-    def __setstate__(self, state: tuple[bytes, int]) -> None:
-        self.blob, self.n = state
-
-
-_ATOMS = (int, float, bool)
-
-
 def encode_results(values: list[Any]) -> Column:
     """A chunk's results as a Column: plain ints, floats and bools (None among them) pickled as
-    one list, else ``encode_values``.  Pickling 125,000 ints takes 1.3 ms, where a numpy column
-    took 5 (the type check and the conversion); a reader unpickles them (3 ms, against 2.6 for
-    ``tolist``).  Kept only when the pickler memoised nothing but the list itself: then every
-    value is an int, float, bool or None, which come back equal, of the same type, and shared
-    by no two items.  (Which values to try is guessed from the first and the last that are not
-    None: a string among ints is found by the memo, at the cost of the pickling.)"""
-    if not values:
-        return encode_values(values)
-    first = values[0] if values[0] is not None else next((v for v in values if v is not None), None)
-    if type(first) in _ATOMS and (values[-1] is None or type(values[-1]) in _ATOMS):
-        sink = io.BytesIO()
-        pickler = pickle.Pickler(sink, protocol=5)
-        try:
-            pickler.dump(values)
-        except Exception:  # noqa: BLE001 - an item that cannot be pickled: encode_values names it
-            return encode_values(values)
-        if len(pickler.memo.copy()) == 1:
-            return Column(PickledList(sink.getvalue(), len(values)), "pylist")
-    return encode_values(values)
+    lists (engine.pickled_lists: a fraction of a numpy column's cost to make), else
+    ``encode_values``."""
+    blocks = pickle_atoms(values)
+    return Column(blocks, "pylist") if blocks is not None else encode_values(values)
 
 
 def to_column(value: Any) -> Column:
@@ -239,8 +203,9 @@ def to_column(value: Any) -> Column:
         if value and all(-(1 << 63) <= v < (1 << 63) for v in (value[0], value[-1])):
             return Column(np.arange(value.start, value.stop, value.step, dtype=np.int64), "numpy")
         return encode_values(list(value))
-    if isinstance(value, (list, tuple)):
-        return encode_values(value)  # read, never kept: no copy
+    if isinstance(value, (list, tuple)):  # read, never kept: no copy
+        blocks = pickle_atoms(value)  # plain numbers: a fraction of a numpy column's cost to make
+        return Column(blocks, "pylist") if blocks is not None else encode_values(value)
     if isinstance(value, dict):
         return encode_values(list(value))
     if isinstance(value, Iterable) and not isinstance(value, (str, bytes)):
