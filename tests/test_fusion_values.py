@@ -3,6 +3,8 @@ stops at, and none holding its values twice (ChunkResult.live stays inside the c
 
 from __future__ import annotations
 
+import pathlib
+
 import rayflow as rf
 from rayflow.engine.driver import local_executor
 
@@ -13,9 +15,10 @@ def head(x: int) -> int:
 
 
 @rf.task(retries=1, retry_on=(OSError,))
-def middle(x: int) -> int:
-    if x == 6 and not getattr(middle, "failed_once", False):
-        middle.failed_once = True
+def middle(x: int, root: str) -> int:
+    once = pathlib.Path(root) / "failed"
+    if x == 6 and not once.exists():
+        once.write_text("1")
         raise OSError("once")  # its chunk does not settle on its first run: the chain stops there
     return 2 * x
 
@@ -25,7 +28,7 @@ def tail(x: int) -> float:
     return x / 2
 
 
-def test_a_chain_stopped_at_any_stage_returns_a_value_per_stage_and_no_live_values(monkeypatch):
+def test_a_chain_stopped_at_any_stage_returns_a_value_per_stage_and_no_live_values(monkeypatch, tmp_path):
     calls = []
     inner = local_executor.execute_fused
 
@@ -38,7 +41,7 @@ def test_a_chain_stopped_at_any_stage_returns_a_value_per_stage_and_no_live_valu
 
     @rf.flow(runner="local")
     def chain():
-        return tail.map(middle.map(head.map(range(12))))
+        return tail.map(middle.map(head.map(range(12)), rf.unmapped(str(tmp_path))))
 
     run = chain.run()
     assert run.result() == [float(x + 1) for x in range(12)]
