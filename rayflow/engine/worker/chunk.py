@@ -12,6 +12,7 @@ the results its earlier run stored (``_load_stored``).
 from __future__ import annotations
 
 import collections
+import contextvars
 import dataclasses
 import inspect
 import time
@@ -37,6 +38,9 @@ from rayflow.results_layout import chunk_name
 from rayflow.states import error_text
 
 _PAYLOADS: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
+# set by a fused worker call (worker.fused): a chunk's result keeps its values as returned
+# (ChunkResult.live) for the next stage, which then unpickles nothing
+KEEP_LIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("rayflow_keep_live", default=False)
 
 
 def _load(payload: bytes) -> Any:
@@ -169,6 +173,7 @@ def _run(fn, args, kwargs, upstream, retry_on, options, job, work_id, values, st
         errors=outcomes.errors,
         indices=np.array(selected, dtype=np.int64) if job.indices is not None else None,
         partial=partial,
+        live=results if values.kind == "pylist" and KEEP_LIVE.get() else None,
     )
     flat = 0
     if options["count_flat"]:

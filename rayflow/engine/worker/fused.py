@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rayflow.engine.protocol import Work, settles_first_run
-from rayflow.engine.worker.chunk import payload_options
+from rayflow.engine.worker.chunk import KEEP_LIVE, payload_options
 from rayflow.engine.worker.execute import execute
 
 
@@ -27,6 +27,19 @@ def execute_fused(
     """Run ``work``'s chunk and its fused stages; values and reports per stage (head first; a
     stage that did not run: None, None).  ``values`` as ``protocol.stage_arguments`` lays them;
     ``around(work)``: a context each stage runs in (the runtime's trace context of its span)."""
+    kept = KEEP_LIVE.set(True)  # each stage's values go on to the next as they were returned
+    try:
+        out, reports = _stages(payload, work, values, around)
+    finally:
+        KEEP_LIVE.reset(kept)
+    for value in out:
+        if value is not None:
+            value.live = None  # what is returned holds the values once, pickled
+    missing = len(work.fused) + 1 - len(out)
+    return out + [None] * missing, reports + [None] * missing
+
+
+def _stages(payload: bytes, work: Work, values: tuple[Any, ...], around: Callable[[Work], Any]) -> tuple[list[Any], list[Any]]:
     own = sum(stage.inputs for stage in work.fused)
     position = len(values) - own
     with around(work):
@@ -53,5 +66,4 @@ def execute_fused(
         retries = payload_options(stage_payload)["retries"]
         out.append(value)
         reports.append(report)
-    missing = len(work.fused) + 1 - len(out)
-    return out + [None] * missing, reports + [None] * missing
+    return out, reports

@@ -21,7 +21,7 @@ import numpy as np
 
 from rayflow.core.refs import MapInput, substitute
 from rayflow.engine import columns as C
-from rayflow.engine.columns import Column, concat_columns, encode_values, merge_results, to_column
+from rayflow.engine.columns import Column, concat_columns, encode_results, encode_values, merge_results, to_column
 from rayflow.engine.protocol import Piece, SignalOutcome, describe_error, signal_outcome
 from rayflow.engine.worker.looping import LoopLimitExceeded
 from rayflow.signals import Signal
@@ -64,6 +64,9 @@ def source_items(pieces: tuple[Piece, ...], values: list[Any], want_column: bool
     if want_column:
         cols = [i if isinstance(i, Column) else encode_values(i) for i, _ in parts]
         return concat_columns(cols), codes
+    if len(parts) == 1:  # a list of its own already (a slice, a new list): no copy
+        only = parts[0][0]
+        return (only.items() if isinstance(only, Column) else only), codes
     items: list[Any] = []
     for i, _ in parts:
         items.extend(i.items() if isinstance(i, Column) else i)
@@ -193,7 +196,7 @@ def item_inputs(columns: list[Any], direct: bool, selected: Sequence[int], runna
 def encode(results: list[Any], outcomes: Outcomes) -> Column:
     """The chunk's values as a Column; an item whose value cannot be pickled fails alone, named."""
     try:
-        return encode_values(results)
+        return encode_results(results)
     except Exception:  # noqa: BLE001 - find the item(s) at fault
         for j, value in enumerate(results):
             if outcomes.codes[j] != C.SUCCESS:
