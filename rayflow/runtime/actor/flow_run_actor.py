@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 NAMESPACE = "rayflow"
 NAME_PREFIX = "rayflow-driver-"
 KEEP_FINISHED = 200  # finished runs whose status stays queryable from other processes
+ANSWER_FIRST_SECONDS = 0.003  # a short run's history closes this long after its answer left start_run
 
 
 class _DriverFeeder:
@@ -170,7 +171,7 @@ class FlowRunActor:
             slot.summary = orchestrator.run()  # its loop is done: run() only concludes it
         except BaseException as exc:  # noqa: BLE001 - an engine bug must reach the driver, not hang it
             slot.error = exc
-        self._end(slot, close=lambda: self._closer.submit(lambda: self._close_history(slot)))
+        self._end(slot, close=lambda: self._closer.submit(lambda: self._close_history(slot, after=ANSWER_FIRST_SECONDS)))
         return True
 
     def _after_submit(self, slot: _Slot) -> None:
@@ -198,8 +199,11 @@ class FlowRunActor:
             close()
 
     @staticmethod
-    def _close_history(slot: _Slot) -> None:
-        """Bounded in time; gives up (keeping the rows in a file, or logging what was lost) on a failing store."""
+    def _close_history(slot: _Slot, after: float = 0.0) -> None:
+        """Bounded in time; gives up (keeping the rows in a file, or logging what was lost) on a
+        failing store.  ``after``: start that late, so that the answer's serialisation in
+        start_run's thread does not queue for the GIL behind the history's rows (a 5 ms switch interval)."""
+        time.sleep(after)
         try:
             slot.observed.close_history()
         finally:
