@@ -419,3 +419,16 @@ def test_stores_opened_at_once_on_a_new_home_all_open(tmp_path):
             thread.join(timeout=60)
     assert failures == []
     assert sqlite3.connect(tmp_path / "home0" / "history.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_recorder_whose_writer_was_never_started_writes_its_rows_at_close(tmp_path):
+    """The FlowRunActor defers the writer thread (start=False) until a run's first tasks are
+    submitted; a run that ends before that (an engine error, a cancel) still gets its rows."""
+    recorder = HistoryRecorder(RunStore(tmp_path), "deferred", "f", {}, ["a"], start=False)
+    _transition(recorder, None, StateType.RUNNING)
+    _transition(recorder, "a", StateType.SUCCESS)
+    _transition(recorder, None, StateType.SUCCESS)
+    started = time.monotonic()
+    recorder.close()
+    assert time.monotonic() - started < H.CLOSE_SECONDS  # written, not waited out
+    assert [(r["run_id"], r["state"]) for r in RunStore(tmp_path).runs()] == [("deferred", "SUCCESS")]

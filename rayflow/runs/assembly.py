@@ -44,6 +44,12 @@ class ObservedRun:
             if self.recorder is not None:
                 self.recorder.note_trace(self.tracer.trace_id, self.tracer.span_id)
 
+    def start_writer(self) -> None:
+        """Start the history's writer thread, when ``assemble_run(defer_writer=True)`` left it
+        for later (close_history starts it if nobody did)."""
+        if self.recorder is not None:
+            self.recorder.start_writer()
+
     def close(self) -> None:
         """The run is over: ``finish``, then ``close_history``; never raises."""
         self.finish()
@@ -80,13 +86,15 @@ def assemble_run(
     limits: LimitsClient | None = None,
     feeder: Any = None,
     observers: tuple[RunObserver, ...] = (),
+    defer_writer: bool = False,
 ) -> ObservedRun:
     """The run's Orchestrator with its tracer (when ``telemetry`` is enabled), its history
     writer (under ``home``), then ``observers``; a TagGate asking ``limits`` when a task of the
-    plan has tags (None: tags limit nothing); ``feeder`` for its generator inputs."""
+    plan has tags (None: tags limit nothing); ``feeder`` for its generator inputs; ``defer_writer``:
+    the history's writer thread starts at ``ObservedRun.start_writer`` (off a short run's path)."""
     check_run_id(run_id)  # the last point every run passes, in the driver or in the actor
     tracer = RunTracer(telemetry, run_id, plan) if telemetry is not None and telemetry.enabled else None
-    recorder = recorder_for(home, run_id, plan)
+    recorder = recorder_for(home, run_id, plan, start=not defer_writer)
     tagged = any(spec.options.tags for spec in plan.specs)
     gate = TagGate(run_id, limits) if limits is not None and tagged else None
     attached = tuple(o for o in (tracer, recorder) if o is not None) + observers
@@ -101,7 +109,7 @@ _STORES: dict[str, RunStore] = {}
 _STORES_LOCK = threading.Lock()
 
 
-def recorder_for(home: str | None, run_id: str, plan: Plan) -> HistoryRecorder | None:
+def recorder_for(home: str | None, run_id: str, plan: Plan, *, start: bool = True) -> HistoryRecorder | None:
     """The run's history writer; a history that cannot be opened is a warning, never a failed run."""
     if home is None:
         return None
@@ -114,7 +122,7 @@ def recorder_for(home: str | None, run_id: str, plan: Plan) -> HistoryRecorder |
                 logger.warning("rayflow: run history disabled, cannot open %s: %s", home, exc)
                 return None
     keys = [s.key for s in plan.specs]
-    return HistoryRecorder(store, run_id, plan.flow_name, plan.params, keys, run_graph(plan), attempt=plan.attempt)
+    return HistoryRecorder(store, run_id, plan.flow_name, plan.params, keys, run_graph(plan), attempt=plan.attempt, start=start)
 
 
 def run_graph(plan: Plan) -> dict:

@@ -63,6 +63,7 @@ class HistoryRecorder(RunObserver):
         *,
         attempt: int = 1,
         clock: Clock = REAL_CLOCK,
+        start: bool = True,
     ):
         self.store = store
         self._clock = clock
@@ -100,7 +101,19 @@ class HistoryRecorder(RunObserver):
         self._stop = threading.Event()
         self._ended = threading.Event()  # the writer thread has returned
         self._thread = threading.Thread(target=self._loop, name=f"history-{run_id}", daemon=True)
-        self._thread.start()
+        self._thread_lock = threading.Lock()
+        self._thread_started = False
+        if start:
+            self.start_writer()
+
+    def start_writer(self) -> None:
+        """Start the writer thread (once).  ``start=False`` defers it: the FlowRunActor starts
+        it once the run's first tasks are submitted, off a short run's path; close() starts
+        it if nobody did.  Rows are buffered meanwhile; its first flush is FLUSH_SECONDS later anyway."""
+        with self._thread_lock:
+            if not self._thread_started:
+                self._thread_started = True
+                self._thread.start()
 
     def note_trace(self, trace_id: str, span_id: str | None) -> None:
         """The run's trace: in its run row, and with its graph (a resumed run links to it)."""
@@ -341,6 +354,7 @@ class HistoryRecorder(RunObserver):
         background = BACKGROUND_SECONDS if background is None else background
         self._deadline = self._clock.now() + max(timeout, background)
         self._stop.set()
+        self.start_writer()
         if self._clock.wait(self._written, timeout):
             return
         if background > timeout:

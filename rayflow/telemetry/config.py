@@ -65,7 +65,8 @@ class TelemetrySettings:
 
 def settings_from_env(environ: Mapping[str, str] | None = None) -> TelemetrySettings:
     environ = os.environ if environ is None else environ
-    return TelemetrySettings(tuple(sorted((k, v) for k, v in environ.items() if k.startswith("OTEL_"))))
+    keys = [k for k in environ if k.startswith("OTEL_")]  # (os.environ's items() decodes every value: 2x slower)
+    return TelemetrySettings(tuple(sorted((k, environ[k]) for k in keys)))
 
 
 class ChosenIds(IdGenerator):

@@ -1,11 +1,12 @@
 """FlowRunActor: the thin Ray shell around engine.Orchestrator (runs in the actor's process).
 
 One actor per driver process (``num_cpus=0``, pinned to the driver's node,
-fate-sharing with the driver) hosts every run that driver starts, each in
-its own thread.  Creating it costs a worker process once; after that a short
-run costs one actor call (start_run, which waits for its end and hands the
+fate-sharing with the driver) hosts every run that driver starts: start_run's
+thread drives the run for its first ``wait`` seconds, then, if it has not
+ended, a thread of its own.  Creating it costs a worker process once; after that a short
+run costs one actor call (start_run, which runs it to its end and hands the
 value handles over), and its driver's first read of the history,
-``ray.shutdown()`` or exit one more (history_written: see ``_drive``).  The actor is named
+``ray.shutdown()`` or exit one more (history_written: see ``_end``).  The actor is named
 ``rayflow-driver-<id>`` in the ``rayflow`` namespace, so any process joined
 to the cluster can find a live run by its id (runtime.driver.actors.find_run)
 and read its status or cancel it.
@@ -14,9 +15,11 @@ and read its status or cancel it.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 import ray
 
@@ -32,6 +35,7 @@ logger = logging.getLogger(__name__)
 NAMESPACE = "rayflow"
 NAME_PREFIX = "rayflow-driver-"
 KEEP_FINISHED = 200  # finished runs whose status stays queryable from other processes
+ANSWER_FIRST_SECONDS = 0.003  # a short run's history closes this long after its answer left start_run
 
 
 class _DriverFeeder:
@@ -55,6 +59,34 @@ class _DriverFeeder:
         return out
 
 
+class _Closer:
+    """Closes ended runs' histories in daemon threads kept for the next ones: a short run's
+    answer leaves start_run without waiting for a thread to start, nor for the disk."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._idle = 0  # threads waiting for a close, or about to
+        self._lock = threading.Lock()
+
+    def submit(self, close: Callable[[], None]) -> None:
+        with self._lock:
+            spawn = self._idle == 0
+            self._idle -= 0 if spawn else 1
+        self._queue.put(close)
+        if spawn:
+            threading.Thread(target=self._work, name="rayflow-history-close", daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            close = self._queue.get()
+            try:
+                close()
+            except BaseException:  # noqa: BLE001 - close_history never raises; this thread must not end
+                logger.warning("rayflow: closing a run's history failed", exc_info=True)
+            with self._lock:
+                self._idle += 1
+
+
 class _Slot:
     def __init__(self, observed: ObservedRun, executor: RayExecutor):
         self.observed = observed
@@ -73,6 +105,7 @@ class FlowRunActor:
         self._cancel_on_arrival: set[str] = set()  # cancel_run came before its start_run
         self._lock = threading.Lock()
         self._cpus: tuple[float, int] = (0.0, 1)  # (when read, cluster CPUs): a GCS call, so cached
+        self._closer = _Closer()
 
     def _cluster_cpus(self) -> int:
         read_at, cpus = self._cpus
@@ -92,9 +125,11 @@ class FlowRunActor:
         home: str | None = None,
         wait: float = 0.0,
     ) -> tuple[str | None, RunSummary | None]:
-        """Start the run in a thread of its own; returns its trace id (when it is traced) and,
-        if it ends within ``wait`` seconds, its summary as ``wait_run`` gives it: a short run
-        costs the driver one round trip to the actor, not two."""
+        """Start the run; returns its trace id (when it is traced) and, if it ends within ``wait``
+        seconds, its summary as ``wait_run`` gives it: a short run costs the driver one round
+        trip to the actor, not two.  This call's own thread drives the run for those ``wait``
+        seconds, and a thread of its own goes on with it if it has not ended: a short run's
+        path starts and wakes no thread."""
         with self._lock:
             earlier = self._runs.get(run_id)
             if earlier is not None and (not earlier.done.is_set() or plan.attempt <= earlier.orchestrator.plan.attempt):
@@ -104,37 +139,75 @@ class FlowRunActor:
             streams = any(src.kind == "stream" for spec in plan.specs for src in spec.sources)
             observed = assemble_run(
                 plan, executor, run_id, cpus=self._cluster_cpus(), telemetry=telemetry, home=home,
-                limits=RayLimits(), feeder=_DriverFeeder() if streams else None,
+                limits=RayLimits(), feeder=_DriverFeeder() if streams else None, defer_writer=True,
             )
             orchestrator = observed.orchestrator
             slot = _Slot(observed, executor)
             self._runs[run_id] = slot
-            self._trim()
             if run_id in self._cancel_on_arrival:
                 self._cancel_on_arrival.discard(run_id)
                 orchestrator.request_cancel()
         observed.start()
-        threading.Thread(target=self._drive, args=(slot,), name=f"run-{run_id}", daemon=True).start()
-        return observed.trace_id, (self.wait_run(run_id, wait) if wait > 0 else None)
+        if wait <= 0 or not self._drive_for(slot, time.monotonic() + wait):
+            threading.Thread(target=self._drive, args=(slot,), name=f"run-{run_id}", daemon=True).start()
+            self._after_submit(slot)  # (again, harmlessly, if _drive_for did it)
+            return observed.trace_id, None
+        return observed.trace_id, self.wait_run(run_id, 0)
+
+    def _drive_for(self, slot: _Slot, deadline: float) -> bool:
+        """Run the loop in this thread until the run ends (True) or ``deadline`` (False: the
+        caller hands the rest to ``_drive``, which goes on at the next step)."""
+        orchestrator = slot.orchestrator
+        try:
+            orchestrator.start()
+            if not orchestrator.done:
+                orchestrator.step(0.0)  # the first tasks submitted, no wait: then what can wait
+            self._after_submit(slot)
+            while not orchestrator.done:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                orchestrator.step(min(left, orchestrator.poll_interval))
+            slot.summary = orchestrator.run()  # its loop is done: run() only concludes it
+        except BaseException as exc:  # noqa: BLE001 - an engine bug must reach the driver, not hang it
+            slot.error = exc
+        self._end(slot, close=lambda: self._closer.submit(lambda: self._close_history(slot, after=ANSWER_FIRST_SECONDS)))
+        return True
+
+    def _after_submit(self, slot: _Slot) -> None:
+        """What a run's start need not wait for, done while its first tasks start in workers."""
+        slot.observed.start_writer()
+        with self._lock:
+            self._trim()
 
     def _drive(self, slot: _Slot) -> None:
         try:
-            slot.summary = slot.orchestrator.run()
+            slot.summary = slot.orchestrator.run()  # (goes on where _drive_for stopped, if it did)
         except BaseException as exc:  # noqa: BLE001 - an engine bug must reach the driver, not hang it
             slot.error = exc
+        self._end(slot, close=lambda: self._close_history(slot))
+
+    @staticmethod
+    def _end(slot: _Slot, close: Callable[[], None]) -> None:
+        try:
+            slot.observed.finish()  # slots of limits back before the driver hears of the end
         finally:
-            try:
-                slot.observed.finish()  # slots of limits back before the driver hears of the end
-            finally:
-                slot.done.set()
+            slot.done.set()
             # The answer does not wait for the disk: the last rows are written after it, and the
             # driver waits for them (history_written) before it reads the history, shuts Ray
-            # down or exits (runtime.driver.history_wait).  close_history() is bounded in time
-            # and gives up (keeping the rows in a file, or logging what was lost) on a failing store.
-            try:
-                slot.observed.close_history()
-            finally:
-                slot.written.set()
+            # down or exits (runtime.driver.history_wait).
+            close()
+
+    @staticmethod
+    def _close_history(slot: _Slot, after: float = 0.0) -> None:
+        """Bounded in time; gives up (keeping the rows in a file, or logging what was lost) on a
+        failing store.  ``after``: start that late, so that the answer's serialisation in
+        start_run's thread does not queue for the GIL behind the history's rows (a 5 ms switch interval)."""
+        time.sleep(after)
+        try:
+            slot.observed.close_history()
+        finally:
+            slot.written.set()
 
     def _trim(self) -> None:
         finished = [k for k, s in self._runs.items() if s.written.is_set()]
