@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import http.client
 import json
+import logging
 import os
 import tempfile
 import urllib.error
@@ -90,8 +91,12 @@ class JobClient:
     def ray_client(self) -> Any:
         """Ray's JobSubmissionClient for the same server, made once, on first use."""
         if self._ray_client is None:
+            sdk_log = logging.getLogger("ray.dashboard.modules.dashboard_sdk")
+            quieted = sdk_log.level  # set by jobs.submit before this import, which sets it to INFO
             from ray.job_submission import JobSubmissionClient
 
+            if quieted:
+                sdk_log.setLevel(quieted)
             self._ray_client = JobSubmissionClient(self._address, headers=self._headers)
         return self._ray_client
 
