@@ -106,3 +106,25 @@ def test_the_history_commands_import_nothing_heavy(tmp_path):
         assert line == "HEAVY [] 0", (argv, out.stderr[-2000:])
         if argv == ["runs", "--json"]:
             assert [r["run_id"] for r in json.loads(out.stdout)] == ["startup-1"]
+
+
+def _imported(code: str, modules: tuple[str, ...]) -> list[str]:
+    """Which of ``modules`` a fresh Python holds after running ``code``."""
+    probe = f"import sys\n{code}\nprint([m for m in {modules!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1].replace("'", '"'))
+
+
+def test_the_job_servers_client_needs_neither_ray_nor_its_job_client():
+    """`rayflow submit` (no working dir), `logs`, `cancel` with an http:// address: the REST client
+    on the standard library (runtime.driver.job_client), not Ray's JobSubmissionClient."""
+    heavy = ("ray", "requests", "aiohttp", "pydantic")
+    assert _imported("from rayflow.runtime.driver import jobs, job_client", heavy) == []
+
+
+def test_a_driver_makes_its_run_actor_without_importing_the_engine():
+    """The run actor's module imports the engine in the actor's process (its __init__), so a
+    submitted run's driver creates the actor before it loads the engine (runtime.driver.warm)."""
+    engine = ("numpy", "pyarrow", "rayflow.engine.plan", "rayflow.runs.assembly", "rayflow.runtime.actor.executor")
+    assert _imported("import rayflow.runtime.driver.actors, rayflow.runtime.driver.warm", engine) == []

@@ -55,7 +55,12 @@ def run(
             options["address"] = address
         printing = StatePrinter(run_id) if log_states else StatePrinter(run_id, waits=LimitWaits())
         with sigterm_as_interrupt(f"run {run_id}"), printing:
-            flow_run = flow.with_options(**options).run(**values)
+            flow = flow.with_options(**options)
+            if flow.options.runner == "ray":  # on a known cluster, its actor starts while the engine loads here
+                from rayflow.runtime.driver.warm import start_actor
+
+                start_actor(flow.options)
+            flow_run = flow.run(**values)
     except KeyboardInterrupt as exc:
         if isinstance(exc, Terminated):  # no table: Ray itself may be stopping (SIGTERM to the group)
             typer.echo(f"error: terminated (SIGTERM); run {run_id} was cancelled", err=True)

@@ -20,16 +20,18 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import ray
 
-from rayflow.engine.plan import Plan
-from rayflow.engine.protocol import RunSummary
 from rayflow.exceptions import UnknownRunError
-from rayflow.runs import ObservedRun, assemble_run
-from rayflow.runtime.actor.executor import RayExecutor
-from rayflow.runtime.limits.client import RayLimits
-from rayflow.telemetry import TelemetrySettings, flush_all
+
+if TYPE_CHECKING:
+    from rayflow.engine.plan import Plan
+    from rayflow.engine.protocol import RunSummary
+    from rayflow.runs import ObservedRun
+    from rayflow.runtime.actor.executor import RayExecutor
+    from rayflow.telemetry import TelemetrySettings
 
 logger = logging.getLogger(__name__)
 NAMESPACE = "rayflow"
@@ -98,9 +100,20 @@ class _Slot:
         self.error: BaseException | None = None
 
 
+def _engine() -> None:
+    """Import what a run needs (the engine, with numpy and pyarrow): done by the actor's
+    ``__init__``, not by this module, so that a driver creates the actor without importing
+    them (a submitted run's driver creates it as soon as it has joined Ray: runtime.driver.warm)."""
+    import rayflow.runs  # noqa: F401
+    import rayflow.runtime.actor.executor  # noqa: F401
+    import rayflow.runtime.limits.client  # noqa: F401
+    import rayflow.telemetry  # noqa: F401
+
+
 @ray.remote(num_cpus=0, max_concurrency=256)
 class FlowRunActor:
     def __init__(self) -> None:
+        _engine()
         self._runs: OrderedDict[str, _Slot] = OrderedDict()
         self._cancel_on_arrival: set[str] = set()  # cancel_run came before its start_run
         self._lock = threading.Lock()
@@ -135,6 +148,10 @@ class FlowRunActor:
             if earlier is not None and (not earlier.done.is_set() or plan.attempt <= earlier.orchestrator.plan.attempt):
                 # only an ended run's resume (a later attempt) reuses its id
                 raise ValueError(f"a run with id {run_id!r} already exists in this driver")
+            from rayflow.runs import assemble_run
+            from rayflow.runtime.actor.executor import RayExecutor
+            from rayflow.runtime.limits.client import RayLimits
+
             executor = RayExecutor(run_id, ray.get_runtime_context().current_actor)
             streams = any(src.kind == "stream" for spec in plan.specs for src in spec.sources)
             observed = assemble_run(
@@ -286,6 +303,8 @@ class FlowRunActor:
 
     def flush(self, timeout: float) -> None:
         """Export queued spans, waiting ``timeout`` seconds at most."""
+        from rayflow.telemetry import flush_all
+
         flush_all(timeout)
 
     def cancel_run(self, run_id: str) -> None:

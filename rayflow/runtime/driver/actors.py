@@ -32,7 +32,7 @@ def driver_actor() -> Any:
     pinged first and replaced if dead, so a run is only ever sent to an actor believed alive.
     A run whose actor dies once it was sent is crashed, never started again elsewhere: it may
     have run tasks already."""
-    global _actor
+    global _actor, _last_reply
     job = ray.get_runtime_context().get_job_id()
     with _actor_lock:
         if _actor is not None and _actor[0] == job and time.monotonic() - _last_reply > IDLE_CHECK_SECONDS:
@@ -51,6 +51,7 @@ def driver_actor() -> Any:
             ).remote()
             start_worker(node_id)  # the first task's worker starts beside the actor, not after it
             _actor = (job, handle)
+            _last_reply = time.monotonic()  # made just now: not pinged before its first run (warm.start_actor)
         return _actor[1]
 
 

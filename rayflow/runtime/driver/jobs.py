@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from rayflow.exceptions import ClusterAuthenticationError, ClusterConnectionError
-from rayflow.runtime.driver.auth import TOKEN_AUTH_DOCS
 
 CONNECT_WAIT = 10.0  # seconds to wait for a job server before giving up (RAYFLOW_CONNECT_TIMEOUT)
 SUBMISSION_PREFIX = "rayflow-"
@@ -68,12 +67,27 @@ def _token_source() -> str | None:
 
 
 def _token_headers() -> dict[str, str]:
+    """Ray's token as the HTTP header Ray's clients send: read here from where Ray reads it
+    (RAY_AUTH_TOKEN, the file RAY_AUTH_TOKEN_PATH names, ~/.ray/auth_token; no Ray import),
+    else by Ray's own loader."""
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    if not token and os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                token = f.read().strip()
+        except (OSError, UnicodeDecodeError):
+            token = ""
+    if token:
+        return {"authorization": f"Bearer {token}"}
     from ray._raylet import AuthenticationTokenLoader
 
     return dict(AuthenticationTokenLoader.instance().get_token_for_http_header(ignore_auth_mode=True) or {})
 
 
 def _auth_error(address: str, rejected: bool) -> ClusterAuthenticationError:
+    from rayflow.runtime.driver.auth import TOKEN_AUTH_DOCS  # imports Ray, as the token's look-up did
+
     where = f"the Ray job server at {address} requires token authentication"
     sources = "RAY_AUTH_TOKEN, a file named by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token"
     if rejected:
@@ -86,17 +100,33 @@ def _auth_error(address: str, rejected: bool) -> ClusterAuthenticationError:
     return ClusterAuthenticationError(message, address=address)
 
 
+def _get_status(url: str, headers: dict[str, str]) -> int:
+    if url.lower().startswith("http://"):
+        from rayflow.runtime.driver.job_client import request
+
+        return request("GET", url, headers, timeout=5)[0]
+    import requests  # https: as Ray's client reaches it (its certificates)
+
+    return requests.get(url, headers=headers, timeout=5).status_code
+
+
+def _failure_name(exc: OSError) -> str:
+    """The name requests gives such a failure (ConnectionError, or its timeouts), for either client."""
+    if type(exc).__module__.startswith("requests"):
+        return type(exc).__name__
+    timed_out = isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError)
+    return "Timeout" if timed_out else "ConnectionError"
+
+
 def _probe(address: str, headers: dict[str, str], wait: float) -> int:
     """The status of GET /api/version, retried on connection errors for up to ``wait`` seconds."""
-    import requests
-
     deadline = time.monotonic() + wait
     while True:
         try:
-            return requests.get(f"{address}/api/version", headers=headers, timeout=5).status_code
-        except requests.exceptions.RequestException as exc:
+            return _get_status(f"{address}/api/version", headers)
+        except OSError as exc:  # urllib's URLError and requests' RequestException are OSErrors
             if time.monotonic() >= deadline:
-                reason = type(exc).__name__
+                reason = _failure_name(exc)
                 raise ClusterConnectionError(
                     f"no Ray job server answered at {address} within {wait:g}s ({reason}); start the cluster "
                     "with its dashboard (`ray start --head`, Ray's ray[default]) and give its address, "
@@ -139,11 +169,14 @@ def submit_job(client: Any, **job: Any) -> Any:
 
 
 def connect(address: str, wait: float | None = None) -> Any:
-    """A JobSubmissionClient for the job server at ``address``, with Ray's token when it asks."""
+    """A client of the job server at ``address``, with Ray's token when it asks: for http://,
+    ``job_client.JobClient`` (the REST API on the standard library), else Ray's JobSubmissionClient."""
     if wait is None:
         wait = _connect_wait()
+    plain = address.lower().startswith("http://")
     try:
-        from ray.job_submission import JobSubmissionClient
+        if not plain:
+            from ray.job_submission import JobSubmissionClient
     except ImportError:  # pragma: no cover - ray without [default]
         raise ClusterConnectionError(
             "submitting to a cluster needs Ray's job client: pip install 'rayflow[cluster]' (ray[default])",
@@ -162,6 +195,10 @@ def connect(address: str, wait: float | None = None) -> Any:
         raise ClusterConnectionError(
             f"{address} is not a Ray job server (GET /api/version answered {status})", address=address
         )
+    if plain:
+        from rayflow.runtime.driver.job_client import JobClient
+
+        return JobClient(address, headers)
     return JobSubmissionClient(address, headers=headers)
 
 

@@ -10,10 +10,16 @@ into its worker (``runtime.actor.executor``): Ray starts that worker while the a
 and hands it, idle and warm, to the run's first task (a worker serves any task of its job and
 runtime env).  Nothing waits for it; a cluster that schedules it elsewhere or late costs one
 idle worker, which Ray reaps.
+
+``start_actor``: ``rayflow run`` on a cluster whose address it knows (``--address``, the flow's
+own, or RAY_ADDRESS, which every Ray job's driver has: a submitted run) joins it and creates
+the actor (and this worker) as soon as the flow is loaded, before it builds the graph and
+imports the engine to compile the plan: the actor's process starts meanwhile, not after.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import ray
@@ -39,3 +45,18 @@ def start_worker(node_id: str) -> Any:
     return _warm_up.options(
         name="rayflow worker warm-up", scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=True),
     ).remote()
+
+
+def start_actor(options: Any) -> bool:
+    """Join Ray and create this driver's FlowRunActor now, for a run on Ray (``options``: the
+    flow's) whose cluster address is known; whether it did.  The run then finds both
+    (``runner.RayRunner``: its ``connect`` and ``driver_actor`` are no-ops by then).  Errors
+    are those the run's own join would raise."""
+    from rayflow.runtime.driver.actors import driver_actor
+    from rayflow.runtime.driver.cluster import connect
+
+    if options.runner != "ray" or not (options.address or os.environ.get("RAY_ADDRESS")):
+        return False
+    connect(options.address)
+    driver_actor()
+    return True
