@@ -223,6 +223,9 @@ def main() -> None:
             if role != "total"
         }
         result[f"{side}_cpu_ms_per_task"]["total"] = round(statistics.median(c["total"] for c in cpus[side]) * 1000 / n, 3)
+        result[f"{side}_cpu_ms_per_task_min"] = {
+            role: round(min(c[role] for c in cpus[side]) * 1000 / n, 3) for role in cpus[side][0]
+        }
     result["ratio"] = round(min(walls["rayflow"]) / min(walls["ray"]), 2)
     ray.shutdown()
     if os.path.exists(f"{prefix}-thread.log"):

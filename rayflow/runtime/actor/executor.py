@@ -50,6 +50,9 @@ from rayflow.telemetry import worker_context
 BIG_PAYLOAD = 64 * 1024  # bytes; larger payloads (and every map's) are put in the object store once
 WINDOW = 256  # pending reports a step asks Ray about (the oldest)
 SWEEP_SECONDS = 0.02  # how often a step asks about every pending report, while more are pending
+BATCH = 16  # reports a step waits for while BATCH_FROM or more are pending: fewer, fuller steps ...
+BATCH_FROM = 64
+BATCH_SECONDS = 0.002  # ... for this long at most, once one is ready
 
 
 def _execute_remote(payload: bytes, head: tuple[Work, Any, str], *values: Any) -> tuple[Any, Any]:
@@ -153,6 +156,12 @@ class _Named:
             **self.options,
         )
 
+    def named(self, name: str, *args: Any) -> Any:
+        return self.function._remote(
+            args=args, kwargs=None, serialized_runtime_env_info=self.function._serialized_base_runtime_env_info,
+            **{**self.options, "name": name},
+        )
+
 
 def _lost(exc: BaseException) -> Any:
     if isinstance(exc, RayTaskError):
@@ -201,7 +210,7 @@ class RayExecutor(QueuedStarts):
         self._pending: dict[ray.ObjectRef, tuple[Work, ray.ObjectRef]] = {}  # report ref -> (work, value ref)
         self._swept_at = float("-inf")  # monotonic time _collect_ready last asked Ray about every pending report
         self._payloads: dict[str, Any] = {}
-        self._remotes: dict[str, Any] = {}  # task key -> _remote_execute.options(...) (made once: _cached)
+        self._remotes: dict[Any, Any] = {}  # task key (or options id) -> its remote (made once: _cached)
         self._remotes_died: frozenset[str] = frozenset()  # the dead nodes the remotes avoid
         self.waits = ResourceWaits()
         self.watch = NodeWatch(nodes)  # works on a node Ray declared dead (a cluster of several nodes)
@@ -214,7 +223,7 @@ class RayExecutor(QueuedStarts):
             self._payloads[spec.key] = ray.put(spec.payload)
         return self._payloads[spec.key]
 
-    def _cached(self, key: str, make: Callable[[], Any]) -> Any:
+    def _cached(self, key: Any, make: Callable[[], Any]) -> Any:
         """The remote ``key``, made once per set of dead nodes to avoid: that set only grows, so
         the remotes made for an earlier one (their options never wanted again) are forgotten."""
         died = self.watch.table.died
@@ -229,7 +238,12 @@ class RayExecutor(QueuedStarts):
         return self._cached(spec.key, lambda: _named_remote(spec.key, self._ray_options(spec)))
 
     def _packed_remote(self, spec: TaskSpec) -> Any:
-        return self._cached(f"{spec.key}\0packed", lambda: _named_remote(spec.key, self._ray_options(spec), _remote_packed))
+        """The remote of ``_execute_packed`` for a plain task's options, made once per options
+        object (the tasks of one ``@rf.task`` share theirs, frozen): each task's name goes with
+        its call (``_Named.remote``), not one remote made per task (some 10 us each)."""
+        options = spec.options
+        _, remote = self._cached(("packed", id(options)), lambda: (options, _named_remote("", self._ray_options(spec), _remote_packed)))
+        return remote  # (the options held with it: their id is not reused while it is cached)
 
     def _ray_options(self, spec: TaskSpec) -> dict[str, Any]:
         """A task's Ray options; a map's chunks spread over the nodes of a cluster of several
@@ -272,9 +286,9 @@ class RayExecutor(QueuedStarts):
         watched = self.notifier is not None and self.watch.track(work.work_id, forward=timed or tracked)
         notifier = self.notifier if timed or tracked or watched else None
         payload = self._payload(spec)
-        blob = _packed_head(payload, work, self.run_id) if notifier is None else None
+        blob = _packed_head(payload, work, self.run_id) if notifier is None and spec.options.runtime_env is None else None
         if blob is not None:
-            value_ref, report_ref = self._packed_remote(spec).remote(blob, *handles)
+            value_ref, report_ref = self._packed_remote(spec).named(spec.key, blob, *handles)
         else:
             value_ref, report_ref = self._remote(spec).remote(payload, (work, notifier, self.run_id), *handles)
         self._pending[report_ref] = (work, value_ref)
@@ -341,15 +355,24 @@ class RayExecutor(QueuedStarts):
         were submitted in, about the order Ray runs them), and about all of them only every
         SWEEP_SECONDS: a ray.wait costs some 0.2 us per reference, and asking about every
         pending report on every step made a flow's cost per task grow with its size.  A
-        report ready beyond the window is seen at the next sweep at the latest."""
+        report ready beyond the window is seen at the next sweep at the latest.
+
+        With BATCH_FROM or more reports pending (a wide flow: its works queue for CPUs anyway), a
+        step that finds fewer than BATCH ready waits up to BATCH_SECONDS for more: a step costs
+        the actor some 0.1-0.3 ms (two ray.wait calls and the orchestrator's step), and trivial
+        tasks ended about one per step.  A short flow's steps do not wait."""
         window = list(itertools.islice(self._pending, WINDOW))
         whole = len(window) == len(self._pending)
         if not whole and time.monotonic() - self._swept_at >= SWEEP_SECONDS:
             window, whole, self._swept_at = list(self._pending), True, time.monotonic()
         ready, _ = ray.wait(window, num_returns=len(window), timeout=0)
-        if not ready and timeout != 0:
+        if len(ready) < BATCH and timeout != 0:
             bounded = timeout if whole else SWEEP_SECONDS if timeout is None else min(timeout, SWEEP_SECONDS)
-            ready, _ = ray.wait(window, num_returns=1, timeout=bounded)
+            if len(self._pending) >= BATCH_FROM:
+                more, _ = ray.wait(window, num_returns=min(BATCH, len(window)), timeout=BATCH_SECONDS if bounded is None else min(BATCH_SECONDS, bounded))
+                ready = more if len(more) > len(ready) else ready
+            if not ready:
+                ready, _ = ray.wait(window, num_returns=1, timeout=bounded)
         if not ready:
             return []
         try:
