@@ -369,7 +369,8 @@ class RayExecutor(QueuedStarts):
         if len(ready) < BATCH and timeout != 0:
             bounded = timeout if whole else SWEEP_SECONDS if timeout is None else min(timeout, SWEEP_SECONDS)
             if len(self._pending) >= BATCH_FROM:
-                more, _ = ray.wait(window, num_returns=min(BATCH, len(window)), timeout=BATCH_SECONDS if bounded is None else min(BATCH_SECONDS, bounded))
+                oldest = window[:BATCH_FROM]  # a blocking ray.wait costs per reference and per ms: the likeliest
+                more, _ = ray.wait(oldest, num_returns=BATCH, timeout=BATCH_SECONDS if bounded is None else min(BATCH_SECONDS, bounded))
                 ready = more if len(more) > len(ready) else ready
             if not ready:
                 ready, _ = ray.wait(window, num_returns=1, timeout=bounded)
