@@ -3,7 +3,7 @@ pending reports per step (and about all of them only every SWEEP_SECONDS), so a 
 task does not grow with its number of tasks; a report ready beyond the window is still seen.
 Reports travel as plain-pickle bytes where they pickle so (Ray's serialiser costs more), and so does
 a work that reports no start (its payload, work and run id); a wide flow's steps wait briefly for
-several reports.
+several reports."""
 
 from __future__ import annotations
 
