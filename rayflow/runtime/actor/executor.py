@@ -50,7 +50,6 @@ from rayflow.telemetry import worker_context
 BIG_PAYLOAD = 64 * 1024  # bytes; larger payloads (and every map's) are put in the object store once
 WINDOW = 256  # pending reports a step asks Ray about (the oldest)
 SWEEP_SECONDS = 0.02  # how often a step asks about every pending report, while more are pending
-SWEEP_PER = 1000  # ... per this many pending (a sweep of 10^4 costs some 2-3 ms: every 0.2 s then)
 BATCH = 16  # reports a step waits for while BATCH_FROM or more are pending: fewer, fuller steps ...
 BATCH_FROM = 64
 BATCH_SECONDS = 0.002  # ... for this long at most, once one is ready
@@ -354,10 +353,9 @@ class RayExecutor(QueuedStarts):
 
         A step asks Ray about the oldest WINDOW pending reports (a dict keeps the order they
         were submitted in, about the order Ray runs them), and about all of them only every
-        SWEEP_SECONDS per SWEEP_PER pending: a ray.wait costs some 0.2 us per reference, and
-        asking about every pending report on every step (or every 20 ms, with 10^4 pending)
-        made a flow's cost per task grow with its size.  A report ready beyond the window is
-        seen at the next sweep at the latest.
+        SWEEP_SECONDS: a ray.wait costs some 0.2 us per reference, and asking about every
+        pending report on every step made a flow's cost per task grow with its size.  A
+        report ready beyond the window is seen at the next sweep at the latest.
 
         With BATCH_FROM or more reports pending (a wide flow: its works queue for CPUs anyway), a
         step that finds fewer than BATCH ready waits up to BATCH_SECONDS for more: a step costs
@@ -365,7 +363,7 @@ class RayExecutor(QueuedStarts):
         tasks ended about one per step.  A short flow's steps do not wait."""
         window = list(itertools.islice(self._pending, WINDOW))
         whole = len(window) == len(self._pending)
-        if not whole and time.monotonic() - self._swept_at >= SWEEP_SECONDS * max(1.0, len(self._pending) / SWEEP_PER):
+        if not whole and time.monotonic() - self._swept_at >= SWEEP_SECONDS:
             window, whole, self._swept_at = list(self._pending), True, time.monotonic()
         ready, _ = ray.wait(window, num_returns=len(window), timeout=0)
         if len(ready) < BATCH and timeout != 0:
