@@ -169,7 +169,7 @@ class FlowRunActor:
             threading.Thread(target=self._drive, args=(slot,), name=f"run-{run_id}", daemon=True).start()
             self._after_submit(slot)  # (again, harmlessly, if _drive_for did it)
             return observed.trace_id, None
-        return observed.trace_id, self.wait_run(run_id, 0)
+        return observed.trace_id, self._answer(slot, 0)  # (this slot: a trim may drop its id by now)
 
     def _drive_for(self, slot: _Slot, deadline: float) -> bool:
         """Run the loop in this thread until the run ends (True) or ``deadline`` (False: the
@@ -188,7 +188,10 @@ class FlowRunActor:
             slot.summary = orchestrator.run()  # its loop is done: run() only concludes it
         except BaseException as exc:  # noqa: BLE001 - an engine bug must reach the driver, not hang it
             slot.error = exc
-        self._end(slot, close=lambda: self._closer.submit(lambda: self._close_history(slot, after=ANSWER_FIRST_SECONDS)))
+        try:
+            self._end(slot, close=lambda: self._closer.submit(lambda: self._close_history(slot, after=ANSWER_FIRST_SECONDS)))
+        except BaseException:  # noqa: BLE001 - as in _drive's thread: the run's answer still reaches the driver
+            logger.warning("rayflow: finishing run %s failed", slot.orchestrator.run_id, exc_info=True)
         return True
 
     def _after_submit(self, slot: _Slot) -> None:
@@ -241,7 +244,9 @@ class FlowRunActor:
         """The final summary, or None if still running after ``timeout``.  The first caller to get
         it gets the value handles too and holds them from then on (a driver borrows what its run's
         actor owns): the actor keeps only the states, with no ``release`` call to wait for."""
-        slot = self._slot(run_id)
+        return self._answer(self._slot(run_id), timeout)
+
+    def _answer(self, slot: _Slot, timeout: float) -> RunSummary | None:
         if not slot.done.wait(timeout):
             return None
         if slot.error is not None:

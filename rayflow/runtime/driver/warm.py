@@ -57,6 +57,9 @@ def start_actor(options: Any) -> bool:
 
     if options.runner != "ray" or not (options.address or os.environ.get("RAY_ADDRESS")):
         return False
+    from rayflow.store.history import refuse_taken_run_id
+
+    refuse_taken_run_id(options)  # a run refused joins no cluster and makes no actor
     connect(options.address)
     driver_actor()
     return True
