@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rayflow.state_types import error_text
+
 FAST_FIELDS = {"env_vars", "working_dir"}  # runtime env fields sent as they are, no Ray client needed
 
 
@@ -60,7 +62,7 @@ def request(method: str, url: str, headers: dict[str, str], data: bytes | None =
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode("utf-8", "replace")
     except http.client.HTTPException as exc:
-        raise ConnectionError(f"{url}: {type(exc).__name__}: {exc}") from exc
+        raise ConnectionError(f"{url}: {error_text(type(exc).__name__, str(exc))}") from exc
 
 
 class JobClient:
