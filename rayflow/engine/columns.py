@@ -76,7 +76,8 @@ class Column:
         return self.data.to_pylist()
 
     def take(self, idx: np.ndarray) -> Column:
-        """The items at positions ``idx``, in that order, as a Column of the same kind."""
+        """The items at positions ``idx``, in that order, as a Column (of the same kind, except a
+        ``pylist``, whose picked items are encoded again: ``encode_values``)."""
         if self.kind == "numpy":
             return Column(self.data[idx], "numpy")
         if self.kind == "pylist":
