@@ -18,6 +18,9 @@ files are (see the README's Security section).
 
 from __future__ import annotations
 
+import functools
+import os
+import pathlib
 import re
 import uuid
 from typing import Any
@@ -54,3 +57,14 @@ def under_root(root: str, path: str) -> str:
     if path.startswith("/") or any(part in (".", "..") for part in path.split("/")):
         raise UnsafePathError(f"refusing path {path!r}: it would be outside its root {root}", path=path, root=root)
     return f"{root.rstrip('/')}/{path}"
+
+
+def resolved(path: str) -> str:
+    """``path`` made absolute with its links resolved, once per (path, working directory): a
+    path every run records (a script flow's file, the history's directory) costs a resolve once."""
+    return _resolved(path, None if os.path.isabs(path) else os.getcwd())
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved(path: str, cwd: str | None) -> str:
+    return str(pathlib.Path(path).resolve())

@@ -4,10 +4,8 @@ resumed from its id alone)."""
 
 from __future__ import annotations
 
-import functools
 import importlib
 import importlib.util
-import os
 import pathlib
 import sys
 import traceback
@@ -17,6 +15,7 @@ import cloudpickle
 
 from rayflow.core.flow import Flow
 from rayflow.exceptions import TargetError
+from rayflow.paths import resolved
 from rayflow.states import error_text
 
 
@@ -30,14 +29,8 @@ def flow_target(flow: Flow) -> str | None:
         return None  # defined inside a function, or renamed: not loadable by a target
     filename = getattr(module, "__file__", None)
     if module.__name__ == "__main__" or getattr(module, "__rayflow_by_value__", False):
-        return f"{_resolved(filename, None if os.path.isabs(filename) else os.getcwd())}:{name}" if filename else None
+        return f"{resolved(filename)}:{name}" if filename else None
     return f"{module.__name__}:{name}"
-
-
-@functools.lru_cache(maxsize=64)
-def _resolved(filename: str, cwd: str | None) -> str:
-    """A script's path made absolute, once per (path, working directory): every run records it."""
-    return str(pathlib.Path(filename).resolve())
 
 
 def load_flow(target: str) -> Flow:

@@ -248,21 +248,22 @@ class MapRun(Outcomes):
         """``chunk``'s first run stopped at its budget after its first ``done`` items: it is those
         items; the rest become a chunk not started (in ``rest`` and in ``chunks``, where a map
         consuming this one stops: it is not final), cut again by the sizer when it is run."""
-        rest = self._new_chunk(chunk.start + done, chunk.stop)
-        chunk.stop = rest.start
-        self.chunks.insert(self.chunks.index(chunk) + 1, rest)
-        bisect.insort(self.rest, rest, key=lambda c: c.start)
+        bisect.insort(self.rest, self._cut(chunk, done), key=lambda c: c.start)
 
     def _next_rest(self) -> Chunk:
         """The first chunk of ``rest``, as many of its items as the sizer says (the others stay)."""
         chunk, size = self.rest[0], self.chunk_size()
         if chunk.size <= size:
             return self.rest.pop(0)
+        self.rest[0] = self._cut(chunk, size)
+        return chunk
+
+    def _cut(self, chunk: Chunk, size: int) -> Chunk:
+        """``chunk`` keeps its first ``size`` items; the new chunk after it in ``chunks``, the rest."""
         tail = self._new_chunk(chunk.start + size, chunk.stop)
         chunk.stop = tail.start
         self.chunks.insert(self.chunks.index(chunk) + 1, tail)
-        self.rest[0] = tail
-        return chunk
+        return tail
 
     def _new_chunk(self, lo: int, hi: int, load: tuple[str, ...] = ()) -> Chunk:
         chunk = self.by_id[self._made] = Chunk(self._made, lo, hi, load=load)

@@ -151,15 +151,15 @@ class _Named:
         self.options = {**_DEFAULTS, **options, "name": name}
 
     def remote(self, *args: Any) -> Any:
-        return self.function._remote(
-            args=args, kwargs=None, serialized_runtime_env_info=self.function._serialized_base_runtime_env_info,
-            **self.options,
-        )
+        return self._call(self.options, args)
 
     def named(self, name: str, *args: Any) -> Any:
+        return self._call({**self.options, "name": name}, args)
+
+    def _call(self, options: dict[str, Any], args: tuple[Any, ...]) -> Any:
         return self.function._remote(
             args=args, kwargs=None, serialized_runtime_env_info=self.function._serialized_base_runtime_env_info,
-            **{**self.options, "name": name},
+            **options,
         )
 
 

@@ -167,7 +167,8 @@ class FlowRunActor:
         observed.start()
         if wait <= 0 or not self._drive_for(slot, time.monotonic() + wait):
             threading.Thread(target=self._drive, args=(slot,), name=f"run-{run_id}", daemon=True).start()
-            self._after_submit(slot)  # (again, harmlessly, if _drive_for did it)
+            if wait <= 0:  # (else _drive_for did it)
+                self._after_submit(slot)
             return observed.trace_id, None
         return observed.trace_id, self._answer(slot, 0)  # (this slot: a trim may drop its id by now)
 

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
-import functools
 import logging
-import os
-import pathlib
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -22,7 +19,7 @@ from typing import Any
 import ray
 
 from rayflow.engine.driver.flow_run import FlowRun
-from rayflow.paths import new_run_id
+from rayflow.paths import new_run_id, resolved
 from rayflow.engine.columns import next_items
 from rayflow.engine.plan import Plan, compile_plan
 from rayflow.engine.driver.progress import MapProgress
@@ -53,7 +50,7 @@ class RayRunner:
         run_id = flow.options.run_id or new_run_id()
         telemetry = settings_from_env()
         traced = telemetry if telemetry.enabled else None
-        home = _resolved_home(str(rayflow_home()), os.getcwd())
+        home = resolved(str(rayflow_home()))  # as the actor opens it
         has_maps = any(spec.kind == "map" for spec in plan.specs)
         progress = MapProgress(flow.options.progress if has_maps else False)
         # A run that feeds generators or draws progress needs the driver at once; any other
@@ -100,12 +97,6 @@ class RayRunner:
         flow_run = FlowRun(summary, plan.result, ray.get, tuple(s.key for s in plan.specs))
         flow_run.trace_id = trace_id
         return flow_run
-
-
-@functools.lru_cache(maxsize=16)
-def _resolved_home(home: str, cwd: str) -> str:
-    """The history's directory as the actor opens it, resolved once per (setting, working directory)."""
-    return str(pathlib.Path(home).resolve())
 
 
 def _record_end(plan: Plan, run_id: str, home: str, state: str, message: str) -> None:
