@@ -241,8 +241,8 @@ def submit(client: Any, run_id: str, entrypoint: str, *, working_dir: str | None
     existing = job_status(client, sid)
     if existing is not None and not (again_once_ended and existing in TERMINAL):
         return Submitted(sid, True, existing)
-    if existing is not None:
-        _delete(client, sid, ended=0.0)
+    if existing is not None:  # ended when, unknown: maybe just now (a server cancelled), so its last look may be due
+        _delete(client, sid, ended=time.monotonic())
     runtime_env: dict[str, Any] = {"env_vars": dict(env_vars or {})}
     if working_dir is not None:
         runtime_env["working_dir"] = working_dir
@@ -280,7 +280,7 @@ def resubmit(client: Any, run_id: str, entrypoint: str, working_dir: str | None 
     runtime_env = dict(client.get_job_info(sid).runtime_env or {})
     if working_dir is not None:
         runtime_env["working_dir"] = working_dir
-    _delete(client, sid, ended=0.0)
+    _delete(client, sid, ended=time.monotonic())  # (as in submit: it may have ended just now)
     submit_job(client, entrypoint=entrypoint, submission_id=sid, runtime_env=runtime_env,
                metadata={"rayflow_run_id": run_id, "rayflow_resumed": "1"})
     return Submitted(sid, False, "PENDING")
