@@ -38,6 +38,7 @@ from rayflow.store.schema import (
     SCHEMA,
     SCHEMA_VERSION,
     UNFINISHED,
+    create_private,
     is_damaged,
     migrate,
     rayflow_home,
@@ -150,7 +151,7 @@ class RunStore(Recovery, Queries, ArtifactQueries, TaskQueries):
 
     def _create(self) -> None:
         if not self.path.exists():
-            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))  # owner-only, before sqlite opens it
+            create_private(self.path)  # owner-only, before sqlite opens it
         with self._connect() as db:
             migrate(db)
 

@@ -7,11 +7,13 @@ so an older file is brought up to date once, on its first open (``migrate``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
 import re
 import sqlite3
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -115,6 +117,26 @@ def rayflow_home(environ: Mapping[str, str] | None = None) -> pathlib.Path:
     environ = os.environ if environ is None else environ
     return pathlib.Path(environ.get("RAYFLOW_HOME") or pathlib.Path.home() / ".rayflow")
 
+
+
+def create_private(path: pathlib.Path) -> None:
+    """An empty owner-only file at ``path`` (left as it is if there is one), made without opening
+    ``path`` itself.  Closing any descriptor of a file drops every POSIX lock this process holds
+    on it, SQLite's included: a thread of this process that opened the database between the
+    check and the close lost its locks, so a writer in another process took itself for the last
+    one and removed the WAL index this process still mapped, and from then on every connection
+    of this process read the database as it was, missing every later write."""
+    temporary = path.with_name(f".{path.name}.new-{os.getpid()}-{threading.get_ident()}")
+    os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    try:
+        os.link(temporary, path)  # atomic, and never replaces a database another thread or process made
+    except FileExistsError:
+        pass
+    except OSError:  # a file system without hard links: only a file this call makes is opened
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    finally:
+        os.unlink(temporary)
 
 
 def is_damaged(exc: BaseException) -> bool:
