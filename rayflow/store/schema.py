@@ -13,7 +13,7 @@ import os
 import pathlib
 import re
 import sqlite3
-import threading
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -126,8 +126,8 @@ def create_private(path: pathlib.Path) -> None:
     check and the close lost its locks, so a writer in another process took itself for the last
     one and removed the WAL index this process still mapped, and from then on every connection
     of this process read the database as it was, missing every later write."""
-    temporary = path.with_name(f".{path.name}.new-{os.getpid()}-{threading.get_ident()}")
-    os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent)  # 0600, a name of its own
+    os.close(fd)
     try:
         os.link(temporary, path)  # atomic, and never replaces a database another thread or process made
     except FileExistsError:
