@@ -172,10 +172,10 @@ def encode_values(values: Sequence[Any]) -> Column:
     return Column(pa.array([pickle.dumps(v, protocol=5) for v in values], type=pa.binary()), "pickled")
 
 
-def encode_results(values: list[Any]) -> Column:
-    """A chunk's results as a Column: plain ints, floats and bools (None among them) pickled as
-    lists (engine.pickled_lists: a fraction of a numpy column's cost to make), else
-    ``encode_values``."""
+def encode_results(values: Sequence[Any]) -> Column:
+    """A chunk's results, or a list input, as a Column: plain ints, floats and bools (None
+    among them) pickled as lists (engine.pickled_lists: a fraction of a numpy column's cost to
+    make), else ``encode_values``."""
     blocks = pickle_atoms(values)
     return Column(blocks, "pylist") if blocks is not None else encode_values(values)
 
@@ -205,8 +205,7 @@ def to_column(value: Any) -> Column:
             return Column(np.arange(value.start, value.stop, value.step, dtype=np.int64), "numpy")
         return encode_values(list(value))
     if isinstance(value, (list, tuple)):  # read, never kept: no copy
-        blocks = pickle_atoms(value)  # plain numbers: a fraction of a numpy column's cost to make
-        return Column(blocks, "pylist") if blocks is not None else encode_values(value)
+        return encode_results(value)
     if isinstance(value, dict):
         return encode_values(list(value))
     if isinstance(value, Iterable) and not isinstance(value, (str, bytes)):
