@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import ray
 
 from rayflow.exceptions import ClusterAuthenticationError
+from rayflow.runtime.driver.jobs import TOKEN_SOURCES, token_source
 
 AUTH_PROBE_SECONDS = 5.0
 TOKEN_AUTH_DOCS = "https://docs.ray.io/en/latest/ray-security/token-auth.html"
@@ -70,15 +71,8 @@ def _has_token() -> bool:
 def token_message(address: str) -> str:
     """What to do about a cluster that wants a Ray auth token, given what this process has."""
     mode = os.environ.get("RAY_AUTH_MODE", "").strip().lower()
-    sources = "RAY_AUTH_TOKEN, a file named by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token"
-    if os.environ.get("RAY_AUTH_TOKEN"):
-        found = "RAY_AUTH_TOKEN"
-    elif os.environ.get("RAY_AUTH_TOKEN_PATH"):
-        found = f"RAY_AUTH_TOKEN_PATH ({os.environ['RAY_AUTH_TOKEN_PATH']})"
-    elif os.path.exists(os.path.expanduser("~/.ray/auth_token")):
-        found = os.path.expanduser("~/.ray/auth_token")
-    else:
-        found = None
+    sources = TOKEN_SOURCES
+    found = token_source()
     where = f"the Ray cluster at {address!r} requires token authentication"
     if mode != "token":
         note = f"; a token is in {found}, but Ray sends it only when RAY_AUTH_MODE=token" if found else ""

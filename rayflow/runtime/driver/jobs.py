@@ -56,22 +56,31 @@ def _on_loopback(url: str) -> bool:
     return host.startswith(LOOPBACK_HOSTS)
 
 
-def _token_source() -> str | None:
+TOKEN_SOURCES = "RAY_AUTH_TOKEN, a file named by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token"  # where Ray looks, in order
+
+
+def _token_file() -> str:
+    """The file Ray reads its token from when RAY_AUTH_TOKEN is not set."""
+    return os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+
+
+def token_source() -> str | None:
+    """Where this process has a Ray token, in the order Ray looks (RAY_AUTH_TOKEN, the file
+    RAY_AUTH_TOKEN_PATH names, ~/.ray/auth_token), as a message names it; None: nowhere."""
     if os.environ.get("RAY_AUTH_TOKEN"):
         return "RAY_AUTH_TOKEN"
     if os.environ.get("RAY_AUTH_TOKEN_PATH"):
         return f"RAY_AUTH_TOKEN_PATH ({os.environ['RAY_AUTH_TOKEN_PATH']})"
-    if os.path.exists(os.path.expanduser("~/.ray/auth_token")):
-        return os.path.expanduser("~/.ray/auth_token")
+    if os.path.exists(_token_file()):
+        return _token_file()
     return None
 
 
 def _token_headers() -> dict[str, str]:
     """Ray's token as the HTTP header Ray's clients send: read here from where Ray reads it
-    (RAY_AUTH_TOKEN, the file RAY_AUTH_TOKEN_PATH names, ~/.ray/auth_token; no Ray import),
-    else by Ray's own loader."""
+    (``token_source``; no Ray import), else by Ray's own loader."""
     token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    path = _token_file()
     if not token and os.path.isfile(path):
         try:
             with open(path, encoding="utf-8") as f:
@@ -89,10 +98,10 @@ def _auth_error(address: str, rejected: bool) -> ClusterAuthenticationError:
     from rayflow.runtime.driver.auth import TOKEN_AUTH_DOCS  # imports Ray, as the token's look-up did
 
     where = f"the Ray job server at {address} requires token authentication"
-    sources = "RAY_AUTH_TOKEN, a file named by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token"
+    sources = TOKEN_SOURCES
     if rejected:
         message = (
-            f"{where} and rejected the token from {_token_source()}: use the token the cluster was started "
+            f"{where} and rejected the token from {token_source()}: use the token the cluster was started "
             f"with (`ray get-auth-token` on its head node) (see {TOKEN_AUTH_DOCS})"
         )
     else:
